@@ -1,0 +1,143 @@
+//! `lt data`: describe data sets and write split artifacts.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use lt_data::{load_bundle, DataOptions, DatasetName, ShotGroup};
+
+/// Data set options shared by every command that loads data.
+#[derive(Args, Clone, Debug)]
+pub struct DataSetArgs {
+    /// Data set: synthetic, fmnist-lt, mnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, inat2018, folder.
+    #[arg(long, default_value = "synthetic")]
+    pub dataset: String,
+    /// Imbalance ratio rho = n_max / n_min (default 100 where the data set is made long-tailed).
+    #[arg(long)]
+    pub imbalance: Option<f64>,
+    /// Where the data set lives (searched before the project's `data/`); for `folder`, the folder.
+    #[arg(long)]
+    pub data_root: Option<PathBuf>,
+    /// Download what is missing (CIFAR, MNIST, Fashion-MNIST) into the data root.
+    #[arg(long)]
+    pub download: bool,
+    /// Replacement download location (a mirror of the official files).
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Seed of generated data (synthetic) and seeded test splits (folder).
+    #[arg(long, default_value_t = 0)]
+    pub data_seed: u64,
+    /// Synthetic data set: number of classes.
+    #[arg(long)]
+    pub synthetic_classes: Option<usize>,
+    /// Synthetic data set: images of the largest class.
+    #[arg(long)]
+    pub synthetic_n_max: Option<usize>,
+    /// Folder data set: fraction of each class held out for testing when there is no test folder.
+    #[arg(long, default_value_t = 0.2)]
+    pub test_fraction: f64,
+    /// Crop side for image-file data sets (ImageNet-LT, iNat, folder).
+    #[arg(long, default_value_t = 224)]
+    pub image_size: u32,
+}
+
+impl DataSetArgs {
+    /// The data set name, parsed.
+    pub fn name(&self) -> Result<DatasetName> {
+        Ok(self.dataset.parse::<DatasetName>()?)
+    }
+
+    /// The data crate's options.
+    pub fn options(&self) -> DataOptions {
+        let mut o = DataOptions {
+            data_root: self.data_root.clone(),
+            imbalance: self.imbalance,
+            download: self.download,
+            mirror: self.mirror.clone(),
+            seed: self.data_seed,
+            test_fraction: self.test_fraction,
+            image_size: self.image_size,
+            ..Default::default()
+        };
+        if let Some(c) = self.synthetic_classes {
+            o.synthetic.classes = c;
+        }
+        if let Some(n) = self.synthetic_n_max {
+            o.synthetic.n_max = n;
+        }
+        o
+    }
+}
+
+/// `lt data ...`
+#[derive(Args)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    command: DataCommand,
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Print class counts, shot groups and totals; optionally write the split artifact.
+    Describe {
+        #[command(flatten)]
+        data: DataSetArgs,
+        /// Write the split artifact (training indices, labels, class counts, groups) here.
+        #[arg(long)]
+        write_split: Option<PathBuf>,
+    },
+}
+
+/// Runs `lt data`.
+pub fn run(args: DataArgs) -> Result<()> {
+    match args.command {
+        DataCommand::Describe { data, write_split } => describe(&data, write_split),
+    }
+}
+
+fn describe(args: &DataSetArgs, write_split: Option<PathBuf>) -> Result<()> {
+    let name = args.name()?;
+    let bundle = load_bundle(name, &args.options()).with_context(|| format!("loading data set {name}"))?;
+    let counts = bundle.class_counts();
+    let groups = lt_data::longtail::shot_groups(&counts);
+    println!("dataset   {name}{}", bundle.imbalance.map(|r| format!(" (imbalance {r})")).unwrap_or_default());
+    println!("source    {}", bundle.source);
+    println!("classes   {}", bundle.num_classes());
+    println!(
+        "images    train {} (of {}), val {}, test {}",
+        bundle.train.len(),
+        bundle.original_train_len,
+        bundle.val.as_ref().map(|v| v.len().to_string()).unwrap_or_else(|| "-".into()),
+        bundle.test.len()
+    );
+    let show = bundle.num_classes() <= 100;
+    if show {
+        println!("{:>6}  {:<20} {:>7}  group", "class", "name", "count");
+        for (c, (&n, g)) in counts.iter().zip(&groups).enumerate() {
+            println!("{c:>6}  {:<20} {n:>7}  {}", truncate(&bundle.class_names[c], 20), g.name());
+        }
+    }
+    for g in ShotGroup::ALL {
+        let members: Vec<usize> = (0..counts.len()).filter(|&c| groups[c] == g).collect();
+        let images: usize = members.iter().map(|&c| counts[c]).sum();
+        println!("{:<7} {:>5} classes {:>9} images", g.name(), members.len(), images);
+    }
+    let (mx, mn) = (counts.iter().max().copied().unwrap_or(0), counts.iter().min().copied().unwrap_or(0));
+    println!("total   {:>5} classes {:>9} images (max {mx}, min {mn})", counts.len(), bundle.train.len());
+    if let Some(path) = write_split {
+        bundle
+            .split_info()
+            .write(&path, &bundle.fingerprint())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("split artifact written to {}", path.display());
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n - 1).collect::<String>() + "…"
+    }
+}

@@ -1,0 +1,40 @@
+//! `lt`: every stage of the SRepr long-tailed pipeline as a subcommand.
+//!
+//! Stages exchange safetensors artifacts through a run directory; see `docs/artifacts.md`.
+
+mod commands;
+mod logging;
+
+use clap::{Parser, Subcommand};
+
+/// Decoupled long-tailed classification with stochastic representations (SRepr).
+#[derive(Parser)]
+#[command(name = "lt", version, about, propagate_version = true)]
+struct Cli {
+    /// Log level filter (e.g. `info`, `debug`, `lt_train=debug`); `RUST_LOG` also works.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    /// Plain log lines even on a terminal (no progress bars).
+    #[arg(long, global = true)]
+    plain: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Data sets: describe a long-tailed split, write the split artifact.
+    Data(commands::data::DataArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    logging::init(&cli.log, cli.plain);
+    let result = match cli.command {
+        Command::Data(a) => commands::data::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,26 @@
+//! Shared foundations of the SRepr workspace.
+//!
+//! Every stage of the pipeline reads and writes *artifacts*: safetensors files whose metadata names
+//! the artifact format and version, the configuration that produced it and a fingerprint of its
+//! inputs. This crate holds what all stages share:
+//!
+//! - [`artifact`]: reading artifacts (memory-mapped, with typed errors naming the file, the tensor
+//!   and what was expected) and writing them atomically, including a streaming writer for tensors
+//!   too large to gather in memory;
+//! - [`atomic`]: write-to-temporary-then-rename for any file;
+//! - [`rng`]: a seeded, checkpointable host random number generator (candle's CPU RNG cannot be
+//!   seeded), with independent streams derived from one seed;
+//! - [`fingerprint`]: stable content hashes used to skip work whose inputs did not change;
+//! - [`split`]: the split artifact (training subset, class counts, shot groups), read by all stages;
+//! - [`progress`]: progress reporting through `tracing` (bars on a terminal, log lines otherwise).
+
+pub mod artifact;
+pub mod atomic;
+pub mod fingerprint;
+pub mod progress;
+pub mod rng;
+pub mod split;
+
+pub use artifact::{Artifact, ArtifactError, ArtifactWriter, Format, TensorData};
+pub use fingerprint::Fingerprint;
+pub use rng::Rng;

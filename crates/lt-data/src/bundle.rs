@@ -1,0 +1,423 @@
+//! Named data sets, assembled into ready-to-train splits.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use lt_core::split::SplitInfo;
+use lt_core::Fingerprint;
+
+use crate::cifar::{self, CifarVariant};
+use crate::dataset::{Dataset, ImageSet, InMemoryDataset, Subset};
+use crate::error::{DataError, Result};
+use crate::files::{EvalTransform, ImageFileDataset, TrainTransform};
+use crate::idx::{self, IdxVariant};
+use crate::listfile::{parse_list, ListBenchmark};
+use crate::longtail::{class_counts, exponential_profile, ldam_selection};
+use crate::synthetic::{generate_splits, SyntheticConfig};
+use crate::transform::{Augment, Normalize};
+
+/// The data sets the project knows by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatasetName {
+    /// The embedded synthetic long-tailed set (no files).
+    Synthetic,
+    /// Fashion-MNIST made long-tailed.
+    FmnistLt,
+    /// MNIST made long-tailed.
+    MnistLt,
+    /// CIFAR-10-LT (LDAM-DRW selection).
+    Cifar10Lt,
+    /// CIFAR-100-LT (LDAM-DRW selection).
+    Cifar100Lt,
+    /// ImageNet-LT (split lists).
+    ImagenetLt,
+    /// iNaturalist-2018 (split lists).
+    Inat2018,
+    /// A user's image folder.
+    Folder,
+}
+
+impl DatasetName {
+    /// Every name, for help texts.
+    pub const ALL: [DatasetName; 8] = [
+        DatasetName::Synthetic,
+        DatasetName::FmnistLt,
+        DatasetName::MnistLt,
+        DatasetName::Cifar10Lt,
+        DatasetName::Cifar100Lt,
+        DatasetName::ImagenetLt,
+        DatasetName::Inat2018,
+        DatasetName::Folder,
+    ];
+
+    /// The name used on the command line and in artifacts.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatasetName::Synthetic => "synthetic",
+            DatasetName::FmnistLt => "fmnist-lt",
+            DatasetName::MnistLt => "mnist-lt",
+            DatasetName::Cifar10Lt => "cifar10-lt",
+            DatasetName::Cifar100Lt => "cifar100-lt",
+            DatasetName::ImagenetLt => "imagenet-lt",
+            DatasetName::Inat2018 => "inat2018",
+            DatasetName::Folder => "folder",
+        }
+    }
+
+    /// Default imbalance ratio for data sets made long-tailed by subsampling.
+    pub fn default_imbalance(self) -> Option<f64> {
+        match self {
+            DatasetName::Synthetic
+            | DatasetName::FmnistLt
+            | DatasetName::MnistLt
+            | DatasetName::Cifar10Lt
+            | DatasetName::Cifar100Lt => Some(100.0),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DatasetName {
+    type Err = DataError;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL.iter().copied().find(|d| d.as_str() == s).ok_or_else(|| {
+            DataError::Invalid(format!(
+                "unknown data set {s:?}; expected one of {}",
+                Self::ALL.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+}
+
+/// Where to find data and how to build the split.
+#[derive(Clone, Debug)]
+pub struct DataOptions {
+    /// Explicit data root (`--data-root`), searched first; for `folder`, the folder itself.
+    pub data_root: Option<PathBuf>,
+    /// The project's data directory, searched second and used for downloads.
+    pub project_data: PathBuf,
+    /// Imbalance ratio (defaults per data set; ignored by the natural long tails).
+    pub imbalance: Option<f64>,
+    /// Download what is missing and can be downloaded.
+    pub download: bool,
+    /// Replacement for the official download location (tests use a loopback server).
+    pub mirror: Option<String>,
+    /// Seed of generated data (synthetic) and of seeded splits (folder).
+    pub seed: u64,
+    /// Synthetic data set parameters.
+    pub synthetic: SyntheticConfig,
+    /// Test fraction of a folder without a held-out test folder.
+    pub test_fraction: f64,
+    /// Crop side for image-file data sets.
+    pub image_size: u32,
+    /// Apply training augmentation.
+    pub augment: bool,
+}
+
+impl Default for DataOptions {
+    fn default() -> Self {
+        Self {
+            data_root: None,
+            project_data: default_project_data(),
+            imbalance: None,
+            download: false,
+            mirror: None,
+            seed: 0,
+            synthetic: SyntheticConfig::default(),
+            test_fraction: 0.2,
+            image_size: 224,
+            augment: true,
+        }
+    }
+}
+
+/// The project's data directory: `$LT_DATA_DIR`, else `./data`.
+pub fn default_project_data() -> PathBuf {
+    std::env::var_os("LT_DATA_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("data"))
+}
+
+/// A data set ready for the pipeline: the long-tailed training set, optional validation set and
+/// the test set, with the bookkeeping the split artifact records.
+pub struct DataBundle {
+    /// Which data set.
+    pub name: DatasetName,
+    /// Long-tailed training set (augmented when loaded for training).
+    pub train: Arc<dyn Dataset>,
+    /// Validation set, when the data set has one.
+    pub val: Option<Arc<dyn Dataset>>,
+    /// Test set.
+    pub test: Arc<dyn Dataset>,
+    /// Indices of `train` in the original training set.
+    pub train_indices: Vec<usize>,
+    /// Size of the original training set.
+    pub original_train_len: usize,
+    /// Class names.
+    pub class_names: Vec<String>,
+    /// Imbalance ratio used (`None` for natural long tails).
+    pub imbalance: Option<f64>,
+    /// Where the data came from, in words.
+    pub source: String,
+}
+
+impl DataBundle {
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+
+    /// Training samples per class.
+    pub fn class_counts(&self) -> Vec<usize> {
+        class_counts(self.train.labels(), self.num_classes())
+    }
+
+    /// The split artifact's content.
+    pub fn split_info(&self) -> SplitInfo {
+        SplitInfo {
+            dataset: self.name.to_string(),
+            class_names: self.class_names.clone(),
+            train_indices: self.train_indices.clone(),
+            train_labels: self.train.labels().to_vec(),
+            test_labels: self.test.labels().to_vec(),
+            val_labels: self.val.as_ref().map(|v| v.labels().to_vec()),
+            imbalance: self.imbalance,
+            original_train_len: self.original_train_len,
+        }
+    }
+
+    /// A fingerprint of the split's content (data set, indices, labels).
+    pub fn fingerprint(&self) -> String {
+        let info = self.split_info();
+        let idx: Vec<u8> = info.train_indices.iter().flat_map(|&i| (i as u64).to_le_bytes()).collect();
+        let lab: Vec<u8> = info.train_labels.iter().flat_map(|&i| i.to_le_bytes()).collect();
+        let test: Vec<u8> = info.test_labels.iter().flat_map(|&i| i.to_le_bytes()).collect();
+        Fingerprint::new()
+            .part("dataset", &info.dataset)
+            .part("imbalance", &format!("{:?}", info.imbalance))
+            .bytes("train_indices", &idx)
+            .bytes("train_labels", &lab)
+            .bytes("test_labels", &test)
+            .finish()
+    }
+}
+
+fn search_roots(opts: &DataOptions) -> Vec<PathBuf> {
+    let mut r = Vec::new();
+    if let Some(d) = &opts.data_root {
+        r.push(d.clone());
+    }
+    r.push(opts.project_data.clone());
+    r
+}
+
+fn download_root(opts: &DataOptions) -> PathBuf {
+    opts.data_root.clone().unwrap_or_else(|| opts.project_data.clone())
+}
+
+/// The long-tailed subset of a balanced in-memory training set (LDAM-DRW selection, seed 0).
+fn longtail_in_memory(pool: &ImageSet, n_max: usize, rho: f64) -> Result<(ImageSet, Vec<usize>)> {
+    let counts = exponential_profile(n_max, pool.num_classes, rho)?;
+    let idx = ldam_selection(&pool.labels, &counts, 0)?;
+    Ok((pool.select(&idx), idx))
+}
+
+fn in_memory(set: ImageSet, train: bool, opts: &DataOptions, norm: &Normalize) -> Arc<dyn Dataset> {
+    let augment =
+        if train && opts.augment { Augment::PadCropFlip { pad: 4, flip: true } } else { Augment::None };
+    Arc::new(InMemoryDataset::new(set, augment, norm.clone()))
+}
+
+/// Loads a named data set as a [`DataBundle`].
+pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
+    let rho = opts.imbalance.or(name.default_imbalance());
+    match name {
+        DatasetName::Synthetic => {
+            let cfg = &opts.synthetic;
+            let s = generate_splits(cfg, opts.seed);
+            let rho = rho.unwrap_or(100.0);
+            let (train, idx) = longtail_in_memory(&s.train_pool, cfg.n_max, rho)?;
+            let norm = Normalize::half(3);
+            Ok(DataBundle {
+                name,
+                class_names: train.class_names.clone(),
+                train: in_memory(train, true, opts, &norm),
+                val: Some(in_memory(s.val, false, opts, &norm)),
+                test: in_memory(s.test, false, opts, &norm),
+                train_indices: idx,
+                original_train_len: s.train_pool.len(),
+                imbalance: Some(rho),
+                source: format!("embedded generator (seed {})", opts.seed),
+            })
+        }
+        DatasetName::FmnistLt | DatasetName::MnistLt => {
+            let variant =
+                if name == DatasetName::FmnistLt { IdxVariant::FashionMnist } else { IdxVariant::Mnist };
+            let dirs = idx::search_dirs(variant, opts.data_root.as_deref(), &opts.project_data);
+            let dl = download_root(opts);
+            let (pool, test) =
+                idx::load(variant, &dirs, opts.download.then_some(dl.as_path()), opts.mirror.as_deref())?;
+            let rho = rho.unwrap_or(100.0);
+            let (train, idx) = longtail_in_memory(&pool, 6000, rho)?;
+            let norm = if variant == IdxVariant::FashionMnist {
+                Normalize::fashion_mnist()
+            } else {
+                Normalize { mean: vec![0.1307], std: vec![0.3081] }
+            };
+            Ok(DataBundle {
+                name,
+                class_names: pool.class_names.clone(),
+                train: in_memory(train, true, opts, &norm),
+                val: None,
+                test: in_memory(test, false, opts, &norm),
+                train_indices: idx,
+                original_train_len: pool.len(),
+                imbalance: Some(rho),
+                source: format!(
+                    "IDX files ({})",
+                    dirs.iter()
+                        .find(|d| d.is_dir())
+                        .map(|d| d.display().to_string())
+                        .unwrap_or_else(|| dl.display().to_string())
+                ),
+            })
+        }
+        DatasetName::Cifar10Lt | DatasetName::Cifar100Lt => {
+            let variant =
+                if name == DatasetName::Cifar10Lt { CifarVariant::Cifar10 } else { CifarVariant::Cifar100 };
+            let roots = search_roots(opts);
+            let dl = download_root(opts);
+            let splits =
+                cifar::load(variant, &roots, opts.download.then_some(dl.as_path()), opts.mirror.as_deref())?;
+            let rho = rho.unwrap_or(100.0);
+            let n_max = splits.train.len() / variant.classes();
+            let (train, idx) = longtail_in_memory(&splits.train, n_max, rho)?;
+            let norm = Normalize::cifar();
+            let source = format!(
+                "{:?}",
+                cifar::locate(variant, &roots)
+                    .unwrap_or(cifar::CifarSource::Dir(dl.join(variant.dir_name())))
+            );
+            Ok(DataBundle {
+                name,
+                class_names: splits.train.class_names.clone(),
+                train: in_memory(train, true, opts, &norm),
+                val: None,
+                test: in_memory(splits.test, false, opts, &norm),
+                train_indices: idx,
+                original_train_len: splits.train.len(),
+                imbalance: Some(rho),
+                source,
+            })
+        }
+        DatasetName::ImagenetLt | DatasetName::Inat2018 => {
+            let bench = if name == DatasetName::ImagenetLt {
+                ListBenchmark::ImageNetLt
+            } else {
+                ListBenchmark::INat2018
+            };
+            if opts.imbalance.is_some() {
+                return Err(DataError::Invalid(format!(
+                    "{name} has a fixed long tail; --imbalance does not apply"
+                )));
+            }
+            let dir = bench.locate(&search_roots(opts))?;
+            let classes = bench.classes();
+            let (tr, va, te) = bench.list_names();
+            let (norm, jitter) = match bench {
+                ListBenchmark::ImageNetLt => (Normalize::imagenet(), Some(0.4)),
+                ListBenchmark::INat2018 => (Normalize::inat(), None),
+            };
+            let size = opts.image_size;
+            let make = |list: &str| -> Result<Arc<dyn Dataset>> {
+                let entries = parse_list(&dir.join(list), classes)?;
+                Ok(Arc::new(ImageFileDataset::new(
+                    dir.clone(),
+                    entries,
+                    classes,
+                    TrainTransform::standard(size, if opts.augment { jitter } else { None }),
+                    EvalTransform { resize: size * 256 / 224, crop: size },
+                    norm.clone(),
+                )))
+            };
+            let train = make(tr)?;
+            let val = va.map(make).transpose()?;
+            let test = make(te)?;
+            let n = train.len();
+            Ok(DataBundle {
+                name,
+                class_names: (0..classes).map(|c| c.to_string()).collect(),
+                train,
+                val,
+                test,
+                train_indices: (0..n).collect(),
+                original_train_len: n,
+                imbalance: None,
+                source: format!("list files in {}", dir.display()),
+            })
+        }
+        DatasetName::Folder => {
+            let root = opts
+                .data_root
+                .clone()
+                .ok_or_else(|| DataError::Invalid("the folder data set needs --data-root <folder>".into()))?;
+            folder_bundle(&root, opts)
+        }
+    }
+}
+
+fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundle> {
+    let f = crate::folder::scan_folder(root, opts.test_fraction, opts.seed)?;
+    let classes = f.classes.len();
+    let size = opts.image_size;
+    let train_tf = TrainTransform { jitter: None, ..TrainTransform::standard(size, None) };
+    let train_tf = if opts.augment {
+        train_tf
+    } else {
+        TrainTransform { scale: (1.0, 1.0), ratio: (1.0, 1.0), flip: false, ..train_tf }
+    };
+    let eval_tf = EvalTransform { resize: size * 256 / 224, crop: size };
+    let make = |entries| -> Arc<dyn Dataset> {
+        Arc::new(ImageFileDataset::new(
+            PathBuf::new(),
+            entries,
+            classes,
+            train_tf.clone(),
+            eval_tf.clone(),
+            Normalize::imagenet(),
+        ))
+    };
+    let full = make(f.train);
+    let test = make(f.test);
+    let n = full.len();
+    let (train, idx, rho): (Arc<dyn Dataset>, Vec<usize>, Option<f64>) = match opts.imbalance {
+        Some(rho) => {
+            let counts = class_counts(full.labels(), classes);
+            let n_max = counts.iter().copied().filter(|&c| c > 0).min().unwrap_or(0);
+            let profile = exponential_profile(n_max, classes, rho)?;
+            let idx = ldam_selection(full.labels(), &profile, 0)?;
+            (Arc::new(Subset::new(full, idx.clone())), idx, Some(rho))
+        }
+        None => (full, (0..n).collect(), None),
+    };
+    Ok(DataBundle {
+        name: DatasetName::Folder,
+        class_names: f.classes,
+        train,
+        val: None,
+        test,
+        train_indices: idx,
+        original_train_len: n,
+        imbalance: rho,
+        source: format!(
+            "image folder {} ({})",
+            root.display(),
+            if f.held_out { "held-out test folder" } else { "seeded split" }
+        ),
+    })
+}

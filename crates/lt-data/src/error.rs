@@ -1,0 +1,112 @@
+//! Errors of the data stage: each names the file (and record or line) and what was expected.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong reading, downloading or preparing data.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file has the wrong size for its format (truncated or padded).
+    #[error("{path}: {found} bytes, expected {expected}")]
+    Size {
+        /// The file.
+        path: PathBuf,
+        /// What the format requires, in words.
+        expected: String,
+        /// The size found.
+        found: u64,
+    },
+    /// A file's content does not follow its format (bad magic number, bad header).
+    #[error("{path}: {detail}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A label is outside the class range.
+    #[error("{path}: record {record} has label {label}, outside 0..{classes}")]
+    Label {
+        /// The file.
+        path: PathBuf,
+        /// Record (0-based) or line (1-based for list files) holding the label.
+        record: usize,
+        /// The label found.
+        label: i64,
+        /// Number of classes.
+        classes: usize,
+    },
+    /// A line of a split list file is malformed.
+    #[error("{path}:{line}: {detail}")]
+    ListLine {
+        /// The list file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        detail: String,
+    },
+    /// An image is missing or cannot be decoded.
+    #[error("{path}: cannot decode image: {detail}")]
+    Image {
+        /// The image file.
+        path: PathBuf,
+        /// The decoder's message.
+        detail: String,
+    },
+    /// A downloaded file does not have the published checksum.
+    #[error("{path}: checksum mismatch: expected {algorithm} {expected}, found {found}")]
+    Checksum {
+        /// The downloaded file (or its URL).
+        path: String,
+        /// `md5` or `sha256`.
+        algorithm: &'static str,
+        /// Published digest.
+        expected: String,
+        /// Digest of what arrived.
+        found: String,
+    },
+    /// A download failed.
+    #[error("download of {url} failed: {detail}")]
+    Download {
+        /// The URL.
+        url: String,
+        /// What happened.
+        detail: String,
+    },
+    /// A data set is not present and cannot be fetched.
+    #[error("{what} not found; looked in: {}{hint}", .searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    NotFound {
+        /// What was looked for.
+        what: String,
+        /// Where it was looked for.
+        searched: Vec<PathBuf>,
+        /// How to get it (starts with a separator, may be empty).
+        hint: String,
+    },
+    /// A caller passed an invalid argument (unknown data set, bad ratio, empty class).
+    #[error("{0}")]
+    Invalid(String),
+    /// Reading or writing an artifact failed.
+    #[error(transparent)]
+    Artifact(#[from] lt_core::ArtifactError),
+    /// A candle error while building tensors.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias for the data stage.
+pub type Result<T, E = DataError> = std::result::Result<T, E>;
+
+/// Attaches a path to an I/O error.
+pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> DataError {
+    let path = path.into();
+    move |source| DataError::Io { path, source }
+}

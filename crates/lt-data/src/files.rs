@@ -1,0 +1,253 @@
+//! Lazily decoded image files (JPEG, PNG) with the standard ImageNet transforms.
+//!
+//! Used by ImageNet-LT, iNaturalist-2018 (split list files) and image folders. Nothing is decoded
+//! up front: [`ImageFileDataset::load_into`] opens, decodes and transforms one image, and the batch
+//! loader calls it from its worker threads.
+
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+use image::RgbImage;
+use lt_core::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::Dataset;
+use crate::error::{DataError, Result};
+use crate::transform::Normalize;
+
+/// Training-time transform: torchvision's `RandomResizedCrop(size)` + horizontal flip, with an
+/// optional `ColorJitter(brightness, contrast, saturation)` of strength `jitter`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainTransform {
+    /// Output side.
+    pub size: u32,
+    /// Range of the crop's area as a fraction of the image (torchvision: 0.08..1).
+    pub scale: (f64, f64),
+    /// Range of the crop's aspect ratio (torchvision: 3/4..4/3).
+    pub ratio: (f64, f64),
+    /// Random horizontal flip.
+    pub flip: bool,
+    /// Colour jitter strength (0.4 for ImageNet-LT), `None` for none.
+    pub jitter: Option<f32>,
+}
+
+impl TrainTransform {
+    /// `RandomResizedCrop(size)` + flip, with optional jitter.
+    pub fn standard(size: u32, jitter: Option<f32>) -> Self {
+        Self { size, scale: (0.08, 1.0), ratio: (3.0 / 4.0, 4.0 / 3.0), flip: true, jitter }
+    }
+}
+
+/// Test-time transform: resize the shorter side to `resize`, then a centre crop of `crop`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalTransform {
+    /// Shorter side after resizing (256 for ImageNet).
+    pub resize: u32,
+    /// Side of the centre crop (224 for ImageNet).
+    pub crop: u32,
+}
+
+/// One image file and its label.
+#[derive(Clone, Debug)]
+pub struct ImageEntry {
+    /// Path relative to the data set's image root (or absolute).
+    pub path: PathBuf,
+    /// Class label.
+    pub label: u32,
+}
+
+/// A data set of image files decoded on demand.
+#[derive(Clone, Debug)]
+pub struct ImageFileDataset {
+    root: PathBuf,
+    paths: Vec<PathBuf>,
+    labels: Vec<u32>,
+    num_classes: usize,
+    /// Transform used when loading for training.
+    pub train: TrainTransform,
+    /// Transform used otherwise.
+    pub eval: EvalTransform,
+    /// Normalisation.
+    pub normalize: Normalize,
+}
+
+impl ImageFileDataset {
+    /// A data set of `entries` under `root` (labels must be `< num_classes`).
+    pub fn new(
+        root: PathBuf,
+        entries: Vec<ImageEntry>,
+        num_classes: usize,
+        train: TrainTransform,
+        eval: EvalTransform,
+        normalize: Normalize,
+    ) -> Self {
+        let (paths, labels) = entries.into_iter().map(|e| (e.path, e.label)).unzip();
+        Self { root, paths, labels, num_classes, train, eval, normalize }
+    }
+
+    /// Full path of sample `i`.
+    pub fn path(&self, i: usize) -> PathBuf {
+        self.root.join(&self.paths[i])
+    }
+
+    /// Decodes sample `i` to RGB.
+    pub fn decode(&self, i: usize) -> Result<RgbImage> {
+        decode_rgb(&self.path(i))
+    }
+}
+
+/// Opens and decodes an image file to 8-bit RGB.
+pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| DataError::Image { path: path.to_path_buf(), detail: e.to_string() })?;
+    let img = image::load_from_memory(&bytes)
+        .map_err(|e| DataError::Image { path: path.to_path_buf(), detail: e.to_string() })?;
+    Ok(img.to_rgb8())
+}
+
+/// torchvision's `RandomResizedCrop.get_params`: `(top, left, height, width)` of the crop.
+pub fn random_resized_crop_params(
+    w: u32,
+    h: u32,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    rng: &mut Rng,
+) -> (u32, u32, u32, u32) {
+    let area = (w as f64) * (h as f64);
+    let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.uniform_range(scale.0, scale.1);
+        let aspect = rng.uniform_range(lr0, lr1).exp();
+        let cw = (target * aspect).sqrt().round() as i64;
+        let ch = (target / aspect).sqrt().round() as i64;
+        if cw > 0 && ch > 0 && cw <= w as i64 && ch <= h as i64 {
+            let top = rng.below((h as i64 - ch + 1) as u64) as u32;
+            let left = rng.below((w as i64 - cw + 1) as u64) as u32;
+            return (top, left, ch as u32, cw as u32);
+        }
+    }
+    // Fallback: a centre crop with the aspect ratio clamped to the range.
+    let in_ratio = w as f64 / h as f64;
+    let (cw, ch) = if in_ratio < ratio.0 {
+        (w, ((w as f64) / ratio.0).round() as u32)
+    } else if in_ratio > ratio.1 {
+        (((h as f64) * ratio.1).round() as u32, h)
+    } else {
+        (w, h)
+    };
+    ((h - ch.min(h)) / 2, (w - cw.min(w)) / 2, ch.min(h), cw.min(w))
+}
+
+fn color_jitter(img: &mut [f32], strength: f32, rng: &mut Rng) {
+    let lo = (1.0 - strength).max(0.0) as f64;
+    let hi = 1.0 + strength as f64;
+    let b = rng.uniform_range(lo, hi) as f32;
+    let c = rng.uniform_range(lo, hi) as f32;
+    let s = rng.uniform_range(lo, hi) as f32;
+    let mut order = [0usize, 1, 2];
+    rng.shuffle(&mut order);
+    let gray = |p: &[f32]| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2];
+    for op in order {
+        match op {
+            0 => img.iter_mut().for_each(|v| *v = (*v * b).clamp(0.0, 1.0)),
+            1 => {
+                let mean = img.chunks_exact(3).map(gray).sum::<f32>() / (img.len() / 3) as f32;
+                img.iter_mut().for_each(|v| *v = (*v * c + mean * (1.0 - c)).clamp(0.0, 1.0));
+            }
+            _ => {
+                for p in img.chunks_exact_mut(3) {
+                    let g = gray(p);
+                    for v in p.iter_mut() {
+                        *v = (*v * s + g * (1.0 - s)).clamp(0.0, 1.0);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn write_chw(hwc: &[f32], w: usize, h: usize, norm: &Normalize, flip: bool, out: &mut [f32]) {
+    for ch in 0..3 {
+        let (m, s) = (norm.mean[ch], norm.std[ch]);
+        for y in 0..h {
+            for x in 0..w {
+                let sx = if flip { w - 1 - x } else { x };
+                out[ch * h * w + y * w + x] = (hwc[(y * w + sx) * 3 + ch] - m) / s;
+            }
+        }
+    }
+}
+
+impl Dataset for ImageFileDataset {
+    fn len(&self) -> usize {
+        self.paths.len()
+    }
+    fn labels(&self) -> &[u32] {
+        &self.labels
+    }
+    fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+    fn sample_shape(&self) -> [usize; 3] {
+        // Train and eval crops have the same side in every preset; the train size wins.
+        [3, self.train.size as usize, self.train.size as usize]
+    }
+    fn load_into(&self, index: usize, train: bool, rng: &mut Rng, out: &mut [f32]) -> Result<()> {
+        let img = self.decode(index)?;
+        let (w, h) = img.dimensions();
+        let side = self.train.size;
+        let (crop, flip) = if train {
+            let t = &self.train;
+            let (top, left, ch, cw) = random_resized_crop_params(w, h, t.scale, t.ratio, rng);
+            let view = image::imageops::crop_imm(&img, left, top, cw, ch).to_image();
+            let resized = image::imageops::resize(&view, side, side, FilterType::Triangle);
+            let flip = t.flip && rng.bernoulli(0.5);
+            (resized, flip)
+        } else {
+            let e = &self.eval;
+            let (nw, nh) = if w <= h {
+                (e.resize, ((e.resize as u64 * h as u64) / w as u64) as u32)
+            } else {
+                (((e.resize as u64 * w as u64) / h as u64) as u32, e.resize)
+            };
+            let resized = image::imageops::resize(&img, nw, nh, FilterType::Triangle);
+            let crop = e.crop.min(nw).min(nh);
+            let top = ((nh - crop) as f64 / 2.0).round() as u32;
+            let left = ((nw - crop) as f64 / 2.0).round() as u32;
+            let mut c = image::imageops::crop_imm(&resized, left, top, crop, crop).to_image();
+            if crop != side {
+                c = image::imageops::resize(&c, side, side, FilterType::Triangle);
+            }
+            (c, false)
+        };
+        let mut hwc: Vec<f32> = crop.as_raw().iter().map(|&b| b as f32 / 255.0).collect();
+        if train {
+            if let Some(j) = self.train.jitter {
+                color_jitter(&mut hwc, j, rng);
+            }
+        }
+        write_chw(&hwc, side as usize, side as usize, &self.normalize, flip, out);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_resized_crop_stays_inside_and_respects_ranges() {
+        let mut rng = Rng::new(0);
+        for _ in 0..500 {
+            let (t, l, h, w) = random_resized_crop_params(300, 200, (0.08, 1.0), (0.75, 4.0 / 3.0), &mut rng);
+            assert!(t + h <= 200 && l + w <= 300 && h > 0 && w > 0);
+            let frac = (h * w) as f64 / 60000.0;
+            assert!(frac <= 1.0 + 1e-9);
+        }
+        // A sliver image forces the fallback centre crop with a clamped ratio.
+        let (t, l, h, w) = random_resized_crop_params(1000, 10, (0.9, 1.0), (0.75, 4.0 / 3.0), &mut rng);
+        assert_eq!((h, t), (10, 0));
+        assert_eq!(w, 13);
+        assert_eq!(l, (1000 - 13) / 2);
+    }
+}

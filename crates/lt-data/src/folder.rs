@@ -1,0 +1,130 @@
+//! Users' own data: an image folder with one sub-folder per class (torchvision's `ImageFolder`).
+//!
+//! Either `root/train/<class>/...` and `root/test/<class>/...` (or `val/`), or a flat
+//! `root/<class>/...` split into train and test by a seeded, per-class draw.
+
+use std::path::{Path, PathBuf};
+
+use lt_core::Rng;
+
+use crate::error::{io_err, DataError, Result};
+use crate::files::ImageEntry;
+
+const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
+
+fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension()
+                    .map(|x| EXTENSIONS.contains(&x.to_string_lossy().to_lowercase().as_str()))
+                    .unwrap_or(false)
+        })
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// An image folder scanned into entries (paths absolute).
+#[derive(Clone, Debug)]
+pub struct FolderSplits {
+    /// Class names (sorted sub-folder names).
+    pub classes: Vec<String>,
+    /// Training entries.
+    pub train: Vec<ImageEntry>,
+    /// Test entries.
+    pub test: Vec<ImageEntry>,
+    /// Whether the test set came from a held-out folder (`false`: seeded split).
+    pub held_out: bool,
+}
+
+fn scan(dir: &Path, classes: &[String]) -> Result<Vec<ImageEntry>> {
+    let mut out = Vec::new();
+    for (c, name) in classes.iter().enumerate() {
+        let d = dir.join(name);
+        if !d.is_dir() {
+            continue;
+        }
+        for p in images_in(&d)? {
+            out.push(ImageEntry { path: p, label: c as u32 });
+        }
+    }
+    Ok(out)
+}
+
+/// Scans an image folder. With `train/` and `test/` (or `val/`) sub-folders the test set is held
+/// out; otherwise `test_fraction` of each class (at least one image when the class has two or
+/// more) goes to the test set, chosen by a draw seeded with `seed`.
+pub fn scan_folder(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderSplits> {
+    if !root.is_dir() {
+        return Err(DataError::NotFound {
+            what: "image folder".into(),
+            searched: vec![root.to_path_buf()],
+            hint: String::new(),
+        });
+    }
+    let train_dir = root.join("train");
+    let test_dir = ["test", "val"].iter().map(|d| root.join(d)).find(|d| d.is_dir());
+    let splits = if let (true, Some(test_dir)) = (train_dir.is_dir(), test_dir) {
+        let classes: Vec<String> = sorted_dirs(&train_dir)?
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for d in sorted_dirs(&test_dir)? {
+            let name = d.file_name().unwrap().to_string_lossy().into_owned();
+            if !classes.contains(&name) {
+                return Err(DataError::Format {
+                    path: d.clone(),
+                    detail: format!(
+                        "test class folder `{name}` has no training folder in {}",
+                        train_dir.display()
+                    ),
+                });
+            }
+        }
+        let train = scan(&train_dir, &classes)?;
+        let test = scan(&test_dir, &classes)?;
+        FolderSplits { classes, train, test, held_out: true }
+    } else {
+        if !(0.0..1.0).contains(&test_fraction) {
+            return Err(DataError::Invalid(format!("test fraction must be in [0, 1), got {test_fraction}")));
+        }
+        let classes: Vec<String> = sorted_dirs(root)?
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let all = scan(root, &classes)?;
+        let mut rng = Rng::stream(seed, &[0xF01D]);
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        for c in 0..classes.len() as u32 {
+            let mut members: Vec<ImageEntry> = all.iter().filter(|e| e.label == c).cloned().collect();
+            rng.shuffle(&mut members);
+            let mut n_test = (members.len() as f64 * test_fraction).round() as usize;
+            if test_fraction > 0.0 && n_test == 0 && members.len() >= 2 {
+                n_test = 1;
+            }
+            test.extend(members.drain(..n_test));
+            train.extend(members);
+        }
+        FolderSplits { classes, train, test, held_out: false }
+    };
+    if splits.classes.is_empty() || splits.train.is_empty() {
+        return Err(DataError::Format {
+            path: root.to_path_buf(),
+            detail: "no class sub-folders with images (expected <root>/<class>/<image> or <root>/train/<class>/<image>)".into(),
+        });
+    }
+    Ok(splits)
+}

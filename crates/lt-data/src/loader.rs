@@ -1,0 +1,245 @@
+//! A batch loader that prepares the next batches on background threads.
+//!
+//! Given an epoch's index order, worker `w` of `W` builds batches `w, w + W, ...` (decoding,
+//! augmenting and normalising each sample) and hands them over through a bounded channel; the
+//! consumer receives them in order. Each sample's random augmentation is drawn from a stream
+//! keyed by `(seed, epoch, position in the epoch)`, so batches are identical whatever the number
+//! of workers or their timing.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use candle_core::{Device, Tensor};
+use lt_core::Rng;
+
+use crate::dataset::Dataset;
+use crate::error::Result;
+
+/// A batch of samples.
+#[derive(Debug)]
+pub struct Batch {
+    /// Images, `B x C x H x W` f32.
+    pub images: Tensor,
+    /// Labels, `B` u32.
+    pub labels: Tensor,
+    /// Labels on the host.
+    pub label_vec: Vec<u32>,
+    /// Indices of the samples in the data set.
+    pub indices: Vec<usize>,
+    /// Batch number within the epoch.
+    pub number: usize,
+}
+
+/// Host-side batch data before it becomes tensors.
+#[derive(Debug)]
+pub struct HostBatch {
+    /// Sample values, `B * C * H * W`.
+    pub images: Vec<f32>,
+    /// Labels.
+    pub labels: Vec<u32>,
+    /// Indices of the samples.
+    pub indices: Vec<usize>,
+}
+
+/// Loader settings.
+#[derive(Clone, Debug)]
+pub struct LoaderConfig {
+    /// Samples per batch (the last batch of an epoch may be smaller).
+    pub batch_size: usize,
+    /// Background worker threads.
+    pub workers: usize,
+    /// Batches each worker may prepare ahead.
+    pub prefetch: usize,
+    /// Apply training augmentation.
+    pub train: bool,
+    /// Seed of the augmentation streams.
+    pub seed: u64,
+}
+
+impl Default for LoaderConfig {
+    fn default() -> Self {
+        Self { batch_size: 128, workers: 2, prefetch: 2, train: false, seed: 0 }
+    }
+}
+
+/// Fills one batch on the calling thread.
+pub fn load_batch(
+    ds: &dyn Dataset,
+    indices: &[usize],
+    first_position: usize,
+    epoch: u64,
+    cfg: &LoaderConfig,
+) -> Result<HostBatch> {
+    let len = ds.sample_len();
+    let mut images = vec![0f32; indices.len() * len];
+    let labels_all = ds.labels();
+    let mut labels = Vec::with_capacity(indices.len());
+    for (k, (&i, out)) in indices.iter().zip(images.chunks_exact_mut(len)).enumerate() {
+        let mut rng = Rng::stream(cfg.seed, &[0x10AD, epoch, (first_position + k) as u64]);
+        ds.load_into(i, cfg.train, &mut rng, out)?;
+        labels.push(labels_all[i]);
+    }
+    Ok(HostBatch { images, labels, indices: indices.to_vec() })
+}
+
+/// Iterator over the batches of one epoch, prepared in the background.
+pub struct EpochBatches {
+    receivers: Vec<Receiver<Result<HostBatch>>>,
+    handles: Vec<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    next: usize,
+    total: usize,
+    shape: [usize; 3],
+    device: Device,
+}
+
+impl EpochBatches {
+    /// Starts preparing the batches of `order` (an epoch's indices) for `epoch`.
+    pub fn new(
+        ds: Arc<dyn Dataset>,
+        order: Vec<usize>,
+        epoch: u64,
+        cfg: LoaderConfig,
+        device: Device,
+    ) -> Self {
+        let bs = cfg.batch_size.max(1);
+        let total = order.len().div_ceil(bs);
+        let workers = cfg.workers.max(1).min(total.max(1));
+        let order = Arc::new(order);
+        let stop = Arc::new(AtomicBool::new(false));
+        let shape = ds.sample_shape();
+        let mut receivers = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        for w in 0..workers {
+            let (tx, rx) = sync_channel(cfg.prefetch.max(1));
+            let (ds, order, stop, cfg) = (ds.clone(), order.clone(), stop.clone(), cfg.clone());
+            handles.push(std::thread::spawn(move || {
+                let mut b = w;
+                while b < total && !stop.load(Ordering::Relaxed) {
+                    let start = b * bs;
+                    let end = (start + bs).min(order.len());
+                    let batch = load_batch(ds.as_ref(), &order[start..end], start, epoch, &cfg);
+                    let failed = batch.is_err();
+                    if tx.send(batch).is_err() || failed {
+                        break;
+                    }
+                    b += workers;
+                }
+            }));
+            receivers.push(rx);
+        }
+        Self { receivers, handles, stop, next: 0, total, shape, device }
+    }
+
+    /// Number of batches in the epoch.
+    pub fn len(&self) -> usize {
+        self.total
+    }
+
+    /// Whether the epoch has no batches.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
+impl Iterator for EpochBatches {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.total {
+            return None;
+        }
+        let w = self.next % self.receivers.len();
+        let number = self.next;
+        self.next += 1;
+        let host = match self.receivers[w].recv() {
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                self.next = self.total;
+                return Some(Err(e));
+            }
+            Err(_) => {
+                self.next = self.total;
+                return Some(Err(crate::error::DataError::Invalid(
+                    "a loader worker stopped unexpectedly".into(),
+                )));
+            }
+        };
+        let b = host.labels.len();
+        let [c, h, w] = self.shape;
+        let make = || -> Result<Batch> {
+            let images = Tensor::from_vec(host.images, (b, c, h, w), &self.device)?;
+            let labels = Tensor::from_vec(host.labels.clone(), b, &self.device)?;
+            Ok(Batch { images, labels, label_vec: host.labels, indices: host.indices, number })
+        };
+        Some(make())
+    }
+}
+
+impl Drop for EpochBatches {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Drain so that blocked senders wake up and see the stop flag.
+        for rx in &self.receivers {
+            while rx.try_recv().is_ok() {}
+        }
+        self.receivers.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataset::{ImageSet, InMemoryDataset};
+    use crate::transform::{Augment, Normalize};
+
+    fn toy(n: usize) -> Arc<dyn Dataset> {
+        let pixels: Vec<u8> = (0..n * 3 * 4 * 4).map(|i| (i * 7 % 251) as u8).collect();
+        let set = ImageSet {
+            channels: 3,
+            height: 4,
+            width: 4,
+            pixels,
+            labels: (0..n as u32).map(|i| i % 3).collect(),
+            num_classes: 3,
+            class_names: vec![],
+        };
+        Arc::new(InMemoryDataset::new(set, Augment::PadCropFlip { pad: 1, flip: true }, Normalize::half(3)))
+    }
+
+    #[test]
+    fn batches_come_in_order_and_do_not_depend_on_worker_count() {
+        let ds = toy(23);
+        let order: Vec<usize> = (0..23).rev().collect();
+        let run = |workers| {
+            let cfg = LoaderConfig { batch_size: 5, workers, prefetch: 1, train: true, seed: 9 };
+            EpochBatches::new(ds.clone(), order.clone(), 3, cfg, Device::Cpu)
+                .map(|b| {
+                    let b = b.unwrap();
+                    (b.number, b.indices.clone(), b.images.flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                })
+                .collect::<Vec<_>>()
+        };
+        let one = run(1);
+        let three = run(3);
+        assert_eq!(one.len(), 5);
+        assert_eq!(one, three);
+        assert_eq!(one[0].1, vec![22, 21, 20, 19, 18]);
+        assert_eq!(one[4].1, vec![2, 1, 0]);
+        assert_eq!(one.iter().map(|b| b.0).collect::<Vec<_>>(), vec![0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn dropping_mid_epoch_stops_workers() {
+        let ds = toy(200);
+        let cfg = LoaderConfig { batch_size: 2, workers: 2, prefetch: 1, train: false, seed: 0 };
+        let mut it = EpochBatches::new(ds, (0..200).collect(), 0, cfg, Device::Cpu);
+        let first = it.next().unwrap().unwrap();
+        assert_eq!(first.images.dims(), &[2, 3, 4, 4]);
+        drop(it); // must not hang
+    }
+}

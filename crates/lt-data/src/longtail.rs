@@ -1,0 +1,116 @@
+//! Long-tailed construction: the exponential profile, the LDAM-DRW selection and shot groups.
+
+use crate::error::{DataError, Result};
+use crate::numpy_mt::NumpyRandomState;
+
+/// Per-class counts of the exponential profile `n_c = floor(n_max * rho^(-c/(C-1)))`.
+///
+/// Computed exactly as LDAM-DRW's `get_img_num_per_cls` does (`img_max * imb_factor**(c/(C-1))`
+/// with `imb_factor = 1/rho` in double precision), so that the counts match bit for bit.
+/// `rho = 1` gives a balanced profile; `classes = 1` gives `[n_max]`.
+pub fn exponential_profile(n_max: usize, classes: usize, rho: f64) -> Result<Vec<usize>> {
+    if classes == 0 {
+        return Err(DataError::Invalid("the long-tailed profile needs at least one class".into()));
+    }
+    if !(rho.is_finite() && rho >= 1.0) {
+        return Err(DataError::Invalid(format!("imbalance ratio must be a finite number >= 1, got {rho}")));
+    }
+    if classes == 1 {
+        return Ok(vec![n_max]);
+    }
+    let imb_factor = 1.0 / rho;
+    Ok((0..classes)
+        .map(|c| {
+            let n = n_max as f64 * imb_factor.powf(c as f64 / (classes as f64 - 1.0));
+            n as usize
+        })
+        .collect())
+}
+
+/// Chooses the long-tailed subset exactly as LDAM-DRW's `gen_imbalanced_data`: numpy's legacy
+/// generator seeded once with `seed`; for each class in ascending order, the positions of that
+/// class in file order are shuffled and the first `counts[c]` kept; classes are concatenated.
+///
+/// Returns indices into `labels`. Fails if a class has fewer samples than requested.
+pub fn ldam_selection(labels: &[u32], counts: &[usize], seed: u32) -> Result<Vec<usize>> {
+    let mut rng = NumpyRandomState::new(seed);
+    let mut out = Vec::with_capacity(counts.iter().sum());
+    for (c, &want) in counts.iter().enumerate() {
+        let mut idx: Vec<usize> =
+            labels.iter().enumerate().filter(|(_, &y)| y as usize == c).map(|(i, _)| i).collect();
+        if idx.len() < want {
+            return Err(DataError::Invalid(format!(
+                "class {c} has {} samples, the long-tailed profile asks for {want}",
+                idx.len()
+            )));
+        }
+        rng.shuffle(&mut idx);
+        out.extend_from_slice(&idx[..want]);
+    }
+    Ok(out)
+}
+
+/// Number of samples per class in `labels` (labels must be `< classes`).
+pub fn class_counts(labels: &[u32], classes: usize) -> Vec<usize> {
+    let mut counts = vec![0usize; classes];
+    for &y in labels {
+        counts[y as usize] += 1;
+    }
+    counts
+}
+
+pub use lt_core::split::{shot_groups, ShotGroup};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cifar10_lt_profile_matches_ldam() {
+        assert_eq!(
+            exponential_profile(5000, 10, 100.0).unwrap(),
+            vec![5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+        );
+        let total = |n, c, r| exponential_profile(n, c, r).unwrap().iter().sum::<usize>();
+        assert_eq!(total(5000, 10, 10.0), 20_431);
+        assert_eq!(total(5000, 10, 50.0), 13_996);
+        assert_eq!(total(5000, 10, 100.0), 12_406);
+        assert_eq!(total(500, 100, 10.0), 19_573);
+        assert_eq!(total(500, 100, 50.0), 12_608);
+        assert_eq!(total(500, 100, 100.0), 10_847);
+        let f = exponential_profile(6000, 10, 100.0).unwrap();
+        assert_eq!((f[0], f[9]), (6000, 60));
+        assert_eq!(exponential_profile(7, 3, 1.0).unwrap(), vec![7, 7, 7]);
+        assert!(exponential_profile(7, 3, 0.5).is_err());
+        assert!(exponential_profile(7, 0, 2.0).is_err());
+    }
+
+    #[test]
+    fn cifar100_lt_groups_split_35_35_30() {
+        let counts = exponential_profile(500, 100, 100.0).unwrap();
+        let g = shot_groups(&counts);
+        let n = |x| g.iter().filter(|&&y| y == x).count();
+        assert_eq!((n(ShotGroup::Many), n(ShotGroup::Medium), n(ShotGroup::Few)), (35, 35, 30));
+        assert_eq!(ShotGroup::of(101), ShotGroup::Many);
+        assert_eq!(ShotGroup::of(100), ShotGroup::Medium);
+        assert_eq!(ShotGroup::of(20), ShotGroup::Medium);
+        assert_eq!(ShotGroup::of(19), ShotGroup::Few);
+    }
+
+    #[test]
+    fn ldam_selection_shuffles_each_class_with_one_numpy_stream() {
+        // Class 0 occupies positions 0..10 in file order, class 1 positions 10..15.
+        let labels: Vec<u32> = (0..15).map(|i| if i < 10 { 0 } else { 1 }).collect();
+        let sel = ldam_selection(&labels, &[10, 2], 0).unwrap();
+        // First class: exactly numpy's shuffle(arange(10)) with seed 0.
+        assert_eq!(&sel[..10], &[2, 8, 4, 9, 1, 6, 7, 3, 0, 5]);
+        // Second class continues the same stream.
+        let mut r = NumpyRandomState::new(0);
+        let mut first: Vec<usize> = (0..10).collect();
+        r.shuffle(&mut first);
+        let mut second: Vec<usize> = (10..15).collect();
+        r.shuffle(&mut second);
+        assert_eq!(&sel[10..], &second[..2]);
+        assert!(ldam_selection(&labels, &[11, 2], 0).is_err());
+    }
+}

@@ -1,0 +1,165 @@
+//! CIFAR readers, the LDAM-DRW long-tailed selection and the verified downloader.
+
+mod common;
+
+use common::*;
+use lt_data::cifar::{self, CifarVariant};
+use lt_data::download::{download_verified, RemoteFile};
+use lt_data::{load_bundle, DataError, DataOptions, DatasetName};
+
+#[test]
+fn cifar10_from_directory_and_archive_agree_and_lt_split_matches_ldam() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cifar-10-batches-bin");
+    write_cifar10_dir(&dir);
+    let from_dir = cifar::load_dir(&dir, CifarVariant::Cifar10).unwrap();
+    assert_eq!(from_dir.train.len(), 50_000);
+    assert_eq!(from_dir.test.len(), 10_000);
+    assert_eq!(from_dir.train.class_names[9], "truck");
+    // Record 12,345 lives in batch 2 at position 2,345: label 5, pixels (g*31 + p) % 256.
+    assert_eq!(from_dir.train.labels[12_345], 5);
+    assert_eq!(
+        from_dir.train.image(12_345)[..3],
+        [(12_345 * 31 % 256) as u8, ((12_345 * 31 + 1) % 256) as u8, ((12_345 * 31 + 2) % 256) as u8]
+    );
+
+    let archive_dir = tmp.path().join("arch");
+    std::fs::create_dir_all(&archive_dir).unwrap();
+    std::fs::write(archive_dir.join("cifar-10-binary.tar.gz"), cifar10_archive()).unwrap();
+    let from_archive =
+        cifar::load_archive(&archive_dir.join("cifar-10-binary.tar.gz"), CifarVariant::Cifar10).unwrap();
+    assert_eq!(from_archive.train.pixels, from_dir.train.pixels);
+    assert_eq!(from_archive.test.labels, from_dir.test.labels);
+
+    // The bundle finds the directory under --data-root and builds the rho=100 split.
+    let opts = DataOptions {
+        data_root: Some(tmp.path().to_path_buf()),
+        project_data: tmp.path().join("none"),
+        ..Default::default()
+    };
+    let b = load_bundle(DatasetName::Cifar10Lt, &opts).unwrap();
+    assert_eq!(b.class_counts(), vec![5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]);
+    assert_eq!(b.train.len(), 12_406);
+    // Selection: class 0's positions in file order are 0, 10, 20, ...; numpy's seed-0 shuffle of
+    // 5,000 positions starts 398, 3833, ... so the first chosen indices are 10 times those.
+    assert_eq!(&b.train_indices[..4], &[3980, 38330, 48360, 45720]);
+}
+
+#[test]
+fn cifar100_fine_labels_and_bad_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("cifar-100-binary");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("train.bin"), cifar100_file(50_000)).unwrap();
+    std::fs::write(dir.join("test.bin"), cifar100_file(10_000)).unwrap();
+    let s = cifar::load_dir(&dir, CifarVariant::Cifar100).unwrap();
+    assert_eq!(s.train.labels[..3], [0, 1, 2]);
+    assert_eq!(s.train.labels[199], 99);
+    let opts = DataOptions { data_root: Some(tmp.path().to_path_buf()), ..Default::default() };
+    let b = load_bundle(DatasetName::Cifar100Lt, &opts).unwrap();
+    assert_eq!(b.train.len(), 10_847);
+
+    // Truncated test file.
+    let mut t = cifar100_file(10_000);
+    t.truncate(t.len() - 100);
+    std::fs::write(dir.join("test.bin"), &t).unwrap();
+    let err = cifar::load_dir(&dir, CifarVariant::Cifar100).unwrap_err();
+    assert!(matches!(err, DataError::Size { .. }));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("test.bin") && msg.contains("30740000 bytes (10000 records of 3074 bytes)"),
+        "{msg}"
+    );
+
+    // A fine label out of range, reported with the record number.
+    let mut t = cifar100_file(10_000);
+    t[3074 * 17 + 1] = 100;
+    std::fs::write(dir.join("test.bin"), &t).unwrap();
+    let msg = cifar::load_dir(&dir, CifarVariant::Cifar100).unwrap_err().to_string();
+    assert!(msg.contains("test.bin: record 17 has label 100, outside 0..100"), "{msg}");
+
+    // Missing file.
+    std::fs::remove_file(dir.join("test.bin")).unwrap();
+    let msg = cifar::load_dir(&dir, CifarVariant::Cifar100).unwrap_err().to_string();
+    assert!(msg.contains("test.bin") && msg.contains("not found"), "{msg}");
+}
+
+#[test]
+fn missing_cifar_names_where_it_looked_and_how_to_get_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = DataOptions {
+        data_root: Some(tmp.path().join("mine")),
+        project_data: tmp.path().join("data"),
+        ..Default::default()
+    };
+    let msg = load_bundle(DatasetName::Cifar10Lt, &opts).err().unwrap().to_string();
+    assert!(msg.contains("mine") && msg.contains("data") && msg.contains("--download"), "{msg}");
+}
+
+#[test]
+fn downloader_verifies_checksums_survives_cuts_and_extracts_atomically() {
+    let archive = cifar10_archive();
+    let md5 = md5_hex(&archive);
+    let mut corrupt = archive.clone();
+    let mid = corrupt.len() / 2;
+    corrupt[mid] ^= 0xff;
+    let (base, log) = serve(vec![
+        ("/good/cifar-10-binary.tar.gz".into(), Reply::Body(archive.clone())),
+        ("/bad/cifar-10-binary.tar.gz".into(), Reply::Body(corrupt)),
+        ("/cut/cifar-10-binary.tar.gz".into(), Reply::Cut(archive.clone(), archive.len() / 3)),
+    ]);
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let nothing_left =
+        |root: &std::path::Path| !root.exists() || std::fs::read_dir(root).unwrap().next().is_none();
+
+    // Connection cut mid-way: error, nothing that looks like a data set.
+    let remote =
+        |dir: &str| RemoteFile { url: format!("{base}/{dir}/cifar-10-binary.tar.gz"), md5: md5.clone() };
+    let err = cifar::fetch_from(CifarVariant::Cifar10, &root, &remote("cut")).unwrap_err();
+    assert!(matches!(err, DataError::Download { .. }), "{err}");
+    assert!(nothing_left(&root), "a cut download left files behind");
+
+    // Corrupted archive: checksum error, nothing left.
+    let err = cifar::fetch_from(CifarVariant::Cifar10, &root, &remote("bad")).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, DataError::Checksum { .. }) && msg.contains(&md5), "{msg}");
+    assert!(nothing_left(&root));
+
+    // The official checksum refuses a re-packed archive.
+    let err = cifar::fetch(CifarVariant::Cifar10, &root, Some(&format!("{base}/good"))).unwrap_err();
+    assert!(err.to_string().contains("c32a1d4ab5d03f1284b67883e8d87530"), "{err}");
+    assert!(nothing_left(&root));
+
+    // Good archive: verified, extracted, readable; a second fetch downloads nothing.
+    let dir = cifar::fetch_from(CifarVariant::Cifar10, &root, &remote("good")).unwrap();
+    assert_eq!(dir, root.join("cifar-10-batches-bin"));
+    assert!(dir.join("data_batch_5.bin").is_file());
+    let s = cifar::load_dir(&dir, CifarVariant::Cifar10).unwrap();
+    assert_eq!(s.train.len(), 50_000);
+    let requests = log.lock().unwrap().len();
+    cifar::fetch_from(CifarVariant::Cifar10, &root, &remote("good")).unwrap();
+    assert_eq!(log.lock().unwrap().len(), requests, "a verified archive is not downloaded again");
+
+    // A plain file download with a 404.
+    let err = download_verified(
+        &RemoteFile { url: format!("{base}/nope"), md5: md5.clone() },
+        &tmp.path().join("x"),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("404"), "{err}");
+}
+
+#[test]
+fn extraction_failure_leaves_no_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let archive = tmp.path().join("broken.tar.gz");
+    let mut bytes = cifar10_archive();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(&archive, &bytes).unwrap();
+    let dest = tmp.path().join("out");
+    let err = lt_data::download::extract_tar_gz_atomic(&archive, &dest, 1).unwrap_err();
+    assert!(err.to_string().contains("broken.tar.gz"), "{err}");
+    assert!(!dest.exists());
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "only the archive remains");
+}
