@@ -1,0 +1,64 @@
+//! Pretrained backbones from the Hugging Face hub (e.g. `timm/resnet50.tv_in1k`).
+//!
+//! The cache is the standard one (`HF_HUB_CACHE`, else `HF_HOME/hub`, else
+//! `~/.cache/huggingface/hub`), laid out as `models--<org>--<name>/refs/<revision>` (a commit id)
+//! and `models--<org>--<name>/snapshots/<commit>/<file>`. In offline mode (`HF_HUB_OFFLINE=1` or
+//! [`HubOptions::offline`]) only the cache is read and the network is never touched.
+
+use std::path::PathBuf;
+
+use hf_hub::{Cache, Repo, RepoType};
+
+use crate::error::{ModelError, Result};
+
+/// Where and how to fetch hub files.
+#[derive(Clone, Debug, Default)]
+pub struct HubOptions {
+    /// Cache directory (default: the standard resolution).
+    pub cache_dir: Option<PathBuf>,
+    /// Never touch the network.
+    pub offline: bool,
+    /// Revision (branch, tag or commit; default `main`).
+    pub revision: Option<String>,
+}
+
+/// The standard cache directory: `HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`.
+pub fn default_cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return PathBuf::from(p).join("hub");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("huggingface").join("hub")
+}
+
+/// Whether `HF_HUB_OFFLINE` asks for offline mode.
+pub fn offline_from_env() -> bool {
+    matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("True"))
+}
+
+/// The local path of `filename` in model repository `repo_id`, downloading it unless offline.
+pub fn fetch(repo_id: &str, filename: &str, opts: &HubOptions) -> Result<PathBuf> {
+    let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
+    let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.clone());
+    if let Some(p) = Cache::new(cache_dir.clone()).repo(repo.clone()).get(filename) {
+        return Ok(p);
+    }
+    if opts.offline || offline_from_env() {
+        return Err(ModelError::Hub(format!(
+            "{repo_id}/{filename} (revision {revision}) is not in the offline cache {}; run once online or copy it there \
+             (models--{}/snapshots/<commit>/{filename} with refs/{revision} naming the commit)",
+            cache_dir.display(),
+            repo_id.replace('/', "--"),
+        )));
+    }
+    let api = hf_hub::api::sync::ApiBuilder::new()
+        .with_cache_dir(cache_dir)
+        .with_progress(false)
+        .build()
+        .map_err(|e| ModelError::Hub(e.to_string()))?;
+    api.repo(repo).get(filename).map_err(|e| ModelError::Hub(format!("{repo_id}/{filename}: {e}")))
+}

@@ -1,0 +1,174 @@
+//! Layers of the backbones: convolution, batch norm (+ ReLU) and the linear head, reading their
+//! parameters from a [`ParamStore`] and running on a [`Backend`].
+
+use candle_core::{Tensor, Var};
+
+use crate::error::Result;
+use crate::fused::ProgramBuilder;
+use crate::init::{draw, Init};
+use crate::ops::Backend;
+use crate::params::ParamStore;
+
+/// What a forward pass needs besides its input.
+#[derive(Clone, Copy)]
+pub(crate) struct Ctx<'a> {
+    /// Batch norm in training mode (batch statistics, running statistics updated).
+    pub train: bool,
+    /// Record the autograd graph (parameters as variables); `false` for inference.
+    pub grad: bool,
+    /// The op implementation.
+    pub backend: Backend,
+    /// Where buffers live.
+    pub store: &'a ParamStore,
+}
+
+impl Ctx<'_> {
+    pub fn param(&self, v: &Var) -> Tensor {
+        if self.grad {
+            v.as_tensor().clone()
+        } else {
+            v.as_detached_tensor()
+        }
+    }
+}
+
+/// Builds parameters with names under a prefix, drawing initial values from the seeded RNG.
+pub(crate) struct Builder<'a> {
+    pub store: &'a ParamStore,
+    pub seed: u64,
+    pub prefix: String,
+}
+
+impl<'a> Builder<'a> {
+    pub fn new(store: &'a ParamStore, seed: u64) -> Self {
+        Self { store, seed, prefix: String::new() }
+    }
+
+    pub fn push(&self, part: impl std::fmt::Display) -> Builder<'a> {
+        let prefix =
+            if self.prefix.is_empty() { part.to_string() } else { format!("{}.{part}", self.prefix) };
+        Builder { store: self.store, seed: self.seed, prefix }
+    }
+
+    pub fn name(&self, leaf: &str) -> String {
+        if self.prefix.is_empty() {
+            leaf.to_string()
+        } else {
+            format!("{}.{leaf}", self.prefix)
+        }
+    }
+
+    pub fn param(&self, leaf: &str, shape: &[usize], init: Init) -> Result<Var> {
+        let name = self.name(leaf);
+        let t = draw(init, shape, self.seed, &name, self.store.device())?;
+        self.store.add_param(&name, t)
+    }
+}
+
+/// A bias-free convolution (`{prefix}.weight`, `[C_out, C_in, k, k]`).
+pub(crate) struct Conv {
+    pub weight: Var,
+    pub stride: usize,
+    pub pad: usize,
+}
+
+/// How convolution weights are initialised.
+#[derive(Clone, Copy)]
+pub(crate) enum ConvInit {
+    /// Kaiming normal over the fan-in (the CIFAR ResNet reference).
+    FanIn,
+    /// Kaiming normal over the fan-out (torchvision).
+    FanOut,
+}
+
+impl Conv {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        b: &Builder,
+        cin: usize,
+        cout: usize,
+        k: usize,
+        stride: usize,
+        pad: usize,
+        init: ConvInit,
+    ) -> Result<Self> {
+        let fan = match init {
+            ConvInit::FanIn => cin * k * k,
+            ConvInit::FanOut => cout * k * k,
+        };
+        let weight = b.param("weight", &[cout, cin, k, k], Init::KaimingNormal { fan })?;
+        Ok(Self { weight, stride, pad })
+    }
+
+    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Result<Tensor> {
+        Ok(ctx.backend.conv2d(x, &ctx.param(&self.weight), self.stride, self.pad)?)
+    }
+
+    pub fn emit(&self, p: &mut ProgramBuilder, x: usize) -> usize {
+        p.conv(x, &self.weight, self.stride, self.pad)
+    }
+}
+
+/// Batch norm over the channel (last) dimension with PyTorch's parameters and buffers.
+pub(crate) struct BatchNorm {
+    pub prefix: String,
+    pub weight: Var,
+    pub bias: Var,
+    pub eps: f64,
+}
+
+impl BatchNorm {
+    pub fn new(b: &Builder, c: usize) -> Result<Self> {
+        let weight = b.param("weight", &[c], Init::Const(1.0))?;
+        let bias = b.param("bias", &[c], Init::Const(0.0))?;
+        let dev = b.store.device();
+        b.store.set_buffer(&b.name("running_mean"), Tensor::zeros(c, candle_core::DType::F32, dev)?)?;
+        b.store.set_buffer(&b.name("running_var"), Tensor::ones(c, candle_core::DType::F32, dev)?)?;
+        b.store.set_buffer(&b.name("num_batches_tracked"), Tensor::new(0i64, dev)?)?;
+        Ok(Self { prefix: b.prefix.clone(), weight, bias, eps: 1e-5 })
+    }
+
+    pub fn emit(&self, p: &mut ProgramBuilder, x: usize, relu: bool) -> usize {
+        p.bn(x, &self.weight, &self.bias, relu, &self.prefix, self.eps)
+    }
+
+    /// Normalises `x` (NHWC), then applies ReLU when `relu`.
+    pub fn forward(&self, x: &Tensor, relu: bool, ctx: Ctx) -> Result<Tensor> {
+        let (g, b) = (ctx.param(&self.weight), ctx.param(&self.bias));
+        if ctx.train {
+            let (y, stats) = ctx.backend.batch_norm_train(x, &g, &b, self.eps, relu)?;
+            ctx.store.update_bn(&self.prefix, &stats.mean, &stats.var, stats.count)?;
+            Ok(y)
+        } else {
+            let rm = ctx.store.buffer(&format!("{}.running_mean", self.prefix)).expect("registered buffer");
+            let rv = ctx.store.buffer(&format!("{}.running_var", self.prefix)).expect("registered buffer");
+            Ok(ctx.backend.batch_norm_eval(x, &g, &b, &rm, &rv, self.eps, relu)?)
+        }
+    }
+}
+
+/// The linear classifier head: `logits = z W^T + b`.
+pub(crate) struct Linear {
+    pub weight: Var,
+    pub bias: Var,
+}
+
+impl Linear {
+    /// `kaiming`: Kaiming-normal weight (CIFAR reference); otherwise PyTorch's default uniform.
+    pub fn new(b: &Builder, din: usize, dout: usize, kaiming: bool) -> Result<Self> {
+        let bound = 1.0 / (din as f64).sqrt();
+        let winit = if kaiming { Init::KaimingNormal { fan: din } } else { Init::Uniform { bound } };
+        let weight = b.param("weight", &[dout, din], winit)?;
+        let bias = b.param("bias", &[dout], Init::Uniform { bound })?;
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, z: &Tensor, grad: bool) -> Result<Tensor> {
+        let (w, b) = if grad {
+            (self.weight.as_tensor().clone(), self.bias.as_tensor().clone())
+        } else {
+            (self.weight.as_detached_tensor(), self.bias.as_detached_tensor())
+        };
+        Ok(z.matmul(&w.t()?)?.broadcast_add(&b)?)
+    }
+}

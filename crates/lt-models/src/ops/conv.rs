@@ -1,0 +1,522 @@
+//! 2-D convolution on NHWC activations: forward, input gradient and weight gradient.
+//!
+//! Weights use PyTorch's `[C_out, C_in, k, k]` layout; activations are `[N, H, W, C]`. All three
+//! passes run on the [`super::kernels`] micro-kernels without an im2col buffer and are spread over
+//! the rayon pool: the forward pass and the input gradient by blocks of pixels, the weight
+//! gradient by images (or groups of rows), each worker with its own partial sum.
+
+// Numerical kernels index several arrays with one loop variable.
+#![allow(clippy::needless_range_loop)]
+
+use rayon::prelude::*;
+
+use super::kernels::{gather_block, outer_block, GatherArgs, OuterArgs, Run, Tap, MR_MAX};
+
+/// Geometry of a square-kernel convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConvShape {
+    /// Batch size.
+    pub n: usize,
+    /// Input height.
+    pub h: usize,
+    /// Input width.
+    pub w: usize,
+    /// Input channels.
+    pub cin: usize,
+    /// Output channels.
+    pub cout: usize,
+    /// Kernel side.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Zero padding on every side.
+    pub pad: usize,
+}
+
+impl ConvShape {
+    /// Output height.
+    pub fn oh(&self) -> usize {
+        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Output width.
+    pub fn ow(&self) -> usize {
+        (self.w + 2 * self.pad - self.k) / self.stride + 1
+    }
+    /// Elements of the input.
+    pub fn input_len(&self) -> usize {
+        self.n * self.h * self.w * self.cin
+    }
+    /// Elements of the output.
+    pub fn output_len(&self) -> usize {
+        self.n * self.oh() * self.ow() * self.cout
+    }
+    /// Elements of the weight.
+    pub fn weight_len(&self) -> usize {
+        self.cout * self.cin * self.k * self.k
+    }
+    /// Multiply-accumulates of the forward pass.
+    pub fn macs(&self) -> usize {
+        self.output_len() * self.cin * self.k * self.k
+    }
+}
+
+/// Column blocks of `cols` columns: `(first column, 8-wide vectors)`; the last may be narrower
+/// than its vectors (padded columns are computed into a scratch row and dropped).
+fn col_blocks(cols: usize) -> Vec<(usize, usize)> {
+    let mut v = Vec::new();
+    let mut c = 0;
+    while c < cols {
+        let nb = if cols - c > 8 { 2 } else { 1 };
+        v.push((c, nb));
+        c += 8 * nb;
+    }
+    v
+}
+
+/// Packs `rows_of(tap, d)` rows into `[col block][tap][depth][nr]` with zero padding of columns.
+fn pack(
+    taps: usize,
+    depth: usize,
+    cols: usize,
+    value: impl Fn(usize, usize, usize) -> f32,
+) -> (Vec<f32>, Vec<(usize, usize, usize)>) {
+    let blocks = col_blocks(cols);
+    let mut packed = Vec::new();
+    let mut index = Vec::new();
+    for &(c0, nb) in &blocks {
+        index.push((c0, nb, packed.len()));
+        let nr = 8 * nb;
+        for t in 0..taps {
+            for d in 0..depth {
+                for l in 0..nr {
+                    let c = c0 + l;
+                    packed.push(if c < cols { value(t, d, c) } else { 0.0 });
+                }
+            }
+        }
+    }
+    (packed, index)
+}
+
+/// A raw output pointer shared by the workers of a gather pass, which write disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: workers write disjoint rows (each logical row maps to its own output row).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+/// Runs gather-GEMM over `rows` logical output rows of `cols` columns. Row `r` is stored at
+/// `out[row_offset(r)..][..cols]`; `plan(first_row, mr, taps)` fills the taps of a block of `mr`
+/// consecutive logical rows and returns their depth.
+#[allow(clippy::too_many_arguments)]
+fn gather_pass(
+    out: &mut [f32],
+    accumulate: bool,
+    rows: usize,
+    cols: usize,
+    packed: &[f32],
+    index: &[(usize, usize, usize)],
+    row_offset: impl Fn(usize) -> usize + Sync,
+    plan: impl Fn(usize, usize, &mut Vec<Tap>) -> usize + Sync,
+) {
+    const BLOCKS_PER_TASK: usize = 16;
+    let blocks = rows.div_ceil(MR_MAX);
+    let outp = OutPtr(out.as_mut_ptr());
+    let len = out.len();
+    (0..blocks.div_ceil(BLOCKS_PER_TASK)).into_par_iter().for_each(|task| {
+        // Capture the whole wrapper (not its raw-pointer field) so the closure stays Send.
+        let base = outp;
+        let mut taps: Vec<Tap> = Vec::with_capacity(64);
+        let mut scratch = [[0f32; 16]; MR_MAX];
+        for blk in task * BLOCKS_PER_TASK..((task + 1) * BLOCKS_PER_TASK).min(blocks) {
+            let r0 = blk * MR_MAX;
+            let mr = (rows - r0).min(MR_MAX);
+            taps.clear();
+            let depth = plan(r0, mr, &mut taps);
+            let offs: [usize; MR_MAX] = std::array::from_fn(|j| if j < mr { row_offset(r0 + j) } else { 0 });
+            for &(c0, nb, off) in index {
+                let nr = 8 * nb;
+                let full = c0 + nr <= cols;
+                if !full && accumulate {
+                    let n = cols - c0;
+                    for j in 0..mr {
+                        // SAFETY: the first `n` columns of the row are inside `out`.
+                        let src = unsafe { std::slice::from_raw_parts(base.0.add(offs[j] + c0), n) };
+                        scratch[j][..n].copy_from_slice(src);
+                    }
+                }
+                let outs: [*mut f32; MR_MAX] = std::array::from_fn(|j| {
+                    if j < mr && full {
+                        debug_assert!(offs[j] + c0 + nr <= len);
+                        // SAFETY: the row lies inside `out` (checked in debug builds).
+                        unsafe { base.0.add(offs[j] + c0) }
+                    } else {
+                        scratch[j].as_mut_ptr()
+                    }
+                });
+                let args =
+                    GatherArgs { taps: &taps, depth, packed: packed[off..].as_ptr(), out: outs, accumulate };
+                // SAFETY: taps point at `depth` valid floats (rows of the source or a zero row long
+                // enough for any depth), weights rows are inside the packed block, outputs are
+                // `nr`-float rows of `out` or of the scratch block.
+                unsafe { gather_block(&args, mr, nb) };
+                if !full {
+                    let n = cols - c0;
+                    for j in 0..mr {
+                        // SAFETY: as above, the first `n` columns of the row are inside `out`.
+                        let dst = unsafe { std::slice::from_raw_parts_mut(base.0.add(offs[j] + c0), n) };
+                        dst.copy_from_slice(&scratch[j][..n]);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// Forward convolution: `out[N, OH, OW, C_out] = conv(x[N, H, W, C_in], w[C_out, C_in, k, k])`.
+pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, out: &mut [f32]) {
+    assert_eq!(x.len(), s.input_len(), "conv input length");
+    assert_eq!(w.len(), s.weight_len(), "conv weight length");
+    assert_eq!(out.len(), s.output_len(), "conv output length");
+    let (k, cin, cout) = (s.k, s.cin, s.cout);
+    // Packed rows: tap t = kh*k + kw, then input channel: the k taps of one kernel row are
+    // consecutive, matching k consecutive input pixels of one row (the merged tap).
+    let (packed, index) = pack(k * k, cin, cout, |t, ci, co| w[((co * cin + ci) * k + t / k) * k + t % k]);
+    let zeros = vec![0f32; k * cin.max(cout)];
+    let (oh, ow) = (s.oh(), s.ow());
+    let (h, wd, st, pad) = (s.h as isize, s.w as isize, s.stride as isize, s.pad as isize);
+    let plan = |r0: usize, mr: usize, taps: &mut Vec<Tap>| {
+        let mut coords = [(0usize, 0isize, 0isize); MR_MAX];
+        let (mut n, rem) = (r0 / (oh * ow), r0 % (oh * ow));
+        let (mut y, mut xo) = (rem / ow, rem % ow);
+        for c in coords.iter_mut().take(mr) {
+            *c = (n, y as isize * st - pad, xo as isize * st - pad);
+            xo += 1;
+            if xo == ow {
+                xo = 0;
+                y += 1;
+                if y == oh {
+                    y = 0;
+                    n += 1;
+                }
+            }
+        }
+        let interior = coords[..mr].iter().all(|&(_, _, ix)| ix >= 0 && ix + k as isize <= wd);
+        let src = |n: usize, iy: isize, ix: isize| -> Option<*const f32> {
+            (iy >= 0 && iy < h && ix >= 0 && ix < wd)
+                .then(|| x[((n * s.h + iy as usize) * s.w + ix as usize) * cin..].as_ptr())
+        };
+        let kernel_cols = if interior { 1 } else { k };
+        for kh in 0..k {
+            for kw in 0..kernel_cols {
+                let mut any = false;
+                let ptrs: [*const f32; MR_MAX] = std::array::from_fn(|j| {
+                    if j >= mr {
+                        return zeros.as_ptr();
+                    }
+                    let (n, iy, ix) = coords[j];
+                    match src(n, iy + kh as isize, ix + kw as isize) {
+                        Some(p) => {
+                            any = true;
+                            p
+                        }
+                        None => zeros.as_ptr(),
+                    }
+                });
+                if any {
+                    taps.push(Tap { src: ptrs, w: (kh * k + kw) * cin });
+                }
+            }
+        }
+        if interior {
+            k * cin
+        } else {
+            cin
+        }
+    };
+    gather_pass(out, false, s.n * oh * ow, cout, &packed, &index, |r| r * cout, plan);
+}
+
+/// Input gradient: `dx[N, H, W, C_in]` from `dy[N, OH, OW, C_out]` (overwrites `dx`).
+///
+/// Each input pixel gathers from the output pixels its taps reach. With stride 1 the `k` taps of
+/// a kernel row reach `k` consecutive output pixels, so they merge into one tap (weights packed
+/// with the kernel column reversed); with a larger stride the logical rows are ordered by phase
+/// (`x mod stride`) so that a block shares its valid taps and skips the others.
+pub fn backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
+    backward_input_into(dy, w, s, dx, false)
+}
+
+/// [`backward_input`] that adds the input gradient to `dx` instead of overwriting it.
+pub fn backward_input_acc(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
+    backward_input_into(dy, w, s, dx, true)
+}
+
+fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], accumulate: bool) {
+    assert_eq!(dy.len(), s.output_len(), "conv output-gradient length");
+    assert_eq!(w.len(), s.weight_len(), "conv weight length");
+    assert_eq!(dx.len(), s.input_len(), "conv input-gradient length");
+    let (k, cin, cout) = (s.k, s.cin, s.cout);
+    // Packed rows: tap t' = kh*k + (k-1-kw), then output channel.
+    let (packed, index) =
+        pack(k * k, cout, cin, |t, co, ci| w[((co * cin + ci) * k + t / k) * k + (k - 1 - t % k)]);
+    let zeros = vec![0f32; k * cin.max(cout)];
+    let (oh, ow) = (s.oh() as isize, s.ow() as isize);
+    let (st, pad, wd) = (s.stride, s.pad as isize, s.w);
+    // Logical order within an image row: phase-major (x = r, r + s, r + 2s, ... for r < s).
+    let order: Vec<usize> = (0..st).flat_map(|r| (r..wd).step_by(st)).collect();
+    let row_pos = |row: usize| {
+        let (img_row, local) = (row / wd, row % wd);
+        (img_row / s.h, img_row % s.h, order[local])
+    };
+    let plan = |r0: usize, mr: usize, taps: &mut Vec<Tap>| {
+        let coords: [(usize, usize, usize); MR_MAX] =
+            std::array::from_fn(|j| if j < mr { row_pos(r0 + j) } else { (0, 0, 0) });
+        let out_pos = |iy: usize, ix: usize, kh: usize, kw: usize| -> Option<(isize, isize)> {
+            let ny = iy as isize + pad - kh as isize;
+            let nx = ix as isize + pad - kw as isize;
+            let sti = st as isize;
+            if ny < 0 || nx < 0 || ny % sti != 0 || nx % sti != 0 || ny / sti >= oh || nx / sti >= ow {
+                None
+            } else {
+                Some((ny / sti, nx / sti))
+            }
+        };
+        let src = |n: usize, oy: isize, ox: isize| {
+            dy[((n as isize * oh + oy) * ow + ox) as usize * cout..].as_ptr()
+        };
+        // Stride 1: merge a kernel row when every pixel reaches k in-range output columns.
+        let merged = st == 1
+            && coords[..mr].iter().all(|&(_, _, ix)| {
+                let lo = ix as isize + pad - (k as isize - 1);
+                lo >= 0 && ix as isize + pad < ow
+            });
+        if merged {
+            for kh in 0..k {
+                let mut any = false;
+                let ptrs: [*const f32; MR_MAX] = std::array::from_fn(|j| {
+                    let (n, iy, ix) = coords[j];
+                    let oy = iy as isize + pad - kh as isize;
+                    if j >= mr || oy < 0 || oy >= oh {
+                        return zeros.as_ptr();
+                    }
+                    any = true;
+                    src(n, oy, ix as isize + pad - (k as isize - 1))
+                });
+                if any {
+                    taps.push(Tap { src: ptrs, w: kh * k * cout });
+                }
+            }
+            return k * cout;
+        }
+        for kh in 0..k {
+            for kw in 0..k {
+                let mut any = false;
+                let ptrs: [*const f32; MR_MAX] = std::array::from_fn(|j| {
+                    let (n, iy, ix) = coords[j];
+                    match (j < mr).then(|| out_pos(iy, ix, kh, kw)).flatten() {
+                        Some((oy, ox)) => {
+                            any = true;
+                            src(n, oy, ox)
+                        }
+                        None => zeros.as_ptr(),
+                    }
+                });
+                if any {
+                    taps.push(Tap { src: ptrs, w: (kh * k + (k - 1 - kw)) * cout });
+                }
+            }
+        }
+        cout
+    };
+    let row_offset = |row: usize| {
+        let (n, iy, ix) = row_pos(row);
+        ((n * s.h + iy) * wd + ix) * cin
+    };
+    gather_pass(dx, accumulate, s.n * s.h * wd, cin, &packed, &index, row_offset, plan);
+}
+
+/// Weight gradient: `dw[C_out, C_in, k, k] = sum over pixels of dy (x) x` (overwrites `dw`).
+pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
+    assert_eq!(x.len(), s.input_len(), "conv input length");
+    assert_eq!(dy.len(), s.output_len(), "conv output-gradient length");
+    assert_eq!(dw.len(), s.weight_len(), "conv weight-gradient length");
+    let (k, cin, cout) = (s.k, s.cin, s.cout);
+    let (oh, ow) = (s.oh(), s.ow());
+    let blocks = col_blocks(cout);
+    let cpad = blocks.last().map(|&(c0, nb)| c0 + 8 * nb).unwrap_or(0);
+    let acc_len = k * k * cin * cpad;
+    // dy padded to `cpad` columns when C_out is not a multiple of 8.
+    let dy_padded: std::borrow::Cow<[f32]> = if cpad == cout {
+        dy.into()
+    } else {
+        let mut v = vec![0f32; s.n * oh * ow * cpad];
+        for (src, dst) in dy.chunks_exact(cout).zip(v.chunks_exact_mut(cpad)) {
+            dst[..cout].copy_from_slice(src);
+        }
+        v.into()
+    };
+    let dyp: &[f32] = &dy_padded;
+    // Work items: groups of output rows small enough for x and dy to stay in cache.
+    let row_bytes = ow * (cin.max(cpad)) * 4 * 2;
+    let rows_per_task = (96 * 1024 / row_bytes.max(1)).clamp(1, oh);
+    let tasks: Vec<(usize, usize)> =
+        (0..s.n).flat_map(|n| (0..oh).step_by(rows_per_task).map(move |y0| (n, y0))).collect();
+    let partial = tasks
+        .par_iter()
+        .fold(
+            || vec![0f32; acc_len],
+            |mut acc, &(n, y0)| {
+                let y1 = (y0 + rows_per_task).min(oh);
+                let mut runs: Vec<Run> = Vec::with_capacity(y1 - y0);
+                for t in 0..k * k {
+                    let (kh, kw) = (t / k, t % k);
+                    runs.clear();
+                    // Valid output columns: 0 <= xo*stride - pad + kw < w.
+                    let lo = (s.pad.saturating_sub(kw)).div_ceil(s.stride);
+                    let hi =
+                        if s.w + s.pad > kw { ((s.w + s.pad - kw - 1) / s.stride + 1).min(ow) } else { 0 };
+                    if lo >= hi {
+                        continue;
+                    }
+                    for y in y0..y1 {
+                        let iy = (y * s.stride + kh) as isize - s.pad as isize;
+                        if iy < 0 || iy >= s.h as isize {
+                            continue;
+                        }
+                        let ix = lo * s.stride + kw - s.pad;
+                        runs.push(Run {
+                            x: ((n * s.h + iy as usize) * s.w + ix) * cin,
+                            dy: ((n * oh + y) * ow + lo) * cpad,
+                            count: hi - lo,
+                        });
+                    }
+                    if runs.is_empty() {
+                        continue;
+                    }
+                    let mut c = 0;
+                    while c < cin {
+                        let mr = (cin - c).min(MR_MAX);
+                        for &(c0, nb) in &blocks {
+                            let args = OuterArgs {
+                                x: x[c..].as_ptr(),
+                                x_stride: s.stride * cin,
+                                dy: dyp[c0..].as_ptr(),
+                                dy_stride: cpad,
+                                runs: &runs,
+                                acc: acc[(t * cin + c) * cpad + c0..].as_mut_ptr(),
+                                acc_stride: cpad,
+                            };
+                            // SAFETY: runs stay inside x and dy (valid rows/columns only); the
+                            // accumulator block lies inside `acc` (rows c..c+mr of tap t).
+                            unsafe { outer_block(&args, mr, nb) };
+                        }
+                        c += mr;
+                    }
+                }
+                acc
+            },
+        )
+        .reduce(
+            || vec![0f32; acc_len],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += y;
+                }
+                a
+            },
+        );
+    for co in 0..cout {
+        for ci in 0..cin {
+            for t in 0..k * k {
+                dw[(co * cin + ci) * k * k + t] = partial[(t * cin + ci) * cpad + co];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = lt_core::Rng::new(seed);
+        (0..n).map(|_| r.uniform_f32() * 2.0 - 1.0).collect()
+    }
+
+    /// Direct-loop reference of the three passes.
+    fn reference(x: &[f32], w: &[f32], dy: &[f32], s: &ConvShape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (oh, ow) = (s.oh(), s.ow());
+        let mut out = vec![0f32; s.output_len()];
+        let mut dx = vec![0f32; s.input_len()];
+        let mut dw = vec![0f32; s.weight_len()];
+        for n in 0..s.n {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    for co in 0..s.cout {
+                        let o = ((n * oh + y) * ow + xo) * s.cout + co;
+                        for kh in 0..s.k {
+                            for kw in 0..s.k {
+                                let iy = (y * s.stride + kh) as isize - s.pad as isize;
+                                let ix = (xo * s.stride + kw) as isize - s.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                                    continue;
+                                }
+                                for ci in 0..s.cin {
+                                    let i = ((n * s.h + iy as usize) * s.w + ix as usize) * s.cin + ci;
+                                    let wi = ((co * s.cin + ci) * s.k + kh) * s.k + kw;
+                                    out[o] += x[i] * w[wi];
+                                    dx[i] += dy[o] * w[wi];
+                                    dw[wi] += dy[o] * x[i];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (out, dx, dw)
+    }
+
+    fn close(a: &[f32], b: &[f32], what: &str) {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn all_passes_match_direct_loops_on_odd_shapes() {
+        let shapes = [
+            ConvShape { n: 2, h: 7, w: 5, cin: 3, cout: 16, k: 3, stride: 1, pad: 1 },
+            ConvShape { n: 1, h: 8, w: 8, cin: 16, cout: 32, k: 3, stride: 2, pad: 1 },
+            ConvShape { n: 3, h: 6, w: 9, cin: 5, cout: 20, k: 1, stride: 1, pad: 0 },
+            ConvShape { n: 1, h: 9, w: 9, cin: 2, cout: 8, k: 7, stride: 2, pad: 3 },
+            ConvShape { n: 2, h: 5, w: 5, cin: 7, cout: 11, k: 1, stride: 2, pad: 0 },
+            ConvShape { n: 1, h: 4, w: 6, cin: 24, cout: 3, k: 3, stride: 1, pad: 0 },
+            // Rows long enough for whole interior blocks (merged taps in both gather passes).
+            ConvShape { n: 1, h: 5, w: 20, cin: 6, cout: 16, k: 3, stride: 1, pad: 1 },
+            ConvShape { n: 2, h: 3, w: 26, cin: 4, cout: 8, k: 5, stride: 1, pad: 2 },
+            ConvShape { n: 1, h: 6, w: 31, cin: 5, cout: 24, k: 3, stride: 2, pad: 1 },
+        ];
+        for (i, s) in shapes.iter().enumerate() {
+            let x = data(s.input_len(), 1 + i as u64);
+            let w = data(s.weight_len(), 10 + i as u64);
+            let dy = data(s.output_len(), 20 + i as u64);
+            let (ro, rdx, rdw) = reference(&x, &w, &dy, s);
+            let mut out = vec![f32::NAN; s.output_len()];
+            forward(&x, &w, s, &mut out);
+            close(&out, &ro, &format!("forward {s:?}"));
+            let mut dx = vec![f32::NAN; s.input_len()];
+            backward_input(&dy, &w, s, &mut dx);
+            close(&dx, &rdx, &format!("dx {s:?}"));
+            let base = data(s.input_len(), 30 + i as u64);
+            let mut acc = base.clone();
+            backward_input_acc(&dy, &w, s, &mut acc);
+            let want: Vec<f32> = base.iter().zip(&rdx).map(|(a, b)| a + b).collect();
+            close(&acc, &want, &format!("dx accumulated {s:?}"));
+            let mut dw = vec![f32::NAN; s.weight_len()];
+            backward_weight(&x, &dy, s, &mut dw);
+            close(&dw, &rdw, &format!("dw {s:?}"));
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! Batch normalisation over NHWC activations (channel innermost), optionally fused with ReLU.
+//!
+//! Statistics are accumulated per chunk of pixels in `f32` and across chunks in `f64`, so that
+//! a batch of 128 x 32 x 32 pixels keeps PyTorch's precision.
+
+// Numerical kernels index several arrays with one loop variable.
+#![allow(clippy::needless_range_loop)]
+
+use rayon::prelude::*;
+
+const CHUNK_PIXELS: usize = 512;
+
+/// Per-channel mean and biased variance of `x` (`[P, c]`), two passes (mean, then deviations).
+pub fn batch_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
+    let p = x.len() / c;
+    let sum = x
+        .par_chunks(CHUNK_PIXELS * c)
+        .fold(
+            || vec![0f64; c],
+            |mut acc, chunk| {
+                let mut part = vec![0f32; c];
+                for px in chunk.chunks_exact(c) {
+                    for (s, &v) in part.iter_mut().zip(px) {
+                        *s += v;
+                    }
+                }
+                for (a, s) in acc.iter_mut().zip(&part) {
+                    *a += *s as f64;
+                }
+                acc
+            },
+        )
+        .reduce(|| vec![0f64; c], add_vec);
+    let mean: Vec<f64> = sum.iter().map(|s| s / p as f64).collect();
+    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let sq = x
+        .par_chunks(CHUNK_PIXELS * c)
+        .fold(
+            || vec![0f64; c],
+            |mut acc, chunk| {
+                let mut part = vec![0f32; c];
+                for px in chunk.chunks_exact(c) {
+                    for ((s, &v), &m) in part.iter_mut().zip(px).zip(&mean32) {
+                        let d = v - m;
+                        *s += d * d;
+                    }
+                }
+                for (a, s) in acc.iter_mut().zip(&part) {
+                    *a += *s as f64;
+                }
+                acc
+            },
+        )
+        .reduce(|| vec![0f64; c], add_vec);
+    let var = sq.iter().map(|s| s / p as f64).collect();
+    (mean, var)
+}
+
+fn add_vec(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
+    for (x, y) in a.iter_mut().zip(&b) {
+        *x += y;
+    }
+    a
+}
+
+/// `out = scale * x + shift` per channel, with ReLU when `relu`.
+pub fn affine(x: &[f32], c: usize, scale: &[f32], shift: &[f32], relu: bool, out: &mut [f32]) {
+    if relu {
+        affine_impl::<true>(x, c, scale, shift, out)
+    } else {
+        affine_impl::<false>(x, c, scale, shift, out)
+    }
+}
+
+fn affine_impl<const RELU: bool>(x: &[f32], c: usize, scale: &[f32], shift: &[f32], out: &mut [f32]) {
+    out.par_chunks_mut(CHUNK_PIXELS * c).zip(x.par_chunks(CHUNK_PIXELS * c)).for_each(|(o, i)| {
+        for (op, ip) in o.chunks_exact_mut(c).zip(i.chunks_exact(c)) {
+            for ((o, &v), (&a, &b)) in op.iter_mut().zip(ip).zip(scale.iter().zip(shift)) {
+                let r = v * a + b;
+                *o = if RELU { r.max(0.0) } else { r };
+            }
+        }
+    });
+}
+
+/// Training-mode forward: normalises with the batch statistics. Returns `(mean, invstd,
+/// biased variance)` per channel.
+pub fn forward_train(
+    x: &[f32],
+    c: usize,
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f64,
+    relu: bool,
+    out: &mut [f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
+    let (mean, var) = batch_stats(x, c);
+    let invstd: Vec<f32> = var.iter().map(|&v| (1.0 / (v + eps).sqrt()) as f32).collect();
+    let scale: Vec<f32> = (0..c).map(|k| gamma[k] * invstd[k]).collect();
+    let shift: Vec<f32> = (0..c).map(|k| beta[k] - mean[k] as f32 * scale[k]).collect();
+    affine(x, c, &scale, &shift, relu, out);
+    (mean.iter().map(|&m| m as f32).collect(), invstd, var)
+}
+
+/// Gradients of training-mode batch norm (+ ReLU when `y` is given: the mask is `y > 0`).
+///
+/// Returns `(dgamma, dbeta)` and writes `dx` when requested.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_train(
+    x: &[f32],
+    y: Option<&[f32]>,
+    dy: &[f32],
+    c: usize,
+    gamma: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    dx: Option<&mut [f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    match y {
+        Some(y) => backward_train_impl::<true>(x, y, dy, c, gamma, mean, invstd, dx),
+        None => backward_train_impl::<false>(x, dy, dy, c, gamma, mean, invstd, dx),
+    }
+}
+
+/// The gradient through an optional ReLU (mask `y > 0`).
+#[inline(always)]
+fn masked<const RELU: bool>(d: f32, y: f32) -> f32 {
+    if RELU && y <= 0.0 {
+        0.0
+    } else {
+        d
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward_train_impl<const RELU: bool>(
+    x: &[f32],
+    y: &[f32],
+    dy: &[f32],
+    c: usize,
+    gamma: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    dx: Option<&mut [f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    let p = x.len() / c;
+    let chunk = CHUNK_PIXELS * c;
+    // Pass 1: dbeta = sum dz, dgamma = sum dz * xhat, with dz = dy * mask.
+    let sums = x
+        .par_chunks(chunk)
+        .zip(dy.par_chunks(chunk))
+        .zip(y.par_chunks(chunk))
+        .fold(
+            || vec![0f64; 2 * c],
+            |mut acc, ((xc, dc), yc)| {
+                let mut sb = vec![0f32; c];
+                let mut sg = vec![0f32; c];
+                for ((xp, dp), yp) in xc.chunks_exact(c).zip(dc.chunks_exact(c)).zip(yc.chunks_exact(c)) {
+                    for (((b, g), (&xv, &dv)), ((&yv, &m), &is)) in sb
+                        .iter_mut()
+                        .zip(sg.iter_mut())
+                        .zip(xp.iter().zip(dp))
+                        .zip(yp.iter().zip(mean).zip(invstd))
+                    {
+                        let d = masked::<RELU>(dv, yv);
+                        *b += d;
+                        *g += d * (xv - m) * is;
+                    }
+                }
+                for k in 0..c {
+                    acc[k] += sb[k] as f64;
+                    acc[c + k] += sg[k] as f64;
+                }
+                acc
+            },
+        )
+        .reduce(|| vec![0f64; 2 * c], add_vec);
+    let dbeta: Vec<f32> = sums[..c].iter().map(|&v| v as f32).collect();
+    let dgamma: Vec<f32> = sums[c..].iter().map(|&v| v as f32).collect();
+    if let Some(dx) = dx {
+        let m = p as f32;
+        let a: Vec<f32> = (0..c).map(|k| gamma[k] * invstd[k]).collect();
+        // dx = a * (dz - dbeta/m - xhat * dgamma/m) = a*dz - a*dgamma/m*invstd*(x - mean) - a*dbeta/m
+        let k1: Vec<f32> = (0..c).map(|k| a[k] * dgamma[k] / m * invstd[k]).collect();
+        let k0: Vec<f32> = (0..c).map(|k| a[k] * dbeta[k] / m - k1[k] * mean[k]).collect();
+        dx.par_chunks_mut(chunk)
+            .zip(x.par_chunks(chunk))
+            .zip(dy.par_chunks(chunk))
+            .zip(y.par_chunks(chunk))
+            .for_each(|(((oc, xc), dc), yc)| {
+                for (((op, xp), dp), yp) in oc
+                    .chunks_exact_mut(c)
+                    .zip(xc.chunks_exact(c))
+                    .zip(dc.chunks_exact(c))
+                    .zip(yc.chunks_exact(c))
+                {
+                    for ((o, (&xv, &dv)), (&yv, ((&ak, &k1v), &k0v))) in
+                        op.iter_mut().zip(xp.iter().zip(dp)).zip(yp.iter().zip(a.iter().zip(&k1).zip(&k0)))
+                    {
+                        *o = ak * masked::<RELU>(dv, yv) - k1v * xv - k0v;
+                    }
+                }
+            });
+    }
+    (dgamma, dbeta)
+}
+
+/// Gradients of an eval-mode (fixed statistics) batch norm `y = scale * x + shift` with
+/// `scale = gamma * invstd`, optionally followed by ReLU (mask `y > 0`). Returns `(dgamma, dbeta)`
+/// and writes `dx` when requested; `xhat = (x - mean) * invstd`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_eval(
+    x: &[f32],
+    y: Option<&[f32]>,
+    dy: &[f32],
+    c: usize,
+    gamma: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    dx: Option<&mut [f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    let chunk = CHUNK_PIXELS * c;
+    let masked = |i: usize, k: usize, d: f32, yc: Option<&[f32]>| match yc {
+        Some(yc) if yc[i * c + k] <= 0.0 => 0.0,
+        _ => d,
+    };
+    let sums = x
+        .par_chunks(chunk)
+        .zip(dy.par_chunks(chunk))
+        .enumerate()
+        .fold(
+            || vec![0f64; 2 * c],
+            |mut acc, (i, (xc, dc))| {
+                let yc = y.map(|y| &y[i * chunk..i * chunk + xc.len()]);
+                for (pi, (xp, dp)) in xc.chunks_exact(c).zip(dc.chunks_exact(c)).enumerate() {
+                    for k in 0..c {
+                        let d = masked(pi, k, dp[k], yc);
+                        acc[k] += d as f64;
+                        acc[c + k] += (d * (xp[k] - mean[k]) * invstd[k]) as f64;
+                    }
+                }
+                acc
+            },
+        )
+        .reduce(|| vec![0f64; 2 * c], add_vec);
+    if let Some(dx) = dx {
+        let scale: Vec<f32> = (0..c).map(|k| gamma[k] * invstd[k]).collect();
+        dx.par_chunks_mut(chunk).zip(dy.par_chunks(chunk)).enumerate().for_each(|(i, (oc, dc))| {
+            let yc = y.map(|y| &y[i * chunk..i * chunk + dc.len()]);
+            for (pi, (op, dp)) in oc.chunks_exact_mut(c).zip(dc.chunks_exact(c)).enumerate() {
+                for k in 0..c {
+                    op[k] = masked(pi, k, dp[k], yc) * scale[k];
+                }
+            }
+        });
+    }
+    (sums[c..].iter().map(|&v| v as f32).collect(), sums[..c].iter().map(|&v| v as f32).collect())
+}

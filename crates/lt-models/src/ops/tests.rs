@@ -1,0 +1,151 @@
+//! The fast ops against candle's stock ops: values and gradients on odd shapes.
+
+use super::*;
+use candle_core::Var;
+use lt_core::Rng;
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut v = vec![0f32; n];
+    Rng::new(seed).fill_normal(&mut v, 0.0, 1.0);
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn assert_close(a: &Tensor, b: &Tensor, tol: f32, what: &str) {
+    assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+    let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-3);
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= tol * scale, "{what}[{i}]: {x} vs {y} (scale {scale})");
+    }
+}
+
+/// Runs `f` under both backends on fresh variables built from `inputs`; compares the outputs
+/// and the gradients of `sum(out * r)` with respect to every input.
+fn check(inputs: &[Tensor], what: &str, f: impl Fn(Backend, &[Tensor]) -> Tensor) {
+    let run = |b: Backend| {
+        let vars: Vec<Var> = inputs.iter().map(|t| Var::from_tensor(t).unwrap()).collect();
+        let ts: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
+        let out = f(b, &ts);
+        let r = randn(out.dims(), 99);
+        let loss = (out.clone() * r).unwrap().sum_all().unwrap();
+        let g = loss.backward().unwrap();
+        let grads: Vec<Tensor> =
+            vars.iter().map(|v| g.get(v.as_tensor()).expect("gradient").clone()).collect();
+        (out, grads)
+    };
+    let (fo, fg) = run(Backend::Fast);
+    let (co, cg) = run(Backend::Candle);
+    assert_close(&fo, &co, 1e-4, &format!("{what} output"));
+    for (i, (a, b)) in fg.iter().zip(&cg).enumerate() {
+        assert_close(a, b, 1e-4, &format!("{what} grad {i}"));
+    }
+}
+
+#[test]
+fn conv2d_matches_candle_on_odd_shapes() {
+    for (i, &(n, h, w, cin, cout, k, s, p)) in [
+        (2, 9, 7, 3, 16, 3, 1, 1),
+        (1, 8, 8, 16, 32, 3, 2, 1),
+        (3, 5, 6, 8, 24, 1, 1, 0),
+        (1, 11, 11, 3, 8, 7, 2, 3),
+        (2, 6, 6, 12, 20, 1, 2, 0),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = randn(&[n, h, w, cin], i as u64);
+        let wt = (randn(&[cout, cin, k, k], 100 + i as u64) * 0.2).unwrap();
+        check(&[x, wt], &format!("conv {n}x{h}x{w}x{cin} -> {cout} k{k} s{s} p{p}"), |b, t| {
+            b.conv2d(&t[0], &t[1], s, p).unwrap()
+        });
+    }
+}
+
+#[test]
+fn conv2d_on_non_contiguous_input() {
+    // NCHW variable viewed as NHWC (a permuted, non-contiguous view).
+    let x = randn(&[2, 4, 6, 5], 7);
+    let wt = (randn(&[8, 4, 3, 3], 8) * 0.3).unwrap();
+    check(&[x, wt], "conv on permuted input", |b, t| {
+        let nhwc = t[0].permute((0, 2, 3, 1)).unwrap();
+        assert!(!nhwc.is_contiguous());
+        b.conv2d(&nhwc, &t[1], 1, 1).unwrap()
+    });
+}
+
+#[test]
+fn batch_norm_relu_matches_candle() {
+    for (i, &(n, h, w, c, relu)) in [
+        (4, 5, 3, 16, true),
+        (1, 7, 7, 8, false),
+        (3, 2, 2, 3, true),
+        (4, 32, 32, 16, true),
+        (2, 30, 20, 8, false),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = randn(&[n, h, w, c], 10 + i as u64).affine(3.0, 1.5).unwrap();
+        let g = randn(&[c], 20 + i as u64).affine(0.5, 1.0).unwrap();
+        let b = randn(&[c], 30 + i as u64);
+        check(&[x.clone(), g, b], &format!("bn relu={relu} {n}x{h}x{w}x{c}"), |be, t| {
+            be.batch_norm_train(&t[0], &t[1], &t[2], 1e-5, relu).unwrap().0
+        });
+        let (_, fs) =
+            Backend::Fast.batch_norm_train(&x, &randn(&[c], 1), &randn(&[c], 2), 1e-5, relu).unwrap();
+        let (_, cs) =
+            Backend::Candle.batch_norm_train(&x, &randn(&[c], 1), &randn(&[c], 2), 1e-5, relu).unwrap();
+        assert_close(&fs.mean, &cs.mean, 1e-5, "bn mean");
+        assert_close(&fs.var, &cs.var, 1e-5, "bn var");
+        assert_eq!(fs.count, n * h * w);
+    }
+}
+
+#[test]
+fn eval_batch_norm_matches_candle() {
+    let (n, h, w, c) = (2, 3, 5, 8);
+    let x = randn(&[n, h, w, c], 41);
+    let g = randn(&[c], 42).affine(0.3, 1.0).unwrap();
+    let b = randn(&[c], 43);
+    let rm = randn(&[c], 44);
+    let rv = randn(&[c], 45).abs().unwrap().affine(1.0, 0.1).unwrap();
+    for relu in [false, true] {
+        check(&[x.clone(), g.clone(), b.clone()], &format!("bn eval relu={relu}"), |be, t| {
+            be.batch_norm_eval(&t[0], &t[1], &t[2], &rm, &rv, 1e-5, relu).unwrap()
+        });
+    }
+}
+
+#[test]
+fn batch_norm_refuses_a_single_value_per_channel() {
+    let x = randn(&[1, 1, 1, 4], 0);
+    let err = Backend::Fast.batch_norm_train(&x, &randn(&[4], 1), &randn(&[4], 2), 1e-5, true).unwrap_err();
+    assert!(err.to_string().contains("more than one value per channel"), "{err}");
+}
+
+#[test]
+fn add_relu_shortcut_and_pools_match_candle() {
+    let a = randn(&[2, 6, 5, 8], 1);
+    let b = randn(&[2, 6, 5, 8], 2);
+    check(&[a.clone(), b], "add_relu", |be, t| be.add_relu(&t[0], &t[1]).unwrap());
+    check(std::slice::from_ref(&a), "relu", |be, t| be.relu(&t[0]).unwrap());
+    check(std::slice::from_ref(&a), "shortcut odd width", |be, t| be.shortcut_a(&t[0], 4).unwrap());
+    check(&[randn(&[1, 8, 8, 16], 3)], "shortcut", |be, t| be.shortcut_a(&t[0], 8).unwrap());
+    check(std::slice::from_ref(&a), "avg pool", |be, t| be.avg_pool(&t[0]).unwrap());
+    check(&[randn(&[2, 9, 8, 5], 4)], "max pool 3x3 s2 p1", |be, t| be.max_pool(&t[0], 3, 2, 1).unwrap());
+    check(&[randn(&[1, 4, 4, 3], 5)], "max pool 2x2 s2", |be, t| be.max_pool(&t[0], 2, 2, 0).unwrap());
+}
+
+#[test]
+fn untracked_input_gets_no_gradient_work() {
+    // The image entering the first convolution is not a variable: only the weight gradient is
+    // computed (and the op must not fail computing nothing).
+    let x = randn(&[1, 5, 5, 3], 1);
+    let w = Var::from_tensor(&randn(&[8, 3, 3, 3], 2)).unwrap();
+    let out = Backend::Fast.conv2d(&x, w.as_tensor(), 1, 1).unwrap();
+    let g = out.sum_all().unwrap().backward().unwrap();
+    assert!(g.get(&x).is_none());
+    assert!(g.get(w.as_tensor()).is_some());
+}

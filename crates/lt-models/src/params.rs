@@ -1,0 +1,160 @@
+//! Parameter and buffer storage with PyTorch-compatible names.
+//!
+//! Trainable parameters live in a candle-nn [`VarMap`] (so that optimizers and the SWAG crate
+//! can address them by name, flattened in sorted-name order); batch-norm running statistics and
+//! `num_batches_tracked` are *buffers*, kept apart because they are not trained, not averaged by
+//! SWA and not tracked by SWAG.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+
+use crate::error::Result;
+
+/// How training-mode batch norm updates its running statistics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum BnUpdate {
+    /// Exponential moving average with this momentum (PyTorch's default 0.1).
+    Momentum(f64),
+    /// Cumulative average with every sample weighted equally (momentum `b / (n + b)` for a batch
+    /// of `b` after `n` samples): the BN recalibration of SWA and SWAG samples.
+    Cumulative,
+}
+
+/// Parameters (in a [`VarMap`]) and buffers of one model.
+pub struct ParamStore {
+    varmap: VarMap,
+    buffers: Mutex<BTreeMap<String, Tensor>>,
+    bn_update: Mutex<BnUpdate>,
+    seen: Mutex<HashMap<String, usize>>,
+    device: Device,
+}
+
+impl ParamStore {
+    /// An empty store on `device`.
+    pub fn new(device: &Device) -> Self {
+        Self {
+            varmap: VarMap::new(),
+            buffers: Mutex::new(BTreeMap::new()),
+            bn_update: Mutex::new(BnUpdate::Momentum(0.1)),
+            seen: Mutex::new(HashMap::new()),
+            device: device.clone(),
+        }
+    }
+
+    /// The device parameters live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The trainable parameters.
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// Registers a trainable parameter.
+    pub fn add_param(&self, name: &str, value: Tensor) -> Result<Var> {
+        let var = Var::from_tensor(&value.to_device(&self.device)?)?;
+        self.varmap.data().lock().expect("varmap lock").insert(name.to_string(), var.clone());
+        Ok(var)
+    }
+
+    /// A parameter by name.
+    pub fn var(&self, name: &str) -> Option<Var> {
+        self.varmap.data().lock().expect("varmap lock").get(name).cloned()
+    }
+
+    /// All parameters, sorted by name.
+    pub fn named_params(&self) -> Vec<(String, Var)> {
+        let map = self.varmap.data().lock().expect("varmap lock");
+        let mut v: Vec<(String, Var)> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// Total number of trainable scalars.
+    pub fn num_params(&self) -> usize {
+        self.named_params().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Sets (or adds) a buffer.
+    pub fn set_buffer(&self, name: &str, value: Tensor) -> Result<()> {
+        let value = value.to_device(&self.device)?.detach();
+        self.buffers.lock().expect("buffer lock").insert(name.to_string(), value);
+        Ok(())
+    }
+
+    /// A buffer by name.
+    pub fn buffer(&self, name: &str) -> Option<Tensor> {
+        self.buffers.lock().expect("buffer lock").get(name).cloned()
+    }
+
+    /// All buffers, sorted by name.
+    pub fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        self.buffers.lock().expect("buffer lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
+    /// How training-mode batch norm updates its running statistics.
+    pub fn bn_update(&self) -> BnUpdate {
+        *self.bn_update.lock().expect("bn lock")
+    }
+
+    /// Chooses how training-mode batch norm updates its running statistics.
+    pub fn set_bn_update(&self, u: BnUpdate) {
+        *self.bn_update.lock().expect("bn lock") = u;
+    }
+
+    /// Resets every batch norm's running statistics (mean 0, variance 1, no batches tracked).
+    pub fn reset_bn_stats(&self) -> Result<()> {
+        let mut b = self.buffers.lock().expect("buffer lock");
+        for (name, t) in b.iter_mut() {
+            if name.ends_with(".running_mean") {
+                *t = t.zeros_like()?;
+            } else if name.ends_with(".running_var") {
+                *t = t.ones_like()?;
+            } else if name.ends_with(".num_batches_tracked") {
+                *t = Tensor::new(0i64, &self.device)?;
+            }
+        }
+        self.seen.lock().expect("seen lock").clear();
+        Ok(())
+    }
+
+    /// Folds one batch's statistics into the running statistics of batch norm `prefix`.
+    pub(crate) fn update_bn(
+        &self,
+        prefix: &str,
+        mean: &Tensor,
+        var_biased: &Tensor,
+        count: usize,
+    ) -> Result<()> {
+        let m = match self.bn_update() {
+            BnUpdate::Momentum(m) => m,
+            BnUpdate::Cumulative => {
+                let mut seen = self.seen.lock().expect("seen lock");
+                let n = seen.entry(prefix.to_string()).or_insert(0);
+                let m = count as f64 / (*n + count) as f64;
+                *n += count;
+                m
+            }
+        };
+        let unbiased = if count > 1 { count as f64 / (count - 1) as f64 } else { 1.0 };
+        let mut b = self.buffers.lock().expect("buffer lock");
+        let rm_name = format!("{prefix}.running_mean");
+        let rv_name = format!("{prefix}.running_var");
+        let nb_name = format!("{prefix}.num_batches_tracked");
+        if let Some(rm) = b.get_mut(&rm_name) {
+            *rm = (rm.affine(1.0 - m, 0.0)? + mean.to_dtype(rm.dtype())?.affine(m, 0.0)?)?.detach();
+        }
+        if let Some(rv) = b.get_mut(&rv_name) {
+            *rv = (rv.affine(1.0 - m, 0.0)? + var_biased.to_dtype(rv.dtype())?.affine(m * unbiased, 0.0)?)?
+                .detach();
+        }
+        if let Some(nb) = b.get_mut(&nb_name) {
+            *nb = Tensor::new(nb.to_dtype(DType::I64)?.to_vec0::<i64>()? + 1, &self.device)?;
+        }
+        Ok(())
+    }
+}

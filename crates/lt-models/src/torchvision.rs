@@ -1,0 +1,175 @@
+//! torchvision's ResNet-18/34/50 (v1.5: the stride of a bottleneck sits on its 3x3 convolution),
+//! with torchvision's parameter names.
+
+use candle_core::Tensor;
+
+use crate::error::Result;
+use crate::fused::ProgramBuilder;
+use crate::layers::{BatchNorm, Builder, Conv, ConvInit, Ctx, Linear};
+
+struct Downsample {
+    conv: Conv,
+    bn: BatchNorm,
+}
+
+enum Block {
+    Basic {
+        conv1: Conv,
+        bn1: BatchNorm,
+        conv2: Conv,
+        bn2: BatchNorm,
+        down: Option<Downsample>,
+    },
+    Bottleneck {
+        conv1: Conv,
+        bn1: BatchNorm,
+        conv2: Conv,
+        bn2: BatchNorm,
+        conv3: Conv,
+        bn3: BatchNorm,
+        down: Option<Downsample>,
+    },
+}
+
+impl Block {
+    fn new(b: &Builder, bottleneck: bool, cin: usize, planes: usize, stride: usize) -> Result<Self> {
+        let expansion = if bottleneck { 4 } else { 1 };
+        let out = planes * expansion;
+        let down = if stride != 1 || cin != out {
+            let d = b.push("downsample");
+            Some(Downsample {
+                conv: Conv::new(&d.push(0), cin, out, 1, stride, 0, ConvInit::FanOut)?,
+                bn: BatchNorm::new(&d.push(1), out)?,
+            })
+        } else {
+            None
+        };
+        let f = ConvInit::FanOut;
+        Ok(if bottleneck {
+            Block::Bottleneck {
+                conv1: Conv::new(&b.push("conv1"), cin, planes, 1, 1, 0, f)?,
+                bn1: BatchNorm::new(&b.push("bn1"), planes)?,
+                conv2: Conv::new(&b.push("conv2"), planes, planes, 3, stride, 1, f)?,
+                bn2: BatchNorm::new(&b.push("bn2"), planes)?,
+                conv3: Conv::new(&b.push("conv3"), planes, out, 1, 1, 0, f)?,
+                bn3: BatchNorm::new(&b.push("bn3"), out)?,
+                down,
+            }
+        } else {
+            Block::Basic {
+                conv1: Conv::new(&b.push("conv1"), cin, planes, 3, stride, 1, f)?,
+                bn1: BatchNorm::new(&b.push("bn1"), planes)?,
+                conv2: Conv::new(&b.push("conv2"), planes, planes, 3, 1, 1, f)?,
+                bn2: BatchNorm::new(&b.push("bn2"), planes)?,
+                down,
+            }
+        })
+    }
+
+    fn forward(&self, x: &Tensor, ctx: Ctx) -> Result<Tensor> {
+        let identity = |down: &Option<Downsample>| -> Result<Tensor> {
+            match down {
+                Some(d) => d.bn.forward(&d.conv.forward(x, ctx)?, false, ctx),
+                None => Ok(x.clone()),
+            }
+        };
+        let (out, id) = match self {
+            Block::Basic { conv1, bn1, conv2, bn2, down } => {
+                let h = bn1.forward(&conv1.forward(x, ctx)?, true, ctx)?;
+                (bn2.forward(&conv2.forward(&h, ctx)?, false, ctx)?, identity(down)?)
+            }
+            Block::Bottleneck { conv1, bn1, conv2, bn2, conv3, bn3, down } => {
+                let h = bn1.forward(&conv1.forward(x, ctx)?, true, ctx)?;
+                let h = bn2.forward(&conv2.forward(&h, ctx)?, true, ctx)?;
+                (bn3.forward(&conv3.forward(&h, ctx)?, false, ctx)?, identity(down)?)
+            }
+        };
+        Ok(ctx.backend.add_relu(&out, &id)?)
+    }
+
+    fn emit(&self, p: &mut ProgramBuilder, x: usize) -> usize {
+        let (out, down) = match self {
+            Block::Basic { conv1, bn1, conv2, bn2, down } => {
+                let h = conv1.emit(p, x);
+                let h = bn1.emit(p, h, true);
+                let h = conv2.emit(p, h);
+                (bn2.emit(p, h, false), down)
+            }
+            Block::Bottleneck { conv1, bn1, conv2, bn2, conv3, bn3, down } => {
+                let h = conv1.emit(p, x);
+                let h = bn1.emit(p, h, true);
+                let h = conv2.emit(p, h);
+                let h = bn2.emit(p, h, true);
+                let h = conv3.emit(p, h);
+                (bn3.emit(p, h, false), down)
+            }
+        };
+        let id = match down {
+            Some(d) => {
+                let h = d.conv.emit(p, x);
+                d.bn.emit(p, h, false)
+            }
+            None => x,
+        };
+        p.add_relu(out, id)
+    }
+}
+
+/// torchvision ResNet: 7x7/2 stem, 3x3/2 max pool, four stages, global average pooling, `fc`.
+pub(crate) struct TvResNet {
+    conv1: Conv,
+    bn1: BatchNorm,
+    layers: Vec<Block>,
+    pub fc: Linear,
+}
+
+impl TvResNet {
+    pub fn new(b: &Builder, depth: usize, in_channels: usize, num_classes: usize) -> Result<Self> {
+        let (bottleneck, counts) = match depth {
+            18 => (false, [2, 2, 2, 2]),
+            34 => (false, [3, 4, 6, 3]),
+            _ => (true, [3, 4, 6, 3]),
+        };
+        let expansion = if bottleneck { 4 } else { 1 };
+        let conv1 = Conv::new(&b.push("conv1"), in_channels, 64, 7, 2, 3, ConvInit::FanOut)?;
+        let bn1 = BatchNorm::new(&b.push("bn1"), 64)?;
+        let mut layers = Vec::new();
+        let mut cin = 64;
+        for (stage, (&n, planes)) in counts.iter().zip([64, 128, 256, 512]).enumerate() {
+            for i in 0..n {
+                let stride = if i == 0 && stage > 0 { 2 } else { 1 };
+                layers.push(Block::new(
+                    &b.push(format!("layer{}.{i}", stage + 1)),
+                    bottleneck,
+                    cin,
+                    planes,
+                    stride,
+                )?);
+                cin = planes * expansion;
+            }
+        }
+        let fc = Linear::new(&b.push("fc"), 512 * expansion, num_classes, false)?;
+        Ok(Self { conv1, bn1, layers, fc })
+    }
+
+    /// Pooled representation of NHWC `x`.
+    pub fn features(&self, x: &Tensor, ctx: Ctx) -> Result<Tensor> {
+        let h = self.bn1.forward(&self.conv1.forward(x, ctx)?, true, ctx)?;
+        let mut h = ctx.backend.max_pool(&h, 3, 2, 1)?;
+        for blk in &self.layers {
+            h = blk.forward(&h, ctx)?;
+        }
+        Ok(ctx.backend.avg_pool(&h)?)
+    }
+
+    /// Emits the nodes computing the pooled representation of slot `x`.
+    pub fn emit(&self, p: &mut ProgramBuilder, x: usize) -> usize {
+        let h = self.conv1.emit(p, x);
+        let h = self.bn1.emit(p, h, true);
+        let mut h = p.max_pool(h, 3, 2, 1);
+        for blk in &self.layers {
+            h = blk.emit(p, h);
+        }
+        p.avg_pool(h)
+    }
+}

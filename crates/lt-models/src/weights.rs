@@ -1,0 +1,262 @@
+//! Weight files: safetensors with torchvision/timm names (with or without
+//! `num_batches_tracked`), transformers-style ResNet-50 names, and the project's own backbone
+//! artifact.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use lt_core::artifact::KEY_FINGERPRINT;
+use lt_core::{Artifact, ArtifactWriter, Format};
+
+use crate::arch::{Arch, Family};
+use crate::error::{ModelError, Result};
+use crate::model::Model;
+
+/// Artifact kind of a saved backbone.
+pub const BACKBONE_FORMAT: Format = Format { name: "lt.backbone", version: 1 };
+
+/// What a weight load did.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    /// Tensors loaded.
+    pub loaded: usize,
+    /// File tensors the model has no use for.
+    pub ignored: Vec<String>,
+    /// Whether names were translated from transformers' ResNet layout.
+    pub transformers_names: bool,
+    /// Whether `num_batches_tracked` was absent (and left at zero).
+    pub missing_batch_counters: bool,
+}
+
+/// Translates a transformers ResNet name (`microsoft/resnet-50`) to torchvision's.
+pub fn transformers_to_torchvision(name: &str) -> Option<String> {
+    if let Some(rest) = name.strip_prefix("resnet.embedder.embedder.") {
+        return if rest == "convolution.weight" {
+            Some("conv1.weight".into())
+        } else {
+            rest.strip_prefix("normalization.").map(|leaf| format!("bn1.{leaf}"))
+        };
+    }
+    if let Some(rest) = name.strip_prefix("classifier.1.") {
+        return Some(format!("fc.{rest}"));
+    }
+    let rest = name.strip_prefix("resnet.encoder.stages.")?;
+    let mut it = rest.splitn(4, '.');
+    let stage: usize = it.next()?.parse().ok()?;
+    if it.next()? != "layers" {
+        return None;
+    }
+    let block: usize = it.next()?.parse().ok()?;
+    let tail = it.next()?;
+    let prefix = format!("layer{}.{block}", stage + 1);
+    if let Some(t) = tail.strip_prefix("shortcut.") {
+        return if t == "convolution.weight" {
+            Some(format!("{prefix}.downsample.0.weight"))
+        } else {
+            t.strip_prefix("normalization.").map(|leaf| format!("{prefix}.downsample.1.{leaf}"))
+        };
+    }
+    let t = tail.strip_prefix("layer.")?;
+    let (k, leaf) = t.split_once('.')?;
+    let k: usize = k.parse().ok()?;
+    if leaf == "convolution.weight" {
+        Some(format!("{prefix}.conv{}.weight", k + 1))
+    } else {
+        leaf.strip_prefix("normalization.").map(|l| format!("{prefix}.bn{}.{l}", k + 1))
+    }
+}
+
+fn float_tensor(a: &Artifact, file_name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
+    let v = a.f32(file_name)?;
+    Ok(Tensor::from_vec(v, shape, device)?)
+}
+
+impl Model {
+    /// Loads weights from a safetensors file with torchvision/timm names (a `module.` prefix is
+    /// stripped), or transformers' ResNet names (translated). Every parameter and running
+    /// statistic must be present with the right shape; `num_batches_tracked` is optional.
+    pub fn load_weights(&self, path: &Path) -> Result<LoadReport> {
+        let a = Artifact::open_any(path)?;
+        let transformers = a.names().any(|n| n.starts_with("resnet.embedder."));
+        // model name -> file name
+        let mut map = std::collections::HashMap::new();
+        let mut ignored = Vec::new();
+        for file_name in a.names() {
+            let model_name = if transformers {
+                transformers_to_torchvision(file_name)
+            } else {
+                Some(file_name.strip_prefix("module.").unwrap_or(file_name).to_string())
+            };
+            match model_name {
+                Some(m) => {
+                    map.insert(m, file_name.to_string());
+                }
+                None => ignored.push(file_name.to_string()),
+            }
+        }
+        let params = self.store().named_params();
+        let buffers = self.store().named_buffers();
+        let mut missing = Vec::new();
+        let mut missing_counters = false;
+        for (name, _) in params
+            .iter()
+            .map(|(n, v)| (n, v.dims().to_vec()))
+            .chain(buffers.iter().map(|(n, t)| (n, t.dims().to_vec())))
+        {
+            if !map.contains_key(name) {
+                if name.ends_with(".num_batches_tracked") {
+                    missing_counters = true;
+                } else {
+                    missing.push(name.clone());
+                }
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ModelError::MissingTensors {
+                path: path.to_path_buf(),
+                arch: self.arch().family.name(),
+                count: missing.len(),
+                examples: missing.iter().take(4).cloned().collect::<Vec<_>>().join(", "),
+            });
+        }
+        let (head_w, head_b) = self.head_names();
+        let dev = self.device().clone();
+        // Check everything before changing anything.
+        for (name, var) in &params {
+            let file_name = &map[name];
+            let found = a.info(file_name)?.shape.clone();
+            if found != var.dims() {
+                if (name == head_w || name == head_b)
+                    && found.first() != var.dims().first()
+                    && found.len() == var.dims().len()
+                {
+                    return Err(ModelError::ClassCount {
+                        path: path.to_path_buf(),
+                        name: file_name.clone(),
+                        expected: var.dims()[0],
+                        found: found[0],
+                    });
+                }
+                return Err(ModelError::Shape {
+                    path: path.to_path_buf(),
+                    name: file_name.clone(),
+                    expected: var.dims().to_vec(),
+                    found,
+                });
+            }
+        }
+        for (name, t) in &buffers {
+            if let Some(file_name) = map.get(name) {
+                let found = a.info(file_name)?.shape.clone();
+                let ok = found == t.dims()
+                    || (name.ends_with(".num_batches_tracked") && found.iter().product::<usize>() == 1);
+                if !ok {
+                    return Err(ModelError::Shape {
+                        path: path.to_path_buf(),
+                        name: file_name.clone(),
+                        expected: t.dims().to_vec(),
+                        found,
+                    });
+                }
+            }
+        }
+        let mut loaded = 0;
+        for (name, var) in &params {
+            var.set(&float_tensor(&a, &map[name], var.dims(), &dev)?)?;
+            loaded += 1;
+        }
+        for (name, t) in &buffers {
+            let Some(file_name) = map.get(name) else { continue };
+            let value = if name.ends_with(".num_batches_tracked") {
+                let v = a
+                    .i64(file_name)
+                    .or_else(|_| a.f32(file_name).map(|f| f.iter().map(|&x| x as i64).collect()))?;
+                Tensor::new(v.first().copied().unwrap_or(0), &dev)?
+            } else {
+                float_tensor(&a, file_name, t.dims(), &dev)?
+            };
+            self.store().set_buffer(name, value)?;
+            loaded += 1;
+        }
+        let used: std::collections::HashSet<&String> = params
+            .iter()
+            .map(|(n, _)| &map[n])
+            .chain(buffers.iter().filter_map(|(n, _)| map.get(n)))
+            .collect();
+        let unused: Vec<String> =
+            a.names().filter(|n| !used.contains(&n.to_string())).map(|n| n.to_string()).collect();
+        ignored.extend(unused);
+        ignored.sort();
+        ignored.dedup();
+        Ok(LoadReport {
+            loaded,
+            ignored,
+            transformers_names: transformers,
+            missing_batch_counters: missing_counters,
+        })
+    }
+
+    /// Saves parameters and buffers with PyTorch names as a backbone artifact; `meta` adds
+    /// metadata (e.g. the run configuration and a fingerprint).
+    pub fn save(&self, path: &Path, meta: &[(&str, String)]) -> Result<()> {
+        let mut w = ArtifactWriter::new(BACKBONE_FORMAT);
+        w.meta("arch", self.arch().family.name())
+            .meta("num_classes", self.arch().num_classes.to_string())
+            .meta("in_channels", self.arch().in_channels.to_string());
+        for (k, v) in meta {
+            w.meta(k, v.clone());
+        }
+        for (name, var) in self.store().named_params() {
+            w.push_tensor(&name, &var.as_detached_tensor().to_dtype(DType::F32)?)?;
+        }
+        for (name, t) in self.store().named_buffers() {
+            w.push_tensor(&name, &t)?;
+        }
+        Ok(w.write(path)?)
+    }
+
+    /// Builds the model a backbone artifact describes and loads its weights.
+    pub fn from_artifact(path: &Path, device: &Device) -> Result<Self> {
+        let a = Artifact::open(path, BACKBONE_FORMAT)?;
+        let family: Family = a.meta("arch")?.parse()?;
+        let arch = Arch {
+            family,
+            num_classes: a.meta_parse("num_classes")?,
+            in_channels: a.meta_parse("in_channels")?,
+        };
+        drop(a);
+        let m = Model::new(arch, 0, device)?;
+        m.load_weights(path)?;
+        Ok(m)
+    }
+
+    /// The fingerprint recorded in a backbone artifact, if any.
+    pub fn artifact_fingerprint(path: &Path) -> Result<Option<String>> {
+        let a = Artifact::open(path, BACKBONE_FORMAT)?;
+        Ok(a.meta_opt(KEY_FINGERPRINT).map(|s| s.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transformers_names_translate() {
+        let t = |s| transformers_to_torchvision(s).unwrap();
+        assert_eq!(t("resnet.embedder.embedder.convolution.weight"), "conv1.weight");
+        assert_eq!(t("resnet.embedder.embedder.normalization.running_var"), "bn1.running_var");
+        assert_eq!(
+            t("resnet.encoder.stages.0.layers.0.shortcut.convolution.weight"),
+            "layer1.0.downsample.0.weight"
+        );
+        assert_eq!(
+            t("resnet.encoder.stages.3.layers.2.shortcut.normalization.bias"),
+            "layer4.2.downsample.1.bias"
+        );
+        assert_eq!(t("resnet.encoder.stages.1.layers.3.layer.2.convolution.weight"), "layer2.3.conv3.weight");
+        assert_eq!(t("resnet.encoder.stages.2.layers.5.layer.0.normalization.weight"), "layer3.5.bn1.weight");
+        assert_eq!(t("classifier.1.weight"), "fc.weight");
+        assert!(transformers_to_torchvision("resnet.pooler.x").is_none());
+    }
+}
