@@ -25,13 +25,22 @@ struct Cli {
 enum Command {
     /// Data sets: describe a long-tailed split, write the split artifact.
     Data(commands::data::DataArgs),
+    /// Backbones: parameter shapes, eval-mode features and logits for an input tensor.
+    Backbone(commands::backbone::BackboneArgs),
 }
 
 fn main() {
+    // Die quietly on a closed pipe (`lt backbone info ... | head`) like other command-line tools.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     logging::init(&cli.log, cli.plain);
     let result = match cli.command {
         Command::Data(a) => commands::data::run(a),
+        Command::Backbone(a) => commands::backbone::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

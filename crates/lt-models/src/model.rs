@@ -34,6 +34,12 @@ pub struct Model {
     exec: Mutex<Option<([usize; 4], Arc<Executor>)>>,
 }
 
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("arch", &self.arch).field("backend", &self.backend).finish()
+    }
+}
+
 impl Model {
     /// Builds a model with weights initialised from `seed` (Kaiming normal, as the references).
     pub fn new(arch: Arch, seed: u64, device: &Device) -> Result<Self> {

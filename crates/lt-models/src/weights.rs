@@ -71,7 +71,58 @@ fn float_tensor(a: &Artifact, file_name: &str, shape: &[usize], device: &Device)
     Ok(Tensor::from_vec(v, shape, device)?)
 }
 
+/// Number of classes of the classifier stored in a weight file for `family` (torchvision,
+/// CIFAR or transformers names), if the file has one.
+pub fn head_classes(path: &Path, family: &Family) -> Result<Option<usize>> {
+    let a = Artifact::open_any(path)?;
+    let (w, _) = family.head_names();
+    for name in [w.to_string(), format!("module.{w}"), "classifier.1.weight".to_string()] {
+        if a.contains(&name) {
+            return Ok(a.info(&name)?.shape.first().copied());
+        }
+    }
+    Ok(None)
+}
+
+/// Input channels of the stem convolution stored in a weight file, if present.
+pub fn stem_channels(path: &Path) -> Result<Option<usize>> {
+    let a = Artifact::open_any(path)?;
+    for name in ["conv1.weight", "module.conv1.weight", "resnet.embedder.embedder.convolution.weight"] {
+        if a.contains(name) {
+            return Ok(a.info(name)?.shape.get(1).copied());
+        }
+    }
+    Ok(None)
+}
+
 impl Model {
+    /// Builds `family` with the class count and input channels found in a weight file
+    /// (`default_classes` / 3 channels when the file does not say) and loads the weights. A
+    /// backbone artifact carries its own architecture, which must then match `family`.
+    pub fn from_weights(
+        family: Family,
+        path: &Path,
+        default_classes: usize,
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        if let Ok(a) = Artifact::open(path, BACKBONE_FORMAT) {
+            let arch: Family = a.meta("arch")?.parse()?;
+            if arch != family {
+                return Err(ModelError::Invalid(format!(
+                    "{}: the backbone artifact holds {}, not {}",
+                    path.display(),
+                    arch.name(),
+                    family.name()
+                )));
+            }
+        }
+        let classes = head_classes(path, &family)?.unwrap_or(default_classes);
+        let in_channels = stem_channels(path)?.unwrap_or(3);
+        let m = Model::new(Arch { family, num_classes: classes, in_channels }, 0, device)?;
+        let report = m.load_weights(path)?;
+        Ok((m, report))
+    }
+
     /// Loads weights from a safetensors file with torchvision/timm names (a `module.` prefix is
     /// stripped), or transformers' ResNet names (translated). Every parameter and running
     /// statistic must be present with the right shape; `num_batches_tracked` is optional.
@@ -121,12 +172,23 @@ impl Model {
         }
         let (head_w, head_b) = self.head_names();
         let dev = self.device().clone();
-        // Check everything before changing anything.
-        for (name, var) in &params {
+        // Check everything before changing anything, the classifier first (a class-count
+        // mismatch is the most common mistake and deserves its own message).
+        let mut order: Vec<&(String, candle_core::Var)> = params.iter().collect();
+        order.sort_by_key(|(n, _)| {
+            if n == head_w {
+                0
+            } else if n == head_b {
+                1
+            } else {
+                2
+            }
+        });
+        for (name, var) in order {
             let file_name = &map[name];
             let found = a.info(file_name)?.shape.clone();
             if found != var.dims() {
-                if (name == head_w || name == head_b)
+                if (name.as_str() == head_w || name.as_str() == head_b)
                     && found.first() != var.dims().first()
                     && found.len() == var.dims().len()
                 {

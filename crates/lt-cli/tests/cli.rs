@@ -1,0 +1,105 @@
+//! The `lt` binary end to end: data description, split artifacts, backbone info and run.
+
+use std::path::Path;
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use lt_core::split::SplitInfo;
+use lt_core::{Artifact, ArtifactWriter, Format};
+use lt_models::{Arch, Model};
+
+fn lt(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lt"))
+        .args(args)
+        .env("LT_DATA_DIR", "/nonexistent-lt-data")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn data_describe_prints_groups_and_writes_the_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = dir.path().join("split.safetensors");
+    let (ok, out, err) =
+        lt(&["data", "describe", "--dataset", "synthetic", "--write-split", split.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("Many") && out.contains("Medium") && out.contains("Few"), "{out}");
+    assert!(out.contains("total      10 classes      1236 images (max 500, min 5)"), "{out}");
+    let info = SplitInfo::read(&split).unwrap();
+    assert_eq!(info.class_counts(), vec![500, 299, 179, 107, 64, 38, 23, 13, 8, 5]);
+    assert_eq!(info.dataset, "synthetic");
+    assert_eq!(info.val_labels.as_ref().map(|v| v.len()), Some(200));
+
+    let (ok, _, err) = lt(&["data", "describe", "--dataset", "cifar-lt"]);
+    assert!(!ok && err.contains("unknown data set \"cifar-lt\""), "{err}");
+}
+
+#[test]
+fn backbone_info_and_run_agree_with_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = lt(&["backbone", "info", "--arch", "resnet32", "--classes", "100"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("parameters: 470004"), "{out}");
+    assert!(out.contains("layer3.4.conv2.weight") && out.contains("[64, 64, 3, 3]"), "{out}");
+
+    let m = Model::new(Arch::new("resnet20", 7, 3).unwrap(), 5, &Device::Cpu).unwrap();
+    let weights = dir.path().join("w.safetensors");
+    m.save(&weights, &[]).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (3, 3, 16, 16), &Device::Cpu).unwrap();
+    let input = dir.path().join("in.safetensors");
+    let mut w = ArtifactWriter::new(Format { name: "input", version: 1 });
+    w.push_tensor("input", &x).unwrap();
+    w.write(&input).unwrap();
+    let output = dir.path().join("out.safetensors");
+    let args = [
+        "backbone",
+        "run",
+        "--arch",
+        "resnet20",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ];
+    let (ok, _, err) = lt(&args);
+    assert!(ok, "{err}");
+    let a = Artifact::open_any(&output).unwrap();
+    let (f, l) = m.infer(&x).unwrap();
+    assert_eq!(a.f32("logits").unwrap(), l.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    assert_eq!(a.f32("features").unwrap(), f.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    let (ok, out, _) =
+        lt(&["backbone", "info", "--arch", "resnet20", "--weights", weights.to_str().unwrap()]);
+    assert!(ok && out.contains("resnet20: 7 classes"), "{out}");
+
+    // Errors: wrong architecture for the file, missing input tensor, unknown architecture.
+    let (ok, _, err) =
+        lt(&["backbone", "info", "--arch", "resnet32", "--weights", weights.to_str().unwrap()]);
+    assert!(!ok && err.contains("holds resnet20, not resnet32"), "{err}");
+    let bad_input = dir.path().join("bad.safetensors");
+    let mut w = ArtifactWriter::new(Format { name: "input", version: 1 });
+    w.push_f32("images", &[1], vec![0.0]);
+    w.write(&bad_input).unwrap();
+    let (ok, _, err) = lt(&[
+        "backbone",
+        "run",
+        "--arch",
+        "resnet20",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--input",
+        bad_input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(!ok && err.contains("missing tensor `input`"), "{err}");
+    let (ok, _, err) = lt(&["backbone", "info", "--arch", "vgg16"]);
+    assert!(!ok && err.contains("unknown architecture \"vgg16\""), "{err}");
+    assert!(!Path::new(&dir.path().join("nothing")).exists());
+}
