@@ -362,13 +362,18 @@ pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
     let rows_per_task = (96 * 1024 / row_bytes.max(1)).clamp(1, oh);
     let tasks: Vec<(usize, usize)> =
         (0..s.n).flat_map(|n| (0..oh).step_by(rows_per_task).map(move |y0| (n, y0))).collect();
-    let partial = tasks
-        .par_iter()
-        .fold(
-            || vec![0f32; acc_len],
-            |mut acc, &(n, y0)| {
+    // Tasks are split into a fixed number of contiguous groups (independent of the thread
+    // count); each group accumulates sequentially and the groups are summed in order, so the
+    // result is the same bit for bit on every run.
+    const GROUPS: usize = 8;
+    let per_group = tasks.len().div_ceil(GROUPS).max(1);
+    let partials: Vec<Vec<f32>> = tasks
+        .par_chunks(per_group)
+        .map(|group| {
+            let mut acc = vec![0f32; acc_len];
+            let mut runs: Vec<Run> = Vec::with_capacity(rows_per_task);
+            for &(n, y0) in group {
                 let y1 = (y0 + rows_per_task).min(oh);
-                let mut runs: Vec<Run> = Vec::with_capacity(y1 - y0);
                 for t in 0..k * k {
                     let (kh, kw) = (t / k, t % k);
                     runs.clear();
@@ -414,18 +419,16 @@ pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
                         c += mr;
                     }
                 }
-                acc
-            },
-        )
-        .reduce(
-            || vec![0f32; acc_len],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x += y;
-                }
-                a
-            },
-        );
+            }
+            acc
+        })
+        .collect();
+    let mut partial = vec![0f32; acc_len];
+    for p in &partials {
+        for (x, y) in partial.iter_mut().zip(p) {
+            *x += y;
+        }
+    }
     for co in 0..cout {
         for ci in 0..cin {
             for t in 0..k * k {

@@ -13,47 +13,51 @@ const CHUNK_PIXELS: usize = 512;
 /// Per-channel mean and biased variance of `x` (`[P, c]`), two passes (mean, then deviations).
 pub fn batch_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let p = x.len() / c;
-    let sum = x
+    let parts = x
         .par_chunks(CHUNK_PIXELS * c)
-        .fold(
-            || vec![0f64; c],
-            |mut acc, chunk| {
-                let mut part = vec![0f32; c];
-                for px in chunk.chunks_exact(c) {
-                    for (s, &v) in part.iter_mut().zip(px) {
-                        *s += v;
-                    }
+        .map(|chunk| {
+            let mut acc = vec![0f64; c];
+            let mut part = vec![0f32; c];
+            for px in chunk.chunks_exact(c) {
+                for (s, &v) in part.iter_mut().zip(px) {
+                    *s += v;
                 }
-                for (a, s) in acc.iter_mut().zip(&part) {
-                    *a += *s as f64;
-                }
-                acc
-            },
-        )
-        .reduce(|| vec![0f64; c], add_vec);
+            }
+            for (a, s) in acc.iter_mut().zip(&part) {
+                *a += *s as f64;
+            }
+            acc
+        })
+        .collect::<Vec<_>>();
+    let sum = ordered_sum(parts, c);
     let mean: Vec<f64> = sum.iter().map(|s| s / p as f64).collect();
     let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let sq = x
+    let parts = x
         .par_chunks(CHUNK_PIXELS * c)
-        .fold(
-            || vec![0f64; c],
-            |mut acc, chunk| {
-                let mut part = vec![0f32; c];
-                for px in chunk.chunks_exact(c) {
-                    for ((s, &v), &m) in part.iter_mut().zip(px).zip(&mean32) {
-                        let d = v - m;
-                        *s += d * d;
-                    }
+        .map(|chunk| {
+            let mut acc = vec![0f64; c];
+            let mut part = vec![0f32; c];
+            for px in chunk.chunks_exact(c) {
+                for ((s, &v), &m) in part.iter_mut().zip(px).zip(&mean32) {
+                    let d = v - m;
+                    *s += d * d;
                 }
-                for (a, s) in acc.iter_mut().zip(&part) {
-                    *a += *s as f64;
-                }
-                acc
-            },
-        )
-        .reduce(|| vec![0f64; c], add_vec);
+            }
+            for (a, s) in acc.iter_mut().zip(&part) {
+                *a += *s as f64;
+            }
+            acc
+        })
+        .collect::<Vec<_>>();
+    let sq = ordered_sum(parts, c);
     let var = sq.iter().map(|s| s / p as f64).collect();
     (mean, var)
+}
+
+/// Sums per-chunk partial vectors in chunk order, so that the result does not depend on how
+/// the work was spread over threads (training runs are reproducible bit for bit).
+fn ordered_sum(parts: Vec<Vec<f64>>, len: usize) -> Vec<f64> {
+    parts.into_iter().fold(vec![0f64; len], add_vec)
 }
 
 fn add_vec(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
@@ -146,35 +150,34 @@ fn backward_train_impl<const RELU: bool>(
     let p = x.len() / c;
     let chunk = CHUNK_PIXELS * c;
     // Pass 1: dbeta = sum dz, dgamma = sum dz * xhat, with dz = dy * mask.
-    let sums = x
+    let parts = x
         .par_chunks(chunk)
         .zip(dy.par_chunks(chunk))
         .zip(y.par_chunks(chunk))
-        .fold(
-            || vec![0f64; 2 * c],
-            |mut acc, ((xc, dc), yc)| {
-                let mut sb = vec![0f32; c];
-                let mut sg = vec![0f32; c];
-                for ((xp, dp), yp) in xc.chunks_exact(c).zip(dc.chunks_exact(c)).zip(yc.chunks_exact(c)) {
-                    for (((b, g), (&xv, &dv)), ((&yv, &m), &is)) in sb
-                        .iter_mut()
-                        .zip(sg.iter_mut())
-                        .zip(xp.iter().zip(dp))
-                        .zip(yp.iter().zip(mean).zip(invstd))
-                    {
-                        let d = masked::<RELU>(dv, yv);
-                        *b += d;
-                        *g += d * (xv - m) * is;
-                    }
+        .map(|((xc, dc), yc)| {
+            let mut acc = vec![0f64; 2 * c];
+            let mut sb = vec![0f32; c];
+            let mut sg = vec![0f32; c];
+            for ((xp, dp), yp) in xc.chunks_exact(c).zip(dc.chunks_exact(c)).zip(yc.chunks_exact(c)) {
+                for (((b, g), (&xv, &dv)), ((&yv, &m), &is)) in sb
+                    .iter_mut()
+                    .zip(sg.iter_mut())
+                    .zip(xp.iter().zip(dp))
+                    .zip(yp.iter().zip(mean).zip(invstd))
+                {
+                    let d = masked::<RELU>(dv, yv);
+                    *b += d;
+                    *g += d * (xv - m) * is;
                 }
-                for k in 0..c {
-                    acc[k] += sb[k] as f64;
-                    acc[c + k] += sg[k] as f64;
-                }
-                acc
-            },
-        )
-        .reduce(|| vec![0f64; 2 * c], add_vec);
+            }
+            for k in 0..c {
+                acc[k] += sb[k] as f64;
+                acc[c + k] += sg[k] as f64;
+            }
+            acc
+        })
+        .collect::<Vec<_>>();
+    let sums = ordered_sum(parts, 2 * c);
     let dbeta: Vec<f32> = sums[..c].iter().map(|&v| v as f32).collect();
     let dgamma: Vec<f32> = sums[c..].iter().map(|&v| v as f32).collect();
     if let Some(dx) = dx {
@@ -224,25 +227,24 @@ pub fn backward_eval(
         Some(yc) if yc[i * c + k] <= 0.0 => 0.0,
         _ => d,
     };
-    let sums = x
+    let parts = x
         .par_chunks(chunk)
         .zip(dy.par_chunks(chunk))
         .enumerate()
-        .fold(
-            || vec![0f64; 2 * c],
-            |mut acc, (i, (xc, dc))| {
-                let yc = y.map(|y| &y[i * chunk..i * chunk + xc.len()]);
-                for (pi, (xp, dp)) in xc.chunks_exact(c).zip(dc.chunks_exact(c)).enumerate() {
-                    for k in 0..c {
-                        let d = masked(pi, k, dp[k], yc);
-                        acc[k] += d as f64;
-                        acc[c + k] += (d * (xp[k] - mean[k]) * invstd[k]) as f64;
-                    }
+        .map(|(i, (xc, dc))| {
+            let mut acc = vec![0f64; 2 * c];
+            let yc = y.map(|y| &y[i * chunk..i * chunk + xc.len()]);
+            for (pi, (xp, dp)) in xc.chunks_exact(c).zip(dc.chunks_exact(c)).enumerate() {
+                for k in 0..c {
+                    let d = masked(pi, k, dp[k], yc);
+                    acc[k] += d as f64;
+                    acc[c + k] += (d * (xp[k] - mean[k]) * invstd[k]) as f64;
                 }
-                acc
-            },
-        )
-        .reduce(|| vec![0f64; 2 * c], add_vec);
+            }
+            acc
+        })
+        .collect::<Vec<_>>();
+    let sums = ordered_sum(parts, 2 * c);
     if let Some(dx) = dx {
         let scale: Vec<f32> = (0..c).map(|k| gamma[k] * invstd[k]).collect();
         dx.par_chunks_mut(chunk).zip(dy.par_chunks(chunk)).enumerate().for_each(|(i, (oc, dc))| {

@@ -1,0 +1,298 @@
+//! Accuracy (overall, per class, per shot group, top-k), negative log-likelihood and expected
+//! calibration error, from logits or probabilities.
+
+use lt_core::split::ShotGroup;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{MetricsError, Result};
+
+/// Row-major `N x C` scores with their labels, validated.
+#[derive(Clone, Debug)]
+pub struct Scores<'a> {
+    values: &'a [f32],
+    labels: &'a [u32],
+    classes: usize,
+    are_probs: bool,
+}
+
+impl<'a> Scores<'a> {
+    fn new(values: &'a [f32], labels: &'a [u32], classes: usize, are_probs: bool) -> Result<Self> {
+        if classes == 0 {
+            return Err(MetricsError::Invalid("zero classes".into()));
+        }
+        if labels.is_empty() {
+            return Err(MetricsError::Invalid("the prediction set is empty".into()));
+        }
+        if values.len() != labels.len() * classes {
+            return Err(MetricsError::Invalid(format!(
+                "{} scores for {} labels x {classes} classes",
+                values.len(),
+                labels.len()
+            )));
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(MetricsError::Invalid(format!(
+                "score of sample {} class {} is {}",
+                i / classes,
+                i % classes,
+                values[i]
+            )));
+        }
+        if let Some((i, &y)) = labels.iter().enumerate().find(|(_, &y)| y as usize >= classes) {
+            return Err(MetricsError::Invalid(format!("label {y} of sample {i} is outside 0..{classes}")));
+        }
+        Ok(Self { values, labels, classes, are_probs })
+    }
+
+    /// Logits `N x C` (row-major) and labels.
+    pub fn logits(values: &'a [f32], labels: &'a [u32], classes: usize) -> Result<Self> {
+        Self::new(values, labels, classes, false)
+    }
+
+    /// Probabilities `N x C` (rows summing to one, e.g. an ensemble's averaged probabilities).
+    pub fn probs(values: &'a [f32], labels: &'a [u32], classes: usize) -> Result<Self> {
+        let s = Self::new(values, labels, classes, true)?;
+        for (i, row) in values.chunks_exact(classes).enumerate() {
+            let sum: f64 = row.iter().map(|&p| p as f64).sum();
+            if row.iter().any(|&p| p < 0.0) || (sum - 1.0).abs() > 1e-3 {
+                return Err(MetricsError::Invalid(format!(
+                    "probabilities of sample {i} sum to {sum}, not 1"
+                )));
+            }
+        }
+        Ok(s)
+    }
+
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// Whether there are no samples (never: construction refuses it).
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Number of classes.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Labels.
+    pub fn labels(&self) -> &[u32] {
+        self.labels
+    }
+
+    /// Probabilities of sample `i` (softmax of the logits, in f64).
+    pub fn probabilities(&self, i: usize) -> Vec<f64> {
+        let row = &self.values[i * self.classes..(i + 1) * self.classes];
+        if self.are_probs {
+            return row.iter().map(|&p| p as f64).collect();
+        }
+        softmax(row)
+    }
+
+    /// Predicted class of sample `i` (first maximum).
+    pub fn predicted(&self, i: usize) -> usize {
+        let row = &self.values[i * self.classes..(i + 1) * self.classes];
+        let mut best = 0;
+        for (c, &v) in row.iter().enumerate() {
+            if v > row[best] {
+                best = c;
+            }
+        }
+        best
+    }
+
+    /// Whether the label is among the `k` highest scores of sample `i`.
+    pub fn in_top_k(&self, i: usize, k: usize) -> bool {
+        let row = &self.values[i * self.classes..(i + 1) * self.classes];
+        let y = self.labels[i] as usize;
+        let higher = row.iter().enumerate().filter(|&(c, &v)| v > row[y] || (v == row[y] && c < y)).count();
+        higher < k
+    }
+}
+
+/// Numerically stable softmax in f64.
+pub fn softmax(row: &[f32]) -> Vec<f64> {
+    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let e: Vec<f64> = row.iter().map(|&v| (v as f64 - m).exp()).collect();
+    let s: f64 = e.iter().sum();
+    e.into_iter().map(|v| v / s).collect()
+}
+
+/// Accuracy of each class (`None` for a class without samples).
+pub fn per_class_accuracy(s: &Scores) -> Vec<Option<f64>> {
+    let mut correct = vec![0usize; s.classes()];
+    let mut total = vec![0usize; s.classes()];
+    for i in 0..s.len() {
+        let y = s.labels()[i] as usize;
+        total[y] += 1;
+        if s.predicted(i) == y {
+            correct[y] += 1;
+        }
+    }
+    correct.iter().zip(&total).map(|(&c, &t)| (t > 0).then(|| c as f64 / t as f64)).collect()
+}
+
+/// Mean of the class accuracies of each shot group (`None` for a group without classes that
+/// have test samples). `groups` gives each class's group (from the training counts).
+pub fn group_accuracy(per_class: &[Option<f64>], groups: &[ShotGroup]) -> Result<[Option<f64>; 3]> {
+    if per_class.len() != groups.len() {
+        return Err(MetricsError::Invalid(format!(
+            "{} shot groups for {} classes",
+            groups.len(),
+            per_class.len()
+        )));
+    }
+    let mut out = [None; 3];
+    for (k, g) in ShotGroup::ALL.iter().enumerate() {
+        let accs: Vec<f64> =
+            per_class.iter().zip(groups).filter(|(_, gg)| *gg == g).filter_map(|(a, _)| *a).collect();
+        if !accs.is_empty() {
+            out[k] = Some(accs.iter().sum::<f64>() / accs.len() as f64);
+        }
+    }
+    Ok(out)
+}
+
+/// Top-1 accuracy over samples.
+pub fn accuracy(s: &Scores) -> f64 {
+    (0..s.len()).filter(|&i| s.predicted(i) == s.labels()[i] as usize).count() as f64 / s.len() as f64
+}
+
+/// Top-k accuracy over samples.
+pub fn top_k_accuracy(s: &Scores, k: usize) -> f64 {
+    (0..s.len()).filter(|&i| s.in_top_k(i, k)).count() as f64 / s.len() as f64
+}
+
+/// Mean negative log-likelihood of the labels (probabilities floored at `1e-12`).
+pub fn nll(s: &Scores) -> f64 {
+    (0..s.len()).map(|i| -(s.probabilities(i)[s.labels()[i] as usize].max(1e-12)).ln()).sum::<f64>()
+        / s.len() as f64
+}
+
+/// Which side of a bin edge is closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum BinEdges {
+    /// Guo et al. (2017): bins `((m-1)/M, m/M]`; a confidence of 0 falls in the first bin.
+    #[default]
+    Guo,
+    /// torchmetrics >= 1.0: bins `[(m-1)/M, m/M)`; a confidence of 1 falls in the last bin.
+    LowerClosed,
+}
+
+/// Confidence (max probability) and correctness of every sample.
+pub fn confidences(s: &Scores) -> (Vec<f64>, Vec<bool>) {
+    (0..s.len())
+        .map(|i| {
+            let p = s.probabilities(i);
+            let pred = s.predicted(i);
+            (p[pred], pred == s.labels()[i] as usize)
+        })
+        .unzip()
+}
+
+/// Bin index of a confidence.
+pub fn bin_of(conf: f64, bins: usize, edges: BinEdges) -> usize {
+    let b = match edges {
+        BinEdges::Guo => (conf * bins as f64).ceil() as isize - 1,
+        BinEdges::LowerClosed => (conf * bins as f64).floor() as isize,
+    };
+    b.clamp(0, bins as isize - 1) as usize
+}
+
+/// One bin of a reliability diagram.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Bin {
+    /// Lower edge.
+    pub lo: f64,
+    /// Upper edge.
+    pub hi: f64,
+    /// Samples in the bin.
+    pub count: usize,
+    /// Accuracy in the bin (0 when empty).
+    pub accuracy: f64,
+    /// Mean confidence in the bin (0 when empty).
+    pub confidence: f64,
+}
+
+/// Reliability bins of confidences and correctness.
+pub fn reliability(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges) -> Vec<Bin> {
+    let mut count = vec![0usize; bins];
+    let mut acc = vec![0f64; bins];
+    let mut cs = vec![0f64; bins];
+    for (&c, &ok) in conf.iter().zip(correct) {
+        let b = bin_of(c, bins, edges);
+        count[b] += 1;
+        cs[b] += c;
+        if ok {
+            acc[b] += 1.0;
+        }
+    }
+    (0..bins)
+        .map(|b| Bin {
+            lo: b as f64 / bins as f64,
+            hi: (b + 1) as f64 / bins as f64,
+            count: count[b],
+            accuracy: if count[b] > 0 { acc[b] / count[b] as f64 } else { 0.0 },
+            confidence: if count[b] > 0 { cs[b] / count[b] as f64 } else { 0.0 },
+        })
+        .collect()
+}
+
+/// Expected calibration error `sum_m |B_m|/N |acc(B_m) - conf(B_m)|` (empty bins skipped).
+pub fn ece_from(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges) -> f64 {
+    let n = conf.len() as f64;
+    reliability(conf, correct, bins, edges)
+        .iter()
+        .filter(|b| b.count > 0)
+        .map(|b| b.count as f64 / n * (b.accuracy - b.confidence).abs())
+        .sum()
+}
+
+/// ECE with `bins` equal-width bins over the max-softmax confidence.
+pub fn ece(s: &Scores, bins: usize, edges: BinEdges) -> f64 {
+    let (c, ok) = confidences(s);
+    ece_from(&c, &ok, bins, edges)
+}
+
+/// Every metric of one prediction set.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// Top-1 accuracy over samples (the "All" column).
+    pub accuracy: f64,
+    /// Mean class accuracy of the Many-shot classes.
+    pub many: Option<f64>,
+    /// Mean class accuracy of the Medium-shot classes.
+    pub medium: Option<f64>,
+    /// Mean class accuracy of the Few-shot classes.
+    pub few: Option<f64>,
+    /// Mean negative log-likelihood.
+    pub nll: f64,
+    /// Expected calibration error (15 bins, Guo's convention unless configured).
+    pub ece: f64,
+    /// Top-5 accuracy (data sets with more than 10 classes).
+    pub top5: Option<f64>,
+    /// Accuracy of every class (`None` for classes without test samples).
+    pub per_class: Vec<Option<f64>>,
+    /// Number of samples.
+    pub samples: usize,
+}
+
+/// Computes every metric; `groups` gives each class's shot group.
+pub fn evaluate(s: &Scores, groups: &[ShotGroup], bins: usize, edges: BinEdges) -> Result<Evaluation> {
+    let per_class = per_class_accuracy(s);
+    let [many, medium, few] = group_accuracy(&per_class, groups)?;
+    Ok(Evaluation {
+        accuracy: accuracy(s),
+        many,
+        medium,
+        few,
+        nll: nll(s),
+        ece: ece(s, bins, edges),
+        top5: (s.classes() > 10).then(|| top_k_accuracy(s, 5)),
+        per_class,
+        samples: s.len(),
+    })
+}

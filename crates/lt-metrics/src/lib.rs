@@ -1,0 +1,18 @@
+//! Metrics for long-tailed classification, for anyone's logits.
+//!
+//! - [`classification`]: accuracy overall, per class and per shot group (Many > 100, Medium
+//!   20..100, Few < 20 training images; a group's number is the mean of its classes'
+//!   accuracies), top-k, NLL, ECE (Guo's bins by default) and reliability bins.
+//!
+//! ```
+//! use lt_metrics::classification::{ece_from, BinEdges};
+//! // The reference sheet's test vector.
+//! let e = ece_from(&[0.95, 1.0], &[true, false], 15, BinEdges::Guo);
+//! assert!((e - 0.475).abs() < 1e-12);
+//! ```
+
+pub mod classification;
+mod error;
+
+pub use classification::{evaluate, BinEdges, Evaluation, Scores};
+pub use error::{MetricsError, Result};

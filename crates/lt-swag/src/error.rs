@@ -1,0 +1,18 @@
+//! Errors of the SWAG crate.
+
+/// Everything that can go wrong with SWAG statistics.
+#[derive(Debug, thiserror::Error)]
+pub enum SwagError {
+    /// Parameters do not match the statistics (another model, another architecture).
+    #[error("{0}")]
+    Mismatch(String),
+    /// Reading or writing the artifact failed.
+    #[error(transparent)]
+    Artifact(#[from] lt_core::ArtifactError),
+    /// A candle error.
+    #[error("candle: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// Result alias of the SWAG crate.
+pub type Result<T, E = SwagError> = std::result::Result<T, E>;

@@ -1,0 +1,137 @@
+//! SWAG moments, sampling covariance, artifacts.
+
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+use lt_core::Rng;
+use lt_swag::{ParamLayout, Swag};
+
+fn varmap(entries: &[(&str, Vec<f32>, Vec<usize>)]) -> VarMap {
+    let vm = VarMap::new();
+    for (n, v, s) in entries {
+        let t = Tensor::from_vec(v.clone(), s.as_slice(), &Device::Cpu).unwrap();
+        vm.data().lock().unwrap().insert(n.to_string(), Var::from_tensor(&t).unwrap());
+    }
+    vm
+}
+
+#[test]
+fn layout_is_sorted_and_skips_batch_norm_statistics() {
+    let vm = varmap(&[
+        ("b.weight", vec![1.0, 2.0], vec![2]),
+        ("a.weight", vec![3.0; 4], vec![2, 2]),
+        ("a.running_mean", vec![0.0; 2], vec![2]),
+        ("a.running_var", vec![1.0; 2], vec![2]),
+    ]);
+    let l = ParamLayout::of(&vm).unwrap();
+    assert_eq!(l.names, vec!["a.weight", "b.weight"]);
+    assert_eq!(l.flatten(&vm).unwrap(), vec![3.0, 3.0, 3.0, 3.0, 1.0, 2.0]);
+    l.write_into(&vm, &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+    assert_eq!(l.flatten(&vm).unwrap(), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
+    assert!(l.write_into(&vm, &[0.0]).is_err());
+    let other = varmap(&[("a.weight", vec![3.0; 6], vec![2, 3]), ("b.weight", vec![1.0, 2.0], vec![2])]);
+    let err = l.check(&other).unwrap_err().to_string();
+    assert!(err.contains("a.weight") && err.contains("[2, 3]"), "{err}");
+}
+
+#[test]
+fn moments_and_deviations_by_hand() {
+    let l = ParamLayout { names: vec!["p".into()], shapes: vec![vec![2]] };
+    let mut s = Swag::new(l, 2);
+    s.collect(&[1.0, 2.0]);
+    s.collect(&[3.0, 2.0]);
+    s.collect(&[5.0, 8.0]);
+    // mean = (1+3+5)/3, (2+2+8)/3; second moment = (1+9+25)/3, (4+4+64)/3
+    assert_eq!(s.n_models(), 3);
+    assert!((s.mean()[0] - 3.0).abs() < 1e-6 && (s.mean()[1] - 4.0).abs() < 1e-6);
+    assert!((s.sq_mean()[0] - 35.0 / 3.0).abs() < 1e-5 && (s.sq_mean()[1] - 24.0).abs() < 1e-5);
+    let var = s.variance();
+    assert!((var[0] - (35.0 / 3.0 - 9.0)).abs() < 1e-5 && (var[1] - 8.0).abs() < 1e-5);
+    // FIFO of K = 2: deviations after models 2 and 3, each against the updated mean.
+    let d: Vec<&[f32]> = s.deviations().collect();
+    assert_eq!(d.len(), 2);
+    assert!((d[0][0] - (3.0 - 2.0)).abs() < 1e-6 && (d[0][1] - 0.0).abs() < 1e-6);
+    assert!((d[1][0] - (5.0 - 3.0)).abs() < 1e-6 && (d[1][1] - 4.0).abs() < 1e-6);
+    // Diagonal-only mode keeps no deviations; variance is clamped at 1e-30.
+    let mut diag = Swag::new(ParamLayout { names: vec!["p".into()], shapes: vec![vec![1]] }, 0);
+    diag.collect(&[2.0]);
+    assert_eq!(diag.rank(), 0);
+    assert_eq!(diag.variance(), vec![1e-30]);
+    assert_eq!(diag.sample(0.0, &mut Rng::new(0)), vec![2.0]);
+}
+
+#[test]
+fn sample_covariance_matches_the_implied_covariance() {
+    // P = 3 parameters, K = 4 with 3 columns collected.
+    let l = ParamLayout { names: vec!["p".into()], shapes: vec![vec![3]] };
+    let mut s = Swag::new(l, 4);
+    for theta in [[0.0f32, 1.0, 2.0], [1.0, -1.0, 2.5], [0.5, 0.0, 1.0], [2.0, 1.0, 0.0]] {
+        s.collect(&theta);
+    }
+    let scale = 0.5;
+    let var = s.variance();
+    let d: Vec<Vec<f32>> = s.deviations().map(|c| c.to_vec()).collect();
+    let mut want = [[0f64; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            let mut c = if i == j { var[i] as f64 } else { 0.0 };
+            for col in &d {
+                c += col[i] as f64 * col[j] as f64 / (s.max_rank() - 1) as f64;
+            }
+            want[i][j] = scale * c;
+        }
+    }
+    let mut rng = Rng::new(42);
+    let n = 200_000;
+    let mut sum = [0f64; 3];
+    let mut prod = [[0f64; 3]; 3];
+    for _ in 0..n {
+        let x = s.sample(scale, &mut rng);
+        for i in 0..3 {
+            sum[i] += x[i] as f64;
+            for j in 0..3 {
+                prod[i][j] += x[i] as f64 * x[j] as f64;
+            }
+        }
+    }
+    for i in 0..3 {
+        let mi = sum[i] / n as f64;
+        assert!((mi - s.mean()[i] as f64).abs() < 0.01, "mean {i}");
+        for j in 0..3 {
+            let cov = prod[i][j] / n as f64 - mi * sum[j] / n as f64;
+            let tol = 0.02 * (want[i][i] * want[j][j]).sqrt() + 1e-4;
+            assert!((cov - want[i][j]).abs() < tol, "cov[{i}][{j}] = {cov}, expected {}", want[i][j]);
+        }
+    }
+    // Same seed, same sample.
+    assert_eq!(s.sample(scale, &mut Rng::new(1)), s.sample(scale, &mut Rng::new(1)));
+}
+
+#[test]
+fn artifact_roundtrip_and_refusals() {
+    let l = ParamLayout { names: vec!["a".into(), "b.w".into()], shapes: vec![vec![2, 2], vec![3]] };
+    let mut s = Swag::new(l, 3);
+    let mut r = Rng::new(0);
+    for _ in 0..5 {
+        let mut t = vec![0f32; 7];
+        r.fill_normal(&mut t, 0.0, 1.0);
+        s.collect(&t);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("swag.safetensors");
+    s.save(&p, &[("arch", "toy".into())]).unwrap();
+    let back = Swag::load(&p).unwrap();
+    assert_eq!(back, s);
+    let a = lt_core::Artifact::open(&p, lt_swag::SWAG_FORMAT).unwrap();
+    assert_eq!(a.info("deviations.a").unwrap().shape, vec![3, 2, 2]);
+    assert_eq!(a.meta("arch").unwrap(), "toy");
+
+    // A truncated file and a file of another kind.
+    let bytes = std::fs::read(&p).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 10]).unwrap();
+    assert!(Swag::load(&cut).unwrap_err().to_string().contains("cut.safetensors"));
+    let vm = varmap(&[("a", vec![0.0; 4], vec![2, 2])]);
+    let err = back.layout().check(&vm).unwrap_err().to_string();
+    assert!(err.contains("b.w"), "{err}");
+    let _ = DType::F32;
+}

@@ -1,0 +1,48 @@
+//! Predictions of a backbone on a data set, and a summary of their accuracy.
+
+use std::sync::Arc;
+
+use candle_core::Device;
+use lt_core::split::ShotGroup;
+use lt_data::loader::{EpochBatches, LoaderConfig};
+use lt_data::Dataset;
+use lt_metrics::{BinEdges, Evaluation, Scores};
+use lt_models::Model;
+
+use crate::error::Result;
+
+/// Eval-mode `(features [N, D], logits [N, C])` of every sample of `data`, in order.
+pub fn predict(
+    model: &Model,
+    data: &Arc<dyn Dataset>,
+    batch_size: usize,
+    workers: usize,
+    device: &Device,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let cfg = LoaderConfig { batch_size, workers, prefetch: 2, train: false, seed: 0 };
+    let mut feats = Vec::with_capacity(data.len() * model.feature_dim());
+    let mut logits = Vec::with_capacity(data.len() * model.arch().num_classes);
+    for b in EpochBatches::new(data.clone(), (0..data.len()).collect(), 0, cfg, device.clone()) {
+        let b = b?;
+        let (f, l) = model.infer(&b.images)?;
+        feats.extend(f.flatten_all()?.to_vec1::<f32>()?);
+        logits.extend(l.flatten_all()?.to_vec1::<f32>()?);
+    }
+    Ok((feats, logits))
+}
+
+/// Accuracy, shot-group accuracy, NLL and ECE of a backbone on `data`.
+pub fn evaluate(
+    model: &Model,
+    data: &Arc<dyn Dataset>,
+    groups: &[ShotGroup],
+    batch_size: usize,
+    workers: usize,
+    device: &Device,
+) -> Result<Evaluation> {
+    let (_, logits) = predict(model, data, batch_size, workers, device)?;
+    let s = Scores::logits(&logits, data.labels(), model.arch().num_classes)
+        .map_err(|e| crate::error::TrainError::Mismatch(e.to_string()))?;
+    lt_metrics::evaluate(&s, groups, 15, BinEdges::Guo)
+        .map_err(|e| crate::error::TrainError::Mismatch(e.to_string()))
+}

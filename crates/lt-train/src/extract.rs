@@ -1,0 +1,259 @@
+//! Stochastic representations: the features artifact of a stage-1 run.
+//!
+//! For every split (train, test, and val when the data set has one) the artifact holds the labels
+//! and an `[S, N, D]` block of representations from `S = 2 + M` backbones: index 0 is the SGD
+//! backbone, 1 the SWA backbone and `2..` are SWAG samples, each drawn with its own seed and
+//! batch-norm recalibrated on the training set before its features are computed. Samples are
+//! computed one at a time into part files beside the artifact (so extraction never holds two
+//! samples in memory, and an interrupted extraction resumes where it stopped), then streamed
+//! into the artifact.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use candle_core::Device;
+use half::f16;
+use lt_core::artifact::ElemType;
+use lt_core::{Artifact, ArtifactWriter, Fingerprint, Format, Rng};
+use lt_data::{DataBundle, Dataset};
+use lt_models::{Model, BACKBONE_FORMAT};
+use lt_swag::Swag;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_err, Result, TrainError};
+use crate::run::RunDir;
+
+/// Artifact kind of the features.
+pub const FEATURES_FORMAT: Format = Format { name: "lt.features", version: 1 };
+
+/// Extraction settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExtractConfig {
+    /// SWAG samples `M`.
+    pub samples: usize,
+    /// SWAG scale (0.5 in the reference; 0 reproduces SWA).
+    pub scale: f64,
+    /// Seed of the SWAG draws and the recalibration passes.
+    pub seed: u64,
+    /// Store features as f16.
+    pub half: bool,
+    /// Batch size of the passes.
+    pub batch_size: usize,
+    /// Loader threads.
+    pub workers: usize,
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        Self { samples: 8, scale: 0.5, seed: 0, half: false, batch_size: 256, workers: 2 }
+    }
+}
+
+/// One backbone of the `S` axis.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleInfo {
+    /// `sgd`, `swa` or `swag`.
+    pub kind: String,
+    /// For SWAG samples: the draw uses `Rng::stream(seed, [0x5A6, index])`.
+    pub seed: Option<u64>,
+    /// For SWAG samples: the draw's index.
+    pub index: Option<usize>,
+}
+
+/// The fingerprint of an extraction (run, split and settings).
+pub fn extract_fingerprint(run_fingerprint: &str, cfg: &ExtractConfig) -> String {
+    let mut c = cfg.clone();
+    c.workers = 0;
+    c.batch_size = 0;
+    Fingerprint::new().part("run", run_fingerprint).json("extract", &c).finish()
+}
+
+fn splits(data: &DataBundle) -> Vec<(&'static str, Arc<dyn Dataset>)> {
+    let mut v = vec![("train", data.train.clone()), ("test", data.test.clone())];
+    if let Some(val) = &data.val {
+        v.push(("val", val.clone()));
+    }
+    v
+}
+
+/// Writes `features.safetensors` for the run in `dir` (see the module docs); `data` must be the
+/// data set the run was trained on. Returns the artifact's path.
+pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &Device) -> Result<PathBuf> {
+    for p in [dir.sgd(), dir.swa()] {
+        if !p.exists() {
+            return Err(TrainError::Mismatch(format!(
+                "{} is missing: the run in {} has no SGD and SWA backbones (train it with SWA first)",
+                p.display(),
+                dir.root().display()
+            )));
+        }
+    }
+    if cfg.samples > 0 && !dir.swag().exists() {
+        return Err(TrainError::Mismatch(format!(
+            "{} has no SWAG statistics ({}); train with SWA or extract with --samples 0",
+            dir.root().display(),
+            dir.swag().display()
+        )));
+    }
+    // The data must be the run's split.
+    let split_art = Artifact::open(&dir.split(), lt_core::split::SPLIT_FORMAT)?;
+    let split_fp = split_art.meta(lt_core::artifact::KEY_FINGERPRINT)?.to_string();
+    if split_fp != data.fingerprint() {
+        return Err(TrainError::Mismatch(format!(
+            "the data set given is not the one {} was trained on (split fingerprints differ)",
+            dir.root().display()
+        )));
+    }
+    let run_fp =
+        Artifact::open(&dir.sgd(), BACKBONE_FORMAT)?.meta(lt_core::artifact::KEY_FINGERPRINT)?.to_string();
+    let fingerprint = extract_fingerprint(&run_fp, cfg);
+    let swa = Model::from_artifact(&dir.swa(), device)?;
+    let swag = if cfg.samples > 0 {
+        let s = Swag::load(&dir.swag())?;
+        s.layout()
+            .check(swa.store().varmap())
+            .map_err(|e| TrainError::Mismatch(format!("{}: {e}", dir.swag().display())))?;
+        Some(s)
+    } else {
+        None
+    };
+    let splits = splits(data);
+    let dim = swa.feature_dim();
+    let mut infos = vec![
+        SampleInfo { kind: "sgd".into(), seed: None, index: None },
+        SampleInfo { kind: "swa".into(), seed: None, index: None },
+    ];
+    infos.extend((0..cfg.samples).map(|m| SampleInfo {
+        kind: "swag".into(),
+        seed: Some(cfg.seed),
+        index: Some(m),
+    }));
+    let elem = if cfg.half { ElemType::F16 } else { ElemType::F32 };
+    let mut parts = Vec::new();
+    for (s, info) in infos.iter().enumerate() {
+        let part = dir.root().join(format!("features.part-{s}.bin"));
+        let tag = dir.root().join(format!("features.part-{s}.fingerprint"));
+        let part_fp =
+            Fingerprint::new().part("extract", &fingerprint).part("sample", &s.to_string()).finish();
+        parts.push(part.clone());
+        if part.exists() && std::fs::read_to_string(&tag).ok().as_deref() == Some(part_fp.as_str()) {
+            tracing::info!("sample {s} ({}) already extracted", info.kind);
+            continue;
+        }
+        let model = match info.kind.as_str() {
+            "sgd" => Model::from_artifact(&dir.sgd(), device)?,
+            "swa" => Model::from_artifact(&dir.swa(), device)?,
+            _ => {
+                let m = info.index.expect("swag index");
+                let model = Model::from_artifact(&dir.swa(), device)?;
+                let swag = swag.as_ref().expect("loaded");
+                let theta = swag.sample(cfg.scale, &mut Rng::stream(cfg.seed, &[0x5A6, m as u64]));
+                swag.layout().write_into(model.store().varmap(), &theta)?;
+                crate::bn::recalibrate(
+                    &model,
+                    &data.train,
+                    cfg.batch_size,
+                    cfg.workers,
+                    cfg.seed,
+                    1_000_000 + m as u64,
+                    device,
+                )?;
+                model
+            }
+        };
+        let started = std::time::Instant::now();
+        lt_core::atomic::write_atomic(&part, |w| {
+            for (_, set) in &splits {
+                let (f, _) = crate::evaluate::predict(&model, set, cfg.batch_size, cfg.workers, device)
+                    .map_err(std::io::Error::other)?;
+                if f.iter().any(|v| !v.is_finite()) {
+                    return Err(std::io::Error::other(format!(
+                        "sample {s} ({}) produced non-finite features",
+                        info.kind
+                    )));
+                }
+                write_values(w, &f, cfg.half)?;
+            }
+            Ok(())
+        })
+        .map_err(io_err(&part))?;
+        lt_core::atomic::write_bytes_atomic(&tag, part_fp.as_bytes()).map_err(io_err(&tag))?;
+        tracing::info!(
+            "sample {}/{} ({}) extracted in {:.1}s",
+            s + 1,
+            infos.len(),
+            info.kind,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
+    // Assemble the artifact, streaming each split's block from the part files.
+    let sgd = Model::from_artifact(&dir.sgd(), device)?;
+    let info = data.split_info();
+    let mut w = ArtifactWriter::new(FEATURES_FORMAT);
+    w.meta(lt_core::artifact::KEY_FINGERPRINT, fingerprint.clone())
+        .meta("run_fingerprint", run_fp)
+        .meta("split_fingerprint", split_fp)
+        .meta("dataset", data.name.to_string())
+        .meta("arch", swa.arch().family.name())
+        .meta("num_classes", data.num_classes().to_string())
+        .meta("feature_dim", dim.to_string())
+        .meta("dtype", if cfg.half { "f16" } else { "f32" })
+        .meta("scale", cfg.scale.to_string())
+        .meta_json("samples", &infos)
+        .meta_json("class_names", &info.class_names)
+        .meta_json("extract_config", cfg);
+    let counts: Vec<i64> = info.class_counts().iter().map(|&c| c as i64).collect();
+    w.push_i64("class_counts", &[counts.len()], counts);
+    let mut offset = 0usize;
+    for (name, set) in &splits {
+        let n = set.len();
+        w.push_u32(&format!("{name}.labels"), &[n], set.labels().to_vec());
+        let bytes_per = n * dim * elem.size();
+        let (parts, start) = (parts.clone(), offset);
+        w.push_lazy(&format!("{name}.features"), elem, &[infos.len(), n, dim], move |out: &mut dyn Write| {
+            for p in &parts {
+                copy_range(p, start as u64, bytes_per as u64, out)?;
+            }
+            Ok(())
+        });
+        offset += bytes_per;
+    }
+    for (kind, m) in [("sgd", &sgd), ("swa", &swa)] {
+        let (wt, b) = m.head();
+        w.push_tensor(&format!("head.{kind}.weight"), &wt.as_detached_tensor())?;
+        w.push_tensor(&format!("head.{kind}.bias"), &b.as_detached_tensor())?;
+    }
+    let path = dir.features();
+    w.write(&path)?;
+    for (s, p) in parts.iter().enumerate() {
+        let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_file(dir.root().join(format!("features.part-{s}.fingerprint")));
+    }
+    Ok(path)
+}
+
+fn write_values(w: &mut dyn Write, v: &[f32], half: bool) -> std::io::Result<()> {
+    if half {
+        for x in v {
+            w.write_all(&f16::from_f32(*x).to_le_bytes())?;
+        }
+    } else {
+        for x in v {
+            w.write_all(&x.to_le_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_range(path: &Path, start: u64, len: u64, out: &mut dyn Write) -> std::io::Result<()> {
+    use std::io::Seek;
+    let mut f = std::fs::File::open(path)?;
+    f.seek(std::io::SeekFrom::Start(start))?;
+    let copied = std::io::copy(&mut f.take(len), out)?;
+    if copied != len {
+        return Err(std::io::Error::other(format!("{}: {copied} of {len} bytes", path.display())));
+    }
+    Ok(())
+}

@@ -1,0 +1,389 @@
+//! The stage-1 training loop: SGD, and for SWA runs a shared prefix followed by an SGD branch
+//! and a SWA branch that collects SWAG statistics; checkpoints every epoch; resumable.
+//!
+//! A run with SWA trains `0..swa_start` with the prefix schedule and saves the state there
+//! (`branch.safetensors`). The SGD branch continues from it with a cosine from `swa_lr` to 0 and
+//! gives the SGD backbone; the SWA branch continues from the same state at the constant `swa_lr`,
+//! collecting a model at the end of every epoch (or every `collect_every_steps` steps), and its
+//! average, after batch-norm recalibration, is the SWA backbone. Both branches see the same
+//! data order. Without SWA the run is plain SGD with a cosine to 0.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{DType, Device};
+use lt_core::progress::Progress as Bar;
+use lt_core::Fingerprint;
+use lt_data::loader::{EpochBatches, LoaderConfig};
+use lt_data::{DataBundle, Sampler, SamplerKind};
+use lt_metrics::Evaluation;
+use lt_models::{Arch, Model};
+use lt_swag::{ParamLayout, Swag};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, Progress};
+use crate::config::TrainConfig;
+use crate::error::{io_err, Result, TrainError};
+use crate::optim::Sgd;
+use crate::run::RunDir;
+use crate::schedule::{learning_rate, Phase};
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Continue from the run directory's checkpoint.
+    pub resume: bool,
+    /// Device.
+    pub device: Device,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self { resume: false, device: Device::Cpu }
+    }
+}
+
+/// One line of the per-epoch log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// Phase name.
+    pub phase: Phase,
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Global step at the end of the epoch.
+    pub step: usize,
+    /// Mean training loss.
+    pub loss: f64,
+    /// Training accuracy (augmented batches).
+    pub accuracy: f64,
+    /// Learning rate of the epoch's last step.
+    pub lr: f64,
+    /// Training throughput.
+    pub images_per_sec: f64,
+    /// Wall time of the epoch.
+    pub seconds: f64,
+    /// SWAG models collected so far (SWA phase).
+    pub swag_models: usize,
+}
+
+/// Test metrics of the stage-1 backbones.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// The SGD backbone.
+    pub sgd: Evaluation,
+    /// The SWA backbone (SWA runs).
+    pub swa: Option<Evaluation>,
+    /// Wall time of the whole run in this process (seconds).
+    pub seconds: f64,
+}
+
+/// The fingerprint of a stage-1 run: configuration and data split.
+pub fn run_fingerprint(cfg: &TrainConfig, data: &DataBundle) -> String {
+    Fingerprint::new().json("train_config", cfg).part("split", &data.fingerprint()).finish()
+}
+
+fn phases(cfg: &TrainConfig) -> Vec<Phase> {
+    if cfg.swa.is_some() {
+        vec![Phase::Prefix, Phase::SgdBranch, Phase::Swa]
+    } else {
+        vec![Phase::Sgd]
+    }
+}
+
+fn epoch_range(cfg: &TrainConfig, phase: Phase) -> (usize, usize) {
+    let s = cfg.swa.as_ref().map(|s| s.start).unwrap_or(0);
+    match phase {
+        Phase::Sgd => (0, cfg.epochs),
+        Phase::Prefix => (0, s),
+        Phase::SgdBranch | Phase::Swa => (s, cfg.epochs),
+    }
+}
+
+struct Ctx<'a> {
+    cfg: &'a TrainConfig,
+    data: &'a DataBundle,
+    dir: RunDir,
+    fingerprint: String,
+    device: Device,
+    sampler: Sampler,
+    steps_per_epoch: usize,
+    last_checkpoint: Option<PathBuf>,
+}
+
+/// Trains the stage-1 backbones of `cfg` on `data` into `dir` (see the module docs).
+pub fn train(
+    cfg: &TrainConfig,
+    data: &DataBundle,
+    dir: impl Into<PathBuf>,
+    opts: &RunOptions,
+) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let started = Instant::now();
+    let dir = RunDir::new(dir);
+    std::fs::create_dir_all(dir.root()).map_err(io_err(dir.root()))?;
+    let fingerprint = run_fingerprint(cfg, data);
+    if dir.checkpoint().exists() && !opts.resume {
+        return Err(TrainError::Mismatch(format!(
+            "{} already holds a run (checkpoint.safetensors); pass --resume to continue it or choose another directory",
+            dir.root().display()
+        )));
+    }
+    data.split_info().write(&dir.split(), &data.fingerprint())?;
+    lt_core::atomic::write_bytes_atomic(
+        &dir.config(),
+        serde_json::to_string_pretty(cfg).expect("json").as_bytes(),
+    )
+    .map_err(io_err(dir.config()))?;
+
+    let [channels, _, _] = data.train.sample_shape();
+    let arch = Arch::new(&cfg.arch, data.num_classes(), channels)?;
+    let model = Model::new(arch, cfg.seed, &opts.device)?;
+    let mut opt = Sgd::new(cfg.momentum, cfg.nesterov, cfg.weight_decay);
+    let n = data.train.len();
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let sampler = Sampler::new(SamplerKind::Instance, data.train.labels(), data.num_classes(), cfg.seed)?;
+    let mut ctx = Ctx {
+        cfg,
+        data,
+        dir,
+        fingerprint,
+        device: opts.device.clone(),
+        sampler,
+        steps_per_epoch,
+        last_checkpoint: None,
+    };
+    let phase_list = phases(cfg);
+    let (mut progress, mut swag) = if opts.resume && ctx.dir.checkpoint().exists() {
+        let (p, s) = checkpoint::load(&ctx.dir.checkpoint(), &model, &mut opt, &ctx.fingerprint)?;
+        tracing::info!(
+            "resuming {} at phase {:?}, epoch {}",
+            ctx.dir.root().display(),
+            p.phase,
+            p.next_epoch
+        );
+        ctx.last_checkpoint = Some(ctx.dir.checkpoint());
+        (p, s)
+    } else {
+        (Progress { phase_index: 0, phase: Some(phase_list[0]), next_epoch: 0, step: 0 }, None)
+    };
+    trim_log(&ctx, &progress)?;
+
+    while let Some(phase) = progress.phase {
+        let (_, end) = epoch_range(cfg, phase);
+        if phase == Phase::Swa && swag.is_none() {
+            swag = Some(Swag::new(
+                ParamLayout::of(model.store().varmap())?,
+                cfg.swa.as_ref().map(|s| s.rank).unwrap_or(0),
+            ));
+        }
+        for epoch in progress.next_epoch..end {
+            let log = run_epoch(&ctx, &model, &mut opt, phase, epoch, &mut progress.step, swag.as_mut())?;
+            append_log(&ctx, &log)?;
+            progress.next_epoch = epoch + 1;
+            checkpoint::save(
+                &ctx.dir.checkpoint(),
+                &model,
+                &opt,
+                swag.as_ref(),
+                &progress,
+                &ctx.fingerprint,
+            )?;
+            ctx.last_checkpoint = Some(ctx.dir.checkpoint());
+        }
+        finish_phase(&ctx, &model, &mut opt, phase, swag.as_ref())?;
+        // Move on: both branches start from the state at swa_start.
+        progress.phase_index += 1;
+        progress.phase = phase_list.get(progress.phase_index).copied();
+        if let Some(next) = progress.phase {
+            let (start, _) = epoch_range(cfg, next);
+            progress.next_epoch = start;
+            if matches!(next, Phase::SgdBranch | Phase::Swa) {
+                let (p, _) = checkpoint::load(&ctx.dir.branch(), &model, &mut opt, &ctx.fingerprint)?;
+                progress.step = p.step;
+                swag = None;
+            }
+        }
+        checkpoint::save(&ctx.dir.checkpoint(), &model, &opt, swag.as_ref(), &progress, &ctx.fingerprint)?;
+    }
+
+    let groups = data.split_info().groups();
+    let eval = |path: &std::path::Path| -> Result<Evaluation> {
+        let m = Model::from_artifact(path, &ctx.device)?;
+        crate::evaluate::evaluate(&m, &data.test, &groups, cfg.batch_size.max(256), cfg.workers, &ctx.device)
+    };
+    let sgd = eval(&ctx.dir.sgd())?;
+    let swa = if cfg.swa.is_some() { Some(eval(&ctx.dir.swa())?) } else { None };
+    let summary = TrainSummary { sgd, swa, seconds: started.elapsed().as_secs_f64() };
+    lt_core::atomic::write_bytes_atomic(
+        &ctx.dir.summary(),
+        serde_json::to_string_pretty(&summary).expect("json").as_bytes(),
+    )
+    .map_err(io_err(ctx.dir.summary()))?;
+    Ok(summary)
+}
+
+fn run_epoch(
+    ctx: &Ctx,
+    model: &Model,
+    opt: &mut Sgd,
+    phase: Phase,
+    epoch: usize,
+    step: &mut usize,
+    mut swag: Option<&mut Swag>,
+) -> Result<EpochLog> {
+    let cfg = ctx.cfg;
+    let started = Instant::now();
+    let order = ctx.sampler.epoch(epoch, ctx.sampler.len());
+    let loader_cfg = LoaderConfig {
+        batch_size: cfg.batch_size,
+        workers: cfg.workers,
+        prefetch: 2,
+        train: true,
+        seed: cfg.seed,
+    };
+    let batches =
+        EpochBatches::new(ctx.data.train.clone(), order, epoch as u64, loader_cfg, ctx.device.clone());
+    let params = model.store().named_params();
+    let mut bar =
+        Bar::new(format!("{} epoch {}/{}", phase.name(), epoch + 1, cfg.epochs), batches.len() as u64);
+    let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+    let mut lr = 0.0;
+    let collect_every = cfg.swa.as_ref().and_then(|s| s.collect_every_steps);
+    for batch in batches {
+        let batch = batch?;
+        lr = learning_rate(cfg, phase, *step, ctx.steps_per_epoch);
+        let pass = model.train_forward(&batch.images)?;
+        let loss = candle_nn::loss::cross_entropy(&pass.logits, &batch.labels)?;
+        let lv = loss.to_dtype(DType::F32)?.to_vec0::<f32>()?;
+        if !lv.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: *step,
+                epoch,
+                value: lv,
+                checkpoint: ctx.last_checkpoint.clone(),
+            });
+        }
+        let grads = pass.backward(&loss)?;
+        opt.step(&params, &grads, lr)?;
+        drop(grads);
+        let b = batch.label_vec.len();
+        let preds = pass.logits.argmax(1)?.to_vec1::<u32>()?;
+        correct += preds.iter().zip(&batch.label_vec).filter(|(p, y)| p == y).count();
+        loss_sum += lv as f64 * b as f64;
+        seen += b;
+        *step += 1;
+        if let (Some(k), Some(s)) = (collect_every, swag.as_deref_mut()) {
+            if *step % k == 0 {
+                s.collect(&s.layout().flatten(model.store().varmap())?);
+            }
+        }
+        bar.inc(1);
+        bar.set_message(&format!("loss {:.4} lr {lr:.4}", loss_sum / seen as f64));
+    }
+    if let (None, Some(s)) = (collect_every, swag.as_deref_mut()) {
+        s.collect(&s.layout().flatten(model.store().varmap())?);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let log = EpochLog {
+        phase,
+        epoch,
+        step: *step,
+        loss: loss_sum / seen.max(1) as f64,
+        accuracy: correct as f64 / seen.max(1) as f64,
+        lr,
+        images_per_sec: seen as f64 / seconds,
+        seconds,
+        swag_models: swag.map(|s| s.n_models()).unwrap_or(0),
+    };
+    tracing::info!(
+        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s",
+        phase.name(),
+        epoch + 1,
+        cfg.epochs,
+        log.loss,
+        100.0 * log.accuracy,
+        log.lr,
+        log.images_per_sec
+    );
+    Ok(log)
+}
+
+fn finish_phase(ctx: &Ctx, model: &Model, opt: &mut Sgd, phase: Phase, swag: Option<&Swag>) -> Result<()> {
+    let fp = ctx.fingerprint.as_str();
+    let meta = |kind: &str| {
+        vec![
+            ("kind", kind.to_string()),
+            (lt_core::artifact::KEY_FINGERPRINT, fp.to_string()),
+            ("dataset", ctx.data.name.to_string()),
+        ]
+    };
+    match phase {
+        Phase::Prefix => {
+            let (start, _) = epoch_range(ctx.cfg, Phase::SgdBranch);
+            let p = Progress {
+                phase_index: 1,
+                phase: Some(Phase::SgdBranch),
+                next_epoch: start,
+                step: start * ctx.steps_per_epoch,
+            };
+            checkpoint::save(&ctx.dir.branch(), model, opt, None, &p, fp)?;
+        }
+        Phase::Sgd | Phase::SgdBranch => model.save(&ctx.dir.sgd(), &meta("sgd"))?,
+        Phase::Swa => {
+            let swag =
+                swag.ok_or_else(|| TrainError::Mismatch("the SWA phase collected no statistics".into()))?;
+            if swag.n_models() == 0 {
+                return Err(TrainError::Mismatch("the SWA phase collected no model".into()));
+            }
+            swag.layout().write_into(model.store().varmap(), swag.mean())?;
+            let seen = crate::bn::recalibrate(
+                model,
+                &ctx.data.train,
+                ctx.cfg.batch_size,
+                ctx.cfg.workers,
+                ctx.cfg.seed,
+                ctx.cfg.epochs as u64,
+                &ctx.device,
+            )?;
+            tracing::info!("SWA of {} models; batch norm recalibrated on {seen} images", swag.n_models());
+            let mut m = meta("swa");
+            m.push(("swag_models", swag.n_models().to_string()));
+            model.save(&ctx.dir.swa(), &m)?;
+            let mut sm = meta("swag");
+            sm.push(("arch", model.arch().family.name()));
+            sm.push(("num_classes", model.arch().num_classes.to_string()));
+            sm.push(("in_channels", model.arch().in_channels.to_string()));
+            swag.save(&ctx.dir.swag(), &sm)?;
+        }
+    }
+    Ok(())
+}
+
+fn append_log(ctx: &Ctx, log: &EpochLog) -> Result<()> {
+    let path = ctx.dir.log();
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io_err(&path))?;
+    writeln!(f, "{}", serde_json::to_string(log).expect("json")).map_err(io_err(&path))
+}
+
+/// Drops log lines of epochs that will run again after a resume.
+fn trim_log(ctx: &Ctx, progress: &Progress) -> Result<()> {
+    let path = ctx.dir.log();
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let order = |p: Phase| phases(ctx.cfg).iter().position(|&q| q == p).unwrap_or(usize::MAX);
+    let keep: Vec<&str> = text
+        .lines()
+        .filter(|l| match serde_json::from_str::<EpochLog>(l) {
+            Ok(e) => match progress.phase {
+                None => true,
+                Some(p) => order(e.phase) < order(p) || (e.phase == p && e.epoch < progress.next_epoch),
+            },
+            Err(_) => false,
+        })
+        .collect();
+    let mut out = keep.join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    lt_core::atomic::write_bytes_atomic(&path, out.as_bytes()).map_err(io_err(&path))
+}

@@ -1,0 +1,217 @@
+//! Stage 1 on a tiny synthetic problem: artifacts, schedules, determinism, resume, refusals.
+
+use lt_data::{load_bundle, DataOptions, DatasetName, SyntheticConfig};
+use lt_train::{train, RunDir, RunOptions, SwaConfig, TrainConfig, TrainError};
+
+fn tiny_data() -> lt_data::DataBundle {
+    let synthetic = SyntheticConfig {
+        n_max: 40,
+        val_per_class: 2,
+        test_per_class: 10,
+        size: 16,
+        classes: 4,
+        ..Default::default()
+    };
+    let opts = DataOptions { synthetic, imbalance: Some(10.0), ..Default::default() };
+    load_bundle(DatasetName::Synthetic, &opts).unwrap()
+}
+
+fn tiny_config() -> TrainConfig {
+    TrainConfig {
+        arch: "cifar-resnet8x8".into(),
+        epochs: 5,
+        batch_size: 16,
+        lr: 0.05,
+        momentum: 0.9,
+        nesterov: true,
+        weight_decay: 5e-4,
+        warmup_epochs: 1,
+        swa: Some(SwaConfig { start: 3, lr: 0.02, rank: 3, collect_every_steps: None }),
+        seed: 1,
+        workers: 2,
+    }
+}
+
+fn bytes(p: std::path::PathBuf) -> Vec<u8> {
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+#[test]
+fn swa_run_produces_every_artifact_and_is_deterministic() {
+    let data = tiny_data();
+    let cfg = tiny_config();
+    let a = tempfile::tempdir().unwrap();
+    let summary = train(&cfg, &data, a.path(), &RunOptions::default()).unwrap();
+    let dir = RunDir::new(a.path());
+    for p in
+        [dir.sgd(), dir.swa(), dir.swag(), dir.split(), dir.branch(), dir.summary(), dir.log(), dir.config()]
+    {
+        assert!(p.exists(), "{} missing", p.display());
+    }
+    assert!(summary.swa.is_some());
+    let swag = lt_swag::Swag::load(&dir.swag()).unwrap();
+    assert_eq!(swag.n_models(), 2, "collected at the end of epochs 3 and 4");
+    assert_eq!(swag.rank(), 2);
+    // The log has the prefix (3 epochs), the SGD branch (2) and the SWA branch (2).
+    let log = std::fs::read_to_string(dir.log()).unwrap();
+    assert_eq!(log.lines().count(), 7, "{log}");
+    // A second run with the same seed gives the same bytes.
+    let b = tempfile::tempdir().unwrap();
+    train(&cfg, &data, b.path(), &RunOptions::default()).unwrap();
+    let other = RunDir::new(b.path());
+    assert_eq!(bytes(dir.sgd()), bytes(other.sgd()));
+    assert_eq!(bytes(dir.swag()), bytes(other.swag()));
+    assert_eq!(bytes(dir.swa()), bytes(other.swa()));
+    // Refusals: an existing run without --resume, a resume with another configuration.
+    let err = train(&cfg, &data, a.path(), &RunOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("pass --resume"), "{err}");
+    let mut other_cfg = cfg.clone();
+    other_cfg.lr = 0.04;
+    let err =
+        train(&other_cfg, &data, a.path(), &RunOptions { resume: true, ..Default::default() }).unwrap_err();
+    assert!(
+        matches!(err, TrainError::Mismatch(_)) && err.to_string().contains("another configuration"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_configurations_are_refused() {
+    let mut cfg = tiny_config();
+    cfg.swa.as_mut().unwrap().start = 9;
+    assert!(cfg.validate().unwrap_err().to_string().contains("swa start 9"));
+    let mut cfg = tiny_config();
+    cfg.arch = "resnet33".into();
+    assert!(cfg.validate().is_err());
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_naming_the_step() {
+    let data = tiny_data();
+    let mut cfg = tiny_config();
+    cfg.lr = 1e30;
+    cfg.swa = None;
+    cfg.warmup_epochs = 0;
+    let d = tempfile::tempdir().unwrap();
+    let err = train(&cfg, &data, d.path(), &RunOptions::default()).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, TrainError::NonFinite { .. }), "{msg}");
+    assert!(msg.contains("at step"), "{msg}");
+}
+
+#[test]
+fn extraction_writes_every_backbone_sample_deterministically() {
+    use lt_train::extract::{extract, ExtractConfig, FEATURES_FORMAT};
+    let data = tiny_data();
+    let cfg = tiny_config();
+    let d = tempfile::tempdir().unwrap();
+    train(&cfg, &data, d.path(), &RunOptions::default()).unwrap();
+    let dir = RunDir::new(d.path());
+    let ecfg = ExtractConfig { samples: 2, scale: 0.5, seed: 3, half: false, batch_size: 32, workers: 2 };
+    let p = extract(&dir, &data, &ecfg, &candle_core::Device::Cpu).unwrap();
+    let first = std::fs::read(&p).unwrap();
+    let a = lt_core::Artifact::open(&p, FEATURES_FORMAT).unwrap();
+    let dim = 32; // cifar-resnet8x8: 4 * 8
+    assert_eq!(a.info("train.features").unwrap().shape, vec![4, data.train.len(), dim]);
+    assert_eq!(a.info("test.features").unwrap().shape, vec![4, data.test.len(), dim]);
+    assert_eq!(a.info("val.features").unwrap().shape, vec![4, 8, dim]);
+    assert_eq!(a.indices("test.labels", 4).unwrap().len(), data.test.len());
+    assert_eq!(a.info("head.swa.weight").unwrap().shape, vec![4, dim]);
+    // The SGD slice equals the SGD backbone's features; SWAG samples differ from SWA.
+    let f = a.f32("test.features").unwrap();
+    let n = data.test.len() * dim;
+    let sgd = lt_models::Model::from_artifact(&dir.sgd(), &candle_core::Device::Cpu).unwrap();
+    let (want, _) = lt_train::evaluate::predict(&sgd, &data.test, 32, 1, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(&f[..n], want.as_slice());
+    assert_ne!(&f[n..2 * n], &f[2 * n..3 * n]);
+    assert_ne!(&f[2 * n..3 * n], &f[3 * n..4 * n]);
+    assert!(std::fs::read_dir(d.path()).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("part")));
+    // Again: same bytes. With f16: half the feature bytes.
+    let p = extract(&dir, &data, &ecfg, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), first);
+    let half = ExtractConfig { half: true, ..ecfg.clone() };
+    let p = extract(&dir, &data, &half, &candle_core::Device::Cpu).unwrap();
+    let a = lt_core::Artifact::open(&p, FEATURES_FORMAT).unwrap();
+    assert_eq!(a.info("train.features").unwrap().dtype, lt_core::artifact::ElemType::F16);
+
+    // Refusals: another data set, a run without SWAG.
+    let other = load_bundle(
+        DatasetName::Synthetic,
+        &DataOptions {
+            seed: 9,
+            ..DataOptions {
+                synthetic: SyntheticConfig { n_max: 40, classes: 4, size: 16, ..Default::default() },
+                imbalance: Some(10.0),
+                ..Default::default()
+            }
+        },
+    )
+    .unwrap();
+    let err = extract(&dir, &other, &ecfg, &candle_core::Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("not the one"), "{err}");
+    std::fs::remove_file(dir.swag()).unwrap();
+    let err = extract(&dir, &data, &ecfg, &candle_core::Device::Cpu).unwrap_err().to_string();
+    assert!(err.contains("no SWAG statistics"), "{err}");
+}
+
+#[test]
+fn bn_recalibration_matches_full_data_statistics() {
+    use candle_core::{Device, Tensor};
+    use lt_models::{Arch, Model};
+    let dev = Device::Cpu;
+    let m = Model::new(Arch::new("cifar-resnet8x8", 3, 3).unwrap(), 0, &dev).unwrap();
+    let x = Tensor::randn(0.3f32, 1.5, (24, 3, 8, 8), &dev).unwrap();
+    // The first batch norm's input is conv1's output.
+    let w = m.store().var("conv1.weight").unwrap().as_detached_tensor();
+    let z = x.conv2d(&w, 1, 1, 1, 1).unwrap(); // [N, C, H, W]
+    let per_channel = |t: &Tensor| t.permute((1, 0, 2, 3)).unwrap().flatten_from(1).unwrap();
+    let zc = per_channel(&z);
+    let count = zc.dim(1).unwrap() as f64;
+    let mean = zc.mean(1).unwrap();
+    let var = zc
+        .broadcast_sub(&mean.unsqueeze(1).unwrap())
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum(1)
+        .unwrap()
+        .affine(1.0 / (count - 1.0), 0.0)
+        .unwrap();
+    let close = |a: &Tensor, b: &Tensor| {
+        let d = (a - b).unwrap().abs().unwrap().max_all().unwrap().to_vec0::<f32>().unwrap();
+        assert!(d < 1e-4, "differs by {d}");
+    };
+    // One batch holding all the data: exactly the full-data mean and unbiased variance.
+    lt_swag::bn::recalibrate(&lt_train::bn::Recal(&m), [Ok(x.clone())]).unwrap();
+    close(&m.store().buffer("bn1.running_mean").unwrap(), &mean);
+    close(&m.store().buffer("bn1.running_var").unwrap(), &var);
+    // Three batches of 8: the mean is still exact; the variance is the sample-weighted mean of
+    // the batches' unbiased variances.
+    let batches: Vec<_> = (0..3).map(|i| Ok(x.narrow(0, 8 * i, 8).unwrap())).collect();
+    lt_swag::bn::recalibrate(&lt_train::bn::Recal(&m), batches).unwrap();
+    close(&m.store().buffer("bn1.running_mean").unwrap(), &mean);
+    let mut vars = Vec::new();
+    for i in 0..3 {
+        let zb = per_channel(&z.narrow(0, 8 * i, 8).unwrap());
+        let nb = zb.dim(1).unwrap() as f64;
+        let mb = zb.mean(1).unwrap();
+        vars.push(
+            zb.broadcast_sub(&mb.unsqueeze(1).unwrap())
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .affine(1.0 / (nb - 1.0), 0.0)
+                .unwrap(),
+        );
+    }
+    let avg = ((&vars[0] + &vars[1]).unwrap() + &vars[2]).unwrap().affine(1.0 / 3.0, 0.0).unwrap();
+    close(&m.store().buffer("bn1.running_var").unwrap(), &avg);
+    // The momentum mode is restored afterwards.
+    assert_eq!(m.store().bn_update(), lt_models::BnUpdate::Momentum(0.1));
+}
