@@ -3,7 +3,9 @@
 //! Stages exchange safetensors artifacts through a run directory; see `docs/artifacts.md`.
 
 mod commands;
+mod device;
 mod logging;
+mod preset;
 
 use clap::{Parser, Subcommand};
 
@@ -27,6 +29,10 @@ enum Command {
     Data(commands::data::DataArgs),
     /// Backbones: parameter shapes, eval-mode features and logits for an input tensor.
     Backbone(commands::backbone::BackboneArgs),
+    /// Stage 1: train the SGD backbone and, with SWA, the SWA backbone and SWAG statistics.
+    Train(commands::train::TrainArgs),
+    /// Stochastic representations: features of the SGD, SWA and M SWAG-sampled backbones.
+    Extract(commands::train::ExtractArgs),
 }
 
 fn main() {
@@ -41,6 +47,8 @@ fn main() {
     let result = match cli.command {
         Command::Data(a) => commands::data::run(a),
         Command::Backbone(a) => commands::backbone::run(a),
+        Command::Train(a) => commands::train::run_train(a),
+        Command::Extract(a) => commands::train::run_extract(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

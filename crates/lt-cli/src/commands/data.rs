@@ -4,14 +4,17 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use lt_data::{load_bundle, DataOptions, DatasetName, ShotGroup};
+use lt_data::{load_bundle, DataBundle, DataOptions, DatasetName, ShotGroup};
 
-/// Data set options shared by every command that loads data.
-#[derive(Args, Clone, Debug)]
+use crate::preset::DataSection;
+
+/// Data set options shared by every command that loads data (each overrides a preset's
+/// `[data]` section).
+#[derive(Args, Clone, Debug, Default)]
 pub struct DataSetArgs {
     /// Data set: synthetic, fmnist-lt, mnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, inat2018, folder.
-    #[arg(long, default_value = "synthetic")]
-    pub dataset: String,
+    #[arg(long)]
+    pub dataset: Option<String>,
     /// Imbalance ratio rho = n_max / n_min (default 100 where the data set is made long-tailed).
     #[arg(long)]
     pub imbalance: Option<f64>,
@@ -25,48 +28,76 @@ pub struct DataSetArgs {
     #[arg(long)]
     pub mirror: Option<String>,
     /// Seed of generated data (synthetic) and seeded test splits (folder).
-    #[arg(long, default_value_t = 0)]
-    pub data_seed: u64,
+    #[arg(long)]
+    pub data_seed: Option<u64>,
     /// Synthetic data set: number of classes.
     #[arg(long)]
     pub synthetic_classes: Option<usize>,
     /// Synthetic data set: images of the largest class.
     #[arg(long)]
     pub synthetic_n_max: Option<usize>,
+    /// Synthetic data set: image side.
+    #[arg(long)]
+    pub synthetic_size: Option<usize>,
     /// Folder data set: fraction of each class held out for testing when there is no test folder.
-    #[arg(long, default_value_t = 0.2)]
-    pub test_fraction: f64,
+    #[arg(long)]
+    pub test_fraction: Option<f64>,
     /// Crop side for image-file data sets (ImageNet-LT, iNat, folder).
-    #[arg(long, default_value_t = 224)]
-    pub image_size: u32,
+    #[arg(long)]
+    pub image_size: Option<u32>,
 }
 
 impl DataSetArgs {
-    /// The data set name, parsed.
-    pub fn name(&self) -> Result<DatasetName> {
-        Ok(self.dataset.parse::<DatasetName>()?)
+    /// The data section these arguments give on top of `base` (a preset's, or the defaults).
+    pub fn resolve(&self, base: Option<&DataSection>) -> DataSection {
+        let mut d = base.cloned().unwrap_or_else(|| DataSection { dataset: "synthetic".into(), ..Default::default() });
+        if let Some(v) = &self.dataset {
+            d.dataset = v.clone();
+        }
+        macro_rules! over {
+            ($($f:ident),*) => { $( if self.$f.is_some() { d.$f = self.$f.clone(); } )* };
+        }
+        over!(imbalance, data_root, synthetic_classes, synthetic_n_max, synthetic_size, test_fraction, image_size);
+        if let Some(s) = self.data_seed {
+            d.data_seed = s;
+        }
+        d.download |= self.download;
+        d
     }
 
-    /// The data crate's options.
-    pub fn options(&self) -> DataOptions {
-        let mut o = DataOptions {
-            data_root: self.data_root.clone(),
-            imbalance: self.imbalance,
-            download: self.download,
-            mirror: self.mirror.clone(),
-            seed: self.data_seed,
-            test_fraction: self.test_fraction,
-            image_size: self.image_size,
-            ..Default::default()
-        };
-        if let Some(c) = self.synthetic_classes {
-            o.synthetic.classes = c;
-        }
-        if let Some(n) = self.synthetic_n_max {
-            o.synthetic.n_max = n;
-        }
-        o
+    /// The mirror, if any (not part of a data section: it does not change the data).
+    pub fn mirror(&self) -> Option<String> {
+        self.mirror.clone()
     }
+}
+
+/// Loads the data set a data section describes.
+pub fn load(section: &DataSection, mirror: Option<String>) -> Result<DataBundle> {
+    let name: DatasetName = section.dataset.parse()?;
+    let mut o = DataOptions {
+        data_root: section.data_root.clone(),
+        imbalance: section.imbalance,
+        download: section.download,
+        mirror,
+        seed: section.data_seed,
+        ..Default::default()
+    };
+    if let Some(f) = section.test_fraction {
+        o.test_fraction = f;
+    }
+    if let Some(s) = section.image_size {
+        o.image_size = s;
+    }
+    if let Some(c) = section.synthetic_classes {
+        o.synthetic.classes = c;
+    }
+    if let Some(n) = section.synthetic_n_max {
+        o.synthetic.n_max = n;
+    }
+    if let Some(s) = section.synthetic_size {
+        o.synthetic.size = s;
+    }
+    load_bundle(name, &o).with_context(|| format!("loading data set {name}"))
 }
 
 /// `lt data ...`
@@ -82,6 +113,9 @@ enum DataCommand {
     Describe {
         #[command(flatten)]
         data: DataSetArgs,
+        /// Start from a preset's data section.
+        #[arg(long)]
+        preset: Option<String>,
         /// Write the split artifact (training indices, labels, class counts, groups) here.
         #[arg(long)]
         write_split: Option<PathBuf>,
@@ -91,13 +125,16 @@ enum DataCommand {
 /// Runs `lt data`.
 pub fn run(args: DataArgs) -> Result<()> {
     match args.command {
-        DataCommand::Describe { data, write_split } => describe(&data, write_split),
+        DataCommand::Describe { data, preset, write_split } => {
+            let preset = crate::preset::resolve(preset.as_deref(), None)?;
+            describe(&data.resolve(preset.as_ref().map(|p| &p.data)), data.mirror(), write_split)
+        }
     }
 }
 
-fn describe(args: &DataSetArgs, write_split: Option<PathBuf>) -> Result<()> {
-    let name = args.name()?;
-    let bundle = load_bundle(name, &args.options()).with_context(|| format!("loading data set {name}"))?;
+fn describe(section: &DataSection, mirror: Option<String>, write_split: Option<PathBuf>) -> Result<()> {
+    let bundle = load(section, mirror)?;
+    let name = bundle.name;
     let counts = bundle.class_counts();
     let groups = lt_data::longtail::shot_groups(&counts);
     println!("dataset   {name}{}", bundle.imbalance.map(|r| format!(" (imbalance {r})")).unwrap_or_default());

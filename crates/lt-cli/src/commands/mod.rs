@@ -2,3 +2,4 @@
 
 pub mod backbone;
 pub mod data;
+pub mod train;

@@ -1,0 +1,194 @@
+//! `lt train`: stage 1 (SGD and SWA/SWAG backbones) and `lt extract`: stochastic representations.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use lt_train::extract::{extract, ExtractConfig};
+use lt_train::{train, RunDir, RunOptions, SwaConfig};
+
+use crate::commands::data::{load, DataSetArgs};
+use crate::preset::DataSection;
+
+/// The file in a run directory recording which data the run was trained on.
+pub const DATA_SPEC: &str = "data_spec.json";
+
+/// `lt train`
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Start from an embedded preset (synthetic, tiny, fmnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, inat2018).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Start from a preset file.
+    #[arg(long)]
+    preset_file: Option<PathBuf>,
+    #[command(flatten)]
+    data: DataSetArgs,
+    /// Architecture (resnet32, cifar-resnet8x16, resnet50, ...).
+    #[arg(long)]
+    arch: Option<String>,
+    /// Epochs.
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Batch size.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Weight decay.
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// Warm-up epochs.
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// First epoch of the SWA phase.
+    #[arg(long)]
+    swa_start: Option<usize>,
+    /// SWA learning rate.
+    #[arg(long)]
+    swa_lr: Option<f64>,
+    /// SWAG rank K (0: diagonal).
+    #[arg(long)]
+    swag_rank: Option<usize>,
+    /// Collect a SWAG model every N steps instead of every epoch.
+    #[arg(long)]
+    swag_every_steps: Option<usize>,
+    /// Train plain SGD only (no SWA/SWAG).
+    #[arg(long)]
+    no_swa: bool,
+    /// Seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Loader threads.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Run directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in `--out` from its last checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// Runs `lt train`.
+pub fn run_train(a: TrainArgs) -> Result<()> {
+    let preset = crate::preset::resolve(a.preset.as_deref(), a.preset_file.as_deref())?;
+    let mut cfg = match &preset {
+        Some(p) => p.train.clone(),
+        None => lt_train::TrainConfig::cifar_lt(),
+    };
+    if preset.is_none() && a.arch.is_none() && a.data.dataset.as_deref().unwrap_or("synthetic") == "synthetic" {
+        // Without a preset the synthetic data set gets the synthetic preset's recipe.
+        cfg = crate::preset::embedded("synthetic")?.train;
+    }
+    macro_rules! over {
+        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { cfg.$f = v; } )* };
+    }
+    over!(arch, epochs, batch_size, lr, weight_decay, warmup_epochs, seed, workers);
+    if a.no_swa {
+        cfg.swa = None;
+    } else if a.swa_start.is_some() || a.swa_lr.is_some() || a.swag_rank.is_some() || a.swag_every_steps.is_some() {
+        let s = cfg.swa.get_or_insert(SwaConfig { start: cfg.epochs * 4 / 5, lr: cfg.lr / 2.0, rank: 20, collect_every_steps: None });
+        if let Some(v) = a.swa_start {
+            s.start = v;
+        }
+        if let Some(v) = a.swa_lr {
+            s.lr = v;
+        }
+        if let Some(v) = a.swag_rank {
+            s.rank = v;
+        }
+        if a.swag_every_steps.is_some() {
+            s.collect_every_steps = a.swag_every_steps;
+        }
+    }
+    let section = a.data.resolve(preset.as_ref().map(|p| &p.data));
+    let data = load(&section, a.data.mirror())?;
+    let device = crate::device::parse(&a.device)?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let spec = a.out.join(DATA_SPEC);
+    lt_core::atomic::write_bytes_atomic(&spec, serde_json::to_string_pretty(&section)?.as_bytes())
+        .with_context(|| format!("writing {}", spec.display()))?;
+    tracing::info!(
+        "training {} on {} ({} images, {} classes) into {}",
+        cfg.arch,
+        data.name,
+        data.train.len(),
+        data.num_classes(),
+        a.out.display()
+    );
+    let summary = train(&cfg, &data, &a.out, &RunOptions { resume: a.resume, device })?;
+    let row = |name: &str, e: &lt_metrics::Evaluation| {
+        let pct = |v: Option<f64>| v.map(|x| format!("{:6.2}", 100.0 * x)).unwrap_or_else(|| "     -".into());
+        println!(
+            "{name:<4} {} {} {} {:6.2}  {:.3}  {:.3}",
+            pct(e.many),
+            pct(e.medium),
+            pct(e.few),
+            100.0 * e.accuracy,
+            e.nll,
+            e.ece
+        );
+    };
+    println!("test   Many Medium    Few    All    NLL    ECE");
+    row("SGD", &summary.sgd);
+    if let Some(s) = &summary.swa {
+        row("SWA", s);
+    }
+    println!("run directory: {} ({:.0} s)", a.out.display(), summary.seconds);
+    Ok(())
+}
+
+/// `lt extract`
+#[derive(Args)]
+pub struct ExtractArgs {
+    /// Run directory of `lt train`.
+    #[arg(long)]
+    run: PathBuf,
+    /// SWAG samples M.
+    #[arg(long, default_value_t = 8)]
+    samples: usize,
+    /// SWAG scale (0 reproduces SWA).
+    #[arg(long, default_value_t = 0.5)]
+    scale: f64,
+    /// Seed of the SWAG draws.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Store features as f16.
+    #[arg(long)]
+    half: bool,
+    /// Batch size.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Loader threads.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+/// The data a run was trained on (from its `data_spec.json`).
+pub fn run_data(run: &Path) -> Result<lt_data::DataBundle> {
+    let spec = run.join(DATA_SPEC);
+    if !spec.exists() {
+        bail!("{} is missing: {} is not a run directory of `lt train`", spec.display(), run.display());
+    }
+    let text = std::fs::read_to_string(&spec).with_context(|| format!("reading {}", spec.display()))?;
+    let section: DataSection = serde_json::from_str(&text).with_context(|| format!("parsing {}", spec.display()))?;
+    load(&section, None)
+}
+
+/// Runs `lt extract`.
+pub fn run_extract(a: ExtractArgs) -> Result<()> {
+    let data = run_data(&a.run)?;
+    let device = crate::device::parse(&a.device)?;
+    let cfg = ExtractConfig { samples: a.samples, scale: a.scale, seed: a.seed, half: a.half, batch_size: a.batch_size, workers: a.workers };
+    let path = extract(&RunDir::new(&a.run), &data, &cfg, &device)?;
+    println!("features of {} backbones written to {}", 2 + a.samples, path.display());
+    Ok(())
+}
