@@ -33,6 +33,8 @@ enum Command {
     Train(commands::train::TrainArgs),
     /// Stochastic representations: features of the SGD, SWA and M SWAG-sampled backbones.
     Extract(commands::train::ExtractArgs),
+    /// Stage 2: re-train the classifier on cached features (cRT, LWS, tau-norm, LA, ..., SRepr).
+    Retrain(commands::retrain::RetrainArgs),
 }
 
 fn main() {
@@ -49,6 +51,7 @@ fn main() {
         Command::Backbone(a) => commands::backbone::run(a),
         Command::Train(a) => commands::train::run_train(a),
         Command::Extract(a) => commands::train::run_extract(a),
+        Command::Retrain(a) => commands::retrain::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

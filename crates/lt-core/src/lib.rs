@@ -12,13 +12,17 @@
 //!   seeded), with independent streams derived from one seed;
 //! - [`fingerprint`]: stable content hashes used to skip work whose inputs did not change;
 //! - [`split`]: the split artifact (training subset, class counts, shot groups), read by all stages;
+//! - [`optim`]: SGD with momentum, Nesterov and weight decay (PyTorch semantics);
+//! - [`sampler`]: samplers over labels (instance, class-balanced, power, progressive);
 //! - [`progress`]: progress reporting through `tracing` (bars on a terminal, log lines otherwise).
 
 pub mod artifact;
 pub mod atomic;
 pub mod fingerprint;
+pub mod optim;
 pub mod progress;
 pub mod rng;
+pub mod sampler;
 pub mod split;
 
 pub use artifact::{Artifact, ArtifactError, ArtifactWriter, Format, TensorData};

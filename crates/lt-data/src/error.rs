@@ -94,6 +94,9 @@ pub enum DataError {
     /// A caller passed an invalid argument (unknown data set, bad ratio, empty class).
     #[error("{0}")]
     Invalid(String),
+    /// An invalid sampler.
+    #[error(transparent)]
+    Sampler(#[from] lt_core::sampler::SamplerError),
     /// Reading or writing an artifact failed.
     #[error(transparent)]
     Artifact(#[from] lt_core::ArtifactError),

@@ -29,7 +29,7 @@ pub mod listfile;
 pub mod loader;
 pub mod longtail;
 pub mod numpy_mt;
-pub mod sampler;
+pub use lt_core::sampler;
 pub mod synthetic;
 pub mod transform;
 

@@ -10,7 +10,7 @@ use lt_swag::Swag;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use crate::optim::Sgd;
+use lt_core::optim::Sgd;
 use crate::schedule::Phase;
 
 /// Artifact kind of a checkpoint.
@@ -98,7 +98,7 @@ pub fn load(
     for key in a.names().filter(|n| n.starts_with("momentum.")) {
         momentum.insert(key["momentum.".len()..].to_string(), a.tensor(key, &dev)?);
     }
-    opt.set_buffers(momentum, &params)?;
+    opt.set_buffers(momentum, &params).map_err(|e| TrainError::Mismatch(format!("{}: {e}", path.display())))?;
     for (var, t) in values {
         var.set(&t)?;
     }

@@ -13,7 +13,7 @@ pub mod config;
 mod error;
 pub mod evaluate;
 pub mod extract;
-pub mod optim;
+pub use lt_core::optim;
 pub mod run;
 pub mod schedule;
 pub mod trainer;

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, Progress};
 use crate::config::TrainConfig;
 use crate::error::{io_err, Result, TrainError};
-use crate::optim::Sgd;
+use lt_core::optim::Sgd;
 use crate::run::RunDir;
 use crate::schedule::{learning_rate, Phase};
 
@@ -142,7 +142,8 @@ pub fn train(
     let mut opt = Sgd::new(cfg.momentum, cfg.nesterov, cfg.weight_decay);
     let n = data.train.len();
     let steps_per_epoch = n.div_ceil(cfg.batch_size);
-    let sampler = Sampler::new(SamplerKind::Instance, data.train.labels(), data.num_classes(), cfg.seed)?;
+    let sampler = Sampler::new(SamplerKind::Instance, data.train.labels(), data.num_classes(), cfg.seed)
+        .map_err(|e| TrainError::Config(e.to_string()))?;
     let mut ctx = Ctx {
         cfg,
         data,

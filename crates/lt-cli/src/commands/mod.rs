@@ -2,4 +2,5 @@
 
 pub mod backbone;
 pub mod data;
+pub mod retrain;
 pub mod train;

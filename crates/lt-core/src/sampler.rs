@@ -14,10 +14,21 @@
 
 use std::str::FromStr;
 
-use lt_core::Rng;
+use crate::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{DataError, Result};
+
+/// An invalid sampler name or input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SamplerError(pub String);
+
+impl std::fmt::Display for SamplerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SamplerError {}
 
 /// Which sampling scheme.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -43,8 +54,8 @@ pub enum SamplerKind {
 }
 
 impl FromStr for SamplerKind {
-    type Err = DataError;
-    fn from_str(s: &str) -> Result<Self> {
+    type Err = SamplerError;
+    fn from_str(s: &str) -> Result<Self, SamplerError> {
         let s = s.trim().to_ascii_lowercase();
         Ok(match s.as_str() {
             "instance" | "ib" | "instance-balanced" => SamplerKind::Instance,
@@ -54,18 +65,18 @@ impl FromStr for SamplerKind {
                 if let Some(q) = s.strip_prefix("power:") {
                     let q: f64 = q
                         .parse()
-                        .map_err(|_| DataError::Invalid(format!("bad sampler exponent in {s:?}")))?;
+                        .map_err(|_| SamplerError(format!("bad sampler exponent in {s:?}")))?;
                     SamplerKind::Power { q }
                 } else if let Some(t) = s.strip_prefix("progressive:") {
                     let t: usize =
-                        t.parse().map_err(|_| DataError::Invalid(format!("bad epoch count in {s:?}")))?;
+                        t.parse().map_err(|_| SamplerError(format!("bad epoch count in {s:?}")))?;
                     SamplerKind::Progressive { total_epochs: t }
                 } else if let Some(k) = s.strip_prefix("class-balanced:") {
                     let k: usize =
-                        k.parse().map_err(|_| DataError::Invalid(format!("bad per-class count in {s:?}")))?;
+                        k.parse().map_err(|_| SamplerError(format!("bad per-class count in {s:?}")))?;
                     SamplerKind::ClassBalanced { per_class: k.max(1) }
                 } else {
-                    return Err(DataError::Invalid(format!(
+                    return Err(SamplerError(format!(
                         "unknown sampler {s:?}; expected instance, class-balanced[:K], sqrt, power:Q or progressive:T"
                     )));
                 }
@@ -96,15 +107,15 @@ pub struct Sampler {
 
 impl Sampler {
     /// A sampler of `kind` over `labels` (`< classes`), seeded with `seed`.
-    pub fn new(kind: SamplerKind, labels: &[u32], classes: usize, seed: u64) -> Result<Self> {
+    pub fn new(kind: SamplerKind, labels: &[u32], classes: usize, seed: u64) -> Result<Self, SamplerError> {
         if labels.is_empty() {
-            return Err(DataError::Invalid("cannot sample from an empty training set".into()));
+            return Err(SamplerError("cannot sample from an empty training set".into()));
         }
         let mut by_class = vec![Vec::new(); classes];
         for (i, &y) in labels.iter().enumerate() {
             let y = y as usize;
             if y >= classes {
-                return Err(DataError::Invalid(format!("label {y} at index {i} is outside 0..{classes}")));
+                return Err(SamplerError(format!("label {y} at index {i} is outside 0..{classes}")));
             }
             by_class[y].push(i);
         }

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-use crate::error::{Result, TrainError};
 
 /// SGD state: hyper-parameters and one momentum buffer per parameter name.
 pub struct Sgd {
@@ -29,7 +28,7 @@ impl Sgd {
     }
 
     /// Applies one step with learning rate `lr` to every named parameter that has a gradient.
-    pub fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64) -> Result<()> {
+    pub fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64) -> candle_core::Result<()> {
         for (name, var) in params {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let p = var.as_detached_tensor();
@@ -57,17 +56,14 @@ impl Sgd {
     }
 
     /// Restores momentum buffers from a checkpoint (shapes checked against `params`).
-    pub fn set_buffers(&mut self, buffers: BTreeMap<String, Tensor>, params: &[(String, Var)]) -> Result<()> {
+    pub fn set_buffers(&mut self, buffers: BTreeMap<String, Tensor>, params: &[(String, Var)]) -> Result<(), String> {
         for (name, b) in &buffers {
-            let var = params.iter().find(|(n, _)| n == name).ok_or_else(|| {
-                TrainError::Mismatch(format!("momentum buffer for unknown parameter `{name}`"))
-            })?;
+            let var = params
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| format!("momentum buffer for unknown parameter `{name}`"))?;
             if var.1.dims() != b.dims() {
-                return Err(TrainError::Mismatch(format!(
-                    "momentum buffer `{name}` has shape {:?}, the parameter {:?}",
-                    b.dims(),
-                    var.1.dims()
-                )));
+                return Err(format!("momentum buffer `{name}` has shape {:?}, the parameter {:?}", b.dims(), var.1.dims()));
             }
         }
         self.buffers = buffers;
