@@ -30,11 +30,15 @@ enum Command {
     /// Backbones: parameter shapes, eval-mode features and logits for an input tensor.
     Backbone(commands::backbone::BackboneArgs),
     /// Stage 1: train the SGD backbone and, with SWA, the SWA backbone and SWAG statistics.
-    Train(commands::train::TrainArgs),
+    Train(Box<commands::train::TrainArgs>),
     /// Stochastic representations: features of the SGD, SWA and M SWAG-sampled backbones.
     Extract(commands::train::ExtractArgs),
     /// Stage 2: re-train the classifier on cached features (cRT, LWS, tau-norm, LA, ..., SRepr).
-    Retrain(commands::retrain::RetrainArgs),
+    Retrain(Box<commands::retrain::RetrainArgs>),
+    /// Metrics of one prediction set: accuracy by shot group, NLL, ECE, reliability diagram.
+    Eval(commands::eval::EvalArgs),
+    /// The report of a reproduction: mean ± std over seeds in the poster's layout, plots.
+    Report(commands::eval::ReportArgs),
 }
 
 fn main() {
@@ -49,9 +53,11 @@ fn main() {
     let result = match cli.command {
         Command::Data(a) => commands::data::run(a),
         Command::Backbone(a) => commands::backbone::run(a),
-        Command::Train(a) => commands::train::run_train(a),
+        Command::Train(a) => commands::train::run_train(*a),
         Command::Extract(a) => commands::train::run_extract(a),
-        Command::Retrain(a) => commands::retrain::run(a),
+        Command::Retrain(a) => commands::retrain::run(*a),
+        Command::Eval(a) => commands::eval::run_eval(a),
+        Command::Report(a) => commands::eval::run_report(a).map(|_| ()),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -121,7 +121,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Preset> {
 /// An embedded preset by name.
 pub fn embedded(name: &str) -> Result<Preset> {
     let (_, text) = EMBEDDED.iter().find(|(n, _)| *n == name).ok_or_else(|| {
-        anyhow!("unknown preset {name:?}; expected one of {}", EMBEDDED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "))
+        anyhow!(
+            "unknown preset {name:?}; expected one of {}",
+            EMBEDDED.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        )
     })?;
     parse(text, name)
 }

@@ -5,7 +5,18 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ARGS: [&str; 12] = [
-    "train", "--preset", "tiny", "--epochs", "10", "--swa-start", "6", "--synthetic-n-max", "160", "--batch-size", "16", "--plain",
+    "train",
+    "--preset",
+    "tiny",
+    "--epochs",
+    "10",
+    "--swa-start",
+    "6",
+    "--synthetic-n-max",
+    "160",
+    "--batch-size",
+    "16",
+    "--plain",
 ];
 
 fn lt() -> Command {
@@ -15,7 +26,9 @@ fn lt() -> Command {
 }
 
 fn checkpoint_epoch(dir: &Path) -> Option<(String, usize)> {
-    let a = lt_core::Artifact::open(&dir.join("checkpoint.safetensors"), lt_train::checkpoint::CHECKPOINT_FORMAT).ok()?;
+    let a =
+        lt_core::Artifact::open(&dir.join("checkpoint.safetensors"), lt_train::checkpoint::CHECKPOINT_FORMAT)
+            .ok()?;
     let p: lt_train::checkpoint::Progress = a.meta_json("progress").ok()?;
     Some((format!("{:?}", p.phase), p.next_epoch))
 }
@@ -27,7 +40,14 @@ fn killed_run_resumes_to_identical_weights() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let cut = tempfile::tempdir().unwrap();
-    let mut child = lt().args(ARGS).arg("--out").arg(cut.path()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = lt()
+        .args(ARGS)
+        .arg("--out")
+        .arg(cut.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     // Wait until the prefix has checkpointed two epochs, then kill the process in the middle of
     // the next one (SIGKILL: no chance to clean up).
     let started = Instant::now();

@@ -9,7 +9,6 @@ use std::collections::BTreeMap;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-
 /// SGD state: hyper-parameters and one momentum buffer per parameter name.
 pub struct Sgd {
     /// Momentum `mu`.
@@ -56,14 +55,22 @@ impl Sgd {
     }
 
     /// Restores momentum buffers from a checkpoint (shapes checked against `params`).
-    pub fn set_buffers(&mut self, buffers: BTreeMap<String, Tensor>, params: &[(String, Var)]) -> Result<(), String> {
+    pub fn set_buffers(
+        &mut self,
+        buffers: BTreeMap<String, Tensor>,
+        params: &[(String, Var)],
+    ) -> Result<(), String> {
         for (name, b) in &buffers {
             let var = params
                 .iter()
                 .find(|(n, _)| n == name)
                 .ok_or_else(|| format!("momentum buffer for unknown parameter `{name}`"))?;
             if var.1.dims() != b.dims() {
-                return Err(format!("momentum buffer `{name}` has shape {:?}, the parameter {:?}", b.dims(), var.1.dims()));
+                return Err(format!(
+                    "momentum buffer `{name}` has shape {:?}, the parameter {:?}",
+                    b.dims(),
+                    var.1.dims()
+                ));
             }
         }
         self.buffers = buffers;

@@ -17,7 +17,6 @@ use std::str::FromStr;
 use crate::Rng;
 use serde::{Deserialize, Serialize};
 
-
 /// An invalid sampler name or input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SamplerError(pub String);
@@ -63,9 +62,8 @@ impl FromStr for SamplerKind {
             "sqrt" | "square-root" => SamplerKind::Power { q: 0.5 },
             _ => {
                 if let Some(q) = s.strip_prefix("power:") {
-                    let q: f64 = q
-                        .parse()
-                        .map_err(|_| SamplerError(format!("bad sampler exponent in {s:?}")))?;
+                    let q: f64 =
+                        q.parse().map_err(|_| SamplerError(format!("bad sampler exponent in {s:?}")))?;
                     SamplerKind::Power { q }
                 } else if let Some(t) = s.strip_prefix("progressive:") {
                     let t: usize =

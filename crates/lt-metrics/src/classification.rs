@@ -193,13 +193,13 @@ pub fn confidences(s: &Scores) -> (Vec<f64>, Vec<bool>) {
         .unzip()
 }
 
-/// Bin index of a confidence.
+/// Bin index of a confidence. With [`BinEdges::LowerClosed`] a confidence of exactly 1 falls
+/// in an extra bin `[1, 1]` (index `bins`), as torchmetrics does.
 pub fn bin_of(conf: f64, bins: usize, edges: BinEdges) -> usize {
-    let b = match edges {
-        BinEdges::Guo => (conf * bins as f64).ceil() as isize - 1,
-        BinEdges::LowerClosed => (conf * bins as f64).floor() as isize,
-    };
-    b.clamp(0, bins as isize - 1) as usize
+    match edges {
+        BinEdges::Guo => ((conf * bins as f64).ceil() as isize - 1).clamp(0, bins as isize - 1) as usize,
+        BinEdges::LowerClosed => ((conf * bins as f64).floor() as isize).clamp(0, bins as isize) as usize,
+    }
 }
 
 /// One bin of a reliability diagram.
@@ -217,11 +217,13 @@ pub struct Bin {
     pub confidence: f64,
 }
 
-/// Reliability bins of confidences and correctness.
+/// Reliability bins of confidences and correctness (one more, `[1, 1]`, with
+/// [`BinEdges::LowerClosed`]).
 pub fn reliability(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges) -> Vec<Bin> {
-    let mut count = vec![0usize; bins];
-    let mut acc = vec![0f64; bins];
-    let mut cs = vec![0f64; bins];
+    let slots = if edges == BinEdges::LowerClosed { bins + 1 } else { bins };
+    let mut count = vec![0usize; slots];
+    let mut acc = vec![0f64; slots];
+    let mut cs = vec![0f64; slots];
     for (&c, &ok) in conf.iter().zip(correct) {
         let b = bin_of(c, bins, edges);
         count[b] += 1;
@@ -230,10 +232,10 @@ pub fn reliability(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges)
             acc[b] += 1.0;
         }
     }
-    (0..bins)
+    (0..slots)
         .map(|b| Bin {
-            lo: b as f64 / bins as f64,
-            hi: (b + 1) as f64 / bins as f64,
+            lo: (b as f64 / bins as f64).min(1.0),
+            hi: ((b + 1) as f64 / bins as f64).min(1.0),
             count: count[b],
             accuracy: if count[b] > 0 { acc[b] / count[b] as f64 } else { 0.0 },
             confidence: if count[b] > 0 { cs[b] / count[b] as f64 } else { 0.0 },

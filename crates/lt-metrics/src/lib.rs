@@ -3,6 +3,11 @@
 //! - [`classification`]: accuracy overall, per class and per shot group (Many > 100, Medium
 //!   20..100, Few < 20 training images; a group's number is the mean of its classes'
 //!   accuracies), top-k, NLL, ECE (Guo's bins by default) and reliability bins.
+//! - [`dispersion`]: how scattered stochastic representations are, per input and per class, in
+//!   representation and probability space.
+//! - [`aggregate`]: mean ± sample std over seeds.
+//! - [`predictions`]: the `lt.predictions` artifact; [`report`]: Markdown run reports in the
+//!   poster's layout, with the paper's ImageNet-LT numbers; [`plots`]: PNG and SVG plots.
 //!
 //! ```
 //! use lt_metrics::classification::{ece_from, BinEdges};
@@ -11,8 +16,14 @@
 //! assert!((e - 0.475).abs() < 1e-12);
 //! ```
 
+pub mod aggregate;
 pub mod classification;
+pub mod dispersion;
 mod error;
+pub mod plots;
+pub mod predictions;
+pub mod report;
 
 pub use classification::{evaluate, BinEdges, Evaluation, Scores};
 pub use error::{MetricsError, Result};
+pub use predictions::Predictions;

@@ -38,7 +38,10 @@ impl FeatureSet {
         let s = kinds.len();
         for split in ["train", "test"] {
             if !art.contains(&format!("{split}.features")) {
-                return Err(RetrainError::Invalid(format!("{}: no `{split}.features` tensor", path.display())));
+                return Err(RetrainError::Invalid(format!(
+                    "{}: no `{split}.features` tensor",
+                    path.display()
+                )));
             }
         }
         for split in ["train", "test", "val"] {
@@ -48,7 +51,11 @@ impl FeatureSet {
             }
             let info = art.expect_shape(&f, &[Some(s), None, Some(dim)])?;
             if !matches!(info.dtype, ElemType::F32 | ElemType::F16) {
-                return Err(RetrainError::Invalid(format!("{}: `{f}` must be F32 or F16, is {}", path.display(), info.dtype.as_str())));
+                return Err(RetrainError::Invalid(format!(
+                    "{}: `{f}` must be F32 or F16, is {}",
+                    path.display(),
+                    info.dtype.as_str()
+                )));
             }
             let n = info.shape[1];
             let labels = art.indices(&format!("{split}.labels"), classes)?;
@@ -66,7 +73,11 @@ impl FeatureSet {
         }
         let counts: Vec<usize> = art.indices("class_counts", usize::MAX)?;
         if counts.len() != classes {
-            return Err(RetrainError::Invalid(format!("{}: {} class counts for {classes} classes", path.display(), counts.len())));
+            return Err(RetrainError::Invalid(format!(
+                "{}: {} class counts for {classes} classes",
+                path.display(),
+                counts.len()
+            )));
         }
         let train_labels = art.indices("train.labels", classes)?;
         let mut from_labels = vec![0usize; classes];
@@ -74,7 +85,10 @@ impl FeatureSet {
             from_labels[y] += 1;
         }
         if from_labels != counts {
-            return Err(RetrainError::Invalid(format!("{}: `class_counts` disagrees with `train.labels`", path.display())));
+            return Err(RetrainError::Invalid(format!(
+                "{}: `class_counts` disagrees with `train.labels`",
+                path.display()
+            )));
         }
         Ok(Self { art, classes, dim, kinds, counts })
     }
@@ -111,7 +125,10 @@ impl FeatureSet {
 
     /// Index of the SGD (`sgd`) or SWA (`swa`) backbone.
     pub fn index_of(&self, kind: &str) -> Result<usize> {
-        self.kinds.iter().position(|k| k == kind).ok_or_else(|| RetrainError::Invalid(format!("{}: no `{kind}` backbone", self.path().display())))
+        self.kinds
+            .iter()
+            .position(|k| k == kind)
+            .ok_or_else(|| RetrainError::Invalid(format!("{}: no `{kind}` backbone", self.path().display())))
     }
 
     /// Indices of the SWAG samples.
@@ -128,7 +145,10 @@ impl FeatureSet {
         if self.has_split(split) {
             Ok(())
         } else {
-            Err(RetrainError::Invalid(format!("{}: the `{split}` split was requested but the artifact has none", self.path().display())))
+            Err(RetrainError::Invalid(format!(
+                "{}: the `{split}` split was requested but the artifact has none",
+                self.path().display()
+            )))
         }
     }
 
@@ -141,7 +161,12 @@ impl FeatureSet {
     /// Labels of a split.
     pub fn labels(&self, split: &str) -> Result<Vec<u32>> {
         self.need(split)?;
-        Ok(self.art.indices(&format!("{split}.labels"), self.classes)?.into_iter().map(|y| y as u32).collect())
+        Ok(self
+            .art
+            .indices(&format!("{split}.labels"), self.classes)?
+            .into_iter()
+            .map(|y| y as u32)
+            .collect())
     }
 
     /// Representations of backbone `sample` for rows `idx` of `split`, `idx.len() x D` f32.
@@ -165,7 +190,9 @@ impl FeatureSet {
             let row = &bytes[start..start + d * es];
             let before = out.len();
             match info.dtype {
-                ElemType::F16 => out.extend(row.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32())),
+                ElemType::F16 => {
+                    out.extend(row.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()))
+                }
                 _ => out.extend(row.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
             }
             if out[before..].iter().any(|v| !v.is_finite()) {

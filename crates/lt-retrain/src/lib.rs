@@ -92,7 +92,8 @@ fn linear(z: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 fn init_head(classes: usize, dim: usize, seed: u64, device: &Device) -> Result<(Var, Var)> {
     let mut rng = Rng::stream(seed, &[0x4EAD]);
     let bound = 1.0 / (dim as f64).sqrt();
-    let mut draw = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_range(-bound, bound) as f32).collect() };
+    let mut draw =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_range(-bound, bound) as f32).collect() };
     let w = Var::from_tensor(&Tensor::from_vec(draw(classes * dim), (classes, dim), device)?)?;
     let b = Var::from_tensor(&Tensor::from_vec(draw(classes), classes, device)?)?;
     Ok((w, b))
@@ -113,7 +114,8 @@ pub fn fit(
     let batch = cfg.batch_size.min(n).max(1);
     let steps = (n / batch).max(1);
     let total = cfg.epochs * steps;
-    let sampler = Sampler::new(sampler, labels, classes, cfg.seed).map_err(|e| RetrainError::Invalid(e.to_string()))?;
+    let sampler =
+        Sampler::new(sampler, labels, classes, cfg.seed).map_err(|e| RetrainError::Invalid(e.to_string()))?;
     let mut opt = Sgd::new(cfg.momentum, false, cfg.weight_decay);
     let mut losses = Vec::with_capacity(cfg.epochs);
     let mut step = 0;
@@ -149,7 +151,8 @@ fn accuracy(logits: &[f32], labels: &[u32], classes: usize, balanced: bool) -> f
         }
     }
     if balanced {
-        let accs: Vec<f64> = correct.iter().zip(&total).filter(|(_, &t)| t > 0).map(|(&c, &t)| c as f64 / t as f64).collect();
+        let accs: Vec<f64> =
+            correct.iter().zip(&total).filter(|(_, &t)| t > 0).map(|(&c, &t)| c as f64 / t as f64).collect();
         accs.iter().sum::<f64>() / accs.len().max(1) as f64
     } else {
         correct.iter().sum::<usize>() as f64 / labels.len().max(1) as f64
@@ -190,7 +193,8 @@ pub fn retrain(fs: &FeatureSet, cfg: &RetrainConfig, device: &Device) -> Result<
             let chosen = match tau {
                 Some(t) => *t,
                 None => {
-                    let (split, balanced) = if fs.has_split("val") { ("val", false) } else { ("train", true) };
+                    let (split, balanced) =
+                        if fs.has_split("val") { ("val", false) } else { ("train", true) };
                     let z = ctx.all(split, ctx.backbone)?;
                     let y = fs.labels(split)?;
                     let mut best = (f64::NEG_INFINITY, 0.0);
@@ -215,7 +219,11 @@ pub fn retrain(fs: &FeatureSet, cfg: &RetrainConfig, device: &Device) -> Result<
         Method::Crt | Method::La { .. } | Method::BalancedSoftmax => {
             let (w, b) = init_head(classes, ctx.dim, cfg.seed, device)?;
             let params = vec![("bias".to_string(), b.clone()), ("weight".to_string(), w.clone())];
-            let sampler = if cfg.method == Method::Crt { SamplerKind::ClassBalanced { per_class: 4 } } else { SamplerKind::Instance };
+            let sampler = if cfg.method == Method::Crt {
+                SamplerKind::ClassBalanced { per_class: 4 }
+            } else {
+                SamplerKind::Instance
+            };
             epoch_losses = fit(&params, cfg, &ctx.labels, classes, sampler, |idx| {
                 let logits = linear(&ctx.rows(ctx.backbone, idx)?, w.as_tensor(), b.as_tensor())?;
                 let y = ctx.batch_labels(idx)?;
@@ -230,10 +238,18 @@ pub fn retrain(fs: &FeatureSet, cfg: &RetrainConfig, device: &Device) -> Result<
         Method::Lws => {
             let s = Var::from_tensor(&Tensor::ones(classes, DType::F32, device)?)?;
             let params = vec![("scales".to_string(), s.clone())];
-            epoch_losses = fit(&params, cfg, &ctx.labels, classes, SamplerKind::ClassBalanced { per_class: 4 }, |idx| {
-                let logits = linear(&ctx.rows(ctx.backbone, idx)?, &w0, &b0)?.broadcast_mul(s.as_tensor())?;
-                losses::cross_entropy(&logits, &ctx.batch_labels(idx)?)
-            })?;
+            epoch_losses = fit(
+                &params,
+                cfg,
+                &ctx.labels,
+                classes,
+                SamplerKind::ClassBalanced { per_class: 4 },
+                |idx| {
+                    let logits =
+                        linear(&ctx.rows(ctx.backbone, idx)?, &w0, &b0)?.broadcast_mul(s.as_tensor())?;
+                    losses::cross_entropy(&logits, &ctx.batch_labels(idx)?)
+                },
+            )?;
             let sv = s.as_detached_tensor();
             extra.push(("scales".to_string(), host(&sv)?, vec![classes]));
             (w0.broadcast_mul(&sv.unsqueeze(1)?)?, (&b0 * &sv)?)
@@ -247,13 +263,28 @@ pub fn retrain(fs: &FeatureSet, cfg: &RetrainConfig, device: &Device) -> Result<
                 let bound = 1.0 / (ctx.dim as f64).sqrt();
                 let vv: Vec<f32> = (0..ctx.dim).map(|_| rng.uniform_range(-bound, bound) as f32).collect();
                 let cv = vec![rng.uniform_range(-bound, bound) as f32];
-                (Var::from_tensor(&Tensor::from_vec(vv, ctx.dim, device)?)?, Var::from_tensor(&Tensor::from_vec(cv, 1, device)?)?)
+                (
+                    Var::from_tensor(&Tensor::from_vec(vv, ctx.dim, device)?)?,
+                    Var::from_tensor(&Tensor::from_vec(cv, 1, device)?)?,
+                )
             };
-            let params = vec![("alpha".into(), alpha.clone()), ("beta".into(), beta.clone()), ("c".into(), c.clone()), ("v".into(), v.clone())];
+            let params = vec![
+                ("alpha".into(), alpha.clone()),
+                ("beta".into(), beta.clone()),
+                ("c".into(), c.clone()),
+                ("v".into(), v.clone()),
+            ];
             epoch_losses = fit(&params, cfg, &ctx.labels, classes, SamplerKind::Instance, |idx| {
                 let z = ctx.rows(ctx.backbone, idx)?;
                 let eta = linear(&z, &w0, &b0)?;
-                let s = losses::disalign_logits(&eta, &z, alpha.as_tensor(), beta.as_tensor(), v.as_tensor(), c.as_tensor())?;
+                let s = losses::disalign_logits(
+                    &eta,
+                    &z,
+                    alpha.as_tensor(),
+                    beta.as_tensor(),
+                    v.as_tensor(),
+                    c.as_tensor(),
+                )?;
                 losses::weighted_cross_entropy(&s, &ctx.batch_labels(idx)?, &cw)
             })?;
             for (name, var) in &params {
@@ -266,17 +297,27 @@ pub fn retrain(fs: &FeatureSet, cfg: &RetrainConfig, device: &Device) -> Result<
             let mut members = fs.swag_indices();
             if let Some(m) = sc.members {
                 if m == 0 || m > members.len() {
-                    return Err(RetrainError::Invalid(format!("SRepr asks for {m} members, the artifact has {} SWAG samples", members.len())));
+                    return Err(RetrainError::Invalid(format!(
+                        "SRepr asks for {m} members, the artifact has {} SWAG samples",
+                        members.len()
+                    )));
                 }
                 members.truncate(m);
             }
             if members.is_empty() {
-                return Err(RetrainError::Invalid(format!("{}: SRepr needs SWAG samples (extract with --samples M > 0)", fs.path().display())));
+                return Err(RetrainError::Invalid(format!(
+                    "{}: SRepr needs SWAG samples (extract with --samples M > 0)",
+                    fs.path().display()
+                )));
             }
             facts.insert("members".into(), members.len().into());
             let (w, b) = init_head(classes, ctx.dim, cfg.seed, device)?;
             let params = vec![("bias".to_string(), b.clone()), ("weight".to_string(), w.clone())];
-            let sampler = if sc.balance == Balance::Crt { SamplerKind::ClassBalanced { per_class: 4 } } else { SamplerKind::Instance };
+            let sampler = if sc.balance == Balance::Crt {
+                SamplerKind::ClassBalanced { per_class: 4 }
+            } else {
+                SamplerKind::Instance
+            };
             let balance = |logits: &Tensor, y: &Tensor| -> Result<Tensor> {
                 match sc.balance {
                     Balance::La => losses::logit_adjusted(logits, y, &ctx.log_prior, sc.tau),
@@ -301,7 +342,13 @@ pub fn retrain(fs: &FeatureSet, cfg: &RetrainConfig, device: &Device) -> Result<
                         loss = (loss + balance(&student, &y)?)?;
                     }
                     if sc.lambda > 0.0 {
-                        let kd = losses::distillation(&teacher, &student, sc.temperature, sc.kl, sc.per_member_ce)?;
+                        let kd = losses::distillation(
+                            &teacher,
+                            &student,
+                            sc.temperature,
+                            sc.kl,
+                            sc.per_member_ce,
+                        )?;
                         loss = (loss + (kd * sc.lambda)?)?;
                     }
                 }
@@ -317,7 +364,14 @@ pub fn retrain(fs: &FeatureSet, cfg: &RetrainConfig, device: &Device) -> Result<
                 Ok(Tensor::from_vec(v.clone(), s.as_slice(), device)?)
             };
             let eta = linear(&test_z, &w0, &b0)?;
-            host(&losses::disalign_logits(&eta, &test_z, &get("alpha")?, &get("beta")?, &get("v")?, &get("c")?)?)?
+            host(&losses::disalign_logits(
+                &eta,
+                &test_z,
+                &get("alpha")?,
+                &get("beta")?,
+                &get("v")?,
+                &get("c")?,
+            )?)?
         }
         _ => host(&linear(&test_z, &weight, &bias)?)?,
     };

@@ -45,7 +45,14 @@ pub fn weighted_cross_entropy(logits: &Tensor, labels: &Tensor, class_weights: &
 
 /// DisAlign's adjusted logits: `s = (1 + sigma * alpha) ⊙ eta + sigma * beta` with
 /// `sigma = sigmoid(z v + c)` per sample.
-pub fn disalign_logits(eta: &Tensor, z: &Tensor, alpha: &Tensor, beta: &Tensor, v: &Tensor, c: &Tensor) -> Result<Tensor> {
+pub fn disalign_logits(
+    eta: &Tensor,
+    z: &Tensor,
+    alpha: &Tensor,
+    beta: &Tensor,
+    v: &Tensor,
+    c: &Tensor,
+) -> Result<Tensor> {
     let g = z.matmul(&v.unsqueeze(1)?)?.broadcast_add(c)?; // [B, 1]
     let sigma = candle_nn::ops::sigmoid(&g)?;
     let scale = (sigma.broadcast_mul(&alpha.unsqueeze(0)?)? + 1.0)?;
@@ -65,11 +72,19 @@ pub enum KlDirection {
 /// The self-distillation term `T^2 * KL(stopgrad(p_T) || p_S)` with
 /// `p_T = mean_m softmax(teacher_m / T)`, `p_S = softmax(student / T)` (batch mean), or with
 /// `per_member` the teacher members' mean cross-entropy `mean_m CE(p_m, p_S)`.
-pub fn distillation(teacher_logits: &[Tensor], student: &Tensor, temperature: f64, direction: KlDirection, per_member: bool) -> Result<Tensor> {
+pub fn distillation(
+    teacher_logits: &[Tensor],
+    student: &Tensor,
+    temperature: f64,
+    direction: KlDirection,
+    per_member: bool,
+) -> Result<Tensor> {
     let t = temperature;
     let log_ps = log_softmax(&(student / t)?, D::Minus1)?;
-    let members: Vec<Tensor> =
-        teacher_logits.iter().map(|l| candle_nn::ops::softmax(&(l / t)?, D::Minus1).map(|p| p.detach())).collect::<candle_core::Result<_>>()?;
+    let members: Vec<Tensor> = teacher_logits
+        .iter()
+        .map(|l| candle_nn::ops::softmax(&(l / t)?, D::Minus1).map(|p| p.detach()))
+        .collect::<candle_core::Result<_>>()?;
     let b = student.dim(0)? as f64;
     let loss = if per_member {
         let mut acc = Tensor::zeros((), DType::F32, student.device())?;
@@ -146,7 +161,12 @@ mod tests {
         let c = t(&[0.25], &[1]);
         let alpha = t(&[2.0, 0.5], &[2]);
         let beta = t(&[0.1, -0.3], &[2]);
-        let s = disalign_logits(&eta, &z, &alpha, &beta, &v, &c).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let s = disalign_logits(&eta, &z, &alpha, &beta, &v, &c)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         let sig = 1.0 / (1.0 + (-(0.5 - 1.0 + 0.25f64)).exp());
         let want = [(1.0 + sig * 2.0) * 1.0 + sig * 0.1, (1.0 + sig * 0.5) * -2.0 + sig * -0.3];
         for (a, b) in s.iter().zip(want) {
@@ -166,12 +186,15 @@ mod tests {
         let (p1, p2, ps) = (sm(1.0, 0.0), sm(0.0, 1.0), sm(2.0, 0.0));
         let pt = [(p1[0] + p2[0]) / 2.0, (p1[1] + p2[1]) / 2.0];
         let kl = |p: [f64; 2], q: [f64; 2]| p[0] * (p[0] / q[0]).ln() + p[1] * (p[1] / q[1]).ln();
-        let fwd = scalar(&distillation(&[m1.clone(), m2.clone()], &st, 1.0, KlDirection::Forward, false).unwrap());
+        let fwd =
+            scalar(&distillation(&[m1.clone(), m2.clone()], &st, 1.0, KlDirection::Forward, false).unwrap());
         assert!((fwd - kl(pt, ps)).abs() < 1e-6, "{fwd}");
-        let rev = scalar(&distillation(&[m1.clone(), m2.clone()], &st, 1.0, KlDirection::Reverse, false).unwrap());
+        let rev =
+            scalar(&distillation(&[m1.clone(), m2.clone()], &st, 1.0, KlDirection::Reverse, false).unwrap());
         assert!((rev - kl(ps, pt)).abs() < 1e-6, "{rev}");
         let ce = |p: [f64; 2], q: [f64; 2]| -(p[0] * q[0].ln() + p[1] * q[1].ln());
-        let pm = scalar(&distillation(&[m1.clone(), m2.clone()], &st, 1.0, KlDirection::Forward, true).unwrap());
+        let pm =
+            scalar(&distillation(&[m1.clone(), m2.clone()], &st, 1.0, KlDirection::Forward, true).unwrap());
         assert!((pm - (ce(p1, ps) + ce(p2, ps)) / 2.0).abs() < 1e-6);
         // Temperature: T^2 * KL at softened distributions.
         let (q1, q2, qs) = (sm(0.5, 0.0), sm(0.0, 0.5), sm(1.0, 0.0));

@@ -186,15 +186,27 @@ pub struct RetrainConfig {
 impl RetrainConfig {
     /// Defaults: the SWA backbone, 30 epochs, batch 128, lr 0.1, momentum 0.9, wd 5e-4.
     pub fn new(method: Method) -> Self {
-        Self { backbone: "swa".into(), method, epochs: 30, batch_size: 128, lr: 0.1, momentum: 0.9, weight_decay: 5e-4, seed: 0 }
+        Self {
+            backbone: "swa".into(),
+            method,
+            epochs: 30,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            seed: 0,
+        }
     }
 
     /// Checks the settings.
     pub fn validate(&self) -> Result<()> {
         if !matches!(self.backbone.as_str(), "sgd" | "swa") {
-            return Err(RetrainError::Invalid(format!("backbone must be sgd or swa, got {:?}", self.backbone)));
+            return Err(RetrainError::Invalid(format!(
+                "backbone must be sgd or swa, got {:?}",
+                self.backbone
+            )));
         }
-        if self.epochs == 0 || self.batch_size == 0 || !(self.lr > 0.0) {
+        if self.epochs == 0 || self.batch_size == 0 || self.lr.is_nan() || self.lr <= 0.0 {
             return Err(RetrainError::Invalid("epochs, batch size and lr must be positive".into()));
         }
         if let Method::Srepr(c) = &self.method {
@@ -217,7 +229,10 @@ impl RetrainConfig {
                 id.push_str(&format!("-lambda{}", c.lambda));
             }
             if c.balance != d.balance {
-                id.push_str(&format!("-{}", serde_json::to_value(c.balance).expect("json").as_str().unwrap_or("balance")));
+                id.push_str(&format!(
+                    "-{}",
+                    serde_json::to_value(c.balance).expect("json").as_str().unwrap_or("balance")
+                ));
             }
             if c.per_member_ce {
                 id.push_str("-permember");

@@ -15,7 +15,10 @@ pub const PREDICTIONS_FORMAT: Format = Format { name: "lt.predictions", version:
 
 /// The fingerprint of a stage-2 run: features and configuration.
 pub fn fingerprint(fs: &FeatureSet, outcome_config: &crate::RetrainConfig) -> String {
-    Fingerprint::new().part("features", fs.meta(lt_core::artifact::KEY_FINGERPRINT).unwrap_or("")).json("retrain", outcome_config).finish()
+    Fingerprint::new()
+        .part("features", fs.meta(lt_core::artifact::KEY_FINGERPRINT).unwrap_or(""))
+        .json("retrain", outcome_config)
+        .finish()
 }
 
 /// Writes `head.safetensors` and `predictions.safetensors` into `dir`; returns their paths.

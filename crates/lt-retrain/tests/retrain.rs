@@ -17,7 +17,8 @@ fn few_accuracy(o: &lt_retrain::Outcome) -> (f64, f64) {
         total[y as usize] += 1;
         correct[y as usize] += (pred == y as usize) as usize;
     }
-    let acc = |cs: &[usize]| cs.iter().map(|&k| correct[k] as f64 / total[k] as f64).sum::<f64>() / cs.len() as f64;
+    let acc =
+        |cs: &[usize]| cs.iter().map(|&k| correct[k] as f64 / total[k] as f64).sum::<f64>() / cs.len() as f64;
     // Few: classes with < 20 training samples (10 and 4).
     (acc(&[4, 5]), acc(&(0..c).collect::<Vec<_>>()))
 }
@@ -31,7 +32,8 @@ fn setup(dir: &std::path::Path) -> FeatureSet {
     let c = common::COUNTS.len();
     let tmp = dir.join("bootstrap.safetensors");
     common::write(&tmp, (&vec![0.0; c * common::DIM], &vec![0.0; c]), 1);
-    let plain = retrain(&FeatureSet::open(&tmp).unwrap(), &cfg(Method::La { tau: 0.0 }), &Device::Cpu).unwrap();
+    let plain =
+        retrain(&FeatureSet::open(&tmp).unwrap(), &cfg(Method::La { tau: 0.0 }), &Device::Cpu).unwrap();
     let path = dir.join("features.safetensors");
     common::write(&path, (&plain.weight, &plain.bias), 1);
     FeatureSet::open(&path).unwrap()
@@ -58,7 +60,11 @@ fn every_balancing_method_raises_few_shot_accuracy() {
     for m in methods {
         let o = retrain(&fs, &cfg(m.clone()), &Device::Cpu).unwrap();
         let (few, all) = few_accuracy(&o);
-        assert!(few > few0 + 0.1, "{}: few-shot {few:.3} vs plain {few0:.3} (all {all:.3} vs {all0:.3})", m.name());
+        assert!(
+            few > few0 + 0.1,
+            "{}: few-shot {few:.3} vs plain {few0:.3} (all {all:.3} vs {all0:.3})",
+            m.name()
+        );
         // Deterministic from the seed.
         let again = retrain(&fs, &cfg(m.clone()), &Device::Cpu).unwrap();
         assert_eq!(again.test_logits, o.test_logits, "{} is not deterministic", m.name());
@@ -95,14 +101,24 @@ fn srepr_teacher_is_the_mean_of_member_predictions() {
     // probabilities, so it equals the cross-entropy against their average: the teacher of the
     // KL form.
     let dev = Device::Cpu;
-    let members: Vec<Tensor> = (0..4).map(|k| Tensor::randn(0f32, 1.0, (5, 3), &dev).unwrap().affine(1.0, k as f64 * 0.1).unwrap()).collect();
+    let members: Vec<Tensor> = (0..4)
+        .map(|k| Tensor::randn(0f32, 1.0, (5, 3), &dev).unwrap().affine(1.0, k as f64 * 0.1).unwrap())
+        .collect();
     let student = Tensor::randn(0f32, 1.0, (5, 3), &dev).unwrap();
-    let per_member = losses::distillation(&members, &student, 1.0, losses::KlDirection::Forward, true).unwrap();
+    let per_member =
+        losses::distillation(&members, &student, 1.0, losses::KlDirection::Forward, true).unwrap();
     let probs: Vec<Tensor> = members.iter().map(|m| candle_nn::ops::softmax(m, 1).unwrap()).collect();
     let mean = (probs.iter().skip(1).fold(probs[0].clone(), |a, p| (a + p).unwrap()) / 4.0).unwrap();
     let kl = losses::distillation(&members, &student, 1.0, losses::KlDirection::Forward, false).unwrap();
     // KL(p_T || p_S) = CE(p_T, p_S) - H(p_T)
-    let entropy = (mean.clone() * mean.log().unwrap()).unwrap().sum_all().unwrap().neg().unwrap().affine(1.0 / 5.0, 0.0).unwrap();
+    let entropy = (mean.clone() * mean.log().unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .neg()
+        .unwrap()
+        .affine(1.0 / 5.0, 0.0)
+        .unwrap();
     let lhs = per_member.to_vec0::<f32>().unwrap();
     let rhs = (kl + entropy).unwrap().to_vec0::<f32>().unwrap();
     assert!((lhs - rhs).abs() < 1e-5, "{lhs} vs {rhs}");
@@ -114,7 +130,9 @@ fn losses_match_pytorch() {
     let g = Artifact::open_any(&path).unwrap();
     let dev = Device::Cpu;
     let logits = g.tensor("logits", &dev).unwrap();
-    let labels = Tensor::new(g.i64("labels").unwrap().iter().map(|&v| v as u32).collect::<Vec<_>>().as_slice(), &dev).unwrap();
+    let labels =
+        Tensor::new(g.i64("labels").unwrap().iter().map(|&v| v as u32).collect::<Vec<_>>().as_slice(), &dev)
+            .unwrap();
     let counts: Vec<f32> = g.f32("counts").unwrap();
     let n: f32 = counts.iter().sum();
     let tau: f64 = g.meta_parse("tau").unwrap();
@@ -138,7 +156,10 @@ fn losses_match_pytorch() {
     let teachers = g.tensor("teachers", &dev).unwrap();
     let members: Vec<Tensor> = (0..teachers.dim(0).unwrap()).map(|m| teachers.get(m).unwrap()).collect();
     let student = g.tensor("student", &dev).unwrap();
-    close(losses::distillation(&members, &student, t, losses::KlDirection::Forward, false).unwrap(), "distillation");
+    close(
+        losses::distillation(&members, &student, t, losses::KlDirection::Forward, false).unwrap(),
+        "distillation",
+    );
 }
 
 #[test]
@@ -202,6 +223,7 @@ fn bad_input_is_refused_clearly() {
     assert!(err.contains("head.swa.weight") && err.contains("expected [6, 8]"), "{err}");
     rewrite(false, true, false);
     let fs = FeatureSet::open(&p).unwrap();
-    let err = retrain(&fs, &cfg(Method::Crt), &Device::Cpu).err().expect("NaN features are refused").to_string();
+    let Err(err) = retrain(&fs, &cfg(Method::Crt), &Device::Cpu) else { panic!("NaN features are refused") };
+    let err = err.to_string();
     assert!(err.contains("train.features") && err.contains("(swa) row 3") && err.contains("NaN"), "{err}");
 }

@@ -10,8 +10,8 @@ use lt_swag::Swag;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
-use lt_core::optim::Sgd;
 use crate::schedule::Phase;
+use lt_core::optim::Sgd;
 
 /// Artifact kind of a checkpoint.
 pub const CHECKPOINT_FORMAT: Format = Format { name: "lt.checkpoint", version: 1 };
@@ -98,7 +98,8 @@ pub fn load(
     for key in a.names().filter(|n| n.starts_with("momentum.")) {
         momentum.insert(key["momentum.".len()..].to_string(), a.tensor(key, &dev)?);
     }
-    opt.set_buffers(momentum, &params).map_err(|e| TrainError::Mismatch(format!("{}: {e}", path.display())))?;
+    opt.set_buffers(momentum, &params)
+        .map_err(|e| TrainError::Mismatch(format!("{}: {e}", path.display())))?;
     for (var, t) in values {
         var.set(&t)?;
     }

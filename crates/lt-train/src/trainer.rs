@@ -25,9 +25,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, Progress};
 use crate::config::TrainConfig;
 use crate::error::{io_err, Result, TrainError};
-use lt_core::optim::Sgd;
 use crate::run::RunDir;
 use crate::schedule::{learning_rate, Phase};
+use lt_core::optim::Sgd;
 
 /// How to run.
 #[derive(Clone, Debug)]

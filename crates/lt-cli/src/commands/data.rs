@@ -50,14 +50,24 @@ pub struct DataSetArgs {
 impl DataSetArgs {
     /// The data section these arguments give on top of `base` (a preset's, or the defaults).
     pub fn resolve(&self, base: Option<&DataSection>) -> DataSection {
-        let mut d = base.cloned().unwrap_or_else(|| DataSection { dataset: "synthetic".into(), ..Default::default() });
+        let mut d = base
+            .cloned()
+            .unwrap_or_else(|| DataSection { dataset: "synthetic".into(), ..Default::default() });
         if let Some(v) = &self.dataset {
             d.dataset = v.clone();
         }
         macro_rules! over {
             ($($f:ident),*) => { $( if self.$f.is_some() { d.$f = self.$f.clone(); } )* };
         }
-        over!(imbalance, data_root, synthetic_classes, synthetic_n_max, synthetic_size, test_fraction, image_size);
+        over!(
+            imbalance,
+            data_root,
+            synthetic_classes,
+            synthetic_n_max,
+            synthetic_size,
+            test_fraction,
+            image_size
+        );
         if let Some(s) = self.data_seed {
             d.data_seed = s;
         }

@@ -2,5 +2,6 @@
 
 pub mod backbone;
 pub mod data;
+pub mod eval;
 pub mod retrain;
 pub mod train;

@@ -81,7 +81,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         Some(p) => p.train.clone(),
         None => lt_train::TrainConfig::cifar_lt(),
     };
-    if preset.is_none() && a.arch.is_none() && a.data.dataset.as_deref().unwrap_or("synthetic") == "synthetic" {
+    if preset.is_none() && a.arch.is_none() && a.data.dataset.as_deref().unwrap_or("synthetic") == "synthetic"
+    {
         // Without a preset the synthetic data set gets the synthetic preset's recipe.
         cfg = crate::preset::embedded("synthetic")?.train;
     }
@@ -91,8 +92,17 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     over!(arch, epochs, batch_size, lr, weight_decay, warmup_epochs, seed, workers);
     if a.no_swa {
         cfg.swa = None;
-    } else if a.swa_start.is_some() || a.swa_lr.is_some() || a.swag_rank.is_some() || a.swag_every_steps.is_some() {
-        let s = cfg.swa.get_or_insert(SwaConfig { start: cfg.epochs * 4 / 5, lr: cfg.lr / 2.0, rank: 20, collect_every_steps: None });
+    } else if a.swa_start.is_some()
+        || a.swa_lr.is_some()
+        || a.swag_rank.is_some()
+        || a.swag_every_steps.is_some()
+    {
+        let s = cfg.swa.get_or_insert(SwaConfig {
+            start: cfg.epochs * 4 / 5,
+            lr: cfg.lr / 2.0,
+            rank: 20,
+            collect_every_steps: None,
+        });
         if let Some(v) = a.swa_start {
             s.start = v;
         }
@@ -179,7 +189,8 @@ pub fn run_data(run: &Path) -> Result<lt_data::DataBundle> {
         bail!("{} is missing: {} is not a run directory of `lt train`", spec.display(), run.display());
     }
     let text = std::fs::read_to_string(&spec).with_context(|| format!("reading {}", spec.display()))?;
-    let section: DataSection = serde_json::from_str(&text).with_context(|| format!("parsing {}", spec.display()))?;
+    let section: DataSection =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", spec.display()))?;
     load(&section, None)
 }
 
@@ -187,7 +198,14 @@ pub fn run_data(run: &Path) -> Result<lt_data::DataBundle> {
 pub fn run_extract(a: ExtractArgs) -> Result<()> {
     let data = run_data(&a.run)?;
     let device = crate::device::parse(&a.device)?;
-    let cfg = ExtractConfig { samples: a.samples, scale: a.scale, seed: a.seed, half: a.half, batch_size: a.batch_size, workers: a.workers };
+    let cfg = ExtractConfig {
+        samples: a.samples,
+        scale: a.scale,
+        seed: a.seed,
+        half: a.half,
+        batch_size: a.batch_size,
+        workers: a.workers,
+    };
     let path = extract(&RunDir::new(&a.run), &data, &cfg, &device)?;
     println!("features of {} backbones written to {}", 2 + a.samples, path.display());
     Ok(())

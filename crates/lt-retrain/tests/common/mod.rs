@@ -81,7 +81,11 @@ pub fn write(path: &Path, head: (&[f32], &[f32]), seed: u64) {
         .push_u32("test.labels", &[te.len()], te.clone())
         .push_f32("test.features", &[s, te.len(), DIM], fte);
     for k in ["sgd", "swa"] {
-        w.push_f32(&format!("head.{k}.weight"), &[c, DIM], head.0.to_vec()).push_f32(&format!("head.{k}.bias"), &[c], head.1.to_vec());
+        w.push_f32(&format!("head.{k}.weight"), &[c, DIM], head.0.to_vec()).push_f32(
+            &format!("head.{k}.bias"),
+            &[c],
+            head.1.to_vec(),
+        );
     }
     w.write(path).unwrap();
 }

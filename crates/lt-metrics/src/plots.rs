@@ -1,0 +1,180 @@
+//! Plots as PNG and SVG (pure Rust, plotters with an embedded DejaVu Sans font): reliability
+//! diagrams, per-class accuracy against class index with the training counts, and per-class
+//! dispersion against class index.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::classification::Bin;
+use crate::error::{MetricsError, Result};
+
+static FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// Size of every plot in pixels.
+pub const SIZE: (u32, u32) = (800, 500);
+
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(255, 127, 14),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+];
+
+type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+/// Draws `draw` into `<stem>.png` and `<stem>.svg`; returns both paths.
+fn both(
+    stem: &Path,
+    draw: impl Fn(&DrawingArea<BitMapBackend, Shift>) -> DrawResult + Copy,
+    draw_svg: impl Fn(&DrawingArea<SVGBackend, Shift>) -> DrawResult,
+) -> Result<Vec<PathBuf>> {
+    register_font();
+    if let Some(parent) = stem.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|source| MetricsError::Io { path: parent.to_path_buf(), source })?;
+    }
+    let png = stem.with_extension("png");
+    let svg = stem.with_extension("svg");
+    let err = |p: &Path, e: Box<dyn std::error::Error>| MetricsError::Plot {
+        path: p.to_path_buf(),
+        detail: e.to_string(),
+    };
+    {
+        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
+        draw(&root).map_err(|e| err(&png, e))?;
+        root.present().map_err(|e| err(&png, Box::new(e)))?;
+    }
+    {
+        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
+        draw_svg(&root).map_err(|e| err(&svg, e))?;
+        root.present().map_err(|e| err(&svg, Box::new(e)))?;
+    }
+    Ok(vec![png, svg])
+}
+
+fn reliability_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, bins: &[Bin], title: &str) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0f64..1f64, 0f64..1f64)?;
+    chart.configure_mesh().x_desc("confidence").y_desc("accuracy").label_style(("sans-serif", 14)).draw()?;
+    chart.draw_series(
+        bins.iter()
+            .filter(|b| b.count > 0)
+            .map(|b| Rectangle::new([(b.lo, 0.0), (b.hi, b.accuracy)], PALETTE[0].mix(0.7).filled())),
+    )?;
+    chart.draw_series(bins.iter().filter(|b| b.count > 0).map(|b| {
+        Rectangle::new(
+            [(b.lo, b.accuracy.min(b.confidence)), (b.hi, b.accuracy.max(b.confidence))],
+            PALETTE[1].mix(0.35).filled(),
+        )
+    }))?;
+    chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.stroke_width(1)))?;
+    Ok(())
+}
+
+/// A reliability diagram: accuracy per confidence bin (bars), the gap to the mean confidence
+/// (shaded) and the diagonal.
+pub fn reliability_diagram(bins: &[Bin], title: &str, stem: &Path) -> Result<Vec<PathBuf>> {
+    let (b2, t2) = (bins.to_vec(), title.to_string());
+    both(stem, |r| reliability_on(r, bins, title), move |r| reliability_on(r, &b2, &t2))
+}
+
+/// One line of a per-class plot.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// Legend label.
+    pub label: String,
+    /// Value per class (`None`: no data).
+    pub values: Vec<Option<f64>>,
+}
+
+fn per_class_on<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    series: &[Series],
+    counts: &[usize],
+    title: &str,
+    y_desc: &str,
+    y_max: f64,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    root.fill(&WHITE)?;
+    let c = counts.len().max(1);
+    let max_count = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .right_y_label_area_size(60)
+        .build_cartesian_2d(-0.5f64..(c as f64 - 0.5), 0f64..y_max)?
+        .set_secondary_coord(-0.5f64..(c as f64 - 0.5), (1f64..max_count * 1.5).log_scale());
+    chart
+        .configure_mesh()
+        .x_desc("class index (sorted by training count)")
+        .y_desc(y_desc)
+        .label_style(("sans-serif", 14))
+        .draw()?;
+    chart.configure_secondary_axes().y_desc("training images").label_style(("sans-serif", 14)).draw()?;
+    chart.draw_secondary_series(counts.iter().enumerate().map(|(i, &n)| {
+        Rectangle::new(
+            [(i as f64 - 0.4, 1.0), (i as f64 + 0.4, (n as f64).max(1.0))],
+            RGBColor(200, 200, 200).mix(0.6).filled(),
+        )
+    }))?;
+    for (k, s) in series.iter().enumerate() {
+        let color = PALETTE[k % PALETTE.len()];
+        let pts: Vec<(f64, f64)> =
+            s.values.iter().enumerate().filter_map(|(i, v)| v.map(|v| (i as f64, v))).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
+        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 2, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()?;
+    Ok(())
+}
+
+/// Per-class values (e.g. accuracy) against class index, with the training counts as bars on a
+/// log-scaled secondary axis: the long tail made visible.
+pub fn per_class(
+    series: &[Series],
+    counts: &[usize],
+    title: &str,
+    y_desc: &str,
+    y_max: f64,
+    stem: &Path,
+) -> Result<Vec<PathBuf>> {
+    let (s2, c2, t2, d2) = (series.to_vec(), counts.to_vec(), title.to_string(), y_desc.to_string());
+    both(
+        stem,
+        |r| per_class_on(r, series, counts, title, y_desc, y_max),
+        move |r| per_class_on(r, &s2, &c2, &t2, &d2, y_max),
+    )
+}
