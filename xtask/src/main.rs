@@ -1,13 +1,12 @@
-//! `cargo xtask`: project automation (see `cargo xtask --help`).
+//! `cargo xtask`: reproduce the paper's tables, benchmark, build the CUDA binaries.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "Reproduce the paper's tables, benchmark, build CUDA binaries")]
+#[command(name = "cargo xtask", about = "Reproduce the paper's tables, benchmark, build the CUDA binaries")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -15,47 +14,55 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run the pipeline on a preset (default: the embedded synthetic long-tailed set, on CPU).
+    /// Run the whole pipeline on a preset (default: the embedded synthetic set, on CPU) and
+    /// print the report; resumable and incremental.
     Reproduce {
-        /// Directory holding the run directories.
+        /// Preset: synthetic, tiny, fmnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, inat2018.
+        #[arg(long, default_value = "synthetic")]
+        preset: String,
+        /// A preset file (a copy of one under presets/, edited).
+        #[arg(long)]
+        preset_file: Option<PathBuf>,
+        /// Device: cpu, cuda, cuda:N (cuda builds `lt` with --features cuda).
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Number of seeds (default: the preset's).
+        #[arg(long)]
+        seeds: Option<usize>,
+        /// Where the data sets live.
+        #[arg(long)]
+        data_root: Option<PathBuf>,
+        /// Download what is missing and can be downloaded.
+        #[arg(long)]
+        download: bool,
+        /// Directory of the run directories.
         #[arg(long, default_value = "runs")]
         runs_dir: PathBuf,
+        /// Print the plan (every stage, its command line, whether it is cached) and stop.
+        #[arg(long)]
+        dry_run: bool,
+        /// Use this `lt` binary instead of building one.
+        #[arg(long)]
+        lt: Option<PathBuf>,
     },
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
-}
-
-fn build_lt(root: &Path) -> Result<PathBuf> {
-    let status = Command::new(env!("CARGO"))
-        .current_dir(root)
-        .args(["build", "--release", "--quiet", "-p", "lt-cli"])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("building the `lt` binary failed");
-    }
-    Ok(root.join("target/release/lt"))
+    /// Benchmarks: training and inference throughput and memory of the backbones (project ops,
+    /// stock candle, PyTorch when importable), data loading, stage 2.
+    Bench(xtask::bench::BenchArgs),
+    /// Build the CUDA `lt` and benchmark binaries here (toolchain from PyPI) for a GPU machine.
+    CudaBuild(xtask::cuda::CudaBuildArgs),
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let root = workspace_root();
+    let root = xtask::workspace_root();
     match cli.command {
-        Cmd::Reproduce { runs_dir } => {
-            let lt = build_lt(&root)?;
-            let run = root.join(runs_dir).join("synthetic");
-            std::fs::create_dir_all(&run)?;
-            let split = run.join("split.safetensors");
-            let status = Command::new(&lt)
-                .args(["data", "describe", "--dataset", "synthetic", "--write-split"])
-                .arg(&split)
-                .status()?;
-            if !status.success() {
-                bail!("lt data describe failed");
-            }
+        Cmd::Reproduce { preset, preset_file, device, seeds, data_root, download, runs_dir, dry_run, lt } => {
+            let runs_dir = if runs_dir.is_absolute() { runs_dir } else { root.join(runs_dir) };
+            let opts = xtask::reproduce::Options { preset, preset_file, seeds, data_root, download, runs_dir, device, dry_run, lt };
+            xtask::reproduce::run(&root, &opts)?;
         }
+        Cmd::Bench(a) => xtask::bench::run(&root, &a)?,
+        Cmd::CudaBuild(a) => xtask::cuda::run(&root, &a)?,
     }
     Ok(())
 }

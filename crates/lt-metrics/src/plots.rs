@@ -125,7 +125,7 @@ where
         .caption(title, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(40)
-        .y_label_area_size(55)
+        .y_label_area_size(70)
         .right_y_label_area_size(60)
         .build_cartesian_2d(-0.5f64..(c as f64 - 0.5), 0f64..y_max)?
         .set_secondary_coord(-0.5f64..(c as f64 - 0.5), (1f64..max_count * 1.5).log_scale());
