@@ -10,7 +10,11 @@ fn lt_binary() -> PathBuf {
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // target/<profile>
     let lt = dir.join(format!("lt{}", std::env::consts::EXE_SUFFIX));
     if !lt.exists() {
-        let status = Command::new(env!("CARGO")).args(["build", "-p", "lt-cli"]).current_dir(env!("CARGO_MANIFEST_DIR")).status().unwrap();
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "lt-cli"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
         assert!(status.success());
     }
     assert!(lt.exists(), "{} missing", lt.display());
@@ -39,12 +43,28 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
     let per_seed = 2 + xtask::reproduce::stage2_methods().len();
     assert_eq!(first.ran.len(), 2 * per_seed, "every stage of both seeds ran");
     let report = std::fs::read_to_string(&first.report).unwrap();
-    for row in ["| SGD | - |", "| SGD | cRT |", "| SGD | LWS |", "| SGD | tau-norm |", "| SGD | LA |", "| SGD | DisAlign |", "| SWA | Balanced Softmax |", "| SWA | LA (post-hoc) |", "| SWA | + stochastic repr. (b) |", "| SWA | SRepr |"] {
+    for row in [
+        "| SGD | - |",
+        "| SGD | cRT |",
+        "| SGD | LWS |",
+        "| SGD | tau-norm |",
+        "| SGD | LA |",
+        "| SGD | DisAlign |",
+        "| SWA | Balanced Softmax |",
+        "| SWA | LA (post-hoc) |",
+        "| SWA | + stochastic repr. (b) |",
+        "| SWA | SRepr |",
+    ] {
         assert!(report.contains(row), "row {row} missing from\n{report}");
     }
     assert!(report.contains("± "), "{report}");
     let plots = first.report.parent().unwrap().join("plots");
-    for f in ["per_class_accuracy.png", "per_class_accuracy.svg", "dispersion_representation.png", "reliability-swa-srepr.png"] {
+    for f in [
+        "per_class_accuracy.png",
+        "per_class_accuracy.svg",
+        "dispersion_representation.png",
+        "reliability-swa-srepr.png",
+    ] {
         assert!(plots.join(f).exists(), "{f} missing");
     }
 

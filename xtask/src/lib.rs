@@ -23,7 +23,10 @@ pub fn build_lt(root: &Path, features: &[&str]) -> Result<PathBuf> {
     if !features.is_empty() {
         cmd.arg("--features").arg(features.join(","));
     }
-    eprintln!("building the `lt` binary (release{})", if features.is_empty() { String::new() } else { format!(", features {}", features.join(",")) });
+    eprintln!(
+        "building the `lt` binary (release{})",
+        if features.is_empty() { String::new() } else { format!(", features {}", features.join(",")) }
+    );
     let status = cmd.status().context("running cargo build")?;
     if !status.success() {
         bail!("building the `lt` binary failed");

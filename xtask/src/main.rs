@@ -58,7 +58,17 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Reproduce { preset, preset_file, device, seeds, data_root, download, runs_dir, dry_run, lt } => {
             let runs_dir = if runs_dir.is_absolute() { runs_dir } else { root.join(runs_dir) };
-            let opts = xtask::reproduce::Options { preset, preset_file, seeds, data_root, download, runs_dir, device, dry_run, lt };
+            let opts = xtask::reproduce::Options {
+                preset,
+                preset_file,
+                seeds,
+                data_root,
+                download,
+                runs_dir,
+                device,
+                dry_run,
+                lt,
+            };
             xtask::reproduce::run(&root, &opts)?;
         }
         Cmd::Bench(a) => xtask::bench::run(&root, &a)?,

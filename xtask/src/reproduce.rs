@@ -102,16 +102,25 @@ pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml:
     };
     let text = std::fs::read_to_string(&path).with_context(|| {
         let known: Vec<String> = std::fs::read_dir(root.join("presets"))
-            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().file_stem().unwrap_or_default().to_string_lossy().into_owned()).collect())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.path().file_stem().unwrap_or_default().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         format!("reading preset {} (known presets: {})", path.display(), known.join(", "))
     })?;
-    let mut value: toml::Value = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut value: toml::Value =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let table = value.as_table_mut().context("a preset is a TOML table")?;
     if let Some(s) = opts.seeds {
         table.insert("seeds".into(), toml::Value::Integer(s as i64));
     }
-    let data = table.entry("data").or_insert(toml::Value::Table(Default::default())).as_table_mut().context("[data] is a table")?;
+    let data = table
+        .entry("data")
+        .or_insert(toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .context("[data] is a table")?;
     if let Some(r) = &opts.data_root {
         data.insert("data_root".into(), toml::Value::String(r.display().to_string()));
     }
@@ -128,10 +137,23 @@ pub fn stage2_methods() -> Vec<(String, Vec<String>)> {
     let mut v = Vec::new();
     for backbone in ["sgd", "swa"] {
         for m in ["none", "crt", "lws", "tau-norm", "la", "la-posthoc", "balanced-softmax", "disalign"] {
-            v.push((format!("{backbone}-{m}"), vec!["--backbone".into(), backbone.into(), "--method".into(), m.into()]));
+            v.push((
+                format!("{backbone}-{m}"),
+                vec!["--backbone".into(), backbone.into(), "--method".into(), m.into()],
+            ));
         }
     }
-    v.push(("swa-srepr-lambda0".into(), vec!["--backbone".into(), "swa".into(), "--method".into(), "srepr".into(), "--lambda".into(), "0".into()]));
+    v.push((
+        "swa-srepr-lambda0".into(),
+        vec![
+            "--backbone".into(),
+            "swa".into(),
+            "--method".into(),
+            "srepr".into(),
+            "--lambda".into(),
+            "0".into(),
+        ],
+    ));
     v.push(("swa-srepr".into(), vec!["--backbone".into(), "swa".into(), "--method".into(), "srepr".into()]));
     v
 }
@@ -147,7 +169,12 @@ pub fn plan(run_root: &Path, preset_path: &Path, preset: &toml::Value, device: &
     let scale = num(preset, &["extract", "scale"]).unwrap_or_else(|| "0.5".into());
     let half = get(preset, &["extract", "half"]).and_then(|v| v.as_bool()).unwrap_or(false);
     let mut common2 = Vec::new();
-    for (flag, key) in [("--epochs", "epochs"), ("--batch-size", "batch_size"), ("--lr", "lr"), ("--weight-decay", "weight_decay")] {
+    for (flag, key) in [
+        ("--epochs", "epochs"),
+        ("--batch-size", "batch_size"),
+        ("--lr", "lr"),
+        ("--weight-decay", "weight_decay"),
+    ] {
         if let Some(v) = num(preset, &["retrain", key]) {
             common2.push(flag.to_string());
             common2.push(v);
@@ -162,7 +189,17 @@ pub fn plan(run_root: &Path, preset_path: &Path, preset: &toml::Value, device: &
         stages.push(Stage {
             name: format!("seed {seed}: stage 1 (SGD, SWA/SWAG)"),
             dir: s1.clone(),
-            args: vec!["train".into(), "--preset-file".into(), p.clone(), "--seed".into(), seed.to_string(), "--out".into(), s1.display().to_string(), "--device".into(), device.into()],
+            args: vec![
+                "train".into(),
+                "--preset-file".into(),
+                p.clone(),
+                "--seed".into(),
+                seed.to_string(),
+                "--out".into(),
+                s1.display().to_string(),
+                "--device".into(),
+                device.into(),
+            ],
             key: s1key.clone(),
             resumable: true,
         });
@@ -192,12 +229,29 @@ pub fn plan(run_root: &Path, preset_path: &Path, preset: &toml::Value, device: &
         });
         for (id, margs) in stage2_methods() {
             let out = sdir.join("stage2").join(&id);
-            let mut args = vec!["retrain".into(), "--features".into(), s1.join("features.safetensors").display().to_string()];
+            let mut args = vec![
+                "retrain".into(),
+                "--features".into(),
+                s1.join("features.safetensors").display().to_string(),
+            ];
             args.extend(margs.iter().cloned());
             args.extend(common2.iter().cloned());
-            args.extend(["--seed".into(), seed.to_string(), "--out".into(), out.display().to_string(), "--device".into(), device.into()]);
+            args.extend([
+                "--seed".into(),
+                seed.to_string(),
+                "--out".into(),
+                out.display().to_string(),
+                "--device".into(),
+                device.into(),
+            ]);
             let key = sha(&["retrain", &exkey, &retrain, &margs.join(" "), &seed.to_string()]);
-            stages.push(Stage { name: format!("seed {seed}: stage 2 {id}"), dir: out, args, key, resumable: false });
+            stages.push(Stage {
+                name: format!("seed {seed}: stage 2 {id}"),
+                dir: out,
+                args,
+                key,
+                resumable: false,
+            });
         }
     }
     Ok(stages)
@@ -230,16 +284,32 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     if opts.dry_run {
         println!("preset {name}: {} stages into {}", stages.len() + 1, run_root.display());
         for s in &stages {
-            let state = if is_done(s) { "cached" } else if s.resumable && s.dir.join("checkpoint.safetensors").exists() { "resumes" } else { "runs" };
+            let state = if is_done(s) {
+                "cached"
+            } else if s.resumable && s.dir.join("checkpoint.safetensors").exists() {
+                "resumes"
+            } else {
+                "runs"
+            };
             println!("[{state:>7}] {}\n          lt {}", s.name, s.args.join(" "));
         }
-        println!("[   runs] report\n          lt report --runs {} --out {}", run_root.display(), run_root.join("report").display());
-        return Ok(Summary { ran: vec![], skipped: vec![], report: run_root.join("report/report.md"), seconds: 0.0 });
+        println!(
+            "[   runs] report\n          lt report --runs {} --out {}",
+            run_root.display(),
+            run_root.join("report").display()
+        );
+        return Ok(Summary {
+            ran: vec![],
+            skipped: vec![],
+            report: run_root.join("report/report.md"),
+            seconds: 0.0,
+        });
     }
     std::fs::create_dir_all(&run_root).with_context(|| format!("creating {}", run_root.display()))?;
     // The resolved preset is what `lt train` reads; rewrite it only when it changed.
     if std::fs::read_to_string(&preset_path).ok().as_deref() != Some(resolved.as_str()) {
-        std::fs::write(&preset_path, &resolved).with_context(|| format!("writing {}", preset_path.display()))?;
+        std::fs::write(&preset_path, &resolved)
+            .with_context(|| format!("writing {}", preset_path.display()))?;
     }
     let features: Vec<&str> = if opts.device.starts_with("cuda") { vec!["cuda"] } else { vec![] };
     let lt = match &opts.lt {
@@ -256,7 +326,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         }
         // A stage whose inputs changed starts afresh; one that was interrupted resumes.
         if key_file(&s.dir).exists() {
-            std::fs::remove_dir_all(&s.dir).with_context(|| format!("clearing the outdated {}", s.dir.display()))?;
+            std::fs::remove_dir_all(&s.dir)
+                .with_context(|| format!("clearing the outdated {}", s.dir.display()))?;
         }
         let mut args = s.args.clone();
         if s.resumable && s.dir.join("checkpoint.safetensors").exists() {
@@ -271,7 +342,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         ran.push(s.name.clone());
     }
     let report_dir = run_root.join("report");
-    let mut args: Vec<String> = vec!["report".into(), "--runs".into(), run_root.display().to_string(), "--out".into(), report_dir.display().to_string()];
+    let mut args: Vec<String> = vec![
+        "report".into(),
+        "--runs".into(),
+        run_root.display().to_string(),
+        "--out".into(),
+        report_dir.display().to_string(),
+    ];
     args.extend(["--title".into(), format!("SRepr reproduction: preset {name}")]);
     if let Some(p) = get(&preset, &["report", "paper"]).and_then(|v| v.as_str()) {
         args.extend(["--paper".into(), p.into()]);
@@ -279,6 +356,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     println!("report of {} seed(s):", get(&preset, &["seeds"]).and_then(|v| v.as_integer()).unwrap_or(1));
     run_lt(&lt, &args)?;
     let seconds = started.elapsed().as_secs_f64();
-    println!("report: {}\nplots:  {}\n{} stage(s) run, {} up to date, {:.0} s", report_dir.join("report.md").display(), report_dir.join("plots").display(), ran.len(), skipped.len(), seconds);
+    println!(
+        "report: {}\nplots:  {}\n{} stage(s) run, {} up to date, {:.0} s",
+        report_dir.join("report.md").display(),
+        report_dir.join("plots").display(),
+        ran.len(),
+        skipped.len(),
+        seconds
+    );
     Ok(Summary { ran, skipped, report: report_dir.join("report.md"), seconds })
 }

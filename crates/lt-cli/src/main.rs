@@ -39,6 +39,11 @@ enum Command {
     Eval(commands::eval::EvalArgs),
     /// The report of a reproduction: mean ± std over seeds in the poster's layout, plots.
     Report(commands::eval::ReportArgs),
+    /// The backbones' golden checks against PyTorch on a device (e.g. a GPU machine).
+    Selftest(commands::selftest::SelftestArgs),
+    /// Measurements behind `cargo xtask bench` (JSON on stdout).
+    #[command(hide = true)]
+    Bench(commands::bench::BenchArgs),
 }
 
 fn main() {
@@ -58,6 +63,8 @@ fn main() {
         Command::Retrain(a) => commands::retrain::run(*a),
         Command::Eval(a) => commands::eval::run_eval(a),
         Command::Report(a) => commands::eval::run_report(a).map(|_| ()),
+        Command::Bench(a) => commands::bench::run(a),
+        Command::Selftest(a) => commands::selftest::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

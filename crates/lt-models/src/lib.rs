@@ -23,6 +23,7 @@ pub mod arch;
 mod cifar;
 pub mod error;
 pub mod fused;
+pub mod golden;
 pub mod hub;
 pub mod init;
 mod layers;

@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
 pub mod backbone;
+pub mod bench;
+pub mod bench_features;
 pub mod data;
 pub mod eval;
 pub mod retrain;
+pub mod selftest;
 pub mod train;

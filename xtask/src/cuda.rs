@@ -1,0 +1,210 @@
+//! `cargo xtask cuda-build`: the CUDA `lt` binary, built here for a GPU machine that has the
+//! CUDA driver but no Rust toolchain and no network.
+//!
+//! 1. A virtual environment (`.venv-cuda`) gets the CUDA 13.0 toolkit pieces from PyPI: nvcc and
+//!    its headers (candle's kernels are compiled to PTX for `CUDA_COMPUTE_CAP`), and the
+//!    libraries candle links against (cuBLAS, cuRAND, NVRTC, cuDNN).
+//! 2. The driver library is not on PyPI, so a link stub `libcuda.so` (soname `libcuda.so.1`)
+//!    exporting every driver entry point cudarc declares is generated and compiled; at run time
+//!    the GPU machine's real driver is loaded instead.
+//! 3. `lt` is built with `--features cuda,cudnn` into `target/cuda`, stripped and copied with
+//!    `scripts/gpu_check.sh` into `dist/cuda/` (git-ignored; carry it to the GPU machine).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// CUDA build options.
+#[derive(clap::Args, Debug, Clone)]
+pub struct CudaBuildArgs {
+    /// Compute capability of the target GPU (90: H100/H200).
+    #[arg(long, default_value = "90")]
+    pub compute_cap: String,
+    /// Python used to create the virtual environment.
+    #[arg(long, default_value = "python3")]
+    pub python: PathBuf,
+    /// The virtual environment holding the toolkit.
+    #[arg(long, default_value = ".venv-cuda")]
+    pub venv: PathBuf,
+    /// Skip `pip install` (the environment is ready).
+    #[arg(long)]
+    pub no_install: bool,
+}
+
+/// The PyPI packages of the toolkit (CUDA 13.0, the newest release cudarc 0.19 knows).
+pub const PACKAGES: [&str; 7] = [
+    "nvidia-cuda-nvcc==13.0.*",
+    "nvidia-cuda-crt==13.0.*",
+    "nvidia-cuda-runtime==13.0.*",
+    "nvidia-cuda-nvrtc==13.0.*",
+    "nvidia-cublas==13.0.*",
+    "nvidia-curand==10.*",
+    "nvidia-cudnn-cu13==9.*",
+];
+
+fn exec(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn site_packages(venv: &Path) -> Result<PathBuf> {
+    let lib = venv.join("lib");
+    for e in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
+        let p = e?.path().join("site-packages");
+        if p.is_dir() {
+            return Ok(p);
+        }
+    }
+    bail!("no site-packages under {}", lib.display())
+}
+
+/// Every directory under `nvidia/` holding shared libraries.
+fn lib_dirs(nvidia: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![nvidia.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        let mut has_so = false;
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n.to_string_lossy().contains(".so")) {
+                has_so = true;
+            }
+        }
+        if has_so {
+            out.push(d);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Gives every `libX.so.N` an unversioned `libX.so` link (the linker's `-lX` wants one).
+fn dev_links(dirs: &[PathBuf]) -> Result<()> {
+    for d in dirs {
+        for e in std::fs::read_dir(d)?.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some((stem, _)) = name.split_once(".so.") {
+                let link = d.join(format!("{stem}.so"));
+                if !link.exists() {
+                    #[cfg(unix)]
+                    std::os::unix::fs::symlink(&name, &link)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The driver entry points cudarc declares (from its sources, found through `cargo metadata`).
+fn driver_symbols(root: &Path) -> Result<Vec<String>> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args(["metadata", "--format-version", "1", "--features", "lt-cli/cuda"])
+        .output()?;
+    if !out.status.success() {
+        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let manifest = meta["packages"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "cudarc"))
+        .and_then(|p| p["manifest_path"].as_str())
+        .context("cudarc is not in the dependency graph")?;
+    let sys = Path::new(manifest).parent().expect("crate dir").join("src/driver/sys/mod.rs");
+    let text = std::fs::read_to_string(&sys).with_context(|| format!("reading {}", sys.display()))?;
+    let mut names: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("fn cu"))
+        .filter_map(|rest| rest.split('(').next())
+        .map(|n| format!("cu{n}"))
+        .collect();
+    names.sort();
+    names.dedup();
+    if names.len() < 100 {
+        bail!("found only {} driver symbols in {}", names.len(), sys.display());
+    }
+    Ok(names)
+}
+
+fn driver_stub(root: &Path, dir: &Path) -> Result<()> {
+    let names = driver_symbols(root)?;
+    std::fs::create_dir_all(dir)?;
+    let c = dir.join("cuda_stub.c");
+    let mut src = String::from(
+        "/* Link stub of the CUDA driver API; the real libcuda.so.1 is loaded at run time. */\n",
+    );
+    for n in &names {
+        src.push_str(&format!("int {n}(void) {{ return 999; }}\n"));
+    }
+    std::fs::write(&c, src)?;
+    exec(Command::new("cc")
+        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+        .arg(dir.join("libcuda.so"))
+        .arg(&c))?;
+    eprintln!("driver link stub with {} entry points in {}", names.len(), dir.display());
+    Ok(())
+}
+
+/// Runs the CUDA build.
+pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
+    let venv = if a.venv.is_absolute() { a.venv.clone() } else { root.join(&a.venv) };
+    if !a.no_install {
+        if !venv.join("bin/pip").exists() {
+            exec(Command::new(&a.python).args(["-m", "venv"]).arg(&venv))?;
+        }
+        exec(Command::new(venv.join("bin/pip")).args(["install", "--quiet"]).args(PACKAGES))?;
+    }
+    let nvidia = site_packages(&venv)?.join("nvidia");
+    let cu = nvidia.join("cu13");
+    let nvcc = cu.join("bin/nvcc");
+    if !nvcc.exists() {
+        bail!("{} is missing (pip install {})", nvcc.display(), PACKAGES.join(" "));
+    }
+    let stub_dir = root.join("target/cuda-stub");
+    driver_stub(root, &stub_dir)?;
+    let mut dirs = lib_dirs(&nvidia);
+    dev_links(&dirs)?;
+    dirs.insert(0, stub_dir);
+    let rustflags: String = dirs.iter().map(|d| format!("-L native={} ", d.display())).collect();
+    let path = format!("{}:{}", cu.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+    let ld = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
+    exec(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "lt-cli",
+            "--features",
+            "cuda,cudnn",
+            "--target-dir",
+            "target/cuda",
+        ])
+        .env("CUDA_COMPUTE_CAP", &a.compute_cap)
+        .env("CUDA_ROOT", &cu)
+        .env("CUDA_PATH", &cu)
+        .env("PATH", path)
+        .env("LD_LIBRARY_PATH", ld)
+        .env("RUSTFLAGS", rustflags))?;
+    let dist = root.join("dist/cuda");
+    std::fs::create_dir_all(&dist)?;
+    let bin = dist.join("lt");
+    std::fs::copy(root.join("target/cuda/release/lt"), &bin)?;
+    exec(Command::new("strip").arg(&bin))?;
+    std::fs::copy(root.join("scripts/gpu_check.sh"), dist.join("gpu_check.sh"))?;
+    let size = std::fs::metadata(&bin)?.len() as f64 / (1024.0 * 1024.0);
+    eprintln!("{} ({size:.1} MiB) and gpu_check.sh are ready: carry `dist/cuda` to the GPU machine and run `bash dist/cuda/gpu_check.sh`", bin.display());
+    Ok(bin)
+}
+
+/// Entry point of `cargo xtask cuda-build`.
+pub fn run(root: &Path, a: &CudaBuildArgs) -> Result<()> {
+    run_build(root, a).map(|_| ())
+}
