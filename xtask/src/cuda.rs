@@ -144,10 +144,12 @@ fn driver_stub(root: &Path, dir: &Path) -> Result<()> {
         src.push_str(&format!("int {n}(void) {{ return 999; }}\n"));
     }
     std::fs::write(&c, src)?;
-    exec(Command::new("cc")
-        .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
-        .arg(dir.join("libcuda.so"))
-        .arg(&c))?;
+    exec(
+        Command::new("cc")
+            .args(["-shared", "-fPIC", "-Wl,-soname,libcuda.so.1", "-o"])
+            .arg(dir.join("libcuda.so"))
+            .arg(&c),
+    )?;
     eprintln!("driver link stub with {} entry points in {}", names.len(), dir.display());
     Ok(())
 }
@@ -175,24 +177,26 @@ pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
     let rustflags: String = dirs.iter().map(|d| format!("-L native={} ", d.display())).collect();
     let path = format!("{}:{}", cu.join("bin").display(), std::env::var("PATH").unwrap_or_default());
     let ld = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
-    exec(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "lt-cli",
-            "--features",
-            "cuda,cudnn",
-            "--target-dir",
-            "target/cuda",
-        ])
-        .env("CUDA_COMPUTE_CAP", &a.compute_cap)
-        .env("CUDA_ROOT", &cu)
-        .env("CUDA_PATH", &cu)
-        .env("PATH", path)
-        .env("LD_LIBRARY_PATH", ld)
-        .env("RUSTFLAGS", rustflags))?;
+    exec(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(root)
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "lt-cli",
+                "--features",
+                "cuda,cudnn",
+                "--target-dir",
+                "target/cuda",
+            ])
+            .env("CUDA_COMPUTE_CAP", &a.compute_cap)
+            .env("CUDA_ROOT", &cu)
+            .env("CUDA_PATH", &cu)
+            .env("PATH", path)
+            .env("LD_LIBRARY_PATH", ld)
+            .env("RUSTFLAGS", rustflags),
+    )?;
     let dist = root.join("dist/cuda");
     std::fs::create_dir_all(&dist)?;
     let bin = dist.join("lt");
