@@ -14,11 +14,13 @@
 //! - [`split`]: the split artifact (training subset, class counts, shot groups), read by all stages;
 //! - [`optim`]: SGD with momentum, Nesterov and weight decay (PyTorch semantics);
 //! - [`sampler`]: samplers over labels (instance, class-balanced, power, progressive);
+//! - [`memory`]: resident memory of the process (for logs and benchmarks);
 //! - [`progress`]: progress reporting through `tracing` (bars on a terminal, log lines otherwise).
 
 pub mod artifact;
 pub mod atomic;
 pub mod fingerprint;
+pub mod memory;
 pub mod optim;
 pub mod progress;
 pub mod rng;

@@ -65,6 +65,9 @@ pub struct EpochLog {
     pub seconds: f64,
     /// SWAG models collected so far (SWA phase).
     pub swag_models: usize,
+    /// Resident memory at the end of the epoch, MiB (flat over epochs: nothing leaks).
+    #[serde(default)]
+    pub rss_mib: Option<f64>,
 }
 
 /// Test metrics of the stage-1 backbones.
@@ -296,16 +299,18 @@ fn run_epoch(
         images_per_sec: seen as f64 / seconds,
         seconds,
         swag_models: swag.map(|s| s.n_models()).unwrap_or(0),
+        rss_mib: lt_core::memory::rss_mib(),
     };
     tracing::info!(
-        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s",
+        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, {:.0} MiB",
         phase.name(),
         epoch + 1,
         cfg.epochs,
         log.loss,
         100.0 * log.accuracy,
         log.lr,
-        log.images_per_sec
+        log.images_per_sec,
+        log.rss_mib.unwrap_or(0.0)
     );
     Ok(log)
 }

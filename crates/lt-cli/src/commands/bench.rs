@@ -84,23 +84,9 @@ enum BenchCommand {
     },
 }
 
-/// Peak resident memory and current anonymous memory in MiB (Linux `/proc/self/status`).
-pub fn memory_mib() -> (Option<f64>, Option<f64>) {
-    let Ok(s) = std::fs::read_to_string("/proc/self/status") else { return (None, None) };
-    let field = |name: &str| {
-        s.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|kb| kb / 1024.0)
-    };
-    (field("VmHWM:"), field("RssAnon:"))
-}
-
 fn print(mut v: serde_json::Value) {
-    let (peak, anon) = memory_mib();
-    v["peak_rss_mib"] = json!(peak);
-    v["rss_anon_mib"] = json!(anon);
+    v["peak_rss_mib"] = json!(lt_core::memory::peak_rss_mib());
+    v["rss_anon_mib"] = json!(lt_core::memory::rss_anon_mib());
     println!("{v}");
 }
 
