@@ -150,6 +150,20 @@ fn cell(v: &Option<MeanStd>, scale: f64, decimals: usize) -> String {
     v.map(|m| m.format(scale, decimals)).unwrap_or_else(|| "-".into())
 }
 
+/// The eight cells of a row: backbone, method, Many, Medium, Few, All (percent), NLL, ECE.
+fn cells(m: &RowSummary) -> [String; 8] {
+    [
+        m.backbone.clone(),
+        m.method.clone(),
+        cell(&m.many, 100.0, 2),
+        cell(&m.medium, 100.0, 2),
+        cell(&m.few, 100.0, 2),
+        cell(&m.all, 100.0, 2),
+        cell(&m.nll, 1.0, 3),
+        cell(&m.ece, 1.0, 3),
+    ]
+}
+
 /// The report as Markdown: a title, a description and the table (paper rows in italics below
 /// the matching rows when `paper` is given).
 pub fn markdown(title: &str, description: &str, rows: &[Row], paper: Option<&[PaperRow]>) -> String {
@@ -159,17 +173,7 @@ pub fn markdown(title: &str, description: &str, rows: &[Row], paper: Option<&[Pa
     );
     for r in rows {
         let m = r.summary();
-        s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
-            m.backbone,
-            m.method,
-            cell(&m.many, 100.0, 2),
-            cell(&m.medium, 100.0, 2),
-            cell(&m.few, 100.0, 2),
-            cell(&m.all, 100.0, 2),
-            cell(&m.nll, 1.0, 3),
-            cell(&m.ece, 1.0, 3)
-        ));
+        s.push_str(&format!("| {} |\n", cells(&m).join(" | ")));
         if let Some(p) =
             paper.and_then(|p| p.iter().find(|p| p.backbone == m.backbone && p.method == m.method))
         {
@@ -201,17 +205,10 @@ pub fn text_table(rows: &[Row]) -> String {
         "Backbone", "Method", "Many", "Medium", "Few", "All", "NLL", "ECE"
     );
     for r in rows {
-        let m = r.summary();
+        let c = cells(&r.summary());
         out.push_str(&format!(
             "{:<8} {:<26} {:>15} {:>15} {:>15} {:>15} {:>15} {:>15}\n",
-            m.backbone,
-            m.method,
-            cell(&m.many, 100.0, 2),
-            cell(&m.medium, 100.0, 2),
-            cell(&m.few, 100.0, 2),
-            cell(&m.all, 100.0, 2),
-            cell(&m.nll, 1.0, 3),
-            cell(&m.ece, 1.0, 3)
+            c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
         ));
     }
     out

@@ -213,35 +213,54 @@ impl CustomOp3 for BatchNormOp {
         let Some((mean, invstd, _)) = guard.as_ref() else {
             candle_core::bail!("batch norm backward without a forward pass");
         };
-        let c = mean.len();
-        let want_dx = x.track_op();
-        with_host(x, |xv| {
-            with_host(grad, |dy| {
-                with_host(gamma, |g| {
-                    let run = |y: Option<&[f32]>| {
-                        let mut dx = if want_dx { vec![0f32; xv.len()] } else { Vec::new() };
-                        let (dg, db) = norm::backward_train(
-                            xv,
-                            y,
-                            dy,
-                            c,
-                            g,
-                            mean,
-                            invstd,
-                            want_dx.then_some(dx.as_mut_slice()),
-                        );
-                        let dx = if want_dx { Some(host_tensor(dx, x.dims())?) } else { None };
-                        Ok((dx, Some(host_tensor(dg, c)?), Some(host_tensor(db, c)?)))
-                    };
-                    if self.relu {
-                        with_host(res, |y| run(Some(y)))
-                    } else {
-                        run(None)
-                    }
-                })
+        bn_backward(x, gamma, res, grad, self.relu, mean, invstd, norm::backward_train)
+    }
+}
+
+type BnBackward = fn(
+    &[f32],
+    Option<&[f32]>,
+    &[f32],
+    usize,
+    &[f32],
+    &[f32],
+    &[f32],
+    Option<&mut [f32]>,
+) -> (Vec<f32>, Vec<f32>);
+
+/// The shared backward of both batch-norm ops: gradients of `x` (when it is tracked), `gamma` and
+/// `beta`, with the ReLU mask taken from the output `res`.
+#[allow(clippy::too_many_arguments)]
+fn bn_backward(
+    x: &Tensor,
+    gamma: &Tensor,
+    res: &Tensor,
+    grad: &Tensor,
+    relu: bool,
+    mean: &[f32],
+    invstd: &[f32],
+    kernel: BnBackward,
+) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    let c = mean.len();
+    let want_dx = x.track_op();
+    with_host(x, |xv| {
+        with_host(grad, |dy| {
+            with_host(gamma, |g| {
+                let run = |y: Option<&[f32]>| {
+                    let mut dx = if want_dx { vec![0f32; xv.len()] } else { Vec::new() };
+                    let (dg, db) =
+                        kernel(xv, y, dy, c, g, mean, invstd, want_dx.then_some(dx.as_mut_slice()));
+                    let dx = if want_dx { Some(host_tensor(dx, x.dims())?) } else { None };
+                    Ok((dx, Some(host_tensor(dg, c)?), Some(host_tensor(db, c)?)))
+                };
+                if relu {
+                    with_host(res, |y| run(Some(y)))
+                } else {
+                    run(None)
+                }
             })
         })
-    }
+    })
 }
 
 struct BatchNormEvalOp {
@@ -296,35 +315,7 @@ impl CustomOp3 for BatchNormEvalOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = self.mean.len();
-        let invstd = self.invstd();
-        let want_dx = x.track_op();
-        with_host(x, |xv| {
-            with_host(grad, |dy| {
-                with_host(gamma, |g| {
-                    let run = |y: Option<&[f32]>| {
-                        let mut dx = if want_dx { vec![0f32; xv.len()] } else { Vec::new() };
-                        let (dg, db) = norm::backward_eval(
-                            xv,
-                            y,
-                            dy,
-                            c,
-                            g,
-                            &self.mean,
-                            &invstd,
-                            want_dx.then_some(dx.as_mut_slice()),
-                        );
-                        let dx = if want_dx { Some(host_tensor(dx, x.dims())?) } else { None };
-                        Ok((dx, Some(host_tensor(dg, c)?), Some(host_tensor(db, c)?)))
-                    };
-                    if self.relu {
-                        with_host(res, |y| run(Some(y)))
-                    } else {
-                        run(None)
-                    }
-                })
-            })
-        })
+        bn_backward(x, gamma, res, grad, self.relu, &self.mean, &self.invstd(), norm::backward_eval)
     }
 }
 

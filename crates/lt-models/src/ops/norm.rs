@@ -120,9 +120,24 @@ pub fn backward_train(
     invstd: &[f32],
     dx: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
+    backward(x, y, dy, c, gamma, mean, invstd, dx, true)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    x: &[f32],
+    y: Option<&[f32]>,
+    dy: &[f32],
+    c: usize,
+    gamma: &[f32],
+    mean: &[f32],
+    invstd: &[f32],
+    dx: Option<&mut [f32]>,
+    batch_statistics: bool,
+) -> (Vec<f32>, Vec<f32>) {
     match y {
-        Some(y) => backward_train_impl::<true>(x, y, dy, c, gamma, mean, invstd, dx),
-        None => backward_train_impl::<false>(x, dy, dy, c, gamma, mean, invstd, dx),
+        Some(y) => backward_impl::<true>(x, y, dy, c, gamma, mean, invstd, dx, batch_statistics),
+        None => backward_impl::<false>(x, dy, dy, c, gamma, mean, invstd, dx, batch_statistics),
     }
 }
 
@@ -136,8 +151,10 @@ fn masked<const RELU: bool>(d: f32, y: f32) -> f32 {
     }
 }
 
+/// With `batch_statistics` (training mode) the input gradient includes the statistics' own
+/// gradients; without (eval mode, fixed statistics) it is `gamma * invstd * dz`.
 #[allow(clippy::too_many_arguments)]
-fn backward_train_impl<const RELU: bool>(
+fn backward_impl<const RELU: bool>(
     x: &[f32],
     y: &[f32],
     dy: &[f32],
@@ -146,6 +163,7 @@ fn backward_train_impl<const RELU: bool>(
     mean: &[f32],
     invstd: &[f32],
     dx: Option<&mut [f32]>,
+    batch_statistics: bool,
 ) -> (Vec<f32>, Vec<f32>) {
     let p = x.len() / c;
     let chunk = CHUNK_PIXELS * c;
@@ -184,8 +202,9 @@ fn backward_train_impl<const RELU: bool>(
         let m = p as f32;
         let a: Vec<f32> = (0..c).map(|k| gamma[k] * invstd[k]).collect();
         // dx = a * (dz - dbeta/m - xhat * dgamma/m) = a*dz - a*dgamma/m*invstd*(x - mean) - a*dbeta/m
-        let k1: Vec<f32> = (0..c).map(|k| a[k] * dgamma[k] / m * invstd[k]).collect();
-        let k0: Vec<f32> = (0..c).map(|k| a[k] * dbeta[k] / m - k1[k] * mean[k]).collect();
+        let f = if batch_statistics { 1.0 } else { 0.0 };
+        let k1: Vec<f32> = (0..c).map(|k| f * a[k] * dgamma[k] / m * invstd[k]).collect();
+        let k0: Vec<f32> = (0..c).map(|k| f * a[k] * dbeta[k] / m - k1[k] * mean[k]).collect();
         dx.par_chunks_mut(chunk)
             .zip(x.par_chunks(chunk))
             .zip(dy.par_chunks(chunk))
@@ -222,39 +241,5 @@ pub fn backward_eval(
     invstd: &[f32],
     dx: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let chunk = CHUNK_PIXELS * c;
-    let masked = |i: usize, k: usize, d: f32, yc: Option<&[f32]>| match yc {
-        Some(yc) if yc[i * c + k] <= 0.0 => 0.0,
-        _ => d,
-    };
-    let parts = x
-        .par_chunks(chunk)
-        .zip(dy.par_chunks(chunk))
-        .enumerate()
-        .map(|(i, (xc, dc))| {
-            let mut acc = vec![0f64; 2 * c];
-            let yc = y.map(|y| &y[i * chunk..i * chunk + xc.len()]);
-            for (pi, (xp, dp)) in xc.chunks_exact(c).zip(dc.chunks_exact(c)).enumerate() {
-                for k in 0..c {
-                    let d = masked(pi, k, dp[k], yc);
-                    acc[k] += d as f64;
-                    acc[c + k] += (d * (xp[k] - mean[k]) * invstd[k]) as f64;
-                }
-            }
-            acc
-        })
-        .collect::<Vec<_>>();
-    let sums = ordered_sum(parts, 2 * c);
-    if let Some(dx) = dx {
-        let scale: Vec<f32> = (0..c).map(|k| gamma[k] * invstd[k]).collect();
-        dx.par_chunks_mut(chunk).zip(dy.par_chunks(chunk)).enumerate().for_each(|(i, (oc, dc))| {
-            let yc = y.map(|y| &y[i * chunk..i * chunk + dc.len()]);
-            for (pi, (op, dp)) in oc.chunks_exact_mut(c).zip(dc.chunks_exact(c)).enumerate() {
-                for k in 0..c {
-                    op[k] = masked(pi, k, dp[k], yc) * scale[k];
-                }
-            }
-        });
-    }
-    (sums[c..].iter().map(|&v| v as f32).collect(), sums[..c].iter().map(|&v| v as f32).collect())
+    backward(x, y, dy, c, gamma, mean, invstd, dx, false)
 }
