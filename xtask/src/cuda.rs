@@ -2,7 +2,7 @@
 //! CUDA driver but no Rust toolchain and no network.
 //!
 //! 1. A virtual environment (`.venv-cuda`) gets the CUDA 13.0 toolkit pieces from PyPI: nvcc and
-//!    its headers (candle's kernels are compiled to PTX for `CUDA_COMPUTE_CAP`), and the
+//!    its headers and CCCL (candle's kernels are compiled to PTX for `CUDA_COMPUTE_CAP`), and the
 //!    libraries candle links against (cuBLAS, cuRAND, NVRTC, cuDNN).
 //! 2. The driver library is not on PyPI, so a link stub `libcuda.so` (soname `libcuda.so.1`)
 //!    exporting every driver entry point cudarc declares is generated and compiled; at run time
@@ -33,9 +33,11 @@ pub struct CudaBuildArgs {
 }
 
 /// The PyPI packages of the toolkit (CUDA 13.0, the newest release cudarc 0.19 knows).
-pub const PACKAGES: [&str; 7] = [
+pub const PACKAGES: [&str; 9] = [
     "nvidia-cuda-nvcc==13.0.*",
+    "nvidia-nvvm==13.0.*",
     "nvidia-cuda-crt==13.0.*",
+    "nvidia-cuda-cccl==13.0.*",
     "nvidia-cuda-runtime==13.0.*",
     "nvidia-cuda-nvrtc==13.0.*",
     "nvidia-cublas==13.0.*",

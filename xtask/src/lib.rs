@@ -2,6 +2,8 @@
 //! build. The pipeline drives the `lt` binary's subcommands through the run directory's
 //! artifacts, exactly as a user could by hand.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod cuda;
 pub mod reproduce;

@@ -17,6 +17,8 @@
 //! - [`memory`]: resident memory of the process (for logs and benchmarks);
 //! - [`progress`]: progress reporting through `tracing` (bars on a terminal, log lines otherwise).
 
+#![warn(missing_docs)]
+
 pub mod artifact;
 pub mod atomic;
 pub mod fingerprint;

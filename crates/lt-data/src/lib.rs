@@ -17,6 +17,8 @@
 //! println!("{} training images, counts {:?}", bundle.train.len(), bundle.class_counts());
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod bundle;
 pub mod cifar;
 pub mod dataset;

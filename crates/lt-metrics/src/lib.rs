@@ -16,6 +16,8 @@
 //! assert!((e - 0.475).abs() < 1e-12);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod aggregate;
 pub mod classification;
 pub mod dispersion;

@@ -19,6 +19,8 @@
 //! assert_eq!((features.dims(), logits.dims()), (&[2, 64][..], &[2, 10][..]));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod arch;
 mod cifar;
 pub mod error;

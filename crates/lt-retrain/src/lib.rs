@@ -19,6 +19,8 @@
 //! One training loop ([`fit`]) serves every trainable method: SGD with momentum 0.9, a cosine
 //! from `lr` to 0 over the run, epochs of `floor(N / batch)` steps.
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod features;
 pub mod losses;

@@ -24,6 +24,8 @@
 //! assert_eq!(theta, vec![1.0, 1.0, 1.0]);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod bn;
 mod error;
 mod layout;

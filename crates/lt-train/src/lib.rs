@@ -7,6 +7,8 @@
 //! - [`extract::extract`]: the features artifact: representations of the SGD and SWA backbones
 //!   and of `M` SWAG samples (each with its own batch-norm recalibration).
 
+#![warn(missing_docs)]
+
 pub mod bn;
 pub mod checkpoint;
 pub mod config;
