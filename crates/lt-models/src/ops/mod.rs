@@ -10,6 +10,8 @@
 //! Activations are `[N, H, W, C]`; convolution weights keep PyTorch's `[C_out, C_in, k, k]`.
 
 pub mod conv;
+#[cfg(feature = "cudnn")]
+pub mod cudnn;
 pub mod elementwise;
 pub mod kernels;
 pub mod norm;
@@ -69,6 +71,15 @@ fn is_fast(backend: Backend, t: &Tensor) -> bool {
     backend == Backend::Fast && t.device().is_cpu() && t.dtype() == DType::F32
 }
 
+/// The convolution has a fast path on the CPU and, with the `cudnn` feature, on CUDA.
+fn conv_is_fast(backend: Backend, t: &Tensor) -> bool {
+    is_fast(backend, t)
+        || (cfg!(feature = "cudnn")
+            && backend == Backend::Fast
+            && t.device().is_cuda()
+            && t.dtype() == DType::F32)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Convolution
 
@@ -115,6 +126,17 @@ impl CustomOp2 for Conv2dOp {
         conv::forward(x, w, &s, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((s.n, s.oh(), s.ow(), s.cout))))
     }
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let s = self.shape(l1.dims(), l2.dims())?;
+        Ok((cudnn::forward(s1, l1, s2, l2, &s)?, Shape::from((s.n, s.oh(), s.ow(), s.cout))))
+    }
     fn bwd(
         &self,
         x: &Tensor,
@@ -122,30 +144,70 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let s = self.shape(x.dims(), w.dims())?;
+        let shape = self.shape(x.dims(), w.dims())?;
+        let grad = grad.contiguous()?;
         let dx = if x.track_op() {
-            Some(with_host(grad, |dy| {
-                with_host(w, |wv| {
-                    let mut dx = vec![0f32; s.input_len()];
-                    conv::backward_input(dy, wv, &s, &mut dx);
-                    host_tensor(dx, x.dims())
-                })
-            })?)
+            Some(grad.apply_op2_no_bwd(&w.contiguous()?, &ConvGrad { shape, data: true })?)
         } else {
             None
         };
         let dw = if w.track_op() {
-            Some(with_host(grad, |dy| {
-                with_host(x, |xv| {
-                    let mut dw = vec![0f32; s.weight_len()];
-                    conv::backward_weight(xv, dy, &s, &mut dw);
-                    host_tensor(dw, w.dims())
-                })
-            })?)
+            Some(x.contiguous()?.apply_op2_no_bwd(&grad, &ConvGrad { shape, data: false })?)
         } else {
             None
         };
         Ok((dx, dw))
+    }
+}
+
+/// A gradient of the convolution: of the input (`data`: arguments `dy`, `w`) or of the weight
+/// (arguments `x`, `dy`). CPU kernels or cuDNN.
+struct ConvGrad {
+    shape: conv::ConvShape,
+    data: bool,
+}
+
+impl CustomOp2 for ConvGrad {
+    fn name(&self) -> &'static str {
+        if self.data {
+            "lt-conv2d-backward-data"
+        } else {
+            "lt-conv2d-backward-filter"
+        }
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let s = &self.shape;
+        let (a, b) = (cpu_f32(s1, l1, "conv gradient argument")?, cpu_f32(s2, l2, "conv gradient argument")?);
+        if self.data {
+            let mut dx = vec![0f32; s.input_len()];
+            conv::backward_input(a, b, s, &mut dx);
+            Ok((CpuStorage::F32(dx), Shape::from((s.n, s.h, s.w, s.cin))))
+        } else {
+            let mut dw = vec![0f32; s.weight_len()];
+            conv::backward_weight(a, b, s, &mut dw);
+            Ok((CpuStorage::F32(dw), Shape::from((s.cout, s.cin, s.k, s.k))))
+        }
+    }
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        let s = &self.shape;
+        if self.data {
+            Ok((cudnn::backward_data(s1, l1, s2, l2, s)?, Shape::from((s.n, s.h, s.w, s.cin))))
+        } else {
+            Ok((cudnn::backward_filter(s1, l1, s2, l2, s)?, Shape::from((s.cout, s.cin, s.k, s.k))))
+        }
     }
 }
 
@@ -497,7 +559,7 @@ impl CustomOp1 for MaxPoolOp {
 impl Backend {
     /// Convolution of NHWC `x` with `w` (`[C_out, C_in, k, k]`), no bias.
     pub fn conv2d(self, x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> CResult<Tensor> {
-        if is_fast(self, x) {
+        if conv_is_fast(self, x) {
             x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, pad })
         } else {
             x.permute((0, 3, 1, 2))?.conv2d(w, pad, stride, 1, 1)?.permute((0, 2, 3, 1))

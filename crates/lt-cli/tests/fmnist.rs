@@ -1,0 +1,69 @@
+//! The pipeline on the real Fashion-MNIST-LT (Debian's `dataset-fashion-mnist`, installed by
+//! `.ci/run`): a short stage 1 with SWA, extraction, LA and SRepr, evaluation.
+
+use std::path::Path;
+use std::process::Command;
+
+fn lt(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_lt")).args(args).arg("--plain").output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert!(out.status.success(), "lt {args:?} failed:\n{stderr}");
+    stdout
+}
+
+#[test]
+fn fashion_mnist_lt_pipeline() {
+    if !Path::new("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists() {
+        if std::env::var_os("LT_SKIP_REAL_DATA").is_some() {
+            return;
+        }
+        panic!("Fashion-MNIST is missing: run `apt-get install -y dataset-fashion-mnist` (or set LT_SKIP_REAL_DATA=1)");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let r = run.to_str().unwrap();
+    let out = lt(&[
+        "train",
+        "--dataset",
+        "fmnist-lt",
+        "--arch",
+        "cifar-resnet8x8",
+        "--epochs",
+        "3",
+        "--warmup-epochs",
+        "1",
+        "--swa-start",
+        "2",
+        "--swa-lr",
+        "0.05",
+        "--swag-rank",
+        "2",
+        "--batch-size",
+        "128",
+        "--out",
+        r,
+    ]);
+    // Test accuracy of the stage-1 backbones on the balanced 10,000-image test set.
+    let all = |line: &str| -> f64 { line.split_whitespace().nth(4).unwrap().parse().unwrap() };
+    let sgd = out.lines().find(|l| l.starts_with("SGD")).unwrap();
+    let swa = out.lines().find(|l| l.starts_with("SWA")).unwrap();
+    assert!(all(sgd) > 40.0 && all(swa) > 40.0, "{out}");
+    lt(&["extract", "--run", r, "--samples", "2"]);
+    let features = run.join("features.safetensors");
+    for method in ["la", "srepr"] {
+        let o = run.join(method);
+        let f = features.to_str().unwrap();
+        lt(&["retrain", "--features", f, "--method", method, "--epochs", "3", "--out", o.to_str().unwrap()]);
+        let eval = lt(&[
+            "eval",
+            "--predictions",
+            o.join("predictions.safetensors").to_str().unwrap(),
+            "--split-info",
+            run.join("split.safetensors").to_str().unwrap(),
+        ]);
+        assert!(eval.lines().count() >= 2, "{eval}");
+    }
+}
