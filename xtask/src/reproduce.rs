@@ -357,8 +357,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     run_lt(&lt, &args)?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "report: {}\nplots:  {}\n{} stage(s) run, {} up to date, {:.0} s",
-        report_dir.join("report.md").display(),
+        "plots: {}\n{} stage(s) run, {} up to date, {:.0} s",
         report_dir.join("plots").display(),
         ran.len(),
         skipped.len(),
