@@ -96,6 +96,38 @@ fn lws_changes_only_the_scales_and_tau_norm_records_tau() {
 }
 
 #[test]
+fn tau_norm_and_post_hoc_la_follow_their_formulas() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = setup(dir.path());
+    let (w0, b0) = fs.head("swa").unwrap();
+    let d = common::DIM;
+    // tau-norm: w_c / ||w_c||^tau, no bias.
+    for tau in [0.0, 0.7, 2.0] {
+        let o = retrain(&fs, &cfg(Method::TauNorm { tau: Some(tau) }), &Device::Cpu).unwrap();
+        assert_eq!(o.facts["tau"].as_f64(), Some(tau));
+        for (k, (row, out)) in w0.chunks_exact(d).zip(o.weight.chunks_exact(d)).enumerate() {
+            let norm = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            for (&w, &got) in row.iter().zip(out) {
+                let (want, got) = (w as f64 / norm.powf(tau), got as f64);
+                assert!(
+                    (got - want).abs() < 1e-5 * want.abs().max(1.0),
+                    "tau {tau} class {k}: {got} vs {want}"
+                );
+            }
+        }
+        assert!(o.bias.iter().all(|&b| b == 0.0));
+    }
+    // Post-hoc LA: b_c - tau * log pi_c with pi_c = n_c / N, the stage-1 weights unchanged.
+    let n: usize = common::COUNTS.iter().sum();
+    let o = retrain(&fs, &cfg(Method::LaPosthoc { tau: 0.5 }), &Device::Cpu).unwrap();
+    assert_eq!(o.weight, w0);
+    for (k, (&b, &got)) in b0.iter().zip(&o.bias).enumerate() {
+        let want = b as f64 - 0.5 * (common::COUNTS[k] as f64 / n as f64).ln();
+        assert!((got as f64 - want).abs() < 1e-5, "class {k}: {got} vs {want}");
+    }
+}
+
+#[test]
 fn srepr_teacher_is_the_mean_of_member_predictions() {
     // With the per-member cross-entropy, the distillation term is linear in the members'
     // probabilities, so it equals the cross-entropy against their average: the teacher of the
@@ -226,4 +258,35 @@ fn bad_input_is_refused_clearly() {
     let Err(err) = retrain(&fs, &cfg(Method::Crt), &Device::Cpu) else { panic!("NaN features are refused") };
     let err = err.to_string();
     assert!(err.contains("train.features") && err.contains("(swa) row 3") && err.contains("NaN"), "{err}");
+}
+
+#[test]
+fn an_epoch_is_floor_n_over_batch_steps_on_a_cosine_to_zero() {
+    use candle_core::Var;
+    // Loss = p, so each plain SGD step (no momentum, no decay) subtracts that step's rate.
+    let p = Var::from_tensor(&Tensor::new(0f32, &Device::Cpu).unwrap()).unwrap();
+    let params = vec![("p".to_string(), p.clone())];
+    let labels: Vec<u32> = (0..1000).map(|i| (i % 5) as u32).collect();
+    let cfg = RetrainConfig {
+        epochs: 3,
+        batch_size: 64,
+        lr: 0.2,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        ..cfg(Method::Crt)
+    };
+    let mut batches = Vec::new();
+    let losses = lt_retrain::fit(&params, &cfg, &labels, 5, lt_core::sampler::SamplerKind::Instance, |idx| {
+        batches.push(idx.len());
+        Ok(p.as_tensor().clone())
+    })
+    .unwrap();
+    assert_eq!(losses.len(), 3);
+    // floor(1000 / 64) = 15 full batches per epoch, the remainder dropped.
+    assert_eq!(batches, vec![64; 45]);
+    let total = 45.0;
+    let lr_sum: f64 =
+        (0..45).map(|t| 0.5 * 0.2 * (1.0 + (std::f64::consts::PI * t as f64 / total).cos())).sum();
+    let got = p.as_tensor().to_vec0::<f32>().unwrap() as f64;
+    assert!((got + lr_sum).abs() < 1e-4, "{got} vs {}", -lr_sum);
 }
