@@ -68,6 +68,14 @@ struct Config {
     candle: bool,
 }
 
+impl Config {
+    /// The `--classes`, `--batch` and `--size` flags shared by both benchmark programs.
+    fn shape_args(&self) -> [String; 6] {
+        let [classes, batch, size] = [self.classes, self.batch, self.size].map(|v| v.to_string());
+        ["--classes".into(), classes, "--batch".into(), batch, "--size".into(), size]
+    }
+}
+
 /// Runs the benchmarks and prints the report.
 pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     let cuda = a.device.starts_with("cuda");
@@ -121,14 +129,7 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
                 "--device",
                 &a.device,
             ])
-            .args([
-                "--classes",
-                &c.classes.to_string(),
-                "--batch",
-                &c.batch.to_string(),
-                "--size",
-                &c.size.to_string(),
-            ])
+            .args(c.shape_args())
             .args(["--steps", &steps.to_string(), "--warmup", &warmup.to_string()]);
             cmd
         };
@@ -152,14 +153,7 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
                 let mut cmd = Command::new(py);
                 cmd.arg(root.join("scripts/bench_torch.py"))
                     .args(["--arch", c.arch, "--mode", c.mode, "--device", if cuda { "cuda" } else { "cpu" }])
-                    .args([
-                        "--classes",
-                        &c.classes.to_string(),
-                        "--batch",
-                        &c.batch.to_string(),
-                        "--size",
-                        &c.size.to_string(),
-                    ])
+                    .args(c.shape_args())
                     .args([
                         "--steps",
                         &steps.to_string(),
