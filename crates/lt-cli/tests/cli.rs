@@ -56,19 +56,21 @@ fn backbone_info_and_run_agree_with_the_library() {
     w.push_tensor("input", &x).unwrap();
     w.write(&input).unwrap();
     let output = dir.path().join("out.safetensors");
-    let args = [
-        "backbone",
-        "run",
-        "--arch",
-        "resnet20",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--input",
-        input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ];
-    let (ok, _, err) = lt(&args);
+    let run = |input: &Path| {
+        lt(&[
+            "backbone",
+            "run",
+            "--arch",
+            "resnet20",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+    };
+    let (ok, _, err) = run(&input);
     assert!(ok, "{err}");
     let a = Artifact::open_any(&output).unwrap();
     let (f, l) = m.infer(&x).unwrap();
@@ -86,18 +88,7 @@ fn backbone_info_and_run_agree_with_the_library() {
     let mut w = ArtifactWriter::new(Format { name: "input", version: 1 });
     w.push_f32("images", &[1], vec![0.0]);
     w.write(&bad_input).unwrap();
-    let (ok, _, err) = lt(&[
-        "backbone",
-        "run",
-        "--arch",
-        "resnet20",
-        "--weights",
-        weights.to_str().unwrap(),
-        "--input",
-        bad_input.to_str().unwrap(),
-        "--output",
-        output.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = run(&bad_input);
     assert!(!ok && err.contains("missing tensor `input`"), "{err}");
     let (ok, _, err) = lt(&["backbone", "info", "--arch", "vgg16"]);
     assert!(!ok && err.contains("unknown architecture \"vgg16\""), "{err}");
