@@ -15,6 +15,9 @@ pub struct DataSection {
     /// Imbalance ratio.
     #[serde(default)]
     pub imbalance: Option<f64>,
+    /// Validation images per class (0: none; default per data set).
+    #[serde(default)]
+    pub val_per_class: Option<usize>,
     /// Data root.
     #[serde(default)]
     pub data_root: Option<PathBuf>,

@@ -33,7 +33,7 @@ fn data_describe_prints_groups_and_writes_the_split() {
     let info = SplitInfo::read(&split).unwrap();
     assert_eq!(info.class_counts(), vec![500, 299, 179, 107, 64, 38, 23, 13, 8, 5]);
     assert_eq!(info.dataset, "synthetic");
-    assert_eq!(info.val_labels.as_ref().map(|v| v.len()), Some(200));
+    assert_eq!(info.val_labels.as_ref().map(|v| v.len()), Some(1000));
 
     let (ok, _, err) = lt(&["data", "describe", "--dataset", "cifar-lt"]);
     assert!(!ok && err.contains("unknown data set \"cifar-lt\""), "{err}");

@@ -76,6 +76,9 @@ pub struct SplitInfo {
     pub test_labels: Vec<u32>,
     /// Labels of the validation set, when the data set has one.
     pub val_labels: Option<Vec<u32>>,
+    /// Indices of the validation samples in the original training set, when they were drawn from
+    /// it (data sets made long-tailed by subsampling).
+    pub val_indices: Option<Vec<usize>>,
     /// Imbalance ratio used to build the split (`None` for natural long tails).
     pub imbalance: Option<f64>,
     /// Size of the original training set.
@@ -122,6 +125,10 @@ impl SplitInfo {
         if let Some(v) = &self.val_labels {
             w.push_u32("val_labels", &[v.len()], v.as_slice());
         }
+        if let Some(v) = &self.val_indices {
+            let v: Vec<i64> = v.iter().map(|&i| i as i64).collect();
+            w.push_i64("val_indices", &[v.len()], v);
+        }
         w.write(path)
     }
 
@@ -146,6 +153,19 @@ impl SplitInfo {
         let test_labels = to_u32(a.indices("test_labels", c)?);
         let val_labels =
             if a.contains("val_labels") { Some(to_u32(a.indices("val_labels", c)?)) } else { None };
+        let val_indices = if a.contains("val_indices") {
+            let v = a.indices("val_indices", original_train_len.max(1))?;
+            if Some(v.len()) != val_labels.as_ref().map(Vec::len) {
+                return Err(a.bad_value("val_indices", "needs one entry per `val_labels` entry"));
+            }
+            let train: std::collections::HashSet<usize> = train_indices.iter().copied().collect();
+            if let Some(i) = v.iter().find(|i| train.contains(i)) {
+                return Err(a.bad_value("val_indices", format!("index {i} is also a training index")));
+            }
+            Some(v)
+        } else {
+            None
+        };
         let imbalance = match a.meta("imbalance")? {
             "natural" => None,
             s => Some(s.parse::<f64>().map_err(|e| a.bad_meta("imbalance", e.to_string()))?),
@@ -157,6 +177,7 @@ impl SplitInfo {
             train_labels,
             test_labels,
             val_labels,
+            val_indices,
             imbalance,
             original_train_len,
         };
@@ -191,13 +212,19 @@ mod tests {
             train_indices: vec![5, 3, 9, 1],
             train_labels: vec![0, 0, 1, 2],
             test_labels: vec![0, 1, 2],
-            val_labels: None,
+            val_labels: Some(vec![2, 1]),
+            val_indices: Some(vec![0, 2]),
             imbalance: Some(100.0),
             original_train_len: 10,
         };
         info.write(&p, "abc").unwrap();
         assert_eq!(SplitInfo::read(&p).unwrap(), info);
         assert_eq!(info.groups(), vec![ShotGroup::Few; 3]);
+
+        let overlap = SplitInfo { val_indices: Some(vec![0, 3]), ..info.clone() };
+        overlap.write(&p, "abc").unwrap();
+        let err = SplitInfo::read(&p).unwrap_err().to_string();
+        assert!(err.contains("val_indices") && err.contains("index 3"), "{err}");
 
         let bad = SplitInfo { train_indices: vec![5, 3, 19, 1], ..info.clone() };
         bad.write(&p, "abc").unwrap();

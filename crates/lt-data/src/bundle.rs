@@ -13,7 +13,7 @@ use crate::error::{DataError, Result};
 use crate::files::{EvalTransform, ImageFileDataset, TrainTransform};
 use crate::idx::{self, IdxVariant};
 use crate::listfile::{parse_list, ListBenchmark};
-use crate::longtail::{class_counts, exponential_profile, ldam_selection};
+use crate::longtail::{class_counts, exponential_profile, ldam_selection, ldam_selection_with_val};
 use crate::synthetic::{generate_splits, SyntheticConfig};
 use crate::transform::{Augment, Normalize};
 
@@ -65,6 +65,20 @@ impl DatasetName {
         }
     }
 
+    /// Default size of the class-balanced validation set, per class, for data sets whose
+    /// validation images are drawn (from the unused training images, or generated); `None` for
+    /// data sets with a fixed validation list (ImageNet-LT, iNat) or none (folders).
+    pub fn default_val_per_class(self) -> Option<usize> {
+        match self {
+            DatasetName::Synthetic
+            | DatasetName::FmnistLt
+            | DatasetName::MnistLt
+            | DatasetName::Cifar10Lt => Some(100),
+            DatasetName::Cifar100Lt => Some(20),
+            _ => None,
+        }
+    }
+
     /// Default imbalance ratio for data sets made long-tailed by subsampling.
     pub fn default_imbalance(self) -> Option<f64> {
         match self {
@@ -105,6 +119,9 @@ pub struct DataOptions {
     pub project_data: PathBuf,
     /// Imbalance ratio (defaults per data set; ignored by the natural long tails).
     pub imbalance: Option<f64>,
+    /// Validation images per class (defaults per data set, see
+    /// [`DatasetName::default_val_per_class`]; 0: no validation set).
+    pub val_per_class: Option<usize>,
     /// Download what is missing and can be downloaded.
     pub download: bool,
     /// Replacement for the official download location (tests use a loopback server).
@@ -127,6 +144,7 @@ impl Default for DataOptions {
             data_root: None,
             project_data: default_project_data(),
             imbalance: None,
+            val_per_class: None,
             download: false,
             mirror: None,
             seed: 0,
@@ -156,6 +174,8 @@ pub struct DataBundle {
     pub test: Arc<dyn Dataset>,
     /// Indices of `train` in the original training set.
     pub train_indices: Vec<usize>,
+    /// Indices of `val` in the original training set, when it was drawn from it.
+    pub val_indices: Option<Vec<usize>>,
     /// Size of the original training set.
     pub original_train_len: usize,
     /// Class names.
@@ -186,6 +206,7 @@ impl DataBundle {
             train_labels: self.train.labels().to_vec(),
             test_labels: self.test.labels().to_vec(),
             val_labels: self.val.as_ref().map(|v| v.labels().to_vec()),
+            val_indices: self.val_indices.clone(),
             imbalance: self.imbalance,
             original_train_len: self.original_train_len,
         }
@@ -194,16 +215,21 @@ impl DataBundle {
     /// A fingerprint of the split's content (data set, indices, labels).
     pub fn fingerprint(&self) -> String {
         let info = self.split_info();
-        let idx: Vec<u8> = info.train_indices.iter().flat_map(|&i| (i as u64).to_le_bytes()).collect();
-        let lab: Vec<u8> = info.train_labels.iter().flat_map(|&i| i.to_le_bytes()).collect();
-        let test: Vec<u8> = info.test_labels.iter().flat_map(|&i| i.to_le_bytes()).collect();
-        Fingerprint::new()
+        let wide = |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|&i| (i as u64).to_le_bytes()).collect() };
+        let narrow = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|&i| i.to_le_bytes()).collect() };
+        let mut f = Fingerprint::new()
             .part("dataset", &info.dataset)
             .part("imbalance", &format!("{:?}", info.imbalance))
-            .bytes("train_indices", &idx)
-            .bytes("train_labels", &lab)
-            .bytes("test_labels", &test)
-            .finish()
+            .bytes("train_indices", &wide(&info.train_indices))
+            .bytes("train_labels", &narrow(&info.train_labels))
+            .bytes("test_labels", &narrow(&info.test_labels));
+        if let Some(v) = &info.val_labels {
+            f = f.bytes("val_labels", &narrow(v));
+        }
+        if let Some(v) = &info.val_indices {
+            f = f.bytes("val_indices", &wide(v));
+        }
+        f.finish()
     }
 }
 
@@ -227,6 +253,33 @@ fn longtail_in_memory(pool: &ImageSet, n_max: usize, rho: f64) -> Result<(ImageS
     Ok((pool.select(&idx), idx))
 }
 
+/// A long-tailed training selection and its validation set, both from one in-memory pool.
+struct PoolSplit {
+    train: ImageSet,
+    train_indices: Vec<usize>,
+    val: Option<ImageSet>,
+    val_indices: Option<Vec<usize>>,
+}
+
+/// The long-tailed subset of a balanced in-memory pool and `val_per_class` validation images
+/// per class from the images it did not use (see [`ldam_selection_with_val`]).
+fn longtail_with_val(pool: &ImageSet, n_max: usize, rho: f64, val_per_class: usize) -> Result<PoolSplit> {
+    let counts = exponential_profile(n_max, pool.num_classes, rho)?;
+    let s = ldam_selection_with_val(&pool.labels, &counts, 0, val_per_class)?;
+    for (c, &k) in s.val_from_train.iter().enumerate() {
+        if k > 0 {
+            tracing::info!(
+                "class {c} ({}) has no {val_per_class} unused training images: {k} of its {} selected images form its validation set",
+                pool.class_names.get(c).map(String::as_str).unwrap_or("?"),
+                counts[c]
+            );
+        }
+    }
+    let val = (val_per_class > 0).then(|| pool.select(&s.val));
+    let val_indices = (val_per_class > 0).then_some(s.val);
+    Ok(PoolSplit { train: pool.select(&s.train), train_indices: s.train, val, val_indices })
+}
+
 fn in_memory(set: ImageSet, train: bool, opts: &DataOptions, norm: &Normalize) -> Arc<dyn Dataset> {
     let augment =
         if train && opts.augment { Augment::PadCropFlip { pad: 4, flip: true } } else { Augment::None };
@@ -238,7 +291,11 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
     let rho = opts.imbalance.or(name.default_imbalance());
     match name {
         DatasetName::Synthetic => {
-            let cfg = &opts.synthetic;
+            let mut cfg = opts.synthetic.clone();
+            if let Some(v) = opts.val_per_class.or(name.default_val_per_class()) {
+                cfg.val_per_class = v;
+            }
+            let cfg = &cfg;
             let s = generate_splits(cfg, opts.seed);
             let rho = rho.unwrap_or(100.0);
             let (train, idx) = longtail_in_memory(&s.train_pool, cfg.n_max, rho)?;
@@ -247,9 +304,10 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
                 name,
                 class_names: train.class_names.clone(),
                 train: in_memory(train, true, opts, &norm),
-                val: Some(in_memory(s.val, false, opts, &norm)),
+                val: (cfg.val_per_class > 0).then(|| in_memory(s.val, false, opts, &norm)),
                 test: in_memory(s.test, false, opts, &norm),
                 train_indices: idx,
+                val_indices: None,
                 original_train_len: s.train_pool.len(),
                 imbalance: Some(rho),
                 source: format!("embedded generator (seed {})", opts.seed),
@@ -263,7 +321,8 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
             let (pool, test) =
                 idx::load(variant, &dirs, opts.download.then_some(dl.as_path()), opts.mirror.as_deref())?;
             let rho = rho.unwrap_or(100.0);
-            let (train, idx) = longtail_in_memory(&pool, 6000, rho)?;
+            let vpc = opts.val_per_class.or(name.default_val_per_class()).unwrap_or(0);
+            let split = longtail_with_val(&pool, 6000, rho, vpc)?;
             let norm = if variant == IdxVariant::FashionMnist {
                 Normalize::fashion_mnist()
             } else {
@@ -272,10 +331,11 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
             Ok(DataBundle {
                 name,
                 class_names: pool.class_names.clone(),
-                train: in_memory(train, true, opts, &norm),
-                val: None,
+                train: in_memory(split.train, true, opts, &norm),
+                val: split.val.map(|v| in_memory(v, false, opts, &norm)),
                 test: in_memory(test, false, opts, &norm),
-                train_indices: idx,
+                train_indices: split.train_indices,
+                val_indices: split.val_indices,
                 original_train_len: pool.len(),
                 imbalance: Some(rho),
                 source: format!(
@@ -296,7 +356,8 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
                 cifar::load(variant, &roots, opts.download.then_some(dl.as_path()), opts.mirror.as_deref())?;
             let rho = rho.unwrap_or(100.0);
             let n_max = splits.train.len() / variant.classes();
-            let (train, idx) = longtail_in_memory(&splits.train, n_max, rho)?;
+            let vpc = opts.val_per_class.or(name.default_val_per_class()).unwrap_or(0);
+            let split = longtail_with_val(&splits.train, n_max, rho, vpc)?;
             let norm = Normalize::cifar();
             let source = format!(
                 "{:?}",
@@ -306,10 +367,11 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
             Ok(DataBundle {
                 name,
                 class_names: splits.train.class_names.clone(),
-                train: in_memory(train, true, opts, &norm),
-                val: None,
+                train: in_memory(split.train, true, opts, &norm),
+                val: split.val.map(|v| in_memory(v, false, opts, &norm)),
                 test: in_memory(splits.test, false, opts, &norm),
-                train_indices: idx,
+                train_indices: split.train_indices,
+                val_indices: split.val_indices,
                 original_train_len: splits.train.len(),
                 imbalance: Some(rho),
                 source,
@@ -356,6 +418,7 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
                 val,
                 test,
                 train_indices: (0..n).collect(),
+                val_indices: None,
                 original_train_len: n,
                 imbalance: None,
                 source: format!("list files in {}", dir.display()),
@@ -412,6 +475,7 @@ fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundle> {
         val: None,
         test,
         train_indices: idx,
+        val_indices: None,
         original_train_len: n,
         imbalance: rho,
         source: format!(

@@ -39,6 +39,6 @@ pub use bundle::{load_bundle, DataBundle, DataOptions, DatasetName};
 pub use dataset::{Dataset, ImageSet, InMemoryDataset, Subset};
 pub use error::{DataError, Result};
 pub use loader::{Batch, EpochBatches, LoaderConfig};
-pub use longtail::{exponential_profile, ldam_selection, ShotGroup};
+pub use longtail::{exponential_profile, ldam_selection, ldam_selection_with_val, LongTailSplit, ShotGroup};
 pub use sampler::{Sampler, SamplerKind};
 pub use synthetic::SyntheticConfig;

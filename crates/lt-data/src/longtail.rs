@@ -33,8 +33,44 @@ pub fn exponential_profile(n_max: usize, classes: usize, rho: f64) -> Result<Vec
 ///
 /// Returns indices into `labels`. Fails if a class has fewer samples than requested.
 pub fn ldam_selection(labels: &[u32], counts: &[usize], seed: u32) -> Result<Vec<usize>> {
+    Ok(ldam_selection_with_val(labels, counts, seed, 0)?.train)
+}
+
+/// A long-tailed training selection with a class-balanced validation set beside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LongTailSplit {
+    /// Training indices, class by class (the LDAM-DRW selection, see [`ldam_selection_with_val`]).
+    pub train: Vec<usize>,
+    /// Validation indices, class by class, `val_per_class` of each class.
+    pub val: Vec<usize>,
+    /// Per class, how many validation images had to be taken from the class's selected training
+    /// images because the class had too few unselected ones (the head class when `n_0` is the
+    /// whole class, e.g. CIFAR-10-LT and Fashion-MNIST-LT class 0).
+    pub val_from_train: Vec<usize>,
+}
+
+/// [`ldam_selection`] plus a class-balanced validation set of `val_per_class` images per class,
+/// drawn without consuming any extra randomness, so that the training selection stays bit-exact
+/// with LDAM-DRW wherever a class has enough images:
+///
+/// - after class `c`'s positions are shuffled and the first `counts[c]` kept for training, the
+///   validation images are the next `val_per_class` of the same shuffled order (images the
+///   long-tailed selection did not use);
+/// - a class with fewer than `val_per_class` unused images gives the missing ones from the end
+///   of its training selection (recorded in [`LongTailSplit::val_from_train`]); it must keep at
+///   least one training image.
+///
+/// `val_per_class = 0` gives exactly [`ldam_selection`].
+pub fn ldam_selection_with_val(
+    labels: &[u32],
+    counts: &[usize],
+    seed: u32,
+    val_per_class: usize,
+) -> Result<LongTailSplit> {
     let mut rng = NumpyRandomState::new(seed);
-    let mut out = Vec::with_capacity(counts.iter().sum());
+    let mut train = Vec::with_capacity(counts.iter().sum());
+    let mut val = Vec::with_capacity(val_per_class * counts.len());
+    let mut val_from_train = vec![0usize; counts.len()];
     for (c, &want) in counts.iter().enumerate() {
         let mut idx: Vec<usize> =
             labels.iter().enumerate().filter(|(_, &y)| y as usize == c).map(|(i, _)| i).collect();
@@ -45,9 +81,20 @@ pub fn ldam_selection(labels: &[u32], counts: &[usize], seed: u32) -> Result<Vec
             )));
         }
         rng.shuffle(&mut idx);
-        out.extend_from_slice(&idx[..want]);
+        let unused = (idx.len() - want).min(val_per_class);
+        let deficit = val_per_class - unused;
+        if deficit > 0 && deficit >= want {
+            return Err(DataError::Invalid(format!(
+                "class {c} has {} samples: too few for {want} training and {val_per_class} validation images",
+                idx.len()
+            )));
+        }
+        train.extend_from_slice(&idx[..want - deficit]);
+        val.extend_from_slice(&idx[want - deficit..want]);
+        val.extend_from_slice(&idx[want..want + unused]);
+        val_from_train[c] = deficit;
     }
-    Ok(out)
+    Ok(LongTailSplit { train, val, val_from_train })
 }
 
 /// Number of samples per class in `labels` (labels must be `< classes`).
@@ -112,5 +159,30 @@ mod tests {
         r.shuffle(&mut second);
         assert_eq!(&sel[10..], &second[..2]);
         assert!(ldam_selection(&labels, &[11, 2], 0).is_err());
+    }
+
+    #[test]
+    fn validation_comes_from_unused_images_without_touching_the_training_selection() {
+        // Class 0: 10 images, 6 selected; class 1: 5 images, all 5 selected (a head class at n_max).
+        let labels: Vec<u32> = (0..15).map(|i| if i < 10 { 0 } else { 1 }).collect();
+        let plain = ldam_selection(&labels, &[6, 5], 0).unwrap();
+        let s = ldam_selection_with_val(&labels, &[6, 5], 0, 2).unwrap();
+        // Class 0 trains on exactly the LDAM selection, validates on the next two shuffled images.
+        assert_eq!(&s.train[..6], &plain[..6]);
+        assert_eq!(&plain[..6], &[2, 8, 4, 9, 1, 6]);
+        assert_eq!(&s.val[..2], &[7, 3]);
+        // Class 1 has no unused image: its last two selected images become validation images.
+        assert_eq!(&s.train[6..], &plain[6..9]);
+        assert_eq!(&s.val[2..], &plain[9..11]);
+        assert_eq!(s.val_from_train, vec![0, 2]);
+        // Disjoint, and every validation image has the right class.
+        for v in &s.val {
+            assert!(!s.train.contains(v));
+        }
+        assert_eq!(s.val.iter().map(|&i| labels[i]).collect::<Vec<_>>(), vec![0, 0, 1, 1]);
+        assert_eq!(ldam_selection_with_val(&labels, &[6, 5], 0, 0).unwrap().train, plain);
+        // A class that cannot keep a training image is refused.
+        let err = ldam_selection_with_val(&labels, &[6, 5], 0, 5).unwrap_err().to_string();
+        assert!(err.contains("class 1") && err.contains("validation"), "{err}");
     }
 }

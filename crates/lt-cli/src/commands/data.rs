@@ -18,6 +18,10 @@ pub struct DataSetArgs {
     /// Imbalance ratio rho = n_max / n_min (default 100 where the data set is made long-tailed).
     #[arg(long)]
     pub imbalance: Option<f64>,
+    /// Class-balanced validation images per class, drawn from the training images the long-tailed
+    /// selection did not use (default: 100, or 20 for CIFAR-100-LT; 0: no validation set).
+    #[arg(long)]
+    pub val_per_class: Option<usize>,
     /// Where the data set lives (searched before the project's `data/`); for `folder`, the folder.
     #[arg(long)]
     pub data_root: Option<PathBuf>,
@@ -61,6 +65,7 @@ impl DataSetArgs {
         }
         over!(
             imbalance,
+            val_per_class,
             data_root,
             synthetic_classes,
             synthetic_n_max,
@@ -87,6 +92,7 @@ pub fn load(section: &DataSection, mirror: Option<String>) -> Result<DataBundle>
     let mut o = DataOptions {
         data_root: section.data_root.clone(),
         imbalance: section.imbalance,
+        val_per_class: section.val_per_class,
         download: section.download,
         mirror,
         seed: section.data_seed,
