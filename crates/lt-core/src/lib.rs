@@ -12,6 +12,8 @@
 //!   seeded), with independent streams derived from one seed;
 //! - [`fingerprint`]: stable content hashes used to skip work whose inputs did not change;
 //! - [`split`]: the split artifact (training subset, class counts, shot groups), read by all stages;
+//! - [`formats`]: the other artifact formats between stages (features, heads, predictions), one
+//!   owner each;
 //! - [`optim`]: SGD with momentum, Nesterov and weight decay (PyTorch semantics);
 //! - [`sampler`]: samplers over labels (instance, class-balanced, power, progressive);
 //! - [`memory`]: resident memory of the process (for logs and benchmarks);
@@ -22,6 +24,7 @@
 pub mod artifact;
 pub mod atomic;
 pub mod fingerprint;
+pub mod formats;
 pub mod memory;
 pub mod optim;
 pub mod progress;

@@ -142,6 +142,34 @@ impl Rng {
     }
 }
 
+/// The registry of random streams: the first tag of every [`Rng::stream`] in the project.
+///
+/// Each random choice draws from its own stream, so that adding a draw to one never shifts
+/// another. The values are part of the results (changing one changes what a seed produces), so
+/// they never change; a new stream takes a new, unused value (the test below checks uniqueness).
+pub mod streams {
+    /// Weight initialisation of a backbone (with a hash of the parameter's name).
+    pub const MODEL_INIT: u64 = 0x1417;
+    /// Sampler epoch orders (with the epoch).
+    pub const SAMPLER: u64 = 0x5A3F;
+    /// Training augmentation (with the epoch and the sample's position).
+    pub const LOADER: u64 = 0x10AD;
+    /// The synthetic data set's classes and images.
+    pub const SYNTHETIC: u64 = 0x5717;
+    /// The seeded test split of an image folder.
+    pub const FOLDER_SPLIT: u64 = 0xF01D;
+    /// A re-initialised stage-2 head.
+    pub const HEAD_INIT: u64 = 0x4EAD;
+    /// DisAlign's calibration parameters.
+    pub const DISALIGN_INIT: u64 = 0xD15A;
+    /// A SWAG sample's draw (with the sample index); recorded in the features artifact.
+    pub const SWAG_SAMPLE: u64 = 0x5A6;
+
+    /// Every stream tag, for the uniqueness check.
+    pub const ALL: [u64; 8] =
+        [MODEL_INIT, SAMPLER, LOADER, SYNTHETIC, FOLDER_SPLIT, HEAD_INIT, DISALIGN_INIT, SWAG_SAMPLE];
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,5 +230,13 @@ mod tests {
         assert_ne!(p, (0..100).collect::<Vec<_>>());
         p.sort();
         assert_eq!(p, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn stream_tags_are_unique() {
+        let mut tags = streams::ALL.to_vec();
+        tags.sort_unstable();
+        tags.dedup();
+        assert_eq!(tags.len(), streams::ALL.len(), "two random streams share a tag");
     }
 }

@@ -1,0 +1,110 @@
+//! The artifact formats exchanged between stages, one module per format.
+//!
+//! Each module owns its format's name and version, a metadata struct, a writer and a reader;
+//! producers and consumers call these, never their own copies of the tensor names or metadata
+//! keys. `docs/artifacts.md` documents each format and maps one-to-one onto these modules (the
+//! split artifact, older than this module, lives in [`crate::split`]).
+//!
+//! - [`features`]: `lt.features`, the `[S, N, D]` representations of the SGD, SWA and SWAG-sampled
+//!   backbones per split (written by `lt extract`, read by stage 2 and the report);
+//! - [`head`]: `lt.head`, a re-trained classifier (written by `lt retrain`);
+//! - [`predictions`]: `lt.predictions`, test scores and labels of one method (written by
+//!   `lt retrain`, read by `lt eval` and `lt report`; anyone may write one).
+
+pub mod features;
+pub mod head;
+pub mod predictions;
+
+use serde::{Deserialize, Serialize};
+
+use crate::artifact::{Artifact, ArtifactWriter, Result, KEY_FINGERPRINT};
+
+/// The metadata shared by the head and predictions artifacts of one stage-2 run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunMeta {
+    /// The method (`none`, `crt`, ..., `srepr`).
+    pub method: String,
+    /// The row of the pipeline's plan this run fills (e.g. `swa-srepr-b`); orders the report.
+    pub row: String,
+    /// The report label (`cRT`, `SRepr`, ...).
+    pub label: String,
+    /// Backbone whose representations were used (`sgd`, `swa`).
+    pub backbone: String,
+    /// Seed of the run (`None` for predictions from elsewhere).
+    pub seed: Option<u64>,
+    /// The stage-2 configuration (JSON).
+    pub config: serde_json::Value,
+    /// What the run chose or measured: selected knobs with their validation grid, members, ...
+    pub facts: serde_json::Value,
+    /// Data set name.
+    pub dataset: String,
+    /// Fingerprint of this run (features and configuration).
+    pub fingerprint: String,
+    /// Fingerprint of the features artifact the run read.
+    pub features_fingerprint: String,
+}
+
+const KEY_METHOD: &str = "method";
+const KEY_ROW: &str = "row";
+const KEY_LABEL: &str = "method_label";
+const KEY_BACKBONE: &str = "backbone";
+const KEY_SEED: &str = "seed";
+const KEY_CONFIG: &str = "config";
+const KEY_FACTS: &str = "facts";
+const KEY_DATASET: &str = "dataset";
+const KEY_FEATURES_FINGERPRINT: &str = "features_fingerprint";
+
+impl RunMeta {
+    /// Writes the keys into an artifact's metadata.
+    pub fn write_to(&self, w: &mut ArtifactWriter<'_>) {
+        w.meta(KEY_METHOD, &self.method)
+            .meta(KEY_ROW, &self.row)
+            .meta(KEY_LABEL, &self.label)
+            .meta(KEY_BACKBONE, &self.backbone)
+            .meta_json(KEY_CONFIG, &self.config)
+            .meta_json(KEY_FACTS, &self.facts)
+            .meta(KEY_DATASET, &self.dataset)
+            .meta(KEY_FINGERPRINT, &self.fingerprint)
+            .meta(KEY_FEATURES_FINGERPRINT, &self.features_fingerprint);
+        if let Some(s) = self.seed {
+            w.meta(KEY_SEED, s.to_string());
+        }
+    }
+
+    /// Reads the keys from an artifact; every key is optional (predictions written by other tools
+    /// may carry none), except that a present key must parse.
+    pub fn read_from(a: &Artifact) -> Result<Self> {
+        let text = |k: &str| a.meta_opt(k).unwrap_or("").to_string();
+        let json = |k: &str| -> Result<serde_json::Value> {
+            if a.meta_opt(k).is_some() {
+                a.meta_json(k)
+            } else {
+                Ok(serde_json::Value::Null)
+            }
+        };
+        let seed = match a.meta_opt(KEY_SEED) {
+            Some(_) => Some(a.meta_parse::<u64>(KEY_SEED)?),
+            None => None,
+        };
+        let method = text(KEY_METHOD);
+        let backbone = text(KEY_BACKBONE);
+        // Artifacts from before the `row` key: the row is backbone and method.
+        let row = match a.meta_opt(KEY_ROW) {
+            Some(r) => r.to_string(),
+            None if !method.is_empty() => format!("{backbone}-{method}"),
+            None => String::new(),
+        };
+        Ok(Self {
+            method,
+            row,
+            label: text(KEY_LABEL),
+            backbone,
+            seed,
+            config: json(KEY_CONFIG)?,
+            facts: json(KEY_FACTS)?,
+            dataset: text(KEY_DATASET),
+            fingerprint: text(KEY_FINGERPRINT),
+            features_fingerprint: text(KEY_FEATURES_FINGERPRINT),
+        })
+    }
+}
