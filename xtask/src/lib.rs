@@ -33,5 +33,13 @@ pub fn build_lt(root: &Path, features: &[&str]) -> Result<PathBuf> {
     if !status.success() {
         bail!("building the `lt` binary failed");
     }
-    Ok(root.join("target/release/lt"))
+    Ok(target_dir(root).join("release").join(format!("lt{}", std::env::consts::EXE_SUFFIX)))
+}
+
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace root) or `target/`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) => root.join(d),
+        None => root.join("target"),
+    }
 }

@@ -1,11 +1,14 @@
 //! `cargo xtask reproduce`: stage 1 (SGD, SWA/SWAG), stochastic representations, every stage-2
 //! method and the report, for every seed of a preset; resumable and incremental.
 //!
-//! Each stage writes into its own directory and, when it succeeds, a `.stage-key` file holding
-//! the fingerprint of everything it depends on: its command line, the preset sections it reads
-//! and the keys of the stages it reads from. A stage whose key file matches is skipped, so a
-//! second run does nothing, an interrupted run continues (stage 1 resumes from its checkpoint,
-//! extraction from its part files), and changing one stage-2 knob re-runs only that stage.
+//! Every stage is one `lt` command reading the resolved preset file (`--preset-file`) and the
+//! seed; stage 2 runs one `lt retrain --row ID` per row of the plan, which the `lt` binary
+//! declares (`lt retrain --list-rows`). Each stage writes into its own directory and, when it
+//! succeeds, a `.stage-key` file holding the fingerprint of everything it depends on: the
+//! preset sections it reads, its row's settings and the keys of the stages it reads from. A stage
+//! whose key file matches is skipped, so a second run does nothing, an interrupted run continues
+//! (stage 1 resumes from its checkpoint, extraction from its part files), and changing one
+//! stage-2 knob re-runs only stage 2.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,26 +17,35 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-/// Options of a reproduction.
-#[derive(Clone, Debug)]
+/// Options of a reproduction (the flags of `cargo xtask reproduce`).
+#[derive(Clone, Debug, clap::Args)]
 pub struct Options {
-    /// Embedded preset name (`presets/<name>.toml`), unless `preset_file` is given.
+    /// Preset: synthetic, tiny, fmnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, inat2018.
+    #[arg(long, default_value = "synthetic")]
     pub preset: String,
-    /// A preset file (overrides `preset`).
+    /// A preset file (a copy of one under presets/, edited); overrides `--preset`.
+    #[arg(long)]
     pub preset_file: Option<PathBuf>,
-    /// Override of the preset's seed count.
+    /// Number of seeds (default: the preset's).
+    #[arg(long)]
     pub seeds: Option<usize>,
-    /// Override of the data root.
+    /// Where the data sets live.
+    #[arg(long)]
     pub data_root: Option<PathBuf>,
-    /// Download missing data.
+    /// Download what is missing and can be downloaded.
+    #[arg(long)]
     pub download: bool,
-    /// Where run directories go.
+    /// Directory of the run directories.
+    #[arg(long, default_value = "runs")]
     pub runs_dir: PathBuf,
-    /// Device (`cpu`, `cuda`, `cuda:N`).
+    /// Device: cpu, cuda, cuda:N (cuda builds `lt` with --features cuda).
+    #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Print the plan only.
+    /// Print the plan (every stage, its command line, whether it is cached) and stop.
+    #[arg(long)]
     pub dry_run: bool,
-    /// The `lt` binary to run (built in release mode when `None`).
+    /// Use this `lt` binary instead of building one.
+    #[arg(long)]
     pub lt: Option<PathBuf>,
 }
 
@@ -86,14 +98,6 @@ fn get<'a>(preset: &'a toml::Value, path: &[&str]) -> Option<&'a toml::Value> {
     Some(v)
 }
 
-fn num(preset: &toml::Value, path: &[&str]) -> Option<String> {
-    get(preset, path).map(|v| match v {
-        toml::Value::Integer(i) => i.to_string(),
-        toml::Value::Float(f) => f.to_string(),
-        other => other.to_string(),
-    })
-}
-
 /// Reads and resolves the preset (overrides applied), returning `(name, TOML text, value)`.
 pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml::Value)> {
     let path = match &opts.preset_file {
@@ -132,121 +136,105 @@ pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml:
     Ok((name, resolved, value))
 }
 
-/// The stage-2 runs of every seed: `(id, arguments)`.
-pub fn stage2_methods() -> Vec<(String, Vec<String>)> {
-    let mut v = Vec::new();
-    for backbone in ["sgd", "swa"] {
-        for m in ["none", "crt", "lws", "tau-norm", "la", "la-posthoc", "balanced-softmax", "disalign"] {
-            v.push((
-                format!("{backbone}-{m}"),
-                vec!["--backbone".into(), backbone.into(), "--method".into(), m.into()],
-            ));
-        }
-    }
-    v.push((
-        "swa-srepr-lambda0".into(),
-        vec![
-            "--backbone".into(),
-            "swa".into(),
-            "--method".into(),
-            "srepr".into(),
-            "--lambda".into(),
-            "0".into(),
-        ],
-    ));
-    v.push(("swa-srepr".into(), vec!["--backbone".into(), "swa".into(), "--method".into(), "srepr".into()]));
-    v
+/// One row of stage 2, as the `lt` binary declares it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanRow {
+    /// Identifier (the row's directory).
+    pub id: String,
+    /// Label in the report.
+    pub label: String,
+    /// The row's settings on the defaults (JSON; part of the stage key).
+    pub settings: String,
 }
 
-/// Builds the plan of a preset.
-pub fn plan(run_root: &Path, preset_path: &Path, preset: &toml::Value, device: &str) -> Result<Vec<Stage>> {
+/// The stage-2 rows the `lt` binary declares (`lt retrain --list-rows`).
+pub fn stage2_rows(lt: &Path) -> Result<Vec<PlanRow>> {
+    let out = Command::new(lt)
+        .args(["retrain", "--list-rows"])
+        .output()
+        .with_context(|| format!("running {} retrain --list-rows", lt.display()))?;
+    if !out.status.success() {
+        bail!("`lt retrain --list-rows` failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    String::from_utf8(out.stdout)?
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(3, '\t');
+            match (f.next(), f.next(), f.next()) {
+                (Some(id), Some(label), Some(settings)) => {
+                    Ok(PlanRow { id: id.into(), label: label.into(), settings: settings.into() })
+                }
+                _ => bail!("`lt retrain --list-rows` printed {l:?}, expected id, label and settings"),
+            }
+        })
+        .collect()
+}
+
+/// Builds the plan of a preset: per seed, stage 1, the extraction, and one stage per row.
+pub fn plan(
+    run_root: &Path,
+    preset_path: &Path,
+    preset: &toml::Value,
+    device: &str,
+    rows: &[PlanRow],
+) -> Result<Vec<Stage>> {
     let seeds = get(preset, &["seeds"]).and_then(|v| v.as_integer()).unwrap_or(1).max(1) as u64;
     let data = section(preset, "data");
     let train = section(preset, "train");
     let extract = section(preset, "extract");
     let retrain = section(preset, "retrain");
-    let samples = num(preset, &["extract", "samples"]).unwrap_or_else(|| "8".into());
-    let scale = num(preset, &["extract", "scale"]).unwrap_or_else(|| "0.5".into());
-    let half = get(preset, &["extract", "half"]).and_then(|v| v.as_bool()).unwrap_or(false);
-    let mut common2 = Vec::new();
-    for (flag, key) in [
-        ("--epochs", "epochs"),
-        ("--batch-size", "batch_size"),
-        ("--lr", "lr"),
-        ("--weight-decay", "weight_decay"),
-    ] {
-        if let Some(v) = num(preset, &["retrain", key]) {
-            common2.push(flag.to_string());
-            common2.push(v);
-        }
-    }
-    let mut stages = Vec::new();
+    let samples =
+        get(preset, &["extract", "samples"]).map(|v| v.to_string()).unwrap_or_else(|| "the default".into());
     let p = preset_path.display().to_string();
-    for seed in 0..seeds {
-        let sdir = run_root.join(format!("seed-{seed}"));
-        let s1 = sdir.join("stage1");
-        let s1key = sha(&["stage1", &data, &train, &seed.to_string()]);
-        stages.push(Stage {
-            name: format!("seed {seed}: stage 1 (SGD, SWA/SWAG)"),
-            dir: s1.clone(),
-            args: vec![
-                "train".into(),
-                "--preset-file".into(),
-                p.clone(),
-                "--seed".into(),
-                seed.to_string(),
-                "--out".into(),
-                s1.display().to_string(),
-                "--device".into(),
-                device.into(),
-            ],
-            key: s1key.clone(),
-            resumable: true,
-        });
-        let mut ex_args = vec![
-            "extract".into(),
-            "--run".into(),
-            s1.display().to_string(),
-            "--samples".into(),
-            samples.clone(),
-            "--scale".into(),
-            scale.clone(),
+    let common = |cmd: &str, seed: u64| -> Vec<String> {
+        vec![
+            cmd.into(),
+            "--preset-file".into(),
+            p.clone(),
             "--seed".into(),
             seed.to_string(),
             "--device".into(),
             device.into(),
-        ];
-        if half {
-            ex_args.push("--half".into());
-        }
+        ]
+    };
+    let mut stages = Vec::new();
+    for seed in 0..seeds {
+        let sdir = run_root.join(format!("seed-{seed}"));
+        let s1 = sdir.join("stage1");
+        let s1key = sha(&["stage1", &data, &train, &seed.to_string()]);
+        let mut args = common("train", seed);
+        args.extend(["--out".into(), s1.display().to_string()]);
+        stages.push(Stage {
+            name: format!("seed {seed}: stage 1 (SGD, SWA/SWAG)"),
+            dir: s1.clone(),
+            args,
+            key: s1key.clone(),
+            resumable: true,
+        });
+        let mut args = common("extract", seed);
+        args.extend(["--run".into(), s1.display().to_string()]);
         let exkey = sha(&["extract", &s1key, &extract, &seed.to_string()]);
         stages.push(Stage {
             name: format!("seed {seed}: {samples} SWAG samples, features"),
             dir: s1.join("extract"),
-            args: ex_args,
+            args,
             key: exkey.clone(),
             resumable: false,
         });
-        for (id, margs) in stage2_methods() {
-            let out = sdir.join("stage2").join(&id);
-            let mut args = vec![
-                "retrain".into(),
+        for row in rows {
+            let out = sdir.join("stage2").join(&row.id);
+            let mut args = common("retrain", seed);
+            args.extend([
                 "--features".into(),
                 s1.join("features.safetensors").display().to_string(),
-            ];
-            args.extend(margs.iter().cloned());
-            args.extend(common2.iter().cloned());
-            args.extend([
-                "--seed".into(),
-                seed.to_string(),
+                "--row".into(),
+                row.id.clone(),
                 "--out".into(),
                 out.display().to_string(),
-                "--device".into(),
-                device.into(),
             ]);
-            let key = sha(&["retrain", &exkey, &retrain, &margs.join(" "), &seed.to_string()]);
+            let key = sha(&["retrain", &exkey, &retrain, &row.id, &row.settings, &seed.to_string()]);
             stages.push(Stage {
-                name: format!("seed {seed}: stage 2 {id}"),
+                name: format!("seed {seed}: stage 2 {}", row.id),
                 dir: out,
                 args,
                 key,
@@ -280,7 +268,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     let (name, resolved, preset) = load_preset(root, opts)?;
     let run_root = opts.runs_dir.join(&name);
     let preset_path = run_root.join("preset.toml");
-    let stages = plan(&run_root, &preset_path, &preset, &opts.device)?;
+    let features: Vec<&str> = if opts.device.starts_with("cuda") { vec!["cuda"] } else { vec![] };
+    let lt = match &opts.lt {
+        Some(p) => p.clone(),
+        None => crate::build_lt(root, &features)?,
+    };
+    let rows = stage2_rows(&lt)?;
+    let stages = plan(&run_root, &preset_path, &preset, &opts.device, &rows)?;
     if opts.dry_run {
         println!("preset {name}: {} stages into {}", stages.len() + 1, run_root.display());
         for s in &stages {
@@ -311,11 +305,6 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         std::fs::write(&preset_path, &resolved)
             .with_context(|| format!("writing {}", preset_path.display()))?;
     }
-    let features: Vec<&str> = if opts.device.starts_with("cuda") { vec!["cuda"] } else { vec![] };
-    let lt = match &opts.lt {
-        Some(p) => p.clone(),
-        None => crate::build_lt(root, &features)?,
-    };
     let (mut ran, mut skipped) = (Vec::new(), Vec::new());
     let total = stages.len();
     for (i, s) in stages.iter().enumerate() {

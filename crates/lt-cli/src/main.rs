@@ -5,9 +5,10 @@
 mod commands;
 mod device;
 mod logging;
+mod overlay;
 mod preset;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Decoupled long-tailed classification with stochastic representations (SRepr).
 #[derive(Parser)]
@@ -53,14 +54,17 @@ fn main() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The sub-command's own matches tell which flags were given (see `overlay`).
+    let sub = matches.subcommand().map(|(_, m)| m.clone()).unwrap_or_default();
     logging::init(&cli.log, cli.plain);
     let result = match cli.command {
         Command::Data(a) => commands::data::run(a),
         Command::Backbone(a) => commands::backbone::run(a),
         Command::Train(a) => commands::train::run_train(*a),
-        Command::Extract(a) => commands::train::run_extract(a),
-        Command::Retrain(a) => commands::retrain::run(*a),
+        Command::Extract(a) => commands::train::run_extract(a, &sub),
+        Command::Retrain(a) => commands::retrain::run(*a, &sub),
         Command::Eval(a) => commands::eval::run_eval(a),
         Command::Report(a) => commands::eval::run_report(a).map(|_| ()),
         Command::Bench(a) => commands::bench::run(a),

@@ -1,75 +1,13 @@
 //! Presets: a whole pipeline recipe as a TOML file under `presets/` (embedded in the binary;
 //! `--preset-file` reads a user's copy).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
+use lt_data::DataSpec;
+use lt_retrain::RetrainConfig;
+use lt_train::extract::ExtractConfig;
 use serde::{Deserialize, Serialize};
-
-/// Where the data comes from.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataSection {
-    /// Data set name.
-    pub dataset: String,
-    /// Imbalance ratio.
-    #[serde(default)]
-    pub imbalance: Option<f64>,
-    /// Validation images per class (0: none; default per data set).
-    #[serde(default)]
-    pub val_per_class: Option<usize>,
-    /// Data root.
-    #[serde(default)]
-    pub data_root: Option<PathBuf>,
-    /// Download what is missing.
-    #[serde(default)]
-    pub download: bool,
-    /// Seed of generated data and seeded splits.
-    #[serde(default)]
-    pub data_seed: u64,
-    /// Synthetic: classes.
-    #[serde(default)]
-    pub synthetic_classes: Option<usize>,
-    /// Synthetic: images of the largest class.
-    #[serde(default)]
-    pub synthetic_n_max: Option<usize>,
-    /// Synthetic: image side.
-    #[serde(default)]
-    pub synthetic_size: Option<usize>,
-    /// Folder: held-out fraction.
-    #[serde(default)]
-    pub test_fraction: Option<f64>,
-    /// Image-file data sets: crop side.
-    #[serde(default)]
-    pub image_size: Option<u32>,
-}
-
-/// Extraction settings.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExtractSection {
-    /// SWAG samples.
-    pub samples: usize,
-    /// SWAG scale.
-    pub scale: f64,
-    /// Store features as f16.
-    #[serde(default)]
-    pub half: bool,
-}
-
-/// Stage-2 settings shared by the methods (each method's own recipe lives in lt-retrain).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetrainSection {
-    /// Epochs (`floor(N / batch)` steps each).
-    pub epochs: usize,
-    /// Batch size.
-    pub batch_size: usize,
-    /// Learning rate.
-    pub lr: f64,
-    /// Weight decay.
-    pub weight_decay: f64,
-}
 
 /// Report settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -91,13 +29,16 @@ pub struct Preset {
     /// Seeds of the full pipeline (mean ± std in the report).
     pub seeds: usize,
     /// Data.
-    pub data: DataSection,
+    pub data: DataSpec,
     /// Stage 1.
     pub train: lt_train::TrainConfig,
-    /// Stochastic representations.
-    pub extract: ExtractSection,
-    /// Stage 2.
-    pub retrain: RetrainSection,
+    /// Stochastic representations (`seed` comes from the command line).
+    #[serde(default)]
+    pub extract: ExtractConfig,
+    /// Stage 2: the settings shared by every row of the plan (each row sets its method,
+    /// backbone and own knobs on top).
+    #[serde(default)]
+    pub retrain: RetrainConfig,
     /// Report.
     #[serde(default)]
     pub report: ReportSection,
@@ -118,6 +59,8 @@ pub const EMBEDDED: [(&str, &str); 7] = [
 pub fn parse(text: &str, origin: &str) -> Result<Preset> {
     let p: Preset = toml::from_str(text).with_context(|| format!("preset {origin}"))?;
     p.train.validate().with_context(|| format!("preset {origin}: [train]"))?;
+    p.extract.validate().with_context(|| format!("preset {origin}: [extract]"))?;
+    p.retrain.validate().with_context(|| format!("preset {origin}: [retrain]"))?;
     Ok(p)
 }
 

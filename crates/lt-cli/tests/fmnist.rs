@@ -53,10 +53,26 @@ fn fashion_mnist_lt_pipeline() {
     assert!(all(sgd) > 40.0 && all(swa) > 40.0, "{out}");
     lt(&["extract", "--run", r, "--samples", "2"]);
     let features = run.join("features.safetensors");
-    for method in ["la", "srepr"] {
+    // LA chooses its tau on the validation split; SRepr runs with fixed knobs (a quick run).
+    for (method, knobs) in
+        [("la", &[][..]), ("srepr", &["--tau", "1", "--lambda", "0.3", "--temperature", "2"][..])]
+    {
         let o = run.join(method);
         let f = features.to_str().unwrap();
-        lt(&["retrain", "--features", f, "--method", method, "--epochs", "3", "--out", o.to_str().unwrap()]);
+        let mut args = vec![
+            "retrain",
+            "--features",
+            f,
+            "--method",
+            method,
+            "--epochs",
+            "3",
+            "--out",
+            o.to_str().unwrap(),
+        ];
+        args.extend_from_slice(knobs);
+        let said = lt(&args);
+        assert!(said.contains("chose"), "{said}");
         let eval = lt(&[
             "eval",
             "--predictions",

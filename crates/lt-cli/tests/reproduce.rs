@@ -2,23 +2,10 @@
 //! the report; a second invocation skips everything; changing a stage-2 knob re-runs only stage 2.
 
 use std::path::PathBuf;
-use std::process::Command;
 
-/// The `lt` binary of this build (built by `cargo test --workspace`; built here otherwise).
+/// The `lt` binary of this build.
 fn lt_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // target/<profile>
-    let lt = dir.join(format!("lt{}", std::env::consts::EXE_SUFFIX));
-    if !lt.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "lt-cli"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    assert!(lt.exists(), "{} missing", lt.display());
-    lt
+    PathBuf::from(env!("CARGO_BIN_EXE_lt"))
 }
 
 fn options(runs: &std::path::Path, preset_file: Option<PathBuf>) -> xtask::reproduce::Options {
@@ -40,7 +27,9 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
     let root = xtask::workspace_root();
     let runs = tempfile::tempdir().unwrap();
     let first = xtask::reproduce::run(&root, &options(runs.path(), None)).unwrap();
-    let per_seed = 2 + xtask::reproduce::stage2_methods().len();
+    let rows = xtask::reproduce::stage2_rows(&lt_binary()).unwrap();
+    assert_eq!(rows.len(), lt_retrain::rows::ROWS.len(), "the plan is the binary's rows");
+    let per_seed = 2 + rows.len();
     assert_eq!(first.ran.len(), 2 * per_seed, "every stage of both seeds ran");
     let report = std::fs::read_to_string(&first.report).unwrap();
     for row in [
@@ -54,6 +43,8 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
         "| SWA | LA (post-hoc) |",
         "| SWA | + stochastic repr. (b) |",
         "| SWA | SRepr |",
+        "| SWA | SWAG ensemble of (b), M passes |",
+        "| SWA | SRepr, frozen (b) teacher |",
     ] {
         assert!(report.contains(row), "row {row} missing from\n{report}");
     }
@@ -68,6 +59,14 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
         assert!(plots.join(f).exists(), "{f} missing");
     }
 
+    // The report read the layout the plan wrote.
+    let layout = lt_metrics::report::LAYOUT;
+    assert!(layout
+        .row_dir(runs.path().join("tiny").as_path(), 1, "swa-srepr")
+        .join(layout.predictions)
+        .exists());
+    assert!(layout.stage1_dir(runs.path().join("tiny").as_path(), 0).join(layout.features).exists());
+
     // Nothing changed: everything is skipped.
     let second = xtask::reproduce::run(&root, &options(runs.path(), None)).unwrap();
     assert!(second.ran.is_empty(), "re-ran {:?}", second.ran);
@@ -79,6 +78,6 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
     let file = runs.path().join("edited.toml");
     std::fs::write(&file, edited).unwrap();
     let third = xtask::reproduce::run(&root, &options(runs.path(), Some(file))).unwrap();
-    assert_eq!(third.ran.len(), 2 * xtask::reproduce::stage2_methods().len(), "{:?}", third.ran);
+    assert_eq!(third.ran.len(), 2 * rows.len(), "{:?}", third.ran);
     assert!(third.ran.iter().all(|s| s.contains("stage 2")), "{:?}", third.ran);
 }

@@ -66,14 +66,12 @@ impl DatasetName {
     }
 
     /// Default size of the class-balanced validation set, per class, for data sets whose
-    /// validation images are drawn (from the unused training images, or generated); `None` for
-    /// data sets with a fixed validation list (ImageNet-LT, iNat) or none (folders).
+    /// validation images are drawn from the training images the long-tailed selection did not
+    /// use; `None` for the others (the synthetic set generates `SyntheticConfig::val_per_class`,
+    /// ImageNet-LT has a fixed list, iNat and folders have none).
     pub fn default_val_per_class(self) -> Option<usize> {
         match self {
-            DatasetName::Synthetic
-            | DatasetName::FmnistLt
-            | DatasetName::MnistLt
-            | DatasetName::Cifar10Lt => Some(100),
+            DatasetName::FmnistLt | DatasetName::MnistLt | DatasetName::Cifar10Lt => Some(100),
             DatasetName::Cifar100Lt => Some(20),
             _ => None,
         }
@@ -292,7 +290,7 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
     match name {
         DatasetName::Synthetic => {
             let mut cfg = opts.synthetic.clone();
-            if let Some(v) = opts.val_per_class.or(name.default_val_per_class()) {
+            if let Some(v) = opts.val_per_class {
                 cfg.val_per_class = v;
             }
             let cfg = &cfg;

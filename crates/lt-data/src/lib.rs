@@ -9,7 +9,8 @@
 //!   selection, bit-exact with numpy ([`numpy_mt`]); shot groups.
 //! - [`sampler`]s (instance, class-balanced, square-root / power, progressive) and a background
 //!   batch [`loader`] yielding candle tensors.
-//! - [`bundle`]: data sets by name, ready for training, and the split artifact they produce.
+//! - [`bundle`]: data sets by name, ready for training, and the split artifact they produce;
+//!   [`spec`]: the description of a run's data (preset table, command-line flags, run record).
 //!
 //! ```no_run
 //! use lt_data::{load_bundle, DataOptions, DatasetName};
@@ -32,6 +33,7 @@ pub mod loader;
 pub mod longtail;
 pub mod numpy_mt;
 pub use lt_core::sampler;
+pub mod spec;
 pub mod synthetic;
 pub mod transform;
 
@@ -41,4 +43,5 @@ pub use error::{DataError, Result};
 pub use loader::{Batch, EpochBatches, LoaderConfig};
 pub use longtail::{exponential_profile, ldam_selection, ldam_selection_with_val, LongTailSplit, ShotGroup};
 pub use sampler::{Sampler, SamplerKind};
+pub use spec::DataSpec;
 pub use synthetic::SyntheticConfig;

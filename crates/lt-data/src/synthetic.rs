@@ -44,7 +44,7 @@ impl Default for SyntheticConfig {
         Self {
             classes: 10,
             n_max: 500,
-            val_per_class: 20,
+            val_per_class: 100,
             test_per_class: 100,
             size: 32,
             hue_gap: 0.07,

@@ -32,17 +32,32 @@ fn cifar10_from_directory_and_archive_agree_and_lt_split_matches_ldam() {
     assert_eq!(from_archive.test.labels, from_dir.test.labels);
 
     // The bundle finds the directory under --data-root and builds the rho=100 split.
+    // Without a validation set (`val_per_class` 0) the split is LDAM-DRW's, bit for bit.
     let opts = DataOptions {
         data_root: Some(tmp.path().to_path_buf()),
         project_data: tmp.path().join("none"),
+        val_per_class: Some(0),
         ..Default::default()
     };
     let b = load_bundle(DatasetName::Cifar10Lt, &opts).unwrap();
     assert_eq!(b.class_counts(), vec![5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]);
     assert_eq!(b.train.len(), 12_406);
+    assert!(b.val.is_none());
     // Selection: class 0's positions in file order are 0, 10, 20, ...; numpy's seed-0 shuffle of
     // 5,000 positions starts 398, 3833, ... so the first chosen indices are 10 times those.
     assert_eq!(&b.train_indices[..4], &[3980, 38330, 48360, 45720]);
+
+    // The default: 100 validation images per class from the unused ones; class 0 has none unused
+    // and gives the last 100 of its selection, every other class trains on exactly LDAM's images.
+    let v = load_bundle(DatasetName::Cifar10Lt, &DataOptions { val_per_class: None, ..opts }).unwrap();
+    assert_eq!(v.class_counts(), vec![4900, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]);
+    assert_eq!(&v.train_indices[..4900], &b.train_indices[..4900]);
+    assert_eq!(&v.train_indices[4900..], &b.train_indices[5000..]);
+    let val = v.val.as_ref().unwrap();
+    assert_eq!(lt_data::longtail::class_counts(val.labels(), 10), vec![100; 10]);
+    let vi = v.val_indices.as_ref().unwrap();
+    assert_eq!(&vi[..100], &b.train_indices[4900..5000]);
+    assert!(vi.iter().all(|i| !v.train_indices.contains(i)));
 }
 
 #[test]
@@ -55,9 +70,17 @@ fn cifar100_fine_labels_and_bad_files() {
     let s = cifar::load_dir(&dir, CifarVariant::Cifar100).unwrap();
     assert_eq!(s.train.labels[..3], [0, 1, 2]);
     assert_eq!(s.train.labels[199], 99);
-    let opts = DataOptions { data_root: Some(tmp.path().to_path_buf()), ..Default::default() };
+    let opts = DataOptions {
+        data_root: Some(tmp.path().to_path_buf()),
+        val_per_class: Some(0),
+        ..Default::default()
+    };
     let b = load_bundle(DatasetName::Cifar100Lt, &opts).unwrap();
     assert_eq!(b.train.len(), 10_847);
+    // The default validation set: 20 per class; only class 0 (500 = all its images) gives 20.
+    let v =
+        load_bundle(DatasetName::Cifar100Lt, &DataOptions { val_per_class: None, ..opts.clone() }).unwrap();
+    assert_eq!((v.train.len(), v.val.as_ref().unwrap().len()), (10_827, 2000));
 
     // Truncated test file.
     let mut t = cifar100_file(10_000);

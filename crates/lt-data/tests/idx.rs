@@ -49,11 +49,19 @@ fn idx_files_gz_or_raw_and_search_order() {
     let dirs2 = idx::search_dirs(IdxVariant::FashionMnist, None, &project);
     let (train2, _) = idx::load(IdxVariant::FashionMnist, &dirs2[..1], None, None).unwrap();
     assert_eq!(train2.pixels, train.pixels);
-    // The long-tailed bundle: 6000 ... 60.
-    let opts = DataOptions { data_root: Some(explicit), project_data: project, ..Default::default() };
+    // The long-tailed bundle: 6000 ... 60 without a validation set; by default class 0 (all 6000
+    // of its images selected) gives 100 of them to the validation set.
+    let opts = DataOptions {
+        data_root: Some(explicit),
+        project_data: project,
+        val_per_class: Some(0),
+        ..Default::default()
+    };
     let b = load_bundle(DatasetName::FmnistLt, &opts).unwrap();
     let c = b.class_counts();
     assert_eq!((c[0], c[9]), (6000, 60));
+    let v = load_bundle(DatasetName::FmnistLt, &DataOptions { val_per_class: None, ..opts }).unwrap();
+    assert_eq!((v.class_counts()[0], v.class_counts()[9], v.val.as_ref().unwrap().len()), (5900, 60, 1000));
 }
 
 #[test]
@@ -117,8 +125,9 @@ fn real_fashion_mnist_lt_split_and_first_batch() {
     let b = load_bundle(DatasetName::FmnistLt, &opts).unwrap();
     let c = b.class_counts();
     assert_eq!(c.len(), 10);
-    assert_eq!(c[0], 6000);
+    assert_eq!(c[0], 5900);
     assert_eq!(c[9], 60);
+    assert_eq!(b.val.as_ref().unwrap().len(), 1000);
     assert_eq!(b.test.len(), 10_000);
 
     // The loader's first batch (instance order 0..) matches the IDX bytes, normalised.

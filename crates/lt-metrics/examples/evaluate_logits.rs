@@ -2,7 +2,7 @@
 //! diagram: `cargo run --release -p lt-metrics --example evaluate_logits`.
 use lt_core::split::shot_groups;
 use lt_metrics::classification::{confidences, reliability, BinEdges};
-use lt_metrics::report::{markdown, Row};
+use lt_metrics::report::{markdown, ReportSpec, Row, TableSpec};
 use lt_metrics::{evaluate, Scores};
 
 fn main() -> anyhow::Result<()> {
@@ -22,15 +22,15 @@ fn main() -> anyhow::Result<()> {
     let s = Scores::logits(&logits, &labels, 4)?;
     let e = evaluate(&s, &shot_groups(&counts), 15, BinEdges::Guo)?;
     println!("{e:#?}");
-    println!(
-        "{}",
-        markdown(
-            "Example",
-            "Synthetic logits.",
-            &[Row { backbone: "SGD".into(), method: "-".into(), evaluations: vec![e] }],
-            None
-        )
-    );
+    let mut row = Row::new("sgd-none", "SGD", "-");
+    (row.seeds, row.evaluations, row.chosen) = (vec![0], vec![e], vec![serde_json::Value::Null]);
+    let spec = ReportSpec {
+        title: "Example".into(),
+        tables: vec![TableSpec { title: "Synthetic logits".into(), rows: vec!["sgd-none".into()] }],
+        per_class_rows: Vec::new(),
+        paper: None,
+    };
+    println!("{}", markdown(&spec, "A head-biased classifier on 100 test images.", &[row]));
     let (c, ok) = confidences(&s);
     let files = lt_metrics::plots::reliability_diagram(
         &reliability(&c, &ok, 15, BinEdges::Guo),

@@ -9,6 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use lt_core::formats::features::{Features, SampleKind, Split};
+
 use crate::classification::softmax;
 use crate::error::{MetricsError, Result};
 
@@ -34,6 +36,23 @@ pub fn dispersion(
     bias: &[f32],
     labels: &[u32],
 ) -> Result<Dispersion> {
+    let classes = bias.len();
+    if let Some(&y) = labels.iter().find(|&&y| y as usize >= classes) {
+        return Err(MetricsError::Invalid(format!("label {y} outside 0..{classes}")));
+    }
+    let (representation, probability) = per_input(members, labels.len(), dim, weight, bias)?;
+    Ok(Dispersion::from_inputs(representation, probability, labels, classes))
+}
+
+/// The per-input dispersion `(representation space, probability space)` of `n` inputs whose
+/// representations under each member are `members[m]` (`n x D`, row-major).
+pub fn per_input(
+    members: &[&[f32]],
+    n: usize,
+    dim: usize,
+    weight: &[f32],
+    bias: &[f32],
+) -> Result<(Vec<f64>, Vec<f64>)> {
     let m = members.len();
     if m < 2 {
         return Err(MetricsError::Invalid(format!(
@@ -47,7 +66,6 @@ pub fn dispersion(
             weight.len()
         )));
     }
-    let n = labels.len();
     for (k, z) in members.iter().enumerate() {
         if z.len() != n * dim {
             return Err(MetricsError::Invalid(format!(
@@ -55,9 +73,6 @@ pub fn dispersion(
                 z.len()
             )));
         }
-    }
-    if let Some(&y) = labels.iter().find(|&&y| y as usize >= classes) {
-        return Err(MetricsError::Invalid(format!("label {y} outside 0..{classes}")));
     }
     let mut rep = Vec::with_capacity(n);
     let mut prob = Vec::with_capacity(n);
@@ -98,21 +113,60 @@ pub fn dispersion(
             / m as f64;
         prob.push(kl.max(0.0));
     }
-    let per_class = |v: &[f64]| -> Vec<Option<f64>> {
-        let mut sum = vec![0f64; classes];
-        let mut cnt = vec![0usize; classes];
-        for (&x, &y) in v.iter().zip(labels) {
-            sum[y as usize] += x;
-            cnt[y as usize] += 1;
+    Ok((rep, prob))
+}
+
+impl Dispersion {
+    /// Per-class means of per-input dispersions (`labels` `< classes`).
+    pub fn from_inputs(
+        representation: Vec<f64>,
+        probability: Vec<f64>,
+        labels: &[u32],
+        classes: usize,
+    ) -> Self {
+        let per_class = |v: &[f64]| -> Vec<Option<f64>> {
+            let mut sum = vec![0f64; classes];
+            let mut cnt = vec![0usize; classes];
+            for (&x, &y) in v.iter().zip(labels) {
+                sum[y as usize] += x;
+                cnt[y as usize] += 1;
+            }
+            sum.iter().zip(&cnt).map(|(&s, &c)| (c > 0).then(|| s / c as f64)).collect()
+        };
+        Self {
+            class_representation: per_class(&representation),
+            class_probability: per_class(&probability),
+            representation,
+            probability,
         }
-        sum.iter().zip(&cnt).map(|(&s, &c)| (c > 0).then(|| s / c as f64)).collect()
-    };
-    Ok(Dispersion {
-        class_representation: per_class(&rep),
-        class_probability: per_class(&prob),
-        representation: rep,
-        probability: prob,
-    })
+    }
+}
+
+/// Rows per chunk when streaming a features artifact.
+const CHUNK_ROWS: usize = 1024;
+
+/// The dispersion of the SWAG samples of a features artifact on `split` under the SWA head,
+/// reading `CHUNK_ROWS` rows at a time (never the whole `[S, N, D]` block). `None` when the
+/// artifact has fewer than two SWAG samples.
+pub fn of_features(features: &Features, split: Split) -> Result<Option<Dispersion>> {
+    let swag = features.swag_indices();
+    if swag.len() < 2 {
+        return Ok(None);
+    }
+    let labels = features.labels(split)?;
+    let (w, b) = features.head(SampleKind::Swa)?;
+    let (n, d) = (labels.len(), features.dim());
+    let (mut rep, mut prob) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for start in (0..n).step_by(CHUNK_ROWS) {
+        let idx: Vec<usize> = (start..(start + CHUNK_ROWS).min(n)).collect();
+        let rows: Vec<Vec<f32>> =
+            swag.iter().map(|&s| features.rows(split, s, &idx)).collect::<std::result::Result<_, _>>()?;
+        let members: Vec<&[f32]> = rows.iter().map(|r| r.as_slice()).collect();
+        let (r, p) = per_input(&members, idx.len(), d, &w, &b)?;
+        rep.extend(r);
+        prob.extend(p);
+    }
+    Ok(Some(Dispersion::from_inputs(rep, prob, &labels, features.classes())))
 }
 
 #[cfg(test)]

@@ -6,8 +6,9 @@
 //! - [`dispersion`]: how scattered stochastic representations are, per input and per class, in
 //!   representation and probability space.
 //! - [`aggregate`]: mean ± sample std over seeds.
-//! - [`predictions`]: the `lt.predictions` artifact; [`report`]: Markdown run reports in the
-//!   poster's layout, with the paper's ImageNet-LT numbers; [`plots`]: PNG and SVG plots.
+//! - [`predictions`]: prediction sets (the `lt.predictions` artifact) as scores with shot groups;
+//!   [`report`]: a reproduction's report (collection from the run directories, the poster's
+//!   layout with the paper's ImageNet-LT numbers, chosen knobs, plots); [`plots`]: PNG and SVG.
 //!
 //! ```
 //! use lt_metrics::classification::{ece_from, BinEdges};
@@ -28,4 +29,4 @@ pub mod report;
 
 pub use classification::{evaluate, BinEdges, Evaluation, Scores};
 pub use error::{MetricsError, Result};
-pub use predictions::Predictions;
+pub use predictions::{Predictions, PredictionsExt};

@@ -34,7 +34,16 @@ const PALETTE: [RGBColor; 6] = [
 
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
-/// Draws `draw` into `<stem>.png` and `<stem>.svg`; returns both paths.
+/// A temporary sibling of `path` keeping its extension (the backends pick the format from it).
+fn temp_keeping_extension(path: &Path) -> PathBuf {
+    let name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+    path.with_file_name(format!(".{name}.partial-{}.{ext}", std::process::id()))
+}
+
+/// Draws `draw` into `<stem>.png` and `<stem>.svg`; returns both paths. Each file is drawn into
+/// a temporary sibling and renamed into place, so a failure (a full disk) never leaves a
+/// truncated plot under the final name.
 fn both(
     stem: &Path,
     draw: impl Fn(&DrawingArea<BitMapBackend, Shift>) -> DrawResult + Copy,
@@ -47,21 +56,32 @@ fn both(
     }
     let png = stem.with_extension("png");
     let svg = stem.with_extension("svg");
+    let (png_tmp, svg_tmp) = (temp_keeping_extension(&png), temp_keeping_extension(&svg));
     let err = |p: &Path, e: Box<dyn std::error::Error>| MetricsError::Plot {
         path: p.to_path_buf(),
         detail: e.to_string(),
     };
-    {
-        let root = BitMapBackend::new(&png, SIZE).into_drawing_area();
-        draw(&root).map_err(|e| err(&png, e))?;
-        root.present().map_err(|e| err(&png, Box::new(e)))?;
+    let drawn = (|| {
+        {
+            let root = BitMapBackend::new(&png_tmp, SIZE).into_drawing_area();
+            draw(&root).map_err(|e| err(&png, e))?;
+            root.present().map_err(|e| err(&png, Box::new(e)))?;
+        }
+        {
+            let root = SVGBackend::new(&svg_tmp, SIZE).into_drawing_area();
+            draw_svg(&root).map_err(|e| err(&svg, e))?;
+            root.present().map_err(|e| err(&svg, Box::new(e)))?;
+        }
+        for (tmp, dst) in [(&png_tmp, &png), (&svg_tmp, &svg)] {
+            std::fs::rename(tmp, dst).map_err(|source| MetricsError::Io { path: dst.clone(), source })?;
+        }
+        Ok(())
+    })();
+    if drawn.is_err() {
+        let _ = std::fs::remove_file(&png_tmp);
+        let _ = std::fs::remove_file(&svg_tmp);
     }
-    {
-        let root = SVGBackend::new(&svg, SIZE).into_drawing_area();
-        draw_svg(&root).map_err(|e| err(&svg, e))?;
-        root.present().map_err(|e| err(&svg, Box::new(e)))?;
-    }
-    Ok(vec![png, svg])
+    drawn.map(|_| vec![png, svg])
 }
 
 fn reliability_on<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, bins: &[Bin], title: &str) -> DrawResult

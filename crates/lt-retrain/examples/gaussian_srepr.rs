@@ -1,75 +1,39 @@
-//! Stage 2 on a generated long-tailed Gaussian features artifact: the plain head against LA and
-//! SRepr, Few-shot accuracy printed: `cargo run --release -p lt-retrain --example gaussian_srepr`.
-use candle_core::Device;
-use lt_core::{ArtifactWriter, Rng};
-use lt_retrain::features::FEATURES_FORMAT;
-use lt_retrain::{retrain, FeatureSet, Method, RetrainConfig, SreprConfig};
+//! SRepr on your own representations, no file: a long-tailed Gaussian feature bank (the SWA
+//! backbone and four "SWAG samples" as noisier copies), LA and SRepr side by side, with each
+//! method's knobs chosen on the validation split:
+//! `cargo run --release -p lt-retrain --example gaussian_srepr`.
+use candle_core::{Device, Tensor};
+use lt_core::formats::features::{
+    SampleKind::{Swa, Swag},
+    Split,
+};
+use lt_retrain::{retrain, select, Criterion, FeatureBank, MethodKind, RetrainConfig};
 
 fn main() -> anyhow::Result<()> {
-    let (counts, d, members) = ([400usize, 150, 50, 15, 5], 6usize, 4usize);
-    let c = counts.len();
-    let train: Vec<u32> =
-        counts.iter().enumerate().flat_map(|(k, &n)| std::iter::repeat_n(k as u32, n)).collect();
-    let test: Vec<u32> = (0..c as u32).flat_map(|k| std::iter::repeat_n(k, 100)).collect();
-    let mut rng = Rng::new(0);
-    let mut draw = |labels: &[u32], noise: f32| -> Vec<f32> {
-        let mut out = Vec::new();
-        for &y in labels {
-            let mut v = vec![0f32; d];
-            rng.fill_normal(&mut v, 0.0, noise);
-            v[y as usize] += 2.0;
-            out.extend(v);
-        }
-        out
+    let (dev, counts, d) = (Device::Cpu, vec![400usize, 150, 50, 15, 5], 6);
+    let balanced = |k: usize| -> Vec<u32> { (0..counts.len() as u32).flat_map(|c| vec![c; k]).collect() };
+    let train: Vec<u32> = counts.iter().enumerate().flat_map(|(c, &k)| vec![c as u32; k]).collect();
+    // Class c sits at 2 e_c; backbone s adds noise of scale 1 (SWA) or 1.1 (SWAG samples).
+    let draw = |y: &[u32]| -> anyhow::Result<Tensor> {
+        let mut centres = vec![0f32; y.len() * d];
+        y.iter().enumerate().for_each(|(i, &c)| centres[i * d + c as usize] = 2.0);
+        let centres = Tensor::from_vec(centres, (1, y.len(), d), &dev)?;
+        let scale = Tensor::new(&[1.0f32, 1.1, 1.1, 1.1, 1.1], &dev)?.reshape((5, 1, 1))?;
+        Ok(centres.broadcast_add(&Tensor::randn(0f32, 1.0, (5, y.len(), d), &dev)?.broadcast_mul(&scale)?)?)
     };
-    let s = 2 + members;
-    let (mut ftr, mut fte) = (Vec::new(), Vec::new());
-    for b in 0..s {
-        let noise = if b < 2 { 1.0 } else { 1.1 };
-        ftr.extend(draw(&train, noise));
-        fte.extend(draw(&test, noise));
-    }
-    let path = std::env::temp_dir().join("lt-retrain-example.safetensors");
-    let mut w = ArtifactWriter::new(FEATURES_FORMAT);
-    let mut samples = vec![serde_json::json!({"kind": "sgd"}), serde_json::json!({"kind": "swa"})];
-    samples.extend((0..members).map(|i| serde_json::json!({"kind": "swag", "seed": 0, "index": i})));
-    w.meta("num_classes", c.to_string()).meta("feature_dim", d.to_string()).meta_json("samples", &samples);
-    w.push_i64("class_counts", &[c], counts.iter().map(|&n| n as i64).collect::<Vec<_>>())
-        .push_u32("train.labels", &[train.len()], train.clone())
-        .push_f32("train.features", &[s, train.len(), d], ftr)
-        .push_u32("test.labels", &[test.len()], test.clone())
-        .push_f32("test.features", &[s, test.len(), d], fte);
-    for k in ["sgd", "swa"] {
-        w.push_f32(&format!("head.{k}.weight"), &[c, d], vec![0f32; c * d]).push_f32(
-            &format!("head.{k}.bias"),
-            &[c],
-            vec![0f32; c],
-        );
-    }
-    w.write(&path)?;
-    let fs = FeatureSet::open(&path)?;
-    for (name, method) in [
-        ("plain CE", Method::La { tau: 0.0 }),
-        ("LA", Method::La { tau: 1.0 }),
-        ("SRepr", Method::Srepr(SreprConfig::default())),
-    ] {
-        let o = retrain(
-            &fs,
-            &RetrainConfig { epochs: 20, batch_size: 64, ..RetrainConfig::new(method) },
-            &Device::Cpu,
-        )?;
-        let few: Vec<bool> = o
-            .test_logits
-            .chunks(c)
-            .zip(&o.test_labels)
-            .filter(|(_, &y)| y >= 3)
-            .map(|(r, &y)| {
-                r.iter().enumerate().fold(0, |b, (k, &v)| if v > r[b] { k } else { b }) == y as usize
-            })
-            .collect();
+    let bank = FeatureBank::new(vec![Swa, Swag, Swag, Swag, Swag], counts.clone())?
+        .with_split(Split::Train, draw(&train)?, train.clone())?
+        .with_split(Split::Val, draw(&balanced(40))?, balanced(40))?
+        .with_split(Split::Test, draw(&balanced(100))?, balanced(100))?;
+    for method in [MethodKind::La, MethodKind::Srepr] {
+        let out = retrain(&bank, &RetrainConfig { epochs: 20, ..RetrainConfig::new(method) }, &dev)?;
+        let (s, p, y) = (&out.test_scores, out.probabilities, &out.test_labels);
+        let acc = 1.0 - select::criterion_value(Criterion::BalancedError, s, p, y, counts.len());
+        let nll = select::criterion_value(Criterion::BalancedNll, s, p, y, counts.len());
         println!(
-            "{name:>9}: Few-shot accuracy {:.1}%",
-            100.0 * few.iter().filter(|&&x| x).count() as f64 / few.len() as f64
+            "{method:>6}: test accuracy {:.1}%, NLL {nll:.3}, chose {}",
+            100.0 * acc,
+            out.facts["chosen"]
         );
     }
     Ok(())

@@ -2,10 +2,11 @@
 //!
 //! Notation: `eta = W z + b` the logits, `pi_c = n_c / N` the training class prior.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{Tensor, D};
 use candle_nn::ops::log_softmax;
 
-use crate::error::Result;
+use crate::config::{KlDirection, Weighting};
+use crate::error::{Result, RetrainError};
 
 /// Mean cross-entropy of `logits` `[B, C]` against `labels` `[B]` (u32).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
@@ -59,26 +60,27 @@ pub fn disalign_logits(
     Ok((scale * eta)?.broadcast_add(&sigma.broadcast_mul(&beta.unsqueeze(0)?)?)?)
 }
 
-/// Direction of the distillation divergence.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum KlDirection {
-    /// `KL(p_T || p_S)` (the default).
-    Forward,
-    /// `KL(p_S || p_T)`.
-    Reverse,
-}
-
-/// The self-distillation term `T^2 * KL(stopgrad(p_T) || p_S)` with
-/// `p_T = mean_m softmax(teacher_m / T)`, `p_S = softmax(student / T)` (batch mean), or with
-/// `per_member` the teacher members' mean cross-entropy `mean_m CE(p_m, p_S)`.
+/// The self-distillation term `T^2 * mean_i w_i KL(stopgrad(p_T,i) || p_S,i)` (or the reverse
+/// KL) with `p_T = mean_m softmax(teacher_m / T)` and `p_S = softmax(student / T)`.
+///
+/// The weights `w_i` are 1 ([`Weighting::None`]) or proportional to the teacher's uncertainty on
+/// sample `i`, normalised to mean 1 over the batch: the entropy `H(p_T)` ([`Weighting::Entropy`])
+/// or the members' disagreement, the mutual information `H(p_T) - mean_m H(p_m)`
+/// ([`Weighting::Disagreement`]).
+///
+/// (The mean over members of `CE(p_m, p_S)` equals `CE(p_T, p_S) = KL(p_T || p_S) + H(p_T)`, whose
+/// gradient is that of the KL: averaging the loss over the members cannot change a result, so
+/// there is no separate option for it.)
 pub fn distillation(
     teacher_logits: &[Tensor],
     student: &Tensor,
     temperature: f64,
     direction: KlDirection,
-    per_member: bool,
+    weighting: Weighting,
 ) -> Result<Tensor> {
+    if teacher_logits.is_empty() {
+        return Err(RetrainError::Invalid("the distillation needs at least one teacher member".into()));
+    }
     let t = temperature;
     let log_ps = log_softmax(&(student / t)?, D::Minus1)?;
     let members: Vec<Tensor> = teacher_logits
@@ -86,22 +88,33 @@ pub fn distillation(
         .map(|l| candle_nn::ops::softmax(&(l / t)?, D::Minus1).map(|p| p.detach()))
         .collect::<candle_core::Result<_>>()?;
     let b = student.dim(0)? as f64;
-    let loss = if per_member {
-        let mut acc = Tensor::zeros((), DType::F32, student.device())?;
-        for p in &members {
-            acc = (acc + (p * &log_ps)?.sum_all()?.neg()?)?;
-        }
-        (acc / (members.len() as f64 * b))?
-    } else {
-        let mut pt = members[0].clone();
-        for p in &members[1..] {
-            pt = (pt + p)?;
-        }
-        let pt = (pt / members.len() as f64)?;
-        let log_pt = pt.clamp(1e-12, 1.0)?.log()?;
-        match direction {
-            KlDirection::Forward => ((&pt * (&log_pt - &log_ps)?)?.sum_all()? / b)?,
-            KlDirection::Reverse => ((log_ps.exp()? * (&log_ps - &log_pt)?)?.sum_all()? / b)?,
+    let mut pt = members[0].clone();
+    for p in &members[1..] {
+        pt = (pt + p)?;
+    }
+    let pt = (pt / members.len() as f64)?;
+    let log_pt = pt.clamp(1e-12, 1.0)?.log()?;
+    let pointwise = match direction {
+        KlDirection::Forward => (&pt * (&log_pt - &log_ps)?)?,
+        KlDirection::Reverse => (log_ps.exp()? * (&log_ps - &log_pt)?)?,
+    };
+    let loss = match weighting {
+        Weighting::None => (pointwise.sum_all()? / b)?,
+        Weighting::Entropy | Weighting::Disagreement => {
+            let entropy = |p: &Tensor| -> Result<Tensor> {
+                Ok((p * p.clamp(1e-12, 1.0)?.log()?)?.sum(D::Minus1)?.neg()?)
+            };
+            let mut u = entropy(&pt)?;
+            if weighting == Weighting::Disagreement {
+                let mut mean_h = entropy(&members[0])?;
+                for p in &members[1..] {
+                    mean_h = (mean_h + entropy(p)?)?;
+                }
+                u = (u - (mean_h / members.len() as f64)?)?.relu()?;
+            }
+            let eps = 1e-8;
+            let w = ((&u + eps)? / ((u.mean_all()? + eps)?.to_vec0::<f32>()? as f64))?.detach();
+            ((pointwise.sum(D::Minus1)? * w)?.sum_all()? / b)?
         }
     };
     Ok((loss * (t * t))?)
@@ -110,7 +123,7 @@ pub fn distillation(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     fn t(v: &[f32], shape: &[usize]) -> Tensor {
         Tensor::from_slice(v, shape, &Device::Cpu).unwrap()
@@ -186,20 +199,49 @@ mod tests {
         let (p1, p2, ps) = (sm(1.0, 0.0), sm(0.0, 1.0), sm(2.0, 0.0));
         let pt = [(p1[0] + p2[0]) / 2.0, (p1[1] + p2[1]) / 2.0];
         let kl = |p: [f64; 2], q: [f64; 2]| p[0] * (p[0] / q[0]).ln() + p[1] * (p[1] / q[1]).ln();
-        let fwd =
-            scalar(&distillation(&[m1.clone(), m2.clone()], &st, 1.0, KlDirection::Forward, false).unwrap());
+        let d = |members: &[Tensor], temp: f64, dir: KlDirection, w: Weighting| {
+            scalar(&distillation(members, &st, temp, dir, w).unwrap())
+        };
+        let both = [m1.clone(), m2.clone()];
+        let fwd = d(&both, 1.0, KlDirection::Forward, Weighting::None);
         assert!((fwd - kl(pt, ps)).abs() < 1e-6, "{fwd}");
-        let rev =
-            scalar(&distillation(&[m1.clone(), m2.clone()], &st, 1.0, KlDirection::Reverse, false).unwrap());
+        let rev = d(&both, 1.0, KlDirection::Reverse, Weighting::None);
         assert!((rev - kl(ps, pt)).abs() < 1e-6, "{rev}");
-        let ce = |p: [f64; 2], q: [f64; 2]| -(p[0] * q[0].ln() + p[1] * q[1].ln());
-        let pm =
-            scalar(&distillation(&[m1.clone(), m2.clone()], &st, 1.0, KlDirection::Forward, true).unwrap());
-        assert!((pm - (ce(p1, ps) + ce(p2, ps)) / 2.0).abs() < 1e-6);
         // Temperature: T^2 * KL at softened distributions.
         let (q1, q2, qs) = (sm(0.5, 0.0), sm(0.0, 0.5), sm(1.0, 0.0));
         let qt = [(q1[0] + q2[0]) / 2.0, (q1[1] + q2[1]) / 2.0];
-        let t2 = scalar(&distillation(&[m1, m2], &st, 2.0, KlDirection::Forward, false).unwrap());
+        let t2 = d(&both, 2.0, KlDirection::Forward, Weighting::None);
         assert!((t2 - 4.0 * kl(qt, qs)).abs() < 1e-6);
+        // One sample: the weights normalise to 1 whatever the uncertainty.
+        for w in [Weighting::Entropy, Weighting::Disagreement] {
+            assert!((d(&both, 1.0, KlDirection::Forward, w) - fwd).abs() < 1e-5, "{w}");
+        }
+        assert!(distillation(&[], &st, 1.0, KlDirection::Forward, Weighting::None).is_err());
+    }
+
+    #[test]
+    fn uncertainty_weights_favour_the_uncertain_sample() {
+        // Sample 0: members agree and are confident; sample 1: members disagree.
+        let m1 = t(&[4.0, 0.0, 3.0, 0.0], &[2, 2]);
+        let m2 = t(&[4.0, 0.0, 0.0, 3.0], &[2, 2]);
+        let st = t(&[0.0, 0.0, 0.0, 0.0], &[2, 2]);
+        let sm = |a: f64, b: f64| {
+            let (ea, eb) = (a.exp(), b.exp());
+            [ea / (ea + eb), eb / (ea + eb)]
+        };
+        let h = |p: [f64; 2]| -(p[0] * p[0].ln() + p[1] * p[1].ln());
+        let kl_u = |p: [f64; 2]| p[0] * (2.0 * p[0]).ln() + p[1] * (2.0 * p[1]).ln();
+        let (a, b1, b2) = (sm(4.0, 0.0), sm(3.0, 0.0), sm(0.0, 3.0));
+        let pt1 = [(b1[0] + b2[0]) / 2.0, (b1[1] + b2[1]) / 2.0];
+        let (k0, k1) = (kl_u(a), kl_u(pt1));
+        let members = [m1, m2];
+        let d = |w| scalar(&distillation(&members, &st, 1.0, KlDirection::Forward, w).unwrap());
+        assert!((d(Weighting::None) - (k0 + k1) / 2.0).abs() < 1e-6);
+        let (u0, u1) = (h(a), h(pt1));
+        let want = (u0 * k0 + u1 * k1) / (u0 + u1);
+        assert!((d(Weighting::Entropy) - want).abs() < 1e-5, "{} vs {want}", d(Weighting::Entropy));
+        let (v0, v1) = (0.0f64.max(h(a) - h(a)), h(pt1) - (h(b1) + h(b2)) / 2.0);
+        let want = (v0 * k0 + v1 * k1) / (v0 + v1);
+        assert!((d(Weighting::Disagreement) - want).abs() < 1e-5);
     }
 }

@@ -1,61 +1,85 @@
-//! The head and predictions artifacts of a stage-2 run.
+//! The head and predictions artifacts of a stage-2 run (formats owned by
+//! [`lt_core::formats::head`] and [`lt_core::formats::predictions`]).
 
 use std::path::{Path, PathBuf};
 
-use lt_core::{ArtifactWriter, Fingerprint, Format};
+use lt_core::formats::features::Features;
+use lt_core::formats::predictions::Predictions;
+use lt_core::formats::RunMeta;
+use lt_core::Fingerprint;
 
-use crate::error::Result;
-use crate::features::FeatureSet;
+use crate::config::RetrainConfig;
+use crate::error::{Result, RetrainError};
+use crate::rows::{self, Row};
 use crate::Outcome;
 
-/// Artifact kind of a re-trained head.
-pub const HEAD_FORMAT: Format = Format { name: "lt.head", version: 1 };
-/// Artifact kind of test predictions.
-pub const PREDICTIONS_FORMAT: Format = Format { name: "lt.predictions", version: 1 };
+/// File name of the head artifact in a run's output directory.
+pub const HEAD_FILE: &str = "head.safetensors";
+/// File name of the predictions artifact in a run's output directory.
+pub const PREDICTIONS_FILE: &str = "predictions.safetensors";
 
-/// The fingerprint of a stage-2 run: features and configuration.
-pub fn fingerprint(fs: &FeatureSet, outcome_config: &crate::RetrainConfig) -> String {
-    Fingerprint::new()
-        .part("features", fs.meta(lt_core::artifact::KEY_FINGERPRINT).unwrap_or(""))
-        .json("retrain", outcome_config)
-        .finish()
+/// The fingerprint of a stage-2 run: the features it read and its configuration.
+pub fn fingerprint(features_fingerprint: &str, cfg: &RetrainConfig) -> String {
+    Fingerprint::new().part("features", features_fingerprint).json("retrain", cfg).finish()
 }
 
-/// Writes `head.safetensors` and `predictions.safetensors` into `dir`; returns their paths.
-pub fn write(outcome: &Outcome, fs: &FeatureSet, dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let fp = fingerprint(fs, &outcome.config);
-    let (c, d) = (fs.classes(), fs.dim());
-    let config = serde_json::to_string(&outcome.config).expect("json");
-    let facts = serde_json::to_string(&outcome.facts).expect("json");
-    let common = |w: &mut ArtifactWriter| {
-        w.meta(lt_core::artifact::KEY_FINGERPRINT, fp.clone())
-            .meta("method", outcome.config.method.name())
-            .meta("method_label", outcome.config.method.label())
-            .meta("backbone", outcome.config.backbone.clone())
-            .meta("seed", outcome.config.seed.to_string())
-            .meta("config", config.clone())
-            .meta("facts", facts.clone())
-            .meta("dataset", fs.meta("dataset").unwrap_or("unknown"))
-            .meta("features_fingerprint", fs.meta(lt_core::artifact::KEY_FINGERPRINT).unwrap_or(""));
+/// The metadata of a run of `outcome` on `features`, filling `row` (or, without one, the plan row
+/// of the same method and backbone, else the configuration's id).
+pub fn run_meta(outcome: &Outcome, features: &Features, row: Option<&Row>) -> RunMeta {
+    let cfg = &outcome.config;
+    let row = row.or_else(|| rows::ROWS.iter().find(|r| r.config(cfg) == *cfg));
+    let fp = features.meta().fingerprint.clone();
+    RunMeta {
+        method: cfg.method.to_string(),
+        row: row.map(|r| r.id.to_string()).unwrap_or_else(|| cfg.id()),
+        label: row.map(|r| r.label.to_string()).unwrap_or_else(|| cfg.id()),
+        backbone: cfg.backbone.to_string(),
+        seed: Some(cfg.seed),
+        config: serde_json::to_value(cfg).unwrap_or_default(),
+        facts: serde_json::Value::Object(outcome.facts.clone()),
+        dataset: features.meta().dataset.clone(),
+        fingerprint: fingerprint(&fp, cfg),
+        features_fingerprint: fp,
+    }
+}
+
+/// Writes `head.safetensors` and `predictions.safetensors` into `dir` as one unit: both are
+/// written completely to temporary files first, then renamed (predictions last). Returns their
+/// paths.
+pub fn write(
+    outcome: &Outcome,
+    features: &Features,
+    row: Option<&Row>,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf)> {
+    let meta = run_meta(outcome, features, row);
+    let head = outcome.head.to_artifact(meta.clone())?;
+    let preds = Predictions {
+        scores: outcome.test_scores.clone(),
+        probabilities: outcome.probabilities,
+        labels: outcome.test_labels.clone(),
+        classes: features.classes(),
+        class_counts: Some(features.class_counts().to_vec()),
+        class_names: Some(features.meta().class_names.clone()).filter(|n| !n.is_empty()),
+        meta,
     };
-    let head = dir.join("head.safetensors");
-    let mut w = ArtifactWriter::new(HEAD_FORMAT);
-    common(&mut w);
-    w.push_f32("weight", &[c, d], outcome.weight.as_slice()).push_f32("bias", &[c], outcome.bias.as_slice());
-    for (name, v, shape) in &outcome.extra {
-        w.push_f32(name, shape, v.as_slice());
+    std::fs::create_dir_all(dir)
+        .map_err(|e| RetrainError::Invalid(format!("creating {}: {e}", dir.display())))?;
+    let (head_path, preds_path) = (dir.join(HEAD_FILE), dir.join(PREDICTIONS_FILE));
+    let (head_tmp, preds_tmp) =
+        (lt_core::atomic::temp_sibling(&head_path), lt_core::atomic::temp_sibling(&preds_path));
+    let staged = head.write(&head_tmp).and_then(|_| preds.write(&preds_tmp));
+    let renamed = staged.map_err(RetrainError::from).and_then(|_| {
+        for (from, to) in [(&head_tmp, &head_path), (&preds_tmp, &preds_path)] {
+            std::fs::rename(from, to).map_err(|e| {
+                RetrainError::Invalid(format!("renaming {} to {}: {e}", from.display(), to.display()))
+            })?;
+        }
+        Ok(())
+    });
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&head_tmp);
+        let _ = std::fs::remove_file(&preds_tmp);
     }
-    w.write(&head)?;
-    let preds = dir.join("predictions.safetensors");
-    let mut w = ArtifactWriter::new(PREDICTIONS_FORMAT);
-    common(&mut w);
-    if let Some(names) = fs.meta("class_names") {
-        w.meta("class_names", names);
-    }
-    let counts: Vec<i64> = fs.class_counts().iter().map(|&x| x as i64).collect();
-    w.push_f32("logits", &[outcome.test_labels.len(), c], outcome.test_logits.as_slice())
-        .push_u32("labels", &[outcome.test_labels.len()], outcome.test_labels.as_slice())
-        .push_i64("class_counts", &[c], counts);
-    w.write(&preds)?;
-    Ok((head, preds))
+    renamed.map(|_| (head_path, preds_path))
 }

@@ -25,6 +25,14 @@ fn default_rank() -> usize {
     20
 }
 
+impl SwaConfig {
+    /// The SWA phase of a run of `epochs` at peak rate `lr` when only some SWA settings are
+    /// given: the last fifth of the run at half the peak rate, rank 20.
+    pub fn for_run(epochs: usize, lr: f64) -> Self {
+        Self { start: epochs * 4 / 5, lr: lr / 2.0, rank: default_rank(), collect_every_steps: None }
+    }
+}
+
 /// Everything that determines a stage-1 run besides the data.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

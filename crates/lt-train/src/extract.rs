@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
-use half::f16;
-use lt_core::artifact::ElemType;
-use lt_core::{Artifact, ArtifactWriter, Fingerprint, Format, Rng};
+use lt_core::formats::features::{write_values, FeaturesMeta, FeaturesWriter, SampleInfo, SampleKind, Split};
+use lt_core::rng::streams;
+use lt_core::{Artifact, Fingerprint, Rng};
 use lt_data::{DataBundle, Dataset};
 use lt_models::{Model, BACKBONE_FORMAT};
 use lt_swag::Swag;
@@ -24,23 +24,29 @@ use serde::{Deserialize, Serialize};
 use crate::error::{io_err, Result, TrainError};
 use crate::run::RunDir;
 
-/// Artifact kind of the features.
-pub const FEATURES_FORMAT: Format = Format { name: "lt.features", version: 1 };
-
-/// Extraction settings.
+/// Extraction settings (defaults declared once, in [`Default`]; the `clap` feature derives the
+/// flags of `lt extract` from them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct ExtractConfig {
-    /// SWAG samples `M`.
+    /// SWAG samples M.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ExtractConfig::default().samples))]
     pub samples: usize,
     /// SWAG scale (0.5 in the reference; 0 reproduces SWA).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ExtractConfig::default().scale))]
     pub scale: f64,
     /// Seed of the SWAG draws and the recalibration passes.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ExtractConfig::default().seed))]
     pub seed: u64,
     /// Store features as f16.
+    #[cfg_attr(feature = "clap", arg(long))]
     pub half: bool,
     /// Batch size of the passes.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ExtractConfig::default().batch_size))]
     pub batch_size: usize,
     /// Loader threads.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = ExtractConfig::default().workers))]
     pub workers: usize,
 }
 
@@ -50,15 +56,20 @@ impl Default for ExtractConfig {
     }
 }
 
-/// One backbone of the `S` axis.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SampleInfo {
-    /// `sgd`, `swa` or `swag`.
-    pub kind: String,
-    /// For SWAG samples: the draw uses `Rng::stream(seed, [0x5A6, index])`.
-    pub seed: Option<u64>,
-    /// For SWAG samples: the draw's index.
-    pub index: Option<usize>,
+impl ExtractConfig {
+    /// Checks every setting; the error names the field and what was expected.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |field: &str, want: &str, got: String| {
+            Err(TrainError::Config(format!("extract.{field} must be {want}, got {got}")))
+        };
+        if !(self.scale.is_finite() && self.scale >= 0.0) {
+            return bad("scale", "a finite number >= 0", self.scale.to_string());
+        }
+        if self.batch_size == 0 {
+            return bad("batch_size", "at least 1", "0".into());
+        }
+        Ok(())
+    }
 }
 
 /// The fingerprint of an extraction (run, split and settings).
@@ -69,10 +80,10 @@ pub fn extract_fingerprint(run_fingerprint: &str, cfg: &ExtractConfig) -> String
     Fingerprint::new().part("run", run_fingerprint).json("extract", &c).finish()
 }
 
-fn splits(data: &DataBundle) -> Vec<(&'static str, Arc<dyn Dataset>)> {
-    let mut v = vec![("train", data.train.clone()), ("test", data.test.clone())];
+fn splits(data: &DataBundle) -> Vec<(Split, Arc<dyn Dataset>)> {
+    let mut v = vec![(Split::Train, data.train.clone()), (Split::Test, data.test.clone())];
     if let Some(val) = &data.val {
-        v.push(("val", val.clone()));
+        v.push((Split::Val, val.clone()));
     }
     v
 }
@@ -80,6 +91,7 @@ fn splits(data: &DataBundle) -> Vec<(&'static str, Arc<dyn Dataset>)> {
 /// Writes `features.safetensors` for the run in `dir` (see the module docs); `data` must be the
 /// data set the run was trained on. Returns the artifact's path.
 pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &Device) -> Result<PathBuf> {
+    cfg.validate()?;
     for p in [dir.sgd(), dir.swa()] {
         if !p.exists() {
             return Err(TrainError::Mismatch(format!(
@@ -121,15 +133,14 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
     let splits = splits(data);
     let dim = swa.feature_dim();
     let mut infos = vec![
-        SampleInfo { kind: "sgd".into(), seed: None, index: None },
-        SampleInfo { kind: "swa".into(), seed: None, index: None },
+        SampleInfo { kind: SampleKind::Sgd, seed: None, index: None },
+        SampleInfo { kind: SampleKind::Swa, seed: None, index: None },
     ];
     infos.extend((0..cfg.samples).map(|m| SampleInfo {
-        kind: "swag".into(),
+        kind: SampleKind::Swag,
         seed: Some(cfg.seed),
         index: Some(m),
     }));
-    let elem = if cfg.half { ElemType::F16 } else { ElemType::F32 };
     let mut parts = Vec::new();
     for (s, info) in infos.iter().enumerate() {
         let part = dir.root().join(format!("features.part-{s}.bin"));
@@ -138,17 +149,18 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
             Fingerprint::new().part("extract", &fingerprint).part("sample", &s.to_string()).finish();
         parts.push(part.clone());
         if part.exists() && std::fs::read_to_string(&tag).ok().as_deref() == Some(part_fp.as_str()) {
-            tracing::info!("sample {s} ({}) already extracted", info.kind);
+            tracing::info!("sample {s} ({}) already extracted", info.kind.as_str());
             continue;
         }
-        let model = match info.kind.as_str() {
-            "sgd" => Model::from_artifact(&dir.sgd(), device)?,
-            "swa" => Model::from_artifact(&dir.swa(), device)?,
-            _ => {
+        let model = match info.kind {
+            SampleKind::Sgd => Model::from_artifact(&dir.sgd(), device)?,
+            SampleKind::Swa => Model::from_artifact(&dir.swa(), device)?,
+            SampleKind::Swag => {
                 let m = info.index.expect("swag index");
                 let model = Model::from_artifact(&dir.swa(), device)?;
                 let swag = swag.as_ref().expect("loaded");
-                let theta = swag.sample(cfg.scale, &mut Rng::stream(cfg.seed, &[0x5A6, m as u64]));
+                let theta =
+                    swag.sample(cfg.scale, &mut Rng::stream(cfg.seed, &[streams::SWAG_SAMPLE, m as u64]));
                 swag.layout().write_into(model.store().varmap(), &theta)?;
                 crate::bn::recalibrate(
                     &model,
@@ -170,7 +182,7 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
                 if f.iter().any(|v| !v.is_finite()) {
                     return Err(std::io::Error::other(format!(
                         "sample {s} ({}) produced non-finite features",
-                        info.kind
+                        info.kind.as_str()
                     )));
                 }
                 write_values(w, &f, cfg.half)?;
@@ -183,7 +195,7 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
             "sample {}/{} ({}) extracted in {:.1}s",
             s + 1,
             infos.len(),
-            info.kind,
+            info.kind.as_str(),
             started.elapsed().as_secs_f64()
         );
     }
@@ -191,28 +203,28 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
     // Assemble the artifact, streaming each split's block from the part files.
     let sgd = Model::from_artifact(&dir.sgd(), device)?;
     let info = data.split_info();
-    let mut w = ArtifactWriter::new(FEATURES_FORMAT);
-    w.meta(lt_core::artifact::KEY_FINGERPRINT, fingerprint.clone())
-        .meta("run_fingerprint", run_fp)
-        .meta("split_fingerprint", split_fp)
-        .meta("dataset", data.name.to_string())
-        .meta("arch", swa.arch().family.name())
-        .meta("num_classes", data.num_classes().to_string())
-        .meta("feature_dim", dim.to_string())
-        .meta("dtype", if cfg.half { "f16" } else { "f32" })
-        .meta("scale", cfg.scale.to_string())
-        .meta_json("samples", &infos)
-        .meta_json("class_names", &info.class_names)
-        .meta_json("extract_config", cfg);
-    let counts: Vec<i64> = info.class_counts().iter().map(|&c| c as i64).collect();
-    w.push_i64("class_counts", &[counts.len()], counts);
+    let meta = FeaturesMeta {
+        num_classes: data.num_classes(),
+        feature_dim: dim,
+        samples: infos.clone(),
+        scale: cfg.scale,
+        half: cfg.half,
+        dataset: data.name.to_string(),
+        arch: swa.arch().family.name(),
+        class_names: info.class_names.clone(),
+        extract_config: serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?,
+        fingerprint: fingerprint.clone(),
+        run_fingerprint: run_fp,
+        split_fingerprint: split_fp,
+    };
+    let elem = meta.elem();
+    let mut w = FeaturesWriter::new(meta, &info.class_counts());
     let mut offset = 0usize;
-    for (name, set) in &splits {
+    for (split, set) in &splits {
         let n = set.len();
-        w.push_u32(&format!("{name}.labels"), &[n], set.labels().to_vec());
         let bytes_per = n * dim * elem.size();
         let (parts, start) = (parts.clone(), offset);
-        w.push_lazy(&format!("{name}.features"), elem, &[infos.len(), n, dim], move |out: &mut dyn Write| {
+        w.split(*split, set.labels(), move |out: &mut dyn Write| {
             for p in &parts {
                 copy_range(p, start as u64, bytes_per as u64, out)?;
             }
@@ -220,10 +232,9 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
         });
         offset += bytes_per;
     }
-    for (kind, m) in [("sgd", &sgd), ("swa", &swa)] {
+    for (kind, m) in [(SampleKind::Sgd, &sgd), (SampleKind::Swa, &swa)] {
         let (wt, b) = m.head();
-        w.push_tensor(&format!("head.{kind}.weight"), &wt.as_detached_tensor())?;
-        w.push_tensor(&format!("head.{kind}.bias"), &b.as_detached_tensor())?;
+        w.head(kind, &wt.as_detached_tensor(), &b.as_detached_tensor())?;
     }
     let path = dir.features();
     w.write(&path)?;
@@ -232,19 +243,6 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
         let _ = std::fs::remove_file(dir.root().join(format!("features.part-{s}.fingerprint")));
     }
     Ok(path)
-}
-
-fn write_values(w: &mut dyn Write, v: &[f32], half: bool) -> std::io::Result<()> {
-    if half {
-        for x in v {
-            w.write_all(&f16::from_f32(*x).to_le_bytes())?;
-        }
-    } else {
-        for x in v {
-            w.write_all(&x.to_le_bytes())?;
-        }
-    }
-    Ok(())
 }
 
 fn copy_range(path: &Path, start: u64, len: u64, out: &mut dyn Write) -> std::io::Result<()> {

@@ -2,6 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
+use lt_data::DataSpec;
+
+use crate::error::{io_err, Result, TrainError};
+
 /// Paths inside a run directory (see `docs/artifacts.md`).
 #[derive(Clone, Debug)]
 pub struct RunDir {
@@ -56,5 +60,31 @@ impl RunDir {
     /// The features artifact of `lt extract`.
     pub fn features(&self) -> PathBuf {
         self.root.join("features.safetensors")
+    }
+    /// The description of the data the run was trained on (JSON).
+    pub fn data_spec(&self) -> PathBuf {
+        self.root.join("data_spec.json")
+    }
+
+    /// Records the run's data (atomically).
+    pub fn write_data_spec(&self, spec: &DataSpec) -> Result<()> {
+        let path = self.data_spec();
+        let text = serde_json::to_string_pretty(spec).map_err(|e| TrainError::Config(e.to_string()))?;
+        lt_core::atomic::write_bytes_atomic(&path, text.as_bytes()).map_err(io_err(&path))
+    }
+
+    /// The run's data, as recorded by [`RunDir::write_data_spec`].
+    pub fn read_data_spec(&self) -> Result<DataSpec> {
+        let path = self.data_spec();
+        if !path.exists() {
+            return Err(TrainError::Mismatch(format!(
+                "{} is missing: {} is not a run directory of `lt train`",
+                path.display(),
+                self.root.display()
+            )));
+        }
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        serde_json::from_str(&text)
+            .map_err(|e| TrainError::Mismatch(format!("{}: not a data description: {e}", path.display())))
     }
 }

@@ -101,7 +101,8 @@ fn a_nan_loss_stops_the_run_naming_the_step() {
 
 #[test]
 fn extraction_writes_every_backbone_sample_deterministically() {
-    use lt_train::extract::{extract, ExtractConfig, FEATURES_FORMAT};
+    use lt_core::formats::features::FORMAT as FEATURES_FORMAT;
+    use lt_train::extract::{extract, ExtractConfig};
     let data = tiny_data();
     let cfg = tiny_config();
     let d = tempfile::tempdir().unwrap();

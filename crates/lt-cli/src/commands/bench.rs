@@ -181,10 +181,13 @@ pub fn run(a: BenchArgs) -> Result<()> {
                 crate::commands::bench_features::write(&path, n, d, c, m, half)?;
                 eprintln!("generated {} in {:.1} s", path.display(), t.elapsed().as_secs_f64());
             }
-            let fs = lt_retrain::FeatureSet::open(&path)?;
-            let mut cfg = lt_retrain::RetrainConfig::new(lt_retrain::Method::parse(&method)?);
+            let fs = lt_core::formats::features::Features::open(&path)?;
+            let mut cfg = lt_retrain::RetrainConfig::new(method.parse()?);
             cfg.epochs = epochs;
             cfg.batch_size = 512;
+            // One fit with fixed knobs: the time of a run, not of a validation search.
+            cfg.tau = Some(1.0);
+            (cfg.srepr.lambda, cfg.srepr.temperature) = (Some(1.0), Some(1.0));
             let t = Instant::now();
             let out = lt_retrain::retrain(&fs, &cfg, &dev)?;
             let secs = t.elapsed().as_secs_f64();

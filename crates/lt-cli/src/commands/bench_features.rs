@@ -5,9 +5,8 @@ use std::io::Write;
 use std::path::Path;
 
 use anyhow::Result;
-use half::f16;
-use lt_core::artifact::ElemType;
-use lt_core::{ArtifactWriter, Format, Rng};
+use lt_core::formats::features::{write_values, FeaturesMeta, FeaturesWriter, SampleInfo, SampleKind, Split};
+use lt_core::Rng;
 
 /// Writes `n` training rows (`s = 2 + m` backbones) and a small test split.
 pub fn write(path: &Path, n: usize, d: usize, c: usize, m: usize, half: bool) -> Result<()> {
@@ -21,17 +20,26 @@ pub fn write(path: &Path, n: usize, d: usize, c: usize, m: usize, half: bool) ->
         counts.iter().enumerate().flat_map(|(k, &cnt)| std::iter::repeat_n(k as u32, cnt)).collect();
     let test_labels: Vec<u32> = (0..c as u32).flat_map(|k| std::iter::repeat_n(k, 5)).collect();
     let s = 2 + m;
-    let elem = if half { ElemType::F16 } else { ElemType::F32 };
-    let mut w = ArtifactWriter::new(Format { name: "lt.features", version: 1 });
-    let mut samples = vec![serde_json::json!({"kind": "sgd"}), serde_json::json!({"kind": "swa"})];
-    samples.extend((0..m).map(|i| serde_json::json!({"kind": "swag", "seed": 0, "index": i})));
-    w.meta("num_classes", c.to_string())
-        .meta("feature_dim", d.to_string())
-        .meta_json("samples", &samples)
-        .meta("dataset", "bench")
-        .meta("fingerprint", format!("bench-{n}-{d}-{c}-{m}"));
-    let cc: Vec<i64> = counts.iter().map(|&k| k as i64).collect();
-    w.push_i64("class_counts", &[c], cc);
+    let mut samples = vec![
+        SampleInfo { kind: SampleKind::Sgd, seed: None, index: None },
+        SampleInfo { kind: SampleKind::Swa, seed: None, index: None },
+    ];
+    samples.extend((0..m).map(|i| SampleInfo { kind: SampleKind::Swag, seed: Some(0), index: Some(i) }));
+    let meta = FeaturesMeta {
+        num_classes: c,
+        feature_dim: d,
+        samples,
+        scale: 0.5,
+        half,
+        dataset: "bench".into(),
+        arch: "none".into(),
+        class_names: Vec::new(),
+        extract_config: serde_json::Value::Null,
+        fingerprint: format!("bench-{n}-{d}-{c}-{m}"),
+        run_fingerprint: String::new(),
+        split_fingerprint: String::new(),
+    };
+    let mut w = FeaturesWriter::new(meta, &counts);
     let gen = move |labels: Vec<u32>, seed: u64| {
         move |out: &mut dyn Write| -> std::io::Result<()> {
             let mut buf = vec![0f32; d];
@@ -40,25 +48,21 @@ pub fn write(path: &Path, n: usize, d: usize, c: usize, m: usize, half: bool) ->
                 for &y in &labels {
                     r.fill_normal(&mut buf, 0.0, 1.0);
                     buf[y as usize % d] += 3.0;
-                    for v in &buf {
-                        if half {
-                            out.write_all(&f16::from_f32(*v).to_le_bytes())?;
-                        } else {
-                            out.write_all(&v.to_le_bytes())?;
-                        }
-                    }
+                    write_values(out, &buf, half)?;
                 }
             }
             Ok(())
         }
     };
-    w.push_u32("train.labels", &[labels.len()], labels.clone());
-    w.push_lazy("train.features", elem, &[s, labels.len(), d], gen(labels.clone(), 1));
-    w.push_u32("test.labels", &[test_labels.len()], test_labels.clone());
-    w.push_lazy("test.features", elem, &[s, test_labels.len(), d], gen(test_labels, 2));
-    let zeros_w = vec![0f32; c * d];
-    w.push_f32("head.sgd.weight", &[c, d], zeros_w.clone()).push_f32("head.sgd.bias", &[c], vec![0f32; c]);
-    w.push_f32("head.swa.weight", &[c, d], zeros_w).push_f32("head.swa.bias", &[c], vec![0f32; c]);
+    w.split(Split::Train, &labels, gen(labels.clone(), 1));
+    w.split(Split::Test, &test_labels, gen(test_labels.clone(), 2));
+    let dev = candle_core::Device::Cpu;
+    let (zw, zb) = (
+        candle_core::Tensor::zeros((c, d), candle_core::DType::F32, &dev)?,
+        candle_core::Tensor::zeros(c, candle_core::DType::F32, &dev)?,
+    );
+    w.head(SampleKind::Sgd, &zw, &zb)?;
+    w.head(SampleKind::Swa, &zw, &zb)?;
     w.write(path)?;
     Ok(())
 }

@@ -2,133 +2,98 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
-use clap::Args;
-use lt_retrain::losses::KlDirection;
-use lt_retrain::{outputs, retrain, FeatureSet, Method, RetrainConfig, SreprConfig};
+use anyhow::{bail, Context, Result};
+use clap::{ArgMatches, Args};
+use lt_core::formats::features::Features;
+use lt_retrain::rows::{self, Row};
+use lt_retrain::{outputs, retrain, RetrainConfig};
 
 /// `lt retrain`
 #[derive(Args)]
 pub struct RetrainArgs {
     /// Features artifact of `lt extract`.
+    #[arg(long, required_unless_present = "list_rows")]
+    features: Option<PathBuf>,
+    /// A row of the reproduction plan (sets the method, the backbone and the row's own knobs;
+    /// `--list-rows` prints them).
     #[arg(long)]
-    features: PathBuf,
-    /// Method: none, crt, lws, tau-norm, la, la-posthoc, balanced-softmax, disalign, srepr.
+    row: Option<String>,
+    /// Print the plan's rows (`id<TAB>label<TAB>settings as JSON`) and stop.
     #[arg(long)]
-    method: String,
-    /// Backbone whose representations are used: sgd or swa.
-    #[arg(long, default_value = "swa")]
-    backbone: String,
-    /// Logit-adjustment temperature (la, la-posthoc, srepr's LA), or tau-norm's fixed tau
-    /// (tau-norm sweeps 0..2 on validation data when not given).
+    list_rows: bool,
+    /// Start from an embedded preset's `[retrain]` table.
     #[arg(long)]
-    tau: Option<f64>,
-    /// DisAlign re-weighting exponent rho.
-    #[arg(long, default_value_t = 1.2)]
-    rho: f64,
-    /// SRepr: balancing loss on the stochastic representations (la, balanced-softmax, ce, crt).
-    #[arg(long, default_value = "la")]
-    balance: String,
-    /// SRepr: distillation weight lambda (0: re-training on stochastic representations only).
-    #[arg(long, default_value_t = 1.0)]
-    lambda: f64,
-    /// SRepr: distillation temperature T.
-    #[arg(long, default_value_t = 1.0)]
-    temperature: f64,
-    /// SRepr: SWAG members used (default: all in the artifact).
+    preset: Option<String>,
+    /// Start from a preset file's `[retrain]` table.
     #[arg(long)]
-    members: Option<usize>,
-    /// SRepr: KL direction, forward (KL(teacher || student)) or reverse.
-    #[arg(long, default_value = "forward")]
-    kl: String,
-    /// SRepr: average the cross-entropy over teacher members instead of the KL to their mean.
-    #[arg(long)]
-    per_member_ce: bool,
-    /// SRepr: also apply the balancing loss to the student (SWA) representation.
-    #[arg(long)]
-    la_on_student: bool,
-    /// Epochs (floor(N / batch) steps each).
-    #[arg(long, default_value_t = 30)]
-    epochs: usize,
-    /// Batch size.
-    #[arg(long, default_value_t = 128)]
-    batch_size: usize,
-    /// Learning rate (cosine to 0).
-    #[arg(long, default_value_t = 0.1)]
-    lr: f64,
-    /// Weight decay.
-    #[arg(long, default_value_t = 5e-4)]
-    weight_decay: f64,
-    /// Seed.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    preset_file: Option<PathBuf>,
+    #[command(flatten)]
+    cfg: RetrainConfig,
     /// Output directory (head.safetensors, predictions.safetensors).
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "list_rows")]
+    out: Option<PathBuf>,
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
 }
 
-impl RetrainArgs {
-    /// The stage-2 configuration these arguments describe.
-    pub fn config(&self) -> Result<RetrainConfig> {
-        let mut method = Method::parse(&self.method)?;
-        match &mut method {
-            Method::La { tau } | Method::LaPosthoc { tau } => *tau = self.tau.unwrap_or(1.0),
-            Method::TauNorm { tau } => *tau = self.tau,
-            Method::Disalign { rho } => *rho = self.rho,
-            Method::Srepr(c) => {
-                *c = SreprConfig {
-                    balance: self.balance.parse()?,
-                    tau: self.tau.unwrap_or(1.0),
-                    members: self.members,
-                    lambda: self.lambda,
-                    temperature: self.temperature,
-                    kl: match self.kl.as_str() {
-                        "forward" => KlDirection::Forward,
-                        "reverse" => KlDirection::Reverse,
-                        other => anyhow::bail!("--kl must be forward or reverse, got {other:?}"),
-                    },
-                    per_member_ce: self.per_member_ce,
-                    la_on_student: self.la_on_student,
-                }
-            }
-            _ => {}
+/// The configuration of a run: defaults, then the preset's `[retrain]` table, then the row's
+/// settings, then the flags given on the command line.
+fn config(a: &RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig, Option<&'static Row>)> {
+    let preset = crate::preset::resolve(a.preset.as_deref(), a.preset_file.as_deref())?;
+    let mut base = preset.map(|p| p.retrain).unwrap_or_default();
+    let row = match &a.row {
+        Some(id) => {
+            let Some(r) = rows::row(id) else {
+                bail!(
+                    "unknown row {id:?}; expected one of {}",
+                    rows::ROWS.iter().map(|r| r.id).collect::<Vec<_>>().join(", ")
+                )
+            };
+            base = r.config(&base);
+            Some(r)
         }
-        Ok(RetrainConfig {
-            backbone: self.backbone.clone(),
-            method,
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            lr: self.lr,
-            momentum: 0.9,
-            weight_decay: self.weight_decay,
-            seed: self.seed,
-        })
-    }
+        None => None,
+    };
+    let cfg = crate::overlay::overlay(&base, &a.cfg, matches)?;
+    cfg.validate()?;
+    Ok((cfg, row))
 }
 
 /// Runs `lt retrain`.
-pub fn run(a: RetrainArgs) -> Result<()> {
-    let cfg = a.config()?;
-    let fs = FeatureSet::open(&a.features).with_context(|| format!("reading {}", a.features.display()))?;
+pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
+    if a.list_rows {
+        for r in rows::ROWS {
+            println!(
+                "{}\t{}\t{}",
+                r.id,
+                r.label,
+                serde_json::to_string(&r.config(&RetrainConfig::default()))?
+            );
+        }
+        return Ok(());
+    }
+    let (cfg, row) = config(&a, matches)?;
+    let (Some(path), Some(out)) = (&a.features, &a.out) else { bail!("--features and --out are required") };
+    let features = Features::open(path).with_context(|| format!("reading {}", path.display()))?;
     let device = crate::device::parse(&a.device)?;
     let started = std::time::Instant::now();
-    let outcome = retrain(&fs, &cfg, &device)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let (head, preds) = outputs::write(&outcome, &fs, &a.out)?;
-    let c = fs.classes();
-    let correct = outcome.test_logits.chunks_exact(c).zip(&outcome.test_labels).filter(|(row, &y)| {
-        let pred = row.iter().enumerate().fold(0, |b, (k, &v)| if v > row[b] { k } else { b });
-        pred == y as usize
-    });
-    let acc = correct.count() as f64 / outcome.test_labels.len() as f64;
+    let outcome = retrain(&features, &cfg, &device)?;
+    let (head, preds) = outputs::write(&outcome, &features, row, out)?;
+    let chosen = outcome.facts.get("chosen").map(|c| format!(", chose {c}")).unwrap_or_default();
     println!(
-        "{} on {}: test accuracy {:.2}% ({:.1} s); wrote {} and {}",
-        cfg.id(),
-        a.features.display(),
-        100.0 * acc,
+        "{} on {}: balanced test accuracy {:.2}%{chosen} ({:.1} s); wrote {} and {}",
+        row.map(|r| r.id.to_string()).unwrap_or_else(|| cfg.id()),
+        path.display(),
+        100.0
+            * (1.0
+                - lt_retrain::select::criterion_value(
+                    lt_retrain::Criterion::BalancedError,
+                    &outcome.test_scores,
+                    outcome.probabilities,
+                    &outcome.test_labels,
+                    features.classes()
+                )),
         started.elapsed().as_secs_f64(),
         head.display(),
         preds.display()

@@ -1,17 +1,13 @@
 //! `lt train`: stage 1 (SGD and SWA/SWAG backbones) and `lt extract`: stochastic representations.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
-use clap::Args;
+use anyhow::{Context, Result};
+use clap::{ArgMatches, Args};
 use lt_train::extract::{extract, ExtractConfig};
 use lt_train::{train, RunDir, RunOptions, SwaConfig};
 
-use crate::commands::data::{load, DataSetArgs};
-use crate::preset::DataSection;
-
-/// The file in a run directory recording which data the run was trained on.
-pub const DATA_SPEC: &str = "data_spec.json";
+use crate::commands::data::{load, DataFlags};
 
 /// `lt train`
 #[derive(Args)]
@@ -23,7 +19,7 @@ pub struct TrainArgs {
     #[arg(long)]
     preset_file: Option<PathBuf>,
     #[command(flatten)]
-    data: DataSetArgs,
+    data: DataFlags,
     /// Architecture (resnet32, cifar-resnet8x16, resnet50, ...).
     #[arg(long)]
     arch: Option<String>,
@@ -81,7 +77,9 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         Some(p) => p.train.clone(),
         None => lt_train::TrainConfig::cifar_lt(),
     };
-    if preset.is_none() && a.arch.is_none() && a.data.dataset.as_deref().unwrap_or("synthetic") == "synthetic"
+    if preset.is_none()
+        && a.arch.is_none()
+        && a.data.spec.dataset.as_deref().unwrap_or("synthetic") == "synthetic"
     {
         // Without a preset the synthetic data set gets the synthetic preset's recipe.
         cfg = crate::preset::embedded("synthetic")?.train;
@@ -97,12 +95,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         || a.swag_rank.is_some()
         || a.swag_every_steps.is_some()
     {
-        let s = cfg.swa.get_or_insert(SwaConfig {
-            start: cfg.epochs * 4 / 5,
-            lr: cfg.lr / 2.0,
-            rank: 20,
-            collect_every_steps: None,
-        });
+        let s = cfg.swa.get_or_insert(SwaConfig::for_run(cfg.epochs, cfg.lr));
         if let Some(v) = a.swa_start {
             s.start = v;
         }
@@ -116,13 +109,11 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
             s.collect_every_steps = a.swag_every_steps;
         }
     }
-    let section = a.data.resolve(preset.as_ref().map(|p| &p.data));
-    let data = load(&section, a.data.mirror())?;
+    let spec = a.data.resolve(preset.as_ref().map(|p| &p.data));
+    let data = load(&spec, a.data.mirror.clone())?;
     let device = crate::device::parse(&a.device)?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let spec = a.out.join(DATA_SPEC);
-    lt_core::atomic::write_bytes_atomic(&spec, serde_json::to_string_pretty(&section)?.as_bytes())
-        .with_context(|| format!("writing {}", spec.display()))?;
+    RunDir::new(&a.out).write_data_spec(&spec)?;
     tracing::info!(
         "training {} on {} ({} images, {} classes) into {}",
         cfg.arch,
@@ -159,54 +150,28 @@ pub struct ExtractArgs {
     /// Run directory of `lt train`.
     #[arg(long)]
     run: PathBuf,
-    /// SWAG samples M.
-    #[arg(long, default_value_t = 8)]
-    samples: usize,
-    /// SWAG scale (0 reproduces SWA).
-    #[arg(long, default_value_t = 0.5)]
-    scale: f64,
-    /// Seed of the SWAG draws.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Store features as f16.
+    /// Start from an embedded preset's `[extract]` table.
     #[arg(long)]
-    half: bool,
-    /// Batch size.
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
-    /// Loader threads.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
+    preset: Option<String>,
+    /// Start from a preset file's `[extract]` table.
+    #[arg(long)]
+    preset_file: Option<PathBuf>,
+    #[command(flatten)]
+    cfg: ExtractConfig,
     /// Device: cpu, cuda, cuda:N.
     #[arg(long, default_value = "cpu")]
     device: String,
 }
 
-/// The data a run was trained on (from its `data_spec.json`).
-pub fn run_data(run: &Path) -> Result<lt_data::DataBundle> {
-    let spec = run.join(DATA_SPEC);
-    if !spec.exists() {
-        bail!("{} is missing: {} is not a run directory of `lt train`", spec.display(), run.display());
-    }
-    let text = std::fs::read_to_string(&spec).with_context(|| format!("reading {}", spec.display()))?;
-    let section: DataSection =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", spec.display()))?;
-    load(&section, None)
-}
-
-/// Runs `lt extract`.
-pub fn run_extract(a: ExtractArgs) -> Result<()> {
-    let data = run_data(&a.run)?;
+/// Runs `lt extract`: the preset's `[extract]` table (or the defaults), then the flags given.
+pub fn run_extract(a: ExtractArgs, matches: &ArgMatches) -> Result<()> {
+    let preset = crate::preset::resolve(a.preset.as_deref(), a.preset_file.as_deref())?;
+    let base = preset.map(|p| p.extract).unwrap_or_default();
+    let cfg = crate::overlay::overlay(&base, &a.cfg, matches)?;
+    let dir = RunDir::new(&a.run);
+    let data = load(&dir.read_data_spec()?, None)?;
     let device = crate::device::parse(&a.device)?;
-    let cfg = ExtractConfig {
-        samples: a.samples,
-        scale: a.scale,
-        seed: a.seed,
-        half: a.half,
-        batch_size: a.batch_size,
-        workers: a.workers,
-    };
-    let path = extract(&RunDir::new(&a.run), &data, &cfg, &device)?;
-    println!("features of {} backbones written to {}", 2 + a.samples, path.display());
+    let path = extract(&dir, &data, &cfg, &device)?;
+    println!("features of {} backbones written to {}", 2 + cfg.samples, path.display());
     Ok(())
 }

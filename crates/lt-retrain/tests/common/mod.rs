@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use lt_core::{ArtifactWriter, Rng};
+use candle_core::{Device, Tensor};
+use lt_core::formats::features::{write_values, FeaturesMeta, FeaturesWriter, SampleInfo, SampleKind, Split};
+use lt_core::Rng;
 
 pub const COUNTS: [usize; 6] = [300, 150, 60, 25, 10, 4];
 pub const DIM: usize = 8;
@@ -43,17 +45,24 @@ pub fn test_labels() -> Vec<u32> {
     (0..COUNTS.len() as u32).flat_map(|c| std::iter::repeat_n(c, TEST_PER_CLASS)).collect()
 }
 
+pub fn val_labels() -> Vec<u32> {
+    (0..COUNTS.len() as u32).flat_map(|c| std::iter::repeat_n(c, VAL_PER_CLASS)).collect()
+}
+
+pub const VAL_PER_CLASS: usize = 40;
+
 /// Writes the artifact with the given stage-1 head (`[C x D]`, `[C]`) for both backbones.
 /// Backbone 0 (sgd) and 1 (swa) see the same base draw plus small noise; SWAG samples add
-/// larger perturbations, as stochastic representations do.
-pub fn write(path: &Path, head: (&[f32], &[f32]), seed: u64) {
+/// larger perturbations, as stochastic representations do. With `val`, a balanced validation
+/// split too.
+pub fn write(path: &Path, head: (&[f32], &[f32]), seed: u64, val: bool) {
     let c = COUNTS.len();
     let m = means(0);
-    let tr = train_labels();
-    let te = test_labels();
+    let (tr, te, va) = (train_labels(), test_labels(), val_labels());
     let mut r = Rng::stream(seed, &[2]);
     let base_tr = draw(&tr, &m, &mut r, 1.0);
     let base_te = draw(&te, &m, &mut r, 1.0);
+    let base_va = draw(&va, &m, &mut r, 1.0);
     let s = 2 + SWAG;
     let block = |base: &[f32], k: usize| -> Vec<f32> {
         let mut all = Vec::with_capacity(s * base.len());
@@ -65,27 +74,36 @@ pub fn write(path: &Path, head: (&[f32], &[f32]), seed: u64) {
         }
         all
     };
-    let ftr = block(&base_tr, 0);
-    let fte = block(&base_te, 1);
-    let mut w = ArtifactWriter::new(lt_retrain::features::FEATURES_FORMAT);
-    let samples = serde_json::json!([{"kind": "sgd"}, {"kind": "swa"}, {"kind": "swag", "seed": 0, "index": 0}, {"kind": "swag", "seed": 0, "index": 1}, {"kind": "swag", "seed": 0, "index": 2}]);
-    w.meta("num_classes", c.to_string())
-        .meta("feature_dim", DIM.to_string())
-        .meta("samples", samples.to_string())
-        .meta("dataset", "gaussian")
-        .meta("fingerprint", format!("gaussian-{seed}"));
-    let counts: Vec<i64> = COUNTS.iter().map(|&x| x as i64).collect();
-    w.push_i64("class_counts", &[c], counts)
-        .push_u32("train.labels", &[tr.len()], tr.clone())
-        .push_f32("train.features", &[s, tr.len(), DIM], ftr)
-        .push_u32("test.labels", &[te.len()], te.clone())
-        .push_f32("test.features", &[s, te.len(), DIM], fte);
-    for k in ["sgd", "swa"] {
-        w.push_f32(&format!("head.{k}.weight"), &[c, DIM], head.0.to_vec()).push_f32(
-            &format!("head.{k}.bias"),
-            &[c],
-            head.1.to_vec(),
-        );
+    let (ftr, fte, fva) = (block(&base_tr, 0), block(&base_te, 1), block(&base_va, 2));
+    let mut samples = vec![
+        SampleInfo { kind: SampleKind::Sgd, seed: None, index: None },
+        SampleInfo { kind: SampleKind::Swa, seed: None, index: None },
+    ];
+    samples.extend((0..SWAG).map(|i| SampleInfo { kind: SampleKind::Swag, seed: Some(0), index: Some(i) }));
+    let meta = FeaturesMeta {
+        num_classes: c,
+        feature_dim: DIM,
+        samples,
+        scale: 0.5,
+        half: false,
+        dataset: "gaussian".into(),
+        arch: "none".into(),
+        class_names: Vec::new(),
+        extract_config: serde_json::Value::Null,
+        fingerprint: format!("gaussian-{seed}"),
+        run_fingerprint: String::new(),
+        split_fingerprint: String::new(),
+    };
+    let mut w = FeaturesWriter::new(meta, &COUNTS);
+    w.split(Split::Train, &tr, move |o| write_values(o, &ftr, false));
+    w.split(Split::Test, &te, move |o| write_values(o, &fte, false));
+    if val {
+        w.split(Split::Val, &va, move |o| write_values(o, &fva, false));
     }
+    let dev = Device::Cpu;
+    let hw = Tensor::from_slice(head.0, (c, DIM), &dev).unwrap();
+    let hb = Tensor::from_slice(head.1, c, &dev).unwrap();
+    w.head(SampleKind::Sgd, &hw, &hb).unwrap();
+    w.head(SampleKind::Swa, &hw, &hb).unwrap();
     w.write(path).unwrap();
 }

@@ -1,0 +1,96 @@
+//! The precedence of settings: the defaults (each config's `Default`), then a preset's table,
+//! then the flags given on the command line. Flags are derived from the same config structs, so
+//! a flag's value is its default unless it was given; clap tells which were given.
+
+use anyhow::{Context, Result};
+use clap::parser::ValueSource;
+use clap::ArgMatches;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+/// The path of the first key named `key` in a JSON object tree (depth first).
+fn find(v: &Value, key: &str) -> Option<Vec<String>> {
+    let o = v.as_object()?;
+    if o.contains_key(key) {
+        return Some(vec![key.to_string()]);
+    }
+    o.iter().find_map(|(k, child)| {
+        find(child, key).map(|mut p| {
+            p.insert(0, k.clone());
+            p
+        })
+    })
+}
+
+fn get<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+fn set(v: &mut Value, path: &[String], value: Value) {
+    let mut cur = v;
+    for k in &path[..path.len() - 1] {
+        cur = &mut cur[k.as_str()];
+    }
+    cur[path[path.len() - 1].as_str()] = value;
+}
+
+/// `base` (defaults and a preset's table) with every field whose flag was given on the command
+/// line taken from `parsed` (the config clap built from the flags). Flag ids are the config's
+/// field names; nested configs (`#[command(flatten)]`) are searched by name, so field names must
+/// be unique across the nesting (checked by a test of each config).
+pub fn overlay<T: Serialize + DeserializeOwned>(base: &T, parsed: &T, matches: &ArgMatches) -> Result<T> {
+    let mut merged = serde_json::to_value(base)?;
+    let flags = serde_json::to_value(parsed)?;
+    for id in matches.ids() {
+        if matches.value_source(id.as_str()) != Some(ValueSource::CommandLine) {
+            continue;
+        }
+        if let Some(path) = find(&flags, id.as_str()) {
+            let value = get(&flags, &path).cloned().unwrap_or(Value::Null);
+            set(&mut merged, &path, value);
+        }
+    }
+    serde_json::from_value(merged).context("combining the preset with the command-line flags")
+}
+
+/// Every leaf key of a JSON object tree, for the uniqueness check.
+#[cfg(test)]
+pub fn leaf_keys(v: &Value) -> Vec<String> {
+    match v.as_object() {
+        Some(o) => {
+            o.iter().flat_map(|(k, c)| if c.is_object() { leaf_keys(c) } else { vec![k.clone()] }).collect()
+        }
+        None => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{Args, Command, FromArgMatches};
+
+    #[test]
+    fn flags_given_override_the_preset_and_nothing_else_does() {
+        let cmd = lt_retrain::RetrainConfig::augment_args(Command::new("t"));
+        let m =
+            cmd.try_get_matches_from(["t", "--epochs", "7", "--lambda", "0.3", "--kl", "reverse"]).unwrap();
+        let parsed = lt_retrain::RetrainConfig::from_arg_matches(&m).unwrap();
+        let preset = lt_retrain::RetrainConfig {
+            lr: 0.5,
+            epochs: 3,
+            srepr: lt_retrain::SreprConfig { temperature: Some(2.0), ..Default::default() },
+            ..Default::default()
+        };
+        let c = overlay(&preset, &parsed, &m).unwrap();
+        assert_eq!((c.epochs, c.lr), (7, 0.5));
+        assert_eq!((c.srepr.lambda, c.srepr.temperature), (Some(0.3), Some(2.0)));
+        assert_eq!(c.srepr.kl, lt_retrain::KlDirection::Reverse);
+        // Field names are unique across the nesting, so every flag finds its field.
+        let mut keys = leaf_keys(&serde_json::to_value(&c).unwrap());
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(keys.len(), n);
+    }
+}

@@ -1,0 +1,130 @@
+//! [`DataSpec`]: which data set a run uses and how its split is built — a preset's `[data]`
+//! table, the data flags of every `lt` command (feature `clap`), and the `data_spec.json` a run
+//! directory records, all one struct. Unset fields take the data set's defaults.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{load_bundle, DataBundle, DataOptions, DatasetName};
+use crate::error::Result;
+
+/// Which data set and how its split is built.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct DataSpec {
+    /// Data set: synthetic, fmnist-lt, mnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, inat2018,
+    /// folder (default synthetic).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub dataset: Option<String>,
+    /// Imbalance ratio rho = n_max / n_min (default 100 where the data set is made long-tailed).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub imbalance: Option<f64>,
+    /// Class-balanced validation images per class, drawn from the training images the long-tailed
+    /// selection did not use (default 100, or 20 for CIFAR-100-LT; 0: no validation set).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub val_per_class: Option<usize>,
+    /// Where the data set lives (searched before the project's `data/`); for `folder`, the folder.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub data_root: Option<PathBuf>,
+    /// Download what is missing (CIFAR, MNIST, Fashion-MNIST) into the data root.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub download: bool,
+    /// Seed of generated data (synthetic) and seeded test splits (folder) (default 0).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub data_seed: Option<u64>,
+    /// Synthetic data set: number of classes.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub synthetic_classes: Option<usize>,
+    /// Synthetic data set: images of the largest class.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub synthetic_n_max: Option<usize>,
+    /// Synthetic data set: image side.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub synthetic_size: Option<usize>,
+    /// Folder data set: fraction of each class held out for testing when there is no test folder.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub test_fraction: Option<f64>,
+    /// Crop side for image-file data sets (ImageNet-LT, iNat, folder).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub image_size: Option<u32>,
+}
+
+impl DataSpec {
+    /// The data set's name (default `synthetic`).
+    pub fn name(&self) -> Result<DatasetName> {
+        self.dataset.as_deref().unwrap_or("synthetic").parse()
+    }
+
+    /// `self` with every field that `over` sets (a `Some`, or `download`) taken from `over`.
+    pub fn overlaid(&self, over: &DataSpec) -> DataSpec {
+        macro_rules! pick {
+            ($($f:ident),*) => { DataSpec { $($f: over.$f.clone().or_else(|| self.$f.clone()),)* download: self.download || over.download } };
+        }
+        pick!(
+            dataset,
+            imbalance,
+            val_per_class,
+            data_root,
+            data_seed,
+            synthetic_classes,
+            synthetic_n_max,
+            synthetic_size,
+            test_fraction,
+            image_size
+        )
+    }
+
+    /// The loading options (`mirror`: a replacement download location, not part of the spec
+    /// because it does not change the data).
+    pub fn options(&self, mirror: Option<String>) -> DataOptions {
+        let mut o = DataOptions {
+            data_root: self.data_root.clone(),
+            imbalance: self.imbalance,
+            val_per_class: self.val_per_class,
+            download: self.download,
+            mirror,
+            seed: self.data_seed.unwrap_or(0),
+            ..Default::default()
+        };
+        if let Some(f) = self.test_fraction {
+            o.test_fraction = f;
+        }
+        if let Some(s) = self.image_size {
+            o.image_size = s;
+        }
+        if let Some(c) = self.synthetic_classes {
+            o.synthetic.classes = c;
+        }
+        if let Some(n) = self.synthetic_n_max {
+            o.synthetic.n_max = n;
+        }
+        if let Some(s) = self.synthetic_size {
+            o.synthetic.size = s;
+        }
+        o
+    }
+
+    /// Loads the data set.
+    pub fn load(&self, mirror: Option<String>) -> Result<DataBundle> {
+        load_bundle(self.name()?, &self.options(mirror))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlay_takes_what_is_set() {
+        let base =
+            DataSpec { dataset: Some("fmnist-lt".into()), imbalance: Some(50.0), ..Default::default() };
+        let over = DataSpec { imbalance: Some(10.0), download: true, ..Default::default() };
+        let m = base.overlaid(&over);
+        assert_eq!((m.dataset.as_deref(), m.imbalance, m.download), (Some("fmnist-lt"), Some(10.0), true));
+        assert_eq!(DataSpec::default().name().unwrap(), DatasetName::Synthetic);
+        let err = toml::from_str::<DataSpec>("datset = \"x\"").unwrap_err().to_string();
+        assert!(err.contains("datset"), "{err}");
+    }
+}

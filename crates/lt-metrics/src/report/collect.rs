@@ -1,0 +1,187 @@
+//! Reading a reproduction's run directories: `seed-<k>/stage1/{split,features}.safetensors` and
+//! `seed-<k>/stage2/<row>/predictions.safetensors` (the layout `cargo xtask reproduce` writes).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use lt_core::formats::predictions::Predictions;
+use lt_core::split::shot_groups;
+
+use super::Row;
+use crate::classification::{evaluate, BinEdges};
+use crate::error::{MetricsError, Result};
+use crate::predictions::PredictionsExt;
+
+/// The names of a reproduction's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Prefix of a seed's directory (followed by the seed number).
+    pub seed_prefix: &'static str,
+    /// A seed's stage-1 directory (split, backbones, features).
+    pub stage1: &'static str,
+    /// A seed's stage-2 directory (one sub-directory per row).
+    pub stage2: &'static str,
+    /// The split artifact in the stage-1 directory.
+    pub split: &'static str,
+    /// The features artifact in the stage-1 directory.
+    pub features: &'static str,
+    /// The predictions artifact in a row's directory.
+    pub predictions: &'static str,
+}
+
+/// The layout `cargo xtask reproduce` writes and `lt report` reads.
+pub const LAYOUT: Layout = Layout {
+    seed_prefix: "seed-",
+    stage1: "stage1",
+    stage2: "stage2",
+    split: "split.safetensors",
+    features: "features.safetensors",
+    predictions: "predictions.safetensors",
+};
+
+impl Layout {
+    /// The stage-1 directory of `seed` under `runs`.
+    pub fn stage1_dir(&self, runs: &Path, seed: u64) -> PathBuf {
+        runs.join(format!("{}{seed}", self.seed_prefix)).join(self.stage1)
+    }
+
+    /// The directory of row `row` of `seed` under `runs`.
+    pub fn row_dir(&self, runs: &Path, seed: u64, row: &str) -> PathBuf {
+        runs.join(format!("{}{seed}", self.seed_prefix)).join(self.stage2).join(row)
+    }
+}
+
+/// Everything a report is made of.
+#[derive(Clone, Debug)]
+pub struct Collected {
+    /// The directory read.
+    pub runs: PathBuf,
+    /// Data set name (from the predictions' metadata).
+    pub dataset: String,
+    /// The seeds found, in order.
+    pub seeds: Vec<u64>,
+    /// Every row found (in the order of their ids; the spec orders them for display).
+    pub rows: Vec<Row>,
+    /// Per seed, the row ids and the predictions file of each (for plots).
+    pub files: BTreeMap<u64, BTreeMap<String, PathBuf>>,
+}
+
+impl Collected {
+    /// The stage-1 directory of the first seed (its split and features give the plots).
+    pub fn first_stage1(&self) -> Option<PathBuf> {
+        self.seeds.first().map(|&s| LAYOUT.stage1_dir(&self.runs, s))
+    }
+}
+
+fn seeds_in(runs: &Path) -> Result<Vec<u64>> {
+    let io = |source| MetricsError::Io { path: runs.to_path_buf(), source };
+    let mut seeds = Vec::new();
+    for e in std::fs::read_dir(runs).map_err(io)? {
+        let e = e.map_err(io)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(k) = name.strip_prefix(LAYOUT.seed_prefix) {
+            let seed = k.parse::<u64>().map_err(|_| {
+                MetricsError::Invalid(format!(
+                    "{}: `{name}` is not a seed directory (expected {}<number>)",
+                    runs.display(),
+                    LAYOUT.seed_prefix
+                ))
+            })?;
+            if e.path().is_dir() {
+                seeds.push(seed);
+            }
+        }
+    }
+    seeds.sort_unstable();
+    Ok(seeds)
+}
+
+/// Evaluates every `seed-*/stage2/*/predictions.safetensors` under `runs`, refusing what would
+/// make the table lie: two directories of one seed filling the same row, or test sets that
+/// differ between prediction files.
+pub fn collect(runs: &Path) -> Result<Collected> {
+    let seeds = seeds_in(runs)?;
+    if seeds.is_empty() {
+        return Err(MetricsError::Invalid(format!("{} holds no seed-* run directories", runs.display())));
+    }
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    let mut files: BTreeMap<u64, BTreeMap<String, PathBuf>> = BTreeMap::new();
+    let mut dataset = String::new();
+    let mut test_labels: Option<(Vec<u32>, PathBuf)> = None;
+    for &seed in &seeds {
+        let stage2 = runs.join(format!("{}{seed}", LAYOUT.seed_prefix)).join(LAYOUT.stage2);
+        let Ok(entries) = std::fs::read_dir(&stage2) else { continue };
+        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        dirs.sort();
+        let split = LAYOUT.stage1_dir(runs, seed).join(LAYOUT.split);
+        let split_groups =
+            if split.exists() { Some(lt_core::split::SplitInfo::read(&split)?.groups()) } else { None };
+        for dir in dirs {
+            let file = dir.join(LAYOUT.predictions);
+            if !file.exists() {
+                continue;
+            }
+            let p = Predictions::read(&file)?;
+            match &test_labels {
+                Some((labels, first)) if *labels != p.labels => {
+                    return Err(MetricsError::Invalid(format!(
+                        "{} and {} were evaluated on different test sets",
+                        first.display(),
+                        file.display()
+                    )))
+                }
+                Some(_) => {}
+                None => test_labels = Some((p.labels.clone(), file.clone())),
+            }
+            let id = if p.meta.row.is_empty() {
+                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            } else {
+                p.meta.row.clone()
+            };
+            let seed_files = files.entry(seed).or_default();
+            if let Some(other) = seed_files.get(&id) {
+                return Err(MetricsError::Invalid(format!(
+                    "{} and {} both hold row `{id}` of seed {seed}: remove one",
+                    other.display(),
+                    file.display()
+                )));
+            }
+            seed_files.insert(id.clone(), file.clone());
+            let groups = match (&split_groups, &p.class_counts) {
+                (Some(g), _) if g.len() == p.classes => g.clone(),
+                (Some(g), _) => {
+                    return Err(MetricsError::Invalid(format!(
+                        "{} has {} classes, the split of seed {seed} {}",
+                        file.display(),
+                        p.classes,
+                        g.len()
+                    )))
+                }
+                (None, Some(c)) => shot_groups(c),
+                (None, None) => {
+                    return Err(MetricsError::Invalid(format!(
+                        "{}: no class counts and no split artifact to group the classes",
+                        file.display()
+                    )))
+                }
+            };
+            let ev = evaluate(&p.scores()?, &groups, 15, BinEdges::Guo)
+                .map_err(|e| MetricsError::Invalid(format!("{}: {e}", file.display())))?;
+            if dataset.is_empty() {
+                dataset = p.meta.dataset.clone();
+            }
+            let row = rows.entry(id.clone()).or_insert_with(|| {
+                let label =
+                    if p.meta.label.is_empty() { p.meta.method.clone() } else { p.meta.label.clone() };
+                Row::new(&id, &p.meta.backbone.to_uppercase(), &label)
+            });
+            row.seeds.push(seed);
+            row.evaluations.push(ev);
+            row.chosen.push(p.meta.facts.get("chosen").cloned().unwrap_or(serde_json::Value::Null));
+        }
+    }
+    if rows.is_empty() {
+        return Err(MetricsError::Invalid(format!("no predictions under {}/seed-*/stage2/", runs.display())));
+    }
+    Ok(Collected { runs: runs.to_path_buf(), dataset, seeds, rows: rows.into_values().collect(), files })
+}

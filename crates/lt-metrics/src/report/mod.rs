@@ -1,0 +1,270 @@
+//! Run reports in the poster's layout: rows are (backbone, method), columns Many, Medium, Few,
+//! All, NLL and ECE, each mean ± std over seeds with the number of seeds stated; the knobs each
+//! row chose on validation data; the paper's numbers beside ours where the data set is one of
+//! the paper's; plots.
+//!
+//! [`collect`] reads a reproduction's run directories; [`write`] writes `report.md`,
+//! `report.json` and the plots. Which rows exist, their order and which ones the per-class plot
+//! shows come from the caller's [`ReportSpec`]: this crate knows no method names.
+
+mod collect;
+mod figures;
+mod paper;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{mean_std, MeanStd};
+use crate::classification::Evaluation;
+use crate::error::{MetricsError, Result};
+
+pub use collect::{collect, Collected, LAYOUT};
+pub use paper::{paper_table, PaperRow, IMAGENET_LT_PAPER};
+
+/// One row: a backbone and a method, evaluated once per seed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Row {
+    /// Identifier (the plan's row id, e.g. `swa-srepr`).
+    pub id: String,
+    /// Backbone (`SGD`, `SWA`).
+    pub backbone: String,
+    /// Method label (`-`, `cRT`, `SRepr`, ...).
+    pub method: String,
+    /// The seeds evaluated, in order.
+    pub seeds: Vec<u64>,
+    /// One evaluation per seed.
+    pub evaluations: Vec<Evaluation>,
+    /// Per seed, the knobs chosen on validation data (`null` when none).
+    pub chosen: Vec<serde_json::Value>,
+}
+
+/// Aggregated numbers of a row.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RowSummary {
+    /// Identifier.
+    pub id: String,
+    /// Backbone.
+    pub backbone: String,
+    /// Method label.
+    pub method: String,
+    /// Number of seeds.
+    pub n: usize,
+    /// Many-shot accuracy.
+    pub many: Option<MeanStd>,
+    /// Medium-shot accuracy.
+    pub medium: Option<MeanStd>,
+    /// Few-shot accuracy.
+    pub few: Option<MeanStd>,
+    /// Overall accuracy.
+    pub all: Option<MeanStd>,
+    /// Negative log-likelihood.
+    pub nll: Option<MeanStd>,
+    /// Expected calibration error.
+    pub ece: Option<MeanStd>,
+}
+
+impl Row {
+    /// A row evaluated on the given seeds.
+    pub fn new(id: &str, backbone: &str, method: &str) -> Self {
+        Self {
+            id: id.into(),
+            backbone: backbone.into(),
+            method: method.into(),
+            seeds: Vec::new(),
+            evaluations: Vec::new(),
+            chosen: Vec::new(),
+        }
+    }
+
+    /// Mean ± std of every column.
+    pub fn summary(&self) -> RowSummary {
+        let col = |f: &dyn Fn(&Evaluation) -> Option<f64>| {
+            mean_std(&self.evaluations.iter().filter_map(f).collect::<Vec<_>>())
+        };
+        RowSummary {
+            id: self.id.clone(),
+            backbone: self.backbone.clone(),
+            method: self.method.clone(),
+            n: self.evaluations.len(),
+            many: col(&|e| e.many),
+            medium: col(&|e| e.medium),
+            few: col(&|e| e.few),
+            all: col(&|e| Some(e.accuracy)),
+            nll: col(&|e| Some(e.nll)),
+            ece: col(&|e| Some(e.ece)),
+        }
+    }
+}
+
+/// One table of the report: a title and row ids in order.
+#[derive(Clone, Debug)]
+pub struct TableSpec {
+    /// Heading.
+    pub title: String,
+    /// Row ids, in order (ids without runs are skipped).
+    pub rows: Vec<String>,
+}
+
+/// What the report shows.
+#[derive(Clone, Debug)]
+pub struct ReportSpec {
+    /// Title.
+    pub title: String,
+    /// The tables in order; rows found in none of them go to a last table, "Other runs".
+    pub tables: Vec<TableSpec>,
+    /// Row ids whose per-class accuracy is plotted.
+    pub per_class_rows: Vec<String>,
+    /// The paper's table to show beside ours (by default the one of the data set, if any).
+    pub paper: Option<&'static [PaperRow]>,
+}
+
+fn cell(v: &Option<MeanStd>, scale: f64, decimals: usize) -> String {
+    match v {
+        Some(m) if m.n == 1 => format!("{:.*}", decimals, m.mean * scale),
+        Some(m) => m.format(scale, decimals),
+        None => "-".into(),
+    }
+}
+
+/// The cells of a row: backbone, method, n, Many, Medium, Few, All (percent), NLL, ECE.
+fn cells(m: &RowSummary, seeds: usize) -> [String; 9] {
+    let n = if m.n < seeds { format!("{} of {seeds}", m.n) } else { m.n.to_string() };
+    [
+        m.backbone.clone(),
+        m.method.clone(),
+        n,
+        cell(&m.many, 100.0, 2),
+        cell(&m.medium, 100.0, 2),
+        cell(&m.few, 100.0, 2),
+        cell(&m.all, 100.0, 2),
+        cell(&m.nll, 1.0, 3),
+        cell(&m.ece, 1.0, 3),
+    ]
+}
+
+/// The rows of each table of `spec`, in order, with a last "Other runs" table for the rest.
+pub fn tables<'a>(spec: &ReportSpec, rows: &'a [Row]) -> Vec<(String, Vec<&'a Row>)> {
+    let mut out = Vec::new();
+    let mut used = vec![false; rows.len()];
+    for t in &spec.tables {
+        let mut v = Vec::new();
+        for id in &t.rows {
+            if let Some(i) = rows.iter().position(|r| &r.id == id) {
+                used[i] = true;
+                v.push(&rows[i]);
+            }
+        }
+        if !v.is_empty() {
+            out.push((t.title.clone(), v));
+        }
+    }
+    let rest: Vec<&Row> = rows.iter().zip(&used).filter(|(_, u)| !**u).map(|(r, _)| r).collect();
+    if !rest.is_empty() {
+        out.push(("Other runs".into(), rest));
+    }
+    out
+}
+
+/// The chosen knobs of one seed in words (`tau 1.25, lambda 0.3`), or `-`.
+fn knobs(v: &serde_json::Value) -> String {
+    match v.as_object() {
+        Some(o) if !o.is_empty() => o.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "),
+        _ => "-".into(),
+    }
+}
+
+/// The report as Markdown: title, description, each table (paper rows in italics below the
+/// matching rows when `spec.paper` is given), the knobs chosen on validation data, and a note on
+/// the columns.
+pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
+    let seeds = rows.iter().map(|r| r.evaluations.len()).max().unwrap_or(0);
+    let mut s = format!("# {}\n\n{description}\n", spec.title);
+    for (title, table) in tables(spec, rows) {
+        s.push_str(&format!(
+            "\n## {title}\n\n| Backbone | Method | n | Many | Medium | Few | All | NLL | ECE |\n|---|---|---|---|---|---|---|---|---|\n"
+        ));
+        for r in table {
+            let m = r.summary();
+            s.push_str(&format!("| {} |\n", cells(&m, seeds).join(" | ")));
+            if let Some(p) =
+                spec.paper.and_then(|p| p.iter().find(|p| p.backbone == m.backbone && p.method == m.method))
+            {
+                let f = |(a, b): (f64, f64), d: usize| format!("*{a:.d$} ± {b:.d$}*");
+                s.push_str(&format!(
+                    "| *paper* | *{}* | | {} | {} | {} | {} | {} | {} |\n",
+                    p.method,
+                    f(p.acc[0], 2),
+                    f(p.acc[1], 2),
+                    f(p.acc[2], 2),
+                    f(p.acc[3], 2),
+                    f(p.nll_ece[0], 3),
+                    f(p.nll_ece[1], 3)
+                ));
+            }
+        }
+    }
+    let chosen: Vec<&Row> = rows.iter().filter(|r| r.chosen.iter().any(|c| knobs(c) != "-")).collect();
+    if !chosen.is_empty() {
+        s.push_str("\n## Knobs chosen on the validation split\n\n| Backbone | Method | seed: knobs |\n|---|---|---|\n");
+        for r in chosen {
+            let per_seed: Vec<String> =
+                r.seeds.iter().zip(&r.chosen).map(|(sd, c)| format!("{sd}: {}", knobs(c))).collect();
+            s.push_str(&format!("| {} | {} | {} |\n", r.backbone, r.method, per_seed.join("; ")));
+        }
+    }
+    s.push_str(&format!(
+        "\nAccuracies in percent (Many: > 100 training images, Medium: 20-100, Few: < 20; each the mean of its classes' accuracies), \
+         NLL and ECE (15 bins), mean ± sample std over the n seeds of each row ({seeds} seed(s) in all; a single seed shows its value alone).\n"
+    ));
+    s
+}
+
+/// The tables as aligned plain text for a terminal.
+pub fn text_table(spec: &ReportSpec, rows: &[Row]) -> String {
+    let seeds = rows.iter().map(|r| r.evaluations.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (title, table) in tables(spec, rows) {
+        out.push_str(&format!(
+            "{title}\n{:<8} {:<34} {:>6} {:>15} {:>15} {:>15} {:>15} {:>15} {:>15}\n",
+            "Backbone", "Method", "n", "Many", "Medium", "Few", "All", "NLL", "ECE"
+        ));
+        for r in table {
+            let c = cells(&r.summary(), seeds);
+            out.push_str(&format!(
+                "{:<8} {:<34} {:>6} {:>15} {:>15} {:>15} {:>15} {:>15} {:>15}\n",
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Writes `report.md`, `report.json` and the plots (`plots/`) of `c` into `out`; returns the
+/// Markdown file's path.
+pub fn write(out: &Path, spec: &ReportSpec, c: &Collected) -> Result<PathBuf> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MetricsError::Io { path, source }
+    };
+    std::fs::create_dir_all(out.join("plots")).map_err(io(out))?;
+    let description = format!(
+        "Data set `{}`; runs in `{}`; {} seed(s): {}.",
+        c.dataset,
+        c.runs.display(),
+        c.seeds.len(),
+        c.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
+    );
+    let md_path = out.join("report.md");
+    lt_core::atomic::write_bytes_atomic(&md_path, markdown(spec, &description, &c.rows).as_bytes())
+        .map_err(io(&md_path))?;
+    let summaries: Vec<_> = c.rows.iter().map(|r| r.summary()).collect();
+    let json =
+        serde_json::json!({"dataset": c.dataset, "seeds": c.seeds, "rows": summaries, "per_seed": c.rows});
+    let json_path = out.join("report.json");
+    let text = serde_json::to_string_pretty(&json).map_err(|e| MetricsError::Invalid(e.to_string()))?;
+    lt_core::atomic::write_bytes_atomic(&json_path, text.as_bytes()).map_err(io(&json_path))?;
+    figures::write_all(&out.join("plots"), spec, c)?;
+    Ok(md_path)
+}

@@ -1,0 +1,337 @@
+//! The settings of a stage-2 run, with their defaults declared once ([`Default`] impls); the
+//! `clap` feature derives the command-line flags from the same structs.
+//!
+//! A preset's `[retrain]` table deserialises into [`RetrainConfig`] (missing keys take the
+//! defaults, unknown keys are refused); `[retrain.srepr]` and `[retrain.select]` hold SRepr's and
+//! the validation selection's settings.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, RetrainError};
+pub use crate::vocab::{
+    Backbone, Balance, Criterion, KdLogits, KlDirection, MethodKind, Objective, Predict, Teacher, Weighting,
+};
+
+/// SRepr's settings (reference sheet section 3; `None` knobs are chosen on validation data).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct SreprConfig {
+    /// SRepr: balancing loss on each stochastic representation.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = SreprConfig::default().balance))]
+    pub balance: Balance,
+    /// SRepr: SWAG members used (default: every sample in the features artifact).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub members: Option<usize>,
+    /// SRepr: distillation weight lambda (0: re-training on stochastic representations only, the
+    /// ablation (b)); chosen on validation data from `lambda_grid` when not given.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub lambda: Option<f64>,
+    /// SRepr: distillation temperature T; chosen on validation data from `temperature_grid` when
+    /// not given.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub temperature: Option<f64>,
+    /// SRepr: direction of the KL divergence.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = SreprConfig::default().kl))]
+    pub kl: KlDirection,
+    /// SRepr: also apply the balancing loss to the student (SWA) representation.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub student_balance: bool,
+    /// SRepr: where the teacher comes from.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = SreprConfig::default().teacher))]
+    pub teacher: Teacher,
+    /// SRepr: how the balancing loss and the distillation combine.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = SreprConfig::default().objective))]
+    pub objective: Objective,
+    /// SRepr: per-sample weighting of the distillation by the teacher's uncertainty.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = SreprConfig::default().weighting))]
+    pub weighting: Weighting,
+    /// SRepr: which logits the distillation compares.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = SreprConfig::default().kd_logits))]
+    pub kd_logits: KdLogits,
+}
+
+impl Default for SreprConfig {
+    fn default() -> Self {
+        Self {
+            balance: Balance::La,
+            members: None,
+            lambda: None,
+            temperature: None,
+            kl: KlDirection::Forward,
+            student_balance: false,
+            teacher: Teacher::Online,
+            objective: Objective::Additive,
+            weighting: Weighting::None,
+            kd_logits: KdLogits::Balanced,
+        }
+    }
+}
+
+/// How knobs left open are chosen on the validation split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct SelectConfig {
+    /// The validation criterion (lower is better).
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = SelectConfig::default().criterion))]
+    pub criterion: Criterion,
+    /// Candidate LA temperatures (LA, post-hoc LA, SRepr's balancing loss).
+    #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', default_values_t = SelectConfig::default().tau_grid))]
+    pub tau_grid: Vec<f64>,
+    /// Candidate tau-norm exponents.
+    #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', default_values_t = SelectConfig::default().tau_norm_grid))]
+    pub tau_norm_grid: Vec<f64>,
+    /// Candidate distillation weights (additive objective; the convex objective uses
+    /// `convex_grid`).
+    #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', default_values_t = SelectConfig::default().lambda_grid))]
+    pub lambda_grid: Vec<f64>,
+    /// Candidate mixing weights of the convex objective.
+    #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', default_values_t = SelectConfig::default().convex_grid))]
+    pub convex_grid: Vec<f64>,
+    /// Candidate distillation temperatures.
+    #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', default_values_t = SelectConfig::default().temperature_grid))]
+    pub temperature_grid: Vec<f64>,
+}
+
+impl Default for SelectConfig {
+    fn default() -> Self {
+        Self {
+            criterion: Criterion::BalancedNll,
+            tau_grid: vec![0.5, 0.75, 1.0, 1.25, 1.5, 2.0],
+            tau_norm_grid: (0..=20).map(|k| k as f64 / 10.0).collect(),
+            lambda_grid: vec![0.1, 0.3, 1.0, 3.0],
+            convex_grid: vec![0.1, 0.3, 0.5, 0.7, 0.9],
+            temperature_grid: vec![1.0, 2.0, 4.0],
+        }
+    }
+}
+
+/// Everything that determines one stage-2 run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct RetrainConfig {
+    /// The method.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = RetrainConfig::default().method))]
+    pub method: MethodKind,
+    /// Backbone whose representations (and stage-1 head) are used.
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = RetrainConfig::default().backbone))]
+    pub backbone: Backbone,
+    /// Epochs of `floor(N / batch)` steps.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = RetrainConfig::default().epochs))]
+    pub epochs: usize,
+    /// Batch size.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = RetrainConfig::default().batch_size))]
+    pub batch_size: usize,
+    /// Learning rate (cosine to 0 over the run).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = RetrainConfig::default().lr))]
+    pub lr: f64,
+    /// SGD momentum.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = RetrainConfig::default().momentum))]
+    pub momentum: f64,
+    /// Weight decay.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = RetrainConfig::default().weight_decay))]
+    pub weight_decay: f64,
+    /// Seed (initialisation, sampling).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = RetrainConfig::default().seed))]
+    pub seed: u64,
+    /// LA temperature (la, la-posthoc, SRepr's balancing loss) or tau-norm's exponent; chosen on
+    /// validation data when not given (the `tau_grid` / `tau_norm_grid` of the selection).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub tau: Option<f64>,
+    /// DisAlign's re-weighting exponent rho.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = RetrainConfig::default().rho))]
+    pub rho: f64,
+    /// What the predictions hold: the single backbone's, or the SWAG ensemble's (BMA).
+    #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = RetrainConfig::default().predict))]
+    pub predict: Predict,
+    /// SRepr's settings.
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub srepr: SreprConfig,
+    /// The validation selection's settings.
+    #[cfg_attr(feature = "clap", command(flatten))]
+    pub select: SelectConfig,
+}
+
+impl Default for RetrainConfig {
+    fn default() -> Self {
+        Self {
+            method: MethodKind::None,
+            backbone: Backbone::Swa,
+            epochs: 30,
+            batch_size: 128,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            seed: 0,
+            tau: None,
+            rho: 1.2,
+            predict: Predict::Single,
+            srepr: SreprConfig::default(),
+            select: SelectConfig::default(),
+        }
+    }
+}
+
+fn check(ok: bool, field: &str, want: &str, got: impl std::fmt::Display) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(RetrainError::Invalid(format!("retrain.{field} must be {want}, got {got}")))
+    }
+}
+
+fn finite_at_least(field: &str, v: f64, lo: f64) -> Result<()> {
+    check(v.is_finite() && v >= lo, field, &format!("a finite number >= {lo}"), v)
+}
+
+fn positive(field: &str, v: f64) -> Result<()> {
+    check(v.is_finite() && v > 0.0, field, "a finite number > 0", v)
+}
+
+fn grid(field: &str, g: &[f64], each: impl Fn(&str, f64) -> Result<()>) -> Result<()> {
+    check(!g.is_empty(), field, "a non-empty list", "[]")?;
+    g.iter().try_for_each(|&v| each(field, v))
+}
+
+impl RetrainConfig {
+    /// The defaults with another method.
+    pub fn new(method: MethodKind) -> Self {
+        Self { method, ..Self::default() }
+    }
+
+    /// Checks every setting; the error names the field and what was expected.
+    pub fn validate(&self) -> Result<()> {
+        check(self.epochs > 0, "epochs", "at least 1", self.epochs)?;
+        check(self.batch_size > 0, "batch_size", "at least 1", self.batch_size)?;
+        positive("lr", self.lr)?;
+        check(
+            self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum),
+            "momentum",
+            "in [0, 1)",
+            self.momentum,
+        )?;
+        finite_at_least("weight_decay", self.weight_decay, 0.0)?;
+        finite_at_least("rho", self.rho, 0.0)?;
+        if let Some(t) = self.tau {
+            finite_at_least("tau", t, 0.0)?;
+        }
+        let s = &self.select;
+        grid("select.tau_grid", &s.tau_grid, |f, v| finite_at_least(f, v, 0.0))?;
+        grid("select.tau_norm_grid", &s.tau_norm_grid, |f, v| finite_at_least(f, v, 0.0))?;
+        grid("select.lambda_grid", &s.lambda_grid, |f, v| finite_at_least(f, v, 0.0))?;
+        grid("select.convex_grid", &s.convex_grid, |f, v| {
+            check(v.is_finite() && (0.0..=1.0).contains(&v), f, "in [0, 1]", v)
+        })?;
+        grid("select.temperature_grid", &s.temperature_grid, positive)?;
+        let c = &self.srepr;
+        if let Some(l) = c.lambda {
+            finite_at_least("srepr.lambda", l, 0.0)?;
+            if c.objective == Objective::Convex {
+                check(l <= 1.0, "srepr.lambda", "in [0, 1] with the convex objective", l)?;
+            }
+        }
+        if let Some(t) = c.temperature {
+            positive("srepr.temperature", t)?;
+        }
+        if let Some(m) = c.members {
+            check(m > 0, "srepr.members", "at least 1", m)?;
+        }
+        if self.method == MethodKind::Srepr && self.backbone != Backbone::Swa {
+            return Err(RetrainError::Invalid(
+                "SRepr distils the SWAG ensemble into SWA: it needs backbone swa".into(),
+            ));
+        }
+        if self.predict == Predict::Ensemble && self.backbone != Backbone::Swa {
+            return Err(RetrainError::Invalid(
+                "ensemble predictions average the SWAG members around SWA: they need backbone swa".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A short identifier: backbone, method and the knobs that differ from the defaults.
+    pub fn id(&self) -> String {
+        let mut id = format!("{}-{}", self.backbone, self.method);
+        if self.method == MethodKind::Srepr {
+            let (c, d) = (&self.srepr, SreprConfig::default());
+            let mut part = |s: String| {
+                id.push('-');
+                id.push_str(&s);
+            };
+            if let Some(l) = c.lambda {
+                part(format!("lambda{l}"));
+            }
+            if let Some(t) = c.temperature {
+                part(format!("t{t}"));
+            }
+            if c.balance != d.balance {
+                part(c.balance.to_string());
+            }
+            if c.kl != d.kl {
+                part(c.kl.to_string());
+            }
+            if c.student_balance {
+                part("student-balance".into());
+            }
+            if c.teacher != d.teacher {
+                part(format!("{}-teacher", c.teacher));
+            }
+            if c.objective != d.objective {
+                part(c.objective.to_string());
+            }
+            if c.weighting != d.weighting {
+                part(format!("{}-weighted", c.weighting));
+            }
+            if c.kd_logits != d.kd_logits {
+                part(format!("kd-{}", c.kd_logits));
+            }
+            if let Some(m) = c.members {
+                part(format!("m{m}"));
+            }
+        }
+        if self.predict == Predict::Ensemble {
+            id.push_str("-ensemble");
+        }
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let bad = |f: &dyn Fn(&mut RetrainConfig)| {
+            let mut c = RetrainConfig::new(MethodKind::Srepr);
+            f(&mut c);
+            c.validate().unwrap_err().to_string()
+        };
+        assert!(bad(&|c| c.lr = f64::NAN).contains("retrain.lr must be a finite number > 0, got NaN"));
+        assert!(bad(&|c| c.weight_decay = -1.0).contains("retrain.weight_decay"));
+        assert!(bad(&|c| c.srepr.lambda = Some(f64::NAN)).contains("retrain.srepr.lambda"));
+        assert!(bad(&|c| {
+            c.srepr.objective = Objective::Convex;
+            c.srepr.lambda = Some(2.0)
+        })
+        .contains("convex"));
+        assert!(bad(&|c| c.select.temperature_grid = vec![]).contains("non-empty"));
+        assert!(bad(&|c| c.backbone = Backbone::Sgd).contains("needs backbone swa"));
+        RetrainConfig::new(MethodKind::Srepr).validate().unwrap();
+    }
+
+    #[test]
+    fn a_preset_table_fills_in_the_defaults_and_refuses_unknown_keys() {
+        let c: RetrainConfig =
+            toml::from_str("epochs = 5\n[srepr]\nlambda = 0.3\n[select]\ncriterion = \"balanced-error\"\n")
+                .unwrap();
+        assert_eq!(c.epochs, 5);
+        assert_eq!(c.srepr.lambda, Some(0.3));
+        assert_eq!(c.select.criterion, Criterion::BalancedError);
+        assert_eq!(c.lr, RetrainConfig::default().lr);
+        let err = toml::from_str::<RetrainConfig>("epoch = 5").unwrap_err().to_string();
+        assert!(err.contains("epoch"), "{err}");
+    }
+}

@@ -1,0 +1,280 @@
+//! SRepr: classifier re-training on stochastic representations with self-distillation of the
+//! SWAG ensemble into SWA (reference sheet section 3).
+//!
+//! One linear head `G(.; phi)` is trained on the representations `z_1..z_M` of `M` backbones
+//! sampled from the SWAG posterior, and on the SWA representation `z_SWA` (the student, the only
+//! path used at test time):
+//!
+//! `L = (1/M) sum_m B(G(z_m)) [+ B(G(z_SWA))] + lambda T^2 mean_i w_i KL(p_T,i || p_S,i)`
+//!
+//! with `B` the balancing loss (LA by default), `p_T = (1/M) sum_m softmax(G_T(z_m) / T)` the
+//! teacher (the same head with a stop-gradient, or a frozen head trained with `lambda = 0`),
+//! `p_S = softmax(G(z_SWA) / T)` and `w_i` optional uncertainty weights; the convex objective
+//! uses `(1 - lambda)` in front of the balancing terms. `lambda = 0` is the ablation (b). The
+//! knobs left open (tau, lambda, T) are chosen on the validation split: first tau with
+//! `lambda = 0`, then `(lambda, T)` on a grid with that tau.
+
+use candle_core::{DType, Tensor};
+use lt_core::sampler::SamplerKind;
+use serde::Serialize;
+
+use super::{taus, Fitted, Tau, DEFAULT_TAU};
+use crate::config::{Balance, KdLogits, KlDirection, Objective, RetrainConfig, Teacher, Weighting};
+use crate::error::{Result, RetrainError};
+use crate::head::Head;
+use crate::losses;
+use crate::problem::{fit as train, init_head, linear, Problem, CLASS_BALANCED};
+use crate::select::choose;
+
+/// The knobs of one SRepr fit.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Knobs {
+    /// LA temperature of the balancing loss.
+    pub tau: f64,
+    /// Weight of the distillation term.
+    pub lambda: f64,
+    /// Distillation temperature.
+    pub temperature: f64,
+}
+
+/// The defaults when there is no validation split (the reference sheet's choices).
+const DEFAULT_KNOBS: Knobs = Knobs { tau: DEFAULT_TAU.tau, lambda: 1.0, temperature: 1.0 };
+
+/// SRepr's loss on one batch.
+#[derive(Clone, Copy, Debug)]
+pub struct SreprLoss<'a> {
+    /// The balancing loss.
+    pub balance: Balance,
+    /// LA temperature (for [`Balance::La`]).
+    pub tau: f64,
+    /// `log pi` `[C]`.
+    pub log_prior: &'a Tensor,
+    /// `log n` `[C]`.
+    pub log_counts: &'a Tensor,
+    /// Distillation weight.
+    pub lambda: f64,
+    /// Distillation temperature.
+    pub temperature: f64,
+    /// KL direction.
+    pub kl: KlDirection,
+    /// Whether the student also gets the balancing loss.
+    pub student_balance: bool,
+    /// How the terms combine.
+    pub objective: Objective,
+    /// Per-sample weighting of the distillation.
+    pub weighting: Weighting,
+    /// Which logits the distillation compares.
+    pub kd_logits: KdLogits,
+}
+
+impl SreprLoss<'_> {
+    /// The balancing loss of `logits` against `labels`.
+    pub fn balance_loss(&self, logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
+        match self.balance {
+            Balance::La => losses::logit_adjusted(logits, labels, self.log_prior, self.tau),
+            Balance::BalancedSoftmax => losses::balanced_softmax(logits, labels, self.log_counts),
+            Balance::Ce | Balance::Crt => losses::cross_entropy(logits, labels),
+        }
+    }
+
+    /// The logits the balancing loss adjusts (`eta + tau log pi` for LA, `eta + log n` for
+    /// Balanced Softmax, `eta` for plain cross-entropy).
+    fn adjusted(&self, logits: &Tensor) -> Result<Tensor> {
+        Ok(match self.balance {
+            Balance::La => logits.broadcast_add(&(self.log_prior * self.tau)?)?,
+            Balance::BalancedSoftmax => logits.broadcast_add(self.log_counts)?,
+            Balance::Ce | Balance::Crt => logits.clone(),
+        })
+    }
+
+    /// Whether the student path is needed at all.
+    pub fn needs_student(&self) -> bool {
+        self.lambda > 0.0 || self.student_balance
+    }
+
+    /// The batch loss from the head's logits on each SWAG representation (`members`,
+    /// differentiable), the teacher's logits on the same representations (`teacher`: the same
+    /// tensors for the online teacher; detached here), the head's logits on the SWA
+    /// representation (`student`, needed when [`SreprLoss::needs_student`]) and the labels.
+    pub fn batch(
+        &self,
+        members: &[Tensor],
+        teacher: &[Tensor],
+        student: Option<&Tensor>,
+        labels: &Tensor,
+    ) -> Result<Tensor> {
+        if members.is_empty() {
+            return Err(RetrainError::Invalid("SRepr's loss needs at least one member".into()));
+        }
+        let mut loss = Tensor::zeros((), DType::F32, members[0].device())?;
+        for m in members {
+            loss = (loss + self.balance_loss(m, labels)?)?;
+        }
+        loss = (loss / members.len() as f64)?;
+        if !self.needs_student() {
+            return Ok(loss);
+        }
+        let student = student.ok_or_else(|| {
+            RetrainError::Invalid("SRepr's loss needs the student's logits for distillation".into())
+        })?;
+        if self.student_balance {
+            loss = (loss + self.balance_loss(student, labels)?)?;
+        }
+        if self.lambda > 0.0 {
+            let kd = match self.kd_logits {
+                KdLogits::Balanced => {
+                    losses::distillation(teacher, student, self.temperature, self.kl, self.weighting)?
+                }
+                KdLogits::Adjusted => {
+                    let t: Vec<Tensor> = teacher.iter().map(|l| self.adjusted(l)).collect::<Result<_>>()?;
+                    losses::distillation(
+                        &t,
+                        &self.adjusted(student)?,
+                        self.temperature,
+                        self.kl,
+                        self.weighting,
+                    )?
+                }
+            };
+            loss = match self.objective {
+                Objective::Additive => (loss + (kd * self.lambda)?)?,
+                Objective::Convex => ((loss * (1.0 - self.lambda))? + (kd * self.lambda)?)?,
+            };
+        }
+        Ok(loss)
+    }
+}
+
+/// The SWAG members to train on: every SWAG sample, or the first `members`.
+fn members(p: &Problem, cfg: &RetrainConfig) -> Result<Vec<usize>> {
+    let mut m = p.source.swag_indices();
+    if m.is_empty() {
+        return Err(RetrainError::Invalid(format!(
+            "{}: SRepr needs SWAG samples (extract with --samples M > 0)",
+            p.source.describe()
+        )));
+    }
+    if let Some(k) = cfg.srepr.members {
+        if k > m.len() {
+            return Err(RetrainError::Invalid(format!(
+                "SRepr asks for {k} members, the source has {} SWAG samples",
+                m.len()
+            )));
+        }
+        m.truncate(k);
+    }
+    Ok(m)
+}
+
+/// One fit with fixed knobs; `teacher` is the frozen teacher head, if any.
+fn fit_one(
+    p: &Problem,
+    cfg: &RetrainConfig,
+    members: &[usize],
+    k: Knobs,
+    teacher: Option<&Head>,
+) -> Result<Fitted> {
+    let c = &cfg.srepr;
+    let spec = SreprLoss {
+        balance: c.balance,
+        tau: k.tau,
+        log_prior: &p.log_prior,
+        log_counts: &p.log_counts,
+        lambda: k.lambda,
+        temperature: k.temperature,
+        kl: c.kl,
+        student_balance: c.student_balance,
+        objective: c.objective,
+        weighting: c.weighting,
+        kd_logits: c.kd_logits,
+    };
+    let (w, b) = init_head(p.classes, p.dim, cfg.seed, &p.device)?;
+    let params = vec![("bias".to_string(), b.clone()), ("weight".to_string(), w.clone())];
+    let sampler = if c.balance == Balance::Crt { CLASS_BALANCED } else { SamplerKind::Instance };
+    let epoch_losses = train(&params, cfg, &p.labels, p.classes, sampler, |idx| {
+        let y = p.batch_labels(idx)?;
+        let mut logits = Vec::with_capacity(members.len());
+        let mut frozen = Vec::new();
+        for &m in members {
+            let z = p.rows(m, idx)?;
+            logits.push(linear(&z, w.as_tensor(), b.as_tensor())?);
+            if let Some(t) = teacher {
+                frozen.push(t.logits(&z)?);
+            }
+        }
+        let student = if spec.needs_student() {
+            Some(linear(&p.rows(p.index, idx)?, w.as_tensor(), b.as_tensor())?)
+        } else {
+            None
+        };
+        let teacher_logits = if teacher.is_some() { &frozen } else { &logits };
+        spec.batch(&logits, teacher_logits, student.as_ref(), &y)
+    })?;
+    let mut f = Fitted::new(Head::linear(w.as_detached_tensor(), b.as_detached_tensor()));
+    f.epoch_losses = epoch_losses;
+    Ok(f)
+}
+
+/// SRepr with its open knobs chosen on validation data (see the module docs).
+pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
+    let members = members(p, cfg)?;
+    let c = &cfg.srepr;
+    let tau_candidates: Vec<Tau> =
+        if c.balance == Balance::La { taus(cfg.tau, &cfg.select.tau_grid) } else { vec![DEFAULT_TAU] };
+    // The (b) model (lambda = 0): the ablation itself, or step 1 (tau) and the frozen teacher.
+    let plain =
+        |t: &Tau| fit_one(p, cfg, &members, Knobs { lambda: 0.0, ..DEFAULT_KNOBS.with_tau(t.tau) }, None);
+    let mut out = if c.lambda == Some(0.0) {
+        choose(p, cfg, &members, &tau_candidates, DEFAULT_TAU, plain)?.0
+    } else {
+        let needs_b = tau_candidates.len() > 1 || c.teacher == Teacher::Frozen;
+        let (b_fit, tau) = if needs_b {
+            let (f, t) = choose(p, cfg, &members, &tau_candidates, DEFAULT_TAU, plain)?;
+            (Some(f), t.tau)
+        } else {
+            (None, tau_candidates[0].tau)
+        };
+        let teacher = match c.teacher {
+            Teacher::Frozen => Some(b_fit.as_ref().expect("fitted above").head.clone()),
+            Teacher::Online => None,
+        };
+        let lambdas = match c.objective {
+            Objective::Additive => &cfg.select.lambda_grid,
+            Objective::Convex => &cfg.select.convex_grid,
+        };
+        let lambdas = c.lambda.map(|l| vec![l]).unwrap_or_else(|| lambdas.clone());
+        let temps = c.temperature.map(|t| vec![t]).unwrap_or_else(|| cfg.select.temperature_grid.clone());
+        let grid: Vec<Knobs> = lambdas
+            .iter()
+            .flat_map(|&lambda| temps.iter().map(move |&temperature| Knobs { tau, lambda, temperature }))
+            .collect();
+        let (mut f, _) = choose(p, cfg, &members, &grid, DEFAULT_KNOBS.with_tau(tau), |k| {
+            fit_one(p, cfg, &members, *k, teacher.as_ref())
+        })?;
+        // The tau step's record goes first.
+        if let Some(b) = b_fit {
+            let mut sel = b.facts.get("selection").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+            if let Some(mine) = f.facts.get("selection").and_then(|v| v.as_array()) {
+                sel.extend(mine.iter().cloned());
+            }
+            f.facts.insert("selection".into(), sel.into());
+            if let Some(chosen) = f.facts.get_mut("chosen").and_then(|v| v.as_object_mut()) {
+                chosen.insert("tau".into(), tau.into());
+            }
+        }
+        f
+    };
+    out.facts.insert("members".into(), members.len().into());
+    if out.facts.get("chosen").and_then(|c| c.get("lambda")).is_none() {
+        if let Some(chosen) = out.facts.get_mut("chosen").and_then(|v| v.as_object_mut()) {
+            chosen.insert("lambda".into(), 0.0.into());
+        }
+    }
+    Ok(out)
+}
+
+impl Knobs {
+    fn with_tau(self, tau: f64) -> Self {
+        Self { tau, ..self }
+    }
+}

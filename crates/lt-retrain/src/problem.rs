@@ -1,0 +1,160 @@
+//! What every method sees ([`Problem`]: the training rows of a source on a device, the class
+//! prior) and the one training loop they share ([`fit`]).
+
+use candle_core::{DType, Device, Tensor, Var};
+use lt_core::formats::features::Split;
+use lt_core::optim::Sgd;
+use lt_core::rng::streams;
+use lt_core::sampler::{Sampler, SamplerKind};
+use lt_core::Rng;
+
+use crate::bank::FeatureSource;
+use crate::config::{Backbone, RetrainConfig};
+use crate::error::{Result, RetrainError};
+
+/// Consecutive samples per class draw of the decoupling paper's class-aware sampler (cRT, LWS).
+pub const CLASS_AWARE_RUN: usize = 4;
+
+/// The class-aware sampler of cRT and LWS.
+pub const CLASS_BALANCED: SamplerKind = SamplerKind::ClassBalanced { per_class: CLASS_AWARE_RUN };
+
+/// A stage-2 problem: a feature source, the backbone in use, the device, the training labels and
+/// the class prior.
+pub struct Problem<'a> {
+    /// Where the representations come from.
+    pub source: &'a dyn FeatureSource,
+    /// Where tensors live.
+    pub device: Device,
+    /// Number of classes `C`.
+    pub classes: usize,
+    /// Representation dimension `D`.
+    pub dim: usize,
+    /// The backbone in use.
+    pub backbone: Backbone,
+    /// Its index on the `S` axis.
+    pub index: usize,
+    /// Training labels.
+    pub labels: Vec<u32>,
+    /// `log pi_c = log(n_c / N)` (empty classes count as 1), `[C]`.
+    pub log_prior: Tensor,
+    /// `log n_c` (empty classes count as 1), `[C]`.
+    pub log_counts: Tensor,
+}
+
+impl<'a> Problem<'a> {
+    /// The problem of `backbone`'s representations in `source`.
+    pub fn new(source: &'a dyn FeatureSource, backbone: Backbone, device: &Device) -> Result<Self> {
+        let classes = source.classes();
+        let counts = source.class_counts();
+        let n: usize = counts.iter().sum();
+        let lp: Vec<f32> = counts.iter().map(|&c| (c.max(1) as f64 / n as f64).ln() as f32).collect();
+        let lc: Vec<f32> = counts.iter().map(|&c| (c.max(1) as f64).ln() as f32).collect();
+        let kind = match backbone {
+            Backbone::Sgd => lt_core::formats::features::SampleKind::Sgd,
+            Backbone::Swa => lt_core::formats::features::SampleKind::Swa,
+        };
+        Ok(Self {
+            source,
+            device: device.clone(),
+            classes,
+            dim: source.dim(),
+            backbone,
+            index: source.index_of(kind)?,
+            labels: source.labels(Split::Train)?,
+            log_prior: Tensor::from_vec(lp, classes, device)?,
+            log_counts: Tensor::from_vec(lc, classes, device)?,
+        })
+    }
+
+    /// Training representations of backbone `sample` for rows `idx`.
+    pub fn rows(&self, sample: usize, idx: &[usize]) -> Result<Tensor> {
+        self.source.rows(Split::Train, sample, idx, &self.device)
+    }
+
+    /// The labels of training rows `idx`.
+    pub fn batch_labels(&self, idx: &[usize]) -> Result<Tensor> {
+        let y: Vec<u32> = idx.iter().map(|&i| self.labels[i]).collect();
+        Ok(Tensor::from_vec(y, idx.len(), &self.device)?)
+    }
+
+    /// The stage-1 head of the backbone in use, `(W [C, D], b [C])`.
+    pub fn stage1_head(&self) -> Result<(Tensor, Tensor)> {
+        let (w, b) = self.source.stage1_head(self.backbone)?.ok_or_else(|| {
+            RetrainError::Invalid(format!(
+                "{}: this method starts from the stage-1 {} head, which the source does not have",
+                self.source.describe(),
+                self.backbone
+            ))
+        })?;
+        Ok((
+            Tensor::from_vec(w, (self.classes, self.dim), &self.device)?,
+            Tensor::from_vec(b, self.classes, &self.device)?,
+        ))
+    }
+
+    /// Every row of `split` for backbone `sample`.
+    pub fn all(&self, split: Split, sample: usize) -> Result<Tensor> {
+        self.source.all(split, sample, &self.device)
+    }
+}
+
+/// Host copy of a tensor as `f32`.
+pub(crate) fn host(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// `z W^T + b`.
+pub(crate) fn linear(z: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(z.matmul(&w.t()?)?.broadcast_add(b)?)
+}
+
+/// A freshly initialised linear head `(W [C, D], b [C])`, PyTorch's default `U(±1/sqrt(D))`.
+pub(crate) fn init_head(classes: usize, dim: usize, seed: u64, device: &Device) -> Result<(Var, Var)> {
+    let mut rng = Rng::stream(seed, &[streams::HEAD_INIT]);
+    let bound = 1.0 / (dim as f64).sqrt();
+    let mut draw =
+        |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_range(-bound, bound) as f32).collect() };
+    let w = Var::from_tensor(&Tensor::from_vec(draw(classes * dim), (classes, dim), device)?)?;
+    let b = Var::from_tensor(&Tensor::from_vec(draw(classes), classes, device)?)?;
+    Ok((w, b))
+}
+
+/// The shared training loop: `epochs x floor(N / batch)` steps of SGD (momentum, weight decay)
+/// with a cosine from `lr` to 0, batches drawn by `sampler`; `loss(indices)` builds the batch
+/// loss. Returns the mean loss of each epoch; a non-finite loss stops the run.
+pub fn fit(
+    params: &[(String, Var)],
+    cfg: &RetrainConfig,
+    labels: &[u32],
+    classes: usize,
+    sampler: SamplerKind,
+    mut loss: impl FnMut(&[usize]) -> Result<Tensor>,
+) -> Result<Vec<f64>> {
+    let n = labels.len();
+    let batch = cfg.batch_size.min(n).max(1);
+    let steps = (n / batch).max(1);
+    let total = cfg.epochs * steps;
+    let sampler =
+        Sampler::new(sampler, labels, classes, cfg.seed).map_err(|e| RetrainError::Invalid(e.to_string()))?;
+    let mut opt = Sgd::new(cfg.momentum, false, cfg.weight_decay);
+    let mut losses = Vec::with_capacity(cfg.epochs);
+    let mut step = 0;
+    for epoch in 0..cfg.epochs {
+        let order = sampler.epoch(epoch, steps * batch);
+        let mut sum = 0.0;
+        for idx in order.chunks(batch) {
+            let lr = 0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
+            let l = loss(idx)?;
+            let v = l.to_dtype(DType::F32)?.to_vec0::<f32>()?;
+            if !v.is_finite() {
+                return Err(RetrainError::NonFinite { method: cfg.method.to_string(), step, value: v });
+            }
+            sum += v as f64;
+            let grads = l.backward()?;
+            opt.step(params, &grads, lr)?;
+            step += 1;
+        }
+        losses.push(sum / steps as f64);
+    }
+    Ok(losses)
+}

@@ -1,0 +1,122 @@
+//! The rows of a reproduction's stage 2, in the report's order: every method on both backbones
+//! (the poster's Table 2), SRepr's ablation (Table 1), the SWAG ensemble the distillation learns
+//! from, and SRepr's variants. One place declares them; `cargo xtask reproduce` runs one
+//! `lt retrain --row ID` per row and seed, and the report orders and selects rows by id.
+
+use crate::config::{Backbone, KdLogits, MethodKind, Objective, Predict, RetrainConfig, Teacher, Weighting};
+
+/// Which table of the report a row belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Table {
+    /// Every method on the SGD and SWA backbones (the poster's Table 2 layout).
+    Main,
+    /// SRepr's variants, each with its knobs chosen on validation data.
+    Variants,
+}
+
+/// One row of the plan.
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    /// Identifier (the run directory's name).
+    pub id: &'static str,
+    /// Label in the report.
+    pub label: &'static str,
+    /// The table it belongs to.
+    pub table: Table,
+    /// Backbone.
+    pub backbone: Backbone,
+    /// Method.
+    pub method: MethodKind,
+    /// Settings of this row on top of the shared ones.
+    pub apply: fn(&mut RetrainConfig),
+}
+
+impl Row {
+    /// The configuration of this row: `base` (a preset's shared settings) with the row's method,
+    /// backbone and settings.
+    pub fn config(&self, base: &RetrainConfig) -> RetrainConfig {
+        let mut c = base.clone();
+        c.method = self.method;
+        c.backbone = self.backbone;
+        (self.apply)(&mut c);
+        c
+    }
+}
+
+fn nothing(_: &mut RetrainConfig) {}
+
+macro_rules! rows {
+    ($($id:literal, $label:literal, $table:ident, $backbone:ident, $method:ident, $apply:expr;)+) => {
+        /// Every row, in report order.
+        pub const ROWS: &[Row] = &[$(Row {
+            id: $id,
+            label: $label,
+            table: Table::$table,
+            backbone: Backbone::$backbone,
+            method: MethodKind::$method,
+            apply: $apply,
+        },)+];
+    };
+}
+
+rows! {
+    "sgd-none", "-", Main, Sgd, None, nothing;
+    "sgd-crt", "cRT", Main, Sgd, Crt, nothing;
+    "sgd-lws", "LWS", Main, Sgd, Lws, nothing;
+    "sgd-tau-norm", "tau-norm", Main, Sgd, TauNorm, nothing;
+    "sgd-la", "LA", Main, Sgd, La, nothing;
+    "sgd-la-posthoc", "LA (post-hoc)", Main, Sgd, LaPosthoc, nothing;
+    "sgd-balanced-softmax", "Balanced Softmax", Main, Sgd, BalancedSoftmax, nothing;
+    "sgd-disalign", "DisAlign", Main, Sgd, Disalign, nothing;
+    "swa-none", "-", Main, Swa, None, nothing;
+    "swa-crt", "cRT", Main, Swa, Crt, nothing;
+    "swa-lws", "LWS", Main, Swa, Lws, nothing;
+    "swa-tau-norm", "tau-norm", Main, Swa, TauNorm, nothing;
+    "swa-la", "LA", Main, Swa, La, nothing;
+    "swa-la-posthoc", "LA (post-hoc)", Main, Swa, LaPosthoc, nothing;
+    "swa-balanced-softmax", "Balanced Softmax", Main, Swa, BalancedSoftmax, nothing;
+    "swa-disalign", "DisAlign", Main, Swa, Disalign, nothing;
+    "swa-srepr-b", "+ stochastic repr. (b)", Main, Swa, Srepr, |c| c.srepr.lambda = Some(0.0);
+    "swa-srepr", "SRepr", Main, Swa, Srepr, nothing;
+    "swa-srepr-b-ensemble", "SWAG ensemble of (b), M passes", Main, Swa, Srepr, |c| {
+        c.srepr.lambda = Some(0.0);
+        c.predict = Predict::Ensemble;
+    };
+    "swa-srepr-frozen", "SRepr, frozen (b) teacher", Variants, Swa, Srepr, |c| c.srepr.teacher = Teacher::Frozen;
+    "swa-srepr-student-balance", "SRepr, LA on the student too", Variants, Swa, Srepr, |c| c.srepr.student_balance = true;
+    "swa-srepr-frozen-student-balance", "SRepr, frozen teacher, LA on the student", Variants, Swa, Srepr, |c| {
+        c.srepr.teacher = Teacher::Frozen;
+        c.srepr.student_balance = true;
+    };
+    "swa-srepr-convex", "SRepr, convex objective", Variants, Swa, Srepr, |c| c.srepr.objective = Objective::Convex;
+    "swa-srepr-entropy", "SRepr, entropy-weighted KD", Variants, Swa, Srepr, |c| c.srepr.weighting = Weighting::Entropy;
+    "swa-srepr-disagreement", "SRepr, disagreement-weighted KD", Variants, Swa, Srepr, |c| c.srepr.weighting = Weighting::Disagreement;
+    "swa-srepr-kd-adjusted", "SRepr, KD on adjusted logits", Variants, Swa, Srepr, |c| c.srepr.kd_logits = KdLogits::Adjusted;
+}
+
+/// The rows whose per-class test accuracy the report plots: the plain heads and the two that
+/// matter most (LA and SRepr on SWA).
+pub const PER_CLASS_PLOT: &[&str] = &["sgd-none", "swa-none", "swa-la", "swa-srepr"];
+
+/// The row with identifier `id`.
+pub fn row(id: &str) -> Option<&'static Row> {
+    ROWS.iter().find(|r| r.id == id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_configs_valid() {
+        for (i, r) in ROWS.iter().enumerate() {
+            assert!(ROWS[..i].iter().all(|o| o.id != r.id), "duplicate row {}", r.id);
+            let c = r.config(&RetrainConfig::default());
+            c.validate().unwrap_or_else(|e| panic!("{}: {e}", r.id));
+            assert_eq!((c.method, c.backbone), (r.method, r.backbone));
+        }
+        assert_eq!(row("swa-srepr-b").unwrap().config(&RetrainConfig::default()).srepr.lambda, Some(0.0));
+        assert!(row("nope").is_none());
+        assert!(PER_CLASS_PLOT.iter().all(|id| row(id).is_some()));
+    }
+}

@@ -1,0 +1,100 @@
+//! Tidy checks of the workspace's shape (rust-analyzer's idea): the crate layering, a `//!` header
+//! on every Rust file, and file sizes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    xtask::workspace_root()
+}
+
+/// The workspace dependencies (`lt-*`) of every crate under `crates/`, from its `Cargo.toml`.
+fn internal_deps() -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(root().join("crates")).unwrap() {
+        let dir = entry.unwrap().path();
+        let manifest: toml::Value =
+            toml::from_str(&std::fs::read_to_string(dir.join("Cargo.toml")).unwrap()).unwrap();
+        let name = manifest["package"]["name"].as_str().unwrap().to_string();
+        let deps = manifest
+            .get("dependencies")
+            .and_then(|d| d.as_table())
+            .map(|t| t.keys().filter(|k| k.starts_with("lt-")).cloned().collect())
+            .unwrap_or_default();
+        out.insert(name, deps);
+    }
+    out
+}
+
+#[test]
+fn crate_layering_holds() {
+    let deps = internal_deps();
+    assert!(deps.len() >= 8, "found crates {:?}", deps.keys());
+    let must_not: [(&str, &[&str]); 6] = [
+        ("lt-core", &["lt-data", "lt-models", "lt-swag", "lt-train", "lt-retrain", "lt-metrics", "lt-cli"]),
+        ("lt-retrain", &["lt-models", "lt-data", "lt-metrics", "lt-train", "lt-swag", "lt-cli"]),
+        ("lt-metrics", &["lt-models", "lt-data", "lt-retrain", "lt-train", "lt-swag", "lt-cli"]),
+        ("lt-swag", &["lt-models", "lt-data", "lt-train", "lt-retrain", "lt-metrics", "lt-cli"]),
+        ("lt-models", &["lt-data", "lt-train", "lt-retrain", "lt-metrics", "lt-cli"]),
+        ("lt-data", &["lt-models", "lt-train", "lt-retrain", "lt-metrics", "lt-cli"]),
+    ];
+    for (krate, forbidden) in must_not {
+        let have = &deps[krate];
+        for f in forbidden {
+            assert!(
+                !have.contains(&f.to_string()),
+                "{krate} must not depend on {f} (it depends on {have:?})"
+            );
+        }
+    }
+    // The automation drives the `lt` binary; it imports no stage crate.
+    let xtask: toml::Value =
+        toml::from_str(&std::fs::read_to_string(root().join("xtask/Cargo.toml")).unwrap()).unwrap();
+    let normal = xtask["dependencies"].as_table().unwrap();
+    assert!(
+        normal.keys().all(|k| !k.starts_with("lt-")),
+        "xtask depends on {:?}",
+        normal.keys().collect::<Vec<_>>()
+    );
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            if p.file_name().is_some_and(|n| n != "target" && n != "golden") {
+                rust_files(&p, out);
+            }
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn every_rust_file_opens_with_a_module_doc_and_stays_readable_in_size() {
+    let mut files = Vec::new();
+    rust_files(&root().join("crates"), &mut files);
+    rust_files(&root().join("xtask"), &mut files);
+    assert!(files.len() > 50, "found {} files", files.len());
+    let mut missing = Vec::new();
+    let mut large = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        if !text.trim_start().starts_with("//!") {
+            missing.push(f.display().to_string());
+        }
+        let rel = f.strip_prefix(root()).unwrap().display().to_string();
+        // Kernels and tests may be long; everything else is split before 500 lines.
+        let exempt = rel.contains("/tests/")
+            || rel.ends_with("tests.rs")
+            || rel.contains("kernels")
+            || rel.ends_with("conv.rs");
+        let lines = text.lines().count();
+        if !exempt && lines > 500 {
+            large.push(format!("{rel} ({lines} lines)"));
+        }
+    }
+    assert!(missing.is_empty(), "files without a `//!` module doc: {missing:?}");
+    assert!(large.is_empty(), "files over 500 lines: {large:?}");
+}
