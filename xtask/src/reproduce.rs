@@ -275,32 +275,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     };
     let rows = stage2_rows(&lt)?;
     let stages = plan(&run_root, &preset_path, &preset, &opts.device, &rows)?;
+    let report = run_root.join("report");
     if opts.dry_run {
-        println!("preset {name}: {} stages into {}", stages.len() + 1, run_root.display());
-        for s in &stages {
-            let state = if is_done(s) {
-                "cached"
-            } else if s.resumable && s.dir.join("checkpoint.safetensors").exists() {
-                "resumes"
-            } else {
-                "runs"
-            };
-            println!("[{state:>7}] {}\n          lt {}", s.name, s.args.join(" "));
-        }
-        println!(
-            "[   runs] report\n          lt report --runs {} --out {}",
-            run_root.display(),
-            run_root.join("report").display()
-        );
-        return Ok(Summary {
-            ran: vec![],
-            skipped: vec![],
-            report: run_root.join("report/report.md"),
-            seconds: 0.0,
-        });
+        print_plan(&name, &stages, &run_root, &report);
+        return Ok(Summary { ran: vec![], skipped: vec![], report: report.join("report.md"), seconds: 0.0 });
     }
     std::fs::create_dir_all(&run_root).with_context(|| format!("creating {}", run_root.display()))?;
-    // The resolved preset is what `lt train` reads; rewrite it only when it changed.
+    // The resolved preset is what every stage reads; rewrite it only when it changed.
     if std::fs::read_to_string(&preset_path).ok().as_deref() != Some(resolved.as_str()) {
         std::fs::write(&preset_path, &resolved)
             .with_context(|| format!("writing {}", preset_path.display()))?;
@@ -313,44 +294,75 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
             skipped.push(s.name.clone());
             continue;
         }
-        // A stage whose inputs changed starts afresh; one that was interrupted resumes.
-        if key_file(&s.dir).exists() {
-            std::fs::remove_dir_all(&s.dir)
-                .with_context(|| format!("clearing the outdated {}", s.dir.display()))?;
-        }
-        let mut args = s.args.clone();
-        if s.resumable && s.dir.join("checkpoint.safetensors").exists() {
-            args.push("--resume".into());
-        }
         println!("[{}/{total}] {}", i + 1, s.name);
         let t = Instant::now();
-        std::fs::create_dir_all(&s.dir)?;
-        run_lt(&lt, &args)?;
-        std::fs::write(key_file(&s.dir), &s.key)?;
+        run_stage(&lt, s)?;
         println!("[{}/{total}] {} done in {:.1} s", i + 1, s.name, t.elapsed().as_secs_f64());
         ran.push(s.name.clone());
     }
-    let report_dir = run_root.join("report");
+    println!("report of {} seed(s):", get(&preset, &["seeds"]).and_then(|v| v.as_integer()).unwrap_or(1));
+    run_lt(&lt, &report_args(&name, &preset, &run_root, &report))?;
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "plots: {}\n{} stage(s) run, {} up to date, {:.0} s",
+        report.join("plots").display(),
+        ran.len(),
+        skipped.len(),
+        seconds
+    );
+    Ok(Summary { ran, skipped, report: report.join("report.md"), seconds })
+}
+
+/// Runs one stage: a stage whose inputs changed starts afresh, one that was interrupted resumes;
+/// the key is written when the stage succeeded.
+fn run_stage(lt: &Path, s: &Stage) -> Result<()> {
+    if key_file(&s.dir).exists() {
+        std::fs::remove_dir_all(&s.dir)
+            .with_context(|| format!("clearing the outdated {}", s.dir.display()))?;
+    }
+    let mut args = s.args.clone();
+    if s.resumable && s.dir.join("checkpoint.safetensors").exists() {
+        args.push("--resume".into());
+    }
+    std::fs::create_dir_all(&s.dir)?;
+    run_lt(lt, &args)?;
+    std::fs::write(key_file(&s.dir), &s.key)?;
+    Ok(())
+}
+
+/// The `lt report` command line of a reproduction.
+fn report_args(name: &str, preset: &toml::Value, run_root: &Path, report: &Path) -> Vec<String> {
     let mut args: Vec<String> = vec![
         "report".into(),
         "--runs".into(),
         run_root.display().to_string(),
         "--out".into(),
-        report_dir.display().to_string(),
+        report.display().to_string(),
+        "--title".into(),
+        format!("SRepr reproduction: preset {name}"),
     ];
-    args.extend(["--title".into(), format!("SRepr reproduction: preset {name}")]);
-    if let Some(p) = get(&preset, &["report", "paper"]).and_then(|v| v.as_str()) {
+    if let Some(p) = get(preset, &["report", "paper"]).and_then(|v| v.as_str()) {
         args.extend(["--paper".into(), p.into()]);
     }
-    println!("report of {} seed(s):", get(&preset, &["seeds"]).and_then(|v| v.as_integer()).unwrap_or(1));
-    run_lt(&lt, &args)?;
-    let seconds = started.elapsed().as_secs_f64();
+    args
+}
+
+/// Prints the plan: every stage, whether it is cached, and its command line.
+fn print_plan(name: &str, stages: &[Stage], run_root: &Path, report: &Path) {
+    println!("preset {name}: {} stages into {}", stages.len() + 1, run_root.display());
+    for s in stages {
+        let state = if is_done(s) {
+            "cached"
+        } else if s.resumable && s.dir.join("checkpoint.safetensors").exists() {
+            "resumes"
+        } else {
+            "runs"
+        };
+        println!("[{state:>7}] {}\n          lt {}", s.name, s.args.join(" "));
+    }
     println!(
-        "plots: {}\n{} stage(s) run, {} up to date, {:.0} s",
-        report_dir.join("plots").display(),
-        ran.len(),
-        skipped.len(),
-        seconds
+        "[   runs] report\n          lt report --runs {} --out {}",
+        run_root.display(),
+        report.display()
     );
-    Ok(Summary { ran, skipped, report: report_dir.join("report.md"), seconds })
 }

@@ -98,3 +98,55 @@ fn every_rust_file_opens_with_a_module_doc_and_stays_readable_in_size() {
     assert!(missing.is_empty(), "files without a `//!` module doc: {missing:?}");
     assert!(large.is_empty(), "files over 500 lines: {large:?}");
 }
+
+/// Lengths of the functions of a Rust source (a `fn` line to the `}` at its indentation), test
+/// modules excluded.
+fn function_lengths(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() == "#[cfg(test)]" {
+            break;
+        }
+        let trimmed = line.trim_start();
+        let is_fn = ["fn ", "pub fn ", "pub(crate) fn ", "pub(super) fn ", "unsafe fn ", "pub unsafe fn "]
+            .iter()
+            .any(|p| trimmed.starts_with(p));
+        if !is_fn || trimmed.ends_with(';') {
+            continue;
+        }
+        let indent = &line[..line.len() - trimmed.len()];
+        let close = format!("{indent}}}");
+        if let Some(end) = lines[i + 1..].iter().position(|l| *l == close) {
+            out.push((trimmed.split('(').next().unwrap_or(trimmed).to_string(), end + 2));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_is_longer_than_80_lines_outside_the_kernels() {
+    let mut files = Vec::new();
+    rust_files(&root().join("crates"), &mut files);
+    rust_files(&root().join("xtask"), &mut files);
+    let mut long = Vec::new();
+    for f in &files {
+        let rel = f.strip_prefix(root()).unwrap().display().to_string();
+        // The kernels (`lt-models/src/ops/`) are long loops by nature; tests may be long.
+        if rel.contains("/tests/") || rel.ends_with("tests.rs") || rel.contains("lt-models/src/ops/") {
+            continue;
+        }
+        for (name, n) in function_lengths(&std::fs::read_to_string(f).unwrap()) {
+            if n > 80 {
+                long.push(format!("{rel}: {name} ({n} lines)"));
+            }
+        }
+    }
+    assert!(long.is_empty(), "functions over 80 lines: {long:#?}");
+}
+
+#[test]
+fn function_lengths_are_measured_to_the_closing_brace() {
+    let src = "fn a() {\n    1;\n}\n\n    pub fn b(x: u8) -> u8 {\n        x\n    }\nfn c();\n";
+    assert_eq!(function_lengths(src), vec![("fn a".to_string(), 3), ("pub fn b".to_string(), 3)]);
+}

@@ -161,7 +161,7 @@ impl Sampler {
 
     /// The `len` training indices visited in `epoch`, in order.
     pub fn epoch(&self, epoch: usize, len: usize) -> Vec<usize> {
-        let mut rng = Rng::stream(self.seed, &[0x5A3F, epoch as u64]);
+        let mut rng = Rng::stream(self.seed, &[crate::rng::streams::SAMPLER, epoch as u64]);
         match &self.kind {
             SamplerKind::Instance => {
                 let mut out = Vec::with_capacity(len);

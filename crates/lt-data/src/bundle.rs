@@ -288,140 +288,10 @@ fn in_memory(set: ImageSet, train: bool, opts: &DataOptions, norm: &Normalize) -
 pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
     let rho = opts.imbalance.or(name.default_imbalance());
     match name {
-        DatasetName::Synthetic => {
-            let mut cfg = opts.synthetic.clone();
-            if let Some(v) = opts.val_per_class {
-                cfg.val_per_class = v;
-            }
-            let cfg = &cfg;
-            let s = generate_splits(cfg, opts.seed);
-            let rho = rho.unwrap_or(100.0);
-            let (train, idx) = longtail_in_memory(&s.train_pool, cfg.n_max, rho)?;
-            let norm = Normalize::half(3);
-            Ok(DataBundle {
-                name,
-                class_names: train.class_names.clone(),
-                train: in_memory(train, true, opts, &norm),
-                val: (cfg.val_per_class > 0).then(|| in_memory(s.val, false, opts, &norm)),
-                test: in_memory(s.test, false, opts, &norm),
-                train_indices: idx,
-                val_indices: None,
-                original_train_len: s.train_pool.len(),
-                imbalance: Some(rho),
-                source: format!("embedded generator (seed {})", opts.seed),
-            })
-        }
-        DatasetName::FmnistLt | DatasetName::MnistLt => {
-            let variant =
-                if name == DatasetName::FmnistLt { IdxVariant::FashionMnist } else { IdxVariant::Mnist };
-            let dirs = idx::search_dirs(variant, opts.data_root.as_deref(), &opts.project_data);
-            let dl = download_root(opts);
-            let (pool, test) =
-                idx::load(variant, &dirs, opts.download.then_some(dl.as_path()), opts.mirror.as_deref())?;
-            let rho = rho.unwrap_or(100.0);
-            let vpc = opts.val_per_class.or(name.default_val_per_class()).unwrap_or(0);
-            let split = longtail_with_val(&pool, 6000, rho, vpc)?;
-            let norm = if variant == IdxVariant::FashionMnist {
-                Normalize::fashion_mnist()
-            } else {
-                Normalize { mean: vec![0.1307], std: vec![0.3081] }
-            };
-            Ok(DataBundle {
-                name,
-                class_names: pool.class_names.clone(),
-                train: in_memory(split.train, true, opts, &norm),
-                val: split.val.map(|v| in_memory(v, false, opts, &norm)),
-                test: in_memory(test, false, opts, &norm),
-                train_indices: split.train_indices,
-                val_indices: split.val_indices,
-                original_train_len: pool.len(),
-                imbalance: Some(rho),
-                source: format!(
-                    "IDX files ({})",
-                    dirs.iter()
-                        .find(|d| d.is_dir())
-                        .map(|d| d.display().to_string())
-                        .unwrap_or_else(|| dl.display().to_string())
-                ),
-            })
-        }
-        DatasetName::Cifar10Lt | DatasetName::Cifar100Lt => {
-            let variant =
-                if name == DatasetName::Cifar10Lt { CifarVariant::Cifar10 } else { CifarVariant::Cifar100 };
-            let roots = search_roots(opts);
-            let dl = download_root(opts);
-            let splits =
-                cifar::load(variant, &roots, opts.download.then_some(dl.as_path()), opts.mirror.as_deref())?;
-            let rho = rho.unwrap_or(100.0);
-            let n_max = splits.train.len() / variant.classes();
-            let vpc = opts.val_per_class.or(name.default_val_per_class()).unwrap_or(0);
-            let split = longtail_with_val(&splits.train, n_max, rho, vpc)?;
-            let norm = Normalize::cifar();
-            let source = format!(
-                "{:?}",
-                cifar::locate(variant, &roots)
-                    .unwrap_or(cifar::CifarSource::Dir(dl.join(variant.dir_name())))
-            );
-            Ok(DataBundle {
-                name,
-                class_names: splits.train.class_names.clone(),
-                train: in_memory(split.train, true, opts, &norm),
-                val: split.val.map(|v| in_memory(v, false, opts, &norm)),
-                test: in_memory(splits.test, false, opts, &norm),
-                train_indices: split.train_indices,
-                val_indices: split.val_indices,
-                original_train_len: splits.train.len(),
-                imbalance: Some(rho),
-                source,
-            })
-        }
-        DatasetName::ImagenetLt | DatasetName::Inat2018 => {
-            let bench = if name == DatasetName::ImagenetLt {
-                ListBenchmark::ImageNetLt
-            } else {
-                ListBenchmark::INat2018
-            };
-            if opts.imbalance.is_some() {
-                return Err(DataError::Invalid(format!(
-                    "{name} has a fixed long tail; --imbalance does not apply"
-                )));
-            }
-            let dir = bench.locate(&search_roots(opts))?;
-            let classes = bench.classes();
-            let (tr, va, te) = bench.list_names();
-            let (norm, jitter) = match bench {
-                ListBenchmark::ImageNetLt => (Normalize::imagenet(), Some(0.4)),
-                ListBenchmark::INat2018 => (Normalize::inat(), None),
-            };
-            let size = opts.image_size;
-            let make = |list: &str| -> Result<Arc<dyn Dataset>> {
-                let entries = parse_list(&dir.join(list), classes)?;
-                Ok(Arc::new(ImageFileDataset::new(
-                    dir.clone(),
-                    entries,
-                    classes,
-                    TrainTransform::standard(size, if opts.augment { jitter } else { None }),
-                    EvalTransform { resize: size * 256 / 224, crop: size },
-                    norm.clone(),
-                )))
-            };
-            let train = make(tr)?;
-            let val = va.map(make).transpose()?;
-            let test = make(te)?;
-            let n = train.len();
-            Ok(DataBundle {
-                name,
-                class_names: (0..classes).map(|c| c.to_string()).collect(),
-                train,
-                val,
-                test,
-                train_indices: (0..n).collect(),
-                val_indices: None,
-                original_train_len: n,
-                imbalance: None,
-                source: format!("list files in {}", dir.display()),
-            })
-        }
+        DatasetName::Synthetic => synthetic_bundle(opts, rho.unwrap_or(100.0)),
+        DatasetName::FmnistLt | DatasetName::MnistLt => idx_bundle(name, opts, rho.unwrap_or(100.0)),
+        DatasetName::Cifar10Lt | DatasetName::Cifar100Lt => cifar_bundle(name, opts, rho.unwrap_or(100.0)),
+        DatasetName::ImagenetLt | DatasetName::Inat2018 => list_bundle(name, opts),
         DatasetName::Folder => {
             let root = opts
                 .data_root
@@ -430,6 +300,143 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
             folder_bundle(&root, opts)
         }
     }
+}
+
+/// The validation images per class of a data set whose validation set is drawn.
+fn val_per_class(name: DatasetName, opts: &DataOptions) -> usize {
+    opts.val_per_class.or(name.default_val_per_class()).unwrap_or(0)
+}
+
+fn synthetic_bundle(opts: &DataOptions, rho: f64) -> Result<DataBundle> {
+    let mut cfg = opts.synthetic.clone();
+    if let Some(v) = opts.val_per_class {
+        cfg.val_per_class = v;
+    }
+    let s = generate_splits(&cfg, opts.seed);
+    let (train, idx) = longtail_in_memory(&s.train_pool, cfg.n_max, rho)?;
+    let norm = Normalize::half(3);
+    Ok(DataBundle {
+        name: DatasetName::Synthetic,
+        class_names: train.class_names.clone(),
+        train: in_memory(train, true, opts, &norm),
+        val: (cfg.val_per_class > 0).then(|| in_memory(s.val, false, opts, &norm)),
+        test: in_memory(s.test, false, opts, &norm),
+        train_indices: idx,
+        val_indices: None,
+        original_train_len: s.train_pool.len(),
+        imbalance: Some(rho),
+        source: format!("embedded generator (seed {})", opts.seed),
+    })
+}
+
+/// Images per class of the MNIST and Fashion-MNIST training sets (the head class keeps all).
+const IDX_N_MAX: usize = 6000;
+
+fn idx_bundle(name: DatasetName, opts: &DataOptions, rho: f64) -> Result<DataBundle> {
+    let variant = if name == DatasetName::FmnistLt { IdxVariant::FashionMnist } else { IdxVariant::Mnist };
+    let dirs = idx::search_dirs(variant, opts.data_root.as_deref(), &opts.project_data);
+    let dl = download_root(opts);
+    let (pool, test) =
+        idx::load(variant, &dirs, opts.download.then_some(dl.as_path()), opts.mirror.as_deref())?;
+    let split = longtail_with_val(&pool, IDX_N_MAX, rho, val_per_class(name, opts))?;
+    let norm = match variant {
+        IdxVariant::FashionMnist => Normalize::fashion_mnist(),
+        IdxVariant::Mnist => Normalize::mnist(),
+    };
+    let source = dirs
+        .iter()
+        .find(|d| d.is_dir())
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| dl.display().to_string());
+    Ok(DataBundle {
+        name,
+        class_names: pool.class_names.clone(),
+        train: in_memory(split.train, true, opts, &norm),
+        val: split.val.map(|v| in_memory(v, false, opts, &norm)),
+        test: in_memory(test, false, opts, &norm),
+        train_indices: split.train_indices,
+        val_indices: split.val_indices,
+        original_train_len: pool.len(),
+        imbalance: Some(rho),
+        source: format!("IDX files ({source})"),
+    })
+}
+
+fn cifar_bundle(name: DatasetName, opts: &DataOptions, rho: f64) -> Result<DataBundle> {
+    let variant = if name == DatasetName::Cifar10Lt { CifarVariant::Cifar10 } else { CifarVariant::Cifar100 };
+    let roots = search_roots(opts);
+    let dl = download_root(opts);
+    let splits = cifar::load(variant, &roots, opts.download.then_some(dl.as_path()), opts.mirror.as_deref())?;
+    let n_max = splits.train.len() / variant.classes();
+    let split = longtail_with_val(&splits.train, n_max, rho, val_per_class(name, opts))?;
+    let norm = Normalize::cifar();
+    let source = format!(
+        "{:?}",
+        cifar::locate(variant, &roots).unwrap_or(cifar::CifarSource::Dir(dl.join(variant.dir_name())))
+    );
+    Ok(DataBundle {
+        name,
+        class_names: splits.train.class_names.clone(),
+        train: in_memory(split.train, true, opts, &norm),
+        val: split.val.map(|v| in_memory(v, false, opts, &norm)),
+        test: in_memory(splits.test, false, opts, &norm),
+        train_indices: split.train_indices,
+        val_indices: split.val_indices,
+        original_train_len: splits.train.len(),
+        imbalance: Some(rho),
+        source,
+    })
+}
+
+/// ColorJitter strength of ImageNet-LT's training transform (the decoupling recipe).
+const IMAGENET_LT_COLOR_JITTER: f32 = 0.4;
+
+/// Resize side of the evaluation transform for a crop of `crop` (the standard 256 for 224).
+fn eval_resize(crop: u32) -> u32 {
+    crop * 256 / 224
+}
+
+fn list_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
+    let bench =
+        if name == DatasetName::ImagenetLt { ListBenchmark::ImageNetLt } else { ListBenchmark::INat2018 };
+    if opts.imbalance.is_some() {
+        return Err(DataError::Invalid(format!("{name} has a fixed long tail; --imbalance does not apply")));
+    }
+    let dir = bench.locate(&search_roots(opts))?;
+    let classes = bench.classes();
+    let (tr, va, te) = bench.list_names();
+    let (norm, jitter) = match bench {
+        ListBenchmark::ImageNetLt => (Normalize::imagenet(), Some(IMAGENET_LT_COLOR_JITTER)),
+        ListBenchmark::INat2018 => (Normalize::inat(), None),
+    };
+    let size = opts.image_size;
+    let make = |list: &str| -> Result<Arc<dyn Dataset>> {
+        let entries = parse_list(&dir.join(list), classes)?;
+        Ok(Arc::new(ImageFileDataset::new(
+            dir.clone(),
+            entries,
+            classes,
+            TrainTransform::standard(size, if opts.augment { jitter } else { None }),
+            EvalTransform { resize: eval_resize(size), crop: size },
+            norm.clone(),
+        )))
+    };
+    let train = make(tr)?;
+    let val = va.map(make).transpose()?;
+    let test = make(te)?;
+    let n = train.len();
+    Ok(DataBundle {
+        name,
+        class_names: (0..classes).map(|c| c.to_string()).collect(),
+        train,
+        val,
+        test,
+        train_indices: (0..n).collect(),
+        val_indices: None,
+        original_train_len: n,
+        imbalance: None,
+        source: format!("list files in {}", dir.display()),
+    })
 }
 
 fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundle> {
@@ -442,7 +449,7 @@ fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundle> {
     } else {
         TrainTransform { scale: (1.0, 1.0), ratio: (1.0, 1.0), flip: false, ..train_tf }
     };
-    let eval_tf = EvalTransform { resize: size * 256 / 224, crop: size };
+    let eval_tf = EvalTransform { resize: eval_resize(size), crop: size };
     let make = |entries| -> Arc<dyn Dataset> {
         Arc::new(ImageFileDataset::new(
             PathBuf::new(),

@@ -77,11 +77,46 @@ pub fn load_batch(
     let labels_all = ds.labels();
     let mut labels = Vec::with_capacity(indices.len());
     for (k, (&i, out)) in indices.iter().zip(images.chunks_exact_mut(len)).enumerate() {
-        let mut rng = Rng::stream(cfg.seed, &[0x10AD, epoch, (first_position + k) as u64]);
+        let mut rng =
+            Rng::stream(cfg.seed, &[lt_core::rng::streams::LOADER, epoch, (first_position + k) as u64]);
         ds.load_into(i, cfg.train, &mut rng, out)?;
         labels.push(labels_all[i]);
     }
     Ok(HostBatch { images, labels, indices: indices.to_vec() })
+}
+
+/// Which pass a stream of batches belongs to: it keys the augmentation randomness (with the seed
+/// and each sample's position), so that every pass draws its own and a resumed run repeats it
+/// exactly. The keys are part of the results and never change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// Training epoch `e` (0-based; both branches of a SWA run see the same epochs).
+    Epoch(u64),
+    /// The batch-norm recalibration of the SWA backbone of a run of `epochs` epochs (keyed as
+    /// the epoch after the last).
+    SwaRecalibration {
+        /// The run's epochs.
+        epochs: u64,
+    },
+    /// The batch-norm recalibration of SWAG sample `sample` in `lt extract`.
+    Recalibration {
+        /// The sample's index.
+        sample: u64,
+    },
+}
+
+/// First key of the SWAG samples' recalibration streams (far above any epoch).
+const RECALIBRATION_KEYS: u64 = 1_000_000;
+
+impl Stream {
+    /// The stream's key.
+    pub fn key(self) -> u64 {
+        match self {
+            Stream::Epoch(e) => e,
+            Stream::SwaRecalibration { epochs } => epochs,
+            Stream::Recalibration { sample } => RECALIBRATION_KEYS + sample,
+        }
+    }
 }
 
 /// Iterator over the batches of one epoch, prepared in the background.

@@ -79,7 +79,7 @@ const SHAPES: usize = 7;
 
 fn class_styles(cfg: &SyntheticConfig, seed: u64) -> Vec<ClassStyle> {
     let s = cfg.classes.div_ceil(2).max(1);
-    let mut rng = Rng::stream(seed, &[0x5717, 0]);
+    let mut rng = Rng::stream(seed, &[lt_core::rng::streams::SYNTHETIC, 0]);
     let base: Vec<(f32, f32, f32)> = (0..s)
         .map(|k| {
             let hue = (k as f32 / s as f32 + 0.1 * rng.uniform_f32()) % 1.0;
@@ -193,7 +193,7 @@ fn generate(
     }
     use rayon::prelude::*;
     pixels.par_chunks_mut(len).enumerate().for_each(|(i, out)| {
-        let mut rng = Rng::stream(seed, &[0x5717, 1 + split, i as u64]);
+        let mut rng = Rng::stream(seed, &[lt_core::rng::streams::SYNTHETIC, 1 + split, i as u64]);
         render(&styles[i % c], cfg, &mut rng, out);
     });
     ImageSet {

@@ -23,6 +23,11 @@ impl Normalize {
         Self { mean: vec![0.2860], std: vec![0.3530] }
     }
 
+    /// MNIST statistics (torchvision's MNIST example).
+    pub fn mnist() -> Self {
+        Self { mean: vec![0.1307], std: vec![0.3081] }
+    }
+
     /// ImageNet statistics (torchvision).
     pub fn imagenet() -> Self {
         Self { mean: vec![0.485, 0.456, 0.406], std: vec![0.229, 0.224, 0.225] }

@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         let lr = if step < 200 { 0.1 } else { 0.05 };
         w.set(&(w.as_tensor() - (grads.get(w.as_tensor()).unwrap() * lr)?)?)?;
         if step >= 200 && step % 10 == 0 {
-            swag.collect(&layout.flatten(&vm)?);
+            swag.collect(&layout.flatten(&vm)?)?;
         }
     }
     println!("SWA mean of {} models: {:?}", swag.n_models(), swag.mean());

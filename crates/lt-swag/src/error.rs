@@ -6,6 +6,9 @@ pub enum SwagError {
     /// Parameters do not match the statistics (another model, another architecture).
     #[error("{0}")]
     Mismatch(String),
+    /// The model failed during batch-norm recalibration (its own error, kept as the source).
+    #[error("the model failed during batch-norm recalibration")]
+    Model(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Reading or writing the artifact failed.
     #[error(transparent)]
     Artifact(#[from] lt_core::ArtifactError),

@@ -19,7 +19,7 @@
 //! vm.data().lock().unwrap().insert("w".into(), candle_core::Var::from_tensor(&Tensor::ones(3, candle_core::DType::F32, &Device::Cpu).unwrap()).unwrap());
 //! let layout = ParamLayout::of(&vm).unwrap();
 //! let mut swag = Swag::new(layout.clone(), 20);
-//! swag.collect(&layout.flatten(&vm).unwrap());
+//! swag.collect(&layout.flatten(&vm).unwrap()).unwrap();
 //! let theta = swag.sample(0.0, &mut lt_core::Rng::new(0));
 //! assert_eq!(theta, vec![1.0, 1.0, 1.0]);
 //! ```

@@ -79,9 +79,15 @@ impl Swag {
         self.deviations.iter().map(|d| d.as_slice())
     }
 
-    /// Adds one model (its flattened parameters).
-    pub fn collect(&mut self, theta: &[f32]) {
-        assert_eq!(theta.len(), self.mean.len(), "parameter vector length");
+    /// Adds one model (its flattened parameters); a vector of another length is refused.
+    pub fn collect(&mut self, theta: &[f32]) -> Result<()> {
+        if theta.len() != self.mean.len() {
+            return Err(SwagError::Mismatch(format!(
+                "a parameter vector of {} values for statistics of {}",
+                theta.len(),
+                self.mean.len()
+            )));
+        }
         let n = self.n_models as f32;
         let (a, b) = (n / (n + 1.0), 1.0 / (n + 1.0));
         for ((m, s), &t) in self.mean.iter_mut().zip(self.sq_mean.iter_mut()).zip(theta) {
@@ -100,6 +106,7 @@ impl Swag {
             self.deviations.push_back(d);
         }
         self.n_models += 1;
+        Ok(())
     }
 
     /// Diagonal variance `max(sq_mean - mean^2, 1e-30)`.

@@ -37,9 +37,9 @@ fn layout_is_sorted_and_skips_batch_norm_statistics() {
 fn moments_and_deviations_by_hand() {
     let l = ParamLayout { names: vec!["p".into()], shapes: vec![vec![2]] };
     let mut s = Swag::new(l, 2);
-    s.collect(&[1.0, 2.0]);
-    s.collect(&[3.0, 2.0]);
-    s.collect(&[5.0, 8.0]);
+    s.collect(&[1.0, 2.0]).unwrap();
+    s.collect(&[3.0, 2.0]).unwrap();
+    s.collect(&[5.0, 8.0]).unwrap();
     // mean = (1+3+5)/3, (2+2+8)/3; second moment = (1+9+25)/3, (4+4+64)/3
     assert_eq!(s.n_models(), 3);
     assert!((s.mean()[0] - 3.0).abs() < 1e-6 && (s.mean()[1] - 4.0).abs() < 1e-6);
@@ -53,7 +53,7 @@ fn moments_and_deviations_by_hand() {
     assert!((d[1][0] - (5.0 - 3.0)).abs() < 1e-6 && (d[1][1] - 4.0).abs() < 1e-6);
     // Diagonal-only mode keeps no deviations; variance is clamped at 1e-30.
     let mut diag = Swag::new(ParamLayout { names: vec!["p".into()], shapes: vec![vec![1]] }, 0);
-    diag.collect(&[2.0]);
+    diag.collect(&[2.0]).unwrap();
     assert_eq!(diag.rank(), 0);
     assert_eq!(diag.variance(), vec![1e-30]);
     assert_eq!(diag.sample(0.0, &mut Rng::new(0)), vec![2.0]);
@@ -65,7 +65,7 @@ fn sample_covariance_matches_the_implied_covariance() {
     let l = ParamLayout { names: vec!["p".into()], shapes: vec![vec![3]] };
     let mut s = Swag::new(l, 4);
     for theta in [[0.0f32, 1.0, 2.0], [1.0, -1.0, 2.5], [0.5, 0.0, 1.0], [2.0, 1.0, 0.0]] {
-        s.collect(&theta);
+        s.collect(&theta).unwrap();
     }
     let scale = 0.5;
     let var = s.variance();
@@ -114,7 +114,7 @@ fn artifact_roundtrip_and_refusals() {
     for _ in 0..5 {
         let mut t = vec![0f32; 7];
         r.fill_normal(&mut t, 0.0, 1.0);
-        s.collect(&t);
+        s.collect(&t).unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("swag.safetensors");

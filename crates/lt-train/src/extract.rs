@@ -88,10 +88,9 @@ fn splits(data: &DataBundle) -> Vec<(Split, Arc<dyn Dataset>)> {
     v
 }
 
-/// Writes `features.safetensors` for the run in `dir` (see the module docs); `data` must be the
-/// data set the run was trained on. Returns the artifact's path.
-pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &Device) -> Result<PathBuf> {
-    cfg.validate()?;
+/// The run's fingerprints `(split, run)`, after checking that the run has what extraction needs
+/// and that `data`, the SWA backbone and the SWAG statistics all belong to it.
+fn check_run(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig) -> Result<(String, String)> {
     for p in [dir.sgd(), dir.swa()] {
         if !p.exists() {
             return Err(TrainError::Mismatch(format!(
@@ -108,30 +107,37 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
             dir.swag().display()
         )));
     }
-    // The data must be the run's split.
-    let split_art = Artifact::open(&dir.split(), lt_core::split::SPLIT_FORMAT)?;
-    let split_fp = split_art.meta(lt_core::artifact::KEY_FINGERPRINT)?.to_string();
+    let fingerprint_of = |path: &Path, format| -> Result<String> {
+        Ok(Artifact::open(path, format)?.meta(lt_core::artifact::KEY_FINGERPRINT)?.to_string())
+    };
+    let split_fp = fingerprint_of(&dir.split(), lt_core::split::SPLIT_FORMAT)?;
     if split_fp != data.fingerprint() {
         return Err(TrainError::Mismatch(format!(
             "the data set given is not the one {} was trained on (split fingerprints differ)",
             dir.root().display()
         )));
     }
-    let run_fp =
-        Artifact::open(&dir.sgd(), BACKBONE_FORMAT)?.meta(lt_core::artifact::KEY_FINGERPRINT)?.to_string();
-    let fingerprint = extract_fingerprint(&run_fp, cfg);
-    let swa = Model::from_artifact(&dir.swa(), device)?;
-    let swag = if cfg.samples > 0 {
-        let s = Swag::load(&dir.swag())?;
-        s.layout()
-            .check(swa.store().varmap())
-            .map_err(|e| TrainError::Mismatch(format!("{}: {e}", dir.swag().display())))?;
-        Some(s)
-    } else {
-        None
-    };
-    let splits = splits(data);
-    let dim = swa.feature_dim();
+    // Every backbone artifact must come from this run (a file copied in from another run is
+    // refused, naming both fingerprints).
+    let run_fp = fingerprint_of(&dir.sgd(), BACKBONE_FORMAT)?;
+    let mut others = vec![(dir.swa(), fingerprint_of(&dir.swa(), BACKBONE_FORMAT)?)];
+    if cfg.samples > 0 {
+        others.push((dir.swag(), fingerprint_of(&dir.swag(), lt_swag::SWAG_FORMAT)?));
+    }
+    for (path, fp) in others {
+        if fp != run_fp {
+            return Err(TrainError::Mismatch(format!(
+                "{} belongs to another run (fingerprint {fp}) than {} ({run_fp})",
+                path.display(),
+                dir.sgd().display()
+            )));
+        }
+    }
+    Ok((split_fp, run_fp))
+}
+
+/// The backbones of the `S` axis: SGD, SWA, then `cfg.samples` SWAG draws.
+fn sample_infos(cfg: &ExtractConfig) -> Vec<SampleInfo> {
     let mut infos = vec![
         SampleInfo { kind: SampleKind::Sgd, seed: None, index: None },
         SampleInfo { kind: SampleKind::Swa, seed: None, index: None },
@@ -141,10 +147,93 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
         seed: Some(cfg.seed),
         index: Some(m),
     }));
+    infos
+}
+
+/// What extracting one backbone needs.
+struct Extraction<'a> {
+    dir: &'a RunDir,
+    data: &'a DataBundle,
+    cfg: &'a ExtractConfig,
+    swag: Option<&'a Swag>,
+    device: &'a Device,
+}
+
+impl Extraction<'_> {
+    /// The backbone of `info`: the SGD or SWA backbone, or a SWAG draw around SWA with its batch
+    /// norms recalibrated on the training set.
+    fn model(&self, info: &SampleInfo) -> Result<Model> {
+        let (dir, cfg) = (self.dir, self.cfg);
+        match (info.kind, info.index, self.swag) {
+            (SampleKind::Sgd, _, _) => Ok(Model::from_artifact(&dir.sgd(), self.device)?),
+            (SampleKind::Swa, _, _) => Ok(Model::from_artifact(&dir.swa(), self.device)?),
+            (SampleKind::Swag, Some(m), Some(swag)) => {
+                let model = Model::from_artifact(&dir.swa(), self.device)?;
+                let theta =
+                    swag.sample(cfg.scale, &mut Rng::stream(cfg.seed, &[streams::SWAG_SAMPLE, m as u64]));
+                swag.layout().write_into(model.store().varmap(), &theta)?;
+                let stream = lt_data::loader::Stream::Recalibration { sample: m as u64 };
+                crate::bn::recalibrate(
+                    &model,
+                    &self.data.train,
+                    cfg.batch_size,
+                    cfg.workers,
+                    cfg.seed,
+                    stream,
+                    self.device,
+                )?;
+                Ok(model)
+            }
+            (SampleKind::Swag, _, _) => {
+                Err(TrainError::Mismatch("a SWAG sample needs its index and the SWAG statistics".into()))
+            }
+        }
+    }
+
+    /// Writes the representations of backbone `s` for every split into `part` (atomically).
+    fn write_part(&self, s: usize, info: &SampleInfo, part: &Path) -> Result<()> {
+        let model = self.model(info)?;
+        lt_core::atomic::write_atomic(part, |w| {
+            for (_, set) in &splits(self.data) {
+                let (f, _) =
+                    crate::evaluate::predict(&model, set, self.cfg.batch_size, self.cfg.workers, self.device)
+                        .map_err(std::io::Error::other)?;
+                if f.iter().any(|v| !v.is_finite()) {
+                    return Err(std::io::Error::other(format!(
+                        "sample {s} ({}) produced non-finite features",
+                        info.kind.as_str()
+                    )));
+                }
+                write_values(w, &f, self.cfg.half)?;
+            }
+            Ok(())
+        })
+        .map_err(io_err(part))
+    }
+}
+
+/// Writes `features.safetensors` for the run in `dir` (see the module docs); `data` must be the
+/// data set the run was trained on. Returns the artifact's path.
+pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &Device) -> Result<PathBuf> {
+    cfg.validate()?;
+    let (split_fp, run_fp) = check_run(dir, data, cfg)?;
+    let fingerprint = extract_fingerprint(&run_fp, cfg);
+    let swa = Model::from_artifact(&dir.swa(), device)?;
+    let swag = match cfg.samples {
+        0 => None,
+        _ => {
+            let s = Swag::load(&dir.swag())?;
+            s.layout()
+                .check(swa.store().varmap())
+                .map_err(|e| TrainError::Mismatch(format!("{}: {e}", dir.swag().display())))?;
+            Some(s)
+        }
+    };
+    let job = Extraction { dir, data, cfg, swag: swag.as_ref(), device };
+    let infos = sample_infos(cfg);
     let mut parts = Vec::new();
     for (s, info) in infos.iter().enumerate() {
-        let part = dir.root().join(format!("features.part-{s}.bin"));
-        let tag = dir.root().join(format!("features.part-{s}.fingerprint"));
+        let (part, tag) = part_files(dir, s);
         let part_fp =
             Fingerprint::new().part("extract", &fingerprint).part("sample", &s.to_string()).finish();
         parts.push(part.clone());
@@ -152,44 +241,8 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
             tracing::info!("sample {s} ({}) already extracted", info.kind.as_str());
             continue;
         }
-        let model = match info.kind {
-            SampleKind::Sgd => Model::from_artifact(&dir.sgd(), device)?,
-            SampleKind::Swa => Model::from_artifact(&dir.swa(), device)?,
-            SampleKind::Swag => {
-                let m = info.index.expect("swag index");
-                let model = Model::from_artifact(&dir.swa(), device)?;
-                let swag = swag.as_ref().expect("loaded");
-                let theta =
-                    swag.sample(cfg.scale, &mut Rng::stream(cfg.seed, &[streams::SWAG_SAMPLE, m as u64]));
-                swag.layout().write_into(model.store().varmap(), &theta)?;
-                crate::bn::recalibrate(
-                    &model,
-                    &data.train,
-                    cfg.batch_size,
-                    cfg.workers,
-                    cfg.seed,
-                    1_000_000 + m as u64,
-                    device,
-                )?;
-                model
-            }
-        };
         let started = std::time::Instant::now();
-        lt_core::atomic::write_atomic(&part, |w| {
-            for (_, set) in &splits {
-                let (f, _) = crate::evaluate::predict(&model, set, cfg.batch_size, cfg.workers, device)
-                    .map_err(std::io::Error::other)?;
-                if f.iter().any(|v| !v.is_finite()) {
-                    return Err(std::io::Error::other(format!(
-                        "sample {s} ({}) produced non-finite features",
-                        info.kind.as_str()
-                    )));
-                }
-                write_values(w, &f, cfg.half)?;
-            }
-            Ok(())
-        })
-        .map_err(io_err(&part))?;
+        job.write_part(s, info, &part)?;
         lt_core::atomic::write_bytes_atomic(&tag, part_fp.as_bytes()).map_err(io_err(&tag))?;
         tracing::info!(
             "sample {}/{} ({}) extracted in {:.1}s",
@@ -199,32 +252,54 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
             started.elapsed().as_secs_f64()
         );
     }
-
-    // Assemble the artifact, streaming each split's block from the part files.
-    let sgd = Model::from_artifact(&dir.sgd(), device)?;
-    let info = data.split_info();
     let meta = FeaturesMeta {
         num_classes: data.num_classes(),
-        feature_dim: dim,
-        samples: infos.clone(),
+        feature_dim: swa.feature_dim(),
+        samples: infos,
         scale: cfg.scale,
         half: cfg.half,
         dataset: data.name.to_string(),
         arch: swa.arch().family.name(),
-        class_names: info.class_names.clone(),
+        class_names: data.class_names.clone(),
         extract_config: serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?,
-        fingerprint: fingerprint.clone(),
+        fingerprint,
         run_fingerprint: run_fp,
         split_fingerprint: split_fp,
     };
-    let elem = meta.elem();
-    let mut w = FeaturesWriter::new(meta, &info.class_counts());
+    let sgd = Model::from_artifact(&dir.sgd(), device)?;
+    let path = assemble(dir, data, meta, &parts, [&sgd, &swa])?;
+    for s in 0..parts.len() {
+        let (part, tag) = part_files(dir, s);
+        let _ = std::fs::remove_file(part);
+        let _ = std::fs::remove_file(tag);
+    }
+    Ok(path)
+}
+
+/// The part file of backbone `s` and the file holding its fingerprint.
+fn part_files(dir: &RunDir, s: usize) -> (PathBuf, PathBuf) {
+    (
+        dir.root().join(format!("features.part-{s}.bin")),
+        dir.root().join(format!("features.part-{s}.fingerprint")),
+    )
+}
+
+/// Writes the artifact, streaming each split's block from the part files; `heads` are the SGD
+/// and SWA backbones.
+fn assemble(
+    dir: &RunDir,
+    data: &DataBundle,
+    meta: FeaturesMeta,
+    parts: &[PathBuf],
+    heads: [&Model; 2],
+) -> Result<PathBuf> {
+    let (dim, elem) = (meta.feature_dim, meta.elem());
+    let mut w = FeaturesWriter::new(meta, &data.class_counts());
     let mut offset = 0usize;
-    for (split, set) in &splits {
-        let n = set.len();
-        let bytes_per = n * dim * elem.size();
-        let (parts, start) = (parts.clone(), offset);
-        w.split(*split, set.labels(), move |out: &mut dyn Write| {
+    for (split, set) in splits(data) {
+        let bytes_per = set.len() * dim * elem.size();
+        let (parts, start) = (parts.to_vec(), offset);
+        w.split(split, set.labels(), move |out: &mut dyn Write| {
             for p in &parts {
                 copy_range(p, start as u64, bytes_per as u64, out)?;
             }
@@ -232,16 +307,12 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
         });
         offset += bytes_per;
     }
-    for (kind, m) in [(SampleKind::Sgd, &sgd), (SampleKind::Swa, &swa)] {
+    for (kind, m) in [SampleKind::Sgd, SampleKind::Swa].into_iter().zip(heads) {
         let (wt, b) = m.head();
         w.head(kind, &wt.as_detached_tensor(), &b.as_detached_tensor())?;
     }
     let path = dir.features();
     w.write(&path)?;
-    for (s, p) in parts.iter().enumerate() {
-        let _ = std::fs::remove_file(p);
-        let _ = std::fs::remove_file(dir.root().join(format!("features.part-{s}.fingerprint")));
-    }
     Ok(path)
 }
 

@@ -246,8 +246,13 @@ fn run_epoch(
         train: true,
         seed: cfg.seed,
     };
-    let batches =
-        EpochBatches::new(ctx.data.train.clone(), order, epoch as u64, loader_cfg, ctx.device.clone());
+    let batches = EpochBatches::new(
+        ctx.data.train.clone(),
+        order,
+        lt_data::loader::Stream::Epoch(epoch as u64).key(),
+        loader_cfg,
+        ctx.device.clone(),
+    );
     let params = model.store().named_params();
     let mut bar =
         Bar::new(format!("{} epoch {}/{}", phase.name(), epoch + 1, cfg.epochs), batches.len() as u64);
@@ -279,14 +284,14 @@ fn run_epoch(
         *step += 1;
         if let (Some(k), Some(s)) = (collect_every, swag.as_deref_mut()) {
             if *step % k == 0 {
-                s.collect(&s.layout().flatten(model.store().varmap())?);
+                s.collect(&s.layout().flatten(model.store().varmap())?)?;
             }
         }
         bar.inc(1);
         bar.set_message(&format!("loss {:.4} lr {lr:.4}", loss_sum / seen as f64));
     }
     if let (None, Some(s)) = (collect_every, swag.as_deref_mut()) {
-        s.collect(&s.layout().flatten(model.store().varmap())?);
+        s.collect(&s.layout().flatten(model.store().varmap())?)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     let log = EpochLog {
@@ -349,7 +354,7 @@ fn finish_phase(ctx: &Ctx, model: &Model, opt: &mut Sgd, phase: Phase, swag: Opt
                 ctx.cfg.batch_size,
                 ctx.cfg.workers,
                 ctx.cfg.seed,
-                ctx.cfg.epochs as u64,
+                lt_data::loader::Stream::SwaRecalibration { epochs: ctx.cfg.epochs as u64 },
                 &ctx.device,
             )?;
             tracing::info!("SWA of {} models; batch norm recalibrated on {seen} images", swag.n_models());

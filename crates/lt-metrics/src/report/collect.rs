@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use lt_core::formats::predictions::Predictions;
-use lt_core::split::shot_groups;
+use lt_core::split::{shot_groups, ShotGroup};
 
 use super::Row;
 use crate::classification::{evaluate, BinEdges};
@@ -96,6 +96,79 @@ fn seeds_in(runs: &Path) -> Result<Vec<u64>> {
     Ok(seeds)
 }
 
+/// What the collection has found so far.
+#[derive(Default)]
+struct Collector {
+    rows: BTreeMap<String, Row>,
+    files: BTreeMap<u64, BTreeMap<String, PathBuf>>,
+    dataset: String,
+    test_labels: Option<(Vec<u32>, PathBuf)>,
+}
+
+impl Collector {
+    /// Evaluates the predictions in `file` (row directory `dir`) as seed `seed`; `split_groups`
+    /// are the shot groups of the seed's split, when it has one.
+    fn add(&mut self, seed: u64, dir: &Path, file: &Path, split_groups: Option<&[ShotGroup]>) -> Result<()> {
+        let p = Predictions::read(file)?;
+        match &self.test_labels {
+            Some((labels, first)) if *labels != p.labels => {
+                return Err(MetricsError::Invalid(format!(
+                    "{} and {} were evaluated on different test sets",
+                    first.display(),
+                    file.display()
+                )))
+            }
+            Some(_) => {}
+            None => self.test_labels = Some((p.labels.clone(), file.to_path_buf())),
+        }
+        let id = if p.meta.row.is_empty() {
+            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        } else {
+            p.meta.row.clone()
+        };
+        let seed_files = self.files.entry(seed).or_default();
+        if let Some(other) = seed_files.get(&id) {
+            return Err(MetricsError::Invalid(format!(
+                "{} and {} both hold row `{id}` of seed {seed}: remove one",
+                other.display(),
+                file.display()
+            )));
+        }
+        seed_files.insert(id.clone(), file.to_path_buf());
+        let groups = match (split_groups, &p.class_counts) {
+            (Some(g), _) if g.len() == p.classes => g.to_vec(),
+            (Some(g), _) => {
+                return Err(MetricsError::Invalid(format!(
+                    "{} has {} classes, the split of seed {seed} {}",
+                    file.display(),
+                    p.classes,
+                    g.len()
+                )))
+            }
+            (None, Some(c)) => shot_groups(c),
+            (None, None) => {
+                return Err(MetricsError::Invalid(format!(
+                    "{}: no class counts and no split artifact to group the classes",
+                    file.display()
+                )))
+            }
+        };
+        let ev = evaluate(&p.scores()?, &groups, 15, BinEdges::Guo)
+            .map_err(|e| MetricsError::Invalid(format!("{}: {e}", file.display())))?;
+        if self.dataset.is_empty() {
+            self.dataset = p.meta.dataset.clone();
+        }
+        let row = self.rows.entry(id.clone()).or_insert_with(|| {
+            let label = if p.meta.label.is_empty() { p.meta.method.clone() } else { p.meta.label.clone() };
+            Row::new(&id, &p.meta.backbone.to_uppercase(), &label)
+        });
+        row.seeds.push(seed);
+        row.evaluations.push(ev);
+        row.chosen.push(p.meta.facts.get("chosen").cloned().unwrap_or(serde_json::Value::Null));
+        Ok(())
+    }
+}
+
 /// Evaluates every `seed-*/stage2/*/predictions.safetensors` under `runs`, refusing what would
 /// make the table lie: two directories of one seed filling the same row, or test sets that
 /// differ between prediction files.
@@ -104,84 +177,30 @@ pub fn collect(runs: &Path) -> Result<Collected> {
     if seeds.is_empty() {
         return Err(MetricsError::Invalid(format!("{} holds no seed-* run directories", runs.display())));
     }
-    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
-    let mut files: BTreeMap<u64, BTreeMap<String, PathBuf>> = BTreeMap::new();
-    let mut dataset = String::new();
-    let mut test_labels: Option<(Vec<u32>, PathBuf)> = None;
+    let mut c = Collector::default();
     for &seed in &seeds {
         let stage2 = runs.join(format!("{}{seed}", LAYOUT.seed_prefix)).join(LAYOUT.stage2);
         let Ok(entries) = std::fs::read_dir(&stage2) else { continue };
         let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         dirs.sort();
         let split = LAYOUT.stage1_dir(runs, seed).join(LAYOUT.split);
-        let split_groups =
+        let groups =
             if split.exists() { Some(lt_core::split::SplitInfo::read(&split)?.groups()) } else { None };
         for dir in dirs {
             let file = dir.join(LAYOUT.predictions);
-            if !file.exists() {
-                continue;
+            if file.exists() {
+                c.add(seed, &dir, &file, groups.as_deref())?;
             }
-            let p = Predictions::read(&file)?;
-            match &test_labels {
-                Some((labels, first)) if *labels != p.labels => {
-                    return Err(MetricsError::Invalid(format!(
-                        "{} and {} were evaluated on different test sets",
-                        first.display(),
-                        file.display()
-                    )))
-                }
-                Some(_) => {}
-                None => test_labels = Some((p.labels.clone(), file.clone())),
-            }
-            let id = if p.meta.row.is_empty() {
-                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
-            } else {
-                p.meta.row.clone()
-            };
-            let seed_files = files.entry(seed).or_default();
-            if let Some(other) = seed_files.get(&id) {
-                return Err(MetricsError::Invalid(format!(
-                    "{} and {} both hold row `{id}` of seed {seed}: remove one",
-                    other.display(),
-                    file.display()
-                )));
-            }
-            seed_files.insert(id.clone(), file.clone());
-            let groups = match (&split_groups, &p.class_counts) {
-                (Some(g), _) if g.len() == p.classes => g.clone(),
-                (Some(g), _) => {
-                    return Err(MetricsError::Invalid(format!(
-                        "{} has {} classes, the split of seed {seed} {}",
-                        file.display(),
-                        p.classes,
-                        g.len()
-                    )))
-                }
-                (None, Some(c)) => shot_groups(c),
-                (None, None) => {
-                    return Err(MetricsError::Invalid(format!(
-                        "{}: no class counts and no split artifact to group the classes",
-                        file.display()
-                    )))
-                }
-            };
-            let ev = evaluate(&p.scores()?, &groups, 15, BinEdges::Guo)
-                .map_err(|e| MetricsError::Invalid(format!("{}: {e}", file.display())))?;
-            if dataset.is_empty() {
-                dataset = p.meta.dataset.clone();
-            }
-            let row = rows.entry(id.clone()).or_insert_with(|| {
-                let label =
-                    if p.meta.label.is_empty() { p.meta.method.clone() } else { p.meta.label.clone() };
-                Row::new(&id, &p.meta.backbone.to_uppercase(), &label)
-            });
-            row.seeds.push(seed);
-            row.evaluations.push(ev);
-            row.chosen.push(p.meta.facts.get("chosen").cloned().unwrap_or(serde_json::Value::Null));
         }
     }
-    if rows.is_empty() {
+    if c.rows.is_empty() {
         return Err(MetricsError::Invalid(format!("no predictions under {}/seed-*/stage2/", runs.display())));
     }
-    Ok(Collected { runs: runs.to_path_buf(), dataset, seeds, rows: rows.into_values().collect(), files })
+    Ok(Collected {
+        runs: runs.to_path_buf(),
+        dataset: c.dataset,
+        seeds,
+        rows: c.rows.into_values().collect(),
+        files: c.files,
+    })
 }
