@@ -81,18 +81,22 @@ pub fn distillation(
     if teacher_logits.is_empty() {
         return Err(RetrainError::Invalid("the distillation needs at least one teacher member".into()));
     }
+    distillation_stacked(&Tensor::stack(teacher_logits, 0)?, student, temperature, direction, weighting)
+}
+
+/// [`distillation`] with the teacher members stacked: `teacher` `[M, B, C]`, `student` `[B, C]`.
+pub fn distillation_stacked(
+    teacher: &Tensor,
+    student: &Tensor,
+    temperature: f64,
+    direction: KlDirection,
+    weighting: Weighting,
+) -> Result<Tensor> {
     let t = temperature;
     let log_ps = log_softmax(&(student / t)?, D::Minus1)?;
-    let members: Vec<Tensor> = teacher_logits
-        .iter()
-        .map(|l| candle_nn::ops::softmax(&(l / t)?, D::Minus1).map(|p| p.detach()))
-        .collect::<candle_core::Result<_>>()?;
+    let members = candle_nn::ops::softmax(&(teacher / t)?, D::Minus1)?.detach(); // [M, B, C]
     let b = student.dim(0)? as f64;
-    let mut pt = members[0].clone();
-    for p in &members[1..] {
-        pt = (pt + p)?;
-    }
-    let pt = (pt / members.len() as f64)?;
+    let pt = members.mean(0)?;
     let log_pt = pt.clamp(1e-12, 1.0)?.log()?;
     let pointwise = match direction {
         KlDirection::Forward => (&pt * (&log_pt - &log_ps)?)?,
@@ -106,11 +110,7 @@ pub fn distillation(
             };
             let mut u = entropy(&pt)?;
             if weighting == Weighting::Disagreement {
-                let mut mean_h = entropy(&members[0])?;
-                for p in &members[1..] {
-                    mean_h = (mean_h + entropy(p)?)?;
-                }
-                u = (u - (mean_h / members.len() as f64)?)?.relu()?;
+                u = (u - entropy(&members)?.mean(0)?)?.relu()?;
             }
             let eps = 1e-8;
             let w = ((&u + eps)? / ((u.mean_all()? + eps)?.to_vec0::<f32>()? as f64))?.detach();

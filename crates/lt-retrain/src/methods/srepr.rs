@@ -14,7 +14,7 @@
 //! knobs left open (tau, lambda, T) are chosen on the validation split: first tau with
 //! `lambda = 0`, then `(lambda, T)` on a grid with that tau.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use lt_core::sampler::SamplerKind;
 use serde::Serialize;
 
@@ -92,25 +92,28 @@ impl SreprLoss<'_> {
         self.lambda > 0.0 || self.student_balance
     }
 
-    /// The batch loss from the head's logits on each SWAG representation (`members`,
-    /// differentiable), the teacher's logits on the same representations (`teacher`: the same
-    /// tensors for the online teacher; detached here), the head's logits on the SWA
-    /// representation (`student`, needed when [`SreprLoss::needs_student`]) and the labels.
+    /// The batch loss from the head's logits on every SWAG representation (`members`, `[M, B, C]`,
+    /// differentiable), the teacher's logits on the same representations (`teacher`, `[M, B, C]`:
+    /// the same tensor for the online teacher; detached here), the head's logits on the SWA
+    /// representation (`student`, `[B, C]`, needed when [`SreprLoss::needs_student`]) and the
+    /// labels `[B]`. The members' balancing losses are averaged: `(1/M) sum_m B(members_m)`.
     pub fn batch(
         &self,
-        members: &[Tensor],
-        teacher: &[Tensor],
+        members: &Tensor,
+        teacher: &Tensor,
         student: Option<&Tensor>,
         labels: &Tensor,
     ) -> Result<Tensor> {
-        if members.is_empty() {
-            return Err(RetrainError::Invalid("SRepr's loss needs at least one member".into()));
+        let (m, b, c) = members.dims3()?;
+        if m == 0 || b == 0 {
+            return Err(RetrainError::Invalid(
+                "SRepr's loss needs at least one member and one sample".into(),
+            ));
         }
-        let mut loss = Tensor::zeros((), DType::F32, members[0].device())?;
-        for m in members {
-            loss = (loss + self.balance_loss(m, labels)?)?;
-        }
-        loss = (loss / members.len() as f64)?;
+        // Every member has B samples, so the mean over all M * B rows is the mean of the members'
+        // batch means.
+        let all_labels = labels.unsqueeze(0)?.broadcast_as((m, b))?.flatten_all()?;
+        let mut loss = self.balance_loss(&members.reshape((m * b, c))?, &all_labels)?;
         if !self.needs_student() {
             return Ok(loss);
         }
@@ -121,21 +124,11 @@ impl SreprLoss<'_> {
             loss = (loss + self.balance_loss(student, labels)?)?;
         }
         if self.lambda > 0.0 {
-            let kd = match self.kd_logits {
-                KdLogits::Balanced => {
-                    losses::distillation(teacher, student, self.temperature, self.kl, self.weighting)?
-                }
-                KdLogits::Adjusted => {
-                    let t: Vec<Tensor> = teacher.iter().map(|l| self.adjusted(l)).collect::<Result<_>>()?;
-                    losses::distillation(
-                        &t,
-                        &self.adjusted(student)?,
-                        self.temperature,
-                        self.kl,
-                        self.weighting,
-                    )?
-                }
+            let (t, s) = match self.kd_logits {
+                KdLogits::Balanced => (teacher.clone(), student.clone()),
+                KdLogits::Adjusted => (self.adjusted(teacher)?, self.adjusted(student)?),
             };
+            let kd = losses::distillation_stacked(&t, &s, self.temperature, self.kl, self.weighting)?;
             loss = match self.objective {
                 Objective::Additive => (loss + (kd * self.lambda)?)?,
                 Objective::Convex => ((loss * (1.0 - self.lambda))? + (kd * self.lambda)?)?,
@@ -193,22 +186,21 @@ fn fit_one(
     let sampler = if c.balance == Balance::Crt { CLASS_BALANCED } else { SamplerKind::Instance };
     let epoch_losses = train(&params, cfg, &p.labels, p.classes, sampler, |idx| {
         let y = p.batch_labels(idx)?;
-        let mut logits = Vec::with_capacity(members.len());
-        let mut frozen = Vec::new();
-        for &m in members {
-            let z = p.rows(m, idx)?;
-            logits.push(linear(&z, w.as_tensor(), b.as_tensor())?);
-            if let Some(t) = teacher {
-                frozen.push(t.logits(&z)?);
-            }
-        }
+        // The M members' representations stacked: [M * B, D].
+        let zs = members.iter().map(|&m| p.rows(m, idx)).collect::<Result<Vec<_>>>()?;
+        let z = Tensor::cat(&zs, 0)?;
+        let shape = (members.len(), idx.len(), p.classes);
+        let logits = linear(&z, w.as_tensor(), b.as_tensor())?.reshape(shape)?;
+        let frozen = match teacher {
+            Some(t) => Some(t.logits(&z)?.reshape(shape)?),
+            None => None,
+        };
         let student = if spec.needs_student() {
             Some(linear(&p.rows(p.index, idx)?, w.as_tensor(), b.as_tensor())?)
         } else {
             None
         };
-        let teacher_logits = if teacher.is_some() { &frozen } else { &logits };
-        spec.batch(&logits, teacher_logits, student.as_ref(), &y)
+        spec.batch(&logits, frozen.as_ref().unwrap_or(&logits), student.as_ref(), &y)
     })?;
     let mut f = Fitted::new(Head::linear(w.as_detached_tensor(), b.as_detached_tensor()));
     f.epoch_losses = epoch_losses;
