@@ -21,7 +21,7 @@ impl BatchNormModel for Recal<'_> {
         self.0.store().set_bn_update(if cumulative { BnUpdate::Cumulative } else { BnUpdate::Momentum(0.1) });
     }
     fn forward_train(&self, x: &Tensor) -> lt_swag::Result<()> {
-        self.0.forward_train_no_grad(x).map(|_| ()).map_err(|e| lt_swag::SwagError::Mismatch(e.to_string()))
+        self.0.update_bn_stats(x).map_err(|e| lt_swag::SwagError::Mismatch(e.to_string()))
     }
 }
 
