@@ -89,3 +89,15 @@ fn a_gradient_for_the_input_image_takes_the_per_op_path() {
     let dx = g.get(x.as_tensor()).expect("the input's gradient");
     assert_eq!(dx.dims(), &[2, 3, 8, 8]);
 }
+
+#[test]
+fn train_step_refuses_a_loss_that_leaves_parameters_without_gradients() {
+    let dev = Device::Cpu;
+    let m = Model::new(Arch::new("cifar-resnet8x8", 3, 3).unwrap(), 0, &dev).unwrap();
+    let x = randn(&[2, 3, 8, 8], 5);
+    // Only the head's bias reaches the loss: every other parameter lacks a gradient.
+    let bias = m.head().1.as_tensor().clone();
+    let err =
+        m.train_step(&x, |logits| (logits.detach().sum_all()? + bias.sum_all()?)).err().expect("an error");
+    assert!(matches!(err, lt_models::ModelError::MissingGradient(_)), "{err}");
+}

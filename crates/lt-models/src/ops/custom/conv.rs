@@ -63,8 +63,18 @@ pub(crate) fn conv2d_host(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> 
 /// `conv(x, w)` through cuDNN: the weight is transposed to the channels-last filter layout on
 /// the device (a differentiable permute), so that activations and filter agree on NHWC, the
 /// layout Hopper's tensor cores run fastest.
+/// Shapes cuDNN has no algorithm for (it says so when asked, once per shape) run on candle's
+/// convolution instead.
 #[cfg(feature = "cudnn")]
 pub(crate) fn conv2d_cudnn(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> CResult<Tensor> {
+    let s = shape_of(x.dims(), w.dims(), WeightLayout::Oihw, stride, pad)?;
+    let usable = match x.device() {
+        candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, &s),
+        _ => false,
+    };
+    if !usable {
+        return crate::ops::stock::conv2d(x, w, stride, pad);
+    }
     let w_khwc = w.permute((0, 2, 3, 1))?.contiguous()?;
     let op = Conv2dOp { stride, pad, layout: WeightLayout::Ohwi };
     x.contiguous()?.apply_op2(&w_khwc, op)
