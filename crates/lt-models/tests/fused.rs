@@ -98,6 +98,6 @@ fn train_step_refuses_a_loss_that_leaves_parameters_without_gradients() {
     // Only the head's bias reaches the loss: every other parameter lacks a gradient.
     let bias = m.head().1.as_tensor().clone();
     let err =
-        m.train_step(&x, |logits| (logits.detach().sum_all()? + bias.sum_all()?)).err().expect("an error");
+        m.train_step(&x, |logits| logits.detach().sum_all()? + bias.sum_all()?).err().expect("an error");
     assert!(matches!(err, lt_models::ModelError::MissingGradient(_)), "{err}");
 }
