@@ -7,8 +7,11 @@
 //! 2. The driver library is not on PyPI, so a link stub `libcuda.so` (soname `libcuda.so.1`)
 //!    exporting every driver entry point cudarc declares is generated and compiled; at run time
 //!    the GPU machine's real driver is loaded instead.
-//! 3. `lt` is built with `--features cuda,cudnn` into `target/cuda`, stripped and copied with
-//!    `scripts/gpu_check.sh` into `dist/cuda/` (git-ignored; carry it to the GPU machine).
+//! 3. `lt` is built with `--features cuda,cudnn` into `target/cuda`, stripped, and compressed
+//!    with xz into `dist/cuda/lt.xz` (the GPU machine unpacks it with Python's `lzma`); the
+//!    Fashion-MNIST files of the GPU check are copied to `dist/cuda/data/fashion-mnist/`. Carry the
+//!    working tree and `dist/cuda` (git-ignored) to the GPU machine and run
+//!    `bash scripts/gpu_check.sh` from the repository root.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,7 +33,21 @@ pub struct CudaBuildArgs {
     /// Skip `pip install` (the environment is ready).
     #[arg(long)]
     pub no_install: bool,
+    /// Where the Fashion-MNIST files (`*-ubyte.gz`) of the GPU check are copied from.
+    #[arg(long, default_value = "/usr/share/datasets/fashion-mnist")]
+    pub fashion_mnist: PathBuf,
 }
+
+/// What may travel to the GPU machine besides the working tree.
+const DIST_BUDGET: u64 = 64 << 20;
+
+/// The Fashion-MNIST files of the GPU check's pipeline.
+const FASHION_MNIST: [&str; 4] = [
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+];
 
 /// The PyPI packages of the toolkit (CUDA 13.0, the newest release cudarc 0.19 knows).
 pub const PACKAGES: [&str; 9] = [
@@ -199,15 +216,95 @@ pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
             .env("LD_LIBRARY_PATH", ld)
             .env("RUSTFLAGS", rustflags),
     )?;
+    let stripped = root.join("target/cuda/lt-stripped");
+    std::fs::copy(root.join("target/cuda/release/lt"), &stripped)?;
+    exec(Command::new("strip").arg(&stripped))?;
     let dist = root.join("dist/cuda");
     std::fs::create_dir_all(&dist)?;
-    let bin = dist.join("lt");
-    std::fs::copy(root.join("target/cuda/release/lt"), &bin)?;
-    exec(Command::new("strip").arg(&bin))?;
-    std::fs::copy(root.join("scripts/gpu_check.sh"), dist.join("gpu_check.sh"))?;
-    let size = std::fs::metadata(&bin)?.len() as f64 / (1024.0 * 1024.0);
-    eprintln!("{} ({size:.1} MiB) and gpu_check.sh are ready: carry `dist/cuda` to the GPU machine and run `bash dist/cuda/gpu_check.sh`", bin.display());
-    Ok(bin)
+    // Only the compressed binary travels (an uncompressed one left from older builds would not fit).
+    let _ = std::fs::remove_file(dist.join("lt"));
+    let _ = std::fs::remove_file(dist.join("gpu_check.sh"));
+    let xz = dist.join("lt.xz");
+    compress(&stripped, &xz)?;
+    copy_fashion_mnist(&a.fashion_mnist, &dist.join("data/fashion-mnist"))?;
+    report(&stripped, &dist)?;
+    Ok(xz)
+}
+
+/// `xz -6` of `src` into `dst` (through a temporary file, so that `dst` is whole or absent).
+fn compress(src: &Path, dst: &Path) -> Result<()> {
+    let tmp = dst.with_extension("xz.tmp");
+    let file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let status = Command::new("xz")
+        .args(["-6", "-T0", "-c"])
+        .arg(src)
+        .stdout(file)
+        .status()
+        .context("running xz (install the xz-utils package)")?;
+    if !status.success() {
+        bail!("xz failed ({status})");
+    }
+    std::fs::rename(&tmp, dst)?;
+    Ok(())
+}
+
+/// Copies the four Fashion-MNIST files into `dir` (skipping those already there).
+fn copy_fashion_mnist(from: &Path, dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for name in FASHION_MNIST {
+        let (src, dst) = (from.join(name), dir.join(name));
+        if dst.exists() {
+            continue;
+        }
+        std::fs::copy(&src, &dst).with_context(|| {
+            format!(
+                "copying {} (apt-get install -y dataset-fashion-mnist, or --fashion-mnist DIR)",
+                src.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> Result<u64> {
+    let meta = std::fs::metadata(p)?;
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for e in std::fs::read_dir(p)? {
+        total += dir_size(&e?.path())?;
+    }
+    Ok(total)
+}
+
+/// Prints the sizes and fails when `dist/cuda` exceeds what may travel.
+fn report(stripped: &Path, dist: &Path) -> Result<()> {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let (bin, xz, total) =
+        (std::fs::metadata(stripped)?.len(), std::fs::metadata(dist.join("lt.xz"))?.len(), dir_size(dist)?);
+    eprintln!(
+        "stripped lt {:.1} MiB -> {} {:.1} MiB; {} in all {:.1} MiB (budget {:.0} MiB)",
+        mib(bin),
+        dist.join("lt.xz").display(),
+        mib(xz),
+        dist.display(),
+        mib(total),
+        mib(DIST_BUDGET)
+    );
+    if total > DIST_BUDGET {
+        bail!(
+            "{} holds {:.1} MiB, more than the {:.0} MiB that may travel",
+            dist.display(),
+            mib(total),
+            mib(DIST_BUDGET)
+        );
+    }
+    eprintln!(
+        "carry the working tree and {} to the GPU machine; run `bash scripts/gpu_check.sh` there",
+        dist.display()
+    );
+    Ok(())
 }
 
 /// Entry point of `cargo xtask cuda-build`.

@@ -26,8 +26,17 @@ impl Sgd {
         Self { momentum, nesterov, weight_decay, buffers: BTreeMap::new() }
     }
 
-    /// Applies one step with learning rate `lr` to every named parameter that has a gradient.
+    /// Applies one step with learning rate `lr` to every named parameter.
+    ///
+    /// # Errors
+    /// A parameter without a gradient in `grads` is an error (nothing is updated): a step must
+    /// never leave part of a model untrained without a word. Pass only the parameters to train.
     pub fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64) -> candle_core::Result<()> {
+        if let Some((name, _)) = params.iter().find(|(_, v)| grads.get(v.as_tensor()).is_none()) {
+            candle_core::bail!(
+                "SGD step: parameter `{name}` has no gradient (is it part of the loss's graph?)"
+            );
+        }
         for (name, var) in params {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let p = var.as_detached_tensor();
@@ -75,5 +84,26 @@ impl Sgd {
         }
         self.buffers = buffers;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn a_parameter_without_a_gradient_is_an_error_and_nothing_moves() {
+        let a = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let b = Var::new(&[3f32], &Device::Cpu).unwrap();
+        let grads = a.as_tensor().sum_all().unwrap().backward().unwrap();
+        let mut opt = Sgd::new(0.0, false, 0.0);
+        let both = [("a".to_string(), a.clone()), ("b".to_string(), b.clone())];
+        let err = opt.step(&both, &grads, 0.5).unwrap_err();
+        assert!(err.to_string().contains("`b` has no gradient"), "{err}");
+        assert_eq!(a.as_tensor().to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+        opt.step(&both[..1], &grads, 0.5).unwrap();
+        // p - lr * 1
+        assert_eq!(a.as_tensor().to_vec1::<f32>().unwrap(), [0.5, 1.5]);
     }
 }

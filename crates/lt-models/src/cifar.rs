@@ -1,10 +1,8 @@
 //! The CIFAR ResNet family (He et al. 2016) with option-A shortcuts, as in the LDAM-DRW code.
 
-use candle_core::Tensor;
-
 use crate::error::{ModelError, Result};
-use crate::fused::ProgramBuilder;
-use crate::layers::{BatchNorm, Builder, Conv, ConvInit, Ctx, Linear};
+use crate::layers::{BatchNorm, Builder, Conv, ConvInit, Linear};
+use crate::program::{ProgramBuilder, Slot};
 
 struct BasicBlock {
     conv1: Conv,
@@ -36,17 +34,7 @@ impl BasicBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, ctx: Ctx) -> Result<Tensor> {
-        let out = self.bn1.forward(&self.conv1.forward(x, ctx)?, true, ctx)?;
-        let out = self.bn2.forward(&self.conv2.forward(&out, ctx)?, false, ctx)?;
-        let shortcut = match self.shortcut_pad {
-            Some(pad) => ctx.backend.shortcut_a(x, pad)?,
-            None => x.clone(),
-        };
-        Ok(ctx.backend.add_relu(&out, &shortcut)?)
-    }
-
-    fn emit(&self, p: &mut ProgramBuilder, x: usize) -> usize {
+    fn emit(&self, p: &mut ProgramBuilder, x: Slot) -> Slot {
         let h = self.conv1.emit(p, x);
         let h = self.bn1.emit(p, h, true);
         let h = self.conv2.emit(p, h);
@@ -93,17 +81,8 @@ impl CifarResNet {
         Ok(Self { conv1, bn1, blocks, linear })
     }
 
-    /// Pooled representation of NHWC `x`.
-    pub fn features(&self, x: &Tensor, ctx: Ctx) -> Result<Tensor> {
-        let mut h = self.bn1.forward(&self.conv1.forward(x, ctx)?, true, ctx)?;
-        for blk in &self.blocks {
-            h = blk.forward(&h, ctx)?;
-        }
-        Ok(ctx.backend.avg_pool(&h)?)
-    }
-
     /// Emits the nodes computing the pooled representation of slot `x`.
-    pub fn emit(&self, p: &mut ProgramBuilder, x: usize) -> usize {
+    pub fn emit(&self, p: &mut ProgramBuilder, x: Slot) -> Slot {
         let h = self.conv1.emit(p, x);
         let mut h = self.bn1.emit(p, h, true);
         for blk in &self.blocks {

@@ -52,6 +52,21 @@ pub enum ModelError {
     /// A hub file is not available.
     #[error("hub: {0}")]
     Hub(String),
+    /// The hub client failed.
+    #[error("hub: {what}")]
+    HubApi {
+        /// The file (or the client) concerned.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: hf_hub::api::sync::ApiError,
+    },
+    /// A batch-norm buffer (running statistics) is not in the parameter store.
+    #[error("missing buffer `{0}`")]
+    MissingBuffer(String),
+    /// A training step produced no gradient for a trainable parameter.
+    #[error("the training step produced no gradient for parameter `{0}`")]
+    MissingGradient(String),
     /// Invalid configuration or input.
     #[error("{0}")]
     Invalid(String),

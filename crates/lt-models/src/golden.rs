@@ -9,7 +9,8 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, ModuleT, Tensor};
 use lt_core::Artifact;
 
 use crate::error::{ModelError, Result};
@@ -72,41 +73,114 @@ pub fn fill(m: &Model) -> Result<()> {
 pub struct Check {
     /// What was compared.
     pub what: String,
-    /// Largest absolute error over the tensor's largest magnitude.
+    /// Largest absolute error over the tensor's largest magnitude (infinite when a value is not
+    /// finite).
     pub relative_error: f32,
     /// The allowed relative error.
     pub tolerance: f32,
+    /// Why the quantity could not be computed (the check then fails).
+    pub error: Option<String>,
 }
 
 impl Check {
     /// Whether the check passed.
     pub fn ok(&self) -> bool {
-        self.relative_error <= self.tolerance
+        self.error.is_none() && self.relative_error <= self.tolerance
     }
 }
 
-fn compare(got: &Tensor, want: &[f32], want_shape: &[usize], tol: f32, what: String) -> Result<Check> {
-    let rows = want_shape.first().copied().unwrap_or(1);
-    let got = if got.dims().len() == want_shape.len() && got.dims() != want_shape {
-        got.narrow(0, 0, rows)?
-    } else {
-        got.clone()
-    };
-    if got.dims() != want_shape {
-        return Err(ModelError::Invalid(format!(
-            "{what}: shape {:?}, the fixture has {want_shape:?}",
-            got.dims()
-        )));
-    }
-    let got = got.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+/// The largest absolute difference over the largest reference magnitude; infinite when a value
+/// is not finite (so that NaN never passes).
+fn relative_error(got: &[f32], want: &[f32]) -> f32 {
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    Ok(Check { what, relative_error: worst / scale, tolerance: tol })
+    let mut worst = 0f32;
+    for (a, b) in got.iter().zip(want) {
+        let d = (a - b).abs();
+        if !d.is_finite() {
+            return f32::INFINITY;
+        }
+        worst = worst.max(d);
+    }
+    worst / scale
+}
+
+/// The fixture file and its tolerances.
+struct Fixture {
+    file: Artifact,
+    tolerances: std::collections::HashMap<String, f64>,
+    tag: String,
+}
+
+impl Fixture {
+    /// Compares `got` with the fixture's tensor `name`.
+    fn compare(&self, got: &Tensor, name: &str, what: &str) -> Result<Check> {
+        let tolerance = self.tolerances.get(name).copied().unwrap_or(1e-4) as f32;
+        let (want, want_shape) = (self.file.f32(name)?, self.file.info(name)?.shape.clone());
+        let what = format!("{} {what}", self.tag);
+        // The fixture may hold fewer rows than the batch (the leading dim is narrowed).
+        let got = match want_shape.first() {
+            Some(&rows) if got.dims().len() == want_shape.len() && got.dims() != want_shape => {
+                got.narrow(0, 0, rows)?
+            }
+            _ => got.clone(),
+        };
+        if got.dims() != want_shape {
+            return Err(ModelError::Invalid(format!(
+                "{what}: shape {:?}, the fixture has {want_shape:?}",
+                got.dims()
+            )));
+        }
+        let got = got.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        Ok(Check { what, relative_error: relative_error(&got, &want), tolerance, error: None })
+    }
+
+    /// The fixture's tensor names with `prefix`.
+    fn names(&self, prefix: &str) -> Vec<String> {
+        self.file.names().filter(|n| n.starts_with(prefix)).map(str::to_string).collect()
+    }
+
+    /// Runs one group of checks; if it fails, each of its `names` becomes a failed check that
+    /// carries the error (with its sources), so that the count of checks stays the same.
+    fn stage(&self, out: &mut Vec<Check>, names: &[String], f: impl FnOnce() -> Result<Vec<Check>>) {
+        match f() {
+            Ok(checks) => out.extend(checks),
+            Err(e) => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                out.extend(names.iter().map(|n| Check {
+                    what: format!("{} {n}", self.tag),
+                    relative_error: f32::INFINITY,
+                    tolerance: 0.0,
+                    error: Some(msg.clone()),
+                }));
+            }
+        }
+    }
+
+    /// Checks the gradients in `grads` of every parameter named `{prefix}{parameter}` in the fixture.
+    fn grads(&self, m: &Model, prefix: &str, grads: &GradStore) -> Result<Vec<Check>> {
+        let mut out = Vec::new();
+        for name in self.names(prefix) {
+            let pname = &name[prefix.len()..];
+            let var =
+                m.store().var(pname).ok_or_else(|| ModelError::Invalid(format!("no parameter {pname}")))?;
+            let grad =
+                grads.get(var.as_tensor()).ok_or_else(|| ModelError::MissingGradient(pname.to_string()))?;
+            out.push(self.compare(grad, &name, &name)?);
+        }
+        Ok(out)
+    }
 }
 
 /// Runs every check of a fixture for `arch` with `classes` on `device` and `backend`: eval
 /// features and logits, eval-mode gradients, one training-mode forward (logits, loss, running
-/// statistics) and its gradients.
+/// statistics) and its gradients. A failure while computing a group of quantities fails that
+/// group's checks (with the error) and the later groups still run; only an unreadable fixture or
+/// a model that cannot be built is an `Err`.
 pub fn check_fixture(
     fixture: &Path,
     arch: &str,
@@ -114,57 +188,54 @@ pub fn check_fixture(
     backend: Backend,
     device: &Device,
 ) -> Result<Vec<Check>> {
-    let g = Artifact::open_any(fixture)?;
-    let tolerances: std::collections::HashMap<String, f64> = g.meta_json("tolerances")?;
-    let want = |name: &str| -> Result<(Vec<f32>, Vec<usize>, f32)> {
-        let tol = tolerances.get(name).copied().unwrap_or(1e-4) as f32;
-        Ok((g.f32(name)?, g.info(name)?.shape.clone(), tol))
-    };
-    let x = g.tensor("input", device)?;
-    let labels: Vec<u32> = g.i64("labels")?.iter().map(|&y| y as u32).collect();
+    let file = Artifact::open_any(fixture)?;
+    let tolerances = file.meta_json("tolerances")?;
+    let fx = Fixture { file, tolerances, tag: format!("{arch} {backend:?}") };
+    let x = fx.file.tensor("input", device)?;
+    let labels: Vec<u32> = fx.file.i64("labels")?.iter().map(|&y| y as u32).collect();
     let labels = Tensor::new(labels.as_slice(), device)?;
     let mut m = Model::new(Arch::new(arch, classes, 3)?, 0, device)?;
     m.set_backend(backend);
     fill(&m)?;
-    let tag = |s: &str| format!("{arch} {backend:?} {s}");
+    let ce = |logits: &Tensor| Ok::<_, ModelError>(candle_nn::loss::cross_entropy(logits, &labels)?);
     let mut out = Vec::new();
-    let (f, l) = m.infer(&x)?;
-    let (v, s, t) = want("eval.features")?;
-    out.push(compare(&f, &v, &s, t, tag("eval features"))?);
-    let (v, s, t) = want("eval.logits")?;
-    out.push(compare(&l, &v, &s, t, tag("eval logits"))?);
-    let grads_of = |prefix: &str,
-                    grads: &candle_core::backprop::GradStore,
-                    out: &mut Vec<Check>|
-     -> Result<()> {
-        for name in g.names().filter(|n| n.starts_with(prefix)) {
-            let pname = &name[prefix.len()..];
-            let var =
-                m.store().var(pname).ok_or_else(|| ModelError::Invalid(format!("no parameter {pname}")))?;
-            let grad = grads
-                .get(var.as_tensor())
-                .ok_or_else(|| ModelError::Invalid(format!("no gradient for {pname}")))?;
-            let (v, s, t) = want(name)?;
-            out.push(compare(grad, &v, &s, t, tag(&format!("{prefix}{pname}")))?);
+    let eval = ["eval.features".to_string(), "eval.logits".to_string()];
+    fx.stage(&mut out, &eval, || {
+        let (f, l) = m.infer(&x)?;
+        Ok(vec![fx.compare(&f, &eval[0], "eval features")?, fx.compare(&l, &eval[1], "eval logits")?])
+    });
+    fx.stage(&mut out, &fx.names("eval_grad."), || {
+        let grads = ce(&m.forward_t(&x, false)?)?.backward()?;
+        fx.grads(&m, "eval_grad.", &grads)
+    });
+    let train = ["train.logits".to_string(), "train.loss".to_string()];
+    let mut grads = None;
+    fx.stage(&mut out, &train, || {
+        let logits = m.forward_t(&x, true)?;
+        let loss = ce(&logits)?;
+        let checks = vec![
+            fx.compare(&logits, &train[0], "train logits")?,
+            fx.compare(&loss.reshape(1)?, &train[1], "loss")?,
+        ];
+        grads = Some(loss.backward()?);
+        Ok(checks)
+    });
+    fx.stage(&mut out, &fx.names("grad."), || match &grads {
+        Some(g) => fx.grads(&m, "grad.", g),
+        None => Err(ModelError::Invalid("the training forward pass failed".into())),
+    });
+    let stats: Vec<String> = fx.names("train.").into_iter().filter(|n| n.contains(".running_")).collect();
+    fx.stage(&mut out, &stats, || {
+        if grads.is_none() {
+            return Err(ModelError::Invalid("the training forward pass failed".into()));
         }
-        Ok(())
-    };
-    let logits = m.forward_t(&x, false)?;
-    let grads = candle_nn::loss::cross_entropy(&logits, &labels)?.backward()?;
-    grads_of("eval_grad.", &grads, &mut out)?;
-    let logits = m.forward_t(&x, true)?;
-    let (v, s, t) = want("train.logits")?;
-    out.push(compare(&logits, &v, &s, t, tag("train logits"))?);
-    let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
-    let (v, _, t) = want("train.loss")?;
-    out.push(compare(&loss.reshape(1)?, &v, &[1], t, tag("loss"))?);
-    let grads = loss.backward()?;
-    grads_of("grad.", &grads, &mut out)?;
-    for name in g.names().filter(|n| n.starts_with("train.") && n.contains(".running_")) {
-        let bname = &name["train.".len()..];
-        let buf = m.store().buffer(bname).ok_or_else(|| ModelError::Invalid(format!("no buffer {bname}")))?;
-        let (v, s, t) = want(name)?;
-        out.push(compare(&buf, &v, &s, t, tag(&format!("{bname} after one training step")))?);
-    }
+        let mut checks = Vec::new();
+        for name in &stats {
+            let bname = &name["train.".len()..];
+            let buf = m.store().buffer(bname).ok_or_else(|| ModelError::MissingBuffer(bname.to_string()))?;
+            checks.push(fx.compare(&buf, name, &format!("{bname} after one training step"))?);
+        }
+        Ok(checks)
+    });
     Ok(out)
 }

@@ -59,6 +59,8 @@ pub fn fetch(repo_id: &str, filename: &str, opts: &HubOptions) -> Result<PathBuf
         .with_cache_dir(cache_dir)
         .with_progress(false)
         .build()
-        .map_err(|e| ModelError::Hub(e.to_string()))?;
-    api.repo(repo).get(filename).map_err(|e| ModelError::Hub(format!("{repo_id}/{filename}: {e}")))
+        .map_err(|e| ModelError::HubApi { what: "the hub client".into(), source: e })?;
+    api.repo(repo)
+        .get(filename)
+        .map_err(|e| ModelError::HubApi { what: format!("{repo_id}/{filename}"), source: e })
 }

@@ -1,36 +1,12 @@
-//! Layers of the backbones: convolution, batch norm (+ ReLU) and the linear head, reading their
-//! parameters from a [`ParamStore`] and running on a [`Backend`].
+//! Layers of the backbones: convolution and batch norm (+ ReLU), which hold their parameters
+//! (registered in a [`ParamStore`]) and emit themselves into a program, and the linear head.
 
 use candle_core::{Tensor, Var};
 
 use crate::error::Result;
-use crate::fused::ProgramBuilder;
 use crate::init::{draw, Init};
-use crate::ops::Backend;
 use crate::params::ParamStore;
-
-/// What a forward pass needs besides its input.
-#[derive(Clone, Copy)]
-pub(crate) struct Ctx<'a> {
-    /// Batch norm in training mode (batch statistics, running statistics updated).
-    pub train: bool,
-    /// Record the autograd graph (parameters as variables); `false` for inference.
-    pub grad: bool,
-    /// The op implementation.
-    pub backend: Backend,
-    /// Where buffers live.
-    pub store: &'a ParamStore,
-}
-
-impl Ctx<'_> {
-    pub fn param(&self, v: &Var) -> Tensor {
-        if self.grad {
-            v.as_tensor().clone()
-        } else {
-            v.as_detached_tensor()
-        }
-    }
-}
+use crate::program::{ProgramBuilder, Slot};
 
 /// Builds parameters with names under a prefix, drawing initial values from the seeded RNG.
 pub(crate) struct Builder<'a> {
@@ -100,11 +76,7 @@ impl Conv {
         Ok(Self { weight, stride, pad })
     }
 
-    pub fn forward(&self, x: &Tensor, ctx: Ctx) -> Result<Tensor> {
-        Ok(ctx.backend.conv2d(x, &ctx.param(&self.weight), self.stride, self.pad)?)
-    }
-
-    pub fn emit(&self, p: &mut ProgramBuilder, x: usize) -> usize {
+    pub fn emit(&self, p: &mut ProgramBuilder, x: Slot) -> Slot {
         p.conv(x, &self.weight, self.stride, self.pad)
     }
 }
@@ -128,22 +100,9 @@ impl BatchNorm {
         Ok(Self { prefix: b.prefix.clone(), weight, bias, eps: 1e-5 })
     }
 
-    pub fn emit(&self, p: &mut ProgramBuilder, x: usize, relu: bool) -> usize {
-        p.bn(x, &self.weight, &self.bias, relu, &self.prefix, self.eps)
-    }
-
-    /// Normalises `x` (NHWC), then applies ReLU when `relu`.
-    pub fn forward(&self, x: &Tensor, relu: bool, ctx: Ctx) -> Result<Tensor> {
-        let (g, b) = (ctx.param(&self.weight), ctx.param(&self.bias));
-        if ctx.train {
-            let (y, stats) = ctx.backend.batch_norm_train(x, &g, &b, self.eps, relu)?;
-            ctx.store.update_bn(&self.prefix, &stats.mean, &stats.var, stats.count)?;
-            Ok(y)
-        } else {
-            let rm = ctx.store.buffer(&format!("{}.running_mean", self.prefix)).expect("registered buffer");
-            let rv = ctx.store.buffer(&format!("{}.running_var", self.prefix)).expect("registered buffer");
-            Ok(ctx.backend.batch_norm_eval(x, &g, &b, &rm, &rv, self.eps, relu)?)
-        }
+    /// Emits the batch norm of slot `x`, followed by a ReLU when `relu`.
+    pub fn emit(&self, p: &mut ProgramBuilder, x: Slot, relu: bool) -> Slot {
+        p.bn(x, (&self.weight, &self.bias), &self.prefix, self.eps, relu)
     }
 }
 

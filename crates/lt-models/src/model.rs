@@ -2,22 +2,22 @@
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
 
 use crate::arch::{Arch, Family};
 use crate::cifar::CifarResNet;
 use crate::error::{ModelError, Result};
-use crate::fused::{Executor, ProgramBuilder, TrainPass};
-use crate::layers::{Builder, Ctx, Linear};
+use crate::exec::eager::Eager;
+use crate::exec::fused::Fused;
+use crate::exec::Mode;
+use crate::layers::{Builder, Linear};
+use crate::ops::elementwise::Nhwc;
 use crate::ops::Backend;
 use crate::params::ParamStore;
 use crate::pool::Pool;
+use crate::program::{Plan, Program, ProgramBuilder};
 use crate::torchvision::TvResNet;
-
-enum Net {
-    Cifar(CifarResNet),
-    Torchvision(TvResNet),
-}
 
 /// A backbone with its classifier head.
 ///
@@ -25,13 +25,21 @@ enum Net {
 /// are NHWC. Parameters live in a [`ParamStore`] (a candle-nn `VarMap` plus batch-norm buffers)
 /// under PyTorch's names, so that weights load from and save to torchvision/timm files and the
 /// SWAG crate can flatten them in sorted-name order.
+///
+/// The forward entry points: [`ModuleT::forward_t`] (logits with the autograd graph: a
+/// `loss.backward()` gives every parameter its gradient), [`Model::train_step`] (forward, loss,
+/// backward, and a check that every parameter got its gradient), [`Model::infer`] (eval-mode
+/// features and logits, no graph) and [`Model::update_bn_stats`] (a training-mode pass without a
+/// graph, for batch-norm recalibration).
 pub struct Model {
     arch: Arch,
     store: Arc<ParamStore>,
-    net: Net,
+    program: Arc<Program>,
+    head: Linear,
     backend: Backend,
+    fused: bool,
     pool: Arc<Pool>,
-    exec: Mutex<Option<([usize; 4], Arc<Executor>)>>,
+    plan: Mutex<Option<Arc<Plan>>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -40,23 +48,46 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// One training step's results (see [`Model::train_step`]).
+pub struct TrainStep {
+    /// Logits `[N, classes]`.
+    pub logits: Tensor,
+    /// The loss the closure built from the logits.
+    pub loss: Tensor,
+    /// The gradients of the loss; every trainable parameter of the model has one.
+    pub grads: GradStore,
+}
+
 impl Model {
     /// Builds a model with weights initialised from `seed` (Kaiming normal, as the references).
     pub fn new(arch: Arch, seed: u64, device: &Device) -> Result<Self> {
         let store = Arc::new(ParamStore::new(device));
         let b = Builder::new(&store, seed);
-        let net = match arch.family {
+        let (mut pb, input) = ProgramBuilder::new();
+        let (output, head) = match arch.family {
             Family::Cifar { depth, width } => {
                 if width % 2 != 0 {
                     return Err(ModelError::Invalid(format!("CIFAR ResNet width must be even, got {width}")));
                 }
-                Net::Cifar(CifarResNet::new(&b, depth, width, arch.in_channels, arch.num_classes)?)
+                let net = CifarResNet::new(&b, depth, width, arch.in_channels, arch.num_classes)?;
+                (net.emit(&mut pb, input), net.linear)
             }
             Family::Torchvision { depth } => {
-                Net::Torchvision(TvResNet::new(&b, depth, arch.in_channels, arch.num_classes)?)
+                let net = TvResNet::new(&b, depth, arch.in_channels, arch.num_classes)?;
+                (net.emit(&mut pb, input), net.fc)
             }
         };
-        Ok(Self { arch, store, net, backend: Backend::default(), pool: Pool::new(), exec: Mutex::new(None) })
+        let program = Arc::new(pb.finish(output));
+        Ok(Self {
+            arch,
+            store,
+            program,
+            head,
+            backend: Backend::default(),
+            fused: true,
+            pool: Pool::new(),
+            plan: Mutex::new(None),
+        })
     }
 
     /// The architecture.
@@ -84,6 +115,13 @@ impl Model {
         self.backend = backend;
     }
 
+    /// Whether the CPU fast backend runs the backbone as one fused node (the default; see
+    /// [`crate::ops`]). Off, it runs op by op with candle's autograd: the same values, slower;
+    /// the reference the fused pass is tested against.
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
+    }
+
     /// Number of trainable scalars.
     pub fn num_params(&self) -> usize {
         self.store.num_params()
@@ -94,17 +132,9 @@ impl Model {
         self.arch.family.feature_dim()
     }
 
-    fn head_layer(&self) -> &Linear {
-        match &self.net {
-            Net::Cifar(n) => &n.linear,
-            Net::Torchvision(n) => &n.fc,
-        }
-    }
-
     /// The classifier head's weight `[C, D]` and bias `[C]` (stage 2 replaces or re-trains them).
     pub fn head(&self) -> (&Var, &Var) {
-        let l = self.head_layer();
-        (&l.weight, &l.bias)
+        (&self.head.weight, &self.head.bias)
     }
 
     /// Names of the head's weight and bias.
@@ -112,126 +142,99 @@ impl Model {
         self.arch.family.head_names()
     }
 
-    fn run_features(&self, x: &Tensor, train: bool, grad: bool) -> Result<Tensor> {
-        let dims = x.dims();
-        if dims.len() != 4 || dims[1] != self.arch.in_channels {
-            return Err(ModelError::Invalid(format!(
-                "{} expects N x {} x H x W images, got {dims:?}",
-                self.arch.family.name(),
-                self.arch.in_channels
-            )));
-        }
-        let x = x.to_device(self.device())?.permute((0, 2, 3, 1))?;
-        let x = if grad { x } else { x.detach() };
-        let ctx = Ctx { train, grad, backend: self.backend, store: &self.store };
-        match &self.net {
-            Net::Cifar(n) => n.features(&x, ctx),
-            Net::Torchvision(n) => n.features(&x, ctx),
-        }
-    }
-
-    /// The pooled representation `[N, D]` of images `[N, C, H, W]`, recording the autograd graph;
-    /// `train` puts batch norm in training mode (batch statistics, running statistics updated).
-    pub fn features(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        self.run_features(x, train, true)
-    }
-
-    /// Logits `[N, classes]`, recording the autograd graph.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let z = self.features(x, train)?;
-        self.head_layer().forward(&z, true)
-    }
-
-    /// Whether the fused CPU path applies to `x` (fast backend, CPU, `f32`).
-    fn fused_ok(&self, x: &Tensor) -> bool {
-        self.backend == Backend::Fast
-            && self.device().is_cpu()
-            && x.device().is_cpu()
-            && x.dtype() == DType::F32
-    }
-
-    /// The compiled program for inputs of `x`'s size (compiled once per size).
-    fn executor(&self, x: &Tensor) -> Result<Arc<Executor>> {
-        let (n, c, h, w) = x.dims4()?;
-        if c != self.arch.in_channels {
-            return Err(ModelError::Invalid(format!(
+    fn check_input(&self, x: &Tensor) -> Result<Nhwc> {
+        match *x.dims() {
+            [n, c, h, w] if c == self.arch.in_channels => Ok(Nhwc { n, h, w, c }),
+            _ => Err(ModelError::Invalid(format!(
                 "{} expects N x {} x H x W images, got {:?}",
                 self.arch.family.name(),
                 self.arch.in_channels,
                 x.dims()
-            )));
-        }
-        let key = [n, h, w, c];
-        let mut guard = self.exec.lock().expect("executor lock");
-        if let Some((k, e)) = guard.as_ref() {
-            if *k == key {
-                return Ok(e.clone());
-            }
-        }
-        let (mut b, input) = ProgramBuilder::new(key);
-        let output = match &self.net {
-            Net::Cifar(net) => net.emit(&mut b, input),
-            Net::Torchvision(net) => net.emit(&mut b, input),
-        };
-        let e = Arc::new(Executor { program: b.finish(input, output), pool: self.pool.clone() });
-        *guard = Some((key, e.clone()));
-        Ok(e)
-    }
-
-    /// A training-mode forward pass for a training step: use [`TrainPass::backward`] on a loss
-    /// built from its logits to get every parameter's gradient. On the CPU with the fast backend
-    /// the backbone runs as one fused node (see [`crate::fused`]); otherwise this is
-    /// [`Model::forward_t`] with candle's autograd.
-    pub fn train_forward(&self, x: &Tensor) -> Result<TrainPass> {
-        if self.fused_ok(x) {
-            let exec = self.executor(x)?;
-            let anchor = self
-                .store
-                .var(self.first_conv())
-                .ok_or_else(|| ModelError::Invalid("no stem convolution".into()))?;
-            let (features, side) = exec.train_features(x, &anchor, &self.store, true)?;
-            let logits = self.head_layer().forward(&features, true)?;
-            Ok(TrainPass { logits, features, side: Some(side) })
-        } else {
-            let features = self.features(x, true)?;
-            let logits = self.head_layer().forward(&features, true)?;
-            Ok(TrainPass { logits, features, side: None })
+            ))),
         }
     }
 
-    fn first_conv(&self) -> &'static str {
-        "conv1.weight"
+    /// Whether the fused CPU pass applies: fast backend, CPU, `f32`, and no gradient wanted for
+    /// the input itself (the fused pass computes none).
+    fn fused_ok(&self, x: &Tensor, mode: Mode) -> bool {
+        self.fused
+            && self.backend == Backend::Fast
+            && self.device().is_cpu()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && !(mode.graph && x.track_op())
     }
 
-    /// Frees the buffers kept for reuse between steps.
-    pub fn release_buffers(&self) {
-        self.pool.clear();
-        *self.exec.lock().expect("executor lock") = None;
-    }
-
-    /// Eval-mode representation without an autograd graph (inference, feature extraction).
-    pub fn features_eval(&self, x: &Tensor) -> Result<Tensor> {
-        if self.fused_ok(x) {
-            return self.executor(x)?.infer(x, &self.store);
+    /// The program's geometry for inputs of this size (computed once per size).
+    fn plan(&self, input: Nhwc) -> Result<Arc<Plan>> {
+        let mut guard = self.plan.lock().map_err(|_| ModelError::Invalid("poisoned plan cache".into()))?;
+        if let Some(p) = guard.as_ref().filter(|p| p.input == input) {
+            return Ok(p.clone());
         }
-        self.run_features(x, false, false)
+        let p = Arc::new(self.program.plan(input)?);
+        *guard = Some(p.clone());
+        Ok(p)
     }
 
-    /// Eval-mode `(features, logits)` without an autograd graph.
+    /// The pooled representation `[N, D]` of images `[N, C, H, W]`.
+    fn features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let dims = self.check_input(x)?;
+        if self.fused_ok(x, mode) {
+            let fused =
+                Fused { program: self.program.clone(), plan: self.plan(dims)?, pool: self.pool.clone() };
+            return fused.features(x, &self.store, mode);
+        }
+        let x = x.to_device(self.device())?.permute((0, 2, 3, 1))?;
+        let x = if mode.graph { x } else { x.detach() };
+        Eager { backend: self.backend, store: &self.store, mode }.run(&self.program, x)
+    }
+
+    fn logits(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let z = self.features(x, mode)?;
+        self.head.forward(&z, mode.graph)
+    }
+
+    /// A training step: training-mode logits, `loss(&logits)`, and its backward pass. Fails if
+    /// any trainable parameter got no gradient, so that a step can never silently leave part of
+    /// the model untrained.
+    pub fn train_step(
+        &self,
+        x: &Tensor,
+        loss: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<TrainStep> {
+        let logits = self.logits(x, Mode { train: true, graph: true })?;
+        let loss = loss(&logits)?;
+        let grads = loss.backward()?;
+        if let Some((name, _)) =
+            self.store.named_params().into_iter().find(|(_, v)| grads.get(v.as_tensor()).is_none())
+        {
+            return Err(ModelError::MissingGradient(name));
+        }
+        Ok(TrainStep { logits, loss, grads })
+    }
+
+    /// Eval-mode `(features, logits)` without an autograd graph (inference, feature extraction).
     pub fn infer(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let z = self.features_eval(x)?;
-        let logits = self.head_layer().forward(&z, false)?;
+        let mode = Mode { train: false, graph: false };
+        let z = self.features(x, mode)?;
+        let logits = self.head.forward(&z, false)?;
         Ok((z, logits))
     }
 
-    /// Training-mode forward without gradients (batch norm recalibration passes): running
-    /// statistics are updated from the batch.
-    pub fn forward_train_no_grad(&self, x: &Tensor) -> Result<Tensor> {
-        self.run_features(x, true, false)
+    /// A training-mode forward pass without a graph: updates the batch-norm running statistics
+    /// from the batch (see [`ParamStore::set_bn_update`]; batch-norm recalibration).
+    pub fn update_bn_stats(&self, x: &Tensor) -> Result<()> {
+        self.features(x, Mode { train: true, graph: false }).map(drop)
     }
+}
 
-    /// Applies the head to given representations (no graph).
-    pub fn head_logits(&self, z: &Tensor) -> Result<Tensor> {
-        self.head_layer().forward(z, false)
+impl ModuleT for Model {
+    /// Logits `[N, classes]` of images `[N, C, H, W]` with the autograd graph; `train` puts batch
+    /// norm in training mode (batch statistics, running statistics updated).
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        self.logits(xs, Mode { train, graph: true }).map_err(|e| match e {
+            ModelError::Candle(e) => e,
+            e => candle_core::Error::wrap(e),
+        })
     }
 }

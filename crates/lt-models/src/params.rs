@@ -153,7 +153,8 @@ impl ParamStore {
                 .detach();
         }
         if let Some(nb) = b.get_mut(&nb_name) {
-            *nb = Tensor::new(nb.to_dtype(DType::I64)?.to_vec0::<i64>()? + 1, &self.device)?;
+            // On the device: no host round trip (a synchronisation on CUDA).
+            *nb = nb.to_dtype(DType::I64)?.affine(1.0, 1.0)?.detach();
         }
         Ok(())
     }

@@ -1,11 +1,9 @@
 //! torchvision's ResNet-18/34/50 (v1.5: the stride of a bottleneck sits on its 3x3 convolution),
 //! with torchvision's parameter names.
 
-use candle_core::Tensor;
-
 use crate::error::Result;
-use crate::fused::ProgramBuilder;
-use crate::layers::{BatchNorm, Builder, Conv, ConvInit, Ctx, Linear};
+use crate::layers::{BatchNorm, Builder, Conv, ConvInit, Linear};
+use crate::program::{ProgramBuilder, Slot};
 
 struct Downsample {
     conv: Conv,
@@ -66,28 +64,7 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, ctx: Ctx) -> Result<Tensor> {
-        let identity = |down: &Option<Downsample>| -> Result<Tensor> {
-            match down {
-                Some(d) => d.bn.forward(&d.conv.forward(x, ctx)?, false, ctx),
-                None => Ok(x.clone()),
-            }
-        };
-        let (out, id) = match self {
-            Block::Basic { conv1, bn1, conv2, bn2, down } => {
-                let h = bn1.forward(&conv1.forward(x, ctx)?, true, ctx)?;
-                (bn2.forward(&conv2.forward(&h, ctx)?, false, ctx)?, identity(down)?)
-            }
-            Block::Bottleneck { conv1, bn1, conv2, bn2, conv3, bn3, down } => {
-                let h = bn1.forward(&conv1.forward(x, ctx)?, true, ctx)?;
-                let h = bn2.forward(&conv2.forward(&h, ctx)?, true, ctx)?;
-                (bn3.forward(&conv3.forward(&h, ctx)?, false, ctx)?, identity(down)?)
-            }
-        };
-        Ok(ctx.backend.add_relu(&out, &id)?)
-    }
-
-    fn emit(&self, p: &mut ProgramBuilder, x: usize) -> usize {
+    fn emit(&self, p: &mut ProgramBuilder, x: Slot) -> Slot {
         let (out, down) = match self {
             Block::Basic { conv1, bn1, conv2, bn2, down } => {
                 let h = conv1.emit(p, x);
@@ -152,18 +129,8 @@ impl TvResNet {
         Ok(Self { conv1, bn1, layers, fc })
     }
 
-    /// Pooled representation of NHWC `x`.
-    pub fn features(&self, x: &Tensor, ctx: Ctx) -> Result<Tensor> {
-        let h = self.bn1.forward(&self.conv1.forward(x, ctx)?, true, ctx)?;
-        let mut h = ctx.backend.max_pool(&h, 3, 2, 1)?;
-        for blk in &self.layers {
-            h = blk.forward(&h, ctx)?;
-        }
-        Ok(ctx.backend.avg_pool(&h)?)
-    }
-
     /// Emits the nodes computing the pooled representation of slot `x`.
-    pub fn emit(&self, p: &mut ProgramBuilder, x: usize) -> usize {
+    pub fn emit(&self, p: &mut ProgramBuilder, x: Slot) -> Slot {
         let h = self.conv1.emit(p, x);
         let h = self.bn1.emit(p, h, true);
         let mut h = p.max_pool(h, 3, 2, 1);

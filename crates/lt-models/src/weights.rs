@@ -2,9 +2,10 @@
 //! `num_batches_tracked`), transformers-style ResNet-50 names, and the project's own backbone
 //! artifact.
 
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use lt_core::artifact::KEY_FINGERPRINT;
 use lt_core::{Artifact, ArtifactWriter, Format};
 
@@ -64,6 +65,76 @@ pub fn transformers_to_torchvision(name: &str) -> Option<String> {
     } else {
         leaf.strip_prefix("normalization.").map(|l| format!("{prefix}.bn{}.{l}", k + 1))
     }
+}
+
+/// Model names of a weight file's tensors.
+struct NameMap {
+    /// Whether the file uses transformers' ResNet names.
+    transformers: bool,
+    /// Model name -> file name.
+    map: HashMap<String, String>,
+    /// File tensors without a model name.
+    untranslated: Vec<String>,
+}
+
+impl NameMap {
+    fn of(a: &Artifact) -> Self {
+        let transformers = a.names().any(|n| n.starts_with("resnet.embedder."));
+        let (mut map, mut untranslated) = (HashMap::new(), Vec::new());
+        for file_name in a.names() {
+            let model_name = if transformers {
+                transformers_to_torchvision(file_name)
+            } else {
+                Some(file_name.strip_prefix("module.").unwrap_or(file_name).to_string())
+            };
+            match model_name {
+                Some(m) => {
+                    map.insert(m, file_name.to_string());
+                }
+                None => untranslated.push(file_name.to_string()),
+            }
+        }
+        Self { transformers, map, untranslated }
+    }
+
+    /// File tensors the model did not use, sorted.
+    fn ignored(&self, a: &Artifact, params: &[(String, Var)], buffers: &[(String, Tensor)]) -> Vec<String> {
+        let used: HashSet<&String> = params
+            .iter()
+            .map(|(n, _)| &self.map[n])
+            .chain(buffers.iter().filter_map(|(n, _)| self.map.get(n)))
+            .collect();
+        let mut ignored = self.untranslated.clone();
+        ignored.extend(a.names().filter(|n| !used.contains(&n.to_string())).map(|n| n.to_string()));
+        ignored.sort();
+        ignored.dedup();
+        ignored
+    }
+}
+
+/// Checks the shapes of the buffers present in the file (`num_batches_tracked` may be any
+/// single value).
+fn check_buffer_shapes(
+    path: &Path,
+    a: &Artifact,
+    names: &NameMap,
+    buffers: &[(String, Tensor)],
+) -> Result<()> {
+    for (name, t) in buffers {
+        let Some(file_name) = names.map.get(name) else { continue };
+        let found = a.info(file_name)?.shape.clone();
+        let ok = found == t.dims()
+            || (name.ends_with(".num_batches_tracked") && found.iter().product::<usize>() == 1);
+        if !ok {
+            return Err(ModelError::Shape {
+                path: path.to_path_buf(),
+                name: file_name.clone(),
+                expected: t.dims().to_vec(),
+                found,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn float_tensor(a: &Artifact, file_name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
@@ -126,35 +197,37 @@ impl Model {
     /// Loads weights from a safetensors file with torchvision/timm names (a `module.` prefix is
     /// stripped), or transformers' ResNet names (translated). Every parameter and running
     /// statistic must be present with the right shape; `num_batches_tracked` is optional.
+    /// Everything is checked before anything changes.
     pub fn load_weights(&self, path: &Path) -> Result<LoadReport> {
         let a = Artifact::open_any(path)?;
-        let transformers = a.names().any(|n| n.starts_with("resnet.embedder."));
-        // model name -> file name
-        let mut map = std::collections::HashMap::new();
-        let mut ignored = Vec::new();
-        for file_name in a.names() {
-            let model_name = if transformers {
-                transformers_to_torchvision(file_name)
-            } else {
-                Some(file_name.strip_prefix("module.").unwrap_or(file_name).to_string())
-            };
-            match model_name {
-                Some(m) => {
-                    map.insert(m, file_name.to_string());
-                }
-                None => ignored.push(file_name.to_string()),
-            }
-        }
+        let names = NameMap::of(&a);
         let params = self.store().named_params();
         let buffers = self.store().named_buffers();
+        let missing_counters = self.check_present(path, &names, &params, &buffers)?;
+        self.check_param_shapes(path, &a, &names, &params)?;
+        check_buffer_shapes(path, &a, &names, &buffers)?;
+        let loaded = self.apply(&a, &names, &params, &buffers)?;
+        Ok(LoadReport {
+            loaded,
+            ignored: names.ignored(&a, &params, &buffers),
+            transformers_names: names.transformers,
+            missing_batch_counters: missing_counters,
+        })
+    }
+
+    /// Fails unless every parameter and buffer has a tensor in the file; returns whether
+    /// `num_batches_tracked` counters were missing (allowed).
+    fn check_present(
+        &self,
+        path: &Path,
+        names: &NameMap,
+        params: &[(String, Var)],
+        buffers: &[(String, Tensor)],
+    ) -> Result<bool> {
         let mut missing = Vec::new();
         let mut missing_counters = false;
-        for (name, _) in params
-            .iter()
-            .map(|(n, v)| (n, v.dims().to_vec()))
-            .chain(buffers.iter().map(|(n, t)| (n, t.dims().to_vec())))
-        {
-            if !map.contains_key(name) {
+        for name in params.iter().map(|(n, _)| n).chain(buffers.iter().map(|(n, _)| n)) {
+            if !names.map.contains_key(name) {
                 if name.ends_with(".num_batches_tracked") {
                     missing_counters = true;
                 } else {
@@ -170,11 +243,20 @@ impl Model {
                 examples: missing.iter().take(4).cloned().collect::<Vec<_>>().join(", "),
             });
         }
+        Ok(missing_counters)
+    }
+
+    /// Checks the parameters' shapes, the classifier first (a class-count mismatch is the most
+    /// common mistake and deserves its own message).
+    fn check_param_shapes(
+        &self,
+        path: &Path,
+        a: &Artifact,
+        names: &NameMap,
+        params: &[(String, Var)],
+    ) -> Result<()> {
         let (head_w, head_b) = self.head_names();
-        let dev = self.device().clone();
-        // Check everything before changing anything, the classifier first (a class-count
-        // mismatch is the most common mistake and deserves its own message).
-        let mut order: Vec<&(String, candle_core::Var)> = params.iter().collect();
+        let mut order: Vec<&(String, Var)> = params.iter().collect();
         order.sort_by_key(|(n, _)| {
             if n == head_w {
                 0
@@ -185,77 +267,57 @@ impl Model {
             }
         });
         for (name, var) in order {
-            let file_name = &map[name];
+            let file_name = &names.map[name];
             let found = a.info(file_name)?.shape.clone();
-            if found != var.dims() {
-                if (name.as_str() == head_w || name.as_str() == head_b)
-                    && found.first() != var.dims().first()
-                    && found.len() == var.dims().len()
-                {
-                    return Err(ModelError::ClassCount {
-                        path: path.to_path_buf(),
-                        name: file_name.clone(),
-                        expected: var.dims()[0],
-                        found: found[0],
-                    });
-                }
-                return Err(ModelError::Shape {
+            if found == var.dims() {
+                continue;
+            }
+            let is_head = name.as_str() == head_w || name.as_str() == head_b;
+            if is_head && found.first() != var.dims().first() && found.len() == var.dims().len() {
+                return Err(ModelError::ClassCount {
                     path: path.to_path_buf(),
                     name: file_name.clone(),
-                    expected: var.dims().to_vec(),
-                    found,
+                    expected: var.dims()[0],
+                    found: found[0],
                 });
             }
+            return Err(ModelError::Shape {
+                path: path.to_path_buf(),
+                name: file_name.clone(),
+                expected: var.dims().to_vec(),
+                found,
+            });
         }
-        for (name, t) in &buffers {
-            if let Some(file_name) = map.get(name) {
-                let found = a.info(file_name)?.shape.clone();
-                let ok = found == t.dims()
-                    || (name.ends_with(".num_batches_tracked") && found.iter().product::<usize>() == 1);
-                if !ok {
-                    return Err(ModelError::Shape {
-                        path: path.to_path_buf(),
-                        name: file_name.clone(),
-                        expected: t.dims().to_vec(),
-                        found,
-                    });
-                }
-            }
+        Ok(())
+    }
+
+    /// Sets every parameter and the buffers present in the file; returns how many.
+    fn apply(
+        &self,
+        a: &Artifact,
+        names: &NameMap,
+        params: &[(String, Var)],
+        buffers: &[(String, Tensor)],
+    ) -> Result<usize> {
+        let dev = self.device().clone();
+        for (name, var) in params {
+            var.set(&float_tensor(a, &names.map[name], var.dims(), &dev)?)?;
         }
-        let mut loaded = 0;
-        for (name, var) in &params {
-            var.set(&float_tensor(&a, &map[name], var.dims(), &dev)?)?;
-            loaded += 1;
-        }
-        for (name, t) in &buffers {
-            let Some(file_name) = map.get(name) else { continue };
+        let mut loaded = params.len();
+        for (name, t) in buffers {
+            let Some(file_name) = names.map.get(name) else { continue };
             let value = if name.ends_with(".num_batches_tracked") {
                 let v = a
                     .i64(file_name)
                     .or_else(|_| a.f32(file_name).map(|f| f.iter().map(|&x| x as i64).collect()))?;
                 Tensor::new(v.first().copied().unwrap_or(0), &dev)?
             } else {
-                float_tensor(&a, file_name, t.dims(), &dev)?
+                float_tensor(a, file_name, t.dims(), &dev)?
             };
             self.store().set_buffer(name, value)?;
             loaded += 1;
         }
-        let used: std::collections::HashSet<&String> = params
-            .iter()
-            .map(|(n, _)| &map[n])
-            .chain(buffers.iter().filter_map(|(n, _)| map.get(n)))
-            .collect();
-        let unused: Vec<String> =
-            a.names().filter(|n| !used.contains(&n.to_string())).map(|n| n.to_string()).collect();
-        ignored.extend(unused);
-        ignored.sort();
-        ignored.dedup();
-        Ok(LoadReport {
-            loaded,
-            ignored,
-            transformers_names: transformers,
-            missing_batch_counters: missing_counters,
-        })
+        Ok(loaded)
     }
 
     /// Saves parameters and buffers with PyTorch names as a backbone artifact; `meta` adds

@@ -1,6 +1,9 @@
-//! The fused training path computes what candle's autograd over the per-op graph computes.
+//! The fused CPU pass computes what candle's autograd over the per-op graph computes: logits,
+//! every parameter's gradient (through a plain `loss.backward()` too), running statistics, and
+//! eval-mode values and gradients.
 
-use candle_core::{Device, Tensor};
+use candle_core::backprop::GradStore;
+use candle_core::{Device, ModuleT, Tensor};
 use lt_models::{Arch, Model};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -17,34 +20,34 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
     a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
 }
 
+/// Every parameter of `a` has a gradient in `ga` close to `b`'s in `gb`.
+fn same_grads(what: &str, a: &Model, ga: &GradStore, b: &Model, gb: &GradStore, tol: f32) {
+    for (name, var) in a.store().named_params() {
+        let vb = b.store().var(&name).unwrap();
+        let da = ga
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{what}: the fused pass gave no gradient for {name}"));
+        let db = gb.get(vb.as_tensor()).unwrap();
+        let e = max_rel(da, db);
+        assert!(e < tol, "{what}: gradient of {name} differs by {e}");
+    }
+}
+
 fn compare(arch: &str, classes: usize, shape: [usize; 4]) {
     let dev = Device::Cpu;
     let a = Model::new(Arch::new(arch, classes, shape[1]).unwrap(), 3, &dev).unwrap();
-    let b = Model::new(Arch::new(arch, classes, shape[1]).unwrap(), 3, &dev).unwrap();
+    let mut b = Model::new(Arch::new(arch, classes, shape[1]).unwrap(), 3, &dev).unwrap();
+    b.set_fused(false);
     let x = randn(&shape, 1);
-    let y = Tensor::from_vec(
-        (0..shape[0] as u32).map(|i| i % classes as u32).collect::<Vec<_>>(),
-        shape[0],
-        &dev,
-    )
-    .unwrap();
+    let labels: Vec<u32> = (0..shape[0] as u32).map(|i| i % classes as u32).collect();
+    let y = Tensor::from_vec(labels, shape[0], &dev).unwrap();
+    let ce = |logits: &Tensor| candle_nn::loss::cross_entropy(logits, &y);
     for step in 0..2 {
-        let pass = a.train_forward(&x).unwrap();
-        let loss_a = candle_nn::loss::cross_entropy(&pass.logits, &y).unwrap();
-        let ga = pass.backward(&loss_a).unwrap();
+        let sa = a.train_step(&x, ce).unwrap();
         let logits_b = b.forward_t(&x, true).unwrap();
-        let loss_b = candle_nn::loss::cross_entropy(&logits_b, &y).unwrap();
-        let gb = loss_b.backward().unwrap();
-        assert!(max_rel(&pass.logits, &logits_b) < 1e-5, "{arch} step {step}: logits differ");
-        for (name, var) in a.store().named_params() {
-            let vb = b.store().var(&name).unwrap();
-            let da = ga
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{arch}: fused pass gave no gradient for {name}"));
-            let db = gb.get(vb.as_tensor()).unwrap();
-            let e = max_rel(da, db);
-            assert!(e < 2e-4, "{arch} step {step}: gradient of {name} differs by {e}");
-        }
+        let gb = ce(&logits_b).unwrap().backward().unwrap();
+        assert!(max_rel(&sa.logits, &logits_b) < 1e-5, "{arch} step {step}: logits differ");
+        same_grads(&format!("{arch} step {step}"), &a, &sa.grads, &b, &gb, 2e-4);
         for (name, t) in a.store().named_buffers() {
             let tb = b.store().buffer(&name).unwrap();
             if name.ends_with("num_batches_tracked") {
@@ -54,11 +57,15 @@ fn compare(arch: &str, classes: usize, shape: [usize; 4]) {
             }
         }
     }
+    // A plain `loss.backward()` on the fused path reaches every parameter, in both modes.
+    for train in [true, false] {
+        let ga = ce(&a.forward_t(&x, train).unwrap()).unwrap().backward().unwrap();
+        let gb = ce(&b.forward_t(&x, train).unwrap()).unwrap().backward().unwrap();
+        same_grads(&format!("{arch} loss.backward() train={train}"), &a, &ga, &b, &gb, 2e-4);
+    }
     let (fa, la) = a.infer(&x).unwrap();
     let (fb, lb) = b.infer(&x).unwrap();
-    assert!(max_rel(&fa, &fb) < 1e-6 && max_rel(&la, &lb) < 1e-6, "{arch}: inference differs");
-    let fe = b.features(&x, false).unwrap();
-    assert!(max_rel(&fa, &fe) < 1e-5, "{arch}: fused inference differs from the per-op graph");
+    assert!(max_rel(&fa, &fb) < 1e-5 && max_rel(&la, &lb) < 1e-5, "{arch}: inference differs");
 }
 
 #[test]
@@ -71,4 +78,26 @@ fn fused_cifar_resnet_matches_autograd() {
 fn fused_torchvision_resnets_match_autograd() {
     compare("resnet18", 7, [2, 3, 40, 40]);
     compare("resnet50", 4, [2, 3, 48, 48]);
+}
+
+#[test]
+fn a_gradient_for_the_input_image_takes_the_per_op_path() {
+    let dev = Device::Cpu;
+    let m = Model::new(Arch::new("cifar-resnet8x8", 3, 3).unwrap(), 0, &dev).unwrap();
+    let x = candle_core::Var::from_tensor(&randn(&[2, 3, 8, 8], 4)).unwrap();
+    let g = m.forward_t(x.as_tensor(), true).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = g.get(x.as_tensor()).expect("the input's gradient");
+    assert_eq!(dx.dims(), &[2, 3, 8, 8]);
+}
+
+#[test]
+fn train_step_refuses_a_loss_that_leaves_parameters_without_gradients() {
+    let dev = Device::Cpu;
+    let m = Model::new(Arch::new("cifar-resnet8x8", 3, 3).unwrap(), 0, &dev).unwrap();
+    let x = randn(&[2, 3, 8, 8], 5);
+    // Only the head's bias reaches the loss: every other parameter lacks a gradient.
+    let bias = m.head().1.as_tensor().clone();
+    let err =
+        m.train_step(&x, |logits| logits.detach().sum_all()? + bias.sum_all()?).err().expect("an error");
+    assert!(matches!(err, lt_models::ModelError::MissingGradient(_)), "{err}");
 }

@@ -16,7 +16,10 @@ fn run(fixture: &str, arch: &str, classes: usize, backend: Backend) {
     let failed: Vec<String> = checks
         .iter()
         .filter(|c| !c.ok())
-        .map(|c| format!("{}: {:.2e} > {:.1e}", c.what, c.relative_error, c.tolerance))
+        .map(|c| match &c.error {
+            Some(e) => format!("{}: {e}", c.what),
+            None => format!("{}: {:.2e} > {:.1e}", c.what, c.relative_error, c.tolerance),
+        })
         .collect();
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }

@@ -34,7 +34,7 @@ impl BatchNormModel for Recal<'_> {
         });
     }
     fn forward_train(&self, x: &Tensor) -> lt_swag::Result<()> {
-        self.0.forward_train_no_grad(x).map(|_| ()).map_err(model_err)
+        self.0.update_bn_stats(x).map_err(model_err)
     }
 }
 

@@ -262,9 +262,9 @@ fn run_epoch(
     for batch in batches {
         let batch = batch?;
         lr = learning_rate(cfg, phase, *step, ctx.steps_per_epoch);
-        let pass = model.train_forward(&batch.images)?;
-        let loss = candle_nn::loss::cross_entropy(&pass.logits, &batch.labels)?;
-        let lv = loss.to_dtype(DType::F32)?.to_vec0::<f32>()?;
+        let pass = model
+            .train_step(&batch.images, |logits| candle_nn::loss::cross_entropy(logits, &batch.labels))?;
+        let lv = pass.loss.to_dtype(DType::F32)?.to_vec0::<f32>()?;
         if !lv.is_finite() {
             return Err(TrainError::NonFinite {
                 step: *step,
@@ -273,9 +273,8 @@ fn run_epoch(
                 checkpoint: ctx.last_checkpoint.clone(),
             });
         }
-        let grads = pass.backward(&loss)?;
-        opt.step(&params, &grads, lr)?;
-        drop(grads);
+        opt.step(&params, &pass.grads, lr)?;
+        drop(pass.grads);
         let b = batch.label_vec.len();
         let preds = pass.logits.argmax(1)?.to_vec1::<u32>()?;
         correct += preds.iter().zip(&batch.label_vec).filter(|(p, y)| p == y).count();

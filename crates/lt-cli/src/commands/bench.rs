@@ -50,6 +50,9 @@ enum BenchCommand {
         /// Device.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Let cuDNN use TF32 tensor-core math in f32 convolutions (PyTorch's default on CUDA).
+        #[arg(long)]
+        tf32: bool,
     },
     /// The batch loader on CIFAR-size images with the CIFAR augmentation.
     Loader {
@@ -93,8 +96,10 @@ fn print(mut v: serde_json::Value) {
 /// Runs `lt bench`.
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.command {
-        BenchCommand::Backbone { arch, classes, batch, size, mode, backend, steps, warmup, device } => {
+        BenchCommand::Backbone { arch, classes, batch, size, mode, backend, steps, warmup, device, tf32 } => {
             let dev = crate::device::parse(&device)?;
+            lt_models::ops::set_cudnn_tf32(tf32);
+            lt_models::ops::reset_device_memory_peak(&dev);
             let mut m = Model::new(Arch::new(&arch, classes, 3)?, 0, &dev)?;
             m.set_backend(match backend.as_str() {
                 "fast" => Backend::Fast,
@@ -111,10 +116,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let mut opt = Sgd::new(0.9, true, 5e-4);
             let mut step = || -> Result<()> {
                 if mode == "train" {
-                    let pass = m.train_forward(&x)?;
-                    let loss = candle_nn::loss::cross_entropy(&pass.logits, &y)?;
-                    let grads = pass.backward(&loss)?;
-                    opt.step(&params, &grads, 0.01)?;
+                    let step = m.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y))?;
+                    opt.step(&params, &step.grads, 0.01)?;
                 } else {
                     let (_, l) = m.infer(&x)?;
                     l.to_dtype(DType::F32)?.sum_all()?.to_vec0::<f32>()?;
@@ -136,7 +139,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
             print(json!({
                 "bench": "backbone", "arch": arch, "mode": mode, "backend": backend, "batch": batch, "size": size, "device": device,
                 "median_step_seconds": median, "images_per_sec": batch as f64 / median, "steps": steps,
-                "kernels": lt_models::ops::kernels::kernel_name(),
+                "kernels": lt_models::ops::kernel_name(), "tf32": tf32,
+                "device_pool_peak_mib": lt_models::ops::device_memory_peak(&dev).map(|b| b as f64 / 1048576.0),
             }));
         }
         BenchCommand::Loader { batch, workers, batches } => {

@@ -11,6 +11,7 @@
 use rayon::prelude::*;
 
 use super::kernels::{gather_block, outer_block, GatherArgs, OuterArgs, Run, Tap, MR_MAX};
+use super::window_out;
 
 /// Geometry of a square-kernel convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,13 +35,18 @@ pub struct ConvShape {
 }
 
 impl ConvShape {
-    /// Output height.
-    pub fn oh(&self) -> usize {
-        (self.h + 2 * self.pad - self.k) / self.stride + 1
+    /// Whether the kernel fits the padded input (and the stride is not zero).
+    pub fn fits(&self) -> bool {
+        window_out(self.h, self.k, self.stride, self.pad).is_some()
+            && window_out(self.w, self.k, self.stride, self.pad).is_some()
     }
-    /// Output width.
+    /// Output height (see [`window_out`]; 0 when the kernel does not fit).
+    pub fn oh(&self) -> usize {
+        window_out(self.h, self.k, self.stride, self.pad).unwrap_or(0)
+    }
+    /// Output width (see [`window_out`]; 0 when the kernel does not fit).
     pub fn ow(&self) -> usize {
-        (self.w + 2 * self.pad - self.k) / self.stride + 1
+        window_out(self.w, self.k, self.stride, self.pad).unwrap_or(0)
     }
     /// Elements of the input.
     pub fn input_len(&self) -> usize {
@@ -73,7 +79,8 @@ fn col_blocks(cols: usize) -> Vec<(usize, usize)> {
     v
 }
 
-/// Packs `rows_of(tap, d)` rows into `[col block][tap][depth][nr]` with zero padding of columns.
+/// Packs the rows `value(tap, depth, column)` into `[col block][tap][depth][nr]` with zero
+/// padding of columns.
 fn pack(
     taps: usize,
     depth: usize,
@@ -101,8 +108,10 @@ fn pack(
 /// A raw output pointer shared by the workers of a gather pass, which write disjoint rows.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
-// SAFETY: workers write disjoint rows (each logical row maps to its own output row).
+// SAFETY: workers write disjoint rows (each logical row maps to its own output row), and the
+// pointer outlives the parallel pass that uses it (the pass borrows `out` mutably).
 unsafe impl Send for OutPtr {}
+// SAFETY: as for `Send`: concurrent users write disjoint rows only.
 unsafe impl Sync for OutPtr {}
 
 /// Runs gather-GEMM over `rows` logical output rows of `cols` columns. Row `r` is stored at
@@ -140,15 +149,16 @@ fn gather_pass(
                 if !full && accumulate {
                     let n = cols - c0;
                     for j in 0..mr {
-                        // SAFETY: the first `n` columns of the row are inside `out`.
+                        assert!(offs[j] + c0 + n <= len, "gather row outside the output");
+                        // SAFETY: the first `n` columns of the row are inside `out` (checked above).
                         let src = unsafe { std::slice::from_raw_parts(base.0.add(offs[j] + c0), n) };
                         scratch[j][..n].copy_from_slice(src);
                     }
                 }
                 let outs: [*mut f32; MR_MAX] = std::array::from_fn(|j| {
                     if j < mr && full {
-                        debug_assert!(offs[j] + c0 + nr <= len);
-                        // SAFETY: the row lies inside `out` (checked in debug builds).
+                        assert!(offs[j] + c0 + nr <= len, "gather row outside the output");
+                        // SAFETY: the row lies inside `out` (checked above).
                         unsafe { base.0.add(offs[j] + c0) }
                     } else {
                         scratch[j].as_mut_ptr()
@@ -163,7 +173,8 @@ fn gather_pass(
                 if !full {
                     let n = cols - c0;
                     for j in 0..mr {
-                        // SAFETY: as above, the first `n` columns of the row are inside `out`.
+                        assert!(offs[j] + c0 + n <= len, "gather row outside the output");
+                        // SAFETY: the first `n` columns of the row are inside `out` (checked above).
                         let dst = unsafe { std::slice::from_raw_parts_mut(base.0.add(offs[j] + c0), n) };
                         dst.copy_from_slice(&scratch[j][..n]);
                     }

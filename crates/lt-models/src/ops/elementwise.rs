@@ -25,10 +25,50 @@ pub fn relu_backward(y: &[f32], dy: &[f32], out: &mut [f32]) {
     });
 }
 
-/// Option-A shortcut: `x[N, H, W, C]` subsampled by 2 (`x[:, ::2, ::2]`) and zero-padded to
-/// `C + 2 * pad` channels (`pad` on each side): output `[N, ceil(H/2), ceil(W/2), C + 2 pad]`.
-pub fn shortcut_forward(x: &[f32], n: usize, h: usize, w: usize, c: usize, pad: usize, out: &mut [f32]) {
-    let (oh, ow, oc) = (h.div_ceil(2), w.div_ceil(2), c + 2 * pad);
+/// Dimensions of an NHWC activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Nhwc {
+    /// Batch size.
+    pub n: usize,
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+    /// Channels.
+    pub c: usize,
+}
+
+impl Nhwc {
+    /// From `[N, H, W, C]` dims.
+    pub fn of(dims: [usize; 4]) -> Self {
+        let [n, h, w, c] = dims;
+        Self { n, h, w, c }
+    }
+    /// As `[N, H, W, C]` dims.
+    pub fn dims(&self) -> [usize; 4] {
+        [self.n, self.h, self.w, self.c]
+    }
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.n * self.h * self.w * self.c
+    }
+    /// Whether there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Output `(H, W, C)` of the option-A shortcut of an `h x w x c` input with `pad` channels of
+/// zeros on each side: `(ceil(h / 2), ceil(w / 2), c + 2 pad)`.
+pub fn shortcut_dims(h: usize, w: usize, c: usize, pad: usize) -> (usize, usize, usize) {
+    (h.div_ceil(2), w.div_ceil(2), c + 2 * pad)
+}
+
+/// Option-A shortcut: `x` subsampled by 2 (`x[:, ::2, ::2]`) and zero-padded to `C + 2 * pad`
+/// channels (`pad` on each side), see [`shortcut_dims`].
+pub fn shortcut_forward(x: &[f32], s: Nhwc, pad: usize, out: &mut [f32]) {
+    let (Nhwc { n, h, w, c }, (oh, ow, oc)) = (s, shortcut_dims(s.h, s.w, s.c, pad));
+    assert_eq!((x.len(), out.len()), (s.len(), n * oh * ow * oc), "shortcut lengths");
     out.par_chunks_mut(oh * ow * oc).enumerate().take(n).for_each(|(ni, o)| {
         for y in 0..oh {
             for xo in 0..ow {
@@ -42,9 +82,10 @@ pub fn shortcut_forward(x: &[f32], n: usize, h: usize, w: usize, c: usize, pad: 
     });
 }
 
-/// Gradient of [`shortcut_forward`] with respect to `x`.
-pub fn shortcut_backward(dy: &[f32], n: usize, h: usize, w: usize, c: usize, pad: usize, dx: &mut [f32]) {
-    let (oh, ow, oc) = (h.div_ceil(2), w.div_ceil(2), c + 2 * pad);
+/// Gradient of [`shortcut_forward`] with respect to `x` (`s` is the input's shape).
+pub fn shortcut_backward(dy: &[f32], s: Nhwc, pad: usize, dx: &mut [f32]) {
+    let (Nhwc { n, h, w, c }, (oh, ow, oc)) = (s, shortcut_dims(s.h, s.w, s.c, pad));
+    assert_eq!((dy.len(), dx.len()), (n * oh * ow * oc, s.len()), "shortcut gradient lengths");
     dx.par_chunks_mut(h * w * c).enumerate().take(n).for_each(|(ni, d)| {
         d.fill(0.0);
         for y in 0..oh {
@@ -81,36 +122,48 @@ pub fn avg_pool_backward(dy: &[f32], n: usize, hw: usize, c: usize, dx: &mut [f3
     });
 }
 
-/// Max pooling with a `k x k` window, stride `s`, padding `p` (padding never wins):
-/// returns the output and, for each output value, the flat input index of its maximum.
-#[allow(clippy::too_many_arguments)]
-pub fn max_pool_forward(
-    x: &[f32],
-    n: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    k: usize,
-    s: usize,
-    p: usize,
-    out: &mut [f32],
-    argmax: &mut [u32],
-) {
-    let oh = (h + 2 * p - k) / s + 1;
-    let ow = (w + 2 * p - k) / s + 1;
-    out.par_chunks_mut(oh * ow * c).zip(argmax.par_chunks_mut(oh * ow * c)).enumerate().take(n).for_each(
+/// A pooling window: `k x k`, stride, zero padding on every side (padding never wins).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Window {
+    /// Window side.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding on every side.
+    pub pad: usize,
+}
+
+impl Window {
+    /// Output shape of the window over `s`, or `None` when it does not fit (see
+    /// [`super::window_out`]; padding must not exceed half the window).
+    pub fn output(&self, s: Nhwc) -> Option<Nhwc> {
+        let oh = super::window_out(s.h, self.k, self.stride, self.pad)?;
+        let ow = super::window_out(s.w, self.k, self.stride, self.pad)?;
+        (2 * self.pad <= self.k).then_some(Nhwc { h: oh, w: ow, ..s })
+    }
+}
+
+/// Max pooling of `x` (shape `s`) with window `win` (which must fit, see [`Window::output`]):
+/// writes the output and, for each output value, the flat input index of its maximum.
+pub fn max_pool_forward(x: &[f32], s: Nhwc, win: Window, out: &mut [f32], argmax: &mut [u32]) {
+    let o = win.output(s).expect("the pooling window fits the input");
+    let (Nhwc { h, w, c, .. }, Window { k, stride, pad }) = (s, win);
+    assert_eq!((x.len(), out.len(), argmax.len()), (s.len(), o.len(), o.len()), "max pool lengths");
+    assert!(s.len() <= u32::MAX as usize, "max pool: input too large for 32-bit indices");
+    let (oh, ow) = (o.h, o.w);
+    out.par_chunks_mut(oh * ow * c).zip(argmax.par_chunks_mut(oh * ow * c)).enumerate().take(s.n).for_each(
         |(ni, (o, am))| {
             for y in 0..oh {
                 for xo in 0..ow {
                     let base = (y * ow + xo) * c;
                     o[base..base + c].fill(f32::NEG_INFINITY);
                     for ky in 0..k {
-                        let iy = (y * s + ky) as isize - p as isize;
+                        let iy = (y * stride + ky) as isize - pad as isize;
                         if iy < 0 || iy >= h as isize {
                             continue;
                         }
                         for kx in 0..k {
-                            let ix = (xo * s + kx) as isize - p as isize;
+                            let ix = (xo * stride + kx) as isize - pad as isize;
                             if ix < 0 || ix >= w as isize {
                                 continue;
                             }

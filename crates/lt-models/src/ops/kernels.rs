@@ -117,8 +117,10 @@ pub fn kernel_name() -> &'static str {
 /// `depth * nb * 8` floats, `out[j]` for `nb * 8` floats.
 #[inline]
 pub unsafe fn gather_block(args: &GatherArgs, mr: usize, nb: usize) {
-    debug_assert!((1..=MR_MAX).contains(&mr) && (nb == 1 || nb == 2));
-    (select().gather)(args, mr, nb)
+    assert!((1..=MR_MAX).contains(&mr) && (nb == 1 || nb == 2), "gather block {mr} x {nb}");
+    // SAFETY: the caller upholds the pointer contract above; the block size was checked, and the
+    // selected kernel set runs only where its CPU features were detected.
+    unsafe { (select().gather)(args, mr, nb) }
 }
 
 /// Runs one outer-product accumulation block of `mr` rows and `nb * 8` columns.
@@ -129,8 +131,9 @@ pub unsafe fn gather_block(args: &GatherArgs, mr: usize, nb: usize) {
 /// `acc` for `mr` rows of `nb * 8` floats.
 #[inline]
 pub unsafe fn outer_block(args: &OuterArgs, mr: usize, nb: usize) {
-    debug_assert!((1..=MR_MAX).contains(&mr) && (nb == 1 || nb == 2));
-    (select().outer)(args, mr, nb)
+    assert!((1..=MR_MAX).contains(&mr) && (nb == 1 || nb == 2), "outer block {mr} x {nb}");
+    // SAFETY: as in `gather_block`.
+    unsafe { (select().outer)(args, mr, nb) }
 }
 
 /// The portable implementation, also the reference of the kernel tests.
@@ -142,25 +145,30 @@ pub mod portable {
     /// # Safety
     /// See [`super::gather_block`].
     pub unsafe fn gather(a: &GatherArgs, mr: usize, nb: usize) {
-        let nr = nb * 8;
-        let mut acc = [[0f32; 16]; MR_MAX];
-        for tap in a.taps {
-            let mut b = a.packed.add(tap.w * nr);
-            for c in 0..a.depth {
-                let brow = std::slice::from_raw_parts(b, nr);
-                for j in 0..mr {
-                    let v = *tap.src[j].add(c);
-                    for (o, &w) in acc[j][..nr].iter_mut().zip(brow) {
-                        *o += v * w;
+        // SAFETY: the reads and writes stay within the extents the caller guarantees (see
+        // `gather_block`): `depth` floats per source, `depth` packed rows of `nr` floats from each
+        // tap's first row, `nr` floats per output row.
+        unsafe {
+            let nr = nb * 8;
+            let mut acc = [[0f32; 16]; MR_MAX];
+            for tap in a.taps {
+                let mut b = a.packed.add(tap.w * nr);
+                for c in 0..a.depth {
+                    let brow = std::slice::from_raw_parts(b, nr);
+                    for j in 0..mr {
+                        let v = *tap.src[j].add(c);
+                        for (o, &w) in acc[j][..nr].iter_mut().zip(brow) {
+                            *o += v * w;
+                        }
                     }
+                    b = b.add(nr);
                 }
-                b = b.add(nr);
             }
-        }
-        for j in 0..mr {
-            let out = std::slice::from_raw_parts_mut(a.out[j], nr);
-            for (o, &v) in out.iter_mut().zip(&acc[j][..nr]) {
-                *o = if a.accumulate { *o + v } else { v };
+            for j in 0..mr {
+                let out = std::slice::from_raw_parts_mut(a.out[j], nr);
+                for (o, &v) in out.iter_mut().zip(&acc[j][..nr]) {
+                    *o = if a.accumulate { *o + v } else { v };
+                }
             }
         }
     }
@@ -170,16 +178,21 @@ pub mod portable {
     /// # Safety
     /// See [`super::outer_block`].
     pub unsafe fn outer(a: &OuterArgs, mr: usize, nb: usize) {
-        let nr = nb * 8;
-        for run in a.runs {
-            for p in 0..run.count {
-                let x = a.x.add(run.x + p * a.x_stride);
-                let dy = std::slice::from_raw_parts(a.dy.add(run.dy + p * a.dy_stride), nr);
-                for j in 0..mr {
-                    let v = *x.add(j);
-                    let acc = std::slice::from_raw_parts_mut(a.acc.add(j * a.acc_stride), nr);
-                    for (o, &g) in acc.iter_mut().zip(dy) {
-                        *o += v * g;
+        // SAFETY: the reads and writes stay within the extents the caller guarantees (see
+        // `outer_block`): `mr` floats of `x` and `nr` of `dy` per pixel of each run, `mr` rows of
+        // `nr` floats of the accumulator.
+        unsafe {
+            let nr = nb * 8;
+            for run in a.runs {
+                for p in 0..run.count {
+                    let x = a.x.add(run.x + p * a.x_stride);
+                    let dy = std::slice::from_raw_parts(a.dy.add(run.dy + p * a.dy_stride), nr);
+                    for j in 0..mr {
+                        let v = *x.add(j);
+                        let acc = std::slice::from_raw_parts_mut(a.acc.add(j * a.acc_stride), nr);
+                        for (o, &g) in acc.iter_mut().zip(dy) {
+                            *o += v * g;
+                        }
                     }
                 }
             }
@@ -193,98 +206,115 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     pub unsafe fn gather_dispatch(a: &GatherArgs, mr: usize, nb: usize) {
-        match (mr, nb) {
-            (1, 1) => gather::<1, 1>(a),
-            (2, 1) => gather::<2, 1>(a),
-            (3, 1) => gather::<3, 1>(a),
-            (4, 1) => gather::<4, 1>(a),
-            (5, 1) => gather::<5, 1>(a),
-            (6, 1) => gather::<6, 1>(a),
-            (1, _) => gather::<1, 2>(a),
-            (2, _) => gather::<2, 2>(a),
-            (3, _) => gather::<3, 2>(a),
-            (4, _) => gather::<4, 2>(a),
-            (5, _) => gather::<5, 2>(a),
-            _ => gather::<6, 2>(a),
+        // SAFETY: the caller upholds the contract of the kernel (see `gather_block` and
+        // `outer_block`) and selected this set after detecting AVX2 and FMA.
+        unsafe {
+            match (mr, nb) {
+                (1, 1) => gather::<1, 1>(a),
+                (2, 1) => gather::<2, 1>(a),
+                (3, 1) => gather::<3, 1>(a),
+                (4, 1) => gather::<4, 1>(a),
+                (5, 1) => gather::<5, 1>(a),
+                (6, 1) => gather::<6, 1>(a),
+                (1, _) => gather::<1, 2>(a),
+                (2, _) => gather::<2, 2>(a),
+                (3, _) => gather::<3, 2>(a),
+                (4, _) => gather::<4, 2>(a),
+                (5, _) => gather::<5, 2>(a),
+                _ => gather::<6, 2>(a),
+            }
         }
     }
 
     pub unsafe fn outer_dispatch(a: &OuterArgs, mr: usize, nb: usize) {
-        match (mr, nb) {
-            (1, 1) => outer::<1, 1>(a),
-            (2, 1) => outer::<2, 1>(a),
-            (3, 1) => outer::<3, 1>(a),
-            (4, 1) => outer::<4, 1>(a),
-            (5, 1) => outer::<5, 1>(a),
-            (6, 1) => outer::<6, 1>(a),
-            (1, _) => outer::<1, 2>(a),
-            (2, _) => outer::<2, 2>(a),
-            (3, _) => outer::<3, 2>(a),
-            (4, _) => outer::<4, 2>(a),
-            (5, _) => outer::<5, 2>(a),
-            _ => outer::<6, 2>(a),
+        // SAFETY: the caller upholds the contract of the kernel (see `gather_block` and
+        // `outer_block`) and selected this set after detecting AVX2 and FMA.
+        unsafe {
+            match (mr, nb) {
+                (1, 1) => outer::<1, 1>(a),
+                (2, 1) => outer::<2, 1>(a),
+                (3, 1) => outer::<3, 1>(a),
+                (4, 1) => outer::<4, 1>(a),
+                (5, 1) => outer::<5, 1>(a),
+                (6, 1) => outer::<6, 1>(a),
+                (1, _) => outer::<1, 2>(a),
+                (2, _) => outer::<2, 2>(a),
+                (3, _) => outer::<3, 2>(a),
+                (4, _) => outer::<4, 2>(a),
+                (5, _) => outer::<5, 2>(a),
+                _ => outer::<6, 2>(a),
+            }
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn gather<const MR: usize, const NB: usize>(a: &GatherArgs) {
-        let mut acc = [[_mm256_setzero_ps(); NB]; MR];
-        for tap in a.taps {
-            let mut b = a.packed.add(tap.w * 8 * NB);
-            let mut src = [std::ptr::null::<f32>(); MR];
-            src.copy_from_slice(&tap.src[..MR]);
-            for _ in 0..a.depth {
-                let mut bv = [_mm256_setzero_ps(); NB];
-                for (k, v) in bv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(b.add(8 * k));
-                }
-                for j in 0..MR {
-                    let x = _mm256_broadcast_ss(&*src[j]);
-                    for k in 0..NB {
-                        acc[j][k] = _mm256_fmadd_ps(x, bv[k], acc[j][k]);
+        // SAFETY: loads and stores stay within the extents the caller guarantees (see
+        // `gather_block`); the CPU has AVX2 and FMA (checked when the kernel set was selected).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NB]; MR];
+            for tap in a.taps {
+                let mut b = a.packed.add(tap.w * 8 * NB);
+                let mut src = [std::ptr::null::<f32>(); MR];
+                src.copy_from_slice(&tap.src[..MR]);
+                for _ in 0..a.depth {
+                    let mut bv = [_mm256_setzero_ps(); NB];
+                    for (k, v) in bv.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(b.add(8 * k));
                     }
-                    src[j] = src[j].add(1);
+                    for j in 0..MR {
+                        let x = _mm256_broadcast_ss(&*src[j]);
+                        for k in 0..NB {
+                            acc[j][k] = _mm256_fmadd_ps(x, bv[k], acc[j][k]);
+                        }
+                        src[j] = src[j].add(1);
+                    }
+                    b = b.add(8 * NB);
                 }
-                b = b.add(8 * NB);
             }
-        }
-        for j in 0..MR {
-            for k in 0..NB {
-                let p = a.out[j].add(8 * k);
-                let v = if a.accumulate { _mm256_add_ps(_mm256_loadu_ps(p), acc[j][k]) } else { acc[j][k] };
-                _mm256_storeu_ps(p, v);
+            for j in 0..MR {
+                for k in 0..NB {
+                    let p = a.out[j].add(8 * k);
+                    let v =
+                        if a.accumulate { _mm256_add_ps(_mm256_loadu_ps(p), acc[j][k]) } else { acc[j][k] };
+                    _mm256_storeu_ps(p, v);
+                }
             }
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn outer<const MR: usize, const NB: usize>(a: &OuterArgs) {
-        let mut acc = [[_mm256_setzero_ps(); NB]; MR];
-        for j in 0..MR {
-            for k in 0..NB {
-                acc[j][k] = _mm256_loadu_ps(a.acc.add(j * a.acc_stride + 8 * k));
-            }
-        }
-        for run in a.runs {
-            let (mut x, mut dy) = (a.x.add(run.x), a.dy.add(run.dy));
-            for _ in 0..run.count {
-                let mut g = [_mm256_setzero_ps(); NB];
-                for (k, v) in g.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(dy.add(8 * k));
+        // SAFETY: loads and stores stay within the extents the caller guarantees (see
+        // `outer_block`); the CPU has AVX2 and FMA (checked when the kernel set was selected).
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); NB]; MR];
+            for j in 0..MR {
+                for k in 0..NB {
+                    acc[j][k] = _mm256_loadu_ps(a.acc.add(j * a.acc_stride + 8 * k));
                 }
-                for j in 0..MR {
-                    let v = _mm256_broadcast_ss(&*x.add(j));
-                    for k in 0..NB {
-                        acc[j][k] = _mm256_fmadd_ps(v, g[k], acc[j][k]);
+            }
+            for run in a.runs {
+                let (mut x, mut dy) = (a.x.add(run.x), a.dy.add(run.dy));
+                for _ in 0..run.count {
+                    let mut g = [_mm256_setzero_ps(); NB];
+                    for (k, v) in g.iter_mut().enumerate() {
+                        *v = _mm256_loadu_ps(dy.add(8 * k));
                     }
+                    for j in 0..MR {
+                        let v = _mm256_broadcast_ss(&*x.add(j));
+                        for k in 0..NB {
+                            acc[j][k] = _mm256_fmadd_ps(v, g[k], acc[j][k]);
+                        }
+                    }
+                    x = x.add(a.x_stride);
+                    dy = dy.add(a.dy_stride);
                 }
-                x = x.add(a.x_stride);
-                dy = dy.add(a.dy_stride);
             }
-        }
-        for j in 0..MR {
-            for k in 0..NB {
-                _mm256_storeu_ps(a.acc.add(j * a.acc_stride + 8 * k), acc[j][k]);
+            for j in 0..MR {
+                for k in 0..NB {
+                    _mm256_storeu_ps(a.acc.add(j * a.acc_stride + 8 * k), acc[j][k]);
+                }
             }
         }
     }
@@ -302,8 +332,29 @@ mod tests {
             .collect()
     }
 
+    /// Whether this CPU should run the AVX2 kernels, or why not.
+    fn simd_expected() -> Result<(), &'static str> {
+        if std::env::var_os("LT_NO_SIMD").is_some() {
+            return Err("LT_NO_SIMD is set");
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                return Ok(());
+            }
+        }
+        Err("the CPU has no AVX2 + FMA")
+    }
+
     #[test]
     fn simd_kernels_match_the_portable_reference() {
+        match simd_expected() {
+            Ok(()) => assert_eq!(kernel_name(), "avx2+fma", "AVX2 + FMA detected but not selected"),
+            Err(why) => {
+                eprintln!("SKIPPED simd_kernels_match_the_portable_reference: {why}; the portable kernels are compared with themselves");
+                assert_eq!(kernel_name(), "portable");
+            }
+        }
         for nb in [1, 2] {
             let nr = nb * 8;
             for mr in 1..=MR_MAX {
@@ -328,6 +379,7 @@ mod tests {
                         out: std::array::from_fn(|j| o[j * nr..].as_mut_ptr()),
                         accumulate,
                     };
+                    // SAFETY: sources, packed weights and outputs are vectors of the sizes the block reads.
                     unsafe {
                         gather_block(&mk(&mut out_a), mr, nb);
                         portable::gather(&mk(&mut out_b), mr, nb);
@@ -355,6 +407,7 @@ mod tests {
                     acc: acc.as_mut_ptr(),
                     acc_stride: 24,
                 };
+                // SAFETY: the runs stay inside `x` and `dy`, the accumulator is `MR_MAX` rows of 24.
                 unsafe {
                     outer_block(&mk(&mut acc_a), mr, nb);
                     portable::outer(&mk(&mut acc_b), mr, nb);

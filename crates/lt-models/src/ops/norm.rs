@@ -87,57 +87,97 @@ fn affine_impl<const RELU: bool>(x: &[f32], c: usize, scale: &[f32], shift: &[f3
     });
 }
 
-/// Training-mode forward: normalises with the batch statistics. Returns `(mean, invstd,
-/// biased variance)` per channel.
+/// `1 / sqrt(var + eps)` in `f64`, rounded once to `f32`.
+pub fn invstd(var: f64, eps: f64) -> f32 {
+    (1.0 / (var + eps).sqrt()) as f32
+}
+
+/// The statistics of one training-mode batch.
+#[derive(Clone, Debug)]
+pub struct TrainStats {
+    /// Per-channel mean.
+    pub mean: Vec<f32>,
+    /// Per-channel `1 / sqrt(var + eps)` (see [`invstd`]).
+    pub invstd: Vec<f32>,
+    /// Per-channel biased variance.
+    pub var: Vec<f64>,
+}
+
+/// The batch statistics of `x` (`[P, c]`) for training-mode batch norm with `eps`.
+pub fn train_stats(x: &[f32], c: usize, eps: f64) -> TrainStats {
+    let (mean, var) = batch_stats(x, c);
+    TrainStats {
+        mean: mean.iter().map(|&m| m as f32).collect(),
+        invstd: var.iter().map(|&v| invstd(v, eps)).collect(),
+        var,
+    }
+}
+
+/// The affine map of training-mode batch norm: `scale = gamma * invstd`,
+/// `shift = beta - mean * scale`.
+pub fn train_scale_shift(gamma: &[f32], beta: &[f32], mean: &[f32], invstd: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = gamma.iter().zip(invstd).map(|(g, i)| g * i).collect();
+    let shift = beta.iter().zip(mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+    (scale, shift)
+}
+
+/// The affine map of eval-mode batch norm with running statistics: `scale = gamma /
+/// sqrt(var + eps)` (the square root in `f64`), `shift = beta - mean * scale`.
+pub fn eval_scale_shift(
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f64,
+) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = gamma.iter().zip(var).map(|(g, &v)| g / ((v as f64 + eps).sqrt() as f32)).collect();
+    let shift = beta.iter().zip(mean).zip(&scale).map(|((b, m), s)| b - m * s).collect();
+    (scale, shift)
+}
+
+/// Training-mode forward: normalises `x` (`[P, c]`) with its batch statistics, then applies
+/// ReLU when `relu`; returns the statistics.
 pub fn forward_train(
     x: &[f32],
     c: usize,
-    gamma: &[f32],
-    beta: &[f32],
+    (gamma, beta): (&[f32], &[f32]),
     eps: f64,
     relu: bool,
     out: &mut [f32],
-) -> (Vec<f32>, Vec<f32>, Vec<f64>) {
-    let (mean, var) = batch_stats(x, c);
-    let invstd: Vec<f32> = var.iter().map(|&v| (1.0 / (v + eps).sqrt()) as f32).collect();
-    let scale: Vec<f32> = (0..c).map(|k| gamma[k] * invstd[k]).collect();
-    let shift: Vec<f32> = (0..c).map(|k| beta[k] - mean[k] as f32 * scale[k]).collect();
+) -> TrainStats {
+    let stats = train_stats(x, c, eps);
+    let (scale, shift) = train_scale_shift(gamma, beta, &stats.mean, &stats.invstd);
     affine(x, c, &scale, &shift, relu, out);
-    (mean.iter().map(|&m| m as f32).collect(), invstd, var)
+    stats
 }
 
-/// Gradients of training-mode batch norm (+ ReLU when `y` is given: the mask is `y > 0`).
-///
-/// Returns `(dgamma, dbeta)` and writes `dx` when requested.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_train(
-    x: &[f32],
-    y: Option<&[f32]>,
-    dy: &[f32],
-    c: usize,
-    gamma: &[f32],
-    mean: &[f32],
-    invstd: &[f32],
-    dx: Option<&mut [f32]>,
-) -> (Vec<f32>, Vec<f32>) {
-    backward(x, y, dy, c, gamma, mean, invstd, dx, true)
+/// What the batch-norm backward pass reads besides the output gradient (all per channel but `x`
+/// and `y`, which are `[P, C]`).
+#[derive(Clone, Copy, Debug)]
+pub struct BnBackward<'a> {
+    /// The input.
+    pub x: &'a [f32],
+    /// The output when a ReLU follows (its gradient mask is `y > 0`).
+    pub y: Option<&'a [f32]>,
+    /// The scale parameter.
+    pub gamma: &'a [f32],
+    /// The mean used by the forward pass.
+    pub mean: &'a [f32],
+    /// The `1 / sqrt(var + eps)` used by the forward pass.
+    pub invstd: &'a [f32],
+    /// Batch statistics (training mode: the input gradient includes the statistics' own
+    /// gradients) or fixed ones (eval mode: it is `gamma * invstd * dz`).
+    pub batch_statistics: bool,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn backward(
-    x: &[f32],
-    y: Option<&[f32]>,
-    dy: &[f32],
-    c: usize,
-    gamma: &[f32],
-    mean: &[f32],
-    invstd: &[f32],
-    dx: Option<&mut [f32]>,
-    batch_statistics: bool,
-) -> (Vec<f32>, Vec<f32>) {
-    match y {
-        Some(y) => backward_impl::<true>(x, y, dy, c, gamma, mean, invstd, dx, batch_statistics),
-        None => backward_impl::<false>(x, dy, dy, c, gamma, mean, invstd, dx, batch_statistics),
+impl BnBackward<'_> {
+    /// Gradients for the output gradient `dy`: returns `(dgamma, dbeta)` and writes `dx` when
+    /// requested.
+    pub fn run(&self, dy: &[f32], dx: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
+        match self.y {
+            Some(y) => backward_impl::<true>(self, y, dy, dx),
+            None => backward_impl::<false>(self, dy, dy, dx),
+        }
     }
 }
 
@@ -151,20 +191,15 @@ fn masked<const RELU: bool>(d: f32, y: f32) -> f32 {
     }
 }
 
-/// With `batch_statistics` (training mode) the input gradient includes the statistics' own
-/// gradients; without (eval mode, fixed statistics) it is `gamma * invstd * dz`.
-#[allow(clippy::too_many_arguments)]
+/// `y` is the ReLU output when `RELU` (any slice of the right length otherwise).
 fn backward_impl<const RELU: bool>(
-    x: &[f32],
+    b: &BnBackward,
     y: &[f32],
     dy: &[f32],
-    c: usize,
-    gamma: &[f32],
-    mean: &[f32],
-    invstd: &[f32],
     dx: Option<&mut [f32]>,
-    batch_statistics: bool,
 ) -> (Vec<f32>, Vec<f32>) {
+    let BnBackward { x, gamma, mean, invstd, batch_statistics, .. } = *b;
+    let c = gamma.len();
     let p = x.len() / c;
     let chunk = CHUNK_PIXELS * c;
     // Pass 1: dbeta = sum dz, dgamma = sum dz * xhat, with dz = dy * mask.
@@ -225,21 +260,4 @@ fn backward_impl<const RELU: bool>(
             });
     }
     (dgamma, dbeta)
-}
-
-/// Gradients of an eval-mode (fixed statistics) batch norm `y = scale * x + shift` with
-/// `scale = gamma * invstd`, optionally followed by ReLU (mask `y > 0`). Returns `(dgamma, dbeta)`
-/// and writes `dx` when requested; `xhat = (x - mean) * invstd`.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_eval(
-    x: &[f32],
-    y: Option<&[f32]>,
-    dy: &[f32],
-    c: usize,
-    gamma: &[f32],
-    mean: &[f32],
-    invstd: &[f32],
-    dx: Option<&mut [f32]>,
-) -> (Vec<f32>, Vec<f32>) {
-    backward(x, y, dy, c, gamma, mean, invstd, dx, false)
 }

@@ -1,7 +1,7 @@
 //! The fast ops against candle's stock ops: values and gradients on odd shapes.
 
 use super::*;
-use candle_core::Var;
+use candle_core::{Device, Var};
 use lt_core::Rng;
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
@@ -113,7 +113,7 @@ fn eval_batch_norm_matches_candle() {
     let rv = randn(&[c], 45).abs().unwrap().affine(1.0, 0.1).unwrap();
     for relu in [false, true] {
         check(&[x.clone(), g.clone(), b.clone()], &format!("bn eval relu={relu}"), |be, t| {
-            be.batch_norm_eval(&t[0], &t[1], &t[2], &rm, &rv, 1e-5, relu).unwrap()
+            be.batch_norm_eval(&t[0], (&t[1], &t[2]), (&rm, &rv), 1e-5, relu).unwrap()
         });
     }
 }
@@ -148,4 +148,37 @@ fn untracked_input_gets_no_gradient_work() {
     let g = out.sum_all().unwrap().backward().unwrap();
     assert!(g.get(&x).is_none());
     assert!(g.get(w.as_tensor()).is_some());
+}
+
+#[test]
+fn window_output_sizes_follow_the_pytorch_formula() {
+    // (size + 2 pad - k) / stride + 1, floor division; None when the window does not fit.
+    assert_eq!(window_out(32, 3, 1, 1), Some(32));
+    assert_eq!(window_out(32, 3, 2, 1), Some(16));
+    assert_eq!(window_out(224, 7, 2, 3), Some(112));
+    assert_eq!(window_out(112, 3, 2, 1), Some(56));
+    assert_eq!(window_out(9, 3, 2, 1), Some(5));
+    assert_eq!(window_out(6, 1, 2, 0), Some(3));
+    assert_eq!(window_out(7, 1, 2, 0), Some(4));
+    assert_eq!(window_out(2, 5, 1, 1), None);
+    assert_eq!(window_out(4, 3, 0, 0), None);
+}
+
+#[test]
+fn eval_batch_norm_formula_matches_a_hand_computation() {
+    // scale = gamma / sqrt(var + eps), shift = beta - mean * scale.
+    let (scale, shift) = norm::eval_scale_shift(&[2.0, 1.0], &[0.5, -1.0], &[1.0, -2.0], &[3.0, 0.0], 1.0);
+    assert_eq!(scale, vec![1.0, 1.0]);
+    assert_eq!(shift, vec![-0.5, 1.0]);
+    let x = Tensor::new(&[[[[1.0f32, 0.0], [3.0, -3.0]]]], &Device::Cpu).unwrap();
+    let g = Tensor::new(&[2.0f32, 1.0], &Device::Cpu).unwrap();
+    let b = Tensor::new(&[0.5f32, -1.0], &Device::Cpu).unwrap();
+    let (m, v) = (
+        Tensor::new(&[1.0f32, -2.0], &Device::Cpu).unwrap(),
+        Tensor::new(&[3.0f32, 0.0], &Device::Cpu).unwrap(),
+    );
+    for be in [Backend::Fast, Backend::Candle] {
+        let y = be.batch_norm_eval(&x, (&g, &b), (&m, &v), 1.0, true).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.5, 1.0, 2.5, 0.0], "{be:?}");
+    }
 }

@@ -1,0 +1,86 @@
+//! The eager executor: runs a program node by node with the [`Backend`] ops, on tensors, with
+//! candle's autograd. It serves every device and both backends: the reference of the fused CPU
+//! pass, the stock-candle baseline and the CUDA path (cuDNN through [`Backend::Fast`]).
+
+use candle_core::{Tensor, Var};
+
+use super::Mode;
+use crate::error::{ModelError, Result};
+use crate::ops::Backend;
+use crate::params::ParamStore;
+use crate::program::{BnSpec, Node, Op, Program};
+
+/// What an eager run needs besides the program and its input.
+pub(crate) struct Eager<'a> {
+    pub backend: Backend,
+    pub store: &'a ParamStore,
+    pub mode: Mode,
+}
+
+impl Eager<'_> {
+    /// A parameter as a graph node (`graph`) or a detached value.
+    fn param(&self, v: &Var) -> Tensor {
+        if self.mode.graph {
+            v.as_tensor().clone()
+        } else {
+            v.as_detached_tensor()
+        }
+    }
+
+    /// Runs `prog` on the NHWC input `x`; returns the pooled representation `[N, C]`. Every
+    /// activation is dropped after its last use (the graph keeps what the backward pass needs).
+    pub fn run(&self, prog: &Program, x: Tensor) -> Result<Tensor> {
+        let mut uses = prog.use_counts();
+        let mut slots: Vec<Option<Tensor>> = vec![None; prog.slots];
+        slots[prog.input] = Some(x);
+        for node in &prog.nodes {
+            let y = self.node(node, &slots)?;
+            slots[node.y] = Some(y);
+            for i in node.inputs() {
+                uses[i] -= 1;
+                if uses[i] == 0 && i != prog.output {
+                    slots[i] = None;
+                }
+            }
+        }
+        let out = slots[prog.output]
+            .take()
+            .ok_or_else(|| ModelError::Invalid("the program has no output".into()))?;
+        // Global average pooling already yields [N, C]; a program ending elsewhere is flattened.
+        Ok(if out.rank() == 2 { out } else { out.flatten_from(1)? })
+    }
+
+    fn node(&self, node: &Node, slots: &[Option<Tensor>]) -> Result<Tensor> {
+        let get = |s: usize| {
+            slots[s]
+                .as_ref()
+                .ok_or_else(|| ModelError::Invalid(format!("slot {s} read before it was computed")))
+        };
+        let x = get(node.x)?;
+        let b = self.backend;
+        Ok(match &node.op {
+            Op::Conv { w, stride, pad } => b.conv2d(x, &self.param(&w.var), *stride, *pad)?,
+            Op::Bn(bn) => self.batch_norm(x, bn)?,
+            Op::AddRelu { other } => b.add_relu(x, get(*other)?)?,
+            Op::Shortcut { pad } => b.shortcut_a(x, *pad)?,
+            Op::MaxPool(win) => b.max_pool(x, win.k, win.stride, win.pad)?,
+            Op::AvgPool => b.avg_pool(x)?,
+        })
+    }
+
+    fn batch_norm(&self, x: &Tensor, bn: &BnSpec) -> Result<Tensor> {
+        let (g, b) = (self.param(&bn.gamma.var), self.param(&bn.beta.var));
+        if self.mode.train {
+            let (y, stats) = self.backend.batch_norm_train(x, &g, &b, bn.eps, bn.relu)?;
+            self.store.update_bn(&bn.prefix, &stats.mean, &stats.var, stats.count)?;
+            Ok(y)
+        } else {
+            let buffer = |leaf: &str| {
+                let name = format!("{}.{leaf}", bn.prefix);
+                self.store.buffer(&name).ok_or(ModelError::MissingBuffer(name))
+            };
+            let (mean, var) = (buffer("running_mean")?, buffer("running_var")?);
+            Ok(self.backend.batch_norm_eval(x, (&g, &b), (&mean, &var), bn.eps, bn.relu)?)
+        }
+    }
+}

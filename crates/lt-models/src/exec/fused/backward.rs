@@ -1,0 +1,208 @@
+//! The fused backward pass: from the output gradient to the flat parameter gradient.
+
+use std::sync::Arc;
+
+use super::forward::{act, host, Saved, Tape};
+use crate::error::{ModelError, Result};
+use crate::ops::conv::ConvShape;
+use crate::ops::{conv, elementwise, norm};
+use crate::pool::{Buf, Pool};
+use crate::program::{BnSpec, Node, Op, Param, Plan, Program, Slot};
+
+/// Gradient buffers: several slots may share one buffer (a residual add's two inputs receive the
+/// same gradient).
+struct Grads {
+    slot: Vec<Option<usize>>,
+    bufs: Vec<Option<Buf>>,
+}
+
+impl Grads {
+    fn set(&mut self, s: Slot, buf: Buf) {
+        self.bufs.push(Some(buf));
+        self.slot[s] = Some(self.bufs.len() - 1);
+    }
+
+    /// The gradient buffer of slot `s`, when it has one.
+    fn get_mut(&mut self, s: Slot) -> Option<&mut Buf> {
+        self.slot[s].and_then(move |b| self.bufs[b].as_mut())
+    }
+
+    /// Adds `buf` to the gradient of slot `s`, or makes it that gradient.
+    fn add_or_set(&mut self, s: Slot, buf: Buf) {
+        match self.get_mut(s) {
+            Some(acc) => acc.iter_mut().zip(buf.iter()).for_each(|(a, b)| *a += b),
+            None => self.set(s, buf),
+        }
+    }
+}
+
+/// What every node's backward step reads.
+struct Step<'a> {
+    plan: &'a Plan,
+    acts: &'a [Option<Buf>],
+    pool: &'a Arc<Pool>,
+    /// The program's input slot (the image: no gradient).
+    input: Slot,
+}
+
+/// Adds a parameter's gradient into the flat gradient vector.
+fn add_param(grads: &mut [f32], p: &Param, g: &[f32]) {
+    grads[p.offset..p.offset + g.len()].iter_mut().zip(g).for_each(|(a, b)| *a += b);
+}
+
+/// Runs the backward pass from the gradient of the output slot; returns the gradient of the
+/// flat parameter vector (see [`Program::params`]).
+pub(super) fn run(
+    prog: &Program,
+    plan: &Plan,
+    mut tape: Tape,
+    d_out: &[f32],
+    pool: &Arc<Pool>,
+) -> Result<Vec<f32>> {
+    let mut g = Grads { slot: vec![None; prog.slots], bufs: Vec::new() };
+    let mut first = pool.take(d_out.len());
+    first.copy_from_slice(d_out);
+    g.set(prog.output, first);
+    let mut params = vec![0f32; prog.param_len];
+    for (ni, node) in prog.nodes.iter().enumerate().rev() {
+        let Some(bi) = g.slot[node.y] else { continue };
+        if node.inputs().any(|i| g.slot[i] == Some(bi)) {
+            return Err(ModelError::Invalid(format!(
+                "node {ni} reads a slot that shares its output's gradient"
+            )));
+        }
+        // The output gradient is taken out of the store for the step (the step writes other
+        // slots' gradients) and put back if another slot still shares it.
+        let dy = g.bufs[bi].take().ok_or_else(|| ModelError::Invalid(format!("gradient {bi} is gone")))?;
+        let saved = std::mem::replace(&mut tape.saved[ni], Saved::None);
+        let step = Step { plan, acts: &tape.acts, pool, input: prog.input };
+        step.node(node, plan.convs[ni].as_ref(), saved, &dy, &mut g, &mut params)?;
+        g.slot[node.y] = None;
+        if g.slot.contains(&Some(bi)) {
+            g.bufs[bi] = Some(dy);
+        }
+        tape.acts[node.y] = None;
+    }
+    Ok(params)
+}
+
+impl Step<'_> {
+    fn node(
+        &self,
+        node: &Node,
+        shape: Option<&ConvShape>,
+        saved: Saved,
+        dy: &[f32],
+        g: &mut Grads,
+        params: &mut [f32],
+    ) -> Result<()> {
+        let dims = self.plan.dims[node.x];
+        match &node.op {
+            Op::AvgPool => {
+                let mut dx = self.pool.take(dims.len());
+                elementwise::avg_pool_backward(dy, dims.n, dims.h * dims.w, dims.c, &mut dx);
+                g.add_or_set(node.x, dx);
+            }
+            Op::AddRelu { other } => self.add_relu(node, *other, dy, g)?,
+            Op::Shortcut { pad } => {
+                let mut dx = self.pool.take(dims.len());
+                elementwise::shortcut_backward(dy, dims, *pad, &mut dx);
+                g.add_or_set(node.x, dx);
+            }
+            Op::Bn(bn) => self.batch_norm(node, bn, saved, dy, g, params)?,
+            Op::Conv { w, .. } => {
+                let shape = shape.ok_or_else(|| ModelError::Invalid("convolution without a shape".into()))?;
+                self.conv(node, w, shape, dy, g, params)?;
+            }
+            Op::MaxPool(_) => {
+                let Saved::Argmax(argmax) = saved else {
+                    return Err(ModelError::Invalid("max pool without its argmax".into()));
+                };
+                let mut dx = self.pool.take(dims.len());
+                let out_per_image = self.plan.dims[node.y].len() / dims.n;
+                elementwise::max_pool_backward(
+                    dy,
+                    &argmax,
+                    dims.n,
+                    dims.len() / dims.n,
+                    out_per_image,
+                    &mut dx,
+                );
+                g.add_or_set(node.x, dx);
+            }
+        }
+        Ok(())
+    }
+
+    /// `d(max(a + b, 0)) = dy * (y > 0)` for both inputs: one buffer shared by both when neither
+    /// has a gradient yet.
+    fn add_relu(&self, node: &Node, other: Slot, dy: &[f32], g: &mut Grads) -> Result<()> {
+        let mut m = self.pool.take(dy.len());
+        elementwise::relu_backward(act(self.acts, node.y)?, dy, &mut m);
+        if node.x == other {
+            return Err(ModelError::Invalid("a residual add of a slot with itself".into()));
+        }
+        if g.slot[node.x].is_none() && g.slot[other].is_none() {
+            g.set(node.x, m);
+            g.slot[other] = g.slot[node.x];
+        } else {
+            let mut copy = self.pool.take(m.len());
+            copy.copy_from_slice(&m);
+            g.add_or_set(node.x, m);
+            g.add_or_set(other, copy);
+        }
+        Ok(())
+    }
+
+    fn batch_norm(
+        &self,
+        node: &Node,
+        bn: &BnSpec,
+        saved: Saved,
+        dy: &[f32],
+        g: &mut Grads,
+        params: &mut [f32],
+    ) -> Result<()> {
+        let Saved::Bn { mean, invstd, batch_statistics } = saved else {
+            return Err(ModelError::Invalid(format!("batch norm {} without its statistics", bn.prefix)));
+        };
+        let x = act(self.acts, node.x)?;
+        let y = if bn.relu { Some(act(self.acts, node.y)?) } else { None };
+        let gamma = host(&bn.gamma.var)?;
+        let b = norm::BnBackward { x, y, gamma: &gamma, mean: &mean, invstd: &invstd, batch_statistics };
+        let mut dx = self.pool.take(x.len());
+        let (dg, db) = b.run(dy, Some(&mut dx));
+        g.add_or_set(node.x, dx);
+        add_param(params, &bn.gamma, &dg);
+        add_param(params, &bn.beta, &db);
+        Ok(())
+    }
+
+    fn conv(
+        &self,
+        node: &Node,
+        w: &Param,
+        shape: &ConvShape,
+        dy: &[f32],
+        g: &mut Grads,
+        params: &mut [f32],
+    ) -> Result<()> {
+        let x = act(self.acts, node.x)?;
+        let mut dw = vec![0f32; shape.weight_len()];
+        conv::backward_weight(x, dy, shape, &mut dw);
+        add_param(params, w, &dw);
+        if node.x == self.input {
+            return Ok(());
+        }
+        let wv = host(&w.var)?;
+        match g.get_mut(node.x) {
+            Some(acc) => conv::backward_input_acc(dy, &wv, shape, acc),
+            None => {
+                let mut dx = self.pool.take(shape.input_len());
+                conv::backward_input(dy, &wv, shape, &mut dx);
+                g.set(node.x, dx);
+            }
+        }
+        Ok(())
+    }
+}

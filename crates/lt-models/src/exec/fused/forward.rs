@@ -1,0 +1,159 @@
+//! The fused forward pass over pooled buffers.
+
+use std::sync::Arc;
+
+use candle_core::{Tensor, Var};
+
+use crate::error::{ModelError, Result};
+use crate::exec::Mode;
+use crate::ops::conv::ConvShape;
+use crate::ops::{conv, elementwise, norm};
+use crate::params::ParamStore;
+use crate::pool::{Buf, Pool};
+use crate::program::{BnSpec, Node, Op, Plan, Program, Slot};
+
+/// What a node saved for the backward pass.
+pub(super) enum Saved {
+    None,
+    /// The statistics a batch norm used (batch statistics in training mode, running ones in
+    /// eval mode).
+    Bn {
+        mean: Vec<f32>,
+        invstd: Vec<f32>,
+        batch_statistics: bool,
+    },
+    /// The input position of every max-pooling output.
+    Argmax(Vec<u32>),
+}
+
+/// What the forward pass keeps for the backward pass.
+pub(super) struct Tape {
+    pub acts: Vec<Option<Buf>>,
+    pub saved: Vec<Saved>,
+}
+
+/// Host copy of a parameter (`f32`, CPU).
+pub(super) fn host(v: &Var) -> Result<Vec<f32>> {
+    Ok(v.as_detached_tensor().flatten_all()?.to_vec1::<f32>()?)
+}
+
+fn host_buffer(store: &ParamStore, name: String) -> Result<Vec<f32>> {
+    let t = store.buffer(&name).ok_or(ModelError::MissingBuffer(name))?;
+    Ok(t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
+}
+
+/// An activation that must have been computed.
+pub(super) fn act(acts: &[Option<Buf>], s: Slot) -> Result<&[f32]> {
+    acts[s].as_deref().ok_or_else(|| ModelError::Invalid(format!("activation {s} is not available")))
+}
+
+/// The slots the backward pass reads: inputs of convolutions and batch norms, outputs of ReLUs.
+fn kept_for_backward(prog: &Program) -> Vec<bool> {
+    let mut keep = vec![false; prog.slots];
+    for n in &prog.nodes {
+        match &n.op {
+            Op::Conv { .. } => keep[n.x] = true,
+            Op::Bn(bn) => {
+                keep[n.x] = true;
+                keep[n.y] |= bn.relu;
+            }
+            Op::AddRelu { .. } => keep[n.y] = true,
+            _ => {}
+        }
+    }
+    keep
+}
+
+/// Runs the forward pass from the NHWC input; returns the output slot's values and, with
+/// `mode.graph`, the tape. Without a tape every buffer returns to the pool after its last use.
+pub(super) fn run(
+    prog: &Program,
+    plan: &Plan,
+    input: Buf,
+    store: &ParamStore,
+    pool: &Arc<Pool>,
+    mode: Mode,
+) -> Result<(Vec<f32>, Option<Tape>)> {
+    let mut acts: Vec<Option<Buf>> = (0..prog.slots).map(|_| None).collect();
+    acts[prog.input] = Some(input);
+    let mut uses = prog.use_counts();
+    let keep = kept_for_backward(prog);
+    let mut saved = Vec::with_capacity(prog.nodes.len());
+    for (node, shape) in prog.nodes.iter().zip(&plan.convs) {
+        let mut out = pool.take(plan.dims[node.y].len());
+        saved.push(node_forward(node, shape.as_ref(), plan, &acts, &mut out, store, mode)?);
+        acts[node.y] = Some(out);
+        for i in node.inputs() {
+            uses[i] -= 1;
+            if uses[i] == 0 && (!mode.graph || !keep[i]) && i != prog.output {
+                acts[i] = None;
+            }
+        }
+    }
+    let features = act(&acts, prog.output)?.to_vec();
+    Ok((features, mode.graph.then_some(Tape { acts, saved })))
+}
+
+fn node_forward(
+    node: &Node,
+    shape: Option<&ConvShape>,
+    plan: &Plan,
+    acts: &[Option<Buf>],
+    out: &mut [f32],
+    store: &ParamStore,
+    mode: Mode,
+) -> Result<Saved> {
+    let x = act(acts, node.x)?;
+    let dims = plan.dims[node.x];
+    match &node.op {
+        Op::Conv { w, .. } => {
+            let shape = shape.ok_or_else(|| ModelError::Invalid("convolution without a shape".into()))?;
+            conv::forward(x, &host(&w.var)?, shape, out);
+        }
+        Op::Bn(bn) => return batch_norm(x, bn, dims.c, out, store, mode),
+        Op::AddRelu { other } => elementwise::add_relu(x, act(acts, *other)?, out),
+        Op::Shortcut { pad } => elementwise::shortcut_forward(x, dims, *pad, out),
+        Op::MaxPool(win) => {
+            let mut argmax = vec![0u32; out.len()];
+            elementwise::max_pool_forward(x, dims, *win, out, &mut argmax);
+            if mode.graph {
+                return Ok(Saved::Argmax(argmax));
+            }
+        }
+        Op::AvgPool => elementwise::avg_pool_forward(x, dims.n, dims.h * dims.w, dims.c, out),
+    }
+    Ok(Saved::None)
+}
+
+fn batch_norm(
+    x: &[f32],
+    bn: &BnSpec,
+    c: usize,
+    out: &mut [f32],
+    store: &ParamStore,
+    mode: Mode,
+) -> Result<Saved> {
+    let (g, b) = (host(&bn.gamma.var)?, host(&bn.beta.var)?);
+    if mode.train {
+        let stats = norm::forward_train(x, c, (&g, &b), bn.eps, bn.relu, out);
+        let dev = store.device();
+        let var: Vec<f32> = stats.var.iter().map(|&v| v as f32).collect();
+        let (mean_t, var_t) = (Tensor::new(stats.mean.as_slice(), dev)?, Tensor::new(var.as_slice(), dev)?);
+        store.update_bn(&bn.prefix, &mean_t, &var_t, x.len() / c)?;
+        Ok(if mode.graph {
+            Saved::Bn { mean: stats.mean, invstd: stats.invstd, batch_statistics: true }
+        } else {
+            Saved::None
+        })
+    } else {
+        let rm = host_buffer(store, format!("{}.running_mean", bn.prefix))?;
+        let rv = host_buffer(store, format!("{}.running_var", bn.prefix))?;
+        let (scale, shift) = norm::eval_scale_shift(&g, &b, &rm, &rv, bn.eps);
+        norm::affine(x, c, &scale, &shift, bn.relu, out);
+        if !mode.graph {
+            return Ok(Saved::None);
+        }
+        let invstd = rv.iter().map(|&v| norm::invstd(v as f64, bn.eps)).collect();
+        Ok(Saved::Bn { mean: rm, invstd, batch_statistics: false })
+    }
+}

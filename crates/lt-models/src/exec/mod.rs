@@ -1,0 +1,14 @@
+//! The two executors of a [`crate::program::Program`]: [`eager`] (the `Backend` ops with candle's
+//! autograd, on any device) and [`fused`] (the whole backbone as one autograd node on the CPU).
+
+pub(crate) mod eager;
+pub(crate) mod fused;
+
+/// How a forward pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Mode {
+    /// Batch norm in training mode: batch statistics, running statistics updated.
+    pub train: bool,
+    /// Record the autograd graph (every parameter gets a gradient from `loss.backward()`).
+    pub graph: bool,
+}

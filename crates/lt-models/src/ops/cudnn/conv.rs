@@ -1,0 +1,442 @@
+//! Convolution forward, backward data and backward filter through cuDNN.
+//!
+//! For each shape and direction a [`ConvPlan`] holds the descriptors and cuDNN's candidate
+//! algorithms (heuristics order; those cuDNN reports as usable, deterministic ones first, the
+//! math type of the configured precision first). A launch that cuDNN refuses moves on to the next
+//! candidate, and the one that worked is remembered.
+
+use candle_core::{CudaStorage, Layout};
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+use super::{
+    check, cptr, device, ints, mptr, one, view, with_ctx, zero, CResult, ConvDesc, Ctx, FilterDesc,
+    TensorDesc,
+};
+use crate::ops::conv::ConvShape;
+use crate::ops::elementwise::Nhwc;
+use cudarc::cudnn::sys;
+
+/// Which pass of the convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Dir {
+    /// `y = conv(x, w)`.
+    Forward,
+    /// `dx` from `dy` and `w`.
+    Data,
+    /// `dw` from `x` and `dy`.
+    Filter,
+}
+
+/// The cache key of a plan: shape, direction, and whether TF32 math is allowed.
+pub(crate) type Key = (ConvShape, Dir, bool);
+
+/// Workspaces above this are not worth an algorithm.
+const MAX_WORKSPACE: usize = 1 << 30;
+
+/// One usable algorithm.
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    algo: u32,
+    workspace: usize,
+    math: sys::cudnnMathType_t,
+}
+
+/// One entry of cuDNN's `cudnnConvolution*AlgoPerf_t` read as plain integers (all three structs
+/// share this layout; an enum value unknown to the bindings must not be read as a Rust enum).
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct RawPerf {
+    algo: u32,
+    status: u32,
+    time: f32,
+    memory: usize,
+    determinism: u32,
+    math_type: u32,
+    reserved: [i32; 3],
+}
+
+const _: () =
+    assert!(std::mem::size_of::<RawPerf>() == std::mem::size_of::<sys::cudnnConvolutionFwdAlgoPerf_t>());
+const _: () =
+    assert!(std::mem::size_of::<RawPerf>() == std::mem::size_of::<sys::cudnnConvolutionBwdDataAlgoPerf_t>());
+const _: () = assert!(
+    std::mem::size_of::<RawPerf>() == std::mem::size_of::<sys::cudnnConvolutionBwdFilterAlgoPerf_t>()
+);
+
+fn math_of(v: u32) -> Option<sys::cudnnMathType_t> {
+    use sys::cudnnMathType_t as M;
+    [
+        M::CUDNN_DEFAULT_MATH,
+        M::CUDNN_TENSOR_OP_MATH,
+        M::CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION,
+        M::CUDNN_FMA_MATH,
+    ]
+    .into_iter()
+    .find(|m| *m as u32 == v)
+}
+
+fn fwd_algo(v: u32) -> Option<sys::cudnnConvolutionFwdAlgo_t> {
+    use sys::cudnnConvolutionFwdAlgo_t as A;
+    [
+        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+        A::CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM,
+        A::CUDNN_CONVOLUTION_FWD_ALGO_GEMM,
+        A::CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+        A::CUDNN_CONVOLUTION_FWD_ALGO_FFT,
+        A::CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+        A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,
+        A::CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED,
+    ]
+    .into_iter()
+    .find(|a| *a as u32 == v)
+}
+
+fn data_algo(v: u32) -> Option<sys::cudnnConvolutionBwdDataAlgo_t> {
+    use sys::cudnnConvolutionBwdDataAlgo_t as A;
+    [
+        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_0,
+        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_1,
+        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT,
+        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_FFT_TILING,
+        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD,
+        A::CUDNN_CONVOLUTION_BWD_DATA_ALGO_WINOGRAD_NONFUSED,
+    ]
+    .into_iter()
+    .find(|a| *a as u32 == v)
+}
+
+fn filter_algo(v: u32) -> Option<sys::cudnnConvolutionBwdFilterAlgo_t> {
+    use sys::cudnnConvolutionBwdFilterAlgo_t as A;
+    [
+        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_0,
+        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_1,
+        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT,
+        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_3,
+        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD,
+        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_WINOGRAD_NONFUSED,
+        A::CUDNN_CONVOLUTION_BWD_FILTER_ALGO_FFT_TILING,
+    ]
+    .into_iter()
+    .find(|a| *a as u32 == v)
+}
+
+fn known(dir: Dir, algo: u32) -> bool {
+    match dir {
+        Dir::Forward => fwd_algo(algo).is_some(),
+        Dir::Data => data_algo(algo).is_some(),
+        Dir::Filter => filter_algo(algo).is_some(),
+    }
+}
+
+/// Descriptors and candidate algorithms of one convolution pass.
+pub(crate) struct ConvPlan {
+    x: TensorDesc,
+    y: TensorDesc,
+    w: FilterDesc,
+    conv: ConvDesc,
+    candidates: Vec<Candidate>,
+    /// The candidate that last worked.
+    chosen: usize,
+}
+
+impl ConvPlan {
+    fn new(handle: sys::cudnnHandle_t, s: &ConvShape, dir: Dir, tf32: bool) -> CResult<Self> {
+        let x = TensorDesc::nhwc(Nhwc { n: s.n, h: s.h, w: s.w, c: s.cin })?;
+        let y = TensorDesc::nhwc(Nhwc { n: s.n, h: s.oh(), w: s.ow(), c: s.cout })?;
+        let w = FilterDesc::new()?;
+        let [k_out, c_in, kh, kw] = ints([s.cout, s.cin, s.k, s.k])?;
+        let (ty, nhwc) =
+            (sys::cudnnDataType_t::CUDNN_DATA_FLOAT, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC);
+        // SAFETY: `w` is live. NHWC format: the filter's memory is [K, R, S, C] ("KRSC").
+        check("cudnnSetFilter4dDescriptor", unsafe {
+            sys::cudnnSetFilter4dDescriptor(w.0, ty, nhwc, k_out, c_in, kh, kw)
+        })?;
+        let conv = ConvDesc::new()?;
+        let [pad, stride] = ints([s.pad, s.stride])?;
+        let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
+        // SAFETY: `conv` is live.
+        check("cudnnSetConvolution2dDescriptor", unsafe {
+            sys::cudnnSetConvolution2dDescriptor(conv.0, pad, pad, stride, stride, 1, 1, mode, ty)
+        })?;
+        let mut plan = Self { x, y, w, conv, candidates: Vec::new(), chosen: 0 };
+        plan.set_math(if tf32 {
+            sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
+        } else {
+            sys::cudnnMathType_t::CUDNN_FMA_MATH
+        })?;
+        plan.candidates = plan.query(handle, dir, tf32)?;
+        Ok(plan)
+    }
+
+    fn set_math(&mut self, math: sys::cudnnMathType_t) -> CResult<()> {
+        // SAFETY: the descriptor is live.
+        check("cudnnSetConvolutionMathType", unsafe { sys::cudnnSetConvolutionMathType(self.conv.0, math) })
+    }
+
+    /// cuDNN's usable algorithms for `dir`, best first.
+    fn query(&self, handle: sys::cudnnHandle_t, dir: Dir, tf32: bool) -> CResult<Vec<Candidate>> {
+        const N: usize = 16;
+        let mut perf = [RawPerf::default(); N];
+        let mut count = 0i32;
+        // SAFETY: live handle and descriptors; `perf` has room for `N` entries of the layout
+        // cuDNN writes (checked by the size assertions above).
+        let status = unsafe {
+            match dir {
+                Dir::Forward => sys::cudnnGetConvolutionForwardAlgorithm_v7(
+                    handle,
+                    self.x.0,
+                    self.w.0,
+                    self.conv.0,
+                    self.y.0,
+                    N as i32,
+                    &mut count,
+                    perf.as_mut_ptr().cast(),
+                ),
+                Dir::Data => sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
+                    handle,
+                    self.w.0,
+                    self.y.0,
+                    self.conv.0,
+                    self.x.0,
+                    N as i32,
+                    &mut count,
+                    perf.as_mut_ptr().cast(),
+                ),
+                Dir::Filter => sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                    handle,
+                    self.x.0,
+                    self.y.0,
+                    self.conv.0,
+                    self.w.0,
+                    N as i32,
+                    &mut count,
+                    perf.as_mut_ptr().cast(),
+                ),
+            }
+        };
+        check("cudnnGetConvolution*Algorithm_v7", status)?;
+        let exact = sys::cudnnMathType_t::CUDNN_FMA_MATH as u32;
+        let mut found: Vec<(bool, bool, Candidate)> = perf[..(count.max(0) as usize).min(N)]
+            .iter()
+            .filter(|p| p.status == 0 && p.memory <= MAX_WORKSPACE && known(dir, p.algo))
+            .filter_map(|p| {
+                let math = math_of(p.math_type)?;
+                let preferred_math = tf32 || p.math_type == exact;
+                Some((
+                    preferred_math,
+                    p.determinism == 1,
+                    Candidate { algo: p.algo, workspace: p.memory, math },
+                ))
+            })
+            .collect();
+        // Stable: heuristics order within each group.
+        found.sort_by_key(|&(m, d, _)| (!m, !d));
+        if found.is_empty() {
+            candle_core::bail!(
+                "cuDNN offers no usable {dir:?} algorithm ({count} listed) for this convolution"
+            );
+        }
+        Ok(found.into_iter().map(|(_, _, c)| c).collect())
+    }
+}
+
+impl Ctx {
+    /// The plan of `key`, built on first use.
+    fn plan(&mut self, key: Key) -> CResult<&mut ConvPlan> {
+        if !self.convs.contains_key(&key) {
+            let plan = ConvPlan::new(self.handle.0, &key.0, key.1, key.2)?;
+            self.convs.insert(key, plan);
+        }
+        self.convs.get_mut(&key).ok_or_else(|| candle_core::Error::Msg("cuDNN: convolution plan".into()))
+    }
+}
+
+/// Whether cuDNN offers algorithms for all three passes of `s` on `dev` (with the current
+/// precision setting); when it does not, the caller falls back to candle's convolution.
+pub(crate) fn usable(dev: &candle_core::cuda_backend::CudaDevice, s: &ConvShape) -> bool {
+    let tf32 = crate::ops::cudnn_tf32();
+    let checked = with_ctx(dev, |ctx| {
+        if ctx.refused.contains(&(*s, tf32)) {
+            return Ok(false);
+        }
+        for dir in [Dir::Forward, Dir::Data, Dir::Filter] {
+            if let Err(e) = ctx.plan((*s, dir, tf32)) {
+                if ctx.refused.insert((*s, tf32)) {
+                    tracing::warn!(
+                        "cuDNN has no channels-last algorithm for {s:?} ({e}); using candle's convolution"
+                    );
+                }
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    });
+    checked.unwrap_or(false)
+}
+
+/// Device pointers of one launch: two inputs and the output, in the order of the direction's
+/// arguments (forward `x, w -> y`; data `dy, w -> dx`; filter `x, dy -> dw`).
+struct Args {
+    a: *const std::ffi::c_void,
+    b: *const std::ffi::c_void,
+    out: *mut std::ffi::c_void,
+}
+
+impl Ctx {
+    /// Runs one convolution pass, trying cuDNN's candidates from the one that last worked.
+    fn convolve(&mut self, s: &ConvShape, dir: Dir, args: &Args) -> CResult<()> {
+        let tf32 = crate::ops::cudnn_tf32();
+        let key = (*s, dir, tf32);
+        let (n, start) = {
+            let plan = self.plan(key)?;
+            (plan.candidates.len(), plan.chosen)
+        };
+        let handle = self.handle.0;
+        let mut refused = Vec::new();
+        for i in (0..n).map(|i| (start + i) % n) {
+            let cand = self.convs[&key].candidates[i];
+            self.ensure_workspace(cand.workspace)?;
+            let (Some(ws), Some(plan)) = (self.workspace.as_mut(), self.convs.get_mut(&key)) else {
+                candle_core::bail!("cuDNN: workspace or plan missing");
+            };
+            let ws_bytes = ws.len();
+            let (ws_ptr, _ws_guard) = ws.device_ptr_mut(&self.stream);
+            plan.set_math(if tf32 { cand.math } else { sys::cudnnMathType_t::CUDNN_FMA_MATH })?;
+            // SAFETY: the descriptors describe the buffers behind `args` (lengths checked by the
+            // callers against the shape the plan was built from); the workspace holds at least
+            // the candidate's `workspace` bytes; all live until the call has been enqueued.
+            let status = unsafe { launch(handle, plan, dir, cand.algo, args, (mptr(ws_ptr), ws_bytes)) };
+            if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+                plan.chosen = i;
+                return Ok(());
+            }
+            refused.push(format!("algorithm {} ({status:?})", cand.algo));
+        }
+        candle_core::bail!("cuDNN refused every {dir:?} algorithm for {s:?}: {}", refused.join(", "))
+    }
+}
+
+/// Enqueues one convolution pass with algorithm `algo` of `dir`.
+///
+/// # Safety
+/// As for cuDNN's `cudnnConvolution{Forward,BackwardData,BackwardFilter}`: live descriptors that
+/// describe the device buffers behind `args`, and a workspace of `ws.1` bytes at `ws.0`.
+unsafe fn launch(
+    handle: sys::cudnnHandle_t,
+    p: &ConvPlan,
+    dir: Dir,
+    algo: u32,
+    args: &Args,
+    ws: (*mut std::ffi::c_void, usize),
+) -> sys::cudnnStatus_t {
+    let bad = sys::cudnnStatus_t::CUDNN_STATUS_BAD_PARAM;
+    // SAFETY: the caller's contract.
+    unsafe {
+        match dir {
+            Dir::Forward => match fwd_algo(algo) {
+                Some(a) => sys::cudnnConvolutionForward(
+                    handle,
+                    one(),
+                    p.x.0,
+                    args.a,
+                    p.w.0,
+                    args.b,
+                    p.conv.0,
+                    a,
+                    ws.0,
+                    ws.1,
+                    zero(),
+                    p.y.0,
+                    args.out,
+                ),
+                None => bad,
+            },
+            Dir::Data => match data_algo(algo) {
+                Some(a) => sys::cudnnConvolutionBackwardData(
+                    handle,
+                    one(),
+                    p.w.0,
+                    args.b,
+                    p.y.0,
+                    args.a,
+                    p.conv.0,
+                    a,
+                    ws.0,
+                    ws.1,
+                    zero(),
+                    p.x.0,
+                    args.out,
+                ),
+                None => bad,
+            },
+            Dir::Filter => match filter_algo(algo) {
+                Some(a) => sys::cudnnConvolutionBackwardFilter(
+                    handle,
+                    one(),
+                    p.x.0,
+                    args.a,
+                    p.y.0,
+                    args.b,
+                    p.conv.0,
+                    a,
+                    ws.0,
+                    ws.1,
+                    zero(),
+                    p.w.0,
+                    args.out,
+                ),
+                None => bad,
+            },
+        }
+    }
+}
+
+/// Runs `dir` with inputs `a`, `b` of `a_len`, `b_len` values into a new buffer of `out_len`.
+fn run(
+    dir: Dir,
+    a: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
+    (a_len, b_len, out_len): (usize, usize, usize),
+    s: &ConvShape,
+) -> CResult<CudaStorage> {
+    let dev = device(a.0);
+    let what = ["convolution argument", "convolution argument"];
+    let (av, bv) = (view(a, a_len, what[0])?, view(b, b_len, what[1])?);
+    let mut out = dev.alloc_zeros::<f32>(out_len)?;
+    let stream = dev.cuda_stream();
+    {
+        let (ap, _ga) = av.device_ptr(&stream);
+        let (bp, _gb) = bv.device_ptr(&stream);
+        let (op, _go) = out.device_ptr_mut(&stream);
+        let args = Args { a: cptr(ap), b: cptr(bp), out: mptr(op) };
+        with_ctx(&dev, |ctx| ctx.convolve(s, dir, &args))?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
+/// `y = conv(x, w)` for NHWC `x` and a channels-last `[C_out, k, k, C_in]` filter `w`.
+pub(crate) fn forward(
+    x: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    s: &ConvShape,
+) -> CResult<CudaStorage> {
+    run(Dir::Forward, x, w, (s.input_len(), s.weight_len(), s.output_len()), s)
+}
+
+/// `dx` from `dy` and the channels-last filter `w`.
+pub(crate) fn backward_data(
+    dy: (&CudaStorage, &Layout),
+    w: (&CudaStorage, &Layout),
+    s: &ConvShape,
+) -> CResult<CudaStorage> {
+    run(Dir::Data, dy, w, (s.output_len(), s.weight_len(), s.input_len()), s)
+}
+
+/// `dw` (channels-last `[C_out, k, k, C_in]`) from `x` and `dy`.
+pub(crate) fn backward_filter(
+    x: (&CudaStorage, &Layout),
+    dy: (&CudaStorage, &Layout),
+    s: &ConvShape,
+) -> CResult<CudaStorage> {
+    run(Dir::Filter, x, dy, (s.input_len(), s.output_len(), s.weight_len()), s)
+}

@@ -1,0 +1,36 @@
+//! The high-water mark of device memory: cudarc allocates stream-ordered from the device's
+//! default memory pool, whose `USED_MEM_HIGH` attribute is the most ever allocated at once.
+
+use candle_core::Device;
+use cudarc::driver::sys;
+
+fn default_pool(device: &Device) -> Option<sys::CUmemoryPool> {
+    let Device::Cuda(d) = device else { return None };
+    let stream = d.cuda_stream();
+    let ctx = stream.context();
+    ctx.bind_to_thread().ok()?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: the driver writes the device's default pool into `pool`.
+    let r = unsafe { sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) };
+    (r == sys::CUresult::CUDA_SUCCESS).then_some(pool)
+}
+
+/// Bytes allocated at most since the last [`reset_peak`].
+pub(crate) fn peak(device: &Device) -> Option<u64> {
+    let pool = default_pool(device)?;
+    let mut v: u64 = 0;
+    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+    // SAFETY: the attribute is a 64-bit value written into `v`.
+    let r = unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast()) };
+    (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
+}
+
+/// Resets the high-water mark to the memory in use now.
+pub(crate) fn reset_peak(device: &Device) {
+    if let Some(pool) = default_pool(device) {
+        let mut zero: u64 = 0;
+        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
+        // SAFETY: the attribute is reset by writing a 64-bit zero.
+        let _ = unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut zero as *mut u64).cast()) };
+    }
+}

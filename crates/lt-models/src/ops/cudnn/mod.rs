@@ -1,0 +1,281 @@
+//! The fast backend on CUDA through cuDNN (feature `cudnn`): convolution forward and both
+//! gradients ([`conv`]), batch norm in training and inference mode with its backward pass
+//! ([`norm`]), max pooling and its backward pass ([`pool`]).
+//!
+//! Activations are NHWC and convolution filters channels-last (`[C_out, k, k, C_in]`, cuDNN's
+//! NHWC filter format): the descriptors agree on one layout, the one Hopper's tensor cores run
+//! fastest. Everything stays on the device. Descriptors, the algorithm chosen for each
+//! convolution and a workspace are cached per thread and device, keyed by shape.
+//!
+//! cudarc's safe cuDNN wrappers keep their raw descriptors private and pick only the first
+//! algorithm of cuDNN's list, so this module calls cuDNN through cudarc's `sys` layer with its own
+//! small RAII wrappers.
+
+pub(crate) mod conv;
+pub(crate) mod memory;
+pub(crate) mod norm;
+pub(crate) mod pool;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::{CudaDevice, DeviceId};
+use candle_core::{CudaStorage, Layout};
+use cudarc::cudnn::sys;
+use cudarc::driver::{CudaSlice, CudaStream, CudaView};
+
+use crate::ops::conv::ConvShape;
+use crate::ops::elementwise::{Nhwc, Window};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// A failed cuDNN call: which one, and cuDNN's status.
+#[derive(Debug, thiserror::Error)]
+#[error("cuDNN {call} failed: {status:?} (run with CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG=stderr for cuDNN's reason)")]
+pub(crate) struct CudnnError {
+    call: &'static str,
+    status: sys::cudnnStatus_t,
+}
+
+/// `Ok` for `CUDNN_STATUS_SUCCESS`, otherwise the error naming `call`.
+fn check(call: &'static str, status: sys::cudnnStatus_t) -> CResult<()> {
+    if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        Ok(())
+    } else {
+        Err(candle_core::Error::wrap(CudnnError { call, status }))
+    }
+}
+
+macro_rules! descriptor {
+    ($(#[$doc:meta])* $name:ident, $raw:ty, $create:ident, $destroy:ident) => {
+        $(#[$doc])*
+        pub(crate) struct $name($raw);
+
+        impl $name {
+            fn new() -> CResult<Self> {
+                let mut d: $raw = std::ptr::null_mut();
+                // SAFETY: cuDNN writes a new descriptor into `d`.
+                check(stringify!($create), unsafe { sys::$create(&mut d) })?;
+                Ok(Self(d))
+            }
+        }
+
+        impl Drop for $name {
+            fn drop(&mut self) {
+                // SAFETY: the descriptor was created by `new` and is destroyed exactly once.
+                let _ = unsafe { sys::$destroy(self.0) };
+            }
+        }
+    };
+}
+
+descriptor!(
+    /// A tensor descriptor.
+    TensorDesc, sys::cudnnTensorDescriptor_t, cudnnCreateTensorDescriptor, cudnnDestroyTensorDescriptor
+);
+descriptor!(
+    /// A filter descriptor.
+    FilterDesc, sys::cudnnFilterDescriptor_t, cudnnCreateFilterDescriptor, cudnnDestroyFilterDescriptor
+);
+descriptor!(
+    /// A convolution descriptor.
+    ConvDesc,
+    sys::cudnnConvolutionDescriptor_t,
+    cudnnCreateConvolutionDescriptor,
+    cudnnDestroyConvolutionDescriptor
+);
+descriptor!(
+    /// A pooling descriptor.
+    PoolDesc, sys::cudnnPoolingDescriptor_t, cudnnCreatePoolingDescriptor, cudnnDestroyPoolingDescriptor
+);
+descriptor!(
+    /// An activation descriptor.
+    ActDesc,
+    sys::cudnnActivationDescriptor_t,
+    cudnnCreateActivationDescriptor,
+    cudnnDestroyActivationDescriptor
+);
+
+/// `i32` dims for cuDNN (which takes C ints).
+fn ints<const N: usize>(v: [usize; N]) -> CResult<[i32; N]> {
+    let mut out = [0i32; N];
+    for (o, x) in out.iter_mut().zip(v) {
+        *o = i32::try_from(x)
+            .map_err(|_| candle_core::Error::Msg(format!("cuDNN: dimension {x} exceeds i32")))?;
+    }
+    Ok(out)
+}
+
+impl TensorDesc {
+    /// A packed `f32` NHWC tensor of `s`.
+    fn nhwc(s: Nhwc) -> CResult<Self> {
+        let d = Self::new()?;
+        let [n, c, h, w] = ints([s.n, s.c, s.h, s.w])?;
+        let (fmt, ty) = (sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC, sys::cudnnDataType_t::CUDNN_DATA_FLOAT);
+        // SAFETY: `d` is a live descriptor.
+        check("cudnnSetTensor4dDescriptor", unsafe {
+            sys::cudnnSetTensor4dDescriptor(d.0, fmt, ty, n, c, h, w)
+        })?;
+        Ok(d)
+    }
+
+    /// The `1 x C x 1 x 1` descriptor of spatial batch-norm parameters for activations `x`.
+    fn batch_norm_params(x: &TensorDesc) -> CResult<Self> {
+        let d = Self::new()?;
+        let mode = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
+        // SAFETY: both descriptors are live; `x` is set.
+        check("cudnnDeriveBNTensorDescriptor", unsafe {
+            sys::cudnnDeriveBNTensorDescriptor(d.0, x.0, mode)
+        })?;
+        Ok(d)
+    }
+}
+
+/// A cuDNN handle bound to a device's stream.
+struct Handle(sys::cudnnHandle_t);
+
+impl Handle {
+    fn new(stream: &CudaStream) -> CResult<Self> {
+        stream.context().bind_to_thread().map_err(candle_core::Error::wrap)?;
+        let mut h: sys::cudnnHandle_t = std::ptr::null_mut();
+        // SAFETY: cuDNN writes a new handle into `h`.
+        check("cudnnCreate", unsafe { sys::cudnnCreate(&mut h) })?;
+        let handle = Self(h);
+        // SAFETY: the handle is live and the stream outlives it (`Ctx` keeps the stream).
+        check("cudnnSetStream", unsafe {
+            sys::cudnnSetStream(handle.0, stream.cu_stream() as sys::cudaStream_t)
+        })?;
+        Ok(handle)
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created by `new` and is destroyed exactly once.
+        let _ = unsafe { sys::cudnnDestroy(self.0) };
+    }
+}
+
+/// Per thread and device: the handle, cached descriptors and plans, and the workspace. Fields
+/// drop in order, so the handle and buffers go before the stream and device that own them.
+pub(crate) struct Ctx {
+    handle: Handle,
+    convs: HashMap<conv::Key, conv::ConvPlan>,
+    /// Convolution shapes (and precision) cuDNN has no plan for (warned about once).
+    refused: std::collections::HashSet<(ConvShape, bool)>,
+    tensors: HashMap<Nhwc, Arc<TensorDesc>>,
+    bn_params: HashMap<Nhwc, Arc<TensorDesc>>,
+    pools: HashMap<Window, Arc<PoolDesc>>,
+    workspace: Option<CudaSlice<u8>>,
+    stream: Arc<CudaStream>,
+    dev: CudaDevice,
+}
+
+thread_local! {
+    static CTX: RefCell<HashMap<DeviceId, Ctx>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `f` with this thread's cuDNN context for `dev`.
+fn with_ctx<R>(dev: &CudaDevice, f: impl FnOnce(&mut Ctx) -> CResult<R>) -> CResult<R> {
+    CTX.with(|map| {
+        let mut map =
+            map.try_borrow_mut().map_err(|_| candle_core::Error::Msg("cuDNN context re-entered".into()))?;
+        let ctx = match map.entry(dev.id()) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let stream = dev.cuda_stream();
+                e.insert(Ctx {
+                    handle: Handle::new(&stream)?,
+                    convs: HashMap::new(),
+                    refused: Default::default(),
+                    tensors: HashMap::new(),
+                    bn_params: HashMap::new(),
+                    pools: HashMap::new(),
+                    workspace: None,
+                    stream,
+                    dev: dev.clone(),
+                })
+            }
+        };
+        f(ctx)
+    })
+}
+
+impl Ctx {
+    /// The cached NHWC `f32` descriptor of `s`.
+    fn tensor(&mut self, s: Nhwc) -> CResult<Arc<TensorDesc>> {
+        if let Some(d) = self.tensors.get(&s) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(TensorDesc::nhwc(s)?);
+        self.tensors.insert(s, d.clone());
+        Ok(d)
+    }
+
+    /// The cached batch-norm parameter descriptor for activations of shape `s`.
+    fn bn_params(&mut self, s: Nhwc) -> CResult<Arc<TensorDesc>> {
+        if let Some(d) = self.bn_params.get(&s) {
+            return Ok(d.clone());
+        }
+        let d = Arc::new(TensorDesc::batch_norm_params(&*self.tensor(s)?)?);
+        self.bn_params.insert(s, d.clone());
+        Ok(d)
+    }
+
+    /// Makes the workspace at least `bytes` long (operations on the stream are ordered, so one
+    /// workspace serves them all).
+    fn ensure_workspace(&mut self, bytes: usize) -> CResult<()> {
+        if self.workspace.as_ref().is_none_or(|w| w.len() < bytes) {
+            self.workspace = None;
+            self.workspace = Some(self.dev.alloc_zeros::<u8>(bytes.max(256))?);
+        }
+        Ok(())
+    }
+}
+
+/// The contiguous `f32` view of `s` with layout `l`, checked to hold exactly `len` values (the
+/// length the descriptors describe).
+fn view<'a>((s, l): (&'a CudaStorage, &Layout), len: usize, what: &str) -> CResult<CudaView<'a, f32>> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{what}: cuDNN ops need contiguous tensors")))?;
+    if b - a != len {
+        candle_core::bail!("{what}: {} values where cuDNN's descriptor describes {len}", b - a);
+    }
+    let slice = s.as_cuda_slice::<f32>()?;
+    if b > slice.len() {
+        candle_core::bail!("{what}: layout ends at {b}, the buffer holds {}", slice.len());
+    }
+    Ok(slice.slice(a..b))
+}
+
+/// A device pointer as cuDNN's `const void*`.
+fn cptr(p: cudarc::driver::sys::CUdeviceptr) -> *const c_void {
+    p as usize as *const c_void
+}
+
+/// A device pointer as cuDNN's `void*`.
+fn mptr(p: cudarc::driver::sys::CUdeviceptr) -> *mut c_void {
+    p as usize as *mut c_void
+}
+
+/// Scaling factors `alpha = 1`, `beta = 0` (overwrite the output), as cuDNN's `const void*` to
+/// host floats (the scaling type of `f32` data).
+const ONE: f32 = 1.0;
+const ZERO: f32 = 0.0;
+
+fn one() -> *const c_void {
+    (&ONE as *const f32).cast()
+}
+
+fn zero() -> *const c_void {
+    (&ZERO as *const f32).cast()
+}
+
+/// The device of a CUDA storage.
+fn device(s: &CudaStorage) -> CudaDevice {
+    s.device().clone()
+}

@@ -1,0 +1,118 @@
+//! Residual add + ReLU, ReLU and the option-A shortcut on the CPU kernels.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+
+use super::{cpu_f32, host_tensor, with_host, CResult};
+use crate::ops::elementwise::{self, Nhwc};
+
+/// `max(a + b, 0)`.
+pub(crate) fn add_relu(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)
+}
+
+/// `max(x, 0)`.
+pub(crate) fn relu(x: &Tensor) -> CResult<Tensor> {
+    x.contiguous()?.apply_op1(ReluOp)
+}
+
+/// The option-A shortcut.
+pub(crate) fn shortcut_a(x: &Tensor, pad: usize) -> CResult<Tensor> {
+    x.contiguous()?.apply_op1(ShortcutOp { pad })
+}
+
+/// `dy * (y > 0)` as a CPU tensor shaped like `y`.
+fn relu_grad(y: &Tensor, grad: &Tensor) -> CResult<Tensor> {
+    with_host(y, |yv| {
+        with_host(grad, |dy| {
+            let mut out = vec![0f32; yv.len()];
+            elementwise::relu_backward(yv, dy, &mut out);
+            host_tensor(out, y.dims())
+        })
+    })
+}
+
+struct AddReluOp;
+
+impl CustomOp2 for AddReluOp {
+    fn name(&self) -> &'static str {
+        "lt-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("add_relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
+        }
+        let (a, b) = (cpu_f32(s1, l1, "add_relu lhs")?, cpu_f32(s2, l2, "add_relu rhs")?);
+        let mut out = vec![0f32; a.len()];
+        elementwise::add_relu(a, b, &mut out);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        let g = relu_grad(res, grad)?;
+        Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
+    }
+}
+
+struct ReluOp;
+
+impl CustomOp1 for ReluOp {
+    fn name(&self) -> &'static str {
+        "lt-relu"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let x = cpu_f32(s, l, "relu input")?;
+        Ok((CpuStorage::F32(x.iter().map(|v| v.max(0.0)).collect()), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        Ok(Some(relu_grad(res, grad)?))
+    }
+}
+
+struct ShortcutOp {
+    pad: usize,
+}
+
+fn nhwc(dims: &[usize]) -> CResult<Nhwc> {
+    match dims {
+        &[n, h, w, c] => Ok(Nhwc { n, h, w, c }),
+        _ => candle_core::bail!("shortcut: expected NHWC, got {dims:?}"),
+    }
+}
+
+impl CustomOp1 for ShortcutOp {
+    fn name(&self) -> &'static str {
+        "lt-shortcut-a"
+    }
+
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> CResult<(CpuStorage, Shape)> {
+        let s = nhwc(l.dims())?;
+        let (oh, ow, oc) = elementwise::shortcut_dims(s.h, s.w, s.c, self.pad);
+        let mut out = vec![0f32; s.n * oh * ow * oc];
+        elementwise::shortcut_forward(cpu_f32(st, l, "shortcut input")?, s, self.pad, &mut out);
+        Ok((CpuStorage::F32(out), Shape::from((s.n, oh, ow, oc))))
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
+        let s = nhwc(x.dims())?;
+        with_host(grad, |dy| {
+            let mut dx = vec![0f32; s.len()];
+            elementwise::shortcut_backward(dy, s, self.pad, &mut dx);
+            Ok(Some(host_tensor(dx, x.dims())?))
+        })
+    }
+}

@@ -1,0 +1,493 @@
+//! Batch norm (+ ReLU): training mode (batch statistics) and eval mode (running statistics).
+//!
+//! On the CPU the statistics are computed before the op is applied and travel in its fields; on
+//! CUDA one cuDNN call computes them with the output, and they travel in the output itself (see
+//! [`Packed`]), so that no op keeps state on the side.
+
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
+
+use super::{cpu_f32, host_tensor, with_host, CResult};
+use crate::ops::{norm, BatchStats};
+
+/// Training-mode batch norm on the CPU kernels.
+pub(crate) fn train_host(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> CResult<(Tensor, BatchStats)> {
+    let x = x.contiguous()?;
+    let c = x.dim(candle_core::D::Minus1)?;
+    let stats = with_host(&x, |xv| Ok(norm::train_stats(xv, c, eps)))?;
+    let op = BatchNormOp { relu, mean: stats.mean.clone(), invstd: stats.invstd.clone() };
+    let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let var: Vec<f32> = stats.var.iter().map(|&v| v as f32).collect();
+    let count = x.elem_count() / c;
+    Ok((y, BatchStats { mean: host_tensor(stats.mean, c)?, var: host_tensor(var, c)?, count }))
+}
+
+/// NHWC dims.
+#[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
+fn nhwc(dims: &[usize]) -> CResult<crate::ops::elementwise::Nhwc> {
+    match dims {
+        &[n, h, w, c] => Ok(crate::ops::elementwise::Nhwc { n, h, w, c }),
+        _ => candle_core::bail!("batch norm: expected NHWC, got {dims:?}"),
+    }
+}
+
+/// Checks that the per-channel arguments have `c` values.
+fn check_channels(what: &str, x: &[usize], per_channel: &[&[usize]]) -> CResult<usize> {
+    let c = *x.last().unwrap_or(&0);
+    if per_channel.iter().any(|d| *d != [c]) {
+        candle_core::bail!("{what}: input {x:?} with per-channel arguments {per_channel:?}");
+    }
+    Ok(c)
+}
+
+/// Training-mode batch norm with the batch statistics (`mean`, `invstd`) computed beforehand.
+struct BatchNormOp {
+    relu: bool,
+    mean: Vec<f32>,
+    invstd: Vec<f32>,
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "lt-batchnorm-nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let c = check_channels("batch norm", l1.dims(), &[l2.dims(), l3.dims()])?;
+        if self.mean.len() != c {
+            candle_core::bail!("batch norm: statistics of {} channels for {c}", self.mean.len());
+        }
+        let (g, b) = (cpu_f32(s2, l2, "bn weight")?, cpu_f32(s3, l3, "bn bias")?);
+        let (scale, shift) = norm::train_scale_shift(g, b, &self.mean, &self.invstd);
+        let x = cpu_f32(s1, l1, "batch norm input")?;
+        let mut out = vec![0f32; x.len()];
+        norm::affine(x, c, &scale, &shift, self.relu, &mut out);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved =
+            HostSaved { relu: self.relu, mean: &self.mean, invstd: &self.invstd, batch_statistics: true };
+        saved.backward(x, gamma, res, grad)
+    }
+}
+
+/// The statistics a host batch-norm backward pass needs.
+struct HostSaved<'a> {
+    relu: bool,
+    mean: &'a [f32],
+    invstd: &'a [f32],
+    batch_statistics: bool,
+}
+
+impl HostSaved<'_> {
+    /// Gradients of `x` (when it is tracked), `gamma` and `beta` on the host kernels, with the ReLU
+    /// mask taken from the output `res`.
+    fn backward(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = self.mean.len();
+        let want_dx = x.track_op();
+        with_host(x, |xv| {
+            with_host(grad, |dy| {
+                with_host(gamma, |g| {
+                    let run = |y: Option<&[f32]>| {
+                        let b = norm::BnBackward {
+                            x: xv,
+                            y,
+                            gamma: g,
+                            mean: self.mean,
+                            invstd: self.invstd,
+                            batch_statistics: self.batch_statistics,
+                        };
+                        let mut dx = if want_dx { vec![0f32; xv.len()] } else { Vec::new() };
+                        let (dg, db) = b.run(dy, want_dx.then_some(dx.as_mut_slice()));
+                        let dx = if want_dx { Some(host_tensor(dx, x.dims())?) } else { None };
+                        Ok((dx, Some(host_tensor(dg, c)?), Some(host_tensor(db, c)?)))
+                    };
+                    if self.relu {
+                        with_host(res, |y| run(Some(y)))
+                    } else {
+                        run(None)
+                    }
+                })
+            })
+        })
+    }
+}
+
+/// Eval-mode batch norm with fixed statistics: host kernels on the CPU, cuDNN on CUDA.
+pub(crate) fn eval(
+    x: &Tensor,
+    (gamma, beta): (&Tensor, &Tensor),
+    (mean, var): (&Tensor, &Tensor),
+    eps: f64,
+    relu: bool,
+    host: bool,
+) -> CResult<Tensor> {
+    check_channels("batch norm (eval)", x.dims(), &[gamma.dims(), beta.dims(), mean.dims(), var.dims()])?;
+    let stats = (mean.to_dtype(DType::F32)?.contiguous()?, var.to_dtype(DType::F32)?.contiguous()?);
+    if host && !(stats.0.device().is_cpu() && stats.1.device().is_cpu()) {
+        candle_core::bail!("batch norm (eval): running statistics on {:?} for a CPU input", mean.device());
+    }
+    let op = BatchNormEvalOp { eps, relu, mean: stats.0, var: stats.1 };
+    x.contiguous()?.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)
+}
+
+/// Eval-mode batch norm: `y = x * scale + shift` (see [`norm::eval_scale_shift`]).
+struct BatchNormEvalOp {
+    eps: f64,
+    relu: bool,
+    mean: Tensor,
+    var: Tensor,
+}
+
+impl CustomOp3 for BatchNormEvalOp {
+    fn name(&self) -> &'static str {
+        "lt-batchnorm-eval-nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        let c = check_channels("batch norm (eval)", l1.dims(), &[l2.dims(), l3.dims()])?;
+        let (g, b) = (cpu_f32(s2, l2, "bn weight")?, cpu_f32(s3, l3, "bn bias")?);
+        let (scale, shift) = with_host(&self.mean, |m| {
+            with_host(&self.var, |v| Ok(norm::eval_scale_shift(g, b, m, v, self.eps)))
+        })?;
+        let x = cpu_f32(s1, l1, "bn input")?;
+        let mut out = vec![0f32; x.len()];
+        norm::affine(x, c, &scale, &shift, self.relu, &mut out);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        check_channels("batch norm (eval)", l1.dims(), &[l2.dims(), l3.dims()])?;
+        let shape = nhwc(l1.dims())?;
+        let stats = (&self.mean, &self.var);
+        let y = crate::ops::cudnn::norm::inference(
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            stats,
+            shape,
+            self.eps,
+            self.relu,
+        )?;
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        if x.device().is_cpu() {
+            let mean = self.mean.to_vec1::<f32>()?;
+            let invstd: Vec<f32> =
+                self.var.to_vec1::<f32>()?.iter().map(|&v| norm::invstd(v as f64, self.eps)).collect();
+            let saved = HostSaved { relu: self.relu, mean: &mean, invstd: &invstd, batch_statistics: false };
+            saved.backward(x, gamma, res, grad)
+        } else {
+            let (dx, dg, db) =
+                eval_backward_on_device(x, gamma, res, grad, (&self.mean, &self.var), self.eps, self.relu)?;
+            Ok((x.track_op().then_some(dx), Some(dg), Some(db)))
+        }
+    }
+}
+
+/// Gradients `(dx, dgamma, dbeta)` of eval-mode batch norm (+ ReLU, mask `y > 0` from the output
+/// `res`) with candle's ops on the tensors' device: `dz = dy * mask`, `dbeta = sum dz`,
+/// `dgamma = sum dz * (x - mean) * invstd`, `dx = dz * gamma * invstd`.
+fn eval_backward_on_device(
+    x: &Tensor,
+    gamma: &Tensor,
+    res: &Tensor,
+    grad: &Tensor,
+    (mean, var): (&Tensor, &Tensor),
+    eps: f64,
+    relu: bool,
+) -> CResult<(Tensor, Tensor, Tensor)> {
+    let dz = if relu { (grad * res.gt(0f32)?.to_dtype(grad.dtype())?)? } else { grad.clone() };
+    let invstd = (var + eps)?.sqrt()?.recip()?;
+    let dbeta = dz.sum((0, 1, 2))?;
+    let xhat = x.broadcast_sub(mean)?.broadcast_mul(&invstd)?;
+    let dgamma = (&dz * xhat)?.sum((0, 1, 2))?;
+    let dx = dz.broadcast_mul(&(gamma * invstd)?)?;
+    Ok((dx, dgamma, dbeta))
+}
+
+/// Where cuDNN's training-mode batch norm puts its results in one buffer: the forward pass
+/// writes `[mean | invstd | y]`, the backward pass `[dgamma | dbeta | dx]`, each per-channel part
+/// padded to 64 values so that the activation starts 256-byte aligned.
+#[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Packed {
+    /// Channels.
+    pub c: usize,
+    /// Values per channel (`N * H * W`).
+    pub p: usize,
+}
+
+#[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
+impl Packed {
+    /// Length of one padded per-channel part.
+    pub fn part(&self) -> usize {
+        self.c.div_ceil(64) * 64
+    }
+    /// Offset of the first per-channel part (mean, dgamma).
+    pub fn first(&self) -> usize {
+        0
+    }
+    /// Offset of the second per-channel part (invstd, dbeta).
+    pub fn second(&self) -> usize {
+        self.part()
+    }
+    /// Offset of the activation (y, dx).
+    pub fn data(&self) -> usize {
+        2 * self.part()
+    }
+    /// Length of the whole buffer.
+    pub fn len(&self) -> usize {
+        self.data() + self.p * self.c
+    }
+}
+
+#[cfg(feature = "cudnn")]
+pub(crate) use cuda::train_cudnn;
+
+#[cfg(feature = "cudnn")]
+mod cuda {
+    use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Shape, Tensor};
+
+    use super::{check_channels, nhwc, Packed};
+    use crate::ops::{cudnn, BatchStats};
+
+    type CResult<T> = candle_core::Result<T>;
+
+    /// Training-mode batch norm through cuDNN: one call computes the output and the statistics
+    /// (see [`Packed`]); the running statistics are updated from them on the device.
+    pub(crate) fn train_cudnn(
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+        relu: bool,
+    ) -> CResult<(Tensor, BatchStats)> {
+        let x = x.contiguous()?;
+        let c = x.dim(candle_core::D::Minus1)?;
+        let layout = Packed { c, p: x.elem_count() / c };
+        let packed = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BnTrain { eps, relu })?;
+        let y = packed.narrow(0, layout.data(), layout.p * c)?.reshape(x.dims())?;
+        let mean = packed.narrow(0, layout.first(), c)?.detach().copy()?;
+        let invstd = packed.narrow(0, layout.second(), c)?.detach();
+        // The biased batch variance from cuDNN's saved 1 / sqrt(var + eps).
+        let var = (invstd.sqr()?.recip()? - eps)?;
+        Ok((y, BatchStats { mean, var, count: layout.p }))
+    }
+
+    struct BnTrain {
+        eps: f64,
+        relu: bool,
+    }
+
+    impl CustomOp3 for BnTrain {
+        fn name(&self) -> &'static str {
+            "lt-batchnorm-cudnn"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> CResult<(CpuStorage, Shape)> {
+            candle_core::bail!("the cuDNN batch norm runs on CUDA")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> CResult<(CudaStorage, Shape)> {
+            check_channels("batch norm", l1.dims(), &[l2.dims(), l3.dims()])?;
+            let shape = nhwc(l1.dims())?;
+            let out = cudnn::norm::train_forward((s1, l1), (s2, l2), (s3, l3), shape, self.eps, self.relu)?;
+            let layout = Packed { c: shape.c, p: shape.n * shape.h * shape.w };
+            Ok((out, Shape::from(layout.len())))
+        }
+
+        fn bwd(
+            &self,
+            x: &Tensor,
+            gamma: &Tensor,
+            _beta: &Tensor,
+            res: &Tensor,
+            grad: &Tensor,
+        ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+            let c = x.dim(candle_core::D::Minus1)?;
+            let layout = Packed { c, p: x.elem_count() / c };
+            // The activation parts of the output and its gradient; the ReLU mask is `y > 0`.
+            let dy = grad.narrow(0, layout.data(), layout.p * c)?;
+            let dz = if self.relu {
+                let y = res.narrow(0, layout.data(), layout.p * c)?;
+                (dy * y.gt(0f32)?.to_dtype(candle_core::DType::F32)?)?
+            } else {
+                dy.contiguous()?
+            };
+            let op = BnTrainGrad { gamma: gamma.contiguous()?, eps: self.eps };
+            let out = x.contiguous()?.apply_op3_no_bwd(&res.contiguous()?, &dz, &op)?;
+            let dgamma = out.narrow(0, layout.first(), c)?;
+            let dbeta = out.narrow(0, layout.second(), c)?;
+            let dx = out.narrow(0, layout.data(), layout.p * c)?.reshape(x.dims())?;
+            Ok((x.track_op().then_some(dx), Some(dgamma), Some(dbeta)))
+        }
+    }
+
+    /// The gradients of [`BnTrain`] from `(x, its packed output, the gradient of the
+    /// normalised values before the ReLU)`.
+    struct BnTrainGrad {
+        gamma: Tensor,
+        eps: f64,
+    }
+
+    impl CustomOp3 for BnTrainGrad {
+        fn name(&self) -> &'static str {
+            "lt-batchnorm-cudnn-backward"
+        }
+
+        fn cpu_fwd(
+            &self,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+            _: &CpuStorage,
+            _: &Layout,
+        ) -> CResult<(CpuStorage, Shape)> {
+            candle_core::bail!("the cuDNN batch norm runs on CUDA")
+        }
+
+        fn cuda_fwd(
+            &self,
+            s1: &CudaStorage,
+            l1: &Layout,
+            s2: &CudaStorage,
+            l2: &Layout,
+            s3: &CudaStorage,
+            l3: &Layout,
+        ) -> CResult<(CudaStorage, Shape)> {
+            check_channels("batch norm backward", l1.dims(), &[self.gamma.dims()])?;
+            let shape = nhwc(l1.dims())?;
+            let layout = Packed { c: shape.c, p: shape.n * shape.h * shape.w };
+            let out =
+                cudnn::norm::train_backward((s1, l1), (s2, l2), (s3, l3), &self.gamma, shape, self.eps)?;
+            Ok((out, Shape::from(layout.len())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eval_backward_on_device_matches_the_host_kernel() {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 4, 5), &dev).unwrap();
+        let dy = Tensor::randn(0f32, 1.0, (2, 3, 4, 5), &dev).unwrap();
+        let gamma = Tensor::new(&[0.5f32, 1.5, -1.0, 2.0, 0.1], &dev).unwrap();
+        let beta = Tensor::new(&[0.1f32, -0.2, 0.3, 0.0, 1.0], &dev).unwrap();
+        let mean = Tensor::new(&[0.2f32, -0.1, 0.0, 0.4, -0.3], &dev).unwrap();
+        let var = Tensor::new(&[0.5f32, 1.0, 2.0, 0.25, 1.5], &dev).unwrap();
+        for relu in [false, true] {
+            let y =
+                crate::ops::stock::batch_norm_eval(&x, (&gamma, &beta), (&mean, &var), 1e-5, relu).unwrap();
+            let (dx, dg, db) =
+                eval_backward_on_device(&x, &gamma, &y, &dy, (&mean, &var), 1e-5, relu).unwrap();
+            let invstd: Vec<f32> =
+                var.to_vec1::<f32>().unwrap().iter().map(|&v| norm::invstd(v as f64, 1e-5)).collect();
+            let (xv, yv, dyv) = (
+                x.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                y.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                dy.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            let (g, m) = (gamma.to_vec1::<f32>().unwrap(), mean.to_vec1::<f32>().unwrap());
+            let b = norm::BnBackward {
+                x: &xv,
+                y: relu.then_some(yv.as_slice()),
+                gamma: &g,
+                mean: &m,
+                invstd: &invstd,
+                batch_statistics: false,
+            };
+            let mut hdx = vec![0f32; xv.len()];
+            let (hdg, hdb) = b.run(&dyv, Some(&mut hdx));
+            let close = |a: &Tensor, b: &[f32], what: &str| {
+                for (u, v) in a.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().zip(b) {
+                    assert!((u - v).abs() < 1e-4 * (1.0 + v.abs()), "{what} relu={relu}: {u} vs {v}");
+                }
+            };
+            close(&dx, &hdx, "dx");
+            close(&dg, &hdg, "dgamma");
+            close(&db, &hdb, "dbeta");
+        }
+    }
+
+    #[test]
+    fn packed_parts_are_aligned_and_disjoint() {
+        let p = Packed { c: 16, p: 10 };
+        assert_eq!((p.first(), p.second(), p.data(), p.len()), (0, 64, 128, 128 + 160));
+        let p = Packed { c: 130, p: 3 };
+        assert_eq!((p.part(), p.data() % 64, p.len()), (192, 0, 384 + 390));
+    }
+}

@@ -1,0 +1,257 @@
+//! A backbone as a program: the single description of a network.
+//!
+//! The networks ([`crate::cifar`], [`crate::torchvision`]) emit their layers once, as a list of
+//! nodes (convolution, batch norm, residual add, shortcut, pooling) over activation slots. Two
+//! executors run a program: [`crate::exec::eager`] with the [`crate::ops::Backend`] ops and candle's
+//! autograd (any device; the reference, and the CUDA path), and [`crate::exec::fused`] as one
+//! autograd node with its own backward pass (the CPU training path). A [`Plan`] gives every slot
+//! its NHWC dims for one input size.
+
+use candle_core::Var;
+
+use crate::error::{ModelError, Result};
+use crate::ops::conv::ConvShape;
+use crate::ops::elementwise::{shortcut_dims, Nhwc, Window};
+
+/// An activation slot.
+pub(crate) type Slot = usize;
+
+/// A parameter read by a node, with its offset in the program's flat parameter vector.
+#[derive(Clone)]
+pub(crate) struct Param {
+    pub var: Var,
+    pub offset: usize,
+}
+
+/// A batch norm: its parameters, the prefix of its buffers and whether a ReLU follows.
+pub(crate) struct BnSpec {
+    pub gamma: Param,
+    pub beta: Param,
+    /// `{prefix}.running_mean`, `{prefix}.running_var`, `{prefix}.num_batches_tracked`.
+    pub prefix: String,
+    pub eps: f64,
+    pub relu: bool,
+}
+
+/// What a node computes.
+pub(crate) enum Op {
+    /// Bias-free convolution with a `[C_out, C_in, k, k]` weight.
+    Conv { w: Param, stride: usize, pad: usize },
+    /// Batch norm (+ ReLU).
+    Bn(BnSpec),
+    /// `max(x + other, 0)`.
+    AddRelu { other: Slot },
+    /// Option-A shortcut with `pad` zero channels on each side.
+    Shortcut { pad: usize },
+    /// Max pooling.
+    MaxPool(Window),
+    /// Global average pooling.
+    AvgPool,
+}
+
+/// One node: `y = op(x[, other])`.
+pub(crate) struct Node {
+    pub x: Slot,
+    pub y: Slot,
+    pub op: Op,
+}
+
+impl Node {
+    /// The slots the node reads.
+    pub fn inputs(&self) -> impl Iterator<Item = Slot> {
+        let other = match self.op {
+            Op::AddRelu { other } => Some(other),
+            _ => None,
+        };
+        std::iter::once(self.x).chain(other)
+    }
+}
+
+/// A network's feature extractor: nodes in execution order over `slots` slots, from slot
+/// `input` (the NHWC image) to slot `output` (the pooled representation).
+pub(crate) struct Program {
+    pub nodes: Vec<Node>,
+    pub slots: usize,
+    pub input: Slot,
+    pub output: Slot,
+    /// Every parameter in offset order.
+    pub params: Vec<Var>,
+    /// Length of the flat parameter vector.
+    pub param_len: usize,
+}
+
+/// Builds a [`Program`]; layers emit their nodes through it.
+pub(crate) struct ProgramBuilder {
+    nodes: Vec<Node>,
+    slots: usize,
+    params: Vec<Var>,
+    param_len: usize,
+}
+
+impl ProgramBuilder {
+    /// An empty program and its input slot.
+    pub fn new() -> (Self, Slot) {
+        (Self { nodes: Vec::new(), slots: 1, params: Vec::new(), param_len: 0 }, 0)
+    }
+
+    fn param(&mut self, var: &Var) -> Param {
+        let p = Param { var: var.clone(), offset: self.param_len };
+        self.param_len += var.elem_count();
+        self.params.push(var.clone());
+        p
+    }
+
+    fn push(&mut self, x: Slot, op: Op) -> Slot {
+        let y = self.slots;
+        self.slots += 1;
+        self.nodes.push(Node { x, y, op });
+        y
+    }
+
+    /// A convolution of slot `x`.
+    pub fn conv(&mut self, x: Slot, w: &Var, stride: usize, pad: usize) -> Slot {
+        let w = self.param(w);
+        self.push(x, Op::Conv { w, stride, pad })
+    }
+
+    /// A batch norm of slot `x` (+ ReLU).
+    pub fn bn(&mut self, x: Slot, (gamma, beta): (&Var, &Var), prefix: &str, eps: f64, relu: bool) -> Slot {
+        let (gamma, beta) = (self.param(gamma), self.param(beta));
+        self.push(x, Op::Bn(BnSpec { gamma, beta, prefix: prefix.to_string(), eps, relu }))
+    }
+
+    /// `max(a + b, 0)`.
+    pub fn add_relu(&mut self, a: Slot, b: Slot) -> Slot {
+        self.push(a, Op::AddRelu { other: b })
+    }
+
+    /// The option-A shortcut of slot `x`.
+    pub fn shortcut(&mut self, x: Slot, pad: usize) -> Slot {
+        self.push(x, Op::Shortcut { pad })
+    }
+
+    /// Max pooling of slot `x`.
+    pub fn max_pool(&mut self, x: Slot, k: usize, stride: usize, pad: usize) -> Slot {
+        self.push(x, Op::MaxPool(Window { k, stride, pad }))
+    }
+
+    /// Global average pooling of slot `x`.
+    pub fn avg_pool(&mut self, x: Slot) -> Slot {
+        self.push(x, Op::AvgPool)
+    }
+
+    /// The program computing slot `output`.
+    pub fn finish(self, output: Slot) -> Program {
+        let Self { nodes, slots, params, param_len } = self;
+        Program { nodes, slots, input: 0, output, params, param_len }
+    }
+}
+
+/// A program's geometry for one input size: the NHWC dims of every slot (the pooled output is
+/// `[N, 1, 1, C]`) and the shape of every convolution.
+pub(crate) struct Plan {
+    pub input: Nhwc,
+    pub dims: Vec<Nhwc>,
+    pub convs: Vec<Option<ConvShape>>,
+}
+
+impl Program {
+    /// How many nodes read each slot.
+    pub fn use_counts(&self) -> Vec<usize> {
+        let mut uses = vec![0usize; self.slots];
+        for i in self.nodes.iter().flat_map(Node::inputs) {
+            uses[i] += 1;
+        }
+        uses
+    }
+
+    /// The geometry for NHWC input dims `input`; fails when a layer does not fit.
+    pub fn plan(&self, input: Nhwc) -> Result<Plan> {
+        let mut dims = vec![Nhwc { n: 0, h: 0, w: 0, c: 0 }; self.slots];
+        dims[self.input] = input;
+        let mut convs = Vec::with_capacity(self.nodes.len());
+        for node in &self.nodes {
+            let x = dims[node.x];
+            let (y, conv) = node_dims(node, x, &dims)?;
+            dims[node.y] = y;
+            convs.push(conv);
+        }
+        Ok(Plan { input, dims, convs })
+    }
+}
+
+fn misfit(what: String) -> ModelError {
+    ModelError::Invalid(format!("the network does not fit its input: {what}"))
+}
+
+/// Output dims of `node` for input dims `x` (and the convolution shape of a convolution).
+fn node_dims(node: &Node, x: Nhwc, dims: &[Nhwc]) -> Result<(Nhwc, Option<ConvShape>)> {
+    Ok(match &node.op {
+        Op::Conv { w, stride, pad } => {
+            let &[cout, cin, k, k2] = w.var.dims() else {
+                return Err(misfit(format!("weight {:?}", w.var.dims())));
+            };
+            let s = ConvShape { n: x.n, h: x.h, w: x.w, cin, cout, k, stride: *stride, pad: *pad };
+            if cin != x.c || k != k2 || !s.fits() {
+                return Err(misfit(format!("convolution {:?} over {x:?}", w.var.dims())));
+            }
+            (Nhwc { n: x.n, h: s.oh(), w: s.ow(), c: cout }, Some(s))
+        }
+        Op::Bn(bn) => {
+            if bn.gamma.var.dims() != [x.c] {
+                return Err(misfit(format!(
+                    "batch norm {} of {:?} over {x:?}",
+                    bn.prefix,
+                    bn.gamma.var.dims()
+                )));
+            }
+            (x, None)
+        }
+        Op::AddRelu { other } => {
+            if dims[*other] != x {
+                return Err(misfit(format!("residual add of {x:?} and {:?}", dims[*other])));
+            }
+            (x, None)
+        }
+        Op::Shortcut { pad } => {
+            let (h, w, c) = shortcut_dims(x.h, x.w, x.c, *pad);
+            (Nhwc { n: x.n, h, w, c }, None)
+        }
+        Op::MaxPool(win) => {
+            (win.output(x).ok_or_else(|| misfit(format!("max pool {win:?} over {x:?}")))?, None)
+        }
+        Op::AvgPool => (Nhwc { h: 1, w: 1, ..x }, None),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Tensor};
+
+    fn var(shape: &[usize]) -> Var {
+        Var::from_tensor(&Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn plans_give_every_slot_its_dims() {
+        let (mut b, x) = ProgramBuilder::new();
+        let (w1, g, be, w2) = (var(&[8, 3, 3, 3]), var(&[8]), var(&[8]), var(&[16, 8, 3, 3]));
+        let h = b.conv(x, &w1, 1, 1);
+        let h = b.bn(h, (&g, &be), "bn", 1e-5, true);
+        let p = b.max_pool(h, 3, 2, 1);
+        let s = b.shortcut(p, 4);
+        let c = b.conv(p, &w2, 2, 1);
+        let y = b.add_relu(c, s);
+        let out = b.avg_pool(y);
+        let prog = b.finish(out);
+        assert_eq!(prog.param_len, 8 * 27 + 16 + 16 * 72);
+        assert_eq!(prog.use_counts()[p], 2);
+        let plan = prog.plan(Nhwc { n: 2, h: 9, w: 7, c: 3 }).unwrap();
+        // max pool 3/2/1: (9 + 2 - 3) / 2 + 1 = 5, (7 + 2 - 3) / 2 + 1 = 4; conv 3/2/1 over 5x4: 3x2;
+        // shortcut: ceil(5/2) x ceil(4/2) = 3x2 with 8 + 2 * 4 channels.
+        let d = |s: Slot| plan.dims[s].dims();
+        assert_eq!((d(p), d(s), d(c), d(out)), ([2, 5, 4, 8], [2, 3, 2, 16], [2, 3, 2, 16], [2, 1, 1, 16]));
+        assert!(prog.plan(Nhwc { n: 2, h: 9, w: 7, c: 4 }).is_err(), "wrong channel count accepted");
+    }
+}

@@ -1,0 +1,69 @@
+"""The GPU check's benchmark table from its JSON lines (`lt bench backbone` and
+`scripts/bench_torch.py --variants ...`), as Markdown on stdout:
+
+    python3 scripts/bench_table.py OUT/bench.jsonl
+
+Ratios: the project's f32 (full FP32 convolutions) against PyTorch's f32 with TF32 off
+(channels-last), and the project's TF32 convolutions against PyTorch's best default-f32 layout
+(cuDNN's TF32 allowed). Memory: the peak of the device's memory pool for the project (or what
+nvidia-smi saw, including the CUDA context), torch.cuda.max_memory_allocated for PyTorch.
+"""
+import json
+import sys
+
+
+def fmt(v, unit=""):
+    return "-" if v is None else f"{v:,.0f}{unit}"
+
+
+def main():
+    rows = {}
+    for line in open(sys.argv[1]):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        d = json.loads(line)
+        key = (d.get("arch"), d.get("mode"), d.get("batch"), d.get("size"))
+        impl = d.get("impl", "")
+        if "project-tf32" in impl:
+            name = "project-tf32"
+        elif "project" in impl:
+            name = "project-f32"
+        else:
+            name = d.get("variant", impl)
+        rows.setdefault(key, {})[name] = d
+
+    def ips(r, name):
+        d = r.get(name)
+        return None if d is None or "error" in d else d.get("images_per_sec")
+
+    def mem(r, name):
+        d = r.get(name) or {}
+        for k in ("device_pool_peak_mib", "peak_cuda_mib", "nvidia_smi_peak_mib"):
+            if d.get(k) is not None and d.get(k) == d.get(k):
+                return d[k]
+        return None
+
+    print("| configuration | project f32 | project TF32 | PyTorch f32 no-TF32 CL | PyTorch f32 NCHW | PyTorch f32 CL "
+          "| PyTorch bf16 CL | f32 ratio | TF32 ratio | peak MiB project / PyTorch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    def order(kv):
+        arch, mode, batch, size = kv[0]
+        return (str(arch), mode != "train", str(mode), batch or 0, size or 0)
+
+    for (arch, mode, batch, size), r in sorted(rows.items(), key=order):
+        pf, pt = ips(r, "project-f32"), ips(r, "project-tf32")
+        strict, f32, cl, bf16 = (ips(r, v) for v in ("f32-strict-cl", "f32", "f32-cl", "bf16-cl"))
+        best = max([v for v in (f32, cl) if v is not None], default=None)
+        ratio_f32 = f"{pf / strict:.2f}x" if pf and strict else "-"
+        ratio_tf32 = f"{pt / best:.2f}x" if pt and best else "-"
+        best_name = "f32-cl" if cl and best == cl else "f32"
+        memory = f"{fmt(mem(r, 'project-tf32') or mem(r, 'project-f32'))} / {fmt(mem(r, best_name))}"
+        print(f"| {arch} {mode} b{batch} {size}x{size} | {fmt(pf)} | {fmt(pt)} | {fmt(strict)} | {fmt(f32)} "
+              f"| {fmt(cl)} | {fmt(bf16)} | {ratio_f32} | {ratio_tf32} | {memory} |")
+    print()
+    print("img/s, median step; CL = channels-last; ratios are project / PyTorch (see scripts/bench_table.py).")
+
+
+if __name__ == "__main__":
+    main()
