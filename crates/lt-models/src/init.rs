@@ -39,7 +39,7 @@ fn name_hash(name: &str) -> u64 {
 pub fn draw(init: Init, shape: &[usize], seed: u64, name: &str, device: &Device) -> Result<Tensor> {
     let n: usize = shape.iter().product();
     let mut v = vec![0f32; n];
-    let mut rng = Rng::stream(seed, &[0x1417, name_hash(name)]);
+    let mut rng = Rng::stream(seed, &[lt_core::rng::streams::MODEL_INIT, name_hash(name)]);
     match init {
         Init::KaimingNormal { fan } => rng.fill_normal(&mut v, 0.0, (2.0 / fan.max(1) as f64).sqrt() as f32),
         Init::Uniform { bound } => v.iter_mut().for_each(|x| *x = rng.uniform_range(-bound, bound) as f32),

@@ -204,7 +204,11 @@ pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
             }
         }
     }
-    let chosen: Vec<&Row> = rows.iter().filter(|r| r.chosen.iter().any(|c| knobs(c) != "-")).collect();
+    let chosen: Vec<&Row> = tables(spec, rows)
+        .into_iter()
+        .flat_map(|(_, t)| t)
+        .filter(|r| r.chosen.iter().any(|c| knobs(c) != "-"))
+        .collect();
     if !chosen.is_empty() {
         s.push_str("\n## Knobs chosen on the validation split\n\n| Backbone | Method | seed: knobs |\n|---|---|---|\n");
         for r in chosen {
