@@ -76,6 +76,120 @@ impl Config {
     }
 }
 
+/// The backbone configurations of a run (`quick`: ResNet-32 only).
+fn configs(quick: bool, cuda: bool) -> Vec<Config> {
+    let mut configs = vec![
+        Config { arch: "resnet32", classes: 10, batch: 128, size: 32, mode: "train", candle: true },
+        Config { arch: "resnet32", classes: 10, batch: 128, size: 32, mode: "eval", candle: true },
+    ];
+    if !quick {
+        let batch = if cuda { 64 } else { 32 };
+        for (mode, candle) in [("train", cuda), ("eval", true)] {
+            configs.push(Config { arch: "resnet50", classes: 1000, batch, size: 224, mode, candle });
+        }
+    }
+    configs
+}
+
+/// What one backbone configuration measures: the project, stock candle, PyTorch (NCHW and
+/// channels-last) in the same run.
+struct Backbones<'a> {
+    root: &'a Path,
+    lt: &'a Path,
+    py: Option<&'a Path>,
+    device: &'a str,
+    threads: usize,
+}
+
+impl Backbones<'_> {
+    fn lt_command(&self, c: &Config, backend: &str, steps: usize, warmup: usize) -> Command {
+        let mut cmd = Command::new(self.lt);
+        cmd.args([
+            "bench",
+            "backbone",
+            "--arch",
+            c.arch,
+            "--mode",
+            c.mode,
+            "--backend",
+            backend,
+            "--device",
+            self.device,
+        ])
+        .args(c.shape_args())
+        .args(["--steps", &steps.to_string(), "--warmup", &warmup.to_string()]);
+        cmd
+    }
+
+    fn torch_command(
+        &self,
+        py: &Path,
+        c: &Config,
+        steps: usize,
+        warmup: usize,
+        channels_last: bool,
+    ) -> Command {
+        let cuda = self.device.starts_with("cuda");
+        let mut cmd = Command::new(py);
+        cmd.arg(self.root.join("scripts/bench_torch.py"))
+            .args(["--arch", c.arch, "--mode", c.mode, "--device", if cuda { "cuda" } else { "cpu" }])
+            .args(c.shape_args())
+            .args(["--steps", &steps.to_string(), "--warmup", &warmup.to_string()])
+            .args(["--threads", &self.threads.to_string()]);
+        if channels_last {
+            cmd.arg("--channels-last");
+        }
+        cmd
+    }
+
+    /// One table row: every implementation on configuration `c`.
+    fn measure(&self, c: &Config, steps: usize) -> Result<Value> {
+        let cpu_resnet50 = c.arch == "resnet50" && !self.device.starts_with("cuda");
+        let (steps, warmup) = if cpu_resnet50 { (2.min(steps), 1) } else { (steps, 2) };
+        let label = format!("{} {} b{} {}x{}", c.arch, c.mode, c.batch, c.size, c.size);
+        eprintln!("bench: {label}");
+        let mut group = serde_json::Map::new();
+        group.insert("config".into(), label.into());
+        group.insert("project".into(), run_json(&mut self.lt_command(c, "fast", steps, warmup))?);
+        if c.candle {
+            // Stock candle is slow on the CPU: fewer steps.
+            let (s, w) = if c.arch == "resnet50" || c.mode == "train" { (1, 0) } else { (2, 1) };
+            match run_json(&mut self.lt_command(c, "candle", s, w)) {
+                Ok(v) => drop(group.insert("candle".into(), v)),
+                Err(e) => eprintln!("  stock candle: {e}"),
+            }
+        }
+        if let Some(py) = self.py {
+            for cl in [false, true] {
+                match run_json(&mut self.torch_command(py, c, steps, warmup, cl)) {
+                    Ok(v) => {
+                        drop(group.insert(if cl { "pytorch_channels_last" } else { "pytorch" }.into(), v))
+                    }
+                    Err(e) => eprintln!("  pytorch: {e}"),
+                }
+            }
+        }
+        Ok(Value::Object(group))
+    }
+}
+
+/// The loader and stage-2 measurements (CPU).
+fn other_benchmarks(lt: &Path, dir: &Path, imagenet_retrain: bool) -> Result<Vec<Value>> {
+    eprintln!("bench: loader");
+    let mut extra = vec![run_json(Command::new(lt).args(["bench", "loader"]))?];
+    for m in ["crt", "srepr"] {
+        eprintln!("bench: stage 2 {m}, CIFAR size, 30 epochs");
+        let args = ["bench", "retrain", "--size", "cifar", "--method", m, "--epochs", "30", "--dir"];
+        extra.push(run_json(Command::new(lt).args(args).arg(dir))?);
+    }
+    if imagenet_retrain {
+        eprintln!("bench: stage 2 srepr, ImageNet-LT size, 1 epoch (generates a 2.9 GB f16 file once)");
+        let args = ["bench", "retrain", "--size", "imagenet", "--method", "srepr", "--epochs", "1", "--dir"];
+        extra.push(run_json(Command::new(lt).args(args).arg(dir))?);
+    }
+    Ok(extra)
+}
+
 /// Runs the benchmarks and prints the report.
 pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     let cuda = a.device.starts_with("cuda");
@@ -88,121 +202,14 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
         eprintln!("note: torch is not importable; PyTorch columns are skipped (pass --python or set LT_BENCH_PYTHON)");
     }
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let mut configs = vec![
-        Config { arch: "resnet32", classes: 10, batch: 128, size: 32, mode: "train", candle: true },
-        Config { arch: "resnet32", classes: 10, batch: 128, size: 32, mode: "eval", candle: true },
-    ];
-    if !a.quick {
-        let b = if cuda { 64 } else { 32 };
-        configs.push(Config {
-            arch: "resnet50",
-            classes: 1000,
-            batch: b,
-            size: 224,
-            mode: "train",
-            candle: cuda,
-        });
-        configs.push(Config {
-            arch: "resnet50",
-            classes: 1000,
-            batch: b,
-            size: 224,
-            mode: "eval",
-            candle: true,
-        });
-    }
-    let mut rows: Vec<Value> = Vec::new();
-    for c in &configs {
-        let steps = if c.arch == "resnet50" && !cuda { 2.min(a.steps) } else { a.steps };
-        let warmup = if c.arch == "resnet50" && !cuda { 1 } else { 2 };
-        let base = |backend: &str, steps: usize, warmup: usize| {
-            let mut cmd = Command::new(&lt);
-            cmd.args([
-                "bench",
-                "backbone",
-                "--arch",
-                c.arch,
-                "--mode",
-                c.mode,
-                "--backend",
-                backend,
-                "--device",
-                &a.device,
-            ])
-            .args(c.shape_args())
-            .args(["--steps", &steps.to_string(), "--warmup", &warmup.to_string()]);
-            cmd
-        };
-        let label = format!("{} {} b{} {}x{}", c.arch, c.mode, c.batch, c.size, c.size);
-        eprintln!("bench: {label}");
-        let mut group = serde_json::Map::new();
-        group.insert("config".into(), label.clone().into());
-        group.insert("project".into(), run_json(&mut base("fast", steps, warmup))?);
-        if c.candle {
-            // Stock candle is slow on the CPU: fewer steps.
-            let (s, w) = if c.arch == "resnet50" || c.mode == "train" { (1, 0) } else { (2, 1) };
-            match run_json(&mut base("candle", s, w)) {
-                Ok(v) => {
-                    group.insert("candle".into(), v);
-                }
-                Err(e) => eprintln!("  stock candle: {e}"),
-            }
-        }
-        if let Some(py) = &py {
-            for cl in [false, true] {
-                let mut cmd = Command::new(py);
-                cmd.arg(root.join("scripts/bench_torch.py"))
-                    .args(["--arch", c.arch, "--mode", c.mode, "--device", if cuda { "cuda" } else { "cpu" }])
-                    .args(c.shape_args())
-                    .args([
-                        "--steps",
-                        &steps.to_string(),
-                        "--warmup",
-                        &warmup.to_string(),
-                        "--threads",
-                        &threads.to_string(),
-                    ]);
-                if cl {
-                    cmd.arg("--channels-last");
-                }
-                match run_json(&mut cmd) {
-                    Ok(v) => {
-                        group.insert(if cl { "pytorch_channels_last".into() } else { "pytorch".into() }, v);
-                    }
-                    Err(e) => eprintln!("  pytorch: {e}"),
-                }
-            }
-        }
-        rows.push(Value::Object(group));
-    }
-    let mut extra = Vec::new();
-    if !cuda {
-        eprintln!("bench: loader");
-        extra.push(run_json(Command::new(&lt).args(["bench", "loader"]))?);
-        let dir = root.join(&a.out).join("features");
-        for m in ["crt", "srepr"] {
-            eprintln!("bench: stage 2 {m}, CIFAR size, 30 epochs");
-            extra.push(run_json(
-                Command::new(&lt)
-                    .args(["bench", "retrain", "--size", "cifar", "--method", m, "--epochs", "30", "--dir"])
-                    .arg(&dir),
-            )?);
-        }
-        if !a.no_imagenet_retrain {
-            eprintln!("bench: stage 2 srepr, ImageNet-LT size, 1 epoch (generates a 2.9 GB f16 file once)");
-            extra.push(run_json(
-                Command::new(&lt)
-                    .args([
-                        "bench", "retrain", "--size", "imagenet", "--method", "srepr", "--epochs", "1",
-                        "--dir",
-                    ])
-                    .arg(&dir),
-            )?);
-        }
-    }
+    let bench = Backbones { root, lt: &lt, py: py.as_deref(), device: &a.device, threads };
+    let rows: Vec<Value> =
+        configs(a.quick, cuda).iter().map(|c| bench.measure(c, a.steps)).collect::<Result<_>>()?;
+    let out = root.join(&a.out);
+    let extra =
+        if cuda { Vec::new() } else { other_benchmarks(&lt, &out.join("features"), !a.no_imagenet_retrain)? };
     let md = markdown(&rows, &extra, threads, &a.device);
     print!("{md}");
-    let out = root.join(&a.out);
     std::fs::create_dir_all(&out)?;
     std::fs::write(
         out.join("bench.json"),

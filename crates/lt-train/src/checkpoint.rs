@@ -57,6 +57,25 @@ pub fn save(
     Ok(w.write(path)?)
 }
 
+/// Fails unless the checkpoint at `path` was written by the run of `fingerprint`.
+pub fn check_fingerprint(path: &Path, fingerprint: &str) -> Result<()> {
+    same_run(&Artifact::open(path, CHECKPOINT_FORMAT)?, fingerprint)
+}
+
+fn same_run(a: &Artifact, fingerprint: &str) -> Result<()> {
+    let found = a.meta(lt_core::artifact::KEY_FINGERPRINT)?;
+    if found != fingerprint {
+        return Err(TrainError::Mismatch(format!(
+            "{} was written by a run with another configuration or data (fingerprint {}…, this run {}…); \
+             use a fresh run directory or the original settings",
+            a.path().display(),
+            &found[..12.min(found.len())],
+            &fingerprint[..12.min(fingerprint.len())]
+        )));
+    }
+    Ok(())
+}
+
 /// Reads a checkpoint into `model` and `opt`; fails (leaving them untouched) when it was written
 /// by a run with another fingerprint. Returns the progress and the SWAG state.
 pub fn load(
@@ -66,16 +85,7 @@ pub fn load(
     fingerprint: &str,
 ) -> Result<(Progress, Option<Swag>)> {
     let a = Artifact::open(path, CHECKPOINT_FORMAT)?;
-    let found = a.meta(lt_core::artifact::KEY_FINGERPRINT)?;
-    if found != fingerprint {
-        return Err(TrainError::Mismatch(format!(
-            "{} was written by a run with another configuration or data (fingerprint {}…, this run {}…); \
-             use a fresh run directory or the original settings",
-            path.display(),
-            &found[..12.min(found.len())],
-            &fingerprint[..12.min(fingerprint.len())]
-        )));
-    }
+    same_run(&a, fingerprint)?;
     let progress: Progress = a.meta_json("progress")?;
     let dev = model.device().clone();
     let params = model.store().named_params();

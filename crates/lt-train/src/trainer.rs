@@ -16,7 +16,7 @@ use candle_core::{DType, Device};
 use lt_core::progress::Progress as Bar;
 use lt_core::Fingerprint;
 use lt_data::loader::{EpochBatches, LoaderConfig};
-use lt_data::{DataBundle, Sampler, SamplerKind};
+use lt_data::{DataBundle, DataSpec, Sampler, SamplerKind};
 use lt_metrics::Evaluation;
 use lt_models::{Arch, Model};
 use lt_swag::{ParamLayout, Swag};
@@ -36,11 +36,13 @@ pub struct RunOptions {
     pub resume: bool,
     /// Device.
     pub device: Device,
+    /// The description of the data, recorded in the run directory (for `lt extract`).
+    pub data_spec: Option<DataSpec>,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { resume: false, device: Device::Cpu }
+        Self { resume: false, device: Device::Cpu, data_spec: None }
     }
 }
 
@@ -115,6 +117,9 @@ struct Ctx<'a> {
 }
 
 /// Trains the stage-1 backbones of `cfg` on `data` into `dir` (see the module docs).
+///
+/// Everything is checked before anything is written: a directory holding another run, or a
+/// `--resume` of another configuration or of nothing, is refused and left as it was.
 pub fn train(
     cfg: &TrainConfig,
     data: &DataBundle,
@@ -124,27 +129,12 @@ pub fn train(
     cfg.validate()?;
     let started = Instant::now();
     let dir = RunDir::new(dir);
-    std::fs::create_dir_all(dir.root()).map_err(io_err(dir.root()))?;
     let fingerprint = run_fingerprint(cfg, data);
-    if dir.checkpoint().exists() && !opts.resume {
-        return Err(TrainError::Mismatch(format!(
-            "{} already holds a run (checkpoint.safetensors); pass --resume to continue it or choose another directory",
-            dir.root().display()
-        )));
-    }
-    data.split_info().write(&dir.split(), &data.fingerprint())?;
-    lt_core::atomic::write_bytes_atomic(
-        &dir.config(),
-        serde_json::to_string_pretty(cfg).expect("json").as_bytes(),
-    )
-    .map_err(io_err(dir.config()))?;
-
+    check_directory(&dir, &fingerprint, opts.resume)?;
+    record_run(&dir, cfg, data, opts.data_spec.as_ref())?;
     let [channels, _, _] = data.train.sample_shape();
-    let arch = Arch::new(&cfg.arch, data.num_classes(), channels)?;
-    let model = Model::new(arch, cfg.seed, &opts.device)?;
+    let model = Model::new(Arch::new(&cfg.arch, data.num_classes(), channels)?, cfg.seed, &opts.device)?;
     let mut opt = Sgd::new(cfg.momentum, cfg.nesterov, cfg.weight_decay);
-    let n = data.train.len();
-    let steps_per_epoch = n.div_ceil(cfg.batch_size);
     let sampler = Sampler::new(SamplerKind::Instance, data.train.labels(), data.num_classes(), cfg.seed)
         .map_err(|e| TrainError::Config(e.to_string()))?;
     let mut ctx = Ctx {
@@ -154,11 +144,10 @@ pub fn train(
         fingerprint,
         device: opts.device.clone(),
         sampler,
-        steps_per_epoch,
+        steps_per_epoch: data.train.len().div_ceil(cfg.batch_size),
         last_checkpoint: None,
     };
-    let phase_list = phases(cfg);
-    let (mut progress, mut swag) = if opts.resume && ctx.dir.checkpoint().exists() {
+    let (mut progress, mut swag) = if opts.resume {
         let (p, s) = checkpoint::load(&ctx.dir.checkpoint(), &model, &mut opt, &ctx.fingerprint)?;
         tracing::info!(
             "resuming {} at phase {:?}, epoch {}",
@@ -169,48 +158,90 @@ pub fn train(
         ctx.last_checkpoint = Some(ctx.dir.checkpoint());
         (p, s)
     } else {
-        (Progress { phase_index: 0, phase: Some(phase_list[0]), next_epoch: 0, step: 0 }, None)
+        (Progress { phase_index: 0, phase: Some(phases(cfg)[0]), next_epoch: 0, step: 0 }, None)
     };
     trim_log(&ctx, &progress)?;
+    run_phases(&mut ctx, &model, &mut opt, &mut progress, &mut swag)?;
+    summarize(&ctx, started)
+}
 
+/// Refuses a directory that cannot take this run: without `resume`, one holding a run; with it,
+/// one without a checkpoint or whose checkpoint belongs to another configuration or data.
+fn check_directory(dir: &RunDir, fingerprint: &str, resume: bool) -> Result<()> {
+    let held = [dir.checkpoint(), dir.sgd(), dir.swa()].into_iter().find(|p| p.exists());
+    if !resume {
+        return match held {
+            Some(p) => Err(TrainError::Mismatch(format!(
+                "{} already holds a run ({}); pass --resume to continue it or choose another directory",
+                dir.root().display(),
+                p.file_name().unwrap_or_default().to_string_lossy()
+            ))),
+            None => Ok(()),
+        };
+    }
+    if !dir.checkpoint().exists() {
+        return Err(TrainError::Mismatch(format!(
+            "--resume: {} has no checkpoint.safetensors to continue from",
+            dir.root().display()
+        )));
+    }
+    checkpoint::check_fingerprint(&dir.checkpoint(), fingerprint)
+}
+
+/// Records the run's split, configuration and data description (after the checks).
+fn record_run(dir: &RunDir, cfg: &TrainConfig, data: &DataBundle, spec: Option<&DataSpec>) -> Result<()> {
+    std::fs::create_dir_all(dir.root()).map_err(io_err(dir.root()))?;
+    data.split_info().write(&dir.split(), &data.fingerprint())?;
+    let config = serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    lt_core::atomic::write_bytes_atomic(&dir.config(), config.as_bytes()).map_err(io_err(dir.config()))?;
+    if let Some(spec) = spec {
+        dir.write_data_spec(spec)?;
+    }
+    Ok(())
+}
+
+/// Runs every remaining phase, checkpointing after each epoch; both branches of a SWA run start
+/// from the state at `swa_start`.
+fn run_phases(
+    ctx: &mut Ctx,
+    model: &Model,
+    opt: &mut Sgd,
+    progress: &mut Progress,
+    swag: &mut Option<Swag>,
+) -> Result<()> {
+    let (cfg, phase_list) = (ctx.cfg, phases(ctx.cfg));
     while let Some(phase) = progress.phase {
         let (_, end) = epoch_range(cfg, phase);
         if phase == Phase::Swa && swag.is_none() {
-            swag = Some(Swag::new(
-                ParamLayout::of(model.store().varmap())?,
-                cfg.swa.as_ref().map(|s| s.rank).unwrap_or(0),
-            ));
+            let rank = cfg.swa.as_ref().map(|s| s.rank).unwrap_or(0);
+            *swag = Some(Swag::new(ParamLayout::of(model.store().varmap())?, rank));
         }
         for epoch in progress.next_epoch..end {
-            let log = run_epoch(&ctx, &model, &mut opt, phase, epoch, &mut progress.step, swag.as_mut())?;
-            append_log(&ctx, &log)?;
+            let log = run_epoch(ctx, model, opt, phase, epoch, &mut progress.step, swag.as_mut())?;
+            append_log(ctx, &log)?;
             progress.next_epoch = epoch + 1;
-            checkpoint::save(
-                &ctx.dir.checkpoint(),
-                &model,
-                &opt,
-                swag.as_ref(),
-                &progress,
-                &ctx.fingerprint,
-            )?;
+            checkpoint::save(&ctx.dir.checkpoint(), model, opt, swag.as_ref(), progress, &ctx.fingerprint)?;
             ctx.last_checkpoint = Some(ctx.dir.checkpoint());
         }
-        finish_phase(&ctx, &model, &mut opt, phase, swag.as_ref())?;
-        // Move on: both branches start from the state at swa_start.
+        finish_phase(ctx, model, opt, phase, swag.as_ref())?;
         progress.phase_index += 1;
         progress.phase = phase_list.get(progress.phase_index).copied();
         if let Some(next) = progress.phase {
-            let (start, _) = epoch_range(cfg, next);
-            progress.next_epoch = start;
+            progress.next_epoch = epoch_range(cfg, next).0;
             if matches!(next, Phase::SgdBranch | Phase::Swa) {
-                let (p, _) = checkpoint::load(&ctx.dir.branch(), &model, &mut opt, &ctx.fingerprint)?;
+                let (p, _) = checkpoint::load(&ctx.dir.branch(), model, opt, &ctx.fingerprint)?;
                 progress.step = p.step;
-                swag = None;
+                *swag = None;
             }
         }
-        checkpoint::save(&ctx.dir.checkpoint(), &model, &opt, swag.as_ref(), &progress, &ctx.fingerprint)?;
+        checkpoint::save(&ctx.dir.checkpoint(), model, opt, swag.as_ref(), progress, &ctx.fingerprint)?;
     }
+    Ok(())
+}
 
+/// Test metrics of the backbones, written to `train_summary.json`.
+fn summarize(ctx: &Ctx, started: Instant) -> Result<TrainSummary> {
+    let (cfg, data) = (ctx.cfg, ctx.data);
     let groups = data.split_info().groups();
     let eval = |path: &std::path::Path| -> Result<Evaluation> {
         let m = Model::from_artifact(path, &ctx.device)?;
@@ -219,12 +250,18 @@ pub fn train(
     let sgd = eval(&ctx.dir.sgd())?;
     let swa = if cfg.swa.is_some() { Some(eval(&ctx.dir.swa())?) } else { None };
     let summary = TrainSummary { sgd, swa, seconds: started.elapsed().as_secs_f64() };
-    lt_core::atomic::write_bytes_atomic(
-        &ctx.dir.summary(),
-        serde_json::to_string_pretty(&summary).expect("json").as_bytes(),
-    )
-    .map_err(io_err(ctx.dir.summary()))?;
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Config(e.to_string()))?;
+    lt_core::atomic::write_bytes_atomic(&ctx.dir.summary(), text.as_bytes())
+        .map_err(io_err(ctx.dir.summary()))?;
     Ok(summary)
+}
+
+/// Running sums of an epoch.
+#[derive(Default)]
+struct EpochSums {
+    loss: f64,
+    correct: usize,
+    seen: usize,
 }
 
 fn run_epoch(
@@ -246,17 +283,12 @@ fn run_epoch(
         train: true,
         seed: cfg.seed,
     };
-    let batches = EpochBatches::new(
-        ctx.data.train.clone(),
-        order,
-        lt_data::loader::Stream::Epoch(epoch as u64).key(),
-        loader_cfg,
-        ctx.device.clone(),
-    );
+    let stream = lt_data::loader::Stream::Epoch(epoch as u64).key();
+    let batches = EpochBatches::new(ctx.data.train.clone(), order, stream, loader_cfg, ctx.device.clone());
     let params = model.store().named_params();
     let mut bar =
         Bar::new(format!("{} epoch {}/{}", phase.name(), epoch + 1, cfg.epochs), batches.len() as u64);
-    let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
+    let mut sums = EpochSums::default();
     let mut lr = 0.0;
     let collect_every = cfg.swa.as_ref().and_then(|s| s.collect_every_steps);
     for batch in batches {
@@ -274,12 +306,10 @@ fn run_epoch(
             });
         }
         opt.step(&params, &pass.grads, lr)?;
-        drop(pass.grads);
-        let b = batch.label_vec.len();
         let preds = pass.logits.argmax(1)?.to_vec1::<u32>()?;
-        correct += preds.iter().zip(&batch.label_vec).filter(|(p, y)| p == y).count();
-        loss_sum += lv as f64 * b as f64;
-        seen += b;
+        sums.correct += preds.iter().zip(&batch.label_vec).filter(|(p, y)| p == y).count();
+        sums.loss += lv as f64 * batch.label_vec.len() as f64;
+        sums.seen += batch.label_vec.len();
         *step += 1;
         if let (Some(k), Some(s)) = (collect_every, swag.as_deref_mut()) {
             if *step % k == 0 {
@@ -287,7 +317,7 @@ fn run_epoch(
             }
         }
         bar.inc(1);
-        bar.set_message(&format!("loss {:.4} lr {lr:.4}", loss_sum / seen as f64));
+        bar.set_message(&format!("loss {:.4} lr {lr:.4}", sums.loss / sums.seen as f64));
     }
     if let (None, Some(s)) = (collect_every, swag.as_deref_mut()) {
         s.collect(&s.layout().flatten(model.store().varmap())?)?;
@@ -297,18 +327,23 @@ fn run_epoch(
         phase,
         epoch,
         step: *step,
-        loss: loss_sum / seen.max(1) as f64,
-        accuracy: correct as f64 / seen.max(1) as f64,
+        loss: sums.loss / sums.seen.max(1) as f64,
+        accuracy: sums.correct as f64 / sums.seen.max(1) as f64,
         lr,
-        images_per_sec: seen as f64 / seconds,
+        images_per_sec: sums.seen as f64 / seconds,
         seconds,
         swag_models: swag.map(|s| s.n_models()).unwrap_or(0),
         rss_mib: lt_core::memory::rss_mib(),
     };
+    log_epoch(cfg, &log);
+    Ok(log)
+}
+
+fn log_epoch(cfg: &TrainConfig, log: &EpochLog) {
     tracing::info!(
         "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, {:.0} MiB",
-        phase.name(),
-        epoch + 1,
+        log.phase.name(),
+        log.epoch + 1,
         cfg.epochs,
         log.loss,
         100.0 * log.accuracy,
@@ -316,7 +351,6 @@ fn run_epoch(
         log.images_per_sec,
         log.rss_mib.unwrap_or(0.0)
     );
-    Ok(log)
 }
 
 fn finish_phase(ctx: &Ctx, model: &Model, opt: &mut Sgd, phase: Phase, swag: Option<&Swag>) -> Result<()> {

@@ -62,7 +62,9 @@ fn swa_run_produces_every_artifact_and_is_deterministic() {
     assert_eq!(bytes(dir.sgd()), bytes(other.sgd()));
     assert_eq!(bytes(dir.swag()), bytes(other.swag()));
     assert_eq!(bytes(dir.swa()), bytes(other.swa()));
-    // Refusals: an existing run without --resume, a resume with another configuration.
+    // Refusals: an existing run without --resume, a resume with another configuration, a resume
+    // of nothing; each leaves the directory exactly as it found it.
+    let before = snapshot(a.path());
     let err = train(&cfg, &data, a.path(), &RunOptions::default()).unwrap_err();
     assert!(err.to_string().contains("pass --resume"), "{err}");
     let mut other_cfg = cfg.clone();
@@ -73,6 +75,26 @@ fn swa_run_produces_every_artifact_and_is_deterministic() {
         matches!(err, TrainError::Mismatch(_)) && err.to_string().contains("another configuration"),
         "{err}"
     );
+    assert!(snapshot(a.path()) == before, "a refused run changed the directory");
+    let empty = tempfile::tempdir().unwrap();
+    let err =
+        train(&cfg, &data, empty.path(), &RunOptions { resume: true, ..Default::default() }).unwrap_err();
+    assert!(err.to_string().contains("no checkpoint.safetensors to continue from"), "{err}");
+    assert!(snapshot(empty.path()).is_empty());
+}
+
+/// Every file of a directory (recursively) with its bytes.
+fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(snapshot(&p));
+        } else {
+            out.insert(p.clone(), std::fs::read(&p).unwrap());
+        }
+    }
+    out
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{ArgMatches, Args};
 use lt_train::extract::{extract, ExtractConfig};
 use lt_train::{train, RunDir, RunOptions, SwaConfig};
@@ -112,8 +112,6 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let spec = a.data.resolve(preset.as_ref().map(|p| &p.data));
     let data = load(&spec, a.data.mirror.clone())?;
     let device = crate::device::parse(&a.device)?;
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    RunDir::new(&a.out).write_data_spec(&spec)?;
     tracing::info!(
         "training {} on {} ({} images, {} classes) into {}",
         cfg.arch,
@@ -122,7 +120,8 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         data.num_classes(),
         a.out.display()
     );
-    let summary = train(&cfg, &data, &a.out, &RunOptions { resume: a.resume, device })?;
+    let opts = RunOptions { resume: a.resume, device, data_spec: Some(spec) };
+    let summary = train(&cfg, &data, &a.out, &opts)?;
     let row = |name: &str, e: &lt_metrics::Evaluation| {
         let pct = |v: Option<f64>| v.map(|x| format!("{:6.2}", 100.0 * x)).unwrap_or_else(|| "     -".into());
         println!(
