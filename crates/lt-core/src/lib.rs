@@ -18,6 +18,8 @@
 //! - [`progress`]: progress reporting through `tracing` (bars on a terminal, log lines otherwise).
 
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod artifact;
 pub mod atomic;

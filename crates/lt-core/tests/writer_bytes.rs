@@ -3,7 +3,6 @@
 //! refactoring. Regenerate it only for an intended format change: `LT_BLESS=1 cargo test -p lt-core
 //! --test writer_bytes`.
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
