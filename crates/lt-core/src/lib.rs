@@ -8,6 +8,8 @@
 //!   and what was expected) and writing them atomically, including a streaming writer for tensors
 //!   too large to gather in memory;
 //! - [`atomic`]: write-to-temporary-then-rename for any file;
+//! - [`check`]: validated numbers (finite, positive, in a range, ...) with the field named in
+//!   the error;
 //! - [`rng`]: a seeded, checkpointable host random number generator (candle's CPU RNG cannot be
 //!   seeded), with independent streams derived from one seed;
 //! - [`fingerprint`]: stable content hashes used to skip work whose inputs did not change;
@@ -23,6 +25,7 @@
 
 pub mod artifact;
 pub mod atomic;
+pub mod check;
 pub mod fingerprint;
 pub mod memory;
 pub mod optim;
