@@ -12,6 +12,8 @@
 //!   the error;
 //! - [`rng`]: a seeded, checkpointable host random number generator (candle's CPU RNG cannot be
 //!   seeded), with independent streams derived from one seed;
+//! - [`lock`]: an exclusive lock per run directory naming its holder, and the cleanup of
+//!   temporaries left by dead writers;
 //! - [`fingerprint`]: stable content hashes used to skip work whose inputs did not change;
 //! - [`split`]: the split artifact (training subset, class counts, shot groups), read by all stages;
 //! - [`optim`]: SGD with momentum, Nesterov and weight decay (PyTorch semantics);
@@ -27,6 +29,7 @@ pub mod artifact;
 pub mod atomic;
 pub mod check;
 pub mod fingerprint;
+pub mod lock;
 pub mod memory;
 pub mod optim;
 pub mod progress;
