@@ -122,12 +122,12 @@ pub fn parse_records(
     source: &Path,
 ) -> Result<(Vec<u8>, Vec<u32>)> {
     let rl = variant.record_len();
-    if bytes.len() != rl * records {
-        return Err(DataError::Size {
-            path: source.to_path_buf(),
-            expected: format!("{} bytes ({records} records of {rl} bytes)", rl * records),
-            found: bytes.len() as u64,
-        });
+    let expected = match rl.checked_mul(records) {
+        Some(n) => format!("{n} bytes ({records} records of {rl} bytes)"),
+        None => format!("{records} records of {rl} bytes, more than this machine can address"),
+    };
+    if Some(bytes.len()) != rl.checked_mul(records) {
+        return Err(DataError::Size { path: source.to_path_buf(), expected, found: bytes.len() as u64 });
     }
     let mut pixels = Vec::with_capacity(records * 3072);
     let mut labels = Vec::with_capacity(records);
@@ -323,5 +323,26 @@ pub fn load(
     match source {
         CifarSource::Dir(d) => load_dir(&d, variant),
         CifarSource::Archive(a) => load_archive(&a, variant),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `cifar` fuzz target: a record count whose byte size overflows panicked.
+    #[test]
+    fn a_record_count_whose_size_overflows_is_a_size_error() {
+        let p = Path::new("data_batch_1.bin");
+        for (variant, records) in
+            [(CifarVariant::Cifar10, usize::MAX), (CifarVariant::Cifar100, usize::MAX / 1000)]
+        {
+            let err = parse_records(&[0; 3073], variant, records, p).unwrap_err();
+            assert!(matches!(err, DataError::Size { found: 3073, .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("data_batch_1.bin") && msg.contains("more than this machine"), "{msg}");
+        }
+        let err = parse_records(&[0; 3073], CifarVariant::Cifar10, 2, p).unwrap_err().to_string();
+        assert!(err.contains("3073 bytes, expected 6146 bytes (2 records of 3073 bytes)"), "{err}");
     }
 }
