@@ -24,6 +24,21 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     }
 }
 
+/// The writer's process id and counter of a temporary name made by [`temp_sibling`]
+/// (`.<name>.partial-<pid>-<n>`), or `None` for any other file name.
+pub fn parse_temp_name(file_name: &str) -> Option<(u32, u64)> {
+    let (head, tail) = file_name.strip_prefix('.')?.rsplit_once(".partial-")?;
+    if head.is_empty() {
+        return None;
+    }
+    let (pid, n) = tail.split_once('-')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
+    Some((pid.parse().ok()?, n.parse().ok()?))
+}
+
 /// Writes `path` atomically: `write` fills a buffered writer on a temporary sibling, which is
 /// synced and renamed over `path` only when `write` succeeds.
 pub fn write_atomic<F>(path: &Path, write: F) -> io::Result<()>
@@ -114,6 +129,30 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"first");
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 1, "temporary left behind: {names:?}");
+    }
+
+    #[test]
+    fn temporary_names_parse_back_and_nothing_else_does() {
+        let tmp = temp_sibling(Path::new("run/split.safetensors"));
+        let name = tmp.file_name().unwrap().to_str().unwrap();
+        let (pid, _) = parse_temp_name(name).unwrap();
+        assert_eq!(pid, std::process::id());
+        assert_eq!(parse_temp_name(".a.partial-12-3"), Some((12, 3)));
+        // A name that itself contains `.partial-`: the last one counts.
+        assert_eq!(parse_temp_name(".x.partial-1-2.partial-34-5"), Some((34, 5)));
+        for other in [
+            "a.partial-12-3",
+            "..partial-12-3",
+            ".a.partial-12",
+            ".a.partial--3",
+            ".a.partial-12-",
+            ".a.partial-1x-3",
+            ".a.partial-12-3-4",
+            ".a.partial-99999999999-3",
+            "split.safetensors",
+        ] {
+            assert_eq!(parse_temp_name(other), None, "{other}");
+        }
     }
 
     #[test]

@@ -8,8 +8,12 @@
 //!   and what was expected) and writing them atomically, including a streaming writer for tensors
 //!   too large to gather in memory;
 //! - [`atomic`]: write-to-temporary-then-rename for any file;
+//! - [`check`]: validated numbers (finite, positive, in a range, ...) with the field named in
+//!   the error;
 //! - [`rng`]: a seeded, checkpointable host random number generator (candle's CPU RNG cannot be
 //!   seeded), with independent streams derived from one seed;
+//! - [`lock`]: an exclusive lock per run directory naming its holder, and the cleanup of
+//!   temporaries left by dead writers;
 //! - [`fingerprint`]: stable content hashes used to skip work whose inputs did not change;
 //! - [`split`]: the split artifact (training subset, class counts, shot groups), read by all stages;
 //! - [`formats`]: the other artifact formats between stages (features, heads, predictions), one
@@ -20,11 +24,15 @@
 //! - [`progress`]: progress reporting through `tracing` (bars on a terminal, log lines otherwise).
 
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 pub mod artifact;
 pub mod atomic;
+pub mod check;
 pub mod fingerprint;
 pub mod formats;
+pub mod lock;
 pub mod memory;
 pub mod optim;
 pub mod progress;

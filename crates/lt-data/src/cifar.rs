@@ -11,6 +11,12 @@ use crate::dataset::ImageSet;
 use crate::download::{download_verified, extract_tar_gz_atomic, read_tar_gz_members, RemoteFile};
 use crate::error::{io_err, DataError, Result};
 
+/// Records in the test file of either variant.
+const TEST_RECORDS: usize = 10_000;
+
+/// Largest class-names file read from an archive (CIFAR-100's is about 1 KiB).
+const NAMES_FILE_MAX: u64 = 1 << 16;
+
 /// Official location of the archives.
 pub const DEFAULT_MIRROR: &str = "https://www.cs.toronto.edu/~kriz";
 
@@ -122,12 +128,12 @@ pub fn parse_records(
     source: &Path,
 ) -> Result<(Vec<u8>, Vec<u32>)> {
     let rl = variant.record_len();
-    if bytes.len() != rl * records {
-        return Err(DataError::Size {
-            path: source.to_path_buf(),
-            expected: format!("{} bytes ({records} records of {rl} bytes)", rl * records),
-            found: bytes.len() as u64,
-        });
+    let expected = match rl.checked_mul(records) {
+        Some(n) => format!("{n} bytes ({records} records of {rl} bytes)"),
+        None => format!("{records} records of {rl} bytes, more than this machine can address"),
+    };
+    if Some(bytes.len()) != rl.checked_mul(records) {
+        return Err(DataError::Size { path: source.to_path_buf(), expected, found: bytes.len() as u64 });
     }
     let mut pixels = Vec::with_capacity(records * 3072);
     let mut labels = Vec::with_capacity(records);
@@ -199,7 +205,7 @@ fn assemble(
         })
     };
     let train = build(variant.train_files(), variant.records_per_train_file())?;
-    let test = build(&[variant.test_file()], 10_000)?;
+    let test = build(&[variant.test_file()], TEST_RECORDS)?;
     Ok(CifarSplits { train, test })
 }
 
@@ -224,10 +230,19 @@ pub fn load_dir(dir: &Path, variant: CifarVariant) -> Result<CifarSplits> {
 
 /// Reads CIFAR straight from the official `.tar.gz` archive (no extraction).
 pub fn load_archive(archive: &Path, variant: CifarVariant) -> Result<CifarSplits> {
-    let mut wanted: Vec<&str> = variant.train_files().to_vec();
-    wanted.push(variant.test_file());
-    wanted.push(variant.names_file());
-    let mut members = read_tar_gz_members(archive, |n| wanted.contains(&n))?;
+    let rl = variant.record_len() as u64;
+    let want = |name: &str| {
+        if variant.train_files().contains(&name) {
+            Some(rl * variant.records_per_train_file() as u64)
+        } else if name == variant.test_file() {
+            Some(rl * TEST_RECORDS as u64)
+        } else if name == variant.names_file() {
+            Some(NAMES_FILE_MAX)
+        } else {
+            None
+        }
+    };
+    let mut members = read_tar_gz_members(archive, want)?;
     assemble(variant, |name| match members.iter().position(|(n, _)| n == name) {
         Some(i) => {
             let (n, bytes) = members.swap_remove(i);
@@ -323,5 +338,73 @@ pub fn load(
     match source {
         CifarSource::Dir(d) => load_dir(&d, variant),
         CifarSource::Archive(a) => load_archive(&a, variant),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the `cifar` fuzz target: a record count whose byte size overflows panicked.
+    #[test]
+    fn a_record_count_whose_size_overflows_is_a_size_error() {
+        let p = Path::new("data_batch_1.bin");
+        for (variant, records) in
+            [(CifarVariant::Cifar10, usize::MAX), (CifarVariant::Cifar100, usize::MAX / 1000)]
+        {
+            let err = parse_records(&[0; 3073], variant, records, p).unwrap_err();
+            assert!(matches!(err, DataError::Size { found: 3073, .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("data_batch_1.bin") && msg.contains("more than this machine"), "{msg}");
+        }
+        let err = parse_records(&[0; 3073], CifarVariant::Cifar10, 2, p).unwrap_err().to_string();
+        assert!(err.contains("3073 bytes, expected 6146 bytes (2 records of 3073 bytes)"), "{err}");
+    }
+
+    /// A `.tar.gz` holding one member whose header announces `size` bytes, followed by `data`.
+    fn archive_with_header_size(dir: &Path, name: &str, size: u64, data: &[u8]) -> PathBuf {
+        use std::io::Write;
+        let mut h = tar::Header::new_gnu();
+        h.set_path(name).unwrap();
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(h.as_bytes()).unwrap();
+        gz.write_all(data).unwrap();
+        let path = dir.join("cifar-10-binary.tar.gz");
+        std::fs::write(&path, gz.finish().unwrap()).unwrap();
+        path
+    }
+
+    /// The archive reader reserved `Vec::with_capacity(header size)` before reading: a header
+    /// announcing 2^62 bytes aborted the process (allocation failure) instead of an error.
+    #[test]
+    fn an_archive_member_announcing_a_huge_size_is_refused_before_any_allocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let a =
+            archive_with_header_size(dir.path(), "cifar-10-batches-bin/test_batch.bin", 1 << 62, &[0; 64]);
+        let err = load_archive(&a, CifarVariant::Cifar10).unwrap_err();
+        assert!(matches!(err, DataError::Format { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("cifar-10-binary.tar.gz") && msg.contains("member test_batch.bin"), "{msg}");
+        assert!(msg.contains(&format!("{} bytes, more than the 30730000 expected", 1u64 << 62)), "{msg}");
+        // An oversized class-names file too.
+        let a = archive_with_header_size(dir.path(), "x/batches.meta.txt", 1 << 20, &[b'a'; 64]);
+        let msg = load_archive(&a, CifarVariant::Cifar10).unwrap_err().to_string();
+        assert!(msg.contains("member batches.meta.txt: 1048576 bytes, more than the 65536"), "{msg}");
+    }
+
+    #[test]
+    fn an_archive_member_shorter_than_its_header_says_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = archive_with_header_size(
+            dir.path(),
+            "cifar-10-batches-bin/test_batch.bin",
+            30_730_000,
+            &[7; 100],
+        );
+        let msg = load_archive(&a, CifarVariant::Cifar10).unwrap_err().to_string();
+        assert!(msg.contains("cifar-10-binary.tar.gz") && msg.contains("test_batch.bin"), "{msg}");
     }
 }

@@ -152,12 +152,24 @@ pub fn extract_tar_gz_atomic(archive: &Path, dest: &Path, strip: usize) -> Resul
     .map_err(|e| if dest.exists() { io_err(dest)(e) } else { fmt_err(e) })
 }
 
-/// Reads every regular member of a `.tar.gz` archive whose file name satisfies `want`, returning
-/// `(file name, bytes)` pairs (used to read CIFAR straight from the official archive).
-pub fn read_tar_gz_members(archive: &Path, want: impl Fn(&str) -> bool) -> Result<Vec<(String, Vec<u8>)>> {
+/// Reads every regular member of a `.tar.gz` archive that `want` accepts, returning `(file name,
+/// bytes)` pairs (used to read CIFAR straight from the official archive).
+///
+/// `want(file name)` returns `None` to skip a member, or `Some(max)`: the largest size in bytes
+/// the caller accepts for it. A member whose header announces more, or whose data ends before
+/// the size its header announces, is an error naming the archive and the member; memory is
+/// reserved only for sizes within `max`, never for what an unchecked header says.
+pub fn read_tar_gz_members(
+    archive: &Path,
+    want: impl Fn(&str) -> Option<u64>,
+) -> Result<Vec<(String, Vec<u8>)>> {
     let fmt_err = |e: io::Error| DataError::Format {
         path: archive.to_path_buf(),
         detail: format!("bad tar.gz archive: {e}"),
+    };
+    let member_err = |name: &str, detail: String| DataError::Format {
+        path: archive.to_path_buf(),
+        detail: format!("member {name}: {detail}"),
     };
     let file = File::open(archive).map_err(io_err(archive))?;
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(file));
@@ -173,11 +185,18 @@ pub fn read_tar_gz_members(archive: &Path, want: impl Fn(&str) -> bool) -> Resul
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        if want(&name) {
-            let mut buf = Vec::with_capacity(entry.size() as usize);
-            entry.read_to_end(&mut buf).map_err(fmt_err)?;
-            out.push((name, buf));
+        let Some(max) = want(&name) else { continue };
+        let size = entry.size();
+        if size > max {
+            return Err(member_err(&name, format!("{size} bytes, more than the {max} expected")));
         }
+        let len = usize::try_from(size).map_err(|_| member_err(&name, format!("{size} bytes")))?;
+        let mut buf = Vec::with_capacity(len);
+        entry.read_to_end(&mut buf).map_err(fmt_err)?;
+        if buf.len() != len {
+            return Err(member_err(&name, format!("truncated: {} of {size} bytes", buf.len())));
+        }
+        out.push((name, buf));
     }
     Ok(out)
 }

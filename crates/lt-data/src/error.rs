@@ -61,6 +61,15 @@ pub enum DataError {
         /// The decoder's message.
         detail: String,
     },
+    /// An image decodes but cannot be transformed: it has no pixels, or its aspect ratio is so
+    /// extreme that resizing it would allocate more than [`crate::files::MAX_RESIZED_PIXELS`].
+    #[error("{path}: cannot transform image: {detail}")]
+    ImageShape {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// A downloaded file does not have the published checksum.
     #[error("{path}: checksum mismatch: expected {algorithm} {expected}, found {found}")]
     Checksum {

@@ -105,6 +105,30 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
     Ok(img.to_rgb8())
 }
 
+/// Most pixels the evaluation transform resizes an image to before its centre crop (2^26, about
+/// 200 MB of RGB): a shorter side of 256 leaves room for aspect ratios up to 1,024.
+pub const MAX_RESIZED_PIXELS: u64 = 1 << 26;
+
+/// `(width, height)` of a `w` x `h` image whose shorter side is resized to `resize` (the longer
+/// side keeps the aspect ratio, rounded down), or why it cannot be: no pixels, or more than
+/// [`MAX_RESIZED_PIXELS`] (a sliver of an image would otherwise allocate gigabytes).
+pub fn eval_resize_dims(w: u32, h: u32, resize: u32) -> std::result::Result<(u32, u32), String> {
+    if w == 0 || h == 0 {
+        return Err(format!("a {w}x{h} image has no pixels"));
+    }
+    let (w64, h64, r) = (w as u64, h as u64, resize as u64);
+    // Each product is below 2^64: all three factors are below 2^32.
+    let (nw, nh) = if w <= h { (r, r * h64 / w64) } else { (r * w64 / h64, r) };
+    if nw as u128 * nh as u128 > MAX_RESIZED_PIXELS as u128 {
+        return Err(format!(
+            "a {w}x{h} image resized to a shorter side of {resize} is {nw}x{nh} pixels, more than \
+             {MAX_RESIZED_PIXELS}: its aspect ratio is too extreme"
+        ));
+    }
+    // Both sides are at most MAX_RESIZED_PIXELS (the shorter one is `resize`, or both are 0).
+    Ok((nw as u32, nh as u32))
+}
+
 /// torchvision's `RandomResizedCrop.get_params`: `(top, left, height, width)` of the crop.
 pub fn random_resized_crop_params(
     w: u32,
@@ -205,11 +229,8 @@ impl Dataset for ImageFileDataset {
             (resized, flip)
         } else {
             let e = &self.eval;
-            let (nw, nh) = if w <= h {
-                (e.resize, ((e.resize as u64 * h as u64) / w as u64) as u32)
-            } else {
-                (((e.resize as u64 * w as u64) / h as u64) as u32, e.resize)
-            };
+            let (nw, nh) = eval_resize_dims(w, h, e.resize)
+                .map_err(|detail| DataError::ImageShape { path: self.path(index), detail })?;
             let resized = image::imageops::resize(&img, nw, nh, FilterType::Triangle);
             let crop = e.crop.min(nw).min(nh);
             let top = ((nh - crop) as f64 / 2.0).round() as u32;
@@ -234,6 +255,47 @@ impl Dataset for ImageFileDataset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn png(dir: &Path, w: u32, h: u32) -> PathBuf {
+        let p = dir.join(format!("{w}x{h}.png"));
+        image::GrayImage::from_pixel(w, h, image::Luma([100])).save(&p).unwrap();
+        p
+    }
+
+    fn dataset(entries: Vec<ImageEntry>, resize: u32, crop: u32) -> ImageFileDataset {
+        let eval = EvalTransform { resize, crop };
+        let train = TrainTransform::standard(crop, None);
+        ImageFileDataset::new(PathBuf::new(), entries, 1, train, eval, Normalize::imagenet())
+    }
+
+    /// Found by the `folder` fuzz target: the evaluation transform of a 1 x 48,907 image with
+    /// `resize` 251 allocated 9.2 GB (a 251 x 12,275,657 RGB image) before its centre crop.
+    #[test]
+    fn a_sliver_image_is_refused_by_the_eval_transform_instead_of_allocating_gigabytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = png(dir.path(), 1, 48_907);
+        let ds = dataset(vec![ImageEntry { path: path.clone(), label: 0 }], 251, 8);
+        let mut out = vec![0f32; ds.sample_len()];
+        let err = ds.load_into(0, false, &mut Rng::new(0), &mut out).unwrap_err();
+        assert!(matches!(err, DataError::ImageShape { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("1x48907.png") && msg.contains("251x12275657 pixels"), "{msg}");
+        // The training transform crops before it resizes: it stays within bounds.
+        ds.load_into(0, true, &mut Rng::new(0), &mut out).unwrap();
+    }
+
+    #[test]
+    fn eval_resize_dims_keep_the_aspect_ratio_and_refuse_what_cannot_fit() {
+        assert_eq!(eval_resize_dims(500, 375, 256), Ok((341, 256)));
+        assert_eq!(eval_resize_dims(375, 500, 256), Ok((256, 341)));
+        assert_eq!(eval_resize_dims(300, 300, 32), Ok((32, 32)));
+        // Aspect ratio 1,024 at 256 is exactly the limit; one more pixel is past it.
+        assert_eq!(eval_resize_dims(1024, 1, 256), Ok((262_144, 256)));
+        assert!(eval_resize_dims(1025, 1, 256).unwrap_err().contains("too extreme"));
+        assert!(eval_resize_dims(u32::MAX, 1, u32::MAX).unwrap_err().contains("too extreme"));
+        assert!(eval_resize_dims(0, 10, 256).unwrap_err().contains("no pixels"));
+        assert_eq!(eval_resize_dims(10, 20, 0), Ok((0, 0)));
+    }
 
     #[test]
     fn random_resized_crop_stays_inside_and_respects_ranges() {

@@ -126,11 +126,17 @@ pub fn parse_idx(bytes: &[u8], expected_ndim: usize, source: &Path) -> Result<Id
     let dims: Vec<usize> = (0..expected_ndim)
         .map(|i| u32::from_be_bytes(raw[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
         .collect();
-    let n: usize = dims.iter().product();
-    if raw.len() != header + n {
+    // The dimensions come from the file: their product may overflow (unless one of them is 0).
+    let product =
+        if dims.contains(&0) { Some(0) } else { dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d)) };
+    let total = product.and_then(|n| n.checked_add(header));
+    let Some(total) = total else {
+        return Err(fmt(format!("dimensions {dims:?} describe more bytes than this machine can address")));
+    };
+    if raw.len() != total {
         return Err(DataError::Size {
             path: source.to_path_buf(),
-            expected: format!("{} bytes ({header}-byte header + {dims:?} bytes)", header + n),
+            expected: format!("{total} bytes ({header}-byte header + {dims:?} bytes)"),
             found: raw.len() as u64,
         });
     }
@@ -233,4 +239,33 @@ pub fn load(
     let train = load_pair(&paths[0], &paths[1], names.clone())?;
     let test = load_pair(&paths[2], &paths[3], names)?;
     Ok((train, test))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn idx(dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8, 0, 0x08, dims.len() as u8];
+        for d in dims {
+            out.extend_from_slice(&d.to_be_bytes());
+        }
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// Found by the `idx` fuzz target: dimensions whose product overflows `usize` panicked.
+    #[test]
+    fn dimensions_whose_product_overflows_are_a_format_error() {
+        let p = Path::new("huge-idx3-ubyte");
+        for dims in [[u32::MAX, u32::MAX, u32::MAX], [u32::MAX, u32::MAX, 2], [1 << 31, 1 << 31, 1 << 31]] {
+            let err = parse_idx(&idx(&dims, &[0; 4]), 3, p).unwrap_err();
+            assert!(matches!(err, DataError::Format { .. }), "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains("huge-idx3-ubyte") && msg.contains("more bytes than"), "{msg}");
+        }
+        // A zero dimension makes the product zero whatever the others are.
+        let ok = parse_idx(&idx(&[u32::MAX, u32::MAX, u32::MAX, 0], &[]), 4, p).unwrap();
+        assert_eq!((ok.dims[3], ok.data.len()), (0, 0));
+    }
 }

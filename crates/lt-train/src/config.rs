@@ -1,5 +1,8 @@
 //! Stage-1 configuration.
 
+use std::ops::Bound;
+
+use lt_core::check::{self, CheckError};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, TrainError};
@@ -98,42 +101,108 @@ impl TrainConfig {
         }
     }
 
-    /// Checks the configuration.
+    /// Checks the configuration; each numeric field is named as in a preset's `[train]` section
+    /// (`train.lr must be a finite number > 0, got NaN`).
     pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(TrainError::Config(m));
-        if self.epochs == 0 || self.batch_size == 0 {
-            return bad("epochs and batch size must be positive".into());
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite())
-            || self.weight_decay < 0.0
-            || !(0.0..1.0).contains(&self.momentum)
-        {
-            return bad(format!(
-                "lr {} / weight decay {} / momentum {} out of range",
-                self.lr, self.weight_decay, self.momentum
-            ));
-        }
-        if self.warmup_epochs >= self.epochs {
-            return bad(format!(
-                "warm-up ({}) must be shorter than training ({} epochs)",
-                self.warmup_epochs, self.epochs
-            ));
-        }
+        self.check_numbers().map_err(|e| TrainError::Config(e.to_string()))?;
         if let Some(s) = &self.swa {
             if s.start <= self.warmup_epochs || s.start >= self.epochs {
-                return bad(format!(
+                return Err(TrainError::Config(format!(
                     "swa start {} must lie after the warm-up ({}) and before the last epoch ({})",
                     s.start, self.warmup_epochs, self.epochs
-                ));
-            }
-            if !(s.lr > 0.0 && s.lr <= self.lr) {
-                return bad(format!("swa lr {} must be in (0, lr = {}]", s.lr, self.lr));
-            }
-            if s.collect_every_steps == Some(0) {
-                return bad("collect_every_steps must be positive".into());
+                )));
             }
         }
         lt_models::arch::parse_family(&self.arch)?;
         Ok(())
+    }
+
+    /// The rules on single numeric fields and on the warm-up length.
+    fn check_numbers(&self) -> check::Result {
+        check::non_zero("train.epochs", self.epochs as u64)?;
+        check::non_zero("train.batch_size", self.batch_size as u64)?;
+        check::positive("train.lr", self.lr)?;
+        check::in_range("train.momentum", self.momentum, 0.0..1.0)?;
+        check::non_negative("train.weight_decay", self.weight_decay)?;
+        if self.warmup_epochs >= self.epochs {
+            let expected = format!("shorter than training (train.epochs = {})", self.epochs);
+            return Err(CheckError::new("train.warmup_epochs", expected, self.warmup_epochs));
+        }
+        if let Some(s) = &self.swa {
+            check::in_range("train.swa.lr", s.lr, (Bound::Excluded(0.0), Bound::Included(self.lr)))?;
+            if let Some(n) = s.collect_every_steps {
+                check::non_zero("train.swa.collect_every_steps", n as u64)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(cfg: &TrainConfig) -> String {
+        match cfg.validate() {
+            Err(TrainError::Config(m)) => m,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    fn with(f: impl FnOnce(&mut TrainConfig)) -> TrainConfig {
+        let mut cfg = TrainConfig::cifar_lt();
+        f(&mut cfg);
+        cfg
+    }
+
+    #[test]
+    fn the_reference_recipe_is_valid() {
+        TrainConfig::cifar_lt().validate().unwrap();
+        with(|c| c.weight_decay = 0.0).validate().unwrap();
+        with(|c| c.momentum = 0.0).validate().unwrap();
+        with(|c| c.swa.as_mut().unwrap().lr = c.lr).validate().unwrap();
+    }
+
+    #[test]
+    fn each_numeric_field_is_checked_and_named() {
+        let cases: Vec<(TrainConfig, &str)> = vec![
+            (with(|c| c.epochs = 0), "train.epochs must be an integer >= 1, got 0"),
+            (with(|c| c.batch_size = 0), "train.batch_size must be an integer >= 1, got 0"),
+            (with(|c| c.lr = f64::NAN), "train.lr must be a finite number > 0, got NaN"),
+            (with(|c| c.lr = 0.0), "train.lr must be a finite number > 0, got 0"),
+            (with(|c| c.lr = f64::INFINITY), "train.lr must be a finite number > 0, got inf"),
+            (with(|c| c.momentum = 1.0), "train.momentum must be a finite number in [0, 1), got 1"),
+            (with(|c| c.momentum = f64::NAN), "train.momentum must be a finite number in [0, 1), got NaN"),
+            (with(|c| c.weight_decay = -1.0), "train.weight_decay must be a finite number >= 0, got -1"),
+            // NaN passed the old `weight_decay < 0.0` test.
+            (with(|c| c.weight_decay = f64::NAN), "train.weight_decay must be a finite number >= 0, got NaN"),
+            (
+                with(|c| c.warmup_epochs = 200),
+                "train.warmup_epochs must be shorter than training (train.epochs = 200), got 200",
+            ),
+            (
+                with(|c| c.swa.as_mut().unwrap().lr = 0.2),
+                "train.swa.lr must be a finite number in (0, 0.1], got 0.2",
+            ),
+            (
+                with(|c| c.swa.as_mut().unwrap().lr = 0.0),
+                "train.swa.lr must be a finite number in (0, 0.1], got 0",
+            ),
+            (
+                with(|c| c.swa.as_mut().unwrap().lr = f64::NAN),
+                "train.swa.lr must be a finite number in (0, 0.1], got NaN",
+            ),
+            (
+                with(|c| c.swa.as_mut().unwrap().collect_every_steps = Some(0)),
+                "train.swa.collect_every_steps must be an integer >= 1, got 0",
+            ),
+            (
+                with(|c| c.swa.as_mut().unwrap().start = 200),
+                "swa start 200 must lie after the warm-up (5) and before the last epoch (200)",
+            ),
+        ];
+        for (cfg, want) in cases {
+            assert_eq!(refused(&cfg), want);
+        }
     }
 }
