@@ -48,10 +48,27 @@ pub fn overlay<T: Serialize + DeserializeOwned>(base: &T, parsed: &T, matches: &
         }
         if let Some(path) = find(&flags, id.as_str()) {
             let value = get(&flags, &path).cloned().unwrap_or(Value::Null);
+            refuse_non_finite(matches, id.as_str(), &value)?;
             set(&mut merged, &path, value);
         }
     }
     serde_json::from_value(merged).context("combining the preset with the command-line flags")
+}
+
+/// A flag given on the command line whose value came out as JSON `null` (alone or in a list)
+/// held NaN or an infinity, which JSON cannot carry: refused here, naming the flag, rather than
+/// read back as "not set".
+fn refuse_non_finite(matches: &ArgMatches, id: &str, value: &Value) -> Result<()> {
+    let has_null = value.is_null() || value.as_array().is_some_and(|a| a.iter().any(Value::is_null));
+    if !has_null {
+        return Ok(());
+    }
+    let raw: Vec<String> = matches
+        .get_raw(id)
+        .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    let flag = format!("--{}", id.replace('_', "-"));
+    Err(lt_core::check::CheckError::new(flag, "a finite number", raw.join(",")).into())
 }
 
 /// Every leaf key of a JSON object tree, for the uniqueness check.
@@ -92,5 +109,21 @@ mod tests {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), n);
+    }
+
+    #[test]
+    fn a_non_finite_flag_is_refused_by_name_not_read_as_unset() {
+        let base = lt_retrain::RetrainConfig::default();
+        for (args, msg) in [
+            (vec!["t", "--lambda", "NaN"], "--lambda must be a finite number, got NaN"),
+            (vec!["t", "--rho", "inf"], "--rho must be a finite number, got inf"),
+            (vec!["t", "--tau-grid", "1,NaN"], "--tau-grid must be a finite number, got 1,NaN"),
+        ] {
+            let cmd = lt_retrain::RetrainConfig::augment_args(Command::new("t"));
+            let m = cmd.try_get_matches_from(args).unwrap();
+            let parsed = lt_retrain::RetrainConfig::from_arg_matches(&m).unwrap();
+            let err = overlay(&base, &parsed, &m).unwrap_err().to_string();
+            assert_eq!(err, msg);
+        }
     }
 }

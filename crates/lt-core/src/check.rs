@@ -87,6 +87,13 @@ pub fn int_in_range(field: &str, value: i64, range: impl RangeBounds<i64>) -> Re
     rule(range.contains(&value), field, || format!("an integer in {}", interval(&range)), value)
 }
 
+/// `values` is a non-empty list whose every element passes `each` (a grid of candidate values):
+/// `check::each("select.tau_grid", &grid, check::non_negative)`.
+pub fn each<T: Copy>(field: &str, values: &[T], each: impl Fn(&str, T) -> Result) -> Result {
+    rule(!values.is_empty(), field, || "a non-empty list".into(), "[]")?;
+    values.iter().try_for_each(|&v| each(field, v))
+}
+
 /// A range in interval notation: `[0, 1)`, `(0, 0.5]`, `[1, inf)`.
 fn interval<T: Display>(range: &impl RangeBounds<T>) -> String {
     let start = match range.start_bound() {
@@ -110,6 +117,19 @@ mod tests {
 
     fn message(r: Result) -> String {
         r.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn each_refuses_empty_lists_and_any_bad_element() {
+        each("g", &[0.0, 1.5], non_negative).unwrap();
+        assert_eq!(
+            message(each("s.grid", &[] as &[f64], non_negative)),
+            "s.grid must be a non-empty list, got []"
+        );
+        assert_eq!(
+            message(each("s.grid", &[0.5, f64::NAN], non_negative)),
+            "s.grid must be a finite number >= 0, got NaN"
+        );
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub struct RunLock {
     dir: PathBuf,
     file: File,
     holder: Holder,
+    /// Whether `acquire` created the directory (removed again on drop if nothing else was put
+    /// in it, so a refused command leaves no trace).
+    created: bool,
 }
 
 impl RunLock {
@@ -91,6 +94,7 @@ impl RunLock {
     /// [`RunLock`] (in this or another process) holds `dir`; [`LockError::Io`] when the directory
     /// or its lock file cannot be created or written.
     pub fn acquire(dir: &Path, command_line: impl Into<String>) -> Result<Self> {
+        let created = !dir.exists();
         fs::create_dir_all(dir).map_err(io_err(dir))?;
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
@@ -115,7 +119,21 @@ impl RunLock {
             file.sync_data()
         })();
         record.map_err(io_err(&path))?;
-        Ok(Self { dir: dir.to_path_buf(), file, holder })
+        Ok(Self { dir: dir.to_path_buf(), file, holder, created })
+    }
+
+    /// Locks `dir` (created when missing) for this process's command line, then removes the
+    /// temporaries dead writers left under it (each logged): the start of every command that
+    /// writes into a run directory.
+    ///
+    /// # Errors
+    /// As [`RunLock::acquire`] and [`clean_stale_partials`].
+    pub fn acquire_and_clean(dir: &Path) -> Result<Self> {
+        let lock = Self::acquire(dir, command_line())?;
+        for path in clean_stale_partials(dir)? {
+            tracing::info!("removed {}, left by a writer that no longer runs", path.display());
+        }
+        Ok(lock)
     }
 
     /// The holder of `dir`'s lock, or `None` when nobody holds it.
@@ -155,7 +173,23 @@ impl Drop for RunLock {
     fn drop(&mut self) {
         // Empty the record while still holding the lock; closing the file releases it.
         let _ = self.file.set_len(0);
+        // A directory this lock created and nothing else filled (the command failed before
+        // writing) is removed: the lock file first, then the directory if it is empty.
+        let only_lock = || {
+            fs::read_dir(&self.dir)
+                .map(|entries| entries.flatten().all(|e| e.file_name() == LOCK_FILE))
+                .unwrap_or(false)
+        };
+        if self.created && only_lock() {
+            let _ = fs::remove_file(self.dir.join(LOCK_FILE));
+            let _ = fs::remove_dir(&self.dir);
+        }
     }
+}
+
+/// This process's command line, as recorded in lock files.
+pub fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
 }
 
 /// The holder recorded in an open lock file; retried briefly, since a new holder writes its
@@ -283,6 +317,21 @@ mod tests {
         assert_eq!(RunLock::holder_of(&run).unwrap(), None);
         let second = RunLock::acquire(&run, "lt extract --run run").unwrap();
         assert_eq!(second.holder().command, "lt extract --run run");
+    }
+
+    #[test]
+    fn a_directory_the_lock_created_goes_if_left_empty_and_stays_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let (empty, used, existing) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+        drop(RunLock::acquire(&empty, "refused").unwrap());
+        assert!(!empty.exists());
+        let lock = RunLock::acquire(&used, "wrote").unwrap();
+        fs::write(used.join("out.txt"), "x").unwrap();
+        drop(lock);
+        assert!(used.join("out.txt").exists() && used.join(LOCK_FILE).exists());
+        fs::create_dir(&existing).unwrap();
+        drop(RunLock::acquire(&existing, "refused").unwrap());
+        assert!(existing.join(LOCK_FILE).exists(), "a directory found is left as found, lock file aside");
     }
 
     /// Run by [`a_lock_held_by_another_process_is_refused_and_freed_when_it_dies`] in a child

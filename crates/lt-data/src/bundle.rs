@@ -231,13 +231,10 @@ impl DataBundle {
     }
 }
 
+/// Where a data set's files are looked for: the data root given (only there), else the
+/// project's data directory.
 fn search_roots(opts: &DataOptions) -> Vec<PathBuf> {
-    let mut r = Vec::new();
-    if let Some(d) = &opts.data_root {
-        r.push(d.clone());
-    }
-    r.push(opts.project_data.clone());
-    r
+    vec![opts.data_root.clone().unwrap_or_else(|| opts.project_data.clone())]
 }
 
 fn download_root(opts: &DataOptions) -> PathBuf {
@@ -287,6 +284,15 @@ fn in_memory(set: ImageSet, train: bool, opts: &DataOptions, norm: &Normalize) -
 /// Loads a named data set as a [`DataBundle`].
 pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
     let rho = opts.imbalance.or(name.default_imbalance());
+    if let Some(root) = &opts.data_root {
+        // A data root given is the only place looked at: a typo must not fall back to another copy.
+        if name != DatasetName::Synthetic && !opts.download && !root.is_dir() {
+            return Err(DataError::Invalid(format!(
+                "--data-root {}: no such directory (give the folder holding the data set's files, or add --download)",
+                root.display()
+            )));
+        }
+    }
     match name {
         DatasetName::Synthetic => synthetic_bundle(opts, rho.unwrap_or(100.0)),
         DatasetName::FmnistLt | DatasetName::MnistLt => idx_bundle(name, opts, rho.unwrap_or(100.0)),

@@ -103,6 +103,9 @@ pub enum DataError {
     /// A caller passed an invalid argument (unknown data set, bad ratio, empty class).
     #[error("{0}")]
     Invalid(String),
+    /// A numeric setting outside its rule (names the field).
+    #[error(transparent)]
+    Check(#[from] lt_core::check::CheckError),
     /// An invalid sampler.
     #[error(transparent)]
     Sampler(#[from] lt_core::sampler::SamplerError),

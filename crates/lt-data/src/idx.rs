@@ -184,13 +184,16 @@ pub fn load_pair(images: &Path, labels: &Path, class_names: Vec<String>) -> Resu
     })
 }
 
-/// The directories searched for a variant, in order: `<explicit>`, `<explicit>/<name>`,
-/// `<project>/<name>`, and for Fashion-MNIST the Debian package directory.
+/// The directories searched for a variant, in order: with a data root given, `<explicit>` and
+/// `<explicit>/<name>` only; otherwise `<project>/<name>` and, for Fashion-MNIST, the Debian
+/// package directory.
 pub fn search_dirs(variant: IdxVariant, explicit: Option<&Path>, project_data: &Path) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     if let Some(e) = explicit {
+        // Only there: a data root given never falls back to another copy.
         dirs.push(e.to_path_buf());
         dirs.push(e.join(variant.dir_name()));
+        return dirs;
     }
     dirs.push(project_data.join(variant.dir_name()));
     if variant == IdxVariant::FashionMnist {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use lt_core::check;
+
 use crate::bundle::{load_bundle, DataBundle, DataOptions, DatasetName};
 use crate::error::Result;
 
@@ -106,8 +108,32 @@ impl DataSpec {
         o
     }
 
-    /// Loads the data set.
+    /// Checks the numeric fields, each named as in a preset's `[data]` table.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(r) = self.imbalance {
+            check::in_range("data.imbalance", r, 1.0..)?;
+        }
+        if let Some(f) = self.test_fraction {
+            check::in_range("data.test_fraction", f, 0.0..1.0)?;
+        }
+        if let Some(s) = self.image_size {
+            check::non_zero("data.image_size", u64::from(s))?;
+        }
+        if let Some(c) = self.synthetic_classes {
+            check::int_in_range("data.synthetic_classes", c as i64, 2..)?;
+        }
+        if let Some(n) = self.synthetic_n_max {
+            check::non_zero("data.synthetic_n_max", n as u64)?;
+        }
+        if let Some(s) = self.synthetic_size {
+            check::non_zero("data.synthetic_size", s as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the data set (after [`DataSpec::validate`]).
     pub fn load(&self, mirror: Option<String>) -> Result<DataBundle> {
+        self.validate()?;
         load_bundle(self.name()?, &self.options(mirror))
     }
 }
@@ -126,5 +152,23 @@ mod tests {
         assert_eq!(DataSpec::default().name().unwrap(), DatasetName::Synthetic);
         let err = toml::from_str::<DataSpec>("datset = \"x\"").unwrap_err().to_string();
         assert!(err.contains("datset"), "{err}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let bad = |s: DataSpec| s.validate().unwrap_err().to_string();
+        let d = DataSpec::default();
+        assert_eq!(
+            bad(DataSpec { imbalance: Some(0.5), ..d.clone() }),
+            "data.imbalance must be a finite number in [1, inf), got 0.5"
+        );
+        assert!(bad(DataSpec { imbalance: Some(f64::NAN), ..d.clone() }).contains("got NaN"));
+        assert!(bad(DataSpec { test_fraction: Some(1.0), ..d.clone() }).starts_with("data.test_fraction"));
+        assert!(bad(DataSpec { image_size: Some(0), ..d.clone() }).starts_with("data.image_size"));
+        assert!(
+            bad(DataSpec { synthetic_classes: Some(1), ..d.clone() }).starts_with("data.synthetic_classes")
+        );
+        assert!(bad(DataSpec { synthetic_size: Some(0), ..d.clone() }).starts_with("data.synthetic_size"));
+        DataSpec { imbalance: Some(1.0), test_fraction: Some(0.0), ..d }.validate().unwrap();
     }
 }

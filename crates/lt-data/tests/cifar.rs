@@ -116,7 +116,15 @@ fn missing_cifar_names_where_it_looked_and_how_to_get_it() {
         ..Default::default()
     };
     let msg = load_bundle(DatasetName::Cifar10Lt, &opts).err().unwrap().to_string();
-    assert!(msg.contains("mine") && msg.contains("data") && msg.contains("--download"), "{msg}");
+    assert!(msg.contains("mine: no such directory") && msg.contains("--download"), "{msg}");
+    // An existing but empty root is the only place looked at: no fallback to the project copy.
+    std::fs::create_dir_all(tmp.path().join("mine")).unwrap();
+    let msg = load_bundle(DatasetName::Cifar10Lt, &opts).err().unwrap().to_string();
+    assert!(msg.contains("mine") && !msg.contains(&format!("{}/data", tmp.path().display())), "{msg}");
+    // Without a root, the project's data directory is searched and named.
+    let opts = DataOptions { data_root: None, ..opts };
+    let msg = load_bundle(DatasetName::Cifar10Lt, &opts).err().unwrap().to_string();
+    assert!(msg.contains("data") && msg.contains("--download"), "{msg}");
 }
 
 #[test]

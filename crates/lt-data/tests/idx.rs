@@ -37,8 +37,8 @@ fn idx_files_gz_or_raw_and_search_order() {
     write_fmnist(&explicit, 60_000, true);
     write_fmnist(&project.join("fashion-mnist"), 60_000, false);
     let dirs = idx::search_dirs(IdxVariant::FashionMnist, Some(&explicit), &project);
-    assert_eq!(dirs[0], explicit);
-    assert_eq!(dirs.last().unwrap(), &std::path::PathBuf::from(idx::DEBIAN_FASHION_MNIST));
+    // A data root given is the only place looked at (no fallback to another copy).
+    assert_eq!(dirs, vec![explicit.clone(), explicit.join("fashion-mnist")]);
     let (train, test) = idx::load(IdxVariant::FashionMnist, &dirs, None, None).unwrap();
     assert_eq!(
         (train.len(), test.len(), train.height, train.width, train.channels),
@@ -47,6 +47,7 @@ fn idx_files_gz_or_raw_and_search_order() {
     assert_eq!(train.image(1)[0], (784 % 253) as u8);
     // Without the explicit root the project copy (raw IDX) is used and gives the same content.
     let dirs2 = idx::search_dirs(IdxVariant::FashionMnist, None, &project);
+    assert_eq!(dirs2.last().unwrap(), &std::path::PathBuf::from(idx::DEBIAN_FASHION_MNIST));
     let (train2, _) = idx::load(IdxVariant::FashionMnist, &dirs2[..1], None, None).unwrap();
     assert_eq!(train2.pixels, train.pixels);
     // The long-tailed bundle: 6000 ... 60 without a validation set; by default class 0 (all 6000

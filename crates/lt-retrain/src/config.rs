@@ -5,6 +5,7 @@
 //! defaults, unknown keys are refused); `[retrain.srepr]` and `[retrain.select]` hold SRepr's and
 //! the validation selection's settings.
 
+use lt_core::check;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RetrainError};
@@ -174,27 +175,6 @@ impl Default for RetrainConfig {
     }
 }
 
-fn check(ok: bool, field: &str, want: &str, got: impl std::fmt::Display) -> Result<()> {
-    if ok {
-        Ok(())
-    } else {
-        Err(RetrainError::Invalid(format!("retrain.{field} must be {want}, got {got}")))
-    }
-}
-
-fn finite_at_least(field: &str, v: f64, lo: f64) -> Result<()> {
-    check(v.is_finite() && v >= lo, field, &format!("a finite number >= {lo}"), v)
-}
-
-fn positive(field: &str, v: f64) -> Result<()> {
-    check(v.is_finite() && v > 0.0, field, "a finite number > 0", v)
-}
-
-fn grid(field: &str, g: &[f64], each: impl Fn(&str, f64) -> Result<()>) -> Result<()> {
-    check(!g.is_empty(), field, "a non-empty list", "[]")?;
-    g.iter().try_for_each(|&v| each(field, v))
-}
-
 impl RetrainConfig {
     /// The defaults with another method.
     pub fn new(method: MethodKind) -> Self {
@@ -203,41 +183,7 @@ impl RetrainConfig {
 
     /// Checks every setting; the error names the field and what was expected.
     pub fn validate(&self) -> Result<()> {
-        check(self.epochs > 0, "epochs", "at least 1", self.epochs)?;
-        check(self.batch_size > 0, "batch_size", "at least 1", self.batch_size)?;
-        positive("lr", self.lr)?;
-        check(
-            self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum),
-            "momentum",
-            "in [0, 1)",
-            self.momentum,
-        )?;
-        finite_at_least("weight_decay", self.weight_decay, 0.0)?;
-        finite_at_least("rho", self.rho, 0.0)?;
-        if let Some(t) = self.tau {
-            finite_at_least("tau", t, 0.0)?;
-        }
-        let s = &self.select;
-        grid("select.tau_grid", &s.tau_grid, |f, v| finite_at_least(f, v, 0.0))?;
-        grid("select.tau_norm_grid", &s.tau_norm_grid, |f, v| finite_at_least(f, v, 0.0))?;
-        grid("select.lambda_grid", &s.lambda_grid, |f, v| finite_at_least(f, v, 0.0))?;
-        grid("select.convex_grid", &s.convex_grid, |f, v| {
-            check(v.is_finite() && (0.0..=1.0).contains(&v), f, "in [0, 1]", v)
-        })?;
-        grid("select.temperature_grid", &s.temperature_grid, positive)?;
-        let c = &self.srepr;
-        if let Some(l) = c.lambda {
-            finite_at_least("srepr.lambda", l, 0.0)?;
-            if c.objective == Objective::Convex {
-                check(l <= 1.0, "srepr.lambda", "in [0, 1] with the convex objective", l)?;
-            }
-        }
-        if let Some(t) = c.temperature {
-            positive("srepr.temperature", t)?;
-        }
-        if let Some(m) = c.members {
-            check(m > 0, "srepr.members", "at least 1", m)?;
-        }
+        self.check_numbers()?;
         if self.method == MethodKind::Srepr && self.backbone != Backbone::Swa {
             return Err(RetrainError::Invalid(
                 "SRepr distils the SWAG ensemble into SWA: it needs backbone swa".into(),
@@ -247,6 +193,40 @@ impl RetrainConfig {
             return Err(RetrainError::Invalid(
                 "ensemble predictions average the SWAG members around SWA: they need backbone swa".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// The rules on numeric fields, each named as in a preset's `[retrain]` section.
+    fn check_numbers(&self) -> check::Result {
+        check::non_zero("retrain.epochs", self.epochs as u64)?;
+        check::non_zero("retrain.batch_size", self.batch_size as u64)?;
+        check::positive("retrain.lr", self.lr)?;
+        check::in_range("retrain.momentum", self.momentum, 0.0..1.0)?;
+        check::non_negative("retrain.weight_decay", self.weight_decay)?;
+        check::non_negative("retrain.rho", self.rho)?;
+        if let Some(t) = self.tau {
+            check::non_negative("retrain.tau", t)?;
+        }
+        let s = &self.select;
+        check::each("retrain.select.tau_grid", &s.tau_grid, check::non_negative)?;
+        check::each("retrain.select.tau_norm_grid", &s.tau_norm_grid, check::non_negative)?;
+        check::each("retrain.select.lambda_grid", &s.lambda_grid, check::non_negative)?;
+        check::each("retrain.select.convex_grid", &s.convex_grid, check::probability)?;
+        check::each("retrain.select.temperature_grid", &s.temperature_grid, check::positive)?;
+        let c = &self.srepr;
+        if let Some(l) = c.lambda {
+            if c.objective == Objective::Convex {
+                check::probability("retrain.srepr.lambda (convex objective)", l)?;
+            } else {
+                check::non_negative("retrain.srepr.lambda", l)?;
+            }
+        }
+        if let Some(t) = c.temperature {
+            check::positive("retrain.srepr.temperature", t)?;
+        }
+        if let Some(m) = c.members {
+            check::non_zero("retrain.srepr.members", m as u64)?;
         }
         Ok(())
     }

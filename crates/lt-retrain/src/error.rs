@@ -6,6 +6,9 @@ pub enum RetrainError {
     /// Inconsistent or invalid input (lengths, class counts, NaN features, missing splits).
     #[error("{0}")]
     Invalid(String),
+    /// A numeric setting outside its rule (names the field).
+    #[error(transparent)]
+    Check(#[from] lt_core::check::CheckError),
     /// A method name or option that does not exist.
     #[error("{0}")]
     UnknownMethod(String),

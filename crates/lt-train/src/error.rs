@@ -35,6 +35,9 @@ pub enum TrainError {
     /// An artifact error.
     #[error(transparent)]
     Artifact(#[from] lt_core::ArtifactError),
+    /// The run directory is held by another command, or its lock could not be taken.
+    #[error(transparent)]
+    Lock(#[from] lt_core::lock::LockError),
     /// A file error.
     #[error("{path}: {source}")]
     Io {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use candle_core::Device;
 use lt_core::formats::features::{write_values, FeaturesMeta, FeaturesWriter, SampleInfo, SampleKind, Split};
 use lt_core::rng::streams;
-use lt_core::{Artifact, Fingerprint, Rng};
+use lt_core::{check, Artifact, Fingerprint, Rng};
 use lt_data::{DataBundle, Dataset};
 use lt_models::{Model, BACKBONE_FORMAT};
 use lt_swag::Swag;
@@ -59,16 +59,11 @@ impl Default for ExtractConfig {
 impl ExtractConfig {
     /// Checks every setting; the error names the field and what was expected.
     pub fn validate(&self) -> Result<()> {
-        let bad = |field: &str, want: &str, got: String| {
-            Err(TrainError::Config(format!("extract.{field} must be {want}, got {got}")))
+        let numbers = || -> check::Result {
+            check::non_negative("extract.scale", self.scale)?;
+            check::non_zero("extract.batch_size", self.batch_size as u64)
         };
-        if !(self.scale.is_finite() && self.scale >= 0.0) {
-            return bad("scale", "a finite number >= 0", self.scale.to_string());
-        }
-        if self.batch_size == 0 {
-            return bad("batch_size", "at least 1", "0".into());
-        }
-        Ok(())
+        numbers().map_err(|e| TrainError::Config(e.to_string()))
     }
 }
 
@@ -216,6 +211,9 @@ impl Extraction<'_> {
 /// data set the run was trained on. Returns the artifact's path.
 pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &Device) -> Result<PathBuf> {
     cfg.validate()?;
+    // Checked before the lock creates anything, then again under it; held until the end.
+    check_run(dir, data, cfg)?;
+    let _lock = lt_core::lock::RunLock::acquire_and_clean(dir.root())?;
     let (split_fp, run_fp) = check_run(dir, data, cfg)?;
     let fingerprint = extract_fingerprint(&run_fp, cfg);
     let swa = Model::from_artifact(&dir.swa(), device)?;

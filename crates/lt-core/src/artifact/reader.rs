@@ -61,6 +61,10 @@ impl Artifact {
     pub fn open_any(path: &Path) -> Result<Self> {
         let io_err = |source| ArtifactError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io_err)?;
+        if file.metadata().map_err(io_err)?.is_dir() {
+            let reason = "it is a directory".to_string();
+            return Err(ArtifactError::Corrupt { path: path.to_path_buf(), reason });
+        }
         // SAFETY: `Mmap::map` is unsafe because another process could modify or truncate the file
         // while it is mapped, which would change (or, for a truncation, unmap) memory that safe
         // code reads through `&[u8]`. The map is read-only and the project never modifies an

@@ -429,6 +429,15 @@ impl Features {
     /// The stage-1 head of the SGD or SWA backbone: `(weight [C x D], bias [C])`.
     pub fn head(&self, kind: SampleKind) -> Result<(Vec<f32>, Vec<f32>)> {
         let (wk, bk) = head_keys(kind);
-        Ok((self.art.f32(&wk)?, self.art.f32(&bk)?))
+        let finite = |key: &str| -> Result<Vec<f32>> {
+            let v = self.art.f32(key)?;
+            match v.iter().position(|x| !x.is_finite()) {
+                Some(i) => {
+                    Err(self.art.bad_value(key, format!("value {i} is {}, not a finite number", v[i])))
+                }
+                None => Ok(v),
+            }
+        };
+        Ok((finite(&wk)?, finite(&bk)?))
     }
 }
