@@ -34,29 +34,25 @@ const PALETTE: [RGBColor; 6] = [
 
 type DrawResult = std::result::Result<(), Box<dyn std::error::Error>>;
 
-/// A temporary sibling of `path` keeping its extension (the backends pick the format from it).
-fn temp_keeping_extension(path: &Path) -> PathBuf {
-    let name = path.file_stem().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let ext = path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.partial-{}.{ext}", std::process::id()))
-}
-
-/// Draws `draw` into `<stem>.png` and `<stem>.svg`; returns both paths. Each file is drawn into
-/// a temporary sibling and renamed into place, so a failure (a full disk) never leaves a
-/// truncated plot under the final name.
+/// Draws `draw` into `<stem>.png` and `<stem>.svg`; returns both paths. Both files are drawn in
+/// a temporary sibling directory (named like every temporary of `lt_core::atomic`, so a killed
+/// writer's leftovers are cleaned later) and renamed into place, so a failure (a full disk) never
+/// leaves a truncated plot under the final name.
 fn both(
     stem: &Path,
     draw: impl Fn(&DrawingArea<BitMapBackend, Shift>) -> DrawResult + Copy,
     draw_svg: impl Fn(&DrawingArea<SVGBackend, Shift>) -> DrawResult,
 ) -> Result<Vec<PathBuf>> {
     register_font();
-    if let Some(parent) = stem.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|source| MetricsError::Io { path: parent.to_path_buf(), source })?;
-    }
-    let png = stem.with_extension("png");
-    let svg = stem.with_extension("svg");
-    let (png_tmp, svg_tmp) = (temp_keeping_extension(&png), temp_keeping_extension(&svg));
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MetricsError::Io { path, source }
+    };
+    let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
+    let tmp = lt_core::atomic::temp_sibling(&png);
+    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let name = |p: &Path| tmp.join(p.file_name().unwrap_or_default());
+    let (png_tmp, svg_tmp) = (name(&png), name(&svg));
     let err = |p: &Path, e: Box<dyn std::error::Error>| MetricsError::Plot {
         path: p.to_path_buf(),
         detail: e.to_string(),
@@ -72,15 +68,12 @@ fn both(
             draw_svg(&root).map_err(|e| err(&svg, e))?;
             root.present().map_err(|e| err(&svg, Box::new(e)))?;
         }
-        for (tmp, dst) in [(&png_tmp, &png), (&svg_tmp, &svg)] {
-            std::fs::rename(tmp, dst).map_err(|source| MetricsError::Io { path: dst.clone(), source })?;
+        for (from, to) in [(&png_tmp, &png), (&svg_tmp, &svg)] {
+            std::fs::rename(from, to).map_err(io(to))?;
         }
         Ok(())
     })();
-    if drawn.is_err() {
-        let _ = std::fs::remove_file(&png_tmp);
-        let _ = std::fs::remove_file(&svg_tmp);
-    }
+    let _ = std::fs::remove_dir_all(&tmp);
     drawn.map(|_| vec![png, svg])
 }
 

@@ -127,9 +127,14 @@ pub fn train(
     opts: &RunOptions,
 ) -> Result<TrainSummary> {
     cfg.validate()?;
+    warn_empty_classes(data);
     let started = Instant::now();
     let dir = RunDir::new(dir);
     let fingerprint = run_fingerprint(cfg, data);
+    // Checked before anything is created, then again under the lock (another command may have
+    // written meanwhile); the lock is held until training ends.
+    check_directory(&dir, &fingerprint, opts.resume)?;
+    let _lock = lt_core::lock::RunLock::acquire_and_clean(dir.root())?;
     check_directory(&dir, &fingerprint, opts.resume)?;
     record_run(&dir, cfg, data, opts.data_spec.as_ref())?;
     let [channels, _, _] = data.train.sample_shape();
@@ -163,6 +168,23 @@ pub fn train(
     trim_log(&ctx, &progress)?;
     run_phases(&mut ctx, &model, &mut opt, &mut progress, &mut swag)?;
     summarize(&ctx, started)
+}
+
+/// Warns about classes without a training image (their head rows only ever see negatives).
+fn warn_empty_classes(data: &DataBundle) {
+    let counts = data.class_counts();
+    let empty: Vec<String> = (0..counts.len())
+        .filter(|&c| counts[c] == 0)
+        .map(|c| data.class_names.get(c).cloned().unwrap_or_else(|| c.to_string()))
+        .collect();
+    if !empty.is_empty() {
+        tracing::warn!(
+            "{} of {} classes have no training image ({}): they can only be predicted by chance",
+            empty.len(),
+            counts.len(),
+            empty.join(", ")
+        );
+    }
 }
 
 /// Refuses a directory that cannot take this run: without `resume`, one holding a run; with it,

@@ -56,7 +56,8 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     let p =
         Predictions::read(&a.predictions).with_context(|| format!("reading {}", a.predictions.display()))?;
     let groups = p.groups(a.split_info.as_deref())?;
-    let ev = evaluate(&p.scores()?, &groups, bins, edges)
+    let scores = p.scores().with_context(|| format!("reading {}", a.predictions.display()))?;
+    let ev = evaluate(&scores, &groups, bins, edges)
         .with_context(|| format!("evaluating {}", a.predictions.display()))?;
     let name = format!(
         "{} {}",
@@ -82,12 +83,12 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         println!("top-5 accuracy {:.2}", 100.0 * top5);
     }
     if let Some(out) = &a.out {
-        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let _lock = lt_core::lock::RunLock::acquire_and_clean(out)?;
         let stem = if p.meta.row.is_empty() { "predictions".to_string() } else { p.meta.row.clone() };
         let json = out.join(format!("{stem}.json"));
         let body = serde_json::json!({"predictions": a.predictions, "row": p.meta.row, "method": p.meta.method, "backbone": p.meta.backbone, "seed": p.meta.seed, "metrics": ev});
         lt_core::atomic::write_bytes_atomic(&json, serde_json::to_string_pretty(&body)?.as_bytes())?;
-        let (c, ok) = confidences(&p.scores()?);
+        let (c, ok) = confidences(&scores);
         plots::reliability_diagram(
             &reliability(&c, &ok, bins, edges),
             &format!("{name}: reliability ({} test images)", p.labels.len()),
@@ -143,6 +144,7 @@ pub fn run_report(a: ReportArgs) -> Result<PathBuf> {
         None => report::paper_table(&c.dataset),
     };
     let spec = spec(&a.title, paper);
+    let _lock = lt_core::lock::RunLock::acquire_and_clean(&a.out)?;
     let md = report::write(&a.out, &spec, &c)?;
     print!("{}", report::text_table(&spec, &c.rows));
     println!("report: {}", md.display());

@@ -101,6 +101,8 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     let features = Features::open(path).with_context(|| format!("reading {}", path.display()))?;
     set_threads(a.threads, features.dim(), features.classes());
     let device = crate::device::parse(&a.device)?;
+    // Held from here (inputs checked) until the head and predictions are committed.
+    let _lock = lt_core::lock::RunLock::acquire_and_clean(out)?;
     let started = std::time::Instant::now();
     let outcome = retrain(&features, &cfg, &device)?;
     let (head, preds) = outputs::write(&outcome, &features, row, out)?;

@@ -252,7 +252,41 @@ pub fn write(out: &Path, spec: &ReportSpec, c: &Collected) -> Result<PathBuf> {
         let path = path.to_path_buf();
         move |source| MetricsError::Io { path, source }
     };
-    std::fs::create_dir_all(out.join("plots")).map_err(io(out))?;
+    // Everything is rendered into a staging directory first; only a complete report is moved
+    // into place, report.md last (a failure leaves the previous report as it was).
+    let stage = lt_core::atomic::temp_sibling(&out.join("report"));
+    std::fs::create_dir_all(stage.join("plots")).map_err(io(&stage))?;
+    let staged = render(&stage, spec, c).and_then(|files| {
+        std::fs::create_dir_all(out.join("plots")).map_err(io(out))?;
+        for rel in files {
+            let to = out.join(&rel);
+            std::fs::rename(stage.join(&rel), &to).map_err(io(&to))?;
+        }
+        Ok(())
+    });
+    let _ = std::fs::remove_dir_all(&stage);
+    staged.map(|()| out.join("report.md"))
+}
+
+/// Writes the report's files under `dir`; returns their paths relative to it, report.md last.
+fn render(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<PathBuf>> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| MetricsError::Io { path, source }
+    };
+    let plots = dir.join("plots");
+    figures::write_all(&plots, spec, c)?;
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(&plots).map_err(io(&plots))? {
+        files.push(Path::new("plots").join(e.map_err(io(&plots))?.file_name()));
+    }
+    files.sort();
+    let summaries: Vec<_> = c.rows.iter().map(|r| r.summary()).collect();
+    let json =
+        serde_json::json!({"dataset": c.dataset, "seeds": c.seeds, "rows": summaries, "per_seed": c.rows});
+    let text = serde_json::to_string_pretty(&json).map_err(|e| MetricsError::Invalid(e.to_string()))?;
+    std::fs::write(dir.join("report.json"), text).map_err(io(&dir.join("report.json")))?;
+    files.push("report.json".into());
     let description = format!(
         "Data set `{}`; runs in `{}`; {} seed(s): {}.",
         c.dataset,
@@ -260,15 +294,8 @@ pub fn write(out: &Path, spec: &ReportSpec, c: &Collected) -> Result<PathBuf> {
         c.seeds.len(),
         c.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
     );
-    let md_path = out.join("report.md");
-    lt_core::atomic::write_bytes_atomic(&md_path, markdown(spec, &description, &c.rows).as_bytes())
-        .map_err(io(&md_path))?;
-    let summaries: Vec<_> = c.rows.iter().map(|r| r.summary()).collect();
-    let json =
-        serde_json::json!({"dataset": c.dataset, "seeds": c.seeds, "rows": summaries, "per_seed": c.rows});
-    let json_path = out.join("report.json");
-    let text = serde_json::to_string_pretty(&json).map_err(|e| MetricsError::Invalid(e.to_string()))?;
-    lt_core::atomic::write_bytes_atomic(&json_path, text.as_bytes()).map_err(io(&json_path))?;
-    figures::write_all(&out.join("plots"), spec, c)?;
-    Ok(md_path)
+    let md = dir.join("report.md");
+    std::fs::write(&md, markdown(spec, &description, &c.rows)).map_err(io(&md))?;
+    files.push("report.md".into());
+    Ok(files)
 }
