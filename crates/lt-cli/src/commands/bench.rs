@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
+use candle_nn::ModuleT;
 use clap::{Args, Subcommand, ValueEnum};
 use lt_core::optim::Sgd;
 use lt_models::{Arch, Backend, Model};
@@ -36,6 +37,11 @@ enum BenchCommand {
 enum Mode {
     /// Forward, backward and SGD update.
     Train,
+    /// Training-mode forward and backward, no update (`train` minus `grad`: the SGD update).
+    Grad,
+    /// Training-mode forward with the autograd graph, no backward (`grad` minus `forward`: the
+    /// backward pass).
+    Forward,
     /// Eval-mode forward.
     Eval,
 }
@@ -82,6 +88,9 @@ struct BackboneBench {
     /// Let cuDNN use TF32 tensor-core math in f32 convolutions (PyTorch's default on CUDA).
     #[arg(long)]
     tf32: bool,
+    /// Rank cuDNN's convolution algorithms by its heuristics instead of timing them.
+    #[arg(long)]
+    cudnn_heuristic: bool,
 }
 
 #[derive(Args)]
@@ -159,6 +168,7 @@ fn median_seconds(warmup: u32, steps: u32, mut step: impl FnMut() -> Result<()>)
 fn backbone(b: BackboneBench) -> Result<()> {
     let dev = crate::device::parse(&b.device)?;
     lt_models::ops::set_cudnn_tf32(b.tf32);
+    lt_models::ops::set_cudnn_measured_search(!b.cudnn_heuristic);
     lt_models::ops::reset_device_memory_peak(&dev);
     let (batch, classes, size) = (b.batch as usize, b.classes as usize, b.size as usize);
     let mut m = Model::new(Arch::new(&b.arch, classes, 3)?, 0, &dev)?;
@@ -175,6 +185,13 @@ fn backbone(b: BackboneBench) -> Result<()> {
             Mode::Train => {
                 let step = m.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y))?;
                 opt.step(&params, &step.grads, 0.01)?;
+            }
+            Mode::Grad => {
+                m.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y))?;
+            }
+            Mode::Forward => {
+                let logits = m.forward_t(&x, true)?;
+                candle_nn::loss::cross_entropy(&logits, &y)?.to_vec0::<f32>()?;
             }
             Mode::Eval => {
                 let (_, l) = m.infer(&x)?;

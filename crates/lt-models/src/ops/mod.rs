@@ -72,6 +72,21 @@ pub fn cudnn_tf32() -> bool {
     CUDNN_TF32.load(Ordering::Relaxed)
 }
 
+static CUDNN_MEASURED: AtomicBool = AtomicBool::new(true);
+
+/// How cuDNN's convolution algorithms are chosen, per shape, on first use: `true` (the default)
+/// times every algorithm cuDNN offers (`cudnnFindConvolution*Algorithm`, like PyTorch's
+/// `cudnn.benchmark`), `false` takes cuDNN's heuristic ranking without running anything. Either
+/// way deterministic algorithms come first, so a run on one GPU repeats bit for bit.
+pub fn set_cudnn_measured_search(measure: bool) {
+    CUDNN_MEASURED.store(measure, Ordering::Relaxed);
+}
+
+/// Whether cuDNN's algorithms are chosen by timing them (see [`set_cudnn_measured_search`]).
+pub fn cudnn_measured_search() -> bool {
+    CUDNN_MEASURED.load(Ordering::Relaxed)
+}
+
 /// The most device memory candle's allocations on a CUDA `device` held at once since the last
 /// [`reset_device_memory_peak`] (bytes; the high-water mark of the device's default memory pool,
 /// from which cudarc allocates). `None` on the CPU, or in a build without the `cudnn` feature.

@@ -39,6 +39,8 @@ struct Candidate {
     algo: u32,
     workspace: usize,
     math: sys::cudnnMathType_t,
+    /// cuDNN's measured time in milliseconds (negative or meaningless for a heuristic ranking).
+    ms: f32,
 }
 
 /// One entry of cuDNN's `cudnnConvolution*AlgoPerf_t` read as plain integers (all three structs
@@ -165,6 +167,14 @@ impl ConvPlan {
             sys::cudnnMathType_t::CUDNN_FMA_MATH
         })?;
         plan.candidates = plan.query(handle, dir, tf32)?;
+        tracing::debug!(
+            "cuDNN {dir:?} {s:?}: {}",
+            plan.candidates
+                .iter()
+                .map(|c| format!("algo {} {:?} {:.3} ms {} B", c.algo, c.math, c.ms, c.workspace))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         Ok(plan)
     }
 
@@ -173,47 +183,71 @@ impl ConvPlan {
         check("cudnnSetConvolutionMathType", unsafe { sys::cudnnSetConvolutionMathType(self.conv.0, math) })
     }
 
-    /// cuDNN's usable algorithms for `dir`, best first.
+    /// Fills `perf` with cuDNN's ranking of the algorithms of `dir`: timed (`measure`, cuDNN's
+    /// `Find` calls, fastest first) or heuristic (`Get..._v7`).
+    ///
+    /// # Safety
+    /// Live handle and descriptors; `perf` has room for `perf.len()` entries of the layout cuDNN
+    /// writes (checked by the size assertions above).
+    unsafe fn rank(
+        &self,
+        handle: sys::cudnnHandle_t,
+        dir: Dir,
+        measure: bool,
+        perf: &mut [RawPerf],
+        count: &mut i32,
+    ) -> sys::cudnnStatus_t {
+        let n = perf.len() as i32;
+        let out = perf.as_mut_ptr();
+        let (x, y, w, c) = (self.x.0, self.y.0, self.w.0, self.conv.0);
+        // SAFETY: the caller's contract.
+        unsafe {
+            match (dir, measure) {
+                (Dir::Forward, true) => {
+                    sys::cudnnFindConvolutionForwardAlgorithm(handle, x, w, c, y, n, count, out.cast())
+                }
+                (Dir::Forward, false) => {
+                    sys::cudnnGetConvolutionForwardAlgorithm_v7(handle, x, w, c, y, n, count, out.cast())
+                }
+                (Dir::Data, true) => {
+                    sys::cudnnFindConvolutionBackwardDataAlgorithm(handle, w, y, c, x, n, count, out.cast())
+                }
+                (Dir::Data, false) => {
+                    sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(handle, w, y, c, x, n, count, out.cast())
+                }
+                (Dir::Filter, true) => {
+                    sys::cudnnFindConvolutionBackwardFilterAlgorithm(handle, x, y, c, w, n, count, out.cast())
+                }
+                (Dir::Filter, false) => sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
+                    handle,
+                    x,
+                    y,
+                    c,
+                    w,
+                    n,
+                    count,
+                    out.cast(),
+                ),
+            }
+        }
+    }
+
+    /// cuDNN's usable algorithms for `dir`, best first: measured by running them (the default;
+    /// see [`crate::ops::set_cudnn_measured_search`]), or cuDNN's heuristic ranking when
+    /// measuring is off or fails.
     fn query(&self, handle: sys::cudnnHandle_t, dir: Dir, tf32: bool) -> CResult<Vec<Candidate>> {
         const N: usize = 16;
         let mut perf = [RawPerf::default(); N];
         let mut count = 0i32;
-        // SAFETY: live handle and descriptors; `perf` has room for `N` entries of the layout
-        // cuDNN writes (checked by the size assertions above).
-        let status = unsafe {
-            match dir {
-                Dir::Forward => sys::cudnnGetConvolutionForwardAlgorithm_v7(
-                    handle,
-                    self.x.0,
-                    self.w.0,
-                    self.conv.0,
-                    self.y.0,
-                    N as i32,
-                    &mut count,
-                    perf.as_mut_ptr().cast(),
-                ),
-                Dir::Data => sys::cudnnGetConvolutionBackwardDataAlgorithm_v7(
-                    handle,
-                    self.w.0,
-                    self.y.0,
-                    self.conv.0,
-                    self.x.0,
-                    N as i32,
-                    &mut count,
-                    perf.as_mut_ptr().cast(),
-                ),
-                Dir::Filter => sys::cudnnGetConvolutionBackwardFilterAlgorithm_v7(
-                    handle,
-                    self.x.0,
-                    self.y.0,
-                    self.conv.0,
-                    self.w.0,
-                    N as i32,
-                    &mut count,
-                    perf.as_mut_ptr().cast(),
-                ),
-            }
-        };
+        let mut status = sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED;
+        if crate::ops::cudnn_measured_search() {
+            // SAFETY: as for `rank` below; cuDNN allocates and frees its own trial buffers.
+            status = unsafe { self.rank(handle, dir, true, &mut perf, &mut count) };
+        }
+        if status != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS || count <= 0 {
+            // SAFETY: see `rank`.
+            status = unsafe { self.rank(handle, dir, false, &mut perf, &mut count) };
+        }
         check("cudnnGetConvolution*Algorithm_v7", status)?;
         let exact = sys::cudnnMathType_t::CUDNN_FMA_MATH as u32;
         let mut found: Vec<(bool, bool, Candidate)> = perf[..(count.max(0) as usize).min(N)]
@@ -225,7 +259,7 @@ impl ConvPlan {
                 Some((
                     preferred_math,
                     p.determinism == 1,
-                    Candidate { algo: p.algo, workspace: p.memory, math },
+                    Candidate { algo: p.algo, workspace: p.memory, math, ms: p.time },
                 ))
             })
             .collect();

@@ -45,7 +45,7 @@ fn per_channel<'a>(
     t: &'a Tensor,
     c: usize,
     what: &str,
-) -> CResult<(std::sync::RwLockReadGuard<'a, candle_core::Storage>, Layout)> {
+) -> CResult<(impl std::ops::Deref<Target = candle_core::Storage> + 'a, Layout)> {
     if t.dims() != [c] {
         candle_core::bail!("{what}: {:?} for {c} channels", t.dims());
     }
