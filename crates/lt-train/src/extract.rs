@@ -24,6 +24,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{io_err, Result, TrainError};
 use crate::run::RunDir;
 
+/// Metadata key of backbone and SWAG artifacts saying how batch norm was trained.
+pub const KEY_BN: &str = "bn";
+/// [`KEY_BN`]'s value when batch norm was frozen (`TrainConfig::freeze_bn`): SWAG samples keep
+/// the SWA backbone's running statistics instead of being recalibrated.
+pub const BN_FROZEN: &str = "frozen";
+
 /// Extraction settings (defaults declared once, in [`Default`]; the `clap` feature derives the
 /// flags of `lt extract` from them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -167,6 +173,10 @@ impl Extraction<'_> {
                 let theta =
                     swag.sample(cfg.scale, &mut Rng::stream(cfg.seed, &[streams::SWAG_SAMPLE, m as u64]));
                 swag.layout().write_into(model.store().varmap(), &theta)?;
+                let swa = Artifact::open(&dir.swa(), BACKBONE_FORMAT)?;
+                if swa.meta_opt(KEY_BN) == Some(BN_FROZEN) {
+                    return Ok(model);
+                }
                 let stream = lt_data::loader::Stream::Recalibration { sample: m as u64 };
                 crate::bn::recalibrate(
                     &model,
