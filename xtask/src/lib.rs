@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cuda;
+pub mod pretrained;
 pub mod reproduce;
 
 use std::path::{Path, PathBuf};
