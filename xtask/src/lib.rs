@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cuda;
+pub mod estimate;
 pub mod pretrained;
 pub mod reproduce;
 

@@ -181,9 +181,7 @@ pub fn stage2_rows(lt: &Path) -> Result<Vec<PlanRow>> {
                 (Some(id), Some(label), Some(settings)) => {
                     Ok(PlanRow { id: id.into(), label: label.into(), settings: settings.into() })
                 }
-                _ => {
-                    bail!("`lt retrain --list-rows` printed {l:?}, expected id, label and settings")
-                }
+                _ => bail!("`lt retrain --list-rows` printed {l:?}, expected id, label and settings"),
             }
         })
         .collect()
@@ -312,7 +310,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     let stages = plan(&run_root, &preset_path, &preset, &opts.device, &rows)?;
     let report = run_root.join("report");
     if opts.dry_run {
-        print_plan(&name, &stages, &run_root, &report);
+        let costs = estimate_costs(&lt, &resolved, &preset, &opts.device);
+        print_plan(&name, &stages, &run_root, &report, costs.as_ref());
         return Ok(Summary { ran: vec![], skipped: vec![], report: report.join("report.md"), seconds: 0.0 });
     }
     std::fs::create_dir_all(&run_root).with_context(|| format!("creating {}", run_root.display()))?;
@@ -355,9 +354,7 @@ fn fetch_init(lt: &Path, preset: &toml::Value) -> Result<()> {
     let arch = get(preset, &["train", "arch"]).and_then(|v| v.as_str()).unwrap_or("resnet50");
     match spec {
         Some(spec) if spec.starts_with("hub:") && pretrained::hub_file(spec).is_none() => {
-            let Some(args) = pretrained::fetch_args(spec, arch) else {
-                return Ok(());
-            };
+            let Some(args) = pretrained::fetch_args(spec, arch) else { return Ok(()) };
             println!("fetching {spec} into the hub cache");
             let out =
                 Command::new(lt).args(&args).output().with_context(|| format!("running {}", lt.display()))?;
@@ -404,10 +401,68 @@ fn report_args(name: &str, preset: &toml::Value, run_root: &Path, report: &Path)
     args
 }
 
-/// Prints the plan: every stage, whether it is cached, and its command line.
-fn print_plan(name: &str, stages: &[Stage], run_root: &Path, report: &Path) {
+/// Per kind of stage (`train`, `extract`, `retrain`), its estimated cost on this machine; `None`
+/// (with the reason printed) when the measurement failed.
+fn estimate_costs(
+    lt: &Path,
+    resolved: &str,
+    preset: &toml::Value,
+    device: &str,
+) -> Option<[crate::estimate::Cost; 3]> {
+    use crate::estimate as est;
+    let tmp = std::env::temp_dir().join(format!("lt-plan-{}.toml", std::process::id()));
+    let arch = get(preset, &["train", "arch"]).and_then(|v| v.as_str()).unwrap_or("resnet32").to_string();
+    let batch =
+        get(preset, &["train", "batch_size"]).and_then(|v| v.as_integer()).unwrap_or(128).max(1) as usize;
+    println!("measuring a few steps of {arch} on {device} for the estimates ...");
+    let measured = std::fs::write(&tmp, resolved)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| est::measure(lt, &tmp, &arch, batch, device));
+    let _ = std::fs::remove_file(&tmp);
+    match measured {
+        Ok(i) => {
+            let r = est::recipe(preset);
+            println!(
+                "measured: {:.0} training and {:.0} inference images/s at {}x{}; {} parameters; {} / {} / {} images",
+                i.train_ips, i.eval_ips, i.size, i.size, i.params, i.images[0], i.images[1], i.images[2]
+            );
+            Some([est::stage1(&i, &r), est::extract(&i, &r), est::retrain_row(&i, &r)])
+        }
+        Err(e) => {
+            println!("no estimates: {e:#}");
+            None
+        }
+    }
+}
+
+/// Prints the plan: every stage, whether it is cached, its command line and, with `costs`, its
+/// estimated time and disk.
+fn print_plan(
+    name: &str,
+    stages: &[Stage],
+    run_root: &Path,
+    report: &Path,
+    costs: Option<&[crate::estimate::Cost; 3]>,
+) {
+    use crate::estimate::{format_bytes, format_seconds};
     println!("preset {name}: {} stages into {}", stages.len() + 1, run_root.display());
+    let (mut total_s, mut total_b) = (0.0, 0.0);
     for s in stages {
+        let cost = costs.and_then(|c| match s.args.first().map(String::as_str) {
+            Some("train") => Some(c[0]),
+            Some("extract") => Some(c[1]),
+            Some("retrain") => Some(c[2]),
+            _ => None,
+        });
+        let est = match cost {
+            Some(c) if !is_done(s) => {
+                total_s += c.seconds;
+                total_b += c.bytes;
+                format!("  (~{}, {})", format_seconds(c.seconds), format_bytes(c.bytes))
+            }
+            Some(c) => format!("  ({} on disk)", format_bytes(c.bytes)),
+            None => String::new(),
+        };
         let state = if is_done(s) {
             "cached"
         } else if s.resumable && s.dir.join("checkpoint.safetensors").exists() {
@@ -415,7 +470,14 @@ fn print_plan(name: &str, stages: &[Stage], run_root: &Path, report: &Path) {
         } else {
             "runs"
         };
-        println!("[{state:>7}] {}\n          lt {}", s.name, s.args.join(" "));
+        println!("[{state:>7}] {}{est}\n          lt {}", s.name, s.args.join(" "));
+    }
+    if costs.is_some() {
+        println!(
+            "estimated: ~{} and {} of disk for what runs (stage 2 rows at least: a validation search fits several times)",
+            format_seconds(total_s),
+            format_bytes(total_b)
+        );
     }
     println!(
         "[   runs] report\n          lt report --runs {} --out {}",

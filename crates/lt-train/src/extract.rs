@@ -252,12 +252,15 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
         let started = std::time::Instant::now();
         job.write_part(s, info, &part)?;
         lt_core::atomic::write_bytes_atomic(&tag, part_fp.as_bytes()).map_err(io_err(&tag))?;
+        let secs = started.elapsed().as_secs_f64();
+        let images: usize = splits(data).iter().map(|(_, d)| d.len()).sum();
         tracing::info!(
-            "sample {}/{} ({}) extracted in {:.1}s",
+            "sample {}/{} ({}) extracted in {secs:.1}s ({:.0} img/s), {}",
             s + 1,
             infos.len(),
             info.kind.as_str(),
-            started.elapsed().as_secs_f64()
+            images as f64 / secs.max(1e-9),
+            crate::eta::left(infos.len() - s - 1, secs)
         );
     }
     let meta = FeaturesMeta {

@@ -14,6 +14,7 @@ pub mod bn;
 pub mod checkpoint;
 pub mod config;
 mod error;
+pub mod eta;
 pub mod evaluate;
 pub mod extract;
 pub mod init;

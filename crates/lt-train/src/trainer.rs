@@ -374,8 +374,9 @@ fn run_epoch(
 }
 
 fn log_epoch(cfg: &TrainConfig, log: &EpochLog) {
+    let (done, total) = (crate::eta::epochs_done(cfg, log.phase, log.epoch), crate::eta::total_epochs(cfg));
     tracing::info!(
-        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, {:.0} MiB",
+        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, {:.0} MiB; stage 1 {done}/{total} epochs, {}",
         log.phase.name(),
         log.epoch + 1,
         cfg.epochs,
@@ -383,7 +384,8 @@ fn log_epoch(cfg: &TrainConfig, log: &EpochLog) {
         100.0 * log.accuracy,
         log.lr,
         log.images_per_sec,
-        log.rss_mib.unwrap_or(0.0)
+        log.rss_mib.unwrap_or(0.0),
+        crate::eta::left(total.saturating_sub(done), log.seconds)
     );
 }
 
