@@ -6,6 +6,8 @@
 
 pub mod bench;
 pub mod cuda;
+pub mod estimate;
+pub mod pretrained;
 pub mod reproduce;
 
 use std::path::{Path, PathBuf};

@@ -17,10 +17,12 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 
+use crate::pretrained;
+
 /// Options of a reproduction (the flags of `cargo xtask reproduce`).
 #[derive(Clone, Debug, clap::Args)]
 pub struct Options {
-    /// Preset: synthetic, tiny, fmnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, inat2018.
+    /// Preset: synthetic, tiny, fmnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, inat2018, folder.
     #[arg(long, default_value = "synthetic")]
     pub preset: String,
     /// A preset file (a copy of one under presets/, edited); overrides `--preset`.
@@ -35,6 +37,10 @@ pub struct Options {
     /// Download what is missing and can be downloaded.
     #[arg(long)]
     pub download: bool,
+    /// Start stage 1 from pretrained weights: hub:<org>/<name>[@revision][:file] or a local
+    /// safetensors file (replaces the preset's `[train] init`; `none` trains from scratch).
+    #[arg(long)]
+    pub init: Option<String>,
     /// Directory of the run directories.
     #[arg(long, default_value = "runs")]
     pub runs_dir: PathBuf,
@@ -131,6 +137,17 @@ pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml:
     if opts.download {
         data.insert("download".into(), toml::Value::Boolean(true));
     }
+    if let Some(init) = &opts.init {
+        let train = table
+            .entry("train")
+            .or_insert(toml::Value::Table(Default::default()))
+            .as_table_mut()
+            .context("[train] is a table")?;
+        match init.as_str() {
+            "none" => train.remove("init"),
+            _ => train.insert("init".into(), toml::Value::String(init.clone())),
+        };
+    }
     let name = value.get("name").and_then(|v| v.as_str()).unwrap_or(&opts.preset).to_string();
     let resolved = toml::to_string_pretty(&value)?;
     Ok((name, resolved, value))
@@ -183,6 +200,9 @@ pub fn plan(
     let train = section(preset, "train");
     let extract = section(preset, "extract");
     let retrain = section(preset, "retrain");
+    // The pretrained start's identity (file content), so that other weights re-run stage 1.
+    let init =
+        get(preset, &["train", "init"]).and_then(|v| v.as_str()).map(pretrained::identity).transpose()?;
     let samples =
         get(preset, &["extract", "samples"]).map(|v| v.to_string()).unwrap_or_else(|| "the default".into());
     let p = preset_path.display().to_string();
@@ -201,7 +221,7 @@ pub fn plan(
     for seed in 0..seeds {
         let sdir = run_root.join(format!("seed-{seed}"));
         let s1 = sdir.join("stage1");
-        let s1key = sha(&["stage1", &data, &train, &seed.to_string()]);
+        let s1key = stage1_key(&data, &train, seed, init.as_deref());
         let mut args = common("train", seed);
         args.extend(["--out".into(), s1.display().to_string()]);
         stages.push(Stage {
@@ -245,6 +265,16 @@ pub fn plan(
     Ok(stages)
 }
 
+/// Stage 1's key: its data and train sections, the seed and, for a pretrained start, the
+/// weights' identity (absent otherwise, so that keys from before `init` existed stay valid).
+fn stage1_key(data: &str, train: &str, seed: u64, init: Option<&str>) -> String {
+    let seed = seed.to_string();
+    match init {
+        Some(id) => sha(&["stage1", data, train, &seed, id]),
+        None => sha(&["stage1", data, train, &seed]),
+    }
+}
+
 fn key_file(dir: &Path) -> PathBuf {
     dir.join(".stage-key")
 }
@@ -274,10 +304,14 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         None => crate::build_lt(root, &features)?,
     };
     let rows = stage2_rows(&lt)?;
+    if !opts.dry_run {
+        fetch_init(&lt, &preset)?;
+    }
     let stages = plan(&run_root, &preset_path, &preset, &opts.device, &rows)?;
     let report = run_root.join("report");
     if opts.dry_run {
-        print_plan(&name, &stages, &run_root, &report);
+        let costs = estimate_costs(&lt, &resolved, &preset, &opts.device);
+        print_plan(&name, &stages, &run_root, &report, costs.as_ref());
         return Ok(Summary { ran: vec![], skipped: vec![], report: report.join("report.md"), seconds: 0.0 });
     }
     std::fs::create_dir_all(&run_root).with_context(|| format!("creating {}", run_root.display()))?;
@@ -311,6 +345,26 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         seconds
     );
     Ok(Summary { ran, skipped, report: report.join("report.md"), seconds })
+}
+
+/// Fetches a hub init that is not in the cache yet (`lt backbone info`), so that the plan names
+/// the file it trains from.
+fn fetch_init(lt: &Path, preset: &toml::Value) -> Result<()> {
+    let spec = get(preset, &["train", "init"]).and_then(|v| v.as_str());
+    let arch = get(preset, &["train", "arch"]).and_then(|v| v.as_str()).unwrap_or("resnet50");
+    match spec {
+        Some(spec) if spec.starts_with("hub:") && pretrained::hub_file(spec).is_none() => {
+            let Some(args) = pretrained::fetch_args(spec, arch) else { return Ok(()) };
+            println!("fetching {spec} into the hub cache");
+            let out =
+                Command::new(lt).args(&args).output().with_context(|| format!("running {}", lt.display()))?;
+            if !out.status.success() {
+                bail!("fetching {spec} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Runs one stage: a stage whose inputs changed starts afresh, one that was interrupted resumes;
@@ -347,10 +401,68 @@ fn report_args(name: &str, preset: &toml::Value, run_root: &Path, report: &Path)
     args
 }
 
-/// Prints the plan: every stage, whether it is cached, and its command line.
-fn print_plan(name: &str, stages: &[Stage], run_root: &Path, report: &Path) {
+/// Per kind of stage (`train`, `extract`, `retrain`), its estimated cost on this machine; `None`
+/// (with the reason printed) when the measurement failed.
+fn estimate_costs(
+    lt: &Path,
+    resolved: &str,
+    preset: &toml::Value,
+    device: &str,
+) -> Option<[crate::estimate::Cost; 3]> {
+    use crate::estimate as est;
+    let tmp = std::env::temp_dir().join(format!("lt-plan-{}.toml", std::process::id()));
+    let arch = get(preset, &["train", "arch"]).and_then(|v| v.as_str()).unwrap_or("resnet32").to_string();
+    let batch =
+        get(preset, &["train", "batch_size"]).and_then(|v| v.as_integer()).unwrap_or(128).max(1) as usize;
+    println!("measuring a few steps of {arch} on {device} for the estimates ...");
+    let measured = std::fs::write(&tmp, resolved)
+        .map_err(anyhow::Error::from)
+        .and_then(|_| est::measure(lt, &tmp, &arch, batch, device));
+    let _ = std::fs::remove_file(&tmp);
+    match measured {
+        Ok(i) => {
+            let r = est::recipe(preset);
+            println!(
+                "measured: {:.0} training and {:.0} inference images/s at {}x{}; {} parameters; {} / {} / {} images",
+                i.train_ips, i.eval_ips, i.size, i.size, i.params, i.images[0], i.images[1], i.images[2]
+            );
+            Some([est::stage1(&i, &r), est::extract(&i, &r), est::retrain_row(&i, &r)])
+        }
+        Err(e) => {
+            println!("no estimates: {e:#}");
+            None
+        }
+    }
+}
+
+/// Prints the plan: every stage, whether it is cached, its command line and, with `costs`, its
+/// estimated time and disk.
+fn print_plan(
+    name: &str,
+    stages: &[Stage],
+    run_root: &Path,
+    report: &Path,
+    costs: Option<&[crate::estimate::Cost; 3]>,
+) {
+    use crate::estimate::{format_bytes, format_seconds};
     println!("preset {name}: {} stages into {}", stages.len() + 1, run_root.display());
+    let (mut total_s, mut total_b) = (0.0, 0.0);
     for s in stages {
+        let cost = costs.and_then(|c| match s.args.first().map(String::as_str) {
+            Some("train") => Some(c[0]),
+            Some("extract") => Some(c[1]),
+            Some("retrain") => Some(c[2]),
+            _ => None,
+        });
+        let est = match cost {
+            Some(c) if !is_done(s) => {
+                total_s += c.seconds;
+                total_b += c.bytes;
+                format!("  (~{}, {})", format_seconds(c.seconds), format_bytes(c.bytes))
+            }
+            Some(c) => format!("  ({} on disk)", format_bytes(c.bytes)),
+            None => String::new(),
+        };
         let state = if is_done(s) {
             "cached"
         } else if s.resumable && s.dir.join("checkpoint.safetensors").exists() {
@@ -358,7 +470,14 @@ fn print_plan(name: &str, stages: &[Stage], run_root: &Path, report: &Path) {
         } else {
             "runs"
         };
-        println!("[{state:>7}] {}\n          lt {}", s.name, s.args.join(" "));
+        println!("[{state:>7}] {}{est}\n          lt {}", s.name, s.args.join(" "));
+    }
+    if costs.is_some() {
+        println!(
+            "estimated: ~{} and {} of disk for what runs (stage 2 rows at least: a validation search fits several times)",
+            format_seconds(total_s),
+            format_bytes(total_b)
+        );
     }
     println!(
         "[   runs] report\n          lt report --runs {} --out {}",

@@ -45,7 +45,7 @@ pub struct Preset {
 }
 
 /// The presets shipped with the project (`presets/*.toml`).
-pub const EMBEDDED: [(&str, &str); 7] = [
+pub const EMBEDDED: [(&str, &str); 8] = [
     ("synthetic", include_str!("../../../presets/synthetic.toml")),
     ("tiny", include_str!("../../../presets/tiny.toml")),
     ("fmnist-lt", include_str!("../../../presets/fmnist-lt.toml")),
@@ -53,6 +53,7 @@ pub const EMBEDDED: [(&str, &str); 7] = [
     ("cifar100-lt", include_str!("../../../presets/cifar100-lt.toml")),
     ("imagenet-lt", include_str!("../../../presets/imagenet-lt.toml")),
     ("inat2018", include_str!("../../../presets/inat2018.toml")),
+    ("folder", include_str!("../../../presets/folder.toml")),
 ];
 
 /// Parses a preset from TOML text (`origin` names it in errors).

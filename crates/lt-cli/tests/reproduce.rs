@@ -15,6 +15,7 @@ fn options(runs: &std::path::Path, preset_file: Option<PathBuf>) -> xtask::repro
         seeds: None,
         data_root: None,
         download: false,
+        init: None,
         runs_dir: runs.to_path_buf(),
         device: "cpu".into(),
         dry_run: false,

@@ -1,6 +1,6 @@
 //! Named data sets, assembled into ready-to-train splits.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -8,9 +8,10 @@ use lt_core::split::SplitInfo;
 use lt_core::Fingerprint;
 
 use crate::cifar::{self, CifarVariant};
-use crate::dataset::{Dataset, ImageSet, InMemoryDataset, Subset};
+use crate::dataset::{Dataset, ImageSet, InMemoryDataset};
 use crate::error::{DataError, Result};
 use crate::files::{EvalTransform, ImageFileDataset, TrainTransform};
+use crate::folder_data::eval_resize;
 use crate::idx::{self, IdxVariant};
 use crate::listfile::{parse_list, ListBenchmark};
 use crate::longtail::{class_counts, exponential_profile, ldam_selection, ldam_selection_with_val};
@@ -67,12 +68,12 @@ impl DatasetName {
 
     /// Default size of the class-balanced validation set, per class, for data sets whose
     /// validation images are drawn from the training images the long-tailed selection did not
-    /// use; `None` for the others (the synthetic set generates `SyntheticConfig::val_per_class`,
-    /// ImageNet-LT has a fixed list, iNat and folders have none).
+    /// use (for a folder, fewer where a class is small); `None` for the others (the synthetic
+    /// set generates `SyntheticConfig::val_per_class`, ImageNet-LT has a fixed list, iNat none).
     pub fn default_val_per_class(self) -> Option<usize> {
         match self {
             DatasetName::FmnistLt | DatasetName::MnistLt | DatasetName::Cifar10Lt => Some(100),
-            DatasetName::Cifar100Lt => Some(20),
+            DatasetName::Cifar100Lt | DatasetName::Folder => Some(20),
             _ => None,
         }
     }
@@ -303,7 +304,7 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
                 .data_root
                 .clone()
                 .ok_or_else(|| DataError::Invalid("the folder data set needs --data-root <folder>".into()))?;
-            folder_bundle(&root, opts)
+            crate::folder_data::folder_bundle(&root, opts)
         }
     }
 }
@@ -397,11 +398,6 @@ fn cifar_bundle(name: DatasetName, opts: &DataOptions, rho: f64) -> Result<DataB
 /// ColorJitter strength of ImageNet-LT's training transform (the decoupling recipe).
 const IMAGENET_LT_COLOR_JITTER: f32 = 0.4;
 
-/// Resize side of the evaluation transform for a crop of `crop` (the standard 256 for 224).
-fn eval_resize(crop: u32) -> u32 {
-    crop * 256 / 224
-}
-
 fn list_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
     let bench =
         if name == DatasetName::ImagenetLt { ListBenchmark::ImageNetLt } else { ListBenchmark::INat2018 };
@@ -442,57 +438,5 @@ fn list_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
         original_train_len: n,
         imbalance: None,
         source: format!("list files in {}", dir.display()),
-    })
-}
-
-fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundle> {
-    let f = crate::folder::scan_folder(root, opts.test_fraction, opts.seed)?;
-    let classes = f.classes.len();
-    let size = opts.image_size;
-    let train_tf = TrainTransform { jitter: None, ..TrainTransform::standard(size, None) };
-    let train_tf = if opts.augment {
-        train_tf
-    } else {
-        TrainTransform { scale: (1.0, 1.0), ratio: (1.0, 1.0), flip: false, ..train_tf }
-    };
-    let eval_tf = EvalTransform { resize: eval_resize(size), crop: size };
-    let make = |entries| -> Arc<dyn Dataset> {
-        Arc::new(ImageFileDataset::new(
-            PathBuf::new(),
-            entries,
-            classes,
-            train_tf.clone(),
-            eval_tf.clone(),
-            Normalize::imagenet(),
-        ))
-    };
-    let full = make(f.train);
-    let test = make(f.test);
-    let n = full.len();
-    let (train, idx, rho): (Arc<dyn Dataset>, Vec<usize>, Option<f64>) = match opts.imbalance {
-        Some(rho) => {
-            let counts = class_counts(full.labels(), classes);
-            let n_max = counts.iter().copied().filter(|&c| c > 0).min().unwrap_or(0);
-            let profile = exponential_profile(n_max, classes, rho)?;
-            let idx = ldam_selection(full.labels(), &profile, 0)?;
-            (Arc::new(Subset::new(full, idx.clone())), idx, Some(rho))
-        }
-        None => (full, (0..n).collect(), None),
-    };
-    Ok(DataBundle {
-        name: DatasetName::Folder,
-        class_names: f.classes,
-        train,
-        val: None,
-        test,
-        train_indices: idx,
-        val_indices: None,
-        original_train_len: n,
-        imbalance: rho,
-        source: format!(
-            "image folder {} ({})",
-            root.display(),
-            if f.held_out { "held-out test folder" } else { "seeded split" }
-        ),
     })
 }

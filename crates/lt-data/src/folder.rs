@@ -10,7 +10,8 @@ use lt_core::Rng;
 use crate::error::{io_err, DataError, Result};
 use crate::files::ImageEntry;
 
-const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
+/// File extensions read as images (case-insensitive); other files are skipped.
+pub const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
 
 fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)

@@ -27,6 +27,7 @@ pub mod download;
 pub mod error;
 pub mod files;
 pub mod folder;
+pub mod folder_data;
 pub mod idx;
 pub mod listfile;
 pub mod loader;

@@ -120,7 +120,13 @@ fn image_folder_held_out_and_seeded_split() {
             }
         }
     }
-    let opts = DataOptions { data_root: Some(held.clone()), image_size: 32, ..Default::default() };
+    // No validation split here (tests/folder_data.rs covers it).
+    let opts = DataOptions {
+        data_root: Some(held.clone()),
+        image_size: 32,
+        val_per_class: Some(0),
+        ..Default::default()
+    };
     let b = load_bundle(DatasetName::Folder, &opts).unwrap();
     assert_eq!(b.class_names, vec!["cat", "dog"]);
     assert_eq!((b.train.len(), b.test.len()), (10, 4));
@@ -136,6 +142,7 @@ fn image_folder_held_out_and_seeded_split() {
         image_size: 8,
         test_fraction: 0.2,
         seed: 1,
+        val_per_class: Some(0),
         ..Default::default()
     };
     let b = load_bundle(DatasetName::Folder, &opts).unwrap();

@@ -202,7 +202,19 @@ impl Model {
         x: &Tensor,
         loss: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
     ) -> Result<TrainStep> {
-        let logits = self.logits(x, Mode { train: true, graph: true })?;
+        self.train_step_bn(x, true, loss)
+    }
+
+    /// [`Model::train_step`] with the choice of batch norm's mode: `batch_statistics` false
+    /// normalises with the running statistics and leaves them unchanged (frozen batch norm, for
+    /// fine-tuning a pretrained backbone on small batches); the affine parameters still train.
+    pub fn train_step_bn(
+        &self,
+        x: &Tensor,
+        batch_statistics: bool,
+        loss: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<TrainStep> {
+        let logits = self.logits(x, Mode { train: batch_statistics, graph: true })?;
         let loss = loss(&logits)?;
         let grads = loss.backward()?;
         if let Some((name, _)) =

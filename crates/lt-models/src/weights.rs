@@ -27,6 +27,9 @@ pub struct LoadReport {
     pub transformers_names: bool,
     /// Whether `num_batches_tracked` was absent (and left at zero).
     pub missing_batch_counters: bool,
+    /// Why the classifier was left as initialised instead of loaded (the file's is for another
+    /// number of classes, or it has none); only [`Model::load_pretrained`] does that.
+    pub head_reinitialised: Option<String>,
 }
 
 /// Translates a transformers ResNet name (`microsoft/resnet-50`) to torchvision's.
@@ -199,9 +202,28 @@ impl Model {
     /// statistic must be present with the right shape; `num_batches_tracked` is optional.
     /// Everything is checked before anything changes.
     pub fn load_weights(&self, path: &Path) -> Result<LoadReport> {
+        self.load_checked(path, false)
+    }
+
+    /// Loads pretrained weights to fine-tune from, as [`Model::load_weights`] does, except for
+    /// the classifier: one for another number of classes (same input dimension), or none at all,
+    /// is left as initialised and the reason given in [`LoadReport::head_reinitialised`]. Every
+    /// backbone tensor must fit: one that does not is an error naming it.
+    pub fn load_pretrained(&self, path: &Path) -> Result<LoadReport> {
+        self.load_checked(path, true)
+    }
+
+    fn load_checked(&self, path: &Path, fit_head: bool) -> Result<LoadReport> {
         let a = Artifact::open_any(path)?;
         let names = NameMap::of(&a);
-        let params = self.store().named_params();
+        let head = if fit_head { self.head_mismatch(path, &a, &names)? } else { None };
+        let (head_w, head_b) = self.head_names();
+        let params: Vec<(String, Var)> = self
+            .store()
+            .named_params()
+            .into_iter()
+            .filter(|(n, _)| head.is_none() || (n != head_w && n != head_b))
+            .collect();
         let buffers = self.store().named_buffers();
         let missing_counters = self.check_present(path, &names, &params, &buffers)?;
         self.check_param_shapes(path, &a, &names, &params)?;
@@ -212,6 +234,29 @@ impl Model {
             ignored: names.ignored(&a, &params, &buffers),
             transformers_names: names.transformers,
             missing_batch_counters: missing_counters,
+            head_reinitialised: head,
+        })
+    }
+
+    /// Why the file's classifier cannot be loaded into this model's (it has none, or one of
+    /// another shape: usually another class count), or `None` when it fits. (A file whose
+    /// backbone does not fit either is refused by the backbone's checks.)
+    fn head_mismatch(&self, path: &Path, a: &Artifact, names: &NameMap) -> Result<Option<String>> {
+        let (w, b) = self.head_names();
+        let (wv, bv) = self.head();
+        let (Some(fw), Some(fb)) = (names.map.get(w), names.map.get(b)) else {
+            return Ok(match (names.map.contains_key(w), names.map.contains_key(b)) {
+                (false, false) => Some(format!("{} has no classifier (`{w}`)", path.display())),
+                _ => None, // half a classifier: reported as missing by the presence check
+            });
+        };
+        let (sw, sb) = (a.info(fw)?.shape.clone(), a.info(fb)?.shape.clone());
+        Ok(if sw == wv.dims() && sb == bv.dims() {
+            None
+        } else if sw.len() == 2 && sw[1] == wv.dims()[1] {
+            Some(format!("the classifier `{fw}` of {} is for {} classes", path.display(), sw[0]))
+        } else {
+            Some(format!("the classifier `{fw}` of {} has shape {sw:?}, not {:?}", path.display(), wv.dims()))
         })
     }
 

@@ -23,6 +23,9 @@ fn main() -> anyhow::Result<()> {
         swa: Some(SwaConfig { start: arg(2, "24").parse()?, lr: 0.05, rank: 20, collect_every_steps: None }),
         seed: 0,
         workers: 2,
+        init: None,
+        backbone_lr_scale: 1.0,
+        freeze_bn: false,
     };
     let dir = std::env::temp_dir().join(format!("lt-synthetic-stage1-{}", std::process::id()));
     let t = std::time::Instant::now();

@@ -68,6 +68,19 @@ pub struct TrainConfig {
     /// Background loader threads.
     #[serde(default = "default_workers")]
     pub workers: usize,
+    /// Pretrained weights to start from: `hub:<org>/<name>[@revision][:file]` or a local
+    /// safetensors file (see [`crate::init`]); `None` initialises from `seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<String>,
+    /// The backbone's learning rate as a fraction of `lr` (the classifier trains at `lr`):
+    /// below 1 when fine-tuning pretrained weights (e.g. 0.1), 0 freezes the backbone's weights.
+    #[serde(default = "default_backbone_lr_scale", skip_serializing_if = "is_one")]
+    pub backbone_lr_scale: f64,
+    /// Batch norm normalises with its running statistics and never updates them (the
+    /// pretrained ones when fine-tuning); its affine parameters still train. The SWA backbone
+    /// and SWAG samples then keep these statistics instead of being recalibrated.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub freeze_bn: bool,
 }
 
 fn default_momentum() -> f64 {
@@ -81,6 +94,17 @@ fn default_warmup() -> usize {
 }
 fn default_workers() -> usize {
     2
+}
+fn default_backbone_lr_scale() -> f64 {
+    1.0
+}
+// Fields at their defaults are left out of the recorded configuration, so that runs from before
+// a field existed keep their fingerprints.
+fn is_one(v: &f64) -> bool {
+    *v == default_backbone_lr_scale()
+}
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 impl TrainConfig {
@@ -97,7 +121,10 @@ impl TrainConfig {
             warmup_epochs: 5,
             swa: Some(SwaConfig { start: 160, lr: 0.05, rank: 20, collect_every_steps: None }),
             seed: 0,
-            workers: 2,
+            workers: default_workers(),
+            init: None,
+            backbone_lr_scale: default_backbone_lr_scale(),
+            freeze_bn: false,
         }
     }
 
@@ -114,6 +141,9 @@ impl TrainConfig {
             }
         }
         lt_models::arch::parse_family(&self.arch)?;
+        if let Some(spec) = &self.init {
+            spec.parse::<crate::init::InitSource>()?;
+        }
         Ok(())
     }
 
@@ -124,6 +154,7 @@ impl TrainConfig {
         check::positive("train.lr", self.lr)?;
         check::in_range("train.momentum", self.momentum, 0.0..1.0)?;
         check::non_negative("train.weight_decay", self.weight_decay)?;
+        check::in_range("train.backbone_lr_scale", self.backbone_lr_scale, 0.0..=1.0)?;
         if self.warmup_epochs >= self.epochs {
             let expected = format!("shorter than training (train.epochs = {})", self.epochs);
             return Err(CheckError::new("train.warmup_epochs", expected, self.warmup_epochs));
@@ -161,6 +192,28 @@ mod tests {
         with(|c| c.weight_decay = 0.0).validate().unwrap();
         with(|c| c.momentum = 0.0).validate().unwrap();
         with(|c| c.swa.as_mut().unwrap().lr = c.lr).validate().unwrap();
+        with(|c| c.backbone_lr_scale = 0.0).validate().unwrap();
+        with(|c| c.init = Some("hub:timm/resnet18.a1_in1k".into())).validate().unwrap();
+        let err = with(|c| c.init = Some("hub:timm".into())).validate().unwrap_err().to_string();
+        assert!(err.contains("train.init \"hub:timm\""), "{err}");
+    }
+
+    #[test]
+    fn fields_at_their_defaults_leave_the_recorded_configuration_unchanged() {
+        // Runs recorded before `init`, `backbone_lr_scale` and `freeze_bn` existed keep their
+        // fingerprints: the defaults are not serialised, and absent fields read as the defaults.
+        let json = serde_json::to_string(&TrainConfig::cifar_lt()).unwrap();
+        for key in ["init", "backbone_lr_scale", "freeze_bn"] {
+            assert!(!json.contains(key), "{json}");
+        }
+        let back: TrainConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, TrainConfig::cifar_lt());
+        let tuned = with(|c| {
+            c.backbone_lr_scale = 0.1;
+            c.freeze_bn = true;
+        });
+        let json = serde_json::to_string(&tuned).unwrap();
+        assert!(json.contains("\"backbone_lr_scale\":0.1") && json.contains("\"freeze_bn\":true"), "{json}");
     }
 
     #[test]
@@ -176,6 +229,14 @@ mod tests {
             (with(|c| c.weight_decay = -1.0), "train.weight_decay must be a finite number >= 0, got -1"),
             // NaN passed the old `weight_decay < 0.0` test.
             (with(|c| c.weight_decay = f64::NAN), "train.weight_decay must be a finite number >= 0, got NaN"),
+            (
+                with(|c| c.backbone_lr_scale = 1.5),
+                "train.backbone_lr_scale must be a finite number in [0, 1], got 1.5",
+            ),
+            (
+                with(|c| c.backbone_lr_scale = f64::NAN),
+                "train.backbone_lr_scale must be a finite number in [0, 1], got NaN",
+            ),
             (
                 with(|c| c.warmup_epochs = 200),
                 "train.warmup_epochs must be shorter than training (train.epochs = 200), got 200",

@@ -24,6 +24,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::{io_err, Result, TrainError};
 use crate::run::RunDir;
 
+/// Metadata key of backbone and SWAG artifacts saying how batch norm was trained.
+pub const KEY_BN: &str = "bn";
+/// [`KEY_BN`]'s value when batch norm was frozen (`TrainConfig::freeze_bn`): SWAG samples keep
+/// the SWA backbone's running statistics instead of being recalibrated.
+pub const BN_FROZEN: &str = "frozen";
+
 /// Extraction settings (defaults declared once, in [`Default`]; the `clap` feature derives the
 /// flags of `lt extract` from them).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -167,6 +173,10 @@ impl Extraction<'_> {
                 let theta =
                     swag.sample(cfg.scale, &mut Rng::stream(cfg.seed, &[streams::SWAG_SAMPLE, m as u64]));
                 swag.layout().write_into(model.store().varmap(), &theta)?;
+                let swa = Artifact::open(&dir.swa(), BACKBONE_FORMAT)?;
+                if swa.meta_opt(KEY_BN) == Some(BN_FROZEN) {
+                    return Ok(model);
+                }
                 let stream = lt_data::loader::Stream::Recalibration { sample: m as u64 };
                 crate::bn::recalibrate(
                     &model,
@@ -242,12 +252,15 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
         let started = std::time::Instant::now();
         job.write_part(s, info, &part)?;
         lt_core::atomic::write_bytes_atomic(&tag, part_fp.as_bytes()).map_err(io_err(&tag))?;
+        let secs = started.elapsed().as_secs_f64();
+        let images: usize = splits(data).iter().map(|(_, d)| d.len()).sum();
         tracing::info!(
-            "sample {}/{} ({}) extracted in {:.1}s",
+            "sample {}/{} ({}) extracted in {secs:.1}s ({:.0} img/s), {}",
             s + 1,
             infos.len(),
             info.kind.as_str(),
-            started.elapsed().as_secs_f64()
+            images as f64 / secs.max(1e-9),
+            crate::eta::left(infos.len() - s - 1, secs)
         );
     }
     let meta = FeaturesMeta {

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, Progress};
 use crate::config::TrainConfig;
 use crate::error::{io_err, Result, TrainError};
+use crate::init::{InitWeights, ParamGroups};
 use crate::run::RunDir;
 use crate::schedule::{learning_rate, Phase};
 use lt_core::optim::Sgd;
@@ -83,9 +84,14 @@ pub struct TrainSummary {
     pub seconds: f64,
 }
 
-/// The fingerprint of a stage-1 run: configuration and data split.
-pub fn run_fingerprint(cfg: &TrainConfig, data: &DataBundle) -> String {
-    Fingerprint::new().json("train_config", cfg).part("split", &data.fingerprint()).finish()
+/// The fingerprint of a stage-1 run: configuration, data split and, for a pretrained start, the
+/// initial weights' identity (see [`InitWeights::identity`]).
+pub fn run_fingerprint(cfg: &TrainConfig, data: &DataBundle, init: Option<&InitWeights>) -> String {
+    let f = Fingerprint::new().json("train_config", cfg).part("split", &data.fingerprint());
+    match init {
+        Some(w) => f.part("init", &w.identity()).finish(),
+        None => f.finish(),
+    }
 }
 
 fn phases(cfg: &TrainConfig) -> Vec<Phase> {
@@ -130,15 +136,20 @@ pub fn train(
     warn_empty_classes(data);
     let started = Instant::now();
     let dir = RunDir::new(dir);
-    let fingerprint = run_fingerprint(cfg, data);
+    let init = cfg.init.as_deref().map(InitWeights::resolve).transpose()?;
+    let fingerprint = run_fingerprint(cfg, data, init.as_ref());
     // Checked before anything is created, then again under the lock (another command may have
-    // written meanwhile); the lock is held until training ends.
+    // written meanwhile); the lock is held until training ends. Pretrained weights are loaded
+    // before the lock: weights that do not fit leave no trace.
     check_directory(&dir, &fingerprint, opts.resume)?;
+    let [channels, _, _] = data.train.sample_shape();
+    let model = Model::new(Arch::new(&cfg.arch, data.num_classes(), channels)?, cfg.seed, &opts.device)?;
+    if let (Some(w), false) = (&init, opts.resume) {
+        w.apply(&model)?;
+    }
     let _lock = lt_core::lock::RunLock::acquire_and_clean(dir.root())?;
     check_directory(&dir, &fingerprint, opts.resume)?;
     record_run(&dir, cfg, data, opts.data_spec.as_ref())?;
-    let [channels, _, _] = data.train.sample_shape();
-    let model = Model::new(Arch::new(&cfg.arch, data.num_classes(), channels)?, cfg.seed, &opts.device)?;
     let mut opt = Sgd::new(cfg.momentum, cfg.nesterov, cfg.weight_decay);
     let sampler = Sampler::new(SamplerKind::Instance, data.train.labels(), data.num_classes(), cfg.seed)
         .map_err(|e| TrainError::Config(e.to_string()))?;
@@ -307,7 +318,7 @@ fn run_epoch(
     };
     let stream = lt_data::loader::Stream::Epoch(epoch as u64).key();
     let batches = EpochBatches::new(ctx.data.train.clone(), order, stream, loader_cfg, ctx.device.clone());
-    let params = model.store().named_params();
+    let groups = ParamGroups::new(model, cfg.backbone_lr_scale);
     let mut bar =
         Bar::new(format!("{} epoch {}/{}", phase.name(), epoch + 1, cfg.epochs), batches.len() as u64);
     let mut sums = EpochSums::default();
@@ -316,8 +327,9 @@ fn run_epoch(
     for batch in batches {
         let batch = batch?;
         lr = learning_rate(cfg, phase, *step, ctx.steps_per_epoch);
-        let pass = model
-            .train_step(&batch.images, |logits| candle_nn::loss::cross_entropy(logits, &batch.labels))?;
+        let pass = model.train_step_bn(&batch.images, !cfg.freeze_bn, |logits| {
+            candle_nn::loss::cross_entropy(logits, &batch.labels)
+        })?;
         let lv = pass.loss.to_dtype(DType::F32)?.to_vec0::<f32>()?;
         if !lv.is_finite() {
             return Err(TrainError::NonFinite {
@@ -327,7 +339,7 @@ fn run_epoch(
                 checkpoint: ctx.last_checkpoint.clone(),
             });
         }
-        opt.step(&params, &pass.grads, lr)?;
+        groups.step(opt, &pass.grads, lr)?;
         let preds = pass.logits.argmax(1)?.to_vec1::<u32>()?;
         sums.correct += preds.iter().zip(&batch.label_vec).filter(|(p, y)| p == y).count();
         sums.loss += lv as f64 * batch.label_vec.len() as f64;
@@ -362,8 +374,9 @@ fn run_epoch(
 }
 
 fn log_epoch(cfg: &TrainConfig, log: &EpochLog) {
+    let (done, total) = (crate::eta::epochs_done(cfg, log.phase, log.epoch), crate::eta::total_epochs(cfg));
     tracing::info!(
-        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, {:.0} MiB",
+        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, {:.0} MiB; stage 1 {done}/{total} epochs, {}",
         log.phase.name(),
         log.epoch + 1,
         cfg.epochs,
@@ -371,18 +384,23 @@ fn log_epoch(cfg: &TrainConfig, log: &EpochLog) {
         100.0 * log.accuracy,
         log.lr,
         log.images_per_sec,
-        log.rss_mib.unwrap_or(0.0)
+        log.rss_mib.unwrap_or(0.0),
+        crate::eta::left(total.saturating_sub(done), log.seconds)
     );
 }
 
 fn finish_phase(ctx: &Ctx, model: &Model, opt: &mut Sgd, phase: Phase, swag: Option<&Swag>) -> Result<()> {
     let fp = ctx.fingerprint.as_str();
     let meta = |kind: &str| {
-        vec![
+        let mut m = vec![
             ("kind", kind.to_string()),
             (lt_core::artifact::KEY_FINGERPRINT, fp.to_string()),
             ("dataset", ctx.data.name.to_string()),
-        ]
+        ];
+        if ctx.cfg.freeze_bn {
+            m.push((crate::extract::KEY_BN, crate::extract::BN_FROZEN.to_string()));
+        }
+        m
     };
     match phase {
         Phase::Prefix => {
@@ -403,16 +421,7 @@ fn finish_phase(ctx: &Ctx, model: &Model, opt: &mut Sgd, phase: Phase, swag: Opt
                 return Err(TrainError::Mismatch("the SWA phase collected no model".into()));
             }
             swag.layout().write_into(model.store().varmap(), swag.mean())?;
-            let seen = crate::bn::recalibrate(
-                model,
-                &ctx.data.train,
-                ctx.cfg.batch_size,
-                ctx.cfg.workers,
-                ctx.cfg.seed,
-                lt_data::loader::Stream::SwaRecalibration { epochs: ctx.cfg.epochs as u64 },
-                &ctx.device,
-            )?;
-            tracing::info!("SWA of {} models; batch norm recalibrated on {seen} images", swag.n_models());
+            recalibrate_swa(ctx, model, swag.n_models())?;
             let mut m = meta("swa");
             m.push(("swag_models", swag.n_models().to_string()));
             model.save(&ctx.dir.swa(), &m)?;
@@ -423,6 +432,26 @@ fn finish_phase(ctx: &Ctx, model: &Model, opt: &mut Sgd, phase: Phase, swag: Opt
             swag.save(&ctx.dir.swag(), &sm)?;
         }
     }
+    Ok(())
+}
+
+/// Batch-norm recalibration of the SWA average, unless batch norm is frozen (its running
+/// statistics, the pretrained ones, are then the ones every collected model trained with).
+fn recalibrate_swa(ctx: &Ctx, model: &Model, models: usize) -> Result<()> {
+    if ctx.cfg.freeze_bn {
+        tracing::info!("SWA of {models} models; batch norm frozen: running statistics kept");
+        return Ok(());
+    }
+    let seen = crate::bn::recalibrate(
+        model,
+        &ctx.data.train,
+        ctx.cfg.batch_size,
+        ctx.cfg.workers,
+        ctx.cfg.seed,
+        lt_data::loader::Stream::SwaRecalibration { epochs: ctx.cfg.epochs as u64 },
+        &ctx.device,
+    )?;
+    tracing::info!("SWA of {models} models; batch norm recalibrated on {seen} images");
     Ok(())
 }
 

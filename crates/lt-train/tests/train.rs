@@ -29,6 +29,9 @@ fn tiny_config() -> TrainConfig {
         swa: Some(SwaConfig { start: 3, lr: 0.02, rank: 3, collect_every_steps: None }),
         seed: 1,
         workers: 2,
+        init: None,
+        backbone_lr_scale: 1.0,
+        freeze_bn: false,
     }
 }
 

@@ -46,6 +46,9 @@ enum DataCommand {
         /// Start from a preset's data section.
         #[arg(long)]
         preset: Option<String>,
+        /// Start from a preset file's data section.
+        #[arg(long)]
+        preset_file: Option<PathBuf>,
         /// Write the split artifact (training indices, labels, class counts, groups) here.
         #[arg(long)]
         write_split: Option<PathBuf>,
@@ -55,8 +58,8 @@ enum DataCommand {
 /// Runs `lt data`.
 pub fn run(args: DataArgs) -> Result<()> {
     match args.command {
-        DataCommand::Describe { data, preset, write_split } => {
-            let preset = crate::preset::resolve(preset.as_deref(), None)?;
+        DataCommand::Describe { data, preset, preset_file, write_split } => {
+            let preset = crate::preset::resolve(preset.as_deref(), preset_file.as_deref())?;
             describe(&data.resolve(preset.as_ref().map(|p| &p.data)), data.mirror.clone(), write_split)
         }
     }
@@ -77,6 +80,8 @@ fn describe(spec: &DataSpec, mirror: Option<String>, write_split: Option<PathBuf
         bundle.val.as_ref().map(|v| v.len().to_string()).unwrap_or_else(|| "-".into()),
         bundle.test.len()
     );
+    let [c, h, w] = bundle.train.sample_shape();
+    println!("sample    {c}x{h}x{w}");
     let show = bundle.num_classes() <= 100;
     if show {
         println!("{:>6}  {:<20} {:>7}  group", "class", "name", "count");

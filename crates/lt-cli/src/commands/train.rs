@@ -12,7 +12,7 @@ use crate::commands::data::{load, DataFlags};
 /// `lt train`
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Start from an embedded preset (synthetic, tiny, fmnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, inat2018).
+    /// Start from an embedded preset (synthetic, tiny, fmnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, inat2018, folder).
     #[arg(long)]
     preset: Option<String>,
     /// Start from a preset file.
@@ -50,6 +50,18 @@ pub struct TrainArgs {
     /// Collect a SWAG model every N steps instead of every epoch.
     #[arg(long)]
     swag_every_steps: Option<usize>,
+    /// Start from pretrained weights: hub:<org>/<name>[@revision][:file] (Hugging Face hub,
+    /// offline with HF_HUB_OFFLINE=1) or a local safetensors file; a classifier for another
+    /// class count is re-initialised.
+    #[arg(long)]
+    init: Option<String>,
+    /// The backbone's learning rate as a fraction of --lr (the classifier's), e.g. 0.1 when
+    /// fine-tuning; 0 freezes the backbone's weights.
+    #[arg(long)]
+    backbone_lr_scale: Option<f64>,
+    /// Freeze batch norm: normalise with the running (pretrained) statistics, never update them.
+    #[arg(long)]
+    freeze_bn: bool,
     /// Train plain SGD only (no SWA/SWAG).
     #[arg(long)]
     no_swa: bool,
@@ -87,7 +99,11 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { cfg.$f = v; } )* };
     }
-    over!(arch, epochs, batch_size, lr, weight_decay, warmup_epochs, seed, workers);
+    over!(arch, epochs, batch_size, lr, weight_decay, warmup_epochs, seed, workers, backbone_lr_scale);
+    if a.init.is_some() {
+        cfg.init = a.init.clone();
+    }
+    cfg.freeze_bn |= a.freeze_bn;
     if a.no_swa {
         cfg.swa = None;
     } else if a.swa_start.is_some()

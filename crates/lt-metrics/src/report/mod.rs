@@ -7,6 +7,7 @@
 //! `report.json` and the plots. Which rows exist, their order and which ones the per-class plot
 //! shows come from the caller's [`ReportSpec`]: this crate knows no method names.
 
+mod classes;
 mod collect;
 mod figures;
 mod paper;
@@ -295,7 +296,8 @@ fn render(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<PathBuf>> 
         c.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
     );
     let md = dir.join("report.md");
-    std::fs::write(&md, markdown(spec, &description, &c.rows)).map_err(io(&md))?;
+    let text = markdown(spec, &description, &c.rows) + &classes::table(spec, c);
+    std::fs::write(&md, text).map_err(io(&md))?;
     files.push("report.md".into());
     Ok(files)
 }

@@ -1,0 +1,224 @@
+//! Your own data end to end, without network: Fashion-MNIST-LT written as PNG files into an image
+//! folder (real images, a real long tail), stage 1 from a pretrained-format checkpoint served by
+//! a hub-cache fixture (offline), the whole `cargo xtask reproduce --preset folder` pipeline and
+//! its report; and the refusals of bad `--init` input.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use candle_core::{Device, Tensor};
+use lt_data::folder_data::{write_longtail_folder, FolderExport};
+use lt_data::idx::{self, IdxVariant};
+use lt_models::{Arch, Model};
+
+const FMNIST: &str = "/usr/share/datasets/fashion-mnist";
+const REPO: &str = "test-org/tiny-resnet";
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn fmnist_available() -> bool {
+    if Path::new(FMNIST).join("train-images-idx3-ubyte.gz").exists() {
+        return true;
+    }
+    if std::env::var_os("LT_SKIP_REAL_DATA").is_some() {
+        return false;
+    }
+    panic!("Fashion-MNIST is missing: run `apt-get install -y dataset-fashion-mnist` (or set LT_SKIP_REAL_DATA=1)");
+}
+
+/// The image folder (4 classes, 40 images in the head class, imbalance 10, 20 test images per
+/// class) and the hub cache holding a pretrained-format ResNet for 10 classes.
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    data: PathBuf,
+    cache: PathBuf,
+    root: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let data = root.join("fmnist-folder");
+    let (pool, test) = idx::load(IdxVariant::FashionMnist, &[PathBuf::from(FMNIST)], None, None).unwrap();
+    let export = FolderExport { classes: 4, n_max: 40, imbalance: 10.0, test_per_class: 20 };
+    write_longtail_folder(&pool, &test, &data, &export).unwrap();
+    // Laid out like the real cache: refs/main without a trailing newline, the file under its
+    // snapshot; plain safetensors with timm/torchvision names and no `num_batches_tracked`.
+    let cache = root.join("hub");
+    let repo_dir = cache.join(format!("models--{}", REPO.replace('/', "--")));
+    std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
+    std::fs::write(repo_dir.join("refs/main"), COMMIT).unwrap();
+    let snap = repo_dir.join("snapshots").join(COMMIT);
+    std::fs::create_dir_all(&snap).unwrap();
+    let m = Model::new(Arch::new("cifar-resnet8x4", 10, 3).unwrap(), 42, &Device::Cpu).unwrap();
+    let mut t: HashMap<String, Tensor> =
+        m.store().named_params().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
+    t.extend(m.store().named_buffers().into_iter().filter(|(n, _)| !n.ends_with("num_batches_tracked")));
+    candle_core::safetensors::save(&t, snap.join("model.safetensors")).unwrap();
+    Fixture { _tmp: tmp, data, cache, root }
+}
+
+/// Runs `lt` offline against the fixture's hub cache: `(success, stdout, stderr)`.
+fn lt(f: &Fixture, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lt"))
+        .args(args)
+        .arg("--plain")
+        .env("HF_HUB_CACHE", &f.cache)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn lt_train_starts_from_the_hub_cache_and_refuses_bad_init_input_by_name() {
+    if !fmnist_available() {
+        return;
+    }
+    let f = fixture();
+    let out = f.root.join("run");
+    let (d, o) = (f.data.to_str().unwrap(), out.to_str().unwrap());
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "--dataset",
+            "folder",
+            "--data-root",
+            d,
+            "--image-size",
+            "28",
+            "--epochs",
+            "2",
+            "--warmup-epochs",
+            "1",
+            "--no-swa",
+            "--batch-size",
+            "16",
+            "--out",
+            o,
+        ];
+        if !extra.contains(&"--arch") {
+            args.extend(["--arch", "cifar-resnet8x4"]);
+        }
+        args.extend_from_slice(extra);
+        lt(&f, &args)
+    };
+    let init = format!("hub:{REPO}");
+    let (ok, stdout, stderr) = train(&["--init", &init, "--backbone-lr-scale", "0.1"]);
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains(&format!("from {init}")) && stderr.contains(COMMIT), "{stderr}");
+    assert!(
+        stderr.contains("classifier re-initialised for 4 classes") && stderr.contains("is for 10 classes"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("SGD"), "{stdout}");
+    std::fs::remove_dir_all(&out).unwrap();
+
+    for (flags, culprit) in [
+        (vec!["--init", "hub:test-org/absent"], "test-org/absent/model.safetensors"),
+        (
+            vec!["--init", "hub:test-org/tiny-resnet:other.safetensors"],
+            "test-org/tiny-resnet/other.safetensors",
+        ),
+        (vec!["--init", "hub:test-org/tiny-resnet@v2"], "revision v2"),
+        (vec!["--init", "hub:oops"], "train.init \"hub:oops\""),
+        (vec!["--init", "/nonexistent/w.safetensors"], "/nonexistent/w.safetensors is not a file"),
+        (vec!["--init", "hub:test-org/tiny-resnet", "--arch", "resnet18"], "model.safetensors: missing"),
+        (
+            vec!["--backbone-lr-scale", "2"],
+            "train.backbone_lr_scale must be a finite number in [0, 1], got 2",
+        ),
+    ] {
+        let (ok, _, stderr) = train(&flags);
+        assert!(!ok && stderr.contains(culprit), "{flags:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{flags:?}: {stderr}");
+        for f in ["train_config.json", "split.safetensors", "data_spec.json"] {
+            assert!(!out.join(f).exists(), "{flags:?} wrote {f}");
+        }
+    }
+    let (ok, _, stderr) = train(&["--init", "hub:test-org/absent"]);
+    assert!(!ok && stderr.contains("not in the offline cache"), "{stderr}");
+}
+
+/// `cargo xtask reproduce --preset folder --data-root DIR --init hub:...` with the shipped preset
+/// scaled down (a tiny architecture, 28x28 images, a few epochs).
+#[test]
+fn the_folder_preset_runs_end_to_end_from_a_hub_checkpoint() {
+    if !fmnist_available() {
+        return;
+    }
+    let f = fixture();
+    let root = xtask::workspace_root();
+    let mut preset: toml::Value =
+        toml::from_str(&std::fs::read_to_string(root.join("presets/folder.toml")).unwrap()).unwrap();
+    let set = |p: &mut toml::Value, path: &[&str], v: toml::Value| {
+        let (last, parents) = path.split_last().unwrap();
+        let mut t = p;
+        for k in parents {
+            t = t.get_mut(*k).unwrap();
+        }
+        t.as_table_mut().unwrap().insert(last.to_string(), v);
+    };
+    use toml::Value::{Float, Integer, String as S};
+    let edits: [(&[&str], toml::Value); 11] = [
+        (&["data", "image_size"], Integer(28)),
+        (&["train", "arch"], S("cifar-resnet8x4".into())),
+        (&["train", "epochs"], Integer(4)),
+        (&["train", "batch_size"], Integer(16)),
+        (&["train", "lr"], Float(0.05)),
+        (&["train", "swa", "start"], Integer(3)),
+        (&["train", "swa", "lr"], Float(0.02)),
+        (&["train", "swa", "rank"], Integer(2)),
+        (&["extract", "samples"], Integer(2)),
+        (&["retrain", "epochs"], Integer(3)),
+        (&["retrain", "batch_size"], Integer(64)),
+    ];
+    for (path, v) in edits {
+        set(&mut preset, path, v);
+    }
+    let tiny: toml::Value =
+        toml::from_str(&std::fs::read_to_string(root.join("presets/tiny.toml")).unwrap()).unwrap();
+    set(&mut preset, &["retrain", "select"], tiny["retrain"]["select"].clone());
+    let file = f.root.join("folder-small.toml");
+    std::fs::write(&file, toml::to_string(&preset).unwrap()).unwrap();
+    // The `lt` commands xtask runs inherit the offline hub cache.
+    std::env::set_var("HF_HUB_CACHE", &f.cache);
+    std::env::set_var("HF_HUB_OFFLINE", "1");
+    let opts = xtask::reproduce::Options {
+        preset: "folder".into(),
+        preset_file: Some(file),
+        seeds: None,
+        data_root: Some(f.data.clone()),
+        download: false,
+        init: Some(format!("hub:{REPO}")),
+        runs_dir: f.root.join("runs"),
+        device: "cpu".into(),
+        dry_run: false,
+        lt: Some(PathBuf::from(env!("CARGO_BIN_EXE_lt"))),
+    };
+    let first = xtask::reproduce::run(&root, &opts).unwrap();
+    let report = std::fs::read_to_string(&first.report).unwrap();
+    println!("{report}");
+    for want in
+        ["| SWA | SRepr |", "## Classes", "| 0 | 0-T-shirt-top | 38 | Medium |", "| 3 | 3-Dress | 2 | Few |"]
+    {
+        assert!(report.contains(want), "{want} missing from\n{report}");
+    }
+    let stage1 = f.root.join("runs/folder/seed-0/stage1");
+    let config = std::fs::read_to_string(stage1.join("train_config.json")).unwrap();
+    assert!(
+        config.contains("\"init\": \"hub:test-org/tiny-resnet\"") && config.contains("backbone_lr_scale")
+    );
+    let split = lt_core::split::SplitInfo::read(&stage1.join("split.safetensors")).unwrap();
+    assert_eq!(split.val_labels.map(|v| v.len()), Some(8), "2 validation images per class");
+    // The init's identity is part of the stage keys: a second run does nothing.
+    let second = xtask::reproduce::run(&root, &opts).unwrap();
+    assert!(second.ran.is_empty(), "re-ran {:?}", second.ran);
+    // The dry run's measurements: the data set's sizes, the architecture and a few timed steps.
+    let lt_bin = PathBuf::from(env!("CARGO_BIN_EXE_lt"));
+    let resolved = f.root.join("runs/folder/preset.toml");
+    let m = xtask::estimate::measure(&lt_bin, &resolved, "cifar-resnet8x4", 16, "cpu").unwrap();
+    assert_eq!((m.images, m.classes, m.size, m.dim), ([62, 8, 80], 4, 28, 16), "{m:?}");
+    assert!(m.params > 1000 && m.train_ips > 0.0 && m.eval_ips > 0.0 && m.retrain_epoch_s > 0.0, "{m:?}");
+}

@@ -1,0 +1,268 @@
+//! The `folder` data set: a user's image folder (layout in [`crate::folder`]) as a
+//! [`DataBundle`], and [`write_png_folder`], which writes in-memory images (Fashion-MNIST-LT) as
+//! such a folder.
+//!
+//! Before anything trains, every file is checked: each class must have training images, every
+//! image file's header must decode (PNG or JPEG; the error names the file and what was
+//! expected), and files without an image extension are counted and logged, never silently
+//! dropped. Images of any size and colour mode (grey, RGB, RGBA, 16-bit, CMYK JPEG) are decoded to
+//! 8-bit RGB (alpha dropped) and resized by the transforms. A seeded class-balanced validation
+//! set is drawn from the training images as for the other data sets
+//! ([`ldam_selection_with_val`]), smaller where a class is too small to give it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::bundle::{DataBundle, DataOptions, DatasetName};
+use crate::dataset::{Dataset, ImageSet, Subset};
+use crate::error::{io_err, DataError, Result};
+use crate::files::{EvalTransform, ImageEntry, ImageFileDataset, TrainTransform};
+use crate::folder::{scan_folder, FolderSplits, EXTENSIONS};
+use crate::longtail::{class_counts, exponential_profile, ldam_selection_with_val};
+use crate::transform::Normalize;
+
+/// Resize side of the evaluation transform for a crop of `crop` (the standard 256 for 224).
+pub fn eval_resize(crop: u32) -> u32 {
+    crop * 256 / 224
+}
+
+/// Loads an image folder (see the module docs).
+pub(crate) fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundle> {
+    if opts.image_size == 0 {
+        return Err(DataError::Invalid("the folder data set needs an image size >= 1, got 0".into()));
+    }
+    let f = scan_folder(root, opts.test_fraction, opts.seed)?;
+    check_classes(root, &f)?;
+    log_skipped(root, &f.classes);
+    preflight(f.train.iter().chain(&f.test))?;
+    let classes = f.classes.len();
+    let size = opts.image_size;
+    let train_tf = TrainTransform { jitter: None, ..TrainTransform::standard(size, None) };
+    let train_tf = if opts.augment {
+        train_tf
+    } else {
+        TrainTransform { scale: (1.0, 1.0), ratio: (1.0, 1.0), flip: false, ..train_tf }
+    };
+    let eval_tf = EvalTransform { resize: eval_resize(size), crop: size };
+    let make = |entries| -> Arc<dyn Dataset> {
+        Arc::new(ImageFileDataset::new(
+            PathBuf::new(),
+            entries,
+            classes,
+            train_tf.clone(),
+            eval_tf.clone(),
+            Normalize::imagenet(),
+        ))
+    };
+    let full = make(f.train);
+    let test = make(f.test);
+    let n = full.len();
+    let counts = class_counts(full.labels(), classes);
+    let profile = match opts.imbalance {
+        Some(rho) => exponential_profile(counts.iter().copied().min().unwrap_or(0), classes, rho)?,
+        None => counts.clone(),
+    };
+    let wanted = opts.val_per_class.or(DatasetName::Folder.default_val_per_class()).unwrap_or(0);
+    let v = val_size(wanted, &counts, &profile, &f.classes);
+    let s = ldam_selection_with_val(full.labels(), &profile, opts.seed as u32, v)?;
+    let val: Option<Arc<dyn Dataset>> =
+        (v > 0).then(|| Arc::new(Subset::new(full.clone(), s.val.clone())) as _);
+    Ok(DataBundle {
+        name: DatasetName::Folder,
+        class_names: f.classes,
+        train: Arc::new(Subset::new(full, s.train.clone())),
+        val,
+        test,
+        train_indices: s.train,
+        val_indices: (v > 0).then_some(s.val),
+        original_train_len: n,
+        imbalance: opts.imbalance,
+        source: format!(
+            "image folder {} ({})",
+            root.display(),
+            if f.held_out { "held-out test folder" } else { "seeded split" }
+        ),
+    })
+}
+
+/// The validation images per class: `wanted`, lowered (and logged) so that every class keeps at
+/// least half of its training selection; 0 when a class cannot spare one.
+fn val_size(wanted: usize, counts: &[usize], profile: &[usize], names: &[String]) -> usize {
+    // Class c can give its unused images and half of its selection.
+    let spare = |c: usize| counts[c] - profile[c] + profile[c] / 2;
+    let Some(tight) = (0..counts.len()).min_by_key(|&c| spare(c)) else { return 0 };
+    let v = wanted.min(spare(tight));
+    if v < wanted {
+        tracing::warn!(
+            "validation set: {v} images per class instead of {wanted}: class `{}` has {} training images \
+             and keeps at least half of them{}",
+            names[tight],
+            counts[tight],
+            if v == 0 { " (no validation set: stage 2 uses its default knobs)" } else { "" }
+        );
+    }
+    v
+}
+
+/// Every class has training images (an empty class folder is an error naming it).
+fn check_classes(root: &Path, f: &FolderSplits) -> Result<()> {
+    let counts = class_counts(&f.train.iter().map(|e| e.label).collect::<Vec<_>>(), f.classes.len());
+    if let Some(c) = counts.iter().position(|&n| n == 0) {
+        let dir = if f.held_out { root.join("train").join(&f.classes[c]) } else { root.join(&f.classes[c]) };
+        return Err(DataError::Format {
+            path: dir,
+            detail: format!(
+                "class `{}` has no training images (expected files ending in .{}); add images or remove the folder",
+                f.classes[c],
+                EXTENSIONS.join(", .")
+            ),
+        });
+    }
+    let test = class_counts(&f.test.iter().map(|e| e.label).collect::<Vec<_>>(), f.classes.len());
+    for (c, _) in test.iter().enumerate().filter(|(_, &n)| n == 0) {
+        tracing::warn!("class `{}` has no test images: its test accuracy is not measured", f.classes[c]);
+    }
+    Ok(())
+}
+
+/// Logs the files of the class folders that are not read (no image extension).
+fn log_skipped(root: &Path, classes: &[String]) {
+    let mut skipped = Vec::new();
+    let dirs = ["train", "test", "val"].iter().map(|d| root.join(d)).chain([root.to_path_buf()]);
+    for base in dirs {
+        for class in classes {
+            let Ok(rd) = std::fs::read_dir(base.join(class)) else { continue };
+            for p in rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()) {
+                let ext = p.extension().map(|x| x.to_string_lossy().to_lowercase()).unwrap_or_default();
+                if !EXTENSIONS.contains(&ext.as_str()) {
+                    skipped.push(p);
+                }
+            }
+        }
+    }
+    if let Some(first) = skipped.first() {
+        tracing::warn!(
+            "skipped {} file(s) without an image extension (.{}), e.g. {}",
+            skipped.len(),
+            EXTENSIONS.join(", ."),
+            first.display()
+        );
+    }
+}
+
+/// Checks that every image file's header decodes (format and size), naming the first that does
+/// not.
+fn preflight<'a>(entries: impl Iterator<Item = &'a ImageEntry>) -> Result<()> {
+    let started = Instant::now();
+    let mut n = 0usize;
+    for e in entries {
+        let dims = image::ImageReader::open(&e.path)
+            .and_then(|r| r.with_guessed_format())
+            .map_err(|err| err.to_string())
+            .and_then(|r| r.into_dimensions().map_err(|err| err.to_string()));
+        match dims {
+            Ok((w, h)) if w > 0 && h > 0 => n += 1,
+            Ok((w, h)) => {
+                return Err(DataError::Image {
+                    path: e.path.clone(),
+                    detail: format!("a {w}x{h} image has no pixels"),
+                })
+            }
+            Err(detail) => {
+                return Err(DataError::Image {
+                    path: e.path.clone(),
+                    detail: format!("not a readable PNG or JPEG image: {detail}"),
+                })
+            }
+        }
+    }
+    tracing::info!("checked {n} image files in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The folder name of class `c` of `classes`: its index, zero-padded so that the folders sort in
+/// label order, then its name with path separators replaced (`0-T-shirt-top`).
+pub fn class_folder_name(c: usize, name: &str, classes: usize) -> String {
+    let width = classes.saturating_sub(1).to_string().len();
+    let clean: String = name.chars().map(|ch| if ch == '/' || ch == '\\' { '-' } else { ch }).collect();
+    format!("{c:0width$}-{clean}")
+}
+
+/// Writes images `indices` of `set` as PNG files `dir/<class folder>/<index>.png` (grey or RGB as
+/// the set is; class folders from [`class_folder_name`], the index zero-padded to 6 digits).
+pub fn write_png_folder(set: &ImageSet, indices: &[usize], dir: &Path) -> Result<()> {
+    let (w, h) = (set.width as u32, set.height as u32);
+    let plane = set.width * set.height;
+    for &i in indices {
+        let label = set.labels[i] as usize;
+        let name = set.class_names.get(label).cloned().unwrap_or_else(|| label.to_string());
+        let class_dir = dir.join(class_folder_name(label, &name, set.num_classes));
+        std::fs::create_dir_all(&class_dir).map_err(io_err(&class_dir))?;
+        let path = class_dir.join(format!("{i:06}.png"));
+        let img = set.image(i);
+        let saved = match set.channels {
+            1 => image::GrayImage::from_raw(w, h, img.to_vec()).map(|g| g.save(&path)),
+            3 => {
+                let hwc: Vec<u8> =
+                    (0..plane).flat_map(|p| [img[p], img[plane + p], img[2 * plane + p]]).collect();
+                image::RgbImage::from_raw(w, h, hwc).map(|g| g.save(&path))
+            }
+            c => return Err(DataError::Invalid(format!("cannot write {c}-channel images as PNG"))),
+        };
+        match saved {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(DataError::Image { path, detail: e.to_string() }),
+            None => return Err(DataError::Invalid(format!("image {i} is not {w}x{h}"))),
+        }
+    }
+    Ok(())
+}
+
+/// What [`write_longtail_folder`] writes.
+#[derive(Clone, Debug)]
+pub struct FolderExport {
+    /// The first this many classes.
+    pub classes: usize,
+    /// Training images of the largest class.
+    pub n_max: usize,
+    /// Imbalance ratio of the exponential profile.
+    pub imbalance: f64,
+    /// Test images per class (the first ones of each class in file order).
+    pub test_per_class: usize,
+}
+
+/// Writes a long-tailed image folder (`dir/train/<class>/…`, `dir/test/<class>/…`) from a
+/// balanced in-memory training pool and test set: the LDAM-DRW selection (seed 0) of the
+/// exponential profile over the first `classes` classes. Returns the training indices written
+/// (into `pool`), class by class.
+pub fn write_longtail_folder(
+    pool: &ImageSet,
+    test: &ImageSet,
+    dir: &Path,
+    e: &FolderExport,
+) -> Result<Vec<usize>> {
+    if e.classes == 0 || e.classes > pool.num_classes {
+        return Err(DataError::Invalid(format!(
+            "cannot write {} of the {} classes",
+            e.classes, pool.num_classes
+        )));
+    }
+    let mut counts = exponential_profile(e.n_max, e.classes, e.imbalance)?;
+    counts.resize(pool.num_classes, 0);
+    let train = crate::longtail::ldam_selection(&pool.labels, &counts, 0)?;
+    write_png_folder(pool, &train, &dir.join("train"))?;
+    let mut taken = vec![0usize; e.classes];
+    let test_idx: Vec<usize> = (0..test.len())
+        .filter(|&i| {
+            let c = test.labels[i] as usize;
+            let keep = c < e.classes && taken[c] < e.test_per_class;
+            if keep {
+                taken[c] += 1;
+            }
+            keep
+        })
+        .collect();
+    write_png_folder(test, &test_idx, &dir.join("test"))?;
+    Ok(train)
+}

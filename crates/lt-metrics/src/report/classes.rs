@@ -1,0 +1,43 @@
+//! The report's class table: each class by name (the split's class names: a folder data set's
+//! sub-folder names), its training images and shot group, and the per-class test accuracy of
+//! the rows the per-class plot shows.
+
+use super::{Collected, ReportSpec, LAYOUT};
+
+/// Classes beyond this many are not listed (iNaturalist's 8,142 would bury the report).
+pub const MAX_LISTED_CLASSES: usize = 200;
+
+/// The Markdown class table of `c` (empty when the first seed has no split artifact or there
+/// are more than [`MAX_LISTED_CLASSES`] classes).
+pub(super) fn table(spec: &ReportSpec, c: &Collected) -> String {
+    let Some(&seed) = c.seeds.first() else { return String::new() };
+    let path = LAYOUT.stage1_dir(&c.runs, seed).join(LAYOUT.split);
+    let Ok(split) = lt_core::split::SplitInfo::read(&path) else { return String::new() };
+    let classes = split.num_classes();
+    if classes == 0 || classes > MAX_LISTED_CLASSES {
+        return String::new();
+    }
+    let rows: Vec<_> =
+        spec.per_class_rows.iter().filter_map(|id| c.rows.iter().find(|r| &r.id == id)).collect();
+    let (counts, groups) = (split.class_counts(), split.groups());
+    let mut s = String::from("\n## Classes\n\n| # | Class | Training images | Group |");
+    for r in &rows {
+        s.push_str(&format!(" {} {} |", r.backbone, r.method));
+    }
+    s.push_str(&format!("\n|---|---|---|---|{}\n", "---|".repeat(rows.len())));
+    for k in 0..classes {
+        let name = split.class_names.get(k).map(|n| n.replace('|', "\\|")).unwrap_or_default();
+        s.push_str(&format!("| {k} | {name} | {} | {} |", counts[k], groups[k].name()));
+        for r in &rows {
+            let acc: Vec<f64> =
+                r.evaluations.iter().filter_map(|e| e.per_class.get(k).copied().flatten()).collect();
+            match acc.len() {
+                0 => s.push_str(" - |"),
+                n => s.push_str(&format!(" {:.2} |", 100.0 * acc.iter().sum::<f64>() / n as f64)),
+            }
+        }
+        s.push('\n');
+    }
+    s.push_str("\nPer-class test accuracy in percent, the mean over seeds; training images of the first seed's split.\n");
+    s
+}

@@ -1,0 +1,66 @@
+//! Time left, for the progress log of long runs: stage 1 counts its epochs over every phase,
+//! extraction its backbone samples.
+
+use crate::config::TrainConfig;
+use crate::schedule::Phase;
+
+/// Epochs stage 1 trains in all: `epochs`, or with SWA the shared prefix and both branches.
+pub fn total_epochs(cfg: &TrainConfig) -> usize {
+    match &cfg.swa {
+        Some(s) => s.start + 2 * (cfg.epochs - s.start.min(cfg.epochs)),
+        None => cfg.epochs,
+    }
+}
+
+/// Epochs stage 1 has trained at the end of `epoch` (0-based) of `phase`.
+pub fn epochs_done(cfg: &TrainConfig, phase: Phase, epoch: usize) -> usize {
+    let start = cfg.swa.as_ref().map(|s| s.start).unwrap_or(0);
+    match phase {
+        Phase::Sgd | Phase::Prefix | Phase::SgdBranch => epoch + 1,
+        Phase::Swa => epoch + 1 + (cfg.epochs - start),
+    }
+}
+
+/// A duration in words: `45s`, `12m05s`, `3h07m`.
+pub fn format_duration(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `"~12m05s left"` for `remaining` units at `seconds_per_unit` each.
+pub fn left(remaining: usize, seconds_per_unit: f64) -> String {
+    format!("~{} left", format_duration(remaining as f64 * seconds_per_unit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SwaConfig;
+
+    #[test]
+    fn epochs_are_counted_over_every_phase() {
+        let mut cfg = TrainConfig::cifar_lt();
+        cfg.epochs = 10;
+        cfg.warmup_epochs = 1;
+        cfg.swa = Some(SwaConfig { start: 6, lr: 0.05, rank: 2, collect_every_steps: None });
+        assert_eq!(total_epochs(&cfg), 6 + 4 + 4);
+        assert_eq!(epochs_done(&cfg, Phase::Prefix, 5), 6);
+        assert_eq!(epochs_done(&cfg, Phase::SgdBranch, 9), 10);
+        assert_eq!(epochs_done(&cfg, Phase::Swa, 6), 11);
+        assert_eq!(epochs_done(&cfg, Phase::Swa, 9), total_epochs(&cfg));
+        cfg.swa = None;
+        assert_eq!((total_epochs(&cfg), epochs_done(&cfg, Phase::Sgd, 9)), (10, 10));
+    }
+
+    #[test]
+    fn durations_read_as_words() {
+        assert_eq!(format_duration(44.6), "45s");
+        assert_eq!(format_duration(725.0), "12m05s");
+        assert_eq!(format_duration(3.0 * 3600.0 + 7.0 * 60.0 + 9.0), "3h07m");
+        assert_eq!(left(3, 20.0), "~1m00s left");
+    }
+}

@@ -1,0 +1,315 @@
+//! The pre-flight of `cargo xtask reproduce --dry-run`: for each stage, the time it should take
+//! on this machine and the disk it will use.
+//!
+//! Time comes from short measured steps of the `lt` binary: `lt bench backbone` (a few training
+//! and inference steps of the preset's architecture at its batch and image size) gives images per
+//! second, scaled by the images each stage passes over (stage 1: every epoch of every phase, the
+//! test evaluations and the SWA recalibration; extraction: every split for each of the `2 + M`
+//! backbones, plus a recalibration pass per SWAG sample); stage 2 scales one measured epoch of
+//! `lt bench retrain` by the problem's size. Image decoding is not part of the measurement (it
+//! overlaps with compute on the loader threads). Disk comes from the architecture's parameter
+//! count (`lt backbone info`) and the features' `S x N x D`.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+/// What the estimate is built from.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Inputs {
+    /// Training, validation and test images.
+    pub images: [usize; 3],
+    /// Classes.
+    pub classes: usize,
+    /// Image side.
+    pub size: usize,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Dimension of the representation.
+    pub dim: usize,
+    /// Images per second of a training step.
+    pub train_ips: f64,
+    /// Images per second of inference.
+    pub eval_ips: f64,
+    /// Seconds per epoch of a stage-2 fit, scaled to this problem.
+    pub retrain_epoch_s: f64,
+}
+
+/// The recipe numbers of the preset that the estimate needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recipe {
+    /// Stage-1 epochs.
+    pub epochs: usize,
+    /// First SWA epoch and SWAG rank (`None`: no SWA).
+    pub swa: Option<(usize, usize)>,
+    /// SWAG samples M.
+    pub samples: usize,
+    /// Whether features are stored as f16.
+    pub half: bool,
+    /// Stage-2 epochs.
+    pub retrain_epochs: usize,
+    /// Batch norm frozen (no recalibration passes).
+    pub freeze_bn: bool,
+}
+
+/// Seconds and bytes of one stage.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Cost {
+    /// Estimated wall time.
+    pub seconds: f64,
+    /// Disk the stage's outputs take.
+    pub bytes: f64,
+}
+
+/// Stage 1: SGD (and SWA/SWAG) training, evaluation and recalibration; disk: the SGD and SWA
+/// backbones, the branch state and the rolling checkpoint (weights and momentum), and SWAG's mean,
+/// second moment and `K` deviations.
+pub fn stage1(i: &Inputs, r: &Recipe) -> Cost {
+    let [train, _, test] = i.images;
+    let (epochs, recal, swag_rows) = match r.swa {
+        Some((start, rank)) => (start + 2 * r.epochs.saturating_sub(start), !r.freeze_bn, 2 + rank),
+        None => (r.epochs, false, 0),
+    };
+    let backbones = if r.swa.is_some() { 2 } else { 1 };
+    let mut seconds = (epochs * train) as f64 / i.train_ips + (backbones * test) as f64 / i.eval_ips;
+    if recal {
+        seconds += train as f64 / i.eval_ips;
+    }
+    let p = 4.0 * i.params as f64;
+    let files = backbones as f64 + 2.0 * 2.0 + 2.0 * swag_rows as f64;
+    Cost { seconds, bytes: p * files }
+}
+
+/// Extraction: `2 + M` backbones over every split, a recalibration pass per SWAG sample; disk:
+/// the `S x N x D` features.
+pub fn extract(i: &Inputs, r: &Recipe) -> Cost {
+    let n: usize = i.images.iter().sum();
+    let s = 2 + r.samples;
+    let mut seconds = (s * n) as f64 / i.eval_ips;
+    if !r.freeze_bn {
+        seconds += (r.samples * i.images[0]) as f64 / i.eval_ips;
+    }
+    let width = if r.half { 2.0 } else { 4.0 };
+    Cost { seconds, bytes: (s * n * i.dim) as f64 * width }
+}
+
+/// One stage-2 row: its epochs (a validation search multiplies them); disk: the head and the
+/// test predictions.
+pub fn retrain_row(i: &Inputs, r: &Recipe) -> Cost {
+    let bytes = 4.0 * (i.classes * (i.dim + 1) + i.images[2] * i.classes) as f64;
+    Cost { seconds: r.retrain_epochs as f64 * i.retrain_epoch_s, bytes }
+}
+
+/// `1.2 GB`, `340 MB`, `12 kB`.
+pub fn format_bytes(b: f64) -> String {
+    match b {
+        b if b >= 1e9 => format!("{:.1} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.0} MB", b / 1e6),
+        b => format!("{:.0} kB", (b / 1e3).ceil()),
+    }
+}
+
+/// `45 s`, `12 min`, `3.1 h`.
+pub fn format_seconds(s: f64) -> String {
+    match s {
+        s if s >= 5400.0 => format!("{:.1} h", s / 3600.0),
+        s if s >= 90.0 => format!("{:.0} min", s / 60.0),
+        s => format!("{:.0} s", s.max(1.0)),
+    }
+}
+
+/// The value after `key` on the line that starts with `prefix`, as a number.
+fn field(text: &str, prefix: &str, key: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.trim_start().starts_with(prefix))?;
+    let rest = &line[line.find(key)? + key.len()..];
+    let num: String = rest.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    num.parse().ok()
+}
+
+fn run(lt: &Path, args: &[String]) -> Result<String> {
+    let out = Command::new(lt).args(args).output().with_context(|| format!("running {}", lt.display()))?;
+    if !out.status.success() {
+        bail!("`lt {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn json_number(text: &str, key: &str) -> Result<f64> {
+    let v: serde_json::Value = serde_json::from_str(text.trim()).context("lt bench printed no JSON")?;
+    v[key].as_f64().with_context(|| format!("lt bench printed no `{key}`"))
+}
+
+/// Measures [`Inputs`] with the `lt` binary: the data set's sizes (`lt data describe`), the
+/// architecture (`lt backbone info`) and short timed steps (`lt bench`).
+pub fn measure(lt: &Path, preset_path: &Path, arch: &str, batch: usize, device: &str) -> Result<Inputs> {
+    let p = preset_path.display().to_string();
+    let d = run(lt, &["data".into(), "describe".into(), "--preset-file".into(), p])?;
+    let images = [
+        field(&d, "images", "train").unwrap_or(0.0) as usize,
+        field(&d, "images", "val").unwrap_or(0.0) as usize,
+        field(&d, "images", "test").unwrap_or(0.0) as usize,
+    ];
+    let classes =
+        field(&d, "classes", "classes").context("lt data describe printed no class count")? as usize;
+    let size = field(&d, "sample", "x").context("lt data describe printed no sample shape")? as usize;
+    let b = run(
+        lt,
+        &[
+            "backbone".into(),
+            "info".into(),
+            "--arch".into(),
+            arch.into(),
+            "--classes".into(),
+            classes.to_string(),
+        ],
+    )?;
+    let params =
+        field(&b, "parameters:", "parameters:").context("lt backbone info printed no count")? as usize;
+    let dim = field(&b, "", "feature dimension").context("lt backbone info printed no dimension")? as usize;
+    let bench = |mode: &str| -> Result<f64> {
+        let args: Vec<String> = [
+            "bench",
+            "backbone",
+            "--arch",
+            arch,
+            "--mode",
+            mode,
+            "--batch",
+            &batch.min(32).to_string(),
+            "--size",
+            &size.to_string(),
+            "--classes",
+            &classes.to_string(),
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--device",
+            device,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        json_number(&run(lt, &args)?, "images_per_sec")
+    };
+    let (train_ips, eval_ips) = (bench("train")?, bench("eval")?);
+    let tmp = std::env::temp_dir().join("lt-estimate");
+    let r = run(
+        lt,
+        &[
+            "bench".into(),
+            "retrain".into(),
+            "--dir".into(),
+            tmp.display().to_string(),
+            "--device".into(),
+            device.into(),
+        ],
+    )?;
+    // The benchmark's problem: 12,406 x 64 features, 100 classes, M = 8.
+    let scale = (images[0] * dim * classes) as f64 / (12_406.0 * 64.0 * 100.0);
+    let retrain_epoch_s = json_number(&r, "seconds_per_epoch")? * scale;
+    Ok(Inputs { images, classes, size, params, dim, train_ips, eval_ips, retrain_epoch_s })
+}
+
+/// The [`Recipe`] of a resolved preset (the defaults of the `lt` binary where it says nothing).
+pub fn recipe(preset: &toml::Value) -> Recipe {
+    let int = |path: &[&str], default: i64| {
+        let mut v = Some(preset);
+        for k in path {
+            v = v.and_then(|x| x.get(*k));
+        }
+        v.and_then(|x| x.as_integer()).unwrap_or(default).max(0) as usize
+    };
+    let flag = |sec: &str, key: &str| {
+        preset.get(sec).and_then(|t| t.get(key)).and_then(|v| v.as_bool()).unwrap_or(false)
+    };
+    let swa = preset
+        .get("train")
+        .and_then(|t| t.get("swa"))
+        .map(|_| (int(&["train", "swa", "start"], 0), int(&["train", "swa", "rank"], 20)));
+    Recipe {
+        epochs: int(&["train", "epochs"], 1),
+        swa,
+        samples: int(&["extract", "samples"], 8),
+        half: flag("extract", "half"),
+        retrain_epochs: int(&["retrain", "epochs"], 30),
+        freeze_bn: flag("train", "freeze_bn"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs() -> Inputs {
+        Inputs {
+            images: [10_000, 1_000, 5_000],
+            classes: 10,
+            size: 32,
+            params: 1_000_000,
+            dim: 64,
+            train_ips: 1_000.0,
+            eval_ips: 4_000.0,
+            retrain_epoch_s: 0.5,
+        }
+    }
+
+    #[test]
+    fn stage_costs_follow_the_recipe() {
+        let r = Recipe {
+            epochs: 10,
+            swa: Some((6, 20)),
+            samples: 8,
+            half: false,
+            retrain_epochs: 4,
+            freeze_bn: false,
+        };
+        let s1 = stage1(&inputs(), &r);
+        // 6 + 2 x 4 epochs of 10,000 images at 1,000/s, 2 x 5,000 test and 10,000 recalibration at 4,000/s.
+        assert!((s1.seconds - (140.0 + 2.5 + 2.5)).abs() < 1e-9, "{s1:?}");
+        assert_eq!(s1.bytes, 4e6 * (2.0 + 4.0 + 44.0));
+        let ex = extract(&inputs(), &r);
+        assert!((ex.seconds - (10.0 * 16_000.0 / 4_000.0 + 8.0 * 2.5)).abs() < 1e-9, "{ex:?}");
+        assert_eq!(ex.bytes, 10.0 * 16_000.0 * 64.0 * 4.0);
+        let frozen = Recipe { freeze_bn: true, half: true, ..r.clone() };
+        assert_eq!(extract(&inputs(), &frozen).bytes, ex.bytes / 2.0);
+        assert!(extract(&inputs(), &frozen).seconds < ex.seconds);
+        assert_eq!(retrain_row(&inputs(), &r).seconds, 2.0);
+    }
+
+    #[test]
+    fn the_recipe_is_read_from_the_preset_with_the_binary_defaults() {
+        let p: toml::Value = toml::from_str(
+            "[train]\nepochs = 30\nfreeze_bn = true\n[train.swa]\nstart = 24\n[extract]\nhalf = true\n",
+        )
+        .unwrap();
+        let r = recipe(&p);
+        assert_eq!(
+            r,
+            Recipe {
+                epochs: 30,
+                swa: Some((24, 20)),
+                samples: 8,
+                half: true,
+                retrain_epochs: 30,
+                freeze_bn: true
+            }
+        );
+        assert_eq!(recipe(&toml::from_str("[train]\nepochs = 5\n").unwrap()).swa, None);
+    }
+
+    #[test]
+    fn the_describe_and_info_lines_parse() {
+        let d = "classes   4\nimages    train 64 (of 70), val 8, test 80\nsample    3x28x28\n";
+        assert_eq!(field(d, "images", "train"), Some(64.0));
+        assert_eq!(field(d, "images", "val"), Some(8.0));
+        assert_eq!(field(d, "images", "test"), Some(80.0));
+        assert_eq!(field(d, "sample", "x"), Some(28.0));
+        let b = "resnet50: 1000 classes, 3 input channels, feature dimension 2048\nparameters: 25557032\n";
+        assert_eq!(field(b, "parameters:", "parameters:"), Some(25_557_032.0));
+        assert_eq!(field(b, "resnet50", "feature dimension"), Some(2048.0));
+        assert_eq!(format_bytes(1.5e9), "1.5 GB");
+        assert_eq!(format_seconds(7200.0), "2.0 h");
+    }
+}
