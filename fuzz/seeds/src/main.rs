@@ -72,13 +72,14 @@ fn artifacts() {
         train_labels: vec![0, 0, 1, 2],
         test_labels: vec![0, 1, 2],
         val_labels: Some(vec![2, 1]),
+        val_indices: Some(vec![0, 2]),
         imbalance: Some(100.0),
         original_train_len: 10,
     };
     let p = dir.join("split.safetensors");
     split.write(&p, "0123abcd").expect("split");
     put("artifact", "split", &std::fs::read(&p).expect("read"));
-    let natural = SplitInfo { imbalance: None, val_labels: None, ..split };
+    let natural = SplitInfo { imbalance: None, val_labels: None, val_indices: None, ..split };
     natural.write(&p, "").expect("split");
     put("artifact", "split-natural", &std::fs::read(&p).expect("read"));
 
