@@ -14,7 +14,8 @@
 #   3. the benchmark: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval,
 #      the project (f32, and TF32 convolutions) against PyTorch CUDA in the same run (f32 with
 #      TF32 off, f32 NCHW and channels-last with PyTorch's default TF32, bf16 autocast +
-#      channels-last), with peak GPU memory;
+#      channels-last), with peak GPU memory, and one profiled ResNet-50 training step (each
+#      forward op timed between device synchronisations);
 #   4. Fashion-MNIST-LT on CUDA: a short stage 1 (SGD + SWA), extraction, SRepr, eval, with its
 #      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt.
 # Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
@@ -194,6 +195,14 @@ step_bench() {
     TORCH_LIMIT=110 bench_torch "resnet50-$mode-pytorch" "${r50[@]}" --mode "$mode"
   done
   python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$OUT/bench_table.err"
+  # Where a ResNet-50 training step's forward spends its time: each op between device syncs.
+  run_step "profile resnet50 train" 60 "$OUT/profile-resnet50.log" "$LT" bench backbone --device "$DEVICE" \
+    --arch resnet50 --classes 1000 --batch 64 --size 224 --steps 3 --warmup 2 --mode train --tf32 --profile
+  record "profile resnet50 train b64 TF32" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
+import json, sys
+d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["forward_ops"]
+print("step %.0f ms; forward ops: " % d["step_ms"] + ", ".join("%s %.0f ms" % (o["op"], o["ms"]) for o in d["ops"][:4]))
+' "$OUT/profile-resnet50.log" 2>/dev/null || echo "no profile")"
 }
 
 # --- 4. Fashion-MNIST-LT pipeline --------------------------------------------------------------

@@ -41,6 +41,7 @@ pub mod model;
 pub mod ops;
 pub mod params;
 pub mod pool;
+pub mod profile;
 mod program;
 mod torchvision;
 pub mod weights;

@@ -91,6 +91,10 @@ struct BackboneBench {
     /// Rank cuDNN's convolution algorithms by its heuristics instead of timing them.
     #[arg(long)]
     cudnn_heuristic: bool,
+    /// After the timed steps, one more step with every forward op timed between device
+    /// synchronisations (`lt_models::profile`): the JSON gains `forward_ops` (kind, calls, ms).
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(Args)]
@@ -180,7 +184,7 @@ fn backbone(b: BackboneBench) -> Result<()> {
     let y = Tensor::from_vec((0..batch as u32).map(|i| i % classes as u32).collect::<Vec<_>>(), batch, &dev)?;
     let params = m.store().named_params();
     let mut opt = Sgd::new(0.9, true, 5e-4);
-    let median = median_seconds(b.warmup, b.steps, || {
+    let mut step = || -> Result<()> {
         match b.mode {
             Mode::Train => {
                 let step = m.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y))?;
@@ -200,14 +204,32 @@ fn backbone(b: BackboneBench) -> Result<()> {
         }
         dev.synchronize()?;
         Ok(())
-    })?;
+    };
+    let median = median_seconds(b.warmup, b.steps, &mut step)?;
+    let profile = if b.profile { Some(profiled(&mut step)?) } else { None };
     print(json!({
+        "forward_ops": profile,
         "bench": "backbone", "arch": b.arch, "mode": b.mode, "backend": b.backend, "batch": batch, "size": size,
         "device": b.device, "median_step_seconds": median, "images_per_sec": batch as f64 / median, "steps": b.steps,
         "kernels": lt_models::ops::kernel_name(), "tf32": b.tf32,
         "device_pool_peak_mib": lt_models::ops::device_memory_peak(&dev).map(|b| b as f64 / 1048576.0),
     }));
     Ok(())
+}
+
+/// One more `step` with the eager forward's ops timed: `[{op, calls, ms}]` and the whole step.
+fn profiled(step: &mut impl FnMut() -> Result<()>) -> Result<serde_json::Value> {
+    lt_models::profile::set_enabled(true);
+    let t = Instant::now();
+    let done = step();
+    let seconds = t.elapsed().as_secs_f64();
+    lt_models::profile::set_enabled(false);
+    done?;
+    let ops: Vec<_> = lt_models::profile::totals()
+        .into_iter()
+        .map(|(op, calls, s)| json!({"op": op, "calls": calls, "ms": 1000.0 * s}))
+        .collect();
+    Ok(json!({"step_ms": 1000.0 * seconds, "ops": ops}))
 }
 
 fn loader(b: LoaderBench) -> Result<()> {

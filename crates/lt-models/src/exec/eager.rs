@@ -58,14 +58,26 @@ impl Eager<'_> {
         };
         let x = get(node.x)?;
         let b = self.backend;
-        Ok(match &node.op {
-            Op::Conv { w, stride, pad } => b.conv2d(x, &self.param(&w.var), *stride, *pad)?,
-            Op::Bn(bn) => self.batch_norm(x, bn)?,
-            Op::AddRelu { other } => b.add_relu(x, get(*other)?)?,
-            Op::Shortcut { pad } => b.shortcut_a(x, *pad)?,
-            Op::MaxPool(win) => b.max_pool(x, win.k, win.stride, win.pad)?,
-            Op::AvgPool => b.avg_pool(x)?,
-        })
+        let dev = x.device();
+        let timed = |kind, f: &dyn Fn() -> Result<Tensor>| -> Result<Tensor> {
+            let mut out = None;
+            crate::profile::time(kind, dev, || {
+                out = Some(f());
+                Ok(())
+            })?;
+            out.unwrap_or_else(|| Err(ModelError::Invalid("profiled op did not run".into())))
+        };
+        match &node.op {
+            Op::Conv { w, stride, pad } => {
+                timed("conv", &|| Ok(b.conv2d(x, &self.param(&w.var), *stride, *pad)?))
+            }
+            Op::Bn(bn) if self.mode.train => timed("batch norm (train)", &|| self.batch_norm(x, bn)),
+            Op::Bn(bn) => timed("batch norm (eval)", &|| self.batch_norm(x, bn)),
+            Op::AddRelu { other } => timed("add + relu", &|| Ok(b.add_relu(x, get(*other)?)?)),
+            Op::Shortcut { pad } => timed("shortcut", &|| Ok(b.shortcut_a(x, *pad)?)),
+            Op::MaxPool(win) => timed("max pool", &|| Ok(b.max_pool(x, win.k, win.stride, win.pad)?)),
+            Op::AvgPool => timed("average pool", &|| Ok(b.avg_pool(x)?)),
+        }
     }
 
     fn batch_norm(&self, x: &Tensor, bn: &BnSpec) -> Result<Tensor> {
