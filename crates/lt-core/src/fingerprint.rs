@@ -4,7 +4,26 @@
 //! configuration and the fingerprints of its input artifacts). The orchestrator recomputes the
 //! fingerprint a stage would have and skips the stage when the existing artifact carries the same.
 
+use std::io::Read;
+use std::path::Path;
+
 use sha2::{Digest, Sha256};
+
+/// The lower-case hex digest of a file's bytes with hash `D` (any RustCrypto hash: `sha2::Sha256`,
+/// `md5::Md5`, ...), read in 1 MiB blocks so that large files never sit in memory.
+pub fn file_digest<D: Digest>(path: &Path) -> std::io::Result<String> {
+    let mut f = std::fs::File::open(path)?;
+    let mut h = D::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
 
 /// An incremental SHA-256 over labelled parts; the hex digest is the fingerprint.
 #[derive(Clone, Default)]
@@ -53,6 +72,19 @@ impl Fingerprint {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_digest_is_the_hash_of_the_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        // SHA-256("abc"), FIPS 180-2 appendix B.1.
+        assert_eq!(
+            file_digest::<Sha256>(&p).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(file_digest::<Sha256>(&dir.path().join("missing")).is_err());
+    }
 
     #[test]
     fn parts_are_length_prefixed_and_order_sensitive() {

@@ -25,17 +25,7 @@ pub struct RemoteFile {
 
 /// MD5 of a file, lower-case hex.
 pub fn md5_file(path: &Path) -> Result<String> {
-    let mut f = File::open(path).map_err(io_err(path))?;
-    let mut h = Md5::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    lt_core::fingerprint::file_digest::<Md5>(path).map_err(io_err(path))
 }
 
 /// Downloads `remote` to `dest` unless `dest` already exists with the right digest.

@@ -221,8 +221,8 @@ impl Extraction<'_> {
 /// data set the run was trained on. Returns the artifact's path.
 pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &Device) -> Result<PathBuf> {
     cfg.validate()?;
-    // Checked before the lock creates anything, then again under it; held until the end.
-    check_run(dir, data, cfg)?;
+    // Checked under the lock, held until the end (a run directory the lock had to create is
+    // removed again when the check refuses it).
     let _lock = lt_core::lock::RunLock::acquire_and_clean(dir.root())?;
     let (split_fp, run_fp) = check_run(dir, data, cfg)?;
     let fingerprint = extract_fingerprint(&run_fp, cfg);

@@ -9,7 +9,6 @@
 //! commit the revision resolved to, file name and the file's SHA-256) is part of the run's
 //! fingerprint, so that a run started from other weights is never taken for this one.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -18,7 +17,6 @@ use candle_core::Var;
 use lt_models::hub::{self, HubOptions};
 use lt_models::{LoadReport, Model};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::error::{io_err, Result, TrainError};
 
@@ -159,17 +157,7 @@ impl InitWeights {
 
 /// SHA-256 of a file, read in 1 MiB blocks.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(path).map_err(io_err(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(hex::encode(h.finalize()))
+    lt_core::fingerprint::file_digest::<sha2::Sha256>(path).map_err(io_err(path))
 }
 
 /// The model's parameters in two groups: the backbone's, stepped at `lr * backbone_lr_scale`,

@@ -59,14 +59,7 @@ impl Eager<'_> {
         let x = get(node.x)?;
         let b = self.backend;
         let dev = x.device();
-        let timed = |kind, f: &dyn Fn() -> Result<Tensor>| -> Result<Tensor> {
-            let mut out = None;
-            crate::profile::time(kind, dev, || {
-                out = Some(f());
-                Ok(())
-            })?;
-            out.unwrap_or_else(|| Err(ModelError::Invalid("profiled op did not run".into())))
-        };
+        let timed = |kind, f: &dyn Fn() -> Result<Tensor>| crate::profile::time(kind, dev, f);
         match &node.op {
             Op::Conv { w, stride, pad } => {
                 timed("conv", &|| Ok(b.conv2d(x, &self.param(&w.var), *stride, *pad)?))
