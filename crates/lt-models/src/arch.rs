@@ -48,7 +48,7 @@ pub fn parse_family(name: &str) -> Result<Family> {
     };
     let lower = name.trim().to_ascii_lowercase();
     let cifar = |depth: usize, width: usize| {
-        if depth < 8 || (depth - 2) % 6 != 0 || width == 0 {
+        if depth < 8 || !(depth - 2).is_multiple_of(6) || width == 0 {
             Err(unknown())
         } else {
             Ok(Family::Cifar { depth, width })

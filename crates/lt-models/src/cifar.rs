@@ -16,7 +16,7 @@ struct BasicBlock {
 impl BasicBlock {
     fn new(b: &Builder, cin: usize, planes: usize, stride: usize) -> Result<Self> {
         let shortcut_pad = if stride != 1 || cin != planes {
-            if planes % 4 != 0 || cin + 2 * (planes / 4) != planes {
+            if !planes.is_multiple_of(4) || cin + 2 * (planes / 4) != planes {
                 return Err(ModelError::Invalid(format!(
                     "option-A shortcut cannot map {cin} to {planes} channels (the width must be a multiple of 2)"
                 )));

@@ -346,7 +346,7 @@ fn run_epoch(
         sums.seen += batch.label_vec.len();
         *step += 1;
         if let (Some(k), Some(s)) = (collect_every, swag.as_deref_mut()) {
-            if *step % k == 0 {
+            if (*step).is_multiple_of(k) {
                 s.collect(&s.layout().flatten(model.store().varmap())?)?;
             }
         }

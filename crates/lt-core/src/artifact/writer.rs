@@ -240,7 +240,7 @@ impl<'a> ArtifactWriter<'a> {
         }
         let mut header = Value::Object(map).to_string().into_bytes();
         // Pad with spaces so that the data starts 8-byte aligned (as the reference writer does).
-        while (header.len() + 8) % 8 != 0 {
+        while !(header.len() + 8).is_multiple_of(8) {
             header.push(b' ');
         }
         header

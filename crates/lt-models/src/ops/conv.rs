@@ -10,7 +10,9 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{gather_block, outer_block, GatherArgs, OuterArgs, Run, Tap, MR_MAX};
+use super::kernels::{
+    self, gather_block, outer_block, Epilogue, GatherArgs, OuterArgs, Run, Tap, MR_MAX, NR_MAX,
+};
 use super::window_out;
 
 /// Geometry of a square-kernel convolution.
@@ -66,13 +68,22 @@ impl ConvShape {
     }
 }
 
-/// Column blocks of `cols` columns: `(first column, 8-wide vectors)`; the last may be narrower
-/// than its vectors (padded columns are computed into a scratch row and dropped).
+/// Column blocks of `cols` columns: `(first column, 8-column units)`, as wide as the kernel set
+/// runs; the last may be narrower than its units (padded columns are computed into a scratch row
+/// and dropped).
 fn col_blocks(cols: usize) -> Vec<(usize, usize)> {
+    let nb_max = kernels::nb_max();
     let mut v = Vec::new();
     let mut c = 0;
     while c < cols {
-        let nb = if cols - c > 8 { 2 } else { 1 };
+        let left = cols - c;
+        let nb = if left >= 32 && nb_max >= 4 {
+            4
+        } else if left > 8 {
+            2
+        } else {
+            1
+        };
         v.push((c, nb));
         c += 8 * nb;
     }
@@ -117,10 +128,30 @@ unsafe impl Sync for OutPtr {}
 /// Runs gather-GEMM over `rows` logical output rows of `cols` columns. Row `r` is stored at
 /// `out[row_offset(r)..][..cols]`; `plan(first_row, mr, taps)` fills the taps of a block of `mr`
 /// consecutive logical rows and returns their depth.
+/// What the forward pass applies to its sums on the way out: eval mode's folded batch norm
+/// (`bias`, per output channel), the residual add (`residual`, shaped like the output) and ReLU.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fuse<'a> {
+    /// Added to every output pixel, per channel (`C_out` values).
+    pub bias: Option<&'a [f32]>,
+    /// Added element by element (the output's shape).
+    pub residual: Option<&'a [f32]>,
+    /// `max(v, 0)` last.
+    pub relu: bool,
+}
+
+impl Fuse<'_> {
+    /// Whether the sums are stored as they are.
+    fn is_none(&self) -> bool {
+        self.bias.is_none() && self.residual.is_none() && !self.relu
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn gather_pass(
     out: &mut [f32],
     accumulate: bool,
+    fuse: &Fuse,
     rows: usize,
     cols: usize,
     packed: &[f32],
@@ -132,11 +163,20 @@ fn gather_pass(
     let blocks = rows.div_ceil(MR_MAX);
     let outp = OutPtr(out.as_mut_ptr());
     let len = out.len();
+    if let Some(r) = fuse.residual {
+        assert_eq!(r.len(), len, "residual length");
+    }
+    // The bias padded to whole column blocks.
+    let bias: Option<Vec<f32>> = fuse.bias.map(|b| {
+        assert_eq!(b.len(), cols, "bias length");
+        let padded = index.last().map_or(0, |&(c0, nb, _)| c0 + 8 * nb);
+        (0..padded).map(|c| b.get(c).copied().unwrap_or(0.0)).collect()
+    });
     (0..blocks.div_ceil(BLOCKS_PER_TASK)).into_par_iter().for_each(|task| {
         // Capture the whole wrapper (not its raw-pointer field) so the closure stays Send.
         let base = outp;
         let mut taps: Vec<Tap> = Vec::with_capacity(64);
-        let mut scratch = [[0f32; 16]; MR_MAX];
+        let mut scratch = [[0f32; NR_MAX]; MR_MAX];
         for blk in task * BLOCKS_PER_TASK..((task + 1) * BLOCKS_PER_TASK).min(blocks) {
             let r0 = blk * MR_MAX;
             let mr = (rows - r0).min(MR_MAX);
@@ -164,8 +204,27 @@ fn gather_pass(
                         scratch[j].as_mut_ptr()
                     }
                 });
-                let args =
-                    GatherArgs { taps: &taps, depth, packed: packed[off..].as_ptr(), out: outs, accumulate };
+                // A partial block stores its plain sums in the scratch rows; its epilogue runs below.
+                let epilogue = match (full, fuse.is_none()) {
+                    (true, false) => Epilogue {
+                        bias: bias.as_ref().map_or(std::ptr::null(), |b| b[c0..].as_ptr()),
+                        residual: fuse.residual.map(|r| {
+                            std::array::from_fn(
+                                |j| if j < mr { r[offs[j] + c0..].as_ptr() } else { r.as_ptr() },
+                            )
+                        }),
+                        relu: fuse.relu,
+                    },
+                    _ => Epilogue::NONE,
+                };
+                let args = GatherArgs {
+                    taps: &taps,
+                    depth,
+                    packed: packed[off..].as_ptr(),
+                    out: outs,
+                    accumulate,
+                    epilogue,
+                };
                 // SAFETY: taps point at `depth` valid floats (rows of the source or a zero row long
                 // enough for any depth), weights rows are inside the packed block, outputs are
                 // `nr`-float rows of `out` or of the scratch block.
@@ -177,6 +236,10 @@ fn gather_pass(
                         // SAFETY: the first `n` columns of the row are inside `out` (checked above).
                         let dst = unsafe { std::slice::from_raw_parts_mut(base.0.add(offs[j] + c0), n) };
                         dst.copy_from_slice(&scratch[j][..n]);
+                        if !fuse.is_none() {
+                            let residual = fuse.residual.map(|r| &r[offs[j] + c0..][..n]);
+                            finish_row(dst, bias.as_ref().map(|b| &b[c0..c0 + n]), residual, fuse.relu);
+                        }
                     }
                 }
             }
@@ -184,8 +247,25 @@ fn gather_pass(
     });
 }
 
+/// The epilogue of a partial column block, in portable code: bias, residual, ReLU.
+fn finish_row(row: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, relu: bool) {
+    for (i, v) in row.iter_mut().enumerate() {
+        let mut t = *v + bias.map_or(0.0, |b| b[i]) + residual.map_or(0.0, |r| r[i]);
+        if relu {
+            t = t.max(0.0);
+        }
+        *v = t;
+    }
+}
+
 /// Forward convolution: `out[N, OH, OW, C_out] = conv(x[N, H, W, C_in], w[C_out, C_in, k, k])`.
 pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, out: &mut [f32]) {
+    forward_fused(x, w, s, &Fuse::default(), out)
+}
+
+/// [`forward`] with a bias, a residual and ReLU applied as each output block is stored (see
+/// [`Fuse`]): `out = max(conv(x, w) + bias + residual, 0)`.
+pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut [f32]) {
     assert_eq!(x.len(), s.input_len(), "conv input length");
     assert_eq!(w.len(), s.weight_len(), "conv weight length");
     assert_eq!(out.len(), s.output_len(), "conv output length");
@@ -245,7 +325,7 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, out: &mut [f32]) {
             cin
         }
     };
-    gather_pass(out, false, s.n * oh * ow, cout, &packed, &index, |r| r * cout, plan);
+    gather_pass(out, false, fuse, s.n * oh * ow, cout, &packed, &index, |r| r * cout, plan);
 }
 
 /// Input gradient: `dx[N, H, W, C_in]` from `dy[N, OH, OW, C_out]` (overwrites `dx`).
@@ -344,7 +424,7 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
         let (n, iy, ix) = row_pos(row);
         ((n * s.h + iy) * wd + ix) * cin
     };
-    gather_pass(dx, accumulate, s.n * s.h * wd, cin, &packed, &index, row_offset, plan);
+    gather_pass(dx, accumulate, &Fuse::default(), s.n * s.h * wd, cin, &packed, &index, row_offset, plan);
 }
 
 /// Weight gradient: `dw[C_out, C_in, k, k] = sum over pixels of dy (x) x` (overwrites `dw`).
@@ -511,6 +591,8 @@ mod tests {
             ConvShape { n: 1, h: 5, w: 20, cin: 6, cout: 16, k: 3, stride: 1, pad: 1 },
             ConvShape { n: 2, h: 3, w: 26, cin: 4, cout: 8, k: 5, stride: 1, pad: 2 },
             ConvShape { n: 1, h: 6, w: 31, cin: 5, cout: 24, k: 3, stride: 2, pad: 1 },
+            // Wide enough for 32-column blocks (AVX-512) plus a partial one.
+            ConvShape { n: 1, h: 5, w: 14, cin: 9, cout: 44, k: 3, stride: 1, pad: 1 },
         ];
         for (i, s) in shapes.iter().enumerate() {
             let x = data(s.input_len(), 1 + i as u64);
@@ -531,6 +613,20 @@ mod tests {
             let mut dw = vec![f32::NAN; s.weight_len()];
             backward_weight(&x, &dy, s, &mut dw);
             close(&dw, &rdw, &format!("dw {s:?}"));
+            // The fused forward: bias per output channel, residual, ReLU.
+            let bias = data(s.cout, 40 + i as u64);
+            let residual = data(s.output_len(), 50 + i as u64);
+            let fuse = Fuse { bias: Some(&bias), residual: Some(&residual), relu: true };
+            let mut fused = vec![f32::NAN; s.output_len()];
+            forward_fused(&x, &w, s, &fuse, &mut fused);
+            let want: Vec<f32> = ro
+                .iter()
+                .zip(&residual)
+                .enumerate()
+                .map(|(j, (o, r))| (o + bias[j % s.cout] + r).max(0.0))
+                .collect();
+            assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0));
+            close(&fused, &want, &format!("fused forward {s:?}"));
         }
     }
 }

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor};
 
-pub use kernels::kernel_name;
+pub use kernels::{cpu_features, kernel_name};
 
 type CResult<T> = candle_core::Result<T>;
 

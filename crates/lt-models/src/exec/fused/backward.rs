@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use candle_core::Device;
+
 use super::forward::{act, host, Saved, Tape};
 use crate::error::{ModelError, Result};
 use crate::ops::conv::ConvShape;
@@ -76,7 +78,12 @@ pub(super) fn run(
         let dy = g.bufs[bi].take().ok_or_else(|| ModelError::Invalid(format!("gradient {bi} is gone")))?;
         let saved = std::mem::replace(&mut tape.saved[ni], Saved::None);
         let step = Step { plan, acts: &tape.acts, pool, input: prog.input };
-        step.node(node, plan.convs[ni].as_ref(), saved, &dy, &mut g, &mut params)?;
+        let run = || step.node(node, plan.convs[ni].as_ref(), saved, &dy, &mut g, &mut params);
+        match backward_kind(&node.op) {
+            // A convolution times its two gradients itself.
+            None => run()?,
+            Some(kind) => crate::profile::time(kind, &Device::Cpu, run)?,
+        }
         g.slot[node.y] = None;
         if g.slot.contains(&Some(bi)) {
             g.bufs[bi] = Some(dy);
@@ -84,6 +91,19 @@ pub(super) fn run(
         tape.acts[node.y] = None;
     }
     Ok(params)
+}
+
+/// The op kind a backward node is timed under; `None` for a convolution, which times its weight
+/// and input gradients separately.
+fn backward_kind(op: &Op) -> Option<&'static str> {
+    Some(match op {
+        Op::Conv { .. } => return None,
+        Op::Bn(_) => "batch norm backward",
+        Op::AddRelu { .. } => "add + relu backward",
+        Op::Shortcut { .. } => "shortcut backward",
+        Op::MaxPool(_) => "max pool backward",
+        Op::AvgPool => "average pool backward",
+    })
 }
 
 impl Step<'_> {
@@ -188,21 +208,27 @@ impl Step<'_> {
         params: &mut [f32],
     ) -> Result<()> {
         let x = act(self.acts, node.x)?;
-        let mut dw = vec![0f32; shape.weight_len()];
-        conv::backward_weight(x, dy, shape, &mut dw);
-        add_param(params, w, &dw);
+        crate::profile::time("conv backward (weight)", &Device::Cpu, || -> Result<()> {
+            let mut dw = vec![0f32; shape.weight_len()];
+            conv::backward_weight(x, dy, shape, &mut dw);
+            add_param(params, w, &dw);
+            Ok(())
+        })?;
         if node.x == self.input {
             return Ok(());
         }
         let wv = host(&w.var)?;
-        match g.get_mut(node.x) {
-            Some(acc) => conv::backward_input_acc(dy, &wv, shape, acc),
-            None => {
-                let mut dx = self.pool.take(shape.input_len());
-                conv::backward_input(dy, &wv, shape, &mut dx);
-                g.set(node.x, dx);
+        let kind = if shape.stride == 1 { "conv backward (input)" } else { "conv backward (input, strided)" };
+        crate::profile::time(kind, &Device::Cpu, || -> Result<()> {
+            match g.get_mut(node.x) {
+                Some(acc) => conv::backward_input_acc(dy, &wv, shape, acc),
+                None => {
+                    let mut dx = self.pool.take(shape.input_len());
+                    conv::backward_input(dy, &wv, shape, &mut dx);
+                    g.set(node.x, dx);
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }

@@ -81,7 +81,9 @@ pub(super) fn run(
     let mut saved = Vec::with_capacity(prog.nodes.len());
     for (node, shape) in prog.nodes.iter().zip(&plan.convs) {
         let mut out = pool.take(plan.dims[node.y].len());
-        saved.push(node_forward(node, shape.as_ref(), plan, &acts, &mut out, store, mode)?);
+        let kind = kind(&node.op, mode.train);
+        let step = || node_forward(node, shape.as_ref(), plan, &acts, &mut out, store, mode);
+        saved.push(crate::profile::time(kind, &candle_core::Device::Cpu, step)?);
         acts[node.y] = Some(out);
         for i in node.inputs() {
             uses[i] -= 1;
@@ -92,6 +94,19 @@ pub(super) fn run(
     }
     let features = act(&acts, prog.output)?.to_vec();
     Ok((features, mode.graph.then_some(Tape { acts, saved })))
+}
+
+/// The op kind a forward node is timed under (the eager executor's names).
+fn kind(op: &Op, train: bool) -> &'static str {
+    match op {
+        Op::Conv { .. } => "conv",
+        Op::Bn(_) if train => "batch norm (train)",
+        Op::Bn(_) => "batch norm (eval)",
+        Op::AddRelu { .. } => "add + relu",
+        Op::Shortcut { .. } => "shortcut",
+        Op::MaxPool(_) => "max pool",
+        Op::AvgPool => "average pool",
+    }
 }
 
 fn node_forward(

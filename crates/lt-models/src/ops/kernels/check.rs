@@ -1,0 +1,102 @@
+//! The agreement check of a kernel set with the portable reference, on every block shape the
+//! set runs (rows 1 to 6, each of its widths), with and without accumulation and the epilogue.
+//! Used by the tests for every set this CPU has, and before a SIMD set is first used.
+
+use super::{portable, Epilogue, GatherArgs, KernelSet, OuterArgs, Run, Tap, MR_MAX, NR_MAX};
+
+/// Deterministic values in `[-1, 1)`.
+pub(crate) fn data(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 1000) as f32 / 500.0 - 1.0)
+        .collect()
+}
+
+fn compare(what: &str, a: &[f32], b: &[f32]) -> Result<(), String> {
+    match a.iter().zip(b).position(|(x, y)| (x - y).abs() > 1e-4 * (1.0 + y.abs())) {
+        Some(i) => Err(format!("{what}: element {i} is {} where the reference has {}", a[i], b[i])),
+        None => Ok(()),
+    }
+}
+
+/// One gather block of `set` against the portable kernel.
+fn gather_agrees(set: &KernelSet, mr: usize, nb: usize, accumulate: bool, fused: bool) -> Result<(), String> {
+    let (nr, depth, taps) = (nb * 8, 7, 3);
+    let src = data(taps * MR_MAX * depth, 1);
+    let packed = data(taps * depth * nr, 2);
+    let bias = data(nr, 7);
+    let residual = data(MR_MAX * nr, 8);
+    // Taps in a shuffled weight order, to exercise per-tap weight rows.
+    let sources: Vec<Tap> = (0..taps)
+        .map(|t| Tap {
+            src: std::array::from_fn(|j| src[(t * MR_MAX + j) * depth..].as_ptr()),
+            w: ((t + 1) % taps) * depth,
+        })
+        .collect();
+    let epilogue = if fused {
+        Epilogue {
+            bias: bias.as_ptr(),
+            residual: Some(std::array::from_fn(|j| residual[j * nr..].as_ptr())),
+            relu: true,
+        }
+    } else {
+        Epilogue::NONE
+    };
+    let mut out_a = data(MR_MAX * nr, 3);
+    let mut out_b = out_a.clone();
+    let mk = |o: &mut Vec<f32>| GatherArgs {
+        taps: &sources,
+        depth,
+        packed: packed.as_ptr(),
+        out: std::array::from_fn(|j| o[j * nr..].as_mut_ptr()),
+        accumulate,
+        epilogue,
+    };
+    // SAFETY: sources, packed weights, bias, residual and outputs are vectors of the sizes the
+    // block reads and writes; the set comes from `simd_sets` (its features were detected).
+    unsafe {
+        (set.gather)(&mk(&mut out_a), mr, nb);
+        portable::gather(&mk(&mut out_b), mr, nb);
+    }
+    let what = format!("{} gather {mr} x {nb} (accumulate {accumulate}, epilogue {fused})", set.name);
+    compare(&what, &out_a, &out_b)
+}
+
+/// One outer-product block of `set` against the portable kernel.
+fn outer_agrees(set: &KernelSet, mr: usize, nb: usize) -> Result<(), String> {
+    let count = 11;
+    let x = data(count * 9 + 40, 4);
+    let dy = data(count * 40 + 60, 5);
+    let runs =
+        [Run { x: 0, dy: 0, count: 4 }, Run { x: 37, dy: 81, count: 0 }, Run { x: 40, dy: 60, count: 7 }];
+    let mut acc_a = data(MR_MAX * (NR_MAX + 8), 6);
+    let mut acc_b = acc_a.clone();
+    let mk = |acc: &mut Vec<f32>| OuterArgs {
+        x: x.as_ptr(),
+        x_stride: 9,
+        dy: dy.as_ptr(),
+        dy_stride: 40,
+        runs: &runs,
+        acc: acc.as_mut_ptr(),
+        acc_stride: NR_MAX + 8,
+    };
+    // SAFETY: the runs stay inside `x` and `dy`, the accumulator is `MR_MAX` rows of 40; the set
+    // comes from `simd_sets` (its features were detected).
+    unsafe {
+        (set.outer)(&mk(&mut acc_a), mr, nb);
+        portable::outer(&mk(&mut acc_b), mr, nb);
+    }
+    compare(&format!("{} outer {mr} x {nb}", set.name), &acc_a, &acc_b)
+}
+
+/// Whether `set` computes what the portable kernels compute on every block shape it runs.
+pub fn agrees_with_portable(set: &KernelSet) -> Result<(), String> {
+    for nb in set.widths() {
+        for mr in 1..=MR_MAX {
+            for (accumulate, fused) in [(false, false), (true, false), (false, true), (true, true)] {
+                gather_agrees(set, mr, nb, accumulate, fused)?;
+            }
+            outer_agrees(set, mr, nb)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Register-blocked micro-kernels for the convolution ops (AVX-512, AVX2 + FMA, or portable),
+//! chosen once per process from the CPU's features.
+//!
+//! Every convolution pass of the project reduces to one of two shapes:
+//!
+//! - **gather GEMM** ([`gather_block`]): an output block of `MR <= 6` rows by `NR = 8 * nb`
+//!   columns accumulates, over a list of *taps*, the products of a scalar from each row's own
+//!   source pointer with a packed row of weights. Convolution forward (rows = output pixels,
+//!   columns = output channels, taps = kernel positions, sources = input pixels) and the input
+//!   gradient (rows = input pixels, columns = input channels, sources = output-gradient pixels)
+//!   both have this shape, with no im2col buffer: a tap whose source falls in the padding points
+//!   at a zero row. On the way out a block can add a per-column bias and a per-row residual and
+//!   apply ReLU ([`Epilogue`]): the evaluation pass folds batch norm and the residual add into
+//!   the convolution that precedes them.
+//! - **outer-product accumulation** ([`outer_block`]): `MR` consecutive input channels by `NR`
+//!   output channels accumulate `x[p, c..c+MR]^T * dy[p, co..co+NR]` over a run of pixels: the
+//!   weight gradient.
+//!
+//! The SIMD kernel sets ([`simd`]) share one body, written once as a macro over the vector type:
+//! the AVX2 set (8 lanes, `ymm`) and the AVX-512 set (16 lanes, `zmm`, and 32-column blocks,
+//! `nb = 4`) differ only in their five vector primitives. The accumulator block stays in
+//! registers. The portable kernels ([`portable`]) compute the same sums in plain Rust: the
+//! fallback, and the reference every SIMD set is checked against ([`check::agrees_with_portable`],
+//! which also runs before the AVX-512 set is first used: a set that disagrees is not selected).
+//! `LT_KERNELS=portable|avx2|avx512` forces a set (when the CPU has it).
+
+// Numerical kernels index several arrays with one loop variable.
+#![allow(clippy::needless_range_loop)]
+
+pub mod check;
+pub mod portable;
+pub(crate) mod simd;
+#[cfg(test)]
+mod tests;
+
+/// Maximum rows of a block.
+pub const MR_MAX: usize = 6;
+/// Maximum columns of a block (`8 * nb` for the widest `nb`).
+pub const NR_MAX: usize = 32;
+
+/// One tap of a gather-GEMM block: a source pointer per row and the tap's first weight row.
+#[derive(Clone, Copy, Debug)]
+pub struct Tap {
+    /// `MR` source pointers, each to `depth` contiguous floats (a zero row for padding).
+    pub src: [*const f32; MR_MAX],
+    /// Index of the tap's first row in the packed weights (rows of `NR` floats).
+    pub w: usize,
+}
+
+/// What a gather-GEMM block does to its sums on the way out, in this order: add the existing
+/// output (`GatherArgs::accumulate`), add `bias`, add the `residual` row, apply ReLU.
+#[derive(Clone, Copy, Debug)]
+pub struct Epilogue {
+    /// `NR` floats added to every row (null: none).
+    pub bias: *const f32,
+    /// Per row, `NR` floats added to it (`None`: none).
+    pub residual: Option<[*const f32; MR_MAX]>,
+    /// `max(v, 0)` last.
+    pub relu: bool,
+}
+
+impl Epilogue {
+    /// Stores the sums as they are.
+    pub const NONE: Epilogue = Epilogue { bias: std::ptr::null(), residual: None, relu: false };
+}
+
+/// Arguments of one gather-GEMM block.
+pub struct GatherArgs<'a> {
+    /// The taps to accumulate over.
+    pub taps: &'a [Tap],
+    /// Scalars per source (and weight rows per tap).
+    pub depth: usize,
+    /// Packed weights of this column block: rows of `NR` floats.
+    pub packed: *const f32,
+    /// `MR` output pointers, each to `NR` contiguous floats.
+    pub out: [*mut f32; MR_MAX],
+    /// Add to the existing output instead of overwriting it.
+    pub accumulate: bool,
+    /// Bias, residual and ReLU applied on the way out.
+    pub epilogue: Epilogue,
+}
+
+/// One run of pixels for [`outer_block`]: offsets of its first `x` and `dy` values and its length.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    /// Offset of the run's first `x` value from [`OuterArgs::x`].
+    pub x: usize,
+    /// Offset of the run's first `dy` value from [`OuterArgs::dy`].
+    pub dy: usize,
+    /// Pixels in the run.
+    pub count: usize,
+}
+
+/// Arguments of one outer-product accumulation block.
+pub struct OuterArgs<'a> {
+    /// Base of the `x` values (channel `c` of the block's first row added by the caller).
+    pub x: *const f32,
+    /// Distance between consecutive pixels of a run in `x`.
+    pub x_stride: usize,
+    /// Base of the `dy` values (output channel `co` of the block's first column added).
+    pub dy: *const f32,
+    /// Distance between consecutive pixels of a run in `dy`.
+    pub dy_stride: usize,
+    /// The runs of pixels to accumulate over.
+    pub runs: &'a [Run],
+    /// Accumulator block: `MR` rows of `NR` floats, row stride `acc_stride`.
+    pub acc: *mut f32,
+    /// Row stride of the accumulator block.
+    pub acc_stride: usize,
+}
+
+/// A gather kernel: `(args, mr, nb)`.
+pub type GatherFn = unsafe fn(&GatherArgs, usize, usize);
+/// An outer-product kernel: `(args, mr, nb)`.
+pub type OuterFn = unsafe fn(&OuterArgs, usize, usize);
+
+/// A set of kernels for one instruction set.
+#[derive(Clone, Copy, Debug)]
+pub struct KernelSet {
+    /// Name: `avx512`, `avx2+fma` or `portable`.
+    pub name: &'static str,
+    /// The gather-GEMM kernel.
+    pub gather: GatherFn,
+    /// The outer-product kernel.
+    pub outer: OuterFn,
+    /// Widest block, in 8-column units: 2 (16 columns) or 4 (32 columns).
+    pub nb_max: usize,
+}
+
+impl KernelSet {
+    /// The block widths (in 8-column units) this set runs.
+    pub fn widths(&self) -> Vec<usize> {
+        [1, 2, 4].into_iter().filter(|&nb| nb <= self.nb_max).collect()
+    }
+}
+
+/// The portable set.
+pub const PORTABLE: KernelSet =
+    KernelSet { name: "portable", gather: portable::gather, outer: portable::outer, nb_max: 4 };
+
+/// Every SIMD set this build has, with whether this CPU can run it (`None`: it cannot).
+pub fn simd_sets() -> Vec<(&'static str, Option<KernelSet>)> {
+    simd::sets()
+}
+
+fn select() -> &'static KernelSet {
+    static K: std::sync::OnceLock<KernelSet> = std::sync::OnceLock::new();
+    K.get_or_init(|| {
+        let forced = std::env::var("LT_KERNELS").ok();
+        let available: Vec<KernelSet> = simd_sets().into_iter().filter_map(|(_, s)| s).collect();
+        if let Some(name) = forced.as_deref() {
+            if name == PORTABLE.name {
+                return PORTABLE;
+            }
+            match available.iter().find(|s| s.name == name || s.name.starts_with(&format!("{name}+"))) {
+                Some(s) => return *s,
+                None => tracing::warn!("LT_KERNELS={name}: this CPU has no such kernel set; choosing one"),
+            }
+        }
+        // Widest first; a set that disagrees with the portable reference is never used.
+        for set in available {
+            match check::agrees_with_portable(&set) {
+                Ok(()) => return set,
+                Err(e) => {
+                    tracing::error!("the {} kernels disagree with the reference ({e}); not used", set.name)
+                }
+            }
+        }
+        PORTABLE
+    })
+}
+
+/// Name of the kernel set in use (`avx512`, `avx2+fma` or `portable`).
+pub fn kernel_name() -> &'static str {
+    select().name
+}
+
+/// Widest block of the kernel set in use, in 8-column units (see [`KernelSet::nb_max`]).
+pub fn nb_max() -> usize {
+    select().nb_max
+}
+
+/// The x86 features the kernels look at, as `name` (present) or `-name` (absent).
+pub fn cpu_features() -> Vec<String> {
+    simd::cpu_features()
+}
+
+/// Runs one gather-GEMM block of `mr` rows and `nb * 8` columns.
+///
+/// # Safety
+/// Every pointer in `args` must be valid for the reads and writes the block performs:
+/// `taps[t].src[j]` for `depth` floats (`j < mr`), `packed + taps[t].w * nb * 8` for
+/// `depth * nb * 8` floats, `out[j]` for `nb * 8` floats, and when set the epilogue's `bias`
+/// for `nb * 8` floats and `residual[j]` for `nb * 8` floats (`j < mr`).
+#[inline]
+pub unsafe fn gather_block(args: &GatherArgs, mr: usize, nb: usize) {
+    let k = select();
+    assert!((1..=MR_MAX).contains(&mr) && k.widths().contains(&nb), "gather block {mr} x {nb}");
+    // SAFETY: the caller upholds the pointer contract above; the block size was checked, and the
+    // selected kernel set runs only where its CPU features were detected.
+    unsafe { (k.gather)(args, mr, nb) }
+}
+
+/// Runs one outer-product accumulation block of `mr` rows and `nb * 8` columns.
+///
+/// # Safety
+/// For every run, `x + run.x` must be valid for `run.count` pixels of `mr` floats at stride
+/// `x_stride`, `dy + run.dy` for `run.count` pixels of `nb * 8` floats at stride `dy_stride`;
+/// `acc` for `mr` rows of `nb * 8` floats.
+#[inline]
+pub unsafe fn outer_block(args: &OuterArgs, mr: usize, nb: usize) {
+    let k = select();
+    assert!((1..=MR_MAX).contains(&mr) && k.widths().contains(&nb), "outer block {mr} x {nb}");
+    // SAFETY: as in `gather_block`.
+    unsafe { (k.outer)(args, mr, nb) }
+}

@@ -1,0 +1,334 @@
+//! The SIMD kernel sets: one kernel body (`kernel_bodies!`) instantiated per instruction set
+//! over that set's vector type and five primitives (`zero`, `load`, `store`, `splat`, `fma`,
+//! plus `add` and `max` for the epilogue).
+//!
+//! - `avx2`: `__m256`, 8 lanes; blocks of 8 or 16 columns (1 or 2 vectors per row).
+//! - `avx512`: `__m512`, 16 lanes; blocks of 16 or 32 columns (1 or 2 vectors per row), and the
+//!   AVX2 kernel for 8-column blocks.
+//!
+//! The AVX2 instantiation runs in every test on a machine with AVX2; the AVX-512 one shares its
+//! body, so what is specific to it is the primitive mapping and the dispatch, both checked against
+//! the portable kernels by `check::agrees_with_portable` before the set is first used.
+
+// Numerical kernels index several arrays with one loop variable.
+#![allow(clippy::needless_range_loop)]
+#![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
+
+use super::KernelSet;
+
+/// The gather and outer-product kernels over this module's `V`, `LANES` and primitives, for
+/// `MR` rows and `NV` vectors of columns.
+#[cfg(target_arch = "x86_64")]
+macro_rules! kernel_bodies {
+    ($feature:literal) => {
+        /// Gather-GEMM block of `MR` rows and `NV` vectors of columns.
+        ///
+        /// # Safety
+        /// As for `gather_block` (with `nb * 8 = LANES * NV`); the CPU has this set's features.
+        #[target_feature(enable = $feature)]
+        pub(crate) unsafe fn gather<const MR: usize, const NV: usize>(a: &GatherArgs) {
+            // SAFETY: loads and stores stay within the extents the caller guarantees (see
+            // `gather_block`); the CPU has the features (checked when the set was selected).
+            unsafe {
+                let width = LANES * NV;
+                let mut acc = [[zero(); NV]; MR];
+                for tap in a.taps {
+                    let mut b = a.packed.add(tap.w * width);
+                    let mut src = [std::ptr::null::<f32>(); MR];
+                    src.copy_from_slice(&tap.src[..MR]);
+                    for _ in 0..a.depth {
+                        let mut bv = [zero(); NV];
+                        for (k, v) in bv.iter_mut().enumerate() {
+                            *v = load(b.add(LANES * k));
+                        }
+                        for j in 0..MR {
+                            let x = splat(src[j]);
+                            for k in 0..NV {
+                                acc[j][k] = fma(x, bv[k], acc[j][k]);
+                            }
+                            src[j] = src[j].add(1);
+                        }
+                        b = b.add(width);
+                    }
+                }
+                let e = &a.epilogue;
+                for j in 0..MR {
+                    for k in 0..NV {
+                        let p = a.out[j].add(LANES * k);
+                        let mut v = acc[j][k];
+                        if a.accumulate {
+                            v = add(v, load(p));
+                        }
+                        if !e.bias.is_null() {
+                            v = add(v, load(e.bias.add(LANES * k)));
+                        }
+                        if let Some(r) = e.residual {
+                            v = add(v, load(r[j].add(LANES * k)));
+                        }
+                        if e.relu {
+                            v = max(v, zero());
+                        }
+                        store(p, v);
+                    }
+                }
+            }
+        }
+
+        /// Outer-product accumulation block of `MR` rows and `NV` vectors of columns.
+        ///
+        /// # Safety
+        /// As for `outer_block` (with `nb * 8 = LANES * NV`); the CPU has this set's features.
+        #[target_feature(enable = $feature)]
+        pub(crate) unsafe fn outer<const MR: usize, const NV: usize>(a: &OuterArgs) {
+            // SAFETY: loads and stores stay within the extents the caller guarantees (see
+            // `outer_block`); the CPU has the features (checked when the set was selected).
+            unsafe {
+                let mut acc = [[zero(); NV]; MR];
+                for j in 0..MR {
+                    for k in 0..NV {
+                        acc[j][k] = load(a.acc.add(j * a.acc_stride + LANES * k));
+                    }
+                }
+                for run in a.runs {
+                    let (mut x, mut dy) = (a.x.add(run.x), a.dy.add(run.dy));
+                    for _ in 0..run.count {
+                        let mut g = [zero(); NV];
+                        for (k, v) in g.iter_mut().enumerate() {
+                            *v = load(dy.add(LANES * k));
+                        }
+                        for j in 0..MR {
+                            let v = splat(x.add(j));
+                            for k in 0..NV {
+                                acc[j][k] = fma(v, g[k], acc[j][k]);
+                            }
+                        }
+                        x = x.add(a.x_stride);
+                        dy = dy.add(a.dy_stride);
+                    }
+                }
+                for j in 0..MR {
+                    for k in 0..NV {
+                        store(a.acc.add(j * a.acc_stride + LANES * k), acc[j][k]);
+                    }
+                }
+            }
+        }
+    };
+}
+
+/// `$f::<mr, $nv>(a)` for a run-time `mr` in `1..=6`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_rows {
+    ($f:ident, $nv:literal, $a:expr, $mr:expr) => {
+        match $mr {
+            1 => $f::<1, $nv>($a),
+            2 => $f::<2, $nv>($a),
+            3 => $f::<3, $nv>($a),
+            4 => $f::<4, $nv>($a),
+            5 => $f::<5, $nv>($a),
+            _ => $f::<6, $nv>($a),
+        }
+    };
+}
+
+/// The five vector primitives of one instruction set, each a `#[target_feature]` function.
+#[cfg(target_arch = "x86_64")]
+macro_rules! primitives {
+    ($feature:literal, $v:ty, $lanes:literal, $setzero:ident, $loadu:ident, $storeu:ident, $set1:ident,
+     $fmadd:ident, $addv:ident, $maxv:ident) => {
+        type V = $v;
+        const LANES: usize = $lanes;
+
+        #[inline]
+        #[target_feature(enable = $feature)]
+        fn zero() -> V {
+            $setzero()
+        }
+
+        #[inline]
+        #[target_feature(enable = $feature)]
+        unsafe fn load(p: *const f32) -> V {
+            // SAFETY: the caller guarantees `LANES` readable floats at `p`.
+            unsafe { $loadu(p) }
+        }
+
+        #[inline]
+        #[target_feature(enable = $feature)]
+        unsafe fn store(p: *mut f32, v: V) {
+            // SAFETY: the caller guarantees `LANES` writable floats at `p`.
+            unsafe { $storeu(p, v) }
+        }
+
+        #[inline]
+        #[target_feature(enable = $feature)]
+        unsafe fn splat(p: *const f32) -> V {
+            // SAFETY: the caller guarantees one readable float at `p`.
+            $set1(unsafe { *p })
+        }
+
+        #[inline]
+        #[target_feature(enable = $feature)]
+        fn fma(a: V, b: V, c: V) -> V {
+            $fmadd(a, b, c)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feature)]
+        fn add(a: V, b: V) -> V {
+            $addv(a, b)
+        }
+
+        #[inline]
+        #[target_feature(enable = $feature)]
+        fn max(a: V, b: V) -> V {
+            $maxv(a, b)
+        }
+    };
+}
+
+/// AVX2 + FMA: 8 lanes.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2 {
+    use super::super::{GatherArgs, OuterArgs};
+    use std::arch::x86_64::*;
+
+    primitives!(
+        "avx2,fma",
+        __m256,
+        8,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_storeu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_add_ps,
+        _mm256_max_ps
+    );
+    kernel_bodies!("avx2,fma");
+
+    /// Gather block of `mr` rows and `nb` 8-column vectors (`nb` 1 or 2).
+    ///
+    /// # Safety
+    /// As for `gather_block`; the CPU has AVX2 and FMA.
+    pub(crate) unsafe fn gather_dispatch(a: &GatherArgs, mr: usize, nb: usize) {
+        // SAFETY: the caller upholds the kernel's contract and detected the features.
+        unsafe {
+            match nb {
+                1 => by_rows!(gather, 1, a, mr),
+                _ => by_rows!(gather, 2, a, mr),
+            }
+        }
+    }
+
+    /// Outer-product block of `mr` rows and `nb` 8-column vectors (`nb` 1 or 2).
+    ///
+    /// # Safety
+    /// As for `outer_block`; the CPU has AVX2 and FMA.
+    pub(crate) unsafe fn outer_dispatch(a: &OuterArgs, mr: usize, nb: usize) {
+        // SAFETY: the caller upholds the kernel's contract and detected the features.
+        unsafe {
+            match nb {
+                1 => by_rows!(outer, 1, a, mr),
+                _ => by_rows!(outer, 2, a, mr),
+            }
+        }
+    }
+}
+
+/// AVX-512F: 16 lanes (and the AVX2 kernels for 8-column blocks).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use super::super::{GatherArgs, OuterArgs};
+    use super::avx2::{gather as gather8, outer as outer8};
+    use std::arch::x86_64::*;
+
+    primitives!(
+        "avx512f,avx2,fma",
+        __m512,
+        16,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_add_ps,
+        _mm512_max_ps
+    );
+    kernel_bodies!("avx512f,avx2,fma");
+
+    /// Gather block of `mr` rows and `nb` 8-column units (`nb` 1, 2 or 4).
+    ///
+    /// # Safety
+    /// As for `gather_block`; the CPU has AVX-512F, AVX2 and FMA.
+    pub(crate) unsafe fn gather_dispatch(a: &GatherArgs, mr: usize, nb: usize) {
+        // SAFETY: the caller upholds the kernel's contract and detected the features.
+        unsafe {
+            match nb {
+                1 => by_rows!(gather8, 1, a, mr),
+                2 => by_rows!(gather, 1, a, mr),
+                _ => by_rows!(gather, 2, a, mr),
+            }
+        }
+    }
+
+    /// Outer-product block of `mr` rows and `nb` 8-column units (`nb` 1, 2 or 4).
+    ///
+    /// # Safety
+    /// As for `outer_block`; the CPU has AVX-512F, AVX2 and FMA.
+    pub(crate) unsafe fn outer_dispatch(a: &OuterArgs, mr: usize, nb: usize) {
+        // SAFETY: the caller upholds the kernel's contract and detected the features.
+        unsafe {
+            match nb {
+                1 => by_rows!(outer8, 1, a, mr),
+                2 => by_rows!(outer, 1, a, mr),
+                _ => by_rows!(outer, 2, a, mr),
+            }
+        }
+    }
+}
+
+/// Every SIMD set of this build, widest first, with whether this CPU can run it.
+pub(crate) fn sets() -> Vec<(&'static str, Option<KernelSet>)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let avx512 = avx2 && is_x86_feature_detected!("avx512f");
+        vec![
+            (
+                "avx512",
+                avx512.then_some(KernelSet {
+                    name: "avx512",
+                    gather: avx512::gather_dispatch,
+                    outer: avx512::outer_dispatch,
+                    nb_max: 4,
+                }),
+            ),
+            (
+                "avx2+fma",
+                avx2.then_some(KernelSet {
+                    name: "avx2+fma",
+                    gather: avx2::gather_dispatch,
+                    outer: avx2::outer_dispatch,
+                    nb_max: 2,
+                }),
+            ),
+        ]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Vec::new()
+}
+
+/// The x86 features the kernel sets use, `name` when present and `-name` when absent.
+pub(crate) fn cpu_features() -> Vec<String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let flags = [
+            ("avx2", is_x86_feature_detected!("avx2")),
+            ("fma", is_x86_feature_detected!("fma")),
+            ("avx512f", is_x86_feature_detected!("avx512f")),
+        ];
+        flags.iter().map(|(n, on)| if *on { n.to_string() } else { format!("-{n}") }).collect()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Vec::new()
+}
