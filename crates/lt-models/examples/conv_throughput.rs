@@ -1,41 +1,60 @@
 //! Throughput of the convolution kernels (forward, input gradient, weight gradient) on the
-//! ResNet-32 layer shapes at batch 128: `cargo run --release -p lt-models --example conv_throughput`.
-use lt_models::ops::conv::{backward_input, backward_weight, forward, ConvShape};
+//! ResNet-32 layer shapes at batch 128, and of the evaluation pass's folded convolution (batch
+//! norm, residual add and ReLU applied as the output is stored) against the same work as three
+//! passes: `cargo run --release -p lt-models --example conv_throughput`. Times are the best of
+//! 7 runs (the least disturbed by other work on the machine); GF = GFLOP/s.
+use lt_models::ops::conv::{backward_input, backward_weight, forward, forward_fused, ConvShape, Fuse};
+use lt_models::ops::{elementwise, norm};
 use std::time::Instant;
+
+/// Best of 7 timed runs after one untimed, in seconds.
+fn best(f: &mut dyn FnMut()) -> f64 {
+    f();
+    (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
 fn main() {
+    println!(
+        "kernels: {} (CPU features: {})",
+        lt_models::ops::kernel_name(),
+        lt_models::ops::cpu_features().join(" ")
+    );
     for s in [
         ConvShape { n: 128, h: 32, w: 32, cin: 16, cout: 16, k: 3, stride: 1, pad: 1 },
         ConvShape { n: 128, h: 16, w: 16, cin: 32, cout: 32, k: 3, stride: 1, pad: 1 },
         ConvShape { n: 128, h: 8, w: 8, cin: 64, cout: 64, k: 3, stride: 1, pad: 1 },
         ConvShape { n: 128, h: 32, w: 32, cin: 16, cout: 32, k: 3, stride: 2, pad: 1 },
+        ConvShape { n: 128, h: 16, w: 16, cin: 32, cout: 64, k: 3, stride: 2, pad: 1 },
     ] {
-        let x = vec![0.5f32; s.input_len()];
-        let w = vec![0.1f32; s.weight_len()];
-        let dy = vec![0.2f32; s.output_len()];
+        let x: Vec<f32> = (0..s.input_len()).map(|i| ((i * 7919) % 997) as f32 / 997.0 - 0.5).collect();
+        let w: Vec<f32> = (0..s.weight_len()).map(|i| ((i * 104729) % 991) as f32 / 9910.0 - 0.05).collect();
+        let dy: Vec<f32> = (0..s.output_len()).map(|i| ((i * 31) % 101) as f32 / 101.0 - 0.5).collect();
+        let (scale, shift) = (vec![0.9f32; s.cout], vec![0.1f32; s.cout]);
         let mut out = vec![0f32; s.output_len()];
+        let mut tmp = vec![0f32; s.output_len()];
         let mut dx = vec![0f32; s.input_len()];
         let mut dw = vec![0f32; s.weight_len()];
-        let flops = 2.0 * s.macs() as f64;
-        let time = |f: &mut dyn FnMut()| {
-            f();
-            let t = Instant::now();
-            for _ in 0..5 {
-                f();
-            }
-            t.elapsed().as_secs_f64() / 5.0
-        };
-        let tf = time(&mut || forward(&x, &w, &s, &mut out));
-        let tx = time(&mut || backward_input(&dy, &w, &s, &mut dx));
-        let tw = time(&mut || backward_weight(&x, &dy, &s, &mut dw));
+        let gf = |t: f64| 2.0 * s.macs() as f64 / t / 1e9;
+        let tf = best(&mut || forward(&x, &w, &s, &mut out));
+        let fuse = Fuse { bias: Some(&shift), residual: Some(&dy), relu: true };
+        let tfused = best(&mut || forward_fused(&x, &w, &s, &fuse, &mut out));
+        let tsplit = best(&mut || {
+            forward(&x, &w, &s, &mut out);
+            norm::affine(&out, s.cout, &scale, &shift, false, &mut tmp);
+            elementwise::add_relu(&tmp, &dy, &mut out);
+        });
+        let tx = best(&mut || backward_input(&dy, &w, &s, &mut dx));
+        let tw = best(&mut || backward_weight(&x, &dy, &s, &mut dw));
         println!(
-            "{:?}: fwd {:.2} ms ({:.0} GF), dx {:.2} ms ({:.0} GF), dw {:.2} ms ({:.0} GF)",
-            (s.h, s.cin, s.cout, s.stride),
-            tf * 1e3,
-            flops / tf / 1e9,
-            tx * 1e3,
-            flops / tx / 1e9,
-            tw * 1e3,
-            flops / tw / 1e9
+            "{:>2}x{:<2} {:>2}->{:<2} stride {}: fwd {:6.2} ms ({:3.0} GF) | folded {:6.2} ms vs 3 passes {:6.2} ms | dx {:6.2} ms ({:3.0} GF) | dw {:6.2} ms ({:3.0} GF)",
+            s.h, s.w, s.cin, s.cout, s.stride,
+            tf * 1e3, gf(tf), tfused * 1e3, tsplit * 1e3, tx * 1e3, gf(tx), tw * 1e3, gf(tw)
         );
     }
 }

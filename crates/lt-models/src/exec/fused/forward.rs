@@ -10,7 +10,7 @@ use crate::ops::conv::ConvShape;
 use crate::ops::{conv, elementwise, norm};
 use crate::params::ParamStore;
 use crate::pool::{Buf, Pool};
-use crate::program::{BnSpec, Node, Op, Plan, Program, Slot};
+use crate::program::{BnSpec, Node, Op, Param, Plan, Program, Slot};
 
 /// What a node saved for the backward pass.
 pub(super) enum Saved {
@@ -79,21 +79,105 @@ pub(super) fn run(
     let mut uses = prog.use_counts();
     let keep = kept_for_backward(prog);
     let mut saved = Vec::with_capacity(prog.nodes.len());
-    for (node, shape) in prog.nodes.iter().zip(&plan.convs) {
-        let mut out = pool.take(plan.dims[node.y].len());
-        let kind = kind(&node.op, mode.train);
-        let step = || node_forward(node, shape.as_ref(), plan, &acts, &mut out, store, mode);
-        saved.push(crate::profile::time(kind, &candle_core::Device::Cpu, step)?);
-        acts[node.y] = Some(out);
-        for i in node.inputs() {
-            uses[i] -= 1;
-            if uses[i] == 0 && (!mode.graph || !keep[i]) && i != prog.output {
-                acts[i] = None;
+    let mut i = 0;
+    while i < prog.nodes.len() {
+        let fold = if mode.train || mode.graph { None } else { eval_fold(prog, i, &uses, &acts) };
+        let (y, nodes) = match &fold {
+            Some(f) => {
+                let mut out = pool.take(plan.dims[f.y].len());
+                let shape = plan.convs[i]
+                    .as_ref()
+                    .ok_or_else(|| ModelError::Invalid("convolution without a shape".into()))?;
+                let step = || fold_forward(f, shape, &acts, &mut out, store);
+                crate::profile::time("conv + batch norm (folded)", &candle_core::Device::Cpu, step)?;
+                acts[f.y] = Some(out);
+                (f.y, f.nodes)
+            }
+            None => {
+                let node = &prog.nodes[i];
+                let mut out = pool.take(plan.dims[node.y].len());
+                let kind = kind(&node.op, mode.train);
+                let step = || node_forward(node, plan.convs[i].as_ref(), plan, &acts, &mut out, store, mode);
+                saved.push(crate::profile::time(kind, &candle_core::Device::Cpu, step)?);
+                acts[node.y] = Some(out);
+                (node.y, 1)
+            }
+        };
+        // Folded nodes save nothing (there is no backward pass without a graph).
+        saved.resize_with(i + nodes, || Saved::None);
+        for node in &prog.nodes[i..i + nodes] {
+            for s in node.inputs() {
+                uses[s] -= 1;
+                if uses[s] == 0 && (!mode.graph || !keep[s]) && s != prog.output && s != y {
+                    acts[s] = None;
+                }
             }
         }
+        i += nodes;
     }
     let features = act(&acts, prog.output)?.to_vec();
     Ok((features, mode.graph.then_some(Tape { acts, saved })))
+}
+
+/// A convolution, the batch norm that alone reads its output and, when that batch norm has no
+/// ReLU and alone feeds a residual add whose other input is ready, that add: in eval mode they
+/// run as one convolution with the batch norm folded into its weights and bias (see
+/// [`conv::Fuse`]).
+struct Fold<'a> {
+    x: Slot,
+    w: &'a Param,
+    bn: &'a BnSpec,
+    /// The residual add's other input.
+    residual: Option<Slot>,
+    /// Where the result goes: the batch norm's output, or the add's.
+    y: Slot,
+    /// Nodes folded: 2 or 3.
+    nodes: usize,
+}
+
+/// The fold starting at node `i`, if there is one (see [`Fold`]).
+fn eval_fold<'a>(prog: &'a Program, i: usize, uses: &[usize], acts: &[Option<Buf>]) -> Option<Fold<'a>> {
+    let conv = &prog.nodes[i];
+    let Op::Conv { w, .. } = &conv.op else { return None };
+    let bn_node = prog.nodes.get(i + 1)?;
+    let Op::Bn(bn) = &bn_node.op else { return None };
+    if bn_node.x != conv.y || uses[conv.y] != 1 || conv.y == prog.output {
+        return None;
+    }
+    let mut f = Fold { x: conv.x, w, bn, residual: None, y: bn_node.y, nodes: 2 };
+    let add = prog.nodes.get(i + 2);
+    if let (false, 1, Some(Node { x, y, op: Op::AddRelu { other } })) = (bn.relu, uses[bn_node.y], add) {
+        let residual = if *x == bn_node.y { *other } else { *x };
+        let reads_bn = *x == bn_node.y || *other == bn_node.y;
+        if reads_bn && residual != bn_node.y && acts[residual].is_some() && bn_node.y != prog.output {
+            (f.residual, f.y, f.nodes) = (Some(residual), *y, 3);
+        }
+    }
+    Some(f)
+}
+
+/// Runs a [`Fold`]: `max(conv(x, w * scale) + shift [+ residual], 0)` with eval batch norm's
+/// `scale` and `shift` (ReLU when the batch norm has one or an add is folded).
+fn fold_forward(
+    f: &Fold,
+    shape: &ConvShape,
+    acts: &[Option<Buf>],
+    out: &mut [f32],
+    store: &ParamStore,
+) -> Result<()> {
+    let (g, b) = (host(&f.bn.gamma.var)?, host(&f.bn.beta.var)?);
+    let rm = host_buffer(store, format!("{}.running_mean", f.bn.prefix))?;
+    let rv = host_buffer(store, format!("{}.running_var", f.bn.prefix))?;
+    let (scale, shift) = norm::eval_scale_shift(&g, &b, &rm, &rv, f.bn.eps);
+    let mut w = host(&f.w.var)?;
+    let per_channel = w.len() / scale.len().max(1);
+    for (chunk, s) in w.chunks_mut(per_channel).zip(&scale) {
+        chunk.iter_mut().for_each(|v| *v *= s);
+    }
+    let residual = f.residual.map(|r| act(acts, r)).transpose()?;
+    let fuse = conv::Fuse { bias: Some(&shift), residual, relu: f.bn.relu || residual.is_some() };
+    conv::forward_fused(act(acts, f.x)?, &w, shape, &fuse, out);
+    Ok(())
 }
 
 /// The op kind a forward node is timed under (the eager executor's names).

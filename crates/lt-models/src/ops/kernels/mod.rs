@@ -130,7 +130,13 @@ pub struct KernelSet {
 impl KernelSet {
     /// The block widths (in 8-column units) this set runs.
     pub fn widths(&self) -> Vec<usize> {
-        [1, 2, 4].into_iter().filter(|&nb| nb <= self.nb_max).collect()
+        [1, 2, 4].into_iter().filter(|&nb| self.runs(nb)).collect()
+    }
+
+    /// Whether this set runs blocks `nb` 8-column units wide.
+    #[inline]
+    pub fn runs(&self, nb: usize) -> bool {
+        matches!(nb, 1 | 2 | 4) && nb <= self.nb_max
     }
 }
 
@@ -195,7 +201,7 @@ pub fn cpu_features() -> Vec<String> {
 #[inline]
 pub unsafe fn gather_block(args: &GatherArgs, mr: usize, nb: usize) {
     let k = select();
-    assert!((1..=MR_MAX).contains(&mr) && k.widths().contains(&nb), "gather block {mr} x {nb}");
+    assert!((1..=MR_MAX).contains(&mr) && k.runs(nb), "gather block {mr} x {nb}");
     // SAFETY: the caller upholds the pointer contract above; the block size was checked, and the
     // selected kernel set runs only where its CPU features were detected.
     unsafe { (k.gather)(args, mr, nb) }
@@ -210,7 +216,7 @@ pub unsafe fn gather_block(args: &GatherArgs, mr: usize, nb: usize) {
 #[inline]
 pub unsafe fn outer_block(args: &OuterArgs, mr: usize, nb: usize) {
     let k = select();
-    assert!((1..=MR_MAX).contains(&mr) && k.widths().contains(&nb), "outer block {mr} x {nb}");
+    assert!((1..=MR_MAX).contains(&mr) && k.runs(nb), "outer block {mr} x {nb}");
     // SAFETY: as in `gather_block`.
     unsafe { (k.outer)(args, mr, nb) }
 }
