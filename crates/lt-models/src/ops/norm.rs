@@ -10,47 +10,50 @@ use rayon::prelude::*;
 
 const CHUNK_PIXELS: usize = 512;
 
-/// Per-channel mean and biased variance of `x` (`[P, c]`), two passes (mean, then deviations).
+/// Per-channel mean and biased variance of `x` (`[P, c]`), reading `x` from memory once.
+///
+/// Each chunk of pixels gets its own sum and, in a second pass while the chunk is still in
+/// cache, its sum of squared deviations from its own mean (both in `f32`); the chunks are then
+/// combined in `f64` and in chunk order: `mean = sum / P`, and the exact decomposition
+/// `M2 = sum over chunks of (M2_chunk + n_chunk * (mean_chunk - mean)^2)`, `var = M2 / P`.
 pub fn batch_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
     let p = x.len() / c;
     let parts = x
         .par_chunks(CHUNK_PIXELS * c)
         .map(|chunk| {
-            let mut acc = vec![0f64; c];
-            let mut part = vec![0f32; c];
+            let n = (chunk.len() / c) as f32;
+            let mut sum = vec![0f32; c];
             for px in chunk.chunks_exact(c) {
-                for (s, &v) in part.iter_mut().zip(px) {
+                for (s, &v) in sum.iter_mut().zip(px) {
                     *s += v;
                 }
             }
-            for (a, s) in acc.iter_mut().zip(&part) {
-                *a += *s as f64;
-            }
-            acc
-        })
-        .collect::<Vec<_>>();
-    let sum = ordered_sum(parts, c);
-    let mean: Vec<f64> = sum.iter().map(|s| s / p as f64).collect();
-    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let parts = x
-        .par_chunks(CHUNK_PIXELS * c)
-        .map(|chunk| {
-            let mut acc = vec![0f64; c];
-            let mut part = vec![0f32; c];
+            let mean: Vec<f32> = sum.iter().map(|s| s / n).collect();
+            let mut m2 = vec![0f32; c];
             for px in chunk.chunks_exact(c) {
-                for ((s, &v), &m) in part.iter_mut().zip(px).zip(&mean32) {
+                for ((s, &v), &m) in m2.iter_mut().zip(px).zip(&mean) {
                     let d = v - m;
                     *s += d * d;
                 }
             }
-            for (a, s) in acc.iter_mut().zip(&part) {
-                *a += *s as f64;
-            }
-            acc
+            (n as f64, sum, m2)
         })
         .collect::<Vec<_>>();
-    let sq = ordered_sum(parts, c);
-    let var = sq.iter().map(|s| s / p as f64).collect();
+    let mut total = vec![0f64; c];
+    for (_, sum, _) in &parts {
+        for (t, &s) in total.iter_mut().zip(sum) {
+            *t += s as f64;
+        }
+    }
+    let mean: Vec<f64> = total.iter().map(|s| s / p as f64).collect();
+    let mut m2 = vec![0f64; c];
+    for (n, sum, part) in &parts {
+        for k in 0..c {
+            let d = sum[k] as f64 / n - mean[k];
+            m2[k] += part[k] as f64 + n * d * d;
+        }
+    }
+    let var = m2.iter().map(|s| s / p as f64).collect();
     (mean, var)
 }
 

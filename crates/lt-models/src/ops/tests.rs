@@ -182,3 +182,24 @@ fn eval_batch_norm_formula_matches_a_hand_computation() {
         assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![0.5, 1.0, 2.5, 0.0], "{be:?}");
     }
 }
+
+#[test]
+fn batch_statistics_match_a_two_pass_f64_reference_far_from_zero() {
+    // Several chunks, the last one partial, values with a large common offset (where a
+    // one-pass sum of squares would lose the variance) and a different scale per channel.
+    let (p, c) = (3 * 512 + 77, 5);
+    let mut v = vec![0f32; p * c];
+    Rng::new(7).fill_normal(&mut v, 0.0, 1.0);
+    for (i, x) in v.iter_mut().enumerate() {
+        let k = (i % c) as f32;
+        *x = 50.0 * (k - 2.0) + (0.1 + k) * *x;
+    }
+    let (mean, var) = norm::batch_stats(&v, c);
+    for k in 0..c {
+        let xs: Vec<f64> = v.iter().skip(k).step_by(c).map(|&x| x as f64).collect();
+        let m = xs.iter().sum::<f64>() / p as f64;
+        let s = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / p as f64;
+        assert!((mean[k] - m).abs() <= 1e-6 * (1.0 + m.abs()), "channel {k}: mean {} vs {m}", mean[k]);
+        assert!((var[k] - s).abs() <= 1e-4 * s, "channel {k}: variance {} vs {s}", var[k]);
+    }
+}
