@@ -125,9 +125,6 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as for `Send`: concurrent users write disjoint rows only.
 unsafe impl Sync for OutPtr {}
 
-/// Runs gather-GEMM over `rows` logical output rows of `cols` columns. Row `r` is stored at
-/// `out[row_offset(r)..][..cols]`; `plan(first_row, mr, taps)` fills the taps of a block of `mr`
-/// consecutive logical rows and returns their depth.
 /// What the forward pass applies to its sums on the way out: eval mode's folded batch norm
 /// (`bias`, per output channel), the residual add (`residual`, shaped like the output) and ReLU.
 #[derive(Clone, Copy, Debug, Default)]
@@ -147,6 +144,10 @@ impl Fuse<'_> {
     }
 }
 
+/// Runs gather-GEMM over `rows` logical output rows of `cols` columns:
+/// `plan(first_row, mr, taps, offsets)` fills the taps of a block of `mr` consecutive logical
+/// rows and where each row is stored (row `j` at `out[offsets[j]..][..cols]`), and returns the
+/// taps' depth. The sums go through `fuse` on the way out (see [`Fuse`]).
 #[allow(clippy::too_many_arguments)]
 fn gather_pass(
     out: &mut [f32],
@@ -156,8 +157,7 @@ fn gather_pass(
     cols: usize,
     packed: &[f32],
     index: &[(usize, usize, usize)],
-    row_offset: impl Fn(usize) -> usize + Sync,
-    plan: impl Fn(usize, usize, &mut Vec<Tap>) -> usize + Sync,
+    plan: impl Fn(usize, usize, &mut Vec<Tap>, &mut [usize; MR_MAX]) -> usize + Sync,
 ) {
     const BLOCKS_PER_TASK: usize = 16;
     let blocks = rows.div_ceil(MR_MAX);
@@ -181,8 +181,8 @@ fn gather_pass(
             let r0 = blk * MR_MAX;
             let mr = (rows - r0).min(MR_MAX);
             taps.clear();
-            let depth = plan(r0, mr, &mut taps);
-            let offs: [usize; MR_MAX] = std::array::from_fn(|j| if j < mr { row_offset(r0 + j) } else { 0 });
+            let mut offs = [0usize; MR_MAX];
+            let depth = plan(r0, mr, &mut taps, &mut offs);
             for &(c0, nb, off) in index {
                 let nr = 8 * nb;
                 let full = c0 + nr <= cols;
@@ -276,7 +276,10 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut
     let zeros = vec![0f32; k * cin.max(cout)];
     let (oh, ow) = (s.oh(), s.ow());
     let (h, wd, st, pad) = (s.h as isize, s.w as isize, s.stride as isize, s.pad as isize);
-    let plan = |r0: usize, mr: usize, taps: &mut Vec<Tap>| {
+    let plan = |r0: usize, mr: usize, taps: &mut Vec<Tap>, offs: &mut [usize; MR_MAX]| {
+        for (j, o) in offs.iter_mut().take(mr).enumerate() {
+            *o = (r0 + j) * cout;
+        }
         let mut coords = [(0usize, 0isize, 0isize); MR_MAX];
         let (mut n, rem) = (r0 / (oh * ow), r0 % (oh * ow));
         let (mut y, mut xo) = (rem / ow, rem % ow);
@@ -325,7 +328,7 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut
             cin
         }
     };
-    gather_pass(out, false, fuse, s.n * oh * ow, cout, &packed, &index, |r| r * cout, plan);
+    gather_pass(out, false, fuse, s.n * oh * ow, cout, &packed, &index, plan);
 }
 
 /// Input gradient: `dx[N, H, W, C_in]` from `dy[N, OH, OW, C_out]` (overwrites `dx`).
@@ -356,13 +359,27 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     let (st, pad, wd) = (s.stride, s.pad as isize, s.w);
     // Logical order within an image row: phase-major (x = r, r + s, r + 2s, ... for r < s).
     let order: Vec<usize> = (0..st).flat_map(|r| (r..wd).step_by(st)).collect();
-    let row_pos = |row: usize| {
-        let (img_row, local) = (row / wd, row % wd);
-        (img_row / s.h, img_row % s.h, order[local])
-    };
-    let plan = |r0: usize, mr: usize, taps: &mut Vec<Tap>| {
-        let coords: [(usize, usize, usize); MR_MAX] =
-            std::array::from_fn(|j| if j < mr { row_pos(r0 + j) } else { (0, 0, 0) });
+    let plan = |r0: usize, mr: usize, taps: &mut Vec<Tap>, offs: &mut [usize; MR_MAX]| {
+        // `(image, y, x)` of each row, stepping through the logical order from the first.
+        let (img_row, mut local) = (r0 / wd, r0 % wd);
+        let (mut n, mut iy) = (img_row / s.h, img_row % s.h);
+        let coords: [(usize, usize, usize); MR_MAX] = std::array::from_fn(|j| {
+            if j >= mr {
+                return (0, 0, 0);
+            }
+            let c = (n, iy, order[local]);
+            offs[j] = ((n * s.h + iy) * wd + order[local]) * cin;
+            local += 1;
+            if local == wd {
+                local = 0;
+                iy += 1;
+                if iy == s.h {
+                    iy = 0;
+                    n += 1;
+                }
+            }
+            c
+        });
         let out_pos = |iy: usize, ix: usize, kh: usize, kw: usize| -> Option<(isize, isize)> {
             let ny = iy as isize + pad - kh as isize;
             let nx = ix as isize + pad - kw as isize;
@@ -400,6 +417,40 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
             }
             return k * cout;
         }
+        let (n0, iy0, ix0) = coords[0];
+        let (nl, iyl, ixl) = coords[mr - 1];
+        if st > 1 && n0 == nl && iy0 == iyl && ixl == ix0 + (mr - 1) * st {
+            // One image row, one phase (most blocks): every row reaches the same kernel taps, at
+            // consecutive output pixels; no per-row division.
+            let sti = st as isize;
+            for kh in 0..k {
+                let ny = iy0 as isize + pad - kh as isize;
+                if ny < 0 || ny % sti != 0 || ny / sti >= oh {
+                    continue;
+                }
+                for kw in 0..k {
+                    let nx = ix0 as isize + pad - kw as isize;
+                    if nx.rem_euclid(sti) != 0 {
+                        continue;
+                    }
+                    let ox0 = nx.div_euclid(sti);
+                    let mut any = false;
+                    let ptrs: [*const f32; MR_MAX] = std::array::from_fn(|j| {
+                        let ox = ox0 + j as isize;
+                        if j < mr && ox >= 0 && ox < ow {
+                            any = true;
+                            src(n0, ny / sti, ox)
+                        } else {
+                            zeros.as_ptr()
+                        }
+                    });
+                    if any {
+                        taps.push(Tap { src: ptrs, w: (kh * k + (k - 1 - kw)) * cout });
+                    }
+                }
+            }
+            return cout;
+        }
         for kh in 0..k {
             for kw in 0..k {
                 let mut any = false;
@@ -420,11 +471,7 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
         }
         cout
     };
-    let row_offset = |row: usize| {
-        let (n, iy, ix) = row_pos(row);
-        ((n * s.h + iy) * wd + ix) * cin
-    };
-    gather_pass(dx, accumulate, &Fuse::default(), s.n * s.h * wd, cin, &packed, &index, row_offset, plan);
+    gather_pass(dx, accumulate, &Fuse::default(), s.n * s.h * wd, cin, &packed, &index, plan);
 }
 
 /// Weight gradient: `dw[C_out, C_in, k, k] = sum over pixels of dy (x) x` (overwrites `dw`).
