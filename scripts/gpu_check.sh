@@ -17,7 +17,10 @@
 #      channels-last), with peak GPU memory, and one profiled ResNet-50 training step (each
 #      forward op timed between device synchronisations);
 #   4. Fashion-MNIST-LT on CUDA: a short stage 1 (SGD + SWA), extraction, SRepr, eval, with its
-#      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt.
+#      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt;
+#   5. the CPU kernels on this machine's own CPU (often one with AVX-512, which the development
+#      machine lacks): ResNet-32 batch 128 train step and eval with each kernel set the CPU has
+#      (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
 # Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
 # GPU_CHECK_DEVICE (default cuda; `cpu` runs the same steps on the CPU, for a dry run).
 set -uo pipefail
@@ -200,7 +203,7 @@ step_bench() {
     --arch resnet50 --classes 1000 --batch 64 --size 224 --steps 3 --warmup 2 --mode train --tf32 --profile
   record "profile resnet50 train b64 TF32" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
 import json, sys
-d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["forward_ops"]
+d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["profile"]
 print("step %.0f ms; forward ops: " % d["step_ms"] + ", ".join("%s %.0f ms" % (o["op"], o["ms"]) for o in d["ops"][:4]))
 ' "$OUT/profile-resnet50.log" 2>/dev/null || echo "no profile")"
 }
@@ -264,12 +267,42 @@ TOML
   record "fmnist-lt 6 epochs + SRepr" "$LAST_STATUS" "$LAST_SECONDS" "$verdict"
 }
 
+# --- 5. CPU kernels on this machine's CPU ------------------------------------------------------
+
+# cpu_result LOG: kernels, features and images/s from a `lt bench backbone` or bench_torch.py log.
+cpu_result() {
+  python3 -c '
+import json, sys
+d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])
+who = d.get("kernels") or ("torch " + d.get("torch", "?"))
+feats = " ".join(d.get("cpu_features", []))
+print("%.0f img/s (%s%s)" % (d["images_per_sec"], who, "; " + feats if feats else ""))
+' "$1" 2>/dev/null || echo "no result"
+}
+
+step_cpu() {
+  local threads r32
+  threads=$(nproc)
+  r32=(--arch resnet32 --classes 10 --batch 128 --size 32 --steps 3 --warmup 1)
+  for mode in train eval; do
+    for k in avx512 avx2; do
+      run_step "cpu $mode ($k)" 30 "$OUT/cpu-$mode-$k.log" env LT_KERNELS=$k "$LT" bench backbone --device cpu \
+        "${r32[@]}" --mode "$mode"
+      record "cpu resnet32 $mode b128 LT_KERNELS=$k" "$LAST_STATUS" "$LAST_SECONDS" "$(cpu_result "$OUT/cpu-$mode-$k.log")"
+    done
+    run_step "cpu $mode (pytorch)" 40 "$OUT/cpu-$mode-torch.log" python3 scripts/bench_torch.py --device cpu \
+      "${r32[@]}" --mode "$mode" --threads "$threads" --channels-last
+    record "cpu resnet32 $mode b128 PyTorch CL" "$LAST_STATUS" "$LAST_SECONDS" "$(cpu_result "$OUT/cpu-$mode-torch.log")"
+  done
+}
+
 # --- main ------------------------------------------------------------------------------------------
 
 step_setup
 step_selftest
 step_bench
 step_pipeline
+step_cpu
 
 TOTAL=$(($(date +%s) - START_ALL))
 {

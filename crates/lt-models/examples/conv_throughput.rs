@@ -1,7 +1,7 @@
 //! Throughput of the convolution kernels (forward, input gradient, weight gradient) on the
 //! ResNet-32 layer shapes at batch 128, and of the evaluation pass's folded convolution (batch
 //! norm, residual add and ReLU applied as the output is stored) against the same work as three
-//! passes: `cargo run --release -p lt-models --example conv_throughput`. Times are the best of
+//! passes: `cargo run --release -p lt-models --example conv_throughput [resnet50]`. Times are the best of
 //! 7 runs (the least disturbed by other work on the machine); GF = GFLOP/s.
 use lt_models::ops::conv::{backward_input, backward_weight, forward, forward_fused, ConvShape, Fuse};
 use lt_models::ops::{elementwise, norm};
@@ -19,19 +19,40 @@ fn best(f: &mut dyn FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// The ResNet-32 layer shapes at batch 128, or (`resnet50` as the first argument) a selection
+/// of ResNet-50's at batch 8.
+fn shapes(resnet50: bool) -> Vec<ConvShape> {
+    let c = |n, h, cin, cout, k, stride| ConvShape { n, h, w: h, cin, cout, k, stride, pad: k / 2 };
+    if resnet50 {
+        vec![
+            c(8, 56, 64, 64, 3, 1),
+            c(8, 56, 64, 256, 1, 1),
+            c(8, 28, 512, 128, 1, 1),
+            c(8, 14, 256, 256, 3, 1),
+            c(8, 14, 1024, 256, 1, 1),
+            c(8, 7, 512, 512, 3, 1),
+            c(8, 7, 2048, 512, 1, 1),
+            c(8, 14, 256, 256, 3, 2),
+        ]
+    } else {
+        vec![
+            c(128, 32, 16, 16, 3, 1),
+            c(128, 16, 32, 32, 3, 1),
+            c(128, 8, 64, 64, 3, 1),
+            c(128, 32, 16, 32, 3, 2),
+            c(128, 16, 32, 64, 3, 2),
+        ]
+    }
+}
+
 fn main() {
     println!(
         "kernels: {} (CPU features: {})",
         lt_models::ops::kernel_name(),
         lt_models::ops::cpu_features().join(" ")
     );
-    for s in [
-        ConvShape { n: 128, h: 32, w: 32, cin: 16, cout: 16, k: 3, stride: 1, pad: 1 },
-        ConvShape { n: 128, h: 16, w: 16, cin: 32, cout: 32, k: 3, stride: 1, pad: 1 },
-        ConvShape { n: 128, h: 8, w: 8, cin: 64, cout: 64, k: 3, stride: 1, pad: 1 },
-        ConvShape { n: 128, h: 32, w: 32, cin: 16, cout: 32, k: 3, stride: 2, pad: 1 },
-        ConvShape { n: 128, h: 16, w: 16, cin: 32, cout: 64, k: 3, stride: 2, pad: 1 },
-    ] {
+    let resnet50 = std::env::args().nth(1).is_some_and(|a| a == "resnet50");
+    for s in shapes(resnet50) {
         let x: Vec<f32> = (0..s.input_len()).map(|i| ((i * 7919) % 997) as f32 / 997.0 - 0.5).collect();
         let w: Vec<f32> = (0..s.weight_len()).map(|i| ((i * 104729) % 991) as f32 / 9910.0 - 0.05).collect();
         let dy: Vec<f32> = (0..s.output_len()).map(|i| ((i * 31) % 101) as f32 / 101.0 - 0.5).collect();
@@ -42,7 +63,7 @@ fn main() {
         let mut dw = vec![0f32; s.weight_len()];
         let gf = |t: f64| 2.0 * s.macs() as f64 / t / 1e9;
         let tf = best(&mut || forward(&x, &w, &s, &mut out));
-        let fuse = Fuse { bias: Some(&shift), residual: Some(&dy), relu: true };
+        let fuse = Fuse { scale: Some(&scale), bias: Some(&shift), residual: Some(&dy), relu: true };
         let tfused = best(&mut || forward_fused(&x, &w, &s, &fuse, &mut out));
         let tsplit = best(&mut || {
             forward(&x, &w, &s, &mut out);
@@ -52,8 +73,8 @@ fn main() {
         let tx = best(&mut || backward_input(&dy, &w, &s, &mut dx));
         let tw = best(&mut || backward_weight(&x, &dy, &s, &mut dw));
         println!(
-            "{:>2}x{:<2} {:>2}->{:<2} stride {}: fwd {:6.2} ms ({:3.0} GF) | folded {:6.2} ms vs 3 passes {:6.2} ms | dx {:6.2} ms ({:3.0} GF) | dw {:6.2} ms ({:3.0} GF)",
-            s.h, s.w, s.cin, s.cout, s.stride,
+            "{:>2}x{:<2} {:>4}->{:<4} k{} stride {}: fwd {:6.2} ms ({:3.0} GF) | folded {:6.2} ms vs 3 passes {:6.2} ms | dx {:6.2} ms ({:3.0} GF) | dw {:6.2} ms ({:3.0} GF)",
+            s.h, s.w, s.cin, s.cout, s.k, s.stride,
             tf * 1e3, gf(tf), tfused * 1e3, tsplit * 1e3, tx * 1e3, gf(tx), tw * 1e3, gf(tw)
         );
     }

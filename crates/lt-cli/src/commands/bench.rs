@@ -91,8 +91,10 @@ struct BackboneBench {
     /// Rank cuDNN's convolution algorithms by its heuristics instead of timing them.
     #[arg(long)]
     cudnn_heuristic: bool,
-    /// After the timed steps, one more step with every forward op timed between device
-    /// synchronisations (`lt_models::profile`): the JSON gains `forward_ops` (kind, calls, ms).
+    /// After the timed steps, one more step with its ops timed between device synchronisations
+    /// (`lt_models::profile`): every forward and backward op of the fused CPU pass, or every
+    /// forward op of the eager executor (CUDA, stock candle; its backward is candle's autograd).
+    /// The JSON gains `profile`: the step's ms and per op kind its calls and ms.
     #[arg(long)]
     profile: bool,
 }
@@ -208,7 +210,7 @@ fn backbone(b: BackboneBench) -> Result<()> {
     let median = median_seconds(b.warmup, b.steps, &mut step)?;
     let profile = if b.profile { Some(profiled(&mut step)?) } else { None };
     print(json!({
-        "forward_ops": profile,
+        "profile": profile,
         "bench": "backbone", "arch": b.arch, "mode": b.mode, "backend": b.backend, "batch": batch, "size": size,
         "device": b.device, "median_step_seconds": median, "images_per_sec": batch as f64 / median, "steps": b.steps,
         "kernels": lt_models::ops::kernel_name(), "cpu_features": lt_models::ops::cpu_features(), "tf32": b.tf32,
@@ -217,7 +219,8 @@ fn backbone(b: BackboneBench) -> Result<()> {
     Ok(())
 }
 
-/// One more `step` with the eager forward's ops timed: `[{op, calls, ms}]` and the whole step.
+/// One more `step` with its ops timed (see `BackboneBench::profile`): `[{op, calls, ms}]` and the
+/// whole step.
 fn profiled(step: &mut impl FnMut() -> Result<()>) -> Result<serde_json::Value> {
     lt_models::profile::set_enabled(true);
     let t = Instant::now();

@@ -3,7 +3,11 @@
 //! Weights use PyTorch's `[C_out, C_in, k, k]` layout; activations are `[N, H, W, C]`. All three
 //! passes run on the [`super::kernels`] micro-kernels without an im2col buffer and are spread over
 //! the rayon pool: the forward pass and the input gradient by blocks of pixels, the weight
-//! gradient by images (or groups of rows), each worker with its own partial sum.
+//! gradient by images (or groups of rows), each worker with its own partial sum. A pointwise
+//! convolution (1x1, stride 1, no padding: most of a bottleneck ResNet's work) is a plain matrix
+//! product on NHWC data, and its training passes run through the `gemm` crate instead (its own cache blocking, and
+//! AVX2 or AVX-512 micro-kernels chosen at run time); its depth loop is sequential, so its sums
+//! too have a fixed order.
 
 // Numerical kernels index several arrays with one loop variable.
 #![allow(clippy::needless_range_loop)]
@@ -90,29 +94,60 @@ fn col_blocks(cols: usize) -> Vec<(usize, usize)> {
     v
 }
 
+/// The loop order in which [`pack`] reads its source: the one that walks the weight tensor
+/// `[C_out, C_in, k, k]` in memory order for the pass (the writes go to a small block in cache).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ReadOrder {
+    /// Tap, then depth, then column: the packed order (sequential writes; the forward pass).
+    TapDepthColumn,
+    /// Depth, then column, then tap (depth = output channels: the input gradient).
+    DepthColumnTap,
+}
+
 /// Packs the rows `value(tap, depth, column)` into `[col block][tap][depth][nr]` with zero
-/// padding of columns.
+/// padding of columns; the blocks are filled in parallel, each reading in `order`.
 fn pack(
     taps: usize,
     depth: usize,
     cols: usize,
-    value: impl Fn(usize, usize, usize) -> f32,
+    order: ReadOrder,
+    value: impl Fn(usize, usize, usize) -> f32 + Sync,
 ) -> (Vec<f32>, Vec<(usize, usize, usize)>) {
-    let blocks = col_blocks(cols);
-    let mut packed = Vec::new();
     let mut index = Vec::new();
-    for &(c0, nb) in &blocks {
-        index.push((c0, nb, packed.len()));
+    let mut len = 0;
+    for (c0, nb) in col_blocks(cols) {
+        index.push((c0, nb, len));
+        len += taps * depth * 8 * nb;
+    }
+    let mut packed = vec![0f32; len];
+    let mut parts = Vec::with_capacity(index.len());
+    let mut rest = packed.as_mut_slice();
+    for &(c0, nb, _) in &index {
+        let (part, tail) = rest.split_at_mut(taps * depth * 8 * nb);
+        parts.push((c0, nb, part));
+        rest = tail;
+    }
+    parts.into_par_iter().for_each(|(c0, nb, part)| {
         let nr = 8 * nb;
-        for t in 0..taps {
-            for d in 0..depth {
-                for l in 0..nr {
-                    let c = c0 + l;
-                    packed.push(if c < cols { value(t, d, c) } else { 0.0 });
+        let width = nr.min(cols - c0);
+        let mut put = |t: usize, d: usize, l: usize| part[(t * depth + d) * nr + l] = value(t, d, c0 + l);
+        match order {
+            ReadOrder::TapDepthColumn => {
+                for t in 0..taps {
+                    for d in 0..depth {
+                        (0..width).for_each(|l| put(t, d, l));
+                    }
+                }
+            }
+            ReadOrder::DepthColumnTap => {
+                for d in 0..depth {
+                    for l in 0..width {
+                        (0..taps).for_each(|t| put(t, d, l));
+                    }
                 }
             }
         }
-    }
+    });
     (packed, index)
 }
 
@@ -129,6 +164,9 @@ unsafe impl Sync for OutPtr {}
 /// (`bias`, per output channel), the residual add (`residual`, shaped like the output) and ReLU.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Fuse<'a> {
+    /// Multiplies the weights of each output channel (`C_out` values; folded into the packed
+    /// weights, so it costs nothing per pixel).
+    pub scale: Option<&'a [f32]>,
     /// Added to every output pixel, per channel (`C_out` values).
     pub bias: Option<&'a [f32]>,
     /// Added element by element (the output's shape).
@@ -159,8 +197,14 @@ fn gather_pass(
     index: &[(usize, usize, usize)],
     plan: impl Fn(usize, usize, &mut Vec<Tap>, &mut [usize; MR_MAX]) -> usize + Sync,
 ) {
-    const BLOCKS_PER_TASK: usize = 16;
     let blocks = rows.div_ceil(MR_MAX);
+    // Up to 16 row blocks per task; where that leaves fewer than 4 tasks per thread (a small
+    // batch, a late stage), fewer blocks per task and the column blocks split between tasks too.
+    let want = 4 * rayon::current_num_threads();
+    let per_task = (blocks / want).clamp(1, 16);
+    let row_tasks = blocks.div_ceil(per_task);
+    let col_groups = if row_tasks >= want { 1 } else { index.len().min(want.div_ceil(row_tasks)).max(1) };
+    let per_group = index.len().div_ceil(col_groups).max(1);
     let outp = OutPtr(out.as_mut_ptr());
     let len = out.len();
     if let Some(r) = fuse.residual {
@@ -172,18 +216,21 @@ fn gather_pass(
         let padded = index.last().map_or(0, |&(c0, nb, _)| c0 + 8 * nb);
         (0..padded).map(|c| b.get(c).copied().unwrap_or(0.0)).collect()
     });
-    (0..blocks.div_ceil(BLOCKS_PER_TASK)).into_par_iter().for_each(|task| {
+    (0..row_tasks * col_groups).into_par_iter().for_each(|t| {
         // Capture the whole wrapper (not its raw-pointer field) so the closure stays Send.
         let base = outp;
+        let (task, group) = (t / col_groups, t % col_groups);
+        let columns =
+            &index[(group * per_group).min(index.len())..((group + 1) * per_group).min(index.len())];
         let mut taps: Vec<Tap> = Vec::with_capacity(64);
         let mut scratch = [[0f32; NR_MAX]; MR_MAX];
-        for blk in task * BLOCKS_PER_TASK..((task + 1) * BLOCKS_PER_TASK).min(blocks) {
+        for blk in task * per_task..((task + 1) * per_task).min(blocks) {
             let r0 = blk * MR_MAX;
             let mr = (rows - r0).min(MR_MAX);
             taps.clear();
             let mut offs = [0usize; MR_MAX];
             let depth = plan(r0, mr, &mut taps, &mut offs);
-            for &(c0, nb, off) in index {
+            for &(c0, nb, off) in columns {
                 let nr = 8 * nb;
                 let full = c0 + nr <= cols;
                 if !full && accumulate {
@@ -247,6 +294,88 @@ fn gather_pass(
     });
 }
 
+/// Whether `s` is a plain matrix product on NHWC data: 1x1, stride 1, no padding.
+pub fn is_pointwise(s: &ConvShape) -> bool {
+    s.k == 1 && s.stride == 1 && s.pad == 0
+}
+
+/// A row-major (or strided) matrix operand: pointer, row stride, column stride.
+type Operand = (*const f32, isize, isize);
+
+/// `dst[m, n] (+)= lhs[m, k] * rhs[k, n]` through the `gemm` crate, on the rayon pool.
+///
+/// # Safety
+/// Every operand must be valid for its extent under its strides; `dst` must not overlap the
+/// others.
+#[allow(clippy::too_many_arguments)]
+unsafe fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    (dst_rs, dst_cs): (isize, isize),
+    accumulate: bool,
+    lhs: Operand,
+    rhs: Operand,
+) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: the caller guarantees the extents; `gemm` reads `lhs`, `rhs` and (when
+    // accumulating) `dst`, and writes `dst`.
+    unsafe {
+        gemm::gemm(
+            m, n, k, dst, dst_cs, dst_rs, accumulate, lhs.0, lhs.2, lhs.1, rhs.0, rhs.2, rhs.1, 1.0, 1.0,
+            false, false, false, par,
+        )
+    }
+}
+
+/// Pointwise forward: `out[P, C_out] = x[P, C_in] * w^T`.
+fn pointwise_forward(x: &[f32], w: &[f32], s: &ConvShape, out: &mut [f32]) {
+    let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
+    // SAFETY: x is [P, C_in], w is [C_out, C_in] (read transposed), out is [P, C_out].
+    unsafe {
+        matmul(
+            (p, cout, cin),
+            out.as_mut_ptr(),
+            (cout as isize, 1),
+            false,
+            (x.as_ptr(), cin as isize, 1),
+            (w.as_ptr(), 1, cin as isize),
+        )
+    }
+}
+
+/// Pointwise input gradient: `dx[P, C_in] (+)= dy[P, C_out] * w[C_out, C_in]`.
+fn pointwise_backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], accumulate: bool) {
+    let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
+    // SAFETY: dy is [P, C_out], w is [C_out, C_in], dx is [P, C_in].
+    unsafe {
+        matmul(
+            (p, cin, cout),
+            dx.as_mut_ptr(),
+            (cin as isize, 1),
+            accumulate,
+            (dy.as_ptr(), cout as isize, 1),
+            (w.as_ptr(), cin as isize, 1),
+        )
+    }
+}
+
+/// Pointwise weight gradient: `dw[C_out, C_in] = dy[P, C_out]^T * x[P, C_in]`.
+fn pointwise_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
+    let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
+    // SAFETY: dy is [P, C_out] (read transposed), x is [P, C_in], dw is [C_out, C_in].
+    unsafe {
+        matmul(
+            (cout, cin, p),
+            dw.as_mut_ptr(),
+            (cin as isize, 1),
+            false,
+            (dy.as_ptr(), 1, cout as isize),
+            (x.as_ptr(), cin as isize, 1),
+        )
+    }
+}
+
 /// The epilogue of a partial column block, in portable code: bias, residual, ReLU.
 fn finish_row(row: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, relu: bool) {
     for (i, v) in row.iter_mut().enumerate() {
@@ -263,16 +392,28 @@ pub fn forward(x: &[f32], w: &[f32], s: &ConvShape, out: &mut [f32]) {
     forward_fused(x, w, s, &Fuse::default(), out)
 }
 
-/// [`forward`] with a bias, a residual and ReLU applied as each output block is stored (see
-/// [`Fuse`]): `out = max(conv(x, w) + bias + residual, 0)`.
+/// [`forward`] with the weights scaled per output channel and a bias, a residual and ReLU
+/// applied as each output block is stored (see [`Fuse`]):
+/// `out = max(conv(x, w * scale) + bias + residual, 0)`.
 pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut [f32]) {
     assert_eq!(x.len(), s.input_len(), "conv input length");
     assert_eq!(w.len(), s.weight_len(), "conv weight length");
     assert_eq!(out.len(), s.output_len(), "conv output length");
+    // A folded pointwise convolution stays on the gather kernels, whose epilogue runs in
+    // registers (after `gemm` it would be another pass over the output).
+    if is_pointwise(s) && fuse.is_none() {
+        return pointwise_forward(x, w, s, out);
+    }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     // Packed rows: tap t = kh*k + kw, then input channel: the k taps of one kernel row are
     // consecutive, matching k consecutive input pixels of one row (the merged tap).
-    let (packed, index) = pack(k * k, cin, cout, |t, ci, co| w[((co * cin + ci) * k + t / k) * k + t % k]);
+    if let Some(sc) = fuse.scale {
+        assert_eq!(sc.len(), cout, "scale length");
+    }
+    let scale = |co: usize| fuse.scale.map_or(1.0, |sc| sc[co]);
+    let (packed, index) = pack(k * k, cin, cout, ReadOrder::TapDepthColumn, |t, ci, co| {
+        w[(co * cin + ci) * k * k + t] * scale(co)
+    });
     let zeros = vec![0f32; k * cin.max(cout)];
     let (oh, ow) = (s.oh(), s.ow());
     let (h, wd, st, pad) = (s.h as isize, s.w as isize, s.stride as isize, s.pad as isize);
@@ -350,10 +491,14 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     assert_eq!(dy.len(), s.output_len(), "conv output-gradient length");
     assert_eq!(w.len(), s.weight_len(), "conv weight length");
     assert_eq!(dx.len(), s.input_len(), "conv input-gradient length");
+    if is_pointwise(s) {
+        return pointwise_backward_input(dy, w, s, dx, accumulate);
+    }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     // Packed rows: tap t' = kh*k + (k-1-kw), then output channel.
-    let (packed, index) =
-        pack(k * k, cout, cin, |t, co, ci| w[((co * cin + ci) * k + t / k) * k + (k - 1 - t % k)]);
+    let (packed, index) = pack(k * k, cout, cin, ReadOrder::DepthColumnTap, |t, co, ci| {
+        w[((co * cin + ci) * k + t / k) * k + (k - 1 - t % k)]
+    });
     let zeros = vec![0f32; k * cin.max(cout)];
     let (oh, ow) = (s.oh() as isize, s.ow() as isize);
     let (st, pad, wd) = (s.stride, s.pad as isize, s.w);
@@ -475,15 +620,23 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
 }
 
 /// Weight gradient: `dw[C_out, C_in, k, k] = sum over pixels of dy (x) x` (overwrites `dw`).
+///
+/// Two ways to spread the work, chosen by [`weight_split`]: by pixels (groups of output rows,
+/// each with its own partial sum, summed in order at the end: most layers) or, where the pixels
+/// are few next to the weights (small late-stage images), by input channels (each task owns its
+/// rows of the gradient and runs over every pixel: no partial sums to zero, store and add).
+/// Either way every sum has a fixed order, so the result is the same bit for bit on every run.
 pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
     assert_eq!(x.len(), s.input_len(), "conv input length");
     assert_eq!(dy.len(), s.output_len(), "conv output-gradient length");
     assert_eq!(dw.len(), s.weight_len(), "conv weight-gradient length");
+    if is_pointwise(s) {
+        return pointwise_backward_weight(x, dy, s, dw);
+    }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     let (oh, ow) = (s.oh(), s.ow());
     let blocks = col_blocks(cout);
     let cpad = blocks.last().map(|&(c0, nb)| c0 + 8 * nb).unwrap_or(0);
-    let acc_len = k * k * cin * cpad;
     // dy padded to `cpad` columns when C_out is not a multiple of 8.
     let dy_padded: std::borrow::Cow<[f32]> = if cpad == cout {
         dy.into()
@@ -494,85 +647,154 @@ pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
         }
         v.into()
     };
-    let dyp: &[f32] = &dy_padded;
-    // Work items: groups of output rows small enough for x and dy to stay in cache.
-    let row_bytes = ow * (cin.max(cpad)) * 4 * 2;
-    let rows_per_task = (96 * 1024 / row_bytes.max(1)).clamp(1, oh);
-    let tasks: Vec<(usize, usize)> =
-        (0..s.n).flat_map(|n| (0..oh).step_by(rows_per_task).map(move |y0| (n, y0))).collect();
-    // Tasks are split into a fixed number of contiguous groups (independent of the thread
-    // count); each group accumulates sequentially and the groups are summed in order, so the
-    // result is the same bit for bit on every run.
-    const GROUPS: usize = 8;
-    let per_group = tasks.len().div_ceil(GROUPS).max(1);
-    let partials: Vec<Vec<f32>> = tasks
-        .par_chunks(per_group)
-        .map(|group| {
-            let mut acc = vec![0f32; acc_len];
-            let mut runs: Vec<Run> = Vec::with_capacity(rows_per_task);
-            for &(n, y0) in group {
-                let y1 = (y0 + rows_per_task).min(oh);
-                for t in 0..k * k {
-                    let (kh, kw) = (t / k, t % k);
-                    runs.clear();
-                    // Valid output columns: 0 <= xo*stride - pad + kw < w.
-                    let lo = (s.pad.saturating_sub(kw)).div_ceil(s.stride);
-                    let hi =
-                        if s.w + s.pad > kw { ((s.w + s.pad - kw - 1) / s.stride + 1).min(ow) } else { 0 };
-                    if lo >= hi {
-                        continue;
-                    }
-                    for y in y0..y1 {
-                        let iy = (y * s.stride + kh) as isize - s.pad as isize;
-                        if iy < 0 || iy >= s.h as isize {
-                            continue;
-                        }
-                        let ix = lo * s.stride + kw - s.pad;
-                        runs.push(Run {
-                            x: ((n * s.h + iy as usize) * s.w + ix) * cin,
-                            dy: ((n * oh + y) * ow + lo) * cpad,
-                            count: hi - lo,
-                        });
-                    }
-                    if runs.is_empty() {
-                        continue;
-                    }
-                    let mut c = 0;
-                    while c < cin {
-                        let mr = (cin - c).min(MR_MAX);
-                        for &(c0, nb) in &blocks {
-                            let args = OuterArgs {
-                                x: x[c..].as_ptr(),
-                                x_stride: s.stride * cin,
-                                dy: dyp[c0..].as_ptr(),
-                                dy_stride: cpad,
-                                runs: &runs,
-                                acc: acc[(t * cin + c) * cpad + c0..].as_mut_ptr(),
-                                acc_stride: cpad,
-                            };
-                            // SAFETY: runs stay inside x and dy (valid rows/columns only); the
-                            // accumulator block lies inside `acc` (rows c..c+mr of tap t).
-                            unsafe { outer_block(&args, mr, nb) };
-                        }
-                        c += mr;
-                    }
-                }
-            }
-            acc
-        })
-        .collect();
-    let mut partial = vec![0f32; acc_len];
-    for p in &partials {
-        for (x, y) in partial.iter_mut().zip(p) {
-            *x += y;
-        }
-    }
+    let g = WeightGrad { x, dy: &dy_padded, s, blocks: &blocks, cpad };
+    // acc[(t * cin + ci) * cpad + co]
+    let acc = if weight_split(s) { g.by_channels() } else { g.by_pixels() };
     for co in 0..cout {
         for ci in 0..cin {
             for t in 0..k * k {
-                dw[(co * cin + ci) * k * k + t] = partial[(t * cin + ci) * cpad + co];
+                dw[(co * cin + ci) * k * k + t] = acc[(t * cin + ci) * cpad + co];
             }
         }
+    }
+}
+
+/// Whether [`backward_weight`] spreads its work by input channels: when the pixels are fewer
+/// than about the weight rows per output channel (`k * k * C_in`), re-reading them per task
+/// costs less than zeroing, storing and adding per-group partial gradients.
+pub fn weight_split(s: &ConvShape) -> bool {
+    s.n * s.oh() * s.ow() * 2 < 3 * s.k * s.k * s.cin
+}
+
+/// The operands of one weight gradient.
+struct WeightGrad<'a> {
+    x: &'a [f32],
+    /// The output gradient padded to `cpad` columns.
+    dy: &'a [f32],
+    s: &'a ConvShape,
+    blocks: &'a [(usize, usize)],
+    cpad: usize,
+}
+
+impl WeightGrad<'_> {
+    /// The runs of tap `t` over the output rows `g0..g1` (all images' rows, flattened).
+    fn runs(&self, t: usize, g0: usize, g1: usize, runs: &mut Vec<Run>) {
+        let (s, cin, cpad) = (self.s, self.s.cin, self.cpad);
+        let (oh, ow) = (s.oh(), s.ow());
+        let (kh, kw) = (t / s.k, t % s.k);
+        runs.clear();
+        // Valid output columns: 0 <= xo*stride - pad + kw < w.
+        let lo = (s.pad.saturating_sub(kw)).div_ceil(s.stride);
+        let hi = if s.w + s.pad > kw { ((s.w + s.pad - kw - 1) / s.stride + 1).min(ow) } else { 0 };
+        if lo >= hi {
+            return;
+        }
+        for g in g0..g1 {
+            let (n, y) = (g / oh, g % oh);
+            let iy = (y * s.stride + kh) as isize - s.pad as isize;
+            if iy < 0 || iy >= s.h as isize {
+                continue;
+            }
+            let ix = lo * s.stride + kw - s.pad;
+            runs.push(Run {
+                x: ((n * s.h + iy as usize) * s.w + ix) * cin,
+                dy: ((n * oh + y) * ow + lo) * cpad,
+                count: hi - lo,
+            });
+        }
+    }
+
+    /// Accumulates input channels `c..c + mr` of tap `t` over `runs` into `acc` (the gradient's
+    /// rows `t * cin + c ..`).
+    ///
+    /// # Safety
+    /// `acc` must point at `k * k * cin * cpad` floats, of which this call alone writes the
+    /// rows of `t` and `c..c + mr` meanwhile.
+    unsafe fn accumulate(&self, t: usize, c: usize, mr: usize, runs: &[Run], acc: *mut f32) {
+        let (cin, cpad) = (self.s.cin, self.cpad);
+        for &(c0, nb) in self.blocks {
+            let args = OuterArgs {
+                x: self.x[c..].as_ptr(),
+                x_stride: self.s.stride * cin,
+                dy: self.dy[c0..].as_ptr(),
+                dy_stride: cpad,
+                runs,
+                // SAFETY: the block's rows lie inside the gradient (the caller's contract).
+                acc: unsafe { acc.add((t * cin + c) * cpad + c0) },
+                acc_stride: cpad,
+            };
+            // SAFETY: runs stay inside x and dy (valid rows/columns only); the accumulator
+            // block lies inside `acc` (rows c..c+mr of tap t).
+            unsafe { outer_block(&args, mr, nb) };
+        }
+    }
+
+    /// Work spread by pixels: groups of output rows small enough for x and dy to stay in cache,
+    /// yet at least 128 pixels (so that an accumulator block loaded from memory gathers that many
+    /// products before it is stored again), each group with its own partial gradient.
+    fn by_pixels(&self) -> Vec<f32> {
+        let (s, cin) = (self.s, self.s.cin);
+        let (oh, ow) = (s.oh(), s.ow());
+        let acc_len = s.k * s.k * cin * self.cpad;
+        let row_bytes = ow * (cin.max(self.cpad)) * 4 * 2;
+        let rows_per_task = (24 * 1024 / row_bytes.max(1)).max(64usize.div_ceil(ow.max(1))).max(1);
+        let all_rows = s.n * oh;
+        let tasks: Vec<(usize, usize)> =
+            (0..all_rows).step_by(rows_per_task).map(|g0| (g0, (g0 + rows_per_task).min(all_rows))).collect();
+        // A fixed number of contiguous groups (independent of the thread count), summed in order.
+        const GROUPS: usize = 8;
+        let per_group = tasks.len().div_ceil(GROUPS).max(1);
+        let partials: Vec<Vec<f32>> = tasks
+            .par_chunks(per_group)
+            .map(|group| {
+                let mut acc = vec![0f32; acc_len];
+                let mut runs: Vec<Run> = Vec::with_capacity(rows_per_task);
+                for &(g0, g1) in group {
+                    for t in 0..s.k * s.k {
+                        self.runs(t, g0, g1, &mut runs);
+                        if runs.is_empty() {
+                            continue;
+                        }
+                        for c in (0..cin).step_by(MR_MAX) {
+                            // SAFETY: `acc` is this group's own gradient of the full size.
+                            unsafe { self.accumulate(t, c, (cin - c).min(MR_MAX), &runs, acc.as_mut_ptr()) };
+                        }
+                    }
+                }
+                acc
+            })
+            .collect();
+        let mut sum = vec![0f32; acc_len];
+        for p in &partials {
+            for (x, y) in sum.iter_mut().zip(p) {
+                *x += y;
+            }
+        }
+        sum
+    }
+
+    /// Work spread by input channels: each task owns `MR_MAX` input channels of every tap and
+    /// runs over all pixels.
+    fn by_channels(&self) -> Vec<f32> {
+        let (s, cin) = (self.s, self.s.cin);
+        let mut acc = vec![0f32; s.k * s.k * cin * self.cpad];
+        let accp = OutPtr(acc.as_mut_ptr());
+        let all_rows = s.n * s.oh();
+        (0..cin.div_ceil(MR_MAX)).into_par_iter().for_each(|chunk| {
+            // Capture the whole wrapper (not its raw-pointer field) so the closure stays Send.
+            let base = accp;
+            let c = chunk * MR_MAX;
+            let mut runs: Vec<Run> = Vec::with_capacity(all_rows);
+            for t in 0..s.k * s.k {
+                self.runs(t, 0, all_rows, &mut runs);
+                if !runs.is_empty() {
+                    // SAFETY: `acc` has the gradient's size; this task alone writes channels
+                    // c..c+mr of every tap.
+                    unsafe { self.accumulate(t, c, (cin - c).min(MR_MAX), &runs, base.0) };
+                }
+            }
+        });
+        acc
     }
 }
 
@@ -626,6 +848,55 @@ mod tests {
     }
 
     #[test]
+    fn every_pass_is_the_same_bit_for_bit_on_any_thread_count() {
+        // A pointwise shape (through `gemm`) and a 3x3 one with both weight-gradient splits.
+        for s in [
+            ConvShape { n: 4, h: 12, w: 12, cin: 40, cout: 72, k: 1, stride: 1, pad: 0 },
+            ConvShape { n: 2, h: 10, w: 10, cin: 24, cout: 16, k: 3, stride: 1, pad: 1 },
+            ConvShape { n: 1, h: 4, w: 4, cin: 64, cout: 16, k: 3, stride: 1, pad: 1 },
+        ] {
+            let (x, w, dy) = (data(s.input_len(), 81), data(s.weight_len(), 82), data(s.output_len(), 83));
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| {
+                    let mut out = vec![0f32; s.output_len()];
+                    let mut dx = vec![0f32; s.input_len()];
+                    let mut dw = vec![0f32; s.weight_len()];
+                    forward(&x, &w, &s, &mut out);
+                    backward_input(&dy, &w, &s, &mut dx);
+                    backward_weight(&x, &dy, &s, &mut dw);
+                    (out, dx, dw)
+                })
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                assert!(one == run(threads), "{s:?}: {threads} threads differ from one");
+            }
+        }
+    }
+
+    #[test]
+    fn both_weight_gradient_splits_give_the_same_sums() {
+        for s in [
+            ConvShape { n: 3, h: 9, w: 7, cin: 13, cout: 20, k: 3, stride: 1, pad: 1 },
+            ConvShape { n: 2, h: 6, w: 6, cin: 9, cout: 8, k: 3, stride: 2, pad: 1 },
+        ] {
+            let x = data(s.input_len(), 71);
+            let dy = data(s.output_len(), 72);
+            let blocks = col_blocks(s.cout);
+            let cpad = blocks.last().map(|&(c0, nb)| c0 + 8 * nb).unwrap_or(0);
+            let mut dyp = vec![0f32; s.n * s.oh() * s.ow() * cpad];
+            for (src, dst) in dy.chunks_exact(s.cout).zip(dyp.chunks_exact_mut(cpad)) {
+                dst[..s.cout].copy_from_slice(src);
+            }
+            let g = WeightGrad { x: &x, dy: &dyp, s: &s, blocks: &blocks, cpad };
+            let (a, b) = (g.by_pixels(), g.by_channels());
+            assert!(a.iter().any(|&v| v != 0.0));
+            close(&a, &b, &format!("weight gradient splits {s:?}"));
+        }
+    }
+
+    #[test]
     fn all_passes_match_direct_loops_on_odd_shapes() {
         let shapes = [
             ConvShape { n: 2, h: 7, w: 5, cin: 3, cout: 16, k: 3, stride: 1, pad: 1 },
@@ -641,6 +912,10 @@ mod tests {
             // Wide enough for 32-column blocks (AVX-512) plus a partial one.
             ConvShape { n: 1, h: 5, w: 14, cin: 9, cout: 44, k: 3, stride: 1, pad: 1 },
         ];
+        assert!(
+            shapes.iter().any(weight_split) && !shapes.iter().all(weight_split),
+            "both weight-gradient splits"
+        );
         for (i, s) in shapes.iter().enumerate() {
             let x = data(s.input_len(), 1 + i as u64);
             let w = data(s.weight_len(), 10 + i as u64);
@@ -660,17 +935,18 @@ mod tests {
             let mut dw = vec![f32::NAN; s.weight_len()];
             backward_weight(&x, &dy, s, &mut dw);
             close(&dw, &rdw, &format!("dw {s:?}"));
-            // The fused forward: bias per output channel, residual, ReLU.
+            // The fused forward: weights scaled and a bias added per output channel, residual, ReLU.
             let bias = data(s.cout, 40 + i as u64);
             let residual = data(s.output_len(), 50 + i as u64);
-            let fuse = Fuse { bias: Some(&bias), residual: Some(&residual), relu: true };
+            let scale = data(s.cout, 60 + i as u64);
+            let fuse = Fuse { scale: Some(&scale), bias: Some(&bias), residual: Some(&residual), relu: true };
             let mut fused = vec![f32::NAN; s.output_len()];
             forward_fused(&x, &w, s, &fuse, &mut fused);
             let want: Vec<f32> = ro
                 .iter()
                 .zip(&residual)
                 .enumerate()
-                .map(|(j, (o, r))| (o + bias[j % s.cout] + r).max(0.0))
+                .map(|(j, (o, r))| (o * scale[j % s.cout] + bias[j % s.cout] + r).max(0.0))
                 .collect();
             assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0));
             close(&fused, &want, &format!("fused forward {s:?}"));

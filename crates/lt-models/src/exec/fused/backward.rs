@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use candle_core::Device;
 
-use super::forward::{act, host, Saved, Tape};
+use super::forward::{act, host, with_host, Saved, Tape};
 use crate::error::{ModelError, Result};
 use crate::ops::conv::ConvShape;
 use crate::ops::{conv, elementwise, norm};
@@ -217,18 +217,16 @@ impl Step<'_> {
         if node.x == self.input {
             return Ok(());
         }
-        let wv = host(&w.var)?;
         let kind = if shape.stride == 1 { "conv backward (input)" } else { "conv backward (input, strided)" };
-        crate::profile::time(kind, &Device::Cpu, || -> Result<()> {
-            match g.get_mut(node.x) {
-                Some(acc) => conv::backward_input_acc(dy, &wv, shape, acc),
+        crate::profile::time(kind, &Device::Cpu, || {
+            with_host(&w.var, |wv| match g.get_mut(node.x) {
+                Some(acc) => conv::backward_input_acc(dy, wv, shape, acc),
                 None => {
                     let mut dx = self.pool.take(shape.input_len());
-                    conv::backward_input(dy, &wv, shape, &mut dx);
+                    conv::backward_input(dy, wv, shape, &mut dx);
                     g.set(node.x, dx);
                 }
-            }
-            Ok(())
+            })
         })
     }
 }

@@ -37,6 +37,22 @@ pub(super) fn host(v: &Var) -> Result<Vec<f32>> {
     Ok(v.as_detached_tensor().flatten_all()?.to_vec1::<f32>()?)
 }
 
+/// Runs `f` on a parameter's values: borrowed where it is a contiguous `f32` CPU tensor (no
+/// copy of a large weight), a host copy otherwise.
+pub(super) fn with_host<T>(v: &Var, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let t = v.as_tensor();
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(cs), Some((start, end))) = (&*storage, layout.contiguous_offsets())
+        {
+            if let Ok(values) = cs.as_slice::<f32>() {
+                return Ok(f(&values[start..end]));
+            }
+        }
+    }
+    Ok(f(&host(v)?))
+}
+
 fn host_buffer(store: &ParamStore, name: String) -> Result<Vec<f32>> {
     let t = store.buffer(&name).ok_or(ModelError::MissingBuffer(name))?;
     Ok(t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
@@ -169,14 +185,15 @@ fn fold_forward(
     let rm = host_buffer(store, format!("{}.running_mean", f.bn.prefix))?;
     let rv = host_buffer(store, format!("{}.running_var", f.bn.prefix))?;
     let (scale, shift) = norm::eval_scale_shift(&g, &b, &rm, &rv, f.bn.eps);
-    let mut w = host(&f.w.var)?;
-    let per_channel = w.len() / scale.len().max(1);
-    for (chunk, s) in w.chunks_mut(per_channel).zip(&scale) {
-        chunk.iter_mut().for_each(|v| *v *= s);
-    }
     let residual = f.residual.map(|r| act(acts, r)).transpose()?;
-    let fuse = conv::Fuse { bias: Some(&shift), residual, relu: f.bn.relu || residual.is_some() };
-    conv::forward_fused(act(acts, f.x)?, &w, shape, &fuse, out);
+    let fuse = conv::Fuse {
+        scale: Some(&scale),
+        bias: Some(&shift),
+        residual,
+        relu: f.bn.relu || residual.is_some(),
+    };
+    let x = act(acts, f.x)?;
+    with_host(&f.w.var, |w| conv::forward_fused(x, w, shape, &fuse, out))?;
     Ok(())
 }
 
@@ -207,7 +224,7 @@ fn node_forward(
     match &node.op {
         Op::Conv { w, .. } => {
             let shape = shape.ok_or_else(|| ModelError::Invalid("convolution without a shape".into()))?;
-            conv::forward(x, &host(&w.var)?, shape, out);
+            with_host(&w.var, |w| conv::forward(x, w, shape, out))?;
         }
         Op::Bn(bn) => return batch_norm(x, bn, dims.c, out, store, mode),
         Op::AddRelu { other } => elementwise::add_relu(x, act(acts, *other)?, out),
