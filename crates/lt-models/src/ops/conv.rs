@@ -299,81 +299,78 @@ pub fn is_pointwise(s: &ConvShape) -> bool {
     s.k == 1 && s.stride == 1 && s.pad == 0
 }
 
-/// A row-major (or strided) matrix operand: pointer, row stride, column stride.
-type Operand = (*const f32, isize, isize);
+/// A matrix operand: values, row stride, column stride.
+type Operand<'a> = (&'a [f32], usize, usize);
 
-/// `dst[m, n] (+)= lhs[m, k] * rhs[k, n]` through the `gemm` crate, on the rayon pool.
-///
-/// # Safety
-/// Every operand must be valid for its extent under its strides; `dst` must not overlap the
-/// others.
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul(
+/// Elements an `rows x cols` operand with strides `(rs, cs)` reaches.
+fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * rs + (cols - 1) * cs + 1
+    }
+}
+
+/// `dst[m, n] (+)= lhs[m, k] * rhs[k, n]` through the `gemm` crate, on the rayon pool; every
+/// operand is checked to hold its extent.
+fn matmul(
     (m, n, k): (usize, usize, usize),
-    dst: *mut f32,
-    (dst_rs, dst_cs): (isize, isize),
+    dst: (&mut [f32], usize, usize),
     accumulate: bool,
     lhs: Operand,
     rhs: Operand,
 ) {
+    assert!(extent(m, n, dst.1, dst.2) <= dst.0.len(), "matmul output extent");
+    assert!(extent(m, k, lhs.1, lhs.2) <= lhs.0.len(), "matmul left operand extent");
+    assert!(extent(k, n, rhs.1, rhs.2) <= rhs.0.len(), "matmul right operand extent");
     let threads = rayon::current_num_threads();
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    // SAFETY: the caller guarantees the extents; `gemm` reads `lhs`, `rhs` and (when
-    // accumulating) `dst`, and writes `dst`.
+    let i = |v: usize| v as isize;
+    // SAFETY: the extents were checked above; `dst` is a unique borrow, so it overlaps neither
+    // operand; `gemm` reads `lhs`, `rhs` and (when accumulating) `dst`, and writes `dst`.
     unsafe {
         gemm::gemm(
-            m, n, k, dst, dst_cs, dst_rs, accumulate, lhs.0, lhs.2, lhs.1, rhs.0, rhs.2, rhs.1, 1.0, 1.0,
-            false, false, false, par,
+            m,
+            n,
+            k,
+            dst.0.as_mut_ptr(),
+            i(dst.2),
+            i(dst.1),
+            accumulate,
+            lhs.0.as_ptr(),
+            i(lhs.2),
+            i(lhs.1),
+            rhs.0.as_ptr(),
+            i(rhs.2),
+            i(rhs.1),
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
         )
     }
 }
 
-/// Pointwise forward: `out[P, C_out] = x[P, C_in] * w^T`.
+/// Pointwise passes as matrix products over `P` pixels (`x`, `dy` are `[P, C]`, `w` is
+/// `[C_out, C_in]`): forward `out = x * w^T`, input gradient `dx (+)= dy * w`, weight gradient
+/// `dw = dy^T * x`.
 fn pointwise_forward(x: &[f32], w: &[f32], s: &ConvShape, out: &mut [f32]) {
     let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
-    // SAFETY: x is [P, C_in], w is [C_out, C_in] (read transposed), out is [P, C_out].
-    unsafe {
-        matmul(
-            (p, cout, cin),
-            out.as_mut_ptr(),
-            (cout as isize, 1),
-            false,
-            (x.as_ptr(), cin as isize, 1),
-            (w.as_ptr(), 1, cin as isize),
-        )
-    }
+    matmul((p, cout, cin), (out, cout, 1), false, (x, cin, 1), (w, 1, cin))
 }
 
-/// Pointwise input gradient: `dx[P, C_in] (+)= dy[P, C_out] * w[C_out, C_in]`.
+/// See [`pointwise_forward`].
 fn pointwise_backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], accumulate: bool) {
     let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
-    // SAFETY: dy is [P, C_out], w is [C_out, C_in], dx is [P, C_in].
-    unsafe {
-        matmul(
-            (p, cin, cout),
-            dx.as_mut_ptr(),
-            (cin as isize, 1),
-            accumulate,
-            (dy.as_ptr(), cout as isize, 1),
-            (w.as_ptr(), cin as isize, 1),
-        )
-    }
+    matmul((p, cin, cout), (dx, cin, 1), accumulate, (dy, cout, 1), (w, cin, 1))
 }
 
-/// Pointwise weight gradient: `dw[C_out, C_in] = dy[P, C_out]^T * x[P, C_in]`.
+/// See [`pointwise_forward`].
 fn pointwise_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
     let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
-    // SAFETY: dy is [P, C_out] (read transposed), x is [P, C_in], dw is [C_out, C_in].
-    unsafe {
-        matmul(
-            (cout, cin, p),
-            dw.as_mut_ptr(),
-            (cin as isize, 1),
-            false,
-            (dy.as_ptr(), 1, cout as isize),
-            (x.as_ptr(), cin as isize, 1),
-        )
-    }
+    matmul((cout, cin, p), (dw, cin, 1), false, (dy, 1, cout), (x, cin, 1))
 }
 
 /// The epilogue of a partial column block, in portable code: bias, residual, ReLU.
