@@ -701,15 +701,23 @@ impl WeightGrad<'_> {
         }
     }
 
-    /// Accumulates input channels `c..c + mr` of tap `t` over `runs` into `acc` (the gradient's
-    /// rows `t * cin + c ..`).
+    /// Accumulates input channels `c..c + mr` of tap `t`, output-channel blocks `blocks`, over
+    /// `runs` into `acc` (the gradient's rows `t * cin + c ..`).
     ///
     /// # Safety
     /// `acc` must point at `k * k * cin * cpad` floats, of which this call alone writes the
     /// rows of `t` and `c..c + mr` meanwhile.
-    unsafe fn accumulate(&self, t: usize, c: usize, mr: usize, runs: &[Run], acc: *mut f32) {
+    unsafe fn accumulate(
+        &self,
+        t: usize,
+        c: usize,
+        mr: usize,
+        runs: &[Run],
+        blocks: &[(usize, usize)],
+        acc: *mut f32,
+    ) {
         let (cin, cpad) = (self.s.cin, self.cpad);
-        for &(c0, nb) in self.blocks {
+        for &(c0, nb) in blocks {
             let args = OuterArgs {
                 x: self.x[c..].as_ptr(),
                 x_stride: self.s.stride * cin,
@@ -754,7 +762,16 @@ impl WeightGrad<'_> {
                         }
                         for c in (0..cin).step_by(MR_MAX) {
                             // SAFETY: `acc` is this group's own gradient of the full size.
-                            unsafe { self.accumulate(t, c, (cin - c).min(MR_MAX), &runs, acc.as_mut_ptr()) };
+                            unsafe {
+                                self.accumulate(
+                                    t,
+                                    c,
+                                    (cin - c).min(MR_MAX),
+                                    &runs,
+                                    self.blocks,
+                                    acc.as_mut_ptr(),
+                                )
+                            };
                         }
                     }
                 }
@@ -771,23 +788,29 @@ impl WeightGrad<'_> {
     }
 
     /// Work spread by input channels: each task owns `MR_MAX` input channels of every tap and
-    /// runs over all pixels.
+    /// runs over all pixels, one output-channel block at a time across the taps (so that block's
+    /// slice of `dy` is read from memory once per task, then from cache).
     fn by_channels(&self) -> Vec<f32> {
         let (s, cin) = (self.s, self.s.cin);
         let mut acc = vec![0f32; s.k * s.k * cin * self.cpad];
         let accp = OutPtr(acc.as_mut_ptr());
         let all_rows = s.n * s.oh();
+        let tap_runs: Vec<Vec<Run>> = (0..s.k * s.k)
+            .map(|t| {
+                let mut runs = Vec::with_capacity(all_rows);
+                self.runs(t, 0, all_rows, &mut runs);
+                runs
+            })
+            .collect();
         (0..cin.div_ceil(MR_MAX)).into_par_iter().for_each(|chunk| {
             // Capture the whole wrapper (not its raw-pointer field) so the closure stays Send.
             let base = accp;
             let c = chunk * MR_MAX;
-            let mut runs: Vec<Run> = Vec::with_capacity(all_rows);
-            for t in 0..s.k * s.k {
-                self.runs(t, 0, all_rows, &mut runs);
-                if !runs.is_empty() {
+            for block in self.blocks.chunks(1) {
+                for (t, runs) in tap_runs.iter().enumerate().filter(|(_, r)| !r.is_empty()) {
                     // SAFETY: `acc` has the gradient's size; this task alone writes channels
                     // c..c+mr of every tap.
-                    unsafe { self.accumulate(t, c, (cin - c).min(MR_MAX), &runs, base.0) };
+                    unsafe { self.accumulate(t, c, (cin - c).min(MR_MAX), runs, block, base.0) };
                 }
             }
         });
