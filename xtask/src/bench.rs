@@ -29,6 +29,10 @@ pub struct BenchArgs {
     /// on a shared machine.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Only the backbone configurations whose label contains this (e.g. `resnet50 train`); the
+    /// loader and stage 2 are skipped.
+    #[arg(long)]
+    pub only: Option<String>,
     /// Skip ResNet-50 (slow on CPU).
     #[arg(long)]
     pub quick: bool,
@@ -74,6 +78,11 @@ struct Config {
 }
 
 impl Config {
+    /// The row label, e.g. `resnet32 train b128 32x32`.
+    fn label(&self) -> String {
+        format!("{} {} b{} {}x{}", self.arch, self.mode, self.batch, self.size, self.size)
+    }
+
     /// The `--classes`, `--batch` and `--size` flags shared by both benchmark programs.
     fn shape_args(&self) -> [String; 6] {
         let [classes, batch, size] = [self.classes, self.batch, self.size].map(|v| v.to_string());
@@ -172,7 +181,7 @@ impl Backbones<'_> {
         let (steps, warmup) = if cpu_resnet50 { (2.min(steps), 1) } else { (steps, 2) };
         // One image per step: more steps for a stable latency.
         let steps = if c.batch == 1 { steps.max(20) } else { steps };
-        let label = format!("{} {} b{} {}x{}", c.arch, c.mode, c.batch, c.size, c.size);
+        let label = c.label();
         let mut group = serde_json::Map::new();
         group.insert("config".into(), label.clone().into());
         for round in 1..=rounds.max(1) {
@@ -230,11 +239,20 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     }
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let bench = Backbones { root, lt: &lt, py: py.as_deref(), device: &a.device, threads };
+    let all = configs(a.quick, cuda);
+    let wanted = |c: &&Config| a.only.as_deref().is_none_or(|o| c.label().contains(o));
+    if let (Some(o), false) = (&a.only, all.iter().any(|c| wanted(&c))) {
+        let labels: Vec<String> = all.iter().map(Config::label).collect();
+        bail!("--only {o:?} matches no configuration; the labels are: {}", labels.join(", "));
+    }
     let rows: Vec<Value> =
-        configs(a.quick, cuda).iter().map(|c| bench.measure(c, a.steps, a.rounds)).collect::<Result<_>>()?;
+        all.iter().filter(wanted).map(|c| bench.measure(c, a.steps, a.rounds)).collect::<Result<_>>()?;
     let out = root.join(&a.out);
-    let extra =
-        if cuda { Vec::new() } else { other_benchmarks(&lt, &out.join("features"), !a.no_imagenet_retrain)? };
+    let extra = if cuda || a.only.is_some() {
+        Vec::new()
+    } else {
+        other_benchmarks(&lt, &out.join("features"), !a.no_imagenet_retrain)?
+    };
     let md = markdown(&rows, &extra, &Machine::describe(threads, &a.device, a.rounds));
     print!("{md}");
     std::fs::create_dir_all(&out)?;
