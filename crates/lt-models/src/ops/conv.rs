@@ -176,9 +176,10 @@ pub struct Fuse<'a> {
 }
 
 impl Fuse<'_> {
-    /// Whether the sums are stored as they are.
-    fn is_none(&self) -> bool {
-        self.bias.is_none() && self.residual.is_none() && !self.relu
+    /// Whether anything happens to the sums as they are stored (bias, residual or ReLU; the
+    /// scale is in the packed weights).
+    fn has_epilogue(&self) -> bool {
+        self.bias.is_some() || self.residual.is_some() || self.relu
     }
 }
 
@@ -252,8 +253,8 @@ fn gather_pass(
                     }
                 });
                 // A partial block stores its plain sums in the scratch rows; its epilogue runs below.
-                let epilogue = match (full, fuse.is_none()) {
-                    (true, false) => Epilogue {
+                let epilogue = match (full, fuse.has_epilogue()) {
+                    (true, true) => Epilogue {
                         bias: bias.as_ref().map_or(std::ptr::null(), |b| b[c0..].as_ptr()),
                         residual: fuse.residual.map(|r| {
                             std::array::from_fn(
@@ -283,7 +284,7 @@ fn gather_pass(
                         // SAFETY: the first `n` columns of the row are inside `out` (checked above).
                         let dst = unsafe { std::slice::from_raw_parts_mut(base.0.add(offs[j] + c0), n) };
                         dst.copy_from_slice(&scratch[j][..n]);
-                        if !fuse.is_none() {
+                        if fuse.has_epilogue() {
                             let residual = fuse.residual.map(|r| &r[offs[j] + c0..][..n]);
                             finish_row(dst, bias.as_ref().map(|b| &b[c0..c0 + n]), residual, fuse.relu);
                         }
@@ -396,9 +397,9 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut
     assert_eq!(x.len(), s.input_len(), "conv input length");
     assert_eq!(w.len(), s.weight_len(), "conv weight length");
     assert_eq!(out.len(), s.output_len(), "conv output length");
-    // A folded pointwise convolution stays on the gather kernels, whose epilogue runs in
-    // registers (after `gemm` it would be another pass over the output).
-    if is_pointwise(s) && fuse.is_none() {
+    // A folded pointwise convolution stays on the gather kernels, which scale the weights as
+    // they pack them and run the epilogue in registers (after `gemm` it would be another pass).
+    if is_pointwise(s) && fuse.scale.is_none() && !fuse.has_epilogue() {
         return pointwise_forward(x, w, s, out);
     }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
@@ -734,9 +735,10 @@ impl WeightGrad<'_> {
         }
     }
 
-    /// Work spread by pixels: groups of output rows small enough for x and dy to stay in cache,
-    /// yet at least 128 pixels (so that an accumulator block loaded from memory gathers that many
-    /// products before it is stored again), each group with its own partial gradient.
+    /// Work spread by pixels: groups of output rows small enough for their x and dy to stay in
+    /// L1 (24 KiB), yet at least 64 pixels (so that an accumulator block loaded from memory
+    /// gathers that many products before it is stored again), each group with its own partial
+    /// gradient.
     fn by_pixels(&self) -> Vec<f32> {
         let (s, cin) = (self.s, self.s.cin);
         let (oh, ow) = (s.oh(), s.ow());
@@ -959,6 +961,11 @@ mod tests {
             let bias = data(s.cout, 40 + i as u64);
             let residual = data(s.output_len(), 50 + i as u64);
             let scale = data(s.cout, 60 + i as u64);
+            // Scaled weights alone (no epilogue) first.
+            let mut scaled = vec![f32::NAN; s.output_len()];
+            forward_fused(&x, &w, s, &Fuse { scale: Some(&scale), ..Fuse::default() }, &mut scaled);
+            let want: Vec<f32> = ro.iter().enumerate().map(|(j, o)| o * scale[j % s.cout]).collect();
+            close(&scaled, &want, &format!("forward with scaled weights {s:?}"));
             let fuse = Fuse { scale: Some(&scale), bias: Some(&bias), residual: Some(&residual), relu: true };
             let mut fused = vec![f32::NAN; s.output_len()];
             forward_fused(&x, &w, s, &fuse, &mut fused);
