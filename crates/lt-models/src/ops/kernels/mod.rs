@@ -18,7 +18,7 @@
 //!
 //! The SIMD kernel sets ([`simd`]) share one body, written once as a macro over the vector type:
 //! the AVX2 set (8 lanes, `ymm`) and the AVX-512 set (16 lanes, `zmm`, and 32-column blocks,
-//! `nb = 4`) differ only in their five vector primitives. The accumulator block stays in
+//! `nb = 4`) differ only in their seven vector primitives. The accumulator block stays in
 //! registers. The portable kernels ([`portable`]) compute the same sums in plain Rust: the
 //! fallback, and the reference every SIMD set is checked against ([`check::agrees_with_portable`],
 //! which also runs before the AVX-512 set is first used: a set that disagrees is not selected).

@@ -1,6 +1,6 @@
 //! The SIMD kernel sets: one kernel body (`kernel_bodies!`) instantiated per instruction set
-//! over that set's vector type and five primitives (`zero`, `load`, `store`, `splat`, `fma`,
-//! plus `add` and `max` for the epilogue).
+//! over that set's vector type and seven primitives (`zero`, `load`, `store`, `splat`, `fma`,
+//! and `add` and `max` for the epilogue), and one block-width dispatch (`dispatchers!`) per set.
 //!
 //! - `avx2`: `__m256`, 8 lanes; blocks of 8 or 16 columns (1 or 2 vectors per row).
 //! - `avx512`: `__m512`, 16 lanes; blocks of 16 or 32 columns (1 or 2 vectors per row), and the
@@ -131,7 +131,40 @@ macro_rules! by_rows {
     };
 }
 
-/// The five vector primitives of one instruction set, each a `#[target_feature]` function.
+/// `gather_dispatch` and `outer_dispatch` of one set from its one mapping of the block width `nb`
+/// (8-column units) to a kernel pair and its vectors per row: `nb => (gather, outer, NV)`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! dispatchers {
+    ($($nb:pat => ($g:ident, $o:ident, $nv:literal)),+ $(,)?) => {
+        /// Gather block of `mr` rows and `nb` 8-column units.
+        ///
+        /// # Safety
+        /// As for `gather_block`; the CPU has this set's features.
+        pub(crate) unsafe fn gather_dispatch(a: &GatherArgs, mr: usize, nb: usize) {
+            // SAFETY: the caller upholds the kernel's contract and detected the features.
+            unsafe {
+                match nb {
+                    $($nb => by_rows!($g, $nv, a, mr),)+
+                }
+            }
+        }
+
+        /// Outer-product block of `mr` rows and `nb` 8-column units.
+        ///
+        /// # Safety
+        /// As for `outer_block`; the CPU has this set's features.
+        pub(crate) unsafe fn outer_dispatch(a: &OuterArgs, mr: usize, nb: usize) {
+            // SAFETY: the caller upholds the kernel's contract and detected the features.
+            unsafe {
+                match nb {
+                    $($nb => by_rows!($o, $nv, a, mr),)+
+                }
+            }
+        }
+    };
+}
+
+/// The seven vector primitives of one instruction set, each a `#[target_feature]` function.
 #[cfg(target_arch = "x86_64")]
 macro_rules! primitives {
     ($feature:literal, $v:ty, $lanes:literal, $setzero:ident, $loadu:ident, $storeu:ident, $set1:ident,
@@ -205,34 +238,8 @@ pub(crate) mod avx2 {
         _mm256_max_ps
     );
     kernel_bodies!("avx2,fma");
-
-    /// Gather block of `mr` rows and `nb` 8-column vectors (`nb` 1 or 2).
-    ///
-    /// # Safety
-    /// As for `gather_block`; the CPU has AVX2 and FMA.
-    pub(crate) unsafe fn gather_dispatch(a: &GatherArgs, mr: usize, nb: usize) {
-        // SAFETY: the caller upholds the kernel's contract and detected the features.
-        unsafe {
-            match nb {
-                1 => by_rows!(gather, 1, a, mr),
-                _ => by_rows!(gather, 2, a, mr),
-            }
-        }
-    }
-
-    /// Outer-product block of `mr` rows and `nb` 8-column vectors (`nb` 1 or 2).
-    ///
-    /// # Safety
-    /// As for `outer_block`; the CPU has AVX2 and FMA.
-    pub(crate) unsafe fn outer_dispatch(a: &OuterArgs, mr: usize, nb: usize) {
-        // SAFETY: the caller upholds the kernel's contract and detected the features.
-        unsafe {
-            match nb {
-                1 => by_rows!(outer, 1, a, mr),
-                _ => by_rows!(outer, 2, a, mr),
-            }
-        }
-    }
+    // Blocks of 8 or 16 columns: 1 or 2 vectors per row.
+    dispatchers!(1 => (gather, outer, 1), _ => (gather, outer, 2));
 }
 
 /// AVX-512F: 16 lanes (and the AVX2 kernels for 8-column blocks).
@@ -255,36 +262,8 @@ pub(crate) mod avx512 {
         _mm512_max_ps
     );
     kernel_bodies!("avx512f,avx2,fma");
-
-    /// Gather block of `mr` rows and `nb` 8-column units (`nb` 1, 2 or 4).
-    ///
-    /// # Safety
-    /// As for `gather_block`; the CPU has AVX-512F, AVX2 and FMA.
-    pub(crate) unsafe fn gather_dispatch(a: &GatherArgs, mr: usize, nb: usize) {
-        // SAFETY: the caller upholds the kernel's contract and detected the features.
-        unsafe {
-            match nb {
-                1 => by_rows!(gather8, 1, a, mr),
-                2 => by_rows!(gather, 1, a, mr),
-                _ => by_rows!(gather, 2, a, mr),
-            }
-        }
-    }
-
-    /// Outer-product block of `mr` rows and `nb` 8-column units (`nb` 1, 2 or 4).
-    ///
-    /// # Safety
-    /// As for `outer_block`; the CPU has AVX-512F, AVX2 and FMA.
-    pub(crate) unsafe fn outer_dispatch(a: &OuterArgs, mr: usize, nb: usize) {
-        // SAFETY: the caller upholds the kernel's contract and detected the features.
-        unsafe {
-            match nb {
-                1 => by_rows!(outer8, 1, a, mr),
-                2 => by_rows!(outer, 1, a, mr),
-                _ => by_rows!(outer, 2, a, mr),
-            }
-        }
-    }
+    // Blocks of 8 columns on the AVX2 kernels, of 16 or 32 on 1 or 2 `zmm` vectors per row.
+    dispatchers!(1 => (gather8, outer8, 1), 2 => (gather, outer, 1), _ => (gather, outer, 2));
 }
 
 /// Every SIMD set of this build, widest first, with whether this CPU can run it.
