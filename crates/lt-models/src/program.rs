@@ -49,6 +49,21 @@ pub(crate) enum Op {
     AvgPool,
 }
 
+impl Op {
+    /// The kind an op's forward pass is timed under ([`crate::profile`]), in both executors.
+    pub fn kind(&self, train: bool) -> &'static str {
+        match self {
+            Op::Conv { .. } => "conv",
+            Op::Bn(_) if train => "batch norm (train)",
+            Op::Bn(_) => "batch norm (eval)",
+            Op::AddRelu { .. } => "add + relu",
+            Op::Shortcut { .. } => "shortcut",
+            Op::MaxPool(_) => "max pool",
+            Op::AvgPool => "average pool",
+        }
+    }
+}
+
 /// One node: `y = op(x[, other])`.
 pub(crate) struct Node {
     pub x: Slot,

@@ -58,19 +58,17 @@ impl Eager<'_> {
         };
         let x = get(node.x)?;
         let b = self.backend;
-        let dev = x.device();
-        let timed = |kind, f: &dyn Fn() -> Result<Tensor>| crate::profile::time(kind, dev, f);
-        match &node.op {
-            Op::Conv { w, stride, pad } => {
-                timed("conv", &|| Ok(b.conv2d(x, &self.param(&w.var), *stride, *pad)?))
-            }
-            Op::Bn(bn) if self.mode.train => timed("batch norm (train)", &|| self.batch_norm(x, bn)),
-            Op::Bn(bn) => timed("batch norm (eval)", &|| self.batch_norm(x, bn)),
-            Op::AddRelu { other } => timed("add + relu", &|| Ok(b.add_relu(x, get(*other)?)?)),
-            Op::Shortcut { pad } => timed("shortcut", &|| Ok(b.shortcut_a(x, *pad)?)),
-            Op::MaxPool(win) => timed("max pool", &|| Ok(b.max_pool(x, win.k, win.stride, win.pad)?)),
-            Op::AvgPool => timed("average pool", &|| Ok(b.avg_pool(x)?)),
-        }
+        let run = || -> Result<Tensor> {
+            Ok(match &node.op {
+                Op::Conv { w, stride, pad } => b.conv2d(x, &self.param(&w.var), *stride, *pad)?,
+                Op::Bn(bn) => self.batch_norm(x, bn)?,
+                Op::AddRelu { other } => b.add_relu(x, get(*other)?)?,
+                Op::Shortcut { pad } => b.shortcut_a(x, *pad)?,
+                Op::MaxPool(win) => b.max_pool(x, win.k, win.stride, win.pad)?,
+                Op::AvgPool => b.avg_pool(x)?,
+            })
+        };
+        crate::profile::time(node.op.kind(self.mode.train), x.device(), run)
     }
 
     fn batch_norm(&self, x: &Tensor, bn: &BnSpec) -> Result<Tensor> {

@@ -58,6 +58,24 @@ fn host_buffer(store: &ParamStore, name: String) -> Result<Vec<f32>> {
     Ok(t.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
 }
 
+/// Eval-mode batch norm from the running statistics: its affine map and the statistics.
+struct EvalBn {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+}
+
+impl EvalBn {
+    fn of(bn: &BnSpec, store: &ParamStore) -> Result<EvalBn> {
+        let (g, b) = (host(&bn.gamma.var)?, host(&bn.beta.var)?);
+        let mean = host_buffer(store, format!("{}.running_mean", bn.prefix))?;
+        let var = host_buffer(store, format!("{}.running_var", bn.prefix))?;
+        let (scale, shift) = norm::eval_scale_shift(&g, &b, &mean, &var, bn.eps);
+        Ok(EvalBn { scale, shift, mean, var })
+    }
+}
+
 /// An activation that must have been computed.
 pub(super) fn act(acts: &[Option<Buf>], s: Slot) -> Result<&[f32]> {
     acts[s].as_deref().ok_or_else(|| ModelError::Invalid(format!("activation {s} is not available")))
@@ -112,7 +130,7 @@ pub(super) fn run(
             None => {
                 let node = &prog.nodes[i];
                 let mut out = pool.take(plan.dims[node.y].len());
-                let kind = kind(&node.op, mode.train);
+                let kind = node.op.kind(mode.train);
                 let step = || node_forward(node, plan.convs[i].as_ref(), plan, &acts, &mut out, store, mode);
                 saved.push(crate::profile::time(kind, &candle_core::Device::Cpu, step)?);
                 acts[node.y] = Some(out);
@@ -181,10 +199,7 @@ fn fold_forward(
     out: &mut [f32],
     store: &ParamStore,
 ) -> Result<()> {
-    let (g, b) = (host(&f.bn.gamma.var)?, host(&f.bn.beta.var)?);
-    let rm = host_buffer(store, format!("{}.running_mean", f.bn.prefix))?;
-    let rv = host_buffer(store, format!("{}.running_var", f.bn.prefix))?;
-    let (scale, shift) = norm::eval_scale_shift(&g, &b, &rm, &rv, f.bn.eps);
+    let EvalBn { scale, shift, .. } = EvalBn::of(f.bn, store)?;
     let residual = f.residual.map(|r| act(acts, r)).transpose()?;
     let fuse = conv::Fuse {
         scale: Some(&scale),
@@ -195,19 +210,6 @@ fn fold_forward(
     let x = act(acts, f.x)?;
     with_host(&f.w.var, |w| conv::forward_fused(x, w, shape, &fuse, out))?;
     Ok(())
-}
-
-/// The op kind a forward node is timed under (the eager executor's names).
-fn kind(op: &Op, train: bool) -> &'static str {
-    match op {
-        Op::Conv { .. } => "conv",
-        Op::Bn(_) if train => "batch norm (train)",
-        Op::Bn(_) => "batch norm (eval)",
-        Op::AddRelu { .. } => "add + relu",
-        Op::Shortcut { .. } => "shortcut",
-        Op::MaxPool(_) => "max pool",
-        Op::AvgPool => "average pool",
-    }
 }
 
 fn node_forward(
@@ -249,8 +251,8 @@ fn batch_norm(
     store: &ParamStore,
     mode: Mode,
 ) -> Result<Saved> {
-    let (g, b) = (host(&bn.gamma.var)?, host(&bn.beta.var)?);
     if mode.train {
+        let (g, b) = (host(&bn.gamma.var)?, host(&bn.beta.var)?);
         let stats = norm::forward_train(x, c, (&g, &b), bn.eps, bn.relu, out);
         let dev = store.device();
         let var: Vec<f32> = stats.var.iter().map(|&v| v as f32).collect();
@@ -262,9 +264,7 @@ fn batch_norm(
             Saved::None
         })
     } else {
-        let rm = host_buffer(store, format!("{}.running_mean", bn.prefix))?;
-        let rv = host_buffer(store, format!("{}.running_var", bn.prefix))?;
-        let (scale, shift) = norm::eval_scale_shift(&g, &b, &rm, &rv, bn.eps);
+        let EvalBn { scale, shift, mean: rm, var: rv } = EvalBn::of(bn, store)?;
         norm::affine(x, c, &scale, &shift, bn.relu, out);
         if !mode.graph {
             return Ok(Saved::None);
