@@ -29,8 +29,8 @@ pub struct BenchArgs {
     /// on a shared machine.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Only the backbone configurations whose label contains this (e.g. `resnet50 train`); the
-    /// loader and stage 2 are skipped.
+    /// Only the backbone configurations whose label has each of these words (e.g. `resnet50
+    /// train`, `b1`); the loader and stage 2 are skipped.
     #[arg(long)]
     pub only: Option<String>,
     /// Skip ResNet-50 (slow on CPU).
@@ -115,6 +115,26 @@ fn configs(quick: bool, cuda: bool) -> Vec<Config> {
     configs
 }
 
+/// One PyTorch layout of the reference: its key in a row, whether it is channels-last, its row
+/// name and its layout's name.
+struct TorchLayout {
+    key: &'static str,
+    channels_last: bool,
+    name: &'static str,
+    layout: &'static str,
+}
+
+/// The PyTorch layouts every row measures.
+const TORCH: [TorchLayout; 2] = [
+    TorchLayout { key: "pytorch", channels_last: false, name: "PyTorch", layout: "NCHW" },
+    TorchLayout {
+        key: "pytorch_channels_last",
+        channels_last: true,
+        name: "PyTorch channels-last",
+        layout: "channels-last",
+    },
+];
+
 /// Keeps the faster of two measurements of one implementation.
 fn keep_best(group: &mut serde_json::Map<String, Value>, key: &str, v: Value) {
     let ips = |v: &Value| f(v, "images_per_sec").unwrap_or(0.0);
@@ -188,10 +208,9 @@ impl Backbones<'_> {
             eprintln!("bench: {label} (round {round} of {rounds})");
             keep_best(&mut group, "project", run_json(&mut self.lt_command(c, "fast", steps, warmup))?);
             if let Some(py) = self.py {
-                for cl in [false, true] {
-                    let key = if cl { "pytorch_channels_last" } else { "pytorch" };
-                    match run_json(&mut self.torch_command(py, c, steps, warmup, cl)) {
-                        Ok(v) => keep_best(&mut group, key, v),
+                for t in &TORCH {
+                    match run_json(&mut self.torch_command(py, c, steps, warmup, t.channels_last)) {
+                        Ok(v) => keep_best(&mut group, t.key, v),
                         Err(e) => eprintln!("  pytorch: {e}"),
                     }
                 }
@@ -240,7 +259,10 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let bench = Backbones { root, lt: &lt, py: py.as_deref(), device: &a.device, threads };
     let all = configs(a.quick, cuda);
-    let wanted = |c: &&Config| a.only.as_deref().is_none_or(|o| c.label().contains(o));
+    let wanted = |c: &&Config| {
+        let label = c.label();
+        a.only.as_deref().is_none_or(|o| o.split_whitespace().all(|w| label.split(' ').any(|l| l == w)))
+    };
     if let (Some(o), false) = (&a.only, all.iter().any(|c| wanted(&c))) {
         let labels: Vec<String> = all.iter().map(Config::label).collect();
         bail!("--only {o:?} matches no configuration; the labels are: {}", labels.join(", "));
@@ -253,7 +275,7 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     } else {
         other_benchmarks(&lt, &out.join("features"), !a.no_imagenet_retrain)?
     };
-    let md = markdown(&rows, &extra, &Machine::describe(threads, &a.device, a.rounds));
+    let md = markdown(&rows, &extra, header(threads, &a.device, a.rounds));
     print!("{md}");
     std::fs::create_dir_all(&out)?;
     std::fs::write(
@@ -269,27 +291,19 @@ fn f(v: &Value, k: &str) -> Option<f64> {
     v.get(k).and_then(|x| x.as_f64())
 }
 
-/// What the report says about the machine and the method.
-struct Machine {
-    header: String,
-}
-
-impl Machine {
-    fn describe(threads: usize, device: &str, rounds: usize) -> Machine {
-        let cpu = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|t| {
-                t.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown CPU".into());
-        Machine {
-            header: format!(
-                "# Benchmarks ({device}, {threads} threads)\n\nCPU: {cpu}. Each implementation's best of {rounds} interleaved round(s); the project's kernel set and the CPU features it looked at are in the kernels column.\n\n"
-            ),
-        }
-    }
+/// The report's heading: device, threads, CPU model and the method.
+fn header(threads: usize, device: &str, rounds: usize) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    format!(
+        "# Benchmarks ({device}, {threads} threads)\n\nCPU: {cpu}. Each implementation's best of {rounds} interleaved round(s); the project's kernel set and the CPU features it looked at are in the kernels column.\n\n"
+    )
 }
 
 /// Per configuration: the project against PyTorch's faster layout, throughput and peak memory.
@@ -299,9 +313,9 @@ fn summary(rows: &[Value]) -> String {
     );
     for r in rows {
         let ips = |k: &str| r.get(k).and_then(|v| f(v, "images_per_sec"));
-        let best = [("pytorch", "NCHW"), ("pytorch_channels_last", "channels-last")]
-            .into_iter()
-            .filter_map(|(k, name)| ips(k).map(|v| (k, name, v)))
+        let best = TORCH
+            .iter()
+            .filter_map(|t| ips(t.key).map(|v| (t.key, t.layout, v)))
             .max_by(|a, b| a.2.total_cmp(&b.2));
         let (Some(p), Some((key, layout, t))) = (ips("project"), best) else { continue };
         let rss = |k: &str| f(&r[k], "peak_rss_mib").unwrap_or(f64::NAN);
@@ -316,18 +330,14 @@ fn summary(rows: &[Value]) -> String {
     s
 }
 
-fn markdown(rows: &[Value], extra: &[Value], machine: &Machine) -> String {
-    let mut s = machine.header.clone();
+fn markdown(rows: &[Value], extra: &[Value], header: String) -> String {
+    let mut s = header;
     s.push_str("| configuration | implementation | images/s | step (ms) | peak RSS (MiB) | vs project | kernels |\n|---|---|---|---|---|---|---|\n");
     for r in rows {
         let cfg = r["config"].as_str().unwrap_or("");
         let proj = f(&r["project"], "images_per_sec");
-        for (key, name) in [
-            ("project", "project ops (fused)"),
-            ("candle", "stock candle"),
-            ("pytorch", "PyTorch"),
-            ("pytorch_channels_last", "PyTorch channels-last"),
-        ] {
+        let ours = [("project", "project ops (fused)"), ("candle", "stock candle")];
+        for (key, name) in ours.into_iter().chain(TORCH.iter().map(|t| (t.key, t.name))) {
             let Some(v) = r.get(key) else { continue };
             let ips = f(v, "images_per_sec");
             let ratio = match (proj, ips) {
