@@ -1,8 +1,8 @@
 //! Throughput of the convolution kernels (forward, input gradient, weight gradient) on the
 //! ResNet-32 layer shapes at batch 128, and of the evaluation pass's folded convolution (batch
 //! norm, residual add and ReLU applied as the output is stored) against the same work as three
-//! passes: `cargo run --release -p lt-models --example conv_throughput [resnet50]`. Times are the best of
-//! 7 runs (the least disturbed by other work on the machine); GF = GFLOP/s.
+//! passes: `cargo run --release -p lt-models --example conv_throughput [resnet50]`. Times are
+//! the best of 7 runs (the least disturbed by other work on the machine); GF = GFLOP/s.
 use lt_models::ops::conv::{backward_input, backward_weight, forward, forward_fused, ConvShape, Fuse};
 use lt_models::ops::{elementwise, norm};
 use std::time::Instant;

@@ -3,11 +3,11 @@
 //! Weights use PyTorch's `[C_out, C_in, k, k]` layout; activations are `[N, H, W, C]`. All three
 //! passes run on the [`super::kernels`] micro-kernels without an im2col buffer and are spread over
 //! the rayon pool: the forward pass and the input gradient by blocks of pixels, the weight
-//! gradient by images (or groups of rows), each worker with its own partial sum. A pointwise
+//! gradient by groups of rows or by input channels (see [`backward_weight`]). A pointwise
 //! convolution (1x1, stride 1, no padding: most of a bottleneck ResNet's work) is a plain matrix
-//! product on NHWC data, and its training passes run through the `gemm` crate instead (its own cache blocking, and
-//! AVX2 or AVX-512 micro-kernels chosen at run time); its depth loop is sequential, so its sums
-//! too have a fixed order.
+//! product on NHWC data, and its training passes run through the `gemm` crate instead (its own
+//! cache blocking, and AVX2 or AVX-512 micro-kernels chosen at run time); its depth loop is
+//! sequential, so its sums too have a fixed order.
 
 // Numerical kernels index several arrays with one loop variable.
 #![allow(clippy::needless_range_loop)]

@@ -1,7 +1,7 @@
 //! Tests of the kernel sets: the portable reference against direct sums, every SIMD set this CPU
 //! has against the portable one (a set the CPU lacks is skipped loudly), and the selection.
 
-use super::check::data;
+use super::check::{agrees_with_portable, data};
 use super::*;
 
 #[test]
@@ -86,5 +86,3 @@ fn the_widest_available_set_is_selected_unless_one_is_forced() {
     let widest = simd_sets().into_iter().find_map(|(_, s)| s).map_or("portable", |s| s.name);
     assert_eq!(kernel_name(), widest);
 }
-
-use check::agrees_with_portable;
