@@ -1,9 +1,13 @@
-//! Throughput of the convolution kernels (forward, input gradient, weight gradient) on the
-//! ResNet-32 layer shapes at batch 128, and of the evaluation pass's folded convolution (batch
-//! norm, residual add and ReLU applied as the output is stored) against the same work as three
-//! passes: `cargo run --release -p lt-models --example conv_throughput [resnet50]`. Times are
-//! the best of 7 runs (the least disturbed by other work on the machine); GF = GFLOP/s.
-use lt_models::ops::conv::{backward_input, backward_weight, forward, forward_fused, ConvShape, Fuse};
+//! Throughput of the convolution kernels (forward, input gradient, weight gradient and the
+//! method it ran) on the ResNet-32 layer shapes at batch 128 or every distinct convolution of
+//! ResNet-50 (224x224, batch 8 unless given), and of the evaluation pass's folded convolution
+//! (batch norm, residual add and ReLU applied as the output is stored) against the same work as
+//! three passes: `cargo run --release -p lt-models --example conv_throughput [resnet50 [batch]]`.
+//! Times are the best of 7 runs (the least disturbed by other work on the machine); GF =
+//! GFLOP/s.
+use lt_models::ops::conv::{
+    backward_input, backward_weight, forward, forward_fused, is_pointwise, weight_method, ConvShape, Fuse,
+};
 use lt_models::ops::{elementwise, norm};
 use std::time::Instant;
 
@@ -19,20 +23,34 @@ fn best(f: &mut dyn FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// The ResNet-32 layer shapes at batch 128, or (`resnet50` as the first argument) a selection
-/// of ResNet-50's at batch 8.
-fn shapes(resnet50: bool) -> Vec<ConvShape> {
+/// The ResNet-32 layer shapes at batch 128, or (`Some(batch)`) every distinct one of ResNet-50.
+fn shapes(resnet50: Option<usize>) -> Vec<ConvShape> {
     let c = |n, h, cin, cout, k, stride| ConvShape { n, h, w: h, cin, cout, k, stride, pad: k / 2 };
-    if resnet50 {
+    if let Some(n) = resnet50 {
         vec![
-            c(8, 56, 64, 64, 3, 1),
-            c(8, 56, 64, 256, 1, 1),
-            c(8, 28, 512, 128, 1, 1),
-            c(8, 14, 256, 256, 3, 1),
-            c(8, 14, 1024, 256, 1, 1),
-            c(8, 7, 512, 512, 3, 1),
-            c(8, 7, 2048, 512, 1, 1),
-            c(8, 14, 256, 256, 3, 2),
+            c(n, 224, 3, 64, 7, 2),
+            c(n, 56, 64, 64, 1, 1),
+            c(n, 56, 256, 64, 1, 1),
+            c(n, 56, 64, 64, 3, 1),
+            c(n, 56, 64, 256, 1, 1),
+            c(n, 56, 256, 128, 1, 1),
+            c(n, 28, 512, 128, 1, 1),
+            c(n, 56, 128, 128, 3, 2),
+            c(n, 28, 128, 128, 3, 1),
+            c(n, 28, 128, 512, 1, 1),
+            c(n, 56, 256, 512, 1, 2),
+            c(n, 28, 512, 256, 1, 1),
+            c(n, 14, 1024, 256, 1, 1),
+            c(n, 28, 256, 256, 3, 2),
+            c(n, 14, 256, 256, 3, 1),
+            c(n, 14, 256, 1024, 1, 1),
+            c(n, 28, 512, 1024, 1, 2),
+            c(n, 14, 1024, 512, 1, 1),
+            c(n, 7, 2048, 512, 1, 1),
+            c(n, 14, 512, 512, 3, 2),
+            c(n, 7, 512, 512, 3, 1),
+            c(n, 7, 512, 2048, 1, 1),
+            c(n, 14, 1024, 2048, 1, 2),
         ]
     } else {
         vec![
@@ -51,7 +69,10 @@ fn main() {
         lt_models::ops::kernel_name(),
         lt_models::ops::cpu_features().join(" ")
     );
-    let resnet50 = std::env::args().nth(1).is_some_and(|a| a == "resnet50");
+    // `resnet50 [batch]` (batch 8 unless given).
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let resnet50 = (args.first().map(String::as_str) == Some("resnet50"))
+        .then(|| args.get(1).and_then(|b| b.parse().ok()).unwrap_or(8));
     for s in shapes(resnet50) {
         let x: Vec<f32> = (0..s.input_len()).map(|i| ((i * 7919) % 997) as f32 / 997.0 - 0.5).collect();
         let w: Vec<f32> = (0..s.weight_len()).map(|i| ((i * 104729) % 991) as f32 / 9910.0 - 0.05).collect();
@@ -72,10 +93,11 @@ fn main() {
         });
         let tx = best(&mut || backward_input(&dy, &w, &s, &mut dx));
         let tw = best(&mut || backward_weight(&x, &dy, &s, &mut dw));
+        let method = if is_pointwise(&s) { "gemm".to_string() } else { format!("{:?}", weight_method(&s)) };
         println!(
-            "{:>2}x{:<2} {:>4}->{:<4} k{} stride {}: fwd {:6.2} ms ({:3.0} GF) | folded {:6.2} ms vs 3 passes {:6.2} ms | dx {:6.2} ms ({:3.0} GF) | dw {:6.2} ms ({:3.0} GF)",
+            "{:>3}x{:<3} {:>4}->{:<4} k{} stride {}: fwd {:6.2} ms ({:3.0} GF) | folded {:6.2} ms vs 3 passes {:6.2} ms | dx {:6.2} ms ({:3.0} GF) | dw {:6.2} ms ({:3.0} GF, {})",
             s.h, s.w, s.cin, s.cout, s.k, s.stride,
-            tf * 1e3, gf(tf), tfused * 1e3, tsplit * 1e3, tx * 1e3, gf(tx), tw * 1e3, gf(tw)
+            tf * 1e3, gf(tf), tfused * 1e3, tsplit * 1e3, tx * 1e3, gf(tx), tw * 1e3, gf(tw), method
         );
     }
 }

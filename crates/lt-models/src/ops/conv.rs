@@ -1,13 +1,14 @@
 //! 2-D convolution on NHWC activations: forward, input gradient and weight gradient.
 //!
-//! Weights use PyTorch's `[C_out, C_in, k, k]` layout; activations are `[N, H, W, C]`. All three
+//! Weights use PyTorch's `[C_out, C_in, k, k]` layout; activations are `[N, H, W, C]`. The
 //! passes run on the [`super::kernels`] micro-kernels without an im2col buffer and are spread over
 //! the rayon pool: the forward pass and the input gradient by blocks of pixels, the weight
-//! gradient by groups of rows or by input channels (see [`backward_weight`]). A pointwise
-//! convolution (1x1, stride 1, no padding: most of a bottleneck ResNet's work) is a plain matrix
-//! product on NHWC data, and its training passes run through the `gemm` crate instead (its own
-//! cache blocking, and AVX2 or AVX-512 micro-kernels chosen at run time); its depth loop is
-//! sequential, so its sums too have a fixed order.
+//! gradient by groups of rows or by input channels, or, where the gradient is large, as
+//! products of bounded patch panels (see [`weight_method`]). A pointwise convolution (1x1,
+//! stride 1, no padding: most of a bottleneck ResNet's work) is a plain matrix product on NHWC
+//! data, and its training passes run through the `gemm` crate instead (its own cache blocking,
+//! and AVX2 or AVX-512 micro-kernels chosen at run time); its depth loop is sequential, so its
+//! sums too have a fixed order.
 
 // Numerical kernels index several arrays with one loop variable.
 #![allow(clippy::needless_range_loop)]
@@ -312,20 +313,22 @@ fn extent(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     }
 }
 
-/// `dst[m, n] (+)= lhs[m, k] * rhs[k, n]` through the `gemm` crate, on the rayon pool; every
-/// operand is checked to hold its extent.
+/// `dst[m, n] (+)= lhs[m, k] * rhs[k, n]` through the `gemm` crate, on the rayon pool when
+/// `parallel` (else on the calling thread); every operand is checked to hold its extent.
 fn matmul(
     (m, n, k): (usize, usize, usize),
     dst: (&mut [f32], usize, usize),
     accumulate: bool,
     lhs: Operand,
     rhs: Operand,
+    parallel: bool,
 ) {
     assert!(extent(m, n, dst.1, dst.2) <= dst.0.len(), "matmul output extent");
     assert!(extent(m, k, lhs.1, lhs.2) <= lhs.0.len(), "matmul left operand extent");
     assert!(extent(k, n, rhs.1, rhs.2) <= rhs.0.len(), "matmul right operand extent");
     let threads = rayon::current_num_threads();
-    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    let par =
+        if threads > 1 && parallel { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     let i = |v: usize| v as isize;
     // SAFETY: the extents were checked above; `dst` is a unique borrow, so it overlaps neither
     // operand; `gemm` reads `lhs`, `rhs` and (when accumulating) `dst`, and writes `dst`.
@@ -359,20 +362,46 @@ fn matmul(
 /// `dw = dy^T * x`.
 fn pointwise_forward(x: &[f32], w: &[f32], s: &ConvShape, out: &mut [f32]) {
     let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
-    matmul((p, cout, cin), (out, cout, 1), false, (x, cin, 1), (w, 1, cin))
+    matmul((p, cout, cin), (out, cout, 1), false, (x, cin, 1), (w, 1, cin), true)
 }
 
 /// See [`pointwise_forward`].
 fn pointwise_backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], accumulate: bool) {
     let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
-    matmul((p, cin, cout), (dx, cin, 1), accumulate, (dy, cout, 1), (w, cin, 1))
+    matmul((p, cin, cout), (dx, cin, 1), accumulate, (dy, cout, 1), (w, cin, 1), true)
 }
 
-/// See [`pointwise_forward`].
+/// See [`pointwise_forward`]. Where the pixels are many next to the gradient (a ResNet's
+/// first stage), `gemm`'s own split of the small product spreads poorly over the threads, so
+/// the pixels are cut into [`PIXEL_GROUPS`] fixed groups, each a single-threaded product into
+/// its own partial gradient, summed in group order (1.3-2x on ResNet-50's 56x56 layers with 2
+/// threads); the group count does not depend on the thread count, so neither do the sums.
 fn pointwise_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
     let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
-    matmul((cout, cin, p), (dw, cin, 1), false, (dy, 1, cout), (x, cin, 1))
+    if p < 32 * 1024 || cin * cout > 1 << 18 {
+        return matmul((cout, cin, p), (dw, cin, 1), false, (dy, 1, cout), (x, cin, 1), true);
+    }
+    let per = p.div_ceil(PIXEL_GROUPS);
+    let partials: Vec<Vec<f32>> = (0..PIXEL_GROUPS)
+        .into_par_iter()
+        .map(|g| {
+            let (p0, p1) = ((g * per).min(p), ((g + 1) * per).min(p));
+            let mut acc = vec![0f32; cout * cin];
+            let (dy, x) = (&dy[p0 * cout..], &x[p0 * cin..]);
+            matmul((cout, cin, p1 - p0), (&mut acc, cin, 1), false, (dy, 1, cout), (x, cin, 1), false);
+            acc
+        })
+        .collect();
+    dw.copy_from_slice(&partials[0]);
+    for part in &partials[1..] {
+        for (a, b) in dw.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
 }
+
+/// Fixed groups of pixels whose partial weight gradients are summed in order.
+const PIXEL_GROUPS: usize = 8;
 
 /// The epilogue of a partial column block, in portable code: bias, residual, ReLU.
 fn finish_row(row: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, relu: bool) {
@@ -619,17 +648,21 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
 
 /// Weight gradient: `dw[C_out, C_in, k, k] = sum over pixels of dy (x) x` (overwrites `dw`).
 ///
-/// Two ways to spread the work, chosen by [`weight_split`]: by pixels (groups of output rows,
-/// each with its own partial sum, summed in order at the end: most layers) or, where the pixels
-/// are few next to the weights (small late-stage images), by input channels (each task owns its
-/// rows of the gradient and runs over every pixel: no partial sums to zero, store and add).
-/// Either way every sum has a fixed order, so the result is the same bit for bit on every run.
+/// Three methods, chosen by [`weight_method`]: by pixels (groups of output rows, each with its
+/// own partial sum, summed in order at the end), by input channels (each task owns its rows of
+/// the gradient and runs over every pixel: no partial sums to zero, store and add), or as
+/// products of patch panels through `gemm` (large gradients: many input channels). Every
+/// method sums in a fixed order, so the result is the same bit for bit on every run.
 pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
     assert_eq!(x.len(), s.input_len(), "conv input length");
     assert_eq!(dy.len(), s.output_len(), "conv output-gradient length");
     assert_eq!(dw.len(), s.weight_len(), "conv weight-gradient length");
     if is_pointwise(s) {
         return pointwise_backward_weight(x, dy, s, dw);
+    }
+    let method = weight_method(s);
+    if method == WeightMethod::Panels {
+        return panels_backward_weight(x, dy, s, dw, panel_pixels(s.k * s.k * s.cin));
     }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     let (oh, ow) = (s.oh(), s.ow());
@@ -647,7 +680,7 @@ pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
     };
     let g = WeightGrad { x, dy: &dy_padded, s, blocks: &blocks, cpad };
     // acc[(t * cin + ci) * cpad + co]
-    let acc = if weight_split(s) { g.by_channels() } else { g.by_pixels() };
+    let acc = if method == WeightMethod::Channels { g.by_channels() } else { g.by_pixels() };
     for co in 0..cout {
         for ci in 0..cin {
             for t in 0..k * k {
@@ -657,11 +690,89 @@ pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
     }
 }
 
-/// Whether [`backward_weight`] spreads its work by input channels: when the pixels are fewer
-/// than about the weight rows per output channel (`k * k * C_in`), re-reading them per task
-/// costs less than zeroing, storing and adding per-group partial gradients.
-pub fn weight_split(s: &ConvShape) -> bool {
-    s.n * s.oh() * s.ow() * 2 < 3 * s.k * s.k * s.cin
+/// Pixels per panel of [`panels_backward_weight`] for panel rows of `width` floats: at most
+/// 8 MiB a panel (and at least one row).
+fn panel_pixels(width: usize) -> usize {
+    ((8 << 20) / (4 * width.max(1))).max(1)
+}
+
+/// Weight gradient as matrix products through `gemm`: the input patches of a run of output
+/// pixels are copied into a panel `[pixels, k * k * C_in]` (tap-major rows, zeros where a tap
+/// falls into the padding) and `acc[C_out, k * k * C_in] += dy^T * panel`, panel after panel
+/// in order (so the sums have a fixed order), `chunk` pixels a panel. The copy costs one pass over `k * k` times the
+/// input; `gemm`'s packed, cache-blocked product wins that back where the gradient is large
+/// (many input channels) or the input is strided (see [`weight_method`]).
+fn panels_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], chunk: usize) {
+    let (k, cin, cout) = (s.k, s.cin, s.cout);
+    let (oh, ow) = (s.oh(), s.ow());
+    let (taps, pixels) = (k * k, s.n * oh * ow);
+    let width = taps * cin;
+    let chunk = chunk.clamp(1, pixels.max(1));
+    let mut panel = vec![0f32; chunk * width];
+    // acc[co * width + t * cin + ci]
+    let mut acc = vec![0f32; cout * width];
+    for p0 in (0..pixels).step_by(chunk) {
+        let rows = chunk.min(pixels - p0);
+        panel[..rows * width].par_chunks_mut(width).enumerate().for_each(|(r, row)| {
+            let p = p0 + r;
+            let (n, y, xo) = (p / (oh * ow), p / ow % oh, p % ow);
+            for (t, seg) in row.chunks_exact_mut(cin).enumerate() {
+                let iy = (y * s.stride + t / k) as isize - s.pad as isize;
+                let ix = (xo * s.stride + t % k) as isize - s.pad as isize;
+                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                    seg.fill(0.0);
+                } else {
+                    let i = ((n * s.h + iy as usize) * s.w + ix as usize) * cin;
+                    seg.copy_from_slice(&x[i..i + cin]);
+                }
+            }
+        });
+        matmul(
+            (cout, width, rows),
+            (&mut acc, width, 1),
+            p0 > 0,
+            (&dy[p0 * cout..], 1, cout),
+            (&panel, width, 1),
+            true,
+        );
+    }
+    for (dst, src) in dw.chunks_exact_mut(width).zip(acc.chunks_exact(width)) {
+        for ci in 0..cin {
+            for t in 0..taps {
+                dst[ci * taps + t] = src[t * cin + ci];
+            }
+        }
+    }
+}
+
+/// How [`backward_weight`] runs a convolution that is not pointwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightMethod {
+    /// Micro-kernels over groups of output rows, one partial gradient per group.
+    Pixels,
+    /// Micro-kernels over input channels, each task owning its rows of the gradient.
+    Channels,
+    /// Patch panels through `gemm` (see [`panels_backward_weight`]).
+    Panels,
+}
+
+/// The method [`backward_weight`] uses for `s`. Measured with `conv_throughput resnet50 32`
+/// (2 AVX2 cores): patch panels through `gemm` run the gradients with at least `9 * 256` rows
+/// per output channel (ResNet-50's 14x14 and 7x7 stages) at 1.5-2x the micro-kernels, the
+/// strided ones from `9 * 128` rows and the strided 1x1 (shortcut) ones at 1.2-2x; below that (ResNet-32, ResNet-50's first two
+/// stages) the panel copy costs more than it saves. Among the micro-kernel splits: by input
+/// channels when the pixels are fewer than about the weight rows per output channel
+/// (`k * k * C_in`), where re-reading them per task costs less than zeroing, storing and adding
+/// per-group partial gradients; by pixels otherwise.
+pub fn weight_method(s: &ConvShape) -> WeightMethod {
+    let rows = s.k * s.k * s.cin;
+    if s.k == 1 || rows >= 9 * 256 || (s.stride > 1 && rows >= 9 * 128) {
+        WeightMethod::Panels
+    } else if s.n * s.oh() * s.ow() * 2 < 3 * rows {
+        WeightMethod::Channels
+    } else {
+        WeightMethod::Pixels
+    }
 }
 
 /// The operands of one weight gradient.
@@ -749,8 +860,7 @@ impl WeightGrad<'_> {
         let tasks: Vec<(usize, usize)> =
             (0..all_rows).step_by(rows_per_task).map(|g0| (g0, (g0 + rows_per_task).min(all_rows))).collect();
         // A fixed number of contiguous groups (independent of the thread count), summed in order.
-        const GROUPS: usize = 8;
-        let per_group = tasks.len().div_ceil(GROUPS).max(1);
+        let per_group = tasks.len().div_ceil(PIXEL_GROUPS).max(1);
         let partials: Vec<Vec<f32>> = tasks
             .par_chunks(per_group)
             .map(|group| {
@@ -871,12 +981,18 @@ mod tests {
 
     #[test]
     fn every_pass_is_the_same_bit_for_bit_on_any_thread_count() {
-        // A pointwise shape (through `gemm`) and a 3x3 one with both weight-gradient splits.
-        for s in [
+        // A pointwise shape (through `gemm`) and 3x3 ones with each weight-gradient method.
+        let shapes = [
             ConvShape { n: 4, h: 12, w: 12, cin: 40, cout: 72, k: 1, stride: 1, pad: 0 },
-            ConvShape { n: 2, h: 10, w: 10, cin: 24, cout: 16, k: 3, stride: 1, pad: 1 },
+            ConvShape { n: 4, h: 10, w: 10, cin: 24, cout: 16, k: 3, stride: 1, pad: 1 },
             ConvShape { n: 1, h: 4, w: 4, cin: 64, cout: 16, k: 3, stride: 1, pad: 1 },
-        ] {
+            ConvShape { n: 2, h: 8, w: 8, cin: 128, cout: 40, k: 3, stride: 2, pad: 1 },
+            // Enough pixels for the pointwise weight gradient in pixel groups.
+            ConvShape { n: 2, h: 130, w: 130, cin: 3, cout: 5, k: 1, stride: 1, pad: 0 },
+        ];
+        let methods: Vec<WeightMethod> = shapes[1..4].iter().map(weight_method).collect();
+        assert_eq!(methods, [WeightMethod::Pixels, WeightMethod::Channels, WeightMethod::Panels]);
+        for s in shapes {
             let (x, w, dy) = (data(s.input_len(), 81), data(s.weight_len(), 82), data(s.output_len(), 83));
             let run = |threads: usize| {
                 let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
@@ -893,6 +1009,23 @@ mod tests {
             let one = run(1);
             for threads in [2, 3] {
                 assert!(one == run(threads), "{s:?}: {threads} threads differ from one");
+            }
+        }
+    }
+
+    #[test]
+    fn weight_gradient_panels_of_any_size_match_direct_loops() {
+        for s in [
+            ConvShape { n: 2, h: 5, w: 6, cin: 7, cout: 9, k: 3, stride: 1, pad: 1 },
+            ConvShape { n: 1, h: 7, w: 7, cin: 4, cout: 5, k: 3, stride: 2, pad: 0 },
+        ] {
+            let (x, dy) = (data(s.input_len(), 91), data(s.output_len(), 92));
+            let (_, _, want) = reference(&x, &data(s.weight_len(), 93), &dy, &s);
+            // One pixel, a few (the last panel partial) and all pixels a panel.
+            for chunk in [1, 7, usize::MAX] {
+                let mut dw = vec![f32::NAN; s.weight_len()];
+                panels_backward_weight(&x, &dy, &s, &mut dw, chunk);
+                close(&dw, &want, &format!("dw in panels of {chunk} pixels, {s:?}"));
             }
         }
     }
@@ -933,11 +1066,16 @@ mod tests {
             ConvShape { n: 1, h: 6, w: 31, cin: 5, cout: 24, k: 3, stride: 2, pad: 1 },
             // Wide enough for 32-column blocks (AVX-512) plus a partial one.
             ConvShape { n: 1, h: 5, w: 14, cin: 9, cout: 44, k: 3, stride: 1, pad: 1 },
+            // A weight gradient through patch panels.
+            ConvShape { n: 1, h: 5, w: 7, cin: 130, cout: 12, k: 3, stride: 2, pad: 1 },
+            // A pointwise weight gradient in pixel groups (the last one partial).
+            ConvShape { n: 1, h: 183, w: 181, cin: 3, cout: 5, k: 1, stride: 1, pad: 0 },
         ];
-        assert!(
-            shapes.iter().any(weight_split) && !shapes.iter().all(weight_split),
-            "both weight-gradient splits"
-        );
+        let methods: Vec<WeightMethod> =
+            shapes.iter().filter(|s| !is_pointwise(s)).map(weight_method).collect();
+        for m in [WeightMethod::Pixels, WeightMethod::Channels, WeightMethod::Panels] {
+            assert!(methods.contains(&m), "no shape runs the weight gradient by {m:?}");
+        }
         for (i, s) in shapes.iter().enumerate() {
             let x = data(s.input_len(), 1 + i as u64);
             let w = data(s.weight_len(), 10 + i as u64);
