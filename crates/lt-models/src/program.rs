@@ -16,11 +16,11 @@ use crate::ops::elementwise::{shortcut_dims, Nhwc, Window};
 /// An activation slot.
 pub(crate) type Slot = usize;
 
-/// A parameter read by a node, with its offset in the program's flat parameter vector.
+/// A parameter read by a node, with its index in [`Program::params`].
 #[derive(Clone)]
 pub(crate) struct Param {
     pub var: Var,
-    pub offset: usize,
+    pub index: usize,
 }
 
 /// A batch norm: its parameters, the prefix of its buffers and whether a ReLU follows.
@@ -89,10 +89,8 @@ pub(crate) struct Program {
     pub slots: usize,
     pub input: Slot,
     pub output: Slot,
-    /// Every parameter in offset order.
+    /// Every parameter, in the order the nodes first read them.
     pub params: Vec<Var>,
-    /// Length of the flat parameter vector.
-    pub param_len: usize,
 }
 
 /// Builds a [`Program`]; layers emit their nodes through it.
@@ -100,18 +98,16 @@ pub(crate) struct ProgramBuilder {
     nodes: Vec<Node>,
     slots: usize,
     params: Vec<Var>,
-    param_len: usize,
 }
 
 impl ProgramBuilder {
     /// An empty program and its input slot.
     pub fn new() -> (Self, Slot) {
-        (Self { nodes: Vec::new(), slots: 1, params: Vec::new(), param_len: 0 }, 0)
+        (Self { nodes: Vec::new(), slots: 1, params: Vec::new() }, 0)
     }
 
     fn param(&mut self, var: &Var) -> Param {
-        let p = Param { var: var.clone(), offset: self.param_len };
-        self.param_len += var.elem_count();
+        let p = Param { var: var.clone(), index: self.params.len() };
         self.params.push(var.clone());
         p
     }
@@ -157,8 +153,8 @@ impl ProgramBuilder {
 
     /// The program computing slot `output`.
     pub fn finish(self, output: Slot) -> Program {
-        let Self { nodes, slots, params, param_len } = self;
-        Program { nodes, slots, input: 0, output, params, param_len }
+        let Self { nodes, slots, params } = self;
+        Program { nodes, slots, input: 0, output, params }
     }
 }
 
@@ -260,7 +256,7 @@ mod tests {
         let y = b.add_relu(c, s);
         let out = b.avg_pool(y);
         let prog = b.finish(out);
-        assert_eq!(prog.param_len, 8 * 27 + 16 + 16 * 72);
+        assert_eq!(prog.params.iter().map(|v| v.elem_count()).sum::<usize>(), 8 * 27 + 16 + 16 * 72);
         assert_eq!(prog.use_counts()[p], 2);
         let plan = prog.plan(Nhwc { n: 2, h: 9, w: 7, c: 3 }).unwrap();
         // max pool 3/2/1: (9 + 2 - 3) / 2 + 1 = 5, (7 + 2 - 3) / 2 + 1 = 4; conv 3/2/1 over 5x4: 3x2;

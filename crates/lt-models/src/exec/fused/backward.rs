@@ -1,4 +1,4 @@
-//! The fused backward pass: from the output gradient to the flat parameter gradient.
+//! The fused backward pass: from the output gradient to every parameter's gradient.
 
 use std::sync::Arc;
 
@@ -47,25 +47,34 @@ struct Step<'a> {
     input: Slot,
 }
 
-/// Adds a parameter's gradient into the flat gradient vector.
-fn add_param(grads: &mut [f32], p: &Param, g: &[f32]) {
-    grads[p.offset..p.offset + g.len()].iter_mut().zip(g).for_each(|(a, b)| *a += b);
+/// The gradient of every parameter of a program ([`Program::params`] order), `None` until a
+/// node gives it one.
+type ParamGrads = Vec<Option<Vec<f32>>>;
+
+/// Makes `g` the gradient of parameter `p`, or adds it to the one it has (a parameter read by
+/// several nodes).
+fn add_param(grads: &mut ParamGrads, p: &Param, g: Vec<f32>) {
+    match &mut grads[p.index] {
+        Some(acc) => acc.iter_mut().zip(&g).for_each(|(a, b)| *a += b),
+        slot => *slot = Some(g),
+    }
 }
 
-/// Runs the backward pass from the gradient of the output slot; returns the gradient of the
-/// flat parameter vector (see [`Program::params`]).
+/// Runs the backward pass from the gradient of the output slot; returns the gradient of every
+/// parameter (see [`Program::params`]), each allocated as its node's step runs (zeros for a
+/// parameter no node gave one).
 pub(super) fn run(
     prog: &Program,
     plan: &Plan,
     mut tape: Tape,
     d_out: &[f32],
     pool: &Arc<Pool>,
-) -> Result<Vec<f32>> {
+) -> Result<Vec<Vec<f32>>> {
     let mut g = Grads { slot: vec![None; prog.slots], bufs: Vec::new() };
     let mut first = pool.take(d_out.len());
     first.copy_from_slice(d_out);
     g.set(prog.output, first);
-    let mut params = vec![0f32; prog.param_len];
+    let mut params: ParamGrads = vec![None; prog.params.len()];
     for (ni, node) in prog.nodes.iter().enumerate().rev() {
         let Some(bi) = g.slot[node.y] else { continue };
         if node.inputs().any(|i| g.slot[i] == Some(bi)) {
@@ -90,7 +99,11 @@ pub(super) fn run(
         }
         tape.acts[node.y] = None;
     }
-    Ok(params)
+    Ok(params
+        .into_iter()
+        .zip(&prog.params)
+        .map(|(g, v)| g.unwrap_or_else(|| vec![0.0; v.elem_count()]))
+        .collect())
 }
 
 /// The op kind a backward node is timed under; `None` for a convolution, which times its weight
@@ -114,7 +127,7 @@ impl Step<'_> {
         saved: Saved,
         dy: &[f32],
         g: &mut Grads,
-        params: &mut [f32],
+        params: &mut ParamGrads,
     ) -> Result<()> {
         let dims = self.plan.dims[node.x];
         match &node.op {
@@ -181,7 +194,7 @@ impl Step<'_> {
         saved: Saved,
         dy: &[f32],
         g: &mut Grads,
-        params: &mut [f32],
+        params: &mut ParamGrads,
     ) -> Result<()> {
         let Saved::Bn { mean, invstd, batch_statistics } = saved else {
             return Err(ModelError::Invalid(format!("batch norm {} without its statistics", bn.prefix)));
@@ -193,8 +206,8 @@ impl Step<'_> {
         let mut dx = self.pool.take(x.len());
         let (dg, db) = b.run(dy, Some(&mut dx));
         g.add_or_set(node.x, dx);
-        add_param(params, &bn.gamma, &dg);
-        add_param(params, &bn.beta, &db);
+        add_param(params, &bn.gamma, dg);
+        add_param(params, &bn.beta, db);
         Ok(())
     }
 
@@ -205,13 +218,13 @@ impl Step<'_> {
         shape: &ConvShape,
         dy: &[f32],
         g: &mut Grads,
-        params: &mut [f32],
+        params: &mut ParamGrads,
     ) -> Result<()> {
         let x = act(self.acts, node.x)?;
         crate::profile::time("conv backward (weight)", &Device::Cpu, || -> Result<()> {
             let mut dw = vec![0f32; shape.weight_len()];
             conv::backward_weight(x, dy, shape, &mut dw);
-            add_param(params, w, &dw);
+            add_param(params, w, dw);
             Ok(())
         })?;
         if node.x == self.input {

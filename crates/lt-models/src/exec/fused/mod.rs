@@ -7,17 +7,20 @@
 //! input gradient is accumulated in place by the convolution kernels, and nothing is allocated
 //! for a gradient that nobody needs (the input image's).
 //!
-//! To candle, the pass is a single custom op whose input is the concatenation of every parameter
-//! of the program (flattened, in [`Program::params`] order): its backward pass returns the
-//! gradient of that vector, and candle's own backward of the concatenation hands each parameter
-//! its part. So `loss.backward()` gives every parameter its gradient, as on the eager path.
+//! To candle, the pass is a chain of small custom ops: one [`Tie`] per parameter (in
+//! [`Program::params`] order), each taking the previous tie's one-element token and its
+//! parameter, and last the [`FusedOp`] that gives the features. The backward pass of the
+//! `FusedOp` runs the whole backward program and leaves every parameter's gradient with the
+//! ties, which candle asks next and which hand each gradient over as it is (no copy, no
+//! concatenated parameter vector, no flat gradient to split). So `loss.backward()` gives every
+//! parameter its gradient, as on the eager path.
 
 mod backward;
 mod forward;
 
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, Device, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Storage, Tensor};
 
 use super::Mode;
 use crate::error::{ModelError, Result};
@@ -63,13 +66,16 @@ impl Fused {
         let Some(tape) = tape else {
             return Ok(Tensor::from_vec(features, shape, &Device::Cpu)?);
         };
-        let flat = self
-            .program
-            .params
-            .iter()
-            .map(|v| v.as_tensor().flatten_all())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        let anchor = Tensor::cat(&flat, 0)?;
+        let grads: Shared = Arc::new(Mutex::new(Vec::new()));
+        let mut token: Option<Tensor> = None;
+        for (index, var) in self.program.params.iter().enumerate() {
+            let tie = Tie { index, grads: grads.clone() };
+            token = Some(match token {
+                None => var.as_tensor().apply_op1(tie)?,
+                Some(t) => t.apply_op2(var.as_tensor(), tie)?,
+            });
+        }
+        let token = token.ok_or_else(|| ModelError::Invalid("a fused program without parameters".into()))?;
         let op = FusedOp {
             program: self.program.clone(),
             plan: self.plan.clone(),
@@ -77,14 +83,84 @@ impl Fused {
             features,
             tape: Mutex::new(Some(tape)),
             shape,
+            grads,
         };
-        Ok(anchor.apply_op1(op)?)
+        Ok(token.apply_op1(op)?)
     }
 }
 
-/// The backbone as one custom op over the concatenated parameters. The forward values are
+/// The parameters' gradients, left by the [`FusedOp`]'s backward pass for the [`Tie`]s.
+type Shared = Arc<Mutex<Vec<Option<Vec<f32>>>>>;
+
+/// Takes the gradient of parameter `index` out of `grads`.
+fn take_grad(grads: &Shared, index: usize) -> candle_core::Result<Vec<f32>> {
+    let mut g =
+        grads.lock().map_err(|_| candle_core::Error::Msg("fused backbone: poisoned gradients".into()))?;
+    g.get_mut(index).and_then(Option::take).ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "fused backbone: no gradient for parameter {index} (backward pass not run?)"
+        ))
+    })
+}
+
+/// One parameter's link in the chain of custom ops that ends in the [`FusedOp`]: forward, a
+/// one-element token; backward, the parameter's gradient from the fused backward pass (and a
+/// zero gradient for the previous token).
+struct Tie {
+    index: usize,
+    grads: Shared,
+}
+
+/// The one-element token a [`Tie`] passes on.
+fn token() -> (CpuStorage, Shape) {
+    (CpuStorage::F32(vec![0.0]), Shape::from(1))
+}
+
+impl CustomOp1 for Tie {
+    fn name(&self) -> &'static str {
+        "lt-fused-tie"
+    }
+
+    fn cpu_fwd(&self, _param: &CpuStorage, _l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok(token())
+    }
+
+    fn bwd(&self, param: &Tensor, _res: &Tensor, _grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(Tensor::from_vec(take_grad(&self.grads, self.index)?, param.shape(), &Device::Cpu)?))
+    }
+}
+
+impl CustomOp2 for Tie {
+    fn name(&self) -> &'static str {
+        "lt-fused-tie"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _token: &CpuStorage,
+        _lt: &Layout,
+        _param: &CpuStorage,
+        _lp: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok(token())
+    }
+
+    fn bwd(
+        &self,
+        token: &Tensor,
+        param: &Tensor,
+        _res: &Tensor,
+        _grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = Tensor::from_vec(take_grad(&self.grads, self.index)?, param.shape(), &Device::Cpu)?;
+        Ok((Some(token.zeros_like()?), Some(g)))
+    }
+}
+
+/// The backbone as the last custom op of the chain of [`Tie`]s. The forward values are
 /// computed before the op is applied; the tape (activations and saved statistics) is consumed
-/// by the one backward pass, which frees activations as it goes.
+/// by the one backward pass, which frees activations as it goes and leaves the parameters'
+/// gradients in `grads`.
 struct FusedOp {
     program: Arc<Program>,
     plan: Arc<Plan>,
@@ -92,6 +168,7 @@ struct FusedOp {
     features: Vec<f32>,
     tape: Mutex<Option<forward::Tape>>,
     shape: (usize, usize),
+    grads: Shared,
 }
 
 impl CustomOp1 for FusedOp {
@@ -99,18 +176,11 @@ impl CustomOp1 for FusedOp {
         "lt-fused-backbone"
     }
 
-    fn cpu_fwd(&self, _s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        if l.shape().elem_count() != self.program.param_len {
-            candle_core::bail!(
-                "fused backbone: {} parameters for a program of {}",
-                l.shape().elem_count(),
-                self.program.param_len
-            );
-        }
+    fn cpu_fwd(&self, _token: &CpuStorage, _l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         Ok((CpuStorage::F32(self.features.clone()), Shape::from(self.shape)))
     }
 
-    fn bwd(&self, _params: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+    fn bwd(&self, token: &Tensor, _res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
         let tape = self
             .tape
             .lock()
@@ -122,6 +192,11 @@ impl CustomOp1 for FusedOp {
         let d = grad.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
         let grads = backward::run(&self.program, &self.plan, tape, &d, &self.pool)
             .map_err(candle_core::Error::wrap)?;
-        Ok(Some(Tensor::from_vec(grads, self.program.param_len, &Device::Cpu)?))
+        *self
+            .grads
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("fused backbone: poisoned gradients".into()))? =
+            grads.into_iter().map(Some).collect();
+        Ok(Some(token.zeros_like()?))
     }
 }
