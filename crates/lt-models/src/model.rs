@@ -9,7 +9,7 @@ use crate::arch::{Arch, Family};
 use crate::cifar::CifarResNet;
 use crate::error::{ModelError, Result};
 use crate::exec::eager::Eager;
-use crate::exec::fused::Fused;
+use crate::exec::fused::{Fused, PackCache};
 use crate::exec::Mode;
 use crate::layers::{Builder, Linear};
 use crate::ops::elementwise::Nhwc;
@@ -39,6 +39,7 @@ pub struct Model {
     backend: Backend,
     fused: bool,
     pool: Arc<Pool>,
+    packs: Arc<PackCache>,
     plan: Mutex<Option<Arc<Plan>>>,
 }
 
@@ -86,6 +87,7 @@ impl Model {
             backend: Backend::default(),
             fused: true,
             pool: Pool::new(),
+            packs: Arc::default(),
             plan: Mutex::new(None),
         })
     }
@@ -180,8 +182,12 @@ impl Model {
     fn features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let dims = self.check_input(x)?;
         if self.fused_ok(x, mode) {
-            let fused =
-                Fused { program: self.program.clone(), plan: self.plan(dims)?, pool: self.pool.clone() };
+            let fused = Fused {
+                program: self.program.clone(),
+                plan: self.plan(dims)?,
+                pool: self.pool.clone(),
+                packs: self.packs.clone(),
+            };
             return fused.features(x, &self.store, mode);
         }
         let x = x.to_device(self.device())?.permute((0, 2, 3, 1))?;

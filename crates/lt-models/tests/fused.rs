@@ -101,3 +101,30 @@ fn train_step_refuses_a_loss_that_leaves_parameters_without_gradients() {
         m.train_step(&x, |logits| logits.detach().sum_all()? + bias.sum_all()?).err().expect("an error");
     assert!(matches!(err, lt_models::ModelError::MissingGradient(_)), "{err}");
 }
+
+#[test]
+fn evaluation_sees_weights_changed_in_place_after_an_earlier_evaluation() {
+    let dev = Device::Cpu;
+    let arch = || Arch::new("cifar-resnet8x8", 3, 3).unwrap();
+    let a = Model::new(arch(), 2, &dev).unwrap();
+    let mut b = Model::new(arch(), 2, &dev).unwrap();
+    b.set_fused(false);
+    let x = randn(&[2, 3, 8, 8], 6);
+    let before = a.infer(&x).unwrap().0;
+    // Change every convolution weight in place, in both models, after the fused evaluation
+    // packed them.
+    let mut changed = 0;
+    for m in [&a, &b] {
+        for (name, var) in m.store().named_params() {
+            if var.as_tensor().rank() == 4 {
+                var.set(&(var.as_tensor() * -0.5).unwrap()).unwrap();
+                changed += usize::from(name.contains("conv"));
+            }
+        }
+    }
+    assert!(changed > 0, "no convolution weight was changed");
+    let (fa, la) = a.infer(&x).unwrap();
+    let (fb, lb) = b.infer(&x).unwrap();
+    assert!(max_rel(&fa, &before) > 1e-2, "the features did not change with the weights");
+    assert!(max_rel(&fa, &fb) < 1e-5 && max_rel(&la, &lb) < 1e-5, "stale packed weights");
+}

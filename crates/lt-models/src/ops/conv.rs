@@ -431,16 +431,53 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut
     if is_pointwise(s) && fuse.scale.is_none() && !fuse.has_epilogue() {
         return pointwise_forward(x, w, s, out);
     }
-    let (k, cin, cout) = (s.k, s.cin, s.cout);
-    // Packed rows: tap t = kh*k + kw, then input channel: the k taps of one kernel row are
-    // consecutive, matching k consecutive input pixels of one row (the merged tap).
-    if let Some(sc) = fuse.scale {
-        assert_eq!(sc.len(), cout, "scale length");
+    let packed = PackedWeights::new(w, s, fuse.scale);
+    forward_packed(x, &packed, s, &Fuse { scale: None, ..*fuse }, out)
+}
+
+/// A convolution's weights packed for the forward pass of the gather kernels, with an optional
+/// per-output-channel scale folded in (see [`forward_fused`]). Packing reads every weight once
+/// in a transposed order; a caller that runs the same weights many times (evaluation) can pack
+/// them once and call [`forward_packed`].
+pub struct PackedWeights {
+    data: Vec<f32>,
+    index: Vec<(usize, usize, usize)>,
+    /// `(k, C_in, C_out)` of the convolution the weights belong to.
+    dims: (usize, usize, usize),
+}
+
+impl PackedWeights {
+    /// Packs `w` (`[C_out, C_in, k, k]`), each output channel's weights times `scale[co]`.
+    pub fn new(w: &[f32], s: &ConvShape, scale: Option<&[f32]>) -> Self {
+        let (k, cin, cout) = (s.k, s.cin, s.cout);
+        assert_eq!(w.len(), s.weight_len(), "conv weight length");
+        if let Some(sc) = scale {
+            assert_eq!(sc.len(), cout, "scale length");
+        }
+        let scale = |co: usize| scale.map_or(1.0, |sc| sc[co]);
+        // Packed rows: tap t = kh*k + kw, then input channel: the k taps of one kernel row are
+        // consecutive, matching k consecutive input pixels of one row (the merged tap).
+        let (data, index) = pack(k * k, cin, cout, ReadOrder::TapDepthColumn, |t, ci, co| {
+            w[(co * cin + ci) * k * k + t] * scale(co)
+        });
+        Self { data, index, dims: (k, cin, cout) }
     }
-    let scale = |co: usize| fuse.scale.map_or(1.0, |sc| sc[co]);
-    let (packed, index) = pack(k * k, cin, cout, ReadOrder::TapDepthColumn, |t, ci, co| {
-        w[(co * cin + ci) * k * k + t] * scale(co)
-    });
+
+    /// Whether these are weights of a convolution with `s`'s kernel and channels.
+    pub fn fits(&self, s: &ConvShape) -> bool {
+        self.dims == (s.k, s.cin, s.cout)
+    }
+}
+
+/// [`forward_fused`] with weights packed beforehand; `fuse.scale` must be `None` (a scale is
+/// folded in when packing).
+pub fn forward_packed(x: &[f32], packed: &PackedWeights, s: &ConvShape, fuse: &Fuse, out: &mut [f32]) {
+    assert_eq!(x.len(), s.input_len(), "conv input length");
+    assert_eq!(out.len(), s.output_len(), "conv output length");
+    assert!(packed.fits(s), "packed weights {:?} for a convolution {s:?}", packed.dims);
+    assert!(fuse.scale.is_none(), "a scale is folded in when packing");
+    let (k, cin, cout) = (s.k, s.cin, s.cout);
+    let (packed, index) = (&packed.data, &packed.index);
     let zeros = vec![0f32; k * cin.max(cout)];
     let (oh, ow) = (s.oh(), s.ow());
     let (h, wd, st, pad) = (s.h as isize, s.w as isize, s.stride as isize, s.pad as isize);
@@ -496,7 +533,7 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut
             cin
         }
     };
-    gather_pass(out, false, fuse, s.n * oh * ow, cout, &packed, &index, plan);
+    gather_pass(out, false, fuse, s.n * oh * ow, cout, packed, index, plan);
 }
 
 /// Input gradient: `dx[N, H, W, C_in]` from `dy[N, OH, OW, C_out]` (overwrites `dx`).

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use candle_core::{Tensor, Var};
 
+use super::PackCache;
 use crate::error::{ModelError, Result};
 use crate::exec::Mode;
 use crate::ops::conv::ConvShape;
@@ -106,6 +107,7 @@ pub(super) fn run(
     input: Buf,
     store: &ParamStore,
     pool: &Arc<Pool>,
+    packs: &PackCache,
     mode: Mode,
 ) -> Result<(Vec<f32>, Option<Tape>)> {
     let mut acts: Vec<Option<Buf>> = (0..prog.slots).map(|_| None).collect();
@@ -122,7 +124,7 @@ pub(super) fn run(
                 let shape = plan.convs[i]
                     .as_ref()
                     .ok_or_else(|| ModelError::Invalid("convolution without a shape".into()))?;
-                let step = || fold_forward(f, shape, &acts, &mut out, store);
+                let step = || fold_forward(f, shape, &acts, &mut out, store, packs);
                 crate::profile::time("conv + batch norm (folded)", &candle_core::Device::Cpu, step)?;
                 acts[f.y] = Some(out);
                 (f.y, f.nodes)
@@ -198,17 +200,15 @@ fn fold_forward(
     acts: &[Option<Buf>],
     out: &mut [f32],
     store: &ParamStore,
+    packs: &PackCache,
 ) -> Result<()> {
     let EvalBn { scale, shift, .. } = EvalBn::of(f.bn, store)?;
     let residual = f.residual.map(|r| act(acts, r)).transpose()?;
-    let fuse = conv::Fuse {
-        scale: Some(&scale),
-        bias: Some(&shift),
-        residual,
-        relu: f.bn.relu || residual.is_some(),
-    };
+    let fuse =
+        conv::Fuse { scale: None, bias: Some(&shift), residual, relu: f.bn.relu || residual.is_some() };
     let x = act(acts, f.x)?;
-    with_host(&f.w.var, |w| conv::forward_fused(x, w, shape, &fuse, out))?;
+    let packed = with_host(&f.w.var, |w| packs.get(f.w.index, w, shape, &scale))??;
+    conv::forward_packed(x, &packed, shape, &fuse, out);
     Ok(())
 }
 

@@ -17,6 +17,9 @@
 
 mod backward;
 mod forward;
+mod packs;
+
+pub(crate) use packs::PackCache;
 
 use std::sync::{Arc, Mutex};
 
@@ -34,6 +37,8 @@ pub(crate) struct Fused {
     pub program: Arc<Program>,
     pub plan: Arc<Plan>,
     pub pool: Arc<Pool>,
+    /// Evaluation's packed weights (see [`PackCache`]).
+    pub packs: Arc<PackCache>,
 }
 
 impl Fused {
@@ -59,8 +64,12 @@ impl Fused {
     /// The pooled representation `[N, C]` of the NCHW images `x`; with `mode.graph` it is the
     /// output of one autograd node whose backward pass gives every parameter its gradient.
     pub fn features(&self, x: &Tensor, store: &ParamStore, mode: Mode) -> Result<Tensor> {
+        if mode.train {
+            self.packs.clear()?;
+        }
         let input = self.input_buffer(x)?;
-        let (features, tape) = forward::run(&self.program, &self.plan, input, store, &self.pool, mode)?;
+        let (features, tape) =
+            forward::run(&self.program, &self.plan, input, store, &self.pool, &self.packs, mode)?;
         let out = self.plan.dims[self.program.output];
         let shape = (out.n, out.c);
         let Some(tape) = tape else {

@@ -1,0 +1,149 @@
+//! Evaluation's packed weights, kept between calls.
+//!
+//! An evaluation pass folds each batch norm into its convolution's weights and packs them for
+//! the kernels: for ResNet-50 that is 25 M weights read in a transposed order on every call,
+//! a third of a batch-1 forward pass. The cache keeps each convolution's packed weights with a
+//! fingerprint of what they were made from (the weights and the folded scale); a call whose
+//! fingerprint differs (the weights or the running statistics changed) packs again. Reading the
+//! weights for the fingerprint costs a fraction of packing them. A training-mode pass empties
+//! the cache (its weights are about to change, and the memory is better spent on activations).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::error::{ModelError, Result};
+use crate::ops::conv::{ConvShape, PackedWeights};
+
+/// Packed weights with the fingerprint of what they were packed from, by parameter index.
+type Entries = HashMap<usize, (u64, Arc<PackedWeights>)>;
+
+/// Packed, scaled convolution weights by parameter index (see the module docs).
+#[derive(Default)]
+pub(crate) struct PackCache {
+    entries: Mutex<Entries>,
+}
+
+impl PackCache {
+    fn entries(&self) -> Result<std::sync::MutexGuard<'_, Entries>> {
+        self.entries.lock().map_err(|_| ModelError::Invalid("poisoned packed-weight cache".into()))
+    }
+
+    /// The weights `w` of convolution parameter `index` packed with `scale` folded in: from the
+    /// cache when both are what they were when packed, else packed now (and kept).
+    pub fn get(&self, index: usize, w: &[f32], s: &ConvShape, scale: &[f32]) -> Result<Arc<PackedWeights>> {
+        let print = fingerprint(&[w, scale]);
+        if let Some((p, packed)) = self.entries()?.get(&index) {
+            if *p == print && packed.fits(s) {
+                return Ok(packed.clone());
+            }
+        }
+        let packed = Arc::new(PackedWeights::new(w, s, Some(scale)));
+        self.entries()?.insert(index, (print, packed.clone()));
+        Ok(packed)
+    }
+
+    /// Drops every packed weight.
+    pub fn clear(&self) -> Result<()> {
+        self.entries()?.clear();
+        Ok(())
+    }
+
+    /// How many convolutions have packed weights in the cache.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.entries().map(|e| e.len()).unwrap_or(0)
+    }
+}
+
+/// A 64-bit fingerprint of the bits of `parts` (lengths included). Each 32-bit word goes
+/// through `h = (h ^ word) * K` (odd `K`) in one of 8 lanes, a bijection of `h` for every word,
+/// so changing any single value always changes the fingerprint; chunks are hashed in parallel
+/// and combined in order.
+pub(crate) fn fingerprint(parts: &[&[f32]]) -> u64 {
+    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    const CHUNK: usize = 1 << 16;
+    let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(K);
+    let mut total = 0u64;
+    for part in parts {
+        let chunks: Vec<u64> = part
+            .par_chunks(CHUNK)
+            .map(|c| {
+                let mut lanes = [0u64; 8];
+                for (i, l) in lanes.iter_mut().enumerate() {
+                    *l = i as u64 + 1;
+                }
+                let mut it = c.chunks_exact(8);
+                for group in &mut it {
+                    for (l, v) in lanes.iter_mut().zip(group) {
+                        *l = mix(*l, u64::from(v.to_bits()));
+                    }
+                }
+                for (l, v) in lanes.iter_mut().zip(it.remainder()) {
+                    *l = mix(*l, u64::from(v.to_bits()));
+                }
+                lanes.iter().fold(c.len() as u64, |h, &l| mix(h, l))
+            })
+            .collect();
+        total = chunks.iter().fold(mix(total, part.len() as u64), |h, &c| mix(h, c));
+    }
+    total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_changed_value_or_length_changes_the_fingerprint() {
+        let w: Vec<f32> = (0..200_003).map(|i| (i as f32 * 0.37).sin()).collect();
+        let s = [0.5f32, 2.0];
+        let base = fingerprint(&[&w, &s]);
+        assert_eq!(base, fingerprint(&[&w, &s]), "the same contents, the same fingerprint");
+        for i in [0, 7, 8, 65_535, 65_536, 131_077, 200_002] {
+            let mut v = w.clone();
+            v[i] = f32::from_bits(v[i].to_bits() ^ 1);
+            assert_ne!(base, fingerprint(&[&v, &s]), "a flipped bit of value {i}");
+        }
+        assert_ne!(base, fingerprint(&[&w, &[0.5, 2.5]]), "a changed scale");
+        assert_ne!(base, fingerprint(&[&w[..200_002], &s]), "a shorter weight");
+        assert_ne!(fingerprint(&[&[1.0, 2.0], &[3.0]]), fingerprint(&[&[1.0], &[2.0, 3.0]]), "split point");
+    }
+
+    #[test]
+    fn the_cache_packs_again_when_weights_or_scale_change() {
+        let s = ConvShape { n: 1, h: 4, w: 4, cin: 3, cout: 8, k: 3, stride: 1, pad: 1 };
+        let x: Vec<f32> = (0..s.input_len()).map(|i| (i as f32 * 0.1).cos()).collect();
+        let mut w: Vec<f32> = (0..s.weight_len()).map(|i| (i as f32 * 0.3).sin()).collect();
+        let scale = vec![1.5f32; s.cout];
+        let cache = PackCache::default();
+        let run = |w: &[f32], scale: &[f32]| {
+            let mut out = vec![0f32; s.output_len()];
+            let packed = cache.get(3, w, &s, scale).unwrap();
+            crate::ops::conv::forward_packed(&x, &packed, &s, &Default::default(), &mut out);
+            (out, packed)
+        };
+        let direct = |w: &[f32], scale: &[f32]| {
+            let mut out = vec![0f32; s.output_len()];
+            let fuse = crate::ops::conv::Fuse { scale: Some(scale), ..Default::default() };
+            crate::ops::conv::forward_fused(&x, w, &s, &fuse, &mut out);
+            out
+        };
+        let (a, pa) = run(&w, &scale);
+        let (b, pb) = run(&w, &scale);
+        assert!(Arc::ptr_eq(&pa, &pb), "unchanged weights come from the cache");
+        assert_eq!(a, direct(&w, &scale));
+        assert_eq!(a, b);
+        w[5] += 1.0;
+        let (c, pc) = run(&w, &scale);
+        assert!(!Arc::ptr_eq(&pa, &pc), "changed weights are packed again");
+        assert_eq!(c, direct(&w, &scale));
+        let scale2 = vec![0.5f32; s.cout];
+        let (d, _) = run(&w, &scale2);
+        assert_eq!(d, direct(&w, &scale2), "a changed scale is packed again");
+        assert_eq!(cache.len(), 1);
+        cache.clear().unwrap();
+        assert_eq!(cache.len(), 0);
+    }
+}
