@@ -371,6 +371,37 @@ fn pointwise_backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]
     matmul((p, cin, cout), (dx, cin, 1), accumulate, (dy, cout, 1), (w, cin, 1), true)
 }
 
+/// Input gradient of a strided 1x1 convolution without padding (a ResNet's downsampling
+/// shortcut): only the input pixels on the stride grid feed an output pixel, and each receives
+/// `dy * w` of that pixel. All of them are one matrix product through `gemm` into a buffer of
+/// output-pixel rows, which are then placed in `dx` image row by image row (pixels off the grid
+/// zeroed, or left as they are when accumulating).
+fn sampled_pointwise_backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], accumulate: bool) {
+    let (oh, ow, st, cin, cout) = (s.oh(), s.ow(), s.stride, s.cin, s.cout);
+    let pixels = s.n * oh * ow;
+    let mut grad = vec![0f32; pixels * cin];
+    matmul((pixels, cin, cout), (&mut grad, cin, 1), false, (dy, cout, 1), (w, cin, 1), true);
+    dx.par_chunks_mut(s.w * cin).enumerate().for_each(|(r, row)| {
+        let (n, iy) = (r / s.h, r % s.h);
+        let oy = (iy % st == 0).then_some(iy / st).filter(|&oy| oy < oh);
+        for (ix, px) in row.chunks_exact_mut(cin).enumerate() {
+            let ox = (ix % st == 0).then_some(ix / st).filter(|&ox| ox < ow);
+            match oy.zip(ox) {
+                Some((oy, ox)) => {
+                    let g = &grad[((n * oh + oy) * ow + ox) * cin..][..cin];
+                    if accumulate {
+                        px.iter_mut().zip(g).for_each(|(a, b)| *a += b);
+                    } else {
+                        px.copy_from_slice(g);
+                    }
+                }
+                None if !accumulate => px.fill(0.0),
+                None => {}
+            }
+        }
+    });
+}
+
 /// See [`pointwise_forward`]. Where the pixels are many next to the gradient (a ResNet's
 /// first stage), `gemm`'s own split of the small product spreads poorly over the threads, so
 /// the pixels are cut into [`PIXEL_GROUPS`] fixed groups, each a single-threaded product into
@@ -427,7 +458,9 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut
     assert_eq!(w.len(), s.weight_len(), "conv weight length");
     assert_eq!(out.len(), s.output_len(), "conv output length");
     // A folded pointwise convolution stays on the gather kernels, which scale the weights as
-    // they pack them and run the epilogue in registers (after `gemm` it would be another pass).
+    // they pack them and run the epilogue in registers (after `gemm` it would be another pass;
+    // measured no faster in ResNet-50's evaluation with AVX-512, and slower at batch 1, where
+    // the gather kernels reuse the evaluation's cached packed weights).
     if is_pointwise(s) && fuse.scale.is_none() && !fuse.has_epilogue() {
         return pointwise_forward(x, w, s, out);
     }
@@ -541,7 +574,8 @@ pub fn forward_packed(x: &[f32], packed: &PackedWeights, s: &ConvShape, fuse: &F
 /// Each input pixel gathers from the output pixels its taps reach. With stride 1 the `k` taps of
 /// a kernel row reach `k` consecutive output pixels, so they merge into one tap (weights packed
 /// with the kernel column reversed); with a larger stride the logical rows are ordered by phase
-/// (`x mod stride`) so that a block shares its valid taps and skips the others.
+/// (`x mod stride`) so that a block shares its valid taps and skips the others. Pointwise
+/// convolutions, strided or not, are a matrix product through `gemm` instead.
 pub fn backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
     backward_input_into(dy, w, s, dx, false)
 }
@@ -557,6 +591,9 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     assert_eq!(dx.len(), s.input_len(), "conv input-gradient length");
     if is_pointwise(s) {
         return pointwise_backward_input(dy, w, s, dx, accumulate);
+    }
+    if s.k == 1 && s.pad == 0 {
+        return sampled_pointwise_backward_input(dy, w, s, dx, accumulate);
     }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     // Packed rows: tap t' = kh*k + (k-1-kw), then output channel.
@@ -1024,6 +1061,7 @@ mod tests {
             ConvShape { n: 4, h: 10, w: 10, cin: 24, cout: 16, k: 3, stride: 1, pad: 1 },
             ConvShape { n: 1, h: 4, w: 4, cin: 64, cout: 16, k: 3, stride: 1, pad: 1 },
             ConvShape { n: 2, h: 8, w: 8, cin: 128, cout: 40, k: 3, stride: 2, pad: 1 },
+            ConvShape { n: 2, h: 9, w: 9, cin: 24, cout: 40, k: 1, stride: 2, pad: 0 },
             // Enough pixels for the pointwise weight gradient in pixel groups.
             ConvShape { n: 2, h: 130, w: 130, cin: 3, cout: 5, k: 1, stride: 1, pad: 0 },
         ];
