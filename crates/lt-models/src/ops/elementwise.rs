@@ -184,6 +184,33 @@ pub fn max_pool_forward(x: &[f32], s: Nhwc, win: Window, out: &mut [f32], argmax
     );
 }
 
+/// [`max_pool_forward`] without the argmax, for a pass with no backward (evaluation): the same
+/// values, NaN included, spread over output rows rather than images (a batch of one runs on
+/// every thread) and with a branch-free channel loop that vectorises.
+pub fn max_pool_values(x: &[f32], s: Nhwc, win: Window, out: &mut [f32]) {
+    let o = win.output(s).expect("the pooling window fits the input");
+    let (Nhwc { h, w, c, .. }, Window { k, stride, pad }) = (s, win);
+    assert_eq!((x.len(), out.len()), (s.len(), o.len()), "max pool lengths");
+    let (oh, ow) = (o.h, o.w);
+    // The input position of window offset `kk` from output position `o`, if inside `0..n`.
+    let at = |o: usize, kk: usize, n: usize| (o * stride + kk).checked_sub(pad).filter(|&i| i < n);
+    out.par_chunks_mut(ow * c).enumerate().for_each(|(r, orow)| {
+        let (ni, y) = (r / oh, r % oh);
+        for (xo, acc) in orow.chunks_exact_mut(c).enumerate() {
+            acc.fill(f32::NEG_INFINITY);
+            for iy in (0..k).filter_map(|ky| at(y, ky, h)) {
+                for ix in (0..k).filter_map(|kx| at(xo, kx, w)) {
+                    let src = &x[((ni * h + iy) * w + ix) * c..][..c];
+                    // As in `max_pool_forward`: a larger value or a NaN replaces the maximum.
+                    for (a, &v) in acc.iter_mut().zip(src) {
+                        *a = if v > *a || v.is_nan() { v } else { *a };
+                    }
+                }
+            }
+        }
+    });
+}
+
 /// Gradient of [`max_pool_forward`]: scatters `dy` to the argmax positions of each image.
 pub fn max_pool_backward(
     dy: &[f32],

@@ -203,3 +203,28 @@ fn batch_statistics_match_a_two_pass_f64_reference_far_from_zero() {
         assert!((var[k] - s).abs() <= 1e-4 * s, "channel {k}: variance {} vs {s}", var[k]);
     }
 }
+
+#[test]
+fn max_pool_values_equal_the_training_pass_bit_for_bit() {
+    use super::elementwise::{max_pool_forward, max_pool_values, Nhwc, Window};
+    for (i, &(n, h, w, c, k, stride, pad)) in
+        [(2, 9, 8, 5, 3, 2, 1), (1, 112, 112, 64, 3, 2, 1), (3, 4, 6, 3, 2, 2, 0), (1, 7, 5, 17, 3, 1, 1)]
+            .iter()
+            .enumerate()
+    {
+        let s = Nhwc { n, h, w, c };
+        let win = Window { k, stride, pad };
+        let mut x: Vec<f32> = randn(&[s.len()], 60 + i as u64).to_vec1().unwrap();
+        // A few NaNs, which must win wherever they fall in a window.
+        for j in (0..x.len()).step_by(97) {
+            x[j] = f32::NAN;
+        }
+        let len = win.output(s).unwrap().len();
+        let (mut want, mut argmax, mut got) = (vec![0f32; len], vec![0u32; len], vec![1f32; len]);
+        max_pool_forward(&x, s, win, &mut want, &mut argmax);
+        max_pool_values(&x, s, win, &mut got);
+        assert!(want.iter().any(|v| v.is_nan()) && want.iter().any(|v| !v.is_nan()));
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want), "max pool {s:?} {win:?}");
+    }
+}

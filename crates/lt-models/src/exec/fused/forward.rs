@@ -231,13 +231,12 @@ fn node_forward(
         Op::Bn(bn) => return batch_norm(x, bn, dims.c, out, store, mode),
         Op::AddRelu { other } => elementwise::add_relu(x, act(acts, *other)?, out),
         Op::Shortcut { pad } => elementwise::shortcut_forward(x, dims, *pad, out),
-        Op::MaxPool(win) => {
+        Op::MaxPool(win) if mode.graph => {
             let mut argmax = vec![0u32; out.len()];
             elementwise::max_pool_forward(x, dims, *win, out, &mut argmax);
-            if mode.graph {
-                return Ok(Saved::Argmax(argmax));
-            }
+            return Ok(Saved::Argmax(argmax));
         }
+        Op::MaxPool(win) => elementwise::max_pool_values(x, dims, *win, out),
         Op::AvgPool => elementwise::avg_pool_forward(x, dims.n, dims.h * dims.w, dims.c, out),
     }
     Ok(Saved::None)
