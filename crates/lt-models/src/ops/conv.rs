@@ -375,7 +375,8 @@ fn pointwise_backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]
 /// shortcut): only the input pixels on the stride grid feed an output pixel, and each receives
 /// `dy * w` of that pixel. All of them are one matrix product through `gemm` into a buffer of
 /// output-pixel rows, which are then placed in `dx` image row by image row (pixels off the grid
-/// zeroed, or left as they are when accumulating).
+/// zeroed, or left as they are when accumulating). Without padding every input position on the
+/// grid has its output position (`oh = (h - 1) / stride + 1`).
 fn sampled_pointwise_backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], accumulate: bool) {
     let (oh, ow, st, cin, cout) = (s.oh(), s.ow(), s.stride, s.cin, s.cout);
     let pixels = s.n * oh * ow;
@@ -383,9 +384,9 @@ fn sampled_pointwise_backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &m
     matmul((pixels, cin, cout), (&mut grad, cin, 1), false, (dy, cout, 1), (w, cin, 1), true);
     dx.par_chunks_mut(s.w * cin).enumerate().for_each(|(r, row)| {
         let (n, iy) = (r / s.h, r % s.h);
-        let oy = (iy % st == 0).then_some(iy / st).filter(|&oy| oy < oh);
+        let oy = (iy % st == 0).then_some(iy / st);
         for (ix, px) in row.chunks_exact_mut(cin).enumerate() {
-            let ox = (ix % st == 0).then_some(ix / st).filter(|&ox| ox < ow);
+            let ox = (ix % st == 0).then_some(ix / st);
             match oy.zip(ox) {
                 Some((oy, ox)) => {
                     let g = &grad[((n * oh + oy) * ow + ox) * cin..][..cin];

@@ -141,13 +141,27 @@ impl Window {
         let ow = super::window_out(s.w, self.k, self.stride, self.pad)?;
         (2 * self.pad <= self.k).then_some(Nhwc { h: oh, w: ow, ..s })
     }
+
+    /// The input positions (along one axis of `n`) that output position `o` reads, in window
+    /// order, skipping the padding.
+    fn inputs(&self, o: usize, n: usize) -> impl Iterator<Item = usize> {
+        let (first, pad) = (o * self.stride, self.pad);
+        (first..first + self.k).filter_map(move |i| i.checked_sub(pad).filter(|&i| i < n))
+    }
+}
+
+/// Whether `v` replaces `max` as the running maximum of a window: a larger value, or a NaN
+/// (which then propagates, as in PyTorch).
+#[inline(always)]
+fn replaces_max(v: f32, max: f32) -> bool {
+    v > max || v.is_nan()
 }
 
 /// Max pooling of `x` (shape `s`) with window `win` (which must fit, see [`Window::output`]):
 /// writes the output and, for each output value, the flat input index of its maximum.
 pub fn max_pool_forward(x: &[f32], s: Nhwc, win: Window, out: &mut [f32], argmax: &mut [u32]) {
     let o = win.output(s).expect("the pooling window fits the input");
-    let (Nhwc { h, w, c, .. }, Window { k, stride, pad }) = (s, win);
+    let Nhwc { h, w, c, .. } = s;
     assert_eq!((x.len(), out.len(), argmax.len()), (s.len(), o.len(), o.len()), "max pool lengths");
     assert!(s.len() <= u32::MAX as usize, "max pool: input too large for 32-bit indices");
     let (oh, ow) = (o.h, o.w);
@@ -157,21 +171,12 @@ pub fn max_pool_forward(x: &[f32], s: Nhwc, win: Window, out: &mut [f32], argmax
                 for xo in 0..ow {
                     let base = (y * ow + xo) * c;
                     o[base..base + c].fill(f32::NEG_INFINITY);
-                    for ky in 0..k {
-                        let iy = (y * stride + ky) as isize - pad as isize;
-                        if iy < 0 || iy >= h as isize {
-                            continue;
-                        }
-                        for kx in 0..k {
-                            let ix = (xo * stride + kx) as isize - pad as isize;
-                            if ix < 0 || ix >= w as isize {
-                                continue;
-                            }
-                            let src = ((ni * h + iy as usize) * w + ix as usize) * c;
+                    for iy in win.inputs(y, h) {
+                        for ix in win.inputs(xo, w) {
+                            let src = ((ni * h + iy) * w + ix) * c;
                             for ch in 0..c {
                                 let v = x[src + ch];
-                                // NaN propagates like PyTorch: a NaN replaces the current maximum.
-                                if v > o[base + ch] || v.is_nan() {
+                                if replaces_max(v, o[base + ch]) {
                                     o[base + ch] = v;
                                     am[base + ch] = (src + ch) as u32;
                                 }
@@ -189,21 +194,18 @@ pub fn max_pool_forward(x: &[f32], s: Nhwc, win: Window, out: &mut [f32], argmax
 /// every thread) and with a branch-free channel loop that vectorises.
 pub fn max_pool_values(x: &[f32], s: Nhwc, win: Window, out: &mut [f32]) {
     let o = win.output(s).expect("the pooling window fits the input");
-    let (Nhwc { h, w, c, .. }, Window { k, stride, pad }) = (s, win);
+    let Nhwc { h, w, c, .. } = s;
     assert_eq!((x.len(), out.len()), (s.len(), o.len()), "max pool lengths");
     let (oh, ow) = (o.h, o.w);
-    // The input position of window offset `kk` from output position `o`, if inside `0..n`.
-    let at = |o: usize, kk: usize, n: usize| (o * stride + kk).checked_sub(pad).filter(|&i| i < n);
     out.par_chunks_mut(ow * c).enumerate().for_each(|(r, orow)| {
         let (ni, y) = (r / oh, r % oh);
         for (xo, acc) in orow.chunks_exact_mut(c).enumerate() {
             acc.fill(f32::NEG_INFINITY);
-            for iy in (0..k).filter_map(|ky| at(y, ky, h)) {
-                for ix in (0..k).filter_map(|kx| at(xo, kx, w)) {
+            for iy in win.inputs(y, h) {
+                for ix in win.inputs(xo, w) {
                     let src = &x[((ni * h + iy) * w + ix) * c..][..c];
-                    // As in `max_pool_forward`: a larger value or a NaN replaces the maximum.
                     for (a, &v) in acc.iter_mut().zip(src) {
-                        *a = if v > *a || v.is_nan() { v } else { *a };
+                        *a = if replaces_max(v, *a) { v } else { *a };
                     }
                 }
             }
