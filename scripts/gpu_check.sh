@@ -14,8 +14,10 @@
 #   3. the benchmark: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval,
 #      the project (f32, and TF32 convolutions) against PyTorch CUDA in the same run (f32 with
 #      TF32 off, f32 NCHW and channels-last with PyTorch's default TF32, bf16 autocast +
-#      channels-last), with peak GPU memory, and one profiled ResNet-50 training step (each
-#      forward op timed between device synchronisations);
+#      channels-last), with peak GPU memory, the ResNet-32 training step once more with freed
+#      device memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the driver's
+#      default), and one profiled ResNet-50 training step (each forward op timed between device
+#      synchronisations);
 #   4. Fashion-MNIST-LT on CUDA: a short stage 1 (SGD + SWA), extraction, SRepr, eval, with its
 #      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt;
 #   5. the CPU kernels on this machine's own CPU (often one with AVX-512, which the development
@@ -192,6 +194,9 @@ step_bench() {
     bench_project "resnet32-$mode-project-tf32" 1 "${r32[@]}" --mode "$mode"
     bench_torch "resnet32-$mode-pytorch" "${r32[@]}" --mode "$mode"
   done
+  # What keeping freed device memory in the pool is worth: the same TF32 training step with the
+  # driver's default (freed memory released at every synchronisation; see prepare_device).
+  LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${r32[@]}" --mode train
   for mode in train eval; do
     bench_project "resnet50-$mode-project-f32" 0 "${r50[@]}" --mode "$mode"
     bench_project "resnet50-$mode-project-tf32" 1 "${r50[@]}" --mode "$mode"

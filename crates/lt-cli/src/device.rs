@@ -3,8 +3,15 @@
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 
-/// Parses a device name.
+/// Parses a device name and opens the device, prepared for the project's workloads
+/// ([`lt_models::ops::prepare_device`]).
 pub fn parse(name: &str) -> Result<Device> {
+    let device = open(name)?;
+    lt_models::ops::prepare_device(&device).with_context(|| format!("preparing {name}"))?;
+    Ok(device)
+}
+
+fn open(name: &str) -> Result<Device> {
     match name {
         "cpu" => Ok(Device::Cpu),
         "cuda" => Device::new_cuda(0).context("opening cuda:0 (was `lt` built with --features cuda?)"),

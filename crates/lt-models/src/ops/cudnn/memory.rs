@@ -1,5 +1,6 @@
-//! The high-water mark of device memory: cudarc allocates stream-ordered from the device's
-//! default memory pool, whose `USED_MEM_HIGH` attribute is the most ever allocated at once.
+//! Device memory: cudarc allocates stream-ordered from the device's default memory pool, whose
+//! `USED_MEM_HIGH` attribute is the most ever allocated at once and whose `RELEASE_THRESHOLD`
+//! says how much freed memory it keeps for reuse.
 
 use candle_core::Device;
 use cudarc::driver::sys;
@@ -33,4 +34,23 @@ pub(crate) fn reset_peak(device: &Device) {
         // SAFETY: the attribute is reset by writing a 64-bit zero.
         let _ = unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut zero as *mut u64).cast()) };
     }
+}
+
+/// Makes the device's default memory pool keep freed memory for reuse (release threshold
+/// `u64::MAX`) instead of handing it back to the driver at every synchronisation (the default
+/// threshold, 0): a training step frees and allocates the same sizes again every step, and with
+/// threshold 0 each step maps its memory anew after the step's synchronisation. PyTorch's caching
+/// allocator keeps its memory the same way. `release` restores the driver's default (threshold 0).
+pub(crate) fn keep_freed_memory(device: &Device, release: bool) -> candle_core::Result<()> {
+    let Some(pool) = default_pool(device) else {
+        candle_core::bail!("{device:?}: no default memory pool (stream-ordered allocation unsupported)")
+    };
+    let mut threshold: u64 = if release { 0 } else { u64::MAX };
+    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
+    // SAFETY: the attribute is a 64-bit value read from `threshold`.
+    let r = unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut threshold as *mut u64).cast()) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        candle_core::bail!("cuMemPoolSetAttribute(RELEASE_THRESHOLD) on {device:?}: {r:?}");
+    }
+    Ok(())
 }

@@ -19,6 +19,7 @@ pub(crate) mod pool;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
@@ -166,9 +167,9 @@ pub(crate) struct Ctx {
     convs: HashMap<conv::Key, conv::ConvPlan>,
     /// Convolution shapes (and precision) cuDNN has no plan for (warned about once).
     refused: std::collections::HashSet<(ConvShape, bool)>,
-    tensors: HashMap<Nhwc, Arc<TensorDesc>>,
-    bn_params: HashMap<Nhwc, Arc<TensorDesc>>,
-    pools: HashMap<Window, Arc<PoolDesc>>,
+    tensors: HashMap<Nhwc, Rc<TensorDesc>>,
+    bn_params: HashMap<Nhwc, Rc<TensorDesc>>,
+    pools: HashMap<Window, Rc<PoolDesc>>,
     workspace: Option<CudaSlice<u8>>,
     stream: Arc<CudaStream>,
     dev: CudaDevice,
@@ -206,21 +207,21 @@ fn with_ctx<R>(dev: &CudaDevice, f: impl FnOnce(&mut Ctx) -> CResult<R>) -> CRes
 
 impl Ctx {
     /// The cached NHWC `f32` descriptor of `s`.
-    fn tensor(&mut self, s: Nhwc) -> CResult<Arc<TensorDesc>> {
+    fn tensor(&mut self, s: Nhwc) -> CResult<Rc<TensorDesc>> {
         if let Some(d) = self.tensors.get(&s) {
             return Ok(d.clone());
         }
-        let d = Arc::new(TensorDesc::nhwc(s)?);
+        let d = Rc::new(TensorDesc::nhwc(s)?);
         self.tensors.insert(s, d.clone());
         Ok(d)
     }
 
     /// The cached batch-norm parameter descriptor for activations of shape `s`.
-    fn bn_params(&mut self, s: Nhwc) -> CResult<Arc<TensorDesc>> {
+    fn bn_params(&mut self, s: Nhwc) -> CResult<Rc<TensorDesc>> {
         if let Some(d) = self.bn_params.get(&s) {
             return Ok(d.clone());
         }
-        let d = Arc::new(TensorDesc::batch_norm_params(&*self.tensor(s)?)?);
+        let d = Rc::new(TensorDesc::batch_norm_params(&*self.tensor(s)?)?);
         self.bn_params.insert(s, d.clone());
         Ok(d)
     }

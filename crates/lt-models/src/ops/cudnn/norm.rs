@@ -1,7 +1,7 @@
 //! Spatial batch norm through cuDNN on NHWC activations: training forward (output and batch
 //! statistics in one call), its backward pass, and inference with running statistics. A ReLU
-//! that follows is applied in place by cuDNN's activation forward; its gradient mask is applied
-//! by the caller (candle ops) before the backward call.
+//! that follows is applied in place by cuDNN's activation forward, and its gradient mask by
+//! cuDNN's activation backward before the batch-norm backward call.
 
 use candle_core::{CudaStorage, Layout, Tensor};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
@@ -19,11 +19,8 @@ fn packed(s: Nhwc) -> Packed {
 }
 
 impl Ctx {
-    /// `y = max(y, 0)` in place on `len` values described by `desc`.
-    ///
-    /// # Safety
-    /// `y` must point to a live device buffer that `desc` describes.
-    unsafe fn relu_in_place(&mut self, desc: &TensorDesc, y: *mut std::ffi::c_void) -> CResult<()> {
+    /// A ReLU activation descriptor (NaN propagated).
+    fn relu_desc() -> CResult<ActDesc> {
         let act = ActDesc::new()?;
         let (relu, nan) = (
             sys::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
@@ -33,21 +30,65 @@ impl Ctx {
         check("cudnnSetActivationDescriptor", unsafe {
             sys::cudnnSetActivationDescriptor(act.0, relu, nan, 0.0)
         })?;
+        Ok(act)
+    }
+
+    /// `y = max(y, 0)` in place on `len` values described by `desc`.
+    ///
+    /// # Safety
+    /// `y` must point to a live device buffer that `desc` describes.
+    unsafe fn relu_in_place(&mut self, desc: &TensorDesc, y: *mut std::ffi::c_void) -> CResult<()> {
+        let act = Self::relu_desc()?;
         // SAFETY: the caller's contract; cuDNN allows the input and output to be the same buffer.
         let status =
             unsafe { sys::cudnnActivationForward(self.handle.0, act.0, one(), desc.0, y, zero(), desc.0, y) };
         check("cudnnActivationForward", status)
     }
+
+    /// `dz = dy * (y > 0)`, the gradient before a ReLU from its output `y` and output gradient
+    /// `dy` (`y` also serves as the ReLU's input: `y > 0` exactly where the input is).
+    ///
+    /// # Safety
+    /// `y`, `dy` and `dz` must point to live device buffers that `desc` describes; `dz` must not
+    /// overlap the others.
+    unsafe fn relu_backward(
+        &mut self,
+        desc: &TensorDesc,
+        y: *const std::ffi::c_void,
+        dy: *const std::ffi::c_void,
+        dz: *mut std::ffi::c_void,
+    ) -> CResult<()> {
+        let act = Self::relu_desc()?;
+        // SAFETY: the caller's contract.
+        let status = unsafe {
+            sys::cudnnActivationBackward(
+                self.handle.0,
+                act.0,
+                one(),
+                desc.0,
+                y,
+                desc.0,
+                dy,
+                desc.0,
+                y,
+                zero(),
+                desc.0,
+                dz,
+            )
+        };
+        check("cudnnActivationBackward", status)
+    }
 }
 
-/// Device buffers of per-channel `f32` values as tensors' storage: `[C]` views of `t`.
+/// The device buffer of a one-dimensional tensor `t` of `c` values (per-channel values, or the
+/// saved statistics), with its layout.
 fn per_channel<'a>(
     t: &'a Tensor,
     c: usize,
     what: &str,
 ) -> CResult<(impl std::ops::Deref<Target = candle_core::Storage> + 'a, Layout)> {
     if t.dims() != [c] {
-        candle_core::bail!("{what}: {:?} for {c} channels", t.dims());
+        candle_core::bail!("{what}: {:?} where [{c}] was expected", t.dims());
     }
     let (st, l) = t.storage_and_layout();
     Ok((st, l.clone()))
@@ -60,8 +101,9 @@ fn cuda(st: &candle_core::Storage) -> CResult<&CudaStorage> {
     }
 }
 
-/// Training forward: writes `[mean | invstd | y]` (see [`Packed`]) for input `x` and parameters
-/// `gamma`, `beta`; the statistics are cuDNN's saved batch mean and `1 / sqrt(var + eps)`.
+/// Training forward for input `x` and parameters `gamma`, `beta`: the output `y` (ReLU applied
+/// when `relu`), and the statistics `[mean | invstd]` in one buffer (the first two parts of
+/// [`Packed`]), cuDNN's saved batch mean and `1 / sqrt(var + eps)`.
 pub(crate) fn train_forward(
     x: (&CudaStorage, &Layout),
     gamma: (&CudaStorage, &Layout),
@@ -69,15 +111,15 @@ pub(crate) fn train_forward(
     shape: Nhwc,
     eps: f64,
     relu: bool,
-) -> CResult<CudaStorage> {
+) -> CResult<(CudaStorage, CudaStorage)> {
     let dev = device(x.0);
     let layout = packed(shape);
     let c = layout.c;
     let (xv, gv, bv) =
         (view(x, layout.p * c, "bn input")?, view(gamma, c, "bn weight")?, view(beta, c, "bn bias")?);
-    let mut out = dev.alloc_zeros::<f32>(layout.len())?;
+    let mut y = dev.alloc_zeros::<f32>(layout.p * c)?;
+    let mut stats = dev.alloc_zeros::<f32>(layout.data())?;
     let stream = dev.cuda_stream();
-    let (mut stats, mut y) = out.split_at_mut(layout.data());
     let (mut mean, mut rest) = stats.split_at_mut(layout.second());
     let mut invstd = rest.slice_mut(0..c);
     let mut mean = mean.slice_mut(0..c);
@@ -122,48 +164,62 @@ pub(crate) fn train_forward(
         Ok(())
     })?;
     drop((_g1, _g2, _g3, _g4, _g5, _g6));
-    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), CudaStorage::wrap_cuda_slice(stats, dev)))
 }
 
-/// Training backward: from `x`, the packed forward output (its saved statistics) and the packed
-/// output gradient whose activation part is `dz` (the ReLU mask already applied), writes
-/// `[dgamma | dbeta | dx]`.
+/// Training backward: from `x`, the statistics `[mean | invstd]` of [`train_forward`], its output
+/// `y` and the output gradient `dy`, writes `[dgamma | dbeta | dx]` (see [`Packed`]). With `relu`
+/// the gradient goes through the ReLU's mask (`y > 0`) first, by cuDNN's activation backward.
 pub(crate) fn train_backward(
     x: (&CudaStorage, &Layout),
-    saved: (&CudaStorage, &Layout),
-    dz: (&CudaStorage, &Layout),
+    stats: &Tensor,
+    (y, dy): ((&CudaStorage, &Layout), (&CudaStorage, &Layout)),
     gamma: &Tensor,
     shape: Nhwc,
-    eps: f64,
+    (eps, relu): (f64, bool),
 ) -> CResult<CudaStorage> {
     let dev = device(x.0);
     let layout = packed(shape);
     let c = layout.c;
     let xv = view(x, layout.p * c, "bn input")?;
-    let sv = view(saved, layout.len(), "bn saved statistics")?;
-    let dzv = view(dz, layout.p * c, "bn output gradient")?;
+    let yv = view(y, layout.p * c, "bn output")?;
+    let dyv = view(dy, layout.p * c, "bn output gradient")?;
+    let (sst, sl) = per_channel(stats, layout.data(), "bn saved statistics")?;
+    let sv = view((cuda(&sst)?, &sl), layout.data(), "bn saved statistics")?;
     let (gst, gl) = per_channel(gamma, c, "bn weight")?;
     let gv = view((cuda(&gst)?, &gl), c, "bn weight")?;
     let (mean, invstd) =
         (sv.slice(layout.first()..layout.first() + c), sv.slice(layout.second()..layout.second() + c));
     let mut out = dev.alloc_zeros::<f32>(layout.len())?;
+    // The gradient before the ReLU (only with `relu`).
+    let mut dz = if relu { Some(dev.alloc_zeros::<f32>(layout.p * c)?) } else { None };
     let stream = dev.cuda_stream();
     let (mut grads, mut dx) = out.split_at_mut(layout.data());
     let (mut dgamma, mut rest) = grads.split_at_mut(layout.second());
     let mut dbeta = rest.slice_mut(0..c);
     let mut dgamma = dgamma.slice_mut(0..c);
     let (xp, _g1) = xv.device_ptr(&stream);
-    let (dzp, _g2) = dzv.device_ptr(&stream);
-    let (gp, _g3) = gv.device_ptr(&stream);
-    let (mp, _g4) = mean.device_ptr(&stream);
-    let (ip, _g5) = invstd.device_ptr(&stream);
-    let (dxp, _g6) = dx.device_ptr_mut(&stream);
-    let (dgp, _g7) = dgamma.device_ptr_mut(&stream);
-    let (dbp, _g8) = dbeta.device_ptr_mut(&stream);
+    let (yp, _g2) = yv.device_ptr(&stream);
+    let (dyp, _g3) = dyv.device_ptr(&stream);
+    let (gp, _g4) = gv.device_ptr(&stream);
+    let (mp, _g5) = mean.device_ptr(&stream);
+    let (ip, _g6) = invstd.device_ptr(&stream);
+    let (dxp, _g7) = dx.device_ptr_mut(&stream);
+    let (dgp, _g8) = dgamma.device_ptr_mut(&stream);
+    let (dbp, _g9) = dbeta.device_ptr_mut(&stream);
+    let dz_ptr = dz.as_mut().map(|d| d.device_ptr_mut(&stream));
     with_ctx(&dev, |ctx| {
         let desc = ctx.tensor(shape)?;
         let params = ctx.bn_params(shape)?;
-        // SAFETY: `desc` describes the `p * c` values of `x`, `dz` and `dx`, `params` the `c`
+        let grad = match &dz_ptr {
+            Some((dzp, _)) => {
+                // SAFETY: `y`, `dy` and `dz` are the `p * c` values `desc` describes.
+                unsafe { ctx.relu_backward(&desc, cptr(yp), cptr(dyp), mptr(*dzp))? };
+                cptr(*dzp)
+            }
+            None => cptr(dyp),
+        };
+        // SAFETY: `desc` describes the `p * c` values of `x`, `grad` and `dx`, `params` the `c`
         // values of gamma, the saved statistics and the parameter gradients (lengths checked).
         let status = unsafe {
             sys::cudnnBatchNormalizationBackward(
@@ -176,7 +232,7 @@ pub(crate) fn train_backward(
                 desc.0,
                 cptr(xp),
                 desc.0,
-                cptr(dzp),
+                grad,
                 desc.0,
                 mptr(dxp),
                 params.0,
@@ -190,7 +246,8 @@ pub(crate) fn train_backward(
         };
         check("cudnnBatchNormalizationBackward", status)
     })?;
-    drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7, _g8));
+    drop(dz_ptr);
+    drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7, _g8, _g9));
     Ok(CudaStorage::wrap_cuda_slice(out, dev))
 }
 

@@ -1,7 +1,7 @@
 //! Max pooling and its backward pass through cuDNN on NHWC activations (deterministic mode,
 //! padding never wins, NaN propagates).
 
-use std::sync::Arc;
+use std::rc::Rc;
 
 use candle_core::{CudaStorage, Layout};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
@@ -12,7 +12,7 @@ use cudarc::cudnn::sys;
 
 impl Ctx {
     /// The cached descriptor of max pooling with `win`.
-    fn max_pool_desc(&mut self, win: Window) -> CResult<Arc<PoolDesc>> {
+    fn max_pool_desc(&mut self, win: Window) -> CResult<Rc<PoolDesc>> {
         if let Some(d) = self.pools.get(&win) {
             return Ok(d.clone());
         }
@@ -24,7 +24,7 @@ impl Ctx {
         check("cudnnSetPooling2dDescriptor", unsafe {
             sys::cudnnSetPooling2dDescriptor(d.0, mode, nan, k, k, pad, pad, stride, stride)
         })?;
-        let d = Arc::new(d);
+        let d = Rc::new(d);
         self.pools.insert(win, d.clone());
         Ok(d)
     }

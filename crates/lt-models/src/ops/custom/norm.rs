@@ -1,8 +1,8 @@
 //! Batch norm (+ ReLU): training mode (batch statistics) and eval mode (running statistics).
 //!
 //! On the CPU the statistics are computed before the op is applied and travel in its fields; on
-//! CUDA one cuDNN call computes them with the output, and they travel in the output itself (see
-//! [`Packed`]), so that no op keeps state on the side.
+//! CUDA one cuDNN call computes them with the output, and the op hands them over to its caller
+//! and keeps them for its backward pass.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 
@@ -259,9 +259,10 @@ fn eval_backward_on_device(
     Ok((dx, dgamma, dbeta))
 }
 
-/// Where cuDNN's training-mode batch norm puts its results in one buffer: the forward pass
-/// writes `[mean | invstd | y]`, the backward pass `[dgamma | dbeta | dx]`, each per-channel part
-/// padded to 64 values so that the activation starts 256-byte aligned.
+/// Where cuDNN's training-mode batch norm puts its per-channel results: the forward pass's
+/// statistics buffer holds `[mean | invstd]`, the backward pass's one buffer `[dgamma | dbeta |
+/// dx]`, each per-channel part padded to 64 values so that every part (and the activation
+/// gradient after them) starts 256-byte aligned.
 #[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Packed {
@@ -285,11 +286,11 @@ impl Packed {
     pub fn second(&self) -> usize {
         self.part()
     }
-    /// Offset of the activation (y, dx).
+    /// Offset of the activation gradient (dx); also the length of the statistics buffer.
     pub fn data(&self) -> usize {
         2 * self.part()
     }
-    /// Length of the whole buffer.
+    /// Length of the backward pass's buffer.
     pub fn len(&self) -> usize {
         self.data() + self.p * self.c
     }
@@ -300,15 +301,26 @@ pub(crate) use cuda::train_cudnn;
 
 #[cfg(feature = "cudnn")]
 mod cuda {
-    use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Shape, Tensor};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Shape, Storage, Tensor};
 
     use super::{check_channels, nhwc, Packed};
     use crate::ops::{cudnn, BatchStats};
 
     type CResult<T> = candle_core::Result<T>;
 
-    /// Training-mode batch norm through cuDNN: one call computes the output and the statistics
-    /// (see [`Packed`]); the running statistics are updated from them on the device.
+    /// The batch statistics `[mean | invstd]` of one [`BnTrain`] call: handed from its forward
+    /// pass to the caller (`fresh`), then kept for its backward pass (`saved`).
+    #[derive(Default)]
+    struct Stats {
+        fresh: Mutex<Option<CudaStorage>>,
+        saved: OnceLock<Tensor>,
+    }
+
+    /// Training-mode batch norm through cuDNN: one call computes the output, which is the op's
+    /// result (a plain autograd node), and the statistics, which the op hands over on the side
+    /// (see [`Stats`]); the running statistics are updated from them on the device.
     pub(crate) fn train_cudnn(
         x: &Tensor,
         gamma: &Tensor,
@@ -319,10 +331,25 @@ mod cuda {
         let x = x.contiguous()?;
         let c = x.dim(candle_core::D::Minus1)?;
         let layout = Packed { c, p: x.elem_count() / c };
-        let packed = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, BnTrain { eps, relu })?;
-        let y = packed.narrow(0, layout.data(), layout.p * c)?.reshape(x.dims())?;
-        let mean = packed.narrow(0, layout.first(), c)?.detach().copy()?;
-        let invstd = packed.narrow(0, layout.second(), c)?.detach();
+        let stats = Arc::new(Stats::default());
+        let op = BnTrain { eps, relu, stats: stats.clone() };
+        let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+        let fresh =
+            stats.fresh.lock().map_err(|_| candle_core::Error::Msg("bn statistics lock".into()))?.take();
+        let Some(fresh) = fresh else {
+            candle_core::bail!("cuDNN batch norm: the forward pass left no statistics")
+        };
+        let saved = Tensor::from_storage(
+            Storage::Cuda(fresh),
+            layout.data(),
+            candle_core::op::BackpropOp::none(),
+            false,
+        );
+        if stats.saved.set(saved.clone()).is_err() {
+            candle_core::bail!("cuDNN batch norm: statistics saved twice");
+        }
+        let mean = saved.narrow(0, layout.first(), c)?;
+        let invstd = saved.narrow(0, layout.second(), c)?;
         // The biased batch variance from cuDNN's saved 1 / sqrt(var + eps).
         let var = (invstd.sqr()?.recip()? - eps)?;
         Ok((y, BatchStats { mean, var, count: layout.p }))
@@ -331,6 +358,7 @@ mod cuda {
     struct BnTrain {
         eps: f64,
         relu: bool,
+        stats: Arc<Stats>,
     }
 
     impl CustomOp3 for BnTrain {
@@ -361,9 +389,12 @@ mod cuda {
         ) -> CResult<(CudaStorage, Shape)> {
             check_channels("batch norm", l1.dims(), &[l2.dims(), l3.dims()])?;
             let shape = nhwc(l1.dims())?;
-            let out = cudnn::norm::train_forward((s1, l1), (s2, l2), (s3, l3), shape, self.eps, self.relu)?;
-            let layout = Packed { c: shape.c, p: shape.n * shape.h * shape.w };
-            Ok((out, Shape::from(layout.len())))
+            let (y, stats) =
+                cudnn::norm::train_forward((s1, l1), (s2, l2), (s3, l3), shape, self.eps, self.relu)?;
+            let mut fresh =
+                self.stats.fresh.lock().map_err(|_| candle_core::Error::Msg("bn statistics lock".into()))?;
+            *fresh = Some(stats);
+            Ok((y, l1.shape().clone()))
         }
 
         fn bwd(
@@ -376,16 +407,16 @@ mod cuda {
         ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
             let c = x.dim(candle_core::D::Minus1)?;
             let layout = Packed { c, p: x.elem_count() / c };
-            // The activation parts of the output and its gradient; the ReLU mask is `y > 0`.
-            let dy = grad.narrow(0, layout.data(), layout.p * c)?;
-            let dz = if self.relu {
-                let y = res.narrow(0, layout.data(), layout.p * c)?;
-                (dy * y.gt(0f32)?.to_dtype(candle_core::DType::F32)?)?
-            } else {
-                dy.contiguous()?
+            let Some(stats) = self.stats.saved.get() else {
+                candle_core::bail!("cuDNN batch norm backward: no saved statistics")
             };
-            let op = BnTrainGrad { gamma: gamma.contiguous()?, eps: self.eps };
-            let out = x.contiguous()?.apply_op3_no_bwd(&res.contiguous()?, &dz, &op)?;
+            let op = BnTrainGrad {
+                gamma: gamma.contiguous()?,
+                stats: stats.clone(),
+                eps: self.eps,
+                relu: self.relu,
+            };
+            let out = x.contiguous()?.apply_op3_no_bwd(&res.contiguous()?, &grad.contiguous()?, &op)?;
             let dgamma = out.narrow(0, layout.first(), c)?;
             let dbeta = out.narrow(0, layout.second(), c)?;
             let dx = out.narrow(0, layout.data(), layout.p * c)?.reshape(x.dims())?;
@@ -393,11 +424,12 @@ mod cuda {
         }
     }
 
-    /// The gradients of [`BnTrain`] from `(x, its packed output, the gradient of the
-    /// normalised values before the ReLU)`.
+    /// The gradients of [`BnTrain`] from `(x, its output y, the output gradient dy)`.
     struct BnTrainGrad {
         gamma: Tensor,
+        stats: Tensor,
         eps: f64,
+        relu: bool,
     }
 
     impl CustomOp3 for BnTrainGrad {
@@ -427,10 +459,24 @@ mod cuda {
             l3: &Layout,
         ) -> CResult<(CudaStorage, Shape)> {
             check_channels("batch norm backward", l1.dims(), &[self.gamma.dims()])?;
+            if l2.dims() != l1.dims() || l3.dims() != l1.dims() {
+                candle_core::bail!(
+                    "batch norm backward: input {:?}, output {:?} and gradient {:?} differ",
+                    l1.dims(),
+                    l2.dims(),
+                    l3.dims()
+                );
+            }
             let shape = nhwc(l1.dims())?;
             let layout = Packed { c: shape.c, p: shape.n * shape.h * shape.w };
-            let out =
-                cudnn::norm::train_backward((s1, l1), (s2, l2), (s3, l3), &self.gamma, shape, self.eps)?;
+            let out = cudnn::norm::train_backward(
+                (s1, l1),
+                &self.stats,
+                ((s2, l2), (s3, l3)),
+                &self.gamma,
+                shape,
+                (self.eps, self.relu),
+            )?;
             Ok((out, Shape::from(layout.len())))
         }
     }
