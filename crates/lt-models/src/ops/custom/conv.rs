@@ -1,48 +1,19 @@
-//! Convolution: forward and both gradients on the CPU kernels, and through cuDNN on CUDA.
+//! Convolution: forward and both gradients on the CPU kernels, and through cuDNN on CUDA; the
+//! weight is `[C_out, C_in, k, k]` (PyTorch's layout) on both.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
 
 use super::{cpu_f32, CResult};
 use crate::ops::conv::{self, ConvShape};
 
-/// Memory layout of a convolution weight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum WeightLayout {
-    /// PyTorch's `[C_out, C_in, k, k]` (the CPU kernels).
-    Oihw,
-    /// Channels-last `[C_out, k, k, C_in]` (cuDNN's NHWC filter format, "KRSC").
-    #[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
-    Ohwi,
-}
-
-impl WeightLayout {
-    /// The weight's dims for `s` in this layout.
-    fn dims(self, s: &ConvShape) -> (usize, usize, usize, usize) {
-        match self {
-            WeightLayout::Oihw => (s.cout, s.cin, s.k, s.k),
-            WeightLayout::Ohwi => (s.cout, s.k, s.k, s.cin),
-        }
-    }
-}
-
-/// The convolution geometry of NHWC input dims `x` and weight dims `w` in `layout`.
-pub(crate) fn shape_of(
-    x: &[usize],
-    w: &[usize],
-    layout: WeightLayout,
-    stride: usize,
-    pad: usize,
-) -> CResult<ConvShape> {
-    let (&[n, h, wd, cin], &[cout, a, b, c]) = (x, w) else {
+/// The convolution geometry of NHWC input dims `x` and `[C_out, C_in, k, k]` weight dims `w`.
+pub(crate) fn shape_of(x: &[usize], w: &[usize], stride: usize, pad: usize) -> CResult<ConvShape> {
+    let (&[n, h, wd, cin], &[cout, wcin, k, k2]) = (x, w) else {
         candle_core::bail!("conv2d: expected x [N, H, W, C] and a 4-d weight, got {x:?} and {w:?}")
-    };
-    let (wcin, k, k2) = match layout {
-        WeightLayout::Oihw => (a, b, c),
-        WeightLayout::Ohwi => (c, a, b),
     };
     if wcin != cin || k != k2 {
         candle_core::bail!(
-            "conv2d: weight {w:?} ({layout:?}) does not fit input {x:?} (NHWC, square kernels)"
+            "conv2d: weight {w:?} ([C_out, C_in, k, k]) does not fit input {x:?} (NHWC, square kernels)"
         );
     }
     let s = ConvShape { n, h, w: wd, cin, cout, k, stride, pad };
@@ -56,18 +27,19 @@ pub(crate) fn shape_of(
 
 /// `conv(x, w)` on the CPU kernels (`w` in PyTorch's layout).
 pub(crate) fn conv2d_host(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> CResult<Tensor> {
-    let op = Conv2dOp { stride, pad, layout: WeightLayout::Oihw };
+    let op = Conv2dOp { stride, pad };
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
-/// `conv(x, w)` through cuDNN: the weight is transposed to the channels-last filter layout on
-/// the device (a differentiable permute), so that activations and filter agree on NHWC, the
-/// layout Hopper's tensor cores run fastest.
+/// `conv(x, w)` through cuDNN. The op takes the weight in PyTorch's layout; on the device it is
+/// transposed to the channels-last filter layout (`[C_out, k, k, C_in]`) for each call, so that
+/// activations and filter agree on NHWC, the layout Hopper's tensor cores run fastest, without
+/// a permute and a copy as nodes of the autograd graph (and their gradients) per convolution.
 /// Shapes cuDNN has no algorithm for (it says so when asked, once per shape) run on candle's
 /// convolution instead.
 #[cfg(feature = "cudnn")]
 pub(crate) fn conv2d_cudnn(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> CResult<Tensor> {
-    let s = shape_of(x.dims(), w.dims(), WeightLayout::Oihw, stride, pad)?;
+    let s = shape_of(x.dims(), w.dims(), stride, pad)?;
     let usable = match x.device() {
         candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, &s),
         _ => false,
@@ -75,15 +47,43 @@ pub(crate) fn conv2d_cudnn(x: &Tensor, w: &Tensor, stride: usize, pad: usize) ->
     if !usable {
         return crate::ops::stock::conv2d(x, w, stride, pad);
     }
-    let w_khwc = w.permute((0, 2, 3, 1))?.contiguous()?;
-    let op = Conv2dOp { stride, pad, layout: WeightLayout::Ohwi };
-    x.contiguous()?.apply_op2(&w_khwc, op)
+    x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, pad })
+}
+
+/// The weights `[C_out, C_in, k, k]` at `(s, l)` copied into a new channels-last buffer
+/// `[C_out, k, k, C_in]` (candle's strided copy of the permuted layout).
+#[cfg(feature = "cudnn")]
+fn filter_to_khwc(
+    s: &candle_core::CudaStorage,
+    l: &Layout,
+    shape: &ConvShape,
+) -> CResult<candle_core::CudaStorage> {
+    transposed(s, &l.permute(&[0, 2, 3, 1])?, shape.weight_len())
+}
+
+/// A channels-last filter `[C_out, k, k, C_in]` (contiguous) copied into PyTorch's layout.
+#[cfg(feature = "cudnn")]
+fn filter_from_khwc(s: &candle_core::CudaStorage, shape: &ConvShape) -> CResult<candle_core::CudaStorage> {
+    let khwc = Layout::contiguous((shape.cout, shape.k, shape.k, shape.cin));
+    transposed(s, &khwc.permute(&[0, 3, 1, 2])?, shape.weight_len())
+}
+
+/// The `len` values of `s` read through the strided layout `l`, as a new contiguous buffer.
+#[cfg(feature = "cudnn")]
+fn transposed(s: &candle_core::CudaStorage, l: &Layout, len: usize) -> CResult<candle_core::CudaStorage> {
+    use candle_core::backend::BackendStorage;
+    if l.shape().elem_count() != len {
+        candle_core::bail!("conv2d: a filter of {} values where {len} were expected", l.shape().elem_count());
+    }
+    let dev = s.device().clone();
+    let mut out = candle_core::CudaStorage::wrap_cuda_slice(dev.alloc_zeros::<f32>(len)?, dev);
+    s.copy_strided_src(&mut out, 0, l)?;
+    Ok(out)
 }
 
 struct Conv2dOp {
     stride: usize,
     pad: usize,
-    layout: WeightLayout,
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -98,10 +98,7 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        if self.layout != WeightLayout::Oihw {
-            candle_core::bail!("conv2d: the CPU kernels take [C_out, C_in, k, k] weights");
-        }
-        let s = shape_of(l1.dims(), l2.dims(), self.layout, self.stride, self.pad)?;
+        let s = shape_of(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let (x, w) = (cpu_f32(s1, l1, "conv2d input")?, cpu_f32(s2, l2, "conv2d weight")?);
         let mut out = vec![0f32; s.output_len()];
         conv::forward(x, w, &s, &mut out);
@@ -116,11 +113,10 @@ impl CustomOp2 for Conv2dOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> CResult<(candle_core::CudaStorage, Shape)> {
-        if self.layout != WeightLayout::Ohwi {
-            candle_core::bail!("conv2d: cuDNN takes channels-last [C_out, k, k, C_in] weights");
-        }
-        let s = shape_of(l1.dims(), l2.dims(), self.layout, self.stride, self.pad)?;
-        let y = crate::ops::cudnn::conv::forward((s1, l1), (s2, l2), &s)?;
+        let s = shape_of(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        let w = filter_to_khwc(s2, l2, &s)?;
+        let wl = Layout::contiguous((s.cout, s.k, s.k, s.cin));
+        let y = crate::ops::cudnn::conv::forward((s1, l1), (&w, &wl), &s)?;
         Ok((y, Shape::from((s.n, s.oh(), s.ow(), s.cout))))
     }
 
@@ -131,16 +127,15 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let shape = shape_of(x.dims(), w.dims(), self.layout, self.stride, self.pad)?;
+        let shape = shape_of(x.dims(), w.dims(), self.stride, self.pad)?;
         let grad = grad.contiguous()?;
-        let layout = self.layout;
         let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(&w.contiguous()?, &ConvGrad { shape, layout, data: true })?)
+            Some(grad.apply_op2_no_bwd(&w.contiguous()?, &ConvGrad { shape, data: true })?)
         } else {
             None
         };
         let dw = if w.track_op() {
-            Some(x.contiguous()?.apply_op2_no_bwd(&grad, &ConvGrad { shape, layout, data: false })?)
+            Some(x.contiguous()?.apply_op2_no_bwd(&grad, &ConvGrad { shape, data: false })?)
         } else {
             None
         };
@@ -149,10 +144,9 @@ impl CustomOp2 for Conv2dOp {
 }
 
 /// A gradient of the convolution: of the input (`data`: arguments `dy`, `w`) or of the weight
-/// (arguments `x`, `dy`; the result in the weight's layout).
+/// (arguments `x`, `dy`); weights in PyTorch's layout `[C_out, C_in, k, k]`.
 struct ConvGrad {
     shape: ConvShape,
-    layout: WeightLayout,
     data: bool,
 }
 
@@ -162,7 +156,7 @@ impl ConvGrad {
         if self.data {
             Shape::from((s.n, s.h, s.w, s.cin))
         } else {
-            Shape::from(self.layout.dims(s))
+            Shape::from((s.cout, s.cin, s.k, s.k))
         }
     }
 }
@@ -184,9 +178,6 @@ impl CustomOp2 for ConvGrad {
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
         let s = &self.shape;
-        if self.layout != WeightLayout::Oihw {
-            candle_core::bail!("conv2d gradient: the CPU kernels take [C_out, C_in, k, k] weights");
-        }
         let (a, b) = (cpu_f32(s1, l1, "conv gradient argument")?, cpu_f32(s2, l2, "conv gradient argument")?);
         let out = if self.data {
             let mut dx = vec![0f32; s.input_len()];
@@ -209,10 +200,12 @@ impl CustomOp2 for ConvGrad {
         l2: &Layout,
     ) -> CResult<(candle_core::CudaStorage, Shape)> {
         use crate::ops::cudnn::conv as cc;
+        let s = &self.shape;
         let out = if self.data {
-            cc::backward_data((s1, l1), (s2, l2), &self.shape)?
+            let w = filter_to_khwc(s2, l2, s)?;
+            cc::backward_data((s1, l1), (&w, &Layout::contiguous((s.cout, s.k, s.k, s.cin))), s)?
         } else {
-            cc::backward_filter((s1, l1), (s2, l2), &self.shape)?
+            filter_from_khwc(&cc::backward_filter((s1, l1), (s2, l2), s)?, s)?
         };
         Ok((out, self.out_shape()))
     }
