@@ -519,9 +519,30 @@ pub fn forward_packed(x: &[f32], packed: &PackedWeights, s: &ConvShape, fuse: &F
         for (j, o) in offs.iter_mut().take(mr).enumerate() {
             *o = (r0 + j) * cout;
         }
-        let mut coords = [(0usize, 0isize, 0isize); MR_MAX];
         let (mut n, rem) = (r0 / (oh * ow), r0 % (oh * ow));
         let (mut y, mut xo) = (rem / ow, rem % ow);
+        // The common block: its rows lie in one output row and every window is inside the image.
+        // Each kernel row is then one merged tap whose sources step by `stride * cin` from row to
+        // row: the taps the general plan below gives such a block, without its per-pointer checks.
+        let (iy, ix) = (y as isize * st - pad, xo as isize * st - pad);
+        let last_col = ix + ((mr - 1) * s.stride + k) as isize;
+        if xo + mr <= ow && iy >= 0 && ix >= 0 && iy + k as isize <= h && last_col <= wd {
+            let first = ((n * s.h + iy as usize) * s.w + ix as usize) * cin;
+            let span = ((k - 1) * s.w + (mr - 1) * s.stride + k) * cin;
+            let window = x[first..first + span].as_ptr();
+            for kh in 0..k {
+                let src: [*const f32; MR_MAX] = std::array::from_fn(|j| {
+                    if j < mr {
+                        window.wrapping_add((kh * s.w + j * s.stride) * cin)
+                    } else {
+                        zeros.as_ptr()
+                    }
+                });
+                taps.push(Tap { src, w: kh * k * cin });
+            }
+            return k * cin;
+        }
+        let mut coords = [(0usize, 0isize, 0isize); MR_MAX];
         for c in coords.iter_mut().take(mr) {
             *c = (n, y as isize * st - pad, xo as isize * st - pad);
             xo += 1;
@@ -607,6 +628,42 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     // Logical order within an image row: phase-major (x = r, r + s, r + 2s, ... for r < s).
     let order: Vec<usize> = (0..st).flat_map(|r| (r..wd).step_by(st)).collect();
     let plan = |r0: usize, mr: usize, taps: &mut Vec<Tap>, offs: &mut [usize; MR_MAX]| {
+        if st == 1 {
+            // The common block: its rows lie in one image row, and each reaches `k` in-range
+            // output pixels in every kernel row. Each kernel row is one merged tap whose sources
+            // step by `cout` from row to row: the taps the general plan below gives such a block,
+            // without its per-pointer checks.
+            let (img_row, x0) = (r0 / wd, r0 % wd);
+            let (n, iy) = (img_row / s.h, img_row % s.h);
+            let reach = k as isize - 1;
+            let (oy_top, ox0) = (iy as isize + pad - reach, x0 as isize + pad - reach);
+            if x0 + mr <= wd
+                && oy_top >= 0
+                && iy as isize + pad < oh
+                && ox0 >= 0
+                && (x0 + mr) as isize + pad <= ow
+            {
+                for (j, o) in offs.iter_mut().take(mr).enumerate() {
+                    *o = ((n * s.h + iy) * wd + x0 + j) * cin;
+                }
+                let ow = ow as usize;
+                let first = ((n * oh as usize + oy_top as usize) * ow + ox0 as usize) * cout;
+                let span = ((k - 1) * ow + mr - 1 + k) * cout;
+                let window = dy[first..first + span].as_ptr();
+                for kh in 0..k {
+                    // Kernel row `kh` reaches output row `iy + pad - kh`, `k - 1 - kh` below the top.
+                    let src: [*const f32; MR_MAX] = std::array::from_fn(|j| {
+                        if j < mr {
+                            window.wrapping_add(((k - 1 - kh) * ow + j) * cout)
+                        } else {
+                            zeros.as_ptr()
+                        }
+                    });
+                    taps.push(Tap { src, w: kh * k * cout });
+                }
+                return k * cout;
+            }
+        }
         // `(image, y, x)` of each row, stepping through the logical order from the first.
         let (img_row, mut local) = (r0 / wd, r0 % wd);
         let (mut n, mut iy) = (img_row / s.h, img_row % s.h);
