@@ -184,10 +184,32 @@ impl Fuse<'_> {
     }
 }
 
+/// Packed weights above this many bytes are "heavy": more than a core's L2 cache holds, so a
+/// pass that streamed all of them once per row block would be bound by memory (ResNet-50's last
+/// stages, above all at batch 1, where few row blocks share much weight).
+const HEAVY_WEIGHT_BYTES: usize = 1 << 20;
+
+/// One row block's plan in a [`gather_pass`]: its rows, tap depth, output offsets and the range
+/// of its taps.
+#[derive(Clone, Copy)]
+struct BlockPlan {
+    mr: usize,
+    depth: usize,
+    offs: [usize; MR_MAX],
+    taps: (usize, usize),
+}
+
 /// Runs gather-GEMM over `rows` logical output rows of `cols` columns:
-/// `plan(first_row, mr, taps, offsets)` fills the taps of a block of `mr` consecutive logical
-/// rows and where each row is stored (row `j` at `out[offsets[j]..][..cols]`), and returns the
-/// taps' depth. The sums go through `fuse` on the way out (see [`Fuse`]).
+/// `plan(first_row, mr, taps, offsets)` appends the taps of a block of `mr` consecutive logical
+/// rows and fills where each row is stored (row `j` at `out[offsets[j]..][..cols]`), and returns
+/// the taps' depth. The sums go through `fuse` on the way out (see [`Fuse`]).
+///
+/// Work is split into tasks of up to 16 row blocks and a group of column blocks. With light
+/// weights a task runs its row blocks one after the other, each over its column blocks; with
+/// heavy ones ([`HEAVY_WEIGHT_BYTES`]) tasks take as many row blocks as they may (column groups
+/// make up the parallelism) and run column block by column block, so that each column block's
+/// weights are read from memory once per task and then from cache. Every output block is
+/// computed by one kernel call either way, so the order does not change any result.
 #[allow(clippy::too_many_arguments)]
 fn gather_pass(
     out: &mut [f32],
@@ -200,10 +222,12 @@ fn gather_pass(
     plan: impl Fn(usize, usize, &mut Vec<Tap>, &mut [usize; MR_MAX]) -> usize + Sync,
 ) {
     let blocks = rows.div_ceil(MR_MAX);
-    // Up to 16 row blocks per task; where that leaves fewer than 4 tasks per thread (a small
-    // batch, a late stage), fewer blocks per task and the column blocks split between tasks too.
     let want = 4 * rayon::current_num_threads();
-    let per_task = (blocks / want).clamp(1, 16);
+    let heavy = std::mem::size_of_val(packed) > HEAVY_WEIGHT_BYTES && index.len() > 1;
+    // Up to 16 row blocks per task; where that leaves fewer than 4 tasks per thread (a small
+    // batch, a late stage), fewer blocks per task (light weights) and the column blocks split
+    // between tasks too.
+    let per_task = if heavy { blocks.clamp(1, 16) } else { (blocks / want).clamp(1, 16) };
     let row_tasks = blocks.div_ceil(per_task);
     let col_groups = if row_tasks >= want { 1 } else { index.len().min(want.div_ceil(row_tasks)).max(1) };
     let per_group = index.len().div_ceil(col_groups).max(1);
@@ -218,78 +242,100 @@ fn gather_pass(
         let padded = index.last().map_or(0, |&(c0, nb, _)| c0 + 8 * nb);
         (0..padded).map(|c| b.get(c).copied().unwrap_or(0.0)).collect()
     });
-    (0..row_tasks * col_groups).into_par_iter().for_each(|t| {
+    // One output block: the block `p` (taps `taps`) times the column block `(c0, nb, off)`.
+    // `scratch` holds the rows of a partial column block.
+    let run_block = |p: &BlockPlan,
+                     taps: &[Tap],
+                     (c0, nb, off): (usize, usize, usize),
+                     scratch: &mut [[f32; NR_MAX]; MR_MAX]| {
         // Capture the whole wrapper (not its raw-pointer field) so the closure stays Send.
         let base = outp;
+        let (mr, offs) = (p.mr, &p.offs);
+        let nr = 8 * nb;
+        let full = c0 + nr <= cols;
+        if !full && accumulate {
+            let n = cols - c0;
+            for j in 0..mr {
+                assert!(offs[j] + c0 + n <= len, "gather row outside the output");
+                // SAFETY: the first `n` columns of the row are inside `out` (checked above).
+                let src = unsafe { std::slice::from_raw_parts(base.0.add(offs[j] + c0), n) };
+                scratch[j][..n].copy_from_slice(src);
+            }
+        }
+        let outs: [*mut f32; MR_MAX] = std::array::from_fn(|j| {
+            if j < mr && full {
+                assert!(offs[j] + c0 + nr <= len, "gather row outside the output");
+                // SAFETY: the row lies inside `out` (checked above).
+                unsafe { base.0.add(offs[j] + c0) }
+            } else {
+                scratch[j].as_mut_ptr()
+            }
+        });
+        // A partial block stores its plain sums in the scratch rows; its epilogue runs below.
+        let epilogue = match (full, fuse.has_epilogue()) {
+            (true, true) => Epilogue {
+                bias: bias.as_ref().map_or(std::ptr::null(), |b| b[c0..].as_ptr()),
+                residual: fuse.residual.map(|r| {
+                    std::array::from_fn(|j| if j < mr { r[offs[j] + c0..].as_ptr() } else { r.as_ptr() })
+                }),
+                relu: fuse.relu,
+            },
+            _ => Epilogue::NONE,
+        };
+        let args = GatherArgs {
+            taps,
+            depth: p.depth,
+            packed: packed[off..].as_ptr(),
+            out: outs,
+            accumulate,
+            epilogue,
+        };
+        // SAFETY: taps point at `depth` valid floats (rows of the source or a zero row long
+        // enough for any depth), weights rows are inside the packed block, outputs are
+        // `nr`-float rows of `out` or of the scratch block.
+        unsafe { gather_block(&args, mr, nb) };
+        if !full {
+            let n = cols - c0;
+            for j in 0..mr {
+                assert!(offs[j] + c0 + n <= len, "gather row outside the output");
+                // SAFETY: the first `n` columns of the row are inside `out` (checked above).
+                let dst = unsafe { std::slice::from_raw_parts_mut(base.0.add(offs[j] + c0), n) };
+                dst.copy_from_slice(&scratch[j][..n]);
+                if fuse.has_epilogue() {
+                    let residual = fuse.residual.map(|r| &r[offs[j] + c0..][..n]);
+                    finish_row(dst, bias.as_ref().map(|b| &b[c0..c0 + n]), residual, fuse.relu);
+                }
+            }
+        }
+    };
+    (0..row_tasks * col_groups).into_par_iter().for_each(|t| {
         let (task, group) = (t / col_groups, t % col_groups);
         let columns =
             &index[(group * per_group).min(index.len())..((group + 1) * per_group).min(index.len())];
-        let mut taps: Vec<Tap> = Vec::with_capacity(64);
+        let mut taps: Vec<Tap> = Vec::with_capacity(if heavy { 64 * per_task } else { 64 });
         let mut scratch = [[0f32; NR_MAX]; MR_MAX];
-        for blk in task * per_task..((task + 1) * per_task).min(blocks) {
+        let plan_block = |blk: usize, taps: &mut Vec<Tap>| {
             let r0 = blk * MR_MAX;
             let mr = (rows - r0).min(MR_MAX);
-            taps.clear();
+            let start = taps.len();
             let mut offs = [0usize; MR_MAX];
-            let depth = plan(r0, mr, &mut taps, &mut offs);
-            for &(c0, nb, off) in columns {
-                let nr = 8 * nb;
-                let full = c0 + nr <= cols;
-                if !full && accumulate {
-                    let n = cols - c0;
-                    for j in 0..mr {
-                        assert!(offs[j] + c0 + n <= len, "gather row outside the output");
-                        // SAFETY: the first `n` columns of the row are inside `out` (checked above).
-                        let src = unsafe { std::slice::from_raw_parts(base.0.add(offs[j] + c0), n) };
-                        scratch[j][..n].copy_from_slice(src);
-                    }
+            let depth = plan(r0, mr, taps, &mut offs);
+            BlockPlan { mr, depth, offs, taps: (start, taps.len()) }
+        };
+        let task_blocks = task * per_task..((task + 1) * per_task).min(blocks);
+        if heavy {
+            let plans: Vec<BlockPlan> = task_blocks.map(|blk| plan_block(blk, &mut taps)).collect();
+            for &column in columns {
+                for p in &plans {
+                    run_block(p, &taps[p.taps.0..p.taps.1], column, &mut scratch);
                 }
-                let outs: [*mut f32; MR_MAX] = std::array::from_fn(|j| {
-                    if j < mr && full {
-                        assert!(offs[j] + c0 + nr <= len, "gather row outside the output");
-                        // SAFETY: the row lies inside `out` (checked above).
-                        unsafe { base.0.add(offs[j] + c0) }
-                    } else {
-                        scratch[j].as_mut_ptr()
-                    }
-                });
-                // A partial block stores its plain sums in the scratch rows; its epilogue runs below.
-                let epilogue = match (full, fuse.has_epilogue()) {
-                    (true, true) => Epilogue {
-                        bias: bias.as_ref().map_or(std::ptr::null(), |b| b[c0..].as_ptr()),
-                        residual: fuse.residual.map(|r| {
-                            std::array::from_fn(
-                                |j| if j < mr { r[offs[j] + c0..].as_ptr() } else { r.as_ptr() },
-                            )
-                        }),
-                        relu: fuse.relu,
-                    },
-                    _ => Epilogue::NONE,
-                };
-                let args = GatherArgs {
-                    taps: &taps,
-                    depth,
-                    packed: packed[off..].as_ptr(),
-                    out: outs,
-                    accumulate,
-                    epilogue,
-                };
-                // SAFETY: taps point at `depth` valid floats (rows of the source or a zero row long
-                // enough for any depth), weights rows are inside the packed block, outputs are
-                // `nr`-float rows of `out` or of the scratch block.
-                unsafe { gather_block(&args, mr, nb) };
-                if !full {
-                    let n = cols - c0;
-                    for j in 0..mr {
-                        assert!(offs[j] + c0 + n <= len, "gather row outside the output");
-                        // SAFETY: the first `n` columns of the row are inside `out` (checked above).
-                        let dst = unsafe { std::slice::from_raw_parts_mut(base.0.add(offs[j] + c0), n) };
-                        dst.copy_from_slice(&scratch[j][..n]);
-                        if fuse.has_epilogue() {
-                            let residual = fuse.residual.map(|r| &r[offs[j] + c0..][..n]);
-                            finish_row(dst, bias.as_ref().map(|b| &b[c0..c0 + n]), residual, fuse.relu);
-                        }
-                    }
+            }
+        } else {
+            for blk in task_blocks {
+                taps.clear();
+                let p = plan_block(blk, &mut taps);
+                for &column in columns {
+                    run_block(&p, &taps, column, &mut scratch);
                 }
             }
         }
@@ -1122,6 +1168,8 @@ mod tests {
             ConvShape { n: 2, h: 9, w: 9, cin: 24, cout: 40, k: 1, stride: 2, pad: 0 },
             // Enough pixels for the pointwise weight gradient in pixel groups.
             ConvShape { n: 2, h: 130, w: 130, cin: 3, cout: 5, k: 1, stride: 1, pad: 0 },
+            // Heavy weights and few row blocks (batch-1-like): column groups by thread count.
+            ConvShape { n: 1, h: 7, w: 7, cin: 256, cout: 160, k: 3, stride: 1, pad: 1 },
         ];
         let methods: Vec<WeightMethod> = shapes[1..4].iter().map(weight_method).collect();
         assert_eq!(methods, [WeightMethod::Pixels, WeightMethod::Channels, WeightMethod::Panels]);
@@ -1203,7 +1251,12 @@ mod tests {
             ConvShape { n: 1, h: 5, w: 7, cin: 130, cout: 12, k: 3, stride: 2, pad: 1 },
             // A pointwise weight gradient in pixel groups (the last one partial).
             ConvShape { n: 1, h: 183, w: 181, cin: 3, cout: 5, k: 1, stride: 1, pad: 0 },
+            // Heavy packed weights (over 1 MiB both ways), more than one task of row blocks, a
+            // partial column block: the gather passes' column-major order.
+            ConvShape { n: 2, h: 10, w: 10, cin: 256, cout: 150, k: 3, stride: 1, pad: 1 },
         ];
+        let heavy = shapes.last().unwrap();
+        assert!(heavy.weight_len() * 4 > HEAVY_WEIGHT_BYTES && heavy.n * heavy.h * heavy.w > 16 * MR_MAX);
         let methods: Vec<WeightMethod> =
             shapes.iter().filter(|s| !is_pointwise(s)).map(weight_method).collect();
         for m in [WeightMethod::Pixels, WeightMethod::Channels, WeightMethod::Panels] {
