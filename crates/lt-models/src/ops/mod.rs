@@ -3,9 +3,9 @@
 //!
 //! - **host**: [`Backend::Fast`] on the CPU (`f32`): candle custom ops ([`custom`]) with explicit
 //!   backward passes over the project's kernels ([`conv`], [`norm`], [`elementwise`]);
-//! - **cuDNN**: [`Backend::Fast`] on CUDA (`f32`, feature `cudnn`): convolution, batch norm and
-//!   max pooling through cuDNN (channels-last activations and filters), the element-wise ops
-//!   through candle's CUDA kernels; nothing is copied to the host;
+//! - **cuDNN**: [`Backend::Fast`] on CUDA (`f32`, feature `cudnn`): convolution, batch norm, max
+//!   pooling and the residual add + ReLU through cuDNN (channels-last activations and filters),
+//!   the other element-wise ops through candle's CUDA kernels; nothing is copied to the host;
 //! - **stock**: [`Backend::Candle`], or any other device or dtype: candle's own ops ([`stock`]),
 //!   the "stock candle" baseline of the benchmark and the reference of the op tests.
 //!
@@ -212,6 +212,8 @@ impl Backend {
     pub fn add_relu(self, a: &Tensor, b: &Tensor) -> CResult<Tensor> {
         match self.route(a) {
             Route::Host => custom::elementwise::add_relu(a, b),
+            #[cfg(feature = "cudnn")]
+            Route::Cudnn if a.rank() == 4 && a.dims() == b.dims() => custom::elementwise::add_relu(a, b),
             _ => stock::add_relu(a, b),
         }
     }

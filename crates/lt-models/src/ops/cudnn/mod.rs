@@ -1,6 +1,7 @@
 //! The fast backend on CUDA through cuDNN (feature `cudnn`): convolution forward and both
 //! gradients ([`conv`]), batch norm in training and inference mode with its backward pass
-//! ([`norm`]), max pooling and its backward pass ([`pool`]).
+//! ([`norm`]), max pooling and its backward pass ([`pool`]), and the residual add + ReLU and
+//! the ReLU's gradient ([`elementwise`]).
 //!
 //! Activations are NHWC and convolution filters channels-last (`[C_out, k, k, C_in]`, cuDNN's
 //! NHWC filter format): the descriptors agree on one layout, the one Hopper's tensor cores run
@@ -12,6 +13,7 @@
 //! small RAII wrappers.
 
 pub(crate) mod conv;
+pub(crate) mod elementwise;
 pub(crate) mod memory;
 pub(crate) mod norm;
 pub(crate) mod pool;
@@ -93,6 +95,13 @@ descriptor!(
     PoolDesc, sys::cudnnPoolingDescriptor_t, cudnnCreatePoolingDescriptor, cudnnDestroyPoolingDescriptor
 );
 descriptor!(
+    /// A tensor-operation descriptor.
+    OpTensorDesc,
+    sys::cudnnOpTensorDescriptor_t,
+    cudnnCreateOpTensorDescriptor,
+    cudnnDestroyOpTensorDescriptor
+);
+descriptor!(
     /// An activation descriptor.
     ActDesc,
     sys::cudnnActivationDescriptor_t,
@@ -170,6 +179,9 @@ pub(crate) struct Ctx {
     tensors: HashMap<Nhwc, Rc<TensorDesc>>,
     bn_params: HashMap<Nhwc, Rc<TensorDesc>>,
     pools: HashMap<Window, Rc<PoolDesc>>,
+    /// The ReLU activation and the addition, described once.
+    relu: Option<Rc<ActDesc>>,
+    add: Option<Rc<OpTensorDesc>>,
     workspace: Option<CudaSlice<u8>>,
     stream: Arc<CudaStream>,
     dev: CudaDevice,
@@ -195,6 +207,8 @@ fn with_ctx<R>(dev: &CudaDevice, f: impl FnOnce(&mut Ctx) -> CResult<R>) -> CRes
                     tensors: HashMap::new(),
                     bn_params: HashMap::new(),
                     pools: HashMap::new(),
+                    relu: None,
+                    add: None,
                     workspace: None,
                     stream,
                     dev: dev.clone(),

@@ -6,7 +6,7 @@
 use candle_core::{CudaStorage, Layout, Tensor};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-use super::{check, cptr, device, mptr, one, view, with_ctx, zero, ActDesc, CResult, Ctx, TensorDesc};
+use super::{check, cptr, device, mptr, one, view, with_ctx, zero, CResult};
 use crate::ops::custom::norm::Packed;
 use crate::ops::elementwise::Nhwc;
 use cudarc::cudnn::sys;
@@ -16,68 +16,6 @@ const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNO
 /// The packed layout of the results for activations of shape `s`.
 fn packed(s: Nhwc) -> Packed {
     Packed { c: s.c, p: s.n * s.h * s.w }
-}
-
-impl Ctx {
-    /// A ReLU activation descriptor (NaN propagated).
-    fn relu_desc() -> CResult<ActDesc> {
-        let act = ActDesc::new()?;
-        let (relu, nan) = (
-            sys::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
-            sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
-        );
-        // SAFETY: `act` is live.
-        check("cudnnSetActivationDescriptor", unsafe {
-            sys::cudnnSetActivationDescriptor(act.0, relu, nan, 0.0)
-        })?;
-        Ok(act)
-    }
-
-    /// `y = max(y, 0)` in place on `len` values described by `desc`.
-    ///
-    /// # Safety
-    /// `y` must point to a live device buffer that `desc` describes.
-    unsafe fn relu_in_place(&mut self, desc: &TensorDesc, y: *mut std::ffi::c_void) -> CResult<()> {
-        let act = Self::relu_desc()?;
-        // SAFETY: the caller's contract; cuDNN allows the input and output to be the same buffer.
-        let status =
-            unsafe { sys::cudnnActivationForward(self.handle.0, act.0, one(), desc.0, y, zero(), desc.0, y) };
-        check("cudnnActivationForward", status)
-    }
-
-    /// `dz = dy * (y > 0)`, the gradient before a ReLU from its output `y` and output gradient
-    /// `dy` (`y` also serves as the ReLU's input: `y > 0` exactly where the input is).
-    ///
-    /// # Safety
-    /// `y`, `dy` and `dz` must point to live device buffers that `desc` describes; `dz` must not
-    /// overlap the others.
-    unsafe fn relu_backward(
-        &mut self,
-        desc: &TensorDesc,
-        y: *const std::ffi::c_void,
-        dy: *const std::ffi::c_void,
-        dz: *mut std::ffi::c_void,
-    ) -> CResult<()> {
-        let act = Self::relu_desc()?;
-        // SAFETY: the caller's contract.
-        let status = unsafe {
-            sys::cudnnActivationBackward(
-                self.handle.0,
-                act.0,
-                one(),
-                desc.0,
-                y,
-                desc.0,
-                dy,
-                desc.0,
-                y,
-                zero(),
-                desc.0,
-                dz,
-            )
-        };
-        check("cudnnActivationBackward", status)
-    }
 }
 
 /// The device buffer of a one-dimensional tensor `t` of `c` values (per-channel values, or the

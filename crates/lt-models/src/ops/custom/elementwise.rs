@@ -1,4 +1,5 @@
-//! Residual add + ReLU, ReLU and the option-A shortcut on the CPU kernels.
+//! Residual add + ReLU, ReLU and the option-A shortcut on the CPU kernels; the residual add +
+//! ReLU and the ReLU's gradient through cuDNN on CUDA too.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
@@ -20,15 +21,49 @@ pub(crate) fn shortcut_a(x: &Tensor, pad: usize) -> CResult<Tensor> {
     x.contiguous()?.apply_op1(ShortcutOp { pad })
 }
 
-/// `dy * (y > 0)` as a CPU tensor shaped like `y`.
+/// `dy * (y > 0)`, shaped like `y`, on the tensors' device.
 fn relu_grad(y: &Tensor, grad: &Tensor) -> CResult<Tensor> {
-    with_host(y, |yv| {
-        with_host(grad, |dy| {
-            let mut out = vec![0f32; yv.len()];
-            elementwise::relu_backward(yv, dy, &mut out);
-            host_tensor(out, y.dims())
-        })
-    })
+    y.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &ReluGradOp)
+}
+
+/// The gradient through a ReLU: arguments its output `y` and the output gradient `dy`.
+struct ReluGradOp;
+
+impl CustomOp2 for ReluGradOp {
+    fn name(&self) -> &'static str {
+        "lt-relu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("relu backward: output {:?} and gradient {:?} differ", l1.dims(), l2.dims());
+        }
+        let (y, dy) = (cpu_f32(s1, l1, "relu output")?, cpu_f32(s2, l2, "relu output gradient")?);
+        let mut out = vec![0f32; y.len()];
+        elementwise::relu_backward(y, dy, &mut out);
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("relu backward: output {:?} and gradient {:?} differ", l1.dims(), l2.dims());
+        }
+        let dz = crate::ops::cudnn::elementwise::relu_backward((s1, l1), (s2, l2), nhwc(l1.dims())?)?;
+        Ok((dz, l1.shape().clone()))
+    }
 }
 
 struct AddReluOp;
@@ -52,6 +87,21 @@ impl CustomOp2 for AddReluOp {
         let mut out = vec![0f32; a.len()];
         elementwise::add_relu(a, b, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cudnn")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> CResult<(candle_core::CudaStorage, Shape)> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("add_relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
+        }
+        let y = crate::ops::cudnn::elementwise::add_relu((s1, l1), (s2, l2), nhwc(l1.dims())?)?;
+        Ok((y, l1.shape().clone()))
     }
 
     fn bwd(
@@ -90,7 +140,7 @@ struct ShortcutOp {
 fn nhwc(dims: &[usize]) -> CResult<Nhwc> {
     match dims {
         &[n, h, w, c] => Ok(Nhwc { n, h, w, c }),
-        _ => candle_core::bail!("shortcut: expected NHWC, got {dims:?}"),
+        _ => candle_core::bail!("expected NHWC activations, got {dims:?}"),
     }
 }
 

@@ -1,0 +1,169 @@
+//! ReLU, its gradient, and the residual add + ReLU through cuDNN on NHWC activations.
+
+use std::rc::Rc;
+
+use candle_core::{CudaStorage, Layout};
+use cudarc::cudnn::sys;
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+use super::{
+    check, cptr, device, mptr, one, view, with_ctx, zero, ActDesc, CResult, Ctx, OpTensorDesc, TensorDesc,
+};
+use crate::ops::elementwise::Nhwc;
+
+impl Ctx {
+    /// The ReLU activation descriptor (NaN propagated), described once per context.
+    fn relu_desc(&mut self) -> CResult<Rc<ActDesc>> {
+        if let Some(d) = &self.relu {
+            return Ok(d.clone());
+        }
+        let act = ActDesc::new()?;
+        let (relu, nan) = (
+            sys::cudnnActivationMode_t::CUDNN_ACTIVATION_RELU,
+            sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
+        );
+        // SAFETY: `act` is live.
+        check("cudnnSetActivationDescriptor", unsafe {
+            sys::cudnnSetActivationDescriptor(act.0, relu, nan, 0.0)
+        })?;
+        let act = Rc::new(act);
+        self.relu = Some(act.clone());
+        Ok(act)
+    }
+
+    /// The `f32` addition descriptor (NaN propagated), described once per context.
+    fn add_desc(&mut self) -> CResult<Rc<OpTensorDesc>> {
+        if let Some(d) = &self.add {
+            return Ok(d.clone());
+        }
+        let op = OpTensorDesc::new()?;
+        let (add, ty, nan) = (
+            sys::cudnnOpTensorOp_t::CUDNN_OP_TENSOR_ADD,
+            sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            sys::cudnnNanPropagation_t::CUDNN_PROPAGATE_NAN,
+        );
+        // SAFETY: `op` is live.
+        check("cudnnSetOpTensorDescriptor", unsafe { sys::cudnnSetOpTensorDescriptor(op.0, add, ty, nan) })?;
+        let op = Rc::new(op);
+        self.add = Some(op.clone());
+        Ok(op)
+    }
+
+    /// `y = max(y, 0)` in place on the values described by `desc`.
+    ///
+    /// # Safety
+    /// `y` must point to a live device buffer that `desc` describes.
+    pub(super) unsafe fn relu_in_place(
+        &mut self,
+        desc: &TensorDesc,
+        y: *mut std::ffi::c_void,
+    ) -> CResult<()> {
+        let act = self.relu_desc()?;
+        // SAFETY: the caller's contract; cuDNN allows the input and output to be the same buffer.
+        let status =
+            unsafe { sys::cudnnActivationForward(self.handle.0, act.0, one(), desc.0, y, zero(), desc.0, y) };
+        check("cudnnActivationForward", status)
+    }
+
+    /// `dz = dy * (y > 0)`, the gradient before a ReLU from its output `y` and output gradient
+    /// `dy` (`y` also serves as the ReLU's input: `y > 0` exactly where the input is).
+    ///
+    /// # Safety
+    /// `y`, `dy` and `dz` must point to live device buffers that `desc` describes; `dz` must not
+    /// overlap the others.
+    pub(super) unsafe fn relu_backward(
+        &mut self,
+        desc: &TensorDesc,
+        y: *const std::ffi::c_void,
+        dy: *const std::ffi::c_void,
+        dz: *mut std::ffi::c_void,
+    ) -> CResult<()> {
+        let act = self.relu_desc()?;
+        // SAFETY: the caller's contract.
+        let status = unsafe {
+            sys::cudnnActivationBackward(
+                self.handle.0,
+                act.0,
+                one(),
+                desc.0,
+                y,
+                desc.0,
+                dy,
+                desc.0,
+                y,
+                zero(),
+                desc.0,
+                dz,
+            )
+        };
+        check("cudnnActivationBackward", status)
+    }
+}
+
+/// `max(a + b, 0)` for NHWC activations `a`, `b` of shape `s`: one cuDNN addition, then the
+/// ReLU in place.
+pub(crate) fn add_relu(
+    a: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
+    s: Nhwc,
+) -> CResult<CudaStorage> {
+    let dev = device(a.0);
+    let len = s.len();
+    let (av, bv) = (view(a, len, "add_relu lhs")?, view(b, len, "add_relu rhs")?);
+    let mut y = dev.alloc_zeros::<f32>(len)?;
+    let stream = dev.cuda_stream();
+    {
+        let (ap, _ga) = av.device_ptr(&stream);
+        let (bp, _gb) = bv.device_ptr(&stream);
+        let (yp, _gy) = y.device_ptr_mut(&stream);
+        with_ctx(&dev, |ctx| {
+            let desc = ctx.tensor(s)?;
+            let op = ctx.add_desc()?;
+            // SAFETY: `desc` describes the `len` values of `a`, `b` and `y` (lengths checked);
+            // beta = 0, so `y` is only written.
+            let status = unsafe {
+                sys::cudnnOpTensor(
+                    ctx.handle.0,
+                    op.0,
+                    one(),
+                    desc.0,
+                    cptr(ap),
+                    one(),
+                    desc.0,
+                    cptr(bp),
+                    zero(),
+                    desc.0,
+                    mptr(yp),
+                )
+            };
+            check("cudnnOpTensor", status)?;
+            // SAFETY: `y` is the `len` values `desc` describes.
+            unsafe { ctx.relu_in_place(&desc, mptr(yp)) }
+        })?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+}
+
+/// `dy * (y > 0)`: the gradient through a ReLU with output `y`, for NHWC activations of shape `s`.
+pub(crate) fn relu_backward(
+    y: (&CudaStorage, &Layout),
+    dy: (&CudaStorage, &Layout),
+    s: Nhwc,
+) -> CResult<CudaStorage> {
+    let dev = device(y.0);
+    let len = s.len();
+    let (yv, dyv) = (view(y, len, "relu output")?, view(dy, len, "relu output gradient")?);
+    let mut dz = dev.alloc_zeros::<f32>(len)?;
+    let stream = dev.cuda_stream();
+    {
+        let (yp, _gy) = yv.device_ptr(&stream);
+        let (dyp, _gd) = dyv.device_ptr(&stream);
+        let (dzp, _gz) = dz.device_ptr_mut(&stream);
+        with_ctx(&dev, |ctx| {
+            let desc = ctx.tensor(s)?;
+            // SAFETY: `desc` describes the `len` values of `y`, `dy` and the new buffer `dz`.
+            unsafe { ctx.relu_backward(&desc, cptr(yp), cptr(dyp), mptr(dzp)) }
+        })?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(dz, dev))
+}
