@@ -8,7 +8,7 @@ use crate::ops::elementwise::{self, Nhwc};
 
 /// `max(a + b, 0)`.
 pub(crate) fn add_relu(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
-    a.contiguous()?.apply_op2(&b.contiguous()?, AddReluOp)
+    a.contiguous()?.apply_op2(&b.contiguous()?, Binary::AddRelu)
 }
 
 /// `max(x, 0)`.
@@ -23,15 +23,42 @@ pub(crate) fn shortcut_a(x: &Tensor, pad: usize) -> CResult<Tensor> {
 
 /// `dy * (y > 0)`, shaped like `y`, on the tensors' device.
 fn relu_grad(y: &Tensor, grad: &Tensor) -> CResult<Tensor> {
-    y.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &ReluGradOp)
+    y.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &Binary::ReluGrad)
 }
 
-/// The gradient through a ReLU: arguments its output `y` and the output gradient `dy`.
-struct ReluGradOp;
+/// The element-wise ops of two same-shape tensors, on the CPU kernels or through cuDNN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Binary {
+    /// `max(a + b, 0)`, differentiable.
+    AddRelu,
+    /// `dy * (y > 0)` from a ReLU's output `y` and output gradient `dy` (a backward pass).
+    ReluGrad,
+}
 
-impl CustomOp2 for ReluGradOp {
+impl Binary {
+    /// What the op and its two arguments are called in errors.
+    fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Binary::AddRelu => ("add_relu", "add_relu lhs", "add_relu rhs"),
+            Binary::ReluGrad => ("relu backward", "relu output", "relu output gradient"),
+        }
+    }
+
+    /// Fails unless both arguments have the same dims.
+    fn check(self, l1: &Layout, l2: &Layout) -> CResult<()> {
+        if l1.dims() != l2.dims() {
+            candle_core::bail!("{}: shapes {:?} and {:?} differ", self.names().0, l1.dims(), l2.dims());
+        }
+        Ok(())
+    }
+}
+
+impl CustomOp2 for Binary {
     fn name(&self) -> &'static str {
-        "lt-relu-backward"
+        match self {
+            Binary::AddRelu => "lt-add-relu",
+            Binary::ReluGrad => "lt-relu-backward",
+        }
     }
 
     fn cpu_fwd(
@@ -41,51 +68,14 @@ impl CustomOp2 for ReluGradOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            candle_core::bail!("relu backward: output {:?} and gradient {:?} differ", l1.dims(), l2.dims());
-        }
-        let (y, dy) = (cpu_f32(s1, l1, "relu output")?, cpu_f32(s2, l2, "relu output gradient")?);
-        let mut out = vec![0f32; y.len()];
-        elementwise::relu_backward(y, dy, &mut out);
-        Ok((CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    #[cfg(feature = "cudnn")]
-    fn cuda_fwd(
-        &self,
-        s1: &candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> CResult<(candle_core::CudaStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            candle_core::bail!("relu backward: output {:?} and gradient {:?} differ", l1.dims(), l2.dims());
-        }
-        let dz = crate::ops::cudnn::elementwise::relu_backward((s1, l1), (s2, l2), nhwc(l1.dims())?)?;
-        Ok((dz, l1.shape().clone()))
-    }
-}
-
-struct AddReluOp;
-
-impl CustomOp2 for AddReluOp {
-    fn name(&self) -> &'static str {
-        "lt-add-relu"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> CResult<(CpuStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            candle_core::bail!("add_relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
-        }
-        let (a, b) = (cpu_f32(s1, l1, "add_relu lhs")?, cpu_f32(s2, l2, "add_relu rhs")?);
+        self.check(l1, l2)?;
+        let (_, lhs, rhs) = self.names();
+        let (a, b) = (cpu_f32(s1, l1, lhs)?, cpu_f32(s2, l2, rhs)?);
         let mut out = vec![0f32; a.len()];
-        elementwise::add_relu(a, b, &mut out);
+        match self {
+            Binary::AddRelu => elementwise::add_relu(a, b, &mut out),
+            Binary::ReluGrad => elementwise::relu_backward(a, b, &mut out),
+        }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -97,11 +87,14 @@ impl CustomOp2 for AddReluOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> CResult<(candle_core::CudaStorage, Shape)> {
-        if l1.dims() != l2.dims() {
-            candle_core::bail!("add_relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
-        }
-        let y = crate::ops::cudnn::elementwise::add_relu((s1, l1), (s2, l2), nhwc(l1.dims())?)?;
-        Ok((y, l1.shape().clone()))
+        use crate::ops::cudnn::elementwise as cudnn;
+        self.check(l1, l2)?;
+        let s = nhwc(l1.dims())?;
+        let out = match self {
+            Binary::AddRelu => cudnn::add_relu((s1, l1), (s2, l2), s)?,
+            Binary::ReluGrad => cudnn::relu_backward((s1, l1), (s2, l2), s)?,
+        };
+        Ok((out, l1.shape().clone()))
     }
 
     fn bwd(
@@ -111,6 +104,9 @@ impl CustomOp2 for AddReluOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        if *self != Binary::AddRelu {
+            candle_core::bail!("{} is a backward pass and has no gradient of its own", self.names().0);
+        }
         let g = relu_grad(res, grad)?;
         Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
     }
