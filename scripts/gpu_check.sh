@@ -119,6 +119,11 @@ step_selftest() {
   local line
   line=$(grep -E '^[0-9]+/[0-9]+ checks passed' "$OUT/selftest.txt" | tail -n 1)
   record "selftest (both backends)" "$LAST_STATUS" "$LAST_SECONDS" "${line:-no summary line (see selftest.txt)}"
+  # Ops cuDNN refused run on candle's kernels (same results, slower); each is warned about once.
+  local fallbacks
+  fallbacks=$(grep -c "using candle's" "$OUT/selftest.txt")
+  record "cuDNN refusals (fallbacks)" "$([ "$fallbacks" -eq 0 ] && echo ok || echo WARN)" 0 \
+    "$fallbacks op kind(s) on candle's kernels instead (grep \"using candle's\" selftest.txt)"
 }
 
 # --- 3. benchmark ------------------------------------------------------------------------------

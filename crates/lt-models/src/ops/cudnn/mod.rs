@@ -109,6 +109,21 @@ descriptor!(
     cudnnDestroyActivationDescriptor
 );
 
+/// Logs, once per `what`, that cuDNN refused an op which then runs on candle's kernels instead
+/// (slower, same results): the warning says which op and cuDNN's error.
+pub(crate) fn fall_back(what: &'static str, e: &candle_core::Error) {
+    static WARNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let first = WARNED.lock().map(|mut w| {
+        !w.contains(&what) && {
+            w.push(what);
+            true
+        }
+    });
+    if first.unwrap_or(true) {
+        tracing::warn!("cuDNN refused {what} ({e}); using candle's kernels for it");
+    }
+}
+
 /// `i32` dims for cuDNN (which takes C ints).
 fn ints<const N: usize>(v: [usize; N]) -> CResult<[i32; N]> {
     let mut out = [0i32; N];

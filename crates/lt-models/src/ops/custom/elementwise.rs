@@ -23,7 +23,17 @@ pub(crate) fn shortcut_a(x: &Tensor, pad: usize) -> CResult<Tensor> {
 
 /// `dy * (y > 0)`, shaped like `y`, on the tensors' device.
 fn relu_grad(y: &Tensor, grad: &Tensor) -> CResult<Tensor> {
-    y.contiguous()?.apply_op2_no_bwd(&grad.contiguous()?, &Binary::ReluGrad)
+    let (y, grad) = (y.contiguous()?, grad.contiguous()?);
+    match y.apply_op2_no_bwd(&grad, &Binary::ReluGrad) {
+        Ok(g) => Ok(g),
+        #[cfg(feature = "cudnn")]
+        Err(e) if y.device().is_cuda() => {
+            crate::ops::cudnn::fall_back("the ReLU gradient", &e);
+            let mask = y.gt(0f32)?.to_dtype(grad.dtype())?;
+            grad * mask
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The element-wise ops of two same-shape tensors, on the CPU kernels or through cuDNN.

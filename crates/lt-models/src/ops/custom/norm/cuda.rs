@@ -1,0 +1,184 @@
+//! Training-mode batch norm through cuDNN: the op, its backward pass and how the batch
+//! statistics travel from the forward pass to the caller and to the backward pass.
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+
+use super::{check_channels, nhwc, Packed};
+use crate::ops::{cudnn, BatchStats};
+
+type CResult<T> = candle_core::Result<T>;
+
+/// The batch statistics `[mean | invstd]` of one [`BnTrain`] call: handed from its forward
+/// pass to the caller (`fresh`), then kept for its backward pass (`saved`).
+#[derive(Default)]
+struct Stats {
+    fresh: Mutex<Option<CudaStorage>>,
+    saved: OnceLock<Tensor>,
+}
+
+/// Training-mode batch norm through cuDNN: one call computes the output, which is the op's
+/// result (a plain autograd node), and the statistics, which the op hands over on the side
+/// (see [`Stats`]); the running statistics are updated from them on the device.
+pub(crate) fn train_cudnn(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> CResult<(Tensor, BatchStats)> {
+    let x = x.contiguous()?;
+    let c = x.dim(candle_core::D::Minus1)?;
+    let layout = Packed { c, p: x.elem_count() / c };
+    let stats = Arc::new(Stats::default());
+    let op = BnTrain { eps, relu, stats: stats.clone() };
+    let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let fresh = stats.fresh.lock().map_err(|_| candle_core::Error::Msg("bn statistics lock".into()))?.take();
+    let Some(fresh) = fresh else {
+        candle_core::bail!("cuDNN batch norm: the forward pass left no statistics")
+    };
+    let saved =
+        Tensor::from_storage(Storage::Cuda(fresh), layout.data(), candle_core::op::BackpropOp::none(), false);
+    if stats.saved.set(saved.clone()).is_err() {
+        candle_core::bail!("cuDNN batch norm: statistics saved twice");
+    }
+    let mean = saved.narrow(0, layout.first(), c)?;
+    let invstd = saved.narrow(0, layout.second(), c)?;
+    // The biased batch variance from cuDNN's saved 1 / sqrt(var + eps).
+    let var = (invstd.sqr()?.recip()? - eps)?;
+    Ok((y, BatchStats { mean, var, count: layout.p }))
+}
+
+struct BnTrain {
+    eps: f64,
+    relu: bool,
+    stats: Arc<Stats>,
+}
+
+impl CustomOp3 for BnTrain {
+    fn name(&self) -> &'static str {
+        "lt-batchnorm-cudnn"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        candle_core::bail!("the cuDNN batch norm runs on CUDA")
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        check_channels("batch norm", l1.dims(), &[l2.dims(), l3.dims()])?;
+        let shape = nhwc(l1.dims())?;
+        let (y, stats) =
+            cudnn::norm::train_forward((s1, l1), (s2, l2), (s3, l3), shape, self.eps, self.relu)?;
+        let mut fresh =
+            self.stats.fresh.lock().map_err(|_| candle_core::Error::Msg("bn statistics lock".into()))?;
+        *fresh = Some(stats);
+        Ok((y, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let c = x.dim(candle_core::D::Minus1)?;
+        let layout = Packed { c, p: x.elem_count() / c };
+        let Some(stats) = self.stats.saved.get() else {
+            candle_core::bail!("cuDNN batch norm backward: no saved statistics")
+        };
+        let (x, y, dy) = (x.contiguous()?, res.contiguous()?, grad.contiguous()?);
+        let gamma = gamma.contiguous()?;
+        let op = |relu| BnTrainGrad { gamma: gamma.clone(), stats: stats.clone(), eps: self.eps, relu };
+        let out = match x.apply_op3_no_bwd(&y, &dy, &op(self.relu)) {
+            Ok(out) => out,
+            Err(e) if self.relu => {
+                // cuDNN refused the ReLU's gradient: mask with candle's kernels, then the plain
+                // batch-norm backward pass.
+                cudnn::fall_back("the ReLU gradient inside batch norm", &e);
+                let dz = (&dy * y.gt(0f32)?.to_dtype(candle_core::DType::F32)?)?;
+                x.apply_op3_no_bwd(&y, &dz, &op(false))?
+            }
+            Err(e) => return Err(e),
+        };
+        let dgamma = out.narrow(0, layout.first(), c)?;
+        let dbeta = out.narrow(0, layout.second(), c)?;
+        let dx = out.narrow(0, layout.data(), layout.p * c)?.reshape(x.dims())?;
+        Ok((x.track_op().then_some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// The gradients of [`BnTrain`] from `(x, its output y, the output gradient dy)`.
+struct BnTrainGrad {
+    gamma: Tensor,
+    stats: Tensor,
+    eps: f64,
+    relu: bool,
+}
+
+impl CustomOp3 for BnTrainGrad {
+    fn name(&self) -> &'static str {
+        "lt-batchnorm-cudnn-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> CResult<(CpuStorage, Shape)> {
+        candle_core::bail!("the cuDNN batch norm runs on CUDA")
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &CudaStorage,
+        l1: &Layout,
+        s2: &CudaStorage,
+        l2: &Layout,
+        s3: &CudaStorage,
+        l3: &Layout,
+    ) -> CResult<(CudaStorage, Shape)> {
+        check_channels("batch norm backward", l1.dims(), &[self.gamma.dims()])?;
+        if l2.dims() != l1.dims() || l3.dims() != l1.dims() {
+            candle_core::bail!(
+                "batch norm backward: input {:?}, output {:?} and gradient {:?} differ",
+                l1.dims(),
+                l2.dims(),
+                l3.dims()
+            );
+        }
+        let shape = nhwc(l1.dims())?;
+        let layout = Packed { c: shape.c, p: shape.n * shape.h * shape.w };
+        let out = cudnn::norm::train_backward(
+            (s1, l1),
+            &self.stats,
+            ((s2, l2), (s3, l3)),
+            &self.gamma,
+            shape,
+            (self.eps, self.relu),
+        )?;
+        Ok((out, Shape::from(layout.len())))
+    }
+}
