@@ -6,11 +6,10 @@
 //! candidate, and the one that worked is remembered.
 
 use candle_core::{CudaStorage, Layout};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use cudarc::driver::DevicePtrMut;
 
 use super::{
-    check, cptr, device, ints, mptr, one, view, with_ctx, zero, CResult, ConvDesc, Ctx, FilterDesc,
-    TensorDesc,
+    check, ints, mptr, one, two_to_one, with_ctx, zero, CResult, ConvDesc, Ctx, FilterDesc, TensorDesc,
 };
 use crate::ops::conv::ConvShape;
 use crate::ops::elementwise::Nhwc;
@@ -430,22 +429,11 @@ fn run(
     dir: Dir,
     a: (&CudaStorage, &Layout),
     b: (&CudaStorage, &Layout),
-    (a_len, b_len, out_len): (usize, usize, usize),
+    lens: (usize, usize, usize),
     s: &ConvShape,
 ) -> CResult<CudaStorage> {
-    let dev = device(a.0);
     let what = ["convolution argument", "convolution argument"];
-    let (av, bv) = (view(a, a_len, what[0])?, view(b, b_len, what[1])?);
-    let mut out = dev.alloc_zeros::<f32>(out_len)?;
-    let stream = dev.cuda_stream();
-    {
-        let (ap, _ga) = av.device_ptr(&stream);
-        let (bp, _gb) = bv.device_ptr(&stream);
-        let (op, _go) = out.device_ptr_mut(&stream);
-        let args = Args { a: cptr(ap), b: cptr(bp), out: mptr(op) };
-        with_ctx(&dev, |ctx| ctx.convolve(s, dir, &args))?;
-    }
-    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    two_to_one(a, b, lens, what, |ctx, a, b, out| ctx.convolve(s, dir, &Args { a, b, out }))
 }
 
 /// `y = conv(x, w)` for NHWC `x` and a channels-last `[C_out, k, k, C_in]` filter `w`.

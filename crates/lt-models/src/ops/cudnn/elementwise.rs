@@ -4,11 +4,8 @@ use std::rc::Rc;
 
 use candle_core::{CudaStorage, Layout};
 use cudarc::cudnn::sys;
-use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-use super::{
-    check, cptr, device, mptr, one, view, with_ctx, zero, ActDesc, CResult, Ctx, OpTensorDesc, TensorDesc,
-};
+use super::{check, one, two_to_one, zero, ActDesc, CResult, Ctx, OpTensorDesc, TensorDesc};
 use crate::ops::elementwise::Nhwc;
 
 impl Ctx {
@@ -107,41 +104,19 @@ pub(crate) fn add_relu(
     b: (&CudaStorage, &Layout),
     s: Nhwc,
 ) -> CResult<CudaStorage> {
-    let dev = device(a.0);
     let len = s.len();
-    let (av, bv) = (view(a, len, "add_relu lhs")?, view(b, len, "add_relu rhs")?);
-    let mut y = dev.alloc_zeros::<f32>(len)?;
-    let stream = dev.cuda_stream();
-    {
-        let (ap, _ga) = av.device_ptr(&stream);
-        let (bp, _gb) = bv.device_ptr(&stream);
-        let (yp, _gy) = y.device_ptr_mut(&stream);
-        with_ctx(&dev, |ctx| {
-            let desc = ctx.tensor(s)?;
-            let op = ctx.add_desc()?;
-            // SAFETY: `desc` describes the `len` values of `a`, `b` and `y` (lengths checked);
-            // beta = 0, so `y` is only written.
-            let status = unsafe {
-                sys::cudnnOpTensor(
-                    ctx.handle.0,
-                    op.0,
-                    one(),
-                    desc.0,
-                    cptr(ap),
-                    one(),
-                    desc.0,
-                    cptr(bp),
-                    zero(),
-                    desc.0,
-                    mptr(yp),
-                )
-            };
-            check("cudnnOpTensor", status)?;
-            // SAFETY: `y` is the `len` values `desc` describes.
-            unsafe { ctx.relu_in_place(&desc, mptr(yp)) }
-        })?;
-    }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    two_to_one(a, b, (len, len, len), ["add_relu lhs", "add_relu rhs"], |ctx, a, b, y| {
+        let desc = ctx.tensor(s)?;
+        let op = ctx.add_desc()?;
+        // SAFETY: `desc` describes the `len` values of `a`, `b` and `y` (lengths checked); beta = 0,
+        // so `y` is only written.
+        let status = unsafe {
+            sys::cudnnOpTensor(ctx.handle.0, op.0, one(), desc.0, a, one(), desc.0, b, zero(), desc.0, y)
+        };
+        check("cudnnOpTensor", status)?;
+        // SAFETY: `y` is the `len` values `desc` describes.
+        unsafe { ctx.relu_in_place(&desc, y) }
+    })
 }
 
 /// `dy * (y > 0)`: the gradient through a ReLU with output `y`, for NHWC activations of shape `s`.
@@ -150,20 +125,10 @@ pub(crate) fn relu_backward(
     dy: (&CudaStorage, &Layout),
     s: Nhwc,
 ) -> CResult<CudaStorage> {
-    let dev = device(y.0);
     let len = s.len();
-    let (yv, dyv) = (view(y, len, "relu output")?, view(dy, len, "relu output gradient")?);
-    let mut dz = dev.alloc_zeros::<f32>(len)?;
-    let stream = dev.cuda_stream();
-    {
-        let (yp, _gy) = yv.device_ptr(&stream);
-        let (dyp, _gd) = dyv.device_ptr(&stream);
-        let (dzp, _gz) = dz.device_ptr_mut(&stream);
-        with_ctx(&dev, |ctx| {
-            let desc = ctx.tensor(s)?;
-            // SAFETY: `desc` describes the `len` values of `y`, `dy` and the new buffer `dz`.
-            unsafe { ctx.relu_backward(&desc, cptr(yp), cptr(dyp), mptr(dzp)) }
-        })?;
-    }
-    Ok(CudaStorage::wrap_cuda_slice(dz, dev))
+    two_to_one(y, dy, (len, len, len), ["relu output", "relu output gradient"], |ctx, y, dy, dz| {
+        let desc = ctx.tensor(s)?;
+        // SAFETY: `desc` describes the `len` values of `y`, `dy` and the new buffer `dz`.
+        unsafe { ctx.relu_backward(&desc, y, dy, dz) }
+    })
 }

@@ -26,13 +26,17 @@ pub(crate) fn peak(device: &Device) -> Option<u64> {
     (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
 }
 
+/// Sets a 64-bit attribute of `pool` to `value`.
+fn set_attribute(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute, mut value: u64) -> sys::CUresult {
+    // SAFETY: both attributes set here (the high-water mark and the release threshold) are
+    // 64-bit values read from `value`.
+    unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut value as *mut u64).cast()) }
+}
+
 /// Resets the high-water mark to the memory in use now.
 pub(crate) fn reset_peak(device: &Device) {
     if let Some(pool) = default_pool(device) {
-        let mut zero: u64 = 0;
-        let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
-        // SAFETY: the attribute is reset by writing a 64-bit zero.
-        let _ = unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut zero as *mut u64).cast()) };
+        let _ = set_attribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, 0);
     }
 }
 
@@ -45,10 +49,8 @@ pub(crate) fn keep_freed_memory(device: &Device, release: bool) -> candle_core::
     let Some(pool) = default_pool(device) else {
         candle_core::bail!("{device:?}: no default memory pool (stream-ordered allocation unsupported)")
     };
-    let mut threshold: u64 = if release { 0 } else { u64::MAX };
     let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD;
-    // SAFETY: the attribute is a 64-bit value read from `threshold`.
-    let r = unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut threshold as *mut u64).cast()) };
+    let r = set_attribute(pool, attr, if release { 0 } else { u64::MAX });
     if r != sys::CUresult::CUDA_SUCCESS {
         candle_core::bail!("cuMemPoolSetAttribute(RELEASE_THRESHOLD) on {device:?}: {r:?}");
     }

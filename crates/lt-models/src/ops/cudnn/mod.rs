@@ -282,6 +282,30 @@ fn view<'a>((s, l): (&'a CudaStorage, &Layout), len: usize, what: &str) -> CResu
     Ok(slice.slice(a..b))
 }
 
+/// Runs `f(ctx, a, b, out)` on the device pointers of two contiguous inputs `a`, `b` of `a_len`
+/// and `b_len` values (named `what` in errors) and of a new buffer of `out_len` values, which it
+/// returns: the frame of every cuDNN call here with two inputs and one output.
+fn two_to_one(
+    a: (&CudaStorage, &Layout),
+    b: (&CudaStorage, &Layout),
+    (a_len, b_len, out_len): (usize, usize, usize),
+    what: [&str; 2],
+    f: impl FnOnce(&mut Ctx, *const c_void, *const c_void, *mut c_void) -> CResult<()>,
+) -> CResult<CudaStorage> {
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let dev = device(a.0);
+    let (av, bv) = (view(a, a_len, what[0])?, view(b, b_len, what[1])?);
+    let mut out = dev.alloc_zeros::<f32>(out_len)?;
+    let stream = dev.cuda_stream();
+    {
+        let (ap, _ga) = av.device_ptr(&stream);
+        let (bp, _gb) = bv.device_ptr(&stream);
+        let (op, _go) = out.device_ptr_mut(&stream);
+        with_ctx(&dev, |ctx| f(ctx, cptr(ap), cptr(bp), mptr(op)))?;
+    }
+    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+}
+
 /// A device pointer as cuDNN's `const void*`.
 fn cptr(p: cudarc::driver::sys::CUdeviceptr) -> *const c_void {
     p as usize as *const c_void
