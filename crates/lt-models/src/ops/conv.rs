@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use super::kernels::{
     self, gather_block, outer_block, Epilogue, GatherArgs, OuterArgs, Run, Tap, MR_MAX, NR_MAX,
 };
-use super::window_out;
+use super::{strip, window_out};
 
 /// Geometry of a square-kernel convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -558,6 +558,10 @@ pub fn forward_packed(x: &[f32], packed: &PackedWeights, s: &ConvShape, fuse: &F
     assert!(fuse.scale.is_none(), "a scale is folded in when packing");
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     let (packed, index) = (&packed.data, &packed.index);
+    if let Some(kernel) = strip::kernel_for(s, cin, cout) {
+        let dims = (s.n, s.h, s.w);
+        return strip::strip_pass(kernel, x, dims, strip::Rows::Forward, packed, out, false, fuse);
+    }
     let zeros = vec![0f32; k * cin.max(cout)];
     let (oh, ow) = (s.oh(), s.ow());
     let (h, wd, st, pad) = (s.h as isize, s.w as isize, s.stride as isize, s.pad as isize);
@@ -668,6 +672,10 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     let (packed, index) = pack(k * k, cout, cin, ReadOrder::DepthColumnTap, |t, co, ci| {
         w[((co * cin + ci) * k + t / k) * k + (k - 1 - t % k)]
     });
+    if let Some(kernel) = strip::kernel_for(s, cout, cin) {
+        let (dims, rows) = ((s.n, s.h, s.w), strip::Rows::Flipped);
+        return strip::strip_pass(kernel, dy, dims, rows, &packed, dx, accumulate, &Fuse::default());
+    }
     let zeros = vec![0f32; k * cin.max(cout)];
     let (oh, ow) = (s.oh() as isize, s.ow() as isize);
     let (st, pad, wd) = (s.stride, s.pad as isize, s.w);
@@ -1164,6 +1172,8 @@ mod tests {
             ConvShape { n: 4, h: 12, w: 12, cin: 40, cout: 72, k: 1, stride: 1, pad: 0 },
             ConvShape { n: 4, h: 10, w: 10, cin: 24, cout: 16, k: 3, stride: 1, pad: 1 },
             ConvShape { n: 1, h: 4, w: 4, cin: 64, cout: 16, k: 3, stride: 1, pad: 1 },
+            // 16 channels in and out: the strip pass (where the kernel set has one).
+            ConvShape { n: 3, h: 6, w: 21, cin: 16, cout: 16, k: 3, stride: 1, pad: 1 },
             ConvShape { n: 2, h: 8, w: 8, cin: 128, cout: 40, k: 3, stride: 2, pad: 1 },
             ConvShape { n: 2, h: 9, w: 9, cin: 24, cout: 40, k: 1, stride: 2, pad: 0 },
             // Enough pixels for the pointwise weight gradient in pixel groups.
@@ -1171,7 +1181,7 @@ mod tests {
             // Heavy weights and few row blocks (batch-1-like): column groups by thread count.
             ConvShape { n: 1, h: 7, w: 7, cin: 256, cout: 160, k: 3, stride: 1, pad: 1 },
         ];
-        let methods: Vec<WeightMethod> = shapes[1..4].iter().map(weight_method).collect();
+        let methods: Vec<WeightMethod> = [1, 2, 4].iter().map(|&i| weight_method(&shapes[i])).collect();
         assert_eq!(methods, [WeightMethod::Pixels, WeightMethod::Channels, WeightMethod::Panels]);
         for s in shapes {
             let (x, w, dy) = (data(s.input_len(), 81), data(s.weight_len(), 82), data(s.output_len(), 83));

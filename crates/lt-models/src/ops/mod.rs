@@ -21,6 +21,7 @@ pub mod elementwise;
 mod kernels;
 pub mod norm;
 pub(crate) mod stock;
+mod strip;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -2,7 +2,10 @@
 //! set runs (rows 1 to 6, each of its widths), with and without accumulation and the epilogue.
 //! Used by the tests for every set this CPU has, and before a SIMD set is first used.
 
-use super::{portable, Epilogue, GatherArgs, KernelSet, OuterArgs, Run, Tap, MR_MAX, NR_MAX};
+use super::{
+    portable, Epilogue, GatherArgs, KernelSet, OuterArgs, Run, StripArgs, StripRow, Tap, MR_MAX, NR_MAX,
+    STRIP_COLS, STRIP_DEPTH, STRIP_ROWS,
+};
 
 /// Deterministic values in `[-1, 1)`.
 pub(crate) fn data(n: usize, seed: u32) -> Vec<f32> {
@@ -88,6 +91,46 @@ fn outer_agrees(set: &KernelSet, mr: usize, nb: usize) -> Result<(), String> {
     compare(&format!("{} outer {mr} x {nb}", set.name), &acc_a, &acc_b)
 }
 
+/// One strip block of `set` against the portable kernel: `mr` rows, the window's edge pixels
+/// real or zero (`edges`), the middle kernel row absent or not, with or without accumulation and
+/// the epilogue.
+fn strip_agrees(set: &KernelSet, mr: usize, edges: bool, fused: bool) -> Result<(), String> {
+    let Some(kernel) = set.strip else { return Ok(()) };
+    let c = STRIP_DEPTH;
+    let window = data(3 * (STRIP_ROWS + 2) * c, 9);
+    let zero = [0f32; STRIP_DEPTH];
+    let packed = data(9 * c * STRIP_COLS, 10);
+    let (bias, residual) = (data(STRIP_COLS, 11), data(STRIP_ROWS * STRIP_COLS, 12));
+    let row = |kh: usize| {
+        let base = &window[kh * (STRIP_ROWS + 2) * c..];
+        StripRow {
+            first: if edges { base.as_ptr() } else { zero.as_ptr() },
+            mid: base[c..].as_ptr(),
+            last: if edges { base[(mr + 1) * c..].as_ptr() } else { zero.as_ptr() },
+        }
+    };
+    let rows = [Some(row(0)), (!fused).then(|| row(1)), Some(row(2))];
+    let mut out_a = data(STRIP_ROWS * STRIP_COLS, 13);
+    let mut out_b = out_a.clone();
+    let mk = |o: &mut Vec<f32>| StripArgs {
+        rows,
+        packed: packed.as_ptr(),
+        out: o.as_mut_ptr(),
+        accumulate: fused,
+        bias: if fused { bias.as_ptr() } else { std::ptr::null() },
+        residual: if fused { residual.as_ptr() } else { std::ptr::null() },
+        relu: fused,
+    };
+    // SAFETY: the window holds `STRIP_ROWS + 2` pixels per kernel row, the zero pixel, weights,
+    // bias, residual and outputs are vectors of the sizes the block reads and writes; the set
+    // comes from `simd_sets` (its features were detected).
+    unsafe {
+        kernel(&mk(&mut out_a), mr);
+        portable::strip(&mk(&mut out_b), mr);
+    }
+    compare(&format!("{} strip of {mr} (edges {edges}, epilogue {fused})", set.name), &out_a, &out_b)
+}
+
 /// Whether `set` computes what the portable kernels compute on every block shape it runs.
 pub fn agrees_with_portable(set: &KernelSet) -> Result<(), String> {
     for nb in set.widths() {
@@ -96,6 +139,11 @@ pub fn agrees_with_portable(set: &KernelSet) -> Result<(), String> {
                 gather_agrees(set, mr, nb, accumulate, fused)?;
             }
             outer_agrees(set, mr, nb)?;
+        }
+    }
+    for mr in 1..=STRIP_ROWS {
+        for (edges, fused) in [(false, false), (true, false), (false, true), (true, true)] {
+            strip_agrees(set, mr, edges, fused)?;
         }
     }
     Ok(())

@@ -109,6 +109,64 @@ pub struct OuterArgs<'a> {
     pub acc_stride: usize,
 }
 
+/// Most output pixels of a strip block ([`strip_block`]).
+pub const STRIP_ROWS: usize = 16;
+/// Channels of a strip block's source pixels: the depth of each of its nine taps.
+pub const STRIP_DEPTH: usize = 16;
+/// Columns (output channels) of a strip block.
+pub const STRIP_COLS: usize = 16;
+
+/// One kernel row of a strip block: a window of `mr + 2` consecutive source pixels of
+/// [`STRIP_DEPTH`] floats, the first and the last of which may be padding.
+#[derive(Clone, Copy, Debug)]
+pub struct StripRow {
+    /// Window pixel 0 (left of the strip's first output pixel), or a zero pixel.
+    pub first: *const f32,
+    /// Window pixel 1; pixels `1..=mr` follow each other at `STRIP_DEPTH` floats.
+    pub mid: *const f32,
+    /// Window pixel `mr + 1`, or a zero pixel.
+    pub last: *const f32,
+}
+
+/// Arguments of one strip block: `mr <= STRIP_ROWS` consecutive output pixels of one image row
+/// of a 3x3, stride-1 gather (a convolution's forward pass or input gradient) with
+/// [`STRIP_DEPTH`] channels in and [`STRIP_COLS`] out. Output pixel `j` sums, over the kernel
+/// rows that are present, the depths and the kernel columns `kx` in that order, window pixel
+/// `j + kx` times the packed weight row `(kh * 3 + kx) * STRIP_DEPTH + depth`. Where the gather
+/// kernel broadcasts each source value once per tap, this one broadcasts it once for the (up to)
+/// three outputs it reaches, which halves the loads of a one-vector-wide block.
+pub struct StripArgs {
+    /// Kernel rows `kh = 0, 1, 2`; `None` for a row wholly in the padding (skipped).
+    pub rows: [Option<StripRow>; 3],
+    /// Packed weights: 9 taps of `STRIP_DEPTH` rows of `STRIP_COLS` floats.
+    pub packed: *const f32,
+    /// `mr` output rows of `STRIP_COLS` floats, one after the other.
+    pub out: *mut f32,
+    /// Add to the existing output instead of overwriting it.
+    pub accumulate: bool,
+    /// `STRIP_COLS` floats added to every row (null: none).
+    pub bias: *const f32,
+    /// `mr` rows of `STRIP_COLS` floats added to the output rows (null: none).
+    pub residual: *const f32,
+    /// `max(v, 0)` last.
+    pub relu: bool,
+}
+
+impl StripArgs {
+    /// The epilogue of output row `j`, as a gather block's row 0 would have it.
+    fn epilogue(&self, j: usize) -> Epilogue {
+        Epilogue {
+            bias: self.bias,
+            residual: (!self.residual.is_null())
+                .then(|| [self.residual.wrapping_add(j * STRIP_COLS); MR_MAX]),
+            relu: self.relu,
+        }
+    }
+}
+
+/// A strip kernel: `(args, mr)`.
+pub type StripFn = unsafe fn(&StripArgs, usize);
+
 /// A gather kernel: `(args, mr, nb)`.
 pub type GatherFn = unsafe fn(&GatherArgs, usize, usize);
 /// An outer-product kernel: `(args, mr, nb)`.
@@ -125,6 +183,8 @@ pub struct KernelSet {
     pub outer: OuterFn,
     /// Widest block, in 8-column units: 2 (16 columns) or 4 (32 columns).
     pub nb_max: usize,
+    /// The strip kernel, where the set has one that beats its gather kernel.
+    pub strip: Option<StripFn>,
 }
 
 impl KernelSet {
@@ -141,8 +201,13 @@ impl KernelSet {
 }
 
 /// The portable set.
-pub const PORTABLE: KernelSet =
-    KernelSet { name: "portable", gather: portable::gather, outer: portable::outer, nb_max: 4 };
+pub const PORTABLE: KernelSet = KernelSet {
+    name: "portable",
+    gather: portable::gather,
+    outer: portable::outer,
+    nb_max: 4,
+    strip: Some(portable::strip),
+};
 
 /// Every SIMD set this build has, with whether this CPU can run it (`None`: it cannot).
 pub fn simd_sets() -> Vec<(&'static str, Option<KernelSet>)> {
@@ -186,6 +251,11 @@ pub fn nb_max() -> usize {
     select().nb_max
 }
 
+/// The strip kernel of the kernel set in use, if it has one ([`KernelSet::strip`]).
+pub fn strip_kernel() -> Option<StripFn> {
+    select().strip
+}
+
 /// The x86 features the kernels look at, as `name` (present) or `-name` (absent).
 pub fn cpu_features() -> Vec<String> {
     simd::cpu_features()
@@ -219,4 +289,18 @@ pub unsafe fn outer_block(args: &OuterArgs, mr: usize, nb: usize) {
     assert!((1..=MR_MAX).contains(&mr) && k.runs(nb), "outer block {mr} x {nb}");
     // SAFETY: as in `gather_block`.
     unsafe { (k.outer)(args, mr, nb) }
+}
+
+/// Runs one strip block of `mr` output pixels with `kernel` (a set's [`KernelSet::strip`]).
+///
+/// # Safety
+/// `kernel` comes from a set this CPU runs ([`strip_kernel`], or [`PORTABLE`]); for each kernel
+/// row present, `first` and `last` must be valid for `STRIP_DEPTH` floats and `mid` for
+/// `mr * STRIP_DEPTH`; `packed` for `9 * STRIP_DEPTH * STRIP_COLS` floats; `out` (and
+/// `residual` when set) for `mr * STRIP_COLS` floats; `bias` when set for `STRIP_COLS`.
+#[inline]
+pub unsafe fn strip_block(kernel: StripFn, args: &StripArgs, mr: usize) {
+    assert!((1..=STRIP_ROWS).contains(&mr), "strip block of {mr} rows");
+    // SAFETY: the caller upholds the pointer contract above; the rows were checked.
+    unsafe { kernel(args, mr) }
 }

@@ -116,6 +116,99 @@ macro_rules! kernel_bodies {
     };
 }
 
+/// The strip kernel ([`super::StripArgs`]) over this module's `V` (with `LANES = STRIP_COLS`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! strip_body {
+    ($feature:literal) => {
+        /// Strip block of `MR` output pixels.
+        ///
+        /// # Safety
+        /// As for `strip_block`; the CPU has this set's features.
+        #[target_feature(enable = $feature)]
+        pub(crate) unsafe fn strip<const MR: usize>(a: &StripArgs) {
+            const C: usize = STRIP_DEPTH;
+            const { assert!(LANES == STRIP_COLS) };
+            // SAFETY: loads and stores stay within the extents the caller guarantees (see
+            // `strip_block`); the CPU has the features (checked when the set was selected).
+            unsafe {
+                let mut acc = [zero(); MR];
+                for (kh, row) in a.rows.iter().enumerate() {
+                    let Some(r) = row else { continue };
+                    let w = a.packed.add(kh * 3 * C * LANES);
+                    for d in 0..C {
+                        let wv = [
+                            load(w.add(d * LANES)),
+                            load(w.add((C + d) * LANES)),
+                            load(w.add((2 * C + d) * LANES)),
+                        ];
+                        // Window pixel `q` reaches output `q - kx` through kernel column `kx`.
+                        for q in 0..MR + 2 {
+                            let p = if q == 0 {
+                                r.first
+                            } else if q == MR + 1 {
+                                r.last
+                            } else {
+                                r.mid.add((q - 1) * C)
+                            };
+                            let x = splat(p.add(d));
+                            for kx in 0..3 {
+                                if q >= kx && q - kx < MR {
+                                    acc[q - kx] = fma(x, wv[kx], acc[q - kx]);
+                                }
+                            }
+                        }
+                    }
+                }
+                for j in 0..MR {
+                    let p = a.out.add(j * LANES);
+                    let mut v = acc[j];
+                    if a.accumulate {
+                        v = add(v, load(p));
+                    }
+                    if !a.bias.is_null() {
+                        v = add(v, load(a.bias));
+                    }
+                    if !a.residual.is_null() {
+                        v = add(v, load(a.residual.add(j * LANES)));
+                    }
+                    if a.relu {
+                        v = max(v, zero());
+                    }
+                    store(p, v);
+                }
+            }
+        }
+
+        /// Strip block of `mr` output pixels.
+        ///
+        /// # Safety
+        /// As for `strip_block`; the CPU has this set's features.
+        pub(crate) unsafe fn strip_dispatch(a: &StripArgs, mr: usize) {
+            // SAFETY: the caller upholds the kernel's contract and detected the features.
+            unsafe {
+                match mr {
+                    1 => strip::<1>(a),
+                    2 => strip::<2>(a),
+                    3 => strip::<3>(a),
+                    4 => strip::<4>(a),
+                    5 => strip::<5>(a),
+                    6 => strip::<6>(a),
+                    7 => strip::<7>(a),
+                    8 => strip::<8>(a),
+                    9 => strip::<9>(a),
+                    10 => strip::<10>(a),
+                    11 => strip::<11>(a),
+                    12 => strip::<12>(a),
+                    13 => strip::<13>(a),
+                    14 => strip::<14>(a),
+                    15 => strip::<15>(a),
+                    _ => strip::<16>(a),
+                }
+            }
+        }
+    };
+}
+
 /// `$f::<mr, $nv>(a)` for a run-time `mr` in `1..=6`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_rows {
@@ -245,7 +338,7 @@ pub(crate) mod avx2 {
 /// AVX-512F: 16 lanes (and the AVX2 kernels for 8-column blocks).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    use super::super::{GatherArgs, OuterArgs};
+    use super::super::{GatherArgs, OuterArgs, StripArgs, STRIP_COLS, STRIP_DEPTH};
     use super::avx2::{gather as gather8, outer as outer8};
     use std::arch::x86_64::*;
 
@@ -262,6 +355,7 @@ pub(crate) mod avx512 {
         _mm512_max_ps
     );
     kernel_bodies!("avx512f,avx2,fma");
+    strip_body!("avx512f,avx2,fma");
     // Blocks of 8 columns on the AVX2 kernels, of 16 or 32 on 1 or 2 `zmm` vectors per row.
     dispatchers!(1 => (gather8, outer8, 1), 2 => (gather, outer, 1), _ => (gather, outer, 2));
 }
@@ -280,6 +374,7 @@ pub(crate) fn sets() -> Vec<(&'static str, Option<KernelSet>)> {
                     gather: avx512::gather_dispatch,
                     outer: avx512::outer_dispatch,
                     nb_max: 4,
+                    strip: Some(avx512::strip_dispatch),
                 }),
             ),
             (
@@ -289,6 +384,8 @@ pub(crate) fn sets() -> Vec<(&'static str, Option<KernelSet>)> {
                     gather: avx2::gather_dispatch,
                     outer: avx2::outer_dispatch,
                     nb_max: 2,
+                    // Sixteen columns are two `ymm` vectors: too many sums for the strip's rows.
+                    strip: None,
                 }),
             ),
         ]
