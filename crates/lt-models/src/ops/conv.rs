@@ -187,7 +187,7 @@ impl Fuse<'_> {
 /// Packed weights above this many bytes are "heavy": more than a core's L2 cache holds, so a
 /// pass that streamed all of them once per row block would be bound by memory (ResNet-50's last
 /// stages, above all at batch 1, where few row blocks share much weight).
-const HEAVY_WEIGHT_BYTES: usize = 1 << 20;
+pub(super) const HEAVY_WEIGHT_BYTES: usize = 1 << 20;
 
 /// One row block's plan in a [`gather_pass`]: its rows, tap depth, output offsets and the range
 /// of its taps.
@@ -558,9 +558,9 @@ pub fn forward_packed(x: &[f32], packed: &PackedWeights, s: &ConvShape, fuse: &F
     assert!(fuse.scale.is_none(), "a scale is folded in when packing");
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     let (packed, index) = (&packed.data, &packed.index);
-    if let Some(kernel) = strip::kernel_for(s, cin, cout) {
-        let dims = (s.n, s.h, s.w);
-        return strip::strip_pass(kernel, x, dims, strip::Rows::Forward, packed, out, false, fuse);
+    if let Some(kernel) = strip::kernel_for(s, cin, index) {
+        let dims = (s.n, s.h, s.w, cin);
+        return strip::strip_pass(kernel, x, dims, strip::Rows::Forward, (packed, index), out, false, fuse);
     }
     let zeros = vec![0f32; k * cin.max(cout)];
     let (oh, ow) = (s.oh(), s.ow());
@@ -672,9 +672,18 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     let (packed, index) = pack(k * k, cout, cin, ReadOrder::DepthColumnTap, |t, co, ci| {
         w[((co * cin + ci) * k + t / k) * k + (k - 1 - t % k)]
     });
-    if let Some(kernel) = strip::kernel_for(s, cout, cin) {
-        let (dims, rows) = ((s.n, s.h, s.w), strip::Rows::Flipped);
-        return strip::strip_pass(kernel, dy, dims, rows, &packed, dx, accumulate, &Fuse::default());
+    if let Some(kernel) = strip::kernel_for(s, cout, &index) {
+        let (dims, rows) = ((s.n, s.h, s.w, cout), strip::Rows::Flipped);
+        return strip::strip_pass(
+            kernel,
+            dy,
+            dims,
+            rows,
+            (&packed, &index),
+            dx,
+            accumulate,
+            &Fuse::default(),
+        );
     }
     let zeros = vec![0f32; k * cin.max(cout)];
     let (oh, ow) = (s.oh() as isize, s.ow() as isize);

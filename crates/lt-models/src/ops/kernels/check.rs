@@ -4,7 +4,7 @@
 
 use super::{
     portable, Epilogue, GatherArgs, KernelSet, OuterArgs, Run, StripArgs, StripRow, Tap, MR_MAX, NR_MAX,
-    STRIP_COLS, STRIP_DEPTH, STRIP_ROWS,
+    STRIP_SHAPES,
 };
 
 /// Deterministic values in `[-1, 1)`.
@@ -91,18 +91,23 @@ fn outer_agrees(set: &KernelSet, mr: usize, nb: usize) -> Result<(), String> {
     compare(&format!("{} outer {mr} x {nb}", set.name), &acc_a, &acc_b)
 }
 
-/// One strip block of `set` against the portable kernel: `mr` rows, the window's edge pixels
-/// real or zero (`edges`), the middle kernel row absent or not, with or without accumulation and
-/// the epilogue.
-fn strip_agrees(set: &KernelSet, mr: usize, edges: bool, fused: bool) -> Result<(), String> {
+/// One strip block of `set` against the portable kernel: `mr` rows of `nb` 8-column units over
+/// `c` channels, the window's edge pixels real or zero (`edges`), the middle kernel row absent or
+/// not, with or without accumulation and the epilogue; output rows a few floats apart.
+fn strip_agrees(
+    set: &KernelSet,
+    (mr, nb, c): (usize, usize, usize),
+    edges: bool,
+    fused: bool,
+) -> Result<(), String> {
     let Some(kernel) = set.strip else { return Ok(()) };
-    let c = STRIP_DEPTH;
-    let window = data(3 * (STRIP_ROWS + 2) * c, 9);
-    let zero = [0f32; STRIP_DEPTH];
-    let packed = data(9 * c * STRIP_COLS, 10);
-    let (bias, residual) = (data(STRIP_COLS, 11), data(STRIP_ROWS * STRIP_COLS, 12));
+    let (nr, stride) = (8 * nb, 8 * nb + 8);
+    let window = data(3 * (mr + 2) * c, 9);
+    let zero = vec![0f32; c];
+    let packed = data(9 * c * nr, 10);
+    let (bias, residual) = (data(nr, 11), data(mr * stride, 12));
     let row = |kh: usize| {
-        let base = &window[kh * (STRIP_ROWS + 2) * c..];
+        let base = &window[kh * (mr + 2) * c..];
         StripRow {
             first: if edges { base.as_ptr() } else { zero.as_ptr() },
             mid: base[c..].as_ptr(),
@@ -110,25 +115,28 @@ fn strip_agrees(set: &KernelSet, mr: usize, edges: bool, fused: bool) -> Result<
         }
     };
     let rows = [Some(row(0)), (!fused).then(|| row(1)), Some(row(2))];
-    let mut out_a = data(STRIP_ROWS * STRIP_COLS, 13);
+    let mut out_a = data(mr * stride, 13);
     let mut out_b = out_a.clone();
     let mk = |o: &mut Vec<f32>| StripArgs {
         rows,
+        depth: c,
         packed: packed.as_ptr(),
         out: o.as_mut_ptr(),
+        out_stride: stride,
         accumulate: fused,
         bias: if fused { bias.as_ptr() } else { std::ptr::null() },
         residual: if fused { residual.as_ptr() } else { std::ptr::null() },
         relu: fused,
     };
-    // SAFETY: the window holds `STRIP_ROWS + 2` pixels per kernel row, the zero pixel, weights,
-    // bias, residual and outputs are vectors of the sizes the block reads and writes; the set
-    // comes from `simd_sets` (its features were detected).
+    // SAFETY: the window holds `mr + 2` pixels per kernel row; the zero pixel, weights, bias,
+    // residual and outputs are vectors of the sizes the block reads and writes; the set comes
+    // from `simd_sets` (its features were detected).
     unsafe {
-        kernel(&mk(&mut out_a), mr);
-        portable::strip(&mk(&mut out_b), mr);
+        kernel(&mk(&mut out_a), mr, nb);
+        portable::strip(&mk(&mut out_b), mr, nb);
     }
-    compare(&format!("{} strip of {mr} (edges {edges}, epilogue {fused})", set.name), &out_a, &out_b)
+    let what = format!("{} strip of {mr} x {nb} over {c} (edges {edges}, epilogue {fused})", set.name);
+    compare(&what, &out_a, &out_b)
 }
 
 /// Whether `set` computes what the portable kernels compute on every block shape it runs.
@@ -141,9 +149,11 @@ pub fn agrees_with_portable(set: &KernelSet) -> Result<(), String> {
             outer_agrees(set, mr, nb)?;
         }
     }
-    for mr in 1..=STRIP_ROWS {
-        for (edges, fused) in [(false, false), (true, false), (false, true), (true, true)] {
-            strip_agrees(set, mr, edges, fused)?;
+    for (nb, c, rows) in STRIP_SHAPES {
+        for mr in 1..=rows {
+            for (edges, fused) in [(false, false), (true, false), (false, true), (true, true)] {
+                strip_agrees(set, (mr, nb, c), edges, fused)?;
+            }
         }
     }
     Ok(())

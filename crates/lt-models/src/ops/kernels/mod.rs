@@ -109,44 +109,55 @@ pub struct OuterArgs<'a> {
     pub acc_stride: usize,
 }
 
-/// Most output pixels of a strip block ([`strip_block`]).
-pub const STRIP_ROWS: usize = 16;
-/// Channels of a strip block's source pixels: the depth of each of its nine taps.
-pub const STRIP_DEPTH: usize = 16;
-/// Columns (output channels) of a strip block.
-pub const STRIP_COLS: usize = 16;
+/// The strip blocks the kernels run: `(nb, depth, most rows)`: 16 columns (`nb = 2`, one
+/// AVX-512 vector) over 16 channels, and 32 columns (two vectors) over ResNet's wider channel
+/// counts. The depth is a compile-time constant of the SIMD kernel (its window pixels are then
+/// fixed offsets from one pointer); the rows are what the 32 registers hold beside the weights:
+/// 16 sums of one vector, 20 of two (12 rows spilled and ran 5-10% slower on 56-pixel rows).
+pub const STRIP_SHAPES: [(usize, usize, usize); 6] =
+    [(2, 16, 16), (4, 32, 10), (4, 64, 10), (4, 128, 10), (4, 256, 10), (4, 512, 10)];
 
-/// One kernel row of a strip block: a window of `mr + 2` consecutive source pixels of
-/// [`STRIP_DEPTH`] floats, the first and the last of which may be padding.
+/// Most rows of a strip block of `nb` 8-column units over `depth` channels, if the kernels run
+/// such blocks.
+pub fn strip_rows(nb: usize, depth: usize) -> Option<usize> {
+    STRIP_SHAPES.iter().find(|&&(b, d, _)| (b, d) == (nb, depth)).map(|&(_, _, rows)| rows)
+}
+
+/// One kernel row of a strip block: a window of `mr + 2` consecutive source pixels of `depth`
+/// floats, the first and the last of which may be padding.
 #[derive(Clone, Copy, Debug)]
 pub struct StripRow {
     /// Window pixel 0 (left of the strip's first output pixel), or a zero pixel.
     pub first: *const f32,
-    /// Window pixel 1; pixels `1..=mr` follow each other at `STRIP_DEPTH` floats.
+    /// Window pixel 1; pixels `1..=mr` follow each other at `depth` floats.
     pub mid: *const f32,
     /// Window pixel `mr + 1`, or a zero pixel.
     pub last: *const f32,
 }
 
-/// Arguments of one strip block: `mr <= STRIP_ROWS` consecutive output pixels of one image row
-/// of a 3x3, stride-1 gather (a convolution's forward pass or input gradient) with
-/// [`STRIP_DEPTH`] channels in and [`STRIP_COLS`] out. Output pixel `j` sums, over the kernel
-/// rows that are present, the depths and the kernel columns `kx` in that order, window pixel
-/// `j + kx` times the packed weight row `(kh * 3 + kx) * STRIP_DEPTH + depth`. Where the gather
-/// kernel broadcasts each source value once per tap, this one broadcasts it once for the (up to)
-/// three outputs it reaches, which halves the loads of a one-vector-wide block.
+/// Arguments of one strip block: `mr` consecutive output pixels of one image row of a 3x3,
+/// stride-1 gather (a convolution's forward pass or input gradient) by `8 * nb` columns, with
+/// `depth` channels per source pixel. Output pixel `j` sums, over the kernel rows present, the
+/// depths and the kernel columns `kx` in that order, window pixel `j + kx` times the packed
+/// weight row `(kh * 3 + kx) * depth + d`. Where the gather kernel broadcasts each source value
+/// once per tap, this one broadcasts it once for the (up to) three outputs it reaches, and a
+/// strip covers a whole stretch of an image row with one call.
 pub struct StripArgs {
     /// Kernel rows `kh = 0, 1, 2`; `None` for a row wholly in the padding (skipped).
     pub rows: [Option<StripRow>; 3],
-    /// Packed weights: 9 taps of `STRIP_DEPTH` rows of `STRIP_COLS` floats.
+    /// Channels per source pixel (one of [`STRIP_SHAPES`]' depths for this width).
+    pub depth: usize,
+    /// Packed weights of this column block: 9 taps of `depth` rows of `8 * nb` floats.
     pub packed: *const f32,
-    /// `mr` output rows of `STRIP_COLS` floats, one after the other.
+    /// First output row; `mr` rows of `8 * nb` floats, `out_stride` floats apart.
     pub out: *mut f32,
+    /// Distance between output rows (and residual rows).
+    pub out_stride: usize,
     /// Add to the existing output instead of overwriting it.
     pub accumulate: bool,
-    /// `STRIP_COLS` floats added to every row (null: none).
+    /// `8 * nb` floats added to every row (null: none).
     pub bias: *const f32,
-    /// `mr` rows of `STRIP_COLS` floats added to the output rows (null: none).
+    /// First residual row, `out_stride` floats apart, added to the output rows (null: none).
     pub residual: *const f32,
     /// `max(v, 0)` last.
     pub relu: bool,
@@ -158,14 +169,14 @@ impl StripArgs {
         Epilogue {
             bias: self.bias,
             residual: (!self.residual.is_null())
-                .then(|| [self.residual.wrapping_add(j * STRIP_COLS); MR_MAX]),
+                .then(|| [self.residual.wrapping_add(j * self.out_stride); MR_MAX]),
             relu: self.relu,
         }
     }
 }
 
-/// A strip kernel: `(args, mr)`.
-pub type StripFn = unsafe fn(&StripArgs, usize);
+/// A strip kernel: `(args, mr, nb)`.
+pub type StripFn = unsafe fn(&StripArgs, usize, usize);
 
 /// A gather kernel: `(args, mr, nb)`.
 pub type GatherFn = unsafe fn(&GatherArgs, usize, usize);
@@ -291,16 +302,18 @@ pub unsafe fn outer_block(args: &OuterArgs, mr: usize, nb: usize) {
     unsafe { (k.outer)(args, mr, nb) }
 }
 
-/// Runs one strip block of `mr` output pixels with `kernel` (a set's [`KernelSet::strip`]).
+/// Runs one strip block of `mr` output pixels by `8 * nb` columns with `kernel` (a set's
+/// [`KernelSet::strip`]).
 ///
 /// # Safety
 /// `kernel` comes from a set this CPU runs ([`strip_kernel`], or [`PORTABLE`]); for each kernel
-/// row present, `first` and `last` must be valid for `STRIP_DEPTH` floats and `mid` for
-/// `mr * STRIP_DEPTH`; `packed` for `9 * STRIP_DEPTH * STRIP_COLS` floats; `out` (and
-/// `residual` when set) for `mr * STRIP_COLS` floats; `bias` when set for `STRIP_COLS`.
+/// row present, `first` and `last` must be valid for `depth` floats and `mid` for
+/// `mr * depth`; `packed` for `9 * depth * 8 * nb` floats; `out` (and `residual` when set) for
+/// `mr` rows of `8 * nb` floats at `out_stride`; `bias` when set for `8 * nb` floats.
 #[inline]
-pub unsafe fn strip_block(kernel: StripFn, args: &StripArgs, mr: usize) {
-    assert!((1..=STRIP_ROWS).contains(&mr), "strip block of {mr} rows");
-    // SAFETY: the caller upholds the pointer contract above; the rows were checked.
-    unsafe { kernel(args, mr) }
+pub unsafe fn strip_block(kernel: StripFn, args: &StripArgs, mr: usize, nb: usize) {
+    let rows = strip_rows(nb, args.depth);
+    assert!(rows.is_some_and(|r| (1..=r).contains(&mr)), "strip block of {mr} x {nb} over {}", args.depth);
+    // SAFETY: the caller upholds the pointer contract above; the shape was checked.
+    unsafe { kernel(args, mr, nb) }
 }

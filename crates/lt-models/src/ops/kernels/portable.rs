@@ -3,9 +3,7 @@
 // Numerical kernels index several arrays with one loop variable.
 #![allow(clippy::needless_range_loop)]
 
-use super::{
-    Epilogue, GatherArgs, OuterArgs, StripArgs, MR_MAX, NR_MAX, STRIP_COLS, STRIP_DEPTH, STRIP_ROWS,
-};
+use super::{Epilogue, GatherArgs, OuterArgs, StripArgs, MR_MAX, NR_MAX};
 
 /// Applies the epilogue to row `j`'s sum `v` in column `l`, given the existing output `old`.
 ///
@@ -93,27 +91,24 @@ pub unsafe fn outer(a: &OuterArgs, mr: usize, nb: usize) {
 ///
 /// # Safety
 /// See [`super::strip_block`].
-pub unsafe fn strip(a: &StripArgs, mr: usize) {
-    const C: usize = STRIP_DEPTH;
+pub unsafe fn strip(a: &StripArgs, mr: usize, nb: usize) {
+    let (c, nr) = (a.depth, 8 * nb);
     // SAFETY: the reads and writes stay within the extents the caller guarantees (see
     // `strip_block`).
     unsafe {
-        let mut acc = [[0f32; STRIP_COLS]; STRIP_ROWS];
+        let mut acc = vec![[0f32; NR_MAX]; mr];
         for (kh, row) in a.rows.iter().enumerate() {
             let Some(r) = row else { continue };
             let pixel = |q: usize| match q {
                 0 => r.first,
                 q if q == mr + 1 => r.last,
-                q => r.mid.add((q - 1) * C),
+                q => r.mid.add((q - 1) * c),
             };
-            for d in 0..C {
+            for d in 0..c {
                 for q in 0..mr + 2 {
                     let v = *pixel(q).add(d);
                     for kx in (0..3).filter(|&kx| q >= kx && q - kx < mr) {
-                        let w = std::slice::from_raw_parts(
-                            a.packed.add(((kh * 3 + kx) * C + d) * STRIP_COLS),
-                            STRIP_COLS,
-                        );
+                        let w = std::slice::from_raw_parts(a.packed.add(((kh * 3 + kx) * c + d) * nr), nr);
                         for (o, &w) in acc[q - kx].iter_mut().zip(w) {
                             *o += v * w;
                         }
@@ -121,10 +116,10 @@ pub unsafe fn strip(a: &StripArgs, mr: usize) {
                 }
             }
         }
-        for j in 0..mr {
+        for (j, sums) in acc.iter().enumerate() {
             let e = a.epilogue(j);
-            let out = std::slice::from_raw_parts_mut(a.out.add(j * STRIP_COLS), STRIP_COLS);
-            for (l, (o, &v)) in out.iter_mut().zip(&acc[j]).enumerate() {
+            let out = std::slice::from_raw_parts_mut(a.out.add(j * a.out_stride), nr);
+            for (l, (o, &v)) in out.iter_mut().zip(sums).enumerate() {
                 *o = finish(&e, a.accumulate, *o, v, 0, l);
             }
         }

@@ -116,95 +116,104 @@ macro_rules! kernel_bodies {
     };
 }
 
-/// The strip kernel ([`super::StripArgs`]) over this module's `V` (with `LANES = STRIP_COLS`).
+/// `$body` once for each row `$j` below `$mr` (at most 16), `$j` a constant in each copy: a
+/// loop unrolled by the macro rather than left to the compiler, which keeps wide strips' loops
+/// (and so their sums in memory) otherwise.
+#[cfg(target_arch = "x86_64")]
+macro_rules! for_rows {
+    ($mr:expr, $j:ident, $body:block) => {
+        for_rows!(@ $mr, $j, $body, 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    };
+    (@ $mr:expr, $j:ident, $body:block, $($n:literal)*) => {
+        $(
+            if $n < $mr {
+                const $j: usize = $n;
+                $body
+            }
+        )*
+    };
+}
+
+/// The strip kernel ([`super::StripArgs`]) over this module's `V`: `MR` rows, `NV` vectors of
+/// columns, `C` channels per source pixel.
 #[cfg(target_arch = "x86_64")]
 macro_rules! strip_body {
     ($feature:literal) => {
-        /// Strip block of `MR` output pixels.
+        /// Strip block of `MR` output pixels by `NV` vectors over `C` channels.
         ///
         /// # Safety
-        /// As for `strip_block`; the CPU has this set's features.
+        /// As for `strip_block` (with `nb * 8 = LANES * NV`, `depth = C`); the CPU has this
+        /// set's features.
         #[target_feature(enable = $feature)]
-        pub(crate) unsafe fn strip<const MR: usize>(a: &StripArgs) {
-            const C: usize = STRIP_DEPTH;
-            const { assert!(LANES == STRIP_COLS) };
+        pub(crate) unsafe fn strip<const MR: usize, const NV: usize, const C: usize>(a: &StripArgs) {
+            debug_assert_eq!(a.depth, C);
             // SAFETY: loads and stores stay within the extents the caller guarantees (see
             // `strip_block`); the CPU has the features (checked when the set was selected).
             unsafe {
-                let mut acc = [zero(); MR];
+                let width = LANES * NV;
+                const { assert!(MR <= 16) };
+                let mut acc = [[zero(); NV]; 16];
                 for (kh, row) in a.rows.iter().enumerate() {
                     let Some(r) = row else { continue };
-                    let w = a.packed.add(kh * 3 * C * LANES);
+                    let w = a.packed.add(kh * 3 * C * width);
                     for d in 0..C {
-                        let wv = [
-                            load(w.add(d * LANES)),
-                            load(w.add((C + d) * LANES)),
-                            load(w.add((2 * C + d) * LANES)),
-                        ];
-                        // Window pixel `q` reaches output `q - kx` through kernel column `kx`.
-                        for q in 0..MR + 2 {
-                            let p = if q == 0 {
-                                r.first
-                            } else if q == MR + 1 {
-                                r.last
-                            } else {
-                                r.mid.add((q - 1) * C)
-                            };
-                            let x = splat(p.add(d));
-                            for kx in 0..3 {
-                                if q >= kx && q - kx < MR {
-                                    acc[q - kx] = fma(x, wv[kx], acc[q - kx]);
-                                }
+                        let mut wv = [[zero(); NV]; 3];
+                        for (kx, v) in wv.iter_mut().enumerate() {
+                            for (k, v) in v.iter_mut().enumerate() {
+                                *v = load(w.add((kx * C + d) * width + LANES * k));
                             }
                         }
+                        // Output `j` takes window pixel `j + kx` through kernel column `kx`
+                        // (the repeated loads of a pixel are one after unrolling).
+                        for_rows!(MR, J, {
+                            for kx in 0..3 {
+                                let q = J + kx;
+                                let p = if q == 0 {
+                                    r.first
+                                } else if q == MR + 1 {
+                                    r.last
+                                } else {
+                                    r.mid.add((q - 1) * C)
+                                };
+                                let x = splat(p.add(d));
+                                for k in 0..NV {
+                                    acc[J][k] = fma(x, wv[kx][k], acc[J][k]);
+                                }
+                            }
+                        });
                     }
                 }
                 for j in 0..MR {
-                    let p = a.out.add(j * LANES);
-                    let mut v = acc[j];
-                    if a.accumulate {
-                        v = add(v, load(p));
+                    for k in 0..NV {
+                        let p = a.out.add(j * a.out_stride + LANES * k);
+                        let mut v = acc[j][k];
+                        if a.accumulate {
+                            v = add(v, load(p));
+                        }
+                        if !a.bias.is_null() {
+                            v = add(v, load(a.bias.add(LANES * k)));
+                        }
+                        if !a.residual.is_null() {
+                            v = add(v, load(a.residual.add(j * a.out_stride + LANES * k)));
+                        }
+                        if a.relu {
+                            v = max(v, zero());
+                        }
+                        store(p, v);
                     }
-                    if !a.bias.is_null() {
-                        v = add(v, load(a.bias));
-                    }
-                    if !a.residual.is_null() {
-                        v = add(v, load(a.residual.add(j * LANES)));
-                    }
-                    if a.relu {
-                        v = max(v, zero());
-                    }
-                    store(p, v);
                 }
             }
         }
+    };
+}
 
-        /// Strip block of `mr` output pixels.
-        ///
-        /// # Safety
-        /// As for `strip_block`; the CPU has this set's features.
-        pub(crate) unsafe fn strip_dispatch(a: &StripArgs, mr: usize) {
-            // SAFETY: the caller upholds the kernel's contract and detected the features.
-            unsafe {
-                match mr {
-                    1 => strip::<1>(a),
-                    2 => strip::<2>(a),
-                    3 => strip::<3>(a),
-                    4 => strip::<4>(a),
-                    5 => strip::<5>(a),
-                    6 => strip::<6>(a),
-                    7 => strip::<7>(a),
-                    8 => strip::<8>(a),
-                    9 => strip::<9>(a),
-                    10 => strip::<10>(a),
-                    11 => strip::<11>(a),
-                    12 => strip::<12>(a),
-                    13 => strip::<13>(a),
-                    14 => strip::<14>(a),
-                    15 => strip::<15>(a),
-                    _ => strip::<16>(a),
-                }
-            }
+/// `strip::<mr, $nv, $c>(a)` for a run-time `mr`, one of the listed row counts.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_strip_rows {
+    ($nv:literal, $c:literal, $a:expr, $mr:expr; $($n:literal)+) => {
+        match $mr {
+            $($n => strip::<$n, $nv, $c>($a),)+
+            mr => unreachable!("a strip of {mr} rows over {} channels", $c),
         }
     };
 }
@@ -338,7 +347,7 @@ pub(crate) mod avx2 {
 /// AVX-512F: 16 lanes (and the AVX2 kernels for 8-column blocks).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    use super::super::{GatherArgs, OuterArgs, StripArgs, STRIP_COLS, STRIP_DEPTH};
+    use super::super::{GatherArgs, OuterArgs, StripArgs};
     use super::avx2::{gather as gather8, outer as outer8};
     use std::arch::x86_64::*;
 
@@ -356,6 +365,25 @@ pub(crate) mod avx512 {
     );
     kernel_bodies!("avx512f,avx2,fma");
     strip_body!("avx512f,avx2,fma");
+
+    /// Strip block of `mr` rows and `nb` 8-column units (one of `STRIP_SHAPES`).
+    ///
+    /// # Safety
+    /// As for `strip_block`; the CPU has this set's features.
+    pub(crate) unsafe fn strip_dispatch(a: &StripArgs, mr: usize, nb: usize) {
+        // SAFETY: the caller upholds the kernel's contract and detected the features.
+        unsafe {
+            match (nb, a.depth) {
+                (2, 16) => by_strip_rows!(1, 16, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16),
+                (4, 32) => by_strip_rows!(2, 32, a, mr; 1 2 3 4 5 6 7 8 9 10),
+                (4, 64) => by_strip_rows!(2, 64, a, mr; 1 2 3 4 5 6 7 8 9 10),
+                (4, 128) => by_strip_rows!(2, 128, a, mr; 1 2 3 4 5 6 7 8 9 10),
+                (4, 256) => by_strip_rows!(2, 256, a, mr; 1 2 3 4 5 6 7 8 9 10),
+                (4, 512) => by_strip_rows!(2, 512, a, mr; 1 2 3 4 5 6 7 8 9 10),
+                _ => unreachable!("strip block {nb} x {} is not one of STRIP_SHAPES", a.depth),
+            }
+        }
+    }
     // Blocks of 8 columns on the AVX2 kernels, of 16 or 32 on 1 or 2 `zmm` vectors per row.
     dispatchers!(1 => (gather8, outer8, 1), 2 => (gather, outer, 1), _ => (gather, outer, 2));
 }
