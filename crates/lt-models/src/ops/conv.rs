@@ -1056,12 +1056,18 @@ impl WeightGrad<'_> {
             (0..all_rows).step_by(rows_per_task).map(|g0| (g0, (g0 + rows_per_task).min(all_rows))).collect();
         // A fixed number of contiguous groups (independent of the thread count), summed in order.
         let per_group = tasks.len().div_ceil(PIXEL_GROUPS).max(1);
+        let strip = self.grad_strip();
         let partials: Vec<Vec<f32>> = tasks
             .par_chunks(per_group)
             .map(|group| {
                 let mut acc = vec![0f32; acc_len];
                 let mut runs: Vec<Run> = Vec::with_capacity(rows_per_task);
+                let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(rows_per_task);
                 for &(g0, g1) in group {
+                    if let Some(kernel) = strip {
+                        self.strip_rows(kernel, g0, g1, &mut pairs, &mut acc);
+                        continue;
+                    }
                     for t in 0..s.k * s.k {
                         self.runs(t, g0, g1, &mut runs);
                         if runs.is_empty() {
@@ -1092,6 +1098,69 @@ impl WeightGrad<'_> {
             }
         }
         sum
+    }
+
+    /// The weight-gradient strip kernel, if the kernel set has one for this gradient: 3x3,
+    /// stride 1, pad 1, every column block one the kernel runs.
+    fn grad_strip(&self) -> Option<kernels::GradStripFn> {
+        let s = self.s;
+        let fits = s.k == 3 && s.stride == 1 && s.pad == 1 && !self.blocks.is_empty();
+        let blocks = self.blocks.iter().all(|&(_, nb)| kernels::grad_strip_rows(nb).is_some());
+        (fits && blocks).then(kernels::grad_strip_kernel).flatten()
+    }
+
+    /// Adds to `acc` (a group's own gradient) the products of the output rows `g0..g1` through
+    /// `kernel`: per kernel row, the row pairs it reaches, each input-channel block by each
+    /// column block, its three taps at once (see [`kernels::GradStripArgs`]).
+    fn strip_rows(
+        &self,
+        kernel: kernels::GradStripFn,
+        g0: usize,
+        g1: usize,
+        pairs: &mut Vec<(usize, usize)>,
+        acc: &mut [f32],
+    ) {
+        let (s, cin, cpad) = (self.s, self.s.cin, self.cpad);
+        let (h, w) = (s.h, s.w);
+        for kh in 0..3 {
+            pairs.clear();
+            for g in g0..g1 {
+                let (n, y) = (g / h, g % h);
+                if let Some(iy) = (y + kh).checked_sub(1).filter(|&iy| iy < h) {
+                    pairs.push(((n * h + iy) * w * cin, g * w * cpad));
+                }
+            }
+            let Some(&(last_x, last_dy)) = pairs.iter().max_by_key(|p| p.0.max(p.1)) else { continue };
+            assert!(
+                pairs
+                    .iter()
+                    .all(|&(xo, dyo)| xo + w * cin <= self.x.len() && dyo + w * cpad <= self.dy.len()),
+                "row pair ({last_x}, {last_dy}) outside the operands"
+            );
+            for &(c0, nb) in self.blocks {
+                let rows = kernels::grad_strip_rows(nb).unwrap_or(1);
+                for c in (0..cin).step_by(rows) {
+                    let first = ((kh * 3) * cin + c) * cpad + c0;
+                    assert!(first + 2 * cin * cpad <= acc.len(), "gradient block outside the gradient");
+                    let args = kernels::GradStripArgs {
+                        x: self.x[c..].as_ptr(),
+                        dy: self.dy[c0..].as_ptr(),
+                        rows: pairs,
+                        width: w,
+                        x_stride: cin,
+                        dy_stride: cpad,
+                        acc: acc[first..].as_mut_ptr(),
+                        acc_stride: cpad,
+                        tap_stride: cin * cpad,
+                    };
+                    // SAFETY: every row pair lies inside x and dy (checked above; the block's
+                    // channels `c..c + mr` and columns `c0..c0 + 8 * nb` lie inside a pixel);
+                    // the three taps' rows `c..c + mr` lie inside `acc` (checked above); the
+                    // kernel is the selected set's.
+                    unsafe { kernels::grad_strip_block(kernel, &args, rows.min(cin - c), nb) };
+                }
+            }
+        }
     }
 
     /// Work spread by input channels: each task owns `MR_MAX` input channels of every tap and
@@ -1227,6 +1296,39 @@ mod tests {
                 panels_backward_weight(&x, &dy, &s, &mut dw, chunk);
                 close(&dw, &want, &format!("dw in panels of {chunk} pixels, {s:?}"));
             }
+        }
+    }
+
+    #[test]
+    fn the_portable_weight_gradient_strips_match_direct_loops() {
+        // Whatever kernel set this CPU selects, the strip path with the portable kernel: an
+        // input-channel remainder, 16- and 32-column blocks, one-pixel rows, padded columns.
+        for s in [
+            ConvShape { n: 2, h: 5, w: 7, cin: 9, cout: 48, k: 3, stride: 1, pad: 1 },
+            ConvShape { n: 1, h: 3, w: 1, cin: 4, cout: 16, k: 3, stride: 1, pad: 1 },
+            ConvShape { n: 1, h: 4, w: 6, cin: 5, cout: 12, k: 3, stride: 1, pad: 1 },
+        ] {
+            let (x, dy) = (data(s.input_len(), 95), data(s.output_len(), 96));
+            let (_, _, want) = reference(&x, &data(s.weight_len(), 97), &dy, &s);
+            let blocks = col_blocks(s.cout);
+            let cpad = blocks.last().map(|&(c0, nb)| c0 + 8 * nb).unwrap_or(0);
+            let mut dyp = vec![0f32; s.n * s.oh() * s.ow() * cpad];
+            for (src, dst) in dy.chunks_exact(s.cout).zip(dyp.chunks_exact_mut(cpad)) {
+                dst[..s.cout].copy_from_slice(src);
+            }
+            let g = WeightGrad { x: &x, dy: &dyp, s: &s, blocks: &blocks, cpad };
+            let mut acc = vec![0f32; 9 * s.cin * cpad];
+            let portable = kernels::PORTABLE.grad_strip.unwrap();
+            // Two calls over the rows, as two row groups of a task add into one gradient.
+            g.strip_rows(portable, 0, 1, &mut Vec::new(), &mut acc);
+            g.strip_rows(portable, 1, s.n * s.oh(), &mut Vec::new(), &mut acc);
+            let got: Vec<f32> = (0..s.weight_len())
+                .map(|i| {
+                    let (co, ci, t) = (i / (s.cin * 9), i / 9 % s.cin, i % 9);
+                    acc[(t * s.cin + ci) * cpad + co]
+                })
+                .collect();
+            close(&got, &want, &format!("weight gradient strips {s:?}"));
         }
     }
 

@@ -3,8 +3,8 @@
 //! Used by the tests for every set this CPU has, and before a SIMD set is first used.
 
 use super::{
-    portable, Epilogue, GatherArgs, KernelSet, OuterArgs, Run, StripArgs, StripRow, Tap, MR_MAX, NR_MAX,
-    STRIP_SHAPES,
+    portable, Epilogue, GatherArgs, GradStripArgs, KernelSet, OuterArgs, Run, StripArgs, StripRow, Tap,
+    GRAD_STRIP_SHAPES, MR_MAX, NR_MAX, STRIP_SHAPES,
 };
 
 /// Deterministic values in `[-1, 1)`.
@@ -139,6 +139,38 @@ fn strip_agrees(
     compare(&what, &out_a, &out_b)
 }
 
+/// One weight-gradient strip block of `set` against the portable kernel: `mr` input channels of
+/// `nb` 8-column units over two row pairs of `width` pixels (strides wider than the block).
+fn grad_strip_agrees(set: &KernelSet, mr: usize, nb: usize, width: usize) -> Result<(), String> {
+    let Some(kernel) = set.grad_strip else { return Ok(()) };
+    let nr = 8 * nb;
+    let (x_stride, dy_stride, acc_stride) = (mr + 3, nr + 8, nr + 4);
+    let x = data(3 * width * x_stride, 14);
+    let dy = data(3 * width * dy_stride, 15);
+    let rows = [(width * x_stride, 0), (0, 2 * width * dy_stride)];
+    let tap_stride = mr * acc_stride + 4;
+    let mut acc_a = data(3 * tap_stride, 16);
+    let mut acc_b = acc_a.clone();
+    let mk = |acc: &mut Vec<f32>| GradStripArgs {
+        x: x.as_ptr(),
+        dy: dy.as_ptr(),
+        rows: &rows,
+        width,
+        x_stride,
+        dy_stride,
+        acc: acc.as_mut_ptr(),
+        acc_stride,
+        tap_stride,
+    };
+    // SAFETY: both row pairs stay inside `x` and `dy`; the accumulator holds the three taps' rows;
+    // the set comes from `simd_sets` (its features were detected).
+    unsafe {
+        kernel(&mk(&mut acc_a), mr, nb);
+        portable::grad_strip(&mk(&mut acc_b), mr, nb);
+    }
+    compare(&format!("{} grad strip {mr} x {nb}, width {width}", set.name), &acc_a, &acc_b)
+}
+
 /// Whether `set` computes what the portable kernels compute on every block shape it runs.
 pub fn agrees_with_portable(set: &KernelSet) -> Result<(), String> {
     for nb in set.widths() {
@@ -147,6 +179,13 @@ pub fn agrees_with_portable(set: &KernelSet) -> Result<(), String> {
                 gather_agrees(set, mr, nb, accumulate, fused)?;
             }
             outer_agrees(set, mr, nb)?;
+        }
+    }
+    for (nb, rows) in GRAD_STRIP_SHAPES {
+        for mr in 1..=rows {
+            for width in [1, 2, 7] {
+                grad_strip_agrees(set, mr, nb, width)?;
+            }
         }
     }
     for (nb, c, rows) in STRIP_SHAPES {

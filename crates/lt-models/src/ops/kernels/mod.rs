@@ -178,6 +178,48 @@ impl StripArgs {
 /// A strip kernel: `(args, mr, nb)`.
 pub type StripFn = unsafe fn(&StripArgs, usize, usize);
 
+/// The weight-gradient strip blocks the kernels run: `(nb, most rows)`, rows being input
+/// channels: each row keeps three sums per vector of columns (one per kernel column), so 18
+/// sums of one vector or 24 of two.
+pub const GRAD_STRIP_SHAPES: [(usize, usize); 2] = [(2, 6), (4, 4)];
+
+/// Most input channels of a weight-gradient strip block of `nb` 8-column units, if the kernels
+/// run such blocks.
+pub fn grad_strip_rows(nb: usize) -> Option<usize> {
+    GRAD_STRIP_SHAPES.iter().find(|&&(b, _)| b == nb).map(|&(_, rows)| rows)
+}
+
+/// Arguments of one weight-gradient strip block: for one kernel row of a 3x3, stride-1, pad-1
+/// convolution, input channels `c..c + mr` (rows) by `8 * nb` output channels (columns) of the
+/// three taps `kw = 0, 1, 2`, summed over whole image rows: for every pixel `q` of a row pair,
+/// in order, tap `kw` adds `x[q, c + j] * dy[q + 1 - kw, ..]` (zero outside the row). Each `x`
+/// value is broadcast once for its three taps and each `dy` vector loaded once for the three
+/// pixels it meets, where the outer-product block loads one `x` value per multiply-add.
+pub struct GradStripArgs<'a> {
+    /// Channel `c` of the `x` pixel at offset 0.
+    pub x: *const f32,
+    /// Column `c0` of the `dy` pixel at offset 0.
+    pub dy: *const f32,
+    /// Per row pair, the offsets of the `x` row's first pixel and of the `dy` row's.
+    pub rows: &'a [(usize, usize)],
+    /// Pixels per row.
+    pub width: usize,
+    /// Distance between consecutive pixels in `x`.
+    pub x_stride: usize,
+    /// Distance between consecutive pixels in `dy`.
+    pub dy_stride: usize,
+    /// Accumulator of tap `kw = 0`, row 0: row `j` of tap `kw` at `kw * tap_stride + j *
+    /// acc_stride`, `8 * nb` floats; the sums are added to it.
+    pub acc: *mut f32,
+    /// Distance between accumulator rows.
+    pub acc_stride: usize,
+    /// Distance between the taps' accumulators.
+    pub tap_stride: usize,
+}
+
+/// A weight-gradient strip kernel: `(args, mr, nb)`.
+pub type GradStripFn = unsafe fn(&GradStripArgs, usize, usize);
+
 /// A gather kernel: `(args, mr, nb)`.
 pub type GatherFn = unsafe fn(&GatherArgs, usize, usize);
 /// An outer-product kernel: `(args, mr, nb)`.
@@ -196,6 +238,9 @@ pub struct KernelSet {
     pub nb_max: usize,
     /// The strip kernel, where the set has one that beats its gather kernel.
     pub strip: Option<StripFn>,
+    /// The weight-gradient strip kernel, where the set has one that beats its outer-product
+    /// kernel.
+    pub grad_strip: Option<GradStripFn>,
 }
 
 impl KernelSet {
@@ -218,6 +263,7 @@ pub const PORTABLE: KernelSet = KernelSet {
     outer: portable::outer,
     nb_max: 4,
     strip: Some(portable::strip),
+    grad_strip: Some(portable::grad_strip),
 };
 
 /// Every SIMD set this build has, with whether this CPU can run it (`None`: it cannot).
@@ -267,6 +313,12 @@ pub fn strip_kernel() -> Option<StripFn> {
     select().strip
 }
 
+/// The weight-gradient strip kernel of the kernel set in use, if it has one
+/// ([`KernelSet::grad_strip`]).
+pub fn grad_strip_kernel() -> Option<GradStripFn> {
+    select().grad_strip
+}
+
 /// The x86 features the kernels look at, as `name` (present) or `-name` (absent).
 pub fn cpu_features() -> Vec<String> {
     simd::cpu_features()
@@ -314,6 +366,21 @@ pub unsafe fn outer_block(args: &OuterArgs, mr: usize, nb: usize) {
 pub unsafe fn strip_block(kernel: StripFn, args: &StripArgs, mr: usize, nb: usize) {
     let rows = strip_rows(nb, args.depth);
     assert!(rows.is_some_and(|r| (1..=r).contains(&mr)), "strip block of {mr} x {nb} over {}", args.depth);
+    // SAFETY: the caller upholds the pointer contract above; the shape was checked.
+    unsafe { kernel(args, mr, nb) }
+}
+
+/// Runs one weight-gradient strip block of `mr` input channels by `8 * nb` output channels with
+/// `kernel` (a set's [`KernelSet::grad_strip`]).
+///
+/// # Safety
+/// `kernel` comes from a set this CPU runs ([`grad_strip_kernel`], or [`PORTABLE`]); for every
+/// row pair, `x + row.0` must be valid for `width` pixels of `mr` floats at `x_stride` and
+/// `dy + row.1` for `width` pixels of `8 * nb` floats at `dy_stride`; `acc` for the three taps'
+/// `mr` rows of `8 * nb` floats.
+#[inline]
+pub unsafe fn grad_strip_block(kernel: GradStripFn, args: &GradStripArgs, mr: usize, nb: usize) {
+    assert!(grad_strip_rows(nb).is_some_and(|r| (1..=r).contains(&mr)), "grad strip block {mr} x {nb}");
     // SAFETY: the caller upholds the pointer contract above; the shape was checked.
     unsafe { kernel(args, mr, nb) }
 }

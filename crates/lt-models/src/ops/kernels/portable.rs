@@ -3,7 +3,7 @@
 // Numerical kernels index several arrays with one loop variable.
 #![allow(clippy::needless_range_loop)]
 
-use super::{Epilogue, GatherArgs, OuterArgs, StripArgs, MR_MAX, NR_MAX};
+use super::{Epilogue, GatherArgs, GradStripArgs, OuterArgs, StripArgs, MR_MAX, NR_MAX};
 
 /// Applies the epilogue to row `j`'s sum `v` in column `l`, given the existing output `old`.
 ///
@@ -121,6 +121,38 @@ pub unsafe fn strip(a: &StripArgs, mr: usize, nb: usize) {
             let out = std::slice::from_raw_parts_mut(a.out.add(j * a.out_stride), nr);
             for (l, (o, &v)) in out.iter_mut().zip(sums).enumerate() {
                 *o = finish(&e, a.accumulate, *o, v, 0, l);
+            }
+        }
+    }
+}
+
+/// Portable weight-gradient strip block: the sums of [`GradStripArgs`], in its order.
+///
+/// # Safety
+/// See [`super::grad_strip_block`].
+pub unsafe fn grad_strip(a: &GradStripArgs, mr: usize, nb: usize) {
+    let nr = 8 * nb;
+    // SAFETY: the reads and writes stay within the extents the caller guarantees (see
+    // `grad_strip_block`).
+    unsafe {
+        for &(xo, dyo) in a.rows {
+            for q in 0..a.width {
+                let x = a.x.add(xo + q * a.x_stride);
+                for kw in 0..3 {
+                    // Pixel q + 1 - kw of the dy row, if inside it.
+                    let Some(p) = (q + 1).checked_sub(kw).filter(|&p| p < a.width) else { continue };
+                    let dy = std::slice::from_raw_parts(a.dy.add(dyo + p * a.dy_stride), nr);
+                    for j in 0..mr {
+                        let v = *x.add(j);
+                        let acc = std::slice::from_raw_parts_mut(
+                            a.acc.add(kw * a.tap_stride + j * a.acc_stride),
+                            nr,
+                        );
+                        for (o, &g) in acc.iter_mut().zip(dy) {
+                            *o += v * g;
+                        }
+                    }
+                }
             }
         }
     }

@@ -207,6 +207,99 @@ macro_rules! strip_body {
     };
 }
 
+/// The weight-gradient strip kernel ([`super::GradStripArgs`]) over this module's `V`: `MR`
+/// input channels (at most 6), `NV` vectors of output channels.
+#[cfg(target_arch = "x86_64")]
+macro_rules! grad_strip_body {
+    ($feature:literal) => {
+        /// Weight-gradient strip block of `MR` input channels by `NV` vectors.
+        ///
+        /// # Safety
+        /// As for `grad_strip_block` (with `nb * 8 = LANES * NV`); the CPU has this set's
+        /// features.
+        #[target_feature(enable = $feature)]
+        pub(crate) unsafe fn grad_strip<const MR: usize, const NV: usize>(a: &GradStripArgs) {
+            // SAFETY: loads and stores stay within the extents the caller guarantees (see
+            // `grad_strip_block`); the CPU has the features (checked when the set was selected).
+            unsafe {
+                const { assert!(MR <= 6) };
+                let at = |kw: usize, j: usize, k: usize| {
+                    a.acc.add(kw * a.tap_stride + j * a.acc_stride + LANES * k)
+                };
+                // Sums of tap `kw`, row `j` (16 rows declared so that `for_rows!`'s copies
+                // index inside the array; the unused ones vanish).
+                let mut acc = [[[zero(); NV]; 16]; 3];
+                for kw in 0..3 {
+                    for_rows!(MR, J, {
+                        for k in 0..NV {
+                            acc[kw][J][k] = load(at(kw, J, k));
+                        }
+                    });
+                }
+                let dy_at = |p: *const f32| {
+                    let mut v = [zero(); NV];
+                    for (k, v) in v.iter_mut().enumerate() {
+                        *v = load(p.add(LANES * k));
+                    }
+                    v
+                };
+                for &(xo, dyo) in a.rows {
+                    let (mut x, dy) = (a.x.add(xo), a.dy.add(dyo));
+                    // dy at pixels q - 1, q and q + 1 (zero outside the row).
+                    let mut prev = [zero(); NV];
+                    let mut cur = dy_at(dy);
+                    for q in 0..a.width {
+                        let next =
+                            if q + 1 < a.width { dy_at(dy.add((q + 1) * a.dy_stride)) } else { [zero(); NV] };
+                        for_rows!(MR, J, {
+                            let v = splat(x.add(J));
+                            for k in 0..NV {
+                                acc[0][J][k] = fma(v, next[k], acc[0][J][k]);
+                                acc[1][J][k] = fma(v, cur[k], acc[1][J][k]);
+                                acc[2][J][k] = fma(v, prev[k], acc[2][J][k]);
+                            }
+                        });
+                        prev = cur;
+                        cur = next;
+                        x = x.add(a.x_stride);
+                    }
+                }
+                for kw in 0..3 {
+                    for_rows!(MR, J, {
+                        for k in 0..NV {
+                            store(at(kw, J, k), acc[kw][J][k]);
+                        }
+                    });
+                }
+            }
+        }
+
+        /// Weight-gradient strip block of `mr` input channels and `nb` 8-column units (one of
+        /// `GRAD_STRIP_SHAPES`).
+        ///
+        /// # Safety
+        /// As for `grad_strip_block`; the CPU has this set's features.
+        pub(crate) unsafe fn grad_strip_dispatch(a: &GradStripArgs, mr: usize, nb: usize) {
+            // SAFETY: the caller upholds the kernel's contract and detected the features.
+            unsafe {
+                match (nb, mr) {
+                    (2, 1) => grad_strip::<1, 1>(a),
+                    (2, 2) => grad_strip::<2, 1>(a),
+                    (2, 3) => grad_strip::<3, 1>(a),
+                    (2, 4) => grad_strip::<4, 1>(a),
+                    (2, 5) => grad_strip::<5, 1>(a),
+                    (2, 6) => grad_strip::<6, 1>(a),
+                    (4, 1) => grad_strip::<1, 2>(a),
+                    (4, 2) => grad_strip::<2, 2>(a),
+                    (4, 3) => grad_strip::<3, 2>(a),
+                    (4, 4) => grad_strip::<4, 2>(a),
+                    _ => unreachable!("grad strip block {mr} x {nb} is not one of GRAD_STRIP_SHAPES"),
+                }
+            }
+        }
+    };
+}
+
 /// `strip::<mr, $nv, $c>(a)` for a run-time `mr`, one of the listed row counts.
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_strip_rows {
@@ -347,7 +440,7 @@ pub(crate) mod avx2 {
 /// AVX-512F: 16 lanes (and the AVX2 kernels for 8-column blocks).
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
-    use super::super::{GatherArgs, OuterArgs, StripArgs};
+    use super::super::{GatherArgs, GradStripArgs, OuterArgs, StripArgs};
     use super::avx2::{gather as gather8, outer as outer8};
     use std::arch::x86_64::*;
 
@@ -365,6 +458,7 @@ pub(crate) mod avx512 {
     );
     kernel_bodies!("avx512f,avx2,fma");
     strip_body!("avx512f,avx2,fma");
+    grad_strip_body!("avx512f,avx2,fma");
 
     /// Strip block of `mr` rows and `nb` 8-column units (one of `STRIP_SHAPES`).
     ///
@@ -403,6 +497,7 @@ pub(crate) fn sets() -> Vec<(&'static str, Option<KernelSet>)> {
                     outer: avx512::outer_dispatch,
                     nb_max: 4,
                     strip: Some(avx512::strip_dispatch),
+                    grad_strip: Some(avx512::grad_strip_dispatch),
                 }),
             ),
             (
@@ -414,6 +509,7 @@ pub(crate) fn sets() -> Vec<(&'static str, Option<KernelSet>)> {
                     nb_max: 2,
                     // Sixteen columns are two `ymm` vectors: too many sums for the strip's rows.
                     strip: None,
+                    grad_strip: None,
                 }),
             ),
         ]
