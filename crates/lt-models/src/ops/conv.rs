@@ -105,6 +105,10 @@ enum ReadOrder {
     DepthColumnTap,
 }
 
+/// Weights packed by [`pack`]: the rows, and each column block's first column, 8-column units and
+/// offset in them.
+type Packed = (Vec<f32>, Vec<(usize, usize, usize)>);
+
 /// Packs the rows `value(tap, depth, column)` into `[col block][tap][depth][nr]` with zero
 /// padding of columns; the blocks are filled in parallel, each reading in `order`.
 fn pack(
@@ -113,7 +117,7 @@ fn pack(
     cols: usize,
     order: ReadOrder,
     value: impl Fn(usize, usize, usize) -> f32 + Sync,
-) -> (Vec<f32>, Vec<(usize, usize, usize)>) {
+) -> Packed {
     let mut index = Vec::new();
     let mut len = 0;
     for (c0, nb) in col_blocks(cols) {
@@ -411,6 +415,60 @@ fn pointwise_forward(x: &[f32], w: &[f32], s: &ConvShape, out: &mut [f32]) {
     matmul((p, cout, cin), (out, cout, 1), false, (x, cin, 1), (w, 1, cin), true)
 }
 
+/// Fewest pixels for which a folded pointwise convolution (evaluation) runs as a matrix product
+/// through `gemm` ([`pointwise_forward_fused`]) rather than on the gather kernels, whose packed
+/// weights are kept between calls: `gemm` repacks the weights on every call, which costs more
+/// than it saves below about this many rows per weight (ResNet-50 on AVX-512, `lt bench
+/// backbone --mode eval`: batch 32 25.8 -> 28.8 img/s with every layer through `gemm` and 28.2
+/// from 1,024 pixels against 27.7 from 1,600; batch 1, whose largest pointwise layer has 3,136
+/// pixels, 17.0-17.6 with 1,024 and 3,200 against 15.2-15.7 with every layer through `gemm`).
+const POINTWISE_GEMM_PIXELS: usize = 1024;
+
+/// Pixels per task of [`pointwise_forward_fused`]: enough for `gemm` to amortise packing the
+/// weights, few enough that a task's output stays in the L2 cache for its epilogue.
+const POINTWISE_CHUNK: usize = 512;
+
+/// [`pointwise_forward`] with the scaled weights `w` (`[C_out, C_in]`) and the
+/// epilogue of `fuse` (bias, residual, ReLU). With many pixels, tasks of [`POINTWISE_CHUNK`]
+/// pixels each run a single-threaded product and then the epilogue on their own rows while
+/// they are in cache; with few (batch 1), one product on the whole pool and the epilogue after
+/// (a small output).
+fn pointwise_forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut [f32]) {
+    let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
+    assert_eq!(w.len(), cin * cout, "pointwise weight length");
+    assert!(fuse.scale.is_none(), "a scale is folded in when packing");
+    if let Some(b) = fuse.bias {
+        assert_eq!(b.len(), cout, "bias length");
+    }
+    if let Some(r) = fuse.residual {
+        assert_eq!(r.len(), out.len(), "residual length");
+    }
+    let finish = |first_pixel: usize, rows: &mut [f32]| {
+        if !fuse.has_epilogue() {
+            return;
+        }
+        for (i, row) in rows.chunks_exact_mut(cout).enumerate() {
+            let residual = fuse.residual.map(|r| &r[(first_pixel + i) * cout..][..cout]);
+            finish_row(row, fuse.bias, residual, fuse.relu);
+        }
+    };
+    // The choice depends on the shape alone (not the thread count), so the bits do too.
+    if p < 4 * POINTWISE_CHUNK {
+        matmul((p, cout, cin), (out, cout, 1), false, (x, cin, 1), (w, 1, cin), true);
+        // Rows of whole pixels per task: the epilogue is element-wise, so any split gives the
+        // same values.
+        out.par_chunks_mut(64 * cout).enumerate().for_each(|(i, rows)| finish(i * 64, rows));
+        return;
+    }
+    out.par_chunks_mut(POINTWISE_CHUNK * cout).zip(x.par_chunks(POINTWISE_CHUNK * cin)).enumerate().for_each(
+        |(i, (o, xc))| {
+            let rows = xc.len() / cin;
+            matmul((rows, cout, cin), (o, cout, 1), false, (xc, cin, 1), (w, 1, cin), false);
+            finish(i * POINTWISE_CHUNK, o);
+        },
+    );
+}
+
 /// See [`pointwise_forward`].
 fn pointwise_backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], accumulate: bool) {
     let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
@@ -504,10 +562,8 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut
     assert_eq!(x.len(), s.input_len(), "conv input length");
     assert_eq!(w.len(), s.weight_len(), "conv weight length");
     assert_eq!(out.len(), s.output_len(), "conv output length");
-    // A folded pointwise convolution stays on the gather kernels, which scale the weights as
-    // they pack them and run the epilogue in registers (after `gemm` it would be another pass;
-    // measured no faster in ResNet-50's evaluation with AVX-512, and slower at batch 1, where
-    // the gather kernels reuse the evaluation's cached packed weights).
+    // A folded pointwise convolution goes through `PackedWeights` too: `gemm` by chunks of
+    // pixels with the epilogue while they are in cache, or the gather kernels for few pixels.
     if is_pointwise(s) && fuse.scale.is_none() && !fuse.has_epilogue() {
         return pointwise_forward(x, w, s, out);
     }
@@ -520,10 +576,14 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut
 /// in a transposed order; a caller that runs the same weights many times (evaluation) can pack
 /// them once and call [`forward_packed`].
 pub struct PackedWeights {
-    data: Vec<f32>,
-    index: Vec<(usize, usize, usize)>,
+    /// The gather kernels' packed weights and their column blocks (built on first use for a
+    /// pointwise convolution).
+    gather: std::sync::OnceLock<Packed>,
     /// `(k, C_in, C_out)` of the convolution the weights belong to.
     dims: (usize, usize, usize),
+    /// A pointwise convolution's scaled weights `[C_out, C_in]` (the right operand `w^T` of a
+    /// matrix product).
+    pointwise: Option<Vec<f32>>,
 }
 
 impl PackedWeights {
@@ -535,17 +595,37 @@ impl PackedWeights {
             assert_eq!(sc.len(), cout, "scale length");
         }
         let scale = |co: usize| scale.map_or(1.0, |sc| sc[co]);
+        if is_pointwise(s) {
+            let plain =
+                w.chunks_exact(cin).enumerate().flat_map(|(co, row)| row.iter().map(move |&v| v * scale(co)));
+            return Self {
+                gather: std::sync::OnceLock::new(),
+                dims: (k, cin, cout),
+                pointwise: Some(plain.collect()),
+            };
+        }
         // Packed rows: tap t = kh*k + kw, then input channel: the k taps of one kernel row are
         // consecutive, matching k consecutive input pixels of one row (the merged tap).
         let (data, index) = pack(k * k, cin, cout, ReadOrder::TapDepthColumn, |t, ci, co| {
             w[(co * cin + ci) * k * k + t] * scale(co)
         });
-        Self { data, index, dims: (k, cin, cout) }
+        Self { gather: (data, index).into(), dims: (k, cin, cout), pointwise: None }
     }
 
-    /// Whether these are weights of a convolution with `s`'s kernel and channels.
+    /// The gather kernels' packed weights and column blocks.
+    fn gather(&self) -> (&[f32], &[(usize, usize, usize)]) {
+        let (data, index) = self.gather.get_or_init(|| {
+            let (cin, cout) = (self.dims.1, self.dims.2);
+            let w = self.pointwise.as_deref().unwrap_or_default();
+            pack(1, cin, cout, ReadOrder::TapDepthColumn, |_, ci, co| w[co * cin + ci])
+        });
+        (data, index)
+    }
+
+    /// Whether these are weights of a convolution with `s`'s kernel and channels (and were
+    /// packed for a pointwise convolution exactly when `s` is one).
     pub fn fits(&self, s: &ConvShape) -> bool {
-        self.dims == (s.k, s.cin, s.cout)
+        self.dims == (s.k, s.cin, s.cout) && self.pointwise.is_some() == is_pointwise(s)
     }
 }
 
@@ -556,8 +636,13 @@ pub fn forward_packed(x: &[f32], packed: &PackedWeights, s: &ConvShape, fuse: &F
     assert_eq!(out.len(), s.output_len(), "conv output length");
     assert!(packed.fits(s), "packed weights {:?} for a convolution {s:?}", packed.dims);
     assert!(fuse.scale.is_none(), "a scale is folded in when packing");
+    if let Some(plain) = &packed.pointwise {
+        if s.n * s.h * s.w >= POINTWISE_GEMM_PIXELS {
+            return pointwise_forward_fused(x, plain, s, fuse, out);
+        }
+    }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
-    let (packed, index) = (&packed.data, &packed.index);
+    let (packed, index) = packed.gather();
     if let Some(kernel) = strip::kernel_for(s, cin, index) {
         let dims = (s.n, s.h, s.w, cin);
         return strip::strip_pass(kernel, x, dims, strip::Rows::Forward, (packed, index), out, false, fuse);
@@ -1370,6 +1455,9 @@ mod tests {
             ConvShape { n: 1, h: 5, w: 14, cin: 9, cout: 44, k: 3, stride: 1, pad: 1 },
             // A weight gradient through patch panels.
             ConvShape { n: 1, h: 5, w: 7, cin: 130, cout: 12, k: 3, stride: 2, pad: 1 },
+            // A folded pointwise forward through one `gemm` product then the epilogue (from
+            // `POINTWISE_GEMM_PIXELS` to 4 * `POINTWISE_CHUNK` pixels).
+            ConvShape { n: 1, h: 32, w: 40, cin: 7, cout: 12, k: 1, stride: 1, pad: 0 },
             // A pointwise weight gradient in pixel groups (the last one partial).
             ConvShape { n: 1, h: 183, w: 181, cin: 3, cout: 5, k: 1, stride: 1, pad: 0 },
             // Heavy packed weights (over 1 MiB both ways), more than one task of row blocks, a
