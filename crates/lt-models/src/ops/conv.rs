@@ -945,19 +945,10 @@ pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
         return panels_backward_weight(x, dy, s, dw, panel_pixels(s.k * s.k * s.cin));
     }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
-    let (oh, ow) = (s.oh(), s.ow());
     let blocks = col_blocks(cout);
     let cpad = blocks.last().map(|&(c0, nb)| c0 + 8 * nb).unwrap_or(0);
     // dy padded to `cpad` columns when C_out is not a multiple of 8.
-    let dy_padded: std::borrow::Cow<[f32]> = if cpad == cout {
-        dy.into()
-    } else {
-        let mut v = vec![0f32; s.n * oh * ow * cpad];
-        for (src, dst) in dy.chunks_exact(cout).zip(v.chunks_exact_mut(cpad)) {
-            dst[..cout].copy_from_slice(src);
-        }
-        v.into()
-    };
+    let dy_padded = padded_columns(dy, cout, cpad);
     let g = WeightGrad { x, dy: &dy_padded, s, blocks: &blocks, cpad };
     // acc[(t * cin + ci) * cpad + co]
     let acc = if method == WeightMethod::Channels { g.by_channels() } else { g.by_pixels() };
@@ -1023,6 +1014,18 @@ fn panels_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], 
             }
         }
     }
+}
+
+/// `dy` (`[P, cout]`) with its rows padded by zeros to `cpad` columns (itself when `cpad == cout`).
+fn padded_columns(dy: &[f32], cout: usize, cpad: usize) -> std::borrow::Cow<'_, [f32]> {
+    if cpad == cout {
+        return dy.into();
+    }
+    let mut v = vec![0f32; dy.len() / cout * cpad];
+    for (src, dst) in dy.chunks_exact(cout).zip(v.chunks_exact_mut(cpad)) {
+        dst[..cout].copy_from_slice(src);
+    }
+    v.into()
 }
 
 /// How [`backward_weight`] runs a convolution that is not pointwise.
@@ -1280,10 +1283,11 @@ impl WeightGrad<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn data(n: usize, seed: u64) -> Vec<f32> {
+    /// Deterministic values in `[-1, 1)`.
+    pub(crate) fn data(n: usize, seed: u64) -> Vec<f32> {
         let mut r = lt_core::Rng::new(seed);
         (0..n).map(|_| r.uniform_f32() * 2.0 - 1.0).collect()
     }
@@ -1322,7 +1326,8 @@ mod tests {
         (out, dx, dw)
     }
 
-    fn close(a: &[f32], b: &[f32], what: &str) {
+    /// Asserts `a` and `b` agree to a relative 1e-4.
+    pub(crate) fn close(a: &[f32], b: &[f32], what: &str) {
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
             assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
         }
@@ -1397,10 +1402,7 @@ mod tests {
             let (_, _, want) = reference(&x, &data(s.weight_len(), 97), &dy, &s);
             let blocks = col_blocks(s.cout);
             let cpad = blocks.last().map(|&(c0, nb)| c0 + 8 * nb).unwrap_or(0);
-            let mut dyp = vec![0f32; s.n * s.oh() * s.ow() * cpad];
-            for (src, dst) in dy.chunks_exact(s.cout).zip(dyp.chunks_exact_mut(cpad)) {
-                dst[..s.cout].copy_from_slice(src);
-            }
+            let dyp = padded_columns(&dy, s.cout, cpad);
             let g = WeightGrad { x: &x, dy: &dyp, s: &s, blocks: &blocks, cpad };
             let mut acc = vec![0f32; 9 * s.cin * cpad];
             let portable = kernels::PORTABLE.grad_strip.unwrap();
@@ -1427,10 +1429,7 @@ mod tests {
             let dy = data(s.output_len(), 72);
             let blocks = col_blocks(s.cout);
             let cpad = blocks.last().map(|&(c0, nb)| c0 + 8 * nb).unwrap_or(0);
-            let mut dyp = vec![0f32; s.n * s.oh() * s.ow() * cpad];
-            for (src, dst) in dy.chunks_exact(s.cout).zip(dyp.chunks_exact_mut(cpad)) {
-                dst[..s.cout].copy_from_slice(src);
-            }
+            let dyp = padded_columns(&dy, s.cout, cpad);
             let g = WeightGrad { x: &x, dy: &dyp, s: &s, blocks: &blocks, cpad };
             let (a, b) = (g.by_pixels(), g.by_channels());
             assert!(a.iter().any(|&v| v != 0.0));

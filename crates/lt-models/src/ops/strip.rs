@@ -146,12 +146,8 @@ pub(crate) fn strip_pass(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ops::conv::tests::{close, data};
     use crate::ops::conv::{backward_input, forward, forward_fused};
-
-    fn data(n: usize, seed: u64) -> Vec<f32> {
-        let mut r = lt_core::Rng::new(seed);
-        (0..n).map(|_| r.uniform_f32() * 2.0 - 1.0).collect()
-    }
 
     /// `forward` and `backward_input` by direct loops, `c` channels in and out.
     fn reference(x: &[f32], w: &[f32], dy: &[f32], s: &ConvShape) -> (Vec<f32>, Vec<f32>) {
@@ -173,12 +169,6 @@ mod tests {
             }
         }
         (out, dx)
-    }
-
-    fn close(a: &[f32], b: &[f32], what: &str) {
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 1e-4 * (1.0 + y.abs()), "{what}[{i}]: {x} vs {y}");
-        }
     }
 
     /// Widths with one strip shorter than the kernel's three columns, whole strips and uneven

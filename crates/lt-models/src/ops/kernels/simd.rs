@@ -54,21 +54,9 @@ macro_rules! kernel_bodies {
                 let e = &a.epilogue;
                 for j in 0..MR {
                     for k in 0..NV {
-                        let p = a.out[j].add(LANES * k);
-                        let mut v = acc[j][k];
-                        if a.accumulate {
-                            v = add(v, load(p));
-                        }
-                        if !e.bias.is_null() {
-                            v = add(v, load(e.bias.add(LANES * k)));
-                        }
-                        if let Some(r) = e.residual {
-                            v = add(v, load(r[j].add(LANES * k)));
-                        }
-                        if e.relu {
-                            v = max(v, zero());
-                        }
-                        store(p, v);
+                        let bias = (!e.bias.is_null()).then(|| e.bias.add(LANES * k));
+                        let residual = e.residual.map(|r| r[j].add(LANES * k));
+                        finish(a.out[j].add(LANES * k), acc[j][k], a.accumulate, bias, residual, e.relu);
                     }
                 }
             }
@@ -185,21 +173,10 @@ macro_rules! strip_body {
                 }
                 for j in 0..MR {
                     for k in 0..NV {
-                        let p = a.out.add(j * a.out_stride + LANES * k);
-                        let mut v = acc[j][k];
-                        if a.accumulate {
-                            v = add(v, load(p));
-                        }
-                        if !a.bias.is_null() {
-                            v = add(v, load(a.bias.add(LANES * k)));
-                        }
-                        if !a.residual.is_null() {
-                            v = add(v, load(a.residual.add(j * a.out_stride + LANES * k)));
-                        }
-                        if a.relu {
-                            v = max(v, zero());
-                        }
-                        store(p, v);
+                        let at = j * a.out_stride + LANES * k;
+                        let bias = (!a.bias.is_null()).then(|| a.bias.add(LANES * k));
+                        let residual = (!a.residual.is_null()).then(|| a.residual.add(at));
+                        finish(a.out.add(at), acc[j][k], a.accumulate, bias, residual, a.relu);
                     }
                 }
             }
@@ -410,6 +387,40 @@ macro_rules! primitives {
         #[target_feature(enable = $feature)]
         fn max(a: V, b: V) -> V {
             $maxv(a, b)
+        }
+
+        /// Stores the sums `v` at `p` through an epilogue: plus the old value (`accumulate`),
+        /// the `bias` and `residual` vectors where given, then ReLU.
+        ///
+        /// # Safety
+        /// `LANES` floats at `p` (and at `bias` and `residual` when given) are valid.
+        #[inline]
+        #[target_feature(enable = $feature)]
+        #[allow(dead_code)]
+        unsafe fn finish(
+            p: *mut f32,
+            mut v: V,
+            accumulate: bool,
+            bias: Option<*const f32>,
+            residual: Option<*const f32>,
+            relu: bool,
+        ) {
+            // SAFETY: the caller guarantees the extents.
+            unsafe {
+                if accumulate {
+                    v = add(v, load(p));
+                }
+                if let Some(b) = bias {
+                    v = add(v, load(b));
+                }
+                if let Some(r) = residual {
+                    v = add(v, load(r));
+                }
+                if relu {
+                    v = max(v, zero());
+                }
+                store(p, v);
+            }
         }
     };
 }
