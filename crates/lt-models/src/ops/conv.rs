@@ -1190,11 +1190,12 @@ impl WeightGrad<'_> {
 
     /// The weight-gradient strip kernel, if the kernel set has one for this gradient: 3x3,
     /// stride 1, pad 1, every column block one the kernel runs.
-    fn grad_strip(&self) -> Option<kernels::GradStripFn> {
+    fn grad_strip(&self) -> Option<kernels::GradStripKernel> {
+        let kernel = kernels::grad_strip_kernel()?;
         let s = self.s;
         let fits = s.k == 3 && s.stride == 1 && s.pad == 1 && !self.blocks.is_empty();
-        let blocks = self.blocks.iter().all(|&(_, nb)| kernels::grad_strip_rows(nb).is_some());
-        (fits && blocks).then(kernels::grad_strip_kernel).flatten()
+        let blocks = self.blocks.iter().all(|&(_, nb)| kernel.rows(nb).is_some());
+        (fits && blocks).then_some(kernel)
     }
 
     /// Adds to `acc` (a group's own gradient) the products of the output rows `g0..g1` through
@@ -1202,7 +1203,7 @@ impl WeightGrad<'_> {
     /// column block, its three taps at once (see [`kernels::GradStripArgs`]).
     fn strip_rows(
         &self,
-        kernel: kernels::GradStripFn,
+        kernel: kernels::GradStripKernel,
         g0: usize,
         g1: usize,
         pairs: &mut Vec<(usize, usize)>,
@@ -1226,7 +1227,7 @@ impl WeightGrad<'_> {
                 "row pair ({last_x}, {last_dy}) outside the operands"
             );
             for &(c0, nb) in self.blocks {
-                let rows = kernels::grad_strip_rows(nb).unwrap_or(1);
+                let rows = kernel.rows(nb).unwrap_or(1);
                 for c in (0..cin).step_by(rows) {
                     let first = ((kh * 3) * cin + c) * cpad + c0;
                     assert!(first + 2 * cin * cpad <= acc.len(), "gradient block outside the gradient");
@@ -1245,7 +1246,7 @@ impl WeightGrad<'_> {
                     // channels `c..c + mr` and columns `c0..c0 + 8 * nb` lie inside a pixel);
                     // the three taps' rows `c..c + mr` lie inside `acc` (checked above); the
                     // kernel is the selected set's.
-                    unsafe { kernels::grad_strip_block(kernel, &args, rows.min(cin - c), nb) };
+                    unsafe { kernels::grad_strip_block(&kernel, &args, rows.min(cin - c), nb) };
                 }
             }
         }

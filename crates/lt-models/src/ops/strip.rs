@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use super::conv::{ConvShape, Fuse, HEAVY_WEIGHT_BYTES};
-use super::kernels::{self, StripArgs, StripFn, StripRow};
+use super::kernels::{self, StripArgs, StripKernel, StripRow};
 
 /// Which source row a kernel row reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,11 +28,15 @@ pub(crate) enum Rows {
 /// The strip kernel for a gather of `depth` floats per source pixel into the column blocks
 /// `index` (`(first column, 8-column units, offset)`) over `s`, if the shape is one the strip
 /// pass serves and the kernel set has one.
-pub(crate) fn kernel_for(s: &ConvShape, depth: usize, index: &[(usize, usize, usize)]) -> Option<StripFn> {
+pub(crate) fn kernel_for(
+    s: &ConvShape,
+    depth: usize,
+    index: &[(usize, usize, usize)],
+) -> Option<StripKernel> {
+    let kernel = kernels::strip_kernel()?;
     let square = s.k == 3 && s.stride == 1 && s.pad == 1 && s.cin == s.cout;
-    let blocks =
-        index.iter().all(|&(c0, nb, _)| c0 + 8 * nb <= s.cout && kernels::strip_rows(nb, depth).is_some());
-    (square && blocks && !index.is_empty()).then(kernels::strip_kernel).flatten()
+    let blocks = index.iter().all(|&(c0, nb, _)| c0 + 8 * nb <= s.cout && kernel.rows(nb, depth).is_some());
+    (square && blocks && !index.is_empty()).then_some(kernel)
 }
 
 /// A raw output pointer shared by the tasks of a strip pass, which write disjoint blocks.
@@ -54,7 +58,7 @@ unsafe impl Sync for OutPtr {}
 /// one kernel call's sum in the kernel's order, whatever the thread count.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn strip_pass(
-    kernel: StripFn,
+    kernel: StripKernel,
     src: &[f32],
     (n, h, w, depth): (usize, usize, usize, usize),
     rows: Rows,
@@ -73,7 +77,7 @@ pub(crate) fn strip_pass(
     if let Some(r) = fuse.residual {
         assert_eq!(r.len(), out.len(), "residual length");
     }
-    let max_rows = index.iter().map(|&(_, nb, _)| kernels::strip_rows(nb, depth)).min().flatten();
+    let max_rows = index.iter().map(|&(_, nb, _)| kernel.rows(nb, depth)).min().flatten();
     let (Some(max_rows), false) = (max_rows, out.is_empty()) else { return };
     // Strips of near-equal length: a 32-pixel row is two of 16 (16 columns) or three of 10-11.
     let strips = w.div_ceil(max_rows);
@@ -136,7 +140,7 @@ pub(crate) fn strip_pass(
                 // residual sliced above, the output checked above); tasks write disjoint
                 // (row, column block) parts; `kernel` is the selected set's (or the portable
                 // one), which this CPU runs.
-                unsafe { kernels::strip_block(kernel, &args, mr, nb) };
+                unsafe { kernels::strip_block(&kernel, &args, mr, nb) };
                 x0 += mr;
             }
         }

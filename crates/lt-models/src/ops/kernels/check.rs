@@ -4,7 +4,7 @@
 
 use super::{
     portable, Epilogue, GatherArgs, GradStripArgs, KernelSet, OuterArgs, Run, StripArgs, StripRow, Tap,
-    GRAD_STRIP_SHAPES, MR_MAX, NR_MAX, STRIP_SHAPES,
+    MR_MAX, NR_MAX,
 };
 
 /// Deterministic values in `[-1, 1)`.
@@ -100,7 +100,7 @@ fn strip_agrees(
     edges: bool,
     fused: bool,
 ) -> Result<(), String> {
-    let Some(kernel) = set.strip else { return Ok(()) };
+    let Some(kernel) = set.strip.map(|k| k.run) else { return Ok(()) };
     let (nr, stride) = (8 * nb, 8 * nb + 8);
     let window = data(3 * (mr + 2) * c, 9);
     let zero = vec![0f32; c];
@@ -142,7 +142,7 @@ fn strip_agrees(
 /// One weight-gradient strip block of `set` against the portable kernel: `mr` input channels of
 /// `nb` 8-column units over two row pairs of `width` pixels (strides wider than the block).
 fn grad_strip_agrees(set: &KernelSet, mr: usize, nb: usize, width: usize) -> Result<(), String> {
-    let Some(kernel) = set.grad_strip else { return Ok(()) };
+    let Some(kernel) = set.grad_strip.map(|k| k.run) else { return Ok(()) };
     let nr = 8 * nb;
     let (x_stride, dy_stride, acc_stride) = (mr + 3, nr + 8, nr + 4);
     let x = data(3 * width * x_stride, 14);
@@ -181,14 +181,14 @@ pub fn agrees_with_portable(set: &KernelSet) -> Result<(), String> {
             outer_agrees(set, mr, nb)?;
         }
     }
-    for (nb, rows) in GRAD_STRIP_SHAPES {
+    for &(nb, rows) in set.grad_strip.map_or(&[][..], |k| k.shapes) {
         for mr in 1..=rows {
             for width in [1, 2, 7] {
                 grad_strip_agrees(set, mr, nb, width)?;
             }
         }
     }
-    for (nb, c, rows) in STRIP_SHAPES {
+    for &(nb, c, rows) in set.strip.map_or(&[][..], |k| k.shapes) {
         for mr in 1..=rows {
             for (edges, fused) in [(false, false), (true, false), (false, true), (true, true)] {
                 strip_agrees(set, (mr, nb, c), edges, fused)?;

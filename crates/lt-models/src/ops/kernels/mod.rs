@@ -109,19 +109,30 @@ pub struct OuterArgs<'a> {
     pub acc_stride: usize,
 }
 
-/// The strip blocks the kernels run: `(nb, depth, most rows)`: 16 columns (`nb = 2`, one
-/// AVX-512 vector) over 16 channels, and 32 columns (two vectors) over ResNet's wider channel
-/// counts. The depth is a compile-time constant of the SIMD kernel (its window pixels are then
-/// fixed offsets from one pointer); the rows are what the 32 registers hold beside the weights:
-/// 16 sums of one vector, 20 of two (12 rows spilled and ran 5-10% slower on 56-pixel rows).
+/// A strip kernel ([`StripArgs`]) and the blocks it runs.
+#[derive(Clone, Copy, Debug)]
+pub struct StripKernel {
+    /// The kernel: `(args, mr, nb)`.
+    pub run: StripFn,
+    /// The blocks it runs, `(nb, depth, most rows)`: the depth is a compile-time constant of a
+    /// SIMD kernel (its window pixels are then fixed offsets from one pointer), the rows what
+    /// the registers hold beside the weights.
+    pub shapes: &'static [(usize, usize, usize)],
+}
+
+impl StripKernel {
+    /// Most rows of a block of `nb` 8-column units over `depth` channels, if the kernel runs
+    /// such blocks.
+    pub fn rows(&self, nb: usize, depth: usize) -> Option<usize> {
+        self.shapes.iter().find(|&&(b, d, _)| (b, d) == (nb, depth)).map(|&(_, _, rows)| rows)
+    }
+}
+
+/// The strip blocks of the AVX-512 kernel (and of the portable one, its reference): 16 columns
+/// (one vector) over 16 channels, 32 (two vectors) over ResNet's wider channel counts; 16 sums
+/// of one vector or 20 of two (12 rows of two spilled and ran 5-10% slower on 56-pixel rows).
 pub const STRIP_SHAPES: [(usize, usize, usize); 6] =
     [(2, 16, 16), (4, 32, 10), (4, 64, 10), (4, 128, 10), (4, 256, 10), (4, 512, 10)];
-
-/// Most rows of a strip block of `nb` 8-column units over `depth` channels, if the kernels run
-/// such blocks.
-pub fn strip_rows(nb: usize, depth: usize) -> Option<usize> {
-    STRIP_SHAPES.iter().find(|&&(b, d, _)| (b, d) == (nb, depth)).map(|&(_, _, rows)| rows)
-}
 
 /// One kernel row of a strip block: a window of `mr + 2` consecutive source pixels of `depth`
 /// floats, the first and the last of which may be padding.
@@ -145,7 +156,7 @@ pub struct StripRow {
 pub struct StripArgs {
     /// Kernel rows `kh = 0, 1, 2`; `None` for a row wholly in the padding (skipped).
     pub rows: [Option<StripRow>; 3],
-    /// Channels per source pixel (one of [`STRIP_SHAPES`]' depths for this width).
+    /// Channels per source pixel (one of the kernel's depths for this width).
     pub depth: usize,
     /// Packed weights of this column block: 9 taps of `depth` rows of `8 * nb` floats.
     pub packed: *const f32,
@@ -178,15 +189,25 @@ impl StripArgs {
 /// A strip kernel: `(args, mr, nb)`.
 pub type StripFn = unsafe fn(&StripArgs, usize, usize);
 
-/// The weight-gradient strip blocks the kernels run: `(nb, most rows)`, rows being input
-/// channels: each row keeps three sums per vector of columns (one per kernel column), so 18
-/// sums of one vector or 24 of two.
+/// The weight-gradient strip blocks of the AVX-512 kernel (and of the portable one): 18 sums of
+/// one vector, 24 of two.
 pub const GRAD_STRIP_SHAPES: [(usize, usize); 2] = [(2, 6), (4, 4)];
 
-/// Most input channels of a weight-gradient strip block of `nb` 8-column units, if the kernels
-/// run such blocks.
-pub fn grad_strip_rows(nb: usize) -> Option<usize> {
-    GRAD_STRIP_SHAPES.iter().find(|&&(b, _)| b == nb).map(|&(_, rows)| rows)
+/// A weight-gradient strip kernel ([`GradStripArgs`]) and the blocks it runs.
+#[derive(Clone, Copy, Debug)]
+pub struct GradStripKernel {
+    /// The kernel: `(args, mr, nb)`.
+    pub run: GradStripFn,
+    /// The blocks it runs, `(nb, most rows)`, rows being input channels: each keeps three sums
+    /// per vector of columns (one per kernel column).
+    pub shapes: &'static [(usize, usize)],
+}
+
+impl GradStripKernel {
+    /// Most input channels of a block of `nb` 8-column units, if the kernel runs such blocks.
+    pub fn rows(&self, nb: usize) -> Option<usize> {
+        self.shapes.iter().find(|&&(b, _)| b == nb).map(|&(_, rows)| rows)
+    }
 }
 
 /// Arguments of one weight-gradient strip block: for one kernel row of a 3x3, stride-1, pad-1
@@ -237,10 +258,10 @@ pub struct KernelSet {
     /// Widest block, in 8-column units: 2 (16 columns) or 4 (32 columns).
     pub nb_max: usize,
     /// The strip kernel, where the set has one that beats its gather kernel.
-    pub strip: Option<StripFn>,
+    pub strip: Option<StripKernel>,
     /// The weight-gradient strip kernel, where the set has one that beats its outer-product
     /// kernel.
-    pub grad_strip: Option<GradStripFn>,
+    pub grad_strip: Option<GradStripKernel>,
 }
 
 impl KernelSet {
@@ -262,8 +283,8 @@ pub const PORTABLE: KernelSet = KernelSet {
     gather: portable::gather,
     outer: portable::outer,
     nb_max: 4,
-    strip: Some(portable::strip),
-    grad_strip: Some(portable::grad_strip),
+    strip: Some(StripKernel { run: portable::strip, shapes: &STRIP_SHAPES }),
+    grad_strip: Some(GradStripKernel { run: portable::grad_strip, shapes: &GRAD_STRIP_SHAPES }),
 };
 
 /// Every SIMD set this build has, with whether this CPU can run it (`None`: it cannot).
@@ -309,13 +330,13 @@ pub fn nb_max() -> usize {
 }
 
 /// The strip kernel of the kernel set in use, if it has one ([`KernelSet::strip`]).
-pub fn strip_kernel() -> Option<StripFn> {
+pub fn strip_kernel() -> Option<StripKernel> {
     select().strip
 }
 
 /// The weight-gradient strip kernel of the kernel set in use, if it has one
 /// ([`KernelSet::grad_strip`]).
-pub fn grad_strip_kernel() -> Option<GradStripFn> {
+pub fn grad_strip_kernel() -> Option<GradStripKernel> {
     select().grad_strip
 }
 
@@ -363,11 +384,11 @@ pub unsafe fn outer_block(args: &OuterArgs, mr: usize, nb: usize) {
 /// `mr * depth`; `packed` for `9 * depth * 8 * nb` floats; `out` (and `residual` when set) for
 /// `mr` rows of `8 * nb` floats at `out_stride`; `bias` when set for `8 * nb` floats.
 #[inline]
-pub unsafe fn strip_block(kernel: StripFn, args: &StripArgs, mr: usize, nb: usize) {
-    let rows = strip_rows(nb, args.depth);
+pub unsafe fn strip_block(kernel: &StripKernel, args: &StripArgs, mr: usize, nb: usize) {
+    let rows = kernel.rows(nb, args.depth);
     assert!(rows.is_some_and(|r| (1..=r).contains(&mr)), "strip block of {mr} x {nb} over {}", args.depth);
     // SAFETY: the caller upholds the pointer contract above; the shape was checked.
-    unsafe { kernel(args, mr, nb) }
+    unsafe { (kernel.run)(args, mr, nb) }
 }
 
 /// Runs one weight-gradient strip block of `mr` input channels by `8 * nb` output channels with
@@ -379,8 +400,8 @@ pub unsafe fn strip_block(kernel: StripFn, args: &StripArgs, mr: usize, nb: usiz
 /// `dy + row.1` for `width` pixels of `8 * nb` floats at `dy_stride`; `acc` for the three taps'
 /// `mr` rows of `8 * nb` floats.
 #[inline]
-pub unsafe fn grad_strip_block(kernel: GradStripFn, args: &GradStripArgs, mr: usize, nb: usize) {
-    assert!(grad_strip_rows(nb).is_some_and(|r| (1..=r).contains(&mr)), "grad strip block {mr} x {nb}");
+pub unsafe fn grad_strip_block(kernel: &GradStripKernel, args: &GradStripArgs, mr: usize, nb: usize) {
+    assert!(kernel.rows(nb).is_some_and(|r| (1..=r).contains(&mr)), "grad strip block {mr} x {nb}");
     // SAFETY: the caller upholds the pointer contract above; the shape was checked.
-    unsafe { kernel(args, mr, nb) }
+    unsafe { (kernel.run)(args, mr, nb) }
 }
