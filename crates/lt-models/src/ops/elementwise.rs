@@ -144,7 +144,7 @@ impl Window {
 
     /// The input positions (along one axis of `n`) that output position `o` reads, in window
     /// order, skipping the padding.
-    fn inputs(&self, o: usize, n: usize) -> impl Iterator<Item = usize> {
+    pub(crate) fn inputs(&self, o: usize, n: usize) -> impl Iterator<Item = usize> {
         let (first, pad) = (o * self.stride, self.pad);
         (first..first + self.k).filter_map(move |i| i.checked_sub(pad).filter(|&i| i < n))
     }
@@ -154,35 +154,43 @@ impl Window {
 /// (which then propagates, as in PyTorch).
 #[inline(always)]
 fn replaces_max(v: f32, max: f32) -> bool {
-    v > max || v.is_nan()
+    // Both tests always (`|`, not `||`): a branch-free select the compiler vectorises.
+    (v > max) | v.is_nan()
 }
 
 /// Max pooling of `x` (shape `s`) with window `win` (which must fit, see [`Window::output`]):
-/// writes the output and, for each output value, the flat input index of its maximum.
+/// writes the output and, for each output value, the flat input index of its maximum (the first
+/// in window order; the last NaN where there is one; a window of `-inf` alone points at its first
+/// input). Spread over output rows, with a branch-free channel loop that vectorises.
 pub fn max_pool_forward(x: &[f32], s: Nhwc, win: Window, out: &mut [f32], argmax: &mut [u32]) {
     let o = win.output(s).expect("the pooling window fits the input");
     let Nhwc { h, w, c, .. } = s;
     assert_eq!((x.len(), out.len(), argmax.len()), (s.len(), o.len(), o.len()), "max pool lengths");
     assert!(s.len() <= u32::MAX as usize, "max pool: input too large for 32-bit indices");
     let (oh, ow) = (o.h, o.w);
-    out.par_chunks_mut(oh * ow * c).zip(argmax.par_chunks_mut(oh * ow * c)).enumerate().take(s.n).for_each(
-        |(ni, (o, am))| {
-            for y in 0..oh {
-                for xo in 0..ow {
-                    let base = (y * ow + xo) * c;
-                    o[base..base + c].fill(f32::NEG_INFINITY);
-                    for iy in win.inputs(y, h) {
-                        for ix in win.inputs(xo, w) {
-                            let src = ((ni * h + iy) * w + ix) * c;
-                            for ch in 0..c {
-                                let v = x[src + ch];
-                                if replaces_max(v, o[base + ch]) {
-                                    o[base + ch] = v;
-                                    am[base + ch] = (src + ch) as u32;
-                                }
-                            }
-                        }
+    out.par_chunks_mut(ow * c).zip(argmax.par_chunks_mut(ow * c)).enumerate().for_each(
+        |(r, (orow, arow))| {
+            let (ni, y) = (r / oh, r % oh);
+            // The window's inputs (first offsets) in window order; the channel loop keeps the tap
+            // number (the same for every channel, so its selects vectorise), made an index after.
+            let mut taps: Vec<usize> = Vec::with_capacity(win.k * win.k);
+            for (xo, (acc, am)) in orow.chunks_exact_mut(c).zip(arow.chunks_exact_mut(c)).enumerate() {
+                taps.clear();
+                for iy in win.inputs(y, h) {
+                    taps.extend(win.inputs(xo, w).map(|ix| ((ni * h + iy) * w + ix) * c));
+                }
+                acc.fill(f32::NEG_INFINITY);
+                am.fill(0);
+                for (t, &first) in taps.iter().enumerate() {
+                    let t = t as u32;
+                    for ((a, m), &v) in acc.iter_mut().zip(am.iter_mut()).zip(&x[first..][..c]) {
+                        let replace = replaces_max(v, *a);
+                        *a = if replace { v } else { *a };
+                        *m = if replace { t } else { *m };
                     }
+                }
+                for (ch, m) in am.iter_mut().enumerate() {
+                    *m = (taps[*m as usize] + ch) as u32;
                 }
             }
         },

@@ -205,7 +205,7 @@ fn batch_statistics_match_a_two_pass_f64_reference_far_from_zero() {
 }
 
 #[test]
-fn max_pool_values_equal_the_training_pass_bit_for_bit() {
+fn max_pool_values_equal_the_training_pass_bit_for_bit_and_argmax_is_the_first_maximum() {
     use super::elementwise::{max_pool_forward, max_pool_values, Nhwc, Window};
     for (i, &(n, h, w, c, k, stride, pad)) in
         [(2, 9, 8, 5, 3, 2, 1), (1, 112, 112, 64, 3, 2, 1), (3, 4, 6, 3, 2, 2, 0), (1, 7, 5, 17, 3, 1, 1)]
@@ -223,6 +223,21 @@ fn max_pool_values_equal_the_training_pass_bit_for_bit() {
         let (mut want, mut argmax, mut got) = (vec![0f32; len], vec![0u32; len], vec![1f32; len]);
         max_pool_forward(&x, s, win, &mut want, &mut argmax);
         max_pool_values(&x, s, win, &mut got);
+        // Each argmax is the first input of its window, in window order, that holds the value;
+        // where the value is NaN, the last NaN (each NaN replaces the running maximum).
+        let o = win.output(s).unwrap();
+        for (j, (&v, &a)) in want.iter().zip(&argmax).enumerate() {
+            let (ni, y, xo, ch) = (j / (o.h * o.w * c), j / (o.w * c) % o.h, j / c % o.w, j % c);
+            let mut window = win
+                .inputs(y, h)
+                .flat_map(|iy| win.inputs(xo, w).map(move |ix| ((ni * h + iy) * w + ix) * c + ch));
+            let want_index = if v.is_nan() {
+                window.filter(|&i| x[i].is_nan()).last()
+            } else {
+                window.find(|&i| x[i] == v)
+            };
+            assert_eq!(Some(a as usize), want_index, "argmax of output {j}, {s:?} {win:?}");
+        }
         assert!(want.iter().any(|v| v.is_nan()) && want.iter().any(|v| !v.is_nan()));
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&got), bits(&want), "max pool {s:?} {win:?}");
