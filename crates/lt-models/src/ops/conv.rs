@@ -156,13 +156,14 @@ fn pack(
     (packed, index)
 }
 
-/// A raw output pointer shared by the workers of a gather pass, which write disjoint rows.
+/// A raw output pointer shared by the workers of a gather or strip pass, which write disjoint
+/// blocks of the output.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: workers write disjoint rows (each logical row maps to its own output row), and the
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: workers write disjoint blocks (each output value belongs to one block), and the
 // pointer outlives the parallel pass that uses it (the pass borrows `out` mutably).
 unsafe impl Send for OutPtr {}
-// SAFETY: as for `Send`: concurrent users write disjoint rows only.
+// SAFETY: as for `Send`: concurrent users write disjoint blocks only.
 unsafe impl Sync for OutPtr {}
 
 /// What the forward pass applies to its sums on the way out: eval mode's folded batch norm
@@ -191,7 +192,14 @@ impl Fuse<'_> {
 /// Packed weights above this many bytes are "heavy": more than a core's L2 cache holds, so a
 /// pass that streamed all of them once per row block would be bound by memory (ResNet-50's last
 /// stages, above all at batch 1, where few row blocks share much weight).
-pub(super) const HEAVY_WEIGHT_BYTES: usize = 1 << 20;
+const HEAVY_WEIGHT_BYTES: usize = 1 << 20;
+
+/// Whether the packed weights with column blocks `index` are heavy ([`HEAVY_WEIGHT_BYTES`]) and
+/// split into more than one column block: then the gather and strip passes run a column block
+/// at a time over many rows, so that its weights come from memory once per task.
+pub(super) fn heavy_weights(packed: &[f32], index: &[(usize, usize, usize)]) -> bool {
+    std::mem::size_of_val(packed) > HEAVY_WEIGHT_BYTES && index.len() > 1
+}
 
 /// One row block's plan in a [`gather_pass`]: its rows, tap depth, output offsets and the range
 /// of its taps.
@@ -227,7 +235,7 @@ fn gather_pass(
 ) {
     let blocks = rows.div_ceil(MR_MAX);
     let want = 4 * rayon::current_num_threads();
-    let heavy = std::mem::size_of_val(packed) > HEAVY_WEIGHT_BYTES && index.len() > 1;
+    let heavy = heavy_weights(packed, index);
     // Up to 16 row blocks per task; where that leaves fewer than 4 tasks per thread (a small
     // batch, a late stage), fewer blocks per task (light weights) and the column blocks split
     // between tasks too.
@@ -562,8 +570,9 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut
     assert_eq!(x.len(), s.input_len(), "conv input length");
     assert_eq!(w.len(), s.weight_len(), "conv weight length");
     assert_eq!(out.len(), s.output_len(), "conv output length");
-    // A folded pointwise convolution goes through `PackedWeights` too: `gemm` by chunks of
-    // pixels with the epilogue while they are in cache, or the gather kernels for few pixels.
+    // A pointwise convolution with nothing folded in is a plain product; a folded one goes
+    // through `PackedWeights` like the rest (`gemm` by chunks of pixels with the epilogue while
+    // they are in cache, or the gather kernels for few pixels).
     if is_pointwise(s) && fuse.scale.is_none() && !fuse.has_epilogue() {
         return pointwise_forward(x, w, s, out);
     }
@@ -1219,13 +1228,11 @@ impl WeightGrad<'_> {
                     pairs.push(((n * h + iy) * w * cin, g * w * cpad));
                 }
             }
-            let Some(&(last_x, last_dy)) = pairs.iter().max_by_key(|p| p.0.max(p.1)) else { continue };
-            assert!(
-                pairs
-                    .iter()
-                    .all(|&(xo, dyo)| xo + w * cin <= self.x.len() && dyo + w * cpad <= self.dy.len()),
-                "row pair ({last_x}, {last_dy}) outside the operands"
-            );
+            if let Some(p) =
+                pairs.iter().find(|&&(xo, dyo)| xo + w * cin > self.x.len() || dyo + w * cpad > self.dy.len())
+            {
+                panic!("row pair {p:?} outside the operands");
+            }
             for &(c0, nb) in self.blocks {
                 let rows = kernel.rows(nb).unwrap_or(1);
                 for c in (0..cin).step_by(rows) {

@@ -1,18 +1,18 @@
 //! The strip pass: the forward pass and the input gradient of 3x3, stride-1, pad-1 convolutions
 //! with as many channels in as out, for ResNet's channel counts (16 to 512): one kernel call per
-//! strip of up to 12-16 output pixels of an image row and column block
-//! ([`kernels::strip_block`]).
+//! strip of up to 16 (one vector of columns) or 10 (two) output pixels of an image row and
+//! column block ([`kernels::strip_block`]).
 //!
 //! A gather block plans six pixels at a time, and where it is one vector wide (16 channels)
 //! each of its multiply-adds needs a load of its own (the broadcast source value) besides the
 //! weights: the loads, not the arithmetic, set its pace. The strip kernel broadcasts each
-//! source value once for the three outputs it reaches, keeps 16 to 24 sums in flight, and a
+//! source value once for the three outputs it reaches, keeps 16 or 20 sums in flight, and a
 //! strip takes a whole stretch of an image row, so its padding is two zero pixels at most
 //! instead of a general plan per block that touches the edge.
 
 use rayon::prelude::*;
 
-use super::conv::{ConvShape, Fuse, HEAVY_WEIGHT_BYTES};
+use super::conv::{heavy_weights, ConvShape, Fuse, OutPtr};
 use super::kernels::{self, StripArgs, StripKernel, StripRow};
 
 /// Which source row a kernel row reads.
@@ -39,23 +39,16 @@ pub(crate) fn kernel_for(
     (square && blocks && !index.is_empty()).then_some(kernel)
 }
 
-/// A raw output pointer shared by the tasks of a strip pass, which write disjoint blocks.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint (row, column block) parts of the output, and the pointer
-// outlives the parallel pass that uses it (the pass borrows `out` mutably).
-unsafe impl Send for OutPtr {}
-// SAFETY: as for `Send`.
-unsafe impl Sync for OutPtr {}
-
 /// Runs `kernel` over `n` images of `h x w` pixels: `out[n, y, x, ..cols]` from the 3x3 windows
 /// of `src[n, y, x, ..depth]` (rows chosen by `rows`) and the packed column blocks `index` of
 /// `packed` (each 9 taps of `depth` rows), added to `out` when `accumulate`, through `fuse`'s
 /// bias, residual and ReLU (its scale must already be in `packed`).
 ///
-/// A task is a group of image rows by one column block, so that the block's weights come from
-/// memory once per task (ResNet-50's 512-channel layer has 9 MiB of them). Each output value is
-/// one kernel call's sum in the kernel's order, whatever the thread count.
+/// A task is a group of image rows: with light weights over every column block, row by row (the
+/// source rows come from memory once); with heavy ones ([`heavy_weights`]) over one column
+/// block, so that its weights come from memory once per task (ResNet-50's 512-channel layer has
+/// 9 MiB of them). Each output value is one kernel call's sum in the kernel's order, whatever
+/// the thread count.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn strip_pass(
     kernel: StripKernel,
@@ -79,12 +72,10 @@ pub(crate) fn strip_pass(
     }
     let max_rows = index.iter().map(|&(_, nb, _)| kernel.rows(nb, depth)).min().flatten();
     let (Some(max_rows), false) = (max_rows, out.is_empty()) else { return };
-    // Strips of near-equal length: a 32-pixel row is two of 16 (16 columns) or three of 10-11.
+    // Strips of near-equal length: a 32-pixel row is two of 16 (16 columns) or four of 8.
     let strips = w.div_ceil(max_rows);
     let image_rows = n * h;
-    // Heavy weights: one column block per task; light ones: every block, row by row, so that
-    // the source rows are read from memory once.
-    let heavy = std::mem::size_of_val(packed) > HEAVY_WEIGHT_BYTES && index.len() > 1;
+    let heavy = heavy_weights(packed, index);
     let col_groups = if heavy { index.len() } else { 1 };
     let want = 4 * rayon::current_num_threads();
     let rows_per_task = (image_rows * col_groups).div_ceil(want).clamp(1, 16);

@@ -400,7 +400,6 @@ macro_rules! primitives {
         /// `LANES` floats at `p` (and at `bias` and `residual` when given) are valid.
         #[inline]
         #[target_feature(enable = $feature)]
-        #[allow(dead_code)]
         unsafe fn finish(
             p: *mut f32,
             mut v: V,
