@@ -55,6 +55,7 @@ fn shapes(resnet50: Option<usize>) -> Vec<ConvShape> {
         ]
     } else {
         vec![
+            c(128, 32, 3, 16, 3, 1),
             c(128, 32, 16, 16, 3, 1),
             c(128, 16, 32, 32, 3, 1),
             c(128, 8, 64, 64, 3, 1),

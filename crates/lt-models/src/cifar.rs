@@ -35,14 +35,16 @@ impl BasicBlock {
     }
 
     fn emit(&self, p: &mut ProgramBuilder, x: Slot) -> Slot {
-        let h = self.conv1.emit(p, x);
-        let h = self.bn1.emit(p, h, true);
-        let h = self.conv2.emit(p, h);
-        let h = self.bn2.emit(p, h, false);
+        // The shortcut first, so that it is ready when the second batch norm and the add run
+        // as one pass.
         let sc = match self.shortcut_pad {
             Some(pad) => p.shortcut(x, pad),
             None => x,
         };
+        let h = self.conv1.emit(p, x);
+        let h = self.bn1.emit(p, h, true);
+        let h = self.conv2.emit(p, h);
+        let h = self.bn2.emit(p, h, false);
         p.add_relu(h, sc)
     }
 }

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use super::kernels::{
     self, gather_block, outer_block, Epilogue, GatherArgs, OuterArgs, Run, Tap, MR_MAX, NR_MAX,
 };
-use super::{strip, window_out};
+use super::{norm, strip, window_out};
 
 /// Geometry of a square-kernel convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -638,23 +638,54 @@ impl PackedWeights {
     }
 }
 
+/// [`forward`] that also returns the per-chunk moments of its output (what training-mode batch
+/// norm needs, see [`norm::Moments`]): the strip pass takes each output image row's moments
+/// as soon as it has stored the row, while it is in cache; the other paths summarise the output
+/// once it is written, in the same chunks (one output image row each, see
+/// [`norm::chunk_pixels`]).
+pub fn forward_with_moments(x: &[f32], w: &[f32], s: &ConvShape, out: &mut [f32]) -> norm::Moments {
+    let moments = if is_pointwise(s) {
+        forward(x, w, s, out);
+        None
+    } else {
+        assert_eq!(w.len(), s.weight_len(), "conv weight length");
+        forward_packed_into(x, &PackedWeights::new(w, s, None), s, &Fuse::default(), out, true)
+    };
+    moments.unwrap_or_else(|| norm::Moments::of(out, s.cout, s.ow()))
+}
+
 /// [`forward_fused`] with weights packed beforehand; `fuse.scale` must be `None` (a scale is
 /// folded in when packing).
 pub fn forward_packed(x: &[f32], packed: &PackedWeights, s: &ConvShape, fuse: &Fuse, out: &mut [f32]) {
+    forward_packed_into(x, packed, s, fuse, out, false);
+}
+
+/// [`forward_packed`]; with `summarise`, the output's moments where the path takes them as it
+/// goes (see [`forward_with_moments`]).
+fn forward_packed_into(
+    x: &[f32],
+    packed: &PackedWeights,
+    s: &ConvShape,
+    fuse: &Fuse,
+    out: &mut [f32],
+    summarise: bool,
+) -> Option<norm::Moments> {
     assert_eq!(x.len(), s.input_len(), "conv input length");
     assert_eq!(out.len(), s.output_len(), "conv output length");
     assert!(packed.fits(s), "packed weights {:?} for a convolution {s:?}", packed.dims);
     assert!(fuse.scale.is_none(), "a scale is folded in when packing");
     if let Some(plain) = &packed.pointwise {
         if s.n * s.h * s.w >= POINTWISE_GEMM_PIXELS {
-            return pointwise_forward_fused(x, plain, s, fuse, out);
+            pointwise_forward_fused(x, plain, s, fuse, out);
+            return None;
         }
     }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     let (packed, index) = packed.gather();
     if let Some(kernel) = strip::kernel_for(s, cin, index) {
         let dims = (s.n, s.h, s.w, cin);
-        return strip::strip_pass(kernel, x, dims, strip::Rows::Forward, (packed, index), out, false, fuse);
+        let rows = strip::Rows::Forward;
+        return strip::strip_pass(kernel, x, dims, rows, (packed, index), out, false, fuse, summarise);
     }
     let zeros = vec![0f32; k * cin.max(cout)];
     let (oh, ow) = (s.oh(), s.ow());
@@ -733,6 +764,7 @@ pub fn forward_packed(x: &[f32], packed: &PackedWeights, s: &ConvShape, fuse: &F
         }
     };
     gather_pass(out, false, fuse, s.n * oh * ow, cout, packed, index, plan);
+    None
 }
 
 /// Input gradient: `dx[N, H, W, C_in]` from `dy[N, OH, OW, C_out]` (overwrites `dx`).
@@ -768,16 +800,8 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     });
     if let Some(kernel) = strip::kernel_for(s, cout, &index) {
         let (dims, rows) = ((s.n, s.h, s.w, cout), strip::Rows::Flipped);
-        return strip::strip_pass(
-            kernel,
-            dy,
-            dims,
-            rows,
-            (&packed, &index),
-            dx,
-            accumulate,
-            &Fuse::default(),
-        );
+        strip::strip_pass(kernel, dy, dims, rows, (&packed, &index), dx, accumulate, &Fuse::default(), false);
+        return;
     }
     let zeros = vec![0f32; k * cin.max(cout)];
     let (oh, ow) = (s.oh() as isize, s.ow() as isize);
@@ -1370,12 +1394,48 @@ pub(crate) mod tests {
                     forward(&x, &w, &s, &mut out);
                     backward_input(&dy, &w, &s, &mut dx);
                     backward_weight(&x, &dy, &s, &mut dw);
-                    (out, dx, dw)
+                    let mut summarised = vec![0f32; s.output_len()];
+                    let moments = forward_with_moments(&x, &w, &s, &mut summarised).mean_var();
+                    assert!(summarised == out, "{s:?}: the forward pass with moments has other outputs");
+                    (out, dx, dw, moments)
                 })
             };
             let one = run(1);
             for threads in [2, 3] {
                 assert!(one == run(threads), "{s:?}: {threads} threads differ from one");
+            }
+        }
+    }
+
+    #[test]
+    fn forward_moments_are_the_output_statistics_by_image_rows_on_every_path() {
+        // The strip pass (where the kernel set has one, else the portable strip kernel runs it
+        // too) summarises each row as it stores it; a strided 3x3 (the gather pass) and a
+        // pointwise one summarise the output after the fact. Either way the chunks are the
+        // output's image rows, so the statistics equal those of the output summarised alone,
+        // bit for bit.
+        for s in [
+            ConvShape { n: 3, h: 7, w: 21, cin: 16, cout: 16, k: 3, stride: 1, pad: 1 },
+            ConvShape { n: 2, h: 9, w: 9, cin: 32, cout: 32, k: 3, stride: 1, pad: 1 },
+            ConvShape { n: 2, h: 12, w: 12, cin: 64, cout: 64, k: 3, stride: 1, pad: 1 },
+            ConvShape { n: 2, h: 20, w: 20, cin: 8, cout: 24, k: 3, stride: 2, pad: 1 },
+            ConvShape { n: 2, h: 30, w: 30, cin: 8, cout: 24, k: 1, stride: 1, pad: 0 },
+        ] {
+            let (x, w) = (data(s.input_len(), 91), data(s.weight_len(), 92));
+            let mut out = vec![0f32; s.output_len()];
+            let m = forward_with_moments(&x, &w, &s, &mut out);
+            assert_eq!((m.chunks(), m.len()), (s.n * s.oh(), out.len()), "{s:?}: chunks and values");
+            let (mean, var) = m.mean_var();
+            let after = norm::Moments::of(&out, s.cout, s.ow()).mean_var();
+            assert!((&mean, &var) == (&after.0, &after.1), "{s:?}: statistics differ from the output's");
+            let pixels = s.n * s.oh() * s.ow();
+            for k in 0..s.cout {
+                let v: Vec<f64> = out.iter().skip(k).step_by(s.cout).map(|&v| v as f64).collect();
+                let mu = v.iter().sum::<f64>() / pixels as f64;
+                let sigma2 = v.iter().map(|x| (x - mu) * (x - mu)).sum::<f64>() / pixels as f64;
+                let what = format!("{s:?} channel {k}");
+                assert!((mean[k] - mu).abs() <= 1e-6 * (1.0 + mu.abs()), "{what}: mean {} vs {mu}", mean[k]);
+                assert!((var[k] - sigma2).abs() <= 1e-5 * sigma2, "{what}: variance {} vs {sigma2}", var[k]);
             }
         }
     }

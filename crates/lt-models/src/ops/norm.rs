@@ -1,60 +1,239 @@
-//! Batch normalisation over NHWC activations (channel innermost), optionally fused with ReLU.
+//! Batch normalisation over NHWC activations (channel innermost), optionally fused with ReLU
+//! or with a residual add and ReLU.
 //!
-//! Statistics are accumulated per chunk of pixels in `f32` and across chunks in `f64`, so that
-//! a batch of 128 x 32 x 32 pixels keeps PyTorch's precision.
+//! Statistics are accumulated per image row in `f32` and across rows in `f64`, so that a batch
+//! of 128 x 32 x 32 pixels keeps PyTorch's precision ([`Moments`], [`chunk_pixels`]).
 
 // Numerical kernels index several arrays with one loop variable.
 #![allow(clippy::needless_range_loop)]
 
 use rayon::prelude::*;
 
+use super::kernels;
+
+/// Pixels per task of the element-wise passes, and per chunk of batch statistics of values
+/// without image rows (see [`chunk_pixels`]).
 const CHUNK_PIXELS: usize = 512;
 
-/// Per-channel mean and biased variance of `x` (`[P, c]`), reading `x` from memory once.
+/// Runs `$body` (which handles channels `$k0..$k0 + $b` and returns `$b`) over channels
+/// `0..$c` in blocks of `$b` = 16, 8, 4 or 1 channels, widest first: the sums of one block stay
+/// in registers over a chunk's pixels.
+macro_rules! by_channel_blocks {
+    ($c:expr, $k0:ident, $b:ident => $body:expr) => {{
+        let mut $k0 = 0;
+        while $k0 < $c {
+            $k0 += match $c - $k0 {
+                16.. => {
+                    const $b: usize = 16;
+                    $body
+                }
+                8.. => {
+                    const $b: usize = 8;
+                    $body
+                }
+                4.. => {
+                    const $b: usize = 4;
+                    $body
+                }
+                _ => {
+                    const $b: usize = 1;
+                    $body
+                }
+            };
+        }
+    }};
+}
+
+/// Per-chunk moments of `[P, c]` values, chunks in order: each chunk's pixel count, and per
+/// channel its sum and its sum of squared deviations from its own mean (both `f32`, the second
+/// computed in a second pass over the chunk while it is in cache).
 ///
-/// Each chunk of pixels gets its own sum and, in a second pass while the chunk is still in
-/// cache, its sum of squared deviations from its own mean (both in `f32`); the chunks are then
-/// combined in `f64` and in chunk order: `mean = sum / P`, and the exact decomposition
-/// `M2 = sum over chunks of (M2_chunk + n_chunk * (mean_chunk - mean)^2)`, `var = M2 / P`.
-pub fn batch_stats(x: &[f32], c: usize) -> (Vec<f64>, Vec<f64>) {
-    let p = x.len() / c;
-    let parts = x
-        .par_chunks(CHUNK_PIXELS * c)
-        .map(|chunk| {
-            let n = (chunk.len() / c) as f32;
-            let mut sum = vec![0f32; c];
-            for px in chunk.chunks_exact(c) {
-                for (s, &v) in sum.iter_mut().zip(px) {
-                    *s += v;
-                }
-            }
-            let mean: Vec<f32> = sum.iter().map(|s| s / n).collect();
-            let mut m2 = vec![0f32; c];
-            for px in chunk.chunks_exact(c) {
-                for ((s, &v), &m) in m2.iter_mut().zip(px).zip(&mean) {
-                    let d = v - m;
-                    *s += d * d;
-                }
-            }
-            (n as f64, sum, m2)
-        })
-        .collect::<Vec<_>>();
-    let mut total = vec![0f64; c];
-    for (_, sum, _) in &parts {
-        for (t, &s) in total.iter_mut().zip(sum) {
-            *t += s as f64;
-        }
+/// [`Moments::mean_var`] combines them in `f64` and in chunk order: `mean = sum / P`, and the
+/// exact decomposition `M2 = sum over chunks of (M2_chunk + n_chunk * (mean_chunk - mean)^2)`,
+/// `var = M2 / P`. The result depends on the chunks (not on which thread summarised them), so
+/// whoever computes them chooses chunks that do not depend on the thread count.
+#[derive(Clone, Debug, Default)]
+pub struct Moments {
+    c: usize,
+    counts: Vec<usize>,
+    /// `[chunks, c]` sums.
+    sums: Vec<f32>,
+    /// `[chunks, c]` sums of squared deviations.
+    m2: Vec<f32>,
+}
+
+impl Moments {
+    /// No chunks yet, `c` channels.
+    pub fn new(c: usize) -> Self {
+        Self { c, ..Self::default() }
     }
-    let mean: Vec<f64> = total.iter().map(|s| s / p as f64).collect();
-    let mut m2 = vec![0f64; c];
-    for (n, sum, part) in &parts {
-        for k in 0..c {
-            let d = sum[k] as f64 / n - mean[k];
-            m2[k] += part[k] as f64 + n * d * d;
-        }
+
+    /// The moments of `x` (`[P, c]`) in chunks of `chunk` pixels (the last may be shorter; an
+    /// NHWC activation's chunk is one image row, see [`chunk_pixels`]), summarised in
+    /// parallel.
+    pub fn of(x: &[f32], c: usize, chunk: usize) -> Self {
+        let chunk = chunk.max(1) * c;
+        let per_task = CHUNK_PIXELS * c / chunk.max(1) * chunk;
+        let parts: Vec<Moments> = x
+            .par_chunks(per_task.max(chunk))
+            .map(|rows| {
+                let mut m = Moments::new(c);
+                rows.chunks(chunk).for_each(|row| m.push(row));
+                m
+            })
+            .collect();
+        parts.into_iter().fold(Moments::new(c), Moments::append)
     }
-    let var = m2.iter().map(|s| s / p as f64).collect();
-    (mean, var)
+
+    /// Adds one chunk (`[n, c]`, `n > 0`) after the others.
+    pub fn push(&mut self, chunk: &[f32]) {
+        let c = self.c;
+        if c == 0 || chunk.len() < c {
+            return;
+        }
+        let n = chunk.len() / c;
+        let at = self.sums.len();
+        self.sums.resize(at + c, 0.0);
+        self.m2.resize(at + c, 0.0);
+        let (sum, m2) = (&mut self.sums[at..], &mut self.m2[at..]);
+        kernels::vectorised(
+            #[inline(always)]
+            || by_channel_blocks!(c, k0, B => chunk_moments::<B>(chunk, c, k0, sum, m2)),
+        );
+        self.counts.push(n);
+    }
+
+    /// `self`'s chunks followed by `other`'s.
+    pub fn append(mut self, other: Moments) -> Self {
+        if self.counts.is_empty() {
+            return Moments { c: self.c.max(other.c), ..other };
+        }
+        assert_eq!(self.c, other.c, "moments of different channel counts");
+        self.counts.extend(other.counts);
+        self.sums.extend(other.sums);
+        self.m2.extend(other.m2);
+        self
+    }
+
+    /// Values summarised: pixels times channels.
+    pub fn len(&self) -> usize {
+        self.counts.iter().sum::<usize>() * self.c
+    }
+
+    /// Chunks summarised.
+    pub fn chunks(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// Whether no pixel has been summarised.
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Per-channel mean and biased variance of every chunk together (see [`Moments`]).
+    pub fn mean_var(&self) -> (Vec<f64>, Vec<f64>) {
+        let c = self.c;
+        let p = self.counts.iter().sum::<usize>() as f64;
+        let mut total = vec![0f64; c];
+        for sum in self.sums.chunks_exact(c) {
+            for (t, &s) in total.iter_mut().zip(sum) {
+                *t += s as f64;
+            }
+        }
+        let mean: Vec<f64> = total.iter().map(|s| s / p).collect();
+        let mut m2 = vec![0f64; c];
+        for ((&n, sum), part) in
+            self.counts.iter().zip(self.sums.chunks_exact(c)).zip(self.m2.chunks_exact(c))
+        {
+            let n = n as f64;
+            for k in 0..c {
+                let d = sum[k] as f64 / n - mean[k];
+                m2[k] += part[k] as f64 + n * d * d;
+            }
+        }
+        let var = m2.iter().map(|s| s / p).collect();
+        (mean, var)
+    }
+}
+
+/// Independent sums per channel in [`chunk_moments`] (pixel `i` goes to sum `i % SUMS`),
+/// so that consecutive additions do not wait for each other.
+const SUMS: usize = 4;
+
+/// Sums and sums of squared deviations from the chunk's mean of channels `k0..k0 + B` of
+/// `chunk` (`[n, c]`) into `sum` and `m2` (see [`reduce_pixels`]); returns `B`.
+#[inline(always)]
+fn chunk_moments<const B: usize>(
+    chunk: &[f32],
+    c: usize,
+    k0: usize,
+    sum: &mut [f32],
+    m2: &mut [f32],
+) -> usize {
+    let n = chunk.len() / c;
+    let s = reduce_pixels(n, [0f32; B], add_arrays, |a, i| {
+        for (a, &v) in a.iter_mut().zip(lanes::<B>(chunk, i * c + k0)) {
+            *a += v;
+        }
+    });
+    let mean: [f32; B] = std::array::from_fn(|k| s[k] / n as f32);
+    let q = reduce_pixels(n, [0f32; B], add_arrays, |a, i| {
+        for ((a, &v), &m) in a.iter_mut().zip(lanes::<B>(chunk, i * c + k0)).zip(&mean) {
+            let d = v - m;
+            *a += d * d;
+        }
+    });
+    sum[k0..k0 + B].copy_from_slice(&s);
+    m2[k0..k0 + B].copy_from_slice(&q);
+    B
+}
+
+/// The `B` values of `v` from `at`, as an array reference (one vector load where `B` is a
+/// vector's width).
+#[inline(always)]
+fn lanes<const B: usize>(v: &[f32], at: usize) -> &[f32; B] {
+    v[at..at + B].try_into().expect("B values")
+}
+
+/// Element-wise sum of two arrays.
+#[inline(always)]
+fn add_arrays<const B: usize>(a: [f32; B], b: [f32; B]) -> [f32; B] {
+    std::array::from_fn(|k| a[k] + b[k])
+}
+
+/// `f(acc, i)` for every pixel `i < n`, pixel `i` into accumulator `i % SUMS` (independent
+/// chains of additions, kept in registers), the [`SUMS`] accumulators then merged pairwise.
+#[inline(always)]
+fn reduce_pixels<A: Copy>(n: usize, zero: A, merge: impl Fn(A, A) -> A, f: impl Fn(&mut A, usize)) -> A {
+    let (mut a0, mut a1, mut a2, mut a3) = (zero, zero, zero, zero);
+    let full = n / SUMS * SUMS;
+    for i in (0..full).step_by(SUMS) {
+        f(&mut a0, i);
+        f(&mut a1, i + 1);
+        f(&mut a2, i + 2);
+        f(&mut a3, i + 3);
+    }
+    for (i, a) in (full..n).zip([&mut a0, &mut a1, &mut a2]) {
+        f(a, i);
+    }
+    merge(merge(a0, a1), merge(a2, a3))
+}
+
+/// The pixels of a chunk of batch statistics for an activation of `dims`: one image row (`W`)
+/// of an NHWC activation, whichever pass computes them (the strip pass summarises its output
+/// row by row as it writes it), so that every path sums the same chunks in the same order and
+/// gets the same statistics bit for bit; [`CHUNK_PIXELS`] for other shapes.
+pub fn chunk_pixels(dims: &[usize]) -> usize {
+    match dims {
+        &[_, _, w, _] => w,
+        _ => CHUNK_PIXELS,
+    }
+}
+
+/// Per-channel mean and biased variance of `x` (`[P, c]`) summarised in chunks of `chunk`
+/// pixels, reading `x` from memory once (see [`Moments`]).
+pub fn batch_stats(x: &[f32], c: usize, chunk: usize) -> (Vec<f64>, Vec<f64>) {
+    Moments::of(x, c, chunk).mean_var()
 }
 
 /// Sums per-chunk partial vectors in chunk order, so that the result does not depend on how
@@ -70,24 +249,98 @@ fn add_vec(mut a: Vec<f64>, b: Vec<f64>) -> Vec<f64> {
     a
 }
 
-/// `out = scale * x + shift` per channel, with ReLU when `relu`.
-pub fn affine(x: &[f32], c: usize, scale: &[f32], shift: &[f32], relu: bool, out: &mut [f32]) {
-    if relu {
-        affine_impl::<true>(x, c, scale, shift, out)
-    } else {
-        affine_impl::<false>(x, c, scale, shift, out)
+/// What a batch norm's affine map is followed by before its output is stored.
+#[derive(Clone, Copy, Debug)]
+pub enum Then<'a> {
+    /// Nothing: `out = scale * x + shift`.
+    Store,
+    /// ReLU: `out = max(scale * x + shift, 0)`.
+    Relu,
+    /// A residual add and ReLU: `out = max(scale * x + shift + residual, 0)` (`residual` shaped
+    /// like `x`), the pass a residual block's second batch norm and the add after it make.
+    AddRelu(&'a [f32]),
+}
+
+impl Then<'_> {
+    /// [`Then::Relu`] when `relu`, [`Then::Store`] otherwise.
+    pub fn relu_if(relu: bool) -> Self {
+        if relu {
+            Then::Relu
+        } else {
+            Then::Store
+        }
     }
 }
 
-fn affine_impl<const RELU: bool>(x: &[f32], c: usize, scale: &[f32], shift: &[f32], out: &mut [f32]) {
-    out.par_chunks_mut(CHUNK_PIXELS * c).zip(x.par_chunks(CHUNK_PIXELS * c)).for_each(|(o, i)| {
-        for (op, ip) in o.chunks_exact_mut(c).zip(i.chunks_exact(c)) {
-            for ((o, &v), (&a, &b)) in op.iter_mut().zip(ip).zip(scale.iter().zip(shift)) {
-                let r = v * a + b;
-                *o = if RELU { r.max(0.0) } else { r };
+/// `out = scale * x + shift` per channel, with ReLU when `relu`.
+pub fn affine(x: &[f32], c: usize, scale: &[f32], shift: &[f32], relu: bool, out: &mut [f32]) {
+    apply(x, c, (scale, shift), Then::relu_if(relu), out)
+}
+
+/// `out = then(scale * x + shift)` per channel over `x` (`[P, c]`).
+pub fn apply(x: &[f32], c: usize, (scale, shift): (&[f32], &[f32]), then: Then, out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "batch norm input and output lengths");
+    let chunk = CHUNK_PIXELS * c;
+    let chunks = out.par_chunks_mut(chunk).zip(x.par_chunks(chunk));
+    match then {
+        Then::AddRelu(residual) => {
+            assert_eq!(residual.len(), x.len(), "residual length");
+            chunks.zip(residual.par_chunks(chunk)).for_each(|((o, i), r)| {
+                kernels::vectorised(
+                    #[inline(always)]
+                    || {
+                        for ((op, ip), rp) in
+                            o.chunks_exact_mut(c).zip(i.chunks_exact(c)).zip(r.chunks_exact(c))
+                        {
+                            affine_pixel(op, ip, Some(rp), (scale, shift), true);
+                        }
+                    },
+                )
+            })
+        }
+        Then::Relu | Then::Store => {
+            let relu = matches!(then, Then::Relu);
+            chunks.for_each(|(o, i)| {
+                kernels::vectorised(
+                    #[inline(always)]
+                    || {
+                        for (op, ip) in o.chunks_exact_mut(c).zip(i.chunks_exact(c)) {
+                            if relu {
+                                affine_pixel(op, ip, None, (scale, shift), true);
+                            } else {
+                                affine_pixel(op, ip, None, (scale, shift), false);
+                            }
+                        }
+                    },
+                )
+            })
+        }
+    }
+}
+
+/// One pixel of [`apply`]: `op = scale * ip + shift (+ rp)`, then ReLU when `relu` (always with
+/// a residual).
+#[inline(always)]
+fn affine_pixel(
+    op: &mut [f32],
+    ip: &[f32],
+    rp: Option<&[f32]>,
+    (scale, shift): (&[f32], &[f32]),
+    relu: bool,
+) {
+    match rp {
+        Some(rp) => {
+            for (((o, &v), &r), (&a, &b)) in op.iter_mut().zip(ip).zip(rp).zip(scale.iter().zip(shift)) {
+                *o = (v * a + b + r).max(0.0);
             }
         }
-    });
+        None => {
+            for ((o, &v), (&a, &b)) in op.iter_mut().zip(ip).zip(scale.iter().zip(shift)) {
+                let r = v * a + b;
+                *o = if relu { r.max(0.0) } else { r };
+            }
+        }
+    }
 }
 
 /// `1 / sqrt(var + eps)` in `f64`, rounded once to `f32`.
@@ -106,13 +359,21 @@ pub struct TrainStats {
     pub var: Vec<f64>,
 }
 
-/// The batch statistics of `x` (`[P, c]`) for training-mode batch norm with `eps`.
-pub fn train_stats(x: &[f32], c: usize, eps: f64) -> TrainStats {
-    let (mean, var) = batch_stats(x, c);
-    TrainStats {
-        mean: mean.iter().map(|&m| m as f32).collect(),
-        invstd: var.iter().map(|&v| invstd(v, eps)).collect(),
-        var,
+/// The batch statistics of `x` (`[P, c]`, summarised in chunks of `chunk` pixels, see
+/// [`chunk_pixels`]) for training-mode batch norm with `eps`.
+pub fn train_stats(x: &[f32], c: usize, chunk: usize, eps: f64) -> TrainStats {
+    TrainStats::of(&Moments::of(x, c, chunk), eps)
+}
+
+impl TrainStats {
+    /// The statistics of the values `moments` summarised, for batch norm with `eps`.
+    pub fn of(moments: &Moments, eps: f64) -> Self {
+        let (mean, var) = moments.mean_var();
+        TrainStats {
+            mean: mean.iter().map(|&m| m as f32).collect(),
+            invstd: var.iter().map(|&v| invstd(v, eps)).collect(),
+            var,
+        }
     }
 }
 
@@ -138,19 +399,26 @@ pub fn eval_scale_shift(
     (scale, shift)
 }
 
-/// Training-mode forward: normalises `x` (`[P, c]`) with its batch statistics, then applies
-/// ReLU when `relu`; returns the statistics.
+/// Training-mode forward: normalises `x` (`[P, c]`) with its batch statistics (from `moments`
+/// when the caller summarised `x` as it wrote it, see [`Moments`]; computed here otherwise, in
+/// chunks of `chunk` pixels), then applies `then`; returns the statistics.
 pub fn forward_train(
     x: &[f32],
-    c: usize,
+    (c, chunk): (usize, usize),
     (gamma, beta): (&[f32], &[f32]),
     eps: f64,
-    relu: bool,
+    (moments, then): (Option<&Moments>, Then),
     out: &mut [f32],
 ) -> TrainStats {
-    let stats = train_stats(x, c, eps);
+    let stats = match moments {
+        Some(m) => {
+            assert_eq!(m.len(), x.len(), "moments of another length than the batch norm input");
+            TrainStats::of(m, eps)
+        }
+        None => train_stats(x, c, chunk, eps),
+    };
     let (scale, shift) = train_scale_shift(gamma, beta, &stats.mean, &stats.invstd);
-    affine(x, c, &scale, &shift, relu, out);
+    apply(x, c, (&scale, &shift), then, out);
     stats
 }
 
@@ -194,6 +462,42 @@ fn masked<const RELU: bool>(d: f32, y: f32) -> f32 {
     }
 }
 
+/// One chunk of the backward pass's first pass, from channel `k0`.
+struct Pass1<'a> {
+    x: &'a [f32],
+    dy: &'a [f32],
+    y: &'a [f32],
+    c: usize,
+    k0: usize,
+    mean: &'a [f32],
+    invstd: &'a [f32],
+}
+
+impl Pass1<'_> {
+    /// `sum dz` into `sb` and `sum dz * xhat` into `sg` for channels `k0..k0 + B`, with `dz =
+    /// dy * (y > 0)` when `RELU` (see [`reduce_pixels`]); returns `B`.
+    #[inline(always)]
+    fn sums<const B: usize, const RELU: bool>(&self, sb: &mut [f32], sg: &mut [f32]) -> usize {
+        let Pass1 { x, dy, y, c, k0, .. } = *self;
+        let m: &[f32; B] = lanes(self.mean, k0);
+        let is: &[f32; B] = lanes(self.invstd, k0);
+        let merge =
+            |(a, b): ([f32; B], [f32; B]), (e, f): ([f32; B], [f32; B])| (add_arrays(a, e), add_arrays(b, f));
+        let (b, g) = reduce_pixels(x.len() / c, ([0f32; B], [0f32; B]), merge, |(b, g), i| {
+            let at = i * c + k0;
+            let (xv, dv, yv) = (lanes::<B>(x, at), lanes::<B>(dy, at), lanes::<B>(y, at));
+            for k in 0..B {
+                let d = masked::<RELU>(dv[k], yv[k]);
+                b[k] += d;
+                g[k] += d * (xv[k] - m[k]) * is[k];
+            }
+        });
+        sb[k0..k0 + B].copy_from_slice(&b);
+        sg[k0..k0 + B].copy_from_slice(&g);
+        B
+    }
+}
+
 /// `y` is the ReLU output when `RELU` (any slice of the right length otherwise).
 fn backward_impl<const RELU: bool>(
     b: &BnBackward,
@@ -211,26 +515,15 @@ fn backward_impl<const RELU: bool>(
         .zip(dy.par_chunks(chunk))
         .zip(y.par_chunks(chunk))
         .map(|((xc, dc), yc)| {
-            let mut acc = vec![0f64; 2 * c];
-            let mut sb = vec![0f32; c];
-            let mut sg = vec![0f32; c];
-            for ((xp, dp), yp) in xc.chunks_exact(c).zip(dc.chunks_exact(c)).zip(yc.chunks_exact(c)) {
-                for (((b, g), (&xv, &dv)), ((&yv, &m), &is)) in sb
-                    .iter_mut()
-                    .zip(sg.iter_mut())
-                    .zip(xp.iter().zip(dp))
-                    .zip(yp.iter().zip(mean).zip(invstd))
-                {
-                    let d = masked::<RELU>(dv, yv);
-                    *b += d;
-                    *g += d * (xv - m) * is;
-                }
-            }
-            for k in 0..c {
-                acc[k] += sb[k] as f64;
-                acc[c + k] += sg[k] as f64;
-            }
-            acc
+            let (mut sb, mut sg) = (vec![0f32; c], vec![0f32; c]);
+            kernels::vectorised(
+                #[inline(always)]
+                || {
+                    let chunk = |k0| Pass1 { x: xc, dy: dc, y: yc, c, k0, mean, invstd };
+                    by_channel_blocks!(c, k0, B => chunk(k0).sums::<B, RELU>(&mut sb, &mut sg))
+                },
+            );
+            sb.iter().chain(&sg).map(|&v| v as f64).collect::<Vec<f64>>()
         })
         .collect::<Vec<_>>();
     let sums = ordered_sum(parts, 2 * c);
@@ -248,18 +541,25 @@ fn backward_impl<const RELU: bool>(
             .zip(dy.par_chunks(chunk))
             .zip(y.par_chunks(chunk))
             .for_each(|(((oc, xc), dc), yc)| {
-                for (((op, xp), dp), yp) in oc
-                    .chunks_exact_mut(c)
-                    .zip(xc.chunks_exact(c))
-                    .zip(dc.chunks_exact(c))
-                    .zip(yc.chunks_exact(c))
-                {
-                    for ((o, (&xv, &dv)), (&yv, ((&ak, &k1v), &k0v))) in
-                        op.iter_mut().zip(xp.iter().zip(dp)).zip(yp.iter().zip(a.iter().zip(&k1).zip(&k0)))
-                    {
-                        *o = ak * masked::<RELU>(dv, yv) - k1v * xv - k0v;
-                    }
-                }
+                kernels::vectorised(
+                    #[inline(always)]
+                    || {
+                        for (((op, xp), dp), yp) in oc
+                            .chunks_exact_mut(c)
+                            .zip(xc.chunks_exact(c))
+                            .zip(dc.chunks_exact(c))
+                            .zip(yc.chunks_exact(c))
+                        {
+                            for ((o, (&xv, &dv)), (&yv, ((&ak, &k1v), &k0v))) in op
+                                .iter_mut()
+                                .zip(xp.iter().zip(dp))
+                                .zip(yp.iter().zip(a.iter().zip(&k1).zip(&k0)))
+                            {
+                                *o = ak * masked::<RELU>(dv, yv) - k1v * xv - k0v;
+                            }
+                        }
+                    },
+                )
             });
     }
     (dgamma, dbeta)

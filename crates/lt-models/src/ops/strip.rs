@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::conv::{heavy_weights, ConvShape, Fuse, OutPtr};
 use super::kernels::{self, StripArgs, StripKernel, StripRow};
+use super::norm::Moments;
 
 /// Which source row a kernel row reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +50,10 @@ pub(crate) fn kernel_for(
 /// block, so that its weights come from memory once per task (ResNet-50's 512-channel layer has
 /// 9 MiB of them). Each output value is one kernel call's sum in the kernel's order, whatever
 /// the thread count.
+///
+/// With `summarise`, and light weights, each output image row's moments are taken as soon as
+/// the row is stored, while it is in cache, one chunk per image row in order (so they do not
+/// depend on the thread count either); the result is `None` otherwise.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn strip_pass(
     kernel: StripKernel,
@@ -59,7 +64,8 @@ pub(crate) fn strip_pass(
     out: &mut [f32],
     accumulate: bool,
     fuse: &Fuse,
-) {
+    summarise: bool,
+) -> Option<Moments> {
     let cols = index.last().map_or(0, |&(c0, nb, _)| c0 + 8 * nb);
     assert_eq!(src.len(), n * h * w * depth, "strip pass source length");
     assert_eq!(out.len(), n * h * w * cols, "strip pass output length");
@@ -71,7 +77,9 @@ pub(crate) fn strip_pass(
         assert_eq!(r.len(), out.len(), "residual length");
     }
     let max_rows = index.iter().map(|&(_, nb, _)| kernel.rows(nb, depth)).min().flatten();
-    let (Some(max_rows), false) = (max_rows, out.is_empty()) else { return };
+    let (Some(max_rows), false) = (max_rows, out.is_empty()) else {
+        return summarise.then(|| Moments::new(cols));
+    };
     // Strips of near-equal length: a 32-pixel row is two of 16 (16 columns) or four of 8.
     let strips = w.div_ceil(max_rows);
     let image_rows = n * h;
@@ -81,61 +89,75 @@ pub(crate) fn strip_pass(
     let rows_per_task = (image_rows * col_groups).div_ceil(want).clamp(1, 16);
     let groups = image_rows.div_ceil(rows_per_task);
     let zero = vec![0f32; depth];
+    let summarise = summarise && !heavy;
     let (len, outp) = (out.len(), OutPtr(out.as_mut_ptr()));
-    (0..groups * col_groups).into_par_iter().for_each(|t| {
+    let tasks = (0..groups * col_groups).into_par_iter().map(|t| {
         // Capture the whole wrapper (not its raw-pointer field) so the closure stays Send.
         let base = outp;
         let (group, blocks) =
             if heavy { (t / col_groups, &index[t % col_groups..][..1]) } else { (t, index) };
         let task_rows = group * rows_per_task..((group + 1) * rows_per_task).min(image_rows);
-        for (img_row, &(c0, nb, off)) in task_rows.flat_map(|r| blocks.iter().map(move |b| (r, b))) {
-            let nr = 8 * nb;
-            let weights = &packed[off..off + 9 * depth * nr];
-            let (img, y) = (img_row / h, img_row % h);
-            let mut x0 = 0;
-            for i in 0..strips {
-                let mr = (w - x0).div_ceil(strips - i);
-                let row = |kh: usize| {
-                    let sy = match rows {
-                        Rows::Forward => (y + kh).checked_sub(1),
-                        Rows::Flipped => (y + 1).checked_sub(kh),
-                    }
-                    .filter(|&sy| sy < h)?;
-                    let pixel = |x: usize, count: usize| {
-                        src[((img * h + sy) * w + x) * depth..][..count * depth].as_ptr()
+        let mut moments = summarise.then(|| Moments::new(cols));
+        for img_row in task_rows {
+            for &(c0, nb, off) in blocks {
+                let nr = 8 * nb;
+                let weights = &packed[off..off + 9 * depth * nr];
+                let (img, y) = (img_row / h, img_row % h);
+                let mut x0 = 0;
+                for i in 0..strips {
+                    let mr = (w - x0).div_ceil(strips - i);
+                    let row = |kh: usize| {
+                        let sy = match rows {
+                            Rows::Forward => (y + kh).checked_sub(1),
+                            Rows::Flipped => (y + 1).checked_sub(kh),
+                        }
+                        .filter(|&sy| sy < h)?;
+                        let pixel = |x: usize, count: usize| {
+                            src[((img * h + sy) * w + x) * depth..][..count * depth].as_ptr()
+                        };
+                        Some(StripRow {
+                            first: if x0 > 0 { pixel(x0 - 1, 1) } else { zero.as_ptr() },
+                            mid: pixel(x0, mr),
+                            last: if x0 + mr < w { pixel(x0 + mr, 1) } else { zero.as_ptr() },
+                        })
                     };
-                    Some(StripRow {
-                        first: if x0 > 0 { pixel(x0 - 1, 1) } else { zero.as_ptr() },
-                        mid: pixel(x0, mr),
-                        last: if x0 + mr < w { pixel(x0 + mr, 1) } else { zero.as_ptr() },
-                    })
-                };
-                let first = (img_row * w + x0) * cols + c0;
-                assert!(first + (mr - 1) * cols + nr <= len, "strip outside the output");
-                let args = StripArgs {
-                    rows: [row(0), row(1), row(2)],
-                    depth,
-                    packed: weights.as_ptr(),
-                    // SAFETY: the strip's rows lie inside `out` (checked above).
-                    out: unsafe { base.0.add(first) },
-                    out_stride: cols,
-                    accumulate,
-                    bias: fuse.bias.map_or(std::ptr::null(), |b| b[c0..c0 + nr].as_ptr()),
-                    residual: fuse
-                        .residual
-                        .map_or(std::ptr::null(), |r| r[first..first + (mr - 1) * cols + nr].as_ptr()),
-                    relu: fuse.relu,
-                };
-                // SAFETY: every pointer comes from a slice of the extent the kernel reads or
-                // writes (`first`/`last` one pixel, `mid` `mr` pixels, the weights, bias and
-                // residual sliced above, the output checked above); tasks write disjoint
-                // (row, column block) parts; `kernel` is the selected set's (or the portable
-                // one), which this CPU runs.
-                unsafe { kernels::strip_block(&kernel, &args, mr, nb) };
-                x0 += mr;
+                    let first = (img_row * w + x0) * cols + c0;
+                    assert!(first + (mr - 1) * cols + nr <= len, "strip outside the output");
+                    let args = StripArgs {
+                        rows: [row(0), row(1), row(2)],
+                        depth,
+                        packed: weights.as_ptr(),
+                        // SAFETY: the strip's rows lie inside `out` (checked above).
+                        out: unsafe { base.0.add(first) },
+                        out_stride: cols,
+                        accumulate,
+                        bias: fuse.bias.map_or(std::ptr::null(), |b| b[c0..c0 + nr].as_ptr()),
+                        residual: fuse
+                            .residual
+                            .map_or(std::ptr::null(), |r| r[first..first + (mr - 1) * cols + nr].as_ptr()),
+                        relu: fuse.relu,
+                    };
+                    // SAFETY: every pointer comes from a slice of the extent the kernel reads or
+                    // writes (`first`/`last` one pixel, `mid` `mr` pixels, the weights, bias and
+                    // residual sliced above, the output checked above); tasks write disjoint
+                    // (row, column block) parts; `kernel` is the selected set's (or the portable
+                    // one), which this CPU runs.
+                    unsafe { kernels::strip_block(&kernel, &args, mr, nb) };
+                    x0 += mr;
+                }
+            }
+            if let Some(m) = moments.as_mut() {
+                let first = img_row * w * cols;
+                assert!(first + w * cols <= len, "image row outside the output");
+                // SAFETY: this task wrote the whole row (every column block, `blocks` being all
+                // of them when summarising) and no other task touches it.
+                m.push(unsafe { std::slice::from_raw_parts(base.0.add(first), w * cols) });
             }
         }
+        moments
     });
+    let parts: Vec<Option<Moments>> = tasks.collect();
+    summarise.then(|| parts.into_iter().flatten().fold(Moments::new(cols), Moments::append))
 }
 
 #[cfg(test)]
@@ -218,17 +240,27 @@ mod tests {
             let dims = (s.n, s.h, s.w, c);
             let fwd = (fwd.0.as_slice(), fwd.1.as_slice());
             let mut out = vec![f32::NAN; s.output_len()];
-            strip_pass(portable, &x, dims, Rows::Forward, fwd, &mut out, false, &Fuse::default());
+            strip_pass(portable, &x, dims, Rows::Forward, fwd, &mut out, false, &Fuse::default(), false);
             close(&out, &ro, &format!("strip forward {s:?}"));
             let base = data(s.input_len(), 40);
             let mut dx = base.clone();
-            strip_pass(portable, &dy, dims, Rows::Flipped, (&bwd.0, &bwd.1), &mut dx, true, &Fuse::default());
+            strip_pass(
+                portable,
+                &dy,
+                dims,
+                Rows::Flipped,
+                (&bwd.0, &bwd.1),
+                &mut dx,
+                true,
+                &Fuse::default(),
+                false,
+            );
             let want: Vec<f32> = base.iter().zip(&rdx).map(|(a, b)| a + b).collect();
             close(&dx, &want, &format!("strip input gradient, accumulated {s:?}"));
             let (bias, residual) = (data(c, 50), data(s.output_len(), 60));
             let fuse = Fuse { scale: None, bias: Some(&bias), residual: Some(&residual), relu: true };
             let mut fused = vec![f32::NAN; s.output_len()];
-            strip_pass(portable, &x, dims, Rows::Forward, fwd, &mut fused, false, &fuse);
+            strip_pass(portable, &x, dims, Rows::Forward, fwd, &mut fused, false, &fuse, false);
             let want: Vec<f32> = ro
                 .iter()
                 .zip(&residual)

@@ -83,6 +83,8 @@ fn batch_norm_relu_matches_candle() {
         (3, 2, 2, 3, true),
         (4, 32, 32, 16, true),
         (2, 30, 20, 8, false),
+        // A block of 16 channels kept in registers, two more, and 8 one by one.
+        (2, 5, 6, 40, true),
     ]
     .iter()
     .enumerate()
@@ -194,13 +196,60 @@ fn batch_statistics_match_a_two_pass_f64_reference_far_from_zero() {
         let k = (i % c) as f32;
         *x = 50.0 * (k - 2.0) + (0.1 + k) * *x;
     }
-    let (mean, var) = norm::batch_stats(&v, c);
+    let (mean, var) = norm::batch_stats(&v, c, 512);
     for k in 0..c {
         let xs: Vec<f64> = v.iter().skip(k).step_by(c).map(|&x| x as f64).collect();
         let m = xs.iter().sum::<f64>() / p as f64;
         let s = xs.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / p as f64;
         assert!((mean[k] - m).abs() <= 1e-6 * (1.0 + m.abs()), "channel {k}: mean {} vs {m}", mean[k]);
         assert!((var[k] - s).abs() <= 1e-4 * s, "channel {k}: variance {} vs {s}", var[k]);
+    }
+}
+
+#[test]
+fn batch_norm_with_a_residual_add_is_the_affine_map_plus_the_residual_then_relu() {
+    let (p, c) = (1000, 19);
+    let mut v = vec![0f32; 2 * p * c];
+    Rng::new(8).fill_normal(&mut v, 0.0, 2.0);
+    let (x, r) = v.split_at(p * c);
+    let scale: Vec<f32> = (0..c).map(|k| 0.5 + k as f32 / 10.0).collect();
+    let shift: Vec<f32> = (0..c).map(|k| k as f32 / 7.0 - 1.0).collect();
+    let mut out = vec![0f32; p * c];
+    norm::apply(x, c, (&scale, &shift), norm::Then::AddRelu(r), &mut out);
+    for (i, &o) in out.iter().enumerate() {
+        let want = (x[i] * scale[i % c] + shift[i % c] + r[i]).max(0.0);
+        assert_eq!(o.to_bits(), want.to_bits(), "value {i}");
+    }
+    assert!(out.contains(&0.0) && out.iter().any(|&o| o > 0.0));
+}
+
+#[test]
+fn moments_of_any_chunking_give_the_same_statistics() {
+    // Pixel rows pushed one by one (as the strip pass does), in uneven pieces, and appended
+    // from two halves: all agree with the 512-pixel chunks to rounding.
+    let (p, c) = (777, 21);
+    let mut v = vec![0f32; p * c];
+    Rng::new(9).fill_normal(&mut v, 3.0, 1.5);
+    let (want_mean, want_var) = norm::Moments::of(&v, c, 512).mean_var();
+    let mut rows = norm::Moments::new(c);
+    for row in v.chunks(7 * c) {
+        rows.push(row);
+    }
+    let (a, b) = v.split_at(400 * c);
+    let halves = norm::Moments::of(a, c, 512).append(norm::Moments::of(b, c, 512));
+    assert_eq!(halves.chunks(), 1 + 1);
+    for m in [rows, halves] {
+        assert_eq!(m.len(), v.len());
+        let (mean, var) = m.mean_var();
+        for k in 0..c {
+            assert!(
+                (mean[k] - want_mean[k]).abs() < 1e-6,
+                "channel {k}: mean {} vs {}",
+                mean[k],
+                want_mean[k]
+            );
+            assert!((var[k] - want_var[k]).abs() < 1e-5 * want_var[k], "channel {k}: var");
+        }
     }
 }
 

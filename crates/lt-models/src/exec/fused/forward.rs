@@ -115,6 +115,7 @@ pub(super) fn run(
     let mut uses = prog.use_counts();
     let keep = kept_for_backward(prog);
     let mut saved = Vec::with_capacity(prog.nodes.len());
+    let mut moments = None;
     let mut i = 0;
     while i < prog.nodes.len() {
         let fold = if mode.train || mode.graph { None } else { eval_fold(prog, i, &uses, &acts) };
@@ -131,12 +132,42 @@ pub(super) fn run(
             }
             None => {
                 let node = &prog.nodes[i];
-                let mut out = pool.take(plan.dims[node.y].len());
-                let kind = node.op.kind(mode.train);
-                let step = || node_forward(node, plan.convs[i].as_ref(), plan, &acts, &mut out, store, mode);
+                // A batch norm and the residual add after it write the add's output in one pass.
+                let (y, nodes, then, kind) = match (&node.op, residual_add(prog, i, &uses, &acts)) {
+                    (Op::Bn(_), Some((residual, y))) => {
+                        let kind = if mode.train {
+                            "batch norm + add + relu (train)"
+                        } else {
+                            "batch norm + add + relu (eval)"
+                        };
+                        (y, 2, Some(residual), kind)
+                    }
+                    _ => (node.y, 1, None, node.op.kind(mode.train)),
+                };
+                let mut out = pool.take(plan.dims[y].len());
+                // A training-mode convolution whose output a batch norm reads next summarises it
+                // for that batch norm as it writes it.
+                let next_reads_y = |n: &Node| matches!(n.op, Op::Bn(_)) && n.x == node.y;
+                let summarise = mode.train && prog.nodes.get(i + 1).is_some_and(next_reads_y);
+                let step = || -> Result<Saved> {
+                    let residual = then.map(|r| act(&acts, r)).transpose()?;
+                    let mut carry = Carry { residual, moments: moments.take(), summarise };
+                    let saved = node_forward(
+                        node,
+                        plan.convs[i].as_ref(),
+                        plan,
+                        &acts,
+                        &mut carry,
+                        &mut out,
+                        store,
+                        mode,
+                    )?;
+                    moments = carry.moments;
+                    Ok(saved)
+                };
                 saved.push(crate::profile::time(kind, &candle_core::Device::Cpu, step)?);
-                acts[node.y] = Some(out);
-                (node.y, 1)
+                acts[y] = Some(out);
+                (y, nodes)
             }
         };
         // Folded nodes save nothing (there is no backward pass without a graph).
@@ -181,15 +212,25 @@ fn eval_fold<'a>(prog: &'a Program, i: usize, uses: &[usize], acts: &[Option<Buf
         return None;
     }
     let mut f = Fold { x: conv.x, w, bn, residual: None, y: bn_node.y, nodes: 2 };
-    let add = prog.nodes.get(i + 2);
-    if let (false, 1, Some(Node { x, y, op: Op::AddRelu { other } })) = (bn.relu, uses[bn_node.y], add) {
-        let residual = if *x == bn_node.y { *other } else { *x };
-        let reads_bn = *x == bn_node.y || *other == bn_node.y;
-        if reads_bn && residual != bn_node.y && acts[residual].is_some() && bn_node.y != prog.output {
-            (f.residual, f.y, f.nodes) = (Some(residual), *y, 3);
-        }
+    if let Some((residual, y)) = residual_add(prog, i + 1, uses, acts) {
+        (f.residual, f.y, f.nodes) = (Some(residual), y, 3);
     }
     Some(f)
+}
+
+/// When node `i` is a batch norm without ReLU whose output only the residual add after it
+/// reads, and that add's other input is ready: the other input and the add's output slot.
+fn residual_add(prog: &Program, i: usize, uses: &[usize], acts: &[Option<Buf>]) -> Option<(Slot, Slot)> {
+    let bn_node = prog.nodes.get(i)?;
+    let (Op::Bn(bn), Some(Node { x, y, op: Op::AddRelu { other } })) = (&bn_node.op, prog.nodes.get(i + 1))
+    else {
+        return None;
+    };
+    let residual = if *x == bn_node.y { *other } else { *x };
+    let reads_bn = *x == bn_node.y || *other == bn_node.y;
+    let ready = residual != bn_node.y && acts[residual].is_some();
+    (!bn.relu && uses[bn_node.y] == 1 && reads_bn && ready && bn_node.y != prog.output)
+        .then_some((residual, *y))
 }
 
 /// Runs a [`Fold`]: `max(conv(x, w * scale) + shift [+ residual], 0)` with eval batch norm's
@@ -212,11 +253,24 @@ fn fold_forward(
     Ok(())
 }
 
+/// What a node hands the next one, or takes from the one before.
+struct Carry<'a> {
+    /// The residual add folded into a batch norm (see [`residual_add`]).
+    residual: Option<&'a [f32]>,
+    /// The moments of a slot (a convolution's output), for the batch norm that reads it.
+    moments: Option<(Slot, norm::Moments)>,
+    /// Whether a convolution should summarise its output into `moments`.
+    summarise: bool,
+}
+
+/// Runs one node.
+#[allow(clippy::too_many_arguments)]
 fn node_forward(
     node: &Node,
     shape: Option<&ConvShape>,
     plan: &Plan,
     acts: &[Option<Buf>],
+    carry: &mut Carry,
     out: &mut [f32],
     store: &ParamStore,
     mode: Mode,
@@ -226,9 +280,21 @@ fn node_forward(
     match &node.op {
         Op::Conv { w, .. } => {
             let shape = shape.ok_or_else(|| ModelError::Invalid("convolution without a shape".into()))?;
-            with_host(&w.var, |w| conv::forward(x, w, shape, out))?;
+            if carry.summarise {
+                let m = with_host(&w.var, |w| conv::forward_with_moments(x, w, shape, out))?;
+                carry.moments = Some((node.y, m));
+            } else {
+                with_host(&w.var, |w| conv::forward(x, w, shape, out))?;
+            }
         }
-        Op::Bn(bn) => return batch_norm(x, bn, dims.c, out, store, mode),
+        Op::Bn(bn) => {
+            let then = match carry.residual {
+                Some(r) => norm::Then::AddRelu(r),
+                None => norm::Then::relu_if(bn.relu),
+            };
+            let moments = carry.moments.take().filter(|(s, _)| *s == node.x).map(|(_, m)| m);
+            return batch_norm(x, bn, (dims.c, dims.w), (moments.as_ref(), then), out, store, mode);
+        }
         Op::AddRelu { other } => elementwise::add_relu(x, act(acts, *other)?, out),
         Op::Shortcut { pad } => elementwise::shortcut_forward(x, dims, *pad, out),
         Op::MaxPool(win) if mode.graph => {
@@ -245,14 +311,15 @@ fn node_forward(
 fn batch_norm(
     x: &[f32],
     bn: &BnSpec,
-    c: usize,
+    (c, width): (usize, usize),
+    (moments, then): (Option<&norm::Moments>, norm::Then),
     out: &mut [f32],
     store: &ParamStore,
     mode: Mode,
 ) -> Result<Saved> {
     if mode.train {
         let (g, b) = (host(&bn.gamma.var)?, host(&bn.beta.var)?);
-        let stats = norm::forward_train(x, c, (&g, &b), bn.eps, bn.relu, out);
+        let stats = norm::forward_train(x, (c, width), (&g, &b), bn.eps, (moments, then), out);
         let dev = store.device();
         let var: Vec<f32> = stats.var.iter().map(|&v| v as f32).collect();
         let (mean_t, var_t) = (Tensor::new(stats.mean.as_slice(), dev)?, Tensor::new(var.as_slice(), dev)?);
@@ -264,7 +331,7 @@ fn batch_norm(
         })
     } else {
         let EvalBn { scale, shift, mean: rm, var: rv } = EvalBn::of(bn, store)?;
-        norm::affine(x, c, &scale, &shift, bn.relu, out);
+        norm::apply(x, c, (&scale, &shift), then, out);
         if !mode.graph {
             return Ok(Saved::None);
         }

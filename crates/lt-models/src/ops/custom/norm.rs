@@ -19,7 +19,8 @@ pub(crate) fn train_host(
 ) -> CResult<(Tensor, BatchStats)> {
     let x = x.contiguous()?;
     let c = x.dim(candle_core::D::Minus1)?;
-    let stats = with_host(&x, |xv| Ok(norm::train_stats(xv, c, eps)))?;
+    let chunk = norm::chunk_pixels(x.dims());
+    let stats = with_host(&x, |xv| Ok(norm::train_stats(xv, c, chunk, eps)))?;
     let op = BatchNormOp { relu, mean: stats.mean.clone(), invstd: stats.invstd.clone() };
     let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
     let var: Vec<f32> = stats.var.iter().map(|&v| v as f32).collect();

@@ -246,11 +246,24 @@ pub type GatherFn = unsafe fn(&GatherArgs, usize, usize);
 /// An outer-product kernel: `(args, mr, nb)`.
 pub type OuterFn = unsafe fn(&OuterArgs, usize, usize);
 
+/// The instruction set a kernel set is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    /// The build's baseline (SSE2 on x86-64).
+    Baseline,
+    /// AVX2 and FMA.
+    Avx2,
+    /// AVX-512F (with AVX2 and FMA).
+    Avx512,
+}
+
 /// A set of kernels for one instruction set.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSet {
     /// Name: `avx512`, `avx2+fma` or `portable`.
     pub name: &'static str,
+    /// What the set's kernels (and [`vectorised`] code) are compiled for.
+    pub isa: Isa,
     /// The gather-GEMM kernel.
     pub gather: GatherFn,
     /// The outer-product kernel.
@@ -280,6 +293,7 @@ impl KernelSet {
 /// The portable set.
 pub const PORTABLE: KernelSet = KernelSet {
     name: "portable",
+    isa: Isa::Baseline,
     gather: portable::gather,
     outer: portable::outer,
     nb_max: 4,
@@ -317,6 +331,23 @@ fn select() -> &'static KernelSet {
         }
         PORTABLE
     })
+}
+
+/// Runs `f` compiled for the instruction set of the kernel set in use: element-wise loops
+/// (batch norm's) written so that the compiler vectorises them get that set's vectors instead
+/// of the build's baseline (SSE2), provided `f` and what it calls are inlined (a closure marked
+/// `#[inline(always)]` calling `#[inline(always)]` functions).
+#[inline]
+pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    match select().isa {
+        // SAFETY: a set is selected only where the CPU has its features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { simd::avx512::vectorised(f) },
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { simd::avx2::vectorised(f) },
+        _ => f(),
+    }
 }
 
 /// Name of the kernel set in use (`avx512`, `avx2+fma` or `portable`).

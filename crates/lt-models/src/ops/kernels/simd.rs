@@ -14,7 +14,7 @@
 #![allow(clippy::needless_range_loop)]
 #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
 
-use super::KernelSet;
+use super::{Isa, KernelSet};
 
 /// The gather and outer-product kernels over this module's `V`, `LANES` and primitives, for
 /// `MR` rows and `NV` vectors of columns.
@@ -428,6 +428,22 @@ macro_rules! primitives {
     };
 }
 
+/// Runs `f` compiled for this set's instruction set: plain loops inlined into `f` (sums kept in
+/// fixed-size arrays, say) are vectorised for it.
+#[cfg(target_arch = "x86_64")]
+macro_rules! vectorised {
+    ($feature:literal) => {
+        /// Runs `f`, inlined here, with this set's features enabled.
+        ///
+        /// # Safety
+        /// The CPU has this set's features.
+        #[target_feature(enable = $feature)]
+        pub(crate) unsafe fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+    };
+}
+
 /// AVX2 + FMA: 8 lanes.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
@@ -447,6 +463,7 @@ pub(crate) mod avx2 {
         _mm256_max_ps
     );
     kernel_bodies!("avx2,fma");
+    vectorised!("avx2,fma");
     // Blocks of 8 or 16 columns: 1 or 2 vectors per row.
     dispatchers!(1 => (gather, outer, 1), _ => (gather, outer, 2));
 }
@@ -474,6 +491,7 @@ pub(crate) mod avx512 {
         _mm512_max_ps
     );
     kernel_bodies!("avx512f,avx2,fma");
+    vectorised!("avx512f,avx2,fma");
     strip_body!("avx512f,avx2,fma");
     grad_strip_body!("avx512f,avx2,fma");
 
@@ -513,6 +531,7 @@ pub(crate) fn sets() -> Vec<(&'static str, Option<KernelSet>)> {
                 "avx512",
                 avx512.then_some(KernelSet {
                     name: "avx512",
+                    isa: Isa::Avx512,
                     gather: avx512::gather_dispatch,
                     outer: avx512::outer_dispatch,
                     nb_max: 4,
@@ -524,6 +543,7 @@ pub(crate) fn sets() -> Vec<(&'static str, Option<KernelSet>)> {
                 "avx2+fma",
                 avx2.then_some(KernelSet {
                     name: "avx2+fma",
+                    isa: Isa::Avx2,
                     gather: avx2::gather_dispatch,
                     outer: avx2::outer_dispatch,
                     nb_max: 2,
