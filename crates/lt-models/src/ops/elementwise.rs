@@ -5,23 +5,35 @@
 
 use rayon::prelude::*;
 
+use super::kernels;
+
 const CHUNK: usize = 1 << 16;
 
 /// `out = max(a + b, 0)`.
 pub fn add_relu(a: &[f32], b: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).zip(b.par_chunks(CHUNK)).for_each(|((o, a), b)| {
-        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-            *o = (a + b).max(0.0);
-        }
+        kernels::vectorised(
+            #[inline(always)]
+            || {
+                for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                    *o = (a + b).max(0.0);
+                }
+            },
+        )
     });
 }
 
 /// `out = dy * (y > 0)`: the gradient through a ReLU given its output `y`.
 pub fn relu_backward(y: &[f32], dy: &[f32], out: &mut [f32]) {
     out.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).zip(dy.par_chunks(CHUNK)).for_each(|((o, y), d)| {
-        for ((o, &y), &d) in o.iter_mut().zip(y).zip(d) {
-            *o = if y > 0.0 { d } else { 0.0 };
-        }
+        kernels::vectorised(
+            #[inline(always)]
+            || {
+                for ((o, &y), &d) in o.iter_mut().zip(y).zip(d) {
+                    *o = if y > 0.0 { d } else { 0.0 };
+                }
+            },
+        )
     });
 }
 
@@ -84,14 +96,30 @@ pub fn shortcut_forward(x: &[f32], s: Nhwc, pad: usize, out: &mut [f32]) {
 
 /// Gradient of [`shortcut_forward`] with respect to `x` (`s` is the input's shape).
 pub fn shortcut_backward(dy: &[f32], s: Nhwc, pad: usize, dx: &mut [f32]) {
+    shortcut_backward_into(dy, s, pad, dx, false)
+}
+
+/// [`shortcut_backward`] added to `dx` (only the pixels the shortcut read are touched).
+pub fn shortcut_backward_acc(dy: &[f32], s: Nhwc, pad: usize, dx: &mut [f32]) {
+    shortcut_backward_into(dy, s, pad, dx, true)
+}
+
+fn shortcut_backward_into(dy: &[f32], s: Nhwc, pad: usize, dx: &mut [f32], accumulate: bool) {
     let (Nhwc { n, h, w, c }, (oh, ow, oc)) = (s, shortcut_dims(s.h, s.w, s.c, pad));
     assert_eq!((dy.len(), dx.len()), (n * oh * ow * oc, s.len()), "shortcut gradient lengths");
     dx.par_chunks_mut(h * w * c).enumerate().take(n).for_each(|(ni, d)| {
-        d.fill(0.0);
+        if !accumulate {
+            d.fill(0.0);
+        }
         for y in 0..oh {
             for xo in 0..ow {
                 let src = &dy[((ni * oh + y) * ow + xo) * oc + pad..][..c];
-                d[((2 * y) * w + 2 * xo) * c..][..c].copy_from_slice(src);
+                let dst = &mut d[((2 * y) * w + 2 * xo) * c..][..c];
+                if accumulate {
+                    dst.iter_mut().zip(src).for_each(|(d, s)| *d += s);
+                } else {
+                    dst.copy_from_slice(src);
+                }
             }
         }
     });

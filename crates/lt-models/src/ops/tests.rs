@@ -224,6 +224,23 @@ fn batch_norm_with_a_residual_add_is_the_affine_map_plus_the_residual_then_relu(
 }
 
 #[test]
+fn shortcut_gradient_added_in_place_equals_the_gradient_plus_what_was_there() {
+    use super::elementwise::{shortcut_backward, shortcut_backward_acc, shortcut_dims, Nhwc};
+    let s = Nhwc { n: 2, h: 5, w: 6, c: 4 };
+    let (oh, ow, oc) = shortcut_dims(s.h, s.w, s.c, 2);
+    let dy: Vec<f32> = randn(&[s.n * oh * ow * oc], 70).to_vec1().unwrap();
+    let base: Vec<f32> = randn(&[s.len()], 71).to_vec1().unwrap();
+    let mut alone = vec![f32::NAN; s.len()];
+    shortcut_backward(&dy, s, 2, &mut alone);
+    let mut acc = base.clone();
+    shortcut_backward_acc(&dy, s, 2, &mut acc);
+    for (i, ((&a, &b), &g)) in acc.iter().zip(&base).zip(&alone).enumerate() {
+        assert_eq!(a.to_bits(), (b + g).to_bits(), "value {i}");
+    }
+    assert!(alone.iter().filter(|&&g| g != 0.0).count() == s.n * oh * ow * s.c);
+}
+
+#[test]
 fn moments_of_any_chunking_give_the_same_statistics() {
     // Pixel rows pushed one by one (as the strip pass does), in uneven pieces, and appended
     // from two halves: all agree with the 512-pixel chunks to rounding.

@@ -137,11 +137,15 @@ impl Step<'_> {
                 g.add_or_set(node.x, dx);
             }
             Op::AddRelu { other } => self.add_relu(node, *other, dy, g)?,
-            Op::Shortcut { pad } => {
-                let mut dx = self.pool.take(dims.len());
-                elementwise::shortcut_backward(dy, dims, *pad, &mut dx);
-                g.add_or_set(node.x, dx);
-            }
+            Op::Shortcut { pad } => match g.get_mut(node.x) {
+                // Added where the shortcut read (a quarter of the pixels), not as a whole pass.
+                Some(acc) => elementwise::shortcut_backward_acc(dy, dims, *pad, acc),
+                None => {
+                    let mut dx = self.pool.take(dims.len());
+                    elementwise::shortcut_backward(dy, dims, *pad, &mut dx);
+                    g.set(node.x, dx);
+                }
+            },
             Op::Bn(bn) => self.batch_norm(node, bn, saved, dy, g, params)?,
             Op::Conv { w, .. } => {
                 let shape = shape.ok_or_else(|| ModelError::Invalid("convolution without a shape".into()))?;
