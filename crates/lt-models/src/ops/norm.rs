@@ -68,6 +68,20 @@ impl Moments {
         Self { c, ..Self::default() }
     }
 
+    /// No chunks yet, `c` channels, room for `chunks` chunks.
+    pub fn with_capacity(c: usize, chunks: usize) -> Self {
+        let (counts, sums, m2) =
+            (Vec::with_capacity(chunks), Vec::with_capacity(chunks * c), Vec::with_capacity(chunks * c));
+        Self { c, counts, sums, m2 }
+    }
+
+    /// Every part's chunks, part after part (parts of `c` channels).
+    pub fn concat(c: usize, parts: impl IntoIterator<Item = Moments>) -> Self {
+        let parts: Vec<Moments> = parts.into_iter().collect();
+        let chunks = parts.iter().map(Moments::chunks).sum();
+        parts.into_iter().fold(Moments::with_capacity(c, chunks), Moments::append)
+    }
+
     /// The moments of `x` (`[P, c]`) in chunks of `chunk` pixels (the last may be shorter; an
     /// NHWC activation's chunk is one image row, see [`chunk_pixels`]), summarised in
     /// parallel.
@@ -77,12 +91,12 @@ impl Moments {
         let parts: Vec<Moments> = x
             .par_chunks(per_task.max(chunk))
             .map(|rows| {
-                let mut m = Moments::new(c);
+                let mut m = Moments::with_capacity(c, rows.len().div_ceil(chunk));
                 rows.chunks(chunk).for_each(|row| m.push(row));
                 m
             })
             .collect();
-        parts.into_iter().fold(Moments::new(c), Moments::append)
+        Moments::concat(c, parts)
     }
 
     /// Adds one chunk (`[n, c]`, `n > 0`) after the others.
@@ -105,8 +119,8 @@ impl Moments {
 
     /// `self`'s chunks followed by `other`'s.
     pub fn append(mut self, other: Moments) -> Self {
-        if self.counts.is_empty() {
-            return Moments { c: self.c.max(other.c), ..other };
+        if other.counts.is_empty() {
+            return self;
         }
         assert_eq!(self.c, other.c, "moments of different channel counts");
         self.counts.extend(other.counts);

@@ -97,7 +97,7 @@ pub(crate) fn strip_pass(
         let (group, blocks) =
             if heavy { (t / col_groups, &index[t % col_groups..][..1]) } else { (t, index) };
         let task_rows = group * rows_per_task..((group + 1) * rows_per_task).min(image_rows);
-        let mut moments = summarise.then(|| Moments::new(cols));
+        let mut moments = summarise.then(|| Moments::with_capacity(cols, task_rows.len()));
         for img_row in task_rows {
             for &(c0, nb, off) in blocks {
                 let nr = 8 * nb;
@@ -157,7 +157,7 @@ pub(crate) fn strip_pass(
         moments
     });
     let parts: Vec<Option<Moments>> = tasks.collect();
-    summarise.then(|| parts.into_iter().flatten().fold(Moments::new(cols), Moments::append))
+    summarise.then(|| Moments::concat(cols, parts.into_iter().flatten()))
 }
 
 #[cfg(test)]
