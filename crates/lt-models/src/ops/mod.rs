@@ -18,7 +18,7 @@ pub mod conv;
 mod cudnn;
 mod custom;
 pub mod elementwise;
-mod kernels;
+pub(crate) mod kernels;
 pub mod norm;
 pub(crate) mod stock;
 mod strip;

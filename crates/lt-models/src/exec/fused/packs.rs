@@ -58,38 +58,49 @@ impl PackCache {
 }
 
 /// A 64-bit fingerprint of the bits of `parts` (lengths included). Each 32-bit word goes
-/// through `h = (h ^ word) * K` (odd `K`) in one of 8 lanes, a bijection of `h` for every word,
-/// so changing any single value always changes the fingerprint; chunks are hashed in parallel
-/// and combined in order.
+/// through `h = (h ^ word) * K` (odd `K`, 32-bit arithmetic) in one of [`LANES`] lanes, a
+/// bijection of `h` for every word, and the lanes of a chunk are then folded the same way in
+/// 64 bits, a bijection of the running value for every lane: so changing any single value
+/// always changes the fingerprint. Chunks are hashed in parallel and combined in order; the
+/// lanes are 32-bit so that the multiplies vectorise (on the selected kernel set's
+/// instruction set), which makes the check a small part of a batch-1 evaluation instead of a
+/// tenth of it.
 pub(crate) fn fingerprint(parts: &[&[f32]]) -> u64 {
-    const K: u64 = 0x9E37_79B9_7F4A_7C15;
+    const K64: u64 = 0x9E37_79B9_7F4A_7C15;
+    const K32: u32 = 0x9E37_79B1;
     const CHUNK: usize = 1 << 16;
-    let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(K);
+    let mix = |h: u64, v: u64| (h ^ v).wrapping_mul(K64);
     let mut total = 0u64;
     for part in parts {
         let chunks: Vec<u64> = part
             .par_chunks(CHUNK)
             .map(|c| {
-                let mut lanes = [0u64; 8];
-                for (i, l) in lanes.iter_mut().enumerate() {
-                    *l = i as u64 + 1;
-                }
-                let mut it = c.chunks_exact(8);
-                for group in &mut it {
-                    for (l, v) in lanes.iter_mut().zip(group) {
-                        *l = mix(*l, u64::from(v.to_bits()));
-                    }
-                }
-                for (l, v) in lanes.iter_mut().zip(it.remainder()) {
-                    *l = mix(*l, u64::from(v.to_bits()));
-                }
-                lanes.iter().fold(c.len() as u64, |h, &l| mix(h, l))
+                let lanes = crate::ops::kernels::vectorised(
+                    #[inline(always)]
+                    || {
+                        let mut lanes: [u32; LANES] = std::array::from_fn(|i| i as u32 + 1);
+                        let mut it = c.chunks_exact(LANES);
+                        for group in &mut it {
+                            for (l, v) in lanes.iter_mut().zip(group) {
+                                *l = (*l ^ v.to_bits()).wrapping_mul(K32);
+                            }
+                        }
+                        for (l, v) in lanes.iter_mut().zip(it.remainder()) {
+                            *l = (*l ^ v.to_bits()).wrapping_mul(K32);
+                        }
+                        lanes
+                    },
+                );
+                lanes.iter().fold(c.len() as u64, |h, &l| mix(h, u64::from(l)))
             })
             .collect();
         total = chunks.iter().fold(mix(total, part.len() as u64), |h, &c| mix(h, c));
     }
     total
 }
+
+/// Lanes of [`fingerprint`]: four 16-lane vectors, so that four multiplies are in flight.
+const LANES: usize = 64;
 
 #[cfg(test)]
 mod tests {
@@ -101,7 +112,7 @@ mod tests {
         let s = [0.5f32, 2.0];
         let base = fingerprint(&[&w, &s]);
         assert_eq!(base, fingerprint(&[&w, &s]), "the same contents, the same fingerprint");
-        for i in [0, 7, 8, 65_535, 65_536, 131_077, 200_002] {
+        for i in [0, 7, 8, 63, 64, 65_535, 65_536, 131_077, 200_002] {
             let mut v = w.clone();
             v[i] = f32::from_bits(v[i].to_bits() ^ 1);
             assert_ne!(base, fingerprint(&[&v, &s]), "a flipped bit of value {i}");
