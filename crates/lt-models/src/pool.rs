@@ -23,17 +23,20 @@ impl Pool {
     }
 
     /// A buffer of `len` floats (reused when one of at least that size is free; the smallest
-    /// such one is taken). Its content is whatever the previous user left.
+    /// such one is taken, and of those the one returned last, whose memory is likeliest to
+    /// still be in cache: writing to memory that is not costs a read from memory first). Its
+    /// content is whatever the previous user left.
     pub fn take(self: &Arc<Self>, len: usize) -> Buf {
         let mut free = self.free.lock().expect("pool lock");
         let best = free
             .iter()
             .enumerate()
+            .rev()
             .filter(|(_, v)| v.len() >= len)
             .min_by_key(|(_, v)| v.len())
             .map(|(i, _)| i);
         let data = match best {
-            Some(i) => free.swap_remove(i),
+            Some(i) => free.remove(i),
             None => vec![0f32; len],
         };
         Buf { data, len, pool: self.clone() }

@@ -207,19 +207,24 @@ pub fn max_pool_forward(x: &[f32], s: Nhwc, win: Window, out: &mut [f32], argmax
                 for iy in win.inputs(y, h) {
                     taps.extend(win.inputs(xo, w).map(|ix| ((ni * h + iy) * w + ix) * c));
                 }
-                acc.fill(f32::NEG_INFINITY);
-                am.fill(0);
-                for (t, &first) in taps.iter().enumerate() {
-                    let t = t as u32;
-                    for ((a, m), &v) in acc.iter_mut().zip(am.iter_mut()).zip(&x[first..][..c]) {
-                        let replace = replaces_max(v, *a);
-                        *a = if replace { v } else { *a };
-                        *m = if replace { t } else { *m };
-                    }
-                }
-                for (ch, m) in am.iter_mut().enumerate() {
-                    *m = (taps[*m as usize] + ch) as u32;
-                }
+                kernels::vectorised(
+                    #[inline(always)]
+                    || {
+                        acc.fill(f32::NEG_INFINITY);
+                        am.fill(0);
+                        for (t, &first) in taps.iter().enumerate() {
+                            let t = t as u32;
+                            for ((a, m), &v) in acc.iter_mut().zip(am.iter_mut()).zip(&x[first..][..c]) {
+                                let replace = replaces_max(v, *a);
+                                *a = if replace { v } else { *a };
+                                *m = if replace { t } else { *m };
+                            }
+                        }
+                        for (ch, m) in am.iter_mut().enumerate() {
+                            *m = (taps[*m as usize] + ch) as u32;
+                        }
+                    },
+                )
             }
         },
     );
@@ -227,7 +232,8 @@ pub fn max_pool_forward(x: &[f32], s: Nhwc, win: Window, out: &mut [f32], argmax
 
 /// [`max_pool_forward`] without the argmax, for a pass with no backward (evaluation): the same
 /// values, NaN included, spread over output rows rather than images (a batch of one runs on
-/// every thread) and with a branch-free channel loop that vectorises.
+/// every thread) and with a branch-free channel loop that vectorises (on the selected kernel
+/// set's instruction set, as does the training pass's).
 pub fn max_pool_values(x: &[f32], s: Nhwc, win: Window, out: &mut [f32]) {
     let o = win.output(s).expect("the pooling window fits the input");
     let Nhwc { h, w, c, .. } = s;
@@ -236,15 +242,20 @@ pub fn max_pool_values(x: &[f32], s: Nhwc, win: Window, out: &mut [f32]) {
     out.par_chunks_mut(ow * c).enumerate().for_each(|(r, orow)| {
         let (ni, y) = (r / oh, r % oh);
         for (xo, acc) in orow.chunks_exact_mut(c).enumerate() {
-            acc.fill(f32::NEG_INFINITY);
-            for iy in win.inputs(y, h) {
-                for ix in win.inputs(xo, w) {
-                    let src = &x[((ni * h + iy) * w + ix) * c..][..c];
-                    for (a, &v) in acc.iter_mut().zip(src) {
-                        *a = if replaces_max(v, *a) { v } else { *a };
+            kernels::vectorised(
+                #[inline(always)]
+                || {
+                    acc.fill(f32::NEG_INFINITY);
+                    for iy in win.inputs(y, h) {
+                        for ix in win.inputs(xo, w) {
+                            let src = &x[((ni * h + iy) * w + ix) * c..][..c];
+                            for (a, &v) in acc.iter_mut().zip(src) {
+                                *a = if replaces_max(v, *a) { v } else { *a };
+                            }
+                        }
                     }
-                }
-            }
+                },
+            )
         }
     });
 }
