@@ -515,14 +515,18 @@ fn sampled_pointwise_backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &m
     });
 }
 
-/// See [`pointwise_forward`]. Where the pixels are many next to the gradient (a ResNet's
-/// first stage), `gemm`'s own split of the small product spreads poorly over the threads, so
-/// the pixels are cut into [`PIXEL_GROUPS`] fixed groups, each a single-threaded product into
-/// its own partial gradient, summed in group order (1.3-2x on ResNet-50's 56x56 layers with 2
-/// threads); the group count does not depend on the thread count, so neither do the sums.
+/// See [`pointwise_forward`]. Where the pixels are many next to the gradient (at most
+/// [`POINTWISE_GROUPED_WEIGHTS`] values: ResNet-50's 56x56 and 28x28 stages), `gemm`'s own
+/// split of the small product spreads poorly over the threads, so the pixels are cut into
+/// [`PIXEL_GROUPS`] fixed groups, each a single-threaded product into its own partial gradient,
+/// summed in group order; the group count does not depend on the thread count, so neither do
+/// the sums. Measured with 2 threads at batch 32 (GFLOP/s, one product against groups):
+/// 56x56 256->64 96 -> 196-202, 28x28 512->128 111-134 -> 229-243, 128->512 131-138 -> 171-209,
+/// 512->256 174-181 -> 242; the 14x14 ones (2^18 values and more) gain nothing (211-232
+/// either way) and the 7x7 ones run at 270-280 as one product.
 fn pointwise_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
     let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
-    if p < 32 * 1024 || cin * cout > 1 << 18 {
+    if p < 2048 || cin * cout > POINTWISE_GROUPED_WEIGHTS {
         return matmul((cout, cin, p), (dw, cin, 1), false, (dy, 1, cout), (x, cin, 1), true);
     }
     let per = p.div_ceil(PIXEL_GROUPS);
@@ -546,6 +550,10 @@ fn pointwise_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32
 
 /// Fixed groups of pixels whose partial weight gradients are summed in order.
 const PIXEL_GROUPS: usize = 8;
+
+/// The largest pointwise weight gradient computed by pixel groups (see
+/// [`pointwise_backward_weight`]).
+const POINTWISE_GROUPED_WEIGHTS: usize = 1 << 17;
 
 /// The epilogue of a partial column block, in portable code: bias, residual, ReLU.
 fn finish_row(row: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, relu: bool) {
