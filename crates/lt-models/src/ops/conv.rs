@@ -983,7 +983,8 @@ pub fn backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
     }
     let method = weight_method(s);
     if method == WeightMethod::Panels {
-        return panels_backward_weight(x, dy, s, dw, panel_pixels(s.k * s.k * s.cin));
+        let grouped = s.cout * s.k * s.k * s.cin <= PANEL_GROUPED_WEIGHTS;
+        return panels_backward_weight(x, dy, s, dw, panel_pixels(s.k * s.k * s.cin), grouped);
     }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     let blocks = col_blocks(cout);
@@ -1011,43 +1012,36 @@ fn panel_pixels(width: usize) -> usize {
 /// Weight gradient as matrix products through `gemm`: the input patches of a run of output
 /// pixels are copied into a panel `[pixels, k * k * C_in]` (tap-major rows, zeros where a tap
 /// falls into the padding) and `acc[C_out, k * k * C_in] += dy^T * panel`, panel after panel
-/// in order (so the sums have a fixed order), `chunk` pixels a panel. The copy costs one pass over `k * k` times the
-/// input; `gemm`'s packed, cache-blocked product wins that back where the gradient is large
-/// (many input channels) or the input is strided (see [`weight_method`]).
-fn panels_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], chunk: usize) {
-    let (k, cin, cout) = (s.k, s.cin, s.cout);
-    let (oh, ow) = (s.oh(), s.ow());
-    let (taps, pixels) = (k * k, s.n * oh * ow);
+/// in order (so the sums have a fixed order), `chunk` pixels a panel. The copy costs one pass
+/// over `k * k` times the input; `gemm`'s packed, cache-blocked product wins that back where
+/// the gradient is large (many input channels) or the input is strided (see
+/// [`weight_method`]). When `grouped` ([`PANEL_GROUPED_WEIGHTS`]), the pixels are cut into
+/// [`PIXEL_GROUPS`] fixed groups, each running its own panels (an eighth of `chunk` pixels)
+/// through single-threaded products into its own partial gradient, summed in group order.
+fn panels_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], chunk: usize, grouped: bool) {
+    let (k, cin) = (s.k, s.cin);
+    let (taps, pixels) = (k * k, s.n * s.oh() * s.ow());
     let width = taps * cin;
-    let chunk = chunk.clamp(1, pixels.max(1));
-    let mut panel = vec![0f32; chunk * width];
     // acc[co * width + t * cin + ci]
-    let mut acc = vec![0f32; cout * width];
-    for p0 in (0..pixels).step_by(chunk) {
-        let rows = chunk.min(pixels - p0);
-        panel[..rows * width].par_chunks_mut(width).enumerate().for_each(|(r, row)| {
-            let p = p0 + r;
-            let (n, y, xo) = (p / (oh * ow), p / ow % oh, p % ow);
-            for (t, seg) in row.chunks_exact_mut(cin).enumerate() {
-                let iy = (y * s.stride + t / k) as isize - s.pad as isize;
-                let ix = (xo * s.stride + t % k) as isize - s.pad as isize;
-                if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
-                    seg.fill(0.0);
-                } else {
-                    let i = ((n * s.h + iy as usize) * s.w + ix as usize) * cin;
-                    seg.copy_from_slice(&x[i..i + cin]);
-                }
-            }
-        });
-        matmul(
-            (cout, width, rows),
-            (&mut acc, width, 1),
-            p0 > 0,
-            (&dy[p0 * cout..], 1, cout),
-            (&panel, width, 1),
-            true,
-        );
-    }
+    let acc = if grouped {
+        // Fixed pixel groups, each with its own panels, a single-threaded product into its own
+        // partial gradient, summed in group order (see `pointwise_backward_weight`).
+        let per = pixels.div_ceil(PIXEL_GROUPS);
+        let chunk = (chunk / PIXEL_GROUPS).max(1);
+        let partials: Vec<Vec<f32>> = (0..PIXEL_GROUPS)
+            .into_par_iter()
+            .map(|g| {
+                panel_products(x, dy, s, (g * per).min(pixels)..((g + 1) * per).min(pixels), chunk, false)
+            })
+            .collect();
+        let mut acc = partials[0].clone();
+        for part in &partials[1..] {
+            acc.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        }
+        acc
+    } else {
+        panel_products(x, dy, s, 0..pixels, chunk, true)
+    };
     for (dst, src) in dw.chunks_exact_mut(width).zip(acc.chunks_exact(width)) {
         for ci in 0..cin {
             for t in 0..taps {
@@ -1055,6 +1049,58 @@ fn panels_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], 
             }
         }
     }
+}
+
+/// The largest weight gradient [`backward_weight`] computes in panels by pixel groups (each
+/// group's partial gradient is this large): one product over all pixels splits its few output
+/// blocks poorly over the threads. ResNet-50 at batch 32 (`conv_throughput resnet50 32`, ms
+/// one product against groups): 56x56 128->128 stride 2 53.7 -> 33.0-35.4, 256->512 1x1
+/// stride 2 42.6 -> 30.1-31.3, 14x14 256->256 34.7 -> 31.3, 28x28 256->256 stride 2 35.2 ->
+/// 33.0; larger gradients (7x7, 2^21 values and more) as one product.
+const PANEL_GROUPED_WEIGHTS: usize = 1 << 20;
+
+/// `acc[C_out, k * k * C_in] = sum over the output pixels `range` of dy^T * patches`, panel of
+/// `chunk` pixels after panel in order, the copies and products on the rayon pool when
+/// `parallel` (see [`panels_backward_weight`]).
+fn panel_products(
+    x: &[f32],
+    dy: &[f32],
+    s: &ConvShape,
+    range: std::ops::Range<usize>,
+    chunk: usize,
+    parallel: bool,
+) -> Vec<f32> {
+    let (k, cin, cout) = (s.k, s.cin, s.cout);
+    let (oh, ow) = (s.oh(), s.ow());
+    let width = k * k * cin;
+    let chunk = chunk.clamp(1, range.len().max(1));
+    let mut panel = vec![0f32; chunk * width];
+    let mut acc = vec![0f32; cout * width];
+    let patch = |p: usize, row: &mut [f32]| {
+        let (n, y, xo) = (p / (oh * ow), p / ow % oh, p % ow);
+        for (t, seg) in row.chunks_exact_mut(cin).enumerate() {
+            let iy = (y * s.stride + t / k) as isize - s.pad as isize;
+            let ix = (xo * s.stride + t % k) as isize - s.pad as isize;
+            if iy < 0 || ix < 0 || iy >= s.h as isize || ix >= s.w as isize {
+                seg.fill(0.0);
+            } else {
+                let i = ((n * s.h + iy as usize) * s.w + ix as usize) * cin;
+                seg.copy_from_slice(&x[i..i + cin]);
+            }
+        }
+    };
+    for p0 in range.clone().step_by(chunk) {
+        let rows = chunk.min(range.end - p0);
+        let panel = &mut panel[..rows * width];
+        if parallel {
+            panel.par_chunks_mut(width).enumerate().for_each(|(r, row)| patch(p0 + r, row));
+        } else {
+            panel.chunks_mut(width).enumerate().for_each(|(r, row)| patch(p0 + r, row));
+        }
+        let lhs = (&dy[p0 * cout..], 1, cout);
+        matmul((cout, width, rows), (&mut acc, width, 1), p0 > range.start, lhs, (panel, width, 1), parallel);
+    }
+    acc
 }
 
 /// `dy` (`[P, cout]`) with its rows padded by zeros to `cpad` columns (itself when `cpad == cout`).
@@ -1457,10 +1503,10 @@ pub(crate) mod tests {
             let (x, dy) = (data(s.input_len(), 91), data(s.output_len(), 92));
             let (_, _, want) = reference(&x, &data(s.weight_len(), 93), &dy, &s);
             // One pixel, a few (the last panel partial) and all pixels a panel.
-            for chunk in [1, 7, usize::MAX] {
+            for (chunk, grouped) in [1, 7, 9, usize::MAX].into_iter().flat_map(|c| [(c, false), (c, true)]) {
                 let mut dw = vec![f32::NAN; s.weight_len()];
-                panels_backward_weight(&x, &dy, &s, &mut dw, chunk);
-                close(&dw, &want, &format!("dw in panels of {chunk} pixels, {s:?}"));
+                panels_backward_weight(&x, &dy, &s, &mut dw, chunk, grouped);
+                close(&dw, &want, &format!("dw in panels of {chunk} pixels (grouped: {grouped}), {s:?}"));
             }
         }
     }
