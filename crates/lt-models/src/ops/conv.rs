@@ -1,7 +1,7 @@
 //! 2-D convolution on NHWC activations: forward, input gradient and weight gradient.
 //!
 //! Weights use PyTorch's `[C_out, C_in, k, k]` layout; activations are `[N, H, W, C]`. The
-//! passes run on the [`super::kernels`] micro-kernels without an im2col buffer and are spread over
+//! passes run on the `ops::kernels` micro-kernels without an im2col buffer and are spread over
 //! the rayon pool: the forward pass and the input gradient by blocks of pixels, the weight
 //! gradient by groups of rows or by input channels, or, where the gradient is large, as
 //! products of bounded patch panels (see [`weight_method`]). A pointwise convolution (1x1,
@@ -1122,7 +1122,7 @@ pub enum WeightMethod {
     Pixels,
     /// Micro-kernels over input channels, each task owning its rows of the gradient.
     Channels,
-    /// Patch panels through `gemm` (see [`panels_backward_weight`]).
+    /// Patch panels through `gemm` (see `panels_backward_weight`).
     Panels,
 }
 

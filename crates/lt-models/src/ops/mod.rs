@@ -1,12 +1,12 @@
 //! The backbones' ops: convolution, batch norm (+ ReLU), residual add, shortcut and pooling on
 //! NHWC activations, behind one API ([`Backend`]) with three routes:
 //!
-//! - **host**: [`Backend::Fast`] on the CPU (`f32`): candle custom ops ([`custom`]) with explicit
+//! - **host**: [`Backend::Fast`] on the CPU (`f32`): candle custom ops (`ops::custom`) with explicit
 //!   backward passes over the project's kernels ([`conv`], [`norm`], [`elementwise`]);
 //! - **cuDNN**: [`Backend::Fast`] on CUDA (`f32`, feature `cudnn`): convolution, batch norm, max
 //!   pooling and the residual add + ReLU through cuDNN (channels-last activations and filters),
 //!   the other element-wise ops through candle's CUDA kernels; nothing is copied to the host;
-//! - **stock**: [`Backend::Candle`], or any other device or dtype: candle's own ops ([`stock`]),
+//! - **stock**: [`Backend::Candle`], or any other device or dtype: candle's own ops (`ops::stock`),
 //!   the "stock candle" baseline of the benchmark and the reference of the op tests.
 //!
 //! Every route computes the same function and the same gradients; the tests check the host route

@@ -112,7 +112,12 @@ impl Moments {
         let (sum, m2) = (&mut self.sums[at..], &mut self.m2[at..]);
         kernels::vectorised(
             #[inline(always)]
-            || by_channel_blocks!(c, k0, B => chunk_moments::<B>(chunk, c, k0, sum, m2)),
+            || {
+                // Tile by tile, so that a wide chunk is not read from memory once per block.
+                let tiles = || chunk.chunks(tile_pixels(c) * c);
+                tiles().for_each(|t| by_channel_blocks!(c, k0, B => block_sums::<B>(t, c, k0, sum)));
+                tiles().for_each(|t| by_channel_blocks!(c, k0, B => block_m2::<B>(t, (c, n), k0, sum, m2)));
+            },
         );
         self.counts.push(n);
     }
@@ -170,35 +175,54 @@ impl Moments {
     }
 }
 
-/// Independent sums per channel in [`chunk_moments`] (pixel `i` goes to sum `i % SUMS`),
+/// Independent sums per channel in [`reduce_pixels`] (pixel `i` goes to sum `i % SUMS`),
 /// so that consecutive additions do not wait for each other.
 const SUMS: usize = 4;
 
-/// Sums and sums of squared deviations from the chunk's mean of channels `k0..k0 + B` of
-/// `chunk` (`[n, c]`) into `sum` and `m2` (see [`reduce_pixels`]); returns `B`.
+/// Values per array that one tile of a chunk holds: the blocks of channels (see
+/// `by_channel_blocks!`) each go over a tile while it is in the L2 cache.
+const TILE_VALUES: usize = 1 << 14;
+
+/// Pixels per tile of `c` channels (see [`TILE_VALUES`]).
+fn tile_pixels(c: usize) -> usize {
+    (TILE_VALUES / c.max(1)).max(1)
+}
+
+/// Adds the sums of channels `k0..k0 + B` of `tile` (`[n, c]`) to `sum` (see
+/// [`reduce_pixels`]); returns `B`.
 #[inline(always)]
-fn chunk_moments<const B: usize>(
-    chunk: &[f32],
-    c: usize,
-    k0: usize,
-    sum: &mut [f32],
-    m2: &mut [f32],
-) -> usize {
-    let n = chunk.len() / c;
-    let s = reduce_pixels(n, [0f32; B], add_arrays, |a, i| {
-        for (a, &v) in a.iter_mut().zip(lanes::<B>(chunk, i * c + k0)) {
+fn block_sums<const B: usize>(tile: &[f32], c: usize, k0: usize, sum: &mut [f32]) -> usize {
+    let s = reduce_pixels(tile.len() / c, [0f32; B], add_arrays, |a, i| {
+        for (a, &v) in a.iter_mut().zip(lanes::<B>(tile, i * c + k0)) {
             *a += v;
         }
     });
-    let mean: [f32; B] = std::array::from_fn(|k| s[k] / n as f32);
-    let q = reduce_pixels(n, [0f32; B], add_arrays, |a, i| {
-        for ((a, &v), &m) in a.iter_mut().zip(lanes::<B>(chunk, i * c + k0)).zip(&mean) {
+    for (t, v) in sum[k0..k0 + B].iter_mut().zip(s) {
+        *t += v;
+    }
+    B
+}
+
+/// Adds the sums of squared deviations of channels `k0..k0 + B` of `tile` (`[.., c]`) from
+/// the mean `sum / n` of its chunk of `n` pixels to `m2`; returns `B`.
+#[inline(always)]
+fn block_m2<const B: usize>(
+    tile: &[f32],
+    (c, n): (usize, usize),
+    k0: usize,
+    sum: &[f32],
+    m2: &mut [f32],
+) -> usize {
+    let mean: [f32; B] = std::array::from_fn(|k| sum[k0 + k] / n as f32);
+    let q = reduce_pixels(tile.len() / c, [0f32; B], add_arrays, |a, i| {
+        for ((a, &v), &m) in a.iter_mut().zip(lanes::<B>(tile, i * c + k0)).zip(&mean) {
             let d = v - m;
             *a += d * d;
         }
     });
-    sum[k0..k0 + B].copy_from_slice(&s);
-    m2[k0..k0 + B].copy_from_slice(&q);
+    for (t, v) in m2[k0..k0 + B].iter_mut().zip(q) {
+        *t += v;
+    }
     B
 }
 
@@ -236,7 +260,7 @@ fn reduce_pixels<A: Copy>(n: usize, zero: A, merge: impl Fn(A, A) -> A, f: impl 
 /// The pixels of a chunk of batch statistics for an activation of `dims`: one image row (`W`)
 /// of an NHWC activation, whichever pass computes them (the strip pass summarises its output
 /// row by row as it writes it), so that every path sums the same chunks in the same order and
-/// gets the same statistics bit for bit; [`CHUNK_PIXELS`] for other shapes.
+/// gets the same statistics bit for bit; 512 pixels for other shapes.
 pub fn chunk_pixels(dims: &[usize]) -> usize {
     match dims {
         &[_, _, w, _] => w,
@@ -476,7 +500,7 @@ fn masked<const RELU: bool>(d: f32, y: f32) -> f32 {
     }
 }
 
-/// One chunk of the backward pass's first pass, from channel `k0`.
+/// One tile of the backward pass's first pass, from channel `k0`.
 struct Pass1<'a> {
     x: &'a [f32],
     dy: &'a [f32],
@@ -488,7 +512,7 @@ struct Pass1<'a> {
 }
 
 impl Pass1<'_> {
-    /// `sum dz` into `sb` and `sum dz * xhat` into `sg` for channels `k0..k0 + B`, with `dz =
+    /// Adds `sum dz` to `sb` and `sum dz * xhat` to `sg` for channels `k0..k0 + B`, with `dz =
     /// dy * (y > 0)` when `RELU` (see [`reduce_pixels`]); returns `B`.
     #[inline(always)]
     fn sums<const B: usize, const RELU: bool>(&self, sb: &mut [f32], sg: &mut [f32]) -> usize {
@@ -506,8 +530,12 @@ impl Pass1<'_> {
                 g[k] += d * (xv[k] - m[k]) * is[k];
             }
         });
-        sb[k0..k0 + B].copy_from_slice(&b);
-        sg[k0..k0 + B].copy_from_slice(&g);
+        for ((tb, tg), (vb, vg)) in
+            sb[k0..k0 + B].iter_mut().zip(&mut sg[k0..k0 + B]).zip(b.into_iter().zip(g))
+        {
+            *tb += vb;
+            *tg += vg;
+        }
         B
     }
 }
@@ -533,8 +561,12 @@ fn backward_impl<const RELU: bool>(
             kernels::vectorised(
                 #[inline(always)]
                 || {
-                    let chunk = |k0| Pass1 { x: xc, dy: dc, y: yc, c, k0, mean, invstd };
-                    by_channel_blocks!(c, k0, B => chunk(k0).sums::<B, RELU>(&mut sb, &mut sg))
+                    // Tile by tile, so that a wide chunk is not read from memory once per block.
+                    let len = tile_pixels(c) * c;
+                    for ((x, dy), y) in xc.chunks(len).zip(dc.chunks(len)).zip(yc.chunks(len)) {
+                        let tile = |k0| Pass1 { x, dy, y, c, k0, mean, invstd };
+                        by_channel_blocks!(c, k0, B => tile(k0).sums::<B, RELU>(&mut sb, &mut sg))
+                    }
                 },
             );
             sb.iter().chain(&sg).map(|&v| v as f64).collect::<Vec<f64>>()
