@@ -131,42 +131,9 @@ pub(super) fn run(
                 (f.y, f.nodes)
             }
             None => {
-                let node = &prog.nodes[i];
-                // A batch norm and the residual add after it write the add's output in one pass.
-                let (y, nodes, then, kind) = match (&node.op, residual_add(prog, i, &uses, &acts)) {
-                    (Op::Bn(_), Some((residual, y))) => {
-                        let kind = if mode.train {
-                            "batch norm + add + relu (train)"
-                        } else {
-                            "batch norm + add + relu (eval)"
-                        };
-                        (y, 2, Some(residual), kind)
-                    }
-                    _ => (node.y, 1, None, node.op.kind(mode.train)),
-                };
-                let mut out = pool.take(plan.dims[y].len());
-                // A training-mode convolution whose output a batch norm reads next summarises it
-                // for that batch norm as it writes it.
-                let next_reads_y = |n: &Node| matches!(n.op, Op::Bn(_)) && n.x == node.y;
-                let summarise = mode.train && prog.nodes.get(i + 1).is_some_and(next_reads_y);
-                let step = || -> Result<Saved> {
-                    let residual = then.map(|r| act(&acts, r)).transpose()?;
-                    let mut carry = Carry { residual, moments: moments.take(), summarise };
-                    let saved = node_forward(
-                        node,
-                        plan.convs[i].as_ref(),
-                        plan,
-                        &acts,
-                        &mut carry,
-                        &mut out,
-                        store,
-                        mode,
-                    )?;
-                    moments = carry.moments;
-                    Ok(saved)
-                };
-                saved.push(crate::profile::time(kind, &candle_core::Device::Cpu, step)?);
-                acts[y] = Some(out);
+                let ctx = (prog, plan, store, pool);
+                let (y, nodes, node_saved) = node_step(ctx, i, (&uses, &mut acts), &mut moments, mode)?;
+                saved.push(node_saved);
                 (y, nodes)
             }
         };
@@ -184,6 +151,44 @@ pub(super) fn run(
     }
     let features = act(&acts, prog.output)?.to_vec();
     Ok((features, mode.graph.then_some(Tape { acts, saved })))
+}
+
+/// Runs node `i`, not folded (with the residual add after it when a batch norm takes that in,
+/// see [`residual_add`]), into a pooled buffer; returns the slot written, the nodes run and what
+/// the node saved. `moments` carries a convolution's output moments to the batch norm after it.
+fn node_step(
+    (prog, plan, store, pool): (&Program, &Plan, &ParamStore, &Arc<Pool>),
+    i: usize,
+    (uses, acts): (&[usize], &mut [Option<Buf>]),
+    moments: &mut Option<(Slot, norm::Moments)>,
+    mode: Mode,
+) -> Result<(Slot, usize, Saved)> {
+    let node = &prog.nodes[i];
+    // A batch norm and the residual add after it write the add's output in one pass.
+    let (y, nodes, then, kind) = match (&node.op, residual_add(prog, i, uses, acts)) {
+        (Op::Bn(_), Some((residual, y))) => {
+            let kind =
+                if mode.train { "batch norm + add + relu (train)" } else { "batch norm + add + relu (eval)" };
+            (y, 2, Some(residual), kind)
+        }
+        _ => (node.y, 1, None, node.op.kind(mode.train)),
+    };
+    let mut out = pool.take(plan.dims[y].len());
+    // A training-mode convolution whose output a batch norm reads next summarises it for that
+    // batch norm as it writes it.
+    let next_reads_y = |n: &Node| matches!(n.op, Op::Bn(_)) && n.x == node.y;
+    let summarise = mode.train && prog.nodes.get(i + 1).is_some_and(next_reads_y);
+    let step = || -> Result<Saved> {
+        let residual = then.map(|r| act(acts, r)).transpose()?;
+        let mut carry = Carry { residual, moments: moments.take(), summarise };
+        let shape = plan.convs[i].as_ref();
+        let saved = node_forward(node, shape, plan, acts, &mut carry, &mut out, store, mode)?;
+        *moments = carry.moments;
+        Ok(saved)
+    };
+    let saved = crate::profile::time(kind, &candle_core::Device::Cpu, step)?;
+    acts[y] = Some(out);
+    Ok((y, nodes, saved))
 }
 
 /// A convolution, the batch norm that alone reads its output and, when that batch norm has no
