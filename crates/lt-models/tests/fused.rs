@@ -128,3 +128,36 @@ fn evaluation_sees_weights_changed_in_place_after_an_earlier_evaluation() {
     assert!(max_rel(&fa, &before) > 1e-2, "the features did not change with the weights");
     assert!(max_rel(&fa, &fb) < 1e-5 && max_rel(&la, &lb) < 1e-5, "stale packed weights");
 }
+
+#[test]
+fn a_training_step_gives_the_same_bits_on_any_thread_count() {
+    // Batch statistics (per image row), the strip pass's moments, the pixel groups of the weight
+    // gradients and every other reduction have a fixed order, so the logits, every gradient and
+    // the running statistics do not depend on how many threads ran them.
+    let step = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let m = Model::new(Arch::new("resnet20", 10, 3).unwrap(), 3, &Device::Cpu).unwrap();
+            let x = randn(&[4, 3, 16, 16], 1);
+            let y = Tensor::from_vec((0..4u32).collect::<Vec<_>>(), 4, &Device::Cpu).unwrap();
+            let s = m.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y)).unwrap();
+            let bits = |t: &Tensor| -> Vec<u32> {
+                t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect()
+            };
+            let mut all = bits(&s.logits);
+            for (_, var) in m.store().named_params() {
+                all.extend(bits(s.grads.get(var.as_tensor()).unwrap()));
+            }
+            for (name, t) in m.store().named_buffers() {
+                if !name.ends_with("num_batches_tracked") {
+                    all.extend(bits(&t));
+                }
+            }
+            all
+        })
+    };
+    let one = step(1);
+    for threads in [2, 3] {
+        assert!(one == step(threads), "{threads} threads differ from one");
+    }
+}
