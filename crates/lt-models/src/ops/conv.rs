@@ -529,27 +529,45 @@ fn pointwise_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32
     if p < 2048 || cin * cout > POINTWISE_GROUPED_WEIGHTS {
         return matmul((cout, cin, p), (dw, cin, 1), false, (dy, 1, cout), (x, cin, 1), true);
     }
-    let per = p.div_ceil(PIXEL_GROUPS);
-    let partials: Vec<Vec<f32>> = (0..PIXEL_GROUPS)
-        .into_par_iter()
-        .map(|g| {
-            let (p0, p1) = ((g * per).min(p), ((g + 1) * per).min(p));
-            let mut acc = vec![0f32; cout * cin];
-            let (dy, x) = (&dy[p0 * cout..], &x[p0 * cin..]);
-            matmul((cout, cin, p1 - p0), (&mut acc, cin, 1), false, (dy, 1, cout), (x, cin, 1), false);
-            acc
-        })
-        .collect();
-    dw.copy_from_slice(&partials[0]);
-    for part in &partials[1..] {
-        for (a, b) in dw.iter_mut().zip(part) {
-            *a += b;
-        }
-    }
+    let sum = by_pixel_groups(p, cout * cin, |pixels| {
+        let mut acc = vec![0f32; cout * cin];
+        let (dy, x) = (&dy[pixels.start * cout..], &x[pixels.start * cin..]);
+        matmul((cout, cin, pixels.len()), (&mut acc, cin, 1), false, (dy, 1, cout), (x, cin, 1), false);
+        acc
+    });
+    dw.copy_from_slice(&sum);
 }
 
 /// Fixed groups of pixels whose partial weight gradients are summed in order.
 const PIXEL_GROUPS: usize = 8;
+
+/// `partial(range)` over [`PIXEL_GROUPS`] fixed contiguous ranges of `0..pixels`, in parallel,
+/// summed in group order ([`sum_in_order`]): the groups do not depend on the thread count, so
+/// neither do the bits.
+fn by_pixel_groups(
+    pixels: usize,
+    len: usize,
+    partial: impl Fn(std::ops::Range<usize>) -> Vec<f32> + Sync,
+) -> Vec<f32> {
+    let per = pixels.div_ceil(PIXEL_GROUPS);
+    let partials = (0..PIXEL_GROUPS)
+        .into_par_iter()
+        .map(|g| partial((g * per).min(pixels)..((g + 1) * per).min(pixels)))
+        .collect();
+    sum_in_order(partials, len)
+}
+
+/// The element-wise sum of `partials` (each `len` values), the first plus the others in order
+/// (`len` zeros when there are none).
+fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
+    let mut parts = partials.into_iter();
+    let mut sum = parts.next().unwrap_or_else(|| vec![0f32; len]);
+    for part in parts {
+        assert_eq!(part.len(), len, "partial sum length");
+        sum.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+    }
+    sum
+}
 
 /// The largest pointwise weight gradient computed by pixel groups (see
 /// [`pointwise_backward_weight`]).
@@ -1024,21 +1042,9 @@ fn panels_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32], 
     let width = taps * cin;
     // acc[co * width + t * cin + ci]
     let acc = if grouped {
-        // Fixed pixel groups, each with its own panels, a single-threaded product into its own
-        // partial gradient, summed in group order (see `pointwise_backward_weight`).
-        let per = pixels.div_ceil(PIXEL_GROUPS);
+        // Each group its own panels and single-threaded products into its own partial.
         let chunk = (chunk / PIXEL_GROUPS).max(1);
-        let partials: Vec<Vec<f32>> = (0..PIXEL_GROUPS)
-            .into_par_iter()
-            .map(|g| {
-                panel_products(x, dy, s, (g * per).min(pixels)..((g + 1) * per).min(pixels), chunk, false)
-            })
-            .collect();
-        let mut acc = partials[0].clone();
-        for part in &partials[1..] {
-            acc.iter_mut().zip(part).for_each(|(a, b)| *a += b);
-        }
-        acc
+        by_pixel_groups(pixels, s.cout * width, |range| panel_products(x, dy, s, range, chunk, false))
     } else {
         panel_products(x, dy, s, 0..pixels, chunk, true)
     };
@@ -1266,13 +1272,7 @@ impl WeightGrad<'_> {
                 acc
             })
             .collect();
-        let mut sum = vec![0f32; acc_len];
-        for p in &partials {
-            for (x, y) in sum.iter_mut().zip(p) {
-                *x += y;
-            }
-        }
-        sum
+        sum_in_order(partials, acc_len)
     }
 
     /// The weight-gradient strip kernel, if the kernel set has one for this gradient: 3x3,
