@@ -29,6 +29,19 @@ impl Grads {
         self.slot[s].and_then(move |b| self.bufs[b].as_mut())
     }
 
+    /// Writes the gradient of slot `s` with `write(dst, accumulate)`: added into the gradient
+    /// it has (`accumulate` true), or into a new buffer of `len` from `pool` that becomes it.
+    fn write(&mut self, s: Slot, len: usize, pool: &Arc<Pool>, write: impl FnOnce(&mut [f32], bool)) {
+        match self.get_mut(s) {
+            Some(acc) => write(acc, true),
+            None => {
+                let mut buf = pool.take(len);
+                write(&mut buf, false);
+                self.set(s, buf);
+            }
+        }
+    }
+
     /// Adds `buf` to the gradient of slot `s`, or makes it that gradient.
     fn add_or_set(&mut self, s: Slot, buf: Buf) {
         match self.get_mut(s) {
@@ -137,15 +150,14 @@ impl Step<'_> {
                 g.add_or_set(node.x, dx);
             }
             Op::AddRelu { other } => self.add_relu(node, *other, dy, g)?,
-            Op::Shortcut { pad } => match g.get_mut(node.x) {
-                // Added where the shortcut read (a quarter of the pixels), not as a whole pass.
-                Some(acc) => elementwise::shortcut_backward_acc(dy, dims, *pad, acc),
-                None => {
-                    let mut dx = self.pool.take(dims.len());
-                    elementwise::shortcut_backward(dy, dims, *pad, &mut dx);
-                    g.set(node.x, dx);
+            // Added where the shortcut read (a quarter of the pixels), not as a whole pass.
+            Op::Shortcut { pad } => g.write(node.x, dims.len(), self.pool, |dx, acc| {
+                if acc {
+                    elementwise::shortcut_backward_acc(dy, dims, *pad, dx)
+                } else {
+                    elementwise::shortcut_backward(dy, dims, *pad, dx)
                 }
-            },
+            }),
             Op::Bn(bn) => self.batch_norm(node, bn, saved, dy, g, params)?,
             Op::Conv { w, .. } => {
                 let shape = shape.ok_or_else(|| ModelError::Invalid("convolution without a shape".into()))?;
@@ -236,13 +248,14 @@ impl Step<'_> {
         }
         let kind = if shape.stride == 1 { "conv backward (input)" } else { "conv backward (input, strided)" };
         crate::profile::time(kind, &Device::Cpu, || {
-            with_host(&w.var, |wv| match g.get_mut(node.x) {
-                Some(acc) => conv::backward_input_acc(dy, wv, shape, acc),
-                None => {
-                    let mut dx = self.pool.take(shape.input_len());
-                    conv::backward_input(dy, wv, shape, &mut dx);
-                    g.set(node.x, dx);
-                }
+            with_host(&w.var, |wv| {
+                g.write(node.x, shape.input_len(), self.pool, |dx, acc| {
+                    if acc {
+                        conv::backward_input_acc(dy, wv, shape, dx)
+                    } else {
+                        conv::backward_input(dy, wv, shape, dx)
+                    }
+                })
             })
         })
     }
