@@ -60,7 +60,7 @@ fn gather_agrees(set: &KernelSet, mr: usize, nb: usize, accumulate: bool, fused:
         (set.gather)(&mk(&mut out_a), mr, nb);
         portable::gather(&mk(&mut out_b), mr, nb);
     }
-    let what = format!("{} gather {mr} x {nb} (accumulate {accumulate}, epilogue {fused})", set.name);
+    let what = format!("{} gather {mr} x {nb} (accumulate {accumulate}, epilogue {fused})", set.name());
     compare(&what, &out_a, &out_b)
 }
 
@@ -88,7 +88,7 @@ fn outer_agrees(set: &KernelSet, mr: usize, nb: usize) -> Result<(), String> {
         (set.outer)(&mk(&mut acc_a), mr, nb);
         portable::outer(&mk(&mut acc_b), mr, nb);
     }
-    compare(&format!("{} outer {mr} x {nb}", set.name), &acc_a, &acc_b)
+    compare(&format!("{} outer {mr} x {nb}", set.name()), &acc_a, &acc_b)
 }
 
 /// One strip block of `set` against the portable kernel: `mr` rows of `nb` 8-column units over
@@ -135,7 +135,7 @@ fn strip_agrees(
         kernel(&mk(&mut out_a), mr, nb);
         portable::strip(&mk(&mut out_b), mr, nb);
     }
-    let what = format!("{} strip of {mr} x {nb} over {c} (edges {edges}, epilogue {fused})", set.name);
+    let what = format!("{} strip of {mr} x {nb} over {c} (edges {edges}, epilogue {fused})", set.name());
     compare(&what, &out_a, &out_b)
 }
 
@@ -168,7 +168,7 @@ fn grad_strip_agrees(set: &KernelSet, mr: usize, nb: usize, width: usize) -> Res
         kernel(&mk(&mut acc_a), mr, nb);
         portable::grad_strip(&mk(&mut acc_b), mr, nb);
     }
-    compare(&format!("{} grad strip {mr} x {nb}, width {width}", set.name), &acc_a, &acc_b)
+    compare(&format!("{} grad strip {mr} x {nb}, width {width}", set.name()), &acc_a, &acc_b)
 }
 
 /// Whether `set` computes what the portable kernels compute on every block shape it runs.

@@ -257,12 +257,23 @@ pub enum Isa {
     Avx512,
 }
 
+impl Isa {
+    /// The name of the kernel set compiled for it (what `LT_KERNELS` takes): `portable`,
+    /// `avx2+fma` or `avx512`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Baseline => "portable",
+            Isa::Avx2 => "avx2+fma",
+            Isa::Avx512 => "avx512",
+        }
+    }
+}
+
 /// A set of kernels for one instruction set.
 #[derive(Clone, Copy, Debug)]
 pub struct KernelSet {
-    /// Name: `avx512`, `avx2+fma` or `portable`.
-    pub name: &'static str,
-    /// What the set's kernels (and [`vectorised`] code) are compiled for.
+    /// What the set's kernels (and [`vectorised`] code) are compiled for (its name, see
+    /// [`KernelSet::name`]).
     pub isa: Isa,
     /// The gather-GEMM kernel.
     pub gather: GatherFn,
@@ -278,6 +289,11 @@ pub struct KernelSet {
 }
 
 impl KernelSet {
+    /// Name: `avx512`, `avx2+fma` or `portable` ([`Isa::name`]).
+    pub fn name(&self) -> &'static str {
+        self.isa.name()
+    }
+
     /// The block widths (in 8-column units) this set runs.
     pub fn widths(&self) -> Vec<usize> {
         [1, 2, 4].into_iter().filter(|&nb| self.runs(nb)).collect()
@@ -292,7 +308,6 @@ impl KernelSet {
 
 /// The portable set.
 pub const PORTABLE: KernelSet = KernelSet {
-    name: "portable",
     isa: Isa::Baseline,
     gather: portable::gather,
     outer: portable::outer,
@@ -312,10 +327,10 @@ fn select() -> &'static KernelSet {
         let forced = std::env::var("LT_KERNELS").ok();
         let available: Vec<KernelSet> = simd_sets().into_iter().filter_map(|(_, s)| s).collect();
         if let Some(name) = forced.as_deref() {
-            if name == PORTABLE.name {
+            if name == PORTABLE.name() {
                 return PORTABLE;
             }
-            match available.iter().find(|s| s.name == name || s.name.starts_with(&format!("{name}+"))) {
+            match available.iter().find(|s| s.name() == name || s.name().starts_with(&format!("{name}+"))) {
                 Some(s) => return *s,
                 None => tracing::warn!("LT_KERNELS={name}: this CPU has no such kernel set; choosing one"),
             }
@@ -325,7 +340,7 @@ fn select() -> &'static KernelSet {
             match check::agrees_with_portable(&set) {
                 Ok(()) => return set,
                 Err(e) => {
-                    tracing::error!("the {} kernels disagree with the reference ({e}); not used", set.name)
+                    tracing::error!("the {} kernels disagree with the reference ({e}); not used", set.name())
                 }
             }
         }
@@ -352,7 +367,7 @@ pub fn vectorised<R>(f: impl FnOnce() -> R) -> R {
 
 /// Name of the kernel set in use (`avx512`, `avx2+fma` or `portable`).
 pub fn kernel_name() -> &'static str {
-    select().name
+    select().name()
 }
 
 /// Widest block of the kernel set in use, in 8-column units (see [`KernelSet::nb_max`]).

@@ -528,9 +528,8 @@ pub(crate) fn sets() -> Vec<(&'static str, Option<KernelSet>)> {
         let avx512 = avx2 && is_x86_feature_detected!("avx512f");
         vec![
             (
-                "avx512",
+                Isa::Avx512.name(),
                 avx512.then_some(KernelSet {
-                    name: "avx512",
                     isa: Isa::Avx512,
                     gather: avx512::gather_dispatch,
                     outer: avx512::outer_dispatch,
@@ -540,9 +539,8 @@ pub(crate) fn sets() -> Vec<(&'static str, Option<KernelSet>)> {
                 }),
             ),
             (
-                "avx2+fma",
+                Isa::Avx2.name(),
                 avx2.then_some(KernelSet {
-                    name: "avx2+fma",
                     isa: Isa::Avx2,
                     gather: avx2::gather_dispatch,
                     outer: avx2::outer_dispatch,

@@ -83,6 +83,6 @@ fn the_widest_available_set_is_selected_unless_one_is_forced() {
         eprintln!("SKIPPED the selection test: LT_KERNELS is set");
         return;
     }
-    let widest = simd_sets().into_iter().find_map(|(_, s)| s).map_or("portable", |s| s.name);
+    let widest = simd_sets().into_iter().find_map(|(_, s)| s).map_or("portable", |s| s.name());
     assert_eq!(kernel_name(), widest);
 }
