@@ -92,6 +92,8 @@ def run_variant(a, dev, name):
         "impl": "pytorch-" + name,
         "variant": name,
         "torch": torch.__version__,
+        # The vector instruction set ATen's kernels run (ATEN_CPU_CAPABILITY can lower it).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability() if a.device == "cpu" else None,
         "threads": torch.get_num_threads(),
         "arch": a.arch,
         "mode": a.mode,

@@ -39,9 +39,50 @@ pub struct BenchArgs {
     /// Skip the ImageNet-size stage-2 benchmark (writes a 2.9 GB file).
     #[arg(long)]
     pub no_imagenet_retrain: bool,
+    /// Hold both sides to one instruction set, to measure on this CPU what a CPU without the
+    /// wider ones runs (see [`IsaLimit`]).
+    #[arg(long, value_enum)]
+    pub isa: Option<IsaLimit>,
     /// Where results go (bench.json, bench.md).
     #[arg(long, default_value = "runs/bench")]
     pub out: PathBuf,
+}
+
+/// An instruction set both sides are held to (`--isa`).
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsaLimit {
+    /// AVX2 + FMA, no AVX-512: the project's AVX2 kernels (`LT_KERNELS=avx2`) in a build without
+    /// `avx512-gemm`; PyTorch with oneDNN, ATen and MKL held to AVX2.
+    Avx2,
+}
+
+impl IsaLimit {
+    /// The environment of the project's runs.
+    fn lt_env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            IsaLimit::Avx2 => &[("LT_KERNELS", "avx2")],
+        }
+    }
+
+    /// The environment of PyTorch's runs.
+    fn torch_env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            IsaLimit::Avx2 => &[
+                ("ONEDNN_MAX_CPU_ISA", "AVX2"),
+                ("ATEN_CPU_CAPABILITY", "avx2"),
+                ("MKL_ENABLE_INSTRUCTIONS", "AVX2"),
+            ],
+        }
+    }
+
+    /// How the report's heading describes it.
+    fn describe(self) -> &'static str {
+        match self {
+            IsaLimit::Avx2 => {
+                "**Held to AVX2** (`--isa avx2`): the project's AVX2 kernels (`LT_KERNELS=avx2`) in a build without `avx512-gemm`; PyTorch with `ONEDNN_MAX_CPU_ISA=AVX2`, `ATEN_CPU_CAPABILITY=avx2`, `MKL_ENABLE_INSTRUCTIONS=AVX2`. The CPU's caches and memory are this machine's, not an AVX2-only machine's."
+            }
+        }
+    }
 }
 
 fn run_json(cmd: &mut Command) -> Result<Value> {
@@ -151,6 +192,7 @@ struct Backbones<'a> {
     py: Option<&'a Path>,
     device: &'a str,
     threads: usize,
+    isa: Option<IsaLimit>,
 }
 
 impl Backbones<'_> {
@@ -170,6 +212,7 @@ impl Backbones<'_> {
         ])
         .args(c.shape_args())
         .args(["--steps", &steps.to_string(), "--warmup", &warmup.to_string()]);
+        cmd.envs(self.isa.map_or(&[][..], IsaLimit::lt_env).iter().copied());
         cmd
     }
 
@@ -191,6 +234,7 @@ impl Backbones<'_> {
         if channels_last {
             cmd.arg("--channels-last");
         }
+        cmd.envs(self.isa.map_or(&[][..], IsaLimit::torch_env).iter().copied());
         cmd
     }
 
@@ -250,14 +294,17 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     let cuda = a.device.starts_with("cuda");
     let lt = match &a.lt {
         Some(p) => p.clone(),
-        None => crate::build_lt(root, if cuda { &["cuda", "cudnn"] } else { &[] })?,
+        None => crate::build_lt(root, if cuda { &["cuda", "cudnn"] } else { &[] }, a.isa.is_none())?,
     };
+    if cuda && a.isa.is_some() {
+        bail!("--isa holds the CPU's instruction set; it has no meaning with --device {}", a.device);
+    }
     let py = torch_python(a);
     if py.is_none() {
         eprintln!("note: torch is not importable; PyTorch columns are skipped (pass --python or set LT_BENCH_PYTHON)");
     }
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let bench = Backbones { root, lt: &lt, py: py.as_deref(), device: &a.device, threads };
+    let bench = Backbones { root, lt: &lt, py: py.as_deref(), device: &a.device, threads, isa: a.isa };
     let all = configs(a.quick, cuda);
     let wanted = |c: &&Config| {
         let label = c.label();
@@ -275,7 +322,7 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     } else {
         other_benchmarks(&lt, &out.join("features"), !a.no_imagenet_retrain)?
     };
-    let md = markdown(&rows, &extra, header(threads, &a.device, a.rounds));
+    let md = markdown(&rows, &extra, header(threads, &a.device, a.rounds, a.isa));
     print!("{md}");
     std::fs::create_dir_all(&out)?;
     std::fs::write(
@@ -292,7 +339,7 @@ fn f(v: &Value, k: &str) -> Option<f64> {
 }
 
 /// The report's heading: device, threads, CPU model and the method.
-fn header(threads: usize, device: &str, rounds: usize) -> String {
+fn header(threads: usize, device: &str, rounds: usize, isa: Option<IsaLimit>) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -301,8 +348,9 @@ fn header(threads: usize, device: &str, rounds: usize) -> String {
                 .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
+    let isa = isa.map_or(String::new(), |i| format!("{}\n\n", i.describe()));
     format!(
-        "# Benchmarks ({device}, {threads} threads)\n\nCPU: {cpu}. Each implementation's best of {rounds} interleaved round(s); the project's kernel set and the CPU features it looked at are in the kernels column.\n\n"
+        "# Benchmarks ({device}, {threads} threads)\n\nCPU: {cpu}. Each implementation's best of {rounds} interleaved round(s); the kernels column gives the project's kernel set, the `gemm` crate's and the CPU features they looked at, and PyTorch's CPU capability.\n\n{isa}"
     )
 }
 
@@ -344,12 +392,20 @@ fn markdown(rows: &[Value], extra: &[Value], header: String) -> String {
                 (Some(p), Some(i)) if key != "project" => format!("project is {:.2}x", p / i),
                 _ => "-".into(),
             };
+            let gemm = v["gemm"].as_str().map_or(String::new(), |g| format!(", gemm {g}"));
             let kernels = match (v["kernels"].as_str(), v["cpu_features"].as_array()) {
                 (Some(k), Some(feats)) => {
-                    format!("{k} ({})", feats.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" "))
+                    format!(
+                        "{k}{gemm} ({})",
+                        feats.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" ")
+                    )
                 }
-                (Some(k), None) => k.to_string(),
-                _ => v["torch"].as_str().map_or("-".into(), |t| format!("torch {t}")),
+                (Some(k), None) => format!("{k}{gemm}"),
+                _ => match (v["torch"].as_str(), v["cpu_capability"].as_str()) {
+                    (Some(t), Some(c)) => format!("torch {t} ({c})"),
+                    (Some(t), None) => format!("torch {t}"),
+                    _ => "-".into(),
+                },
             };
             s.push_str(&format!(
                 "| {cfg} | {name} | {:.1} | {:.2} | {:.0} | {ratio} | {kernels} |\n",

@@ -301,7 +301,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     let features: Vec<&str> = if opts.device.starts_with("cuda") { vec!["cuda"] } else { vec![] };
     let lt = match &opts.lt {
         Some(p) => p.clone(),
-        None => crate::build_lt(root, &features)?,
+        None => crate::build_lt(root, &features, true)?,
     };
     let rows = stage2_rows(&lt)?;
     if !opts.dry_run {

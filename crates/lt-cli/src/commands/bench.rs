@@ -213,7 +213,7 @@ fn backbone(b: BackboneBench) -> Result<()> {
         "profile": profile,
         "bench": "backbone", "arch": b.arch, "mode": b.mode, "backend": b.backend, "batch": batch, "size": size,
         "device": b.device, "median_step_seconds": median, "images_per_sec": batch as f64 / median, "steps": b.steps,
-        "kernels": lt_models::ops::kernel_name(), "cpu_features": lt_models::ops::cpu_features(), "tf32": b.tf32,
+        "kernels": lt_models::ops::kernel_name(), "gemm": lt_models::ops::gemm_isa().name(), "cpu_features": lt_models::ops::cpu_features(), "tf32": b.tf32,
         "device_pool_peak_mib": lt_models::ops::device_memory_peak(&dev).map(|b| b as f64 / 1048576.0),
     }));
     Ok(())

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor};
 
-pub use kernels::{cpu_features, kernel_name};
+pub use kernels::{cpu_features, gemm_isa, kernel_name, Isa};
 
 type CResult<T> = candle_core::Result<T>;
 

@@ -370,6 +370,23 @@ pub fn kernel_name() -> &'static str {
     select().name()
 }
 
+/// The instruction set of the `gemm` crate's micro-kernels, which compute the project's other
+/// matrix products (pointwise convolutions, weight-gradient panels) and pick their own set at
+/// run time, whatever `LT_KERNELS` says: AVX-512 where the CPU has AVX-512F and the feature
+/// `avx512-gemm` (on by default) is on, else AVX2 + FMA where the CPU has FMA, else the baseline.
+pub fn gemm_isa() -> Isa {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if cfg!(feature = "avx512-gemm") && is_x86_feature_detected!("avx512f") {
+            return Isa::Avx512;
+        }
+        if is_x86_feature_detected!("fma") {
+            return Isa::Avx2;
+        }
+    }
+    Isa::Baseline
+}
+
 /// Widest block of the kernel set in use, in 8-column units (see [`KernelSet::nb_max`]).
 pub fn nb_max() -> usize {
     select().nb_max
