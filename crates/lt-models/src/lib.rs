@@ -32,6 +32,7 @@ pub mod arch;
 mod cifar;
 pub mod error;
 mod exec;
+mod frozen;
 #[cfg(feature = "selftest")]
 pub mod golden;
 pub mod hub;
@@ -48,6 +49,7 @@ pub mod weights;
 
 pub use arch::{Arch, Family};
 pub use error::{ModelError, Result};
+pub use frozen::Frozen;
 pub use model::{Model, TrainStep};
 pub use ops::Backend;
 pub use params::{BnUpdate, ParamStore};

@@ -124,6 +124,16 @@ impl Model {
         self.fused = fused;
     }
 
+    /// Whether the CPU fast backend runs the backbone as one fused node ([`Model::set_fused`]).
+    pub fn fused(&self) -> bool {
+        self.fused
+    }
+
+    /// Replaces evaluation's packed-weight cache ([`Model::freeze`] gives its copy a frozen one).
+    pub(crate) fn set_pack_cache(&mut self, packs: Arc<PackCache>) {
+        self.packs = packs;
+    }
+
     /// Number of trainable scalars.
     pub fn num_params(&self) -> usize {
         self.store.num_params()

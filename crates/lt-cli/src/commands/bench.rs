@@ -91,6 +91,10 @@ struct BackboneBench {
     /// Rank cuDNN's convolution algorithms by its heuristics instead of timing them.
     #[arg(long)]
     cudnn_heuristic: bool,
+    /// Evaluate the model itself rather than a frozen snapshot of it (`Model::freeze`): every
+    /// call then checks, by a fingerprint of the weights, that its packed weights are current.
+    #[arg(long)]
+    no_freeze: bool,
     /// After the timed steps, one more step with its ops timed between device synchronisations
     /// (`lt_models::profile`): every forward and backward op of the fused CPU pass, or every
     /// forward op of the eager executor (CUDA, stock candle; its backward is candle's autograd).
@@ -185,6 +189,9 @@ fn backbone(b: BackboneBench) -> Result<()> {
     let x = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &dev)?;
     let y = Tensor::from_vec((0..batch as u32).map(|i| i % classes as u32).collect::<Vec<_>>(), batch, &dev)?;
     let params = m.store().named_params();
+    // Evaluation measures what serving a trained model does: a snapshot whose packed weights
+    // need no check that they are still the model's (`Model::freeze`).
+    let frozen = if b.mode == Mode::Eval && !b.no_freeze { Some(m.freeze()?) } else { None };
     let mut opt = Sgd::new(0.9, true, 5e-4);
     let mut step = || -> Result<()> {
         match b.mode {
@@ -200,7 +207,10 @@ fn backbone(b: BackboneBench) -> Result<()> {
                 candle_nn::loss::cross_entropy(&logits, &y)?.to_vec0::<f32>()?;
             }
             Mode::Eval => {
-                let (_, l) = m.infer(&x)?;
+                let (_, l) = match &frozen {
+                    Some(f) => f.infer(&x)?,
+                    None => m.infer(&x)?,
+                };
                 l.to_dtype(DType::F32)?.sum_all()?.to_vec0::<f32>()?;
             }
         }
@@ -212,7 +222,7 @@ fn backbone(b: BackboneBench) -> Result<()> {
     print(json!({
         "profile": profile,
         "bench": "backbone", "arch": b.arch, "mode": b.mode, "backend": b.backend, "batch": batch, "size": size,
-        "device": b.device, "median_step_seconds": median, "images_per_sec": batch as f64 / median, "steps": b.steps,
+        "device": b.device, "frozen": frozen.is_some(), "median_step_seconds": median, "images_per_sec": batch as f64 / median, "steps": b.steps,
         "kernels": lt_models::ops::kernel_name(), "gemm": lt_models::ops::gemm_isa().name(), "cpu_features": lt_models::ops::cpu_features(), "tf32": b.tf32,
         "device_pool_peak_mib": lt_models::ops::device_memory_peak(&dev).map(|b| b as f64 / 1048576.0),
     }));

@@ -23,6 +23,9 @@ type Entries = HashMap<usize, (u64, Arc<PackedWeights>)>;
 #[derive(Default)]
 pub(crate) struct PackCache {
     entries: Mutex<Entries>,
+    /// Whether the weights it packs never change (a [`crate::Frozen`] model's, which nothing
+    /// else can reach): then what it packed stays valid and no fingerprint is taken.
+    frozen: bool,
 }
 
 impl PackCache {
@@ -30,12 +33,18 @@ impl PackCache {
         self.entries.lock().map_err(|_| ModelError::Invalid("poisoned packed-weight cache".into()))
     }
 
+    /// A cache for weights that never change (see [`PackCache::frozen`]'s field).
+    pub fn frozen() -> Self {
+        Self { entries: Mutex::default(), frozen: true }
+    }
+
     /// The weights `w` of convolution parameter `index` packed with `scale` folded in: from the
-    /// cache when both are what they were when packed, else packed now (and kept).
+    /// cache when both are what they were when packed (or the cache is frozen), else packed now
+    /// (and kept).
     pub fn get(&self, index: usize, w: &[f32], s: &ConvShape, scale: &[f32]) -> Result<Arc<PackedWeights>> {
-        let print = fingerprint(&[w, scale]);
+        let print = if self.frozen { 0 } else { fingerprint(&[w, scale]) };
         if let Some((p, packed)) = self.entries()?.get(&index) {
-            if *p == print && packed.fits(s) {
+            if (self.frozen || *p == print) && packed.fits(s) {
                 return Ok(packed.clone());
             }
         }
