@@ -241,8 +241,8 @@ pub fn forward_train(
 pub struct BnBackward<'a> {
     /// The input.
     pub x: &'a [f32],
-    /// The output when a ReLU follows (its gradient mask is `y > 0`).
-    pub y: Option<&'a [f32]>,
+    /// The ReLU that followed, if any: where its gradient mask comes from.
+    pub relu: Relu<'a>,
     /// The scale parameter.
     pub gamma: &'a [f32],
     /// The mean used by the forward pass.
@@ -254,21 +254,54 @@ pub struct BnBackward<'a> {
     pub batch_statistics: bool,
 }
 
+/// The ReLU after a batch norm, as its backward pass sees it.
+#[derive(Clone, Copy, Debug)]
+pub enum Relu<'a> {
+    /// None followed.
+    None,
+    /// Its output `y` (`[P, C]`): the gradient mask is `y > 0`.
+    Output(&'a [f32]),
+    /// The forward pass's affine map `(scale, shift)`: the mask `scale * x + shift > 0` is
+    /// recomputed from the input, which the pass reads anyway, so the output is not read. With
+    /// the very `scale` and `shift` that [`apply`] used, it is the same mask bit for bit (the
+    /// output is `(scale * x + shift).max(0)`, positive exactly where its argument is).
+    Affine(&'a [f32], &'a [f32]),
+}
+
+/// [`Relu`] as a constant parameter of the backward pass's loops.
+const NO_RELU: u8 = 0;
+const RELU_OUTPUT: u8 = 1;
+const RELU_AFFINE: u8 = 2;
+
 impl BnBackward<'_> {
     /// Gradients for the output gradient `dy`: returns `(dgamma, dbeta)` and writes `dx` when
     /// requested.
     pub fn run(&self, dy: &[f32], dx: Option<&mut [f32]>) -> (Vec<f32>, Vec<f32>) {
-        match self.y {
-            Some(y) => backward_impl::<true>(self, y, dy, dx),
-            None => backward_impl::<false>(self, dy, dy, dx),
+        let c = self.gamma.len();
+        let zeros = vec![0f32; c];
+        let none = (&zeros[..], &zeros[..]);
+        match self.relu {
+            Relu::None => backward_impl::<NO_RELU>(self, dy, none, dy, dx),
+            Relu::Output(y) => backward_impl::<RELU_OUTPUT>(self, y, none, dy, dx),
+            Relu::Affine(scale, shift) => {
+                assert!(scale.len() == c && shift.len() == c, "ReLU mask's affine map of {c} channels");
+                backward_impl::<RELU_AFFINE>(self, dy, (scale, shift), dy, dx)
+            }
         }
     }
 }
 
-/// The gradient through an optional ReLU (mask `y > 0`).
+/// The gradient `d` through the ReLU of mode `M` at one value: `y` its output, `x` the batch
+/// norm's input and `(a, b)` its channel's affine map.
 #[inline(always)]
-fn masked<const RELU: bool>(d: f32, y: f32) -> f32 {
-    if RELU && y <= 0.0 {
+fn masked<const M: u8>(d: f32, y: f32, x: f32, (a, b): (f32, f32)) -> f32 {
+    let off = match M {
+        RELU_OUTPUT => y <= 0.0,
+        // The output recomputed as the forward pass computed it (a NaN gives 0: masked).
+        RELU_AFFINE => (x * a + b).max(0.0) <= 0.0,
+        _ => false,
+    };
+    if off {
         0.0
     } else {
         d
@@ -284,23 +317,25 @@ struct Pass1<'a> {
     k0: usize,
     mean: &'a [f32],
     invstd: &'a [f32],
+    affine: (&'a [f32], &'a [f32]),
 }
 
 impl Pass1<'_> {
     /// Adds `sum dz` to `sb` and `sum dz * xhat` to `sg` for channels `k0..k0 + B`, with `dz =
     /// dy * (y > 0)` when `RELU` (see [`reduce_pixels`]); returns `B`.
     #[inline(always)]
-    fn sums<const B: usize, const RELU: bool>(&self, sb: &mut [f32], sg: &mut [f32]) -> usize {
+    fn sums<const B: usize, const M: u8>(&self, sb: &mut [f32], sg: &mut [f32]) -> usize {
         let Pass1 { x, dy, y, c, k0, .. } = *self;
         let m: &[f32; B] = lanes(self.mean, k0);
         let is: &[f32; B] = lanes(self.invstd, k0);
+        let (sa, sh): (&[f32; B], &[f32; B]) = (lanes(self.affine.0, k0), lanes(self.affine.1, k0));
         let merge =
             |(a, b): ([f32; B], [f32; B]), (e, f): ([f32; B], [f32; B])| (add_arrays(a, e), add_arrays(b, f));
         let (b, g) = reduce_pixels(x.len() / c, ([0f32; B], [0f32; B]), merge, |(b, g), i| {
             let at = i * c + k0;
             let (xv, dv, yv) = (lanes::<B>(x, at), lanes::<B>(dy, at), lanes::<B>(y, at));
             for k in 0..B {
-                let d = masked::<RELU>(dv[k], yv[k]);
+                let d = masked::<M>(dv[k], yv[k], xv[k], (sa[k], sh[k]));
                 b[k] += d;
                 g[k] += d * (xv[k] - m[k]) * is[k];
             }
@@ -315,10 +350,12 @@ impl Pass1<'_> {
     }
 }
 
-/// `y` is the ReLU output when `RELU` (any slice of the right length otherwise).
-fn backward_impl<const RELU: bool>(
+/// `y` is the ReLU output in mode [`RELU_OUTPUT`] (any slice of the right length otherwise),
+/// `affine` the forward's affine map in mode [`RELU_AFFINE`] (any `c` values otherwise).
+fn backward_impl<const M: u8>(
     b: &BnBackward,
     y: &[f32],
+    affine: (&[f32], &[f32]),
     dy: &[f32],
     dx: Option<&mut [f32]>,
 ) -> (Vec<f32>, Vec<f32>) {
@@ -339,8 +376,8 @@ fn backward_impl<const RELU: bool>(
                     // Tile by tile, so that a wide chunk is not read from memory once per block.
                     let len = tile_pixels(c) * c;
                     for ((x, dy), y) in xc.chunks(len).zip(dc.chunks(len)).zip(yc.chunks(len)) {
-                        let tile = |k0| Pass1 { x, dy, y, c, k0, mean, invstd };
-                        by_channel_blocks!(c, k0, B => tile(k0).sums::<B, RELU>(&mut sb, &mut sg))
+                        let tile = |k0| Pass1 { x, dy, y, c, k0, mean, invstd, affine };
+                        by_channel_blocks!(c, k0, B => tile(k0).sums::<B, M>(&mut sb, &mut sg))
                     }
                 },
             );
@@ -371,12 +408,11 @@ fn backward_impl<const RELU: bool>(
                             .zip(dc.chunks_exact(c))
                             .zip(yc.chunks_exact(c))
                         {
-                            for ((o, (&xv, &dv)), (&yv, ((&ak, &k1v), &k0v))) in op
-                                .iter_mut()
-                                .zip(xp.iter().zip(dp))
-                                .zip(yp.iter().zip(a.iter().zip(&k1).zip(&k0)))
+                            let per_channel = a.iter().zip(&k1).zip(&k0).zip(affine.0.iter().zip(affine.1));
+                            for ((o, (&xv, &dv)), (&yv, (((&ak, &k1v), &k0v), (&sa, &sh)))) in
+                                op.iter_mut().zip(xp.iter().zip(dp)).zip(yp.iter().zip(per_channel))
                             {
-                                *o = ak * masked::<RELU>(dv, yv) - k1v * xv - k0v;
+                                *o = ak * masked::<M>(dv, yv, xv, (sa, sh)) - k1v * xv - k0v;
                             }
                         }
                     },

@@ -309,3 +309,48 @@ fn max_pool_values_equal_the_training_pass_bit_for_bit_and_argmax_is_the_first_m
         assert_eq!(bits(&got), bits(&want), "max pool {s:?} {win:?}");
     }
 }
+
+#[test]
+fn relu_mask_recomputed_from_the_input_is_the_mask_of_the_output_bit_for_bit() {
+    // 40 channels: the 16-, 8- and 1-channel blocks of both passes; a quarter of the inputs sit
+    // exactly where the affine map is zero (x = 0.5 with scale 2 and shift -1 on even channels).
+    let (p, c) = (1500, 40);
+    let mut v = vec![0f32; 2 * p * c];
+    Rng::new(9).fill_normal(&mut v, 0.0, 1.0);
+    let (x, dy) = v.split_at_mut(p * c);
+    for (i, xv) in x.iter_mut().enumerate() {
+        if i % 4 == 0 {
+            *xv = 0.5;
+        }
+    }
+    let gamma: Vec<f32> = (0..c).map(|k| 0.5 + k as f32 / 13.0).collect();
+    let beta: Vec<f32> = (0..c).map(|k| k as f32 / 9.0 - 1.5).collect();
+    let stats = norm::train_stats(x, c, 64, 1e-5);
+    let (mut scale, mut shift) = norm::train_scale_shift(&gamma, &beta, &stats.mean, &stats.invstd);
+    for k in (0..c).step_by(2) {
+        (scale[k], shift[k]) = (2.0, -1.0);
+    }
+    let mut y = vec![0f32; p * c];
+    norm::apply(x, c, (&scale, &shift), norm::Then::Relu, &mut y);
+    assert!(y.iter().filter(|&&v| v == 0.0).count() > p * c / 4, "zeros where the map is zero, and below");
+    let run = |relu| {
+        let b = norm::BnBackward {
+            x,
+            relu,
+            gamma: &gamma,
+            mean: &stats.mean,
+            invstd: &stats.invstd,
+            batch_statistics: true,
+        };
+        let mut dx = vec![0f32; p * c];
+        let (dg, db) = b.run(dy, Some(&mut dx));
+        [dx, dg, db]
+    };
+    let from_output = run(norm::Relu::Output(&y));
+    let from_input = run(norm::Relu::Affine(&scale, &shift));
+    let unmasked = run(norm::Relu::None);
+    for (what, (a, b)) in ["dx", "dgamma", "dbeta"].iter().zip(from_output.iter().zip(&from_input)) {
+        assert!(a.iter().zip(b).all(|(u, v)| u.to_bits() == v.to_bits()), "{what}");
+    }
+    assert_ne!(from_output[2], unmasked[2], "the mask changes the gradient");
+}

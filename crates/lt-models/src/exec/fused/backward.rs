@@ -216,9 +216,22 @@ impl Step<'_> {
             return Err(ModelError::Invalid(format!("batch norm {} without its statistics", bn.prefix)));
         };
         let x = act(self.acts, node.x)?;
-        let y = if bn.relu { Some(act(self.acts, node.y)?) } else { None };
         let gamma = host(&bn.gamma.var)?;
-        let b = norm::BnBackward { x, y, gamma: &gamma, mean: &mean, invstd: &invstd, batch_statistics };
+        // With batch statistics, the forward's affine map is rebuilt exactly from what it was
+        // made of (the statistics saved, the parameters not yet stepped), and the ReLU's mask
+        // recomputed from `x` without reading the output; with running statistics (frozen batch
+        // norm) the mask is read from the output.
+        let affine = if bn.relu && batch_statistics {
+            Some(norm::train_scale_shift(&gamma, &host(&bn.beta.var)?, &mean, &invstd))
+        } else {
+            None
+        };
+        let relu = match &affine {
+            Some((scale, shift)) => norm::Relu::Affine(scale, shift),
+            None if bn.relu => norm::Relu::Output(act(self.acts, node.y)?),
+            None => norm::Relu::None,
+        };
+        let b = norm::BnBackward { x, relu, gamma: &gamma, mean: &mean, invstd: &invstd, batch_statistics };
         let mut dx = self.pool.take(x.len());
         let (dg, db) = b.run(dy, Some(&mut dx));
         g.add_or_set(node.x, dx);

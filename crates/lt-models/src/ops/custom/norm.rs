@@ -116,10 +116,10 @@ impl HostSaved<'_> {
         with_host(x, |xv| {
             with_host(grad, |dy| {
                 with_host(gamma, |g| {
-                    let run = |y: Option<&[f32]>| {
+                    let run = |relu: norm::Relu| {
                         let b = norm::BnBackward {
                             x: xv,
-                            y,
+                            relu,
                             gamma: g,
                             mean: self.mean,
                             invstd: self.invstd,
@@ -131,9 +131,9 @@ impl HostSaved<'_> {
                         Ok((dx, Some(host_tensor(dg, c)?), Some(host_tensor(db, c)?)))
                     };
                     if self.relu {
-                        with_host(res, |y| run(Some(y)))
+                        with_host(res, |y| run(norm::Relu::Output(y)))
                     } else {
-                        run(None)
+                        run(norm::Relu::None)
                     }
                 })
             })
@@ -331,7 +331,7 @@ mod tests {
             let (g, m) = (gamma.to_vec1::<f32>().unwrap(), mean.to_vec1::<f32>().unwrap());
             let b = norm::BnBackward {
                 x: &xv,
-                y: relu.then_some(yv.as_slice()),
+                relu: if relu { norm::Relu::Output(&yv) } else { norm::Relu::None },
                 gamma: &g,
                 mean: &m,
                 invstd: &invstd,
