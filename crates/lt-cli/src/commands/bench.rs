@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::ModuleT;
 use clap::{Args, Subcommand, ValueEnum};
@@ -188,28 +188,36 @@ fn backbone(b: BackboneBench) -> Result<()> {
     });
     let x = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &dev)?;
     let y = Tensor::from_vec((0..batch as u32).map(|i| i % classes as u32).collect::<Vec<_>>(), batch, &dev)?;
-    let params = m.store().named_params();
     // Evaluation measures what serving a trained model does: a snapshot whose packed weights
-    // need no check that they are still the model's (`Model::freeze`).
-    let frozen = if b.mode == Mode::Eval && !b.no_freeze { Some(m.freeze()?) } else { None };
+    // need no check that they are still the model's (`Model::freeze`), which then serves alone.
+    let (m, frozen) = match b.mode == Mode::Eval && !b.no_freeze {
+        true => {
+            let frozen = m.freeze()?;
+            drop(m);
+            (None, Some(frozen))
+        }
+        false => (Some(m), None),
+    };
+    let params = m.as_ref().map_or_else(Vec::new, |m| m.store().named_params());
+    let model = || m.as_ref().context("no model beside its frozen snapshot");
     let mut opt = Sgd::new(0.9, true, 5e-4);
     let mut step = || -> Result<()> {
         match b.mode {
             Mode::Train => {
-                let step = m.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y))?;
+                let step = model()?.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y))?;
                 opt.step(&params, &step.grads, 0.01)?;
             }
             Mode::Grad => {
-                m.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y))?;
+                model()?.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y))?;
             }
             Mode::Forward => {
-                let logits = m.forward_t(&x, true)?;
+                let logits = model()?.forward_t(&x, true)?;
                 candle_nn::loss::cross_entropy(&logits, &y)?.to_vec0::<f32>()?;
             }
             Mode::Eval => {
                 let (_, l) = match &frozen {
                     Some(f) => f.infer(&x)?,
-                    None => m.infer(&x)?,
+                    None => model()?.infer(&x)?,
                 };
                 l.to_dtype(DType::F32)?.sum_all()?.to_vec0::<f32>()?;
             }
