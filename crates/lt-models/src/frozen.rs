@@ -13,7 +13,7 @@ use std::sync::Arc;
 use candle_core::{Module, Tensor};
 
 use crate::arch::Arch;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::exec::fused::PackCache;
 use crate::model::Model;
 
@@ -31,10 +31,14 @@ impl Model {
         let mut copy = Model::new(*self.arch(), 0, self.device())?;
         copy.set_backend(self.backend());
         copy.set_fused(self.fused());
-        let params = self.store().named_params();
-        for ((name, dst), (src_name, src)) in copy.store().named_params().into_iter().zip(params) {
-            debug_assert_eq!(name, src_name, "one architecture, one parameter order");
-            dst.set(&src.as_tensor().copy()?)?;
+        // `Var::set` copies the values into the copy's own storage.
+        for ((name, dst), (src_name, src)) in
+            copy.store().named_params().into_iter().zip(self.store().named_params())
+        {
+            if name != src_name {
+                return Err(ModelError::Invalid(format!("freezing: parameter {src_name} met {name}")));
+            }
+            dst.set(src.as_tensor())?;
         }
         for (name, value) in self.store().named_buffers() {
             copy.store().set_buffer(&name, value.copy()?)?;
