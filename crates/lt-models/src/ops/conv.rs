@@ -107,7 +107,7 @@ enum ReadOrder {
 
 /// Weights packed by [`pack`]: the rows, and each column block's first column, 8-column units and
 /// offset in them.
-type Packed = (Vec<f32>, Vec<(usize, usize, usize)>);
+type Packed = (crate::pool::Floats, Vec<(usize, usize, usize)>);
 
 /// Packs the rows `value(tap, depth, column)` into `[col block][tap][depth][nr]` with zero
 /// padding of columns; the blocks are filled in parallel, each reading in `order`.
@@ -124,9 +124,9 @@ fn pack(
         index.push((c0, nb, len));
         len += taps * depth * 8 * nb;
     }
-    let mut packed = vec![0f32; len];
+    let mut packed = crate::pool::Floats::zeroed(len);
     let mut parts = Vec::with_capacity(index.len());
-    let mut rest = packed.as_mut_slice();
+    let mut rest = &mut packed[..];
     for &(c0, nb, _) in &index {
         let (part, tail) = rest.split_at_mut(taps * depth * 8 * nb);
         parts.push((c0, nb, part));
