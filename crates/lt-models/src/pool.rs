@@ -16,10 +16,13 @@ pub struct Buf {
     pool: Arc<Pool>,
 }
 
-/// Fewest bytes that [`Floats::zeroed`] maps on their own: two huge pages.
-const MAPPED_BYTES: usize = 4 << 20;
+/// A transparent huge page.
+const HUGE_PAGE: usize = 2 << 20;
 
-/// `f32` values on the heap or, from 4 MiB on Linux, in an anonymous mapping of their own that
+/// Fewest bytes that [`Floats::zeroed`] maps on their own: one huge page.
+const MAPPED_BYTES: usize = HUGE_PAGE;
+
+/// `f32` values on the heap or, from 2 MiB on Linux, in an anonymous mapping of their own that
 /// asks for transparent huge pages (see [`Floats::zeroed`]).
 pub(crate) struct Floats {
     repr: Repr,
@@ -28,25 +31,31 @@ pub(crate) struct Floats {
 
 enum Repr {
     Heap(Vec<f32>),
+    /// The mapping and where in it the values start (the first huge-page boundary).
     #[cfg(target_os = "linux")]
-    Mapped(memmap2::MmapMut),
+    Mapped(memmap2::MmapMut, usize),
 }
 
 impl Floats {
-    /// `len` zeros. From 4 MiB on Linux, in fresh pages of their own advised to be backed by
-    /// transparent huge pages (2 MiB): Linux's default `madvise` mode gives them only to memory
-    /// that asks before it is first touched, and the allocator would hand out reused heap
-    /// memory, already backed by 4 KiB pages. Streaming through a large activation or a
+    /// `len` zeros. From 2 MiB on Linux, in fresh pages of their own, starting on a huge-page
+    /// boundary and advised to be backed by transparent huge pages (2 MiB): Linux's default
+    /// `madvise` mode gives them only to memory that asks before it is first touched, and the
+    /// allocator would hand out reused heap memory, already backed by 4 KiB pages. Streaming through a large activation or a
     /// layer's packed weights then misses the TLB far less often (measured: ResNet-50's
     /// training step and batch-1 latency, see docs/performance.md). Where mapping fails the
     /// values go on the heap; where the kernel declines the advice, the pages stay small.
     pub fn zeroed(len: usize) -> Self {
         #[cfg(target_os = "linux")]
         if len * 4 >= MAPPED_BYTES {
-            if let Ok(map) = memmap2::MmapMut::map_anon(len * 4) {
-                // A refusal leaves the pages as they are: nothing to do about it.
-                let _ = map.advise(memmap2::Advice::HugePage);
-                return Floats { repr: Repr::Mapped(map), len };
+            // One huge page more than needed, so that the values can start on a boundary.
+            if let Ok(map) = memmap2::MmapMut::map_anon(len * 4 + HUGE_PAGE) {
+                let start = (map.as_ptr() as usize).next_multiple_of(HUGE_PAGE) - map.as_ptr() as usize;
+                // Only the whole huge pages are advised, so that a partial one at the end is
+                // not made resident in full; the unused head and tail of the mapping are never
+                // touched. A refusal leaves the pages as they are: nothing to do about it.
+                let whole = len * 4 / HUGE_PAGE * HUGE_PAGE;
+                let _ = map.advise_range(memmap2::Advice::HugePage, start, whole);
+                return Floats { repr: Repr::Mapped(map, start), len };
             }
         }
         Floats { repr: Repr::Heap(vec![0f32; len]), len }
@@ -59,7 +68,7 @@ impl std::ops::Deref for Floats {
         match &self.repr {
             Repr::Heap(v) => v,
             #[cfg(target_os = "linux")]
-            Repr::Mapped(m) => bytemuck::cast_slice(&m[..self.len * 4]),
+            Repr::Mapped(m, start) => bytemuck::cast_slice(&m[*start..*start + self.len * 4]),
         }
     }
 }
@@ -69,7 +78,7 @@ impl std::ops::DerefMut for Floats {
         match &mut self.repr {
             Repr::Heap(v) => v,
             #[cfg(target_os = "linux")]
-            Repr::Mapped(m) => bytemuck::cast_slice_mut(&mut m[..self.len * 4]),
+            Repr::Mapped(m, start) => bytemuck::cast_slice_mut(&mut m[*start..*start + self.len * 4]),
         }
     }
 }
@@ -154,7 +163,12 @@ mod tests {
             assert!(f.iter().enumerate().all(|(i, &v)| v == i as f32), "written, length {len}");
         }
         #[cfg(target_os = "linux")]
-        assert!(matches!(Floats::zeroed(MAPPED_BYTES / 4).repr, Repr::Mapped(_)), "4 MiB are mapped");
+        match Floats::zeroed(MAPPED_BYTES / 4) {
+            f @ Floats { repr: Repr::Mapped(..), .. } => {
+                assert_eq!(f.as_ptr() as usize % HUGE_PAGE, 0, "mapped values start on a huge page")
+            }
+            _ => panic!("2 MiB are mapped"),
+        }
     }
 
     #[test]
