@@ -40,7 +40,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub no_imagenet_retrain: bool,
     /// Hold both sides to one instruction set, to measure on this CPU what a CPU without the
-    /// wider ones runs (see [`IsaLimit`]).
+    /// wider ones runs.
     #[arg(long, value_enum)]
     pub isa: Option<IsaLimit>,
     /// Where results go (bench.json, bench.md).
@@ -292,13 +292,13 @@ fn other_benchmarks(lt: &Path, dir: &Path, imagenet_retrain: bool) -> Result<Vec
 /// Runs the benchmarks and prints the report.
 pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     let cuda = a.device.starts_with("cuda");
+    if cuda && a.isa.is_some() {
+        bail!("--isa holds the CPU's instruction set; it has no meaning with --device {}", a.device);
+    }
     let lt = match &a.lt {
         Some(p) => p.clone(),
         None => crate::build_lt(root, if cuda { &["cuda", "cudnn"] } else { &[] }, a.isa.is_none())?,
     };
-    if cuda && a.isa.is_some() {
-        bail!("--isa holds the CPU's instruction set; it has no meaning with --device {}", a.device);
-    }
     let py = torch_python(a);
     if py.is_none() {
         eprintln!("note: torch is not importable; PyTorch columns are skipped (pass --python or set LT_BENCH_PYTHON)");
