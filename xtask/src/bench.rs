@@ -75,13 +75,18 @@ impl IsaLimit {
         }
     }
 
-    /// How the report's heading describes it.
-    fn describe(self) -> &'static str {
-        match self {
-            IsaLimit::Avx2 => {
-                "**Held to AVX2** (`--isa avx2`): the project's AVX2 kernels (`LT_KERNELS=avx2`) in a build without `avx512-gemm`; PyTorch with `ONEDNN_MAX_CPU_ISA=AVX2`, `ATEN_CPU_CAPABILITY=avx2`, `MKL_ENABLE_INSTRUCTIONS=AVX2`. The CPU's caches and memory are this machine's, not an AVX2-only machine's."
-            }
-        }
+    /// How the report's heading describes it: the environment of each side, as set.
+    fn describe(self) -> String {
+        use clap::ValueEnum;
+        let name = self.to_possible_value().map_or_else(String::new, |v| v.get_name().to_string());
+        let env = |vars: &[(&str, &str)]| {
+            vars.iter().map(|(k, v)| format!("`{k}={v}`")).collect::<Vec<_>>().join(", ")
+        };
+        format!(
+            "**Held to {name}** (`--isa {name}`): the project with {} in a build without `avx512-gemm`; PyTorch with {}. The CPU's caches and memory are this machine's, not those of a machine without the wider instruction sets.",
+            env(self.lt_env()),
+            env(self.torch_env())
+        )
     }
 }
 
@@ -443,4 +448,18 @@ fn markdown(rows: &[Value], extra: &[Value], header: String) -> String {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_isa_heading_names_every_variable_each_side_runs_with() {
+        let d = IsaLimit::Avx2.describe();
+        assert!(d.starts_with("**Held to avx2** (`--isa avx2`)"), "{d}");
+        for (k, v) in IsaLimit::Avx2.lt_env().iter().chain(IsaLimit::Avx2.torch_env()) {
+            assert!(d.contains(&format!("`{k}={v}`")), "{d} lacks {k}={v}");
+        }
+    }
 }
