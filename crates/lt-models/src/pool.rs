@@ -40,10 +40,11 @@ impl Floats {
     /// `len` zeros. From 2 MiB on Linux, in fresh pages of their own, starting on a huge-page
     /// boundary and advised to be backed by transparent huge pages (2 MiB): Linux's default
     /// `madvise` mode gives them only to memory that asks before it is first touched, and the
-    /// allocator would hand out reused heap memory, already backed by 4 KiB pages. Streaming through a large activation or a
-    /// layer's packed weights then misses the TLB far less often (measured: ResNet-50's
-    /// training step and batch-1 latency, see docs/performance.md). Where mapping fails the
-    /// values go on the heap; where the kernel declines the advice, the pages stay small.
+    /// allocator would hand out reused heap memory, already backed by 4 KiB pages. Streaming
+    /// through a large activation or a layer's packed weights then misses the TLB far less
+    /// often (measured: ResNet-50's training step and batch-1 latency, see
+    /// docs/performance.md). Where mapping fails the values go on the heap; where the kernel
+    /// declines the advice, the pages stay small.
     pub fn zeroed(len: usize) -> Self {
         #[cfg(target_os = "linux")]
         if len * 4 >= MAPPED_BYTES {

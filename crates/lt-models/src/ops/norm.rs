@@ -321,8 +321,9 @@ struct Pass1<'a> {
 }
 
 impl Pass1<'_> {
-    /// Adds `sum dz` to `sb` and `sum dz * xhat` to `sg` for channels `k0..k0 + B`, with `dz =
-    /// dy * (y > 0)` when `RELU` (see [`reduce_pixels`]); returns `B`.
+    /// Adds `sum dz` to `sb` and `sum dz * xhat` to `sg` for channels `k0..k0 + B`, with `dz`
+    /// the gradient `dy` through the ReLU of mode `M` (see [`masked`], [`reduce_pixels`]);
+    /// returns `B`.
     #[inline(always)]
     fn sums<const B: usize, const M: u8>(&self, sb: &mut [f32], sg: &mut [f32]) -> usize {
         let Pass1 { x, dy, y, c, k0, .. } = *self;
