@@ -6,8 +6,8 @@
 //! Times are the best of 7 runs (the least disturbed by other work on the machine); GF =
 //! GFLOP/s.
 use lt_models::ops::conv::{
-    backward_input, backward_weight, forward, forward_packed, is_pointwise, weight_method, ConvShape, Fuse,
-    PackedWeights,
+    backward_input, backward_weight, forward, forward_packed, forward_with_moments, is_pointwise,
+    weight_method, ConvShape, Fuse, PackedWeights,
 };
 use lt_models::ops::{elementwise, norm};
 use std::time::Instant;
@@ -86,6 +86,10 @@ fn main() {
         let mut dw = vec![0f32; s.weight_len()];
         let gf = |t: f64| 2.0 * s.macs() as f64 / t / 1e9;
         let tf = best(&mut || forward(&x, &w, &s, &mut out));
+        // As training runs it: the output's batch-norm moments taken too.
+        let tm = best(&mut || {
+            forward_with_moments(&x, &w, &s, &mut out);
+        });
         let fuse = Fuse { scale: Some(&scale), bias: Some(&shift), residual: Some(&dy), relu: true };
         // As evaluation runs it: the folded weights packed once, then kept.
         let packed = PackedWeights::new(&w, &s, fuse.scale);
@@ -100,9 +104,9 @@ fn main() {
         let tw = best(&mut || backward_weight(&x, &dy, &s, &mut dw));
         let method = if is_pointwise(&s) { "gemm".to_string() } else { format!("{:?}", weight_method(&s)) };
         println!(
-            "{:>3}x{:<3} {:>4}->{:<4} k{} stride {}: fwd {:6.2} ms ({:3.0} GF) | folded {:6.2} ms vs 3 passes {:6.2} ms | dx {:6.2} ms ({:3.0} GF) | dw {:6.2} ms ({:3.0} GF, {})",
+            "{:>3}x{:<3} {:>4}->{:<4} k{} stride {}: fwd {:6.2} ms ({:3.0} GF), with moments {:6.2} ms | folded {:6.2} ms vs 3 passes {:6.2} ms | dx {:6.2} ms ({:3.0} GF) | dw {:6.2} ms ({:3.0} GF, {})",
             s.h, s.w, s.cin, s.cout, s.k, s.stride,
-            tf * 1e3, gf(tf), tfused * 1e3, tsplit * 1e3, tx * 1e3, gf(tx), tw * 1e3, gf(tw), method
+            tf * 1e3, gf(tf), tm * 1e3, tfused * 1e3, tsplit * 1e3, tx * 1e3, gf(tx), tw * 1e3, gf(tw), method
         );
     }
 }
