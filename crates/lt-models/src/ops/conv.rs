@@ -98,7 +98,7 @@ fn col_blocks(cols: usize) -> Vec<(usize, usize)> {
 /// The loop order in which [`pack`] reads its source: the one that walks the weight tensor
 /// `[C_out, C_in, k, k]` in memory order for the pass (the writes go to a small block in cache).
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum ReadOrder {
+pub(super) enum ReadOrder {
     /// Tap, then depth, then column: the packed order (sequential writes; the forward pass).
     TapDepthColumn,
     /// Depth, then column, then tap (depth = output channels: the input gradient).
@@ -107,7 +107,7 @@ enum ReadOrder {
 
 /// Weights packed by [`pack`]: the rows, and each column block's first column, 8-column units and
 /// offset in them.
-type Packed = (crate::pool::Floats, Vec<(usize, usize, usize)>);
+pub(super) type Packed = (crate::pool::Floats, Vec<(usize, usize, usize)>);
 
 /// Packs the rows `value(tap, depth, column)` into `[col block][tap][depth][nr]` with zero
 /// padding of columns; the blocks are filled in parallel, each reading in `order`.
@@ -118,9 +118,21 @@ fn pack(
     order: ReadOrder,
     value: impl Fn(usize, usize, usize) -> f32 + Sync,
 ) -> Packed {
+    pack_blocks(&col_blocks(cols), taps, depth, cols, order, value)
+}
+
+/// [`pack`] into the column blocks `blocks` (`(first column, 8-column units)`, in order).
+pub(super) fn pack_blocks(
+    blocks: &[(usize, usize)],
+    taps: usize,
+    depth: usize,
+    cols: usize,
+    order: ReadOrder,
+    value: impl Fn(usize, usize, usize) -> f32 + Sync,
+) -> Packed {
     let mut index = Vec::new();
     let mut len = 0;
-    for (c0, nb) in col_blocks(cols) {
+    for &(c0, nb) in blocks {
         index.push((c0, nb, len));
         len += taps * depth * 8 * nb;
     }
@@ -862,6 +874,9 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     }
     if s.k == 1 && s.pad == 0 {
         return sampled_pointwise_backward_input(dy, w, s, dx, accumulate);
+    }
+    if strip::strided_input_gradient(dy, w, s, dx, accumulate) {
+        return;
     }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     // Packed rows: tap t' = kh*k + (k-1-kw), then output channel.

@@ -4,7 +4,7 @@
 
 use super::{
     portable, Epilogue, GatherArgs, GradStripArgs, KernelSet, OuterArgs, Run, StripArgs, StripRow, Tap,
-    MR_MAX, NR_MAX,
+    Window, MR_MAX, NR_MAX,
 };
 
 /// Deterministic values in `[-1, 1)`.
@@ -91,12 +91,13 @@ fn outer_agrees(set: &KernelSet, mr: usize, nb: usize) -> Result<(), String> {
     compare(&format!("{} outer {mr} x {nb}", set.name()), &acc_a, &acc_b)
 }
 
-/// One strip block of `set` against the portable kernel: `mr` rows of `nb` 8-column units over
-/// `c` channels, the window's edge pixels real or zero (`edges`), the middle kernel row absent or
-/// not, with or without accumulation and the epilogue; output rows a few floats apart.
+/// One strip block of `set` against the portable kernel: `window`, `mr` rows of `nb` 8-column
+/// units over `c` channels, the window's edge pixels real or zero (`edges`), the middle kernel
+/// row absent or not, with or without accumulation and the epilogue; output rows a few floats
+/// apart.
 fn strip_agrees(
     set: &KernelSet,
-    (mr, nb, c): (usize, usize, usize),
+    (window_kind, mr, nb, c): (Window, usize, usize, usize),
     edges: bool,
     fused: bool,
 ) -> Result<(), String> {
@@ -104,7 +105,7 @@ fn strip_agrees(
     let (nr, stride) = (8 * nb, 8 * nb + 8);
     let window = data(3 * (mr + 2) * c, 9);
     let zero = vec![0f32; c];
-    let packed = data(9 * c * nr, 10);
+    let packed = data(3 * window_kind.columns() * c * nr, 10);
     let (bias, residual) = (data(nr, 11), data(mr * stride, 12));
     let row = |kh: usize| {
         let base = &window[kh * (mr + 2) * c..];
@@ -118,6 +119,7 @@ fn strip_agrees(
     let mut out_a = data(mr * stride, 13);
     let mut out_b = out_a.clone();
     let mk = |o: &mut Vec<f32>| StripArgs {
+        window: window_kind,
         rows,
         depth: c,
         packed: packed.as_ptr(),
@@ -135,7 +137,10 @@ fn strip_agrees(
         kernel(&mk(&mut out_a), mr, nb);
         portable::strip(&mk(&mut out_b), mr, nb);
     }
-    let what = format!("{} strip of {mr} x {nb} over {c} (edges {edges}, epilogue {fused})", set.name());
+    let what = format!(
+        "{} {window_kind:?} strip of {mr} x {nb} over {c} (edges {edges}, epilogue {fused})",
+        set.name()
+    );
     compare(&what, &out_a, &out_b)
 }
 
@@ -188,10 +193,10 @@ pub fn agrees_with_portable(set: &KernelSet) -> Result<(), String> {
             }
         }
     }
-    for &(nb, c, rows) in set.strip.map_or(&[][..], |k| k.shapes) {
+    for &(window, nb, c, rows) in set.strip.map_or(&[][..], |k| k.shapes) {
         for mr in 1..=rows {
             for (edges, fused) in [(false, false), (true, false), (false, true), (true, true)] {
-                strip_agrees(set, (mr, nb, c), edges, fused)?;
+                strip_agrees(set, (window, mr, nb, c), edges, fused)?;
             }
         }
     }

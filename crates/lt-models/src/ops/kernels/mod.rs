@@ -114,28 +114,82 @@ pub struct OuterArgs<'a> {
 pub struct StripKernel {
     /// The kernel: `(args, mr, nb)`.
     pub run: StripFn,
-    /// The blocks it runs, `(nb, depth, most rows)`: the depth is a compile-time constant of a
-    /// SIMD kernel (its window pixels are then fixed offsets from one pointer), the rows what
-    /// the registers hold beside the weights.
-    pub shapes: &'static [(usize, usize, usize)],
+    /// The blocks it runs, `(window, nb, depth, most rows)`: the depth is a compile-time
+    /// constant of a SIMD kernel (its window pixels are then fixed offsets from one pointer), the
+    /// rows what the registers hold beside the weights.
+    pub shapes: &'static [(Window, usize, usize, usize)],
 }
 
 impl StripKernel {
-    /// Most rows of a block of `nb` 8-column units over `depth` channels, if the kernel runs
-    /// such blocks.
-    pub fn rows(&self, nb: usize, depth: usize) -> Option<usize> {
-        self.shapes.iter().find(|&&(b, d, _)| (b, d) == (nb, depth)).map(|&(_, _, rows)| rows)
+    /// Most rows of a block of `nb` 8-column units over `depth` channels with `window`, if the
+    /// kernel runs such blocks.
+    pub fn rows(&self, window: Window, nb: usize, depth: usize) -> Option<usize> {
+        self.shapes.iter().find(|&&(k, b, d, _)| (k, b, d) == (window, nb, depth)).map(|&(.., rows)| rows)
     }
 }
 
-/// The strip blocks of the AVX-512 kernel (and of the portable one, its reference): 16 columns
-/// (one vector) over 16 channels, 32 (two vectors) over ResNet's wider channel counts; 16 sums
-/// of one vector or 20 of two (12 rows of two spilled and ran 5-10% slower on 56-pixel rows).
-pub const STRIP_SHAPES: [(usize, usize, usize); 6] =
-    [(2, 16, 16), (4, 32, 10), (4, 64, 10), (4, 128, 10), (4, 256, 10), (4, 512, 10)];
+/// Which window pixels a strip block's output pixel `j` takes, through which packed kernel
+/// columns (`kx`, [`Window::columns`] of them per kernel row): window pixel
+/// `j + Window::first + kx` through column `kx`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    /// A 3x3, stride-1 pass: window pixels `j, j + 1, j + 2` (the output pixel's left
+    /// neighbour, itself and its right neighbour).
+    Three,
+    /// The odd columns of a 3x3, stride-2, pad-1 input gradient (input pixel `2j + 1`): window
+    /// pixels `j + 1, j + 2` (output-gradient pixels `j` and `j + 1`).
+    Pair,
+    /// The even columns of that input gradient (input pixel `2j`): window pixel `j + 1`
+    /// (output-gradient pixel `j`).
+    Single,
+}
+
+impl Window {
+    /// The window pixel that kernel column 0 of output pixel 0 takes.
+    pub const fn first(self) -> usize {
+        match self {
+            Window::Three => 0,
+            Window::Pair | Window::Single => 1,
+        }
+    }
+
+    /// Kernel columns per kernel row.
+    pub const fn columns(self) -> usize {
+        match self {
+            Window::Three => 3,
+            Window::Pair => 2,
+            Window::Single => 1,
+        }
+    }
+}
+
+/// The strip blocks of the AVX-512 kernel (and of the portable one, its reference).
+/// [`Window::Three`]: 16 columns (one vector) over 16 channels, 32 (two vectors) over ResNet's
+/// wider channel counts; 16 sums of one vector or 20 of two (12 rows of two spilled and ran
+/// 5-10% slower on 56-pixel rows). The stride-2 input gradient's windows ([`Window::Pair`],
+/// [`Window::Single`]) hold fewer weights, so more rows: 12 and 14 of two vectors, 16 of one.
+pub const STRIP_SHAPES: [(Window, usize, usize, usize); 16] = [
+    (Window::Three, 2, 16, 16),
+    (Window::Three, 4, 32, 10),
+    (Window::Three, 4, 64, 10),
+    (Window::Three, 4, 128, 10),
+    (Window::Three, 4, 256, 10),
+    (Window::Three, 4, 512, 10),
+    (Window::Pair, 2, 32, 16),
+    (Window::Pair, 4, 64, 12),
+    (Window::Pair, 4, 128, 12),
+    (Window::Pair, 4, 256, 12),
+    (Window::Pair, 4, 512, 12),
+    (Window::Single, 2, 32, 16),
+    (Window::Single, 4, 64, 14),
+    (Window::Single, 4, 128, 14),
+    (Window::Single, 4, 256, 14),
+    (Window::Single, 4, 512, 14),
+];
 
 /// One kernel row of a strip block: a window of `mr + 2` consecutive source pixels of `depth`
-/// floats, the first and the last of which may be padding.
+/// floats, the first and the last of which may be padding (a [`Window::Pair`] block reads the
+/// last but not the first, a [`Window::Single`] block neither).
 #[derive(Clone, Copy, Debug)]
 pub struct StripRow {
     /// Window pixel 0 (left of the strip's first output pixel), or a zero pixel.
@@ -146,19 +200,23 @@ pub struct StripRow {
     pub last: *const f32,
 }
 
-/// Arguments of one strip block: `mr` consecutive output pixels of one image row of a 3x3,
-/// stride-1 gather (a convolution's forward pass or input gradient) by `8 * nb` columns, with
-/// `depth` channels per source pixel. Output pixel `j` sums, over the kernel rows present, the
-/// depths and the kernel columns `kx` in that order, window pixel `j + kx` times the packed
-/// weight row `(kh * 3 + kx) * depth + d`. Where the gather kernel broadcasts each source value
-/// once per tap, this one broadcasts it once for the (up to) three outputs it reaches, and a
-/// strip covers a whole stretch of an image row with one call.
+/// Arguments of one strip block: `mr` consecutive output pixels of one image row (or one
+/// column phase of it) of a 3x3 gather (a stride-1 convolution's forward pass or input
+/// gradient, or a stride-2 one's input gradient) by `8 * nb` columns, with `depth` channels per
+/// source pixel. Output pixel `j` sums, over the kernel rows present, the depths and the kernel
+/// columns `kx` of its `window` in that order, window pixel `j + window.first() + kx` times the
+/// packed weight row `(kh * window.columns() + kx) * depth + d`. Where the gather kernel
+/// broadcasts each source value once per tap, this one broadcasts it once for the (up to) three
+/// outputs it reaches, and a strip covers a whole stretch of an image row with one call.
 pub struct StripArgs {
+    /// Which window pixels an output pixel takes.
+    pub window: Window,
     /// Kernel rows `kh = 0, 1, 2`; `None` for a row wholly in the padding (skipped).
     pub rows: [Option<StripRow>; 3],
     /// Channels per source pixel (one of the kernel's depths for this width).
     pub depth: usize,
-    /// Packed weights of this column block: 9 taps of `depth` rows of `8 * nb` floats.
+    /// Packed weights of this column block: `3 * window.columns()` taps of `depth` rows of
+    /// `8 * nb` floats.
     pub packed: *const f32,
     /// First output row; `mr` rows of `8 * nb` floats, `out_stride` floats apart.
     pub out: *mut f32,
@@ -443,13 +501,15 @@ pub unsafe fn outer_block(args: &OuterArgs, mr: usize, nb: usize) {
 ///
 /// # Safety
 /// `kernel` comes from a set this CPU runs ([`strip_kernel`], or [`PORTABLE`]); for each kernel
-/// row present, `first` and `last` must be valid for `depth` floats and `mid` for
-/// `mr * depth`; `packed` for `9 * depth * 8 * nb` floats; `out` (and `residual` when set) for
-/// `mr` rows of `8 * nb` floats at `out_stride`; `bias` when set for `8 * nb` floats.
+/// row present, `first` and `last` must be valid for `depth` floats where the window reads them
+/// and `mid` for `mr * depth`; `packed` for `3 * window.columns() * depth * 8 * nb` floats;
+/// `out` (and `residual` when set) for `mr` rows of `8 * nb` floats at `out_stride`; `bias` when
+/// set for `8 * nb` floats.
 #[inline]
 pub unsafe fn strip_block(kernel: &StripKernel, args: &StripArgs, mr: usize, nb: usize) {
-    let rows = kernel.rows(nb, args.depth);
-    assert!(rows.is_some_and(|r| (1..=r).contains(&mr)), "strip block of {mr} x {nb} over {}", args.depth);
+    let rows = kernel.rows(args.window, nb, args.depth);
+    let what = (args.window, args.depth);
+    assert!(rows.is_some_and(|r| (1..=r).contains(&mr)), "strip block of {mr} x {nb} over {what:?}");
     // SAFETY: the caller upholds the pointer contract above; the shape was checked.
     unsafe { (kernel.run)(args, mr, nb) }
 }

@@ -104,12 +104,15 @@ pub unsafe fn strip(a: &StripArgs, mr: usize, nb: usize) {
                 q if q == mr + 1 => r.last,
                 q => r.mid.add((q - 1) * c),
             };
+            let (first, columns) = (a.window.first(), a.window.columns());
             for d in 0..c {
-                for q in 0..mr + 2 {
+                // Window pixel `q` reaches output `q - first - kx` through kernel column `kx`.
+                for q in first..mr + first + columns - 1 {
                     let v = *pixel(q).add(d);
-                    for kx in (0..3).filter(|&kx| q >= kx && q - kx < mr) {
-                        let w = std::slice::from_raw_parts(a.packed.add(((kh * 3 + kx) * c + d) * nr), nr);
-                        for (o, &w) in acc[q - kx].iter_mut().zip(w) {
+                    for kx in (0..columns).filter(|&kx| q >= first + kx && q - first - kx < mr) {
+                        let w =
+                            std::slice::from_raw_parts(a.packed.add(((kh * columns + kx) * c + d) * nr), nr);
+                        for (o, &w) in acc[q - first - kx].iter_mut().zip(w) {
                             *o += v * w;
                         }
                     }

@@ -123,18 +123,28 @@ macro_rules! for_rows {
 }
 
 /// The strip kernel ([`super::StripArgs`]) over this module's `V`: `MR` rows, `NV` vectors of
-/// columns, `C` channels per source pixel.
+/// columns, `C` channels per source pixel, the window's `KW` kernel columns from window pixel
+/// `LO` ([`super::Window`]).
 #[cfg(target_arch = "x86_64")]
 macro_rules! strip_body {
     ($feature:literal) => {
-        /// Strip block of `MR` output pixels by `NV` vectors over `C` channels.
+        /// Strip block of `MR` output pixels by `NV` vectors over `C` channels, `KW` kernel
+        /// columns from window pixel `LO`.
         ///
         /// # Safety
-        /// As for `strip_block` (with `nb * 8 = LANES * NV`, `depth = C`); the CPU has this
-        /// set's features.
+        /// As for `strip_block` (with `nb * 8 = LANES * NV`, `depth = C`, `LO` and `KW` the
+        /// window's); the CPU has this set's features.
         #[target_feature(enable = $feature)]
-        pub(crate) unsafe fn strip<const MR: usize, const NV: usize, const C: usize>(a: &StripArgs) {
-            debug_assert_eq!(a.depth, C);
+        pub(crate) unsafe fn strip<
+            const MR: usize,
+            const NV: usize,
+            const C: usize,
+            const LO: usize,
+            const KW: usize,
+        >(
+            a: &StripArgs,
+        ) {
+            debug_assert_eq!((a.depth, LO, KW), (C, a.window.first(), a.window.columns()));
             // SAFETY: loads and stores stay within the extents the caller guarantees (see
             // `strip_block`); the CPU has the features (checked when the set was selected).
             unsafe {
@@ -143,19 +153,19 @@ macro_rules! strip_body {
                 let mut acc = [[zero(); NV]; 16];
                 for (kh, row) in a.rows.iter().enumerate() {
                     let Some(r) = row else { continue };
-                    let w = a.packed.add(kh * 3 * C * width);
+                    let w = a.packed.add(kh * KW * C * width);
                     for d in 0..C {
-                        let mut wv = [[zero(); NV]; 3];
+                        let mut wv = [[zero(); NV]; KW];
                         for (kx, v) in wv.iter_mut().enumerate() {
                             for (k, v) in v.iter_mut().enumerate() {
                                 *v = load(w.add((kx * C + d) * width + LANES * k));
                             }
                         }
-                        // Output `j` takes window pixel `j + kx` through kernel column `kx`
-                        // (the repeated loads of a pixel are one after unrolling).
+                        // Output `j` takes window pixel `j + LO + kx` through kernel column
+                        // `kx` (the repeated loads of a pixel are one after unrolling).
                         for_rows!(MR, J, {
-                            for kx in 0..3 {
-                                let q = J + kx;
+                            for kx in 0..KW {
+                                let q = J + LO + kx;
                                 let p = if q == 0 {
                                     r.first
                                 } else if q == MR + 1 {
@@ -281,15 +291,18 @@ macro_rules! grad_strip_body {
     };
 }
 
-/// `strip::<mr, $nv, $c>(a)` for a run-time `mr`, one of the listed row counts.
+/// `strip::<mr, $nv, $c, LO, KW>(a)` for a run-time `mr`, one of the listed row counts, and the
+/// window `$window` (`LO`, `KW` its first window pixel and kernel columns).
 #[cfg(target_arch = "x86_64")]
 macro_rules! by_strip_rows {
-    ($nv:literal, $c:literal, $a:expr, $mr:expr; $($n:literal)+) => {
+    ($window:ident, $nv:literal, $c:literal, $a:expr, $mr:expr; $($n:literal)+) => {{
+        const LO: usize = Window::$window.first();
+        const KW: usize = Window::$window.columns();
         match $mr {
-            $($n => strip::<$n, $nv, $c>($a),)+
+            $($n => strip::<$n, $nv, $c, LO, KW>($a),)+
             mr => unreachable!("a strip of {mr} rows over {} channels", $c),
         }
-    };
+    }};
 }
 
 /// `$f::<mr, $nv>(a)` for a run-time `mr` in `1..=6`.
@@ -472,8 +485,8 @@ pub(crate) mod avx2 {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512 {
     use super::super::{
-        GatherArgs, GradStripArgs, GradStripKernel, OuterArgs, StripArgs, StripKernel, GRAD_STRIP_SHAPES,
-        STRIP_SHAPES,
+        GatherArgs, GradStripArgs, GradStripKernel, OuterArgs, StripArgs, StripKernel, Window,
+        GRAD_STRIP_SHAPES, STRIP_SHAPES,
     };
     use super::avx2::{gather as gather8, outer as outer8};
     use std::arch::x86_64::*;
@@ -505,14 +518,27 @@ pub(crate) mod avx512 {
     pub(crate) unsafe fn strip_dispatch(a: &StripArgs, mr: usize, nb: usize) {
         // SAFETY: the caller upholds the kernel's contract and detected the features.
         unsafe {
-            match (nb, a.depth) {
-                (2, 16) => by_strip_rows!(1, 16, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16),
-                (4, 32) => by_strip_rows!(2, 32, a, mr; 1 2 3 4 5 6 7 8 9 10),
-                (4, 64) => by_strip_rows!(2, 64, a, mr; 1 2 3 4 5 6 7 8 9 10),
-                (4, 128) => by_strip_rows!(2, 128, a, mr; 1 2 3 4 5 6 7 8 9 10),
-                (4, 256) => by_strip_rows!(2, 256, a, mr; 1 2 3 4 5 6 7 8 9 10),
-                (4, 512) => by_strip_rows!(2, 512, a, mr; 1 2 3 4 5 6 7 8 9 10),
-                _ => unreachable!("strip block {nb} x {} is not one of STRIPS.shapes", a.depth),
+            use Window::{Pair, Single, Three};
+            match (a.window, nb, a.depth) {
+                (Three, 2, 16) => by_strip_rows!(Three, 1, 16, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16),
+                (Three, 4, 32) => by_strip_rows!(Three, 2, 32, a, mr; 1 2 3 4 5 6 7 8 9 10),
+                (Three, 4, 64) => by_strip_rows!(Three, 2, 64, a, mr; 1 2 3 4 5 6 7 8 9 10),
+                (Three, 4, 128) => by_strip_rows!(Three, 2, 128, a, mr; 1 2 3 4 5 6 7 8 9 10),
+                (Three, 4, 256) => by_strip_rows!(Three, 2, 256, a, mr; 1 2 3 4 5 6 7 8 9 10),
+                (Three, 4, 512) => by_strip_rows!(Three, 2, 512, a, mr; 1 2 3 4 5 6 7 8 9 10),
+                (Pair, 2, 32) => by_strip_rows!(Pair, 1, 32, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16),
+                (Pair, 4, 64) => by_strip_rows!(Pair, 2, 64, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12),
+                (Pair, 4, 128) => by_strip_rows!(Pair, 2, 128, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12),
+                (Pair, 4, 256) => by_strip_rows!(Pair, 2, 256, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12),
+                (Pair, 4, 512) => by_strip_rows!(Pair, 2, 512, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12),
+                (Single, 2, 32) => {
+                    by_strip_rows!(Single, 1, 32, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+                }
+                (Single, 4, 64) => by_strip_rows!(Single, 2, 64, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+                (Single, 4, 128) => by_strip_rows!(Single, 2, 128, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+                (Single, 4, 256) => by_strip_rows!(Single, 2, 256, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+                (Single, 4, 512) => by_strip_rows!(Single, 2, 512, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
+                (w, nb, c) => unreachable!("strip block {w:?} {nb} x {c} is not one of STRIPS.shapes"),
             }
         }
     }
