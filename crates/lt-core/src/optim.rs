@@ -3,11 +3,17 @@
 //! Per parameter `p` with gradient `g`: `g <- g + wd * p`; momentum buffer `buf <- g` on the
 //! first step, then `buf <- mu * buf + g`; Nesterov: `g <- g + mu * buf`, else `g <- buf`;
 //! `p <- p - lr * g`. Buffers are stored detached from any autograd graph.
+//!
+//! On the CPU, a step with momentum updates each `f32` parameter and its buffer in place, in two
+//! parallel passes ([`MomentumPass`], [`ParameterPass`]) that compute the same `f32` operations
+//! in the same order as the tensor ops (`affine` is `x * mul + add`), so the same bits; elsewhere
+//! (CUDA, another dtype, the first step's new buffer) the tensor ops run.
 
 use std::collections::BTreeMap;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Tensor, Var};
+use candle_core::{CpuStorage, DType, Layout, Tensor, Var};
+use rayon::prelude::*;
 
 /// SGD state: hyper-parameters and one momentum buffer per parameter name.
 pub struct Sgd {
@@ -37,9 +43,30 @@ impl Sgd {
                 "SGD step: parameter `{name}` has no gradient (is it part of the loss's graph?)"
             );
         }
+        self.step_with(params, grads, lr, true)
+    }
+
+    /// [`Sgd::step`], with the in-place passes where they apply when `fused` (else the tensor
+    /// ops throughout: what the tests compare the passes with).
+    fn step_with(
+        &mut self,
+        params: &[(String, Var)],
+        grads: &GradStore,
+        lr: f64,
+        fused: bool,
+    ) -> candle_core::Result<()> {
         for (name, var) in params {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let p = var.as_detached_tensor();
+            if fused && self.momentum != 0.0 {
+                if let Some(buf) = self.buffers.get(name).filter(|b| in_place(&[&p, g, b])) {
+                    let (mu, wd) = (self.momentum as f32, self.weight_decay as f32);
+                    buf.inplace_op3(g, &p, &MomentumPass { mu, wd })?;
+                    let nesterov = self.nesterov.then_some(mu);
+                    p.inplace_op3(g, buf, &ParameterPass { lr: lr as f32, wd, nesterov })?;
+                    continue;
+                }
+            }
             let mut g = g.detach();
             if self.weight_decay != 0.0 {
                 g = (g + p.affine(self.weight_decay, 0.0)?)?;
@@ -47,7 +74,8 @@ impl Sgd {
             if self.momentum != 0.0 {
                 let buf = match self.buffers.remove(name) {
                     Some(b) => (b.affine(self.momentum, 0.0)? + &g)?,
-                    None => g.clone(),
+                    // A storage of its own: the in-place passes write to it on later steps.
+                    None => g.copy()?,
                 }
                 .detach();
                 g = if self.nesterov { (g + buf.affine(self.momentum, 0.0)?)? } else { buf.clone() };
@@ -87,10 +115,186 @@ impl Sgd {
     }
 }
 
+/// Whether the in-place passes can update these tensors: all on the CPU, `f32`, contiguous, of
+/// one shape.
+fn in_place(ts: &[&Tensor]) -> bool {
+    ts.iter().all(|t| {
+        t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == ts[0].dims()
+    })
+}
+
+/// Values per task of the in-place passes.
+const PASS_CHUNK: usize = 1 << 16;
+
+/// The contiguous `f32` values of a CPU storage under `layout`.
+fn values<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("SGD pass: a non-contiguous tensor".into()))?;
+    Ok(&s.as_slice::<f32>()?[start..end])
+}
+
+/// The mutable contiguous `f32` values of a CPU storage under `layout`.
+fn values_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
+    let (start, end) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("SGD pass: a non-contiguous tensor".into()))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[start..end]),
+        _ => Err(candle_core::Error::Msg("SGD pass: a tensor that is not f32".into())),
+    }
+}
+
+/// First pass, in place on the momentum buffer `buf` with the gradient `g` and the parameter
+/// `p`: `buf <- (buf * mu + 0) + (g + (p * wd + 0))` (without the weight-decay term when `wd`
+/// is 0), the tensor ops' order.
+struct MomentumPass {
+    mu: f32,
+    wd: f32,
+}
+
+impl candle_core::InplaceOp3 for MomentumPass {
+    fn name(&self) -> &'static str {
+        "sgd-momentum"
+    }
+
+    fn cpu_fwd(
+        &self,
+        buf: &mut CpuStorage,
+        bl: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+        p: &CpuStorage,
+        pl: &Layout,
+    ) -> candle_core::Result<()> {
+        let (buf, g, p) = (values_mut(buf, bl)?, values(g, gl)?, values(p, pl)?);
+        let Self { mu, wd } = *self;
+        buf.par_chunks_mut(PASS_CHUNK).zip(g.par_chunks(PASS_CHUNK)).zip(p.par_chunks(PASS_CHUNK)).for_each(
+            |((b, g), p)| {
+                for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
+                    let g = if wd != 0.0 { g + (p * wd + 0.0) } else { g };
+                    *b = (*b * mu + 0.0) + g;
+                }
+            },
+        );
+        Ok(())
+    }
+}
+
+/// Second pass, in place on the parameter `p` with the gradient `g` and the updated buffer
+/// `buf`: `d = g' + (buf * mu + 0)` with Nesterov momentum `mu`, else `buf`, where
+/// `g' = g + (p * wd + 0)`; `p <- p - (d * lr + 0)`, the tensor ops' order.
+struct ParameterPass {
+    lr: f32,
+    wd: f32,
+    nesterov: Option<f32>,
+}
+
+impl candle_core::InplaceOp3 for ParameterPass {
+    fn name(&self) -> &'static str {
+        "sgd-parameter"
+    }
+
+    fn cpu_fwd(
+        &self,
+        p: &mut CpuStorage,
+        pl: &Layout,
+        g: &CpuStorage,
+        gl: &Layout,
+        buf: &CpuStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<()> {
+        let (p, g, buf) = (values_mut(p, pl)?, values(g, gl)?, values(buf, bl)?);
+        let Self { lr, wd, nesterov } = *self;
+        p.par_chunks_mut(PASS_CHUNK).zip(g.par_chunks(PASS_CHUNK)).zip(buf.par_chunks(PASS_CHUNK)).for_each(
+            |((p, g), b)| {
+                for ((p, &g), &b) in p.iter_mut().zip(g).zip(b) {
+                    let d = match nesterov {
+                        Some(mu) => {
+                            let g = if wd != 0.0 { g + (*p * wd + 0.0) } else { g };
+                            g + (b * mu + 0.0)
+                        }
+                        None => b,
+                    };
+                    *p -= d * lr + 0.0;
+                }
+            },
+        );
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn the_in_place_passes_give_the_tensor_ops_bits() {
+        let dev = Device::Cpu;
+        // Deterministic values of both signs and several magnitudes.
+        let vals = |n: usize, seed: u32| -> Vec<f32> {
+            (0..n)
+                .map(|i| {
+                    let h = (i as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503));
+                    ((h >> 8) % 2001) as f32 / 1000.0 - 1.0
+                })
+                .collect()
+        };
+        // One parameter over several tasks of the passes, one small, one 2-d.
+        let shapes: [&[usize]; 3] = [&[3 * PASS_CHUNK + 17], &[5], &[7, 9]];
+        for (momentum, nesterov, wd) in
+            [(0.9, true, 5e-4), (0.9, false, 5e-4), (0.5, true, 0.0), (0.9, false, 0.0)]
+        {
+            let make = || -> Vec<(String, Var)> {
+                shapes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let n = s.iter().product();
+                        let t = Tensor::from_vec(vals(n, i as u32), *s, &dev).unwrap();
+                        (format!("p{i}"), Var::from_tensor(&t).unwrap())
+                    })
+                    .collect()
+            };
+            let (fused, plain) = (make(), make());
+            let (mut a, mut b) = (Sgd::new(momentum, nesterov, wd), Sgd::new(momentum, nesterov, wd));
+            for step in 0..4u32 {
+                // The same loss on both copies: sum of p * c, so the gradient is c.
+                let grads = |params: &[(String, Var)]| {
+                    let mut loss = Tensor::new(0f32, &dev).unwrap();
+                    for (i, (_, v)) in params.iter().enumerate() {
+                        let c = Tensor::from_vec(
+                            vals(v.elem_count(), 100 + 10 * step + i as u32),
+                            v.dims(),
+                            &dev,
+                        )
+                        .unwrap();
+                        loss = (loss + (v.as_tensor() * c).unwrap().sum_all().unwrap()).unwrap();
+                    }
+                    loss.backward().unwrap()
+                };
+                let lr = 0.1 / (1 + step) as f64;
+                a.step_with(&fused, &grads(&fused), lr, true).unwrap();
+                b.step_with(&plain, &grads(&plain), lr, false).unwrap();
+                for ((name, x), (_, y)) in fused.iter().zip(&plain) {
+                    let (x, y) = (x.flatten_all().unwrap(), y.flatten_all().unwrap());
+                    let (x, y) = (x.to_vec1::<f32>().unwrap(), y.to_vec1::<f32>().unwrap());
+                    let what = format!(
+                        "{name} after step {step} (momentum {momentum}, nesterov {nesterov}, wd {wd})"
+                    );
+                    assert!(x.iter().zip(&y).all(|(x, y)| x.to_bits() == y.to_bits()), "{what}: bits differ");
+                    let moved = y.iter().zip(vals(y.len(), 0)).any(|(v, v0)| *v != v0);
+                    assert!(step > 0 || name != "p0" || moved, "{what}: nothing moved");
+                }
+                for (name, buf) in a.buffers() {
+                    let want = b.buffers()[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    let got = buf.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "buffer {name}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn a_parameter_without_a_gradient_is_an_error_and_nothing_moves() {

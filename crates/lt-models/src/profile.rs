@@ -39,7 +39,7 @@ pub fn totals() -> Vec<(&'static str, u64, f64)> {
 }
 
 /// Runs `f` as one op of kind `kind` on `device`, timed when timing is on.
-pub(crate) fn time<T, E: From<candle_core::Error>>(
+pub fn time<T, E: From<candle_core::Error>>(
     kind: &'static str,
     device: &Device,
     f: impl FnOnce() -> Result<T, E>,

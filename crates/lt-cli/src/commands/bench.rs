@@ -208,7 +208,7 @@ fn backbone(b: BackboneBench) -> Result<()> {
         match b.mode {
             Mode::Train => {
                 let step = model()?.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y))?;
-                opt.step(&params, &step.grads, 0.01)?;
+                lt_models::profile::time("sgd update", &dev, || opt.step(&params, &step.grads, 0.01))?;
             }
             Mode::Grad => {
                 model()?.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y))?;
