@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use super::kernels::{
     self, gather_block, outer_block, Epilogue, GatherArgs, OuterArgs, Run, Tap, MR_MAX, NR_MAX,
 };
-use super::{norm, strip, window_out};
+use super::{norm, strided, strip, window_out};
 
 /// Geometry of a square-kernel convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -875,7 +875,7 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     if s.k == 1 && s.pad == 0 {
         return sampled_pointwise_backward_input(dy, w, s, dx, accumulate);
     }
-    if strip::strided_input_gradient(dy, w, s, dx, accumulate) {
+    if strided::strided_input_gradient(dy, w, s, dx, accumulate) {
         return;
     }
     let (k, cin, cout) = (s.k, s.cin, s.cout);

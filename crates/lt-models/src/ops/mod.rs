@@ -21,6 +21,7 @@ pub mod elementwise;
 pub(crate) mod kernels;
 pub mod norm;
 pub(crate) mod stock;
+mod strided;
 mod strip;
 
 use std::sync::atomic::{AtomicBool, Ordering};
