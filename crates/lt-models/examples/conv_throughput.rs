@@ -6,8 +6,8 @@
 //! Times are the best of 7 runs (the least disturbed by other work on the machine); GF =
 //! GFLOP/s.
 use lt_models::ops::conv::{
-    backward_input, backward_weight, forward, forward_packed, forward_with_moments, is_pointwise,
-    weight_method, ConvShape, Fuse, PackedWeights,
+    backward_input, backward_weight, forward, forward_packed, forward_with_moments, fuses_gradients,
+    is_pointwise, pointwise_backward_both, weight_method, ConvShape, Fuse, PackedWeights,
 };
 use lt_models::ops::{elementwise, norm};
 use std::time::Instant;
@@ -102,11 +102,22 @@ fn main() {
         });
         let tx = best(&mut || backward_input(&dy, &w, &s, &mut dx));
         let tw = best(&mut || backward_weight(&x, &dy, &s, &mut dw));
+        // Both gradients in one pass where training computes them so.
+        let both = fuses_gradients(&s)
+            .then(|| best(&mut || pointwise_backward_both(&x, &dy, &w, &s, &mut dw, &mut dx, false)));
         let method = if is_pointwise(&s) { "gemm".to_string() } else { format!("{:?}", weight_method(&s)) };
         println!(
             "{:>3}x{:<3} {:>4}->{:<4} k{} stride {}: fwd {:6.2} ms ({:3.0} GF), with moments {:6.2} ms | folded {:6.2} ms vs 3 passes {:6.2} ms | dx {:6.2} ms ({:3.0} GF) | dw {:6.2} ms ({:3.0} GF, {})",
             s.h, s.w, s.cin, s.cout, s.k, s.stride,
             tf * 1e3, gf(tf), tm * 1e3, tfused * 1e3, tsplit * 1e3, tx * 1e3, gf(tx), tw * 1e3, gf(tw), method
         );
+        if let Some(t) = both {
+            println!(
+                "{:>22} dx and dw in one pass {:6.2} ms against {:6.2} ms apart",
+                "",
+                t * 1e3,
+                (tx + tw) * 1e3
+            );
+        }
     }
 }

@@ -250,6 +250,19 @@ impl Step<'_> {
         params: &mut ParamGrads,
     ) -> Result<()> {
         let x = act(self.acts, node.x)?;
+        if conv::fuses_gradients(shape) && node.x != self.input {
+            // Both gradients in one pass over `dy` (see `conv::pointwise_backward_both`).
+            return crate::profile::time("conv backward (weight + input, pointwise)", &Device::Cpu, || {
+                let mut dw = vec![0f32; shape.weight_len()];
+                with_host(&w.var, |wv| {
+                    g.write(node.x, shape.input_len(), self.pool, |dx, acc| {
+                        conv::pointwise_backward_both(x, dy, wv, shape, &mut dw, dx, acc)
+                    })
+                })?;
+                add_param(params, w, dw);
+                Ok(())
+            });
+        }
         crate::profile::time("conv backward (weight)", &Device::Cpu, || -> Result<()> {
             let mut dw = vec![0f32; shape.weight_len()];
             conv::backward_weight(x, dy, shape, &mut dw);
