@@ -6,8 +6,9 @@
 
 use rayon::prelude::*;
 
-use super::conv::{heavy_weights, pack_blocks, ConvShape, OutPtr, ReadOrder};
+use super::conv::{pack_blocks, ConvShape, OutPtr, ReadOrder};
 use super::kernels::{self, StripArgs, StripKernel, StripRow, Window};
+use super::strip::Tasks;
 
 /// The input gradient of `s`, a 3x3, stride-2, pad-1 convolution, through the strip kernel by
 /// column phases, into `dx` (added to it when `accumulate`); `false` (and nothing done) where
@@ -20,7 +21,7 @@ use super::kernels::{self, StripArgs, StripKernel, StripRow, Window};
 /// pass over consecutive output-gradient pixels, written two input pixels apart: no block sums
 /// a tap that falls between the stride's grid, and one broadcast serves the two outputs an odd
 /// phase's pixel reaches (the gather pass plans per block of six pixels with at most four taps
-/// of `C_out` each). Tasks, heavy weights and the order of the sums as in [`super::strip::strip_pass`].
+/// of `C_out` each). Tasks ([`Tasks`]) and the order of the sums as in the stride-1 strip pass.
 pub(crate) fn strided_input_gradient(
     dy: &[f32],
     w: &[f32],
@@ -59,19 +60,14 @@ fn strided_pass(
         w[((co * cin + ci) * 3 + kh) * 3 + kw]
     });
     let (h, wd, oh, ow) = (s.h, s.w, s.oh(), s.ow());
-    let image_rows = s.n * h;
-    let heavy = heavy_weights(&packed, &index);
-    let col_groups = if heavy { index.len() } else { 1 };
-    let rows_per_task = (image_rows * col_groups).div_ceil(4 * rayon::current_num_threads()).clamp(1, 16);
-    let groups = image_rows.div_ceil(rows_per_task);
+    let tasks = Tasks::new(s.n * h, &packed, &index);
     let zero = vec![0f32; cout];
     let (len, outp) = (dx.len(), OutPtr(dx.as_mut_ptr()));
-    (0..groups * col_groups).into_par_iter().for_each(|t| {
+    (0..tasks.count()).into_par_iter().for_each(|t| {
         // Capture the whole wrapper (not its raw-pointer field) so the closure stays Send.
         let base = outp;
-        let (group, blocks) =
-            if heavy { (t / col_groups, &index[t % col_groups..][..1]) } else { (t, &index[..]) };
-        for img_row in group * rows_per_task..((group + 1) * rows_per_task).min(image_rows) {
+        let (rows, blocks) = tasks.task(t);
+        for img_row in rows {
             let (img, y) = (img_row / h, img_row % h);
             for &(c0, nb, off) in blocks {
                 let nr = 8 * nb;
@@ -130,8 +126,8 @@ fn strided_pass(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::conv::backward_input;
     use crate::ops::conv::tests::{close, data};
+    use crate::ops::conv::{backward_input, heavy_weights};
 
     /// The input gradient of a 3x3, stride-2, pad-1 convolution by direct loops.
     fn strided_reference(w: &[f32], dy: &[f32], s: &ConvShape) -> Vec<f32> {

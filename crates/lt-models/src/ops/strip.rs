@@ -84,21 +84,14 @@ pub(crate) fn strip_pass(
     };
     // Strips of near-equal length: a 32-pixel row is two of 16 (16 columns) or four of 8.
     let strips = w.div_ceil(max_rows);
-    let image_rows = n * h;
-    let heavy = heavy_weights(packed, index);
-    let col_groups = if heavy { index.len() } else { 1 };
-    let want = 4 * rayon::current_num_threads();
-    let rows_per_task = (image_rows * col_groups).div_ceil(want).clamp(1, 16);
-    let groups = image_rows.div_ceil(rows_per_task);
+    let tasks = Tasks::new(n * h, packed, index);
     let zero = vec![0f32; depth];
-    let summarise = summarise && !heavy;
+    let summarise = summarise && !tasks.heavy;
     let (len, outp) = (out.len(), OutPtr(out.as_mut_ptr()));
-    let tasks = (0..groups * col_groups).into_par_iter().map(|t| {
+    let tasks = (0..tasks.count()).into_par_iter().map(|t| {
         // Capture the whole wrapper (not its raw-pointer field) so the closure stays Send.
         let base = outp;
-        let (group, blocks) =
-            if heavy { (t / col_groups, &index[t % col_groups..][..1]) } else { (t, index) };
-        let task_rows = group * rows_per_task..((group + 1) * rows_per_task).min(image_rows);
+        let (task_rows, blocks) = tasks.task(t);
         let mut moments = summarise.then(|| Moments::with_capacity(cols, task_rows.len()));
         for img_row in task_rows {
             for &(c0, nb, off) in blocks {
@@ -161,6 +154,43 @@ pub(crate) fn strip_pass(
     });
     let parts: Vec<Option<Moments>> = tasks.collect();
     summarise.then(|| Moments::concat(cols, parts.into_iter().flatten()))
+}
+
+/// How a strip pass splits its work (see [`strip_pass`]): tasks of up to 16 image rows over
+/// every column block, or with heavy weights ([`heavy_weights`]) over one column block each, about
+/// four tasks per thread. Each output value is computed the same way whatever the split.
+pub(crate) struct Tasks<'a> {
+    index: &'a [(usize, usize, usize)],
+    /// Whether the weights are heavy: a task then runs one column block.
+    pub heavy: bool,
+    image_rows: usize,
+    rows_per_task: usize,
+    col_groups: usize,
+}
+
+impl<'a> Tasks<'a> {
+    /// The tasks of a pass over `image_rows` image rows with the packed weights `packed` in the
+    /// column blocks `index`.
+    pub fn new(image_rows: usize, packed: &[f32], index: &'a [(usize, usize, usize)]) -> Self {
+        let heavy = heavy_weights(packed, index);
+        let col_groups = if heavy { index.len() } else { 1 };
+        let want = 4 * rayon::current_num_threads();
+        let rows_per_task = (image_rows * col_groups).div_ceil(want).clamp(1, 16);
+        Self { index, heavy, image_rows, rows_per_task, col_groups }
+    }
+
+    /// How many tasks there are.
+    pub fn count(&self) -> usize {
+        self.image_rows.div_ceil(self.rows_per_task) * self.col_groups
+    }
+
+    /// Task `t`'s image rows and column blocks.
+    pub fn task(&self, t: usize) -> (std::ops::Range<usize>, &'a [(usize, usize, usize)]) {
+        let index = self.index;
+        let (group, blocks) =
+            if self.heavy { (t / self.col_groups, &index[t % self.col_groups..][..1]) } else { (t, index) };
+        (group * self.rows_per_task..((group + 1) * self.rows_per_task).min(self.image_rows), blocks)
+    }
 }
 
 #[cfg(test)]
