@@ -187,6 +187,23 @@ pub const STRIP_SHAPES: [(Window, usize, usize, usize); 16] = [
     (Window::Single, 4, 512, 14),
 ];
 
+/// The strip blocks of the AVX2 kernel: the stride-2 input gradient's windows only, 16 columns
+/// (two `ymm` vectors) over ResNet's channel counts, as many rows as its 16 registers hold
+/// beside the weights (5 and 6). Its 3x3 stride-1 strips were tried and not kept (see
+/// [`KernelSet::strip`] of the AVX2 set).
+pub const AVX2_STRIP_SHAPES: [(Window, usize, usize, usize); 10] = [
+    (Window::Pair, 2, 32, 5),
+    (Window::Pair, 2, 64, 5),
+    (Window::Pair, 2, 128, 5),
+    (Window::Pair, 2, 256, 5),
+    (Window::Pair, 2, 512, 5),
+    (Window::Single, 2, 32, 6),
+    (Window::Single, 2, 64, 6),
+    (Window::Single, 2, 128, 6),
+    (Window::Single, 2, 256, 6),
+    (Window::Single, 2, 512, 6),
+];
+
 /// One kernel row of a strip block: a window of `mr + 2` consecutive source pixels of `depth`
 /// floats, the first and the last of which may be padding (a [`Window::Pair`] block reads the
 /// last but not the first, a [`Window::Single`] block neither).
