@@ -8,7 +8,7 @@ use rayon::prelude::*;
 
 use super::conv::{pack_blocks, ConvShape, OutPtr, ReadOrder};
 use super::kernels::{self, StripArgs, StripKernel, StripRow, Window};
-use super::strip::Tasks;
+use super::strip::{strips, Tasks};
 
 /// The input gradient of `s`, a 3x3, stride-2, pad-1 convolution, through the strip kernel by
 /// column phases, into `dx` (added to it when `accumulate`); `false` (and nothing done) where
@@ -42,13 +42,21 @@ fn strided_pass(
     accumulate: bool,
 ) -> bool {
     let (cin, cout) = (s.cin, s.cout);
-    // Column blocks all of the widest width that divides the input channels and has blocks of
-    // both windows over the output channels.
-    let runs = |nb: usize| [Window::Pair, Window::Single].iter().all(|&k| kernel.rows(k, nb, cout).is_some());
-    let Some(nb) = [4, 2].into_iter().find(|&nb| cin % (8 * nb) == 0 && runs(nb)) else { return false };
     if (s.k, s.stride, s.pad) != (3, 2, 1) || cin == 0 {
         return false;
     }
+    // Column blocks all of the widest width that divides the input channels and has blocks of
+    // both windows over the output channels; per phase, its window, first input column, first
+    // packed tap and most rows.
+    let phases = |nb: usize| {
+        let rows = |k: Window| kernel.rows(k, nb, cout);
+        Some([(Window::Single, 0, 0, rows(Window::Single)?), (Window::Pair, 1, 3, rows(Window::Pair)?)])
+    };
+    let Some((nb, phases)) =
+        [4, 2].into_iter().filter(|&nb| cin % (8 * nb) == 0).find_map(|nb| Some((nb, phases(nb)?)))
+    else {
+        return false;
+    };
     let blocks: Vec<(usize, usize)> = (0..cin).step_by(8 * nb).map(|c0| (c0, nb)).collect();
     assert_eq!(dy.len(), s.output_len(), "conv output-gradient length");
     assert_eq!(w.len(), s.weight_len(), "conv weight length");
@@ -71,14 +79,10 @@ fn strided_pass(
             let (img, y) = (img_row / h, img_row % h);
             for &(c0, nb, off) in blocks {
                 let nr = 8 * nb;
-                for (window, phase, taps) in [(Window::Single, 0, 0), (Window::Pair, 1, 3)] {
+                for (window, phase, taps, max_rows) in phases {
                     let count = (wd + 1 - phase) / 2;
-                    let max_rows = kernel.rows(window, nb, cout).unwrap_or(1);
                     let weights = &packed[off + taps * cout * nr..][..3 * window.columns() * cout * nr];
-                    let strips = count.div_ceil(max_rows);
-                    let mut j0 = 0;
-                    for i in 0..strips {
-                        let mr = (count - j0).div_ceil(strips - i);
+                    for (j0, mr) in strips(count, max_rows) {
                         // Kernel row `kh` reaches output-gradient row `(y + 1 - kh) / 2` where
                         // that is whole and inside the image.
                         let row = |kh: usize| {
@@ -114,7 +118,6 @@ fn strided_pass(
                         // weights are sliced above and the outputs checked above; tasks write
                         // disjoint (row, column block) parts; `kernel` is the selected set's.
                         unsafe { kernels::strip_block(&kernel, &args, mr, nb) };
-                        j0 += mr;
                     }
                 }
             }

@@ -82,25 +82,21 @@ pub(crate) fn strip_pass(
     let (Some(max_rows), false) = (max_rows, out.is_empty()) else {
         return summarise.then(|| Moments::new(cols));
     };
-    // Strips of near-equal length: a 32-pixel row is two of 16 (16 columns) or four of 8.
-    let strips = w.div_ceil(max_rows);
-    let tasks = Tasks::new(n * h, packed, index);
+    let split = Tasks::new(n * h, packed, index);
     let zero = vec![0f32; depth];
-    let summarise = summarise && !tasks.heavy;
+    let summarise = summarise && !split.heavy;
     let (len, outp) = (out.len(), OutPtr(out.as_mut_ptr()));
-    let tasks = (0..tasks.count()).into_par_iter().map(|t| {
+    let tasks = (0..split.count()).into_par_iter().map(|t| {
         // Capture the whole wrapper (not its raw-pointer field) so the closure stays Send.
         let base = outp;
-        let (task_rows, blocks) = tasks.task(t);
+        let (task_rows, blocks) = split.task(t);
         let mut moments = summarise.then(|| Moments::with_capacity(cols, task_rows.len()));
         for img_row in task_rows {
             for &(c0, nb, off) in blocks {
                 let nr = 8 * nb;
                 let weights = &packed[off..off + 9 * depth * nr];
                 let (img, y) = (img_row / h, img_row % h);
-                let mut x0 = 0;
-                for i in 0..strips {
-                    let mr = (w - x0).div_ceil(strips - i);
+                for (x0, mr) in strips(w, max_rows) {
                     let row = |kh: usize| {
                         let sy = match rows {
                             Rows::Forward => (y + kh).checked_sub(1),
@@ -139,7 +135,6 @@ pub(crate) fn strip_pass(
                     // (row, column block) parts; `kernel` is the selected set's (or the portable
                     // one), which this CPU runs.
                     unsafe { kernels::strip_block(&kernel, &args, mr, nb) };
-                    x0 += mr;
                 }
             }
             if let Some(m) = moments.as_mut() {
@@ -154,6 +149,17 @@ pub(crate) fn strip_pass(
     });
     let parts: Vec<Option<Moments>> = tasks.collect();
     summarise.then(|| Moments::concat(cols, parts.into_iter().flatten()))
+}
+
+/// The strips of a stretch of `count` pixels, each at most `max_rows` long and of near-equal
+/// length (a 32-pixel row is two of 16, or four of 8): `(first pixel, pixels)`, in order.
+pub(crate) fn strips(count: usize, max_rows: usize) -> impl Iterator<Item = (usize, usize)> {
+    let n = count.div_ceil(max_rows.max(1));
+    (0..n).scan(0, move |x0, i| {
+        let mr = (count - *x0).div_ceil(n - i);
+        *x0 += mr;
+        Some((*x0 - mr, mr))
+    })
 }
 
 /// How a strip pass splits its work (see [`strip_pass`]): tasks of up to 16 image rows over
@@ -259,6 +265,22 @@ mod tests {
             }
         }
         (packed, index)
+    }
+
+    #[test]
+    fn strips_cover_a_stretch_in_order_with_near_equal_lengths() {
+        for (count, max_rows, want) in [
+            (32, 16, vec![(0, 16), (16, 16)]),
+            (28, 12, vec![(0, 10), (10, 9), (19, 9)]),
+            (7, 14, vec![(0, 7)]),
+            (0, 10, vec![]),
+        ] {
+            assert_eq!(
+                strips(count, max_rows).collect::<Vec<_>>(),
+                want,
+                "{count} pixels, {max_rows} at most"
+            );
+        }
     }
 
     #[test]
