@@ -580,7 +580,7 @@ fn sampled_pointwise_backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &m
 /// either way) and the 7x7 ones run at 270-280 as one product.
 fn pointwise_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32]) {
     let (p, cin, cout) = (s.n * s.h * s.w, s.cin, s.cout);
-    if p < 2048 || cin * cout > POINTWISE_GROUPED_WEIGHTS {
+    if !by_pixel_groups_pays(s) {
         return matmul((cout, cin, p), (dw, cin, 1), false, (dy, 1, cout), (x, cin, 1), true);
     }
     let sum = by_pixel_groups(p, cout * cin, |pixels| {
@@ -594,13 +594,10 @@ fn pointwise_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32
 
 /// Whether [`pointwise_backward_both`] computes both gradients of `s` (else
 /// [`backward_weight`], then [`backward_input`]): a pointwise expansion (more output channels
-/// than input ones, at most [`POINTWISE_GROUPED_WEIGHTS`] weights) over many pixels, whose
-/// output gradient, the widest operand, both passes would otherwise read from memory.
+/// than input ones) whose weight gradient goes by pixel groups ([`by_pixel_groups_pays`]),
+/// whose output gradient, the widest operand, both passes would otherwise read from memory.
 pub fn fuses_gradients(s: &ConvShape) -> bool {
-    is_pointwise(s)
-        && s.n * s.h * s.w >= 4 * POINTWISE_CHUNK
-        && s.cout > s.cin
-        && s.cin * s.cout <= POINTWISE_GROUPED_WEIGHTS
+    is_pointwise(s) && by_pixel_groups_pays(s) && s.cout > s.cin
 }
 
 /// Both gradients of a pointwise convolution ([`fuses_gradients`]) in one pass over the output
@@ -680,6 +677,14 @@ fn sum_in_order(partials: Vec<Vec<f32>>, len: usize) -> Vec<f32> {
 /// The largest pointwise weight gradient computed by pixel groups (see
 /// [`pointwise_backward_weight`]).
 const POINTWISE_GROUPED_WEIGHTS: usize = 1 << 17;
+
+/// Whether a pointwise convolution's weight gradient is computed by [`PIXEL_GROUPS`] pixel
+/// groups (by [`pointwise_backward_weight`], or with the input gradient by
+/// [`pointwise_backward_both`]): 2,048 pixels or more, at most [`POINTWISE_GROUPED_WEIGHTS`]
+/// weights.
+fn by_pixel_groups_pays(s: &ConvShape) -> bool {
+    s.n * s.h * s.w >= 2048 && s.cin * s.cout <= POINTWISE_GROUPED_WEIGHTS
+}
 
 /// The epilogue of a partial column block, in portable code: bias, residual, ReLU.
 fn finish_row(row: &mut [f32], bias: Option<&[f32]>, residual: Option<&[f32]>, relu: bool) {
