@@ -126,22 +126,36 @@ fn in_place(ts: &[&Tensor]) -> bool {
 /// Values per task of the in-place passes.
 const PASS_CHUNK: usize = 1 << 16;
 
-/// The contiguous `f32` values of a CPU storage under `layout`.
-fn values<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+/// Where a contiguous tensor's values lie in its storage.
+fn span(l: &Layout) -> candle_core::Result<std::ops::Range<usize>> {
     let (start, end) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg("SGD pass: a non-contiguous tensor".into()))?;
-    Ok(&s.as_slice::<f32>()?[start..end])
+    Ok(start..end)
+}
+
+/// The contiguous `f32` values of a CPU storage under `layout`.
+fn values<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    Ok(&s.as_slice::<f32>()?[span(l)?])
 }
 
 /// The mutable contiguous `f32` values of a CPU storage under `layout`.
 fn values_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a mut [f32]> {
-    let (start, end) = l
-        .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("SGD pass: a non-contiguous tensor".into()))?;
+    let span = span(l)?;
     match s {
-        CpuStorage::F32(v) => Ok(&mut v[start..end]),
+        CpuStorage::F32(v) => Ok(&mut v[span]),
         _ => Err(candle_core::Error::Msg("SGD pass: a tensor that is not f32".into())),
+    }
+}
+
+/// The gradient with weight decay, `g + (p * wd + 0)` (the tensor ops' `affine`), or `g` when
+/// `wd` is 0.
+#[inline(always)]
+fn decayed(g: f32, p: f32, wd: f32) -> f32 {
+    if wd != 0.0 {
+        g + (p * wd + 0.0)
+    } else {
+        g
     }
 }
 
@@ -172,8 +186,7 @@ impl candle_core::InplaceOp3 for MomentumPass {
         buf.par_chunks_mut(PASS_CHUNK).zip(g.par_chunks(PASS_CHUNK)).zip(p.par_chunks(PASS_CHUNK)).for_each(
             |((b, g), p)| {
                 for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
-                    let g = if wd != 0.0 { g + (p * wd + 0.0) } else { g };
-                    *b = (*b * mu + 0.0) + g;
+                    *b = (*b * mu + 0.0) + decayed(g, p, wd);
                 }
             },
         );
@@ -210,10 +223,7 @@ impl candle_core::InplaceOp3 for ParameterPass {
             |((p, g), b)| {
                 for ((p, &g), &b) in p.iter_mut().zip(g).zip(b) {
                     let d = match nesterov {
-                        Some(mu) => {
-                            let g = if wd != 0.0 { g + (*p * wd + 0.0) } else { g };
-                            g + (b * mu + 0.0)
-                        }
+                        Some(mu) => decayed(g, *p, wd) + (b * mu + 0.0),
                         None => b,
                     };
                     *p -= d * lr + 0.0;
