@@ -27,6 +27,8 @@
 // Numerical kernels index several arrays with one loop variable.
 #![allow(clippy::needless_range_loop)]
 
+#[macro_use]
+mod blocks;
 pub mod check;
 pub mod portable;
 pub(crate) mod simd;
@@ -168,41 +170,15 @@ impl Window {
 /// wider channel counts; 16 sums of one vector or 20 of two (12 rows of two spilled and ran
 /// 5-10% slower on 56-pixel rows). The stride-2 input gradient's windows ([`Window::Pair`],
 /// [`Window::Single`]) hold fewer weights, so more rows: 12 and 14 of two vectors, 16 of one.
-pub const STRIP_SHAPES: [(Window, usize, usize, usize); 16] = [
-    (Window::Three, 2, 16, 16),
-    (Window::Three, 4, 32, 10),
-    (Window::Three, 4, 64, 10),
-    (Window::Three, 4, 128, 10),
-    (Window::Three, 4, 256, 10),
-    (Window::Three, 4, 512, 10),
-    (Window::Pair, 2, 32, 16),
-    (Window::Pair, 4, 64, 12),
-    (Window::Pair, 4, 128, 12),
-    (Window::Pair, 4, 256, 12),
-    (Window::Pair, 4, 512, 12),
-    (Window::Single, 2, 32, 16),
-    (Window::Single, 4, 64, 14),
-    (Window::Single, 4, 128, 14),
-    (Window::Single, 4, 256, 14),
-    (Window::Single, 4, 512, 14),
-];
+/// Listed once in `blocks.rs`, which also builds the AVX-512 set's dispatch.
+pub const STRIP_SHAPES: &[(Window, usize, usize, usize)] = avx512_strip_blocks!(strip_table);
 
 /// The strip blocks of the AVX2 kernel: the stride-2 input gradient's windows only, 16 columns
 /// (two `ymm` vectors) over ResNet's channel counts, as many rows as its 16 registers hold
 /// beside the weights (5 and 6). Its 3x3 stride-1 strips were tried and not kept (see
-/// [`KernelSet::strip`] of the AVX2 set).
-pub const AVX2_STRIP_SHAPES: [(Window, usize, usize, usize); 10] = [
-    (Window::Pair, 2, 32, 5),
-    (Window::Pair, 2, 64, 5),
-    (Window::Pair, 2, 128, 5),
-    (Window::Pair, 2, 256, 5),
-    (Window::Pair, 2, 512, 5),
-    (Window::Single, 2, 32, 6),
-    (Window::Single, 2, 64, 6),
-    (Window::Single, 2, 128, 6),
-    (Window::Single, 2, 256, 6),
-    (Window::Single, 2, 512, 6),
-];
+/// [`KernelSet::strip`] of the AVX2 set). Listed once in `blocks.rs`, which also builds the
+/// AVX2 set's dispatch.
+pub const AVX2_STRIP_SHAPES: &[(Window, usize, usize, usize)] = avx2_strip_blocks!(strip_table);
 
 /// One kernel row of a strip block: a window of `mr + 2` consecutive source pixels of `depth`
 /// floats, the first and the last of which may be padding (a [`Window::Pair`] block reads the
@@ -265,8 +241,9 @@ impl StripArgs {
 pub type StripFn = unsafe fn(&StripArgs, usize, usize);
 
 /// The weight-gradient strip blocks of the AVX-512 kernel (and of the portable one): 18 sums of
-/// one vector, 24 of two.
-pub const GRAD_STRIP_SHAPES: [(usize, usize); 2] = [(2, 6), (4, 4)];
+/// one vector, 24 of two. Listed once in `blocks.rs`, which also builds the AVX-512 set's
+/// dispatch.
+pub const GRAD_STRIP_SHAPES: &[(usize, usize)] = grad_strip_blocks!(grad_strip_table);
 
 /// A weight-gradient strip kernel ([`GradStripArgs`]) and the blocks it runs.
 #[derive(Clone, Copy, Debug)]
@@ -387,8 +364,8 @@ pub const PORTABLE: KernelSet = KernelSet {
     gather: portable::gather,
     outer: portable::outer,
     nb_max: 4,
-    strip: Some(StripKernel { run: portable::strip, shapes: &STRIP_SHAPES }),
-    grad_strip: Some(GradStripKernel { run: portable::grad_strip, shapes: &GRAD_STRIP_SHAPES }),
+    strip: Some(StripKernel { run: portable::strip, shapes: STRIP_SHAPES }),
+    grad_strip: Some(GradStripKernel { run: portable::grad_strip, shapes: GRAD_STRIP_SHAPES }),
 };
 
 /// Every SIMD set this build has, with whether this CPU can run it (`None`: it cannot).

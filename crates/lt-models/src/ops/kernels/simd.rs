@@ -263,8 +263,52 @@ macro_rules! grad_strip_body {
 
         /// The weight-gradient strip kernel: `GRAD_STRIP_SHAPES`.
         pub(crate) const GRAD_STRIPS: GradStripKernel =
-            GradStripKernel { run: grad_strip_dispatch, shapes: &GRAD_STRIP_SHAPES };
+            GradStripKernel { run: grad_strip_dispatch, shapes: GRAD_STRIP_SHAPES };
 
+        grad_strip_blocks!(grad_strip_dispatcher);
+    };
+}
+
+/// `strip::<mr, $nv, $c, LO, KW>(a)` for a run-time `mr`, one of the listed row counts, and the
+/// window `$window` (`LO`, `KW` its first window pixel and kernel columns).
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_strip_rows {
+    ($window:ident, $nv:tt, $c:literal, $a:expr, $mr:expr; $($n:literal)+) => {{
+        const LO: usize = Window::$window.first();
+        const KW: usize = Window::$window.columns();
+        match $mr {
+            $($n => strip::<$n, $nv, $c, LO, KW>($a),)+
+            mr => unreachable!("a strip of {mr} rows over {} channels", $c),
+        }
+    }};
+}
+
+/// A set's `strip_dispatch`, from a strip-block list (`blocks.rs`): each listed block `(window,
+/// nb, depth; rows)` to the kernel compiled for it, with `nb * 8 / LANES` vectors per row.
+#[cfg(target_arch = "x86_64")]
+macro_rules! strip_dispatcher {
+    ($(($w:ident, $nb:literal, $c:literal; $($n:literal)+)),+ $(,)?) => {
+        /// Strip block of `mr` rows and `nb` 8-column units (one of `STRIPS.shapes`).
+        ///
+        /// # Safety
+        /// As for `strip_block`; the CPU has this set's features.
+        pub(crate) unsafe fn strip_dispatch(a: &StripArgs, mr: usize, nb: usize) {
+            // SAFETY: the caller upholds the kernel's contract and detected the features.
+            unsafe {
+                match (a.window, nb, a.depth) {
+                    $((Window::$w, $nb, $c) => by_strip_rows!($w, { $nb * 8 / LANES }, $c, a, mr; $($n)+),)+
+                    (w, nb, c) => unreachable!("strip block {w:?} {nb} x {c} is not one of STRIPS.shapes"),
+                }
+            }
+        }
+    };
+}
+
+/// A set's `grad_strip_dispatch`, from a weight-gradient block list (`blocks.rs`): each listed
+/// block `(nb; input channels)` to the kernel compiled for it, with `nb * 8 / LANES` vectors.
+#[cfg(target_arch = "x86_64")]
+macro_rules! grad_strip_dispatcher {
+    ($(($nb:literal; $($n:literal)+)),+ $(,)?) => {
         /// Weight-gradient strip block of `mr` input channels and `nb` 8-column units (one of
         /// `GRAD_STRIPS.shapes`).
         ///
@@ -274,35 +318,12 @@ macro_rules! grad_strip_body {
             // SAFETY: the caller upholds the kernel's contract and detected the features.
             unsafe {
                 match (nb, mr) {
-                    (2, 1) => grad_strip::<1, 1>(a),
-                    (2, 2) => grad_strip::<2, 1>(a),
-                    (2, 3) => grad_strip::<3, 1>(a),
-                    (2, 4) => grad_strip::<4, 1>(a),
-                    (2, 5) => grad_strip::<5, 1>(a),
-                    (2, 6) => grad_strip::<6, 1>(a),
-                    (4, 1) => grad_strip::<1, 2>(a),
-                    (4, 2) => grad_strip::<2, 2>(a),
-                    (4, 3) => grad_strip::<3, 2>(a),
-                    (4, 4) => grad_strip::<4, 2>(a),
+                    $($(($nb, $n) => grad_strip::<$n, { $nb * 8 / LANES }>(a),)+)+
                     _ => unreachable!("grad strip block {mr} x {nb} is not one of GRAD_STRIPS.shapes"),
                 }
             }
         }
     };
-}
-
-/// `strip::<mr, $nv, $c, LO, KW>(a)` for a run-time `mr`, one of the listed row counts, and the
-/// window `$window` (`LO`, `KW` its first window pixel and kernel columns).
-#[cfg(target_arch = "x86_64")]
-macro_rules! by_strip_rows {
-    ($window:ident, $nv:literal, $c:literal, $a:expr, $mr:expr; $($n:literal)+) => {{
-        const LO: usize = Window::$window.first();
-        const KW: usize = Window::$window.columns();
-        match $mr {
-            $($n => strip::<$n, $nv, $c, LO, KW>($a),)+
-            mr => unreachable!("a strip of {mr} rows over {} channels", $c),
-        }
-    }};
 }
 
 /// `$f::<mr, $nv>(a)` for a run-time `mr` in `1..=6`.
@@ -480,31 +501,9 @@ pub(crate) mod avx2 {
     strip_body!("avx2,fma");
 
     /// The strip kernel: `AVX2_STRIP_SHAPES` (the stride-2 input gradient's phases).
-    pub(crate) const STRIPS: StripKernel = StripKernel { run: strip_dispatch, shapes: &AVX2_STRIP_SHAPES };
+    pub(crate) const STRIPS: StripKernel = StripKernel { run: strip_dispatch, shapes: AVX2_STRIP_SHAPES };
 
-    /// Strip block of `mr` rows and `nb` 8-column units (one of `STRIPS.shapes`).
-    ///
-    /// # Safety
-    /// As for `strip_block`; the CPU has this set's features.
-    pub(crate) unsafe fn strip_dispatch(a: &StripArgs, mr: usize, nb: usize) {
-        // SAFETY: the caller upholds the kernel's contract and detected the features.
-        unsafe {
-            use Window::{Pair, Single};
-            match (a.window, nb, a.depth) {
-                (Pair, 2, 32) => by_strip_rows!(Pair, 2, 32, a, mr; 1 2 3 4 5),
-                (Pair, 2, 64) => by_strip_rows!(Pair, 2, 64, a, mr; 1 2 3 4 5),
-                (Pair, 2, 128) => by_strip_rows!(Pair, 2, 128, a, mr; 1 2 3 4 5),
-                (Pair, 2, 256) => by_strip_rows!(Pair, 2, 256, a, mr; 1 2 3 4 5),
-                (Pair, 2, 512) => by_strip_rows!(Pair, 2, 512, a, mr; 1 2 3 4 5),
-                (Single, 2, 32) => by_strip_rows!(Single, 2, 32, a, mr; 1 2 3 4 5 6),
-                (Single, 2, 64) => by_strip_rows!(Single, 2, 64, a, mr; 1 2 3 4 5 6),
-                (Single, 2, 128) => by_strip_rows!(Single, 2, 128, a, mr; 1 2 3 4 5 6),
-                (Single, 2, 256) => by_strip_rows!(Single, 2, 256, a, mr; 1 2 3 4 5 6),
-                (Single, 2, 512) => by_strip_rows!(Single, 2, 512, a, mr; 1 2 3 4 5 6),
-                (w, nb, c) => unreachable!("strip block {w:?} {nb} x {c} is not one of STRIPS.shapes"),
-            }
-        }
-    }
+    avx2_strip_blocks!(strip_dispatcher);
     // Blocks of 8 or 16 columns: 1 or 2 vectors per row.
     dispatchers!(1 => (gather, outer, 1), _ => (gather, outer, 2));
 }
@@ -537,39 +536,9 @@ pub(crate) mod avx512 {
     grad_strip_body!("avx512f,avx2,fma");
 
     /// The strip kernel: `STRIP_SHAPES`.
-    pub(crate) const STRIPS: StripKernel = StripKernel { run: strip_dispatch, shapes: &STRIP_SHAPES };
+    pub(crate) const STRIPS: StripKernel = StripKernel { run: strip_dispatch, shapes: STRIP_SHAPES };
 
-    /// Strip block of `mr` rows and `nb` 8-column units (one of `STRIPS.shapes`).
-    ///
-    /// # Safety
-    /// As for `strip_block`; the CPU has this set's features.
-    pub(crate) unsafe fn strip_dispatch(a: &StripArgs, mr: usize, nb: usize) {
-        // SAFETY: the caller upholds the kernel's contract and detected the features.
-        unsafe {
-            use Window::{Pair, Single, Three};
-            match (a.window, nb, a.depth) {
-                (Three, 2, 16) => by_strip_rows!(Three, 1, 16, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16),
-                (Three, 4, 32) => by_strip_rows!(Three, 2, 32, a, mr; 1 2 3 4 5 6 7 8 9 10),
-                (Three, 4, 64) => by_strip_rows!(Three, 2, 64, a, mr; 1 2 3 4 5 6 7 8 9 10),
-                (Three, 4, 128) => by_strip_rows!(Three, 2, 128, a, mr; 1 2 3 4 5 6 7 8 9 10),
-                (Three, 4, 256) => by_strip_rows!(Three, 2, 256, a, mr; 1 2 3 4 5 6 7 8 9 10),
-                (Three, 4, 512) => by_strip_rows!(Three, 2, 512, a, mr; 1 2 3 4 5 6 7 8 9 10),
-                (Pair, 2, 32) => by_strip_rows!(Pair, 1, 32, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16),
-                (Pair, 4, 64) => by_strip_rows!(Pair, 2, 64, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12),
-                (Pair, 4, 128) => by_strip_rows!(Pair, 2, 128, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12),
-                (Pair, 4, 256) => by_strip_rows!(Pair, 2, 256, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12),
-                (Pair, 4, 512) => by_strip_rows!(Pair, 2, 512, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12),
-                (Single, 2, 32) => {
-                    by_strip_rows!(Single, 1, 32, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
-                }
-                (Single, 4, 64) => by_strip_rows!(Single, 2, 64, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
-                (Single, 4, 128) => by_strip_rows!(Single, 2, 128, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
-                (Single, 4, 256) => by_strip_rows!(Single, 2, 256, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
-                (Single, 4, 512) => by_strip_rows!(Single, 2, 512, a, mr; 1 2 3 4 5 6 7 8 9 10 11 12 13 14),
-                (w, nb, c) => unreachable!("strip block {w:?} {nb} x {c} is not one of STRIPS.shapes"),
-            }
-        }
-    }
+    avx512_strip_blocks!(strip_dispatcher);
     // Blocks of 8 columns on the AVX2 kernels, of 16 or 32 on 1 or 2 `zmm` vectors per row.
     dispatchers!(1 => (gather8, outer8, 1), 2 => (gather, outer, 1), _ => (gather, outer, 2));
 }
