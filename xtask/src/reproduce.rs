@@ -37,7 +37,7 @@ pub struct Options {
     /// Download what is missing and can be downloaded.
     #[arg(long)]
     pub download: bool,
-    /// Start stage 1 from pretrained weights: hub:<org>/<name>[@revision][:file] or a local
+    /// Start stage 1 from pretrained weights: `hub:<org>/<name>[@revision][:file]` or a local
     /// safetensors file (replaces the preset's `[train] init`; `none` trains from scratch).
     #[arg(long)]
     pub init: Option<String>,

@@ -5,7 +5,7 @@
 //! `p <- p - lr * g`. Buffers are stored detached from any autograd graph.
 //!
 //! On the CPU, a step with momentum updates each `f32` parameter and its buffer in place, in two
-//! parallel passes ([`MomentumPass`], [`ParameterPass`]) that compute the same `f32` operations
+//! parallel passes (`MomentumPass`, `ParameterPass`) that compute the same `f32` operations
 //! in the same order as the tensor ops (`affine` is `x * mul + add`), so the same bits; elsewhere
 //! (CUDA, another dtype, the first step's new buffer) the tensor ops run.
 

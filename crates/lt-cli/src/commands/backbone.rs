@@ -61,7 +61,7 @@ pub struct BackboneArgs {
 enum BackboneCommand {
     /// Print the parameter count and every parameter's and buffer's shape.
     Info {
-        /// Architecture: resnet20/32/44/56/110, cifar-resnet<depth>[x<width>], resnet18/34/50.
+        /// Architecture: resnet20/32/44/56/110, `cifar-resnet<depth>[x<width>]`, resnet18/34/50.
         #[arg(long)]
         arch: String,
         /// Classes of the head (read from the weights when given).

@@ -50,7 +50,7 @@ pub struct TrainArgs {
     /// Collect a SWAG model every N steps instead of every epoch.
     #[arg(long)]
     swag_every_steps: Option<usize>,
-    /// Start from pretrained weights: hub:<org>/<name>[@revision][:file] (Hugging Face hub,
+    /// Start from pretrained weights: `hub:<org>/<name>[@revision][:file]` (Hugging Face hub,
     /// offline with HF_HUB_OFFLINE=1) or a local safetensors file; a classifier for another
     /// class count is re-initialised.
     #[arg(long)]

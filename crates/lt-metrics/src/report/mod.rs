@@ -3,7 +3,7 @@
 //! row chose on validation data; the paper's numbers beside ours where the data set is one of
 //! the paper's; plots.
 //!
-//! [`collect`] reads a reproduction's run directories; [`write`] writes `report.md`,
+//! [`collect`] reads a reproduction's run directories; [`write()`] writes `report.md`,
 //! `report.json` and the plots. Which rows exist, their order and which ones the per-class plot
 //! shows come from the caller's [`ReportSpec`]: this crate knows no method names.
 

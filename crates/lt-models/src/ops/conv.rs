@@ -594,15 +594,15 @@ fn pointwise_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32
 
 /// Whether [`pointwise_backward_both`] computes both gradients of `s` (else
 /// [`backward_weight`], then [`backward_input`]): a pointwise expansion (more output channels
-/// than input ones) whose weight gradient goes by pixel groups ([`by_pixel_groups_pays`]),
-/// whose output gradient, the widest operand, both passes would otherwise read from memory.
+/// than input ones) whose weight gradient goes by pixel groups (2,048 pixels or more and at most
+/// 2^17 weights: `by_pixel_groups_pays`), whose output gradient, the widest operand, both passes would otherwise read from memory.
 pub fn fuses_gradients(s: &ConvShape) -> bool {
     is_pointwise(s) && by_pixel_groups_pays(s) && s.cout > s.cin
 }
 
 /// Both gradients of a pointwise convolution ([`fuses_gradients`]) in one pass over the output
-/// gradient: in each of [`PIXEL_GROUPS`] fixed groups of pixels, chunk by chunk of
-/// [`POINTWISE_CHUNK`] pixels, the chunk's input gradient (`dy * w`, into `dx` or added to it
+/// gradient: in each of 8 fixed groups of pixels (`PIXEL_GROUPS`), chunk by chunk of 512
+/// pixels (`POINTWISE_CHUNK`), the chunk's input gradient (`dy * w`, into `dx` or added to it
 /// when `accumulate`) and then its product into the group's partial weight gradient, while the
 /// chunk of `dy` is in cache; the partial gradients summed in group order. Groups and chunks
 /// depend on the shape alone, so the bits do too. ResNet-50 batch 32 (`conv_throughput`, AVX-512):
