@@ -2,7 +2,9 @@
 //! method it ran) on the ResNet-32 layer shapes at batch 128 or every distinct convolution of
 //! ResNet-50 (224x224, batch 8 unless given), and of the evaluation pass's folded convolution
 //! (batch norm, residual add and ReLU applied as the output is stored; its weights packed once,
-//! as evaluation keeps them) against the same work as three passes: `cargo run --release -p lt-models --example conv_throughput [resnet50 [batch]]`.
+//! as evaluation keeps them): `folded` on the direct kernels, `eval` packed as evaluation packs
+//! it (Winograd F(2x2, 3x3) for the 3x3 stride-1 layers where it pays), against the same work as
+//! three passes: `cargo run --release -p lt-models --example conv_throughput [resnet50 [batch]]`.
 //! Times are the best of 7 runs (the least disturbed by other work on the machine); GF =
 //! GFLOP/s.
 use lt_models::ops::conv::{
@@ -95,6 +97,9 @@ fn main() {
         let packed = PackedWeights::new(&w, &s, fuse.scale);
         let kept = Fuse { scale: None, ..fuse };
         let tfused = best(&mut || forward_packed(&x, &packed, &s, &kept, &mut out));
+        // As evaluation packs it (Winograd F(2x2, 3x3) where it applies).
+        let inference = PackedWeights::for_inference(&w, &s, fuse.scale);
+        let tinfer = best(&mut || forward_packed(&x, &inference, &s, &kept, &mut out));
         let tsplit = best(&mut || {
             forward(&x, &w, &s, &mut out);
             norm::affine(&out, s.cout, &scale, &shift, false, &mut tmp);
@@ -107,9 +112,9 @@ fn main() {
             .then(|| best(&mut || pointwise_backward_both(&x, &dy, &w, &s, &mut dw, &mut dx, false)));
         let method = if is_pointwise(&s) { "gemm".to_string() } else { format!("{:?}", weight_method(&s)) };
         println!(
-            "{:>3}x{:<3} {:>4}->{:<4} k{} stride {}: fwd {:6.2} ms ({:3.0} GF), with moments {:6.2} ms | folded {:6.2} ms vs 3 passes {:6.2} ms | dx {:6.2} ms ({:3.0} GF) | dw {:6.2} ms ({:3.0} GF, {})",
+            "{:>3}x{:<3} {:>4}->{:<4} k{} stride {}: fwd {:6.2} ms ({:3.0} GF), with moments {:6.2} ms | folded {:6.2} ms (eval {:6.2}) vs 3 passes {:6.2} ms | dx {:6.2} ms ({:3.0} GF) | dw {:6.2} ms ({:3.0} GF, {})",
             s.h, s.w, s.cin, s.cout, s.k, s.stride,
-            tf * 1e3, gf(tf), tm * 1e3, tfused * 1e3, tsplit * 1e3, tx * 1e3, gf(tx), tw * 1e3, gf(tw), method
+            tf * 1e3, gf(tf), tm * 1e3, tfused * 1e3, tinfer * 1e3, tsplit * 1e3, tx * 1e3, gf(tx), tw * 1e3, gf(tw), method
         );
         if let Some(t) = both {
             println!(

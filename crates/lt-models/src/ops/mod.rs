@@ -23,6 +23,7 @@ pub mod norm;
 pub(crate) mod stock;
 mod strided;
 mod strip;
+pub(crate) mod winograd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

@@ -400,6 +400,11 @@ fn select() -> &'static KernelSet {
     })
 }
 
+/// The selected kernel set's instruction set.
+pub(crate) fn selected_isa() -> Isa {
+    select().isa
+}
+
 /// Runs `f` compiled for the instruction set of the kernel set in use: element-wise loops
 /// (batch norm's) written so that the compiler vectorises them get that set's vectors instead
 /// of the build's baseline (SSE2), provided `f` and what it calls are inlined (a closure marked

@@ -1,0 +1,477 @@
+//! Winograd F(2x2, 3x3) for the 3x3, stride-1, pad-1 convolutions of evaluation.
+//!
+//! Each 2x2 block of output pixels (a *tile*) is computed from the 4x4 input patch around it
+//! (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): with
+//! `V = Bᵀ d B` the patch's transform (per input channel), `U = G g Gᵀ` the kernel's (per
+//! input and output channel, computed once when the weights are packed), the tile is
+//! `Y = Aᵀ (Σ_ci U ⊙ V) A`. The sum over input channels is, for each of the 16 positions
+//! `ξ` of the 4x4 transform, a matrix product `M[ξ] = V[ξ] U[ξ]` (tiles x input channels
+//! times input x output channels), which runs on the gather kernels (one tap of `C_in`
+//! scalars per row). That is 16 multiplies per tile where the direct convolution takes 36, for
+//! the price of the two transforms (additions only) and weights 16/9 the size.
+//!
+//! The sums differ from the direct convolution's in rounding only (the transforms add, subtract
+//! and halve): about 4e-8 of the sum of the terms' magnitudes in the tests. Which layers run so
+//! is [`pays`] (measured per kernel set). Work is split into ranges of tiles, and groups of
+//! column blocks where there are few ranges or the weights are heavy ([`split`]); every output
+//! value is computed by one fixed sequence of operations whatever the split, so the bits do not
+//! depend on the thread count. Training keeps the direct passes (its backward passes are direct;
+//! a forward pass of other bits would not be the one they differentiate).
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::conv::{pack, ConvShape, Fuse, OutPtr, Packed, ReadOrder};
+use super::kernels::{gather_block, Epilogue, GatherArgs, Tap, MR_MAX, NR_MAX};
+
+/// Positions of the 4x4 transform.
+const POSITIONS: usize = 16;
+
+/// Lanes of the transforms (channel counts are multiples of this).
+const LANES: usize = 8;
+
+/// Bytes of transformed input a task's tiles may take with light weights: a fraction of a
+/// core's L2 cache, so that they, their products and a column block's weights stay there.
+const LIGHT_RANGE_BYTES: usize = 128 << 10;
+
+/// Bytes of transformed input a task's tiles may take with heavy weights (see
+/// [`super::conv::heavy_weights`]): more tiles per task, so that each weight read from memory
+/// serves more of them.
+const HEAVY_RANGE_BYTES: usize = 1 << 20;
+
+/// Most bytes of heavy weights one task reads: beyond this the column blocks are split between
+/// tasks (each transforming the same inputs).
+const TASK_WEIGHT_BYTES: usize = 2 << 20;
+
+/// Whether Winograd F(2x2, 3x3) computes convolution `s`: 3x3, stride 1, padding 1, channel
+/// counts multiples of eight (the transforms' lanes).
+pub(crate) fn applies(s: &ConvShape) -> bool {
+    s.k == 3
+        && s.stride == 1
+        && s.pad == 1
+        && s.cin.is_multiple_of(LANES)
+        && s.cout.is_multiple_of(LANES)
+        && s.cin > 0
+}
+
+/// Whether evaluation runs convolution `s` by Winograd F(2x2, 3x3): where it [`applies`] and
+/// was measured faster than the direct pass with the selected kernel set (`conv_throughput`'s
+/// `eval` column against `folded`, batch 1 and batched, ResNet-32 and ResNet-50 layers). With
+/// AVX-512 the direct strip kernels run ResNet-32's layers (16-64 channels) and 7x7 images
+/// faster; Winograd wins from 64 channels on images of 14x14 or more (ResNet-50 at batch 1:
+/// 56x56x64 0.62 -> 0.54 ms, 28x28x128 0.70 -> 0.49, 14x14x256 0.62 -> 0.55). With AVX2 it wins
+/// from 32 channels (batch 128 16x16x32 2.80 -> 2.53 ms, 8x8x64 2.99 -> 2.25; ResNet-50 batch 1
+/// 1.06-1.20 -> 0.66-0.84) unless the layer is too small to split (under 2^23 multiplies).
+pub(crate) fn pays(s: &ConvShape) -> bool {
+    if !applies(s) {
+        return false;
+    }
+    match super::kernels::selected_isa() {
+        super::kernels::Isa::Avx512 => s.cin >= 64 && s.h * s.w >= 14 * 14,
+        _ => s.cin >= 32 && s.macs() >= 1 << 23,
+    }
+}
+
+/// `U = G g Gᵀ` of one 3x3 kernel `g` (row-major), row-major 4x4, with
+/// `G = [[1, 0, 0], [½, ½, ½], [½, -½, ½], [0, 0, 1]]`.
+fn kernel_transform(g: &[f32]) -> [f32; POSITIONS] {
+    let row = |r: usize| [g[3 * r], g[3 * r + 1], g[3 * r + 2]];
+    let (g0, g1, g2) = (row(0), row(1), row(2));
+    // q = G g (4x3), then U = q Gᵀ (4x4).
+    let q: [[f32; 3]; 4] = [
+        g0,
+        std::array::from_fn(|c| 0.5 * (g0[c] + g1[c] + g2[c])),
+        std::array::from_fn(|c| 0.5 * (g0[c] - g1[c] + g2[c])),
+        g2,
+    ];
+    let mut u = [0f32; POSITIONS];
+    for (i, q) in q.iter().enumerate() {
+        u[4 * i] = q[0];
+        u[4 * i + 1] = 0.5 * (q[0] + q[1] + q[2]);
+        u[4 * i + 2] = 0.5 * (q[0] - q[1] + q[2]);
+        u[4 * i + 3] = q[2];
+    }
+    u
+}
+
+/// The transformed kernels of `w` (`[C_out, C_in, 3, 3]`), each output channel's times
+/// `scale[co]`, packed for the gather kernels as 16 taps (one per position) of `C_in` rows.
+pub(crate) fn pack_weights(w: &[f32], s: &ConvShape, scale: Option<&[f32]>) -> Packed {
+    assert!(applies(s), "Winograd weights for a convolution {s:?}");
+    assert_eq!(w.len(), s.weight_len(), "conv weight length");
+    let (cin, cout) = (s.cin, s.cout);
+    let mut u = vec![0f32; cout * cin * POSITIONS];
+    u.par_chunks_mut(cin * POSITIONS).enumerate().for_each(|(co, row)| {
+        let sc = scale.map_or(1.0, |sc| sc[co]);
+        for (ci, out) in row.chunks_exact_mut(POSITIONS).enumerate() {
+            let t = kernel_transform(&w[(co * cin + ci) * 9..][..9]);
+            for (o, v) in out.iter_mut().zip(t) {
+                *o = v * sc;
+            }
+        }
+    });
+    pack(POSITIONS, cin, cout, ReadOrder::TapDepthColumn, |p, ci, co| u[(co * cin + ci) * POSITIONS + p])
+}
+
+/// Eight channels' values: the transforms run on these (rustc turns their loops into vector
+/// instructions under the selected kernel set's features).
+type Lanes = [f32; LANES];
+
+#[inline(always)]
+fn add(mut a: Lanes, b: Lanes) -> Lanes {
+    for i in 0..LANES {
+        a[i] += b[i];
+    }
+    a
+}
+
+#[inline(always)]
+fn sub(mut a: Lanes, b: Lanes) -> Lanes {
+    for i in 0..LANES {
+        a[i] -= b[i];
+    }
+    a
+}
+
+/// Eight values of `data` from `at`.
+#[inline(always)]
+fn load(data: &[f32], at: usize) -> Lanes {
+    data[at..at + LANES].try_into().expect("eight lanes")
+}
+
+/// `Bᵀ d` of four values (a column or a row of a patch), with
+/// `Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]`.
+#[inline(always)]
+fn input_1d(d0: Lanes, d1: Lanes, d2: Lanes, d3: Lanes) -> [Lanes; 4] {
+    [sub(d0, d2), add(d1, d2), sub(d2, d1), sub(d1, d3)]
+}
+
+/// `Aᵀ m` of four values, with `Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]`.
+#[inline(always)]
+fn output_1d(m0: Lanes, m1: Lanes, m2: Lanes, m3: Lanes) -> [Lanes; 2] {
+    [add(add(m0, m1), m2), sub(sub(m1, m2), m3)]
+}
+
+/// How `forward` splits its work: tiles per task (whole row blocks) and groups of column
+/// blocks (each task runs one group over one range of tiles).
+fn split(s: &ConvShape, packed: &[f32], index: &[(usize, usize, usize)]) -> (usize, usize) {
+    let tiles = s.n * s.h.div_ceil(2) * s.w.div_ceil(2);
+    let heavy = super::conv::heavy_weights(packed, index);
+    let budget = if heavy { HEAVY_RANGE_BYTES } else { LIGHT_RANGE_BYTES };
+    let range = (budget / (POSITIONS * s.cin * 4) / MR_MAX * MR_MAX).max(MR_MAX).min(tiles.max(1));
+    let ranges = tiles.div_ceil(range);
+    let want = 4 * rayon::current_num_threads();
+    let for_threads = if ranges < want { want.div_ceil(ranges) } else { 1 };
+    let groups = if heavy {
+        for_threads.max(std::mem::size_of_val(packed).div_ceil(TASK_WEIGHT_BYTES))
+    } else {
+        for_threads
+    };
+    (range, groups.clamp(1, index.len().max(1)))
+}
+
+thread_local! {
+    /// Each worker's transformed inputs and products, reused between calls.
+    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The convolution `s` of `x` (NHWC) with weights packed by [`pack_weights`], its sums through
+/// `fuse` (bias, residual, ReLU; the scale is in the weights) into `out` (NHWC).
+pub(crate) fn forward(x: &[f32], w: &Packed, s: &ConvShape, fuse: &Fuse, out: &mut [f32]) {
+    assert!(applies(s), "Winograd forward pass of a convolution {s:?}");
+    assert!(fuse.scale.is_none(), "a scale is folded in when packing");
+    assert_eq!(x.len(), s.input_len(), "conv input length");
+    assert_eq!(out.len(), s.output_len(), "conv output length");
+    let (packed, index) = (&w.0[..], &w.1[..]);
+    let tiles = s.n * s.h.div_ceil(2) * s.w.div_ceil(2);
+    let (chunk, groups) = split(s, packed, index);
+    let chunks = tiles.div_ceil(chunk);
+    let per_group = index.len().div_ceil(groups);
+    let outp = OutPtr(out.as_mut_ptr());
+    let zeros = vec![0f32; s.cin];
+    (0..chunks * groups).into_par_iter().for_each(|t| {
+        let (c, g) = (t / groups, t % groups);
+        let columns = &index[(g * per_group).min(index.len())..((g + 1) * per_group).min(index.len())];
+        let first = c * chunk;
+        let count = chunk.min(tiles - first);
+        SCRATCH.with(|cell| {
+            let mut scratch = cell.borrow_mut();
+            let (vlen, mlen) = (POSITIONS * count * s.cin, count * POSITIONS * NR_MAX);
+            if scratch.len() < vlen + mlen {
+                scratch.resize(vlen + mlen, 0.0);
+            }
+            let (v, m) = scratch.split_at_mut(vlen);
+            transform_inputs(x, s, (first, count), &zeros, v);
+            for &(c0, nb, off) in columns {
+                let m = &mut m[..count * POSITIONS * 8 * nb];
+                products(v, (count, s.cin), &packed[off..], nb, m);
+                transform_outputs(m, s, (first, count), (c0, 8 * nb), fuse, outp);
+            }
+        });
+    });
+}
+
+/// Image, tile row and tile column of tile `t`.
+fn tile_at(s: &ConvShape, t: usize) -> (usize, usize, usize) {
+    let (th, tw) = (s.h.div_ceil(2), s.w.div_ceil(2));
+    (t / (th * tw), t % (th * tw) / tw, t % tw)
+}
+
+/// `V[j][ξ] = Bᵀ d B` for the tiles `first..first + count` (`j` from 0) into `v`
+/// (`[count][16][C_in]`); patch pixels outside the image read `zeros`.
+fn transform_inputs(x: &[f32], s: &ConvShape, (first, count): (usize, usize), zeros: &[f32], v: &mut [f32]) {
+    let cin = s.cin;
+    super::kernels::vectorised(
+        #[inline(always)]
+        || {
+            for (j, tile) in v.chunks_exact_mut(POSITIONS * cin).take(count).enumerate() {
+                let (img, ty, tx) = tile_at(s, first + j);
+                let d: [&[f32]; POSITIONS] = std::array::from_fn(|p| {
+                    let (iy, ix) = ((2 * ty + p / 4).wrapping_sub(1), (2 * tx + p % 4).wrapping_sub(1));
+                    if iy < s.h && ix < s.w {
+                        &x[((img * s.h + iy) * s.w + ix) * cin..][..cin]
+                    } else {
+                        &zeros[..cin]
+                    }
+                });
+                for c in (0..cin).step_by(LANES) {
+                    // `Bᵀ d B`: each column of the patch, then each row of the result.
+                    let mut t = [[0f32; LANES]; POSITIONS];
+                    for col in 0..4 {
+                        let ld = |r: usize| load(d[4 * r + col], c);
+                        let v = input_1d(ld(0), ld(1), ld(2), ld(3));
+                        for r in 0..4 {
+                            t[4 * r + col] = v[r];
+                        }
+                    }
+                    for r in 0..4 {
+                        let v = input_1d(t[4 * r], t[4 * r + 1], t[4 * r + 2], t[4 * r + 3]);
+                        for col in 0..4 {
+                            tile[(4 * r + col) * cin + c..][..LANES].copy_from_slice(&v[col]);
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// `M[j][ξ] = V[j][ξ] U[ξ]` for one column block of `8 * nb` columns (weights `packed`, 16
+/// taps of `C_in` rows) into `m` (`[count][16][8 * nb]`), on the gather kernels.
+fn products(v: &[f32], (count, cin): (usize, usize), packed: &[f32], nb: usize, m: &mut [f32]) {
+    let nr = 8 * nb;
+    assert!(v.len() >= POSITIONS * count * cin && m.len() >= count * POSITIONS * nr, "Winograd scratch");
+    assert!(packed.len() >= POSITIONS * cin * nr, "Winograd weights of a column block");
+    for p in 0..POSITIONS {
+        for r0 in (0..count).step_by(MR_MAX) {
+            let mr = (count - r0).min(MR_MAX);
+            let src = std::array::from_fn(|j| v[((r0 + j.min(mr - 1)) * POSITIONS + p) * cin..].as_ptr());
+            let taps = [Tap { src, w: p * cin }];
+            let out = std::array::from_fn(|j| m[((r0 + j.min(mr - 1)) * POSITIONS + p) * nr..].as_mut_ptr());
+            let args = GatherArgs {
+                taps: &taps,
+                depth: cin,
+                packed: packed.as_ptr(),
+                out,
+                accumulate: false,
+                epilogue: Epilogue::NONE,
+            };
+            // SAFETY: rows `j < mr` read `cin` floats of `v` and write `nr` floats of `m` inside
+            // the extents checked above; the tap's weights are rows `p * cin..(p + 1) * cin` of
+            // `nr` floats of the column block (checked above).
+            unsafe { gather_block(&args, mr, nb) };
+        }
+    }
+}
+
+/// The output tiles `Aᵀ M A` of one column block (first column `c0`, `nr` columns) for the
+/// tiles `first..first + count`, through `fuse`, into `out` (pixels outside the image of an
+/// odd-sized edge tile are dropped).
+fn transform_outputs(
+    m: &[f32],
+    s: &ConvShape,
+    (first, count): (usize, usize),
+    (c0, nr): (usize, usize),
+    fuse: &Fuse,
+    out: OutPtr,
+) {
+    let cout = s.cout;
+    let len = s.output_len();
+    super::kernels::vectorised(
+        #[inline(always)]
+        || {
+            let width = nr.min(cout - c0);
+            for (j, m) in m.chunks_exact(POSITIONS * nr).take(count).enumerate() {
+                let (img, ty, tx) = tile_at(s, first + j);
+                for l in (0..width).step_by(LANES) {
+                    // `Aᵀ m A`: each column of the product, then each of the two rows.
+                    let mut r = [[0f32; LANES]; 8];
+                    for col in 0..4 {
+                        let ld = |p: usize| load(m, (4 * p + col) * nr + l);
+                        let v = output_1d(ld(0), ld(1), ld(2), ld(3));
+                        r[col] = v[0];
+                        r[4 + col] = v[1];
+                    }
+                    for a in 0..2 {
+                        let y = output_1d(r[4 * a], r[4 * a + 1], r[4 * a + 2], r[4 * a + 3]);
+                        for b in 0..2 {
+                            let (oy, ox) = (2 * ty + a, 2 * tx + b);
+                            if oy >= s.h || ox >= s.w {
+                                continue;
+                            }
+                            let c = c0 + l;
+                            let o = ((img * s.h + oy) * s.w + ox) * cout + c;
+                            let mut y = y[b];
+                            if let Some(bias) = fuse.bias {
+                                y = add(y, load(bias, c));
+                            }
+                            if let Some(res) = fuse.residual {
+                                y = add(y, load(res, o));
+                            }
+                            if fuse.relu {
+                                y = y.map(|v| v.max(0.0));
+                            }
+                            assert!(o + LANES <= len, "Winograd output outside the output");
+                            // SAFETY: inside `out` (checked above); each output value belongs to
+                            // one tile and one column block, so to one task.
+                            unsafe { std::ptr::copy_nonoverlapping(y.as_ptr(), out.0.add(o), LANES) };
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 2001) as f32 / 1000.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The Winograd pass against the direct one (same scale, bias, residual, ReLU) on shapes with
+    /// odd sides, several images, several and partial column blocks, one and many chunks.
+    #[test]
+    fn winograd_matches_the_direct_convolution_within_rounding() {
+        let shapes =
+            [(1, 5, 7, 8, 8), (2, 6, 6, 16, 24), (3, 9, 4, 32, 40), (1, 14, 14, 64, 32), (2, 7, 7, 512, 16)];
+        for (i, &(n, h, w, cin, cout)) in shapes.iter().enumerate() {
+            let s = ConvShape { n, h, w, cin, cout, k: 3, stride: 1, pad: 1 };
+            assert!(applies(&s));
+            let x = values(s.input_len(), 1 + i as u32);
+            let wt = values(s.weight_len(), 100 + i as u32);
+            let scale: Vec<f32> = values(cout, 200 + i as u32).iter().map(|v| 0.5 + v.abs()).collect();
+            let bias = values(cout, 300 + i as u32);
+            let residual = values(s.output_len(), 400 + i as u32);
+            for (with_residual, relu) in [(false, false), (true, true), (false, true)] {
+                let fuse = Fuse {
+                    scale: None,
+                    bias: Some(&bias),
+                    residual: with_residual.then_some(&residual[..]),
+                    relu,
+                };
+                let mut want = vec![0f32; s.output_len()];
+                conv::forward_fused(&x, &wt, &s, &Fuse { scale: Some(&scale), ..fuse }, &mut want);
+                let mut got = vec![f32::NAN; s.output_len()];
+                forward(&x, &pack_weights(&wt, &s, Some(&scale)), &s, &fuse, &mut got);
+                // Each sum has 9 * cin terms of magnitude up to ~1.5; the two passes' rounding
+                // differs by up to ~4e-8 per term here (measured), a wrong transform by O(1).
+                let tol = 2e-7 * (9 * cin) as f32;
+                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!((g - w).abs() <= tol, "{s:?} {with_residual} {relu}: [{k}] {g} vs {w}");
+                }
+            }
+        }
+    }
+
+    /// A transform of known values: a kernel that picks one input pixel gives back that pixel.
+    #[test]
+    fn an_identity_kernel_returns_its_input() {
+        let s = ConvShape { n: 1, h: 4, w: 5, cin: 8, cout: 8, k: 3, stride: 1, pad: 1 };
+        let mut wt = vec![0f32; s.weight_len()];
+        for c in 0..8 {
+            wt[(c * 8 + c) * 9 + 4] = 1.0; // centre tap, channel to itself
+        }
+        let x = values(s.input_len(), 7);
+        let mut got = vec![0f32; s.output_len()];
+        forward(&x, &pack_weights(&wt, &s, None), &s, &Fuse::default(), &mut got);
+        for (g, v) in got.iter().zip(&x) {
+            assert!((g - v).abs() <= 1e-6, "{g} vs {v}");
+        }
+    }
+
+    /// Light weights split into ranges of tiles, heavy ones (over 1 MiB) into groups of column
+    /// blocks too; either way each value is computed by the same operations.
+    #[test]
+    fn the_bits_do_not_depend_on_the_thread_count() {
+        for (n, h, c) in [(2, 14, 64), (1, 7, 256)] {
+            let s = ConvShape { n, h, w: h, cin: c, cout: c + 32, k: 3, stride: 1, pad: 1 };
+            let x = values(s.input_len(), 11);
+            let packed = pack_weights(&values(s.weight_len(), 12), &s, None);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
+                let mut out = vec![0f32; s.output_len()];
+                pool.install(|| forward(&x, &packed, &s, &Fuse::default(), &mut out));
+                out
+            };
+            let one = run(1);
+            for threads in [2, 3, 8] {
+                let same = run(threads).iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{s:?}: {threads} threads");
+            }
+        }
+    }
+
+    /// A whole evaluation pass with Winograd layers (the 64-channel 16x16 first stage of this
+    /// CIFAR ResNet, whatever the kernel set) against the per-op path, with batch-norm
+    /// statistics that make the folded scale and bias matter.
+    #[test]
+    fn a_model_evaluated_through_winograd_matches_the_per_op_path() {
+        use crate::{Arch, Model};
+        use candle_core::{Device, Tensor};
+        let s = ConvShape { n: 2, h: 16, w: 16, cin: 64, cout: 64, k: 3, stride: 1, pad: 1 };
+        assert!(pays(&s), "the first stage runs through Winograd with the selected kernel set");
+        let arch = Arch::new("cifar-resnet8x64", 5, 3).expect("arch");
+        let fused = Model::new(arch, 3, &Device::Cpu).expect("model");
+        let mut per_op = Model::new(arch, 3, &Device::Cpu).expect("model");
+        per_op.set_fused(false);
+        for (i, (name, b)) in fused.store().named_buffers().into_iter().enumerate() {
+            let v = values(b.elem_count(), 500 + i as u32);
+            let v: Vec<f32> = if name.ends_with("running_mean") {
+                v.iter().map(|v| 0.1 * v).collect()
+            } else if name.ends_with("running_var") {
+                v.iter().map(|v| 0.5 + v.abs()).collect()
+            } else {
+                continue;
+            };
+            let t = Tensor::from_vec(v, b.shape(), &Device::Cpu).expect("tensor");
+            fused.store().set_buffer(&name, t.clone()).expect("buffer");
+            per_op.store().set_buffer(&name, t).expect("buffer");
+        }
+        let x = Tensor::from_vec(values(2 * 3 * 16 * 16, 9), (2, 3, 16, 16), &Device::Cpu).expect("input");
+        let (fa, la) = fused.infer(&x).expect("fused");
+        let (fb, lb) = per_op.infer(&x).expect("per op");
+        for (what, a, b) in [("features", fa, fb), ("logits", la, lb)] {
+            let (a, b) = (
+                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let worst = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(scale > 0.1, "{what}: values up to {scale} test nothing");
+            assert!(worst <= 1e-5 * scale, "{what}: worst difference {worst} against values up to {scale}");
+        }
+    }
+}
