@@ -595,7 +595,8 @@ fn pointwise_backward_weight(x: &[f32], dy: &[f32], s: &ConvShape, dw: &mut [f32
 /// Whether [`pointwise_backward_both`] computes both gradients of `s` (else
 /// [`backward_weight`], then [`backward_input`]): a pointwise expansion (more output channels
 /// than input ones) whose weight gradient goes by pixel groups (2,048 pixels or more and at most
-/// 2^17 weights: `by_pixel_groups_pays`), whose output gradient, the widest operand, both passes would otherwise read from memory.
+/// 2^17 weights: `by_pixel_groups_pays`), whose output gradient, the widest operand, both
+/// passes would otherwise read from memory.
 pub fn fuses_gradients(s: &ConvShape) -> bool {
     is_pointwise(s) && by_pixel_groups_pays(s) && s.cout > s.cin
 }
@@ -765,9 +766,10 @@ impl PackedWeights {
     }
 
     /// [`PackedWeights::new`] for a convolution that runs many times with these weights
-    /// (evaluation): a 3x3 stride-1 pad-1 one with channel counts that are multiples of 8 is
-    /// packed for Winograd F(2x2, 3x3), whose forward pass takes 16 multiplies per 2x2 output pixels where the
-    /// direct one takes 36 (sums equal to the direct pass's up to rounding).
+    /// (evaluation): a 3x3 stride-1 pad-1 one is packed for Winograd F(2x2, 3x3) where that was
+    /// measured faster with the selected kernel set (`ops/winograd.rs`); its forward pass then
+    /// takes 16 multiplies per tile of 2x2 output pixels where the direct one takes 36, with the
+    /// same sums up to rounding.
     pub fn for_inference(w: &[f32], s: &ConvShape, scale: Option<&[f32]>) -> Self {
         if !winograd::pays(s) {
             return Self::new(w, s, scale);
