@@ -148,6 +148,18 @@ fn values_mut<'a>(s: &'a mut CpuStorage, l: &Layout) -> candle_core::Result<&'a 
     }
 }
 
+/// `f(a, b, c)` for every position's values, `a` written in place: in parallel tasks of
+/// [`PASS_CHUNK`] values (the three slices have one length).
+fn each_in_place(a: &mut [f32], b: &[f32], c: &[f32], f: impl Fn(&mut f32, f32, f32) + Sync) {
+    a.par_chunks_mut(PASS_CHUNK).zip(b.par_chunks(PASS_CHUNK)).zip(c.par_chunks(PASS_CHUNK)).for_each(
+        |((a, b), c)| {
+            for ((a, &b), &c) in a.iter_mut().zip(b).zip(c) {
+                f(a, b, c);
+            }
+        },
+    );
+}
+
 /// The gradient with weight decay, `g + (p * wd + 0)` (the tensor ops' `affine`), or `g` when
 /// `wd` is 0.
 #[inline(always)]
@@ -183,13 +195,7 @@ impl candle_core::InplaceOp3 for MomentumPass {
     ) -> candle_core::Result<()> {
         let (buf, g, p) = (values_mut(buf, bl)?, values(g, gl)?, values(p, pl)?);
         let Self { mu, wd } = *self;
-        buf.par_chunks_mut(PASS_CHUNK).zip(g.par_chunks(PASS_CHUNK)).zip(p.par_chunks(PASS_CHUNK)).for_each(
-            |((b, g), p)| {
-                for ((b, &g), &p) in b.iter_mut().zip(g).zip(p) {
-                    *b = (*b * mu + 0.0) + decayed(g, p, wd);
-                }
-            },
-        );
+        each_in_place(buf, g, p, |b, g, p| *b = (*b * mu + 0.0) + decayed(g, p, wd));
         Ok(())
     }
 }
@@ -219,17 +225,13 @@ impl candle_core::InplaceOp3 for ParameterPass {
     ) -> candle_core::Result<()> {
         let (p, g, buf) = (values_mut(p, pl)?, values(g, gl)?, values(buf, bl)?);
         let Self { lr, wd, nesterov } = *self;
-        p.par_chunks_mut(PASS_CHUNK).zip(g.par_chunks(PASS_CHUNK)).zip(buf.par_chunks(PASS_CHUNK)).for_each(
-            |((p, g), b)| {
-                for ((p, &g), &b) in p.iter_mut().zip(g).zip(b) {
-                    let d = match nesterov {
-                        Some(mu) => decayed(g, *p, wd) + (b * mu + 0.0),
-                        None => b,
-                    };
-                    *p -= d * lr + 0.0;
-                }
-            },
-        );
+        each_in_place(p, g, buf, |p, g, b| {
+            let d = match nesterov {
+                Some(mu) => decayed(g, *p, wd) + (b * mu + 0.0),
+                None => b,
+            };
+            *p -= d * lr + 0.0;
+        });
         Ok(())
     }
 }
