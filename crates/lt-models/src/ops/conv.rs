@@ -213,6 +213,35 @@ pub(super) fn heavy_weights(packed: &[f32], index: &[(usize, usize, usize)]) -> 
     std::mem::size_of_val(packed) > HEAVY_WEIGHT_BYTES && index.len() > 1
 }
 
+/// Tasks a parallel pass aims for: about four per thread, so that tasks of uneven cost still
+/// balance over the threads.
+pub(super) fn tasks_wanted() -> usize {
+    4 * rayon::current_num_threads()
+}
+
+/// Into how many groups a pass that has `row_tasks` tasks of rows splits its `blocks` column
+/// blocks: one where the rows make [`tasks_wanted`] tasks, else as many as make them up, at most
+/// one block a group.
+pub(super) fn column_groups(row_tasks: usize, blocks: usize) -> usize {
+    let want = tasks_wanted();
+    if row_tasks >= want {
+        1
+    } else {
+        blocks.min(want.div_ceil(row_tasks)).max(1)
+    }
+}
+
+/// Group `g` of `groups` groups of consecutive column blocks of `index` (the last ones shorter
+/// or empty).
+pub(super) fn column_group(
+    index: &[(usize, usize, usize)],
+    groups: usize,
+    g: usize,
+) -> &[(usize, usize, usize)] {
+    let per = index.len().div_ceil(groups).max(1);
+    &index[(g * per).min(index.len())..((g + 1) * per).min(index.len())]
+}
+
 /// One row block's plan in a [`gather_pass`]: its rows, tap depth, output offsets and the range
 /// of its taps.
 #[derive(Clone, Copy)]
@@ -246,15 +275,14 @@ fn gather_pass(
     plan: impl Fn(usize, usize, &mut Vec<Tap>, &mut [usize; MR_MAX]) -> usize + Sync,
 ) {
     let blocks = rows.div_ceil(MR_MAX);
-    let want = 4 * rayon::current_num_threads();
+    let want = tasks_wanted();
     let heavy = heavy_weights(packed, index);
     // Up to 16 row blocks per task; where that leaves fewer than 4 tasks per thread (a small
     // batch, a late stage), fewer blocks per task (light weights) and the column blocks split
     // between tasks too.
     let per_task = if heavy { blocks.clamp(1, 16) } else { (blocks / want).clamp(1, 16) };
     let row_tasks = blocks.div_ceil(per_task);
-    let col_groups = if row_tasks >= want { 1 } else { index.len().min(want.div_ceil(row_tasks)).max(1) };
-    let per_group = index.len().div_ceil(col_groups).max(1);
+    let col_groups = column_groups(row_tasks, index.len());
     let outp = OutPtr(out.as_mut_ptr());
     let len = out.len();
     if let Some(r) = fuse.residual {
@@ -334,8 +362,7 @@ fn gather_pass(
     };
     (0..row_tasks * col_groups).into_par_iter().for_each(|t| {
         let (task, group) = (t / col_groups, t % col_groups);
-        let columns =
-            &index[(group * per_group).min(index.len())..((group + 1) * per_group).min(index.len())];
+        let columns = column_group(index, col_groups, group);
         let mut taps: Vec<Tap> = Vec::with_capacity(if heavy { 64 * per_task } else { 64 });
         let mut scratch = [[0f32; NR_MAX]; MR_MAX];
         let plan_block = |blk: usize, taps: &mut Vec<Tap>| {

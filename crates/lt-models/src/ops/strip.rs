@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::conv::{heavy_weights, ConvShape, Fuse, OutPtr};
+use super::conv::{heavy_weights, tasks_wanted, ConvShape, Fuse, OutPtr};
 use super::kernels::{self, StripArgs, StripKernel, StripRow, Window};
 use super::norm::Moments;
 
@@ -180,8 +180,7 @@ impl<'a> Tasks<'a> {
     pub fn new(image_rows: usize, packed: &[f32], index: &'a [(usize, usize, usize)]) -> Self {
         let heavy = heavy_weights(packed, index);
         let col_groups = if heavy { index.len() } else { 1 };
-        let want = 4 * rayon::current_num_threads();
-        let rows_per_task = (image_rows * col_groups).div_ceil(want).clamp(1, 16);
+        let rows_per_task = (image_rows * col_groups).div_ceil(tasks_wanted()).clamp(1, 16);
         Self { index, heavy, image_rows, rows_per_task, col_groups }
     }
 

@@ -22,7 +22,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::conv::{pack, ConvShape, Fuse, OutPtr, Packed, ReadOrder};
+use super::conv::{column_group, column_groups, pack, ConvShape, Fuse, OutPtr, Packed, ReadOrder};
 use super::kernels::{gather_block, Epilogue, GatherArgs, Tap, MR_MAX, NR_MAX};
 
 /// Positions of the 4x4 transform.
@@ -160,15 +160,13 @@ fn split(s: &ConvShape, packed: &[f32], index: &[(usize, usize, usize)]) -> (usi
     let heavy = super::conv::heavy_weights(packed, index);
     let budget = if heavy { HEAVY_RANGE_BYTES } else { LIGHT_RANGE_BYTES };
     let range = (budget / (POSITIONS * s.cin * 4) / MR_MAX * MR_MAX).max(MR_MAX).min(tiles.max(1));
-    let ranges = tiles.div_ceil(range);
-    let want = 4 * rayon::current_num_threads();
-    let for_threads = if ranges < want { want.div_ceil(ranges) } else { 1 };
-    let groups = if heavy {
-        for_threads.max(std::mem::size_of_val(packed).div_ceil(TASK_WEIGHT_BYTES))
+    let groups = column_groups(tiles.div_ceil(range), index.len());
+    if heavy {
+        let for_weights = std::mem::size_of_val(packed).div_ceil(TASK_WEIGHT_BYTES);
+        (range, groups.max(for_weights.min(index.len()).max(1)))
     } else {
-        for_threads
-    };
-    (range, groups.clamp(1, index.len().max(1)))
+        (range, groups)
+    }
 }
 
 thread_local! {
@@ -187,12 +185,11 @@ pub(crate) fn forward(x: &[f32], w: &Packed, s: &ConvShape, fuse: &Fuse, out: &m
     let tiles = s.n * s.h.div_ceil(2) * s.w.div_ceil(2);
     let (chunk, groups) = split(s, packed, index);
     let chunks = tiles.div_ceil(chunk);
-    let per_group = index.len().div_ceil(groups);
     let outp = OutPtr(out.as_mut_ptr());
     let zeros = vec![0f32; s.cin];
     (0..chunks * groups).into_par_iter().for_each(|t| {
         let (c, g) = (t / groups, t % groups);
-        let columns = &index[(g * per_group).min(index.len())..((g + 1) * per_group).min(index.len())];
+        let columns = column_group(index, groups, g);
         let first = c * chunk;
         let count = chunk.min(tiles - first);
         SCRATCH.with(|cell| {
