@@ -100,6 +100,9 @@ fn kernel_transform(g: &[f32]) -> [f32; POSITIONS] {
 pub(crate) fn pack_weights(w: &[f32], s: &ConvShape, scale: Option<&[f32]>) -> Packed {
     assert!(applies(s), "Winograd weights for a convolution {s:?}");
     assert_eq!(w.len(), s.weight_len(), "conv weight length");
+    if let Some(sc) = scale {
+        assert_eq!(sc.len(), s.cout, "scale length");
+    }
     let (cin, cout) = (s.cin, s.cout);
     let mut u = vec![0f32; cout * cin * POSITIONS];
     u.par_chunks_mut(cin * POSITIONS).enumerate().for_each(|(co, row)| {
@@ -156,7 +159,7 @@ fn output_1d(m0: Lanes, m1: Lanes, m2: Lanes, m3: Lanes) -> [Lanes; 2] {
 /// How `forward` splits its work: tiles per task (whole row blocks) and groups of column
 /// blocks (each task runs one group over one range of tiles).
 fn split(s: &ConvShape, packed: &[f32], index: &[(usize, usize, usize)]) -> (usize, usize) {
-    let tiles = s.n * s.h.div_ceil(2) * s.w.div_ceil(2);
+    let tiles = tile_count(s);
     let heavy = super::conv::heavy_weights(packed, index);
     let budget = if heavy { HEAVY_RANGE_BYTES } else { LIGHT_RANGE_BYTES };
     let range = (budget / (POSITIONS * s.cin * 4) / MR_MAX * MR_MAX).max(MR_MAX).min(tiles.max(1));
@@ -182,7 +185,7 @@ pub(crate) fn forward(x: &[f32], w: &Packed, s: &ConvShape, fuse: &Fuse, out: &m
     assert_eq!(x.len(), s.input_len(), "conv input length");
     assert_eq!(out.len(), s.output_len(), "conv output length");
     let (packed, index) = (&w.0[..], &w.1[..]);
-    let tiles = s.n * s.h.div_ceil(2) * s.w.div_ceil(2);
+    let tiles = tile_count(s);
     let (chunk, groups) = split(s, packed, index);
     let chunks = tiles.div_ceil(chunk);
     let outp = OutPtr(out.as_mut_ptr());
@@ -207,6 +210,12 @@ pub(crate) fn forward(x: &[f32], w: &Packed, s: &ConvShape, fuse: &Fuse, out: &m
             }
         });
     });
+}
+
+/// Tiles of the output of `s` (2x2 output pixels each, the last row and column of tiles cut by
+/// the image's edge where a side is odd).
+fn tile_count(s: &ConvShape) -> usize {
+    s.n * s.h.div_ceil(2) * s.w.div_ceil(2)
 }
 
 /// Image, tile row and tile column of tile `t`.
