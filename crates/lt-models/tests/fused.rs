@@ -4,7 +4,7 @@
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, ModuleT, Tensor};
-use lt_models::{Arch, Model};
+use lt_models::{Arch, Backend, Model};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     let n: usize = shape.iter().product();
@@ -34,10 +34,17 @@ fn same_grads(what: &str, a: &Model, ga: &GradStore, b: &Model, gb: &GradStore, 
 }
 
 fn compare(arch: &str, classes: usize, shape: [usize; 4]) {
+    compare_with(arch, classes, shape, Backend::Fast)
+}
+
+/// [`compare`] against the per-op graph on `reference`'s ops: the project's own (which share
+/// the fused pass's kernels) or candle's stock ones (which share none of them).
+fn compare_with(arch: &str, classes: usize, shape: [usize; 4], reference: Backend) {
     let dev = Device::Cpu;
     let a = Model::new(Arch::new(arch, classes, shape[1]).unwrap(), 3, &dev).unwrap();
     let mut b = Model::new(Arch::new(arch, classes, shape[1]).unwrap(), 3, &dev).unwrap();
     b.set_fused(false);
+    b.set_backend(reference);
     let x = randn(&shape, 1);
     let labels: Vec<u32> = (0..shape[0] as u32).map(|i| i % classes as u32).collect();
     let y = Tensor::from_vec(labels, shape[0], &dev).unwrap();
@@ -72,6 +79,15 @@ fn compare(arch: &str, classes: usize, shape: [usize; 4]) {
 fn fused_cifar_resnet_matches_autograd() {
     compare("resnet20", 10, [6, 3, 16, 16]);
     compare("cifar-resnet8x8", 5, [3, 1, 12, 12]);
+}
+
+#[test]
+fn fused_winograd_layers_match_candles_stock_ops() {
+    // A 64-channel first stage on 16x16 images: its 3x3 layers' forward passes and input
+    // gradients run by Winograd F(2x2, 3x3) with every kernel set (`winograd::pays`), in the
+    // fused pass and in the project's per-op graph alike; candle's ops are the independent
+    // reference.
+    compare_with("cifar-resnet8x64", 5, [2, 3, 16, 16], Backend::Candle);
 }
 
 #[test]

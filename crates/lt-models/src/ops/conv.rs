@@ -739,11 +739,12 @@ pub fn forward_fused(x: &[f32], w: &[f32], s: &ConvShape, fuse: &Fuse, out: &mut
     assert_eq!(out.len(), s.output_len(), "conv output length");
     // A pointwise convolution with nothing folded in is a plain product; a folded one goes
     // through `PackedWeights` like the rest (`gemm` by chunks of pixels with the epilogue while
-    // they are in cache, or the gather kernels for few pixels).
+    // they are in cache, or the gather kernels for few pixels). A 3x3 stride-1 one runs by
+    // Winograd where that pays (see `PackedWeights::fastest`).
     if is_pointwise(s) && fuse.scale.is_none() && !fuse.has_epilogue() {
         return pointwise_forward(x, w, s, out);
     }
-    let packed = PackedWeights::new(w, s, fuse.scale);
+    let packed = PackedWeights::fastest(w, s, fuse.scale);
     forward_packed(x, &packed, s, &Fuse { scale: None, ..*fuse }, out)
 }
 
@@ -760,7 +761,7 @@ pub struct PackedWeights {
     /// A pointwise convolution's scaled weights `[C_out, C_in]` (the right operand `w^T` of a
     /// matrix product).
     pointwise: Option<Vec<f32>>,
-    /// Weights packed for Winograd F(2x2, 3x3) ([`PackedWeights::for_inference`]); the forward
+    /// Weights packed for Winograd F(2x2, 3x3) ([`PackedWeights::fastest`]); the forward
     /// pass then runs by it (`ops/winograd.rs`).
     winograd: Option<Packed>,
 }
@@ -792,12 +793,12 @@ impl PackedWeights {
         Self { gather: (data, index).into(), dims: (k, cin, cout), pointwise: None, winograd: None }
     }
 
-    /// [`PackedWeights::new`] for a convolution that runs many times with these weights
-    /// (evaluation): a 3x3 stride-1 pad-1 one is packed for Winograd F(2x2, 3x3) where that was
-    /// measured faster with the selected kernel set (`ops/winograd.rs`); its forward pass then
-    /// takes 16 multiplies per tile of 2x2 output pixels where the direct one takes 36, with the
-    /// same sums up to rounding.
-    pub fn for_inference(w: &[f32], s: &ConvShape, scale: Option<&[f32]>) -> Self {
+    /// [`PackedWeights::new`] for the fastest forward pass measured for the shape (evaluation,
+    /// and training's forward pass): a 3x3 stride-1 pad-1 convolution is packed for Winograd
+    /// F(2x2, 3x3) where that was measured faster with the selected kernel set
+    /// (`ops/winograd.rs`); its forward pass then takes 16 multiplies per tile of 2x2 output
+    /// pixels where the direct one takes 36, with the same sums up to rounding.
+    pub fn fastest(w: &[f32], s: &ConvShape, scale: Option<&[f32]>) -> Self {
         if !winograd::pays(s) {
             return Self::new(w, s, scale);
         }
@@ -838,8 +839,7 @@ pub fn forward_with_moments(x: &[f32], w: &[f32], s: &ConvShape, out: &mut [f32]
         assert_eq!(out.len(), s.output_len(), "conv output length");
         pointwise_forward_by_rows(x, w, s, out, true)
     } else {
-        assert_eq!(w.len(), s.weight_len(), "conv weight length");
-        forward_packed_into(x, &PackedWeights::new(w, s, None), s, &Fuse::default(), out, true)
+        forward_packed_into(x, &PackedWeights::fastest(w, s, None), s, &Fuse::default(), out, true)
     };
     moments.unwrap_or_else(|| norm::Moments::of(out, s.cout, s.ow()))
 }
@@ -967,7 +967,8 @@ fn forward_packed_into(
 /// a kernel row reach `k` consecutive output pixels, so they merge into one tap (weights packed
 /// with the kernel column reversed); with a larger stride the logical rows are ordered by phase
 /// (`x mod stride`) so that a block shares its valid taps and skips the others. Pointwise
-/// convolutions, strided or not, are a matrix product through `gemm` instead.
+/// convolutions, strided or not, are a matrix product through `gemm` instead, and a 3x3
+/// stride-1 pad-1 one runs by Winograd F(2x2, 3x3) where that pays (`ops/winograd.rs`).
 pub fn backward_input(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32]) {
     backward_input_into(dy, w, s, dx, false)
 }
@@ -989,6 +990,9 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     }
     if strided::strided_input_gradient(dy, w, s, dx, accumulate) {
         return;
+    }
+    if winograd::pays(&winograd::input_gradient_shape(s)) {
+        return winograd::input_gradient(dy, w, s, accumulate, dx);
     }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     // Packed rows: tap t' = kh*k + (k-1-kw), then output channel.
@@ -1550,7 +1554,12 @@ pub(crate) mod tests {
     }
 
     /// Direct-loop reference of the three passes.
-    fn reference(x: &[f32], w: &[f32], dy: &[f32], s: &ConvShape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    pub(crate) fn reference(
+        x: &[f32],
+        w: &[f32],
+        dy: &[f32],
+        s: &ConvShape,
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (oh, ow) = (s.oh(), s.ow());
         let mut out = vec![0f32; s.output_len()];
         let mut dx = vec![0f32; s.input_len()];
@@ -1670,14 +1679,16 @@ pub(crate) mod tests {
     fn forward_moments_are_the_output_statistics_by_image_rows_on_every_path() {
         // The strip pass (where the kernel set has one, else the portable strip kernel runs it
         // too) summarises each row as it stores it, and so does a pointwise one with many pixels
-        // (tasks of whole rows); a strided 3x3 (the gather pass) and a small pointwise one
-        // summarise the output after the fact. Either way the chunks are the
+        // (tasks of whole rows); a strided 3x3 (the gather pass), a Winograd one and a small
+        // pointwise one summarise the output after the fact. Either way the chunks are the
         // output's image rows, so the statistics equal those of the output summarised alone,
         // bit for bit.
         for s in [
             ConvShape { n: 3, h: 7, w: 21, cin: 16, cout: 16, k: 3, stride: 1, pad: 1 },
             ConvShape { n: 2, h: 9, w: 9, cin: 32, cout: 32, k: 3, stride: 1, pad: 1 },
             ConvShape { n: 2, h: 12, w: 12, cin: 64, cout: 64, k: 3, stride: 1, pad: 1 },
+            // Through Winograd with every kernel set (see `winograd::pays`).
+            ConvShape { n: 2, h: 16, w: 16, cin: 64, cout: 64, k: 3, stride: 1, pad: 1 },
             ConvShape { n: 2, h: 20, w: 20, cin: 8, cout: 24, k: 3, stride: 2, pad: 1 },
             ConvShape { n: 2, h: 30, w: 30, cin: 8, cout: 24, k: 1, stride: 1, pad: 0 },
             // Enough pixels for tasks of whole rows that summarise as they go (rows of 13
@@ -1793,14 +1804,18 @@ pub(crate) mod tests {
             // Heavy packed weights (over 1 MiB both ways), more than one task of row blocks, a
             // partial column block: the gather passes' column-major order.
             ConvShape { n: 2, h: 10, w: 10, cin: 256, cout: 150, k: 3, stride: 1, pad: 1 },
+            // The forward pass and the input gradient by Winograd with every kernel set.
+            ConvShape { n: 2, h: 14, w: 14, cin: 64, cout: 64, k: 3, stride: 1, pad: 1 },
         ];
-        let heavy = shapes.last().unwrap();
+        let heavy = &shapes[shapes.len() - 2];
         assert!(heavy.weight_len() * 4 > HEAVY_WEIGHT_BYTES && heavy.n * heavy.h * heavy.w > 16 * MR_MAX);
         let methods: Vec<WeightMethod> =
             shapes.iter().filter(|s| !is_pointwise(s)).map(weight_method).collect();
         for m in [WeightMethod::Pixels, WeightMethod::Channels, WeightMethod::Panels] {
             assert!(methods.contains(&m), "no shape runs the weight gradient by {m:?}");
         }
+        let last = shapes.last().unwrap();
+        assert!(winograd::pays(last) && winograd::pays(&winograd::input_gradient_shape(last)));
         for (i, s) in shapes.iter().enumerate() {
             let x = data(s.input_len(), 1 + i as u64);
             let w = data(s.weight_len(), 10 + i as u64);

@@ -1,4 +1,6 @@
-//! Winograd F(2x2, 3x3) for the 3x3, stride-1, pad-1 convolutions of evaluation.
+//! Winograd F(2x2, 3x3) for 3x3, stride-1, pad-1 convolutions: their forward pass (evaluation
+//! and training) and their input gradient (itself such a convolution, of the output gradient
+//! with the kernels transposed and turned half a turn).
 //!
 //! Each 2x2 block of output pixels (a *tile*) is computed from the 4x4 input patch around it
 //! (Lavin and Gray, "Fast Algorithms for Convolutional Neural Networks", 2016): with
@@ -15,8 +17,9 @@
 //! is [`pays`] (measured per kernel set). Work is split into ranges of tiles, and groups of
 //! column blocks where there are few ranges or the weights are heavy ([`split`]); every output
 //! value is computed by one fixed sequence of operations whatever the split, so the bits do not
-//! depend on the thread count. Training keeps the direct passes (its backward passes are direct;
-//! a forward pass of other bits would not be the one they differentiate).
+//! depend on the thread count. In training the forward pass and the input gradient run so where
+//! they pay; the weight gradient stays direct (it is the exact gradient of the same convolution:
+//! the two passes compute one function and differ in rounding only).
 
 use std::cell::RefCell;
 
@@ -55,21 +58,25 @@ pub(crate) fn applies(s: &ConvShape) -> bool {
         && s.cin > 0
 }
 
-/// Whether evaluation runs convolution `s` by Winograd F(2x2, 3x3): where it [`applies`] and
-/// was measured faster than the direct pass with the selected kernel set (`conv_throughput`'s
-/// `eval` column against `folded`, batch 1 and batched, ResNet-32 and ResNet-50 layers). With
-/// AVX-512 the direct strip kernels run ResNet-32's layers (16-64 channels) and 7x7 images
-/// faster; Winograd wins from 64 channels on images of 14x14 or more (ResNet-50 at batch 1:
-/// 56x56x64 0.62 -> 0.54 ms, 28x28x128 0.70 -> 0.49, 14x14x256 0.62 -> 0.55). With AVX2 it wins
-/// from 32 channels (batch 128 16x16x32 2.80 -> 2.53 ms, 8x8x64 2.99 -> 2.25; ResNet-50 batch 1
-/// 1.06-1.20 -> 0.66-0.84) unless the layer is too small to split (under 2^23 multiplies).
+/// Whether convolution `s` runs by Winograd F(2x2, 3x3) (its forward pass, and its input
+/// gradient as the forward pass of [`input_gradient_shape`]): where it [`applies`] and was
+/// measured faster than the direct pass with the selected kernel set (`conv_throughput`'s
+/// `eval` column against `folded`, batch 1 and batched, ResNet-32 and ResNet-50 layers, and
+/// whole networks). With AVX-512 the direct strip kernels run ResNet-32's layers (16-64
+/// channels) and 7x7 images faster; Winograd wins from 64 channels on images of 14x14 or more
+/// (ResNet-50 at batch 1: 56x56x64 0.62 -> 0.54 ms, 28x28x128 0.70 -> 0.49, 14x14x256 0.62 ->
+/// 0.55). With AVX2 it wins from 32 channels (batch 128 16x16x32 2.80 -> 2.53 ms, 8x8x64 2.99
+/// -> 2.25; ResNet-50 batch 1 1.06-1.20 -> 0.66-0.84) unless the layer is too small to split
+/// (under 2^23 multiplies) or its images are under 8x8 (where the direct pass skips the taps
+/// that fall outside the image and a tile computes padding: ResNet-50 on 32x32 images trains
+/// at 82-94 img/s with its 4x4, 2x2 and 1x1 layers by Winograd, 95-99 without).
 pub(crate) fn pays(s: &ConvShape) -> bool {
     if !applies(s) {
         return false;
     }
     match super::kernels::selected_isa() {
         super::kernels::Isa::Avx512 => s.cin >= 64 && s.h * s.w >= 14 * 14,
-        _ => s.cin >= 32 && s.macs() >= 1 << 23,
+        _ => s.cin >= 32 && s.macs() >= 1 << 23 && s.h.min(s.w) >= 8,
     }
 }
 
@@ -98,20 +105,44 @@ fn kernel_transform(g: &[f32]) -> [f32; POSITIONS] {
 /// The transformed kernels of `w` (`[C_out, C_in, 3, 3]`), each output channel's times
 /// `scale[co]`, packed for the gather kernels as 16 taps (one per position) of `C_in` rows.
 pub(crate) fn pack_weights(w: &[f32], s: &ConvShape, scale: Option<&[f32]>) -> Packed {
-    assert!(applies(s), "Winograd weights for a convolution {s:?}");
     assert_eq!(w.len(), s.weight_len(), "conv weight length");
     if let Some(sc) = scale {
         assert_eq!(sc.len(), s.cout, "scale length");
     }
+    let cin = s.cin;
+    pack_kernels(s, |co, ci| {
+        let sc = scale.map_or(1.0, |sc| sc[co]);
+        std::array::from_fn(|t| w[(co * cin + ci) * 9 + t] * sc)
+    })
+}
+
+/// The convolution whose forward pass is the input gradient of `s` (3x3, stride 1, pad 1):
+/// the output gradient in, the input gradient out, channel counts swapped.
+pub(crate) fn input_gradient_shape(s: &ConvShape) -> ConvShape {
+    ConvShape { cin: s.cout, cout: s.cin, ..*s }
+}
+
+/// The input gradient `dx` (`[N, H, W, C_in]`) of convolution `s` from the output gradient
+/// `dy` and the weights `w` (`[C_out, C_in, 3, 3]`), written or, with `accumulate`, added to
+/// `dx`: the forward pass of [`input_gradient_shape`] with kernel `(ci, co)` the kernel
+/// `(co, ci)` turned half a turn (`w'[ci, co, kh, kw] = w[co, ci, 2 - kh, 2 - kw]`).
+pub(crate) fn input_gradient(dy: &[f32], w: &[f32], s: &ConvShape, accumulate: bool, dx: &mut [f32]) {
+    assert_eq!(w.len(), s.weight_len(), "conv weight length");
+    let t = input_gradient_shape(s);
+    let cin = s.cin;
+    let packed = pack_kernels(&t, |ci, co| std::array::from_fn(|k| w[(co * cin + ci) * 9 + 8 - k]));
+    run(dy, &packed, &t, (&Fuse::default(), accumulate), dx);
+}
+
+/// The kernels `kernel(co, ci)` (row-major 3x3) of convolution `s` transformed (`G g Gᵀ`) and
+/// packed for the gather kernels as 16 taps (one per position) of `C_in` rows.
+fn pack_kernels(s: &ConvShape, kernel: impl Fn(usize, usize) -> [f32; 9] + Sync) -> Packed {
+    assert!(applies(s), "Winograd weights for a convolution {s:?}");
     let (cin, cout) = (s.cin, s.cout);
     let mut u = vec![0f32; cout * cin * POSITIONS];
     u.par_chunks_mut(cin * POSITIONS).enumerate().for_each(|(co, row)| {
-        let sc = scale.map_or(1.0, |sc| sc[co]);
         for (ci, out) in row.chunks_exact_mut(POSITIONS).enumerate() {
-            let t = kernel_transform(&w[(co * cin + ci) * 9..][..9]);
-            for (o, v) in out.iter_mut().zip(t) {
-                *o = v * sc;
-            }
+            out.copy_from_slice(&kernel_transform(&kernel(co, ci)));
         }
     });
     pack(POSITIONS, cin, cout, ReadOrder::TapDepthColumn, |p, ci, co| u[(co * cin + ci) * POSITIONS + p])
@@ -180,6 +211,12 @@ thread_local! {
 /// The convolution `s` of `x` (NHWC) with weights packed by [`pack_weights`], its sums through
 /// `fuse` (bias, residual, ReLU; the scale is in the weights) into `out` (NHWC).
 pub(crate) fn forward(x: &[f32], w: &Packed, s: &ConvShape, fuse: &Fuse, out: &mut [f32]) {
+    run(x, w, s, (fuse, false), out)
+}
+
+/// [`forward`]; with `accumulate`, each sum is added to the value `out` holds before `fuse`
+/// applies.
+fn run(x: &[f32], w: &Packed, s: &ConvShape, (fuse, accumulate): (&Fuse, bool), out: &mut [f32]) {
     assert!(applies(s), "Winograd forward pass of a convolution {s:?}");
     assert!(fuse.scale.is_none(), "a scale is folded in when packing");
     assert_eq!(x.len(), s.input_len(), "conv input length");
@@ -206,7 +243,7 @@ pub(crate) fn forward(x: &[f32], w: &Packed, s: &ConvShape, fuse: &Fuse, out: &m
             for &(c0, nb, off) in columns {
                 let m = &mut m[..count * POSITIONS * 8 * nb];
                 products(v, (count, s.cin), &packed[off..], nb, m);
-                transform_outputs(m, s, (first, count), (c0, 8 * nb), fuse, outp);
+                transform_outputs(m, s, (first, count), (c0, 8 * nb), (fuse, accumulate), outp);
             }
         });
     });
@@ -292,14 +329,14 @@ fn products(v: &[f32], (count, cin): (usize, usize), packed: &[f32], nb: usize, 
 }
 
 /// The output tiles `Aᵀ M A` of one column block (first column `c0`, `nr` columns) for the
-/// tiles `first..first + count`, through `fuse`, into `out` (pixels outside the image of an
-/// odd-sized edge tile are dropped).
+/// tiles `first..first + count`, added to what `out` holds with `accumulate`, through `fuse`,
+/// into `out` (pixels outside the image of an odd-sized edge tile are dropped).
 fn transform_outputs(
     m: &[f32],
     s: &ConvShape,
     (first, count): (usize, usize),
     (c0, nr): (usize, usize),
-    fuse: &Fuse,
+    (fuse, accumulate): (&Fuse, bool),
     out: OutPtr,
 ) {
     let cout = s.cout;
@@ -328,7 +365,17 @@ fn transform_outputs(
                             }
                             let c = c0 + l;
                             let o = ((img * s.h + oy) * s.w + ox) * cout + c;
+                            assert!(o + LANES <= len, "Winograd output outside the output");
                             let mut y = y[b];
+                            if accumulate {
+                                let mut held = [0f32; LANES];
+                                // SAFETY: inside `out` (checked above), a value of this task's
+                                // (see below).
+                                unsafe {
+                                    std::ptr::copy_nonoverlapping(out.0.add(o), held.as_mut_ptr(), LANES)
+                                };
+                                y = add(y, held);
+                            }
                             if let Some(bias) = fuse.bias {
                                 y = add(y, load(bias, c));
                             }
@@ -338,7 +385,6 @@ fn transform_outputs(
                             if fuse.relu {
                                 y = y.map(|v| v.max(0.0));
                             }
-                            assert!(o + LANES <= len, "Winograd output outside the output");
                             // SAFETY: inside `out` (checked above); each output value belongs to
                             // one tile and one column block, so to one task.
                             unsafe { std::ptr::copy_nonoverlapping(y.as_ptr(), out.0.add(o), LANES) };
@@ -351,133 +397,4 @@ fn transform_outputs(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::ops::conv;
-
-    fn values(len: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
-
-    /// The Winograd pass against the direct one (same scale, bias, residual, ReLU) on shapes with
-    /// odd sides, several images, several and partial column blocks, one and many chunks.
-    #[test]
-    fn winograd_matches_the_direct_convolution_within_rounding() {
-        let shapes =
-            [(1, 5, 7, 8, 8), (2, 6, 6, 16, 24), (3, 9, 4, 32, 40), (1, 14, 14, 64, 32), (2, 7, 7, 512, 16)];
-        for (i, &(n, h, w, cin, cout)) in shapes.iter().enumerate() {
-            let s = ConvShape { n, h, w, cin, cout, k: 3, stride: 1, pad: 1 };
-            assert!(applies(&s));
-            let x = values(s.input_len(), 1 + i as u32);
-            let wt = values(s.weight_len(), 100 + i as u32);
-            let scale: Vec<f32> = values(cout, 200 + i as u32).iter().map(|v| 0.5 + v.abs()).collect();
-            let bias = values(cout, 300 + i as u32);
-            let residual = values(s.output_len(), 400 + i as u32);
-            for (with_residual, relu) in [(false, false), (true, true), (false, true)] {
-                let fuse = Fuse {
-                    scale: None,
-                    bias: Some(&bias),
-                    residual: with_residual.then_some(&residual[..]),
-                    relu,
-                };
-                let mut want = vec![0f32; s.output_len()];
-                conv::forward_fused(&x, &wt, &s, &Fuse { scale: Some(&scale), ..fuse }, &mut want);
-                let mut got = vec![f32::NAN; s.output_len()];
-                forward(&x, &pack_weights(&wt, &s, Some(&scale)), &s, &fuse, &mut got);
-                // Each sum has 9 * cin terms of magnitude up to ~1.5; the two passes' rounding
-                // differs by up to ~4e-8 per term here (measured), a wrong transform by O(1).
-                let tol = 2e-7 * (9 * cin) as f32;
-                for (k, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert!((g - w).abs() <= tol, "{s:?} {with_residual} {relu}: [{k}] {g} vs {w}");
-                }
-            }
-        }
-    }
-
-    /// A transform of known values: a kernel that picks one input pixel gives back that pixel.
-    #[test]
-    fn an_identity_kernel_returns_its_input() {
-        let s = ConvShape { n: 1, h: 4, w: 5, cin: 8, cout: 8, k: 3, stride: 1, pad: 1 };
-        let mut wt = vec![0f32; s.weight_len()];
-        for c in 0..8 {
-            wt[(c * 8 + c) * 9 + 4] = 1.0; // centre tap, channel to itself
-        }
-        let x = values(s.input_len(), 7);
-        let mut got = vec![0f32; s.output_len()];
-        forward(&x, &pack_weights(&wt, &s, None), &s, &Fuse::default(), &mut got);
-        for (g, v) in got.iter().zip(&x) {
-            assert!((g - v).abs() <= 1e-6, "{g} vs {v}");
-        }
-    }
-
-    /// Light weights split into ranges of tiles, heavy ones (over 1 MiB) into groups of column
-    /// blocks too; either way each value is computed by the same operations.
-    #[test]
-    fn the_bits_do_not_depend_on_the_thread_count() {
-        for (n, h, c) in [(2, 14, 64), (1, 7, 256)] {
-            let s = ConvShape { n, h, w: h, cin: c, cout: c + 32, k: 3, stride: 1, pad: 1 };
-            let x = values(s.input_len(), 11);
-            let packed = pack_weights(&values(s.weight_len(), 12), &s, None);
-            let run = |threads: usize| {
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
-                let mut out = vec![0f32; s.output_len()];
-                pool.install(|| forward(&x, &packed, &s, &Fuse::default(), &mut out));
-                out
-            };
-            let one = run(1);
-            for threads in [2, 3, 8] {
-                let same = run(threads).iter().zip(&one).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{s:?}: {threads} threads");
-            }
-        }
-    }
-
-    /// A whole evaluation pass with Winograd layers (the 64-channel 16x16 first stage of this
-    /// CIFAR ResNet, whatever the kernel set) against the per-op path, with batch-norm
-    /// statistics that make the folded scale and bias matter.
-    #[test]
-    fn a_model_evaluated_through_winograd_matches_the_per_op_path() {
-        use crate::{Arch, Model};
-        use candle_core::{Device, Tensor};
-        let s = ConvShape { n: 2, h: 16, w: 16, cin: 64, cout: 64, k: 3, stride: 1, pad: 1 };
-        assert!(pays(&s), "the first stage runs through Winograd with the selected kernel set");
-        let arch = Arch::new("cifar-resnet8x64", 5, 3).expect("arch");
-        let fused = Model::new(arch, 3, &Device::Cpu).expect("model");
-        let mut per_op = Model::new(arch, 3, &Device::Cpu).expect("model");
-        per_op.set_fused(false);
-        for (i, (name, b)) in fused.store().named_buffers().into_iter().enumerate() {
-            let v = values(b.elem_count(), 500 + i as u32);
-            let v: Vec<f32> = if name.ends_with("running_mean") {
-                v.iter().map(|v| 0.1 * v).collect()
-            } else if name.ends_with("running_var") {
-                v.iter().map(|v| 0.5 + v.abs()).collect()
-            } else {
-                continue;
-            };
-            let t = Tensor::from_vec(v, b.shape(), &Device::Cpu).expect("tensor");
-            fused.store().set_buffer(&name, t.clone()).expect("buffer");
-            per_op.store().set_buffer(&name, t).expect("buffer");
-        }
-        let x = Tensor::from_vec(values(2 * 3 * 16 * 16, 9), (2, 3, 16, 16), &Device::Cpu).expect("input");
-        let (fa, la) = fused.infer(&x).expect("fused");
-        let (fb, lb) = per_op.infer(&x).expect("per op");
-        for (what, a, b) in [("features", fa, fb), ("logits", la, lb)] {
-            let (a, b) = (
-                a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-                b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            );
-            let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let worst = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-            assert!(scale > 0.1, "{what}: values up to {scale} test nothing");
-            assert!(worst <= 1e-5 * scale, "{what}: worst difference {worst} against values up to {scale}");
-        }
-    }
-}
+mod tests;

@@ -48,7 +48,7 @@ impl PackCache {
                 return Ok(packed.clone());
             }
         }
-        let packed = Arc::new(PackedWeights::for_inference(w, s, Some(scale)));
+        let packed = Arc::new(PackedWeights::fastest(w, s, Some(scale)));
         self.entries()?.insert(index, (print, packed.clone()));
         Ok(packed)
     }
