@@ -35,6 +35,7 @@ macro_rules! avx512_strip_blocks {
 macro_rules! avx2_strip_blocks {
     ($then:ident) => {
         $then! {
+            (Three, 2, 16; 1 2 3 4),
             (Pair, 2, 32; 1 2 3 4 5),
             (Pair, 2, 64; 1 2 3 4 5),
             (Pair, 2, 128; 1 2 3 4 5),

@@ -173,11 +173,16 @@ impl Window {
 /// Listed once in `blocks.rs`, which also builds the AVX-512 set's dispatch.
 pub const STRIP_SHAPES: &[(Window, usize, usize, usize)] = avx512_strip_blocks!(strip_table);
 
-/// The strip blocks of the AVX2 kernel: the stride-2 input gradient's windows only, 16 columns
-/// (two `ymm` vectors) over ResNet's channel counts, as many rows as its 16 registers hold
-/// beside the weights (5 and 6). Its 3x3 stride-1 strips were tried and not kept (see
-/// [`KernelSet::strip`] of the AVX2 set). Listed once in `blocks.rs`, which also builds the
-/// AVX2 set's dispatch.
+/// The strip blocks of the AVX2 kernel, 16 columns (two `ymm` vectors), as many rows as its 16
+/// registers hold beside the weights: the stride-2 input gradient's windows over ResNet's
+/// channel counts (5 and 6 rows), and [`Window::Three`] over 16 channels (4 rows; 5 and 6
+/// spill: 32x32x16 at batch 128 3.2 ms with 4, 4.3 with 6). The 3x3 stride-1 strips run
+/// ResNet-32's first stage, forward and input gradient, at 9-20% above the gather pass and
+/// take each row's moments as they store it (`conv_throughput`, forward with moments 3.74-3.95
+/// -> 3.31 ms, input gradient 3.49-3.54 -> 3.02; ResNet-32 training 402-413 -> 420-426 img/s
+/// interleaved); over 32 and 64 channels they were no faster than the gather pass, and those
+/// layers run by Winograd now (`ops/winograd.rs`). Listed once in `blocks.rs`, which also
+/// builds the AVX2 set's dispatch.
 pub const AVX2_STRIP_SHAPES: &[(Window, usize, usize, usize)] = avx2_strip_blocks!(strip_table);
 
 /// One kernel row of a strip block: a window of `mr + 2` consecutive source pixels of `depth`

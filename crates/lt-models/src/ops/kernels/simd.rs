@@ -568,9 +568,8 @@ pub(crate) fn sets() -> Vec<(&'static str, Option<KernelSet>)> {
                     gather: avx2::gather_dispatch,
                     outer: avx2::outer_dispatch,
                     nb_max: 2,
-                    // The stride-2 input gradient's phases only. 3x3 stride-1 strips were tried
-                    // with four rows of two `ymm` vectors: 16-channel layers 9-20% faster,
-                    // 32-channel ones no faster, ResNet-32 within noise (train -3%, eval +2%).
+                    // The stride-2 input gradient's phases, and 3x3 stride-1 strips over 16
+                    // channels (see `AVX2_STRIP_SHAPES`).
                     strip: Some(avx2::STRIPS),
                     // Three taps of two `ymm` vectors per input channel leave room for one.
                     grad_strip: None,
