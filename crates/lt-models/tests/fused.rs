@@ -177,3 +177,14 @@ fn a_training_step_gives_the_same_bits_on_any_thread_count() {
         assert!(one == step(threads), "{threads} threads differ from one");
     }
 }
+
+#[test]
+fn an_empty_batch_evaluates_to_empty_features_and_logits() {
+    // Its 64-channel 16x16 stage runs by Winograd, its stem on the gather pass: neither may
+    // divide its work by zero tiles or pixels.
+    let dev = Device::Cpu;
+    let m = Model::new(Arch::new("cifar-resnet8x64", 5, 3).unwrap(), 3, &dev).unwrap();
+    let x = Tensor::zeros((0, 3, 16, 16), candle_core::DType::F32, &dev).unwrap();
+    let (features, logits) = m.infer(&x).expect("an empty batch");
+    assert_eq!((features.dims(), logits.dims()), (&[0, 256][..], &[0, 5][..]));
+}

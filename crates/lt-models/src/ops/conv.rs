@@ -227,7 +227,7 @@ pub(super) fn column_groups(row_tasks: usize, blocks: usize) -> usize {
     if row_tasks >= want {
         1
     } else {
-        blocks.min(want.div_ceil(row_tasks)).max(1)
+        blocks.min(want.div_ceil(row_tasks.max(1))).max(1)
     }
 }
 
@@ -864,6 +864,10 @@ fn forward_packed_into(
     assert_eq!(out.len(), s.output_len(), "conv output length");
     assert!(packed.fits(s), "packed weights {:?} for a convolution {s:?}", packed.dims);
     assert!(fuse.scale.is_none(), "a scale is folded in when packing");
+    if out.is_empty() {
+        // No output pixel (an empty batch): nothing to compute, no moments.
+        return summarise.then(|| norm::Moments::new(s.cout));
+    }
     if let Some(w) = &packed.winograd {
         winograd::forward(x, w, s, fuse, out);
         return None;
@@ -982,6 +986,13 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     assert_eq!(dy.len(), s.output_len(), "conv output-gradient length");
     assert_eq!(w.len(), s.weight_len(), "conv weight length");
     assert_eq!(dx.len(), s.input_len(), "conv input-gradient length");
+    if dy.is_empty() || dx.is_empty() {
+        // No output pixel (an empty batch, or images smaller than the kernel): no gradient.
+        if !accumulate {
+            dx.fill(0.0);
+        }
+        return;
+    }
     if is_pointwise(s) {
         return pointwise_backward_input(dy, w, s, dx, accumulate);
     }
@@ -1776,6 +1787,26 @@ pub(crate) mod tests {
             let (a, b) = (g.by_pixels(), g.by_channels());
             assert!(a.iter().any(|&v| v != 0.0));
             close(&a, &b, &format!("weight gradient splits {s:?}"));
+        }
+    }
+
+    /// A batch of no images, on every path (strip, Winograd, gather, strided, pointwise, sampled
+    /// pointwise): empty outputs, empty moments, a zero weight gradient, no panic.
+    #[test]
+    fn an_empty_batch_gives_empty_outputs_and_zero_weight_gradients() {
+        for (cin, cout, k, stride) in
+            [(16, 16, 3, 1), (64, 64, 3, 1), (24, 40, 3, 2), (24, 40, 1, 1), (24, 40, 1, 2), (5, 7, 3, 1)]
+        {
+            let s = ConvShape { n: 0, h: 9, w: 9, cin, cout, k, stride, pad: k / 2 };
+            let w = data(s.weight_len(), 5);
+            let (mut out, mut dx, mut dw) = (Vec::new(), Vec::new(), vec![f32::NAN; s.weight_len()]);
+            forward(&[], &w, &s, &mut out);
+            let m = forward_with_moments(&[], &w, &s, &mut out);
+            assert!(m.is_empty(), "{s:?}: moments of nothing");
+            backward_input(&[], &w, &s, &mut dx);
+            backward_input_acc(&[], &w, &s, &mut dx);
+            backward_weight(&[], &[], &s, &mut dw);
+            assert!(dw.iter().all(|&v| v == 0.0), "{s:?}: weight gradient of no pixels");
         }
     }
 
