@@ -5,6 +5,8 @@
 //! as evaluation keeps them): `folded` on the direct kernels, `eval` packed as evaluation packs
 //! it (Winograd F(2x2, 3x3) for the 3x3 stride-1 layers where it pays), against the same work as
 //! three passes: `cargo run --release -p lt-models --example conv_throughput [resnet50 [batch]]`.
+//! The training passes (`fwd`, `with moments`, `dx`) run as training runs them: by Winograd
+//! where it pays, so their GF count the direct convolution's multiplies (an effective rate).
 //! Times are the best of 7 runs (the least disturbed by other work on the machine); GF =
 //! GFLOP/s.
 use lt_models::ops::conv::{
