@@ -1625,9 +1625,13 @@ pub(crate) mod tests {
             ConvShape { n: 2, h: 130, w: 130, cin: 3, cout: 5, k: 1, stride: 1, pad: 0 },
             // Heavy weights and few row blocks (batch-1-like): column groups by thread count.
             ConvShape { n: 1, h: 7, w: 7, cin: 256, cout: 160, k: 3, stride: 1, pad: 1 },
+            // The forward pass and the input gradient by Winograd with every kernel set.
+            ConvShape { n: 2, h: 16, w: 16, cin: 64, cout: 64, k: 3, stride: 1, pad: 1 },
         ];
         let methods: Vec<WeightMethod> = [1, 2, 4].iter().map(|&i| weight_method(&shapes[i])).collect();
         assert_eq!(methods, [WeightMethod::Pixels, WeightMethod::Channels, WeightMethod::Panels]);
+        let last = shapes.last().unwrap();
+        assert!(winograd::pays(last) && winograd::pays(&winograd::input_gradient_shape(last)));
         for s in shapes {
             let (x, w, dy) = (data(s.input_len(), 81), data(s.weight_len(), 82), data(s.output_len(), 83));
             let run = |threads: usize| {
