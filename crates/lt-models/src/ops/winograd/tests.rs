@@ -2,18 +2,7 @@
 
 use super::*;
 use crate::ops::conv;
-
-fn values(len: usize, seed: u32) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(12345);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            (state % 2001) as f32 / 1000.0 - 1.0
-        })
-        .collect()
-}
+use crate::ops::conv::tests::data;
 
 /// The Winograd pass against the direct one (same scale, bias, residual, ReLU) on shapes with
 /// odd sides, several images, several and partial column blocks, one and many chunks.
@@ -24,11 +13,11 @@ fn winograd_matches_the_direct_convolution_within_rounding() {
     for (i, &(n, h, w, cin, cout)) in shapes.iter().enumerate() {
         let s = ConvShape { n, h, w, cin, cout, k: 3, stride: 1, pad: 1 };
         assert!(applies(&s));
-        let x = values(s.input_len(), 1 + i as u32);
-        let wt = values(s.weight_len(), 100 + i as u32);
-        let scale: Vec<f32> = values(cout, 200 + i as u32).iter().map(|v| 0.5 + v.abs()).collect();
-        let bias = values(cout, 300 + i as u32);
-        let residual = values(s.output_len(), 400 + i as u32);
+        let x = data(s.input_len(), 1 + i as u64);
+        let wt = data(s.weight_len(), 100 + i as u64);
+        let scale: Vec<f32> = data(cout, 200 + i as u64).iter().map(|v| 0.5 + v.abs()).collect();
+        let bias = data(cout, 300 + i as u64);
+        let residual = data(s.output_len(), 400 + i as u64);
         for (with_residual, relu) in [(false, false), (true, true), (false, true)] {
             let fuse = Fuse {
                 scale: None,
@@ -60,16 +49,16 @@ fn the_input_gradient_matches_direct_loops() {
     for (i, &(n, h, w, cin, cout)) in shapes.iter().enumerate() {
         let s = ConvShape { n, h, w, cin, cout, k: 3, stride: 1, pad: 1 };
         let (x, wt, dy) = (
-            values(s.input_len(), 20 + i as u32),
-            values(s.weight_len(), 30 + i as u32),
-            values(s.output_len(), 40 + i as u32),
+            data(s.input_len(), 20 + i as u64),
+            data(s.weight_len(), 30 + i as u64),
+            data(s.output_len(), 40 + i as u64),
         );
         let (_, want, _) = conv::tests::reference(&x, &wt, &dy, &s);
         // Each sum has 9 * cout terms of magnitude up to 1 (see the forward test).
         let tol = 2e-7 * (9 * cout) as f32;
         let mut got = vec![f32::NAN; s.input_len()];
         input_gradient(&dy, &wt, &s, false, &mut got);
-        let base = values(s.input_len(), 50 + i as u32);
+        let base = data(s.input_len(), 50 + i as u64);
         let mut acc = base.clone();
         input_gradient(&dy, &wt, &s, true, &mut acc);
         for (k, ((g, a), (w, b))) in got.iter().zip(&acc).zip(want.iter().zip(&base)).enumerate() {
@@ -87,7 +76,7 @@ fn an_identity_kernel_returns_its_input() {
     for c in 0..8 {
         wt[(c * 8 + c) * 9 + 4] = 1.0; // centre tap, channel to itself
     }
-    let x = values(s.input_len(), 7);
+    let x = data(s.input_len(), 7);
     let mut got = vec![0f32; s.output_len()];
     forward(&x, &pack_weights(&wt, &s, None), &s, &Fuse::default(), &mut got);
     for (g, v) in got.iter().zip(&x) {
@@ -101,8 +90,8 @@ fn an_identity_kernel_returns_its_input() {
 fn the_bits_do_not_depend_on_the_thread_count() {
     for (n, h, c) in [(2, 14, 64), (1, 7, 256)] {
         let s = ConvShape { n, h, w: h, cin: c, cout: c + 32, k: 3, stride: 1, pad: 1 };
-        let x = values(s.input_len(), 11);
-        let packed = pack_weights(&values(s.weight_len(), 12), &s, None);
+        let x = data(s.input_len(), 11);
+        let packed = pack_weights(&data(s.weight_len(), 12), &s, None);
         let run = |threads: usize| {
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("pool");
             let mut out = vec![0f32; s.output_len()];
@@ -131,7 +120,7 @@ fn a_model_evaluated_through_winograd_matches_the_per_op_path() {
     let mut per_op = Model::new(arch, 3, &Device::Cpu).expect("model");
     per_op.set_fused(false);
     for (i, (name, b)) in fused.store().named_buffers().into_iter().enumerate() {
-        let v = values(b.elem_count(), 500 + i as u32);
+        let v = data(b.elem_count(), 500 + i as u64);
         let v: Vec<f32> = if name.ends_with("running_mean") {
             v.iter().map(|v| 0.1 * v).collect()
         } else if name.ends_with("running_var") {
@@ -143,7 +132,7 @@ fn a_model_evaluated_through_winograd_matches_the_per_op_path() {
         fused.store().set_buffer(&name, t.clone()).expect("buffer");
         per_op.store().set_buffer(&name, t).expect("buffer");
     }
-    let x = Tensor::from_vec(values(2 * 3 * 16 * 16, 9), (2, 3, 16, 16), &Device::Cpu).expect("input");
+    let x = Tensor::from_vec(data(2 * 3 * 16 * 16, 9), (2, 3, 16, 16), &Device::Cpu).expect("input");
     let (fa, la) = fused.infer(&x).expect("fused");
     let (fb, lb) = per_op.infer(&x).expect("per op");
     for (what, a, b) in [("features", fa, fb), ("logits", la, lb)] {
