@@ -1002,7 +1002,7 @@ fn backward_input_into(dy: &[f32], w: &[f32], s: &ConvShape, dx: &mut [f32], acc
     if strided::strided_input_gradient(dy, w, s, dx, accumulate) {
         return;
     }
-    if winograd::pays(&winograd::input_gradient_shape(s)) {
+    if winograd::input_gradient_pays(s) {
         return winograd::input_gradient(dy, w, s, accumulate, dx);
     }
     let (k, cin, cout) = (s.k, s.cin, s.cout);
@@ -1631,7 +1631,7 @@ pub(crate) mod tests {
         let methods: Vec<WeightMethod> = [1, 2, 4].iter().map(|&i| weight_method(&shapes[i])).collect();
         assert_eq!(methods, [WeightMethod::Pixels, WeightMethod::Channels, WeightMethod::Panels]);
         let last = shapes.last().unwrap();
-        assert!(winograd::pays(last) && winograd::pays(&winograd::input_gradient_shape(last)));
+        assert!(winograd::pays(last) && winograd::input_gradient_pays(last));
         for s in shapes {
             let (x, w, dy) = (data(s.input_len(), 81), data(s.weight_len(), 82), data(s.output_len(), 83));
             let run = |threads: usize| {
@@ -1850,7 +1850,7 @@ pub(crate) mod tests {
             assert!(methods.contains(&m), "no shape runs the weight gradient by {m:?}");
         }
         let last = shapes.last().unwrap();
-        assert!(winograd::pays(last) && winograd::pays(&winograd::input_gradient_shape(last)));
+        assert!(winograd::pays(last) && winograd::input_gradient_pays(last));
         for (i, s) in shapes.iter().enumerate() {
             let x = data(s.input_len(), 1 + i as u64);
             let w = data(s.weight_len(), 10 + i as u64);

@@ -58,8 +58,8 @@ pub(crate) fn applies(s: &ConvShape) -> bool {
         && s.cin > 0
 }
 
-/// Whether convolution `s` runs by Winograd F(2x2, 3x3) (its forward pass, and its input
-/// gradient as the forward pass of [`input_gradient_shape`]): where it [`applies`] and was
+/// Whether convolution `s` runs by Winograd F(2x2, 3x3) (its forward pass; its input gradient
+/// runs so where this holds of [`input_gradient_shape`], see [`input_gradient_pays`]): where it [`applies`] and was
 /// measured faster than the direct pass with the selected kernel set (`conv_throughput`'s
 /// `eval` column against `folded`, batch 1 and batched, ResNet-32 and ResNet-50 layers, and
 /// whole networks). With AVX-512 the direct strip kernels run ResNet-32's layers (16-64
@@ -118,8 +118,14 @@ pub(crate) fn pack_weights(w: &[f32], s: &ConvShape, scale: Option<&[f32]>) -> P
 
 /// The convolution whose forward pass is the input gradient of `s` (3x3, stride 1, pad 1):
 /// the output gradient in, the input gradient out, channel counts swapped.
-pub(crate) fn input_gradient_shape(s: &ConvShape) -> ConvShape {
+fn input_gradient_shape(s: &ConvShape) -> ConvShape {
     ConvShape { cin: s.cout, cout: s.cin, ..*s }
+}
+
+/// Whether the input gradient of convolution `s` runs by Winograd ([`input_gradient`]): where
+/// its forward pass, [`input_gradient_shape`], [`pays`].
+pub(crate) fn input_gradient_pays(s: &ConvShape) -> bool {
+    pays(&input_gradient_shape(s))
 }
 
 /// The input gradient `dx` (`[N, H, W, C_in]`) of convolution `s` from the output gradient
