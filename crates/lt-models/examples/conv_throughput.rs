@@ -99,7 +99,7 @@ fn main() {
         let packed = PackedWeights::new(&w, &s, fuse.scale);
         let kept = Fuse { scale: None, ..fuse };
         let tfused = best(&mut || forward_packed(&x, &packed, &s, &kept, &mut out));
-        // As evaluation packs it (Winograd F(2x2, 3x3) where it applies).
+        // As evaluation packs it (Winograd F(2x2, 3x3) where it pays).
         let inference = PackedWeights::fastest(&w, &s, fuse.scale);
         let tinfer = best(&mut || forward_packed(&x, &inference, &s, &kept, &mut out));
         let tsplit = best(&mut || {
