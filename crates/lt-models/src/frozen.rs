@@ -31,6 +31,7 @@ impl Model {
         let mut copy = Model::new(*self.arch(), 0, self.device())?;
         copy.set_backend(self.backend());
         copy.set_fused(self.fused());
+        copy.set_precision(self.precision());
         // `Var::set` copies the values into the copy's own storage.
         for ((name, dst), (src_name, src)) in
             copy.store().named_params().into_iter().zip(self.store().named_params())

@@ -16,6 +16,7 @@ use crate::ops::elementwise::Nhwc;
 use crate::ops::Backend;
 use crate::params::ParamStore;
 use crate::pool::Pool;
+use crate::precision::Precision;
 use crate::program::{Plan, Program, ProgramBuilder};
 use crate::torchvision::TvResNet;
 
@@ -37,6 +38,7 @@ pub struct Model {
     program: Arc<Program>,
     head: Linear,
     backend: Backend,
+    precision: Precision,
     fused: bool,
     pool: Arc<Pool>,
     packs: Arc<PackCache>,
@@ -45,7 +47,11 @@ pub struct Model {
 
 impl std::fmt::Debug for Model {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Model").field("arch", &self.arch).field("backend", &self.backend).finish()
+        f.debug_struct("Model")
+            .field("arch", &self.arch)
+            .field("backend", &self.backend)
+            .field("precision", &self.precision)
+            .finish()
     }
 }
 
@@ -85,6 +91,7 @@ impl Model {
             program,
             head,
             backend: Backend::default(),
+            precision: Precision::default(),
             fused: true,
             pool: Pool::new(),
             packs: Arc::default(),
@@ -115,6 +122,18 @@ impl Model {
     /// Chooses the op implementation (the project's kernels or candle's stock ops).
     pub fn set_backend(&mut self, backend: Backend) {
         self.backend = backend;
+    }
+
+    /// The arithmetic of the backbone's passes.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Chooses the arithmetic of the backbone's passes (see [`Precision`]); the parameters stay
+    /// `f32`. [`Precision::Bf16`] is for CUDA, where cuDNN runs it; on the CPU it runs candle's
+    /// stock ops in `bf16`, which is slower than `f32` on the project's kernels.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     /// Whether the CPU fast backend runs the backbone as one fused node (the default; see
@@ -166,11 +185,12 @@ impl Model {
         }
     }
 
-    /// Whether the fused CPU pass applies: fast backend, CPU, `f32`, and no gradient wanted for
-    /// the input itself (the fused pass computes none).
+    /// Whether the fused CPU pass applies: fast backend, CPU, `f32` input and arithmetic, and no
+    /// gradient wanted for the input itself (the fused pass computes none).
     fn fused_ok(&self, x: &Tensor, mode: Mode) -> bool {
         self.fused
             && self.backend == Backend::Fast
+            && self.precision == Precision::F32
             && self.device().is_cpu()
             && x.device().is_cpu()
             && x.dtype() == DType::F32
@@ -200,9 +220,11 @@ impl Model {
             };
             return fused.features(x, &self.store, mode);
         }
-        let x = x.to_device(self.device())?.permute((0, 2, 3, 1))?;
+        let x =
+            x.to_device(self.device())?.permute((0, 2, 3, 1))?.to_dtype(self.precision.activation_dtype())?;
         let x = if mode.graph { x } else { x.detach() };
-        Eager { backend: self.backend, store: &self.store, mode }.run(&self.program, x)
+        let eager = Eager { backend: self.backend, store: &self.store, mode, precision: self.precision };
+        eager.run(&self.program, x)
     }
 
     fn logits(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {

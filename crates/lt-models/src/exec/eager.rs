@@ -1,13 +1,15 @@
 //! The eager executor: runs a program node by node with the [`Backend`] ops, on tensors, with
 //! candle's autograd. It serves every device and both backends: the reference of the fused CPU
-//! pass, the stock-candle baseline and the CUDA path (cuDNN through [`Backend::Fast`]).
+//! pass, the stock-candle baseline and the CUDA path (cuDNN through [`Backend::Fast`]), in `f32`
+//! or mixed `bf16` ([`Precision`]).
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 
 use super::Mode;
 use crate::error::{ModelError, Result};
 use crate::ops::Backend;
 use crate::params::ParamStore;
+use crate::precision::Precision;
 use crate::program::{BnSpec, Node, Op, Program};
 
 /// What an eager run needs besides the program and its input.
@@ -15,6 +17,9 @@ pub(crate) struct Eager<'a> {
     pub backend: Backend,
     pub store: &'a ParamStore,
     pub mode: Mode,
+    /// The activations' type; convolution filters are cast to it, batch norm keeps `f32`
+    /// parameters, and pooling and the program's output are `f32`.
+    pub precision: Precision,
 }
 
 impl Eager<'_> {
@@ -27,8 +32,15 @@ impl Eager<'_> {
         }
     }
 
-    /// Runs `prog` on the NHWC input `x`; returns the pooled representation `[N, C]`. Every
-    /// activation is dropped after its last use (the graph keeps what the backward pass needs).
+    /// A convolution filter in the activations' type: a cast that is a node of the graph (its
+    /// gradient reaches the `f32` parameter) where the precision is not `f32`.
+    fn filter(&self, v: &Var) -> Result<Tensor> {
+        Ok(self.param(v).to_dtype(self.precision.activation_dtype())?)
+    }
+
+    /// Runs `prog` on the NHWC input `x` (of the precision's activation type); returns the
+    /// pooled representation `[N, C]`, `f32`. Every activation is dropped after its last use (the
+    /// graph keeps what the backward pass needs).
     pub fn run(&self, prog: &Program, x: Tensor) -> Result<Tensor> {
         let mut uses = prog.use_counts();
         let mut slots: Vec<Option<Tensor>> = vec![None; prog.slots];
@@ -47,7 +59,8 @@ impl Eager<'_> {
             .take()
             .ok_or_else(|| ModelError::Invalid("the program has no output".into()))?;
         // Global average pooling already yields [N, C]; a program ending elsewhere is flattened.
-        Ok(if out.rank() == 2 { out } else { out.flatten_from(1)? })
+        let out = if out.rank() == 2 { out } else { out.flatten_from(1)? };
+        Ok(out.to_dtype(DType::F32)?)
     }
 
     fn node(&self, node: &Node, slots: &[Option<Tensor>]) -> Result<Tensor> {
@@ -60,12 +73,13 @@ impl Eager<'_> {
         let b = self.backend;
         let run = || -> Result<Tensor> {
             Ok(match &node.op {
-                Op::Conv { w, stride, pad } => b.conv2d(x, &self.param(&w.var), *stride, *pad)?,
+                Op::Conv { w, stride, pad } => b.conv2d(x, &self.filter(&w.var)?, *stride, *pad)?,
                 Op::Bn(bn) => self.batch_norm(x, bn)?,
                 Op::AddRelu { other } => b.add_relu(x, get(*other)?)?,
                 Op::Shortcut { pad } => b.shortcut_a(x, *pad)?,
                 Op::MaxPool(win) => b.max_pool(x, win.k, win.stride, win.pad)?,
-                Op::AvgPool => b.avg_pool(x)?,
+                // In f32: the mean of many bf16 values, and the features the head takes.
+                Op::AvgPool => b.avg_pool(&x.to_dtype(DType::F32)?)?,
             })
         };
         crate::profile::time(node.op.kind(self.mode.train), x.device(), run)

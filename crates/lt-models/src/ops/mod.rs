@@ -3,9 +3,11 @@
 //!
 //! - **host**: [`Backend::Fast`] on the CPU (`f32`): candle custom ops (`ops::custom`) with explicit
 //!   backward passes over the project's kernels ([`conv`], [`norm`], [`elementwise`]);
-//! - **cuDNN**: [`Backend::Fast`] on CUDA (`f32`, feature `cudnn`): convolution, batch norm, max
-//!   pooling and the residual add + ReLU through cuDNN (channels-last activations and filters),
-//!   the other element-wise ops through candle's CUDA kernels; nothing is copied to the host;
+//! - **cuDNN**: [`Backend::Fast`] on CUDA (`f32`, or `bf16` activations and filters with `f32`
+//!   batch-norm values in the mixed-precision mode; feature `cudnn`): convolution, batch norm,
+//!   max pooling and the residual add + ReLU through cuDNN (channels-last activations and
+//!   filters), the other element-wise ops through candle's CUDA kernels; nothing is copied to
+//!   the host;
 //! - **stock**: [`Backend::Candle`], or any other device or dtype: candle's own ops (`ops::stock`),
 //!   the "stock candle" baseline of the benchmark and the reference of the op tests.
 //!
@@ -36,7 +38,8 @@ type CResult<T> = candle_core::Result<T>;
 /// Which implementation runs the backbone ops.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Backend {
-    /// The project's kernels on CPU and cuDNN on CUDA (`f32`); candle's ops elsewhere.
+    /// The project's kernels on CPU (`f32`) and cuDNN on CUDA (`f32` and `bf16`); candle's ops
+    /// elsewhere.
     #[default]
     Fast,
     /// candle's stock ops everywhere.
@@ -149,12 +152,16 @@ enum Route {
 }
 
 impl Backend {
+    /// The route of an op on `t`: the host kernels take `f32`, cuDNN `f32` and `bf16`
+    /// activations (the mixed-precision mode); anything else runs candle's ops.
     fn route(self, t: &Tensor) -> Route {
-        if self != Backend::Fast || t.dtype() != DType::F32 {
+        let dtype = t.dtype();
+        if self != Backend::Fast {
             Route::Stock
-        } else if t.device().is_cpu() {
+        } else if t.device().is_cpu() && dtype == DType::F32 {
             Route::Host
-        } else if cfg!(feature = "cudnn") && t.device().is_cuda() {
+        } else if cfg!(feature = "cudnn") && t.device().is_cuda() && matches!(dtype, DType::F32 | DType::BF16)
+        {
             Route::Cudnn
         } else {
             Route::Stock
@@ -190,7 +197,9 @@ impl Backend {
         match self.route(x) {
             Route::Host => custom::norm::train_host(x, gamma, beta, eps, relu),
             #[cfg(feature = "cudnn")]
-            Route::Cudnn => custom::norm::train_cudnn(x, gamma, beta, eps, relu),
+            Route::Cudnn => {
+                in_f32_if_refused(BF16_BN_TRAIN, x, |x| custom::norm::train_cudnn(x, gamma, beta, eps, relu))
+            }
             _ => stock::batch_norm_train(x, gamma, beta, eps, relu),
         }
     }
@@ -207,7 +216,14 @@ impl Backend {
     ) -> CResult<Tensor> {
         match self.route(x) {
             Route::Stock => stock::batch_norm_eval(x, affine, stats, eps, relu),
-            route => custom::norm::eval(x, affine, stats, eps, relu, route == Route::Host),
+            Route::Host => custom::norm::eval(x, affine, stats, eps, relu, true),
+            #[cfg(feature = "cudnn")]
+            Route::Cudnn => in_f32_if_refused(BF16_BN_EVAL, x, |x| {
+                Ok((custom::norm::eval(x, affine, stats, eps, relu, false)?, ()))
+            })
+            .map(|(y, ())| y),
+            #[cfg(not(feature = "cudnn"))]
+            Route::Cudnn => custom::norm::eval(x, affine, stats, eps, relu, false),
         }
     }
 
@@ -254,9 +270,54 @@ impl Backend {
     pub fn max_pool(self, x: &Tensor, k: usize, stride: usize, pad: usize) -> CResult<Tensor> {
         match self.route(x) {
             Route::Stock => stock::max_pool(x, k, stride, pad),
+            #[cfg(feature = "cudnn")]
+            Route::Cudnn if x.dtype() != DType::F32 => {
+                if cudnn::refused(BF16_MAX_POOL) {
+                    return stock::max_pool(x, k, stride, pad);
+                }
+                custom::pool::max_pool(x, k, stride, pad).or_else(|e| {
+                    cudnn::fall_back(BF16_MAX_POOL, &e);
+                    stock::max_pool(x, k, stride, pad)
+                })
+            }
             _ => custom::pool::max_pool(x, k, stride, pad),
         }
     }
+}
+
+/// The `bf16` calls cuDNN may refuse (its support for `bf16` outside convolutions varies by
+/// version), named in the warning of [`cudnn::fall_back`].
+#[cfg(feature = "cudnn")]
+const BF16_BN_TRAIN: &str = "bf16 batch norm (training)";
+#[cfg(feature = "cudnn")]
+const BF16_BN_EVAL: &str = "bf16 batch norm (inference)";
+#[cfg(feature = "cudnn")]
+const BF16_MAX_POOL: &str = "bf16 max pooling";
+
+/// `f(x)` through cuDNN; for a `bf16` `x` that cuDNN refuses (`what`, warned about once),
+/// `f` in `f32` with the output cast back: casts that are nodes of the graph, so the gradients
+/// follow. The first element of `f`'s result is its output.
+#[cfg(feature = "cudnn")]
+fn in_f32_if_refused<R>(
+    what: &'static str,
+    x: &Tensor,
+    f: impl Fn(&Tensor) -> CResult<(Tensor, R)>,
+) -> CResult<(Tensor, R)> {
+    let dtype = x.dtype();
+    let via_f32 = || -> CResult<(Tensor, R)> {
+        let (y, r) = f(&x.to_dtype(DType::F32)?)?;
+        Ok((y.to_dtype(dtype)?, r))
+    };
+    if dtype == DType::F32 {
+        return f(x);
+    }
+    if cudnn::refused(what) {
+        return via_f32();
+    }
+    f(x).or_else(|e| {
+        cudnn::fall_back(what, &e);
+        via_f32()
+    })
 }
 
 #[cfg(test)]

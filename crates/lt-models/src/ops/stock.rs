@@ -2,18 +2,27 @@
 //! gradients by candle's autograd). The "stock candle" baseline of the benchmark and the
 //! reference the fast routes are tested against.
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use super::{elementwise, window_out, BatchStats};
 
 type CResult<T> = candle_core::Result<T>;
 
 /// Convolution of NHWC `x` with `w` (`[C_out, C_in, k, k]`) through candle's NCHW convolution.
+/// Half-precision operands are convolved in `f32` and the result rounded back (products summed
+/// in `f32`, as cuDNN does with `bf16` data; candle's CPU matrix product has no `bf16`).
 pub(crate) fn conv2d(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> CResult<Tensor> {
+    let dtype = x.dtype();
+    if matches!(dtype, DType::BF16 | DType::F16) {
+        let y = conv2d(&x.to_dtype(DType::F32)?, &w.to_dtype(DType::F32)?, stride, pad)?;
+        return y.to_dtype(dtype);
+    }
     x.permute((0, 3, 1, 2))?.conv2d(w, pad, stride, 1, 1)?.permute((0, 2, 3, 1))
 }
 
-/// Training-mode batch norm: batch mean and biased variance over `N, H, W`.
+/// Training-mode batch norm: batch mean and biased variance over `N, H, W`. Computed in the
+/// type of `gamma` (a `bf16` input is normalised in `f32`, as cuDNN does); the output has the type
+/// of `x`.
 pub(crate) fn batch_norm_train(
     x: &Tensor,
     gamma: &Tensor,
@@ -23,7 +32,7 @@ pub(crate) fn batch_norm_train(
 ) -> CResult<(Tensor, BatchStats)> {
     let c = x.dim(candle_core::D::Minus1)?;
     let count = x.elem_count() / c;
-    let flat = x.reshape((count, c))?;
+    let flat = x.reshape((count, c))?.to_dtype(gamma.dtype())?;
     let mean = flat.mean_keepdim(0)?;
     let centered = flat.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(0)?;
@@ -33,11 +42,11 @@ pub(crate) fn batch_norm_train(
         y = y.relu()?;
     }
     let stats = BatchStats { mean: mean.flatten_all()?.detach(), var: var.flatten_all()?.detach(), count };
-    Ok((y.reshape(x.dims())?, stats))
+    Ok((y.reshape(x.dims())?.to_dtype(x.dtype())?, stats))
 }
 
 /// Eval-mode batch norm: `x * scale + shift` with `scale = gamma / sqrt(var + eps)` and
-/// `shift = beta - mean * scale`.
+/// `shift = beta - mean * scale`, computed in the type of `gamma`; the output has the type of `x`.
 pub(crate) fn batch_norm_eval(
     x: &Tensor,
     (gamma, beta): (&Tensor, &Tensor),
@@ -46,14 +55,15 @@ pub(crate) fn batch_norm_eval(
     relu: bool,
 ) -> CResult<Tensor> {
     let c = x.dim(candle_core::D::Minus1)?;
-    let scale = gamma.broadcast_div(&(var.to_dtype(x.dtype())? + eps)?.sqrt()?)?;
-    let shift = (beta - mean.to_dtype(x.dtype())?.mul(&scale)?)?;
-    let y = x.broadcast_mul(&scale.reshape((1, 1, 1, c))?)?.broadcast_add(&shift.reshape((1, 1, 1, c))?)?;
-    if relu {
-        y.relu()
-    } else {
-        Ok(y)
-    }
+    let dtype = gamma.dtype();
+    let scale = gamma.broadcast_div(&(var.to_dtype(dtype)? + eps)?.sqrt()?)?;
+    let shift = (beta - mean.to_dtype(dtype)?.mul(&scale)?)?;
+    let y = x
+        .to_dtype(dtype)?
+        .broadcast_mul(&scale.reshape((1, 1, 1, c))?)?
+        .broadcast_add(&shift.reshape((1, 1, 1, c))?)?;
+    let y = if relu { y.relu()? } else { y };
+    y.to_dtype(x.dtype())
 }
 
 /// `max(a + b, 0)`.

@@ -9,7 +9,7 @@ use candle_core::{CudaStorage, Layout};
 use cudarc::driver::DevicePtrMut;
 
 use super::{
-    check, ints, mptr, one, two_to_one, with_ctx, zero, CResult, ConvDesc, Ctx, FilterDesc, TensorDesc,
+    check, ints, mptr, one, two_to_one, with_ctx, zero, CResult, ConvDesc, Ctx, Dt, FilterDesc, TensorDesc,
 };
 use crate::ops::conv::ConvShape;
 use crate::ops::elementwise::Nhwc;
@@ -26,8 +26,28 @@ pub(crate) enum Dir {
     Filter,
 }
 
-/// The cache key of a plan: shape, direction, and whether TF32 math is allowed.
-pub(crate) type Key = (ConvShape, Dir, bool);
+/// The arithmetic of a convolution: its element type and whether TF32 tensor-core math is
+/// allowed for `f32` (bf16 always runs on the tensor cores, accumulating in `f32`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Math {
+    pub dt: Dt,
+    pub tf32: bool,
+}
+
+impl Math {
+    /// The arithmetic of `dt` under the current TF32 setting ([`crate::ops::set_cudnn_tf32`]).
+    pub fn current(dt: Dt) -> Self {
+        Self { dt, tf32: crate::ops::cudnn_tf32() }
+    }
+
+    /// Whether cuDNN may pick its tensor-core math; otherwise full FP32 (`CUDNN_FMA_MATH`).
+    fn tensor_cores(self) -> bool {
+        self.tf32 || self.dt == Dt::Bf16
+    }
+}
+
+/// The cache key of a plan: shape, direction and arithmetic.
+pub(crate) type Key = (ConvShape, Dir, Math);
 
 /// Workspaces above this are not worth an algorithm.
 const MAX_WORKSPACE: usize = 1 << 30;
@@ -141,33 +161,34 @@ pub(crate) struct ConvPlan {
 }
 
 impl ConvPlan {
-    fn new(handle: sys::cudnnHandle_t, s: &ConvShape, dir: Dir, tf32: bool) -> CResult<Self> {
-        let x = TensorDesc::nhwc(Nhwc { n: s.n, h: s.h, w: s.w, c: s.cin })?;
-        let y = TensorDesc::nhwc(Nhwc { n: s.n, h: s.oh(), w: s.ow(), c: s.cout })?;
+    fn new(handle: sys::cudnnHandle_t, s: &ConvShape, dir: Dir, math: Math) -> CResult<Self> {
+        let x = TensorDesc::nhwc(Nhwc { n: s.n, h: s.h, w: s.w, c: s.cin }, math.dt)?;
+        let y = TensorDesc::nhwc(Nhwc { n: s.n, h: s.oh(), w: s.ow(), c: s.cout }, math.dt)?;
         let w = FilterDesc::new()?;
         let [k_out, c_in, kh, kw] = ints([s.cout, s.cin, s.k, s.k])?;
-        let (ty, nhwc) =
-            (sys::cudnnDataType_t::CUDNN_DATA_FLOAT, sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC);
+        let nhwc = sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC;
         // SAFETY: `w` is live. NHWC format: the filter's memory is [K, R, S, C] ("KRSC").
         check("cudnnSetFilter4dDescriptor", unsafe {
-            sys::cudnnSetFilter4dDescriptor(w.0, ty, nhwc, k_out, c_in, kh, kw)
+            sys::cudnnSetFilter4dDescriptor(w.0, math.dt.cudnn(), nhwc, k_out, c_in, kh, kw)
         })?;
         let conv = ConvDesc::new()?;
         let [pad, stride] = ints([s.pad, s.stride])?;
         let mode = sys::cudnnConvolutionMode_t::CUDNN_CROSS_CORRELATION;
+        // Accumulation in f32 for both element types (bf16 data: cuDNN's "pseudo bf16" setup).
+        let compute = sys::cudnnDataType_t::CUDNN_DATA_FLOAT;
         // SAFETY: `conv` is live.
         check("cudnnSetConvolution2dDescriptor", unsafe {
-            sys::cudnnSetConvolution2dDescriptor(conv.0, pad, pad, stride, stride, 1, 1, mode, ty)
+            sys::cudnnSetConvolution2dDescriptor(conv.0, pad, pad, stride, stride, 1, 1, mode, compute)
         })?;
         let mut plan = Self { x, y, w, conv, candidates: Vec::new(), chosen: 0 };
-        plan.set_math(if tf32 {
+        plan.set_math(if math.tensor_cores() {
             sys::cudnnMathType_t::CUDNN_DEFAULT_MATH
         } else {
             sys::cudnnMathType_t::CUDNN_FMA_MATH
         })?;
-        plan.candidates = plan.query(handle, dir, tf32)?;
+        plan.candidates = plan.query(handle, dir, math)?;
         tracing::debug!(
-            "cuDNN {dir:?} {s:?}: {}",
+            "cuDNN {dir:?} {s:?} {math:?}: {}",
             plan.candidates
                 .iter()
                 .map(|c| format!("algo {} {:?} {:.3} ms {} B", c.algo, c.math, c.ms, c.workspace))
@@ -234,7 +255,7 @@ impl ConvPlan {
     /// cuDNN's usable algorithms for `dir`, best first: measured by running them (the default;
     /// see [`crate::ops::set_cudnn_measured_search`]), or cuDNN's heuristic ranking when
     /// measuring is off or fails.
-    fn query(&self, handle: sys::cudnnHandle_t, dir: Dir, tf32: bool) -> CResult<Vec<Candidate>> {
+    fn query(&self, handle: sys::cudnnHandle_t, dir: Dir, math: Math) -> CResult<Vec<Candidate>> {
         const N: usize = 16;
         let mut perf = [RawPerf::default(); N];
         let mut count = 0i32;
@@ -249,12 +270,13 @@ impl ConvPlan {
         }
         check("cudnnGetConvolution*Algorithm_v7", status)?;
         let exact = sys::cudnnMathType_t::CUDNN_FMA_MATH as u32;
+        let tensor_cores = math.tensor_cores();
         let mut found: Vec<(bool, bool, Candidate)> = perf[..(count.max(0) as usize).min(N)]
             .iter()
             .filter(|p| p.status == 0 && p.memory <= MAX_WORKSPACE && known(dir, p.algo))
             .filter_map(|p| {
                 let math = math_of(p.math_type)?;
-                let preferred_math = tf32 || p.math_type == exact;
+                let preferred_math = tensor_cores || p.math_type == exact;
                 Some((
                     preferred_math,
                     p.determinism == 1,
@@ -284,19 +306,29 @@ impl Ctx {
     }
 }
 
-/// Whether cuDNN offers algorithms for all three passes of `s` on `dev` (with the current
-/// precision setting); when it does not, the caller falls back to candle's convolution.
-pub(crate) fn usable(dev: &candle_core::cuda_backend::CudaDevice, s: &ConvShape) -> bool {
-    let tf32 = crate::ops::cudnn_tf32();
+/// Whether cuDNN offers algorithms for all three passes of `s` on `dev` with elements of the
+/// type of `x` (`f32` or `bf16`; the current TF32 setting); when it does not, the caller falls
+/// back to candle's convolution.
+pub(crate) fn usable(
+    dev: &candle_core::cuda_backend::CudaDevice,
+    s: &ConvShape,
+    x: candle_core::DType,
+) -> bool {
+    let dt = match x {
+        candle_core::DType::F32 => Dt::F32,
+        candle_core::DType::BF16 => Dt::Bf16,
+        _ => return false,
+    };
+    let math = Math::current(dt);
     let checked = with_ctx(dev, |ctx| {
-        if ctx.refused.contains(&(*s, tf32)) {
+        if ctx.refused.contains(&(*s, math)) {
             return Ok(false);
         }
         for dir in [Dir::Forward, Dir::Data, Dir::Filter] {
-            if let Err(e) = ctx.plan((*s, dir, tf32)) {
-                if ctx.refused.insert((*s, tf32)) {
+            if let Err(e) = ctx.plan((*s, dir, math)) {
+                if ctx.refused.insert((*s, math)) {
                     tracing::warn!(
-                        "cuDNN has no channels-last algorithm for {s:?} ({e}); using candle's convolution"
+                        "cuDNN has no channels-last algorithm for {s:?} {math:?} ({e}); using candle's convolution"
                     );
                 }
                 return Ok(false);
@@ -317,9 +349,9 @@ struct Args {
 
 impl Ctx {
     /// Runs one convolution pass, trying cuDNN's candidates from the one that last worked.
-    fn convolve(&mut self, s: &ConvShape, dir: Dir, args: &Args) -> CResult<()> {
-        let tf32 = crate::ops::cudnn_tf32();
-        let key = (*s, dir, tf32);
+    fn convolve(&mut self, s: &ConvShape, dir: Dir, dt: Dt, args: &Args) -> CResult<()> {
+        let math = Math::current(dt);
+        let key = (*s, dir, math);
         let (n, start) = {
             let plan = self.plan(key)?;
             (plan.candidates.len(), plan.chosen)
@@ -334,7 +366,11 @@ impl Ctx {
             };
             let ws_bytes = ws.len();
             let (ws_ptr, _ws_guard) = ws.device_ptr_mut(&self.stream);
-            plan.set_math(if tf32 { cand.math } else { sys::cudnnMathType_t::CUDNN_FMA_MATH })?;
+            plan.set_math(if math.tensor_cores() {
+                cand.math
+            } else {
+                sys::cudnnMathType_t::CUDNN_FMA_MATH
+            })?;
             // SAFETY: the descriptors describe the buffers behind `args` (lengths checked by the
             // callers against the shape the plan was built from); the workspace holds at least
             // the candidate's `workspace` bytes; all live until the call has been enqueued.
@@ -433,10 +469,11 @@ fn run(
     s: &ConvShape,
 ) -> CResult<CudaStorage> {
     let what = ["convolution argument", "convolution argument"];
-    two_to_one(a, b, lens, what, |ctx, a, b, out| ctx.convolve(s, dir, &Args { a, b, out }))
+    two_to_one(a, b, lens, what, |ctx, dt, a, b, out| ctx.convolve(s, dir, dt, &Args { a, b, out }))
 }
 
-/// `y = conv(x, w)` for NHWC `x` and a channels-last `[C_out, k, k, C_in]` filter `w`.
+/// `y = conv(x, w)` for NHWC `x` and a channels-last `[C_out, k, k, C_in]` filter `w` (both
+/// `f32` or both `bf16`; the output of the same type).
 pub(crate) fn forward(
     x: (&CudaStorage, &Layout),
     w: (&CudaStorage, &Layout),

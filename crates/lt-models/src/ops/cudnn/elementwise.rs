@@ -28,7 +28,8 @@ impl Ctx {
         Ok(act)
     }
 
-    /// The `f32` addition descriptor (NaN propagated), described once per context.
+    /// The addition descriptor (computing in `f32`, also for `bf16` tensors; NaN propagated),
+    /// described once per context.
     fn add_desc(&mut self) -> CResult<Rc<OpTensorDesc>> {
         if let Some(d) = &self.add {
             return Ok(d.clone());
@@ -105,8 +106,8 @@ pub(crate) fn add_relu(
     s: Nhwc,
 ) -> CResult<CudaStorage> {
     let len = s.len();
-    two_to_one(a, b, (len, len, len), ["add_relu lhs", "add_relu rhs"], |ctx, a, b, y| {
-        let desc = ctx.tensor(s)?;
+    two_to_one(a, b, (len, len, len), ["add_relu lhs", "add_relu rhs"], |ctx, dt, a, b, y| {
+        let desc = ctx.tensor(s, dt)?;
         let op = ctx.add_desc()?;
         // SAFETY: `desc` describes the `len` values of `a`, `b` and `y` (lengths checked); beta = 0,
         // so `y` is only written.
@@ -126,8 +127,8 @@ pub(crate) fn relu_backward(
     s: Nhwc,
 ) -> CResult<CudaStorage> {
     let len = s.len();
-    two_to_one(y, dy, (len, len, len), ["relu output", "relu output gradient"], |ctx, y, dy, dz| {
-        let desc = ctx.tensor(s)?;
+    two_to_one(y, dy, (len, len, len), ["relu output", "relu output gradient"], |ctx, dt, y, dy, dz| {
+        let desc = ctx.tensor(s, dt)?;
         // SAFETY: `desc` describes the `len` values of `y`, `dy` and the new buffer `dz`.
         unsafe { ctx.relu_backward(&desc, y, dy, dz) }
     })

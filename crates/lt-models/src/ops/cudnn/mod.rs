@@ -26,9 +26,11 @@ use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, DeviceId};
-use candle_core::{CudaStorage, Layout};
+use candle_core::{CudaStorage, DType, Layout};
 use cudarc::cudnn::sys;
-use cudarc::driver::{CudaSlice, CudaStream, CudaView};
+use cudarc::driver::sys::CUdeviceptr;
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, SyncOnDrop};
+use half::bf16;
 
 use crate::ops::conv::ConvShape;
 use crate::ops::elementwise::{Nhwc, Window};
@@ -109,11 +111,14 @@ descriptor!(
     cudnnDestroyActivationDescriptor
 );
 
-/// Logs, once per `what`, that cuDNN refused an op which then runs on candle's kernels instead
-/// (slower, same results): the warning says which op and cuDNN's error.
+/// The ops cuDNN has refused in this process (see [`fall_back`]).
+static REFUSED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+/// Logs, once per `what`, that cuDNN refused an op which then runs another way (on candle's
+/// kernels, or through cuDNN in `f32`; slower, same results): the warning says which op and
+/// cuDNN's error. [`refused`] then answers `true` for `what`.
 pub(crate) fn fall_back(what: &'static str, e: &candle_core::Error) {
-    static WARNED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
-    let first = WARNED.lock().map(|mut w| {
+    let first = REFUSED.lock().map(|mut w| {
         !w.contains(&what) && {
             w.push(what);
             true
@@ -122,6 +127,12 @@ pub(crate) fn fall_back(what: &'static str, e: &candle_core::Error) {
     if first.unwrap_or(true) {
         tracing::warn!("cuDNN refused {what} ({e}); using candle's kernels for it");
     }
+}
+
+/// Whether cuDNN has refused `what` before in this process (so that the caller goes straight
+/// to its fallback instead of asking again at every call).
+pub(crate) fn refused(what: &'static str) -> bool {
+    REFUSED.lock().map(|w| w.contains(&what)).unwrap_or(false)
 }
 
 /// `i32` dims for cuDNN (which takes C ints).
@@ -134,12 +145,113 @@ fn ints<const N: usize>(v: [usize; N]) -> CResult<[i32; N]> {
     Ok(out)
 }
 
+/// The element type of the activations and filters a cuDNN call takes: `f32`, or `bf16` in the
+/// mixed-precision mode ([`crate::Precision::Bf16`]). Per-channel batch-norm values (parameters,
+/// statistics and their gradients) are `f32` with either, as cuDNN wants them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Dt {
+    /// `f32`.
+    F32,
+    /// `bf16` (cuDNN computes in `f32`).
+    Bf16,
+}
+
+impl Dt {
+    /// The element type of `s`; an error for any other than `f32` and `bf16`.
+    fn of(s: &CudaStorage) -> CResult<Self> {
+        match s.dtype() {
+            DType::F32 => Ok(Dt::F32),
+            DType::BF16 => Ok(Dt::Bf16),
+            other => candle_core::bail!("the cuDNN ops take f32 or bf16 tensors, got {other:?}"),
+        }
+    }
+
+    /// cuDNN's name of the type.
+    fn cudnn(self) -> sys::cudnnDataType_t {
+        match self {
+            Dt::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
+            Dt::Bf16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+        }
+    }
+}
+
+/// A contiguous device buffer of activations (or a filter) that a cuDNN call reads.
+pub(crate) enum View<'a> {
+    F32(CudaView<'a, f32>),
+    Bf16(CudaView<'a, bf16>),
+}
+
+impl View<'_> {
+    fn dt(&self) -> Dt {
+        match self {
+            View::F32(_) => Dt::F32,
+            View::Bf16(_) => Dt::Bf16,
+        }
+    }
+
+    /// The device pointer, valid while the guard lives.
+    fn ptr<'b>(&'b self, stream: &'b CudaStream) -> (CUdeviceptr, SyncOnDrop<'b>) {
+        match self {
+            View::F32(v) => v.device_ptr(stream),
+            View::Bf16(v) => v.device_ptr(stream),
+        }
+    }
+}
+
+/// A new device buffer of activations (or a filter) for a cuDNN call to write in full.
+pub(crate) enum Out {
+    F32(CudaSlice<f32>),
+    Bf16(CudaSlice<bf16>),
+}
+
+impl Out {
+    /// `len` values of `dt`, uninitialised: every call here passes `beta = 0`, with which cuDNN
+    /// writes each output value without reading it, so a zero fill would be a wasted pass.
+    fn new(dev: &CudaDevice, dt: Dt, len: usize) -> CResult<Self> {
+        Ok(match dt {
+            // SAFETY: the buffer is written in full (by cuDNN or a strided copy) before it is
+            // read; device memory is never read through a Rust reference.
+            Dt::F32 => Out::F32(unsafe { dev.alloc::<f32>(len)? }),
+            // SAFETY: as above.
+            Dt::Bf16 => Out::Bf16(unsafe { dev.alloc::<bf16>(len)? }),
+        })
+    }
+
+    /// The device pointer, valid while the guard lives.
+    fn ptr_mut<'b>(&'b mut self, stream: &'b CudaStream) -> (CUdeviceptr, SyncOnDrop<'b>) {
+        match self {
+            Out::F32(v) => v.device_ptr_mut(stream),
+            Out::Bf16(v) => v.device_ptr_mut(stream),
+        }
+    }
+
+    fn into_storage(self, dev: CudaDevice) -> CudaStorage {
+        match self {
+            Out::F32(v) => CudaStorage::wrap_cuda_slice(v, dev),
+            Out::Bf16(v) => CudaStorage::wrap_cuda_slice(v, dev),
+        }
+    }
+}
+
+/// A new storage of `len` values of `s`'s element type, uninitialised, for a copy that writes
+/// every value (the filter transposes of the convolution).
+pub(crate) fn uninit_like(s: &CudaStorage, len: usize) -> CResult<CudaStorage> {
+    let dev = device(s);
+    Ok(Out::new(&dev, Dt::of(s)?, len)?.into_storage(dev))
+}
+
+/// `len` uninitialised `f32` values (per-channel results cuDNN writes in full).
+fn uninit_f32(dev: &CudaDevice, len: usize) -> CResult<CudaSlice<f32>> {
+    // SAFETY: as for `Out::new`.
+    unsafe { dev.alloc::<f32>(len) }
+}
+
 impl TensorDesc {
-    /// A packed `f32` NHWC tensor of `s`.
-    fn nhwc(s: Nhwc) -> CResult<Self> {
+    /// A packed NHWC tensor of `s` with elements of `dt`.
+    fn nhwc(s: Nhwc, dt: Dt) -> CResult<Self> {
         let d = Self::new()?;
         let [n, c, h, w] = ints([s.n, s.c, s.h, s.w])?;
-        let (fmt, ty) = (sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC, sys::cudnnDataType_t::CUDNN_DATA_FLOAT);
+        let (fmt, ty) = (sys::cudnnTensorFormat_t::CUDNN_TENSOR_NHWC, dt.cudnn());
         // SAFETY: `d` is a live descriptor.
         check("cudnnSetTensor4dDescriptor", unsafe {
             sys::cudnnSetTensor4dDescriptor(d.0, fmt, ty, n, c, h, w)
@@ -189,10 +301,10 @@ impl Drop for Handle {
 pub(crate) struct Ctx {
     handle: Handle,
     convs: HashMap<conv::Key, conv::ConvPlan>,
-    /// Convolution shapes (and precision) cuDNN has no plan for (warned about once).
-    refused: std::collections::HashSet<(ConvShape, bool)>,
-    tensors: HashMap<Nhwc, Rc<TensorDesc>>,
-    bn_params: HashMap<Nhwc, Rc<TensorDesc>>,
+    /// Convolution shapes (and arithmetic) cuDNN has no plan for (warned about once).
+    refused: std::collections::HashSet<(ConvShape, conv::Math)>,
+    tensors: HashMap<(Nhwc, Dt), Rc<TensorDesc>>,
+    bn_params: HashMap<(Nhwc, Dt), Rc<TensorDesc>>,
     pools: HashMap<Window, Rc<PoolDesc>>,
     /// The ReLU activation and the addition, described once.
     relu: Option<Rc<ActDesc>>,
@@ -235,23 +347,24 @@ fn with_ctx<R>(dev: &CudaDevice, f: impl FnOnce(&mut Ctx) -> CResult<R>) -> CRes
 }
 
 impl Ctx {
-    /// The cached NHWC `f32` descriptor of `s`.
-    fn tensor(&mut self, s: Nhwc) -> CResult<Rc<TensorDesc>> {
-        if let Some(d) = self.tensors.get(&s) {
+    /// The cached NHWC descriptor of `s` with elements of `dt`.
+    fn tensor(&mut self, s: Nhwc, dt: Dt) -> CResult<Rc<TensorDesc>> {
+        if let Some(d) = self.tensors.get(&(s, dt)) {
             return Ok(d.clone());
         }
-        let d = Rc::new(TensorDesc::nhwc(s)?);
-        self.tensors.insert(s, d.clone());
+        let d = Rc::new(TensorDesc::nhwc(s, dt)?);
+        self.tensors.insert((s, dt), d.clone());
         Ok(d)
     }
 
-    /// The cached batch-norm parameter descriptor for activations of shape `s`.
-    fn bn_params(&mut self, s: Nhwc) -> CResult<Rc<TensorDesc>> {
-        if let Some(d) = self.bn_params.get(&s) {
+    /// The cached batch-norm parameter descriptor for activations of shape `s` and type `dt`
+    /// (cuDNN derives `f32` parameters for both types).
+    fn bn_params(&mut self, s: Nhwc, dt: Dt) -> CResult<Rc<TensorDesc>> {
+        if let Some(d) = self.bn_params.get(&(s, dt)) {
             return Ok(d.clone());
         }
-        let d = Rc::new(TensorDesc::batch_norm_params(&*self.tensor(s)?)?);
-        self.bn_params.insert(s, d.clone());
+        let d = Rc::new(TensorDesc::batch_norm_params(&*self.tensor(s, dt)?)?);
+        self.bn_params.insert((s, dt), d.clone());
         Ok(d)
     }
 
@@ -266,58 +379,88 @@ impl Ctx {
     }
 }
 
-/// The contiguous `f32` view of `s` with layout `l`, checked to hold exactly `len` values (the
-/// length the descriptors describe).
-fn view<'a>((s, l): (&'a CudaStorage, &Layout), len: usize, what: &str) -> CResult<CudaView<'a, f32>> {
+/// The offsets of the contiguous `len` values of `(s, l)`, checked against the buffer.
+fn span(l: &Layout, len: usize, buffer: usize, what: &str) -> CResult<(usize, usize)> {
     let (a, b) = l
         .contiguous_offsets()
         .ok_or_else(|| candle_core::Error::Msg(format!("{what}: cuDNN ops need contiguous tensors")))?;
     if b - a != len {
         candle_core::bail!("{what}: {} values where cuDNN's descriptor describes {len}", b - a);
     }
-    let slice = s.as_cuda_slice::<f32>()?;
-    if b > slice.len() {
-        candle_core::bail!("{what}: layout ends at {b}, the buffer holds {}", slice.len());
+    if b > buffer {
+        candle_core::bail!("{what}: layout ends at {b}, the buffer holds {buffer}");
     }
+    Ok((a, b))
+}
+
+/// The contiguous activations (or filter) of `s` with layout `l`, `f32` or `bf16`, checked to
+/// hold exactly `len` values (the length the descriptors describe).
+fn view<'a>((s, l): (&'a CudaStorage, &Layout), len: usize, what: &str) -> CResult<View<'a>> {
+    Ok(match Dt::of(s)? {
+        Dt::F32 => {
+            let slice = s.as_cuda_slice::<f32>()?;
+            let (a, b) = span(l, len, slice.len(), what)?;
+            View::F32(slice.slice(a..b))
+        }
+        Dt::Bf16 => {
+            let slice = s.as_cuda_slice::<bf16>()?;
+            let (a, b) = span(l, len, slice.len(), what)?;
+            View::Bf16(slice.slice(a..b))
+        }
+    })
+}
+
+/// The contiguous `f32` values of `s` with layout `l` (per-channel batch-norm values), checked
+/// to hold exactly `len` values.
+fn view_f32<'a>((s, l): (&'a CudaStorage, &Layout), len: usize, what: &str) -> CResult<CudaView<'a, f32>> {
+    if s.dtype() != DType::F32 {
+        candle_core::bail!("{what}: f32 expected, got {:?}", s.dtype());
+    }
+    let slice = s.as_cuda_slice::<f32>()?;
+    let (a, b) = span(l, len, slice.len(), what)?;
     Ok(slice.slice(a..b))
 }
 
-/// Runs `f(ctx, a, b, out)` on the device pointers of two contiguous inputs `a`, `b` of `a_len`
-/// and `b_len` values (named `what` in errors) and of a new buffer of `out_len` values, which it
-/// returns: the frame of every cuDNN call here with two inputs and one output.
+/// Runs `f(ctx, dt, a, b, out)` on the device pointers of two contiguous inputs `a`, `b` of
+/// `a_len` and `b_len` values and one element type `dt` (named `what` in errors) and of a new
+/// buffer of `out_len` values of `dt`, which it returns: the frame of every cuDNN call here with
+/// two inputs and one output.
 fn two_to_one(
     a: (&CudaStorage, &Layout),
     b: (&CudaStorage, &Layout),
     (a_len, b_len, out_len): (usize, usize, usize),
     what: [&str; 2],
-    f: impl FnOnce(&mut Ctx, *const c_void, *const c_void, *mut c_void) -> CResult<()>,
+    f: impl FnOnce(&mut Ctx, Dt, *const c_void, *const c_void, *mut c_void) -> CResult<()>,
 ) -> CResult<CudaStorage> {
-    use cudarc::driver::{DevicePtr, DevicePtrMut};
     let dev = device(a.0);
     let (av, bv) = (view(a, a_len, what[0])?, view(b, b_len, what[1])?);
-    let mut out = dev.alloc_zeros::<f32>(out_len)?;
+    let dt = av.dt();
+    if bv.dt() != dt {
+        candle_core::bail!("{} is {:?} but {} is {:?}", what[0], dt, what[1], bv.dt());
+    }
+    let mut out = Out::new(&dev, dt, out_len)?;
     let stream = dev.cuda_stream();
     {
-        let (ap, _ga) = av.device_ptr(&stream);
-        let (bp, _gb) = bv.device_ptr(&stream);
-        let (op, _go) = out.device_ptr_mut(&stream);
-        with_ctx(&dev, |ctx| f(ctx, cptr(ap), cptr(bp), mptr(op)))?;
+        let (ap, _ga) = av.ptr(&stream);
+        let (bp, _gb) = bv.ptr(&stream);
+        let (op, _go) = out.ptr_mut(&stream);
+        with_ctx(&dev, |ctx| f(ctx, dt, cptr(ap), cptr(bp), mptr(op)))?;
     }
-    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    Ok(out.into_storage(dev))
 }
 
 /// A device pointer as cuDNN's `const void*`.
-fn cptr(p: cudarc::driver::sys::CUdeviceptr) -> *const c_void {
+fn cptr(p: CUdeviceptr) -> *const c_void {
     p as usize as *const c_void
 }
 
 /// A device pointer as cuDNN's `void*`.
-fn mptr(p: cudarc::driver::sys::CUdeviceptr) -> *mut c_void {
+fn mptr(p: CUdeviceptr) -> *mut c_void {
     p as usize as *mut c_void
 }
 
 /// Scaling factors `alpha = 1`, `beta = 0` (overwrite the output), as cuDNN's `const void*` to
-/// host floats (the scaling type of `f32` data).
+/// host floats (the scaling type of `f32` and of `bf16` data).
 const ONE: f32 = 1.0;
 const ZERO: f32 = 0.0;
 

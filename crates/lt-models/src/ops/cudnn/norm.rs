@@ -1,12 +1,13 @@
 //! Spatial batch norm through cuDNN on NHWC activations: training forward (output and batch
 //! statistics in one call), its backward pass, and inference with running statistics. A ReLU
 //! that follows is applied in place by cuDNN's activation forward, and its gradient mask by
-//! cuDNN's activation backward before the batch-norm backward call.
+//! cuDNN's activation backward before the batch-norm backward call. Activations are `f32` or
+//! `bf16`; the per-channel values (parameters, statistics, their gradients) are `f32` either way.
 
 use candle_core::{CudaStorage, Layout, Tensor};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-use super::{check, cptr, device, mptr, one, view, with_ctx, zero, CResult};
+use super::{check, cptr, device, mptr, one, uninit_f32, view, view_f32, with_ctx, zero, CResult, Out};
 use crate::ops::custom::norm::Packed;
 use crate::ops::elementwise::Nhwc;
 use cudarc::cudnn::sys;
@@ -54,22 +55,24 @@ pub(crate) fn train_forward(
     let layout = packed(shape);
     let c = layout.c;
     let (xv, gv, bv) =
-        (view(x, layout.p * c, "bn input")?, view(gamma, c, "bn weight")?, view(beta, c, "bn bias")?);
-    let mut y = dev.alloc_zeros::<f32>(layout.p * c)?;
-    let mut stats = dev.alloc_zeros::<f32>(layout.data())?;
+        (view(x, layout.p * c, "bn input")?, view_f32(gamma, c, "bn weight")?, view_f32(beta, c, "bn bias")?);
+    let dt = xv.dt();
+    let mut y = Out::new(&dev, dt, layout.p * c)?;
+    // The padding between the two parts is never read.
+    let mut stats = uninit_f32(&dev, layout.len())?;
     let stream = dev.cuda_stream();
     let (mut mean, mut rest) = stats.split_at_mut(layout.second());
     let mut invstd = rest.slice_mut(0..c);
     let mut mean = mean.slice_mut(0..c);
-    let (xp, _g1) = xv.device_ptr(&stream);
+    let (xp, _g1) = xv.ptr(&stream);
     let (gp, _g2) = gv.device_ptr(&stream);
     let (bp, _g3) = bv.device_ptr(&stream);
-    let (yp, _g4) = y.device_ptr_mut(&stream);
+    let (yp, _g4) = y.ptr_mut(&stream);
     let (mp, _g5) = mean.device_ptr_mut(&stream);
     let (ip, _g6) = invstd.device_ptr_mut(&stream);
     with_ctx(&dev, |ctx| {
-        let desc = ctx.tensor(shape)?;
-        let params = ctx.bn_params(shape)?;
+        let desc = ctx.tensor(shape, dt)?;
+        let params = ctx.bn_params(shape, dt)?;
         // SAFETY: `desc` describes the `p * c` values of `x` and `y`, `params` the `c` values of
         // gamma, beta, mean and invstd (lengths checked above); the running statistics are not
         // requested (both null, which cuDNN allows together).
@@ -102,12 +105,13 @@ pub(crate) fn train_forward(
         Ok(())
     })?;
     drop((_g1, _g2, _g3, _g4, _g5, _g6));
-    Ok((CudaStorage::wrap_cuda_slice(y, dev.clone()), CudaStorage::wrap_cuda_slice(stats, dev)))
+    Ok((y.into_storage(dev.clone()), CudaStorage::wrap_cuda_slice(stats, dev)))
 }
 
 /// Training backward: from `x`, the statistics `[mean | invstd]` of [`train_forward`], its output
-/// `y` and the output gradient `dy`, writes `[dgamma | dbeta | dx]` (see [`Packed`]). With `relu`
-/// the gradient goes through the ReLU's mask (`y > 0`) first, by cuDNN's activation backward.
+/// `y` and the output gradient `dy`, returns `dx` (the type of `x`) and the `f32` parameter
+/// gradients `[dgamma | dbeta]` (the first two parts of [`Packed`]). With `relu` the gradient
+/// goes through the ReLU's mask (`y > 0`) first, by cuDNN's activation backward.
 pub(crate) fn train_backward(
     x: (&CudaStorage, &Layout),
     stats: &Tensor,
@@ -115,40 +119,45 @@ pub(crate) fn train_backward(
     gamma: &Tensor,
     shape: Nhwc,
     (eps, relu): (f64, bool),
-) -> CResult<CudaStorage> {
+) -> CResult<(CudaStorage, CudaStorage)> {
     let dev = device(x.0);
     let layout = packed(shape);
     let c = layout.c;
     let xv = view(x, layout.p * c, "bn input")?;
     let yv = view(y, layout.p * c, "bn output")?;
     let dyv = view(dy, layout.p * c, "bn output gradient")?;
-    let (sst, sl) = per_channel(stats, layout.data(), "bn saved statistics")?;
-    let sv = view((cuda(&sst)?, &sl), layout.data(), "bn saved statistics")?;
+    let dt = xv.dt();
+    if yv.dt() != dt || dyv.dt() != dt {
+        candle_core::bail!("batch norm backward: input, output and gradient of different types");
+    }
+    let (sst, sl) = per_channel(stats, layout.len(), "bn saved statistics")?;
+    let sv = view_f32((cuda(&sst)?, &sl), layout.len(), "bn saved statistics")?;
     let (gst, gl) = per_channel(gamma, c, "bn weight")?;
-    let gv = view((cuda(&gst)?, &gl), c, "bn weight")?;
+    let gv = view_f32((cuda(&gst)?, &gl), c, "bn weight")?;
     let (mean, invstd) =
         (sv.slice(layout.first()..layout.first() + c), sv.slice(layout.second()..layout.second() + c));
-    let mut out = dev.alloc_zeros::<f32>(layout.len())?;
+    let mut dx = Out::new(&dev, dt, layout.p * c)?;
+    // The padding between the two parts is never read.
+    let mut grads = uninit_f32(&dev, layout.len())?;
     // The gradient before the ReLU (only with `relu`).
-    let mut dz = if relu { Some(dev.alloc_zeros::<f32>(layout.p * c)?) } else { None };
+    let mut dz = if relu { Some(Out::new(&dev, dt, layout.p * c)?) } else { None };
     let stream = dev.cuda_stream();
-    let (mut grads, mut dx) = out.split_at_mut(layout.data());
     let (mut dgamma, mut rest) = grads.split_at_mut(layout.second());
     let mut dbeta = rest.slice_mut(0..c);
     let mut dgamma = dgamma.slice_mut(0..c);
-    let (xp, _g1) = xv.device_ptr(&stream);
-    let (yp, _g2) = yv.device_ptr(&stream);
-    let (dyp, _g3) = dyv.device_ptr(&stream);
+    let (xp, _g1) = xv.ptr(&stream);
+    let (yp, _g2) = yv.ptr(&stream);
+    let (dyp, _g3) = dyv.ptr(&stream);
     let (gp, _g4) = gv.device_ptr(&stream);
     let (mp, _g5) = mean.device_ptr(&stream);
     let (ip, _g6) = invstd.device_ptr(&stream);
-    let (dxp, _g7) = dx.device_ptr_mut(&stream);
+    let (dxp, _g7) = dx.ptr_mut(&stream);
     let (dgp, _g8) = dgamma.device_ptr_mut(&stream);
     let (dbp, _g9) = dbeta.device_ptr_mut(&stream);
-    let dz_ptr = dz.as_mut().map(|d| d.device_ptr_mut(&stream));
+    let dz_ptr = dz.as_mut().map(|d| d.ptr_mut(&stream));
     with_ctx(&dev, |ctx| {
-        let desc = ctx.tensor(shape)?;
-        let params = ctx.bn_params(shape)?;
+        let desc = ctx.tensor(shape, dt)?;
+        let params = ctx.bn_params(shape, dt)?;
         let grad = match &dz_ptr {
             Some((dzp, _)) => {
                 // SAFETY: `y`, `dy` and `dz` are the `p * c` values `desc` describes.
@@ -186,7 +195,7 @@ pub(crate) fn train_backward(
     })?;
     drop(dz_ptr);
     drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7, _g8, _g9));
-    Ok(CudaStorage::wrap_cuda_slice(out, dev))
+    Ok((dx.into_storage(dev.clone()), CudaStorage::wrap_cuda_slice(grads, dev)))
 }
 
 /// Inference: `y = gamma * (x - mean) / sqrt(var + eps) + beta` with the running statistics
@@ -202,24 +211,26 @@ pub(crate) fn inference(
 ) -> CResult<CudaStorage> {
     let dev = device(x.0);
     let (c, p) = (shape.c, shape.n * shape.h * shape.w);
-    let (xv, gv, bv) = (view(x, p * c, "bn input")?, view(gamma, c, "bn weight")?, view(beta, c, "bn bias")?);
+    let xv = view(x, p * c, "bn input")?;
+    let (gv, bv) = (view_f32(gamma, c, "bn weight")?, view_f32(beta, c, "bn bias")?);
+    let dt = xv.dt();
     let (mst, ml) = per_channel(mean, c, "bn running mean")?;
     let (vst, vl) = per_channel(var, c, "bn running variance")?;
     let (mv, vv) = (
-        view((cuda(&mst)?, &ml), c, "bn running mean")?,
-        view((cuda(&vst)?, &vl), c, "bn running variance")?,
+        view_f32((cuda(&mst)?, &ml), c, "bn running mean")?,
+        view_f32((cuda(&vst)?, &vl), c, "bn running variance")?,
     );
-    let mut y = dev.alloc_zeros::<f32>(p * c)?;
+    let mut y = Out::new(&dev, dt, p * c)?;
     let stream = dev.cuda_stream();
-    let (xp, _g1) = xv.device_ptr(&stream);
+    let (xp, _g1) = xv.ptr(&stream);
     let (gp, _g2) = gv.device_ptr(&stream);
     let (bp, _g3) = bv.device_ptr(&stream);
     let (mp, _g4) = mv.device_ptr(&stream);
     let (vp, _g5) = vv.device_ptr(&stream);
-    let (yp, _g6) = y.device_ptr_mut(&stream);
+    let (yp, _g6) = y.ptr_mut(&stream);
     with_ctx(&dev, |ctx| {
-        let desc = ctx.tensor(shape)?;
-        let params = ctx.bn_params(shape)?;
+        let desc = ctx.tensor(shape, dt)?;
+        let params = ctx.bn_params(shape, dt)?;
         // SAFETY: `desc` describes the `p * c` values of `x` and `y`, `params` the `c` values of
         // gamma, beta, mean and var (lengths checked above).
         let status = unsafe {
@@ -248,5 +259,5 @@ pub(crate) fn inference(
         Ok(())
     })?;
     drop((_g1, _g2, _g3, _g4, _g5, _g6));
-    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    Ok(y.into_storage(dev))
 }

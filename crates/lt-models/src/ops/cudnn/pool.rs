@@ -4,9 +4,8 @@
 use std::rc::Rc;
 
 use candle_core::{CudaStorage, Layout};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-use super::{check, cptr, device, ints, mptr, one, view, with_ctx, zero, CResult, Ctx, PoolDesc};
+use super::{check, cptr, device, ints, mptr, one, view, with_ctx, zero, CResult, Ctx, Out, PoolDesc};
 use crate::ops::elementwise::{Nhwc, Window};
 use cudarc::cudnn::sys;
 
@@ -34,13 +33,14 @@ impl Ctx {
 pub(crate) fn max_forward(x: (&CudaStorage, &Layout), s: Nhwc, o: Nhwc, win: Window) -> CResult<CudaStorage> {
     let dev = device(x.0);
     let xv = view(x, s.len(), "max pool input")?;
-    let mut y = dev.alloc_zeros::<f32>(o.len())?;
+    let dt = xv.dt();
+    let mut y = Out::new(&dev, dt, o.len())?;
     {
         let stream = dev.cuda_stream();
-        let (xp, _gx) = xv.device_ptr(&stream);
-        let (yp, _gy) = y.device_ptr_mut(&stream);
+        let (xp, _gx) = xv.ptr(&stream);
+        let (yp, _gy) = y.ptr_mut(&stream);
         with_ctx(&dev, |ctx| {
-            let (pool, xd, yd) = (ctx.max_pool_desc(win)?, ctx.tensor(s)?, ctx.tensor(o)?);
+            let (pool, xd, yd) = (ctx.max_pool_desc(win)?, ctx.tensor(s, dt)?, ctx.tensor(o, dt)?);
             // SAFETY: the descriptors describe `x` and `y` (lengths checked).
             let status = unsafe {
                 sys::cudnnPoolingForward(ctx.handle.0, pool.0, one(), xd.0, cptr(xp), zero(), yd.0, mptr(yp))
@@ -48,7 +48,7 @@ pub(crate) fn max_forward(x: (&CudaStorage, &Layout), s: Nhwc, o: Nhwc, win: Win
             check("cudnnPoolingForward", status)
         })?;
     }
-    Ok(CudaStorage::wrap_cuda_slice(y, dev))
+    Ok(y.into_storage(dev))
 }
 
 /// `dx` of max pooling from `x`, `y` and `dy`.
@@ -64,15 +64,19 @@ pub(crate) fn max_backward(
     let xv = view(x, s.len(), "max pool input")?;
     let yv = view(y, o.len(), "max pool output")?;
     let dyv = view(dy, o.len(), "max pool output gradient")?;
-    let mut dx = dev.alloc_zeros::<f32>(s.len())?;
+    let dt = xv.dt();
+    if yv.dt() != dt || dyv.dt() != dt {
+        candle_core::bail!("max pool backward: input, output and gradient of different types");
+    }
+    let mut dx = Out::new(&dev, dt, s.len())?;
     {
         let stream = dev.cuda_stream();
-        let (xp, _g1) = xv.device_ptr(&stream);
-        let (yp, _g2) = yv.device_ptr(&stream);
-        let (dyp, _g3) = dyv.device_ptr(&stream);
-        let (dxp, _g4) = dx.device_ptr_mut(&stream);
+        let (xp, _g1) = xv.ptr(&stream);
+        let (yp, _g2) = yv.ptr(&stream);
+        let (dyp, _g3) = dyv.ptr(&stream);
+        let (dxp, _g4) = dx.ptr_mut(&stream);
         with_ctx(&dev, |ctx| {
-            let (pool, xd, yd) = (ctx.max_pool_desc(win)?, ctx.tensor(s)?, ctx.tensor(o)?);
+            let (pool, xd, yd) = (ctx.max_pool_desc(win)?, ctx.tensor(s, dt)?, ctx.tensor(o, dt)?);
             // SAFETY: the descriptors describe `x`, `dx` (shape `s`) and `y`, `dy` (shape `o`).
             let status = unsafe {
                 sys::cudnnPoolingBackward(
@@ -93,5 +97,5 @@ pub(crate) fn max_backward(
             check("cudnnPoolingBackward", status)
         })?;
     }
-    Ok(CudaStorage::wrap_cuda_slice(dx, dev))
+    Ok(dx.into_storage(dev))
 }

@@ -41,7 +41,7 @@ pub(crate) fn conv2d_host(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> 
 pub(crate) fn conv2d_cudnn(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> CResult<Tensor> {
     let s = shape_of(x.dims(), w.dims(), stride, pad)?;
     let usable = match x.device() {
-        candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, &s),
+        candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, &s, x.dtype()),
         _ => false,
     };
     if !usable {
@@ -75,8 +75,8 @@ fn transposed(s: &candle_core::CudaStorage, l: &Layout, len: usize) -> CResult<c
     if l.shape().elem_count() != len {
         candle_core::bail!("conv2d: a filter of {} values where {len} were expected", l.shape().elem_count());
     }
-    let dev = s.device().clone();
-    let mut out = candle_core::CudaStorage::wrap_cuda_slice(dev.alloc_zeros::<f32>(len)?, dev);
+    // Every value is written by the copy.
+    let mut out = crate::ops::cudnn::uninit_like(s, len)?;
     s.copy_strided_src(&mut out, 0, l)?;
     Ok(out)
 }

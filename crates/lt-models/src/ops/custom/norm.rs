@@ -241,7 +241,8 @@ impl CustomOp3 for BatchNormEvalOp {
 
 /// Gradients `(dx, dgamma, dbeta)` of eval-mode batch norm (+ ReLU, mask `y > 0` from the output
 /// `res`) with candle's ops on the tensors' device: `dz = dy * mask`, `dbeta = sum dz`,
-/// `dgamma = sum dz * (x - mean) * invstd`, `dx = dz * gamma * invstd`.
+/// `dgamma = sum dz * (x - mean) * invstd`, `dx = dz * gamma * invstd`. Computed in `f32` (the
+/// type of the per-channel values); `dx` has the type of `x`.
 fn eval_backward_on_device(
     x: &Tensor,
     gamma: &Tensor,
@@ -251,19 +252,20 @@ fn eval_backward_on_device(
     eps: f64,
     relu: bool,
 ) -> CResult<(Tensor, Tensor, Tensor)> {
-    let dz = if relu { (grad * res.gt(0f32)?.to_dtype(grad.dtype())?)? } else { grad.clone() };
+    let f32 = candle_core::DType::F32;
+    let grad32 = grad.to_dtype(f32)?;
+    let dz = if relu { (grad32 * res.gt(0f32)?.to_dtype(f32)?)? } else { grad32 };
     let invstd = (var + eps)?.sqrt()?.recip()?;
     let dbeta = dz.sum((0, 1, 2))?;
-    let xhat = x.broadcast_sub(mean)?.broadcast_mul(&invstd)?;
+    let xhat = x.to_dtype(f32)?.broadcast_sub(mean)?.broadcast_mul(&invstd)?;
     let dgamma = (&dz * xhat)?.sum((0, 1, 2))?;
-    let dx = dz.broadcast_mul(&(gamma * invstd)?)?;
+    let dx = dz.broadcast_mul(&(gamma * invstd)?)?.to_dtype(x.dtype())?;
     Ok((dx, dgamma, dbeta))
 }
 
-/// Where cuDNN's training-mode batch norm puts its per-channel results: the forward pass's
-/// statistics buffer holds `[mean | invstd]`, the backward pass's one buffer `[dgamma | dbeta |
-/// dx]`, each per-channel part padded to 64 values so that every part (and the activation
-/// gradient after them) starts 256-byte aligned.
+/// Where cuDNN's training-mode batch norm puts its per-channel `f32` results: the forward pass's
+/// statistics buffer holds `[mean | invstd]`, the backward pass's parameter gradients `[dgamma |
+/// dbeta]`, each part padded to 64 values so that both start 256-byte aligned.
 #[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Packed {
@@ -279,21 +281,17 @@ impl Packed {
     pub fn part(&self) -> usize {
         self.c.div_ceil(64) * 64
     }
-    /// Offset of the first per-channel part (mean, dgamma).
+    /// Offset of the first part (mean, dgamma).
     pub fn first(&self) -> usize {
         0
     }
-    /// Offset of the second per-channel part (invstd, dbeta).
+    /// Offset of the second part (invstd, dbeta).
     pub fn second(&self) -> usize {
         self.part()
     }
-    /// Offset of the activation gradient (dx); also the length of the statistics buffer.
-    pub fn data(&self) -> usize {
-        2 * self.part()
-    }
-    /// Length of the backward pass's buffer.
+    /// Length of the buffer.
     pub fn len(&self) -> usize {
-        self.data() + self.p * self.c
+        2 * self.part()
     }
 }
 
@@ -353,8 +351,8 @@ mod tests {
     #[test]
     fn packed_parts_are_aligned_and_disjoint() {
         let p = Packed { c: 16, p: 10 };
-        assert_eq!((p.first(), p.second(), p.data(), p.len()), (0, 64, 128, 128 + 160));
+        assert_eq!((p.first(), p.second(), p.len()), (0, 64, 128));
         let p = Packed { c: 130, p: 3 };
-        assert_eq!((p.part(), p.data() % 64, p.len()), (192, 0, 384 + 390));
+        assert_eq!((p.part(), p.second() % 64, p.len()), (192, 0, 384));
     }
 }

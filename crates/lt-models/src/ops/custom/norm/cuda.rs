@@ -39,7 +39,7 @@ pub(crate) fn train_cudnn(
         candle_core::bail!("cuDNN batch norm: the forward pass left no statistics")
     };
     let saved =
-        Tensor::from_storage(Storage::Cuda(fresh), layout.data(), candle_core::op::BackpropOp::none(), false);
+        Tensor::from_storage(Storage::Cuda(fresh), layout.len(), candle_core::op::BackpropOp::none(), false);
     if stats.saved.set(saved.clone()).is_err() {
         candle_core::bail!("cuDNN batch norm: statistics saved twice");
     }
@@ -107,31 +107,87 @@ impl CustomOp3 for BnTrain {
         };
         let (x, y, dy) = (x.contiguous()?, res.contiguous()?, grad.contiguous()?);
         let gamma = gamma.contiguous()?;
-        let op = |relu| BnTrainGrad { gamma: gamma.clone(), stats: stats.clone(), eps: self.eps, relu };
-        let out = match x.apply_op3_no_bwd(&y, &dy, &op(self.relu)) {
-            Ok(out) => out,
-            Err(e) if self.relu => {
-                // cuDNN refused the ReLU's gradient: mask with candle's kernels, then the plain
-                // batch-norm backward pass.
-                cudnn::fall_back("the ReLU gradient inside batch norm", &e);
-                let dz = (&dy * y.gt(0f32)?.to_dtype(candle_core::DType::F32)?)?;
-                x.apply_op3_no_bwd(&y, &dz, &op(false))?
-            }
-            Err(e) => return Err(e),
+        let in_f32 = || -> CResult<(Tensor, CudaStorage)> {
+            let f32 = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+            let (dx, params) = self.gradients((&f32(&x)?, &f32(&y)?, &f32(&dy)?), &gamma, stats)?;
+            Ok((dx.to_dtype(x.dtype())?, params))
         };
-        let dgamma = out.narrow(0, layout.first(), c)?;
-        let dbeta = out.narrow(0, layout.second(), c)?;
-        let dx = out.narrow(0, layout.data(), layout.p * c)?.reshape(x.dims())?;
+        let (dx, params) = if x.dtype() == candle_core::DType::F32 {
+            self.gradients((&x, &y, &dy), &gamma, stats)?
+        } else if cudnn::refused(BF16_BACKWARD) {
+            in_f32()?
+        } else {
+            match self.gradients((&x, &y, &dy), &gamma, stats) {
+                Ok(r) => r,
+                Err(e) => {
+                    cudnn::fall_back(BF16_BACKWARD, &e);
+                    in_f32()?
+                }
+            }
+        };
+        let params = Tensor::from_storage(
+            Storage::Cuda(params),
+            layout.len(),
+            candle_core::op::BackpropOp::none(),
+            false,
+        );
+        let dgamma = params.narrow(0, layout.first(), c)?;
+        let dbeta = params.narrow(0, layout.second(), c)?;
         Ok((x.track_op().then_some(dx), Some(dgamma), Some(dbeta)))
     }
 }
 
-/// The gradients of [`BnTrain`] from `(x, its output y, the output gradient dy)`.
+/// The refusal named in the warning when cuDNN has no `bf16` batch-norm backward pass (the
+/// pass then runs in `f32`).
+const BF16_BACKWARD: &str = "bf16 batch norm (backward)";
+
+impl BnTrain {
+    /// `dx` (the type of `x`) and the `f32` parameter gradients `[dgamma | dbeta]` (see
+    /// [`Packed`]) from contiguous `(x, y, dy)`; where cuDNN refuses the ReLU's gradient, the
+    /// mask is applied with candle's kernels before the plain batch-norm backward pass.
+    fn gradients(
+        &self,
+        (x, y, dy): (&Tensor, &Tensor, &Tensor),
+        gamma: &Tensor,
+        stats: &Tensor,
+    ) -> CResult<(Tensor, CudaStorage)> {
+        let op = |relu| BnTrainGrad {
+            gamma: gamma.clone(),
+            stats: stats.clone(),
+            eps: self.eps,
+            relu,
+            params: Mutex::new(None),
+        };
+        let first = op(self.relu);
+        let (grad_op, dx) = match x.apply_op3_no_bwd(y, dy, &first) {
+            Ok(dx) => (first, dx),
+            Err(e) if self.relu && !cudnn::refused(BF16_BACKWARD) => {
+                cudnn::fall_back("the ReLU gradient inside batch norm", &e);
+                let dz = (dy * y.gt(0f32)?.to_dtype(dy.dtype())?)?;
+                let plain = op(false);
+                let dx = x.apply_op3_no_bwd(y, &dz, &plain)?;
+                (plain, dx)
+            }
+            Err(e) => return Err(e),
+        };
+        let params =
+            grad_op.params.lock().map_err(|_| candle_core::Error::Msg("bn gradient lock".into()))?.take();
+        let Some(params) = params else {
+            candle_core::bail!("cuDNN batch norm backward: the pass left no parameter gradients")
+        };
+        Ok((dx, params))
+    }
+}
+
+/// The gradients of [`BnTrain`] from `(x, its output y, the output gradient dy)`: the op's
+/// result is `dx` (of the type of `x`); the `f32` parameter gradients `[dgamma | dbeta]` (the
+/// first two parts of [`Packed`]) are handed over in `params`.
 struct BnTrainGrad {
     gamma: Tensor,
     stats: Tensor,
     eps: f64,
     relu: bool,
+    params: Mutex<Option<CudaStorage>>,
 }
 
 impl CustomOp3 for BnTrainGrad {
@@ -170,8 +226,7 @@ impl CustomOp3 for BnTrainGrad {
             );
         }
         let shape = nhwc(l1.dims())?;
-        let layout = Packed { c: shape.c, p: shape.n * shape.h * shape.w };
-        let out = cudnn::norm::train_backward(
+        let (dx, params) = cudnn::norm::train_backward(
             (s1, l1),
             &self.stats,
             ((s2, l2), (s3, l3)),
@@ -179,6 +234,7 @@ impl CustomOp3 for BnTrainGrad {
             shape,
             (self.eps, self.relu),
         )?;
-        Ok((out, Shape::from(layout.len())))
+        *self.params.lock().map_err(|_| candle_core::Error::Msg("bn gradient lock".into()))? = Some(params);
+        Ok((dx, l1.shape().clone()))
     }
 }
