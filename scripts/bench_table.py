@@ -4,8 +4,9 @@
     python3 scripts/bench_table.py OUT/bench.jsonl
 
 Ratios: the project's f32 (full FP32 convolutions) against PyTorch's f32 with TF32 off
-(channels-last), and the project's TF32 convolutions against PyTorch's best default-f32 layout
-(cuDNN's TF32 allowed). Memory: the peak of the device's memory pool for the project (or what
+(channels-last), the project's TF32 convolutions against PyTorch's best default-f32 layout
+(cuDNN's TF32 allowed), and the project's bf16 mixed precision against PyTorch's bf16 autocast
+(channels-last). Memory: the peak of the device's memory pool for the project (or what
 nvidia-smi saw, including the CUDA context), torch.cuda.max_memory_allocated for PyTorch.
 """
 import json
@@ -27,6 +28,8 @@ def main():
         impl = d.get("impl", "")
         if "project-tf32" in impl:
             name = "project-tf32"
+        elif "project" in impl and d.get("precision") == "bf16":
+            name = "project-bf16"
         elif "project" in impl:
             name = "project-f32"
         else:
@@ -44,23 +47,27 @@ def main():
                 return d[k]
         return None
 
-    print("| configuration | project f32 | project TF32 | PyTorch f32 no-TF32 CL | PyTorch f32 NCHW | PyTorch f32 CL "
-          "| PyTorch bf16 CL | f32 ratio | TF32 ratio | peak MiB project / PyTorch |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| configuration | project f32 | project TF32 | project bf16 | PyTorch f32 no-TF32 CL | PyTorch f32 NCHW "
+          "| PyTorch f32 CL | PyTorch bf16 CL | f32 ratio | TF32 ratio | bf16 ratio | peak MiB project / PyTorch "
+          "| bf16 peak MiB project / PyTorch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     def order(kv):
         arch, mode, batch, size = kv[0]
         return (str(arch), mode != "train", str(mode), batch or 0, size or 0)
 
     for (arch, mode, batch, size), r in sorted(rows.items(), key=order):
-        pf, pt = ips(r, "project-f32"), ips(r, "project-tf32")
+        pf, pt, pb = ips(r, "project-f32"), ips(r, "project-tf32"), ips(r, "project-bf16")
         strict, f32, cl, bf16 = (ips(r, v) for v in ("f32-strict-cl", "f32", "f32-cl", "bf16-cl"))
         best = max([v for v in (f32, cl) if v is not None], default=None)
         ratio_f32 = f"{pf / strict:.2f}x" if pf and strict else "-"
         ratio_tf32 = f"{pt / best:.2f}x" if pt and best else "-"
+        ratio_bf16 = f"{pb / bf16:.2f}x" if pb and bf16 else "-"
         best_name = "f32-cl" if cl and best == cl else "f32"
         memory = f"{fmt(mem(r, 'project-tf32') or mem(r, 'project-f32'))} / {fmt(mem(r, best_name))}"
-        print(f"| {arch} {mode} b{batch} {size}x{size} | {fmt(pf)} | {fmt(pt)} | {fmt(strict)} | {fmt(f32)} "
-              f"| {fmt(cl)} | {fmt(bf16)} | {ratio_f32} | {ratio_tf32} | {memory} |")
+        memory_bf16 = f"{fmt(mem(r, 'project-bf16'))} / {fmt(mem(r, 'bf16-cl'))}"
+        print(f"| {arch} {mode} b{batch} {size}x{size} | {fmt(pf)} | {fmt(pt)} | {fmt(pb)} | {fmt(strict)} "
+              f"| {fmt(f32)} | {fmt(cl)} | {fmt(bf16)} | {ratio_f32} | {ratio_tf32} | {ratio_bf16} | {memory} "
+              f"| {memory_bf16} |")
     print()
     print("img/s, median step; CL = channels-last; ratios are project / PyTorch (see scripts/bench_table.py).")
 

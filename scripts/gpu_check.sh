@@ -10,9 +10,10 @@
 #   1. unpack dist/cuda/lt.xz (python3's lzma), library path from PyTorch's NVIDIA wheels,
 #      nvidia-smi, missing libraries (ldd);
 #   2. lt selftest --device cuda: every golden check of both backends, strict f32 (TF32 off;
-#      cuDNN's own log of warnings and errors in cudnn.log);
+#      cuDNN's own log of warnings and errors in cudnn.log), and the bf16 mixed-precision checks
+#      (bf16 against f32 on the GPU);
 #   3. the benchmark: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval,
-#      the project (f32, and TF32 convolutions) against PyTorch CUDA in the same run (f32 with
+#      the project (f32, TF32 convolutions, bf16 mixed precision) against PyTorch CUDA in the same run (f32 with
 #      TF32 off, f32 NCHW and channels-last with PyTorch's default TF32, bf16 autocast +
 #      channels-last), with peak GPU memory, the ResNet-32 training step once more with freed
 #      device memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the driver's
@@ -119,11 +120,17 @@ step_selftest() {
   local line
   line=$(grep -E '^[0-9]+/[0-9]+ checks passed' "$OUT/selftest.txt" | tail -n 1)
   record "selftest (both backends)" "$LAST_STATUS" "$LAST_SECONDS" "${line:-no summary line (see selftest.txt)}"
-  # Ops cuDNN refused run on candle's kernels (same results, slower); each is warned about once.
+  # bf16 mixed precision against f32 on the device (bounds from PyTorch's bf16 autocast).
+  local mixed mixed_status=ok
+  mixed=$(grep -E '^[0-9]+/[0-9]+ mixed-precision checks passed' "$OUT/selftest.txt" | tail -n 1)
+  if [ -z "$mixed" ] || grep -q '^FAIL .* bf16' "$OUT/selftest.txt"; then mixed_status=FAIL; fi
+  record "selftest bf16 vs f32" "$mixed_status" 0 "${mixed:-no summary line (see selftest.txt)}"
+  # Ops cuDNN refused run on candle's kernels, or through cuDNN in f32 (a bf16 op; same results,
+  # slower); each is warned about once.
   local fallbacks
-  fallbacks=$(grep -c "using candle's" "$OUT/selftest.txt")
+  fallbacks=$(grep -c "cuDNN refused" "$OUT/selftest.txt")
   record "cuDNN refusals (fallbacks)" "$([ "$fallbacks" -eq 0 ] && echo ok || echo WARN)" 0 \
-    "$fallbacks op kind(s) on candle's kernels instead (grep \"using candle's\" selftest.txt)"
+    "$fallbacks op kind(s) run another way (grep \"cuDNN refused\" selftest.txt)"
 }
 
 # --- 3. benchmark ------------------------------------------------------------------------------
@@ -191,12 +198,13 @@ bench_limit() {
 
 step_bench() {
   : >"$OUT/bench.jsonl"
-  BENCH_DEADLINE=$(($(date +%s) + 330))
+  BENCH_DEADLINE=$(($(date +%s) + 380))
   local r32=(--arch resnet32 --classes 10 --batch 128 --size 32 --steps 20 --warmup 5)
   local r50=(--arch resnet50 --classes 1000 --batch 256 --size 224 --steps 8 --warmup 3)
   for mode in train eval; do
     bench_project "resnet32-$mode-project-f32" 0 "${r32[@]}" --mode "$mode"
     bench_project "resnet32-$mode-project-tf32" 1 "${r32[@]}" --mode "$mode"
+    bench_project "resnet32-$mode-project-bf16" 0 "${r32[@]}" --mode "$mode" --precision bf16
     bench_torch "resnet32-$mode-pytorch" "${r32[@]}" --mode "$mode"
   done
   # What keeping freed device memory in the pool is worth: the same TF32 training step with the
@@ -205,6 +213,7 @@ step_bench() {
   for mode in train eval; do
     bench_project "resnet50-$mode-project-f32" 0 "${r50[@]}" --mode "$mode"
     bench_project "resnet50-$mode-project-tf32" 1 "${r50[@]}" --mode "$mode"
+    bench_project "resnet50-$mode-project-bf16" 0 "${r50[@]}" --mode "$mode" --precision bf16
     TORCH_LIMIT=110 bench_torch "resnet50-$mode-pytorch" "${r50[@]}" --mode "$mode"
   done
   python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$OUT/bench_table.err"

@@ -22,3 +22,14 @@ fn open(name: &str) -> Result<Device> {
         other => bail!("unknown device {other:?}; expected cpu, cuda or cuda:N"),
     }
 }
+
+/// Warns when mixed precision is asked for on the CPU, where it runs candle's stock ops in
+/// `bf16`: slower than `f32` on the project's kernels (it is for CUDA).
+pub fn warn_precision(device: &Device, precision: lt_models::Precision) {
+    if device.is_cpu() && precision != lt_models::Precision::F32 {
+        tracing::warn!(
+            "precision {precision} on the CPU runs candle's stock ops in {precision}, slower than f32 on the \
+             project's kernels; it is meant for CUDA"
+        );
+    }
+}

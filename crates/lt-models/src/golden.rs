@@ -16,6 +16,8 @@ use lt_core::Artifact;
 use crate::error::{ModelError, Result};
 use crate::{Arch, Backend, Model};
 
+pub mod mixed;
+
 const C: u64 = 0x9E37_79B9_7F4A_7C15;
 
 fn fnv1a(name: &str) -> u64 {

@@ -26,6 +26,7 @@ fn main() -> anyhow::Result<()> {
         init: None,
         backbone_lr_scale: 1.0,
         freeze_bn: false,
+        precision: lt_models::Precision::F32,
     };
     let dir = std::env::temp_dir().join(format!("lt-synthetic-stage1-{}", std::process::id()));
     let t = std::time::Instant::now();

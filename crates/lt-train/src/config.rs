@@ -81,6 +81,10 @@ pub struct TrainConfig {
     /// and SWAG samples then keep these statistics instead of being recalibrated.
     #[serde(default, skip_serializing_if = "is_false")]
     pub freeze_bn: bool,
+    /// The arithmetic of the backbone's passes: `f32`, or mixed `bf16` (see
+    /// [`lt_models::Precision`]; for CUDA). Weights, checkpoints and artifacts are `f32` either way.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub precision: lt_models::Precision,
 }
 
 fn default_momentum() -> f64 {
@@ -106,6 +110,9 @@ fn is_one(v: &f64) -> bool {
 fn is_false(v: &bool) -> bool {
     !*v
 }
+fn is_f32(v: &lt_models::Precision) -> bool {
+    *v == lt_models::Precision::F32
+}
 
 impl TrainConfig {
     /// The CIFAR-LT recipe of the reference sheet (ResNet-32, 200 epochs, SWA from 160).
@@ -125,6 +132,7 @@ impl TrainConfig {
             init: None,
             backbone_lr_scale: default_backbone_lr_scale(),
             freeze_bn: false,
+            precision: lt_models::Precision::F32,
         }
     }
 
@@ -200,10 +208,11 @@ mod tests {
 
     #[test]
     fn fields_at_their_defaults_leave_the_recorded_configuration_unchanged() {
-        // Runs recorded before `init`, `backbone_lr_scale` and `freeze_bn` existed keep their
-        // fingerprints: the defaults are not serialised, and absent fields read as the defaults.
+        // Runs recorded before `init`, `backbone_lr_scale`, `freeze_bn` and `precision` existed
+        // keep their fingerprints: the defaults are not serialised, and absent fields read as the
+        // defaults.
         let json = serde_json::to_string(&TrainConfig::cifar_lt()).unwrap();
-        for key in ["init", "backbone_lr_scale", "freeze_bn"] {
+        for key in ["init", "backbone_lr_scale", "freeze_bn", "precision"] {
             assert!(!json.contains(key), "{json}");
         }
         let back: TrainConfig = serde_json::from_str(&json).unwrap();
@@ -211,9 +220,12 @@ mod tests {
         let tuned = with(|c| {
             c.backbone_lr_scale = 0.1;
             c.freeze_bn = true;
+            c.precision = lt_models::Precision::Bf16;
         });
         let json = serde_json::to_string(&tuned).unwrap();
         assert!(json.contains("\"backbone_lr_scale\":0.1") && json.contains("\"freeze_bn\":true"), "{json}");
+        assert!(json.contains("\"precision\":\"bf16\""), "{json}");
+        assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), tuned);
     }
 
     #[test]

@@ -143,7 +143,8 @@ pub fn train(
     // before the lock: weights that do not fit leave no trace.
     check_directory(&dir, &fingerprint, opts.resume)?;
     let [channels, _, _] = data.train.sample_shape();
-    let model = Model::new(Arch::new(&cfg.arch, data.num_classes(), channels)?, cfg.seed, &opts.device)?;
+    let mut model = Model::new(Arch::new(&cfg.arch, data.num_classes(), channels)?, cfg.seed, &opts.device)?;
+    model.set_precision(cfg.precision);
     if let (Some(w), false) = (&init, opts.resume) {
         w.apply(&model)?;
     }

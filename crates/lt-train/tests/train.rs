@@ -32,6 +32,7 @@ fn tiny_config() -> TrainConfig {
         init: None,
         backbone_lr_scale: 1.0,
         freeze_bn: false,
+        precision: lt_models::Precision::F32,
     }
 }
 

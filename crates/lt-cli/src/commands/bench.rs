@@ -88,6 +88,9 @@ struct BackboneBench {
     /// Let cuDNN use TF32 tensor-core math in f32 convolutions (PyTorch's default on CUDA).
     #[arg(long)]
     tf32: bool,
+    /// Arithmetic of the backbone: f32, or bf16 (mixed precision, as PyTorch's autocast).
+    #[arg(long, default_value = "f32")]
+    precision: lt_models::Precision,
     /// Rank cuDNN's convolution algorithms by its heuristics instead of timing them.
     #[arg(long)]
     cudnn_heuristic: bool,
@@ -182,7 +185,9 @@ fn backbone(b: BackboneBench) -> Result<()> {
     lt_models::ops::set_cudnn_measured_search(!b.cudnn_heuristic);
     lt_models::ops::reset_device_memory_peak(&dev);
     let (batch, classes, size) = (b.batch as usize, b.classes as usize, b.size as usize);
+    crate::device::warn_precision(&dev, b.precision);
     let mut m = Model::new(Arch::new(&b.arch, classes, 3)?, 0, &dev)?;
+    m.set_precision(b.precision);
     m.set_backend(match b.backend {
         BackendName::Fast => Backend::Fast,
         BackendName::Candle => Backend::Candle,
@@ -234,7 +239,7 @@ fn backbone(b: BackboneBench) -> Result<()> {
         "profile": profile,
         "bench": "backbone", "arch": b.arch, "mode": b.mode, "backend": b.backend, "batch": batch, "size": size,
         "device": b.device, "frozen": frozen.is_some(), "median_step_seconds": median, "images_per_sec": batch as f64 / median, "steps": b.steps,
-        "kernels": lt_models::ops::kernel_name(), "gemm": lt_models::ops::gemm_isa().name(), "cpu_features": lt_models::ops::cpu_features(), "tf32": b.tf32,
+        "kernels": lt_models::ops::kernel_name(), "gemm": lt_models::ops::gemm_isa().name(), "cpu_features": lt_models::ops::cpu_features(), "tf32": b.tf32, "precision": b.precision,
         "device_pool_peak_mib": lt_models::ops::device_memory_peak(&dev).map(|b| b as f64 / 1048576.0),
     }));
     Ok(())

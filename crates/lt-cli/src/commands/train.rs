@@ -62,6 +62,10 @@ pub struct TrainArgs {
     /// Freeze batch norm: normalise with the running (pretrained) statistics, never update them.
     #[arg(long)]
     freeze_bn: bool,
+    /// Arithmetic of the backbone: f32, or bf16 (mixed precision: bf16 activations and
+    /// convolutions, f32 weights and batch-norm statistics; for CUDA).
+    #[arg(long)]
+    precision: Option<lt_models::Precision>,
     /// Train plain SGD only (no SWA/SWAG).
     #[arg(long)]
     no_swa: bool,
@@ -99,7 +103,18 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     macro_rules! over {
         ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { cfg.$f = v; } )* };
     }
-    over!(arch, epochs, batch_size, lr, weight_decay, warmup_epochs, seed, workers, backbone_lr_scale);
+    over!(
+        arch,
+        epochs,
+        batch_size,
+        lr,
+        weight_decay,
+        warmup_epochs,
+        seed,
+        workers,
+        backbone_lr_scale,
+        precision
+    );
     if a.init.is_some() {
         cfg.init = a.init.clone();
     }
@@ -128,6 +143,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let spec = a.data.resolve(preset.as_ref().map(|p| &p.data));
     let data = load(&spec, a.data.mirror.clone())?;
     let device = crate::device::parse(&a.device)?;
+    crate::device::warn_precision(&device, cfg.precision);
     tracing::info!(
         "training {} on {} ({} images, {} classes) into {}",
         cfg.arch,
@@ -138,6 +154,12 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     );
     let opts = RunOptions { resume: a.resume, device, data_spec: Some(spec) };
     let summary = train(&cfg, &data, &a.out, &opts)?;
+    print_summary(&summary, &a.out);
+    Ok(())
+}
+
+/// The test metrics of the stage-1 backbones, one row each.
+fn print_summary(summary: &lt_train::TrainSummary, out: &std::path::Path) {
     let row = |name: &str, e: &lt_metrics::Evaluation| {
         let pct = |v: Option<f64>| v.map(|x| format!("{:6.2}", 100.0 * x)).unwrap_or_else(|| "     -".into());
         println!(
@@ -155,8 +177,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     if let Some(s) = &summary.swa {
         row("SWA", s);
     }
-    println!("run directory: {} ({:.0} s)", a.out.display(), summary.seconds);
-    Ok(())
+    println!("run directory: {} ({:.0} s)", out.display(), summary.seconds);
 }
 
 /// `lt extract`

@@ -234,7 +234,7 @@ impl Backend {
             #[cfg(feature = "cudnn")]
             Route::Cudnn if a.rank() == 4 && a.dims() == b.dims() => custom::elementwise::add_relu(a, b)
                 .or_else(|e| {
-                    cudnn::fall_back("the residual add + ReLU", &e);
+                    cudnn::fall_back("the residual add + ReLU", cudnn::Instead::Candle, &e);
                     stock::add_relu(a, b)
                 }),
             _ => stock::add_relu(a, b),
@@ -276,7 +276,7 @@ impl Backend {
                     return stock::max_pool(x, k, stride, pad);
                 }
                 custom::pool::max_pool(x, k, stride, pad).or_else(|e| {
-                    cudnn::fall_back(BF16_MAX_POOL, &e);
+                    cudnn::fall_back(BF16_MAX_POOL, cudnn::Instead::Candle, &e);
                     stock::max_pool(x, k, stride, pad)
                 })
             }
@@ -315,7 +315,7 @@ fn in_f32_if_refused<R>(
         return via_f32();
     }
     f(x).or_else(|e| {
-        cudnn::fall_back(what, &e);
+        cudnn::fall_back(what, cudnn::Instead::CudnnInF32, &e);
         via_f32()
     })
 }

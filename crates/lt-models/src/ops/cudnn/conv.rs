@@ -328,7 +328,7 @@ pub(crate) fn usable(
             if let Err(e) = ctx.plan((*s, dir, math)) {
                 if ctx.refused.insert((*s, math)) {
                     tracing::warn!(
-                        "cuDNN has no channels-last algorithm for {s:?} {math:?} ({e}); using candle's convolution"
+                        "cuDNN refused the convolution {s:?} {math:?}, no channels-last algorithm ({e}); using candle's convolution"
                     );
                 }
                 return Ok(false);

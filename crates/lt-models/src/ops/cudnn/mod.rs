@@ -114,10 +114,19 @@ descriptor!(
 /// The ops cuDNN has refused in this process (see [`fall_back`]).
 static REFUSED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
 
-/// Logs, once per `what`, that cuDNN refused an op which then runs another way (on candle's
-/// kernels, or through cuDNN in `f32`; slower, same results): the warning says which op and
-/// cuDNN's error. [`refused`] then answers `true` for `what`.
-pub(crate) fn fall_back(what: &'static str, e: &candle_core::Error) {
+/// What runs an op that cuDNN refused (see [`fall_back`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Instead {
+    /// candle's kernels.
+    Candle,
+    /// cuDNN on the `f32` values (a `bf16` op cast up and its result back).
+    CudnnInF32,
+}
+
+/// Logs, once per `what`, that cuDNN refused an op which then runs `instead` (slower, same
+/// results): the warning says which op, cuDNN's error and what runs it. [`refused`] then answers
+/// `true` for `what`.
+pub(crate) fn fall_back(what: &'static str, instead: Instead, e: &candle_core::Error) {
     let first = REFUSED.lock().map(|mut w| {
         !w.contains(&what) && {
             w.push(what);
@@ -125,7 +134,11 @@ pub(crate) fn fall_back(what: &'static str, e: &candle_core::Error) {
         }
     });
     if first.unwrap_or(true) {
-        tracing::warn!("cuDNN refused {what} ({e}); using candle's kernels for it");
+        let instead = match instead {
+            Instead::Candle => "candle's kernels",
+            Instead::CudnnInF32 => "cuDNN in f32",
+        };
+        tracing::warn!("cuDNN refused {what} ({e}); using {instead} for it");
     }
 }
 

@@ -28,7 +28,7 @@ fn relu_grad(y: &Tensor, grad: &Tensor) -> CResult<Tensor> {
         Ok(g) => Ok(g),
         #[cfg(feature = "cudnn")]
         Err(e) if y.device().is_cuda() => {
-            crate::ops::cudnn::fall_back("the ReLU gradient", &e);
+            crate::ops::cudnn::fall_back("the ReLU gradient", crate::ops::cudnn::Instead::Candle, &e);
             let mask = y.gt(0f32)?.to_dtype(grad.dtype())?;
             grad * mask
         }

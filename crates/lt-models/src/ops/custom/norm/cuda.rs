@@ -120,7 +120,7 @@ impl CustomOp3 for BnTrain {
             match self.gradients((&x, &y, &dy), &gamma, stats) {
                 Ok(r) => r,
                 Err(e) => {
-                    cudnn::fall_back(BF16_BACKWARD, &e);
+                    cudnn::fall_back(BF16_BACKWARD, cudnn::Instead::CudnnInF32, &e);
                     in_f32()?
                 }
             }
@@ -162,7 +162,7 @@ impl BnTrain {
         let (grad_op, dx) = match x.apply_op3_no_bwd(y, dy, &first) {
             Ok(dx) => (first, dx),
             Err(e) if self.relu && !cudnn::refused(BF16_BACKWARD) => {
-                cudnn::fall_back("the ReLU gradient inside batch norm", &e);
+                cudnn::fall_back("the ReLU gradient inside batch norm", cudnn::Instead::Candle, &e);
                 let dz = (dy * y.gt(0f32)?.to_dtype(dy.dtype())?)?;
                 let plain = op(false);
                 let dx = x.apply_op3_no_bwd(y, &dz, &plain)?;
