@@ -5,27 +5,29 @@
 #
 #   bash scripts/gpu_check.sh            # all output under $OUT (or dist/cuda/out)
 #
-# Steps, each with its own time limit (about 8 minutes in all); a failing step does not stop the
-# others, and one summary table is printed last:
+# Steps, each with its own time limit and all within one budget (CHECK_BUDGET, 540 s: a step
+# that would run past it gets the time left, or is skipped), so the summary is printed within
+# about 9 minutes; a failing step does not stop the others, and one summary table is printed last:
 #   1. unpack dist/cuda/lt.xz (python3's lzma), library path from PyTorch's NVIDIA wheels,
 #      nvidia-smi, missing libraries (ldd);
 #   2. lt selftest --device cuda: every golden check of both backends, strict f32 (TF32 off;
 #      cuDNN's own log of warnings and errors in cudnn.log), and the bf16 mixed-precision checks
 #      (bf16 against f32 on the GPU);
-#   3. the benchmark: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval,
-#      the project (f32, TF32 convolutions, bf16 mixed precision) against PyTorch CUDA in the same run (f32 with
-#      TF32 off, f32 NCHW and channels-last with PyTorch's default TF32, bf16 autocast +
-#      channels-last), with peak GPU memory, the ResNet-32 training step once more with freed
+#   3. Fashion-MNIST-LT on CUDA: a short stage 1 (SGD + SWA), extraction, SRepr, eval, with its
+#      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt;
+#   4. the benchmark: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval,
+#      the project (f32, TF32 convolutions, bf16 mixed precision) against PyTorch CUDA in the
+#      same run (f32 with TF32 off, f32 NCHW and channels-last with PyTorch's default TF32, bf16
+#      autocast + channels-last), with peak GPU memory, the ResNet-32 training step once more with freed
 #      device memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the driver's
 #      default), and one profiled ResNet-50 training step (each forward op timed between device
 #      synchronisations);
-#   4. Fashion-MNIST-LT on CUDA: a short stage 1 (SGD + SWA), extraction, SRepr, eval, with its
-#      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt;
 #   5. the CPU kernels on this machine's own CPU (often one with AVX-512, which the development
 #      machine lacks): ResNet-32 batch 128 train step and eval with each kernel set the CPU has
 #      (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
 # Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
-# GPU_CHECK_DEVICE (default cuda; `cpu` runs the same steps on the CPU, for a dry run).
+# GPU_CHECK_DEVICE (default cuda; `cpu` runs the same steps on the CPU, for a dry run),
+# CHECK_BUDGET (seconds for all steps, default 540).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,18 +41,30 @@ REFERENCE="$ROOT/scripts/gpu_check_reference.txt"
 SUMMARY="$OUT/summary.tsv"
 : >"$SUMMARY"
 START_ALL=$(date +%s)
+CHECK_BUDGET=${CHECK_BUDGET:-540}
+DEADLINE=$((START_ALL + CHECK_BUDGET))
 
 # --- bookkeeping -------------------------------------------------------------------------------
 
 # record STEP STATUS SECONDS RESULT
 record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"; }
 
-# run_step NAME TIMEOUT LOG CMD...: runs CMD with a time limit, output to LOG; prints the status.
+# run_step NAME TIMEOUT LOG CMD...: runs CMD with a time limit (at most what is left of the
+# check's budget; skipped when under 10 s are left), output to LOG; prints the status.
 run_step() {
   local name=$1 limit=$2 log=$3
   shift 3
-  local t0 rc
+  local t0 rc left
   t0=$(date +%s)
+  left=$((DEADLINE - t0))
+  if [ "$left" -lt 10 ]; then
+    echo "== $name skipped (the check's budget of ${CHECK_BUDGET} s is used up)"
+    echo "skipped: the check's budget of ${CHECK_BUDGET} s was used up" >"$log"
+    LAST_STATUS=skipped
+    LAST_SECONDS=0
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit}s)"
   timeout --kill-after=5 "$limit" "$@" >"$log" 2>&1
   rc=$?
@@ -199,6 +213,8 @@ bench_limit() {
 step_bench() {
   : >"$OUT/bench.jsonl"
   BENCH_DEADLINE=$(($(date +%s) + 380))
+  # The profile and the CPU step after it get the rest of the check's budget, if any.
+  [ "$BENCH_DEADLINE" -gt "$((DEADLINE - 40))" ] && BENCH_DEADLINE=$((DEADLINE - 40))
   local r32=(--arch resnet32 --classes 10 --batch 128 --size 32 --steps 20 --warmup 5)
   local r50=(--arch resnet50 --classes 1000 --batch 256 --size 224 --steps 8 --warmup 3)
   for mode in train eval; do
@@ -207,15 +223,15 @@ step_bench() {
     bench_project "resnet32-$mode-project-bf16" 0 "${r32[@]}" --mode "$mode" --precision bf16
     bench_torch "resnet32-$mode-pytorch" "${r32[@]}" --mode "$mode"
   done
-  # What keeping freed device memory in the pool is worth: the same TF32 training step with the
-  # driver's default (freed memory released at every synchronisation; see prepare_device).
-  LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${r32[@]}" --mode train
   for mode in train eval; do
     bench_project "resnet50-$mode-project-f32" 0 "${r50[@]}" --mode "$mode"
     bench_project "resnet50-$mode-project-tf32" 1 "${r50[@]}" --mode "$mode"
     bench_project "resnet50-$mode-project-bf16" 0 "${r50[@]}" --mode "$mode" --precision bf16
     TORCH_LIMIT=110 bench_torch "resnet50-$mode-pytorch" "${r50[@]}" --mode "$mode"
   done
+  # What keeping freed device memory in the pool is worth: the same TF32 training step with the
+  # driver's default (freed memory released at every synchronisation; see prepare_device).
+  LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${r32[@]}" --mode train
   python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$OUT/bench_table.err"
   # Where a ResNet-50 training step's forward spends its time: each op between device syncs.
   run_step "profile resnet50 train" 60 "$OUT/profile-resnet50.log" "$LT" bench backbone --device "$DEVICE" \
@@ -319,8 +335,8 @@ step_cpu() {
 
 step_setup
 step_selftest
-step_bench
 step_pipeline
+step_bench
 step_cpu
 
 TOTAL=$(($(date +%s) - START_ALL))
