@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 use lt_core::progress::Progress as Bar;
 use lt_core::Fingerprint;
 use lt_data::loader::{EpochBatches, LoaderConfig};
@@ -331,7 +331,14 @@ fn run_epoch(
         let pass = model.train_step_bn(&batch.images, !cfg.freeze_bn, |logits| {
             candle_nn::loss::cross_entropy(logits, &batch.labels)
         })?;
-        let lv = pass.loss.to_dtype(DType::F32)?.to_vec0::<f32>()?;
+        // The update is enqueued before the step's one read from the device (loss and correct
+        // count together), so that on a GPU nothing waits in between. A non-finite loss leaves
+        // non-finite weights in memory, which the error discards: the run resumes from its last
+        // checkpoint.
+        groups.step(opt, &pass.grads, lr)?;
+        let correct = pass.logits.argmax(1)?.eq(&batch.labels)?.to_dtype(DType::F32)?.sum_all()?;
+        let read = Tensor::stack(&[&pass.loss.to_dtype(DType::F32)?, &correct], 0)?.to_vec1::<f32>()?;
+        let lv = read[0];
         if !lv.is_finite() {
             return Err(TrainError::NonFinite {
                 step: *step,
@@ -340,9 +347,7 @@ fn run_epoch(
                 checkpoint: ctx.last_checkpoint.clone(),
             });
         }
-        groups.step(opt, &pass.grads, lr)?;
-        let preds = pass.logits.argmax(1)?.to_vec1::<u32>()?;
-        sums.correct += preds.iter().zip(&batch.label_vec).filter(|(p, y)| p == y).count();
+        sums.correct += read[1] as usize;
         sums.loss += lv as f64 * batch.label_vec.len() as f64;
         sums.seen += batch.label_vec.len();
         *step += 1;
