@@ -1,8 +1,9 @@
 //! A batch loader that prepares the next batches on background threads.
 //!
 //! Given an epoch's index order, worker `w` of `W` builds batches `w, w + W, ...` (decoding,
-//! augmenting and normalising each sample) and hands them over through a bounded channel; the
-//! consumer receives them in order. Each sample's random augmentation is drawn from a stream
+//! augmenting and normalising each sample, then making the batch's tensors on the target device,
+//! so that a GPU's host-to-device copy is staged off the consumer's thread) and hands them over
+//! through a bounded channel; the consumer receives them in order. Each sample's random augmentation is drawn from a stream
 //! keyed by `(seed, epoch, position in the epoch)`, so batches are identical whatever the number
 //! of workers or their timing.
 
@@ -41,6 +42,18 @@ pub struct HostBatch {
     pub labels: Vec<u32>,
     /// Indices of the samples.
     pub indices: Vec<usize>,
+}
+
+impl HostBatch {
+    /// The batch as tensors on `device`: images of `shape` (`C x H x W`) per sample, and batch
+    /// number `number` of its epoch.
+    pub fn into_batch(self, shape: [usize; 3], number: usize, device: &Device) -> Result<Batch> {
+        let [c, h, w] = shape;
+        let b = self.labels.len();
+        let images = Tensor::from_vec(self.images, (b, c, h, w), device)?;
+        let labels = Tensor::from_vec(self.labels.clone(), b, device)?;
+        Ok(Batch { images, labels, label_vec: self.labels, indices: self.indices, number })
+    }
 }
 
 /// Loader settings.
@@ -121,13 +134,11 @@ impl Stream {
 
 /// Iterator over the batches of one epoch, prepared in the background.
 pub struct EpochBatches {
-    receivers: Vec<Receiver<Result<HostBatch>>>,
+    receivers: Vec<Receiver<Result<Batch>>>,
     handles: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     next: usize,
     total: usize,
-    shape: [usize; 3],
-    device: Device,
 }
 
 impl EpochBatches {
@@ -150,12 +161,14 @@ impl EpochBatches {
         for w in 0..workers {
             let (tx, rx) = sync_channel(cfg.prefetch.max(1));
             let (ds, order, stop, cfg) = (ds.clone(), order.clone(), stop.clone(), cfg.clone());
+            let device = device.clone();
             handles.push(std::thread::spawn(move || {
                 let mut b = w;
                 while b < total && !stop.load(Ordering::Relaxed) {
                     let start = b * bs;
                     let end = (start + bs).min(order.len());
-                    let batch = load_batch(ds.as_ref(), &order[start..end], start, epoch, &cfg);
+                    let batch = load_batch(ds.as_ref(), &order[start..end], start, epoch, &cfg)
+                        .and_then(|host| host.into_batch(shape, b, &device));
                     let failed = batch.is_err();
                     if tx.send(batch).is_err() || failed {
                         break;
@@ -165,7 +178,7 @@ impl EpochBatches {
             }));
             receivers.push(rx);
         }
-        Self { receivers, handles, stop, next: 0, total, shape, device }
+        Self { receivers, handles, stop, next: 0, total }
     }
 
     /// Number of batches in the epoch.
@@ -186,29 +199,18 @@ impl Iterator for EpochBatches {
             return None;
         }
         let w = self.next % self.receivers.len();
-        let number = self.next;
         self.next += 1;
-        let host = match self.receivers[w].recv() {
-            Ok(Ok(h)) => h,
+        match self.receivers[w].recv() {
+            Ok(Ok(batch)) => Some(Ok(batch)),
             Ok(Err(e)) => {
                 self.next = self.total;
-                return Some(Err(e));
+                Some(Err(e))
             }
             Err(_) => {
                 self.next = self.total;
-                return Some(Err(crate::error::DataError::Invalid(
-                    "a loader worker stopped unexpectedly".into(),
-                )));
+                Some(Err(crate::error::DataError::Invalid("a loader worker stopped unexpectedly".into())))
             }
-        };
-        let b = host.labels.len();
-        let [c, h, w] = self.shape;
-        let make = || -> Result<Batch> {
-            let images = Tensor::from_vec(host.images, (b, c, h, w), &self.device)?;
-            let labels = Tensor::from_vec(host.labels.clone(), b, &self.device)?;
-            Ok(Batch { images, labels, label_vec: host.labels, indices: host.indices, number })
-        };
-        Some(make())
+        }
     }
 }
 
