@@ -122,15 +122,12 @@ impl ParamStore {
         Ok(())
     }
 
-    /// Folds one batch's statistics into the running statistics of batch norm `prefix`.
-    pub(crate) fn update_bn(
-        &self,
-        prefix: &str,
-        mean: &Tensor,
-        var_biased: &Tensor,
-        count: usize,
-    ) -> Result<()> {
-        let m = match self.bn_update() {
+    /// The weight `m` of the next batch of `count` values per channel in batch norm `prefix`'s
+    /// running statistics (`running = (1 - m) running + m batch`, the batch variance unbiased):
+    /// the momentum, or for a cumulative average `count / (seen + count)`, which this call then
+    /// counts as seen.
+    pub(crate) fn bn_momentum(&self, prefix: &str, count: usize) -> f64 {
+        match self.bn_update() {
             BnUpdate::Momentum(m) => m,
             BnUpdate::Cumulative => {
                 let mut seen = self.seen.lock().expect("seen lock");
@@ -139,21 +136,52 @@ impl ParamStore {
                 *n += count;
                 m
             }
-        };
+        }
+    }
+
+    /// Folds one batch's statistics (its mean and biased variance over `count` values per
+    /// channel) into the running statistics of batch norm `prefix`, and counts the batch.
+    pub(crate) fn update_bn(
+        &self,
+        prefix: &str,
+        mean: &Tensor,
+        var_biased: &Tensor,
+        count: usize,
+    ) -> Result<()> {
+        let m = self.bn_momentum(prefix, count);
         let unbiased = if count > 1 { count as f64 / (count - 1) as f64 } else { 1.0 };
-        let mut b = self.buffers.lock().expect("buffer lock");
-        let rm_name = format!("{prefix}.running_mean");
-        let rv_name = format!("{prefix}.running_var");
-        let nb_name = format!("{prefix}.num_batches_tracked");
-        if let Some(rm) = b.get_mut(&rm_name) {
-            *rm = (rm.affine(1.0 - m, 0.0)? + mean.to_dtype(rm.dtype())?.affine(m, 0.0)?)?.detach();
-        }
-        if let Some(rv) = b.get_mut(&rv_name) {
-            *rv = (rv.affine(1.0 - m, 0.0)? + var_biased.to_dtype(rv.dtype())?.affine(m * unbiased, 0.0)?)?
+        {
+            let mut b = self.buffers.lock().expect("buffer lock");
+            if let Some(rm) = b.get_mut(&format!("{prefix}.running_mean")) {
+                *rm = (rm.affine(1.0 - m, 0.0)? + mean.to_dtype(rm.dtype())?.affine(m, 0.0)?)?.detach();
+            }
+            if let Some(rv) = b.get_mut(&format!("{prefix}.running_var")) {
+                *rv = (rv.affine(1.0 - m, 0.0)?
+                    + var_biased.to_dtype(rv.dtype())?.affine(m * unbiased, 0.0)?)?
                 .detach();
+            }
         }
-        if let Some(nb) = b.get_mut(&nb_name) {
-            // On the device: no host round trip (a synchronisation on CUDA).
+        self.count_batch(prefix)
+    }
+
+    /// Replaces batch norm `prefix`'s running statistics with `(mean, var)`, updated elsewhere
+    /// with [`ParamStore::bn_momentum`]'s weight (by cuDNN's training forward pass), and counts
+    /// the batch.
+    #[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
+    pub(crate) fn set_running(&self, prefix: &str, mean: Tensor, var: Tensor) -> Result<()> {
+        {
+            let mut b = self.buffers.lock().expect("buffer lock");
+            b.insert(format!("{prefix}.running_mean"), mean.detach());
+            b.insert(format!("{prefix}.running_var"), var.detach());
+        }
+        self.count_batch(prefix)
+    }
+
+    /// Adds one to batch norm `prefix`'s `num_batches_tracked`, on the device (no host round
+    /// trip, which is a synchronisation on CUDA).
+    fn count_batch(&self, prefix: &str) -> Result<()> {
+        let mut b = self.buffers.lock().expect("buffer lock");
+        if let Some(nb) = b.get_mut(&format!("{prefix}.num_batches_tracked")) {
             *nb = nb.to_dtype(DType::I64)?.affine(1.0, 1.0)?.detach();
         }
         Ok(())

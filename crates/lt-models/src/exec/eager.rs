@@ -87,15 +87,25 @@ impl Eager<'_> {
 
     fn batch_norm(&self, x: &Tensor, bn: &BnSpec) -> Result<Tensor> {
         let (g, b) = (self.param(&bn.gamma.var), self.param(&bn.beta.var));
-        if self.mode.train {
+        let buffer = |leaf: &str| {
+            let name = format!("{}.{leaf}", bn.prefix);
+            self.store.buffer(&name).ok_or(ModelError::MissingBuffer(name))
+        };
+        if self.mode.train && self.backend.folds_running_statistics(x) {
+            // cuDNN folds the batch into the running statistics in its batch-norm call.
+            let (mean, var) = (buffer("running_mean")?, buffer("running_var")?);
+            let c = x.dim(candle_core::D::Minus1)?;
+            let momentum = self.store.bn_momentum(&bn.prefix, x.elem_count() / c.max(1));
+            let running = (&mean, &var, momentum);
+            let (y, mean, var) =
+                self.backend.batch_norm_train_running(x, (&g, &b), (bn.eps, bn.relu), running)?;
+            self.store.set_running(&bn.prefix, mean, var)?;
+            Ok(y)
+        } else if self.mode.train {
             let (y, stats) = self.backend.batch_norm_train(x, &g, &b, bn.eps, bn.relu)?;
             self.store.update_bn(&bn.prefix, &stats.mean, &stats.var, stats.count)?;
             Ok(y)
         } else {
-            let buffer = |leaf: &str| {
-                let name = format!("{}.{leaf}", bn.prefix);
-                self.store.buffer(&name).ok_or(ModelError::MissingBuffer(name))
-            };
             let (mean, var) = (buffer("running_mean")?, buffer("running_var")?);
             Ok(self.backend.batch_norm_eval(x, (&g, &b), (&mean, &var), bn.eps, bn.relu)?)
         }

@@ -187,13 +187,7 @@ impl Backend {
         eps: f64,
         relu: bool,
     ) -> CResult<(Tensor, BatchStats)> {
-        let c = x.dim(candle_core::D::Minus1)?;
-        if x.elem_count() <= c {
-            candle_core::bail!(
-                "batch norm in training mode needs more than one value per channel, got shape {:?}",
-                x.dims()
-            );
-        }
+        check_batch_values(x)?;
         match self.route(x) {
             Route::Host => custom::norm::train_host(x, gamma, beta, eps, relu),
             #[cfg(feature = "cudnn")]
@@ -201,6 +195,39 @@ impl Backend {
                 in_f32_if_refused(BF16_BN_TRAIN, x, |x| custom::norm::train_cudnn(x, gamma, beta, eps, relu))
             }
             _ => stock::batch_norm_train(x, gamma, beta, eps, relu),
+        }
+    }
+
+    /// Whether [`Backend::batch_norm_train_running`] runs for activations `x`: on the cuDNN
+    /// route, whose training batch norm updates running statistics in the same call.
+    pub(crate) fn folds_running_statistics(self, x: &Tensor) -> bool {
+        self.route(x) == Route::Cudnn
+    }
+
+    /// Training-mode batch norm over NHWC `x` (with ReLU when `relu`) that also folds the batch
+    /// into the running statistics `(mean, var)` with weight `momentum`, as
+    /// `(1 - momentum) running + momentum batch` with the batch variance unbiased: the output
+    /// and the new running `(mean, var)`. Only where [`Backend::folds_running_statistics`];
+    /// elsewhere an error.
+    pub(crate) fn batch_norm_train_running(
+        self,
+        x: &Tensor,
+        (gamma, beta): (&Tensor, &Tensor),
+        (eps, relu): (f64, bool),
+        running: (&Tensor, &Tensor, f64),
+    ) -> CResult<(Tensor, Tensor, Tensor)> {
+        check_batch_values(x)?;
+        match self.route(x) {
+            #[cfg(feature = "cudnn")]
+            Route::Cudnn => in_f32_if_refused(BF16_BN_TRAIN, x, |x| {
+                let (y, mean, var) = custom::norm::train_cudnn_running(x, gamma, beta, (eps, relu), running)?;
+                Ok((y, (mean, var)))
+            })
+            .map(|(y, (mean, var))| (y, mean, var)),
+            _ => {
+                let _ = (gamma, beta, eps, relu, running);
+                candle_core::bail!("batch norm: only the cuDNN route updates running statistics itself")
+            }
         }
     }
 
@@ -283,6 +310,18 @@ impl Backend {
             _ => custom::pool::max_pool(x, k, stride, pad),
         }
     }
+}
+
+/// Fails unless training-mode batch norm has more than one value per channel in `x`.
+fn check_batch_values(x: &Tensor) -> CResult<()> {
+    let c = x.dim(candle_core::D::Minus1)?;
+    if x.elem_count() <= c {
+        candle_core::bail!(
+            "batch norm in training mode needs more than one value per channel, got shape {:?}",
+            x.dims()
+        );
+    }
+    Ok(())
 }
 
 /// The `bf16` calls cuDNN may refuse (its support for `bf16` outside convolutions varies by

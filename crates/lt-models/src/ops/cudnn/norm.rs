@@ -40,17 +40,25 @@ fn cuda(st: &candle_core::Storage) -> CResult<&CudaStorage> {
     }
 }
 
+/// Running statistics for [`train_forward`] to fold the batch into: `(mean, var, momentum)`.
+pub(crate) type Running<'a> = (&'a Tensor, &'a Tensor, f64);
+
+/// New running statistics `(mean, var)` from [`train_forward`].
+pub(crate) type NewRunning = (CudaStorage, CudaStorage);
+
 /// Training forward for input `x` and parameters `gamma`, `beta`: the output `y` (ReLU applied
-/// when `relu`), and the statistics `[mean | invstd]` in one buffer (the first two parts of
-/// [`Packed`]), cuDNN's saved batch mean and `1 / sqrt(var + eps)`.
+/// when `relu`), the statistics `[mean | invstd]` in one buffer (the first two parts of
+/// [`Packed`]), cuDNN's saved batch mean and `1 / sqrt(var + eps)`, and with `running`, new
+/// running statistics `(mean, var)`: copies of the given ones that cuDNN updates with the batch
+/// (`(1 - momentum) running + momentum batch`, the batch variance unbiased).
 pub(crate) fn train_forward(
     x: (&CudaStorage, &Layout),
     gamma: (&CudaStorage, &Layout),
     beta: (&CudaStorage, &Layout),
     shape: Nhwc,
-    eps: f64,
-    relu: bool,
-) -> CResult<(CudaStorage, CudaStorage)> {
+    (eps, relu): (f64, bool),
+    running: Option<Running>,
+) -> CResult<(CudaStorage, CudaStorage, Option<NewRunning>)> {
     let dev = device(x.0);
     let layout = packed(shape);
     let c = layout.c;
@@ -70,12 +78,26 @@ pub(crate) fn train_forward(
     let (yp, _g4) = y.ptr_mut(&stream);
     let (mp, _g5) = mean.device_ptr_mut(&stream);
     let (ip, _g6) = invstd.device_ptr_mut(&stream);
+    let mut new_running = match running {
+        Some((mean, var, _)) => Some((
+            copy_per_channel(mean, c, "bn running mean")?,
+            copy_per_channel(var, c, "bn running variance")?,
+        )),
+        None => None,
+    };
+    let running_ptrs =
+        new_running.as_mut().map(|(m, v)| (m.device_ptr_mut(&stream), v.device_ptr_mut(&stream)));
+    let (rmp, rvp, momentum) = match (&running_ptrs, running) {
+        (Some(((m, _), (v, _))), Some((_, _, momentum))) => (mptr(*m), mptr(*v), momentum),
+        // Not requested: both null, which cuDNN allows together (the factor is then unused).
+        _ => (std::ptr::null_mut(), std::ptr::null_mut(), 1.0),
+    };
     with_ctx(&dev, |ctx| {
         let desc = ctx.tensor(shape, dt)?;
         let params = ctx.bn_params(shape, dt)?;
         // SAFETY: `desc` describes the `p * c` values of `x` and `y`, `params` the `c` values of
-        // gamma, beta, mean and invstd (lengths checked above); the running statistics are not
-        // requested (both null, which cuDNN allows together).
+        // gamma, beta, mean and invstd and of the running statistics when requested (lengths
+        // checked above); otherwise both running pointers are null.
         let status = unsafe {
             sys::cudnnBatchNormalizationForwardTraining(
                 ctx.handle.0,
@@ -89,9 +111,9 @@ pub(crate) fn train_forward(
                 params.0,
                 cptr(gp),
                 cptr(bp),
-                1.0,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
+                momentum,
+                rmp,
+                rvp,
                 eps,
                 mptr(mp),
                 mptr(ip),
@@ -104,8 +126,23 @@ pub(crate) fn train_forward(
         }
         Ok(())
     })?;
+    drop(running_ptrs);
     drop((_g1, _g2, _g3, _g4, _g5, _g6));
-    Ok((y.into_storage(dev.clone()), CudaStorage::wrap_cuda_slice(stats, dev)))
+    let new_running = new_running.map(|(m, v)| {
+        (CudaStorage::wrap_cuda_slice(m, dev.clone()), CudaStorage::wrap_cuda_slice(v, dev.clone()))
+    });
+    Ok((y.into_storage(dev.clone()), CudaStorage::wrap_cuda_slice(stats, dev), new_running))
+}
+
+/// A new device buffer holding a copy of the `c` per-channel `f32` values of `t`.
+fn copy_per_channel(t: &Tensor, c: usize, what: &str) -> CResult<cudarc::driver::CudaSlice<f32>> {
+    let (st, l) = per_channel(t, c, what)?;
+    let st = cuda(&st)?;
+    let src = view_f32((st, &l), c, what)?;
+    let dev = device(st);
+    let mut copy = uninit_f32(&dev, c)?;
+    dev.cuda_stream().memcpy_dtod(&src, &mut copy).map_err(candle_core::Error::wrap)?;
+    Ok(copy)
 }
 
 /// Training backward: from `x`, the statistics `[mean | invstd]` of [`train_forward`], its output

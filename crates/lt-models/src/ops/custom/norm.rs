@@ -296,7 +296,7 @@ impl Packed {
 }
 
 #[cfg(feature = "cudnn")]
-pub(crate) use cuda::train_cudnn;
+pub(crate) use cuda::{train_cudnn, train_cudnn_running};
 
 #[cfg(feature = "cudnn")]
 mod cuda;

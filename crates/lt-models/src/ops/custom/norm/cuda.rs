@@ -1,9 +1,10 @@
 //! Training-mode batch norm through cuDNN: the op, its backward pass and how the batch
-//! statistics travel from the forward pass to the caller and to the backward pass.
+//! statistics (and the running statistics cuDNN updates) travel from the forward pass to the
+//! caller and to the backward pass.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Shape, Storage, Tensor};
 
 use super::{check_channels, nhwc, Packed};
 use crate::ops::{cudnn, BatchStats};
@@ -11,16 +12,22 @@ use crate::ops::{cudnn, BatchStats};
 type CResult<T> = candle_core::Result<T>;
 
 /// The batch statistics `[mean | invstd]` of one [`BnTrain`] call: handed from its forward
-/// pass to the caller (`fresh`), then kept for its backward pass (`saved`).
+/// pass to the caller (`fresh`), then kept for its backward pass (`saved`); and the running
+/// statistics cuDNN updated, when asked to (`running`, for the caller).
 #[derive(Default)]
 struct Stats {
     fresh: Mutex<Option<CudaStorage>>,
     saved: OnceLock<Tensor>,
+    running: Mutex<Option<cudnn::norm::NewRunning>>,
+}
+
+fn lock_err<T>(_: T) -> candle_core::Error {
+    candle_core::Error::Msg("bn statistics lock".into())
 }
 
 /// Training-mode batch norm through cuDNN: one call computes the output, which is the op's
 /// result (a plain autograd node), and the statistics, which the op hands over on the side
-/// (see [`Stats`]); the running statistics are updated from them on the device.
+/// (see [`Stats`]); the caller updates the running statistics from them on the device.
 pub(crate) fn train_cudnn(
     x: &Tensor,
     gamma: &Tensor,
@@ -28,13 +35,55 @@ pub(crate) fn train_cudnn(
     eps: f64,
     relu: bool,
 ) -> CResult<(Tensor, BatchStats)> {
+    let (y, saved, _) = run(x, gamma, beta, (eps, relu), None)?;
+    let c = x.dim(candle_core::D::Minus1)?;
+    let layout = Packed { c, p: x.elem_count() / c };
+    let mean = saved.narrow(0, layout.first(), c)?;
+    let invstd = saved.narrow(0, layout.second(), c)?;
+    // The biased batch variance from cuDNN's saved 1 / sqrt(var + eps).
+    let var = (invstd.sqr()?.recip()? - eps)?;
+    Ok((y, BatchStats { mean, var, count: layout.p }))
+}
+
+/// [`train_cudnn`] that also folds the batch into the running statistics `running = (mean, var,
+/// momentum)` in the same cuDNN call (`(1 - momentum) running + momentum batch`, the batch
+/// variance unbiased, as PyTorch's): the output and the new running `(mean, var)`, new tensors
+/// (the given ones are not changed). No statistics are computed for the caller, which saves the
+/// separate update's kernels.
+pub(crate) fn train_cudnn_running(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    (eps, relu): (f64, bool),
+    (mean, var, momentum): (&Tensor, &Tensor, f64),
+) -> CResult<(Tensor, Tensor, Tensor)> {
+    let c = x.dim(candle_core::D::Minus1)?;
+    let running =
+        (mean.to_dtype(DType::F32)?.contiguous()?, var.to_dtype(DType::F32)?.contiguous()?, momentum);
+    let (y, _, new) = run(x, gamma, beta, (eps, relu), Some(running))?;
+    let Some((m, v)) = new else {
+        candle_core::bail!("cuDNN batch norm: the forward pass left no running statistics")
+    };
+    let tensor = |s| Tensor::from_storage(Storage::Cuda(s), c, candle_core::op::BackpropOp::none(), false);
+    Ok((y, tensor(m), tensor(v)))
+}
+
+/// Runs [`BnTrain`]: the output, the saved statistics (also kept for the backward pass) and the
+/// new running statistics when `running` is given.
+fn run(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    (eps, relu): (f64, bool),
+    running: Option<(Tensor, Tensor, f64)>,
+) -> CResult<(Tensor, Tensor, Option<cudnn::norm::NewRunning>)> {
     let x = x.contiguous()?;
     let c = x.dim(candle_core::D::Minus1)?;
     let layout = Packed { c, p: x.elem_count() / c };
     let stats = Arc::new(Stats::default());
-    let op = BnTrain { eps, relu, stats: stats.clone() };
+    let op = BnTrain { eps, relu, stats: stats.clone(), running };
     let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
-    let fresh = stats.fresh.lock().map_err(|_| candle_core::Error::Msg("bn statistics lock".into()))?.take();
+    let fresh = stats.fresh.lock().map_err(lock_err)?.take();
     let Some(fresh) = fresh else {
         candle_core::bail!("cuDNN batch norm: the forward pass left no statistics")
     };
@@ -43,17 +92,16 @@ pub(crate) fn train_cudnn(
     if stats.saved.set(saved.clone()).is_err() {
         candle_core::bail!("cuDNN batch norm: statistics saved twice");
     }
-    let mean = saved.narrow(0, layout.first(), c)?;
-    let invstd = saved.narrow(0, layout.second(), c)?;
-    // The biased batch variance from cuDNN's saved 1 / sqrt(var + eps).
-    let var = (invstd.sqr()?.recip()? - eps)?;
-    Ok((y, BatchStats { mean, var, count: layout.p }))
+    let new_running = stats.running.lock().map_err(lock_err)?.take();
+    Ok((y, saved, new_running))
 }
 
 struct BnTrain {
     eps: f64,
     relu: bool,
     stats: Arc<Stats>,
+    /// Running statistics `(mean, var, momentum)` for cuDNN to fold the batch into (into copies).
+    running: Option<(Tensor, Tensor, f64)>,
 }
 
 impl CustomOp3 for BnTrain {
@@ -84,11 +132,11 @@ impl CustomOp3 for BnTrain {
     ) -> CResult<(CudaStorage, Shape)> {
         check_channels("batch norm", l1.dims(), &[l2.dims(), l3.dims()])?;
         let shape = nhwc(l1.dims())?;
-        let (y, stats) =
-            cudnn::norm::train_forward((s1, l1), (s2, l2), (s3, l3), shape, self.eps, self.relu)?;
-        let mut fresh =
-            self.stats.fresh.lock().map_err(|_| candle_core::Error::Msg("bn statistics lock".into()))?;
-        *fresh = Some(stats);
+        let running = self.running.as_ref().map(|(m, v, momentum)| (m, v, *momentum));
+        let (y, stats, new_running) =
+            cudnn::norm::train_forward((s1, l1), (s2, l2), (s3, l3), shape, (self.eps, self.relu), running)?;
+        *self.stats.fresh.lock().map_err(lock_err)? = Some(stats);
+        *self.stats.running.lock().map_err(lock_err)? = new_running;
         Ok((y, l1.shape().clone()))
     }
 
