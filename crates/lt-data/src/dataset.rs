@@ -7,7 +7,10 @@ use lt_core::Rng;
 use crate::error::Result;
 use crate::transform::{Augment, Normalize};
 
-/// A labelled image data set producing normalised `C x H x W` f32 samples.
+/// A labelled image data set producing `C x H x W` samples: bytes (augmented), which
+/// [`Dataset::normalize`] turns into the network's `f32` input. The batch loader moves the bytes
+/// to the batch's device and normalises them there (a quarter of the host-to-device copy of
+/// `f32`); [`Dataset::load_into`] normalises on the host.
 ///
 /// Implementations must be deterministic: the same `(index, train, rng state)` gives the same
 /// sample, so that batches do not depend on which worker thread prepared them.
@@ -24,9 +27,19 @@ pub trait Dataset: Send + Sync {
     fn num_classes(&self) -> usize;
     /// Shape `[C, H, W]` of every produced sample.
     fn sample_shape(&self) -> [usize; 3];
-    /// Writes sample `index` into `out` (length `C*H*W`), normalised, augmented when `train`
-    /// (random choices drawn from `rng`).
-    fn load_into(&self, index: usize, train: bool, rng: &mut Rng, out: &mut [f32]) -> Result<()>;
+    /// Writes sample `index` into `out` (length `C*H*W`) as bytes before normalisation,
+    /// augmented when `train` (random choices drawn from `rng`).
+    fn load_bytes_into(&self, index: usize, train: bool, rng: &mut Rng, out: &mut [u8]) -> Result<()>;
+    /// The per-channel normalisation of the bytes.
+    fn normalize(&self) -> &Normalize;
+    /// Writes sample `index` into `out` (length `C*H*W`), normalised: [`Dataset::load_bytes_into`],
+    /// then [`Normalize::apply`].
+    fn load_into(&self, index: usize, train: bool, rng: &mut Rng, out: &mut [f32]) -> Result<()> {
+        let mut bytes = vec![0u8; out.len()];
+        self.load_bytes_into(index, train, rng, &mut bytes)?;
+        self.normalize().apply(&bytes, self.sample_shape(), out);
+        Ok(())
+    }
     /// Number of elements of one sample.
     fn sample_len(&self) -> usize {
         self.sample_shape().iter().product()
@@ -121,12 +134,15 @@ impl Dataset for InMemoryDataset {
     fn sample_shape(&self) -> [usize; 3] {
         [self.images.channels, self.images.height, self.images.width]
     }
-    fn load_into(&self, index: usize, train: bool, rng: &mut Rng, out: &mut [f32]) -> Result<()> {
+    fn load_bytes_into(&self, index: usize, train: bool, rng: &mut Rng, out: &mut [u8]) -> Result<()> {
         let img = self.images.image(index);
         let [c, h, w] = self.sample_shape();
         let aug = if train { self.augment } else { Augment::None };
-        crate::transform::augment_normalize(img, c, h, w, aug, &self.normalize, rng, out);
+        crate::transform::augment(img, c, h, w, aug, rng, out);
         Ok(())
+    }
+    fn normalize(&self) -> &Normalize {
+        &self.normalize
     }
 }
 
@@ -164,7 +180,10 @@ impl Dataset for Subset {
     fn sample_shape(&self) -> [usize; 3] {
         self.base.sample_shape()
     }
-    fn load_into(&self, index: usize, train: bool, rng: &mut Rng, out: &mut [f32]) -> Result<()> {
-        self.base.load_into(self.indices[index], train, rng, out)
+    fn load_bytes_into(&self, index: usize, train: bool, rng: &mut Rng, out: &mut [u8]) -> Result<()> {
+        self.base.load_bytes_into(self.indices[index], train, rng, out)
+    }
+    fn normalize(&self) -> &Normalize {
+        self.base.normalize()
     }
 }

@@ -190,13 +190,13 @@ fn color_jitter(img: &mut [f32], strength: f32, rng: &mut Rng) {
     }
 }
 
-fn write_chw(hwc: &[f32], w: usize, h: usize, norm: &Normalize, flip: bool, out: &mut [f32]) {
+/// Writes the `w x h` RGB image `hwc` as `C x H x W` planes into `out`, mirrored when `flip`.
+fn write_chw(hwc: &[u8], w: usize, h: usize, flip: bool, out: &mut [u8]) {
     for ch in 0..3 {
-        let (m, s) = (norm.mean[ch], norm.std[ch]);
         for y in 0..h {
             for x in 0..w {
                 let sx = if flip { w - 1 - x } else { x };
-                out[ch * h * w + y * w + x] = (hwc[(y * w + sx) * 3 + ch] - m) / s;
+                out[ch * h * w + y * w + x] = hwc[(y * w + sx) * 3 + ch];
             }
         }
     }
@@ -216,7 +216,7 @@ impl Dataset for ImageFileDataset {
         // Train and eval crops have the same side in every preset; the train size wins.
         [3, self.train.size as usize, self.train.size as usize]
     }
-    fn load_into(&self, index: usize, train: bool, rng: &mut Rng, out: &mut [f32]) -> Result<()> {
+    fn load_bytes_into(&self, index: usize, train: bool, rng: &mut Rng, out: &mut [u8]) -> Result<()> {
         let img = self.decode(index)?;
         let (w, h) = img.dimensions();
         let side = self.train.size;
@@ -241,14 +241,18 @@ impl Dataset for ImageFileDataset {
             }
             (c, false)
         };
-        let mut hwc: Vec<f32> = crop.as_raw().iter().map(|&b| b as f32 / 255.0).collect();
-        if train {
-            if let Some(j) = self.train.jitter {
-                color_jitter(&mut hwc, j, rng);
-            }
+        let mut hwc = crop.into_raw();
+        if let (true, Some(j)) = (train, self.train.jitter) {
+            // Jitter in [0, 1], rounded back to bytes (as torchvision's jitter of a PIL image).
+            let mut v: Vec<f32> = hwc.iter().map(|&b| b as f32 / 255.0).collect();
+            color_jitter(&mut v, j, rng);
+            hwc = v.iter().map(|&x| (x * 255.0).round().clamp(0.0, 255.0) as u8).collect();
         }
-        write_chw(&hwc, side as usize, side as usize, &self.normalize, flip, out);
+        write_chw(&hwc, side as usize, side as usize, flip, out);
         Ok(())
+    }
+    fn normalize(&self) -> &Normalize {
+        &self.normalize
     }
 }
 
