@@ -149,16 +149,13 @@ impl ParamStore {
         count: usize,
     ) -> Result<()> {
         let m = self.bn_momentum(prefix, count);
-        let unbiased = if count > 1 { count as f64 / (count - 1) as f64 } else { 1.0 };
         {
             let mut b = self.buffers.lock().expect("buffer lock");
-            if let Some(rm) = b.get_mut(&format!("{prefix}.running_mean")) {
-                *rm = (rm.affine(1.0 - m, 0.0)? + mean.to_dtype(rm.dtype())?.affine(m, 0.0)?)?.detach();
-            }
-            if let Some(rv) = b.get_mut(&format!("{prefix}.running_var")) {
-                *rv = (rv.affine(1.0 - m, 0.0)?
-                    + var_biased.to_dtype(rv.dtype())?.affine(m * unbiased, 0.0)?)?
-                .detach();
+            let names = [format!("{prefix}.running_mean"), format!("{prefix}.running_var")];
+            if let (Some(rm), Some(rv)) = (b.get(&names[0]), b.get(&names[1])) {
+                let (rm, rv) = fold_running((rm, rv), (mean, var_biased, count), m)?;
+                b.insert(names[0].clone(), rm);
+                b.insert(names[1].clone(), rv);
             }
         }
         self.count_batch(prefix)
@@ -186,4 +183,20 @@ impl ParamStore {
         }
         Ok(())
     }
+}
+
+/// Running statistics `(mean, var)` with one batch folded in with weight `m`:
+/// `(1 - m) running + m batch`, the batch's biased variance over `count` values made unbiased
+/// (PyTorch's rule, and cuDNN's).
+pub(crate) fn fold_running(
+    (mean, var): (&Tensor, &Tensor),
+    (batch_mean, batch_var_biased, count): (&Tensor, &Tensor, usize),
+    m: f64,
+) -> Result<(Tensor, Tensor)> {
+    let unbiased = if count > 1 { count as f64 / (count - 1) as f64 } else { 1.0 };
+    let mean = (mean.affine(1.0 - m, 0.0)? + batch_mean.to_dtype(mean.dtype())?.affine(m, 0.0)?)?.detach();
+    let var = (var.affine(1.0 - m, 0.0)?
+        + batch_var_biased.to_dtype(var.dtype())?.affine(m * unbiased, 0.0)?)?
+    .detach();
+    Ok((mean, var))
 }

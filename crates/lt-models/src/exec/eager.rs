@@ -8,7 +8,7 @@ use candle_core::{DType, Tensor, Var};
 use super::Mode;
 use crate::error::{ModelError, Result};
 use crate::ops::Backend;
-use crate::params::ParamStore;
+use crate::params::{fold_running, ParamStore};
 use crate::precision::Precision;
 use crate::program::{BnSpec, Node, Op, Program};
 
@@ -98,7 +98,16 @@ impl Eager<'_> {
             let momentum = self.store.bn_momentum(&bn.prefix, x.elem_count() / c.max(1));
             let running = (&mean, &var, momentum);
             let (y, mean, var) =
-                self.backend.batch_norm_train_running(x, (&g, &b), (bn.eps, bn.relu), running)?;
+                match self.backend.batch_norm_train_running(x, (&g, &b), (bn.eps, bn.relu), running) {
+                    Ok(r) => r,
+                    // Refused (warned once; later calls do not ask): the batch statistics, and the
+                    // update with candle's kernels, with this batch's weight.
+                    Err(_) => {
+                        let (y, s) = self.backend.batch_norm_train(x, &g, &b, bn.eps, bn.relu)?;
+                        let (mean, var) = fold_running((&mean, &var), (&s.mean, &s.var, s.count), momentum)?;
+                        (y, mean, var)
+                    }
+                };
             self.store.set_running(&bn.prefix, mean, var)?;
             Ok(y)
         } else if self.mode.train {

@@ -201,14 +201,21 @@ impl Backend {
     /// Whether [`Backend::batch_norm_train_running`] runs for activations `x`: on the cuDNN
     /// route, whose training batch norm updates running statistics in the same call.
     pub(crate) fn folds_running_statistics(self, x: &Tensor) -> bool {
-        self.route(x) == Route::Cudnn
+        #[cfg(feature = "cudnn")]
+        return self.route(x) == Route::Cudnn && !cudnn::refused(FOLD_RUNNING);
+        #[cfg(not(feature = "cudnn"))]
+        {
+            let _ = x;
+            false
+        }
     }
 
     /// Training-mode batch norm over NHWC `x` (with ReLU when `relu`) that also folds the batch
     /// into the running statistics `(mean, var)` with weight `momentum`, as
     /// `(1 - momentum) running + momentum batch` with the batch variance unbiased: the output
     /// and the new running `(mean, var)`. Only where [`Backend::folds_running_statistics`];
-    /// elsewhere an error.
+    /// elsewhere an error. When cuDNN refuses, the refusal is warned once and
+    /// `folds_running_statistics` answers `false` from then on.
     pub(crate) fn batch_norm_train_running(
         self,
         x: &Tensor,
@@ -223,7 +230,8 @@ impl Backend {
                 let (y, mean, var) = custom::norm::train_cudnn_running(x, gamma, beta, (eps, relu), running)?;
                 Ok((y, (mean, var)))
             })
-            .map(|(y, (mean, var))| (y, mean, var)),
+            .map(|(y, (mean, var))| (y, mean, var))
+            .inspect_err(|e| cudnn::fall_back(FOLD_RUNNING, cudnn::Instead::Candle, e)),
             _ => {
                 let _ = (gamma, beta, eps, relu, running);
                 candle_core::bail!("batch norm: only the cuDNN route updates running statistics itself")
@@ -332,6 +340,10 @@ const BF16_BN_TRAIN: &str = "bf16 batch norm (training)";
 const BF16_BN_EVAL: &str = "bf16 batch norm (inference)";
 #[cfg(feature = "cudnn")]
 const BF16_MAX_POOL: &str = "bf16 max pooling";
+/// The running statistics' update inside cuDNN's training batch norm (refused, the update runs on
+/// candle's kernels from the batch statistics).
+#[cfg(feature = "cudnn")]
+const FOLD_RUNNING: &str = "the running statistics' update in batch norm";
 
 /// `f(x)` through cuDNN; for a `bf16` `x` that cuDNN refuses (`what`, warned about once),
 /// `f` in `f32` with the output cast back: casts that are nodes of the graph, so the gradients
