@@ -24,3 +24,19 @@ fn bf16_cifar_resnet_tracks_f32() {
 fn bf16_torchvision_resnet_tracks_f32() {
     all_pass("resnet18", [4, 3, 64, 64]);
 }
+
+#[test]
+fn a_frozen_snapshot_keeps_the_precision() {
+    use candle_core::Tensor;
+    use lt_models::{Arch, Model, Precision};
+    let dev = Device::Cpu;
+    let mut m = Model::new(Arch::new("resnet20", 5, 3).unwrap(), 1, &dev).unwrap();
+    m.set_precision(Precision::Bf16);
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 16, 16), &dev).unwrap();
+    let frozen = m.freeze().unwrap();
+    let (a, b) = (m.infer(&x).unwrap().1, frozen.infer(&x).unwrap().1);
+    assert_eq!(a.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+    m.set_precision(Precision::F32);
+    // The f32 model differs from the bf16 snapshot: the snapshot did not fall back to f32.
+    assert_ne!(m.infer(&x).unwrap().1.to_vec2::<f32>().unwrap(), b.to_vec2::<f32>().unwrap());
+}
