@@ -141,8 +141,14 @@ fn json_number(text: &str, key: &str) -> Result<f64> {
 }
 
 /// Measures [`Inputs`] with the `lt` binary: the data set's sizes (`lt data describe`), the
-/// architecture (`lt backbone info`) and short timed steps (`lt bench`).
-pub fn measure(lt: &Path, preset_path: &Path, arch: &str, batch: usize, device: &str) -> Result<Inputs> {
+/// architecture (`lt backbone info`) and short timed steps (`lt bench`; training steps in stage
+/// 1's `precision`, inference in f32 as extraction and evaluation run).
+pub fn measure(
+    lt: &Path,
+    preset_path: &Path,
+    (arch, batch, precision): (&str, usize, &str),
+    device: &str,
+) -> Result<Inputs> {
     let p = preset_path.display().to_string();
     let d = run(lt, &["data".into(), "describe".into(), "--preset-file".into(), p])?;
     let images = [
@@ -187,6 +193,8 @@ pub fn measure(lt: &Path, preset_path: &Path, arch: &str, batch: usize, device: 
             "1",
             "--device",
             device,
+            "--precision",
+            if mode == "train" { precision } else { "f32" },
         ]
         .iter()
         .map(|s| s.to_string())

@@ -414,10 +414,12 @@ fn estimate_costs(
     let arch = get(preset, &["train", "arch"]).and_then(|v| v.as_str()).unwrap_or("resnet32").to_string();
     let batch =
         get(preset, &["train", "batch_size"]).and_then(|v| v.as_integer()).unwrap_or(128).max(1) as usize;
-    println!("measuring a few steps of {arch} on {device} for the estimates ...");
+    let precision =
+        get(preset, &["train", "precision"]).and_then(|v| v.as_str()).unwrap_or("f32").to_string();
+    println!("measuring a few steps of {arch} ({precision}) on {device} for the estimates ...");
     let measured = std::fs::write(&tmp, resolved)
         .map_err(anyhow::Error::from)
-        .and_then(|_| est::measure(lt, &tmp, &arch, batch, device));
+        .and_then(|_| est::measure(lt, &tmp, (&arch, batch, &precision), device));
     let _ = std::fs::remove_file(&tmp);
     match measured {
         Ok(i) => {
