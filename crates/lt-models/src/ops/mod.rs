@@ -160,8 +160,7 @@ impl Backend {
             Route::Stock
         } else if t.device().is_cpu() && dtype == DType::F32 {
             Route::Host
-        } else if cfg!(feature = "cudnn") && t.device().is_cuda() && matches!(dtype, DType::F32 | DType::BF16)
-        {
+        } else if t.device().is_cuda() && cudnn_takes(dtype) {
             Route::Cudnn
         } else {
             Route::Stock
@@ -317,6 +316,17 @@ impl Backend {
             }
             _ => custom::pool::max_pool(x, k, stride, pad),
         }
+    }
+}
+
+/// Whether the cuDNN route takes activations of `dtype` (never in a build without `cudnn`).
+fn cudnn_takes(dtype: DType) -> bool {
+    #[cfg(feature = "cudnn")]
+    return cudnn::Dt::of_dtype(dtype).is_some();
+    #[cfg(not(feature = "cudnn"))]
+    {
+        let _ = dtype;
+        false
     }
 }
 

@@ -314,11 +314,7 @@ pub(crate) fn usable(
     s: &ConvShape,
     x: candle_core::DType,
 ) -> bool {
-    let dt = match x {
-        candle_core::DType::F32 => Dt::F32,
-        candle_core::DType::BF16 => Dt::Bf16,
-        _ => return false,
-    };
+    let Some(dt) = Dt::of_dtype(x) else { return false };
     let math = Math::current(dt);
     let checked = with_ctx(dev, |ctx| {
         if ctx.refused.contains(&(*s, math)) {

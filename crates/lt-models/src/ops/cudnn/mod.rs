@@ -170,13 +170,21 @@ pub(crate) enum Dt {
 }
 
 impl Dt {
+    /// The cuDNN element type of candle's `dtype`, if the ops here take it.
+    pub(crate) fn of_dtype(dtype: DType) -> Option<Self> {
+        match dtype {
+            DType::F32 => Some(Dt::F32),
+            DType::BF16 => Some(Dt::Bf16),
+            _ => None,
+        }
+    }
+
     /// The element type of `s`; an error for any other than `f32` and `bf16`.
     fn of(s: &CudaStorage) -> CResult<Self> {
-        match s.dtype() {
-            DType::F32 => Ok(Dt::F32),
-            DType::BF16 => Ok(Dt::Bf16),
-            other => candle_core::bail!("the cuDNN ops take f32 or bf16 tensors, got {other:?}"),
-        }
+        let dtype = s.dtype();
+        Self::of_dtype(dtype).ok_or_else(|| {
+            candle_core::Error::Msg(format!("the cuDNN ops take f32 or bf16 tensors, got {dtype:?}"))
+        })
     }
 
     /// cuDNN's name of the type.
@@ -202,6 +210,17 @@ impl View<'_> {
         }
     }
 
+    /// The one element type of `views` (one call's activations), named `what` in the error when
+    /// they differ.
+    fn common_dt(views: &[&View], what: &str) -> CResult<Dt> {
+        let dt = views.first().map_or(Dt::F32, |v| v.dt());
+        if views.iter().any(|v| v.dt() != dt) {
+            let types: Vec<String> = views.iter().map(|v| format!("{:?}", v.dt())).collect();
+            candle_core::bail!("{what}: arguments of different types ({})", types.join(", "));
+        }
+        Ok(dt)
+    }
+
     /// The device pointer, valid while the guard lives.
     fn ptr<'b>(&'b self, stream: &'b CudaStream) -> (CUdeviceptr, SyncOnDrop<'b>) {
         match self {
@@ -222,10 +241,9 @@ impl Out {
     /// writes each output value without reading it, so a zero fill would be a wasted pass.
     fn new(dev: &CudaDevice, dt: Dt, len: usize) -> CResult<Self> {
         Ok(match dt {
+            Dt::F32 => Out::F32(uninit_f32(dev, len)?),
             // SAFETY: the buffer is written in full (by cuDNN or a strided copy) before it is
             // read; device memory is never read through a Rust reference.
-            Dt::F32 => Out::F32(unsafe { dev.alloc::<f32>(len)? }),
-            // SAFETY: as above.
             Dt::Bf16 => Out::Bf16(unsafe { dev.alloc::<bf16>(len)? }),
         })
     }
@@ -253,9 +271,11 @@ pub(crate) fn uninit_like(s: &CudaStorage, len: usize) -> CResult<CudaStorage> {
     Ok(Out::new(&dev, Dt::of(s)?, len)?.into_storage(dev))
 }
 
-/// `len` uninitialised `f32` values (per-channel results cuDNN writes in full).
+/// `len` uninitialised `f32` values, for a call that writes them in full (activations, or
+/// per-channel results).
 fn uninit_f32(dev: &CudaDevice, len: usize) -> CResult<CudaSlice<f32>> {
-    // SAFETY: as for `Out::new`.
+    // SAFETY: the buffer is written in full (by cuDNN or a strided copy) before it is read;
+    // device memory is never read through a Rust reference.
     unsafe { dev.alloc::<f32>(len) }
 }
 
@@ -447,10 +467,7 @@ fn two_to_one(
 ) -> CResult<CudaStorage> {
     let dev = device(a.0);
     let (av, bv) = (view(a, a_len, what[0])?, view(b, b_len, what[1])?);
-    let dt = av.dt();
-    if bv.dt() != dt {
-        candle_core::bail!("{} is {:?} but {} is {:?}", what[0], dt, what[1], bv.dt());
-    }
+    let dt = View::common_dt(&[&av, &bv], &format!("{} and {}", what[0], what[1]))?;
     let mut out = Out::new(&dev, dt, out_len)?;
     let stream = dev.cuda_stream();
     {

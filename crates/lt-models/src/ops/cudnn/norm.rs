@@ -7,7 +7,7 @@
 use candle_core::{CudaStorage, Layout, Tensor};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-use super::{check, cptr, device, mptr, one, uninit_f32, view, view_f32, with_ctx, zero, CResult, Out};
+use super::{check, cptr, device, mptr, one, uninit_f32, view, view_f32, with_ctx, zero, CResult, Out, View};
 use crate::ops::custom::norm::Packed;
 use crate::ops::elementwise::Nhwc;
 use cudarc::cudnn::sys;
@@ -163,10 +163,7 @@ pub(crate) fn train_backward(
     let xv = view(x, layout.p * c, "bn input")?;
     let yv = view(y, layout.p * c, "bn output")?;
     let dyv = view(dy, layout.p * c, "bn output gradient")?;
-    let dt = xv.dt();
-    if yv.dt() != dt || dyv.dt() != dt {
-        candle_core::bail!("batch norm backward: input, output and gradient of different types");
-    }
+    let dt = View::common_dt(&[&xv, &yv, &dyv], "batch norm backward (input, output, gradient)")?;
     let (sst, sl) = per_channel(stats, layout.len(), "bn saved statistics")?;
     let sv = view_f32((cuda(&sst)?, &sl), layout.len(), "bn saved statistics")?;
     let (gst, gl) = per_channel(gamma, c, "bn weight")?;

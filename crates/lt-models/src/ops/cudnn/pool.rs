@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use candle_core::{CudaStorage, Layout};
 
-use super::{check, cptr, device, ints, mptr, one, view, with_ctx, zero, CResult, Ctx, Out, PoolDesc};
+use super::{check, cptr, device, ints, mptr, one, view, with_ctx, zero, CResult, Ctx, Out, PoolDesc, View};
 use crate::ops::elementwise::{Nhwc, Window};
 use cudarc::cudnn::sys;
 
@@ -64,10 +64,7 @@ pub(crate) fn max_backward(
     let xv = view(x, s.len(), "max pool input")?;
     let yv = view(y, o.len(), "max pool output")?;
     let dyv = view(dy, o.len(), "max pool output gradient")?;
-    let dt = xv.dt();
-    if yv.dt() != dt || dyv.dt() != dt {
-        candle_core::bail!("max pool backward: input, output and gradient of different types");
-    }
+    let dt = View::common_dt(&[&xv, &yv, &dyv], "max pool backward (input, output, gradient)")?;
     let mut dx = Out::new(&dev, dt, s.len())?;
     {
         let stream = dev.cuda_stream();
