@@ -305,15 +305,12 @@ impl Backend {
         match self.route(x) {
             Route::Stock => stock::max_pool(x, k, stride, pad),
             #[cfg(feature = "cudnn")]
-            Route::Cudnn if x.dtype() != DType::F32 => {
-                if cudnn::refused(BF16_MAX_POOL) {
-                    return stock::max_pool(x, k, stride, pad);
-                }
-                custom::pool::max_pool(x, k, stride, pad).or_else(|e| {
-                    cudnn::fall_back(BF16_MAX_POOL, cudnn::Instead::Candle, &e);
-                    stock::max_pool(x, k, stride, pad)
-                })
-            }
+            Route::Cudnn if x.dtype() != DType::F32 => cudnn::or_fall_back(
+                BF16_MAX_POOL,
+                cudnn::Instead::Candle,
+                || custom::pool::max_pool(x, k, stride, pad),
+                || stock::max_pool(x, k, stride, pad),
+            ),
             _ => custom::pool::max_pool(x, k, stride, pad),
         }
     }
@@ -372,13 +369,7 @@ fn in_f32_if_refused<R>(
     if dtype == DType::F32 {
         return f(x);
     }
-    if cudnn::refused(what) {
-        return via_f32();
-    }
-    f(x).or_else(|e| {
-        cudnn::fall_back(what, cudnn::Instead::CudnnInF32, &e);
-        via_f32()
-    })
+    cudnn::or_fall_back(what, cudnn::Instead::CudnnInF32, || f(x), via_f32)
 }
 
 #[cfg(test)]

@@ -148,6 +148,23 @@ pub(crate) fn refused(what: &'static str) -> bool {
     REFUSED.lock().map(|w| w.contains(&what)).unwrap_or(false)
 }
 
+/// `attempt` (a cuDNN call), or `fallback` (what runs `instead`) once cuDNN has refused `what`:
+/// the refusal is warned once ([`fall_back`]) and `attempt` is not tried again in this process.
+pub(crate) fn or_fall_back<R>(
+    what: &'static str,
+    instead: Instead,
+    attempt: impl FnOnce() -> CResult<R>,
+    fallback: impl FnOnce() -> CResult<R>,
+) -> CResult<R> {
+    if refused(what) {
+        return fallback();
+    }
+    attempt().or_else(|e| {
+        fall_back(what, instead, &e);
+        fallback()
+    })
+}
+
 /// `i32` dims for cuDNN (which takes C ints).
 fn ints<const N: usize>(v: [usize; N]) -> CResult<[i32; N]> {
     let mut out = [0i32; N];

@@ -21,8 +21,9 @@ struct Stats {
     running: Mutex<Option<cudnn::norm::NewRunning>>,
 }
 
+/// The error of a poisoned lock of this module's side channels.
 fn lock_err<T>(_: T) -> candle_core::Error {
-    candle_core::Error::Msg("bn statistics lock".into())
+    candle_core::Error::Msg("cuDNN batch norm: a side channel's lock is poisoned".into())
 }
 
 /// Training-mode batch norm through cuDNN: one call computes the output, which is the op's
@@ -156,22 +157,15 @@ impl CustomOp3 for BnTrain {
         let (x, y, dy) = (x.contiguous()?, res.contiguous()?, grad.contiguous()?);
         let gamma = gamma.contiguous()?;
         let in_f32 = || -> CResult<(Tensor, CudaStorage)> {
-            let f32 = |t: &Tensor| t.to_dtype(candle_core::DType::F32);
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
             let (dx, params) = self.gradients((&f32(&x)?, &f32(&y)?, &f32(&dy)?), &gamma, stats)?;
             Ok((dx.to_dtype(x.dtype())?, params))
         };
-        let (dx, params) = if x.dtype() == candle_core::DType::F32 {
-            self.gradients((&x, &y, &dy), &gamma, stats)?
-        } else if cudnn::refused(BF16_BACKWARD) {
-            in_f32()?
+        let native = || self.gradients((&x, &y, &dy), &gamma, stats);
+        let (dx, params) = if x.dtype() == DType::F32 {
+            native()?
         } else {
-            match self.gradients((&x, &y, &dy), &gamma, stats) {
-                Ok(r) => r,
-                Err(e) => {
-                    cudnn::fall_back(BF16_BACKWARD, cudnn::Instead::CudnnInF32, &e);
-                    in_f32()?
-                }
-            }
+            cudnn::or_fall_back(BF16_BACKWARD, cudnn::Instead::CudnnInF32, native, in_f32)?
         };
         let params = Tensor::from_storage(
             Storage::Cuda(params),
@@ -218,8 +212,7 @@ impl BnTrain {
             }
             Err(e) => return Err(e),
         };
-        let params =
-            grad_op.params.lock().map_err(|_| candle_core::Error::Msg("bn gradient lock".into()))?.take();
+        let params = grad_op.params.lock().map_err(lock_err)?.take();
         let Some(params) = params else {
             candle_core::bail!("cuDNN batch norm backward: the pass left no parameter gradients")
         };
@@ -282,7 +275,7 @@ impl CustomOp3 for BnTrainGrad {
             shape,
             (self.eps, self.relu),
         )?;
-        *self.params.lock().map_err(|_| candle_core::Error::Msg("bn gradient lock".into()))? = Some(params);
+        *self.params.lock().map_err(lock_err)? = Some(params);
         Ok((dx, l1.shape().clone()))
     }
 }
