@@ -3,9 +3,9 @@
 //! Given an epoch's index order, worker `w` of `W` builds batches `w, w + W, ...` (decoding and
 //! augmenting each sample as bytes, then moving the batch's bytes to the target device and
 //! normalising them there: a GPU gets a quarter of the `f32` copy, staged off the consumer's
-//! thread) and hands them over through a bounded channel; the consumer receives them in order. Each sample's random augmentation is drawn from a stream
-//! keyed by `(seed, epoch, position in the epoch)`, so batches are identical whatever the number
-//! of workers or their timing.
+//! thread) and hands them over through a bounded channel; the consumer receives them in order.
+//! Each sample's random augmentation is drawn from a stream keyed by `(seed, epoch, position in
+//! the epoch)`, so batches are identical whatever the number of workers or their timing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
