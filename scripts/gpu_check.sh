@@ -18,10 +18,10 @@
 #   4. the benchmark: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval,
 #      the project (f32, TF32 convolutions, bf16 mixed precision) against PyTorch CUDA in the
 #      same run (f32 with TF32 off, f32 NCHW and channels-last with PyTorch's default TF32, bf16
-#      autocast + channels-last), with peak GPU memory, the ResNet-32 training step once more with freed
-#      device memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the driver's
-#      default), and one profiled ResNet-50 training step (each forward op timed between device
-#      synchronisations);
+#      autocast + channels-last), with peak GPU memory, the ResNet-32 training step once more
+#      with freed device memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the
+#      driver's default), and one profiled ResNet-50 training step (each forward op timed between
+#      device synchronisations);
 #   5. the CPU kernels on this machine's own CPU (often one with AVX-512, which the development
 #      machine lacks): ResNet-32 batch 128 train step and eval with each kernel set the CPU has
 #      (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
