@@ -5,13 +5,15 @@
 //!
 //! Activations are NHWC and convolution filters channels-last (`[C_out, k, k, C_in]`, cuDNN's
 //! NHWC filter format): the descriptors agree on one layout, the one Hopper's tensor cores run
-//! fastest. Everything stays on the device. Descriptors, the algorithm chosen for each
+//! fastest. They are `f32`, or `bf16` in the mixed-precision mode ([`buffer`]). Everything stays
+//! on the device. Descriptors, the algorithm chosen for each
 //! convolution and a workspace are cached per thread and device, keyed by shape.
 //!
 //! cudarc's safe cuDNN wrappers keep their raw descriptors private and pick only the first
 //! algorithm of cuDNN's list, so this module calls cuDNN through cudarc's `sys` layer with its own
 //! small RAII wrappers.
 
+mod buffer;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
 pub(crate) mod memory;
@@ -29,11 +31,13 @@ use candle_core::cuda_backend::{CudaDevice, DeviceId};
 use candle_core::{CudaStorage, DType, Layout};
 use cudarc::cudnn::sys;
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, SyncOnDrop};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView};
 use half::bf16;
 
 use crate::ops::conv::ConvShape;
 use crate::ops::elementwise::{Nhwc, Window};
+use buffer::{uninit_f32, Out, View};
+pub(crate) use buffer::{uninit_like, Dt};
 
 type CResult<T> = candle_core::Result<T>;
 
@@ -173,127 +177,6 @@ fn ints<const N: usize>(v: [usize; N]) -> CResult<[i32; N]> {
             .map_err(|_| candle_core::Error::Msg(format!("cuDNN: dimension {x} exceeds i32")))?;
     }
     Ok(out)
-}
-
-/// The element type of the activations and filters a cuDNN call takes: `f32`, or `bf16` in the
-/// mixed-precision mode ([`crate::Precision::Bf16`]). Per-channel batch-norm values (parameters,
-/// statistics and their gradients) are `f32` with either, as cuDNN wants them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Dt {
-    /// `f32`.
-    F32,
-    /// `bf16` (cuDNN computes in `f32`).
-    Bf16,
-}
-
-impl Dt {
-    /// The cuDNN element type of candle's `dtype`, if the ops here take it.
-    pub(crate) fn of_dtype(dtype: DType) -> Option<Self> {
-        match dtype {
-            DType::F32 => Some(Dt::F32),
-            DType::BF16 => Some(Dt::Bf16),
-            _ => None,
-        }
-    }
-
-    /// The element type of `s`; an error for any other than `f32` and `bf16`.
-    fn of(s: &CudaStorage) -> CResult<Self> {
-        let dtype = s.dtype();
-        Self::of_dtype(dtype).ok_or_else(|| {
-            candle_core::Error::Msg(format!("the cuDNN ops take f32 or bf16 tensors, got {dtype:?}"))
-        })
-    }
-
-    /// cuDNN's name of the type.
-    fn cudnn(self) -> sys::cudnnDataType_t {
-        match self {
-            Dt::F32 => sys::cudnnDataType_t::CUDNN_DATA_FLOAT,
-            Dt::Bf16 => sys::cudnnDataType_t::CUDNN_DATA_BFLOAT16,
-        }
-    }
-}
-
-/// A contiguous device buffer of activations (or a filter) that a cuDNN call reads.
-pub(crate) enum View<'a> {
-    F32(CudaView<'a, f32>),
-    Bf16(CudaView<'a, bf16>),
-}
-
-impl View<'_> {
-    fn dt(&self) -> Dt {
-        match self {
-            View::F32(_) => Dt::F32,
-            View::Bf16(_) => Dt::Bf16,
-        }
-    }
-
-    /// The one element type of `views` (one call's activations), named `what` in the error when
-    /// they differ.
-    fn common_dt(views: &[&View], what: &str) -> CResult<Dt> {
-        let dt = views.first().map_or(Dt::F32, |v| v.dt());
-        if views.iter().any(|v| v.dt() != dt) {
-            let types: Vec<String> = views.iter().map(|v| format!("{:?}", v.dt())).collect();
-            candle_core::bail!("{what}: arguments of different types ({})", types.join(", "));
-        }
-        Ok(dt)
-    }
-
-    /// The device pointer, valid while the guard lives.
-    fn ptr<'b>(&'b self, stream: &'b CudaStream) -> (CUdeviceptr, SyncOnDrop<'b>) {
-        match self {
-            View::F32(v) => v.device_ptr(stream),
-            View::Bf16(v) => v.device_ptr(stream),
-        }
-    }
-}
-
-/// A new device buffer of activations (or a filter) for a cuDNN call to write in full.
-pub(crate) enum Out {
-    F32(CudaSlice<f32>),
-    Bf16(CudaSlice<bf16>),
-}
-
-impl Out {
-    /// `len` values of `dt`, uninitialised: every call here passes `beta = 0`, with which cuDNN
-    /// writes each output value without reading it, so a zero fill would be a wasted pass.
-    fn new(dev: &CudaDevice, dt: Dt, len: usize) -> CResult<Self> {
-        Ok(match dt {
-            Dt::F32 => Out::F32(uninit_f32(dev, len)?),
-            // SAFETY: the buffer is written in full (by cuDNN or a strided copy) before it is
-            // read; device memory is never read through a Rust reference.
-            Dt::Bf16 => Out::Bf16(unsafe { dev.alloc::<bf16>(len)? }),
-        })
-    }
-
-    /// The device pointer, valid while the guard lives.
-    fn ptr_mut<'b>(&'b mut self, stream: &'b CudaStream) -> (CUdeviceptr, SyncOnDrop<'b>) {
-        match self {
-            Out::F32(v) => v.device_ptr_mut(stream),
-            Out::Bf16(v) => v.device_ptr_mut(stream),
-        }
-    }
-
-    fn into_storage(self, dev: CudaDevice) -> CudaStorage {
-        match self {
-            Out::F32(v) => CudaStorage::wrap_cuda_slice(v, dev),
-            Out::Bf16(v) => CudaStorage::wrap_cuda_slice(v, dev),
-        }
-    }
-}
-
-/// A new storage of `len` values of `s`'s element type, uninitialised, for a copy that writes
-/// every value (the filter transposes of the convolution).
-pub(crate) fn uninit_like(s: &CudaStorage, len: usize) -> CResult<CudaStorage> {
-    let dev = device(s);
-    Ok(Out::new(&dev, Dt::of(s)?, len)?.into_storage(dev))
-}
-
-/// `len` uninitialised `f32` values, for a call that writes them in full (activations, or
-/// per-channel results).
-fn uninit_f32(dev: &CudaDevice, len: usize) -> CResult<CudaSlice<f32>> {
-    // SAFETY: the buffer is written in full (by cuDNN or a strided copy) before it is read;
-    // device memory is never read through a Rust reference.
-    unsafe { dev.alloc::<f32>(len) }
 }
 
 impl TensorDesc {
