@@ -17,6 +17,20 @@ use crate::error::{ModelError, Result};
 use crate::{Arch, Backend, Model};
 
 pub mod mixed;
+pub mod taped;
+
+/// `|a - b| / |b|` over all values (Euclidean norms); infinite where a value is not finite.
+fn relative(a: &Tensor, b: &Tensor) -> Result<f32> {
+    let a = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let b = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    if a.len() != b.len() {
+        return Err(ModelError::Invalid(format!("comparing {} values with {}", a.len(), b.len())));
+    }
+    let diff: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
+    let e = (diff / norm.max(1e-12)) as f32;
+    Ok(if e.is_finite() { e } else { f32::INFINITY })
+}
 
 const C: u64 = 0x9E37_79B9_7F4A_7C15;
 

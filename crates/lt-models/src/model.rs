@@ -10,6 +10,7 @@ use crate::cifar::CifarResNet;
 use crate::error::{ModelError, Result};
 use crate::exec::eager::Eager;
 use crate::exec::fused::{Fused, PackCache};
+use crate::exec::taped::Taped;
 use crate::exec::Mode;
 use crate::layers::{Builder, Linear};
 use crate::ops::elementwise::Nhwc;
@@ -40,6 +41,7 @@ pub struct Model {
     backend: Backend,
     precision: Precision,
     fused: bool,
+    taped: bool,
     pool: Arc<Pool>,
     packs: Arc<PackCache>,
     plan: Mutex<Option<Arc<Plan>>>,
@@ -93,6 +95,7 @@ impl Model {
             backend: Backend::default(),
             precision: Precision::default(),
             fused: true,
+            taped: false,
             pool: Pool::new(),
             packs: Arc::default(),
             plan: Mutex::new(None),
@@ -146,6 +149,32 @@ impl Model {
     /// Whether the CPU fast backend runs the backbone as one fused node ([`Model::set_fused`]).
     pub fn fused(&self) -> bool {
         self.fused
+    }
+
+    /// Whether [`Model::train_step`] walks the backward pass by hand with the ops' explicit
+    /// backward passes (the taped executor) instead of through candle's autograd: the same
+    /// gradients with fewer kernels, fewer allocations and activations freed as the pass goes,
+    /// for the fast backend on CUDA (cuDNN) and on the CPU. Off by default. On the CPU the fused
+    /// pass ([`Model::set_fused`]) is faster and is used when both are on; the taped executor
+    /// runs there with the fused pass off (its tests do that).
+    pub fn set_taped(&mut self, taped: bool) {
+        self.taped = taped;
+    }
+
+    /// Whether training steps use the taped executor where it applies ([`Model::set_taped`]).
+    pub fn taped(&self) -> bool {
+        self.taped
+    }
+
+    /// Whether a training step on images of this model's device and type runs on the taped
+    /// executor: enabled, every op with an explicit backward pass on this device in this
+    /// precision (the fast backend; on CUDA `f32` and `bf16`, on the CPU `f32`), and on the CPU
+    /// the fused pass off.
+    pub fn taped_active(&self) -> bool {
+        let fused_cpu = self.fused && self.device().is_cpu() && self.precision == Precision::F32;
+        self.taped
+            && !(fused_cpu && self.backend == Backend::Fast)
+            && self.backend.has_explicit_backward(self.device(), self.precision.activation_dtype())
     }
 
     /// Replaces evaluation's packed-weight cache ([`Model::freeze`] gives its copy a frozen one).
@@ -208,6 +237,24 @@ impl Model {
         Ok(p)
     }
 
+    /// Whether a training step on `x` runs on the taped executor: enabled, the fused CPU pass not
+    /// taking it, every op with an explicit backward pass on this device and precision, and no
+    /// gradient wanted for the input.
+    fn taped_ok(&self, x: &Tensor, mode: Mode) -> bool {
+        self.taped_active() && !self.fused_ok(x, mode) && !x.track_op()
+    }
+
+    /// The images `[N, C, H, W]` as the executors take them: NHWC, on the model's device, in the
+    /// precision's activation type.
+    fn nhwc_input(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_device(self.device())?.permute((0, 2, 3, 1))?;
+        Ok(x.to_dtype(self.precision.activation_dtype())?)
+    }
+
+    fn eager(&self, mode: Mode) -> Eager<'_> {
+        Eager { backend: self.backend, store: &self.store, mode, precision: self.precision }
+    }
+
     /// The pooled representation `[N, D]` of images `[N, C, H, W]`.
     fn features(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
         let dims = self.check_input(x)?;
@@ -220,11 +267,37 @@ impl Model {
             };
             return fused.features(x, &self.store, mode);
         }
-        let x =
-            x.to_device(self.device())?.permute((0, 2, 3, 1))?.to_dtype(self.precision.activation_dtype())?;
+        let x = self.nhwc_input(x)?;
         let x = if mode.graph { x } else { x.detach() };
-        let eager = Eager { backend: self.backend, store: &self.store, mode, precision: self.precision };
-        eager.run(&self.program, x)
+        self.eager(mode).run(&self.program, x)
+    }
+
+    /// A training step on the taped executor: the logits, the loss and every parameter's
+    /// gradient (the head's from candle's autograd, the backbone's from the walk that starts
+    /// from the features' gradient).
+    fn taped_step(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        loss: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> Result<(Tensor, Tensor, GradStore)> {
+        self.check_input(x)?;
+        let taped = Taped { eager: self.eager(mode) };
+        let (z, tape) = taped.forward(&self.program, self.nhwc_input(x)?)?;
+        let leaf = Var::from_tensor(&z)?;
+        let logits = self.head.forward(leaf.as_tensor(), true)?;
+        let loss = loss(&logits)?;
+        let mut grads = loss.backward()?;
+        // A loss that does not reach the features leaves the backbone without gradients, which
+        // the caller reports.
+        if let Some(dz) = grads.remove(leaf.as_tensor()) {
+            for (var, g) in self.program.params.iter().zip(taped.backward(&self.program, tape, &dz)?) {
+                if let Some(g) = g {
+                    grads.insert(var.as_tensor(), g);
+                }
+            }
+        }
+        Ok((logits, loss, grads))
     }
 
     fn logits(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
@@ -252,9 +325,15 @@ impl Model {
         batch_statistics: bool,
         loss: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
     ) -> Result<TrainStep> {
-        let logits = self.logits(x, Mode { train: batch_statistics, graph: true })?;
-        let loss = loss(&logits)?;
-        let grads = loss.backward()?;
+        let mode = Mode { train: batch_statistics, graph: true };
+        let (logits, loss, grads) = if self.taped_ok(x, mode) {
+            self.taped_step(x, mode, loss)?
+        } else {
+            let logits = self.logits(x, mode)?;
+            let loss = loss(&logits)?;
+            let grads = loss.backward()?;
+            (logits, loss, grads)
+        };
         if let Some((name, _)) =
             self.store.named_params().into_iter().find(|(_, v)| grads.get(v.as_tensor()).is_none())
         {

@@ -7,7 +7,7 @@ use candle_core::{DType, Tensor, Var};
 
 use super::Mode;
 use crate::error::{ModelError, Result};
-use crate::ops::Backend;
+use crate::ops::{Backend, BnSaved};
 use crate::params::{fold_running, ParamStore};
 use crate::precision::Precision;
 use crate::program::{BnSpec, Node, Op, Program};
@@ -46,7 +46,7 @@ impl Eager<'_> {
         let mut slots: Vec<Option<Tensor>> = vec![None; prog.slots];
         slots[prog.input] = Some(x);
         for node in &prog.nodes {
-            let y = self.node(node, &slots)?;
+            let (y, _) = self.node(node, &slots)?;
             slots[node.y] = Some(y);
             for i in node.inputs() {
                 uses[i] -= 1;
@@ -55,15 +55,12 @@ impl Eager<'_> {
                 }
             }
         }
-        let out = slots[prog.output]
-            .take()
-            .ok_or_else(|| ModelError::Invalid("the program has no output".into()))?;
-        // Global average pooling already yields [N, C]; a program ending elsewhere is flattened.
-        let out = if out.rank() == 2 { out } else { out.flatten_from(1)? };
-        Ok(out.to_dtype(DType::F32)?)
+        output(slots[prog.output].take())
     }
 
-    fn node(&self, node: &Node, slots: &[Option<Tensor>]) -> Result<Tensor> {
+    /// Runs one node on the computed `slots`: its output, and what its explicit backward pass
+    /// needs besides the slots ([`Saved`], for [`crate::exec::taped`]).
+    pub fn node(&self, node: &Node, slots: &[Option<Tensor>]) -> Result<(Tensor, Saved)> {
         let get = |s: usize| {
             slots[s]
                 .as_ref()
@@ -71,21 +68,24 @@ impl Eager<'_> {
         };
         let x = get(node.x)?;
         let b = self.backend;
-        let run = || -> Result<Tensor> {
+        let run = || -> Result<(Tensor, Saved)> {
             Ok(match &node.op {
-                Op::Conv { w, stride, pad } => b.conv2d(x, &self.filter(&w.var)?, *stride, *pad)?,
+                Op::Conv { w, stride, pad } => {
+                    let w = self.filter(&w.var)?;
+                    (b.conv2d(x, &w, *stride, *pad)?, Saved::Filter(w))
+                }
                 Op::Bn(bn) => self.batch_norm(x, bn)?,
-                Op::AddRelu { other } => b.add_relu(x, get(*other)?)?,
-                Op::Shortcut { pad } => b.shortcut_a(x, *pad)?,
-                Op::MaxPool(win) => b.max_pool(x, win.k, win.stride, win.pad)?,
+                Op::AddRelu { other } => (b.add_relu(x, get(*other)?)?, Saved::Nothing),
+                Op::Shortcut { pad } => (b.shortcut_a(x, *pad)?, Saved::Nothing),
+                Op::MaxPool(win) => (b.max_pool(x, win.k, win.stride, win.pad)?, Saved::Nothing),
                 // In f32: the mean of many bf16 values, and the features the head takes.
-                Op::AvgPool => b.avg_pool(&x.to_dtype(DType::F32)?)?,
+                Op::AvgPool => (b.avg_pool(&x.to_dtype(DType::F32)?)?, Saved::Nothing),
             })
         };
         crate::profile::time(node.op.kind(self.mode.train), x.device(), run)
     }
 
-    fn batch_norm(&self, x: &Tensor, bn: &BnSpec) -> Result<Tensor> {
+    fn batch_norm(&self, x: &Tensor, bn: &BnSpec) -> Result<(Tensor, Saved)> {
         let (g, b) = (self.param(&bn.gamma.var), self.param(&bn.beta.var));
         let buffer = |leaf: &str| {
             let name = format!("{}.{leaf}", bn.prefix);
@@ -97,26 +97,49 @@ impl Eager<'_> {
             let c = x.dim(candle_core::D::Minus1)?;
             let momentum = self.store.bn_momentum(&bn.prefix, x.elem_count() / c.max(1));
             let running = (&mean, &var, momentum);
-            let (y, mean, var) =
-                match self.backend.batch_norm_train_running(x, (&g, &b), (bn.eps, bn.relu), running) {
-                    Ok(r) => r,
+            let affine = (&g, &b);
+            let (y, (mean, var), saved) =
+                match self.backend.batch_norm_train_running(x, affine, (bn.eps, bn.relu), running) {
+                    Ok((y, new, saved)) => (y, new, Some(saved)),
                     // Refused (warned once; later calls do not ask): the batch statistics, and the
                     // update with candle's kernels, with this batch's weight.
                     Err(_) => {
-                        let (y, s) = self.backend.batch_norm_train(x, &g, &b, bn.eps, bn.relu)?;
-                        let (mean, var) = fold_running((&mean, &var), (&s.mean, &s.var, s.count), momentum)?;
-                        (y, mean, var)
+                        let (y, s, saved) =
+                            self.backend.batch_norm_train_saved(x, affine, (bn.eps, bn.relu))?;
+                        (y, fold_running((&mean, &var), (&s.mean, &s.var, s.count), momentum)?, saved)
                     }
                 };
             self.store.set_running(&bn.prefix, mean, var)?;
-            Ok(y)
+            Ok((y, Saved::Bn(saved)))
         } else if self.mode.train {
-            let (y, stats) = self.backend.batch_norm_train(x, &g, &b, bn.eps, bn.relu)?;
+            let (y, stats, saved) = self.backend.batch_norm_train_saved(x, (&g, &b), (bn.eps, bn.relu))?;
             self.store.update_bn(&bn.prefix, &stats.mean, &stats.var, stats.count)?;
-            Ok(y)
+            Ok((y, Saved::Bn(saved)))
         } else {
             let (mean, var) = (buffer("running_mean")?, buffer("running_var")?);
-            Ok(self.backend.batch_norm_eval(x, (&g, &b), (&mean, &var), bn.eps, bn.relu)?)
+            let y = self.backend.batch_norm_eval(x, (&g, &b), (&mean, &var), bn.eps, bn.relu)?;
+            Ok((y, Saved::BnEval { mean, var }))
         }
     }
+}
+
+/// A program's features from its output slot: `[N, C]` (global average pooling yields that; a
+/// program ending elsewhere is flattened), `f32`.
+pub(crate) fn output(out: Option<Tensor>) -> Result<Tensor> {
+    let out = out.ok_or_else(|| ModelError::Invalid("the program has no output".into()))?;
+    let out = if out.rank() == 2 { out } else { out.flatten_from(1)? };
+    Ok(out.to_dtype(DType::F32)?)
+}
+
+/// What a node's explicit backward pass ([`crate::exec::taped`]) needs besides the activations:
+/// the filter in the type it ran in, or a batch norm's statistics.
+pub(crate) enum Saved {
+    /// Nothing beyond the activations.
+    Nothing,
+    /// A convolution's filter, cast to the activations' type.
+    Filter(Tensor),
+    /// A training-mode batch norm's batch statistics (`None` on the stock route).
+    Bn(Option<BnSaved>),
+    /// The running statistics an eval-mode batch norm normalised with.
+    BnEval { mean: Tensor, var: Tensor },
 }

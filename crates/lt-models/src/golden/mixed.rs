@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::Check;
+use super::{relative, Check};
 use crate::error::{ModelError, Result};
 use crate::{Arch, Model, Precision};
 
@@ -22,16 +22,6 @@ pub const VALUE_TOLERANCE: f32 = 0.05;
 pub const GRADIENT_TOLERANCE: f32 = 0.6;
 /// The whole gradient: `1 - cosine` with the `f32` one at most this.
 pub const DIRECTION_TOLERANCE: f32 = 0.1;
-
-/// `|a - b| / |b|` over all values (Euclidean norms); infinite where a value is not finite.
-fn relative(a: &Tensor, b: &Tensor) -> Result<f32> {
-    let a = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let b = b.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-    let diff: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum::<f64>().sqrt();
-    let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
-    let e = (diff / norm.max(1e-12)) as f32;
-    Ok(if e.is_finite() { e } else { f32::INFINITY })
-}
 
 fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
     Ok((a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)?.sum_all()?.to_vec0::<f64>()?)

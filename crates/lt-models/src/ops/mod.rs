@@ -20,6 +20,7 @@ pub mod conv;
 mod cudnn;
 mod custom;
 pub mod elementwise;
+mod explicit;
 pub(crate) mod kernels;
 pub mod norm;
 pub(crate) mod stock;
@@ -31,6 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::{DType, Tensor};
 
+pub(crate) use explicit::BnSaved;
 pub use kernels::{cpu_features, gemm_isa, kernel_name, Isa};
 
 type CResult<T> = candle_core::Result<T>;
@@ -155,12 +157,16 @@ impl Backend {
     /// The route of an op on `t`: the host kernels take `f32`, cuDNN `f32` and `bf16`
     /// activations (the mixed-precision mode); anything else runs candle's ops.
     fn route(self, t: &Tensor) -> Route {
-        let dtype = t.dtype();
+        self.route_for(t.device(), t.dtype())
+    }
+
+    /// The route of an op on activations of `dtype` on `device` (see [`Backend::route`]).
+    fn route_for(self, device: &candle_core::Device, dtype: DType) -> Route {
         if self != Backend::Fast {
             Route::Stock
-        } else if t.device().is_cpu() && dtype == DType::F32 {
+        } else if device.is_cpu() && dtype == DType::F32 {
             Route::Host
-        } else if t.device().is_cuda() && cudnn_takes(dtype) {
+        } else if device.is_cuda() && cudnn_takes(dtype) {
             Route::Cudnn
         } else {
             Route::Stock
@@ -186,15 +192,8 @@ impl Backend {
         eps: f64,
         relu: bool,
     ) -> CResult<(Tensor, BatchStats)> {
-        check_batch_values(x)?;
-        match self.route(x) {
-            Route::Host => custom::norm::train_host(x, gamma, beta, eps, relu),
-            #[cfg(feature = "cudnn")]
-            Route::Cudnn => {
-                in_f32_if_refused(BF16_BN_TRAIN, x, |x| custom::norm::train_cudnn(x, gamma, beta, eps, relu))
-            }
-            _ => stock::batch_norm_train(x, gamma, beta, eps, relu),
-        }
+        let (y, stats, _) = self.batch_norm_train_saved(x, (gamma, beta), (eps, relu))?;
+        Ok((y, stats))
     }
 
     /// Whether [`Backend::batch_norm_train_running`] runs for activations `x`: on the cuDNN
@@ -212,24 +211,25 @@ impl Backend {
     /// Training-mode batch norm over NHWC `x` (with ReLU when `relu`) that also folds the batch
     /// into the running statistics `(mean, var)` with weight `momentum`, as
     /// `(1 - momentum) running + momentum batch` with the batch variance unbiased: the output
-    /// and the new running `(mean, var)`. Only where [`Backend::folds_running_statistics`];
-    /// elsewhere an error. When cuDNN refuses, the refusal is warned once and
-    /// `folds_running_statistics` answers `false` from then on.
+    /// and the new running `(mean, var)`, and what [`Backend::batch_norm_train_backward`] needs.
+    /// Only where [`Backend::folds_running_statistics`]; elsewhere an error. When cuDNN refuses,
+    /// the refusal is warned once and `folds_running_statistics` answers `false` from then on.
     pub(crate) fn batch_norm_train_running(
         self,
         x: &Tensor,
         (gamma, beta): (&Tensor, &Tensor),
         (eps, relu): (f64, bool),
         running: (&Tensor, &Tensor, f64),
-    ) -> CResult<(Tensor, Tensor, Tensor)> {
+    ) -> CResult<(Tensor, (Tensor, Tensor), BnSaved)> {
         check_batch_values(x)?;
         match self.route(x) {
             #[cfg(feature = "cudnn")]
             Route::Cudnn => in_f32_if_refused(BF16_BN_TRAIN, x, |x| {
-                let (y, mean, var) = custom::norm::train_cudnn_running(x, gamma, beta, (eps, relu), running)?;
-                Ok((y, (mean, var)))
+                let (y, new, saved) =
+                    custom::norm::train_cudnn_running(x, gamma, beta, (eps, relu), running)?;
+                Ok((y, (new, BnSaved::cudnn(saved, x.dtype()))))
             })
-            .map(|(y, (mean, var))| (y, mean, var))
+            .map(|(y, (new, saved))| (y, new, saved))
             .inspect_err(|e| cudnn::fall_back(FOLD_RUNNING, cudnn::Instead::Candle, e)),
             _ => {
                 let _ = (gamma, beta, eps, relu, running);

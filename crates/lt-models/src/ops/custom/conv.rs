@@ -39,15 +39,46 @@ pub(crate) fn conv2d_host(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> 
 /// convolution instead.
 #[cfg(feature = "cudnn")]
 pub(crate) fn conv2d_cudnn(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> CResult<Tensor> {
-    let s = shape_of(x.dims(), w.dims(), stride, pad)?;
-    let usable = match x.device() {
-        candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, &s, x.dtype()),
-        _ => false,
-    };
-    if !usable {
+    if !cudnn_runs(x, w, stride, pad)? {
         return crate::ops::stock::conv2d(x, w, stride, pad);
     }
     x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, pad })
+}
+
+/// Whether cuDNN runs this convolution of [`conv2d_cudnn`] (it has algorithms for the shape in
+/// every direction); where not, candle's convolution does.
+#[cfg(feature = "cudnn")]
+pub(crate) fn cudnn_runs(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> CResult<bool> {
+    let s = shape_of(x.dims(), w.dims(), stride, pad)?;
+    Ok(match x.device() {
+        candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, &s, x.dtype()),
+        _ => false,
+    })
+}
+
+/// The gradients of `conv(x, w)` for the output gradient `dy`: of the input when `want.0`, of
+/// the weight when `want.1` (PyTorch's layout), with the host kernels or cuDNN (the tensors'
+/// device). The op's own backward pass, and the taped executor's.
+pub(crate) fn backward(
+    x: &Tensor,
+    w: &Tensor,
+    dy: &Tensor,
+    (stride, pad): (usize, usize),
+    want: (bool, bool),
+) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+    let shape = shape_of(x.dims(), w.dims(), stride, pad)?;
+    let dy = dy.contiguous()?;
+    let dx = if want.0 {
+        Some(dy.apply_op2_no_bwd(&w.contiguous()?, &ConvGrad { shape, data: true })?)
+    } else {
+        None
+    };
+    let dw = if want.1 {
+        Some(x.contiguous()?.apply_op2_no_bwd(&dy, &ConvGrad { shape, data: false })?)
+    } else {
+        None
+    };
+    Ok((dx, dw))
 }
 
 /// The weights `[C_out, C_in, k, k]` at `(s, l)` copied into a new channels-last buffer
@@ -127,19 +158,7 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
-        let shape = shape_of(x.dims(), w.dims(), self.stride, self.pad)?;
-        let grad = grad.contiguous()?;
-        let dx = if x.track_op() {
-            Some(grad.apply_op2_no_bwd(&w.contiguous()?, &ConvGrad { shape, data: true })?)
-        } else {
-            None
-        };
-        let dw = if w.track_op() {
-            Some(x.contiguous()?.apply_op2_no_bwd(&grad, &ConvGrad { shape, data: false })?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        backward(x, w, grad, (self.stride, self.pad), (x.track_op(), w.track_op()))
     }
 }
 

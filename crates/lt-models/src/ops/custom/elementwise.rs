@@ -21,8 +21,9 @@ pub(crate) fn shortcut_a(x: &Tensor, pad: usize) -> CResult<Tensor> {
     x.contiguous()?.apply_op1(ShortcutOp { pad })
 }
 
-/// `dy * (y > 0)`, shaped like `y`, on the tensors' device.
-fn relu_grad(y: &Tensor, grad: &Tensor) -> CResult<Tensor> {
+/// `dy * (y > 0)`, shaped like `y`, on the tensors' device (host kernels or cuDNN, candle's
+/// kernels where cuDNN refuses).
+pub(crate) fn relu_grad(y: &Tensor, grad: &Tensor) -> CResult<Tensor> {
     let (y, grad) = (y.contiguous()?, grad.contiguous()?);
     match y.apply_op2_no_bwd(&grad, &Binary::ReluGrad) {
         Ok(g) => Ok(g),
@@ -164,11 +165,16 @@ impl CustomOp1 for ShortcutOp {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-        let s = nhwc(x.dims())?;
-        with_host(grad, |dy| {
-            let mut dx = vec![0f32; s.len()];
-            elementwise::shortcut_backward(dy, s, self.pad, &mut dx);
-            Ok(Some(host_tensor(dx, x.dims())?))
-        })
+        shortcut_backward(x.dims(), grad, self.pad).map(Some)
     }
+}
+
+/// The input gradient of the option-A shortcut of an input of `dims`, on the host kernels.
+pub(crate) fn shortcut_backward(dims: &[usize], dy: &Tensor, pad: usize) -> CResult<Tensor> {
+    let s = nhwc(dims)?;
+    with_host(dy, |dy| {
+        let mut dx = vec![0f32; s.len()];
+        elementwise::shortcut_backward(dy, s, pad, &mut dx);
+        host_tensor(dx, dims)
+    })
 }

@@ -9,14 +9,23 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Shape, Tensor};
 use super::{cpu_f32, host_tensor, with_host, CResult};
 use crate::ops::{norm, BatchStats};
 
-/// Training-mode batch norm on the CPU kernels.
+/// The batch statistics a host training-mode batch norm normalised with, for its backward pass.
+pub(crate) struct HostStats {
+    /// Per-channel batch mean.
+    pub mean: Vec<f32>,
+    /// Per-channel `1 / sqrt(var + eps)`.
+    pub invstd: Vec<f32>,
+}
+
+/// Training-mode batch norm on the CPU kernels: the output, the batch statistics and what the
+/// backward pass needs of them.
 pub(crate) fn train_host(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
     relu: bool,
-) -> CResult<(Tensor, BatchStats)> {
+) -> CResult<(Tensor, BatchStats, HostStats)> {
     let x = x.contiguous()?;
     let c = x.dim(candle_core::D::Minus1)?;
     let chunk = norm::chunk_pixels(x.dims());
@@ -25,7 +34,21 @@ pub(crate) fn train_host(
     let y = x.apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
     let var: Vec<f32> = stats.var.iter().map(|&v| v as f32).collect();
     let count = x.elem_count() / c;
-    Ok((y, BatchStats { mean: host_tensor(stats.mean, c)?, var: host_tensor(var, c)?, count }))
+    let saved = HostStats { mean: stats.mean.clone(), invstd: stats.invstd };
+    Ok((y, BatchStats { mean: host_tensor(stats.mean, c)?, var: host_tensor(var, c)?, count }, saved))
+}
+
+/// The gradients `(dx when want_dx, dgamma, dbeta)` of a host training-mode batch norm from its
+/// input `x`, output `y` (the ReLU's mask) and output gradient `dy`.
+pub(crate) fn train_backward_host(
+    stats: &HostStats,
+    (x, y, dy): (&Tensor, &Tensor, &Tensor),
+    gamma: &Tensor,
+    relu: bool,
+    want_dx: bool,
+) -> CResult<(Option<Tensor>, Tensor, Tensor)> {
+    let saved = HostSaved { relu, mean: &stats.mean, invstd: &stats.invstd, batch_statistics: true };
+    saved.backward((x, want_dx), gamma, y, dy)
 }
 
 /// NHWC dims.
@@ -89,7 +112,8 @@ impl CustomOp3 for BatchNormOp {
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let saved =
             HostSaved { relu: self.relu, mean: &self.mean, invstd: &self.invstd, batch_statistics: true };
-        saved.backward(x, gamma, res, grad)
+        let (dx, dg, db) = saved.backward((x, x.track_op()), gamma, res, grad)?;
+        Ok((dx, Some(dg), Some(db)))
     }
 }
 
@@ -102,17 +126,16 @@ struct HostSaved<'a> {
 }
 
 impl HostSaved<'_> {
-    /// Gradients of `x` (when it is tracked), `gamma` and `beta` on the host kernels, with the ReLU
+    /// Gradients of `x` (when `want_dx`), `gamma` and `beta` on the host kernels, with the ReLU
     /// mask taken from the output `res`.
     fn backward(
         &self,
-        x: &Tensor,
+        (x, want_dx): (&Tensor, bool),
         gamma: &Tensor,
         res: &Tensor,
         grad: &Tensor,
-    ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+    ) -> CResult<(Option<Tensor>, Tensor, Tensor)> {
         let c = self.mean.len();
-        let want_dx = x.track_op();
         with_host(x, |xv| {
             with_host(grad, |dy| {
                 with_host(gamma, |g| {
@@ -128,7 +151,7 @@ impl HostSaved<'_> {
                         let mut dx = if want_dx { vec![0f32; xv.len()] } else { Vec::new() };
                         let (dg, db) = b.run(dy, want_dx.then_some(dx.as_mut_slice()));
                         let dx = if want_dx { Some(host_tensor(dx, x.dims())?) } else { None };
-                        Ok((dx, Some(host_tensor(dg, c)?), Some(host_tensor(db, c)?)))
+                        Ok((dx, host_tensor(dg, c)?, host_tensor(db, c)?))
                     };
                     if self.relu {
                         with_host(res, |y| run(norm::Relu::Output(y)))
@@ -225,17 +248,36 @@ impl CustomOp3 for BatchNormEvalOp {
         res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        if x.device().is_cpu() {
-            let mean = self.mean.to_vec1::<f32>()?;
-            let invstd: Vec<f32> =
-                self.var.to_vec1::<f32>()?.iter().map(|&v| norm::invstd(v as f64, self.eps)).collect();
-            let saved = HostSaved { relu: self.relu, mean: &mean, invstd: &invstd, batch_statistics: false };
-            saved.backward(x, gamma, res, grad)
-        } else {
-            let (dx, dg, db) =
-                eval_backward_on_device(x, gamma, res, grad, (&self.mean, &self.var), self.eps, self.relu)?;
-            Ok((x.track_op().then_some(dx), Some(dg), Some(db)))
-        }
+        let stats = (&self.mean, &self.var);
+        let (dx, dg, db) = eval_backward((x, res, grad), gamma, stats, (self.eps, self.relu), x.track_op())?;
+        Ok((dx, Some(dg), Some(db)))
+    }
+}
+
+/// The gradients `(dx when want_dx, dgamma, dbeta)` of eval-mode batch norm with the fixed
+/// statistics `(mean, var)` from its input `x`, output `y` (the ReLU's mask) and output gradient
+/// `dy`: the host kernels on the CPU, candle's ops elsewhere.
+pub(crate) fn eval_backward(
+    (x, y, dy): (&Tensor, &Tensor, &Tensor),
+    gamma: &Tensor,
+    (mean, var): (&Tensor, &Tensor),
+    (eps, relu): (f64, bool),
+    want_dx: bool,
+) -> CResult<(Option<Tensor>, Tensor, Tensor)> {
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let mean = mean.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+        let invstd: Vec<f32> = var
+            .to_dtype(DType::F32)?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|&v| norm::invstd(v as f64, eps))
+            .collect();
+        let saved = HostSaved { relu, mean: &mean, invstd: &invstd, batch_statistics: false };
+        saved.backward((x, want_dx), gamma, y, dy)
+    } else {
+        let (mean, var) = (mean.to_dtype(DType::F32)?, var.to_dtype(DType::F32)?);
+        let (dx, dg, db) = eval_backward_on_device(x, gamma, y, dy, (&mean, &var), eps, relu)?;
+        Ok((want_dx.then_some(dx), dg, db))
     }
 }
 
@@ -296,7 +338,7 @@ impl Packed {
 }
 
 #[cfg(feature = "cudnn")]
-pub(crate) use cuda::{train_cudnn, train_cudnn_running};
+pub(crate) use cuda::{train_backward as train_backward_cudnn, train_cudnn, train_cudnn_running};
 
 #[cfg(feature = "cudnn")]
 mod cuda;

@@ -32,13 +32,18 @@ impl CustomOp1 for AvgPoolOp {
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-        let Nhwc { n, h, w, c } = nhwc(x.dims(), "avg pool")?;
-        with_host(grad, |dy| {
-            let mut dx = vec![0f32; n * h * w * c];
-            elementwise::avg_pool_backward(dy, n, h * w, c, &mut dx);
-            Ok(Some(host_tensor(dx, x.dims())?))
-        })
+        avg_pool_backward(x.dims(), grad).map(Some)
     }
+}
+
+/// The input gradient of global average pooling of an input of `dims`, on the host kernels.
+pub(crate) fn avg_pool_backward(dims: &[usize], dy: &Tensor) -> CResult<Tensor> {
+    let Nhwc { n, h, w, c } = nhwc(dims, "avg pool")?;
+    with_host(dy, |dy| {
+        let mut dx = vec![0f32; n * h * w * c];
+        elementwise::avg_pool_backward(dy, n, h * w, c, &mut dx);
+        host_tensor(dx, dims)
+    })
 }
 
 /// Max pooling with window `k`, `stride`, `pad` (CPU kernels, or cuDNN on CUDA).
@@ -91,10 +96,14 @@ impl CustomOp1 for MaxPoolOp {
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-        let dx =
-            x.contiguous()?.apply_op3_no_bwd(res, &grad.contiguous()?, &MaxPoolGrad { win: self.win })?;
-        Ok(Some(dx))
+        max_pool_backward(x, res, grad, self.win).map(Some)
     }
+}
+
+/// The input gradient of max pooling with `win` from its input `x`, output `y` and output
+/// gradient `dy` (host kernels, or cuDNN on CUDA).
+pub(crate) fn max_pool_backward(x: &Tensor, y: &Tensor, dy: &Tensor, win: Window) -> CResult<Tensor> {
+    x.contiguous()?.apply_op3_no_bwd(&y.contiguous()?, &dy.contiguous()?, &MaxPoolGrad { win })
 }
 
 /// The input gradient of max pooling from `(x, y, dy)`. On the CPU the positions of the maxima

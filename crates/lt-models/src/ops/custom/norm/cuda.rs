@@ -28,14 +28,15 @@ fn lock_err<T>(_: T) -> candle_core::Error {
 
 /// Training-mode batch norm through cuDNN: one call computes the output, which is the op's
 /// result (a plain autograd node), and the statistics, which the op hands over on the side
-/// (see [`Stats`]); the caller updates the running statistics from them on the device.
+/// (see [`Stats`]); the caller updates the running statistics from them on the device. Also
+/// returns cuDNN's saved `[mean | invstd]` (see [`Packed`]), for [`train_backward`].
 pub(crate) fn train_cudnn(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     eps: f64,
     relu: bool,
-) -> CResult<(Tensor, BatchStats)> {
+) -> CResult<(Tensor, BatchStats, Tensor)> {
     let (y, saved, _) = run(x, gamma, beta, (eps, relu), None)?;
     let c = x.dim(candle_core::D::Minus1)?;
     let layout = Packed { c, p: x.elem_count() / c };
@@ -43,30 +44,31 @@ pub(crate) fn train_cudnn(
     let invstd = saved.narrow(0, layout.second(), c)?;
     // The biased batch variance from cuDNN's saved 1 / sqrt(var + eps).
     let var = (invstd.sqr()?.recip()? - eps)?;
-    Ok((y, BatchStats { mean, var, count: layout.p }))
+    Ok((y, BatchStats { mean, var, count: layout.p }, saved))
 }
 
 /// [`train_cudnn`] that also folds the batch into the running statistics `running = (mean, var,
 /// momentum)` in the same cuDNN call (`(1 - momentum) running + momentum batch`, the batch
 /// variance unbiased, as PyTorch's): the output and the new running `(mean, var)`, new tensors
 /// (the given ones are not changed). No statistics are computed for the caller, which saves the
-/// separate update's kernels.
+/// separate update's kernels. The last tensor is cuDNN's saved `[mean | invstd]`, for
+/// [`train_backward`].
 pub(crate) fn train_cudnn_running(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     (eps, relu): (f64, bool),
     (mean, var, momentum): (&Tensor, &Tensor, f64),
-) -> CResult<(Tensor, Tensor, Tensor)> {
+) -> CResult<(Tensor, (Tensor, Tensor), Tensor)> {
     let c = x.dim(candle_core::D::Minus1)?;
     let running =
         (mean.to_dtype(DType::F32)?.contiguous()?, var.to_dtype(DType::F32)?.contiguous()?, momentum);
-    let (y, _, new) = run(x, gamma, beta, (eps, relu), Some(running))?;
+    let (y, saved, new) = run(x, gamma, beta, (eps, relu), Some(running))?;
     let Some((m, v)) = new else {
         candle_core::bail!("cuDNN batch norm: the forward pass left no running statistics")
     };
     let tensor = |s| Tensor::from_storage(Storage::Cuda(s), c, candle_core::op::BackpropOp::none(), false);
-    Ok((y, tensor(m), tensor(v)))
+    Ok((y, (tensor(m), tensor(v)), saved))
 }
 
 /// Runs [`BnTrain`]: the output, the saved statistics (also kept for the backward pass) and the
@@ -149,75 +151,84 @@ impl CustomOp3 for BnTrain {
         res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let c = x.dim(candle_core::D::Minus1)?;
-        let layout = Packed { c, p: x.elem_count() / c };
         let Some(stats) = self.stats.saved.get() else {
             candle_core::bail!("cuDNN batch norm backward: no saved statistics")
         };
-        let (x, y, dy) = (x.contiguous()?, res.contiguous()?, grad.contiguous()?);
-        let gamma = gamma.contiguous()?;
-        let in_f32 = || -> CResult<(Tensor, CudaStorage)> {
-            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-            let (dx, params) = self.gradients((&f32(&x)?, &f32(&y)?, &f32(&dy)?), &gamma, stats)?;
-            Ok((dx.to_dtype(x.dtype())?, params))
-        };
-        let native = || self.gradients((&x, &y, &dy), &gamma, stats);
-        let (dx, params) = if x.dtype() == DType::F32 {
-            native()?
-        } else {
-            cudnn::or_fall_back(BF16_BACKWARD, cudnn::Instead::CudnnInF32, native, in_f32)?
-        };
-        let params = Tensor::from_storage(
-            Storage::Cuda(params),
-            layout.len(),
-            candle_core::op::BackpropOp::none(),
-            false,
-        );
-        let dgamma = params.narrow(0, layout.first(), c)?;
-        let dbeta = params.narrow(0, layout.second(), c)?;
+        let (dx, dgamma, dbeta) = train_backward((x, res, grad), gamma, stats, (self.eps, self.relu))?;
         Ok((x.track_op().then_some(dx), Some(dgamma), Some(dbeta)))
     }
+}
+
+/// The gradients `(dx, dgamma, dbeta)` of a cuDNN training-mode batch norm from its input `x`,
+/// output `y`, output gradient `dy`, `gamma` and the statistics cuDNN saved in the forward pass
+/// (`[mean | invstd]`, see [`Packed`]): `dx` of the type of `x`, the others `f32`. Where cuDNN
+/// refuses a `bf16` pass, it runs in `f32` (warned once). The op's own backward pass, and the
+/// taped executor's.
+pub(crate) fn train_backward(
+    (x, y, dy): (&Tensor, &Tensor, &Tensor),
+    gamma: &Tensor,
+    stats: &Tensor,
+    (eps, relu): (f64, bool),
+) -> CResult<(Tensor, Tensor, Tensor)> {
+    let c = x.dim(candle_core::D::Minus1)?;
+    let layout = Packed { c, p: x.elem_count() / c };
+    let (x, y, dy) = (x.contiguous()?, y.contiguous()?, dy.contiguous()?);
+    let gamma = gamma.contiguous()?;
+    let in_f32 = || -> CResult<(Tensor, CudaStorage)> {
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let (dx, params) = gradients((&f32(&x)?, &f32(&y)?, &f32(&dy)?), &gamma, stats, (eps, relu))?;
+        Ok((dx.to_dtype(x.dtype())?, params))
+    };
+    let native = || gradients((&x, &y, &dy), &gamma, stats, (eps, relu));
+    let (dx, params) = if x.dtype() == DType::F32 {
+        native()?
+    } else {
+        cudnn::or_fall_back(BF16_BACKWARD, cudnn::Instead::CudnnInF32, native, in_f32)?
+    };
+    let params =
+        Tensor::from_storage(Storage::Cuda(params), layout.len(), candle_core::op::BackpropOp::none(), false);
+    let dgamma = params.narrow(0, layout.first(), c)?;
+    let dbeta = params.narrow(0, layout.second(), c)?;
+    Ok((dx, dgamma, dbeta))
 }
 
 /// The refusal named in the warning when cuDNN has no `bf16` batch-norm backward pass (the
 /// pass then runs in `f32`).
 const BF16_BACKWARD: &str = "bf16 batch norm (backward)";
 
-impl BnTrain {
-    /// `dx` (the type of `x`) and the `f32` parameter gradients `[dgamma | dbeta]` (see
-    /// [`Packed`]) from contiguous `(x, y, dy)`; where cuDNN refuses the ReLU's gradient, the
-    /// mask is applied with candle's kernels before the plain batch-norm backward pass.
-    fn gradients(
-        &self,
-        (x, y, dy): (&Tensor, &Tensor, &Tensor),
-        gamma: &Tensor,
-        stats: &Tensor,
-    ) -> CResult<(Tensor, CudaStorage)> {
-        let op = |relu| BnTrainGrad {
-            gamma: gamma.clone(),
-            stats: stats.clone(),
-            eps: self.eps,
-            relu,
-            params: Mutex::new(None),
-        };
-        let first = op(self.relu);
-        let (grad_op, dx) = match x.apply_op3_no_bwd(y, dy, &first) {
-            Ok(dx) => (first, dx),
-            Err(e) if self.relu && !cudnn::refused(BF16_BACKWARD) => {
-                cudnn::fall_back("the ReLU gradient inside batch norm", cudnn::Instead::Candle, &e);
-                let dz = (dy * y.gt(0f32)?.to_dtype(dy.dtype())?)?;
-                let plain = op(false);
-                let dx = x.apply_op3_no_bwd(y, &dz, &plain)?;
-                (plain, dx)
-            }
-            Err(e) => return Err(e),
-        };
-        let params = grad_op.params.lock().map_err(lock_err)?.take();
-        let Some(params) = params else {
-            candle_core::bail!("cuDNN batch norm backward: the pass left no parameter gradients")
-        };
-        Ok((dx, params))
-    }
+/// `dx` (the type of `x`) and the `f32` parameter gradients `[dgamma | dbeta]` (see [`Packed`])
+/// from contiguous `(x, y, dy)`; where cuDNN refuses the ReLU's gradient, the mask is applied
+/// with candle's kernels before the plain batch-norm backward pass.
+fn gradients(
+    (x, y, dy): (&Tensor, &Tensor, &Tensor),
+    gamma: &Tensor,
+    stats: &Tensor,
+    (eps, relu): (f64, bool),
+) -> CResult<(Tensor, CudaStorage)> {
+    let op = |relu| BnTrainGrad {
+        gamma: gamma.clone(),
+        stats: stats.clone(),
+        eps,
+        relu,
+        params: Mutex::new(None),
+    };
+    let first = op(relu);
+    let (grad_op, dx) = match x.apply_op3_no_bwd(y, dy, &first) {
+        Ok(dx) => (first, dx),
+        Err(e) if relu && !cudnn::refused(BF16_BACKWARD) => {
+            cudnn::fall_back("the ReLU gradient inside batch norm", cudnn::Instead::Candle, &e);
+            let dz = (dy * y.gt(0f32)?.to_dtype(dy.dtype())?)?;
+            let plain = op(false);
+            let dx = x.apply_op3_no_bwd(y, &dz, &plain)?;
+            (plain, dx)
+        }
+        Err(e) => return Err(e),
+    };
+    let params = grad_op.params.lock().map_err(lock_err)?.take();
+    let Some(params) = params else {
+        candle_core::bail!("cuDNN batch norm backward: the pass left no parameter gradients")
+    };
+    Ok((dx, params))
 }
 
 /// The gradients of [`BnTrain`] from `(x, its output y, the output gradient dy)`: the op's

@@ -1,0 +1,173 @@
+//! The taped executor: a program's training pass with the backward pass walked by hand.
+//!
+//! The forward pass is the eager one ([`Eager::node`], the same ops on any device) run without
+//! candle's autograd, keeping every activation and what each node's backward pass needs (the
+//! [`Tape`]). The backward pass then walks the nodes in reverse and calls each op's explicit
+//! backward pass ([`crate::ops`]; the same functions the ops' autograd nodes call).
+//!
+//! What that saves against candle's autograd, per training step:
+//! - candle gives every input of every op its gradient by zero-filling a fresh tensor and adding
+//!   the contribution to it: two kernels and two allocations per edge, about 190 edges in a
+//!   ResNet-32. Here a gradient is handed on as it is, and summed only where two branches meet
+//!   (the residual blocks' inputs). With at most two contributions per activation the sums are
+//!   bit for bit candle's (`0 + a + b` is `a + b`).
+//! - candle's graph holds every activation until the step ends; here each one is dropped as soon
+//!   as the backward pass is past the node that wrote it, as PyTorch frees its saved tensors.
+//! - In `bf16` a filter's cast is no node of its own: its gradient is cast back once.
+//!
+//! It runs where every op has an explicit backward pass ([`Backend::has_explicit_backward`]: the
+//! fast backend's host and cuDNN routes), for [`crate::Model::train_step`] when enabled
+//! ([`crate::Model::set_taped`]). The features become a leaf of candle's graph for the head and
+//! the loss; their gradient from `loss.backward()` starts the walk, and the parameters' gradients
+//! join the head's in the same `GradStore`.
+
+use candle_core::{DType, Tensor};
+
+use super::eager::{output, Eager, Saved};
+use crate::error::{ModelError, Result};
+use crate::program::{Node, Op, Program, Slot};
+
+/// A forward pass's activations (by slot) and what each node saved for its backward pass.
+pub(crate) struct Tape {
+    values: Vec<Option<Tensor>>,
+    saved: Vec<Saved>,
+}
+
+/// The taped executor: the eager executor's ops and settings, run without a graph.
+pub(crate) struct Taped<'a> {
+    /// Its `mode.graph` is ignored: the parameters are read as detached values.
+    pub eager: Eager<'a>,
+}
+
+impl Taped<'_> {
+    /// Runs `prog` forward on the NHWC input `x` (detached): the features `[N, C]`, `f32`, and
+    /// the tape for [`Taped::backward`].
+    pub fn forward(&self, prog: &Program, x: Tensor) -> Result<(Tensor, Tape)> {
+        let mut mode = self.eager.mode;
+        mode.graph = false;
+        let eager = Eager { mode, ..self.eager };
+        let mut values: Vec<Option<Tensor>> = vec![None; prog.slots];
+        values[prog.input] = Some(x.detach());
+        let mut saved = Vec::with_capacity(prog.nodes.len());
+        for node in &prog.nodes {
+            let (y, s) = eager.node(node, &values)?;
+            values[node.y] = Some(y);
+            saved.push(s);
+        }
+        let features = output(values[prog.output].clone())?;
+        Ok((features, Tape { values, saved }))
+    }
+
+    /// The parameters' gradients (`f32`, indexed like [`Program::params`]; `None` for one no
+    /// gradient reached) from the gradient `dz` of the features [`Taped::forward`] returned.
+    /// Each activation is dropped once the walk is past the node that wrote it.
+    pub fn backward(&self, prog: &Program, tape: Tape, dz: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let Tape { mut values, saved } = tape;
+        if saved.len() != prog.nodes.len() {
+            return Err(ModelError::Invalid("the tape was recorded for another program".into()));
+        }
+        let out = values[prog.output].as_ref().ok_or_else(|| missing(prog.output))?;
+        let mut grads: Vec<Option<Tensor>> = vec![None; prog.slots];
+        grads[prog.output] = Some(dz.reshape(out.dims())?.to_dtype(out.dtype())?);
+        let mut params: Vec<Option<Tensor>> = vec![None; prog.params.len()];
+        for (node, saved) in prog.nodes.iter().zip(saved).rev() {
+            let y = values[node.y].take().ok_or_else(|| missing(node.y))?;
+            // No gradient reaches this node's output: nothing flows back through it.
+            let Some(dy) = grads[node.y].take() else { continue };
+            let step = Step { prog, node, values: &values, y: &y, dy: &dy };
+            for (slot, g) in self.node_backward(step, saved, &mut params)? {
+                accumulate(&mut grads[slot], g)?;
+            }
+        }
+        Ok(params)
+    }
+
+    /// One node's backward pass: the gradients of its input slots (none for the program's
+    /// input), its parameters' gradients added to `params`.
+    fn node_backward(
+        &self,
+        Step { prog, node, values, y, dy }: Step,
+        saved: Saved,
+        params: &mut [Option<Tensor>],
+    ) -> Result<Vec<(Slot, Tensor)>> {
+        let b = self.eager.backend;
+        let x = values[node.x].as_ref().ok_or_else(|| missing(node.x))?;
+        let want_dx = node.x != prog.input;
+        let mut param = |index: usize, g: Tensor| accumulate(&mut params[index], g.to_dtype(DType::F32)?);
+        let dx = match (&node.op, saved) {
+            (Op::Conv { w, stride, pad }, Saved::Filter(filter)) => {
+                let (dx, dw) = b.conv2d_backward((x, &filter, dy), (*stride, *pad), want_dx)?;
+                param(w.index, dw)?;
+                dx
+            }
+            (Op::Bn(bn), saved) => {
+                let gamma = bn.gamma.var.as_detached_tensor();
+                let (xy, f) = ((x, y, dy), (bn.eps, bn.relu));
+                let (dx, dg, db) = match saved {
+                    Saved::Bn(Some(s)) => b.batch_norm_train_backward(&s, xy, &gamma, f, want_dx)?,
+                    Saved::BnEval { mean, var } => {
+                        b.batch_norm_eval_backward(xy, &gamma, (&mean, &var), f, want_dx)?
+                    }
+                    _ => return Err(mismatch(node)),
+                };
+                param(bn.gamma.index, dg)?;
+                param(bn.beta.index, db)?;
+                dx
+            }
+            (Op::AddRelu { other }, Saved::Nothing) => {
+                let g = b.add_relu_backward(y, dy)?;
+                let mut out = Vec::with_capacity(2);
+                if *other != prog.input {
+                    out.push((*other, g.clone()));
+                }
+                if want_dx {
+                    out.push((node.x, g));
+                }
+                return Ok(out);
+            }
+            (Op::Shortcut { pad }, Saved::Nothing) if want_dx => {
+                Some(b.shortcut_backward(x.dims(), dy, *pad)?)
+            }
+            (Op::MaxPool(win), Saved::Nothing) if want_dx => Some(b.max_pool_backward((x, y, dy), *win)?),
+            (Op::AvgPool, Saved::Nothing) if want_dx => {
+                let dx = b.avg_pool_backward(x.dims(), &dy.to_dtype(DType::F32)?)?;
+                Some(dx.to_dtype(x.dtype())?)
+            }
+            (Op::Shortcut { .. } | Op::MaxPool(_) | Op::AvgPool, Saved::Nothing) => None,
+            _ => return Err(mismatch(node)),
+        };
+        Ok(dx.map(|g| vec![(node.x, g)]).unwrap_or_default())
+    }
+}
+
+/// What one node's backward pass reads.
+#[derive(Clone, Copy)]
+struct Step<'a> {
+    prog: &'a Program,
+    node: &'a Node,
+    values: &'a [Option<Tensor>],
+    /// The node's output.
+    y: &'a Tensor,
+    /// Its gradient.
+    dy: &'a Tensor,
+}
+
+/// Adds `g` to the gradient in `slot` (or puts it there).
+fn accumulate(slot: &mut Option<Tensor>, g: Tensor) -> Result<()> {
+    *slot = Some(match slot.take() {
+        None => g,
+        Some(sum) => (sum + g)?,
+    });
+    Ok(())
+}
+
+fn missing(slot: Slot) -> ModelError {
+    ModelError::Invalid(format!("taped backward pass: slot {slot} has no value"))
+}
+
+fn mismatch(node: &Node) -> ModelError {
+    ModelError::Invalid(format!(
+        "taped backward pass: what the {} node saved does not match it",
+        node.op.kind(true)
+    ))
+}
