@@ -11,8 +11,8 @@
 #   1. unpack dist/cuda/lt.xz (python3's lzma), library path from PyTorch's NVIDIA wheels,
 #      nvidia-smi, missing libraries (ldd);
 #   2. lt selftest --device cuda: every golden check of both backends, strict f32 (TF32 off;
-#      cuDNN's own log of warnings and errors in cudnn.log), and the bf16 mixed-precision checks
-#      (bf16 against f32 on the GPU);
+#      cuDNN's own log of warnings and errors in cudnn.log), the bf16 mixed-precision checks
+#      (bf16 against f32 on the GPU) and the taped-executor checks (against candle's autograd);
 #   3. Fashion-MNIST-LT on CUDA: a short stage 1 (SGD + SWA), extraction, SRepr, eval, with its
 #      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt;
 #   4. the benchmark: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval,
@@ -20,8 +20,10 @@
 #      same run (f32 with TF32 off, f32 NCHW and channels-last with PyTorch's default TF32, bf16
 #      autocast + channels-last), with peak GPU memory, the ResNet-32 training step once more
 #      with freed device memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the
-#      driver's default), and one profiled ResNet-50 training step (each forward op timed between
-#      device synchronisations);
+#      driver's default), the training steps once more on the taped executor (--taped: the
+#      backward pass walked by hand, without candle's autograd), one profiled ResNet-32 taped
+#      training step (every forward and backward op timed between device synchronisations) and
+#      one profiled ResNet-50 training step (each forward op);
 #   5. the CPU kernels on this machine's own CPU (often one with AVX-512, which the development
 #      machine lacks): ResNet-32 batch 128 train step and eval with each kernel set the CPU has
 #      (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
@@ -139,6 +141,11 @@ step_selftest() {
   mixed=$(grep -E '^[0-9]+/[0-9]+ mixed-precision checks passed' "$OUT/selftest.txt" | tail -n 1)
   if [ -z "$mixed" ] || grep -q '^FAIL .* bf16' "$OUT/selftest.txt"; then mixed_status=FAIL; fi
   record "selftest bf16 vs f32" "$mixed_status" 0 "${mixed:-no summary line (see selftest.txt)}"
+  # The taped executor (backward pass walked by hand) against candle's autograd, f32 and bf16.
+  local taped taped_status=ok
+  taped=$(grep -E '^[0-9]+/[0-9]+ taped-executor checks passed' "$OUT/selftest.txt" | tail -n 1)
+  if [ -z "$taped" ] || grep -q '^FAIL .* taped' "$OUT/selftest.txt"; then taped_status=FAIL; fi
+  record "selftest taped vs autograd" "$taped_status" 0 "${taped:-no summary line (see selftest.txt)}"
   # Ops cuDNN refused run on candle's kernels, or through cuDNN in f32 (a bf16 op; same results,
   # slower); each is warned about once.
   local fallbacks
@@ -222,17 +229,34 @@ step_bench() {
     bench_project "resnet32-$mode-project-tf32" 1 "${r32[@]}" --mode "$mode"
     bench_project "resnet32-$mode-project-bf16" 0 "${r32[@]}" --mode "$mode" --precision bf16
     bench_torch "resnet32-$mode-pytorch" "${r32[@]}" --mode "$mode"
+    if [ "$mode" = train ]; then
+      bench_project "resnet32-train-project-tf32-taped" 1 "${r32[@]}" --mode train --taped
+      bench_project "resnet32-train-project-bf16-taped" 0 "${r32[@]}" --mode train --precision bf16 --taped
+    fi
   done
   for mode in train eval; do
     bench_project "resnet50-$mode-project-f32" 0 "${r50[@]}" --mode "$mode"
     bench_project "resnet50-$mode-project-tf32" 1 "${r50[@]}" --mode "$mode"
     bench_project "resnet50-$mode-project-bf16" 0 "${r50[@]}" --mode "$mode" --precision bf16
     TORCH_LIMIT=110 bench_torch "resnet50-$mode-pytorch" "${r50[@]}" --mode "$mode"
+    if [ "$mode" = train ]; then
+      bench_project "resnet50-train-project-tf32-taped" 1 "${r50[@]}" --mode train --taped
+      bench_project "resnet50-train-project-bf16-taped" 0 "${r50[@]}" --mode train --precision bf16 --taped
+    fi
   done
   # What keeping freed device memory in the pool is worth: the same TF32 training step with the
   # driver's default (freed memory released at every synchronisation; see prepare_device).
   LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${r32[@]}" --mode train
   python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$OUT/bench_table.err"
+  # Where a ResNet-32 training step on the taped executor spends its time, forward and backward.
+  run_step "profile resnet32 train taped" 30 "$OUT/profile-resnet32-taped.log" "$LT" bench backbone \
+    --device "$DEVICE" --arch resnet32 --classes 10 --batch 128 --size 32 --steps 3 --warmup 2 --mode train \
+    --tf32 --taped --profile
+  record "profile resnet32 train b128 TF32 taped" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
+import json, sys
+d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["profile"]
+print("step %.0f ms; ops: " % d["step_ms"] + ", ".join("%s %.1f ms" % (o["op"], o["ms"]) for o in d["ops"][:6]))
+' "$OUT/profile-resnet32-taped.log" 2>/dev/null || echo "no profile")"
   # Where a ResNet-50 training step's forward spends its time: each op between device syncs.
   run_step "profile resnet50 train" 60 "$OUT/profile-resnet50.log" "$LT" bench backbone --device "$DEVICE" \
     --arch resnet50 --classes 1000 --batch 64 --size 224 --steps 3 --warmup 2 --mode train --tf32 --profile

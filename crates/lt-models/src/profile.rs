@@ -1,6 +1,6 @@
 //! Op-level timing, for finding where a step spends its time (`lt bench backbone --profile`).
-//! While enabled, every op of an eager forward pass (any device) and every forward and backward
-//! op of the fused CPU pass is bracketed by device synchronisations and its wall time is added
+//! While enabled, every op of an eager forward pass (any device), every forward and backward op
+//! of the taped executor and of the fused CPU pass is bracketed by device synchronisations and its wall time is added
 //! to its kind's total; on a GPU this serialises the device, so a profiled step is slower than a
 //! normal one and only the shares are meaningful. Off by default, and then costs one relaxed
 //! atomic load per op.

@@ -50,7 +50,7 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// The kind an op's forward pass is timed under ([`crate::profile`]), in both executors.
+    /// The kind an op's forward pass is timed under ([`crate::profile`]), in every executor.
     pub fn kind(&self, train: bool) -> &'static str {
         match self {
             Op::Conv { .. } => "conv",
@@ -60,6 +60,19 @@ impl Op {
             Op::Shortcut { .. } => "shortcut",
             Op::MaxPool(_) => "max pool",
             Op::AvgPool => "average pool",
+        }
+    }
+
+    /// The kind an op's backward pass is timed under ([`crate::profile`]); the fused CPU pass
+    /// times a convolution's two gradients separately.
+    pub fn backward_kind(&self) -> &'static str {
+        match self {
+            Op::Conv { .. } => "conv backward",
+            Op::Bn(_) => "batch norm backward",
+            Op::AddRelu { .. } => "add + relu backward",
+            Op::Shortcut { .. } => "shortcut backward",
+            Op::MaxPool(_) => "max pool backward",
+            Op::AvgPool => "average pool backward",
         }
     }
 }

@@ -91,6 +91,15 @@ struct BackboneBench {
     /// Arithmetic of the backbone: f32, or bf16 (mixed precision, as PyTorch's autocast).
     #[arg(long, default_value = "f32")]
     precision: lt_models::Precision,
+    /// Train and grad steps on the taped executor (`Model::set_taped`: the backward pass walked
+    /// by hand, without candle's autograd); on the CPU this turns the fused pass off. The JSON
+    /// says whether it ran (`taped`).
+    #[arg(long)]
+    taped: bool,
+    /// On the CPU, run op by op with candle's autograd instead of the fused pass (the reference
+    /// the fused pass and `--taped` are measured against).
+    #[arg(long)]
+    no_fused: bool,
     /// Rank cuDNN's convolution algorithms by its heuristics instead of timing them.
     #[arg(long)]
     cudnn_heuristic: bool,
@@ -100,8 +109,9 @@ struct BackboneBench {
     #[arg(long)]
     no_freeze: bool,
     /// After the timed steps, one more step with its ops timed between device synchronisations
-    /// (`lt_models::profile`): every forward and backward op of the fused CPU pass, or every
-    /// forward op of the eager executor (CUDA, stock candle; its backward is candle's autograd).
+    /// (`lt_models::profile`): every forward and backward op of the fused CPU pass or of the
+    /// taped executor (`--taped`), or every forward op of the eager executor (CUDA, stock candle;
+    /// its backward is candle's autograd).
     /// The JSON gains `profile`: the step's ms and per op kind its calls and ms.
     #[arg(long)]
     profile: bool,
@@ -192,6 +202,15 @@ fn backbone(b: BackboneBench) -> Result<()> {
         BackendName::Fast => Backend::Fast,
         BackendName::Candle => Backend::Candle,
     });
+    m.set_fused(!b.no_fused);
+    if b.taped {
+        m.set_taped(true);
+        m.set_fused(false);
+        if !m.taped_active() {
+            tracing::warn!("--taped: the taped executor does not apply here (it takes the fast backend on CUDA, or on the CPU in f32); running without it");
+        }
+    }
+    let taped = m.taped_active() && matches!(b.mode, Mode::Train | Mode::Grad);
     let x = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &dev)?;
     let y = Tensor::from_vec((0..batch as u32).map(|i| i % classes as u32).collect::<Vec<_>>(), batch, &dev)?;
     // Evaluation on the CPU measures what serving a trained model does: a snapshot whose packed
@@ -239,7 +258,7 @@ fn backbone(b: BackboneBench) -> Result<()> {
         "profile": profile,
         "bench": "backbone", "arch": b.arch, "mode": b.mode, "backend": b.backend, "batch": batch, "size": size,
         "device": b.device, "frozen": frozen.is_some(), "median_step_seconds": median, "images_per_sec": batch as f64 / median, "steps": b.steps,
-        "kernels": lt_models::ops::kernel_name(), "gemm": lt_models::ops::gemm_isa().name(), "cpu_features": lt_models::ops::cpu_features(), "tf32": b.tf32, "precision": b.precision,
+        "kernels": lt_models::ops::kernel_name(), "gemm": lt_models::ops::gemm_isa().name(), "cpu_features": lt_models::ops::cpu_features(), "tf32": b.tf32, "precision": b.precision, "taped": taped,
         "device_pool_peak_mib": lt_models::ops::device_memory_peak(&dev).map(|b| b as f64 / 1048576.0),
     }));
     Ok(())

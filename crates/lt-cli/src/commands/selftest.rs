@@ -1,7 +1,8 @@
 //! `lt selftest`: the backbones' golden checks against PyTorch on any device (the fixtures of
 //! `crates/lt-models/tests/golden/`, read from the working tree), then the mixed-precision
-//! checks (bf16 against f32 on the device). Every check runs, whatever fails before it; the
-//! summary counts them all, golden and mixed-precision on separate lines.
+//! checks (bf16 against f32 on the device) and the taped-executor checks (its training steps
+//! against candle's autograd on the device). Every check runs, whatever fails before it; the
+//! summary counts them all, each kind on its own line.
 
 use std::path::PathBuf;
 
@@ -49,9 +50,11 @@ pub fn run(a: SelftestArgs) -> Result<()> {
     }
     let (mixed_total, mixed_failed) = mixed_precision(&device, &mut broken);
     println!("{}/{mixed_total} mixed-precision checks passed on {}", mixed_total - mixed_failed, a.device);
-    if failed > 0 || mixed_failed > 0 || !broken.is_empty() {
+    let (taped_total, taped_failed) = taped(&device, &mut broken);
+    println!("{}/{taped_total} taped-executor checks passed on {}", taped_total - taped_failed, a.device);
+    if failed > 0 || mixed_failed > 0 || taped_failed > 0 || !broken.is_empty() {
         bail!(
-            "{failed} golden check(s) and {mixed_failed} mixed-precision check(s) failed, {} run(s) broken",
+            "{failed} golden, {mixed_failed} mixed-precision and {taped_failed} taped-executor check(s) failed, {} run(s) broken",
             broken.len()
         );
     }
@@ -68,6 +71,34 @@ fn report(c: &lt_models::golden::Check) -> bool {
         }
     }
     c.ok()
+}
+
+/// The taped-executor checks (`lt_models::golden::taped`, against candle's autograd on this
+/// device): in `f32`, and on CUDA in `bf16` too (on the CPU `bf16` runs candle's stock ops, which
+/// the taped executor does not take). `(checks, failed)`; a run that cannot start is added to
+/// `broken`.
+fn taped(device: &candle_core::Device, broken: &mut Vec<String>) -> (usize, usize) {
+    use lt_models::Precision;
+    let precisions: &[Precision] =
+        if device.is_cuda() { &[Precision::F32, Precision::Bf16] } else { &[Precision::F32] };
+    let (mut total, mut failed) = (0, 0);
+    for &precision in precisions {
+        for (arch, shape) in [("resnet20", [4, 3, 16, 16]), ("resnet18", [4, 3, 64, 64])] {
+            match lt_models::golden::taped::check_taped(arch, 5, shape, device, precision) {
+                Ok(checks) => {
+                    for c in checks {
+                        total += 1;
+                        failed += usize::from(!report(&c));
+                    }
+                }
+                Err(e) => {
+                    println!("FAIL {arch} {precision} taped: could not run: {e:#}");
+                    broken.push(format!("{arch} {precision} taped"));
+                }
+            }
+        }
+    }
+    (total, failed)
 }
 
 /// The mixed-precision checks (`lt_models::golden::mixed`, bf16 against f32 on this device):

@@ -66,6 +66,11 @@ pub struct TrainArgs {
     /// convolutions, f32 weights and batch-norm statistics; for CUDA).
     #[arg(long)]
     precision: Option<lt_models::Precision>,
+    /// Training steps on the taped executor (the backward pass walked by hand instead of
+    /// candle's autograd: the same gradients, fewer kernels and less memory; for CUDA; on the CPU
+    /// the fused pass runs regardless).
+    #[arg(long)]
+    taped: bool,
     /// Train plain SGD only (no SWA/SWAG).
     #[arg(long)]
     no_swa: bool,
@@ -152,7 +157,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         data.num_classes(),
         a.out.display()
     );
-    let opts = RunOptions { resume: a.resume, device, data_spec: Some(spec) };
+    let opts = RunOptions { resume: a.resume, device, data_spec: Some(spec), taped: a.taped };
     let summary = train(&cfg, &data, &a.out, &opts)?;
     print_summary(&summary, &a.out);
     Ok(())

@@ -75,7 +75,8 @@ impl Taped<'_> {
             // No gradient reaches this node's output: nothing flows back through it.
             let Some(dy) = grads[node.y].take() else { continue };
             let step = Step { prog, node, values: &values, y: &y, dy: &dy };
-            for (slot, g) in self.node_backward(step, saved, &mut params)? {
+            let run = || self.node_backward(step, saved, &mut params);
+            for (slot, g) in crate::profile::time(node.op.backward_kind(), dy.device(), run)? {
                 accumulate(&mut grads[slot], g)?;
             }
         }

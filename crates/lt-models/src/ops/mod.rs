@@ -266,11 +266,12 @@ impl Backend {
         match self.route(a) {
             Route::Host => custom::elementwise::add_relu(a, b),
             #[cfg(feature = "cudnn")]
-            Route::Cudnn if a.rank() == 4 && a.dims() == b.dims() => custom::elementwise::add_relu(a, b)
-                .or_else(|e| {
-                    cudnn::fall_back("the residual add + ReLU", cudnn::Instead::Candle, &e);
-                    stock::add_relu(a, b)
-                }),
+            Route::Cudnn if a.rank() == 4 && a.dims() == b.dims() => cudnn::or_fall_back(
+                "the residual add + ReLU",
+                cudnn::Instead::Candle,
+                || custom::elementwise::add_relu(a, b),
+                || stock::add_relu(a, b),
+            ),
             _ => stock::add_relu(a, b),
         }
     }

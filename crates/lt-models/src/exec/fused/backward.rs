@@ -122,14 +122,10 @@ pub(super) fn run(
 /// The op kind a backward node is timed under; `None` for a convolution, which times its weight
 /// and input gradients separately.
 fn backward_kind(op: &Op) -> Option<&'static str> {
-    Some(match op {
-        Op::Conv { .. } => return None,
-        Op::Bn(_) => "batch norm backward",
-        Op::AddRelu { .. } => "add + relu backward",
-        Op::Shortcut { .. } => "shortcut backward",
-        Op::MaxPool(_) => "max pool backward",
-        Op::AvgPool => "average pool backward",
-    })
+    match op {
+        Op::Conv { .. } => None,
+        op => Some(op.backward_kind()),
+    }
 }
 
 impl Step<'_> {

@@ -25,16 +25,14 @@ pub(crate) fn shortcut_a(x: &Tensor, pad: usize) -> CResult<Tensor> {
 /// kernels where cuDNN refuses).
 pub(crate) fn relu_grad(y: &Tensor, grad: &Tensor) -> CResult<Tensor> {
     let (y, grad) = (y.contiguous()?, grad.contiguous()?);
-    match y.apply_op2_no_bwd(&grad, &Binary::ReluGrad) {
-        Ok(g) => Ok(g),
-        #[cfg(feature = "cudnn")]
-        Err(e) if y.device().is_cuda() => {
-            crate::ops::cudnn::fall_back("the ReLU gradient", crate::ops::cudnn::Instead::Candle, &e);
-            let mask = y.gt(0f32)?.to_dtype(grad.dtype())?;
-            grad * mask
-        }
-        Err(e) => Err(e),
+    let fused = || y.apply_op2_no_bwd(&grad, &Binary::ReluGrad);
+    #[cfg(feature = "cudnn")]
+    if y.device().is_cuda() {
+        use crate::ops::cudnn;
+        let masked = || grad.mul(&y.gt(0f32)?.to_dtype(grad.dtype())?);
+        return cudnn::or_fall_back("the ReLU gradient", cudnn::Instead::Candle, fused, masked);
     }
+    fused()
 }
 
 /// The element-wise ops of two same-shape tensors, on the CPU kernels or through cuDNN.
