@@ -12,7 +12,8 @@
 #      nvidia-smi, missing libraries (ldd);
 #   2. lt selftest --device cuda: every golden check of both backends, strict f32 (TF32 off;
 #      cuDNN's own log of warnings and errors in cudnn.log), the bf16 mixed-precision checks
-#      (bf16 against f32 on the GPU) and the taped-executor checks (against candle's autograd);
+#      (bf16 against f32 on the GPU), the taped-executor checks (against candle's autograd) and
+#      SGD's in-place CUDA passes against its tensor ops;
 #   3. Fashion-MNIST-LT on CUDA: a short stage 1 (SGD + SWA), extraction, SRepr, eval, with its
 #      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt;
 #   4. the benchmark: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval,
@@ -20,7 +21,8 @@
 #      same run (f32 with TF32 off, f32 NCHW and channels-last with PyTorch's default TF32, bf16
 #      autocast + channels-last), with peak GPU memory, the ResNet-32 training step once more
 #      with freed device memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the
-#      driver's default), the training steps once more on the taped executor (--taped: the
+#      driver's default), once more with SGD's tensor ops instead of its CUDA kernels
+#      (LT_SGD_TENSOR_OPS=1), the training steps once more on the taped executor (--taped: the
 #      backward pass walked by hand, without candle's autograd), one profiled ResNet-32 taped
 #      training step (every forward and backward op timed between device synchronisations) and
 #      one profiled ResNet-50 training step (each forward op);
@@ -146,6 +148,11 @@ step_selftest() {
   taped=$(grep -E '^[0-9]+/[0-9]+ taped-executor checks passed' "$OUT/selftest.txt" | tail -n 1)
   if [ -z "$taped" ] || grep -q '^FAIL .* taped' "$OUT/selftest.txt"; then taped_status=FAIL; fi
   record "selftest taped vs autograd" "$taped_status" 0 "${taped:-no summary line (see selftest.txt)}"
+  # SGD's in-place passes (two CUDA kernels per parameter) against its tensor ops, bit for bit.
+  local sgd sgd_status=ok
+  sgd=$(grep -E '^[0-9]+/[0-9]+ optimiser checks passed' "$OUT/selftest.txt" | tail -n 1)
+  if [ -z "$sgd" ] || grep -q '^FAIL SGD' "$OUT/selftest.txt"; then sgd_status=FAIL; fi
+  record "selftest SGD passes" "$sgd_status" 0 "${sgd:-no summary line (see selftest.txt)}"
   # Ops cuDNN refused run on candle's kernels, or through cuDNN in f32 (a bf16 op; same results,
   # slower); each is warned about once.
   local fallbacks
@@ -234,6 +241,12 @@ step_bench() {
       bench_project "resnet32-train-project-bf16-taped" 0 "${r32[@]}" --mode train --precision bf16 --taped
     fi
   done
+  # What keeping freed device memory in the pool is worth: the same ResNet-32 TF32 training step
+  # with the driver's default (freed memory released at every synchronisation; prepare_device).
+  LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${r32[@]}" --mode train
+  # What SGD's in-place CUDA kernels are worth: the same step with its tensor ops (nine kernels
+  # and allocations per parameter instead of two launches).
+  LT_SGD_TENSOR_OPS=1 bench_project resnet32-train-tf32-sgd-tensor-ops 1 "${r32[@]}" --mode train
   for mode in train eval; do
     bench_project "resnet50-$mode-project-f32" 0 "${r50[@]}" --mode "$mode"
     bench_project "resnet50-$mode-project-tf32" 1 "${r50[@]}" --mode "$mode"
@@ -244,9 +257,6 @@ step_bench() {
       bench_project "resnet50-train-project-bf16-taped" 0 "${r50[@]}" --mode train --precision bf16 --taped
     fi
   done
-  # What keeping freed device memory in the pool is worth: the same TF32 training step with the
-  # driver's default (freed memory released at every synchronisation; see prepare_device).
-  LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${r32[@]}" --mode train
   python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$OUT/bench_table.err"
   # Where a ResNet-32 training step on the taped executor spends its time, forward and backward.
   run_step "profile resnet32 train taped" 30 "$OUT/profile-resnet32-taped.log" "$LT" bench backbone \

@@ -1,7 +1,8 @@
 //! `lt selftest`: the backbones' golden checks against PyTorch on any device (the fixtures of
 //! `crates/lt-models/tests/golden/`, read from the working tree), then the mixed-precision
-//! checks (bf16 against f32 on the device) and the taped-executor checks (its training steps
-//! against candle's autograd on the device). Every check runs, whatever fails before it; the
+//! checks (bf16 against f32 on the device), the taped-executor checks (its training steps
+//! against candle's autograd on the device) and the optimiser check (SGD's in-place passes
+//! against its tensor ops on the device). Every check runs, whatever fails before it; the
 //! summary counts them all, each kind on its own line.
 
 use std::path::PathBuf;
@@ -52,9 +53,11 @@ pub fn run(a: SelftestArgs) -> Result<()> {
     println!("{}/{mixed_total} mixed-precision checks passed on {}", mixed_total - mixed_failed, a.device);
     let (taped_total, taped_failed) = taped(&device, &mut broken);
     println!("{}/{taped_total} taped-executor checks passed on {}", taped_total - taped_failed, a.device);
-    if failed > 0 || mixed_failed > 0 || taped_failed > 0 || !broken.is_empty() {
+    let sgd_failed = usize::from(!report(&sgd_passes(&device)));
+    println!("{}/1 optimiser checks passed on {}", 1 - sgd_failed, a.device);
+    if failed > 0 || mixed_failed > 0 || taped_failed > 0 || sgd_failed > 0 || !broken.is_empty() {
         bail!(
-            "{failed} golden, {mixed_failed} mixed-precision and {taped_failed} taped-executor check(s) failed, {} run(s) broken",
+            "{failed} golden, {mixed_failed} mixed-precision, {taped_failed} taped-executor and {sgd_failed} optimiser check(s) failed, {} run(s) broken",
             broken.len()
         );
     }
@@ -71,6 +74,28 @@ fn report(c: &lt_models::golden::Check) -> bool {
         }
     }
     c.ok()
+}
+
+/// The SGD step's in-place passes against its tensor ops on this device
+/// (`lt_core::optim::check_in_place_passes`): every value's bits the same, and the passes did run
+/// (on CUDA, their kernels loaded).
+fn sgd_passes(device: &candle_core::Device) -> lt_models::golden::Check {
+    let what = "SGD in-place passes vs tensor ops, 4 steps x 4 settings (values differing)".to_string();
+    match lt_core::optim::check_in_place_passes(device) {
+        Ok(c) => lt_models::golden::Check {
+            what,
+            relative_error: c.differing as f32 / c.compared.max(1) as f32,
+            tolerance: 0.0,
+            error: (!c.in_place)
+                .then(|| "the in-place passes did not run on this device (tensor ops ran)".into()),
+        },
+        Err(e) => lt_models::golden::Check {
+            what,
+            relative_error: f32::INFINITY,
+            tolerance: 0.0,
+            error: Some(format!("{e:#}")),
+        },
+    }
 }
 
 /// The taped-executor checks (`lt_models::golden::taped`, against candle's autograd on this

@@ -4,10 +4,15 @@
 //! first step, then `buf <- mu * buf + g`; Nesterov: `g <- g + mu * buf`, else `g <- buf`;
 //! `p <- p - lr * g`. Buffers are stored detached from any autograd graph.
 //!
-//! On the CPU, a step with momentum updates each `f32` parameter and its buffer in place, in two
-//! parallel passes (`MomentumPass`, `ParameterPass`) that compute the same `f32` operations
-//! in the same order as the tensor ops (`affine` is `x * mul + add`), so the same bits; elsewhere
-//! (CUDA, another dtype, the first step's new buffer) the tensor ops run.
+//! A step with momentum updates each `f32` parameter and its buffer in place, in two passes
+//! (`MomentumPass`, `ParameterPass`) that compute the same `f32` operations in the same order as
+//! the tensor ops (`affine` is `x * mul + add`), so the same bits: on the CPU in parallel tasks,
+//! on CUDA (feature `cuda`) as two kernel launches per parameter where the tensor ops take nine
+//! and allocate; elsewhere (another dtype, the first step's new buffer, a CUDA driver that cannot
+//! load the kernels) the tensor ops run. [`check_in_place_passes`] compares both on a device.
+
+#[cfg(feature = "cuda")]
+mod cuda;
 
 use std::collections::BTreeMap;
 
@@ -118,9 +123,115 @@ impl Sgd {
 /// Whether the in-place passes can update these tensors: all on the CPU, `f32`, contiguous, of
 /// one shape.
 fn in_place(ts: &[&Tensor]) -> bool {
-    ts.iter().all(|t| {
-        t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == ts[0].dims()
-    })
+    ts.iter().all(|t| t.dtype() == DType::F32 && t.is_contiguous() && t.dims() == ts[0].dims())
+        && ts.iter().all(|t| t.device().same_device(ts[0].device()))
+        && ts.first().is_some_and(|t| passes_run_on(t.device()))
+}
+
+/// Name of the environment variable that, set to `1`, keeps SGD's tensor ops on CUDA instead of
+/// its in-place kernels (to measure what the kernels are worth, or to rule them out).
+pub const CUDA_TENSOR_OPS_ENV: &str = "LT_SGD_TENSOR_OPS";
+
+/// Whether the in-place passes run on `device`: the CPU; CUDA where the kernels load (tried
+/// once per process; a failure is warned about and the tensor ops run from then on) and
+/// [`CUDA_TENSOR_OPS_ENV`] is not `1`.
+pub fn passes_run_on(device: &candle_core::Device) -> bool {
+    match device {
+        candle_core::Device::Cpu => true,
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(dev) => {
+            static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *LOADED.get_or_init(|| match cuda::load(dev) {
+                Ok(()) if std::env::var(CUDA_TENSOR_OPS_ENV).is_ok_and(|v| v == "1") => false,
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(
+                        "SGD: the CUDA kernels of the in-place passes did not load ({e}); using tensor ops"
+                    );
+                    false
+                }
+            })
+        }
+        _ => false,
+    }
+}
+
+/// What [`check_in_place_passes`] found.
+#[derive(Clone, Copy, Debug)]
+pub struct PassCheck {
+    /// Values (parameters and momentum buffers, after every step) whose bits differ between the
+    /// in-place passes and the tensor ops.
+    pub differing: usize,
+    /// Values compared.
+    pub compared: usize,
+    /// Whether the in-place passes ran on the device (else both sides ran the tensor ops).
+    pub in_place: bool,
+}
+
+/// Deterministic values of both signs and several magnitudes.
+fn check_values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let h = (i as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503));
+            ((h >> 8) % 2001) as f32 / 1000.0 - 1.0
+        })
+        .collect()
+}
+
+/// Runs four SGD steps on `device` for several momentum, Nesterov and weight-decay settings
+/// (parameters of 196,625, 5 and 7 x 9 values), once with the in-place passes and once with the
+/// tensor ops, and counts the values whose bits differ (for `lt selftest` on a GPU; the CPU's test
+/// runs it too). An error when a step fails or the parameters do not move.
+pub fn check_in_place_passes(device: &candle_core::Device) -> candle_core::Result<PassCheck> {
+    // One parameter over several tasks of the CPU passes, one small, one 2-d.
+    let shapes: [&[usize]; 3] = [&[3 * PASS_CHUNK + 17], &[5], &[7, 9]];
+    let (mut differing, mut compared) = (0usize, 0usize);
+    let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
+        Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
+    };
+    let settings = [(0.9, true, 5e-4), (0.9, false, 5e-4), (0.5, true, 0.0), (0.9, false, 0.0)];
+    for (momentum, nesterov, wd) in settings {
+        let make = || -> candle_core::Result<Vec<(String, Var)>> {
+            shapes
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let t = Tensor::from_vec(check_values(s.iter().product(), i as u32), *s, device)?;
+                    Ok((format!("p{i}"), Var::from_tensor(&t)?))
+                })
+                .collect()
+        };
+        let (fused, plain) = (make()?, make()?);
+        let (mut a, mut b) = (Sgd::new(momentum, nesterov, wd), Sgd::new(momentum, nesterov, wd));
+        for step in 0..4u32 {
+            // The same loss on both copies: sum of p * c, so the gradient is c.
+            let grads = |params: &[(String, Var)]| -> candle_core::Result<GradStore> {
+                let mut loss = Tensor::new(0f32, device)?;
+                for (i, (_, v)) in params.iter().enumerate() {
+                    let c = check_values(v.elem_count(), 100 + 10 * step + i as u32);
+                    let c = Tensor::from_vec(c, v.dims(), device)?;
+                    loss = (loss + (v.as_tensor() * c)?.sum_all()?)?;
+                }
+                loss.backward()
+            };
+            let lr = 0.1 / (1 + step) as f64;
+            a.step_with(&fused, &grads(&fused)?, lr, true)?;
+            b.step_with(&plain, &grads(&plain)?, lr, false)?;
+            let params = fused.iter().zip(&plain).map(|((_, x), (_, y))| (x.as_tensor(), y.as_tensor()));
+            let buffers = a.buffers().iter().map(|(name, x)| (x, &b.buffers()[name]));
+            for (x, y) in params.chain(buffers) {
+                let (x, y) = (bits(x)?, bits(y)?);
+                compared += x.len();
+                differing += x.iter().zip(&y).filter(|(x, y)| x != y).count();
+            }
+        }
+        if bits(fused[0].1.as_tensor())?
+            == bits(&Tensor::from_vec(check_values(shapes[0][0], 0), shapes[0][0], device)?)?
+        {
+            candle_core::bail!("SGD check: four steps left the parameter unchanged");
+        }
+    }
+    Ok(PassCheck { differing, compared, in_place: passes_run_on(device) })
 }
 
 /// Values per task of the in-place passes.
@@ -198,6 +309,19 @@ impl candle_core::InplaceOp3 for MomentumPass {
         each_in_place(buf, g, p, |b, g, p| *b = (*b * mu + 0.0) + decayed(g, p, wd));
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        buf: &mut candle_core::CudaStorage,
+        bl: &Layout,
+        g: &candle_core::CudaStorage,
+        gl: &Layout,
+        p: &candle_core::CudaStorage,
+        pl: &Layout,
+    ) -> candle_core::Result<()> {
+        cuda::momentum((buf, bl), (g, gl), (p, pl), (self.mu, self.wd))
+    }
 }
 
 /// Second pass, in place on the parameter `p` with the gradient `g` and the updated buffer
@@ -234,6 +358,19 @@ impl candle_core::InplaceOp3 for ParameterPass {
         });
         Ok(())
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        p: &mut candle_core::CudaStorage,
+        pl: &Layout,
+        g: &candle_core::CudaStorage,
+        gl: &Layout,
+        buf: &candle_core::CudaStorage,
+        bl: &Layout,
+    ) -> candle_core::Result<()> {
+        cuda::parameter((p, pl), (g, gl), (buf, bl), (self.lr, self.wd, self.nesterov))
+    }
 }
 
 #[cfg(test)]
@@ -243,69 +380,11 @@ mod tests {
 
     #[test]
     fn the_in_place_passes_give_the_tensor_ops_bits() {
-        let dev = Device::Cpu;
-        // Deterministic values of both signs and several magnitudes.
-        let vals = |n: usize, seed: u32| -> Vec<f32> {
-            (0..n)
-                .map(|i| {
-                    let h = (i as u32).wrapping_mul(2654435761).wrapping_add(seed.wrapping_mul(40503));
-                    ((h >> 8) % 2001) as f32 / 1000.0 - 1.0
-                })
-                .collect()
-        };
-        // One parameter over several tasks of the passes, one small, one 2-d.
-        let shapes: [&[usize]; 3] = [&[3 * PASS_CHUNK + 17], &[5], &[7, 9]];
-        for (momentum, nesterov, wd) in
-            [(0.9, true, 5e-4), (0.9, false, 5e-4), (0.5, true, 0.0), (0.9, false, 0.0)]
-        {
-            let make = || -> Vec<(String, Var)> {
-                shapes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, s)| {
-                        let n = s.iter().product();
-                        let t = Tensor::from_vec(vals(n, i as u32), *s, &dev).unwrap();
-                        (format!("p{i}"), Var::from_tensor(&t).unwrap())
-                    })
-                    .collect()
-            };
-            let (fused, plain) = (make(), make());
-            let (mut a, mut b) = (Sgd::new(momentum, nesterov, wd), Sgd::new(momentum, nesterov, wd));
-            for step in 0..4u32 {
-                // The same loss on both copies: sum of p * c, so the gradient is c.
-                let grads = |params: &[(String, Var)]| {
-                    let mut loss = Tensor::new(0f32, &dev).unwrap();
-                    for (i, (_, v)) in params.iter().enumerate() {
-                        let c = Tensor::from_vec(
-                            vals(v.elem_count(), 100 + 10 * step + i as u32),
-                            v.dims(),
-                            &dev,
-                        )
-                        .unwrap();
-                        loss = (loss + (v.as_tensor() * c).unwrap().sum_all().unwrap()).unwrap();
-                    }
-                    loss.backward().unwrap()
-                };
-                let lr = 0.1 / (1 + step) as f64;
-                a.step_with(&fused, &grads(&fused), lr, true).unwrap();
-                b.step_with(&plain, &grads(&plain), lr, false).unwrap();
-                for ((name, x), (_, y)) in fused.iter().zip(&plain) {
-                    let (x, y) = (x.flatten_all().unwrap(), y.flatten_all().unwrap());
-                    let (x, y) = (x.to_vec1::<f32>().unwrap(), y.to_vec1::<f32>().unwrap());
-                    let what = format!(
-                        "{name} after step {step} (momentum {momentum}, nesterov {nesterov}, wd {wd})"
-                    );
-                    assert!(x.iter().zip(&y).all(|(x, y)| x.to_bits() == y.to_bits()), "{what}: bits differ");
-                    let moved = y.iter().zip(vals(y.len(), 0)).any(|(v, v0)| *v != v0);
-                    assert!(step > 0 || name != "p0" || moved, "{what}: nothing moved");
-                }
-                for (name, buf) in a.buffers() {
-                    let want = b.buffers()[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                    let got = buf.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                    assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "buffer {name}");
-                }
-            }
-        }
+        let c = check_in_place_passes(&Device::Cpu).unwrap();
+        assert!(c.in_place, "the CPU runs the in-place passes");
+        assert_eq!(c.differing, 0, "{c:?}");
+        // 4 settings x 4 steps x (3 parameters + 3 buffers) of 196,625 + 5 + 63 values.
+        assert_eq!(c.compared, 4 * 4 * 2 * (3 * PASS_CHUNK + 17 + 5 + 63), "{c:?}");
     }
 
     #[test]
