@@ -141,7 +141,9 @@ step_selftest() {
   # bf16 mixed precision against f32 on the device (bounds from PyTorch's bf16 autocast).
   local mixed mixed_status=ok
   mixed=$(grep -E '^[0-9]+/[0-9]+ mixed-precision checks passed' "$OUT/selftest.txt" | tail -n 1)
-  if [ -z "$mixed" ] || grep -q '^FAIL .* bf16' "$OUT/selftest.txt"; then mixed_status=FAIL; fi
+  if [ -z "$mixed" ] || grep -qE '^FAIL .*bf16( vs f32|: could not run)' "$OUT/selftest.txt"; then
+    mixed_status=FAIL
+  fi
   record "selftest bf16 vs f32" "$mixed_status" 0 "${mixed:-no summary line (see selftest.txt)}"
   # The taped executor (backward pass walked by hand) against candle's autograd, f32 and bf16.
   local taped taped_status=ok

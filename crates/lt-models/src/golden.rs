@@ -19,6 +19,16 @@ use crate::{Arch, Backend, Model};
 pub mod mixed;
 pub mod taped;
 
+/// A batch for the device checks: images of `shape` drawn from `N(0, 1)` with `seed` and the
+/// labels `0, 1, ..` modulo `classes`.
+fn check_batch(shape: [usize; 4], classes: usize, seed: u64, device: &Device) -> Result<(Tensor, Tensor)> {
+    let mut v = vec![0f32; shape.iter().product()];
+    lt_core::Rng::new(seed).fill_normal(&mut v, 0.0, 1.0);
+    let x = Tensor::from_vec(v, &shape[..], device)?;
+    let labels: Vec<u32> = (0..shape[0] as u32).map(|i| i % classes as u32).collect();
+    Ok((x, Tensor::new(labels.as_slice(), device)?))
+}
+
 /// `|a - b| / |b|` over all values (Euclidean norms); infinite where a value is not finite.
 fn relative(a: &Tensor, b: &Tensor) -> Result<f32> {
     let a = a.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;

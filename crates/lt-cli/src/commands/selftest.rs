@@ -106,20 +106,36 @@ fn taped(device: &candle_core::Device, broken: &mut Vec<String>) -> (usize, usiz
     use lt_models::Precision;
     let precisions: &[Precision] =
         if device.is_cuda() { &[Precision::F32, Precision::Bf16] } else { &[Precision::F32] };
+    let runs = precisions.iter().flat_map(|&precision| {
+        SHAPES.into_iter().map(move |(arch, shape)| {
+            let checks = lt_models::golden::taped::check_taped(arch, 5, shape, device, precision);
+            (format!("{arch} {precision} taped"), checks)
+        })
+    });
+    tally(runs, broken)
+}
+
+/// The architectures and input shapes of the mixed-precision and taped-executor checks.
+const SHAPES: [(&str, [usize; 4]); 2] = [("resnet20", [4, 3, 16, 16]), ("resnet18", [4, 3, 64, 64])];
+
+/// Reports every check of the named `runs`: `(checks, failed)`; a run that could not start is
+/// reported and added to `broken`.
+fn tally(
+    runs: impl Iterator<Item = (String, lt_models::Result<Vec<lt_models::golden::Check>>)>,
+    broken: &mut Vec<String>,
+) -> (usize, usize) {
     let (mut total, mut failed) = (0, 0);
-    for &precision in precisions {
-        for (arch, shape) in [("resnet20", [4, 3, 16, 16]), ("resnet18", [4, 3, 64, 64])] {
-            match lt_models::golden::taped::check_taped(arch, 5, shape, device, precision) {
-                Ok(checks) => {
-                    for c in checks {
-                        total += 1;
-                        failed += usize::from(!report(&c));
-                    }
+    for (name, checks) in runs {
+        match checks {
+            Ok(checks) => {
+                for c in checks {
+                    total += 1;
+                    failed += usize::from(!report(&c));
                 }
-                Err(e) => {
-                    println!("FAIL {arch} {precision} taped: could not run: {e:#}");
-                    broken.push(format!("{arch} {precision} taped"));
-                }
+            }
+            Err(e) => {
+                println!("FAIL {name}: could not run: {e:#}");
+                broken.push(name);
             }
         }
     }
@@ -129,20 +145,8 @@ fn taped(device: &candle_core::Device, broken: &mut Vec<String>) -> (usize, usiz
 /// The mixed-precision checks (`lt_models::golden::mixed`, bf16 against f32 on this device):
 /// `(checks, failed)`; a run that cannot start is added to `broken`.
 fn mixed_precision(device: &candle_core::Device, broken: &mut Vec<String>) -> (usize, usize) {
-    let (mut total, mut failed) = (0, 0);
-    for (arch, shape) in [("resnet20", [4, 3, 16, 16]), ("resnet18", [4, 3, 64, 64])] {
-        match lt_models::golden::mixed::check_mixed_precision(arch, 5, shape, device) {
-            Ok(checks) => {
-                for c in checks {
-                    total += 1;
-                    failed += usize::from(!report(&c));
-                }
-            }
-            Err(e) => {
-                println!("FAIL {arch} bf16: could not run: {e:#}");
-                broken.push(format!("{arch} bf16"));
-            }
-        }
-    }
-    (total, failed)
+    let runs = SHAPES.into_iter().map(|(arch, shape)| {
+        (format!("{arch} bf16"), lt_models::golden::mixed::check_mixed_precision(arch, 5, shape, device))
+    });
+    tally(runs, broken)
 }

@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{relative, Check};
+use super::{check_batch, relative, Check};
 use crate::error::{ModelError, Result};
 use crate::{Arch, Model, Precision};
 
@@ -49,12 +49,7 @@ pub fn check_mixed_precision(
         Ok(m)
     };
     let (reference, mixed) = (build(Precision::F32)?, build(Precision::Bf16)?);
-    let n: usize = shape.iter().product();
-    let mut v = vec![0f32; n];
-    lt_core::Rng::new(2).fill_normal(&mut v, 0.0, 1.0);
-    let x = Tensor::from_vec(v, &shape[..], device)?;
-    let labels: Vec<u32> = (0..shape[0] as u32).map(|i| i % classes as u32).collect();
-    let y = Tensor::new(labels.as_slice(), device)?;
+    let (x, y) = check_batch(shape, classes, 2, device)?;
     let ce = |logits: &Tensor| candle_nn::loss::cross_entropy(logits, &y);
     let a = reference.train_step(&x, ce)?;
     let b = mixed.train_step(&x, ce)?;

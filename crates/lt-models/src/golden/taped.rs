@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{relative, Check};
+use super::{check_batch, relative, Check};
 use crate::error::{ModelError, Result};
 use crate::{Arch, Model, Precision};
 
@@ -54,12 +54,7 @@ pub fn check_taped(
         Ok(m)
     };
     let (reference, taped) = (build(false)?, build(true)?);
-    let n: usize = shape.iter().product();
-    let mut v = vec![0f32; n];
-    lt_core::Rng::new(3).fill_normal(&mut v, 0.0, 1.0);
-    let x = Tensor::from_vec(v, &shape[..], device)?;
-    let labels: Vec<u32> = (0..shape[0] as u32).map(|i| i % classes as u32).collect();
-    let y = Tensor::new(labels.as_slice(), device)?;
+    let (x, y) = check_batch(shape, classes, 3, device)?;
     let ce = |logits: &Tensor| candle_nn::loss::cross_entropy(logits, &y);
     let mut out = Vec::new();
     for batch_statistics in [true, false] {
