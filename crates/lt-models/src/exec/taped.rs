@@ -14,6 +14,9 @@
 //! - candle's graph holds every activation until the step ends; here each one is dropped as soon
 //!   as the backward pass is past the node that wrote it, as PyTorch frees its saved tensors.
 //! - In `bf16` a filter's cast is no node of its own: its gradient is cast back once.
+//! - On CUDA, candle uploads the dims and strides of every strided copy (a filter's transpose, a
+//!   narrowed or padded view) to the device before its kernel; during the passes here those small
+//!   uploads are cached by content ([`uploads_cached`]) and made once per distinct layout.
 //!
 //! It runs where every op has an explicit backward pass ([`Backend::has_explicit_backward`]: the
 //! fast backend's host and cuDNN routes), for [`crate::Model::train_step`] when enabled
@@ -43,6 +46,7 @@ impl Taped<'_> {
     /// Runs `prog` forward on the NHWC input `x` (detached): the features `[N, C]`, `f32`, and
     /// the tape for [`Taped::backward`].
     pub fn forward(&self, prog: &Program, x: Tensor) -> Result<(Tensor, Tape)> {
+        let _uploads = uploads_cached(x.device());
         let mut mode = self.eager.mode;
         mode.graph = false;
         let eager = Eager { mode, ..self.eager };
@@ -62,6 +66,7 @@ impl Taped<'_> {
     /// gradient reached) from the gradient `dz` of the features [`Taped::forward`] returned.
     /// Each activation is dropped once the walk is past the node that wrote it.
     pub fn backward(&self, prog: &Program, tape: Tape, dz: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        let _uploads = uploads_cached(dz.device());
         let Tape { mut values, saved } = tape;
         if saved.len() != prog.nodes.len() {
             return Err(ModelError::Invalid("the tape was recorded for another program".into()));
@@ -151,6 +156,20 @@ struct Step<'a> {
     y: &'a Tensor,
     /// Its gradient.
     dy: &'a Tensor,
+}
+
+/// On a CUDA `device`, turns on candle's cache of small host-to-device uploads for this thread
+/// until the returned guard drops: an upload of at most 4 KiB (the dims and strides a strided
+/// kernel reads) is made once per distinct content and then reused. Safe here because nothing in
+/// the passes writes in place to a tensor made from host data; a parameter or buffer made from
+/// host data while the guard lives would share its storage with equal ones (the guard is never
+/// held across model construction, loading or the optimiser).
+fn uploads_cached(device: &candle_core::Device) -> Option<Box<dyn std::any::Any>> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => Some(Box::new(d.enable_cuda_graph_htod_cache())),
+        _ => None,
+    }
 }
 
 /// Adds `g` to the gradient in `slot` (or puts it there).
