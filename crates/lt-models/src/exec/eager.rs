@@ -42,6 +42,7 @@ impl Eager<'_> {
     /// pooled representation `[N, C]`, `f32`. Every activation is dropped after its last use (the
     /// graph keeps what the backward pass needs).
     pub fn run(&self, prog: &Program, x: Tensor) -> Result<Tensor> {
+        let _uploads = super::uploads_cached(x.device());
         let mut uses = prog.use_counts();
         let mut slots: Vec<Option<Tensor>> = vec![None; prog.slots];
         slots[prog.input] = Some(x);

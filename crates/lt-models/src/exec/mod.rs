@@ -15,3 +15,17 @@ pub(crate) struct Mode {
     /// Record the autograd graph (every parameter gets a gradient from `loss.backward()`).
     pub graph: bool,
 }
+
+/// On a CUDA `device`, turns on candle's cache of small host-to-device uploads for this thread
+/// until the returned guard drops: an upload of at most 4 KiB (the dims and strides a strided
+/// kernel reads) is made once per distinct content and then reused. Safe in the executors' passes:
+/// nothing in them writes in place to a tensor made from host data; a parameter or buffer made from
+/// host data while the guard lives would share its storage with equal ones (the guard is never
+/// held across model construction, loading or the optimiser).
+pub(crate) fn uploads_cached(device: &candle_core::Device) -> Option<Box<dyn std::any::Any>> {
+    match device {
+        #[cfg(feature = "cuda")]
+        candle_core::Device::Cuda(d) => Some(Box::new(d.enable_cuda_graph_htod_cache())),
+        _ => None,
+    }
+}

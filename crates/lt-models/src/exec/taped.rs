@@ -16,7 +16,7 @@
 //! - In `bf16` a filter's cast is no node of its own: its gradient is cast back once.
 //! - On CUDA, candle uploads the dims and strides of every strided copy (a filter's transpose, a
 //!   narrowed or padded view) to the device before its kernel; during the passes here those small
-//!   uploads are cached by content ([`uploads_cached`]) and made once per distinct layout.
+//!   uploads are cached by content ([`super::uploads_cached`]) and made once per distinct layout.
 //!
 //! It runs where every op has an explicit backward pass ([`Backend::has_explicit_backward`]: the
 //! fast backend's host and cuDNN routes), for [`crate::Model::train_step`] when enabled
@@ -27,6 +27,7 @@
 use candle_core::{DType, Tensor};
 
 use super::eager::{output, Eager, Saved};
+use super::uploads_cached;
 use crate::error::{ModelError, Result};
 use crate::program::{Node, Op, Program, Slot};
 
@@ -156,20 +157,6 @@ struct Step<'a> {
     y: &'a Tensor,
     /// Its gradient.
     dy: &'a Tensor,
-}
-
-/// On a CUDA `device`, turns on candle's cache of small host-to-device uploads for this thread
-/// until the returned guard drops: an upload of at most 4 KiB (the dims and strides a strided
-/// kernel reads) is made once per distinct content and then reused. Safe here because nothing in
-/// the passes writes in place to a tensor made from host data; a parameter or buffer made from
-/// host data while the guard lives would share its storage with equal ones (the guard is never
-/// held across model construction, loading or the optimiser).
-fn uploads_cached(device: &candle_core::Device) -> Option<Box<dyn std::any::Any>> {
-    match device {
-        #[cfg(feature = "cuda")]
-        candle_core::Device::Cuda(d) => Some(Box::new(d.enable_cuda_graph_htod_cache())),
-        _ => None,
-    }
 }
 
 /// Adds `g` to the gradient in `slot` (or puts it there).
