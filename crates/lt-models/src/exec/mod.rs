@@ -17,11 +17,9 @@ pub(crate) struct Mode {
 }
 
 /// On a CUDA `device`, turns on candle's cache of small host-to-device uploads for this thread
-/// until the returned guard drops: an upload of at most 4 KiB (the dims and strides a strided
-/// kernel reads) is made once per distinct content and then reused. Safe in the executors' passes:
-/// nothing in them writes in place to a tensor made from host data; a parameter or buffer made from
-/// host data while the guard lives would share its storage with equal ones (the guard is never
-/// held across model construction, loading or the optimiser).
+/// until the returned guard drops: the dims and strides a strided kernel reads go to the device
+/// once per distinct layout and are then shared (read only), and a tensor made from at most 4 KiB
+/// of host data gets a device copy of an earlier upload of the same bytes (its own storage).
 pub(crate) fn uploads_cached(device: &candle_core::Device) -> Option<Box<dyn std::any::Any>> {
     match device {
         #[cfg(feature = "cuda")]
