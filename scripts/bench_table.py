@@ -26,8 +26,8 @@ def main():
         d = json.loads(line)
         key = (d.get("arch"), d.get("mode"), d.get("batch"), d.get("size"))
         impl = d.get("impl", "")
-        if "taped" in impl:
-            name = "taped-bf16" if d.get("precision") == "bf16" else ("taped-tf32" if d.get("tf32") else "taped-f32")
+        if "autograd" in impl:
+            name = "autograd-bf16" if d.get("precision") == "bf16" else ("autograd-tf32" if d.get("tf32") else "autograd-f32")
         elif "project-tf32" in impl:
             name = "project-tf32"
         elif "project" in impl and d.get("precision") == "bf16":
@@ -72,24 +72,22 @@ def main():
               f"| {memory_bf16} |")
     print()
     print("img/s, median step; CL = channels-last; ratios are project / PyTorch (see scripts/bench_table.py).")
-    taped = [(k, r) for k, r in sorted(rows.items(), key=order) if any(n.startswith("taped") for n in r)]
-    if taped:
+    ab = [(k, r) for k, r in sorted(rows.items(), key=order) if any(n.startswith("autograd") for n in r)]
+    if ab:
         print()
-        print("Training steps on the taped executor (`--taped`: the backward pass walked by hand) against candle's "
-              "autograd (the columns above), img/s and ratios to PyTorch:")
+        print("Training steps on the taped executor (the project's default on CUDA, the columns above) against "
+              "candle's autograd (`--autograd`), img/s:")
         print()
-        print("| configuration | TF32 autograd | TF32 taped | TF32 taped ratio | bf16 autograd | bf16 taped "
-              "| bf16 taped ratio | peak MiB TF32 autograd / taped |")
+        print("| configuration | TF32 taped | TF32 autograd | taped / autograd | bf16 taped | bf16 autograd "
+              "| taped / autograd | peak MiB TF32 taped / autograd |")
         print("|---|---|---|---|---|---|---|---|")
-        for (arch, mode, batch, size), r in taped:
-            best = max([v for v in (ips(r, "f32"), ips(r, "f32-cl")) if v is not None], default=None)
-            tt, tb, bf16 = ips(r, "taped-tf32"), ips(r, "taped-bf16"), ips(r, "bf16-cl")
-            ratio_t = f"{tt / best:.2f}x" if tt and best else "-"
-            ratio_b = f"{tb / bf16:.2f}x" if tb and bf16 else "-"
-            print(f"| {arch} {mode} b{batch} {size}x{size} | {fmt(ips(r, 'project-tf32'))} | {fmt(tt)} | {ratio_t} "
-                  f"| {fmt(ips(r, 'project-bf16'))} | {fmt(tb)} | {ratio_b} "
-                  f"| {fmt(mem(r, 'project-tf32'))} / {fmt(mem(r, 'taped-tf32'))} |")
-
+        for (arch, mode, batch, size), r in ab:
+            tt, ta = ips(r, "project-tf32"), ips(r, "autograd-tf32")
+            bt, ba = ips(r, "project-bf16"), ips(r, "autograd-bf16")
+            gain_t = f"{tt / ta:.2f}x" if tt and ta else "-"
+            gain_b = f"{bt / ba:.2f}x" if bt and ba else "-"
+            print(f"| {arch} {mode} b{batch} {size}x{size} | {fmt(tt)} | {fmt(ta)} | {gain_t} | {fmt(bt)} | {fmt(ba)} "
+                  f"| {gain_b} | {fmt(mem(r, 'project-tf32'))} / {fmt(mem(r, 'autograd-tf32'))} |")
 
 if __name__ == "__main__":
     main()

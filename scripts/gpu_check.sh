@@ -22,10 +22,10 @@
 #      autocast + channels-last), with peak GPU memory, the ResNet-32 training step once more
 #      with freed device memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the
 #      driver's default), once more with SGD's tensor ops instead of its CUDA kernels
-#      (LT_SGD_TENSOR_OPS=1), the training steps once more on the taped executor (--taped: the
-#      backward pass walked by hand, without candle's autograd), one profiled ResNet-32 taped
-#      training step (every forward and backward op timed between device synchronisations) and
-#      one profiled ResNet-50 training step (each forward op);
+#      (LT_SGD_TENSOR_OPS=1), the training steps once more through candle's autograd (--autograd;
+#      the default is the taped executor, the backward pass walked by hand), and one profiled
+#      training step each of ResNet-32 and ResNet-50 (every forward and backward op timed
+#      between device synchronisations);
 #   5. the CPU kernels on this machine's own CPU (often one with AVX-512, which the development
 #      machine lacks): ResNet-32 batch 128 train step and eval with each kernel set the CPU has
 #      (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
@@ -239,8 +239,9 @@ step_bench() {
     bench_project "resnet32-$mode-project-bf16" 0 "${r32[@]}" --mode "$mode" --precision bf16
     bench_torch "resnet32-$mode-pytorch" "${r32[@]}" --mode "$mode"
     if [ "$mode" = train ]; then
-      bench_project "resnet32-train-project-tf32-taped" 1 "${r32[@]}" --mode train --taped
-      bench_project "resnet32-train-project-bf16-taped" 0 "${r32[@]}" --mode train --precision bf16 --taped
+      bench_project "resnet32-train-project-tf32-autograd" 1 "${r32[@]}" --mode train --autograd
+      bench_project "resnet32-train-project-bf16-autograd" 0 "${r32[@]}" --mode train --precision bf16 \
+        --autograd
     fi
   done
   # What keeping freed device memory in the pool is worth: the same ResNet-32 TF32 training step
@@ -255,27 +256,28 @@ step_bench() {
     bench_project "resnet50-$mode-project-bf16" 0 "${r50[@]}" --mode "$mode" --precision bf16
     TORCH_LIMIT=110 bench_torch "resnet50-$mode-pytorch" "${r50[@]}" --mode "$mode"
     if [ "$mode" = train ]; then
-      bench_project "resnet50-train-project-tf32-taped" 1 "${r50[@]}" --mode train --taped
-      bench_project "resnet50-train-project-bf16-taped" 0 "${r50[@]}" --mode train --precision bf16 --taped
+      bench_project "resnet50-train-project-tf32-autograd" 1 "${r50[@]}" --mode train --autograd
+      bench_project "resnet50-train-project-bf16-autograd" 0 "${r50[@]}" --mode train --precision bf16 \
+        --autograd
     fi
   done
   python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$OUT/bench_table.err"
-  # Where a ResNet-32 training step on the taped executor spends its time, forward and backward.
-  run_step "profile resnet32 train taped" 30 "$OUT/profile-resnet32-taped.log" "$LT" bench backbone \
+  # Where a ResNet-32 training step (taped executor) spends its time, forward and backward.
+  run_step "profile resnet32 train" 30 "$OUT/profile-resnet32.log" "$LT" bench backbone \
     --device "$DEVICE" --arch resnet32 --classes 10 --batch 128 --size 32 --steps 3 --warmup 2 --mode train \
     --tf32 --taped --profile
-  record "profile resnet32 train b128 TF32 taped" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
+  record "profile resnet32 train b128 TF32" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
 import json, sys
 d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["profile"]
 print("step %.0f ms; ops: " % d["step_ms"] + ", ".join("%s %.1f ms" % (o["op"], o["ms"]) for o in d["ops"][:6]))
-' "$OUT/profile-resnet32-taped.log" 2>/dev/null || echo "no profile")"
-  # Where a ResNet-50 training step's forward spends its time: each op between device syncs.
+' "$OUT/profile-resnet32.log" 2>/dev/null || echo "no profile")"
+  # Where a ResNet-50 training step spends its time: each op between device syncs.
   run_step "profile resnet50 train" 60 "$OUT/profile-resnet50.log" "$LT" bench backbone --device "$DEVICE" \
     --arch resnet50 --classes 1000 --batch 64 --size 224 --steps 3 --warmup 2 --mode train --tf32 --profile
   record "profile resnet50 train b64 TF32" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
 import json, sys
 d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["profile"]
-print("step %.0f ms; forward ops: " % d["step_ms"] + ", ".join("%s %.0f ms" % (o["op"], o["ms"]) for o in d["ops"][:4]))
+print("step %.0f ms; ops: " % d["step_ms"] + ", ".join("%s %.0f ms" % (o["op"], o["ms"]) for o in d["ops"][:6]))
 ' "$OUT/profile-resnet50.log" 2>/dev/null || echo "no profile")"
 }
 

@@ -95,7 +95,7 @@ impl Model {
             backend: Backend::default(),
             precision: Precision::default(),
             fused: true,
-            taped: false,
+            taped: device.is_cuda(),
             pool: Pool::new(),
             packs: Arc::default(),
             plan: Mutex::new(None),
@@ -154,9 +154,9 @@ impl Model {
     /// Whether [`Model::train_step`] walks the backward pass by hand with the ops' explicit
     /// backward passes (the taped executor) instead of through candle's autograd: the same
     /// gradients with fewer kernels, fewer allocations and activations freed as the pass goes,
-    /// for the fast backend on CUDA (cuDNN) and on the CPU. Off by default. On the CPU the fused
-    /// pass ([`Model::set_fused`]) is faster and is used when both are on; the taped executor
-    /// runs there with the fused pass off (its tests do that).
+    /// for the fast backend on CUDA (cuDNN) and on the CPU. On by default for a model on CUDA,
+    /// off on the CPU, where the fused pass ([`Model::set_fused`]) is faster and is used when
+    /// both are on; the taped executor runs there with the fused pass off (its tests do that).
     pub fn set_taped(&mut self, taped: bool) {
         self.taped = taped;
     }

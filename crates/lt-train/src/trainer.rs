@@ -39,15 +39,15 @@ pub struct RunOptions {
     pub device: Device,
     /// The description of the data, recorded in the run directory (for `lt extract`).
     pub data_spec: Option<DataSpec>,
-    /// Run the training steps on the taped executor where it applies (`Model::set_taped`: the
-    /// backward pass walked by hand; the same gradients, for CUDA). How a run computes, not what:
-    /// not part of the configuration.
-    pub taped: bool,
+    /// Run the training steps through candle's autograd instead of the taped executor, CUDA's
+    /// default (`Model::set_taped`: the backward pass walked by hand; the same gradients). How a
+    /// run computes, not what: not part of the configuration.
+    pub autograd: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
-        Self { resume: false, device: Device::Cpu, data_spec: None, taped: false }
+        Self { resume: false, device: Device::Cpu, data_spec: None, autograd: false }
     }
 }
 
@@ -149,7 +149,9 @@ pub fn train(
     let [channels, _, _] = data.train.sample_shape();
     let mut model = Model::new(Arch::new(&cfg.arch, data.num_classes(), channels)?, cfg.seed, &opts.device)?;
     model.set_precision(cfg.precision);
-    model.set_taped(opts.taped);
+    if opts.autograd {
+        model.set_taped(false);
+    }
     if let (Some(w), false) = (&init, opts.resume) {
         w.apply(&model)?;
     }

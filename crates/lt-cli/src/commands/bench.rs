@@ -92,10 +92,13 @@ struct BackboneBench {
     #[arg(long, default_value = "f32")]
     precision: lt_models::Precision,
     /// Train and grad steps on the taped executor (`Model::set_taped`: the backward pass walked
-    /// by hand, without candle's autograd); on the CPU this turns the fused pass off. The JSON
-    /// says whether it ran (`taped`).
-    #[arg(long)]
+    /// by hand, without candle's autograd; CUDA's default); on the CPU this turns the fused pass
+    /// off. The JSON says whether it ran (`taped`).
+    #[arg(long, conflicts_with = "autograd")]
     taped: bool,
+    /// Train and grad steps through candle's autograd (turns CUDA's default taped executor off).
+    #[arg(long)]
+    autograd: bool,
     /// On the CPU, run op by op with candle's autograd instead of the fused pass (the reference
     /// the fused pass and `--taped` are measured against).
     #[arg(long)]
@@ -110,8 +113,8 @@ struct BackboneBench {
     no_freeze: bool,
     /// After the timed steps, one more step with its ops timed between device synchronisations
     /// (`lt_models::profile`): every forward and backward op of the fused CPU pass or of the
-    /// taped executor (`--taped`), or every forward op of the eager executor (CUDA, stock candle;
-    /// its backward is candle's autograd).
+    /// taped executor (CUDA's training steps, `--taped`), or every forward op of the eager
+    /// executor (evaluation, `--autograd`, stock candle; its backward is candle's autograd).
     /// The JSON gains `profile`: the step's ms and per op kind its calls and ms.
     #[arg(long)]
     profile: bool,
@@ -203,6 +206,9 @@ fn backbone(b: BackboneBench) -> Result<()> {
         BackendName::Candle => Backend::Candle,
     });
     m.set_fused(!b.no_fused);
+    if b.autograd {
+        m.set_taped(false);
+    }
     if b.taped {
         m.set_taped(true);
         m.set_fused(false);

@@ -66,11 +66,11 @@ pub struct TrainArgs {
     /// convolutions, f32 weights and batch-norm statistics; for CUDA).
     #[arg(long)]
     precision: Option<lt_models::Precision>,
-    /// Training steps on the taped executor (the backward pass walked by hand instead of
-    /// candle's autograd: the same gradients, fewer kernels and less memory; for CUDA; on the CPU
-    /// the fused pass runs regardless).
+    /// Training steps through candle's autograd instead of the taped executor, CUDA's default
+    /// (the backward pass walked by hand: the same gradients, fewer kernels and less memory). No
+    /// effect on the CPU, where the fused pass runs.
     #[arg(long)]
-    taped: bool,
+    autograd: bool,
     /// Train plain SGD only (no SWA/SWAG).
     #[arg(long)]
     no_swa: bool,
@@ -157,7 +157,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
         data.num_classes(),
         a.out.display()
     );
-    let opts = RunOptions { resume: a.resume, device, data_spec: Some(spec), taped: a.taped };
+    let opts = RunOptions { resume: a.resume, device, data_spec: Some(spec), autograd: a.autograd };
     let summary = train(&cfg, &data, &a.out, &opts)?;
     print_summary(&summary, &a.out);
     Ok(())
