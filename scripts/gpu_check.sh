@@ -12,8 +12,9 @@
 #      nvidia-smi, missing libraries (ldd);
 #   2. lt selftest --device cuda: every golden check of both backends, strict f32 (TF32 off;
 #      cuDNN's own log of warnings and errors in cudnn.log), the bf16 mixed-precision checks
-#      (bf16 against f32 on the GPU), the taped-executor checks (against candle's autograd) and
-#      SGD's in-place CUDA passes against its tensor ops;
+#      (bf16 against f32 on the GPU), the taped-executor checks (against candle's autograd), the
+#      frozen-snapshot checks (against its model's evaluation) and SGD's in-place CUDA passes
+#      against its tensor ops;
 #   3. Fashion-MNIST-LT on CUDA: a short stage 1 (SGD + SWA), extraction, SRepr, eval, with its
 #      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt;
 #   4. the benchmark: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval,
@@ -150,6 +151,11 @@ step_selftest() {
   taped=$(grep -E '^[0-9]+/[0-9]+ taped-executor checks passed' "$OUT/selftest.txt" | tail -n 1)
   if [ -z "$taped" ] || grep -q '^FAIL .* taped' "$OUT/selftest.txt"; then taped_status=FAIL; fi
   record "selftest taped vs autograd" "$taped_status" 0 "${taped:-no summary line (see selftest.txt)}"
+  # A frozen snapshot (channels-last filters kept on CUDA) against its model's evaluation.
+  local frozen frozen_status=ok
+  frozen=$(grep -E '^[0-9]+/[0-9]+ frozen-snapshot checks passed' "$OUT/selftest.txt" | tail -n 1)
+  if [ -z "$frozen" ] || grep -q '^FAIL .* frozen' "$OUT/selftest.txt"; then frozen_status=FAIL; fi
+  record "selftest frozen snapshot" "$frozen_status" 0 "${frozen:-no summary line (see selftest.txt)}"
   # SGD's in-place passes (two CUDA kernels per parameter) against its tensor ops, bit for bit.
   local sgd sgd_status=ok
   sgd=$(grep -E '^[0-9]+/[0-9]+ optimiser checks passed' "$OUT/selftest.txt" | tail -n 1)

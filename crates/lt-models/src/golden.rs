@@ -16,6 +16,7 @@ use lt_core::Artifact;
 use crate::error::{ModelError, Result};
 use crate::{Arch, Backend, Model};
 
+pub mod frozen;
 pub mod mixed;
 pub mod taped;
 

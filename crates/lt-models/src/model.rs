@@ -252,7 +252,13 @@ impl Model {
     }
 
     fn eager(&self, mode: Mode) -> Eager<'_> {
-        Eager { backend: self.backend, store: &self.store, mode, precision: self.precision }
+        Eager {
+            backend: self.backend,
+            store: &self.store,
+            mode,
+            precision: self.precision,
+            packs: &self.packs,
+        }
     }
 
     /// The pooled representation `[N, D]` of images `[N, C, H, W]`.

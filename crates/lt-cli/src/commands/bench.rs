@@ -106,9 +106,9 @@ struct BackboneBench {
     /// Rank cuDNN's convolution algorithms by its heuristics instead of timing them.
     #[arg(long)]
     cudnn_heuristic: bool,
-    /// Evaluate the model itself rather than a frozen snapshot of it (`Model::freeze`; on the
-    /// CPU only): every call then checks, by a fingerprint of the weights, that its packed
-    /// weights are current.
+    /// Evaluate the model itself rather than a frozen snapshot of it (`Model::freeze`): on the
+    /// CPU every call then checks, by a fingerprint of the weights, that its packed weights are
+    /// current; on CUDA every call transposes the filters to cuDNN's layout.
     #[arg(long)]
     no_freeze: bool,
     /// After the timed steps, one more step with its ops timed between device synchronisations
@@ -219,11 +219,10 @@ fn backbone(b: BackboneBench) -> Result<()> {
     let taped = m.taped_active() && matches!(b.mode, Mode::Train | Mode::Grad);
     let x = Tensor::randn(0f32, 1.0, (batch, 3, size, size), &dev)?;
     let y = Tensor::from_vec((0..batch as u32).map(|i| i % classes as u32).collect::<Vec<_>>(), batch, &dev)?;
-    // Evaluation on the CPU measures what serving a trained model does: a snapshot whose packed
-    // weights need no check that they are still the model's (`Model::freeze`), which then
-    // serves alone. Elsewhere there are no packed weights to keep, so the model itself runs
-    // (and its weights are not copied).
-    let (m, frozen) = match b.mode == Mode::Eval && !b.no_freeze && dev.is_cpu() {
+    // Evaluation measures what serving a trained model does: a snapshot whose packed weights
+    // (on the CPU) or channels-last filters (on CUDA) need no check that they are still the
+    // model's (`Model::freeze`), which then serves alone.
+    let (m, frozen) = match b.mode == Mode::Eval && !b.no_freeze {
         true => {
             let frozen = m.freeze()?;
             drop(m);

@@ -53,11 +53,14 @@ pub fn run(a: SelftestArgs) -> Result<()> {
     println!("{}/{mixed_total} mixed-precision checks passed on {}", mixed_total - mixed_failed, a.device);
     let (taped_total, taped_failed) = taped(&device, &mut broken);
     println!("{}/{taped_total} taped-executor checks passed on {}", taped_total - taped_failed, a.device);
+    let (frozen_total, frozen_failed) = frozen(&device, &mut broken);
+    println!("{}/{frozen_total} frozen-snapshot checks passed on {}", frozen_total - frozen_failed, a.device);
     let sgd_failed = usize::from(!report(&sgd_passes(&device)));
     println!("{}/1 optimiser checks passed on {}", 1 - sgd_failed, a.device);
-    if failed > 0 || mixed_failed > 0 || taped_failed > 0 || sgd_failed > 0 || !broken.is_empty() {
+    let device_failed = mixed_failed + taped_failed + frozen_failed + sgd_failed;
+    if failed > 0 || device_failed > 0 || !broken.is_empty() {
         bail!(
-            "{failed} golden, {mixed_failed} mixed-precision, {taped_failed} taped-executor and {sgd_failed} optimiser check(s) failed, {} run(s) broken",
+            "{failed} golden check(s) and {device_failed} device check(s) (mixed precision {mixed_failed}, taped executor {taped_failed}, frozen snapshot {frozen_failed}, optimiser {sgd_failed}) failed, {} run(s) broken",
             broken.len()
         );
     }
@@ -103,10 +106,7 @@ fn sgd_passes(device: &candle_core::Device) -> lt_models::golden::Check {
 /// the taped executor does not take). `(checks, failed)`; a run that cannot start is added to
 /// `broken`.
 fn taped(device: &candle_core::Device, broken: &mut Vec<String>) -> (usize, usize) {
-    use lt_models::Precision;
-    let precisions: &[Precision] =
-        if device.is_cuda() { &[Precision::F32, Precision::Bf16] } else { &[Precision::F32] };
-    let runs = precisions.iter().flat_map(|&precision| {
+    let runs = precisions(device).iter().flat_map(|&precision| {
         SHAPES.into_iter().map(move |(arch, shape)| {
             let checks = lt_models::golden::taped::check_taped(arch, 5, shape, device, precision);
             (format!("{arch} {precision} taped"), checks)
@@ -115,7 +115,32 @@ fn taped(device: &candle_core::Device, broken: &mut Vec<String>) -> (usize, usiz
     tally(runs, broken)
 }
 
-/// The architectures and input shapes of the mixed-precision and taped-executor checks.
+/// The frozen-snapshot checks (`lt_models::golden::frozen`: a snapshot infers what its model
+/// did, on the first call and on a later one, whatever the model does next), in the precisions
+/// of [`precisions`]. `(checks, failed)`; a run that cannot start is added to `broken`.
+fn frozen(device: &candle_core::Device, broken: &mut Vec<String>) -> (usize, usize) {
+    let runs = precisions(device).iter().flat_map(|&precision| {
+        SHAPES.into_iter().map(move |(arch, shape)| {
+            let checks = lt_models::golden::frozen::check_frozen(arch, 5, shape, device, precision);
+            (format!("{arch} {precision} frozen"), checks)
+        })
+    });
+    tally(runs, broken)
+}
+
+/// The precisions the device checks run in: `f32`, and on CUDA `bf16` too (on the CPU `bf16`
+/// runs candle's stock ops, which the taped executor does not take and the frozen snapshot
+/// prepares nothing for).
+fn precisions(device: &candle_core::Device) -> &'static [lt_models::Precision] {
+    use lt_models::Precision;
+    if device.is_cuda() {
+        &[Precision::F32, Precision::Bf16]
+    } else {
+        &[Precision::F32]
+    }
+}
+
+/// The architectures and input shapes of the device checks.
 const SHAPES: [(&str, [usize; 4]); 2] = [("resnet20", [4, 3, 16, 16]), ("resnet18", [4, 3, 64, 64])];
 
 /// Reports every check of the named `runs`: `(checks, failed)`; a run that could not start is

@@ -7,10 +7,11 @@ use candle_core::{DType, Tensor, Var};
 
 use super::Mode;
 use crate::error::{ModelError, Result};
+use crate::exec::fused::PackCache;
 use crate::ops::{Backend, BnSaved};
 use crate::params::{fold_running, ParamStore};
 use crate::precision::Precision;
-use crate::program::{BnSpec, Node, Op, Program};
+use crate::program::{BnSpec, Node, Op, Param, Program};
 
 /// What an eager run needs besides the program and its input.
 pub(crate) struct Eager<'a> {
@@ -20,6 +21,8 @@ pub(crate) struct Eager<'a> {
     /// The activations' type; convolution filters are cast to it, batch norm keeps `f32`
     /// parameters, and pooling and the program's output are `f32`.
     pub precision: Precision,
+    /// Evaluation's cache: a frozen model's prepared filters ([`PackCache::prepared`]).
+    pub packs: &'a PackCache,
 }
 
 impl Eager<'_> {
@@ -72,6 +75,9 @@ impl Eager<'_> {
         let run = || -> Result<(Tensor, Saved)> {
             Ok(match &node.op {
                 Op::Conv { w, stride, pad } => {
+                    if let Some(y) = self.prepared_conv(x, w, (*stride, *pad))? {
+                        return Ok((y, Saved::Nothing));
+                    }
                     let w = self.filter(&w.var)?;
                     (b.conv2d(x, &w, *stride, *pad)?, Saved::Filter(w))
                 }
@@ -84,6 +90,20 @@ impl Eager<'_> {
             })
         };
         crate::profile::time(node.op.kind(self.mode.train), x.device(), run)
+    }
+
+    /// The convolution with the frozen model's prepared filter, without a graph (evaluation of a
+    /// [`crate::Frozen`] model on CUDA); `None` for anything else. A model that trains has no
+    /// frozen cache, so its passes never come here.
+    fn prepared_conv(&self, x: &Tensor, w: &Param, (stride, pad): (usize, usize)) -> Result<Option<Tensor>> {
+        if self.mode.graph {
+            return Ok(None);
+        }
+        let b = self.backend;
+        match self.packs.prepared(w.index, || Ok(b.prepared_filter(&self.filter(&w.var)?)?))? {
+            Some(filter) => Ok(b.conv2d_prepared(x, &filter, stride, pad)?),
+            None => Ok(None),
+        }
     }
 
     fn batch_norm(&self, x: &Tensor, bn: &BnSpec) -> Result<(Tensor, Saved)> {

@@ -52,7 +52,8 @@ impl Taped<'_> {
         mode.graph = false;
         let eager = Eager { mode, ..self.eager };
         let mut values: Vec<Option<Tensor>> = vec![None; prog.slots];
-        values[prog.input] = Some(x.detach());
+        // Contiguous once here: the first convolution reads it forward and backward.
+        values[prog.input] = Some(x.detach().contiguous()?);
         let mut saved = Vec::with_capacity(prog.nodes.len());
         for node in &prog.nodes {
             let (y, s) = eager.node(node, &values)?;

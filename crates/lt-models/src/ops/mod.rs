@@ -183,6 +183,38 @@ impl Backend {
         }
     }
 
+    /// `w` (`[C_out, C_in, k, k]`) prepared once for repeated inference with fixed weights
+    /// ([`Backend::conv2d_prepared`]): on the cuDNN route (`w` on CUDA in a type cuDNN takes)
+    /// transposed to cuDNN's channels-last filter layout; `None` elsewhere, where there is
+    /// nothing to prepare.
+    pub(crate) fn prepared_filter(self, w: &Tensor) -> CResult<Option<Tensor>> {
+        match self.route(w) {
+            #[cfg(feature = "cudnn")]
+            Route::Cudnn => custom::conv::filter_khwc(w).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Convolution of NHWC `x` with a filter from [`Backend::prepared_filter`], without an
+    /// autograd node; `None` where it does not run (not the cuDNN route, or no cuDNN algorithm
+    /// for the shape): then [`Backend::conv2d`] with the original filter.
+    pub(crate) fn conv2d_prepared(
+        self,
+        x: &Tensor,
+        prepared: &Tensor,
+        stride: usize,
+        pad: usize,
+    ) -> CResult<Option<Tensor>> {
+        match self.route(x) {
+            #[cfg(feature = "cudnn")]
+            Route::Cudnn => custom::conv::conv2d_cudnn_khwc(x, prepared, stride, pad),
+            _ => {
+                let _ = (prepared, stride, pad);
+                Ok(None)
+            }
+        }
+    }
+
     /// Training-mode batch norm over NHWC `x` (statistics of this batch), with ReLU when `relu`.
     pub fn batch_norm_train(
         self,

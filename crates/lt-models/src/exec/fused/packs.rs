@@ -1,5 +1,8 @@
 //! Evaluation's packed weights, kept between calls.
 //!
+//! On CUDA a frozen model's cache also keeps each convolution's filter in cuDNN's channels-last
+//! layout ([`PackCache::prepared`]), which would otherwise be transposed on every call.
+//!
 //! An evaluation pass folds each batch norm into its convolution's weights and packs them for
 //! the kernels: for ResNet-50 that is 25 M weights read in a transposed order on every call,
 //! a third of a batch-1 forward pass. The cache keeps each convolution's packed weights with a
@@ -23,6 +26,8 @@ type Entries = HashMap<usize, (u64, Arc<PackedWeights>)>;
 #[derive(Default)]
 pub(crate) struct PackCache {
     entries: Mutex<Entries>,
+    /// A frozen model's device filters prepared for its convolutions, by parameter index.
+    prepared: Mutex<HashMap<usize, candle_core::Tensor>>,
     /// Whether the weights it packs never change (a [`crate::Frozen`] model's, which nothing
     /// else can reach): then what it packed stays valid and no fingerprint is taken.
     frozen: bool,
@@ -35,7 +40,31 @@ impl PackCache {
 
     /// A cache for weights that never change (see [`PackCache::frozen`]'s field).
     pub fn frozen() -> Self {
-        Self { entries: Mutex::default(), frozen: true }
+        Self { entries: Mutex::default(), prepared: Mutex::default(), frozen: true }
+    }
+
+    /// Convolution parameter `index`'s prepared device filter (see
+    /// [`crate::ops::Backend::prepared_filter`]), made by `make` on first use; `None` unless the
+    /// cache is frozen (weights that can change are prepared again on every call) or `make`
+    /// has nothing to prepare.
+    pub fn prepared(
+        &self,
+        index: usize,
+        make: impl FnOnce() -> Result<Option<candle_core::Tensor>>,
+    ) -> Result<Option<candle_core::Tensor>> {
+        if !self.frozen {
+            return Ok(None);
+        }
+        let mut map =
+            self.prepared.lock().map_err(|_| ModelError::Invalid("poisoned prepared-filter cache".into()))?;
+        if let Some(t) = map.get(&index) {
+            return Ok(Some(t.clone()));
+        }
+        let made = make()?;
+        if let Some(t) = &made {
+            map.insert(index, t.clone());
+        }
+        Ok(made)
     }
 
     /// The weights `w` of convolution parameter `index` packed with `scale` folded in: from the
@@ -53,9 +82,13 @@ impl PackCache {
         Ok(packed)
     }
 
-    /// Drops every packed weight.
+    /// Drops every packed weight and prepared filter.
     pub fn clear(&self) -> Result<()> {
         self.entries()?.clear();
+        self.prepared
+            .lock()
+            .map_err(|_| ModelError::Invalid("poisoned prepared-filter cache".into()))?
+            .clear();
         Ok(())
     }
 

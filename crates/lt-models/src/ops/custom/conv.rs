@@ -27,7 +27,7 @@ pub(crate) fn shape_of(x: &[usize], w: &[usize], stride: usize, pad: usize) -> C
 
 /// `conv(x, w)` on the CPU kernels (`w` in PyTorch's layout).
 pub(crate) fn conv2d_host(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> CResult<Tensor> {
-    let op = Conv2dOp { stride, pad };
+    let op = Conv2dOp { stride, pad, khwc: false };
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
@@ -42,7 +42,45 @@ pub(crate) fn conv2d_cudnn(x: &Tensor, w: &Tensor, stride: usize, pad: usize) ->
     if !cudnn_runs(x, w, stride, pad)? {
         return crate::ops::stock::conv2d(x, w, stride, pad);
     }
-    x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, pad })
+    x.contiguous()?.apply_op2(&w.contiguous()?, Conv2dOp { stride, pad, khwc: false })
+}
+
+/// `w` (`[C_out, C_in, k, k]`) transposed to cuDNN's channels-last filter layout
+/// `[C_out, k, k, C_in]`, once, for [`conv2d_cudnn_khwc`].
+#[cfg(feature = "cudnn")]
+pub(crate) fn filter_khwc(w: &Tensor) -> CResult<Tensor> {
+    w.permute((0, 2, 3, 1))?.contiguous()
+}
+
+/// `conv(x, w)` through cuDNN with the filter already channels-last (from [`filter_khwc`]),
+/// without an autograd node (inference with fixed weights); `None` where cuDNN has no algorithm
+/// for the shape.
+#[cfg(feature = "cudnn")]
+pub(crate) fn conv2d_cudnn_khwc(
+    x: &Tensor,
+    w: &Tensor,
+    stride: usize,
+    pad: usize,
+) -> CResult<Option<Tensor>> {
+    let s = shape_of(x.dims(), &pytorch_dims(w.dims())?, stride, pad)?;
+    let usable = match x.device() {
+        candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, &s, x.dtype()),
+        _ => false,
+    };
+    if !usable {
+        return Ok(None);
+    }
+    let op = Conv2dOp { stride, pad, khwc: true };
+    Ok(Some(x.contiguous()?.apply_op2_no_bwd(&w.contiguous()?, &op)?))
+}
+
+/// The `[C_out, C_in, k, k]` dims of a channels-last `[C_out, k, k, C_in]` filter.
+#[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
+fn pytorch_dims(khwc: &[usize]) -> CResult<[usize; 4]> {
+    match *khwc {
+        [cout, k, k2, cin] => Ok([cout, cin, k, k2]),
+        _ => candle_core::bail!("conv2d: expected a [C_out, k, k, C_in] filter, got {khwc:?}"),
+    }
 }
 
 /// Whether cuDNN runs this convolution of [`conv2d_cudnn`] (it has algorithms for the shape in
@@ -115,6 +153,9 @@ fn transposed(s: &candle_core::CudaStorage, l: &Layout, len: usize) -> CResult<c
 struct Conv2dOp {
     stride: usize,
     pad: usize,
+    /// The filter argument is already channels-last `[C_out, k, k, C_in]` (cuDNN only; no
+    /// backward pass).
+    khwc: bool,
 }
 
 impl CustomOp2 for Conv2dOp {
@@ -129,6 +170,9 @@ impl CustomOp2 for Conv2dOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
+        if self.khwc {
+            candle_core::bail!("conv2d: a channels-last filter is for cuDNN");
+        }
         let s = shape_of(l1.dims(), l2.dims(), self.stride, self.pad)?;
         let (x, w) = (cpu_f32(s1, l1, "conv2d input")?, cpu_f32(s2, l2, "conv2d weight")?);
         let mut out = vec![0f32; s.output_len()];
@@ -144,10 +188,16 @@ impl CustomOp2 for Conv2dOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> CResult<(candle_core::CudaStorage, Shape)> {
-        let s = shape_of(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        let w = filter_to_khwc(s2, l2, &s)?;
-        let wl = Layout::contiguous((s.cout, s.k, s.k, s.cin));
-        let y = crate::ops::cudnn::conv::forward((s1, l1), (&w, &wl), &s)?;
+        let y = if self.khwc {
+            let s = shape_of(l1.dims(), &pytorch_dims(l2.dims())?, self.stride, self.pad)?;
+            (crate::ops::cudnn::conv::forward((s1, l1), (s2, l2), &s)?, s)
+        } else {
+            let s = shape_of(l1.dims(), l2.dims(), self.stride, self.pad)?;
+            let w = filter_to_khwc(s2, l2, &s)?;
+            let wl = Layout::contiguous((s.cout, s.k, s.k, s.cin));
+            (crate::ops::cudnn::conv::forward((s1, l1), (&w, &wl), &s)?, s)
+        };
+        let (y, s) = y;
         Ok((y, Shape::from((s.n, s.oh(), s.ow(), s.cout))))
     }
 
@@ -158,6 +208,9 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+        if self.khwc {
+            candle_core::bail!("conv2d with a channels-last filter has no backward pass");
+        }
         backward(x, w, grad, (self.stride, self.pad), (x.track_op(), w.track_op()))
     }
 }

@@ -1,0 +1,394 @@
+#!/usr/bin/env bash
+# The CUDA check of the project, for a GPU machine without Rust or network (H100/H200). Prepare
+# it here with `cargo xtask cuda-build` (writes dist/cuda/: lt.xz and the Fashion-MNIST files),
+# carry the working tree and dist/cuda there, and run from the repository root:
+#
+#   bash scripts/gpu_check.sh            # all output under $OUT (or dist/cuda/out)
+#
+# Steps, each with its own time limit and all within one budget (CHECK_BUDGET, 540 s: a step
+# that would run past it gets the time left, or is skipped), so the summary is printed within
+# about 9 minutes; a failing step does not stop the others, and one summary table is printed last:
+#   1. unpack dist/cuda/lt.xz (python3's lzma), library path from PyTorch's NVIDIA wheels,
+#      nvidia-smi, missing libraries (ldd);
+#   2. lt selftest --device cuda: every golden check of both backends, strict f32 (TF32 off;
+#      cuDNN's own log of warnings and errors in cudnn.log), the bf16 mixed-precision checks
+#      (bf16 against f32 on the GPU), the taped-executor checks (against candle's autograd) and
+#      SGD's in-place CUDA passes against its tensor ops;
+#   3. Fashion-MNIST-LT on CUDA: a short stage 1 (SGD + SWA), extraction, SRepr, eval, with its
+#      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt;
+#   4. the benchmark: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval,
+#      the project (f32, TF32 convolutions, bf16 mixed precision) against PyTorch CUDA in the
+#      same run (f32 with TF32 off, f32 NCHW and channels-last with PyTorch's default TF32, bf16
+#      autocast + channels-last), with peak GPU memory, the ResNet-32 training step once more
+#      with freed device memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the
+#      driver's default), once more with SGD's tensor ops instead of its CUDA kernels
+#      (LT_SGD_TENSOR_OPS=1), the training steps once more through candle's autograd (--autograd;
+#      the default is the taped executor, the backward pass walked by hand), and one profiled
+#      training step each of ResNet-32 and ResNet-50 (every forward and backward op timed
+#      between device synchronisations);
+#   5. the CPU kernels on this machine's own CPU (often one with AVX-512, which the development
+#      machine lacks): ResNet-32 batch 128 train step and eval with each kernel set the CPU has
+#      (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
+# Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
+# GPU_CHECK_DEVICE (default cuda; `cpu` runs the same steps on the CPU, for a dry run),
+# CHECK_BUDGET (seconds for all steps, default 540).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 1
+OUT=${OUT:-dist/cuda/out}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+DATA_ROOT="$ROOT/dist/cuda/data"
+REFERENCE="$ROOT/scripts/gpu_check_reference.txt"
+SUMMARY="$OUT/summary.tsv"
+: >"$SUMMARY"
+START_ALL=$(date +%s)
+CHECK_BUDGET=${CHECK_BUDGET:-540}
+DEADLINE=$((START_ALL + CHECK_BUDGET))
+
+# --- bookkeeping -------------------------------------------------------------------------------
+
+# record STEP STATUS SECONDS RESULT
+record() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"; }
+
+# run_step NAME TIMEOUT LOG CMD...: runs CMD with a time limit (at most what is left of the
+# check's budget; skipped when under 10 s are left), output to LOG; prints the status.
+run_step() {
+  local name=$1 limit=$2 log=$3
+  shift 3
+  local t0 rc left
+  t0=$(date +%s)
+  left=$((DEADLINE - t0))
+  if [ "$left" -lt 10 ]; then
+    echo "== $name skipped (the check's budget of ${CHECK_BUDGET} s is used up)"
+    echo "skipped: the check's budget of ${CHECK_BUDGET} s was used up" >"$log"
+    LAST_STATUS=skipped
+    LAST_SECONDS=0
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (limit ${limit}s)"
+  timeout --kill-after=5 "$limit" "$@" >"$log" 2>&1
+  rc=$?
+  LAST_SECONDS=$(($(date +%s) - t0))
+  if [ "$rc" -eq 0 ]; then
+    LAST_STATUS=ok
+  elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    LAST_STATUS=timeout
+  else
+    LAST_STATUS="FAIL(rc=$rc)"
+  fi
+  tail -n 3 "$log" | sed 's/^/   /'
+}
+
+# --- 1. binary, libraries, GPU -----------------------------------------------------------------
+
+step_setup() {
+  if [ -z "${LT:-}" ]; then
+    LT="$OUT/bin/lt"
+    mkdir -p "$OUT/bin"
+    run_step unpack 30 "$OUT/unpack.log" python3 -c '
+import lzma, os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+with lzma.open(src) as f, open(dst, "wb") as o:
+    shutil.copyfileobj(f, o)
+os.chmod(dst, 0o755)
+print(f"{dst}: {os.path.getsize(dst) / 2**20:.1f} MiB")
+' "$ROOT/dist/cuda/lt.xz" "$LT"
+    record "unpack lt.xz" "$LAST_STATUS" "$LAST_SECONDS" "$(tail -n 1 "$OUT/unpack.log")"
+  else
+    record "unpack lt.xz" skipped 0 "LT=$LT given"
+  fi
+  # cuBLAS, cuRAND, NVRTC and cuDNN come from the PyTorch installation's NVIDIA wheels.
+  local nv
+  nv=$(python3 - <<'PY' 2>/dev/null
+import glob, os, site
+dirs = set()
+paths = site.getsitepackages() + [site.getusersitepackages()]
+for sp in paths:
+    for so in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so*"), recursive=True):
+        dirs.add(os.path.dirname(so))
+print(":".join(sorted(dirs)))
+PY
+)
+  export LD_LIBRARY_PATH="${nv}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  echo "$LD_LIBRARY_PATH" >"$OUT/ld_library_path.txt"
+  run_step nvidia-smi 15 "$OUT/gpu.txt" nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  if [ "$LAST_STATUS" = ok ]; then GPU_NAME=$(head -n 1 "$OUT/gpu.txt"); fi
+  record "nvidia-smi" "$LAST_STATUS" "$LAST_SECONDS" "$(head -n 1 "$OUT/gpu.txt")"
+  run_step ldd 15 "$OUT/ldd.txt" ldd "$LT"
+  local missing
+  missing=$(grep -c "not found" "$OUT/ldd.txt")
+  grep "not found" "$OUT/ldd.txt" >"$OUT/ldd_missing.txt"
+  if [ "$LAST_STATUS" = ok ] && [ "$missing" -gt 0 ]; then LAST_STATUS=FAIL; fi
+  record "ldd" "$LAST_STATUS" "$LAST_SECONDS" "$missing missing librar(ies)"
+}
+
+# --- 2. golden checks --------------------------------------------------------------------------
+
+step_selftest() {
+  # The goldens are strict f32 (PyTorch with TF32 off). Stock candle's cuDNN convolutions use
+  # cuDNN's default math, which is TF32 on Hopper (28 of its 45 checks then miss the f32
+  # tolerances by up to 6e-2, seen on an H200); NVIDIA_TF32_OVERRIDE=0 turns TF32 off in every
+  # NVIDIA library of the process. The project's own path uses FMA math unless --tf32 is given.
+  NVIDIA_TF32_OVERRIDE=0 CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG="$OUT/cudnn.log" \
+    run_step "selftest --device $DEVICE" 80 "$OUT/selftest.txt" "$LT" selftest --device "$DEVICE" --plain
+  local line
+  line=$(grep -E '^[0-9]+/[0-9]+ checks passed' "$OUT/selftest.txt" | tail -n 1)
+  record "selftest (both backends)" "$LAST_STATUS" "$LAST_SECONDS" "${line:-no summary line (see selftest.txt)}"
+  # bf16 mixed precision against f32 on the device (bounds from PyTorch's bf16 autocast).
+  local mixed mixed_status=ok
+  mixed=$(grep -E '^[0-9]+/[0-9]+ mixed-precision checks passed' "$OUT/selftest.txt" | tail -n 1)
+  if [ -z "$mixed" ] || grep -qE '^FAIL .*bf16( vs f32|: could not run)' "$OUT/selftest.txt"; then
+    mixed_status=FAIL
+  fi
+  record "selftest bf16 vs f32" "$mixed_status" 0 "${mixed:-no summary line (see selftest.txt)}"
+  # The taped executor (backward pass walked by hand) against candle's autograd, f32 and bf16.
+  local taped taped_status=ok
+  taped=$(grep -E '^[0-9]+/[0-9]+ taped-executor checks passed' "$OUT/selftest.txt" | tail -n 1)
+  if [ -z "$taped" ] || grep -q '^FAIL .* taped' "$OUT/selftest.txt"; then taped_status=FAIL; fi
+  record "selftest taped vs autograd" "$taped_status" 0 "${taped:-no summary line (see selftest.txt)}"
+  # SGD's in-place passes (two CUDA kernels per parameter) against its tensor ops, bit for bit.
+  local sgd sgd_status=ok
+  sgd=$(grep -E '^[0-9]+/[0-9]+ optimiser checks passed' "$OUT/selftest.txt" | tail -n 1)
+  if [ -z "$sgd" ] || grep -q '^FAIL SGD' "$OUT/selftest.txt"; then sgd_status=FAIL; fi
+  record "selftest SGD passes" "$sgd_status" 0 "${sgd:-no summary line (see selftest.txt)}"
+  # Ops cuDNN refused run on candle's kernels, or through cuDNN in f32 (a bf16 op; same results,
+  # slower); each is warned about once.
+  local fallbacks
+  fallbacks=$(grep -c "cuDNN refused" "$OUT/selftest.txt")
+  record "cuDNN refusals (fallbacks)" "$([ "$fallbacks" -eq 0 ] && echo ok || echo WARN)" 0 \
+    "$fallbacks op kind(s) run another way (grep \"cuDNN refused\" selftest.txt)"
+}
+
+# --- 3. benchmark ------------------------------------------------------------------------------
+
+# peak_sampler_start / peak_sampler_stop: the highest memory.used nvidia-smi reports meanwhile (MiB).
+peak_sampler_start() {
+  SAMPLES="$OUT/mem_samples.txt"
+  : >"$SAMPLES"
+  if command -v nvidia-smi >/dev/null && [ "$DEVICE" != cpu ]; then
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 >"$SAMPLES" 2>/dev/null &
+    SAMPLER=$!
+  else
+    SAMPLER=
+  fi
+}
+peak_sampler_stop() {
+  if [ -n "$SAMPLER" ]; then kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null; fi
+  sort -n "$SAMPLES" | tail -n 1
+}
+
+# bench_project NAME TF32(0|1) ARGS...: one `lt bench backbone` run, JSON appended to bench.jsonl.
+bench_project() {
+  local name=$1 tf32=$2 limit
+  shift 2
+  limit=$(bench_limit 45) || { record "bench $name" skipped 0 "bench time used up"; return; }
+  local extra=()
+  [ "$tf32" = 1 ] && extra+=(--tf32)
+  peak_sampler_start
+  run_step "bench $name" "$limit" "$OUT/bench-$name.log" "$LT" bench backbone --device "$DEVICE" "$@" "${extra[@]}"
+  local peak
+  peak=$(peak_sampler_stop)
+  local json result="no result"
+  json=$(grep '^{' "$OUT/bench-$name.log" | tail -n 1)
+  if [ -n "$json" ]; then
+    python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+d["impl"] = sys.argv[2]
+if sys.argv[3]:
+    d["nvidia_smi_peak_mib"] = float(sys.argv[3])
+print(json.dumps(d))' "$json" "$name" "${peak:-}" >>"$OUT/bench.jsonl"
+    result=$(python3 -c 'import json, sys; print("%.0f img/s" % json.loads(sys.argv[1])["images_per_sec"])' "$json")
+  fi
+  record "bench $name" "$LAST_STATUS" "$LAST_SECONDS" "$result"
+}
+
+# bench_torch NAME ARGS...: the PyTorch variants of one configuration in one process.
+bench_torch() {
+  local name=$1 limit
+  shift
+  # PyTorch times four variants, each with cudnn.benchmark's search first: ResNet-50 needs longer.
+  limit=$(bench_limit "${TORCH_LIMIT:-60}") || { record "bench $name" skipped 0 "bench time used up"; return; }
+  run_step "bench $name" "$limit" "$OUT/bench-$name.log" python3 scripts/bench_torch.py --device "$DEVICE" \
+    --variants f32-strict-cl,f32,f32-cl,bf16-cl "$@"
+  grep '^{' "$OUT/bench-$name.log" >>"$OUT/bench.jsonl"
+  record "bench $name" "$LAST_STATUS" "$LAST_SECONDS" "$(grep -c '^{' "$OUT/bench-$name.log") variant(s)"
+}
+
+# bench_limit WANT: the time left of the benchmark's budget, at most WANT (fails when used up).
+bench_limit() {
+  local left=$((BENCH_DEADLINE - $(date +%s)))
+  [ "$left" -ge 10 ] || return 1
+  echo $((left < $1 ? left : $1))
+}
+
+step_bench() {
+  : >"$OUT/bench.jsonl"
+  BENCH_DEADLINE=$(($(date +%s) + 380))
+  # The profile and the CPU step after it get the rest of the check's budget, if any.
+  [ "$BENCH_DEADLINE" -gt "$((DEADLINE - 40))" ] && BENCH_DEADLINE=$((DEADLINE - 40))
+  local r32=(--arch resnet32 --classes 10 --batch 128 --size 32 --steps 20 --warmup 5)
+  local r50=(--arch resnet50 --classes 1000 --batch 256 --size 224 --steps 8 --warmup 3)
+  for mode in train eval; do
+    bench_project "resnet32-$mode-project-f32" 0 "${r32[@]}" --mode "$mode"
+    bench_project "resnet32-$mode-project-tf32" 1 "${r32[@]}" --mode "$mode"
+    bench_project "resnet32-$mode-project-bf16" 0 "${r32[@]}" --mode "$mode" --precision bf16
+    bench_torch "resnet32-$mode-pytorch" "${r32[@]}" --mode "$mode"
+    if [ "$mode" = train ]; then
+      bench_project "resnet32-train-project-tf32-autograd" 1 "${r32[@]}" --mode train --autograd
+      bench_project "resnet32-train-project-bf16-autograd" 0 "${r32[@]}" --mode train --precision bf16 \
+        --autograd
+    fi
+  done
+  # What keeping freed device memory in the pool is worth: the same ResNet-32 TF32 training step
+  # with the driver's default (freed memory released at every synchronisation; prepare_device).
+  LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${r32[@]}" --mode train
+  # What SGD's in-place CUDA kernels are worth: the same step with its tensor ops (nine kernels
+  # and allocations per parameter instead of two launches).
+  LT_SGD_TENSOR_OPS=1 bench_project resnet32-train-tf32-sgd-tensor-ops 1 "${r32[@]}" --mode train
+  for mode in train eval; do
+    bench_project "resnet50-$mode-project-f32" 0 "${r50[@]}" --mode "$mode"
+    bench_project "resnet50-$mode-project-tf32" 1 "${r50[@]}" --mode "$mode"
+    bench_project "resnet50-$mode-project-bf16" 0 "${r50[@]}" --mode "$mode" --precision bf16
+    TORCH_LIMIT=110 bench_torch "resnet50-$mode-pytorch" "${r50[@]}" --mode "$mode"
+    if [ "$mode" = train ]; then
+      bench_project "resnet50-train-project-tf32-autograd" 1 "${r50[@]}" --mode train --autograd
+      bench_project "resnet50-train-project-bf16-autograd" 0 "${r50[@]}" --mode train --precision bf16 \
+        --autograd
+    fi
+  done
+  python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$OUT/bench_table.err"
+  # Where a ResNet-32 training step (taped executor) spends its time, forward and backward.
+  run_step "profile resnet32 train" 30 "$OUT/profile-resnet32.log" "$LT" bench backbone \
+    --device "$DEVICE" --arch resnet32 --classes 10 --batch 128 --size 32 --steps 3 --warmup 2 --mode train \
+    --tf32 --taped --profile
+  record "profile resnet32 train b128 TF32" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
+import json, sys
+d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["profile"]
+print("step %.0f ms; ops: " % d["step_ms"] + ", ".join("%s %.1f ms" % (o["op"], o["ms"]) for o in d["ops"][:6]))
+' "$OUT/profile-resnet32.log" 2>/dev/null || echo "no profile")"
+  # Where a ResNet-50 training step spends its time: each op between device syncs.
+  run_step "profile resnet50 train" 60 "$OUT/profile-resnet50.log" "$LT" bench backbone --device "$DEVICE" \
+    --arch resnet50 --classes 1000 --batch 64 --size 224 --steps 3 --warmup 2 --mode train --tf32 --profile
+  record "profile resnet50 train b64 TF32" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
+import json, sys
+d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["profile"]
+print("step %.0f ms; ops: " % d["step_ms"] + ", ".join("%s %.0f ms" % (o["op"], o["ms"]) for o in d["ops"][:6]))
+' "$OUT/profile-resnet50.log" 2>/dev/null || echo "no profile")"
+}
+
+# --- 4. Fashion-MNIST-LT pipeline --------------------------------------------------------------
+
+step_pipeline() {
+  local limit=110
+  local run="$OUT/fmnist"
+  rm -rf "$run"
+  mkdir -p "$run"
+  # A short stage 1 so that the whole pipeline fits the check's time budget.
+  cat >"$run/preset.toml" <<'TOML'
+name = "gpu-check-fmnist"
+description = "Fashion-MNIST-LT (imbalance 100), CIFAR ResNet-20, 6 epochs with SWA from 4: the GPU check's short pipeline"
+seeds = 1
+
+[data]
+dataset = "fmnist-lt"
+imbalance = 100.0
+
+[train]
+arch = "resnet20"
+epochs = 6
+batch_size = 128
+lr = 0.1
+weight_decay = 5e-4
+warmup_epochs = 1
+
+[train.swa]
+start = 4
+lr = 0.05
+rank = 4
+
+[extract]
+samples = 4
+scale = 0.5
+
+[retrain]
+epochs = 10
+batch_size = 512
+lr = 0.1
+weight_decay = 5e-4
+
+[report]
+TOML
+  run_step "fmnist-lt pipeline ($DEVICE)" "$limit" "$OUT/pipeline.log" \
+    bash scripts/fmnist_pipeline.sh "$LT" "$DEVICE" "$run" "$DATA_ROOT"
+  # value FILE KEY: the value of KEY in a `key value` file.
+  value() { awk -v k="$2" '$1 == k { print $2 }' "$1" 2>/dev/null; }
+  local acc ref swa swa_ref
+  acc=$(value "$run/result.txt" srepr_accuracy)
+  ref=$(value "$REFERENCE" srepr_accuracy)
+  swa=$(value "$run/result.txt" swa_accuracy)
+  swa_ref=$(value "$REFERENCE" swa_accuracy)
+  local verdict="SRepr ${acc:-?}% (CPU ${ref:-?}%"
+  if [ -n "$acc" ] && [ -n "$ref" ]; then
+    verdict="$verdict, $(awk -v a="$acc" -v r="$ref" 'BEGIN { printf "%+.2f points", a - r }')"
+  fi
+  verdict="$verdict); SWA ${swa:-?}% (CPU ${swa_ref:-?}%); stage 1 $(value "$run/result.txt" seconds_train) s"
+  record "fmnist-lt 6 epochs + SRepr" "$LAST_STATUS" "$LAST_SECONDS" "$verdict"
+}
+
+# --- 5. CPU kernels on this machine's CPU ------------------------------------------------------
+
+# cpu_result LOG: kernels, features and images/s from a `lt bench backbone` or bench_torch.py log.
+cpu_result() {
+  python3 -c '
+import json, sys
+d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])
+who = d.get("kernels") or ("torch " + d.get("torch", "?"))
+feats = " ".join(d.get("cpu_features", []))
+print("%.0f img/s (%s%s)" % (d["images_per_sec"], who, "; " + feats if feats else ""))
+' "$1" 2>/dev/null || echo "no result"
+}
+
+step_cpu() {
+  local threads r32
+  threads=$(nproc)
+  r32=(--arch resnet32 --classes 10 --batch 128 --size 32 --steps 3 --warmup 1)
+  for mode in train eval; do
+    for k in avx512 avx2; do
+      run_step "cpu $mode ($k)" 30 "$OUT/cpu-$mode-$k.log" env LT_KERNELS=$k "$LT" bench backbone --device cpu \
+        "${r32[@]}" --mode "$mode"
+      record "cpu resnet32 $mode b128 LT_KERNELS=$k" "$LAST_STATUS" "$LAST_SECONDS" "$(cpu_result "$OUT/cpu-$mode-$k.log")"
+    done
+    run_step "cpu $mode (pytorch)" 40 "$OUT/cpu-$mode-torch.log" python3 scripts/bench_torch.py --device cpu \
+      "${r32[@]}" --mode "$mode" --threads "$threads" --channels-last
+    record "cpu resnet32 $mode b128 PyTorch CL" "$LAST_STATUS" "$LAST_SECONDS" "$(cpu_result "$OUT/cpu-$mode-torch.log")"
+  done
+}
+
+# --- main ------------------------------------------------------------------------------------------
+
+step_setup
+step_selftest
+step_pipeline
+step_bench
+step_cpu
+
+TOTAL=$(($(date +%s) - START_ALL))
+{
+  if [ -s "$OUT/bench.md" ]; then
+    echo
+    echo "Benchmark ($DEVICE, ${GPU_NAME:-no GPU}):"
+    cat "$OUT/bench.md"
+  fi
+  echo
+  echo "GPU check summary ($DEVICE; ${GPU_NAME:-no GPU}; ${TOTAL} s; outputs in $OUT)"
+  echo "Fashion-MNIST-LT step: a 6-epoch stage 1 (SWA from epoch 4), 4 SWAG samples, SRepr for 10 epochs (not the paper's protocol)."
+  printf '%-34s %-13s %7s  %s\n' step status seconds result
+  while IFS=$'\t' read -r step status secs result; do
+    printf '%-34s %-13s %7s  %s\n' "$step" "$status" "$secs" "$result"
+  done <"$SUMMARY"
+} | tee "$OUT/summary.txt"
