@@ -51,9 +51,11 @@ pub fn run(a: SelftestArgs) -> Result<()> {
     }
     let (mixed_total, mixed_failed) = mixed_precision(&device, &mut broken);
     println!("{}/{mixed_total} mixed-precision checks passed on {}", mixed_total - mixed_failed, a.device);
-    let (taped_total, taped_failed) = taped(&device, &mut broken);
+    let (taped_total, taped_failed) =
+        per_precision("taped", lt_models::golden::taped::check_taped, &device, &mut broken);
     println!("{}/{taped_total} taped-executor checks passed on {}", taped_total - taped_failed, a.device);
-    let (frozen_total, frozen_failed) = frozen(&device, &mut broken);
+    let (frozen_total, frozen_failed) =
+        per_precision("frozen", lt_models::golden::frozen::check_frozen, &device, &mut broken);
     println!("{}/{frozen_total} frozen-snapshot checks passed on {}", frozen_total - frozen_failed, a.device);
     let sgd_failed = usize::from(!report(&sgd_passes(&device)));
     println!("{}/1 optimiser checks passed on {}", 1 - sgd_failed, a.device);
@@ -101,28 +103,29 @@ fn sgd_passes(device: &candle_core::Device) -> lt_models::golden::Check {
     }
 }
 
-/// The taped-executor checks (`lt_models::golden::taped`, against candle's autograd on this
-/// device): in `f32`, and on CUDA in `bf16` too (on the CPU `bf16` runs candle's stock ops, which
-/// the taped executor does not take). `(checks, failed)`; a run that cannot start is added to
-/// `broken`.
-fn taped(device: &candle_core::Device, broken: &mut Vec<String>) -> (usize, usize) {
-    let runs = precisions(device).iter().flat_map(|&precision| {
-        SHAPES.into_iter().map(move |(arch, shape)| {
-            let checks = lt_models::golden::taped::check_taped(arch, 5, shape, device, precision);
-            (format!("{arch} {precision} taped"), checks)
-        })
-    });
-    tally(runs, broken)
-}
+/// A device check run per architecture and precision: `(arch, classes, shape, device,
+/// precision)` to its checks.
+type PerPrecision = fn(
+    &str,
+    usize,
+    [usize; 4],
+    &candle_core::Device,
+    lt_models::Precision,
+) -> lt_models::Result<Vec<lt_models::golden::Check>>;
 
-/// The frozen-snapshot checks (`lt_models::golden::frozen`: a snapshot infers what its model
-/// did, on the first call and on a later one, whatever the model does next), in the precisions
-/// of [`precisions`]. `(checks, failed)`; a run that cannot start is added to `broken`.
-fn frozen(device: &candle_core::Device, broken: &mut Vec<String>) -> (usize, usize) {
+/// The checks of `check` (named `what`) for every architecture of [`SHAPES`] in every precision
+/// of [`precisions`]: the taped-executor checks (`lt_models::golden::taped`, against candle's
+/// autograd) and the frozen-snapshot checks (`lt_models::golden::frozen`, against the model's
+/// own evaluation). `(checks, failed)`; a run that cannot start is added to `broken`.
+fn per_precision(
+    what: &str,
+    check: PerPrecision,
+    device: &candle_core::Device,
+    broken: &mut Vec<String>,
+) -> (usize, usize) {
     let runs = precisions(device).iter().flat_map(|&precision| {
         SHAPES.into_iter().map(move |(arch, shape)| {
-            let checks = lt_models::golden::frozen::check_frozen(arch, 5, shape, device, precision);
-            (format!("{arch} {precision} frozen"), checks)
+            (format!("{arch} {precision} {what}"), check(arch, 5, shape, device, precision))
         })
     });
     tally(runs, broken)
