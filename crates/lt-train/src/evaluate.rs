@@ -11,7 +11,10 @@ use lt_models::Model;
 
 use crate::error::Result;
 
-/// Eval-mode `(features [N, D], logits [N, C])` of every sample of `data`, in order.
+/// Eval-mode `(features [N, D], logits [N, C])` of every sample of `data`, in order. The passes
+/// run on a frozen snapshot of `model` (`Model::freeze`; the same values), so that what
+/// evaluation prepares from the weights is made once, not checked or redone for every batch:
+/// the packed weights on the CPU, the channels-last filters on CUDA.
 pub fn predict(
     model: &Model,
     data: &Arc<dyn Dataset>,
@@ -22,9 +25,10 @@ pub fn predict(
     let cfg = LoaderConfig { batch_size, workers, prefetch: 2, train: false, seed: 0 };
     let mut feats = Vec::with_capacity(data.len() * model.feature_dim());
     let mut logits = Vec::with_capacity(data.len() * model.arch().num_classes);
+    let frozen = model.freeze()?;
     for b in EpochBatches::new(data.clone(), (0..data.len()).collect(), 0, cfg, device.clone()) {
         let b = b?;
-        let (f, l) = model.infer(&b.images)?;
+        let (f, l) = frozen.infer(&b.images)?;
         feats.extend(f.flatten_all()?.to_vec1::<f32>()?);
         logits.extend(l.flatten_all()?.to_vec1::<f32>()?);
     }
