@@ -19,10 +19,10 @@
 //!   uploads are cached by content ([`super::uploads_cached`]) and made once per distinct layout.
 //!
 //! It runs where every op has an explicit backward pass ([`Backend::has_explicit_backward`]: the
-//! fast backend's host and cuDNN routes), for [`crate::Model::train_step`] when enabled
-//! ([`crate::Model::set_taped`]). The features become a leaf of candle's graph for the head and
-//! the loss; their gradient from `loss.backward()` starts the walk, and the parameters' gradients
-//! join the head's in the same `GradStore`.
+//! fast backend's host and cuDNN routes), for [`crate::Model::train_step`]: by default on CUDA,
+//! and wherever [`crate::Model::set_taped`] turns it on. The features become a leaf of candle's
+//! graph for the head and the loss; their gradient from `loss.backward()` starts the walk, and
+//! the parameters' gradients join the head's in the same `GradStore`.
 
 use candle_core::{DType, Tensor};
 
