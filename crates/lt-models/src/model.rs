@@ -171,9 +171,8 @@ impl Model {
     /// precision (the fast backend; on CUDA `f32` and `bf16`, on the CPU `f32`), and on the CPU
     /// the fused pass off.
     pub fn taped_active(&self) -> bool {
-        let fused_cpu = self.fused && self.device().is_cpu() && self.precision == Precision::F32;
         self.taped
-            && !(fused_cpu && self.backend == Backend::Fast)
+            && !self.fused_applies()
             && self.backend.has_explicit_backward(self.device(), self.precision.activation_dtype())
     }
 
@@ -214,13 +213,18 @@ impl Model {
         }
     }
 
-    /// Whether the fused CPU pass applies: fast backend, CPU, `f32` input and arithmetic, and no
-    /// gradient wanted for the input itself (the fused pass computes none).
-    fn fused_ok(&self, x: &Tensor, mode: Mode) -> bool {
+    /// Whether the fused CPU pass applies to this model: on, fast backend, CPU, `f32` arithmetic.
+    fn fused_applies(&self) -> bool {
         self.fused
             && self.backend == Backend::Fast
             && self.precision == Precision::F32
             && self.device().is_cpu()
+    }
+
+    /// Whether the fused CPU pass applies to a pass on `x`: [`Model::fused_applies`], a CPU `f32`
+    /// input, and no gradient wanted for the input itself (the fused pass computes none).
+    fn fused_ok(&self, x: &Tensor, mode: Mode) -> bool {
+        self.fused_applies()
             && x.device().is_cpu()
             && x.dtype() == DType::F32
             && !(mode.graph && x.track_op())

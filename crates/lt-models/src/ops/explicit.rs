@@ -142,7 +142,7 @@ impl Backend {
     pub(crate) fn add_relu_backward(self, y: &Tensor, dy: &Tensor) -> CResult<Tensor> {
         match self.route(y) {
             Route::Host | Route::Cudnn => custom::elementwise::relu_grad(y, dy),
-            Route::Stock => dy * y.gt(0f32)?.to_dtype(dy.dtype())?,
+            Route::Stock => stock::relu_grad(y, dy),
         }
     }
 

@@ -71,6 +71,11 @@ pub(crate) fn add_relu(a: &Tensor, b: &Tensor) -> CResult<Tensor> {
     (a + b)?.relu()
 }
 
+/// A ReLU's input gradient `dy * (y > 0)` from its output `y`, in the type of `dy`.
+pub(crate) fn relu_grad(y: &Tensor, dy: &Tensor) -> CResult<Tensor> {
+    dy * y.gt(0f32)?.to_dtype(dy.dtype())?
+}
+
 /// Option-A shortcut from strided views: pad H and W to even sizes, view as
 /// `(n, h/2, 2, w/2, 2, c)`, keep the first of each pair, pad the channels.
 pub(crate) fn shortcut_a(x: &Tensor, pad: usize) -> CResult<Tensor> {

@@ -38,6 +38,10 @@ impl PackCache {
         self.entries.lock().map_err(|_| ModelError::Invalid("poisoned packed-weight cache".into()))
     }
 
+    fn prepared_filters(&self) -> Result<std::sync::MutexGuard<'_, HashMap<usize, candle_core::Tensor>>> {
+        self.prepared.lock().map_err(|_| ModelError::Invalid("poisoned prepared-filter cache".into()))
+    }
+
     /// A cache for weights that never change (see [`PackCache::frozen`]'s field).
     pub fn frozen() -> Self {
         Self { entries: Mutex::default(), prepared: Mutex::default(), frozen: true }
@@ -55,8 +59,7 @@ impl PackCache {
         if !self.frozen {
             return Ok(None);
         }
-        let mut map =
-            self.prepared.lock().map_err(|_| ModelError::Invalid("poisoned prepared-filter cache".into()))?;
+        let mut map = self.prepared_filters()?;
         if let Some(t) = map.get(&index) {
             return Ok(Some(t.clone()));
         }
@@ -85,10 +88,7 @@ impl PackCache {
     /// Drops every packed weight and prepared filter.
     pub fn clear(&self) -> Result<()> {
         self.entries()?.clear();
-        self.prepared
-            .lock()
-            .map_err(|_| ModelError::Invalid("poisoned prepared-filter cache".into()))?
-            .clear();
+        self.prepared_filters()?.clear();
         Ok(())
     }
 

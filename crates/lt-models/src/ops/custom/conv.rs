@@ -63,11 +63,7 @@ pub(crate) fn conv2d_cudnn_khwc(
     pad: usize,
 ) -> CResult<Option<Tensor>> {
     let s = shape_of(x.dims(), &pytorch_dims(w.dims())?, stride, pad)?;
-    let usable = match x.device() {
-        candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, &s, x.dtype()),
-        _ => false,
-    };
-    if !usable {
+    if !cudnn_has(x, &s) {
         return Ok(None);
     }
     let op = Conv2dOp { stride, pad, khwc: true };
@@ -87,11 +83,16 @@ fn pytorch_dims(khwc: &[usize]) -> CResult<[usize; 4]> {
 /// every direction); where not, candle's convolution does.
 #[cfg(feature = "cudnn")]
 pub(crate) fn cudnn_runs(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> CResult<bool> {
-    let s = shape_of(x.dims(), w.dims(), stride, pad)?;
-    Ok(match x.device() {
-        candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, &s, x.dtype()),
+    Ok(cudnn_has(x, &shape_of(x.dims(), w.dims(), stride, pad)?))
+}
+
+/// Whether cuDNN has algorithms for convolution `s` of `x` (on CUDA, in its type).
+#[cfg(feature = "cudnn")]
+fn cudnn_has(x: &Tensor, s: &ConvShape) -> bool {
+    match x.device() {
+        candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, s, x.dtype()),
         _ => false,
-    })
+    }
 }
 
 /// The gradients of `conv(x, w)` for the output gradient `dy`: of the input when `want.0`, of
@@ -188,7 +189,7 @@ impl CustomOp2 for Conv2dOp {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> CResult<(candle_core::CudaStorage, Shape)> {
-        let y = if self.khwc {
+        let (y, s) = if self.khwc {
             let s = shape_of(l1.dims(), &pytorch_dims(l2.dims())?, self.stride, self.pad)?;
             (crate::ops::cudnn::conv::forward((s1, l1), (s2, l2), &s)?, s)
         } else {
@@ -197,7 +198,6 @@ impl CustomOp2 for Conv2dOp {
             let wl = Layout::contiguous((s.cout, s.k, s.k, s.cin));
             (crate::ops::cudnn::conv::forward((s1, l1), (&w, &wl), &s)?, s)
         };
-        let (y, s) = y;
         Ok((y, Shape::from((s.n, s.oh(), s.ow(), s.cout))))
     }
 

@@ -29,7 +29,7 @@ pub(crate) fn relu_grad(y: &Tensor, grad: &Tensor) -> CResult<Tensor> {
     #[cfg(feature = "cudnn")]
     if y.device().is_cuda() {
         use crate::ops::cudnn;
-        let masked = || grad.mul(&y.gt(0f32)?.to_dtype(grad.dtype())?);
+        let masked = || crate::ops::stock::relu_grad(&y, &grad);
         return cudnn::or_fall_back("the ReLU gradient", cudnn::Instead::Candle, fused, masked);
     }
     fused()

@@ -296,7 +296,7 @@ fn eval_backward_on_device(
 ) -> CResult<(Tensor, Tensor, Tensor)> {
     let f32 = candle_core::DType::F32;
     let grad32 = grad.to_dtype(f32)?;
-    let dz = if relu { (grad32 * res.gt(0f32)?.to_dtype(f32)?)? } else { grad32 };
+    let dz = if relu { crate::ops::stock::relu_grad(res, &grad32)? } else { grad32 };
     let invstd = (var + eps)?.sqrt()?.recip()?;
     let dbeta = dz.sum((0, 1, 2))?;
     let xhat = x.to_dtype(f32)?.broadcast_sub(mean)?.broadcast_mul(&invstd)?;

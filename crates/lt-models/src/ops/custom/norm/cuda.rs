@@ -217,7 +217,7 @@ fn gradients(
         Ok(dx) => (first, dx),
         Err(e) if relu && !cudnn::refused(BF16_BACKWARD) => {
             cudnn::fall_back("the ReLU gradient inside batch norm", cudnn::Instead::Candle, &e);
-            let dz = (dy * y.gt(0f32)?.to_dtype(dy.dtype())?)?;
+            let dz = crate::ops::stock::relu_grad(y, dy)?;
             let plain = op(false);
             let dx = x.apply_op3_no_bwd(y, &dz, &plain)?;
             (plain, dx)
