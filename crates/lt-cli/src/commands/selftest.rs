@@ -1,8 +1,9 @@
 //! `lt selftest`: the backbones' golden checks against PyTorch on any device (the fixtures of
 //! `crates/lt-models/tests/golden/`, read from the working tree), then the mixed-precision
 //! checks (bf16 against f32 on the device), the taped-executor checks (its training steps
-//! against candle's autograd on the device) and the optimiser check (SGD's in-place passes
-//! against its tensor ops on the device). Every check runs, whatever fails before it; the
+//! against candle's autograd on the device), the frozen-snapshot checks (a snapshot against its
+//! model's evaluation) and the optimiser check (SGD's in-place passes against its tensor ops on
+//! the device). Every check runs, whatever fails before it; the
 //! summary counts them all, each kind on its own line.
 
 use std::path::PathBuf;
