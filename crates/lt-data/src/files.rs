@@ -6,13 +6,13 @@
 
 use std::path::{Path, PathBuf};
 
-use image::imageops::FilterType;
 use image::RgbImage;
 use lt_core::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::dataset::Dataset;
 use crate::error::{DataError, Result};
+use crate::resize::{resize_rgb_window, Rect};
 use crate::transform::Normalize;
 
 /// Training-time transform: torchvision's `RandomResizedCrop(size)` + horizontal flip, with an
@@ -102,7 +102,7 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage> {
         .map_err(|e| DataError::Image { path: path.to_path_buf(), detail: e.to_string() })?;
     let img = image::load_from_memory(&bytes)
         .map_err(|e| DataError::Image { path: path.to_path_buf(), detail: e.to_string() })?;
-    Ok(img.to_rgb8())
+    Ok(img.into_rgb8())
 }
 
 /// Most pixels the evaluation transform resizes an image to before its centre crop (2^26, about
@@ -220,28 +220,32 @@ impl Dataset for ImageFileDataset {
         let img = self.decode(index)?;
         let (w, h) = img.dimensions();
         let side = self.train.size;
-        let (crop, flip) = if train {
+        let mut hwc = vec![0u8; side as usize * side as usize * 3];
+        let whole = Rect::whole(side, side);
+        let flip = if train {
             let t = &self.train;
             let (top, left, ch, cw) = random_resized_crop_params(w, h, t.scale, t.ratio, rng);
-            let view = image::imageops::crop_imm(&img, left, top, cw, ch).to_image();
-            let resized = image::imageops::resize(&view, side, side, FilterType::Triangle);
-            let flip = t.flip && rng.bernoulli(0.5);
-            (resized, flip)
+            let crop = Rect { x: left, y: top, w: cw, h: ch };
+            resize_rgb_window(img.as_raw(), w, crop, (side, side), whole, &mut hwc);
+            t.flip && rng.bernoulli(0.5)
         } else {
             let e = &self.eval;
             let (nw, nh) = eval_resize_dims(w, h, e.resize)
                 .map_err(|detail| DataError::ImageShape { path: self.path(index), detail })?;
-            let resized = image::imageops::resize(&img, nw, nh, FilterType::Triangle);
             let crop = e.crop.min(nw).min(nh);
             let top = ((nh - crop) as f64 / 2.0).round() as u32;
             let left = ((nw - crop) as f64 / 2.0).round() as u32;
-            let mut c = image::imageops::crop_imm(&resized, left, top, crop, crop).to_image();
-            if crop != side {
-                c = image::imageops::resize(&c, side, side, FilterType::Triangle);
+            let centre = Rect { x: left, y: top, w: crop, h: crop };
+            if crop == side {
+                resize_rgb_window(img.as_raw(), w, Rect::whole(w, h), (nw, nh), centre, &mut hwc);
+            } else {
+                // An image smaller than the crop: its centre crop is resized once more.
+                let mut c = vec![0u8; crop as usize * crop as usize * 3];
+                resize_rgb_window(img.as_raw(), w, Rect::whole(w, h), (nw, nh), centre, &mut c);
+                resize_rgb_window(&c, crop, Rect::whole(crop, crop), (side, side), whole, &mut hwc);
             }
-            (c, false)
+            false
         };
-        let mut hwc = crop.into_raw();
         if let (true, Some(j)) = (train, self.train.jitter) {
             // Jitter in [0, 1], rounded back to bytes (as torchvision's jitter of a PIL image).
             let mut v: Vec<f32> = hwc.iter().map(|&b| b as f32 / 255.0).collect();
@@ -270,6 +274,59 @@ mod tests {
         let eval = EvalTransform { resize, crop };
         let train = TrainTransform::standard(crop, None);
         ImageFileDataset::new(PathBuf::new(), entries, 1, train, eval, Normalize::imagenet())
+    }
+
+    /// The transforms as first written, on the `image` crate's resize of whole images: the
+    /// windowed resize must give the same bytes.
+    fn reference_load(ds: &ImageFileDataset, i: usize, train: bool, rng: &mut Rng) -> Vec<u8> {
+        use image::imageops::{crop_imm, resize, FilterType::Triangle};
+        let img = ds.decode(i).unwrap();
+        let (w, h) = img.dimensions();
+        let side = ds.train.size;
+        let (img, flip) = if train {
+            let t = &ds.train;
+            let (top, left, ch, cw) = random_resized_crop_params(w, h, t.scale, t.ratio, rng);
+            let view = crop_imm(&img, left, top, cw, ch).to_image();
+            (resize(&view, side, side, Triangle), t.flip && rng.bernoulli(0.5))
+        } else {
+            let (nw, nh) = eval_resize_dims(w, h, ds.eval.resize).unwrap();
+            let resized = resize(&img, nw, nh, Triangle);
+            let crop = ds.eval.crop.min(nw).min(nh);
+            let top = ((nh - crop) as f64 / 2.0).round() as u32;
+            let left = ((nw - crop) as f64 / 2.0).round() as u32;
+            let c = crop_imm(&resized, left, top, crop, crop).to_image();
+            (if crop != side { resize(&c, side, side, Triangle) } else { c }, false)
+        };
+        let mut out = vec![0u8; ds.sample_len()];
+        write_chw(img.as_raw(), side as usize, side as usize, flip, &mut out);
+        out
+    }
+
+    #[test]
+    fn the_transforms_give_the_bytes_of_the_image_crates_resize() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut rng = Rng::new(4);
+        let entries: Vec<ImageEntry> = [(500, 375), (375, 500), (64, 64), (20, 90), (7, 5)]
+            .iter()
+            .map(|&(w, h)| {
+                let bytes = (0..w * h * 3).map(|_| rng.below(256) as u8).collect();
+                let path = dir.path().join(format!("{w}x{h}.jpg"));
+                RgbImage::from_raw(w, h, bytes).unwrap().save(&path).unwrap();
+                ImageEntry { path, label: 0 }
+            })
+            .collect();
+        let ds = dataset(entries, 36, 32);
+        for i in 0..ds.len() {
+            for (train, seed) in [(false, 0), (true, 1), (true, 2), (true, 3)] {
+                let mut out = vec![0u8; ds.sample_len()];
+                ds.load_bytes_into(i, train, &mut Rng::new(seed), &mut out).unwrap();
+                assert_eq!(
+                    out,
+                    reference_load(&ds, i, train, &mut Rng::new(seed)),
+                    "image {i}, train {train}"
+                );
+            }
+        }
     }
 
     /// Found by the `folder` fuzz target: the evaluation transform of a 1 x 48,907 image with

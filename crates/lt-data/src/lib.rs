@@ -33,6 +33,7 @@ pub mod listfile;
 pub mod loader;
 pub mod longtail;
 pub mod numpy_mt;
+pub mod resize;
 pub use lt_core::sampler;
 pub mod spec;
 pub mod synthetic;
