@@ -78,7 +78,7 @@ pub fn scan_folder(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderS
     }
     let train_dir = root.join("train");
     let test_dir = ["test", "val"].iter().map(|d| root.join(d)).find(|d| d.is_dir());
-    let splits = if let (true, Some(test_dir)) = (train_dir.is_dir(), test_dir) {
+    let splits = if let (true, Some(test_dir)) = (train_dir.is_dir(), test_dir.clone()) {
         let classes: Vec<String> = sorted_dirs(&train_dir)?
             .iter()
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
@@ -122,10 +122,16 @@ pub fn scan_folder(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderS
         FolderSplits { classes, train, test, held_out: false }
     };
     if splits.classes.is_empty() || splits.train.is_empty() {
-        return Err(DataError::Format {
-            path: root.to_path_buf(),
-            detail: "no class sub-folders with images (expected <root>/<class>/<image> or <root>/train/<class>/<image>)".into(),
-        });
+        let detail = if train_dir.is_dir() && test_dir.is_none() {
+            // `train/` was taken for a class folder and held no images itself.
+            "no class sub-folders with images: there is a train/ folder but no test/ or val/ beside it \
+             (give both for a held-out test set, or put the class folders directly in the root for a \
+             seeded split)"
+        } else {
+            "no class sub-folders with images (expected <root>/<class>/<image> or <root>/train/<class>/<image> \
+             with <root>/test/<class>/<image>)"
+        };
+        return Err(DataError::Format { path: root.to_path_buf(), detail: detail.into() });
     }
     Ok(splits)
 }

@@ -159,4 +159,11 @@ fn image_folder_held_out_and_seeded_split() {
     let opts = DataOptions { data_root: Some(empty), ..Default::default() };
     let msg = load_bundle(DatasetName::Folder, &opts).err().unwrap().to_string();
     assert!(msg.contains("no class sub-folders"), "{msg}");
+    // A train/ folder without test/ or val/ beside it is named as the cause.
+    let lone = tmp.path().join("lone");
+    std::fs::create_dir_all(lone.join("train/cat")).unwrap();
+    image::RgbImage::new(4, 4).save(lone.join("train/cat/a.png")).unwrap();
+    let opts = DataOptions { data_root: Some(lone), ..Default::default() };
+    let msg = load_bundle(DatasetName::Folder, &opts).err().unwrap().to_string();
+    assert!(msg.contains("train/ folder but no test/ or val/"), "{msg}");
 }
