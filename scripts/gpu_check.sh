@@ -27,7 +27,10 @@
 #      the default is the taped executor, the backward pass walked by hand), and one profiled
 #      training step each of ResNet-32 and ResNet-50 (every forward and backward op timed
 #      between device synchronisations);
-#   5. the CPU kernels on this machine's own CPU (often one with AVX-512, which the development
+#   5. the loader: batches made on the device, CIFAR-size (2 workers) and generated 500 x 375
+#      JPEGs decoded and cropped to 224 (12 workers, as the ImageNet-LT preset) against
+#      torchvision's DataLoader on the same files;
+#   6. the CPU kernels on this machine's own CPU (often one with AVX-512, which the development
 #      machine lacks): ResNet-32 batch 128 train step and eval with each kernel set the CPU has
 #      (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
 # Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
@@ -346,7 +349,37 @@ TOML
   record "fmnist-lt 6 epochs + SRepr" "$LAST_STATUS" "$LAST_SECONDS" "$verdict"
 }
 
-# --- 5. CPU kernels on this machine's CPU ------------------------------------------------------
+# --- 5. the loader -----------------------------------------------------------------------------
+
+# loader_result LOG: images/s of a `lt bench loader` or bench_torch_loader.py log.
+loader_result() {
+  python3 -c '
+import json, sys
+d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])
+print("%.0f img/s (%s workers, batch %s)" % (d["images_per_sec"], d["workers"], d["batch"]))
+' "$1" 2>/dev/null || echo "no result"
+}
+
+# Whether the loader keeps up with the GPU: batches made on the device (bytes copied there and
+# normalised), CIFAR-size with the training default of 2 workers, and generated ImageNet-size
+# JPEGs with the ImageNet-LT preset's 12 workers against torchvision's DataLoader (pinned memory)
+# on the same files. The JPEGs are written outside $OUT (about 50 MB) and removed afterwards.
+step_loader() {
+  local jpegs="${TMPDIR:-/tmp}/lt-gpu-check-jpegs-$$"
+  run_step "loader cifar ($DEVICE)" 30 "$OUT/loader-cifar.log" "$LT" bench loader --device "$DEVICE" --workers 2
+  record "loader cifar-size 2 workers" "$LAST_STATUS" "$LAST_SECONDS" "$(loader_result "$OUT/loader-cifar.log")"
+  run_step "loader jpeg ($DEVICE)" 40 "$OUT/loader-jpeg.log" "$LT" bench loader --device "$DEVICE" \
+    --folder "$jpegs" --generate-jpegs 512 --workers 12 --batches 40
+  record "loader 224 jpeg (project)" "$LAST_STATUS" "$LAST_SECONDS" "$(loader_result "$OUT/loader-jpeg.log")"
+  if [ -d "$jpegs" ]; then
+    run_step "loader jpeg (torchvision)" 40 "$OUT/loader-jpeg-torch.log" python3 scripts/bench_torch_loader.py \
+      --device "$DEVICE" --folder "$jpegs" --workers 12 --batches 40
+    record "loader 224 jpeg (torchvision)" "$LAST_STATUS" "$LAST_SECONDS" "$(loader_result "$OUT/loader-jpeg-torch.log")"
+  fi
+  rm -rf "$jpegs"
+}
+
+# --- 6. CPU kernels on this machine's CPU ------------------------------------------------------
 
 # cpu_result LOG: kernels, features and images/s from a `lt bench backbone` or bench_torch.py log.
 cpu_result() {
@@ -380,6 +413,7 @@ step_cpu() {
 step_setup
 step_selftest
 step_pipeline
+step_loader
 step_bench
 step_cpu
 

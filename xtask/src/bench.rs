@@ -9,6 +9,9 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
+mod report;
+use report::{f, header, markdown};
+
 /// Benchmark options.
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -277,10 +280,37 @@ impl Backbones<'_> {
     }
 }
 
-/// The loader and stage-2 measurements (CPU).
-fn other_benchmarks(lt: &Path, dir: &Path, imagenet_retrain: bool) -> Result<Vec<Value>> {
+/// JPEGs `lt bench loader` generates for the ImageNet-size loader measurement.
+const LOADER_JPEGS: &str = "512";
+
+/// The loader and stage-2 measurements (CPU): the loader on CIFAR-size images, and on generated
+/// ImageNet-size JPEGs with all `threads` as workers, against torchvision's `DataLoader` on the
+/// same files when `py` has it.
+fn other_benchmarks(
+    lt: &Path,
+    py: Option<&Path>,
+    root: &Path,
+    dir: &Path,
+    threads: usize,
+    imagenet_retrain: bool,
+) -> Result<Vec<Value>> {
     eprintln!("bench: loader");
     let mut extra = vec![run_json(Command::new(lt).args(["bench", "loader"]))?];
+    eprintln!("bench: loader, ImageNet-size JPEGs, {threads} workers");
+    let jpegs = dir.join("loader-jpegs");
+    let workers = threads.to_string();
+    let common = ["--workers", workers.as_str(), "--batches", "40", "--folder"];
+    let mut ours = Command::new(lt);
+    ours.args(["bench", "loader", "--generate-jpegs", LOADER_JPEGS]).args(common).arg(&jpegs);
+    extra.push(run_json(&mut ours)?);
+    if let Some(py) = py {
+        let mut torch = Command::new(py);
+        torch.arg(root.join("scripts/bench_torch_loader.py")).args(common).arg(&jpegs);
+        match run_json(&mut torch) {
+            Ok(v) => extra.push(v),
+            Err(e) => eprintln!("  pytorch loader: {e}"),
+        }
+    }
     for m in ["crt", "srepr"] {
         eprintln!("bench: stage 2 {m}, CIFAR size, 30 epochs");
         let args = ["bench", "retrain", "--size", "cifar", "--method", m, "--epochs", "30", "--dir"];
@@ -325,7 +355,7 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     let extra = if cuda || a.only.is_some() {
         Vec::new()
     } else {
-        other_benchmarks(&lt, &out.join("features"), !a.no_imagenet_retrain)?
+        other_benchmarks(&lt, py.as_deref(), root, &out.join("features"), threads, !a.no_imagenet_retrain)?
     };
     let md = markdown(&rows, &extra, header(threads, &a.device, a.rounds, a.isa));
     print!("{md}");
@@ -337,117 +367,6 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     std::fs::write(out.join("bench.md"), &md)?;
     eprintln!("wrote {} and bench.json", out.join("bench.md").display());
     Ok(())
-}
-
-fn f(v: &Value, k: &str) -> Option<f64> {
-    v.get(k).and_then(|x| x.as_f64())
-}
-
-/// The report's heading: device, threads, CPU model and the method.
-fn header(threads: usize, device: &str, rounds: usize, isa: Option<IsaLimit>) -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let isa = isa.map_or(String::new(), |i| format!("{}\n\n", i.describe()));
-    format!(
-        "# Benchmarks ({device}, {threads} threads)\n\nCPU: {cpu}. Each implementation's best of {rounds} interleaved round(s); the kernels column gives the project's kernel set, the `gemm` crate's and the CPU features they looked at, and PyTorch's CPU capability.\n\n{isa}"
-    )
-}
-
-/// Per configuration: the project against PyTorch's faster layout, throughput and peak memory.
-fn summary(rows: &[Value]) -> String {
-    let mut s = String::from(
-        "\n| configuration | project images/s | best PyTorch images/s (layout) | project / best PyTorch | peak RSS project / that PyTorch (MiB) |\n|---|---|---|---|---|\n",
-    );
-    for r in rows {
-        let ips = |k: &str| r.get(k).and_then(|v| f(v, "images_per_sec"));
-        let best = TORCH
-            .iter()
-            .filter_map(|t| ips(t.key).map(|v| (t.key, t.layout, v)))
-            .max_by(|a, b| a.2.total_cmp(&b.2));
-        let (Some(p), Some((key, layout, t))) = (ips("project"), best) else { continue };
-        let rss = |k: &str| f(&r[k], "peak_rss_mib").unwrap_or(f64::NAN);
-        s.push_str(&format!(
-            "| {} | {p:.1} | {t:.1} ({layout}) | {:.2}x | {:.0} / {:.0} |\n",
-            r["config"].as_str().unwrap_or(""),
-            p / t,
-            rss("project"),
-            rss(key)
-        ));
-    }
-    s
-}
-
-fn markdown(rows: &[Value], extra: &[Value], header: String) -> String {
-    let mut s = header;
-    s.push_str("| configuration | implementation | images/s | step (ms) | peak RSS (MiB) | vs project | kernels |\n|---|---|---|---|---|---|---|\n");
-    for r in rows {
-        let cfg = r["config"].as_str().unwrap_or("");
-        let proj = f(&r["project"], "images_per_sec");
-        let ours = [("project", "project ops (fused)"), ("candle", "stock candle")];
-        for (key, name) in ours.into_iter().chain(TORCH.iter().map(|t| (t.key, t.name))) {
-            let Some(v) = r.get(key) else { continue };
-            let ips = f(v, "images_per_sec");
-            let ratio = match (proj, ips) {
-                (Some(p), Some(i)) if key != "project" => format!("project is {:.2}x", p / i),
-                _ => "-".into(),
-            };
-            let gemm = v["gemm"].as_str().map_or(String::new(), |g| format!(", gemm {g}"));
-            let kernels = match (v["kernels"].as_str(), v["cpu_features"].as_array()) {
-                (Some(k), Some(feats)) => {
-                    format!(
-                        "{k}{gemm} ({})",
-                        feats.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" ")
-                    )
-                }
-                (Some(k), None) => format!("{k}{gemm}"),
-                _ => match (v["torch"].as_str(), v["cpu_capability"].as_str()) {
-                    (Some(t), Some(c)) => format!("torch {t} ({c})"),
-                    (Some(t), None) => format!("torch {t}"),
-                    _ => "-".into(),
-                },
-            };
-            s.push_str(&format!(
-                "| {cfg} | {name} | {:.1} | {:.2} | {:.0} | {ratio} | {kernels} |\n",
-                ips.unwrap_or(f64::NAN),
-                1000.0 * f(v, "median_step_seconds").unwrap_or(f64::NAN),
-                f(v, "peak_rss_mib").unwrap_or(f64::NAN)
-            ));
-        }
-    }
-    s.push_str(&summary(rows));
-    for e in extra {
-        match e["bench"].as_str() {
-            Some("loader") => s.push_str(&format!(
-                "\nLoader ({}, batch {}, {} workers): {:.0} images/s.\n",
-                e["augmentation"].as_str().unwrap_or(""),
-                e["batch"],
-                e["workers"],
-                f(e, "images_per_sec").unwrap_or(0.0)
-            )),
-            Some("retrain") => s.push_str(&format!(
-                "\nStage 2 `{}` at {} size ({} x {}, {} classes, M = {}, {}): {:.2} s per epoch, peak RSS {:.0} MiB (file {:.0} MiB, memory-mapped; anonymous memory {:.0} MiB).\n",
-                e["method"].as_str().unwrap_or(""),
-                e["size"].as_str().unwrap_or(""),
-                e["samples"],
-                e["dim"],
-                e["classes"],
-                e["members"],
-                e["dtype"].as_str().unwrap_or(""),
-                f(e, "seconds_per_epoch").unwrap_or(0.0),
-                f(e, "peak_rss_mib").unwrap_or(0.0),
-                f(e, "file_mib").unwrap_or(0.0),
-                f(e, "rss_anon_mib").unwrap_or(0.0)
-            )),
-            _ => {}
-        }
-    }
-    s
 }
 
 #[cfg(test)]

@@ -94,3 +94,42 @@ fn backbone_info_and_run_agree_with_the_library() {
     assert!(!ok && err.contains("unknown architecture \"vgg16\""), "{err}");
     assert!(!Path::new(&dir.path().join("nothing")).exists());
 }
+
+#[test]
+fn bench_loader_generates_a_jpeg_folder_once_and_loads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = dir.path().join("jpegs");
+    let f = folder.to_str().unwrap();
+    let args = [
+        "bench",
+        "loader",
+        "--folder",
+        f,
+        "--generate-jpegs",
+        "8",
+        "--image-size",
+        "32",
+        "--batch",
+        "2",
+        "--batches",
+        "3",
+    ];
+    let (ok, out, err) = lt(&args);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["images"], 6, "{out}");
+    assert!(v["augmentation"].as_str().unwrap().contains("32x32"), "{out}");
+    assert!(v["images_per_sec"].as_f64().unwrap() > 0.0, "{out}");
+    let jpegs = |c: &str| std::fs::read_dir(folder.join(c)).unwrap().count();
+    assert_eq!((0..4).map(|c| jpegs(&format!("class{c}"))).sum::<usize>(), 8);
+    let written = std::fs::metadata(folder.join("class0/0.jpg")).unwrap().modified().unwrap();
+    let decoded = image::open(folder.join("class2/2.jpg")).unwrap();
+    assert_eq!((decoded.width(), decoded.height()), (375, 500));
+    // A folder that exists is loaded as it is, not written again.
+    let (ok, _, err) = lt(&args);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::metadata(folder.join("class0/0.jpg")).unwrap().modified().unwrap(), written);
+    // --generate-jpegs needs --folder.
+    let (ok, _, err) = lt(&["bench", "loader", "--generate-jpegs", "8"]);
+    assert!(!ok && err.contains("--folder"), "{err}");
+}

@@ -2,11 +2,10 @@
 //! that peak memory is the configuration's own). Each prints one JSON object.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::ModuleT;
 use clap::{Args, Subcommand, ValueEnum};
 use lt_core::optim::Sgd;
@@ -24,8 +23,9 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// A backbone's training step (forward, backward, SGD update) or eval forward.
     Backbone(BackboneBench),
-    /// The batch loader on CIFAR-size images with the CIFAR augmentation.
-    Loader(LoaderBench),
+    /// The batch loader: generated CIFAR-size images with the CIFAR augmentation, or an image
+    /// folder (`--folder`) decoded and augmented as ImageNet-LT's files are.
+    Loader(crate::commands::bench_loader::LoaderBench),
     /// Stage 2 on a generated features artifact: CIFAR size (12,406 x 64, M = 8, f32) or
     /// ImageNet-LT size (115,846 x 2,048, M = 4, f16, memory-mapped).
     Retrain(RetrainBench),
@@ -120,19 +120,6 @@ struct BackboneBench {
     profile: bool,
 }
 
-#[derive(Args)]
-struct LoaderBench {
-    /// Batch size.
-    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
-    batch: u32,
-    /// Worker threads.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
-    workers: u32,
-    /// Batches to load.
-    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
-    batches: u32,
-}
-
 /// The generated stage-2 problem sizes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -162,7 +149,8 @@ struct RetrainBench {
     device: String,
 }
 
-fn print(mut v: serde_json::Value) {
+/// Prints one benchmark's JSON object with the process's memory.
+pub(crate) fn print(mut v: serde_json::Value) {
     v["peak_rss_mib"] = json!(lt_core::memory::peak_rss_mib());
     v["rss_anon_mib"] = json!(lt_core::memory::rss_anon_mib());
     println!("{v}");
@@ -172,7 +160,7 @@ fn print(mut v: serde_json::Value) {
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.command {
         BenchCommand::Backbone(b) => backbone(b),
-        BenchCommand::Loader(b) => loader(b),
+        BenchCommand::Loader(b) => crate::commands::bench_loader::run(b),
         BenchCommand::Retrain(b) => retrain(b),
     }
 }
@@ -283,41 +271,6 @@ fn profiled(step: &mut impl FnMut() -> Result<()>) -> Result<serde_json::Value> 
         .map(|(op, calls, s)| json!({"op": op, "calls": calls, "ms": 1000.0 * s}))
         .collect();
     Ok(json!({"step_ms": 1000.0 * seconds, "ops": ops}))
-}
-
-fn loader(b: LoaderBench) -> Result<()> {
-    let opts = lt_data::DataOptions {
-        synthetic: lt_data::SyntheticConfig { n_max: 5000, ..Default::default() },
-        imbalance: Some(1.0),
-        ..Default::default()
-    };
-    let ds: Arc<dyn lt_data::Dataset> = lt_data::load_bundle(lt_data::DatasetName::Synthetic, &opts)?.train;
-    let (batch, wanted) = (b.batch as usize, (b.batches * b.batch) as usize);
-    let cfg = lt_data::LoaderConfig {
-        batch_size: batch,
-        workers: b.workers as usize,
-        prefetch: 4,
-        train: true,
-        seed: 0,
-    };
-    let t = Instant::now();
-    let (mut images, mut epoch) = (0usize, 0u64);
-    while images < wanted {
-        let order: Vec<usize> = (0..ds.len()).collect();
-        for bt in lt_data::EpochBatches::new(ds.clone(), order, epoch, cfg.clone(), Device::Cpu) {
-            images += bt?.label_vec.len();
-            if images >= wanted {
-                break;
-            }
-        }
-        epoch += 1;
-    }
-    let secs = t.elapsed().as_secs_f64();
-    print(json!({
-        "bench": "loader", "batch": batch, "workers": b.workers, "images": images, "images_per_sec": images as f64 / secs,
-        "augmentation": "pad 4 + random crop 32 + flip + normalise",
-    }));
-    Ok(())
 }
 
 fn retrain(b: RetrainBench) -> Result<()> {

@@ -3,6 +3,7 @@
 pub mod backbone;
 pub mod bench;
 pub mod bench_features;
+pub mod bench_loader;
 pub mod data;
 pub mod eval;
 pub mod retrain;
