@@ -65,7 +65,8 @@ pub struct TrainConfig {
     /// Seed of initialisation, data order and augmentation.
     #[serde(default)]
     pub seed: u64,
-    /// Background loader threads.
+    /// Background loader threads. It does not change the batches, so it is not part of the
+    /// run's fingerprint ([`crate::trainer::run_fingerprint`]).
     #[serde(default = "default_workers")]
     pub workers: usize,
     /// Pretrained weights to start from: `hub:<org>/<name>[@revision][:file]` or a local
@@ -96,8 +97,11 @@ fn default_true() -> bool {
 fn default_warmup() -> usize {
     5
 }
+/// Background loader threads when a configuration does not say (`TrainConfig::workers`).
+pub const DEFAULT_WORKERS: usize = 2;
+
 fn default_workers() -> usize {
-    2
+    DEFAULT_WORKERS
 }
 fn default_backbone_lr_scale() -> f64 {
     1.0

@@ -89,9 +89,11 @@ pub struct TrainSummary {
 }
 
 /// The fingerprint of a stage-1 run: configuration, data split and, for a pretrained start, the
-/// initial weights' identity (see [`InitWeights::identity`]).
+/// initial weights' identity (see [`InitWeights::identity`]). Every loader worker count (which
+/// does not change the batches) fingerprints as the default, which runs before this rule had.
 pub fn run_fingerprint(cfg: &TrainConfig, data: &DataBundle, init: Option<&InitWeights>) -> String {
-    let f = Fingerprint::new().json("train_config", cfg).part("split", &data.fingerprint());
+    let cfg = TrainConfig { workers: crate::config::DEFAULT_WORKERS, ..cfg.clone() };
+    let f = Fingerprint::new().json("train_config", &cfg).part("split", &data.fingerprint());
     match init {
         Some(w) => f.part("init", &w.identity()).finish(),
         None => f.finish(),

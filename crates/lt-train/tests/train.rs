@@ -59,9 +59,14 @@ fn swa_run_produces_every_artifact_and_is_deterministic() {
     // The log has the prefix (3 epochs), the SGD branch (2) and the SWA branch (2).
     let log = std::fs::read_to_string(dir.log()).unwrap();
     assert_eq!(log.lines().count(), 7, "{log}");
-    // A second run with the same seed gives the same bytes.
+    // A second run with the same seed gives the same bytes, whatever the loader's worker count,
+    // which is not part of the run's fingerprint either (the learning rate is).
     let b = tempfile::tempdir().unwrap();
-    train(&cfg, &data, b.path(), &RunOptions::default()).unwrap();
+    let five = TrainConfig { workers: 5, ..cfg.clone() };
+    train(&five, &data, b.path(), &RunOptions::default()).unwrap();
+    let fingerprint = |c: &TrainConfig| lt_train::trainer::run_fingerprint(c, &data, None);
+    assert_eq!(fingerprint(&five), fingerprint(&cfg));
+    assert_ne!(fingerprint(&TrainConfig { lr: 0.04, ..cfg.clone() }), fingerprint(&cfg));
     let other = RunDir::new(b.path());
     assert_eq!(bytes(dir.sgd()), bytes(other.sgd()));
     assert_eq!(bytes(dir.swag()), bytes(other.swag()));
