@@ -332,7 +332,7 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     }
     let lt = match &a.lt {
         Some(p) => p.clone(),
-        None => crate::build_lt(root, if cuda { &["cuda", "cudnn"] } else { &[] }, a.isa.is_none())?,
+        None => crate::build_lt(root, crate::lt_features(&a.device), a.isa.is_none())?,
     };
     let py = torch_python(a);
     if py.is_none() {

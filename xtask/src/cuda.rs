@@ -199,16 +199,8 @@ pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
     exec(
         Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(root)
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "lt-cli",
-                "--features",
-                "cuda,cudnn",
-                "--target-dir",
-                "target/cuda",
-            ])
+            .args(["build", "--release", "-p", "lt-cli", "--target-dir", "target/cuda", "--features"])
+            .arg(crate::CUDA_FEATURES.join(","))
             .env("CUDA_COMPUTE_CAP", &a.compute_cap)
             .env("CUDA_ROOT", &cu)
             .env("CUDA_PATH", &cu)

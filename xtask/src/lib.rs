@@ -20,6 +20,20 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
+/// `lt`'s Cargo features for a GPU: candle's CUDA kernels and cuDNN, which the fast backend's
+/// CUDA ops (convolution, batch norm, pooling) need; without `cudnn` they fall back to stock
+/// candle's far slower ones.
+pub const CUDA_FEATURES: &[&str] = &["cuda", "cudnn"];
+
+/// The features `lt` is built with to run on `device` (`cpu`, `cuda`, `cuda:N`).
+pub fn lt_features(device: &str) -> &'static [&'static str] {
+    if device.starts_with("cuda") {
+        CUDA_FEATURES
+    } else {
+        &[]
+    }
+}
+
 /// Builds the `lt` binary in release mode (with `features`) and returns its path. Without
 /// `avx512_gemm` (`lt`'s default feature of that name, the `gemm` crate's AVX-512 micro-kernels)
 /// it builds in its own target directory (`<target>/no-avx512-gemm`), so that the usual build
@@ -52,5 +66,23 @@ pub fn target_dir(root: &Path) -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(d) => root.join(d),
         None => root.join("target"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gpu_build_has_cudnn_and_every_feature_named_is_lts() {
+        // `reproduce --device cuda` once built with `cuda` alone: stock candle ops on the GPU.
+        assert_eq!(lt_features("cuda:1"), CUDA_FEATURES);
+        assert!(lt_features("cuda").contains(&"cudnn"));
+        assert!(lt_features("cpu").is_empty());
+        let manifest = std::fs::read_to_string(workspace_root().join("crates/lt-cli/Cargo.toml")).unwrap();
+        let features = manifest.split("[features]").nth(1).unwrap().split("\n[").next().unwrap();
+        for f in CUDA_FEATURES {
+            assert!(features.lines().any(|l| l.starts_with(&format!("{f} = "))), "lt-cli has no feature {f}");
+        }
     }
 }

@@ -298,10 +298,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     let (name, resolved, preset) = load_preset(root, opts)?;
     let run_root = opts.runs_dir.join(&name);
     let preset_path = run_root.join("preset.toml");
-    let features: Vec<&str> = if opts.device.starts_with("cuda") { vec!["cuda"] } else { vec![] };
     let lt = match &opts.lt {
         Some(p) => p.clone(),
-        None => crate::build_lt(root, &features, true)?,
+        None => crate::build_lt(root, crate::lt_features(&opts.device), true)?,
     };
     let rows = stage2_rows(&lt)?;
     if !opts.dry_run {
