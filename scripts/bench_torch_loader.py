@@ -3,7 +3,10 @@ training transform (RandomResizedCrop, horizontal flip, to tensor, ImageNet norm
 DataLoader with the same batch size and worker processes; one JSON object on stdout. Used by
 `cargo xtask bench` and `scripts/gpu_check.sh`:
 
-    python scripts/bench_torch_loader.py --folder DIR --workers 12 [--device cuda]
+    python scripts/bench_torch_loader.py --folder DIR --workers 12 [--device cuda] [--eval]
+
+`--eval` times the evaluation transform instead (Resize(size * 256 / 224), CenterCrop(size)), as
+`lt bench loader --eval` does.
 
 On a GPU each batch is copied there from pinned memory (`pin_memory=True`, `non_blocking`), as
 a PyTorch training loop does. The timing starts after the first batch (worker start-up).
@@ -25,14 +28,14 @@ def main():
     p.add_argument("--batches", type=int, default=300)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--eval", action="store_true")
     a = p.parse_args()
     dev = torch.device(a.device)
-    tf = T.Compose([
-        T.RandomResizedCrop(a.image_size),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
+    if a.eval:
+        crop = [T.Resize(a.image_size * 256 // 224), T.CenterCrop(a.image_size)]
+    else:
+        crop = [T.RandomResizedCrop(a.image_size), T.RandomHorizontalFlip()]
+    tf = T.Compose(crop + [T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
     ds = torchvision.datasets.ImageFolder(a.folder, transform=tf)
     loader = torch.utils.data.DataLoader(
         ds, batch_size=a.batch, shuffle=True, num_workers=a.workers, drop_last=False,
@@ -55,7 +58,7 @@ def main():
         torch.cuda.synchronize()
     secs = time.perf_counter() - start
     print(json.dumps({
-        "bench": "loader", "impl": "torchvision", "batch": a.batch, "workers": a.workers,
+        "bench": "loader", "impl": "torchvision", "eval": a.eval, "batch": a.batch, "workers": a.workers,
         "images": images, "images_per_sec": images / secs, "device": a.device,
         "torch": torch.__version__, "torchvision": torchvision.__version__,
     }))

@@ -38,6 +38,10 @@ pub struct LoaderBench {
     /// Crop side for `--folder`.
     #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(1..))]
     image_size: u32,
+    /// The evaluation transform instead of training augmentation (for `--folder`: resize to a
+    /// shorter side of 256/224 of the crop, centre crop), as extraction and evaluation load.
+    #[arg(long)]
+    eval: bool,
     /// Device the batches are made on (cpu, cuda, cuda:N): on a GPU this includes the copy of
     /// the bytes and their normalisation there, as in training.
     #[arg(long, default_value = "cpu")]
@@ -80,7 +84,7 @@ pub fn run(b: LoaderBench) -> Result<()> {
         batch_size: batch,
         workers: b.workers as usize,
         prefetch: 4,
-        train: true,
+        train: !b.eval,
         seed: 0,
     };
     // Timed from the first batch on, as the PyTorch reference is (its workers take a while to
@@ -106,13 +110,15 @@ pub fn run(b: LoaderBench) -> Result<()> {
     dev.synchronize()?;
     let secs = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
     let [_, h, w] = ds.sample_shape();
-    let augmentation = match &b.folder {
-        Some(_) => format!("decode + random resized crop {h}x{w} + flip + normalise"),
-        None => "pad 4 + random crop 32 + flip + normalise".to_string(),
+    let augmentation = match (&b.folder, b.eval) {
+        (Some(_), false) => format!("decode + random resized crop {h}x{w} + flip + normalise"),
+        (Some(_), true) => format!("decode + resize + centre crop {h}x{w} + normalise"),
+        (None, false) => "pad 4 + random crop 32 + flip + normalise".to_string(),
+        (None, true) => "normalise".to_string(),
     };
     super::bench::print(json!({
         "bench": "loader", "batch": batch, "workers": b.workers, "images": images,
-        "images_per_sec": images as f64 / secs, "augmentation": augmentation, "device": b.device,
+        "images_per_sec": images as f64 / secs, "augmentation": augmentation, "device": b.device, "eval": b.eval,
         "folder": b.folder,
     }));
     Ok(())
