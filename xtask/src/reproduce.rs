@@ -92,8 +92,24 @@ fn sha(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
+/// Settings that change how a stage runs, not what it computes (the loader's threads: the
+/// batches are the same whatever their number): left out of the stage keys, as `lt` leaves them
+/// out of its fingerprints, so that another machine's core count re-runs nothing.
+const NOT_KEYED: &[&str] = &["workers"];
+
+/// A preset section as it enters the stage keys (JSON, without [`NOT_KEYED`] settings; empty when
+/// absent).
 fn section(preset: &toml::Value, name: &str) -> String {
-    preset.get(name).map(|v| serde_json::to_string(v).expect("json")).unwrap_or_default()
+    let keyed = |v: &toml::Value| match v {
+        toml::Value::Table(t) => toml::Value::Table(
+            t.iter()
+                .filter(|(k, _)| !NOT_KEYED.contains(&k.as_str()))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        ),
+        other => other.clone(),
+    };
+    preset.get(name).map(|v| serde_json::to_string(&keyed(v)).expect("json")).unwrap_or_default()
 }
 
 fn get<'a>(preset: &'a toml::Value, path: &[&str]) -> Option<&'a toml::Value> {

@@ -58,7 +58,14 @@ pub struct ExtractConfig {
 
 impl Default for ExtractConfig {
     fn default() -> Self {
-        Self { samples: 8, scale: 0.5, seed: 0, half: false, batch_size: 256, workers: 2 }
+        Self {
+            samples: 8,
+            scale: 0.5,
+            seed: 0,
+            half: false,
+            batch_size: 256,
+            workers: crate::config::DEFAULT_WORKERS,
+        }
     }
 }
 
