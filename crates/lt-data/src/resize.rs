@@ -70,8 +70,8 @@ fn taps(out: u32, len: u32, new_len: u32) -> Taps {
 /// library call: the fraction of a value below 2^23 is exact in `f32`).
 fn to_byte(x: f32) -> u8 {
     let x = x.clamp(0.0, 255.0);
-    let whole = x as u32;
-    (whole + u32::from(x - whole as f32 >= 0.5)) as u8
+    let whole = x as i32;
+    (whole + i32::from(x - whole as f32 >= 0.5)) as u8
 }
 
 /// Resizes the `src` rectangle of the `width`-pixel-wide RGB image `rgb` (row-major, 3 bytes a
@@ -112,13 +112,14 @@ pub fn resize_rgb_window(
         return;
     }
     let columns: Vec<Taps> = (window.x..window.x + window.w).map(|x| taps(x, src.w, new_w)).collect();
+    let rows: Vec<Taps> = (window.y..window.y + window.h).map(|y| taps(y, src.h, new_h)).collect();
     // The input columns the window's output columns read.
     let lo = columns.first().map_or(0, |t| t.first);
     let hi = columns.last().map_or(0, |t| t.first + t.weights.len());
     let mut row = vec![0f32; (hi - lo) * 3];
-    for (k, dst) in out.chunks_exact_mut(window.w as usize * 3).enumerate() {
-        // Vertical pass: output row `window.y + k` over the needed columns, in f32.
-        let t = taps(window.y + k as u32, src.h, new_h);
+    let mut line = vec![0f32; window.w as usize * 3];
+    for (t, dst) in rows.iter().zip(out.chunks_exact_mut(window.w as usize * 3)) {
+        // Vertical pass: the output row over the needed columns, in f32.
         row.fill(0.0);
         for (i, &w) in t.weights.iter().enumerate() {
             let at = pixel(lo, t.first + i);
@@ -126,8 +127,8 @@ pub fn resize_rgb_window(
                 *acc += v as f32 * w;
             }
         }
-        // Horizontal pass, rounded to bytes.
-        for (c, px) in columns.iter().zip(dst.chunks_exact_mut(3)) {
+        // Horizontal pass, then the row rounded to bytes (a loop of its own, which vectorises).
+        for (c, px) in columns.iter().zip(line.chunks_exact_mut(3)) {
             let mut acc = [0f32; 3];
             for (j, &w) in c.weights.iter().enumerate() {
                 let at = (c.first - lo + j) * 3;
@@ -135,9 +136,10 @@ pub fn resize_rgb_window(
                     acc[ch] += row[at + ch] * w;
                 }
             }
-            for ch in 0..3 {
-                px[ch] = to_byte(acc[ch]);
-            }
+            px.copy_from_slice(&acc);
+        }
+        for (b, &v) in dst.iter_mut().zip(&line) {
+            *b = to_byte(v);
         }
     }
 }
