@@ -3,8 +3,8 @@
 //! - Readers for the real formats: CIFAR-10/100 binary ([`cifar`], from a directory or the
 //!   official archives, with a verified [`download`]er), MNIST/Fashion-MNIST IDX ([`idx`]),
 //!   ImageNet-LT / iNaturalist-2018 split lists ([`listfile`]) and image folders ([`folder`]),
-//!   decoded lazily with the standard transforms ([`files`]), and an embedded synthetic
-//!   long-tailed set ([`synthetic`]).
+//!   decoded lazily with the standard transforms ([`files`]; their bilinear [`resize`]), and an
+//!   embedded synthetic long-tailed set ([`synthetic`]).
 //! - Long-tailed construction ([`longtail`]): the exponential profile and the LDAM-DRW
 //!   selection, bit-exact with numpy ([`numpy_mt`]); shot groups.
 //! - [`sampler`]s (instance, class-balanced, square-root / power, progressive) and a background
