@@ -6,6 +6,8 @@
 # RUN_DIR must hold preset.toml (gpu_check.sh writes it). Runs stage 1 (SGD + SWA/SWAG), the
 # extraction of 4 SWAG samples, SRepr (10 epochs) and its evaluation, and writes
 # RUN_DIR/result.txt: wall seconds per stage, the stage-1 test accuracies and SRepr's accuracy.
+# TRAIN_ARGS (environment, words) are added to `lt train`'s flags (gpu_check.sh: `--autograd` when
+# the taped executor's checks failed on the device).
 set -euo pipefail
 LT=$1
 DEVICE=$2
@@ -28,8 +30,9 @@ if [ -e "$DATA_ROOT/fashion-mnist/train-images-idx3-ubyte.gz" ]; then
   DATA_ARGS=(--data-root "$DATA_ROOT")
 fi
 
+read -r -a EXTRA <<<"${TRAIN_ARGS:-}"
 timed train "$LT" --plain train --preset-file "$RUN/preset.toml" --seed 0 --out "$RUN/stage1" \
-  --device "$DEVICE" "${DATA_ARGS[@]}" | tee "$RUN/train.txt"
+  --device "$DEVICE" "${DATA_ARGS[@]}" "${EXTRA[@]}" | tee "$RUN/train.txt"
 # Stage-1 accuracy lines: `SGD ... <All> ...` (the fifth field is the overall accuracy).
 awk '/^(SGD|SWA) / {print tolower($1) "_accuracy " $5}' "$RUN/train.txt" >>"$RESULT"
 timed extract "$LT" --plain extract --run "$RUN/stage1" --samples 4 --seed 0 --device "$DEVICE"
