@@ -79,7 +79,7 @@ pub fn run(b: LoaderBench) -> Result<()> {
     };
     let ds: Arc<dyn lt_data::Dataset> = lt_data::load_bundle(name, &opts)?.train;
     anyhow::ensure!(!ds.is_empty(), "the data set to load has no training images");
-    let (batch, wanted) = (b.batch as usize, (b.batches * b.batch) as usize);
+    let (batch, wanted) = (b.batch as usize, b.batches as usize * b.batch as usize);
     let cfg = lt_data::LoaderConfig {
         batch_size: batch,
         workers: b.workers as usize,
