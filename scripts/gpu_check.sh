@@ -383,7 +383,7 @@ step_loader() {
   run_step "loader cifar ($DEVICE)" 30 "$OUT/loader-cifar.log" "$LT" bench loader --device "$DEVICE" --workers 2
   record "loader cifar-size 2 workers" "$LAST_STATUS" "$LAST_SECONDS" "$(loader_result "$OUT/loader-cifar.log")"
   run_step "loader jpeg ($DEVICE)" 40 "$OUT/loader-jpeg.log" "$LT" bench loader --device "$DEVICE" \
-    --folder "$jpegs" --generate-jpegs 512 --workers 12 --batches 40
+    --data-root "$jpegs" --generate-jpegs 512 --workers 12 --batches 40
   record "loader 224 jpeg (project)" "$LAST_STATUS" "$LAST_SECONDS" "$(loader_result "$OUT/loader-jpeg.log")"
   if [ -d "$jpegs" ]; then
     run_step "loader jpeg (torchvision)" 40 "$OUT/loader-jpeg-torch.log" python3 scripts/bench_torch_loader.py \

@@ -299,13 +299,16 @@ fn other_benchmarks(
     eprintln!("bench: loader, ImageNet-size JPEGs, {threads} workers");
     let jpegs = dir.join("loader-jpegs");
     let workers = threads.to_string();
-    let common = ["--workers", workers.as_str(), "--batches", "40", "--folder"];
+    let common = ["--workers", workers.as_str(), "--batches", "40"];
     let mut ours = Command::new(lt);
-    ours.args(["bench", "loader", "--generate-jpegs", LOADER_JPEGS]).args(common).arg(&jpegs);
+    ours.args(["bench", "loader", "--generate-jpegs", LOADER_JPEGS])
+        .args(common)
+        .arg("--data-root")
+        .arg(&jpegs);
     extra.push(run_json(&mut ours)?);
     if let Some(py) = py {
         let mut torch = Command::new(py);
-        torch.arg(root.join("scripts/bench_torch_loader.py")).args(common).arg(&jpegs);
+        torch.arg(root.join("scripts/bench_torch_loader.py")).args(common).arg("--folder").arg(&jpegs);
         match run_json(&mut torch) {
             Ok(v) => extra.push(v),
             Err(e) => eprintln!("  pytorch loader: {e}"),

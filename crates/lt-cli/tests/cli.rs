@@ -103,7 +103,7 @@ fn bench_loader_generates_a_jpeg_folder_once_and_loads_it() {
     let args = [
         "bench",
         "loader",
-        "--folder",
+        "--data-root",
         f,
         "--generate-jpegs",
         "8",
@@ -118,18 +118,26 @@ fn bench_loader_generates_a_jpeg_folder_once_and_loads_it() {
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(v["images"], 6, "{out}");
-    assert!(v["augmentation"].as_str().unwrap().contains("32x32"), "{out}");
+    assert_eq!((v["dataset"].as_str(), v["sample"].as_str()), (Some("folder"), Some("3x32x32")), "{out}");
     assert!(v["images_per_sec"].as_f64().unwrap() > 0.0, "{out}");
     let jpegs = |c: &str| std::fs::read_dir(folder.join(c)).unwrap().count();
     assert_eq!((0..4).map(|c| jpegs(&format!("class{c}"))).sum::<usize>(), 8);
     let written = std::fs::metadata(folder.join("class0/0.jpg")).unwrap().modified().unwrap();
     let decoded = image::open(folder.join("class2/2.jpg")).unwrap();
     assert_eq!((decoded.width(), decoded.height()), (375, 500));
-    // A folder that exists is loaded as it is, not written again.
-    let (ok, _, err) = lt(&args);
+    // A folder that exists is loaded as it is, not written again; --eval times the other transform.
+    let (ok, out, err) = lt(&[&args[..], &["--eval"]].concat());
     assert!(ok, "{err}");
+    assert!(out.contains("\"transform\":\"evaluation\""), "{out}");
     assert_eq!(std::fs::metadata(folder.join("class0/0.jpg")).unwrap().modified().unwrap(), written);
-    // --generate-jpegs needs --folder.
+    // --generate-jpegs needs --data-root, and writes only an image folder.
     let (ok, _, err) = lt(&["bench", "loader", "--generate-jpegs", "8"]);
-    assert!(!ok && err.contains("--folder"), "{err}");
+    assert!(!ok && err.contains("--data-root"), "{err}");
+    let (ok, _, err) =
+        lt(&["bench", "loader", "--dataset", "cifar100-lt", "--data-root", f, "--generate-jpegs", "8"]);
+    assert!(!ok && err.contains("--dataset cifar100-lt is not one"), "{err}");
+    // A preset's data set: the synthetic preset's generated images.
+    let (ok, out, err) = lt(&["bench", "loader", "--preset", "synthetic", "--batches", "2", "--batch", "8"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"dataset\":\"synthetic\""), "{out}");
 }

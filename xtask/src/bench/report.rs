@@ -5,8 +5,9 @@ use serde_json::Value;
 
 use super::{IsaLimit, TORCH};
 
-/// The report's line for the loader measurement `e`; for the project's JPEG folder, with the
-/// torchvision measurement of the same folder from `extra` and the ratio.
+/// The report's line for the loader measurement `e`; for the project's image folder (the
+/// generated JPEGs), with the torchvision measurement of the same folder from `extra` and the
+/// ratio.
 fn loader_line(e: &Value, extra: &[Value]) -> String {
     let ips = f(e, "images_per_sec").unwrap_or(0.0);
     if e["impl"].as_str() == Some("torchvision") {
@@ -14,8 +15,8 @@ fn loader_line(e: &Value, extra: &[Value]) -> String {
     }
     let torch =
         extra.iter().find(|t| t["impl"].as_str() == Some("torchvision")).and_then(|t| f(t, "images_per_sec"));
-    let versus = match (e["folder"].is_null(), torch) {
-        (false, Some(t)) => {
+    let versus = match (e["dataset"].as_str() == Some("folder"), torch) {
+        (true, Some(t)) => {
             format!("; torchvision's DataLoader, same files and workers: {t:.0} images/s ({:.2}x)", ips / t)
         }
         _ => String::new(),
@@ -140,8 +141,8 @@ mod tests {
 
     #[test]
     fn the_jpeg_loader_line_gives_torchvisions_rate_and_the_ratio_and_the_cifar_line_does_not() {
-        let cifar = serde_json::json!({"bench": "loader", "augmentation": "pad", "batch": 128, "workers": 2, "images_per_sec": 500000.0, "folder": null});
-        let jpeg = serde_json::json!({"bench": "loader", "augmentation": "decode", "batch": 128, "workers": 2, "images_per_sec": 600.0, "folder": "/x"});
+        let cifar = serde_json::json!({"bench": "loader", "augmentation": "pad", "batch": 128, "workers": 2, "images_per_sec": 500000.0, "dataset": "synthetic"});
+        let jpeg = serde_json::json!({"bench": "loader", "augmentation": "decode", "batch": 128, "workers": 2, "images_per_sec": 600.0, "dataset": "folder"});
         let torch = serde_json::json!({"bench": "loader", "impl": "torchvision", "workers": 2, "images_per_sec": 400.0});
         let extra = [cifar.clone(), jpeg.clone(), torch.clone()];
         let line = loader_line(&jpeg, &extra);

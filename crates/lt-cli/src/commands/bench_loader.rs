@@ -1,15 +1,18 @@
-//! `lt bench loader`: the batch loader's throughput, on generated CIFAR-size images or on an
-//! image folder of JPEGs, which it can generate at ImageNet's typical size (500 x 375) so that
-//! the measurement needs no download and `scripts/bench_torch_loader.py` can read the same files.
+//! `lt bench loader`: the batch loader's throughput on any data set (a preset's, the flags', or a
+//! generated CIFAR-size one), including an image folder of JPEGs it can generate at ImageNet's
+//! typical size (500 x 375), so that the measurement needs no download and
+//! `scripts/bench_torch_loader.py` can read the same files.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use lt_core::Rng;
+use lt_data::DataSpec;
 use serde_json::json;
+
+use crate::commands::data::DataFlags;
 
 /// Classes of a generated JPEG folder.
 const GENERATED_CLASSES: usize = 4;
@@ -17,6 +20,17 @@ const GENERATED_CLASSES: usize = 4;
 /// `lt bench loader ...`
 #[derive(Args)]
 pub struct LoaderBench {
+    /// The data set to load (each flag overrides a preset's `[data]` table); without a preset or
+    /// `--dataset`, a generated CIFAR-size set (5,000 images per class, balanced) with the CIFAR
+    /// augmentation.
+    #[command(flatten)]
+    data: DataFlags,
+    /// Start from a preset's data section (e.g. to time ImageNet-LT's files on this machine).
+    #[arg(long)]
+    preset: Option<String>,
+    /// Start from a preset file's data section.
+    #[arg(long)]
+    preset_file: Option<PathBuf>,
     /// Batch size.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
@@ -26,19 +40,12 @@ pub struct LoaderBench {
     /// Batches to load.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
     batches: u32,
-    /// An image folder (the `folder` data set's layout) to load instead of generated CIFAR-size
-    /// images: its JPEG/PNG files decoded, `RandomResizedCrop(--image-size)` and flipped, as
-    /// ImageNet-LT's files are.
-    #[arg(long)]
-    folder: Option<PathBuf>,
-    /// With `--folder`: when the folder does not exist yet, first write this many generated
-    /// 500 x 375 JPEGs (quality 90, a few classes) there.
-    #[arg(long, requires = "folder", value_parser = clap::value_parser!(u32).range(1..))]
+    /// An image folder (`--dataset folder`, implied) at `--data-root`: when that directory does not
+    /// exist yet, first write this many generated 500 x 375 JPEGs (quality 90, a few classes)
+    /// there.
+    #[arg(long, requires = "data_root", value_parser = clap::value_parser!(u32).range(1..))]
     generate_jpegs: Option<u32>,
-    /// Crop side for `--folder`.
-    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(1..))]
-    image_size: u32,
-    /// The evaluation transform instead of training augmentation (for `--folder`: resize to a
+    /// The evaluation transform instead of training augmentation (for image files: resize to a
     /// shorter side of 256/224 of the crop, centre crop), as extraction and evaluation load.
     #[arg(long)]
     eval: bool,
@@ -48,36 +55,46 @@ pub struct LoaderBench {
     device: String,
 }
 
+impl LoaderBench {
+    /// The data to load: the preset's or the generated CIFAR-size set, then the flags.
+    fn spec(&self) -> Result<DataSpec> {
+        let preset = crate::preset::resolve(self.preset.as_deref(), self.preset_file.as_deref())?;
+        let mut flags = self.data.spec.clone();
+        if self.generate_jpegs.is_some() {
+            match flags.dataset.as_deref() {
+                None | Some("folder") => flags.dataset = Some("folder".into()),
+                Some(other) => {
+                    anyhow::bail!("--generate-jpegs writes an image folder; --dataset {other} is not one")
+                }
+            }
+        }
+        let base = match preset {
+            Some(p) => p.data,
+            None if flags.dataset.is_none() => DataSpec {
+                dataset: Some("synthetic".into()),
+                synthetic_n_max: Some(5000),
+                imbalance: Some(1.0),
+                ..Default::default()
+            },
+            None => DataSpec::default(),
+        };
+        Ok(base.overlaid(&flags))
+    }
+}
+
 /// Runs `lt bench loader`.
 pub fn run(b: LoaderBench) -> Result<()> {
     let dev = crate::device::parse(&b.device)?;
-    if let (Some(root), Some(n)) = (&b.folder, b.generate_jpegs) {
+    let spec = b.spec()?;
+    if let (Some(root), Some(n)) = (&spec.data_root, b.generate_jpegs) {
         if !root.exists() {
             eprintln!("writing {n} generated JPEGs to {}", root.display());
             lt_core::atomic::create_dir_atomic(root, |tmp| write_jpegs(tmp, n as usize))
                 .with_context(|| format!("writing generated JPEGs to {}", root.display()))?;
         }
     }
-    let (name, opts) = match &b.folder {
-        Some(root) => (
-            lt_data::DatasetName::Folder,
-            lt_data::DataOptions {
-                data_root: Some(root.clone()),
-                image_size: b.image_size,
-                val_per_class: Some(0),
-                ..Default::default()
-            },
-        ),
-        None => (
-            lt_data::DatasetName::Synthetic,
-            lt_data::DataOptions {
-                synthetic: lt_data::SyntheticConfig { n_max: 5000, ..Default::default() },
-                imbalance: Some(1.0),
-                ..Default::default()
-            },
-        ),
-    };
-    let ds: Arc<dyn lt_data::Dataset> = lt_data::load_bundle(name, &opts)?.train;
+    let bundle = crate::commands::data::load(&spec, b.data.mirror.clone())?;
+    let ds = bundle.train;
     anyhow::ensure!(!ds.is_empty(), "the data set to load has no training images");
     let (batch, wanted) = (b.batch as usize, b.batches as usize * b.batch as usize);
     let cfg = lt_data::LoaderConfig {
@@ -109,17 +126,14 @@ pub fn run(b: LoaderBench) -> Result<()> {
     }
     dev.synchronize()?;
     let secs = start.map_or(0.0, |t| t.elapsed().as_secs_f64());
-    let [_, h, w] = ds.sample_shape();
-    let augmentation = match (&b.folder, b.eval) {
-        (Some(_), false) => format!("decode + random resized crop {h}x{w} + flip + normalise"),
-        (Some(_), true) => format!("decode + resize + centre crop {h}x{w} + normalise"),
-        (None, false) => "pad 4 + random crop 32 + flip + normalise".to_string(),
-        (None, true) => "normalise".to_string(),
-    };
+    let [c, h, w] = ds.sample_shape();
+    let transform = if b.eval { "evaluation" } else { "training" };
     super::bench::print(json!({
-        "bench": "loader", "batch": batch, "workers": b.workers, "images": images,
-        "images_per_sec": images as f64 / secs, "augmentation": augmentation, "device": b.device, "eval": b.eval,
-        "folder": b.folder,
+        "bench": "loader", "dataset": bundle.name.to_string(), "data_root": spec.data_root,
+        "sample": format!("{c}x{h}x{w}"), "transform": transform, "eval": b.eval,
+        "augmentation": format!("{} ({transform} transform, {c}x{h}x{w})", bundle.name),
+        "batch": batch, "workers": b.workers, "images": images, "images_per_sec": images as f64 / secs,
+        "device": b.device,
     }));
     Ok(())
 }
