@@ -23,9 +23,9 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// A backbone's training step (forward, backward, SGD update) or eval forward.
     Backbone(BackboneBench),
-    /// The batch loader: generated CIFAR-size images with the CIFAR augmentation, or an image
-    /// folder (`--folder`) decoded and augmented as ImageNet-LT's files are.
-    Loader(crate::commands::bench_loader::LoaderBench),
+    /// The batch loader on any data set (a preset's, the flags', or generated CIFAR-size images
+    /// by default), or on generated ImageNet-size JPEGs (`--generate-jpegs`).
+    Loader(Box<crate::commands::bench_loader::LoaderBench>),
     /// Stage 2 on a generated features artifact: CIFAR size (12,406 x 64, M = 8, f32) or
     /// ImageNet-LT size (115,846 x 2,048, M = 4, f16, memory-mapped).
     Retrain(RetrainBench),
@@ -160,7 +160,7 @@ pub(crate) fn print(mut v: serde_json::Value) {
 pub fn run(a: BenchArgs) -> Result<()> {
     match a.command {
         BenchCommand::Backbone(b) => backbone(b),
-        BenchCommand::Loader(b) => crate::commands::bench_loader::run(b),
+        BenchCommand::Loader(b) => crate::commands::bench_loader::run(*b),
         BenchCommand::Retrain(b) => retrain(b),
     }
 }
