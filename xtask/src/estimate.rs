@@ -6,9 +6,11 @@
 //! second, scaled by the images each stage passes over (stage 1: every epoch of every phase, the
 //! test evaluations and the SWA recalibration; extraction: every split for each of the `2 + M`
 //! backbones, plus a recalibration pass per SWAG sample); stage 2 scales one measured epoch of
-//! `lt bench retrain` by the problem's size. Image decoding is not part of the measurement (it
-//! overlaps with compute on the loader threads). Disk comes from the architecture's parameter
-//! count (`lt backbone info`) and the features' `S x N x D`.
+//! `lt bench retrain` by the problem's size. The loader runs beside the compute on its own threads,
+//! so a pass goes at the slower of the two: `lt bench loader` times the data set's own files with
+//! the preset's workers (decoding JPEGs sets the pace of an ImageNet-size pass on a GPU). Disk
+//! comes from the architecture's parameter count (`lt backbone info`) and the features'
+//! `S x N x D`.
 
 use std::path::Path;
 use std::process::Command;
@@ -32,6 +34,10 @@ pub struct Inputs {
     pub train_ips: f64,
     /// Images per second of inference.
     pub eval_ips: f64,
+    /// Images per second the loader makes with the training transform (stage 1's workers).
+    pub loader_train_ips: f64,
+    /// Images per second the loader makes with the evaluation transform (extraction's workers).
+    pub loader_eval_ips: f64,
     /// Seconds per epoch of a stage-2 fit, scaled to this problem.
     pub retrain_epoch_s: f64,
 }
@@ -53,6 +59,28 @@ pub struct Recipe {
     pub freeze_bn: bool,
 }
 
+/// Images per second of each kind of pass: the compute's rate, or the loader's where it is slower.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rates {
+    /// Training steps (training transform).
+    pub train: f64,
+    /// Inference passes over a split (evaluation transform).
+    pub eval: f64,
+    /// Batch-norm recalibration: inference on training batches (training transform).
+    pub recalibration: f64,
+}
+
+impl Inputs {
+    /// The rate of each kind of pass, and whether the loader sets it (see the module docs).
+    pub fn rates(&self) -> Rates {
+        Rates {
+            train: self.train_ips.min(self.loader_train_ips),
+            eval: self.eval_ips.min(self.loader_eval_ips),
+            recalibration: self.eval_ips.min(self.loader_train_ips),
+        }
+    }
+}
+
 /// Seconds and bytes of one stage.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Cost {
@@ -67,14 +95,15 @@ pub struct Cost {
 /// second moment and `K` deviations.
 pub fn stage1(i: &Inputs, r: &Recipe) -> Cost {
     let [train, _, test] = i.images;
+    let rates = i.rates();
     let (epochs, recal, swag_rows) = match r.swa {
         Some((start, rank)) => (start + 2 * r.epochs.saturating_sub(start), !r.freeze_bn, 2 + rank),
         None => (r.epochs, false, 0),
     };
     let backbones = if r.swa.is_some() { 2 } else { 1 };
-    let mut seconds = (epochs * train) as f64 / i.train_ips + (backbones * test) as f64 / i.eval_ips;
+    let mut seconds = (epochs * train) as f64 / rates.train + (backbones * test) as f64 / rates.eval;
     if recal {
-        seconds += train as f64 / i.eval_ips;
+        seconds += train as f64 / rates.recalibration;
     }
     let p = 4.0 * i.params as f64;
     let files = backbones as f64 + 2.0 * 2.0 + 2.0 * swag_rows as f64;
@@ -86,9 +115,10 @@ pub fn stage1(i: &Inputs, r: &Recipe) -> Cost {
 pub fn extract(i: &Inputs, r: &Recipe) -> Cost {
     let n: usize = i.images.iter().sum();
     let s = 2 + r.samples;
-    let mut seconds = (s * n) as f64 / i.eval_ips;
+    let rates = i.rates();
+    let mut seconds = (s * n) as f64 / rates.eval;
     if !r.freeze_bn {
-        seconds += (r.samples * i.images[0]) as f64 / i.eval_ips;
+        seconds += (r.samples * i.images[0]) as f64 / rates.recalibration;
     }
     let width = if r.half { 2.0 } else { 4.0 };
     Cost { seconds, bytes: (s * n * i.dim) as f64 * width }
@@ -141,13 +171,15 @@ fn json_number(text: &str, key: &str) -> Result<f64> {
 }
 
 /// Measures [`Inputs`] with the `lt` binary: the data set's sizes (`lt data describe`), the
-/// architecture (`lt backbone info`) and short timed steps (`lt bench`; training steps in stage
-/// 1's `precision`, inference in f32 as extraction and evaluation run).
+/// architecture (`lt backbone info`), short timed steps (`lt bench`; training steps in stage
+/// 1's `precision`, inference in f32 as extraction and evaluation run) and the loader on the
+/// data set's files with `workers` (stage 1's and extraction's; `None`: `lt`'s default).
 pub fn measure(
     lt: &Path,
     preset_path: &Path,
     (arch, batch, precision): (&str, usize, &str),
     device: &str,
+    workers: [Option<usize>; 2],
 ) -> Result<Inputs> {
     let p = preset_path.display().to_string();
     let d = run(lt, &["data".into(), "describe".into(), "--preset-file".into(), p])?;
@@ -173,35 +205,14 @@ pub fn measure(
     let params =
         field(&b, "parameters:", "parameters:").context("lt backbone info printed no count")? as usize;
     let dim = field(&b, "", "feature dimension").context("lt backbone info printed no dimension")? as usize;
-    let bench = |mode: &str| -> Result<f64> {
-        let args: Vec<String> = [
-            "bench",
-            "backbone",
-            "--arch",
-            arch,
-            "--mode",
-            mode,
-            "--batch",
-            &batch.min(32).to_string(),
-            "--size",
-            &size.to_string(),
-            "--classes",
-            &classes.to_string(),
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--device",
-            device,
-            "--precision",
-            if mode == "train" { precision } else { "f32" },
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        json_number(&run(lt, &args)?, "images_per_sec")
+    let bench = |mode: &str| {
+        let p = if mode == "train" { precision } else { "f32" };
+        backbone_rate(lt, (arch, batch, size, classes), (mode, p), device)
     };
     let (train_ips, eval_ips) = (bench("train")?, bench("eval")?);
+    let loader =
+        |eval: bool, workers: Option<usize>| loader_rate(lt, preset_path, (batch, workers, eval), device);
+    let (loader_train_ips, loader_eval_ips) = (loader(false, workers[0])?, loader(true, workers[1])?);
     let tmp = std::env::temp_dir().join("lt-estimate");
     let r = run(
         lt,
@@ -217,7 +228,73 @@ pub fn measure(
     // The benchmark's problem: 12,406 x 64 features, 100 classes, M = 8.
     let scale = (images[0] * dim * classes) as f64 / (12_406.0 * 64.0 * 100.0);
     let retrain_epoch_s = json_number(&r, "seconds_per_epoch")? * scale;
-    Ok(Inputs { images, classes, size, params, dim, train_ips, eval_ips, retrain_epoch_s })
+    Ok(Inputs {
+        images,
+        classes,
+        size,
+        params,
+        dim,
+        train_ips,
+        eval_ips,
+        loader_train_ips,
+        loader_eval_ips,
+        retrain_epoch_s,
+    })
+}
+
+/// Images per second of `lt bench backbone` (`mode` in `precision`, a batch of at most 32).
+fn backbone_rate(
+    lt: &Path,
+    (arch, batch, size, classes): (&str, usize, usize, usize),
+    (mode, precision): (&str, &str),
+    device: &str,
+) -> Result<f64> {
+    let (batch, size, classes) = (batch.min(32).to_string(), size.to_string(), classes.to_string());
+    let args = [
+        "bench",
+        "backbone",
+        "--arch",
+        arch,
+        "--mode",
+        mode,
+        "--batch",
+        &batch,
+        "--size",
+        &size,
+        "--classes",
+        &classes,
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--device",
+        device,
+        "--precision",
+        precision,
+    ];
+    json_number(&run(lt, &args.map(String::from))?, "images_per_sec")
+}
+
+/// Images per second of the loader on the preset's data set (`lt bench loader`, a few batches of
+/// at most 128): training transform, or evaluation transform when `eval`; `workers` threads
+/// (`None`: `lt`'s default).
+fn loader_rate(
+    lt: &Path,
+    preset_path: &Path,
+    (batch, workers, eval): (usize, Option<usize>, bool),
+    device: &str,
+) -> Result<f64> {
+    let mut args: Vec<String> =
+        vec!["bench".into(), "loader".into(), "--batch".into(), batch.min(128).to_string()];
+    args.extend(["--batches".into(), "4".into(), "--preset-file".into(), preset_path.display().to_string()]);
+    args.extend(["--device".into(), device.into()]);
+    if let Some(w) = workers {
+        args.extend(["--workers".into(), w.to_string()]);
+    }
+    if eval {
+        args.push("--eval".into());
+    }
+    json_number(&run(lt, &args)?, "images_per_sec")
 }
 
 /// The [`Recipe`] of a resolved preset (the defaults of the `lt` binary where it says nothing).
@@ -259,6 +336,9 @@ mod tests {
             dim: 64,
             train_ips: 1_000.0,
             eval_ips: 4_000.0,
+            // Far faster than the compute: in-memory images.
+            loader_train_ips: 1e6,
+            loader_eval_ips: 1e6,
             retrain_epoch_s: 0.5,
         }
     }
@@ -284,6 +364,29 @@ mod tests {
         assert_eq!(extract(&inputs(), &frozen).bytes, ex.bytes / 2.0);
         assert!(extract(&inputs(), &frozen).seconds < ex.seconds);
         assert_eq!(retrain_row(&inputs(), &r).seconds, 2.0);
+    }
+
+    #[test]
+    fn a_loader_slower_than_the_compute_sets_the_pace_of_its_passes() {
+        let r = Recipe {
+            epochs: 10,
+            swa: Some((6, 20)),
+            samples: 8,
+            half: false,
+            retrain_epochs: 4,
+            freeze_bn: false,
+        };
+        // Decoding at 500 images/s with the training transform, 2,000 with the evaluation one.
+        let slow = Inputs { loader_train_ips: 500.0, loader_eval_ips: 2_000.0, ..inputs() };
+        assert_eq!(slow.rates(), Rates { train: 500.0, eval: 2_000.0, recalibration: 500.0 });
+        let s1 = stage1(&slow, &r);
+        // 14 epochs of 10,000 at 500/s, 2 x 5,000 test at 2,000/s, 10,000 recalibration at 500/s.
+        assert!((s1.seconds - (280.0 + 5.0 + 20.0)).abs() < 1e-9, "{s1:?}");
+        let ex = extract(&slow, &r);
+        // 10 backbones x 16,000 images at 2,000/s, 8 recalibrations of 10,000 at 500/s.
+        assert!((ex.seconds - (80.0 + 160.0)).abs() < 1e-9, "{ex:?}");
+        // A faster loader changes nothing: the compute sets the pace.
+        assert_eq!(inputs().rates(), Rates { train: 1_000.0, eval: 4_000.0, recalibration: 4_000.0 });
     }
 
     #[test]

@@ -394,10 +394,14 @@ fn estimate_costs(
         get(preset, &["train", "batch_size"]).and_then(|v| v.as_integer()).unwrap_or(128).max(1) as usize;
     let precision =
         get(preset, &["train", "precision"]).and_then(|v| v.as_str()).unwrap_or("f32").to_string();
-    println!("measuring a few steps of {arch} ({precision}) on {device} for the estimates ...");
+    let workers = ["train", "extract"]
+        .map(|s| get(preset, &[s, "workers"]).and_then(|v| v.as_integer()).map(|w| w.max(1) as usize));
+    println!(
+        "measuring a few steps of {arch} ({precision}) and the loader on {device} for the estimates ..."
+    );
     let measured = std::fs::write(&tmp, resolved)
         .map_err(anyhow::Error::from)
-        .and_then(|_| est::measure(lt, &tmp, (&arch, batch, &precision), device));
+        .and_then(|_| est::measure(lt, &tmp, (&arch, batch, &precision), device, workers));
     let _ = std::fs::remove_file(&tmp);
     match measured {
         Ok(i) => {
@@ -405,6 +409,14 @@ fn estimate_costs(
             println!(
                 "measured: {:.0} training and {:.0} inference images/s at {}x{}; {} parameters; {} / {} / {} images",
                 i.train_ips, i.eval_ips, i.size, i.size, i.params, i.images[0], i.images[1], i.images[2]
+            );
+            let pace = |loader: f64, compute: f64| if loader < compute { " (sets the pace)" } else { "" };
+            println!(
+                "loader: {:.0} training{} and {:.0} evaluation{} images/s",
+                i.loader_train_ips,
+                pace(i.loader_train_ips, i.train_ips),
+                i.loader_eval_ips,
+                pace(i.loader_eval_ips, i.eval_ips)
             );
             Some([est::stage1(&i, &r), est::extract(&i, &r), est::retrain_row(&i, &r)])
         }
