@@ -35,7 +35,7 @@ pub struct LoaderBench {
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
     /// Worker threads.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = lt_train::config::DEFAULT_WORKERS as u32, value_parser = clap::value_parser!(u32).range(1..))]
     workers: u32,
     /// Batches to load.
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..))]
