@@ -218,7 +218,11 @@ fn the_folder_preset_runs_end_to_end_from_a_hub_checkpoint() {
     // The dry run's measurements: the data set's sizes, the architecture and a few timed steps.
     let lt_bin = PathBuf::from(env!("CARGO_BIN_EXE_lt"));
     let resolved = f.root.join("runs/folder/preset.toml");
-    let m = xtask::estimate::measure(&lt_bin, &resolved, ("cifar-resnet8x4", 16, "f32"), "cpu").unwrap();
+    let workers = [Some(1), None];
+    let m =
+        xtask::estimate::measure(&lt_bin, &resolved, ("cifar-resnet8x4", 16, "f32"), "cpu", workers).unwrap();
     assert_eq!((m.images, m.classes, m.size, m.dim), ([62, 8, 80], 4, 28, 16), "{m:?}");
     assert!(m.params > 1000 && m.train_ips > 0.0 && m.eval_ips > 0.0 && m.retrain_epoch_s > 0.0, "{m:?}");
+    // The loader on the folder's own PNGs, both transforms.
+    assert!(m.loader_train_ips > 0.0 && m.loader_eval_ips > 0.0, "{m:?}");
 }
