@@ -327,6 +327,17 @@ pub fn recipe(preset: &toml::Value) -> Recipe {
 mod tests {
     use super::*;
 
+    fn recipe10() -> Recipe {
+        Recipe {
+            epochs: 10,
+            swa: Some((6, 20)),
+            samples: 8,
+            half: false,
+            retrain_epochs: 4,
+            freeze_bn: false,
+        }
+    }
+
     fn inputs() -> Inputs {
         Inputs {
             images: [10_000, 1_000, 5_000],
@@ -345,14 +356,7 @@ mod tests {
 
     #[test]
     fn stage_costs_follow_the_recipe() {
-        let r = Recipe {
-            epochs: 10,
-            swa: Some((6, 20)),
-            samples: 8,
-            half: false,
-            retrain_epochs: 4,
-            freeze_bn: false,
-        };
+        let r = recipe10();
         let s1 = stage1(&inputs(), &r);
         // 6 + 2 x 4 epochs of 10,000 images at 1,000/s, 2 x 5,000 test and 10,000 recalibration at 4,000/s.
         assert!((s1.seconds - (140.0 + 2.5 + 2.5)).abs() < 1e-9, "{s1:?}");
@@ -368,14 +372,7 @@ mod tests {
 
     #[test]
     fn a_loader_slower_than_the_compute_sets_the_pace_of_its_passes() {
-        let r = Recipe {
-            epochs: 10,
-            swa: Some((6, 20)),
-            samples: 8,
-            half: false,
-            retrain_epochs: 4,
-            freeze_bn: false,
-        };
+        let r = recipe10();
         // Decoding at 500 images/s with the training transform, 2,000 with the evaluation one.
         let slow = Inputs { loader_train_ips: 500.0, loader_eval_ips: 2_000.0, ..inputs() };
         assert_eq!(slow.rates(), Rates { train: 500.0, eval: 2_000.0, recalibration: 500.0 });

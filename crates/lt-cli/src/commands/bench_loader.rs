@@ -3,7 +3,7 @@
 //! typical size (500 x 375), so that the measurement needs no download and
 //! `scripts/bench_torch_loader.py` can read the same files.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -12,7 +12,7 @@ use lt_core::Rng;
 use lt_data::DataSpec;
 use serde_json::json;
 
-use crate::commands::data::DataFlags;
+use crate::commands::data::PresetData;
 
 /// Classes of a generated JPEG folder.
 const GENERATED_CLASSES: usize = 4;
@@ -20,17 +20,12 @@ const GENERATED_CLASSES: usize = 4;
 /// `lt bench loader ...`
 #[derive(Args)]
 pub struct LoaderBench {
-    /// The data set to load (each flag overrides a preset's `[data]` table); without a preset or
+    /// The data set to load (each flag overrides a preset's `[data]` table; e.g. `--preset
+    /// imagenet-lt --data-root DIR` times a machine's copy of ImageNet-LT); without a preset or
     /// `--dataset`, a generated CIFAR-size set (5,000 images per class, balanced) with the CIFAR
     /// augmentation.
     #[command(flatten)]
-    data: DataFlags,
-    /// Start from a preset's data section (e.g. to time ImageNet-LT's files on this machine).
-    #[arg(long)]
-    preset: Option<String>,
-    /// Start from a preset file's data section.
-    #[arg(long)]
-    preset_file: Option<PathBuf>,
+    source: PresetData,
     /// Batch size.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
@@ -58,8 +53,8 @@ pub struct LoaderBench {
 impl LoaderBench {
     /// The data to load: the preset's or the generated CIFAR-size set, then the flags.
     fn spec(&self) -> Result<DataSpec> {
-        let preset = crate::preset::resolve(self.preset.as_deref(), self.preset_file.as_deref())?;
-        let mut flags = self.data.spec.clone();
+        let preset = self.source.preset_spec()?;
+        let mut flags = self.source.data.spec.clone();
         if self.generate_jpegs.is_some() {
             match flags.dataset.as_deref() {
                 None | Some("folder") => flags.dataset = Some("folder".into()),
@@ -69,7 +64,7 @@ impl LoaderBench {
             }
         }
         let base = match preset {
-            Some(p) => p.data,
+            Some(data) => data,
             None if flags.dataset.is_none() => DataSpec {
                 dataset: Some("synthetic".into()),
                 synthetic_n_max: Some(5000),
@@ -93,7 +88,7 @@ pub fn run(b: LoaderBench) -> Result<()> {
                 .with_context(|| format!("writing generated JPEGs to {}", root.display()))?;
         }
     }
-    let bundle = crate::commands::data::load(&spec, b.data.mirror.clone())?;
+    let bundle = crate::commands::data::load(&spec, b.source.data.mirror.clone())?;
     let ds = bundle.train;
     anyhow::ensure!(!ds.is_empty(), "the data set to load has no training images");
     let (batch, wanted) = (b.batch as usize, b.batches as usize * b.batch as usize);

@@ -24,6 +24,27 @@ impl DataFlags {
     }
 }
 
+/// A data set named by a preset's data section and the data flags on top (`lt data describe`,
+/// `lt bench loader`).
+#[derive(Args, Clone, Debug, Default)]
+pub struct PresetData {
+    #[command(flatten)]
+    pub data: DataFlags,
+    /// Start from a preset's data section.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Start from a preset file's data section.
+    #[arg(long)]
+    pub preset_file: Option<PathBuf>,
+}
+
+impl PresetData {
+    /// The data section of the preset given, if any.
+    pub fn preset_spec(&self) -> Result<Option<DataSpec>> {
+        Ok(crate::preset::resolve(self.preset.as_deref(), self.preset_file.as_deref())?.map(|p| p.data))
+    }
+}
+
 /// Loads the data set a spec describes.
 pub fn load(spec: &DataSpec, mirror: Option<String>) -> Result<DataBundle> {
     let name = spec.name()?;
@@ -42,13 +63,7 @@ enum DataCommand {
     /// Print class counts, shot groups and totals; optionally write the split artifact.
     Describe {
         #[command(flatten)]
-        data: DataFlags,
-        /// Start from a preset's data section.
-        #[arg(long)]
-        preset: Option<String>,
-        /// Start from a preset file's data section.
-        #[arg(long)]
-        preset_file: Option<PathBuf>,
+        source: PresetData,
         /// Write the split artifact (training indices, labels, class counts, groups) here.
         #[arg(long)]
         write_split: Option<PathBuf>,
@@ -58,9 +73,9 @@ enum DataCommand {
 /// Runs `lt data`.
 pub fn run(args: DataArgs) -> Result<()> {
     match args.command {
-        DataCommand::Describe { data, preset, preset_file, write_split } => {
-            let preset = crate::preset::resolve(preset.as_deref(), preset_file.as_deref())?;
-            describe(&data.resolve(preset.as_ref().map(|p| &p.data)), data.mirror.clone(), write_split)
+        DataCommand::Describe { source, write_split } => {
+            let spec = source.data.resolve(source.preset_spec()?.as_ref());
+            describe(&spec, source.data.mirror.clone(), write_split)
         }
     }
 }
