@@ -66,6 +66,74 @@ fn taps(out: u32, len: u32, new_len: u32) -> Taps {
     Taps { first: left as usize, weights }
 }
 
+/// The horizontal pass's taps, every column's padded to one count `taps` with zero weights (an
+/// exact no-op: the sums are of non-negative values and start at `+0`, so adding `+0` before or
+/// after a column's own taps leaves every bit as it was), so that the pass runs a loop of fixed
+/// length per column: column `k` reads `taps` input columns from `start[k]`.
+struct Horizontal {
+    start: Vec<usize>,
+    weights: Vec<f32>,
+    taps: usize,
+}
+
+impl Horizontal {
+    /// The padded taps of `columns`, whose input columns start at `lo` and span `len`.
+    fn new(columns: &[Taps], lo: usize, len: usize) -> Self {
+        let taps = columns.iter().map(|c| c.weights.len()).max().unwrap_or(0);
+        let (mut start, mut weights) = (Vec::with_capacity(columns.len()), vec![0f32; columns.len() * taps]);
+        for (c, w) in columns.iter().zip(weights.chunks_exact_mut(taps.max(1))) {
+            // The window of `taps` inputs that holds the column's own, inside the row.
+            let first = c.first - lo;
+            let s = first.min(len - taps);
+            w[first - s..first - s + c.weights.len()].copy_from_slice(&c.weights);
+            start.push(s);
+        }
+        Self { start, weights, taps }
+    }
+
+    /// The pass over one row of the vertical pass (`row`, RGB f32) into `line` (RGB f32).
+    fn run(&self, row: &[f32], line: &mut [f32]) {
+        match self.taps {
+            2 => self.fixed::<2>(row, line),
+            3 => self.fixed::<3>(row, line),
+            4 => self.fixed::<4>(row, line),
+            5 => self.fixed::<5>(row, line),
+            6 => self.fixed::<6>(row, line),
+            7 => self.fixed::<7>(row, line),
+            8 => self.fixed::<8>(row, line),
+            _ => self.any(row, line),
+        }
+    }
+
+    /// [`Horizontal::run`] for `T` taps (unrolled).
+    fn fixed<const T: usize>(&self, row: &[f32], line: &mut [f32]) {
+        for ((&s, w), px) in self.start.iter().zip(self.weights.chunks_exact(T)).zip(line.chunks_exact_mut(3)) {
+            let src = &row[s * 3..(s + T) * 3];
+            let mut acc = [0f32; 3];
+            for j in 0..T {
+                for ch in 0..3 {
+                    acc[ch] += src[j * 3 + ch] * w[j];
+                }
+            }
+            px.copy_from_slice(&acc);
+        }
+    }
+
+    /// [`Horizontal::run`] for any number of taps.
+    fn any(&self, row: &[f32], line: &mut [f32]) {
+        let t = self.taps.max(1);
+        for ((&s, w), px) in self.start.iter().zip(self.weights.chunks_exact(t)).zip(line.chunks_exact_mut(3)) {
+            let mut acc = [0f32; 3];
+            for (j, &w) in w.iter().enumerate().take(self.taps) {
+                for ch in 0..3 {
+                    acc[ch] += row[(s + j) * 3 + ch] * w;
+                }
+            }
+            px.copy_from_slice(&acc);
+        }
+    }
+}
+
 /// `x` clamped to `[0, 255]` and rounded half away from zero, as `f32::round` (without its
 /// library call: the fraction of a value below 2^23 is exact in `f32`).
 fn to_byte(x: f32) -> u8 {
@@ -118,6 +186,7 @@ pub fn resize_rgb_window(
     let hi = columns.last().map_or(0, |t| t.first + t.weights.len());
     let mut row = vec![0f32; (hi - lo) * 3];
     let mut line = vec![0f32; window.w as usize * 3];
+    let horizontal = Horizontal::new(&columns, lo, hi - lo);
     for (t, dst) in rows.iter().zip(out.chunks_exact_mut(window.w as usize * 3)) {
         // Vertical pass: the output row over the needed columns, in f32.
         row.fill(0.0);
@@ -128,16 +197,7 @@ pub fn resize_rgb_window(
             }
         }
         // Horizontal pass, then the row rounded to bytes (a loop of its own, which vectorises).
-        for (c, px) in columns.iter().zip(line.chunks_exact_mut(3)) {
-            let mut acc = [0f32; 3];
-            for (j, &w) in c.weights.iter().enumerate() {
-                let at = (c.first - lo + j) * 3;
-                for ch in 0..3 {
-                    acc[ch] += row[at + ch] * w;
-                }
-            }
-            px.copy_from_slice(&acc);
-        }
+        horizontal.run(&row, &mut line);
         for (b, &v) in dst.iter_mut().zip(&line) {
             *b = to_byte(v);
         }
