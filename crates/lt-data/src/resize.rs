@@ -107,7 +107,8 @@ impl Horizontal {
 
     /// [`Horizontal::run`] for `T` taps (unrolled).
     fn fixed<const T: usize>(&self, row: &[f32], line: &mut [f32]) {
-        for ((&s, w), px) in self.start.iter().zip(self.weights.chunks_exact(T)).zip(line.chunks_exact_mut(3)) {
+        let columns = self.start.iter().zip(self.weights.chunks_exact(T));
+        for ((&s, w), px) in columns.zip(line.chunks_exact_mut(3)) {
             let src = &row[s * 3..(s + T) * 3];
             let mut acc = [0f32; 3];
             for j in 0..T {
@@ -122,7 +123,8 @@ impl Horizontal {
     /// [`Horizontal::run`] for any number of taps.
     fn any(&self, row: &[f32], line: &mut [f32]) {
         let t = self.taps.max(1);
-        for ((&s, w), px) in self.start.iter().zip(self.weights.chunks_exact(t)).zip(line.chunks_exact_mut(3)) {
+        let columns = self.start.iter().zip(self.weights.chunks_exact(t));
+        for ((&s, w), px) in columns.zip(line.chunks_exact_mut(3)) {
             let mut acc = [0f32; 3];
             for (j, &w) in w.iter().enumerate().take(self.taps) {
                 for ch in 0..3 {
