@@ -196,6 +196,15 @@ impl DataBundle {
         class_counts(self.train.labels(), self.num_classes())
     }
 
+    /// The names of the classes without a training image (the index where a class has no name).
+    pub fn empty_classes(&self) -> Vec<String> {
+        let counts = self.class_counts();
+        (0..counts.len())
+            .filter(|&c| counts[c] == 0)
+            .map(|c| self.class_names.get(c).cloned().unwrap_or_else(|| c.to_string()))
+            .collect()
+    }
+
     /// The split artifact's content.
     pub fn split_info(&self) -> SplitInfo {
         SplitInfo {

@@ -1,8 +1,42 @@
 //! Time left, for the progress log of long runs: stage 1 counts its epochs over every phase,
-//! extraction its backbone samples.
+//! extraction its backbone samples; and stage 1's log line per epoch.
+
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config::TrainConfig;
 use crate::schedule::Phase;
+use crate::trainer::EpochLog;
+
+/// Share of an epoch spent waiting for the loader above which the log says so (once per process).
+const SLOW_LOADER: f64 = 0.25;
+
+/// Logs one epoch of stage 1: its figures, the epochs done and the time left; and once, when the
+/// loader kept the steps waiting for more than [`SLOW_LOADER`] of the epoch, a warning.
+pub(crate) fn log_epoch(cfg: &TrainConfig, log: &EpochLog) {
+    let (done, total) = (epochs_done(cfg, log.phase, log.epoch), total_epochs(cfg));
+    tracing::info!(
+        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, data wait {:.0}%, {:.0} MiB; stage 1 {done}/{total} epochs, {}",
+        log.phase.name(),
+        log.epoch + 1,
+        cfg.epochs,
+        log.loss,
+        100.0 * log.accuracy,
+        log.lr,
+        log.images_per_sec,
+        100.0 * log.data_wait,
+        log.rss_mib.unwrap_or(0.0),
+        left(total.saturating_sub(done), log.seconds)
+    );
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if log.data_wait > SLOW_LOADER && !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "the steps waited for the loader {:.0}% of the epoch: decoding sets the pace; more loader threads \
+             (--workers, now {}) would help if the machine has the cores",
+            100.0 * log.data_wait,
+            cfg.workers
+        );
+    }
+}
 
 /// Epochs stage 1 trains in all: `epochs`, or with SWA the shared prefix and both branches.
 pub fn total_epochs(cfg: &TrainConfig) -> usize {

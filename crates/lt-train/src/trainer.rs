@@ -75,6 +75,10 @@ pub struct EpochLog {
     /// Resident memory at the end of the epoch, MiB (flat over epochs: nothing leaks).
     #[serde(default)]
     pub rss_mib: Option<f64>,
+    /// Fraction of the epoch's wall time the training loop waited for the loader's next batch
+    /// (large: the loader sets the pace, and more `workers` would help).
+    #[serde(default)]
+    pub data_wait: f64,
 }
 
 /// Test metrics of the stage-1 backbones.
@@ -193,23 +197,16 @@ pub fn train(
 
 /// Warns about classes without a training image (their head rows only ever see negatives).
 fn warn_empty_classes(data: &DataBundle) {
-    let counts = data.class_counts();
-    let empty: Vec<String> = (0..counts.len())
-        .filter(|&c| counts[c] == 0)
-        .map(|c| data.class_names.get(c).cloned().unwrap_or_else(|| c.to_string()))
-        .collect();
+    let (empty, all) = (data.empty_classes(), data.num_classes());
     if !empty.is_empty() {
+        let names = empty.join(", ");
         tracing::warn!(
-            "{} of {} classes have no training image ({}): they can only be predicted by chance",
-            empty.len(),
-            counts.len(),
-            empty.join(", ")
+            "{} of {all} classes have no training image ({names}): they can only be predicted by chance",
+            empty.len()
         );
     }
 }
 
-/// Refuses a directory that cannot take this run: without `resume`, one holding a run; with it,
-/// one without a checkpoint or whose checkpoint belongs to another configuration or data.
 fn check_directory(dir: &RunDir, fingerprint: &str, resume: bool) -> Result<()> {
     let held = [dir.checkpoint(), dir.sgd(), dir.swa()].into_iter().find(|p| p.exists());
     if !resume {
@@ -305,6 +302,8 @@ struct EpochSums {
     loss: f64,
     correct: usize,
     seen: usize,
+    /// Seconds spent waiting for the loader.
+    waited: f64,
 }
 
 fn run_epoch(
@@ -327,36 +326,22 @@ fn run_epoch(
         seed: cfg.seed,
     };
     let stream = lt_data::loader::Stream::Epoch(epoch as u64).key();
-    let batches = EpochBatches::new(ctx.data.train.clone(), order, stream, loader_cfg, ctx.device.clone());
+    let mut batches =
+        EpochBatches::new(ctx.data.train.clone(), order, stream, loader_cfg, ctx.device.clone());
     let groups = ParamGroups::new(model, cfg.backbone_lr_scale);
     let mut bar =
         Bar::new(format!("{} epoch {}/{}", phase.name(), epoch + 1, cfg.epochs), batches.len() as u64);
     let mut sums = EpochSums::default();
     let mut lr = 0.0;
     let collect_every = cfg.swa.as_ref().and_then(|s| s.collect_every_steps);
-    for batch in batches {
+    loop {
+        let asked = Instant::now();
+        let Some(batch) = batches.next() else { break };
+        sums.waited += asked.elapsed().as_secs_f64();
         let batch = batch?;
         lr = learning_rate(cfg, phase, *step, ctx.steps_per_epoch);
-        let pass = model.train_step_bn(&batch.images, !cfg.freeze_bn, |logits| {
-            candle_nn::loss::cross_entropy(logits, &batch.labels)
-        })?;
-        // The update is enqueued before the step's one read from the device (loss and correct
-        // count together), so that on a GPU nothing waits in between. A non-finite loss leaves
-        // non-finite weights in memory, which the error discards: the run resumes from its last
-        // checkpoint.
-        groups.step(opt, &pass.grads, lr)?;
-        let correct = pass.logits.argmax(1)?.eq(&batch.labels)?.to_dtype(DType::F32)?.sum_all()?;
-        let read = Tensor::stack(&[&pass.loss.to_dtype(DType::F32)?, &correct], 0)?.to_vec1::<f32>()?;
-        let lv = read[0];
-        if !lv.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: *step,
-                epoch,
-                value: lv,
-                checkpoint: ctx.last_checkpoint.clone(),
-            });
-        }
-        sums.correct += read[1] as usize;
+        let (lv, correct) = train_batch(ctx, model, (opt, &groups), &batch, (lr, *step, epoch))?;
+        sums.correct += correct;
         sums.loss += lv as f64 * batch.label_vec.len() as f64;
         sums.seen += batch.label_vec.len();
         *step += 1;
@@ -383,25 +368,41 @@ fn run_epoch(
         seconds,
         swag_models: swag.map(|s| s.n_models()).unwrap_or(0),
         rss_mib: lt_core::memory::rss_mib(),
+        data_wait: (sums.waited / seconds).min(1.0),
     };
-    log_epoch(cfg, &log);
+    crate::eta::log_epoch(cfg, &log);
     Ok(log)
 }
 
-fn log_epoch(cfg: &TrainConfig, log: &EpochLog) {
-    let (done, total) = (crate::eta::epochs_done(cfg, log.phase, log.epoch), crate::eta::total_epochs(cfg));
-    tracing::info!(
-        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, {:.0} MiB; stage 1 {done}/{total} epochs, {}",
-        log.phase.name(),
-        log.epoch + 1,
-        cfg.epochs,
-        log.loss,
-        100.0 * log.accuracy,
-        log.lr,
-        log.images_per_sec,
-        log.rss_mib.unwrap_or(0.0),
-        crate::eta::left(total.saturating_sub(done), log.seconds)
-    );
+/// One training step on `batch` (step `step` of epoch `epoch`, learning rate `lr`): forward,
+/// backward and update; its loss and count of correct predictions.
+fn train_batch(
+    ctx: &Ctx,
+    model: &Model,
+    (opt, groups): (&mut Sgd, &ParamGroups),
+    batch: &lt_data::Batch,
+    (lr, step, epoch): (f64, usize, usize),
+) -> Result<(f32, usize)> {
+    let pass = model.train_step_bn(&batch.images, !ctx.cfg.freeze_bn, |logits| {
+        candle_nn::loss::cross_entropy(logits, &batch.labels)
+    })?;
+    // The update is enqueued before the step's one read from the device (loss and correct
+    // count together), so that on a GPU nothing waits in between. A non-finite loss leaves
+    // non-finite weights in memory, which the error discards: the run resumes from its last
+    // checkpoint.
+    groups.step(opt, &pass.grads, lr)?;
+    let correct = pass.logits.argmax(1)?.eq(&batch.labels)?.to_dtype(DType::F32)?.sum_all()?;
+    let read = Tensor::stack(&[&pass.loss.to_dtype(DType::F32)?, &correct], 0)?.to_vec1::<f32>()?;
+    let lv = read[0];
+    if !lv.is_finite() {
+        return Err(TrainError::NonFinite {
+            step,
+            epoch,
+            value: lv,
+            checkpoint: ctx.last_checkpoint.clone(),
+        });
+    }
+    Ok((lv, read[1] as usize))
 }
 
 fn finish_phase(ctx: &Ctx, model: &Model, opt: &mut Sgd, phase: Phase, swag: Option<&Swag>) -> Result<()> {

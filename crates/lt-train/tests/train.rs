@@ -247,3 +247,63 @@ fn bn_recalibration_matches_full_data_statistics() {
     // The momentum mode is restored afterwards.
     assert_eq!(m.store().bn_update(), lt_models::BnUpdate::Momentum(0.1));
 }
+
+/// A data set whose every sample takes `delay` to load: a loader slower than the training step.
+struct Slow {
+    inner: std::sync::Arc<dyn lt_data::Dataset>,
+    delay: std::time::Duration,
+}
+
+impl lt_data::Dataset for Slow {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn labels(&self) -> &[u32] {
+        self.inner.labels()
+    }
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+    fn sample_shape(&self) -> [usize; 3] {
+        self.inner.sample_shape()
+    }
+    fn load_bytes_into(
+        &self,
+        i: usize,
+        train: bool,
+        rng: &mut lt_core::Rng,
+        out: &mut [u8],
+    ) -> lt_data::Result<()> {
+        std::thread::sleep(self.delay);
+        self.inner.load_bytes_into(i, train, rng, out)
+    }
+    fn normalize(&self) -> &lt_data::transform::Normalize {
+        self.inner.normalize()
+    }
+}
+
+/// The epochs' `data_wait` of a run directory's log.
+fn data_waits(dir: &std::path::Path) -> Vec<f64> {
+    let log = std::fs::read_to_string(RunDir::new(dir).log()).unwrap();
+    log.lines().map(|l| serde_json::from_str::<lt_train::trainer::EpochLog>(l).unwrap().data_wait).collect()
+}
+
+#[test]
+fn the_epoch_log_says_how_long_the_steps_waited_for_the_loader() {
+    let data = tiny_data();
+    let cfg = TrainConfig { swa: None, epochs: 2, workers: 1, ..tiny_config() };
+    // Loading as fast as memory: the steps hardly wait.
+    let fast = tempfile::tempdir().unwrap();
+    train(&cfg, &data, fast.path(), &RunOptions::default()).unwrap();
+    let waits = data_waits(fast.path());
+    assert_eq!(waits.len(), 2);
+    assert!(waits.iter().all(|&w| (0.0..0.5).contains(&w)), "{waits:?}");
+    // 20 ms a sample, 320 ms a batch of 16, on one worker: the loader sets the pace.
+    let delay = std::time::Duration::from_millis(20);
+    let slow =
+        lt_data::DataBundle { train: std::sync::Arc::new(Slow { inner: data.train.clone(), delay }), ..data };
+    let dir = tempfile::tempdir().unwrap();
+    train(&cfg, &slow, dir.path(), &RunOptions::default()).unwrap();
+    let waits = data_waits(dir.path());
+    assert!(waits.iter().all(|&w| w > 0.5 && w <= 1.0), "{waits:?}");
+}
