@@ -110,6 +110,17 @@ pub struct Check {
 }
 
 impl Check {
+    /// A measured quantity: `relative_error` against `tolerance`.
+    pub fn measured(what: String, relative_error: f32, tolerance: f32) -> Self {
+        Self { what, relative_error, tolerance, error: None }
+    }
+
+    /// A check that passes or fails outright: failed, with the reason, when `error` is given.
+    pub fn verdict(what: String, error: Option<String>) -> Self {
+        let relative_error = if error.is_some() { f32::INFINITY } else { 0.0 };
+        Self { what, relative_error, tolerance: 0.0, error }
+    }
+
     /// Whether the check passed.
     pub fn ok(&self) -> bool {
         self.error.is_none() && self.relative_error <= self.tolerance
@@ -158,7 +169,7 @@ impl Fixture {
             )));
         }
         let got = got.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-        Ok(Check { what, relative_error: relative_error(&got, &want), tolerance, error: None })
+        Ok(Check::measured(what, relative_error(&got, &want), tolerance))
     }
 
     /// The fixture's tensor names with `prefix`.
@@ -178,12 +189,9 @@ impl Fixture {
                     msg.push_str(&format!(": {s}"));
                     src = s.source();
                 }
-                out.extend(names.iter().map(|n| Check {
-                    what: format!("{} {n}", self.tag),
-                    relative_error: f32::INFINITY,
-                    tolerance: 0.0,
-                    error: Some(msg.clone()),
-                }));
+                out.extend(
+                    names.iter().map(|n| Check::verdict(format!("{} {n}", self.tag), Some(msg.clone()))),
+                );
             }
         }
     }

@@ -89,18 +89,11 @@ fn sgd_passes(device: &candle_core::Device) -> lt_models::golden::Check {
     let what = "SGD in-place passes vs tensor ops, 4 steps x 4 settings (values differing)".to_string();
     match lt_core::optim::check_in_place_passes(device) {
         Ok(c) => lt_models::golden::Check {
-            what,
-            relative_error: c.differing as f32 / c.compared.max(1) as f32,
-            tolerance: 0.0,
             error: (!c.in_place)
                 .then(|| "the in-place passes did not run on this device (tensor ops ran)".into()),
+            ..lt_models::golden::Check::measured(what, c.differing as f32 / c.compared.max(1) as f32, 0.0)
         },
-        Err(e) => lt_models::golden::Check {
-            what,
-            relative_error: f32::INFINITY,
-            tolerance: 0.0,
-            error: Some(format!("{e:#}")),
-        },
+        Err(e) => lt_models::golden::Check::verdict(what, Some(format!("{e:#}"))),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{Arch, Model, Precision};
 pub const TOLERANCE: f32 = 1e-6;
 
 fn check(what: String, relative_error: f32) -> Check {
-    Check { what, relative_error, tolerance: TOLERANCE, error: None }
+    Check::measured(what, relative_error, TOLERANCE)
 }
 
 /// Runs the frozen-snapshot checks for `arch` (`classes` classes) on images of `shape` on

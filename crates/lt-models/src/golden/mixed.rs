@@ -27,10 +27,6 @@ fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
     Ok((a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)?.sum_all()?.to_vec0::<f64>()?)
 }
 
-fn check(what: String, relative_error: f32, tolerance: f32) -> Check {
-    Check { what, relative_error, tolerance, error: None }
-}
-
 /// Runs the mixed-precision checks for `arch` (`classes` classes) on images of `shape` on
 /// `device` (see the module docs): the training step's logits, every parameter's gradient (the
 /// worst one reported), the whole gradient's direction, the running statistics, the evaluation's
@@ -53,8 +49,11 @@ pub fn check_mixed_precision(
     let ce = |logits: &Tensor| candle_nn::loss::cross_entropy(logits, &y);
     let a = reference.train_step(&x, ce)?;
     let b = mixed.train_step(&x, ce)?;
-    let mut out =
-        vec![check(format!("{tag} training logits"), relative(&b.logits, &a.logits)?, VALUE_TOLERANCE)];
+    let mut out = vec![Check::measured(
+        format!("{tag} training logits"),
+        relative(&b.logits, &a.logits)?,
+        VALUE_TOLERANCE,
+    )];
     let mut not_f32: Vec<String> = [("logits", &b.logits), ("loss", &b.loss)]
         .into_iter()
         .filter(|(_, t)| t.dtype() != DType::F32)
@@ -78,10 +77,14 @@ pub fn check_mixed_precision(
         }
         (ab, aa, bb) = (ab + dot(ga, gb)?, aa + dot(ga, ga)?, bb + dot(gb, gb)?);
     }
-    out.push(check(format!("{tag} gradient of {worst_name} (the worst)"), worst, GRADIENT_TOLERANCE));
+    out.push(Check::measured(
+        format!("{tag} gradient of {worst_name} (the worst)"),
+        worst,
+        GRADIENT_TOLERANCE,
+    ));
     let cosine = ab / (aa * bb).sqrt();
     let turn = if cosine.is_finite() { (1.0 - cosine) as f32 } else { f32::INFINITY };
-    out.push(check(format!("{tag} whole gradient, 1 - cosine"), turn, DIRECTION_TOLERANCE));
+    out.push(Check::measured(format!("{tag} whole gradient, 1 - cosine"), turn, DIRECTION_TOLERANCE));
     let (mut worst, mut worst_name) = (0f32, String::new());
     for (name, t) in mixed.store().named_buffers() {
         if name.ends_with("num_batches_tracked") {
@@ -96,11 +99,15 @@ pub fn check_mixed_precision(
             (worst, worst_name) = (e, name.clone());
         }
     }
-    out.push(check(format!("{tag} {worst_name} after the step (the worst)"), worst, VALUE_TOLERANCE));
+    out.push(Check::measured(
+        format!("{tag} {worst_name} after the step (the worst)"),
+        worst,
+        VALUE_TOLERANCE,
+    ));
     let (fa, la) = reference.infer(&x)?;
     let (fb, lb) = mixed.infer(&x)?;
-    out.push(check(format!("{tag} eval features"), relative(&fb, &fa)?, VALUE_TOLERANCE));
-    out.push(check(format!("{tag} eval logits"), relative(&lb, &la)?, VALUE_TOLERANCE));
+    out.push(Check::measured(format!("{tag} eval features"), relative(&fb, &fa)?, VALUE_TOLERANCE));
+    out.push(Check::measured(format!("{tag} eval logits"), relative(&lb, &la)?, VALUE_TOLERANCE));
     not_f32.extend(
         [("features", &fb), ("eval logits", &lb)]
             .into_iter()
@@ -109,15 +116,11 @@ pub fn check_mixed_precision(
     );
     // Close to f32, and not f32 itself: the activations did go through bf16.
     let same = relative(&b.logits, &a.logits)? == 0.0;
-    out.push(Check {
-        what: format!("{tag} f32 values and bf16 arithmetic"),
-        relative_error: if not_f32.is_empty() && !same { 0.0 } else { f32::INFINITY },
-        tolerance: 0.0,
-        error: match (not_f32.is_empty(), same) {
-            (false, _) => Some(format!("not f32: {}", not_f32.join(", "))),
-            (true, true) => Some("the bf16 logits equal the f32 ones: no bf16 arithmetic ran".into()),
-            (true, false) => None,
-        },
-    });
+    let error = match (not_f32.is_empty(), same) {
+        (false, _) => Some(format!("not f32: {}", not_f32.join(", "))),
+        (true, true) => Some("the bf16 logits equal the f32 ones: no bf16 arithmetic ran".into()),
+        (true, false) => None,
+    };
+    out.push(Check::verdict(format!("{tag} f32 values and bf16 arithmetic"), error));
     Ok(out)
 }

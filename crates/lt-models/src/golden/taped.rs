@@ -15,7 +15,7 @@ use crate::{Arch, Model, Precision};
 pub const TOLERANCE: f32 = 1e-5;
 
 fn check(what: String, relative_error: f32) -> Check {
-    Check { what, relative_error, tolerance: TOLERANCE, error: None }
+    Check::measured(what, relative_error, TOLERANCE)
 }
 
 /// The largest [`relative`] distance between `b`'s and `a`'s tensors of the same names, with
@@ -91,12 +91,10 @@ pub fn check_taped(
         .collect::<Result<_>>()?;
     let (e, name) = worst(buffers.iter().map(|(n, t, r)| (n.clone(), Ok((t, r)))))?;
     out.push(check(format!("{tag} {name} after the steps (the worst)"), e));
-    out.push(Check {
-        what: format!("{tag} ran on the taped executor"),
-        relative_error: if taped.taped_active() { 0.0 } else { f32::INFINITY },
-        tolerance: 0.0,
-        error: (!taped.taped_active())
+    out.push(Check::verdict(
+        format!("{tag} ran on the taped executor"),
+        (!taped.taped_active())
             .then(|| format!("the taped executor does not apply on {device:?} in {precision}")),
-    });
+    ));
     Ok(out)
 }
