@@ -241,11 +241,11 @@ impl Model {
         Ok(p)
     }
 
-    /// Whether a training step on `x` runs on the taped executor: enabled, the fused CPU pass not
-    /// taking it, every op with an explicit backward pass on this device and precision, and no
-    /// gradient wanted for the input.
-    fn taped_ok(&self, x: &Tensor, mode: Mode) -> bool {
-        self.taped_active() && !self.fused_ok(x, mode) && !x.track_op()
+    /// Whether a training step on `x` runs on the taped executor: [`Model::taped_active`] (which
+    /// leaves the model to the fused CPU pass where that applies), and no gradient wanted for the
+    /// input.
+    fn taped_ok(&self, x: &Tensor) -> bool {
+        self.taped_active() && !x.track_op()
     }
 
     /// The images `[N, C, H, W]` as the executors take them: NHWC, on the model's device, in the
@@ -336,7 +336,7 @@ impl Model {
         loss: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
     ) -> Result<TrainStep> {
         let mode = Mode { train: batch_statistics, graph: true };
-        let (logits, loss, grads) = if self.taped_ok(x, mode) {
+        let (logits, loss, grads) = if self.taped_ok(x) {
             self.taped_step(x, mode, loss)?
         } else {
             let logits = self.logits(x, mode)?;
