@@ -68,7 +68,7 @@ fn main() {
         Command::Eval(a) => commands::eval::run_eval(a),
         Command::Report(a) => commands::eval::run_report(a).map(|_| ()),
         Command::Bench(a) => commands::bench::run(a),
-        Command::Selftest(a) => commands::selftest::run(a),
+        Command::Selftest(a) => commands::selftest::run(a, &cli.log),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -141,3 +141,45 @@ fn bench_loader_generates_a_jpeg_folder_once_and_loads_it() {
     assert!(ok, "{err}");
     assert!(out.contains("\"dataset\":\"synthetic\""), "{out}");
 }
+
+#[test]
+fn selftest_runs_every_group_in_its_own_process_and_counts_them() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../lt-models/tests/golden");
+    let (ok, out, err) = lt(&["selftest", "--plain", "--fixtures", fixtures]);
+    assert!(ok, "{out}\n{err}");
+    let summary: Vec<&str> = out.lines().filter(|l| l.contains(" passed on cpu")).collect();
+    // The lines the GPU check reads (scripts/gpu_check.sh), in order, each once.
+    assert_eq!(
+        summary,
+        [
+            "90/90 checks passed on cpu",
+            "14/14 mixed-precision checks passed on cpu",
+            "10/10 taped-executor checks passed on cpu",
+            "8/8 frozen-snapshot checks passed on cpu",
+            "1/1 optimiser checks passed on cpu",
+        ],
+        "{out}"
+    );
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), 123, "{out}");
+    assert!(!out.contains("lt-selftest-result"), "the groups' result lines are read, not printed: {out}");
+
+    // A group that cannot run fails alone: the others still run and count, and the exit says so.
+    let (ok, out, err) = lt(&[
+        "selftest",
+        "--plain",
+        "--fixtures",
+        "/nonexistent",
+        "--only",
+        "golden-resnet32-candle,optimiser",
+    ]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("FAIL resnet32 Candle fixture resnet32.safetensors: could not run"), "{out}");
+    assert!(
+        out.contains("0/0 checks passed on cpu") && out.contains("1/1 optimiser checks passed on cpu"),
+        "{out}"
+    );
+    assert!(err.contains("1 run(s) broken"), "{err}");
+    // A group's time limit is at least a second (a hang is stopped: the unit tests of `child`).
+    let (ok, _, err) = lt(&["selftest", "--only", "optimiser", "--group-timeout", "0"]);
+    assert!(!ok && err.contains("--group-timeout"), "{err}");
+}
