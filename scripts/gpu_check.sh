@@ -3,7 +3,7 @@
 # it here with `cargo xtask cuda-build` (writes dist/cuda/: lt.xz and the Fashion-MNIST files),
 # carry the working tree and dist/cuda there, and run from the repository root:
 #
-#   bash scripts/gpu_check.sh            # all output under $OUT (or dist/cuda/out)
+#   bash scripts/gpu_check.sh        # output under $OUT (or dist/cuda/out); step logs: logs.tar.gz
 #
 # Steps, each with its own time limit and all within one budget (CHECK_BUDGET, 540 s: a step
 # that would run past it gets the time left, or is skipped), so the summary is printed within
@@ -11,7 +11,8 @@
 #   1. unpack dist/cuda/lt.xz (python3's lzma), library path from PyTorch's NVIDIA wheels,
 #      nvidia-smi, missing libraries (ldd);
 #   2. lt selftest --device cuda: every golden check of both backends, strict f32 (TF32 off;
-#      cuDNN's own log of warnings and errors in cudnn.log), the bf16 mixed-precision checks
+#      cuDNN's own warnings and errors in its log), each group of checks in a process of its own
+#      (a fault that poisons the CUDA context fails only its group), the bf16 mixed-precision checks
 #      (bf16 against f32 on the GPU), the taped-executor checks (against candle's autograd), the
 #      frozen-snapshot checks (against its model's evaluation) and SGD's in-place CUDA passes
 #      against its tensor ops;
@@ -45,6 +46,13 @@ cd "$ROOT" || exit 1
 OUT=${OUT:-dist/cuda/out}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+# $OUT gets a few files (the device tool brings back at most 8): summary.txt and summary.tsv,
+# bench.md and bench.jsonl, and logs.tar.gz, the step logs, packed again after every step so that
+# a check stopped half-way still leaves them. The logs, the unpacked binary and the pipeline's run
+# directory stay in a work directory outside $OUT, removed at the end (GPU_CHECK_KEEP=1 keeps it).
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/lt-gpu-check.XXXXXX") || exit 1
+LOGS="$WORK/logs"
+mkdir -p "$LOGS"
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 DATA_ROOT="$ROOT/dist/cuda/data"
 REFERENCE="$ROOT/scripts/gpu_check_reference.txt"
@@ -90,15 +98,21 @@ run_step() {
     LAST_STATUS="FAIL(rc=$rc)"
   fi
   tail -n 3 "$log" | sed 's/^/   /'
+  pack_logs
+}
+
+# pack_logs: $OUT/logs.tar.gz from the step logs so far (written aside, then renamed).
+pack_logs() {
+  tar -czf "$OUT/.logs.tar.gz" -C "$WORK" logs 2>/dev/null && mv -f "$OUT/.logs.tar.gz" "$OUT/logs.tar.gz"
 }
 
 # --- 1. binary, libraries, GPU -----------------------------------------------------------------
 
 step_setup() {
   if [ -z "${LT:-}" ]; then
-    LT="$OUT/bin/lt"
-    mkdir -p "$OUT/bin"
-    run_step unpack 30 "$OUT/unpack.log" python3 -c '
+    LT="$WORK/bin/lt"
+    mkdir -p "$WORK/bin"
+    run_step unpack 30 "$LOGS/unpack.log" python3 -c '
 import lzma, os, shutil, sys
 src, dst = sys.argv[1], sys.argv[2]
 with lzma.open(src) as f, open(dst, "wb") as o:
@@ -106,7 +120,7 @@ with lzma.open(src) as f, open(dst, "wb") as o:
 os.chmod(dst, 0o755)
 print(f"{dst}: {os.path.getsize(dst) / 2**20:.1f} MiB")
 ' "$ROOT/dist/cuda/lt.xz" "$LT"
-    record "unpack lt.xz" "$LAST_STATUS" "$LAST_SECONDS" "$(tail -n 1 "$OUT/unpack.log")"
+    record "unpack lt.xz" "$LAST_STATUS" "$LAST_SECONDS" "$(tail -n 1 "$LOGS/unpack.log")"
   else
     record "unpack lt.xz" skipped 0 "LT=$LT given"
   fi
@@ -123,61 +137,68 @@ print(":".join(sorted(dirs)))
 PY
 )
   export LD_LIBRARY_PATH="${nv}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  echo "$LD_LIBRARY_PATH" >"$OUT/ld_library_path.txt"
-  run_step nvidia-smi 15 "$OUT/gpu.txt" nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  if [ "$LAST_STATUS" = ok ]; then GPU_NAME=$(head -n 1 "$OUT/gpu.txt"); fi
-  record "nvidia-smi" "$LAST_STATUS" "$LAST_SECONDS" "$(head -n 1 "$OUT/gpu.txt")"
-  run_step ldd 15 "$OUT/ldd.txt" ldd "$LT"
+  echo "$LD_LIBRARY_PATH" >"$LOGS/ld_library_path.txt"
+  run_step nvidia-smi 15 "$LOGS/gpu.txt" nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  if [ "$LAST_STATUS" = ok ]; then GPU_NAME=$(head -n 1 "$LOGS/gpu.txt"); fi
+  record "nvidia-smi" "$LAST_STATUS" "$LAST_SECONDS" "$(head -n 1 "$LOGS/gpu.txt")"
+  run_step ldd 15 "$LOGS/ldd.txt" ldd "$LT"
   local missing
-  missing=$(grep -c "not found" "$OUT/ldd.txt")
-  grep "not found" "$OUT/ldd.txt" >"$OUT/ldd_missing.txt"
+  missing=$(grep -c "not found" "$LOGS/ldd.txt")
+  grep "not found" "$LOGS/ldd.txt" >"$LOGS/ldd_missing.txt"
   if [ "$LAST_STATUS" = ok ] && [ "$missing" -gt 0 ]; then LAST_STATUS=FAIL; fi
   record "ldd" "$LAST_STATUS" "$LAST_SECONDS" "$missing missing librar(ies)"
 }
 
 # --- 2. golden checks --------------------------------------------------------------------------
 
+# kind_status LABEL GROUP FAIL_RE: KIND_LINE is selftest.txt's line "N/M LABEL passed", and
+# KIND_STATUS ok when N = M > 0, no line matches FAIL_RE (a failed check or run of that kind) and
+# the process of GROUP (lt selftest --only GROUP) did not fail ("FAIL GROUP: its process ..."),
+# else FAIL.
+kind_status() {
+  local file="$LOGS/selftest.txt" n m
+  KIND_LINE=$(grep -E "^[0-9]+/[0-9]+ $1 passed" "$file" | tail -n 1)
+  n=${KIND_LINE%%/*}
+  m=${KIND_LINE#*/}
+  m=${m%% *}
+  KIND_STATUS=ok
+  if [ -z "$KIND_LINE" ] || [ "$n" != "$m" ] || [ "$m" = 0 ] || grep -qE "$3|^FAIL $2: " "$file"; then
+    KIND_STATUS=FAIL
+  fi
+}
+
 step_selftest() {
   # The goldens are strict f32 (PyTorch with TF32 off). Stock candle's cuDNN convolutions use
   # cuDNN's default math, which is TF32 on Hopper (28 of its 45 checks then miss the f32
   # tolerances by up to 6e-2, seen on an H200); NVIDIA_TF32_OVERRIDE=0 turns TF32 off in every
   # NVIDIA library of the process. The project's own path uses FMA math unless --tf32 is given.
-  NVIDIA_TF32_OVERRIDE=0 CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG="$OUT/cudnn.log" \
-    run_step "selftest --device $DEVICE" 80 "$OUT/selftest.txt" "$LT" selftest --device "$DEVICE" --plain
+  NVIDIA_TF32_OVERRIDE=0 CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG=stderr \
+    run_step "selftest --device $DEVICE" 100 "$LOGS/selftest.txt" "$LT" selftest --device "$DEVICE" --plain \
+    --group-timeout 45
   local line
-  line=$(grep -E '^[0-9]+/[0-9]+ checks passed' "$OUT/selftest.txt" | tail -n 1)
+  line=$(grep -E '^[0-9]+/[0-9]+ checks passed' "$LOGS/selftest.txt" | tail -n 1)
   record "selftest (both backends)" "$LAST_STATUS" "$LAST_SECONDS" "${line:-no summary line (see selftest.txt)}"
   # bf16 mixed precision against f32 on the device (bounds from PyTorch's bf16 autocast).
-  local mixed mixed_status=ok
-  mixed=$(grep -E '^[0-9]+/[0-9]+ mixed-precision checks passed' "$OUT/selftest.txt" | tail -n 1)
-  if [ -z "$mixed" ] || grep -qE '^FAIL .*bf16( vs f32|: could not run)' "$OUT/selftest.txt"; then
-    mixed_status=FAIL
-  fi
-  record "selftest bf16 vs f32" "$mixed_status" 0 "${mixed:-no summary line (see selftest.txt)}"
+  kind_status "mixed-precision checks" mixed '^FAIL .*bf16( vs f32|: could not run)'
+  record "selftest bf16 vs f32" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
   # The taped executor (backward pass walked by hand) against candle's autograd, f32 and bf16.
-  local taped taped_status=ok
-  taped=$(grep -E '^[0-9]+/[0-9]+ taped-executor checks passed' "$OUT/selftest.txt" | tail -n 1)
-  if [ -z "$taped" ] || grep -q '^FAIL .* taped' "$OUT/selftest.txt"; then taped_status=FAIL; fi
-  record "selftest taped vs autograd" "$taped_status" 0 "${taped:-no summary line (see selftest.txt)}"
+  kind_status "taped-executor checks" taped '^FAIL .* taped'
+  record "selftest taped vs autograd" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
   # Should the taped executor (the training default on CUDA) fail its checks, the pipeline trains
   # through candle's autograd instead, so that its accuracy is still measured (and says so).
-  if [ "$taped_status" != ok ]; then PIPELINE_TRAIN_ARGS="--autograd"; fi
+  if [ "$KIND_STATUS" != ok ]; then PIPELINE_TRAIN_ARGS="--autograd"; fi
   # A frozen snapshot (channels-last filters kept on CUDA) against its model's evaluation.
-  local frozen frozen_status=ok
-  frozen=$(grep -E '^[0-9]+/[0-9]+ frozen-snapshot checks passed' "$OUT/selftest.txt" | tail -n 1)
-  if [ -z "$frozen" ] || grep -q '^FAIL .* frozen' "$OUT/selftest.txt"; then frozen_status=FAIL; fi
-  record "selftest frozen snapshot" "$frozen_status" 0 "${frozen:-no summary line (see selftest.txt)}"
+  kind_status "frozen-snapshot checks" frozen '^FAIL .* frozen'
+  record "selftest frozen snapshot" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
   # SGD's in-place passes (two CUDA kernels per parameter) against its tensor ops, bit for bit.
-  local sgd sgd_status=ok
-  sgd=$(grep -E '^[0-9]+/[0-9]+ optimiser checks passed' "$OUT/selftest.txt" | tail -n 1)
-  if [ -z "$sgd" ] || grep -q '^FAIL SGD' "$OUT/selftest.txt"; then sgd_status=FAIL; fi
-  record "selftest SGD passes" "$sgd_status" 0 "${sgd:-no summary line (see selftest.txt)}"
+  kind_status "optimiser checks" optimiser '^FAIL SGD'
+  record "selftest SGD passes" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
   # Likewise SGD's CUDA kernels: the pipeline then updates with the tensor ops.
-  if [ "$sgd_status" != ok ]; then PIPELINE_SGD_TENSOR_OPS=1; fi
+  if [ "$KIND_STATUS" != ok ]; then PIPELINE_SGD_TENSOR_OPS=1; fi
   # Ops cuDNN refused run on candle's kernels, or through cuDNN in f32 (a bf16 op; same results,
   # slower); each is warned about once.
   local fallbacks
-  fallbacks=$(grep -c "cuDNN refused" "$OUT/selftest.txt")
+  fallbacks=$(grep -c "cuDNN refused" "$LOGS/selftest.txt")
   record "cuDNN refusals (fallbacks)" "$([ "$fallbacks" -eq 0 ] && echo ok || echo WARN)" 0 \
     "$fallbacks op kind(s) run another way (grep \"cuDNN refused\" selftest.txt)"
 }
@@ -186,7 +207,7 @@ step_selftest() {
 
 # peak_sampler_start / peak_sampler_stop: the highest memory.used nvidia-smi reports meanwhile (MiB).
 peak_sampler_start() {
-  SAMPLES="$OUT/mem_samples.txt"
+  SAMPLES="$WORK/mem_samples.txt"
   : >"$SAMPLES"
   if command -v nvidia-smi >/dev/null && [ "$DEVICE" != cpu ]; then
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 >"$SAMPLES" 2>/dev/null &
@@ -208,11 +229,11 @@ bench_project() {
   local extra=()
   [ "$tf32" = 1 ] && extra+=(--tf32)
   peak_sampler_start
-  run_step "bench $name" "$limit" "$OUT/bench-$name.log" "$LT" bench backbone --device "$DEVICE" "$@" "${extra[@]}"
+  run_step "bench $name" "$limit" "$LOGS/bench-$name.log" "$LT" bench backbone --device "$DEVICE" "$@" "${extra[@]}"
   local peak
   peak=$(peak_sampler_stop)
   local json result="no result"
-  json=$(grep '^{' "$OUT/bench-$name.log" | tail -n 1)
+  json=$(grep '^{' "$LOGS/bench-$name.log" | tail -n 1)
   if [ -n "$json" ]; then
     python3 -c '
 import json, sys
@@ -232,10 +253,10 @@ bench_torch() {
   shift
   # PyTorch times four variants, each with cudnn.benchmark's search first: ResNet-50 needs longer.
   limit=$(bench_limit "${TORCH_LIMIT:-60}") || { record "bench $name" skipped 0 "bench time used up"; return; }
-  run_step "bench $name" "$limit" "$OUT/bench-$name.log" python3 scripts/bench_torch.py --device "$DEVICE" \
+  run_step "bench $name" "$limit" "$LOGS/bench-$name.log" python3 scripts/bench_torch.py --device "$DEVICE" \
     --variants f32-strict-cl,f32,f32-cl,bf16-cl "$@"
-  grep '^{' "$OUT/bench-$name.log" >>"$OUT/bench.jsonl"
-  record "bench $name" "$LAST_STATUS" "$LAST_SECONDS" "$(grep -c '^{' "$OUT/bench-$name.log") variant(s)"
+  grep '^{' "$LOGS/bench-$name.log" >>"$OUT/bench.jsonl"
+  record "bench $name" "$LAST_STATUS" "$LAST_SECONDS" "$(grep -c '^{' "$LOGS/bench-$name.log") variant(s)"
 }
 
 # bench_limit WANT: the time left of the benchmark's budget, at most WANT (fails when used up).
@@ -280,31 +301,31 @@ step_bench() {
         --autograd
     fi
   done
-  python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$OUT/bench_table.err"
+  python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$LOGS/bench_table.err"
   # Where a ResNet-32 training step (taped executor) spends its time, forward and backward.
-  run_step "profile resnet32 train" 30 "$OUT/profile-resnet32.log" "$LT" bench backbone \
+  run_step "profile resnet32 train" 30 "$LOGS/profile-resnet32.log" "$LT" bench backbone \
     --device "$DEVICE" --arch resnet32 --classes 10 --batch 128 --size 32 --steps 3 --warmup 2 --mode train \
     --tf32 --taped --profile
   record "profile resnet32 train b128 TF32" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
 import json, sys
 d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["profile"]
 print("step %.0f ms; ops: " % d["step_ms"] + ", ".join("%s %.1f ms" % (o["op"], o["ms"]) for o in d["ops"][:6]))
-' "$OUT/profile-resnet32.log" 2>/dev/null || echo "no profile")"
+' "$LOGS/profile-resnet32.log" 2>/dev/null || echo "no profile")"
   # Where a ResNet-50 training step spends its time: each op between device syncs.
-  run_step "profile resnet50 train" 60 "$OUT/profile-resnet50.log" "$LT" bench backbone --device "$DEVICE" \
+  run_step "profile resnet50 train" 60 "$LOGS/profile-resnet50.log" "$LT" bench backbone --device "$DEVICE" \
     --arch resnet50 --classes 1000 --batch 64 --size 224 --steps 3 --warmup 2 --mode train --tf32 --profile
   record "profile resnet50 train b64 TF32" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
 import json, sys
 d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["profile"]
 print("step %.0f ms; ops: " % d["step_ms"] + ", ".join("%s %.0f ms" % (o["op"], o["ms"]) for o in d["ops"][:6]))
-' "$OUT/profile-resnet50.log" 2>/dev/null || echo "no profile")"
+' "$LOGS/profile-resnet50.log" 2>/dev/null || echo "no profile")"
 }
 
 # --- 4. Fashion-MNIST-LT pipeline --------------------------------------------------------------
 
 step_pipeline() {
   local limit=110
-  local run="$OUT/fmnist"
+  local run="$WORK/fmnist"
   rm -rf "$run"
   mkdir -p "$run"
   # A short stage 1 so that the whole pipeline fits the check's time budget.
@@ -345,7 +366,7 @@ TOML
   local fallback=""
   [ -n "$PIPELINE_TRAIN_ARGS" ] && fallback=" [lt train $PIPELINE_TRAIN_ARGS: the taped checks failed]"
   [ -n "$PIPELINE_SGD_TENSOR_OPS" ] && fallback="$fallback [LT_SGD_TENSOR_OPS=1: the SGD check failed]"
-  run_step "fmnist-lt pipeline ($DEVICE)" "$limit" "$OUT/pipeline.log" \
+  run_step "fmnist-lt pipeline ($DEVICE)" "$limit" "$LOGS/pipeline.log" \
     env TRAIN_ARGS="$PIPELINE_TRAIN_ARGS" ${PIPELINE_SGD_TENSOR_OPS:+LT_SGD_TENSOR_OPS=1} \
     bash scripts/fmnist_pipeline.sh "$LT" "$DEVICE" "$run" "$DATA_ROOT"
   # value FILE KEY: the value of KEY in a `key value` file.
@@ -380,15 +401,15 @@ print("%.0f img/s (%s workers, batch %s)" % (d["images_per_sec"], d["workers"], 
 # on the same files. The JPEGs are written outside $OUT (about 50 MB) and removed afterwards.
 step_loader() {
   local jpegs="${TMPDIR:-/tmp}/lt-gpu-check-jpegs-$$"
-  run_step "loader cifar ($DEVICE)" 30 "$OUT/loader-cifar.log" "$LT" bench loader --device "$DEVICE" --workers 2
-  record "loader cifar-size 2 workers" "$LAST_STATUS" "$LAST_SECONDS" "$(loader_result "$OUT/loader-cifar.log")"
-  run_step "loader jpeg ($DEVICE)" 40 "$OUT/loader-jpeg.log" "$LT" bench loader --device "$DEVICE" \
+  run_step "loader cifar ($DEVICE)" 30 "$LOGS/loader-cifar.log" "$LT" bench loader --device "$DEVICE" --workers 2
+  record "loader cifar-size 2 workers" "$LAST_STATUS" "$LAST_SECONDS" "$(loader_result "$LOGS/loader-cifar.log")"
+  run_step "loader jpeg ($DEVICE)" 40 "$LOGS/loader-jpeg.log" "$LT" bench loader --device "$DEVICE" \
     --data-root "$jpegs" --generate-jpegs 512 --workers 12 --batches 40
-  record "loader 224 jpeg (project)" "$LAST_STATUS" "$LAST_SECONDS" "$(loader_result "$OUT/loader-jpeg.log")"
+  record "loader 224 jpeg (project)" "$LAST_STATUS" "$LAST_SECONDS" "$(loader_result "$LOGS/loader-jpeg.log")"
   if [ -d "$jpegs" ]; then
-    run_step "loader jpeg (torchvision)" 40 "$OUT/loader-jpeg-torch.log" python3 scripts/bench_torch_loader.py \
+    run_step "loader jpeg (torchvision)" 40 "$LOGS/loader-jpeg-torch.log" python3 scripts/bench_torch_loader.py \
       --device "$DEVICE" --folder "$jpegs" --workers 12 --batches 40
-    record "loader 224 jpeg (torchvision)" "$LAST_STATUS" "$LAST_SECONDS" "$(loader_result "$OUT/loader-jpeg-torch.log")"
+    record "loader 224 jpeg (torchvision)" "$LAST_STATUS" "$LAST_SECONDS" "$(loader_result "$LOGS/loader-jpeg-torch.log")"
   fi
   rm -rf "$jpegs"
 }
@@ -412,13 +433,13 @@ step_cpu() {
   r32=(--arch resnet32 --classes 10 --batch 128 --size 32 --steps 3 --warmup 1)
   for mode in train eval; do
     for k in avx512 avx2; do
-      run_step "cpu $mode ($k)" 30 "$OUT/cpu-$mode-$k.log" env LT_KERNELS=$k "$LT" bench backbone --device cpu \
+      run_step "cpu $mode ($k)" 30 "$LOGS/cpu-$mode-$k.log" env LT_KERNELS=$k "$LT" bench backbone --device cpu \
         "${r32[@]}" --mode "$mode"
-      record "cpu resnet32 $mode b128 LT_KERNELS=$k" "$LAST_STATUS" "$LAST_SECONDS" "$(cpu_result "$OUT/cpu-$mode-$k.log")"
+      record "cpu resnet32 $mode b128 LT_KERNELS=$k" "$LAST_STATUS" "$LAST_SECONDS" "$(cpu_result "$LOGS/cpu-$mode-$k.log")"
     done
-    run_step "cpu $mode (pytorch)" 40 "$OUT/cpu-$mode-torch.log" python3 scripts/bench_torch.py --device cpu \
+    run_step "cpu $mode (pytorch)" 40 "$LOGS/cpu-$mode-torch.log" python3 scripts/bench_torch.py --device cpu \
       "${r32[@]}" --mode "$mode" --threads "$threads" --channels-last
-    record "cpu resnet32 $mode b128 PyTorch CL" "$LAST_STATUS" "$LAST_SECONDS" "$(cpu_result "$OUT/cpu-$mode-torch.log")"
+    record "cpu resnet32 $mode b128 PyTorch CL" "$LAST_STATUS" "$LAST_SECONDS" "$(cpu_result "$LOGS/cpu-$mode-torch.log")"
   done
 }
 
@@ -445,4 +466,11 @@ TOTAL=$(($(date +%s) - START_ALL))
   while IFS=$'\t' read -r step status secs result; do
     printf '%-34s %-13s %7s  %s\n' "$step" "$status" "$secs" "$result"
   done <"$SUMMARY"
+  echo "Step logs: $OUT/logs.tar.gz (tar -xzf; cuDNN's own warnings are in logs/selftest.txt)"
 } | tee "$OUT/summary.txt"
+pack_logs
+if [ "${GPU_CHECK_KEEP:-0}" = 1 ]; then
+  echo "Work directory kept: $WORK"
+else
+  rm -rf "$WORK"
+fi
