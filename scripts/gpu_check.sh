@@ -14,8 +14,9 @@
 #      cuDNN's own warnings and errors in its log), each group of checks in a process of its own
 #      (a fault that poisons the CUDA context fails only its group), the bf16 mixed-precision checks
 #      (bf16 against f32 on the GPU), the taped-executor checks (against candle's autograd), the
-#      frozen-snapshot checks (against its model's evaluation) and SGD's in-place CUDA passes
-#      against its tensor ops;
+#      frozen-snapshot checks (against its model's evaluation), SGD's in-place CUDA passes
+#      against its tensor ops, and whether training steps run twice from one seed give the same
+#      bits;
 #   3. Fashion-MNIST-LT on CUDA: a short stage 1 (SGD + SWA), extraction, SRepr, eval, with its
 #      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt (through
 #      candle's autograd, or with SGD's tensor ops, when step 2's taped or SGD checks failed: the
@@ -151,10 +152,10 @@ PY
 
 # --- 2. golden checks --------------------------------------------------------------------------
 
-# kind_status LABEL GROUP FAIL_RE: KIND_LINE is selftest.txt's line "N/M LABEL passed", and
-# KIND_STATUS ok when N = M > 0, no line matches FAIL_RE (a failed check or run of that kind) and
-# the process of GROUP (lt selftest --only GROUP) did not fail ("FAIL GROUP: its process ..."),
-# else FAIL.
+# kind_status LABEL GROUP_RE FAIL_RE: KIND_LINE is selftest.txt's line "N/M LABEL passed" (with
+# the count of failed group processes, if any), and KIND_STATUS ok when N = M > 0, no line
+# matches FAIL_RE (a failed check or run of that kind) and no process of the groups GROUP_RE
+# (lt selftest --only GROUP) failed ("FAIL GROUP: its process ..."), else FAIL.
 kind_status() {
   local file="$LOGS/selftest.txt" n m
   KIND_LINE=$(grep -E "^[0-9]+/[0-9]+ $1 passed" "$file" | tail -n 1)
@@ -165,6 +166,10 @@ kind_status() {
   if [ -z "$KIND_LINE" ] || [ "$n" != "$m" ] || [ "$m" = 0 ] || grep -qE "$3|^FAIL $2: " "$file"; then
     KIND_STATUS=FAIL
   fi
+  local crashed
+  crashed=$(grep -cE "^FAIL $2: its process" "$file")
+  [ "$crashed" -gt 0 ] && KIND_LINE="${KIND_LINE:-no summary line}; $crashed group process(es) failed (selftest.txt)"
+  return 0
 }
 
 step_selftest() {
@@ -175,9 +180,11 @@ step_selftest() {
   NVIDIA_TF32_OVERRIDE=0 CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG=stderr \
     run_step "selftest --device $DEVICE" 100 "$LOGS/selftest.txt" "$LT" selftest --device "$DEVICE" --plain \
     --group-timeout 45
-  local line
-  line=$(grep -E '^[0-9]+/[0-9]+ checks passed' "$LOGS/selftest.txt" | tail -n 1)
-  record "selftest (both backends)" "$LAST_STATUS" "$LAST_SECONDS" "${line:-no summary line (see selftest.txt)}"
+  # The golden checks' own verdict: exit 1 (a check of any kind failed) leaves it to their line;
+  # a timeout or a crash of the whole step shows as it is.
+  kind_status "checks" 'golden-[a-z0-9-]+' '^FAIL resnet(32|50) (Fast|Candle)'
+  [ "$LAST_STATUS" = ok ] || [ "$LAST_STATUS" = "FAIL(rc=1)" ] || KIND_STATUS=$LAST_STATUS
+  record "selftest (both backends)" "$KIND_STATUS" "$LAST_SECONDS" "${KIND_LINE:-no summary line (see selftest.txt)}"
   # bf16 mixed precision against f32 on the device (bounds from PyTorch's bf16 autocast).
   kind_status "mixed-precision checks" mixed '^FAIL .*bf16( vs f32|: could not run)'
   record "selftest bf16 vs f32" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
@@ -195,6 +202,10 @@ step_selftest() {
   record "selftest SGD passes" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
   # Likewise SGD's CUDA kernels: the pipeline then updates with the tensor ops.
   if [ "$KIND_STATUS" != ok ]; then PIPELINE_SGD_TENSOR_OPS=1; fi
+  # Training steps run twice from one seed (the device's default path, SGD included): the same
+  # bits? Where not, the worst parameter's line in selftest.txt names the first layer that differs.
+  kind_status "repeatability checks" repeatable '^FAIL .* repeated'
+  record "selftest repeatable training" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
   # Ops cuDNN refused run on candle's kernels, or through cuDNN in f32 (a bf16 op; same results,
   # slower); each is warned about once.
   local fallbacks

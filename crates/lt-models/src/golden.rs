@@ -18,6 +18,7 @@ use crate::{Arch, Backend, Model};
 
 pub mod frozen;
 pub mod mixed;
+pub mod repeat;
 pub mod taped;
 
 /// A batch for the device checks: images of `shape` drawn from `N(0, 1)` with `seed` and the
@@ -41,6 +42,22 @@ fn relative(a: &Tensor, b: &Tensor) -> Result<f32> {
     let norm: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
     let e = (diff / norm.max(1e-12)) as f32;
     Ok(if e.is_finite() { e } else { f32::INFINITY })
+}
+
+/// The largest [`relative`] distance between `b`'s and `a`'s tensors of the same names, with
+/// that name.
+fn worst<'a>(
+    pairs: impl Iterator<Item = (String, Result<(&'a Tensor, &'a Tensor)>)>,
+) -> Result<(f32, String)> {
+    let (mut worst, mut worst_name) = (0f32, String::new());
+    for (name, pair) in pairs {
+        let (b, a) = pair?;
+        let e = relative(b, a)?;
+        if worst_name.is_empty() || e > worst {
+            (worst, worst_name) = (e, name);
+        }
+    }
+    Ok((worst, worst_name))
 }
 
 const C: u64 = 0x9E37_79B9_7F4A_7C15;

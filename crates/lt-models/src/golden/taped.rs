@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{check_batch, relative, Check};
+use super::{check_batch, relative, worst, Check};
 use crate::error::{ModelError, Result};
 use crate::{Arch, Model, Precision};
 
@@ -16,22 +16,6 @@ pub const TOLERANCE: f32 = 1e-5;
 
 fn check(what: String, relative_error: f32) -> Check {
     Check::measured(what, relative_error, TOLERANCE)
-}
-
-/// The largest [`relative`] distance between `b`'s and `a`'s tensors of the same names, with
-/// that name.
-fn worst<'a>(
-    pairs: impl Iterator<Item = (String, Result<(&'a Tensor, &'a Tensor)>)>,
-) -> Result<(f32, String)> {
-    let (mut worst, mut worst_name) = (0f32, String::new());
-    for (name, pair) in pairs {
-        let (b, a) = pair?;
-        let e = relative(b, a)?;
-        if worst_name.is_empty() || e > worst {
-            (worst, worst_name) = (e, name);
-        }
-    }
-    Ok((worst, worst_name))
 }
 
 /// Runs the taped-executor checks for `arch` (`classes` classes) on images of `shape` on

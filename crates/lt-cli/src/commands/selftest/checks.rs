@@ -22,6 +22,7 @@ pub(super) fn run_group(g: Group, device: &candle_core::Device, fixtures: &Path)
         Group::Mixed => mixed_precision(device),
         Group::Taped => per_precision("taped", lt_models::golden::taped::check_taped, device),
         Group::Frozen => per_precision("frozen", lt_models::golden::frozen::check_frozen, device),
+        Group::Repeatable => per_precision("repeated", lt_models::golden::repeat::check_repeatable, device),
         Group::Optimiser => {
             let ok = report(&sgd_passes(device));
             Tally { total: 1, failed: usize::from(!ok), broken: Vec::new() }
@@ -68,8 +69,9 @@ type PerPrecision = fn(
 
 /// The checks of `check` (named `what`) for every architecture of [`SHAPES`] in every precision
 /// of [`precisions`]: the taped-executor checks (`lt_models::golden::taped`, against candle's
-/// autograd) and the frozen-snapshot checks (`lt_models::golden::frozen`, against the model's
-/// own evaluation).
+/// autograd), the frozen-snapshot checks (`lt_models::golden::frozen`, against the model's own
+/// evaluation) and the repeatability checks (`lt_models::golden::repeat`, two runs from one
+/// seed).
 fn per_precision(what: &str, check: PerPrecision, device: &candle_core::Device) -> Tally {
     let runs = precisions(device).iter().flat_map(|&precision| {
         SHAPES.into_iter().map(move |(arch, shape)| {

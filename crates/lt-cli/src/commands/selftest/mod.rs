@@ -2,8 +2,9 @@
 //! `crates/lt-models/tests/golden/`, read from the working tree), then the mixed-precision
 //! checks (bf16 against f32 on the device), the taped-executor checks (its training steps
 //! against candle's autograd on the device), the frozen-snapshot checks (a snapshot against its
-//! model's evaluation) and the optimiser check (SGD's in-place passes against its tensor ops on
-//! the device). Every check runs, whatever fails before it; the summary counts them all, each
+//! model's evaluation), the optimiser check (SGD's in-place passes against its tensor ops on
+//! the device) and the repeatability checks (training steps run twice from one seed give the
+//! same bits). Every check runs, whatever fails before it; the summary counts them all, each
 //! kind on its own line.
 //!
 //! Each [`Group`] of checks runs in a process of its own ([`child`]): on a GPU, a kernel that
@@ -65,11 +66,13 @@ pub enum Group {
     Frozen,
     /// SGD's in-place passes against its tensor ops.
     Optimiser,
+    /// A few training steps run twice from one seed: the same bits.
+    Repeatable,
 }
 
 impl Group {
     /// Every group, in the order they run.
-    const ALL: [Group; 8] = [
+    const ALL: [Group; 9] = [
         Group::GoldenResnet32Fast,
         Group::GoldenResnet32Candle,
         Group::GoldenResnet50Fast,
@@ -78,6 +81,7 @@ impl Group {
         Group::Taped,
         Group::Frozen,
         Group::Optimiser,
+        Group::Repeatable,
     ];
 
     /// The name `--only` takes.
@@ -96,6 +100,7 @@ impl Group {
             Group::Taped => Kind::Taped,
             Group::Frozen => Kind::Frozen,
             Group::Optimiser => Kind::Optimiser,
+            Group::Repeatable => Kind::Repeatable,
         }
     }
 }
@@ -108,10 +113,12 @@ enum Kind {
     Taped,
     Frozen,
     Optimiser,
+    Repeatable,
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [Kind::Golden, Kind::Mixed, Kind::Taped, Kind::Frozen, Kind::Optimiser];
+    const ALL: [Kind; 6] =
+        [Kind::Golden, Kind::Mixed, Kind::Taped, Kind::Frozen, Kind::Optimiser, Kind::Repeatable];
 
     /// The summary line's noun: `N/M <label> passed on <device>`.
     fn label(self) -> &'static str {
@@ -121,6 +128,7 @@ impl Kind {
             Kind::Taped => "taped-executor checks",
             Kind::Frozen => "frozen-snapshot checks",
             Kind::Optimiser => "optimiser checks",
+            Kind::Repeatable => "repeatability checks",
         }
     }
 }
