@@ -203,7 +203,7 @@ step_selftest() {
   # Likewise SGD's CUDA kernels: the pipeline then updates with the tensor ops.
   if [ "$KIND_STATUS" != ok ]; then PIPELINE_SGD_TENSOR_OPS=1; fi
   # Training steps run twice from one seed (the device's default path, SGD included): the same
-  # bits? Where not, the worst parameter's line in selftest.txt names the first layer that differs.
+  # bits? Where not, selftest.txt's line names the parameter that differs most.
   kind_status "repeatability checks" repeatable '^FAIL .* repeated'
   record "selftest repeatable training" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
   # Ops cuDNN refused run on candle's kernels, or through cuDNN in f32 (a bf16 op; same results,
