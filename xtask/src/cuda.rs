@@ -7,8 +7,9 @@
 //! 2. The driver library is not on PyPI, so a link stub `libcuda.so` (soname `libcuda.so.1`)
 //!    exporting every driver entry point cudarc declares is generated and compiled; at run time
 //!    the GPU machine's real driver is loaded instead.
-//! 3. `lt` is built with `--features cuda,cudnn` into `target/cuda`, stripped, and compressed
-//!    with xz into `dist/cuda/lt.xz` (the GPU machine unpacks it with Python's `lzma`); the
+//! 3. `lt` is built with `--features cuda,cudnn` into `target/cuda` and stripped; a smoke test
+//!    runs it here with the driver stubbed (its CPU path passes part of `lt selftest`, and
+//!    `--device cuda` fails cleanly); it is compressed with xz into `dist/cuda/lt.xz` (the GPU machine unpacks it with Python's `lzma`); the
 //!    Fashion-MNIST files of the GPU check are copied to `dist/cuda/data/fashion-mnist/`. Carry the
 //!    working tree and `dist/cuda` (git-ignored) to the GPU machine and run
 //!    `bash scripts/gpu_check.sh` from the repository root.
@@ -216,11 +217,57 @@ pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
     // Only the compressed binary travels (an uncompressed one left from older builds would not fit).
     let _ = std::fs::remove_file(dist.join("lt"));
     let _ = std::fs::remove_file(dist.join("gpu_check.sh"));
+    smoke(root, &stripped, &dirs)?;
     let xz = dist.join("lt.xz");
     compress(&stripped, &xz)?;
     copy_fashion_mnist(&a.fashion_mnist, &dist.join("data/fashion-mnist"))?;
     report(&stripped, &dist)?;
     Ok(xz)
+}
+
+/// The groups of `lt selftest` the smoke test runs on the CPU.
+const SMOKE_GROUPS: &str = "golden-resnet32-fast,golden-resnet32-candle,taped,optimiser,repeatable";
+
+/// Runs the CUDA build `lt` here, with the driver stubbed (every entry point fails): its CPU path
+/// must pass some of `lt selftest`'s groups (the libraries load, and the features `cuda` and
+/// `cudnn` leave the CPU's results as they are), and asking for the GPU must fail with the
+/// device's error, not a crash. `dirs` are the library folders of the build, the stub's first.
+fn smoke(root: &Path, lt: &Path, dirs: &[PathBuf]) -> Result<()> {
+    let stub = dirs.first().context("no driver stub folder")?;
+    let soname = stub.join("libcuda.so.1");
+    if !soname.exists() {
+        std::os::unix::fs::symlink("libcuda.so", &soname)?;
+    }
+    let ld = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
+    let run = |device: &str| {
+        Command::new(lt)
+            .current_dir(root)
+            .args(["--plain", "selftest", "--device", device, "--only", SMOKE_GROUPS])
+            .env("LD_LIBRARY_PATH", &ld)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .with_context(|| format!("running {}", lt.display()))
+    };
+    let cpu = run("cpu")?;
+    let out = String::from_utf8_lossy(&cpu.stdout);
+    if !cpu.status.success() {
+        bail!(
+            "the CUDA build's CPU path failed `lt selftest --only {SMOKE_GROUPS}` ({}):\n{out}{}",
+            cpu.status,
+            String::from_utf8_lossy(&cpu.stderr)
+        );
+    }
+    let gpu = run("cuda")?;
+    let err = String::from_utf8_lossy(&gpu.stderr);
+    if gpu.status.code() != Some(1) || !err.contains("opening cuda:0") {
+        bail!("with the driver stubbed, `lt selftest --device cuda` should fail opening cuda:0; it ended {}:\n{err}", gpu.status);
+    }
+    let passed: Vec<&str> = out.lines().filter(|l| l.contains(" passed on cpu")).collect();
+    eprintln!(
+        "smoke test, the driver stubbed: {}; --device cuda fails opening the device",
+        passed.join(", ")
+    );
+    Ok(())
 }
 
 /// `xz -6` of `src` into `dst` (through a temporary file, so that `dst` is whole or absent).
