@@ -217,3 +217,44 @@ fn run_isolated(a: &SelftestArgs, g: Group, log: &str) -> Result<Tally> {
         .with_context(|| format!("running the {name} checks in a process of their own"))?;
     Ok(outcome.into_tally(&name, timeout, &mut out)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `scripts/gpu_check.sh` judges each kind by its summary line and its groups' names
+    /// (`kind_status "LABEL" GROUPS ...`): every kind's label and every group's name must be
+    /// what the script reads, or a renamed one would go unread on the GPU machine.
+    #[test]
+    fn the_gpu_check_reads_every_kind_and_group() {
+        let script =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/gpu_check.sh"))
+                .expect("scripts/gpu_check.sh");
+        let calls: Vec<(&str, &str)> = script
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("kind_status \""))
+            .filter_map(|rest| {
+                let (label, rest) = rest.split_once('"')?;
+                Some((label, rest.split_whitespace().next()?.trim_matches('\'')))
+            })
+            .collect();
+        for kind in Kind::ALL {
+            let Some(&(_, groups)) = calls.iter().find(|(label, _)| *label == kind.label()) else {
+                panic!("gpu_check.sh has no kind_status call for \"{}\"", kind.label());
+            };
+            for g in Group::ALL.into_iter().filter(|g| g.kind() == kind) {
+                let name = g.name();
+                let matched = match groups.strip_suffix("[a-z0-9-]+") {
+                    Some(prefix) => name.starts_with(prefix),
+                    None => name == groups,
+                };
+                assert!(
+                    matched,
+                    "gpu_check.sh reads the groups {groups:?} for \"{}\", not {name}",
+                    kind.label()
+                );
+            }
+        }
+        assert_eq!(calls.len(), Kind::ALL.len(), "{calls:?}");
+    }
+}
