@@ -253,7 +253,14 @@ d["impl"] = sys.argv[2]
 if sys.argv[3]:
     d["nvidia_smi_peak_mib"] = float(sys.argv[3])
 print(json.dumps(d))' "$json" "$name" "${peak:-}" >>"$OUT/bench.jsonl"
-    result=$(python3 -c 'import json, sys; print("%.0f img/s" % json.loads(sys.argv[1])["images_per_sec"])' "$json")
+    # The host's share: the time a step took to enqueue its work, of the whole step (near 100%:
+    # the step waits on launches and the host, not on the GPU).
+    result=$(python3 -c '
+import json, sys
+d = json.loads(sys.argv[1])
+host = d.get("median_host_seconds")
+share = ", host %.0f%% of the step" % (100 * host / d["median_step_seconds"]) if host else ""
+print("%.0f img/s%s" % (d["images_per_sec"], share))' "$json")
   fi
   record "bench $name" "$LAST_STATUS" "$LAST_SECONDS" "$result"
 }

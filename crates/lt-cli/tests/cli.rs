@@ -184,3 +184,19 @@ fn selftest_runs_every_group_in_its_own_process_and_counts_them() {
     let (ok, _, err) = lt(&["selftest", "--only", "optimiser", "--group-timeout", "0"]);
     assert!(!ok && err.contains("--group-timeout"), "{err}");
 }
+
+#[test]
+fn bench_backbone_reports_the_step_and_the_hosts_share_of_it() {
+    let args = [
+        "bench", "backbone", "--arch", "resnet20", "--batch", "2", "--size", "16", "--steps", "3",
+        "--warmup", "0",
+    ];
+    let (ok, out, err) = lt(&args);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let (step, host) =
+        (v["median_step_seconds"].as_f64().unwrap(), v["median_host_seconds"].as_f64().unwrap());
+    // Each step's enqueue time is part of it, so the medians keep that order.
+    assert!(0.0 < host && host <= step, "{out}");
+    assert_eq!(v["images_per_sec"].as_f64().unwrap(), 2.0 / step, "{out}");
+}

@@ -2,7 +2,7 @@
 //! that peak memory is the configuration's own). Each prints one JSON object.
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Tensor};
@@ -165,19 +165,24 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
 }
 
-/// The median of a few timed calls of `step` after `warmup` untimed ones.
-fn median_seconds(warmup: u32, steps: u32, mut step: impl FnMut() -> Result<()>) -> Result<f64> {
+/// The medians of a few timed calls of `step` after `warmup` untimed ones: of the whole call,
+/// and of the time until the call had enqueued its work, which `step` returns (the host's share
+/// of a step on a GPU; all of it where nothing runs asynchronously).
+fn median_seconds(warmup: u32, steps: u32, mut step: impl FnMut() -> Result<Duration>) -> Result<(f64, f64)> {
     for _ in 0..warmup {
         step()?;
     }
-    let mut times = Vec::with_capacity(steps as usize);
+    let (mut times, mut host) = (Vec::with_capacity(steps as usize), Vec::with_capacity(steps as usize));
     for _ in 0..steps {
         let t = Instant::now();
-        step()?;
+        host.push(step()?.as_secs_f64());
         times.push(t.elapsed().as_secs_f64());
     }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((median(times), median(host)))
 }
 
 fn backbone(b: BackboneBench) -> Result<()> {
@@ -221,7 +226,9 @@ fn backbone(b: BackboneBench) -> Result<()> {
     let params = m.as_ref().map_or_else(Vec::new, |m| m.store().named_params());
     let model = || m.as_ref().context("no model beside its frozen snapshot");
     let mut opt = Sgd::new(0.9, true, 5e-4);
-    let mut step = || -> Result<()> {
+    // A step returns how long it took to enqueue its work, before the device synchronises.
+    let mut step = || -> Result<Duration> {
+        let t = Instant::now();
         match b.mode {
             Mode::Train => {
                 let step = model()?.train_step(&x, |logits| candle_nn::loss::cross_entropy(logits, &y))?;
@@ -242,15 +249,16 @@ fn backbone(b: BackboneBench) -> Result<()> {
                 l.to_dtype(DType::F32)?.sum_all()?.to_vec0::<f32>()?;
             }
         }
+        let enqueued = t.elapsed();
         dev.synchronize()?;
-        Ok(())
+        Ok(enqueued)
     };
-    let median = median_seconds(b.warmup, b.steps, &mut step)?;
+    let (median, host) = median_seconds(b.warmup, b.steps, &mut step)?;
     let profile = if b.profile { Some(profiled(&mut step)?) } else { None };
     print(json!({
         "profile": profile,
         "bench": "backbone", "arch": b.arch, "mode": b.mode, "backend": b.backend, "batch": batch, "size": size,
-        "device": b.device, "frozen": frozen.is_some(), "median_step_seconds": median, "images_per_sec": batch as f64 / median, "steps": b.steps,
+        "device": b.device, "frozen": frozen.is_some(), "median_step_seconds": median, "median_host_seconds": host, "images_per_sec": batch as f64 / median, "steps": b.steps,
         "kernels": lt_models::ops::kernel_name(), "gemm": lt_models::ops::gemm_isa().name(), "cpu_features": lt_models::ops::cpu_features(), "tf32": b.tf32, "precision": b.precision, "taped": taped,
         "device_pool_peak_mib": lt_models::ops::device_memory_peak(&dev).map(|b| b as f64 / 1048576.0),
     }));
@@ -259,7 +267,7 @@ fn backbone(b: BackboneBench) -> Result<()> {
 
 /// One more `step` with its ops timed (see `BackboneBench::profile`): `[{op, calls, ms}]` and the
 /// whole step.
-fn profiled(step: &mut impl FnMut() -> Result<()>) -> Result<serde_json::Value> {
+fn profiled(step: &mut impl FnMut() -> Result<Duration>) -> Result<serde_json::Value> {
     lt_models::profile::set_enabled(true);
     let t = Instant::now();
     let done = step();
