@@ -8,38 +8,41 @@
 # Steps, each with its own time limit and all within one budget (CHECK_BUDGET, 540 s: a step
 # that would run past it gets the time left, or is skipped), so the summary is printed within
 # about 9 minutes; a failing step does not stop the others, and one summary table is printed last:
-#   1. unpack dist/cuda/lt.xz (python3's lzma), library path from PyTorch's NVIDIA wheels,
+#   1. setup: unpack dist/cuda/lt.xz (python3's lzma), library path from PyTorch's NVIDIA wheels,
 #      nvidia-smi, missing libraries (ldd);
-#   2. lt selftest --device cuda: every golden check of both backends, strict f32 (TF32 off;
-#      cuDNN's own warnings and errors in its log), each group of checks in a process of its own
-#      (a fault that poisons the CUDA context fails only its group), the bf16 mixed-precision checks
-#      (bf16 against f32 on the GPU), the taped-executor checks (against candle's autograd), the
-#      frozen-snapshot checks (against its model's evaluation), SGD's in-place CUDA passes
+#   2. selftest: lt selftest --device cuda, every golden check of both backends, strict f32 (TF32
+#      off; cuDNN's own warnings and errors in its log), each group of checks in a process of its
+#      own (a fault that poisons the CUDA context fails only its group), the bf16 mixed-precision
+#      checks (bf16 against f32 on the GPU), the taped-executor checks (against candle's autograd),
+#      the frozen-snapshot checks (against its model's evaluation), SGD's in-place CUDA passes
 #      against its tensor ops, and whether training steps run twice from one seed give the same
 #      bits;
-#   3. Fashion-MNIST-LT on CUDA: a short stage 1 (SGD + SWA), extraction, SRepr, eval, with its
-#      wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt (through
-#      candle's autograd, or with SGD's tensor ops, when step 2's taped or SGD checks failed: the
-#      summary's row says so);
-#   4. the benchmark: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval,
-#      the project (f32, TF32 convolutions, bf16 mixed precision) against PyTorch CUDA in the
-#      same run (f32 with TF32 off, f32 NCHW and channels-last with PyTorch's default TF32, bf16
-#      autocast + channels-last), with peak GPU memory, the ResNet-32 training step once more
-#      with freed device memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the
-#      driver's default), once more with SGD's tensor ops instead of its CUDA kernels
-#      (LT_SGD_TENSOR_OPS=1), the training steps once more through candle's autograd (--autograd;
-#      the default is the taped executor, the backward pass walked by hand), and one profiled
-#      training step each of ResNet-32 and ResNet-50 (every forward and backward op timed
-#      between device synchronisations);
-#   5. the loader: batches made on the device, CIFAR-size (2 workers) and generated 500 x 375
-#      JPEGs decoded and cropped to 224 (12 workers, as the ImageNet-LT preset) against
-#      torchvision's DataLoader on the same files;
-#   6. the CPU kernels on this machine's own CPU (often one with AVX-512, which the development
-#      machine lacks): ResNet-32 batch 128 train step and eval with each kernel set the CPU has
-#      (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
+#   3. pipeline: Fashion-MNIST-LT on CUDA, a short stage 1 (SGD + SWA), extraction, SRepr, eval,
+#      with its wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt
+#      (through candle's autograd, or with SGD's tensor ops, when step 2's taped or SGD checks
+#      failed: the summary's row says so);
+#   4. bench: ResNet-32 batch 128 and ResNet-50 batch 256 (224x224), train step and eval, the
+#      project (f32, TF32 convolutions, bf16 mixed precision) against PyTorch CUDA in the same run
+#      (f32 with TF32 off, f32 NCHW and channels-last with PyTorch's default TF32, bf16 autocast +
+#      channels-last), with peak GPU memory and the host's share of a step;
+#   5. loader: batches made on the device, CIFAR-size (2 workers) and generated 500 x 375 JPEGs
+#      decoded and cropped to 224 (12 workers, as the ImageNet-LT preset) against torchvision's
+#      DataLoader on the same files;
+#   6. bench-more, what explains it: the training steps once more through candle's autograd
+#      (--autograd; the default is the taped executor, the backward pass walked by hand), the
+#      ResNet-32 training step once more with freed device memory released at every synchronisation
+#      (LT_CUDA_RELEASE_FREED=1, the driver's default) and with SGD's tensor ops instead of its CUDA
+#      kernels (LT_SGD_TENSOR_OPS=1), and one profiled training step each of ResNet-32 and ResNet-50
+#      (every forward and backward op timed between device syncs);
+#   7. cpu: the CPU kernels on this machine's own CPU (often one with AVX-512, which the
+#      development machine lacks): ResNet-32 batch 128 train step and eval with each kernel set the
+#      CPU has (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
+# They run in that order, by priority: a budget cut takes the last ones.
 # Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
 # GPU_CHECK_DEVICE (default cuda; `cpu` runs the same steps on the CPU, for a dry run),
-# CHECK_BUDGET (seconds for all steps, default 540).
+# CHECK_BUDGET (seconds for all steps, default 540), GPU_CHECK_STEPS (some of selftest pipeline
+# bench bench-more loader cpu, to rerun what failed; the setup always runs), GPU_CHECK_KEEP=1
+# (keep the work directory).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -277,6 +280,10 @@ bench_torch() {
   record "bench $name" "$LAST_STATUS" "$LAST_SECONDS" "$(grep -c '^{' "$LOGS/bench-$name.log") variant(s)"
 }
 
+# The benchmark's configurations: ResNet-32 at batch 128 (CIFAR) and ResNet-50 at batch 256 (224).
+R32=(--arch resnet32 --classes 10 --batch 128 --size 32 --steps 20 --warmup 5)
+R50=(--arch resnet50 --classes 1000 --batch 256 --size 224 --steps 8 --warmup 3)
+
 # bench_limit WANT: the time left of the benchmark's budget, at most WANT (fails when used up).
 bench_limit() {
   local left=$((BENCH_DEADLINE - $(date +%s)))
@@ -284,42 +291,50 @@ bench_limit() {
   echo $((left < $1 ? left : $1))
 }
 
+# The project (f32, TF32, bf16) against PyTorch, ResNet-32 and ResNet-50, training and eval.
 step_bench() {
   : >"$OUT/bench.jsonl"
-  BENCH_DEADLINE=$(($(date +%s) + 380))
-  # The profile and the CPU step after it get the rest of the check's budget, if any.
-  [ "$BENCH_DEADLINE" -gt "$((DEADLINE - 40))" ] && BENCH_DEADLINE=$((DEADLINE - 40))
-  local r32=(--arch resnet32 --classes 10 --batch 128 --size 32 --steps 20 --warmup 5)
-  local r50=(--arch resnet50 --classes 1000 --batch 256 --size 224 --steps 8 --warmup 3)
+  # The comparison with PyTorch first, leaving 45 s for the loader; the extra rows
+  # (step_bench_more) get what is left after it.
+  BENCH_DEADLINE=$((DEADLINE - 45))
   for mode in train eval; do
-    bench_project "resnet32-$mode-project-f32" 0 "${r32[@]}" --mode "$mode"
-    bench_project "resnet32-$mode-project-tf32" 1 "${r32[@]}" --mode "$mode"
-    bench_project "resnet32-$mode-project-bf16" 0 "${r32[@]}" --mode "$mode" --precision bf16
-    bench_torch "resnet32-$mode-pytorch" "${r32[@]}" --mode "$mode"
-    if [ "$mode" = train ]; then
-      bench_project "resnet32-train-project-tf32-autograd" 1 "${r32[@]}" --mode train --autograd
-      bench_project "resnet32-train-project-bf16-autograd" 0 "${r32[@]}" --mode train --precision bf16 \
-        --autograd
-    fi
+    bench_project "resnet32-$mode-project-f32" 0 "${R32[@]}" --mode "$mode"
+    bench_project "resnet32-$mode-project-tf32" 1 "${R32[@]}" --mode "$mode"
+    bench_project "resnet32-$mode-project-bf16" 0 "${R32[@]}" --mode "$mode" --precision bf16
+    bench_torch "resnet32-$mode-pytorch" "${R32[@]}" --mode "$mode"
+  done
+  for mode in train eval; do
+    bench_project "resnet50-$mode-project-f32" 0 "${R50[@]}" --mode "$mode"
+    bench_project "resnet50-$mode-project-tf32" 1 "${R50[@]}" --mode "$mode"
+    bench_project "resnet50-$mode-project-bf16" 0 "${R50[@]}" --mode "$mode" --precision bf16
+    TORCH_LIMIT=110 bench_torch "resnet50-$mode-pytorch" "${R50[@]}" --mode "$mode"
+  done
+  bench_table
+}
+
+# bench_table: bench.md from the rows so far.
+bench_table() {
+  python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$LOGS/bench_table.err"
+}
+
+# What the other training paths and settings are worth, and where a step spends its time.
+step_bench_more() {
+  BENCH_DEADLINE=$((DEADLINE - 10))
+  # The training steps through candle's autograd (the default is the taped executor).
+  for cfg in R32 R50; do
+    local name args
+    [ "$cfg" = R32 ] && name=resnet32 && args=("${R32[@]}")
+    [ "$cfg" = R50 ] && name=resnet50 && args=("${R50[@]}")
+    bench_project "$name-train-project-tf32-autograd" 1 "${args[@]}" --mode train --autograd
+    bench_project "$name-train-project-bf16-autograd" 0 "${args[@]}" --mode train --precision bf16 --autograd
   done
   # What keeping freed device memory in the pool is worth: the same ResNet-32 TF32 training step
   # with the driver's default (freed memory released at every synchronisation; prepare_device).
-  LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${r32[@]}" --mode train
+  LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${R32[@]}" --mode train
   # What SGD's in-place CUDA kernels are worth: the same step with its tensor ops (nine kernels
   # and allocations per parameter instead of two launches).
-  LT_SGD_TENSOR_OPS=1 bench_project resnet32-train-tf32-sgd-tensor-ops 1 "${r32[@]}" --mode train
-  for mode in train eval; do
-    bench_project "resnet50-$mode-project-f32" 0 "${r50[@]}" --mode "$mode"
-    bench_project "resnet50-$mode-project-tf32" 1 "${r50[@]}" --mode "$mode"
-    bench_project "resnet50-$mode-project-bf16" 0 "${r50[@]}" --mode "$mode" --precision bf16
-    TORCH_LIMIT=110 bench_torch "resnet50-$mode-pytorch" "${r50[@]}" --mode "$mode"
-    if [ "$mode" = train ]; then
-      bench_project "resnet50-train-project-tf32-autograd" 1 "${r50[@]}" --mode train --autograd
-      bench_project "resnet50-train-project-bf16-autograd" 0 "${r50[@]}" --mode train --precision bf16 \
-        --autograd
-    fi
-  done
-  python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$LOGS/bench_table.err"
+  LT_SGD_TENSOR_OPS=1 bench_project resnet32-train-tf32-sgd-tensor-ops 1 "${R32[@]}" --mode train
+  bench_table
   # Where a ResNet-32 training step (taped executor) spends its time, forward and backward.
   run_step "profile resnet32 train" 30 "$LOGS/profile-resnet32.log" "$LT" bench backbone \
     --device "$DEVICE" --arch resnet32 --classes 10 --batch 128 --size 32 --steps 3 --warmup 2 --mode train \
@@ -463,12 +478,24 @@ step_cpu() {
 
 # --- main ------------------------------------------------------------------------------------------
 
+# The steps by priority: what the issue's "done when" reads (the golden checks, the pipeline, the
+# ratios against PyTorch) before what explains them, so that a budget cut takes the extras.
+# GPU_CHECK_STEPS runs some of them (a rerun of what failed); the setup always runs.
+STEPS=${GPU_CHECK_STEPS:-selftest pipeline bench loader bench-more cpu}
+for s in $STEPS; do
+  case $s in
+    selftest | pipeline | bench | bench-more | loader | cpu) ;;
+    *)
+      echo "GPU_CHECK_STEPS: unknown step '$s' (selftest pipeline bench bench-more loader cpu)" >&2
+      rm -rf "$WORK"
+      exit 2
+      ;;
+  esac
+done
 step_setup
-step_selftest
-step_pipeline
-step_loader
-step_bench
-step_cpu
+for s in $STEPS; do
+  "step_${s//-/_}"
+done
 
 TOTAL=$(($(date +%s) - START_ALL))
 {
