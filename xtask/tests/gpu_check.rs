@@ -1,0 +1,98 @@
+//! `scripts/gpu_check.sh`'s verdicts and fallbacks, with a stand-in `lt` that prints what a GPU
+//! run's `lt selftest` could print and records every other call: the check runs on a GPU
+//! machine once in a while, so what it concludes from the selftest is tested here.
+
+use std::path::Path;
+use std::process::Command;
+
+/// The selftest output of a GPU run where the taped executor's process crashed and one
+/// repeatability check failed; everything else passed.
+const SELFTEST: &str = "\
+ok   resnet32 Fast logits 0.0
+45/45 checks passed on cuda
+14/14 mixed-precision checks passed on cuda
+FAIL taped: its process was ended by signal 11 (SIGSEGV); its checks are not counted
+0/0 taped-executor checks passed on cuda
+8/8 frozen-snapshot checks passed on cuda
+1/1 optimiser checks passed on cuda
+FAIL resnet20 f32 training repeated: step 1 logits 1e-7 (tolerance 0)
+19/20 repeatability checks passed on cuda
+runs that could not start or end: taped (was ended by signal 11 (SIGSEGV))
+";
+
+/// Writes the stand-in `lt` into `dir`: `selftest` prints [`SELFTEST`] and fails as `lt` would;
+/// any other call appends its arguments to `dir/calls.txt` and succeeds.
+fn stand_in(dir: &Path) -> std::path::PathBuf {
+    let (lt, output, calls) = (dir.join("lt"), dir.join("selftest.txt"), dir.join("calls.txt"));
+    std::fs::write(&output, SELFTEST).unwrap();
+    let script = format!(
+        "#!/bin/sh\ncase \" $* \" in\n  *\" selftest \"*) cat '{}'; exit 1 ;;\nesac\necho \"$*\" >>'{}'\n",
+        output.display(),
+        calls.display()
+    );
+    std::fs::write(&lt, script).unwrap();
+    Command::new("chmod").arg("+x").arg(&lt).status().unwrap();
+    lt
+}
+
+#[test]
+fn a_crashed_group_fails_its_kind_alone_and_sends_the_pipeline_to_autograd() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lt = stand_in(dir.path());
+    let out = dir.path().join("out");
+    let run = Command::new("bash")
+        .arg(root.join("scripts/gpu_check.sh"))
+        .env("OUT", &out)
+        .env("LT", &lt)
+        .env("GPU_CHECK_DEVICE", "cpu")
+        .env("GPU_CHECK_STEPS", "selftest pipeline")
+        .env("CHECK_BUDGET", "120")
+        .env("TMPDIR", dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let summary = std::fs::read_to_string(out.join("summary.tsv")).unwrap_or_default();
+    let row = |step: &str| -> Vec<String> {
+        summary
+            .lines()
+            .find(|l| l.starts_with(&format!("{step}\t")))
+            .unwrap_or_else(|| panic!("no row {step:?} in:\n{summary}\n{stdout}"))
+            .split('\t')
+            .map(str::to_string)
+            .collect()
+    };
+    // The golden checks passed: their row says so, whatever failed elsewhere.
+    assert_eq!(row("selftest (both backends)")[1], "ok", "{summary}");
+    assert_eq!(row("selftest bf16 vs f32")[1], "ok", "{summary}");
+    // 0/0 with its process crashed: failed, and the row says a process failed.
+    let taped = row("selftest taped vs autograd");
+    assert_eq!(taped[1], "FAIL", "{summary}");
+    assert!(taped[3].contains("1 group process(es) failed"), "{summary}");
+    assert_eq!(row("selftest repeatable training")[1], "FAIL", "{summary}");
+    assert_eq!(row("selftest SGD passes")[1], "ok", "{summary}");
+    // The pipeline trained through candle's autograd, with SGD's CUDA passes kept.
+    let calls = std::fs::read_to_string(dir.path().join("calls.txt")).unwrap_or_default();
+    let train =
+        calls.lines().find(|l| l.contains(" train ")).unwrap_or_else(|| panic!("no train call:\n{calls}"));
+    assert!(train.ends_with("--autograd"), "{train}");
+    assert!(
+        row("fmnist-lt 6 epochs + SRepr")[3].contains("[lt train --autograd: the taped checks failed]"),
+        "{summary}"
+    );
+    assert!(!row("fmnist-lt 6 epochs + SRepr")[3].contains("LT_SGD_TENSOR_OPS"), "{summary}");
+    // $OUT holds the few files the device tool brings back, the logs among them.
+    let mut files: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["logs.tar.gz", "summary.tsv", "summary.txt"], "{stdout}");
+    // The work directory (binary, logs, run directory) is gone.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("lt-gpu-check."))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
