@@ -9,10 +9,11 @@
 //!    the GPU machine's real driver is loaded instead.
 //! 3. `lt` is built with `--features cuda,cudnn` into `target/cuda` and stripped; a smoke test
 //!    runs it here with the driver stubbed (its CPU path passes part of `lt selftest`, and
-//!    `--device cuda` fails cleanly); it is compressed with xz into `dist/cuda/lt.xz` (the GPU machine unpacks it with Python's `lzma`); the
-//!    Fashion-MNIST files of the GPU check are copied to `dist/cuda/data/fashion-mnist/`. Carry the
-//!    working tree and `dist/cuda` (git-ignored) to the GPU machine and run
-//!    `bash scripts/gpu_check.sh` from the repository root.
+//!    `--device cuda` fails cleanly); it is compressed with xz into `dist/cuda/lt.xz` (the GPU
+//!    machine unpacks it with Python's `lzma`); the Fashion-MNIST files of the GPU check are
+//!    copied to `dist/cuda/data/fashion-mnist/`. Carry the working tree and `dist/cuda`
+//!    (git-ignored) to the GPU machine and run `bash scripts/gpu_check.sh` from the repository
+//!    root.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -193,7 +194,7 @@ pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
     driver_stub(root, &stub_dir)?;
     let mut dirs = lib_dirs(&nvidia);
     dev_links(&dirs)?;
-    dirs.insert(0, stub_dir);
+    dirs.insert(0, stub_dir.clone());
     let rustflags: String = dirs.iter().map(|d| format!("-L native={} ", d.display())).collect();
     let path = format!("{}:{}", cu.join("bin").display(), std::env::var("PATH").unwrap_or_default());
     let ld = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
@@ -206,7 +207,7 @@ pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
             .env("CUDA_ROOT", &cu)
             .env("CUDA_PATH", &cu)
             .env("PATH", path)
-            .env("LD_LIBRARY_PATH", ld)
+            .env("LD_LIBRARY_PATH", &ld)
             .env("RUSTFLAGS", rustflags),
     )?;
     let stripped = root.join("target/cuda/lt-stripped");
@@ -217,7 +218,7 @@ pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
     // Only the compressed binary travels (an uncompressed one left from older builds would not fit).
     let _ = std::fs::remove_file(dist.join("lt"));
     let _ = std::fs::remove_file(dist.join("gpu_check.sh"));
-    smoke(root, &stripped, &dirs)?;
+    smoke(root, &stripped, &stub_dir, &ld)?;
     let xz = dist.join("lt.xz");
     compress(&stripped, &xz)?;
     copy_fashion_mnist(&a.fashion_mnist, &dist.join("data/fashion-mnist"))?;
@@ -231,19 +232,18 @@ const SMOKE_GROUPS: &str = "golden-resnet32-fast,golden-resnet32-candle,taped,op
 /// Runs the CUDA build `lt` here, with the driver stubbed (every entry point fails): its CPU path
 /// must pass some of `lt selftest`'s groups (the libraries load, and the features `cuda` and
 /// `cudnn` leave the CPU's results as they are), and asking for the GPU must fail with the
-/// device's error, not a crash. `dirs` are the library folders of the build, the stub's first.
-fn smoke(root: &Path, lt: &Path, dirs: &[PathBuf]) -> Result<()> {
-    let stub = dirs.first().context("no driver stub folder")?;
+/// device's error, not a crash. `stub` is the driver stub's folder, `ld` the build's library
+/// path (the stub's folder first).
+fn smoke(root: &Path, lt: &Path, stub: &Path, ld: &str) -> Result<()> {
     let soname = stub.join("libcuda.so.1");
     if !soname.exists() {
         std::os::unix::fs::symlink("libcuda.so", &soname)?;
     }
-    let ld = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(":");
     let run = |device: &str| {
         Command::new(lt)
             .current_dir(root)
             .args(["--plain", "selftest", "--device", device, "--only", SMOKE_GROUPS])
-            .env("LD_LIBRARY_PATH", &ld)
+            .env("LD_LIBRARY_PATH", ld)
             .env_remove("RUST_BACKTRACE")
             .output()
             .with_context(|| format!("running {}", lt.display()))
