@@ -101,15 +101,16 @@ impl Outcome {
         } else {
             Some(ended(self.status))
         };
-        let mut t = self.result.clone().unwrap_or_default();
-        match (&self.result, how) {
-            (Some(_), None) => {}
-            (None, how) => {
+        let reported = self.result.is_some();
+        let mut t = self.result.unwrap_or_default();
+        match (reported, how) {
+            (true, None) => {}
+            (false, how) => {
                 let how = how.unwrap_or_else(|| "exited without reporting its counts".into());
                 writeln!(out, "FAIL {name}: its process {how}; its checks are not counted")?;
                 t.broken.push(format!("{name} ({how})"));
             }
-            (Some(_), Some(how)) => {
+            (true, Some(how)) => {
                 writeln!(out, "FAIL {name}: its process reported its counts, then {how}")?;
                 t.broken.push(format!("{name} ({how} after reporting)"));
             }
