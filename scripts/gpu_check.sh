@@ -317,6 +317,17 @@ bench_table() {
   python3 scripts/bench_table.py "$OUT/bench.jsonl" >"$OUT/bench.md" 2>"$LOGS/bench_table.err"
 }
 
+# profile_result LOG DIGITS: a profiled step's time and its six costliest ops (ms with DIGITS
+# decimals) from a `lt bench backbone --profile` log.
+profile_result() {
+  python3 -c '
+import json, sys
+d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["profile"]
+ms = "%%s %%.%sf ms" % sys.argv[2]
+print("step %.0f ms; ops: " % d["step_ms"] + ", ".join(ms % (o["op"], o["ms"]) for o in d["ops"][:6]))
+' "$1" "$2" 2>/dev/null || echo "no profile"
+}
+
 # What the other training paths and settings are worth, and where a step spends its time.
 step_bench_more() {
   BENCH_DEADLINE=$((DEADLINE - 10))
@@ -339,19 +350,13 @@ step_bench_more() {
   run_step "profile resnet32 train" 30 "$LOGS/profile-resnet32.log" "$LT" bench backbone \
     --device "$DEVICE" --arch resnet32 --classes 10 --batch 128 --size 32 --steps 3 --warmup 2 --mode train \
     --tf32 --taped --profile
-  record "profile resnet32 train b128 TF32" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
-import json, sys
-d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["profile"]
-print("step %.0f ms; ops: " % d["step_ms"] + ", ".join("%s %.1f ms" % (o["op"], o["ms"]) for o in d["ops"][:6]))
-' "$LOGS/profile-resnet32.log" 2>/dev/null || echo "no profile")"
+  record "profile resnet32 train b128 TF32" "$LAST_STATUS" "$LAST_SECONDS" \
+    "$(profile_result "$LOGS/profile-resnet32.log" 1)"
   # Where a ResNet-50 training step spends its time: each op between device syncs.
   run_step "profile resnet50 train" 60 "$LOGS/profile-resnet50.log" "$LT" bench backbone --device "$DEVICE" \
     --arch resnet50 --classes 1000 --batch 64 --size 224 --steps 3 --warmup 2 --mode train --tf32 --profile
-  record "profile resnet50 train b64 TF32" "$LAST_STATUS" "$LAST_SECONDS" "$(python3 -c '
-import json, sys
-d = json.loads([l for l in open(sys.argv[1]) if l.startswith("{")][-1])["profile"]
-print("step %.0f ms; ops: " % d["step_ms"] + ", ".join("%s %.0f ms" % (o["op"], o["ms"]) for o in d["ops"][:6]))
-' "$LOGS/profile-resnet50.log" 2>/dev/null || echo "no profile")"
+  record "profile resnet50 train b64 TF32" "$LAST_STATUS" "$LAST_SECONDS" \
+    "$(profile_result "$LOGS/profile-resnet50.log" 0)"
 }
 
 # --- 4. Fashion-MNIST-LT pipeline --------------------------------------------------------------
