@@ -60,6 +60,23 @@ fn worst<'a>(
     Ok((worst, worst_name))
 }
 
+/// The largest [`relative`] distance between model `b`'s buffers (running statistics) that
+/// `keep` keeps and model `a`'s of the same names, with that name; a buffer `a` lacks is an
+/// error.
+fn worst_buffer(b: &Model, a: &Model, keep: impl Fn(&str) -> bool) -> Result<(f32, String)> {
+    let pairs: Vec<(String, Tensor, Tensor)> = b
+        .store()
+        .named_buffers()
+        .into_iter()
+        .filter(|(name, _)| keep(name))
+        .map(|(name, t)| {
+            let r = a.store().buffer(&name).ok_or_else(|| ModelError::MissingBuffer(name.clone()))?;
+            Ok((name, t, r))
+        })
+        .collect::<Result<_>>()?;
+    worst(pairs.iter().map(|(n, t, r)| (n.clone(), Ok((t, r)))))
+}
+
 const C: u64 = 0x9E37_79B9_7F4A_7C15;
 
 fn fnv1a(name: &str) -> u64 {

@@ -7,9 +7,9 @@
 //! shapes, and where not, which parameter differs most. Small shapes may miss a nondeterminism
 //! that shows only at larger ones.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
-use super::{check_batch, relative, worst, Check};
+use super::{check_batch, relative, worst, worst_buffer, Check};
 use crate::error::{ModelError, Result};
 use crate::{Arch, Model, Precision};
 
@@ -72,17 +72,10 @@ fn compare(tag: &str, (la, a): Run, (lb, b): Run) -> Result<Vec<Check>> {
             Ok((name, v.as_tensor().clone(), r.as_tensor().clone()))
         })
         .collect::<Result<_>>()?;
-    let buffers: Vec<(String, Tensor, Tensor)> = b
-        .store()
-        .named_buffers()
-        .into_iter()
-        .map(|(name, t)| {
-            let r = a.store().buffer(&name).ok_or_else(|| ModelError::MissingBuffer(name.clone()))?;
-            Ok((name, t.to_dtype(DType::F32)?, r.to_dtype(DType::F32)?))
-        })
-        .collect::<Result<_>>()?;
-    for (what, pairs) in [("parameter", params), ("running statistic", buffers)] {
-        let (e, name) = worst(pairs.iter().map(|(n, t, r)| (n.clone(), Ok((t, r)))))?;
+    let parameters = worst(params.iter().map(|(n, t, r)| (n.clone(), Ok((t, r)))))?;
+    for (what, (e, name)) in
+        [("parameter", parameters), ("running statistic", worst_buffer(&b, &a, |_| true)?)]
+    {
         let which = if e == 0.0 { format!("every {what}") } else { format!("{what} {name} (the worst)") };
         out.push(Check::measured(format!("{tag}: {which} after {STEPS} steps"), e, 0.0));
     }

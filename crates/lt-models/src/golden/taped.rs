@@ -5,9 +5,9 @@
 //! is far off. No fixture: the reference is the autograd path, which the golden checks hold to
 //! PyTorch.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
-use super::{check_batch, relative, worst, Check};
+use super::{check_batch, relative, worst, worst_buffer, Check};
 use crate::error::{ModelError, Result};
 use crate::{Arch, Model, Precision};
 
@@ -63,17 +63,7 @@ pub fn check_taped(
         let (e, name) = worst(grads)?;
         out.push(check(format!("{tag} {step} gradient of {name} (the worst)"), e));
     }
-    let buffers: Vec<(String, Tensor, Tensor)> = taped
-        .store()
-        .named_buffers()
-        .into_iter()
-        .filter(|(name, _)| !name.ends_with("num_batches_tracked"))
-        .map(|(name, t)| {
-            let r = reference.store().buffer(&name).ok_or_else(|| ModelError::MissingBuffer(name.clone()))?;
-            Ok((name, t.to_dtype(DType::F32)?, r))
-        })
-        .collect::<Result<_>>()?;
-    let (e, name) = worst(buffers.iter().map(|(n, t, r)| (n.clone(), Ok((t, r)))))?;
+    let (e, name) = worst_buffer(&taped, &reference, |name| !name.ends_with("num_batches_tracked"))?;
     out.push(check(format!("{tag} {name} after the steps (the worst)"), e));
     out.push(Check::verdict(
         format!("{tag} ran on the taped executor"),
