@@ -15,8 +15,8 @@
 #      own (a fault that poisons the CUDA context fails only its group), the bf16 mixed-precision
 #      checks (bf16 against f32 on the GPU), the taped-executor checks (against candle's autograd),
 #      the frozen-snapshot checks (against its model's evaluation), SGD's in-place CUDA passes
-#      against its tensor ops, and whether training steps run twice from one seed give the same
-#      bits;
+#      against its tensor ops, whether training steps run twice from one seed give the same
+#      bits, and the loader's batches made on the device against the host's;
 #   3. pipeline: Fashion-MNIST-LT on CUDA, a short stage 1 (SGD + SWA), extraction, SRepr, eval,
 #      with its wall time and accuracy against the CPU reference in scripts/gpu_check_reference.txt
 #      (through candle's autograd, or with SGD's tensor ops, when step 2's taped or SGD checks
@@ -209,6 +209,10 @@ step_selftest() {
   # bits? Where not, selftest.txt's line names the parameter that differs most.
   kind_status "repeatability checks" repeatable '^FAIL .* repeated'
   record "selftest repeatable training" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
+  # The loader's batches, made on the device by its worker threads (each with a CUDA stream of its
+  # own) and read the moment they arrive, against the host's: complete, the same bits?
+  kind_status "loader checks" loader '^FAIL loader'
+  record "selftest loader batches" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
   # Ops cuDNN refused run on candle's kernels, or through cuDNN in f32 (a bf16 op; same results,
   # slower); each is warned about once.
   local fallbacks

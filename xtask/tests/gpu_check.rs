@@ -17,6 +17,7 @@ FAIL taped: its process was ended by signal 11 (SIGSEGV); its checks are not cou
 1/1 optimiser checks passed on cuda
 FAIL resnet20 f32 training repeated: step 1 logits 1e-7 (tolerance 0)
 19/20 repeatability checks passed on cuda
+1/1 loader checks passed on cuda
 runs that could not start or end: taped (was ended by signal 11 (SIGSEGV))
 ";
 
@@ -71,6 +72,7 @@ fn a_crashed_group_fails_its_kind_alone_and_sends_the_pipeline_to_autograd() {
     assert!(taped[3].contains("1 group process(es) failed"), "{summary}");
     assert_eq!(row("selftest repeatable training")[1], "FAIL", "{summary}");
     assert_eq!(row("selftest SGD passes")[1], "ok", "{summary}");
+    assert_eq!(row("selftest loader batches")[1], "ok", "{summary}");
     // The pipeline trained through candle's autograd, with SGD's CUDA passes kept.
     let calls = std::fs::read_to_string(dir.path().join("calls.txt")).unwrap_or_default();
     let train =

@@ -158,10 +158,11 @@ fn selftest_runs_every_group_in_its_own_process_and_counts_them() {
             "8/8 frozen-snapshot checks passed on cpu",
             "1/1 optimiser checks passed on cpu",
             "10/10 repeatability checks passed on cpu",
+            "1/1 loader checks passed on cpu",
         ],
         "{out}"
     );
-    assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), 133, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("ok ")).count(), 134, "{out}");
     assert!(!out.contains("lt-selftest-result"), "the groups' result lines are read, not printed: {out}");
 
     // A group that cannot run fails alone: the others still run and count, and the exit says so.

@@ -127,17 +127,21 @@ pub const RELEASE_FREED_ENV: &str = "LT_CUDA_RELEASE_FREED";
 /// - the device's memory pool keeps freed memory for reuse instead of returning it to the driver
 ///   at every synchronisation (the driver's default), as PyTorch's caching allocator does: every
 ///   step allocates the same sizes again ([`RELEASE_FREED_ENV`]`=1` keeps the default);
-/// - cudarc's per-allocation CUDA events are turned off: they order work between streams, and
-///   candle runs every op of a device on one stream, so in this project they are two event
-///   creations and destructions per allocation that nothing waits on. A program that uses more
-///   than one stream of the device should not call this function.
+/// - cudarc's per-allocation CUDA events are turned off: two event creations and destructions
+///   per allocation that nothing waits on, since cudarc waits on them only between streams made
+///   with its `new_stream`, which neither candle nor this project makes (a program that does
+///   should not call this function). candle runs each host thread's ops on that thread's own
+///   stream (the per-thread default stream), which cudarc does not order: a tensor made on one
+///   thread and used on another must be finished first (`Device::synchronize` on the thread that
+///   made it), as `lt_data`'s loader does with its batches.
 pub fn prepare_device(device: &candle_core::Device) -> CResult<()> {
     #[cfg(feature = "cudnn")]
     if let candle_core::Device::Cuda(d) = device {
         let release = std::env::var(RELEASE_FREED_ENV).is_ok_and(|v| v == "1");
         cudnn::memory::keep_freed_memory(device, release)?;
-        // SAFETY: every op of this device runs on its one stream (see above), so no allocation
-        // is used on another stream and the events have nothing to order.
+        // SAFETY: no stream of this device is made with `new_stream`, so cudarc's events order
+        // nothing; across host threads (each with its own stream) a tensor is used only after the
+        // thread that made it has synchronised (see above).
         unsafe { d.disable_event_tracking() };
     }
     let _ = device;

@@ -23,11 +23,15 @@ pub(super) fn run_group(g: Group, device: &candle_core::Device, fixtures: &Path)
         Group::Taped => per_precision("taped", lt_models::golden::taped::check_taped, device),
         Group::Frozen => per_precision("frozen", lt_models::golden::frozen::check_frozen, device),
         Group::Repeatable => per_precision("repeated", lt_models::golden::repeat::check_repeatable, device),
-        Group::Optimiser => {
-            let ok = report(&sgd_passes(device));
-            Tally { total: 1, failed: usize::from(!ok), broken: Vec::new() }
-        }
+        Group::Optimiser => one(&sgd_passes(device)),
+        Group::Loader => one(&loader_batches(device)),
     }
+}
+
+/// The counts of one check, its line printed.
+fn one(c: &lt_models::golden::Check) -> Tally {
+    let ok = report(c);
+    Tally { total: 1, failed: usize::from(!ok), broken: Vec::new() }
 }
 
 /// Prints one check's line; returns whether it passed.
@@ -53,6 +57,17 @@ fn sgd_passes(device: &candle_core::Device) -> lt_models::golden::Check {
                 .then(|| "the in-place passes did not run on this device (tensor ops ran)".into()),
             ..lt_models::golden::Check::measured(what, c.differing as f32 / c.compared.max(1) as f32, 0.0)
         },
+        Err(e) => lt_models::golden::Check::verdict(what, Some(format!("{e:#}"))),
+    }
+}
+
+/// The loader's batches made on the device by its workers, read the moment they arrive, against
+/// the same samples normalised on the host (`lt_data::loader::check_device_batches`): every
+/// value's bits the same.
+fn loader_batches(device: &candle_core::Device) -> lt_models::golden::Check {
+    let what = "loader batches made on the device vs the host (values differing)".to_string();
+    match lt_data::loader::check_device_batches(device) {
+        Ok(c) => lt_models::golden::Check::measured(what, c.differing as f32 / c.compared.max(1) as f32, 0.0),
         Err(e) => lt_models::golden::Check::verdict(what, Some(format!("{e:#}"))),
     }
 }

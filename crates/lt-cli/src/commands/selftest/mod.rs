@@ -3,8 +3,9 @@
 //! checks (bf16 against f32 on the device), the taped-executor checks (its training steps
 //! against candle's autograd on the device), the frozen-snapshot checks (a snapshot against its
 //! model's evaluation), the optimiser check (SGD's in-place passes against its tensor ops on
-//! the device) and the repeatability checks (training steps run twice from one seed give the
-//! same bits). Every check runs, whatever fails before it; the summary counts them all, each
+//! the device), the repeatability checks (training steps run twice from one seed give the
+//! same bits) and the loader check (batches its workers make on the device, read the moment they
+//! arrive, against the host's). Every check runs, whatever fails before it; the summary counts them all, each
 //! kind on its own line.
 //!
 //! Each [`Group`] of checks runs in a process of its own ([`child`]): on a GPU, a kernel that
@@ -68,11 +69,13 @@ pub enum Group {
     Optimiser,
     /// A few training steps run twice from one seed: the same bits.
     Repeatable,
+    /// The loader's batches made on the device against the host's.
+    Loader,
 }
 
 impl Group {
     /// Every group, in the order they run.
-    const ALL: [Group; 9] = [
+    const ALL: [Group; 10] = [
         Group::GoldenResnet32Fast,
         Group::GoldenResnet32Candle,
         Group::GoldenResnet50Fast,
@@ -82,6 +85,7 @@ impl Group {
         Group::Frozen,
         Group::Optimiser,
         Group::Repeatable,
+        Group::Loader,
     ];
 
     /// The name `--only` takes.
@@ -101,6 +105,7 @@ impl Group {
             Group::Frozen => Kind::Frozen,
             Group::Optimiser => Kind::Optimiser,
             Group::Repeatable => Kind::Repeatable,
+            Group::Loader => Kind::Loader,
         }
     }
 }
@@ -114,11 +119,19 @@ enum Kind {
     Frozen,
     Optimiser,
     Repeatable,
+    Loader,
 }
 
 impl Kind {
-    const ALL: [Kind; 6] =
-        [Kind::Golden, Kind::Mixed, Kind::Taped, Kind::Frozen, Kind::Optimiser, Kind::Repeatable];
+    const ALL: [Kind; 7] = [
+        Kind::Golden,
+        Kind::Mixed,
+        Kind::Taped,
+        Kind::Frozen,
+        Kind::Optimiser,
+        Kind::Repeatable,
+        Kind::Loader,
+    ];
 
     /// The summary line's noun: `N/M <label> passed on <device>`.
     fn label(self) -> &'static str {
@@ -129,6 +142,7 @@ impl Kind {
             Kind::Frozen => "frozen-snapshot checks",
             Kind::Optimiser => "optimiser checks",
             Kind::Repeatable => "repeatability checks",
+            Kind::Loader => "loader checks",
         }
     }
 }

@@ -7,6 +7,8 @@
 //! Each sample's random augmentation is drawn from a stream keyed by `(seed, epoch, position in
 //! the epoch)`, so batches are identical whatever the number of workers or their timing.
 
+mod check;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use lt_core::Rng;
 use crate::dataset::Dataset;
 use crate::error::Result;
 use crate::transform::Normalize;
+pub use check::{check_device_batches, BatchCheck};
 
 /// A batch of samples.
 #[derive(Debug)]
@@ -68,7 +71,23 @@ impl HostBatch {
             Normalize::apply_tensor(&Tensor::from_vec(self.images, (b, c, h, w), device)?, tables)?
         };
         let labels = Tensor::from_vec(self.labels.clone(), b, device)?;
+        settle(device)?;
         Ok(Batch { images, labels, label_vec: self.labels, indices: self.indices, number })
+    }
+}
+
+/// Waits until the work this thread queued on `device` is done; nothing to wait for on the CPU.
+///
+/// Tensors made on one thread and used on another need it on CUDA: candle runs each host
+/// thread's ops on that thread's own stream (the per-thread default stream), and nothing orders
+/// one thread's stream after another's. So a worker settles its batch (the upload and the
+/// normalisation) before handing it over, and the consumer settles the tables it shares with
+/// the workers; each waits on its own stream only.
+fn settle(device: &Device) -> candle_core::Result<()> {
+    if device.is_cpu() {
+        Ok(())
+    } else {
+        device.synchronize()
     }
 }
 
@@ -174,7 +193,11 @@ impl EpochBatches {
         let shape = ds.sample_shape();
         // Made once per epoch on the device, shared by the workers; a failure reaches the
         // consumer as the first batch's error.
-        let tables = ds.normalize().tables(shape[0], &device).map_err(|e| e.to_string());
+        let tables = ds
+            .normalize()
+            .tables(shape[0], &device)
+            .and_then(|t| settle(&device).map(|()| t))
+            .map_err(|e| e.to_string());
         let mut receivers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
@@ -198,6 +221,11 @@ impl EpochBatches {
                         break;
                     }
                     b += workers;
+                }
+                // A batch that failed half-way may have left work queued on this thread's stream
+                // that reads the tables, which another thread may free next.
+                if let Ok(t) = &tables {
+                    let _ = settle(t.device());
                 }
             }));
             receivers.push(rx);
