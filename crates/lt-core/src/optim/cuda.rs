@@ -42,6 +42,9 @@ pub(super) fn momentum(
 ) -> candle_core::Result<()> {
     let (br, gr, pr) = (span(bl)?, span(gl)?, span(pl)?);
     let n = br.len();
+    if n == 0 {
+        return Ok(()); // a grid of no blocks is an invalid launch
+    }
     let f = buf.device().get_or_load_custom_func(MOMENTUM, MODULE, PTX)?;
     let (g, p) = (g.as_cuda_slice::<f32>()?.slice(gr), p.as_cuda_slice::<f32>()?.slice(pr));
     let mut buf = buf.as_cuda_slice_mut::<f32>()?.slice_mut(br);
@@ -62,6 +65,9 @@ pub(super) fn parameter(
 ) -> candle_core::Result<()> {
     let (pr, gr, br) = (span(pl)?, span(gl)?, span(bl)?);
     let n = pr.len();
+    if n == 0 {
+        return Ok(());
+    }
     let f = p.device().get_or_load_custom_func(PARAMETER, MODULE, PTX)?;
     let (g, buf) = (g.as_cuda_slice::<f32>()?.slice(gr), buf.as_cuda_slice::<f32>()?.slice(br));
     let mut p = p.as_cuda_slice_mut::<f32>()?.slice_mut(pr);

@@ -1,7 +1,9 @@
 // The SGD step's two in-place passes on f32 CUDA buffers (see optim/mod.rs): the CPU passes'
 // operations in the same order, each rounded on its own (no fused multiply-add), so a step gives
-// the bits of the tensor ops (candle's `affine`, `x * mul + add`, rounds `x * mul` once and adds
-// an exact 0). One thread per value; compiled to PTX by build.rs with the `cuda` feature.
+// the values of the tensor ops (candle's `affine`, `x * mul + add` with `add` 0: on the CPU it
+// rounds `x * mul` and adds an exact 0; on CUDA one fused multiply-add, which rounds once, to the
+// same value, apart from the sign of a product that underflows to zero). One thread per value;
+// compiled to PTX by build.rs with the `cuda` feature.
 
 // `g + (p * wd + 0)`, or `g` when `wd` is 0.
 __device__ __forceinline__ float decayed(float g, float p, float wd) {
