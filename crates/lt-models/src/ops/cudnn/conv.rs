@@ -254,21 +254,42 @@ impl ConvPlan {
 
     /// cuDNN's usable algorithms for `dir`, best first: measured by running them (the default;
     /// see [`crate::ops::set_cudnn_measured_search`]), or cuDNN's heuristic ranking when
-    /// measuring is off or fails.
+    /// measuring is off, fails or leaves none usable.
     fn query(&self, handle: sys::cudnnHandle_t, dir: Dir, math: Math) -> CResult<Vec<Candidate>> {
+        if crate::ops::cudnn_measured_search() {
+            if let Ok(found) = self.ranked(handle, dir, true, math) {
+                if !found.is_empty() {
+                    return Ok(found);
+                }
+            }
+        }
+        let found = self.ranked(handle, dir, false, math)?;
+        if found.is_empty() {
+            candle_core::bail!("cuDNN offers no usable {dir:?} algorithm for this convolution");
+        }
+        Ok(found)
+    }
+
+    /// The usable algorithms of cuDNN's ranking for `dir` (timed when `measure`, see
+    /// [`ConvPlan::rank`]), best first: those that ran, within [`MAX_WORKSPACE`], of a known
+    /// algorithm and math; the preferred math first (any with tensor cores allowed, else exact
+    /// FMA), then the deterministic ones, each group in cuDNN's order. Possibly none.
+    fn ranked(
+        &self,
+        handle: sys::cudnnHandle_t,
+        dir: Dir,
+        measure: bool,
+        math: Math,
+    ) -> CResult<Vec<Candidate>> {
         const N: usize = 16;
         let mut perf = [RawPerf::default(); N];
         let mut count = 0i32;
-        let mut status = sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED;
-        if crate::ops::cudnn_measured_search() {
-            // SAFETY: as for `rank` below; cuDNN allocates and frees its own trial buffers.
-            status = unsafe { self.rank(handle, dir, true, &mut perf, &mut count) };
-        }
-        if status != sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS || count <= 0 {
-            // SAFETY: see `rank`.
-            status = unsafe { self.rank(handle, dir, false, &mut perf, &mut count) };
-        }
-        check("cudnnGetConvolution*Algorithm_v7", status)?;
+        // SAFETY: the plan's handle and descriptors are live and `perf` has room for N entries;
+        // when measuring, cuDNN allocates and frees its own trial buffers.
+        let status = unsafe { self.rank(handle, dir, measure, &mut perf, &mut count) };
+        let call =
+            if measure { "cudnnFindConvolution*Algorithm" } else { "cudnnGetConvolution*Algorithm_v7" };
+        check(call, status)?;
         let exact = sys::cudnnMathType_t::CUDNN_FMA_MATH as u32;
         let tensor_cores = math.tensor_cores();
         let mut found: Vec<(bool, bool, Candidate)> = perf[..(count.max(0) as usize).min(N)]
@@ -284,13 +305,8 @@ impl ConvPlan {
                 ))
             })
             .collect();
-        // Stable: heuristics order within each group.
+        // Stable: cuDNN's order within each group.
         found.sort_by_key(|&(m, d, _)| (!m, !d));
-        if found.is_empty() {
-            candle_core::bail!(
-                "cuDNN offers no usable {dir:?} algorithm ({count} listed) for this convolution"
-            );
-        }
         Ok(found.into_iter().map(|(_, _, c)| c).collect())
     }
 }

@@ -95,8 +95,10 @@ impl CustomOp1 for MaxPoolOp {
         Ok((crate::ops::cudnn::pool::max_forward((st, l), s, o, self.win)?, Shape::from(&o.dims())))
     }
 
+    /// The fast backend's backward pass (this node is on its routes), which on CUDA falls back
+    /// to candle's kernels should cuDNN refuse `bf16` pooling, as the taped executor does.
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> CResult<Option<Tensor>> {
-        max_pool_backward(x, res, grad, self.win).map(Some)
+        crate::ops::Backend::Fast.max_pool_backward((x, res, grad), self.win).map(Some)
     }
 }
 

@@ -196,6 +196,10 @@ pub(crate) fn train_backward(
 /// pass then runs in `f32`).
 const BF16_BACKWARD: &str = "bf16 batch norm (backward)";
 
+/// The refusal named in the warning when cuDNN has no fused ReLU gradient in its batch-norm
+/// backward pass (the mask is then applied with candle's kernels first).
+const RELU_IN_BACKWARD: &str = "the ReLU gradient inside batch norm";
+
 /// `dx` (the type of `x`) and the `f32` parameter gradients `[dgamma | dbeta]` (see [`Packed`])
 /// from contiguous `(x, y, dy)`; where cuDNN refuses the ReLU's gradient, the mask is applied
 /// with candle's kernels before the plain batch-norm backward pass.
@@ -212,17 +216,26 @@ fn gradients(
         relu,
         params: Mutex::new(None),
     };
-    let first = op(relu);
-    let (grad_op, dx) = match x.apply_op3_no_bwd(y, dy, &first) {
-        Ok(dx) => (first, dx),
-        Err(e) if relu && !cudnn::refused(BF16_BACKWARD) => {
-            cudnn::fall_back("the ReLU gradient inside batch norm", cudnn::Instead::Candle, &e);
-            let dz = crate::ops::stock::relu_grad(y, dy)?;
-            let plain = op(false);
-            let dx = x.apply_op3_no_bwd(y, &dz, &plain)?;
-            (plain, dx)
+    let masked = || crate::ops::stock::relu_grad(y, dy);
+    let fused = relu && !cudnn::refused(RELU_IN_BACKWARD);
+    let (grad_op, dx) = if relu && !fused {
+        let plain = op(false);
+        let dx = x.apply_op3_no_bwd(y, &masked()?, &plain)?;
+        (plain, dx)
+    } else {
+        let first = op(fused);
+        match x.apply_op3_no_bwd(y, dy, &first) {
+            Ok(dx) => (first, dx),
+            // Whose refusal it was, the plain pass says: the ReLU's only when it runs (a refused
+            // batch norm fails both, and its caller's fallback takes over).
+            Err(e) if fused => {
+                let plain = op(false);
+                let dx = x.apply_op3_no_bwd(y, &masked()?, &plain)?;
+                cudnn::fall_back(RELU_IN_BACKWARD, cudnn::Instead::Candle, &e);
+                (plain, dx)
+            }
+            Err(e) => return Err(e),
         }
-        Err(e) => return Err(e),
     };
     let params = grad_op.params.lock().map_err(lock_err)?.take();
     let Some(params) = params else {
