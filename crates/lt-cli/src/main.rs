@@ -20,6 +20,12 @@ struct Cli {
     /// Plain log lines even on a terminal (no progress bars).
     #[arg(long, global = true)]
     plain: bool,
+    /// On CUDA, choose each convolution's cuDNN algorithm by cuDNN's heuristic ranking instead
+    /// of timing the candidates on first use (`cudnnFind*`, like PyTorch's `cudnn.benchmark`):
+    /// the choice is then the same in every run on one GPU and cuDNN version, where timings can
+    /// choose differently from run to run. Deterministic algorithms come first either way.
+    #[arg(long, global = true)]
+    cudnn_heuristic: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,6 +65,7 @@ fn main() {
     // The sub-command's own matches tell which flags were given (see `overlay`).
     let sub = matches.subcommand().map(|(_, m)| m.clone()).unwrap_or_default();
     logging::init(&cli.log, cli.plain);
+    lt_models::ops::set_cudnn_measured_search(!cli.cudnn_heuristic);
     let result = match cli.command {
         Command::Data(a) => commands::data::run(a),
         Command::Backbone(a) => commands::backbone::run(a),

@@ -103,9 +103,6 @@ struct BackboneBench {
     /// the fused pass and `--taped` are measured against).
     #[arg(long)]
     no_fused: bool,
-    /// Rank cuDNN's convolution algorithms by its heuristics instead of timing them.
-    #[arg(long)]
-    cudnn_heuristic: bool,
     /// Evaluate the model itself rather than a frozen snapshot of it (`Model::freeze`): on the
     /// CPU every call then checks, by a fingerprint of the weights, that its packed weights are
     /// current; on CUDA every call transposes the filters to cuDNN's layout.
@@ -188,7 +185,6 @@ fn median_seconds(warmup: u32, steps: u32, mut step: impl FnMut() -> Result<Dura
 fn backbone(b: BackboneBench) -> Result<()> {
     let dev = crate::device::parse(&b.device)?;
     lt_models::ops::set_cudnn_tf32(b.tf32);
-    lt_models::ops::set_cudnn_measured_search(!b.cudnn_heuristic);
     lt_models::ops::reset_device_memory_peak(&dev);
     let (batch, classes, size) = (b.batch as usize, b.classes as usize, b.size as usize);
     crate::device::warn_precision(&dev, b.precision);

@@ -85,7 +85,10 @@ static CUDNN_MEASURED: AtomicBool = AtomicBool::new(true);
 /// How cuDNN's convolution algorithms are chosen, per shape, on first use: `true` (the default)
 /// times every algorithm cuDNN offers (`cudnnFindConvolution*Algorithm`, like PyTorch's
 /// `cudnn.benchmark`), `false` takes cuDNN's heuristic ranking without running anything. Either
-/// way deterministic algorithms come first, so a run on one GPU repeats bit for bit.
+/// way deterministic algorithms come first, and a process keeps its choice per shape. Timings can
+/// choose differently from one process to the next, so a training run repeats bit for bit in
+/// another process only with the heuristic ranking (on the same GPU and cuDNN version, and where
+/// its chosen algorithms are deterministic).
 pub fn set_cudnn_measured_search(measure: bool) {
     CUDNN_MEASURED.store(measure, Ordering::Relaxed);
 }
