@@ -193,6 +193,7 @@ impl Backend {
             #[cfg(feature = "cudnn")]
             Route::Cudnn if x.dtype() != DType::F32 => super::cudnn::or_fall_back(
                 super::BF16_MAX_POOL,
+                x,
                 super::cudnn::Instead::Candle,
                 || custom::pool::max_pool_backward(x, y, dy, win),
                 on_candle,

@@ -239,7 +239,7 @@ impl Backend {
     /// route, whose training batch norm updates running statistics in the same call.
     pub(crate) fn folds_running_statistics(self, x: &Tensor) -> bool {
         #[cfg(feature = "cudnn")]
-        return self.route(x) == Route::Cudnn && !cudnn::refused(FOLD_RUNNING);
+        return self.route(x) == Route::Cudnn && !cudnn::refused(FOLD_RUNNING, x);
         #[cfg(not(feature = "cudnn"))]
         {
             let _ = x;
@@ -252,7 +252,7 @@ impl Backend {
     /// `(1 - momentum) running + momentum batch` with the batch variance unbiased: the output
     /// and the new running `(mean, var)`, and what [`Backend::batch_norm_train_backward`] needs.
     /// Only where [`Backend::folds_running_statistics`]; elsewhere an error. When cuDNN refuses,
-    /// the refusal is warned once and `folds_running_statistics` answers `false` from then on.
+    /// the refusal is recorded and `folds_running_statistics` answers `false` for such inputs.
     pub(crate) fn batch_norm_train_running(
         self,
         x: &Tensor,
@@ -269,7 +269,7 @@ impl Backend {
                 Ok((y, (new, BnSaved::cudnn(saved, x.dtype()))))
             })
             .map(|(y, (new, saved))| (y, new, saved))
-            .inspect_err(|e| cudnn::fall_back(FOLD_RUNNING, cudnn::Instead::Candle, e)),
+            .inspect_err(|e| cudnn::fall_back(FOLD_RUNNING, x, cudnn::Instead::Candle, e)),
             _ => {
                 let _ = (gamma, beta, eps, relu, running);
                 candle_core::bail!("batch norm: only the cuDNN route updates running statistics itself")
@@ -307,6 +307,7 @@ impl Backend {
             #[cfg(feature = "cudnn")]
             Route::Cudnn if a.rank() == 4 && a.dims() == b.dims() => cudnn::or_fall_back(
                 "the residual add + ReLU",
+                a,
                 cudnn::Instead::Candle,
                 || custom::elementwise::add_relu(a, b),
                 || stock::add_relu(a, b),
@@ -347,6 +348,7 @@ impl Backend {
             #[cfg(feature = "cudnn")]
             Route::Cudnn if x.dtype() != DType::F32 => cudnn::or_fall_back(
                 BF16_MAX_POOL,
+                x,
                 cudnn::Instead::Candle,
                 || custom::pool::max_pool(x, k, stride, pad),
                 || stock::max_pool(x, k, stride, pad),
@@ -409,7 +411,7 @@ fn in_f32_if_refused<R>(
     if dtype == DType::F32 {
         return f(x);
     }
-    cudnn::or_fall_back(what, cudnn::Instead::CudnnInF32, || f(x), via_f32)
+    cudnn::or_fall_back(what, x, cudnn::Instead::CudnnInF32, || f(x), via_f32)
 }
 
 #[cfg(test)]

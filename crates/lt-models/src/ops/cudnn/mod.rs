@@ -115,8 +115,22 @@ descriptor!(
     cudnnDestroyActivationDescriptor
 );
 
-/// The ops cuDNN has refused in this process (see [`fall_back`]).
-static REFUSED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+/// The shape and type of an op's input: what a refusal of cuDNN's can depend on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Input {
+    dims: Vec<usize>,
+    dtype: DType,
+}
+
+impl Input {
+    fn of(t: &candle_core::Tensor) -> Self {
+        Self { dims: t.dims().to_vec(), dtype: t.dtype() }
+    }
+}
+
+/// The ops cuDNN has refused in this process, with the input each was refused for (see
+/// [`fall_back`]).
+static REFUSED: std::sync::Mutex<Vec<(&'static str, Input)>> = std::sync::Mutex::new(Vec::new());
 
 /// What runs an op that cuDNN refused (see [`fall_back`]).
 #[derive(Clone, Copy, Debug)]
@@ -127,44 +141,59 @@ pub(crate) enum Instead {
     CudnnInF32,
 }
 
-/// Logs, once per `what`, that cuDNN refused an op which then runs `instead` (slower, same
-/// results): the warning says which op, cuDNN's error and what runs it. [`refused`] then answers
-/// `true` for `what`.
-pub(crate) fn fall_back(what: &'static str, instead: Instead, e: &candle_core::Error) {
+/// Records that cuDNN refused op `what` on input `on` (its shape and type), which then runs
+/// `instead` (slower, same results); [`refused`] then answers `true` for them. The first refusal
+/// of each op is warned about, naming the op, the input, cuDNN's error and what runs it; those
+/// for other inputs are logged at debug level. Keyed by input, so that an op cuDNN refuses for
+/// some shapes only runs the same way for each shape throughout a process.
+pub(crate) fn fall_back(
+    what: &'static str,
+    on: &candle_core::Tensor,
+    instead: Instead,
+    e: &candle_core::Error,
+) {
+    let input = Input::of(on);
     let first = REFUSED.lock().map(|mut w| {
-        !w.contains(&what) && {
-            w.push(what);
-            true
+        let first = !w.iter().any(|(op, _)| *op == what);
+        if !w.iter().any(|(op, i)| *op == what && *i == input) {
+            w.push((what, input.clone()));
         }
+        first
     });
+    let instead = match instead {
+        Instead::Candle => "candle's kernels",
+        Instead::CudnnInF32 => "cuDNN in f32",
+    };
+    let Input { dims, dtype } = input;
     if first.unwrap_or(true) {
-        let instead = match instead {
-            Instead::Candle => "candle's kernels",
-            Instead::CudnnInF32 => "cuDNN in f32",
-        };
-        tracing::warn!("cuDNN refused {what} ({e}); using {instead} for it");
+        tracing::warn!("cuDNN refused {what} for {dims:?} {dtype:?} ({e}); using {instead} for it");
+    } else {
+        tracing::debug!("cuDNN refused {what} for {dims:?} {dtype:?} too ({e}); using {instead} for it");
     }
 }
 
-/// Whether cuDNN has refused `what` before in this process (so that the caller goes straight
-/// to its fallback instead of asking again at every call).
-pub(crate) fn refused(what: &'static str) -> bool {
-    REFUSED.lock().map(|w| w.contains(&what)).unwrap_or(false)
+/// Whether cuDNN has refused op `what` for an input of the shape and type of `on` before in this
+/// process (so that the caller goes straight to its fallback instead of asking again).
+pub(crate) fn refused(what: &'static str, on: &candle_core::Tensor) -> bool {
+    let input = Input::of(on);
+    REFUSED.lock().map(|w| w.iter().any(|(op, i)| *op == what && *i == input)).unwrap_or(false)
 }
 
-/// `attempt` (a cuDNN call), or `fallback` (what runs `instead`) once cuDNN has refused `what`:
-/// the refusal is warned once ([`fall_back`]) and `attempt` is not tried again in this process.
+/// `attempt` (a cuDNN call on input `on`), or `fallback` (what runs `instead`) once cuDNN has
+/// refused `what` for an input like `on`: the refusal is recorded ([`fall_back`]) and `attempt`
+/// is not tried again for such an input in this process.
 pub(crate) fn or_fall_back<R>(
     what: &'static str,
+    on: &candle_core::Tensor,
     instead: Instead,
     attempt: impl FnOnce() -> CResult<R>,
     fallback: impl FnOnce() -> CResult<R>,
 ) -> CResult<R> {
-    if refused(what) {
+    if refused(what, on) {
         return fallback();
     }
     attempt().or_else(|e| {
-        fall_back(what, instead, &e);
+        fall_back(what, on, instead, &e);
         fallback()
     })
 }

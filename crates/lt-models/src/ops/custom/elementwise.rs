@@ -30,7 +30,7 @@ pub(crate) fn relu_grad(y: &Tensor, grad: &Tensor) -> CResult<Tensor> {
     if y.device().is_cuda() {
         use crate::ops::cudnn;
         let masked = || crate::ops::stock::relu_grad(&y, &grad);
-        return cudnn::or_fall_back("the ReLU gradient", cudnn::Instead::Candle, fused, masked);
+        return cudnn::or_fall_back("the ReLU gradient", &y, cudnn::Instead::Candle, fused, masked);
     }
     fused()
 }

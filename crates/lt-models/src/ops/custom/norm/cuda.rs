@@ -183,7 +183,7 @@ pub(crate) fn train_backward(
     let (dx, params) = if x.dtype() == DType::F32 {
         native()?
     } else {
-        cudnn::or_fall_back(BF16_BACKWARD, cudnn::Instead::CudnnInF32, native, in_f32)?
+        cudnn::or_fall_back(BF16_BACKWARD, &x, cudnn::Instead::CudnnInF32, native, in_f32)?
     };
     let params =
         Tensor::from_storage(Storage::Cuda(params), layout.len(), candle_core::op::BackpropOp::none(), false);
@@ -217,7 +217,7 @@ fn gradients(
         params: Mutex::new(None),
     };
     let masked = || crate::ops::stock::relu_grad(y, dy);
-    let fused = relu && !cudnn::refused(RELU_IN_BACKWARD);
+    let fused = relu && !cudnn::refused(RELU_IN_BACKWARD, x);
     let (grad_op, dx) = if relu && !fused {
         let plain = op(false);
         let dx = x.apply_op3_no_bwd(y, &masked()?, &plain)?;
@@ -231,7 +231,7 @@ fn gradients(
             Err(e) if fused => {
                 let plain = op(false);
                 let dx = x.apply_op3_no_bwd(y, &masked()?, &plain)?;
-                cudnn::fall_back(RELU_IN_BACKWARD, cudnn::Instead::Candle, &e);
+                cudnn::fall_back(RELU_IN_BACKWARD, x, cudnn::Instead::Candle, &e);
                 (plain, dx)
             }
             Err(e) => return Err(e),
