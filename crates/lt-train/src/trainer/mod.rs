@@ -12,7 +12,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::Device;
 use lt_core::progress::Progress as Bar;
 use lt_core::Fingerprint;
 use lt_data::loader::{EpochBatches, LoaderConfig};
@@ -21,6 +21,9 @@ use lt_metrics::Evaluation;
 use lt_models::{Arch, Model};
 use lt_swag::{ParamLayout, Swag};
 use serde::{Deserialize, Serialize};
+use step::{train_batch, EpochSums, Pending};
+
+mod step;
 
 use crate::checkpoint::{self, Progress};
 use crate::config::TrainConfig;
@@ -296,16 +299,6 @@ fn summarize(ctx: &Ctx, started: Instant) -> Result<TrainSummary> {
     Ok(summary)
 }
 
-/// Running sums of an epoch.
-#[derive(Default)]
-struct EpochSums {
-    loss: f64,
-    correct: usize,
-    seen: usize,
-    /// Seconds spent waiting for the loader.
-    waited: f64,
-}
-
 fn run_epoch(
     ctx: &Ctx,
     model: &Model,
@@ -334,16 +327,19 @@ fn run_epoch(
     let mut sums = EpochSums::default();
     let mut lr = 0.0;
     let collect_every = cfg.swa.as_ref().and_then(|s| s.collect_every_steps);
+    let mut pending: Option<Pending> = None;
     loop {
         let asked = Instant::now();
         let Some(batch) = batches.next() else { break };
         sums.waited += asked.elapsed().as_secs_f64();
         let batch = batch?;
         lr = learning_rate(cfg, phase, *step, ctx.steps_per_epoch);
-        let (lv, correct) = train_batch(ctx, model, (opt, &groups), &batch, (lr, *step, epoch))?;
-        sums.correct += correct;
-        sums.loss += lv as f64 * batch.label_vec.len() as f64;
-        sums.seen += batch.label_vec.len();
+        let done = train_batch(ctx, model, (opt, &groups), &batch, (lr, *step, epoch))?;
+        // The previous step's values are read once this one is queued: on a GPU the host then
+        // waits for the previous step while this one runs, not for this one.
+        if let Some(previous) = pending.replace(done) {
+            sums.add(previous.read(ctx)?);
+        }
         *step += 1;
         if let (Some(k), Some(s)) = (collect_every, swag.as_deref_mut()) {
             if (*step).is_multiple_of(k) {
@@ -351,7 +347,10 @@ fn run_epoch(
             }
         }
         bar.inc(1);
-        bar.set_message(&format!("loss {:.4} lr {lr:.4}", sums.loss / sums.seen as f64));
+        bar.set_message(&format!("loss {:.4} lr {lr:.4}", sums.loss / sums.seen.max(1) as f64));
+    }
+    if let Some(last) = pending {
+        sums.add(last.read(ctx)?);
     }
     if let (None, Some(s)) = (collect_every, swag.as_deref_mut()) {
         s.collect(&s.layout().flatten(model.store().varmap())?)?;
@@ -372,37 +371,6 @@ fn run_epoch(
     };
     crate::eta::log_epoch(cfg, &log);
     Ok(log)
-}
-
-/// One training step on `batch` (step `step` of epoch `epoch`, learning rate `lr`): forward,
-/// backward and update; its loss and count of correct predictions.
-fn train_batch(
-    ctx: &Ctx,
-    model: &Model,
-    (opt, groups): (&mut Sgd, &ParamGroups),
-    batch: &lt_data::Batch,
-    (lr, step, epoch): (f64, usize, usize),
-) -> Result<(f32, usize)> {
-    let pass = model.train_step_bn(&batch.images, !ctx.cfg.freeze_bn, |logits| {
-        candle_nn::loss::cross_entropy(logits, &batch.labels)
-    })?;
-    // The update is enqueued before the step's one read from the device (loss and correct
-    // count together), so that on a GPU nothing waits in between. A non-finite loss leaves
-    // non-finite weights in memory, which the error discards: the run resumes from its last
-    // checkpoint.
-    groups.step(opt, &pass.grads, lr)?;
-    let correct = pass.logits.argmax(1)?.eq(&batch.labels)?.to_dtype(DType::F32)?.sum_all()?;
-    let read = Tensor::stack(&[&pass.loss.to_dtype(DType::F32)?, &correct], 0)?.to_vec1::<f32>()?;
-    let lv = read[0];
-    if !lv.is_finite() {
-        return Err(TrainError::NonFinite {
-            step,
-            epoch,
-            value: lv,
-            checkpoint: ctx.last_checkpoint.clone(),
-        });
-    }
-    Ok((lv, read[1] as usize))
 }
 
 fn finish_phase(ctx: &Ctx, model: &Model, opt: &mut Sgd, phase: Phase, swag: Option<&Swag>) -> Result<()> {
