@@ -139,22 +139,69 @@ pub fn fit(
     let mut opt = Sgd::new(cfg.momentum, false, cfg.weight_decay);
     let mut losses = Vec::with_capacity(cfg.epochs);
     let mut step = 0;
+    // A step's loss is read once the next step is queued (and the epoch's last at its end): on
+    // a GPU the host then waits for a step while the next one runs. A non-finite loss has by
+    // then updated the parameters, which the error discards.
+    let read = |(l, step): (Tensor, usize)| -> Result<f64> {
+        let v = l.to_vec0::<f32>()?;
+        if !v.is_finite() {
+            return Err(RetrainError::NonFinite { method: cfg.method.to_string(), step, value: v });
+        }
+        Ok(v as f64)
+    };
     for epoch in 0..cfg.epochs {
         let order = sampler.epoch(epoch, steps * batch);
         let mut sum = 0.0;
+        let mut pending = None;
         for idx in order.chunks(batch) {
             let lr = 0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
             let l = loss(idx)?;
-            let v = l.to_dtype(DType::F32)?.to_vec0::<f32>()?;
-            if !v.is_finite() {
-                return Err(RetrainError::NonFinite { method: cfg.method.to_string(), step, value: v });
-            }
-            sum += v as f64;
             let grads = l.backward()?;
             opt.step(params, &grads, lr)?;
+            if let Some(previous) = pending.replace((l.detach().to_dtype(DType::F32)?, step)) {
+                sum += read(previous)?;
+            }
             step += 1;
+        }
+        if let Some(last) = pending {
+            sum += read(last)?;
         }
         losses.push(sum / steps as f64);
     }
     Ok(losses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The loss of each step is read one step late, yet every epoch's mean is of its own steps,
+    /// and a non-finite loss stops the run naming its own step.
+    #[test]
+    fn fit_reads_every_loss_and_names_the_step_of_a_non_finite_one() {
+        let w = Var::from_slice(&[1f32, -2.0], 2, &Device::Cpu).unwrap();
+        let params = vec![("w".to_string(), w.clone())];
+        let cfg = RetrainConfig { epochs: 2, batch_size: 2, lr: 0.1, ..RetrainConfig::default() };
+        let labels = [0u32, 1, 0, 1, 0, 1];
+        let mut calls = 0usize;
+        let losses = fit(&params, &cfg, &labels, 2, SamplerKind::Instance, |_| {
+            calls += 1;
+            // Loss `calls` (`s - s` with one side detached: 0, with a gradient): the epochs'
+            // means are 2 and 5.
+            let s = w.as_tensor().sum_all()?;
+            Ok(((&s - s.detach())? + calls as f64)?)
+        })
+        .unwrap();
+        assert_eq!(calls, 6);
+        assert_eq!(losses, [2.0, 5.0]);
+
+        let mut calls = 0usize;
+        let err = fit(&params, &cfg, &labels, 2, SamplerKind::Instance, |_| {
+            calls += 1;
+            let scale = if calls == 5 { f64::NAN } else { 1.0 };
+            Ok((w.as_tensor().sqr()?.sum_all()? * scale)?)
+        })
+        .unwrap_err();
+        assert!(matches!(err, RetrainError::NonFinite { step: 4, .. }), "{err}");
+    }
 }
