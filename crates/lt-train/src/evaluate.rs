@@ -26,11 +26,22 @@ pub fn predict(
     let mut feats = Vec::with_capacity(data.len() * model.feature_dim());
     let mut logits = Vec::with_capacity(data.len() * model.arch().num_classes);
     let frozen = model.freeze()?;
-    for b in EpochBatches::new(data.clone(), (0..data.len()).collect(), 0, cfg, device.clone()) {
-        let b = b?;
-        let (f, l) = frozen.infer(&b.images)?;
+    // A batch's outputs are read once the next batch is queued: on a GPU the host then waits
+    // for a batch while the next one runs.
+    let mut read = |(f, l): (candle_core::Tensor, candle_core::Tensor)| -> Result<()> {
         feats.extend(f.flatten_all()?.to_vec1::<f32>()?);
         logits.extend(l.flatten_all()?.to_vec1::<f32>()?);
+        Ok(())
+    };
+    let mut pending = None;
+    for b in EpochBatches::new(data.clone(), (0..data.len()).collect(), 0, cfg, device.clone()) {
+        let b = b?;
+        if let Some(previous) = pending.replace(frozen.infer(&b.images)?) {
+            read(previous)?;
+        }
+    }
+    if let Some(last) = pending {
+        read(last)?;
     }
     Ok((feats, logits))
 }
