@@ -29,6 +29,11 @@ pub struct ParamStore {
     buffers: Mutex<BTreeMap<String, Tensor>>,
     bn_update: Mutex<BnUpdate>,
     seen: Mutex<HashMap<String, usize>>,
+    /// Batches each batch norm (by prefix) has counted and its `num_batches_tracked` does not
+    /// hold yet: added when the buffer is read ([`ParamStore::buffer`],
+    /// [`ParamStore::named_buffers`]), so that a training step adds to a host counter instead of
+    /// launching a kernel per batch norm.
+    uncounted: Mutex<HashMap<String, i64>>,
     device: Device,
 }
 
@@ -40,6 +45,7 @@ impl ParamStore {
             buffers: Mutex::new(BTreeMap::new()),
             bn_update: Mutex::new(BnUpdate::Momentum(0.1)),
             seen: Mutex::new(HashMap::new()),
+            uncounted: Mutex::new(HashMap::new()),
             device: device.clone(),
         }
     }
@@ -82,18 +88,34 @@ impl ParamStore {
     /// Sets (or adds) a buffer.
     pub fn set_buffer(&self, name: &str, value: Tensor) -> Result<()> {
         let value = value.to_device(&self.device)?.detach();
-        self.buffers.lock().expect("buffer lock").insert(name.to_string(), value);
+        let mut b = self.buffers.lock().expect("buffer lock");
+        if let Some(prefix) = name.strip_suffix(COUNTER) {
+            self.uncounted.lock().expect("count lock").remove(prefix);
+        }
+        b.insert(name.to_string(), value);
         Ok(())
     }
 
     /// A buffer by name.
     pub fn buffer(&self, name: &str) -> Option<Tensor> {
-        self.buffers.lock().expect("buffer lock").get(name).cloned()
+        let mut b = self.buffers.lock().expect("buffer lock");
+        if let Some(prefix) = name.strip_suffix(COUNTER) {
+            let pending = self.uncounted.lock().expect("count lock").remove(prefix);
+            // An i64 add fails only on a broken device, which the next op reports.
+            let _ = add_batches(&mut b, prefix, pending);
+        }
+        b.get(name).cloned()
     }
 
     /// All buffers, sorted by name.
     pub fn named_buffers(&self) -> Vec<(String, Tensor)> {
-        self.buffers.lock().expect("buffer lock").iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        let mut b = self.buffers.lock().expect("buffer lock");
+        let pending: Vec<(String, i64)> = self.uncounted.lock().expect("count lock").drain().collect();
+        for (prefix, n) in pending {
+            // As in `buffer`.
+            let _ = add_batches(&mut b, &prefix, Some(n));
+        }
+        b.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
     /// How training-mode batch norm updates its running statistics.
@@ -119,6 +141,7 @@ impl ParamStore {
             }
         }
         self.seen.lock().expect("seen lock").clear();
+        self.uncounted.lock().expect("count lock").clear();
         Ok(())
     }
 
@@ -174,15 +197,32 @@ impl ParamStore {
         self.count_batch(prefix)
     }
 
-    /// Adds one to batch norm `prefix`'s `num_batches_tracked`, on the device (no host round
-    /// trip, which is a synchronisation on CUDA).
+    /// Counts one batch for batch norm `prefix`'s `num_batches_tracked`, on the host: the
+    /// buffer gets it when read (see `uncounted`).
     fn count_batch(&self, prefix: &str) -> Result<()> {
-        let mut b = self.buffers.lock().expect("buffer lock");
-        if let Some(nb) = b.get_mut(&format!("{prefix}.num_batches_tracked")) {
-            *nb = nb.to_dtype(DType::I64)?.affine(1.0, 1.0)?.detach();
+        let mut uncounted = self.uncounted.lock().expect("count lock");
+        match uncounted.get_mut(prefix) {
+            Some(n) => *n += 1,
+            None => {
+                uncounted.insert(prefix.to_string(), 1);
+            }
         }
         Ok(())
     }
+}
+
+/// The suffix of a batch norm's batch counter.
+const COUNTER: &str = ".num_batches_tracked";
+
+/// Adds `n` batches to batch norm `prefix`'s `num_batches_tracked` in `buffers`, on the device
+/// (no host round trip, which is a synchronisation on CUDA); nothing for `None`, 0 or a batch
+/// norm without the counter.
+fn add_batches(buffers: &mut BTreeMap<String, Tensor>, prefix: &str, n: Option<i64>) -> Result<()> {
+    let Some(n) = n.filter(|&n| n != 0) else { return Ok(()) };
+    if let Some(nb) = buffers.get_mut(&format!("{prefix}{COUNTER}")) {
+        *nb = nb.to_dtype(DType::I64)?.affine(1.0, n as f64)?.detach();
+    }
+    Ok(())
 }
 
 /// Running statistics `(mean, var)` with one batch folded in with weight `m`:
@@ -199,4 +239,38 @@ pub(crate) fn fold_running(
         + batch_var_biased.to_dtype(var.dtype())?.affine(m * unbiased, 0.0)?)?
     .detach();
     Ok((mean, var))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counter(store: &ParamStore) -> i64 {
+        store.buffer("bn.num_batches_tracked").unwrap().to_scalar::<i64>().unwrap()
+    }
+
+    /// Batches counted on the host reach `num_batches_tracked` whichever way it is read; setting
+    /// the counter or resetting the statistics drops what was not yet added.
+    #[test]
+    fn counted_batches_reach_the_counter_when_it_is_read() {
+        let store = ParamStore::new(&Device::Cpu);
+        store.set_buffer("bn.num_batches_tracked", Tensor::new(5i64, &Device::Cpu).unwrap()).unwrap();
+        for _ in 0..3 {
+            store.count_batch("bn").unwrap();
+        }
+        store.count_batch("other").unwrap(); // no such counter: nothing to add to
+        assert_eq!(counter(&store), 8);
+        store.count_batch("bn").unwrap();
+        let all = store.named_buffers();
+        let nb = all.iter().find(|(n, _)| n == "bn.num_batches_tracked").unwrap();
+        assert_eq!(nb.1.to_scalar::<i64>().unwrap(), 9);
+        assert_eq!(counter(&store), 9, "added once");
+
+        store.count_batch("bn").unwrap();
+        store.set_buffer("bn.num_batches_tracked", Tensor::new(2i64, &Device::Cpu).unwrap()).unwrap();
+        assert_eq!(counter(&store), 2);
+        store.count_batch("bn").unwrap();
+        store.reset_bn_stats().unwrap();
+        assert_eq!(counter(&store), 0);
+    }
 }
