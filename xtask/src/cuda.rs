@@ -227,7 +227,7 @@ pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
 }
 
 /// The groups of `lt selftest` the smoke test runs on the CPU.
-const SMOKE_GROUPS: &str = "golden-resnet32-fast,golden-resnet32-candle,taped,optimiser,repeatable";
+const SMOKE_GROUPS: &str = "golden-resnet32-fast,golden-resnet32-candle,taped,optimiser,repeatable,loader";
 
 /// Runs the CUDA build `lt` here, with the driver stubbed (every entry point fails): its CPU path
 /// must pass some of `lt selftest`'s groups (the libraries load, and the features `cuda` and
