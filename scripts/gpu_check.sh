@@ -96,8 +96,11 @@ run_step() {
   LAST_SECONDS=$(($(date +%s) - t0))
   if [ "$rc" -eq 0 ]; then
     LAST_STATUS=ok
-  elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+  elif [ "$rc" -eq 124 ] || { [ "$rc" -eq 137 ] && [ "$LAST_SECONDS" -ge "$limit" ]; }; then
     LAST_STATUS=timeout
+  elif [ "$rc" -eq 137 ]; then
+    # SIGKILL before the limit: not the time limit (the kernel's out-of-memory killer, say).
+    LAST_STATUS="killed(rc=137)"
   else
     LAST_STATUS="FAIL(rc=$rc)"
   fi
@@ -125,25 +128,47 @@ os.chmod(dst, 0o755)
 print(f"{dst}: {os.path.getsize(dst) / 2**20:.1f} MiB")
 ' "$ROOT/dist/cuda/lt.xz" "$LT"
     record "unpack lt.xz" "$LAST_STATUS" "$LAST_SECONDS" "$(tail -n 1 "$LOGS/unpack.log")"
+    # A temporary folder mounted noexec cannot run it (126, before any library is looked for):
+    # then it runs from beside the archive.
+    "$LT" --help >/dev/null 2>&1
+    if [ "$?" -eq 126 ]; then
+      mv -f "$LT" "$ROOT/dist/cuda/.lt-unpacked" && LT="$ROOT/dist/cuda/.lt-unpacked" && LT_MOVED=1
+      record "lt moved" WARN 0 "to $LT: $WORK cannot run programs"
+    fi
   else
     record "unpack lt.xz" skipped 0 "LT=$LT given"
   fi
   # cuBLAS, cuRAND, NVRTC and cuDNN come from the PyTorch installation's NVIDIA wheels.
-  local nv
-  nv=$(python3 - <<'PY' 2>/dev/null
+  local nv folders
+  nv=$(python3 - <<'PY' 2>"$LOGS/ld_library_path.err"
 import glob, os, site
+roots = site.getsitepackages() + [site.getusersitepackages()]
+try:  # wherever the `nvidia` namespace package is imported from (PYTHONPATH, a venv)
+    import nvidia
+    roots += [os.path.dirname(p) for p in nvidia.__path__]
+except ImportError:
+    pass
 dirs = set()
-paths = site.getsitepackages() + [site.getusersitepackages()]
-for sp in paths:
+for sp in roots:
     for so in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so*"), recursive=True):
         dirs.add(os.path.dirname(so))
 print(":".join(sorted(dirs)))
 PY
 )
-  export LD_LIBRARY_PATH="${nv}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-  echo "$LD_LIBRARY_PATH" >"$LOGS/ld_library_path.txt"
+  if [ -n "$nv" ]; then export LD_LIBRARY_PATH="${nv}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
+  echo "${LD_LIBRARY_PATH:-}" >"$LOGS/ld_library_path.txt"
+  # The driver compiles candle's PTX for the GPU when a process first loads it, and caches the
+  # result: in the work directory, so that a home that cannot be written does not make every
+  # process of the check compile again, and large enough for all of candle's kernels.
+  export CUDA_CACHE_PATH="$WORK/cuda-cache" CUDA_CACHE_MAXSIZE=4294967296
+  folders=$(printf '%s' "$nv" | tr ':' '\n' | grep -c .)
+  record "CUDA libraries" "$([ "$folders" -gt 0 ] && echo ok || echo WARN)" 0 \
+    "$folders folder(s) of PyTorch's NVIDIA wheels on LD_LIBRARY_PATH (ld_library_path.txt)"
   run_step nvidia-smi 15 "$LOGS/gpu.txt" nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  if [ "$LAST_STATUS" = ok ]; then GPU_NAME=$(head -n 1 "$LOGS/gpu.txt"); fi
+  if [ "$LAST_STATUS" = ok ]; then
+    GPU_NAME=$(head -n 1 "$LOGS/gpu.txt")
+    GPU_SMI_OK=1
+  fi
   record "nvidia-smi" "$LAST_STATUS" "$LAST_SECONDS" "$(head -n 1 "$LOGS/gpu.txt")"
   run_step ldd 15 "$LOGS/ldd.txt" ldd "$LT"
   local missing
@@ -224,11 +249,13 @@ step_selftest() {
 
 # --- 3. benchmark ------------------------------------------------------------------------------
 
-# peak_sampler_start / peak_sampler_stop: the highest memory.used nvidia-smi reports meanwhile (MiB).
+# peak_sampler_start NAME / peak_sampler_stop: PEAK is the highest memory.used (MiB) nvidia-smi
+# reported meanwhile, empty without a number. Call both in this shell (not in $(...)), so that
+# the sampler is its child: stopped, waited for, killed should it not stop.
 peak_sampler_start() {
-  SAMPLES="$WORK/mem_samples.txt"
+  SAMPLES="$WORK/mem-$1.txt"
   : >"$SAMPLES"
-  if command -v nvidia-smi >/dev/null && [ "$DEVICE" != cpu ]; then
+  if [ "${GPU_SMI_OK:-0}" = 1 ] && [ "$DEVICE" != cpu ]; then
     nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 >"$SAMPLES" 2>/dev/null &
     SAMPLER=$!
   else
@@ -236,8 +263,17 @@ peak_sampler_start() {
   fi
 }
 peak_sampler_stop() {
-  if [ -n "$SAMPLER" ]; then kill "$SAMPLER" 2>/dev/null; wait "$SAMPLER" 2>/dev/null; fi
-  sort -n "$SAMPLES" | tail -n 1
+  if [ -n "$SAMPLER" ]; then
+    kill "$SAMPLER" 2>/dev/null
+    local i
+    for i in 1 2 3 4 5 6 7 8 9 10; do
+      kill -0 "$SAMPLER" 2>/dev/null || break
+      sleep 0.2
+    done
+    kill -9 "$SAMPLER" 2>/dev/null
+    wait "$SAMPLER" 2>/dev/null
+  fi
+  PEAK=$(grep -E '^ *[0-9]+(\.[0-9]+)? *$' "$SAMPLES" | sort -n | tail -n 1 | tr -d ' ')
 }
 
 # bench_project NAME TF32(0|1) ARGS...: one `lt bench backbone` run, JSON appended to bench.jsonl.
@@ -247,10 +283,9 @@ bench_project() {
   limit=$(bench_limit 45) || { record "bench $name" skipped 0 "bench time used up"; return; }
   local extra=()
   [ "$tf32" = 1 ] && extra+=(--tf32)
-  peak_sampler_start
+  peak_sampler_start "$name"
   run_step "bench $name" "$limit" "$LOGS/bench-$name.log" "$LT" bench backbone --device "$DEVICE" "$@" "${extra[@]}"
-  local peak
-  peak=$(peak_sampler_stop)
+  peak_sampler_stop
   local json result="no result"
   json=$(grep '^{' "$LOGS/bench-$name.log" | tail -n 1)
   if [ -n "$json" ]; then
@@ -260,7 +295,7 @@ d = json.loads(sys.argv[1])
 d["impl"] = sys.argv[2]
 if sys.argv[3]:
     d["nvidia_smi_peak_mib"] = float(sys.argv[3])
-print(json.dumps(d))' "$json" "$name" "${peak:-}" >>"$OUT/bench.jsonl"
+print(json.dumps(d))' "$json" "$name" "${PEAK:-}" >>"$OUT/bench.jsonl"
     # The host's share: the time a step took to enqueue its work, of the whole step (near 100%:
     # the step waits on launches and the host, not on the GPU).
     result=$(python3 -c '
@@ -282,7 +317,12 @@ bench_torch() {
   run_step "bench $name" "$limit" "$LOGS/bench-$name.log" python3 scripts/bench_torch.py --device "$DEVICE" \
     --variants f32-strict-cl,f32,f32-cl,bf16-cl "$@"
   grep '^{' "$LOGS/bench-$name.log" >>"$OUT/bench.jsonl"
-  record "bench $name" "$LAST_STATUS" "$LAST_SECONDS" "$(grep -c '^{' "$LOGS/bench-$name.log") variant(s)"
+  # A variant that failed prints its error as a JSON line too: count the measured ones.
+  local all measured status=$LAST_STATUS
+  all=$(grep -c '^{' "$LOGS/bench-$name.log")
+  measured=$(grep '^{' "$LOGS/bench-$name.log" | grep -vc '"error"')
+  [ "$status" = ok ] && [ "$measured" -lt "$all" ] && status=FAIL
+  record "bench $name" "$status" "$LAST_SECONDS" "$measured of $all variant(s) measured"
 }
 
 # The benchmark's configurations: ResNet-32 at batch 128 (CIFAR) and ResNet-50 at batch 256 (224).
@@ -407,8 +447,8 @@ weight_decay = 5e-4
 [report]
 TOML
   local fallback=""
-  [ -n "$PIPELINE_TRAIN_ARGS" ] && fallback=" [lt train $PIPELINE_TRAIN_ARGS: the taped checks failed]"
-  [ -n "$PIPELINE_SGD_TENSOR_OPS" ] && fallback="$fallback [LT_SGD_TENSOR_OPS=1: the SGD check failed]"
+  [ -n "$PIPELINE_TRAIN_ARGS" ] && fallback=" [lt train $PIPELINE_TRAIN_ARGS: the taped checks did not pass]"
+  [ -n "$PIPELINE_SGD_TENSOR_OPS" ] && fallback="$fallback [LT_SGD_TENSOR_OPS=1: the SGD check did not pass]"
   run_step "fmnist-lt pipeline ($DEVICE)" "$limit" "$LOGS/pipeline.log" \
     env TRAIN_ARGS="$PIPELINE_TRAIN_ARGS" ${PIPELINE_SGD_TENSOR_OPS:+LT_SGD_TENSOR_OPS=1} \
     bash scripts/fmnist_pipeline.sh "$LT" "$DEVICE" "$run" "$DATA_ROOT"
@@ -528,4 +568,5 @@ if [ "${GPU_CHECK_KEEP:-0}" = 1 ]; then
   echo "Work directory kept: $WORK"
 else
   rm -rf "$WORK"
+  if [ "${LT_MOVED:-0}" = 1 ]; then rm -f "$LT"; fi
 fi

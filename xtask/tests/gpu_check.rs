@@ -85,7 +85,7 @@ fn a_crashed_group_fails_its_kind_alone_and_sends_the_pipeline_to_autograd() {
         calls.lines().find(|l| l.contains(" train ")).unwrap_or_else(|| panic!("no train call:\n{calls}"));
     assert!(train.ends_with("--autograd"), "{train}");
     assert!(
-        row("fmnist-lt 6 epochs + SRepr")[3].contains("[lt train --autograd: the taped checks failed]"),
+        row("fmnist-lt 6 epochs + SRepr")[3].contains("[lt train --autograd: the taped checks did not pass]"),
         "{summary}"
     );
     assert!(!row("fmnist-lt 6 epochs + SRepr")[3].contains("LT_SGD_TENSOR_OPS"), "{summary}");
