@@ -42,8 +42,9 @@ pub(crate) fn train_cudnn(
     let layout = Packed { c, p: x.elem_count() / c };
     let mean = saved.narrow(0, layout.first(), c)?;
     let invstd = saved.narrow(0, layout.second(), c)?;
-    // The biased batch variance from cuDNN's saved 1 / sqrt(var + eps).
-    let var = (invstd.sqr()?.recip()? - eps)?;
+    // The biased batch variance from cuDNN's saved 1 / sqrt(var + eps); at least 0 (a channel
+    // of equal values would otherwise get a rounding error's negative variance).
+    let var = (invstd.sqr()?.recip()? - eps)?.relu()?;
     Ok((y, BatchStats { mean, var, count: layout.p }, saved))
 }
 
