@@ -247,7 +247,7 @@ step_selftest() {
     "$fallbacks op kind(s) run another way (grep \"cuDNN refused\" selftest.txt)"
 }
 
-# --- 3. benchmark ------------------------------------------------------------------------------
+# --- 4. benchmark, and 6. what explains it (bench-more) -------------------------------------
 
 # peak_sampler_start NAME / peak_sampler_stop: PEAK is the highest memory.used (MiB) nvidia-smi
 # reported meanwhile, empty without a number. Call both in this shell (not in $(...)), so that
@@ -404,7 +404,7 @@ step_bench_more() {
     "$(profile_result "$LOGS/profile-resnet50.log" 0)"
 }
 
-# --- 4. Fashion-MNIST-LT pipeline --------------------------------------------------------------
+# --- 3. Fashion-MNIST-LT pipeline --------------------------------------------------------------
 
 step_pipeline() {
   local limit=110
@@ -497,7 +497,7 @@ step_loader() {
   rm -rf "$jpegs"
 }
 
-# --- 6. CPU kernels on this machine's CPU ------------------------------------------------------
+# --- 7. CPU kernels on this machine's CPU ------------------------------------------------------
 
 # cpu_result LOG: kernels, features and images/s from a `lt bench backbone` or bench_torch.py log.
 cpu_result() {
