@@ -8,6 +8,8 @@
 //! average, after batch-norm recalibration, is the SWA backbone. Both branches see the same
 //! data order. Without SWA the run is plain SGD with a cosine to 0.
 
+mod step;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -21,9 +23,6 @@ use lt_metrics::Evaluation;
 use lt_models::{Arch, Model};
 use lt_swag::{ParamLayout, Swag};
 use serde::{Deserialize, Serialize};
-use step::{train_batch, EpochSums, Pending};
-
-mod step;
 
 use crate::checkpoint::{self, Progress};
 use crate::config::TrainConfig;
@@ -32,6 +31,7 @@ use crate::init::{InitWeights, ParamGroups};
 use crate::run::RunDir;
 use crate::schedule::{learning_rate, Phase};
 use lt_core::optim::Sgd;
+use step::{train_batch, EpochSums, Pending};
 
 /// How to run.
 #[derive(Clone, Debug)]
