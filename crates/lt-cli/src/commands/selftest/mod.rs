@@ -74,19 +74,10 @@ pub enum Group {
 }
 
 impl Group {
-    /// Every group, in the order they run.
-    const ALL: [Group; 10] = [
-        Group::GoldenResnet32Fast,
-        Group::GoldenResnet32Candle,
-        Group::GoldenResnet50Fast,
-        Group::GoldenResnet50Candle,
-        Group::Mixed,
-        Group::Taped,
-        Group::Frozen,
-        Group::Optimiser,
-        Group::Repeatable,
-        Group::Loader,
-    ];
+    /// Every group, in the order they run (as declared).
+    fn all() -> &'static [Group] {
+        Group::value_variants()
+    }
 
     /// The name `--only` takes.
     fn name(self) -> String {
@@ -123,15 +114,16 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 7] = [
-        Kind::Golden,
-        Kind::Mixed,
-        Kind::Taped,
-        Kind::Frozen,
-        Kind::Optimiser,
-        Kind::Repeatable,
-        Kind::Loader,
-    ];
+    /// Every kind, in the order of its first group.
+    fn all() -> Vec<Kind> {
+        let mut kinds = Vec::new();
+        for g in Group::all() {
+            if !kinds.contains(&g.kind()) {
+                kinds.push(g.kind());
+            }
+        }
+        kinds
+    }
 
     /// The summary line's noun: `N/M <label> passed on <device>`.
     fn label(self) -> &'static str {
@@ -172,8 +164,8 @@ pub fn run(a: SelftestArgs, log: &str) -> Result<()> {
     // Opened here in any case, so that a device that cannot open fails once, with its reason.
     let device = crate::device::parse(&a.device)?;
     let in_process = a.in_process.then_some(device);
-    let groups = if a.only.is_empty() { Group::ALL.to_vec() } else { a.only.clone() };
-    let mut tallies = Kind::ALL.map(|k| (k, Tally::default()));
+    let groups = if a.only.is_empty() { Group::all().to_vec() } else { a.only.clone() };
+    let mut tallies: Vec<(Kind, Tally)> = Kind::all().into_iter().map(|k| (k, Tally::default())).collect();
     for (i, &g) in groups.iter().enumerate() {
         let t = match &in_process {
             Some(device) => checks::run_group(g, device, &a.fixtures),
@@ -252,11 +244,11 @@ mod tests {
                 Some((label, rest.split_whitespace().next()?.trim_matches('\'')))
             })
             .collect();
-        for kind in Kind::ALL {
+        for kind in Kind::all() {
             let Some(&(_, groups)) = calls.iter().find(|(label, _)| *label == kind.label()) else {
                 panic!("gpu_check.sh has no kind_status call for \"{}\"", kind.label());
             };
-            for g in Group::ALL.into_iter().filter(|g| g.kind() == kind) {
+            for g in Group::all().iter().filter(|g| g.kind() == kind) {
                 let name = g.name();
                 let matched = match groups.strip_suffix("[a-z0-9-]+") {
                     Some(prefix) => name.starts_with(prefix),
@@ -269,6 +261,6 @@ mod tests {
                 );
             }
         }
-        assert_eq!(calls.len(), Kind::ALL.len(), "{calls:?}");
+        assert_eq!(calls.len(), Kind::all().len(), "{calls:?}");
     }
 }
