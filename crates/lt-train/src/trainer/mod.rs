@@ -210,6 +210,8 @@ fn warn_empty_classes(data: &DataBundle) {
     }
 }
 
+/// Refuses a directory that cannot take this run: without `resume`, one holding a run; with it,
+/// one without a checkpoint or whose checkpoint belongs to another configuration or data.
 fn check_directory(dir: &RunDir, fingerprint: &str, resume: bool) -> Result<()> {
     let held = [dir.checkpoint(), dir.sgd(), dir.swa()].into_iter().find(|p| p.exists());
     if !resume {
