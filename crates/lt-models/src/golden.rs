@@ -60,6 +60,12 @@ fn worst<'a>(
     Ok((worst, worst_name))
 }
 
+/// Whether buffer `name` is a running statistic (a mean or a variance), not a batch norm's batch
+/// counter.
+fn is_statistic(name: &str) -> bool {
+    !name.ends_with("num_batches_tracked")
+}
+
 /// The largest [`relative`] distance between model `b`'s buffers (running statistics) that
 /// `keep` keeps and model `a`'s of the same names, with that name; a buffer `a` lacks is an
 /// error.

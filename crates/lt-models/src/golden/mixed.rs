@@ -12,7 +12,7 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::{check_batch, relative, Check};
+use super::{check_batch, is_statistic, relative, worst_buffer, Check};
 use crate::error::{ModelError, Result};
 use crate::{Arch, Model, Precision};
 
@@ -85,20 +85,15 @@ pub fn check_mixed_precision(
     let cosine = ab / (aa * bb).sqrt();
     let turn = if cosine.is_finite() { (1.0 - cosine) as f32 } else { f32::INFINITY };
     out.push(Check::measured(format!("{tag} whole gradient, 1 - cosine"), turn, DIRECTION_TOLERANCE));
-    let (mut worst, mut worst_name) = (0f32, String::new());
-    for (name, t) in mixed.store().named_buffers() {
-        if name.ends_with("num_batches_tracked") {
-            continue;
-        }
-        if t.dtype() != DType::F32 {
-            not_f32.push(name.clone());
-        }
-        let r = reference.store().buffer(&name).ok_or_else(|| ModelError::MissingBuffer(name.clone()))?;
-        let e = relative(&t, &r)?;
-        if worst_name.is_empty() || e > worst {
-            (worst, worst_name) = (e, name.clone());
-        }
-    }
+    not_f32.extend(
+        mixed
+            .store()
+            .named_buffers()
+            .into_iter()
+            .filter(|(n, t)| is_statistic(n) && t.dtype() != DType::F32)
+            .map(|(n, _)| n),
+    );
+    let (worst, worst_name) = worst_buffer(&mixed, &reference, is_statistic)?;
     out.push(Check::measured(
         format!("{tag} {worst_name} after the step (the worst)"),
         worst,

@@ -7,7 +7,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::{check_batch, relative, worst, worst_buffer, Check};
+use super::{check_batch, is_statistic, relative, worst, worst_buffer, Check};
 use crate::error::{ModelError, Result};
 use crate::{Arch, Model, Precision};
 
@@ -63,7 +63,7 @@ pub fn check_taped(
         let (e, name) = worst(grads)?;
         out.push(check(format!("{tag} {step} gradient of {name} (the worst)"), e));
     }
-    let (e, name) = worst_buffer(&taped, &reference, |name| !name.ends_with("num_batches_tracked"))?;
+    let (e, name) = worst_buffer(&taped, &reference, is_statistic)?;
     out.push(check(format!("{tag} {name} after the steps (the worst)"), e));
     out.push(Check::verdict(
         format!("{tag} ran on the taped executor"),
