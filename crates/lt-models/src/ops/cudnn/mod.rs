@@ -116,7 +116,7 @@ descriptor!(
 );
 
 /// The shape and type of an op's input: what a refusal of cuDNN's can depend on.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct Input {
     dims: Vec<usize>,
     dtype: DType,
@@ -125,6 +125,11 @@ struct Input {
 impl Input {
     fn of(t: &candle_core::Tensor) -> Self {
         Self { dims: t.dims().to_vec(), dtype: t.dtype() }
+    }
+
+    /// Whether `t` has this shape and type.
+    fn is_of(&self, t: &candle_core::Tensor) -> bool {
+        self.dims == t.dims() && self.dtype == t.dtype()
     }
 }
 
@@ -155,7 +160,7 @@ pub(crate) fn fall_back(
     let input = Input::of(on);
     let first = REFUSED.lock().map(|mut w| {
         let first = !w.iter().any(|(op, _)| *op == what);
-        if !w.iter().any(|(op, i)| *op == what && *i == input) {
+        if !w.iter().any(|(op, i)| *op == what && i.is_of(on)) {
             w.push((what, input.clone()));
         }
         first
@@ -175,8 +180,8 @@ pub(crate) fn fall_back(
 /// Whether cuDNN has refused op `what` for an input of the shape and type of `on` before in this
 /// process (so that the caller goes straight to its fallback instead of asking again).
 pub(crate) fn refused(what: &'static str, on: &candle_core::Tensor) -> bool {
-    let input = Input::of(on);
-    REFUSED.lock().map(|w| w.iter().any(|(op, i)| *op == what && *i == input)).unwrap_or(false)
+    // Asked at every call of the ops that can be refused: no allocation.
+    REFUSED.lock().map(|w| w.iter().any(|(op, i)| *op == what && i.is_of(on))).unwrap_or(false)
 }
 
 /// `attempt` (a cuDNN call on input `on`), or `fallback` (what runs `instead`) once cuDNN has
