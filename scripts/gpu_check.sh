@@ -181,7 +181,7 @@ PY
 # --- 2. golden checks --------------------------------------------------------------------------
 
 # kind_status LABEL GROUP_RE FAIL_RE: KIND_LINE is selftest.txt's line "N/M LABEL passed" (with
-# the count of failed group processes, if any), and KIND_STATUS ok when N = M > 0, no line
+# the count of failed group processes, if any; else says there is none), and KIND_STATUS ok when N = M > 0, no line
 # matches FAIL_RE (a failed check or run of that kind) and no process of the groups GROUP_RE
 # (lt selftest --only GROUP) failed ("FAIL GROUP: its process ..."), else FAIL.
 kind_status() {
@@ -197,7 +197,13 @@ kind_status() {
   local crashed
   crashed=$(grep -cE "^FAIL $2: its process" "$file")
   [ "$crashed" -gt 0 ] && KIND_LINE="${KIND_LINE:-no summary line}; $crashed group process(es) failed (selftest.txt)"
+  KIND_LINE=${KIND_LINE:-no summary line (see selftest.txt)}
   return 0
+}
+
+# kind_record ROW [SECONDS]: the summary row of the last kind_status.
+kind_record() {
+  record "$1" "$KIND_STATUS" "${2:-0}" "$KIND_LINE"
 }
 
 step_selftest() {
@@ -212,32 +218,32 @@ step_selftest() {
   # a timeout or a crash of the whole step shows as it is.
   kind_status "checks" 'golden-[a-z0-9-]+' '^FAIL resnet(32|50) (Fast|Candle)'
   [ "$LAST_STATUS" = ok ] || [ "$LAST_STATUS" = "FAIL(rc=1)" ] || KIND_STATUS=$LAST_STATUS
-  record "selftest (both backends)" "$KIND_STATUS" "$LAST_SECONDS" "${KIND_LINE:-no summary line (see selftest.txt)}"
+  kind_record "selftest (both backends)" "$LAST_SECONDS"
   # bf16 mixed precision against f32 on the device (bounds from PyTorch's bf16 autocast).
   kind_status "mixed-precision checks" mixed '^FAIL .*bf16( vs f32|: could not run)'
-  record "selftest bf16 vs f32" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
+  kind_record "selftest bf16 vs f32"
   # The taped executor (backward pass walked by hand) against candle's autograd, f32 and bf16.
   kind_status "taped-executor checks" taped '^FAIL .* taped'
-  record "selftest taped vs autograd" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
+  kind_record "selftest taped vs autograd"
   # Should the taped executor (the training default on CUDA) fail its checks, the pipeline trains
   # through candle's autograd instead, so that its accuracy is still measured (and says so).
   if [ "$KIND_STATUS" != ok ]; then PIPELINE_TRAIN_ARGS="--autograd"; fi
   # A frozen snapshot (channels-last filters kept on CUDA) against its model's evaluation.
   kind_status "frozen-snapshot checks" frozen '^FAIL .* frozen'
-  record "selftest frozen snapshot" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
+  kind_record "selftest frozen snapshot"
   # SGD's in-place passes (two CUDA kernels per parameter) against its tensor ops, bit for bit.
   kind_status "optimiser checks" optimiser '^FAIL SGD'
-  record "selftest SGD passes" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
+  kind_record "selftest SGD passes"
   # Likewise SGD's CUDA kernels: the pipeline then updates with the tensor ops.
   if [ "$KIND_STATUS" != ok ]; then PIPELINE_SGD_TENSOR_OPS=1; fi
   # Training steps run twice from one seed (the device's default path, SGD included): the same
   # bits? Where not, selftest.txt's line names the parameter that differs most.
   kind_status "repeatability checks" repeatable '^FAIL .* repeated'
-  record "selftest repeatable training" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
+  kind_record "selftest repeatable training"
   # The loader's batches, made on the device by its worker threads (each with a CUDA stream of its
   # own) and read the moment they arrive, against the host's: complete, the same bits?
   kind_status "loader checks" loader '^FAIL loader'
-  record "selftest loader batches" "$KIND_STATUS" 0 "${KIND_LINE:-no summary line (see selftest.txt)}"
+  kind_record "selftest loader batches"
   # Ops cuDNN refused run on candle's kernels, or through cuDNN in f32 (a bf16 op; same results,
   # slower); each is warned about once.
   # Each group's process warns once per op (with the first input's shape): count distinct ops.
