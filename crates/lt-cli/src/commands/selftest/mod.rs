@@ -84,59 +84,33 @@ impl Group {
         self.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_else(|| format!("{self:?}"))
     }
 
-    /// The kind of check, which has a summary line of its own.
-    fn kind(self) -> Kind {
+    /// Its kind of check, named by the noun of the kind's summary line,
+    /// `N/M <kind> passed on <device>`.
+    fn kind(self) -> &'static str {
         match self {
             Group::GoldenResnet32Fast
             | Group::GoldenResnet32Candle
             | Group::GoldenResnet50Fast
-            | Group::GoldenResnet50Candle => Kind::Golden,
-            Group::Mixed => Kind::Mixed,
-            Group::Taped => Kind::Taped,
-            Group::Frozen => Kind::Frozen,
-            Group::Optimiser => Kind::Optimiser,
-            Group::Repeatable => Kind::Repeatable,
-            Group::Loader => Kind::Loader,
+            | Group::GoldenResnet50Candle => "checks",
+            Group::Mixed => "mixed-precision checks",
+            Group::Taped => "taped-executor checks",
+            Group::Frozen => "frozen-snapshot checks",
+            Group::Optimiser => "optimiser checks",
+            Group::Repeatable => "repeatability checks",
+            Group::Loader => "loader checks",
         }
     }
 }
 
-/// The kinds of checks, each with its own summary line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Golden,
-    Mixed,
-    Taped,
-    Frozen,
-    Optimiser,
-    Repeatable,
-    Loader,
-}
-
-impl Kind {
-    /// Every kind, in the order of its first group.
-    fn all() -> Vec<Kind> {
-        let mut kinds = Vec::new();
-        for g in Group::all() {
-            if !kinds.contains(&g.kind()) {
-                kinds.push(g.kind());
-            }
-        }
-        kinds
-    }
-
-    /// The summary line's noun: `N/M <label> passed on <device>`.
-    fn label(self) -> &'static str {
-        match self {
-            Kind::Golden => "checks",
-            Kind::Mixed => "mixed-precision checks",
-            Kind::Taped => "taped-executor checks",
-            Kind::Frozen => "frozen-snapshot checks",
-            Kind::Optimiser => "optimiser checks",
-            Kind::Repeatable => "repeatability checks",
-            Kind::Loader => "loader checks",
+/// Every kind of check ([`Group::kind`]), in the order of its first group.
+fn kinds() -> Vec<&'static str> {
+    let mut kinds = Vec::new();
+    for g in Group::all() {
+        if !kinds.contains(&g.kind()) {
+            kinds.push(g.kind());
         }
     }
+    kinds
 }
 
 /// The counts of one group (or several): checks run, checks failed, and the runs that could not
@@ -165,7 +139,7 @@ pub fn run(a: SelftestArgs, log: &str) -> Result<()> {
     let device = crate::device::parse(&a.device)?;
     let in_process = a.in_process.then_some(device);
     let groups = if a.only.is_empty() { Group::all().to_vec() } else { a.only.clone() };
-    let mut tallies: Vec<(Kind, Tally)> = Kind::all().into_iter().map(|k| (k, Tally::default())).collect();
+    let mut tallies: Vec<(&str, Tally)> = kinds().into_iter().map(|k| (k, Tally::default())).collect();
     for (i, &g) in groups.iter().enumerate() {
         let t = match &in_process {
             Some(device) => checks::run_group(g, device, &a.fixtures),
@@ -179,13 +153,7 @@ pub fn run(a: SelftestArgs, log: &str) -> Result<()> {
         tally.add(t);
         // A kind's summary line follows its last group.
         if groups[i + 1..].iter().all(|g| g.kind() != *kind) {
-            println!(
-                "{}/{} {} passed on {}",
-                tally.total - tally.failed,
-                tally.total,
-                kind.label(),
-                a.device
-            );
+            println!("{}/{} {} passed on {}", tally.total - tally.failed, tally.total, kind, a.device);
         }
     }
     if a.result_line {
@@ -195,11 +163,8 @@ pub fn run(a: SelftestArgs, log: &str) -> Result<()> {
     if !broken.is_empty() {
         println!("runs that could not start or end: {}", broken.join(", "));
     }
-    let failed: Vec<String> = tallies
-        .iter()
-        .filter(|(_, t)| t.failed > 0)
-        .map(|(k, t)| format!("{} {}", t.failed, k.label()))
-        .collect();
+    let failed: Vec<String> =
+        tallies.iter().filter(|(_, t)| t.failed > 0).map(|(k, t)| format!("{} {k}", t.failed)).collect();
     if !failed.is_empty() || !broken.is_empty() {
         let failed = if failed.is_empty() { "no check".to_string() } else { failed.join(", ") };
         bail!("{failed} failed, {} run(s) broken (see the FAIL lines above)", broken.len());
@@ -244,9 +209,9 @@ mod tests {
                 Some((label, rest.split_whitespace().next()?.trim_matches('\'')))
             })
             .collect();
-        for kind in Kind::all() {
-            let Some(&(_, groups)) = calls.iter().find(|(label, _)| *label == kind.label()) else {
-                panic!("gpu_check.sh has no kind_status call for \"{}\"", kind.label());
+        for kind in kinds() {
+            let Some(&(_, groups)) = calls.iter().find(|(label, _)| *label == kind) else {
+                panic!("gpu_check.sh has no kind_status call for \"{kind}\"");
             };
             for g in Group::all().iter().filter(|g| g.kind() == kind) {
                 let name = g.name();
@@ -254,13 +219,9 @@ mod tests {
                     Some(prefix) => name.starts_with(prefix),
                     None => name == groups,
                 };
-                assert!(
-                    matched,
-                    "gpu_check.sh reads the groups {groups:?} for \"{}\", not {name}",
-                    kind.label()
-                );
+                assert!(matched, "gpu_check.sh reads the groups {groups:?} for \"{kind}\", not {name}");
             }
         }
-        assert_eq!(calls.len(), Kind::all().len(), "{calls:?}");
+        assert_eq!(calls.len(), kinds().len(), "{calls:?}");
     }
 }
