@@ -113,7 +113,10 @@ pub fn distillation_stacked(
                 u = (u - entropy(&members)?.mean(0)?)?.relu()?;
             }
             let eps = 1e-8;
-            let w = ((&u + eps)? / ((u.mean_all()? + eps)?.to_vec0::<f32>()? as f64))?.detach();
+            // (u + eps) / (mean u + eps), kept on the device: times the f32 reciprocal, which
+            // is the reciprocal rounded once, as a host division in f64 rounded to f32 was.
+            let scale = (u.mean_all()? + eps)?.recip()?;
+            let w = (&u + eps)?.broadcast_mul(&scale)?.detach();
             ((pointwise.sum(D::Minus1)? * w)?.sum_all()? / b)?
         }
     };
