@@ -31,6 +31,19 @@ pub trait FeatureSource {
     /// Where the representations come from, for messages.
     fn describe(&self) -> String;
 
+    /// The float type the representations are stored in, which holds every value exactly: F16
+    /// for half-precision features, else F32 (the default).
+    fn stored_dtype(&self) -> DType {
+        DType::F32
+    }
+
+    /// Whether rows on `device` are selected there, without a copy from the host (default: no).
+    /// [`crate::retrain`] keeps a source's rows on a GPU ([`crate::resident::Resident`]) unless
+    /// they are.
+    fn resident_on(&self, _device: &Device) -> bool {
+        false
+    }
+
     /// Every row of `split` for backbone `sample`.
     fn all(&self, split: Split, sample: usize, device: &Device) -> Result<Tensor> {
         let n = self.labels(split)?.len();
@@ -83,6 +96,13 @@ impl FeatureSource for Features {
     }
     fn describe(&self) -> String {
         self.path().display().to_string()
+    }
+    fn stored_dtype(&self) -> DType {
+        if self.meta().half {
+            DType::F16
+        } else {
+            DType::F32
+        }
     }
 }
 
@@ -145,7 +165,9 @@ impl FeatureBank {
                 return Err(bad(format!("labels count {k:?}, the class counts are {:?}", self.counts)));
             }
         }
-        let z = z.to_dtype(DType::F32)?;
+        // Contiguous once here: a backbone's `[N, D]` is then a view, where candle copies the
+        // whole of it out of a transposed or sliced `z` at every request of rows.
+        let z = z.to_dtype(DType::F32)?.contiguous()?;
         let finite = z.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite());
         if !finite {
             return Err(bad("NaN or infinite representations".into()));
@@ -219,5 +241,8 @@ impl FeatureSource for FeatureBank {
     }
     fn describe(&self) -> String {
         "feature bank".into()
+    }
+    fn resident_on(&self, device: &Device) -> bool {
+        self.splits.iter().all(|(_, z, _)| z.device().same_device(device))
     }
 }

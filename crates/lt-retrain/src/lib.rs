@@ -50,6 +50,7 @@ pub mod losses;
 pub mod methods;
 pub mod outputs;
 pub mod problem;
+pub mod resident;
 pub mod rows;
 pub mod select;
 mod vocab;
@@ -86,8 +87,13 @@ pub struct Outcome {
 }
 
 /// Runs one stage-2 method (see the crate docs) and predicts the test split.
+///
+/// On a device other than the CPU, rows that are not there already are kept there
+/// ([`resident::Resident`]): each split of each backbone in use is read from `source` once.
 pub fn retrain(source: &dyn FeatureSource, cfg: &RetrainConfig, device: &Device) -> Result<Outcome> {
     cfg.validate()?;
+    let resident = resident::Resident::new(source, device);
+    let source = if device.is_cpu() || source.resident_on(device) { source } else { &resident };
     let p = Problem::new(source, cfg.backbone, device)?;
     let fitted = methods::run(&p, cfg)?;
     let members = match cfg.srepr.members {

@@ -56,6 +56,11 @@ pub const VAL_PER_CLASS: usize = 40;
 /// larger perturbations, as stochastic representations do. With `val`, a balanced validation
 /// split too.
 pub fn write(path: &Path, head: (&[f32], &[f32]), seed: u64, val: bool) {
+    write_as(path, head, seed, val, false)
+}
+
+/// [`write`], with the representations stored as f16 when `half`.
+pub fn write_as(path: &Path, head: (&[f32], &[f32]), seed: u64, val: bool, half: bool) {
     let c = COUNTS.len();
     let m = means(0);
     let (tr, te, va) = (train_labels(), test_labels(), val_labels());
@@ -85,7 +90,7 @@ pub fn write(path: &Path, head: (&[f32], &[f32]), seed: u64, val: bool) {
         feature_dim: DIM,
         samples,
         scale: 0.5,
-        half: false,
+        half,
         dataset: "gaussian".into(),
         arch: "none".into(),
         class_names: Vec::new(),
@@ -95,10 +100,10 @@ pub fn write(path: &Path, head: (&[f32], &[f32]), seed: u64, val: bool) {
         split_fingerprint: String::new(),
     };
     let mut w = FeaturesWriter::new(meta, &COUNTS);
-    w.split(Split::Train, &tr, move |o| write_values(o, &ftr, false));
-    w.split(Split::Test, &te, move |o| write_values(o, &fte, false));
+    w.split(Split::Train, &tr, move |o| write_values(o, &ftr, half));
+    w.split(Split::Test, &te, move |o| write_values(o, &fte, half));
     if val {
-        w.split(Split::Val, &va, move |o| write_values(o, &fva, false));
+        w.split(Split::Val, &va, move |o| write_values(o, &fva, half));
     }
     let dev = Device::Cpu;
     let hw = Tensor::from_slice(head.0, (c, DIM), &dev).unwrap();

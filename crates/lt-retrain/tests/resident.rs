@@ -1,0 +1,96 @@
+//! Rows kept on the device (`Resident`) give every method the results of rows read from the
+//! source, bit for bit (here on the CPU, where `retrain` itself does not keep them), in f32 and
+//! f16; bad requests are refused as the source refuses them; and a feature bank built from a view
+//! serves the view's rows.
+
+mod common;
+
+use candle_core::{DType, Device, Tensor};
+use lt_core::formats::features::{Features, SampleKind, Split};
+use lt_retrain::bank::{FeatureBank, FeatureSource};
+use lt_retrain::config::Weighting;
+use lt_retrain::resident::Resident;
+use lt_retrain::{retrain, MethodKind, Predict, RetrainConfig};
+
+/// A features artifact with a validation split and a stage-1 head (the class means' direction).
+fn features(dir: &std::path::Path, half: bool) -> Features {
+    let c = common::COUNTS.len();
+    let w: Vec<f32> = (0..c * common::DIM).map(|i| ((i * 7) % 11) as f32 / 11.0 - 0.5).collect();
+    let path = dir.join(format!("features-{half}.safetensors"));
+    common::write_as(&path, (&w, &vec![0.0; c]), 3, true, half);
+    Features::open(&path).unwrap()
+}
+
+/// Every method's configuration, and SRepr's ensemble prediction and uncertainty weighting.
+fn configs() -> Vec<(String, RetrainConfig)> {
+    let base = |m| RetrainConfig { epochs: 3, batch_size: 64, lr: 0.1, ..RetrainConfig::new(m) };
+    let mut all: Vec<_> = MethodKind::ALL.iter().map(|&m| (m.to_string(), base(m))).collect();
+    let mut ensemble = base(MethodKind::Srepr);
+    ensemble.predict = Predict::Ensemble;
+    all.push(("srepr ensemble".into(), ensemble));
+    for w in [Weighting::Entropy, Weighting::Disagreement] {
+        let mut c = base(MethodKind::Srepr);
+        c.srepr.weighting = w;
+        all.push((format!("srepr {w:?}"), c));
+    }
+    all
+}
+
+#[test]
+fn every_method_gives_the_same_bits_with_rows_kept_on_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    for half in [false, true] {
+        let fs = features(dir.path(), half);
+        assert_eq!(fs.stored_dtype(), if half { DType::F16 } else { DType::F32 });
+        let kept = Resident::new(&fs, &dev);
+        assert!(kept.resident_on(&dev) && !fs.resident_on(&dev));
+        for (name, cfg) in configs() {
+            let (a, b) = (retrain(&fs, &cfg, &dev).unwrap(), retrain(&kept, &cfg, &dev).unwrap());
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.test_scores), bits(&b.test_scores), "{name}, half {half}");
+            assert_eq!(a.epoch_losses, b.epoch_losses, "{name}, half {half}");
+            assert_eq!(a.facts, b.facts, "{name}, half {half}");
+        }
+    }
+}
+
+#[test]
+fn kept_rows_are_the_source_rows_and_bad_requests_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let fs = features(dir.path(), true);
+    let kept = Resident::new(&fs, &dev);
+    let idx = [5, 0, 548, 5];
+    for sample in [0, 1, 4] {
+        let a = FeatureSource::rows(&fs, Split::Train, sample, &idx, &dev);
+        let b = kept.rows(Split::Train, sample, &idx, &dev);
+        let (a, b) = (a.unwrap().to_vec2::<f32>().unwrap(), b.unwrap().to_vec2::<f32>().unwrap());
+        assert_eq!(a, b, "backbone {sample}");
+        assert_eq!(b[0], b[3]);
+        let all = kept.all(Split::Val, sample, &dev).unwrap();
+        assert_eq!(all.dtype(), DType::F32);
+        assert_eq!(all.flatten_all().unwrap().to_vec1::<f32>().unwrap(), fs.all(Split::Val, sample).unwrap());
+    }
+    let n = fs.len(Split::Train).unwrap();
+    let err = kept.rows(Split::Train, 0, &[0, n], &dev).unwrap_err().to_string();
+    assert!(err.contains(&format!("row {n} outside 0..{n} of the train split")), "{err}");
+    let err = kept.rows(Split::Train, 9, &[0], &dev).unwrap_err().to_string();
+    assert!(err.contains("backbone index 9 outside 0..5"), "{err}");
+}
+
+#[test]
+fn a_bank_of_a_view_serves_its_rows() {
+    let dev = Device::Cpu;
+    // [D, N, S] transposed to [S, N, D]: a view whose rows are not contiguous.
+    let z = Tensor::arange(0f32, 12.0, &dev).unwrap().reshape((2, 3, 2)).unwrap().transpose(0, 2).unwrap();
+    assert!(!z.is_contiguous());
+    let bank = FeatureBank::new(vec![SampleKind::Swa, SampleKind::Swag], vec![2, 1])
+        .unwrap()
+        .with_split(Split::Train, z.clone(), vec![0, 1, 0])
+        .unwrap();
+    let rows = bank.rows(Split::Train, 1, &[2, 0], &dev).unwrap().to_vec2::<f32>().unwrap();
+    let want = z.get(1).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(rows, [want[2].clone(), want[0].clone()]);
+    assert!(bank.resident_on(&dev));
+}
