@@ -27,12 +27,19 @@ fn meta(half: bool) -> FeaturesMeta {
     }
 }
 
-/// Writes 3 backbones x N rows x 3 dims per split, value `split * 100 + position`.
+/// 3 backbones x `n` rows x 3 dims of a split, value `split * 100 + position`.
+fn values(split: f32, n: usize) -> Vec<f32> {
+    (0..3 * n * 3).map(|i| split * 100.0 + i as f32).collect()
+}
+
+/// Writes 3 backbones x N rows x 3 dims per split ([`values`]).
 fn write(path: &Path, half: bool, counts: &[usize], train_labels: &[u32]) {
-    let n = train_labels.len();
-    let values =
-        |split: f32, n: usize| -> Vec<f32> { (0..3 * n * 3).map(|i| split * 100.0 + i as f32).collect() };
-    let (tr, te) = (values(0.0, n), values(1.0, 2));
+    write_train(path, half, counts, train_labels, values(0.0, train_labels.len()));
+}
+
+/// [`write`] with the training split's values `tr`.
+fn write_train(path: &Path, half: bool, counts: &[usize], train_labels: &[u32], tr: Vec<f32>) {
+    let te = values(1.0, 2);
     let mut w = FeaturesWriter::new(meta(half), counts);
     w.split(Split::Train, train_labels, move |out| write_values(out, &tr, half));
     w.split(Split::Test, &[1, 0], move |out| write_values(out, &te, half));
@@ -63,6 +70,37 @@ fn roundtrip_rows_heads_and_metadata() {
         assert_eq!(f.head(SampleKind::Swa).unwrap(), (vec![1., 2., 3., 4., 5., 6.], vec![0.5, -0.5]));
         let err = f.rows(Split::Train, 3, &[0]).unwrap_err().to_string();
         assert!(err.contains("train.features") && err.contains("backbone index 3 outside 0..3"), "{err}");
+        // The stored f16 values, which widen to the rows; an f32 artifact has none.
+        match f.all_half(Split::Train, 2) {
+            Ok(v) => {
+                assert!(half);
+                let wide: Vec<f32> = v.iter().map(|x| x.to_f32()).collect();
+                assert_eq!(wide, f.all(Split::Train, 2).unwrap());
+                assert_eq!(wide[..3], [18., 19., 20.]);
+            }
+            Err(e) => assert!(!half && e.to_string().contains("stored as f32, not f16"), "{e}"),
+        }
+    }
+}
+
+#[test]
+fn a_non_finite_value_is_refused_with_its_backbone_and_row() {
+    let dir = tempfile::tempdir().unwrap();
+    for half in [false, true] {
+        let p = dir.path().join(format!("nan{half}.safetensors"));
+        let mut v = values(0.0, 3);
+        v[(3 + 2) * 3 + 1] = f32::INFINITY; // backbone 1 (swa), row 2
+        write_train(&p, half, &[1, 2], &[1, 0, 1], v);
+        let f = Features::open(&p).unwrap();
+        assert!(f.rows(Split::Train, 1, &[0, 1]).is_ok());
+        let want = "backbone 1 (swa) row 2 holds NaN or infinite values";
+        let err = f.rows(Split::Train, 1, &[0, 2]).unwrap_err().to_string();
+        assert!(err.contains(want), "{err}");
+        if half {
+            let err = f.all_half(Split::Train, 1).unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+            assert!(f.all_half(Split::Train, 2).is_ok());
+        }
     }
 }
 

@@ -31,10 +31,11 @@ pub trait FeatureSource {
     /// Where the representations come from, for messages.
     fn describe(&self) -> String;
 
-    /// The float type the representations are stored in, which holds every value exactly: F16
-    /// for half-precision features, else F32 (the default).
-    fn stored_dtype(&self) -> DType {
-        DType::F32
+    /// Every row of `split` for backbone `sample` as stored: `[N, D]` on `device`, in F16 for
+    /// half-precision features (half the memory, the same values once widened), else F32 (the
+    /// default: [`FeatureSource::all`]).
+    fn stored(&self, split: Split, sample: usize, device: &Device) -> Result<Tensor> {
+        self.all(split, sample, device)
     }
 
     /// Whether rows on `device` are selected there, without a copy from the host (default: no).
@@ -97,12 +98,12 @@ impl FeatureSource for Features {
     fn describe(&self) -> String {
         self.path().display().to_string()
     }
-    fn stored_dtype(&self) -> DType {
-        if self.meta().half {
-            DType::F16
-        } else {
-            DType::F32
+    fn stored(&self, split: Split, sample: usize, device: &Device) -> Result<Tensor> {
+        if !self.meta().half {
+            return FeatureSource::all(self, split, sample, device);
         }
+        let v = self.all_half(split, sample)?;
+        Ok(Tensor::from_vec(v, (self.len(split)?, self.dim()), device)?)
     }
 }
 

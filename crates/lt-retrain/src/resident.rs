@@ -17,8 +17,8 @@ use crate::config::Backbone;
 use crate::error::{Result, RetrainError};
 
 /// A [`FeatureSource`] whose rows on `device` come from copies of whole splits held there, in
-/// the source's stored type ([`FeatureSource::stored_dtype`]: f16 features take half the memory
-/// of f32 ones, and widen to the same f32 values). A split of one backbone takes
+/// the source's stored type ([`FeatureSource::stored`]: f16 features take half the memory of f32
+/// ones, and widen to the same f32 values). A split of one backbone takes
 /// `N x D x 2` (f16) or `x 4` (f32) bytes of device memory from its first read to the drop of
 /// the `Resident`. Rows asked for on another device come from the source itself.
 ///
@@ -54,8 +54,7 @@ impl<'a> Resident<'a> {
         if let Some(t) = blocks.get(&(split, sample)) {
             return Ok(t.clone());
         }
-        let host = self.source.all(split, sample, &Device::Cpu)?;
-        let t = host.to_dtype(self.source.stored_dtype())?.to_device(&self.device)?;
+        let t = self.source.stored(split, sample, &self.device)?;
         blocks.insert((split, sample), t.clone());
         Ok(t)
     }
@@ -108,8 +107,11 @@ impl FeatureSource for Resident<'_> {
     fn describe(&self) -> String {
         self.source.describe()
     }
-    fn stored_dtype(&self) -> DType {
-        self.source.stored_dtype()
+    fn stored(&self, split: Split, sample: usize, device: &Device) -> Result<Tensor> {
+        if !device.same_device(&self.device) {
+            return self.source.stored(split, sample, device);
+        }
+        self.block(split, sample)
     }
     fn resident_on(&self, device: &Device) -> bool {
         device.same_device(&self.device) || self.source.resident_on(device)

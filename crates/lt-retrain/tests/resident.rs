@@ -42,7 +42,10 @@ fn every_method_gives_the_same_bits_with_rows_kept_on_the_device() {
     let dev = Device::Cpu;
     for half in [false, true] {
         let fs = features(dir.path(), half);
-        assert_eq!(fs.stored_dtype(), if half { DType::F16 } else { DType::F32 });
+        let stored = fs.stored(Split::Train, 2, &dev).unwrap();
+        assert_eq!(stored.dtype(), if half { DType::F16 } else { DType::F32 });
+        let wide = stored.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+        assert_eq!(wide.to_vec1::<f32>().unwrap(), fs.all(Split::Train, 2).unwrap());
         let kept = Resident::new(&fs, &dev);
         assert!(kept.resident_on(&dev) && !fs.resident_on(&dev));
         for (name, cfg) in configs() {

@@ -387,6 +387,48 @@ impl Features {
     /// Non-finite values are an error naming the backbone and the row.
     pub fn rows(&self, split: Split, sample: usize, idx: &[usize]) -> Result<Vec<f32>> {
         let key = split.features_key();
+        if self.art.info(&key)?.dtype.size() == 2 {
+            self.gather(split, sample, idx, |c| f16::from_le_bytes([c[0], c[1]]).to_f32(), f32::is_finite)
+        } else {
+            self.gather(split, sample, idx, |c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]), f32::is_finite)
+        }
+    }
+
+    /// Every row of `split` for backbone `sample`, `N x D` f32.
+    pub fn all(&self, split: Split, sample: usize) -> Result<Vec<f32>> {
+        let n = self.len(split)?;
+        self.rows(split, sample, &(0..n).collect::<Vec<_>>())
+    }
+
+    /// Every row of `split` for backbone `sample` as stored, `N x D` f16, when the blocks are
+    /// F16 ([`FeaturesMeta::half`]; an error otherwise): half the memory of [`Features::all`],
+    /// and the same values once widened. Non-finite values are an error as in [`Features::rows`].
+    pub fn all_half(&self, split: Split, sample: usize) -> Result<Vec<f16>> {
+        let key = split.features_key();
+        if !self.meta.half {
+            return Err(self.art.bad_value(&key, "stored as f32, not f16"));
+        }
+        let n = self.len(split)?;
+        self.gather(
+            split,
+            sample,
+            &(0..n).collect::<Vec<_>>(),
+            |c| f16::from_le_bytes([c[0], c[1]]),
+            f16::is_finite,
+        )
+    }
+
+    /// Rows `idx` of backbone `sample` of `split`, each value decoded from its little-endian
+    /// bytes by `decode`; a value `finite` refuses is an error naming the backbone and the row.
+    fn gather<T: Copy>(
+        &self,
+        split: Split,
+        sample: usize,
+        idx: &[usize],
+        decode: impl Fn(&[u8]) -> T,
+        finite: impl Fn(T) -> bool,
+    ) -> Result<Vec<T>> {
+        let key = split.features_key();
         let info = self.art.info(&key)?;
         let (s, n, d) = (info.shape[0], info.shape[1], info.shape[2]);
         let es = info.dtype.size();
@@ -400,14 +442,9 @@ impl Features {
                 return Err(self.art.bad_value(&key, format!("row {i} outside 0..{n}")));
             }
             let start = (sample * n + i) * d * es;
-            let row = &bytes[start..start + d * es];
             let before = out.len();
-            if es == 2 {
-                out.extend(row.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()));
-            } else {
-                out.extend(row.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])));
-            }
-            if out[before..].iter().any(|v| !v.is_finite()) {
+            out.extend(bytes[start..start + d * es].chunks_exact(es).map(&decode));
+            if !out[before..].iter().all(|&v| finite(v)) {
                 return Err(self.art.bad_value(
                     &key,
                     format!(
@@ -418,12 +455,6 @@ impl Features {
             }
         }
         Ok(out)
-    }
-
-    /// Every row of `split` for backbone `sample`, `N x D` f32.
-    pub fn all(&self, split: Split, sample: usize) -> Result<Vec<f32>> {
-        let n = self.len(split)?;
-        self.rows(split, sample, &(0..n).collect::<Vec<_>>())
     }
 
     /// The stage-1 head of the SGD or SWA backbone: `(weight [C x D], bias [C])`.
