@@ -21,6 +21,7 @@
 //! - [`optim`]: SGD with momentum, Nesterov and weight decay (PyTorch semantics);
 //! - [`sampler`]: samplers over labels (instance, class-balanced, power, progressive);
 //! - [`memory`]: resident memory of the process (for logs and benchmarks);
+//! - [`readback`]: values a loop leaves on the device and reads back several steps at a time;
 //! - [`progress`]: progress reporting through `tracing` (bars on a terminal, log lines otherwise).
 
 #![warn(missing_docs)]
@@ -36,6 +37,7 @@ pub mod lock;
 pub mod memory;
 pub mod optim;
 pub mod progress;
+pub mod readback;
 pub mod rng;
 pub mod sampler;
 pub mod split;

@@ -4,6 +4,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use lt_core::formats::features::Split;
 use lt_core::optim::Sgd;
+use lt_core::readback::{Read, ReadBack, READ_EVERY};
 use lt_core::rng::streams;
 use lt_core::sampler::{Sampler, SamplerKind};
 use lt_core::Rng;
@@ -139,33 +140,31 @@ pub fn fit(
     let mut opt = Sgd::new(cfg.momentum, false, cfg.weight_decay);
     let mut losses = Vec::with_capacity(cfg.epochs);
     let mut step = 0;
-    // A step's loss is read once the next step is queued (and the epoch's last at its end): on
-    // a GPU the host then waits for a step while the next one runs. A non-finite loss has by
-    // then updated the parameters, which the error discards.
-    let read = |(l, step): (Tensor, usize)| -> Result<f64> {
-        let v = l.to_vec0::<f32>()?;
-        if !v.is_finite() {
-            return Err(RetrainError::NonFinite { method: cfg.method.to_string(), step, value: v });
+    // Losses are read several steps at a time (on a GPU one wait for the device per READ_EVERY
+    // steps), each added in step order. A non-finite loss has by then updated the parameters,
+    // which the error discards.
+    let add = |sum: &mut f64, read: Read<usize>| -> Result<()> {
+        for (v, &step) in read.iter() {
+            if !v[0].is_finite() {
+                return Err(RetrainError::NonFinite { method: cfg.method.to_string(), step, value: v[0] });
+            }
+            *sum += v[0] as f64;
         }
-        Ok(v as f64)
+        Ok(())
     };
+    let mut unread = ReadBack::new(READ_EVERY);
     for epoch in 0..cfg.epochs {
         let order = sampler.epoch(epoch, steps * batch);
         let mut sum = 0.0;
-        let mut pending = None;
         for idx in order.chunks(batch) {
             let lr = 0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
             let l = loss(idx)?;
             let grads = l.backward()?;
             opt.step(params, &grads, lr)?;
-            if let Some(previous) = pending.replace((l.detach().to_dtype(DType::F32)?, step)) {
-                sum += read(previous)?;
-            }
+            add(&mut sum, unread.push(&l, step)?)?;
             step += 1;
         }
-        if let Some(last) = pending {
-            sum += read(last)?;
-        }
+        add(&mut sum, unread.read()?)?;
         losses.push(sum / steps as f64);
     }
     Ok(losses)
@@ -175,7 +174,7 @@ pub fn fit(
 mod tests {
     use super::*;
 
-    /// The loss of each step is read one step late, yet every epoch's mean is of its own steps,
+    /// The losses are read several steps at a time, yet every epoch's mean is of its own steps,
     /// and a non-finite loss stops the run naming its own step.
     #[test]
     fn fit_reads_every_loss_and_names_the_step_of_a_non_finite_one() {

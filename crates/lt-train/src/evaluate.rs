@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use candle_core::Device;
+use lt_core::readback::{Read, ReadBack, READ_EVERY};
 use lt_core::split::ShotGroup;
 use lt_data::loader::{EpochBatches, LoaderConfig};
 use lt_data::Dataset;
@@ -26,23 +27,20 @@ pub fn predict(
     let mut feats = Vec::with_capacity(data.len() * model.feature_dim());
     let mut logits = Vec::with_capacity(data.len() * model.arch().num_classes);
     let frozen = model.freeze()?;
-    // A batch's outputs are read once the next batch is queued: on a GPU the host then waits
-    // for a batch while the next one runs.
-    let mut read = |(f, l): (candle_core::Tensor, candle_core::Tensor)| -> Result<()> {
-        feats.extend(f.flatten_all()?.to_vec1::<f32>()?);
-        logits.extend(l.flatten_all()?.to_vec1::<f32>()?);
-        Ok(())
-    };
-    let mut pending = None;
-    for b in EpochBatches::new(data.clone(), (0..data.len()).collect(), 0, cfg, device.clone()) {
-        let b = b?;
-        if let Some(previous) = pending.replace(frozen.infer(&b.images)?) {
-            read(previous)?;
+    // Outputs are read several batches at a time: on a GPU one wait for the device per
+    // READ_EVERY batches. Each batch leaves two tensors, tagged by where they go.
+    let mut add = |read: Read<bool>| {
+        for (v, &is_features) in read.iter() {
+            if is_features { &mut feats } else { &mut logits }.extend_from_slice(v);
         }
+    };
+    let mut unread = ReadBack::new(2 * READ_EVERY);
+    for b in EpochBatches::new(data.clone(), (0..data.len()).collect(), 0, cfg, device.clone()) {
+        let (f, l) = frozen.infer(&b?.images)?;
+        add(unread.push(&f, true)?);
+        add(unread.push(&l, false)?);
     }
-    if let Some(last) = pending {
-        read(last)?;
-    }
+    add(unread.read()?);
     Ok((feats, logits))
 }
 

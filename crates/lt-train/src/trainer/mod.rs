@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use candle_core::Device;
 use lt_core::progress::Progress as Bar;
+use lt_core::readback::{ReadBack, READ_EVERY};
 use lt_core::Fingerprint;
 use lt_data::loader::{EpochBatches, LoaderConfig};
 use lt_data::{DataBundle, DataSpec, Sampler, SamplerKind};
@@ -31,7 +32,7 @@ use crate::init::{InitWeights, ParamGroups};
 use crate::run::RunDir;
 use crate::schedule::{learning_rate, Phase};
 use lt_core::optim::Sgd;
-use step::{train_batch, EpochSums, Pending};
+use step::{train_batch, EpochSums};
 
 /// How to run.
 #[derive(Clone, Debug)]
@@ -329,19 +330,16 @@ fn run_epoch(
     let mut sums = EpochSums::default();
     let mut lr = 0.0;
     let collect_every = cfg.swa.as_ref().and_then(|s| s.collect_every_steps);
-    let mut pending: Option<Pending> = None;
+    let mut unread = ReadBack::new(READ_EVERY);
     loop {
         let asked = Instant::now();
         let Some(batch) = batches.next() else { break };
         sums.waited += asked.elapsed().as_secs_f64();
         let batch = batch?;
         lr = learning_rate(cfg, phase, *step, ctx.steps_per_epoch);
-        let done = train_batch(ctx, model, (opt, &groups), &batch, (lr, *step, epoch))?;
-        // The previous step's values are read once this one is queued: on a GPU the host then
-        // waits for the previous step while this one runs, not for this one.
-        if let Some(previous) = pending.replace(done) {
-            sums.add(previous.read(ctx)?);
-        }
+        let (values, tag) = train_batch(ctx, model, (opt, &groups), &batch, (lr, *step, epoch))?;
+        // Read several steps at a time: on a GPU one wait for the device per READ_EVERY steps.
+        sums.add(&unread.push(&values, tag)?, ctx)?;
         *step += 1;
         if let (Some(k), Some(s)) = (collect_every, swag.as_deref_mut()) {
             if (*step).is_multiple_of(k) {
@@ -351,9 +349,7 @@ fn run_epoch(
         bar.inc(1);
         bar.set_message(&format!("loss {:.4} lr {lr:.4}", sums.loss / sums.seen.max(1) as f64));
     }
-    if let Some(last) = pending {
-        sums.add(last.read(ctx)?);
-    }
+    sums.add(&unread.read()?, ctx)?;
     if let (None, Some(s)) = (collect_every, swag.as_deref_mut()) {
         s.collect(&s.layout().flatten(model.store().varmap())?)?;
     }

@@ -1,9 +1,11 @@
 //! One training step of the loop ([`train_batch`]) and what it leaves to read: the step's loss
-//! and count of correct predictions stay on the device until the next step is queued
-//! ([`Pending`]), and add up to the epoch's sums ([`EpochSums`]).
+//! and count of correct predictions stay on the device ([`StepTag`] says whose they are) and are
+//! read several steps at a time ([`lt_core::readback`]), adding up to the epoch's sums
+//! ([`EpochSums`]).
 
 use candle_core::{DType, Tensor};
 use lt_core::optim::Sgd;
+use lt_core::readback::Read;
 use lt_models::Model;
 
 use super::Ctx;
@@ -24,67 +26,52 @@ pub(super) struct EpochSums {
 }
 
 impl EpochSums {
-    /// Adds a step's read values.
-    pub(super) fn add(&mut self, s: StepValues) {
-        self.correct += s.correct;
-        self.loss += s.loss as f64 * s.samples as f64;
-        self.seen += s.samples;
+    /// Adds the steps read back, in order. A non-finite loss is an error naming its step: it
+    /// left non-finite weights in memory (and the steps queued after it built on them), which
+    /// the error discards: the run resumes from its last checkpoint.
+    pub(super) fn add(&mut self, read: &Read<StepTag>, ctx: &Ctx) -> Result<()> {
+        for (values, tag) in read.iter() {
+            let loss = values[0];
+            if !loss.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: tag.step,
+                    epoch: tag.epoch,
+                    value: loss,
+                    checkpoint: ctx.last_checkpoint.clone(),
+                });
+            }
+            self.correct += values[1] as usize;
+            self.loss += loss as f64 * tag.samples as f64;
+            self.seen += tag.samples;
+        }
+        Ok(())
     }
 }
 
-/// A step's loss and count of correct predictions, still on the device ([`Pending::read`]
-/// brings them to the host).
-pub(super) struct Pending {
-    /// `[loss, correct]`, `f32`.
-    values: Tensor,
+/// Whose values `[loss, correct]` are: a step's, of a batch of `samples`.
+pub(super) struct StepTag {
     samples: usize,
     step: usize,
     epoch: usize,
 }
 
-/// A step's values on the host.
-pub(super) struct StepValues {
-    /// The batch's mean loss.
-    loss: f32,
-    correct: usize,
-    samples: usize,
-}
-
-impl Pending {
-    /// The step's values, read from the device (on a GPU this waits for the step); a non-finite
-    /// loss is an error. Such a loss leaves non-finite weights in memory (and the steps queued
-    /// after it build on them), which the error discards: the run resumes from its last
-    /// checkpoint.
-    pub(super) fn read(self, ctx: &Ctx) -> Result<StepValues> {
-        let read = self.values.to_vec1::<f32>()?;
-        let loss = read[0];
-        if !loss.is_finite() {
-            return Err(TrainError::NonFinite {
-                step: self.step,
-                epoch: self.epoch,
-                value: loss,
-                checkpoint: ctx.last_checkpoint.clone(),
-            });
-        }
-        Ok(StepValues { loss, correct: read[1] as usize, samples: self.samples })
-    }
-}
-
 /// One training step on `batch` (step `step` of epoch `epoch`, learning rate `lr`): forward,
-/// backward and update, queued; its loss and count of correct predictions, to be read
-/// ([`Pending::read`]). Nothing here waits for the device.
+/// backward and update, queued; its `[loss, correct]` (`f32`, detached) still on the device,
+/// with its tag. Nothing here waits for the device.
 pub(super) fn train_batch(
     ctx: &Ctx,
     model: &Model,
     (opt, groups): (&mut Sgd, &ParamGroups),
     batch: &lt_data::Batch,
     (lr, step, epoch): (f64, usize, usize),
-) -> Result<Pending> {
+) -> Result<(Tensor, StepTag)> {
     let pass = model.train_step_bn(&batch.images, !ctx.cfg.freeze_bn, |logits| {
         candle_nn::loss::cross_entropy(logits, &batch.labels)
     })?;
     groups.step(opt, &pass.grads, lr)?;
     let correct = pass.logits.argmax(1)?.eq(&batch.labels)?.to_dtype(DType::F32)?.sum_all()?;
-    let values = Tensor::stack(&[&pass.loss.to_dtype(DType::F32)?, &correct], 0)?;
-    Ok(Pending { values, samples: batch.label_vec.len(), step, epoch })
+    // Detached: the values outlive the step, its graph (every activation, through candle's
+    // autograd) must not.
+    let values = Tensor::stack(&[&pass.loss.detach().to_dtype(DType::F32)?, &correct.detach()], 0)?;
+    Ok((values, StepTag { samples: batch.label_vec.len(), step, epoch }))
 }
