@@ -246,9 +246,11 @@ step_selftest() {
   kind_record "selftest loader batches"
   # Ops cuDNN refused run on candle's kernels, or through cuDNN in f32 (a bf16 op; same results,
   # slower); each is warned about once.
-  # Each group's process warns once per op (with the first input's shape): count distinct ops.
+  # Each group's process warns once per op (with the first input's shape; the convolution once
+  # per shape): count distinct ops, named by what comes before " for [".
   local fallbacks
-  fallbacks=$(sed -n 's/.*cuDNN refused \([^(]*\).*/\1/p' "$LOGS/selftest.txt" | sed 's/ for \[.*//' | sort -u | wc -l)
+  fallbacks=$(sed -n -e 's/.*cuDNN refused the convolution .*/the convolution/p' \
+    -e 's/.*cuDNN refused \([^[]*\) for \[.*/\1/p' "$LOGS/selftest.txt" | sort -u | wc -l)
   record "cuDNN refusals (fallbacks)" "$([ "$fallbacks" -eq 0 ] && echo ok || echo WARN)" 0 \
     "$fallbacks op kind(s) run another way (grep \"cuDNN refused\" selftest.txt)"
 }
