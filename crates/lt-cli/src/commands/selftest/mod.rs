@@ -173,14 +173,21 @@ pub fn run(a: SelftestArgs, log: &str) -> Result<()> {
 }
 
 /// Runs group `g` in a process of its own (this executable, `--only g --in-process
-/// --result-line`), its lines passed through: the group's counts, or a broken run that names
-/// how its process ended.
+/// --result-line`, and `--cudnn-heuristic` when this process has it), its lines passed through:
+/// the group's counts, or a broken run that names how its process ended.
 fn run_isolated(a: &SelftestArgs, g: Group, log: &str) -> Result<Tally> {
     let exe = std::env::current_exe().context("locating the lt executable to run a group of checks")?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["--log", log, "--plain", "selftest", "--device", &a.device, "--fixtures"])
-        .arg(&a.fixtures)
-        .args(["--only", &g.name(), "--in-process", "--result-line"]);
+    cmd.args(["--log", log, "--plain"]);
+    if !lt_models::ops::cudnn_measured_search() {
+        cmd.arg("--cudnn-heuristic");
+    }
+    cmd.args(["selftest", "--device", &a.device, "--fixtures"]).arg(&a.fixtures).args([
+        "--only",
+        &g.name(),
+        "--in-process",
+        "--result-line",
+    ]);
     let timeout = Duration::from_secs(a.group_timeout);
     let name = g.name();
     let mut out = std::io::stdout().lock();
