@@ -257,9 +257,15 @@ impl ConvPlan {
     /// measuring is off, fails or leaves none usable.
     fn query(&self, handle: sys::cudnnHandle_t, dir: Dir, math: Math) -> CResult<Vec<Candidate>> {
         if crate::ops::cudnn_measured_search() {
-            if let Ok(found) = self.ranked(handle, dir, true, math) {
-                if !found.is_empty() {
-                    return Ok(found);
+            match self.ranked(handle, dir, true, math) {
+                Ok(found) if !found.is_empty() => return Ok(found),
+                Ok(_) => {
+                    tracing::debug!(
+                        "cuDNN's timed {dir:?} search left no usable algorithm; taking its heuristic ranking"
+                    )
+                }
+                Err(e) => {
+                    tracing::debug!("cuDNN's timed {dir:?} search failed ({e}); taking its heuristic ranking")
                 }
             }
         }
