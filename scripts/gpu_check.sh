@@ -34,14 +34,16 @@
 #      (LT_CUDA_RELEASE_FREED=1, the driver's default) and with SGD's tensor ops instead of its CUDA
 #      kernels (LT_SGD_TENSOR_OPS=1), and one profiled training step each of ResNet-32 and ResNet-50
 #      (every forward and backward op timed between device syncs);
-#   7. cpu: the CPU kernels on this machine's own CPU (often one with AVX-512, which the
+#   7. retrain: stage 2 at ImageNet-LT size, SRepr for 3 epochs on generated features (115,846 x
+#      2,048, M = 4, f16; the 2.8 GB file written to the work directory first), kept on the device;
+#   8. cpu: the CPU kernels on this machine's own CPU (often one with AVX-512, which the
 #      development machine lacks): ResNet-32 batch 128 train step and eval with each kernel set the
 #      CPU has (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
 # They run in that order, by priority: a budget cut takes the last ones.
 # Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
 # GPU_CHECK_DEVICE (default cuda; `cpu` runs the same steps on the CPU, for a dry run),
 # CHECK_BUDGET (seconds for all steps, default 540), GPU_CHECK_STEPS (some of selftest pipeline
-# bench bench-more loader cpu, to rerun what failed; the setup always runs), GPU_CHECK_KEEP=1
+# bench loader bench-more retrain cpu, to rerun what failed; the setup always runs), GPU_CHECK_KEEP=1
 # (keep the work directory).
 set -uo pipefail
 
@@ -505,7 +507,32 @@ step_loader() {
   rm -rf "$jpegs"
 }
 
-# --- 7. CPU kernels on this machine's CPU ------------------------------------------------------
+# --- 7. stage 2 at ImageNet-LT size ------------------------------------------------------------
+
+# retrain_result LOG: seconds per epoch, in all, and the file's generation from a `lt bench
+# retrain` log.
+retrain_result() {
+  python3 -c '
+import json, re, sys
+text = open(sys.argv[1]).read()
+d = json.loads([l for l in text.splitlines() if l.startswith("{")][-1])
+made = re.search(r"generated .* in ([0-9.]+) s", text)
+print("%.1f s per epoch, %d epochs in %.1f s (reading the features onto the device included)%s"
+      % (d["seconds_per_epoch"], d["epochs"], d["seconds"], "; file written in %s s" % made.group(1) if made else ""))
+' "$1" 2>/dev/null || echo "no result"
+}
+
+# Stage 2 on the device at ImageNet-LT size, the features kept there (each training split read
+# once). For scale: an H200 took 4.9 s per SRepr epoch on 2026-11-28, when every step decoded its
+# rows on the host and uploaded them.
+step_retrain() {
+  run_step "retrain imagenet-size ($DEVICE)" 120 "$LOGS/retrain-imagenet.log" "$LT" bench retrain \
+    --size imagenet --method srepr --epochs 3 --dir "$WORK/retrain" --device "$DEVICE"
+  record "stage 2 SRepr ImageNet-LT size" "$LAST_STATUS" "$LAST_SECONDS" "$(retrain_result "$LOGS/retrain-imagenet.log")"
+  rm -rf "$WORK/retrain"
+}
+
+# --- 8. CPU kernels on this machine's CPU ------------------------------------------------------
 
 # cpu_result LOG: kernels, features and images/s from a `lt bench backbone` or bench_torch.py log.
 cpu_result() {
@@ -539,12 +566,12 @@ step_cpu() {
 # The steps by priority: what the issue's "done when" reads (the golden checks, the pipeline, the
 # ratios against PyTorch) before what explains them, so that a budget cut takes the extras.
 # GPU_CHECK_STEPS runs some of them (a rerun of what failed); the setup always runs.
-STEPS=${GPU_CHECK_STEPS:-selftest pipeline bench loader bench-more cpu}
+STEPS=${GPU_CHECK_STEPS:-selftest pipeline bench loader bench-more retrain cpu}
 for s in $STEPS; do
   case $s in
-    selftest | pipeline | bench | bench-more | loader | cpu) ;;
+    selftest | pipeline | bench | bench-more | loader | retrain | cpu) ;;
     *)
-      echo "GPU_CHECK_STEPS: unknown step '$s' (selftest pipeline bench bench-more loader cpu)" >&2
+      echo "GPU_CHECK_STEPS: unknown step '$s' (selftest pipeline bench loader bench-more retrain cpu)" >&2
       rm -rf "$WORK"
       exit 2
       ;;
