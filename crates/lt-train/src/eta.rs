@@ -10,12 +10,21 @@ use crate::trainer::EpochLog;
 /// Share of an epoch spent waiting for the loader above which the log says so (once per process).
 const SLOW_LOADER: f64 = 0.25;
 
+/// Whether the loader set the pace of an epoch: the loop waited for it more than [`SLOW_LOADER`]
+/// of the epoch, and for the device less than a quarter of that. On a GPU the loop queues steps
+/// ahead, so it can wait for the loader while the GPU still runs the steps queued before: the
+/// wait for the device at the next read then says so (a GPU that sets the pace keeps the loop
+/// waiting for it too), where a loader that sets the pace leaves the GPU next to nothing to finish.
+fn loader_sets_the_pace(log: &EpochLog) -> bool {
+    log.data_wait > SLOW_LOADER && log.device_wait < log.data_wait / 4.0
+}
+
 /// Logs one epoch of stage 1: its figures, the epochs done and the time left; and once, when the
-/// loader kept the steps waiting for more than [`SLOW_LOADER`] of the epoch, a warning.
+/// loader set the pace ([`loader_sets_the_pace`]), a warning.
 pub(crate) fn log_epoch(cfg: &TrainConfig, log: &EpochLog) {
     let (done, total) = (epochs_done(cfg, log.phase, log.epoch), total_epochs(cfg));
     tracing::info!(
-        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, data wait {:.0}%, {:.0} MiB; stage 1 {done}/{total} epochs, {}",
+        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, data wait {:.0}%, device wait {:.0}%, {:.0} MiB; stage 1 {done}/{total} epochs, {}",
         log.phase.name(),
         log.epoch + 1,
         cfg.epochs,
@@ -24,11 +33,12 @@ pub(crate) fn log_epoch(cfg: &TrainConfig, log: &EpochLog) {
         log.lr,
         log.images_per_sec,
         100.0 * log.data_wait,
+        100.0 * log.device_wait,
         log.rss_mib.unwrap_or(0.0),
         left(total.saturating_sub(done), log.seconds)
     );
     static WARNED: AtomicBool = AtomicBool::new(false);
-    if log.data_wait > SLOW_LOADER && !WARNED.swap(true, Ordering::Relaxed) {
+    if loader_sets_the_pace(log) && !WARNED.swap(true, Ordering::Relaxed) {
         tracing::warn!(
             "the steps waited for the loader {:.0}% of the epoch: decoding sets the pace; more loader threads \
              (--workers, now {}) would help if the machine has the cores",
@@ -88,6 +98,30 @@ mod tests {
         assert_eq!(epochs_done(&cfg, Phase::Swa, 9), total_epochs(&cfg));
         cfg.swa = None;
         assert_eq!((total_epochs(&cfg), epochs_done(&cfg, Phase::Sgd, 9)), (10, 10));
+    }
+
+    /// The loader sets the pace when the loop waited for it and not for the device: on the
+    /// CPU (no device wait) past 25% of the epoch; on a GPU that kept the loop waiting for its
+    /// queued steps too, not.
+    #[test]
+    fn the_loader_sets_the_pace_when_the_device_did_not_keep_the_loop_waiting() {
+        let log = |data_wait, device_wait| EpochLog {
+            phase: Phase::Sgd,
+            epoch: 0,
+            step: 10,
+            loss: 1.0,
+            accuracy: 0.5,
+            lr: 0.1,
+            images_per_sec: 100.0,
+            seconds: 10.0,
+            swag_models: 0,
+            rss_mib: None,
+            data_wait,
+            device_wait,
+        };
+        let paced = |d, g| loader_sets_the_pace(&log(d, g));
+        assert!(paced(0.3, 0.0) && paced(0.9, 0.05));
+        assert!(!paced(0.2, 0.0) && !paced(0.7, 0.2) && !paced(0.4, 0.1));
     }
 
     #[test]

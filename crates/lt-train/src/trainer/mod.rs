@@ -80,9 +80,16 @@ pub struct EpochLog {
     #[serde(default)]
     pub rss_mib: Option<f64>,
     /// Fraction of the epoch's wall time the training loop waited for the loader's next batch
-    /// (large: the loader sets the pace, and more `workers` would help).
+    /// (large, with a small `device_wait`: the loader sets the pace, and more `workers` would
+    /// help).
     #[serde(default)]
     pub data_wait: f64,
+    /// Fraction of the epoch's wall time the training loop waited for the device to finish the
+    /// steps it had queued, reading their values back (about 0 on the CPU, whose steps run as
+    /// they are queued). On a GPU the loop queues up to [`READ_EVERY`] steps ahead, so a wait for
+    /// the loader while the GPU still has steps to run costs nothing; this says how much it had.
+    #[serde(default)]
+    pub device_wait: f64,
 }
 
 /// Test metrics of the stage-1 backbones.
@@ -339,7 +346,10 @@ fn run_epoch(
         lr = learning_rate(cfg, phase, *step, ctx.steps_per_epoch);
         let (values, tag) = train_batch(ctx, model, (opt, &groups), &batch, (lr, *step, epoch))?;
         // Read several steps at a time: on a GPU one wait for the device per READ_EVERY steps.
-        sums.add(&unread.push(&values, tag)?, ctx)?;
+        let asked = Instant::now();
+        let read = unread.push(&values, tag)?;
+        sums.device_waited += asked.elapsed().as_secs_f64();
+        sums.add(&read, ctx)?;
         *step += 1;
         if let (Some(k), Some(s)) = (collect_every, swag.as_deref_mut()) {
             if (*step).is_multiple_of(k) {
@@ -347,9 +357,16 @@ fn run_epoch(
             }
         }
         bar.inc(1);
-        bar.set_message(&format!("loss {:.4} lr {lr:.4}", sums.loss / sums.seen.max(1) as f64));
+        // The running loss once the first steps are read.
+        match sums.seen {
+            0 => bar.set_message(&format!("lr {lr:.4}")),
+            seen => bar.set_message(&format!("loss {:.4} lr {lr:.4}", sums.loss / seen as f64)),
+        }
     }
-    sums.add(&unread.read()?, ctx)?;
+    let asked = Instant::now();
+    let read = unread.read()?;
+    sums.device_waited += asked.elapsed().as_secs_f64();
+    sums.add(&read, ctx)?;
     if let (None, Some(s)) = (collect_every, swag.as_deref_mut()) {
         s.collect(&s.layout().flatten(model.store().varmap())?)?;
     }
@@ -366,6 +383,7 @@ fn run_epoch(
         swag_models: swag.map(|s| s.n_models()).unwrap_or(0),
         rss_mib: lt_core::memory::rss_mib(),
         data_wait: (sums.waited / seconds).min(1.0),
+        device_wait: (sums.device_waited / seconds).min(1.0),
     };
     crate::eta::log_epoch(cfg, &log);
     Ok(log)

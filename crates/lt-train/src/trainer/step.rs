@@ -23,6 +23,8 @@ pub(super) struct EpochSums {
     pub seen: usize,
     /// Seconds spent waiting for the loader.
     pub waited: f64,
+    /// Seconds spent waiting for the device (reading the steps' values back).
+    pub device_waited: f64,
 }
 
 impl EpochSums {
