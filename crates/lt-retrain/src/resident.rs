@@ -20,7 +20,9 @@ use crate::error::{Result, RetrainError};
 /// the source's stored type ([`FeatureSource::stored`]: f16 features take half the memory of f32
 /// ones, and widen to the same f32 values). A split of one backbone takes
 /// `N x D x 2` (f16) or `x 4` (f32) bytes of device memory from its first read to the drop of
-/// the `Resident`. Rows asked for on another device come from the source itself.
+/// the `Resident`. Should one not fit ([`Resident::with_limit`], or the device's memory), every
+/// row from then on comes from the source, as without a `Resident`. Rows asked for on another
+/// device come from the source itself.
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
@@ -38,25 +40,71 @@ use crate::error::{Result, RetrainError};
 pub struct Resident<'a> {
     source: &'a dyn FeatureSource,
     device: Device,
-    blocks: Mutex<HashMap<(Split, usize), Tensor>>,
+    limit: Option<usize>,
+    blocks: Mutex<Blocks>,
+}
+
+/// The blocks kept, or none from the first one that did not fit on.
+#[derive(Default)]
+struct Blocks {
+    kept: HashMap<(Split, usize), Tensor>,
+    bytes: usize,
+    given_up: bool,
 }
 
 impl<'a> Resident<'a> {
     /// Rows of `source` kept on `device` (nothing is read before the first request).
     pub fn new(source: &'a dyn FeatureSource, device: &Device) -> Self {
-        Self { source, device: device.clone(), blocks: Mutex::new(HashMap::new()) }
+        Self { source, device: device.clone(), limit: None, blocks: Mutex::new(Blocks::default()) }
+    }
+
+    /// At most `bytes` kept on the device. A block that would pass the limit, or that the device
+    /// has no memory for, frees every block kept, and every row from then on comes from the
+    /// source, as without a `Resident` (with a warning): slower, not wrong.
+    pub fn with_limit(mut self, bytes: usize) -> Self {
+        self.limit = Some(bytes);
+        self
+    }
+
+    /// Bytes kept on the device now.
+    pub fn kept_bytes(&self) -> usize {
+        self.blocks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).bytes
     }
 
     /// The whole of `split` for backbone `sample` on the device, in the stored type: read from
-    /// the source (which checks every value) on first use.
-    fn block(&self, split: Split, sample: usize) -> Result<Tensor> {
+    /// the source (which checks every value) on first use; `None` once a block did not fit.
+    fn block(&self, split: Split, sample: usize) -> Result<Option<Tensor>> {
         let mut blocks = self.blocks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(t) = blocks.get(&(split, sample)) {
-            return Ok(t.clone());
+        if blocks.given_up {
+            return Ok(None);
         }
-        let t = self.source.stored(split, sample, &self.device)?;
-        blocks.insert((split, sample), t.clone());
-        Ok(t)
+        if let Some(t) = blocks.kept.get(&(split, sample)) {
+            return Ok(Some(t.clone()));
+        }
+        // Read on the host first: an error there is the source's (a bad value), one in the copy
+        // the device's (its memory), which the rows survive.
+        let host = self.source.stored(split, sample, &Device::Cpu)?;
+        let bytes = blocks.bytes + host.elem_count() * host.dtype().size_in_bytes();
+        let copied = match self.limit {
+            Some(limit) if bytes > limit => Err(format!("{bytes} bytes would pass the limit of {limit}")),
+            _ => host.to_device(&self.device).map_err(|e| e.to_string()),
+        };
+        match copied {
+            Ok(t) => {
+                blocks.kept.insert((split, sample), t.clone());
+                blocks.bytes = bytes;
+                Ok(Some(t))
+            }
+            Err(why) => {
+                tracing::warn!(
+                    "{}: the {split} split of backbone {sample} does not fit on the device ({why}); \
+                     stage 2 reads every batch from the host from here on",
+                    self.describe()
+                );
+                *blocks = Blocks { given_up: true, ..Blocks::default() };
+                Ok(None)
+            }
+        }
     }
 }
 
@@ -83,7 +131,9 @@ impl FeatureSource for Resident<'_> {
         if !device.same_device(&self.device) {
             return self.source.rows(split, sample, idx, device);
         }
-        let block = self.block(split, sample)?;
+        let Some(block) = self.block(split, sample)? else {
+            return self.source.rows(split, sample, idx, device);
+        };
         let n = block.dim(0)?;
         if let Some(i) = idx.iter().find(|&&i| i >= n) {
             return Err(RetrainError::Invalid(format!(
@@ -99,7 +149,10 @@ impl FeatureSource for Resident<'_> {
         if !device.same_device(&self.device) {
             return self.source.all(split, sample, device);
         }
-        Ok(self.block(split, sample)?.to_dtype(DType::F32)?)
+        match self.block(split, sample)? {
+            Some(block) => Ok(block.to_dtype(DType::F32)?),
+            None => self.source.all(split, sample, device),
+        }
     }
     fn stage1_head(&self, backbone: Backbone) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
         self.source.stage1_head(backbone)
@@ -111,9 +164,13 @@ impl FeatureSource for Resident<'_> {
         if !device.same_device(&self.device) {
             return self.source.stored(split, sample, device);
         }
-        self.block(split, sample)
+        match self.block(split, sample)? {
+            Some(block) => Ok(block),
+            None => self.source.stored(split, sample, device),
+        }
     }
     fn resident_on(&self, device: &Device) -> bool {
-        device.same_device(&self.device) || self.source.resident_on(device)
+        let given_up = self.blocks.lock().map(|b| b.given_up).unwrap_or(true);
+        (device.same_device(&self.device) && !given_up) || self.source.resident_on(device)
     }
 }

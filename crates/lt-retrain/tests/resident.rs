@@ -59,6 +59,31 @@ fn every_method_gives_the_same_bits_with_rows_kept_on_the_device() {
 }
 
 #[test]
+fn a_block_that_does_not_fit_sends_every_row_back_to_the_source_with_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Device::Cpu;
+    let fs = features(dir.path(), true);
+    let mut cfg =
+        RetrainConfig { epochs: 2, batch_size: 64, lr: 0.1, ..RetrainConfig::new(MethodKind::Srepr) };
+    (cfg.srepr.lambda, cfg.srepr.temperature) = (Some(1.0), Some(1.0));
+    let want = retrain(&fs, &cfg, &dev).unwrap().test_scores;
+    // SRepr reads the training split of the SWA backbone and of 3 SWAG samples, and the
+    // validation (its tau) and test splits of the SWA backbone: 6 blocks of N x 8 f16 values.
+    let block = |split| fs.len(split).unwrap() * common::DIM * 2;
+    let unlimited = Resident::new(&fs, &dev);
+    assert_eq!(retrain(&unlimited, &cfg, &dev).unwrap().test_scores, want);
+    let all = 4 * block(Split::Train) + block(Split::Val) + block(Split::Test);
+    assert_eq!(unlimited.kept_bytes(), all);
+    let block = block(Split::Train);
+    for limit in [0, block, 2 * block + 1, all - 1] {
+        let kept = Resident::new(&fs, &dev).with_limit(limit);
+        assert_eq!(retrain(&kept, &cfg, &dev).unwrap().test_scores, want, "limit {limit}");
+        assert_eq!(kept.kept_bytes(), 0, "limit {limit}");
+        assert!(!kept.resident_on(&dev));
+    }
+}
+
+#[test]
 fn kept_rows_are_the_source_rows_and_bad_requests_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let dev = Device::Cpu;
