@@ -99,16 +99,18 @@ impl ParamLayout {
         self.vars(varmap).map(|_| ())
     }
 
-    /// The parameters as one flat `f32` vector.
+    /// The parameters as one flat `f32` vector, read from the device at once (on a GPU one wait,
+    /// not one per parameter).
     pub fn flatten(&self, varmap: &VarMap) -> Result<Vec<f32>> {
-        let vars = self.vars(varmap)?;
-        let mut out = Vec::with_capacity(self.len());
-        for v in vars {
-            out.extend(
-                v.as_detached_tensor().to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
-            );
+        let parts = self
+            .vars(varmap)?
+            .iter()
+            .map(|v| v.as_detached_tensor().to_dtype(candle_core::DType::F32)?.flatten_all())
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        if parts.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        Ok(Tensor::cat(&parts, 0)?.to_vec1::<f32>()?)
     }
 
     /// Writes a flat vector back into the parameters.
