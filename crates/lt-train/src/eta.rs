@@ -10,13 +10,17 @@ use crate::trainer::EpochLog;
 /// Share of an epoch spent waiting for the loader above which the log says so (once per process).
 const SLOW_LOADER: f64 = 0.25;
 
+/// Share of the loader workers' time waiting for room in their queues below which they kept up
+/// with nothing to spare.
+const LOADER_NOT_AHEAD: f64 = 0.1;
+
 /// Whether the loader set the pace of an epoch: the loop waited for it more than [`SLOW_LOADER`]
-/// of the epoch, and for the device less than a quarter of that. On a GPU the loop queues steps
-/// ahead, so it can wait for the loader while the GPU still runs the steps queued before: the
-/// wait for the device at the next read then says so (a GPU that sets the pace keeps the loop
-/// waiting for it too), where a loader that sets the pace leaves the GPU next to nothing to finish.
+/// of the epoch, and its workers were hardly ever ahead (less than [`LOADER_NOT_AHEAD`] of their
+/// time waiting for room). On a GPU the loop queues steps ahead, so it can wait for the loader
+/// while the GPU still runs the steps queued before; a loader that keeps up then has its
+/// queues full meanwhile.
 fn loader_sets_the_pace(log: &EpochLog) -> bool {
-    log.data_wait > SLOW_LOADER && log.device_wait < log.data_wait / 4.0
+    log.data_wait > SLOW_LOADER && log.loader_ahead < LOADER_NOT_AHEAD
 }
 
 /// Logs one epoch of stage 1: its figures, the epochs done and the time left; and once, when the
@@ -24,7 +28,7 @@ fn loader_sets_the_pace(log: &EpochLog) -> bool {
 pub(crate) fn log_epoch(cfg: &TrainConfig, log: &EpochLog) {
     let (done, total) = (epochs_done(cfg, log.phase, log.epoch), total_epochs(cfg));
     tracing::info!(
-        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, data wait {:.0}%, device wait {:.0}%, {:.0} MiB; stage 1 {done}/{total} epochs, {}",
+        "{} epoch {}/{}: loss {:.4}, train acc {:.2}%, lr {:.5}, {:.0} img/s, data wait {:.0}% (loader ahead {:.0}%), device wait {:.0}%, {:.0} MiB; stage 1 {done}/{total} epochs, {}",
         log.phase.name(),
         log.epoch + 1,
         cfg.epochs,
@@ -33,6 +37,7 @@ pub(crate) fn log_epoch(cfg: &TrainConfig, log: &EpochLog) {
         log.lr,
         log.images_per_sec,
         100.0 * log.data_wait,
+        100.0 * log.loader_ahead,
         100.0 * log.device_wait,
         log.rss_mib.unwrap_or(0.0),
         left(total.saturating_sub(done), log.seconds)
@@ -100,12 +105,12 @@ mod tests {
         assert_eq!((total_epochs(&cfg), epochs_done(&cfg, Phase::Sgd, 9)), (10, 10));
     }
 
-    /// The loader sets the pace when the loop waited for it and not for the device: on the
-    /// CPU (no device wait) past 25% of the epoch; on a GPU that kept the loop waiting for its
-    /// queued steps too, not.
+    /// The loader sets the pace when the loop waited for it past 25% of the epoch while its
+    /// workers were hardly ever ahead; not when they were (a GPU run whose loop queued steps
+    /// ahead and waited for the loader meanwhile).
     #[test]
-    fn the_loader_sets_the_pace_when_the_device_did_not_keep_the_loop_waiting() {
-        let log = |data_wait, device_wait| EpochLog {
+    fn the_loader_sets_the_pace_when_its_workers_were_not_ahead() {
+        let log = |data_wait, loader_ahead| EpochLog {
             phase: Phase::Sgd,
             epoch: 0,
             step: 10,
@@ -117,9 +122,10 @@ mod tests {
             swag_models: 0,
             rss_mib: None,
             data_wait,
-            device_wait,
+            loader_ahead,
+            device_wait: 0.3,
         };
-        let paced = |d, g| loader_sets_the_pace(&log(d, g));
+        let paced = |d, a| loader_sets_the_pace(&log(d, a));
         assert!(paced(0.3, 0.0) && paced(0.9, 0.05));
         assert!(!paced(0.2, 0.0) && !paced(0.7, 0.2) && !paced(0.4, 0.1));
     }

@@ -9,10 +9,11 @@
 
 mod check;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use lt_core::Rng;
@@ -174,6 +175,15 @@ pub struct EpochBatches {
     stop: Arc<AtomicBool>,
     next: usize,
     total: usize,
+    times: Arc<WorkerTimes>,
+}
+
+/// The workers' running time and the part of it they waited for room in their queues, in
+/// nanoseconds, all workers together.
+#[derive(Default)]
+struct WorkerTimes {
+    alive: AtomicU64,
+    waited: AtomicU64,
 }
 
 impl EpochBatches {
@@ -200,11 +210,13 @@ impl EpochBatches {
             .map_err(|e| e.to_string());
         let mut receivers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
+        let times = Arc::new(WorkerTimes::default());
         for w in 0..workers {
             let (tx, rx) = sync_channel(cfg.prefetch.max(1));
             let (ds, order, stop, cfg) = (ds.clone(), order.clone(), stop.clone(), cfg.clone());
-            let (tables, norm) = (tables.clone(), ds.normalize().clone());
+            let (tables, norm, times) = (tables.clone(), ds.normalize().clone(), times.clone());
             handles.push(std::thread::spawn(move || {
+                let (started, mut waited) = (Instant::now(), std::time::Duration::ZERO);
                 let mut b = w;
                 while b < total && !stop.load(Ordering::Relaxed) {
                     let start = b * bs;
@@ -217,7 +229,10 @@ impl EpochBatches {
                         ))),
                     };
                     let failed = batch.is_err();
-                    if tx.send(batch).is_err() || failed {
+                    let asked = Instant::now();
+                    let sent = tx.send(batch).is_ok();
+                    waited += asked.elapsed();
+                    if !sent || failed {
                         break;
                     }
                     b += workers;
@@ -227,10 +242,39 @@ impl EpochBatches {
                 if let Ok(t) = &tables {
                     let _ = settle(t.device());
                 }
+                times.alive.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                times.waited.fetch_add(waited.as_nanos() as u64, Ordering::Relaxed);
             }));
             receivers.push(rx);
         }
-        Self { receivers, handles, stop, next: 0, total }
+        Self { receivers, handles, stop, next: 0, total, times }
+    }
+
+    /// Stops the workers and returns the share of their running time they waited for room in
+    /// their queues, the consumer not having taken their batches yet: near 1 when the loader ran
+    /// ahead of the consumer, near 0 when it set the pace (0 without workers' time).
+    pub fn finish(mut self) -> f64 {
+        self.shut_down();
+        let alive = self.times.alive.load(Ordering::Relaxed);
+        let waited = self.times.waited.load(Ordering::Relaxed);
+        if alive == 0 {
+            0.0
+        } else {
+            waited as f64 / alive as f64
+        }
+    }
+
+    /// Stops the workers and waits for them to end.
+    fn shut_down(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Drain so that blocked senders wake up and see the stop flag.
+        for rx in &self.receivers {
+            while rx.try_recv().is_ok() {}
+        }
+        self.receivers.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
     }
 
     /// Number of batches in the epoch.
@@ -268,15 +312,7 @@ impl Iterator for EpochBatches {
 
 impl Drop for EpochBatches {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        // Drain so that blocked senders wake up and see the stop flag.
-        for rx in &self.receivers {
-            while rx.try_recv().is_ok() {}
-        }
-        self.receivers.clear();
-        for h in self.handles.drain(..) {
-            let _ = h.join();
-        }
+        self.shut_down();
     }
 }
 

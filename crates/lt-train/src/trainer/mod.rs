@@ -80,14 +80,19 @@ pub struct EpochLog {
     #[serde(default)]
     pub rss_mib: Option<f64>,
     /// Fraction of the epoch's wall time the training loop waited for the loader's next batch
-    /// (large, with a small `device_wait`: the loader sets the pace, and more `workers` would
+    /// (large, with a small `loader_ahead`: the loader sets the pace, and more `workers` would
     /// help).
     #[serde(default)]
     pub data_wait: f64,
-    /// Fraction of the epoch's wall time the training loop waited for the device to finish the
-    /// steps it had queued, reading their values back (about 0 on the CPU, whose steps run as
-    /// they are queued). On a GPU the loop queues up to [`READ_EVERY`] steps ahead, so a wait for
-    /// the loader while the GPU still has steps to run costs nothing; this says how much it had.
+    /// Fraction of the loader workers' running time they waited for the loop to take their
+    /// batches, their queues full: near 1 when the loader ran ahead of training, near 0 when
+    /// the loop took every batch the moment it was made. On a GPU the loop queues up to
+    /// [`READ_EVERY`] steps ahead, so it can wait for the loader while the GPU still runs the
+    /// steps queued before: a large `data_wait` alone does not say that the loader sets the pace.
+    #[serde(default)]
+    pub loader_ahead: f64,
+    /// Fraction of the epoch's wall time the training loop waited for the steps' values to be
+    /// read back from the device (about 0 on the CPU, whose steps run as they are queued).
     #[serde(default)]
     pub device_wait: f64,
 }
@@ -344,12 +349,9 @@ fn run_epoch(
         sums.waited += asked.elapsed().as_secs_f64();
         let batch = batch?;
         lr = learning_rate(cfg, phase, *step, ctx.steps_per_epoch);
-        let (values, tag) = train_batch(ctx, model, (opt, &groups), &batch, (lr, *step, epoch))?;
+        let done = train_batch(ctx, model, (opt, &groups), &batch, (lr, *step, epoch))?;
         // Read several steps at a time: on a GPU one wait for the device per READ_EVERY steps.
-        let asked = Instant::now();
-        let read = unread.push(&values, tag)?;
-        sums.device_waited += asked.elapsed().as_secs_f64();
-        sums.add(&read, ctx)?;
+        sums.take(&mut unread, Some(done), ctx)?;
         *step += 1;
         if let (Some(k), Some(s)) = (collect_every, swag.as_deref_mut()) {
             if (*step).is_multiple_of(k) {
@@ -363,10 +365,8 @@ fn run_epoch(
             seen => bar.set_message(&format!("loss {:.4} lr {lr:.4}", sums.loss / seen as f64)),
         }
     }
-    let asked = Instant::now();
-    let read = unread.read()?;
-    sums.device_waited += asked.elapsed().as_secs_f64();
-    sums.add(&read, ctx)?;
+    sums.take(&mut unread, None, ctx)?;
+    let loader_ahead = batches.finish();
     if let (None, Some(s)) = (collect_every, swag.as_deref_mut()) {
         s.collect(&s.layout().flatten(model.store().varmap())?)?;
     }
@@ -383,6 +383,7 @@ fn run_epoch(
         swag_models: swag.map(|s| s.n_models()).unwrap_or(0),
         rss_mib: lt_core::memory::rss_mib(),
         data_wait: (sums.waited / seconds).min(1.0),
+        loader_ahead,
         device_wait: (sums.device_waited / seconds).min(1.0),
     };
     crate::eta::log_epoch(cfg, &log);

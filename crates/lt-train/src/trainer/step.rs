@@ -3,9 +3,11 @@
 //! read several steps at a time ([`lt_core::readback`]), adding up to the epoch's sums
 //! ([`EpochSums`]).
 
+use std::time::Instant;
+
 use candle_core::{DType, Tensor};
 use lt_core::optim::Sgd;
-use lt_core::readback::Read;
+use lt_core::readback::{Read, ReadBack};
 use lt_models::Model;
 
 use super::Ctx;
@@ -31,7 +33,7 @@ impl EpochSums {
     /// Adds the steps read back, in order. A non-finite loss is an error naming its step: it
     /// left non-finite weights in memory (and the steps queued after it built on them), which
     /// the error discards: the run resumes from its last checkpoint.
-    pub(super) fn add(&mut self, read: &Read<StepTag>, ctx: &Ctx) -> Result<()> {
+    fn add(&mut self, read: &Read<StepTag>, ctx: &Ctx) -> Result<()> {
         for (values, tag) in read.iter() {
             let loss = values[0];
             if !loss.is_finite() {
@@ -47,6 +49,24 @@ impl EpochSums {
             self.seen += tag.samples;
         }
         Ok(())
+    }
+
+    /// Leaves a step's values on the device (`Some`; read back with the ones before once enough
+    /// are left), or reads back what is left (`None`): what was read is added, and the time spent
+    /// waiting for the device counted.
+    pub(super) fn take(
+        &mut self,
+        unread: &mut ReadBack<StepTag>,
+        step: Option<(Tensor, StepTag)>,
+        ctx: &Ctx,
+    ) -> Result<()> {
+        let asked = Instant::now();
+        let read = match step {
+            Some((values, tag)) => unread.push(&values, tag)?,
+            None => unread.read()?,
+        };
+        self.device_waited += asked.elapsed().as_secs_f64();
+        self.add(&read, ctx)
     }
 }
 
