@@ -33,3 +33,21 @@ pub fn warn_precision(device: &Device, precision: lt_models::Precision) {
         );
     }
 }
+
+/// Stage 2's copy of `features` on a GPU `device` (`None` on the CPU, where the rows are read
+/// from the memory-mapped file as needed): each split of each backbone in use, kept there up to
+/// half the device memory free now, the rest left to the steps (see
+/// [`lt_retrain::resident::Resident`]; past the limit every row is read from the host).
+pub fn stage2_features<'a>(
+    features: &'a lt_core::formats::features::Features,
+    device: &Device,
+) -> Option<lt_retrain::resident::Resident<'a>> {
+    if device.is_cpu() {
+        return None;
+    }
+    let kept = lt_retrain::resident::Resident::new(features, device);
+    Some(match lt_models::ops::device_memory_free(device) {
+        Some(free) => kept.with_limit((free / 2) as usize),
+        None => kept,
+    })
+}

@@ -104,7 +104,12 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     // Held from here (inputs checked) until the head and predictions are committed.
     let _lock = lt_core::lock::RunLock::acquire_and_clean(out)?;
     let started = std::time::Instant::now();
-    let outcome = retrain(&features, &cfg, &device)?;
+    let kept = crate::device::stage2_features(&features, &device);
+    let source: &dyn lt_retrain::FeatureSource = match &kept {
+        Some(kept) => kept,
+        None => &features,
+    };
+    let outcome = retrain(source, &cfg, &device)?;
     let (head, preds) = outputs::write(&outcome, &features, row, out)?;
     let chosen = outcome.facts.get("chosen").map(|c| format!(", chose {c}")).unwrap_or_default();
     println!(

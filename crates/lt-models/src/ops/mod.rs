@@ -111,6 +111,18 @@ pub fn device_memory_peak(device: &candle_core::Device) -> Option<u64> {
     }
 }
 
+/// Bytes of a CUDA `device`'s memory free now (the driver's count). `None` on the CPU, or in a
+/// build without the `cudnn` feature.
+pub fn device_memory_free(device: &candle_core::Device) -> Option<u64> {
+    #[cfg(feature = "cudnn")]
+    return cudnn::memory::free(device);
+    #[cfg(not(feature = "cudnn"))]
+    {
+        let _ = device;
+        None
+    }
+}
+
 /// Starts a new [`device_memory_peak`] measurement (no effect where there is none).
 pub fn reset_device_memory_peak(device: &candle_core::Device) {
     #[cfg(feature = "cudnn")]

@@ -26,6 +26,14 @@ pub(crate) fn peak(device: &Device) -> Option<u64> {
     (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
 }
 
+/// Bytes of the device's memory free now (the driver's count: memory the pool keeps for reuse
+/// counts as taken).
+pub(crate) fn free(device: &Device) -> Option<u64> {
+    let Device::Cuda(d) = device else { return None };
+    let ctx = d.cuda_stream().context().clone();
+    ctx.mem_get_info().ok().map(|(free, _total)| free as u64)
+}
+
 /// Sets a 64-bit attribute of `pool` to `value`.
 fn set_attribute(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute, mut value: u64) -> sys::CUresult {
     // SAFETY: both attributes set here (the high-water mark and the release threshold) are
