@@ -80,6 +80,10 @@ fn a_block_that_does_not_fit_sends_every_row_back_to_the_source_with_the_same_bi
         assert_eq!(retrain(&kept, &cfg, &dev).unwrap().test_scores, want, "limit {limit}");
         assert_eq!(kept.kept_bytes(), 0, "limit {limit}");
         assert!(!kept.resident_on(&dev));
+        let (a, b) = (kept.stored(Split::Train, 3, &dev).unwrap(), fs.stored(Split::Train, 3, &dev).unwrap());
+        let wide =
+            |t: Tensor| t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(wide(a), wide(b), "limit {limit}");
     }
 }
 
