@@ -517,8 +517,10 @@ import json, re, sys
 text = open(sys.argv[1]).read()
 d = json.loads([l for l in text.splitlines() if l.startswith("{")][-1])
 made = re.search(r"generated .* in ([0-9.]+) s", text)
-print("%.1f s per epoch, %d epochs in %.1f s (reading the features onto the device included)%s"
-      % (d["seconds_per_epoch"], d["epochs"], d["seconds"], "; file written in %s s" % made.group(1) if made else ""))
+kept = d.get("resident_mib")
+kept = "" if kept is None else "; %.0f MiB of features kept on the device%s" % (kept, "" if kept else " (they did not fit)")
+print("%.1f s per epoch, %d epochs in %.1f s (reading the features onto the device included)%s%s"
+      % (d["seconds_per_epoch"], d["epochs"], d["seconds"], kept, "; file written in %s s" % made.group(1) if made else ""))
 ' "$1" 2>/dev/null || echo "no result"
 }
 

@@ -309,6 +309,8 @@ fn retrain(b: RetrainBench) -> Result<()> {
         "bench": "retrain", "size": b.size, "method": b.method, "epochs": b.epochs, "samples": n, "dim": d, "classes": c,
         "members": m, "dtype": if half { "f16" } else { "f32" }, "seconds": secs, "seconds_per_epoch": secs / b.epochs as f64,
         "file_mib": std::fs::metadata(&path)?.len() as f64 / (1024.0 * 1024.0), "final_loss": out.epoch_losses.last(),
+        // The features kept on the device (null on the CPU; 0 if they did not fit).
+        "resident_mib": kept.as_ref().map(|k| k.kept_bytes() as f64 / (1024.0 * 1024.0)),
     }));
     Ok(())
 }

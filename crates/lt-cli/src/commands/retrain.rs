@@ -110,6 +110,9 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
         None => &features,
     };
     let outcome = retrain(source, &cfg, &device)?;
+    if let Some(kept) = &kept {
+        tracing::info!("kept {:.0} MiB of features on the device", kept.kept_bytes() as f64 / 1048576.0);
+    }
     let (head, preds) = outputs::write(&outcome, &features, row, out)?;
     let chosen = outcome.facts.get("chosen").map(|c| format!(", chose {c}")).unwrap_or_default();
     println!(
