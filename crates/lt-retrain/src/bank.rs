@@ -107,6 +107,17 @@ impl FeatureSource for Features {
     }
 }
 
+/// Rows `idx` of `z` (`[N, D]`), selected on `z`'s device; a row past `N` is an error naming
+/// `whose` rows they are.
+pub(crate) fn select_rows(z: &Tensor, idx: &[usize], whose: &str) -> Result<Tensor> {
+    let n = z.dim(0)?;
+    if let Some(i) = idx.iter().find(|&&i| i >= n) {
+        return Err(RetrainError::Invalid(format!("{whose}: row {i} outside 0..{n}")));
+    }
+    let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
+    Ok(z.index_select(&Tensor::from_vec(ids, idx.len(), z.device())?, 0)?)
+}
+
 /// In-memory representations: per split an `[S, N, D]` tensor and labels.
 ///
 /// ```
@@ -223,19 +234,14 @@ impl FeatureSource for FeatureBank {
         Ok(self.split(split)?.2.clone())
     }
     fn rows(&self, split: Split, sample: usize, idx: &[usize], device: &Device) -> Result<Tensor> {
-        let (_, z, labels) = self.split(split)?;
+        let (_, z, _) = self.split(split)?;
         if sample >= self.kinds.len() {
             return Err(RetrainError::Invalid(format!(
                 "feature bank: backbone {sample} outside 0..{}",
                 self.kinds.len()
             )));
         }
-        if let Some(i) = idx.iter().find(|&&i| i >= labels.len()) {
-            return Err(RetrainError::Invalid(format!("feature bank: row {i} outside 0..{}", labels.len())));
-        }
-        let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-        let ids = Tensor::from_vec(ids, idx.len(), z.device())?;
-        Ok(z.get(sample)?.index_select(&ids, 0)?.to_device(device)?)
+        Ok(select_rows(&z.get(sample)?, idx, "feature bank")?.to_device(device)?)
     }
     fn stage1_head(&self, backbone: Backbone) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
         Ok(self.heads.iter().find(|(b, _, _)| *b == backbone).map(|(_, w, b)| (w.clone(), b.clone())))

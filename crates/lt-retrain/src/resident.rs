@@ -12,9 +12,9 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor};
 use lt_core::formats::features::{SampleKind, Split};
 
-use crate::bank::FeatureSource;
+use crate::bank::{select_rows, FeatureSource};
 use crate::config::Backbone;
-use crate::error::{Result, RetrainError};
+use crate::error::Result;
 
 /// A [`FeatureSource`] whose rows on `device` come from copies of whole splits held there, in
 /// the source's stored type ([`FeatureSource::stored`]: f16 features take half the memory of f32
@@ -69,6 +69,16 @@ impl<'a> Resident<'a> {
     /// Bytes kept on the device now.
     pub fn kept_bytes(&self) -> usize {
         self.blocks.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).bytes
+    }
+
+    /// The whole of `split` for backbone `sample` in the stored type, when rows on `device` come
+    /// from a block kept there; `None` when they come from the source (another device, or a
+    /// block did not fit).
+    fn kept_on(&self, split: Split, sample: usize, device: &Device) -> Result<Option<Tensor>> {
+        if !device.same_device(&self.device) {
+            return Ok(None);
+        }
+        self.block(split, sample)
     }
 
     /// The whole of `split` for backbone `sample` on the device, in the stored type: read from
@@ -128,28 +138,16 @@ impl FeatureSource for Resident<'_> {
         self.source.labels(split)
     }
     fn rows(&self, split: Split, sample: usize, idx: &[usize], device: &Device) -> Result<Tensor> {
-        if !device.same_device(&self.device) {
-            return self.source.rows(split, sample, idx, device);
+        match self.kept_on(split, sample, device)? {
+            Some(block) => {
+                let whose = format!("{}, {split} split", self.describe());
+                Ok(select_rows(&block, idx, &whose)?.to_dtype(DType::F32)?)
+            }
+            None => self.source.rows(split, sample, idx, device),
         }
-        let Some(block) = self.block(split, sample)? else {
-            return self.source.rows(split, sample, idx, device);
-        };
-        let n = block.dim(0)?;
-        if let Some(i) = idx.iter().find(|&&i| i >= n) {
-            return Err(RetrainError::Invalid(format!(
-                "{}: row {i} outside 0..{n} of the {split} split",
-                self.describe()
-            )));
-        }
-        let ids: Vec<u32> = idx.iter().map(|&i| i as u32).collect();
-        let ids = Tensor::from_vec(ids, idx.len(), device)?;
-        Ok(block.index_select(&ids, 0)?.to_dtype(DType::F32)?)
     }
     fn all(&self, split: Split, sample: usize, device: &Device) -> Result<Tensor> {
-        if !device.same_device(&self.device) {
-            return self.source.all(split, sample, device);
-        }
-        match self.block(split, sample)? {
+        match self.kept_on(split, sample, device)? {
             Some(block) => Ok(block.to_dtype(DType::F32)?),
             None => self.source.all(split, sample, device),
         }
@@ -161,10 +159,7 @@ impl FeatureSource for Resident<'_> {
         self.source.describe()
     }
     fn stored(&self, split: Split, sample: usize, device: &Device) -> Result<Tensor> {
-        if !device.same_device(&self.device) {
-            return self.source.stored(split, sample, device);
-        }
-        match self.block(split, sample)? {
+        match self.kept_on(split, sample, device)? {
             Some(block) => Ok(block),
             None => self.source.stored(split, sample, device),
         }

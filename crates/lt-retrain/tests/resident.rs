@@ -106,7 +106,7 @@ fn kept_rows_are_the_source_rows_and_bad_requests_are_refused() {
     }
     let n = fs.len(Split::Train).unwrap();
     let err = kept.rows(Split::Train, 0, &[0, n], &dev).unwrap_err().to_string();
-    assert!(err.contains(&format!("row {n} outside 0..{n} of the train split")), "{err}");
+    assert!(err.contains(&format!("train split: row {n} outside 0..{n}")), "{err}");
     let err = kept.rows(Split::Train, 9, &[0], &dev).unwrap_err().to_string();
     assert!(err.contains("backbone index 9 outside 0..5"), "{err}");
 }
@@ -124,5 +124,7 @@ fn a_bank_of_a_view_serves_its_rows() {
     let rows = bank.rows(Split::Train, 1, &[2, 0], &dev).unwrap().to_vec2::<f32>().unwrap();
     let want = z.get(1).unwrap().to_vec2::<f32>().unwrap();
     assert_eq!(rows, [want[2].clone(), want[0].clone()]);
+    let err = bank.rows(Split::Train, 1, &[0, 3], &dev).unwrap_err().to_string();
+    assert!(err.contains("feature bank: row 3 outside 0..3"), "{err}");
     assert!(bank.resident_on(&dev));
 }
