@@ -78,8 +78,8 @@ pub(super) struct StepTag {
 }
 
 /// One training step on `batch` (step `step` of epoch `epoch`, learning rate `lr`): forward,
-/// backward and update, queued; its `[loss, correct]` (`f32`, detached) still on the device,
-/// with its tag. Nothing here waits for the device.
+/// backward and update, queued; its `[loss, correct]` (`f32`) still on the device, with its
+/// tag. Nothing here waits for the device.
 pub(super) fn train_batch(
     ctx: &Ctx,
     model: &Model,
@@ -92,8 +92,8 @@ pub(super) fn train_batch(
     })?;
     groups.step(opt, &pass.grads, lr)?;
     let correct = pass.logits.argmax(1)?.eq(&batch.labels)?.to_dtype(DType::F32)?.sum_all()?;
-    // Detached: the values outlive the step, its graph (every activation, through candle's
-    // autograd) must not.
-    let values = Tensor::stack(&[&pass.loss.detach().to_dtype(DType::F32)?, &correct.detach()], 0)?;
+    // The graph these hold (every activation, through candle's autograd) is dropped where they
+    // are left to be read: ReadBack keeps them detached.
+    let values = Tensor::stack(&[&pass.loss.to_dtype(DType::F32)?, &correct], 0)?;
     Ok((values, StepTag { samples: batch.label_vec.len(), step, epoch }))
 }
