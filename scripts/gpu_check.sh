@@ -233,7 +233,7 @@ step_selftest() {
   # A frozen snapshot (channels-last filters kept on CUDA) against its model's evaluation.
   kind_status "frozen-snapshot checks" frozen '^FAIL .* frozen'
   kind_record "selftest frozen snapshot"
-  # SGD's in-place passes (two CUDA kernels per parameter) against its tensor ops, bit for bit.
+  # SGD's in-place CUDA step (one launch per 96 parameters) against its tensor ops, bit for bit.
   kind_status "optimiser checks" optimiser '^FAIL SGD'
   kind_record "selftest SGD passes"
   # Likewise SGD's CUDA kernels: the pipeline then updates with the tensor ops.
@@ -397,8 +397,8 @@ step_bench_more() {
   # What keeping freed device memory in the pool is worth: the same ResNet-32 TF32 training step
   # with the driver's default (freed memory released at every synchronisation; prepare_device).
   LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${R32[@]}" --mode train
-  # What SGD's in-place CUDA kernels are worth: the same step with its tensor ops (nine kernels
-  # and allocations per parameter instead of two launches).
+  # What SGD's in-place CUDA kernel is worth: the same step with its tensor ops (nine kernels
+  # and allocations per parameter instead of one launch for all 95).
   LT_SGD_TENSOR_OPS=1 bench_project resnet32-train-tf32-sgd-tensor-ops 1 "${R32[@]}" --mode train
   bench_table
   # Where a ResNet-32 training step (taped executor) spends its time, forward and backward.

@@ -1,81 +1,92 @@
-//! The SGD step's in-place passes on CUDA: launches of the kernels of `passes.cu` (compiled to
-//! PTX by `build.rs`), one thread per value, on the device's one stream.
+//! The SGD step with momentum on CUDA: launches of `passes.cu`'s kernel (compiled to PTX by
+//! `build.rs`), each updating up to 96 parameters (`STEP_TENSORS`) and their momentum buffers in
+//! place, on the device's stream. The table of addresses goes by value as the kernel's first
+//! parameter, so a step is one launch for ResNet-32 and two for ResNet-50, with no copy and no
+//! allocation, where two launches per parameter (or the tensor ops' nine) ran before.
 
-use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::backend::{BackendDevice, BackendStorage};
+use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::CudaDevice;
-use candle_core::{CudaStorage, Layout};
+use candle_core::{Storage, Tensor};
 
 use super::span;
+use super::table::{step_launches, StepTable};
 
-/// The kernels' PTX.
+/// The kernel's PTX.
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sgd_passes.ptx"));
 /// The name the PTX module is loaded under.
 const MODULE: &str = "lt_sgd_passes";
-const MOMENTUM: &str = "lt_sgd_momentum_f32";
-const PARAMETER: &str = "lt_sgd_parameter_f32";
+/// The kernel.
+const STEP: &str = "lt_sgd_step_f32";
+/// Threads per block (each loops over its block's values).
+const THREADS: u32 = 256;
 
-/// Loads both kernels on `dev` (once; later calls find them loaded): an error when the driver
-/// cannot load the PTX, before anything is written.
+// SAFETY: `StepTable` is `#[repr(C)]` plain data laid out as `passes.cu`'s `LtSgdTable` (its
+// test checks every offset), so the driver copies it as the kernel's parameter.
+unsafe impl DeviceRepr for StepTable {}
+
+/// Loads the kernel on `dev` (once; later calls find it loaded): an error when the driver cannot
+/// load the PTX, before anything is written.
 pub(super) fn load(dev: &CudaDevice) -> candle_core::Result<()> {
-    for name in [MOMENTUM, PARAMETER] {
-        dev.get_or_load_custom_func(name, MODULE, PTX)?;
-    }
+    dev.get_or_load_custom_func(STEP, MODULE, PTX)?;
     Ok(())
 }
 
 fn launch_error(e: impl std::fmt::Display) -> candle_core::Error {
-    candle_core::Error::Msg(format!("SGD pass on CUDA: {e}"))
+    candle_core::Error::Msg(format!("SGD step on CUDA: {e}"))
 }
 
-fn config(n: usize) -> candle_core::Result<LaunchConfig> {
-    let n = u32::try_from(n).map_err(|_| launch_error(format!("{n} values exceed a launch")))?;
-    Ok(LaunchConfig::for_num_elems(n))
+/// The device address of a contiguous `f32` CUDA tensor's first value, and its device.
+fn address(t: &Tensor) -> candle_core::Result<(u64, CudaDevice)> {
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cuda(s) = &*storage else {
+        return Err(launch_error("a tensor that is not on CUDA"));
+    };
+    let dev = s.device().clone();
+    let stream = dev.cuda_stream();
+    let view = s.as_cuda_slice::<f32>()?.slice(span(layout)?);
+    // Event tracking is off where `lt` runs (`lt_models::ops::prepare_device`); where it is on,
+    // the read event recorded here precedes the launch on the same stream, as the kernel's own
+    // arguments' would.
+    let (address, _sync) = view.device_ptr(&stream);
+    Ok((address, dev))
 }
 
-/// `buf <- (buf * mu + 0) + (g + (p * wd + 0))`, in place.
-pub(super) fn momentum(
-    (buf, bl): (&mut CudaStorage, &Layout),
-    (g, gl): (&CudaStorage, &Layout),
-    (p, pl): (&CudaStorage, &Layout),
-    (mu, wd): (f32, f32),
+/// One SGD step with momentum `mu`, weight decay `wd`, learning rate `lr` and Nesterov momentum
+/// or not, in place on each `(parameter, gradient, buffer)`: contiguous `f32` tensors of one
+/// shape per triple, all on one CUDA device. The values of the CPU passes, bit for bit.
+///
+/// The tensors are held by the caller until the step is queued; the kernel writes after this
+/// returns, in stream order, as candle's own in-place ops do.
+pub(super) fn step(
+    items: &[(Tensor, Tensor, Tensor)],
+    (mu, wd, lr, nesterov): (f32, f32, f32, bool),
 ) -> candle_core::Result<()> {
-    let (br, gr, pr) = (span(bl)?, span(gl)?, span(pl)?);
-    let n = br.len();
-    if n == 0 {
-        return Ok(()); // a grid of no blocks is an invalid launch
+    let items: Vec<_> = items.iter().filter(|(p, ..)| p.elem_count() > 0).collect();
+    let sizes: Vec<usize> = items.iter().map(|(p, ..)| p.elem_count()).collect();
+    for launch in step_launches(&sizes).map_err(launch_error)? {
+        let mut table = launch.table;
+        let mut device: Option<CudaDevice> = None;
+        for (k, (p, g, buf)) in items[launch.items.clone()].iter().enumerate() {
+            let ((pa, dev), (ga, _), (ba, _)) = (address(p)?, address(g)?, address(buf)?);
+            if !device.get_or_insert_with(|| dev.clone()).same_device(&dev) {
+                return Err(launch_error("parameters on two devices"));
+            }
+            (table.p[k], table.g[k], table.buf[k]) = (pa, ga, ba);
+        }
+        let Some(dev) = device else { continue };
+        let f = dev.get_or_load_custom_func(STEP, MODULE, PTX)?;
+        let count = launch.items.len() as u32;
+        let nesterov = i32::from(nesterov);
+        let config =
+            LaunchConfig { grid_dim: (launch.blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let mut b = f.builder();
+        b.arg(&table).arg(&count).arg(&mu).arg(&wd).arg(&lr).arg(&nesterov);
+        // SAFETY: the arguments match the kernel's signature (LtSgdTable by value, unsigned int,
+        // float, float, float, int); the table's first `count` entries hold the addresses of
+        // live contiguous f32 buffers of `n[k]` values each (the three of a triple have one
+        // shape, checked by the caller), and its blocks cover those values exactly.
+        unsafe { b.launch(config) }.map_err(launch_error)?;
     }
-    let f = buf.device().get_or_load_custom_func(MOMENTUM, MODULE, PTX)?;
-    let (g, p) = (g.as_cuda_slice::<f32>()?.slice(gr), p.as_cuda_slice::<f32>()?.slice(pr));
-    let mut buf = buf.as_cuda_slice_mut::<f32>()?.slice_mut(br);
-    let mut b = f.builder();
-    b.arg(&n).arg(&mut buf).arg(&g).arg(&p).arg(&mu).arg(&wd);
-    // SAFETY: the arguments match the kernel's signature (size_t, float*, const float*,
-    // const float*, float, float) and every buffer holds `n` values (checked by the caller).
-    unsafe { b.launch(config(n)?) }.map_err(launch_error)?;
-    Ok(())
-}
-
-/// `p <- p - (d * lr + 0)` with `d` the Nesterov (`Some(mu)`) or plain update, in place.
-pub(super) fn parameter(
-    (p, pl): (&mut CudaStorage, &Layout),
-    (g, gl): (&CudaStorage, &Layout),
-    (buf, bl): (&CudaStorage, &Layout),
-    (lr, wd, nesterov): (f32, f32, Option<f32>),
-) -> candle_core::Result<()> {
-    let (pr, gr, br) = (span(pl)?, span(gl)?, span(bl)?);
-    let n = pr.len();
-    if n == 0 {
-        return Ok(());
-    }
-    let f = p.device().get_or_load_custom_func(PARAMETER, MODULE, PTX)?;
-    let (g, buf) = (g.as_cuda_slice::<f32>()?.slice(gr), buf.as_cuda_slice::<f32>()?.slice(br));
-    let mut p = p.as_cuda_slice_mut::<f32>()?.slice_mut(pr);
-    let (mu, on) = (nesterov.unwrap_or(0.0), i32::from(nesterov.is_some()));
-    let mut b = f.builder();
-    b.arg(&n).arg(&mut p).arg(&g).arg(&buf).arg(&lr).arg(&wd).arg(&mu).arg(&on);
-    // SAFETY: the arguments match the kernel's signature (size_t, float*, const float*,
-    // const float*, float, float, float, int) and every buffer holds `n` values.
-    unsafe { b.launch(config(n)?) }.map_err(launch_error)?;
     Ok(())
 }

@@ -4,15 +4,18 @@
 //! first step, then `buf <- mu * buf + g`; Nesterov: `g <- g + mu * buf`, else `g <- buf`;
 //! `p <- p - lr * g`. Buffers are stored detached from any autograd graph.
 //!
-//! A step with momentum updates each `f32` parameter and its buffer in place, in two passes
-//! (`MomentumPass`, `ParameterPass`) that compute the same `f32` operations in the same order as
-//! the tensor ops (`affine` is `x * mul + add`), so the same bits: on the CPU in parallel tasks,
-//! on CUDA (feature `cuda`) as two kernel launches per parameter where the tensor ops take nine
-//! and allocate; elsewhere (another dtype, the first step's new buffer, a CUDA driver that cannot
-//! load the kernels) the tensor ops run. [`check_in_place_passes`] compares both on a device.
+//! A step with momentum updates each `f32` parameter and its buffer in place, computing the same
+//! `f32` operations in the same order as the tensor ops (`affine` is `x * mul + add`), so the
+//! same bits: on the CPU in two passes (`MomentumPass`, `ParameterPass`) of parallel tasks; on
+//! CUDA (feature `cuda`) both passes fused in one kernel that updates up to 96 parameters per
+//! launch (one launch for ResNet-32's, where the tensor ops take nine kernels and allocations per
+//! parameter); elsewhere (another dtype, the first step's new buffer, a CUDA driver that cannot
+//! load the kernel) the tensor ops run. [`check_in_place_passes`] compares both on a device.
 
 #[cfg(feature = "cuda")]
 mod cuda;
+#[cfg(any(test, feature = "cuda"))]
+mod table;
 
 use std::collections::BTreeMap;
 
@@ -60,15 +63,21 @@ impl Sgd {
         lr: f64,
         fused: bool,
     ) -> candle_core::Result<()> {
+        let (mu, wd) = (self.momentum as f32, self.weight_decay as f32);
+        // The parameters the CUDA kernel updates, all in one step after the loop.
+        let mut on_cuda = Vec::new();
         for (name, var) in params {
             let Some(g) = grads.get(var.as_tensor()) else { continue };
             let p = var.as_detached_tensor();
             if fused && self.momentum != 0.0 {
                 if let Some(buf) = self.buffers.get(name).filter(|b| in_place(&[&p, g, b])) {
-                    let (mu, wd) = (self.momentum as f32, self.weight_decay as f32);
-                    buf.inplace_op3(g, &p, &MomentumPass { mu, wd })?;
-                    let nesterov = self.nesterov.then_some(mu);
-                    p.inplace_op3(g, buf, &ParameterPass { lr: lr as f32, wd, nesterov })?;
+                    if p.device().is_cuda() {
+                        on_cuda.push((p, g.clone(), buf.clone()));
+                    } else {
+                        buf.inplace_op3(g, &p, &MomentumPass { mu, wd })?;
+                        let nesterov = self.nesterov.then_some(mu);
+                        p.inplace_op3(g, buf, &ParameterPass { lr: lr as f32, wd, nesterov })?;
+                    }
                     continue;
                 }
             }
@@ -88,6 +97,10 @@ impl Sgd {
             }
             var.set(&(p - g.affine(lr, 0.0)?)?.detach())?;
         }
+        #[cfg(feature = "cuda")]
+        cuda::step(&on_cuda, (mu, wd, lr as f32, self.nesterov))?;
+        #[cfg(not(feature = "cuda"))]
+        debug_assert!(on_cuda.is_empty(), "the passes run on CUDA only with the `cuda` feature");
         Ok(())
     }
 
@@ -168,6 +181,15 @@ pub struct PassCheck {
     pub in_place: bool,
 }
 
+/// The shapes of [`check_in_place_passes`]'s 100 parameters: one over several tasks of the CPU
+/// passes and blocks of the CUDA kernel, one small, one 2-d, three around the kernel's blocks of
+/// 8,192 values, and more small ones, so that the kernel needs a second launch (96 per launch).
+fn check_shapes() -> Vec<Vec<usize>> {
+    let mut shapes = vec![vec![3 * PASS_CHUNK + 17], vec![5], vec![7, 9], vec![8191], vec![8192], vec![8193]];
+    shapes.extend((0..94).map(|i| vec![1 + (i * 37) % 300]));
+    shapes
+}
+
 /// Deterministic values of both signs and several magnitudes.
 fn check_values(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
@@ -179,12 +201,11 @@ fn check_values(n: usize, seed: u32) -> Vec<f32> {
 }
 
 /// Runs four SGD steps on `device` for several momentum, Nesterov and weight-decay settings
-/// (parameters of 196,625, 5 and 7 x 9 values), once with the in-place passes and once with the
-/// tensor ops, and counts the values whose bits differ (for `lt selftest` on a GPU; the CPU's test
-/// runs it too). An error when a step fails or the first step leaves the parameter as it was.
+/// (the parameters of [`check_shapes`]), once with the in-place passes and once with the tensor
+/// ops, and counts the values whose bits differ (for `lt selftest` on a GPU; the CPU's test runs
+/// it too). An error when a step fails or the first step leaves the parameter as it was.
 pub fn check_in_place_passes(device: &candle_core::Device) -> candle_core::Result<PassCheck> {
-    // One parameter over several tasks of the CPU passes, one small, one 2-d.
-    let shapes: [&[usize]; 3] = [&[3 * PASS_CHUNK + 17], &[5], &[7, 9]];
+    let shapes = check_shapes();
     let (mut differing, mut compared) = (0usize, 0usize);
     let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
         Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
@@ -196,7 +217,7 @@ pub fn check_in_place_passes(device: &candle_core::Device) -> candle_core::Resul
                 .iter()
                 .enumerate()
                 .map(|(i, s)| {
-                    let t = Tensor::from_vec(check_values(s.iter().product(), i as u32), *s, device)?;
+                    let t = Tensor::from_vec(check_values(s.iter().product(), i as u32), &s[..], device)?;
                     Ok((format!("p{i}"), Var::from_tensor(&t)?))
                 })
                 .collect()
@@ -310,19 +331,6 @@ impl candle_core::InplaceOp3 for MomentumPass {
         each_in_place(buf, g, p, |b, g, p| *b = (*b * mu + 0.0) + decayed(g, p, wd));
         Ok(())
     }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        buf: &mut candle_core::CudaStorage,
-        bl: &Layout,
-        g: &candle_core::CudaStorage,
-        gl: &Layout,
-        p: &candle_core::CudaStorage,
-        pl: &Layout,
-    ) -> candle_core::Result<()> {
-        cuda::momentum((buf, bl), (g, gl), (p, pl), (self.mu, self.wd))
-    }
 }
 
 /// Second pass, in place on the parameter `p` with the gradient `g` and the updated buffer
@@ -359,19 +367,6 @@ impl candle_core::InplaceOp3 for ParameterPass {
         });
         Ok(())
     }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        p: &mut candle_core::CudaStorage,
-        pl: &Layout,
-        g: &candle_core::CudaStorage,
-        gl: &Layout,
-        buf: &candle_core::CudaStorage,
-        bl: &Layout,
-    ) -> candle_core::Result<()> {
-        cuda::parameter((p, pl), (g, gl), (buf, bl), (self.lr, self.wd, self.nesterov))
-    }
 }
 
 #[cfg(test)]
@@ -384,8 +379,10 @@ mod tests {
         let c = check_in_place_passes(&Device::Cpu).unwrap();
         assert!(c.in_place, "the CPU runs the in-place passes");
         assert_eq!(c.differing, 0, "{c:?}");
-        // 4 settings x 4 steps x (3 parameters + 3 buffers) of 196,625 + 5 + 63 values.
-        assert_eq!(c.compared, 4 * 4 * 2 * (3 * PASS_CHUNK + 17 + 5 + 63), "{c:?}");
+        // 4 settings x 4 steps x (100 parameters + 100 buffers).
+        let values: usize = check_shapes().iter().map(|s| s.iter().product::<usize>()).sum();
+        assert_eq!(check_shapes().len(), 100);
+        assert_eq!(c.compared, 4 * 4 * 2 * values, "{c:?}");
     }
 
     #[test]

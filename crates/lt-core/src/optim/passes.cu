@@ -1,32 +1,67 @@
-// The SGD step's two in-place passes on f32 CUDA buffers (see optim/mod.rs): the CPU passes'
-// operations in the same order, each rounded on its own (no fused multiply-add), so a step gives
-// the values of the tensor ops (candle's `affine`, `x * mul + add` with `add` 0: on the CPU it
-// rounds `x * mul` and adds an exact 0; on CUDA one fused multiply-add, which rounds once, to the
-// same value, apart from the sign of a product that underflows to zero). One thread per value;
-// compiled to PTX by build.rs with the `cuda` feature.
+// The SGD step with momentum on f32 CUDA buffers (see optim/mod.rs and optim/cuda.rs): the
+// momentum pass and the parameter pass of the CPU, fused, for up to LT_SGD_TENSORS parameters in
+// one launch. Each value's operations are the CPU passes' in the same order, each rounded on its
+// own (no fused multiply-add), so a step gives the values of the tensor ops (candle's `affine`,
+// `x * mul + add` with `add` 0: on the CPU it rounds `x * mul` and adds an exact 0; on CUDA one
+// fused multiply-add, which rounds once, to the same value, apart from the sign of a product that
+// underflows to zero). Compiled to PTX by build.rs with the `cuda` feature.
+
+// Parameters per launch, and values per block: LT_SGD_TENSORS and CHUNK in optim/cuda.rs, whose
+// `Table` is this struct's layout. The table goes by value, as a kernel parameter (3,080 of the
+// 4,096 bytes a launch's parameters may take), so a launch copies nothing to the device first.
+#define LT_SGD_TENSORS 96
+#define LT_SGD_CHUNK 8192
+
+struct LtSgdTable {
+    float *p[LT_SGD_TENSORS];
+    const float *g[LT_SGD_TENSORS];
+    float *buf[LT_SGD_TENSORS];
+    // Values of each parameter.
+    unsigned int n[LT_SGD_TENSORS];
+    // first[k]: the first block of parameter k (chunks of LT_SGD_CHUNK values); first[count] is
+    // the grid's size. Each parameter has at least one value, so at least one block.
+    unsigned int first[LT_SGD_TENSORS + 1];
+};
 
 // `g + (p * wd + 0)`, or `g` when `wd` is 0.
 __device__ __forceinline__ float decayed(float g, float p, float wd) {
     return wd != 0.0f ? __fadd_rn(g, __fadd_rn(__fmul_rn(p, wd), 0.0f)) : g;
 }
 
-// buf <- (buf * mu + 0) + (g + (p * wd + 0))
-extern "C" __global__ void lt_sgd_momentum_f32(
-    const size_t n, float *buf, const float *g, const float *p, const float mu, const float wd) {
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        buf[i] = __fadd_rn(__fadd_rn(__fmul_rn(buf[i], mu), 0.0f), decayed(g[i], p[i], wd));
+// For each value of each of the `count` parameters of `t`:
+//   g'  = g + (p * wd + 0)
+//   buf <- (buf * mu + 0) + g'
+//   d   = g' + (buf * mu + 0) with Nesterov momentum, else buf
+//   p   <- p - (d * lr + 0)
+// Block b updates values [(b - first[k]) * CHUNK, ... + CHUNK) of the parameter k with
+// first[k] <= b < first[k + 1].
+extern "C" __global__ void lt_sgd_step_f32(
+    const LtSgdTable t, const unsigned int count, const float mu, const float wd, const float lr,
+    const int nesterov) {
+    const unsigned int b = blockIdx.x;
+    // The last k with first[k] <= b: first[lo] <= b < first[hi] throughout.
+    unsigned int lo = 0, hi = count;
+    while (hi - lo > 1) {
+        const unsigned int mid = lo + (hi - lo) / 2;
+        if (t.first[mid] <= b) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
     }
-}
-
-// d = (g + (p * wd + 0)) + (buf * mu + 0) with Nesterov momentum, else buf; p <- p - (d * lr + 0)
-extern "C" __global__ void lt_sgd_parameter_f32(
-    const size_t n, float *p, const float *g, const float *buf, const float lr, const float wd,
-    const float mu, const int nesterov) {
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) {
-        const float b = buf[i];
-        const float d = nesterov ? __fadd_rn(decayed(g[i], p[i], wd), __fadd_rn(__fmul_rn(b, mu), 0.0f)) : b;
-        p[i] = __fsub_rn(p[i], __fadd_rn(__fmul_rn(d, lr), 0.0f));
+    const unsigned int k = lo;
+    const size_t start = (size_t)(b - t.first[k]) * LT_SGD_CHUNK;
+    const size_t n = t.n[k];
+    const size_t end = start + LT_SGD_CHUNK < n ? start + LT_SGD_CHUNK : n;
+    float *p = t.p[k];
+    const float *g = t.g[k];
+    float *buf = t.buf[k];
+    for (size_t i = start + threadIdx.x; i < end; i += blockDim.x) {
+        const float pi = p[i];
+        const float gi = decayed(g[i], pi, wd);
+        const float bi = __fadd_rn(__fadd_rn(__fmul_rn(buf[i], mu), 0.0f), gi);
+        buf[i] = bi;
+        const float d = nesterov ? __fadd_rn(gi, __fadd_rn(__fmul_rn(bi, mu), 0.0f)) : bi;
+        p[i] = __fsub_rn(pi, __fadd_rn(__fmul_rn(d, lr), 0.0f));
     }
 }
