@@ -281,7 +281,11 @@ impl Backend {
                 Ok((y, (new, BnSaved::cudnn(saved, x.dtype()))))
             })
             .map(|(y, (new, saved))| (y, new, saved))
-            .inspect_err(|e| cudnn::fall_back(FOLD_RUNNING, x, cudnn::Instead::Candle, e)),
+            .inspect_err(|e| {
+                if !out_of_memory(e) {
+                    cudnn::fall_back(FOLD_RUNNING, x, cudnn::Instead::Candle, e)
+                }
+            }),
             _ => {
                 let _ = (gamma, beta, eps, relu, running);
                 candle_core::bail!("batch norm: only the cuDNN route updates running statistics itself")
@@ -379,6 +383,17 @@ fn cudnn_takes(dtype: DType) -> bool {
         let _ = dtype;
         false
     }
+}
+
+/// Whether `e` says the device (or cuDNN's host side) ran out of memory: the driver's
+/// `CUDA_ERROR_OUT_OF_MEMORY` or cuDNN's allocation failures. Not a refusal of cuDNN's, so the
+/// cuDNN route passes it on instead of recording the op as refused for that input and running
+/// it another way (which would only fail again, or run the op slowly for the rest of the process
+/// after a passing shortage).
+#[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
+fn out_of_memory(e: &candle_core::Error) -> bool {
+    let text = e.to_string();
+    ["OUT_OF_MEMORY", "ALLOCATION_FAILED", "ALLOC_FAILED"].iter().any(|m| text.contains(m))
 }
 
 /// Fails unless training-mode batch norm has more than one value per channel in `x`.

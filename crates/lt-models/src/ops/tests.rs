@@ -354,3 +354,23 @@ fn relu_mask_recomputed_from_the_input_is_the_mask_of_the_output_bit_for_bit() {
     }
     assert_ne!(from_output[2], unmasked[2], "the mask changes the gradient");
 }
+
+#[test]
+fn running_out_of_memory_is_told_from_a_refusal() {
+    use candle_core::Error;
+    // The texts of the driver's error (cudarc's `DriverError`, wrapped by candle) and of a cuDNN
+    // call's (`cudnn::CudnnError`), as they reach the cuDNN route.
+    let driver = Error::Msg("DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")".into());
+    let cudnn = |status: &str| {
+        Error::Msg(format!(
+            "cuDNN cudnnBatchNormalizationForwardTrainingEx failed: {status} (run with CUDNN_LOGLEVEL_DBG=2)"
+        ))
+    };
+    assert!(super::out_of_memory(&driver));
+    assert!(super::out_of_memory(&driver.context("batch norm on [128, 32, 32, 16]")));
+    assert!(super::out_of_memory(&cudnn("CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED")));
+    assert!(super::out_of_memory(&cudnn("CUDNN_STATUS_ALLOC_FAILED")));
+    for refusal in ["CUDNN_STATUS_NOT_SUPPORTED", "CUDNN_STATUS_BAD_PARAM", "CUDNN_STATUS_EXECUTION_FAILED"] {
+        assert!(!super::out_of_memory(&cudnn(refusal)), "{refusal}");
+    }
+}

@@ -186,7 +186,8 @@ pub(crate) fn refused(what: &'static str, on: &candle_core::Tensor) -> bool {
 
 /// `attempt` (a cuDNN call on input `on`), or `fallback` (what runs `instead`) once cuDNN has
 /// refused `what` for an input like `on`: the refusal is recorded ([`fall_back`]) and `attempt`
-/// is not tried again for such an input in this process.
+/// is not tried again for such an input in this process. Running out of memory is not a refusal:
+/// that error is returned as it is (see `ops::out_of_memory`).
 pub(crate) fn or_fall_back<R>(
     what: &'static str,
     on: &candle_core::Tensor,
@@ -198,6 +199,9 @@ pub(crate) fn or_fall_back<R>(
         return fallback();
     }
     attempt().or_else(|e| {
+        if super::out_of_memory(&e) {
+            return Err(e);
+        }
         fall_back(what, on, instead, &e);
         fallback()
     })
