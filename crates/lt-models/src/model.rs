@@ -295,9 +295,17 @@ impl Model {
         let taped = Taped { eager: self.eager(mode) };
         let (z, tape) = taped.forward(&self.program, self.nhwc_input(x)?)?;
         let leaf = Var::from_tensor(&z)?;
+        // The head and the autograd pass through it and the loss upload their kernels' dims and
+        // strides once per distinct layout, as the backbone's passes do. Not the caller's loss:
+        // the cache also keeps every small upload of host data made under it, by content, which
+        // would grow at every step with a loss that uploads new values each time.
+        let uploads = crate::exec::uploads_cached(x.device());
         let logits = self.head.forward(leaf.as_tensor(), true)?;
+        drop(uploads);
         let loss = loss(&logits)?;
+        let uploads = crate::exec::uploads_cached(x.device());
         let mut grads = loss.backward()?;
+        drop(uploads);
         // A loss that does not reach the features leaves the backbone without gradients, which
         // the caller reports.
         if let Some(dz) = grads.remove(leaf.as_tensor()) {

@@ -79,6 +79,15 @@ impl Eager<'_> {
                         return Ok((y, Saved::Nothing));
                     }
                     let w = self.filter(&w.var)?;
+                    // Without a graph (the taped executor), a filter cuDNN takes channels-last is
+                    // transposed once, and kept for the backward pass.
+                    if !self.mode.graph {
+                        if let Some(prepared) = b.prepared_filter(&w)? {
+                            if let Some(y) = b.conv2d_prepared(x, &prepared, *stride, *pad)? {
+                                return Ok((y, Saved::Prepared(prepared)));
+                            }
+                        }
+                    }
                     (b.conv2d(x, &w, *stride, *pad)?, Saved::Filter(w))
                 }
                 Op::Bn(bn) => self.batch_norm(x, bn)?,
@@ -159,6 +168,9 @@ pub(crate) enum Saved {
     Nothing,
     /// A convolution's filter, cast to the activations' type.
     Filter(Tensor),
+    /// A convolution's filter as [`crate::ops::Backend::prepared_filter`] gave it (cuDNN's
+    /// channels-last layout), in the activations' type.
+    Prepared(Tensor),
     /// A training-mode batch norm's batch statistics (`None` on the stock route).
     Bn(Option<BnSaved>),
     /// The running statistics an eval-mode batch norm normalised with.

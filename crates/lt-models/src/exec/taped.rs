@@ -108,6 +108,11 @@ impl Taped<'_> {
                 param(w.index, dw)?;
                 dx
             }
+            (Op::Conv { w, stride, pad }, Saved::Prepared(filter)) => {
+                let (dx, dw) = b.conv2d_backward_prepared((x, &filter, dy), (*stride, *pad), want_dx)?;
+                param(w.index, dw)?;
+                dx
+            }
             (Op::Bn(bn), saved) => {
                 let gamma = bn.gamma.var.as_detached_tensor();
                 let (xy, f) = ((x, y, dy), (bn.eps, bn.relu));

@@ -137,6 +137,30 @@ impl Backend {
         }
     }
 
+    /// The gradients `(dx when want_dx, dw)` of [`Backend::conv2d_prepared`] with the filter
+    /// [`Backend::prepared_filter`] gave, for the output gradient `dy`: `dw` in PyTorch's layout,
+    /// and the prepared filter read as it is for `dx`. Only where `conv2d_prepared` ran.
+    pub(crate) fn conv2d_backward_prepared(
+        self,
+        (x, prepared, dy): (&Tensor, &Tensor, &Tensor),
+        (stride, pad): (usize, usize),
+        want_dx: bool,
+    ) -> CResult<(Option<Tensor>, Tensor)> {
+        match self.route(x) {
+            #[cfg(feature = "cudnn")]
+            Route::Cudnn => {
+                match custom::conv::backward_khwc(x, prepared, dy, (stride, pad), (want_dx, true))? {
+                    (dx, Some(dw)) => Ok((dx, dw)),
+                    (_, None) => candle_core::bail!("conv2d backward: no filter gradient"),
+                }
+            }
+            _ => {
+                let _ = (prepared, dy, stride, pad, want_dx);
+                candle_core::bail!("conv2d backward: a prepared filter on a route without one")
+            }
+        }
+    }
+
     /// The gradient of both inputs of [`Backend::add_relu`] from its output `y` and output
     /// gradient `dy`.
     pub(crate) fn add_relu_backward(self, y: &Tensor, dy: &Tensor) -> CResult<Tensor> {

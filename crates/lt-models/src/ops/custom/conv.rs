@@ -106,14 +106,41 @@ pub(crate) fn backward(
     want: (bool, bool),
 ) -> CResult<(Option<Tensor>, Option<Tensor>)> {
     let shape = shape_of(x.dims(), w.dims(), stride, pad)?;
+    gradients(x, (w, false), dy, shape, want)
+}
+
+/// [`backward`] through cuDNN with the filter channels-last, as the forward ran it (from
+/// [`filter_khwc`], kept by the taped executor): the input's gradient reads it as it is, where
+/// [`backward`] transposes the filter again (one kernel and one allocation fewer per
+/// convolution and step). The weight's gradient is in PyTorch's layout, as there.
+#[cfg(feature = "cudnn")]
+pub(crate) fn backward_khwc(
+    x: &Tensor,
+    khwc: &Tensor,
+    dy: &Tensor,
+    (stride, pad): (usize, usize),
+    want: (bool, bool),
+) -> CResult<(Option<Tensor>, Option<Tensor>)> {
+    let shape = shape_of(x.dims(), &pytorch_dims(khwc.dims())?, stride, pad)?;
+    gradients(x, (khwc, true), dy, shape, want)
+}
+
+/// The gradients of convolution `shape` of `x` with filter `w` (channels-last when `w.1`).
+fn gradients(
+    x: &Tensor,
+    (w, khwc): (&Tensor, bool),
+    dy: &Tensor,
+    shape: ConvShape,
+    want: (bool, bool),
+) -> CResult<(Option<Tensor>, Option<Tensor>)> {
     let dy = dy.contiguous()?;
     let dx = if want.0 {
-        Some(dy.apply_op2_no_bwd(&w.contiguous()?, &ConvGrad { shape, data: true })?)
+        Some(dy.apply_op2_no_bwd(&w.contiguous()?, &ConvGrad { shape, data: true, khwc })?)
     } else {
         None
     };
     let dw = if want.1 {
-        Some(x.contiguous()?.apply_op2_no_bwd(&dy, &ConvGrad { shape, data: false })?)
+        Some(x.contiguous()?.apply_op2_no_bwd(&dy, &ConvGrad { shape, data: false, khwc: false })?)
     } else {
         None
     };
@@ -216,10 +243,12 @@ impl CustomOp2 for Conv2dOp {
 }
 
 /// A gradient of the convolution: of the input (`data`: arguments `dy`, `w`) or of the weight
-/// (arguments `x`, `dy`); weights in PyTorch's layout `[C_out, C_in, k, k]`.
+/// (arguments `x`, `dy`); weights in PyTorch's layout `[C_out, C_in, k, k]`, or the input's
+/// gradient's filter argument channels-last `[C_out, k, k, C_in]` when `khwc` (cuDNN only).
 struct ConvGrad {
     shape: ConvShape,
     data: bool,
+    khwc: bool,
 }
 
 impl ConvGrad {
@@ -250,6 +279,9 @@ impl CustomOp2 for ConvGrad {
         l2: &Layout,
     ) -> CResult<(CpuStorage, Shape)> {
         let s = &self.shape;
+        if self.khwc {
+            candle_core::bail!("conv2d backward: a channels-last filter is for cuDNN");
+        }
         let (a, b) = (cpu_f32(s1, l1, "conv gradient argument")?, cpu_f32(s2, l2, "conv gradient argument")?);
         let out = if self.data {
             let mut dx = vec![0f32; s.input_len()];
@@ -273,7 +305,9 @@ impl CustomOp2 for ConvGrad {
     ) -> CResult<(candle_core::CudaStorage, Shape)> {
         use crate::ops::cudnn::conv as cc;
         let s = &self.shape;
-        let out = if self.data {
+        let out = if self.data && self.khwc {
+            cc::backward_data((s1, l1), (s2, l2), s)?
+        } else if self.data {
             let w = filter_to_khwc(s2, l2, s)?;
             cc::backward_data((s1, l1), (&w, &Layout::contiguous((s.cout, s.k, s.k, s.cin))), s)?
         } else {
