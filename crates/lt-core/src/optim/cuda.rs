@@ -25,10 +25,34 @@ const THREADS: u32 = 256;
 // test checks every offset), so the driver copies it as the kernel's parameter.
 unsafe impl DeviceRepr for StepTable {}
 
-/// Loads the kernel on `dev` (once; later calls find it loaded): an error when the driver cannot
-/// load the PTX, before anything is written.
+/// Loads the kernel on `dev` and tries it on three values of its own (once per process, see
+/// `passes_run_on`): an error when the driver cannot load the PTX, the launch fails, or the
+/// values differ from the CPU passes' bits, so that SGD then runs its tensor ops instead of
+/// failing (or erring) at its first step.
 pub(super) fn load(dev: &CudaDevice) -> candle_core::Result<()> {
     dev.get_or_load_custom_func(STEP, MODULE, PTX)?;
+    let (mu, wd, lr) = (0.9f32, 0.1f32, 0.5f32);
+    let start = [1.0f32, 0.5, 0.25]; // p, g, buf
+    let on = |d: &candle_core::Device, v: f32| Tensor::new(&[v], d);
+    let cuda = candle_core::Device::Cuda(dev.clone());
+    let (p, g, buf) = (on(&cuda, start[0])?, on(&cuda, start[1])?, on(&cuda, start[2])?);
+    step(&[(p.clone(), g, buf.clone())], (mu, wd, lr, true))?;
+    let cpu = candle_core::Device::Cpu;
+    let (cp, cg, cb) = (on(&cpu, start[0])?, on(&cpu, start[1])?, on(&cpu, start[2])?);
+    cb.inplace_op3(&cg, &cp, &super::MomentumPass { mu, wd })?;
+    cp.inplace_op3(&cg, &cb, &super::ParameterPass { lr, wd, nesterov: Some(mu) })?;
+    let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
+        Ok(t.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
+    };
+    if bits(&p)? != bits(&cp)? || bits(&buf)? != bits(&cb)? {
+        return Err(launch_error(format!(
+            "a trial step gave p {:?}, buf {:?} where the CPU passes give {:?}, {:?}",
+            p.to_vec1::<f32>()?,
+            buf.to_vec1::<f32>()?,
+            cp.to_vec1::<f32>()?,
+            cb.to_vec1::<f32>()?
+        )));
+    }
     Ok(())
 }
 

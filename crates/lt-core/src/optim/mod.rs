@@ -10,7 +10,7 @@
 //! CUDA (feature `cuda`) both passes fused in one kernel that updates up to 96 parameters per
 //! launch (one launch for ResNet-32's, where the tensor ops take nine kernels and allocations per
 //! parameter); elsewhere (another dtype, the first step's new buffer, a CUDA driver that cannot
-//! load the kernel) the tensor ops run. [`check_in_place_passes`] compares both on a device.
+//! load the kernel or whose trial step does not give the CPU's bits) the tensor ops run. [`check_in_place_passes`] compares both on a device.
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -145,23 +145,27 @@ fn in_place(ts: &[&Tensor]) -> bool {
 /// its in-place kernels (to measure what the kernels are worth, or to rule them out).
 pub const CUDA_TENSOR_OPS_ENV: &str = "LT_SGD_TENSOR_OPS";
 
-/// Whether the in-place passes run on `device`: the CPU; CUDA where the kernels load (tried
-/// once per process; a failure is warned about and the tensor ops run from then on) and
-/// [`CUDA_TENSOR_OPS_ENV`] is not `1`.
+/// Whether the in-place passes run on `device`: the CPU; CUDA where [`CUDA_TENSOR_OPS_ENV`] is not
+/// `1` and the kernel loads and its trial step on three values gives the CPU passes' bits (tried
+/// once per process; a failure is warned about and the tensor ops run from then on).
 pub fn passes_run_on(device: &candle_core::Device) -> bool {
     match device {
         candle_core::Device::Cpu => true,
         #[cfg(feature = "cuda")]
         candle_core::Device::Cuda(dev) => {
             static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-            *LOADED.get_or_init(|| match cuda::load(dev) {
-                Ok(()) if std::env::var(CUDA_TENSOR_OPS_ENV).is_ok_and(|v| v == "1") => false,
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::warn!(
-                        "SGD: the CUDA kernels of the in-place passes did not load ({e}); using tensor ops"
-                    );
-                    false
+            *LOADED.get_or_init(|| {
+                if std::env::var(CUDA_TENSOR_OPS_ENV).is_ok_and(|v| v == "1") {
+                    return false;
+                }
+                match cuda::load(dev) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(
+                            "SGD: the in-place CUDA step did not load or run ({e}); using tensor ops"
+                        );
+                        false
+                    }
                 }
             })
         }
