@@ -1,8 +1,9 @@
 //! The SGD step with momentum on CUDA: launches of `passes.cu`'s kernel (compiled to PTX by
 //! `build.rs`), each updating up to 96 parameters (`STEP_TENSORS`) and their momentum buffers in
 //! place, on the device's stream. The table of addresses goes by value as the kernel's first
-//! parameter, so a step is one launch for ResNet-32 and two for ResNet-50, with no copy and no
-//! allocation, where two launches per parameter (or the tensor ops' nine) ran before.
+//! parameter, so an `Sgd::step` call is one launch per 96 parameters (all of ResNet-32's, two for
+//! ResNet-50's), with no copy and no allocation, where two launches per parameter (or the tensor
+//! ops' nine) ran before.
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};

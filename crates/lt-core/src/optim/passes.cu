@@ -6,9 +6,13 @@
 // fused multiply-add, which rounds once, to the same value, apart from the sign of a product that
 // underflows to zero). Compiled to PTX by build.rs with the `cuda` feature.
 
-// Parameters per launch, and values per block: LT_SGD_TENSORS and CHUNK in optim/cuda.rs, whose
-// `Table` is this struct's layout. The table goes by value, as a kernel parameter (3,080 of the
-// 4,096 bytes a launch's parameters may take), so a launch copies nothing to the device first.
+#include <stddef.h>
+
+// Parameters per launch, and values per block: STEP_TENSORS and STEP_CHUNK in optim/table.rs,
+// whose `StepTable` is this struct's layout (its test reads these two values here, and checks the
+// same offsets as the static_asserts below). The table goes by value, as a kernel parameter
+// (3,080 of the 4,096 bytes a launch's parameters may take), so a launch copies nothing to the
+// device first.
 #define LT_SGD_TENSORS 96
 #define LT_SGD_CHUNK 8192
 
@@ -22,6 +26,11 @@ struct LtSgdTable {
     // the grid's size. Each parameter has at least one value, so at least one block.
     unsigned int first[LT_SGD_TENSORS + 1];
 };
+static_assert(offsetof(LtSgdTable, g) == 8 * LT_SGD_TENSORS, "LtSgdTable: g");
+static_assert(offsetof(LtSgdTable, buf) == 16 * LT_SGD_TENSORS, "LtSgdTable: buf");
+static_assert(offsetof(LtSgdTable, n) == 24 * LT_SGD_TENSORS, "LtSgdTable: n");
+static_assert(offsetof(LtSgdTable, first) == 28 * LT_SGD_TENSORS, "LtSgdTable: first");
+static_assert(sizeof(LtSgdTable) == (32 * LT_SGD_TENSORS + 4 + 7) / 8 * 8, "LtSgdTable: size");
 
 // `g + (p * wd + 0)`, or `g` when `wd` is 0.
 __device__ __forceinline__ float decayed(float g, float p, float wd) {

@@ -131,8 +131,9 @@ impl Eager<'_> {
             let (y, (mean, var), saved) =
                 match self.backend.batch_norm_train_running(x, affine, (bn.eps, bn.relu), running) {
                     Ok((y, new, saved)) => (y, new, Some(saved)),
-                    // Refused (warned once; later calls do not ask): the batch statistics, and the
-                    // update with candle's kernels, with this batch's weight.
+                    // Refused (warned once; later calls do not ask) or out of memory (warned, the
+                    // pool's kept memory released, asked again next time): the batch statistics,
+                    // and the update with candle's kernels, with this batch's weight.
                     Err(_) => {
                         let (y, s, saved) =
                             self.backend.batch_norm_train_saved(x, affine, (bn.eps, bn.relu))?;

@@ -281,11 +281,7 @@ impl Backend {
                 Ok((y, (new, BnSaved::cudnn(saved, x.dtype()))))
             })
             .map(|(y, (new, saved))| (y, new, saved))
-            .inspect_err(|e| {
-                if !out_of_memory(e) {
-                    cudnn::fall_back(FOLD_RUNNING, x, cudnn::Instead::Candle, e)
-                }
-            }),
+            .inspect_err(|e| cudnn::fall_back(FOLD_RUNNING, x, cudnn::Instead::Candle, e)),
             _ => {
                 let _ = (gamma, beta, eps, relu, running);
                 candle_core::bail!("batch norm: only the cuDNN route updates running statistics itself")
@@ -386,10 +382,9 @@ fn cudnn_takes(dtype: DType) -> bool {
 }
 
 /// Whether `e` says the device (or cuDNN's host side) ran out of memory: the driver's
-/// `CUDA_ERROR_OUT_OF_MEMORY` or cuDNN's allocation failures. Not a refusal of cuDNN's, so the
-/// cuDNN route passes it on instead of recording the op as refused for that input and running
-/// it another way (which would only fail again, or run the op slowly for the rest of the process
-/// after a passing shortage).
+/// `CUDA_ERROR_OUT_OF_MEMORY` or cuDNN's allocation failures. Not a refusal of cuDNN's: the
+/// cuDNN route does not record the op as refused for that input (which would run it the slow
+/// way for the rest of the process after a passing shortage), see `cudnn::fall_back`.
 #[cfg_attr(not(feature = "cudnn"), allow(dead_code))]
 fn out_of_memory(e: &candle_core::Error) -> bool {
     let text = e.to_string();

@@ -41,6 +41,19 @@ fn set_attribute(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute, mut va
     unsafe { sys::cuMemPoolSetAttribute(pool, attr, (&mut value as *mut u64).cast()) }
 }
 
+/// Hands the freed memory the device's default pool keeps for reuse back to the driver, once the
+/// device has finished what is queued (so that allocations outside the pool, cuDNN's own, can
+/// have it): after running out of memory. Whether it did.
+pub(crate) fn release_kept(device: &Device) -> bool {
+    let Some(pool) = default_pool(device) else { return false };
+    if device.synchronize().is_err() {
+        return false;
+    }
+    // SAFETY: `pool` is the device's default pool; trimming releases only memory that no
+    // allocation holds.
+    unsafe { sys::cuMemPoolTrimTo(pool, 0) == sys::CUresult::CUDA_SUCCESS }
+}
+
 /// Resets the high-water mark to the memory in use now.
 pub(crate) fn reset_peak(device: &Device) {
     if let Some(pool) = default_pool(device) {

@@ -151,12 +151,34 @@ pub(crate) enum Instead {
 /// of each op is warned about, naming the op, the input, cuDNN's error and what runs it; those
 /// for other inputs are logged at debug level. Keyed by input, so that an op cuDNN refuses for
 /// some shapes only runs the same way for each shape throughout a process.
+///
+/// Running out of memory (`ops::out_of_memory`) is not a refusal: nothing is recorded (the next
+/// call asks cuDNN again), the device's memory pool hands back the freed memory it keeps for
+/// reuse (cuDNN's own allocations do not come from it), and the caller's fallback runs this
+/// once, warned about each time.
 pub(crate) fn fall_back(
     what: &'static str,
     on: &candle_core::Tensor,
     instead: Instead,
     e: &candle_core::Error,
 ) {
+    let instead = match instead {
+        Instead::Candle => "candle's kernels",
+        Instead::CudnnInF32 => "cuDNN in f32",
+    };
+    if super::out_of_memory(e) {
+        let released = memory::release_kept(on.device());
+        let (dims, dtype) = (on.dims(), on.dtype());
+        tracing::warn!(
+            "cuDNN ran out of memory in {what} for {dims:?} {dtype:?} ({e}); {}; using {instead} this once",
+            if released {
+                "the pool's kept memory was released"
+            } else {
+                "the pool's kept memory could not be released"
+            }
+        );
+        return;
+    }
     let input = Input::of(on);
     let first = REFUSED.lock().map(|mut w| {
         let first = !w.iter().any(|(op, _)| *op == what);
@@ -165,10 +187,6 @@ pub(crate) fn fall_back(
         }
         first
     });
-    let instead = match instead {
-        Instead::Candle => "candle's kernels",
-        Instead::CudnnInF32 => "cuDNN in f32",
-    };
     let Input { dims, dtype } = input;
     if first.unwrap_or(true) {
         tracing::warn!("cuDNN refused {what} for {dims:?} {dtype:?} ({e}); using {instead} for it");
@@ -186,8 +204,8 @@ pub(crate) fn refused(what: &'static str, on: &candle_core::Tensor) -> bool {
 
 /// `attempt` (a cuDNN call on input `on`), or `fallback` (what runs `instead`) once cuDNN has
 /// refused `what` for an input like `on`: the refusal is recorded ([`fall_back`]) and `attempt`
-/// is not tried again for such an input in this process. Running out of memory is not a refusal:
-/// that error is returned as it is (see `ops::out_of_memory`).
+/// is not tried again for such an input in this process (unless it ran out of memory: see
+/// [`fall_back`]).
 pub(crate) fn or_fall_back<R>(
     what: &'static str,
     on: &candle_core::Tensor,
@@ -199,9 +217,6 @@ pub(crate) fn or_fall_back<R>(
         return fallback();
     }
     attempt().or_else(|e| {
-        if super::out_of_memory(&e) {
-            return Err(e);
-        }
         fall_back(what, on, instead, &e);
         fallback()
     })

@@ -229,7 +229,7 @@ fn gradients(
             Ok(dx) => (first, dx),
             // Whose refusal it was, the plain pass says: the ReLU's only when it runs (a refused
             // batch norm fails both, and its caller's fallback takes over).
-            Err(e) if fused && !crate::ops::out_of_memory(&e) => {
+            Err(e) if fused => {
                 let plain = op(false);
                 let dx = x.apply_op3_no_bwd(y, &masked()?, &plain)?;
                 cudnn::fall_back(RELU_IN_BACKWARD, x, cudnn::Instead::Candle, &e);
