@@ -45,11 +45,16 @@ impl Sgd {
     /// # Errors
     /// A parameter without a gradient in `grads` is an error (nothing is updated): a step must
     /// never leave part of a model untrained without a word. Pass only the parameters to train.
+    /// So is a parameter listed twice (it would be updated twice, on CUDA by two blocks at once).
     pub fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64) -> candle_core::Result<()> {
         if let Some((name, _)) = params.iter().find(|(_, v)| grads.get(v.as_tensor()).is_none()) {
             candle_core::bail!(
                 "SGD step: parameter `{name}` has no gradient (is it part of the loss's graph?)"
             );
+        }
+        let mut seen = std::collections::HashSet::with_capacity(params.len());
+        if let Some((name, _)) = params.iter().find(|(_, v)| !seen.insert(v.as_tensor().id())) {
+            candle_core::bail!("SGD step: parameter `{name}` is listed twice (or is another's variable)");
         }
         self.step_with(params, grads, lr, true)
     }
@@ -402,5 +407,15 @@ mod tests {
         opt.step(&both[..1], &grads, 0.5).unwrap();
         // p - lr * 1
         assert_eq!(a.as_tensor().to_vec1::<f32>().unwrap(), [0.5, 1.5]);
+    }
+
+    #[test]
+    fn a_parameter_listed_twice_is_an_error_and_nothing_moves() {
+        let a = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        let grads = a.as_tensor().sum_all().unwrap().backward().unwrap();
+        let twice = [("a".to_string(), a.clone()), ("also a".to_string(), a.clone())];
+        let err = Sgd::new(0.9, false, 0.0).step(&twice, &grads, 0.5).unwrap_err();
+        assert!(err.to_string().contains("`also a` is listed twice"), "{err}");
+        assert_eq!(a.as_tensor().to_vec1::<f32>().unwrap(), [1.0, 2.0]);
     }
 }
