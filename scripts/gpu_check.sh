@@ -32,8 +32,10 @@
 #      (--autograd; the default is the taped executor, the backward pass walked by hand), the
 #      ResNet-32 training step once more with freed device memory released at every synchronisation
 #      (LT_CUDA_RELEASE_FREED=1, the driver's default) and with SGD's tensor ops instead of its CUDA
-#      kernels (LT_SGD_TENSOR_OPS=1), and one profiled training step each of ResNet-32 and ResNet-50
-#      (every forward and backward op timed between device syncs);
+#      kernel (LT_SGD_TENSOR_OPS=1), the ResNet-32 and ResNet-50 training steps with cuDNN's spatial
+#      batch-norm mode instead of its persistent one (LT_CUDNN_BN_SPATIAL=1), and one profiled
+#      training step each of ResNet-32 and ResNet-50 (every forward and backward op timed between
+#      device syncs);
 #   7. retrain: stage 2 at ImageNet-LT size, SRepr for 3 epochs on generated features (115,846 x
 #      2,048, M = 4, f16; the 2.8 GB file written to the work directory first), kept on the device;
 #   8. cpu: the CPU kernels on this machine's own CPU (often one with AVX-512, which the
@@ -400,6 +402,10 @@ step_bench_more() {
   # What SGD's in-place CUDA kernel is worth: the same step with its tensor ops (nine kernels
   # and allocations per parameter instead of one launch for all 95).
   LT_SGD_TENSOR_OPS=1 bench_project resnet32-train-tf32-sgd-tensor-ops 1 "${R32[@]}" --mode train
+  # What cuDNN's persistent batch-norm mode (training's default, as PyTorch's for channels-last)
+  # is worth: the same training steps with its spatial mode.
+  LT_CUDNN_BN_SPATIAL=1 bench_project resnet32-train-tf32-bn-spatial 1 "${R32[@]}" --mode train
+  LT_CUDNN_BN_SPATIAL=1 bench_project resnet50-train-tf32-bn-spatial 1 "${R50[@]}" --mode train
   bench_table
   # Where a ResNet-32 training step (taped executor) spends its time, forward and backward.
   run_step "profile resnet32 train" 30 "$LOGS/profile-resnet32.log" "$LT" bench backbone \

@@ -4,6 +4,9 @@
 //! cuDNN's activation backward before the batch-norm backward call. Activations are `f32` or
 //! `bf16`; the per-channel values (parameters, statistics, their gradients) are `f32` either way.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
+
 use candle_core::{CudaStorage, Layout, Tensor};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
@@ -12,7 +15,41 @@ use crate::ops::custom::norm::Packed;
 use crate::ops::elementwise::Nhwc;
 use cudarc::cudnn::sys;
 
-const MODE: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
+/// Inference's mode, and training's where the persistent one is not used ([`training_call`]).
+const SPATIAL: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
+/// Training's mode: cuDNN's optimised kernels for NHWC activations, as PyTorch takes for
+/// channels-last training (its spatial mode otherwise).
+const PERSISTENT: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL_PERSISTENT;
+
+/// Set once cuDNN has refused a training call in the persistent mode: the spatial mode from then
+/// on, in this process.
+static PERSISTENT_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Runs a training call (`call`, for the messages) as `f(mode)`: in the persistent mode, or in the
+/// spatial mode where [`crate::ops::BN_SPATIAL_ENV`] is `1` or cuDNN has refused the persistent
+/// one in this process (warned once, and the call made again in the spatial mode). Both modes
+/// take and give the same per-channel statistics, so a forward pass in one and a backward pass in
+/// the other agree.
+fn training_call(
+    call: &'static str,
+    f: impl Fn(sys::cudnnBatchNormMode_t) -> sys::cudnnStatus_t,
+) -> CResult<()> {
+    static SPATIAL_ASKED: OnceLock<bool> = OnceLock::new();
+    let asked =
+        *SPATIAL_ASKED.get_or_init(|| std::env::var(crate::ops::BN_SPATIAL_ENV).is_ok_and(|v| v == "1"));
+    if !asked && !PERSISTENT_REFUSED.load(Ordering::Relaxed) {
+        let status = f(PERSISTENT);
+        if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+            return Ok(());
+        }
+        if !PERSISTENT_REFUSED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "cuDNN refused {call} in its persistent batch-norm mode ({status:?}); using its spatial mode from now on"
+            );
+        }
+    }
+    check(call, f(SPATIAL))
+}
 
 /// The packed layout of the results for activations of shape `s`.
 fn packed(s: Nhwc) -> Packed {
@@ -98,10 +135,10 @@ pub(crate) fn train_forward(
         // SAFETY: `desc` describes the `p * c` values of `x` and `y`, `params` the `c` values of
         // gamma, beta, mean and invstd and of the running statistics when requested (lengths
         // checked above); otherwise both running pointers are null.
-        let status = unsafe {
+        training_call("cudnnBatchNormalizationForwardTraining", |mode| unsafe {
             sys::cudnnBatchNormalizationForwardTraining(
                 ctx.handle.0,
-                MODE,
+                mode,
                 one(),
                 zero(),
                 desc.0,
@@ -118,8 +155,7 @@ pub(crate) fn train_forward(
                 mptr(mp),
                 mptr(ip),
             )
-        };
-        check("cudnnBatchNormalizationForwardTraining", status)?;
+        })?;
         if relu {
             // SAFETY: `y` is the `p * c` values `desc` describes.
             unsafe { ctx.relu_in_place(&desc, mptr(yp))? };
@@ -202,10 +238,10 @@ pub(crate) fn train_backward(
         };
         // SAFETY: `desc` describes the `p * c` values of `x`, `grad` and `dx`, `params` the `c`
         // values of gamma, the saved statistics and the parameter gradients (lengths checked).
-        let status = unsafe {
+        training_call("cudnnBatchNormalizationBackward", |mode| unsafe {
             sys::cudnnBatchNormalizationBackward(
                 ctx.handle.0,
-                MODE,
+                mode,
                 one(),
                 zero(),
                 one(),
@@ -224,8 +260,7 @@ pub(crate) fn train_backward(
                 cptr(mp),
                 cptr(ip),
             )
-        };
-        check("cudnnBatchNormalizationBackward", status)
+        })
     })?;
     drop(dz_ptr);
     drop((_g1, _g2, _g3, _g4, _g5, _g6, _g7, _g8, _g9));
@@ -270,7 +305,7 @@ pub(crate) fn inference(
         let status = unsafe {
             sys::cudnnBatchNormalizationForwardInference(
                 ctx.handle.0,
-                MODE,
+                SPATIAL,
                 one(),
                 zero(),
                 desc.0,
