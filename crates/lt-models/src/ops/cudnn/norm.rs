@@ -10,7 +10,9 @@ use std::sync::OnceLock;
 use candle_core::{CudaStorage, Layout, Tensor};
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-use super::{check, cptr, device, mptr, one, uninit_f32, view, view_f32, with_ctx, zero, CResult, Out, View};
+use super::{
+    check, cptr, device, mptr, one, uninit_f32, view, view_f32, with_ctx, zero, CResult, Dt, Out, View,
+};
 use crate::ops::custom::norm::Packed;
 use crate::ops::elementwise::Nhwc;
 use cudarc::cudnn::sys;
@@ -21,30 +23,32 @@ const SPATIAL: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATC
 /// channels-last training (its spatial mode otherwise).
 const PERSISTENT: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL_PERSISTENT;
 
-/// Set once cuDNN has refused a training call in the persistent mode: the spatial mode from then
-/// on, in this process.
-static PERSISTENT_REFUSED: AtomicBool = AtomicBool::new(false);
+/// Set once cuDNN has refused a training call in the persistent mode, per activation type (`f32`,
+/// `bf16`): the spatial mode from then on, in this process.
+static PERSISTENT_REFUSED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
 
-/// Runs a training call (`call`, for the messages) as `f(mode)`: in the persistent mode, or in the
-/// spatial mode where [`crate::ops::BN_SPATIAL_ENV`] is `1` or cuDNN has refused the persistent
-/// one in this process (warned once, and the call made again in the spatial mode). Both modes
-/// take and give the same per-channel statistics, so a forward pass in one and a backward pass in
-/// the other agree.
+/// Runs a training call (`call`, for the messages) on activations of type `dt` as `f(mode)`: in
+/// the persistent mode, or in the spatial mode where [`crate::ops::BN_SPATIAL_ENV`] is `1` or
+/// cuDNN has refused the persistent one for `dt` in this process (warned once, and the call made
+/// again in the spatial mode). Both modes take and give the same per-channel statistics, so a
+/// forward pass in one and a backward pass in the other agree.
 fn training_call(
     call: &'static str,
+    dt: Dt,
     f: impl Fn(sys::cudnnBatchNormMode_t) -> sys::cudnnStatus_t,
 ) -> CResult<()> {
     static SPATIAL_ASKED: OnceLock<bool> = OnceLock::new();
     let asked =
         *SPATIAL_ASKED.get_or_init(|| std::env::var(crate::ops::BN_SPATIAL_ENV).is_ok_and(|v| v == "1"));
-    if !asked && !PERSISTENT_REFUSED.load(Ordering::Relaxed) {
+    let refused = &PERSISTENT_REFUSED[usize::from(dt == Dt::Bf16)];
+    if !asked && !refused.load(Ordering::Relaxed) {
         let status = f(PERSISTENT);
         if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
             return Ok(());
         }
-        if !PERSISTENT_REFUSED.swap(true, Ordering::Relaxed) {
+        if !refused.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                "cuDNN refused {call} in its persistent batch-norm mode ({status:?}); using its spatial mode from now on"
+                "cuDNN refused {call} on {dt:?} in its persistent batch-norm mode ({status:?}); using its spatial mode from now on"
             );
         }
     }
@@ -135,7 +139,7 @@ pub(crate) fn train_forward(
         // SAFETY: `desc` describes the `p * c` values of `x` and `y`, `params` the `c` values of
         // gamma, beta, mean and invstd and of the running statistics when requested (lengths
         // checked above); otherwise both running pointers are null.
-        training_call("cudnnBatchNormalizationForwardTraining", |mode| unsafe {
+        training_call("cudnnBatchNormalizationForwardTraining", dt, |mode| unsafe {
             sys::cudnnBatchNormalizationForwardTraining(
                 ctx.handle.0,
                 mode,
@@ -238,7 +242,7 @@ pub(crate) fn train_backward(
         };
         // SAFETY: `desc` describes the `p * c` values of `x`, `grad` and `dx`, `params` the `c`
         // values of gamma, the saved statistics and the parameter gradients (lengths checked).
-        training_call("cudnnBatchNormalizationBackward", |mode| unsafe {
+        training_call("cudnnBatchNormalizationBackward", dt, |mode| unsafe {
             sys::cudnnBatchNormalizationBackward(
                 ctx.handle.0,
                 mode,
