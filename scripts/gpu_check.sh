@@ -257,6 +257,11 @@ step_selftest() {
     -e 's/.*cuDNN refused \([^[]*\) for \[.*/\1/p' "$LOGS/selftest.txt" | sort -u | wc -l)
   record "cuDNN refusals (fallbacks)" "$([ "$fallbacks" -eq 0 ] && echo ok || echo WARN)" 0 \
     "$fallbacks op kind(s) run another way (grep \"cuDNN refused\" selftest.txt)"
+  # A cuDNN call that ran out of device memory (not a refusal: the other way ran that once).
+  local oom
+  oom=$(grep -c "cuDNN ran out of memory" "$LOGS/selftest.txt")
+  record "cuDNN out of memory" "$([ "$oom" -eq 0 ] && echo ok || echo WARN)" 0 \
+    "$oom call(s) ran out of memory (grep \"cuDNN ran out of memory\" selftest.txt)"
 }
 
 # --- 4. benchmark, and 6. what explains it (bench-more) -------------------------------------

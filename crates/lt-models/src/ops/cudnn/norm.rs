@@ -48,7 +48,7 @@ fn training_call(
         }
         if !refused.swap(true, Ordering::Relaxed) {
             tracing::warn!(
-                "cuDNN refused {call} on {dt:?} in its persistent batch-norm mode ({status:?}); using its spatial mode from now on"
+                "cuDNN refused the persistent batch-norm mode for [{dt:?}] ({call}: {status:?}); using its spatial mode from now on"
             );
         }
     }
