@@ -28,14 +28,14 @@
 #   5. loader: batches made on the device, CIFAR-size (2 workers) and generated 500 x 375 JPEGs
 #      decoded and cropped to 224 (12 workers, as the ImageNet-LT preset) against torchvision's
 #      DataLoader on the same files;
-#   6. bench-more, what explains it: the training steps once more through candle's autograd
-#      (--autograd; the default is the taped executor, the backward pass walked by hand), the
-#      ResNet-32 training step once more with freed device memory released at every synchronisation
-#      (LT_CUDA_RELEASE_FREED=1, the driver's default) and with SGD's tensor ops instead of its CUDA
-#      kernel (LT_SGD_TENSOR_OPS=1), the ResNet-32 and ResNet-50 training steps with cuDNN's spatial
-#      batch-norm mode instead of its persistent one (LT_CUDNN_BN_SPATIAL=1), and one profiled
-#      training step each of ResNet-32 and ResNet-50 (every forward and backward op timed between
-#      device syncs);
+#   6. bench-more, what explains it: the ResNet-32 training step once more with freed device
+#      memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the driver's default) and
+#      with SGD's tensor ops instead of its CUDA kernel (LT_SGD_TENSOR_OPS=1), the ResNet-32 and
+#      ResNet-50 training steps with cuDNN's spatial batch-norm mode instead of its persistent one
+#      (LT_CUDNN_BN_SPATIAL=1), one profiled training step each of ResNet-32 and ResNet-50 (every
+#      forward and backward op timed between device syncs), and last the training steps once more
+#      through candle's autograd (--autograd; the default is the taped executor, the backward pass
+#      walked by hand);
 #   7. retrain: stage 2 at ImageNet-LT size, SRepr for 3 epochs on generated features (115,846 x
 #      2,048, M = 4, f16; the 2.8 GB file written to the work directory first), kept on the device;
 #   8. cpu: the CPU kernels on this machine's own CPU (often one with AVX-512, which the
@@ -390,17 +390,10 @@ print("step %.0f ms; ops: " % d["step_ms"] + ", ".join(ms % (o["op"], o["ms"]) f
 ' "$1" "$2" 2>/dev/null || echo "no profile"
 }
 
-# What the other training paths and settings are worth, and where a step spends its time.
+# What the settings are worth, where a step spends its time, and what the taped executor is worth
+# against candle's autograd (in that order, so that a budget cut takes the last).
 step_bench_more() {
   BENCH_DEADLINE=$((DEADLINE - 10))
-  # The training steps through candle's autograd (the default is the taped executor).
-  for cfg in R32 R50; do
-    local name args
-    [ "$cfg" = R32 ] && name=resnet32 && args=("${R32[@]}")
-    [ "$cfg" = R50 ] && name=resnet50 && args=("${R50[@]}")
-    bench_project "$name-train-project-tf32-autograd" 1 "${args[@]}" --mode train --autograd
-    bench_project "$name-train-project-bf16-autograd" 0 "${args[@]}" --mode train --precision bf16 --autograd
-  done
   # What keeping freed device memory in the pool is worth: the same ResNet-32 TF32 training step
   # with the driver's default (freed memory released at every synchronisation; prepare_device).
   LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${R32[@]}" --mode train
@@ -411,7 +404,6 @@ step_bench_more() {
   # is worth: the same training steps with its spatial mode.
   LT_CUDNN_BN_SPATIAL=1 bench_project resnet32-train-tf32-bn-spatial 1 "${R32[@]}" --mode train
   LT_CUDNN_BN_SPATIAL=1 bench_project resnet50-train-tf32-bn-spatial 1 "${R50[@]}" --mode train
-  bench_table
   # Where a ResNet-32 training step (taped executor) spends its time, forward and backward.
   run_step "profile resnet32 train" 30 "$LOGS/profile-resnet32.log" "$LT" bench backbone \
     --device "$DEVICE" --arch resnet32 --classes 10 --batch 128 --size 32 --steps 3 --warmup 2 --mode train \
@@ -423,6 +415,16 @@ step_bench_more() {
     --arch resnet50 --classes 1000 --batch 64 --size 224 --steps 3 --warmup 2 --mode train --tf32 --profile
   record "profile resnet50 train b64 TF32" "$LAST_STATUS" "$LAST_SECONDS" \
     "$(profile_result "$LOGS/profile-resnet50.log" 0)"
+  # Last, as they matter least: the training steps through candle's autograd (the default is
+  # the taped executor), bench.md's second table.
+  for cfg in R32 R50; do
+    local name args
+    [ "$cfg" = R32 ] && name=resnet32 && args=("${R32[@]}")
+    [ "$cfg" = R50 ] && name=resnet50 && args=("${R50[@]}")
+    bench_project "$name-train-project-tf32-autograd" 1 "${args[@]}" --mode train --autograd
+    bench_project "$name-train-project-bf16-autograd" 0 "${args[@]}" --mode train --precision bf16 --autograd
+  done
+  bench_table
 }
 
 # --- 3. Fashion-MNIST-LT pipeline --------------------------------------------------------------
