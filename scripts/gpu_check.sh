@@ -486,6 +486,12 @@ TOML
   if [ -n "$acc" ] && [ -n "$ref" ]; then
     verdict="$verdict, $(awk -v a="$acc" -v r="$ref" 'BEGIN { printf "%+.2f points", a - r }')"
   fi
+  # What rounding alone does: the CPU's two kernel sets differ by this much.
+  local other
+  other=$(value "$REFERENCE" srepr_accuracy_avx2)
+  if [ -n "$other" ] && [ -n "$ref" ]; then
+    verdict="$verdict; the CPU's AVX2 kernels ${other}%"
+  fi
   verdict="$verdict); SWA ${swa:-?}% (CPU ${swa_ref:-?}%); stage 1 $(value "$run/result.txt" seconds_train) s$fallback"
   record "fmnist-lt 6 epochs + SRepr" "$LAST_STATUS" "$LAST_SECONDS" "$verdict"
 }
