@@ -19,19 +19,30 @@ use cudarc::cudnn::sys;
 
 /// Inference's mode, and training's where the persistent one is not used ([`training_call`]).
 const SPATIAL: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
-/// Training's mode: cuDNN's optimised kernels for NHWC activations, as PyTorch takes for
-/// channels-last training (its spatial mode otherwise).
+/// Training's mode for `f32` activations: cuDNN's kernels for NHWC activations, as PyTorch takes
+/// for channels-last training (its spatial mode otherwise). `bf16` batch norm keeps the spatial
+/// mode (PyTorch does not send it to cuDNN at all, so nothing vouches for it in this mode).
 const PERSISTENT: sys::cudnnBatchNormMode_t = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL_PERSISTENT;
 
-/// Set once cuDNN has refused a training call in the persistent mode, per activation type (`f32`,
-/// `bf16`): the spatial mode from then on, in this process.
-static PERSISTENT_REFUSED: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+/// Set once cuDNN has refused an `f32` training call in the persistent mode: the spatial mode from
+/// then on, for every shape, forward and backward, in this process.
+static PERSISTENT_REFUSED: AtomicBool = AtomicBool::new(false);
 
-/// Runs a training call (`call`, for the messages) on activations of type `dt` as `f(mode)`: in
-/// the persistent mode, or in the spatial mode where [`crate::ops::BN_SPATIAL_ENV`] is `1` or
-/// cuDNN has refused the persistent one for `dt` in this process (warned once, and the call made
-/// again in the spatial mode). Both modes take and give the same per-channel statistics, so a
-/// forward pass in one and a backward pass in the other agree.
+/// Whether a failed call's `status` is a refusal of what it was asked (returned before any work
+/// was launched), rather than a failure while running it.
+fn refusal(status: sys::cudnnStatus_t) -> bool {
+    let name = format!("{status:?}");
+    name.contains("NOT_SUPPORTED") || name.contains("BAD_PARAM")
+}
+
+/// Runs a training call (`call`, for the messages) on activations of type `dt` as `f(mode)`: for
+/// `f32` in the persistent mode, unless [`crate::ops::BN_SPATIAL_ENV`] is `1` or cuDNN has refused
+/// it in this process; otherwise in the spatial mode. A refusal of the persistent mode (a
+/// not-supported or bad-parameter status, returned before anything runs) makes the call again in
+/// the spatial mode, and when that succeeds the process keeps the spatial mode, warned once; any
+/// other failure is the call's error (a retry could fold the batch into the running statistics
+/// twice). Both modes take and give the same per-channel statistics, so a forward pass in one and
+/// a backward pass in the other agree.
 fn training_call(
     call: &'static str,
     dt: Dt,
@@ -40,19 +51,23 @@ fn training_call(
     static SPATIAL_ASKED: OnceLock<bool> = OnceLock::new();
     let asked =
         *SPATIAL_ASKED.get_or_init(|| std::env::var(crate::ops::BN_SPATIAL_ENV).is_ok_and(|v| v == "1"));
-    let refused = &PERSISTENT_REFUSED[usize::from(dt == Dt::Bf16)];
-    if !asked && !refused.load(Ordering::Relaxed) {
-        let status = f(PERSISTENT);
-        if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-            return Ok(());
-        }
-        if !refused.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "cuDNN refused the persistent batch-norm mode for [{dt:?}] ({call}: {status:?}); using its spatial mode from now on"
-            );
-        }
+    if dt != Dt::F32 || asked || PERSISTENT_REFUSED.load(Ordering::Relaxed) {
+        return check(call, f(SPATIAL));
     }
-    check(call, f(SPATIAL))
+    let status = f(PERSISTENT);
+    if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        return Ok(());
+    }
+    if !refusal(status) {
+        return check(call, status);
+    }
+    check(call, f(SPATIAL))?;
+    if !PERSISTENT_REFUSED.swap(true, Ordering::Relaxed) {
+        tracing::warn!(
+            "cuDNN refused the persistent batch-norm mode for [{dt:?}] ({call}: {status:?}); using its spatial mode from now on"
+        );
+    }
+    Ok(())
 }
 
 /// The packed layout of the results for activations of shape `s`.
