@@ -42,8 +42,9 @@ fn set_attribute(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute, mut va
 }
 
 /// Hands the freed memory the device's default pool keeps for reuse back to the driver, once the
-/// device has finished what is queued (so that allocations outside the pool, cuDNN's own, can
-/// have it): after running out of memory. Whether it did.
+/// device's stream (this thread's, candle's `synchronize`) has finished what is queued, so that
+/// allocations outside the pool, cuDNN's own, can have it: after running out of memory. Memory
+/// freed on other threads' streams and not yet reached stays in the pool. Whether it did.
 pub(crate) fn release_kept(device: &Device) -> bool {
     let Some(pool) = default_pool(device) else { return false };
     if device.synchronize().is_err() {

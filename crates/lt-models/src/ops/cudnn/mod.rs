@@ -137,6 +137,9 @@ impl Input {
 /// [`fall_back`]).
 static REFUSED: std::sync::Mutex<Vec<(&'static str, Input)>> = std::sync::Mutex::new(Vec::new());
 
+/// The ops that have run out of memory in this process (each warned about once, see [`fall_back`]).
+static OUT_OF_MEMORY: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
 /// What runs an op that cuDNN refused (see [`fall_back`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Instead {
@@ -155,7 +158,7 @@ pub(crate) enum Instead {
 /// Running out of memory (`ops::out_of_memory`) is not a refusal: nothing is recorded (the next
 /// call asks cuDNN again), the device's memory pool hands back the freed memory it keeps for
 /// reuse (cuDNN's own allocations do not come from it), and the caller's fallback runs this
-/// once, warned about each time.
+/// once; the first time for each op is warned about, later ones are logged at debug level.
 pub(crate) fn fall_back(
     what: &'static str,
     on: &candle_core::Tensor,
@@ -167,16 +170,28 @@ pub(crate) fn fall_back(
         Instead::CudnnInF32 => "cuDNN in f32",
     };
     if super::out_of_memory(e) {
-        let released = memory::release_kept(on.device());
+        let released = if memory::release_kept(on.device()) {
+            "the pool's kept memory was released"
+        } else {
+            "the pool's kept memory could not be released"
+        };
         let (dims, dtype) = (on.dims(), on.dtype());
-        tracing::warn!(
-            "cuDNN ran out of memory in {what} for {dims:?} {dtype:?} ({e}); {}; using {instead} this once",
-            if released {
-                "the pool's kept memory was released"
-            } else {
-                "the pool's kept memory could not be released"
+        let first = OUT_OF_MEMORY.lock().map(|mut ops| {
+            let first = !ops.contains(&what);
+            if first {
+                ops.push(what);
             }
-        );
+            first
+        });
+        if first.unwrap_or(true) {
+            tracing::warn!(
+                "cuDNN ran out of memory in {what} for {dims:?} {dtype:?} ({e}); {released}; using {instead} this once"
+            );
+        } else {
+            tracing::debug!(
+                "cuDNN ran out of memory in {what} for {dims:?} {dtype:?} again ({e}); {released}; using {instead} this once"
+            );
+        }
         return;
     }
     let input = Input::of(on);

@@ -230,9 +230,16 @@ fn gradients(
             // Whose refusal it was, the plain pass says: the ReLU's only when it runs (a refused
             // batch norm fails both, and its caller's fallback takes over).
             Err(e) if fused => {
+                // Out of memory: the pool's kept memory released first, for the plain pass.
+                let oom = crate::ops::out_of_memory(&e);
+                if oom {
+                    cudnn::fall_back(RELU_IN_BACKWARD, x, cudnn::Instead::Candle, &e);
+                }
                 let plain = op(false);
                 let dx = x.apply_op3_no_bwd(y, &masked()?, &plain)?;
-                cudnn::fall_back(RELU_IN_BACKWARD, x, cudnn::Instead::Candle, &e);
+                if !oom {
+                    cudnn::fall_back(RELU_IN_BACKWARD, x, cudnn::Instead::Candle, &e);
+                }
                 (plain, dx)
             }
             Err(e) => return Err(e),
