@@ -45,7 +45,8 @@ impl Sgd {
     /// # Errors
     /// A parameter without a gradient in `grads` is an error (nothing is updated): a step must
     /// never leave part of a model untrained without a word. Pass only the parameters to train.
-    /// So is a parameter listed twice (it would be updated twice, on CUDA by two blocks at once).
+    /// So is a parameter listed twice (it would be updated twice, on CUDA by two blocks at once),
+    /// or a name given to two parameters (their momentum buffers are kept by name).
     pub fn step(&mut self, params: &[(String, Var)], grads: &GradStore, lr: f64) -> candle_core::Result<()> {
         if let Some((name, _)) = params.iter().find(|(_, v)| grads.get(v.as_tensor()).is_none()) {
             candle_core::bail!(
@@ -55,6 +56,10 @@ impl Sgd {
         let mut seen = std::collections::HashSet::with_capacity(params.len());
         if let Some((name, _)) = params.iter().find(|(_, v)| !seen.insert(v.as_tensor().id())) {
             candle_core::bail!("SGD step: parameter `{name}` is listed twice (or is another's variable)");
+        }
+        let mut names = std::collections::HashSet::with_capacity(params.len());
+        if let Some((name, _)) = params.iter().find(|(n, _)| !names.insert(n)) {
+            candle_core::bail!("SGD step: two parameters are named `{name}` (momentum is kept by name)");
         }
         self.step_with(params, grads, lr, true)
     }
@@ -410,12 +415,18 @@ mod tests {
     }
 
     #[test]
-    fn a_parameter_listed_twice_is_an_error_and_nothing_moves() {
+    fn a_parameter_or_a_name_listed_twice_is_an_error_and_nothing_moves() {
         let a = Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
         let grads = a.as_tensor().sum_all().unwrap().backward().unwrap();
         let twice = [("a".to_string(), a.clone()), ("also a".to_string(), a.clone())];
         let err = Sgd::new(0.9, false, 0.0).step(&twice, &grads, 0.5).unwrap_err();
         assert!(err.to_string().contains("`also a` is listed twice"), "{err}");
         assert_eq!(a.as_tensor().to_vec1::<f32>().unwrap(), [1.0, 2.0]);
+        let b = Var::new(&[3f32], &Device::Cpu).unwrap();
+        let loss = (a.as_tensor().sum_all().unwrap() + b.as_tensor().sum_all().unwrap()).unwrap();
+        let one_name = [("a".to_string(), a.clone()), ("a".to_string(), b.clone())];
+        let err = Sgd::new(0.9, false, 0.0).step(&one_name, &loss.backward().unwrap(), 0.5).unwrap_err();
+        assert!(err.to_string().contains("two parameters are named `a`"), "{err}");
+        assert_eq!(b.as_tensor().to_vec1::<f32>().unwrap(), [3.0]);
     }
 }
