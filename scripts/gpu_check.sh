@@ -39,7 +39,7 @@
 #   7. retrain: stage 2 at ImageNet-LT size, SRepr for 3 epochs on generated features (115,846 x
 #      2,048, M = 4, f16; the 2.8 GB file written to the work directory first), kept on the device;
 #   8. cpu: the CPU kernels on this machine's own CPU (often one with AVX-512, which the
-#      development machine lacks): ResNet-32 batch 128 train step and eval with each kernel set the
+#      development machine may lack): ResNet-32 batch 128 train step and eval with each kernel set the
 #      CPU has (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
 # They run in that order, by priority: a budget cut takes the last ones.
 # Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
@@ -257,11 +257,12 @@ step_selftest() {
     -e 's/.*cuDNN refused \([^[]*\) for \[.*/\1/p' "$LOGS/selftest.txt" | sort -u | wc -l)
   record "cuDNN refusals (fallbacks)" "$([ "$fallbacks" -eq 0 ] && echo ok || echo WARN)" 0 \
     "$fallbacks op kind(s) run another way (grep \"cuDNN refused\" selftest.txt)"
-  # A cuDNN call that ran out of device memory (not a refusal: the other way ran that once).
+  # Ops whose cuDNN call ran out of device memory (not a refusal: the other way ran that once;
+  # each process warns once per op, later ones at debug level).
   local oom
-  oom=$(grep -c "cuDNN ran out of memory" "$LOGS/selftest.txt")
+  oom=$(sed -n 's/.*cuDNN ran out of memory in \(.*\) for \[.*/\1/p' "$LOGS/selftest.txt" | sort -u | wc -l)
   record "cuDNN out of memory" "$([ "$oom" -eq 0 ] && echo ok || echo WARN)" 0 \
-    "$oom call(s) ran out of memory (grep \"cuDNN ran out of memory\" selftest.txt)"
+    "$oom op kind(s) ran out of memory at least once (grep \"cuDNN ran out of memory\" selftest.txt)"
 }
 
 # --- 4. benchmark, and 6. what explains it (bench-more) -------------------------------------
@@ -400,7 +401,7 @@ step_bench_more() {
   # What SGD's in-place CUDA kernel is worth: the same step with its tensor ops (nine kernels
   # and allocations per parameter instead of one launch for all 95).
   LT_SGD_TENSOR_OPS=1 bench_project resnet32-train-tf32-sgd-tensor-ops 1 "${R32[@]}" --mode train
-  # What cuDNN's persistent batch-norm mode (training's default, as PyTorch's for channels-last)
+  # What cuDNN's persistent batch-norm mode (f32 training's default, as PyTorch's for channels-last)
   # is worth: the same training steps with its spatial mode.
   LT_CUDNN_BN_SPATIAL=1 bench_project resnet32-train-tf32-bn-spatial 1 "${R32[@]}" --mode train
   LT_CUDNN_BN_SPATIAL=1 bench_project resnet50-train-tf32-bn-spatial 1 "${R50[@]}" --mode train
