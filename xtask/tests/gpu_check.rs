@@ -22,7 +22,7 @@ WARN lt_models: cuDNN refused the convolution ConvShape { n: 4, c: 64, h: 8, w: 
 WARN lt_models: cuDNN refused bf16 max pooling for [4, 8, 8, 64] BF16 (cuDNN failed); using candle's kernels for it
 WARN lt_models: cuDNN refused bf16 batch norm (training) for [4, 8, 8, 64] BF16 (cuDNN failed); using f32 for it
 WARN lt_models: cuDNN refused the convolution ConvShape { n: 4, c: 32, h: 16, w: 16 } Bf16, no channels-last algorithm (cuDNN failed); using candle's convolution
-WARN lt_models: cuDNN refused the persistent batch-norm mode for [Bf16] (cudnnBatchNormalizationForwardTraining: CUDNN_STATUS_NOT_SUPPORTED); using its spatial mode from now on
+WARN lt_models: cuDNN refused the persistent batch-norm mode for [F32] (cudnnBatchNormalizationForwardTraining: CUDNN_STATUS_NOT_SUPPORTED); using its spatial mode from now on
 WARN lt_models: cuDNN ran out of memory in bf16 max pooling for [4, 8, 8, 64] BF16 (DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")); the pool's kept memory was released; using candle's kernels this once
 WARN lt_models: cuDNN ran out of memory in bf16 max pooling for [4, 32, 32, 16] BF16 (DriverError(CUDA_ERROR_OUT_OF_MEMORY, \"out of memory\")); the pool's kept memory was released; using candle's kernels this once
 FAIL taped: its process was ended by signal 11 (SIGSEGV); its checks are not counted
