@@ -40,8 +40,7 @@ pub(super) fn load(dev: &CudaDevice) -> candle_core::Result<()> {
     step(&[(p.clone(), g, buf.clone())], (mu, wd, lr, true))?;
     let cpu = candle_core::Device::Cpu;
     let (cp, cg, cb) = (on(&cpu, start[0])?, on(&cpu, start[1])?, on(&cpu, start[2])?);
-    cb.inplace_op3(&cg, &cp, &super::MomentumPass { mu, wd })?;
-    cp.inplace_op3(&cg, &cb, &super::ParameterPass { lr, wd, nesterov: Some(mu) })?;
+    super::host_passes((&cp, &cg, &cb), (mu, wd, lr, true))?;
     let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
         Ok(t.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
     };

@@ -10,7 +10,8 @@
 //! CUDA (feature `cuda`) both passes fused in one kernel that updates up to 96 parameters per
 //! launch (one launch for ResNet-32's, where the tensor ops take nine kernels and allocations per
 //! parameter); elsewhere (another dtype, the first step's new buffer, a CUDA driver that cannot
-//! load the kernel or whose trial step does not give the CPU's bits) the tensor ops run. [`check_in_place_passes`] compares both on a device.
+//! load the kernel or whose trial step does not give the CPU's bits) the tensor ops run.
+//! [`check_in_place_passes`] compares both on a device.
 
 #[cfg(feature = "cuda")]
 mod cuda;
@@ -84,9 +85,7 @@ impl Sgd {
                     if p.device().is_cuda() {
                         on_cuda.push((p, g.clone(), buf.clone()));
                     } else {
-                        buf.inplace_op3(g, &p, &MomentumPass { mu, wd })?;
-                        let nesterov = self.nesterov.then_some(mu);
-                        p.inplace_op3(g, buf, &ParameterPass { lr: lr as f32, wd, nesterov })?;
+                        host_passes((&p, g, buf), (mu, wd, lr as f32, self.nesterov))?;
                     }
                     continue;
                 }
@@ -141,6 +140,16 @@ impl Sgd {
         self.buffers = buffers;
         Ok(())
     }
+}
+
+/// The CPU's step with momentum on one parameter `p`, its gradient `g` and its buffer `buf`
+/// (contiguous `f32` CPU tensors of one shape): the two in-place passes.
+fn host_passes(
+    (p, g, buf): (&Tensor, &Tensor, &Tensor),
+    (mu, wd, lr, nesterov): (f32, f32, f32, bool),
+) -> candle_core::Result<()> {
+    buf.inplace_op3(g, p, &MomentumPass { mu, wd })?;
+    p.inplace_op3(g, buf, &ParameterPass { lr, wd, nesterov: nesterov.then_some(mu) })
 }
 
 /// Whether the in-place passes can update these tensors: all `f32`, contiguous, of one shape, on
@@ -214,44 +223,54 @@ fn check_values(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
+/// The momentum, Nesterov and weight-decay settings of the SGD checks.
+const CHECK_SETTINGS: [(f64, bool, f64); 4] =
+    [(0.9, true, 5e-4), (0.9, false, 5e-4), (0.5, true, 0.0), (0.9, false, 0.0)];
+
+/// The SGD checks' parameters on `device`: the shapes of [`check_shapes`], deterministic values.
+fn check_params(device: &candle_core::Device) -> candle_core::Result<Vec<(String, Var)>> {
+    check_shapes()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let t = Tensor::from_vec(check_values(s.iter().product(), i as u32), &s[..], device)?;
+            Ok((format!("p{i}"), Var::from_tensor(&t)?))
+        })
+        .collect()
+}
+
+/// The gradients of the SGD checks' loss at `step` for `params`: the sum of `p * c`, so that
+/// each gradient is its `c` (deterministic values, other at each step).
+fn check_grads(params: &[(String, Var)], step: u32) -> candle_core::Result<GradStore> {
+    let Some((_, first)) = params.first() else { candle_core::bail!("SGD check: no parameters") };
+    let mut loss = Tensor::new(0f32, first.device())?;
+    for (i, (_, v)) in params.iter().enumerate() {
+        let c = check_values(v.elem_count(), 100 + 10 * step + i as u32);
+        let c = Tensor::from_vec(c, v.dims(), v.device())?;
+        loss = (loss + (v.as_tensor() * c)?.sum_all()?)?;
+    }
+    loss.backward()
+}
+
 /// Runs four SGD steps on `device` for several momentum, Nesterov and weight-decay settings
 /// (100 parameters of 1 to 196,625 values, so that the CUDA kernel runs two launches), once with
 /// the in-place passes and once with the tensor ops, and counts the values whose bits differ (for
-/// `lt selftest` on a GPU; the CPU's test runs it too). An error when a step fails or the first step leaves the parameter as it was.
+/// `lt selftest` on a GPU; the CPU's test runs it too). An error when a step fails or the first
+/// step leaves the parameter as it was.
 pub fn check_in_place_passes(device: &candle_core::Device) -> candle_core::Result<PassCheck> {
     let shapes = check_shapes();
     let (mut differing, mut compared) = (0usize, 0usize);
     let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
         Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
     };
-    let settings = [(0.9, true, 5e-4), (0.9, false, 5e-4), (0.5, true, 0.0), (0.9, false, 0.0)];
-    for (momentum, nesterov, wd) in settings {
-        let make = || -> candle_core::Result<Vec<(String, Var)>> {
-            shapes
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let t = Tensor::from_vec(check_values(s.iter().product(), i as u32), &s[..], device)?;
-                    Ok((format!("p{i}"), Var::from_tensor(&t)?))
-                })
-                .collect()
-        };
-        let (fused, plain) = (make()?, make()?);
+    for (momentum, nesterov, wd) in CHECK_SETTINGS {
+        let (fused, plain) = (check_params(device)?, check_params(device)?);
         let (mut a, mut b) = (Sgd::new(momentum, nesterov, wd), Sgd::new(momentum, nesterov, wd));
         for step in 0..4u32 {
-            // The same loss on both copies: sum of p * c, so the gradient is c.
-            let grads = |params: &[(String, Var)]| -> candle_core::Result<GradStore> {
-                let mut loss = Tensor::new(0f32, device)?;
-                for (i, (_, v)) in params.iter().enumerate() {
-                    let c = check_values(v.elem_count(), 100 + 10 * step + i as u32);
-                    let c = Tensor::from_vec(c, v.dims(), device)?;
-                    loss = (loss + (v.as_tensor() * c)?.sum_all()?)?;
-                }
-                loss.backward()
-            };
+            // The same loss on both copies.
             let lr = 0.1 / (1 + step) as f64;
-            a.step_with(&fused, &grads(&fused)?, lr, true)?;
-            b.step_with(&plain, &grads(&plain)?, lr, false)?;
+            a.step_with(&fused, &check_grads(&fused, step)?, lr, true)?;
+            b.step_with(&plain, &check_grads(&plain, step)?, lr, false)?;
             if step == 0 {
                 let start = Tensor::from_vec(check_values(shapes[0][0], 0), shapes[0][0], device)?;
                 if bits(plain[0].1.as_tensor())? == bits(&start)? {

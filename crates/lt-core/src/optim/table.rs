@@ -141,8 +141,8 @@ mod tests {
     /// bits. The second step of each, so that the momentum buffers hold values.
     #[test]
     fn the_kernel_run_on_the_host_gives_the_tensor_ops_bits() {
-        use super::super::{check_shapes, check_values, Sgd};
-        use candle_core::{Device, Tensor, Var};
+        use super::super::{check_grads, check_params, check_shapes, Sgd, CHECK_SETTINGS};
+        use candle_core::{Device, Tensor};
         let dir = tempfile::tempdir().unwrap();
         let exe = dir.path().join("kernel_on_host");
         let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
@@ -157,27 +157,11 @@ mod tests {
         let sizes: Vec<usize> = shapes.iter().map(|s| s.iter().product()).collect();
         let launches = step_launches(&sizes).unwrap();
         assert_eq!(launches.len(), 2);
-        for (momentum, nesterov, wd) in
-            [(0.9, true, 5e-4), (0.9, false, 5e-4), (0.5, true, 0.0), (0.9, false, 0.0)]
-        {
-            let params: Vec<(String, Var)> = (0..shapes.len())
-                .map(|i| {
-                    let t = Tensor::from_vec(check_values(sizes[i], i as u32), &shapes[i][..], &Device::Cpu);
-                    (format!("p{i}"), Var::from_tensor(&t.unwrap()).unwrap())
-                })
-                .collect();
-            let grads = |step: u32| {
-                let mut loss = Tensor::new(0f32, &Device::Cpu).unwrap();
-                for (i, (_, v)) in params.iter().enumerate() {
-                    let c = check_values(sizes[i], 100 + 10 * step + i as u32);
-                    let c = Tensor::from_vec(c, v.dims(), &Device::Cpu).unwrap();
-                    loss = (loss + (v.as_tensor() * c).unwrap().sum_all().unwrap()).unwrap();
-                }
-                loss.backward().unwrap()
-            };
+        for (momentum, nesterov, wd) in CHECK_SETTINGS {
+            let params = check_params(&Device::Cpu).unwrap();
             let mut sgd = Sgd::new(momentum, nesterov, wd);
-            sgd.step_with(&params, &grads(0), 0.1, false).unwrap();
-            let g = grads(1);
+            sgd.step_with(&params, &check_grads(&params, 0).unwrap(), 0.1, false).unwrap();
+            let g = check_grads(&params, 1).unwrap();
             let values = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
             let mut input: Vec<u8> = Vec::new();
             for v in [momentum as f32, wd as f32, 0.05f32] {
