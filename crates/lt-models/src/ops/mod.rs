@@ -136,9 +136,10 @@ pub fn reset_device_memory_peak(device: &candle_core::Device) {
 /// keeping it is worth.
 pub const RELEASE_FREED_ENV: &str = "LT_CUDA_RELEASE_FREED";
 
-/// Name of the environment variable that, set to `1`, runs training batch norm in cuDNN's spatial
-/// mode instead of its persistent one (the default, PyTorch's for channels-last training); for
-/// measuring what the persistent mode is worth, or ruling it out.
+/// Name of the environment variable that, set to `1`, runs training batch norm on `f32`
+/// activations in cuDNN's spatial mode instead of its persistent one (the default there,
+/// PyTorch's for channels-last training; `bf16` always takes the spatial mode); for measuring what
+/// the persistent mode is worth, or ruling it out.
 pub const BN_SPATIAL_ENV: &str = "LT_CUDNN_BN_SPATIAL";
 
 /// Prepares a CUDA `device` for training and evaluation; no effect on the CPU, or in a build
