@@ -8,6 +8,8 @@ Ratios: the project's f32 (full FP32 convolutions) against PyTorch's f32 with TF
 (cuDNN's TF32 allowed), and the project's bf16 mixed precision against PyTorch's bf16 autocast
 (channels-last). Memory: the peak of the device's memory pool for the project (or what
 nvidia-smi saw, including the CUDA context), torch.cuda.max_memory_allocated for PyTorch.
+Further tables: the taped executor against candle's autograd, and the settings that
+bench-more changes one at a time against the default step of the same call.
 """
 import json
 import sys
@@ -28,6 +30,8 @@ def main():
         impl = d.get("impl", "")
         if "autograd" in impl:
             name = "autograd-bf16" if d.get("precision") == "bf16" else ("autograd-tf32" if d.get("tf32") else "autograd-f32")
+        elif "-tf32-" in impl and "project" not in impl:
+            name = "setting:" + impl.split("-tf32-", 1)[1]
         elif "project-tf32" in impl:
             name = "project-tf32"
         elif "project" in impl and d.get("precision") == "bf16":
@@ -88,6 +92,30 @@ def main():
             gain_b = f"{bt / ba:.2f}x" if bt and ba else "-"
             print(f"| {arch} {mode} b{batch} {size}x{size} | {fmt(tt)} | {fmt(ta)} | {gain_t} | {fmt(bt)} | {fmt(ba)} "
                   f"| {gain_b} | {fmt(mem(r, 'project-tf32'))} / {fmt(mem(r, 'autograd-tf32'))} |")
+    settings = [(k, r) for k, r in sorted(rows.items(), key=order) if any(n.startswith("setting:") for n in r)]
+    if settings:
+        print()
+        print("The TF32 training step with one setting changed (bench-more) against the default, measured in the "
+              "same call, img/s:")
+        print()
+        print("| configuration | setting changed | img/s | default img/s | changed / default "
+              "| peak MiB changed / default |")
+        print("|---|---|---|---|---|---|")
+        for (arch, mode, batch, size), r in settings:
+            base = ips(r, "project-tf32")
+            for n in sorted(n for n in r if n.startswith("setting:")):
+                v = ips(r, n)
+                gain = f"{v / base:.2f}x" if v and base else "-"
+                print(f"| {arch} {mode} b{batch} {size}x{size} | {SETTINGS.get(n[8:], n[8:])} | {fmt(v)} | {fmt(base)} "
+                      f"| {gain} | {fmt(mem(r, n))} / {fmt(mem(r, 'project-tf32'))} |")
+
+
+# What each bench-more setting changes, by the suffix of its row's name.
+SETTINGS = {
+    "pool-released": "freed memory released at every sync (LT_CUDA_RELEASE_FREED=1)",
+    "sgd-tensor-ops": "SGD's tensor ops, not its kernel (LT_SGD_TENSOR_OPS=1)",
+    "bn-spatial": "cuDNN's spatial batch norm, not persistent (LT_CUDNN_BN_SPATIAL=1)",
+}
 
 if __name__ == "__main__":
     main()

@@ -5,9 +5,12 @@
 #
 #   bash scripts/gpu_check.sh        # output under $OUT (or dist/cuda/out); step logs: logs.tar.gz
 #
-# Steps, each with its own time limit and all within one budget (CHECK_BUDGET, 540 s: a step
-# that would run past it gets the time left, or is skipped), so the summary is printed within
-# about 9 minutes; a failing step does not stop the others, and one summary table is printed last:
+# Steps, each with its own time limit and all within one budget (CHECK_BUDGET, 340 s: a step
+# that would run past it gets the time left, or is skipped), so that one call prints its summary
+# within 6 minutes; a failing step does not stop the others, and one summary table is printed
+# last. The check is two such calls, by priority: the first (the default) runs steps 2-4, what
+# the issue's "done when" reads; the second, GPU_CHECK_STEPS=more, runs steps 5-8, what explains
+# it (the summary's last line names the steps a call left out). The setup runs in both:
 #   1. setup: unpack dist/cuda/lt.xz (python3's lzma), library path from PyTorch's NVIDIA wheels,
 #      nvidia-smi, missing libraries (ldd);
 #   2. selftest: lt selftest --device cuda, every golden check of both backends, strict f32 (TF32
@@ -35,18 +38,20 @@
 #      (LT_CUDNN_BN_SPATIAL=1), one profiled training step each of ResNet-32 and ResNet-50 (every
 #      forward and backward op timed between device syncs), and last the training steps once more
 #      through candle's autograd (--autograd; the default is the taped executor, the backward pass
-#      walked by hand);
+#      walked by hand); each against the default step measured in the same call (step 4's rows,
+#      or measured first when this call has none), in a table of its own in bench.md;
 #   7. retrain: stage 2 at ImageNet-LT size, SRepr for 3 epochs on generated features (115,846 x
 #      2,048, M = 4, f16; the 2.8 GB file written to the work directory first), kept on the device;
 #   8. cpu: the CPU kernels on this machine's own CPU (often one with AVX-512, which the
 #      development machine may lack): ResNet-32 batch 128 train step and eval with each kernel set the
 #      CPU has (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
-# They run in that order, by priority: a budget cut takes the last ones.
+# Within a call they run in that order: a budget cut takes the last ones.
 # Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
 # GPU_CHECK_DEVICE (default cuda; `cpu` runs the same steps on the CPU, for a dry run),
-# CHECK_BUDGET (seconds for all steps, default 540), GPU_CHECK_STEPS (some of selftest pipeline
-# bench loader bench-more retrain cpu, to rerun what failed; the setup always runs), GPU_CHECK_KEEP=1
-# (keep the work directory).
+# CHECK_BUDGET (seconds for all steps, default 340), GPU_CHECK_STEPS (the steps of this call:
+# `done-when` (the default: selftest pipeline bench), `more` (loader bench-more retrain cpu),
+# `all`, or some of selftest pipeline bench loader bench-more retrain cpu, to rerun what failed;
+# the setup always runs), GPU_CHECK_KEEP=1 (keep the work directory).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -67,7 +72,7 @@ REFERENCE="$ROOT/scripts/gpu_check_reference.txt"
 SUMMARY="$OUT/summary.tsv"
 : >"$SUMMARY"
 START_ALL=$(date +%s)
-CHECK_BUDGET=${CHECK_BUDGET:-540}
+CHECK_BUDGET=${CHECK_BUDGET:-340}
 DEADLINE=$((START_ALL + CHECK_BUDGET))
 # Set by the selftest step when a fast path failed its checks: the pipeline then avoids it.
 PIPELINE_TRAIN_ARGS=""
@@ -326,6 +331,11 @@ print("%.0f img/s%s" % (d["images_per_sec"], share))' "$json")
   record "bench $name" "$LAST_STATUS" "$LAST_SECONDS" "$result"
 }
 
+# bench_default NAME TF32(0|1) ARGS...: bench_project, unless this call's bench.jsonl has the row.
+bench_default() {
+  grep -qF "\"impl\": \"$1\"" "$OUT/bench.jsonl" 2>/dev/null || bench_project "$@"
+}
+
 # bench_torch NAME ARGS...: the PyTorch variants of one configuration in one process.
 bench_torch() {
   local name=$1 limit
@@ -357,9 +367,10 @@ bench_limit() {
 # The project (f32, TF32, bf16) against PyTorch, ResNet-32 and ResNet-50, training and eval.
 step_bench() {
   : >"$OUT/bench.jsonl"
-  # The comparison with PyTorch first, leaving 45 s for the loader; the extra rows
-  # (step_bench_more) get what is left after it.
-  BENCH_DEADLINE=$((DEADLINE - 45))
+  # The comparison with PyTorch first, leaving 45 s for the loader when this call runs it; the
+  # extra rows (step_bench_more) get what is left after it.
+  BENCH_DEADLINE=$DEADLINE
+  case " $STEPS " in *" loader "*) BENCH_DEADLINE=$((DEADLINE - 45)) ;; esac
   for mode in train eval; do
     bench_project "resnet32-$mode-project-f32" 0 "${R32[@]}" --mode "$mode"
     bench_project "resnet32-$mode-project-tf32" 1 "${R32[@]}" --mode "$mode"
@@ -395,6 +406,8 @@ print("step %.0f ms; ops: " % d["step_ms"] + ", ".join(ms % (o["op"], o["ms"]) f
 # against candle's autograd (in that order, so that a budget cut takes the last).
 step_bench_more() {
   BENCH_DEADLINE=$((DEADLINE - 10))
+  # The default step each row is compared with, measured in this call: step 4's row, or now.
+  bench_default resnet32-train-project-tf32 1 "${R32[@]}" --mode train
   # What keeping freed device memory in the pool is worth: the same ResNet-32 TF32 training step
   # with the driver's default (freed memory released at every synchronisation; prepare_device).
   LT_CUDA_RELEASE_FREED=1 bench_project resnet32-train-tf32-pool-released 1 "${R32[@]}" --mode train
@@ -404,6 +417,7 @@ step_bench_more() {
   # What cuDNN's persistent batch-norm mode (f32 training's default, as PyTorch's for channels-last)
   # is worth: the same training steps with its spatial mode.
   LT_CUDNN_BN_SPATIAL=1 bench_project resnet32-train-tf32-bn-spatial 1 "${R32[@]}" --mode train
+  bench_default resnet50-train-project-tf32 1 "${R50[@]}" --mode train
   LT_CUDNN_BN_SPATIAL=1 bench_project resnet50-train-tf32-bn-spatial 1 "${R50[@]}" --mode train
   # Where a ResNet-32 training step (taped executor) spends its time, forward and backward.
   run_step "profile resnet32 train" 30 "$LOGS/profile-resnet32.log" "$LT" bench backbone \
@@ -423,6 +437,7 @@ step_bench_more() {
     [ "$cfg" = R32 ] && name=resnet32 && args=("${R32[@]}")
     [ "$cfg" = R50 ] && name=resnet50 && args=("${R50[@]}")
     bench_project "$name-train-project-tf32-autograd" 1 "${args[@]}" --mode train --autograd
+    bench_default "$name-train-project-bf16" 0 "${args[@]}" --mode train --precision bf16
     bench_project "$name-train-project-bf16-autograd" 0 "${args[@]}" --mode train --precision bf16 --autograd
   done
   bench_table
@@ -588,21 +603,38 @@ step_cpu() {
 # The steps by priority: what the issue's "done when" reads (the golden checks, the pipeline, the
 # ratios against PyTorch) before what explains them, so that a budget cut takes the extras.
 # GPU_CHECK_STEPS runs some of them (a rerun of what failed); the setup always runs.
-STEPS=${GPU_CHECK_STEPS:-selftest pipeline bench loader bench-more retrain cpu}
+ALL_STEPS="selftest pipeline bench loader bench-more retrain cpu"
+STEPS=""
+for s in ${GPU_CHECK_STEPS:-done-when}; do
+  case $s in
+    done-when) STEPS="$STEPS selftest pipeline bench" ;;
+    more) STEPS="$STEPS loader bench-more retrain cpu" ;;
+    all) STEPS="$STEPS $ALL_STEPS" ;;
+    *) STEPS="$STEPS $s" ;;
+  esac
+done
 for s in $STEPS; do
   case $s in
     selftest | pipeline | bench | bench-more | loader | retrain | cpu) ;;
     *)
-      echo "GPU_CHECK_STEPS: unknown step '$s' (selftest pipeline bench loader bench-more retrain cpu)" >&2
+      echo "GPU_CHECK_STEPS: unknown step '$s' (done-when, more, all, or some of $ALL_STEPS)" >&2
       rm -rf "$WORK"
       exit 2
       ;;
   esac
 done
 step_setup
+# LEFT: the steps this call did not run, or began with its budget used up.
+LEFT=""
+for s in $ALL_STEPS; do
+  case " $STEPS " in *" $s "*) ;; *) LEFT="$LEFT $s" ;; esac
+done
 for s in $STEPS; do
+  [ $((DEADLINE - $(date +%s))) -lt 10 ] && LEFT="$LEFT $s"
   "step_${s//-/_}"
 done
+LEFT=$(for s in $ALL_STEPS; do case " $LEFT " in *" $s "*) printf '%s ' "$s" ;; esac; done)
+LEFT=${LEFT% }
 
 TOTAL=$(($(date +%s) - START_ALL))
 {
@@ -619,6 +651,11 @@ TOTAL=$(($(date +%s) - START_ALL))
     printf '%-34s %-13s %7s  %s\n' "$step" "$status" "$secs" "$result"
   done <"$SUMMARY"
   echo "Step logs: $OUT/logs.tar.gz (tar -xzf; cuDNN's own warnings are in logs/selftest.txt)"
+  if [ -n "$LEFT" ]; then
+    next=$LEFT
+    [ "$LEFT" = "loader bench-more retrain cpu" ] && next=more
+    echo "Not run in this call: $LEFT. Next call: GPU_CHECK_STEPS=\"$next\" bash scripts/gpu_check.sh"
+  fi
 } | tee "$OUT/summary.txt"
 pack_logs
 if [ "${GPU_CHECK_KEEP:-0}" = 1 ]; then

@@ -35,39 +35,72 @@ FAIL resnet20 f32 training repeated: step 1 logits 1e-7 (tolerance 0)
 runs that could not start or end: taped (was ended by signal 11 (SIGSEGV))
 ";
 
+/// What the stand-in `lt bench backbone` prints: its configuration's JSON line at 1,000 img/s.
+const BENCH: &str = r#"
+    arch=; mode=; batch=; size=; prev=
+    for a in "$@"; do
+      case $prev in --arch) arch=$a ;; --mode) mode=$a ;; --batch) batch=$a ;; --size) size=$a ;; esac
+      prev=$a
+    done
+    echo "{\"arch\": \"$arch\", \"mode\": \"$mode\", \"batch\": $batch, \"size\": $size, \"images_per_sec\": 1000, \"median_step_seconds\": 0.1}"
+"#;
+
 /// Writes the stand-in `lt` into `dir`: `selftest` prints [`SELFTEST`] and fails as `lt` would;
-/// any other call appends its arguments to `dir/calls.txt` and succeeds.
+/// any other call appends its arguments (after `LT_CUDNN_BN_SPATIAL=1` when set) to
+/// `dir/calls.txt` and succeeds, `bench backbone` printing [`BENCH`]'s line. Beside it, a
+/// `python3` that fails PyTorch's benchmark (PyTorch may be installed here: not its CPU run in a
+/// test) and runs the real one otherwise.
 fn stand_in(dir: &Path) -> std::path::PathBuf {
     let (lt, output, calls) = (dir.join("lt"), dir.join("selftest.txt"), dir.join("calls.txt"));
     std::fs::write(&output, SELFTEST).unwrap();
     let script = format!(
-        "#!/bin/sh\ncase \" $* \" in\n  *\" selftest \"*) cat '{}'; exit 1 ;;\nesac\necho \"$*\" >>'{}'\n",
+        "#!/bin/sh\necho \"${{LT_CUDNN_BN_SPATIAL:+LT_CUDNN_BN_SPATIAL=1 }}$*\" >>'{}'\ncase \" $* \" in\n  \
+         *\" selftest \"*) cat '{}'; exit 1 ;;\n  *\" bench backbone \"*){BENCH};;\nesac\n",
+        calls.display(),
         output.display(),
-        calls.display()
     );
     std::fs::write(&lt, script).unwrap();
-    Command::new("chmod").arg("+x").arg(&lt).status().unwrap();
+    let python = Command::new("sh").args(["-c", "command -v python3"]).output().unwrap();
+    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
+    let wrapper = format!(
+        "#!/bin/sh\ncase \"$1\" in *bench_torch.py) echo torch left out >&2; exit 1 ;; esac\nexec '{python}' \"$@\"\n"
+    );
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::write(dir.join("bin/python3"), wrapper).unwrap();
+    Command::new("chmod").arg("+x").arg(&lt).arg(dir.join("bin/python3")).status().unwrap();
     lt
+}
+
+/// Runs `scripts/gpu_check.sh` on the CPU with the stand-in `lt` of `dir`, output in `dir/out`,
+/// with `GPU_CHECK_STEPS` set to `steps` (unset when `None`): (its stdout, summary.tsv).
+fn check(dir: &Path, steps: Option<&str>) -> (String, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let lt = stand_in(dir);
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    let path = format!("{}:{}", dir.join("bin").display(), std::env::var("PATH").unwrap_or_default());
+    let mut cmd = Command::new("bash");
+    cmd.arg(root.join("scripts/gpu_check.sh"))
+        .env("OUT", &out)
+        .env("LT", &lt)
+        .env("PATH", path)
+        .env("GPU_CHECK_DEVICE", "cpu")
+        .env("CHECK_BUDGET", "120")
+        .env("TMPDIR", dir);
+    match steps {
+        Some(steps) => cmd.env("GPU_CHECK_STEPS", steps),
+        None => cmd.env_remove("GPU_CHECK_STEPS"),
+    };
+    let run = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    (stdout, std::fs::read_to_string(out.join("summary.tsv")).unwrap_or_default())
 }
 
 #[test]
 fn a_crashed_group_fails_its_kind_alone_and_sends_the_pipeline_to_autograd() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let lt = stand_in(dir.path());
+    let (stdout, summary) = check(dir.path(), Some("selftest pipeline"));
     let out = dir.path().join("out");
-    let run = Command::new("bash")
-        .arg(root.join("scripts/gpu_check.sh"))
-        .env("OUT", &out)
-        .env("LT", &lt)
-        .env("GPU_CHECK_DEVICE", "cpu")
-        .env("GPU_CHECK_STEPS", "selftest pipeline")
-        .env("CHECK_BUDGET", "120")
-        .env("TMPDIR", dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let summary = std::fs::read_to_string(out.join("summary.tsv")).unwrap_or_default();
     let row = |step: &str| -> Vec<String> {
         summary
             .lines()
@@ -117,4 +150,55 @@ fn a_crashed_group_fails_its_kind_alone_and_sends_the_pipeline_to_autograd() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("lt-gpu-check."))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn the_check_is_two_calls_and_each_compares_with_its_own_default_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = || std::fs::read_to_string(dir.path().join("calls.txt")).unwrap_or_default();
+    // The default call: the issue's "done when" (golden checks, pipeline, the ratios), naming
+    // the second call for the rest.
+    let (stdout, summary) = check(dir.path(), None);
+    assert!(
+        summary.starts_with("unpack lt.xz\t") && summary.contains("\nselftest (both backends)\t"),
+        "{summary}"
+    );
+    assert!(summary.contains("\nbench resnet50-eval-project-bf16\t"), "{summary}");
+    assert!(!calls().contains("bench loader") && !calls().contains("--profile"), "{}", calls());
+    let next = "Not run in this call: loader bench-more retrain cpu. Next call: GPU_CHECK_STEPS=\"more\"";
+    assert!(stdout.contains(next), "{stdout}");
+    // The second call measures the default TF32 step itself (its $OUT starts empty), once per
+    // architecture, and bench.md compares each changed setting with it.
+    std::fs::remove_file(dir.path().join("calls.txt")).unwrap();
+    let (stdout, summary) = check(dir.path(), Some("more"));
+    let default_r32 = |calls: &str| {
+        calls
+            .lines()
+            .filter(|l| {
+                l.starts_with("bench backbone")
+                    && l.contains("resnet32")
+                    && l.contains("--steps 20")
+                    && l.contains("--mode train --tf32")
+                    && !l.contains("--autograd")
+            })
+            .count()
+    };
+    assert_eq!(default_r32(&calls()), 3, "the default, the pool's and SGD's rows:\n{}", calls());
+    assert!(
+        calls().contains("LT_CUDNN_BN_SPATIAL=1 bench backbone --device cpu --arch resnet50"),
+        "{}",
+        calls()
+    );
+    assert!(
+        summary.contains("\nstage 2 SRepr ImageNet-LT size\t") && !summary.contains("\nselftest"),
+        "{summary}"
+    );
+    let bench = std::fs::read_to_string(dir.path().join("out/bench.md")).unwrap();
+    let spatial = bench.lines().find(|l| l.contains("LT_CUDNN_BN_SPATIAL=1") && l.contains("resnet50"));
+    assert!(spatial.is_some_and(|l| l.contains("| 1,000 | 1,000 | 1.00x |")), "{bench}");
+    assert!(stdout.contains("Not run in this call: selftest pipeline bench."), "{stdout}");
+    // One call with both: the bench step's row is the default, not measured again.
+    std::fs::remove_file(dir.path().join("calls.txt")).unwrap();
+    check(dir.path(), Some("bench bench-more"));
+    assert_eq!(default_r32(&calls()), 3, "bench's row, the pool's and SGD's:\n{}", calls());
 }
