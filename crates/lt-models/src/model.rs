@@ -385,3 +385,31 @@ impl ModuleT for Model {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::program::Op;
+
+    #[test]
+    fn a_taped_forward_pass_keeps_only_what_its_backward_pass_reads() {
+        let dev = Device::Cpu;
+        let m = Model::new(Arch::new("resnet20", 3, 3).unwrap(), 0, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 8), &dev).unwrap();
+        let taped = Taped { eager: m.eager(Mode { train: true, graph: true }) };
+        let (_, tape) = taped.forward(&m.program, m.nhwc_input(&x).unwrap()).unwrap();
+        let prog = &m.program;
+        let read = prog.read_backward();
+        assert_eq!(tape.held(), (0..prog.slots).filter(|&s| read[s]).collect::<Vec<_>>());
+        // ResNet-20: 9 blocks, each with a batch norm without a ReLU before its add, and 2 option-A
+        // shortcuts; only the add reads their outputs.
+        let dropped: Vec<_> = prog
+            .nodes
+            .iter()
+            .filter(|n| matches!(&n.op, Op::Bn(bn) if !bn.relu) || matches!(n.op, Op::Shortcut { .. }))
+            .map(|n| n.y)
+            .collect();
+        assert_eq!((dropped.len(), tape.held().len()), (11, prog.slots - 11));
+        assert!(dropped.iter().all(|s| !read[*s]));
+    }
+}

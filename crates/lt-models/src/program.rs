@@ -75,6 +75,22 @@ impl Op {
             Op::AvgPool => "average pool backward",
         }
     }
+
+    /// Whether the op's explicit backward pass reads its input `x` (a residual add reads neither
+    /// input: its ReLU's mask comes from its output). Shortcuts and pooling read only its dims.
+    pub fn backward_reads_input(&self) -> bool {
+        !matches!(self, Op::AddRelu { .. })
+    }
+
+    /// Whether the op's explicit backward pass reads its output: a ReLU's mask (after a batch
+    /// norm or a residual add) or max pooling's chosen positions.
+    pub fn backward_reads_output(&self) -> bool {
+        match self {
+            Op::Bn(bn) => bn.relu,
+            Op::AddRelu { .. } | Op::MaxPool(_) => true,
+            Op::Conv { .. } | Op::Shortcut { .. } | Op::AvgPool => false,
+        }
+    }
 }
 
 /// One node: `y = op(x[, other])`.
@@ -189,6 +205,20 @@ impl Program {
         uses
     }
 
+    /// Which slots the explicit backward pass ([`crate::exec::taped`]) reads: every input of an
+    /// op that reads its input, every output of an op that reads its output, and the program's
+    /// output. The others (a batch norm's output without a ReLU, a shortcut's output: what only
+    /// a residual add reads) can go as soon as the forward pass has read them.
+    pub fn read_backward(&self) -> Vec<bool> {
+        let mut read = vec![false; self.slots];
+        for node in &self.nodes {
+            read[node.x] |= node.op.backward_reads_input();
+            read[node.y] |= node.op.backward_reads_output();
+        }
+        read[self.output] = true;
+        read
+    }
+
     /// The geometry for NHWC input dims `input`; fails when a layer does not fit.
     pub fn plan(&self, input: Nhwc) -> Result<Plan> {
         let mut dims = vec![Nhwc { n: 0, h: 0, w: 0, c: 0 }; self.slots];
@@ -271,6 +301,23 @@ mod tests {
         let prog = b.finish(out);
         assert_eq!(prog.params.iter().map(|v| v.elem_count()).sum::<usize>(), 8 * 27 + 16 + 16 * 72);
         assert_eq!(prog.use_counts()[p], 2);
+        // Read backward: the convolutions' and the batch norm's inputs, the ReLU's outputs
+        // (batch norm's and the add's), max pooling's input and output, the pooled output; not
+        // the shortcut's or the second convolution's outputs, which only the add reads.
+        let read = prog.read_backward();
+        let kept: Vec<Slot> = (0..prog.slots).filter(|&s| read[s]).collect();
+        assert_eq!(kept, [x, 1, h, p, y, out], "slots read backward");
+        assert!(!read[s] && !read[c]);
+        // What only the outputs keep: a ReLU's (batch norm's, the add's) and max pooling's.
+        for relu in [false, true] {
+            let (mut b, x) = ProgramBuilder::new();
+            let h = b.bn(x, (&g, &be), "bn", 1e-5, relu);
+            let p = b.max_pool(x, 3, 2, 1);
+            let y = b.add_relu(h, p);
+            let out = b.avg_pool(y);
+            let read = b.finish(out).read_backward();
+            assert_eq!((read[h], read[p], read[y]), (relu, true, true), "relu {relu}");
+        }
         let plan = prog.plan(Nhwc { n: 2, h: 9, w: 7, c: 3 }).unwrap();
         // max pool 3/2/1: (9 + 2 - 3) / 2 + 1 = 5, (7 + 2 - 3) / 2 + 1 = 4; conv 3/2/1 over 5x4: 3x2;
         // shortcut: ceil(5/2) x ceil(4/2) = 3x2 with 8 + 2 * 4 channels.

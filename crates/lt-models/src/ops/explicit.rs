@@ -72,16 +72,18 @@ impl Backend {
     }
 
     /// The gradients `(dx when want_dx, dgamma, dbeta)` of a training-mode batch norm (+ ReLU when
-    /// `relu`) from its input `x`, output `y`, output gradient `dy` and what its forward pass
-    /// `saved`; `dx` has the type of `x`, the others are `f32`.
+    /// `relu`) from its input `x`, output `y` (read only for the ReLU's mask: `None` without
+    /// one), output gradient `dy` and what its forward pass `saved`; `dx` has the type of `x`, the
+    /// others are `f32`.
     pub(crate) fn batch_norm_train_backward(
         self,
         saved: &BnSaved,
-        (x, y, dy): (&Tensor, &Tensor, &Tensor),
+        (x, y, dy): (&Tensor, Option<&Tensor>, &Tensor),
         gamma: &Tensor,
         (eps, relu): (f64, bool),
         want_dx: bool,
     ) -> CResult<(Option<Tensor>, Tensor, Tensor)> {
+        let y = relu_output(y, dy, relu)?;
         match &saved.stats {
             Saved::Host(stats) => {
                 let _ = eps;
@@ -90,8 +92,10 @@ impl Backend {
             #[cfg(feature = "cudnn")]
             Saved::Cudnn(stats) => {
                 let ran = |t: &Tensor| t.to_dtype(saved.ran_in);
+                let dy_ran = ran(dy)?;
+                let y_ran = if relu { ran(y)? } else { dy_ran.clone() };
                 let (dx, dg, db) = custom::norm::train_backward_cudnn(
-                    (&ran(x)?, &ran(y)?, &ran(dy)?),
+                    (&ran(x)?, &y_ran, &dy_ran),
                     gamma,
                     stats,
                     (eps, relu),
@@ -102,15 +106,17 @@ impl Backend {
     }
 
     /// The gradients `(dx when want_dx, dgamma, dbeta)` of an eval-mode batch norm (+ ReLU) with
-    /// the running statistics `(mean, var)` it normalised with.
+    /// the running statistics `(mean, var)` it normalised with; `y` as in
+    /// [`Backend::batch_norm_train_backward`].
     pub(crate) fn batch_norm_eval_backward(
         self,
-        (x, y, dy): (&Tensor, &Tensor, &Tensor),
+        (x, y, dy): (&Tensor, Option<&Tensor>, &Tensor),
         gamma: &Tensor,
         stats: (&Tensor, &Tensor),
         (eps, relu): (f64, bool),
         want_dx: bool,
     ) -> CResult<(Option<Tensor>, Tensor, Tensor)> {
+        let y = relu_output(y, dy, relu)?;
         custom::norm::eval_backward((x, y, dy), gamma, stats, (eps, relu), want_dx)
     }
 
@@ -230,6 +236,16 @@ impl Backend {
 
 /// The gradients of `f` at `inputs` for the output gradient `dy`, from candle's autograd on a
 /// graph of `f` alone (over copies of the inputs): for ops that ran on candle's kernels.
+/// The output a batch norm's backward pass takes: `y` with a ReLU (its mask), and without one
+/// `dy`, which stands in for it unread (the passes take one tensor of `x`'s shape and type).
+fn relu_output<'a>(y: Option<&'a Tensor>, dy: &'a Tensor, relu: bool) -> CResult<&'a Tensor> {
+    match (y, relu) {
+        (Some(y), _) => Ok(y),
+        (None, false) => Ok(dy),
+        (None, true) => candle_core::bail!("batch norm backward: the ReLU's mask needs the output"),
+    }
+}
+
 fn local_grads(
     inputs: &[&Tensor],
     dy: &Tensor,
