@@ -205,10 +205,11 @@ impl Program {
         uses
     }
 
-    /// Which slots the explicit backward pass ([`crate::exec::taped`]) reads: every input of an
+    /// Which slots the explicit backward passes ([`crate::exec::taped`]) read: every input of an
     /// op that reads its input, every output of an op that reads its output, and the program's
     /// output. The others (a batch norm's output without a ReLU, a shortcut's output: what only
-    /// a residual add reads) can go as soon as the forward pass has read them.
+    /// a residual add reads) can go as soon as the forward pass has read them. The fused CPU
+    /// pass ([`crate::exec::fused`]) keeps these too; it reads a subset.
     pub fn read_backward(&self) -> Vec<bool> {
         let mut read = vec![false; self.slots];
         for node in &self.nodes {

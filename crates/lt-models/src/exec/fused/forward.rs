@@ -82,23 +82,6 @@ pub(super) fn act(acts: &[Option<Buf>], s: Slot) -> Result<&[f32]> {
     acts[s].as_deref().ok_or_else(|| ModelError::Invalid(format!("activation {s} is not available")))
 }
 
-/// The slots the backward pass reads: inputs of convolutions and batch norms, outputs of ReLUs.
-fn kept_for_backward(prog: &Program) -> Vec<bool> {
-    let mut keep = vec![false; prog.slots];
-    for n in &prog.nodes {
-        match &n.op {
-            Op::Conv { .. } => keep[n.x] = true,
-            Op::Bn(bn) => {
-                keep[n.x] = true;
-                keep[n.y] |= bn.relu;
-            }
-            Op::AddRelu { .. } => keep[n.y] = true,
-            _ => {}
-        }
-    }
-    keep
-}
-
 /// Runs the forward pass from the NHWC input; returns the output slot's values and, with
 /// `mode.graph`, the tape. Without a tape every buffer returns to the pool after its last use.
 pub(super) fn run(
@@ -113,7 +96,9 @@ pub(super) fn run(
     let mut acts: Vec<Option<Buf>> = (0..prog.slots).map(|_| None).collect();
     acts[prog.input] = Some(input);
     let mut uses = prog.use_counts();
-    let keep = kept_for_backward(prog);
+    // What the backward pass reads: of these the fused one needs the convolutions' and batch
+    // norms' inputs and the ReLUs' outputs (max pooling's positions it saves on the side).
+    let keep = prog.read_backward();
     let mut saved = Vec::with_capacity(prog.nodes.len());
     let mut moments = None;
     let mut i = 0;
