@@ -76,38 +76,39 @@ def main():
               f"| {memory_bf16} |")
     print()
     print("img/s, median step; CL = channels-last; ratios are project / PyTorch (see scripts/bench_table.py).")
-    ab = [(k, r) for k, r in sorted(rows.items(), key=order) if any(n.startswith("autograd") for n in r)]
-    if ab:
-        print()
-        print("Training steps on the taped executor (the project's default on CUDA, the columns above) against "
-              "candle's autograd (`--autograd`), img/s:")
-        print()
-        print("| configuration | TF32 taped | TF32 autograd | taped / autograd | bf16 taped | bf16 autograd "
-              "| taped / autograd | peak MiB TF32 taped / autograd |")
-        print("|---|---|---|---|---|---|---|---|")
-        for (arch, mode, batch, size), r in ab:
-            tt, ta = ips(r, "project-tf32"), ips(r, "autograd-tf32")
-            bt, ba = ips(r, "project-bf16"), ips(r, "autograd-bf16")
-            gain_t = f"{tt / ta:.2f}x" if tt and ta else "-"
-            gain_b = f"{bt / ba:.2f}x" if bt and ba else "-"
-            print(f"| {arch} {mode} b{batch} {size}x{size} | {fmt(tt)} | {fmt(ta)} | {gain_t} | {fmt(bt)} | {fmt(ba)} "
-                  f"| {gain_b} | {fmt(mem(r, 'project-tf32'))} / {fmt(mem(r, 'autograd-tf32'))} |")
-    settings = [(k, r) for k, r in sorted(rows.items(), key=order) if any(n.startswith("setting:") for n in r)]
-    if settings:
-        print()
-        print("The TF32 training step with one setting changed (bench-more) against the default, measured in the "
-              "same call, img/s:")
-        print()
-        print("| configuration | setting changed | img/s | default img/s | changed / default "
-              "| peak MiB changed / default |")
-        print("|---|---|---|---|---|---|")
-        for (arch, mode, batch, size), r in settings:
-            base = ips(r, "project-tf32")
-            for n in sorted(n for n in r if n.startswith("setting:")):
-                v = ips(r, n)
-                gain = f"{v / base:.2f}x" if v and base else "-"
-                print(f"| {arch} {mode} b{batch} {size}x{size} | {SETTINGS.get(n[8:], n[8:])} | {fmt(v)} | {fmt(base)} "
-                      f"| {gain} | {fmt(mem(r, n))} / {fmt(mem(r, 'project-tf32'))} |")
+    def section(prefix, title, columns):
+        """The configurations with a row named `prefix...`, after a table's title and header."""
+        chosen = [(k, r) for k, r in sorted(rows.items(), key=order) if any(n.startswith(prefix) for n in r)]
+        if chosen:
+            print()
+            print(title)
+            print()
+            print("| configuration | " + " | ".join(columns) + " |")
+            print("|---" * (len(columns) + 1) + "|")
+        return chosen
+
+    ab = section("autograd", "Training steps on the taped executor (the project's default on CUDA, the columns "
+                 "above) against candle's autograd (`--autograd`), img/s:",
+                 ["TF32 taped", "TF32 autograd", "taped / autograd", "bf16 taped", "bf16 autograd",
+                  "taped / autograd", "peak MiB TF32 taped / autograd"])
+    for (arch, mode, batch, size), r in ab:
+        tt, ta = ips(r, "project-tf32"), ips(r, "autograd-tf32")
+        bt, ba = ips(r, "project-bf16"), ips(r, "autograd-bf16")
+        gain_t = f"{tt / ta:.2f}x" if tt and ta else "-"
+        gain_b = f"{bt / ba:.2f}x" if bt and ba else "-"
+        print(f"| {arch} {mode} b{batch} {size}x{size} | {fmt(tt)} | {fmt(ta)} | {gain_t} | {fmt(bt)} | {fmt(ba)} "
+              f"| {gain_b} | {fmt(mem(r, 'project-tf32'))} / {fmt(mem(r, 'autograd-tf32'))} |")
+    settings = section("setting:", "The TF32 training step with one setting changed (bench-more) against the "
+                       "default, measured in the same call, img/s:",
+                       ["setting changed", "img/s", "default img/s", "changed / default",
+                        "peak MiB changed / default"])
+    for (arch, mode, batch, size), r in settings:
+        base = ips(r, "project-tf32")
+        for n in sorted(n for n in r if n.startswith("setting:")):
+            v = ips(r, n)
+            gain = f"{v / base:.2f}x" if v and base else "-"
+            print(f"| {arch} {mode} b{batch} {size}x{size} | {SETTINGS.get(n[8:], n[8:])} | {fmt(v)} | {fmt(base)} "
+                  f"| {gain} | {fmt(mem(r, n))} / {fmt(mem(r, 'project-tf32'))} |")
 
 
 # What each bench-more setting changes, by the suffix of its row's name.

@@ -39,7 +39,8 @@
 #      forward and backward op timed between device syncs), and last the training steps once more
 #      through candle's autograd (--autograd; the default is the taped executor, the backward pass
 #      walked by hand); each against the default step measured in the same call (step 4's rows,
-#      or measured first when this call has none), in a table of its own in bench.md;
+#      or measured first when this call has none), in a table of its own in bench.md; it leaves
+#      step 7 100 s;
 #   7. retrain: stage 2 at ImageNet-LT size, SRepr for 3 epochs on generated features (115,846 x
 #      2,048, M = 4, f16; the 2.8 GB file written to the work directory first), kept on the device;
 #   8. cpu: the CPU kernels on this machine's own CPU (often one with AVX-512, which the
@@ -167,9 +168,14 @@ PY
   if [ -n "$nv" ]; then export LD_LIBRARY_PATH="${nv}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"; fi
   echo "${LD_LIBRARY_PATH:-}" >"$LOGS/ld_library_path.txt"
   # The driver compiles candle's PTX for the GPU when a process first loads it, and caches the
-  # result: in the work directory, so that a home that cannot be written does not make every
-  # process of the check compile again, and large enough for all of candle's kernels.
-  export CUDA_CACHE_PATH="$WORK/cuda-cache" CUDA_CACHE_MAXSIZE=4294967296
+  # result: beside dist/cuda on a GPU (git-ignored; the check's second call finds it), else in
+  # the work directory, so that a home that cannot be written does not make every process of
+  # the check compile again; large enough for all of candle's kernels.
+  CUDA_CACHE_PATH="$WORK/cuda-cache"
+  if [ "$DEVICE" = cuda ] && mkdir -p "$ROOT/dist/.cuda-cache" 2>/dev/null && [ -w "$ROOT/dist/.cuda-cache" ]; then
+    CUDA_CACHE_PATH="$ROOT/dist/.cuda-cache"
+  fi
+  export CUDA_CACHE_PATH CUDA_CACHE_MAXSIZE=4294967296
   folders=$(printf '%s' "$nv" | tr ':' '\n' | grep -c .)
   record "CUDA libraries" "$([ "$folders" -gt 0 ] && echo ok || echo WARN)" 0 \
     "$folders folder(s) of PyTorch's NVIDIA wheels on LD_LIBRARY_PATH (ld_library_path.txt)"
@@ -357,6 +363,11 @@ bench_torch() {
 R32=(--arch resnet32 --classes 10 --batch 128 --size 32 --steps 20 --warmup 5)
 R50=(--arch resnet50 --classes 1000 --batch 256 --size 224 --steps 8 --warmup 3)
 
+# reserve_for STEP SECONDS: SECONDS when this call runs STEP, else 0.
+reserve_for() {
+  case " $STEPS " in *" $1 "*) echo "$2" ;; *) echo 0 ;; esac
+}
+
 # bench_limit WANT: the time left of the benchmark's budget, at most WANT (fails when used up).
 bench_limit() {
   local left=$((BENCH_DEADLINE - $(date +%s)))
@@ -369,8 +380,7 @@ step_bench() {
   : >"$OUT/bench.jsonl"
   # The comparison with PyTorch first, leaving 45 s for the loader when this call runs it; the
   # extra rows (step_bench_more) get what is left after it.
-  BENCH_DEADLINE=$DEADLINE
-  case " $STEPS " in *" loader "*) BENCH_DEADLINE=$((DEADLINE - 45)) ;; esac
+  BENCH_DEADLINE=$((DEADLINE - $(reserve_for loader 45)))
   for mode in train eval; do
     bench_project "resnet32-$mode-project-f32" 0 "${R32[@]}" --mode "$mode"
     bench_project "resnet32-$mode-project-tf32" 1 "${R32[@]}" --mode "$mode"
@@ -405,7 +415,8 @@ print("step %.0f ms; ops: " % d["step_ms"] + ", ".join(ms % (o["op"], o["ms"]) f
 # What the settings are worth, where a step spends its time, and what the taped executor is worth
 # against candle's autograd (in that order, so that a budget cut takes the last).
 step_bench_more() {
-  BENCH_DEADLINE=$((DEADLINE - 10))
+  # Stage 2 at ImageNet-LT size, when this call runs it, keeps 100 s: the autograd rows matter less.
+  BENCH_DEADLINE=$((DEADLINE - 10 - $(reserve_for retrain 100)))
   # The default step each row is compared with, measured in this call: step 4's row, or now.
   bench_default resnet32-train-project-tf32 1 "${R32[@]}" --mode train
   # What keeping freed device memory in the pool is worth: the same ResNet-32 TF32 training step
