@@ -412,6 +412,19 @@ print("step %.0f ms; ops: " % d["step_ms"] + ", ".join(ms % (o["op"], o["ms"]) f
 ' "$1" "$2" 2>/dev/null || echo "no profile"
 }
 
+# profile NAME WANT DIGITS BATCH ARGS...: one profiled TF32 training step at batch BATCH of `lt
+# bench backbone ARGS` (at most WANT s of the benchmark's budget), its row with times of DIGITS
+# decimals.
+profile() {
+  local name=$1 want=$2 digits=$3 batch=$4 limit
+  shift 4
+  limit=$(bench_limit "$want") || { record "profile $name train b$batch TF32" skipped 0 "bench time used up"; return; }
+  run_step "profile $name train" "$limit" "$LOGS/profile-$name.log" "$LT" bench backbone --device "$DEVICE" \
+    "$@" --batch "$batch" --steps 3 --warmup 2 --mode train --tf32 --profile
+  record "profile $name train b$batch TF32" "$LAST_STATUS" "$LAST_SECONDS" \
+    "$(profile_result "$LOGS/profile-$name.log" "$digits")"
+}
+
 # What the settings are worth, where a step spends its time, and what the taped executor is worth
 # against candle's autograd (in that order, so that a budget cut takes the last).
 step_bench_more() {
@@ -431,16 +444,9 @@ step_bench_more() {
   bench_default resnet50-train-project-tf32 1 "${R50[@]}" --mode train
   LT_CUDNN_BN_SPATIAL=1 bench_project resnet50-train-tf32-bn-spatial 1 "${R50[@]}" --mode train
   # Where a ResNet-32 training step (taped executor) spends its time, forward and backward.
-  run_step "profile resnet32 train" 30 "$LOGS/profile-resnet32.log" "$LT" bench backbone \
-    --device "$DEVICE" --arch resnet32 --classes 10 --batch 128 --size 32 --steps 3 --warmup 2 --mode train \
-    --tf32 --taped --profile
-  record "profile resnet32 train b128 TF32" "$LAST_STATUS" "$LAST_SECONDS" \
-    "$(profile_result "$LOGS/profile-resnet32.log" 1)"
+  profile resnet32 30 1 128 --arch resnet32 --classes 10 --size 32 --taped
   # Where a ResNet-50 training step spends its time: each op between device syncs.
-  run_step "profile resnet50 train" 60 "$LOGS/profile-resnet50.log" "$LT" bench backbone --device "$DEVICE" \
-    --arch resnet50 --classes 1000 --batch 64 --size 224 --steps 3 --warmup 2 --mode train --tf32 --profile
-  record "profile resnet50 train b64 TF32" "$LAST_STATUS" "$LAST_SECONDS" \
-    "$(profile_result "$LOGS/profile-resnet50.log" 0)"
+  profile resnet50 60 0 64 --arch resnet50 --classes 1000 --size 224
   # Last, as they matter least: the training steps through candle's autograd (the default is
   # the taped executor), bench.md's second table.
   for cfg in R32 R50; do

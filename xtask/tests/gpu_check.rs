@@ -72,8 +72,14 @@ fn stand_in(dir: &Path) -> std::path::PathBuf {
 }
 
 /// Runs `scripts/gpu_check.sh` on the CPU with the stand-in `lt` of `dir`, output in `dir/out`,
-/// with `GPU_CHECK_STEPS` set to `steps` (unset when `None`): (its stdout, summary.tsv).
+/// with `GPU_CHECK_STEPS` set to `steps` (unset when `None`) and the default budget (340 s; the
+/// stand-in takes none of it): (its stdout, summary.tsv).
 fn check(dir: &Path, steps: Option<&str>) -> (String, String) {
+    check_within(dir, steps, 340)
+}
+
+/// [`check`] with a budget of `budget` seconds.
+fn check_within(dir: &Path, steps: Option<&str>, budget: u32) -> (String, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let lt = stand_in(dir);
     let out = dir.join("out");
@@ -85,7 +91,7 @@ fn check(dir: &Path, steps: Option<&str>) -> (String, String) {
         .env("LT", &lt)
         .env("PATH", path)
         .env("GPU_CHECK_DEVICE", "cpu")
-        .env("CHECK_BUDGET", "120")
+        .env("CHECK_BUDGET", budget.to_string())
         .env("TMPDIR", dir);
     match steps {
         Some(steps) => cmd.env("GPU_CHECK_STEPS", steps),
@@ -201,4 +207,11 @@ fn the_check_is_two_calls_and_each_compares_with_its_own_default_step() {
     std::fs::remove_file(dir.path().join("calls.txt")).unwrap();
     check(dir.path(), Some("bench bench-more"));
     assert_eq!(default_r32(&calls()), 3, "bench's row, the pool's and SGD's:\n{}", calls());
+    // bench-more leaves stage 2 its 100 s: with 105 s in all, its rows are skipped, not stage 2.
+    let (_, summary) = check_within(dir.path(), Some("bench-more retrain"), 105);
+    let status =
+        |step: &str| summary.lines().find_map(|l| l.strip_prefix(&format!("{step}\t"))?.split('\t').next());
+    assert_eq!(status("bench resnet32-train-project-tf32"), Some("skipped"), "{summary}");
+    assert_eq!(status("profile resnet50 train b64 TF32"), Some("skipped"), "{summary}");
+    assert_eq!(status("stage 2 SRepr ImageNet-LT size"), Some("ok"), "{summary}");
 }
