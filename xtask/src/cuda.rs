@@ -13,7 +13,7 @@
 //!    machine unpacks it with Python's `lzma`); the Fashion-MNIST files of the GPU check are
 //!    copied to `dist/cuda/data/fashion-mnist/`. Carry the working tree and `dist/cuda`
 //!    (git-ignored) to the GPU machine and run `bash scripts/gpu_check.sh` from the repository
-//!    root.
+//!    root, then `GPU_CHECK_STEPS=more bash scripts/gpu_check.sh` (the check's second call).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -340,7 +340,8 @@ fn report(stripped: &Path, dist: &Path) -> Result<()> {
         );
     }
     eprintln!(
-        "carry the working tree and {} to the GPU machine; run `bash scripts/gpu_check.sh` there",
+        "carry the working tree and {} to the GPU machine; run `bash scripts/gpu_check.sh` there \
+         (then `GPU_CHECK_STEPS=more bash scripts/gpu_check.sh`, the second call)",
         dist.display()
     );
     Ok(())

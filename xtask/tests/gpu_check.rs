@@ -71,7 +71,8 @@ fn stand_in(dir: &Path) -> std::path::PathBuf {
     lt
 }
 
-/// Runs `scripts/gpu_check.sh` on the CPU with the stand-in `lt` of `dir`, output in `dir/out`,
+/// Runs `scripts/gpu_check.sh` on the CPU with the stand-in `lt` of `dir`, output in `dir/out`
+/// (one folder for every call, so each must start its own bench.jsonl),
 /// with `GPU_CHECK_STEPS` set to `steps` (unset when `None`) and the default budget (340 s; the
 /// stand-in takes none of it): (its stdout, summary.tsv).
 fn check(dir: &Path, steps: Option<&str>) -> (String, String) {
@@ -83,7 +84,6 @@ fn check_within(dir: &Path, steps: Option<&str>, budget: u32) -> (String, String
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let lt = stand_in(dir);
     let out = dir.join("out");
-    let _ = std::fs::remove_dir_all(&out);
     let path = format!("{}:{}", dir.join("bin").display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = Command::new("bash");
     cmd.arg(root.join("scripts/gpu_check.sh"))
@@ -169,12 +169,15 @@ fn the_check_is_two_calls_and_each_compares_with_its_own_default_step() {
         summary.starts_with("unpack lt.xz\t") && summary.contains("\nselftest (both backends)\t"),
         "{summary}"
     );
-    assert!(summary.contains("\nbench resnet50-eval-project-bf16\t"), "{summary}");
+    assert!(summary.contains("\nbench resnet50-train-project-bf16\t"), "{summary}");
+    assert!(!summary.contains("resnet50-eval"), "ResNet-50's eval is the second call's:\n{summary}");
     assert!(!calls().contains("bench loader") && !calls().contains("--profile"), "{}", calls());
-    let next = "Not run in this call: loader bench-more retrain cpu. Next call: GPU_CHECK_STEPS=\"more\"";
-    assert!(stdout.contains(next), "{stdout}");
-    // The second call measures the default TF32 step itself (its $OUT starts empty), once per
-    // architecture, and bench.md compares each changed setting with it.
+    let other =
+        "Not in this call: loader bench-more retrain cpu (GPU_CHECK_STEPS=more bash scripts/gpu_check.sh)";
+    assert!(stdout.contains(other) && !stdout.contains("Cut short"), "{stdout}");
+    // The second call measures the default TF32 step itself (not the first call's row, in the
+    // same folder here), once per architecture, and bench.md compares each changed setting
+    // with it.
     std::fs::remove_file(dir.path().join("calls.txt")).unwrap();
     let (stdout, summary) = check(dir.path(), Some("more"));
     let default_r32 = |calls: &str| {
@@ -199,19 +202,27 @@ fn the_check_is_two_calls_and_each_compares_with_its_own_default_step() {
         summary.contains("\nstage 2 SRepr ImageNet-LT size\t") && !summary.contains("\nselftest"),
         "{summary}"
     );
+    assert!(summary.contains("\nbench resnet50-eval-pytorch\t"), "{summary}");
     let bench = std::fs::read_to_string(dir.path().join("out/bench.md")).unwrap();
     let spatial = bench.lines().find(|l| l.contains("LT_CUDNN_BN_SPATIAL=1") && l.contains("resnet50"));
     assert!(spatial.is_some_and(|l| l.contains("| 1,000 | 1,000 | 1.00x |")), "{bench}");
-    assert!(stdout.contains("Not run in this call: selftest pipeline bench."), "{stdout}");
-    // One call with both: the bench step's row is the default, not measured again.
+    assert!(
+        stdout.contains("Not in this call: selftest pipeline bench (GPU_CHECK_STEPS=done-when"),
+        "{stdout}"
+    );
+    // One call with both (in the steps' order, whatever the order given): the bench step's row
+    // is the default, not measured again.
     std::fs::remove_file(dir.path().join("calls.txt")).unwrap();
-    check(dir.path(), Some("bench bench-more"));
+    check(dir.path(), Some("bench-more bench"));
     assert_eq!(default_r32(&calls()), 3, "bench's row, the pool's and SGD's:\n{}", calls());
     // bench-more leaves stage 2 its 100 s: with 105 s in all, its rows are skipped, not stage 2.
-    let (_, summary) = check_within(dir.path(), Some("bench-more retrain"), 105);
+    let (stdout, summary) = check_within(dir.path(), Some("bench-more retrain"), 105);
     let status =
         |step: &str| summary.lines().find_map(|l| l.strip_prefix(&format!("{step}\t"))?.split('\t').next());
     assert_eq!(status("bench resnet32-train-project-tf32"), Some("skipped"), "{summary}");
     assert_eq!(status("profile resnet50 train b64 TF32"), Some("skipped"), "{summary}");
     assert_eq!(status("stage 2 SRepr ImageNet-LT size"), Some("ok"), "{summary}");
+    let cut = "Cut short in this call (a row skipped or timed out): bench-more. To run them again: \
+               GPU_CHECK_STEPS=\"bench-more\"";
+    assert!(stdout.contains(cut), "{stdout}");
 }

@@ -77,7 +77,8 @@ impl Op {
     }
 
     /// Whether the op's explicit backward pass reads its input `x` (a residual add reads neither
-    /// input: its ReLU's mask comes from its output). Shortcuts and pooling read only its dims.
+    /// input: its ReLU's mask comes from its output). Shortcuts and average pooling read only
+    /// its dims.
     pub fn backward_reads_input(&self) -> bool {
         !matches!(self, Op::AddRelu { .. })
     }

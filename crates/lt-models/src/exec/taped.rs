@@ -1,8 +1,8 @@
 //! The taped executor: a program's training pass with the backward pass walked by hand.
 //!
 //! The forward pass is the eager one ([`Eager::node`], the same ops on any device) run without
-//! candle's autograd, keeping every activation and what each node's backward pass needs (the
-//! [`Tape`]). The backward pass then walks the nodes in reverse and calls each op's explicit
+//! candle's autograd, keeping the activations and whatever else each node's backward pass reads
+//! (the [`Tape`]). The backward pass then walks the nodes in reverse and calls each op's explicit
 //! backward pass ([`crate::ops`]; the same functions the ops' autograd nodes call).
 //!
 //! What that saves against candle's autograd, per training step:

@@ -234,8 +234,6 @@ impl Backend {
     }
 }
 
-/// The gradients of `f` at `inputs` for the output gradient `dy`, from candle's autograd on a
-/// graph of `f` alone (over copies of the inputs): for ops that ran on candle's kernels.
 /// The output a batch norm's backward pass takes: `y` with a ReLU (its mask), and without one
 /// `dy`, which stands in for it unread (the passes take one tensor of `x`'s shape and type).
 fn relu_output<'a>(y: Option<&'a Tensor>, dy: &'a Tensor, relu: bool) -> CResult<&'a Tensor> {
@@ -246,6 +244,8 @@ fn relu_output<'a>(y: Option<&'a Tensor>, dy: &'a Tensor, relu: bool) -> CResult
     }
 }
 
+/// The gradients of `f` at `inputs` for the output gradient `dy`, from candle's autograd on a
+/// graph of `f` alone (over copies of the inputs): for ops that ran on candle's kernels.
 fn local_grads(
     inputs: &[&Tensor],
     dy: &Tensor,

@@ -177,7 +177,10 @@ pub(crate) fn train_backward(
     let gamma = gamma.contiguous()?;
     let in_f32 = || -> CResult<(Tensor, CudaStorage)> {
         let f32 = |t: &Tensor| t.to_dtype(DType::F32);
-        let (dx, params) = gradients((&f32(&x)?, &f32(&y)?, &f32(&dy)?), &gamma, stats, (eps, relu))?;
+        let dy32 = f32(&dy)?;
+        // Without a ReLU the output is not read (the taped executor passes `dy` for it).
+        let y32 = if relu { f32(&y)? } else { dy32.clone() };
+        let (dx, params) = gradients((&f32(&x)?, &y32, &dy32), &gamma, stats, (eps, relu))?;
         Ok((dx.to_dtype(x.dtype())?, params))
     };
     let native = || gradients((&x, &y, &dy), &gamma, stats, (eps, relu));
