@@ -60,15 +60,39 @@ set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 1
+# The steps by priority: what the issue's "done when" reads (the golden checks, the pipeline, the
+# ratios against PyTorch) before what explains them, so that a budget cut takes the extras.
+# GPU_CHECK_STEPS names this call's (a rerun of what failed, or the second call).
+ALL_STEPS="selftest pipeline bench loader bench-more retrain cpu"
+WANT=""
+for s in ${GPU_CHECK_STEPS:-done-when}; do
+  case $s in
+    done-when) WANT="$WANT selftest pipeline bench" ;;
+    more) WANT="$WANT loader bench-more retrain cpu" ;;
+    all) WANT="$WANT $ALL_STEPS" ;;
+    selftest | pipeline | bench | bench-more | loader | retrain | cpu) WANT="$WANT $s" ;;
+    *)
+      echo "GPU_CHECK_STEPS: unknown step '$s' (done-when, more, all, or some of $ALL_STEPS)" >&2
+      exit 2
+      ;;
+  esac
+done
+# The call's steps in the order above (each once), and the others.
+STEPS="" OTHER=""
+for s in $ALL_STEPS; do
+  case " $WANT " in *" $s "*) STEPS="$STEPS $s" ;; *) OTHER="$OTHER $s" ;; esac
+done
+STEPS=${STEPS# } OTHER=${OTHER# }
 # The call's name: its GPU_CHECK_STEPS, spaces as '+' (done-when, more, bench+cpu, ...).
 CALL=$(printf '%s' "${GPU_CHECK_STEPS:-done-when}" | tr -s ' \t' '++')
 OUT=${OUT:-dist/cuda/out/$CALL}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 # $OUT (by default one folder per call) gets a few files (the device tool brings back at most 8):
-# summary.txt and summary.tsv, bench.md and bench.jsonl (this call's rows only), and logs.tar.gz, the step logs, packed again after every step so that
-# a check stopped half-way still leaves them. The logs, the unpacked binary and the pipeline's run
-# directory stay in a work directory outside $OUT, removed at the end (GPU_CHECK_KEEP=1 keeps it).
+# summary.txt and summary.tsv, bench.md and bench.jsonl (this call's rows only), and logs.tar.gz,
+# the step logs, packed again after every step so that a check stopped half-way still leaves them.
+# The logs, the unpacked binary and the pipeline's run directory stay in a work directory outside
+# $OUT, removed at the end (GPU_CHECK_KEEP=1 keeps it).
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/lt-gpu-check.XXXXXX") || exit 1
 LOGS="$WORK/logs"
 mkdir -p "$LOGS"
@@ -635,30 +659,7 @@ step_cpu() {
 
 # --- main ------------------------------------------------------------------------------------------
 
-# The steps by priority: what the issue's "done when" reads (the golden checks, the pipeline, the
-# ratios against PyTorch) before what explains them, so that a budget cut takes the extras.
-# GPU_CHECK_STEPS runs some of them (a rerun of what failed); the setup always runs.
-ALL_STEPS="selftest pipeline bench loader bench-more retrain cpu"
-WANT=""
-for s in ${GPU_CHECK_STEPS:-done-when}; do
-  case $s in
-    done-when) WANT="$WANT selftest pipeline bench" ;;
-    more) WANT="$WANT loader bench-more retrain cpu" ;;
-    all) WANT="$WANT $ALL_STEPS" ;;
-    selftest | pipeline | bench | bench-more | loader | retrain | cpu) WANT="$WANT $s" ;;
-    *)
-      echo "GPU_CHECK_STEPS: unknown step '$s' (done-when, more, all, or some of $ALL_STEPS)" >&2
-      rm -rf "$WORK"
-      exit 2
-      ;;
-  esac
-done
-# The call's steps in the order above (each once), and the others.
-STEPS="" OTHER=""
-for s in $ALL_STEPS; do
-  case " $WANT " in *" $s "*) STEPS="$STEPS $s" ;; *) OTHER="$OTHER $s" ;; esac
-done
-STEPS=${STEPS# } OTHER=${OTHER# }
+# The setup always runs, then the call's steps.
 step_setup
 # CUT: the call's steps with a row skipped or timed out (STEP_CUT, set by record).
 CUT=""
