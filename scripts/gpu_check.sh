@@ -5,7 +5,7 @@
 #
 #   bash scripts/gpu_check.sh     # output in $OUT (or dist/cuda/out/<call>); logs: logs.tar.gz
 #
-# Steps, each with its own time limit and all within one budget (CHECK_BUDGET, 350 s: a step
+# Steps, each with its own time limit and all within one budget (CHECK_BUDGET, 345 s: a step
 # that would run past it gets the time left, or is skipped), so that one call prints its summary
 # within 6 minutes; a failing step does not stop the others, and one summary table is printed
 # last. The check is two such calls, by priority: the first (the default) runs steps 2-4, what
@@ -32,17 +32,16 @@
 #   5. loader: batches made on the device, CIFAR-size (2 workers) and generated 500 x 375 JPEGs
 #      decoded and cropped to 224 (12 workers, as the ImageNet-LT preset) against torchvision's
 #      DataLoader on the same files;
-#   6. bench-more, what explains it: ResNet-50's eval as in step 4, the ResNet-32 training step
-#      once more with freed device memory released at every synchronisation
-#      (LT_CUDA_RELEASE_FREED=1, the driver's default) and with SGD's tensor ops instead of its
-#      CUDA kernel (LT_SGD_TENSOR_OPS=1), the ResNet-32 and ResNet-50 training steps with cuDNN's
-#      spatial batch-norm mode instead of its persistent one (LT_CUDNN_BN_SPATIAL=1), one
-#      profiled training step each of ResNet-32 and ResNet-50 (every forward and backward op
-#      timed between device syncs), and last the training steps once more through candle's
-#      autograd (--autograd; the default is the taped executor, the backward pass walked by
-#      hand); each against the default step measured in the same call (step 4's rows, or
-#      measured first when this call has none), in a table of its own in bench.md; it leaves
-#      step 7 100 s;
+#   6. bench-more, what explains it: the ResNet-32 training step once more with freed device
+#      memory released at every synchronisation (LT_CUDA_RELEASE_FREED=1, the driver's default)
+#      and with SGD's tensor ops instead of its CUDA kernel (LT_SGD_TENSOR_OPS=1), the ResNet-32
+#      and ResNet-50 training steps with cuDNN's spatial batch-norm mode instead of its
+#      persistent one (LT_CUDNN_BN_SPATIAL=1), one profiled training step each of ResNet-32 and
+#      ResNet-50 (every forward and backward op timed between device syncs), ResNet-50's eval as
+#      in step 4, and last the training steps once more through candle's autograd (--autograd;
+#      the default is the taped executor, the backward pass walked by hand); each against the
+#      default step measured in the same call (step 4's rows, or measured first when this call
+#      has none), in a table of its own in bench.md; it leaves step 7 100 s;
 #   7. retrain: stage 2 at ImageNet-LT size, SRepr for 3 epochs on generated features (115,846 x
 #      2,048, M = 4, f16; the 2.8 GB file written to the work directory first), kept on the device;
 #   8. cpu: the CPU kernels on this machine's own CPU (often one with AVX-512, which the
@@ -51,7 +50,7 @@
 # Within a call they run in that order: a budget cut takes the last ones.
 # Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
 # GPU_CHECK_DEVICE (default cuda; `cpu` runs the same steps on the CPU, for a dry run),
-# CHECK_BUDGET (seconds for all steps, default 350), GPU_CHECK_STEPS (the steps of this call:
+# CHECK_BUDGET (seconds for all steps, default 345), GPU_CHECK_STEPS (the steps of this call:
 # `done-when` (the default: selftest pipeline bench), `more` (loader bench-more retrain cpu),
 # `all`, or some of selftest pipeline bench loader bench-more retrain cpu, to rerun what failed;
 # they run in the order above, and the setup always runs), GPU_CHECK_KEEP=1 (keep the work
@@ -64,11 +63,16 @@ cd "$ROOT" || exit 1
 # ratios against PyTorch) before what explains them, so that a budget cut takes the extras.
 # GPU_CHECK_STEPS names this call's (a rerun of what failed, or the second call).
 ALL_STEPS="selftest pipeline bench loader bench-more retrain cpu"
-WANT=""
+DONE_WHEN="selftest pipeline bench" MORE="loader bench-more retrain cpu"
+# WANT: the steps asked for; CALL: the call's name, the words given joined by '+' (done-when,
+# more, bench+cpu, ...).
+WANT="" CALL=""
+set -f
 for s in ${GPU_CHECK_STEPS:-done-when}; do
+  CALL="$CALL${CALL:++}$s"
   case $s in
-    done-when) WANT="$WANT selftest pipeline bench" ;;
-    more) WANT="$WANT loader bench-more retrain cpu" ;;
+    done-when) WANT="$WANT $DONE_WHEN" ;;
+    more) WANT="$WANT $MORE" ;;
     all) WANT="$WANT $ALL_STEPS" ;;
     selftest | pipeline | bench | bench-more | loader | retrain | cpu) WANT="$WANT $s" ;;
     *)
@@ -77,14 +81,17 @@ for s in ${GPU_CHECK_STEPS:-done-when}; do
       ;;
   esac
 done
+set +f
 # The call's steps in the order above (each once), and the others.
 STEPS="" OTHER=""
 for s in $ALL_STEPS; do
   case " $WANT " in *" $s "*) STEPS="$STEPS $s" ;; *) OTHER="$OTHER $s" ;; esac
 done
 STEPS=${STEPS# } OTHER=${OTHER# }
-# The call's name: its GPU_CHECK_STEPS, spaces as '+' (done-when, more, bench+cpu, ...).
-CALL=$(printf '%s' "${GPU_CHECK_STEPS:-done-when}" | tr -s ' \t' '++')
+if [ -z "$STEPS" ]; then
+  echo "GPU_CHECK_STEPS names no step (done-when, more, all, or some of $ALL_STEPS)" >&2
+  exit 2
+fi
 OUT=${OUT:-dist/cuda/out/$CALL}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -101,9 +108,9 @@ DATA_ROOT="$ROOT/dist/cuda/data"
 REFERENCE="$ROOT/scripts/gpu_check_reference.txt"
 SUMMARY="$OUT/summary.tsv"
 : >"$SUMMARY"
-rm -f "$OUT/bench.jsonl" "$OUT/bench.md"
+rm -f "$OUT/bench.jsonl" "$OUT/bench.md" "$OUT/summary.txt" "$OUT/logs.tar.gz"
 START_ALL=$(date +%s)
-CHECK_BUDGET=${CHECK_BUDGET:-350}
+CHECK_BUDGET=${CHECK_BUDGET:-345}
 DEADLINE=$((START_ALL + CHECK_BUDGET))
 # Set by the selftest step when a fast path failed its checks: the pipeline then avoids it.
 PIPELINE_TRAIN_ARGS=""
@@ -470,8 +477,6 @@ profile() {
 step_bench_more() {
   # Stage 2 at ImageNet-LT size, when this call runs it, keeps 100 s: the autograd rows matter less.
   BENCH_DEADLINE=$((DEADLINE - 10 - $(reserve_for retrain 100)))
-  # ResNet-50's eval against PyTorch, the main table's last row.
-  bench_r50 eval
   # The default step each row is compared with, measured in this call: step 4's row, or now.
   bench_default resnet32-train-project-tf32 1 "${R32[@]}" --mode train
   # What keeping freed device memory in the pool is worth: the same ResNet-32 TF32 training step
@@ -489,6 +494,8 @@ step_bench_more() {
   profile resnet32 30 1 128 --arch resnet32 --classes 10 --size 32 --taped
   # Where a ResNet-50 training step spends its time: each op between device syncs.
   profile resnet50 60 0 64 --arch resnet50 --classes 1000 --size 224
+  # ResNet-50's eval against PyTorch (the issue sets it no ratio), the main table's last row.
+  bench_r50 eval
   # Last, as they matter least: the training steps through candle's autograd (the default is
   # the taped executor), bench.md's second table.
   for cfg in R32 R50; do
@@ -659,6 +666,25 @@ step_cpu() {
 
 # --- main ------------------------------------------------------------------------------------------
 
+# commands STEPS: the calls that run STEPS, each within one budget: those of the first call's
+# steps, then those of the second's (named done-when and more when they are all of it).
+commands() {
+  local part group name out=""
+  for group in DONE_WHEN MORE; do
+    part=""
+    for s in ${!group}; do
+      case " $1 " in *" $s "*) part="$part $s" ;; esac
+    done
+    part=${part# }
+    [ -n "$part" ] || continue
+    name="\"$part\""
+    [ "$part" = "$DONE_WHEN" ] && name=done-when
+    [ "$part" = "$MORE" ] && name=more
+    out="$out${out:+; then }GPU_CHECK_STEPS=$name bash scripts/gpu_check.sh"
+  done
+  printf '%s' "$out"
+}
+
 # The setup always runs, then the call's steps.
 step_setup
 # CUT: the call's steps with a row skipped or timed out (STEP_CUT, set by record).
@@ -685,16 +711,9 @@ TOTAL=$(($(date +%s) - START_ALL))
     printf '%-34s %-13s %7s  %s\n' "$step" "$status" "$secs" "$result"
   done <"$SUMMARY"
   echo "Step logs: $OUT/logs.tar.gz (tar -xzf; cuDNN's own warnings are in logs/selftest.txt)"
-  if [ -n "$CUT" ]; then
-    echo "Cut short in this call (a row skipped or timed out): $CUT. To run them again:" \
-      "GPU_CHECK_STEPS=\"$CUT\" bash scripts/gpu_check.sh"
-  fi
-  if [ -n "$OTHER" ]; then
-    other="\"$OTHER\""
-    [ "$OTHER" = "loader bench-more retrain cpu" ] && other=more
-    [ "$OTHER" = "selftest pipeline bench" ] && other=done-when
-    echo "Not in this call: $OTHER (GPU_CHECK_STEPS=$other bash scripts/gpu_check.sh)"
-  fi
+  [ -n "$CUT" ] && echo "Cut short in this call (a row skipped or timed out): $CUT. To run them" \
+    "again: $(commands "$CUT")"
+  [ -n "$OTHER" ] && echo "Not in this call: $OTHER ($(commands "$OTHER"))"
 } | tee "$OUT/summary.txt"
 pack_logs
 if [ "${GPU_CHECK_KEEP:-0}" = 1 ]; then

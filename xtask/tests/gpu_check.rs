@@ -47,15 +47,17 @@ const BENCH: &str = r#"
 
 /// Writes the stand-in `lt` into `dir`: `selftest` prints [`SELFTEST`] and fails as `lt` would;
 /// any other call appends its arguments (after `LT_CUDNN_BN_SPATIAL=1` when set) to
-/// `dir/calls.txt` and succeeds, `bench backbone` printing [`BENCH`]'s line. Beside it, a
-/// `python3` that fails PyTorch's benchmark (PyTorch may be installed here: not its CPU run in a
-/// test) and runs the real one otherwise.
+/// `dir/calls.txt` and succeeds, `bench backbone` printing [`BENCH`]'s line and `bench retrain`
+/// hanging for 30 s with `STAND_IN_HANG` set. Beside it, a `python3` that records and fails
+/// PyTorch's benchmark (PyTorch may be installed here: not its CPU run in a test) and runs the
+/// real one otherwise.
 fn stand_in(dir: &Path) -> std::path::PathBuf {
     let (lt, output, calls) = (dir.join("lt"), dir.join("selftest.txt"), dir.join("calls.txt"));
     std::fs::write(&output, SELFTEST).unwrap();
     let script = format!(
         "#!/bin/sh\necho \"${{LT_CUDNN_BN_SPATIAL:+LT_CUDNN_BN_SPATIAL=1 }}$*\" >>'{}'\ncase \" $* \" in\n  \
-         *\" selftest \"*) cat '{}'; exit 1 ;;\n  *\" bench backbone \"*){BENCH};;\nesac\n",
+         *\" selftest \"*) cat '{}'; exit 1 ;;\n  *\" bench backbone \"*){BENCH};;\n  \
+         *\" bench retrain \"*) [ -z \"$STAND_IN_HANG\" ] || sleep 30 ;;\nesac\n",
         calls.display(),
         output.display(),
     );
@@ -63,7 +65,9 @@ fn stand_in(dir: &Path) -> std::path::PathBuf {
     let python = Command::new("sh").args(["-c", "command -v python3"]).output().unwrap();
     let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
     let wrapper = format!(
-        "#!/bin/sh\ncase \"$1\" in *bench_torch.py) echo torch left out >&2; exit 1 ;; esac\nexec '{python}' \"$@\"\n"
+        "#!/bin/sh\ncase \"$1\" in *bench_torch.py) echo \"python3 $*\" >>'{}'; echo torch left out >&2; exit 1 ;; \
+         esac\nexec '{python}' \"$@\"\n",
+        calls.display()
     );
     std::fs::create_dir_all(dir.join("bin")).unwrap();
     std::fs::write(dir.join("bin/python3"), wrapper).unwrap();
@@ -73,14 +77,25 @@ fn stand_in(dir: &Path) -> std::path::PathBuf {
 
 /// Runs `scripts/gpu_check.sh` on the CPU with the stand-in `lt` of `dir`, output in `dir/out`
 /// (one folder for every call, so each must start its own bench.jsonl),
-/// with `GPU_CHECK_STEPS` set to `steps` (unset when `None`) and the default budget (340 s; the
+/// with `GPU_CHECK_STEPS` set to `steps` (unset when `None`) and the default budget (345 s; the
 /// stand-in takes none of it): (its stdout, summary.tsv).
 fn check(dir: &Path, steps: Option<&str>) -> (String, String) {
-    check_within(dir, steps, 340)
+    check_within(dir, steps, 345)
 }
 
 /// [`check`] with a budget of `budget` seconds.
 fn check_within(dir: &Path, steps: Option<&str>, budget: u32) -> (String, String) {
+    let (_, stdout, summary) = check_env(dir, steps, budget, &[]);
+    (stdout, summary)
+}
+
+/// [`check_within`] with more environment `env`: (its exit code, stdout, summary.tsv).
+fn check_env(
+    dir: &Path,
+    steps: Option<&str>,
+    budget: u32,
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let lt = stand_in(dir);
     let out = dir.join("out");
@@ -97,9 +112,10 @@ fn check_within(dir: &Path, steps: Option<&str>, budget: u32) -> (String, String
         Some(steps) => cmd.env("GPU_CHECK_STEPS", steps),
         None => cmd.env_remove("GPU_CHECK_STEPS"),
     };
+    cmd.envs(env.iter().copied());
     let run = cmd.output().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
-    (stdout, std::fs::read_to_string(out.join("summary.tsv")).unwrap_or_default())
+    (run.status.code(), stdout, std::fs::read_to_string(out.join("summary.tsv")).unwrap_or_default())
 }
 
 #[test]
@@ -175,6 +191,9 @@ fn the_check_is_two_calls_and_each_compares_with_its_own_default_step() {
     let other =
         "Not in this call: loader bench-more retrain cpu (GPU_CHECK_STEPS=more bash scripts/gpu_check.sh)";
     assert!(stdout.contains(other) && !stdout.contains("Cut short"), "{stdout}");
+    // PyTorch's ResNet-50 variants, best f32 layout first (a timeout keeps those done).
+    let torch50 = "python3 scripts/bench_torch.py --device cpu --variants f32-cl,f32-strict-cl,bf16-cl,f32 --arch resnet50";
+    assert!(calls().contains(torch50), "{}", calls());
     // The second call measures the default TF32 step itself (not the first call's row, in the
     // same folder here), once per architecture, and bench.md compares each changed setting
     // with it.
@@ -213,8 +232,12 @@ fn the_check_is_two_calls_and_each_compares_with_its_own_default_step() {
     // One call with both (in the steps' order, whatever the order given): the bench step's row
     // is the default, not measured again.
     std::fs::remove_file(dir.path().join("calls.txt")).unwrap();
-    check(dir.path(), Some("bench-more bench"));
+    let (stdout, _) = check(dir.path(), Some("bench-more bench"));
     assert_eq!(default_r32(&calls()), 3, "bench's row, the pool's and SGD's:\n{}", calls());
+    // The steps left, as the two calls that run them.
+    let other = "Not in this call: selftest pipeline loader retrain cpu (GPU_CHECK_STEPS=\"selftest pipeline\" bash \
+                 scripts/gpu_check.sh; then GPU_CHECK_STEPS=\"loader retrain cpu\" bash scripts/gpu_check.sh)";
+    assert!(stdout.contains(other), "{stdout}");
     // bench-more leaves stage 2 its 100 s: with 105 s in all, its rows are skipped, not stage 2.
     let (stdout, summary) = check_within(dir.path(), Some("bench-more retrain"), 105);
     let status =
@@ -224,5 +247,22 @@ fn the_check_is_two_calls_and_each_compares_with_its_own_default_step() {
     assert_eq!(status("stage 2 SRepr ImageNet-LT size"), Some("ok"), "{summary}");
     let cut = "Cut short in this call (a row skipped or timed out): bench-more. To run them again: \
                GPU_CHECK_STEPS=\"bench-more\"";
+    assert!(stdout.contains(cut), "{stdout}");
+}
+
+#[test]
+fn the_check_refuses_unknown_steps_before_making_anything_and_names_timeouts_as_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    for steps in ["bogus", " ", "*"] {
+        let (code, _, _) = check_env(dir.path(), Some(steps), 345, &[]);
+        assert_eq!(code, Some(2), "{steps:?}");
+        assert!(!dir.path().join("out").exists(), "{steps:?} made the output folder");
+    }
+    // A row that runs out of time (here the budget's: 12 s in all) marks its step as cut short.
+    let (code, stdout, summary) = check_env(dir.path(), Some("retrain"), 12, &[("STAND_IN_HANG", "1")]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(summary.contains("\nstage 2 SRepr ImageNet-LT size\ttimeout\t"), "{summary}");
+    let cut = "Cut short in this call (a row skipped or timed out): retrain. To run them again: \
+               GPU_CHECK_STEPS=\"retrain\" bash scripts/gpu_check.sh";
     assert!(stdout.contains(cut), "{stdout}");
 }
