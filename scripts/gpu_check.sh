@@ -706,9 +706,9 @@ TOTAL=$(($(date +%s) - START_ALL))
   echo
   echo "GPU check summary ($DEVICE; ${GPU_NAME:-no GPU}; ${TOTAL} s; outputs in $OUT)"
   echo "Fashion-MNIST-LT step: a 6-epoch stage 1 (SWA from epoch 4), 4 SWAG samples, SRepr for 10 epochs (not the paper's protocol)."
-  printf '%-34s %-13s %7s  %s\n' step status seconds result
+  printf '%-42s %-13s %7s  %s\n' step status seconds result
   while IFS=$'\t' read -r step status secs result; do
-    printf '%-34s %-13s %7s  %s\n' "$step" "$status" "$secs" "$result"
+    printf '%-42s %-13s %7s  %s\n' "$step" "$status" "$secs" "$result"
   done <"$SUMMARY"
   echo "Step logs: $OUT/logs.tar.gz (tar -xzf; cuDNN's own warnings are in logs/selftest.txt)"
   [ -n "$CUT" ] && echo "Cut short in this call (a row skipped or timed out): $CUT. To run them" \
