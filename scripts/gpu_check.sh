@@ -347,13 +347,13 @@ peak_sampler_stop() {
 
 # bench_project NAME TF32(0|1) ARGS...: one `lt bench backbone` run, JSON appended to bench.jsonl.
 bench_project() {
-  local name=$1 tf32=$2 limit
+  local name=$1 tf32=$2
   shift 2
-  limit=$(bench_limit 45) || { record "bench $name" skipped 0 "bench time used up"; return; }
+  bench_time "bench $name" 45 || return
   local extra=()
   [ "$tf32" = 1 ] && extra+=(--tf32)
   peak_sampler_start "$name"
-  run_step "bench $name" "$limit" "$LOGS/bench-$name.log" "$LT" bench backbone --device "$DEVICE" "$@" "${extra[@]}"
+  run_step "bench $name" "$LIMIT" "$LOGS/bench-$name.log" "$LT" bench backbone --device "$DEVICE" "$@" "${extra[@]}"
   peak_sampler_stop
   local json result="no result"
   json=$(grep '^{' "$LOGS/bench-$name.log" | tail -n 1)
@@ -384,11 +384,11 @@ bench_default() {
 
 # bench_torch NAME ARGS...: the PyTorch variants of one configuration in one process.
 bench_torch() {
-  local name=$1 limit
+  local name=$1
   shift
   # PyTorch times four variants, each with cudnn.benchmark's search first: ResNet-50 needs longer.
-  limit=$(bench_limit "${TORCH_LIMIT:-60}") || { record "bench $name" skipped 0 "bench time used up"; return; }
-  run_step "bench $name" "$limit" "$LOGS/bench-$name.log" python3 scripts/bench_torch.py --device "$DEVICE" \
+  bench_time "bench $name" "${TORCH_LIMIT:-60}" || return
+  run_step "bench $name" "$LIMIT" "$LOGS/bench-$name.log" python3 scripts/bench_torch.py --device "$DEVICE" \
     --variants "${TORCH_VARIANTS:-f32-strict-cl,f32,f32-cl,bf16-cl}" "$@"
   grep '^{' "$LOGS/bench-$name.log" >>"$OUT/bench.jsonl"
   # A variant that failed prints its error as a JSON line too: count the measured ones.
@@ -408,11 +408,15 @@ reserve_for() {
   case " $STEPS " in *" $1 "*) echo "$2" ;; *) echo 0 ;; esac
 }
 
-# bench_limit WANT: the time left of the benchmark's budget, at most WANT (fails when used up).
-bench_limit() {
+# bench_time ROW WANT: LIMIT, the time row ROW may take of the benchmark's budget (at most
+# WANT); when that is used up, records ROW as skipped and fails.
+bench_time() {
   local left=$((BENCH_DEADLINE - $(date +%s)))
-  [ "$left" -ge 10 ] || return 1
-  echo $((left < $1 ? left : $1))
+  if [ "$left" -lt 10 ]; then
+    record "$1" skipped 0 "bench time used up"
+    return 1
+  fi
+  LIMIT=$((left < $2 ? left : $2))
 }
 
 # The project (f32, TF32, bf16) against PyTorch, ResNet-32 and ResNet-50, training and eval.
@@ -463,10 +467,10 @@ print("step %.0f ms; ops: " % d["step_ms"] + ", ".join(ms % (o["op"], o["ms"]) f
 # bench backbone ARGS` (at most WANT s of the benchmark's budget), its row with times of DIGITS
 # decimals.
 profile() {
-  local name=$1 want=$2 digits=$3 batch=$4 limit
+  local name=$1 want=$2 digits=$3 batch=$4
   shift 4
-  limit=$(bench_limit "$want") || { record "profile $name train b$batch TF32" skipped 0 "bench time used up"; return; }
-  run_step "profile $name train" "$limit" "$LOGS/profile-$name.log" "$LT" bench backbone --device "$DEVICE" \
+  bench_time "profile $name train b$batch TF32" "$want" || return
+  run_step "profile $name train" "$LIMIT" "$LOGS/profile-$name.log" "$LT" bench backbone --device "$DEVICE" \
     "$@" --batch "$batch" --steps 3 --warmup 2 --mode train --tf32 --profile
   record "profile $name train b$batch TF32" "$LAST_STATUS" "$LAST_SECONDS" \
     "$(profile_result "$LOGS/profile-$name.log" "$digits")"
