@@ -51,3 +51,14 @@ pub fn stage2_features<'a>(
         None => kept,
     })
 }
+
+/// Where stage 2 reads its rows: the copy [`stage2_features`] made (`kept`), or the file itself.
+pub fn stage2_source<'a>(
+    kept: &'a Option<lt_retrain::resident::Resident<'a>>,
+    features: &'a lt_core::formats::features::Features,
+) -> &'a dyn lt_retrain::FeatureSource {
+    match kept {
+        Some(kept) => kept,
+        None => features,
+    }
+}

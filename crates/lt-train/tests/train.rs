@@ -286,7 +286,7 @@ impl lt_data::Dataset for Slow {
 fn data_waits(dir: &std::path::Path) -> Vec<(f64, f64, f64)> {
     let log = std::fs::read_to_string(RunDir::new(dir).log()).unwrap();
     let epoch = |l: &str| serde_json::from_str::<lt_train::trainer::EpochLog>(l).unwrap();
-    log.lines().map(|l| (epoch(l).data_wait, epoch(l).loader_ahead, epoch(l).device_wait)).collect()
+    log.lines().map(epoch).map(|e| (e.data_wait, e.loader_ahead, e.device_wait)).collect()
 }
 
 #[test]

@@ -299,11 +299,7 @@ fn retrain(b: RetrainBench) -> Result<()> {
     (cfg.srepr.lambda, cfg.srepr.temperature) = (Some(1.0), Some(1.0));
     let t = Instant::now();
     let kept = crate::device::stage2_features(&fs, &dev);
-    let source: &dyn lt_retrain::FeatureSource = match &kept {
-        Some(kept) => kept,
-        None => &fs,
-    };
-    let out = lt_retrain::retrain(source, &cfg, &dev)?;
+    let out = lt_retrain::retrain(crate::device::stage2_source(&kept, &fs), &cfg, &dev)?;
     let secs = t.elapsed().as_secs_f64();
     print(json!({
         "bench": "retrain", "size": b.size, "method": b.method, "epochs": b.epochs, "samples": n, "dim": d, "classes": c,

@@ -105,11 +105,7 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     let _lock = lt_core::lock::RunLock::acquire_and_clean(out)?;
     let started = std::time::Instant::now();
     let kept = crate::device::stage2_features(&features, &device);
-    let source: &dyn lt_retrain::FeatureSource = match &kept {
-        Some(kept) => kept,
-        None => &features,
-    };
-    let outcome = retrain(source, &cfg, &device)?;
+    let outcome = retrain(crate::device::stage2_source(&kept, &features), &cfg, &device)?;
     if let Some(kept) = &kept {
         tracing::info!("kept {:.0} MiB of features on the device", kept.kept_bytes() as f64 / 1048576.0);
     }

@@ -10,8 +10,8 @@ use candle_core::cuda_backend::cudarc::driver::{DevicePtr, DeviceRepr, LaunchCon
 use candle_core::cuda_backend::CudaDevice;
 use candle_core::{Storage, Tensor};
 
-use super::span;
 use super::table::{step_launches, StepTable};
+use super::{bits, span};
 
 /// The kernel's PTX.
 const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/sgd_passes.ptx"));
@@ -41,9 +41,6 @@ pub(super) fn load(dev: &CudaDevice) -> candle_core::Result<()> {
     let cpu = candle_core::Device::Cpu;
     let (cp, cg, cb) = (on(&cpu, start[0])?, on(&cpu, start[1])?, on(&cpu, start[2])?);
     super::host_passes((&cp, &cg, &cb), (mu, wd, lr, true))?;
-    let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
-        Ok(t.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
-    };
     if bits(&p)? != bits(&cp)? || bits(&buf)? != bits(&cb)? {
         return Err(launch_error(format!(
             "a trial step gave p {:?}, buf {:?} where the CPU passes give {:?}, {:?}",

@@ -213,6 +213,11 @@ fn check_shapes() -> Vec<Vec<usize>> {
     shapes
 }
 
+/// The bits of an `f32` tensor's values, in order (how the SGD checks compare two steps).
+fn bits(t: &Tensor) -> candle_core::Result<Vec<u32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
+}
+
 /// Deterministic values of both signs and several magnitudes.
 fn check_values(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
@@ -260,9 +265,6 @@ fn check_grads(params: &[(String, Var)], step: u32) -> candle_core::Result<GradS
 pub fn check_in_place_passes(device: &candle_core::Device) -> candle_core::Result<PassCheck> {
     let shapes = check_shapes();
     let (mut differing, mut compared) = (0usize, 0usize);
-    let bits = |t: &Tensor| -> candle_core::Result<Vec<u32>> {
-        Ok(t.flatten_all()?.to_vec1::<f32>()?.into_iter().map(f32::to_bits).collect())
-    };
     for (momentum, nesterov, wd) in CHECK_SETTINGS {
         let (fused, plain) = (check_params(device)?, check_params(device)?);
         let (mut a, mut b) = (Sgd::new(momentum, nesterov, wd), Sgd::new(momentum, nesterov, wd));
