@@ -93,6 +93,15 @@ impl Family {
         }
     }
 
+    /// The stem convolution `conv1`: its output channels and kernel size (the first stage's
+    /// width and 3 x 3 for CIFAR ResNets, 64 and 7 x 7 for torchvision's).
+    pub fn stem(&self) -> (usize, usize) {
+        match *self {
+            Family::Cifar { width, .. } => (width, 3),
+            Family::Torchvision { .. } => (64, 7),
+        }
+    }
+
     /// Names of the classifier's weight and bias.
     pub fn head_names(&self) -> (&'static str, &'static str) {
         match self {

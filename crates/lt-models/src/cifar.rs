@@ -1,5 +1,6 @@
 //! The CIFAR ResNet family (He et al. 2016) with option-A shortcuts, as in the LDAM-DRW code.
 
+use crate::arch::Family;
 use crate::error::{ModelError, Result};
 use crate::layers::{BatchNorm, Builder, Conv, ConvInit, Linear};
 use crate::program::{ProgramBuilder, Slot};
@@ -67,7 +68,8 @@ impl CifarResNet {
         num_classes: usize,
     ) -> Result<Self> {
         let n = (depth - 2) / 6;
-        let conv1 = Conv::new(&b.push("conv1"), in_channels, width, 3, 1, 1, ConvInit::FanIn)?;
+        let (stem, k) = Family::Cifar { depth, width }.stem();
+        let conv1 = Conv::new(&b.push("conv1"), in_channels, stem, k, 1, 1, ConvInit::FanIn)?;
         let bn1 = BatchNorm::new(&b.push("bn1"), width)?;
         let mut blocks = Vec::new();
         let mut cin = width;

@@ -1,6 +1,7 @@
 //! torchvision's ResNet-18/34/50 (v1.5: the stride of a bottleneck sits on its 3x3 convolution),
 //! with torchvision's parameter names.
 
+use crate::arch::Family;
 use crate::error::Result;
 use crate::layers::{BatchNorm, Builder, Conv, ConvInit, Linear};
 use crate::program::{ProgramBuilder, Slot};
@@ -108,10 +109,11 @@ impl TvResNet {
             _ => (true, [3, 4, 6, 3]),
         };
         let expansion = if bottleneck { 4 } else { 1 };
-        let conv1 = Conv::new(&b.push("conv1"), in_channels, 64, 7, 2, 3, ConvInit::FanOut)?;
-        let bn1 = BatchNorm::new(&b.push("bn1"), 64)?;
+        let (stem, k) = Family::Torchvision { depth }.stem();
+        let conv1 = Conv::new(&b.push("conv1"), in_channels, stem, k, 2, k / 2, ConvInit::FanOut)?;
+        let bn1 = BatchNorm::new(&b.push("bn1"), stem)?;
         let mut layers = Vec::new();
-        let mut cin = 64;
+        let mut cin = stem;
         for (stage, (&n, planes)) in counts.iter().zip([64, 128, 256, 512]).enumerate() {
             for i in 0..n {
                 let stride = if i == 0 && stage > 0 { 2 } else { 1 };

@@ -146,27 +146,73 @@ fn float_tensor(a: &Artifact, file_name: &str, shape: &[usize], device: &Device)
 }
 
 /// Number of classes of the classifier stored in a weight file for `family` (torchvision,
-/// CIFAR or transformers names), if the file has one.
+/// CIFAR or transformers names), if the file has one. The classifier must be `[classes, D]`
+/// with `D` the family's feature dimension and at least one class.
 pub fn head_classes(path: &Path, family: &Family) -> Result<Option<usize>> {
-    let a = Artifact::open_any(path)?;
+    head_classes_in(&Artifact::open_any(path)?, family)
+}
+
+/// Input channels of the stem convolution stored in a weight file for `family`, if present. The
+/// stem must have the family's output channels and kernel ([`Family::stem`]) and at least one
+/// input channel.
+pub fn stem_channels(path: &Path, family: &Family) -> Result<Option<usize>> {
+    stem_channels_in(&Artifact::open_any(path)?, family)
+}
+
+// The shapes' other dimensions are checked, not only read past: they make the count read from
+// the file a count of tensors the file holds, so that a small file cannot have a model of
+// terabytes built for it.
+fn head_classes_in(a: &Artifact, family: &Family) -> Result<Option<usize>> {
     let (w, _) = family.head_names();
     for name in [w.to_string(), format!("module.{w}"), "classifier.1.weight".to_string()] {
         if a.contains(&name) {
-            return Ok(a.info(&name)?.shape.first().copied());
+            let classes = a.expect_shape(&name, &[None, Some(family.feature_dim())])?.shape[0];
+            if classes == 0 {
+                return Err(a.bad_value(&name, "a classifier for no classes").into());
+            }
+            return Ok(Some(classes));
         }
     }
     Ok(None)
 }
 
-/// Input channels of the stem convolution stored in a weight file, if present.
-pub fn stem_channels(path: &Path) -> Result<Option<usize>> {
-    let a = Artifact::open_any(path)?;
+fn stem_channels_in(a: &Artifact, family: &Family) -> Result<Option<usize>> {
+    let (out, k) = family.stem();
     for name in ["conv1.weight", "module.conv1.weight", "resnet.embedder.embedder.convolution.weight"] {
         if a.contains(name) {
-            return Ok(a.info(name)?.shape.get(1).copied());
+            let channels = a.expect_shape(name, &[Some(out), None, Some(k), Some(k)])?.shape[1];
+            if channels == 0 {
+                return Err(a.bad_value(name, "a stem convolution with no input channel").into());
+            }
+            return Ok(Some(channels));
         }
     }
     Ok(None)
+}
+
+/// Refuses, before anything is built, an architecture recorded in a backbone artifact that the
+/// file cannot hold: its classifier and stem must be in the file with the recorded class and
+/// channel counts, and a depth-`d` network has `d` layers with weights, so at least `d` tensors.
+fn check_recorded_arch(a: &Artifact, arch: &Arch) -> Result<()> {
+    let family = &arch.family;
+    let recorded = [
+        ("num_classes", arch.num_classes, head_classes_in(a, family)?, "classifier"),
+        ("in_channels", arch.in_channels, stem_channels_in(a, family)?, "stem convolution"),
+    ];
+    for (key, value, held, what) in recorded {
+        if held != Some(value) {
+            let held = held.map_or_else(|| "none".to_string(), |n| n.to_string());
+            return Err(a.bad_meta(key, format!("{value}, but the file's {what} has {held}")).into());
+        }
+    }
+    let depth = match *family {
+        Family::Cifar { depth, .. } | Family::Torchvision { depth } => depth,
+    };
+    let tensors = a.names().count();
+    if tensors < depth {
+        return Err(a.bad_meta("arch", format!("depth {depth} in a file of {tensors} tensors")).into());
+    }
+    Ok(())
 }
 
 impl Model {
@@ -190,8 +236,10 @@ impl Model {
                 )));
             }
         }
-        let classes = head_classes(path, &family)?.unwrap_or(default_classes);
-        let in_channels = stem_channels(path)?.unwrap_or(3);
+        let a = Artifact::open_any(path)?;
+        let classes = head_classes_in(&a, &family)?.unwrap_or(default_classes);
+        let in_channels = stem_channels_in(&a, &family)?.unwrap_or(3);
+        drop(a);
         let m = Model::new(Arch { family, num_classes: classes, in_channels }, 0, device)?;
         let report = m.load_weights(path)?;
         Ok((m, report))
@@ -393,6 +441,7 @@ impl Model {
             num_classes: a.meta_parse("num_classes")?,
             in_channels: a.meta_parse("in_channels")?,
         };
+        check_recorded_arch(&a, &arch)?;
         drop(a);
         let m = Model::new(arch, 0, device)?;
         m.load_weights(path)?;

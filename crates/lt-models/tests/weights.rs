@@ -236,3 +236,63 @@ fn hub_offline_cache_hits_and_misses() {
     let err = fetch("timm/resnet18.tv_in1k", "pytorch_model.bin", &opts).unwrap_err().to_string();
     assert!(err.contains("pytorch_model.bin"), "{err}");
 }
+
+/// A small file cannot have a model of terabytes built for it: the class count, input channels,
+/// width and depth read from a weight file are checked against the tensors it holds before the
+/// model is built (they used to be taken as given: `memory allocation of 8192000000000 bytes
+/// failed` from a 150-byte file).
+#[test]
+fn counts_read_from_a_file_are_backed_by_its_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &Device::Cpu).unwrap();
+    let family = |name: &str| name.parse::<lt_models::Family>().unwrap();
+    let refused = |name: &str, tensors: &[(&str, Tensor)], arch: &str| {
+        let p = dir.path().join(name);
+        write_plain(&p, &tensors.iter().map(|(n, t)| (n.to_string(), t.clone())).collect::<Vec<_>>());
+        Model::from_weights(family(arch), &p, 10, &Device::Cpu).unwrap_err().to_string()
+    };
+    // A classifier for 4e9 classes with no elements, and a stem for 4e9 input channels.
+    let msg = refused("head.safetensors", &[("fc.weight", zeros(&[4_000_000_000, 0]))], "resnet18");
+    assert!(
+        msg.contains("head.safetensors") && msg.contains("fc.weight") && msg.contains("[*, 512]"),
+        "{msg}"
+    );
+    let msg = refused("stem.safetensors", &[("conv1.weight", zeros(&[64, 4_000_000_000, 7, 0]))], "resnet18");
+    assert!(msg.contains("conv1.weight") && msg.contains("[64, *, 7, 7]"), "{msg}");
+    let msg = refused("none.safetensors", &[("linear.weight", zeros(&[0, 64]))], "resnet20");
+    assert!(msg.contains("linear.weight") && msg.contains("no classes"), "{msg}");
+    let msg = refused("nochan.safetensors", &[("conv1.weight", zeros(&[16, 0, 3, 3]))], "resnet20");
+    assert!(msg.contains("conv1.weight") && msg.contains("no input channel"), "{msg}");
+
+    // A backbone artifact's recorded architecture must be the one its tensors hold.
+    let src = model("resnet20", 10, 1);
+    let good = dir.path().join("good.safetensors");
+    src.save(&good, &[]).unwrap();
+    let a = lt_core::Artifact::open_any(&good).unwrap();
+    let with_meta = |name: &str, key: &str, value: &str| {
+        let mut w = ArtifactWriter::new(lt_models::weights::BACKBONE_FORMAT);
+        for (k, v) in a.metadata() {
+            if !k.starts_with("__") {
+                w.meta(k, if k == key { value.to_string() } else { v.clone() });
+            }
+        }
+        for n in a.names() {
+            let shape = &a.info(n).unwrap().shape;
+            match a.f32(n) {
+                Ok(v) => w.push_f32(n, shape, v),
+                Err(_) => w.push_i64(n, shape, a.i64(n).unwrap()),
+            };
+        }
+        let p = dir.path().join(name);
+        w.write(&p).unwrap();
+        Model::from_artifact(&p, &Device::Cpu).unwrap_err().to_string()
+    };
+    let msg = with_meta("classes.safetensors", "num_classes", "4000000000");
+    assert!(msg.contains("num_classes") && msg.contains("classifier has 10"), "{msg}");
+    let msg = with_meta("channels.safetensors", "in_channels", "4000000000");
+    assert!(msg.contains("in_channels") && msg.contains("stem convolution has 3"), "{msg}");
+    let msg = with_meta("width.safetensors", "arch", "cifar-resnet20x4000000000");
+    assert!(msg.contains("linear.weight") && msg.contains("16000000000"), "{msg}");
+    let msg = with_meta("depth.safetensors", "arch", "cifar-resnet6000000002");
+    assert!(msg.contains("depth 6000000002 in a file of"), "{msg}");
+}

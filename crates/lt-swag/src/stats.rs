@@ -201,10 +201,9 @@ impl Swag {
                 .bad_meta(&key("rank"), format!("{rank} columns with K = {max_rank} and {n_models} models"))
                 .into());
         }
-        let p = layout.len();
-        let mut mean = Vec::with_capacity(p);
-        let mut sq_mean = Vec::with_capacity(p);
-        let mut deviations: VecDeque<Vec<f32>> = (0..rank).map(|_| Vec::with_capacity(p)).collect();
+        check_layout(a, &key("layout"), &layout)?;
+        // Every shape is checked before anything is allocated: the sizes in the layout and the
+        // rank are then those of tensors the file holds, not numbers a small file may claim.
         for (name, shape) in layout.names.iter().zip(&layout.shapes) {
             let want: Vec<Option<usize>> = shape.iter().map(|&d| Some(d)).collect();
             a.expect_shape(&key(&format!("mean.{name}")), &want)?;
@@ -212,6 +211,15 @@ impl Swag {
             let mut dwant = vec![Some(rank)];
             dwant.extend(want);
             a.expect_shape(&key(&format!("deviations.{name}")), &dwant)?;
+        }
+        let p = layout.len();
+        if p == 0 && rank > 0 {
+            return Err(a.bad_meta(&key("rank"), format!("{rank} columns of no parameters")).into());
+        }
+        let mut mean = Vec::with_capacity(p);
+        let mut sq_mean = Vec::with_capacity(p);
+        let mut deviations: VecDeque<Vec<f32>> = (0..rank).map(|_| Vec::with_capacity(p)).collect();
+        for (name, shape) in layout.names.iter().zip(&layout.shapes) {
             mean.extend(a.f32(&key(&format!("mean.{name}")))?);
             sq_mean.extend(a.f32(&key(&format!("sq_mean.{name}")))?);
             let d = a.f32(&key(&format!("deviations.{name}")))?;
@@ -225,4 +233,21 @@ impl Swag {
         }
         Ok(Self { layout, n_models, max_rank, mean, sq_mean, deviations })
     }
+}
+
+/// Refuses a recorded layout that no model has: one shape per name, no name twice, and no
+/// parameter without elements.
+fn check_layout(a: &Artifact, key: &str, layout: &ParamLayout) -> Result<()> {
+    let bad = |reason: String| -> Result<()> { Err(a.bad_meta(key, reason).into()) };
+    if layout.names.len() != layout.shapes.len() {
+        return bad(format!("{} names for {} shapes", layout.names.len(), layout.shapes.len()));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(name) = layout.names.iter().find(|n| !seen.insert(n.as_str())) {
+        return bad(format!("parameter `{name}` twice"));
+    }
+    if let Some((name, _)) = layout.names.iter().zip(&layout.shapes).find(|(_, s)| s.contains(&0)) {
+        return bad(format!("parameter `{name}` has no elements"));
+    }
+    Ok(())
 }

@@ -135,3 +135,28 @@ fn artifact_roundtrip_and_refusals() {
     assert!(err.contains("b.w"), "{err}");
     let _ = DType::F32;
 }
+
+/// Statistics whose recorded layout and rank claim more than the file holds are refused before
+/// anything is allocated (they used to reserve the claimed sizes first: terabytes from a few
+/// hundred bytes).
+#[test]
+fn recorded_sizes_are_checked_against_the_tensors_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, layout: &str, rank: &str| {
+        let p = dir.path().join(name);
+        let mut w = lt_core::ArtifactWriter::new(lt_swag::SWAG_FORMAT);
+        w.meta("layout", layout).meta("n_models", rank).meta("max_rank", rank).meta("rank", rank);
+        w.write(&p).unwrap();
+        Swag::load(&p).unwrap_err().to_string()
+    };
+    let huge = write("huge.safetensors", r#"{"names":["w"],"shapes":[[4000000000000]]}"#, "0");
+    assert!(huge.contains("huge.safetensors") && huge.contains("mean.w"), "{huge}");
+    let columns = write("columns.safetensors", r#"{"names":[],"shapes":[]}"#, "1000000000000000");
+    assert!(columns.contains("columns of no parameters"), "{columns}");
+    let empty = write("empty.safetensors", r#"{"names":["w"],"shapes":[[0, 3]]}"#, "0");
+    assert!(empty.contains("`w` has no elements"), "{empty}");
+    let twice = write("twice.safetensors", r#"{"names":["w","w"],"shapes":[[1],[1]]}"#, "0");
+    assert!(twice.contains("`w` twice"), "{twice}");
+    let unpaired = write("unpaired.safetensors", r#"{"names":["w"],"shapes":[]}"#, "0");
+    assert!(unpaired.contains("1 names for 0 shapes"), "{unpaired}");
+}
