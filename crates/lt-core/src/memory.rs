@@ -1,7 +1,12 @@
-//! Process memory as the kernel reports it (Linux `/proc/self/status`; `None` elsewhere).
+//! Process and machine memory as the kernel reports it (Linux `/proc/self/status` and
+//! `/proc/meminfo`; `None` elsewhere).
 
 fn field_mib(name: &str) -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    file_field_mib("/proc/self/status", name)
+}
+
+fn file_field_mib(file: &str, name: &str) -> Option<f64> {
+    let s = std::fs::read_to_string(file).ok()?;
     s.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.split_whitespace().nth(1))
@@ -24,6 +29,11 @@ pub fn rss_anon_mib() -> Option<f64> {
     field_mib("RssAnon:")
 }
 
+/// The machine's memory, MiB (`MemTotal`).
+pub fn total_mib() -> Option<f64> {
+    file_field_mib("/proc/meminfo", "MemTotal:")
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -31,6 +41,7 @@ mod tests {
         if cfg!(target_os = "linux") {
             let (rss, peak) = (super::rss_mib().unwrap(), super::peak_rss_mib().unwrap());
             assert!(rss > 0.0 && peak >= rss);
+            assert!(super::total_mib().unwrap() > peak);
         }
     }
 }

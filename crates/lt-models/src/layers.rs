@@ -36,6 +36,7 @@ impl<'a> Builder<'a> {
 
     pub fn param(&self, leaf: &str, shape: &[usize], init: Init) -> Result<Var> {
         let name = self.name(leaf);
+        self.store.room_for(&name, shape)?;
         let t = draw(init, shape, self.seed, &name, self.store.device())?;
         self.store.add_param(&name, t)
     }

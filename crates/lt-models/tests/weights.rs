@@ -205,6 +205,25 @@ fn unknown_architecture_and_bad_input_shape() {
     assert!(err.contains("expects N x 3 x H x W") && err.contains("[2, 1, 32, 32]"), "{err}");
 }
 
+/// A model larger than the machine's memory (a mistyped class count or width) is an error naming
+/// the parameter that would not fit, found before its values are drawn, not an aborted allocation.
+#[test]
+fn a_model_larger_than_memory_is_refused_before_it_is_drawn() {
+    let build = |name: &str, classes: usize| {
+        Model::new(Arch::new(name, classes, 3).unwrap(), 0, &Device::Cpu).err().map(|e| e.to_string())
+    };
+    let err = build("resnet18", 4_000_000_000).expect("8 TB of classifier");
+    assert!(err.contains("`fc.weight` of shape [4000000000, 512]") && err.contains("GiB of memory"), "{err}");
+    let err = build("cifar-resnet8x400000000000", 10).expect("a stem of 43 TB");
+    assert!(err.contains("`conv1.weight` of shape [400000000000, 3, 3, 3]"), "{err}");
+    let err = build("resnet20", usize::MAX / 2).expect("beyond usize");
+    assert!(
+        err.contains("`linear.weight`") && err.contains("more elements than memory can address"),
+        "{err}"
+    );
+    assert!(build("resnet20", 10).is_none());
+}
+
 /// A hub cache laid out like the real one (refs/main without a trailing newline).
 fn fake_cache(root: &Path, repo: &str, file: &str, bytes: &[u8]) {
     let commit = "0123456789abcdef0123456789abcdef01234567";
