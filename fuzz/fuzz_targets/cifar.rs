@@ -8,8 +8,14 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 use lt_data::cifar::{load_archive, parse_records, CifarVariant};
 
-const MEMBERS: [&str; 6] =
-    ["data_batch_1.bin", "test_batch.bin", "batches.meta.txt", "train.bin", "test.bin", "fine_label_names.txt"];
+const MEMBERS: [&str; 6] = [
+    "data_batch_1.bin",
+    "test_batch.bin",
+    "batches.meta.txt",
+    "train.bin",
+    "test.bin",
+    "fine_label_names.txt",
+];
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };

@@ -3,14 +3,25 @@
 //!
 //! Artifacts come from `lt_core`'s own writers (`SplitInfo::write`, `ArtifactWriter`); the data
 //! files follow the layouts of the writers in `crates/lt-data/tests/common` (IDX, CIFAR records,
-//! tar.gz), each prefixed with the mode byte its fuzz target reads first. The folder target's input
+//! tar.gz), each prefixed with the mode byte its fuzz target reads first. The formats target's
+//! seeds are written by each format's writer (`FeaturesWriter`, `HeadArtifact`, `Predictions`,
+//! `Swag::save`, `Model::save`, and a plain safetensors file of a small model's tensors). The folder target's input
 //! is structured (`arbitrary`), so its corpus starts empty.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
 use lt_core::artifact::{ArtifactWriter, ElemType, Format};
+use lt_core::formats::features::{write_values, FeaturesMeta, FeaturesWriter, SampleInfo, SampleKind, Split};
+use lt_core::formats::head::HeadArtifact;
+use lt_core::formats::predictions::Predictions;
+use lt_core::formats::RunMeta;
 use lt_core::split::SplitInfo;
+use lt_models::{Arch, Model};
+use lt_swag::{ParamLayout, Swag};
 
 fn corpus(target: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus").join(target);
@@ -97,6 +108,89 @@ fn artifacts() {
     std::fs::remove_dir_all(&dir).expect("clean");
 }
 
+/// The stages' artifacts, each written by its format's own writer, as the formats target's seeds.
+fn format_seeds() {
+    let dir = std::env::temp_dir().join(format!("srepr-fuzz-format-seeds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let p = dir.join("f.safetensors");
+    let seed = |name: &str| put("formats", name, &std::fs::read(&p).expect("read"));
+    let (classes, dim) = (3usize, 2usize);
+    let samples = vec![
+        SampleInfo { kind: SampleKind::Sgd, seed: None, index: None },
+        SampleInfo { kind: SampleKind::Swa, seed: None, index: None },
+        SampleInfo { kind: SampleKind::Swag, seed: Some(1), index: Some(0) },
+    ];
+    let meta = FeaturesMeta {
+        num_classes: classes,
+        feature_dim: dim,
+        samples,
+        scale: 0.5,
+        half: true,
+        dataset: "toy".into(),
+        arch: "cifar-resnet8x2".into(),
+        class_names: vec!["a".into(), "b".into(), "c".into()],
+        extract_config: serde_json::json!({"batch": 2}),
+        fingerprint: "f".into(),
+        run_fingerprint: "r".into(),
+        split_fingerprint: "s".into(),
+    };
+    let mut w = FeaturesWriter::new(meta, &[2, 1, 1]);
+    let block = |n: usize| move |out: &mut dyn Write| write_values(out, &vec![0.25; 3 * n * dim], true);
+    w.split(Split::Train, &[0, 0, 1, 2], block(4)).split(Split::Test, &[2, 1], block(2));
+    let (hw, hb) = (
+        Tensor::ones((classes, dim), DType::F32, &Device::Cpu),
+        Tensor::zeros(classes, DType::F32, &Device::Cpu),
+    );
+    let (hw, hb) = (hw.expect("weight"), hb.expect("bias"));
+    for kind in [SampleKind::Sgd, SampleKind::Swa] {
+        w.head(kind, &hw, &hb).expect("head");
+    }
+    w.write(&p).expect("features");
+    seed("features");
+
+    let run = RunMeta { method: "la".into(), row: "swa-la".into(), seed: Some(0), ..RunMeta::default() };
+    let head = HeadArtifact {
+        weight: vec![1.0, -1.0, 0.5, 0.0, 2.0, 1.0],
+        bias: vec![0.0, 0.1, -0.1],
+        classes,
+        dim,
+        extras: Default::default(),
+        meta: run.clone(),
+    };
+    head.write(&p).expect("head");
+    seed("head");
+    let pred = Predictions {
+        scores: vec![2.0, 0.0, -1.0, 0.0, 1.0, 3.0],
+        probabilities: false,
+        labels: vec![0, 2],
+        classes,
+        class_counts: Some(vec![5, 2, 1]),
+        class_names: None,
+        meta: run,
+    };
+    pred.write(&p).expect("predictions");
+    seed("predictions");
+
+    let layout = ParamLayout { names: vec!["a".into(), "b".into()], shapes: vec![vec![2, 2], vec![3]] };
+    let mut swag = Swag::new(layout, 2);
+    for k in 0..3 {
+        swag.collect(&[k as f32, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).expect("collect");
+    }
+    swag.save(&p, &[]).expect("swag");
+    seed("swag");
+
+    let model =
+        Model::new(Arch::new("cifar-resnet8x2", classes, 1).expect("arch"), 0, &Device::Cpu).expect("model");
+    model.save(&p, &[]).expect("backbone");
+    seed("backbone");
+    let mut tensors: HashMap<String, Tensor> =
+        model.store().named_params().into_iter().map(|(n, v)| (n, v.as_detached_tensor())).collect();
+    tensors.extend(model.store().named_buffers());
+    candle_core::safetensors::save(&tensors, &p).expect("weights");
+    seed("weights");
+    std::fs::remove_dir_all(&dir).expect("clean");
+}
+
 fn idx_seeds() {
     let images = idx(&[2, 2, 2], &[0, 64, 128, 255, 1, 2, 3, 4]);
     let labels = idx(&[2], &[3, 9]);
@@ -140,7 +234,8 @@ fn listfile_seeds() {
 /// Every preset the project ships, as the preset target's seeds.
 fn preset_seeds() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../presets");
-    let mut names: Vec<_> = std::fs::read_dir(&dir).expect("presets/").map(|e| e.expect("entry").path()).collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(&dir).expect("presets/").map(|e| e.expect("entry").path()).collect();
     names.sort();
     for p in names.into_iter().filter(|p| p.extension().is_some_and(|e| e == "toml")) {
         let stem = p.file_stem().expect("name").to_string_lossy().into_owned();
@@ -151,6 +246,7 @@ fn preset_seeds() {
 fn main() {
     preset_seeds();
     artifacts();
+    format_seeds();
     idx_seeds();
     cifar_seeds();
     listfile_seeds();
