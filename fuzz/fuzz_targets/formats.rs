@@ -1,17 +1,18 @@
 //! The typed readers of the stages' artifacts on arbitrary bytes: features (and every block and
 //! head in it), heads, predictions (evaluated as `lt eval` does), SWAG statistics (and a draw),
-//! backbone artifacts, and weight files for a small CIFAR ResNet. Never a panic, never an
-//! allocation sized by a number the file claims but does not hold.
+//! backbone artifacts, weight files and checkpoints for a small CIFAR ResNet. Never a panic,
+//! never an allocation sized by a number the file claims but does not hold.
 #![no_main]
 
 use candle_core::Device;
 use libfuzzer_sys::fuzz_target;
 use lt_core::formats::features::{Features, SampleKind, Split};
 use lt_core::formats::head::HeadArtifact;
+use lt_core::optim::Sgd;
 use lt_core::Rng;
 use lt_metrics::classification::BinEdges;
 use lt_metrics::predictions::{Predictions, PredictionsExt};
-use lt_models::{Family, Model};
+use lt_models::{Arch, Family, Model};
 use lt_swag::Swag;
 
 fn named(e: &impl std::fmt::Display) {
@@ -63,4 +64,8 @@ fuzz_target!(|data: &[u8]| {
     let _ = Model::from_artifact(&path, &Device::Cpu);
     let small: Family = "cifar-resnet8x2".parse().expect("a family");
     let _ = Model::from_weights(small, &path, 10, &Device::Cpu);
+    // The seeds' checkpoint: that network for 3 classes of 1 channel, fingerprint `fp`.
+    let model =
+        Model::new(Arch::new("cifar-resnet8x2", 3, 1).expect("arch"), 0, &Device::Cpu).expect("model");
+    let _ = lt_train::checkpoint::load(&path, &model, &mut Sgd::new(0.9, false, 5e-4), "fp");
 });

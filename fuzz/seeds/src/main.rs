@@ -5,7 +5,8 @@
 //! files follow the layouts of the writers in `crates/lt-data/tests/common` (IDX, CIFAR records,
 //! tar.gz), each prefixed with the mode byte its fuzz target reads first. The formats target's
 //! seeds are written by each format's writer (`FeaturesWriter`, `HeadArtifact`, `Predictions`,
-//! `Swag::save`, `Model::save`, and a plain safetensors file of a small model's tensors). The folder target's input
+//! `Swag::save`, `Model::save`, `checkpoint::save`, and a plain safetensors file of a small
+//! model's tensors). The folder target's input
 //! is structured (`arbitrary`), so its corpus starts empty.
 
 use std::io::Write;
@@ -19,9 +20,11 @@ use lt_core::formats::features::{write_values, FeaturesMeta, FeaturesWriter, Sam
 use lt_core::formats::head::HeadArtifact;
 use lt_core::formats::predictions::Predictions;
 use lt_core::formats::RunMeta;
+use lt_core::optim::Sgd;
 use lt_core::split::SplitInfo;
 use lt_models::{Arch, Model};
 use lt_swag::{ParamLayout, Swag};
+use lt_train::checkpoint::Progress;
 
 fn corpus(target: &str) -> PathBuf {
     let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../corpus").join(target);
@@ -188,6 +191,15 @@ fn format_seeds() {
     tensors.extend(model.store().named_buffers());
     candle_core::safetensors::save(&tensors, &p).expect("weights");
     seed("weights");
+    let params = model.store().named_params();
+    let mut opt = Sgd::new(0.9, false, 5e-4);
+    let momentum = params.iter().map(|(n, v)| (n.clone(), v.as_detached_tensor().ones_like().expect("ones")));
+    opt.set_buffers(momentum.collect(), &params).expect("momentum");
+    let mut swag = Swag::new(ParamLayout::of(model.store().varmap()).expect("layout"), 2);
+    swag.collect(&vec![0.5; swag.layout().len()]).expect("collect");
+    let progress = Progress { phase_index: 1, phase: None, next_epoch: 2, step: 3 };
+    lt_train::checkpoint::save(&p, &model, &opt, Some(&swag), &progress, "fp").expect("checkpoint");
+    seed("checkpoint");
     std::fs::remove_dir_all(&dir).expect("clean");
 }
 
