@@ -166,10 +166,13 @@ pub fn top_k_accuracy(s: &Scores, k: usize) -> f64 {
     (0..s.len()).filter(|&i| s.in_top_k(i, k)).count() as f64 / s.len() as f64
 }
 
-/// Mean negative log-likelihood of the labels (probabilities floored at `1e-12`).
+/// Mean negative log-likelihood of the labels (probabilities floored at `1e-12`); `0`, not `-0`,
+/// when every label has probability 1.
 pub fn nll(s: &Scores) -> f64 {
-    (0..s.len()).map(|i| -(s.probabilities(i)[s.labels()[i] as usize].max(1e-12)).ln()).sum::<f64>()
-        / s.len() as f64
+    let total: f64 =
+        (0..s.len()).map(|i| -(s.probabilities(i)[s.labels()[i] as usize].max(1e-12)).ln()).sum();
+    // Adding +0 turns the sum of -0s into +0 and changes no other value.
+    total / s.len() as f64 + 0.0
 }
 
 /// Which side of a bin edge is closed.

@@ -14,6 +14,9 @@ fn ece_test_vectors_and_calibrated_sets() {
     let logits = vec![50.0f32, 0.0, 0.0, 0.0, 50.0, 0.0, 0.0, 0.0, 50.0];
     let s = Scores::logits(&logits, &[0, 1, 2], 3).unwrap();
     assert!(classification::ece(&s, 15, BinEdges::Guo) < 1e-12);
+    // Every label at probability 1: an NLL of +0 (printed `0.000`, not `-0.000`).
+    let sure = Scores::probs(&[1.0, 0.0, 0.0, 1.0], &[0, 1], 2).unwrap();
+    assert!(classification::nll(&sure) == 0.0 && classification::nll(&sure).is_sign_positive());
 }
 
 #[test]
