@@ -35,6 +35,9 @@ pub struct Arch {
     pub in_channels: usize,
 }
 
+/// The largest depth or width a CIFAR ResNet's name may give (2^32).
+const MAX_SIZE: usize = 1 << 32;
+
 /// Parses an architecture name: `resnet20|32|44|56|110` (CIFAR, width 16),
 /// `cifar-resnet{depth}[x{width}]` (any CIFAR depth `6n + 2` and first-stage width), or
 /// `resnet18|34|50` (torchvision).
@@ -50,6 +53,9 @@ pub fn parse_family(name: &str) -> Result<Family> {
     let cifar = |depth: usize, width: usize| {
         if depth < 8 || !(depth - 2).is_multiple_of(6) || width == 0 {
             Err(unknown())
+        } else if depth.max(width) > MAX_SIZE {
+            // Far beyond any memory, and small enough that the stage widths cannot overflow.
+            Err(ModelError::Invalid(format!("{name}: depth and width must be at most {MAX_SIZE}")))
         } else {
             Ok(Family::Cifar { depth, width })
         }
@@ -145,6 +151,8 @@ mod tests {
         let err = parse_family("resnet33").unwrap_err().to_string();
         assert!(err.contains("unknown architecture \"resnet33\"") && err.contains("resnet32"), "{err}");
         assert!(parse_family("cifar-resnet9").is_err());
+        let err = parse_family("cifar-resnet8x4611686018427387904").unwrap_err().to_string();
+        assert!(err.contains("at most 4294967296"), "{err}");
         assert!(Arch::new("resnet32", 0, 3).is_err());
     }
 }

@@ -69,10 +69,10 @@ impl CifarResNet {
     ) -> Result<Self> {
         let n = (depth - 2) / 6;
         let (stem, k) = Family::Cifar { depth, width }.stem();
-        let conv1 = Conv::new(&b.push("conv1"), in_channels, stem, k, 1, 1, ConvInit::FanIn)?;
-        let bn1 = BatchNorm::new(&b.push("bn1"), width)?;
+        let conv1 = Conv::new(&b.push("conv1"), in_channels, stem, k, 1, k / 2, ConvInit::FanIn)?;
+        let bn1 = BatchNorm::new(&b.push("bn1"), stem)?;
         let mut blocks = Vec::new();
-        let mut cin = width;
+        let mut cin = stem;
         for (stage, (planes, stride)) in [(width, 1), (2 * width, 2), (4 * width, 2)].into_iter().enumerate()
         {
             for i in 0..n {

@@ -1,29 +1,45 @@
 //! Layers of the backbones: convolution and batch norm (+ ReLU), which hold their parameters
 //! (registered in a [`ParamStore`]) and emit themselves into a program, and the linear head.
 
-use candle_core::{Tensor, Var};
+use std::cell::{Cell, RefCell};
 
-use crate::error::Result;
+use candle_core::{DType, Device, Tensor, Var};
+
+use crate::error::{ModelError, Result};
 use crate::init::{draw, Init};
+use crate::model::Shapes;
 use crate::params::ParamStore;
 use crate::program::{ProgramBuilder, Slot};
 
-/// Builds parameters with names under a prefix, drawing initial values from the seeded RNG.
+/// Builds parameters with names under a prefix, drawing initial values from the seeded RNG, or
+/// (a [`Listing`]) only lists their names and shapes.
+#[derive(Clone)]
 pub(crate) struct Builder<'a> {
-    pub store: &'a ParamStore,
+    target: Target<'a>,
     pub seed: u64,
     pub prefix: String,
 }
 
+#[derive(Clone, Copy)]
+enum Target<'a> {
+    Store(&'a ParamStore),
+    Listing(&'a Listing),
+}
+
 impl<'a> Builder<'a> {
     pub fn new(store: &'a ParamStore, seed: u64) -> Self {
-        Self { store, seed, prefix: String::new() }
+        Self { target: Target::Store(store), seed, prefix: String::new() }
+    }
+
+    /// A builder that makes nothing and lists every parameter and buffer in `listing`.
+    pub fn listing(listing: &'a Listing) -> Self {
+        Self { target: Target::Listing(listing), seed: 0, prefix: String::new() }
     }
 
     pub fn push(&self, part: impl std::fmt::Display) -> Builder<'a> {
         let prefix =
             if self.prefix.is_empty() { part.to_string() } else { format!("{}.{part}", self.prefix) };
-        Builder { store: self.store, seed: self.seed, prefix }
+        Builder { prefix, ..self.clone() }
     }
 
     pub fn name(&self, leaf: &str) -> String {
@@ -34,11 +50,81 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// A trainable parameter (listed: an empty stand-in).
     pub fn param(&self, leaf: &str, shape: &[usize], init: Init) -> Result<Var> {
         let name = self.name(leaf);
-        self.store.room_for(&name, shape)?;
-        let t = draw(init, shape, self.seed, &name, self.store.device())?;
-        self.store.add_param(&name, t)
+        match self.target {
+            Target::Store(store) => {
+                store.add_param(&name, draw(init, shape, self.seed, &name, store.device())?)
+            }
+            Target::Listing(l) => {
+                l.add(name, shape, true)?;
+                Ok(Var::zeros(0, DType::F32, &Device::Cpu)?)
+            }
+        }
+    }
+
+    /// A buffer of `shape` made by `value` on the store's device.
+    pub fn buffer(
+        &self,
+        leaf: &str,
+        shape: &[usize],
+        value: impl FnOnce(&Device) -> candle_core::Result<Tensor>,
+    ) -> Result<()> {
+        let name = self.name(leaf);
+        match self.target {
+            Target::Store(store) => store.set_buffer(&name, value(store.device())?),
+            Target::Listing(l) => l.add(name, shape, false),
+        }
+    }
+}
+
+/// The names and shapes of a network's parameters and buffers, listed without making them, and
+/// refused as soon as they outgrow the machine's memory (or `usize`).
+pub(crate) struct Listing {
+    params: RefCell<Vec<(String, Vec<usize>)>>,
+    buffers: RefCell<Vec<(String, Vec<usize>)>>,
+    elements: Cell<usize>,
+    limit: Option<usize>,
+}
+
+impl Listing {
+    pub fn new() -> Self {
+        let limit = lt_core::memory::total_mib().map(|m| (m * (1u64 << 20) as f64) as usize);
+        Self { params: RefCell::default(), buffers: RefCell::default(), elements: Cell::new(0), limit }
+    }
+
+    /// The parameters' and the buffers' names and shapes, in the order the network made them.
+    pub fn into_parts(self) -> Shapes {
+        Shapes { params: self.params.into_inner(), buffers: self.buffers.into_inner() }
+    }
+
+    fn add(&self, name: String, shape: &[usize], param: bool) -> Result<()> {
+        let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let total = elements.and_then(|n| n.checked_add(self.elements.get()));
+        let bytes = total.and_then(|n| n.checked_mul(std::mem::size_of::<f32>()));
+        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+        match (bytes, self.limit) {
+            (None, _) => Err(ModelError::Invalid(format!(
+                "`{name}` of shape {shape:?} takes the network past the elements memory can address"
+            ))),
+            (Some(b), Some(limit)) if b > limit => Err(ModelError::Invalid(format!(
+                "`{name}` of shape {shape:?} takes the network to {} values, {:.1} GiB in f32: more than \
+                 this machine's {:.1} GiB of memory",
+                total.unwrap_or_default(),
+                gib(b),
+                gib(limit)
+            ))),
+            _ => {
+                self.elements.set(total.unwrap_or_default());
+                if param {
+                    self.params.borrow_mut().push((name, shape.to_vec()));
+                } else {
+                    self.buffers.borrow_mut().push((name, shape.to_vec()));
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -69,9 +155,10 @@ impl Conv {
         pad: usize,
         init: ConvInit,
     ) -> Result<Self> {
+        // Saturating: a count too large for memory is refused by the parameter's check, not here.
         let fan = match init {
-            ConvInit::FanIn => cin * k * k,
-            ConvInit::FanOut => cout * k * k,
+            ConvInit::FanIn => cin.saturating_mul(k * k),
+            ConvInit::FanOut => cout.saturating_mul(k * k),
         };
         let weight = b.param("weight", &[cout, cin, k, k], Init::KaimingNormal { fan })?;
         Ok(Self { weight, stride, pad })
@@ -94,10 +181,9 @@ impl BatchNorm {
     pub fn new(b: &Builder, c: usize) -> Result<Self> {
         let weight = b.param("weight", &[c], Init::Const(1.0))?;
         let bias = b.param("bias", &[c], Init::Const(0.0))?;
-        let dev = b.store.device();
-        b.store.set_buffer(&b.name("running_mean"), Tensor::zeros(c, candle_core::DType::F32, dev)?)?;
-        b.store.set_buffer(&b.name("running_var"), Tensor::ones(c, candle_core::DType::F32, dev)?)?;
-        b.store.set_buffer(&b.name("num_batches_tracked"), Tensor::new(0i64, dev)?)?;
+        b.buffer("running_mean", &[c], |dev| Tensor::zeros(c, DType::F32, dev))?;
+        b.buffer("running_var", &[c], |dev| Tensor::ones(c, DType::F32, dev))?;
+        b.buffer("num_batches_tracked", &[], |dev| Tensor::new(0i64, dev))?;
         Ok(Self { prefix: b.prefix.clone(), weight, bias, eps: 1e-5 })
     }
 

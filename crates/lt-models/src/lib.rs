@@ -51,7 +51,7 @@ pub mod weights;
 pub use arch::{Arch, Family};
 pub use error::{ModelError, Result};
 pub use frozen::Frozen;
-pub use model::{Model, TrainStep};
+pub use model::{Model, Shapes, TrainStep};
 pub use ops::Backend;
 pub use params::{BnUpdate, ParamStore};
 pub use precision::Precision;

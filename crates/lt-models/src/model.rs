@@ -12,7 +12,7 @@ use crate::exec::eager::Eager;
 use crate::exec::fused::{Fused, PackCache};
 use crate::exec::taped::Taped;
 use crate::exec::Mode;
-use crate::layers::{Builder, Linear};
+use crate::layers::{Builder, Linear, Listing};
 use crate::ops::elementwise::Nhwc;
 use crate::ops::Backend;
 use crate::params::ParamStore;
@@ -57,6 +57,37 @@ impl std::fmt::Debug for Model {
     }
 }
 
+/// The names and shapes of a network's parameters and buffers ([`Model::shapes`]), under
+/// PyTorch's names, in the order the network makes them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shapes {
+    /// Trainable parameters: name and shape.
+    pub params: Vec<(String, Vec<usize>)>,
+    /// Buffers (batch-norm statistics and counters): name and shape.
+    pub buffers: Vec<(String, Vec<usize>)>,
+}
+
+/// A network's layers, before they are emitted into a program.
+enum Net {
+    Cifar(CifarResNet),
+    Tv(TvResNet),
+}
+
+/// Makes (or, with a listing builder, lists) the layers of `arch`.
+fn construct(arch: &Arch, b: &Builder) -> Result<Net> {
+    Ok(match arch.family {
+        Family::Cifar { depth, width } => {
+            if width % 2 != 0 {
+                return Err(ModelError::Invalid(format!("CIFAR ResNet width must be even, got {width}")));
+            }
+            Net::Cifar(CifarResNet::new(b, depth, width, arch.in_channels, arch.num_classes)?)
+        }
+        Family::Torchvision { depth } => {
+            Net::Tv(TvResNet::new(b, depth, arch.in_channels, arch.num_classes)?)
+        }
+    })
+}
+
 /// One training step's results (see [`Model::train_step`]).
 pub struct TrainStep {
     /// Logits `[N, classes]`.
@@ -68,23 +99,24 @@ pub struct TrainStep {
 }
 
 impl Model {
+    /// The names and shapes of the parameters and buffers of `arch`, listed without making them;
+    /// an error naming the parameter at which they outgrow the machine's memory.
+    pub fn shapes(arch: &Arch) -> Result<Shapes> {
+        let listing = Listing::new();
+        construct(arch, &Builder::listing(&listing))?;
+        Ok(listing.into_parts())
+    }
+
     /// Builds a model with weights initialised from `seed` (Kaiming normal, as the references).
+    /// A network larger than the machine's memory is refused before any value is drawn.
     pub fn new(arch: Arch, seed: u64, device: &Device) -> Result<Self> {
+        Self::shapes(&arch)?;
         let store = Arc::new(ParamStore::new(device));
         let b = Builder::new(&store, seed);
         let (mut pb, input) = ProgramBuilder::new();
-        let (output, head) = match arch.family {
-            Family::Cifar { depth, width } => {
-                if width % 2 != 0 {
-                    return Err(ModelError::Invalid(format!("CIFAR ResNet width must be even, got {width}")));
-                }
-                let net = CifarResNet::new(&b, depth, width, arch.in_channels, arch.num_classes)?;
-                (net.emit(&mut pb, input), net.linear)
-            }
-            Family::Torchvision { depth } => {
-                let net = TvResNet::new(&b, depth, arch.in_channels, arch.num_classes)?;
-                (net.emit(&mut pb, input), net.fc)
-            }
+        let (output, head) = match construct(&arch, &b)? {
+            Net::Cifar(net) => (net.emit(&mut pb, input), net.linear),
+            Net::Tv(net) => (net.emit(&mut pb, input), net.fc),
         };
         let program = Arc::new(pb.finish(output));
         Ok(Self {

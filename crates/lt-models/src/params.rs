@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 
 /// How training-mode batch norm updates its running statistics.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -65,30 +65,6 @@ impl ParamStore {
         let var = Var::from_tensor(&value.to_device(&self.device)?)?;
         self.varmap.data().lock().expect("varmap lock").insert(name.to_string(), var.clone());
         Ok(var)
-    }
-
-    /// Fails, before anything is allocated, when a parameter `name` of `shape` would bring the
-    /// store past what the machine's memory holds (or past `usize`): initial values are drawn in
-    /// host memory, so a mistyped class count or width is an error naming the parameter, not an
-    /// aborted allocation.
-    pub fn room_for(&self, name: &str, shape: &[usize]) -> Result<()> {
-        let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
-        let total = elements.and_then(|n| n.checked_add(self.num_params()));
-        let bytes = total.and_then(|n| n.checked_mul(std::mem::size_of::<f32>()));
-        let memory = lt_core::memory::total_mib().map(|m| m * (1u64 << 20) as f64);
-        match (bytes, memory) {
-            (Some(b), Some(m)) if b as f64 > m => Err(ModelError::Invalid(format!(
-                "parameter `{name}` of shape {shape:?} brings the model to {} parameters, {:.1} GiB in f32: \
-                 more than this machine's {:.1} GiB of memory",
-                total.unwrap_or_default(),
-                b as f64 / (1u64 << 30) as f64,
-                m / (1u64 << 30) as f64
-            ))),
-            (None, _) => Err(ModelError::Invalid(format!(
-                "parameter `{name}` of shape {shape:?} has more elements than memory can address"
-            ))),
-            _ => Ok(()),
-        }
     }
 
     /// A parameter by name.

@@ -11,7 +11,7 @@ use lt_core::{Artifact, ArtifactWriter, Format};
 
 use crate::arch::{Arch, Family};
 use crate::error::{ModelError, Result};
-use crate::model::Model;
+use crate::model::{Model, Shapes};
 
 /// Artifact kind of a saved backbone.
 pub const BACKBONE_FORMAT: Format = Format { name: "lt.backbone", version: 1 };
@@ -115,29 +115,55 @@ impl NameMap {
     }
 }
 
-/// Checks the shapes of the buffers present in the file (`num_batches_tracked` may be any
-/// single value).
-fn check_buffer_shapes(
-    path: &Path,
-    a: &Artifact,
-    names: &NameMap,
-    buffers: &[(String, Tensor)],
-) -> Result<()> {
-    for (name, t) in buffers {
-        let Some(file_name) = names.map.get(name) else { continue };
+/// Fails unless the file holds every parameter and buffer of `shapes` (of a `family` network)
+/// with its shape, the classifier checked first (a class-count mismatch is the most common
+/// mistake and has its own message); `num_batches_tracked` may be missing or any single value.
+/// Returns whether counters were missing.
+fn check_holds(path: &Path, a: &Artifact, names: &NameMap, family: &Family, shapes: &Shapes) -> Result<bool> {
+    let all = shapes.params.iter().chain(&shapes.buffers);
+    let counter = |name: &str| name.ends_with(".num_batches_tracked");
+    let missing: Vec<&String> = all.clone().map(|(n, _)| n).filter(|n| !names.map.contains_key(*n)).collect();
+    let (counters, missing): (Vec<&String>, Vec<&String>) = missing.into_iter().partition(|n| counter(n));
+    if !missing.is_empty() {
+        return Err(ModelError::MissingTensors {
+            path: path.to_path_buf(),
+            arch: family.name(),
+            count: missing.len(),
+            examples: missing.iter().take(4).map(|n| n.as_str()).collect::<Vec<_>>().join(", "),
+        });
+    }
+    let (head_w, head_b) = family.head_names();
+    let mut order: Vec<&(String, Vec<usize>)> = all.filter(|(n, _)| names.map.contains_key(n)).collect();
+    order.sort_by_key(|(n, _)| [head_w, head_b].iter().position(|h| h == n).unwrap_or(2));
+    for (name, want) in order {
+        let file_name = &names.map[name];
         let found = a.info(file_name)?.shape.clone();
-        let ok = found == t.dims()
-            || (name.ends_with(".num_batches_tracked") && found.iter().product::<usize>() == 1);
-        if !ok {
-            return Err(ModelError::Shape {
+        if found == *want || (counter(name) && found.iter().product::<usize>() == 1) {
+            continue;
+        }
+        let is_head = name.as_str() == head_w || name.as_str() == head_b;
+        if is_head && found.first() != want.first() && found.len() == want.len() {
+            return Err(ModelError::ClassCount {
                 path: path.to_path_buf(),
                 name: file_name.clone(),
-                expected: t.dims().to_vec(),
-                found,
+                expected: want[0],
+                found: found[0],
             });
         }
+        return Err(ModelError::Shape {
+            path: path.to_path_buf(),
+            name: file_name.clone(),
+            expected: want.clone(),
+            found,
+        });
     }
-    Ok(())
+    Ok(!counters.is_empty())
+}
+
+/// [`Model::shapes`] of the network a weight file's tensors or metadata describe; a refusal names
+/// the file.
+fn listed(path: &Path, arch: &Arch) -> Result<Shapes> {
+    Model::shapes(arch).map_err(|e| ModelError::Invalid(format!("{}: {e}", path.display())))
 }
 
 fn float_tensor(a: &Artifact, file_name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {
@@ -145,74 +171,33 @@ fn float_tensor(a: &Artifact, file_name: &str, shape: &[usize], device: &Device)
     Ok(Tensor::from_vec(v, shape, device)?)
 }
 
-/// Number of classes of the classifier stored in a weight file for `family` (torchvision,
-/// CIFAR or transformers names), if the file has one. The classifier must be `[classes, D]`
-/// with `D` the family's feature dimension and at least one class.
-pub fn head_classes(path: &Path, family: &Family) -> Result<Option<usize>> {
-    head_classes_in(&Artifact::open_any(path)?, family)
-}
-
-/// Input channels of the stem convolution stored in a weight file for `family`, if present. The
-/// stem must have the family's output channels and kernel ([`Family::stem`]) and at least one
-/// input channel.
-pub fn stem_channels(path: &Path, family: &Family) -> Result<Option<usize>> {
-    stem_channels_in(&Artifact::open_any(path)?, family)
-}
-
-// The shapes' other dimensions are checked, not only read past: they make the count read from
-// the file a count of tensors the file holds, so that a small file cannot have a model of
-// terabytes built for it.
-fn head_classes_in(a: &Artifact, family: &Family) -> Result<Option<usize>> {
-    let (w, _) = family.head_names();
-    for name in [w.to_string(), format!("module.{w}"), "classifier.1.weight".to_string()] {
-        if a.contains(&name) {
-            let classes = a.expect_shape(&name, &[None, Some(family.feature_dim())])?.shape[0];
-            if classes == 0 {
-                return Err(a.bad_value(&name, "a classifier for no classes").into());
-            }
-            return Ok(Some(classes));
-        }
+/// The count a weight file gives at dimension `at` of tensor `model_name` (under any name
+/// [`NameMap`] reads), if it holds that tensor. The tensor must have `want`'s other dimensions
+/// and the count must not be 0: that makes it a count of values the file holds, so that a small
+/// file cannot have a network of terabytes built for it.
+fn count_in(
+    a: &Artifact,
+    names: &NameMap,
+    model_name: &str,
+    want: &[Option<usize>],
+) -> Result<Option<usize>> {
+    let Some(file_name) = names.map.get(model_name) else { return Ok(None) };
+    let at = want.iter().position(Option::is_none).expect("one dimension to read");
+    match a.expect_shape(file_name, want)?.shape[at] {
+        0 => Err(a.bad_value(file_name, format!("dimension {at} is 0")).into()),
+        n => Ok(Some(n)),
     }
-    Ok(None)
 }
 
-fn stem_channels_in(a: &Artifact, family: &Family) -> Result<Option<usize>> {
+/// The classes of a weight file's classifier for `family` (`[classes, D]`), if it has one.
+fn head_classes(a: &Artifact, names: &NameMap, family: &Family) -> Result<Option<usize>> {
+    count_in(a, names, family.head_names().0, &[None, Some(family.feature_dim())])
+}
+
+/// The input channels of a weight file's stem for `family` ([`Family::stem`]), if it has one.
+fn stem_channels(a: &Artifact, names: &NameMap, family: &Family) -> Result<Option<usize>> {
     let (out, k) = family.stem();
-    for name in ["conv1.weight", "module.conv1.weight", "resnet.embedder.embedder.convolution.weight"] {
-        if a.contains(name) {
-            let channels = a.expect_shape(name, &[Some(out), None, Some(k), Some(k)])?.shape[1];
-            if channels == 0 {
-                return Err(a.bad_value(name, "a stem convolution with no input channel").into());
-            }
-            return Ok(Some(channels));
-        }
-    }
-    Ok(None)
-}
-
-/// Refuses, before anything is built, an architecture recorded in a backbone artifact that the
-/// file cannot hold: its classifier and stem must be in the file with the recorded class and
-/// channel counts, and a depth-`d` network has `d` layers with weights, so at least `d` tensors.
-fn check_recorded_arch(a: &Artifact, arch: &Arch) -> Result<()> {
-    let family = &arch.family;
-    let recorded = [
-        ("num_classes", arch.num_classes, head_classes_in(a, family)?, "classifier"),
-        ("in_channels", arch.in_channels, stem_channels_in(a, family)?, "stem convolution"),
-    ];
-    for (key, value, held, what) in recorded {
-        if held != Some(value) {
-            let held = held.map_or_else(|| "none".to_string(), |n| n.to_string());
-            return Err(a.bad_meta(key, format!("{value}, but the file's {what} has {held}")).into());
-        }
-    }
-    let depth = match *family {
-        Family::Cifar { depth, .. } | Family::Torchvision { depth } => depth,
-    };
-    let tensors = a.names().count();
-    if tensors < depth {
-        return Err(a.bad_meta("arch", format!("depth {depth} in a file of {tensors} tensors")).into());
-    }
-    Ok(())
+    count_in(a, names, "conv1.weight", &[Some(out), None, Some(k), Some(k)])
 }
 
 impl Model {
@@ -237,10 +222,13 @@ impl Model {
             }
         }
         let a = Artifact::open_any(path)?;
-        let classes = head_classes_in(&a, &family)?.unwrap_or(default_classes);
-        let in_channels = stem_channels_in(&a, &family)?.unwrap_or(3);
+        let names = NameMap::of(&a);
+        let classes = head_classes(&a, &names, &family)?.unwrap_or(default_classes);
+        let in_channels = stem_channels(&a, &names, &family)?.unwrap_or(3);
+        let arch = Arch { family, num_classes: classes, in_channels };
+        check_holds(path, &a, &names, &family, &listed(path, &arch)?)?;
         drop(a);
-        let m = Model::new(Arch { family, num_classes: classes, in_channels }, 0, device)?;
+        let m = Model::new(arch, 0, device)?;
         let report = m.load_weights(path)?;
         Ok((m, report))
     }
@@ -273,9 +261,12 @@ impl Model {
             .filter(|(n, _)| head.is_none() || (n != head_w && n != head_b))
             .collect();
         let buffers = self.store().named_buffers();
-        let missing_counters = self.check_present(path, &names, &params, &buffers)?;
-        self.check_param_shapes(path, &a, &names, &params)?;
-        check_buffer_shapes(path, &a, &names, &buffers)?;
+        let dims = |n: &String, d: &[usize]| (n.clone(), d.to_vec());
+        let shapes = Shapes {
+            params: params.iter().map(|(n, v)| dims(n, v.dims())).collect(),
+            buffers: buffers.iter().map(|(n, t)| dims(n, t.dims())).collect(),
+        };
+        let missing_counters = check_holds(path, &a, &names, &self.arch().family, &shapes)?;
         let loaded = self.apply(&a, &names, &params, &buffers)?;
         Ok(LoadReport {
             loaded,
@@ -306,82 +297,6 @@ impl Model {
         } else {
             Some(format!("the classifier `{fw}` of {} has shape {sw:?}, not {:?}", path.display(), wv.dims()))
         })
-    }
-
-    /// Fails unless every parameter and buffer has a tensor in the file; returns whether
-    /// `num_batches_tracked` counters were missing (allowed).
-    fn check_present(
-        &self,
-        path: &Path,
-        names: &NameMap,
-        params: &[(String, Var)],
-        buffers: &[(String, Tensor)],
-    ) -> Result<bool> {
-        let mut missing = Vec::new();
-        let mut missing_counters = false;
-        for name in params.iter().map(|(n, _)| n).chain(buffers.iter().map(|(n, _)| n)) {
-            if !names.map.contains_key(name) {
-                if name.ends_with(".num_batches_tracked") {
-                    missing_counters = true;
-                } else {
-                    missing.push(name.clone());
-                }
-            }
-        }
-        if !missing.is_empty() {
-            return Err(ModelError::MissingTensors {
-                path: path.to_path_buf(),
-                arch: self.arch().family.name(),
-                count: missing.len(),
-                examples: missing.iter().take(4).cloned().collect::<Vec<_>>().join(", "),
-            });
-        }
-        Ok(missing_counters)
-    }
-
-    /// Checks the parameters' shapes, the classifier first (a class-count mismatch is the most
-    /// common mistake and deserves its own message).
-    fn check_param_shapes(
-        &self,
-        path: &Path,
-        a: &Artifact,
-        names: &NameMap,
-        params: &[(String, Var)],
-    ) -> Result<()> {
-        let (head_w, head_b) = self.head_names();
-        let mut order: Vec<&(String, Var)> = params.iter().collect();
-        order.sort_by_key(|(n, _)| {
-            if n == head_w {
-                0
-            } else if n == head_b {
-                1
-            } else {
-                2
-            }
-        });
-        for (name, var) in order {
-            let file_name = &names.map[name];
-            let found = a.info(file_name)?.shape.clone();
-            if found == var.dims() {
-                continue;
-            }
-            let is_head = name.as_str() == head_w || name.as_str() == head_b;
-            if is_head && found.first() != var.dims().first() && found.len() == var.dims().len() {
-                return Err(ModelError::ClassCount {
-                    path: path.to_path_buf(),
-                    name: file_name.clone(),
-                    expected: var.dims()[0],
-                    found: found[0],
-                });
-            }
-            return Err(ModelError::Shape {
-                path: path.to_path_buf(),
-                name: file_name.clone(),
-                expected: var.dims().to_vec(),
-                found,
-            });
-        }
-        Ok(())
     }
 
     /// Sets every parameter and the buffers present in the file; returns how many.
@@ -441,7 +356,16 @@ impl Model {
             num_classes: a.meta_parse("num_classes")?,
             in_channels: a.meta_parse("in_channels")?,
         };
-        check_recorded_arch(&a, &arch)?;
+        // The depth first: it bounds the listing of what the file must hold by its tensor count.
+        let tensors = a.names().count();
+        let (Family::Cifar { depth, .. } | Family::Torchvision { depth }) = family;
+        if tensors < depth {
+            let why = format!(
+                "a depth-{depth} network has {depth} layers with weights; the file has {tensors} tensors"
+            );
+            return Err(a.bad_meta("arch", why).into());
+        }
+        check_holds(path, &a, &NameMap::of(&a), &family, &listed(path, &arch)?)?;
         drop(a);
         let m = Model::new(arch, 0, device)?;
         m.load_weights(path)?;

@@ -213,6 +213,7 @@ impl Swag {
             a.expect_shape(&key(&format!("deviations.{name}")), &dwant)?;
         }
         let p = layout.len();
+        // Columns of no values would be held in memory the file does not back.
         if p == 0 && rank > 0 {
             return Err(a.bad_meta(&key("rank"), format!("{rank} columns of no parameters")).into());
         }
@@ -235,8 +236,7 @@ impl Swag {
     }
 }
 
-/// Refuses a recorded layout that no model has: one shape per name, no name twice, and no
-/// parameter without elements.
+/// Refuses a recorded layout that no model has: one shape per name and no name twice.
 fn check_layout(a: &Artifact, key: &str, layout: &ParamLayout) -> Result<()> {
     let bad = |reason: String| -> Result<()> { Err(a.bad_meta(key, reason).into()) };
     if layout.names.len() != layout.shapes.len() {
@@ -245,9 +245,6 @@ fn check_layout(a: &Artifact, key: &str, layout: &ParamLayout) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     if let Some(name) = layout.names.iter().find(|n| !seen.insert(n.as_str())) {
         return bad(format!("parameter `{name}` twice"));
-    }
-    if let Some((name, _)) = layout.names.iter().zip(&layout.shapes).find(|(_, s)| s.contains(&0)) {
-        return bad(format!("parameter `{name}` has no elements"));
     }
     Ok(())
 }

@@ -5,9 +5,9 @@
 //! files follow the layouts of the writers in `crates/lt-data/tests/common` (IDX, CIFAR records,
 //! tar.gz), each prefixed with the mode byte its fuzz target reads first. The formats target's
 //! seeds are written by each format's writer (`FeaturesWriter`, `HeadArtifact`, `Predictions`,
-//! `Swag::save`, `Model::save`, `checkpoint::save`, and a plain safetensors file of a small
-//! model's tensors). The folder target's input
-//! is structured (`arbitrary`), so its corpus starts empty.
+//! `Swag::save`, `Model::save`, `checkpoint::save`), and a small model's tensors as a plain file
+//! by candle's safetensors writer, as a torchvision file would be. The folder target's input is
+//! structured (`arbitrary`), so its corpus starts empty.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
