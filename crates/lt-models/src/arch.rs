@@ -35,11 +35,17 @@ pub struct Arch {
     pub in_channels: usize,
 }
 
-/// The largest depth or width a CIFAR ResNet's name may give (2^32).
-const MAX_SIZE: usize = 1 << 32;
+/// The largest depth a CIFAR ResNet's name may give: eight times the deepest in the literature
+/// (He et al.'s ResNet-1202), so that a mistyped depth is refused by name, not by listing
+/// millions of blocks until they outgrow memory.
+pub const MAX_CIFAR_DEPTH: usize = 10_000;
+
+/// The largest first-stage width a CIFAR ResNet's name may give (2^16; 16 in the paper).
+pub const MAX_CIFAR_WIDTH: usize = 1 << 16;
 
 /// Parses an architecture name: `resnet20|32|44|56|110` (CIFAR, width 16),
-/// `cifar-resnet{depth}[x{width}]` (any CIFAR depth `6n + 2` and first-stage width), or
+/// `cifar-resnet{depth}[x{width}]` (a CIFAR depth `6n + 2` up to [`MAX_CIFAR_DEPTH`] and an even
+/// first-stage width up to [`MAX_CIFAR_WIDTH`]), or
 /// `resnet18|34|50` (torchvision).
 pub fn parse_family(name: &str) -> Result<Family> {
     let unknown = || {
@@ -53,9 +59,10 @@ pub fn parse_family(name: &str) -> Result<Family> {
     let cifar = |depth: usize, width: usize| {
         if depth < 8 || !(depth - 2).is_multiple_of(6) || width == 0 {
             Err(unknown())
-        } else if depth.max(width) > MAX_SIZE {
-            // Far beyond any memory, and small enough that the stage widths cannot overflow.
-            Err(ModelError::Invalid(format!("{name}: depth and width must be at most {MAX_SIZE}")))
+        } else if depth > MAX_CIFAR_DEPTH || width > MAX_CIFAR_WIDTH {
+            Err(ModelError::Invalid(format!(
+                "{name}: a CIFAR ResNet's depth is at most {MAX_CIFAR_DEPTH} and its width at most {MAX_CIFAR_WIDTH}"
+            )))
         } else {
             Ok(Family::Cifar { depth, width })
         }
@@ -151,8 +158,14 @@ mod tests {
         let err = parse_family("resnet33").unwrap_err().to_string();
         assert!(err.contains("unknown architecture \"resnet33\"") && err.contains("resnet32"), "{err}");
         assert!(parse_family("cifar-resnet9").is_err());
-        let err = parse_family("cifar-resnet8x4611686018427387904").unwrap_err().to_string();
-        assert!(err.contains("at most 4294967296"), "{err}");
+        for name in ["cifar-resnet8x4611686018427387904", "cifar-resnet8x65538", "cifar-resnet10004"] {
+            let err = parse_family(name).unwrap_err().to_string();
+            assert!(
+                err.contains(name) && err.contains("at most 10000") && err.contains("at most 65536"),
+                "{err}"
+            );
+        }
+        assert!(parse_family("cifar-resnet9998x65536").is_ok());
         assert!(Arch::new("resnet32", 0, 3).is_err());
     }
 }

@@ -160,6 +160,12 @@ fn check_holds(path: &Path, a: &Artifact, names: &NameMap, family: &Family, shap
     Ok(!counters.is_empty())
 }
 
+/// The family a backbone artifact records (`arch`); a refusal names the file and the key.
+fn recorded_family(a: &Artifact) -> Result<Family> {
+    let name = a.meta("arch")?;
+    name.parse().map_err(|e: ModelError| a.bad_meta("arch", e.to_string()).into())
+}
+
 /// [`Model::shapes`] of the network a weight file's tensors or metadata describe; a refusal names
 /// the file.
 fn listed(path: &Path, arch: &Arch) -> Result<Shapes> {
@@ -211,7 +217,7 @@ impl Model {
         device: &Device,
     ) -> Result<(Self, LoadReport)> {
         if let Ok(a) = Artifact::open(path, BACKBONE_FORMAT) {
-            let arch: Family = a.meta("arch")?.parse()?;
+            let arch = recorded_family(&a)?;
             if arch != family {
                 return Err(ModelError::Invalid(format!(
                     "{}: the backbone artifact holds {}, not {}",
@@ -350,7 +356,7 @@ impl Model {
     /// Builds the model a backbone artifact describes and loads its weights.
     pub fn from_artifact(path: &Path, device: &Device) -> Result<Self> {
         let a = Artifact::open(path, BACKBONE_FORMAT)?;
-        let family: Family = a.meta("arch")?.parse()?;
+        let family = recorded_family(&a)?;
         let arch = Arch {
             family,
             num_classes: a.meta_parse("num_classes")?,

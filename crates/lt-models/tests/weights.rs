@@ -222,11 +222,11 @@ fn a_model_larger_than_memory_is_refused_before_it_is_drawn() {
     }
     let err = build("resnet18", 4_000_000_000).expect("8 TB of classifier");
     assert!(err.contains("`fc.weight` of shape [4000000000, 512]") && err.contains("GiB of memory"), "{err}");
-    let err = build("cifar-resnet8x2147483648", 10).expect("a stem of 232 GB");
-    assert!(err.contains("`conv1.weight` of shape [2147483648, 3, 3, 3]"), "{err}");
-    // No parameter of 9.4 MB is too large alone; the 5,000 blocks of the first stage are 94 GB.
-    let err = build("cifar-resnet30002x512", 10).expect("2 TB in all");
-    assert!(err.contains("`layer") && err.contains("of shape [512, 512, 3, 3]"), "{err}");
+    let err = build("cifar-resnet8x65536", 10).expect("a convolution of 155 GB");
+    assert!(err.contains("`layer1.0.conv1.weight` of shape [65536, 65536, 3, 3]"), "{err}");
+    // No parameter is too large alone (151 MB at most); the network's 660 GB are.
+    let err = build("cifar-resnet9998x512", 10).expect("660 GB in all");
+    assert!(err.contains("`layer") && err.contains("GiB of memory"), "{err}");
     let shapes = Model::shapes(&Arch::new("resnet50", 1000, 3).unwrap()).unwrap();
     let n: usize = shapes.params.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
     assert_eq!(n, 25_557_032, "torchvision's ResNet-50 parameter count");
@@ -341,9 +341,12 @@ fn counts_read_from_a_file_are_backed_by_its_tensors() {
     let msg = with_meta("channels.safetensors", "in_channels", "4000000000");
     assert!(msg.contains("`conv1.weight` of shape [16, 4000000000, 3, 3]"), "{msg}");
     let msg = with_meta("width.safetensors", "arch", "cifar-resnet20x4000000000");
-    assert!(msg.contains("`conv1.weight` of shape [4000000000, 3, 3, 3]"), "{msg}");
-    let msg = with_meta("depth.safetensors", "arch", "cifar-resnet20000000");
-    assert!(msg.contains("a depth-20000000 network") && msg.contains("the file has 116 tensors"), "{msg}");
+    assert!(
+        msg.contains("width.safetensors: metadata `arch`") && msg.contains("width at most 65536"),
+        "{msg}"
+    );
+    let msg = with_meta("depth.safetensors", "arch", "cifar-resnet9998");
+    assert!(msg.contains("a depth-9998 network") && msg.contains("the file has 116 tensors"), "{msg}");
     // Counts the memory holds but the file does not: refused before the network is built.
     let msg = with_meta("deeper.safetensors", "arch", "cifar-resnet62");
     assert!(

@@ -61,7 +61,8 @@ pub struct BackboneArgs {
 enum BackboneCommand {
     /// Print the parameter count and every parameter's and buffer's shape.
     Info {
-        /// Architecture: resnet20/32/44/56/110, `cifar-resnet<depth>[x<width>]`, resnet18/34/50.
+        /// Architecture: resnet20/32/44/56/110, `cifar-resnet<depth>[x<width>]` (depth 6n + 2 up to
+        /// 10,000, width up to 65,536), resnet18/34/50.
         #[arg(long)]
         arch: String,
         /// Classes of the head (read from the weights when given).
