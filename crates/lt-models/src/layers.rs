@@ -64,16 +64,14 @@ impl<'a> Builder<'a> {
         }
     }
 
-    /// A buffer of `shape` made by `value` on the store's device.
-    pub fn buffer(
-        &self,
-        leaf: &str,
-        shape: &[usize],
-        value: impl FnOnce(&Device) -> candle_core::Result<Tensor>,
-    ) -> Result<()> {
+    /// A buffer of `shape` and `dtype`, all zeros or (`ones`) all ones.
+    pub fn buffer(&self, leaf: &str, shape: &[usize], dtype: DType, ones: bool) -> Result<()> {
         let name = self.name(leaf);
         match self.target {
-            Target::Store(store) => store.set_buffer(&name, value(store.device())?),
+            Target::Store(store) => {
+                let make = if ones { Tensor::ones } else { Tensor::zeros };
+                store.set_buffer(&name, make(shape, dtype, store.device())?)
+            }
             Target::Listing(l) => l.add(name, shape, false),
         }
     }
@@ -181,9 +179,9 @@ impl BatchNorm {
     pub fn new(b: &Builder, c: usize) -> Result<Self> {
         let weight = b.param("weight", &[c], Init::Const(1.0))?;
         let bias = b.param("bias", &[c], Init::Const(0.0))?;
-        b.buffer("running_mean", &[c], |dev| Tensor::zeros(c, DType::F32, dev))?;
-        b.buffer("running_var", &[c], |dev| Tensor::ones(c, DType::F32, dev))?;
-        b.buffer("num_batches_tracked", &[], |dev| Tensor::new(0i64, dev))?;
+        b.buffer("running_mean", &[c], DType::F32, false)?;
+        b.buffer("running_var", &[c], DType::F32, true)?;
+        b.buffer("num_batches_tracked", &[], DType::I64, false)?;
         Ok(Self { prefix: b.prefix.clone(), weight, bias, eps: 1e-5 })
     }
 

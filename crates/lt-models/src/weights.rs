@@ -160,6 +160,32 @@ fn check_holds(path: &Path, a: &Artifact, names: &NameMap, family: &Family, shap
     Ok(!counters.is_empty())
 }
 
+/// Refuses, before anything is built, a backbone artifact whose tensors do not hold the network
+/// it records: the class and channel counts must be its classifier's and stem's, a depth-`d`
+/// network has `d` layers with weights (so at least `d` tensors: this bounds the listing by the
+/// file), and every parameter and buffer of the listed network must be in the file with its shape.
+fn check_recorded(path: &Path, a: &Artifact, arch: &Arch) -> Result<()> {
+    let (names, family) = (NameMap::of(a), &arch.family);
+    let recorded = [
+        ("num_classes", arch.num_classes, head_classes(a, &names, family)?, "classifier"),
+        ("in_channels", arch.in_channels, stem_channels(a, &names, family)?, "stem convolution"),
+    ];
+    for (key, value, held, what) in recorded {
+        if let Some(held) = held.filter(|&h| h != value) {
+            return Err(a.bad_meta(key, format!("the file's {what} has {held}")).into());
+        }
+    }
+    let tensors = a.names().count();
+    let (Family::Cifar { depth, .. } | Family::Torchvision { depth }) = *family;
+    if tensors < depth {
+        let why = format!(
+            "a depth-{depth} network has {depth} layers with weights; the file has {tensors} tensors"
+        );
+        return Err(a.bad_meta("arch", why).into());
+    }
+    check_holds(path, a, &names, family, &listed(path, arch)?).map(|_| ())
+}
+
 /// The family a backbone artifact records (`arch`); a refusal names the file and the key.
 fn recorded_family(a: &Artifact) -> Result<Family> {
     let name = a.meta("arch")?;
@@ -362,16 +388,7 @@ impl Model {
             num_classes: a.meta_parse("num_classes")?,
             in_channels: a.meta_parse("in_channels")?,
         };
-        // The depth first: it bounds the listing of what the file must hold by its tensor count.
-        let tensors = a.names().count();
-        let (Family::Cifar { depth, .. } | Family::Torchvision { depth }) = family;
-        if tensors < depth {
-            let why = format!(
-                "a depth-{depth} network has {depth} layers with weights; the file has {tensors} tensors"
-            );
-            return Err(a.bad_meta("arch", why).into());
-        }
-        check_holds(path, &a, &NameMap::of(&a), &family, &listed(path, &arch)?)?;
+        check_recorded(path, &a, &arch)?;
         drop(a);
         let m = Model::new(arch, 0, device)?;
         m.load_weights(path)?;

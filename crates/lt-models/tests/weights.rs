@@ -73,6 +73,10 @@ fn torchvision_files_with_or_without_batch_counters_and_module_prefix() {
         .to_vec0::<f32>()
         .unwrap();
     assert_eq!(diff, 0.0);
+    // Built from the file: its class count read through the prefix, the same weights.
+    let (built, report) = Model::from_weights("resnet18".parse().unwrap(), &p, 1000, &Device::Cpu).unwrap();
+    assert_eq!((built.arch().num_classes, report.missing_batch_counters), (10, true));
+    assert!(same_weights(&built, &dst));
 }
 
 #[test]
@@ -94,6 +98,9 @@ fn transformers_resnet50_names_load() {
     assert!(report.transformers_names);
     assert_eq!(report.ignored, vec!["resnet.pooler.dummy".to_string()]);
     assert!(same_weights(&src, &dst));
+    let (built, report) = Model::from_weights("resnet50".parse().unwrap(), &p, 10, &Device::Cpu).unwrap();
+    assert_eq!((built.arch().num_classes, report.transformers_names), (1000, true));
+    assert!(same_weights(&src, &built));
 }
 
 fn to_transformers(name: &str) -> String {
@@ -222,8 +229,8 @@ fn a_model_larger_than_memory_is_refused_before_it_is_drawn() {
     }
     let err = build("resnet18", 4_000_000_000).expect("8 TB of classifier");
     assert!(err.contains("`fc.weight` of shape [4000000000, 512]") && err.contains("GiB of memory"), "{err}");
-    let err = build("cifar-resnet8x65536", 10).expect("a convolution of 155 GB");
-    assert!(err.contains("`layer1.0.conv1.weight` of shape [65536, 65536, 3, 3]"), "{err}");
+    let err = build("cifar-resnet8x65536", 10).expect("5 TB of convolutions");
+    assert!(err.contains("`layer") && err.contains("GiB of memory"), "{err}");
     // No parameter is too large alone (151 MB at most); the network's 660 GB are.
     let err = build("cifar-resnet9998x512", 10).expect("660 GB in all");
     assert!(err.contains("`layer") && err.contains("GiB of memory"), "{err}");
@@ -337,9 +344,9 @@ fn counts_read_from_a_file_are_backed_by_its_tensors() {
         Model::from_artifact(&p, &Device::Cpu).unwrap_err().to_string()
     };
     let msg = with_meta("classes.safetensors", "num_classes", "4000000000");
-    assert!(msg.contains("classes.safetensors: `linear.weight` of shape [4000000000, 64]"), "{msg}");
+    assert!(msg.contains("`num_classes` = \"4000000000\"") && msg.contains("classifier has 10"), "{msg}");
     let msg = with_meta("channels.safetensors", "in_channels", "4000000000");
-    assert!(msg.contains("`conv1.weight` of shape [16, 4000000000, 3, 3]"), "{msg}");
+    assert!(msg.contains("`in_channels`") && msg.contains("stem convolution has 3"), "{msg}");
     let msg = with_meta("width.safetensors", "arch", "cifar-resnet20x4000000000");
     assert!(
         msg.contains("width.safetensors: metadata `arch`") && msg.contains("width at most 65536"),
@@ -354,5 +361,5 @@ fn counts_read_from_a_file_are_backed_by_its_tensors() {
         "{msg}"
     );
     let msg = with_meta("more.safetensors", "num_classes", "100");
-    assert!(msg.contains("`linear.weight` has 10 classes, the model has 100"), "{msg}");
+    assert!(msg.contains("more.safetensors") && msg.contains("classifier has 10"), "{msg}");
 }

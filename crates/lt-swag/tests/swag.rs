@@ -153,6 +153,13 @@ fn recorded_sizes_are_checked_against_the_tensors_first() {
     assert!(huge.contains("huge.safetensors") && huge.contains("mean.w"), "{huge}");
     let columns = write("columns.safetensors", r#"{"names":[],"shapes":[]}"#, "1000000000000000");
     assert!(columns.contains("columns of no parameters"), "{columns}");
+    // A parameter without elements is a layout a model may have: it saves and loads.
+    let l = ParamLayout { names: vec!["empty".into(), "w".into()], shapes: vec![vec![0, 3], vec![2]] };
+    let mut s = Swag::new(l, 2);
+    s.collect(&[1.0, 2.0]).unwrap();
+    let p = dir.path().join("zero-size.safetensors");
+    s.save(&p, &[]).unwrap();
+    assert_eq!(Swag::load(&p).unwrap(), s);
     let twice = write("twice.safetensors", r#"{"names":["w","w"],"shapes":[[1],[1]]}"#, "0");
     assert!(twice.contains("`w` twice"), "{twice}");
     let unpaired = write("unpaired.safetensors", r#"{"names":["w"],"shapes":[]}"#, "0");
