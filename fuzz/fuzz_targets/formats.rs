@@ -61,11 +61,12 @@ fuzz_target!(|data: &[u8]| {
         Ok(s) => assert_eq!(s.sample(0.5, &mut Rng::new(0)).len(), s.layout().len()),
         Err(e) => named(&e),
     }
-    let _ = Model::from_artifact(&path, &Device::Cpu);
+    let _ = Model::from_artifact(&path, &Device::Cpu).map_err(|e| named(&e));
     let small: Family = "cifar-resnet8x2".parse().expect("a family");
-    let _ = Model::from_weights(small, &path, 10, &Device::Cpu);
+    let _ = Model::from_weights(small, &path, 10, &Device::Cpu).map_err(|e| named(&e));
     // The seeds' checkpoint: that network for 3 classes of 1 channel, fingerprint `fp`.
     let model =
         Model::new(Arch::new("cifar-resnet8x2", 3, 1).expect("arch"), 0, &Device::Cpu).expect("model");
-    let _ = lt_train::checkpoint::load(&path, &model, &mut Sgd::new(0.9, false, 5e-4), "fp");
+    let _ = lt_train::checkpoint::load(&path, &model, &mut Sgd::new(0.9, false, 5e-4), "fp")
+        .map_err(|e| named(&e));
 });
