@@ -164,11 +164,11 @@ fn check_holds(path: &Path, a: &Artifact, names: &NameMap, family: &Family, shap
 /// it records: the class and channel counts must be its classifier's and stem's, a depth-`d`
 /// network has `d` layers with weights (so at least `d` tensors: this bounds the listing by the
 /// file), and every parameter and buffer of the listed network must be in the file with its shape.
-fn check_recorded(path: &Path, a: &Artifact, arch: &Arch) -> Result<()> {
-    let (names, family) = (NameMap::of(a), &arch.family);
+fn check_recorded(path: &Path, a: &Artifact, names: &NameMap, arch: &Arch) -> Result<()> {
+    let family = &arch.family;
     let recorded = [
-        ("num_classes", arch.num_classes, head_classes(a, &names, family)?, "classifier"),
-        ("in_channels", arch.in_channels, stem_channels(a, &names, family)?, "stem convolution"),
+        ("num_classes", arch.num_classes, head_classes(a, names, family)?, "classifier"),
+        ("in_channels", arch.in_channels, stem_channels(a, names, family)?, "stem convolution"),
     ];
     for (key, value, held, what) in recorded {
         if let Some(held) = held.filter(|&h| h != value) {
@@ -183,7 +183,7 @@ fn check_recorded(path: &Path, a: &Artifact, arch: &Arch) -> Result<()> {
         );
         return Err(a.bad_meta("arch", why).into());
     }
-    check_holds(path, a, &names, family, &listed(path, arch)?).map(|_| ())
+    check_holds(path, a, names, family, &listed(path, arch)?).map(|_| ())
 }
 
 /// The family a backbone artifact records (`arch`); a refusal names the file and the key.
@@ -242,7 +242,8 @@ impl Model {
         default_classes: usize,
         device: &Device,
     ) -> Result<(Self, LoadReport)> {
-        if let Ok(a) = Artifact::open(path, BACKBONE_FORMAT) {
+        let a = Artifact::open_any(path)?;
+        if a.check_format(BACKBONE_FORMAT).is_ok() {
             let arch = recorded_family(&a)?;
             if arch != family {
                 return Err(ModelError::Invalid(format!(
@@ -253,15 +254,13 @@ impl Model {
                 )));
             }
         }
-        let a = Artifact::open_any(path)?;
         let names = NameMap::of(&a);
         let classes = head_classes(&a, &names, &family)?.unwrap_or(default_classes);
         let in_channels = stem_channels(&a, &names, &family)?.unwrap_or(3);
         let arch = Arch { family, num_classes: classes, in_channels };
         check_holds(path, &a, &names, &family, &listed(path, &arch)?)?;
-        drop(a);
         let m = Model::new(arch, 0, device)?;
-        let report = m.load_weights(path)?;
+        let report = m.load_from(path, &a, &names, false)?;
         Ok((m, report))
     }
 
@@ -283,8 +282,12 @@ impl Model {
 
     fn load_checked(&self, path: &Path, fit_head: bool) -> Result<LoadReport> {
         let a = Artifact::open_any(path)?;
-        let names = NameMap::of(&a);
-        let head = if fit_head { self.head_mismatch(path, &a, &names)? } else { None };
+        self.load_from(path, &a, &NameMap::of(&a), fit_head)
+    }
+
+    /// [`Model::load_checked`] from the weight file `a` at `path`, already open.
+    fn load_from(&self, path: &Path, a: &Artifact, names: &NameMap, fit_head: bool) -> Result<LoadReport> {
+        let head = if fit_head { self.head_mismatch(path, a, names)? } else { None };
         let (head_w, head_b) = self.head_names();
         let params: Vec<(String, Var)> = self
             .store()
@@ -298,11 +301,11 @@ impl Model {
             params: params.iter().map(|(n, v)| dims(n, v.dims())).collect(),
             buffers: buffers.iter().map(|(n, t)| dims(n, t.dims())).collect(),
         };
-        let missing_counters = check_holds(path, &a, &names, &self.arch().family, &shapes)?;
-        let loaded = self.apply(&a, &names, &params, &buffers)?;
+        let missing_counters = check_holds(path, a, names, &self.arch().family, &shapes)?;
+        let loaded = self.apply(a, names, &params, &buffers)?;
         Ok(LoadReport {
             loaded,
-            ignored: names.ignored(&a, &params, &buffers),
+            ignored: names.ignored(a, &params, &buffers),
             transformers_names: names.transformers,
             missing_batch_counters: missing_counters,
             head_reinitialised: head,
@@ -388,10 +391,10 @@ impl Model {
             num_classes: a.meta_parse("num_classes")?,
             in_channels: a.meta_parse("in_channels")?,
         };
-        check_recorded(path, &a, &arch)?;
-        drop(a);
+        let names = NameMap::of(&a);
+        check_recorded(path, &a, &names, &arch)?;
         let m = Model::new(arch, 0, device)?;
-        m.load_weights(path)?;
+        m.load_from(path, &a, &names, false)?;
         Ok(m)
     }
 
