@@ -100,29 +100,25 @@ impl Listing {
     fn add(&self, name: String, shape: &[usize], param: bool) -> Result<()> {
         let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         let total = elements.and_then(|n| n.checked_add(self.elements.get()));
-        let bytes = total.and_then(|n| n.checked_mul(std::mem::size_of::<f32>()));
-        let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-        match (bytes, self.limit) {
-            (None, _) => Err(ModelError::Invalid(format!(
+        let Some((total, bytes)) = total.and_then(|t| Some((t, t.checked_mul(std::mem::size_of::<f32>())?)))
+        else {
+            return Err(ModelError::Invalid(format!(
                 "`{name}` of shape {shape:?} takes the network past the elements memory can address"
-            ))),
-            (Some(b), Some(limit)) if b > limit => Err(ModelError::Invalid(format!(
-                "`{name}` of shape {shape:?} takes the network to {} values, {:.1} GiB in f32: more than \
+            )));
+        };
+        if let Some(limit) = self.limit.filter(|&limit| bytes > limit) {
+            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+            return Err(ModelError::Invalid(format!(
+                "`{name}` of shape {shape:?} takes the network to {total} values, {:.1} GiB in f32: more than \
                  this machine's {:.1} GiB of memory",
-                total.unwrap_or_default(),
-                gib(b),
+                gib(bytes),
                 gib(limit)
-            ))),
-            _ => {
-                self.elements.set(total.unwrap_or_default());
-                if param {
-                    self.params.borrow_mut().push((name, shape.to_vec()));
-                } else {
-                    self.buffers.borrow_mut().push((name, shape.to_vec()));
-                }
-                Ok(())
-            }
+            )));
         }
+        self.elements.set(total);
+        let list = if param { &self.params } else { &self.buffers };
+        list.borrow_mut().push((name, shape.to_vec()));
+        Ok(())
     }
 }
 
