@@ -91,8 +91,8 @@ pub fn load(
     let progress: Progress = a.meta_json("progress")?;
     let dev = model.device().clone();
     let params = model.store().named_params();
-    // Read everything first, then assign.
-    // Each tensor must have the shape and element type of what it replaces.
+    // Read everything first, then assign. Each tensor must have the shape and element type of
+    // what it replaces.
     let like = |key: &str, model_side: &Tensor| -> Result<Tensor> {
         let want: Vec<Option<usize>> = model_side.dims().iter().map(|&d| Some(d)).collect();
         a.expect_shape(key, &want)?;
@@ -111,13 +111,10 @@ pub fn load(
     for (name, t) in model.store().named_buffers() {
         buffers.push((name.clone(), like(&format!("model.{name}"), &t)?));
     }
+    // Their names, shapes and element types are checked by `set_buffers`, before it keeps any.
     let mut momentum = BTreeMap::new();
     for key in a.names().filter(|n| n.starts_with("momentum.")) {
-        let name = &key["momentum.".len()..];
-        let Some((_, var)) = params.iter().find(|(n, _)| n == name) else {
-            return Err(a.bad_value(key, "a momentum buffer for a parameter the model does not have").into());
-        };
-        momentum.insert(name.to_string(), like(key, var.as_tensor())?);
+        momentum.insert(key["momentum.".len()..].to_string(), a.tensor(key, &dev)?);
     }
     let swag =
         if a.meta_opt("has_swag") == Some("1") { Some(Swag::from_artifact(&a, "swag.")?) } else { None };

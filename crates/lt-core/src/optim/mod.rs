@@ -118,22 +118,30 @@ impl Sgd {
         &self.buffers
     }
 
-    /// Restores momentum buffers from a checkpoint (shapes checked against `params`).
+    /// Restores momentum buffers from a checkpoint (names, shapes and element types checked
+    /// against `params`; nothing changes when one does not fit).
     pub fn set_buffers(
         &mut self,
         buffers: BTreeMap<String, Tensor>,
         params: &[(String, Var)],
     ) -> Result<(), String> {
         for (name, b) in &buffers {
-            let var = params
+            let (_, var) = params
                 .iter()
                 .find(|(n, _)| n == name)
-                .ok_or_else(|| format!("momentum buffer for unknown parameter `{name}`"))?;
-            if var.1.dims() != b.dims() {
+                .ok_or_else(|| format!("momentum buffer `{name}`: a parameter the model does not have"))?;
+            if var.dims() != b.dims() {
                 return Err(format!(
                     "momentum buffer `{name}` has shape {:?}, the parameter {:?}",
                     b.dims(),
-                    var.1.dims()
+                    var.dims()
+                ));
+            }
+            if var.dtype() != b.dtype() {
+                return Err(format!(
+                    "momentum buffer `{name}` is {:?}, the model's is {:?}",
+                    b.dtype(),
+                    var.dtype()
                 ));
             }
         }
