@@ -16,6 +16,12 @@ pub fn scratch_file(name: &str, bytes: &[u8]) -> PathBuf {
     p
 }
 
+/// Asserts that error `e` names the file `file` (or is candle's own, which knows no file).
+pub fn assert_names_file(e: &impl std::fmt::Display, file: &str) {
+    let s = e.to_string();
+    assert!(s.contains(file) || s.starts_with("candle:"), "error without the file: {s}");
+}
+
 /// Gzip-compresses `bytes` (fast level).
 pub fn gzip(bytes: &[u8]) -> Vec<u8> {
     use std::io::Write;
