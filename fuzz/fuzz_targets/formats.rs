@@ -1,5 +1,5 @@
 //! The typed readers of the stages' artifacts on arbitrary bytes: features (and every block and
-//! head in it), heads, predictions (evaluated as `lt eval` does), SWAG statistics (and a draw),
+//! head in it, then every stage-2 method on them), heads, predictions (evaluated as `lt eval` does), SWAG statistics (and a draw),
 //! backbone artifacts, weight files and checkpoints for a small CIFAR ResNet. Never a panic,
 //! never an allocation sized by a number the file claims but does not hold.
 #![no_main]
@@ -13,6 +13,7 @@ use lt_core::Rng;
 use lt_metrics::classification::BinEdges;
 use lt_metrics::predictions::{Predictions, PredictionsExt};
 use lt_models::{Arch, Family, Model};
+use lt_retrain::{MethodKind, RetrainConfig, SelectConfig};
 use lt_swag::Swag;
 
 fn named(e: &impl std::fmt::Display) {
@@ -36,6 +37,27 @@ fn features(path: &std::path::Path) {
     }
     for kind in [SampleKind::Sgd, SampleKind::Swa] {
         let _ = f.head(kind).map_err(|e| named(&e));
+    }
+    stage2(&f);
+}
+
+/// Every stage-2 method on features that opened, one short epoch and two candidates per knob:
+/// an error is fine (rows with NaN, a missing backbone), a panic is not.
+fn stage2(f: &Features) {
+    let select = SelectConfig {
+        tau_grid: vec![0.5, 1.0],
+        tau_norm_grid: vec![0.0, 1.0],
+        lambda_grid: vec![0.1, 1.0],
+        convex_grid: vec![0.5],
+        temperature_grid: vec![1.0, 2.0],
+        ..SelectConfig::default()
+    };
+    for &method in MethodKind::ALL {
+        let cfg =
+            RetrainConfig { epochs: 1, batch_size: 8, select: select.clone(), ..RetrainConfig::new(method) };
+        if let Ok(out) = lt_retrain::retrain(f, &cfg, &Device::Cpu) {
+            assert_eq!(out.test_scores.len(), out.test_labels.len() * f.meta().num_classes);
+        }
     }
 }
 

@@ -112,3 +112,37 @@ fn inconsistent_counts_are_refused_with_the_tensor_named() {
     let err = Features::open(&p).unwrap_err().to_string();
     assert!(err.contains("class_counts") && err.contains("disagrees with `train.labels`"), "{err}");
 }
+
+/// Rewrites metadata `key` of the safetensors file at `path` to `value` (the header is JSON after
+/// its 8-byte length; tensor offsets count from the end of the header, so they stay right).
+fn set_meta(path: &Path, key: &str, value: &str) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"][key] = serde_json::Value::String(value.into());
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = (header.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn metadata_that_describes_no_problem_is_refused_by_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f.safetensors");
+    write(&p, false, &[1, 2], &[1, 0, 1]);
+    Features::open(&p).unwrap();
+    for (key, value, expected) in [
+        ("num_classes", "0", "at least one class"),
+        ("feature_dim", "0", "dimension of at least 1"),
+        ("samples", "[]", "at least one backbone"),
+        ("scale", "NaN", "finite, non-negative SWAG sampling scale"),
+        ("scale", "-0.5", "finite, non-negative SWAG sampling scale"),
+    ] {
+        write(&p, false, &[1, 2], &[1, 0, 1]);
+        set_meta(&p, key, value);
+        let err = Features::open(&p).unwrap_err().to_string();
+        assert!(err.contains("f.safetensors") && err.contains(key) && err.contains(expected), "{key}: {err}");
+    }
+}

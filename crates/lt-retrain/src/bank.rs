@@ -152,8 +152,8 @@ impl FeatureBank {
         Ok(Self { kinds, counts: class_counts, dim: 0, splits: Vec::new(), heads: Vec::new() })
     }
 
-    /// Adds a split: `z` `[S, N, D]` (any float dtype, any device) and `N` labels. The training
-    /// split's labels must agree with the class counts.
+    /// Adds a split: `z` `[S, N, D]` (any float dtype, any device, `D` at least 1, finite values)
+    /// and `N` labels. The training split's labels must agree with the class counts.
     pub fn with_split(mut self, split: Split, z: Tensor, labels: Vec<u32>) -> Result<Self> {
         let (s, n, d) = z.dims3()?;
         let c = self.counts.len();
@@ -164,6 +164,10 @@ impl FeatureBank {
         if n != labels.len() {
             return Err(bad(format!("{n} rows and {} labels", labels.len())));
         }
+        if d == 0 {
+            return Err(bad("representations of dimension 0 (D must be at least 1)".into()));
+        }
+        // `dim` is 0 until the first split sets it.
         if self.dim != 0 && d != self.dim {
             return Err(bad(format!("dimension {d}, other splits have {}", self.dim)));
         }
@@ -190,15 +194,26 @@ impl FeatureBank {
         Ok(self)
     }
 
-    /// Adds the stage-1 head of a backbone (`weight` `[C, D]` row-major, `bias` `[C]`).
+    /// Adds the stage-1 head of a backbone (`weight` `[C, D]` row-major, `bias` `[C]`, finite),
+    /// after a split has set `D`.
     pub fn with_stage1_head(mut self, backbone: Backbone, weight: Vec<f32>, bias: Vec<f32>) -> Result<Self> {
         let c = self.counts.len();
+        if self.dim == 0 {
+            return Err(RetrainError::Invalid(
+                "feature bank: add a split before a head (its D comes from the representations)".into(),
+            ));
+        }
         if bias.len() != c || weight.len() != c * self.dim {
             return Err(RetrainError::Invalid(format!(
                 "feature bank: a head needs {c} x {} weights and {c} biases, got {} and {}",
                 self.dim,
                 weight.len(),
                 bias.len()
+            )));
+        }
+        if !weight.iter().chain(&bias).all(|v| v.is_finite()) {
+            return Err(RetrainError::Invalid(format!(
+                "feature bank: the {backbone} head has NaN or infinite values"
             )));
         }
         self.heads.retain(|(b, _, _)| *b != backbone);

@@ -48,6 +48,12 @@ impl<'a> Problem<'a> {
         let classes = source.classes();
         let counts = source.class_counts();
         let n: usize = counts.iter().sum();
+        if n == 0 {
+            return Err(RetrainError::Invalid(format!(
+                "{}: the training split has no rows (every class count is 0); stage 2 needs training representations",
+                source.describe()
+            )));
+        }
         let lp: Vec<f32> = counts.iter().map(|&c| (c.max(1) as f64 / n as f64).ln() as f32).collect();
         let lc: Vec<f32> = counts.iter().map(|&c| (c.max(1) as f64).ln() as f32).collect();
         let kind = match backbone {

@@ -92,7 +92,7 @@ struct Trial {
 /// Fits each of `candidates` with `run` and keeps the one with the lowest validation criterion.
 ///
 /// With a single candidate nothing is scored; without a validation split `fallback` is fitted
-/// and the facts say so. Returns the chosen fit (its facts extended with the search under
+/// and the facts say so; a validation split without rows is an error. Returns the chosen fit (its facts extended with the search under
 /// `"selection"` and the chosen knobs merged into `"chosen"`) and the chosen knobs.
 pub(crate) fn choose<K: Serialize + Clone>(
     p: &Problem,
@@ -125,6 +125,12 @@ pub(crate) fn choose<K: Serialize + Clone>(
         return Ok((f, fallback));
     }
     let labels = p.source.labels(Split::Val)?;
+    if labels.is_empty() {
+        return Err(RetrainError::Invalid(format!(
+            "{}: the validation split has no rows, so no knob can be chosen on it (give it rows, or leave it out to fit the defaults)",
+            p.source.describe()
+        )));
+    }
     let criterion = cfg.select.criterion;
     let mut best: Option<(f64, Fitted, K)> = None;
     let mut trials = Vec::with_capacity(candidates.len());

@@ -172,7 +172,7 @@ impl FeaturesMeta {
             _ => return Err(a.bad_meta(KEY_DTYPE, "expected f16 or f32")),
         };
         let opt_text = |k: &str| a.meta_opt(k).unwrap_or("").to_string();
-        Ok(Self {
+        let meta = Self {
             num_classes: a.meta_parse(KEY_CLASSES)?,
             feature_dim: a.meta_parse(KEY_DIM)?,
             samples: a.meta_json(KEY_SAMPLES)?,
@@ -193,7 +193,20 @@ impl FeaturesMeta {
             fingerprint: opt_text(KEY_FINGERPRINT),
             run_fingerprint: opt_text(KEY_RUN_FINGERPRINT),
             split_fingerprint: opt_text(KEY_SPLIT_FINGERPRINT),
-        })
+        };
+        if meta.num_classes == 0 {
+            return Err(a.bad_meta(KEY_CLASSES, "expected at least one class"));
+        }
+        if meta.feature_dim == 0 {
+            return Err(a.bad_meta(KEY_DIM, "expected a representation dimension of at least 1"));
+        }
+        if meta.samples.is_empty() {
+            return Err(a.bad_meta(KEY_SAMPLES, "expected at least one backbone"));
+        }
+        if !(meta.scale.is_finite() && meta.scale >= 0.0) {
+            return Err(a.bad_meta(KEY_SCALE, "expected a finite, non-negative SWAG sampling scale"));
+        }
+        Ok(meta)
     }
 }
 

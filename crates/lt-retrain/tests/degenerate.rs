@@ -1,0 +1,104 @@
+//! Stage 2 on the edges of what a user's own data can be: a class without training images, one
+//! class, one training row, no validation split. Every method either fits finite scores of the
+//! right shape or refuses with an error that says what is missing; inputs that describe no
+//! problem (no training rows, representations of dimension 0, an empty validation split) are
+//! refused before any training, by name.
+
+use candle_core::{Device, Tensor};
+use lt_core::formats::features::{
+    SampleKind::{Sgd, Swa, Swag},
+    Split,
+};
+use lt_retrain::{retrain, Backbone, FeatureBank, MethodKind, RetrainConfig};
+
+const TEST_ROWS: u32 = 12;
+
+/// A bank of 4 backbones (SGD, SWA, 2 SWAG samples) of dimension `d` with Gaussian rows, the
+/// training split of `counts`, `val` balanced validation rows (`None`: no validation split),
+/// [`TEST_ROWS`] test rows and both stage-1 heads.
+fn bank(counts: &[usize], d: usize, val: Option<u32>) -> lt_retrain::Result<FeatureBank> {
+    let c = counts.len() as u32;
+    let train: Vec<u32> = counts.iter().enumerate().flat_map(|(k, &n)| vec![k as u32; n]).collect();
+    let balanced = |n: u32| (0..n).map(|i| i % c).collect::<Vec<u32>>();
+    let z = |y: &[u32]| Tensor::randn(0f32, 1.0, (4, y.len(), d), &Device::Cpu).unwrap();
+    let mut b = FeatureBank::new(vec![Sgd, Swa, Swag, Swag], counts.to_vec())?
+        .with_split(Split::Train, z(&train), train.clone())?
+        .with_split(Split::Test, z(&balanced(TEST_ROWS)), balanced(TEST_ROWS))?;
+    if let Some(n) = val {
+        b = b.with_split(Split::Val, z(&balanced(n)), balanced(n))?;
+    }
+    let head = |i: usize| (0..counts.len() * d).map(|j| ((i + j) % 7) as f32 / 7.0 - 0.4).collect();
+    b.with_stage1_head(Backbone::Sgd, head(0), vec![0.0; counts.len()])?.with_stage1_head(
+        Backbone::Swa,
+        head(1),
+        vec![0.1; counts.len()],
+    )
+}
+
+fn config(method: MethodKind) -> RetrainConfig {
+    RetrainConfig { epochs: 2, batch_size: 16, ..RetrainConfig::new(method) }
+}
+
+#[test]
+fn every_method_fits_finite_scores_on_small_and_uneven_data() {
+    for (case, counts, val) in [
+        ("a class without training rows", vec![30, 0, 5], Some(30)),
+        ("one class", vec![20], Some(6)),
+        ("one training row", vec![1, 0], Some(4)),
+        ("no validation split", vec![30, 10, 5], None),
+    ] {
+        let b = bank(&counts, 4, val).unwrap();
+        for &m in MethodKind::ALL {
+            let out = retrain(&b, &config(m), &Device::Cpu).unwrap_or_else(|e| panic!("{case}, {m}: {e}"));
+            assert_eq!(out.test_scores.len(), TEST_ROWS as usize * counts.len(), "{case}, {m}");
+            assert!(out.test_scores.iter().all(|v| v.is_finite()), "{case}, {m}: non-finite scores");
+            if val.is_none() && matches!(m, MethodKind::La | MethodKind::TauNorm | MethodKind::Srepr) {
+                let facts = serde_json::to_string(&out.facts).unwrap();
+                assert!(facts.contains("no validation split"), "{case}, {m}: {facts}");
+            }
+        }
+    }
+}
+
+#[test]
+fn no_training_rows_is_refused_by_every_method() {
+    let b = bank(&[0, 0], 4, Some(4)).unwrap();
+    for &m in MethodKind::ALL {
+        let err = retrain(&b, &config(m), &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("training split has no rows"), "{m}: {err}");
+    }
+}
+
+#[test]
+fn an_empty_validation_split_is_refused_where_a_knob_is_chosen() {
+    let b = bank(&[30, 10, 5], 4, Some(0)).unwrap();
+    for &m in MethodKind::ALL {
+        let chooses =
+            matches!(m, MethodKind::La | MethodKind::LaPosthoc | MethodKind::TauNorm | MethodKind::Srepr);
+        match retrain(&b, &config(m), &Device::Cpu) {
+            Ok(_) => assert!(!chooses, "{m} chose its knobs on no validation rows"),
+            Err(e) => {
+                let err = e.to_string();
+                assert!(chooses && err.contains("validation split has no rows"), "{m}: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn banks_that_describe_no_problem_are_refused_by_name() {
+    let err = bank(&[3, 2], 0, None).unwrap_err().to_string();
+    assert!(err.contains("train split") && err.contains("dimension 0"), "{err}");
+    let z = Tensor::zeros((1, 2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let empty = FeatureBank::new(vec![Swa], vec![1, 1]).unwrap();
+    let err = empty.clone().with_stage1_head(Backbone::Swa, vec![], vec![0.0; 2]).unwrap_err().to_string();
+    assert!(err.contains("add a split before a head"), "{err}");
+    let b = empty.with_split(Split::Train, z.clone(), vec![0, 1]).unwrap();
+    let mut w = vec![0.0; 6];
+    w[4] = f32::NAN;
+    let err = b.clone().with_stage1_head(Backbone::Swa, w, vec![0.0; 2]).unwrap_err().to_string();
+    assert!(err.contains("swa head has NaN or infinite values"), "{err}");
+    let other = Tensor::zeros((1, 2, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let err = b.with_split(Split::Test, other, vec![0, 1]).unwrap_err().to_string();
+    assert!(err.contains("dimension 5, other splits have 3"), "{err}");
+}
