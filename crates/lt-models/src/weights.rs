@@ -116,7 +116,7 @@ impl NameMap {
 }
 
 /// Fails unless the file holds every parameter and buffer of `shapes` (of a `family` network)
-/// with its shape, the classifier checked first (a class-count mismatch is the most common
+/// with its shape and a float dtype, the classifier checked first (a class-count mismatch is the most common
 /// mistake and has its own message); `num_batches_tracked` may be missing or any single value.
 /// Returns whether counters were missing.
 fn check_holds(path: &Path, a: &Artifact, names: &NameMap, family: &Family, shapes: &Shapes) -> Result<bool> {
@@ -137,7 +137,7 @@ fn check_holds(path: &Path, a: &Artifact, names: &NameMap, family: &Family, shap
     order.sort_by_key(|(n, _)| [head_w, head_b].iter().position(|h| h == n).unwrap_or(2));
     for (name, want) in order {
         let file_name = &names.map[name];
-        let found = a.info(file_name)?.shape.clone();
+        let found = if counter(name) { a.info(file_name)? } else { a.expect_float(file_name)? }.shape.clone();
         if found == *want || (counter(name) && found.iter().product::<usize>() == 1) {
             continue;
         }

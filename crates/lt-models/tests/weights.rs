@@ -166,17 +166,18 @@ fn bad_weight_files_are_refused_with_names() {
     let msg = dst.load_weights(&p).unwrap_err().to_string();
     assert!(msg.contains("linear.weight") && msg.contains("100 classes, the model has 10"), "{msg}");
 
-    // Wrong dtype.
+    // Wrong dtype, on a tensor set late: refused before any is set (checked below).
     let p = dir.path().join("dtype.safetensors");
     let mut bad = full.clone();
     for (n, t) in bad.iter_mut() {
-        if n == "bn1.weight" {
-            *t = Tensor::zeros(16, DType::I64, &Device::Cpu).unwrap();
+        if n == "layer3.2.bn2.weight" {
+            *t = Tensor::zeros(64, DType::I64, &Device::Cpu).unwrap();
         }
     }
     write_plain(&p, &bad);
     let msg = dst.load_weights(&p).unwrap_err().to_string();
-    assert!(msg.contains("bn1.weight") && msg.contains("I64"), "{msg}");
+    assert!(msg.contains("layer3.2.bn2.weight") && msg.contains("I64"), "{msg}");
+    assert!(same_weights(&dst, &model("resnet20", 10, 2)), "a file of a wrong dtype was half loaded");
 
     // Truncated and non-safetensors files.
     let good = dir.path().join("good.safetensors");

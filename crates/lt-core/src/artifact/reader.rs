@@ -16,6 +16,9 @@ use super::dtype::ElemType;
 use super::error::{shorten, ArtifactError, Result};
 use super::{Format, KEY_FORMAT, KEY_FORMAT_VERSION};
 
+/// The float dtypes [`Artifact::f32`] reads, in an error's words.
+const FLOATS: &str = "a float dtype (F32, F16, BF16, F64)";
+
 /// Where a tensor lives in an open artifact.
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
@@ -222,6 +225,16 @@ impl Artifact {
         Ok(&self.mmap[self.data_start + info.start..self.data_start + info.end])
     }
 
+    /// Checks that a tensor has one of the float dtypes [`Artifact::f32`] reads (F32, F16, BF16,
+    /// F64), without reading its values.
+    pub fn expect_float(&self, name: &str) -> Result<&TensorInfo> {
+        let info = self.info(name)?;
+        match info.dtype {
+            ElemType::F32 | ElemType::F16 | ElemType::BF16 | ElemType::F64 => Ok(info),
+            other => Err(self.dtype_error(name, FLOATS, other)),
+        }
+    }
+
     /// A tensor converted to `f32` (from F32, F16, BF16 or F64).
     pub fn f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.info(name)?;
@@ -231,7 +244,7 @@ impl Artifact {
             ElemType::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes(le(c)).to_f32()).collect(),
             ElemType::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes(le(c)).to_f32()).collect(),
             ElemType::F64 => b.chunks_exact(8).map(|c| f64::from_le_bytes(le(c)) as f32).collect(),
-            other => return Err(self.dtype_error(name, "a float dtype (F32, F16, BF16, F64)", other)),
+            other => return Err(self.dtype_error(name, FLOATS, other)),
         })
     }
 
