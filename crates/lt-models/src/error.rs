@@ -67,6 +67,22 @@ pub enum ModelError {
     /// A training step produced no gradient for a trainable parameter.
     #[error("the training step produced no gradient for parameter `{0}`")]
     MissingGradient(String),
+    /// A network larger than the machine can hold, found by listing it before a value is drawn
+    /// ([`crate::Model::shapes`]): a mistyped class count, width or depth, or a file that records
+    /// one.
+    #[error("{}`{name}` of shape {shape:?} {}", in_file(.path), too_large(.values, .memory))]
+    TooLarge {
+        /// The weight file whose tensors or metadata describe the network, if one does.
+        path: Option<PathBuf>,
+        /// The parameter or buffer at which the network outgrows the limit.
+        name: String,
+        /// Its shape.
+        shape: Vec<usize>,
+        /// The network's values up to and including it; `None` past what `usize` counts.
+        values: Option<usize>,
+        /// The machine's memory in bytes (the limit), when `values` is known.
+        memory: Option<usize>,
+    },
     /// Invalid configuration or input.
     #[error("{0}")]
     Invalid(String),
@@ -76,6 +92,24 @@ pub enum ModelError {
     /// A candle error.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+/// `"<path>: "` for an error about a file, else nothing.
+fn in_file(path: &Option<PathBuf>) -> String {
+    path.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default()
+}
+
+/// How far past the limit a network of `values` f32 values goes.
+fn too_large(values: &Option<usize>, memory: &Option<usize>) -> String {
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    match (values, memory) {
+        (Some(v), Some(m)) => format!(
+            "takes the network to {v} values, {:.1} GiB in f32: more than this machine's {:.1} GiB of memory",
+            gib(v.saturating_mul(std::mem::size_of::<f32>())),
+            gib(*m)
+        ),
+        _ => "takes the network past the elements memory can address".into(),
+    }
 }
 
 /// Result alias of the models crate.

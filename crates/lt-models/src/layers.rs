@@ -100,20 +100,19 @@ impl Listing {
     fn add(&self, name: String, shape: &[usize], param: bool) -> Result<()> {
         let elements = shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
         let total = elements.and_then(|n| n.checked_add(self.elements.get()));
+        let too_large = |values, memory| ModelError::TooLarge {
+            path: None,
+            name: name.clone(),
+            shape: shape.to_vec(),
+            values,
+            memory,
+        };
         let Some((total, bytes)) = total.and_then(|t| Some((t, t.checked_mul(std::mem::size_of::<f32>())?)))
         else {
-            return Err(ModelError::Invalid(format!(
-                "`{name}` of shape {shape:?} takes the network past the elements memory can address"
-            )));
+            return Err(too_large(None, None));
         };
         if let Some(limit) = self.limit.filter(|&limit| bytes > limit) {
-            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-            return Err(ModelError::Invalid(format!(
-                "`{name}` of shape {shape:?} takes the network to {total} values, {:.1} GiB in f32: more than \
-                 this machine's {:.1} GiB of memory",
-                gib(bytes),
-                gib(limit)
-            )));
+            return Err(too_large(Some(total), Some(limit)));
         }
         self.elements.set(total);
         let list = if param { &self.params } else { &self.buffers };

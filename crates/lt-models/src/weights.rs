@@ -195,7 +195,12 @@ fn recorded_family(a: &Artifact) -> Result<Family> {
 /// [`Model::shapes`] of the network a weight file's tensors or metadata describe; a refusal names
 /// the file.
 fn listed(path: &Path, arch: &Arch) -> Result<Shapes> {
-    Model::shapes(arch).map_err(|e| ModelError::Invalid(format!("{}: {e}", path.display())))
+    Model::shapes(arch).map_err(|e| match e {
+        ModelError::TooLarge { path: None, name, shape, values, memory } => {
+            ModelError::TooLarge { path: Some(path.to_path_buf()), name, shape, values, memory }
+        }
+        e => ModelError::Invalid(format!("{}: {e}", path.display())),
+    })
 }
 
 fn float_tensor(a: &Artifact, file_name: &str, shape: &[usize], device: &Device) -> Result<Tensor> {

@@ -222,12 +222,19 @@ fn a_model_larger_than_memory_is_refused_before_it_is_drawn() {
     let build = |name: &str, classes: usize| {
         Model::new(Arch::new(name, classes, 3).unwrap(), 0, &Device::Cpu).err().map(|e| e.to_string())
     };
+    let typed = Model::new(Arch::new("resnet20", usize::MAX / 2, 3).unwrap(), 0, &Device::Cpu).err();
+    assert!(matches!(typed, Some(ModelError::TooLarge { values: None, .. })), "{typed:?}");
     let err = build("resnet20", usize::MAX / 2).expect("beyond usize");
     assert!(err.contains("`linear.weight`") && err.contains("past the elements memory can address"), "{err}");
     assert!(build("resnet20", 10).is_none());
     if lt_core::memory::total_mib().is_none() {
         return;
     }
+    let typed = Model::new(Arch::new("resnet18", 4_000_000_000, 3).unwrap(), 0, &Device::Cpu).err();
+    assert!(
+        matches!(&typed, Some(ModelError::TooLarge { name, values: Some(_), memory: Some(_), .. }) if name == "fc.weight"),
+        "{typed:?}"
+    );
     let err = build("resnet18", 4_000_000_000).expect("8 TB of classifier");
     assert!(err.contains("`fc.weight` of shape [4000000000, 512]") && err.contains("GiB of memory"), "{err}");
     let err = build("cifar-resnet8x65536", 10).expect("5 TB of convolutions");
