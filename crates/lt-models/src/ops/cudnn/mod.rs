@@ -13,6 +13,7 @@
 //! algorithm of cuDNN's list, so this module calls cuDNN through cudarc's `sys` layer with its own
 //! small RAII wrappers.
 
+mod algos;
 mod buffer;
 pub(crate) mod conv;
 pub(crate) mod elementwise;
