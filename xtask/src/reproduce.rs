@@ -178,6 +178,7 @@ pub fn stage2_rows(lt: &Path) -> Result<Vec<PlanRow>> {
 
 /// Builds the plan of a preset: per seed, stage 1, the extraction, and one stage per row.
 pub fn plan(
+    lt: &Path,
     run_root: &Path,
     preset_path: &Path,
     preset: &toml::Value,
@@ -190,8 +191,10 @@ pub fn plan(
     let extract = section(preset, "extract");
     let retrain = section(preset, "retrain");
     // The pretrained start's identity (file content), so that other weights re-run stage 1.
-    let init =
-        get(preset, &["train", "init"]).and_then(|v| v.as_str()).map(pretrained::identity).transpose()?;
+    let init = get(preset, &["train", "init"])
+        .and_then(|v| v.as_str())
+        .map(|spec| pretrained::identity(lt, spec))
+        .transpose()?;
     let samples =
         get(preset, &["extract", "samples"]).map(|v| v.to_string()).unwrap_or_else(|| "the default".into());
     let p = preset_path.display().to_string();
@@ -285,7 +288,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     if !opts.dry_run {
         fetch_init(&lt, &preset)?;
     }
-    let stages = plan(&run_root, &preset_path, &preset, &opts.device, &rows)?;
+    let stages = plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows)?;
     let report = run_root.join("report");
     if opts.dry_run {
         let costs = estimate_costs(&lt, &resolved, &preset, &opts.device);
@@ -325,19 +328,14 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     Ok(Summary { ran, skipped, report: report.join("report.md"), seconds })
 }
 
-/// Fetches a hub init that is not in the cache yet (`lt backbone info`), so that the plan names
-/// the file it trains from.
+/// Fetches a hub init that is not in the cache yet, so that the plan names the file it trains
+/// from.
 fn fetch_init(lt: &Path, preset: &toml::Value) -> Result<()> {
-    let spec = get(preset, &["train", "init"]).and_then(|v| v.as_str());
-    let arch = get(preset, &["train", "arch"]).and_then(|v| v.as_str()).unwrap_or("resnet50");
-    match spec {
-        Some(spec) if spec.starts_with("hub:") && pretrained::hub_file(spec).is_none() => {
-            let Some(args) = pretrained::fetch_args(spec, arch) else { return Ok(()) };
-            println!("fetching {spec} into the hub cache");
-            let out =
-                Command::new(lt).args(&args).output().with_context(|| format!("running {}", lt.display()))?;
-            if !out.status.success() {
-                bail!("fetching {spec} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    match get(preset, &["train", "init"]).and_then(|v| v.as_str()) {
+        Some(spec) if spec.starts_with("hub:") => {
+            if pretrained::identity(lt, spec)?.ends_with("(not cached)") {
+                println!("fetching {spec} into the hub cache");
+                pretrained::fetch(lt, spec)?;
             }
             Ok(())
         }

@@ -42,8 +42,14 @@ fn fixture() -> Fixture {
     let (pool, test) = idx::load(IdxVariant::FashionMnist, &[PathBuf::from(FMNIST)], None, None).unwrap();
     let export = FolderExport { classes: 4, n_max: 40, imbalance: 10.0, test_per_class: 20 };
     write_longtail_folder(&pool, &test, &data, &export).unwrap();
-    // Laid out like the real cache: refs/main without a trailing newline, the file under its
-    // snapshot; plain safetensors with timm/torchvision names and no `num_batches_tracked`.
+    let cache = hub_cache(&root);
+    Fixture { _tmp: tmp, data, cache, root }
+}
+
+/// A hub cache under `root` laid out like the real one: refs/main without a trailing newline, the
+/// file under its snapshot; plain safetensors with timm/torchvision names and no
+/// `num_batches_tracked`, a ResNet for 10 classes.
+fn hub_cache(root: &Path) -> PathBuf {
     let cache = root.join("hub");
     let repo_dir = cache.join(format!("models--{}", REPO.replace('/', "--")));
     std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
@@ -55,7 +61,56 @@ fn fixture() -> Fixture {
         m.store().named_params().into_iter().map(|(n, v)| (n, v.as_tensor().clone())).collect();
     t.extend(m.store().named_buffers().into_iter().filter(|(n, _)| !n.ends_with("num_batches_tracked")));
     candle_core::safetensors::save(&t, snap.join("model.safetensors")).unwrap();
-    Fixture { _tmp: tmp, data, cache, root }
+    cache
+}
+
+/// `lt backbone init`, which `cargo xtask reproduce` asks for the identity of a preset's init: a
+/// cached hub file's repository, commit and SHA-256 (the `identity` `lt train` fingerprints),
+/// `null` with `--cached-only` for a file the cache lacks, a refusal naming the cache offline,
+/// and a local file named by its content.
+#[test]
+fn backbone_init_names_the_weights_a_run_starts_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = hub_cache(tmp.path());
+    let init = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lt"))
+            .args(["backbone", "init"])
+            .args(args)
+            .env("HF_HUB_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.success(), text(&out.stdout), text(&out.stderr))
+    };
+    let spec = format!("hub:{REPO}");
+    let file = cache.join(format!("models--test-org--tiny-resnet/snapshots/{COMMIT}/model.safetensors"));
+    let sha = lt_train::init::sha256_file(&file).unwrap();
+    for args in [vec![spec.as_str(), "--cached-only"], vec![spec.as_str()]] {
+        let (ok, out, err) = init(&args);
+        assert!(ok, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            (v["repo"].as_str(), v["commit"].as_str(), v["sha256"].as_str()),
+            (Some(REPO), Some(COMMIT), Some(sha.as_str()))
+        );
+        let identity = format!("{spec} repo={REPO} commit={COMMIT} sha256={sha}");
+        assert_eq!(v["identity"].as_str(), Some(identity.as_str()), "{out}");
+    }
+    assert_eq!(init(&["hub:test-org/absent", "--cached-only"]).1.trim(), "null");
+    let (ok, _, err) = init(&["hub:test-org/absent"]);
+    assert!(!ok && err.contains("not in the offline cache"), "{err}");
+    // A local file, through xtask's plan-time identity: its content names it.
+    let lt = Path::new(env!("CARGO_BIN_EXE_lt"));
+    let p = tmp.path().join("w.safetensors");
+    let local = p.to_str().unwrap();
+    std::fs::write(&p, b"one").unwrap();
+    let a = xtask::pretrained::identity(lt, local).unwrap();
+    assert_eq!(a, format!("{local} {}", lt_train::init::sha256_file(&p).unwrap()));
+    std::fs::write(&p, b"two").unwrap();
+    assert_ne!(xtask::pretrained::identity(lt, local).unwrap(), a);
+    let err = xtask::pretrained::identity(lt, "/nonexistent/w.safetensors").unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/w.safetensors is not a file"), "{err}");
 }
 
 /// Runs `lt` offline against the fixture's hub cache: `(success, stdout, stderr)`.

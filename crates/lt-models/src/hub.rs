@@ -39,14 +39,26 @@ pub fn offline_from_env() -> bool {
     matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("True"))
 }
 
+/// The local path of `filename` in model repository `repo_id` if the cache holds it (at the
+/// commit its revision names); never the network.
+pub fn cached(repo_id: &str, filename: &str, opts: &HubOptions) -> Option<PathBuf> {
+    let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    Cache::new(cache_dir).repo(repo_of(repo_id, opts)).get(filename)
+}
+
+fn repo_of(repo_id: &str, opts: &HubOptions) -> Repo {
+    let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
+    Repo::with_revision(repo_id.to_string(), RepoType::Model, revision)
+}
+
 /// The local path of `filename` in model repository `repo_id`, downloading it unless offline.
 pub fn fetch(repo_id: &str, filename: &str, opts: &HubOptions) -> Result<PathBuf> {
-    let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
-    let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.clone());
-    if let Some(p) = Cache::new(cache_dir.clone()).repo(repo.clone()).get(filename) {
+    if let Some(p) = cached(repo_id, filename, opts) {
         return Ok(p);
     }
+    let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
+    let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
+    let repo = repo_of(repo_id, opts);
     if opts.offline || offline_from_env() {
         return Err(ModelError::Hub(format!(
             "{repo_id}/{filename} (revision {revision}) is not in the offline cache {}; run once online or copy it there \

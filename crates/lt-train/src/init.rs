@@ -93,6 +93,16 @@ impl InitWeights {
     /// Resolves `spec` (see the module docs): a hub file is read from the cache, or fetched
     /// unless offline (`HF_HUB_OFFLINE=1`); a local file must exist.
     pub fn resolve(spec: &str) -> Result<Self> {
+        Self::resolve_with(spec, true)?.ok_or_else(|| bad(spec, "not fetched"))
+    }
+
+    /// [`InitWeights::resolve`] from the cache alone: `None` for a hub init the cache does not
+    /// hold yet, never the network (for a plan that names what a run will train from).
+    pub fn resolve_cached(spec: &str) -> Result<Option<Self>> {
+        Self::resolve_with(spec, false)
+    }
+
+    fn resolve_with(spec: &str, fetch: bool) -> Result<Option<Self>> {
         let (path, repo) = match spec.parse::<InitSource>()? {
             InitSource::File(p) => {
                 if !p.is_file() {
@@ -102,7 +112,13 @@ impl InitWeights {
             }
             InitSource::Hub { repo, revision, file } => {
                 let opts = HubOptions { revision, ..Default::default() };
-                (hub::fetch(&repo, &file, &opts)?, Some(repo))
+                let path = if fetch {
+                    Some(hub::fetch(&repo, &file, &opts)?)
+                } else {
+                    hub::cached(&repo, &file, &opts)
+                };
+                let Some(path) = path else { return Ok(None) };
+                (path, Some(repo))
             }
         };
         // The cache keeps a file at snapshots/<commit>/<file>.
@@ -111,7 +127,7 @@ impl InitWeights {
             let under_snapshots = parent.parent()?.file_name()? == "snapshots";
             under_snapshots.then(|| parent.file_name()?.to_str().map(str::to_string)).flatten()
         });
-        Ok(Self { spec: spec.to_string(), sha256: sha256_file(&path)?, path, repo, commit })
+        Ok(Some(Self { spec: spec.to_string(), sha256: sha256_file(&path)?, path, repo, commit }))
     }
 
     /// The identity that enters the run's fingerprint (everything but the local path, which may

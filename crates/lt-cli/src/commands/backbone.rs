@@ -1,4 +1,4 @@
-//! `lt backbone`: inspect backbones and run them on inputs.
+//! `lt backbone`: inspect backbones, run them on inputs, and resolve pretrained starts.
 
 use std::path::PathBuf;
 
@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use lt_core::{Artifact, ArtifactWriter, Format};
 use lt_models::hub::{fetch, HubOptions};
 use lt_models::{Arch, Family, Model};
+use lt_train::init::InitWeights;
 
 /// Where weights come from.
 #[derive(Args, Clone, Debug)]
@@ -88,6 +89,16 @@ enum BackboneCommand {
         #[arg(long)]
         output: PathBuf,
     },
+    /// Resolve a pretrained start as `lt train --init` does (fetching a hub file into the cache
+    /// unless offline) and print its identity as JSON: spec, path, repo, commit, sha256 and the
+    /// `identity` that enters the run's fingerprint.
+    Init {
+        /// `hub:<org>/<name>[@revision][:file]` or a safetensors file.
+        spec: String,
+        /// Only read the hub cache: print `null` for a hub file it does not hold yet.
+        #[arg(long)]
+        cached_only: bool,
+    },
 }
 
 const RUN_FORMAT: Format = Format { name: "lt.backbone-output", version: 1 };
@@ -135,6 +146,23 @@ pub fn run(args: BackboneArgs) -> Result<()> {
             for (name, t) in m.store().named_buffers() {
                 println!("  {name:<48} {:?}", t.dims());
             }
+            Ok(())
+        }
+        BackboneCommand::Init { spec, cached_only } => {
+            let init = if cached_only {
+                InitWeights::resolve_cached(&spec)?
+            } else {
+                Some(InitWeights::resolve(&spec)?)
+            };
+            let json = match init {
+                Some(w) => {
+                    let mut v = serde_json::to_value(&w)?;
+                    v["identity"] = w.identity().into();
+                    v
+                }
+                None => serde_json::Value::Null,
+            };
+            println!("{}", serde_json::to_string(&json)?);
             Ok(())
         }
         BackboneCommand::Run { arch, source, input, output } => {
