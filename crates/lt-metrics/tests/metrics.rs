@@ -131,3 +131,50 @@ fn plots_are_written_with_the_expected_size() {
         }
     }
 }
+
+/// The shot groups of a prediction set come from a split of the same classes and, where the
+/// predictions record their training counts, the same counts: the split of another run would
+/// group the classes wrongly and is refused, naming the split and the first class that differs.
+#[test]
+fn groups_come_from_a_split_that_agrees_with_the_predictions() {
+    use lt_core::split::SplitInfo;
+    use lt_metrics::{Predictions, PredictionsExt};
+    let split = |train_labels: Vec<u32>| SplitInfo {
+        dataset: "toy".into(),
+        class_names: vec!["a".into(), "b".into()],
+        train_indices: (0..train_labels.len()).collect(),
+        train_labels,
+        test_labels: vec![0, 1],
+        val_labels: None,
+        val_indices: None,
+        imbalance: None,
+        original_train_len: 200,
+    };
+    let p = Predictions {
+        scores: vec![1.0, 0.0, 0.0, 1.0],
+        probabilities: false,
+        labels: vec![0, 1],
+        classes: 2,
+        class_counts: Some(vec![150, 10]),
+        class_names: None,
+        meta: Default::default(),
+    };
+    let path = std::path::Path::new("split.safetensors");
+    let same = split([vec![0; 150], vec![1; 10]].concat());
+    assert_eq!(p.groups_of(Some((path, &same))).unwrap(), vec![ShotGroup::Many, ShotGroup::Few]);
+    assert_eq!(p.groups_of(None).unwrap(), vec![ShotGroup::Many, ShotGroup::Few]);
+    let other = split([vec![0; 150], vec![1; 50]].concat());
+    let err = p.groups_of(Some((path, &other))).unwrap_err().to_string();
+    assert!(
+        err.contains(
+            "split.safetensors has 50 training images of class 1, the predictions were made with 10"
+        ),
+        "{err}"
+    );
+    let unrecorded = Predictions { class_counts: None, ..p.clone() };
+    assert_eq!(unrecorded.groups_of(Some((path, &other))).unwrap(), vec![ShotGroup::Many, ShotGroup::Medium]);
+    assert!(unrecorded.groups_of(None).unwrap_err().to_string().contains("pass the split artifact"));
+    let three = Predictions { classes: 3, class_counts: None, scores: vec![0.0; 6], ..p };
+    let err = three.groups_of(Some((path, &same))).unwrap_err().to_string();
+    assert!(err.contains("split.safetensors has 2 classes, the predictions 3"), "{err}");
+}

@@ -36,7 +36,8 @@ pub struct EvalArgs {
     /// Predictions artifact (`lt.predictions`: logits or probs, labels).
     #[arg(long)]
     predictions: PathBuf,
-    /// Split artifact giving the shot groups (default: the class counts in the predictions).
+    /// Split artifact giving the shot groups (default: the class counts in the predictions, which
+    /// it must agree with where they are recorded).
     #[arg(long)]
     split_info: Option<PathBuf>,
     /// Directory for `<method>.json` and the reliability diagram.
@@ -55,7 +56,9 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     let (bins, edges) = (usize::from(a.bins), BinEdges::from(a.bin_edges));
     let p =
         Predictions::read(&a.predictions).with_context(|| format!("reading {}", a.predictions.display()))?;
-    let groups = p.groups(a.split_info.as_deref())?;
+    let groups = p
+        .groups(a.split_info.as_deref())
+        .with_context(|| format!("grouping the classes of {}", a.predictions.display()))?;
     let scores = p.scores().with_context(|| format!("reading {}", a.predictions.display()))?;
     let ev = evaluate(&scores, &groups, bins, edges)
         .with_context(|| format!("evaluating {}", a.predictions.display()))?;

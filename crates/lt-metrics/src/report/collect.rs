@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use lt_core::formats::predictions::Predictions;
-use lt_core::split::{shot_groups, ShotGroup};
+use lt_core::split::SplitInfo;
 
 use super::Row;
 use crate::classification::{evaluate, BinEdges};
@@ -108,7 +108,7 @@ struct Collector {
 impl Collector {
     /// Evaluates the predictions in `file` (row directory `dir`) as seed `seed`; `split_groups`
     /// are the shot groups of the seed's split, when it has one.
-    fn add(&mut self, seed: u64, dir: &Path, file: &Path, split_groups: Option<&[ShotGroup]>) -> Result<()> {
+    fn add(&mut self, seed: u64, dir: &Path, file: &Path, split: Option<(&Path, &SplitInfo)>) -> Result<()> {
         let p = Predictions::read(file)?;
         match &self.test_labels {
             Some((labels, first)) if *labels != p.labels => {
@@ -135,24 +135,8 @@ impl Collector {
             )));
         }
         seed_files.insert(id.clone(), file.to_path_buf());
-        let groups = match (split_groups, &p.class_counts) {
-            (Some(g), _) if g.len() == p.classes => g.to_vec(),
-            (Some(g), _) => {
-                return Err(MetricsError::Invalid(format!(
-                    "{} has {} classes, the split of seed {seed} {}",
-                    file.display(),
-                    p.classes,
-                    g.len()
-                )))
-            }
-            (None, Some(c)) => shot_groups(c),
-            (None, None) => {
-                return Err(MetricsError::Invalid(format!(
-                    "{}: no class counts and no split artifact to group the classes",
-                    file.display()
-                )))
-            }
-        };
+        let groups =
+            p.groups_of(split).map_err(|e| MetricsError::Invalid(format!("{}: {e}", file.display())))?;
         let ev = evaluate(&p.scores()?, &groups, 15, BinEdges::Guo)
             .map_err(|e| MetricsError::Invalid(format!("{}: {e}", file.display())))?;
         if self.dataset.is_empty() {
@@ -184,12 +168,11 @@ pub fn collect(runs: &Path) -> Result<Collected> {
         let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         dirs.sort();
         let split = LAYOUT.stage1_dir(runs, seed).join(LAYOUT.split);
-        let groups =
-            if split.exists() { Some(lt_core::split::SplitInfo::read(&split)?.groups()) } else { None };
+        let info = if split.exists() { Some(SplitInfo::read(&split)?) } else { None };
         for dir in dirs {
             let file = dir.join(LAYOUT.predictions);
             if file.exists() {
-                c.add(seed, &dir, &file, groups.as_deref())?;
+                c.add(seed, &dir, &file, info.as_ref().map(|i| (split.as_path(), i)))?;
             }
         }
     }
