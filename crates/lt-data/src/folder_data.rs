@@ -6,9 +6,10 @@
 //! image file's header must decode (PNG or JPEG; the error names the file and what was
 //! expected), and files without an image extension are counted and logged, never silently
 //! dropped. Images of any size and colour mode (grey, RGB, RGBA, 16-bit, CMYK JPEG) are decoded to
-//! 8-bit RGB (alpha dropped) and resized by the transforms. A seeded class-balanced validation
-//! set is drawn from the training images as for the other data sets
-//! ([`ldam_selection_with_val`]), smaller where a class is too small to give it.
+//! 8-bit RGB (alpha dropped) and resized by the transforms. A seeded validation set is drawn from
+//! the training images as for the other data sets
+//! ([`crate::longtail::ldam_selection_with_val_counts`]): the same number of each class, fewer
+//! from a class too small to give it, none from a class of one image.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use crate::dataset::{Dataset, ImageSet, Subset};
 use crate::error::{io_err, DataError, Result};
 use crate::files::{EvalTransform, ImageEntry, ImageFileDataset, TrainTransform};
 use crate::folder::{scan_folder, FolderSplits, EXTENSIONS};
-use crate::longtail::{class_counts, exponential_profile, ldam_selection_with_val};
+use crate::longtail::{class_counts, exponential_profile, ldam_selection_with_val_counts};
 use crate::transform::Normalize;
 
 /// Resize side of the evaluation transform for a crop of `crop` (the standard 256 for 224).
@@ -64,10 +65,11 @@ pub(crate) fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundl
         None => counts.clone(),
     };
     let wanted = opts.val_per_class.or(DatasetName::Folder.default_val_per_class()).unwrap_or(0);
-    let v = val_size(wanted, &counts, &profile, &f.classes);
-    let s = ldam_selection_with_val(full.labels(), &profile, opts.seed as u32, v)?;
+    let v = val_sizes(wanted, &counts, &profile, &f.classes);
+    let s = ldam_selection_with_val_counts(full.labels(), &profile, opts.seed as u32, &v)?;
+    let has_val = !s.val.is_empty();
     let val: Option<Arc<dyn Dataset>> =
-        (v > 0).then(|| Arc::new(Subset::new(full.clone(), s.val.clone())) as _);
+        has_val.then(|| Arc::new(Subset::new(full.clone(), s.val.clone())) as _);
     Ok(DataBundle {
         name: DatasetName::Folder,
         class_names: f.classes,
@@ -75,7 +77,7 @@ pub(crate) fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundl
         val,
         test,
         train_indices: s.train,
-        val_indices: (v > 0).then_some(s.val),
+        val_indices: has_val.then_some(s.val),
         original_train_len: n,
         imbalance: opts.imbalance,
         source: format!(
@@ -86,23 +88,33 @@ pub(crate) fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundl
     })
 }
 
-/// The validation images per class: `wanted`, lowered (and logged) so that every class keeps at
-/// least half of its training selection; 0 when a class cannot spare one.
-fn val_size(wanted: usize, counts: &[usize], profile: &[usize], names: &[String]) -> usize {
+/// The validation images of each class: `wanted`, lowered (and logged) where a class must keep at
+/// least half of its training selection; 0 for a class that cannot spare one. The selection
+/// criteria average over classes, so classes with fewer validation images (or none) leave the
+/// others' as they are.
+fn val_sizes(wanted: usize, counts: &[usize], profile: &[usize], names: &[String]) -> Vec<usize> {
     // Class c can give its unused images and half of its selection.
-    let spare = |c: usize| counts[c] - profile[c] + profile[c] / 2;
-    let Some(tight) = (0..counts.len()).min_by_key(|&c| spare(c)) else { return 0 };
-    let v = wanted.min(spare(tight));
-    if v < wanted {
+    let sizes: Vec<usize> =
+        (0..counts.len()).map(|c| wanted.min(counts[c] - profile[c] + profile[c] / 2)).collect();
+    let short: Vec<usize> = (0..sizes.len()).filter(|&c| sizes[c] < wanted).collect();
+    if let Some(&tight) = short.iter().min_by_key(|&&c| sizes[c]) {
+        let none = short.iter().filter(|&&c| sizes[c] == 0).count();
         tracing::warn!(
-            "validation set: {v} images per class instead of {wanted}: class `{}` has {} training images \
-             and keeps at least half of them{}",
+            "validation set: {} of {} classes give fewer than {wanted} images, as each keeps at least half of its \
+             training images (fewest: class `{}`, {} training images, {} for validation){}",
+            short.len(),
+            counts.len(),
             names[tight],
             counts[tight],
-            if v == 0 { " (no validation set: stage 2 uses its default knobs)" } else { "" }
+            sizes[tight],
+            match (none, sizes.iter().all(|&v| v == 0)) {
+                (_, true) => " (no validation set: stage 2 uses its default knobs)".to_string(),
+                (0, _) => String::new(),
+                (n, _) => format!("; {n} class(es) have none, and the knobs are chosen on the others"),
+            }
         );
     }
-    v
+    sizes
 }
 
 /// Every class has training images (an empty class folder is an error naming it).

@@ -43,7 +43,10 @@ pub use bundle::{load_bundle, DataBundle, DataOptions, DatasetName};
 pub use dataset::{Dataset, ImageSet, InMemoryDataset, Subset};
 pub use error::{DataError, Result};
 pub use loader::{Batch, EpochBatches, LoaderConfig};
-pub use longtail::{exponential_profile, ldam_selection, ldam_selection_with_val, LongTailSplit, ShotGroup};
+pub use longtail::{
+    exponential_profile, ldam_selection, ldam_selection_with_val, ldam_selection_with_val_counts,
+    LongTailSplit, ShotGroup,
+};
 pub use sampler::{Sampler, SamplerKind};
 pub use spec::DataSpec;
 pub use synthetic::SyntheticConfig;

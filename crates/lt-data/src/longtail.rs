@@ -41,7 +41,7 @@ pub fn ldam_selection(labels: &[u32], counts: &[usize], seed: u32) -> Result<Vec
 pub struct LongTailSplit {
     /// Training indices, class by class (the LDAM-DRW selection, see [`ldam_selection_with_val`]).
     pub train: Vec<usize>,
-    /// Validation indices, class by class, `val_per_class` of each class.
+    /// Validation indices, class by class, `val_per_class` of each class (or `val[c]`).
     pub val: Vec<usize>,
     /// Per class, how many validation images had to be taken from the class's selected training
     /// images because the class had too few unselected ones (the head class when `n_0` is the
@@ -67,11 +67,29 @@ pub fn ldam_selection_with_val(
     seed: u32,
     val_per_class: usize,
 ) -> Result<LongTailSplit> {
+    ldam_selection_with_val_counts(labels, counts, seed, &vec![val_per_class; counts.len()])
+}
+
+/// [`ldam_selection_with_val`] with a validation count per class: `val[c]` images of class `c`
+/// (for data whose smallest classes cannot give as many as the others).
+pub fn ldam_selection_with_val_counts(
+    labels: &[u32],
+    counts: &[usize],
+    seed: u32,
+    val: &[usize],
+) -> Result<LongTailSplit> {
+    if val.len() != counts.len() {
+        return Err(DataError::Invalid(format!(
+            "{} validation counts for {} classes",
+            val.len(),
+            counts.len()
+        )));
+    }
     let mut rng = NumpyRandomState::new(seed);
     let mut train = Vec::with_capacity(counts.iter().sum());
-    let mut val = Vec::with_capacity(val_per_class * counts.len());
+    let mut val_idx = Vec::with_capacity(val.iter().sum());
     let mut val_from_train = vec![0usize; counts.len()];
-    for (c, &want) in counts.iter().enumerate() {
+    for (c, (&want, &v)) in counts.iter().zip(val).enumerate() {
         let mut idx: Vec<usize> =
             labels.iter().enumerate().filter(|(_, &y)| y as usize == c).map(|(i, _)| i).collect();
         if idx.len() < want {
@@ -81,20 +99,20 @@ pub fn ldam_selection_with_val(
             )));
         }
         rng.shuffle(&mut idx);
-        let unused = (idx.len() - want).min(val_per_class);
-        let deficit = val_per_class - unused;
+        let unused = (idx.len() - want).min(v);
+        let deficit = v - unused;
         if deficit > 0 && deficit >= want {
             return Err(DataError::Invalid(format!(
-                "class {c} has {} samples: too few for {want} training and {val_per_class} validation images",
+                "class {c} has {} samples: too few for {want} training and {v} validation images",
                 idx.len()
             )));
         }
         train.extend_from_slice(&idx[..want - deficit]);
-        val.extend_from_slice(&idx[want - deficit..want]);
-        val.extend_from_slice(&idx[want..want + unused]);
+        val_idx.extend_from_slice(&idx[want - deficit..want]);
+        val_idx.extend_from_slice(&idx[want..want + unused]);
         val_from_train[c] = deficit;
     }
-    Ok(LongTailSplit { train, val, val_from_train })
+    Ok(LongTailSplit { train, val: val_idx, val_from_train })
 }
 
 /// Number of samples per class in `labels` (labels must be `< classes`).
@@ -184,5 +202,22 @@ mod tests {
         // A class that cannot keep a training image is refused.
         let err = ldam_selection_with_val(&labels, &[6, 5], 0, 5).unwrap_err().to_string();
         assert!(err.contains("class 1") && err.contains("validation"), "{err}");
+    }
+
+    #[test]
+    fn validation_counts_per_class_draw_from_the_same_shuffles() {
+        let labels: Vec<u32> = (0..15).map(|i| if i < 10 { 0 } else { 1 }).collect();
+        let s = ldam_selection_with_val_counts(&labels, &[6, 5], 0, &[3, 0]).unwrap();
+        // Class 0 gives 3 of its unused images, class 1 none: its training images are all kept.
+        assert_eq!(s.train, ldam_selection(&labels, &[6, 5], 0).unwrap());
+        assert_eq!(s.val, vec![7, 3, 0]);
+        assert_eq!(s.val_from_train, vec![0, 0]);
+        // Equal counts are the uniform split.
+        assert_eq!(
+            ldam_selection_with_val_counts(&labels, &[6, 5], 0, &[2, 2]).unwrap(),
+            ldam_selection_with_val(&labels, &[6, 5], 0, 2).unwrap()
+        );
+        let err = ldam_selection_with_val_counts(&labels, &[6, 5], 0, &[2]).unwrap_err().to_string();
+        assert!(err.contains("1 validation counts for 2 classes"), "{err}");
     }
 }

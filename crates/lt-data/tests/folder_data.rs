@@ -45,7 +45,7 @@ fn tree(root: &Path, counts: &[usize]) {
 }
 
 #[test]
-fn a_folder_gets_a_seeded_class_balanced_validation_split_from_its_training_images() {
+fn a_folder_gets_a_seeded_validation_split_from_its_training_images_as_balanced_as_its_classes_allow() {
     let tmp = tempfile::tempdir().unwrap();
     tree(tmp.path(), &[30, 12, 8]);
     let b = load_bundle(DatasetName::Folder, &folder(tmp.path(), 6, Some(3))).unwrap();
@@ -60,15 +60,23 @@ fn a_folder_gets_a_seeded_class_balanced_validation_split_from_its_training_imag
     assert_eq!((again.train_indices, again.val_indices), (b.train_indices.clone(), b.val_indices.clone()));
     let other = DataOptions { seed: 7, ..folder(tmp.path(), 6, Some(3)) };
     assert_ne!(load_bundle(DatasetName::Folder, &other).unwrap().val_indices, b.val_indices);
-    // The default (20 per class) is lowered so that the 8-image class keeps half its images.
+    // The default (20 per class) is lowered, class by class, so that each keeps half its images;
+    // the smallest class does not lower the others'.
     let d = load_bundle(DatasetName::Folder, &folder(tmp.path(), 6, None)).unwrap();
-    assert_eq!(d.class_counts(), vec![26, 8, 4]);
-    // A class of one image cannot give any: no validation set (stage 2 uses its defaults).
+    assert_eq!(d.class_counts(), vec![15, 6, 4]);
+    assert_eq!(lt_data::longtail::class_counts(d.val.as_ref().unwrap().labels(), 3), vec![15, 6, 4]);
+    // A class of one image cannot give any; the others still do.
     let one = tempfile::tempdir().unwrap();
     tree(one.path(), &[5, 1]);
     let b = load_bundle(DatasetName::Folder, &folder(one.path(), 6, None)).unwrap();
+    assert_eq!(lt_data::longtail::class_counts(b.val.as_ref().unwrap().labels(), 2), vec![2, 0]);
+    assert_eq!(b.class_counts(), vec![3, 1]);
+    // Only when no class can give one is there no validation set (stage 2 uses its defaults).
+    let ones = tempfile::tempdir().unwrap();
+    tree(ones.path(), &[1, 1]);
+    let b = load_bundle(DatasetName::Folder, &folder(ones.path(), 6, None)).unwrap();
     assert!(b.val.is_none() && b.val_indices.is_none());
-    assert_eq!(b.class_counts(), vec![5, 1]);
+    assert_eq!(b.class_counts(), vec![1, 1]);
 }
 
 #[test]
