@@ -40,5 +40,9 @@ pub fn identity(lt: &Path, spec: &str) -> Result<String> {
 /// Fetches a hub init into the cache unless it is there (offline: fails naming the cache), so
 /// that the plan names the file it trains from.
 pub fn fetch(lt: &Path, spec: &str) -> Result<()> {
-    resolve(lt, spec, &[]).map(|_| ())
+    if resolve(lt, spec, &["--cached-only"])?.is_null() {
+        println!("fetching {spec} into the hub cache");
+        resolve(lt, spec, &[])?;
+    }
+    Ok(())
 }

@@ -328,17 +328,11 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     Ok(Summary { ran, skipped, report: report.join("report.md"), seconds })
 }
 
-/// Fetches a hub init that is not in the cache yet, so that the plan names the file it trains
-/// from.
+/// Fetches a hub init into the cache unless it is there, so that the plan names the file it
+/// trains from.
 fn fetch_init(lt: &Path, preset: &toml::Value) -> Result<()> {
     match get(preset, &["train", "init"]).and_then(|v| v.as_str()) {
-        Some(spec) if spec.starts_with("hub:") => {
-            if pretrained::identity(lt, spec)?.ends_with("(not cached)") {
-                println!("fetching {spec} into the hub cache");
-                pretrained::fetch(lt, spec)?;
-            }
-            Ok(())
-        }
+        Some(spec) if spec.starts_with("hub:") => pretrained::fetch(lt, spec),
         _ => Ok(()),
     }
 }

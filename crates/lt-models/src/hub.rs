@@ -7,7 +7,7 @@
 
 use std::path::PathBuf;
 
-use hf_hub::{Cache, Repo, RepoType};
+use hf_hub::{Repo, RepoType};
 
 use crate::error::{ModelError, Result};
 
@@ -39,11 +39,21 @@ pub fn offline_from_env() -> bool {
     matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("True"))
 }
 
-/// The local path of `filename` in model repository `repo_id` if the cache holds it (at the
-/// commit its revision names); never the network.
+/// The local path of `filename` in model repository `repo_id` if the cache holds it, at the
+/// commit `refs/<revision>` names (surrounding whitespace ignored) or, for a revision that is
+/// itself a commit and has no ref (a pinned download), at that commit; never the network.
 pub fn cached(repo_id: &str, filename: &str, opts: &HubOptions) -> Option<PathBuf> {
     let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    Cache::new(cache_dir).repo(repo_of(repo_id, opts)).get(filename)
+    let revision = opts.revision.as_deref().unwrap_or("main");
+    let repo_dir = cache_dir.join(format!("models--{}", repo_id.replace('/', "--")));
+    let is_commit = revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit());
+    let commit = match std::fs::read_to_string(repo_dir.join("refs").join(revision)) {
+        Ok(c) => c.trim().to_string(),
+        Err(_) if is_commit => revision.to_string(),
+        Err(_) => return None,
+    };
+    let path = repo_dir.join("snapshots").join(commit).join(filename);
+    path.is_file().then_some(path)
 }
 
 fn repo_of(repo_id: &str, opts: &HubOptions) -> Repo {

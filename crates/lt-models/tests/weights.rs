@@ -4,7 +4,7 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use lt_core::{ArtifactWriter, Format};
-use lt_models::hub::{fetch, HubOptions};
+use lt_models::hub::{cached, fetch, HubOptions};
 use lt_models::weights::transformers_to_torchvision;
 use lt_models::{Arch, Model, ModelError};
 
@@ -299,6 +299,16 @@ fn hub_offline_cache_hits_and_misses() {
     );
     let err = fetch("timm/resnet18.tv_in1k", "pytorch_model.bin", &opts).unwrap_err().to_string();
     assert!(err.contains("pytorch_model.bin"), "{err}");
+    // A ref written with a trailing newline, and a commit pinned without a ref (as Python's
+    // huggingface_hub leaves a download by commit), are found; another commit is not.
+    let base = dir.path().join("models--timm--resnet18.tv_in1k");
+    std::fs::write(base.join("refs/main"), "0123456789abcdef0123456789abcdef01234567\n").unwrap();
+    assert_eq!(cached("timm/resnet18.tv_in1k", "model.safetensors", &opts), Some(p.clone()));
+    let pinned = |rev: &str| HubOptions { revision: Some(rev.into()), ..opts.clone() };
+    let at = pinned("0123456789abcdef0123456789abcdef01234567");
+    assert_eq!(cached("timm/resnet18.tv_in1k", "model.safetensors", &at), Some(p));
+    assert_eq!(cached("timm/resnet18.tv_in1k", "model.safetensors", &pinned(&"f".repeat(40))), None);
+    assert_eq!(cached("timm/resnet18.tv_in1k", "model.safetensors", &pinned("v2")), None);
 }
 
 /// A small file cannot have a model of terabytes built for it: the class count, input channels,

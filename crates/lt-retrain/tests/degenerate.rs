@@ -52,7 +52,9 @@ fn every_method_fits_finite_scores_on_small_and_uneven_data() {
             let out = retrain(&b, &config(m), &Device::Cpu).unwrap_or_else(|e| panic!("{case}, {m}: {e}"));
             assert_eq!(out.test_scores.len(), TEST_ROWS as usize * counts.len(), "{case}, {m}");
             assert!(out.test_scores.iter().all(|v| v.is_finite()), "{case}, {m}: non-finite scores");
-            if val.is_none() && matches!(m, MethodKind::La | MethodKind::TauNorm | MethodKind::Srepr) {
+            let chooses =
+                matches!(m, MethodKind::La | MethodKind::LaPosthoc | MethodKind::TauNorm | MethodKind::Srepr);
+            if val.is_none() && chooses {
                 let facts = serde_json::to_string(&out.facts).unwrap();
                 assert!(facts.contains("no validation split"), "{case}, {m}: {facts}");
             }

@@ -121,7 +121,10 @@ fn check_run(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig) -> Result<(St
     let split_fp = fingerprint_of(&dir.split(), lt_core::split::SPLIT_FORMAT)?;
     if split_fp != data.fingerprint() {
         return Err(TrainError::Mismatch(format!(
-            "the data set given is not the one {} was trained on (split fingerprints differ)",
+            "the data set given is not the one {} was trained on (split fingerprints differ: its files, its \
+             options or the rule that splits it changed since stage 1, e.g. an image folder's validation \
+             counts, per class since 2026-12-07); train stage 1 again (remove {} and rerun)",
+            dir.root().display(),
             dir.root().display()
         )));
     }
