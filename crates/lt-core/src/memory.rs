@@ -1,5 +1,5 @@
-//! Process and machine memory as the kernel reports it (Linux `/proc/self/status` and
-//! `/proc/meminfo`; `None` elsewhere).
+//! Process and machine memory as the kernel reports it (Linux `/proc/self/status`,
+//! `/proc/meminfo` and the control group's limit; `None` elsewhere).
 
 fn field_mib(name: &str) -> Option<f64> {
     file_field_mib("/proc/self/status", name)
@@ -29,13 +29,49 @@ pub fn rss_anon_mib() -> Option<f64> {
     field_mib("RssAnon:")
 }
 
-/// The machine's memory, MiB (`MemTotal`).
+/// The memory this process may use, MiB: the machine's (`MemTotal`), or its control group's
+/// limit where that is lower (a container's `--memory`; cgroup v2 `memory.max` or v1
+/// `memory.limit_in_bytes`).
 pub fn total_mib() -> Option<f64> {
-    file_field_mib("/proc/meminfo", "MemTotal:")
+    let machine = file_field_mib("/proc/meminfo", "MemTotal:")?;
+    Some(cgroup_limit_mib().map_or(machine, |limit| limit.min(machine)))
+}
+
+/// The memory limit of this process's control group, MiB, if it has one.
+fn cgroup_limit_mib() -> Option<f64> {
+    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut files = Vec::new();
+    for line in groups.lines() {
+        // `id:controllers:path`; v2 has the id 0 and no controllers.
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?.trim_start_matches('/'));
+        if id == "0" && controllers.is_empty() {
+            files.push(format!("/sys/fs/cgroup/{path}/memory.max"));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            files.push(format!("/sys/fs/cgroup/memory/{path}/memory.limit_in_bytes"));
+        }
+    }
+    // Inside a container's own cgroup namespace its limit is at the root.
+    files.extend(["/sys/fs/cgroup/memory.max".into(), "/sys/fs/cgroup/memory/memory.limit_in_bytes".into()]);
+    files.iter().filter_map(|f| limit_mib(&std::fs::read_to_string(f).ok()?)).reduce(f64::min)
+}
+
+/// A cgroup memory limit file's value in MiB; `None` for no limit (`max`, or v1's near-`i64::MAX`).
+fn limit_mib(text: &str) -> Option<f64> {
+    let bytes: u64 = text.trim().parse().ok()?;
+    (bytes < 1 << 60).then(|| bytes as f64 / (1u64 << 20) as f64)
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cgroup_limits_are_read_and_no_limit_is_none() {
+        assert_eq!(super::limit_mib("1073741824\n"), Some(1024.0));
+        assert_eq!(super::limit_mib("max\n"), None);
+        assert_eq!(super::limit_mib("9223372036854771712\n"), None);
+        assert_eq!(super::limit_mib(""), None);
+    }
+
     #[test]
     fn reads_something_on_linux() {
         if cfg!(target_os = "linux") {

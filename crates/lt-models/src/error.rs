@@ -80,7 +80,7 @@ pub enum ModelError {
         shape: Vec<usize>,
         /// The network's values up to and including it; `None` past what `usize` counts.
         values: Option<usize>,
-        /// The machine's memory in bytes (the limit), when `values` is known.
+        /// The memory this process may use in bytes (the limit), when `values` is known.
         memory: Option<usize>,
     },
     /// Invalid configuration or input.
@@ -104,7 +104,7 @@ fn too_large(values: &Option<usize>, memory: &Option<usize>) -> String {
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     match (values, memory) {
         (Some(v), Some(m)) => format!(
-            "takes the network to {v} values, {:.1} GiB in f32: more than this machine's {:.1} GiB of memory",
+            "takes the network to {v} values, {:.1} GiB in f32: more than the {:.1} GiB of memory this process may use",
             gib(v.saturating_mul(std::mem::size_of::<f32>())),
             gib(*m)
         ),

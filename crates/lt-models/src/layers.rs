@@ -78,7 +78,8 @@ impl<'a> Builder<'a> {
 }
 
 /// The names and shapes of a network's parameters and buffers, listed without making them, and
-/// refused as soon as they outgrow the machine's memory (or `usize`).
+/// refused as soon as they outgrow the memory this process may use (`lt_core::memory::total_mib`;
+/// or `usize`).
 pub(crate) struct Listing {
     params: RefCell<Vec<(String, Vec<usize>)>>,
     buffers: RefCell<Vec<(String, Vec<usize>)>>,

@@ -100,7 +100,8 @@ pub struct TrainStep {
 
 impl Model {
     /// The names and shapes of the parameters and buffers of `arch`, listed without making them;
-    /// an error naming the parameter at which they outgrow the machine's memory.
+    /// an error naming the parameter at which they outgrow the memory this process may use (the
+    /// machine's, or its container's limit).
     pub fn shapes(arch: &Arch) -> Result<Shapes> {
         let listing = Listing::new();
         construct(arch, &Builder::listing(&listing))?;
@@ -108,7 +109,7 @@ impl Model {
     }
 
     /// Builds a model with weights initialised from `seed` (Kaiming normal, as the references).
-    /// A network larger than the machine's memory is refused before any value is drawn.
+    /// A network larger than the memory this process may use is refused before any value is drawn.
     pub fn new(arch: Arch, seed: u64, device: &Device) -> Result<Self> {
         Self::shapes(&arch)?;
         let store = Arc::new(ParamStore::new(device));
