@@ -174,5 +174,9 @@ mod tests {
         let probs = [0.5f32, 0.5, 0.25, 0.75];
         let got = criterion_value(Criterion::BalancedNll, &probs, true, &[0, 1], 2);
         assert!((got - (-(0.5f64.ln()) - 0.75f64.ln()) / 2.0).abs() < 1e-6);
+        // A class without validation rows (an image folder's one-image class) is left out of the
+        // mean, not counted as 0: three classes, class 2 absent.
+        let three = [2.0f32, 0.0, 0.0, 0.0, 1.0, 0.0, 1.0, 3.0, 0.0];
+        assert_eq!(criterion_value(Criterion::BalancedError, &three, false, &labels, 3), 0.25);
     }
 }
