@@ -30,6 +30,8 @@ fn data_describe_prints_groups_and_writes_the_split() {
     assert!(ok, "{err}");
     assert!(out.contains("Many") && out.contains("Medium") && out.contains("Few"), "{out}");
     assert!(out.contains("total      10 classes      1236 images (max 500, min 5)"), "{out}");
+    // Each class's training and validation images.
+    assert!(out.contains("     9  synthetic_9                5   100  Few"), "{out}");
     let info = SplitInfo::read(&split).unwrap();
     assert_eq!(info.class_counts(), vec![500, 299, 179, 107, 64, 38, 23, 13, 8, 5]);
     assert_eq!(info.dataset, "synthetic");

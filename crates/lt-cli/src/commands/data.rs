@@ -99,9 +99,12 @@ fn describe(spec: &DataSpec, mirror: Option<String>, write_split: Option<PathBuf
     println!("sample    {c}x{h}x{w}");
     let show = bundle.num_classes() <= 100;
     if show {
-        println!("{:>6}  {:<20} {:>7}  group", "class", "name", "count");
+        // Validation images per class: the same for every class where each can give them.
+        let val = bundle.val.as_ref().map(|v| lt_data::longtail::class_counts(v.labels(), counts.len()));
+        println!("{:>6}  {:<20} {:>7} {:>5}  group", "class", "name", "count", "val");
         for (c, (&n, g)) in counts.iter().zip(&groups).enumerate() {
-            println!("{c:>6}  {:<20} {n:>7}  {}", truncate(&bundle.class_names[c], 20), g.name());
+            let v = val.as_ref().map_or("-".to_string(), |v| v[c].to_string());
+            println!("{c:>6}  {:<20} {n:>7} {v:>5}  {}", truncate(&bundle.class_names[c], 20), g.name());
         }
     }
     for g in ShotGroup::ALL {
