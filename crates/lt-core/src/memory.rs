@@ -37,22 +37,34 @@ pub fn total_mib() -> Option<f64> {
     Some(cgroup_limit_mib().map_or(machine, |limit| limit.min(machine)))
 }
 
-/// The memory limit of this process's control group, MiB, if it has one.
+/// The memory limit of this process's control group, MiB, if it or one of its ancestors has one
+/// (the lowest applies).
 fn cgroup_limit_mib() -> Option<f64> {
     let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let mut files = Vec::new();
     for line in groups.lines() {
         // `id:controllers:path`; v2 has the id 0 and no controllers.
         let mut parts = line.splitn(3, ':');
-        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?.trim_start_matches('/'));
-        if id == "0" && controllers.is_empty() {
-            files.push(format!("/sys/fs/cgroup/{path}/memory.max"));
+        let (Some(id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let (root, file) = if id == "0" && controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max")
         } else if controllers.split(',').any(|c| c == "memory") {
-            files.push(format!("/sys/fs/cgroup/memory/{path}/memory.limit_in_bytes"));
+            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+        } else {
+            continue;
+        };
+        // The group and its ancestors up to the root (inside a container's own cgroup namespace
+        // the path is `/`, and its limit is at the root).
+        let mut group = std::path::PathBuf::from(path.trim_matches('/'));
+        loop {
+            files.push(std::path::Path::new(root).join(&group).join(file));
+            if !group.pop() {
+                break;
+            }
         }
     }
-    // Inside a container's own cgroup namespace its limit is at the root.
-    files.extend(["/sys/fs/cgroup/memory.max".into(), "/sys/fs/cgroup/memory/memory.limit_in_bytes".into()]);
     files.iter().filter_map(|f| limit_mib(&std::fs::read_to_string(f).ok()?)).reduce(f64::min)
 }
 
