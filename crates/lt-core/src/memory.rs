@@ -1,6 +1,8 @@
 //! Process and machine memory as the kernel reports it (Linux `/proc/self/status`,
 //! `/proc/meminfo` and the control group's limit; `None` elsewhere).
 
+use std::path::{Path, PathBuf};
+
 fn field_mib(name: &str) -> Option<f64> {
     file_field_mib("/proc/self/status", name)
 }
@@ -40,7 +42,12 @@ pub fn total_mib() -> Option<f64> {
 /// The memory limit of this process's control group, MiB, if it or one of its ancestors has one
 /// (the lowest applies).
 fn cgroup_limit_mib() -> Option<f64> {
-    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    cgroup_limit_in(&std::fs::read_to_string("/proc/self/cgroup").ok()?, Path::new("/sys/fs/cgroup"))
+}
+
+/// [`cgroup_limit_mib`] for the `/proc/self/cgroup` text `groups` and the hierarchies mounted
+/// under `mount` (v2 at `mount`, v1's memory controller at `mount/memory`).
+fn cgroup_limit_in(groups: &str, mount: &Path) -> Option<f64> {
     let mut files = Vec::new();
     for line in groups.lines() {
         // `id:controllers:path`; v2 has the id 0 and no controllers.
@@ -49,17 +56,17 @@ fn cgroup_limit_mib() -> Option<f64> {
             continue;
         };
         let (root, file) = if id == "0" && controllers.is_empty() {
-            ("/sys/fs/cgroup", "memory.max")
+            (mount.to_path_buf(), "memory.max")
         } else if controllers.split(',').any(|c| c == "memory") {
-            ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+            (mount.join("memory"), "memory.limit_in_bytes")
         } else {
             continue;
         };
         // The group and its ancestors up to the root (inside a container's own cgroup namespace
         // the path is `/`, and its limit is at the root).
-        let mut group = std::path::PathBuf::from(path.trim_matches('/'));
+        let mut group = PathBuf::from(path.trim_matches('/'));
         loop {
-            files.push(std::path::Path::new(root).join(&group).join(file));
+            files.push(root.join(&group).join(file));
             if !group.pop() {
                 break;
             }
@@ -82,6 +89,31 @@ mod tests {
         assert_eq!(super::limit_mib("max\n"), None);
         assert_eq!(super::limit_mib("9223372036854771712\n"), None);
         assert_eq!(super::limit_mib(""), None);
+    }
+
+    /// The limit of the group or of any ancestor, v1 and v2; none where no file holds one; a
+    /// malformed line is skipped.
+    #[test]
+    fn cgroup_limits_are_found_up_the_hierarchy() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = |rel: &str, text: &str| {
+            let p = dir.path().join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        put("memory/jobs/memory.limit_in_bytes", "536870912\n");
+        put("memory/jobs/42/memory.limit_in_bytes", "9223372036854771712\n");
+        put("memory/memory.limit_in_bytes", "9223372036854771712\n");
+        put("slice/memory.max", "2147483648\n");
+        put("slice/app/memory.max", "max\n");
+        let limit = |groups: &str| super::cgroup_limit_in(groups, dir.path());
+        assert_eq!(limit("4:memory:/jobs/42\n"), Some(512.0));
+        assert_eq!(limit("4:cpu,memory:/jobs/42\n0::/slice/app\n"), Some(512.0));
+        assert_eq!(limit("0::/slice/app\n"), Some(2048.0));
+        assert_eq!(limit("garbage\n0::/slice/app\n"), Some(2048.0));
+        assert_eq!(limit("4:memory:/\n"), None);
+        assert_eq!(limit("3:cpu:/jobs/42\n"), None);
+        assert_eq!(limit("4:memory:/elsewhere\n"), None);
     }
 
     #[test]

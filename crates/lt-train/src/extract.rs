@@ -121,9 +121,10 @@ fn check_run(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig) -> Result<(St
     let split_fp = fingerprint_of(&dir.split(), lt_core::split::SPLIT_FORMAT)?;
     if split_fp != data.fingerprint() {
         return Err(TrainError::Mismatch(format!(
-            "the data set given is not the one {} was trained on (split fingerprints differ: its files, its \
-             options or the rule that splits it changed since stage 1, e.g. an image folder's validation \
-             counts, per class since 2026-12-07); train stage 1 again (remove {} and rerun)",
+            "the data set given is not the one {} was trained on (split fingerprints differ): give the data \
+             and options stage 1 used; if those are unchanged, its files or the rule that splits it changed \
+             since (an image folder's validation counts are per class since 2026-12-07), and stage 1 must \
+             be trained again (remove {} and rerun)",
             dir.root().display(),
             dir.root().display()
         )));
