@@ -39,13 +39,23 @@ pub fn offline_from_env() -> bool {
     matches!(std::env::var("HF_HUB_OFFLINE").as_deref(), Ok("1") | Ok("true") | Ok("TRUE") | Ok("True"))
 }
 
+/// The cache folder (`opts.cache_dir`, else the standard one) and the revision (`main` unless
+/// given) that `opts` name.
+fn cache_and_revision(opts: &HubOptions) -> (PathBuf, &str) {
+    (opts.cache_dir.clone().unwrap_or_else(default_cache_dir), opts.revision.as_deref().unwrap_or("main"))
+}
+
+/// A model repository's folder in the cache: `models--<org>--<name>`.
+fn repo_folder(repo_id: &str) -> String {
+    format!("models--{}", repo_id.replace('/', "--"))
+}
+
 /// The local path of `filename` in model repository `repo_id` if the cache holds it, at the
 /// commit `refs/<revision>` names (surrounding whitespace ignored) or, for a revision that is
 /// itself a commit and has no ref (a pinned download), at that commit; never the network.
 pub fn cached(repo_id: &str, filename: &str, opts: &HubOptions) -> Option<PathBuf> {
-    let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let revision = opts.revision.as_deref().unwrap_or("main");
-    let repo_dir = cache_dir.join(format!("models--{}", repo_id.replace('/', "--")));
+    let (cache_dir, revision) = cache_and_revision(opts);
+    let repo_dir = cache_dir.join(repo_folder(repo_id));
     let is_commit = revision.len() == 40 && revision.bytes().all(|b| b.is_ascii_hexdigit());
     let commit = match std::fs::read_to_string(repo_dir.join("refs").join(revision)) {
         Ok(c) => c.trim().to_string(),
@@ -56,27 +66,21 @@ pub fn cached(repo_id: &str, filename: &str, opts: &HubOptions) -> Option<PathBu
     path.is_file().then_some(path)
 }
 
-fn repo_of(repo_id: &str, opts: &HubOptions) -> Repo {
-    let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
-    Repo::with_revision(repo_id.to_string(), RepoType::Model, revision)
-}
-
 /// The local path of `filename` in model repository `repo_id`, downloading it unless offline.
 pub fn fetch(repo_id: &str, filename: &str, opts: &HubOptions) -> Result<PathBuf> {
     if let Some(p) = cached(repo_id, filename, opts) {
         return Ok(p);
     }
-    let cache_dir = opts.cache_dir.clone().unwrap_or_else(default_cache_dir);
-    let revision = opts.revision.clone().unwrap_or_else(|| "main".to_string());
-    let repo = repo_of(repo_id, opts);
+    let (cache_dir, revision) = cache_and_revision(opts);
     if opts.offline || offline_from_env() {
         return Err(ModelError::Hub(format!(
             "{repo_id}/{filename} (revision {revision}) is not in the offline cache {}; run once online or copy it there \
-             (models--{}/snapshots/<commit>/{filename} with refs/{revision} naming the commit)",
+             ({}/snapshots/<commit>/{filename} with refs/{revision} naming the commit)",
             cache_dir.display(),
-            repo_id.replace('/', "--"),
+            repo_folder(repo_id),
         )));
     }
+    let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
     let api = hf_hub::api::sync::ApiBuilder::new()
         .with_cache_dir(cache_dir)
         .with_progress(false)
