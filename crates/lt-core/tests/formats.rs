@@ -137,9 +137,9 @@ fn metadata_that_describes_no_problem_is_refused_by_key() {
         ("num_classes", "0", "at least one class"),
         ("feature_dim", "0", "dimension of at least 1"),
         ("samples", "[]", "at least one backbone"),
-        ("scale", "NaN", "finite, non-negative SWAG sampling scale"),
-        ("scale", "inf", "finite, non-negative SWAG sampling scale"),
-        ("scale", "-0.5", "finite, non-negative SWAG sampling scale"),
+        ("scale", "NaN", "expected a finite number >= 0 (the SWAG sampling scale)"),
+        ("scale", "inf", "expected a finite number >= 0 (the SWAG sampling scale)"),
+        ("scale", "-0.5", "expected a finite number >= 0 (the SWAG sampling scale)"),
     ] {
         write(&p, false, &[1, 2], &[1, 0, 1]);
         set_meta(&p, key, value);

@@ -203,8 +203,9 @@ impl FeaturesMeta {
         if meta.samples.is_empty() {
             return Err(a.bad_meta(KEY_SAMPLES, "expected at least one backbone"));
         }
-        if !(meta.scale.is_finite() && meta.scale >= 0.0) {
-            return Err(a.bad_meta(KEY_SCALE, "expected a finite, non-negative SWAG sampling scale"));
+        // The rule `lt extract` holds the scale to when it writes one.
+        if let Err(e) = crate::check::non_negative(KEY_SCALE, meta.scale) {
+            return Err(a.bad_meta(KEY_SCALE, format!("expected {} (the SWAG sampling scale)", e.expected)));
         }
         Ok(meta)
     }
