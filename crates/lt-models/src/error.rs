@@ -67,9 +67,9 @@ pub enum ModelError {
     /// A training step produced no gradient for a trainable parameter.
     #[error("the training step produced no gradient for parameter `{0}`")]
     MissingGradient(String),
-    /// A network larger than the memory this process may use, found by listing it before a value is drawn
-    /// ([`crate::Model::shapes`]): a mistyped class count, width or depth, or a file that records
-    /// one.
+    /// A network larger than the memory this process may use, found by listing it before a value
+    /// is drawn ([`crate::Model::shapes`]): a mistyped class count, width or depth, or a file that
+    /// records one.
     #[error("{}`{name}` of shape {shape:?} {}", in_file(.path), too_large(.values, .memory))]
     TooLarge {
         /// The weight file whose tensors or metadata describe the network, if one does.

@@ -116,8 +116,9 @@ impl NameMap {
 }
 
 /// Fails unless the file holds every parameter and buffer of `shapes` (of a `family` network)
-/// with its shape and a float dtype, the classifier checked first (a class-count mismatch is the most common
-/// mistake and has its own message); `num_batches_tracked` may be missing or any single value.
+/// with its shape and a float dtype, the classifier checked first (a class-count mismatch is the
+/// most common mistake and has its own message); `num_batches_tracked` may be missing or any
+/// single value.
 /// Returns whether counters were missing.
 fn check_holds(path: &Path, a: &Artifact, names: &NameMap, family: &Family, shapes: &Shapes) -> Result<bool> {
     let all = shapes.params.iter().chain(&shapes.buffers);

@@ -92,8 +92,9 @@ struct Trial {
 /// Fits each of `candidates` with `run` and keeps the one with the lowest validation criterion.
 ///
 /// With a single candidate nothing is scored; without a validation split `fallback` is fitted
-/// and the facts say so; a validation split without rows is an error. Returns the chosen fit (its facts extended with the search under
-/// `"selection"` and the chosen knobs merged into `"chosen"`) and the chosen knobs.
+/// and the facts say so; a validation split without rows is an error. Returns the chosen fit
+/// (its facts extended with the search under `"selection"` and the chosen knobs merged into
+/// `"chosen"`) and the chosen knobs.
 pub(crate) fn choose<K: Serialize + Clone>(
     p: &Problem,
     cfg: &RetrainConfig,

@@ -106,8 +106,8 @@ struct Collector {
 }
 
 impl Collector {
-    /// Evaluates the predictions in `file` (row directory `dir`) as seed `seed`; `split_groups`
-    /// are the shot groups of the seed's split, when it has one.
+    /// Evaluates the predictions in `file` (row directory `dir`) as seed `seed`; `split` is the
+    /// seed's split artifact (its path and contents), when it has one, which gives the shot groups.
     fn add(&mut self, seed: u64, dir: &Path, file: &Path, split: Option<(&Path, &SplitInfo)>) -> Result<()> {
         let p = Predictions::read(file)?;
         match &self.test_labels {
