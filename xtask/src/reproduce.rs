@@ -18,7 +18,9 @@ use anyhow::{bail, Context, Result};
 
 use crate::pretrained;
 
+mod data;
 mod keys;
+pub use data::identity as data_identity;
 use keys::{section, sha, stage1_key};
 
 /// Options of a reproduction (the flags of `cargo xtask reproduce`).
@@ -177,6 +179,7 @@ pub fn stage2_rows(lt: &Path) -> Result<Vec<PlanRow>> {
 }
 
 /// Builds the plan of a preset: per seed, stage 1, the extraction, and one stage per row.
+/// `data_id` is the identity of the preset's data ([`data_identity`]).
 pub fn plan(
     lt: &Path,
     run_root: &Path,
@@ -184,6 +187,7 @@ pub fn plan(
     preset: &toml::Value,
     device: &str,
     rows: &[PlanRow],
+    data_id: &str,
 ) -> Result<Vec<Stage>> {
     let seeds = get(preset, &["seeds"]).and_then(|v| v.as_integer()).unwrap_or(1).max(1) as u64;
     let data = section(preset, "data");
@@ -213,7 +217,7 @@ pub fn plan(
     for seed in 0..seeds {
         let sdir = run_root.join(format!("seed-{seed}"));
         let s1 = sdir.join("stage1");
-        let s1key = stage1_key(&data, &train, seed, init.as_deref());
+        let s1key = stage1_key(&data, data_id, &train, seed, init.as_deref());
         let mut args = common("train", seed);
         args.extend(["--out".into(), s1.display().to_string()]);
         stages.push(Stage {
@@ -285,22 +289,27 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         None => crate::build_lt(root, crate::lt_features(&opts.device), true)?,
     };
     let rows = stage2_rows(&lt)?;
-    if !opts.dry_run {
-        fetch_init(&lt, &preset)?;
-    }
-    let stages = plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows)?;
     let report = run_root.join("report");
     if opts.dry_run {
-        let costs = estimate_costs(&lt, &resolved, &preset, &opts.device);
-        print_plan(&name, &stages, &run_root, &report, costs.as_ref());
+        // Nothing is written under the run directory: the resolved preset goes to a temporary file.
+        let tmp = std::env::temp_dir().join(format!("lt-plan-{}.toml", std::process::id()));
+        std::fs::write(&tmp, &resolved).with_context(|| format!("writing {}", tmp.display()))?;
+        let planned = data_identity(&lt, &tmp, true)
+            .and_then(|id| plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, &id));
+        let costs = planned.is_ok().then(|| estimate_costs(&lt, &tmp, &preset, &opts.device)).flatten();
+        let _ = std::fs::remove_file(&tmp);
+        print_plan(&name, &planned?, &run_root, &report, costs.as_ref());
         return Ok(Summary { ran: vec![], skipped: vec![], report: report.join("report.md"), seconds: 0.0 });
     }
+    fetch_init(&lt, &preset)?;
     std::fs::create_dir_all(&run_root).with_context(|| format!("creating {}", run_root.display()))?;
     // The resolved preset is what every stage reads; rewrite it only when it changed.
     if std::fs::read_to_string(&preset_path).ok().as_deref() != Some(resolved.as_str()) {
         std::fs::write(&preset_path, &resolved)
             .with_context(|| format!("writing {}", preset_path.display()))?;
     }
+    let data_id = data_identity(&lt, &preset_path, false)?;
+    let stages = plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, &data_id)?;
     let (mut ran, mut skipped) = (Vec::new(), Vec::new());
     let total = stages.len();
     for (i, s) in stages.iter().enumerate() {
@@ -375,12 +384,11 @@ fn report_args(name: &str, preset: &toml::Value, run_root: &Path, report: &Path)
 /// (with the reason printed) when the measurement failed.
 fn estimate_costs(
     lt: &Path,
-    resolved: &str,
+    preset_file: &Path,
     preset: &toml::Value,
     device: &str,
 ) -> Option<[crate::estimate::Cost; 3]> {
     use crate::estimate as est;
-    let tmp = std::env::temp_dir().join(format!("lt-plan-{}.toml", std::process::id()));
     let arch = get(preset, &["train", "arch"]).and_then(|v| v.as_str()).unwrap_or("resnet32").to_string();
     let batch =
         get(preset, &["train", "batch_size"]).and_then(|v| v.as_integer()).unwrap_or(128).max(1) as usize;
@@ -391,10 +399,7 @@ fn estimate_costs(
     println!(
         "measuring a few steps of {arch} ({precision}) and the loader on {device} for the estimates ..."
     );
-    let measured = std::fs::write(&tmp, resolved)
-        .map_err(anyhow::Error::from)
-        .and_then(|_| est::measure(lt, &tmp, (&arch, batch, &precision), device, workers));
-    let _ = std::fs::remove_file(&tmp);
+    let measured = est::measure(lt, preset_file, (&arch, batch, &precision), device, workers);
     match measured {
         Ok(i) => {
             let r = est::recipe(preset);

@@ -41,6 +41,50 @@ fn data_describe_prints_groups_and_writes_the_split() {
     assert!(!ok && err.contains("unknown data set \"cifar-lt\""), "{err}");
 }
 
+/// `lt data fingerprint` (what `cargo xtask reproduce` keys stage 1 by) is the split artifact's
+/// fingerprint; with `--available-only`, data whose files are not there are `null`, without a
+/// download, where other errors stay errors.
+#[test]
+fn data_fingerprint_is_the_splits_and_null_only_for_data_not_at_hand() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = dir.path().join("split.safetensors");
+    let (ok, _, err) =
+        lt(&["data", "describe", "--dataset", "synthetic", "--write-split", split.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let recorded = Artifact::open(&split, lt_core::split::SPLIT_FORMAT)
+        .unwrap()
+        .meta("fingerprint")
+        .unwrap()
+        .to_string();
+    let (ok, out, err) = lt(&["data", "fingerprint", "--dataset", "synthetic"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (v["dataset"].as_str(), v["fingerprint"].as_str()),
+        (Some("synthetic"), Some(recorded.as_str()))
+    );
+    let (_, other, _) = lt(&["data", "fingerprint", "--dataset", "synthetic", "--imbalance", "10"]);
+    assert_ne!(other, out, "another split, another fingerprint");
+
+    let missing = dir.path().join("nowhere");
+    let m = missing.to_str().unwrap();
+    // Each with `--available-only`, then without (and without `--download`).
+    for (args, plain) in [
+        (&["--dataset", "cifar10-lt", "--data-root", m, "--download"][..], 4),
+        (&["--dataset", "fmnist-lt", "--data-root", m][..], 4),
+        (&["--dataset", "folder", "--data-root", m][..], 4),
+    ] {
+        let (ok, out, err) = lt(&[&["data", "fingerprint", "--available-only"][..], args].concat());
+        assert!(ok && out.trim() == "null", "{args:?}: {out} {err}");
+        let (ok, _, err) = lt(&[&["data", "fingerprint"][..], &args[..plain]].concat());
+        assert!(!ok && err.contains("not found"), "{args:?}: {err}");
+    }
+    assert!(!missing.exists(), "nothing was downloaded");
+    let (ok, _, err) =
+        lt(&["data", "fingerprint", "--available-only", "--dataset", "synthetic", "--imbalance", "0.5"]);
+    assert!(!ok && err.contains("imbalance"), "a bad setting is an error, not data not at hand: {err}");
+}
+
 #[test]
 fn backbone_info_and_run_agree_with_the_library() {
     let dir = tempfile::tempdir().unwrap();

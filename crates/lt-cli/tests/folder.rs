@@ -271,9 +271,10 @@ fn the_folder_preset_runs_end_to_end_from_a_hub_checkpoint() {
     // The init's identity is part of the stage keys: a second run does nothing.
     let second = xtask::reproduce::run(&root, &opts).unwrap();
     assert!(second.ran.is_empty(), "re-ran {:?}", second.ran);
-    // The dry run's measurements: the data set's sizes, the architecture and a few timed steps.
     let lt_bin = PathBuf::from(env!("CARGO_BIN_EXE_lt"));
     let resolved = f.root.join("runs/folder/preset.toml");
+    stage1_follows_the_folders_images(&f, &lt_bin, &resolved, &stage1);
+    // The dry run's measurements: the data set's sizes, the architecture and a few timed steps.
     let workers = [Some(1), None];
     let m =
         xtask::estimate::measure(&lt_bin, &resolved, ("cifar-resnet8x4", 16, "f32"), "cpu", workers).unwrap();
@@ -281,4 +282,48 @@ fn the_folder_preset_runs_end_to_end_from_a_hub_checkpoint() {
     assert!(m.params > 1000 && m.train_ips > 0.0 && m.eval_ips > 0.0 && m.retrain_epoch_s > 0.0, "{m:?}");
     // The loader on the folder's own PNGs, both transforms.
     assert!(m.loader_train_ips > 0.0 && m.loader_eval_ips > 0.0, "{m:?}");
+}
+
+/// `lt data fingerprint` gives the split fingerprint stage 1 recorded, and stage 1's key holds it:
+/// a training image replaced by another under the same name makes the plan run stage 1 and what
+/// follows again, though the preset is the same text.
+fn stage1_follows_the_folders_images(f: &Fixture, lt_bin: &Path, resolved: &Path, stage1: &Path) {
+    let (ok, out, err) = lt(f, &["data", "fingerprint", "--preset-file", resolved.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let recorded = lt_core::Artifact::open(&stage1.join("split.safetensors"), lt_core::split::SPLIT_FORMAT)
+        .unwrap()
+        .meta(lt_core::artifact::KEY_FINGERPRINT)
+        .unwrap()
+        .to_string();
+    assert_eq!((v["dataset"].as_str(), v["fingerprint"].as_str()), (Some("folder"), Some(recorded.as_str())));
+    let preset: toml::Value = toml::from_str(&std::fs::read_to_string(resolved).unwrap()).unwrap();
+    let rows = xtask::reproduce::stage2_rows(lt_bin).unwrap();
+    let stale = || -> Vec<String> {
+        let id = xtask::reproduce::data_identity(lt_bin, resolved, true).unwrap();
+        let run_root = f.root.join("runs/folder");
+        let stages = xtask::reproduce::plan(lt_bin, &run_root, resolved, &preset, "cpu", &rows, &id).unwrap();
+        stages.into_iter().filter(|s| !xtask::reproduce::is_done(s)).map(|s| s.name).collect()
+    };
+    assert!(stale().is_empty(), "{:?}", stale());
+    // Another image of the same class under the first training image's name (a different size).
+    let first_in = |dir: &Path| {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        v.sort();
+        v
+    };
+    let class = first_in(&f.data.join("train"))[0].clone();
+    let images = first_in(&class);
+    let (target, other) = (&images[0], images.iter().find(|p| size(p) != size(&images[0])).unwrap());
+    let original = std::fs::read(target).unwrap();
+    std::fs::copy(other, target).unwrap();
+    let after = stale();
+    assert_eq!(after.len(), 2 + rows.len(), "stage 1, extraction and every row of the one seed: {after:?}");
+    assert!(after[0].contains("stage 1"), "{after:?}");
+    std::fs::write(target, original).unwrap();
+    assert!(stale().is_empty(), "the image put back: {:?}", stale());
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().len()
 }

@@ -183,6 +183,12 @@ pub struct DataBundle {
     pub imbalance: Option<f64>,
     /// Where the data came from, in words.
     pub source: String,
+    /// A fingerprint of the files a user's own data were read from (for an image folder, each
+    /// image's path under the folder and its size), part of [`DataBundle::fingerprint`], so that
+    /// a folder whose images changed is not taken for the one a run was trained on; `None` for the
+    /// published data sets, whose files are fixed (and checked against their checksums where
+    /// downloaded).
+    pub files: Option<String>,
 }
 
 impl DataBundle {
@@ -220,7 +226,8 @@ impl DataBundle {
         }
     }
 
-    /// A fingerprint of the split's content (data set, indices, labels).
+    /// A fingerprint of the split's content (data set, indices, labels) and, for a user's own
+    /// data, of its files ([`DataBundle::files`]).
     pub fn fingerprint(&self) -> String {
         let info = self.split_info();
         let wide = |v: &[usize]| -> Vec<u8> { v.iter().flat_map(|&i| (i as u64).to_le_bytes()).collect() };
@@ -236,6 +243,9 @@ impl DataBundle {
         }
         if let Some(v) = &info.val_indices {
             f = f.bytes("val_indices", &wide(v));
+        }
+        if let Some(files) = &self.files {
+            f = f.part("files", files);
         }
         f.finish()
     }
@@ -297,10 +307,12 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
     if let Some(root) = &opts.data_root {
         // A data root given is the only place looked at: a typo must not fall back to another copy.
         if name != DatasetName::Synthetic && !opts.download && !root.is_dir() {
-            return Err(DataError::Invalid(format!(
-                "--data-root {}: no such directory (give the folder holding the data set's files, or add --download)",
-                root.display()
-            )));
+            return Err(DataError::NotFound {
+                what: "the data root (--data-root)".into(),
+                searched: vec![root.clone()],
+                hint: ": no such directory (give the folder holding the data set's files, or add --download)"
+                    .into(),
+            });
         }
     }
     match name {
@@ -342,6 +354,7 @@ fn synthetic_bundle(opts: &DataOptions, rho: f64) -> Result<DataBundle> {
         original_train_len: s.train_pool.len(),
         imbalance: Some(rho),
         source: format!("embedded generator (seed {})", opts.seed),
+        files: None,
     })
 }
 
@@ -375,6 +388,7 @@ fn idx_bundle(name: DatasetName, opts: &DataOptions, rho: f64) -> Result<DataBun
         original_train_len: pool.len(),
         imbalance: Some(rho),
         source: format!("IDX files ({source})"),
+        files: None,
     })
 }
 
@@ -401,6 +415,7 @@ fn cifar_bundle(name: DatasetName, opts: &DataOptions, rho: f64) -> Result<DataB
         original_train_len: splits.train.len(),
         imbalance: Some(rho),
         source,
+        files: None,
     })
 }
 
@@ -447,5 +462,6 @@ fn list_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
         original_train_len: n,
         imbalance: None,
         source: format!("list files in {}", dir.display()),
+        files: None,
     })
 }

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use lt_core::fingerprint::Fingerprint;
+
 use crate::bundle::{DataBundle, DataOptions, DatasetName};
 use crate::dataset::{Dataset, ImageSet, Subset};
 use crate::error::{io_err, DataError, Result};
@@ -37,6 +39,7 @@ pub(crate) fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundl
     check_classes(root, &f)?;
     log_skipped(root, &f.classes);
     preflight(f.train.iter().chain(&f.test))?;
+    let files = files_fingerprint(root, &f)?;
     let classes = f.classes.len();
     let size = opts.image_size;
     let train_tf = TrainTransform { jitter: None, ..TrainTransform::standard(size, None) };
@@ -85,7 +88,24 @@ pub(crate) fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundl
             root.display(),
             if f.held_out { "held-out test folder" } else { "seeded split" }
         ),
+        files: Some(files),
     })
+}
+
+/// [`DataBundle::files`] of a scanned folder: each image's path under `root` and its size in
+/// bytes, the training images and then the test images, in the scan's order. Paths under the root,
+/// so that a copy of the folder elsewhere is the same data. Sizes, not contents, so that loading
+/// never reads every image: an image replaced by another of exactly the same size goes unseen.
+fn files_fingerprint(root: &Path, f: &FolderSplits) -> Result<String> {
+    let mut fp = Fingerprint::new();
+    for (set, entries) in [("train", &f.train), ("test", &f.test)] {
+        for e in entries {
+            let size = std::fs::metadata(&e.path).map_err(io_err(&e.path))?.len();
+            let path = e.path.strip_prefix(root).unwrap_or(&e.path);
+            fp = fp.part(set, &format!("{size} {}", path.to_string_lossy()));
+        }
+    }
+    Ok(fp.finish())
 }
 
 /// The validation images of each class: `wanted`, lowered (and logged) where a class must keep at

@@ -115,8 +115,11 @@ fn missing_cifar_names_where_it_looked_and_how_to_get_it() {
         project_data: tmp.path().join("data"),
         ..Default::default()
     };
-    let msg = load_bundle(DatasetName::Cifar10Lt, &opts).err().unwrap().to_string();
+    let err = load_bundle(DatasetName::Cifar10Lt, &opts).err().unwrap();
+    let msg = err.to_string();
     assert!(msg.contains("mine: no such directory") && msg.contains("--download"), "{msg}");
+    // Data not there (`lt data fingerprint --available-only` tells it from data that are wrong).
+    assert!(matches!(err, DataError::NotFound { .. }), "{err:?}");
     // An existing but empty root is the only place looked at: no fallback to the project copy.
     std::fs::create_dir_all(tmp.path().join("mine")).unwrap();
     let msg = load_bundle(DatasetName::Cifar10Lt, &opts).err().unwrap().to_string();

@@ -79,6 +79,45 @@ fn a_folder_gets_a_seeded_validation_split_from_its_training_images_as_balanced_
     assert_eq!(b.class_counts(), vec![1, 1]);
 }
 
+/// A copy of the folder tree `from` at `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_tree(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_split_fingerprint_sees_a_changed_image_but_not_a_moved_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    tree(&a, &[6, 4]);
+    let load = |root: &Path| load_bundle(DatasetName::Folder, &folder(root, 6, Some(1))).unwrap();
+    let first = load(&a);
+    assert!(first.files.is_some(), "a folder's files are fingerprinted");
+    // A copy elsewhere is the same data; a file that is not an image is not read.
+    copy_tree(&a, &b);
+    std::fs::write(b.join("train/c0/notes.txt"), "not an image").unwrap();
+    assert_eq!(load(&b).fingerprint(), first.fingerprint());
+    // Another image under the same name, in training or test, is other data, though the split's
+    // indices and labels are the same.
+    for changed in ["train/c0/2.png", "test/c1/0.png"] {
+        let c = tmp.path().join(format!("c-{}", changed.replace('/', "-")));
+        copy_tree(&a, &c);
+        grey(&c.join(changed), 9, 7, 200);
+        let other = load(&c);
+        assert_eq!(other.split_info().train_indices, first.split_info().train_indices);
+        assert_eq!(other.split_info().test_labels, first.split_info().test_labels);
+        assert_ne!(other.fingerprint(), first.fingerprint(), "{changed} changed");
+    }
+}
+
 #[test]
 fn an_empty_class_or_a_test_only_class_is_an_error_naming_the_folder() {
     let tmp = tempfile::tempdir().unwrap();

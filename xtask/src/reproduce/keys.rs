@@ -32,12 +32,8 @@ pub(super) fn section(preset: &toml::Value, name: &str) -> String {
     preset.get(name).map(|v| serde_json::to_string(&keyed(v)).expect("json")).unwrap_or_default()
 }
 
-/// Stage 1's key: its data and train sections, the seed and, for a pretrained start, the
-/// weights' identity (absent otherwise, so that keys from before `init` existed stay valid).
-pub(super) fn stage1_key(data: &str, train: &str, seed: u64, init: Option<&str>) -> String {
-    let seed = seed.to_string();
-    match init {
-        Some(id) => sha(&["stage1", data, train, &seed, id]),
-        None => sha(&["stage1", data, train, &seed]),
-    }
+/// Stage 1's key: its data and train sections, the data's identity (`lt data fingerprint`, see
+/// [`super::data`]), the seed and, for a pretrained start, the weights' identity (empty without).
+pub(super) fn stage1_key(data: &str, data_id: &str, train: &str, seed: u64, init: Option<&str>) -> String {
+    sha(&["stage1", data, data_id, train, &seed.to_string(), init.unwrap_or_default()])
 }

@@ -68,6 +68,16 @@ enum DataCommand {
         #[arg(long)]
         write_split: Option<PathBuf>,
     },
+    /// Print, as JSON, the data set and the fingerprint of the data a run trains on: the split's
+    /// indices and labels and, for an image folder, its files (each image's path and size). A
+    /// run's artifacts record it; `cargo xtask reproduce` keys stage 1 by it.
+    Fingerprint {
+        #[command(flatten)]
+        source: PresetData,
+        /// Never download: print `null` when the data set's files are not there.
+        #[arg(long)]
+        available_only: bool,
+    },
 }
 
 /// Runs `lt data`.
@@ -76,6 +86,22 @@ pub fn run(args: DataArgs) -> Result<()> {
         DataCommand::Describe { source, write_split } => {
             let spec = source.data.resolve(source.preset_spec()?.as_ref());
             describe(&spec, source.data.mirror.clone(), write_split)
+        }
+        DataCommand::Fingerprint { source, available_only } => {
+            let mut spec = source.data.resolve(source.preset_spec()?.as_ref());
+            spec.download &= !available_only;
+            let value = match load(&spec, source.data.mirror.clone()) {
+                Ok(b) => serde_json::json!({ "dataset": b.name.to_string(), "fingerprint": b.fingerprint() }),
+                Err(e)
+                    if available_only
+                        && matches!(e.downcast_ref(), Some(lt_data::DataError::NotFound { .. })) =>
+                {
+                    serde_json::Value::Null
+                }
+                Err(e) => return Err(e),
+            };
+            println!("{value}");
+            Ok(())
         }
     }
 }
