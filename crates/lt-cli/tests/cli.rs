@@ -63,23 +63,35 @@ fn data_fingerprint_is_the_splits_and_null_only_for_data_not_at_hand() {
         (v["dataset"].as_str(), v["fingerprint"].as_str()),
         (Some("synthetic"), Some(recorded.as_str()))
     );
-    let (_, other, _) = lt(&["data", "fingerprint", "--dataset", "synthetic", "--imbalance", "10"]);
+    let (ok, other, err) = lt(&["data", "fingerprint", "--dataset", "synthetic", "--imbalance", "10"]);
+    assert!(ok, "{err}");
     assert_ne!(other, out, "another split, another fingerprint");
 
+    // Data not at hand: a data root that is not there, or one without the data set's files.
     let missing = dir.path().join("nowhere");
-    let m = missing.to_str().unwrap();
-    // Each with `--available-only`, then without (and without `--download`).
-    for (args, plain) in [
-        (&["--dataset", "cifar10-lt", "--data-root", m, "--download"][..], 4),
-        (&["--dataset", "fmnist-lt", "--data-root", m][..], 4),
-        (&["--dataset", "folder", "--data-root", m][..], 4),
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let (m, e) = (missing.to_str().unwrap(), empty.to_str().unwrap());
+    // Each with `--available-only`, then without (and without `--download`) and its error.
+    for (args, plain, error) in [
+        (&["--dataset", "cifar10-lt", "--data-root", m, "--download"][..], 4, "or add --download)"),
+        (
+            &["--dataset", "folder", "--data-root", m][..],
+            4,
+            "no such directory (give the folder holding the data set's files)",
+        ),
+        (&["--dataset", "cifar10-lt", "--data-root", e, "--download"][..], 4, "not found"),
+        (&["--dataset", "fmnist-lt", "--data-root", e][..], 4, "not found"),
     ] {
         let (ok, out, err) = lt(&[&["data", "fingerprint", "--available-only"][..], args].concat());
         assert!(ok && out.trim() == "null", "{args:?}: {out} {err}");
         let (ok, _, err) = lt(&[&["data", "fingerprint"][..], &args[..plain]].concat());
-        assert!(!ok && err.contains("not found"), "{args:?}: {err}");
+        assert!(!ok && err.contains(error), "{args:?}: {err}");
     }
-    assert!(!missing.exists(), "nothing was downloaded");
+    assert!(
+        !missing.exists() && std::fs::read_dir(&empty).unwrap().next().is_none(),
+        "nothing was downloaded"
+    );
     let (ok, _, err) =
         lt(&["data", "fingerprint", "--available-only", "--dataset", "synthetic", "--imbalance", "0.5"]);
     assert!(!ok && err.contains("imbalance"), "a bad setting is an error, not data not at hand: {err}");

@@ -78,6 +78,14 @@ impl DatasetName {
         }
     }
 
+    /// Whether `--download` fetches the data set (from its official location, checksum-verified).
+    pub fn downloadable(self) -> bool {
+        matches!(
+            self,
+            DatasetName::FmnistLt | DatasetName::MnistLt | DatasetName::Cifar10Lt | DatasetName::Cifar100Lt
+        )
+    }
+
     /// Default imbalance ratio for data sets made long-tailed by subsampling.
     pub fn default_imbalance(self) -> Option<f64> {
         match self {
@@ -307,12 +315,12 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
     if let Some(root) = &opts.data_root {
         // A data root given is the only place looked at: a typo must not fall back to another copy.
         if name != DatasetName::Synthetic && !opts.download && !root.is_dir() {
-            return Err(DataError::NotFound {
-                what: "the data root (--data-root)".into(),
-                searched: vec![root.clone()],
-                hint: ": no such directory (give the folder holding the data set's files, or add --download)"
-                    .into(),
-            });
+            let advice = if name.downloadable() {
+                "give the folder holding the data set's files, or add --download"
+            } else {
+                "give the folder holding the data set's files"
+            };
+            return Err(DataError::NoRoot { path: root.clone(), advice });
         }
     }
     match name {

@@ -100,6 +100,14 @@ pub enum DataError {
         /// How to get it (starts with a separator, may be empty).
         hint: String,
     },
+    /// The data root given (`--data-root`) is not a directory.
+    #[error("--data-root {}: no such directory ({advice})", .path.display())]
+    NoRoot {
+        /// The data root.
+        path: PathBuf,
+        /// What to give instead (the download flag where the data set can be downloaded).
+        advice: &'static str,
+    },
     /// A caller passed an invalid argument (unknown data set, bad ratio, empty class).
     #[error("{0}")]
     Invalid(String),
@@ -115,6 +123,14 @@ pub enum DataError {
     /// A candle error while building tensors.
     #[error("candle: {0}")]
     Candle(#[from] candle_core::Error),
+}
+
+impl DataError {
+    /// Whether the data are not there (not found where they were looked for, or the data root
+    /// given is missing), as opposed to there and wrong.
+    pub fn is_absent(&self) -> bool {
+        matches!(self, DataError::NotFound { .. } | DataError::NoRoot { .. })
+    }
 }
 
 /// Result alias for the data stage.

@@ -101,8 +101,10 @@ fn files_fingerprint(root: &Path, f: &FolderSplits) -> Result<String> {
     for (set, entries) in [("train", &f.train), ("test", &f.test)] {
         for e in entries {
             let size = std::fs::metadata(&e.path).map_err(io_err(&e.path))?.len();
-            let path = e.path.strip_prefix(root).unwrap_or(&e.path);
-            fp = fp.part(set, &format!("{size} {}", path.to_string_lossy()));
+            let under = e.path.strip_prefix(root).unwrap_or(&e.path);
+            // Joined with `/` whatever the system's separator.
+            let path: Vec<_> = under.components().map(|c| c.as_os_str().to_string_lossy()).collect();
+            fp = fp.part(set, &format!("{size} {}", path.join("/")));
         }
     }
     Ok(fp.finish())

@@ -92,10 +92,7 @@ pub fn run(args: DataArgs) -> Result<()> {
             spec.download &= !available_only;
             let value = match load(&spec, source.data.mirror.clone()) {
                 Ok(b) => serde_json::json!({ "dataset": b.name.to_string(), "fingerprint": b.fingerprint() }),
-                Err(e)
-                    if available_only
-                        && matches!(e.downcast_ref(), Some(lt_data::DataError::NotFound { .. })) =>
-                {
+                Err(e) if available_only && e.downcast_ref().is_some_and(lt_data::DataError::is_absent) => {
                     serde_json::Value::Null
                 }
                 Err(e) => return Err(e),
