@@ -13,9 +13,8 @@
 //! `S x N x D`.
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 /// What the estimate is built from.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -157,14 +156,6 @@ fn field(text: &str, prefix: &str, key: &str) -> Option<f64> {
     num.parse().ok()
 }
 
-fn run(lt: &Path, args: &[String]) -> Result<String> {
-    let out = Command::new(lt).args(args).output().with_context(|| format!("running {}", lt.display()))?;
-    if !out.status.success() {
-        bail!("`lt {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 fn json_number(text: &str, key: &str) -> Result<f64> {
     let v: serde_json::Value = serde_json::from_str(text.trim()).context("lt bench printed no JSON")?;
     v[key].as_f64().with_context(|| format!("lt bench printed no `{key}`"))
@@ -182,7 +173,7 @@ pub fn measure(
     workers: [Option<usize>; 2],
 ) -> Result<Inputs> {
     let p = preset_path.display().to_string();
-    let d = run(lt, &["data".into(), "describe".into(), "--preset-file".into(), p])?;
+    let d = crate::lt_output(lt, &["data", "describe", "--preset-file", &p], false)?;
     let images = [
         field(&d, "images", "train").unwrap_or(0.0) as usize,
         field(&d, "images", "val").unwrap_or(0.0) as usize,
@@ -191,17 +182,8 @@ pub fn measure(
     let classes =
         field(&d, "classes", "classes").context("lt data describe printed no class count")? as usize;
     let size = field(&d, "sample", "x").context("lt data describe printed no sample shape")? as usize;
-    let b = run(
-        lt,
-        &[
-            "backbone".into(),
-            "info".into(),
-            "--arch".into(),
-            arch.into(),
-            "--classes".into(),
-            classes.to_string(),
-        ],
-    )?;
+    let classes_text = classes.to_string();
+    let b = crate::lt_output(lt, &["backbone", "info", "--arch", arch, "--classes", &classes_text], false)?;
     let params =
         field(&b, "parameters:", "parameters:").context("lt backbone info printed no count")? as usize;
     let dim = field(&b, "", "feature dimension").context("lt backbone info printed no dimension")? as usize;
@@ -214,17 +196,8 @@ pub fn measure(
         |eval: bool, workers: Option<usize>| loader_rate(lt, preset_path, (batch, workers, eval), device);
     let (loader_train_ips, loader_eval_ips) = (loader(false, workers[0])?, loader(true, workers[1])?);
     let tmp = std::env::temp_dir().join("lt-estimate");
-    let r = run(
-        lt,
-        &[
-            "bench".into(),
-            "retrain".into(),
-            "--dir".into(),
-            tmp.display().to_string(),
-            "--device".into(),
-            device.into(),
-        ],
-    )?;
+    let tmp = tmp.display().to_string();
+    let r = crate::lt_output(lt, &["bench", "retrain", "--dir", &tmp, "--device", device], false)?;
     // The benchmark's problem: 12,406 x 64 features, 100 classes, M = 8.
     let scale = (images[0] * dim * classes) as f64 / (12_406.0 * 64.0 * 100.0);
     let retrain_epoch_s = json_number(&r, "seconds_per_epoch")? * scale;
@@ -272,7 +245,7 @@ fn backbone_rate(
         "--precision",
         precision,
     ];
-    json_number(&run(lt, &args.map(String::from))?, "images_per_sec")
+    json_number(&crate::lt_output(lt, &args, false)?, "images_per_sec")
 }
 
 /// Images per second of the loader on the preset's data set (`lt bench loader`, a few batches of
@@ -294,7 +267,7 @@ fn loader_rate(
     if eval {
         args.push("--eval".into());
     }
-    json_number(&run(lt, &args)?, "images_per_sec")
+    json_number(&crate::lt_output(lt, &args, false)?, "images_per_sec")
 }
 
 /// The [`Recipe`] of a resolved preset (the defaults of the `lt` binary where it says nothing).

@@ -10,10 +10,42 @@ pub mod estimate;
 pub mod pretrained;
 pub mod reproduce;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::{bail, Context, Result};
+
+/// Runs `lt ARGS` and returns what it printed on standard output. Where it fails, the error names
+/// the command and holds `lt`'s message (its standard error); with `show_messages`, `lt`'s
+/// messages go to the terminal as they come instead (a download's progress).
+pub fn lt_output<S: AsRef<OsStr>>(lt: &Path, args: &[S], show_messages: bool) -> Result<String> {
+    let mut cmd = Command::new(lt);
+    cmd.args(args);
+    if show_messages {
+        cmd.stderr(Stdio::inherit());
+    }
+    let out = cmd.output().with_context(|| format!("running {}", lt.display()))?;
+    if !out.status.success() {
+        let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+        let message = if show_messages {
+            String::new()
+        } else {
+            format!(": {}", String::from_utf8_lossy(&out.stderr).trim())
+        };
+        bail!("`lt {}` failed ({}){message}", shown.join(" "), out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// [`lt_output`] read as JSON.
+pub fn lt_json<S: AsRef<OsStr>>(lt: &Path, args: &[S], show_messages: bool) -> Result<serde_json::Value> {
+    let text = lt_output(lt, args, show_messages)?;
+    serde_json::from_str(text.trim()).with_context(|| {
+        let shown: Vec<_> = args.iter().map(|a| a.as_ref().to_string_lossy()).collect();
+        format!("reading what `lt {}` printed", shown.join(" "))
+    })
+}
 
 /// The workspace root (the parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {

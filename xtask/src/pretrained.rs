@@ -5,22 +5,13 @@
 //! stage 1.
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 /// `lt backbone init SPEC [ARGS]`: the init's JSON (`null` for a hub file not in the cache with
 /// `--cached-only`).
 fn resolve(lt: &Path, spec: &str, args: &[&str]) -> Result<serde_json::Value> {
-    let out = Command::new(lt)
-        .args(["backbone", "init", spec])
-        .args(args)
-        .output()
-        .with_context(|| format!("running {}", lt.display()))?;
-    if !out.status.success() {
-        bail!("{spec}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    serde_json::from_slice(&out.stdout).with_context(|| format!("reading `lt backbone init {spec}`'s output"))
+    crate::lt_json(lt, &[&["backbone", "init", spec][..], args].concat(), false)
 }
 
 /// The identity of `spec` (see the module docs) from the cache alone; a hub init that is not

@@ -5,10 +5,12 @@
 //! seed; stage 2 runs one `lt retrain --row ID` per row of the plan, which the `lt` binary
 //! declares (`lt retrain --list-rows`). Each stage writes into its own directory and, when it
 //! succeeds, a `.stage-key` file holding the fingerprint of everything it depends on: the
-//! preset sections it reads, its row's settings and the keys of the stages it reads from. A stage
-//! whose key file matches is skipped, so a second run does nothing, an interrupted run continues
-//! (stage 1 resumes from its checkpoint, extraction from its part files), and changing one
-//! stage-2 knob re-runs only stage 2.
+//! preset sections it reads, for stage 1 the data themselves (`lt data fingerprint`) and the
+//! pretrained weights' identity, its row's settings and the keys of the stages it reads from. A
+//! stage whose key file matches is skipped, so a second run does nothing, an interrupted run
+//! continues (stage 1 resumes from its checkpoint, extraction from its part files; each only
+//! under the key it was started with, `.stage-key.pending`), and changing one stage-2 knob
+//! re-runs only stage 2.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,8 +22,11 @@ use crate::pretrained;
 
 mod data;
 mod keys;
+mod state;
 pub use data::identity as data_identity;
 use keys::{section, sha, stage1_key};
+pub use state::is_done;
+use state::{key_file, outdated, pending_file, resumes};
 
 /// Options of a reproduction (the flags of `cargo xtask reproduce`).
 #[derive(Clone, Debug, clap::Args)]
@@ -157,14 +162,7 @@ pub struct PlanRow {
 
 /// The stage-2 rows the `lt` binary declares (`lt retrain --list-rows`).
 pub fn stage2_rows(lt: &Path) -> Result<Vec<PlanRow>> {
-    let out = Command::new(lt)
-        .args(["retrain", "--list-rows"])
-        .output()
-        .with_context(|| format!("running {} retrain --list-rows", lt.display()))?;
-    if !out.status.success() {
-        bail!("`lt retrain --list-rows` failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    String::from_utf8(out.stdout)?
+    crate::lt_output(lt, &["retrain", "--list-rows"], false)?
         .lines()
         .map(|l| {
             let mut f = l.splitn(3, '\t');
@@ -178,8 +176,13 @@ pub fn stage2_rows(lt: &Path) -> Result<Vec<PlanRow>> {
         .collect()
 }
 
+/// The data identity of a plan made before the data set's files are there (a dry run before the
+/// first download): no stage 1 is up to date under it.
+const NOT_AT_HAND: &str = "(data not at hand)";
+
 /// Builds the plan of a preset: per seed, stage 1, the extraction, and one stage per row.
-/// `data_id` is the identity of the preset's data ([`data_identity`]).
+/// `data_id` is the identity of the preset's data ([`data_identity`]; any text for data not at
+/// hand, which no finished stage 1 holds).
 pub fn plan(
     lt: &Path,
     run_root: &Path,
@@ -261,15 +264,6 @@ pub fn plan(
     Ok(stages)
 }
 
-fn key_file(dir: &Path) -> PathBuf {
-    dir.join(".stage-key")
-}
-
-/// Whether a stage is up to date.
-pub fn is_done(stage: &Stage) -> bool {
-    std::fs::read_to_string(key_file(&stage.dir)).map(|k| k.trim() == stage.key).unwrap_or(false)
-}
-
 fn run_lt(lt: &Path, args: &[String]) -> Result<()> {
     let status = Command::new(lt).args(args).status().with_context(|| format!("running {}", lt.display()))?;
     if !status.success() {
@@ -294,8 +288,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         // Nothing is written under the run directory: the resolved preset goes to a temporary file.
         let tmp = std::env::temp_dir().join(format!("lt-plan-{}.toml", std::process::id()));
         std::fs::write(&tmp, &resolved).with_context(|| format!("writing {}", tmp.display()))?;
-        let planned = data_identity(&lt, &tmp, true)
-            .and_then(|id| plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, &id));
+        let planned = data_identity(&lt, &tmp, true).and_then(|id| {
+            if id.is_none() {
+                println!("the data set's files are not where the preset looks yet: stage 1 runs (and downloads them where the preset says so)");
+            }
+            let id = id.unwrap_or_else(|| NOT_AT_HAND.into());
+            plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, &id)
+        });
         let costs = planned.is_ok().then(|| estimate_costs(&lt, &tmp, &preset, &opts.device)).flatten();
         let _ = std::fs::remove_file(&tmp);
         print_plan(&name, &planned?, &run_root, &report, costs.as_ref());
@@ -308,7 +307,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         std::fs::write(&preset_path, &resolved)
             .with_context(|| format!("writing {}", preset_path.display()))?;
     }
-    let data_id = data_identity(&lt, &preset_path, false)?;
+    let data_id =
+        data_identity(&lt, &preset_path, false)?.context("`lt data fingerprint` printed no fingerprint")?;
     let stages = plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, &data_id)?;
     let (mut ran, mut skipped) = (Vec::new(), Vec::new());
     let total = stages.len();
@@ -349,17 +349,18 @@ fn fetch_init(lt: &Path, preset: &toml::Value) -> Result<()> {
 /// Runs one stage: a stage whose inputs changed starts afresh, one that was interrupted resumes;
 /// the key is written when the stage succeeded.
 fn run_stage(lt: &Path, s: &Stage) -> Result<()> {
-    if key_file(&s.dir).exists() {
+    let mut args = s.args.clone();
+    if resumes(s) {
+        args.push("--resume".into());
+    } else if outdated(s) {
         std::fs::remove_dir_all(&s.dir)
             .with_context(|| format!("clearing the outdated {}", s.dir.display()))?;
     }
-    let mut args = s.args.clone();
-    if s.resumable && s.dir.join("checkpoint.safetensors").exists() {
-        args.push("--resume".into());
-    }
     std::fs::create_dir_all(&s.dir)?;
+    std::fs::write(pending_file(&s.dir), &s.key)?;
     run_lt(lt, &args)?;
     std::fs::write(key_file(&s.dir), &s.key)?;
+    std::fs::remove_file(pending_file(&s.dir))?;
     Ok(())
 }
 
@@ -454,7 +455,7 @@ fn print_plan(
         };
         let state = if is_done(s) {
             "cached"
-        } else if s.resumable && s.dir.join("checkpoint.safetensors").exists() {
+        } else if resumes(s) {
             "resumes"
         } else {
             "runs"

@@ -274,6 +274,11 @@ fn the_folder_preset_runs_end_to_end_from_a_hub_checkpoint() {
     let lt_bin = PathBuf::from(env!("CARGO_BIN_EXE_lt"));
     let resolved = f.root.join("runs/folder/preset.toml");
     stage1_follows_the_folders_images(&f, &lt_bin, &resolved, &stage1);
+    // A dry run writes nothing under its runs directory (the resolved preset goes to a temporary
+    // file for the data's fingerprint and the measurements).
+    let dry = xtask::reproduce::Options { dry_run: true, runs_dir: f.root.join("dry"), ..opts.clone() };
+    let planned = xtask::reproduce::run(&root, &dry).unwrap();
+    assert!(planned.ran.is_empty() && !f.root.join("dry").exists(), "{planned:?}");
     // The dry run's measurements: the data set's sizes, the architecture and a few timed steps.
     let workers = [Some(1), None];
     let m =
@@ -300,7 +305,8 @@ fn stage1_follows_the_folders_images(f: &Fixture, lt_bin: &Path, resolved: &Path
     let preset: toml::Value = toml::from_str(&std::fs::read_to_string(resolved).unwrap()).unwrap();
     let rows = xtask::reproduce::stage2_rows(lt_bin).unwrap();
     let stale = || -> Vec<String> {
-        let id = xtask::reproduce::data_identity(lt_bin, resolved, true).unwrap();
+        let id =
+            xtask::reproduce::data_identity(lt_bin, resolved, true).unwrap().expect("the folder is there");
         let run_root = f.root.join("runs/folder");
         let stages = xtask::reproduce::plan(lt_bin, &run_root, resolved, &preset, "cpu", &rows, &id).unwrap();
         stages.into_iter().filter(|s| !xtask::reproduce::is_done(s)).map(|s| s.name).collect()

@@ -87,6 +87,26 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
     let threads = threads.replace("[extract]\n", "[extract]\nworkers = 3\n");
     assert_eq!(threads.matches("workers = 3").count(), 2);
     std::fs::write(&file, threads).unwrap();
-    let fourth = xtask::reproduce::run(&root, &options(runs.path(), Some(file))).unwrap();
+    let fourth = xtask::reproduce::run(&root, &options(runs.path(), Some(file.clone()))).unwrap();
     assert!(fourth.ran.is_empty(), "re-ran {:?}", fourth.ran);
+
+    // A stage 1 interrupted under other inputs starts afresh: here seed 0's, trained with one
+    // more epoch and left as if interrupted (its checkpoint, its key pending), which `lt train
+    // --resume` would refuse as another run's.
+    let longer = std::fs::read_to_string(&file).unwrap().replace("[train]\n", "[train]\nepochs = 6\n");
+    let longer = longer.replacen("epochs = 5\n", "", 1);
+    assert!(longer.contains("epochs = 6") && !longer.contains("epochs = 5"), "{longer}");
+    let other = runs.path().join("longer.toml");
+    std::fs::write(&other, longer).unwrap();
+    let fifth = xtask::reproduce::run(&root, &options(runs.path(), Some(other))).unwrap();
+    assert_eq!(fifth.ran.len(), 2 * per_seed, "{:?}", fifth.ran);
+    let stage1 = layout.stage1_dir(runs.path().join("tiny").as_path(), 0);
+    assert!(stage1.join("checkpoint.safetensors").exists());
+    std::fs::rename(stage1.join(".stage-key"), stage1.join(".stage-key.pending")).unwrap();
+    let sixth = xtask::reproduce::run(&root, &options(runs.path(), Some(file))).unwrap();
+    assert!(sixth.ran[0].contains("seed 0: stage 1"), "{:?}", sixth.ran);
+    assert!(
+        !stage1.join(".stage-key.pending").exists(),
+        "the pending key is removed when the stage succeeds"
+    );
 }

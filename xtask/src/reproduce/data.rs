@@ -5,33 +5,25 @@
 //! alone would hand the old backbone to `lt extract`, which refuses it.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 /// The identity of the data `preset_file` names (`lt data fingerprint`; its messages and any
-/// download's progress go to the terminal). With `available_only` nothing is downloaded, and data
-/// whose files are not there yet are named so (the plan of a dry run before the first download).
-pub fn identity(lt: &Path, preset_file: &Path, available_only: bool) -> Result<String> {
-    let mut cmd = Command::new(lt);
-    cmd.args(["data", "fingerprint", "--preset-file"]).arg(preset_file);
+/// download's progress go to the terminal). With `available_only` nothing is downloaded, and
+/// data whose files are not there yet are `None` (the plan of a dry run before the first
+/// download).
+pub fn identity(lt: &Path, preset_file: &Path, available_only: bool) -> Result<Option<String>> {
+    let mut args =
+        vec!["data".as_ref(), "fingerprint".as_ref(), "--preset-file".as_ref(), preset_file.as_os_str()];
     if available_only {
-        cmd.arg("--available-only");
+        args.push("--available-only".as_ref());
     }
-    let out = cmd
-        .stderr(Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {} data fingerprint", lt.display()))?;
-    if !out.status.success() {
-        bail!("`lt data fingerprint --preset-file {}` failed ({})", preset_file.display(), out.status);
-    }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("reading `lt data fingerprint`'s output")?;
+    let v = crate::lt_json(lt, &args, true)?;
     if v.is_null() {
-        return Ok("(data not at hand)".into());
+        return Ok(None);
     }
     match (v["dataset"].as_str(), v["fingerprint"].as_str()) {
-        (Some(name), Some(fp)) => Ok(format!("{name} {fp}")),
+        (Some(name), Some(fp)) => Ok(Some(format!("{name} {fp}"))),
         _ => bail!("`lt data fingerprint` printed {v}, expected a dataset and a fingerprint"),
     }
 }

@@ -12,10 +12,12 @@ pub(super) fn sha(parts: &[&str]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Settings that change how a stage runs, not what it computes (the loader's threads: the
-/// batches are the same whatever their number): left out of the stage keys, as `lt` leaves them
-/// out of its fingerprints, so that another machine's core count re-runs nothing.
-const NOT_KEYED: &[&str] = &["workers"];
+/// Settings that change how a stage runs, not what it computes: the loader's threads (the
+/// batches are the same whatever their number) and whether missing data are downloaded (the
+/// data are keyed by their fingerprint). Left out of the stage keys, as `lt` leaves them out of
+/// its fingerprints, so that another machine's core count re-runs nothing. (The data root stays
+/// in: `lt extract` reads the data from where stage 1 recorded them.)
+const NOT_KEYED: &[&str] = &["workers", "download"];
 
 /// A preset section as it enters the stage keys (JSON, without [`NOT_KEYED`] settings; empty when
 /// absent).
