@@ -221,6 +221,14 @@ pub fn generate_splits(cfg: &SyntheticConfig, seed: u64) -> SyntheticSplits {
 mod tests {
     use super::*;
 
+    /// The default synthetic split's fingerprint, which runs record and `cargo xtask reproduce`
+    /// keys stage 1 by: pinned, since any change to it trains every synthetic run again.
+    #[test]
+    fn the_default_splits_fingerprint_is_pinned() {
+        let b = crate::load_bundle(crate::DatasetName::Synthetic, &crate::DataOptions::default()).unwrap();
+        assert_eq!(b.fingerprint(), "a937d121d4ac3f2f707fa9c5673141fceec31e41e46433ce103af1504f9c6a2a");
+    }
+
     #[test]
     fn deterministic_balanced_and_seed_dependent() {
         let cfg = SyntheticConfig { n_max: 6, val_per_class: 1, test_per_class: 2, ..Default::default() };

@@ -130,6 +130,9 @@ fn real_fashion_mnist_lt_split_and_first_batch() {
     assert_eq!(c[9], 60);
     assert_eq!(b.val.as_ref().unwrap().len(), 1000);
     assert_eq!(b.test.len(), 10_000);
+    // The split's fingerprint, which runs record and `cargo xtask reproduce` keys stage 1 by:
+    // pinned, since any change to it trains every Fashion-MNIST-LT run again.
+    assert_eq!(b.fingerprint(), "3932863ee2ac008e0753330e72ecbf2d32474160e8cf1a712d88de051dc42c77");
 
     // The loader's first batch (instance order 0..) matches the IDX bytes, normalised.
     let raw = std::fs::read(dir.join("train-images-idx3-ubyte.gz")).unwrap();
