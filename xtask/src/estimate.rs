@@ -156,9 +156,9 @@ fn field(text: &str, prefix: &str, key: &str) -> Option<f64> {
     num.parse().ok()
 }
 
-fn json_number(text: &str, key: &str) -> Result<f64> {
-    let v: serde_json::Value = serde_json::from_str(text.trim()).context("lt bench printed no JSON")?;
-    v[key].as_f64().with_context(|| format!("lt bench printed no `{key}`"))
+/// The number `key` of what `lt ARGS` printed as JSON.
+fn json_number<S: AsRef<std::ffi::OsStr>>(lt: &Path, args: &[S], key: &str) -> Result<f64> {
+    crate::lt_json(lt, args, false)?[key].as_f64().with_context(|| format!("lt bench printed no `{key}`"))
 }
 
 /// Measures [`Inputs`] with the `lt` binary: the data set's sizes (`lt data describe`), the
@@ -197,10 +197,10 @@ pub fn measure(
     let (loader_train_ips, loader_eval_ips) = (loader(false, workers[0])?, loader(true, workers[1])?);
     let tmp = std::env::temp_dir().join("lt-estimate");
     let tmp = tmp.display().to_string();
-    let r = crate::lt_output(lt, &["bench", "retrain", "--dir", &tmp, "--device", device], false)?;
     // The benchmark's problem: 12,406 x 64 features, 100 classes, M = 8.
     let scale = (images[0] * dim * classes) as f64 / (12_406.0 * 64.0 * 100.0);
-    let retrain_epoch_s = json_number(&r, "seconds_per_epoch")? * scale;
+    let retrain_args = ["bench", "retrain", "--dir", &tmp, "--device", device];
+    let retrain_epoch_s = json_number(lt, &retrain_args, "seconds_per_epoch")? * scale;
     Ok(Inputs {
         images,
         classes,
@@ -245,7 +245,7 @@ fn backbone_rate(
         "--precision",
         precision,
     ];
-    json_number(&crate::lt_output(lt, &args, false)?, "images_per_sec")
+    json_number(lt, &args, "images_per_sec")
 }
 
 /// Images per second of the loader on the preset's data set (`lt bench loader`, a few batches of
@@ -267,7 +267,7 @@ fn loader_rate(
     if eval {
         args.push("--eval".into());
     }
-    json_number(&crate::lt_output(lt, &args, false)?, "images_per_sec")
+    json_number(lt, &args, "images_per_sec")
 }
 
 /// The [`Recipe`] of a resolved preset (the defaults of the `lt` binary where it says nothing).

@@ -9,16 +9,17 @@ use std::path::Path;
 use anyhow::{bail, Result};
 
 /// `lt backbone init SPEC [ARGS]`: the init's JSON (`null` for a hub file not in the cache with
-/// `--cached-only`).
-fn resolve(lt: &Path, spec: &str, args: &[&str]) -> Result<serde_json::Value> {
-    crate::lt_json(lt, &[&["backbone", "init", spec][..], args].concat(), false)
+/// `--cached-only`); with `show_messages`, `lt`'s messages (a download's progress) go to the
+/// terminal.
+fn resolve(lt: &Path, spec: &str, args: &[&str], show_messages: bool) -> Result<serde_json::Value> {
+    crate::lt_json(lt, &[&["backbone", "init", spec][..], args].concat(), show_messages)
 }
 
 /// The identity of `spec` (see the module docs) from the cache alone; a hub init that is not
 /// cached yet is named by its spec and marked so (the first run fetches it, and the next plan then
 /// names the file).
 pub fn identity(lt: &Path, spec: &str) -> Result<String> {
-    let v = resolve(lt, spec, &["--cached-only"])?;
+    let v = resolve(lt, spec, &["--cached-only"], false)?;
     if v.is_null() {
         return Ok(format!("{spec} (not cached)"));
     }
@@ -31,9 +32,9 @@ pub fn identity(lt: &Path, spec: &str) -> Result<String> {
 /// Fetches a hub init into the cache unless it is there (offline: fails naming the cache), so
 /// that the plan names the file it trains from.
 pub fn fetch(lt: &Path, spec: &str) -> Result<()> {
-    if resolve(lt, spec, &["--cached-only"])?.is_null() {
+    if resolve(lt, spec, &["--cached-only"], false)?.is_null() {
         println!("fetching {spec} into the hub cache");
-        resolve(lt, spec, &[])?;
+        resolve(lt, spec, &[], true)?;
     }
     Ok(())
 }

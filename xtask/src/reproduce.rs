@@ -8,9 +8,9 @@
 //! preset sections it reads, for stage 1 the data themselves (`lt data fingerprint`) and the
 //! pretrained weights' identity, its row's settings and the keys of the stages it reads from. A
 //! stage whose key file matches is skipped, so a second run does nothing, an interrupted run
-//! continues (stage 1 resumes from its checkpoint, extraction from its part files; each only
-//! under the key it was started with, `.stage-key.pending`), and changing one stage-2 knob
-//! re-runs only stage 2.
+//! continues (stage 1 resumes from its checkpoint, only under the key it was started with,
+//! `.stage-key.pending`; extraction from the part files `lt extract` recognises), and changing
+//! one stage-2 knob re-runs only stage 2.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,7 +26,7 @@ mod state;
 pub use data::identity as data_identity;
 use keys::{section, sha, stage1_key};
 pub use state::is_done;
-use state::{key_file, outdated, pending_file, resumes};
+use state::{clear, key_file, outdated, pending_file, resumes, write_key};
 
 /// Options of a reproduction (the flags of `cargo xtask reproduce`).
 #[derive(Clone, Debug, clap::Args)]
@@ -288,16 +288,33 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         // Nothing is written under the run directory: the resolved preset goes to a temporary file.
         let tmp = std::env::temp_dir().join(format!("lt-plan-{}.toml", std::process::id()));
         std::fs::write(&tmp, &resolved).with_context(|| format!("writing {}", tmp.display()))?;
-        let planned = data_identity(&lt, &tmp, true).and_then(|id| {
-            if id.is_none() {
-                println!("the data set's files are not where the preset looks yet: stage 1 runs (and downloads them where the preset says so)");
-            }
-            let id = id.unwrap_or_else(|| NOT_AT_HAND.into());
-            plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, &id)
-        });
-        let costs = planned.is_ok().then(|| estimate_costs(&lt, &tmp, &preset, &opts.device)).flatten();
+        let planned = (|| -> Result<_> {
+            let id = data_identity(&lt, &tmp, true)?;
+            let stages = plan(
+                &lt,
+                &run_root,
+                &preset_path,
+                &preset,
+                &opts.device,
+                &rows,
+                id.as_deref().unwrap_or(NOT_AT_HAND),
+            )?;
+            let costs = match id {
+                Some(_) => estimate_costs(&lt, &tmp, &preset, &opts.device),
+                None => {
+                    println!(
+                        "the data are not where the preset looks (`lt data fingerprint --available-only` found none): \
+                         stage 1 runs; a run downloads them where the preset asks and the data set can be, else stops \
+                         naming where it looked; no estimates without them"
+                    );
+                    None
+                }
+            };
+            Ok((stages, costs))
+        })();
         let _ = std::fs::remove_file(&tmp);
-        print_plan(&name, &planned?, &run_root, &report, costs.as_ref());
+        let (stages, costs) = planned?;
+        print_plan(&name, &stages, &run_root, &report, costs.as_ref());
         return Ok(Summary { ran: vec![], skipped: vec![], report: report.join("report.md"), seconds: 0.0 });
     }
     fetch_init(&lt, &preset)?;
@@ -353,13 +370,12 @@ fn run_stage(lt: &Path, s: &Stage) -> Result<()> {
     if resumes(s) {
         args.push("--resume".into());
     } else if outdated(s) {
-        std::fs::remove_dir_all(&s.dir)
-            .with_context(|| format!("clearing the outdated {}", s.dir.display()))?;
+        clear(&s.dir)?;
     }
     std::fs::create_dir_all(&s.dir)?;
-    std::fs::write(pending_file(&s.dir), &s.key)?;
+    write_key(&pending_file(&s.dir), &s.key)?;
     run_lt(lt, &args)?;
-    std::fs::write(key_file(&s.dir), &s.key)?;
+    write_key(&key_file(&s.dir), &s.key)?;
     std::fs::remove_file(pending_file(&s.dir))?;
     Ok(())
 }

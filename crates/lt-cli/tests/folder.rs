@@ -279,6 +279,12 @@ fn the_folder_preset_runs_end_to_end_from_a_hub_checkpoint() {
     let dry = xtask::reproduce::Options { dry_run: true, runs_dir: f.root.join("dry"), ..opts.clone() };
     let planned = xtask::reproduce::run(&root, &dry).unwrap();
     assert!(planned.ran.is_empty() && !f.root.join("dry").exists(), "{planned:?}");
+    // A dry run plans data not at hand (here a folder not there), where a run stops naming it.
+    let absent = xtask::reproduce::Options { data_root: Some(f.root.join("nowhere")), ..dry.clone() };
+    assert!(xtask::reproduce::run(&root, &absent).unwrap().ran.is_empty());
+    let err =
+        xtask::reproduce::run(&root, &xtask::reproduce::Options { dry_run: false, ..absent }).unwrap_err();
+    assert!(format!("{err:#}").contains("data fingerprint"), "{err:#}");
     // The dry run's measurements: the data set's sizes, the architecture and a few timed steps.
     let workers = [Some(1), None];
     let m =

@@ -82,10 +82,12 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
     assert_eq!(third.ran.len(), 2 * rows.len(), "{:?}", third.ran);
     assert!(third.ran.iter().all(|s| s.contains("stage 2")), "{:?}", third.ran);
 
-    // Another number of loader threads (a machine with other cores) re-runs nothing.
+    // Another number of loader threads (a machine with other cores), or downloading what is
+    // missing, re-runs nothing.
     let threads = std::fs::read_to_string(&file).unwrap().replace("[train]\n", "[train]\nworkers = 3\n");
     let threads = threads.replace("[extract]\n", "[extract]\nworkers = 3\n");
-    assert_eq!(threads.matches("workers = 3").count(), 2);
+    let threads = threads.replace("[data]\n", "[data]\ndownload = true\n");
+    assert_eq!(threads.matches("workers = 3").count() + threads.matches("download = true").count(), 3);
     std::fs::write(&file, threads).unwrap();
     let fourth = xtask::reproduce::run(&root, &options(runs.path(), Some(file.clone()))).unwrap();
     assert!(fourth.ran.is_empty(), "re-ran {:?}", fourth.ran);

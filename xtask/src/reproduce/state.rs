@@ -3,7 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::{Context, Result};
+
 use super::Stage;
+
+/// The checkpoint a resumable stage (`lt train`) continues from.
+const CHECKPOINT: &str = "checkpoint.safetensors";
 
 /// The key of a stage that succeeded.
 pub(super) fn key_file(dir: &Path) -> PathBuf {
@@ -31,5 +36,75 @@ pub(super) fn outdated(s: &Stage) -> bool {
 /// Whether a stage that is not done continues where an interrupted run of it stopped (stage 1,
 /// from its checkpoint).
 pub(super) fn resumes(s: &Stage) -> bool {
-    s.resumable && !outdated(s) && s.dir.join("checkpoint.safetensors").exists()
+    s.resumable && !outdated(s) && s.dir.join(CHECKPOINT).exists()
+}
+
+/// Writes a key file whole or not at all (a temporary file renamed), so that an interrupted write
+/// never leaves a key that matches nothing.
+pub(super) fn write_key(path: &Path, key: &str) -> Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    std::fs::write(&tmp, key).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Removes an outdated stage's directory, its checkpoint first: a removal interrupted after the
+/// keys went must not leave a checkpoint that [`resumes`] would take for this stage's.
+pub(super) fn clear(dir: &Path) -> Result<()> {
+    let checkpoint = dir.join(CHECKPOINT);
+    if checkpoint.exists() {
+        std::fs::remove_file(&checkpoint).with_context(|| format!("removing {}", checkpoint.display()))?;
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("clearing the outdated {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Stage 1 in `dir` under `key`, with a checkpoint and the given key files.
+    fn stage(dir: &Path, key: &str, done: Option<&str>, pending: Option<&str>) -> Stage {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join(CHECKPOINT), "checkpoint").unwrap();
+        let put = |path: PathBuf, k: Option<&str>| match k {
+            Some(k) => write_key(&path, k).unwrap(),
+            None => {
+                let _ = std::fs::remove_file(path);
+            }
+        };
+        put(key_file(dir), done);
+        put(pending_file(dir), pending);
+        Stage {
+            name: "stage 1".into(),
+            dir: dir.to_path_buf(),
+            args: vec![],
+            key: key.into(),
+            resumable: true,
+        }
+    }
+
+    /// An interrupted stage resumes under the key it started with (or none, from before pending
+    /// keys), and is cleared, its checkpoint first, under another or once it had finished.
+    #[test]
+    fn an_interrupted_stage_resumes_only_under_its_own_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("stage1");
+        let s = stage(&dir, "a", None, Some("a"));
+        assert!(resumes(&s) && !outdated(&s) && !is_done(&s));
+        let s = stage(&dir, "a", None, None);
+        assert!(resumes(&s) && !outdated(&s), "an interruption from before pending keys resumes");
+        let s = stage(&dir, "a", None, Some("b"));
+        assert!(!resumes(&s) && outdated(&s), "started under other inputs");
+        let s = stage(&dir, "a", Some("b"), None);
+        assert!(!resumes(&s) && outdated(&s), "finished under other inputs");
+        let s = stage(&dir, "a", Some("a"), Some("a"));
+        assert!(is_done(&s), "a pending key left by a crash after the key was written");
+        let s = Stage { resumable: false, ..stage(&dir, "a", None, Some("a")) };
+        assert!(!resumes(&s) && !outdated(&s));
+        let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "the checkpoint and the pending key, no temporary file: {names:?}");
+        clear(&dir).unwrap();
+        assert!(!dir.exists());
+    }
 }
