@@ -290,20 +290,30 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
     };
     let sgd = Model::from_artifact(&dir.sgd(), device)?;
     let path = assemble(dir, data, meta, &parts, [&sgd, &swa])?;
-    for s in 0..parts.len() {
-        let (part, tag) = part_files(dir, s);
-        let _ = std::fs::remove_file(part);
-        let _ = std::fs::remove_file(tag);
-    }
+    remove_parts(dir);
     Ok(path)
 }
+
+/// How the names of the part files begin.
+const PART_PREFIX: &str = "features.part-";
 
 /// The part file of backbone `s` and the file holding its fingerprint.
 fn part_files(dir: &RunDir, s: usize) -> (PathBuf, PathBuf) {
     (
-        dir.root().join(format!("features.part-{s}.bin")),
-        dir.root().join(format!("features.part-{s}.fingerprint")),
+        dir.root().join(format!("{PART_PREFIX}{s}.bin")),
+        dir.root().join(format!("{PART_PREFIX}{s}.fingerprint")),
     )
+}
+
+/// Removes the run directory's part files: this extraction's, and those an interrupted one of
+/// more samples left.
+fn remove_parts(dir: &RunDir) {
+    let Ok(entries) = std::fs::read_dir(dir.root()) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(PART_PREFIX) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Writes the artifact, streaming each split's block from the part files; `heads` are the SGD

@@ -157,14 +157,21 @@ fn extraction_writes_every_backbone_sample_deterministically() {
     assert_eq!(&f[..n], want.as_slice());
     assert_ne!(&f[n..2 * n], &f[2 * n..3 * n]);
     assert_ne!(&f[2 * n..3 * n], &f[3 * n..4 * n]);
-    assert!(std::fs::read_dir(d.path()).unwrap().all(|e| !e
-        .unwrap()
-        .file_name()
-        .to_string_lossy()
-        .contains("part")));
-    // Again: same bytes. With f16: half the feature bytes.
+    let parts = |d: &std::path::Path| {
+        std::fs::read_dir(d)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains("part"))
+            .count()
+    };
+    assert_eq!(parts(d.path()), 0);
+    // Again: same bytes, and the parts an interrupted extraction of more samples left are gone.
+    // With f16: half the feature bytes.
+    for stray in ["features.part-7.bin", "features.part-7.fingerprint"] {
+        std::fs::write(d.path().join(stray), "left by an interrupted extraction of 8 samples").unwrap();
+    }
     let p = extract(&dir, &data, &ecfg, &candle_core::Device::Cpu).unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), first);
+    assert_eq!(parts(d.path()), 0);
     let half = ExtractConfig { half: true, ..ecfg.clone() };
     let p = extract(&dir, &data, &half, &candle_core::Device::Cpu).unwrap();
     let a = lt_core::Artifact::open(&p, FEATURES_FORMAT).unwrap();
