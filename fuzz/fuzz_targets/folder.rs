@@ -1,6 +1,8 @@
 //! The image-folder scanner on a small directory tree built from the input (class folder names,
 //! file names, file contents including broken images), then decoding and transforming what it
-//! found the way the batch loader does.
+//! found the way the batch loader does; and the whole `folder` data set (checks, validation draw,
+//! optional imbalance, the files' fingerprint), whose fingerprint must be the same on a second
+//! load and on a copy of the tree.
 #![no_main]
 
 use std::ffi::OsStr;
@@ -14,6 +16,7 @@ use lt_data::dataset::Dataset;
 use lt_data::files::{decode_rgb, EvalTransform, ImageFileDataset, TrainTransform};
 use lt_data::folder::scan_folder;
 use lt_data::transform::Normalize;
+use lt_data::{load_bundle, DataOptions, DatasetName};
 
 #[derive(Arbitrary, Debug)]
 enum Layout {
@@ -51,6 +54,8 @@ struct Tree {
     files: Vec<File>,
     test_fraction: f64,
     seed: u64,
+    imbalance: Option<f64>,
+    val_per_class: Option<u8>,
     size: u8,
     resize: u8,
     jitter: Option<f32>,
@@ -118,9 +123,44 @@ fn build(root: &Path, t: &Tree) {
     }
 }
 
+/// The `folder` data set of `root` with the tree's settings: loaded twice and from a copy of the
+/// tree, it has one fingerprint.
+fn bundle(root: &Path, t: &Tree) {
+    let opts = |root: &Path| DataOptions {
+        data_root: Some(root.to_path_buf()),
+        image_size: 1 + t.size as u32 % 64,
+        test_fraction: t.test_fraction,
+        seed: t.seed,
+        imbalance: t.imbalance,
+        val_per_class: t.val_per_class.map(usize::from),
+        ..Default::default()
+    };
+    let Ok(b) = load_bundle(DatasetName::Folder, &opts(root)) else { return };
+    assert!(b.files.is_some());
+    let again = load_bundle(DatasetName::Folder, &opts(root)).expect("loads again");
+    assert_eq!(again.fingerprint(), b.fingerprint());
+    let copy = tempfile::tempdir_in(srepr_fuzz::scratch()).expect("copy dir");
+    copy_tree(root, copy.path());
+    let copied = load_bundle(DatasetName::Folder, &opts(copy.path())).expect("the copy loads");
+    assert_eq!(copied.fingerprint(), b.fingerprint(), "a copy of the folder is the same data");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    for e in std::fs::read_dir(from).expect("readable").flatten() {
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            std::fs::create_dir_all(&dest).expect("mkdir");
+            copy_tree(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).expect("copy");
+        }
+    }
+}
+
 fuzz_target!(|t: Tree| {
     let root = tempfile::tempdir_in(srepr_fuzz::scratch()).expect("tree dir");
     build(root.path(), &t);
+    bundle(root.path(), &t);
     let Ok(splits) = scan_folder(root.path(), t.test_fraction, t.seed) else { return };
     assert!(!splits.classes.is_empty() && !splits.train.is_empty());
     let classes = splits.classes.len();
