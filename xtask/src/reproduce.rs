@@ -25,8 +25,8 @@ mod keys;
 mod state;
 pub use data::identity as data_identity;
 use keys::{section, sha, stage1_key};
-pub use state::is_done;
 use state::{clear, key_file, outdated, pending_file, resumes, write_key};
+pub use state::{is_done, lock_root, RootLock};
 
 /// Options of a reproduction (the flags of `cargo xtask reproduce`).
 #[derive(Clone, Debug, clap::Args)]
@@ -317,8 +317,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         print_plan(&name, &stages, &run_root, &report, costs.as_ref());
         return Ok(Summary { ran: vec![], skipped: vec![], report: report.join("report.md"), seconds: 0.0 });
     }
+    let _lock = lock_root(&run_root)?;
     fetch_init(&lt, &preset)?;
-    std::fs::create_dir_all(&run_root).with_context(|| format!("creating {}", run_root.display()))?;
     // The resolved preset is what every stage reads; rewrite it only when it changed.
     if std::fs::read_to_string(&preset_path).ok().as_deref() != Some(resolved.as_str()) {
         std::fs::write(&preset_path, &resolved)

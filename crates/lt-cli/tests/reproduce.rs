@@ -68,6 +68,12 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
         .exists());
     assert!(layout.stage1_dir(runs.path().join("tiny").as_path(), 0).join(layout.features).exists());
 
+    // While another reproduction holds the run root, this one stops before touching it.
+    let held = xtask::reproduce::lock_root(&runs.path().join("tiny")).unwrap();
+    let err = xtask::reproduce::run(&root, &options(runs.path(), None)).unwrap_err().to_string();
+    assert!(err.contains("in use by another reproduction"), "{err}");
+    drop(held);
+
     // Nothing changed: everything is skipped.
     let second = xtask::reproduce::run(&root, &options(runs.path(), None)).unwrap();
     assert!(second.ran.is_empty(), "re-ran {:?}", second.ran);

@@ -1,9 +1,12 @@
 //! What a stage's directory says about it: whether it is up to date (`.stage-key`), and
-//! whether an unfinished run of it continues or starts afresh (`.stage-key.pending`).
+//! whether an unfinished run of it continues or starts afresh (`.stage-key.pending`); and the
+//! lock that makes one reproduction at a time of a run root (`.reproduce-lock`).
 
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::Stage;
 
@@ -59,6 +62,48 @@ pub(super) fn clear(dir: &Path) -> Result<()> {
     std::fs::remove_dir_all(dir).with_context(|| format!("clearing the outdated {}", dir.display()))
 }
 
+/// The file a reproduction locks in its run root.
+const LOCK: &str = ".reproduce-lock";
+
+/// One reproduction at a time of a run root: an exclusive advisory lock on its
+/// `.reproduce-lock`, held until dropped and released by the kernel when the process dies however
+/// it dies. (Two at once would clear the stage directories the other's `lt` writes in.)
+#[derive(Debug)]
+pub struct RootLock {
+    _file: File,
+}
+
+/// Locks `run_root` (created if needed) for this reproduction, or says who holds it.
+pub fn lock_root(run_root: &Path) -> Result<RootLock> {
+    std::fs::create_dir_all(run_root).with_context(|| format!("creating {}", run_root.display()))?;
+    let path = run_root.join(LOCK);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            bail!(
+                "{} is in use by another reproduction ({}): wait for it to finish or stop it",
+                run_root.display(),
+                holder.trim()
+            );
+        }
+        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+    let holder = format!("pid {}, `{}`", std::process::id(), std::env::args().collect::<Vec<_>>().join(" "));
+    file.set_len(0)
+        .and_then(|_| file.write_all(holder.as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(RootLock { _file: file })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +131,23 @@ mod tests {
 
     /// An interrupted stage resumes under the key it started with (or none, from before pending
     /// keys), and is cleared, its checkpoint first, under another or once it had finished.
+    /// A second lock of a run root is refused naming the holder, and taken once the first is
+    /// dropped.
+    #[test]
+    fn one_reproduction_at_a_time_per_run_root() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("synthetic");
+        let first = lock_root(&root).unwrap();
+        let err = lock_root(&root).unwrap_err().to_string();
+        assert!(
+            err.contains("in use by another reproduction")
+                && err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        drop(first);
+        lock_root(&root).unwrap();
+    }
+
     #[test]
     fn an_interrupted_stage_resumes_only_under_its_own_key() {
         let tmp = tempfile::tempdir().unwrap();
