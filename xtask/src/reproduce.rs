@@ -21,9 +21,11 @@ use anyhow::{bail, Context, Result};
 use crate::pretrained;
 
 mod data;
+mod dry;
 mod keys;
 mod state;
 pub use data::identity as data_identity;
+use dry::print_plan;
 use keys::{section, sha, stage1_key};
 use state::{clear, key_file, outdated, pending_file, resumes, write_key};
 pub use state::{is_done, lock_root, RootLock};
@@ -90,6 +92,21 @@ pub struct Summary {
     pub report: PathBuf,
     /// Wall time.
     pub seconds: f64,
+}
+
+/// The seeds of a preset (`seeds`, at least 1).
+fn seeds(preset: &toml::Value) -> u64 {
+    get(preset, &["seeds"]).and_then(|v| v.as_integer()).unwrap_or(1).max(1) as u64
+}
+
+/// The folder of one seed's stages in a run root.
+fn seed_dir(run_root: &Path, seed: u64) -> PathBuf {
+    run_root.join(format!("seed-{seed}"))
+}
+
+/// Stage 1's folder of one seed.
+fn stage1_dir(run_root: &Path, seed: u64) -> PathBuf {
+    seed_dir(run_root, seed).join("stage1")
 }
 
 fn get<'a>(preset: &'a toml::Value, path: &[&str]) -> Option<&'a toml::Value> {
@@ -176,10 +193,6 @@ pub fn stage2_rows(lt: &Path) -> Result<Vec<PlanRow>> {
         .collect()
 }
 
-/// The data identity of a plan made before the data set's files are there (a dry run before the
-/// first download): no stage 1 is up to date under it.
-const NOT_AT_HAND: &str = "(data not at hand)";
-
 /// Builds the plan of a preset: per seed, stage 1, the extraction, and one stage per row.
 /// `data_id` is the identity of the preset's data ([`data_identity`]; any text for data not at
 /// hand, which no finished stage 1 holds).
@@ -192,7 +205,7 @@ pub fn plan(
     rows: &[PlanRow],
     data_id: &str,
 ) -> Result<Vec<Stage>> {
-    let seeds = get(preset, &["seeds"]).and_then(|v| v.as_integer()).unwrap_or(1).max(1) as u64;
+    let seeds = seeds(preset);
     let data = section(preset, "data");
     let train = section(preset, "train");
     let extract = section(preset, "extract");
@@ -218,8 +231,7 @@ pub fn plan(
     };
     let mut stages = Vec::new();
     for seed in 0..seeds {
-        let sdir = run_root.join(format!("seed-{seed}"));
-        let s1 = sdir.join("stage1");
+        let (sdir, s1) = (seed_dir(run_root, seed), stage1_dir(run_root, seed));
         let s1key = stage1_key(&data, data_id, &train, seed, init.as_deref());
         let mut args = common("train", seed);
         args.extend(["--out".into(), s1.display().to_string()]);
@@ -284,36 +296,11 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     };
     let rows = stage2_rows(&lt)?;
     let report = run_root.join("report");
+    let stage1_dirs: Vec<PathBuf> = (0..seeds(&preset)).map(|seed| stage1_dir(&run_root, seed)).collect();
     if opts.dry_run {
-        // Nothing is written under the run directory: the resolved preset goes to a temporary file.
-        let tmp = std::env::temp_dir().join(format!("lt-plan-{}.toml", std::process::id()));
-        std::fs::write(&tmp, &resolved).with_context(|| format!("writing {}", tmp.display()))?;
-        let planned = (|| -> Result<_> {
-            let id = data_identity(&lt, &tmp, true)?;
-            let stages = plan(
-                &lt,
-                &run_root,
-                &preset_path,
-                &preset,
-                &opts.device,
-                &rows,
-                id.as_deref().unwrap_or(NOT_AT_HAND),
-            )?;
-            let costs = match id {
-                Some(_) => estimate_costs(&lt, &tmp, &preset, &opts.device),
-                None => {
-                    println!(
-                        "the data are not where the preset looks (`lt data fingerprint --available-only` found none): \
-                         stage 1 runs; a run downloads them where the preset asks and the data set can be, else stops \
-                         naming where it looked; no estimates without them"
-                    );
-                    None
-                }
-            };
-            Ok((stages, costs))
-        })();
-        let _ = std::fs::remove_file(&tmp);
-        let (stages, costs) = planned?;
+        let plan_with = |id: &str| plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, id);
+        let (stages, costs) =
+            dry::plan_and_costs(&lt, &resolved, (&preset, &opts.device), &stage1_dirs, plan_with)?;
         print_plan(&name, &stages, &run_root, &report, costs.as_ref());
         return Ok(Summary { ran: vec![], skipped: vec![], report: report.join("report.md"), seconds: 0.0 });
     }
@@ -324,9 +311,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         std::fs::write(&preset_path, &resolved)
             .with_context(|| format!("writing {}", preset_path.display()))?;
     }
-    let data_id =
-        data_identity(&lt, &preset_path, false)?.context("`lt data fingerprint` printed no fingerprint")?;
-    let stages = plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, &data_id)?;
+    let download = get(&preset, &["data", "download"]).and_then(|v| v.as_bool()).unwrap_or(false);
+    let data = data::find(&lt, &preset_path, download, &stage1_dirs)?;
+    let stages = plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, data.id())?;
     let (mut ran, mut skipped) = (Vec::new(), Vec::new());
     let total = stages.len();
     for (i, s) in stages.iter().enumerate() {
@@ -341,7 +328,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         println!("[{}/{total}] {} done in {:.1} s", i + 1, s.name, t.elapsed().as_secs_f64());
         ran.push(s.name.clone());
     }
-    println!("report of {} seed(s):", get(&preset, &["seeds"]).and_then(|v| v.as_integer()).unwrap_or(1));
+    println!("report of {} seed(s):", seeds(&preset));
     run_lt(&lt, &report_args(&name, &preset, &run_root, &report))?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
@@ -395,99 +382,4 @@ fn report_args(name: &str, preset: &toml::Value, run_root: &Path, report: &Path)
         args.extend(["--paper".into(), p.into()]);
     }
     args
-}
-
-/// Per kind of stage (`train`, `extract`, `retrain`), its estimated cost on this machine; `None`
-/// (with the reason printed) when the measurement failed.
-fn estimate_costs(
-    lt: &Path,
-    preset_file: &Path,
-    preset: &toml::Value,
-    device: &str,
-) -> Option<[crate::estimate::Cost; 3]> {
-    use crate::estimate as est;
-    let arch = get(preset, &["train", "arch"]).and_then(|v| v.as_str()).unwrap_or("resnet32").to_string();
-    let batch =
-        get(preset, &["train", "batch_size"]).and_then(|v| v.as_integer()).unwrap_or(128).max(1) as usize;
-    let precision =
-        get(preset, &["train", "precision"]).and_then(|v| v.as_str()).unwrap_or("f32").to_string();
-    let workers = ["train", "extract"]
-        .map(|s| get(preset, &[s, "workers"]).and_then(|v| v.as_integer()).map(|w| w.max(1) as usize));
-    println!(
-        "measuring a few steps of {arch} ({precision}) and the loader on {device} for the estimates ..."
-    );
-    let measured = est::measure(lt, preset_file, (&arch, batch, &precision), device, workers);
-    match measured {
-        Ok(i) => {
-            let r = est::recipe(preset);
-            println!(
-                "measured: {:.0} training and {:.0} inference images/s at {}x{}; {} parameters; {} / {} / {} images",
-                i.train_ips, i.eval_ips, i.size, i.size, i.params, i.images[0], i.images[1], i.images[2]
-            );
-            let pace = |loader: f64, compute: f64| if loader < compute { " (sets the pace)" } else { "" };
-            println!(
-                "loader: {:.0} training{} and {:.0} evaluation{} images/s",
-                i.loader_train_ips,
-                pace(i.loader_train_ips, i.train_ips),
-                i.loader_eval_ips,
-                pace(i.loader_eval_ips, i.eval_ips)
-            );
-            Some([est::stage1(&i, &r), est::extract(&i, &r), est::retrain_row(&i, &r)])
-        }
-        Err(e) => {
-            println!("no estimates: {e:#}");
-            None
-        }
-    }
-}
-
-/// Prints the plan: every stage, whether it is cached, its command line and, with `costs`, its
-/// estimated time and disk.
-fn print_plan(
-    name: &str,
-    stages: &[Stage],
-    run_root: &Path,
-    report: &Path,
-    costs: Option<&[crate::estimate::Cost; 3]>,
-) {
-    use crate::estimate::{format_bytes, format_seconds};
-    println!("preset {name}: {} stages into {}", stages.len() + 1, run_root.display());
-    let (mut total_s, mut total_b) = (0.0, 0.0);
-    for s in stages {
-        let cost = costs.and_then(|c| match s.args.first().map(String::as_str) {
-            Some("train") => Some(c[0]),
-            Some("extract") => Some(c[1]),
-            Some("retrain") => Some(c[2]),
-            _ => None,
-        });
-        let est = match cost {
-            Some(c) if !is_done(s) => {
-                total_s += c.seconds;
-                total_b += c.bytes;
-                format!("  (~{}, {})", format_seconds(c.seconds), format_bytes(c.bytes))
-            }
-            Some(c) => format!("  ({} on disk)", format_bytes(c.bytes)),
-            None => String::new(),
-        };
-        let state = if is_done(s) {
-            "cached"
-        } else if resumes(s) {
-            "resumes"
-        } else {
-            "runs"
-        };
-        println!("[{state:>7}] {}{est}\n          lt {}", s.name, s.args.join(" "));
-    }
-    if costs.is_some() {
-        println!(
-            "estimated: ~{} and {} of disk for what runs (stage 2 rows at least: a validation search fits several times)",
-            format_seconds(total_s),
-            format_bytes(total_b)
-        );
-    }
-    println!(
-        "[   runs] report\n          lt report --runs {} --out {}",
-        run_root.display(),
-        report.display()
-    );
 }

@@ -63,6 +63,19 @@ fn data_fingerprint_is_the_splits_and_null_only_for_data_not_at_hand() {
         (v["dataset"].as_str(), v["fingerprint"].as_str()),
         (Some("synthetic"), Some(recorded.as_str()))
     );
+    // What a run recorded (here the split artifact just written), without loading the data.
+    let d = dir.path().to_str().unwrap();
+    let (ok, recorded_out, err) = lt(&["data", "fingerprint", "--run", d]);
+    assert!(ok && recorded_out == out, "{recorded_out} {err}");
+    let none = dir.path().join("no-run");
+    std::fs::create_dir_all(&none).unwrap();
+    let n = none.to_str().unwrap();
+    let (ok, nothing, err) = lt(&["data", "fingerprint", "--available-only", "--run", n]);
+    assert!(ok && nothing.trim() == "null", "{nothing} {err}");
+    let (ok, _, err) = lt(&["data", "fingerprint", "--run", n]);
+    assert!(!ok && err.contains("no-run/split.safetensors"), "{err}");
+    let (ok, _, err) = lt(&["data", "fingerprint", "--run", d, "--dataset", "synthetic"]);
+    assert!(!ok && err.contains("cannot be used with"), "{err}");
     let (ok, other, err) = lt(&["data", "fingerprint", "--dataset", "synthetic", "--imbalance", "10"]);
     assert!(ok, "{err}");
     assert_ne!(other, out, "another split, another fingerprint");

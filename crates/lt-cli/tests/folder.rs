@@ -279,12 +279,27 @@ fn the_folder_preset_runs_end_to_end_from_a_hub_checkpoint() {
     let dry = xtask::reproduce::Options { dry_run: true, runs_dir: f.root.join("dry"), ..opts.clone() };
     let planned = xtask::reproduce::run(&root, &dry).unwrap();
     assert!(planned.ran.is_empty() && !f.root.join("dry").exists(), "{planned:?}");
-    // A dry run plans data not at hand (here a folder not there), where a run stops naming it.
+    // A dry run plans data not at hand (here a folder not there), where a run's stage 1 stops
+    // naming it.
     let absent = xtask::reproduce::Options { data_root: Some(f.root.join("nowhere")), ..dry.clone() };
     assert!(xtask::reproduce::run(&root, &absent).unwrap().ran.is_empty());
     let err =
         xtask::reproduce::run(&root, &xtask::reproduce::Options { dry_run: false, ..absent }).unwrap_err();
-    assert!(format!("{err:#}").contains("data fingerprint"), "{err:#}");
+    assert!(format!("{err:#}").contains("`lt train"), "{err:#}");
+    // With the images elsewhere (a disk not mounted), a finished run plans with the data its
+    // stage 1 recorded: a stage-2 knob changed re-runs stage 2 alone.
+    let away = f.root.join("images-elsewhere");
+    std::fs::rename(&f.data, &away).unwrap();
+    let text = std::fs::read_to_string(opts.preset_file.as_ref().unwrap()).unwrap();
+    let knob = f.root.join("folder-knob.toml");
+    std::fs::write(&knob, text.replacen("epochs = 3", "epochs = 2", 1)).unwrap();
+    let rows = xtask::reproduce::stage2_rows(&lt_bin).unwrap();
+    let again =
+        xtask::reproduce::run(&root, &xtask::reproduce::Options { preset_file: Some(knob), ..opts.clone() });
+    std::fs::rename(&away, &f.data).unwrap();
+    let again = again.unwrap();
+    assert_eq!(again.ran.len(), rows.len(), "{:?}", again.ran);
+    assert!(again.ran.iter().all(|s| s.contains("stage 2")), "{:?}", again.ran);
     // The dry run's measurements: the data set's sizes, the architecture and a few timed steps.
     let workers = [Some(1), None];
     let m =

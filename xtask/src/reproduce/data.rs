@@ -4,21 +4,45 @@
 //! changed, or a split drawn by other rules, re-runs stage 1, where a key of the preset's text
 //! alone would hand the old backbone to `lt extract`, which refuses it.
 
-use std::path::Path;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+
+/// The data identity of a plan made while the data set's files are not there and no finished
+/// stage 1 records them (a dry run before the first download).
+const NOT_AT_HAND: &str = "(data not at hand)";
 
 /// The identity of the data `preset_file` names (`lt data fingerprint`; its messages and any
 /// download's progress go to the terminal). With `available_only` nothing is downloaded, and
 /// data whose files are not there yet are `None` (the plan of a dry run before the first
 /// download).
 pub fn identity(lt: &Path, preset_file: &Path, available_only: bool) -> Result<Option<String>> {
-    let mut args =
+    let mut args: Vec<&OsStr> =
         vec!["data".as_ref(), "fingerprint".as_ref(), "--preset-file".as_ref(), preset_file.as_os_str()];
     if available_only {
         args.push("--available-only".as_ref());
     }
-    let v = crate::lt_json(lt, &args, true)?;
+    read(lt, &args)
+}
+
+/// The identity the stage-1 run in `run` recorded (`lt data fingerprint --run`), if it has one.
+fn recorded(lt: &Path, run: &Path) -> Result<Option<String>> {
+    read(
+        lt,
+        &[
+            "data".as_ref(),
+            "fingerprint".as_ref(),
+            "--available-only".as_ref(),
+            "--run".as_ref(),
+            run.as_os_str(),
+        ],
+    )
+}
+
+/// `lt data fingerprint ARGS`' identity (`None` for its `null`).
+fn read(lt: &Path, args: &[&OsStr]) -> Result<Option<String>> {
+    let v = crate::lt_json(lt, args, true)?;
     if v.is_null() {
         return Ok(None);
     }
@@ -26,4 +50,47 @@ pub fn identity(lt: &Path, preset_file: &Path, available_only: bool) -> Result<O
         (Some(name), Some(fp)) => Ok(Some(format!("{name} {fp}"))),
         _ => bail!("`lt data fingerprint` printed {v}, expected a dataset and a fingerprint"),
     }
+}
+
+/// The data a plan is made for.
+pub(super) enum Data {
+    /// Found where the preset looks (downloaded first where it asks), with their identity.
+    Found(String),
+    /// Not at hand; the identity a finished stage 1 recorded.
+    Recorded(String),
+    /// Not at hand, and no finished stage 1 records them.
+    Absent,
+}
+
+impl Data {
+    /// The identity stage 1's key holds ([`NOT_AT_HAND`] for data absent: no stage 1 is up to
+    /// date under it).
+    pub(super) fn id(&self) -> &str {
+        match self {
+            Data::Found(id) | Data::Recorded(id) => id,
+            Data::Absent => NOT_AT_HAND,
+        }
+    }
+}
+
+/// The data `preset_file` names, as found (downloaded first with `download`). Where they are not
+/// at hand and nothing is to be downloaded (the images on a disk not mounted now), as the first
+/// finished stage 1 among `stage1_dirs` recorded them, so that stages that need no images (stage
+/// 2, the report) still run and the finished ones stay cached; a stage 1 or an extraction that
+/// must run then stops naming where it looked.
+pub(super) fn find(lt: &Path, preset_file: &Path, download: bool, stage1_dirs: &[PathBuf]) -> Result<Data> {
+    if let Some(id) = identity(lt, preset_file, true)? {
+        return Ok(Data::Found(id));
+    }
+    if download {
+        let id = identity(lt, preset_file, false)?.context("`lt data fingerprint` printed no fingerprint")?;
+        return Ok(Data::Found(id));
+    }
+    for dir in stage1_dirs {
+        if let Some(id) = recorded(lt, dir)? {
+            println!("the data are not at hand: planning with those {} recorded", dir.display());
+            return Ok(Data::Recorded(id));
+        }
+    }
+    Ok(Data::Absent)
 }

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
+use lt_core::Artifact;
 use lt_data::{DataBundle, DataSpec, ShotGroup};
 
 /// The data flags shared by every command that loads data: a [`DataSpec`] (each set flag
@@ -74,9 +75,14 @@ enum DataCommand {
     Fingerprint {
         #[command(flatten)]
         source: PresetData,
-        /// Never download: print `null` when the data set's files are not there.
+        /// Never download: print `null` when the data set's files are not there (or, with
+        /// `--run`, when the run has not recorded its split).
         #[arg(long)]
         available_only: bool,
+        /// Print what the stage-1 run in this directory recorded (its split artifact) instead of
+        /// loading the data.
+        #[arg(long, conflicts_with_all = ["preset", "preset_file", "dataset"])]
+        run: Option<PathBuf>,
     },
 }
 
@@ -87,11 +93,22 @@ pub fn run(args: DataArgs) -> Result<()> {
             let spec = source.data.resolve(source.preset_spec()?.as_ref());
             describe(&spec, source.data.mirror.clone(), write_split)
         }
-        DataCommand::Fingerprint { source, available_only } => {
+        DataCommand::Fingerprint { source: _, available_only, run: Some(run) } => {
+            let split = lt_train::RunDir::new(&run).split();
+            let value = if available_only && !split.is_file() {
+                serde_json::Value::Null
+            } else {
+                let a = Artifact::open(&split, lt_core::split::SPLIT_FORMAT)?;
+                identity(a.meta("dataset")?, a.meta(lt_core::artifact::KEY_FINGERPRINT)?)
+            };
+            println!("{value}");
+            Ok(())
+        }
+        DataCommand::Fingerprint { source, available_only, run: None } => {
             let mut spec = source.data.resolve(source.preset_spec()?.as_ref());
             spec.download &= !available_only;
             let value = match load(&spec, source.data.mirror.clone()) {
-                Ok(b) => serde_json::json!({ "dataset": b.name.to_string(), "fingerprint": b.fingerprint() }),
+                Ok(b) => identity(b.name.as_str(), &b.fingerprint()),
                 Err(e) if available_only && e.downcast_ref().is_some_and(lt_data::DataError::is_absent) => {
                     serde_json::Value::Null
                 }
@@ -101,6 +118,11 @@ pub fn run(args: DataArgs) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// What `lt data fingerprint` prints for data found or recorded.
+fn identity(dataset: &str, fingerprint: &str) -> serde_json::Value {
+    serde_json::json!({ "dataset": dataset, "fingerprint": fingerprint })
 }
 
 fn describe(spec: &DataSpec, mirror: Option<String>, write_split: Option<PathBuf>) -> Result<()> {

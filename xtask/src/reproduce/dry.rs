@@ -1,0 +1,137 @@
+//! What a dry run prints: the plan, with each stage's estimated time and disk measured on this
+//! machine.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::data::{find, Data};
+use super::{get, is_done, resumes, Stage};
+
+/// The stages `plan` makes of the resolved preset `resolved` for its data as a run would find
+/// them (without downloading; see [`find`]), and their estimated costs where the data are at
+/// hand. Nothing is written under the run directory: the resolved preset goes to a temporary file
+/// for `lt`.
+pub(super) fn plan_and_costs(
+    lt: &Path,
+    resolved: &str,
+    (preset, device): (&toml::Value, &str),
+    stage1_dirs: &[PathBuf],
+    plan: impl FnOnce(&str) -> Result<Vec<Stage>>,
+) -> Result<(Vec<Stage>, Option<[crate::estimate::Cost; 3]>)> {
+    let tmp = std::env::temp_dir().join(format!("lt-plan-{}.toml", std::process::id()));
+    std::fs::write(&tmp, resolved).with_context(|| format!("writing {}", tmp.display()))?;
+    let planned = (|| -> Result<_> {
+        let data = find(lt, &tmp, false, stage1_dirs)?;
+        let stages = plan(data.id())?;
+        let costs = match data {
+            Data::Found(_) => estimate_costs(lt, &tmp, preset, device),
+            Data::Recorded(_) | Data::Absent => {
+                println!(
+                    "the data are not where the preset looks (`lt data fingerprint --available-only` found none): \
+                     a stage 1 or extraction that runs downloads them where the preset asks and the data set can \
+                     be, else stops naming where it looked; no estimates without them"
+                );
+                None
+            }
+        };
+        Ok((stages, costs))
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    planned
+}
+
+/// Per kind of stage (`train`, `extract`, `retrain`), its estimated cost on this machine; `None`
+/// (with the reason printed) when the measurement failed.
+fn estimate_costs(
+    lt: &Path,
+    preset_file: &Path,
+    preset: &toml::Value,
+    device: &str,
+) -> Option<[crate::estimate::Cost; 3]> {
+    use crate::estimate as est;
+    let arch = get(preset, &["train", "arch"]).and_then(|v| v.as_str()).unwrap_or("resnet32").to_string();
+    let batch =
+        get(preset, &["train", "batch_size"]).and_then(|v| v.as_integer()).unwrap_or(128).max(1) as usize;
+    let precision =
+        get(preset, &["train", "precision"]).and_then(|v| v.as_str()).unwrap_or("f32").to_string();
+    let workers = ["train", "extract"]
+        .map(|s| get(preset, &[s, "workers"]).and_then(|v| v.as_integer()).map(|w| w.max(1) as usize));
+    println!(
+        "measuring a few steps of {arch} ({precision}) and the loader on {device} for the estimates ..."
+    );
+    let measured = est::measure(lt, preset_file, (&arch, batch, &precision), device, workers);
+    match measured {
+        Ok(i) => {
+            let r = est::recipe(preset);
+            println!(
+                "measured: {:.0} training and {:.0} inference images/s at {}x{}; {} parameters; {} / {} / {} images",
+                i.train_ips, i.eval_ips, i.size, i.size, i.params, i.images[0], i.images[1], i.images[2]
+            );
+            let pace = |loader: f64, compute: f64| if loader < compute { " (sets the pace)" } else { "" };
+            println!(
+                "loader: {:.0} training{} and {:.0} evaluation{} images/s",
+                i.loader_train_ips,
+                pace(i.loader_train_ips, i.train_ips),
+                i.loader_eval_ips,
+                pace(i.loader_eval_ips, i.eval_ips)
+            );
+            Some([est::stage1(&i, &r), est::extract(&i, &r), est::retrain_row(&i, &r)])
+        }
+        Err(e) => {
+            println!("no estimates: {e:#}");
+            None
+        }
+    }
+}
+
+/// Prints the plan: every stage, whether it is cached, its command line and, with `costs`, its
+/// estimated time and disk.
+pub(super) fn print_plan(
+    name: &str,
+    stages: &[Stage],
+    run_root: &Path,
+    report: &Path,
+    costs: Option<&[crate::estimate::Cost; 3]>,
+) {
+    use crate::estimate::{format_bytes, format_seconds};
+    println!("preset {name}: {} stages into {}", stages.len() + 1, run_root.display());
+    let (mut total_s, mut total_b) = (0.0, 0.0);
+    for s in stages {
+        let cost = costs.and_then(|c| match s.args.first().map(String::as_str) {
+            Some("train") => Some(c[0]),
+            Some("extract") => Some(c[1]),
+            Some("retrain") => Some(c[2]),
+            _ => None,
+        });
+        let est = match cost {
+            Some(c) if !is_done(s) => {
+                total_s += c.seconds;
+                total_b += c.bytes;
+                format!("  (~{}, {})", format_seconds(c.seconds), format_bytes(c.bytes))
+            }
+            Some(c) => format!("  ({} on disk)", format_bytes(c.bytes)),
+            None => String::new(),
+        };
+        let state = if is_done(s) {
+            "cached"
+        } else if resumes(s) {
+            "resumes"
+        } else {
+            "runs"
+        };
+        println!("[{state:>7}] {}{est}\n          lt {}", s.name, s.args.join(" "));
+    }
+    if costs.is_some() {
+        println!(
+            "estimated: ~{} and {} of disk for what runs (stage 2 rows at least: a validation search fits several times)",
+            format_seconds(total_s),
+            format_bytes(total_b)
+        );
+    }
+    println!(
+        "[   runs] report\n          lt report --runs {} --out {}",
+        run_root.display(),
+        report.display()
+    );
+}
