@@ -79,6 +79,8 @@ pub struct Stage {
     pub key: String,
     /// Whether stage 1 may resume from a checkpoint in `dir`.
     pub resumable: bool,
+    /// Whether the stage reads the data set's images (stage 1 and the extraction).
+    pub reads_data: bool,
 }
 
 /// What a reproduction did.
@@ -205,11 +207,7 @@ pub fn plan(
     rows: &[PlanRow],
     data_id: &str,
 ) -> Result<Vec<Stage>> {
-    let seeds = seeds(preset);
-    let data = section(preset, "data");
-    let train = section(preset, "train");
-    let extract = section(preset, "extract");
-    let retrain = section(preset, "retrain");
+    let [data, train, extract, retrain] = ["data", "train", "extract", "retrain"].map(|s| section(preset, s));
     // The pretrained start's identity (file content), so that other weights re-run stage 1.
     let init = get(preset, &["train", "init"])
         .and_then(|v| v.as_str())
@@ -219,18 +217,10 @@ pub fn plan(
         get(preset, &["extract", "samples"]).map(|v| v.to_string()).unwrap_or_else(|| "the default".into());
     let p = preset_path.display().to_string();
     let common = |cmd: &str, seed: u64| -> Vec<String> {
-        vec![
-            cmd.into(),
-            "--preset-file".into(),
-            p.clone(),
-            "--seed".into(),
-            seed.to_string(),
-            "--device".into(),
-            device.into(),
-        ]
+        [cmd, "--preset-file", &p, "--seed", &seed.to_string(), "--device", device].map(String::from).to_vec()
     };
     let mut stages = Vec::new();
-    for seed in 0..seeds {
+    for seed in 0..seeds(preset) {
         let (sdir, s1) = (seed_dir(run_root, seed), stage1_dir(run_root, seed));
         let s1key = stage1_key(&data, data_id, &train, seed, init.as_deref());
         let mut args = common("train", seed);
@@ -241,6 +231,7 @@ pub fn plan(
             args,
             key: s1key.clone(),
             resumable: true,
+            reads_data: true,
         });
         let mut args = common("extract", seed);
         args.extend(["--run".into(), s1.display().to_string()]);
@@ -251,6 +242,7 @@ pub fn plan(
             args,
             key: exkey.clone(),
             resumable: false,
+            reads_data: true,
         });
         for row in rows {
             let out = sdir.join("stage2").join(&row.id);
@@ -270,6 +262,7 @@ pub fn plan(
                 args,
                 key,
                 resumable: false,
+                reads_data: false,
             });
         }
     }
@@ -314,20 +307,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     let download = get(&preset, &["data", "download"]).and_then(|v| v.as_bool()).unwrap_or(false);
     let data = data::find(&lt, &preset_path, download, &stage1_dirs)?;
     let stages = plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, data.id())?;
-    let (mut ran, mut skipped) = (Vec::new(), Vec::new());
-    let total = stages.len();
-    for (i, s) in stages.iter().enumerate() {
-        if is_done(s) {
-            println!("[{}/{total}] {} (up to date)", i + 1, s.name);
-            skipped.push(s.name.clone());
-            continue;
-        }
-        println!("[{}/{total}] {}", i + 1, s.name);
-        let t = Instant::now();
-        run_stage(&lt, s)?;
-        println!("[{}/{total}] {} done in {:.1} s", i + 1, s.name, t.elapsed().as_secs_f64());
-        ran.push(s.name.clone());
-    }
+    let (ran, skipped) = run_stages(&lt, &stages, &data, &preset_path)?;
     println!("report of {} seed(s):", seeds(&preset));
     run_lt(&lt, &report_args(&name, &preset, &run_root, &report))?;
     let seconds = started.elapsed().as_secs_f64();
@@ -339,6 +319,37 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         seconds
     );
     Ok(Summary { ran, skipped, report: report.join("report.md"), seconds })
+}
+
+/// Runs the stages not up to date, in order; returns the names of those run and of those skipped.
+/// A stage that reads the data stops the reproduction, before anything is cleared, when the data
+/// are not at hand.
+fn run_stages(
+    lt: &Path,
+    stages: &[Stage],
+    data: &data::Data,
+    preset_path: &Path,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let (mut ran, mut skipped) = (Vec::new(), Vec::new());
+    let total = stages.len();
+    for (i, s) in stages.iter().enumerate() {
+        if is_done(s) {
+            println!("[{}/{total}] {} (up to date)", i + 1, s.name);
+            skipped.push(s.name.clone());
+            continue;
+        }
+        if s.reads_data && !matches!(data, data::Data::Found(_)) {
+            // Stop before clearing anything: the stage would fail for want of the images.
+            let why = data::why_absent(lt, preset_path).map_or(String::new(), |e| format!(": {e}"));
+            bail!("{} must run and reads the data, which are not at hand{why}", s.name);
+        }
+        println!("[{}/{total}] {}", i + 1, s.name);
+        let t = Instant::now();
+        run_stage(lt, s)?;
+        println!("[{}/{total}] {} done in {:.1} s", i + 1, s.name, t.elapsed().as_secs_f64());
+        ran.push(s.name.clone());
+    }
+    Ok((ran, skipped))
 }
 
 /// Fetches a hub init into the cache unless it is there, so that the plan names the file it

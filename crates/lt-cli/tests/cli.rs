@@ -73,9 +73,11 @@ fn data_fingerprint_is_the_splits_and_null_only_for_data_not_at_hand() {
     let (ok, nothing, err) = lt(&["data", "fingerprint", "--available-only", "--run", n]);
     assert!(ok && nothing.trim() == "null", "{nothing} {err}");
     let (ok, _, err) = lt(&["data", "fingerprint", "--run", n]);
-    assert!(!ok && err.contains("no-run/split.safetensors"), "{err}");
+    assert!(!ok && err.contains("no stage-1 run here") && err.contains("split.safetensors"), "{err}");
     let (ok, _, err) = lt(&["data", "fingerprint", "--run", d, "--dataset", "synthetic"]);
     assert!(!ok && err.contains("cannot be used with"), "{err}");
+    let (ok, _, err) = lt(&["data", "fingerprint", "--run", d, "--imbalance", "10"]);
+    assert!(!ok && err.contains("data flags given do not apply"), "{err}");
     let (ok, other, err) = lt(&["data", "fingerprint", "--dataset", "synthetic", "--imbalance", "10"]);
     assert!(ok, "{err}");
     assert_ne!(other, out, "another split, another fingerprint");
@@ -95,6 +97,7 @@ fn data_fingerprint_is_the_splits_and_null_only_for_data_not_at_hand() {
         ),
         (&["--dataset", "cifar10-lt", "--data-root", e, "--download"][..], 4, "not found"),
         (&["--dataset", "fmnist-lt", "--data-root", e][..], 4, "not found"),
+        (&["--dataset", "folder", "--data-root", e][..], 4, "an empty folder"),
     ] {
         let (ok, out, err) = lt(&[&["data", "fingerprint", "--available-only"][..], args].concat());
         assert!(ok && out.trim() == "null", "{args:?}: {out} {err}");

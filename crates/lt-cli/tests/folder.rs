@@ -285,21 +285,39 @@ fn the_folder_preset_runs_end_to_end_from_a_hub_checkpoint() {
     assert!(xtask::reproduce::run(&root, &absent).unwrap().ran.is_empty());
     let err =
         xtask::reproduce::run(&root, &xtask::reproduce::Options { dry_run: false, ..absent }).unwrap_err();
-    assert!(format!("{err:#}").contains("`lt train"), "{err:#}");
-    // With the images elsewhere (a disk not mounted), a finished run plans with the data its
-    // stage 1 recorded: a stage-2 knob changed re-runs stage 2 alone.
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("stage 1")
+            && err.contains("which are not at hand")
+            && err.contains("nowhere: no such directory"),
+        "{err}"
+    );
+    // With the images elsewhere (the folder an empty mount point), a finished run plans with the
+    // data its stage 1 recorded: a stage-2 knob changed re-runs stage 2 alone; a stage-1 knob
+    // changed stops the run before it clears anything.
     let away = f.root.join("images-elsewhere");
     std::fs::rename(&f.data, &away).unwrap();
+    std::fs::create_dir(&f.data).unwrap();
     let text = std::fs::read_to_string(opts.preset_file.as_ref().unwrap()).unwrap();
-    let knob = f.root.join("folder-knob.toml");
-    std::fs::write(&knob, text.replacen("epochs = 3", "epochs = 2", 1)).unwrap();
-    let rows = xtask::reproduce::stage2_rows(&lt_bin).unwrap();
-    let again =
-        xtask::reproduce::run(&root, &xtask::reproduce::Options { preset_file: Some(knob), ..opts.clone() });
+    let knob = |name: &str, from: &str, to: &str| {
+        let file = f.root.join(name);
+        assert!(text.contains(from), "{from} in {text}");
+        std::fs::write(&file, text.replacen(from, to, 1)).unwrap();
+        xtask::reproduce::run(&root, &xtask::reproduce::Options { preset_file: Some(file), ..opts.clone() })
+    };
+    let stage2 = knob("folder-stage2.toml", "epochs = 3", "epochs = 2");
+    let stage1_run = knob("folder-stage1.toml", "epochs = 4", "epochs = 5");
+    std::fs::remove_dir(&f.data).unwrap();
     std::fs::rename(&away, &f.data).unwrap();
-    let again = again.unwrap();
-    assert_eq!(again.ran.len(), rows.len(), "{:?}", again.ran);
-    assert!(again.ran.iter().all(|s| s.contains("stage 2")), "{:?}", again.ran);
+    let (stage2, stage1_err) = (stage2.unwrap(), format!("{:#}", stage1_run.unwrap_err()));
+    let rows = xtask::reproduce::stage2_rows(&lt_bin).unwrap();
+    assert_eq!(stage2.ran.len(), rows.len(), "{:?}", stage2.ran);
+    assert!(stage2.ran.iter().all(|s| s.contains("stage 2")), "{:?}", stage2.ran);
+    assert!(
+        stage1_err.contains("must run and reads the data") && stage1_err.contains("an empty folder"),
+        "{stage1_err}"
+    );
+    assert!(stage1.join("sgd.safetensors").exists(), "nothing was cleared");
     // The dry run's measurements: the data set's sizes, the architecture and a few timed steps.
     let workers = [Some(1), None];
     let m =

@@ -76,6 +76,14 @@ pub fn scan_folder(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderS
             hint: String::new(),
         });
     }
+    // An empty folder holds no data rather than wrong data (a mount point of a disk not mounted).
+    if std::fs::read_dir(root).map_err(io_err(root))?.next().is_none() {
+        return Err(DataError::NotFound {
+            what: "images".into(),
+            searched: vec![root.to_path_buf()],
+            hint: " (an empty folder: no class sub-folders with images; is a disk not mounted there?)".into(),
+        });
+    }
     let train_dir = root.join("train");
     let test_dir = ["test", "val"].iter().map(|d| root.join(d)).find(|d| d.is_dir());
     let splits = if let (true, Some(test_dir)) = (train_dir.is_dir(), test_dir.clone()) {

@@ -40,6 +40,13 @@ fn recorded(lt: &Path, run: &Path) -> Result<Option<String>> {
     )
 }
 
+/// Why the data `preset_file` names cannot be had: `lt data fingerprint`'s message (where it
+/// looked), or `None` where they can.
+pub(super) fn why_absent(lt: &Path, preset_file: &Path) -> Option<String> {
+    let args = ["data".as_ref(), "fingerprint".as_ref(), "--preset-file".as_ref(), preset_file.as_os_str()];
+    crate::lt_output(lt, &args, false).err().map(|e| format!("{e:#}"))
+}
+
 /// `lt data fingerprint ARGS`' identity (`None` for its `null`).
 fn read(lt: &Path, args: &[&OsStr]) -> Result<Option<String>> {
     let v = crate::lt_json(lt, args, true)?;
@@ -86,8 +93,10 @@ pub(super) fn find(lt: &Path, preset_file: &Path, download: bool, stage1_dirs: &
         let id = identity(lt, preset_file, false)?.context("`lt data fingerprint` printed no fingerprint")?;
         return Ok(Data::Found(id));
     }
-    for dir in stage1_dirs {
-        if let Some(id) = recorded(lt, dir)? {
+    // A finished stage 1's record (a run's split is written when it starts); one that cannot be
+    // read (its message shown) is passed over.
+    for dir in stage1_dirs.iter().filter(|d| super::state::key_file(d).exists()) {
+        if let Ok(Some(id)) = recorded(lt, dir) {
             println!("the data are not at hand: planning with those {} recorded", dir.display());
             return Ok(Data::Recorded(id));
         }

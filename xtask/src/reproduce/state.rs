@@ -55,6 +55,28 @@ pub(super) fn write_key(path: &Path, key: &str) -> Result<()> {
 /// Removes an outdated stage's directory, its checkpoint first: a removal interrupted after the
 /// keys went must not leave a checkpoint that [`resumes`] would take for this stage's.
 pub(super) fn clear(dir: &Path) -> Result<()> {
+    // `lt` holds its run folder's `.lt-lock` (lt_core::lock::LOCK_FILE) while it writes there;
+    // taken here too, so that a folder an `lt` still writes in (its reproduction killed, not it)
+    // is not removed under it.
+    let lt_lock = dir.join(".lt-lock");
+    let _held = match OpenOptions::new().read(true).write(true).open(&lt_lock) {
+        Ok(file) => match file.try_lock() {
+            Ok(()) => Some(file),
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = (&file).read_to_string(&mut holder);
+                bail!(
+                    "{} is in use by `lt` ({}): wait for it to finish or stop it",
+                    dir.display(),
+                    holder.trim()
+                );
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", lt_lock.display()))
+            }
+        },
+        Err(_) => None,
+    };
     let checkpoint = dir.join(CHECKPOINT);
     if checkpoint.exists() {
         std::fs::remove_file(&checkpoint).with_context(|| format!("removing {}", checkpoint.display()))?;
@@ -126,11 +148,10 @@ mod tests {
             args: vec![],
             key: key.into(),
             resumable: true,
+            reads_data: true,
         }
     }
 
-    /// An interrupted stage resumes under the key it started with (or none, from before pending
-    /// keys), and is cleared, its checkpoint first, under another or once it had finished.
     /// A second lock of a run root is refused naming the holder, and taken once the first is
     /// dropped.
     #[test]
@@ -148,6 +169,9 @@ mod tests {
         lock_root(&root).unwrap();
     }
 
+    /// An interrupted stage resumes under the key it started with (or none, from before pending
+    /// keys), and is cleared, its checkpoint first, under another or once it had finished; never
+    /// while an `lt` command holds its folder.
     #[test]
     fn an_interrupted_stage_resumes_only_under_its_own_key() {
         let tmp = tempfile::tempdir().unwrap();
@@ -166,6 +190,11 @@ mod tests {
         assert!(!resumes(&s) && !outdated(&s));
         let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names.len(), 2, "the checkpoint and the pending key, no temporary file: {names:?}");
+        let lt = File::create(dir.join(".lt-lock")).unwrap();
+        lt.lock().unwrap();
+        let err = clear(&dir).unwrap_err().to_string();
+        assert!(err.contains("in use by `lt`") && dir.join(CHECKPOINT).exists(), "{err}");
+        drop(lt);
         clear(&dir).unwrap();
         assert!(!dir.exists());
     }

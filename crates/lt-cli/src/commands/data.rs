@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use lt_core::Artifact;
 use lt_data::{DataBundle, DataSpec, ShotGroup};
@@ -93,13 +93,22 @@ pub fn run(args: DataArgs) -> Result<()> {
             let spec = source.data.resolve(source.preset_spec()?.as_ref());
             describe(&spec, source.data.mirror.clone(), write_split)
         }
-        DataCommand::Fingerprint { source: _, available_only, run: Some(run) } => {
+        DataCommand::Fingerprint { source, available_only, run: Some(run) } => {
+            if source.data.spec != DataSpec::default() || source.data.mirror.is_some() {
+                bail!("--run prints what the run recorded: the data flags given do not apply to it");
+            }
             let split = lt_train::RunDir::new(&run).split();
-            let value = if available_only && !split.is_file() {
-                serde_json::Value::Null
-            } else {
-                let a = Artifact::open(&split, lt_core::split::SPLIT_FORMAT)?;
-                identity(a.meta("dataset")?, a.meta(lt_core::artifact::KEY_FINGERPRINT)?)
+            let value = match split.is_file() {
+                false if available_only => serde_json::Value::Null,
+                false => bail!(
+                    "{}: no stage-1 run here (its split artifact {} is missing)",
+                    run.display(),
+                    split.display()
+                ),
+                true => {
+                    let a = Artifact::open(&split, lt_core::split::SPLIT_FORMAT)?;
+                    identity(a.meta("dataset")?, a.meta(lt_core::artifact::KEY_FINGERPRINT)?)
+                }
             };
             println!("{value}");
             Ok(())
