@@ -18,8 +18,7 @@ const NOT_AT_HAND: &str = "(data not at hand)";
 /// data whose files are not there yet are `None` (the plan of a dry run before the first
 /// download).
 pub fn identity(lt: &Path, preset_file: &Path, available_only: bool) -> Result<Option<String>> {
-    let mut args: Vec<&OsStr> =
-        vec!["data".as_ref(), "fingerprint".as_ref(), "--preset-file".as_ref(), preset_file.as_os_str()];
+    let mut args = of_preset(preset_file);
     if available_only {
         args.push("--available-only".as_ref());
     }
@@ -43,8 +42,12 @@ fn recorded(lt: &Path, run: &Path) -> Result<Option<String>> {
 /// Why the data `preset_file` names cannot be had: `lt data fingerprint`'s message (where it
 /// looked), or `None` where they can.
 pub(super) fn why_absent(lt: &Path, preset_file: &Path) -> Option<String> {
-    let args = ["data".as_ref(), "fingerprint".as_ref(), "--preset-file".as_ref(), preset_file.as_os_str()];
-    crate::lt_output(lt, &args, false).err().map(|e| format!("{e:#}"))
+    crate::lt_output(lt, &of_preset(preset_file), false).err().map(|e| format!("{e:#}"))
+}
+
+/// `lt data fingerprint --preset-file PRESET_FILE`'s arguments.
+fn of_preset(preset_file: &Path) -> Vec<&OsStr> {
+    vec!["data".as_ref(), "fingerprint".as_ref(), "--preset-file".as_ref(), preset_file.as_os_str()]
 }
 
 /// `lt data fingerprint ARGS`' identity (`None` for its `null`).
