@@ -60,21 +60,7 @@ pub(super) fn clear(dir: &Path) -> Result<()> {
     // is not removed under it.
     let lt_lock = dir.join(".lt-lock");
     let _held = match OpenOptions::new().read(true).write(true).open(&lt_lock) {
-        Ok(file) => match file.try_lock() {
-            Ok(()) => Some(file),
-            Err(TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = (&file).read_to_string(&mut holder);
-                bail!(
-                    "{} is in use by `lt` ({}): wait for it to finish or stop it",
-                    dir.display(),
-                    holder.trim()
-                );
-            }
-            Err(TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("locking {}", lt_lock.display()))
-            }
-        },
+        Ok(file) => Some(try_lock(file, &lt_lock, dir, "`lt`")?),
         Err(_) => None,
     };
     let checkpoint = dir.join(CHECKPOINT);
@@ -82,6 +68,24 @@ pub(super) fn clear(dir: &Path) -> Result<()> {
         std::fs::remove_file(&checkpoint).with_context(|| format!("removing {}", checkpoint.display()))?;
     }
     std::fs::remove_dir_all(dir).with_context(|| format!("clearing the outdated {}", dir.display()))
+}
+
+/// `file` (the lock file `path` of `dir`) locked exclusively, or an error naming who holds it:
+/// `holder`, and what the lock file records of it.
+fn try_lock(file: File, path: &Path, dir: &Path, holder: &str) -> Result<File> {
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => {
+            let mut recorded = String::new();
+            let _ = (&file).read_to_string(&mut recorded);
+            bail!(
+                "{} is in use by {holder} ({}): wait for it to finish or stop it",
+                dir.display(),
+                recorded.trim()
+            )
+        }
+        Err(TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
 }
 
 /// The file a reproduction locks in its run root.
@@ -99,26 +103,14 @@ pub struct RootLock {
 pub fn lock_root(run_root: &Path) -> Result<RootLock> {
     std::fs::create_dir_all(run_root).with_context(|| format!("creating {}", run_root.display()))?;
     let path = run_root.join(LOCK);
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
         .open(&path)
         .with_context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => {}
-        Err(TryLockError::WouldBlock) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            bail!(
-                "{} is in use by another reproduction ({}): wait for it to finish or stop it",
-                run_root.display(),
-                holder.trim()
-            );
-        }
-        Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
-    }
+    let mut file = try_lock(file, &path, run_root, "another reproduction")?;
     let holder = format!("pid {}, `{}`", std::process::id(), std::env::args().collect::<Vec<_>>().join(" "));
     file.set_len(0)
         .and_then(|_| file.write_all(holder.as_bytes()))
