@@ -1,6 +1,6 @@
 //! `lt data`: describe data sets and write split artifacts.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
@@ -93,40 +93,49 @@ pub fn run(args: DataArgs) -> Result<()> {
             let spec = source.data.resolve(source.preset_spec()?.as_ref());
             describe(&spec, source.data.mirror.clone(), write_split)
         }
-        DataCommand::Fingerprint { source, available_only, run: Some(run) } => {
-            if source.data.spec != DataSpec::default() || source.data.mirror.is_some() {
-                bail!("--run prints what the run recorded: the data flags given do not apply to it");
-            }
-            let split = lt_train::RunDir::new(&run).split();
-            let value = match split.is_file() {
-                false if available_only => serde_json::Value::Null,
-                false => bail!(
-                    "{}: no stage-1 run here (its split artifact {} is missing)",
-                    run.display(),
-                    split.display()
-                ),
-                true => {
-                    let a = Artifact::open(&split, lt_core::split::SPLIT_FORMAT)?;
-                    identity(a.meta("dataset")?, a.meta(lt_core::artifact::KEY_FINGERPRINT)?)
+        DataCommand::Fingerprint { source, available_only, run } => {
+            let value = match run {
+                Some(run) => recorded(&source, &run, available_only)?,
+                None => {
+                    let mut spec = source.data.resolve(source.preset_spec()?.as_ref());
+                    spec.download &= !available_only;
+                    match load(&spec, source.data.mirror.clone()) {
+                        Ok(b) => identity(b.name.as_str(), &b.fingerprint()),
+                        Err(e)
+                            if available_only
+                                && e.downcast_ref().is_some_and(lt_data::DataError::is_absent) =>
+                        {
+                            serde_json::Value::Null
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
-            };
-            println!("{value}");
-            Ok(())
-        }
-        DataCommand::Fingerprint { source, available_only, run: None } => {
-            let mut spec = source.data.resolve(source.preset_spec()?.as_ref());
-            spec.download &= !available_only;
-            let value = match load(&spec, source.data.mirror.clone()) {
-                Ok(b) => identity(b.name.as_str(), &b.fingerprint()),
-                Err(e) if available_only && e.downcast_ref().is_some_and(lt_data::DataError::is_absent) => {
-                    serde_json::Value::Null
-                }
-                Err(e) => return Err(e),
             };
             println!("{value}");
             Ok(())
         }
     }
+}
+
+/// What the stage-1 run in `run` recorded (`lt data fingerprint --run`); `null` for a folder
+/// without a run's split with `available_only`.
+fn recorded(source: &PresetData, run: &Path, available_only: bool) -> Result<serde_json::Value> {
+    if source.data.spec != DataSpec::default() || source.data.mirror.is_some() {
+        bail!("--run prints what the run recorded: the data flags given do not apply to it");
+    }
+    let split = lt_train::RunDir::new(run).split();
+    Ok(match split.is_file() {
+        false if available_only => serde_json::Value::Null,
+        false => bail!(
+            "{}: no stage-1 run here (its split artifact {} is missing)",
+            run.display(),
+            split.display()
+        ),
+        true => {
+            let a = Artifact::open(&split, lt_core::split::SPLIT_FORMAT)?;
+            identity(a.meta("dataset")?, a.meta(lt_core::artifact::KEY_FINGERPRINT)?)
+        }
+    })
 }
 
 /// What `lt data fingerprint` prints for data found or recorded.
