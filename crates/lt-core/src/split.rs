@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{Artifact, ArtifactWriter, Format, Result};
+use crate::artifact::{Artifact, ArtifactWriter, Format, Result, KEY_DATASET, KEY_FINGERPRINT};
 
 /// Artifact kind of the split.
 pub const SPLIT_FORMAT: Format = Format { name: "lt.split", version: 1 };
@@ -111,12 +111,12 @@ impl SplitInfo {
         let groups: Vec<u8> = self.groups().iter().map(|g| g.code()).collect();
         let idx: Vec<i64> = self.train_indices.iter().map(|&i| i as i64).collect();
         let mut w = ArtifactWriter::new(SPLIT_FORMAT);
-        w.meta("dataset", &self.dataset)
+        w.meta(KEY_DATASET, &self.dataset)
             .meta_json("class_names", &self.class_names)
             .meta("num_classes", self.num_classes().to_string())
             .meta("original_train_len", self.original_train_len.to_string())
             .meta("imbalance", self.imbalance.map(|r| r.to_string()).unwrap_or_else(|| "natural".into()))
-            .meta(crate::artifact::KEY_FINGERPRINT, fingerprint);
+            .meta(KEY_FINGERPRINT, fingerprint);
         w.push_i64("train_indices", &[idx.len()], idx)
             .push_u32("train_labels", &[self.train_labels.len()], self.train_labels.as_slice())
             .push_i64("class_counts", &[counts.len()], counts)
@@ -130,6 +130,14 @@ impl SplitInfo {
             w.push_i64("val_indices", &[v.len()], v);
         }
         w.write(path)
+    }
+
+    /// What a split artifact records of the data it was made from, `(data set name,
+    /// fingerprint)`, without reading its tensors: the fingerprint is the one
+    /// [`write`](Self::write) was given (a `DataBundle`'s, in `lt train`).
+    pub fn recorded(path: &Path) -> Result<(String, String)> {
+        let a = Artifact::open(path, SPLIT_FORMAT)?;
+        Ok((a.meta(KEY_DATASET)?.to_string(), a.meta(KEY_FINGERPRINT)?.to_string()))
     }
 
     /// Reads and validates a split artifact: labels in range, counts and groups consistent.
@@ -171,7 +179,7 @@ impl SplitInfo {
             s => Some(s.parse::<f64>().map_err(|e| a.bad_meta("imbalance", e.to_string()))?),
         };
         let info = SplitInfo {
-            dataset: a.meta("dataset")?.to_string(),
+            dataset: a.meta(KEY_DATASET)?.to_string(),
             class_names,
             train_indices,
             train_labels,
@@ -219,6 +227,7 @@ mod tests {
         };
         info.write(&p, "abc").unwrap();
         assert_eq!(SplitInfo::read(&p).unwrap(), info);
+        assert_eq!(SplitInfo::recorded(&p).unwrap(), ("toy".to_string(), "abc".to_string()));
         assert_eq!(info.groups(), vec![ShotGroup::Few; 3]);
 
         let overlap = SplitInfo { val_indices: Some(vec![0, 3]), ..info.clone() };

@@ -118,7 +118,7 @@ fn check_run(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig) -> Result<(St
     let fingerprint_of = |path: &Path, format| -> Result<String> {
         Ok(Artifact::open(path, format)?.meta(lt_core::artifact::KEY_FINGERPRINT)?.to_string())
     };
-    let split_fp = fingerprint_of(&dir.split(), lt_core::split::SPLIT_FORMAT)?;
+    let (_, split_fp) = lt_core::split::SplitInfo::recorded(&dir.split())?;
     if split_fp != data.fingerprint() {
         return Err(TrainError::Mismatch(format!(
             "the data set given is not the one {} was trained on (split fingerprints differ): give the data \

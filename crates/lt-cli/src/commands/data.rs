@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use lt_core::Artifact;
 use lt_data::{DataBundle, DataSpec, ShotGroup};
 
 /// The data flags shared by every command that loads data: a [`DataSpec`] (each set flag
@@ -132,8 +131,8 @@ fn recorded(source: &PresetData, run: &Path, available_only: bool) -> Result<ser
             split.display()
         ),
         true => {
-            let a = Artifact::open(&split, lt_core::split::SPLIT_FORMAT)?;
-            identity(a.meta("dataset")?, a.meta(lt_core::artifact::KEY_FINGERPRINT)?)
+            let (dataset, fingerprint) = lt_core::split::SplitInfo::recorded(&split)?;
+            identity(&dataset, &fingerprint)
         }
     })
 }

@@ -31,6 +31,9 @@ pub const KEY_FORMAT: &str = "format";
 pub const KEY_FORMAT_VERSION: &str = "format_version";
 /// Metadata key holding the fingerprint of the producing configuration and inputs.
 pub const KEY_FINGERPRINT: &str = "fingerprint";
+/// Metadata key holding the name of the data set an artifact was made from (`synthetic`,
+/// `cifar10-lt`, `folder`, ...).
+pub const KEY_DATASET: &str = "dataset";
 
 /// An artifact kind and the version of its layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -15,7 +15,9 @@ use candle_core::Tensor;
 use half::f16;
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{Artifact, ArtifactError, ArtifactWriter, ElemType, Format, Result, KEY_FINGERPRINT};
+use crate::artifact::{
+    Artifact, ArtifactError, ArtifactWriter, ElemType, Format, Result, KEY_DATASET, KEY_FINGERPRINT,
+};
 
 /// Artifact kind of the features.
 pub const FORMAT: Format = Format { name: "lt.features", version: 1 };
@@ -128,7 +130,6 @@ const KEY_DIM: &str = "feature_dim";
 const KEY_SAMPLES: &str = "samples";
 const KEY_SCALE: &str = "scale";
 const KEY_DTYPE: &str = "dtype";
-const KEY_DATASET: &str = "dataset";
 const KEY_ARCH: &str = "arch";
 const KEY_CLASS_NAMES: &str = "class_names";
 const KEY_EXTRACT_CONFIG: &str = "extract_config";

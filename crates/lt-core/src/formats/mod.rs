@@ -17,7 +17,7 @@ pub mod predictions;
 
 use serde::{Deserialize, Serialize};
 
-use crate::artifact::{Artifact, ArtifactWriter, Result, KEY_FINGERPRINT};
+use crate::artifact::{Artifact, ArtifactWriter, Result, KEY_DATASET, KEY_FINGERPRINT};
 
 /// The metadata shared by the head and predictions artifacts of one stage-2 run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -51,7 +51,6 @@ const KEY_BACKBONE: &str = "backbone";
 const KEY_SEED: &str = "seed";
 const KEY_CONFIG: &str = "config";
 const KEY_FACTS: &str = "facts";
-const KEY_DATASET: &str = "dataset";
 const KEY_FEATURES_FINGERPRINT: &str = "features_fingerprint";
 
 impl RunMeta {

@@ -396,7 +396,7 @@ fn finish_phase(ctx: &Ctx, model: &Model, opt: &mut Sgd, phase: Phase, swag: Opt
         let mut m = vec![
             ("kind", kind.to_string()),
             (lt_core::artifact::KEY_FINGERPRINT, fp.to_string()),
-            ("dataset", ctx.data.name.to_string()),
+            (lt_core::artifact::KEY_DATASET, ctx.data.name.to_string()),
         ];
         if ctx.cfg.freeze_bn {
             m.push((crate::extract::KEY_BN, crate::extract::BN_FROZEN.to_string()));
