@@ -31,7 +31,9 @@ pub struct Swag {
 
 impl Swag {
     /// Empty statistics for `layout` keeping at most `max_rank` deviation columns
-    /// (`0`: diagonal only).
+    /// (`0`: diagonal only). [`sample`](Self::sample)'s low-rank term divides by
+    /// `sqrt(max_rank - 1)`, so it needs `max_rank >= 2`: at `1` sampling is diagonal only
+    /// (`lt train` refuses `train.swa.rank = 1`).
     pub fn new(layout: ParamLayout, max_rank: usize) -> Self {
         let p = layout.len();
         Self {

@@ -61,21 +61,23 @@ fn moments_and_deviations_by_hand() {
 
 #[test]
 fn sample_covariance_matches_the_implied_covariance() {
-    // P = 3 parameters, K = 4 with 3 columns collected.
+    // P = 3 parameters, K = 6 with 4 columns collected: the low-rank term divides by
+    // sqrt(K - 1) = sqrt(5), the maximum rank, not by the number of columns (reference sheet).
     let l = ParamLayout { names: vec!["p".into()], shapes: vec![vec![3]] };
-    let mut s = Swag::new(l, 4);
+    let mut s = Swag::new(l, 6);
     for theta in [[0.0f32, 1.0, 2.0], [1.0, -1.0, 2.5], [0.5, 0.0, 1.0], [2.0, 1.0, 0.0]] {
         s.collect(&theta).unwrap();
     }
     let scale = 0.5;
     let var = s.variance();
     let d: Vec<Vec<f32>> = s.deviations().map(|c| c.to_vec()).collect();
+    assert_eq!((d.len(), s.max_rank()), (4, 6));
     let mut want = [[0f64; 3]; 3];
     for i in 0..3 {
         for j in 0..3 {
             let mut c = if i == j { var[i] as f64 } else { 0.0 };
             for col in &d {
-                c += col[i] as f64 * col[j] as f64 / (s.max_rank() - 1) as f64;
+                c += col[i] as f64 * col[j] as f64 / 5.0;
             }
             want[i][j] = scale * c;
         }

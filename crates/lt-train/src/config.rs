@@ -176,6 +176,10 @@ impl TrainConfig {
             if let Some(n) = s.collect_every_steps {
                 check::non_zero("train.swa.collect_every_steps", n as u64)?;
             }
+            if s.rank == 1 {
+                // The low-rank term is D^T z / sqrt(K - 1): it needs K >= 2.
+                return Err(CheckError::new("train.swa.rank", "0 (diagonal only) or at least 2", s.rank));
+            }
         }
         Ok(())
     }
@@ -272,6 +276,10 @@ mod tests {
             (
                 with(|c| c.swa.as_mut().unwrap().collect_every_steps = Some(0)),
                 "train.swa.collect_every_steps must be an integer >= 1, got 0",
+            ),
+            (
+                with(|c| c.swa.as_mut().unwrap().rank = 1),
+                "train.swa.rank must be 0 (diagonal only) or at least 2, got 1",
             ),
             (
                 with(|c| c.swa.as_mut().unwrap().start = 200),
