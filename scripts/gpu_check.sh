@@ -28,7 +28,9 @@
 #   4. bench: ResNet-32 batch 128 train step and eval, and ResNet-50 batch 256 (224x224) train
 #      step, the project (f32, TF32 convolutions, bf16 mixed precision) against PyTorch CUDA in
 #      the same run (f32 with TF32 off, f32 NCHW and channels-last with PyTorch's default TF32,
-#      bf16 autocast + channels-last), with peak GPU memory and the host's share of a step;
+#      bf16 autocast + channels-last), with peak GPU memory and the host's share of a step; the
+#      rows the issue's bars read first (the project's TF32 rows and PyTorch's), then the project's
+#      bf16 and strict-f32 rows;
 #   5. loader: batches made on the device, CIFAR-size (2 workers) and generated 500 x 375 JPEGs
 #      decoded and cropped to 224 (12 workers, as the ImageNet-LT preset) against torchvision's
 #      DataLoader on the same files;
@@ -47,7 +49,9 @@
 #   8. cpu: the CPU kernels on this machine's own CPU (often one with AVX-512, which the
 #      development machine may lack): ResNet-32 batch 128 train step and eval with each kernel set the
 #      CPU has (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
-# Within a call they run in that order: a budget cut takes the last ones.
+# Within a call they run in that order: a budget cut takes the last ones. A call that runs any of
+# steps 2-4 ends with issue #11's "done when", one PASS/FAIL/UNMEASURED line per bar, headed by
+# the commit the binary was built from (dist/cuda/BUILD).
 # Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
 # GPU_CHECK_DEVICE (default cuda; `cpu` runs the same steps on the CPU, for a dry run),
 # CHECK_BUDGET (seconds for all steps, default 345), GPU_CHECK_STEPS (the steps of this call:
@@ -112,6 +116,16 @@ rm -f "$OUT/bench.jsonl" "$OUT/bench.md" "$OUT/summary.txt" "$OUT/logs.tar.gz"
 START_ALL=$(date +%s)
 CHECK_BUDGET=${CHECK_BUDGET:-345}
 DEADLINE=$((START_ALL + CHECK_BUDGET))
+# The golden checks the issue's "done when" counts (both backends, ResNet-32 and ResNet-50).
+GOLDEN_CHECKS=90
+# The pipeline's accuracy on the device may differ from the CPU's by at most this (points).
+ACCURACY_BAR=1.0
+# Issue #11's "done when", one tab-separated line per bar: PASS/FAIL/UNMEASURED, bar, measured.
+VERDICT="$WORK/verdict.tsv"
+: >"$VERDICT"
+# The tree the binary was built from (cargo xtask cuda-build writes it).
+BUILD=$(head -n 1 "$ROOT/dist/cuda/BUILD" 2>/dev/null)
+BUILD=${BUILD:-unknown build (no dist/cuda/BUILD)}
 # Set by the selftest step when a fast path failed its checks: the pipeline then avoids it.
 PIPELINE_TRAIN_ARGS=""
 PIPELINE_SGD_TENSOR_OPS=""
@@ -122,6 +136,11 @@ PIPELINE_SGD_TENSOR_OPS=""
 record() {
   printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$SUMMARY"
   case $2 in skipped | timeout) STEP_CUT=1 ;; esac
+}
+
+# verdict STATUS BAR MEASURED: a line of the "done when" block.
+verdict() {
+  printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$VERDICT"
 }
 
 # run_step NAME TIMEOUT LOG CMD...: runs CMD with a time limit (at most what is left of the
@@ -236,18 +255,26 @@ PY
 # --- 2. golden checks --------------------------------------------------------------------------
 
 # kind_status LABEL GROUP_RE FAIL_RE: KIND_LINE is selftest.txt's line "N/M LABEL passed" (with
-# the count of failed group processes, if any; else says there is none), and KIND_STATUS ok when N = M > 0, no line
-# matches FAIL_RE (a failed check or run of that kind) and no process of the groups GROUP_RE
-# (lt selftest --only GROUP) failed ("FAIL GROUP: its process ..."), else FAIL.
+# the count of failed group processes, if any; else says there is none). KIND_FAILED is 1 on
+# evidence that a check of the kind failed: N < M, a line matching FAIL_RE (a failed check or
+# run of that kind), or a failed process of the groups GROUP_RE (lt selftest --only GROUP: "FAIL
+# GROUP: its process ..."); only that evidence makes the pipeline avoid a path, not a line
+# missing because the step stopped before it. KIND_STATUS: FAIL on evidence (or M = 0), "not
+# run" without its line, else ok.
 kind_status() {
   local file="$LOGS/selftest.txt" n m
   KIND_LINE=$(grep -E "^[0-9]+/[0-9]+ $1 passed" "$file" | tail -n 1)
   n=${KIND_LINE%%/*}
   m=${KIND_LINE#*/}
   m=${m%% *}
-  KIND_STATUS=ok
-  if [ -z "$KIND_LINE" ] || [ "$n" != "$m" ] || [ "$m" = 0 ] || grep -qE "$3|^FAIL $2: " "$file"; then
+  KIND_STATUS=ok KIND_FAILED=0
+  if { [ -n "$KIND_LINE" ] && [ "$n" != "$m" ]; } || grep -qE "$3|^FAIL $2: " "$file"; then
+    KIND_FAILED=1
+  fi
+  if [ "$KIND_FAILED" = 1 ] || { [ -n "$KIND_LINE" ] && [ "$m" = 0 ]; }; then
     KIND_STATUS=FAIL
+  elif [ -z "$KIND_LINE" ]; then
+    KIND_STATUS="not run"
   fi
   local crashed
   crashed=$(grep -cE "^FAIL $2: its process" "$file")
@@ -274,6 +301,12 @@ step_selftest() {
   kind_status "checks" 'golden-[a-z0-9-]+' '^FAIL resnet(32|50) (Fast|Candle)'
   [ "$LAST_STATUS" = ok ] || [ "$LAST_STATUS" = "FAIL(rc=1)" ] || KIND_STATUS=$LAST_STATUS
   kind_record "selftest (both backends)" "$LAST_SECONDS"
+  local golden=UNMEASURED
+  case $KIND_LINE in
+    "$GOLDEN_CHECKS/$GOLDEN_CHECKS checks passed"*) golden=PASS ;;
+    [0-9]*/[0-9]*" checks passed"*) golden=FAIL ;;
+  esac
+  verdict "$golden" "$GOLDEN_CHECKS/$GOLDEN_CHECKS golden checks on $DEVICE, both backends" "$KIND_LINE"
   # bf16 mixed precision against f32 on the device (bounds from PyTorch's bf16 autocast).
   kind_status "mixed-precision checks" mixed '^FAIL .*bf16( vs f32|: could not run)'
   kind_record "selftest bf16 vs f32"
@@ -282,7 +315,7 @@ step_selftest() {
   kind_record "selftest taped vs autograd"
   # Should the taped executor (the training default on CUDA) fail its checks, the pipeline trains
   # through candle's autograd instead, so that its accuracy is still measured (and says so).
-  if [ "$KIND_STATUS" != ok ]; then PIPELINE_TRAIN_ARGS="--autograd"; fi
+  if [ "$KIND_FAILED" = 1 ]; then PIPELINE_TRAIN_ARGS="--autograd"; fi
   # A frozen snapshot (channels-last filters kept on CUDA) against its model's evaluation.
   kind_status "frozen-snapshot checks" frozen '^FAIL .* frozen'
   kind_record "selftest frozen snapshot"
@@ -290,7 +323,7 @@ step_selftest() {
   kind_status "optimiser checks" optimiser '^FAIL SGD'
   kind_record "selftest SGD passes"
   # Likewise SGD's CUDA kernels: the pipeline then updates with the tensor ops.
-  if [ "$KIND_STATUS" != ok ]; then PIPELINE_SGD_TENSOR_OPS=1; fi
+  if [ "$KIND_FAILED" = 1 ]; then PIPELINE_SGD_TENSOR_OPS=1; fi
   # Training steps run twice from one seed (the device's default path, SGD included): the same
   # bits? Where not, selftest.txt's line names the parameter that differs most.
   kind_status "repeatability checks" repeatable '^FAIL .* repeated'
@@ -419,32 +452,42 @@ bench_time() {
   LIMIT=$((left < $2 ? left : $2))
 }
 
-# The project (f32, TF32, bf16) against PyTorch, ResNet-32 and ResNet-50, training and eval.
+# The project (f32, TF32, bf16) against PyTorch, ResNet-32 and ResNet-50, training and eval. The
+# rows the issue's bars read come first (the project's TF32 step, PyTorch's default f32 math,
+# against PyTorch's variants: ResNet-32 train and eval, then ResNet-50 train), so that a budget
+# cut takes the project's strict-f32 and bf16 rows, which explain them.
 step_bench() {
-  # The comparison with PyTorch first, leaving 45 s for the loader when this call runs it; the
-  # extra rows (step_bench_more) get what is left after it.
+  # Leaving 45 s for the loader when this call runs it; the extra rows (step_bench_more) get
+  # what is left after it.
   BENCH_DEADLINE=$((DEADLINE - $(reserve_for loader 45)))
   for mode in train eval; do
-    bench_project "resnet32-$mode-project-f32" 0 "${R32[@]}" --mode "$mode"
     bench_project "resnet32-$mode-project-tf32" 1 "${R32[@]}" --mode "$mode"
-    bench_project "resnet32-$mode-project-bf16" 0 "${R32[@]}" --mode "$mode" --precision bf16
     bench_torch "resnet32-$mode-pytorch" "${R32[@]}" --mode "$mode"
   done
-  # ResNet-50 training (its eval, which the issue sets no ratio for, is bench-more's first).
+  # ResNet-50 training (its eval, which the issue sets no ratio for, is bench-more's).
   bench_r50 train
+  for mode in train eval; do
+    bench_project "resnet32-$mode-project-bf16" 0 "${R32[@]}" --mode "$mode" --precision bf16
+    bench_project "resnet32-$mode-project-f32" 0 "${R32[@]}" --mode "$mode"
+  done
+  bench_r50_rest train
   bench_table
 }
 
-# bench_r50 MODE: the project's three ResNet-50 rows and PyTorch's, the best f32 layout first.
+# bench_r50 MODE: the project's ResNet-50 TF32 row and PyTorch's, its best f32 layout first.
 bench_r50() {
-  bench_project "resnet50-$1-project-f32" 0 "${R50[@]}" --mode "$1"
   bench_project "resnet50-$1-project-tf32" 1 "${R50[@]}" --mode "$1"
-  bench_project "resnet50-$1-project-bf16" 0 "${R50[@]}" --mode "$1" --precision bf16
   # PyTorch's variants in the order of their worth should the time run out (each prints its
   # row when done): channels-last is its best f32 layout for ResNet-50 (3,149 against 2,213
-  # img/s NCHW on an H200).
-  TORCH_LIMIT=110 TORCH_VARIANTS=f32-cl,f32-strict-cl,bf16-cl,f32 bench_torch "resnet50-$1-pytorch" \
+  # img/s NCHW on an H200), then bf16 autocast, which the issue compares the project's bf16 with.
+  TORCH_LIMIT=110 TORCH_VARIANTS=f32-cl,bf16-cl,f32,f32-strict-cl bench_torch "resnet50-$1-pytorch" \
     "${R50[@]}" --mode "$1"
+}
+
+# bench_r50_rest MODE: the project's other ResNet-50 rows, bf16 mixed precision and strict f32.
+bench_r50_rest() {
+  bench_project "resnet50-$1-project-bf16" 0 "${R50[@]}" --mode "$1" --precision bf16
+  bench_project "resnet50-$1-project-f32" 0 "${R50[@]}" --mode "$1"
 }
 
 # bench_table: bench.md from the rows so far.
@@ -500,6 +543,7 @@ step_bench_more() {
   profile resnet50 60 0 64 --arch resnet50 --classes 1000 --size 224
   # ResNet-50's eval against PyTorch (the issue sets it no ratio), the main table's last row.
   bench_r50 eval
+  bench_r50_rest eval
   # Last, as they matter least: the training steps through candle's autograd (the default is
   # the taped executor), bench.md's second table.
   for cfg in R32 R50; do
@@ -580,6 +624,15 @@ TOML
   fi
   verdict="$verdict); SWA ${swa:-?}% (CPU ${swa_ref:-?}%); stage 1 $(value "$run/result.txt" seconds_train) s$fallback"
   record "fmnist-lt 6 epochs + SRepr" "$LAST_STATUS" "$LAST_SECONDS" "$verdict"
+  local status=UNMEASURED
+  if [ -n "$acc" ] && [ -n "$ref" ]; then
+    status=$(awk -v a="$acc" -v r="$ref" -v bar="$ACCURACY_BAR" \
+      'BEGIN { d = a - r; if (d < 0) d = -d; print (d <= bar ? "PASS" : "FAIL") }')
+  elif [ "$LAST_STATUS" != ok ]; then
+    status=FAIL
+  fi
+  verdict "$status" "Fashion-MNIST-LT on $DEVICE: SRepr within $ACCURACY_BAR point of the CPU${fallback:+ (on a fallback path)}" \
+    "SRepr ${acc:-?}% against ${ref:-?}% ($LAST_STATUS)"
 }
 
 # --- 5. the loader -----------------------------------------------------------------------------
@@ -689,6 +742,20 @@ commands() {
   printf '%s' "$out"
 }
 
+# done_when: issue #11's "done when", one line per bar, when this call ran any of its steps (the
+# benchmark's from bench.jsonl, see scripts/bench_table.py --verdict).
+done_when() {
+  case " $STEPS " in *" selftest "* | *" pipeline "* | *" bench "*) ;; *) return ;; esac
+  case " $STEPS " in *" bench "*)
+    python3 scripts/bench_table.py --verdict "$OUT/bench.jsonl" >>"$VERDICT" 2>>"$LOGS/bench_table.err" ;;
+  esac
+  echo
+  echo "Done when (issue #11; $BUILD on ${GPU_NAME:-no GPU}):"
+  while IFS=$'\t' read -r status bar measured; do
+    printf '%-11s %-62s %s\n' "$status" "$bar" "$measured"
+  done <"$VERDICT"
+}
+
 # The setup always runs, then the call's steps.
 step_setup
 # CUT: the call's steps with a row skipped or timed out (STEP_CUT, set by record).
@@ -709,6 +776,7 @@ TOTAL=$(($(date +%s) - START_ALL))
   fi
   echo
   echo "GPU check summary ($DEVICE; ${GPU_NAME:-no GPU}; ${TOTAL} s; outputs in $OUT)"
+  echo "Binary: $BUILD"
   echo "Fashion-MNIST-LT step: a 6-epoch stage 1 (SWA from epoch 4), 4 SWAG samples, SRepr for 10 epochs (not the paper's protocol)."
   printf '%-42s %-13s %7s  %s\n' step status seconds result
   while IFS=$'\t' read -r step status secs result; do
@@ -718,6 +786,7 @@ TOTAL=$(($(date +%s) - START_ALL))
   [ -n "$CUT" ] && echo "Cut short in this call (a row skipped or timed out): $CUT. To run them" \
     "again: $(commands "$CUT")"
   [ -n "$OTHER" ] && echo "Not in this call: $OTHER ($(commands "$OTHER"))"
+  done_when
 } | tee "$OUT/summary.txt"
 pack_logs
 if [ "${GPU_CHECK_KEEP:-0}" = 1 ]; then

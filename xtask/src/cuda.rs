@@ -222,8 +222,28 @@ pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
     let xz = dist.join("lt.xz");
     compress(&stripped, &xz)?;
     copy_fashion_mnist(&a.fashion_mnist, &dist.join("data/fashion-mnist"))?;
+    std::fs::write(dist.join(BUILD_FILE), format!("{}\n", build_id(root)))?;
     report(&stripped, &dist)?;
     Ok(xz)
+}
+
+/// The file in `dist/cuda` naming the tree the binary was built from (`scripts/gpu_check.sh`
+/// prints it in its summary, so that a GPU's results name the commit they measured).
+const BUILD_FILE: &str = "BUILD";
+
+/// The commit of `root`'s checkout, with "+ uncommitted changes" when tracked files differ from
+/// it; "unknown commit" without git.
+fn build_id(root: &Path) -> String {
+    let git = |args: &[&str]| -> Option<String> {
+        let out = Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    match (git(&["rev-parse", "--short=12", "HEAD"]), git(&["status", "--porcelain", "--untracked-files=no"]))
+    {
+        (Some(commit), Some(changes)) if changes.is_empty() => format!("commit {commit}"),
+        (Some(commit), _) => format!("commit {commit} + uncommitted changes"),
+        _ => "unknown commit".to_string(),
+    }
 }
 
 /// The groups of `lt selftest` the smoke test runs on the CPU.

@@ -45,7 +45,8 @@ const BENCH: &str = r#"
     echo "{\"arch\": \"$arch\", \"mode\": \"$mode\", \"batch\": $batch, \"size\": $size, \"images_per_sec\": 1000, \"median_step_seconds\": 0.1}"
 "#;
 
-/// Writes the stand-in `lt` into `dir`: `selftest` prints [`SELFTEST`] and fails as `lt` would;
+/// Writes the stand-in `lt` into `dir`: `selftest` prints [`SELFTEST`] (or the file
+/// `STAND_IN_SELFTEST` names) and fails as `lt` would;
 /// any other call appends its arguments (after `LT_CUDNN_BN_SPATIAL=1` when set) to
 /// `dir/calls.txt` and succeeds, `bench backbone` printing [`BENCH`]'s line and `bench retrain`
 /// hanging for 30 s with `STAND_IN_HANG` set. Beside it, a `python3` that records and fails
@@ -56,7 +57,7 @@ fn stand_in(dir: &Path) -> std::path::PathBuf {
     std::fs::write(&output, SELFTEST).unwrap();
     let script = format!(
         "#!/bin/sh\necho \"${{LT_CUDNN_BN_SPATIAL:+LT_CUDNN_BN_SPATIAL=1 }}$*\" >>'{}'\ncase \" $* \" in\n  \
-         *\" selftest \"*) cat '{}'; exit 1 ;;\n  *\" bench backbone \"*){BENCH};;\n  \
+         *\" selftest \"*) cat \"${{STAND_IN_SELFTEST:-{}}}\"; exit 1 ;;\n  *\" bench backbone \"*){BENCH};;\n  \
          *\" bench retrain \"*) [ -z \"$STAND_IN_HANG\" ] || sleep 30 ;;\nesac\n",
         calls.display(),
         output.display(),
@@ -174,6 +175,81 @@ fn a_crashed_group_fails_its_kind_alone_and_sends_the_pipeline_to_autograd() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A selftest step stopped before some kinds printed their lines (its time ran out): those kinds
+/// are "not run", and the pipeline keeps the default paths, which no check found wrong.
+#[test]
+fn kinds_the_selftest_did_not_reach_are_not_run_and_change_no_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let partial = dir.path().join("partial.txt");
+    std::fs::write(&partial, "90/90 checks passed on cuda\n14/14 mixed-precision checks passed on cuda\n")
+        .unwrap();
+    let env = [("STAND_IN_SELFTEST", partial.to_str().unwrap())];
+    let (_, stdout, summary) = check_env(dir.path(), Some("selftest pipeline"), 345, &env);
+    let status = |step: &str| {
+        summary
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{step}\t"))?.split('\t').next().map(str::to_string))
+    };
+    assert_eq!(status("selftest (both backends)").as_deref(), Some("ok"), "{summary}");
+    for kind in ["selftest taped vs autograd", "selftest SGD passes", "selftest loader batches"] {
+        assert_eq!(status(kind).as_deref(), Some("not run"), "{kind}: {summary}");
+    }
+    let calls = std::fs::read_to_string(dir.path().join("calls.txt")).unwrap_or_default();
+    let train =
+        calls.lines().find(|l| l.contains(" train ")).unwrap_or_else(|| panic!("no train call:\n{calls}"));
+    assert!(!train.contains("--autograd"), "{train}");
+    let pipeline =
+        summary.lines().find(|l| l.starts_with("fmnist-lt")).unwrap_or_else(|| panic!("{summary}"));
+    assert!(!pipeline.contains("did not pass"), "{pipeline}");
+    assert!(stdout.contains("\nPASS        90/90 golden checks on cpu, both backends"), "{stdout}");
+}
+
+/// `scripts/bench_table.py --verdict`: each of the issue's bars PASS or FAIL from the rows of one
+/// call, the TF32 ratio against PyTorch's best default-f32 layout, memory against that variant's.
+#[test]
+fn the_benchmark_verdict_reads_the_issue_bars() {
+    let dir = tempfile::tempdir().unwrap();
+    let row = |impl_: &str, variant: Option<&str>, mode: &str, ips: f64, mib: f64| {
+        let mem = if variant.is_some() { "peak_cuda_mib" } else { "device_pool_peak_mib" };
+        let variant = variant.map(|v| format!(r#""variant": "{v}", "#)).unwrap_or_default();
+        format!(
+            r#"{{"impl": "{impl_}", {variant}"arch": "resnet32", "mode": "{mode}", "batch": 128, "size": 32, "images_per_sec": {ips}, "{mem}": {mib}}}"#
+        )
+    };
+    let rows = [
+        // Training: 0.85x of PyTorch's best layout (channels-last), less memory: both pass.
+        row("resnet32-train-project-tf32", None, "train", 8500.0, 400.0),
+        row("pytorch-f32", Some("f32"), "train", 9000.0, 300.0),
+        row("pytorch-f32-cl", Some("f32-cl"), "train", 10000.0, 500.0),
+        // Eval: 0.95x, under its bar of 1.0; more memory than PyTorch.
+        row("resnet32-eval-project-tf32", None, "eval", 9500.0, 200.0),
+        row("pytorch-f32", Some("f32"), "eval", 10000.0, 100.0),
+    ];
+    let path = dir.path().join("bench.jsonl");
+    std::fs::write(&path, rows.join("\n") + "\n").unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let out = Command::new("python3")
+        .arg(root.join("scripts/bench_table.py"))
+        .arg("--verdict")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = |bar: &str| {
+        text.lines().find(|l| l.contains(bar)).unwrap_or_else(|| panic!("{bar}: {text}")).to_string()
+    };
+    assert!(line("resnet32 train b128 32x32: TF32 ratio >= 0.8").starts_with("PASS\t"), "{text}");
+    assert!(
+        line("resnet32 train b128 32x32: TF32 ratio").contains("0.85x") && text.contains("f32-cl"),
+        "{text}"
+    );
+    assert!(line("resnet32 train b128 32x32: peak memory").starts_with("PASS\t"), "{text}");
+    assert!(line("resnet32 eval b128 32x32: TF32 ratio >= 1.0").starts_with("FAIL\t"), "{text}");
+    assert!(line("resnet32 eval b128 32x32: TF32 ratio").contains("\t0.95x ("), "{text}");
+    assert!(line("resnet32 eval b128 32x32: peak memory").starts_with("FAIL\t"), "{text}");
+    assert!(line("resnet50 train b256 224x224: TF32 ratio >= 0.8").starts_with("UNMEASURED\t"), "{text}");
+}
+
 #[test]
 fn the_check_is_two_calls_and_each_compares_with_its_own_default_step() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,8 +268,26 @@ fn the_check_is_two_calls_and_each_compares_with_its_own_default_step() {
         "Not in this call: loader bench-more retrain cpu (GPU_CHECK_STEPS=more bash scripts/gpu_check.sh)";
     assert!(stdout.contains(other) && !stdout.contains("Cut short"), "{stdout}");
     // PyTorch's ResNet-50 variants, best f32 layout first (a timeout keeps those done).
-    let torch50 = "python3 scripts/bench_torch.py --device cpu --variants f32-cl,f32-strict-cl,bf16-cl,f32 --arch resnet50";
+    let torch50 = "python3 scripts/bench_torch.py --device cpu --variants f32-cl,bf16-cl,f32,f32-strict-cl --arch resnet50";
     assert!(calls().contains(torch50), "{}", calls());
+    // The rows the issue's bars read come first: the project's TF32 rows and PyTorch's, ResNet-32
+    // train and eval, then ResNet-50 train; the project's bf16 and strict-f32 rows after them.
+    let order: Vec<&str> =
+        summary.lines().filter_map(|l| l.strip_prefix("bench ")?.split('\t').next()).collect();
+    let last_bar = order.iter().position(|r| *r == "resnet50-train-pytorch").unwrap();
+    let first_rest = order.iter().position(|r| r.ends_with("-bf16") || r.ends_with("-f32")).unwrap();
+    assert!(last_bar < first_rest && order[0] == "resnet32-train-project-tf32", "{order:?}");
+    // The summary ends with the "done when" block, headed by the binary's build, one line per
+    // bar: PyTorch did not run here, so the ratios are unmeasured.
+    let done = stdout.split("\nDone when (issue #11; ").nth(1).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(done.starts_with("unknown build (no dist/cuda/BUILD)") || done.starts_with("commit "), "{done}");
+    assert!(done.contains("\nUNMEASURED  resnet32 train b128 32x32: TF32 ratio >= 0.8"), "{done}");
+    let golden = done.lines().find(|l| l.contains("golden checks")).unwrap_or_else(|| panic!("{done}"));
+    assert!(
+        golden.starts_with("FAIL        90/90 golden checks on cpu, both backends")
+            && golden.ends_with("45/45 checks passed on cuda"),
+        "{golden}"
+    );
     // The second call measures the default TF32 step itself (not the first call's row, in the
     // same folder here), once per architecture, and bench.md compares each changed setting
     // with it.
