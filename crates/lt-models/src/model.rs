@@ -376,7 +376,7 @@ impl Model {
         batch_statistics: bool,
         loss: impl FnOnce(&Tensor) -> candle_core::Result<Tensor>,
     ) -> Result<TrainStep> {
-        let mode = Mode { train: batch_statistics, graph: true };
+        let mode = Mode { train: batch_statistics, graph: true, taped: false };
         let (logits, loss, grads) = if self.taped_ok(x) {
             self.taped_step(x, mode, loss)?
         } else {
@@ -395,7 +395,7 @@ impl Model {
 
     /// Eval-mode `(features, logits)` without an autograd graph (inference, feature extraction).
     pub fn infer(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        let mode = Mode { train: false, graph: false };
+        let mode = Mode { train: false, graph: false, taped: false };
         let z = self.features(x, mode)?;
         let logits = self.head.forward(&z, false)?;
         Ok((z, logits))
@@ -404,7 +404,7 @@ impl Model {
     /// A training-mode forward pass without a graph: updates the batch-norm running statistics
     /// from the batch (see [`ParamStore::set_bn_update`]; batch-norm recalibration).
     pub fn update_bn_stats(&self, x: &Tensor) -> Result<()> {
-        self.features(x, Mode { train: true, graph: false }).map(drop)
+        self.features(x, Mode { train: true, graph: false, taped: false }).map(drop)
     }
 }
 
@@ -412,7 +412,7 @@ impl ModuleT for Model {
     /// Logits `[N, classes]` of images `[N, C, H, W]` with the autograd graph; `train` puts batch
     /// norm in training mode (batch statistics, running statistics updated).
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.logits(xs, Mode { train, graph: true }).map_err(|e| match e {
+        self.logits(xs, Mode { train, graph: true, taped: false }).map_err(|e| match e {
             ModelError::Candle(e) => e,
             e => candle_core::Error::wrap(e),
         })
@@ -429,7 +429,7 @@ mod tests {
         let dev = Device::Cpu;
         let m = Model::new(Arch::new("resnet20", 3, 3).unwrap(), 0, &dev).unwrap();
         let x = Tensor::randn(0f32, 1.0, (2, 3, 8, 8), &dev).unwrap();
-        let taped = Taped { eager: m.eager(Mode { train: true, graph: true }) };
+        let taped = Taped { eager: m.eager(Mode { train: true, graph: true, taped: true }) };
         let (_, tape) = taped.forward(&m.program, m.nhwc_input(&x).unwrap()).unwrap();
         let prog = &m.program;
         let read = prog.read_backward();

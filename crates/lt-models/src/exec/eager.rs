@@ -83,7 +83,8 @@ impl Eager<'_> {
                     // transposed once, and kept for the backward pass.
                     if !self.mode.graph {
                         if let Some(prepared) = b.prepared_filter(&w)? {
-                            if let Some(y) = b.conv2d_prepared(x, &prepared, *stride, *pad)? {
+                            let backward = self.mode.taped;
+                            if let Some(y) = b.conv2d_prepared(x, &prepared, (*stride, *pad), backward)? {
                                 return Ok((y, Saved::Prepared(prepared)));
                             }
                         }
@@ -110,7 +111,7 @@ impl Eager<'_> {
         }
         let b = self.backend;
         match self.packs.prepared(w.index, || Ok(b.prepared_filter(&self.filter(&w.var)?)?))? {
-            Some(filter) => Ok(b.conv2d_prepared(x, &filter, stride, pad)?),
+            Some(filter) => Ok(b.conv2d_prepared(x, &filter, (stride, pad), false)?),
             None => Ok(None),
         }
     }

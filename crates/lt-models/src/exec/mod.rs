@@ -14,6 +14,10 @@ pub(crate) struct Mode {
     pub train: bool,
     /// Record the autograd graph (every parameter gets a gradient from `loss.backward()`).
     pub graph: bool,
+    /// Run by the taped executor ([`taped`]), whose backward pass, walked by hand, follows: the
+    /// ops keep what it reads, and a convolution on cuDNN needs its backward passes too (without
+    /// a graph and without it, an op runs forward only: evaluation, batch-norm recalibration).
+    pub taped: bool,
 }
 
 /// On a CUDA `device`, turns on candle's cache of small host-to-device uploads for this thread

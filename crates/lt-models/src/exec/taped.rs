@@ -62,6 +62,7 @@ impl Taped<'_> {
         let _uploads = uploads_cached(x.device());
         let mut mode = self.eager.mode;
         mode.graph = false;
+        mode.taped = true;
         let eager = Eager { mode, ..self.eager };
         let read_backward = prog.read_backward();
         let mut uses = prog.use_counts();

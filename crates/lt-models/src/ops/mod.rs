@@ -111,8 +111,9 @@ pub fn device_memory_peak(device: &candle_core::Device) -> Option<u64> {
     }
 }
 
-/// Bytes of a CUDA `device`'s memory free now (the driver's count). `None` on the CPU, or in a
-/// build without the `cudnn` feature.
+/// Bytes of a CUDA `device`'s memory free now for new allocations (the driver's count and the
+/// freed memory the device's pool keeps for reuse). `None` on the CPU, or in a build without the
+/// `cudnn` feature.
 pub fn device_memory_free(device: &candle_core::Device) -> Option<u64> {
     #[cfg(feature = "cudnn")]
     return cudnn::memory::free(device);
@@ -222,19 +223,20 @@ impl Backend {
 
     /// Convolution of NHWC `x` with a filter from [`Backend::prepared_filter`], without an
     /// autograd node; `None` where it does not run (not the cuDNN route, or no cuDNN algorithm
-    /// for the shape): then [`Backend::conv2d`] with the original filter.
+    /// for the shape, in every direction when `backward`: [`Backend::conv2d_backward_prepared`]
+    /// follows): then [`Backend::conv2d`] with the original filter.
     pub(crate) fn conv2d_prepared(
         self,
         x: &Tensor,
         prepared: &Tensor,
-        stride: usize,
-        pad: usize,
+        (stride, pad): (usize, usize),
+        backward: bool,
     ) -> CResult<Option<Tensor>> {
         match self.route(x) {
             #[cfg(feature = "cudnn")]
-            Route::Cudnn => custom::conv::conv2d_cudnn_khwc(x, prepared, stride, pad),
+            Route::Cudnn => custom::conv::conv2d_cudnn_khwc(x, prepared, (stride, pad), backward),
             _ => {
-                let _ = (prepared, stride, pad);
+                let _ = (prepared, stride, pad, backward);
                 Ok(None)
             }
         }

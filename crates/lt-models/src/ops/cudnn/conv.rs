@@ -232,13 +232,16 @@ impl Ctx {
     }
 }
 
-/// Whether cuDNN offers algorithms for all three passes of `s` on `dev` with elements of the
-/// type of `x` (`f32` or `bf16`; the current TF32 setting); when it does not, the caller falls
+/// Whether cuDNN offers algorithms for convolution `s` on `dev` with elements of the type of
+/// `x` (`f32` or `bf16`; the current TF32 setting): forward, and when `backward` also for the
+/// input's and the filter's gradients (inference asks for the forward pass alone, so that
+/// cuDNN's timed search runs once per shape, not three times); when it does not, the caller falls
 /// back to candle's convolution.
 pub(crate) fn usable(
     dev: &candle_core::cuda_backend::CudaDevice,
     s: &ConvShape,
     x: candle_core::DType,
+    backward: bool,
 ) -> bool {
     let Some(dt) = Dt::of_dtype(x) else { return false };
     let math = Math::current(dt);
@@ -246,7 +249,8 @@ pub(crate) fn usable(
         if ctx.refused.contains(&(*s, math)) {
             return Ok(false);
         }
-        for dir in [Dir::Forward, Dir::Data, Dir::Filter] {
+        let dirs: &[Dir] = if backward { &[Dir::Forward, Dir::Data, Dir::Filter] } else { &[Dir::Forward] };
+        for &dir in dirs {
             if let Err(e) = ctx.plan((*s, dir, math)) {
                 if ctx.refused.insert((*s, math)) {
                     tracing::warn!(
@@ -282,7 +286,12 @@ impl Ctx {
         let mut refused = Vec::new();
         for i in (0..n).map(|i| (start + i) % n) {
             let cand = self.convs[&key].candidates[i];
-            self.ensure_workspace(cand.workspace)?;
+            // A workspace that cannot be had (out of memory): the next candidate may need less.
+            if let Err(e) = self.ensure_workspace(cand.workspace) {
+                refused
+                    .push(format!("algorithm {} (a workspace of {} bytes: {e})", cand.algo, cand.workspace));
+                continue;
+            }
             let (Some(ws), Some(plan)) = (self.workspace.as_mut(), self.convs.get_mut(&key)) else {
                 candle_core::bail!("cuDNN: workspace or plan missing");
             };

@@ -16,22 +16,33 @@ fn default_pool(device: &Device) -> Option<sys::CUmemoryPool> {
     (r == sys::CUresult::CUDA_SUCCESS).then_some(pool)
 }
 
-/// Bytes allocated at most since the last [`reset_peak`].
-pub(crate) fn peak(device: &Device) -> Option<u64> {
-    let pool = default_pool(device)?;
+/// A 64-bit attribute of `pool`.
+fn attribute(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute) -> Option<u64> {
     let mut v: u64 = 0;
-    let attr = sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH;
-    // SAFETY: the attribute is a 64-bit value written into `v`.
+    // SAFETY: the attributes read here (the high-water mark, memory reserved and in use) are
+    // 64-bit values written into `v`.
     let r = unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut v as *mut u64).cast()) };
     (r == sys::CUresult::CUDA_SUCCESS).then_some(v)
 }
 
-/// Bytes of the device's memory free now (the driver's count: memory the pool keeps for reuse
-/// counts as taken).
+/// Bytes allocated at most since the last [`reset_peak`].
+pub(crate) fn peak(device: &Device) -> Option<u64> {
+    attribute(default_pool(device)?, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+}
+
+/// Bytes of the device's memory free now for new allocations: the driver's count, and what the
+/// default pool keeps for reuse (reserved, not in use; the driver counts it as taken, since the
+/// pool keeps freed memory: [`keep_freed_memory`]).
 pub(crate) fn free(device: &Device) -> Option<u64> {
     let Device::Cuda(d) = device else { return None };
     let ctx = d.cuda_stream().context().clone();
-    ctx.mem_get_info().ok().map(|(free, _total)| free as u64)
+    let (free, _total) = ctx.mem_get_info().ok()?;
+    let kept = default_pool(device).and_then(|pool| {
+        let reserved = attribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)?;
+        let used = attribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?;
+        Some(reserved.saturating_sub(used))
+    });
+    Some(free as u64 + kept.unwrap_or(0))
 }
 
 /// Sets a 64-bit attribute of `pool` to `value`.

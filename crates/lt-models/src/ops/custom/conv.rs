@@ -53,17 +53,18 @@ pub(crate) fn filter_khwc(w: &Tensor) -> CResult<Tensor> {
 }
 
 /// `conv(x, w)` through cuDNN with the filter already channels-last (from [`filter_khwc`]),
-/// without an autograd node (inference with fixed weights); `None` where cuDNN has no algorithm
-/// for the shape.
+/// without an autograd node (inference with fixed weights, or the taped executor's forward pass,
+/// `backward`); `None` where cuDNN has no algorithm for the shape (forward, and backward when
+/// `backward`).
 #[cfg(feature = "cudnn")]
 pub(crate) fn conv2d_cudnn_khwc(
     x: &Tensor,
     w: &Tensor,
-    stride: usize,
-    pad: usize,
+    (stride, pad): (usize, usize),
+    backward: bool,
 ) -> CResult<Option<Tensor>> {
     let s = shape_of(x.dims(), &pytorch_dims(w.dims())?, stride, pad)?;
-    if !cudnn_has(x, &s) {
+    if !cudnn_has(x, &s, backward) {
         return Ok(None);
     }
     let op = Conv2dOp { stride, pad, khwc: true };
@@ -83,14 +84,15 @@ fn pytorch_dims(khwc: &[usize]) -> CResult<[usize; 4]> {
 /// every direction); where not, candle's convolution does.
 #[cfg(feature = "cudnn")]
 pub(crate) fn cudnn_runs(x: &Tensor, w: &Tensor, stride: usize, pad: usize) -> CResult<bool> {
-    Ok(cudnn_has(x, &shape_of(x.dims(), w.dims(), stride, pad)?))
+    Ok(cudnn_has(x, &shape_of(x.dims(), w.dims(), stride, pad)?, true))
 }
 
-/// Whether cuDNN has algorithms for convolution `s` of `x` (on CUDA, in its type).
+/// Whether cuDNN has algorithms for convolution `s` of `x` (on CUDA, in its type): forward, and
+/// for the backward passes when `backward`.
 #[cfg(feature = "cudnn")]
-fn cudnn_has(x: &Tensor, s: &ConvShape) -> bool {
+fn cudnn_has(x: &Tensor, s: &ConvShape, backward: bool) -> bool {
     match x.device() {
-        candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, s, x.dtype()),
+        candle_core::Device::Cuda(dev) => crate::ops::cudnn::conv::usable(dev, s, x.dtype(), backward),
         _ => false,
     }
 }
