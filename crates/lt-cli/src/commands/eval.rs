@@ -153,3 +153,29 @@ pub fn run_report(a: ReportArgs) -> Result<PathBuf> {
     println!("report: {}", md.display());
     Ok(md)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each of the poster's rows names a row of the plan on its backbone, and the report prints it
+    /// right below that row (matched by id: renaming a label cannot drop it).
+    #[test]
+    fn every_paper_row_stands_below_its_plan_row() {
+        let paper = &report::IMAGENET_LT_PAPER;
+        let rows: Vec<report::Row> =
+            ROWS.iter().map(|r| report::Row::new(r.id, &r.backbone.name().to_uppercase(), r.label)).collect();
+        let md = report::markdown(&spec("ImageNet-LT", Some(paper)), "", &rows);
+        let lines: Vec<&str> = md.lines().collect();
+        for p in paper {
+            let plan = ROWS.iter().find(|r| r.id == p.id).unwrap_or_else(|| panic!("{}: no such row", p.id));
+            assert_eq!(plan.backbone.name().to_uppercase(), p.backbone, "{}", p.id);
+            let ours = format!("| {} | {} |", p.backbone, plan.label);
+            let at =
+                lines.iter().position(|l| l.starts_with(&ours)).unwrap_or_else(|| panic!("{ours}: {md}"));
+            let below = format!("| *paper* | *{}* |", p.method);
+            assert!(lines[at + 1].starts_with(&below), "{}: {}", p.id, lines[at + 1]);
+        }
+        assert_eq!(md.matches("| *paper* |").count(), paper.len(), "{md}");
+    }
+}

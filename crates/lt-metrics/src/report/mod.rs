@@ -188,9 +188,7 @@ pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
         for r in table {
             let m = r.summary();
             s.push_str(&format!("| {} |\n", cells(&m, seeds).join(" | ")));
-            if let Some(p) =
-                spec.paper.and_then(|p| p.iter().find(|p| p.backbone == m.backbone && p.method == m.method))
-            {
+            if let Some(p) = spec.paper.and_then(|p| p.iter().find(|p| p.id == m.id)) {
                 let f = |(a, b): (f64, f64), d: usize| format!("*{a:.d$} ± {b:.d$}*");
                 s.push_str(&format!(
                     "| *paper* | *{}* | | {} | {} | {} | {} | {} | {} |\n",
