@@ -29,6 +29,10 @@ impl std::fmt::Display for SamplerError {
 
 impl std::error::Error for SamplerError {}
 
+/// Consecutive samples per class draw of the decoupling paper's class-aware sampler (cRT, LWS;
+/// what `class` parses to).
+pub const CLASS_AWARE_RUN: usize = 4;
+
 /// Which sampling scheme.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -58,7 +62,9 @@ impl FromStr for SamplerKind {
         let s = s.trim().to_ascii_lowercase();
         Ok(match s.as_str() {
             "instance" | "ib" | "instance-balanced" => SamplerKind::Instance,
-            "class" | "cb" | "class-balanced" | "class-aware" => SamplerKind::ClassBalanced { per_class: 4 },
+            "class" | "cb" | "class-balanced" | "class-aware" => {
+                SamplerKind::ClassBalanced { per_class: CLASS_AWARE_RUN }
+            }
             "sqrt" | "square-root" => SamplerKind::Power { q: 0.5 },
             _ => {
                 if let Some(q) = s.strip_prefix("power:") {

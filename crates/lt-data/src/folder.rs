@@ -115,7 +115,7 @@ pub fn scan_folder(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderS
             .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
             .collect();
         let all = scan(root, &classes)?;
-        let mut rng = Rng::stream(seed, &[0xF01D]);
+        let mut rng = Rng::stream(seed, &[lt_core::rng::streams::FOLDER_SPLIT]);
         let (mut train, mut test) = (Vec::new(), Vec::new());
         for c in 0..classes.len() as u32 {
             let mut members: Vec<ImageEntry> = all.iter().filter(|e| e.label == c).cloned().collect();

@@ -175,13 +175,19 @@ pub fn nll(s: &Scores) -> f64 {
     total / s.len() as f64 + 0.0
 }
 
+/// The number of ECE bins of the reports and of the stages' own evaluations (`lt eval`'s
+/// default), with [`BinEdges::Guo`].
+pub const ECE_BINS: usize = 15;
+
 /// Which side of a bin edge is closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum BinEdges {
     /// Guo et al. (2017): bins `((m-1)/M, m/M]`; a confidence of 0 falls in the first bin.
     #[default]
     Guo,
     /// torchmetrics >= 1.0: bins `[(m-1)/M, m/M)`; a confidence of 1 falls in the last bin.
+    #[cfg_attr(feature = "clap", value(alias = "torchmetrics"))]
     LowerClosed,
 }
 

@@ -89,11 +89,7 @@ impl FeatureSource for Features {
         Ok(Tensor::from_vec(v, (idx.len(), self.dim()), device)?)
     }
     fn stage1_head(&self, backbone: Backbone) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
-        let kind = match backbone {
-            Backbone::Sgd => SampleKind::Sgd,
-            Backbone::Swa => SampleKind::Swa,
-        };
-        Ok(Some(self.head(kind)?))
+        Ok(Some(self.head(backbone.sample_kind())?))
     }
     fn describe(&self) -> String {
         self.path().display().to_string()

@@ -13,11 +13,9 @@ use crate::bank::FeatureSource;
 use crate::config::{Backbone, RetrainConfig};
 use crate::error::{Result, RetrainError};
 
-/// Consecutive samples per class draw of the decoupling paper's class-aware sampler (cRT, LWS).
-pub const CLASS_AWARE_RUN: usize = 4;
-
 /// The class-aware sampler of cRT and LWS.
-pub const CLASS_BALANCED: SamplerKind = SamplerKind::ClassBalanced { per_class: CLASS_AWARE_RUN };
+pub const CLASS_BALANCED: SamplerKind =
+    SamplerKind::ClassBalanced { per_class: lt_core::sampler::CLASS_AWARE_RUN };
 
 /// A stage-2 problem: a feature source, the backbone in use, the device, the training labels and
 /// the class prior.
@@ -56,10 +54,7 @@ impl<'a> Problem<'a> {
         }
         let lp: Vec<f32> = counts.iter().map(|&c| (c.max(1) as f64 / n as f64).ln() as f32).collect();
         let lc: Vec<f32> = counts.iter().map(|&c| (c.max(1) as f64).ln() as f32).collect();
-        let kind = match backbone {
-            Backbone::Sgd => lt_core::formats::features::SampleKind::Sgd,
-            Backbone::Swa => lt_core::formats::features::SampleKind::Swa,
-        };
+        let kind = backbone.sample_kind();
         Ok(Self {
             source,
             device: device.clone(),

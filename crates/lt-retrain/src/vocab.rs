@@ -79,6 +79,16 @@ vocabulary! {
     }
 }
 
+impl Backbone {
+    /// The backbone's entry on a features artifact's `S` axis.
+    pub fn sample_kind(self) -> lt_core::formats::features::SampleKind {
+        match self {
+            Backbone::Sgd => lt_core::formats::features::SampleKind::Sgd,
+            Backbone::Swa => lt_core::formats::features::SampleKind::Swa,
+        }
+    }
+}
+
 vocabulary! {
     /// The balancing loss of SRepr's members (and of its student when asked).
     pub enum Balance {

@@ -52,7 +52,7 @@ pub fn recalibrate(
 ) -> Result<usize> {
     let epoch = stream.key();
     let order: Vec<usize> = (0..data.len()).collect();
-    let cfg = LoaderConfig { batch_size, workers, prefetch: 2, train: true, seed };
+    let cfg = LoaderConfig { batch_size, workers, train: true, seed, ..LoaderConfig::default() };
     let batches = EpochBatches::new(data.clone(), order, epoch, cfg, device.clone());
     let batches = batches.map(|b| b.map(|b| b.images).map_err(model_err));
     Ok(lt_swag::bn::recalibrate(&Recal(model), batches)?)

@@ -23,7 +23,7 @@ pub fn predict(
     workers: usize,
     device: &Device,
 ) -> Result<(Vec<f32>, Vec<f32>)> {
-    let cfg = LoaderConfig { batch_size, workers, prefetch: 2, train: false, seed: 0 };
+    let cfg = LoaderConfig { batch_size, workers, ..LoaderConfig::default() };
     let mut feats = Vec::with_capacity(data.len() * model.feature_dim());
     let mut logits = Vec::with_capacity(data.len() * model.arch().num_classes);
     let frozen = model.freeze()?;
@@ -56,6 +56,6 @@ pub fn evaluate(
     let (_, logits) = predict(model, data, batch_size, workers, device)?;
     let s = Scores::logits(&logits, data.labels(), model.arch().num_classes)
         .map_err(|e| crate::error::TrainError::Mismatch(e.to_string()))?;
-    lt_metrics::evaluate(&s, groups, 15, BinEdges::Guo)
+    lt_metrics::evaluate(&s, groups, lt_metrics::classification::ECE_BINS, BinEdges::Guo)
         .map_err(|e| crate::error::TrainError::Mismatch(e.to_string()))
 }

@@ -150,16 +150,7 @@ fn check_run(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig) -> Result<(St
 
 /// The backbones of the `S` axis: SGD, SWA, then `cfg.samples` SWAG draws.
 fn sample_infos(cfg: &ExtractConfig) -> Vec<SampleInfo> {
-    let mut infos = vec![
-        SampleInfo { kind: SampleKind::Sgd, seed: None, index: None },
-        SampleInfo { kind: SampleKind::Swa, seed: None, index: None },
-    ];
-    infos.extend((0..cfg.samples).map(|m| SampleInfo {
-        kind: SampleKind::Swag,
-        seed: Some(cfg.seed),
-        index: Some(m),
-    }));
-    infos
+    SampleInfo::standard(cfg.samples, cfg.seed)
 }
 
 /// What extracting one backbone needs.

@@ -20,11 +20,7 @@ pub fn write(path: &Path, n: usize, d: usize, c: usize, m: usize, half: bool) ->
         counts.iter().enumerate().flat_map(|(k, &cnt)| std::iter::repeat_n(k as u32, cnt)).collect();
     let test_labels: Vec<u32> = (0..c as u32).flat_map(|k| std::iter::repeat_n(k, 5)).collect();
     let s = 2 + m;
-    let mut samples = vec![
-        SampleInfo { kind: SampleKind::Sgd, seed: None, index: None },
-        SampleInfo { kind: SampleKind::Swa, seed: None, index: None },
-    ];
-    samples.extend((0..m).map(|i| SampleInfo { kind: SampleKind::Swag, seed: Some(0), index: Some(i) }));
+    let samples = SampleInfo::standard(m, 0);
     let meta = FeaturesMeta {
         num_classes: c,
         feature_dim: d,

@@ -4,31 +4,12 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, ValueEnum};
-use lt_metrics::classification::{confidences, reliability, BinEdges};
+use clap::Args;
+use lt_metrics::classification::{confidences, reliability, BinEdges, ECE_BINS};
 use lt_metrics::predictions::{Predictions, PredictionsExt};
 use lt_metrics::report::{self, ReportSpec, TableSpec};
 use lt_metrics::{evaluate, plots};
 use lt_retrain::rows::{Table, PER_CLASS_PLOT, ROWS};
-
-/// ECE bin convention.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Edges {
-    /// `(lo, hi]` bins (Guo et al. 2017).
-    Guo,
-    /// `[lo, hi)` bins (torchmetrics >= 1.0).
-    #[value(alias = "torchmetrics")]
-    LowerClosed,
-}
-
-impl From<Edges> for BinEdges {
-    fn from(e: Edges) -> Self {
-        match e {
-            Edges::Guo => BinEdges::Guo,
-            Edges::LowerClosed => BinEdges::LowerClosed,
-        }
-    }
-}
 
 /// `lt eval`
 #[derive(Args)]
@@ -44,16 +25,16 @@ pub struct EvalArgs {
     #[arg(long)]
     out: Option<PathBuf>,
     /// ECE bins.
-    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = ECE_BINS as u16, value_parser = clap::value_parser!(u16).range(1..))]
     bins: u16,
     /// Bin edges.
     #[arg(long, value_enum, default_value = "guo")]
-    bin_edges: Edges,
+    bin_edges: BinEdges,
 }
 
 /// Runs `lt eval`.
 pub fn run_eval(a: EvalArgs) -> Result<()> {
-    let (bins, edges) = (usize::from(a.bins), BinEdges::from(a.bin_edges));
+    let (bins, edges) = (usize::from(a.bins), a.bin_edges);
     let p =
         Predictions::read(&a.predictions).with_context(|| format!("reading {}", a.predictions.display()))?;
     let groups = p

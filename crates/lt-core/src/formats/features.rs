@@ -96,6 +96,23 @@ pub struct SampleInfo {
     pub index: Option<usize>,
 }
 
+impl SampleInfo {
+    /// The `S` axis `lt extract` writes: the SGD backbone, the SWA backbone, then `swag` SWAG
+    /// draws of `seed` (indices `0..swag`).
+    pub fn standard(swag: usize, seed: u64) -> Vec<SampleInfo> {
+        let mut infos = vec![
+            SampleInfo { kind: SampleKind::Sgd, seed: None, index: None },
+            SampleInfo { kind: SampleKind::Swa, seed: None, index: None },
+        ];
+        infos.extend((0..swag).map(|m| SampleInfo {
+            kind: SampleKind::Swag,
+            seed: Some(seed),
+            index: Some(m),
+        }));
+        infos
+    }
+}
+
 /// The metadata of a features artifact.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FeaturesMeta {

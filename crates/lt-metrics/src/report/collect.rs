@@ -8,7 +8,7 @@ use lt_core::formats::predictions::Predictions;
 use lt_core::split::SplitInfo;
 
 use super::Row;
-use crate::classification::{evaluate, BinEdges};
+use crate::classification::{evaluate, BinEdges, ECE_BINS};
 use crate::error::{MetricsError, Result};
 use crate::predictions::PredictionsExt;
 
@@ -137,7 +137,7 @@ impl Collector {
         seed_files.insert(id.clone(), file.to_path_buf());
         let groups =
             p.groups_of(split).map_err(|e| MetricsError::Invalid(format!("{}: {e}", file.display())))?;
-        let ev = evaluate(&p.scores()?, &groups, 15, BinEdges::Guo)
+        let ev = evaluate(&p.scores()?, &groups, ECE_BINS, BinEdges::Guo)
             .map_err(|e| MetricsError::Invalid(format!("{}: {e}", file.display())))?;
         if self.dataset.is_empty() {
             self.dataset = p.meta.dataset.clone();

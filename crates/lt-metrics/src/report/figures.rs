@@ -8,7 +8,7 @@ use lt_core::formats::features::{Features, Split};
 use lt_core::formats::predictions::Predictions;
 
 use super::{Collected, ReportSpec, LAYOUT};
-use crate::classification::{confidences, reliability, BinEdges};
+use crate::classification::{confidences, reliability, BinEdges, ECE_BINS};
 use crate::dispersion;
 use crate::error::{MetricsError, Result};
 use crate::plots::{self, Series};
@@ -53,7 +53,7 @@ pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<
         let (conf, ok) = confidences(&p.scores()?);
         let label = c.rows.iter().find(|r| &r.id == id).map(|r| format!("{} {}", r.backbone, r.method));
         plots::reliability_diagram(
-            &reliability(&conf, &ok, 15, BinEdges::Guo),
+            &reliability(&conf, &ok, ECE_BINS, BinEdges::Guo),
             &format!(
                 "{}: reliability (seed {seed}, {} test images)",
                 label.unwrap_or_else(|| id.clone()),

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{mean_std, MeanStd};
-use crate::classification::Evaluation;
+use crate::classification::{Evaluation, ECE_BINS};
 use crate::error::{MetricsError, Result};
 
 pub use collect::{collect, Collected, LAYOUT};
@@ -218,7 +218,7 @@ pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
     }
     s.push_str(&format!(
         "\nAccuracies in percent (Many: > 100 training images, Medium: 20-100, Few: < 20; each the mean of its classes' accuracies), \
-         NLL and ECE (15 bins), mean ± sample std over the n seeds of each row ({seeds} seed(s) in all; a single seed shows its value alone).\n"
+         NLL and ECE ({ECE_BINS} bins), mean ± sample std over the n seeds of each row ({seeds} seed(s) in all; a single seed shows its value alone).\n"
     ));
     s
 }

@@ -329,9 +329,9 @@ fn run_epoch(
     let loader_cfg = LoaderConfig {
         batch_size: cfg.batch_size,
         workers: cfg.workers,
-        prefetch: 2,
         train: true,
         seed: cfg.seed,
+        ..LoaderConfig::default()
     };
     let stream = lt_data::loader::Stream::Epoch(epoch as u64).key();
     let mut batches =
