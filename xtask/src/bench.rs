@@ -363,11 +363,11 @@ pub fn run(root: &Path, a: &BenchArgs) -> Result<()> {
     let md = markdown(&rows, &extra, header(threads, &a.device, a.rounds, a.isa));
     print!("{md}");
     std::fs::create_dir_all(&out)?;
-    std::fs::write(
-        out.join("bench.json"),
+    crate::write_atomic(
+        &out.join("bench.json"),
         serde_json::to_string_pretty(&serde_json::json!({"backbones": rows, "other": extra}))?,
     )?;
-    std::fs::write(out.join("bench.md"), &md)?;
+    crate::write_atomic(&out.join("bench.md"), &md)?;
     eprintln!("wrote {} and bench.json", out.join("bench.md").display());
     Ok(())
 }

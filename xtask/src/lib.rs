@@ -47,6 +47,16 @@ pub fn lt_json<S: AsRef<OsStr>>(lt: &Path, args: &[S], show_messages: bool) -> R
     })
 }
 
+/// Writes `contents` to `path` whole or not at all: a temporary file beside it (`<name>.tmp`),
+/// then renamed, so that an interrupted write never leaves a half-written file under the name.
+pub fn write_atomic(path: &Path, contents: impl AsRef<[u8]>) -> Result<()> {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    std::fs::write(&tmp, contents).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
 /// The workspace root (the parent of `xtask/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()

@@ -301,8 +301,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     fetch_init(&lt, &preset)?;
     // The resolved preset is what every stage reads; rewrite it only when it changed.
     if std::fs::read_to_string(&preset_path).ok().as_deref() != Some(resolved.as_str()) {
-        std::fs::write(&preset_path, &resolved)
-            .with_context(|| format!("writing {}", preset_path.display()))?;
+        crate::write_atomic(&preset_path, &resolved)?;
     }
     let download = get(&preset, &["data", "download"]).and_then(|v| v.as_bool()).unwrap_or(false);
     let data = data::find(&lt, &preset_path, download, &stage1_dirs)?;

@@ -32,6 +32,9 @@ pub enum TrainError {
     /// A SWAG error.
     #[error(transparent)]
     Swag(#[from] lt_swag::SwagError),
+    /// An evaluation's metrics could not be computed (scores and labels that disagree).
+    #[error(transparent)]
+    Metrics(#[from] lt_metrics::MetricsError),
     /// An artifact error.
     #[error(transparent)]
     Artifact(#[from] lt_core::ArtifactError),

@@ -54,8 +54,6 @@ pub fn evaluate(
     device: &Device,
 ) -> Result<Evaluation> {
     let (_, logits) = predict(model, data, batch_size, workers, device)?;
-    let s = Scores::logits(&logits, data.labels(), model.arch().num_classes)
-        .map_err(|e| crate::error::TrainError::Mismatch(e.to_string()))?;
-    lt_metrics::evaluate(&s, groups, lt_metrics::classification::ECE_BINS, BinEdges::Guo)
-        .map_err(|e| crate::error::TrainError::Mismatch(e.to_string()))
+    let s = Scores::logits(&logits, data.labels(), model.arch().num_classes)?;
+    Ok(lt_metrics::evaluate(&s, groups, lt_metrics::classification::ECE_BINS, BinEdges::Guo)?)
 }

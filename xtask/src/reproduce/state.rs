@@ -45,11 +45,7 @@ pub(super) fn resumes(s: &Stage) -> bool {
 /// Writes a key file whole or not at all (a temporary file renamed), so that an interrupted write
 /// never leaves a key that matches nothing.
 pub(super) fn write_key(path: &Path, key: &str) -> Result<()> {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    std::fs::write(&tmp, key).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    crate::write_atomic(path, key)
 }
 
 /// Removes an outdated stage's directory, its checkpoint first: a removal interrupted after the

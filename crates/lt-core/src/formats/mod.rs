@@ -14,6 +14,7 @@
 pub mod features;
 pub mod head;
 pub mod predictions;
+mod samples;
 
 use serde::{Deserialize, Serialize};
 

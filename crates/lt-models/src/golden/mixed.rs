@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::{check_batch, is_statistic, relative, worst_buffer, Check};
 use crate::error::{ModelError, Result};
-use crate::{Arch, Model, Precision};
+use crate::{Arch, Model, Precision, TrainStep};
 
 /// Logits, features and running statistics: at most this far from `f32` (relative, Euclidean).
 pub const VALUE_TOLERANCE: f32 = 0.05;
@@ -25,6 +25,37 @@ pub const DIRECTION_TOLERANCE: f32 = 0.1;
 
 fn dot(a: &Tensor, b: &Tensor) -> Result<f64> {
     Ok((a.to_dtype(DType::F64)? * b.to_dtype(DType::F64)?)?.sum_all()?.to_vec0::<f64>()?)
+}
+
+/// The gradients of the `bf16` step `b` of `mixed` against the `f32` step `a` of `reference`:
+/// the worst parameter's relative error and name, and the whole gradient's `1 - cosine`; the
+/// names of parameters or gradients that are not `f32` go to `not_f32`.
+fn compare_gradients(
+    (reference, mixed): (&Model, &Model),
+    (a, b): (&TrainStep, &TrainStep),
+    not_f32: &mut Vec<String>,
+) -> Result<(f32, String, f32)> {
+    let (mut worst, mut worst_name) = (0f32, String::new());
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (name, var) in mixed.store().named_params() {
+        let rv = reference
+            .store()
+            .var(&name)
+            .ok_or_else(|| ModelError::Invalid(format!("no parameter {name}")))?;
+        let gb = b.grads.get(var.as_tensor()).ok_or_else(|| ModelError::MissingGradient(name.clone()))?;
+        let ga = a.grads.get(rv.as_tensor()).ok_or_else(|| ModelError::MissingGradient(name.clone()))?;
+        if var.dtype() != DType::F32 || gb.dtype() != DType::F32 {
+            not_f32.push(name.clone());
+        }
+        let e = relative(gb, ga)?;
+        if worst_name.is_empty() || e > worst {
+            (worst, worst_name) = (e, name.clone());
+        }
+        (ab, aa, bb) = (ab + dot(ga, gb)?, aa + dot(ga, ga)?, bb + dot(gb, gb)?);
+    }
+    let cosine = ab / (aa * bb).sqrt();
+    let turn = if cosine.is_finite() { (1.0 - cosine) as f32 } else { f32::INFINITY };
+    Ok((worst, worst_name, turn))
 }
 
 /// Runs the mixed-precision checks for `arch` (`classes` classes) on images of `shape` on
@@ -59,31 +90,12 @@ pub fn check_mixed_precision(
         .filter(|(_, t)| t.dtype() != DType::F32)
         .map(|(n, _)| n.to_string())
         .collect();
-    let (mut worst, mut worst_name) = (0f32, String::new());
-    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
-    for (name, var) in mixed.store().named_params() {
-        let rv = reference
-            .store()
-            .var(&name)
-            .ok_or_else(|| ModelError::Invalid(format!("no parameter {name}")))?;
-        let gb = b.grads.get(var.as_tensor()).ok_or_else(|| ModelError::MissingGradient(name.clone()))?;
-        let ga = a.grads.get(rv.as_tensor()).ok_or_else(|| ModelError::MissingGradient(name.clone()))?;
-        if var.dtype() != DType::F32 || gb.dtype() != DType::F32 {
-            not_f32.push(name.clone());
-        }
-        let e = relative(gb, ga)?;
-        if worst_name.is_empty() || e > worst {
-            (worst, worst_name) = (e, name.clone());
-        }
-        (ab, aa, bb) = (ab + dot(ga, gb)?, aa + dot(ga, ga)?, bb + dot(gb, gb)?);
-    }
+    let (worst, worst_name, turn) = compare_gradients((&reference, &mixed), (&a, &b), &mut not_f32)?;
     out.push(Check::measured(
         format!("{tag} gradient of {worst_name} (the worst)"),
         worst,
         GRADIENT_TOLERANCE,
     ));
-    let cosine = ab / (aa * bb).sqrt();
-    let turn = if cosine.is_finite() { (1.0 - cosine) as f32 } else { f32::INFINITY };
     out.push(Check::measured(format!("{tag} whole gradient, 1 - cosine"), turn, DIRECTION_TOLERANCE));
     not_f32.extend(
         mixed
