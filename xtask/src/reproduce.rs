@@ -40,8 +40,8 @@ pub struct Options {
     #[arg(long)]
     pub preset_file: Option<PathBuf>,
     /// Number of seeds (default: the preset's).
-    #[arg(long)]
-    pub seeds: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seeds: Option<u64>,
     /// Where the data sets live.
     #[arg(long)]
     pub data_root: Option<PathBuf>,
@@ -96,7 +96,7 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// The seeds of a preset (`seeds`, at least 1).
+/// The seeds of a preset ([`load_preset`] refuses a preset without a `seeds` of at least 1).
 fn seeds(preset: &toml::Value) -> u64 {
     get(preset, &["seeds"]).and_then(|v| v.as_integer()).unwrap_or(1).max(1) as u64
 }
@@ -162,6 +162,14 @@ pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml:
             "none" => train.remove("init"),
             _ => train.insert("init".into(), toml::Value::String(init.clone())),
         };
+    }
+    match value.get("seeds") {
+        Some(toml::Value::Integer(n)) if *n >= 1 => {}
+        other => bail!(
+            "preset {}: `seeds` (the number of seeds the pipeline runs) must be an integer >= 1, got {}",
+            path.display(),
+            other.map_or("none".to_string(), |v| v.to_string())
+        ),
     }
     let name = value.get("name").and_then(|v| v.as_str()).unwrap_or(&opts.preset).to_string();
     let resolved = toml::to_string_pretty(&value)?;
@@ -392,4 +400,42 @@ fn report_args(name: &str, preset: &toml::Value, run_root: &Path, report: &Path)
         args.extend(["--paper".into(), p.into()]);
     }
     args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A preset's `seeds` below 1 (or missing) is refused, naming the file and the field, where
+    /// it was taken as 1.
+    #[test]
+    fn a_preset_without_a_seed_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = crate::workspace_root();
+        let text = std::fs::read_to_string(root.join("presets/tiny.toml")).unwrap();
+        for (seeds, found) in [("seeds = 0", "got 0"), ("seeds = -3", "got -3"), ("", "got none")] {
+            let file = dir.path().join("p.toml");
+            let lines: Vec<&str> = text.lines().filter(|l| !l.starts_with("seeds")).collect();
+            std::fs::write(&file, format!("{seeds}\n{}", lines.join("\n"))).unwrap();
+            let opts = Options {
+                preset: "tiny".into(),
+                preset_file: Some(file.clone()),
+                seeds: None,
+                data_root: None,
+                download: false,
+                init: None,
+                runs_dir: dir.path().to_path_buf(),
+                device: "cpu".into(),
+                dry_run: true,
+                lt: None,
+            };
+            let err = format!("{:#}", load_preset(&root, &opts).unwrap_err());
+            assert!(
+                err.contains(&file.display().to_string()) && err.contains("`seeds`") && err.contains(found),
+                "{err}"
+            );
+            // The command line's --seeds replaces it.
+            assert!(load_preset(&root, &Options { seeds: Some(2), ..opts }).is_ok());
+        }
+    }
 }
