@@ -96,6 +96,13 @@ pub struct Summary {
     pub seconds: f64,
 }
 
+/// The features artifact `lt extract` writes into a stage-1 folder, which stage 2 reads
+/// (`lt_core::layout::FEATURES_FILE`: xtask does not depend on the lt crates, and
+/// `crates/lt-cli/tests/reproduce.rs` checks that the names agree).
+pub const FEATURES_FILE: &str = "features.safetensors";
+/// The checkpoint a stage-1 folder holds while `lt train` runs (`lt_core::layout::CHECKPOINT_FILE`).
+pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
+
 /// The seeds of a preset ([`load_preset`] refuses a preset without a `seeds` of at least 1).
 fn seeds(preset: &toml::Value) -> u64 {
     get(preset, &["seeds"]).and_then(|v| v.as_integer()).unwrap_or(1).max(1) as u64
@@ -257,7 +264,7 @@ pub fn plan(
             let mut args = common("retrain", seed);
             args.extend([
                 "--features".into(),
-                s1.join("features.safetensors").display().to_string(),
+                s1.join(FEATURES_FILE).display().to_string(),
                 "--row".into(),
                 row.id.clone(),
                 "--out".into(),

@@ -60,7 +60,9 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
         assert!(plots.join(f).exists(), "{f} missing");
     }
 
-    // The report read the layout the plan wrote.
+    // The report read the layout the plan wrote, with lt's file names.
+    assert_eq!(xtask::reproduce::FEATURES_FILE, lt_core::layout::FEATURES_FILE);
+    assert_eq!(xtask::reproduce::CHECKPOINT_FILE, lt_core::layout::CHECKPOINT_FILE);
     let layout = lt_metrics::report::LAYOUT;
     assert!(layout
         .row_dir(runs.path().join("tiny").as_path(), 1, "swa-srepr")

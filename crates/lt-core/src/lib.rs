@@ -33,6 +33,7 @@ pub mod atomic;
 pub mod check;
 pub mod fingerprint;
 pub mod formats;
+pub mod layout;
 pub mod lock;
 pub mod memory;
 pub mod optim;

@@ -16,7 +16,7 @@ use crate::Outcome;
 /// File name of the head artifact in a run's output directory.
 pub const HEAD_FILE: &str = "head.safetensors";
 /// File name of the predictions artifact in a run's output directory.
-pub const PREDICTIONS_FILE: &str = "predictions.safetensors";
+pub use lt_core::layout::PREDICTIONS_FILE;
 
 /// The fingerprint of a stage-2 run: the features it read and its configuration.
 pub fn fingerprint(features_fingerprint: &str, cfg: &RetrainConfig) -> String {

@@ -23,7 +23,7 @@ impl RunDir {
     }
     /// The split artifact.
     pub fn split(&self) -> PathBuf {
-        self.root.join("split.safetensors")
+        self.root.join(lt_core::layout::SPLIT_FILE)
     }
     /// The stage-1 configuration (JSON).
     pub fn config(&self) -> PathBuf {
@@ -31,7 +31,7 @@ impl RunDir {
     }
     /// The rolling checkpoint.
     pub fn checkpoint(&self) -> PathBuf {
-        self.root.join("checkpoint.safetensors")
+        self.root.join(lt_core::layout::CHECKPOINT_FILE)
     }
     /// The state at `swa_start`, from which both branches continue.
     pub fn branch(&self) -> PathBuf {
@@ -59,7 +59,7 @@ impl RunDir {
     }
     /// The features artifact of `lt extract`.
     pub fn features(&self) -> PathBuf {
-        self.root.join("features.safetensors")
+        self.root.join(lt_core::layout::FEATURES_FILE)
     }
     /// The description of the data the run was trained on (JSON).
     pub fn data_spec(&self) -> PathBuf {

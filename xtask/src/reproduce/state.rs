@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use super::Stage;
 
 /// The checkpoint a resumable stage (`lt train`) continues from.
-const CHECKPOINT: &str = "checkpoint.safetensors";
+const CHECKPOINT: &str = super::CHECKPOINT_FILE;
 
 /// The key of a stage that succeeded.
 pub(super) fn key_file(dir: &Path) -> PathBuf {

@@ -34,9 +34,9 @@ pub const LAYOUT: Layout = Layout {
     seed_prefix: "seed-",
     stage1: "stage1",
     stage2: "stage2",
-    split: "split.safetensors",
-    features: "features.safetensors",
-    predictions: "predictions.safetensors",
+    split: lt_core::layout::SPLIT_FILE,
+    features: lt_core::layout::FEATURES_FILE,
+    predictions: lt_core::layout::PREDICTIONS_FILE,
 };
 
 impl Layout {
