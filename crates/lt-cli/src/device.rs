@@ -2,6 +2,22 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use clap::Args;
+
+/// `--device`: where a command computes.
+#[derive(Args, Clone, Debug)]
+pub struct DeviceArg {
+    /// Device: cpu, cuda, cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+}
+
+impl DeviceArg {
+    /// The device, opened and prepared ([`parse`]).
+    pub fn open(&self) -> Result<Device> {
+        parse(&self.device)
+    }
+}
 
 /// Parses a device name and opens the device, prepared for the project's workloads
 /// ([`lt_models::ops::prepare_device`]).

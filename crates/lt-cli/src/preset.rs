@@ -1,9 +1,10 @@
 //! Presets: a whole pipeline recipe as a TOML file under `presets/` (embedded in the binary;
 //! `--preset-file` reads a user's copy).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context, Result};
+use clap::Args;
 use lt_data::DataSpec;
 use lt_retrain::RetrainConfig;
 use lt_train::extract::ExtractConfig;
@@ -82,13 +83,32 @@ pub fn from_file(path: &Path) -> Result<Preset> {
     parse(&text, &path.display().to_string())
 }
 
-/// Resolves `--preset` / `--preset-file`.
-pub fn resolve(name: Option<&str>, file: Option<&Path>) -> Result<Option<Preset>> {
-    match (name, file) {
-        (_, Some(f)) => from_file(f).map(Some),
-        (Some(n), None) => embedded(n).map(Some),
-        (None, None) => Ok(None),
+/// Where a command's settings start: `--preset NAME` or `--preset-file FILE` (each command reads
+/// its own section of it), or neither (the defaults).
+#[derive(Args, Clone, Debug, Default)]
+pub struct PresetArgs {
+    /// Start from an embedded preset (the section this command reads).
+    #[arg(long, value_parser = embedded_names())]
+    pub preset: Option<String>,
+    /// Start from a preset file (the section this command reads).
+    #[arg(long, conflicts_with = "preset")]
+    pub preset_file: Option<PathBuf>,
+}
+
+impl PresetArgs {
+    /// The preset given, if any.
+    pub fn resolve(&self) -> Result<Option<Preset>> {
+        match (&self.preset, &self.preset_file) {
+            (_, Some(f)) => from_file(f).map(Some),
+            (Some(n), None) => embedded(n).map(Some),
+            (None, None) => Ok(None),
+        }
     }
+}
+
+/// The embedded presets' names, as `--preset`'s possible values (listed in its help).
+fn embedded_names() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(EMBEDDED.iter().map(|(n, _)| *n))
 }
 
 #[cfg(test)]

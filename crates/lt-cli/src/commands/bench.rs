@@ -82,9 +82,8 @@ struct BackboneBench {
     /// Untimed warm-up steps.
     #[arg(long, default_value_t = 2)]
     warmup: u32,
-    /// Device.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: crate::device::DeviceArg,
     /// Let cuDNN use TF32 tensor-core math in f32 convolutions (PyTorch's default on CUDA).
     #[arg(long)]
     tf32: bool,
@@ -141,9 +140,8 @@ struct RetrainBench {
     /// Directory for the generated artifact (reused when present).
     #[arg(long)]
     dir: PathBuf,
-    /// Device.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: crate::device::DeviceArg,
 }
 
 /// Prints one benchmark's JSON object with the process's memory.
@@ -183,7 +181,7 @@ fn median_seconds(warmup: u32, steps: u32, mut step: impl FnMut() -> Result<Dura
 }
 
 fn backbone(b: BackboneBench) -> Result<()> {
-    let dev = crate::device::parse(&b.device)?;
+    let dev = b.device.open()?;
     lt_models::ops::set_cudnn_tf32(b.tf32);
     lt_models::ops::reset_device_memory_peak(&dev);
     let (batch, classes, size) = (b.batch as usize, b.classes as usize, b.size as usize);
@@ -254,7 +252,7 @@ fn backbone(b: BackboneBench) -> Result<()> {
     print(json!({
         "profile": profile,
         "bench": "backbone", "arch": b.arch, "mode": b.mode, "backend": b.backend, "batch": batch, "size": size,
-        "device": b.device, "frozen": frozen.is_some(), "median_step_seconds": median, "median_host_seconds": host, "images_per_sec": batch as f64 / median, "steps": b.steps,
+        "device": b.device.device, "frozen": frozen.is_some(), "median_step_seconds": median, "median_host_seconds": host, "images_per_sec": batch as f64 / median, "steps": b.steps,
         "kernels": lt_models::ops::kernel_name(), "gemm": lt_models::ops::gemm_isa().name(), "cpu_features": lt_models::ops::cpu_features(), "tf32": b.tf32, "precision": b.precision, "taped": taped,
         "device_pool_peak_mib": lt_models::ops::device_memory_peak(&dev).map(|b| b as f64 / 1048576.0),
     }));
@@ -278,7 +276,7 @@ fn profiled(step: &mut impl FnMut() -> Result<Duration>) -> Result<serde_json::V
 }
 
 fn retrain(b: RetrainBench) -> Result<()> {
-    let dev = crate::device::parse(&b.device)?;
+    let dev = b.device.open()?;
     let (n, d, c, m, half) = match b.size {
         Size::Cifar => (12_406usize, 64usize, 100usize, 8usize, false),
         Size::Imagenet => (115_846, 2048, 1000, 4, true),

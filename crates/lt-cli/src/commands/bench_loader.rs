@@ -44,10 +44,10 @@ pub struct LoaderBench {
     /// shorter side of 256/224 of the crop, centre crop), as extraction and evaluation load.
     #[arg(long)]
     eval: bool,
-    /// Device the batches are made on (cpu, cuda, cuda:N): on a GPU this includes the copy of
-    /// the bytes and their normalisation there, as in training.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Where the batches are made (on a GPU this includes the copy of the bytes and their
+    /// normalisation there, as in training).
+    #[command(flatten)]
+    device: crate::device::DeviceArg,
 }
 
 impl LoaderBench {
@@ -79,7 +79,7 @@ impl LoaderBench {
 
 /// Runs `lt bench loader`.
 pub fn run(b: LoaderBench) -> Result<()> {
-    let dev = crate::device::parse(&b.device)?;
+    let dev = b.device.open()?;
     let spec = b.spec()?;
     if let (Some(root), Some(n)) = (&spec.data_root, b.generate_jpegs) {
         if !root.exists() {
@@ -128,7 +128,7 @@ pub fn run(b: LoaderBench) -> Result<()> {
         "sample": format!("{c}x{h}x{w}"), "transform": transform, "eval": b.eval,
         "augmentation": format!("{} ({transform} transform, {c}x{h}x{w})", bundle.name),
         "batch": batch, "workers": b.workers, "images": images, "images_per_sec": images as f64 / secs,
-        "device": b.device,
+        "device": b.device.device,
     }));
     Ok(())
 }

@@ -30,18 +30,14 @@ impl DataFlags {
 pub struct PresetData {
     #[command(flatten)]
     pub data: DataFlags,
-    /// Start from a preset's data section.
-    #[arg(long)]
-    pub preset: Option<String>,
-    /// Start from a preset file's data section.
-    #[arg(long)]
-    pub preset_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub preset: crate::preset::PresetArgs,
 }
 
 impl PresetData {
     /// The data section of the preset given, if any.
     pub fn preset_spec(&self) -> Result<Option<DataSpec>> {
-        Ok(crate::preset::resolve(self.preset.as_deref(), self.preset_file.as_deref())?.map(|p| p.data))
+        Ok(self.preset.resolve()?.map(|p| p.data))
     }
 }
 

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::device::DeviceArg;
+use crate::preset::PresetArgs;
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use lt_core::formats::features::Features;
@@ -21,20 +23,15 @@ pub struct RetrainArgs {
     /// Print the plan's rows (`id<TAB>label<TAB>settings as JSON`) and stop.
     #[arg(long)]
     list_rows: bool,
-    /// Start from an embedded preset's `[retrain]` table.
-    #[arg(long)]
-    preset: Option<String>,
-    /// Start from a preset file's `[retrain]` table.
-    #[arg(long)]
-    preset_file: Option<PathBuf>,
+    #[command(flatten)]
+    preset: PresetArgs,
     #[command(flatten)]
     cfg: RetrainConfig,
     /// Output directory (head.safetensors, predictions.safetensors).
     #[arg(long, required_unless_present = "list_rows")]
     out: Option<PathBuf>,
-    /// Device: cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     /// CPU threads of candle's ops (0: automatic — one thread when the head is small, every
     /// core otherwise; `RAYON_NUM_THREADS` set in the environment wins).
     #[arg(long, default_value_t = 0)]
@@ -63,7 +60,7 @@ fn set_threads(requested: usize, dim: usize, classes: usize) {
 /// The configuration of a run: defaults, then the preset's `[retrain]` table, then the row's
 /// settings, then the flags given on the command line.
 fn config(a: &RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig, Option<&'static Row>)> {
-    let preset = crate::preset::resolve(a.preset.as_deref(), a.preset_file.as_deref())?;
+    let preset = a.preset.resolve()?;
     let mut base = preset.map(|p| p.retrain).unwrap_or_default();
     let row = match &a.row {
         Some(id) => {
@@ -100,7 +97,7 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     let (Some(path), Some(out)) = (&a.features, &a.out) else { bail!("--features and --out are required") };
     let features = Features::open(path).with_context(|| format!("reading {}", path.display()))?;
     set_threads(a.threads, features.dim(), features.classes());
-    let device = crate::device::parse(&a.device)?;
+    let device = a.device.open()?;
     // Held from here (inputs checked) until the head and predictions are committed.
     let _lock = lt_core::lock::RunLock::acquire_and_clean(out)?;
     let started = std::time::Instant::now();

@@ -8,16 +8,14 @@ use lt_train::extract::{extract, ExtractConfig};
 use lt_train::{train, RunDir, RunOptions, SwaConfig};
 
 use crate::commands::data::{load, DataFlags};
+use crate::device::DeviceArg;
+use crate::preset::PresetArgs;
 
 /// `lt train`
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Start from an embedded preset (synthetic, tiny, fmnist-lt, cifar10-lt, cifar100-lt, imagenet-lt, inat2018, folder).
-    #[arg(long)]
-    preset: Option<String>,
-    /// Start from a preset file.
-    #[arg(long)]
-    preset_file: Option<PathBuf>,
+    #[command(flatten)]
+    preset: PresetArgs,
     #[command(flatten)]
     data: DataFlags,
     /// Architecture (resnet32, cifar-resnet8x16, resnet50, ...).
@@ -86,14 +84,13 @@ pub struct TrainArgs {
     /// Continue the run in `--out` from its last checkpoint.
     #[arg(long)]
     resume: bool,
-    /// Device: cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 /// Runs `lt train`.
 pub fn run_train(a: TrainArgs) -> Result<()> {
-    let preset = crate::preset::resolve(a.preset.as_deref(), a.preset_file.as_deref())?;
+    let preset = a.preset.resolve()?;
     let mut cfg = match &preset {
         Some(p) => p.train.clone(),
         None => lt_train::TrainConfig::cifar_lt(),
@@ -147,7 +144,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     }
     let spec = a.data.resolve(preset.as_ref().map(|p| &p.data));
     let data = load(&spec, a.data.mirror.clone())?;
-    let device = crate::device::parse(&a.device)?;
+    let device = a.device.open()?;
     crate::device::warn_precision(&device, cfg.precision);
     tracing::info!(
         "training {} on {} ({} images, {} classes) into {}",
@@ -191,27 +188,22 @@ pub struct ExtractArgs {
     /// Run directory of `lt train`.
     #[arg(long)]
     run: PathBuf,
-    /// Start from an embedded preset's `[extract]` table.
-    #[arg(long)]
-    preset: Option<String>,
-    /// Start from a preset file's `[extract]` table.
-    #[arg(long)]
-    preset_file: Option<PathBuf>,
+    #[command(flatten)]
+    preset: PresetArgs,
     #[command(flatten)]
     cfg: ExtractConfig,
-    /// Device: cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 /// Runs `lt extract`: the preset's `[extract]` table (or the defaults), then the flags given.
 pub fn run_extract(a: ExtractArgs, matches: &ArgMatches) -> Result<()> {
-    let preset = crate::preset::resolve(a.preset.as_deref(), a.preset_file.as_deref())?;
+    let preset = a.preset.resolve()?;
     let base = preset.map(|p| p.extract).unwrap_or_default();
     let cfg = crate::overlay::overlay(&base, &a.cfg, matches)?;
     let dir = RunDir::new(&a.run);
     let data = load(&dir.read_data_spec()?, None)?;
-    let device = crate::device::parse(&a.device)?;
+    let device = a.device.open()?;
     let path = extract(&dir, &data, &cfg, &device)?;
     println!("features of {} backbones written to {}", 2 + cfg.samples, path.display());
     Ok(())

@@ -27,9 +27,8 @@ use serde::{Deserialize, Serialize};
 /// `lt selftest`
 #[derive(Args)]
 pub struct SelftestArgs {
-    /// Device: cpu, cuda, cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: crate::device::DeviceArg,
     /// Directory of the golden fixtures.
     #[arg(long, default_value = "crates/lt-models/tests/golden")]
     fixtures: PathBuf,
@@ -136,7 +135,7 @@ impl Tally {
 /// Runs `lt selftest`. `log` is the log filter, passed on to the groups' processes.
 pub fn run(a: SelftestArgs, log: &str) -> Result<()> {
     // Opened here in any case, so that a device that cannot open fails once, with its reason.
-    let device = crate::device::parse(&a.device)?;
+    let device = a.device.open()?;
     let in_process = a.in_process.then_some(device);
     let groups = if a.only.is_empty() { Group::all().to_vec() } else { a.only.clone() };
     let mut tallies: Vec<(&str, Tally)> = kinds().into_iter().map(|k| (k, Tally::default())).collect();
@@ -153,7 +152,7 @@ pub fn run(a: SelftestArgs, log: &str) -> Result<()> {
         tally.add(t);
         // A kind's summary line follows its last group.
         if groups[i + 1..].iter().all(|g| g.kind() != *kind) {
-            println!("{}/{} {} passed on {}", tally.total - tally.failed, tally.total, kind, a.device);
+            println!("{}/{} {} passed on {}", tally.total - tally.failed, tally.total, kind, a.device.device);
         }
     }
     if a.result_line {
@@ -182,7 +181,7 @@ fn run_isolated(a: &SelftestArgs, g: Group, log: &str) -> Result<Tally> {
     if !lt_models::ops::cudnn_measured_search() {
         cmd.arg("--cudnn-heuristic");
     }
-    cmd.args(["selftest", "--device", &a.device, "--fixtures"]).arg(&a.fixtures).args([
+    cmd.args(["selftest", "--device", &a.device.device, "--fixtures"]).arg(&a.fixtures).args([
         "--only",
         &g.name(),
         "--in-process",
