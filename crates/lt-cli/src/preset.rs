@@ -123,6 +123,10 @@ mod tests {
             assert!(p.seeds >= 1);
         }
         assert!(embedded("nope").unwrap_err().to_string().contains("synthetic"));
+        // The library's CIFAR-LT recipe is the presets' (lt train's default without a preset).
+        for name in ["cifar10-lt", "cifar100-lt"] {
+            assert_eq!(embedded(name).unwrap().train, lt_train::TrainConfig::cifar_lt(), "{name}");
+        }
         let err = parse("name = 1", "x").unwrap_err();
         assert!(format!("{err:#}").contains("preset x"));
     }

@@ -93,7 +93,7 @@ pub fn run_train(a: TrainArgs) -> Result<()> {
     let preset = a.preset.resolve()?;
     let mut cfg = match &preset {
         Some(p) => p.train.clone(),
-        None => lt_train::TrainConfig::cifar_lt(),
+        None => crate::preset::embedded("cifar10-lt")?.train,
     };
     if preset.is_none()
         && a.arch.is_none()
