@@ -270,30 +270,36 @@ fn loader_rate(
     json_number(lt, &args, "images_per_sec")
 }
 
-/// The [`Recipe`] of a resolved preset (the defaults of the `lt` binary where it says nothing).
-pub fn recipe(preset: &toml::Value) -> Recipe {
-    let int = |path: &[&str], default: i64| {
-        let mut v = Some(preset);
-        for k in path {
-            v = v.and_then(|x| x.get(*k));
-        }
-        v.and_then(|x| x.as_integer()).unwrap_or(default).max(0) as usize
+/// A setting of a preset as `lt preset` resolved it (every setting present, JSON pointer
+/// `path`), or an error naming it.
+pub fn setting<'a>(resolved: &'a serde_json::Value, path: &str) -> Result<&'a serde_json::Value> {
+    resolved.pointer(path).with_context(|| format!("`lt preset` gave no {path}"))
+}
+
+/// An integer setting of a resolved preset ([`setting`]).
+pub fn count(resolved: &serde_json::Value, path: &str) -> Result<usize> {
+    let v = setting(resolved, path)?;
+    v.as_u64().map(|n| n as usize).with_context(|| format!("`lt preset` gave {path} = {v}, not a count"))
+}
+
+/// The [`Recipe`] of a preset as `lt preset` resolved it (the defaults are the binary's own).
+pub fn recipe(resolved: &serde_json::Value) -> Result<Recipe> {
+    let flag = |path: &str| -> Result<bool> {
+        let v = setting(resolved, path)?;
+        v.as_bool().with_context(|| format!("`lt preset` gave {path} = {v}, not a boolean"))
     };
-    let flag = |sec: &str, key: &str| {
-        preset.get(sec).and_then(|t| t.get(key)).and_then(|v| v.as_bool()).unwrap_or(false)
+    let swa = match setting(resolved, "/train/swa")?.is_null() {
+        true => None,
+        false => Some((count(resolved, "/train/swa/start")?, count(resolved, "/train/swa/rank")?)),
     };
-    let swa = preset
-        .get("train")
-        .and_then(|t| t.get("swa"))
-        .map(|_| (int(&["train", "swa", "start"], 0), int(&["train", "swa", "rank"], 20)));
-    Recipe {
-        epochs: int(&["train", "epochs"], 1),
+    Ok(Recipe {
+        epochs: count(resolved, "/train/epochs")?,
         swa,
-        samples: int(&["extract", "samples"], 8),
-        half: flag("extract", "half"),
-        retrain_epochs: int(&["retrain", "epochs"], 30),
-        freeze_bn: flag("train", "freeze_bn"),
-    }
+        samples: count(resolved, "/extract/samples")?,
+        half: flag("/extract/half")?,
+        retrain_epochs: count(resolved, "/retrain/epochs")?,
+        freeze_bn: flag("/train/freeze_bn")?,
+    })
 }
 
 #[cfg(test)]
@@ -360,24 +366,29 @@ mod tests {
     }
 
     #[test]
-    fn the_recipe_is_read_from_the_preset_with_the_binary_defaults() {
-        let p: toml::Value = toml::from_str(
-            "[train]\nepochs = 30\nfreeze_bn = true\n[train.swa]\nstart = 24\n[extract]\nhalf = true\n",
-        )
-        .unwrap();
-        let r = recipe(&p);
-        assert_eq!(
-            r,
-            Recipe {
-                epochs: 30,
-                swa: Some((24, 20)),
-                samples: 8,
-                half: true,
-                retrain_epochs: 30,
-                freeze_bn: true
-            }
-        );
-        assert_eq!(recipe(&toml::from_str("[train]\nepochs = 5\n").unwrap()).swa, None);
+    fn the_recipe_is_read_from_the_resolved_preset() {
+        let resolved = serde_json::json!({
+            "train": {"epochs": 30, "freeze_bn": true, "swa": {"start": 24, "rank": 20}},
+            "extract": {"samples": 8, "half": true},
+            "retrain": {"epochs": 30},
+        });
+        let r = recipe(&resolved).unwrap();
+        let want = Recipe {
+            epochs: 30,
+            swa: Some((24, 20)),
+            samples: 8,
+            half: true,
+            retrain_epochs: 30,
+            freeze_bn: true,
+        };
+        assert_eq!(r, want);
+        let mut plain = resolved.clone();
+        plain["train"]["swa"] = serde_json::Value::Null;
+        assert_eq!(recipe(&plain).unwrap().swa, None);
+        // No defaults here: a setting `lt preset` did not give is an error naming it.
+        let mut short = resolved;
+        short["extract"].as_object_mut().unwrap().remove("samples");
+        assert!(recipe(&short).unwrap_err().to_string().contains("/extract/samples"));
     }
 
     #[test]

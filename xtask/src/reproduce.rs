@@ -307,8 +307,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     let stage1_dirs: Vec<PathBuf> = (0..seeds(&preset)).map(|seed| stage1_dir(&run_root, seed)).collect();
     if opts.dry_run {
         let plan_with = |id: &str| plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, id);
-        let (stages, costs) =
-            dry::plan_and_costs(&lt, &resolved, (&preset, &opts.device), &stage1_dirs, plan_with)?;
+        let (stages, costs) = dry::plan_and_costs(&lt, &resolved, &opts.device, &stage1_dirs, plan_with)?;
         print_plan(&name, &stages, &run_root, &report, costs.as_ref());
         return Ok(Summary { ran: vec![], skipped: vec![], report: report.join("report.md"), seconds: 0.0 });
     }

@@ -34,6 +34,8 @@ struct Cli {
 enum Command {
     /// Data sets: describe a long-tailed split, write the split artifact.
     Data(commands::data::DataArgs),
+    /// A preset resolved: every setting of every stage, defaults filled in, as JSON.
+    Preset(commands::preset::PresetCmd),
     /// Backbones: parameter shapes, eval-mode features and logits for an input tensor.
     Backbone(commands::backbone::BackboneArgs),
     /// Stage 1: train the SGD backbone and, with SWA, the SWA backbone and SWAG statistics.
@@ -68,6 +70,7 @@ fn main() {
     lt_models::ops::set_cudnn_measured_search(!cli.cudnn_heuristic);
     let result = match cli.command {
         Command::Data(a) => commands::data::run(a),
+        Command::Preset(a) => commands::preset::run(a),
         Command::Backbone(a) => commands::backbone::run(a),
         Command::Train(a) => commands::train::run_train(*a),
         Command::Extract(a) => commands::train::run_extract(a, &sub),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::data::{find, Data};
-use super::{get, is_done, resumes, Stage};
+use super::{is_done, resumes, Stage};
 
 /// The stages `plan` makes of the resolved preset `resolved` for its data as a run would find
 /// them (without downloading; see [`find`]), and their estimated costs where the data are at
@@ -15,7 +15,7 @@ use super::{get, is_done, resumes, Stage};
 pub(super) fn plan_and_costs(
     lt: &Path,
     resolved: &str,
-    (preset, device): (&toml::Value, &str),
+    device: &str,
     stage1_dirs: &[PathBuf],
     plan: impl FnOnce(&str) -> Result<Vec<Stage>>,
 ) -> Result<(Vec<Stage>, Option<[crate::estimate::Cost; 3]>)> {
@@ -25,7 +25,7 @@ pub(super) fn plan_and_costs(
         let data = find(lt, &tmp, false, stage1_dirs)?;
         let stages = plan(data.id())?;
         let costs = match data {
-            Data::Found(_) => estimate_costs(lt, &tmp, preset, device),
+            Data::Found(_) => estimate_costs(lt, &tmp, device),
             Data::Recorded(_) | Data::Absent => {
                 println!(
                     "the data are not where the preset looks (`lt data fingerprint --available-only` found none): \
@@ -43,46 +43,48 @@ pub(super) fn plan_and_costs(
 
 /// Per kind of stage (`train`, `extract`, `retrain`), its estimated cost on this machine; `None`
 /// (with the reason printed) when the measurement failed.
-fn estimate_costs(
-    lt: &Path,
-    preset_file: &Path,
-    preset: &toml::Value,
-    device: &str,
-) -> Option<[crate::estimate::Cost; 3]> {
-    use crate::estimate as est;
-    let arch = get(preset, &["train", "arch"]).and_then(|v| v.as_str()).unwrap_or("resnet32").to_string();
-    let batch =
-        get(preset, &["train", "batch_size"]).and_then(|v| v.as_integer()).unwrap_or(128).max(1) as usize;
-    let precision =
-        get(preset, &["train", "precision"]).and_then(|v| v.as_str()).unwrap_or("f32").to_string();
-    let workers = ["train", "extract"]
-        .map(|s| get(preset, &[s, "workers"]).and_then(|v| v.as_integer()).map(|w| w.max(1) as usize));
-    println!(
-        "measuring a few steps of {arch} ({precision}) and the loader on {device} for the estimates ..."
-    );
-    let measured = est::measure(lt, preset_file, (&arch, batch, &precision), device, workers);
-    match measured {
-        Ok(i) => {
-            let r = est::recipe(preset);
-            println!(
-                "measured: {:.0} training and {:.0} inference images/s at {}x{}; {} parameters; {} / {} / {} images",
-                i.train_ips, i.eval_ips, i.size, i.size, i.params, i.images[0], i.images[1], i.images[2]
-            );
-            let pace = |loader: f64, compute: f64| if loader < compute { " (sets the pace)" } else { "" };
-            println!(
-                "loader: {:.0} training{} and {:.0} evaluation{} images/s",
-                i.loader_train_ips,
-                pace(i.loader_train_ips, i.train_ips),
-                i.loader_eval_ips,
-                pace(i.loader_eval_ips, i.eval_ips)
-            );
-            Some([est::stage1(&i, &r), est::extract(&i, &r), est::retrain_row(&i, &r)])
-        }
+fn estimate_costs(lt: &Path, preset_file: &Path, device: &str) -> Option<[crate::estimate::Cost; 3]> {
+    match measured_costs(lt, preset_file, device) {
+        Ok(costs) => Some(costs),
         Err(e) => {
             println!("no estimates: {e:#}");
             None
         }
     }
+}
+
+/// [`estimate_costs`]: the preset as `lt preset` resolves it (every setting, the binary's
+/// defaults filled in), a few measured steps, and the estimates.
+fn measured_costs(lt: &Path, preset_file: &Path, device: &str) -> Result<[crate::estimate::Cost; 3]> {
+    use crate::estimate as est;
+    let resolved =
+        crate::lt_json(lt, &["preset".as_ref(), "--preset-file".as_ref(), preset_file.as_os_str()], false)?;
+    let text = |path: &str| -> Result<String> {
+        let v = est::setting(&resolved, path)?;
+        v.as_str().map(str::to_string).with_context(|| format!("`lt preset` gave {path} = {v}, not a name"))
+    };
+    let (arch, precision) = (text("/train/arch")?, text("/train/precision")?);
+    let batch = est::count(&resolved, "/train/batch_size")?;
+    let workers = [est::count(&resolved, "/train/workers")?, est::count(&resolved, "/extract/workers")?];
+    let r = est::recipe(&resolved)?;
+    println!(
+        "measuring a few steps of {arch} ({precision}) and the loader on {device} for the estimates ..."
+    );
+    let i = est::measure(lt, preset_file, (&arch, batch, &precision), device, workers.map(Some))?;
+
+    println!(
+        "measured: {:.0} training and {:.0} inference images/s at {}x{}; {} parameters; {} / {} / {} images",
+        i.train_ips, i.eval_ips, i.size, i.size, i.params, i.images[0], i.images[1], i.images[2]
+    );
+    let pace = |loader: f64, compute: f64| if loader < compute { " (sets the pace)" } else { "" };
+    println!(
+        "loader: {:.0} training{} and {:.0} evaluation{} images/s",
+        i.loader_train_ips,
+        pace(i.loader_train_ips, i.train_ips),
+        i.loader_eval_ips,
+        pace(i.loader_eval_ips, i.eval_ips)
+    );
+    Ok([est::stage1(&i, &r), est::extract(&i, &r), est::retrain_row(&i, &r)])
 }
 
 /// Prints the plan: every stage, whether it is cached, its command line and, with `costs`, its
