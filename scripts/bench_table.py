@@ -13,6 +13,7 @@ Further tables: the taped executor against candle's autograd, and the settings t
 bench-more changes one at a time against the default step of the same call.
 """
 import json
+import math
 import os
 import sys
 
@@ -28,7 +29,11 @@ def load(path):
         line = line.strip()
         if not line.startswith("{"):
             continue
-        d = json.loads(line)
+        try:
+            d = json.loads(line)
+        except ValueError:  # a line cut off when its run was stopped: the other rows still count
+            print(f"{path}: left out a line that is not JSON: {line[:80]}", file=sys.stderr)
+            continue
         key = (d.get("arch"), d.get("mode"), d.get("batch"), d.get("size"))
         impl = d.get("impl", "")
         if "autograd" in impl:
@@ -47,10 +52,15 @@ def load(path):
     return rows
 
 
+def finite(v):
+    """`v` when it is a finite number, else None."""
+    return v if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
 def ips(r, name):
-    """Images per second of column `name`, None when not measured."""
+    """Images per second of column `name`, None when not measured (or not a finite number)."""
     d = r.get(name)
-    return None if d is None or "error" in d else d.get("images_per_sec")
+    return None if d is None or "error" in d else finite(d.get("images_per_sec"))
 
 
 def mem(r, name):
@@ -153,20 +163,23 @@ def verdict(rows):
         config = f"{arch} {mode} b{batch} {size}x{size}"
         pt = ips(r, "project-tf32")
         name, best = best_f32(r)
-        if pt and best:
+        if pt is not None and best:
             ratio = pt / best
             print(f"{'PASS' if ratio >= bar else 'FAIL'}\t{config}: TF32 ratio >= {bar}\t{ratio:.2f}x "
                   f"({pt:,.0f} img/s against PyTorch {name} {best:,.0f})")
         else:
             print(f"UNMEASURED\t{config}: TF32 ratio >= {bar}\tproject {fmt(pt)}, PyTorch {fmt(best)} img/s")
-        pm, tm = mem(r, "project-tf32"), mem(r, name) if name else None
+        # Like with like: the project's memory pool against PyTorch's allocator (nvidia-smi's
+        # figure includes the CUDA context, which neither counts).
+        pm = finite((r.get("project-tf32") or {}).get("device_pool_peak_mib"))
+        tm = finite((r.get(name) or {}).get("peak_cuda_mib")) if name else None
         if pm is not None and tm is not None:
             print(f"{'PASS' if pm <= tm else 'FAIL'}\t{config}: peak memory <= PyTorch's\t{pm:,.0f} MiB against "
                   f"{tm:,.0f} MiB")
         else:
             print(f"UNMEASURED\t{config}: peak memory <= PyTorch's\tproject {fmt(pm)}, PyTorch {fmt(tm)} MiB")
         pb, tb = ips(r, "project-bf16"), ips(r, "bf16-cl")
-        result = f"{pb / tb:.2f}x ({pb:,.0f} against {tb:,.0f} img/s)" if pb and tb else \
+        result = f"{pb / tb:.2f}x ({pb:,.0f} against {tb:,.0f} img/s)" if pb is not None and tb else \
             f"project {fmt(pb)}, PyTorch {fmt(tb)} img/s"
         print(f"INFO\t{config}: bf16 against PyTorch's autocast\t{result}")
 

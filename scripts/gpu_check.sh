@@ -259,8 +259,8 @@ PY
 # evidence that a check of the kind failed: N < M, a line matching FAIL_RE (a failed check or
 # run of that kind), or a failed process of the groups GROUP_RE (lt selftest --only GROUP: "FAIL
 # GROUP: its process ..."); only that evidence makes the pipeline avoid a path, not a line
-# missing because the step stopped before it. KIND_STATUS: FAIL on evidence (or M = 0), "not
-# run" without its line, else ok.
+# missing because the step stopped before it. KIND_STATUS: FAIL on evidence (or M = 0, or the
+# step failed before any kind's line), "not run" without its line, else ok.
 kind_status() {
   local file="$LOGS/selftest.txt" n m
   KIND_LINE=$(grep -E "^[0-9]+/[0-9]+ $1 passed" "$file" | tail -n 1)
@@ -274,7 +274,13 @@ kind_status() {
   if [ "$KIND_FAILED" = 1 ] || { [ -n "$KIND_LINE" ] && [ "$m" = 0 ]; }; then
     KIND_STATUS=FAIL
   elif [ -z "$KIND_LINE" ]; then
+    # Not reached: the step stopped on time (or was skipped) before this kind. A step that
+    # failed before any kind's line (the device did not open) failed them all.
     KIND_STATUS="not run"
+    case $LAST_STATUS in
+      ok | timeout | skipped) ;;
+      *) grep -qE "^[0-9]+/[0-9]+ .* passed" "$file" || KIND_STATUS=FAIL ;;
+    esac
   fi
   local crashed
   crashed=$(grep -cE "^FAIL $2: its process" "$file")
@@ -301,10 +307,11 @@ step_selftest() {
   kind_status "checks" 'golden-[a-z0-9-]+' '^FAIL resnet(32|50) (Fast|Candle)'
   [ "$LAST_STATUS" = ok ] || [ "$LAST_STATUS" = "FAIL(rc=1)" ] || KIND_STATUS=$LAST_STATUS
   kind_record "selftest (both backends)" "$LAST_SECONDS"
-  local golden=UNMEASURED
+  local golden
   case $KIND_LINE in
     "$GOLDEN_CHECKS/$GOLDEN_CHECKS checks passed"*) golden=PASS ;;
     [0-9]*/[0-9]*" checks passed"*) golden=FAIL ;;
+    *) case $KIND_STATUS in timeout | skipped | "not run") golden=UNMEASURED ;; *) golden=FAIL ;; esac ;;
   esac
   verdict "$golden" "$GOLDEN_CHECKS/$GOLDEN_CHECKS golden checks on $DEVICE, both backends" "$KIND_LINE"
   # bf16 mixed precision against f32 on the device (bounds from PyTorch's bf16 autocast).
@@ -628,7 +635,7 @@ TOML
   if [ -n "$acc" ] && [ -n "$ref" ]; then
     status=$(awk -v a="$acc" -v r="$ref" -v bar="$ACCURACY_BAR" \
       'BEGIN { d = a - r; if (d < 0) d = -d; print (d <= bar ? "PASS" : "FAIL") }')
-  elif [ "$LAST_STATUS" != ok ]; then
+  elif [ "$LAST_STATUS" != ok ] && [ "$LAST_STATUS" != skipped ]; then
     status=FAIL
   fi
   verdict "$status" "Fashion-MNIST-LT on $DEVICE: SRepr within $ACCURACY_BAR point of the CPU${fallback:+ (on a fallback path)}" \

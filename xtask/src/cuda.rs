@@ -215,14 +215,16 @@ pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
     exec(Command::new("strip").arg(&stripped))?;
     let dist = root.join("dist/cuda");
     std::fs::create_dir_all(&dist)?;
+    // Written again beside the new binary only (a build that stops half-way names no commit).
+    let _ = std::fs::remove_file(dist.join(BUILD_FILE));
     // Only the compressed binary travels (an uncompressed one left from older builds would not fit).
     let _ = std::fs::remove_file(dist.join("lt"));
     let _ = std::fs::remove_file(dist.join("gpu_check.sh"));
     smoke(root, &stripped, &stub_dir, &ld)?;
     let xz = dist.join("lt.xz");
     compress(&stripped, &xz)?;
-    copy_fashion_mnist(&a.fashion_mnist, &dist.join("data/fashion-mnist"))?;
     std::fs::write(dist.join(BUILD_FILE), format!("{}\n", build_id(root)))?;
+    copy_fashion_mnist(&a.fashion_mnist, &dist.join("data/fashion-mnist"))?;
     report(&stripped, &dist)?;
     Ok(xz)
 }
@@ -231,15 +233,14 @@ pub fn run_build(root: &Path, a: &CudaBuildArgs) -> Result<PathBuf> {
 /// prints it in its summary, so that a GPU's results name the commit they measured).
 const BUILD_FILE: &str = "BUILD";
 
-/// The commit of `root`'s checkout, with "+ uncommitted changes" when tracked files differ from
-/// it; "unknown commit" without git.
+/// The commit of `root`'s checkout, with "+ uncommitted changes" when files differ from it
+/// (tracked ones changed, or new ones git does not ignore); "unknown commit" without git.
 fn build_id(root: &Path) -> String {
     let git = |args: &[&str]| -> Option<String> {
         let out = Command::new("git").arg("-C").arg(root).args(args).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     };
-    match (git(&["rev-parse", "--short=12", "HEAD"]), git(&["status", "--porcelain", "--untracked-files=no"]))
-    {
+    match (git(&["rev-parse", "--short=12", "HEAD"]), git(&["status", "--porcelain"])) {
         (Some(commit), Some(changes)) if changes.is_empty() => format!("commit {commit}"),
         (Some(commit), _) => format!("commit {commit} + uncommitted changes"),
         _ => "unknown commit".to_string(),

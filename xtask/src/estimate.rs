@@ -282,6 +282,33 @@ pub fn count(resolved: &serde_json::Value, path: &str) -> Result<usize> {
     v.as_u64().map(|n| n as usize).with_context(|| format!("`lt preset` gave {path} = {v}, not a count"))
 }
 
+/// What the estimates measure with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Setup {
+    /// Backbone architecture.
+    pub arch: String,
+    /// Arithmetic of the training step (`f32`, `bf16`).
+    pub precision: String,
+    /// Training batch size.
+    pub batch: usize,
+    /// Loader threads of training and of extraction (at least 1: the loader runs one for 0).
+    pub workers: [usize; 2],
+}
+
+/// The [`Setup`] of a preset as `lt preset` resolved it.
+pub fn setup(resolved: &serde_json::Value) -> Result<Setup> {
+    let text = |path: &str| -> Result<String> {
+        let v = setting(resolved, path)?;
+        v.as_str().map(str::to_string).with_context(|| format!("`lt preset` gave {path} = {v}, not a name"))
+    };
+    Ok(Setup {
+        arch: text("/train/arch")?,
+        precision: text("/train/precision")?,
+        batch: count(resolved, "/train/batch_size")?,
+        workers: [count(resolved, "/train/workers")?.max(1), count(resolved, "/extract/workers")?.max(1)],
+    })
+}
+
 /// The [`Recipe`] of a preset as `lt preset` resolved it (the defaults are the binary's own).
 pub fn recipe(resolved: &serde_json::Value) -> Result<Recipe> {
     let flag = |path: &str| -> Result<bool> {

@@ -146,7 +146,8 @@ pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml:
         toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let table = value.as_table_mut().context("a preset is a TOML table")?;
     if let Some(s) = opts.seeds {
-        table.insert("seeds".into(), toml::Value::Integer(s as i64));
+        let s = i64::try_from(s).context("--seeds is too large")?;
+        table.insert("seeds".into(), toml::Value::Integer(s));
     }
     let data = table
         .entry("data")

@@ -202,6 +202,16 @@ fn kinds_the_selftest_did_not_reach_are_not_run_and_change_no_path() {
         summary.lines().find(|l| l.starts_with("fmnist-lt")).unwrap_or_else(|| panic!("{summary}"));
     assert!(!pipeline.contains("did not pass"), "{pipeline}");
     assert!(stdout.contains("\nPASS        90/90 golden checks on cpu, both backends"), "{stdout}");
+    // A selftest that fails before any kind's line (the device did not open) failed them all.
+    std::fs::write(&partial, "Error: opening cuda:0 (was `lt` built with --features cuda?)\n").unwrap();
+    let (_, stdout, summary) = check_env(dir.path(), Some("selftest"), 345, &env);
+    let status = |step: &str| {
+        summary
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{step}\t"))?.split('\t').next().map(str::to_string))
+    };
+    assert_eq!(status("selftest taped vs autograd").as_deref(), Some("FAIL"), "{summary}");
+    assert!(stdout.contains("\nFAIL        90/90 golden checks on cpu, both backends"), "{stdout}");
 }
 
 /// `scripts/bench_table.py --verdict`: each of the bars PASS or FAIL from the rows of one

@@ -120,3 +120,25 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
         "the pending key is removed when the stage succeeds"
     );
 }
+
+/// The estimates' inputs come from `lt preset` (the binary's defaults, not xtask's): every path
+/// xtask reads is there, for every embedded preset, with the values of the preset file.
+#[test]
+fn the_estimates_read_every_setting_they_need_from_lt_preset() {
+    for name in ["synthetic", "tiny", "fmnist-lt", "cifar100-lt", "imagenet-lt"] {
+        let resolved = xtask::lt_json(&lt_binary(), &["preset", "--preset", name], false).unwrap();
+        let setup = xtask::estimate::setup(&resolved).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let recipe = xtask::estimate::recipe(&resolved).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let preset: toml::Value = toml::from_str(
+            &std::fs::read_to_string(xtask::workspace_root().join(format!("presets/{name}.toml"))).unwrap(),
+        )
+        .unwrap();
+        let int = |section: &str, key: &str| preset[section][key].as_integer().unwrap() as usize;
+        assert_eq!(
+            (setup.arch.as_str(), setup.batch),
+            (preset["train"]["arch"].as_str().unwrap(), int("train", "batch_size"))
+        );
+        assert_eq!(recipe.epochs, int("train", "epochs"), "{name}");
+        assert!(setup.workers.iter().all(|&w| w >= 1), "{name}: {setup:?}");
+    }
+}

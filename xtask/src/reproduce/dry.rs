@@ -59,19 +59,12 @@ fn measured_costs(lt: &Path, preset_file: &Path, device: &str) -> Result<[crate:
     use crate::estimate as est;
     let resolved =
         crate::lt_json(lt, &["preset".as_ref(), "--preset-file".as_ref(), preset_file.as_os_str()], false)?;
-    let text = |path: &str| -> Result<String> {
-        let v = est::setting(&resolved, path)?;
-        v.as_str().map(str::to_string).with_context(|| format!("`lt preset` gave {path} = {v}, not a name"))
-    };
-    let (arch, precision) = (text("/train/arch")?, text("/train/precision")?);
-    let batch = est::count(&resolved, "/train/batch_size")?;
-    let workers = [est::count(&resolved, "/train/workers")?, est::count(&resolved, "/extract/workers")?];
+    let est::Setup { arch, precision, batch, workers } = est::setup(&resolved)?;
     let r = est::recipe(&resolved)?;
     println!(
         "measuring a few steps of {arch} ({precision}) and the loader on {device} for the estimates ..."
     );
     let i = est::measure(lt, preset_file, (&arch, batch, &precision), device, workers.map(Some))?;
-
     println!(
         "measured: {:.0} training and {:.0} inference images/s at {}x{}; {} parameters; {} / {} / {} images",
         i.train_ips, i.eval_ips, i.size, i.size, i.params, i.images[0], i.images[1], i.images[2]

@@ -24,7 +24,9 @@ enum BenchCommand {
     /// A backbone's training step (forward, backward, SGD update) or eval forward.
     Backbone(BackboneBench),
     /// The batch loader on any data set (a preset's, the flags', or generated CIFAR-size images
-    /// by default), or on generated ImageNet-size JPEGs (`--generate-jpegs`).
+    /// by default), or on generated ImageNet-size JPEGs (`--generate-jpegs`); the batches are
+    /// made on `--device` (on a GPU this includes the copy of the bytes and their normalisation
+    /// there, as in training).
     Loader(Box<crate::commands::bench_loader::LoaderBench>),
     /// Stage 2 on a generated features artifact: CIFAR size (12,406 x 64, M = 8, f32) or
     /// ImageNet-LT size (115,846 x 2,048, M = 4, f16, memory-mapped).

@@ -44,8 +44,6 @@ pub struct LoaderBench {
     /// shorter side of 256/224 of the crop, centre crop), as extraction and evaluation load.
     #[arg(long)]
     eval: bool,
-    /// Where the batches are made (on a GPU this includes the copy of the bytes and their
-    /// normalisation there, as in training).
     #[command(flatten)]
     device: crate::device::DeviceArg,
 }

@@ -284,12 +284,17 @@ impl Ctx {
         };
         let handle = self.handle.0;
         let mut refused = Vec::new();
+        // Whether a candidate was passed over for its workspace (memory short this once): the one
+        // that runs instead is not kept as the plan's choice, so that the next call asks for the
+        // better one again.
+        let mut short = false;
         for i in (0..n).map(|i| (start + i) % n) {
             let cand = self.convs[&key].candidates[i];
             // A workspace that cannot be had (out of memory): the next candidate may need less.
             if let Err(e) = self.ensure_workspace(cand.workspace) {
                 refused
                     .push(format!("algorithm {} (a workspace of {} bytes: {e})", cand.algo, cand.workspace));
+                short = true;
                 continue;
             }
             let (Some(ws), Some(plan)) = (self.workspace.as_mut(), self.convs.get_mut(&key)) else {
@@ -307,7 +312,9 @@ impl Ctx {
             // the candidate's `workspace` bytes; all live until the call has been enqueued.
             let status = unsafe { launch(handle, plan, dir, cand.algo, args, (mptr(ws_ptr), ws_bytes)) };
             if status == sys::cudnnStatus_t::CUDNN_STATUS_SUCCESS {
-                plan.chosen = i;
+                if !short {
+                    plan.chosen = i;
+                }
                 return Ok(());
             }
             refused.push(format!("algorithm {} ({status:?})", cand.algo));
