@@ -175,6 +175,11 @@ fn a_crashed_group_fails_its_kind_alone_and_sends_the_pipeline_to_autograd() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// The status of row `step` in a summary.tsv.
+fn status<'a>(summary: &'a str, step: &str) -> Option<&'a str> {
+    summary.lines().find_map(|l| l.strip_prefix(&format!("{step}\t"))?.split('\t').next())
+}
+
 /// A selftest step stopped before some kinds printed their lines (its time ran out): those kinds
 /// are "not run", and the pipeline keeps the default paths, which no check found wrong.
 #[test]
@@ -185,14 +190,9 @@ fn kinds_the_selftest_did_not_reach_are_not_run_and_change_no_path() {
         .unwrap();
     let env = [("STAND_IN_SELFTEST", partial.to_str().unwrap())];
     let (_, stdout, summary) = check_env(dir.path(), Some("selftest pipeline"), 345, &env);
-    let status = |step: &str| {
-        summary
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{step}\t"))?.split('\t').next().map(str::to_string))
-    };
-    assert_eq!(status("selftest (both backends)").as_deref(), Some("ok"), "{summary}");
+    assert_eq!(status(&summary, "selftest (both backends)"), Some("ok"), "{summary}");
     for kind in ["selftest taped vs autograd", "selftest SGD passes", "selftest loader batches"] {
-        assert_eq!(status(kind).as_deref(), Some("not run"), "{kind}: {summary}");
+        assert_eq!(status(&summary, kind), Some("not run"), "{kind}: {summary}");
     }
     let calls = std::fs::read_to_string(dir.path().join("calls.txt")).unwrap_or_default();
     let train =
@@ -205,12 +205,7 @@ fn kinds_the_selftest_did_not_reach_are_not_run_and_change_no_path() {
     // A selftest that fails before any kind's line (the device did not open) failed them all.
     std::fs::write(&partial, "Error: opening cuda:0 (was `lt` built with --features cuda?)\n").unwrap();
     let (_, stdout, summary) = check_env(dir.path(), Some("selftest"), 345, &env);
-    let status = |step: &str| {
-        summary
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{step}\t"))?.split('\t').next().map(str::to_string))
-    };
-    assert_eq!(status("selftest taped vs autograd").as_deref(), Some("FAIL"), "{summary}");
+    assert_eq!(status(&summary, "selftest taped vs autograd"), Some("FAIL"), "{summary}");
     assert!(stdout.contains("\nFAIL        90/90 golden checks on cpu, both backends"), "{stdout}");
 }
 
@@ -344,11 +339,9 @@ fn the_check_is_two_calls_and_each_compares_with_its_own_default_step() {
     assert!(stdout.contains(other), "{stdout}");
     // bench-more leaves stage 2 its 100 s: with 105 s in all, its rows are skipped, not stage 2.
     let (stdout, summary) = check_within(dir.path(), Some("bench-more retrain"), 105);
-    let status =
-        |step: &str| summary.lines().find_map(|l| l.strip_prefix(&format!("{step}\t"))?.split('\t').next());
-    assert_eq!(status("bench resnet32-train-project-tf32"), Some("skipped"), "{summary}");
-    assert_eq!(status("profile resnet50 train b64 TF32"), Some("skipped"), "{summary}");
-    assert_eq!(status("stage 2 SRepr ImageNet-LT size"), Some("ok"), "{summary}");
+    assert_eq!(status(&summary, "bench resnet32-train-project-tf32"), Some("skipped"), "{summary}");
+    assert_eq!(status(&summary, "profile resnet50 train b64 TF32"), Some("skipped"), "{summary}");
+    assert_eq!(status(&summary, "stage 2 SRepr ImageNet-LT size"), Some("ok"), "{summary}");
     let cut = "Cut short in this call (a row skipped or timed out): bench-more. To run them again: \
                GPU_CHECK_STEPS=\"bench-more\"";
     assert!(stdout.contains(cut), "{stdout}");
