@@ -72,7 +72,7 @@ fn main() {
         Command::Data(a) => commands::data::run(a),
         Command::Preset(a) => commands::preset::run(a),
         Command::Backbone(a) => commands::backbone::run(a),
-        Command::Train(a) => commands::train::run_train(*a),
+        Command::Train(a) => commands::train::run_train(*a, &sub),
         Command::Extract(a) => commands::train::run_extract(a, &sub),
         Command::Retrain(a) => commands::retrain::run(*a, &sub),
         Command::Eval(a) => commands::eval::run_eval(a),

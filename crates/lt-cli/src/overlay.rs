@@ -35,6 +35,14 @@ fn set(v: &mut Value, path: &[String], value: Value) {
     cur[path[path.len() - 1].as_str()] = value;
 }
 
+fn remove(v: &mut Value, path: &[String]) {
+    let (last, parents) = path.split_last().expect("a found path has a key");
+    let parent = parents.iter().try_fold(v, |v, k| v.get_mut(k));
+    if let Some(o) = parent.and_then(Value::as_object_mut) {
+        o.remove(last);
+    }
+}
+
 /// `base` (defaults and a preset's table) with every field whose flag was given on the command
 /// line taken from `parsed` (the config clap built from the flags). Flag ids are the config's
 /// field names; nested configs (`#[command(flatten)]`) are searched by name, so field names must
@@ -50,6 +58,11 @@ pub fn overlay<T: Serialize + DeserializeOwned>(base: &T, parsed: &T, matches: &
             let value = get(&flags, &path).cloned().unwrap_or(Value::Null);
             refuse_non_finite(matches, id.as_str(), &value)?;
             set(&mut merged, &path, value);
+        } else if let Some(path) = find(&merged, id.as_str()) {
+            // The flag's value is one the config leaves out when serialised (a default kept out
+            // of the recorded configuration, `skip_serializing_if`): the field goes, and
+            // deserialises to that default.
+            remove(&mut merged, &path);
         }
     }
     serde_json::from_value(merged).context("combining the preset with the command-line flags")
@@ -109,6 +122,31 @@ mod tests {
         keys.sort();
         keys.dedup();
         assert_eq!(keys.len(), n);
+    }
+
+    /// `lt train`'s flags: a flag set to a value the recorded configuration leaves out (its
+    /// default) still replaces the preset's; flags not given leave the preset as it is.
+    #[test]
+    fn a_train_flag_at_a_default_the_record_leaves_out_still_overrides() {
+        use lt_models::Precision;
+        use lt_train::TrainConfig;
+        let preset = TrainConfig {
+            precision: Precision::Bf16,
+            backbone_lr_scale: 0.1,
+            freeze_bn: true,
+            init: Some("hub:org/name".into()),
+            ..TrainConfig::cifar_lt()
+        };
+        let parse = |args: &[&str]| {
+            let m = TrainConfig::augment_args(Command::new("t")).try_get_matches_from(args).unwrap();
+            let parsed = TrainConfig::from_arg_matches(&m).unwrap();
+            overlay(&preset, &parsed, &m).unwrap()
+        };
+        let c = parse(&["t", "--precision", "f32", "--backbone-lr-scale", "1", "--epochs", "7"]);
+        assert_eq!((c.precision, c.backbone_lr_scale, c.epochs), (Precision::F32, 1.0, 7));
+        assert_eq!((c.freeze_bn, c.init.as_deref(), c.lr), (true, Some("hub:org/name"), preset.lr));
+        assert_eq!(parse(&["t"]), preset);
+        assert_eq!(parse(&["t", "--arch", "resnet50", "--seed", "3"]).arch, "resnet50");
     }
 
     #[test]

@@ -36,55 +36,77 @@ impl SwaConfig {
     }
 }
 
-/// Everything that determines a stage-1 run besides the data.
+/// Everything that determines a stage-1 run besides the data. With the `clap` feature its fields
+/// are `lt train`'s flags (all but the SWA settings, which `lt train` completes from the run's
+/// length when only some are given); a flag's default there is never read, since only the flags
+/// given replace a preset's values.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct TrainConfig {
-    /// Backbone architecture (see `lt_models::arch`).
+    /// Backbone architecture: resnet32, cifar-resnet8x16, resnet50, ... (`lt_models::arch`).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = TrainConfig::cifar_lt().arch, hide_default_value = true))]
     pub arch: String,
     /// Epochs.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = TrainConfig::cifar_lt().epochs, hide_default_value = true))]
     pub epochs: usize,
     /// Batch size.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = TrainConfig::cifar_lt().batch_size, hide_default_value = true))]
     pub batch_size: usize,
     /// Peak learning rate.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = TrainConfig::cifar_lt().lr, hide_default_value = true))]
     pub lr: f64,
-    /// Momentum.
+    /// SGD momentum.
     #[serde(default = "default_momentum")]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = default_momentum(), hide_default_value = true))]
     pub momentum: f64,
     /// Nesterov momentum.
     #[serde(default = "default_true")]
+    #[cfg_attr(feature = "clap", arg(skip = default_true()))]
     pub nesterov: bool,
     /// Weight decay (added to the gradient, PyTorch semantics).
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = TrainConfig::cifar_lt().weight_decay, hide_default_value = true))]
     pub weight_decay: f64,
     /// Linear warm-up epochs.
     #[serde(default = "default_warmup")]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = default_warmup(), hide_default_value = true))]
     pub warmup_epochs: usize,
     /// SWA/SWAG; `None` trains plain SGD (cosine to zero) only.
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(skip))]
     pub swa: Option<SwaConfig>,
     /// Seed of initialisation, data order and augmentation.
     #[serde(default)]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = 0, hide_default_value = true))]
     pub seed: u64,
     /// Background loader threads. It does not change the batches, so it is not part of the
-    /// run's fingerprint ([`crate::trainer::run_fingerprint`]).
+    /// run's fingerprint.
     #[serde(default = "default_workers")]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = DEFAULT_WORKERS, hide_default_value = true))]
     pub workers: usize,
-    /// Pretrained weights to start from: `hub:<org>/<name>[@revision][:file]` or a local
-    /// safetensors file (see [`crate::init`]); `None` initialises from `seed`.
+    /// Pretrained weights to start from: `hub:<org>/<name>[@revision][:file]` (the Hugging Face
+    /// hub, offline with HF_HUB_OFFLINE=1) or a local safetensors file (`lt_train::init`); a
+    /// classifier for another class count is re-initialised. Without it, initialised from the
+    /// seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub init: Option<String>,
-    /// The backbone's learning rate as a fraction of `lr` (the classifier trains at `lr`):
-    /// below 1 when fine-tuning pretrained weights (e.g. 0.1), 0 freezes the backbone's weights.
+    /// The backbone's learning rate as a fraction of the peak rate (the classifier trains at it):
+    /// below 1 when fine-tuning pretrained weights (e.g. 0.1); 0 freezes the backbone's weights.
     #[serde(default = "default_backbone_lr_scale", skip_serializing_if = "is_one")]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = default_backbone_lr_scale(), hide_default_value = true))]
     pub backbone_lr_scale: f64,
-    /// Batch norm normalises with its running statistics and never updates them (the
-    /// pretrained ones when fine-tuning); its affine parameters still train. The SWA backbone
-    /// and SWAG samples then keep these statistics instead of being recalibrated.
+    /// Freeze batch norm: normalise with the running (pretrained) statistics and never update
+    /// them; the affine parameters still train. The SWA backbone and SWAG samples then keep these
+    /// statistics instead of being recalibrated.
     #[serde(default, skip_serializing_if = "is_false")]
+    #[cfg_attr(feature = "clap", arg(long))]
     pub freeze_bn: bool,
-    /// The arithmetic of the backbone's passes: `f32`, or mixed `bf16` (see
-    /// [`lt_models::Precision`]; for CUDA). Weights, checkpoints and artifacts are `f32` either way.
+    /// The arithmetic of the backbone's passes: f32, or bf16 (mixed precision: bf16 activations
+    /// and convolutions, f32 weights and batch-norm statistics; for CUDA). Weights, checkpoints and
+    /// artifacts are f32 either way.
     #[serde(default, skip_serializing_if = "is_f32")]
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = lt_models::Precision::F32, hide_default_value = true))]
     pub precision: lt_models::Precision,
 }
 

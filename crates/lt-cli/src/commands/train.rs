@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
+use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use lt_train::extract::{extract, ExtractConfig};
 use lt_train::{train, RunDir, RunOptions, SwaConfig};
@@ -18,24 +19,8 @@ pub struct TrainArgs {
     preset: PresetArgs,
     #[command(flatten)]
     data: DataFlags,
-    /// Architecture (resnet32, cifar-resnet8x16, resnet50, ...).
-    #[arg(long)]
-    arch: Option<String>,
-    /// Epochs.
-    #[arg(long)]
-    epochs: Option<usize>,
-    /// Batch size.
-    #[arg(long)]
-    batch_size: Option<usize>,
-    /// Peak learning rate.
-    #[arg(long)]
-    lr: Option<f64>,
-    /// Weight decay.
-    #[arg(long)]
-    weight_decay: Option<f64>,
-    /// Warm-up epochs.
-    #[arg(long)]
-    warmup_epochs: Option<usize>,
+    #[command(flatten)]
+    cfg: lt_train::TrainConfig,
     /// First epoch of the SWA phase.
     #[arg(long)]
     swa_start: Option<usize>,
@@ -48,22 +33,6 @@ pub struct TrainArgs {
     /// Collect a SWAG model every N steps instead of every epoch.
     #[arg(long)]
     swag_every_steps: Option<usize>,
-    /// Start from pretrained weights: `hub:<org>/<name>[@revision][:file]` (Hugging Face hub,
-    /// offline with HF_HUB_OFFLINE=1) or a local safetensors file; a classifier for another
-    /// class count is re-initialised.
-    #[arg(long)]
-    init: Option<String>,
-    /// The backbone's learning rate as a fraction of --lr (the classifier's), e.g. 0.1 when
-    /// fine-tuning; 0 freezes the backbone's weights.
-    #[arg(long)]
-    backbone_lr_scale: Option<f64>,
-    /// Freeze batch norm: normalise with the running (pretrained) statistics, never update them.
-    #[arg(long)]
-    freeze_bn: bool,
-    /// Arithmetic of the backbone: f32, or bf16 (mixed precision: bf16 activations and
-    /// convolutions, f32 weights and batch-norm statistics; for CUDA).
-    #[arg(long)]
-    precision: Option<lt_models::Precision>,
     /// Training steps through candle's autograd instead of the taped executor, CUDA's default
     /// (the backward pass walked by hand: the same gradients, fewer kernels and less memory). No
     /// effect on the CPU, where the fused pass runs.
@@ -72,12 +41,6 @@ pub struct TrainArgs {
     /// Train plain SGD only (no SWA/SWAG).
     #[arg(long)]
     no_swa: bool,
-    /// Seed.
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Loader threads.
-    #[arg(long)]
-    workers: Option<usize>,
     /// Run directory.
     #[arg(long)]
     out: PathBuf,
@@ -88,39 +51,21 @@ pub struct TrainArgs {
     device: DeviceArg,
 }
 
-/// Runs `lt train`.
-pub fn run_train(a: TrainArgs) -> Result<()> {
+/// Runs `lt train`: the preset's `[train]` table (or, without a preset, the `cifar10-lt` preset's
+/// recipe; the `synthetic` preset's for the synthetic data set without `--arch`), then the flags
+/// given.
+pub fn run_train(a: TrainArgs, matches: &ArgMatches) -> Result<()> {
     let preset = a.preset.resolve()?;
-    let mut cfg = match &preset {
+    let base = match &preset {
         Some(p) => p.train.clone(),
+        None if matches.value_source("arch") != Some(ValueSource::CommandLine)
+            && a.data.spec.dataset.as_deref().unwrap_or("synthetic") == "synthetic" =>
+        {
+            crate::preset::embedded("synthetic")?.train
+        }
         None => crate::preset::embedded("cifar10-lt")?.train,
     };
-    if preset.is_none()
-        && a.arch.is_none()
-        && a.data.spec.dataset.as_deref().unwrap_or("synthetic") == "synthetic"
-    {
-        // Without a preset the synthetic data set gets the synthetic preset's recipe.
-        cfg = crate::preset::embedded("synthetic")?.train;
-    }
-    macro_rules! over {
-        ($($f:ident),*) => { $( if let Some(v) = a.$f.clone() { cfg.$f = v; } )* };
-    }
-    over!(
-        arch,
-        epochs,
-        batch_size,
-        lr,
-        weight_decay,
-        warmup_epochs,
-        seed,
-        workers,
-        backbone_lr_scale,
-        precision
-    );
-    if a.init.is_some() {
-        cfg.init = a.init.clone();
-    }
-    cfg.freeze_bn |= a.freeze_bn;
+    let mut cfg = crate::overlay::overlay(&base, &a.cfg, matches)?;
     if a.no_swa {
         cfg.swa = None;
     } else if a.swa_start.is_some()
