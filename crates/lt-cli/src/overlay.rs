@@ -3,8 +3,10 @@
 //! a flag's value is its default unless it was given; clap tells which were given.
 
 use anyhow::{Context, Result};
+use std::collections::HashSet;
+
 use clap::parser::ValueSource;
-use clap::ArgMatches;
+use clap::{ArgMatches, Args, Command};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -44,14 +46,21 @@ fn remove(v: &mut Value, path: &[String]) {
 }
 
 /// `base` (defaults and a preset's table) with every field whose flag was given on the command
-/// line taken from `parsed` (the config clap built from the flags). Flag ids are the config's
-/// field names; nested configs (`#[command(flatten)]`) are searched by name, so field names must
-/// be unique across the nesting (checked by a test of each config).
-pub fn overlay<T: Serialize + DeserializeOwned>(base: &T, parsed: &T, matches: &ArgMatches) -> Result<T> {
+/// line taken from `parsed` (the config clap built from the flags). Only the config's own flags
+/// count (`T`'s arguments; a command's other flags never touch it). Flag ids are the config's
+/// field names; nested configs (`#[command(flatten)]`) are searched by name, so the names of the
+/// fields that are flags must be unique across the nesting (checked by a test of each config).
+pub fn overlay<T: Serialize + DeserializeOwned + Args>(
+    base: &T,
+    parsed: &T,
+    matches: &ArgMatches,
+) -> Result<T> {
+    let own: HashSet<String> =
+        T::augment_args(Command::new("overlay")).get_arguments().map(|a| a.get_id().to_string()).collect();
     let mut merged = serde_json::to_value(base)?;
     let flags = serde_json::to_value(parsed)?;
     for id in matches.ids() {
-        if matches.value_source(id.as_str()) != Some(ValueSource::CommandLine) {
+        if !own.contains(id.as_str()) || matches.value_source(id.as_str()) != Some(ValueSource::CommandLine) {
             continue;
         }
         if let Some(path) = find(&flags, id.as_str()) {
@@ -98,7 +107,7 @@ pub fn leaf_keys(v: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::{Args, Command, FromArgMatches};
+    use clap::FromArgMatches;
 
     #[test]
     fn flags_given_override_the_preset_and_nothing_else_does() {
@@ -147,6 +156,12 @@ mod tests {
         assert_eq!((c.freeze_bn, c.init.as_deref(), c.lr), (true, Some("hub:org/name"), preset.lr));
         assert_eq!(parse(&["t"]), preset);
         assert_eq!(parse(&["t", "--arch", "resnet50", "--seed", "3"]).arch, "resnet50");
+        // A command's other flags never touch the config, even where an id names a key of it
+        // (here `start`, as in `[train.swa]`).
+        let cmd = TrainConfig::augment_args(Command::new("t")).arg(clap::Arg::new("start").long("start"));
+        let m = cmd.try_get_matches_from(["t", "--start", "3"]).unwrap();
+        let c = overlay(&preset, &TrainConfig::from_arg_matches(&m).unwrap(), &m).unwrap();
+        assert_eq!(c, preset);
     }
 
     #[test]

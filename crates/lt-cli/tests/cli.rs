@@ -273,7 +273,8 @@ fn bench_backbone_reports_the_step_and_the_hosts_share_of_it() {
         (v["median_step_seconds"].as_f64().unwrap(), v["median_host_seconds"].as_f64().unwrap());
     // Each step's enqueue time is part of it, so the medians keep that order.
     assert!(0.0 < host && host <= step, "{out}");
-    // Within a few ulps: serde_json's default float parsing can be one off the printed value.
+    // Within a relative 1e-12: serde_json's default float parsing can be an ulp off the printed
+    // value.
     let ips = v["images_per_sec"].as_f64().unwrap();
     assert!((ips - 2.0 / step).abs() <= 1e-12 * ips, "{out}");
 }

@@ -44,7 +44,7 @@ impl SwaConfig {
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
 pub struct TrainConfig {
-    /// Backbone architecture: resnet32, cifar-resnet8x16, resnet50, ... (`lt_models::arch`).
+    /// Backbone architecture: resnet32, cifar-resnet8x16, resnet50, ...
     #[cfg_attr(feature = "clap", arg(long, default_value_t = TrainConfig::cifar_lt().arch, hide_default_value = true))]
     pub arch: String,
     /// Epochs.
@@ -85,9 +85,8 @@ pub struct TrainConfig {
     #[cfg_attr(feature = "clap", arg(long, default_value_t = DEFAULT_WORKERS, hide_default_value = true))]
     pub workers: usize,
     /// Pretrained weights to start from: `hub:<org>/<name>[@revision][:file]` (the Hugging Face
-    /// hub, offline with HF_HUB_OFFLINE=1) or a local safetensors file (`lt_train::init`); a
-    /// classifier for another class count is re-initialised. Without it, initialised from the
-    /// seed.
+    /// hub, offline with HF_HUB_OFFLINE=1) or a local safetensors file; a classifier for another
+    /// class count is re-initialised. Without it, initialised from the seed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "clap", arg(long))]
     pub init: Option<String>,
