@@ -110,14 +110,22 @@ pub(crate) fn linear(z: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(z.matmul(&w.t()?)?.broadcast_add(b)?)
 }
 
-/// A freshly initialised linear head `(W [C, D], b [C])`, PyTorch's default `U(±1/sqrt(D))`.
-pub(crate) fn init_head(classes: usize, dim: usize, seed: u64, device: &Device) -> Result<(Var, Var)> {
-    let mut rng = Rng::stream(seed, &[streams::HEAD_INIT]);
-    let bound = 1.0 / (dim as f64).sqrt();
+/// A linear layer of `fan_in` inputs and `out` outputs as PyTorch's `nn.Linear` initialises it:
+/// every weight, then every bias, drawn from `U(±1/sqrt(fan_in))` (the weight `[out, fan_in]`
+/// row-major).
+pub(crate) fn torch_linear_init(rng: &mut Rng, out: usize, fan_in: usize) -> (Vec<f32>, Vec<f32>) {
+    let bound = 1.0 / (fan_in as f64).sqrt();
     let mut draw =
         |n: usize| -> Vec<f32> { (0..n).map(|_| rng.uniform_range(-bound, bound) as f32).collect() };
-    let w = Var::from_tensor(&Tensor::from_vec(draw(classes * dim), (classes, dim), device)?)?;
-    let b = Var::from_tensor(&Tensor::from_vec(draw(classes), classes, device)?)?;
+    let w = draw(out * fan_in);
+    (w, draw(out))
+}
+
+/// A freshly initialised linear head `(W [C, D], b [C])` ([`torch_linear_init`]).
+pub(crate) fn init_head(classes: usize, dim: usize, seed: u64, device: &Device) -> Result<(Var, Var)> {
+    let (w, b) = torch_linear_init(&mut Rng::stream(seed, &[streams::HEAD_INIT]), classes, dim);
+    let w = Var::from_tensor(&Tensor::from_vec(w, (classes, dim), device)?)?;
+    let b = Var::from_tensor(&Tensor::from_vec(b, classes, device)?)?;
     Ok((w, b))
 }
 

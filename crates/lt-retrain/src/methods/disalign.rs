@@ -13,7 +13,7 @@ use crate::config::RetrainConfig;
 use crate::error::Result;
 use crate::head::Head;
 use crate::losses;
-use crate::problem::{fit as train, linear, Problem};
+use crate::problem::{fit as train, linear, torch_linear_init, Problem};
 
 pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
     let (w0, b0) = p.stage1_head()?;
@@ -21,11 +21,9 @@ pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
     let cw = Tensor::from_vec(losses::disalign_weights(p.source.class_counts(), cfg.rho), p.classes, dev)?;
     let alpha = Var::from_tensor(&Tensor::ones(p.classes, DType::F32, dev)?)?;
     let beta = Var::from_tensor(&Tensor::zeros(p.classes, DType::F32, dev)?)?;
+    // The confidence function `sigmoid(z v + c)` is a linear layer of D inputs and one output.
     let (v, c) = {
-        let mut rng = Rng::stream(cfg.seed, &[streams::DISALIGN_INIT]);
-        let bound = 1.0 / (p.dim as f64).sqrt();
-        let vv: Vec<f32> = (0..p.dim).map(|_| rng.uniform_range(-bound, bound) as f32).collect();
-        let cv = vec![rng.uniform_range(-bound, bound) as f32];
+        let (vv, cv) = torch_linear_init(&mut Rng::stream(cfg.seed, &[streams::DISALIGN_INIT]), 1, p.dim);
         (
             Var::from_tensor(&Tensor::from_vec(vv, p.dim, dev)?)?,
             Var::from_tensor(&Tensor::from_vec(cv, 1, dev)?)?,
