@@ -21,13 +21,20 @@ fn lt(args: &[&str]) -> (bool, String, String) {
     )
 }
 
-#[test]
-fn data_describe_prints_groups_and_writes_the_split() {
-    let dir = tempfile::tempdir().unwrap();
-    let split = dir.path().join("split.safetensors");
+/// `lt data describe --dataset synthetic --write-split DIR/split.safetensors`: (the split's path,
+/// what it printed).
+fn describe_synthetic(dir: &Path) -> (std::path::PathBuf, String) {
+    let split = dir.join("split.safetensors");
     let (ok, out, err) =
         lt(&["data", "describe", "--dataset", "synthetic", "--write-split", split.to_str().unwrap()]);
     assert!(ok, "{err}");
+    (split, out)
+}
+
+#[test]
+fn data_describe_prints_groups_and_writes_the_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let (split, out) = describe_synthetic(dir.path());
     assert!(out.contains("Many") && out.contains("Medium") && out.contains("Few"), "{out}");
     assert!(out.contains("total      10 classes      1236 images (max 500, min 5)"), "{out}");
     // Each class's training and validation images.
@@ -47,15 +54,8 @@ fn data_describe_prints_groups_and_writes_the_split() {
 #[test]
 fn data_fingerprint_is_the_splits_and_null_only_for_data_not_at_hand() {
     let dir = tempfile::tempdir().unwrap();
-    let split = dir.path().join("split.safetensors");
-    let (ok, _, err) =
-        lt(&["data", "describe", "--dataset", "synthetic", "--write-split", split.to_str().unwrap()]);
-    assert!(ok, "{err}");
-    let recorded = Artifact::open(&split, lt_core::split::SPLIT_FORMAT)
-        .unwrap()
-        .meta("fingerprint")
-        .unwrap()
-        .to_string();
+    let (split, _) = describe_synthetic(dir.path());
+    let (_, recorded) = SplitInfo::recorded(&split).unwrap();
     let (ok, out, err) = lt(&["data", "fingerprint", "--dataset", "synthetic"]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();

@@ -111,7 +111,7 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
     let fifth = xtask::reproduce::run(&root, &options(runs.path(), Some(other))).unwrap();
     assert_eq!(fifth.ran.len(), 2 * per_seed, "{:?}", fifth.ran);
     let stage1 = layout.stage1_dir(runs.path().join("tiny").as_path(), 0);
-    assert!(stage1.join("checkpoint.safetensors").exists());
+    assert!(stage1.join(lt_core::layout::CHECKPOINT_FILE).exists());
     std::fs::rename(stage1.join(".stage-key"), stage1.join(".stage-key.pending")).unwrap();
     let sixth = xtask::reproduce::run(&root, &options(runs.path(), Some(file))).unwrap();
     assert!(sixth.ran[0].contains("seed 0: stage 1"), "{:?}", sixth.ran);
