@@ -163,15 +163,11 @@ fn json_number<S: AsRef<std::ffi::OsStr>>(lt: &Path, args: &[S], key: &str) -> R
 
 /// Measures [`Inputs`] with the `lt` binary: the data set's sizes (`lt data describe`), the
 /// architecture (`lt backbone info`), short timed steps (`lt bench`; training steps in stage
-/// 1's `precision`, inference in f32 as extraction and evaluation run) and the loader on the
-/// data set's files with `workers` (stage 1's and extraction's; `None`: `lt`'s default).
-pub fn measure(
-    lt: &Path,
-    preset_path: &Path,
-    (arch, batch, precision): (&str, usize, &str),
-    device: &str,
-    workers: [Option<usize>; 2],
-) -> Result<Inputs> {
+/// 1's precision, inference in f32 as extraction and evaluation run) and the loader on the data
+/// set's files with stage 1's and extraction's loader threads, all as `setup` says.
+pub fn measure(lt: &Path, preset_path: &Path, setup: &Setup, device: &str) -> Result<Inputs> {
+    let Setup { arch, precision, batch, workers } = setup;
+    let (arch, batch) = (arch.as_str(), *batch);
     let p = preset_path.display().to_string();
     let d = crate::lt_output(lt, &["data", "describe", "--preset-file", &p], false)?;
     let images = [
@@ -188,12 +184,11 @@ pub fn measure(
         field(&b, "parameters:", "parameters:").context("lt backbone info printed no count")? as usize;
     let dim = field(&b, "", "feature dimension").context("lt backbone info printed no dimension")? as usize;
     let bench = |mode: &str| {
-        let p = if mode == "train" { precision } else { "f32" };
+        let p = if mode == "train" { precision.as_str() } else { "f32" };
         backbone_rate(lt, (arch, batch, size, classes), (mode, p), device)
     };
     let (train_ips, eval_ips) = (bench("train")?, bench("eval")?);
-    let loader =
-        |eval: bool, workers: Option<usize>| loader_rate(lt, preset_path, (batch, workers, eval), device);
+    let loader = |eval: bool, workers: usize| loader_rate(lt, preset_path, (batch, workers, eval), device);
     let (loader_train_ips, loader_eval_ips) = (loader(false, workers[0])?, loader(true, workers[1])?);
     let tmp = std::env::temp_dir().join("lt-estimate");
     let tmp = tmp.display().to_string();
@@ -249,21 +244,17 @@ fn backbone_rate(
 }
 
 /// Images per second of the loader on the preset's data set (`lt bench loader`, a few batches of
-/// at most 128): training transform, or evaluation transform when `eval`; `workers` threads
-/// (`None`: `lt`'s default).
+/// at most 128): training transform, or evaluation transform when `eval`; `workers` threads.
 fn loader_rate(
     lt: &Path,
     preset_path: &Path,
-    (batch, workers, eval): (usize, Option<usize>, bool),
+    (batch, workers, eval): (usize, usize, bool),
     device: &str,
 ) -> Result<f64> {
     let mut args: Vec<String> =
         vec!["bench".into(), "loader".into(), "--batch".into(), batch.min(128).to_string()];
     args.extend(["--batches".into(), "4".into(), "--preset-file".into(), preset_path.display().to_string()]);
-    args.extend(["--device".into(), device.into()]);
-    if let Some(w) = workers {
-        args.extend(["--workers".into(), w.to_string()]);
-    }
+    args.extend(["--device".into(), device.into(), "--workers".into(), workers.to_string()]);
     if eval {
         args.push("--eval".into());
     }
@@ -271,15 +262,10 @@ fn loader_rate(
 }
 
 /// A setting of a preset as `lt preset` resolved it (every setting present, JSON pointer
-/// `path`), or an error naming it.
-pub fn setting<'a>(resolved: &'a serde_json::Value, path: &str) -> Result<&'a serde_json::Value> {
-    resolved.pointer(path).with_context(|| format!("`lt preset` gave no {path}"))
-}
-
-/// An integer setting of a resolved preset ([`setting`]).
-pub fn count(resolved: &serde_json::Value, path: &str) -> Result<usize> {
-    let v = setting(resolved, path)?;
-    v.as_u64().map(|n| n as usize).with_context(|| format!("`lt preset` gave {path} = {v}, not a count"))
+/// `path`), read as a `T`, or an error naming it.
+pub fn setting<T: serde::de::DeserializeOwned>(resolved: &serde_json::Value, path: &str) -> Result<T> {
+    let v = resolved.pointer(path).with_context(|| format!("`lt preset` gave no {path}"))?;
+    serde_json::from_value(v.clone()).with_context(|| format!("`lt preset` gave {path} = {v}"))
 }
 
 /// What the estimates measure with.
@@ -297,35 +283,28 @@ pub struct Setup {
 
 /// The [`Setup`] of a preset as `lt preset` resolved it.
 pub fn setup(resolved: &serde_json::Value) -> Result<Setup> {
-    let text = |path: &str| -> Result<String> {
-        let v = setting(resolved, path)?;
-        v.as_str().map(str::to_string).with_context(|| format!("`lt preset` gave {path} = {v}, not a name"))
-    };
+    let workers = |path: &str| -> Result<usize> { Ok(setting::<usize>(resolved, path)?.max(1)) };
     Ok(Setup {
-        arch: text("/train/arch")?,
-        precision: text("/train/precision")?,
-        batch: count(resolved, "/train/batch_size")?,
-        workers: [count(resolved, "/train/workers")?.max(1), count(resolved, "/extract/workers")?.max(1)],
+        arch: setting(resolved, "/train/arch")?,
+        precision: setting(resolved, "/train/precision")?,
+        batch: setting(resolved, "/train/batch_size")?,
+        workers: [workers("/train/workers")?, workers("/extract/workers")?],
     })
 }
 
 /// The [`Recipe`] of a preset as `lt preset` resolved it (the defaults are the binary's own).
 pub fn recipe(resolved: &serde_json::Value) -> Result<Recipe> {
-    let flag = |path: &str| -> Result<bool> {
-        let v = setting(resolved, path)?;
-        v.as_bool().with_context(|| format!("`lt preset` gave {path} = {v}, not a boolean"))
-    };
-    let swa = match setting(resolved, "/train/swa")?.is_null() {
+    let swa = match setting::<serde_json::Value>(resolved, "/train/swa")?.is_null() {
         true => None,
-        false => Some((count(resolved, "/train/swa/start")?, count(resolved, "/train/swa/rank")?)),
+        false => Some((setting(resolved, "/train/swa/start")?, setting(resolved, "/train/swa/rank")?)),
     };
     Ok(Recipe {
-        epochs: count(resolved, "/train/epochs")?,
+        epochs: setting(resolved, "/train/epochs")?,
         swa,
-        samples: count(resolved, "/extract/samples")?,
-        half: flag("/extract/half")?,
-        retrain_epochs: count(resolved, "/retrain/epochs")?,
-        freeze_bn: flag("/train/freeze_bn")?,
+        samples: setting(resolved, "/extract/samples")?,
+        half: setting(resolved, "/extract/half")?,
+        retrain_epochs: setting(resolved, "/retrain/epochs")?,
+        freeze_bn: setting(resolved, "/train/freeze_bn")?,
     })
 }
 

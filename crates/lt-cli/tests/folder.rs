@@ -319,9 +319,13 @@ fn the_folder_preset_runs_end_to_end_from_a_hub_checkpoint() {
     );
     assert!(stage1.join("sgd.safetensors").exists(), "nothing was cleared");
     // The dry run's measurements: the data set's sizes, the architecture and a few timed steps.
-    let workers = [Some(1), None];
-    let m =
-        xtask::estimate::measure(&lt_bin, &resolved, ("cifar-resnet8x4", 16, "f32"), "cpu", workers).unwrap();
+    let setup = xtask::estimate::Setup {
+        arch: "cifar-resnet8x4".into(),
+        precision: "f32".into(),
+        batch: 16,
+        workers: [1, 2],
+    };
+    let m = xtask::estimate::measure(&lt_bin, &resolved, &setup, "cpu").unwrap();
     assert_eq!((m.images, m.classes, m.size, m.dim), ([35, 35, 80], 4, 28, 16), "{m:?}");
     assert!(m.params > 1000 && m.train_ips > 0.0 && m.eval_ips > 0.0 && m.retrain_epoch_s > 0.0, "{m:?}");
     // The loader on the folder's own PNGs, both transforms.
@@ -335,11 +339,8 @@ fn stage1_follows_the_folders_images(f: &Fixture, lt_bin: &Path, resolved: &Path
     let (ok, out, err) = lt(f, &["data", "fingerprint", "--preset-file", resolved.to_str().unwrap()]);
     assert!(ok, "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let recorded = lt_core::Artifact::open(&stage1.join("split.safetensors"), lt_core::split::SPLIT_FORMAT)
-        .unwrap()
-        .meta(lt_core::artifact::KEY_FINGERPRINT)
-        .unwrap()
-        .to_string();
+    let (_, recorded) =
+        lt_core::split::SplitInfo::recorded(&stage1.join(lt_core::layout::SPLIT_FILE)).unwrap();
     assert_eq!((v["dataset"].as_str(), v["fingerprint"].as_str()), (Some("folder"), Some(recorded.as_str())));
     let preset: toml::Value = toml::from_str(&std::fs::read_to_string(resolved).unwrap()).unwrap();
     let rows = xtask::reproduce::stage2_rows(lt_bin).unwrap();

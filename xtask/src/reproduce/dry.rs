@@ -59,12 +59,13 @@ fn measured_costs(lt: &Path, preset_file: &Path, device: &str) -> Result<[crate:
     use crate::estimate as est;
     let resolved =
         crate::lt_json(lt, &["preset".as_ref(), "--preset-file".as_ref(), preset_file.as_os_str()], false)?;
-    let est::Setup { arch, precision, batch, workers } = est::setup(&resolved)?;
+    let setup = est::setup(&resolved)?;
     let r = est::recipe(&resolved)?;
     println!(
-        "measuring a few steps of {arch} ({precision}) and the loader on {device} for the estimates ..."
+        "measuring a few steps of {} ({}) and the loader on {device} for the estimates ...",
+        setup.arch, setup.precision
     );
-    let i = est::measure(lt, preset_file, (&arch, batch, &precision), device, workers.map(Some))?;
+    let i = est::measure(lt, preset_file, &setup, device)?;
     println!(
         "measured: {:.0} training and {:.0} inference images/s at {}x{}; {} parameters; {} / {} / {} images",
         i.train_ips, i.eval_ips, i.size, i.size, i.params, i.images[0], i.images[1], i.images[2]
