@@ -752,7 +752,11 @@ commands() {
 # done_when: issue #11's "done when", one line per bar, when this call ran any of its steps (the
 # benchmark's from bench.jsonl, see scripts/bench_table.py --verdict).
 done_when() {
-  case " $STEPS " in *" selftest "* | *" pipeline "* | *" bench "*) ;; *) return ;; esac
+  local s ran=""
+  for s in $DONE_WHEN; do
+    case " $STEPS " in *" $s "*) ran=1 ;; esac
+  done
+  [ -n "$ran" ] || return 0
   case " $STEPS " in *" bench "*)
     python3 scripts/bench_table.py --verdict "$OUT/bench.jsonl" >>"$VERDICT" 2>>"$LOGS/bench_table.err" ;;
   esac

@@ -2,9 +2,9 @@
 //! then the flags given on the command line. Flags are derived from the same config structs, so
 //! a flag's value is its default unless it was given; clap tells which were given.
 
-use anyhow::{Context, Result};
 use std::collections::HashSet;
 
+use anyhow::{Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args, Command};
 use serde::de::DeserializeOwned;

@@ -161,6 +161,20 @@ impl TrainConfig {
         }
     }
 
+    /// Every setting as JSON, the ones the recorded configuration leaves out at their defaults
+    /// (the `skip_serializing_if` fields above, so that old runs keep their fingerprints)
+    /// included: what `lt preset` prints.
+    pub fn settings(&self) -> serde_json::Result<serde_json::Value> {
+        let mut v = serde_json::to_value(self)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("init".into(), serde_json::to_value(&self.init)?);
+            o.insert("backbone_lr_scale".into(), self.backbone_lr_scale.into());
+            o.insert("freeze_bn".into(), self.freeze_bn.into());
+            o.insert("precision".into(), serde_json::to_value(self.precision)?);
+        }
+        Ok(v)
+    }
+
     /// Checks the configuration; each numeric field is named as in a preset's `[train]` section
     /// (`train.lr must be a finite number > 0, got NaN`).
     pub fn validate(&self) -> Result<()> {
@@ -255,6 +269,18 @@ mod tests {
         assert!(json.contains("\"backbone_lr_scale\":0.1") && json.contains("\"freeze_bn\":true"), "{json}");
         assert!(json.contains("\"precision\":\"bf16\""), "{json}");
         assert_eq!(serde_json::from_str::<TrainConfig>(&json).unwrap(), tuned);
+    }
+
+    /// `settings` writes out every field, those the record leaves out too, and reads back as the
+    /// same configuration.
+    #[test]
+    fn settings_hold_every_field() {
+        let cfg = TrainConfig::cifar_lt();
+        let v = cfg.settings().unwrap();
+        for key in ["init", "backbone_lr_scale", "freeze_bn", "precision", "arch", "swa", "workers"] {
+            assert!(v.get(key).is_some(), "{key}: {v}");
+        }
+        assert_eq!(serde_json::from_value::<TrainConfig>(v).unwrap(), cfg);
     }
 
     #[test]

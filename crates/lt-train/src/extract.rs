@@ -148,11 +148,6 @@ fn check_run(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig) -> Result<(St
     Ok((split_fp, run_fp))
 }
 
-/// The backbones of the `S` axis: SGD, SWA, then `cfg.samples` SWAG draws.
-fn sample_infos(cfg: &ExtractConfig) -> Vec<SampleInfo> {
-    SampleInfo::standard(cfg.samples, cfg.seed)
-}
-
 /// What extracting one backbone needs.
 struct Extraction<'a> {
     dir: &'a RunDir,
@@ -240,7 +235,8 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
         }
     };
     let job = Extraction { dir, data, cfg, swag: swag.as_ref(), device };
-    let infos = sample_infos(cfg);
+    // The backbones of the `S` axis: SGD, SWA, then `cfg.samples` SWAG draws.
+    let infos = SampleInfo::standard(cfg.samples, cfg.seed);
     let mut parts = Vec::new();
     for (s, info) in infos.iter().enumerate() {
         let (part, tag) = part_files(dir, s);

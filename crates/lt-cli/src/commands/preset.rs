@@ -14,17 +14,12 @@ pub struct PresetCmd {
     preset: PresetArgs,
 }
 
-/// The resolved preset as JSON, every field present: the stage-1 settings a preset file may
-/// leave out at their defaults are recorded without them (so that old runs keep their
-/// fingerprints), and are written out here.
+/// The resolved preset as JSON, every field present (stage 1's with
+/// [`lt_train::TrainConfig::settings`], which writes out those its record leaves out at their
+/// defaults).
 pub fn resolved(p: &Preset) -> Result<serde_json::Value> {
     let mut v = serde_json::to_value(p)?;
-    let t = &p.train;
-    let train = v["train"].as_object_mut().context("a preset's [train] is a table")?;
-    train.insert("init".into(), serde_json::to_value(&t.init)?);
-    train.insert("backbone_lr_scale".into(), t.backbone_lr_scale.into());
-    train.insert("freeze_bn".into(), t.freeze_bn.into());
-    train.insert("precision".into(), serde_json::to_value(t.precision)?);
+    v["train"] = p.train.settings()?;
     Ok(v)
 }
 

@@ -2,13 +2,14 @@
 
 use std::path::PathBuf;
 
-use crate::device::DeviceArg;
-use crate::preset::PresetArgs;
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use lt_core::formats::features::Features;
 use lt_retrain::rows::{self, Row};
 use lt_retrain::{outputs, retrain, RetrainConfig};
+
+use crate::device::DeviceArg;
+use crate::preset::PresetArgs;
 
 /// `lt retrain`
 #[derive(Args)]
