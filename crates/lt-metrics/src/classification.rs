@@ -94,14 +94,7 @@ impl<'a> Scores<'a> {
 
     /// Predicted class of sample `i` (first maximum).
     pub fn predicted(&self, i: usize) -> usize {
-        let row = &self.values[i * self.classes..(i + 1) * self.classes];
-        let mut best = 0;
-        for (c, &v) in row.iter().enumerate() {
-            if v > row[best] {
-                best = c;
-            }
-        }
-        best
+        lt_core::formats::predictions::predicted_class(&self.values[i * self.classes..(i + 1) * self.classes])
     }
 
     /// Whether the label is among the `k` highest scores of sample `i`.

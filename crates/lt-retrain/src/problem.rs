@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use lt_core::formats::features::Split;
-use lt_core::optim::Sgd;
+use lt_core::optim::{cosine, Sgd};
 use lt_core::readback::{Read, ReadBack, READ_EVERY};
 use lt_core::rng::streams;
 use lt_core::sampler::{Sampler, SamplerKind};
@@ -166,7 +166,7 @@ pub fn fit(
         let order = sampler.epoch(epoch, steps * batch);
         let mut sum = 0.0;
         for idx in order.chunks(batch) {
-            let lr = 0.5 * cfg.lr * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
+            let lr = cosine(cfg.lr, 0.0, std::f64::consts::PI * step as f64 / total as f64);
             let l = loss(idx)?;
             let grads = l.backward()?;
             opt.step(params, &grads, lr)?;

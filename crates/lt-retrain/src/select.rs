@@ -4,6 +4,7 @@
 
 use candle_core::{DType, Tensor, D};
 use lt_core::formats::features::Split;
+use lt_core::formats::predictions::predicted_class;
 use serde::Serialize;
 
 use crate::config::{Criterion, Predict, RetrainConfig};
@@ -69,10 +70,7 @@ pub fn criterion_value(
                     lse - row[y] as f64
                 }
             }
-            Criterion::BalancedError => {
-                let pred = row.iter().enumerate().fold(0, |b, (c, &v)| if v > row[b] { c } else { b });
-                f64::from(u8::from(pred != y))
-            }
+            Criterion::BalancedError => f64::from(u8::from(predicted_class(row) != y)),
         };
         sum[y] += value;
         count[y] += 1;

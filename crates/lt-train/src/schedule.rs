@@ -39,8 +39,9 @@ impl Phase {
     }
 }
 
+/// The cosine from `from` to `to`, `t` of the way (clamped to 0..1).
 fn cosine(from: f64, to: f64, t: f64) -> f64 {
-    to + (from - to) * 0.5 * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos())
+    lt_core::optim::cosine(from, to, std::f64::consts::PI * t.clamp(0.0, 1.0))
 }
 
 /// The learning rate of `step` (global, 0-based) in `phase`.

@@ -16,6 +16,13 @@ const LABELS: &str = "labels";
 const CLASS_COUNTS: &str = "class_counts";
 const KEY_CLASS_NAMES: &str = "class_names";
 
+/// The predicted class of one row of scores (logits or probabilities): the first maximum, so a
+/// tie goes to the lower class index. The report's accuracies and stage 2's balanced-error
+/// selection both predict with it.
+pub fn predicted_class(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |best, (c, &v)| if v > row[best] { c } else { best })
+}
+
 /// A prediction set: `N x C` scores, labels and what the run recorded about itself.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Predictions {
@@ -109,6 +116,14 @@ impl Predictions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_predicted_class_is_the_first_maximum() {
+        assert_eq!(predicted_class(&[0.1, 0.7, 0.2]), 1);
+        assert_eq!(predicted_class(&[0.3, 0.7, 0.7]), 1, "a tie goes to the lower index");
+        assert_eq!(predicted_class(&[-1.0, -3.0]), 0);
+        assert_eq!(predicted_class(&[2.0]), 0);
+    }
 
     #[test]
     fn roundtrip_and_refusals() {

@@ -168,6 +168,14 @@ fn in_place(ts: &[&Tensor]) -> bool {
         && ts.first().is_some_and(|t| passes_run_on(t.device()))
 }
 
+/// The half-cosine learning-rate curve: `to + (from - to) * (1 + cos(angle)) / 2`, `from` at
+/// angle 0 and `to` at angle `pi`. Stage 1's schedule (`lt_train::schedule`) and stage 2's
+/// re-training both take their rates from it, each with its own angle (the fraction of the
+/// decay done, times `pi`).
+pub fn cosine(from: f64, to: f64, angle: f64) -> f64 {
+    to + (from - to) * 0.5 * (1.0 + angle.cos())
+}
+
 /// Name of the environment variable that, set to `1`, keeps SGD's tensor ops on CUDA instead of
 /// its in-place kernels (to measure what the kernels are worth, or to rule them out).
 pub const CUDA_TENSOR_OPS_ENV: &str = "LT_SGD_TENSOR_OPS";
@@ -416,6 +424,17 @@ impl candle_core::InplaceOp3 for ParameterPass {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[test]
+    fn the_cosine_curve_runs_from_its_start_through_the_midpoint_to_its_end() {
+        use std::f64::consts::PI;
+        assert_eq!(cosine(0.1, 0.02, 0.0), 0.1);
+        assert!((cosine(0.1, 0.02, PI / 2.0) - 0.06).abs() < 1e-15);
+        assert!((cosine(0.1, 0.02, PI) - 0.02).abs() < 1e-15);
+        // A quarter of the way: to + (from - to) * (1 + cos(pi / 4)) / 2.
+        let want = 0.02 + 0.08 * (1.0 + 0.5f64.sqrt()) / 2.0;
+        assert!((cosine(0.1, 0.02, PI / 4.0) - want).abs() < 1e-15);
+    }
 
     #[test]
     fn the_in_place_passes_give_the_tensor_ops_bits() {
