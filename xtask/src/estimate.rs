@@ -243,8 +243,14 @@ fn backbone_rate(
     json_number(lt, &args, "images_per_sec")
 }
 
-/// Images per second of the loader on the preset's data set (`lt bench loader`, a few batches of
-/// at most 128): training transform, or evaluation transform when `eval`; `workers` threads.
+/// Batches the loader's estimate times after its first. The loader's queue already holds a few
+/// batches when the clock starts (4 per loader), which 4 timed batches measured alone: their
+/// rate swung tenfold between runs.
+const LOADER_BATCHES: &str = "24";
+
+/// Images per second of the loader on the preset's data set (`lt bench loader`,
+/// [`LOADER_BATCHES`] batches of at most 128): training transform, or evaluation transform when
+/// `eval`; `workers` threads.
 fn loader_rate(
     lt: &Path,
     preset_path: &Path,
@@ -253,7 +259,12 @@ fn loader_rate(
 ) -> Result<f64> {
     let mut args: Vec<String> =
         vec!["bench".into(), "loader".into(), "--batch".into(), batch.min(128).to_string()];
-    args.extend(["--batches".into(), "4".into(), "--preset-file".into(), preset_path.display().to_string()]);
+    args.extend([
+        "--batches".into(),
+        LOADER_BATCHES.into(),
+        "--preset-file".into(),
+        preset_path.display().to_string(),
+    ]);
     args.extend(["--device".into(), device.into(), "--workers".into(), workers.to_string()]);
     if eval {
         args.push("--eval".into());
