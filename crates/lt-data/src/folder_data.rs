@@ -4,7 +4,7 @@
 //!
 //! Before anything trains, every file is checked: each class must have training images, every
 //! image file's header must decode (PNG or JPEG; the error names the file and what was
-//! expected), and files without an image extension are counted and logged, never silently
+//! expected) and a file cut short must be found, and files without an image extension are counted and logged, never silently
 //! dropped. Images of any size and colour mode (grey, RGB, RGBA, 16-bit, CMYK JPEG) are decoded to
 //! 8-bit RGB (alpha dropped) and resized by the transforms. A seeded validation set is drawn from
 //! the training images as for the other data sets
@@ -185,34 +185,60 @@ fn log_skipped(root: &Path, classes: &[String]) {
     }
 }
 
-/// Checks that every image file's header decodes (format and size), naming the first that does
-/// not.
+/// Checks every image file before anything trains, naming the first that fails: its header
+/// must decode (format and size), and a file that does not end as its format ends (a PNG's
+/// `IEND` chunk, a JPEG's end-of-image marker: a download or copy cut short) must decode in
+/// full. Reading the header and the file's last bytes costs two small reads per file; only the
+/// rare file with other trailing bytes (or a BMP or WebP, whose end says nothing) is decoded here.
 fn preflight<'a>(entries: impl Iterator<Item = &'a ImageEntry>) -> Result<()> {
     let started = Instant::now();
-    let mut n = 0usize;
+    let (mut n, mut decoded) = (0usize, 0usize);
     for e in entries {
-        let dims = image::ImageReader::open(&e.path)
+        let refuse = |detail: String| DataError::Image { path: e.path.clone(), detail };
+        let reader = image::ImageReader::open(&e.path)
             .and_then(|r| r.with_guessed_format())
-            .map_err(|err| err.to_string())
-            .and_then(|r| r.into_dimensions().map_err(|err| err.to_string()));
-        match dims {
+            .map_err(|err| refuse(format!("not a readable PNG or JPEG image: {err}")))?;
+        let format = reader.format();
+        match reader.into_dimensions() {
             Ok((w, h)) if w > 0 && h > 0 => n += 1,
-            Ok((w, h)) => {
-                return Err(DataError::Image {
-                    path: e.path.clone(),
-                    detail: format!("a {w}x{h} image has no pixels"),
-                })
-            }
-            Err(detail) => {
-                return Err(DataError::Image {
-                    path: e.path.clone(),
-                    detail: format!("not a readable PNG or JPEG image: {detail}"),
-                })
-            }
+            Ok((w, h)) => return Err(refuse(format!("a {w}x{h} image has no pixels"))),
+            Err(err) => return Err(refuse(format!("not a readable PNG or JPEG image: {err}"))),
+        }
+        if !ends_as_its_format_ends(&e.path, format).map_err(|err| refuse(err.to_string()))? {
+            decoded += 1;
+            image::open(&e.path).map_err(|err| refuse(format!("the file is cut short or corrupt: {err}")))?;
         }
     }
-    tracing::info!("checked {n} image files in {:.1} s", started.elapsed().as_secs_f64());
+    tracing::info!(
+        "checked {n} image files in {:.1} s ({decoded} decoded in full)",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
+}
+
+/// The last bytes of a complete PNG file: its `IEND` chunk (length 0, type, CRC).
+const PNG_END: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+/// A JPEG's end-of-image marker.
+const JPEG_END: [u8; 2] = [0xFF, 0xD9];
+
+/// Whether the file at `path` ends as a complete file of `format` does (`false` for a format
+/// without such an end).
+fn ends_as_its_format_ends(path: &Path, format: Option<image::ImageFormat>) -> std::io::Result<bool> {
+    use std::io::{Read, Seek, SeekFrom};
+    let end: &[u8] = match format {
+        Some(image::ImageFormat::Png) => &PNG_END,
+        Some(image::ImageFormat::Jpeg) => &JPEG_END,
+        _ => return Ok(false),
+    };
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    if len < end.len() as u64 {
+        return Ok(false);
+    }
+    f.seek(SeekFrom::Start(len - end.len() as u64))?;
+    let mut last = vec![0u8; end.len()];
+    f.read_exact(&mut last)?;
+    Ok(last == end)
 }
 
 /// The folder name of class `c` of `classes`: its index, zero-padded so that the folders sort in

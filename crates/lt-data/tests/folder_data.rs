@@ -1,5 +1,5 @@
-//! The `folder` data set: validation split, bad input (empty class, unreadable and non-image
-//! files, mixed sizes and colour modes, a test-only class), and Fashion-MNIST-LT written as PNG
+//! The `folder` data set: validation split, bad input (empty class, unreadable, cut-short and
+//! non-image files, mixed sizes and colour modes, a test-only class), and Fashion-MNIST-LT written as PNG
 //! files read back bit for bit.
 
 use std::path::{Path, PathBuf};
@@ -156,6 +156,48 @@ fn unreadable_images_are_named_before_training_and_other_files_are_skipped() {
         std::fs::write(&path, &bytes).unwrap();
         let msg = refused(&folder(tmp.path(), 6, Some(0)));
         assert!(msg.contains(&path.display().to_string()) && msg.contains("PNG or JPEG"), "{name}: {msg}");
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn a_file_cut_short_is_named_before_training_and_trailing_bytes_after_a_complete_image_are_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    tree(tmp.path(), &[4, 4]);
+    // Noise, so that the image data fills most of each file.
+    let noisy = image::RgbImage::from_fn(48, 48, |x, y| {
+        let v = (x * 7919 + y * 104_729) as u8;
+        image::Rgb([v, v.wrapping_mul(3), v.wrapping_mul(5)])
+    });
+    for ext in ["png", "jpg"] {
+        let path = tmp.path().join("test/c1").join(format!("noisy.{ext}"));
+        noisy.save(&path).unwrap();
+        let whole = std::fs::read(&path).unwrap();
+        // Whole, and with bytes after its end (as some cameras write), the file loads.
+        load_bundle(DatasetName::Folder, &folder(tmp.path(), 6, Some(0))).unwrap();
+        std::fs::write(&path, [whole.as_slice(), b"trailing bytes"].concat()).unwrap();
+        load_bundle(DatasetName::Folder, &folder(tmp.path(), 6, Some(0))).unwrap();
+        // Cut short, it is refused at load time, named, where the header alone still reads.
+        std::fs::write(&path, &whole[..whole.len() * 6 / 10]).unwrap();
+        assert!(image::ImageReader::open(&path)
+            .unwrap()
+            .with_guessed_format()
+            .unwrap()
+            .into_dimensions()
+            .is_ok());
+        let loader_fails = image::open(&path).is_err();
+        match load_bundle(DatasetName::Folder, &folder(tmp.path(), 6, Some(0))) {
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&path.display().to_string()) && msg.contains("cut short"),
+                    "{ext}: {msg}"
+                );
+            }
+            // A decoder may fill in what a cut-short file lacks; then the loader reads it too.
+            Ok(_) => assert!(!loader_fails, "{ext}: accepted a file the loader cannot decode"),
+        }
+        assert!(loader_fails || ext == "jpg", "the PNG decoder refuses a cut-short file");
         std::fs::remove_file(&path).unwrap();
     }
 }
