@@ -320,7 +320,8 @@ pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> 
             } else {
                 "give the folder holding the data set's files"
             };
-            return Err(DataError::NoRoot { path: root.clone(), advice });
+            let found = if root.is_file() { "a file, not a directory" } else { "no such directory" };
+            return Err(DataError::NoRoot { path: root.clone(), found, advice });
         }
     }
     match name {

@@ -101,10 +101,12 @@ pub enum DataError {
         hint: String,
     },
     /// The data root given (`--data-root`) is not a directory.
-    #[error("--data-root {}: no such directory ({advice})", .path.display())]
+    #[error("--data-root {}: {found} ({advice})", .path.display())]
     NoRoot {
         /// The data root.
         path: PathBuf,
+        /// What is there instead: "no such directory", or "a file, not a directory".
+        found: &'static str,
         /// What to give instead (the download flag where the data set can be downloaded).
         advice: &'static str,
     },

@@ -1,7 +1,8 @@
 //! Users' own data: an image folder with one sub-folder per class (torchvision's `ImageFolder`).
 //!
-//! Either `root/train/<class>/...` and `root/test/<class>/...` (or `val/`), or a flat
-//! `root/<class>/...` split into train and test by a seeded, per-class draw.
+//! Either `root/train/<class>/...` and `root/test/<class>/...` (or `val/`, not both), or a flat
+//! `root/<class>/...` split into train and test by a seeded, per-class draw. Folders whose names
+//! start with a dot (`.ipynb_checkpoints`) are never classes.
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,12 @@ use crate::files::ImageEntry;
 /// File extensions read as images (case-insensitive); other files are skipped.
 pub const EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
 
+/// Whether `p`'s name starts with a dot (`.ipynb_checkpoints`, `.git`): never a class.
+fn hidden(p: &Path) -> bool {
+    p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// The sub-folders of `dir`, sorted, hidden ones left out (and logged).
 fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io_err(dir))?
@@ -20,6 +27,10 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
         .filter(|p| p.is_dir())
         .collect();
     v.sort();
+    for p in v.iter().filter(|p| hidden(p)) {
+        tracing::info!("skipped the hidden folder {} (not a class)", p.display());
+    }
+    v.retain(|p| !hidden(p));
     Ok(v)
 }
 
@@ -86,6 +97,15 @@ pub fn scan_folder(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderS
     }
     let train_dir = root.join("train");
     let test_dir = ["test", "val"].iter().map(|d| root.join(d)).find(|d| d.is_dir());
+    if train_dir.is_dir() && root.join("test").is_dir() && root.join("val").is_dir() {
+        return Err(DataError::Format {
+            path: root.to_path_buf(),
+            detail: "both test/ and val/ beside train/: the test set is one held-out folder, and the \
+                     validation images are drawn from train/ (keep one of test/ and val/, or move val/'s \
+                     images into train/)"
+                .into(),
+        });
+    }
     let splits = if let (true, Some(test_dir)) = (train_dir.is_dir(), test_dir.clone()) {
         let classes: Vec<String> = sorted_dirs(&train_dir)?
             .iter()
@@ -107,8 +127,11 @@ pub fn scan_folder(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderS
         let test = scan(&test_dir, &classes)?;
         FolderSplits { classes, train, test, held_out: true }
     } else {
-        if !(0.0..1.0).contains(&test_fraction) {
-            return Err(DataError::Invalid(format!("test fraction must be in [0, 1), got {test_fraction}")));
+        if !(test_fraction > 0.0 && test_fraction < 1.0) {
+            return Err(DataError::Invalid(format!(
+                "test fraction must lie strictly between 0 and 1 for a folder without test/ (each \
+                 class's share held out for testing), got {test_fraction}"
+            )));
         }
         let classes: Vec<String> = sorted_dirs(root)?
             .iter()
@@ -121,7 +144,7 @@ pub fn scan_folder(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderS
             let mut members: Vec<ImageEntry> = all.iter().filter(|e| e.label == c).cloned().collect();
             rng.shuffle(&mut members);
             let mut n_test = (members.len() as f64 * test_fraction).round() as usize;
-            if test_fraction > 0.0 && n_test == 0 && members.len() >= 2 {
+            if n_test == 0 && members.len() >= 2 {
                 n_test = 1;
             }
             test.extend(members.drain(..n_test));

@@ -23,8 +23,9 @@ pub struct DataSpec {
     /// Imbalance ratio rho = n_max / n_min (default 100 where the data set is made long-tailed).
     #[cfg_attr(feature = "clap", arg(long))]
     pub imbalance: Option<f64>,
-    /// Class-balanced validation images per class, drawn from the training images the long-tailed
-    /// selection did not use (default 100, or 20 for CIFAR-100-LT; 0: no validation set).
+    /// Class-balanced validation images per class: drawn from the training images the long-tailed
+    /// selection did not use (default 100, or 20 for CIFAR-100-LT), or for a folder from its
+    /// training images (default 20, fewer for a small class); 0: no validation set.
     #[cfg_attr(feature = "clap", arg(long))]
     pub val_per_class: Option<usize>,
     /// Where the data set lives (searched before the project's `data/`); for `folder`, the folder.
@@ -78,6 +79,26 @@ impl DataSpec {
         )
     }
 
+    /// Every setting as JSON with the data set's defaults filled in: what `lt preset` prints.
+    /// A setting the data set fixes itself is `null` (the synthetic set's imbalance and
+    /// validation images, ImageNet-LT's lists, the test fraction of all but a folder, the crop
+    /// side of in-memory data sets).
+    pub fn settings(&self) -> Result<serde_json::Value> {
+        let name = self.name()?;
+        let o = self.options(None);
+        let files = matches!(name, DatasetName::ImagenetLt | DatasetName::Inat2018 | DatasetName::Folder);
+        // Only a data root that is not UTF-8 fails here.
+        let mut v = serde_json::to_value(self)
+            .map_err(|e| crate::DataError::Invalid(format!("the data settings as JSON: {e}")))?;
+        v["dataset"] = name.to_string().into();
+        v["imbalance"] = serde_json::json!(o.imbalance.or(name.default_imbalance()));
+        v["val_per_class"] = serde_json::json!(o.val_per_class.or(name.default_val_per_class()));
+        v["data_seed"] = o.seed.into();
+        v["test_fraction"] = serde_json::json!((name == DatasetName::Folder).then_some(o.test_fraction));
+        v["image_size"] = serde_json::json!(files.then_some(o.image_size));
+        Ok(v)
+    }
+
     /// The loading options (`mirror`: a replacement download location, not part of the spec
     /// because it does not change the data).
     pub fn options(&self, mirror: Option<String>) -> DataOptions {
@@ -114,7 +135,8 @@ impl DataSpec {
             check::in_range("data.imbalance", r, 1.0..)?;
         }
         if let Some(f) = self.test_fraction {
-            check::in_range("data.test_fraction", f, 0.0..1.0)?;
+            let open = (std::ops::Bound::Excluded(0.0), std::ops::Bound::Excluded(1.0));
+            check::in_range("data.test_fraction", f, open)?;
         }
         if let Some(s) = self.image_size {
             check::non_zero("data.image_size", u64::from(s))?;

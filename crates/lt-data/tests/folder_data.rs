@@ -136,6 +136,35 @@ fn an_empty_class_or_a_test_only_class_is_an_error_naming_the_folder() {
 }
 
 #[test]
+fn hidden_folders_are_no_classes_and_ambiguous_layouts_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    tree(tmp.path(), &[4, 4]);
+    // A notebook's checkpoints folder beside the classes, with an image in it, is not a class.
+    grey(&tmp.path().join("train/.ipynb_checkpoints/0.png"), 6, 6, 1);
+    grey(&tmp.path().join("test/.ipynb_checkpoints/0.png"), 6, 6, 1);
+    let b = load_bundle(DatasetName::Folder, &folder(tmp.path(), 6, Some(0))).unwrap();
+    assert_eq!(b.class_counts(), vec![4, 4]);
+    // Both test/ and val/ beside train/: which is the test set is not guessed.
+    grey(&tmp.path().join("val/c0/0.png"), 6, 6, 1);
+    let msg = refused(&folder(tmp.path(), 6, Some(0)));
+    assert!(msg.contains("both test/ and val/"), "{msg}");
+    // A file for the root.
+    let file = tmp.path().join("train/c0/0.png");
+    let msg = refused(&folder(&file, 6, Some(0)));
+    assert!(msg.contains(&file.display().to_string()) && msg.contains("a file, not a directory"), "{msg}");
+    // A flat folder with no share held out for testing would have no test set.
+    let flat = tempfile::tempdir().unwrap();
+    for c in 0..2 {
+        for i in 0..4 {
+            grey(&flat.path().join(format!("c{c}/{i}.png")), 6, 6, i as u8);
+        }
+    }
+    let opts = |test_fraction| DataOptions { test_fraction, ..folder(flat.path(), 6, Some(0)) };
+    assert!(refused(&opts(0.0)).contains("strictly between 0 and 1"));
+    assert_eq!(load_bundle(DatasetName::Folder, &opts(0.25)).unwrap().test.len(), 2);
+}
+
+#[test]
 fn unreadable_images_are_named_before_training_and_other_files_are_skipped() {
     let tmp = tempfile::tempdir().unwrap();
     tree(tmp.path(), &[4, 4]);
