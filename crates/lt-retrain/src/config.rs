@@ -122,6 +122,12 @@ pub struct RetrainConfig {
     /// Epochs of `floor(N / batch)` steps.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = RetrainConfig::default().epochs))]
     pub epochs: usize,
+    /// Steps the run takes at least: where `epochs` epochs fall short (a data set of a few
+    /// hundred images has one step per epoch), more epochs run, as many as reach it. 0: `epochs`
+    /// alone.
+    #[cfg_attr(feature = "clap", arg(long, default_value_t = RetrainConfig::default().min_steps))]
+    #[serde(skip_serializing_if = "is_zero")]
+    pub min_steps: usize,
     /// Batch size.
     #[cfg_attr(feature = "clap", arg(long, default_value_t = RetrainConfig::default().batch_size))]
     pub batch_size: usize,
@@ -161,6 +167,7 @@ impl Default for RetrainConfig {
             method: MethodKind::None,
             backbone: Backbone::Swa,
             epochs: 30,
+            min_steps: 0,
             batch_size: 128,
             lr: 0.1,
             momentum: 0.9,
@@ -175,7 +182,29 @@ impl Default for RetrainConfig {
     }
 }
 
+/// Whether `n` is 0 (a setting left at its default is not written, so the configurations
+/// recorded before it existed keep their fingerprints).
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
 impl RetrainConfig {
+    /// Epochs of `steps_per_epoch` steps the run takes: `epochs`, or more where they fall short
+    /// of `min_steps`.
+    pub fn epochs_run(&self, steps_per_epoch: usize) -> usize {
+        self.epochs.max(self.min_steps.div_ceil(steps_per_epoch.max(1)))
+    }
+
+    /// Every setting as JSON, `min_steps` included where the recorded configuration leaves it
+    /// out at its default: what `lt preset` prints.
+    pub fn settings(&self) -> serde_json::Result<serde_json::Value> {
+        let mut v = serde_json::to_value(self)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("min_steps".into(), self.min_steps.into());
+        }
+        Ok(v)
+    }
+
     /// The defaults with another method.
     pub fn new(method: MethodKind) -> Self {
         Self { method, ..Self::default() }

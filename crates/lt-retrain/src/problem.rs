@@ -129,9 +129,14 @@ pub(crate) fn init_head(classes: usize, dim: usize, seed: u64, device: &Device) 
     Ok((w, b))
 }
 
-/// The shared training loop: `epochs x floor(N / batch)` steps of SGD (momentum, weight decay)
+/// Below this many steps in all, [`fit`] warns that the head may not fit.
+const FEW_STEPS: usize = 100;
+
+/// The shared training loop: epochs of `floor(N / batch)` steps of SGD (momentum, weight decay)
 /// with a cosine from `lr` to 0, batches drawn by `sampler`; `loss(indices)` builds the batch
-/// loss. Returns the mean loss of each epoch; a non-finite loss stops the run.
+/// loss. The epochs are `epochs`, or more where `min_steps` asks
+/// ([`RetrainConfig::epochs_run`]). Returns the mean loss of each epoch; a non-finite loss stops
+/// the run.
 pub fn fit(
     params: &[(String, Var)],
     cfg: &RetrainConfig,
@@ -143,11 +148,19 @@ pub fn fit(
     let n = labels.len();
     let batch = cfg.batch_size.min(n).max(1);
     let steps = (n / batch).max(1);
-    let total = cfg.epochs * steps;
+    let epochs = cfg.epochs_run(steps);
+    let total = epochs * steps;
+    if total < FEW_STEPS {
+        tracing::warn!(
+            "{}: only {total} steps ({epochs} epochs of {steps} on {n} rows, batch {batch}); a head may not \
+             fit in so few: raise retrain.min_steps (--min-steps) or retrain.epochs",
+            cfg.method
+        );
+    }
     let sampler =
         Sampler::new(sampler, labels, classes, cfg.seed).map_err(|e| RetrainError::Invalid(e.to_string()))?;
     let mut opt = Sgd::new(cfg.momentum, false, cfg.weight_decay);
-    let mut losses = Vec::with_capacity(cfg.epochs);
+    let mut losses = Vec::with_capacity(epochs);
     let mut step = 0;
     // Losses are read several steps at a time (on a GPU one wait for the device per READ_EVERY
     // steps), each added in step order. A non-finite loss has by then updated the parameters,
@@ -162,7 +175,7 @@ pub fn fit(
         Ok(())
     };
     let mut unread = ReadBack::new(READ_EVERY);
-    for epoch in 0..cfg.epochs {
+    for epoch in 0..epochs {
         let order = sampler.epoch(epoch, steps * batch);
         let mut sum = 0.0;
         for idx in order.chunks(batch) {
@@ -211,5 +224,34 @@ mod tests {
         })
         .unwrap_err();
         assert!(matches!(err, RetrainError::NonFinite { step: 4, .. }), "{err}");
+    }
+
+    /// `min_steps` adds whole epochs until the run reaches it; at 0 (the default) it is not
+    /// written, so configurations recorded before it keep their fingerprints.
+    #[test]
+    fn min_steps_adds_epochs_and_is_not_written_at_its_default() {
+        let w = Var::from_slice(&[1f32], 1, &Device::Cpu).unwrap();
+        let params = vec![("w".to_string(), w.clone())];
+        let labels = [0u32, 1, 0, 1, 0, 1];
+        let run = |epochs, min_steps| {
+            let cfg = RetrainConfig { epochs, min_steps, batch_size: 2, ..RetrainConfig::default() };
+            let mut calls = 0usize;
+            let losses = fit(&params, &cfg, &labels, 2, SamplerKind::Instance, |_| {
+                calls += 1;
+                Ok(w.as_tensor().sqr()?.sum_all()?)
+            })
+            .unwrap();
+            (calls, losses.len())
+        };
+        // 3 steps per epoch: 7 steps need 3 epochs; 6 need the 2 asked for; 0 asks nothing.
+        assert_eq!(run(2, 7), (9, 3));
+        assert_eq!(run(2, 6), (6, 2));
+        assert_eq!(run(2, 0), (6, 2));
+        assert_eq!(run(4, 7), (12, 4));
+        let json = |min_steps| {
+            serde_json::to_value(RetrainConfig { min_steps, ..RetrainConfig::default() }).unwrap()
+        };
+        assert!(json(0).get("min_steps").is_none());
+        assert_eq!(json(500)["min_steps"], 500);
     }
 }
