@@ -66,10 +66,15 @@ impl RunDir {
         self.root.join("data_spec.json")
     }
 
-    /// Records the run's data (atomically).
+    /// Records the run's data (atomically), a relative data root made absolute: the later
+    /// stages read the data from where this run found them, from whatever directory they run in.
     pub fn write_data_spec(&self, spec: &DataSpec) -> Result<()> {
         let path = self.data_spec();
-        let text = serde_json::to_string_pretty(spec).map_err(|e| TrainError::Config(e.to_string()))?;
+        let mut spec = spec.clone();
+        if let Some(root) = &spec.data_root {
+            spec.data_root = Some(std::path::absolute(root).map_err(io_err(root))?);
+        }
+        let text = serde_json::to_string_pretty(&spec).map_err(|e| TrainError::Config(e.to_string()))?;
         lt_core::atomic::write_bytes_atomic(&path, text.as_bytes()).map_err(io_err(&path))
     }
 
@@ -86,5 +91,22 @@ impl RunDir {
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
         serde_json::from_str(&text)
             .map_err(|e| TrainError::Mismatch(format!("{}: not a data description: {e}", path.display())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_data_root_is_recorded_absolute() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::new(tmp.path());
+        let spec = DataSpec { data_root: Some("data/mine".into()), ..Default::default() };
+        dir.write_data_spec(&spec).unwrap();
+        let read = dir.read_data_spec().unwrap();
+        let want = std::env::current_dir().unwrap().join("data/mine");
+        assert_eq!(read.data_root.as_deref(), Some(want.as_path()));
+        assert_eq!(DataSpec { data_root: None, ..read }, DataSpec::default(), "only the root changes");
     }
 }

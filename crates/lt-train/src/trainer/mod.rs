@@ -195,12 +195,15 @@ pub fn train(
     };
     let (mut progress, mut swag) = if opts.resume {
         let (p, s) = checkpoint::load(&ctx.dir.checkpoint(), &model, &mut opt, &ctx.fingerprint)?;
-        tracing::info!(
-            "resuming {} at phase {:?}, epoch {}",
-            ctx.dir.root().display(),
-            p.phase,
-            p.next_epoch
-        );
+        match p.phase {
+            Some(phase) => tracing::info!(
+                "resuming {} in phase {}, at epoch {}",
+                ctx.dir.root().display(),
+                phase.name(),
+                p.next_epoch + 1
+            ),
+            None => tracing::info!("{}: every phase has finished", ctx.dir.root().display()),
+        }
         ctx.last_checkpoint = Some(ctx.dir.checkpoint());
         (p, s)
     } else {
