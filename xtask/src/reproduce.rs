@@ -126,12 +126,18 @@ fn get<'a>(preset: &'a toml::Value, path: &[&str]) -> Option<&'a toml::Value> {
     Some(v)
 }
 
-/// Reads and resolves the preset (overrides applied), returning `(name, TOML text, value)`.
-pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml::Value)> {
-    let path = match &opts.preset_file {
+/// The preset file a reproduction reads: `--preset-file`, or the shipped preset named.
+fn preset_source(root: &Path, opts: &Options) -> PathBuf {
+    match &opts.preset_file {
         Some(p) => p.clone(),
         None => root.join("presets").join(format!("{}.toml", opts.preset)),
-    };
+    }
+}
+
+/// Reads and resolves the preset (overrides applied, a relative `--data-root` made absolute),
+/// returning `(name, TOML text, value)`.
+pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml::Value)> {
+    let path = preset_source(root, opts);
     let text = std::fs::read_to_string(&path).with_context(|| {
         let known: Vec<String> = std::fs::read_dir(root.join("presets"))
             .map(|d| {
@@ -155,6 +161,7 @@ pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml:
         .as_table_mut()
         .context("[data] is a table")?;
     if let Some(r) = &opts.data_root {
+        let r = std::path::absolute(r).with_context(|| format!("--data-root {}", r.display()))?;
         data.insert("data_root".into(), toml::Value::String(r.display().to_string()));
     }
     if opts.download {
@@ -303,13 +310,23 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         Some(p) => p.clone(),
         None => crate::build_lt(root, crate::lt_features(&opts.device), true)?,
     };
+    // Every setting of the preset as given, checked first, so that an error names the file and
+    // line the user wrote (not the resolved copy), before anything is locked, fetched or written.
+    let source = preset_source(root, opts);
+    crate::lt_output(&lt, &["preset".as_ref(), "--preset-file".as_ref(), source.as_os_str()], false)?;
+    check_same_data(&preset_path, &preset)?;
     let rows = stage2_rows(&lt)?;
     let report = run_root.join("report");
     let stage1_dirs: Vec<PathBuf> = (0..seeds(&preset)).map(|seed| stage1_dir(&run_root, seed)).collect();
     if opts.dry_run {
         let plan_with = |id: &str| plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, id);
-        let (stages, costs) = dry::plan_and_costs(&lt, &resolved, &opts.device, &stage1_dirs, plan_with)?;
+        let download = get(&preset, &["data", "download"]).and_then(|v| v.as_bool()).unwrap_or(false);
+        let (stages, costs) =
+            dry::plan_and_costs(&lt, &resolved, (&opts.device, download), &stage1_dirs, plan_with)?;
         print_plan(&name, &stages, &run_root, &report, costs.as_ref());
+        if let Some(spec) = get(&preset, &["train", "init"]).and_then(|v| v.as_str()) {
+            pretrained::tell_if_not_cached(&lt, spec)?;
+        }
         return Ok(Summary { ran: vec![], skipped: vec![], report: report.join("report.md"), seconds: 0.0 });
     }
     let _lock = lock_root(&run_root)?;
@@ -333,6 +350,43 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
         seconds
     );
     Ok(Summary { ran, skipped, report: report.join("report.md"), seconds })
+}
+
+/// Refuses a run root that holds a reproduction on another data set or data root (its
+/// `preset.toml` says which): stage 1 would train again on the new data and the report replace
+/// the old one, which belongs to a folder of its own.
+fn check_same_data(preset_path: &Path, preset: &toml::Value) -> Result<()> {
+    let Some(old) =
+        std::fs::read_to_string(preset_path).ok().and_then(|t| toml::from_str::<toml::Value>(&t).ok())
+    else {
+        return Ok(());
+    };
+    let data = |p: &toml::Value| {
+        let text = |key: &str| get(p, &["data", key]).and_then(|v| v.as_str());
+        // A root recorded relative (before roots were made absolute) is read from here, as then.
+        let root = text("data_root")
+            .map(|r| std::path::absolute(r).map_or(r.to_owned(), |a| a.display().to_string()));
+        (text("dataset").map(str::to_owned), root)
+    };
+    let (was, is) = (data(&old), data(preset));
+    if was != is {
+        let show = |(set, root): &(Option<String>, Option<String>)| {
+            format!(
+                "{} at {}",
+                set.as_deref().unwrap_or("synthetic"),
+                root.as_deref().unwrap_or("its default place")
+            )
+        };
+        let run_root = preset_path.parent().unwrap_or(Path::new("."));
+        bail!(
+            "{} holds a reproduction on {}; this one is on {}: give it another --runs-dir, or remove {} to start over",
+            run_root.display(),
+            show(&was),
+            show(&is),
+            run_root.display()
+        );
+    }
+    Ok(())
 }
 
 /// Runs the stages not up to date, in order; returns the names of those run and of those skipped.

@@ -1,5 +1,6 @@
 //! End to end: `cargo xtask reproduce` on the tiny preset runs every stage and method and writes
-//! the report; a second invocation skips everything; changing a stage-2 knob re-runs only stage 2.
+//! the report; a second invocation skips everything; a misspelled setting or another data root is
+//! refused before anything changes; changing a stage-2 knob re-runs only stage 2.
 
 use std::path::PathBuf;
 
@@ -80,8 +81,28 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
     let second = xtask::reproduce::run(&root, &options(runs.path(), None)).unwrap();
     assert!(second.ran.is_empty(), "re-ran {:?}", second.ran);
 
-    // One stage-2 knob changed: stage 1 and extraction are reused, stage 2 re-runs.
+    // A misspelled setting is named in the user's file, at its line, before the run root
+    // changes; so is another data root than the run root's reproduction used.
     let text = std::fs::read_to_string(root.join("presets/tiny.toml")).unwrap();
+    let recorded = std::fs::read_to_string(runs.path().join("tiny/preset.toml")).unwrap();
+    let typo = runs.path().join("typo.toml");
+    std::fs::write(&typo, text.replace("[extract]\n", "[extract]\nsampels = 2\n")).unwrap();
+    let err =
+        format!("{:#}", xtask::reproduce::run(&root, &options(runs.path(), Some(typo.clone()))).unwrap_err());
+    let line = text.lines().position(|l| l == "[extract]").unwrap() + 2;
+    assert!(err.contains(&typo.display().to_string()) && err.contains("sampels"), "{err}");
+    assert!(err.contains(&format!("line {line}")), "line {line}: {err}");
+    let elsewhere =
+        xtask::reproduce::Options { data_root: Some("elsewhere".into()), ..options(runs.path(), None) };
+    let err = format!("{:#}", xtask::reproduce::run(&root, &elsewhere).unwrap_err());
+    let absolute = std::env::current_dir().unwrap().join("elsewhere");
+    assert!(
+        err.contains("holds a reproduction on") && err.contains(&absolute.display().to_string()),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(runs.path().join("tiny/preset.toml")).unwrap(), recorded);
+
+    // One stage-2 knob changed: stage 1 and extraction are reused, stage 2 re-runs.
     let edited = text.replace("[retrain]\nepochs = 4", "[retrain]\nepochs = 3");
     assert_ne!(edited, text, "the tiny preset's [retrain] epochs moved");
     let file = runs.path().join("edited.toml");

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::data::{find, Data};
+use super::data::{find, why_absent, Data};
 use super::{is_done, resumes, Stage};
 
 /// The stages `plan` makes of the resolved preset `resolved` for its data as a run would find
@@ -15,7 +15,7 @@ use super::{is_done, resumes, Stage};
 pub(super) fn plan_and_costs(
     lt: &Path,
     resolved: &str,
-    device: &str,
+    (device, download): (&str, bool),
     stage1_dirs: &[PathBuf],
     plan: impl FnOnce(&str) -> Result<Vec<Stage>>,
 ) -> Result<(Vec<Stage>, Option<[crate::estimate::Cost; 3]>)> {
@@ -27,11 +27,14 @@ pub(super) fn plan_and_costs(
         let costs = match data {
             Data::Found(_) => estimate_costs(lt, &tmp, device),
             Data::Recorded(_) | Data::Absent => {
-                println!(
-                    "the data are not where the preset looks (`lt data fingerprint --available-only` found none): \
-                     a stage 1 or extraction that runs downloads them where the preset asks and the data set can \
-                     be, else stops naming where it looked; no estimates without them"
-                );
+                match download {
+                    true => println!("the data are not at hand yet: the run downloads them first; no estimates without them"),
+                    false => println!(
+                        "the data are not at hand: a stage 1 or extraction that must run stops here, as `lt` \
+                         says: {}; no estimates without them",
+                        why_absent(lt, &tmp).unwrap_or_else(|| "(they were found on a second look)".into())
+                    ),
+                }
                 None
             }
         };
