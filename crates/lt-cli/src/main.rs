@@ -81,7 +81,36 @@ fn main() {
         Command::Selftest(a) => commands::selftest::run(a, &cli.log),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", message(&e));
         std::process::exit(1);
+    }
+}
+
+/// An error and its causes on one line, `: `-separated as `{:#}` writes them, without a cause
+/// its parent's message already ends with (the library errors write their source into their
+/// own message, as `path: io error`, so `{:#}` wrote it twice).
+fn message(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.last().is_some_and(|p| p.ends_with(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_error_message_writes_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory (os error 2)");
+        let e = lt_core::ArtifactError::Io { path: "f.safetensors".into(), source: io };
+        let e = anyhow::Error::new(e).context("reading the features");
+        assert_eq!(
+            super::message(&e),
+            "reading the features: f.safetensors: No such file or directory (os error 2)"
+        );
+        assert_eq!(format!("{e:#}").matches("os error 2").count(), 2, "what {{:#}} writes");
     }
 }
