@@ -228,16 +228,28 @@ pub fn text_table(spec: &ReportSpec, rows: &[Row]) -> String {
     let seeds = rows.iter().map(|r| r.evaluations.len()).max().unwrap_or(0);
     let mut out = String::new();
     for (title, table) in tables(spec, rows) {
-        out.push_str(&format!(
-            "{title}\n{:<8} {:<34} {:>6} {:>15} {:>15} {:>15} {:>15} {:>15} {:>15}\n",
-            "Backbone", "Method", "n", "Many", "Medium", "Few", "All", "NLL", "ECE"
-        ));
-        for r in table {
-            let c = cells(&r.summary(), seeds);
-            out.push_str(&format!(
-                "{:<8} {:<34} {:>6} {:>15} {:>15} {:>15} {:>15} {:>15} {:>15}\n",
-                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7], c[8]
-            ));
+        let body: Vec<[String; 9]> = table.iter().map(|r| cells(&r.summary(), seeds)).collect();
+        // Each column as wide as its widest cell (in characters: labels may not be ASCII).
+        let head =
+            ["Backbone", "Method", "n", "Many", "Medium", "Few", "All", "NLL", "ECE"].map(String::from);
+        let width = |i: usize| body.iter().chain([&head]).map(|c| c[i].chars().count()).max().unwrap_or(0);
+        let widths: Vec<usize> = (0..head.len()).map(width).collect();
+        let line = |c: &[String; 9]| {
+            let padded: Vec<String> = c
+                .iter()
+                .zip(&widths)
+                .enumerate()
+                .map(|(i, (text, &w))| match i < 2 {
+                    true => format!("{text:<w$}"),
+                    false => format!("{text:>w$}"),
+                })
+                .collect();
+            padded.join("  ") + "\n"
+        };
+        out.push_str(&format!("{title}\n"));
+        out.push_str(&line(&head));
+        for c in &body {
+            out.push_str(&line(c));
         }
         out.push('\n');
     }
@@ -298,4 +310,34 @@ fn render(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<PathBuf>> 
     std::fs::write(&md, text).map_err(io(&md))?;
     files.push("report.md".into());
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each column is as wide as its widest cell, so a long or non-ASCII label keeps the
+    /// columns after it aligned.
+    #[test]
+    fn the_text_table_aligns_its_columns_whatever_the_labels() {
+        let rows = [
+            Row::new("a", "SWA", "LA"),
+            Row::new("b", "SWA", "SRepr, frozen teacher, LA on the student"),
+            Row::new("c", "SGD", "café ñ"),
+        ];
+        let spec = ReportSpec {
+            title: "t".into(),
+            tables: vec![TableSpec { title: "T".into(), rows: vec!["a".into(), "b".into(), "c".into()] }],
+            per_class_rows: Vec::new(),
+            paper: None,
+        };
+        let text = text_table(&spec, &rows);
+        let lines: Vec<&str> = text.lines().skip(1).take(4).collect();
+        assert!(lines[0].starts_with("Backbone") && lines[2].contains("LA on the student"), "{text}");
+        let ends: Vec<usize> = lines.iter().map(|l| l.chars().count()).collect();
+        assert!(ends.iter().all(|&e| e == ends[0]), "{ends:?}\n{text}");
+        // The seed counts stand under the header's `n`.
+        let n_at = lines[0].find("  n  ").map(|b| lines[0][..b].chars().count() + 2).unwrap();
+        assert!(lines[1..].iter().all(|l| l.chars().nth(n_at) == Some('0')), "{n_at}\n{text}");
+    }
 }
