@@ -16,7 +16,8 @@ pub struct SwaConfig {
     pub start: usize,
     /// The constant learning rate of the SWA phase (the cosine of the first phase ends here).
     pub lr: f64,
-    /// Maximum rank `K` of the SWAG deviation matrix (0: diagonal only).
+    /// Maximum rank `K` of the SWAG deviation matrix (0: diagonal only; otherwise at least 2, as
+    /// the low-rank term divides by `K - 1`).
     #[serde(default = "default_rank")]
     pub rank: usize,
     /// Collect a model every this many steps instead of once per epoch.
@@ -182,7 +183,7 @@ impl TrainConfig {
         if let Some(s) = &self.swa {
             if s.start <= self.warmup_epochs || s.start >= self.epochs {
                 return Err(TrainError::Config(format!(
-                    "swa start {} must lie after the warm-up ({}) and before the last epoch ({})",
+                    "train.swa.start (--swa-start) {} must lie after the warm-up (train.warmup_epochs {}) and before the last epoch (train.epochs {})",
                     s.start, self.warmup_epochs, self.epochs
                 )));
             }
@@ -330,7 +331,7 @@ mod tests {
             ),
             (
                 with(|c| c.swa.as_mut().unwrap().start = 200),
-                "swa start 200 must lie after the warm-up (5) and before the last epoch (200)",
+                "train.swa.start (--swa-start) 200 must lie after the warm-up (train.warmup_epochs 5) and before the last epoch (train.epochs 200)",
             ),
         ];
         for (cfg, want) in cases {

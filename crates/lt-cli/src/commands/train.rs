@@ -27,7 +27,7 @@ pub struct TrainArgs {
     /// SWA learning rate.
     #[arg(long)]
     swa_lr: Option<f64>,
-    /// SWAG rank K (0: diagonal).
+    /// SWAG rank K (0: the diagonal alone; otherwise at least 2).
     #[arg(long)]
     swag_rank: Option<usize>,
     /// Collect a SWAG model every N steps instead of every epoch.
