@@ -300,3 +300,42 @@ pub fn evaluate(s: &Scores, groups: &[ShotGroup], bins: usize, edges: BinEdges) 
         samples: s.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Edges, empty bins and the extra `[1, 1]` bin of the reliability diagram.
+    #[test]
+    fn reliability_bins_have_their_edges_and_empty_bins_read_zero() {
+        let bins = reliability(&[0.05, 0.35, 1.0], &[true, false, true], 4, BinEdges::LowerClosed);
+        let edges: Vec<(f64, f64)> = bins.iter().map(|b| (b.lo, b.hi)).collect();
+        assert_eq!(edges, [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0), (1.0, 1.0)]);
+        let counts: Vec<usize> = bins.iter().map(|b| b.count).collect();
+        assert_eq!(counts, [1, 1, 0, 0, 1]);
+        assert_eq!((bins[2].accuracy, bins[2].confidence), (0.0, 0.0), "an empty bin reads 0, not NaN");
+        assert_eq!((bins[1].accuracy, bins[1].confidence), (0.0, 0.35));
+        let guo = reliability(&[0.25, 1.0], &[true, true], 4, BinEdges::Guo);
+        assert_eq!(guo.len(), 4);
+        assert_eq!((guo[0].count, guo[3].count), (1, 1), "(lo, hi] bins: 0.25 in the first, 1 in the last");
+    }
+
+    /// Probabilities of exactly 0 are probabilities; the softmax is shifted by the row's maximum
+    /// (large logits do not overflow); ties in the top k go to the lower class, as the
+    /// prediction does; a class without samples has no accuracy.
+    #[test]
+    fn scores_accept_zero_probabilities_and_rank_ties_by_class() {
+        let labels = [0u32, 1];
+        let s = Scores::probs(&[1.0, 0.0, 0.0, 1.0], &labels, 2).unwrap();
+        assert!(!s.is_empty() && s.len() == 2);
+        let (a, b) = (1000f32, 1000.0 + 2f32.ln());
+        let p = softmax(&[a, b]);
+        let want = 1.0 / (1.0 + (f64::from(a) - f64::from(b)).exp());
+        assert!((p[1] - want).abs() < 1e-12 && (p[0] + p[1] - 1.0).abs() < 1e-12, "{p:?}");
+        // Sample 0: label 0 ties class 1 and wins the tie; sample 1: label 1 loses it to class 0.
+        let ties = Scores::logits(&[0.5, 0.5, 0.5, 0.5], &labels, 2).unwrap();
+        assert!(ties.in_top_k(0, 1) && !ties.in_top_k(1, 1) && ties.in_top_k(1, 2));
+        let three = Scores::logits(&[2.0, 1.0, 0.0, 2.0, 1.0, 0.0], &labels, 3).unwrap();
+        assert_eq!(per_class_accuracy(&three), [Some(1.0), Some(0.0), None]);
+    }
+}
