@@ -123,7 +123,7 @@ fn val_sizes(wanted: usize, counts: &[usize], profile: &[usize], names: &[String
         let none = short.iter().filter(|&&c| sizes[c] == 0).count();
         tracing::warn!(
             "validation set: {} of {} classes give fewer than {wanted} images, as each keeps at least half of its \
-             training images (fewest: class `{}`, {} training images, {} for validation){}",
+             training images (fewest: class `{}`, {} images before the draw, {} for validation){}",
             short.len(),
             counts.len(),
             names[tight],

@@ -121,10 +121,10 @@ fn check_run(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig) -> Result<(St
     let (_, split_fp) = lt_core::split::SplitInfo::recorded(&dir.split())?;
     if split_fp != data.fingerprint() {
         return Err(TrainError::Mismatch(format!(
-            "the data set given is not the one {} was trained on (split fingerprints differ): give the data \
-             and options stage 1 used; if those are unchanged, its files or the rule that splits it changed \
-             since (an image folder's validation counts are per class since 2026-12-07), and stage 1 must \
-             be trained again (remove {} and rerun)",
+            "the data loaded now are not those {} was trained on (split fingerprints differ): an image \
+             folder's files were added, removed or changed since, the data options differ from stage 1's, or \
+             the rule that splits the data changed (an image folder's validation counts are per class since \
+             2026-12-07); stage 1 must be trained again on the data as they are (remove {} and rerun)",
             dir.root().display(),
             dir.root().display()
         )));
@@ -244,7 +244,7 @@ pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &De
             Fingerprint::new().part("extract", &fingerprint).part("sample", &s.to_string()).finish();
         parts.push(part.clone());
         if part.exists() && std::fs::read_to_string(&tag).ok().as_deref() == Some(part_fp.as_str()) {
-            tracing::info!("sample {s} ({}) already extracted", info.kind.as_str());
+            tracing::info!("sample {}/{} ({}) already extracted", s + 1, infos.len(), info.kind.as_str());
             continue;
         }
         let started = std::time::Instant::now();

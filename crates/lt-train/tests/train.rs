@@ -110,7 +110,7 @@ fn snapshot(dir: &std::path::Path) -> std::collections::BTreeMap<std::path::Path
 fn invalid_configurations_are_refused() {
     let mut cfg = tiny_config();
     cfg.swa.as_mut().unwrap().start = 9;
-    assert!(cfg.validate().unwrap_err().to_string().contains("swa start 9"));
+    assert!(cfg.validate().unwrap_err().to_string().contains("train.swa.start (--swa-start) 9 must lie"));
     let mut cfg = tiny_config();
     cfg.arch = "resnet33".into();
     assert!(cfg.validate().is_err());
@@ -191,7 +191,7 @@ fn extraction_writes_every_backbone_sample_deterministically() {
     )
     .unwrap();
     let err = extract(&dir, &other, &ecfg, &candle_core::Device::Cpu).unwrap_err().to_string();
-    assert!(err.contains("not the one"), "{err}");
+    assert!(err.contains("are not those") && err.contains("split fingerprints differ"), "{err}");
     std::fs::remove_file(dir.swag()).unwrap();
     let err = extract(&dir, &data, &ecfg, &candle_core::Device::Cpu).unwrap_err().to_string();
     assert!(err.contains("no SWAG statistics"), "{err}");

@@ -70,7 +70,7 @@ fn measured_costs(lt: &Path, preset_file: &Path, device: &str) -> Result<[crate:
     );
     let i = est::measure(lt, preset_file, &setup, device)?;
     println!(
-        "measured: {:.0} training and {:.0} inference images/s at {}x{}; {} parameters; {} / {} / {} images",
+        "measured: {:.0} training and {:.0} inference images/s at {}x{}; {} parameters; {} training / {} validation / {} test images",
         i.train_ips, i.eval_ips, i.size, i.size, i.params, i.images[0], i.images[1], i.images[2]
     );
     let pace = |loader: f64, compute: f64| if loader < compute { " (sets the pace)" } else { "" };

@@ -159,7 +159,11 @@ impl Collector {
 pub fn collect(runs: &Path) -> Result<Collected> {
     let seeds = seeds_in(runs)?;
     if seeds.is_empty() {
-        return Err(MetricsError::Invalid(format!("{} holds no seed-* run directories", runs.display())));
+        return Err(MetricsError::Invalid(format!(
+            "{} holds no seed-* run directories (expected seed-<n>/stage2/<row>/predictions.safetensors, \
+             as cargo xtask reproduce lays them out)",
+            runs.display()
+        )));
     }
     let mut c = Collector::default();
     for &seed in &seeds {
