@@ -76,6 +76,33 @@ fn scan(dir: &Path, classes: &[String]) -> Result<Vec<ImageEntry>> {
     Ok(out)
 }
 
+/// A flat folder's classes, with `test_fraction` of each class (at least one image where the
+/// class has two or more) drawn for the test set by a draw seeded with `seed`.
+fn seeded_split(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderSplits> {
+    if !(test_fraction > 0.0 && test_fraction < 1.0) {
+        return Err(DataError::Invalid(format!(
+            "test fraction must lie strictly between 0 and 1 for a folder without test/ (each \
+             class's share held out for testing), got {test_fraction}"
+        )));
+    }
+    let classes: Vec<String> =
+        sorted_dirs(root)?.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    let all = scan(root, &classes)?;
+    let mut rng = Rng::stream(seed, &[lt_core::rng::streams::FOLDER_SPLIT]);
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for c in 0..classes.len() as u32 {
+        let mut members: Vec<ImageEntry> = all.iter().filter(|e| e.label == c).cloned().collect();
+        rng.shuffle(&mut members);
+        let mut n_test = (members.len() as f64 * test_fraction).round() as usize;
+        if n_test == 0 && members.len() >= 2 {
+            n_test = 1;
+        }
+        test.extend(members.drain(..n_test));
+        train.extend(members);
+    }
+    Ok(FolderSplits { classes, train, test, held_out: false })
+}
+
 /// Scans an image folder. With `train/` and `test/` (or `val/`) sub-folders the test set is held
 /// out; otherwise `test_fraction` of each class (at least one image when the class has two or
 /// more) goes to the test set, chosen by a draw seeded with `seed`.
@@ -127,30 +154,7 @@ pub fn scan_folder(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderS
         let test = scan(&test_dir, &classes)?;
         FolderSplits { classes, train, test, held_out: true }
     } else {
-        if !(test_fraction > 0.0 && test_fraction < 1.0) {
-            return Err(DataError::Invalid(format!(
-                "test fraction must lie strictly between 0 and 1 for a folder without test/ (each \
-                 class's share held out for testing), got {test_fraction}"
-            )));
-        }
-        let classes: Vec<String> = sorted_dirs(root)?
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
-            .collect();
-        let all = scan(root, &classes)?;
-        let mut rng = Rng::stream(seed, &[lt_core::rng::streams::FOLDER_SPLIT]);
-        let (mut train, mut test) = (Vec::new(), Vec::new());
-        for c in 0..classes.len() as u32 {
-            let mut members: Vec<ImageEntry> = all.iter().filter(|e| e.label == c).cloned().collect();
-            rng.shuffle(&mut members);
-            let mut n_test = (members.len() as f64 * test_fraction).round() as usize;
-            if n_test == 0 && members.len() >= 2 {
-                n_test = 1;
-            }
-            test.extend(members.drain(..n_test));
-            train.extend(members);
-        }
-        FolderSplits { classes, train, test, held_out: false }
+        seeded_split(root, test_fraction, seed)?
     };
     if splits.classes.is_empty() || splits.train.is_empty() {
         let detail = if train_dir.is_dir() && test_dir.is_none() {

@@ -191,6 +191,8 @@ mod tests {
             bad(DataSpec { synthetic_classes: Some(1), ..d.clone() }).starts_with("data.synthetic_classes")
         );
         assert!(bad(DataSpec { synthetic_size: Some(0), ..d.clone() }).starts_with("data.synthetic_size"));
-        DataSpec { imbalance: Some(1.0), test_fraction: Some(0.0), ..d }.validate().unwrap();
+        // A folder without test/ needs some of each class held out: 0 would leave no test set.
+        assert!(bad(DataSpec { test_fraction: Some(0.0), ..d.clone() }).contains("in (0, 1), got 0"));
+        DataSpec { imbalance: Some(1.0), test_fraction: Some(0.5), ..d }.validate().unwrap();
     }
 }

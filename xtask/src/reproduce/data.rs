@@ -106,3 +106,40 @@ pub(super) fn find(lt: &Path, preset_file: &Path, download: bool, stage1_dirs: &
     }
     Ok(Data::Absent)
 }
+
+/// Refuses a run root that holds a reproduction on another data set or data root (its
+/// `preset.toml` says which): stage 1 would train again on the new data and the report replace
+/// the old one, which belongs to a folder of its own.
+pub(super) fn check_same_data(preset_path: &Path, preset: &toml::Value) -> Result<()> {
+    let Some(old) =
+        std::fs::read_to_string(preset_path).ok().and_then(|t| toml::from_str::<toml::Value>(&t).ok())
+    else {
+        return Ok(());
+    };
+    let data = |p: &toml::Value| {
+        let text = |key: &str| super::get(p, &["data", key]).and_then(|v| v.as_str());
+        // A root recorded relative (before roots were made absolute) is read from here, as then.
+        let root = text("data_root")
+            .map(|r| std::path::absolute(r).map_or(r.to_owned(), |a| a.display().to_string()));
+        (text("dataset").map(str::to_owned), root)
+    };
+    let (was, is) = (data(&old), data(preset));
+    if was != is {
+        let show = |(set, root): &(Option<String>, Option<String>)| {
+            format!(
+                "{} at {}",
+                set.as_deref().unwrap_or("synthetic"),
+                root.as_deref().unwrap_or("its default place")
+            )
+        };
+        let run_root = preset_path.parent().unwrap_or(Path::new("."));
+        bail!(
+            "{} holds a reproduction on {}; this one is on {}: give it another --runs-dir, or remove {} to start over",
+            run_root.display(),
+            show(&was),
+            show(&is),
+            run_root.display()
+        );
+    }
+    Ok(())
+}
