@@ -46,7 +46,8 @@ pub struct Inputs {
 pub struct Recipe {
     /// Stage-1 epochs.
     pub epochs: usize,
-    /// First SWA epoch and SWAG rank (`None`: no SWA).
+    /// First SWA epoch and the SWAG deviation columns the run keeps: the rank `K`, or fewer where
+    /// the SWA phase collects fewer snapshots (`None`: no SWA).
     pub swa: Option<(usize, usize)>,
     /// SWAG samples M.
     pub samples: usize,
@@ -305,12 +306,21 @@ pub fn setup(resolved: &serde_json::Value) -> Result<Setup> {
 
 /// The [`Recipe`] of a preset as `lt preset` resolved it (the defaults are the binary's own).
 pub fn recipe(resolved: &serde_json::Value) -> Result<Recipe> {
+    let epochs: usize = setting(resolved, "/train/epochs")?;
     let swa = match setting::<serde_json::Value>(resolved, "/train/swa")?.is_null() {
         true => None,
-        false => Some((setting(resolved, "/train/swa/start")?, setting(resolved, "/train/swa/rank")?)),
+        false => {
+            let (start, rank): (usize, usize) =
+                (setting(resolved, "/train/swa/start")?, setting(resolved, "/train/swa/rank")?);
+            // One snapshot per SWA epoch unless collected every N steps (then up to K).
+            let per_epoch =
+                setting::<serde_json::Value>(resolved, "/train/swa/collect_every_steps")?.is_null();
+            let columns = if per_epoch { rank.min(epochs.saturating_sub(start)) } else { rank };
+            Some((start, columns))
+        }
     };
     Ok(Recipe {
-        epochs: setting(resolved, "/train/epochs")?,
+        epochs,
         swa,
         samples: setting(resolved, "/extract/samples")?,
         half: setting(resolved, "/extract/half")?,
@@ -385,20 +395,24 @@ mod tests {
     #[test]
     fn the_recipe_is_read_from_the_resolved_preset() {
         let resolved = serde_json::json!({
-            "train": {"epochs": 30, "freeze_bn": true, "swa": {"start": 24, "rank": 20}},
+            "train": {"epochs": 30, "freeze_bn": true, "swa": {"start": 24, "rank": 20, "collect_every_steps": null}},
             "extract": {"samples": 8, "half": true},
             "retrain": {"epochs": 30},
         });
         let r = recipe(&resolved).unwrap();
         let want = Recipe {
             epochs: 30,
-            swa: Some((24, 20)),
+            // 6 SWA epochs collect 6 snapshots: SWAG keeps 6 of its 20 columns.
+            swa: Some((24, 6)),
             samples: 8,
             half: true,
             retrain_epochs: 30,
             freeze_bn: true,
         };
         assert_eq!(r, want);
+        let mut every_step = resolved.clone();
+        every_step["train"]["swa"]["collect_every_steps"] = 10.into();
+        assert_eq!(recipe(&every_step).unwrap().swa, Some((24, 20)));
         let mut plain = resolved.clone();
         plain["train"]["swa"] = serde_json::Value::Null;
         assert_eq!(recipe(&plain).unwrap().swa, None);

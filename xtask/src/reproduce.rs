@@ -103,6 +103,9 @@ pub const FEATURES_FILE: &str = "features.safetensors";
 /// The checkpoint a stage-1 folder holds while `lt train` runs (`lt_core::layout::CHECKPOINT_FILE`).
 pub const CHECKPOINT_FILE: &str = "checkpoint.safetensors";
 
+/// The resolved preset a run root holds, which every stage reads.
+pub const PRESET_FILE: &str = "preset.toml";
+
 /// The seeds of a preset ([`load_preset`] refuses a preset without a `seeds` of at least 1).
 fn seeds(preset: &toml::Value) -> u64 {
     get(preset, &["seeds"]).and_then(|v| v.as_integer()).unwrap_or(1).max(1) as u64
@@ -305,7 +308,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     let started = Instant::now();
     let (name, resolved, preset) = load_preset(root, opts)?;
     let run_root = opts.runs_dir.join(&name);
-    let preset_path = run_root.join("preset.toml");
+    let preset_path = run_root.join(PRESET_FILE);
     let lt = match &opts.lt {
         Some(p) => p.clone(),
         None => crate::build_lt(root, crate::lt_features(&opts.device), true)?,

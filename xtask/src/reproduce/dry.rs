@@ -94,7 +94,12 @@ pub(super) fn print_plan(
     costs: Option<&[crate::estimate::Cost; 3]>,
 ) {
     use crate::estimate::{format_bytes, format_seconds};
-    println!("preset {name}: {} stages into {}", stages.len() + 1, run_root.display());
+    println!(
+        "preset {name}: {} stages into {} (their commands read {}, which the run writes: the preset resolved)",
+        stages.len() + 1,
+        run_root.display(),
+        run_root.join(super::PRESET_FILE).display()
+    );
     let (mut total_s, mut total_b) = (0.0, 0.0);
     for s in stages {
         let cost = costs.and_then(|c| match s.args.first().map(String::as_str) {
