@@ -282,6 +282,52 @@ fn srepr_variants_run_and_record_their_choices() {
     }
 }
 
+/// SRepr's first step is the (b) model's own search: lambda 0 over the tau grid, with the same
+/// scores as the ablation `--lambda 0` (each tau fitted with that tau, the distillation's
+/// settings without effect); a frozen teacher with
+/// tau given fits its (b) teacher all the same; and balance `crt` changes only the sampler.
+#[test]
+fn srepr_steps_fit_what_they_say() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = setup(dir.path(), true);
+    let mut base = cfg(MethodKind::Srepr);
+    (base.select.tau_grid, base.select.lambda_grid, base.select.temperature_grid) =
+        (vec![0.5, 1.5], vec![1.0], vec![1.0]);
+    let ablation = retrain(
+        &fs,
+        &RetrainConfig {
+            srepr: lt_retrain::SreprConfig { lambda: Some(0.0), ..base.srepr.clone() },
+            ..base.clone()
+        },
+        &Device::Cpu,
+    )
+    .unwrap();
+    let full = retrain(&fs, &base, &Device::Cpu).unwrap();
+    let trials = |o: &lt_retrain::Outcome| o.facts["selection"][0]["trials"].clone();
+    assert_eq!(trials(&full), trials(&ablation), "step 1 is the (b) model's search");
+    // At lambda 0 the distillation's settings change nothing: the (b) model ignores them.
+    let mut reverse = base.clone();
+    (reverse.srepr.lambda, reverse.srepr.kl) = (Some(0.0), KlDirection::Reverse);
+    let reverse = retrain(&fs, &reverse, &Device::Cpu).unwrap();
+    assert_eq!(host(reverse.head.linear_part().0), host(ablation.head.linear_part().0));
+    let scores: Vec<f64> =
+        trials(&ablation).as_array().unwrap().iter().map(|t| t["score"].as_f64().unwrap()).collect();
+    assert_ne!(scores[0], scores[1], "each tau is fitted with its own tau");
+
+    let mut frozen = RetrainConfig { tau: Some(1.5), ..base.clone() };
+    frozen.srepr.teacher = Teacher::Frozen;
+    let o = retrain(&fs, &frozen, &Device::Cpu).unwrap();
+    assert_eq!(o.facts["chosen"]["tau"].as_f64(), Some(1.5));
+
+    let head = |balance| {
+        let mut c = RetrainConfig { tau: Some(1.0), ..base.clone() };
+        (c.srepr.lambda, c.srepr.balance) = (Some(0.0), balance);
+        host(retrain(&fs, &c, &Device::Cpu).unwrap().head.linear_part().0)
+    };
+    // The same loss (plain cross-entropy); crt draws its batches class-balanced.
+    assert_ne!(head(lt_retrain::config::Balance::Crt), head(lt_retrain::config::Balance::Ce));
+}
+
 #[test]
 fn averaging_the_loss_over_members_has_the_gradient_of_the_kl_to_their_mean() {
     // The mean over members of CE(p_m, p_S) is CE(p_T, p_S) = KL(p_T || p_S) + H(p_T): the two
