@@ -39,16 +39,14 @@ pub fn fetch(lt: &Path, spec: &str) -> Result<()> {
     Ok(())
 }
 
-/// Says (for a dry run) when a hub init `spec` is not in the cache: the run fetches it first, or,
-/// with `HF_HUB_OFFLINE` set, stops there.
+/// Says (for a dry run) when a hub init `spec` is not in the cache: the run fetches it first
+/// (and stops there offline).
 pub fn tell_if_not_cached(lt: &Path, spec: &str) -> Result<()> {
-    if !spec.starts_with("hub:") || !resolve(lt, spec, &["--cached-only"], false)?.is_null() {
-        return Ok(());
-    }
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
-    match offline {
-        true => println!("the starting weights {spec} are not in the hub cache, and HF_HUB_OFFLINE is set: the run will stop before stage 1 (`lt backbone init {spec}` names the cache)"),
-        false => println!("the starting weights {spec} are not in the hub cache: the run fetches them first"),
+    if spec.starts_with("hub:") && resolve(lt, spec, &["--cached-only"], false)?.is_null() {
+        println!(
+            "the starting weights {spec} are not in the hub cache: the run fetches them first \
+             (with HF_HUB_OFFLINE set it stops there; `lt backbone init {spec}` names the cache)"
+        );
     }
     Ok(())
 }

@@ -137,8 +137,9 @@ fn preset_source(root: &Path, opts: &Options) -> PathBuf {
     }
 }
 
-/// Reads and resolves the preset (overrides applied, a relative `--data-root` made absolute),
-/// returning `(name, TOML text, value)`.
+/// Reads and resolves the preset (overrides applied), returning `(name, TOML text, value)`. A
+/// data root stays as given: stage 1's key holds it as written, and `lt train` records it
+/// absolute for the stages after it.
 pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml::Value)> {
     let path = preset_source(root, opts);
     let text = std::fs::read_to_string(&path).with_context(|| {
@@ -164,7 +165,6 @@ pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml:
         .as_table_mut()
         .context("[data] is a table")?;
     if let Some(r) = &opts.data_root {
-        let r = std::path::absolute(r).with_context(|| format!("--data-root {}", r.display()))?;
         data.insert("data_root".into(), toml::Value::String(r.display().to_string()));
     }
     if opts.download {

@@ -27,9 +27,12 @@ pub struct Preset {
     pub name: String,
     /// One line about it.
     pub description: String,
-    /// Seeds of the full pipeline (mean ± std in the report).
+    /// Seeds of the full pipeline (mean ± std in the report; `cargo xtask reproduce` needs at
+    /// least 1, from here or its `--seeds`; the `lt` stages run one seed each and do not read it).
+    #[serde(default)]
     pub seeds: usize,
-    /// Data.
+    /// Data (absent: the synthetic set).
+    #[serde(default)]
     pub data: DataSpec,
     /// Stage 1.
     pub train: lt_train::TrainConfig,
@@ -60,6 +63,8 @@ pub const EMBEDDED: [(&str, &str); 8] = [
 /// Parses a preset from TOML text (`origin` names it in errors).
 pub fn parse(text: &str, origin: &str) -> Result<Preset> {
     let p: Preset = toml::from_str(text).with_context(|| format!("preset {origin}"))?;
+    p.data.name().with_context(|| format!("preset {origin}: [data] dataset"))?;
+    p.data.validate().with_context(|| format!("preset {origin}: [data]"))?;
     p.train.validate().with_context(|| format!("preset {origin}: [train]"))?;
     p.extract.validate().with_context(|| format!("preset {origin}: [extract]"))?;
     p.retrain.validate().with_context(|| format!("preset {origin}: [retrain]"))?;
@@ -129,5 +134,23 @@ mod tests {
         }
         let err = parse("name = 1", "x").unwrap_err();
         assert!(format!("{err:#}").contains("preset x"));
+    }
+
+    /// The data section is checked with the rest, named; a file may leave the seeds to
+    /// `cargo xtask reproduce --seeds` and the data to the synthetic default.
+    #[test]
+    fn a_preset_file_is_checked_section_by_section() {
+        let text = |rest: &str| {
+            format!("name = \"mine\"\ndescription = \"\"\n[train]\narch = \"resnet32\"\nepochs = 10\nbatch_size = 8\nlr = 0.1\nweight_decay = 0.0\n{rest}")
+        };
+        let p = parse(&text(""), "mine.toml").unwrap();
+        assert_eq!((p.seeds, p.data.name().unwrap()), (0, lt_data::DatasetName::Synthetic));
+        for (data, want) in [
+            ("[data]\ntest_fraction = 0.0\n", "preset mine.toml: [data]: data.test_fraction"),
+            ("[data]\ndataset = \"cifar7\"\n", "preset mine.toml: [data] dataset"),
+        ] {
+            let err = format!("{:#}", parse(&text(data), "mine.toml").unwrap_err());
+            assert!(err.starts_with(want), "{err}");
+        }
     }
 }

@@ -118,19 +118,18 @@ pub(super) fn check_same_data(preset_path: &Path, preset: &toml::Value) -> Resul
     };
     let data = |p: &toml::Value| {
         let text = |key: &str| super::get(p, &["data", key]).and_then(|v| v.as_str());
-        // A root recorded relative (before roots were made absolute) is read from here, as then.
-        let root = text("data_root")
-            .map(|r| std::path::absolute(r).map_or(r.to_owned(), |a| a.display().to_string()));
+        // The same folder however it is written: relative to here, with a trailing slash or `.`.
+        let root = text("data_root").map(|r| match std::path::absolute(r) {
+            Ok(a) => a.components().collect::<PathBuf>(),
+            Err(_) => PathBuf::from(r),
+        });
         (text("dataset").map(str::to_owned), root)
     };
     let (was, is) = (data(&old), data(preset));
     if was != is {
-        let show = |(set, root): &(Option<String>, Option<String>)| {
-            format!(
-                "{} at {}",
-                set.as_deref().unwrap_or("synthetic"),
-                root.as_deref().unwrap_or("its default place")
-            )
+        let show = |(set, root): &(Option<String>, Option<PathBuf>)| {
+            let root = root.as_ref().map_or("its default place".into(), |r| r.display().to_string());
+            format!("{} at {root}", set.as_deref().unwrap_or("synthetic"))
         };
         let run_root = preset_path.parent().unwrap_or(Path::new("."));
         bail!(
@@ -142,4 +141,35 @@ pub(super) fn check_same_data(preset_path: &Path, preset: &toml::Value) -> Resul
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same folder written another way is the same data root; another folder or data set is
+    /// refused, naming both.
+    #[test]
+    fn a_run_root_takes_its_own_data_root_however_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let preset = |text: &str| toml::from_str::<toml::Value>(text).unwrap();
+        let recorded = tmp.path().join("preset.toml");
+        check_same_data(&recorded, &preset("[data]\ndataset = \"folder\"\n")).unwrap();
+        std::fs::write(&recorded, "[data]\ndataset = \"folder\"\ndata_root = \"photos/lt\"\n").unwrap();
+        let here = std::env::current_dir().unwrap();
+        for same in ["photos/lt", "photos/lt/", "./photos/lt"] {
+            let p = preset(&format!("[data]\ndataset = \"folder\"\ndata_root = \"{same}\"\n"));
+            check_same_data(&recorded, &p).unwrap_or_else(|e| panic!("{same}: {e}"));
+        }
+        let absolute = format!("{}", here.join("photos/lt").display());
+        check_same_data(
+            &recorded,
+            &preset(&format!("[data]\ndataset = \"folder\"\ndata_root = \"{absolute}\"\n")),
+        )
+        .unwrap();
+        for other in ["[data]\ndataset = \"folder\"\ndata_root = \"photos/other\"\n", "[data]\n"] {
+            let err = check_same_data(&recorded, &preset(other)).unwrap_err().to_string();
+            assert!(err.contains(&absolute) && err.contains("holds a reproduction on folder at"), "{err}");
+        }
+    }
 }

@@ -28,7 +28,11 @@ pub(super) fn plan_and_costs(
             Data::Found(_) => estimate_costs(lt, &tmp, device),
             Data::Recorded(_) | Data::Absent => {
                 match download {
-                    true => println!("the data are not at hand yet: the run downloads them first; no estimates without them"),
+                    true => println!(
+                        "the data are not at hand yet: the run downloads them first where the data set can be \
+                         downloaded (an image folder, ImageNet-LT or iNaturalist stops instead, naming where it \
+                         looked); no estimates without them"
+                    ),
                     false => println!(
                         "the data are not at hand: a stage 1 or extraction that must run stops here, as `lt` \
                          says: {}; no estimates without them",
