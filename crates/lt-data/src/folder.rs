@@ -34,16 +34,18 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// Whether the file name `p` is read as an image: an image extension ([`EXTENSIONS`]), and not
+/// hidden (macOS's `._photo.jpg` beside each copied photo holds no image).
+pub(crate) fn is_image_name(p: &Path) -> bool {
+    let ext = p.extension().map(|x| x.to_string_lossy().to_lowercase()).unwrap_or_default();
+    EXTENSIONS.contains(&ext.as_str()) && !hidden(p)
+}
+
 fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(io_err(dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .map(|x| EXTENSIONS.contains(&x.to_string_lossy().to_lowercase().as_str()))
-                    .unwrap_or(false)
-        })
+        .filter(|p| p.is_file() && is_image_name(p))
         .collect();
     v.sort();
     Ok(v)
@@ -79,12 +81,9 @@ fn scan(dir: &Path, classes: &[String]) -> Result<Vec<ImageEntry>> {
 /// A flat folder's classes, with `test_fraction` of each class (at least one image where the
 /// class has two or more) drawn for the test set by a draw seeded with `seed`.
 fn seeded_split(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderSplits> {
-    if !(test_fraction > 0.0 && test_fraction < 1.0) {
-        return Err(DataError::Invalid(format!(
-            "test fraction must lie strictly between 0 and 1 for a folder without test/ (each \
-             class's share held out for testing), got {test_fraction}"
-        )));
-    }
+    // The rule of `DataSpec::validate`, for callers of this function without a spec.
+    let open = (std::ops::Bound::Excluded(0.0), std::ops::Bound::Excluded(1.0));
+    lt_core::check::in_range("data.test_fraction", test_fraction, open)?;
     let classes: Vec<String> =
         sorted_dirs(root)?.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     let all = scan(root, &classes)?;
@@ -93,10 +92,10 @@ fn seeded_split(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderSpli
     for c in 0..classes.len() as u32 {
         let mut members: Vec<ImageEntry> = all.iter().filter(|e| e.label == c).cloned().collect();
         rng.shuffle(&mut members);
-        let mut n_test = (members.len() as f64 * test_fraction).round() as usize;
-        if n_test == 0 && members.len() >= 2 {
-            n_test = 1;
-        }
+        // At least one test image where the class has two, and at least one training image.
+        let n_test = ((members.len() as f64 * test_fraction).round() as usize)
+            .max(usize::from(members.len() >= 2))
+            .min(members.len().saturating_sub(1));
         test.extend(members.drain(..n_test));
         train.extend(members);
     }

@@ -4,7 +4,7 @@
 //!
 //! Before anything trains, every file is checked: each class must have training images, every
 //! image file's header must decode (PNG or JPEG; the error names the file and what was
-//! expected) and a file cut short must be found, and files without an image extension are counted and logged, never silently
+//! expected) and a PNG cut short must be found, and files without an image extension are counted and logged, never silently
 //! dropped. Images of any size and colour mode (grey, RGB, RGBA, 16-bit, CMYK JPEG) are decoded to
 //! 8-bit RGB (alpha dropped) and resized by the transforms. A seeded validation set is drawn from
 //! the training images as for the other data sets
@@ -21,7 +21,7 @@ use crate::bundle::{DataBundle, DataOptions, DatasetName};
 use crate::dataset::{Dataset, ImageSet, Subset};
 use crate::error::{io_err, DataError, Result};
 use crate::files::{EvalTransform, ImageEntry, ImageFileDataset, TrainTransform};
-use crate::folder::{scan_folder, FolderSplits, EXTENSIONS};
+use crate::folder::{is_image_name, scan_folder, FolderSplits, EXTENSIONS};
 use crate::longtail::{class_counts, exponential_profile, ldam_selection_with_val_counts};
 use crate::transform::Normalize;
 
@@ -160,24 +160,21 @@ fn check_classes(root: &Path, f: &FolderSplits) -> Result<()> {
     Ok(())
 }
 
-/// Logs the files of the class folders that are not read (no image extension).
+/// Logs the files of the class folders that are not read (no image extension, or hidden).
 fn log_skipped(root: &Path, classes: &[String]) {
     let mut skipped = Vec::new();
     let dirs = ["train", "test", "val"].iter().map(|d| root.join(d)).chain([root.to_path_buf()]);
     for base in dirs {
         for class in classes {
             let Ok(rd) = std::fs::read_dir(base.join(class)) else { continue };
-            for p in rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()) {
-                let ext = p.extension().map(|x| x.to_string_lossy().to_lowercase()).unwrap_or_default();
-                if !EXTENSIONS.contains(&ext.as_str()) {
-                    skipped.push(p);
-                }
-            }
+            skipped.extend(
+                rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file() && !is_image_name(p)),
+            );
         }
     }
     if let Some(first) = skipped.first() {
         tracing::warn!(
-            "skipped {} file(s) without an image extension (.{}), e.g. {}",
+            "skipped {} file(s) without an image extension (.{}) or hidden, e.g. {}",
             skipped.len(),
             EXTENSIONS.join(", ."),
             first.display()
@@ -186,10 +183,10 @@ fn log_skipped(root: &Path, classes: &[String]) {
 }
 
 /// Checks every image file before anything trains, naming the first that fails: its header
-/// must decode (format and size), and a file that does not end as its format ends (a PNG's
-/// `IEND` chunk, a JPEG's end-of-image marker: a download or copy cut short) must decode in
-/// full. Reading the header and the file's last bytes costs two small reads per file; only the
-/// rare file with other trailing bytes (or a BMP or WebP, whose end says nothing) is decoded here.
+/// must decode (format and size), and a PNG that does not end with its `IEND` chunk (a download
+/// or copy cut short) must decode in full, as the loader decodes it. Reading the header and a
+/// PNG's last bytes costs two small reads per file. A cut-short JPEG is not looked for: the
+/// decoder fills in its missing rows, and the loader reads it the same way.
 fn preflight<'a>(entries: impl Iterator<Item = &'a ImageEntry>) -> Result<()> {
     let started = Instant::now();
     let (mut n, mut decoded) = (0usize, 0usize);
@@ -198,19 +195,24 @@ fn preflight<'a>(entries: impl Iterator<Item = &'a ImageEntry>) -> Result<()> {
         let reader = image::ImageReader::open(&e.path)
             .and_then(|r| r.with_guessed_format())
             .map_err(|err| refuse(format!("not a readable PNG or JPEG image: {err}")))?;
-        let format = reader.format();
+        let png = reader.format() == Some(image::ImageFormat::Png);
         match reader.into_dimensions() {
             Ok((w, h)) if w > 0 && h > 0 => n += 1,
             Ok((w, h)) => return Err(refuse(format!("a {w}x{h} image has no pixels"))),
             Err(err) => return Err(refuse(format!("not a readable PNG or JPEG image: {err}"))),
         }
-        if !ends_as_its_format_ends(&e.path, format).map_err(|err| refuse(err.to_string()))? {
+        if png && !ends_with(&e.path, &PNG_END).map_err(|err| refuse(err.to_string()))? {
             decoded += 1;
-            image::open(&e.path).map_err(|err| refuse(format!("the file is cut short or corrupt: {err}")))?;
+            crate::files::decode_rgb(&e.path).map_err(|err| match err {
+                DataError::Image { detail, .. } => {
+                    refuse(format!("the file is cut short or corrupt: {detail}"))
+                }
+                other => other,
+            })?;
         }
     }
     tracing::info!(
-        "checked {n} image files in {:.1} s ({decoded} decoded in full)",
+        "checked {n} image files in {:.1} s ({decoded} PNG files without their end decoded in full)",
         started.elapsed().as_secs_f64()
     );
     Ok(())
@@ -218,18 +220,10 @@ fn preflight<'a>(entries: impl Iterator<Item = &'a ImageEntry>) -> Result<()> {
 
 /// The last bytes of a complete PNG file: its `IEND` chunk (length 0, type, CRC).
 const PNG_END: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
-/// A JPEG's end-of-image marker.
-const JPEG_END: [u8; 2] = [0xFF, 0xD9];
 
-/// Whether the file at `path` ends as a complete file of `format` does (`false` for a format
-/// without such an end).
-fn ends_as_its_format_ends(path: &Path, format: Option<image::ImageFormat>) -> std::io::Result<bool> {
+/// Whether the file at `path` ends with `end`.
+fn ends_with(path: &Path, end: &[u8]) -> std::io::Result<bool> {
     use std::io::{Read, Seek, SeekFrom};
-    let end: &[u8] = match format {
-        Some(image::ImageFormat::Png) => &PNG_END,
-        Some(image::ImageFormat::Jpeg) => &JPEG_END,
-        _ => return Ok(false),
-    };
     let mut f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
     if len < end.len() as u64 {

@@ -46,7 +46,8 @@ pub struct DataSpec {
     /// Synthetic data set: image side.
     #[cfg_attr(feature = "clap", arg(long))]
     pub synthetic_size: Option<usize>,
-    /// Folder data set: fraction of each class held out for testing when there is no test folder.
+    /// Folder data set: fraction of each class held out for testing when there is no test folder,
+    /// in (0, 1) (default 0.2; each class keeps at least one training image).
     #[cfg_attr(feature = "clap", arg(long))]
     pub test_fraction: Option<f64>,
     /// Crop side for image-file data sets (ImageNet-LT, iNat, folder).
@@ -80,9 +81,9 @@ impl DataSpec {
     }
 
     /// Every setting as JSON with the data set's defaults filled in: what `lt preset` prints.
-    /// A setting the data set fixes itself is `null` (the synthetic set's imbalance and
-    /// validation images, ImageNet-LT's lists, the test fraction of all but a folder, the crop
-    /// side of in-memory data sets).
+    /// A setting the data set fixes itself is `null` (the synthetic set's validation images,
+    /// ImageNet-LT's lists, the test fraction of all but a folder, the crop side of in-memory data
+    /// sets); the synthetic set's own generator settings (`synthetic_*`) are left as given.
     pub fn settings(&self) -> Result<serde_json::Value> {
         let name = self.name()?;
         let o = self.options(None);
