@@ -53,8 +53,13 @@ pub struct Recipe {
     pub samples: usize,
     /// Whether features are stored as f16.
     pub half: bool,
-    /// Stage-2 epochs.
+    /// Stage-2 epochs, and the least steps and the batch size that may add more
+    /// (`lt_retrain::RetrainConfig::epochs_run`).
     pub retrain_epochs: usize,
+    /// Stage-2 `min_steps`.
+    pub retrain_min_steps: usize,
+    /// Stage-2 batch size.
+    pub retrain_batch: usize,
     /// Batch norm frozen (no recalibration passes).
     pub freeze_bn: bool,
 }
@@ -128,7 +133,11 @@ pub fn extract(i: &Inputs, r: &Recipe) -> Cost {
 /// test predictions.
 pub fn retrain_row(i: &Inputs, r: &Recipe) -> Cost {
     let bytes = 4.0 * (i.classes * (i.dim + 1) + i.images[2] * i.classes) as f64;
-    Cost { seconds: r.retrain_epochs as f64 * i.retrain_epoch_s, bytes }
+    // An epoch is floor(N / batch) steps; min_steps adds epochs (lt-retrain's epochs_run).
+    let n = i.images[0];
+    let steps = (n / r.retrain_batch.min(n).max(1)).max(1);
+    let epochs = r.retrain_epochs.max(r.retrain_min_steps.div_ceil(steps));
+    Cost { seconds: epochs as f64 * i.retrain_epoch_s, bytes }
 }
 
 /// `1.2 GB`, `340 MB`, `12 kB`.
@@ -325,6 +334,8 @@ pub fn recipe(resolved: &serde_json::Value) -> Result<Recipe> {
         samples: setting(resolved, "/extract/samples")?,
         half: setting(resolved, "/extract/half")?,
         retrain_epochs: setting(resolved, "/retrain/epochs")?,
+        retrain_min_steps: setting(resolved, "/retrain/min_steps")?,
+        retrain_batch: setting(resolved, "/retrain/batch_size")?,
         freeze_bn: setting(resolved, "/train/freeze_bn")?,
     })
 }
@@ -340,6 +351,8 @@ mod tests {
             samples: 8,
             half: false,
             retrain_epochs: 4,
+            retrain_min_steps: 0,
+            retrain_batch: 128,
             freeze_bn: false,
         }
     }
@@ -374,6 +387,9 @@ mod tests {
         assert_eq!(extract(&inputs(), &frozen).bytes, ex.bytes / 2.0);
         assert!(extract(&inputs(), &frozen).seconds < ex.seconds);
         assert_eq!(retrain_row(&inputs(), &r).seconds, 2.0);
+        // 10,000 rows at batch 128 are 78 steps an epoch: 500 steps need 7 epochs, not 4.
+        let long = Recipe { retrain_min_steps: 500, ..r.clone() };
+        assert_eq!(retrain_row(&inputs(), &long).seconds, 3.5);
     }
 
     #[test]
@@ -397,7 +413,7 @@ mod tests {
         let resolved = serde_json::json!({
             "train": {"epochs": 30, "freeze_bn": true, "swa": {"start": 24, "rank": 20, "collect_every_steps": null}},
             "extract": {"samples": 8, "half": true},
-            "retrain": {"epochs": 30},
+            "retrain": {"epochs": 30, "min_steps": 0, "batch_size": 256},
         });
         let r = recipe(&resolved).unwrap();
         let want = Recipe {
@@ -407,6 +423,8 @@ mod tests {
             samples: 8,
             half: true,
             retrain_epochs: 30,
+            retrain_min_steps: 0,
+            retrain_batch: 256,
             freeze_bn: true,
         };
         assert_eq!(r, want);

@@ -141,7 +141,10 @@ mod tests {
     #[test]
     fn a_preset_file_is_checked_section_by_section() {
         let text = |rest: &str| {
-            format!("name = \"mine\"\ndescription = \"\"\n[train]\narch = \"resnet32\"\nepochs = 10\nbatch_size = 8\nlr = 0.1\nweight_decay = 0.0\n{rest}")
+            format!(
+                "name = \"mine\"\ndescription = \"\"\n\
+                 [train]\narch = \"resnet32\"\nepochs = 10\nbatch_size = 8\nlr = 0.1\nweight_decay = 0.0\n{rest}"
+            )
         };
         let p = parse(&text(""), "mine.toml").unwrap();
         assert_eq!((p.seeds, p.data.name().unwrap()), (0, lt_data::DatasetName::Synthetic));

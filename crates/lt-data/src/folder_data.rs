@@ -2,14 +2,14 @@
 //! [`DataBundle`], and [`write_png_folder`], which writes in-memory images (Fashion-MNIST-LT) as
 //! such a folder.
 //!
-//! Before anything trains, every file is checked: each class must have training images, every
-//! image file's header must decode (PNG or JPEG; the error names the file and what was
-//! expected) and a PNG cut short must be found, and files without an image extension are counted and logged, never silently
-//! dropped. Images of any size and colour mode (grey, RGB, RGBA, 16-bit, CMYK JPEG) are decoded to
-//! 8-bit RGB (alpha dropped) and resized by the transforms. A seeded validation set is drawn from
-//! the training images as for the other data sets
-//! ([`crate::longtail::ldam_selection_with_val_counts`]): the same number of each class, fewer
-//! from a class too small to give it, none from a class of one image.
+//! Before anything trains, every file is checked: each class must have training images, every image
+//! file's header must decode (PNG or JPEG; the error names the file and what was expected) and a
+//! PNG cut short must be found, and files without an image extension are counted and logged, never
+//! silently dropped. Images of any size and colour mode (grey, RGB, RGBA, 16-bit, CMYK JPEG) are
+//! decoded to 8-bit RGB (alpha dropped) and resized by the transforms. A seeded validation set is
+//! drawn from the training images as for the other data sets
+//! ([`crate::longtail::ldam_selection_with_val_counts`]): the same number of each class, fewer from
+//! a class too small to give it, none from a class of one image.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -149,8 +149,15 @@ pub fn fit(
     let batch = cfg.batch_size.min(n).max(1);
     let steps = (n / batch).max(1);
     let epochs = cfg.epochs_run(steps);
-    let total = epochs * steps;
-    if total < FEW_STEPS {
+    let total = epochs.checked_mul(steps).ok_or_else(|| {
+        RetrainError::Invalid(format!(
+            "retrain.min_steps {} asks for more steps than can be counted",
+            cfg.min_steps
+        ))
+    })?;
+    // Once per process: a validation search fits every candidate on the same rows.
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if total < FEW_STEPS && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
         tracing::warn!(
             "{}: only {total} steps ({epochs} epochs of {steps} on {n} rows, batch {batch}); a head may not \
              fit in so few: raise retrain.min_steps (--min-steps) or retrain.epochs",
@@ -160,7 +167,7 @@ pub fn fit(
     let sampler =
         Sampler::new(sampler, labels, classes, cfg.seed).map_err(|e| RetrainError::Invalid(e.to_string()))?;
     let mut opt = Sgd::new(cfg.momentum, false, cfg.weight_decay);
-    let mut losses = Vec::with_capacity(epochs);
+    let mut losses = Vec::with_capacity(epochs.min(1 << 16));
     let mut step = 0;
     // Losses are read several steps at a time (on a GPU one wait for the device per READ_EVERY
     // steps), each added in step order. A non-finite loss has by then updated the parameters,
@@ -248,6 +255,22 @@ mod tests {
         assert_eq!(run(2, 6), (6, 2));
         assert_eq!(run(2, 0), (6, 2));
         assert_eq!(run(4, 7), (12, 4));
+        // The cosine spans the whole run: without momentum or weight decay, a loss of slope 1
+        // takes each step's rate off the parameter, the rates of 9 steps (7 asked, 3 epochs of 3).
+        let cfg = RetrainConfig {
+            epochs: 2,
+            min_steps: 7,
+            batch_size: 2,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            ..RetrainConfig::default()
+        };
+        let v = Var::from_slice(&[1f32], 1, &Device::Cpu).unwrap();
+        let fresh = vec![("v".to_string(), v.clone())];
+        fit(&fresh, &cfg, &labels, 2, SamplerKind::Instance, |_| Ok(v.as_tensor().sum_all()?)).unwrap();
+        let rates: f64 = (0..9).map(|s| cosine(cfg.lr, 0.0, std::f64::consts::PI * s as f64 / 9.0)).sum();
+        let moved = 1.0 - v.as_tensor().to_vec1::<f32>().unwrap()[0] as f64;
+        assert!((moved - rates).abs() < 1e-5, "{moved} against {rates}");
         let json = |min_steps| {
             serde_json::to_value(RetrainConfig { min_steps, ..RetrainConfig::default() }).unwrap()
         };

@@ -27,17 +27,18 @@ pub(super) fn plan_and_costs(
         let costs = match data {
             Data::Found(_) => estimate_costs(lt, &tmp, device),
             Data::Recorded(_) | Data::Absent => {
-                match download {
-                    true => println!(
+                if download {
+                    println!(
                         "the data are not at hand yet: the run downloads them first where the data set can be \
                          downloaded (an image folder, ImageNet-LT or iNaturalist stops instead, naming where it \
                          looked); no estimates without them"
-                    ),
-                    false => println!(
+                    );
+                } else {
+                    println!(
                         "the data are not at hand: a stage 1 or extraction that must run stops here, as `lt` \
                          says: {}; no estimates without them",
                         why_absent(lt, &tmp).unwrap_or_else(|| "(they were found on a second look)".into())
-                    ),
+                    );
                 }
                 None
             }

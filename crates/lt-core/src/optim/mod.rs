@@ -434,6 +434,17 @@ mod tests {
         // A quarter of the way: to + (from - to) * (1 + cos(pi / 4)) / 2.
         let want = 0.02 + 0.08 * (1.0 + 0.5f64.sqrt()) / 2.0;
         assert!((cosine(0.1, 0.02, PI / 4.0) - want).abs() < 1e-15);
+        // To 0 it gives stage 2's earlier inline rate bit for bit: no recorded run moves.
+        for (lr, total) in [(0.1, 7usize), (0.05, 390), (0.3, 1)] {
+            for step in 0..total {
+                let a = PI * step as f64 / total as f64;
+                assert_eq!(
+                    cosine(lr, 0.0, a).to_bits(),
+                    (0.5 * lr * (1.0 + a.cos())).to_bits(),
+                    "{lr} {step}"
+                );
+            }
+        }
     }
 
     #[test]

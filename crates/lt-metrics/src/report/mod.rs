@@ -239,10 +239,7 @@ pub fn text_table(spec: &ReportSpec, rows: &[Row]) -> String {
                 .iter()
                 .zip(&widths)
                 .enumerate()
-                .map(|(i, (text, &w))| match i < 2 {
-                    true => format!("{text:<w$}"),
-                    false => format!("{text:>w$}"),
-                })
+                .map(|(i, (text, &w))| if i < 2 { format!("{text:<w$}") } else { format!("{text:>w$}") })
                 .collect();
             padded.join("  ") + "\n"
         };
