@@ -108,6 +108,43 @@ fn sample_covariance_matches_the_implied_covariance() {
     assert_eq!(s.sample(scale, &mut Rng::new(1)), s.sample(scale, &mut Rng::new(1)));
 }
 
+/// One draw against the reference sheet's formula with the same random numbers (`z1` over the
+/// parameters first, then `z2` over the collected columns): the signs, the scale and the divisor
+/// are the formula's, which the covariance alone cannot tell (a sign flip keeps it). With rank 0
+/// the draw is the diagonal part alone.
+#[test]
+fn a_draw_is_the_formula_on_the_same_random_numbers() {
+    let l = ParamLayout { names: vec!["p".into()], shapes: vec![vec![3]] };
+    let thetas = [[0.0f32, 1.0, 2.0], [1.0, -1.0, 2.5], [0.5, 0.0, 1.0], [2.0, 1.0, 0.0]];
+    for max_rank in [0usize, 6] {
+        let mut s = Swag::new(l.clone(), max_rank);
+        for theta in thetas {
+            s.collect(&theta).unwrap();
+        }
+        let scale = 0.5f64;
+        let got = s.sample(scale, &mut Rng::new(9));
+        let mut rng = Rng::new(9);
+        let (mut z1, mut z2) = (vec![0f32; 3], vec![0f32; s.rank()]);
+        rng.fill_normal(&mut z1, 0.0, 1.0);
+        rng.fill_normal(&mut z2, 0.0, 1.0);
+        let cols: Vec<Vec<f32>> = s.deviations().map(|c| c.to_vec()).collect();
+        assert_eq!(cols.len(), if max_rank == 0 { 0 } else { 4 });
+        for i in 0..3 {
+            let low: f64 = cols.iter().zip(&z2).map(|(c, &z)| c[i] as f64 * z as f64).sum::<f64>();
+            let low = if max_rank > 1 { low / ((max_rank - 1) as f64).sqrt() } else { 0.0 };
+            let want =
+                s.mean()[i] as f64 + scale.sqrt() * ((s.variance()[i] as f64).sqrt() * z1[i] as f64 + low);
+            assert!(
+                (got[i] as f64 - want).abs() < 1e-5,
+                "K = {max_rank}, parameter {i}: {} against {want}",
+                got[i]
+            );
+        }
+        assert_ne!(got, s.mean(), "a draw at scale 0.5 moves");
+        assert_eq!(s.sample(0.0, &mut Rng::new(9)), s.mean(), "scale 0 is the mean");
+    }
+}
+
 #[test]
 fn artifact_roundtrip_and_refusals() {
     let l = ParamLayout { names: vec!["a".into(), "b.w".into()], shapes: vec![vec![2, 2], vec![3]] };
@@ -144,13 +181,19 @@ fn artifact_roundtrip_and_refusals() {
 #[test]
 fn recorded_sizes_are_checked_against_the_tensors_first() {
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, layout: &str, rank: &str| {
+    let write_counts = |name: &str, layout: &str, [n_models, max_rank, rank]: [&str; 3]| {
         let p = dir.path().join(name);
         let mut w = lt_core::ArtifactWriter::new(lt_swag::SWAG_FORMAT);
-        w.meta("layout", layout).meta("n_models", rank).meta("max_rank", rank).meta("rank", rank);
+        w.meta("layout", layout).meta("n_models", n_models).meta("max_rank", max_rank).meta("rank", rank);
         w.write(&p).unwrap();
         Swag::load(&p).unwrap_err().to_string()
     };
+    let write = |name: &str, layout: &str, rank: &str| write_counts(name, layout, [rank; 3]);
+    // More columns than K, or than models collected, is no SWAG's record.
+    for counts in [["5", "3", "4"], ["2", "3", "3"]] {
+        let err = write_counts("rank.safetensors", r#"{"names":[],"shapes":[]}"#, counts);
+        assert!(err.contains(&format!("{} columns with K = {}", counts[2], counts[1])), "{counts:?}: {err}");
+    }
     let huge = write("huge.safetensors", r#"{"names":["w"],"shapes":[[4000000000000]]}"#, "0");
     assert!(huge.contains("huge.safetensors") && huge.contains("mean.w"), "{huge}");
     let columns = write("columns.safetensors", r#"{"names":[],"shapes":[]}"#, "1000000000000000");
