@@ -405,6 +405,9 @@ fn bad_input_is_refused_clearly() {
     let mut c = cfg(MethodKind::Srepr);
     c.srepr.members = Some(9);
     assert!(retrain(&fs, &c, &Device::Cpu).unwrap_err().to_string().contains("9 members"));
+    // As many as there are is fine.
+    c.srepr.members = Some(common::SWAG);
+    assert_eq!(retrain(&fs, &c, &Device::Cpu).unwrap().facts["members"].as_u64(), Some(common::SWAG as u64));
     // A split that does not exist.
     assert!(fs.labels(Split::Val).unwrap_err().to_string().contains("val.labels"));
 
