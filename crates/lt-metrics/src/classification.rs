@@ -337,5 +337,16 @@ mod tests {
         assert!(ties.in_top_k(0, 1) && !ties.in_top_k(1, 1) && ties.in_top_k(1, 2));
         let three = Scores::logits(&[2.0, 1.0, 0.0, 2.0, 1.0, 0.0], &labels, 3).unwrap();
         assert_eq!(per_class_accuracy(&three), [Some(1.0), Some(0.0), None]);
+        // Top-5 accuracy is reported for more than 10 classes only (CIFAR-10 has none).
+        for (classes, reported) in [(10usize, false), (11, true)] {
+            let logits = vec![0f32; 2 * classes];
+            let s = Scores::logits(&logits, &labels, classes).unwrap();
+            let groups = vec![ShotGroup::Many; classes];
+            assert_eq!(
+                evaluate(&s, &groups, 15, BinEdges::Guo).unwrap().top5.is_some(),
+                reported,
+                "{classes}"
+            );
+        }
     }
 }
