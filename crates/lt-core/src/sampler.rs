@@ -310,6 +310,44 @@ mod tests {
         assert!((p10[1] - 1.0 / 3.0).abs() < 1e-12);
     }
 
+    /// Every scheme's probabilities with a class that has no sample: 0 for it, the scheme's own
+    /// weights over the others, summing to 1; past its last epoch the progressive scheme stays
+    /// class-balanced.
+    #[test]
+    fn probabilities_leave_out_a_class_without_samples() {
+        // Counts 6, 0, 2.
+        let l = [0u32, 0, 0, 0, 0, 0, 2, 2];
+        let p = |kind| Sampler::new(kind, &l, 3, 0).unwrap().class_probabilities(0);
+        assert_eq!(p(SamplerKind::Instance), [0.75, 0.0, 0.25]);
+        assert_eq!(p(SamplerKind::ClassBalanced { per_class: 4 }), [0.5, 0.0, 0.5]);
+        let power = p(SamplerKind::Power { q: 0.5 });
+        let z = 6f64.sqrt() + 2f64.sqrt();
+        assert!((power[0] - 6f64.sqrt() / z).abs() < 1e-12 && power[1] == 0.0, "{power:?}");
+        let prog = Sampler::new(SamplerKind::Progressive { total_epochs: 4 }, &l, 3, 0).unwrap();
+        let at = |e| prog.class_probabilities(e);
+        // Epoch 1 of 4: a quarter of the way from instance (6/8) to class-balanced (1/2).
+        assert!((at(1)[0] - (0.75 * 0.75 + 0.25 * 0.5)).abs() < 1e-12, "{:?}", at(1));
+        assert_eq!((at(1)[1], at(8)), (0.0, at(4)));
+        for e in [0, 1, 4] {
+            assert!((at(e).iter().sum::<f64>() - 1.0).abs() < 1e-12, "epoch {e}");
+        }
+        let s = Sampler::new(SamplerKind::Power { q: 0.0 }, &l, 3, 0).unwrap();
+        assert!(s.epoch(0, 400).iter().all(|&i| l[i] != 1) && (s.len(), s.is_empty()) == (8, false));
+    }
+
+    /// An instance-balanced epoch longer than the set runs through it whole, then again.
+    #[test]
+    fn an_instance_epoch_longer_than_the_set_repeats_it_whole() {
+        let l = labels();
+        let e = Sampler::new(SamplerKind::Instance, &l, 3, 5).unwrap().epoch(0, 250);
+        assert_eq!(e.len(), 250);
+        let mut first = e[..100].to_vec();
+        first.sort();
+        assert_eq!(first, (0..100).collect::<Vec<_>>());
+        let err = Sampler::new(SamplerKind::Instance, &[0, 5], 3, 0).err().unwrap().to_string();
+        assert_eq!(err, "label 5 at index 1 is outside 0..3");
+    }
+
     #[test]
     fn parses_names() {
         assert_eq!("sqrt".parse::<SamplerKind>().unwrap(), SamplerKind::Power { q: 0.5 });
@@ -322,6 +360,7 @@ mod tests {
             SamplerKind::Progressive { total_epochs: 30 }
         );
         assert!("bogus".parse::<SamplerKind>().is_err());
+        assert_eq!("instance".parse::<SamplerKind>().unwrap(), SamplerKind::Instance);
         let k = SamplerKind::Power { q: 0.25 };
         assert_eq!(k.to_string().parse::<SamplerKind>().unwrap(), k);
     }

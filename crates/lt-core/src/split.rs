@@ -210,6 +210,20 @@ impl SplitInfo {
 mod tests {
     use super::*;
 
+    /// The groups' bounds (> 100 Many, 20..=100 Medium, < 20 Few), names and artifact codes.
+    #[test]
+    fn shot_groups_have_their_bounds_names_and_codes() {
+        let groups = shot_groups(&[101, 100, 20, 19, 0]);
+        use ShotGroup::*;
+        assert_eq!(groups, [Many, Medium, Medium, Few, Few]);
+        let names: Vec<&str> = ShotGroup::ALL.iter().map(|g| g.name()).collect();
+        assert_eq!(names, ["Many", "Medium", "Few"]);
+        for (code, g) in ShotGroup::ALL.into_iter().enumerate() {
+            assert_eq!((g.code(), ShotGroup::from_code(code as u8)), (code as u8, Some(g)));
+        }
+        assert_eq!(ShotGroup::from_code(3), None);
+    }
+
     #[test]
     fn roundtrip_and_validation() {
         let dir = tempfile::tempdir().unwrap();

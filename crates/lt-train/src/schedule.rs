@@ -66,6 +66,20 @@ mod tests {
     use super::*;
     use crate::config::SwaConfig;
 
+    /// The names logs print are the names checkpoints record (serde's), and stay as they are.
+    #[test]
+    fn phases_are_named_as_checkpoints_record_them() {
+        for (phase, name) in [
+            (Phase::Sgd, "sgd"),
+            (Phase::Prefix, "prefix"),
+            (Phase::SgdBranch, "sgd-branch"),
+            (Phase::Swa, "swa"),
+        ] {
+            assert_eq!(phase.name(), name);
+            assert_eq!(serde_json::to_value(phase).unwrap(), name);
+        }
+    }
+
     #[test]
     fn schedules_hit_their_landmarks() {
         let mut cfg = TrainConfig::cifar_lt();
