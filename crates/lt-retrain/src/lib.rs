@@ -96,6 +96,11 @@ pub fn retrain(source: &dyn FeatureSource, cfg: &RetrainConfig, device: &Device)
     let source = if device.is_cpu() || source.resident_on(device) { source } else { &resident };
     let p = Problem::new(source, cfg.backbone, device)?;
     let fitted = methods::run(&p, cfg)?;
+    // Once per run (a validation search fits every candidate on the same rows), for methods
+    // that train.
+    if !fitted.epoch_losses.is_empty() {
+        problem::warn_if_few_steps(cfg, p.labels.len())?;
+    }
     let members = match cfg.srepr.members {
         Some(m) => source.swag_indices().into_iter().take(m).collect(),
         None => source.swag_indices(),

@@ -129,8 +129,37 @@ pub(crate) fn init_head(classes: usize, dim: usize, seed: u64, device: &Device) 
     Ok((w, b))
 }
 
-/// Below this many steps in all, [`fit`] warns that the head may not fit.
+/// Below this many steps in all, [`crate::retrain`] warns that the head may not fit.
 const FEW_STEPS: usize = 100;
+
+/// The length of a run on `n` rows: `(batch, steps per epoch, epochs, steps in all)`, an epoch
+/// being `floor(N / batch)` steps and the epochs `epochs`, or more where `min_steps` asks
+/// ([`RetrainConfig::epochs_run`]).
+fn schedule(cfg: &RetrainConfig, n: usize) -> Result<(usize, usize, usize, usize)> {
+    let batch = cfg.batch_size.min(n).max(1);
+    let steps = (n / batch).max(1);
+    let epochs = cfg.epochs_run(steps);
+    let total = epochs.checked_mul(steps).ok_or_else(|| {
+        RetrainError::Invalid(format!(
+            "retrain.min_steps {} asks for more steps than can be counted",
+            cfg.min_steps
+        ))
+    })?;
+    Ok((batch, steps, epochs, total))
+}
+
+/// Warns when a run that trains on `n` rows takes fewer than [`FEW_STEPS`] steps.
+pub(crate) fn warn_if_few_steps(cfg: &RetrainConfig, n: usize) -> Result<()> {
+    let (batch, steps, epochs, total) = schedule(cfg, n)?;
+    if total < FEW_STEPS {
+        tracing::warn!(
+            "{}: only {total} steps ({epochs} epochs of {steps} on {n} rows, batch {batch}); a head may not \
+             fit in so few: raise retrain.min_steps (--min-steps) or retrain.epochs",
+            cfg.method
+        );
+    }
+    Ok(())
+}
 
 /// The shared training loop: epochs of `floor(N / batch)` steps of SGD (momentum, weight decay)
 /// with a cosine from `lr` to 0, batches drawn by `sampler`; `loss(indices)` builds the batch
@@ -145,25 +174,7 @@ pub fn fit(
     sampler: SamplerKind,
     mut loss: impl FnMut(&[usize]) -> Result<Tensor>,
 ) -> Result<Vec<f64>> {
-    let n = labels.len();
-    let batch = cfg.batch_size.min(n).max(1);
-    let steps = (n / batch).max(1);
-    let epochs = cfg.epochs_run(steps);
-    let total = epochs.checked_mul(steps).ok_or_else(|| {
-        RetrainError::Invalid(format!(
-            "retrain.min_steps {} asks for more steps than can be counted",
-            cfg.min_steps
-        ))
-    })?;
-    // Once per process: a validation search fits every candidate on the same rows.
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if total < FEW_STEPS && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::warn!(
-            "{}: only {total} steps ({epochs} epochs of {steps} on {n} rows, batch {batch}); a head may not \
-             fit in so few: raise retrain.min_steps (--min-steps) or retrain.epochs",
-            cfg.method
-        );
-    }
+    let (batch, steps, epochs, total) = schedule(cfg, labels.len())?;
     let sampler =
         Sampler::new(sampler, labels, classes, cfg.seed).map_err(|e| RetrainError::Invalid(e.to_string()))?;
     let mut opt = Sgd::new(cfg.momentum, false, cfg.weight_decay);
