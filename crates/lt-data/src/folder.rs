@@ -78,12 +78,17 @@ fn scan(dir: &Path, classes: &[String]) -> Result<Vec<ImageEntry>> {
     Ok(out)
 }
 
+/// The test fraction's rule, strictly between 0 and 1 (0 would leave no test set), for
+/// `DataSpec::validate` and for callers of [`scan_folder`] without a spec.
+pub(crate) fn check_test_fraction(f: f64) -> lt_core::check::Result {
+    let open = (std::ops::Bound::Excluded(0.0), std::ops::Bound::Excluded(1.0));
+    lt_core::check::in_range("data.test_fraction", f, open)
+}
+
 /// A flat folder's classes, with `test_fraction` of each class (at least one image where the
 /// class has two or more) drawn for the test set by a draw seeded with `seed`.
 fn seeded_split(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderSplits> {
-    // The rule of `DataSpec::validate`, for callers of this function without a spec.
-    let open = (std::ops::Bound::Excluded(0.0), std::ops::Bound::Excluded(1.0));
-    lt_core::check::in_range("data.test_fraction", test_fraction, open)?;
+    check_test_fraction(test_fraction)?;
     let classes: Vec<String> =
         sorted_dirs(root)?.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
     let all = scan(root, &classes)?;

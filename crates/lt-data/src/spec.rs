@@ -136,8 +136,7 @@ impl DataSpec {
             check::in_range("data.imbalance", r, 1.0..)?;
         }
         if let Some(f) = self.test_fraction {
-            let open = (std::ops::Bound::Excluded(0.0), std::ops::Bound::Excluded(1.0));
-            check::in_range("data.test_fraction", f, open)?;
+            crate::folder::check_test_fraction(f)?;
         }
         if let Some(s) = self.image_size {
             check::non_zero("data.image_size", u64::from(s))?;
