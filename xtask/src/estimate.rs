@@ -316,17 +316,15 @@ pub fn setup(resolved: &serde_json::Value) -> Result<Setup> {
 /// The [`Recipe`] of a preset as `lt preset` resolved it (the defaults are the binary's own).
 pub fn recipe(resolved: &serde_json::Value) -> Result<Recipe> {
     let epochs: usize = setting(resolved, "/train/epochs")?;
-    let swa = match setting::<serde_json::Value>(resolved, "/train/swa")?.is_null() {
-        true => None,
-        false => {
-            let (start, rank): (usize, usize) =
-                (setting(resolved, "/train/swa/start")?, setting(resolved, "/train/swa/rank")?);
-            // One snapshot per SWA epoch unless collected every N steps (then up to K).
-            let per_epoch =
-                setting::<serde_json::Value>(resolved, "/train/swa/collect_every_steps")?.is_null();
-            let columns = if per_epoch { rank.min(epochs.saturating_sub(start)) } else { rank };
-            Some((start, columns))
-        }
+    let swa = if setting::<serde_json::Value>(resolved, "/train/swa")?.is_null() {
+        None
+    } else {
+        let (start, rank): (usize, usize) =
+            (setting(resolved, "/train/swa/start")?, setting(resolved, "/train/swa/rank")?);
+        // One snapshot per SWA epoch unless collected every N steps (then up to K).
+        let per_epoch = setting::<serde_json::Value>(resolved, "/train/swa/collect_every_steps")?.is_null();
+        let columns = if per_epoch { rank.min(epochs.saturating_sub(start)) } else { rank };
+        Some((start, columns))
     };
     Ok(Recipe {
         epochs,

@@ -29,10 +29,15 @@ pub fn identity(lt: &Path, spec: &str) -> Result<String> {
     }
 }
 
+/// Whether the hub init `spec` is in the cache (`lt backbone init --cached-only` names a file).
+fn cached(lt: &Path, spec: &str) -> Result<bool> {
+    Ok(!resolve(lt, spec, &["--cached-only"], false)?.is_null())
+}
+
 /// Fetches a hub init into the cache unless it is there (offline: fails naming the cache), so
 /// that the plan names the file it trains from.
 pub fn fetch(lt: &Path, spec: &str) -> Result<()> {
-    if resolve(lt, spec, &["--cached-only"], false)?.is_null() {
+    if !cached(lt, spec)? {
         println!("fetching {spec} into the hub cache");
         resolve(lt, spec, &[], true)?;
     }
@@ -42,7 +47,7 @@ pub fn fetch(lt: &Path, spec: &str) -> Result<()> {
 /// Says (for a dry run) when a hub init `spec` is not in the cache: the run fetches it first
 /// (and stops there offline).
 pub fn tell_if_not_cached(lt: &Path, spec: &str) -> Result<()> {
-    if spec.starts_with("hub:") && resolve(lt, spec, &["--cached-only"], false)?.is_null() {
+    if spec.starts_with("hub:") && !cached(lt, spec)? {
         println!(
             "the starting weights {spec} are not in the hub cache: the run fetches them first \
              (with HF_HUB_OFFLINE set it stops there; `lt backbone init {spec}` names the cache)"
