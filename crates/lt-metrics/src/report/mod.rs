@@ -129,6 +129,9 @@ fn cell(v: &Option<MeanStd>, scale: f64, decimals: usize) -> String {
 }
 
 /// The cells of a row: backbone, method, n, Many, Medium, Few, All (percent), NLL, ECE.
+/// The columns of a results table, the Markdown one and the terminal's, one per [`cells`].
+const COLUMNS: [&str; 9] = ["Backbone", "Method", "n", "Many", "Medium", "Few", "All", "NLL", "ECE"];
+
 fn cells(m: &RowSummary, seeds: usize) -> [String; 9] {
     let n = if m.n < seeds { format!("{} of {seeds}", m.n) } else { m.n.to_string() };
     [
@@ -183,7 +186,9 @@ pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
     let mut s = format!("# {}\n\n{description}\n", spec.title);
     for (title, table) in tables(spec, rows) {
         s.push_str(&format!(
-            "\n## {title}\n\n| Backbone | Method | n | Many | Medium | Few | All | NLL | ECE |\n|---|---|---|---|---|---|---|---|---|\n"
+            "\n## {title}\n\n| {} |\n{}|\n",
+            COLUMNS.join(" | "),
+            "|---".repeat(COLUMNS.len())
         ));
         for r in table {
             let m = r.summary();
@@ -230,8 +235,7 @@ pub fn text_table(spec: &ReportSpec, rows: &[Row]) -> String {
     for (title, table) in tables(spec, rows) {
         let body: Vec<[String; 9]> = table.iter().map(|r| cells(&r.summary(), seeds)).collect();
         // Each column as wide as its widest cell (in characters: labels may not be ASCII).
-        let head =
-            ["Backbone", "Method", "n", "Many", "Medium", "Few", "All", "NLL", "ECE"].map(String::from);
+        let head = COLUMNS.map(String::from);
         let width = |i: usize| body.iter().chain([&head]).map(|c| c[i].chars().count()).max().unwrap_or(0);
         let widths: Vec<usize> = (0..head.len()).map(width).collect();
         let line = |c: &[String; 9]| {
