@@ -1,7 +1,6 @@
 //! Named data sets, assembled into ready-to-train splits.
 
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use lt_core::split::SplitInfo;
@@ -15,107 +14,9 @@ use crate::folder_data::eval_resize;
 use crate::idx::{self, IdxVariant};
 use crate::listfile::{parse_list, ListBenchmark};
 use crate::longtail::{class_counts, exponential_profile, ldam_selection, ldam_selection_with_val};
+pub use crate::name::DatasetName;
 use crate::synthetic::{generate_splits, SyntheticConfig};
 use crate::transform::{Augment, Normalize};
-
-/// The data sets the project knows by name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DatasetName {
-    /// The embedded synthetic long-tailed set (no files).
-    Synthetic,
-    /// Fashion-MNIST made long-tailed.
-    FmnistLt,
-    /// MNIST made long-tailed.
-    MnistLt,
-    /// CIFAR-10-LT (LDAM-DRW selection).
-    Cifar10Lt,
-    /// CIFAR-100-LT (LDAM-DRW selection).
-    Cifar100Lt,
-    /// ImageNet-LT (split lists).
-    ImagenetLt,
-    /// iNaturalist-2018 (split lists).
-    Inat2018,
-    /// A user's image folder.
-    Folder,
-}
-
-impl DatasetName {
-    /// Every name, for help texts.
-    pub const ALL: [DatasetName; 8] = [
-        DatasetName::Synthetic,
-        DatasetName::FmnistLt,
-        DatasetName::MnistLt,
-        DatasetName::Cifar10Lt,
-        DatasetName::Cifar100Lt,
-        DatasetName::ImagenetLt,
-        DatasetName::Inat2018,
-        DatasetName::Folder,
-    ];
-
-    /// The name used on the command line and in artifacts.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DatasetName::Synthetic => "synthetic",
-            DatasetName::FmnistLt => "fmnist-lt",
-            DatasetName::MnistLt => "mnist-lt",
-            DatasetName::Cifar10Lt => "cifar10-lt",
-            DatasetName::Cifar100Lt => "cifar100-lt",
-            DatasetName::ImagenetLt => "imagenet-lt",
-            DatasetName::Inat2018 => "inat2018",
-            DatasetName::Folder => "folder",
-        }
-    }
-
-    /// Default size of the class-balanced validation set, per class, for data sets whose
-    /// validation images are drawn from the training images the long-tailed selection did not
-    /// use (for a folder, fewer where a class is small); `None` for the others (the synthetic
-    /// set generates `SyntheticConfig::val_per_class`, ImageNet-LT has a fixed list, iNat none).
-    pub fn default_val_per_class(self) -> Option<usize> {
-        match self {
-            DatasetName::FmnistLt | DatasetName::MnistLt | DatasetName::Cifar10Lt => Some(100),
-            DatasetName::Cifar100Lt | DatasetName::Folder => Some(20),
-            _ => None,
-        }
-    }
-
-    /// Whether `--download` fetches the data set (from its official location, checksum-verified).
-    pub fn downloadable(self) -> bool {
-        matches!(
-            self,
-            DatasetName::FmnistLt | DatasetName::MnistLt | DatasetName::Cifar10Lt | DatasetName::Cifar100Lt
-        )
-    }
-
-    /// Default imbalance ratio for data sets made long-tailed by subsampling.
-    pub fn default_imbalance(self) -> Option<f64> {
-        match self {
-            DatasetName::Synthetic
-            | DatasetName::FmnistLt
-            | DatasetName::MnistLt
-            | DatasetName::Cifar10Lt
-            | DatasetName::Cifar100Lt => Some(100.0),
-            _ => None,
-        }
-    }
-}
-
-impl std::fmt::Display for DatasetName {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for DatasetName {
-    type Err = DataError;
-    fn from_str(s: &str) -> Result<Self> {
-        Self::ALL.iter().copied().find(|d| d.as_str() == s).ok_or_else(|| {
-            DataError::Invalid(format!(
-                "unknown data set {s:?}; expected one of {}",
-                Self::ALL.iter().map(|d| d.as_str()).collect::<Vec<_>>().join(", ")
-            ))
-        })
-    }
-}
 
 /// Where to find data and how to build the split.
 #[derive(Clone, Debug)]

@@ -107,6 +107,17 @@ fn seeded_split(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderSpli
     Ok(FolderSplits { classes, train, test, held_out: false })
 }
 
+/// The test folder beside `root/train/`: `test/`, else `val/`, if there is one.
+fn test_dir(root: &Path) -> Option<PathBuf> {
+    ["test", "val"].iter().map(|d| root.join(d)).find(|d| d.is_dir())
+}
+
+/// Whether the folder at `root` holds its own test set (`train/` with `test/` or `val/` beside
+/// it), so that no test fraction is drawn from it.
+pub fn holds_test_set(root: &Path) -> bool {
+    root.join("train").is_dir() && test_dir(root).is_some()
+}
+
 /// Scans an image folder. With `train/` and `test/` (or `val/`) sub-folders the test set is held
 /// out; otherwise `test_fraction` of each class (at least one image when the class has two or
 /// more) goes to the test set, chosen by a draw seeded with `seed`.
@@ -127,7 +138,7 @@ pub fn scan_folder(root: &Path, test_fraction: f64, seed: u64) -> Result<FolderS
         });
     }
     let train_dir = root.join("train");
-    let test_dir = ["test", "val"].iter().map(|d| root.join(d)).find(|d| d.is_dir());
+    let test_dir = test_dir(root);
     if train_dir.is_dir() && root.join("test").is_dir() && root.join("val").is_dir() {
         return Err(DataError::Format {
             path: root.to_path_buf(),

@@ -32,6 +32,7 @@ pub mod idx;
 pub mod listfile;
 pub mod loader;
 pub mod longtail;
+mod name;
 pub mod numpy_mt;
 pub mod resize;
 pub use lt_core::sampler;

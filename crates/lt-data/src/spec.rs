@@ -81,23 +81,37 @@ impl DataSpec {
     }
 
     /// Every setting as JSON with the data set's defaults filled in: what `lt preset` prints.
-    /// A setting the data set fixes itself is `null` (the synthetic set's validation images,
-    /// ImageNet-LT's lists, the test fraction of all but a folder, the crop side of in-memory data
-    /// sets); the synthetic set's own generator settings (`synthetic_*`) are left as given.
+    /// A setting the data set does not read is `null` ([`DatasetName::unread_settings`]: the
+    /// validation images of ImageNet-LT's lists, the test fraction of all but a folder, the crop
+    /// side of in-memory data sets, ...).
     pub fn settings(&self) -> Result<serde_json::Value> {
         let name = self.name()?;
         let o = self.options(None);
-        let files = matches!(name, DatasetName::ImagenetLt | DatasetName::Inat2018 | DatasetName::Folder);
-        // Only a data root that is not UTF-8 fails here.
-        let mut v = serde_json::to_value(self)
-            .map_err(|e| crate::DataError::Invalid(format!("the data settings as JSON: {e}")))?;
+        let mut v = self.as_json()?;
         v["dataset"] = name.to_string().into();
         v["imbalance"] = serde_json::json!(o.imbalance.or(name.default_imbalance()));
-        v["val_per_class"] = serde_json::json!(o.val_per_class.or(name.default_val_per_class()));
         v["data_seed"] = o.seed.into();
-        v["test_fraction"] = serde_json::json!((name == DatasetName::Folder).then_some(o.test_fraction));
-        v["image_size"] = serde_json::json!(files.then_some(o.image_size));
+        v["test_fraction"] = o.test_fraction.into();
+        v["image_size"] = o.image_size.into();
+        if name == DatasetName::Synthetic {
+            v["val_per_class"] = o.val_per_class.unwrap_or(o.synthetic.val_per_class).into();
+            v["synthetic_classes"] = o.synthetic.classes.into();
+            v["synthetic_n_max"] = o.synthetic.n_max.into();
+            v["synthetic_size"] = o.synthetic.size.into();
+        } else {
+            v["val_per_class"] = serde_json::json!(o.val_per_class.or(name.default_val_per_class()));
+        }
+        for unread in name.unread_settings() {
+            v[*unread] = serde_json::Value::Null;
+        }
         Ok(v)
+    }
+
+    /// The spec as JSON, each field under its `[data]` name (only a data root that is not UTF-8
+    /// fails).
+    fn as_json(&self) -> Result<serde_json::Value> {
+        serde_json::to_value(self)
+            .map_err(|e| crate::DataError::Invalid(format!("the data settings as JSON: {e}")))
     }
 
     /// The loading options (`mirror`: a replacement download location, not part of the spec
@@ -130,8 +144,19 @@ impl DataSpec {
         o
     }
 
-    /// Checks the numeric fields, each named as in a preset's `[data]` table.
+    /// Checks the numeric fields, each named as in a preset's `[data]` table, and refuses a
+    /// setting the data set does not read ([`DatasetName::unread_settings`]).
     pub fn validate(&self) -> Result<()> {
+        let name = self.name()?;
+        let given = self.as_json()?;
+        if let Some(unread) = name.unread_settings().iter().find(|f| !given[**f].is_null()) {
+            return Err(check::CheckError::new(
+                format!("data.{unread}"),
+                format!("left unset for {name}, which does not read it"),
+                &given[*unread],
+            )
+            .into());
+        }
         if let Some(r) = self.imbalance {
             check::in_range("data.imbalance", r, 1.0..)?;
         }
@@ -153,9 +178,23 @@ impl DataSpec {
         Ok(())
     }
 
-    /// Loads the data set (after [`DataSpec::validate`]).
+    /// Loads the data set (after [`DataSpec::validate`]; a test fraction given for a folder that
+    /// holds its own test set is refused).
     pub fn load(&self, mirror: Option<String>) -> Result<DataBundle> {
         self.validate()?;
+        if let (Some(f), Some(root)) = (self.test_fraction, &self.data_root) {
+            if crate::folder::holds_test_set(root) {
+                return Err(check::CheckError::new(
+                    "data.test_fraction",
+                    format!(
+                        "left unset for {}, whose test set is its own test/ (or val/) folder",
+                        root.display()
+                    ),
+                    f,
+                )
+                .into());
+            }
+        }
         load_bundle(self.name()?, &self.options(mirror))
     }
 }
@@ -180,19 +219,64 @@ mod tests {
     fn validation_names_the_field() {
         let bad = |s: DataSpec| s.validate().unwrap_err().to_string();
         let d = DataSpec::default();
+        let folder = DataSpec { dataset: Some("folder".into()), ..d.clone() };
         assert_eq!(
             bad(DataSpec { imbalance: Some(0.5), ..d.clone() }),
             "data.imbalance must be a finite number in [1, inf), got 0.5"
         );
         assert!(bad(DataSpec { imbalance: Some(f64::NAN), ..d.clone() }).contains("got NaN"));
-        assert!(bad(DataSpec { test_fraction: Some(1.0), ..d.clone() }).starts_with("data.test_fraction"));
-        assert!(bad(DataSpec { image_size: Some(0), ..d.clone() }).starts_with("data.image_size"));
+        assert!(
+            bad(DataSpec { test_fraction: Some(1.0), ..folder.clone() }).starts_with("data.test_fraction")
+        );
+        assert!(bad(DataSpec { image_size: Some(0), ..folder.clone() }).starts_with("data.image_size"));
         assert!(
             bad(DataSpec { synthetic_classes: Some(1), ..d.clone() }).starts_with("data.synthetic_classes")
         );
         assert!(bad(DataSpec { synthetic_size: Some(0), ..d.clone() }).starts_with("data.synthetic_size"));
         // A folder without test/ needs some of each class held out: 0 would leave no test set.
-        assert!(bad(DataSpec { test_fraction: Some(0.0), ..d.clone() }).contains("in (0, 1), got 0"));
-        DataSpec { imbalance: Some(1.0), test_fraction: Some(0.5), ..d }.validate().unwrap();
+        assert!(bad(DataSpec { test_fraction: Some(0.0), ..folder.clone() }).contains("in (0, 1), got 0"));
+        DataSpec { imbalance: Some(1.0), test_fraction: Some(0.5), ..folder }.validate().unwrap();
+    }
+
+    /// A setting the data set does not read is refused, named, with the data set and the value;
+    /// `lt preset` prints it as `null`. Each data set takes the settings it reads.
+    #[test]
+    fn a_setting_the_data_set_does_not_read_is_refused() {
+        let spec = |name: &str, over: &str| -> DataSpec {
+            toml::from_str(&format!("dataset = \"{name}\"\n{over}")).unwrap()
+        };
+        let refused = |name: &str, over: &str| spec(name, over).validate().unwrap_err().to_string();
+        assert_eq!(
+            refused("cifar10-lt", "test_fraction = 0.3"),
+            "data.test_fraction must be left unset for cifar10-lt, which does not read it, got 0.3"
+        );
+        assert!(refused("cifar10-lt", "data_seed = 4").starts_with("data.data_seed "));
+        assert!(refused("fmnist-lt", "image_size = 64").starts_with("data.image_size "));
+        assert!(refused("imagenet-lt", "imbalance = 10.0").starts_with("data.imbalance "));
+        assert!(refused("inat2018", "val_per_class = 5").starts_with("data.val_per_class "));
+        assert!(refused("folder", "synthetic_n_max = 5").starts_with("data.synthetic_n_max "));
+        assert!(refused("synthetic", "data_root = \"x\"").contains("got \"x\""));
+        for (name, over) in [
+            ("synthetic", "imbalance = 10.0\nval_per_class = 3\ndata_seed = 2\nsynthetic_classes = 4\nsynthetic_n_max = 9\nsynthetic_size = 8"),
+            ("cifar100-lt", "imbalance = 50.0\nval_per_class = 3\ndata_root = \"d\"\ndownload = true"),
+            ("imagenet-lt", "data_root = \"d\"\nimage_size = 112"),
+            ("folder", "data_root = \"d\"\nimbalance = 10.0\nval_per_class = 3\ndata_seed = 2\ntest_fraction = 0.5\nimage_size = 64"),
+        ] {
+            spec(name, over).validate().unwrap_or_else(|e| panic!("{name} {over}: {e}"));
+        }
+        for name in DatasetName::ALL {
+            let v = DataSpec { dataset: Some(name.to_string()), ..Default::default() }.settings().unwrap();
+            for unread in name.unread_settings() {
+                assert!(v[*unread].is_null(), "{name} {unread}: {v}");
+            }
+        }
+        let synthetic = DataSpec::default().settings().unwrap();
+        assert_eq!(
+            (synthetic["synthetic_classes"].as_u64(), synthetic["val_per_class"].as_u64()),
+            (Some(10), Some(100))
+        );
+        assert!(DataSpec { dataset: Some("cifar10-lt".into()), ..Default::default() }.settings().unwrap()
+            ["data_seed"]
+            .is_null());
     }
 }

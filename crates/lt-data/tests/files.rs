@@ -130,6 +130,20 @@ fn image_folder_held_out_and_seeded_split() {
     let b = load_bundle(DatasetName::Folder, &opts).unwrap();
     assert_eq!(b.class_names, vec!["cat", "dog"]);
     assert_eq!((b.train.len(), b.test.len()), (10, 4));
+    // A test fraction given for it would be ignored: it is refused, named.
+    let spec = lt_data::DataSpec {
+        dataset: Some("folder".into()),
+        data_root: Some(held.clone()),
+        test_fraction: Some(0.3),
+        ..Default::default()
+    };
+    let msg = spec.load(None).err().unwrap().to_string();
+    assert!(
+        msg.starts_with("data.test_fraction must be left unset for ") && msg.ends_with("folder, got 0.3"),
+        "{msg}"
+    );
+    let spec = lt_data::DataSpec { test_fraction: None, image_size: Some(32), ..spec };
+    assert_eq!(spec.load(None).unwrap().test.len(), 4);
 
     let flat = tmp.path().join("flat");
     for (class, n) in [("a", 30), ("b", 6)] {

@@ -18,9 +18,21 @@ pub struct DataFlags {
 }
 
 impl DataFlags {
-    /// The data spec these flags give on top of `base` (a preset's, or the defaults).
+    /// The data spec these flags give on top of `base` (a preset's, or the defaults). A
+    /// `--dataset` naming another data set than the preset's starts from the defaults instead: the
+    /// preset's `[data]` settings describe its own data set (the `tiny` preset's generator
+    /// settings mean nothing to CIFAR-10-LT).
     pub fn resolve(&self, base: Option<&DataSpec>) -> DataSpec {
-        base.cloned().unwrap_or_default().overlaid(&self.spec)
+        let base = base.cloned().unwrap_or_default();
+        match (self.spec.dataset.is_some(), self.spec.name(), base.name()) {
+            (true, Ok(given), Ok(preset)) if given != preset => {
+                tracing::info!(
+                    "--dataset {given}: the preset's [data] settings (for {preset}) are not taken"
+                );
+                DataSpec::default().overlaid(&self.spec)
+            }
+            _ => base.overlaid(&self.spec),
+        }
     }
 }
 
@@ -187,5 +199,25 @@ fn truncate(s: &str, n: usize) -> String {
         s.to_string()
     } else {
         s.chars().take(n - 1).collect::<String>() + "…"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The flags go on top of the preset's `[data]`, unless they name another data set.
+    #[test]
+    fn another_data_set_does_not_take_the_presets_data_settings() {
+        let tiny = crate::preset::embedded("tiny").unwrap().data;
+        let flags = |spec: DataSpec| DataFlags { spec, mirror: None };
+        let same = flags(DataSpec { imbalance: Some(5.0), ..Default::default() }).resolve(Some(&tiny));
+        assert_eq!(same, DataSpec { imbalance: Some(5.0), ..tiny.clone() });
+        assert_eq!(same.synthetic_classes, Some(4));
+        let cifar = DataSpec { dataset: Some("cifar10-lt".into()), ..Default::default() };
+        assert_eq!(flags(cifar.clone()).resolve(Some(&tiny)), cifar);
+        let named_again = DataSpec { dataset: Some("synthetic".into()), ..Default::default() };
+        assert_eq!(flags(named_again).resolve(Some(&tiny)), tiny);
+        assert_eq!(flags(cifar.clone()).resolve(None), cifar);
     }
 }
