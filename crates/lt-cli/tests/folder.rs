@@ -305,6 +305,19 @@ fn the_folder_preset_runs_end_to_end_from_a_hub_checkpoint() {
         std::fs::write(&file, text.replacen(from, to, 1)).unwrap();
         xtask::reproduce::run(&root, &xtask::reproduce::Options { preset_file: Some(file), ..opts.clone() })
     };
+    // `lt extract` reads the data where stage 1 found them; moved, `--data-root` says where they
+    // are now (the same data: the same features, bit for bit).
+    let features = std::fs::read(stage1.join(lt_core::layout::FEATURES_FILE)).unwrap();
+    let extract = |more: &[&str]| {
+        let base =
+            ["extract", "--run", stage1.to_str().unwrap(), "--preset-file", resolved.to_str().unwrap()];
+        lt(&f, &[&base[..], more].concat())
+    };
+    let (ok, _, err) = extract(&[]);
+    assert!(!ok && err.contains("an empty folder"), "{err}");
+    let (ok, _, err) = extract(&["--data-root", away.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(std::fs::read(stage1.join(lt_core::layout::FEATURES_FILE)).unwrap() == features);
     let stage2 = knob("folder-stage2.toml", "epochs = 3", "epochs = 2");
     let stage1_run = knob("folder-stage1.toml", "epochs = 4", "epochs = 5");
     std::fs::remove_dir(&f.data).unwrap();

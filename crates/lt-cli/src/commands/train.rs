@@ -137,17 +137,26 @@ pub struct ExtractArgs {
     preset: PresetArgs,
     #[command(flatten)]
     cfg: ExtractConfig,
+    /// Where the run's data are now, when they have moved since `lt train` recorded them (the
+    /// data found there must be the same: their split fingerprint is checked).
+    #[arg(long)]
+    data_root: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArg,
 }
 
-/// Runs `lt extract`: the preset's `[extract]` table (or the defaults), then the flags given.
+/// Runs `lt extract`: the preset's `[extract]` table (or the defaults), then the flags given, on
+/// the data the run recorded (from `--data-root` when given).
 pub fn run_extract(a: ExtractArgs, matches: &ArgMatches) -> Result<()> {
     let preset = a.preset.resolve()?;
     let base = preset.map(|p| p.extract).unwrap_or_default();
     let cfg = crate::overlay::overlay(&base, &a.cfg, matches)?;
     let dir = RunDir::new(&a.run);
-    let data = load(&dir.read_data_spec()?, None)?;
+    let mut spec = dir.read_data_spec()?;
+    if let Some(root) = a.data_root {
+        spec.data_root = Some(root);
+    }
+    let data = load(&spec, None)?;
     let device = a.device.open()?;
     let path = extract(&dir, &data, &cfg, &device)?;
     println!("features of {} backbones written to {}", 2 + cfg.samples, path.display());
