@@ -4,6 +4,11 @@ use lt_data::{load_bundle, DataOptions, DatasetName, SyntheticConfig};
 use lt_train::{train, RunDir, RunOptions, SwaConfig, TrainConfig, TrainError};
 
 fn tiny_data() -> lt_data::DataBundle {
+    tiny_data_at(10.0)
+}
+
+/// The tiny synthetic set at imbalance ratio `rho`.
+fn tiny_data_at(rho: f64) -> lt_data::DataBundle {
     let synthetic = SyntheticConfig {
         n_max: 40,
         val_per_class: 2,
@@ -12,7 +17,7 @@ fn tiny_data() -> lt_data::DataBundle {
         classes: 4,
         ..Default::default()
     };
-    let opts = DataOptions { synthetic, imbalance: Some(10.0), ..Default::default() };
+    let opts = DataOptions { synthetic, imbalance: Some(rho), ..Default::default() };
     load_bundle(DatasetName::Synthetic, &opts).unwrap()
 }
 
@@ -81,7 +86,19 @@ fn swa_run_produces_every_artifact_and_is_deterministic() {
     let err =
         train(&other_cfg, &data, a.path(), &RunOptions { resume: true, ..Default::default() }).unwrap_err();
     assert!(
-        matches!(err, TrainError::Mismatch(_)) && err.to_string().contains("another configuration"),
+        matches!(err, TrainError::Mismatch(_))
+            && err.to_string().ends_with(&format!(
+                ": the settings differ (train.lr: {} recorded, 0.04 now)",
+                serde_json::json!(cfg.lr)
+            )),
+        "{err}"
+    );
+    // Other data: the message says so, and that the settings are the same.
+    let fewer = tiny_data_at(4.0);
+    let err = train(&cfg, &fewer, a.path(), &RunOptions { resume: true, ..Default::default() }).unwrap_err();
+    let err = err.to_string();
+    assert!(
+        err.contains(": the data differ (split fingerprint ") && !err.contains("settings differ"),
         "{err}"
     );
     assert!(snapshot(a.path()) == before, "a refused run changed the directory");

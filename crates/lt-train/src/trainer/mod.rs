@@ -8,6 +8,7 @@
 //! average, after batch-norm recalibration, is the SWA backbone. Both branches see the same
 //! data order. Without SWA the run is plain SGD with a cosine to 0.
 
+mod directory;
 mod step;
 
 use std::io::Write;
@@ -31,6 +32,7 @@ use crate::error::{io_err, Result, TrainError};
 use crate::init::{InitWeights, ParamGroups};
 use crate::run::RunDir;
 use crate::schedule::{learning_rate, Phase};
+use directory::check_directory;
 use lt_core::optim::Sgd;
 use step::{train_batch, EpochSums};
 
@@ -167,7 +169,7 @@ pub fn train(
     // Checked before anything is created, then again under the lock (another command may have
     // written meanwhile); the lock is held until training ends. Pretrained weights are loaded
     // before the lock: weights that do not fit leave no trace.
-    check_directory(&dir, &fingerprint, opts.resume)?;
+    check_directory(&dir, &fingerprint, opts.resume, (cfg, data))?;
     let [channels, _, _] = data.train.sample_shape();
     let mut model = Model::new(Arch::new(&cfg.arch, data.num_classes(), channels)?, cfg.seed, &opts.device)?;
     model.set_precision(cfg.precision);
@@ -178,7 +180,7 @@ pub fn train(
         w.apply(&model)?;
     }
     let _lock = lt_core::lock::RunLock::acquire_and_clean(dir.root())?;
-    check_directory(&dir, &fingerprint, opts.resume)?;
+    check_directory(&dir, &fingerprint, opts.resume, (cfg, data))?;
     record_run(&dir, cfg, data, opts.data_spec.as_ref())?;
     let mut opt = Sgd::new(cfg.momentum, cfg.nesterov, cfg.weight_decay);
     let sampler = Sampler::new(SamplerKind::Instance, data.train.labels(), data.num_classes(), cfg.seed)
@@ -224,29 +226,6 @@ fn warn_empty_classes(data: &DataBundle) {
             empty.len()
         );
     }
-}
-
-/// Refuses a directory that cannot take this run: without `resume`, one holding a run; with it,
-/// one without a checkpoint or whose checkpoint belongs to another configuration or data.
-fn check_directory(dir: &RunDir, fingerprint: &str, resume: bool) -> Result<()> {
-    let held = [dir.checkpoint(), dir.sgd(), dir.swa()].into_iter().find(|p| p.exists());
-    if !resume {
-        return match held {
-            Some(p) => Err(TrainError::Mismatch(format!(
-                "{} already holds a run ({}); pass --resume to continue it or choose another directory",
-                dir.root().display(),
-                p.file_name().unwrap_or_default().to_string_lossy()
-            ))),
-            None => Ok(()),
-        };
-    }
-    if !dir.checkpoint().exists() {
-        return Err(TrainError::Mismatch(format!(
-            "--resume: {} has no checkpoint.safetensors to continue from",
-            dir.root().display()
-        )));
-    }
-    checkpoint::check_fingerprint(&dir.checkpoint(), fingerprint)
 }
 
 /// Records the run's split, configuration and data description (after the checks).

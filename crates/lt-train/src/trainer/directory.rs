@@ -1,0 +1,140 @@
+//! Whether a run directory can take a run: a fresh run needs one without a run, `--resume` one
+//! whose checkpoint is this run's; a refused resume says what differs.
+
+use lt_data::DataBundle;
+
+use crate::checkpoint;
+use crate::config::TrainConfig;
+use crate::error::{io_err, Result, TrainError};
+use crate::run::RunDir;
+
+/// Refuses a directory that cannot take this run: without `resume`, one holding a run; with it,
+/// one without a checkpoint or whose checkpoint belongs to another configuration or data (`now`:
+/// this run's, to say which settings differ).
+pub(super) fn check_directory(
+    dir: &RunDir,
+    fingerprint: &str,
+    resume: bool,
+    now: (&TrainConfig, &DataBundle),
+) -> Result<()> {
+    let held = [dir.checkpoint(), dir.sgd(), dir.swa()].into_iter().find(|p| p.exists());
+    if !resume {
+        return match held {
+            Some(p) => Err(TrainError::Mismatch(format!(
+                "{} already holds a run ({}); pass --resume to continue it or choose another directory",
+                dir.root().display(),
+                p.file_name().unwrap_or_default().to_string_lossy()
+            ))),
+            None => Ok(()),
+        };
+    }
+    if !dir.checkpoint().exists() {
+        return Err(TrainError::Mismatch(format!(
+            "--resume: {} has no checkpoint.safetensors to continue from",
+            dir.root().display()
+        )));
+    }
+    checkpoint::check_fingerprint(&dir.checkpoint(), fingerprint).map_err(|e| match e {
+        TrainError::Mismatch(m) => match what_differs(dir, now.0, now.1) {
+            Ok(differs) => TrainError::Mismatch(format!("{m}: {differs}")),
+            Err(why) => {
+                TrainError::Mismatch(format!("{m} (the run's records do not say what differs: {why})"))
+            }
+        },
+        e => e,
+    })
+}
+
+/// Settings listed in a refusal, at most (the rest are counted).
+const LISTED: usize = 6;
+
+/// What differs between the run recorded in `dir` and this one: the settings (each with the
+/// recorded value and this run's), the data (their split fingerprints), or else the initial
+/// weights the run starts from.
+fn what_differs(dir: &RunDir, cfg: &TrainConfig, data: &DataBundle) -> Result<String> {
+    let path = dir.config();
+    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+    let recorded: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        TrainError::Mismatch(format!("{}: not a training configuration: {e}", path.display()))
+    })?;
+    let now = serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    let mut changed = Vec::new();
+    differences("train", &recorded, &now, &mut changed);
+    // The loader's worker count does not change the batches (nor the fingerprint).
+    changed.retain(|c| !c.starts_with("train.workers:"));
+    let (_, split) = lt_core::split::SplitInfo::recorded(&dir.split())?;
+    let data_differ = split != data.fingerprint();
+    let mut parts = Vec::new();
+    if !changed.is_empty() {
+        let more = changed.len().saturating_sub(LISTED);
+        changed.truncate(LISTED);
+        let more = if more > 0 { format!("; and {more} more") } else { String::new() };
+        parts.push(format!("the settings differ ({}{more})", changed.join("; ")));
+    }
+    if data_differ {
+        parts.push(format!(
+            "the data differ (split fingerprint {}… recorded, {}… now: other images, or other data settings)",
+            &split[..12.min(split.len())],
+            &data.fingerprint()[..12]
+        ));
+    }
+    Ok(match parts.is_empty() {
+        true => "the settings and the data are the same, so the initial weights (`init`) differ: the \
+                 same name now gives other weights"
+            .into(),
+        false => parts.join(", and "),
+    })
+}
+
+/// Appends `path: recorded -> now` for each leaf where `recorded` and `now` differ (objects
+/// compared key by key; a key on one side only shows as `none` on the other).
+fn differences(path: &str, recorded: &serde_json::Value, now: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (recorded, now) {
+        (Value::Object(r), Value::Object(n)) => {
+            let mut keys: Vec<&String> = r.keys().chain(n.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let (a, b) = (r.get(k).unwrap_or(&Value::Null), n.get(k).unwrap_or(&Value::Null));
+                differences(&format!("{path}.{k}"), a, b, out);
+            }
+        }
+        (a, b) if a != b => {
+            let show = |v: &Value| if v.is_null() { "none".to_string() } else { v.to_string() };
+            out.push(format!("{path}: {} recorded, {} now", show(a), show(b)));
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_each_setting_with_both_values() {
+        let r =
+            serde_json::json!({"epochs": 200, "lr": 0.1, "swa": {"start": 160, "lr": 0.05}, "init": "hub:a"});
+        let n = serde_json::json!({"epochs": 100, "lr": 0.1, "swa": {"start": 80, "lr": 0.05}});
+        let mut out = Vec::new();
+        differences("train", &r, &n, &mut out);
+        assert_eq!(
+            out,
+            [
+                "train.epochs: 200 recorded, 100 now",
+                "train.init: \"hub:a\" recorded, none now",
+                "train.swa.start: 160 recorded, 80 now"
+            ]
+        );
+        let mut none = Vec::new();
+        differences("train", &r, &r, &mut none);
+        assert!(none.is_empty());
+        let mut whole = Vec::new();
+        differences("train", &r, &serde_json::json!({"swa": null}), &mut whole);
+        assert!(
+            whole.contains(&"train.swa: {\"lr\":0.05,\"start\":160} recorded, none now".to_string()),
+            "{whole:?}"
+        );
+    }
+}
