@@ -31,6 +31,7 @@
 pub mod artifact;
 pub mod atomic;
 pub mod check;
+pub mod diff;
 pub mod fingerprint;
 pub mod formats;
 pub mod layout;

@@ -83,3 +83,35 @@ pub fn write(
     }
     renamed.map(|_| (head_path, preds_path))
 }
+
+/// Refuses to write into `dir` when it holds the outputs of another stage-2 run (other features
+/// or another configuration than `cfg`): replacing them would lose that run. The outputs of this
+/// same run (the same fingerprint) are replaced, as a run is deterministic; an output directory
+/// with a head but no predictions holds an interrupted write and is replaced too.
+pub fn check_dir(dir: &Path, features: &Features, cfg: &RetrainConfig) -> Result<()> {
+    let preds = dir.join(PREDICTIONS_FILE);
+    if !preds.exists() {
+        return Ok(());
+    }
+    let held = RunMeta::read_from(&lt_core::Artifact::open(&preds, lt_core::formats::predictions::FORMAT)?)?;
+    let features_fp = &features.meta().fingerprint;
+    if held.fingerprint == fingerprint(features_fp, cfg) {
+        return Ok(());
+    }
+    let now = serde_json::to_value(cfg).map_err(|e| RetrainError::Invalid(e.to_string()))?;
+    let mut differ = lt_core::diff::differences("retrain", &held.config, &now);
+    if held.features_fingerprint != *features_fp {
+        differ.push(format!(
+            "the features: {}… recorded, {}… now",
+            &held.features_fingerprint[..12.min(held.features_fingerprint.len())],
+            &features_fp[..12.min(features_fp.len())]
+        ));
+    }
+    Err(RetrainError::Invalid(format!(
+        "{} holds the outputs of another stage-2 run (row {}; {}); choose another --out, or remove its {HEAD_FILE} \
+         and {PREDICTIONS_FILE} to replace them",
+        dir.display(),
+        held.row,
+        if differ.is_empty() { "another fingerprint".to_string() } else { differ.join("; ") }
+    )))
+}

@@ -101,6 +101,7 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     let device = a.device.open()?;
     // Held from here (inputs checked) until the head and predictions are committed.
     let _lock = lt_core::lock::RunLock::acquire_and_clean(out)?;
+    outputs::check_dir(out, &features, &cfg)?;
     let started = std::time::Instant::now();
     let kept = crate::device::stage2_features(&features, &device);
     let outcome = retrain(crate::device::stage2_source(&kept, &features), &cfg, &device)?;

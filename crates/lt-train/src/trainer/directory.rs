@@ -58,8 +58,7 @@ fn what_differs(dir: &RunDir, cfg: &TrainConfig, data: &DataBundle) -> Result<St
         TrainError::Mismatch(format!("{}: not a training configuration: {e}", path.display()))
     })?;
     let now = serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-    let mut changed = Vec::new();
-    differences("train", &recorded, &now, &mut changed);
+    let mut changed = lt_core::diff::differences("train", &recorded, &now);
     // The loader's worker count does not change the batches (nor the fingerprint).
     changed.retain(|c| !c.starts_with("train.workers:"));
     let (_, split) = lt_core::split::SplitInfo::recorded(&dir.split())?;
@@ -84,57 +83,4 @@ fn what_differs(dir: &RunDir, cfg: &TrainConfig, data: &DataBundle) -> Result<St
             .into(),
         false => parts.join(", and "),
     })
-}
-
-/// Appends `path: recorded -> now` for each leaf where `recorded` and `now` differ (objects
-/// compared key by key; a key on one side only shows as `none` on the other).
-fn differences(path: &str, recorded: &serde_json::Value, now: &serde_json::Value, out: &mut Vec<String>) {
-    use serde_json::Value;
-    match (recorded, now) {
-        (Value::Object(r), Value::Object(n)) => {
-            let mut keys: Vec<&String> = r.keys().chain(n.keys()).collect();
-            keys.sort();
-            keys.dedup();
-            for k in keys {
-                let (a, b) = (r.get(k).unwrap_or(&Value::Null), n.get(k).unwrap_or(&Value::Null));
-                differences(&format!("{path}.{k}"), a, b, out);
-            }
-        }
-        (a, b) if a != b => {
-            let show = |v: &Value| if v.is_null() { "none".to_string() } else { v.to_string() };
-            out.push(format!("{path}: {} recorded, {} now", show(a), show(b)));
-        }
-        _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn differences_name_each_setting_with_both_values() {
-        let r =
-            serde_json::json!({"epochs": 200, "lr": 0.1, "swa": {"start": 160, "lr": 0.05}, "init": "hub:a"});
-        let n = serde_json::json!({"epochs": 100, "lr": 0.1, "swa": {"start": 80, "lr": 0.05}});
-        let mut out = Vec::new();
-        differences("train", &r, &n, &mut out);
-        assert_eq!(
-            out,
-            [
-                "train.epochs: 200 recorded, 100 now",
-                "train.init: \"hub:a\" recorded, none now",
-                "train.swa.start: 160 recorded, 80 now"
-            ]
-        );
-        let mut none = Vec::new();
-        differences("train", &r, &r, &mut none);
-        assert!(none.is_empty());
-        let mut whole = Vec::new();
-        differences("train", &r, &serde_json::json!({"swa": null}), &mut whole);
-        assert!(
-            whole.contains(&"train.swa: {\"lr\":0.05,\"start\":160} recorded, none now".to_string()),
-            "{whole:?}"
-        );
-    }
 }

@@ -1,0 +1,71 @@
+//! What differs between two configurations recorded as JSON, setting by setting: for messages
+//! that refuse a run whose records are not this run's (`lt train --resume`, `lt retrain --out`).
+//!
+//! ```
+//! let recorded = serde_json::json!({"epochs": 200, "swa": {"start": 160}});
+//! let now = serde_json::json!({"epochs": 100, "swa": {"start": 160}, "init": "hub:a"});
+//! assert_eq!(
+//!     lt_core::diff::differences("train", &recorded, &now),
+//!     ["train.epochs: 200 recorded, 100 now", "train.init: none recorded, \"hub:a\" now"]
+//! );
+//! ```
+
+use serde_json::Value;
+
+/// `path.key: recorded, now` for each setting where `recorded` and `now` differ, in key order:
+/// objects are compared key by key (a key on one side only shows as `none` on the other), any
+/// other value as a whole.
+pub fn differences(path: &str, recorded: &Value, now: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    walk(path, recorded, now, &mut out);
+    out
+}
+
+fn walk(path: &str, recorded: &Value, now: &Value, out: &mut Vec<String>) {
+    match (recorded, now) {
+        (Value::Object(r), Value::Object(n)) => {
+            let mut keys: Vec<&String> = r.keys().chain(n.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for k in keys {
+                let (a, b) = (r.get(k).unwrap_or(&Value::Null), n.get(k).unwrap_or(&Value::Null));
+                walk(&format!("{path}.{k}"), a, b, out);
+            }
+        }
+        (a, b) if a != b => {
+            let show = |v: &Value| if v.is_null() { "none".to_string() } else { v.to_string() };
+            out.push(format!("{path}: {} recorded, {} now", show(a), show(b)));
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_each_setting_with_both_values() {
+        let r =
+            serde_json::json!({"epochs": 200, "lr": 0.1, "swa": {"start": 160, "lr": 0.05}, "init": "hub:a"});
+        let n = serde_json::json!({"epochs": 100, "lr": 0.1, "swa": {"start": 80, "lr": 0.05}});
+        assert_eq!(
+            differences("train", &r, &n),
+            [
+                "train.epochs: 200 recorded, 100 now",
+                "train.init: \"hub:a\" recorded, none now",
+                "train.swa.start: 160 recorded, 80 now"
+            ]
+        );
+        assert!(differences("train", &r, &r).is_empty());
+        let whole = differences("train", &r, &serde_json::json!({"swa": null}));
+        assert!(
+            whole.contains(&"train.swa: {\"lr\":0.05,\"start\":160} recorded, none now".to_string()),
+            "{whole:?}"
+        );
+        assert_eq!(
+            differences("x", &serde_json::json!(1), &serde_json::json!([1])),
+            ["x: 1 recorded, [1] now"]
+        );
+    }
+}
