@@ -55,19 +55,14 @@ pub fn overlay<T: Serialize + DeserializeOwned + Args>(
     parsed: &T,
     matches: &ArgMatches,
 ) -> Result<T> {
-    let own: HashSet<String> =
-        T::augment_args(Command::new("overlay")).get_arguments().map(|a| a.get_id().to_string()).collect();
     let mut merged = serde_json::to_value(base)?;
     let flags = serde_json::to_value(parsed)?;
-    for id in matches.ids() {
-        if !own.contains(id.as_str()) || matches.value_source(id.as_str()) != Some(ValueSource::CommandLine) {
-            continue;
-        }
-        if let Some(path) = find(&flags, id.as_str()) {
+    for id in given::<T>(matches) {
+        if let Some(path) = find(&flags, &id) {
             let value = get(&flags, &path).cloned().unwrap_or(Value::Null);
-            refuse_non_finite(matches, id.as_str(), &value)?;
+            refuse_non_finite(matches, &id, &value)?;
             set(&mut merged, &path, value);
-        } else if let Some(path) = find(&merged, id.as_str()) {
+        } else if let Some(path) = find(&merged, &id) {
             // The flag's value is one the config leaves out when serialised (a default kept out
             // of the recorded configuration, `skip_serializing_if`): the field goes, and
             // deserialises to that default.
@@ -75,6 +70,30 @@ pub fn overlay<T: Serialize + DeserializeOwned + Args>(
         }
     }
     serde_json::from_value(merged).context("combining the preset with the command-line flags")
+}
+
+/// The ids of `T`'s own flags given on the command line (a command's other flags never count).
+fn given<T: Args>(matches: &ArgMatches) -> Vec<String> {
+    let own: HashSet<String> =
+        T::augment_args(Command::new("overlay")).get_arguments().map(|a| a.get_id().to_string()).collect();
+    matches
+        .ids()
+        .map(|id| id.to_string())
+        .filter(|id| own.contains(id) && matches.value_source(id) == Some(ValueSource::CommandLine))
+        .collect()
+}
+
+/// `T`'s flags given on the command line, each as `(--flag, setting)`: the setting is its field's
+/// dotted path in `config` (`srepr.lambda`), the configuration the flags were overlaid into.
+pub fn given_settings<T: Serialize + Args>(
+    config: &T,
+    matches: &ArgMatches,
+) -> Result<Vec<(String, String)>> {
+    let v = serde_json::to_value(config)?;
+    Ok(given::<T>(matches)
+        .into_iter()
+        .filter_map(|id| find(&v, &id).map(|path| (format!("--{}", id.replace('_', "-")), path.join("."))))
+        .collect())
 }
 
 /// A flag given on the command line whose value came out as JSON `null` (alone or in a list)

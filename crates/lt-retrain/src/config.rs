@@ -205,6 +205,19 @@ impl RetrainConfig {
         Ok(v)
     }
 
+    /// Whether this run reads `setting`, a field named as in a preset's `[retrain]` table
+    /// (`srepr.lambda`, `rho`): SRepr's settings only SRepr (and `srepr.members` ensemble
+    /// predictions too), `rho` only DisAlign, every other setting every method. `lt retrain`
+    /// refuses a flag given for a setting its method does not read.
+    pub fn reads(&self, setting: &str) -> bool {
+        match setting {
+            "srepr.members" => self.method == MethodKind::Srepr || self.predict == Predict::Ensemble,
+            "rho" => self.method == MethodKind::Disalign,
+            s if s.starts_with("srepr.") => self.method == MethodKind::Srepr,
+            _ => true,
+        }
+    }
+
     /// The defaults with another method.
     pub fn new(method: MethodKind) -> Self {
         Self { method, ..Self::default() }
@@ -310,6 +323,21 @@ impl RetrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SRepr's settings are SRepr's (its members also ensemble predictions'), `rho` DisAlign's.
+    #[test]
+    fn each_method_reads_its_own_settings() {
+        let srepr = RetrainConfig::new(MethodKind::Srepr);
+        let la = RetrainConfig::new(MethodKind::La);
+        let ensemble = RetrainConfig { predict: Predict::Ensemble, ..la.clone() };
+        for s in ["srepr.lambda", "srepr.temperature", "srepr.members", "srepr.kl", "epochs", "tau"] {
+            assert!(srepr.reads(s), "{s}");
+        }
+        assert!(!srepr.reads("rho") && RetrainConfig::new(MethodKind::Disalign).reads("rho"));
+        assert!(!la.reads("srepr.lambda") && !la.reads("srepr.members") && !la.reads("rho"));
+        assert!(ensemble.reads("srepr.members") && !ensemble.reads("srepr.temperature"));
+        assert!(la.reads("epochs") && la.reads("select.tau_grid") && la.reads("predict"));
+    }
 
     #[test]
     fn validation_names_the_field() {

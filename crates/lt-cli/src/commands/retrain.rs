@@ -78,6 +78,16 @@ fn config(a: &RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig, Optio
     };
     let cfg = crate::overlay::overlay(&base, &a.cfg, matches)?;
     cfg.validate()?;
+    // A preset's `[retrain]` table sets SRepr's knobs for every row; a flag is asked for.
+    for (flag, setting) in crate::overlay::given_settings(&cfg, matches)? {
+        if !cfg.reads(&setting) {
+            bail!(
+                "{flag} sets retrain.{setting}, which method {} does not read (drop it, or choose a method that \
+                 reads it)",
+                cfg.method
+            );
+        }
+    }
     Ok((cfg, row))
 }
 
