@@ -303,6 +303,23 @@ fn run_lt(lt: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Checks the preset as the command line completes it (`--data-root`, `--download`, `--seeds`,
+/// `--init`) before the run writes it: a `--data-root` for the synthetic set, say, is refused
+/// here rather than by the first stage, with the run root already holding it.
+fn check_resolved(lt: &Path, source: &Path, resolved: &str) -> Result<()> {
+    let tmp = std::env::temp_dir().join(format!("lt-check-{}.toml", std::process::id()));
+    std::fs::write(&tmp, resolved).with_context(|| format!("writing {}", tmp.display()))?;
+    let checked =
+        crate::lt_output(lt, &["preset".as_ref(), "--preset-file".as_ref(), tmp.as_os_str()], false);
+    let _ = std::fs::remove_file(&tmp);
+    checked.map(drop).with_context(|| {
+        format!(
+            "the preset {} with this command's --data-root, --download, --seeds and --init",
+            source.display()
+        )
+    })
+}
+
 /// Runs a reproduction (see the module docs).
 pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     let started = Instant::now();
@@ -317,6 +334,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     // line the user wrote (not the resolved copy), before anything is locked, fetched or written.
     let source = preset_source(root, opts);
     crate::lt_output(&lt, &["preset".as_ref(), "--preset-file".as_ref(), source.as_os_str()], false)?;
+    check_resolved(&lt, &source, &resolved)?;
     data::check_same_data(&preset_path, &preset)?;
     let rows = stage2_rows(&lt)?;
     let report = run_root.join("report");

@@ -149,7 +149,14 @@ mod tests {
         let p = parse(&text(""), "mine.toml").unwrap();
         assert_eq!((p.seeds, p.data.name().unwrap()), (0, lt_data::DatasetName::Synthetic));
         for (data, want) in [
-            ("[data]\ntest_fraction = 0.0\n", "preset mine.toml: [data]: data.test_fraction"),
+            (
+                "[data]\ndataset = \"folder\"\ntest_fraction = 0.0\n",
+                "preset mine.toml: [data]: data.test_fraction must be a finite number in (0, 1), got 0",
+            ),
+            (
+                "[data]\ndata_seed = 1\nimage_size = 64\n",
+                "preset mine.toml: [data]: data.image_size must be left unset",
+            ),
             ("[data]\ndataset = \"cifar7\"\n", "preset mine.toml: [data] dataset"),
         ] {
             let err = format!("{:#}", parse(&text(data), "mine.toml").unwrap_err());

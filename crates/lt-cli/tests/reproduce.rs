@@ -92,14 +92,22 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
     let line = text.lines().position(|l| l == "[extract]").unwrap() + 2;
     assert!(err.contains(&typo.display().to_string()) && err.contains("sampels"), "{err}");
     assert!(err.contains(&format!("line {line}")), "line {line}: {err}");
+    // A data root for the synthetic set, which reads none, is refused before it is recorded.
     let elsewhere =
         xtask::reproduce::Options { data_root: Some("elsewhere".into()), ..options(runs.path(), None) };
     let err = format!("{:#}", xtask::reproduce::run(&root, &elsewhere).unwrap_err());
-    let absolute = std::env::current_dir().unwrap().join("elsewhere");
     assert!(
-        err.contains("holds a reproduction on") && err.contains(&absolute.display().to_string()),
+        err.contains("with this command's --data-root")
+            && err.contains("data.data_root must be left unset for synthetic"),
         "{err}"
     );
+    let data_section = "[data]\ndataset = \"synthetic\"\nimbalance = 10.0\nsynthetic_classes = 4\nsynthetic_n_max = 40\nsynthetic_size = 16\n";
+    assert!(text.contains(data_section), "the tiny preset's [data] moved");
+    let other_data = runs.path().join("other-data.toml");
+    std::fs::write(&other_data, text.replace(data_section, "[data]\ndataset = \"fmnist-lt\"\n")).unwrap();
+    let err =
+        format!("{:#}", xtask::reproduce::run(&root, &options(runs.path(), Some(other_data))).unwrap_err());
+    assert!(err.contains("holds a reproduction on synthetic") && err.contains("fmnist-lt"), "{err}");
     assert_eq!(std::fs::read_to_string(runs.path().join("tiny/preset.toml")).unwrap(), recorded);
 
     // One stage-2 knob changed: stage 1 and extraction are reused, stage 2 re-runs.

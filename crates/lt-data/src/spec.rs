@@ -107,6 +107,27 @@ impl DataSpec {
         Ok(v)
     }
 
+    /// The spec without the settings the data set does not read (those [`DataSpec::validate`]
+    /// and [`DataSpec::load`] refuse), and their names: for a record written before they were
+    /// refused (a run's `data_spec.json`), which described the same data with them.
+    pub fn dropping_unread(&self) -> Result<(DataSpec, Vec<&'static str>)> {
+        let name = self.name()?;
+        let mut v = self.as_json()?;
+        let mut dropped: Vec<&'static str> =
+            name.unread_settings().iter().copied().filter(|f| !v[*f].is_null()).collect();
+        if let (Some(_), Some(root)) = (self.test_fraction, &self.data_root) {
+            if crate::folder::holds_test_set(root) {
+                dropped.push("test_fraction");
+            }
+        }
+        for f in &dropped {
+            v[*f] = serde_json::Value::Null;
+        }
+        let spec = serde_json::from_value(v)
+            .map_err(|e| crate::DataError::Invalid(format!("the data settings from JSON: {e}")))?;
+        Ok((spec, dropped))
+    }
+
     /// The spec as JSON, each field under its `[data]` name (only a data root that is not UTF-8
     /// fails).
     fn as_json(&self) -> Result<serde_json::Value> {
@@ -278,5 +299,46 @@ mod tests {
         assert!(DataSpec { dataset: Some("cifar10-lt".into()), ..Default::default() }.settings().unwrap()
             ["data_seed"]
             .is_null());
+    }
+
+    /// Every name in the table is a setting (a misspelled one would turn its check off).
+    #[test]
+    fn the_unread_settings_are_fields_of_the_spec() {
+        let fields = serde_json::to_value(DataSpec::default()).unwrap();
+        for name in DatasetName::ALL {
+            for f in name.unread_settings() {
+                assert!(fields.get(*f).is_some(), "{name}: {f} is not a [data] setting");
+            }
+        }
+    }
+
+    /// A record's unread settings go (named); a test fraction too, for a folder with its own test
+    /// set.
+    #[test]
+    fn dropping_unread_leaves_what_the_data_set_reads() {
+        let cifar: DataSpec =
+            toml::from_str("dataset = \"cifar10-lt\"\nimbalance = 50.0\ndata_seed = 3\nimage_size = 8")
+                .unwrap();
+        let (kept, dropped) = cifar.dropping_unread().unwrap();
+        assert_eq!(dropped, ["data_seed", "image_size"]);
+        assert_eq!(kept, DataSpec { data_seed: None, image_size: None, ..cifar });
+        let tmp = tempfile::tempdir().unwrap();
+        for d in ["train", "test"] {
+            std::fs::create_dir(tmp.path().join(d)).unwrap();
+        }
+        let folder = DataSpec {
+            dataset: Some("folder".into()),
+            data_root: Some(tmp.path().to_path_buf()),
+            test_fraction: Some(0.3),
+            data_seed: Some(2),
+            ..Default::default()
+        };
+        let (kept, dropped) = folder.dropping_unread().unwrap();
+        assert_eq!(
+            (dropped, kept),
+            (vec!["test_fraction"], DataSpec { test_fraction: None, ..folder.clone() })
+        );
+        std::fs::remove_dir(tmp.path().join("test")).unwrap();
+        assert!(folder.dropping_unread().unwrap().1.is_empty());
     }
 }

@@ -78,7 +78,8 @@ impl RunDir {
         lt_core::atomic::write_bytes_atomic(&path, text.as_bytes()).map_err(io_err(&path))
     }
 
-    /// The run's data, as recorded by [`RunDir::write_data_spec`].
+    /// The run's data, as recorded by [`RunDir::write_data_spec`] (settings the data set does not
+    /// read, which older runs may record, left out with a warning).
     pub fn read_data_spec(&self) -> Result<DataSpec> {
         let path = self.data_spec();
         if !path.exists() {
@@ -89,8 +90,18 @@ impl RunDir {
             )));
         }
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        serde_json::from_str(&text)
-            .map_err(|e| TrainError::Mismatch(format!("{}: not a data description: {e}", path.display())))
+        let spec: DataSpec = serde_json::from_str(&text)
+            .map_err(|e| TrainError::Mismatch(format!("{}: not a data description: {e}", path.display())))?;
+        // A record from before such settings were refused: they changed nothing then either.
+        let (spec, dropped) = spec.dropping_unread()?;
+        if !dropped.is_empty() {
+            tracing::warn!(
+                "{}: leaving out {}, which the data set does not read",
+                path.display(),
+                dropped.join(", ")
+            );
+        }
+        Ok(spec)
     }
 }
 
@@ -102,11 +113,27 @@ mod tests {
     fn a_relative_data_root_is_recorded_absolute() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = RunDir::new(tmp.path());
-        let spec = DataSpec { data_root: Some("data/mine".into()), ..Default::default() };
+        let folder = DataSpec { dataset: Some("folder".into()), ..Default::default() };
+        let spec = DataSpec { data_root: Some("data/mine".into()), ..folder.clone() };
         dir.write_data_spec(&spec).unwrap();
         let read = dir.read_data_spec().unwrap();
         let want = std::env::current_dir().unwrap().join("data/mine");
         assert_eq!(read.data_root.as_deref(), Some(want.as_path()));
-        assert_eq!(DataSpec { data_root: None, ..read }, DataSpec::default(), "only the root changes");
+        assert_eq!(DataSpec { data_root: None, ..read }, folder, "only the root changes");
+    }
+
+    /// A record made before unread settings were refused (`lt train --preset tiny --dataset
+    /// fmnist-lt` kept the preset's generator settings) reads without them.
+    #[test]
+    fn a_recorded_setting_the_data_set_does_not_read_is_left_out() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = RunDir::new(tmp.path());
+        let text = r#"{"dataset": "fmnist-lt", "imbalance": 10.0, "synthetic_classes": 4, "data_seed": 0}"#;
+        std::fs::write(dir.data_spec(), text).unwrap();
+        let read = dir.read_data_spec().unwrap();
+        let want =
+            DataSpec { dataset: Some("fmnist-lt".into()), imbalance: Some(10.0), ..Default::default() };
+        assert_eq!(read, want);
+        read.validate().unwrap();
     }
 }

@@ -71,7 +71,8 @@ impl LoaderBench {
             },
             None => DataSpec::default(),
         };
-        Ok(base.overlaid(&flags))
+        let flags = crate::commands::data::DataFlags { spec: flags, mirror: None };
+        Ok(flags.resolve(Some(&base)))
     }
 }
 
