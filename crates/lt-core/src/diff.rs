@@ -21,6 +21,19 @@ pub fn differences(path: &str, recorded: &Value, now: &Value) -> Vec<String> {
     out
 }
 
+/// Differences a [`summary`] shows, at most (the rest are counted).
+pub const SHOWN: usize = 6;
+
+/// `changes` joined for a message, the first [`SHOWN`] of them and the rest counted (`a; b; c; d;
+/// e; f; and 3 more`).
+pub fn summary(changes: &[String]) -> String {
+    let shown = changes[..changes.len().min(SHOWN)].join("; ");
+    match changes.len().saturating_sub(SHOWN) {
+        0 => shown,
+        more => format!("{shown}; and {more} more"),
+    }
+}
+
 fn walk(path: &str, recorded: &Value, now: &Value, out: &mut Vec<String>) {
     match (recorded, now) {
         (Value::Object(r), Value::Object(n)) => {
@@ -66,6 +79,12 @@ mod tests {
         assert_eq!(
             differences("x", &serde_json::json!(1), &serde_json::json!([1])),
             ["x: 1 recorded, [1] now"]
+        );
+        let nine: Vec<String> = (1..=9).map(|i| i.to_string()).collect();
+        assert_eq!(summary(&nine), "1; 2; 3; 4; 5; 6; and 3 more");
+        assert_eq!(
+            (summary(&nine[..6]), summary(&nine[..1]), summary(&[])),
+            ("1; 2; 3; 4; 5; 6".into(), "1".into(), "".into())
         );
     }
 }

@@ -25,6 +25,11 @@ pub fn file_digest<D: Digest>(path: &Path) -> std::io::Result<String> {
     Ok(hex::encode(h.finalize()))
 }
 
+/// The first 12 characters of a fingerprint, as messages show it (the whole when shorter).
+pub fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..12).unwrap_or(fingerprint)
+}
+
 /// An incremental SHA-256 over labelled parts; the hex digest is the fingerprint.
 #[derive(Clone, Default)]
 pub struct Fingerprint {

@@ -98,13 +98,18 @@ pub fn check_dir(dir: &Path, features: &Features, cfg: &RetrainConfig) -> Result
     if held.fingerprint == fingerprint(features_fp, cfg) {
         return Ok(());
     }
-    let now = serde_json::to_value(cfg).map_err(|e| RetrainError::Invalid(e.to_string()))?;
-    let mut differ = lt_core::diff::differences("retrain", &held.config, &now);
+    let settings = |c: &RetrainConfig| c.settings().map_err(|e| RetrainError::Invalid(e.to_string()));
+    // Settings with their defaults, so that one left out of a record shows its value.
+    let recorded = match serde_json::from_value::<RetrainConfig>(held.config.clone()) {
+        Ok(c) => settings(&c)?,
+        Err(_) => held.config.clone(),
+    };
+    let mut differ = lt_core::diff::differences("retrain", &recorded, &settings(cfg)?);
     if held.features_fingerprint != *features_fp {
         differ.push(format!(
             "the features: {}… recorded, {}… now",
-            &held.features_fingerprint[..12.min(held.features_fingerprint.len())],
-            &features_fp[..12.min(features_fp.len())]
+            lt_core::fingerprint::short(&held.features_fingerprint),
+            lt_core::fingerprint::short(features_fp)
         ));
     }
     Err(RetrainError::Invalid(format!(
@@ -112,6 +117,6 @@ pub fn check_dir(dir: &Path, features: &Features, cfg: &RetrainConfig) -> Result
          and {PREDICTIONS_FILE} to replace them",
         dir.display(),
         held.row,
-        if differ.is_empty() { "another fingerprint".to_string() } else { differ.join("; ") }
+        if differ.is_empty() { "another fingerprint".to_string() } else { lt_core::diff::summary(&differ) }
     )))
 }

@@ -491,3 +491,32 @@ fn an_epoch_is_floor_n_over_batch_steps_on_a_cosine_to_zero() {
     let got = p.as_tensor().to_vec0::<f32>().unwrap() as f64;
     assert!((got + lr_sum).abs() < 1e-4, "{got} vs {}", -lr_sum);
 }
+
+/// An output directory takes the same run again, and refuses another run's outputs, naming each
+/// setting that differs (a default the record leaves out with its value) and other features.
+#[test]
+fn an_output_directory_refuses_another_runs_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let features = setup(tmp.path(), true);
+    let run = RetrainConfig { tau: Some(1.0), ..RetrainConfig::new(MethodKind::LaPosthoc) };
+    let out = tmp.path().join("out");
+    lt_retrain::outputs::check_dir(&out, &features, &run).unwrap();
+    let outcome = retrain(&features, &run, &Device::Cpu).unwrap();
+    lt_retrain::outputs::write(&outcome, &features, None, &out).unwrap();
+    lt_retrain::outputs::check_dir(&out, &features, &run).unwrap();
+    let other = RetrainConfig { tau: Some(2.0), min_steps: 300, ..run.clone() };
+    let err = lt_retrain::outputs::check_dir(&out, &features, &other).unwrap_err().to_string();
+    assert!(
+        err.contains("holds the outputs of another stage-2 run (row ")
+            && err.contains("retrain.min_steps: 0 recorded, 300 now; retrain.tau: 1.0 recorded, 2.0 now)"),
+        "{err}"
+    );
+    let path = tmp.path().join("other-features.safetensors");
+    let c = common::COUNTS.len();
+    common::write(&path, (&vec![0.0; c * common::DIM], &vec![0.0; c]), 2, true);
+    let err = lt_retrain::outputs::check_dir(&out, &Features::open(&path).unwrap(), &run).unwrap_err();
+    assert!(
+        err.to_string().contains("(row swa-la-posthoc; the features: gaussian-1… recorded, gaussian-2… now)"),
+        "{err}"
+    );
+}

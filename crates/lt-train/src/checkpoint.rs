@@ -70,8 +70,8 @@ fn same_run(a: &Artifact, fingerprint: &str) -> Result<()> {
             "{} was written by a run with another configuration or data (fingerprint {}…, this run {}…); \
              use a fresh run directory or the original settings",
             a.path().display(),
-            &found[..12.min(found.len())],
-            &fingerprint[..12.min(fingerprint.len())]
+            lt_core::fingerprint::short(found),
+            lt_core::fingerprint::short(fingerprint)
         )));
     }
     Ok(())

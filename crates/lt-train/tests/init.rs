@@ -102,7 +102,10 @@ fn a_pretrained_start_loads_the_backbone_reinitialises_another_head_and_honours_
     let opts = RunOptions { resume: true, ..Default::default() };
     let err = train(&cfg, &data, &run, &opts).unwrap_err().to_string();
     assert!(
-        err.ends_with("so the initial weights (`init`) differ: the same name now gives other weights"),
+        err.ends_with(&format!(
+            "so the initial weights differ: `{}` now gives other weights",
+            file.display()
+        )),
         "{err}"
     );
 }

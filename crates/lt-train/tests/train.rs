@@ -93,6 +93,11 @@ fn swa_run_produces_every_artifact_and_is_deterministic() {
             )),
         "{err}"
     );
+    // A setting the record leaves out at its default shows that default.
+    let frozen = TrainConfig { freeze_bn: true, ..cfg.clone() };
+    let err =
+        train(&frozen, &data, a.path(), &RunOptions { resume: true, ..Default::default() }).unwrap_err();
+    assert!(err.to_string().ends_with("(train.freeze_bn: false recorded, true now)"), "{err}");
     // Other data: the message says so, and that the settings are the same.
     let fewer = tiny_data_at(4.0);
     let err = train(&cfg, &fewer, a.path(), &RunOptions { resume: true, ..Default::default() }).unwrap_err();

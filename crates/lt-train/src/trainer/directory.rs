@@ -45,42 +45,42 @@ pub(super) fn check_directory(
     })
 }
 
-/// Settings listed in a refusal, at most (the rest are counted).
-const LISTED: usize = 6;
-
 /// What differs between the run recorded in `dir` and this one: the settings (each with the
-/// recorded value and this run's), the data (their split fingerprints), or else the initial
-/// weights the run starts from.
+/// recorded value and this run's, defaults filled in), the data (their split fingerprints), or
+/// else the initial weights the run starts from.
 fn what_differs(dir: &RunDir, cfg: &TrainConfig, data: &DataBundle) -> Result<String> {
     let path = dir.config();
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let recorded: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        TrainError::Mismatch(format!("{}: not a training configuration: {e}", path.display()))
-    })?;
-    let now = serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-    let mut changed = lt_core::diff::differences("train", &recorded, &now);
+    let settings = |c: &TrainConfig| c.settings().map_err(|e| TrainError::Config(e.to_string()));
+    // Settings with their defaults, so that one left out of a record shows its value.
+    let recorded = match serde_json::from_str::<TrainConfig>(&text) {
+        Ok(c) => settings(&c)?,
+        Err(_) => serde_json::from_str(&text).map_err(|e| {
+            TrainError::Mismatch(format!("{}: not a training configuration: {e}", path.display()))
+        })?,
+    };
+    let mut changed = lt_core::diff::differences("train", &recorded, &settings(cfg)?);
     // The loader's worker count does not change the batches (nor the fingerprint).
     changed.retain(|c| !c.starts_with("train.workers:"));
     let (_, split) = lt_core::split::SplitInfo::recorded(&dir.split())?;
-    let data_differ = split != data.fingerprint();
     let mut parts = Vec::new();
     if !changed.is_empty() {
-        let more = changed.len().saturating_sub(LISTED);
-        changed.truncate(LISTED);
-        let more = if more > 0 { format!("; and {more} more") } else { String::new() };
-        parts.push(format!("the settings differ ({}{more})", changed.join("; ")));
+        parts.push(format!("the settings differ ({})", lt_core::diff::summary(&changed)));
     }
-    if data_differ {
+    if split != data.fingerprint() {
         parts.push(format!(
             "the data differ (split fingerprint {}… recorded, {}… now: other images, or other data settings)",
-            &split[..12.min(split.len())],
-            &data.fingerprint()[..12]
+            lt_core::fingerprint::short(&split),
+            lt_core::fingerprint::short(&data.fingerprint())
         ));
     }
-    Ok(match parts.is_empty() {
-        true => "the settings and the data are the same, so the initial weights (`init`) differ: the \
-                 same name now gives other weights"
+    Ok(match (parts.is_empty(), &cfg.init) {
+        (false, _) => parts.join(", and "),
+        (true, Some(init)) => format!(
+            "the settings and the data are the same, so the initial weights differ: `{init}` now gives other weights"
+        ),
+        (true, None) => "the settings and the data are the same: the checkpoint was written by another version \
+                         of lt, whose fingerprints were made otherwise"
             .into(),
-        false => parts.join(", and "),
     })
 }
