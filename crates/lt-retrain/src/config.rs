@@ -206,14 +206,25 @@ impl RetrainConfig {
     }
 
     /// Whether this run reads `setting`, a field named as in a preset's `[retrain]` table
-    /// (`srepr.lambda`, `rho`): SRepr's settings only SRepr (and `srepr.members` ensemble
-    /// predictions too), `rho` only DisAlign, every other setting every method. `lt retrain`
+    /// (`srepr.lambda`, `rho`, `select.tau_grid`): SRepr's settings only SRepr (`srepr.members`
+    /// ensemble predictions too), `rho` only DisAlign, `tau` and the selection's grids and
+    /// criterion the methods that choose them, the optimiser's settings the methods that train
+    /// (not `none`, `tau-norm`, `la-posthoc`); any other setting every method. `lt retrain`
     /// refuses a flag given for a setting its method does not read.
     pub fn reads(&self, setting: &str) -> bool {
+        use MethodKind as M;
+        let m = self.method;
         match setting {
-            "srepr.members" => self.method == MethodKind::Srepr || self.predict == Predict::Ensemble,
-            "rho" => self.method == MethodKind::Disalign,
-            s if s.starts_with("srepr.") => self.method == MethodKind::Srepr,
+            "srepr.members" => m == M::Srepr || self.predict == Predict::Ensemble,
+            s if s.starts_with("srepr.") => m == M::Srepr,
+            "rho" => m == M::Disalign,
+            "tau" | "select.criterion" => matches!(m, M::La | M::LaPosthoc | M::TauNorm | M::Srepr),
+            "select.tau_grid" => matches!(m, M::La | M::LaPosthoc | M::Srepr),
+            "select.tau_norm_grid" => m == M::TauNorm,
+            "select.lambda_grid" | "select.convex_grid" | "select.temperature_grid" => m == M::Srepr,
+            "epochs" | "min_steps" | "batch_size" | "lr" | "momentum" | "weight_decay" => {
+                !matches!(m, M::None | M::TauNorm | M::LaPosthoc)
+            }
             _ => true,
         }
     }
@@ -337,6 +348,40 @@ mod tests {
         assert!(!la.reads("srepr.lambda") && !la.reads("srepr.members") && !la.reads("rho"));
         assert!(ensemble.reads("srepr.members") && !ensemble.reads("srepr.temperature"));
         assert!(la.reads("epochs") && la.reads("select.tau_grid") && la.reads("predict"));
+        let crt = RetrainConfig::new(MethodKind::Crt);
+        assert!(!crt.reads("tau") && !crt.reads("select.tau_grid") && !crt.reads("select.criterion"));
+        assert!(crt.reads("epochs") && crt.reads("lr") && crt.reads("seed") && crt.reads("backbone"));
+        let tau_norm = RetrainConfig::new(MethodKind::TauNorm);
+        assert!(
+            tau_norm.reads("tau")
+                && tau_norm.reads("select.tau_norm_grid")
+                && !tau_norm.reads("select.tau_grid")
+        );
+        assert!(!tau_norm.reads("epochs") && !tau_norm.reads("min_steps") && !tau_norm.reads("lr"));
+        for grid in ["select.lambda_grid", "select.convex_grid", "select.temperature_grid"] {
+            assert!(srepr.reads(grid) && !la.reads(grid), "{grid}");
+        }
+        // Every name the table knows is a setting (a misspelled one would never match).
+        let fields = srepr.settings().unwrap();
+        for name in [
+            "srepr.members",
+            "rho",
+            "tau",
+            "select.criterion",
+            "select.tau_grid",
+            "select.tau_norm_grid",
+            "select.lambda_grid",
+            "select.convex_grid",
+            "select.temperature_grid",
+            "epochs",
+            "min_steps",
+            "batch_size",
+            "lr",
+            "momentum",
+            "weight_decay",
+        ] {
+            assert!(fields.pointer(&format!("/{}", name.replace('.', "/"))).is_some(), "{name}");
+        }
     }
 
     #[test]
