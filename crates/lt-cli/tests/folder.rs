@@ -314,7 +314,21 @@ fn the_folder_preset_runs_end_to_end_from_a_hub_checkpoint() {
         lt(&f, &[&base[..], more].concat())
     };
     let (ok, _, err) = extract(&[]);
-    assert!(!ok && err.contains("an empty folder"), "{err}");
+    assert!(
+        !ok && err.contains("an empty folder") && err.contains("if they have moved, give --data-root NEW"),
+        "{err}"
+    );
+    // Pointed at other data (here one training image fewer), it refuses and says where to look.
+    let class = std::fs::read_dir(away.join("train")).unwrap().next().unwrap().unwrap().path();
+    let image = std::fs::read_dir(&class).unwrap().next().unwrap().unwrap().path();
+    let aside = f.root.join("aside.png");
+    std::fs::rename(&image, &aside).unwrap();
+    let (ok, _, err) = extract(&["--data-root", away.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("split fingerprints differ") && err.contains("point --data-root at them"),
+        "{err}"
+    );
+    std::fs::rename(&aside, &image).unwrap();
     let (ok, _, err) = extract(&["--data-root", away.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(std::fs::read(stage1.join(lt_core::layout::FEATURES_FILE)).unwrap() == features);

@@ -121,10 +121,12 @@ fn check_run(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig) -> Result<(St
     let (_, split_fp) = lt_core::split::SplitInfo::recorded(&dir.split())?;
     if split_fp != data.fingerprint() {
         return Err(TrainError::Mismatch(format!(
-            "the data loaded now are not those {} was trained on (split fingerprints differ): an image \
-             folder's files were added, removed or changed since, the data options differ from stage 1's, or \
-             the rule that splits the data changed (an image folder's validation counts are per class since \
-             2026-12-07); stage 1 must be trained again on the data as they are (remove {} and rerun)",
+            "the data loaded from {} are not those {} was trained on (split fingerprints differ): the data \
+             root holds other data (if the data have moved, point --data-root at them), an image folder's \
+             files were added, removed or changed since, the data options differ from stage 1's, or the rule \
+             that splits the data changed (an image folder's validation counts are per class since \
+             2026-12-07); to use the data as they are, train stage 1 again (remove {} and rerun)",
+            data.source,
             dir.root().display(),
             dir.root().display()
         )));

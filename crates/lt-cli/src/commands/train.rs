@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
 use lt_train::extract::{extract, ExtractConfig};
@@ -153,10 +153,19 @@ pub fn run_extract(a: ExtractArgs, matches: &ArgMatches) -> Result<()> {
     let cfg = crate::overlay::overlay(&base, &a.cfg, matches)?;
     let dir = RunDir::new(&a.run);
     let mut spec = dir.read_data_spec()?;
+    let moved = a.data_root.is_some();
     if let Some(root) = a.data_root {
         spec.data_root = Some(root);
     }
-    let data = load(&spec, None)?;
+    let data = load(&spec, None).with_context(|| match (moved, &spec.data_root) {
+        (false, Some(root)) => format!(
+            "reading the data {} was trained on from {}, where `lt train` found them (if they have moved, \
+             give --data-root NEW)",
+            a.run.display(),
+            root.display()
+        ),
+        _ => format!("reading the data {} was trained on", a.run.display()),
+    })?;
     let device = a.device.open()?;
     let path = extract(&dir, &data, &cfg, &device)?;
     println!("features of {} backbones written to {}", 2 + cfg.samples, path.display());
