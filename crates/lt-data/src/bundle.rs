@@ -92,9 +92,11 @@ pub struct DataBundle {
     pub imbalance: Option<f64>,
     /// Where the data came from, in words.
     pub source: String,
-    /// A fingerprint of the files a user's own data were read from (for an image folder, each
-    /// image's path under the folder and its size), part of [`DataBundle::fingerprint`], so that
-    /// a folder whose images changed is not taken for the one a run was trained on; `None` for the
+    /// What the images are made from beyond the split, part of [`DataBundle::fingerprint`]: for
+    /// an image folder a fingerprint of its files (each image's path under the folder and its
+    /// size), so that a folder whose images changed is not taken for the one a run was trained
+    /// on; for the synthetic set its generator's settings and seed where they are not the
+    /// defaults (the default set keeps the fingerprint it had before they counted); `None` for the
     /// published data sets, whose files are fixed (and checked against their checksums where
     /// downloaded).
     pub files: Option<String>,
@@ -264,8 +266,21 @@ fn synthetic_bundle(opts: &DataOptions, rho: f64) -> Result<DataBundle> {
         original_train_len: s.train_pool.len(),
         imbalance: Some(rho),
         source: format!("embedded generator (seed {})", opts.seed),
-        files: None,
+        files: generator_identity(&cfg, opts.seed)?,
     })
+}
+
+/// [`DataBundle::files`] of the synthetic set: its generator's settings and seed as JSON, `None`
+/// at the defaults.
+fn generator_identity(cfg: &SyntheticConfig, seed: u64) -> Result<Option<String>> {
+    if *cfg == SyntheticConfig::default() && seed == 0 {
+        return Ok(None);
+    }
+    let v = serde_json::json!({"generator": cfg, "seed": seed});
+    Ok(Some(
+        serde_json::to_string(&v)
+            .map_err(|e| DataError::Invalid(format!("the generator's settings: {e}")))?,
+    ))
 }
 
 /// Images per class of the MNIST and Fashion-MNIST training sets (the head class keeps all).

@@ -77,8 +77,9 @@ enum DataCommand {
         write_split: Option<PathBuf>,
     },
     /// Print, as JSON, the data set and the fingerprint of the data a run trains on: the split's
-    /// indices and labels and, for an image folder, its files (each image's path and size). A
-    /// run's artifacts record it; `cargo xtask reproduce` keys stage 1 by it.
+    /// indices and labels and, for an image folder, its files (each image's path and size), for
+    /// the synthetic set its generator's settings. A run's artifacts record it; `cargo xtask
+    /// reproduce` keys stage 1 by it.
     Fingerprint {
         #[command(flatten)]
         source: PresetData,
