@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use lt_data::DataSpec;
 use lt_retrain::RetrainConfig;
@@ -68,6 +68,19 @@ pub fn parse(text: &str, origin: &str) -> Result<Preset> {
     p.train.validate().with_context(|| format!("preset {origin}: [train]"))?;
     p.extract.validate().with_context(|| format!("preset {origin}: [extract]"))?;
     p.retrain.validate().with_context(|| format!("preset {origin}: [retrain]"))?;
+    // The table is shared by every row of the plan: a setting that tells rows apart would make
+    // some rows other runs than their labels say.
+    for r in lt_retrain::rows::ROWS {
+        let differ = r.differences(&r.config(&p.retrain));
+        if !differ.is_empty() {
+            bail!(
+                "preset {origin}: [retrain] is shared by every row of the plan, and sets what tells rows apart: \
+                 row {} would not be itself ({}); leave that setting out (`lt retrain --row` runs each variant)",
+                r.id,
+                lt_core::diff::summary(&differ)
+            );
+        }
+    }
     Ok(p)
 }
 
@@ -158,6 +171,11 @@ mod tests {
                 "preset mine.toml: [data]: data.image_size must be left unset",
             ),
             ("[data]\ndataset = \"cifar7\"\n", "preset mine.toml: [data] dataset"),
+            (
+                "[retrain]\npredict = \"ensemble\"\n",
+                "preset mine.toml: [retrain] is shared by every row of the plan, and sets what tells rows apart: \
+                 row sgd-none would not be itself (retrain.predict: \"single\" for the row, \"ensemble\" here)",
+            ),
         ] {
             let err = format!("{:#}", parse(&text(data), "mine.toml").unwrap_err());
             assert!(err.starts_with(want), "{err}");

@@ -16,8 +16,14 @@ use serde_json::Value;
 /// objects are compared key by key (a key on one side only shows as `none` on the other), any
 /// other value as a whole.
 pub fn differences(path: &str, recorded: &Value, now: &Value) -> Vec<String> {
+    between(path, (recorded, "recorded"), (now, "now"))
+}
+
+/// [`differences`] with the two sides' own words: `path.key: 1 for the row, 2 here` from
+/// `(row, "for the row")` and `(cfg, "here")`.
+pub fn between(path: &str, (a, a_is): (&Value, &str), (b, b_is): (&Value, &str)) -> Vec<String> {
     let mut out = Vec::new();
-    walk(path, recorded, now, &mut out);
+    walk(path, a, b, &mut |p, x, y| out.push(format!("{p}: {x} {a_is}, {y} {b_is}")));
     out
 }
 
@@ -34,20 +40,20 @@ pub fn summary(changes: &[String]) -> String {
     }
 }
 
-fn walk(path: &str, recorded: &Value, now: &Value, out: &mut Vec<String>) {
-    match (recorded, now) {
-        (Value::Object(r), Value::Object(n)) => {
-            let mut keys: Vec<&String> = r.keys().chain(n.keys()).collect();
+fn walk(path: &str, a: &Value, b: &Value, out: &mut impl FnMut(&str, String, String)) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let mut keys: Vec<&String> = x.keys().chain(y.keys()).collect();
             keys.sort();
             keys.dedup();
             for k in keys {
-                let (a, b) = (r.get(k).unwrap_or(&Value::Null), n.get(k).unwrap_or(&Value::Null));
-                walk(&format!("{path}.{k}"), a, b, out);
+                let (u, v) = (x.get(k).unwrap_or(&Value::Null), y.get(k).unwrap_or(&Value::Null));
+                walk(&format!("{path}.{k}"), u, v, out);
             }
         }
-        (a, b) if a != b => {
+        (u, v) if u != v => {
             let show = |v: &Value| if v.is_null() { "none".to_string() } else { v.to_string() };
-            out.push(format!("{path}: {} recorded, {} now", show(a), show(b)));
+            out(path, show(u), show(v));
         }
         _ => {}
     }

@@ -24,10 +24,10 @@ pub fn fingerprint(features_fingerprint: &str, cfg: &RetrainConfig) -> String {
 }
 
 /// The metadata of a run of `outcome` on `features`, filling `row` (or, without one, the plan row
-/// of the same method and backbone, else the configuration's id).
+/// the configuration is a run of, [`Row::matches`], else the configuration's id).
 pub fn run_meta(outcome: &Outcome, features: &Features, row: Option<&Row>) -> RunMeta {
     let cfg = &outcome.config;
-    let row = row.or_else(|| rows::ROWS.iter().find(|r| r.config(cfg) == *cfg));
+    let row = row.or_else(|| rows::ROWS.iter().find(|r| r.matches(cfg)));
     let fp = features.meta().fingerprint.clone();
     RunMeta {
         method: cfg.method.to_string(),

@@ -41,6 +41,41 @@ impl Row {
         (self.apply)(&mut c);
         c
     }
+
+    /// Whether `cfg` is a run of this row: the row's settings hold in it, and it is no other row's
+    /// variant (its method, backbone, predictions, SRepr's (b) ablation `lambda = 0`, teacher,
+    /// student balance, objective, weighting and KD logits are the row's). Shared settings (the
+    /// optimiser's, a fixed knob other than `lambda = 0`) may differ.
+    pub fn matches(&self, cfg: &RetrainConfig) -> bool {
+        self.config(cfg) == *cfg && self.differences(cfg).is_empty()
+    }
+
+    /// The settings that make `cfg` another row than this one (or none), each as `setting: the
+    /// row's value for the row, cfg's here`; empty where [`Row::matches`] (given the row's own
+    /// settings hold).
+    pub fn differences(&self, cfg: &RetrainConfig) -> Vec<String> {
+        let (want, got) = (variant(&self.config(&RetrainConfig::default())), variant(cfg));
+        lt_core::diff::between("retrain", (&want, "for the row"), (&got, "here"))
+    }
+}
+
+/// The settings that tell the rows apart, as JSON named as in a preset's `[retrain]` table
+/// (`lambda` only as whether it is the (b) ablation's 0: a fixed lambda is a knob, not a row).
+fn variant(c: &RetrainConfig) -> serde_json::Value {
+    let s = &c.srepr;
+    serde_json::json!({
+        "method": c.method.to_string(),
+        "backbone": c.backbone.to_string(),
+        "predict": c.predict.to_string(),
+        "srepr": {
+            "lambda": (s.lambda == Some(0.0)).then_some(0.0),
+            "teacher": s.teacher.to_string(),
+            "student_balance": s.student_balance,
+            "objective": s.objective.to_string(),
+            "weighting": s.weighting.to_string(),
+            "kd_logits": s.kd_logits.to_string(),
+        },
+    })
 }
 
 fn nothing(_: &mut RetrainConfig) {}
@@ -118,5 +153,31 @@ mod tests {
         assert_eq!(row("swa-srepr-b").unwrap().config(&RetrainConfig::default()).srepr.lambda, Some(0.0));
         assert!(row("nope").is_none());
         assert!(PER_CLASS_PLOT.iter().all(|id| row(id).is_some()));
+    }
+
+    /// Each row's configuration is that row's and no other's, over any shared settings; a
+    /// variant's setting makes another row.
+    #[test]
+    fn a_configuration_matches_its_own_row_only() {
+        let shared = RetrainConfig { epochs: 7, lr: 0.3, tau: Some(1.5), ..Default::default() };
+        for r in ROWS {
+            let c = r.config(&shared);
+            let matching: Vec<&str> = ROWS.iter().filter(|o| o.matches(&c)).map(|o| o.id).collect();
+            assert_eq!(matching, [r.id], "{}", r.id);
+        }
+        let srepr = row("swa-srepr").unwrap();
+        let fixed = RetrainConfig {
+            srepr: crate::SreprConfig { lambda: Some(1.0), ..Default::default() },
+            ..srepr.config(&shared)
+        };
+        assert!(srepr.matches(&fixed), "a fixed lambda is a knob");
+        let ensemble =
+            RetrainConfig { predict: Predict::Ensemble, ..row("swa-srepr-b").unwrap().config(&shared) };
+        assert!(
+            !row("swa-srepr-b").unwrap().matches(&ensemble)
+                && row("swa-srepr-b-ensemble").unwrap().matches(&ensemble)
+        );
+        let la = RetrainConfig { method: MethodKind::La, ..srepr.config(&shared) };
+        assert_eq!(srepr.differences(&la), ["retrain.method: \"srepr\" for the row, \"la\" here"]);
     }
 }

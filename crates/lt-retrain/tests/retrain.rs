@@ -504,6 +504,13 @@ fn an_output_directory_refuses_another_runs_outputs() {
     let outcome = retrain(&features, &run, &Device::Cpu).unwrap();
     lt_retrain::outputs::write(&outcome, &features, None, &out).unwrap();
     lt_retrain::outputs::check_dir(&out, &features, &run).unwrap();
+    // Without a row given, the run is recorded as the plan row it is a run of, or else by its id:
+    // ensemble predictions are no plan row of post-hoc LA.
+    assert_eq!(lt_retrain::outputs::run_meta(&outcome, &features, None).row, "swa-la-posthoc");
+    let ensemble = RetrainConfig { predict: Predict::Ensemble, ..run.clone() };
+    let outcome = retrain(&features, &ensemble, &Device::Cpu).unwrap();
+    assert_eq!(lt_retrain::outputs::run_meta(&outcome, &features, None).row, ensemble.id());
+    assert_ne!(ensemble.id(), "swa-la-posthoc");
     let other = RetrainConfig { tau: Some(2.0), min_steps: 300, ..run.clone() };
     let err = lt_retrain::outputs::check_dir(&out, &features, &other).unwrap_err().to_string();
     assert!(

@@ -78,6 +78,18 @@ fn config(a: &RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig, Optio
     };
     let cfg = crate::overlay::overlay(&base, &a.cfg, matches)?;
     cfg.validate()?;
+    if let Some(r) = row {
+        let differ = r.differences(&cfg);
+        if !differ.is_empty() {
+            bail!(
+                "--row {}: the flags make another row or none ({}); leave out --row to record the run as {}, or \
+                 drop the flags",
+                r.id,
+                lt_core::diff::summary(&differ),
+                cfg.id()
+            );
+        }
+    }
     // A preset's `[retrain]` table sets SRepr's knobs for every row; a flag is asked for.
     for (flag, setting) in crate::overlay::given_settings(&cfg, matches)? {
         if !cfg.reads(&setting) {
