@@ -68,6 +68,7 @@ fn fixture(root: &Path) {
     run_ok(&format!("train --preset tiny --seed 0 --out {r}/runs/seed-0/stage1"));
     run_ok(&format!("extract --preset tiny --run {r}/runs/seed-0/stage1"));
     run_ok(&format!("train --preset tiny --seed 1 --out {r}/other"));
+    run_ok(&format!("extract --preset tiny --run {r}/other"));
     // Twice: the same run replaces its own outputs (another run's are refused: `retrain-other-run`).
     for _ in 0..2 {
         run_ok(&format!(
@@ -75,6 +76,11 @@ fn fixture(root: &Path) {
              --out {r}/runs/seed-0/stage2/swa-la"
         ));
     }
+    // The same row with other settings, for a report that would average them.
+    run_ok(&format!(
+        "retrain --preset tiny --row swa-la --epochs 3 --features {r}/runs/seed-0/stage1/features.safetensors \
+         --out {r}/epochs-3/swa-la"
+    ));
     std::fs::write(root.join("preset-ok.toml"), "name = \"mine\"\n").unwrap();
 }
 

@@ -103,13 +103,35 @@ struct Collector {
     files: BTreeMap<u64, BTreeMap<String, PathBuf>>,
     dataset: String,
     test_labels: Option<(Vec<u32>, PathBuf)>,
+    /// Each row's configuration (its seed left out) and the file it was first read from.
+    configs: BTreeMap<String, (serde_json::Value, PathBuf)>,
+    /// Each features fingerprint and the seed whose runs were trained on it.
+    features: BTreeMap<String, (u64, PathBuf)>,
+}
+
+/// A configuration as JSON without its seed: what the seeds of one row share.
+fn without_seed(config: &serde_json::Value) -> serde_json::Value {
+    let mut c = config.clone();
+    if let Some(o) = c.as_object_mut() {
+        o.remove("seed");
+    }
+    c
 }
 
 impl Collector {
-    /// Evaluates the predictions in `file` (row directory `dir`) as seed `seed`; `split` is the
-    /// seed's split artifact (its path and contents), when it has one, which gives the shot groups.
-    fn add(&mut self, seed: u64, dir: &Path, file: &Path, split: Option<(&Path, &SplitInfo)>) -> Result<()> {
+    /// Evaluates the predictions in `file` (row directory `dir`) as seed `seed`; `stage1` holds the
+    /// seed's split artifact (its path and contents), when it has one, which gives the shot
+    /// groups, and the path of its features artifact.
+    fn add(
+        &mut self,
+        seed: u64,
+        dir: &Path,
+        file: &Path,
+        stage1: (Option<(&Path, &SplitInfo)>, &Path),
+    ) -> Result<()> {
+        let (split, features) = stage1;
         let p = Predictions::read(file)?;
+        check_current_features(file, &p.meta.features_fingerprint, features)?;
         match &self.test_labels {
             Some((labels, first)) if *labels != p.labels => {
                 return Err(MetricsError::Invalid(format!(
@@ -135,6 +157,7 @@ impl Collector {
             )));
         }
         seed_files.insert(id.clone(), file.to_path_buf());
+        self.check_runs_agree(seed, &id, file, &p)?;
         let groups =
             p.groups_of(split).map_err(|e| MetricsError::Invalid(format!("{}: {e}", file.display())))?;
         let ev = evaluate(&p.scores()?, &groups, ECE_BINS, BinEdges::Guo)
@@ -153,9 +176,74 @@ impl Collector {
     }
 }
 
+impl Collector {
+    /// Refuses runs that would make a mean over seeds lie: a row whose seeds ran with other
+    /// settings, or two seeds trained on the same features (a seed's directory copied as another
+    /// seed's), naming both files.
+    fn check_runs_agree(&mut self, seed: u64, id: &str, file: &Path, p: &Predictions) -> Result<()> {
+        let config = without_seed(&p.meta.config);
+        match self.configs.get(id) {
+            Some((first, other)) if *first != config => {
+                let differ = lt_core::diff::between("retrain", (first, "there"), (&config, "here"));
+                return Err(MetricsError::Invalid(format!(
+                    "row `{id}` ran with other settings in {} than in {} ({}): a mean over seeds needs one \
+                     configuration; rerun one of them",
+                    file.display(),
+                    other.display(),
+                    lt_core::diff::summary(&differ)
+                )));
+            }
+            Some(_) => {}
+            None => {
+                self.configs.insert(id.to_string(), (config, file.to_path_buf()));
+            }
+        }
+        let fp = &p.meta.features_fingerprint;
+        if fp.is_empty() {
+            return Ok(());
+        }
+        match self.features.get(fp) {
+            Some((other_seed, other)) if *other_seed != seed => Err(MetricsError::Invalid(format!(
+                "{} (seed {seed}) and {} (seed {other_seed}) were trained on the same features ({}…): one seed's \
+                 runs copied as another's would count twice; remove the copy",
+                file.display(),
+                other.display(),
+                lt_core::fingerprint::short(fp)
+            ))),
+            Some(_) => Ok(()),
+            None => {
+                self.features.insert(fp.clone(), (seed, file.to_path_buf()));
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Refuses predictions trained on other features than the seed's stage-1 directory holds now
+/// (features extracted again since): they would be reported beside plots of the new ones.
+fn check_current_features(file: &Path, trained_on: &str, features: &Path) -> Result<()> {
+    if trained_on.is_empty() || !features.exists() {
+        return Ok(());
+    }
+    let a = lt_core::Artifact::open(features, lt_core::formats::features::FORMAT)?;
+    let now = a.meta(lt_core::artifact::KEY_FINGERPRINT)?;
+    if now != trained_on {
+        return Err(MetricsError::Invalid(format!(
+            "{} was trained on other features ({}…) than {} holds now ({}…), extracted again since: run that row \
+             again on them, or remove it",
+            file.display(),
+            lt_core::fingerprint::short(trained_on),
+            features.display(),
+            lt_core::fingerprint::short(now)
+        )));
+    }
+    Ok(())
+}
+
 /// Evaluates every `seed-*/stage2/*/predictions.safetensors` under `runs`, refusing what would
-/// make the table lie: two directories of one seed filling the same row, or test sets that
-/// differ between prediction files.
+/// make the table lie: two directories of one seed filling the same row, test sets that differ
+/// between prediction files, a row whose seeds ran with other settings, one seed's runs copied
+/// as another's, or predictions trained on features extracted again since.
 pub fn collect(runs: &Path) -> Result<Collected> {
     let seeds = seeds_in(runs)?;
     if seeds.is_empty() {
@@ -173,10 +261,11 @@ pub fn collect(runs: &Path) -> Result<Collected> {
         dirs.sort();
         let split = LAYOUT.stage1_dir(runs, seed).join(LAYOUT.split);
         let info = if split.exists() { Some(SplitInfo::read(&split)?) } else { None };
+        let features = LAYOUT.stage1_dir(runs, seed).join(LAYOUT.features);
         for dir in dirs {
             let file = dir.join(LAYOUT.predictions);
             if file.exists() {
-                c.add(seed, &dir, &file, info.as_ref().map(|i| (split.as_path(), i)))?;
+                c.add(seed, &dir, &file, (info.as_ref().map(|i| (split.as_path(), i)), &features))?;
             }
         }
     }
