@@ -260,7 +260,8 @@ pub fn plan(
             reads_data: true,
         });
         let mut args = common("extract", seed);
-        args.extend(["--run".into(), s1.display().to_string()]);
+        // The stage's key says when the features are outdated (stage 2 is keyed by it too).
+        args.extend(["--run".into(), s1.display().to_string(), "--replace".into()]);
         let exkey = sha(&["extract", &s1key, &extract, &seed.to_string()]);
         stages.push(Stage {
             name: format!("seed {seed}: {samples} SWAG samples, features"),

@@ -88,6 +88,41 @@ pub fn extract_fingerprint(run_fingerprint: &str, cfg: &ExtractConfig) -> String
     Fingerprint::new().part("run", run_fingerprint).json("extract", &c).finish()
 }
 
+/// Refuses to replace the features `dir` holds with those of another extraction (other settings,
+/// or another run's backbones; `fingerprint` is this one's): stage-2 runs trained on them would
+/// be left behind, and an extraction can take hours. The same extraction is written again.
+fn check_replace(dir: &RunDir, cfg: &ExtractConfig, fingerprint: &str) -> Result<()> {
+    let path = dir.features();
+    if !path.exists() {
+        return Ok(());
+    }
+    let held = lt_core::formats::features::Features::open(&path)?;
+    if held.meta().fingerprint == fingerprint {
+        return Ok(());
+    }
+    // The settings that make the fingerprint (the loader's do not).
+    let settings = |mut v: serde_json::Value| {
+        if let Some(o) = v.as_object_mut() {
+            o.remove("workers");
+            o.remove("batch_size");
+        }
+        v
+    };
+    let now = serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+    let differ =
+        lt_core::diff::differences("extract", &settings(held.meta().extract_config.clone()), &settings(now));
+    let why = if differ.is_empty() {
+        "the run's backbones changed since".to_string()
+    } else {
+        lt_core::diff::summary(&differ)
+    };
+    Err(TrainError::Mismatch(format!(
+        "{} holds the features of another extraction ({why}); the stage-2 runs trained on them would be left \
+         behind: give --replace to replace them",
+        path.display()
+    )))
+}
+
 fn splits(data: &DataBundle) -> Vec<(Split, Arc<dyn Dataset>)> {
     let mut v = vec![(Split::Train, data.train.clone()), (Split::Test, data.test.clone())];
     if let Some(val) = &data.val {
@@ -217,14 +252,30 @@ impl Extraction<'_> {
 }
 
 /// Writes `features.safetensors` for the run in `dir` (see the module docs); `data` must be the
-/// data set the run was trained on. Returns the artifact's path.
+/// data set the run was trained on. Returns the artifact's path. Features of another extraction
+/// already there are refused ([`extract_replacing`] replaces them).
 pub fn extract(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig, device: &Device) -> Result<PathBuf> {
+    extract_replacing(dir, data, cfg, device, false)
+}
+
+/// [`extract`], replacing features of another extraction when `replace` (`lt extract
+/// --replace`).
+pub fn extract_replacing(
+    dir: &RunDir,
+    data: &DataBundle,
+    cfg: &ExtractConfig,
+    device: &Device,
+    replace: bool,
+) -> Result<PathBuf> {
     cfg.validate()?;
     // Checked under the lock, held until the end (a run directory the lock had to create is
     // removed again when the check refuses it).
     let _lock = lt_core::lock::RunLock::acquire_and_clean(dir.root())?;
     let (split_fp, run_fp) = check_run(dir, data, cfg)?;
     let fingerprint = extract_fingerprint(&run_fp, cfg);
+    if !replace {
+        check_replace(dir, cfg, &fingerprint)?;
+    }
     let swa = Model::from_artifact(&dir.swa(), device)?;
     let swag = match cfg.samples {
         0 => None,

@@ -194,8 +194,16 @@ fn extraction_writes_every_backbone_sample_deterministically() {
     let p = extract(&dir, &data, &ecfg, &candle_core::Device::Cpu).unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), first);
     assert_eq!(parts(d.path()), 0);
+    // Another extraction's features are replaced only when asked to.
     let half = ExtractConfig { half: true, ..ecfg.clone() };
-    let p = extract(&dir, &data, &half, &candle_core::Device::Cpu).unwrap();
+    let err = extract(&dir, &data, &half, &candle_core::Device::Cpu).unwrap_err().to_string();
+    assert!(
+        err.contains("holds the features of another extraction (extract.half: false recorded, true now)"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&p).unwrap(), first, "the refused extraction left the features as they were");
+    let p =
+        lt_train::extract::extract_replacing(&dir, &data, &half, &candle_core::Device::Cpu, true).unwrap();
     let a = lt_core::Artifact::open(&p, FEATURES_FORMAT).unwrap();
     assert_eq!(a.info("train.features").unwrap().dtype, lt_core::artifact::ElemType::F16);
 

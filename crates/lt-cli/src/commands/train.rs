@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, Args};
-use lt_train::extract::{extract, ExtractConfig};
+use lt_train::extract::{extract_replacing, ExtractConfig};
 use lt_train::{train, RunDir, RunOptions, SwaConfig};
 
 use crate::commands::data::{load, DataFlags};
@@ -141,6 +141,10 @@ pub struct ExtractArgs {
     /// data found there must be the same: their split fingerprint is checked).
     #[arg(long)]
     data_root: Option<PathBuf>,
+    /// Replace the run's features when they come from another extraction (other settings); the
+    /// same extraction is always written again.
+    #[arg(long)]
+    replace: bool,
     #[command(flatten)]
     device: DeviceArg,
 }
@@ -167,7 +171,7 @@ pub fn run_extract(a: ExtractArgs, matches: &ArgMatches) -> Result<()> {
         _ => format!("reading the data {} was trained on", a.run.display()),
     })?;
     let device = a.device.open()?;
-    let path = extract(&dir, &data, &cfg, &device)?;
+    let path = extract_replacing(&dir, &data, &cfg, &device, a.replace)?;
     println!("features of {} backbones written to {}", 2 + cfg.samples, path.display());
     Ok(())
 }
