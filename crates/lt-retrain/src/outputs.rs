@@ -23,11 +23,18 @@ pub fn fingerprint(features_fingerprint: &str, cfg: &RetrainConfig) -> String {
     Fingerprint::new().part("features", features_fingerprint).json("retrain", cfg).finish()
 }
 
+/// The plan row a run of `cfg` records: `row` when given, else the row `cfg` is a run of
+/// ([`Row::matches`](crate::rows::Row::matches)), else none (the run records its configuration's
+/// id).
+pub fn row_of<'a>(cfg: &RetrainConfig, row: Option<&'a Row>) -> Option<&'a Row> {
+    row.or_else(|| rows::ROWS.iter().find(|r| r.matches(cfg)))
+}
+
 /// The metadata of a run of `outcome` on `features`, filling `row` (or, without one, the plan row
 /// the configuration is a run of, [`Row::matches`], else the configuration's id).
 pub fn run_meta(outcome: &Outcome, features: &Features, row: Option<&Row>) -> RunMeta {
     let cfg = &outcome.config;
-    let row = row.or_else(|| rows::ROWS.iter().find(|r| r.matches(cfg)));
+    let row = row_of(cfg, row);
     let fp = features.meta().fingerprint.clone();
     RunMeta {
         method: cfg.method.to_string(),

@@ -3,6 +3,7 @@
 //! split is never read here.
 
 use candle_core::{DType, Tensor, D};
+use lt_core::formats::facts;
 use lt_core::formats::features::Split;
 use lt_core::formats::predictions::predicted_class;
 use serde::Serialize;
@@ -101,13 +102,10 @@ pub(crate) fn choose<K: Serialize + Clone>(
     fallback: K,
     mut run: impl FnMut(&K) -> Result<Fitted>,
 ) -> Result<(Fitted, K)> {
-    let record = |fitted: &mut Fitted, knobs: &K, search: serde_json::Value| -> Result<()> {
+    let record = |fitted: &mut Fitted, knobs: &K, how: &str, search: serde_json::Value| -> Result<()> {
         let knobs = serde_json::to_value(knobs).map_err(|e| RetrainError::Invalid(e.to_string()))?;
-        let chosen = fitted.facts.entry("chosen").or_insert_with(|| serde_json::json!({}));
-        if let (Some(c), Some(k)) = (chosen.as_object_mut(), knobs.as_object()) {
-            c.extend(k.clone());
-        }
-        let sel = fitted.facts.entry("selection").or_insert_with(|| serde_json::json!([]));
+        merge_knobs(&mut fitted.facts, how, &knobs);
+        let sel = fitted.facts.entry(facts::SELECTION).or_insert_with(|| serde_json::json!([]));
         if let Some(list) = sel.as_array_mut() {
             list.push(search);
         }
@@ -115,12 +113,13 @@ pub(crate) fn choose<K: Serialize + Clone>(
     };
     if candidates.len() == 1 {
         let mut f = run(&candidates[0])?;
-        record(&mut f, &candidates[0], serde_json::json!({"fixed": true}))?;
+        record(&mut f, &candidates[0], facts::FIXED, serde_json::json!({"fixed": true}))?;
         return Ok((f, candidates[0].clone()));
     }
     if !p.source.has_split(Split::Val) {
         let mut f = run(&fallback)?;
-        record(&mut f, &fallback, serde_json::json!({"default": "the source has no validation split"}))?;
+        let why = serde_json::json!({"default": "the source has no validation split"});
+        record(&mut f, &fallback, facts::DEFAULTS, why)?;
         return Ok((f, fallback));
     }
     let labels = p.source.labels(Split::Val)?;
@@ -150,13 +149,52 @@ pub(crate) fn choose<K: Serialize + Clone>(
     }
     let (_, mut f, k) = best.expect("at least two candidates");
     let search = serde_json::json!({"split": "val", "criterion": criterion.name(), "trials": trials});
-    record(&mut f, &k, search)?;
+    record(&mut f, &k, facts::CHOSEN, search)?;
     Ok((f, k))
+}
+
+/// Adds `knobs` (a JSON object) to the object under `how` (a [`facts`] key) of `facts`, taking
+/// each knob out of the other two kinds: a knob is chosen, fixed or a default, once.
+pub(crate) fn merge_knobs(
+    facts: &mut serde_json::Map<String, serde_json::Value>,
+    how: &str,
+    knobs: &serde_json::Value,
+) {
+    let Some(knobs) = knobs.as_object() else { return };
+    for other in [facts::CHOSEN, facts::FIXED, facts::DEFAULTS].into_iter().filter(|k| *k != how) {
+        if let Some(o) = facts.get_mut(other).and_then(|v| v.as_object_mut()) {
+            o.retain(|name, _| !knobs.contains_key(name));
+            if o.is_empty() {
+                facts.remove(other);
+            }
+        }
+    }
+    let into = facts.entry(how).or_insert_with(|| serde_json::json!({}));
+    if let Some(o) = into.as_object_mut() {
+        o.extend(knobs.clone());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A knob is recorded once, under the kind that last took it.
+    #[test]
+    fn a_knob_is_chosen_fixed_or_a_default_once() {
+        let mut f = serde_json::Map::new();
+        merge_knobs(&mut f, facts::CHOSEN, &serde_json::json!({"tau": 1.0, "lambda": 0.3}));
+        merge_knobs(&mut f, facts::FIXED, &serde_json::json!({"tau": 1.5}));
+        assert_eq!(
+            serde_json::Value::Object(f.clone()),
+            serde_json::json!({"chosen": {"lambda": 0.3}, "fixed": {"tau": 1.5}})
+        );
+        merge_knobs(&mut f, facts::DEFAULTS, &serde_json::json!({"lambda": 1.0}));
+        assert_eq!(
+            serde_json::Value::Object(f),
+            serde_json::json!({"fixed": {"tau": 1.5}, "defaults": {"lambda": 1.0}})
+        );
+    }
 
     #[test]
     fn criteria_by_hand() {

@@ -133,7 +133,8 @@ fn without_a_validation_split_knobs_take_their_defaults() {
     let dir = tempfile::tempdir().unwrap();
     let fs = setup(dir.path(), false);
     let o = retrain(&fs, &cfg(MethodKind::La), &Device::Cpu).unwrap();
-    assert_eq!(o.facts["chosen"]["tau"].as_f64(), Some(1.0));
+    // Defaults, not knobs chosen on validation data.
+    assert_eq!((o.facts["defaults"]["tau"].as_f64(), o.facts.get("chosen")), (Some(1.0), None));
     assert!(o.facts["selection"][0]["default"].as_str().unwrap().contains("no validation split"));
 }
 
@@ -147,7 +148,7 @@ fn tau_norm_and_post_hoc_la_follow_their_formulas() {
     for tau in [0.0, 0.7, 2.0] {
         let o = retrain(&fs, &RetrainConfig { tau: Some(tau), ..cfg(MethodKind::TauNorm) }, &Device::Cpu)
             .unwrap();
-        assert_eq!(o.facts["chosen"]["tau"].as_f64(), Some(tau));
+        assert_eq!((o.facts["fixed"]["tau"].as_f64(), o.facts.get("chosen")), (Some(tau), None));
         let (w, b) = o.head.linear_part();
         for (k, (row, out)) in w0.chunks_exact(d).zip(host(w).chunks_exact(d)).enumerate() {
             let norm = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
@@ -317,7 +318,15 @@ fn srepr_steps_fit_what_they_say() {
     let mut frozen = RetrainConfig { tau: Some(1.5), ..base.clone() };
     frozen.srepr.teacher = Teacher::Frozen;
     let o = retrain(&fs, &frozen, &Device::Cpu).unwrap();
-    assert_eq!(o.facts["chosen"]["tau"].as_f64(), Some(1.5));
+    // Tau given, lambda and T each a grid of one: nothing was chosen on validation data.
+    assert_eq!(o.facts["fixed"], serde_json::json!({"tau": 1.5, "lambda": 1.0, "temperature": 1.0}));
+    assert!(o.facts.get("chosen").is_none(), "{:?}", o.facts);
+    // The (b) ablation: lambda fixed at 0 by its configuration, tau chosen.
+    assert_eq!(ablation.facts["fixed"], serde_json::json!({"lambda": 0.0}));
+    assert!([0.5, 1.5].contains(&ablation.facts["chosen"]["tau"].as_f64().unwrap()), "{:?}", ablation.facts);
+    // The full run: tau chosen in step 1, lambda and T (grids of one) fixed.
+    assert_eq!(full.facts["chosen"], serde_json::json!({"tau": ablation.facts["chosen"]["tau"]}));
+    assert_eq!(full.facts["fixed"], serde_json::json!({"lambda": 1.0, "temperature": 1.0}));
 
     let head = |balance| {
         let mut c = RetrainConfig { tau: Some(1.0), ..base.clone() };

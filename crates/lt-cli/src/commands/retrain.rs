@@ -131,10 +131,19 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
         tracing::info!("kept {:.0} MiB of features on the device", kept.kept_bytes() as f64 / 1048576.0);
     }
     let (head, preds) = outputs::write(&outcome, &features, row, out)?;
-    let chosen = outcome.facts.get("chosen").map(|c| format!(", chose {c}")).unwrap_or_default();
+    use lt_core::formats::facts;
+    let knobs = [
+        (facts::CHOSEN, "chose"),
+        (facts::FIXED, "fixed"),
+        (facts::DEFAULTS, "defaults (no validation split)"),
+    ];
+    let chosen: String = knobs
+        .iter()
+        .filter_map(|(key, how)| outcome.facts.get(*key).map(|k| format!(", {how} {k}")))
+        .collect();
     println!(
         "{} on {}: balanced test accuracy {:.2}%{chosen} ({:.1} s); wrote {} and {}",
-        row.map(|r| r.id.to_string()).unwrap_or_else(|| cfg.id()),
+        outputs::row_of(&cfg, row).map(|r| r.id.to_string()).unwrap_or_else(|| cfg.id()),
         path.display(),
         100.0
             * (1.0

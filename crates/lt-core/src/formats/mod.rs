@@ -20,6 +20,20 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifact::{Artifact, ArtifactWriter, Result, KEY_DATASET, KEY_FINGERPRINT};
 
+/// The keys of [`RunMeta::facts`] that say where a run's knobs came from; each holds an object
+/// of knob names and values (`{"tau": 1.25}`).
+pub mod facts {
+    /// Knobs chosen on the validation split (the report's "knobs chosen" table).
+    pub const CHOSEN: &str = "chosen";
+    /// Knobs the configuration fixed (a value given, or a row's definition such as the (b)
+    /// ablation's `lambda = 0`).
+    pub const FIXED: &str = "fixed";
+    /// Knobs left at their defaults because the features have no validation split.
+    pub const DEFAULTS: &str = "defaults";
+    /// The validation search: one record per choice (its split, criterion and trials).
+    pub const SELECTION: &str = "selection";
+}
+
 /// The metadata shared by the head and predictions artifacts of one stage-2 run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunMeta {
@@ -35,7 +49,9 @@ pub struct RunMeta {
     pub seed: Option<u64>,
     /// The stage-2 configuration (JSON).
     pub config: serde_json::Value,
-    /// What the run chose or measured: selected knobs with their validation grid, members, ...
+    /// What the run chose or measured: its knobs (under the keys of [`facts`]: chosen on the
+    /// validation split, fixed by the configuration, or defaults for want of a validation split),
+    /// the validation search, members, ...
     pub facts: serde_json::Value,
     /// Data set name.
     pub dataset: String,

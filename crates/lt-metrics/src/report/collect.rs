@@ -171,7 +171,8 @@ impl Collector {
         });
         row.seeds.push(seed);
         row.evaluations.push(ev);
-        row.chosen.push(p.meta.facts.get("chosen").cloned().unwrap_or(serde_json::Value::Null));
+        let chosen = p.meta.facts.get(lt_core::formats::facts::CHOSEN).cloned();
+        row.chosen.push(chosen.unwrap_or(serde_json::Value::Null));
         Ok(())
     }
 }

@@ -24,7 +24,8 @@ use crate::error::{Result, RetrainError};
 use crate::head::Head;
 use crate::losses;
 use crate::problem::{fit as train, init_head, linear, Problem, CLASS_BALANCED};
-use crate::select::choose;
+use crate::select::{choose, merge_knobs};
+use lt_core::formats::facts;
 
 /// The knobs of one SRepr fit.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -245,21 +246,30 @@ pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
         })?;
         // The tau step's record goes first.
         if let Some(b) = b_fit {
-            let mut sel = b.facts.get("selection").and_then(|v| v.as_array()).cloned().unwrap_or_default();
-            if let Some(mine) = f.facts.get("selection").and_then(|v| v.as_array()) {
+            let mut sel =
+                b.facts.get(facts::SELECTION).and_then(|v| v.as_array()).cloned().unwrap_or_default();
+            if let Some(mine) = f.facts.get(facts::SELECTION).and_then(|v| v.as_array()) {
                 sel.extend(mine.iter().cloned());
             }
-            f.facts.insert("selection".into(), sel.into());
-            if let Some(chosen) = f.facts.get_mut("chosen").and_then(|v| v.as_object_mut()) {
-                chosen.insert("tau".into(), tau.into());
+            f.facts.insert(facts::SELECTION.into(), sel.into());
+            // Tau as the first step took it: chosen, fixed, or a default (no validation split).
+            for how in [facts::CHOSEN, facts::FIXED, facts::DEFAULTS] {
+                if b.facts.get(how).and_then(|k| k.get("tau")).is_some() {
+                    merge_knobs(&mut f.facts, how, &serde_json::json!({"tau": tau}));
+                }
             }
+        } else {
+            // Tau had one candidate: the grid step fitted it, but did not choose it.
+            merge_knobs(&mut f.facts, facts::FIXED, &serde_json::json!({"tau": tau}));
         }
         f
     };
     out.facts.insert("members".into(), members.len().into());
-    if out.facts.get("chosen").and_then(|c| c.get("lambda")).is_none() {
-        if let Some(chosen) = out.facts.get_mut("chosen").and_then(|v| v.as_object_mut()) {
-            chosen.insert("lambda".into(), 0.0.into());
+    // What the configuration fixed is fixed, though a grid step fitted it beside chosen knobs.
+    let given = [("tau", cfg.tau), ("lambda", c.lambda), ("temperature", c.temperature)];
+    for (name, value) in given {
+        if let Some(v) = value {
+            merge_knobs(&mut out.facts, facts::FIXED, &serde_json::json!({ name: v }));
         }
     }
     Ok(out)
