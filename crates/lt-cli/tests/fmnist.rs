@@ -54,9 +54,14 @@ fn fashion_mnist_lt_pipeline() {
     lt(&["extract", "--run", r, "--samples", "2"]);
     let features = run.join("features.safetensors");
     // LA chooses its tau on the validation split; SRepr runs with fixed knobs (a quick run).
-    for (method, knobs) in
-        [("la", &[][..]), ("srepr", &["--tau", "1", "--lambda", "0.3", "--temperature", "2"][..])]
-    {
+    for (method, knobs, said_knobs) in [
+        ("la", &[][..], "chose {\"tau\":"),
+        (
+            "srepr",
+            &["--tau", "1", "--lambda", "0.3", "--temperature", "2"][..],
+            "fixed {\"lambda\":0.3,\"tau\":1.0,\"temperature\":2.0}",
+        ),
+    ] {
         let o = run.join(method);
         let f = features.to_str().unwrap();
         let mut args = vec![
@@ -72,7 +77,7 @@ fn fashion_mnist_lt_pipeline() {
         ];
         args.extend_from_slice(knobs);
         let said = lt(&args);
-        assert!(said.contains("chose"), "{said}");
+        assert!(said.contains(said_knobs), "{said}");
         let eval = lt(&[
             "eval",
             "--predictions",
