@@ -78,13 +78,18 @@ fn fashion_mnist_lt_pipeline() {
         args.extend_from_slice(knobs);
         let said = lt(&args);
         assert!(said.contains(said_knobs), "{said}");
+        let evals = dir.path().join("evals");
         let eval = lt(&[
             "eval",
             "--predictions",
             o.join("predictions.safetensors").to_str().unwrap(),
             "--split-info",
             run.join("split.safetensors").to_str().unwrap(),
+            "--out",
+            evals.to_str().unwrap(),
         ]);
         assert!(eval.lines().count() >= 2, "{eval}");
+        // Named by the row the run records and its seed, side by side with other runs'.
+        assert!(evals.join(format!("swa-{method}-seed-0.json")).exists(), "{eval}");
     }
 }

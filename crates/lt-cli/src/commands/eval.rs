@@ -21,7 +21,8 @@ pub struct EvalArgs {
     /// it must agree with where they are recorded).
     #[arg(long)]
     split_info: Option<PathBuf>,
-    /// Directory for `<method>.json` and the reliability diagram.
+    /// Directory for `<row>-seed-<s>.json` (the row and seed the predictions record) and the
+    /// reliability diagram `<row>-seed-<s>-reliability.{png,svg}`.
     #[arg(long)]
     out: Option<PathBuf>,
     /// ECE bins.
@@ -68,7 +69,12 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(out) = &a.out {
         let _lock = lt_core::lock::RunLock::acquire_and_clean(out)?;
-        let stem = if p.meta.row.is_empty() { "predictions".to_string() } else { p.meta.row.clone() };
+        // Row and seed, so that the runs of several seeds (or rows) go side by side.
+        let row = if p.meta.row.is_empty() { "predictions" } else { p.meta.row.as_str() };
+        let stem = match p.meta.seed {
+            Some(s) => format!("{row}-seed-{s}"),
+            None => row.to_string(),
+        };
         let json = out.join(format!("{stem}.json"));
         let body = serde_json::json!({"predictions": a.predictions, "row": p.meta.row, "method": p.meta.method, "backbone": p.meta.backbone, "seed": p.meta.seed, "metrics": ev});
         lt_core::atomic::write_bytes_atomic(&json, serde_json::to_string_pretty(&body)?.as_bytes())?;
