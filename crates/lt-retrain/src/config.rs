@@ -77,20 +77,21 @@ pub struct SelectConfig {
     /// The validation criterion (lower is better).
     #[cfg_attr(feature = "clap", arg(long, value_enum, default_value_t = SelectConfig::default().criterion))]
     pub criterion: Criterion,
-    /// Candidate LA temperatures (LA, post-hoc LA, SRepr's balancing loss).
+    /// Candidate LA temperatures, comma-separated on the command line (LA, post-hoc LA, SRepr's
+    /// balancing loss).
     #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', default_values_t = SelectConfig::default().tau_grid))]
     pub tau_grid: Vec<f64>,
-    /// Candidate tau-norm exponents.
+    /// Candidate tau-norm exponents, comma-separated on the command line.
     #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', default_values_t = SelectConfig::default().tau_norm_grid))]
     pub tau_norm_grid: Vec<f64>,
-    /// Candidate distillation weights (additive objective; the convex objective uses
-    /// `convex_grid`).
+    /// Candidate distillation weights, comma-separated on the command line (additive objective;
+    /// the convex objective uses `convex_grid`).
     #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', default_values_t = SelectConfig::default().lambda_grid))]
     pub lambda_grid: Vec<f64>,
-    /// Candidate mixing weights of the convex objective.
+    /// Candidate mixing weights of the convex objective, comma-separated on the command line.
     #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', default_values_t = SelectConfig::default().convex_grid))]
     pub convex_grid: Vec<f64>,
-    /// Candidate distillation temperatures.
+    /// Candidate distillation temperatures, comma-separated on the command line.
     #[cfg_attr(feature = "clap", arg(long, value_delimiter = ',', default_values_t = SelectConfig::default().temperature_grid))]
     pub temperature_grid: Vec<f64>,
 }

@@ -136,8 +136,13 @@ fn splits(data: &DataBundle) -> Vec<(Split, Arc<dyn Dataset>)> {
 fn check_run(dir: &RunDir, data: &DataBundle, cfg: &ExtractConfig) -> Result<(String, String)> {
     for p in [dir.sgd(), dir.swa()] {
         if !p.exists() {
+            let how = if dir.checkpoint().exists() && !dir.summary().exists() {
+                "its training has not finished: continue it with `lt train --resume` (the same settings and --out)"
+            } else {
+                "train it with SWA first"
+            };
             return Err(TrainError::Mismatch(format!(
-                "{} is missing: the run in {} has no SGD and SWA backbones (train it with SWA first)",
+                "{} is missing: the run in {} has no SGD and SWA backbones ({how})",
                 p.display(),
                 dir.root().display()
             )));

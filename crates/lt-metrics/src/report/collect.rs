@@ -80,9 +80,10 @@ fn seeds_in(runs: &Path) -> Result<Vec<u64>> {
         let e = e.map_err(io)?;
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(k) = name.strip_prefix(LAYOUT.seed_prefix) {
-            let seed = k.parse::<u64>().map_err(|_| {
+            // One name per seed (`seed-01` beside `seed-1` would be read as the same seed).
+            let seed = k.parse::<u64>().ok().filter(|s| s.to_string() == k).ok_or_else(|| {
                 MetricsError::Invalid(format!(
-                    "{}: `{name}` is not a seed directory (expected {}<number>)",
+                    "{}: `{name}` is not a seed directory (expected {}<number>, without leading zeros)",
                     runs.display(),
                     LAYOUT.seed_prefix
                 ))

@@ -151,7 +151,8 @@ fn members(p: &Problem, cfg: &RetrainConfig) -> Result<Vec<usize>> {
     if let Some(k) = cfg.srepr.members {
         if k > m.len() {
             return Err(RetrainError::Invalid(format!(
-                "SRepr asks for {k} members, the source has {} SWAG samples",
+                "SRepr asks for {k} members, the source has {} SWAG samples (fewer members, or extract more: \
+                 `lt extract --samples {k} --replace`)",
                 m.len()
             )));
         }
