@@ -133,3 +133,22 @@ impl FromStr for DatasetName {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The downloadable sets and the default imbalance ratios, one data set at a time.
+    #[test]
+    fn what_each_data_set_downloads_and_its_default_tail() {
+        use DatasetName as D;
+        let downloadable: Vec<D> = D::ALL.into_iter().filter(|d| d.downloadable()).collect();
+        assert_eq!(downloadable, [D::FmnistLt, D::MnistLt, D::Cifar10Lt, D::Cifar100Lt]);
+        for d in D::ALL {
+            let subsampled =
+                matches!(d, D::Synthetic | D::FmnistLt | D::MnistLt | D::Cifar10Lt | D::Cifar100Lt);
+            assert_eq!(d.default_imbalance(), subsampled.then_some(100.0), "{d}");
+            assert_eq!(d.as_str().parse::<D>().unwrap(), d);
+        }
+    }
+}

@@ -301,6 +301,27 @@ mod tests {
             .is_null());
     }
 
+    /// Each setting reaches the loading options (a mirror too, which is not part of the spec).
+    #[test]
+    fn the_options_carry_every_setting() {
+        let spec: DataSpec = toml::from_str(
+            "dataset = \"folder\"\nimbalance = 7.0\nval_per_class = 3\ndata_root = \"d\"\ndownload = true\n\
+             data_seed = 5\ntest_fraction = 0.4\nimage_size = 64",
+        )
+        .unwrap();
+        let o = spec.options(Some("http://mirror".into()));
+        assert_eq!((o.imbalance, o.val_per_class, o.download, o.seed), (Some(7.0), Some(3), true, 5));
+        assert_eq!(
+            (o.data_root.as_deref(), o.mirror.as_deref()),
+            (Some(std::path::Path::new("d")), Some("http://mirror"))
+        );
+        assert_eq!((o.test_fraction, o.image_size), (0.4, 64));
+        let s: DataSpec =
+            toml::from_str("synthetic_classes = 4\nsynthetic_n_max = 9\nsynthetic_size = 8").unwrap();
+        let o = s.options(None);
+        assert_eq!((o.synthetic.classes, o.synthetic.n_max, o.synthetic.size), (4, 9, 8));
+    }
+
     /// Every name in the table is a setting (a misspelled one would turn its check off).
     #[test]
     fn the_unread_settings_are_fields_of_the_spec() {

@@ -512,6 +512,10 @@ fn an_output_directory_refuses_another_runs_outputs() {
     lt_retrain::outputs::check_dir(&out, &features, &run).unwrap();
     let outcome = retrain(&features, &run, &Device::Cpu).unwrap();
     lt_retrain::outputs::write(&outcome, &features, None, &out).unwrap();
+    // Features without class names give predictions without them (not an empty list).
+    let preds =
+        lt_core::formats::predictions::Predictions::read(&out.join("predictions.safetensors")).unwrap();
+    assert!(features.meta().class_names.is_empty() && preds.class_names.is_none());
     lt_retrain::outputs::check_dir(&out, &features, &run).unwrap();
     // Without a row given, the run is recorded as the plan row it is a run of, or else by its id:
     // ensemble predictions are no plan row of post-hoc LA.
