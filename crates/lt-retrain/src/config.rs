@@ -209,18 +209,22 @@ impl RetrainConfig {
     /// Whether this run reads `setting`, a field named as in a preset's `[retrain]` table
     /// (`srepr.lambda`, `rho`, `select.tau_grid`): SRepr's settings only SRepr (`srepr.members`
     /// ensemble predictions too), `rho` only DisAlign, `tau` and the selection's grids and
-    /// criterion the methods that choose them, the optimiser's settings the methods that train
-    /// (not `none`, `tau-norm`, `la-posthoc`); any other setting every method. `lt retrain`
-    /// refuses a flag given for a setting its method does not read.
+    /// criterion the methods that choose them (SRepr's tau only with its LA balancing loss), the
+    /// optimiser's settings the methods that train (not `none`, `tau-norm`, `la-posthoc`); any
+    /// other setting every method. `lt retrain` refuses a flag given for a setting its method
+    /// does not read.
     pub fn reads(&self, setting: &str) -> bool {
         use MethodKind as M;
         let m = self.method;
+        // SRepr's tau adjusts its LA balancing loss only.
+        let srepr_la = m == M::Srepr && self.srepr.balance == Balance::La;
         match setting {
             "srepr.members" => m == M::Srepr || self.predict == Predict::Ensemble,
             s if s.starts_with("srepr.") => m == M::Srepr,
             "rho" => m == M::Disalign,
-            "tau" | "select.criterion" => matches!(m, M::La | M::LaPosthoc | M::TauNorm | M::Srepr),
-            "select.tau_grid" => matches!(m, M::La | M::LaPosthoc | M::Srepr),
+            "tau" => matches!(m, M::La | M::LaPosthoc | M::TauNorm) || srepr_la,
+            "select.criterion" => matches!(m, M::La | M::LaPosthoc | M::TauNorm | M::Srepr),
+            "select.tau_grid" => matches!(m, M::La | M::LaPosthoc) || srepr_la,
             "select.tau_norm_grid" => m == M::TauNorm,
             "select.lambda_grid" | "select.convex_grid" | "select.temperature_grid" => m == M::Srepr,
             "epochs" | "min_steps" | "batch_size" | "lr" | "momentum" | "weight_decay" => {
@@ -346,6 +350,9 @@ mod tests {
             assert!(srepr.reads(s), "{s}");
         }
         assert!(!srepr.reads("rho") && RetrainConfig::new(MethodKind::Disalign).reads("rho"));
+        let mut ce = srepr.clone();
+        ce.srepr.balance = Balance::Ce;
+        assert!(!ce.reads("tau") && !ce.reads("select.tau_grid") && ce.reads("srepr.lambda"));
         assert!(!la.reads("srepr.lambda") && !la.reads("srepr.members") && !la.reads("rho"));
         assert!(ensemble.reads("srepr.members") && !ensemble.reads("srepr.temperature"));
         assert!(la.reads("epochs") && la.reads("select.tau_grid") && la.reads("predict"));

@@ -60,7 +60,7 @@ impl Row {
 }
 
 /// The settings that tell the rows apart, as JSON named as in a preset's `[retrain]` table
-/// (`lambda` only as whether it is the (b) ablation's 0: a fixed lambda is a knob, not a row).
+/// (`lambda` only as `"0"`, the (b) ablation, or `"not 0"`: a fixed lambda is a knob, not a row).
 fn variant(c: &RetrainConfig) -> serde_json::Value {
     let s = &c.srepr;
     serde_json::json!({
@@ -68,7 +68,7 @@ fn variant(c: &RetrainConfig) -> serde_json::Value {
         "backbone": c.backbone.to_string(),
         "predict": c.predict.to_string(),
         "srepr": {
-            "lambda": (s.lambda == Some(0.0)).then_some(0.0),
+            "lambda": if s.lambda == Some(0.0) { "0" } else { "not 0" },
             "teacher": s.teacher.to_string(),
             "student_balance": s.student_balance,
             "objective": s.objective.to_string(),

@@ -153,6 +153,18 @@ pub(crate) fn choose<K: Serialize + Clone>(
     Ok((f, k))
 }
 
+/// Removes the knob `name` from whichever kind of [`facts`] holds it.
+pub(crate) fn forget_knob(facts: &mut serde_json::Map<String, serde_json::Value>, name: &str) {
+    for kind in facts::KINDS {
+        if let Some(o) = facts.get_mut(kind).and_then(|v| v.as_object_mut()) {
+            o.remove(name);
+            if o.is_empty() {
+                facts.remove(kind);
+            }
+        }
+    }
+}
+
 /// Adds `knobs` (a JSON object) to the object under `how` (a [`facts`] key) of `facts`, taking
 /// each knob out of the other two kinds: a knob is chosen, fixed or a default, once.
 pub(crate) fn merge_knobs(
@@ -161,13 +173,8 @@ pub(crate) fn merge_knobs(
     knobs: &serde_json::Value,
 ) {
     let Some(knobs) = knobs.as_object() else { return };
-    for other in [facts::CHOSEN, facts::FIXED, facts::DEFAULTS].into_iter().filter(|k| *k != how) {
-        if let Some(o) = facts.get_mut(other).and_then(|v| v.as_object_mut()) {
-            o.retain(|name, _| !knobs.contains_key(name));
-            if o.is_empty() {
-                facts.remove(other);
-            }
-        }
+    for name in knobs.keys() {
+        forget_knob(facts, name);
     }
     let into = facts.entry(how).or_insert_with(|| serde_json::json!({}));
     if let Some(o) = into.as_object_mut() {

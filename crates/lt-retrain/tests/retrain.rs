@@ -138,6 +138,33 @@ fn without_a_validation_split_knobs_take_their_defaults() {
     assert!(o.facts["selection"][0]["default"].as_str().unwrap().contains("no validation split"));
 }
 
+/// Without a validation split SRepr's open knobs take their defaults, but a knob given keeps its
+/// value (the same head as with every knob given) and is recorded as fixed.
+#[test]
+fn without_a_validation_split_a_given_knob_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = setup(dir.path(), false);
+    let mut given = cfg(MethodKind::Srepr);
+    given.epochs = 3;
+    given.srepr.lambda = Some(0.3);
+    let o = retrain(&fs, &given, &Device::Cpu).unwrap();
+    assert_eq!(o.facts["fixed"], serde_json::json!({"lambda": 0.3}));
+    assert_eq!(o.facts["defaults"], serde_json::json!({"tau": 1.0, "temperature": 1.0}));
+    let mut all = given.clone();
+    (all.tau, all.srepr.temperature) = (Some(1.0), Some(1.0));
+    let every = retrain(&fs, &all, &Device::Cpu).unwrap();
+    assert_eq!(host(o.head.linear_part().0), host(every.head.linear_part().0));
+    // Balanced without LA, tau is no knob of the run.
+    let mut ce = given.clone();
+    ce.srepr.balance = lt_retrain::config::Balance::Ce;
+    let o = retrain(&fs, &ce, &Device::Cpu).unwrap();
+    assert!(
+        lt_core::formats::facts::KINDS.iter().all(|k| o.facts.get(*k).is_none_or(|v| v.get("tau").is_none())),
+        "{:?}",
+        o.facts
+    );
+}
+
 #[test]
 fn tau_norm_and_post_hoc_la_follow_their_formulas() {
     let dir = tempfile::tempdir().unwrap();
@@ -275,7 +302,12 @@ fn srepr_variants_run_and_record_their_choices() {
         assert!([0.75, 1.0].contains(&chosen["tau"].as_f64().unwrap()), "{name}: {chosen}");
         let lambdas = if name == "convex" { [0.3, 0.7] } else { [0.3, 1.0] };
         assert!(lambdas.contains(&chosen["lambda"].as_f64().unwrap()), "{name}: {chosen}");
-        assert_eq!(chosen["temperature"].as_f64(), Some(2.0), "{name}");
+        // A grid of one: fitted, not chosen.
+        assert_eq!(
+            (chosen.get("temperature"), o.facts["fixed"]["temperature"].as_f64()),
+            (None, Some(2.0)),
+            "{name}"
+        );
         // Two searches: tau with lambda = 0, then (lambda, T).
         let sel = o.facts["selection"].as_array().unwrap();
         assert_eq!((sel.len(), sel[1]["trials"].as_array().unwrap().len()), (2, 2), "{name}");

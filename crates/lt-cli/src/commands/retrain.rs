@@ -78,18 +78,6 @@ fn config(a: &RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig, Optio
     };
     let cfg = crate::overlay::overlay(&base, &a.cfg, matches)?;
     cfg.validate()?;
-    if let Some(r) = row {
-        let differ = r.differences(&cfg);
-        if !differ.is_empty() {
-            bail!(
-                "--row {}: the flags make another row or none ({}); leave out --row to record the run as {}, or \
-                 drop the flags",
-                r.id,
-                lt_core::diff::summary(&differ),
-                cfg.id()
-            );
-        }
-    }
     // A preset's `[retrain]` table sets SRepr's knobs for every row; a flag is asked for.
     for (flag, setting) in crate::overlay::given_settings(&cfg, matches)? {
         if !cfg.reads(&setting) {
@@ -97,6 +85,20 @@ fn config(a: &RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig, Optio
                 "{flag} sets retrain.{setting}, which method {} does not read (drop it, or choose a method that \
                  reads it)",
                 cfg.method
+            );
+        }
+    }
+    if let Some(r) = row {
+        let differ = r.differences(&cfg);
+        if !differ.is_empty() {
+            let instead = match outputs::row_of(&cfg, None) {
+                Some(other) => format!("--row {} is the row these settings make", other.id),
+                None => format!("without --row the run records itself as {}", cfg.id()),
+            };
+            bail!(
+                "--row {}: the flags make another row or none ({}); {instead}; or drop the flags",
+                r.id,
+                lt_core::diff::summary(&differ)
             );
         }
     }

@@ -32,6 +32,8 @@ pub mod facts {
     pub const DEFAULTS: &str = "defaults";
     /// The validation search: one record per choice (its split, criterion and trials).
     pub const SELECTION: &str = "selection";
+    /// The kinds of knob (a knob is recorded under one of them).
+    pub const KINDS: [&str; 3] = [CHOSEN, FIXED, DEFAULTS];
 }
 
 /// The metadata shared by the head and predictions artifacts of one stage-2 run.

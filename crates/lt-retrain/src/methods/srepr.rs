@@ -24,7 +24,7 @@ use crate::error::{Result, RetrainError};
 use crate::head::Head;
 use crate::losses;
 use crate::problem::{fit as train, init_head, linear, Problem, CLASS_BALANCED};
-use crate::select::{choose, merge_knobs};
+use crate::select::{choose, forget_knob, merge_knobs};
 use lt_core::formats::facts;
 
 /// The knobs of one SRepr fit.
@@ -219,7 +219,9 @@ pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
     let plain =
         |t: &Tau| fit_one(p, cfg, &members, Knobs { lambda: 0.0, ..DEFAULT_KNOBS.with_tau(t.tau) }, None);
     let mut out = if c.lambda == Some(0.0) {
-        choose(p, cfg, &members, &tau_candidates, DEFAULT_TAU, plain)?.0
+        let mut f = choose(p, cfg, &members, &tau_candidates, DEFAULT_TAU, plain)?.0;
+        merge_knobs(&mut f.facts, facts::FIXED, &serde_json::json!({"lambda": 0.0}));
+        f
     } else {
         let needs_b = tau_candidates.len() > 1 || c.teacher == Teacher::Frozen;
         let (b_fit, tau) = if needs_b {
@@ -242,9 +244,21 @@ pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
             .iter()
             .flat_map(|&lambda| temps.iter().map(move |&temperature| Knobs { tau, lambda, temperature }))
             .collect();
-        let (mut f, _) = choose(p, cfg, &members, &grid, DEFAULT_KNOBS.with_tau(tau), |k| {
-            fit_one(p, cfg, &members, *k, teacher.as_ref())
-        })?;
+        // Without a validation split the open knobs take their defaults; a knob with one
+        // candidate (given, or a grid of one) keeps it, and is fixed rather than chosen.
+        let one = |v: &[f64], default: f64| if v.len() == 1 { v[0] } else { default };
+        let fallback = Knobs {
+            tau,
+            lambda: one(&lambdas, DEFAULT_KNOBS.lambda),
+            temperature: one(&temps, DEFAULT_KNOBS.temperature),
+        };
+        let (mut f, _) =
+            choose(p, cfg, &members, &grid, fallback, |k| fit_one(p, cfg, &members, *k, teacher.as_ref()))?;
+        for (name, values) in [("lambda", &lambdas), ("temperature", &temps)] {
+            if values.len() == 1 {
+                merge_knobs(&mut f.facts, facts::FIXED, &serde_json::json!({ name: values[0] }));
+            }
+        }
         // The tau step's record goes first.
         if let Some(b) = b_fit {
             let mut sel =
@@ -254,7 +268,7 @@ pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
             }
             f.facts.insert(facts::SELECTION.into(), sel.into());
             // Tau as the first step took it: chosen, fixed, or a default (no validation split).
-            for how in [facts::CHOSEN, facts::FIXED, facts::DEFAULTS] {
+            for how in facts::KINDS {
                 if b.facts.get(how).and_then(|k| k.get("tau")).is_some() {
                     merge_knobs(&mut f.facts, how, &serde_json::json!({"tau": tau}));
                 }
@@ -266,12 +280,9 @@ pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
         f
     };
     out.facts.insert("members".into(), members.len().into());
-    // What the configuration fixed is fixed, though a grid step fitted it beside chosen knobs.
-    let given = [("tau", cfg.tau), ("lambda", c.lambda), ("temperature", c.temperature)];
-    for (name, value) in given {
-        if let Some(v) = value {
-            merge_knobs(&mut out.facts, facts::FIXED, &serde_json::json!({ name: v }));
-        }
+    if c.balance != Balance::La {
+        // Tau adjusts the LA balancing loss only: no knob of this run.
+        forget_knob(&mut out.facts, "tau");
     }
     Ok(out)
 }
