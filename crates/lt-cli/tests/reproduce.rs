@@ -119,6 +119,15 @@ fn reproduce_tiny_preset_end_to_end_and_incrementally() {
     assert_eq!(third.ran.len(), 2 * rows.len(), "{:?}", third.ran);
     assert!(third.ran.iter().all(|s| s.contains("stage 2")), "{:?}", third.ran);
 
+    // One extraction knob changed: stage 1 is reused, the features are replaced (`lt extract
+    // --replace`) and stage 2 re-runs on them; the report takes the new runs.
+    let rescaled = std::fs::read_to_string(&file).unwrap().replacen("scale = 0.5\n", "scale = 0.25\n", 1);
+    assert!(rescaled.contains("scale = 0.25\n"), "{rescaled}");
+    std::fs::write(&file, rescaled).unwrap();
+    let rescaled = xtask::reproduce::run(&root, &options(runs.path(), Some(file.clone()))).unwrap();
+    assert_eq!(rescaled.ran.len(), 2 * (per_seed - 1), "{:?}", rescaled.ran);
+    assert!(rescaled.ran.iter().all(|s| !s.contains("stage 1")), "{:?}", rescaled.ran);
+
     // Another number of loader threads (a machine with other cores), or downloading what is
     // missing, re-runs nothing.
     let threads = std::fs::read_to_string(&file).unwrap().replace("[train]\n", "[train]\nworkers = 3\n");

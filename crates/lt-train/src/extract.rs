@@ -82,10 +82,12 @@ impl ExtractConfig {
 
 /// The fingerprint of an extraction (run, split and settings).
 pub fn extract_fingerprint(run_fingerprint: &str, cfg: &ExtractConfig) -> String {
-    let mut c = cfg.clone();
-    c.workers = 0;
-    c.batch_size = 0;
-    Fingerprint::new().part("run", run_fingerprint).json("extract", &c).finish()
+    Fingerprint::new().part("run", run_fingerprint).json("extract", &what_features_depend_on(cfg)).finish()
+}
+
+/// The settings the features depend on: the loader's (workers, batch size) are zeroed.
+fn what_features_depend_on(cfg: &ExtractConfig) -> ExtractConfig {
+    ExtractConfig { workers: 0, batch_size: 0, ..cfg.clone() }
 }
 
 /// Refuses to replace the features `dir` holds with those of another extraction (other settings,
@@ -96,21 +98,24 @@ fn check_replace(dir: &RunDir, cfg: &ExtractConfig, fingerprint: &str) -> Result
     if !path.exists() {
         return Ok(());
     }
-    let held = lt_core::formats::features::Features::open(&path)?;
+    let held = match lt_core::formats::features::Features::open(&path) {
+        Ok(f) => f,
+        Err(e) => {
+            return Err(TrainError::Mismatch(format!(
+                "{} cannot be read to tell whose features it holds ({e}); give --replace to replace it",
+                path.display()
+            )))
+        }
+    };
     if held.meta().fingerprint == fingerprint {
         return Ok(());
     }
-    // The settings that make the fingerprint (the loader's do not).
-    let settings = |mut v: serde_json::Value| {
-        if let Some(o) = v.as_object_mut() {
-            o.remove("workers");
-            o.remove("batch_size");
-        }
-        v
+    let settings = |c: &ExtractConfig| serde_json::to_value(what_features_depend_on(c)).ok();
+    let recorded = serde_json::from_value::<ExtractConfig>(held.meta().extract_config.clone()).ok();
+    let differ = match (recorded.as_ref().and_then(settings), settings(cfg)) {
+        (Some(r), Some(n)) => lt_core::diff::differences("extract", &r, &n),
+        _ => Vec::new(),
     };
-    let now = serde_json::to_value(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-    let differ =
-        lt_core::diff::differences("extract", &settings(held.meta().extract_config.clone()), &settings(now));
     let why = if differ.is_empty() {
         "the run's backbones changed since".to_string()
     } else {

@@ -69,12 +69,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(out) = &a.out {
         let _lock = lt_core::lock::RunLock::acquire_and_clean(out)?;
-        // Row and seed, so that the runs of several seeds (or rows) go side by side.
-        let row = if p.meta.row.is_empty() { "predictions" } else { p.meta.row.as_str() };
-        let stem = match p.meta.seed {
-            Some(s) => format!("{row}-seed-{s}"),
-            None => row.to_string(),
-        };
+        let stem = file_stem(&p.meta.row, p.meta.seed);
         let json = out.join(format!("{stem}.json"));
         let body = serde_json::json!({"predictions": a.predictions, "row": p.meta.row, "method": p.meta.method, "backbone": p.meta.backbone, "seed": p.meta.seed, "metrics": ev});
         lt_core::atomic::write_bytes_atomic(&json, serde_json::to_string_pretty(&body)?.as_bytes())?;
@@ -87,6 +82,22 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         println!("wrote {} and the reliability diagram", json.display());
     }
     Ok(())
+}
+
+/// The name `lt eval --out` gives a run's files: its row and seed, so that the runs of several
+/// seeds (or rows) go side by side, made a plain file name whatever a foreign artifact records
+/// (no separators, no leading dot).
+fn file_stem(row: &str, seed: Option<u64>) -> String {
+    let row: String =
+        row.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
+    let row = match row.trim_start_matches('.') {
+        "" => "predictions",
+        r => r,
+    };
+    match seed {
+        Some(s) => format!("{row}-seed-{s}"),
+        None => row.to_string(),
+    }
 }
 
 /// `lt report`
@@ -144,6 +155,14 @@ pub fn run_report(a: ReportArgs) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runs_files_are_named_by_row_and_seed_inside_the_folder() {
+        assert_eq!(file_stem("swa-srepr", Some(2)), "swa-srepr-seed-2");
+        assert_eq!(file_stem("", None), "predictions");
+        assert_eq!(file_stem("../../etc/x", Some(0)), "_.._etc_x-seed-0");
+        assert_eq!(file_stem("..", None), "predictions");
+    }
 
     /// Each of the poster's rows names a row of the plan on its backbone, and the report prints it
     /// right below that row (matched by id: renaming a label cannot drop it).

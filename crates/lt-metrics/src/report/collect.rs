@@ -222,7 +222,8 @@ impl Collector {
 }
 
 /// Refuses predictions trained on other features than the seed's stage-1 directory holds now
-/// (features extracted again since): they would be reported beside plots of the new ones.
+/// (another seed's or run's, or features extracted again since): they would be reported as this
+/// seed's, beside plots of its features.
 fn check_current_features(file: &Path, trained_on: &str, features: &Path) -> Result<()> {
     if trained_on.is_empty() || !features.exists() {
         return Ok(());
@@ -231,8 +232,8 @@ fn check_current_features(file: &Path, trained_on: &str, features: &Path) -> Res
     let now = a.meta(lt_core::artifact::KEY_FINGERPRINT)?;
     if now != trained_on {
         return Err(MetricsError::Invalid(format!(
-            "{} was trained on other features ({}…) than {} holds now ({}…), extracted again since: run that row \
-             again on them, or remove it",
+            "{} was trained on other features ({}…) than {} holds now ({}…): another seed's or run's, or \
+             features extracted again since; run that row again on this seed's features, or remove it",
             file.display(),
             lt_core::fingerprint::short(trained_on),
             features.display(),

@@ -152,7 +152,7 @@ fn members(p: &Problem, cfg: &RetrainConfig) -> Result<Vec<usize>> {
         if k > m.len() {
             return Err(RetrainError::Invalid(format!(
                 "SRepr asks for {k} members, the source has {} SWAG samples (fewer members, or extract more: \
-                 `lt extract --samples {k} --replace`)",
+                 `lt extract --samples {k} --replace` with the run's other extraction settings)",
                 m.len()
             )));
         }
