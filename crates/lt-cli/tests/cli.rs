@@ -278,3 +278,44 @@ fn bench_backbone_reports_the_step_and_the_hosts_share_of_it() {
     let ips = v["images_per_sec"].as_f64().unwrap();
     assert!((ips - 2.0 / step).abs() <= 1e-12 * ips, "{out}");
 }
+
+/// `lt report` over runs laid out by hand: a report from stage 2 alone, which says why it has no
+/// dispersion plots; with the seed's features there, the plots are drawn.
+#[test]
+fn report_by_hand_says_when_it_cannot_draw_the_dispersion() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let stage1 = runs.join("seed-0/stage1");
+    let s1 = stage1.to_str().unwrap();
+    for args in
+        [vec!["train", "--preset", "tiny", "--out", s1], vec!["extract", "--preset", "tiny", "--run", s1]]
+    {
+        let (ok, _, err) = lt(&args);
+        assert!(ok, "{err}");
+    }
+    let features = stage1.join("features.safetensors");
+    let row = runs.join("seed-0/stage2/swa-la");
+    let (ok, _, err) = lt(&[
+        "retrain",
+        "--preset",
+        "tiny",
+        "--row",
+        "swa-la",
+        "--features",
+        features.to_str().unwrap(),
+        "--out",
+        row.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let report = |out: &str| lt(&["report", "--runs", runs.to_str().unwrap(), "--out", out]);
+    let (ok, said, err) = report(tmp.path().join("with").to_str().unwrap());
+    assert!(ok && !said.contains("no dispersion plots"), "{said}{err}");
+    assert!(tmp.path().join("with/plots/dispersion.json").exists());
+    std::fs::rename(&features, tmp.path().join("aside.safetensors")).unwrap();
+    let (ok, said, err) = report(tmp.path().join("without").to_str().unwrap());
+    assert!(
+        ok && said.contains(&format!("no dispersion plots: {} is not there", features.display())),
+        "{said}{err}"
+    );
+    assert!(!tmp.path().join("without/plots/dispersion.json").exists());
+}

@@ -117,7 +117,8 @@ fn check_replace(dir: &RunDir, cfg: &ExtractConfig, fingerprint: &str) -> Result
         _ => Vec::new(),
     };
     let why = if differ.is_empty() {
-        "the run's backbones changed since".to_string()
+        "the same settings, for other backbones: another run's features copied in, or this run trained again since"
+            .to_string()
     } else {
         lt_core::diff::summary(&differ)
     };

@@ -148,6 +148,13 @@ pub fn run_report(a: ReportArgs) -> Result<PathBuf> {
     let _lock = lt_core::lock::RunLock::acquire_and_clean(&a.out)?;
     let md = report::write(&a.out, &spec, &c)?;
     print!("{}", report::text_table(&spec, &c.rows));
+    // The dispersion plots are drawn from the first seed's features, when they are there.
+    if let Some(stage1) = c.first_stage1() {
+        let features = stage1.join(report::LAYOUT.features);
+        if !features.exists() {
+            println!("no dispersion plots: {} is not there", features.display());
+        }
+    }
     println!("report: {}", md.display());
     Ok(md)
 }
