@@ -214,6 +214,10 @@ fn in_memory(set: ImageSet, train: bool, opts: &DataOptions, norm: &Normalize) -
 
 /// Loads a named data set as a [`DataBundle`].
 pub fn load_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
+    // Callers with options of their own (a `DataSpec` has refused this already).
+    if opts.imbalance.is_some() && name.unread_settings().contains(&"imbalance") {
+        return Err(DataError::Invalid(format!("{name} has a fixed long tail; --imbalance does not apply")));
+    }
     let rho = opts.imbalance.or(name.default_imbalance());
     if let Some(root) = &opts.data_root {
         // A data root given is the only place looked at: a typo must not fall back to another copy.
@@ -350,9 +354,6 @@ const IMAGENET_LT_COLOR_JITTER: f32 = 0.4;
 fn list_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
     let bench =
         if name == DatasetName::ImagenetLt { ListBenchmark::ImageNetLt } else { ListBenchmark::INat2018 };
-    if opts.imbalance.is_some() {
-        return Err(DataError::Invalid(format!("{name} has a fixed long tail; --imbalance does not apply")));
-    }
     let dir = bench.locate(&search_roots(opts))?;
     let classes = bench.classes();
     let (tr, va, te) = bench.list_names();

@@ -181,3 +181,18 @@ fn image_folder_held_out_and_seeded_split() {
     let msg = load_bundle(DatasetName::Folder, &opts).err().unwrap().to_string();
     assert!(msg.contains("train/ folder but no test/ or val/"), "{msg}");
 }
+
+/// The natural long tails refuse an imbalance ratio given through the library's own options too
+/// (the table `DatasetName::unread_settings`), before looking for their files.
+#[test]
+fn a_fixed_long_tail_refuses_an_imbalance_ratio() {
+    for name in [DatasetName::ImagenetLt, DatasetName::Inat2018] {
+        let opts = DataOptions {
+            imbalance: Some(10.0),
+            data_root: Some("/nonexistent".into()),
+            ..Default::default()
+        };
+        let msg = load_bundle(name, &opts).err().unwrap().to_string();
+        assert!(msg.contains("has a fixed long tail; --imbalance does not apply"), "{msg}");
+    }
+}
