@@ -111,14 +111,9 @@ impl DataSpec {
     /// and [`DataSpec::load`] refuse), and their names: for a record written before they were
     /// refused (a run's `data_spec.json`), which described the same data with them.
     pub fn dropping_unread(&self) -> Result<(DataSpec, Vec<&'static str>)> {
-        let name = self.name()?;
-        let mut v = self.as_json()?;
-        let mut dropped: Vec<&'static str> =
-            name.unread_settings().iter().copied().filter(|f| !v[*f].is_null()).collect();
-        if let (Some(_), Some(root)) = (self.test_fraction, &self.data_root) {
-            if crate::folder::holds_test_set(root) {
-                dropped.push("test_fraction");
-            }
+        let (mut v, mut dropped) = self.given_unread()?;
+        if self.test_fraction_beside_test_folder().is_some() {
+            dropped.push("test_fraction");
         }
         for f in &dropped {
             v[*f] = serde_json::Value::Null;
@@ -126,6 +121,21 @@ impl DataSpec {
         let spec = serde_json::from_value(v)
             .map_err(|e| crate::DataError::Invalid(format!("the data settings from JSON: {e}")))?;
         Ok((spec, dropped))
+    }
+
+    /// The spec as JSON, and the settings it gives that the data set does not read
+    /// ([`DatasetName::unread_settings`]), in the table's order.
+    fn given_unread(&self) -> Result<(serde_json::Value, Vec<&'static str>)> {
+        let v = self.as_json()?;
+        let given = self.name()?.unread_settings().iter().copied().filter(|f| !v[*f].is_null()).collect();
+        Ok((v, given))
+    }
+
+    /// The test fraction and the folder, when a test fraction is given for a folder that holds
+    /// its own test set (looked up on disk), which draws none.
+    fn test_fraction_beside_test_folder(&self) -> Option<(f64, &std::path::Path)> {
+        let (f, root) = (self.test_fraction?, self.data_root.as_deref()?);
+        crate::folder::holds_test_set(root).then_some((f, root))
     }
 
     /// The spec as JSON, each field under its `[data]` name (only a data root that is not UTF-8
@@ -168,12 +178,11 @@ impl DataSpec {
     /// Checks the numeric fields, each named as in a preset's `[data]` table, and refuses a
     /// setting the data set does not read ([`DatasetName::unread_settings`]).
     pub fn validate(&self) -> Result<()> {
-        let name = self.name()?;
-        let given = self.as_json()?;
-        if let Some(unread) = name.unread_settings().iter().find(|f| !given[**f].is_null()) {
+        let (given, unread) = self.given_unread()?;
+        if let Some(unread) = unread.first() {
             return Err(check::CheckError::new(
                 format!("data.{unread}"),
-                format!("left unset for {name}, which does not read it"),
+                format!("left unset for {}, which does not read it", self.name()?),
                 &given[*unread],
             )
             .into());
@@ -203,18 +212,16 @@ impl DataSpec {
     /// holds its own test set is refused).
     pub fn load(&self, mirror: Option<String>) -> Result<DataBundle> {
         self.validate()?;
-        if let (Some(f), Some(root)) = (self.test_fraction, &self.data_root) {
-            if crate::folder::holds_test_set(root) {
-                return Err(check::CheckError::new(
-                    "data.test_fraction",
-                    format!(
-                        "left unset for {}, whose test set is its own test/ (or val/) folder",
-                        root.display()
-                    ),
-                    f,
-                )
-                .into());
-            }
+        if let Some((f, root)) = self.test_fraction_beside_test_folder() {
+            return Err(check::CheckError::new(
+                "data.test_fraction",
+                format!(
+                    "left unset for {}, whose test set is its own test/ (or val/) folder",
+                    root.display()
+                ),
+                f,
+            )
+            .into());
         }
         load_bundle(self.name()?, &self.options(mirror))
     }
