@@ -10,6 +10,7 @@
 //! );
 //! ```
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 /// `path.key: recorded, now` for each setting where `recorded` and `now` differ, in key order:
@@ -17,6 +18,22 @@ use serde_json::Value;
 /// other value as a whole.
 pub fn differences(path: &str, recorded: &Value, now: &Value) -> Vec<String> {
     between(path, (recorded, "recorded"), (now, "now"))
+}
+
+/// [`differences`] between a configuration as recorded (JSON) and `now`, each seen through
+/// `view` (its settings with the defaults filled in, say, so that a default the record leaves
+/// out shows its value); a record that no longer reads as a `T` is compared as it stands.
+pub fn of_configs<T: DeserializeOwned>(
+    path: &str,
+    recorded: &Value,
+    now: &T,
+    view: impl Fn(&T) -> serde_json::Result<Value>,
+) -> serde_json::Result<Vec<String>> {
+    let recorded = match serde_json::from_value::<T>(recorded.clone()) {
+        Ok(c) => view(&c)?,
+        Err(_) => recorded.clone(),
+    };
+    Ok(differences(path, &recorded, &view(now)?))
 }
 
 /// [`differences`] with the two sides' own words: `path.key: 1 for the row, 2 here` from
@@ -86,6 +103,20 @@ mod tests {
             differences("x", &serde_json::json!(1), &serde_json::json!([1])),
             ["x: 1 recorded, [1] now"]
         );
+        // Through a view: a default left out of the record shows its value.
+        #[derive(serde::Deserialize)]
+        struct Cfg {
+            #[serde(default)]
+            steps: u32,
+        }
+        let view = |c: &Cfg| Ok(serde_json::json!({"steps": c.steps}));
+        let now = Cfg { steps: 3 };
+        assert_eq!(
+            of_configs("c", &serde_json::json!({}), &now, view).unwrap(),
+            ["c.steps: 0 recorded, 3 now"]
+        );
+        let unreadable = serde_json::json!({"steps": "x"});
+        assert_eq!(of_configs("c", &unreadable, &now, view).unwrap(), ["c.steps: \"x\" recorded, 3 now"]);
         let nine: Vec<String> = (1..=9).map(|i| i.to_string()).collect();
         assert_eq!(summary(&nine), "1; 2; 3; 4; 5; 6; and 3 more");
         assert_eq!(

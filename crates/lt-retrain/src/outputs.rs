@@ -105,13 +105,8 @@ pub fn check_dir(dir: &Path, features: &Features, cfg: &RetrainConfig) -> Result
     if held.fingerprint == fingerprint(features_fp, cfg) {
         return Ok(());
     }
-    let settings = |c: &RetrainConfig| c.settings().map_err(|e| RetrainError::Invalid(e.to_string()));
-    // Settings with their defaults, so that one left out of a record shows its value.
-    let recorded = match serde_json::from_value::<RetrainConfig>(held.config.clone()) {
-        Ok(c) => settings(&c)?,
-        Err(_) => held.config.clone(),
-    };
-    let mut differ = lt_core::diff::differences("retrain", &recorded, &settings(cfg)?);
+    let mut differ = lt_core::diff::of_configs("retrain", &held.config, cfg, RetrainConfig::settings)
+        .map_err(|e| RetrainError::Invalid(e.to_string()))?;
     if held.features_fingerprint != *features_fp {
         differ.push(format!(
             "the features: {}… recorded, {}… now",

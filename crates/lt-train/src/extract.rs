@@ -110,12 +110,10 @@ fn check_replace(dir: &RunDir, cfg: &ExtractConfig, fingerprint: &str) -> Result
     if held.meta().fingerprint == fingerprint {
         return Ok(());
     }
-    let settings = |c: &ExtractConfig| serde_json::to_value(what_features_depend_on(c)).ok();
-    let recorded = serde_json::from_value::<ExtractConfig>(held.meta().extract_config.clone()).ok();
-    let differ = match (recorded.as_ref().and_then(settings), settings(cfg)) {
-        (Some(r), Some(n)) => lt_core::diff::differences("extract", &r, &n),
-        _ => Vec::new(),
-    };
+    let differ = lt_core::diff::of_configs("extract", &held.meta().extract_config, cfg, |c| {
+        serde_json::to_value(what_features_depend_on(c))
+    })
+    .map_err(|e| TrainError::Config(e.to_string()))?;
     let why = if differ.is_empty() {
         "the same settings, for other backbones: another run's features copied in, or this run trained again since"
             .to_string()

@@ -51,27 +51,23 @@ pub(super) fn check_directory(
 fn what_differs(dir: &RunDir, cfg: &TrainConfig, data: &DataBundle) -> Result<String> {
     let path = dir.config();
     let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    let settings = |c: &TrainConfig| c.settings().map_err(|e| TrainError::Config(e.to_string()));
-    // Settings with their defaults, so that one left out of a record shows its value.
-    let recorded = match serde_json::from_str::<TrainConfig>(&text) {
-        Ok(c) => settings(&c)?,
-        Err(_) => serde_json::from_str(&text).map_err(|e| {
-            TrainError::Mismatch(format!("{}: not a training configuration: {e}", path.display()))
-        })?,
-    };
-    let mut changed = lt_core::diff::differences("train", &recorded, &settings(cfg)?);
-    // The loader's worker count does not change the batches (nor the fingerprint).
-    changed.retain(|c| !c.starts_with("train.workers:"));
+    let recorded: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        TrainError::Mismatch(format!("{}: not a training configuration: {e}", path.display()))
+    })?;
+    // As the fingerprint sees them, with their defaults.
+    let changed = lt_core::diff::of_configs("train", &recorded, cfg, |c| super::fingerprinted(c).settings())
+        .map_err(|e| TrainError::Config(e.to_string()))?;
     let (_, split) = lt_core::split::SplitInfo::recorded(&dir.split())?;
+    let now = data.fingerprint();
     let mut parts = Vec::new();
     if !changed.is_empty() {
         parts.push(format!("the settings differ ({})", lt_core::diff::summary(&changed)));
     }
-    if split != data.fingerprint() {
+    if split != now {
         parts.push(format!(
             "the data differ (split fingerprint {}… recorded, {}… now: other images, or other data settings)",
             lt_core::fingerprint::short(&split),
-            lt_core::fingerprint::short(&data.fingerprint())
+            lt_core::fingerprint::short(&now)
         ));
     }
     Ok(match (parts.is_empty(), &cfg.init) {

@@ -114,12 +114,17 @@ pub struct TrainSummary {
 /// initial weights' identity (see [`InitWeights::identity`]). Every loader worker count (which
 /// does not change the batches) fingerprints as the default, which runs before this rule had.
 pub fn run_fingerprint(cfg: &TrainConfig, data: &DataBundle, init: Option<&InitWeights>) -> String {
-    let cfg = TrainConfig { workers: crate::config::DEFAULT_WORKERS, ..cfg.clone() };
-    let f = Fingerprint::new().json("train_config", &cfg).part("split", &data.fingerprint());
+    let f = Fingerprint::new().json("train_config", &fingerprinted(cfg)).part("split", &data.fingerprint());
     match init {
         Some(w) => f.part("init", &w.identity()).finish(),
         None => f.finish(),
     }
+}
+
+/// `cfg` as [`run_fingerprint`] sees it: the loader's worker count, which does not change the
+/// batches, at its default.
+fn fingerprinted(cfg: &TrainConfig) -> TrainConfig {
+    TrainConfig { workers: crate::config::DEFAULT_WORKERS, ..cfg.clone() }
 }
 
 fn phases(cfg: &TrainConfig) -> Vec<Phase> {
