@@ -97,6 +97,14 @@ fn seeds_in(runs: &Path) -> Result<Vec<u64>> {
     Ok(seeds)
 }
 
+/// What a seed's stage-1 directory gives its rows: the split artifact (its path and contents)
+/// and the features artifact's path and fingerprint, each when there is one.
+#[derive(Clone, Copy)]
+struct Stage1<'a> {
+    split: Option<(&'a Path, &'a SplitInfo)>,
+    features: Option<(&'a Path, &'a str)>,
+}
+
 /// What the collection has found so far.
 #[derive(Default)]
 struct Collector {
@@ -120,19 +128,14 @@ fn without_seed(config: &serde_json::Value) -> serde_json::Value {
 }
 
 impl Collector {
-    /// Evaluates the predictions in `file` (row directory `dir`) as seed `seed`; `stage1` holds the
-    /// seed's split artifact (its path and contents), when it has one, which gives the shot
-    /// groups, and the path of its features artifact.
-    fn add(
-        &mut self,
-        seed: u64,
-        dir: &Path,
-        file: &Path,
-        stage1: (Option<(&Path, &SplitInfo)>, &Path),
-    ) -> Result<()> {
-        let (split, features) = stage1;
+    /// Evaluates the predictions in `file` (row directory `dir`) as seed `seed`, with what its
+    /// stage-1 directory gives (the split's shot groups; the features they must be trained on).
+    fn add(&mut self, seed: u64, dir: &Path, file: &Path, stage1: &Stage1<'_>) -> Result<()> {
+        let Stage1 { split, features } = *stage1;
         let p = Predictions::read(file)?;
-        check_current_features(file, &p.meta.features_fingerprint, features)?;
+        if let Some(features) = features {
+            check_current_features(file, &p.meta.features_fingerprint, features)?;
+        }
         match &self.test_labels {
             Some((labels, first)) if *labels != p.labels => {
                 return Err(MetricsError::Invalid(format!(
@@ -221,16 +224,20 @@ impl Collector {
     }
 }
 
-/// Refuses predictions trained on other features than the seed's stage-1 directory holds now
-/// (another seed's or run's, or features extracted again since): they would be reported as this
-/// seed's, beside plots of its features.
-fn check_current_features(file: &Path, trained_on: &str, features: &Path) -> Result<()> {
-    if trained_on.is_empty() || !features.exists() {
-        return Ok(());
+/// The fingerprint of the features artifact at `path`, when there is one (its header only).
+fn features_fingerprint(path: &Path) -> Result<Option<String>> {
+    if !path.exists() {
+        return Ok(None);
     }
-    let a = lt_core::Artifact::open(features, lt_core::formats::features::FORMAT)?;
-    let now = a.meta(lt_core::artifact::KEY_FINGERPRINT)?;
-    if now != trained_on {
+    let a = lt_core::Artifact::open(path, lt_core::formats::features::FORMAT)?;
+    Ok(Some(a.meta(lt_core::artifact::KEY_FINGERPRINT)?.to_string()))
+}
+
+/// Refuses predictions trained on other features than the seed's stage-1 directory holds now
+/// (`(path, fingerprint)`; another seed's or run's, or features extracted again since): they
+/// would be reported as this seed's, beside plots of its features.
+fn check_current_features(file: &Path, trained_on: &str, (features, now): (&Path, &str)) -> Result<()> {
+    if !trained_on.is_empty() && now != trained_on {
         return Err(MetricsError::Invalid(format!(
             "{} was trained on other features ({}…) than {} holds now ({}…): another seed's or run's, or \
              features extracted again since; run that row again on this seed's features, or remove it",
@@ -262,13 +269,20 @@ pub fn collect(runs: &Path) -> Result<Collected> {
         let Ok(entries) = std::fs::read_dir(&stage2) else { continue };
         let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         dirs.sort();
-        let split = LAYOUT.stage1_dir(runs, seed).join(LAYOUT.split);
+        let stage1 = LAYOUT.stage1_dir(runs, seed);
+        let split = stage1.join(LAYOUT.split);
         let info = if split.exists() { Some(SplitInfo::read(&split)?) } else { None };
-        let features = LAYOUT.stage1_dir(runs, seed).join(LAYOUT.features);
+        // Read once for the seed's rows.
+        let features = stage1.join(LAYOUT.features);
+        let current = features_fingerprint(&features)?;
+        let given = Stage1 {
+            split: info.as_ref().map(|i| (split.as_path(), i)),
+            features: current.as_deref().map(|fp| (features.as_path(), fp)),
+        };
         for dir in dirs {
             let file = dir.join(LAYOUT.predictions);
             if file.exists() {
-                c.add(seed, &dir, &file, (info.as_ref().map(|i| (split.as_path(), i)), &features))?;
+                c.add(seed, &dir, &file, &given)?;
             }
         }
     }

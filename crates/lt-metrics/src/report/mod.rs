@@ -128,10 +128,10 @@ fn cell(v: &Option<MeanStd>, scale: f64, decimals: usize) -> String {
     }
 }
 
-/// The cells of a row: backbone, method, n, Many, Medium, Few, All (percent), NLL, ECE.
 /// The columns of a results table, the Markdown one and the terminal's, one per [`cells`].
 const COLUMNS: [&str; 9] = ["Backbone", "Method", "n", "Many", "Medium", "Few", "All", "NLL", "ECE"];
 
+/// The cells of a row: backbone, method, n, Many, Medium, Few, All (percent), NLL, ECE.
 fn cells(m: &RowSummary, seeds: usize) -> [String; 9] {
     let n = if m.n < seeds { format!("{} of {seeds}", m.n) } else { m.n.to_string() };
     [
