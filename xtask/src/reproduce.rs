@@ -304,16 +304,24 @@ fn run_lt(lt: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` on the resolved preset `resolved` written to a temporary file, removed after: for the
+/// `lt` commands that read a preset file before the run root holds it.
+fn with_preset_file<T>(resolved: &str, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let tmp = std::env::temp_dir().join(format!("lt-preset-{}.toml", std::process::id()));
+    std::fs::write(&tmp, resolved).with_context(|| format!("writing {}", tmp.display()))?;
+    let out = f(&tmp);
+    let _ = std::fs::remove_file(&tmp);
+    out
+}
+
 /// Checks the preset as the command line completes it (`--data-root`, `--download`, `--seeds`,
 /// `--init`) before the run writes it: a `--data-root` for the synthetic set, say, is refused
 /// here rather than by the first stage, with the run root already holding it.
 fn check_resolved(lt: &Path, source: &Path, resolved: &str) -> Result<()> {
-    let tmp = std::env::temp_dir().join(format!("lt-check-{}.toml", std::process::id()));
-    std::fs::write(&tmp, resolved).with_context(|| format!("writing {}", tmp.display()))?;
-    let checked =
-        crate::lt_output(lt, &["preset".as_ref(), "--preset-file".as_ref(), tmp.as_os_str()], false);
-    let _ = std::fs::remove_file(&tmp);
-    checked.map(drop).with_context(|| {
+    with_preset_file(resolved, |tmp| {
+        crate::lt_output(lt, &["preset".as_ref(), "--preset-file".as_ref(), tmp.as_os_str()], false).map(drop)
+    })
+    .with_context(|| {
         format!(
             "the preset {} with this command's --data-root, --download, --seeds and --init",
             source.display()

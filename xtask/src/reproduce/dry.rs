@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::data::{find, why_absent, Data};
 use super::{is_done, resumes, Stage};
@@ -19,13 +19,11 @@ pub(super) fn plan_and_costs(
     stage1_dirs: &[PathBuf],
     plan: impl FnOnce(&str) -> Result<Vec<Stage>>,
 ) -> Result<(Vec<Stage>, Option<[crate::estimate::Cost; 3]>)> {
-    let tmp = std::env::temp_dir().join(format!("lt-plan-{}.toml", std::process::id()));
-    std::fs::write(&tmp, resolved).with_context(|| format!("writing {}", tmp.display()))?;
-    let planned = (|| -> Result<_> {
-        let data = find(lt, &tmp, false, stage1_dirs)?;
+    super::with_preset_file(resolved, |tmp| {
+        let data = find(lt, tmp, false, stage1_dirs)?;
         let stages = plan(data.id())?;
         let costs = match data {
-            Data::Found(_) => estimate_costs(lt, &tmp, device),
+            Data::Found(_) => estimate_costs(lt, tmp, device),
             Data::Recorded(_) | Data::Absent => {
                 if download {
                     println!(
@@ -37,16 +35,14 @@ pub(super) fn plan_and_costs(
                     println!(
                         "the data are not at hand: a stage 1 or extraction that must run stops here, as `lt` \
                          says: {}; no estimates without them",
-                        why_absent(lt, &tmp).unwrap_or_else(|| "(they were found on a second look)".into())
+                        why_absent(lt, tmp).unwrap_or_else(|| "(they were found on a second look)".into())
                     );
                 }
                 None
             }
         };
         Ok((stages, costs))
-    })();
-    let _ = std::fs::remove_file(&tmp);
-    planned
+    })
 }
 
 /// Per kind of stage (`train`, `extract`, `retrain`), its estimated cost on this machine; `None`
