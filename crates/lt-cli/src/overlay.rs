@@ -83,6 +83,11 @@ fn given<T: Args>(matches: &ArgMatches) -> Vec<String> {
         .collect()
 }
 
+/// The command-line flag of the argument `id` (clap's derive names `kd_logits` `--kd-logits`).
+fn flag(id: &str) -> String {
+    format!("--{}", id.replace('_', "-"))
+}
+
 /// `T`'s flags given on the command line, each as `(--flag, setting)`: the setting is its field's
 /// dotted path in `config` (`srepr.lambda`), the configuration the flags were overlaid into.
 pub fn given_settings<T: Serialize + Args>(
@@ -92,7 +97,7 @@ pub fn given_settings<T: Serialize + Args>(
     let v = serde_json::to_value(config)?;
     Ok(given::<T>(matches)
         .into_iter()
-        .filter_map(|id| find(&v, &id).map(|path| (format!("--{}", id.replace('_', "-")), path.join("."))))
+        .filter_map(|id| find(&v, &id).map(|path| (flag(&id), path.join("."))))
         .collect())
 }
 
@@ -108,8 +113,7 @@ fn refuse_non_finite(matches: &ArgMatches, id: &str, value: &Value) -> Result<()
         .get_raw(id)
         .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
-    let flag = format!("--{}", id.replace('_', "-"));
-    Err(lt_core::check::CheckError::new(flag, "a finite number", raw.join(",")).into())
+    Err(lt_core::check::CheckError::new(flag(id), "a finite number", raw.join(",")).into())
 }
 
 /// Every leaf key of a JSON object tree, for the uniqueness check.
