@@ -279,10 +279,11 @@ fn bench_backbone_reports_the_step_and_the_hosts_share_of_it() {
     assert!((ips - 2.0 / step).abs() <= 1e-12 * ips, "{out}");
 }
 
-/// `lt report` over runs laid out by hand: a report from stage 2 alone, which says why it has no
-/// dispersion plots; with the seed's features there, the plots are drawn.
+/// `lt report` over runs laid out by hand: a run given its own row name (`lt retrain --name`)
+/// stands beside its plan row, among the other runs; a report from stage 2 alone says why it has
+/// no dispersion plots; with the seed's features there, the plots are drawn.
 #[test]
-fn report_by_hand_says_when_it_cannot_draw_the_dispersion() {
+fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
     let stage1 = runs.join("seed-0/stage1");
@@ -307,9 +308,31 @@ fn report_by_hand_says_when_it_cannot_draw_the_dispersion() {
         row.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
+    // LA with a fixed tau, beside the validated one (without the name, both would be row swa-la).
+    let named = runs.join("seed-0/stage2/la-tau2");
+    let (ok, said, err) = lt(&[
+        "retrain",
+        "--preset",
+        "tiny",
+        "--row",
+        "swa-la",
+        "--tau",
+        "2",
+        "--name",
+        "la-tau2",
+        "--features",
+        features.to_str().unwrap(),
+        "--out",
+        named.to_str().unwrap(),
+    ]);
+    assert!(ok && said.starts_with("la-tau2 on "), "{said}{err}");
     let report = |out: &str| lt(&["report", "--runs", runs.to_str().unwrap(), "--out", out]);
     let (ok, said, err) = report(tmp.path().join("with").to_str().unwrap());
     assert!(ok && !said.contains("no dispersion plots"), "{said}{err}");
+    let md = std::fs::read_to_string(tmp.path().join("with/report.md")).unwrap();
+    let other = md.split("## Other runs").nth(1).unwrap_or_else(|| panic!("no Other runs table:\n{md}"));
+    let other = other.split("## ").next().unwrap_or_default();
+    assert!(other.contains("| la-tau2 |") && !other.contains("| LA |"), "{md}");
     assert!(tmp.path().join("with/plots/dispersion.json").exists());
     std::fs::rename(&features, tmp.path().join("aside.safetensors")).unwrap();
     let (ok, said, err) = report(tmp.path().join("without").to_str().unwrap());

@@ -30,16 +30,45 @@ pub fn row_of<'a>(cfg: &RetrainConfig, row: Option<&'a Row>) -> Option<&'a Row> 
     row.or_else(|| rows::ROWS.iter().find(|r| r.matches(cfg)))
 }
 
-/// The metadata of a run of `outcome` on `features`, filling `row` (or, without one, the plan row
-/// the configuration is a run of, [`Row::matches`], else the configuration's id).
-pub fn run_meta(outcome: &Outcome, features: &Features, row: Option<&Row>) -> RunMeta {
+/// The row of the report a stage-2 run records itself as (its predictions' `row` and `label`).
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Recorded<'a> {
+    /// The plan row its configuration is a run of ([`Row::matches`]), else its configuration's
+    /// id ([`RetrainConfig::id`]).
+    #[default]
+    Inferred,
+    /// A row of the plan (`lt retrain --row`).
+    Row(&'a Row),
+    /// A row of the user's own name (`lt retrain --name`, checked by [`rows::check_name`]),
+    /// whatever its settings: a fixed-knob SRepr beside the validated one, say. Reports list it
+    /// among the other runs.
+    Named(&'a str),
+}
+
+impl Recorded<'_> {
+    /// The row id and report label a run of `cfg` records.
+    pub fn id_and_label(&self, cfg: &RetrainConfig) -> (String, String) {
+        let row = match self {
+            Recorded::Named(name) => return (name.to_string(), name.to_string()),
+            Recorded::Row(r) => Some(*r),
+            Recorded::Inferred => row_of(cfg, None),
+        };
+        match row {
+            Some(r) => (r.id.to_string(), r.label.to_string()),
+            None => (cfg.id(), cfg.id()),
+        }
+    }
+}
+
+/// The metadata of a run of `outcome` on `features`, recorded as `recorded`.
+pub fn run_meta(outcome: &Outcome, features: &Features, recorded: Recorded<'_>) -> RunMeta {
     let cfg = &outcome.config;
-    let row = row_of(cfg, row);
+    let (row, label) = recorded.id_and_label(cfg);
     let fp = features.meta().fingerprint.clone();
     RunMeta {
         method: cfg.method.to_string(),
-        row: row.map(|r| r.id.to_string()).unwrap_or_else(|| cfg.id()),
-        label: row.map(|r| r.label.to_string()).unwrap_or_else(|| cfg.id()),
+        row,
+        label,
         backbone: cfg.backbone.to_string(),
         seed: Some(cfg.seed),
         config: serde_json::to_value(cfg).unwrap_or_default(),
@@ -56,10 +85,10 @@ pub fn run_meta(outcome: &Outcome, features: &Features, row: Option<&Row>) -> Ru
 pub fn write(
     outcome: &Outcome,
     features: &Features,
-    row: Option<&Row>,
+    recorded: Recorded<'_>,
     dir: &Path,
 ) -> Result<(PathBuf, PathBuf)> {
-    let meta = run_meta(outcome, features, row);
+    let meta = run_meta(outcome, features, recorded);
     let head = outcome.head.to_artifact(meta.clone())?;
     let preds = Predictions {
         scores: outcome.test_scores.clone(),

@@ -138,6 +138,29 @@ pub fn row(id: &str) -> Option<&'static Row> {
     ROWS.iter().find(|r| r.id == id)
 }
 
+/// The longest name [`check_name`] accepts.
+pub const NAME_MAX: usize = 64;
+
+/// Checks a row name of the user's own (`lt retrain --name`): 1 to [`NAME_MAX`] ASCII letters,
+/// digits and `._+=-`, starting with a letter or digit (it names files: `lt eval --out`'s JSON),
+/// and no plan row's id (`--row` records those). The error says what is wrong.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._+=-".contains(c);
+    if name.is_empty() || name.len() > NAME_MAX {
+        return Err(format!("a row name has 1 to {NAME_MAX} characters, got {}", name.len()));
+    }
+    if let Some(c) = name.chars().find(|c| !allowed(*c)) {
+        return Err(format!("a row name has ASCII letters, digits and ._+=- only, got {c:?} in {name:?}"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(format!("a row name starts with a letter or digit, got {name:?}"));
+    }
+    if row(name).is_some() {
+        return Err(format!("{name:?} is a row of the plan: --row {name} records it (with its settings)"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -153,6 +176,26 @@ mod tests {
         assert_eq!(row("swa-srepr-b").unwrap().config(&RetrainConfig::default()).srepr.lambda, Some(0.0));
         assert!(row("nope").is_none());
         assert!(PER_CLASS_PLOT.iter().all(|id| row(id).is_some()));
+    }
+
+    #[test]
+    fn a_row_name_of_ones_own_is_plain_and_no_plan_rows() {
+        for ok in ["srepr-lambda0.5", "A1", "la+tau=2", "x".repeat(NAME_MAX).as_str()] {
+            assert_eq!(check_name(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("", "1 to 64 characters, got 0"),
+            (&"x".repeat(NAME_MAX + 1), "got 65"),
+            ("a/b", "got '/' in \"a/b\""),
+            ("two words", "got ' '"),
+            ("é", "got 'é'"),
+            ("-x", "starts with a letter or digit"),
+            (".x", "starts with a letter or digit"),
+            ("swa-srepr", "is a row of the plan: --row swa-srepr"),
+        ] {
+            let e = check_name(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
     }
 
     /// Each row's configuration is that row's and no other's, over any shared settings; a

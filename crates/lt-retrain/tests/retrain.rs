@@ -9,6 +9,7 @@ use candle_core::{Device, Tensor};
 use lt_core::formats::features::{Features, Split};
 use lt_core::Artifact;
 use lt_retrain::config::{KlDirection, Weighting};
+use lt_retrain::outputs::Recorded;
 use lt_retrain::{losses, retrain, Head, MethodKind, Objective, Predict, RetrainConfig, Teacher};
 
 fn accuracies(o: &lt_retrain::Outcome) -> (f64, f64) {
@@ -543,7 +544,7 @@ fn an_output_directory_refuses_another_runs_outputs() {
     let out = tmp.path().join("out");
     lt_retrain::outputs::check_dir(&out, &features, &run).unwrap();
     let outcome = retrain(&features, &run, &Device::Cpu).unwrap();
-    lt_retrain::outputs::write(&outcome, &features, None, &out).unwrap();
+    lt_retrain::outputs::write(&outcome, &features, Recorded::Inferred, &out).unwrap();
     // Features without class names give predictions without them (not an empty list).
     let preds =
         lt_core::formats::predictions::Predictions::read(&out.join("predictions.safetensors")).unwrap();
@@ -551,10 +552,18 @@ fn an_output_directory_refuses_another_runs_outputs() {
     lt_retrain::outputs::check_dir(&out, &features, &run).unwrap();
     // Without a row given, the run is recorded as the plan row it is a run of, or else by its id:
     // ensemble predictions are no plan row of post-hoc LA.
-    assert_eq!(lt_retrain::outputs::run_meta(&outcome, &features, None).row, "swa-la-posthoc");
+    // A plan row or a name given is recorded whatever the settings.
+    let meta = |outcome, recorded| {
+        let m = lt_retrain::outputs::run_meta(outcome, &features, recorded);
+        (m.row, m.label)
+    };
+    assert_eq!(meta(&outcome, Recorded::Inferred), ("swa-la-posthoc".into(), "LA (post-hoc)".into()));
+    let la = lt_retrain::rows::row("swa-la").unwrap();
+    assert_eq!(meta(&outcome, Recorded::Row(la)), ("swa-la".into(), "LA".into()));
+    assert_eq!(meta(&outcome, Recorded::Named("mine")), ("mine".into(), "mine".into()));
     let ensemble = RetrainConfig { predict: Predict::Ensemble, ..run.clone() };
     let outcome = retrain(&features, &ensemble, &Device::Cpu).unwrap();
-    assert_eq!(lt_retrain::outputs::run_meta(&outcome, &features, None).row, ensemble.id());
+    assert_eq!(meta(&outcome, Recorded::Inferred), (ensemble.id(), ensemble.id()));
     assert_ne!(ensemble.id(), "swa-la-posthoc");
     let other = RetrainConfig { tau: Some(2.0), min_steps: 300, ..run.clone() };
     let err = lt_retrain::outputs::check_dir(&out, &features, &other).unwrap_err().to_string();

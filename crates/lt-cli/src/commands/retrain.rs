@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use lt_core::formats::features::Features;
-use lt_retrain::rows::{self, Row};
-use lt_retrain::{outputs, retrain, RetrainConfig};
+use lt_retrain::outputs::{self, Recorded};
+use lt_retrain::rows;
+use lt_retrain::{retrain, RetrainConfig};
 
 use crate::device::DeviceArg;
 use crate::preset::PresetArgs;
@@ -21,6 +22,12 @@ pub struct RetrainArgs {
     /// `--list-rows` prints them).
     #[arg(long)]
     row: Option<String>,
+    /// Record the run as a row of this name, whatever its settings (ASCII letters, digits and
+    /// `._+=-`; no plan row's id): to set a variant beside its plan row in one report, e.g.
+    /// `--row swa-srepr --lambda 0.3 --name srepr-lambda0.3` beside the validated `swa-srepr`.
+    /// `lt report` lists it among the other runs.
+    #[arg(long)]
+    name: Option<String>,
     /// Print the plan's rows (`id<TAB>label<TAB>settings as JSON`) and stop.
     #[arg(long)]
     list_rows: bool,
@@ -59,8 +66,8 @@ fn set_threads(requested: usize, dim: usize, classes: usize) {
 }
 
 /// The configuration of a run: defaults, then the preset's `[retrain]` table, then the row's
-/// settings, then the flags given on the command line.
-fn config(a: &RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig, Option<&'static Row>)> {
+/// settings, then the flags given on the command line; and the row of the report it records.
+fn config<'a>(a: &'a RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig, Recorded<'a>)> {
     let preset = a.preset.resolve()?;
     let mut base = preset.map(|p| p.retrain).unwrap_or_default();
     let row = match &a.row {
@@ -102,7 +109,15 @@ fn config(a: &RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig, Optio
             );
         }
     }
-    Ok((cfg, row))
+    let recorded = match (&a.name, row) {
+        (Some(name), _) => {
+            rows::check_name(name).map_err(|e| anyhow::anyhow!("--name {name}: {e}"))?;
+            Recorded::Named(name)
+        }
+        (None, Some(r)) => Recorded::Row(r),
+        (None, None) => Recorded::Inferred,
+    };
+    Ok((cfg, recorded))
 }
 
 /// Runs `lt retrain`.
@@ -118,7 +133,7 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
         }
         return Ok(());
     }
-    let (cfg, row) = config(&a, matches)?;
+    let (cfg, recorded) = config(&a, matches)?;
     let (Some(path), Some(out)) = (&a.features, &a.out) else { bail!("--features and --out are required") };
     let features = Features::open(path).with_context(|| format!("reading {}", path.display()))?;
     set_threads(a.threads, features.dim(), features.classes());
@@ -132,7 +147,7 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     if let Some(kept) = &kept {
         tracing::info!("kept {:.0} MiB of features on the device", kept.kept_bytes() as f64 / 1048576.0);
     }
-    let (head, preds) = outputs::write(&outcome, &features, row, out)?;
+    let (head, preds) = outputs::write(&outcome, &features, recorded, out)?;
     use lt_core::formats::facts;
     let knobs = [
         (facts::CHOSEN, "chose"),
@@ -145,7 +160,7 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
         .collect();
     println!(
         "{} on {}: balanced test accuracy {:.2}%{chosen} ({:.1} s); wrote {} and {}",
-        outputs::row_of(&cfg, row).map(|r| r.id.to_string()).unwrap_or_else(|| cfg.id()),
+        recorded.id_and_label(&cfg).0,
         path.display(),
         100.0
             * (1.0

@@ -155,7 +155,8 @@ impl Collector {
         let seed_files = self.files.entry(seed).or_default();
         if let Some(other) = seed_files.get(&id) {
             return Err(MetricsError::Invalid(format!(
-                "{} and {} both hold row `{id}` of seed {seed}: remove one",
+                "{} and {} both hold row `{id}` of seed {seed}: remove one, or, to keep both, run one again with a \
+                 row name of its own (`lt retrain --name`) on every seed",
                 other.display(),
                 file.display()
             )));
@@ -192,7 +193,8 @@ impl Collector {
                 let differ = lt_core::diff::between("retrain", (first, "there"), (&config, "here"));
                 return Err(MetricsError::Invalid(format!(
                     "row `{id}` ran with other settings in {} than in {} ({}): a mean over seeds needs one \
-                     configuration; rerun one of them",
+                     configuration; rerun one of them, or give the other settings a row name of their own (`lt retrain \
+                     --name`) on every seed",
                     file.display(),
                     other.display(),
                     lt_core::diff::summary(&differ)
