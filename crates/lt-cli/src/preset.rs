@@ -69,13 +69,15 @@ pub fn parse(text: &str, origin: &str) -> Result<Preset> {
     p.extract.validate().with_context(|| format!("preset {origin}: [extract]"))?;
     p.retrain.validate().with_context(|| format!("preset {origin}: [retrain]"))?;
     // The table is shared by every row of the plan: a setting that tells rows apart would make
-    // some rows other runs than their labels say.
-    for r in lt_retrain::rows::ROWS {
+    // some rows other runs than their labels say. Most such settings are SRepr's: its row is the
+    // example when it is one of those.
+    let srepr = lt_retrain::rows::row("swa-srepr").into_iter();
+    for r in srepr.chain(lt_retrain::rows::ROWS) {
         let differ = r.differences(&r.config(&p.retrain));
         if !differ.is_empty() {
             bail!(
                 "preset {origin}: [retrain] is shared by every row of the plan, and sets what tells rows apart: \
-                 row {} would not be itself ({}); leave that setting out (`lt retrain --row` runs each variant)",
+                 row {} would not be itself ({}); leave that setting out (`lt retrain --row` runs each variant of the plan, `--name` records one of your own)",
                 r.id,
                 lt_core::diff::summary(&differ)
             );
@@ -174,7 +176,17 @@ mod tests {
             (
                 "[retrain]\npredict = \"ensemble\"\n",
                 "preset mine.toml: [retrain] is shared by every row of the plan, and sets what tells rows apart: \
-                 row sgd-none would not be itself (retrain.predict: \"single\" for the row, \"ensemble\" here)",
+                 row swa-srepr would not be itself (retrain.predict: \"single\" for the row, \"ensemble\" here)",
+            ),
+            (
+                "[retrain.srepr]\nteacher = \"frozen\"\n",
+                "preset mine.toml: [retrain] is shared by every row of the plan, and sets what tells rows apart: \
+                 row swa-srepr would not be itself (retrain.srepr.teacher: \"online\" for the row, \"frozen\" here)",
+            ),
+            (
+                "[retrain.srepr]\nlambda = 0.0\n",
+                "preset mine.toml: [retrain] is shared by every row of the plan, and sets what tells rows apart: \
+                 row swa-srepr would not be itself (retrain.srepr.lambda: \"not 0\" for the row, \"0\" here)",
             ),
         ] {
             let err = format!("{:#}", parse(&text(data), "mine.toml").unwrap_err());
