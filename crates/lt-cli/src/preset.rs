@@ -77,7 +77,8 @@ pub fn parse(text: &str, origin: &str) -> Result<Preset> {
         if !differ.is_empty() {
             bail!(
                 "preset {origin}: [retrain] is shared by every row of the plan, and sets what tells rows apart: \
-                 row {} would not be itself ({}); leave that setting out (`lt retrain --row` runs each variant of the plan, `--name` records one of your own)",
+                 row {} would not be itself ({}); leave that setting out (`lt retrain --row` runs each variant of \
+                 the plan, `--name` records one of your own)",
                 r.id,
                 lt_core::diff::summary(&differ)
             );
