@@ -62,7 +62,21 @@ pub const EMBEDDED: [(&str, &str); 8] = [
 
 /// Parses a preset from TOML text (`origin` names it in errors).
 pub fn parse(text: &str, origin: &str) -> Result<Preset> {
-    let p: Preset = toml::from_str(text).with_context(|| format!("preset {origin}"))?;
+    let p: Preset = match toml::from_str(text) {
+        Ok(p) => p,
+        Err(e) => {
+            let unknown = unknown_settings(text);
+            if unknown.len() > 1 {
+                bail!(
+                    "preset {origin}: {} settings are not known (check their spelling, and the table they are \
+                     in):\n  {}",
+                    unknown.len(),
+                    unknown.join("\n  ")
+                );
+            }
+            return Err(anyhow::Error::new(e).context(format!("preset {origin}")));
+        }
+    };
     p.data.name().with_context(|| format!("preset {origin}: [data] dataset"))?;
     p.data.validate().with_context(|| format!("preset {origin}: [data]"))?;
     p.train.validate().with_context(|| format!("preset {origin}: [train]"))?;
@@ -85,6 +99,34 @@ pub fn parse(text: &str, origin: &str) -> Result<Preset> {
         }
     }
     Ok(p)
+}
+
+/// Most unknown settings that one preset text lists (serde stops at the first).
+const UNKNOWN_SHOWN: usize = 20;
+
+/// The settings of a preset text that no table knows, each as `line N ([table]): unknown field
+/// ...`, in order: serde stops at the first, so each is taken away in turn (its whole line: a
+/// setting on a line of its own) and the text read again. The search stops at the first error of
+/// another kind, or at a setting it cannot take away (one inside an inline table).
+fn unknown_settings(text: &str) -> Vec<String> {
+    let mut text = text.to_string();
+    let mut found = Vec::new();
+    while found.len() < UNKNOWN_SHOWN {
+        let Err(e) = toml::from_str::<Preset>(&text) else { break };
+        let Some(span) = e.span().filter(|_| e.message().starts_with("unknown field")) else { break };
+        let start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+        let end = text[span.start..].find('\n').map_or(text.len(), |i| span.start + i);
+        // Lines are only ever emptied, never removed: the numbers stay the file's.
+        let line = text[..start].matches('\n').count() + 1;
+        let table = text[..start].lines().rev().map(str::trim).find(|l| l.starts_with('['));
+        let table = table.map(|t| format!(" ({t})")).unwrap_or_default();
+        found.push(format!("line {line}{table}: {}", e.message()));
+        if text[start..span.start].contains('{') {
+            break;
+        }
+        text.replace_range(start..end, "");
+    }
+    found
 }
 
 /// An embedded preset by name.
@@ -150,6 +192,34 @@ mod tests {
         }
         let err = parse("name = 1", "x").unwrap_err();
         assert!(format!("{err:#}").contains("preset x"));
+    }
+
+    /// A preset with several misspelt settings names each of them, with its line and table; one
+    /// alone keeps serde's own message, which shows the line.
+    #[test]
+    fn a_preset_names_every_unknown_setting_at_once() {
+        let text = "name = \"mine\"\ndescription = \"d\"\nseed = 3\n[train]\nlrr = 0.1\narch = \"resnet32\"\n\
+                    epochs = 10\nbatch_size = 8\nlr = 0.1\nweight_decay = 0.0\n[retrain.srepr]\nlamda = 0.5\n";
+        let err = format!("{:#}", parse(text, "mine.toml").unwrap_err());
+        assert!(err.starts_with("preset mine.toml: 3 settings are not known"), "{err}");
+        for want in [
+            "\n  line 3: unknown field `seed`, expected one of `name`",
+            "\n  line 5 ([train]): unknown field `lrr`",
+            "\n  line 12 ([retrain.srepr]): unknown field `lamda`",
+        ] {
+            assert!(err.contains(want), "{want:?} in {err}");
+        }
+        let one = format!("{:#}", parse("name = \"m\"\nseed = 3\n", "one.toml").unwrap_err());
+        assert!(one.contains("line 2, column 1") && one.contains("unknown field `seed`"), "{one}");
+        // A setting inside an inline table cannot be taken away: the search stops there.
+        let inline =
+            "name = \"m\"\ndescription = \"d\"\nseed = 3\n[retrain]\nsrepr = { lamda = 1.0 }\nepoch = 2\n";
+        let err = format!("{:#}", parse(inline, "i.toml").unwrap_err());
+        assert!(
+            err.contains("2 settings are not known")
+                && err.contains("line 5 ([retrain]): unknown field `lamda`"),
+            "{err}"
+        );
     }
 
     /// The data section is checked with the rest, named; a file may leave the seeds to
