@@ -10,6 +10,7 @@ use lt_metrics::predictions::{Predictions, PredictionsExt};
 use lt_metrics::report::{self, ReportSpec, TableSpec};
 use lt_metrics::{evaluate, plots};
 use lt_retrain::rows::{Table, PER_CLASS_PLOT, ROWS};
+use lt_retrain::RetrainConfig;
 
 /// `lt eval`
 #[derive(Args)]
@@ -117,6 +118,16 @@ pub struct ReportArgs {
     paper: Option<String>,
 }
 
+/// A recorded stage-2 configuration as its settings with the defaults filled in
+/// ([`RetrainConfig::settings`]), for `lt report` to compare a row's seeds; a record that no
+/// longer reads as a configuration is compared as it stands.
+fn retrain_settings(recorded: &serde_json::Value) -> serde_json::Value {
+    serde_json::from_value::<RetrainConfig>(recorded.clone())
+        .ok()
+        .and_then(|c| c.settings().ok())
+        .unwrap_or_else(|| recorded.clone())
+}
+
 /// The report's layout: the plan's rows in order, in their tables.
 fn spec(title: &str, paper: Option<&'static [report::PaperRow]>) -> ReportSpec {
     let ids = |t: Table| ROWS.iter().filter(|r| r.table == t).map(|r| r.id.to_string()).collect();
@@ -136,7 +147,7 @@ fn spec(title: &str, paper: Option<&'static [report::PaperRow]>) -> ReportSpec {
 
 /// Runs `lt report`: prints the tables, writes report.md, report.json and the plots.
 pub fn run_report(a: ReportArgs) -> Result<PathBuf> {
-    let c = report::collect(&a.runs)?;
+    let c = report::collect(&a.runs, retrain_settings)?;
     let paper = match &a.paper {
         Some(name) => match report::paper_table(name) {
             Some(t) => Some(t),
@@ -162,6 +173,23 @@ pub fn run_report(a: ReportArgs) -> Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `lt report` compares a row's seeds as settings: a record that leaves out a setting at its
+    /// default is the same run as one that writes it; another value is not; a record that does
+    /// not read as a configuration stands as it is.
+    #[test]
+    fn a_recorded_configuration_is_compared_with_its_defaults_filled_in() {
+        let full = serde_json::to_value(RetrainConfig::default()).unwrap();
+        let mut short = full.clone();
+        let epochs = short.as_object_mut().unwrap().remove("epochs");
+        assert!(epochs.is_some());
+        assert_eq!(retrain_settings(&short), retrain_settings(&full));
+        assert_ne!(short, full);
+        let other = serde_json::json!({"epochs": 1234});
+        assert_ne!(retrain_settings(&other), retrain_settings(&full));
+        let foreign = serde_json::json!({"method": "nope"});
+        assert_eq!(retrain_settings(&foreign), foreign);
+    }
 
     #[test]
     fn a_runs_files_are_named_by_row_and_seed_inside_the_folder() {

@@ -106,8 +106,9 @@ struct Stage1<'a> {
 }
 
 /// What the collection has found so far.
-#[derive(Default)]
 struct Collector {
+    /// How configurations are compared across seeds.
+    settings: SettingsView,
     rows: BTreeMap<String, Row>,
     files: BTreeMap<u64, BTreeMap<String, PathBuf>>,
     dataset: String,
@@ -116,6 +117,17 @@ struct Collector {
     configs: BTreeMap<String, (serde_json::Value, PathBuf)>,
     /// Each features fingerprint and the seed whose runs were trained on it.
     features: BTreeMap<String, (u64, PathBuf)>,
+}
+
+/// How [`collect`] compares the configurations a row's seeds recorded: each as it stands
+/// ([`as_recorded`]), or seen through its settings with the defaults filled in (`lt report`'s,
+/// through the stage-2 configuration's type), so that a setting an older record leaves out at its
+/// default is the same setting as a newer record's default.
+pub type SettingsView = fn(&serde_json::Value) -> serde_json::Value;
+
+/// The [`SettingsView`] that compares configurations as they were recorded.
+pub fn as_recorded(config: &serde_json::Value) -> serde_json::Value {
+    config.clone()
 }
 
 /// A configuration as JSON without its seed: what the seeds of one row share.
@@ -128,6 +140,19 @@ fn without_seed(config: &serde_json::Value) -> serde_json::Value {
 }
 
 impl Collector {
+    /// Nothing found yet; configurations compared through `settings`.
+    fn new(settings: SettingsView) -> Self {
+        Collector {
+            settings,
+            rows: BTreeMap::new(),
+            files: BTreeMap::new(),
+            dataset: String::new(),
+            test_labels: None,
+            configs: BTreeMap::new(),
+            features: BTreeMap::new(),
+        }
+    }
+
     /// Evaluates the predictions in `file` (row directory `dir`) as seed `seed`, with what its
     /// stage-1 directory gives (the split's shot groups; the features they must be trained on).
     fn add(&mut self, seed: u64, dir: &Path, file: &Path, stage1: &Stage1<'_>) -> Result<()> {
@@ -187,7 +212,7 @@ impl Collector {
     /// settings, or two seeds trained on the same features (a seed's directory copied as another
     /// seed's), naming both files.
     fn check_runs_agree(&mut self, seed: u64, id: &str, file: &Path, p: &Predictions) -> Result<()> {
-        let config = without_seed(&p.meta.config);
+        let config = without_seed(&(self.settings)(&p.meta.config));
         match self.configs.get(id) {
             Some((first, other)) if *first != config => {
                 let differ = lt_core::diff::between("retrain", (first, "there"), (&config, "here"));
@@ -255,8 +280,9 @@ fn check_current_features(file: &Path, trained_on: &str, (features, now): (&Path
 /// Evaluates every `seed-*/stage2/*/predictions.safetensors` under `runs`, refusing what would
 /// make the table lie: two directories of one seed filling the same row, test sets that differ
 /// between prediction files, a row whose seeds ran with other settings, one seed's runs copied
-/// as another's, or predictions trained on features extracted again since.
-pub fn collect(runs: &Path) -> Result<Collected> {
+/// as another's, or predictions trained on features extracted again since. `settings` says how
+/// a row's configurations are compared across seeds.
+pub fn collect(runs: &Path, settings: SettingsView) -> Result<Collected> {
     let seeds = seeds_in(runs)?;
     if seeds.is_empty() {
         return Err(MetricsError::Invalid(format!(
@@ -265,7 +291,7 @@ pub fn collect(runs: &Path) -> Result<Collected> {
             runs.display()
         )));
     }
-    let mut c = Collector::default();
+    let mut c = Collector::new(settings);
     for &seed in &seeds {
         let stage2 = runs.join(format!("{}{seed}", LAYOUT.seed_prefix)).join(LAYOUT.stage2);
         let Ok(entries) = std::fs::read_dir(&stage2) else { continue };
@@ -298,4 +324,53 @@ pub fn collect(runs: &Path) -> Result<Collected> {
         rows: c.rows.into_values().collect(),
         files: c.files,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    fn predictions(config: Value) -> Predictions {
+        Predictions {
+            scores: vec![0.0; 2],
+            probabilities: false,
+            labels: vec![0],
+            classes: 2,
+            class_counts: None,
+            class_names: None,
+            meta: lt_core::formats::RunMeta { config, ..Default::default() },
+        }
+    }
+
+    /// A row's seeds agree when their configurations are the same settings as the view sees
+    /// them: a record that leaves a setting out at its default agrees with one that writes it.
+    #[test]
+    fn seeds_configurations_are_compared_through_the_settings_view() {
+        fn filled(c: &Value) -> Value {
+            let mut c = c.clone();
+            c.as_object_mut().unwrap().entry("epochs").or_insert(10.into());
+            c
+        }
+        let old = predictions(json!({"seed": 0, "lr": 0.1}));
+        let new = predictions(json!({"seed": 1, "lr": 0.1, "epochs": 10}));
+        let other = predictions(json!({"seed": 2, "lr": 0.1, "epochs": 11}));
+        let run = |view: SettingsView, runs: &[&Predictions]| -> Result<()> {
+            let mut c = Collector::new(view);
+            for (seed, p) in runs.iter().enumerate() {
+                c.check_runs_agree(seed as u64, "r", Path::new(&format!("s{seed}")), p)?;
+            }
+            Ok(())
+        };
+        run(filled, &[&old, &new]).unwrap();
+        let err = run(as_recorded, &[&old, &new]).unwrap_err().to_string();
+        assert!(err.contains("retrain.epochs: none there, 10 here"), "{err}");
+        let err = run(filled, &[&old, &new, &other]).unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "row `r` ran with other settings in s2 than in s0 (retrain.epochs: 10 there, 11 here)"
+            ),
+            "{err}"
+        );
+    }
 }

@@ -20,7 +20,7 @@ use crate::aggregate::{mean_std, MeanStd};
 use crate::classification::{Evaluation, ECE_BINS};
 use crate::error::{MetricsError, Result};
 
-pub use collect::{collect, Collected, LAYOUT};
+pub use collect::{as_recorded, collect, Collected, SettingsView, LAYOUT};
 pub use paper::{paper_table, PaperRow, IMAGENET_LT_PAPER};
 
 /// One row: a backbone and a method, evaluated once per seed.
