@@ -157,3 +157,54 @@ fn function_lengths_are_measured_to_the_closing_brace() {
     let src = "fn a() {\n    1;\n}\n\n    pub fn b(x: u8) -> u8 {\n        x\n    }\nfn c();\n";
     assert_eq!(function_lengths(src), vec![("fn a".to_string(), 3), ("pub fn b".to_string(), 3)]);
 }
+
+/// `line` as the tour and the page compare it: without a trailing `//` comment, trimmed.
+fn code_of(line: &str) -> &str {
+    let code = match line.find("// ") {
+        // Outside a string: an even number of quotes before it.
+        Some(i) if line[..i].matches('"').count().is_multiple_of(2) => &line[..i],
+        _ => line,
+    };
+    let code = code.trim();
+    if code.starts_with("//") {
+        ""
+    } else {
+        code
+    }
+}
+
+/// Every line of code of `docs/library.md`'s Rust snippets is a line of
+/// `crates/lt-cli/examples/library_tour.rs`, which `cargo test` builds: the page shows code that
+/// compiles against the crates as they are (comments aside).
+#[test]
+fn the_library_pages_snippets_are_lines_of_the_compiled_tour() {
+    let page = std::fs::read_to_string(root().join("docs/library.md")).unwrap();
+    let tour = std::fs::read_to_string(root().join("crates/lt-cli/examples/library_tour.rs")).unwrap();
+    let tour: std::collections::BTreeSet<&str> = tour.lines().map(code_of).collect();
+    let (mut in_rust, mut checked, mut missing) = (false, 0, Vec::new());
+    for (i, line) in page.lines().enumerate() {
+        match line.trim() {
+            "```rust" => in_rust = true,
+            "```" => in_rust = false,
+            _ if in_rust && !code_of(line).is_empty() => {
+                checked += 1;
+                if !tour.contains(code_of(line)) {
+                    missing.push(format!("docs/library.md:{}: {}", i + 1, code_of(line)));
+                }
+            }
+            _ => {}
+        }
+    }
+    assert!(checked > 30, "checked {checked} lines");
+    assert!(missing.is_empty(), "snippet lines not in examples/library_tour.rs:\n{}", missing.join("\n"));
+}
+
+#[test]
+fn a_line_of_code_is_compared_without_its_comment() {
+    assert_eq!(code_of("    let x = f(a)?; // why"), "let x = f(a)?;");
+    assert_eq!(code_of("// a comment"), "");
+    assert_eq!(
+        code_of(r#"swag.save(path, &[("arch", "// not a comment".into())])?;"#),
+        r#"swag.save(path, &[("arch", "// not a comment".into())])?;"#
+    );
+}
