@@ -48,7 +48,13 @@ fn both(
         let path = path.to_path_buf();
         move |source| MetricsError::Io { path, source }
     };
-    let (png, svg) = (stem.with_extension("png"), stem.with_extension("svg"));
+    // Appended, not `with_extension`: a stem may hold a dot (`reliability-srepr-lambda0.3`).
+    let with = |ext: &str| {
+        let mut name = stem.as_os_str().to_os_string();
+        name.push(ext);
+        PathBuf::from(name)
+    };
+    let (png, svg) = (with(".png"), with(".svg"));
     let tmp = lt_core::atomic::temp_sibling(&png);
     std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let name = |p: &Path| tmp.join(p.file_name().unwrap_or_default());

@@ -107,6 +107,11 @@ fn plots_are_written_with_the_expected_size() {
     let ok = [false, true, true, true, false];
     let bins = classification::reliability(&conf, &ok, 15, BinEdges::Guo);
     let files = plots::reliability_diagram(&bins, "reliability", &dir.path().join("rel")).unwrap();
+    // A stem with a dot keeps it (a row such as `swa-srepr-lambda0.3` beside `...lambda0.5`).
+    let dotted = plots::reliability_diagram(&bins, "r", &dir.path().join("rel-lambda0.3")).unwrap();
+    let names: Vec<_> =
+        dotted.iter().map(|f| f.file_name().unwrap().to_string_lossy().into_owned()).collect();
+    assert_eq!(names, ["rel-lambda0.3.png", "rel-lambda0.3.svg"]);
     let files2 = plots::per_class(
         &[
             Series { label: "SGD".into(), values: vec![Some(0.9), Some(0.5), None, Some(0.1)] },
