@@ -308,7 +308,9 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
         row.to_str().unwrap(),
     ]);
     assert!(ok, "{err}");
-    // LA with a fixed tau, beside the validated one (without the name, both would be row swa-la).
+    // Post-hoc LA with a fixed tau beside LA, started from LA's row: a name of its own makes it
+    // that name's, whatever its settings (without it, `--row swa-la --method la-posthoc` is
+    // refused as another row).
     let named = runs.join("seed-0/stage2/la-tau2");
     let (ok, said, err) = lt(&[
         "retrain",
@@ -316,6 +318,8 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
         "tiny",
         "--row",
         "swa-la",
+        "--method",
+        "la-posthoc",
         "--tau",
         "2",
         "--name",

@@ -120,22 +120,30 @@ pub fn write(
     renamed.map(|_| (head_path, preds_path))
 }
 
-/// Refuses to write into `dir` when it holds the outputs of another stage-2 run (other features
-/// or another configuration than `cfg`): replacing them would lose that run. The outputs of this
-/// same run (the same fingerprint) are replaced, as a run is deterministic; an output directory
-/// with a head but no predictions holds an interrupted write and is replaced too.
-pub fn check_dir(dir: &Path, features: &Features, cfg: &RetrainConfig) -> Result<()> {
+/// Refuses to write into `dir` when it holds the outputs of another stage-2 run (other features,
+/// another configuration than `cfg`, or another row than `recorded` makes it): replacing them
+/// would lose that run. The outputs of this same run (the same fingerprint and row) are
+/// replaced, as a run is deterministic; an output directory with a head but no predictions holds
+/// an interrupted write and is replaced too.
+pub fn check_dir(dir: &Path, features: &Features, cfg: &RetrainConfig, recorded: Recorded<'_>) -> Result<()> {
     let preds = dir.join(PREDICTIONS_FILE);
     if !preds.exists() {
         return Ok(());
     }
     let held = RunMeta::read_from(&lt_core::Artifact::open(&preds, lt_core::formats::predictions::FORMAT)?)?;
     let features_fp = &features.meta().fingerprint;
-    if held.fingerprint == fingerprint(features_fp, cfg) {
+    let (row, _) = recorded.id_and_label(cfg);
+    if held.row == row && held.fingerprint == fingerprint(features_fp, cfg) {
         return Ok(());
     }
-    let mut differ = lt_core::diff::of_configs("retrain", &held.config, cfg, RetrainConfig::settings)
-        .map_err(|e| RetrainError::Invalid(e.to_string()))?;
+    let mut differ = Vec::new();
+    if held.row != row {
+        differ.push(format!("the row: {} recorded, {row} now", held.row));
+    }
+    differ.extend(
+        lt_core::diff::of_configs("retrain", &held.config, cfg, RetrainConfig::settings)
+            .map_err(|e| RetrainError::Invalid(e.to_string()))?,
+    );
     if held.features_fingerprint != *features_fp {
         differ.push(format!(
             "the features: {}… recorded, {}… now",

@@ -141,22 +141,35 @@ pub fn row(id: &str) -> Option<&'static Row> {
 /// The longest name [`check_name`] accepts.
 pub const NAME_MAX: usize = 64;
 
-/// Checks a row name of the user's own (`lt retrain --name`): 1 to [`NAME_MAX`] ASCII letters,
-/// digits and `._+=-`, starting with a letter or digit (it names files: `lt eval --out`'s JSON),
-/// and no plan row's id (`--row` records those). The error says what is wrong.
+/// Checks a row name of the user's own (`lt retrain --name`): 1 to [`NAME_MAX`] lower-case ASCII
+/// letters, digits and `._-`, starting with a letter or digit (it names files, `lt eval --out`'s
+/// JSON and the report's plots, on file systems that may ignore case), and no plan row's id or
+/// label, nor an id a configuration records without a row (`<backbone>-...`: `swa-la-ensemble`).
+/// The error says what is wrong.
 pub fn check_name(name: &str) -> std::result::Result<(), String> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || "._+=-".contains(c);
-    if name.is_empty() || name.len() > NAME_MAX {
-        return Err(format!("a row name has 1 to {NAME_MAX} characters, got {}", name.len()));
+    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
+    let chars = name.chars().count();
+    if chars == 0 || chars > NAME_MAX {
+        return Err(format!("a row name has 1 to {NAME_MAX} characters, got {chars}"));
     }
     if let Some(c) = name.chars().find(|c| !allowed(*c)) {
-        return Err(format!("a row name has ASCII letters, digits and ._+=- only, got {c:?} in {name:?}"));
+        return Err(format!(
+            "a row name has lower-case ASCII letters, digits and ._- only, got {c:?} in {name:?}"
+        ));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(format!("a row name starts with a letter or digit, got {name:?}"));
     }
     if row(name).is_some() {
         return Err(format!("{name:?} is a row of the plan: --row {name} records it (with its settings)"));
+    }
+    if let Some(r) = ROWS.iter().find(|r| r.label.eq_ignore_ascii_case(name)) {
+        return Err(format!("{name:?} is the label of the plan's row {}: choose a name of your own", r.id));
+    }
+    if let Some(b) = Backbone::ALL.iter().find(|b| name.starts_with(&format!("{b}-"))) {
+        return Err(format!(
+            "{name:?} starts like the id a run without --row records ({b}-<method>...): choose a name of your own"
+        ));
     }
     Ok(())
 }
@@ -180,18 +193,23 @@ mod tests {
 
     #[test]
     fn a_row_name_of_ones_own_is_plain_and_no_plan_rows() {
-        for ok in ["srepr-lambda0.5", "A1", "la+tau=2", "x".repeat(NAME_MAX).as_str()] {
+        for ok in ["srepr-lambda0.3", "a1", "la_tau2", "x".repeat(NAME_MAX).as_str()] {
             assert_eq!(check_name(ok), Ok(()), "{ok}");
         }
         for (bad, says) in [
             ("", "1 to 64 characters, got 0"),
             (&"x".repeat(NAME_MAX + 1), "got 65"),
+            (&"é".repeat(40), "got 'é'"),
             ("a/b", "got '/' in \"a/b\""),
             ("two words", "got ' '"),
-            ("é", "got 'é'"),
+            ("a+b", "got '+'"),
+            ("Swa-la", "got 'S'"),
             ("-x", "starts with a letter or digit"),
             (".x", "starts with a letter or digit"),
             ("swa-srepr", "is a row of the plan: --row swa-srepr"),
+            ("tau-norm", "is the label of the plan's row sgd-tau-norm"),
+            ("swa-la-ensemble", "starts like the id a run without --row records (swa-<method>...)"),
+            ("sgd-mine", "(sgd-<method>...)"),
         ] {
             let e = check_name(bad).unwrap_err();
             assert!(e.contains(says), "{bad:?}: {e}");

@@ -542,14 +542,14 @@ fn an_output_directory_refuses_another_runs_outputs() {
     let features = setup(tmp.path(), true);
     let run = RetrainConfig { tau: Some(1.0), ..RetrainConfig::new(MethodKind::LaPosthoc) };
     let out = tmp.path().join("out");
-    lt_retrain::outputs::check_dir(&out, &features, &run).unwrap();
+    lt_retrain::outputs::check_dir(&out, &features, &run, Recorded::Inferred).unwrap();
     let outcome = retrain(&features, &run, &Device::Cpu).unwrap();
     lt_retrain::outputs::write(&outcome, &features, Recorded::Inferred, &out).unwrap();
     // Features without class names give predictions without them (not an empty list).
     let preds =
         lt_core::formats::predictions::Predictions::read(&out.join("predictions.safetensors")).unwrap();
     assert!(features.meta().class_names.is_empty() && preds.class_names.is_none());
-    lt_retrain::outputs::check_dir(&out, &features, &run).unwrap();
+    lt_retrain::outputs::check_dir(&out, &features, &run, Recorded::Inferred).unwrap();
     // Without a row given, the run is recorded as the plan row it is a run of, or else by its id:
     // ensemble predictions are no plan row of post-hoc LA.
     // A plan row or a name given is recorded whatever the settings.
@@ -565,8 +565,17 @@ fn an_output_directory_refuses_another_runs_outputs() {
     let outcome = retrain(&features, &ensemble, &Device::Cpu).unwrap();
     assert_eq!(meta(&outcome, Recorded::Inferred), (ensemble.id(), ensemble.id()));
     assert_ne!(ensemble.id(), "swa-la-posthoc");
+    // The same run under another row or name would change what the directory holds.
+    let err = lt_retrain::outputs::check_dir(&out, &features, &run, Recorded::Named("mine")).unwrap_err();
+    assert!(
+        err.to_string().contains(
+            "holds the outputs of another stage-2 run (row swa-la-posthoc; the row: swa-la-posthoc recorded, mine now)"
+        ),
+        "{err}"
+    );
     let other = RetrainConfig { tau: Some(2.0), min_steps: 300, ..run.clone() };
-    let err = lt_retrain::outputs::check_dir(&out, &features, &other).unwrap_err().to_string();
+    let err =
+        lt_retrain::outputs::check_dir(&out, &features, &other, Recorded::Inferred).unwrap_err().to_string();
     assert!(
         err.contains("holds the outputs of another stage-2 run (row ")
             && err.contains("retrain.min_steps: 0 recorded, 300 now; retrain.tau: 1.0 recorded, 2.0 now)"),
@@ -575,7 +584,8 @@ fn an_output_directory_refuses_another_runs_outputs() {
     let path = tmp.path().join("other-features.safetensors");
     let c = common::COUNTS.len();
     common::write(&path, (&vec![0.0; c * common::DIM], &vec![0.0; c]), 2, true);
-    let err = lt_retrain::outputs::check_dir(&out, &Features::open(&path).unwrap(), &run).unwrap_err();
+    let err = lt_retrain::outputs::check_dir(&out, &Features::open(&path).unwrap(), &run, Recorded::Inferred)
+        .unwrap_err();
     assert!(
         err.to_string().contains("(row swa-la-posthoc; the features: gaussian-1… recorded, gaussian-2… now)"),
         "{err}"

@@ -22,10 +22,11 @@ pub struct RetrainArgs {
     /// `--list-rows` prints them).
     #[arg(long)]
     row: Option<String>,
-    /// Record the run as a row of this name, whatever its settings (ASCII letters, digits and
-    /// `._+=-`; no plan row's id): to set a variant beside its plan row in one report, e.g.
-    /// `--row swa-srepr --lambda 0.3 --name srepr-lambda0.3` beside the validated `swa-srepr`.
-    /// `lt report` lists it among the other runs.
+    /// Record the run as a row of this name, whatever its settings (lower-case letters, digits
+    /// and `._-`; no plan row's id or label): to set a variant beside its plan row in one report,
+    /// e.g. `--row swa-srepr --lambda 0.3 --name srepr-lambda0.3` beside the validated
+    /// `swa-srepr`. With `--row`, the row's settings are where the flags start, and they may
+    /// change any of them. `lt report` lists the run among the other runs.
     #[arg(long)]
     name: Option<String>,
     /// Print the plan's rows (`id<TAB>label<TAB>settings as JSON`) and stop.
@@ -95,7 +96,8 @@ fn config<'a>(a: &'a RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig
             );
         }
     }
-    if let Some(r) = row {
+    // A run given a name of its own is that name's, whatever its settings.
+    if let (Some(r), None) = (row, &a.name) {
         let differ = r.differences(&cfg);
         if !differ.is_empty() {
             let instead = match outputs::row_of(&cfg, None) {
@@ -140,7 +142,7 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     let device = a.device.open()?;
     // Held from here (inputs checked) until the head and predictions are committed.
     let _lock = lt_core::lock::RunLock::acquire_and_clean(out)?;
-    outputs::check_dir(out, &features, &cfg)?;
+    outputs::check_dir(out, &features, &cfg, recorded)?;
     let started = std::time::Instant::now();
     let kept = crate::device::stage2_features(&features, &device);
     let outcome = retrain(crate::device::stage2_source(&kept, &features), &cfg, &device)?;
