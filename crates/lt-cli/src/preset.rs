@@ -65,11 +65,12 @@ pub fn parse(text: &str, origin: &str) -> Result<Preset> {
     let p: Preset = match toml::from_str(text) {
         Ok(p) => p,
         Err(e) => {
-            let unknown = unknown_settings(text);
+            let (unknown, whole) = unknown_settings(text);
             if unknown.len() > 1 {
                 bail!(
-                    "preset {origin}: {} settings are not known (check their spelling, and the table they are \
+                    "preset {origin}: {}{} settings are not known (check their spelling, and the table they are \
                      in):\n  {}",
+                    if whole { "" } else { "at least " },
                     unknown.len(),
                     unknown.join("\n  ")
                 );
@@ -104,29 +105,63 @@ pub fn parse(text: &str, origin: &str) -> Result<Preset> {
 /// Most unknown settings that one preset text lists (serde stops at the first).
 const UNKNOWN_SHOWN: usize = 20;
 
-/// The settings of a preset text that no table knows, each as `line N ([table]): unknown field
-/// ...`, in order: serde stops at the first, so each is taken away in turn (its whole line: a
-/// setting on a line of its own) and the text read again. The search stops at the first error of
-/// another kind, or at a setting it cannot take away (one inside an inline table).
-fn unknown_settings(text: &str) -> Vec<String> {
+/// The settings of a preset text that no table knows, in order, each as `line N, [table] key:
+/// unknown field ...` (an unknown table as `line N, table [name]: ...`), and whether the search
+/// saw the whole text. serde stops at the first, so each is taken away in turn (its line, or an
+/// unknown table's lines) and the text read again. The search ends at the first error of another
+/// kind; it stops short at a setting it cannot take away (inside an inline table, or a value over
+/// several lines) and after [`UNKNOWN_SHOWN`].
+fn unknown_settings(text: &str) -> (Vec<String>, bool) {
     let mut text = text.to_string();
     let mut found = Vec::new();
-    while found.len() < UNKNOWN_SHOWN {
-        let Err(e) = toml::from_str::<Preset>(&text) else { break };
-        let Some(span) = e.span().filter(|_| e.message().starts_with("unknown field")) else { break };
+    loop {
+        let Err(e) = toml::from_str::<Preset>(&text) else { return (found, true) };
+        let Some(span) = e.span().filter(|_| e.message().starts_with("unknown field")) else {
+            return (found, true);
+        };
+        if found.len() == UNKNOWN_SHOWN {
+            return (found, false);
+        }
         let start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
-        let end = text[span.start..].find('\n').map_or(text.len(), |i| span.start + i);
+        let line_end = |from: usize| text[from..].find('\n').map_or(text.len(), |i| from + i);
         // Lines are only ever emptied, never removed: the numbers stay the file's.
         let line = text[..start].matches('\n').count() + 1;
-        let table = text[..start].lines().rev().map(str::trim).find(|l| l.starts_with('['));
-        let table = table.map(|t| format!(" ({t})")).unwrap_or_default();
-        found.push(format!("line {line}{table}: {}", e.message()));
-        if text[start..span.start].contains('{') {
-            break;
+        let is_header = |l: &str| l.trim_start().starts_with('[');
+        let (place, end) = if is_header(&text[start..]) {
+            // An unknown table: its header and its settings, up to the next header.
+            let mut end = line_end(start);
+            while end < text.len() && !is_header(&text[end + 1..]) {
+                end = line_end(end + 1);
+            }
+            (format!("table {}", header(&text[start..])), end)
+        } else {
+            let table = text[..start].lines().rev().find(|l| is_header(l)).map(header);
+            // The key as written (`lrr`, `srepr.lamda`; within an inline table `srepr.lamda` too).
+            let before = &text[start..span.start];
+            let key = match before.split_once('{') {
+                Some((outer, _)) => {
+                    format!("{}.{}", outer.trim_end().trim_end_matches('=').trim(), &text[span.clone()])
+                }
+                None => text[start..span.end].trim().to_string(),
+            };
+            (table.map_or(key.clone(), |t| format!("{t} {key}")), line_end(start))
+        };
+        found.push(format!("line {line}, {place}: {}", e.message()));
+        let mut rest = text.clone();
+        rest.replace_range(start..end, &"\n".repeat(text[start..end].matches('\n').count()));
+        // A setting within an inline table, or a value over several lines, leaves text that no
+        // longer reads as TOML: the search stops there.
+        if text[start..span.start].contains('{') || toml::from_str::<toml::Table>(&rest).is_err() {
+            return (found, false);
         }
-        text.replace_range(start..end, "");
+        text = rest;
     }
-    found
+}
+
+/// A table header line without its comment (`[retrain.srepr]`).
+fn header(line: &str) -> &str {
+    let line = line.lines().next().unwrap_or_default();
+    line.split('#').next().unwrap_or_default().trim()
 }
 
 /// An embedded preset by name.
@@ -203,23 +238,34 @@ mod tests {
         let err = format!("{:#}", parse(text, "mine.toml").unwrap_err());
         assert!(err.starts_with("preset mine.toml: 3 settings are not known"), "{err}");
         for want in [
-            "\n  line 3: unknown field `seed`, expected one of `name`",
-            "\n  line 5 ([train]): unknown field `lrr`",
-            "\n  line 12 ([retrain.srepr]): unknown field `lamda`",
+            "\n  line 3, seed: unknown field `seed`, expected one of `name`",
+            "\n  line 5, [train] lrr: unknown field `lrr`",
+            "\n  line 12, [retrain.srepr] lamda: unknown field `lamda`",
         ] {
             assert!(err.contains(want), "{want:?} in {err}");
         }
         let one = format!("{:#}", parse("name = \"m\"\nseed = 3\n", "one.toml").unwrap_err());
         assert!(one.contains("line 2, column 1") && one.contains("unknown field `seed`"), "{one}");
-        // A setting inside an inline table cannot be taken away: the search stops there.
-        let inline =
-            "name = \"m\"\ndescription = \"d\"\nseed = 3\n[retrain]\nsrepr = { lamda = 1.0 }\nepoch = 2\n";
-        let err = format!("{:#}", parse(inline, "i.toml").unwrap_err());
-        assert!(
-            err.contains("2 settings are not known")
-                && err.contains("line 5 ([retrain]): unknown field `lamda`"),
-            "{err}"
-        );
+        let head = "name = \"m\"\ndescription = \"d\"\nseed = 3\n";
+        let listed = |rest: &str| format!("{:#}", parse(&format!("{head}{rest}"), "p.toml").unwrap_err());
+        // An unknown table is one finding (not each of its settings), named by its header
+        // without its comment; a dotted key is named as written, CRLF endings count lines alike.
+        let err =
+            listed("[trian] # stage 1\r\nepochs = 10\r\nlr = 0.1\r\n[retrain] # two\r\nsrepr.lamda = 1\r\n");
+        assert!(err.contains("\n  line 4, table [trian]: unknown field `trian`"), "{err}");
+        assert!(err.contains("\n  line 8, [retrain] srepr.lamda: unknown field `lamda`"), "{err}");
+        assert!(err.contains("3 settings are not known") && !err.contains("`epochs`,"), "{err}");
+        // A setting inside an inline table, or a value over several lines, cannot be taken away:
+        // the search stops there, and says that there may be more.
+        let err = listed("[retrain]\nsrepr = { lamda = 1.0 }\nepoch = 2\n");
+        assert!(err.contains("at least 2 settings are not known"), "{err}");
+        assert!(err.contains("line 5, [retrain] srepr.lamda: unknown field `lamda`"), "{err}");
+        let err = listed("[retrain.select]\ntau_gridd = [\n  1.0,\n]\n[retrain]\nepoch = 2\n");
+        assert!(err.contains("at least 2 settings") && !err.contains("`epoch`"), "{err}");
+        // Past UNKNOWN_SHOWN, the count says "at least".
+        let many: String = (0..UNKNOWN_SHOWN + 3).map(|i| format!("x{i} = 1\n")).collect();
+        let err = listed(&many);
+        assert!(err.contains(&format!("at least {UNKNOWN_SHOWN} settings are not known")), "{err}");
     }
 
     /// The data section is checked with the rest, named; a file may leave the seeds to
