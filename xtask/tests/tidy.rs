@@ -173,30 +173,46 @@ fn code_of(line: &str) -> &str {
     }
 }
 
-/// Every line of code of `docs/library.md`'s Rust snippets is a line of
-/// `crates/lt-cli/examples/library_tour.rs`, which `cargo test` builds: the page shows code that
-/// compiles against the crates as they are (comments aside).
+/// Every Rust snippet of `docs/library.md` is in `crates/lt-cli/examples/library_tour.rs`, which
+/// `cargo test` builds and CI runs: each line of its code a line of the tour, in the snippet's
+/// order (the tour's glue may stand between them), so the page shows code that compiles against
+/// the crates as they are (comments aside).
 #[test]
 fn the_library_pages_snippets_are_lines_of_the_compiled_tour() {
     let page = std::fs::read_to_string(root().join("docs/library.md")).unwrap();
     let tour = std::fs::read_to_string(root().join("crates/lt-cli/examples/library_tour.rs")).unwrap();
-    let tour: std::collections::BTreeSet<&str> = tour.lines().map(code_of).collect();
-    let (mut in_rust, mut checked, mut missing) = (false, 0, Vec::new());
+    let tour: Vec<&str> = tour.lines().map(code_of).collect();
+    // Each snippet: its code lines, numbered.
+    type Snippet<'a> = Vec<(usize, &'a str)>;
+    let (mut snippets, mut current): (Vec<Snippet>, Option<Snippet>) = (Vec::new(), None);
     for (i, line) in page.lines().enumerate() {
-        match line.trim() {
-            "```rust" => in_rust = true,
-            "```" => in_rust = false,
-            _ if in_rust && !code_of(line).is_empty() => {
-                checked += 1;
-                if !tour.contains(code_of(line)) {
-                    missing.push(format!("docs/library.md:{}: {}", i + 1, code_of(line)));
-                }
-            }
-            _ => {}
+        let fence = line.trim();
+        match current.as_mut() {
+            Some(_) if fence == "```" => snippets.extend(current.take()),
+            Some(s) if !code_of(line).is_empty() => s.push((i + 1, code_of(line))),
+            Some(_) => {}
+            None if fence.starts_with("```rust") => current = Some(Vec::new()),
+            None => {}
         }
     }
-    assert!(checked > 30, "checked {checked} lines");
-    assert!(missing.is_empty(), "snippet lines not in examples/library_tour.rs:\n{}", missing.join("\n"));
+    let mut missing = Vec::new();
+    for snippet in &snippets {
+        // Each line found after the previous one's place in the tour.
+        let mut at = 0;
+        for &(n, code) in snippet {
+            match tour[at..].iter().position(|t| *t == code) {
+                Some(k) => at += k + 1,
+                None => missing.push(format!("docs/library.md:{n}: {code}")),
+            }
+        }
+    }
+    let checked: usize = snippets.iter().map(Vec::len).sum();
+    assert!(snippets.len() >= 5 && checked > 30, "checked {checked} lines of {} snippets", snippets.len());
+    assert!(
+        missing.is_empty(),
+        "snippet lines not in examples/library_tour.rs in the snippet's order:\n{}",
+        missing.join("\n")
+    );
 }
 
 #[test]

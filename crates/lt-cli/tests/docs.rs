@@ -24,49 +24,86 @@ fn doc_files() -> Vec<PathBuf> {
     files
 }
 
-/// The `lt` command lines of a Markdown text, each with its line number: the commands of shell
-/// blocks' lines that run `lt` (continuation lines joined; comments dropped; lists split at `&&`,
-/// `;` and `|`; a `VAR=value` prefix dropped) and inline code spans that start with `lt ` (of
-/// alternatives `a | b`, the first); brackets around optional parts (`[--init X]`) dropped.
+/// The command lines of `program` (`lt`, `cargo xtask`) in a Markdown text, each with its line
+/// number: the commands of shell blocks' lines (continuation lines joined; comments dropped;
+/// lists split at `&&`, `;` and `|`) and the inline code spans of paragraphs, a span that wraps
+/// onto the next line included (of alternatives `a | b`, the first); a `VAR=value` prefix and
+/// brackets around optional parts (`[--init X]`) dropped.
 fn commands(text: &str, program: &str) -> Vec<(usize, String)> {
     let program: Vec<&str> = program.split(' ').collect();
     let mut out = Vec::new();
-    let (mut in_sh, mut pending): (bool, Option<(usize, String)>) = (false, None);
+    // Inside a fence: whether it is a shell block.
+    let (mut fence, mut pending): (Option<bool>, Option<(usize, String)>) = (None, None);
+    let mut paragraph: Vec<(usize, &str)> = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let trimmed = line.trim();
         if trimmed.starts_with("```") {
-            in_sh = matches!(trimmed, "```sh" | "```bash" | "```console");
+            spans(&std::mem::take(&mut paragraph), &program, &mut out);
+            fence = match fence {
+                Some(_) => None,
+                None => Some(matches!(trimmed, "```sh" | "```bash" | "```console")),
+            };
             continue;
         }
-        if in_sh {
-            let (n, joined) = match pending.take() {
-                Some((n, before)) => (n, format!("{before} {trimmed}")),
-                None => (i + 1, trimmed.to_string()),
-            };
-            if let Some(rest) = joined.strip_suffix('\\') {
-                pending = Some((n, rest.trim_end().to_string()));
-                continue;
-            }
-            // Each command of a list (`a && b`, `a; b`, `a | b`), without its comment.
-            let code = joined.split(" #").next().unwrap_or_default().replace(['[', ']'], "");
-            for part in code.split(['&', ';', '|']) {
-                let words: Vec<&str> = part.split_whitespace().skip_while(|w| is_assignment(w)).collect();
-                if words.starts_with(&program) {
-                    out.push((n, words.join(" ")));
+        match fence {
+            Some(true) => {
+                let (n, joined) = match pending.take() {
+                    Some((n, before)) => (n, format!("{before} {trimmed}")),
+                    None => (i + 1, trimmed.to_string()),
+                };
+                match joined.strip_suffix('\\') {
+                    Some(rest) => pending = Some((n, rest.trim_end().to_string())),
+                    // Each command of a list, without its comment.
+                    None => {
+                        let code = joined.split(" #").next().unwrap_or_default();
+                        out.extend(
+                            code.split(['&', ';', '|']).filter_map(|c| command(c, &program)).map(|c| (n, c)),
+                        );
+                    }
                 }
             }
-            continue;
-        }
-        for (k, span) in line.split('`').enumerate() {
-            // Notation of inline spans: `a | b` for alternatives (the first is checked), `[--flag]`
-            // for an optional part (checked too).
-            let span = span.split(" | ").next().unwrap_or_default().replace(['[', ']'], "");
-            if k % 2 == 1 && span.split(' ').collect::<Vec<_>>().starts_with(&program) && span.contains(' ') {
-                out.push((i + 1, span));
-            }
+            Some(false) => {}
+            None if trimmed.is_empty() => spans(&std::mem::take(&mut paragraph), &program, &mut out),
+            None => paragraph.push((i + 1, line)),
         }
     }
+    spans(&paragraph, &program, &mut out);
     out
+}
+
+/// The commands of `program` in a paragraph's inline code spans (its lines, numbered), each with
+/// the line its span starts on.
+fn spans(paragraph: &[(usize, &str)], program: &[&str], out: &mut Vec<(usize, String)>) {
+    let (mut inside, mut span, mut start) = (false, String::new(), 0);
+    for &(n, line) in paragraph {
+        for (k, piece) in line.split('`').enumerate() {
+            if k > 0 {
+                // A backtick: a span opens or closes.
+                if inside {
+                    let first = span.split(" | ").next().unwrap_or_default();
+                    out.extend(command(first, program).map(|c| (start, c)));
+                    span.clear();
+                } else {
+                    start = n;
+                }
+                inside = !inside;
+            }
+            if inside {
+                span.push_str(piece);
+            }
+        }
+        if inside {
+            span.push(' ');
+        }
+    }
+}
+
+/// `text` as a command line of `program`, if it is one: its words, a `VAR=value` prefix and
+/// brackets around optional parts dropped; the program alone is none.
+fn command(text: &str, program: &[&str]) -> Option<String> {
+    let text = text.replace(['[', ']'], "");
+    let words: Vec<&str> = text.split_whitespace().skip_while(|w| is_assignment(w)).collect();
+    (words.len() > program.len() && words.starts_with(program)).then(|| words.join(" "))
 }
 
 /// Whether a shell word sets a variable (`RUST_LOG=debug`) rather than naming a program.
@@ -93,12 +130,15 @@ fn help(path: &[&str], cache: &mut BTreeMap<String, Option<String>>) -> Option<S
         .clone()
 }
 
-/// Whether `help` lists flag `--name` (followed by something other than a name character).
+/// Whether `help` declares flag `--name` (followed by something other than a name character).
 fn lists(help: &str, name: &str) -> bool {
     let flag = format!("--{name}");
-    help.match_indices(&flag).any(|(i, _)| {
-        let next = help[i + flag.len()..].chars().next();
-        !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    // Only the lines that declare options (`  -h, --help`, `      --log <LOG>`), not the prose.
+    help.lines().filter(|l| l.trim_start().starts_with('-')).any(|l| {
+        l.match_indices(&flag).any(|(i, _)| {
+            let next = l[i + flag.len()..].chars().next();
+            !next.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
     })
 }
 
@@ -193,8 +233,8 @@ fn the_checker_finds_commands_and_refuses_what_lt_lacks() {
     let text =
         "Run `lt train --resume` or:\n\n```sh\nRUST_LOG=debug lt retrain --row swa-la \\\n  --features f\n\
                 cargo xtask reproduce\nlt train --out r && lt extract --run r # both\n```\n";
-    let commands = commands(text, "lt");
-    let found: Vec<(usize, &str)> = commands.iter().map(|(n, c)| (*n, c.as_str())).collect();
+    let listed = commands(text, "lt");
+    let found: Vec<(usize, &str)> = listed.iter().map(|(n, c)| (*n, c.as_str())).collect();
     assert_eq!(
         found,
         [
@@ -204,8 +244,16 @@ fn the_checker_finds_commands_and_refuses_what_lt_lacks() {
             (7, "lt extract --run r")
         ]
     );
+    // A span that wraps onto the next line, one behind a variable, one of alternatives.
+    let text = "See `lt bench\nbackbone --profile` and `LT_KERNELS=avx2 lt bench backbone --tf32`,\n\
+                `lt eval | lt report --runs` too.\n\nNext paragraph.";
+    let spanned = commands(text, "lt");
+    let found: Vec<(usize, &str)> = spanned.iter().map(|(n, c)| (*n, c.as_str())).collect();
+    assert_eq!(found, [(1, "lt bench backbone --profile"), (2, "lt bench backbone --tf32"), (3, "lt eval")]);
     let mut cache = BTreeMap::new();
     assert_eq!(problem("lt train --resume --out DIR", &mut cache), None);
+    // A flag its help mentions in prose only is not one of its flags.
+    assert_eq!(problem("lt bench --device", &mut cache).unwrap(), "`lt bench` takes no --device");
     assert_eq!(problem("lt --plain bench backbone --profile", &mut cache), None);
     assert_eq!(problem("lt backbone init hub:timm/x --cached-only", &mut cache), None);
     assert_eq!(problem("lt train --resum", &mut cache).unwrap(), "`lt train` takes no --resum");
