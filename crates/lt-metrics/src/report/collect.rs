@@ -201,8 +201,18 @@ impl Collector {
         });
         row.seeds.push(seed);
         row.evaluations.push(ev);
-        let chosen = p.meta.facts.get(lt_core::formats::facts::CHOSEN).cloned();
+        use lt_core::formats::facts;
+        let chosen = p.meta.facts.get(facts::CHOSEN).cloned();
         row.chosen.push(chosen.unwrap_or(serde_json::Value::Null));
+        if row.not_chosen.is_null() {
+            let kept: serde_json::Map<String, serde_json::Value> = [facts::FIXED, facts::DEFAULTS]
+                .iter()
+                .filter_map(|k| p.meta.facts.get(*k).map(|v| (k.to_string(), v.clone())))
+                .collect();
+            if !kept.is_empty() {
+                row.not_chosen = serde_json::Value::Object(kept);
+            }
+        }
         Ok(())
     }
 }

@@ -38,6 +38,11 @@ pub struct Row {
     pub evaluations: Vec<Evaluation>,
     /// Per seed, the knobs chosen on validation data (`null` when none).
     pub chosen: Vec<serde_json::Value>,
+    /// The knobs its runs did not choose, as the first seed recorded them (a row's seeds share
+    /// their configuration): those given or set by the row's definition under `fixed`, those
+    /// taken for want of a validation split under `defaults` (`null` when none).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub not_chosen: serde_json::Value,
 }
 
 /// Aggregated numbers of a row.
@@ -75,6 +80,7 @@ impl Row {
             seeds: Vec::new(),
             evaluations: Vec::new(),
             chosen: Vec::new(),
+            not_chosen: serde_json::Value::Null,
         }
     }
 
@@ -170,6 +176,20 @@ pub fn tables<'a>(spec: &ReportSpec, rows: &'a [Row]) -> Vec<(String, Vec<&'a Ro
     out
 }
 
+/// A row's knobs not chosen on validation, in words (`fixed: lambda 0.0; defaults (no
+/// validation split): tau 1.0`), or nothing.
+fn not_chosen(r: &Row) -> String {
+    use lt_core::formats::facts;
+    let kinds = [(facts::FIXED, "fixed"), (facts::DEFAULTS, "defaults (no validation split)")];
+    let said: Vec<String> = kinds
+        .iter()
+        .filter_map(|(key, how)| {
+            r.not_chosen.get(key).map(knobs).filter(|k| k != "-").map(|k| format!("{how}: {k}"))
+        })
+        .collect();
+    said.join("; ")
+}
+
 /// The chosen knobs of one seed in words (`tau 1.25, lambda 0.3`), or `-`.
 fn knobs(v: &serde_json::Value) -> String {
     match v.as_object() {
@@ -219,6 +239,14 @@ pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
             let per_seed: Vec<String> =
                 r.seeds.iter().zip(&r.chosen).map(|(sd, c)| format!("{sd}: {}", knobs(c))).collect();
             s.push_str(&format!("| {} | {} | {} |\n", r.backbone, r.method, per_seed.join("; ")));
+        }
+    }
+    let unchosen: Vec<&Row> =
+        tables(spec, rows).into_iter().flat_map(|(_, t)| t).filter(|r| !not_chosen(r).is_empty()).collect();
+    if !unchosen.is_empty() {
+        s.push_str("\n## Knobs not chosen on validation\n\n| Backbone | Method | knobs |\n|---|---|---|\n");
+        for r in unchosen {
+            s.push_str(&format!("| {} | {} | {} |\n", r.backbone, r.method, not_chosen(r)));
         }
     }
     s.push_str(&format!(
@@ -340,5 +368,34 @@ mod tests {
         // The seed counts stand under the header's `n`.
         let n_at = lines[0].find("  n  ").map(|b| lines[0][..b].chars().count() + 2).unwrap();
         assert!(lines[1..].iter().all(|l| l.chars().nth(n_at) == Some('0')), "{n_at}\n{text}");
+    }
+
+    /// Knobs a row did not choose are listed as given (`fixed`) or taken for want of a
+    /// validation split (`defaults`); a row with neither is not listed.
+    #[test]
+    fn knobs_not_chosen_are_listed_by_how_they_were_set() {
+        let mut b = Row::new("b", "SWA", "SRepr (b)");
+        b.not_chosen = serde_json::json!({"fixed": {"lambda": 0.0}, "defaults": {"tau": 1.0}});
+        let mut given = Row::new("g", "SWA", "mine");
+        given.not_chosen = serde_json::json!({"fixed": {"tau": 2.0}});
+        let rows = [b, given, Row::new("a", "SWA", "LA")];
+        let spec = ReportSpec {
+            title: "t".into(),
+            tables: vec![TableSpec { title: "T".into(), rows: vec!["a".into(), "b".into(), "g".into()] }],
+            per_class_rows: Vec::new(),
+            paper: None,
+        };
+        let md = markdown(&spec, "", &rows);
+        let table = md.split("## Knobs not chosen on validation\n").nth(1).unwrap_or_else(|| panic!("{md}"));
+        let lines: Vec<&str> = table.lines().skip(3).take_while(|l| l.starts_with('|')).collect();
+        assert_eq!(
+            lines,
+            [
+                "| SWA | SRepr (b) | fixed: lambda 0.0; defaults (no validation split): tau 1.0 |",
+                "| SWA | mine | fixed: tau 2.0 |"
+            ],
+            "{md}"
+        );
+        assert!(!markdown(&spec, "", &rows[2..]).contains("not chosen"));
     }
 }
