@@ -143,9 +143,10 @@ pub const NAME_MAX: usize = 64;
 
 /// Checks a row name of the user's own (`lt retrain --name`): 1 to [`NAME_MAX`] lower-case ASCII
 /// letters, digits and `._-`, starting with a letter or digit (it names files, `lt eval --out`'s
-/// JSON and the report's plots, on file systems that may ignore case), and no plan row's id or
-/// label, nor an id a configuration records without a row (`<backbone>-...`: `swa-la-ensemble`).
-/// The error says what is wrong.
+/// JSON and the report's plots, on file systems that may ignore case); no plan row's id or label
+/// (as a name is written: `la-post-hoc` for `LA (post-hoc)`), no method's or backbone's name, nor
+/// an id a configuration records without a row (`<backbone>-...`: `swa-la-ensemble`), so that a
+/// named row never reads as another method. The error says what is wrong.
 pub fn check_name(name: &str) -> std::result::Result<(), String> {
     let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c);
     let chars = name.chars().count();
@@ -153,25 +154,43 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
         return Err(format!("a row name has 1 to {NAME_MAX} characters, got {chars}"));
     }
     if let Some(c) = name.chars().find(|c| !allowed(*c)) {
+        let lower = name.to_ascii_lowercase();
+        let hint = if lower.chars().all(allowed) { format!(" (say {lower:?})") } else { String::new() };
         return Err(format!(
-            "a row name has lower-case ASCII letters, digits and ._- only, got {c:?} in {name:?}"
+            "a row name has lower-case ASCII letters, digits and ._- only, got {c:?} in {name:?}{hint}"
         ));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(format!("a row name starts with a letter or digit, got {name:?}"));
     }
+    let taken = |what: String| Err(format!("{name:?} is {what}: choose a name of your own"));
     if row(name).is_some() {
         return Err(format!("{name:?} is a row of the plan: --row {name} records it (with its settings)"));
     }
-    if let Some(r) = ROWS.iter().find(|r| r.label.eq_ignore_ascii_case(name)) {
-        return Err(format!("{name:?} is the label of the plan's row {}: choose a name of your own", r.id));
+    let labelled: Vec<&str> = ROWS.iter().filter(|r| plain(r.label) == name).map(|r| r.id).collect();
+    if !labelled.is_empty() {
+        return taken(format!("the label of the plan's rows {}", labelled.join(", ")));
     }
-    if let Some(b) = Backbone::ALL.iter().find(|b| name.starts_with(&format!("{b}-"))) {
-        return Err(format!(
-            "{name:?} starts like the id a run without --row records ({b}-<method>...): choose a name of your own"
+    if MethodKind::ALL.iter().any(|m| m.to_string() == name) {
+        return taken("a method's name".into());
+    }
+    if let Some(b) =
+        Backbone::ALL.iter().find(|b| name == b.to_string() || name.starts_with(&format!("{b}-")))
+    {
+        return taken(format!(
+            "the backbone {b} or starts like the id a run without --row records ({b}-<method>...)"
         ));
     }
     Ok(())
+}
+
+/// A label as a row name would write it: lower case, each run of other characters one `-`
+/// (`LA (post-hoc)`: `la-post-hoc`).
+fn plain(label: &str) -> String {
+    let lower = label.to_ascii_lowercase();
+    let words: Vec<&str> =
+        lower.split(|c: char| !c.is_ascii_alphanumeric()).filter(|w| !w.is_empty()).collect();
+    words.join("-")
 }
 
 #[cfg(test)]
@@ -193,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_row_name_of_ones_own_is_plain_and_no_plan_rows() {
-        for ok in ["srepr-lambda0.3", "a1", "la_tau2", "x".repeat(NAME_MAX).as_str()] {
+        for ok in ["srepr-lambda0.3", "a1", "la_tau2", "srepr-b", "x".repeat(NAME_MAX).as_str()] {
             assert_eq!(check_name(ok), Ok(()), "{ok}");
         }
         for (bad, says) in [
@@ -203,11 +222,21 @@ mod tests {
             ("a/b", "got '/' in \"a/b\""),
             ("two words", "got ' '"),
             ("a+b", "got '+'"),
-            ("Swa-la", "got 'S'"),
+            ("SRepr-Lambda0.3", "got 'S' in \"SRepr-Lambda0.3\" (say \"srepr-lambda0.3\")"),
             ("-x", "starts with a letter or digit"),
             (".x", "starts with a letter or digit"),
             ("swa-srepr", "is a row of the plan: --row swa-srepr"),
-            ("tau-norm", "is the label of the plan's row sgd-tau-norm"),
+            (
+                "tau-norm",
+                "is the label of the plan's rows sgd-tau-norm, swa-tau-norm: choose a name of your own",
+            ),
+            ("la", "the label of the plan's rows sgd-la, swa-la"),
+            ("la-post-hoc", "the label of the plan's rows sgd-la-posthoc, swa-la-posthoc"),
+            ("stochastic-repr-b", "the label of the plan's rows swa-srepr-b"),
+            ("balanced-softmax", "the label of the plan's rows"),
+            ("la-posthoc", "is a method's name"),
+            ("none", "is a method's name"),
+            ("swa", "is the backbone swa"),
             ("swa-la-ensemble", "starts like the id a run without --row records (swa-<method>...)"),
             ("sgd-mine", "(sgd-<method>...)"),
         ] {
