@@ -151,11 +151,12 @@ pub fn check_dir(dir: &Path, features: &Features, cfg: &RetrainConfig, recorded:
             lt_core::fingerprint::short(features_fp)
         ));
     }
+    // The row is named once: as the first difference, or else before them.
+    let which = if held.row == row { format!("row {}; ", held.row) } else { String::new() };
     Err(RetrainError::Invalid(format!(
-        "{} holds the outputs of another stage-2 run (row {}; {}); choose another --out, or remove its {HEAD_FILE} \
+        "{} holds the outputs of another stage-2 run ({which}{}); choose another --out, or remove its {HEAD_FILE} \
          and {PREDICTIONS_FILE} to replace them",
         dir.display(),
-        held.row,
         if differ.is_empty() { "another fingerprint".to_string() } else { lt_core::diff::summary(&differ) }
     )))
 }

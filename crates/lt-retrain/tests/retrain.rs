@@ -569,7 +569,7 @@ fn an_output_directory_refuses_another_runs_outputs() {
     let err = lt_retrain::outputs::check_dir(&out, &features, &run, Recorded::Named("mine")).unwrap_err();
     assert!(
         err.to_string().contains(
-            "holds the outputs of another stage-2 run (row swa-la-posthoc; the row: swa-la-posthoc recorded, mine now)"
+            "holds the outputs of another stage-2 run (the row: swa-la-posthoc recorded, mine now)"
         ),
         "{err}"
     );

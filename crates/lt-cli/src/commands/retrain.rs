@@ -122,6 +122,23 @@ fn config<'a>(a: &'a RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig
     Ok((cfg, recorded))
 }
 
+/// Warns when `--out`'s directory is named as another row than the run records (`row`): `lt
+/// report` reads the row from the predictions, so a forgotten `--name`, or a run written into
+/// another row's directory, would otherwise show up only there.
+fn warn_directory_name(out: &std::path::Path, row: &str) {
+    let Some(dir) = out.file_name().and_then(|n| n.to_str()).filter(|d| *d != row) else { return };
+    let hint = if rows::row(dir).is_some() {
+        format!("{dir} is the plan row {dir}'s directory")
+    } else if rows::check_name(dir).is_ok() {
+        format!("give --name {dir} to record it under that name")
+    } else {
+        return;
+    };
+    tracing::warn!(
+        "writing row {row} into a directory named {dir}: lt report lists the run as {row} ({hint})"
+    );
+}
+
 /// Runs `lt retrain`.
 pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     if a.list_rows {
@@ -149,6 +166,7 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     if let Some(kept) = &kept {
         tracing::info!("kept {:.0} MiB of features on the device", kept.kept_bytes() as f64 / 1048576.0);
     }
+    warn_directory_name(out, &recorded.id_and_label(&cfg).0);
     let (head, preds) = outputs::write(&outcome, &features, recorded, out)?;
     use lt_core::formats::facts;
     let knobs = [
