@@ -81,6 +81,11 @@ fn fixture(root: &Path) {
         "retrain --preset tiny --row swa-la --epochs 3 --features {r}/runs/seed-0/stage1/features.safetensors \
          --out {r}/epochs-3/swa-la"
     ));
+    // The same run under a name of its own, for a report that would show it twice.
+    run_ok(&format!(
+        "retrain --preset tiny --row swa-la --name la-again --features {r}/runs/seed-0/stage1/features.safetensors \
+         --out {r}/named/la-again"
+    ));
     std::fs::write(root.join("preset-ok.toml"), "name = \"mine\"\n").unwrap();
 }
 

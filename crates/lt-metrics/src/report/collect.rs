@@ -117,6 +117,8 @@ struct Collector {
     configs: BTreeMap<String, (serde_json::Value, PathBuf)>,
     /// Each features fingerprint and the seed whose runs were trained on it.
     features: BTreeMap<String, (u64, PathBuf)>,
+    /// Each run's fingerprint (its features and settings), the row it fills and its file.
+    runs: BTreeMap<String, (String, PathBuf)>,
 }
 
 /// How [`collect`] compares the configurations a row's seeds recorded: each as it stands
@@ -150,6 +152,7 @@ impl Collector {
             test_labels: None,
             configs: BTreeMap::new(),
             features: BTreeMap::new(),
+            runs: BTreeMap::new(),
         }
     }
 
@@ -177,16 +180,8 @@ impl Collector {
         } else {
             p.meta.row.clone()
         };
-        let seed_files = self.files.entry(seed).or_default();
-        if let Some(other) = seed_files.get(&id) {
-            return Err(MetricsError::Invalid(format!(
-                "{} and {} both hold row `{id}` of seed {seed}: remove one, or, to keep both, run one again with a \
-                 row name of its own (`lt retrain --name`) on every seed",
-                other.display(),
-                file.display()
-            )));
-        }
-        seed_files.insert(id.clone(), file.to_path_buf());
+        self.check_one_file_per_row(seed, &id, file, &p)?;
+        self.files.entry(seed).or_default().insert(id.clone(), file.to_path_buf());
         self.check_runs_agree(seed, &id, file, &p)?;
         let groups =
             p.groups_of(split).map_err(|e| MetricsError::Invalid(format!("{}: {e}", file.display())))?;
@@ -218,6 +213,40 @@ impl Collector {
 }
 
 impl Collector {
+    /// Refuses a second file for row `id` of `seed` (a copy, or a variant that needs a name of
+    /// its own), and a run that fills another row already (the same fingerprint under two names).
+    fn check_one_file_per_row(&mut self, seed: u64, id: &str, file: &Path, p: &Predictions) -> Result<()> {
+        if let Some(other) = self.files.get(&seed).and_then(|f| f.get(id)) {
+            let config = without_seed(&(self.settings)(&p.meta.config));
+            let fix = if self.configs.get(id).is_some_and(|(c, _)| *c == config) {
+                "with the same settings: one is a copy; remove it"
+            } else {
+                "with other settings: remove one, or, to keep both, run one again with a row name of its own (`lt \
+                 retrain --name`) on every seed"
+            };
+            return Err(MetricsError::Invalid(format!(
+                "{} and {} both hold row `{id}` of seed {seed} {fix}",
+                other.display(),
+                file.display()
+            )));
+        }
+        if p.meta.fingerprint.is_empty() {
+            return Ok(());
+        }
+        match self.runs.get(&p.meta.fingerprint) {
+            Some((other_id, other)) if other_id != id => Err(MetricsError::Invalid(format!(
+                "{} (row `{id}`) and {} (row `{other_id}`) are the same run, on the same features with the same \
+                 settings: one row would repeat the other; remove one",
+                file.display(),
+                other.display()
+            ))),
+            _ => {
+                self.runs.insert(p.meta.fingerprint.clone(), (id.to_string(), file.to_path_buf()));
+                Ok(())
+            }
+        }
+    }
+
     /// Refuses runs that would make a mean over seeds lie: a row whose seeds ran with other
     /// settings, or two seeds trained on the same features (a seed's directory copied as another
     /// seed's), naming both files.
