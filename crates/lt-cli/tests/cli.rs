@@ -329,7 +329,29 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
         "--out",
         named.to_str().unwrap(),
     ]);
-    assert!(ok && said.starts_with("la-tau2 on "), "{said}{err}");
+    assert!(ok && said.starts_with("la-tau2 on ") && !err.contains("directory named"), "{said}{err}");
+    // A run written into a directory named as another row is warned about (a forgotten --name).
+    let elsewhere = tmp.path().join("elsewhere/la-tau3");
+    let (ok, _, err) = lt(&[
+        "retrain",
+        "--preset",
+        "tiny",
+        "--row",
+        "swa-la",
+        "--tau",
+        "3",
+        "--features",
+        features.to_str().unwrap(),
+        "--out",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert!(
+        ok && err.contains(
+            "writing row swa-la into a directory named la-tau3: lt report lists the run as swa-la (give --name \
+             la-tau3 to record it under that name)"
+        ),
+        "{err}"
+    );
     let report = |out: &str| lt(&["report", "--runs", runs.to_str().unwrap(), "--out", out]);
     let (ok, said, err) = report(tmp.path().join("with").to_str().unwrap());
     assert!(ok && !said.contains("no dispersion plots"), "{said}{err}");
@@ -341,6 +363,14 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
     let fixed = md.split("## Knobs not chosen on validation").nth(1).unwrap_or_else(|| panic!("{md}"));
     assert!(fixed.contains("| SWA | la-tau2 | fixed: tau 2.0 |") && !fixed.contains("| LA |"), "{md}");
     assert!(md.contains("| SWA | LA | 0: tau "), "{md}");
+    // The plots are listed with what they show.
+    assert!(
+        md.contains(
+            "- `plots/reliability-la-tau2.png` (`.svg`): reliability diagram of SWA la-tau2 (1 seed(s), "
+        ),
+        "{md}"
+    );
+    assert!(tmp.path().join("with/plots/reliability-la-tau2.png").exists());
     assert!(tmp.path().join("with/plots/dispersion.json").exists());
     std::fs::rename(&features, tmp.path().join("aside.safetensors")).unwrap();
     let (ok, said, err) = report(tmp.path().join("without").to_str().unwrap());

@@ -23,6 +23,13 @@ fn register_font() {
 /// Size of every plot in pixels.
 pub const SIZE: (u32, u32) = (800, 500);
 
+/// The caption's font size for `title`: 22 pixels, smaller for a title too long for the plot's
+/// width at that size (DejaVu Sans is about 0.56 em wide a character on average), 10 at least.
+fn caption_size(title: &str) -> u32 {
+    let fits = (SIZE.0 - 24) as f64 / (0.56 * title.chars().count().max(1) as f64);
+    (fits.floor() as u32).clamp(10, 22)
+}
+
 const PALETTE: [RGBColor; 6] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -89,7 +96,7 @@ where
 {
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, ("sans-serif", caption_size(title)))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
@@ -141,7 +148,7 @@ where
     let c = counts.len().max(1);
     let max_count = counts.iter().copied().max().unwrap_or(1).max(1) as f64;
     let mut chart = ChartBuilder::on(root)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, ("sans-serif", caption_size(title)))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -153,8 +160,16 @@ where
         .x_desc("class index (sorted by training count)")
         .y_desc(y_desc)
         .label_style(("sans-serif", 14))
+        // Classes are whole numbers, counts too.
+        .x_labels(c.min(20))
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .draw()?;
-    chart.configure_secondary_axes().y_desc("training images").label_style(("sans-serif", 14)).draw()?;
+    chart
+        .configure_secondary_axes()
+        .y_desc("training images")
+        .label_style(("sans-serif", 14))
+        .y_label_formatter(&|n| format!("{n:.0}"))
+        .draw()?;
     chart.draw_secondary_series(counts.iter().enumerate().map(|(i, &n)| {
         Rectangle::new(
             [(i as f64 - 0.4, 1.0), (i as f64 + 0.4, (n as f64).max(1.0))],
@@ -196,4 +211,22 @@ pub fn per_class(
         |r| per_class_on(r, series, counts, title, y_desc, y_max),
         move |r| per_class_on(r, &s2, &c2, &t2, &d2, y_max),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A short title keeps the full size; a long one shrinks to fit the width, down to 10.
+    #[test]
+    fn a_long_caption_shrinks_to_fit_the_plot() {
+        assert_eq!(caption_size("SWA LA: reliability"), 22);
+        let long = "SWA SRepr, frozen teacher, LA on the student: reliability (3 seed(s), 3000 test predictions pooled)";
+        let size = caption_size(long);
+        assert!(
+            size < 22 && size as f64 * 0.56 * long.chars().count() as f64 <= (SIZE.0 - 24) as f64,
+            "{size}"
+        );
+        assert_eq!(caption_size(&"x".repeat(1000)), 10);
+    }
 }

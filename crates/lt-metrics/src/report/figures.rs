@@ -1,6 +1,7 @@
-//! The plots of a report (first seed): per-class accuracy of chosen rows against class index
-//! with the training counts, a reliability diagram per row, and the per-class dispersion of the
-//! stochastic representations (poster Figure 3).
+//! The plots of a report: per-class accuracy of chosen rows against class index with the
+//! training counts (the mean over each row's seeds), a reliability diagram per row (its seeds'
+//! test predictions pooled), and the per-class dispersion of the first seed's stochastic
+//! representations (poster Figure 3). Each is listed, with what it shows, in report.md.
 
 use std::path::Path;
 
@@ -22,45 +23,69 @@ fn y_max(values: &[Option<f64>]) -> f64 {
     (values.iter().flatten().fold(0f64, |m, &v| m.max(v)) * Y_HEADROOM).max(1e-12)
 }
 
-/// Writes every plot of the report into `dir`.
-pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<()> {
-    let Some(stage1) = c.first_stage1() else { return Ok(()) };
+/// A file written under `plots/`, as report.md names it (`` `plots/x.png` (`.svg`) ``), and what
+/// it shows.
+pub(super) type Drawn = (String, String);
+
+/// A plot's entry: both files of `stem`, and `what`.
+fn plot(stem: &str, what: String) -> Drawn {
+    (format!("`plots/{stem}.png` (`.svg`)"), what)
+}
+
+/// Each class's accuracy, the mean over the seeds that have it.
+fn mean_per_class(evaluations: &[crate::classification::Evaluation]) -> Vec<Option<f64>> {
+    let classes = evaluations.iter().map(|e| e.per_class.len()).max().unwrap_or(0);
+    (0..classes)
+        .map(|k| {
+            let v: Vec<f64> =
+                evaluations.iter().filter_map(|e| e.per_class.get(k).copied().flatten()).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        })
+        .collect()
+}
+
+/// Writes every plot of the report into `dir`; returns what it drew.
+pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<Drawn>> {
+    let mut drawn = Vec::new();
+    let Some(stage1) = c.first_stage1() else { return Ok(drawn) };
     let seed = c.seeds[0];
     let split = stage1.join(LAYOUT.split);
     let counts =
         if split.exists() { Some(lt_core::split::SplitInfo::read(&split)?.class_counts()) } else { None };
-    let series: Vec<Series> = spec
-        .per_class_rows
+    let shown: Vec<&super::Row> =
+        spec.per_class_rows.iter().filter_map(|id| c.rows.iter().find(|r| &r.id == id)).collect();
+    let series: Vec<Series> = shown
         .iter()
-        .filter_map(|id| c.rows.iter().find(|r| &r.id == id && r.seeds.first() == Some(&seed)))
         .map(|r| Series {
-            label: format!("{} {}", r.backbone, r.method),
-            values: r.evaluations[0].per_class.clone(),
+            label: format!("{} {} (n = {})", r.backbone, r.method, r.evaluations.len()),
+            values: mean_per_class(&r.evaluations),
         })
         .collect();
     if let (Some(counts), false) = (&counts, series.is_empty()) {
-        plots::per_class(
-            &series,
-            counts,
-            &format!("Per-class test accuracy (seed {seed})"),
-            "accuracy",
-            1.0,
-            &dir.join("per_class_accuracy"),
-        )?;
+        let title = "Per-class test accuracy, mean over seeds";
+        plots::per_class(&series, counts, title, "accuracy", 1.0, &dir.join("per_class_accuracy"))?;
+        let rows: Vec<String> = shown.iter().map(|r| format!("{} {}", r.backbone, r.method)).collect();
+        drawn.push(plot(
+            "per_class_accuracy",
+            format!("{title} ({}), against class index with seed {seed}'s training counts", rows.join(", ")),
+        ));
     }
-    for (id, file) in c.files.get(&seed).into_iter().flatten() {
-        let p = Predictions::read(file)?;
-        let (conf, ok) = confidences(&p.scores()?);
-        let label = c.rows.iter().find(|r| &r.id == id).map(|r| format!("{} {}", r.backbone, r.method));
-        plots::reliability_diagram(
-            &reliability(&conf, &ok, ECE_BINS, BinEdges::Guo),
-            &format!(
-                "{}: reliability (seed {seed}, {} test images)",
-                label.unwrap_or_else(|| id.clone()),
-                p.labels.len()
-            ),
-            &dir.join(format!("reliability-{id}")),
-        )?;
+    for r in &c.rows {
+        let (mut conf, mut ok, mut seeds) = (Vec::new(), Vec::new(), 0);
+        for files in c.files.values() {
+            if let Some(file) = files.get(&r.id) {
+                let (cf, k) = confidences(&Predictions::read(file)?.scores()?);
+                conf.extend(cf);
+                ok.extend(k);
+                seeds += 1;
+            }
+        }
+        let label = format!("{} {}", r.backbone, r.method);
+        let what = format!("{seeds} seed(s), {} test predictions pooled", conf.len());
+        let stem = format!("reliability-{}", r.id);
+        let bins = reliability(&conf, &ok, ECE_BINS, BinEdges::Guo);
+        plots::reliability_diagram(&bins, &format!("{label}: reliability ({what})"), &dir.join(&stem))?;
+        drawn.push(plot(&stem, format!("reliability diagram of {label} ({what}, {ECE_BINS} bins)")));
     }
     let features = stage1.join(LAYOUT.features);
     if let (Some(counts), true) = (&counts, features.exists()) {
@@ -82,14 +107,50 @@ pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<
             ] {
                 let label =
                     format!("{} SWAG samples, mean over each class's test images", f.swag_indices().len());
-                let series = vec![Series { label, values: values.clone() }];
+                let series = vec![Series { label: label.clone(), values: values.clone() }];
                 plots::per_class(&series, counts, title, y_desc, y_max(values), &dir.join(stem))?;
+                drawn.push(plot(stem, format!("{title}: {y_desc} per class, seed {seed}'s {label}")));
             }
             let json = dir.join("dispersion.json");
             let text = serde_json::to_string_pretty(&d).map_err(|e| MetricsError::Invalid(e.to_string()))?;
             lt_core::atomic::write_bytes_atomic(&json, text.as_bytes())
                 .map_err(|source| MetricsError::Io { path: json.clone(), source })?;
+            drawn.push((
+                "`plots/dispersion.json`".into(),
+                format!("the dispersion plots' values (seed {seed})"),
+            ));
         }
     }
-    Ok(())
+    Ok(drawn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classification::Evaluation;
+
+    /// The per-class plot shows each class's mean over the seeds that have a value for it.
+    #[test]
+    fn the_per_class_plot_is_the_mean_over_seeds() {
+        let seed = |per_class: Vec<Option<f64>>| Evaluation {
+            accuracy: 0.0,
+            many: None,
+            medium: None,
+            few: None,
+            nll: 0.0,
+            ece: 0.0,
+            top5: None,
+            per_class,
+            samples: 0,
+        };
+        let runs = [seed(vec![Some(1.0), Some(0.2), None]), seed(vec![Some(0.5), Some(0.4), None])];
+        let mean = mean_per_class(&runs);
+        assert_eq!(mean.len(), 3);
+        assert!((mean[0].unwrap() - 0.75).abs() < 1e-12 && (mean[1].unwrap() - 0.3).abs() < 1e-12);
+        assert_eq!(mean[2], None);
+        assert_eq!(
+            mean_per_class(&[seed(vec![None, Some(0.5)]), seed(vec![Some(1.0), Some(0.5)])])[0],
+            Some(1.0)
+        );
+    }
 }

@@ -256,6 +256,18 @@ pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
     s
 }
 
+/// The report's plots, each file with what it shows (none: a note that there are none).
+fn plots_section(drawn: &[figures::Drawn]) -> String {
+    let mut s = String::from("\n## Plots\n\n");
+    if drawn.is_empty() {
+        s.push_str("None: the first seed's stage-1 directory is not there.\n");
+    }
+    for (files, what) in drawn {
+        s.push_str(&format!("- {files}: {what}\n"));
+    }
+    s
+}
+
 /// The tables as aligned plain text for a terminal.
 pub fn text_table(spec: &ReportSpec, rows: &[Row]) -> String {
     let seeds = rows.iter().map(|r| r.evaluations.len()).max().unwrap_or(0);
@@ -315,7 +327,7 @@ fn render(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<PathBuf>> 
         move |source| MetricsError::Io { path, source }
     };
     let plots = dir.join("plots");
-    figures::write_all(&plots, spec, c)?;
+    let drawn = figures::write_all(&plots, spec, c)?;
     let mut files = Vec::new();
     for e in std::fs::read_dir(&plots).map_err(io(&plots))? {
         files.push(Path::new("plots").join(e.map_err(io(&plots))?.file_name()));
@@ -335,7 +347,7 @@ fn render(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<PathBuf>> 
         c.seeds.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")
     );
     let md = dir.join("report.md");
-    let text = markdown(spec, &description, &c.rows) + &classes::table(spec, c);
+    let text = markdown(spec, &description, &c.rows) + &classes::table(spec, c) + &plots_section(&drawn);
     std::fs::write(&md, text).map_err(io(&md))?;
     files.push("report.md".into());
     Ok(files)
