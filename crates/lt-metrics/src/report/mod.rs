@@ -153,7 +153,10 @@ fn cells(m: &RowSummary, seeds: usize) -> [String; 9] {
     ]
 }
 
-/// The rows of each table of `spec`, in order, with a last "Other runs" table for the rest.
+/// The title of the table of rows outside the spec's tables.
+const OTHER_RUNS: &str = "Other runs";
+
+/// The rows of each table of `spec`, in order, with a last [`OTHER_RUNS`] table for the rest.
 pub fn tables<'a>(spec: &ReportSpec, rows: &'a [Row]) -> Vec<(String, Vec<&'a Row>)> {
     let mut out = Vec::new();
     let mut used = vec![false; rows.len()];
@@ -171,7 +174,7 @@ pub fn tables<'a>(spec: &ReportSpec, rows: &'a [Row]) -> Vec<(String, Vec<&'a Ro
     }
     let rest: Vec<&Row> = rows.iter().zip(&used).filter(|(_, u)| !**u).map(|(r, _)| r).collect();
     if !rest.is_empty() {
-        out.push(("Other runs".into(), rest));
+        out.push((OTHER_RUNS.into(), rest));
     }
     out
 }
@@ -226,6 +229,12 @@ pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
                     f(p.nll_ece[1], 3)
                 ));
             }
+        }
+        if title == OTHER_RUNS {
+            s.push_str(
+                "\nRuns outside the plan, each under a name given to `lt retrain --name` or its configuration's own \
+                 id; what they fixed is in the table of knobs not chosen.\n",
+            );
         }
     }
     let chosen: Vec<&Row> = tables(spec, rows)
