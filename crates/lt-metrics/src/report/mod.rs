@@ -156,7 +156,7 @@ fn cells(m: &RowSummary, seeds: usize) -> [String; 9] {
 /// The title of the table of rows outside the spec's tables.
 const OTHER_RUNS: &str = "Other runs";
 
-/// The rows of each table of `spec`, in order, with a last [`OTHER_RUNS`] table for the rest.
+/// The rows of each table of `spec`, in order, with a last table ("Other runs") for the rest.
 pub fn tables<'a>(spec: &ReportSpec, rows: &'a [Row]) -> Vec<(String, Vec<&'a Row>)> {
     let mut out = Vec::new();
     let mut used = vec![false; rows.len()];
