@@ -89,7 +89,12 @@ fn fashion_mnist_lt_pipeline() {
             evals.to_str().unwrap(),
         ]);
         assert!(eval.lines().count() >= 2, "{eval}");
+        // The knobs as lt retrain said them, in its output and its JSON.
+        assert!(eval.contains(&format!("knobs: {}", &said_knobs[..said_knobs.find(' ').unwrap()])), "{eval}");
         // Named by the row the run records and its seed, side by side with other runs'.
-        assert!(evals.join(format!("swa-{method}-seed-0.json")).exists(), "{eval}");
+        let json = std::fs::read_to_string(evals.join(format!("swa-{method}-seed-0.json"))).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+        let kind = if method == "la" { "chosen" } else { "fixed" };
+        assert!(json["knobs"][kind]["tau"].is_number(), "{json}");
     }
 }

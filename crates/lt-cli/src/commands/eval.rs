@@ -68,11 +68,17 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
     if let Some(top5) = ev.top5 {
         println!("top-5 accuracy {:.2}", 100.0 * top5);
     }
+    // The knobs, as `lt retrain` said them (a foreign artifact may record none).
+    let knobs = super::knobs_said(&p.meta.facts);
+    if let Some(said) = knobs.strip_prefix(", ") {
+        println!("knobs: {said}");
+    }
     if let Some(out) = &a.out {
         let _lock = lt_core::lock::RunLock::acquire_and_clean(out)?;
         let stem = file_stem(&p.meta.row, p.meta.seed);
         let json = out.join(format!("{stem}.json"));
-        let body = serde_json::json!({"predictions": a.predictions, "row": p.meta.row, "method": p.meta.method, "backbone": p.meta.backbone, "seed": p.meta.seed, "metrics": ev});
+        let knobs = lt_core::formats::facts::knobs(&p.meta.facts);
+        let body = serde_json::json!({"predictions": a.predictions, "row": p.meta.row, "method": p.meta.method, "backbone": p.meta.backbone, "seed": p.meta.seed, "knobs": knobs, "metrics": ev});
         lt_core::atomic::write_bytes_atomic(&json, serde_json::to_string_pretty(&body)?.as_bytes())?;
         let (c, ok) = confidences(&scores);
         plots::reliability_diagram(

@@ -168,16 +168,7 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     }
     warn_directory_name(out, &recorded.id_and_label(&cfg).0);
     let (head, preds) = outputs::write(&outcome, &features, recorded, out)?;
-    use lt_core::formats::facts;
-    let knobs = [
-        (facts::CHOSEN, "chose"),
-        (facts::FIXED, "fixed"),
-        (facts::DEFAULTS, "defaults (no validation split)"),
-    ];
-    let chosen: String = knobs
-        .iter()
-        .filter_map(|(key, how)| outcome.facts.get(*key).map(|k| format!(", {how} {k}")))
-        .collect();
+    let chosen = super::knobs_said(&serde_json::Value::Object(outcome.facts.clone()));
     println!(
         "{} on {}: balanced test accuracy {:.2}%{chosen} ({:.1} s); wrote {} and {}",
         recorded.id_and_label(&cfg).0,

@@ -34,6 +34,14 @@ pub mod facts {
     pub const SELECTION: &str = "selection";
     /// The kinds of knob (a knob is recorded under one of them).
     pub const KINDS: [&str; 3] = [CHOSEN, FIXED, DEFAULTS];
+    /// Each kind as output says it before its knobs (`chose {"tau":1.25}`, `fixed ...`).
+    pub const SAID: [(&str, &str); 3] =
+        [(CHOSEN, "chose"), (FIXED, "fixed"), (DEFAULTS, "defaults (no validation split)")];
+
+    /// The knob records of a run's facts: each kind it has, with its knobs.
+    pub fn knobs(facts: &serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        KINDS.iter().filter_map(|k| facts.get(*k).map(|v| (k.to_string(), v.clone()))).collect()
+    }
 }
 
 /// The metadata shared by the head and predictions artifacts of one stage-2 run.

@@ -200,10 +200,8 @@ impl Collector {
         let chosen = p.meta.facts.get(facts::CHOSEN).cloned();
         row.chosen.push(chosen.unwrap_or(serde_json::Value::Null));
         if row.not_chosen.is_null() {
-            let kept: serde_json::Map<String, serde_json::Value> = [facts::FIXED, facts::DEFAULTS]
-                .iter()
-                .filter_map(|k| p.meta.facts.get(*k).map(|v| (k.to_string(), v.clone())))
-                .collect();
+            let mut kept = facts::knobs(&p.meta.facts);
+            kept.remove(facts::CHOSEN);
             if !kept.is_empty() {
                 row.not_chosen = serde_json::Value::Object(kept);
             }

@@ -182,9 +182,8 @@ pub fn tables<'a>(spec: &ReportSpec, rows: &'a [Row]) -> Vec<(String, Vec<&'a Ro
 /// A row's knobs not chosen on validation, in words (`fixed: lambda 0.0; defaults (no
 /// validation split): tau 1.0`), or nothing.
 fn not_chosen(r: &Row) -> String {
-    use lt_core::formats::facts;
-    let kinds = [(facts::FIXED, "fixed"), (facts::DEFAULTS, "defaults (no validation split)")];
-    let said: Vec<String> = kinds
+    // The words output uses for each kind; not_chosen holds no `chosen`.
+    let said: Vec<String> = lt_core::formats::facts::SAID
         .iter()
         .filter_map(|(key, how)| {
             r.not_chosen.get(key).map(knobs).filter(|k| k != "-").map(|k| format!("{how}: {k}"))
