@@ -172,11 +172,49 @@ pub fn tables<'a>(spec: &ReportSpec, rows: &'a [Row]) -> Vec<(String, Vec<&'a Ro
             out.push((t.title.clone(), v));
         }
     }
-    let rest: Vec<&Row> = rows.iter().zip(&used).filter(|(_, u)| !**u).map(|(r, _)| r).collect();
+    let mut rest: Vec<&Row> = rows.iter().zip(&used).filter(|(_, u)| !**u).map(|(r, _)| r).collect();
+    rest.sort_by(|a, b| natural_order(&a.id, &b.id));
     if !rest.is_empty() {
         out.push((OTHER_RUNS.into(), rest));
     }
     out
+}
+
+/// Names in the order a reader expects, numbers by value (`lambda0.3`, `lambda1`, `lambda3`,
+/// `lambda10`), the rest by text.
+fn natural_order(a: &str, b: &str) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
+    // The name as runs of text and numbers (digits, with a fraction after a dot).
+    fn parts(s: &str) -> Vec<Result<f64, &str>> {
+        let (mut out, mut rest) = (Vec::new(), s);
+        while !rest.is_empty() {
+            let digits = |t: &str| t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let n = digits(rest);
+            if n == 0 {
+                let text = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+                out.push(Err(&rest[..text]));
+                rest = &rest[text..];
+                continue;
+            }
+            let frac = rest[n..].strip_prefix('.').map(digits).filter(|&f| f > 0).map_or(0, |f| f + 1);
+            out.push(Ok(rest[..n + frac].parse().unwrap_or(f64::MAX)));
+            rest = &rest[n + frac..];
+        }
+        out
+    }
+    let (x, y) = (parts(a), parts(b));
+    for (p, q) in x.iter().zip(&y) {
+        let o = match (p, q) {
+            (Ok(u), Ok(v)) => u.total_cmp(v),
+            (Err(s), Err(t)) => s.cmp(t),
+            (Ok(_), Err(_)) => Ordering::Less,
+            (Err(_), Ok(_)) => Ordering::Greater,
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    x.len().cmp(&y.len()).then_with(|| a.cmp(b))
 }
 
 /// A row's knobs not chosen on validation, in words (`fixed: lambda 0.0; defaults (no
@@ -388,6 +426,21 @@ mod tests {
         // The seed counts stand under the header's `n`.
         let n_at = lines[0].find("  n  ").map(|b| lines[0][..b].chars().count() + 2).unwrap();
         assert!(lines[1..].iter().all(|l| l.chars().nth(n_at) == Some('0')), "{n_at}\n{text}");
+    }
+
+    #[test]
+    fn other_runs_are_ordered_by_their_numbers_value() {
+        let mut names =
+            ["srepr-lambda10", "srepr-lambda3", "srepr-lambda0.3", "a", "srepr-lambda1", "srepr-lambda0.25"];
+        names.sort_by(|a, b| natural_order(a, b));
+        assert_eq!(
+            names,
+            ["a", "srepr-lambda0.25", "srepr-lambda0.3", "srepr-lambda1", "srepr-lambda3", "srepr-lambda10"]
+        );
+        let mut v = ["x1.", "x1", "x01", "v1.2.3", "v1.10"];
+        v.sort_by(|a, b| natural_order(a, b));
+        // Decimals by value (1.10 before 1.2), as knob values are written.
+        assert_eq!(v, ["v1.10", "v1.2.3", "x01", "x1", "x1."]);
     }
 
     /// Knobs a row did not choose are listed as given (`fixed`) or taken for want of a
