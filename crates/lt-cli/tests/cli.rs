@@ -360,6 +360,8 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
     let other = other.split("## ").next().unwrap_or_default();
     assert!(other.contains("| la-tau2 |") && !other.contains("| LA |"), "{md}");
     assert!(other.contains("Runs outside the plan, each under a name given to `lt retrain --name`"), "{md}");
+    // The main table says what its labels mean.
+    assert!(md.contains("`+ stochastic repr. (b)` trains the LA head on the M SWAG samples"), "{md}");
     // Its knob is shown as given, not chosen; LA's as chosen.
     let fixed = md.split("## Knobs not chosen on validation").nth(1).unwrap_or_else(|| panic!("{md}"));
     assert!(fixed.contains("| SWA | la-tau2 | fixed: tau 2.0 |") && !fixed.contains("| LA |"), "{md}");

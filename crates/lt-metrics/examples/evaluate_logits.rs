@@ -26,7 +26,11 @@ fn main() -> anyhow::Result<()> {
     (row.seeds, row.evaluations, row.chosen) = (vec![0], vec![e], vec![serde_json::Value::Null]);
     let spec = ReportSpec {
         title: "Example".into(),
-        tables: vec![TableSpec { title: "Synthetic logits".into(), rows: vec!["sgd-none".into()] }],
+        tables: vec![TableSpec {
+            title: "Synthetic logits".into(),
+            rows: vec!["sgd-none".into()],
+            note: "A head-biased classifier.".into(),
+        }],
         per_class_rows: Vec::new(),
         paper: None,
     };

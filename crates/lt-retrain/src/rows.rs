@@ -14,6 +14,36 @@ pub enum Table {
     Variants,
 }
 
+impl Table {
+    /// Every table, in report order.
+    pub const ALL: [Table; 2] = [Table::Main, Table::Variants];
+
+    /// The table's heading in the report.
+    pub fn title(self) -> &'static str {
+        match self {
+            Table::Main => "Every method on the SGD and SWA backbones",
+            Table::Variants => "SRepr variants (each with its knobs chosen on the validation split)",
+        }
+    }
+
+    /// What a reader needs to read the table's labels.
+    pub fn note(self) -> &'static str {
+        match self {
+            Table::Main => {
+                "`-`: the stage-1 head as trained. The poster's Table 1 ablation: SWA + LA is (a); \
+                 `+ stochastic repr. (b)` trains the LA head on the M SWAG samples' representations (lambda = 0); \
+                 SRepr (c) adds the self-distillation of their ensemble into the SWA representation; \
+                 `SWAG ensemble of (b)` is the (b) head's mean prediction over the M samples, the teacher's \
+                 own test quality (M backbone passes, where the others take one)."
+            }
+            Table::Variants => {
+                "Each variant changes one part of SRepr (its teacher, the loss on the student, the objective, \
+                 the weighting or the logits of the distillation); see docs/library.md."
+            }
+        }
+    }
+}
+
 /// One row of the plan.
 #[derive(Clone, Copy, Debug)]
 pub struct Row {

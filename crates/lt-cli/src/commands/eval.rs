@@ -139,13 +139,10 @@ fn spec(title: &str, paper: Option<&'static [report::PaperRow]>) -> ReportSpec {
     let ids = |t: Table| ROWS.iter().filter(|r| r.table == t).map(|r| r.id.to_string()).collect();
     ReportSpec {
         title: title.to_string(),
-        tables: vec![
-            TableSpec { title: "Every method on the SGD and SWA backbones".into(), rows: ids(Table::Main) },
-            TableSpec {
-                title: "SRepr variants (each with its knobs chosen on the validation split)".into(),
-                rows: ids(Table::Variants),
-            },
-        ],
+        tables: Table::ALL
+            .iter()
+            .map(|&t| TableSpec { title: t.title().into(), rows: ids(t), note: t.note().into() })
+            .collect(),
         per_class_rows: PER_CLASS_PLOT.iter().map(|s| s.to_string()).collect(),
         paper,
     }

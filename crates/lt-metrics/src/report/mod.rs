@@ -111,6 +111,8 @@ pub struct TableSpec {
     pub title: String,
     /// Row ids, in order (ids without runs are skipped).
     pub rows: Vec<String>,
+    /// A note printed under the table in report.md (what its labels mean); empty for none.
+    pub note: String,
 }
 
 /// What the report shows.
@@ -267,6 +269,9 @@ pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
                 ));
             }
         }
+        if let Some(t) = spec.tables.iter().find(|t| t.title == title && !t.note.is_empty()) {
+            s.push_str(&format!("\n{}\n", t.note));
+        }
         if title == OTHER_RUNS {
             s.push_str(
                 "\nRuns outside the plan, each under a name given to `lt retrain --name` or its configuration's own \
@@ -414,7 +419,11 @@ mod tests {
         ];
         let spec = ReportSpec {
             title: "t".into(),
-            tables: vec![TableSpec { title: "T".into(), rows: vec!["a".into(), "b".into(), "c".into()] }],
+            tables: vec![TableSpec {
+                title: "T".into(),
+                rows: vec!["a".into(), "b".into(), "c".into()],
+                note: String::new(),
+            }],
             per_class_rows: Vec::new(),
             paper: None,
         };
@@ -454,11 +463,17 @@ mod tests {
         let rows = [b, given, Row::new("a", "SWA", "LA")];
         let spec = ReportSpec {
             title: "t".into(),
-            tables: vec![TableSpec { title: "T".into(), rows: vec!["a".into(), "b".into(), "g".into()] }],
+            tables: vec![TableSpec {
+                title: "T".into(),
+                rows: vec!["a".into(), "b".into(), "g".into()],
+                note: "N.".into(),
+            }],
             per_class_rows: Vec::new(),
             paper: None,
         };
         let md = markdown(&spec, "", &rows);
+        // The table's note stands under it.
+        assert!(md.contains("| SWA | LA | 0 |") && md.contains("|\n\nN.\n"), "{md}");
         let table = md.split("## Knobs not chosen on validation\n").nth(1).unwrap_or_else(|| panic!("{md}"));
         let lines: Vec<&str> = table.lines().skip(3).take_while(|l| l.starts_with('|')).collect();
         assert_eq!(
