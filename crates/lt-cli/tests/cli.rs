@@ -295,56 +295,24 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
         assert!(ok, "{err}");
     }
     let features = stage1.join("features.safetensors");
-    let row = runs.join("seed-0/stage2/swa-la");
-    let (ok, _, err) = lt(&[
-        "retrain",
-        "--preset",
-        "tiny",
-        "--row",
-        "swa-la",
-        "--features",
-        features.to_str().unwrap(),
-        "--out",
-        row.to_str().unwrap(),
-    ]);
+    // LA's row on the features, with `flags`, into `out`.
+    let la = |flags: &[&str], out: &std::path::Path| {
+        let head = ["retrain", "--preset", "tiny", "--row", "swa-la"];
+        let tail = ["--features", features.to_str().unwrap(), "--out", out.to_str().unwrap()];
+        lt(&[&head[..], flags, &tail[..]].concat())
+    };
+    let (ok, _, err) = la(&[], &runs.join("seed-0/stage2/swa-la"));
     assert!(ok, "{err}");
     // Post-hoc LA with a fixed tau beside LA, started from LA's row: a name of its own makes it
     // that name's, whatever its settings (without it, `--row swa-la --method la-posthoc` is
     // refused as another row).
-    let named = runs.join("seed-0/stage2/la-tau2");
-    let (ok, said, err) = lt(&[
-        "retrain",
-        "--preset",
-        "tiny",
-        "--row",
-        "swa-la",
-        "--method",
-        "la-posthoc",
-        "--tau",
-        "2",
-        "--name",
-        "la-tau2",
-        "--features",
-        features.to_str().unwrap(),
-        "--out",
-        named.to_str().unwrap(),
-    ]);
+    let (ok, said, err) = la(
+        &["--method", "la-posthoc", "--tau", "2", "--name", "la-tau2"],
+        &runs.join("seed-0/stage2/la-tau2"),
+    );
     assert!(ok && said.starts_with("la-tau2 on ") && !err.contains("directory named"), "{said}{err}");
     // A run written into a directory named as another row is warned about (a forgotten --name).
-    let elsewhere = tmp.path().join("elsewhere/la-tau3");
-    let (ok, _, err) = lt(&[
-        "retrain",
-        "--preset",
-        "tiny",
-        "--row",
-        "swa-la",
-        "--tau",
-        "3",
-        "--features",
-        features.to_str().unwrap(),
-        "--out",
-        elsewhere.to_str().unwrap(),
-    ]);
+    let (ok, _, err) = la(&["--tau", "3"], &tmp.path().join("elsewhere/la-tau3"));
     assert!(
         ok && err.contains(
             "writing row swa-la into a directory named la-tau3: lt report lists the run as swa-la (give --name \
