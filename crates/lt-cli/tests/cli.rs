@@ -279,6 +279,32 @@ fn bench_backbone_reports_the_step_and_the_hosts_share_of_it() {
     assert!((ips - 2.0 / step).abs() <= 1e-12 * ips, "{out}");
 }
 
+/// The plot files report.md's Plots section lists (`plots/x.png` (`.svg`): both), sorted.
+fn listed_plots(report: &std::path::Path) -> Vec<String> {
+    let md = std::fs::read_to_string(report.join("report.md")).unwrap();
+    let section = md.split("## Plots").nth(1).unwrap_or_else(|| panic!("no Plots section:\n{md}"));
+    let mut files = Vec::new();
+    for line in section.lines().filter_map(|l| l.strip_prefix("- `plots/")) {
+        let name = &line[..line.find('`').unwrap()];
+        files.push(name.to_string());
+        if line.contains("(`.svg`)") {
+            files.push(name.replace(".png", ".svg"));
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The files in a report's plots folder, sorted.
+fn plot_files(report: &std::path::Path) -> Vec<String> {
+    let mut files: Vec<String> = std::fs::read_dir(report.join("plots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    files
+}
+
 /// `lt report` over runs laid out by hand: a run given its own row name (`lt retrain --name`)
 /// stands beside its plan row, among the other runs; a report from stage 2 alone says why it has
 /// no dispersion plots; with the seed's features there, the plots are drawn.
@@ -329,7 +355,10 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
     assert!(other.contains("| la-tau2 |") && !other.contains("| LA |"), "{md}");
     assert!(other.contains("Runs outside the plan, each under a name given to `lt retrain --name`"), "{md}");
     // The main table says what its labels mean.
-    assert!(md.contains("`+ stochastic repr. (b)` trains the LA head on the M SWAG samples"), "{md}");
+    assert!(
+        md.contains("`+ stochastic repr. (b)`, trains the LA head on the representations of the M SWAG"),
+        "{md}"
+    );
     // Its knob is shown as given, not chosen; LA's as chosen.
     let fixed = md.split("## Knobs not chosen on validation").nth(1).unwrap_or_else(|| panic!("{md}"));
     assert!(fixed.contains("| SWA | la-tau2 | fixed: tau 2.0 |") && !fixed.contains("| LA |"), "{md}");
@@ -343,6 +372,13 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
     );
     assert!(tmp.path().join("with/plots/reliability-la-tau2.png").exists());
     assert!(tmp.path().join("with/plots/dispersion.json").exists());
+    let with = tmp.path().join("with");
+    assert_eq!(listed_plots(&with), plot_files(&with));
+    // Reported again into the same folder without the named run: none of its plots stays.
+    std::fs::remove_dir_all(runs.join("seed-0/stage2/la-tau2")).unwrap();
+    let (ok, said, err) = report(with.to_str().unwrap());
+    assert!(ok && !with.join("plots/reliability-la-tau2.png").exists(), "{said}{err}");
+    assert_eq!(listed_plots(&with), plot_files(&with));
     std::fs::rename(&features, tmp.path().join("aside.safetensors")).unwrap();
     let (ok, said, err) = report(tmp.path().join("without").to_str().unwrap());
     assert!(
@@ -350,4 +386,12 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
         "{said}{err}"
     );
     assert!(!tmp.path().join("without/plots/dispersion.json").exists());
+    // Without any stage 1, the reliability diagrams are still drawn, and the rest is said missing.
+    std::fs::rename(&stage1, tmp.path().join("stage1-aside")).unwrap();
+    let alone = tmp.path().join("alone");
+    let (ok, said, err) = report(alone.to_str().unwrap());
+    assert!(ok && said.contains("no per-class or dispersion plots: no seed's stage-1 directory"), "{said}{err}");
+    let md = std::fs::read_to_string(alone.join("report.md")).unwrap();
+    assert!(md.contains("- not drawn: per-class accuracy and dispersion: no seed's `stage1` directory"), "{md}");
+    assert_eq!(plot_files(&alone), ["reliability-swa-la.png", "reliability-swa-la.svg"]);
 }

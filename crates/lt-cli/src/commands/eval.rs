@@ -95,12 +95,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
 /// seeds (or rows) go side by side, made a plain file name whatever a foreign artifact records
 /// (no separators, no leading dot).
 fn file_stem(row: &str, seed: Option<u64>) -> String {
-    let row: String =
-        row.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' }).collect();
-    let row = match row.trim_start_matches('.') {
-        "" => "predictions",
-        r => r,
-    };
+    let row = lt_core::layout::row_file_name(row);
     match seed {
         Some(s) => format!("{row}-seed-{s}"),
         None => row.to_string(),
@@ -162,12 +157,16 @@ pub fn run_report(a: ReportArgs) -> Result<PathBuf> {
     let _lock = lt_core::lock::RunLock::acquire_and_clean(&a.out)?;
     let md = report::write(&a.out, &spec, &c)?;
     print!("{}", report::text_table(&spec, &c.rows));
-    // The dispersion plots are drawn from the first seed's features, when they are there.
-    if let Some(stage1) = c.first_stage1() {
-        let features = stage1.join(report::LAYOUT.features);
-        if !features.exists() {
-            println!("no dispersion plots: {} is not there", features.display());
+    // The dispersion plots are drawn from the first stage 1's features, when they are there.
+    match c.first_stage1() {
+        Some((_, stage1)) if !stage1.join(report::LAYOUT.features).exists() => {
+            println!("no dispersion plots: {} is not there", stage1.join(report::LAYOUT.features).display())
         }
+        Some(_) => {}
+        None => println!(
+            "no per-class or dispersion plots: no seed's stage-1 directory is under {}",
+            a.runs.display()
+        ),
     }
     println!("report: {}", md.display());
     Ok(md)

@@ -7,11 +7,11 @@ use super::{Collected, ReportSpec, LAYOUT};
 /// Classes beyond this many are not listed (iNaturalist's 8,142 would bury the report).
 pub const MAX_LISTED_CLASSES: usize = 200;
 
-/// The Markdown class table of `c` (empty when the first seed has no split artifact or there
-/// are more than [`MAX_LISTED_CLASSES`] classes).
+/// The Markdown class table of `c` (empty when no seed's stage 1 is there, its split artifact is
+/// not, or there are more than [`MAX_LISTED_CLASSES`] classes).
 pub(super) fn table(spec: &ReportSpec, c: &Collected) -> String {
-    let Some(&seed) = c.seeds.first() else { return String::new() };
-    let path = LAYOUT.stage1_dir(&c.runs, seed).join(LAYOUT.split);
+    let Some((seed, stage1)) = c.first_stage1() else { return String::new() };
+    let path = stage1.join(LAYOUT.split);
     let Ok(split) = lt_core::split::SplitInfo::read(&path) else { return String::new() };
     let classes = split.num_classes();
     if classes == 0 || classes > MAX_LISTED_CLASSES {
@@ -38,6 +38,8 @@ pub(super) fn table(spec: &ReportSpec, c: &Collected) -> String {
         }
         s.push('\n');
     }
-    s.push_str("\nPer-class test accuracy in percent, the mean over seeds; training images of the first seed's split.\n");
+    s.push_str(&format!(
+        "\nPer-class test accuracy in percent, the mean over seeds; training images of seed {seed}'s split.\n"
+    ));
     s
 }

@@ -67,9 +67,10 @@ pub struct Collected {
 }
 
 impl Collected {
-    /// The stage-1 directory of the first seed (its split and features give the plots).
-    pub fn first_stage1(&self) -> Option<PathBuf> {
-        self.seeds.first().map(|&s| LAYOUT.stage1_dir(&self.runs, s))
+    /// The first seed whose stage-1 directory is there, and that directory (its split and
+    /// features give the per-class plots and table).
+    pub fn first_stage1(&self) -> Option<(u64, PathBuf)> {
+        self.seeds.iter().map(|&s| (s, LAYOUT.stage1_dir(&self.runs, s))).find(|(_, d)| d.is_dir())
     }
 }
 
@@ -215,12 +216,14 @@ impl Collector {
     /// its own), and a run that fills another row already (the same fingerprint under two names).
     fn check_one_file_per_row(&mut self, seed: u64, id: &str, file: &Path, p: &Predictions) -> Result<()> {
         if let Some(other) = self.files.get(&seed).and_then(|f| f.get(id)) {
-            let config = without_seed(&(self.settings)(&p.meta.config));
-            let fix = if self.configs.get(id).is_some_and(|(c, _)| *c == config) {
-                "with the same settings: one is a copy; remove it"
+            // A copy is the same run: the same fingerprint (features and settings).
+            let copy = !p.meta.fingerprint.is_empty()
+                && self.runs.get(&p.meta.fingerprint).is_some_and(|(i, f)| i == id && f == other);
+            let fix = if copy {
+                "as the same run (the same features and settings): one is a copy; remove it"
             } else {
-                "with other settings: remove one, or, to keep both, run one again with a row name of its own (`lt \
-                 retrain --name`) on every seed"
+                "from other settings or features: remove one, or, to keep both, run one again with a row name of \
+                 its own (`lt retrain --name`) on every seed"
             };
             return Err(MetricsError::Invalid(format!(
                 "{} and {} both hold row `{id}` of seed {seed} {fix}",

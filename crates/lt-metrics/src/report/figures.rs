@@ -44,11 +44,43 @@ fn mean_per_class(evaluations: &[crate::classification::Evaluation]) -> Vec<Opti
         .collect()
 }
 
-/// Writes every plot of the report into `dir`; returns what it drew.
-pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<Drawn>> {
+/// A reliability diagram per row, its seeds' test predictions pooled.
+fn reliability_diagrams(dir: &Path, c: &Collected) -> Result<Vec<Drawn>> {
     let mut drawn = Vec::new();
-    let Some(stage1) = c.first_stage1() else { return Ok(drawn) };
-    let seed = c.seeds[0];
+    for r in &c.rows {
+        let (mut conf, mut ok, mut seeds) = (Vec::new(), Vec::new(), 0);
+        for files in c.files.values() {
+            if let Some(file) = files.get(&r.id) {
+                let (cf, k) = confidences(&Predictions::read(file)?.scores()?);
+                conf.extend(cf);
+                ok.extend(k);
+                seeds += 1;
+            }
+        }
+        let label = format!("{} {}", r.backbone, r.method);
+        let what = format!("{seeds} seed(s), {} test predictions pooled", conf.len());
+        let stem = format!("reliability-{}", lt_core::layout::row_file_name(&r.id));
+        let bins = reliability(&conf, &ok, ECE_BINS, BinEdges::Guo);
+        plots::reliability_diagram(&bins, &format!("{label}: reliability ({what})"), &dir.join(&stem))?;
+        drawn.push(plot(&stem, format!("reliability diagram of {label} ({what}, {ECE_BINS} bins)")));
+    }
+    Ok(drawn)
+}
+
+/// Writes every plot of the report into `dir`; returns what it drew, and what it could not.
+pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<Drawn>> {
+    let mut drawn = reliability_diagrams(dir, c)?;
+    // The per-class plots need a split (training counts): the first seed that has its stage 1.
+    let Some((seed, stage1)) = c.first_stage1() else {
+        drawn.push((
+            "not drawn".into(),
+            format!(
+                "per-class accuracy and dispersion: no seed's `{}` directory is under the runs",
+                LAYOUT.stage1
+            ),
+        ));
+        return Ok(drawn);
+    };
     let split = stage1.join(LAYOUT.split);
     let counts =
         if split.exists() { Some(lt_core::split::SplitInfo::read(&split)?.class_counts()) } else { None };
@@ -69,23 +101,6 @@ pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<
             "per_class_accuracy",
             format!("{title} ({}), against class index with seed {seed}'s training counts", rows.join(", ")),
         ));
-    }
-    for r in &c.rows {
-        let (mut conf, mut ok, mut seeds) = (Vec::new(), Vec::new(), 0);
-        for files in c.files.values() {
-            if let Some(file) = files.get(&r.id) {
-                let (cf, k) = confidences(&Predictions::read(file)?.scores()?);
-                conf.extend(cf);
-                ok.extend(k);
-                seeds += 1;
-            }
-        }
-        let label = format!("{} {}", r.backbone, r.method);
-        let what = format!("{seeds} seed(s), {} test predictions pooled", conf.len());
-        let stem = format!("reliability-{}", r.id);
-        let bins = reliability(&conf, &ok, ECE_BINS, BinEdges::Guo);
-        plots::reliability_diagram(&bins, &format!("{label}: reliability ({what})"), &dir.join(&stem))?;
-        drawn.push(plot(&stem, format!("reliability diagram of {label} ({what}, {ECE_BINS} bins)")));
     }
     let features = stage1.join(LAYOUT.features);
     if let (Some(counts), true) = (&counts, features.exists()) {

@@ -307,12 +307,9 @@ pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
     s
 }
 
-/// The report's plots, each file with what it shows (none: a note that there are none).
+/// The report's plots, each file with what it shows (and what could not be drawn, and why).
 fn plots_section(drawn: &[figures::Drawn]) -> String {
     let mut s = String::from("\n## Plots\n\n");
-    if drawn.is_empty() {
-        s.push_str("None: the first seed's stage-1 directory is not there.\n");
-    }
     for (files, what) in drawn {
         s.push_str(&format!("- {files}: {what}\n"));
     }
@@ -361,14 +358,30 @@ pub fn write(out: &Path, spec: &ReportSpec, c: &Collected) -> Result<PathBuf> {
     std::fs::create_dir_all(stage.join("plots")).map_err(io(&stage))?;
     let staged = render(&stage, spec, c).and_then(|files| {
         std::fs::create_dir_all(out.join("plots")).map_err(io(out))?;
-        for rel in files {
-            let to = out.join(&rel);
-            std::fs::rename(stage.join(&rel), &to).map_err(io(&to))?;
+        for rel in &files {
+            let to = out.join(rel);
+            std::fs::rename(stage.join(rel), &to).map_err(io(&to))?;
         }
+        remove_stale_plots(&out.join("plots"), &files);
         Ok(())
     });
     let _ = std::fs::remove_dir_all(&stage);
     staged.map(|()| out.join("report.md"))
+}
+
+/// Removes from `plots` the plot files (`*.png`, `*.svg`, `dispersion.json`) of an earlier report
+/// that this one (`files`, relative to the report's folder) did not draw, so that the folder
+/// holds what report.md lists; anything else there stays.
+fn remove_stale_plots(plots: &Path, files: &[PathBuf]) {
+    let Ok(entries) = std::fs::read_dir(plots) else { return };
+    for e in entries.flatten() {
+        let path = e.path();
+        let ours = matches!(path.extension().and_then(|x| x.to_str()), Some("png" | "svg"))
+            || e.file_name() == "dispersion.json";
+        if ours && !files.iter().any(|f| f.file_name() == Some(&e.file_name())) {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
 
 /// Writes the report's files under `dir`; returns their paths relative to it, report.md last.
