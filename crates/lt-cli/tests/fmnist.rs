@@ -90,7 +90,7 @@ fn fashion_mnist_lt_pipeline() {
         ]);
         assert!(eval.lines().count() >= 2, "{eval}");
         // The knobs as lt retrain said them, in its output and its JSON.
-        assert!(eval.contains(&format!("knobs: {}", &said_knobs[..said_knobs.find(' ').unwrap()])), "{eval}");
+        assert!(eval.contains(&format!("knobs: {said_knobs}")), "{eval}");
         // Named by the row the run records and its seed, side by side with other runs'.
         let json = std::fs::read_to_string(evals.join(format!("swa-{method}-seed-0.json"))).unwrap();
         let json: serde_json::Value = serde_json::from_str(&json).unwrap();

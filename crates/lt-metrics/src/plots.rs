@@ -186,8 +186,11 @@ where
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
         chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 2, color.filled())))?;
     }
+    // Lower left: the head classes, where a long-tailed model's accuracy is high, leave it free
+    // (the tail, on the right, is what the plot is read for).
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font(("sans-serif", 14))

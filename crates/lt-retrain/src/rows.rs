@@ -30,15 +30,16 @@ impl Table {
     pub fn note(self) -> &'static str {
         match self {
             Table::Main => {
-                "`-`: the stage-1 head as trained. The poster's Table 1 ablation: SWA + LA is (a); \
-                 `+ stochastic repr. (b)` trains the LA head on the M SWAG samples' representations (lambda = 0); \
-                 SRepr (c) adds the self-distillation of their ensemble into the SWA representation; \
-                 `SWAG ensemble of (b)` is the (b) head's mean prediction over the M samples, the teacher's \
-                 own test quality (M backbone passes, where the others take one)."
+                "`-`: the stage-1 classifier as trained. The poster's Table 1 ablation: (a) is SWA + LA; (b), \
+                 `+ stochastic repr. (b)`, trains the LA head on the representations of the M SWAG samples \
+                 (`lt extract --samples`) with lambda = 0; (c) is SRepr, (b) with the self-distillation of the \
+                 samples' ensemble into the SWA representation. `SWAG ensemble of (b)` predicts with the (b) head's \
+                 mean over the M samples (M backbone passes, where the others take one): the kind of ensemble \
+                 SRepr distils (exactly its teacher with a frozen teacher)."
             }
             Table::Variants => {
-                "Each variant changes one part of SRepr (its teacher, the loss on the student, the objective, \
-                 the weighting or the logits of the distillation); see docs/library.md."
+                "Each variant changes SRepr's teacher, the loss on the student, the objective, or the weighting or \
+                 the logits of the distillation (the frozen teacher with LA on the student, two of them)."
             }
         }
     }

@@ -18,6 +18,11 @@ pub fn knobs_said(facts: &serde_json::Value) -> String {
     let knobs = lt_core::formats::facts::knobs(facts);
     lt_core::formats::facts::SAID
         .iter()
-        .filter_map(|(key, how)| knobs.get(*key).map(|k| format!(", {how} {k}")))
+        .filter_map(|(key, how)| {
+            knobs
+                .get(*key)
+                .filter(|k| k.as_object().is_some_and(|o| !o.is_empty()))
+                .map(|k| format!(", {how} {k}"))
+        })
         .collect()
 }
