@@ -390,8 +390,14 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
     std::fs::rename(&stage1, tmp.path().join("stage1-aside")).unwrap();
     let alone = tmp.path().join("alone");
     let (ok, said, err) = report(alone.to_str().unwrap());
-    assert!(ok && said.contains("no per-class or dispersion plots: no seed's stage-1 directory"), "{said}{err}");
+    assert!(
+        ok && said.contains("no per-class or dispersion plots: no seed's stage-1 directory"),
+        "{said}{err}"
+    );
     let md = std::fs::read_to_string(alone.join("report.md")).unwrap();
-    assert!(md.contains("- not drawn: per-class accuracy and dispersion: no seed's `stage1` directory"), "{md}");
+    assert!(
+        md.contains("- not drawn: per-class accuracy and dispersion: no seed's `stage1` directory"),
+        "{md}"
+    );
     assert_eq!(plot_files(&alone), ["reliability-swa-la.png", "reliability-swa-la.svg"]);
 }
