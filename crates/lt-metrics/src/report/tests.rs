@@ -1,0 +1,82 @@
+//! Tests of the report's tables and words.
+
+use super::*;
+
+/// Each column is as wide as its widest cell, so a long or non-ASCII label keeps the
+/// columns after it aligned.
+#[test]
+fn the_text_table_aligns_its_columns_whatever_the_labels() {
+    let rows = [
+        Row::new("a", "SWA", "LA"),
+        Row::new("b", "SWA", "SRepr, frozen teacher, LA on the student"),
+        Row::new("c", "SGD", "café ñ"),
+    ];
+    let spec = ReportSpec {
+        title: "t".into(),
+        tables: vec![TableSpec {
+            title: "T".into(),
+            rows: vec!["a".into(), "b".into(), "c".into()],
+            note: String::new(),
+        }],
+        per_class_rows: Vec::new(),
+        paper: None,
+    };
+    let text = text_table(&spec, &rows);
+    let lines: Vec<&str> = text.lines().skip(1).take(4).collect();
+    assert!(lines[0].starts_with("Backbone") && lines[2].contains("LA on the student"), "{text}");
+    let ends: Vec<usize> = lines.iter().map(|l| l.chars().count()).collect();
+    assert!(ends.iter().all(|&e| e == ends[0]), "{ends:?}\n{text}");
+    // The seed counts stand under the header's `n`.
+    let n_at = lines[0].find("  n  ").map(|b| lines[0][..b].chars().count() + 2).unwrap();
+    assert!(lines[1..].iter().all(|l| l.chars().nth(n_at) == Some('0')), "{n_at}\n{text}");
+}
+
+#[test]
+fn other_runs_are_ordered_by_their_numbers_value() {
+    let mut names =
+        ["srepr-lambda10", "srepr-lambda3", "srepr-lambda0.3", "a", "srepr-lambda1", "srepr-lambda0.25"];
+    names.sort_by(|a, b| natural_order(a, b));
+    assert_eq!(
+        names,
+        ["a", "srepr-lambda0.25", "srepr-lambda0.3", "srepr-lambda1", "srepr-lambda3", "srepr-lambda10"]
+    );
+    let mut v = ["x1.", "x1", "x01", "v1.2.3", "v1.10"];
+    v.sort_by(|a, b| natural_order(a, b));
+    // Decimals by value (1.10 before 1.2), as knob values are written.
+    assert_eq!(v, ["v1.10", "v1.2.3", "x01", "x1", "x1."]);
+}
+
+/// Knobs a row did not choose are listed as given (`fixed`) or taken for want of a
+/// validation split (`defaults`); a row with neither is not listed.
+#[test]
+fn knobs_not_chosen_are_listed_by_how_they_were_set() {
+    let mut b = Row::new("b", "SWA", "SRepr (b)");
+    b.not_chosen = serde_json::json!({"fixed": {"lambda": 0.0}, "defaults": {"tau": 1.0}});
+    let mut given = Row::new("g", "SWA", "mine");
+    given.not_chosen = serde_json::json!({"fixed": {"tau": 2.0}});
+    let rows = [b, given, Row::new("a", "SWA", "LA")];
+    let spec = ReportSpec {
+        title: "t".into(),
+        tables: vec![TableSpec {
+            title: "T".into(),
+            rows: vec!["a".into(), "b".into(), "g".into()],
+            note: "N.".into(),
+        }],
+        per_class_rows: Vec::new(),
+        paper: None,
+    };
+    let md = markdown(&spec, "", &rows);
+    // The table's note stands under it.
+    assert!(md.contains("| SWA | LA | 0 |") && md.contains("|\n\nN.\n"), "{md}");
+    let table = md.split("## Knobs not chosen on validation\n").nth(1).unwrap_or_else(|| panic!("{md}"));
+    let lines: Vec<&str> = table.lines().skip(3).take_while(|l| l.starts_with('|')).collect();
+    assert_eq!(
+        lines,
+        [
+            "| SWA | SRepr (b) | fixed: lambda 0.0; defaults (no validation split): tau 1.0 |",
+            "| SWA | mine | fixed: tau 2.0 |"
+        ],
+        "{md}"
+    );
+    assert!(!markdown(&spec, "", &rows[2..]).contains("not chosen"));
+}
