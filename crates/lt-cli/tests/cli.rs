@@ -366,7 +366,7 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
     // The plots are listed with what they show.
     assert!(
         md.contains(
-            "- `plots/reliability-la-tau2.png` (`.svg`): reliability diagram of SWA la-tau2 (1 seed(s), "
+            "- `plots/reliability-la-tau2.png` (`.svg`): reliability diagram of SWA la-tau2 (seed(s) 0, "
         ),
         "{md}"
     );

@@ -44,21 +44,22 @@ fn mean_per_class(evaluations: &[crate::classification::Evaluation]) -> Vec<Opti
         .collect()
 }
 
-/// A reliability diagram per row, its seeds' test predictions pooled.
-fn reliability_diagrams(dir: &Path, c: &Collected) -> Result<Vec<Drawn>> {
+/// A reliability diagram per row, its seeds' test predictions pooled; in the order of the
+/// report's tables.
+fn reliability_diagrams(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<Drawn>> {
     let mut drawn = Vec::new();
-    for r in &c.rows {
-        let (mut conf, mut ok, mut seeds) = (Vec::new(), Vec::new(), 0);
-        for files in c.files.values() {
+    for r in super::tables(spec, &c.rows).into_iter().flat_map(|(_, rows)| rows) {
+        let (mut conf, mut ok, mut seeds) = (Vec::new(), Vec::new(), Vec::new());
+        for (seed, files) in &c.files {
             if let Some(file) = files.get(&r.id) {
                 let (cf, k) = confidences(&Predictions::read(file)?.scores()?);
                 conf.extend(cf);
                 ok.extend(k);
-                seeds += 1;
+                seeds.push(seed.to_string());
             }
         }
         let label = format!("{} {}", r.backbone, r.method);
-        let what = format!("{seeds} seed(s), {} test predictions pooled", conf.len());
+        let what = format!("seed(s) {}, {} test predictions pooled", seeds.join(", "), conf.len());
         let stem = format!("reliability-{}", lt_core::layout::row_file_name(&r.id));
         let bins = reliability(&conf, &ok, ECE_BINS, BinEdges::Guo);
         plots::reliability_diagram(&bins, &format!("{label}: reliability ({what})"), &dir.join(&stem))?;
@@ -69,7 +70,8 @@ fn reliability_diagrams(dir: &Path, c: &Collected) -> Result<Vec<Drawn>> {
 
 /// Writes every plot of the report into `dir`; returns what it drew, and what it could not.
 pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<Drawn>> {
-    let mut drawn = reliability_diagrams(dir, c)?;
+    // The per-class plots first, then one reliability diagram per row.
+    let (mut drawn, reliability) = (Vec::new(), reliability_diagrams(dir, spec, c)?);
     // The per-class plots need a split (training counts): the first seed that has its stage 1.
     let Some((seed, stage1)) = c.first_stage1() else {
         drawn.push((
@@ -79,7 +81,7 @@ pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<
                 LAYOUT.stage1
             ),
         ));
-        return Ok(drawn);
+        return Ok([reliability, drawn].concat());
     };
     let split = stage1.join(LAYOUT.split);
     let counts =
@@ -136,6 +138,7 @@ pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<
             ));
         }
     }
+    drawn.extend(reliability);
     Ok(drawn)
 }
 
