@@ -20,6 +20,7 @@ pub(super) fn table(spec: &ReportSpec, c: &Collected) -> String {
     let rows: Vec<_> =
         spec.per_class_rows.iter().filter_map(|id| c.rows.iter().find(|r| &r.id == id)).collect();
     let (counts, groups) = (split.class_counts(), split.groups());
+    let means: Vec<Vec<Option<f64>>> = rows.iter().map(|r| r.mean_per_class()).collect();
     let mut s = String::from("\n## Classes\n\n| # | Class | Training images | Group |");
     for r in &rows {
         s.push_str(&format!(" {} {} |", r.backbone, r.method));
@@ -28,12 +29,10 @@ pub(super) fn table(spec: &ReportSpec, c: &Collected) -> String {
     for k in 0..classes {
         let name = split.class_names.get(k).map(|n| n.replace('|', "\\|")).unwrap_or_default();
         s.push_str(&format!("| {k} | {name} | {} | {} |", counts[k], groups[k].name()));
-        for r in &rows {
-            let acc: Vec<f64> =
-                r.evaluations.iter().filter_map(|e| e.per_class.get(k).copied().flatten()).collect();
-            match acc.len() {
-                0 => s.push_str(" - |"),
-                n => s.push_str(&format!(" {:.2} |", 100.0 * acc.iter().sum::<f64>() / n as f64)),
+        for mean in &means {
+            match mean.get(k).copied().flatten() {
+                None => s.push_str(" - |"),
+                Some(acc) => s.push_str(&format!(" {:.2} |", 100.0 * acc)),
             }
         }
         s.push('\n');

@@ -32,23 +32,11 @@ fn plot(stem: &str, what: String) -> Drawn {
     (format!("`plots/{stem}.png` (`.svg`)"), what)
 }
 
-/// Each class's accuracy, the mean over the seeds that have it.
-fn mean_per_class(evaluations: &[crate::classification::Evaluation]) -> Vec<Option<f64>> {
-    let classes = evaluations.iter().map(|e| e.per_class.len()).max().unwrap_or(0);
-    (0..classes)
-        .map(|k| {
-            let v: Vec<f64> =
-                evaluations.iter().filter_map(|e| e.per_class.get(k).copied().flatten()).collect();
-            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-        })
-        .collect()
-}
-
 /// A reliability diagram per row, its seeds' test predictions pooled; in the order of the
 /// report's tables.
 fn reliability_diagrams(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<Drawn>> {
     let mut drawn = Vec::new();
-    for r in super::tables(spec, &c.rows).into_iter().flat_map(|(_, rows)| rows) {
+    for r in super::tables(spec, &c.rows).into_iter().flat_map(|t| t.rows) {
         let (mut conf, mut ok, mut seeds) = (Vec::new(), Vec::new(), Vec::new());
         for (seed, files) in &c.files {
             if let Some(file) = files.get(&r.id) {
@@ -68,11 +56,18 @@ fn reliability_diagrams(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<
     Ok(drawn)
 }
 
-/// Writes every plot of the report into `dir`; returns what it drew, and what it could not.
+/// Writes every plot of the report into `dir`: the per-class plots first, then one reliability
+/// diagram per row; returns what it drew, and what it could not.
 pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<Drawn>> {
-    // The per-class plots first, then one reliability diagram per row.
-    let (mut drawn, reliability) = (Vec::new(), reliability_diagrams(dir, spec, c)?);
-    // The per-class plots need a split (training counts): the first seed that has its stage 1.
+    let mut drawn = per_class_plots(dir, spec, c)?;
+    drawn.extend(reliability_diagrams(dir, spec, c)?);
+    Ok(drawn)
+}
+
+/// The per-class accuracy and dispersion plots, which need a split (the training counts): the
+/// first seed's that has its stage 1.
+fn per_class_plots(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<Drawn>> {
+    let mut drawn = Vec::new();
     let Some((seed, stage1)) = c.first_stage1() else {
         drawn.push((
             "not drawn".into(),
@@ -81,7 +76,7 @@ pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<
                 LAYOUT.stage1
             ),
         ));
-        return Ok([reliability, drawn].concat());
+        return Ok(drawn);
     };
     let split = stage1.join(LAYOUT.split);
     let counts =
@@ -92,7 +87,7 @@ pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<
         .iter()
         .map(|r| Series {
             label: format!("{} {} (n = {})", r.backbone, r.method, r.evaluations.len()),
-            values: mean_per_class(&r.evaluations),
+            values: r.mean_per_class(),
         })
         .collect();
     if let (Some(counts), false) = (&counts, series.is_empty()) {
@@ -138,37 +133,5 @@ pub(super) fn write_all(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<
             ));
         }
     }
-    drawn.extend(reliability);
     Ok(drawn)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::classification::Evaluation;
-
-    /// The per-class plot shows each class's mean over the seeds that have a value for it.
-    #[test]
-    fn the_per_class_plot_is_the_mean_over_seeds() {
-        let seed = |per_class: Vec<Option<f64>>| Evaluation {
-            accuracy: 0.0,
-            many: None,
-            medium: None,
-            few: None,
-            nll: 0.0,
-            ece: 0.0,
-            top5: None,
-            per_class,
-            samples: 0,
-        };
-        let runs = [seed(vec![Some(1.0), Some(0.2), None]), seed(vec![Some(0.5), Some(0.4), None])];
-        let mean = mean_per_class(&runs);
-        assert_eq!(mean.len(), 3);
-        assert!((mean[0].unwrap() - 0.75).abs() < 1e-12 && (mean[1].unwrap() - 0.3).abs() < 1e-12);
-        assert_eq!(mean[2], None);
-        assert_eq!(
-            mean_per_class(&[seed(vec![None, Some(0.5)]), seed(vec![Some(1.0), Some(0.5)])])[0],
-            Some(1.0)
-        );
-    }
 }

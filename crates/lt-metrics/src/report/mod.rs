@@ -84,6 +84,19 @@ impl Row {
         }
     }
 
+    /// Each class's test accuracy, the mean over the seeds that have a value for it (`None`
+    /// where none has).
+    pub fn mean_per_class(&self) -> Vec<Option<f64>> {
+        let classes = self.evaluations.iter().map(|e| e.per_class.len()).max().unwrap_or(0);
+        (0..classes)
+            .map(|k| {
+                let v: Vec<f64> =
+                    self.evaluations.iter().filter_map(|e| e.per_class.get(k).copied().flatten()).collect();
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            })
+            .collect()
+    }
+
     /// Mean ± std of every column.
     pub fn summary(&self) -> RowSummary {
         let col = |f: &dyn Fn(&Evaluation) -> Option<f64>| {
@@ -157,9 +170,23 @@ fn cells(m: &RowSummary, seeds: usize) -> [String; 9] {
 
 /// The title of the table of rows outside the spec's tables.
 const OTHER_RUNS: &str = "Other runs";
+/// The note under the table of rows outside the spec's tables.
+const OTHER_RUNS_NOTE: &str = "Runs outside the plan, each under a name given to `lt retrain --name` or its \
+                               configuration's own id; what they fixed is in the table of knobs not chosen.";
+
+/// One table as the report shows it: its title, the note under it (empty for none) and its rows.
+#[derive(Clone, Debug)]
+pub struct Shown<'a> {
+    /// Heading.
+    pub title: String,
+    /// What its labels mean (empty for none).
+    pub note: String,
+    /// Its rows that have runs, in order.
+    pub rows: Vec<&'a Row>,
+}
 
 /// The rows of each table of `spec`, in order, with a last table ("Other runs") for the rest.
-pub fn tables<'a>(spec: &ReportSpec, rows: &'a [Row]) -> Vec<(String, Vec<&'a Row>)> {
+pub fn tables<'a>(spec: &ReportSpec, rows: &'a [Row]) -> Vec<Shown<'a>> {
     let mut out = Vec::new();
     let mut used = vec![false; rows.len()];
     for t in &spec.tables {
@@ -171,13 +198,13 @@ pub fn tables<'a>(spec: &ReportSpec, rows: &'a [Row]) -> Vec<(String, Vec<&'a Ro
             }
         }
         if !v.is_empty() {
-            out.push((t.title.clone(), v));
+            out.push(Shown { title: t.title.clone(), note: t.note.clone(), rows: v });
         }
     }
     let mut rest: Vec<&Row> = rows.iter().zip(&used).filter(|(_, u)| !**u).map(|(r, _)| r).collect();
     rest.sort_by(|a, b| natural_order(&a.id, &b.id));
     if !rest.is_empty() {
-        out.push((OTHER_RUNS.into(), rest));
+        out.push(Shown { title: OTHER_RUNS.into(), note: OTHER_RUNS_NOTE.into(), rows: rest });
     }
     out
 }
@@ -246,13 +273,15 @@ fn knobs(v: &serde_json::Value) -> String {
 pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
     let seeds = rows.iter().map(|r| r.evaluations.len()).max().unwrap_or(0);
     let mut s = format!("# {}\n\n{description}\n", spec.title);
-    for (title, table) in tables(spec, rows) {
+    let shown = tables(spec, rows);
+    for t in &shown {
         s.push_str(&format!(
-            "\n## {title}\n\n| {} |\n{}|\n",
+            "\n## {}\n\n| {} |\n{}|\n",
+            t.title,
             COLUMNS.join(" | "),
             "|---".repeat(COLUMNS.len())
         ));
-        for r in table {
+        for r in &t.rows {
             let m = r.summary();
             s.push_str(&format!("| {} |\n", cells(&m, seeds).join(" | ")));
             if let Some(p) = spec.paper.and_then(|p| p.iter().find(|p| p.id == m.id)) {
@@ -269,21 +298,12 @@ pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
                 ));
             }
         }
-        if let Some(t) = spec.tables.iter().find(|t| t.title == title && !t.note.is_empty()) {
+        if !t.note.is_empty() {
             s.push_str(&format!("\n{}\n", t.note));
         }
-        if title == OTHER_RUNS {
-            s.push_str(
-                "\nRuns outside the plan, each under a name given to `lt retrain --name` or its configuration's own \
-                 id; what they fixed is in the table of knobs not chosen.\n",
-            );
-        }
     }
-    let chosen: Vec<&Row> = tables(spec, rows)
-        .into_iter()
-        .flat_map(|(_, t)| t)
-        .filter(|r| r.chosen.iter().any(|c| knobs(c) != "-"))
-        .collect();
+    let all = || shown.iter().flat_map(|t| t.rows.iter().copied());
+    let chosen: Vec<&Row> = all().filter(|r| r.chosen.iter().any(|c| knobs(c) != "-")).collect();
     if !chosen.is_empty() {
         s.push_str("\n## Knobs chosen on the validation split\n\n| Backbone | Method | seed: knobs |\n|---|---|---|\n");
         for r in chosen {
@@ -292,12 +312,12 @@ pub fn markdown(spec: &ReportSpec, description: &str, rows: &[Row]) -> String {
             s.push_str(&format!("| {} | {} | {} |\n", r.backbone, r.method, per_seed.join("; ")));
         }
     }
-    let unchosen: Vec<&Row> =
-        tables(spec, rows).into_iter().flat_map(|(_, t)| t).filter(|r| !not_chosen(r).is_empty()).collect();
+    let unchosen: Vec<(&Row, String)> =
+        all().map(|r| (r, not_chosen(r))).filter(|(_, said)| !said.is_empty()).collect();
     if !unchosen.is_empty() {
         s.push_str("\n## Knobs not chosen on validation\n\n| Backbone | Method | knobs |\n|---|---|---|\n");
-        for r in unchosen {
-            s.push_str(&format!("| {} | {} | {} |\n", r.backbone, r.method, not_chosen(r)));
+        for (r, said) in unchosen {
+            s.push_str(&format!("| {} | {} | {said} |\n", r.backbone, r.method));
         }
     }
     s.push_str(&format!(
@@ -320,8 +340,8 @@ fn plots_section(drawn: &[figures::Drawn]) -> String {
 pub fn text_table(spec: &ReportSpec, rows: &[Row]) -> String {
     let seeds = rows.iter().map(|r| r.evaluations.len()).max().unwrap_or(0);
     let mut out = String::new();
-    for (title, table) in tables(spec, rows) {
-        let body: Vec<[String; 9]> = table.iter().map(|r| cells(&r.summary(), seeds)).collect();
+    for t in tables(spec, rows) {
+        let body: Vec<[String; 9]> = t.rows.iter().map(|r| cells(&r.summary(), seeds)).collect();
         // Each column as wide as its widest cell (in characters: labels may not be ASCII).
         let head = COLUMNS.map(String::from);
         let width = |i: usize| body.iter().chain([&head]).map(|c| c[i].chars().count()).max().unwrap_or(0);
@@ -335,7 +355,7 @@ pub fn text_table(spec: &ReportSpec, rows: &[Row]) -> String {
                 .collect();
             padded.join("  ") + "\n"
         };
-        out.push_str(&format!("{title}\n"));
+        out.push_str(&format!("{}\n", t.title));
         out.push_str(&line(&head));
         for c in &body {
             out.push_str(&line(c));

@@ -80,3 +80,28 @@ fn knobs_not_chosen_are_listed_by_how_they_were_set() {
     );
     assert!(!markdown(&spec, "", &rows[2..]).contains("not chosen"));
 }
+
+/// The per-class plot and the Classes table show each class's mean over the seeds that have a
+/// value for it.
+#[test]
+fn a_rows_per_class_accuracy_is_the_mean_over_seeds() {
+    let seed = |per_class: Vec<Option<f64>>| Evaluation {
+        accuracy: 0.0,
+        many: None,
+        medium: None,
+        few: None,
+        nll: 0.0,
+        ece: 0.0,
+        top5: None,
+        per_class,
+        samples: 0,
+    };
+    let row = |evaluations| Row { evaluations, ..Row::new("r", "SWA", "LA") };
+    let mean = row(vec![seed(vec![Some(1.0), Some(0.2), None]), seed(vec![Some(0.5), Some(0.4), None])])
+        .mean_per_class();
+    assert_eq!(mean.len(), 3);
+    assert!((mean[0].unwrap() - 0.75).abs() < 1e-12 && (mean[1].unwrap() - 0.3).abs() < 1e-12);
+    assert_eq!(mean[2], None);
+    let partly = row(vec![seed(vec![None, Some(0.5)]), seed(vec![Some(1.0), Some(0.5)])]);
+    assert_eq!(partly.mean_per_class()[0], Some(1.0));
+}
