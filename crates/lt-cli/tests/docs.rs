@@ -4,11 +4,11 @@
 //! so that a renamed or removed flag cannot stay in the docs.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    xtask::workspace_root()
 }
 
 /// The user docs: README.md and docs/*.md.

@@ -166,12 +166,13 @@ pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     if let Some(kept) = &kept {
         tracing::info!("kept {:.0} MiB of features on the device", kept.kept_bytes() as f64 / 1048576.0);
     }
-    warn_directory_name(out, &recorded.id_and_label(&cfg).0);
+    let (row, _) = recorded.id_and_label(&cfg);
+    warn_directory_name(out, &row);
     let (head, preds) = outputs::write(&outcome, &features, recorded, out)?;
     let chosen = super::knobs_said(&serde_json::Value::Object(outcome.facts.clone()));
     println!(
         "{} on {}: balanced test accuracy {:.2}%{chosen} ({:.1} s); wrote {} and {}",
-        recorded.id_and_label(&cfg).0,
+        row,
         path.display(),
         100.0
             * (1.0
