@@ -337,15 +337,19 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
         &runs.join("seed-0/stage2/la-tau2"),
     );
     assert!(ok && said.starts_with("la-tau2 on ") && !err.contains("directory named"), "{said}{err}");
-    // A run written into a directory named as another row is warned about (a forgotten --name).
+    // A run written into a directory named otherwise is said (a forgotten --name), as a note;
+    // into another plan row's directory, as a warning.
     let (ok, _, err) = la(&["--tau", "3"], &tmp.path().join("elsewhere/la-tau3"));
-    assert!(
-        ok && err.contains(
-            "writing row swa-la into a directory named la-tau3: lt report lists the run as swa-la (give --name \
-             la-tau3 to record it under that name)"
-        ),
-        "{err}"
-    );
+    let note =
+        "writing row swa-la into a directory named la-tau3: lt report lists the run as swa-la (give --name \
+                la-tau3 to record it under that name)";
+    assert!(ok && err.lines().any(|l| l.contains(" INFO ") && l.contains(note)), "{err}");
+    let (ok, _, err) = la(&["--tau", "3"], &tmp.path().join("elsewhere/sgd-la"));
+    let warning = "lt report lists the run as swa-la (sgd-la is the plan row sgd-la's directory)";
+    assert!(ok && err.lines().any(|l| l.contains(" WARN ") && l.contains(warning)), "{err}");
+    // A name that looks like a flag is told what a name may be.
+    let (ok, _, err) = la(&["--name", "-x"], &tmp.path().join("elsewhere/x"));
+    assert!(!ok && err.contains("--name -x: a row name starts with a letter or digit"), "{err}");
     let report = |out: &str| lt(&["report", "--runs", runs.to_str().unwrap(), "--out", out]);
     let (ok, said, err) = report(tmp.path().join("with").to_str().unwrap());
     assert!(ok && !said.contains("no dispersion plots"), "{said}{err}");

@@ -27,7 +27,8 @@ pub struct RetrainArgs {
     /// e.g. `--row swa-srepr --lambda 0.3 --name srepr-lambda0.3` beside the validated
     /// `swa-srepr`. With `--row`, the row's settings are where the flags start, and they may
     /// change any of them. `lt report` lists the run among the other runs.
-    #[arg(long)]
+    // A value that starts with `-` reaches `check_name`, which says what a name may be.
+    #[arg(long, allow_hyphen_values = true)]
     name: Option<String>,
     /// Print the plan's rows (`id<TAB>label<TAB>settings as JSON`) and stop.
     #[arg(long)]
@@ -122,21 +123,17 @@ fn config<'a>(a: &'a RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig
     Ok((cfg, recorded))
 }
 
-/// Warns when `--out`'s directory is named as another row than the run records (`row`): `lt
-/// report` reads the row from the predictions, so a forgotten `--name`, or a run written into
-/// another row's directory, would otherwise show up only there.
+/// Says when `--out`'s directory is named as another row than the run records (`row`): `lt
+/// report` reads the row from the predictions, so a run written into another plan row's
+/// directory (a warning), or a forgotten `--name` (a note), would otherwise show up only there.
 fn warn_directory_name(out: &std::path::Path, row: &str) {
     let Some(dir) = out.file_name().and_then(|n| n.to_str()).filter(|d| *d != row) else { return };
-    let hint = if rows::row(dir).is_some() {
-        format!("{dir} is the plan row {dir}'s directory")
+    let said = format!("writing row {row} into a directory named {dir}: lt report lists the run as {row}");
+    if rows::row(dir).is_some() {
+        tracing::warn!("{said} ({dir} is the plan row {dir}'s directory)");
     } else if rows::check_name(dir).is_ok() {
-        format!("give --name {dir} to record it under that name")
-    } else {
-        return;
-    };
-    tracing::warn!(
-        "writing row {row} into a directory named {dir}: lt report lists the run as {row} ({hint})"
-    );
+        tracing::info!("{said} (give --name {dir} to record it under that name)");
+    }
 }
 
 /// Runs `lt retrain`.
