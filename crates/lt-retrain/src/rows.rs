@@ -21,7 +21,7 @@ impl Table {
     /// The table's heading in the report.
     pub fn title(self) -> &'static str {
         match self {
-            Table::Main => "Every method on the SGD and SWA backbones",
+            Table::Main => "The methods on each backbone",
             Table::Variants => "SRepr variants (each with its knobs chosen on the validation split)",
         }
     }
