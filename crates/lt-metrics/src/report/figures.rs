@@ -33,9 +33,10 @@ fn plot(stem: &str, what: String) -> Drawn {
 }
 
 /// A reliability diagram per row, its seeds' test predictions pooled; in the order of the
-/// report's tables.
+/// report's tables. Two ids that make the same file name (`a/b`, `a_b`, read from foreign
+/// predictions) get `-2`, `-3`, ... on the later one's, so that neither overwrites the other.
 fn reliability_diagrams(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<Drawn>> {
-    let mut drawn = Vec::new();
+    let (mut drawn, mut stems) = (Vec::new(), std::collections::HashSet::new());
     for r in super::tables(spec, &c.rows).into_iter().flat_map(|t| t.rows) {
         let (mut conf, mut ok, mut seeds) = (Vec::new(), Vec::new(), Vec::new());
         for (seed, files) in &c.files {
@@ -48,7 +49,12 @@ fn reliability_diagrams(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<
         }
         let label = format!("{} {}", r.backbone, r.method);
         let what = format!("seed(s) {}, {} test predictions pooled", seeds.join(", "), conf.len());
-        let stem = format!("reliability-{}", lt_core::layout::row_file_name(&r.id));
+        let first = format!("reliability-{}", lt_core::layout::row_file_name(&r.id));
+        let stem = (1..)
+            .map(|n| if n == 1 { first.clone() } else { format!("{first}-{n}") })
+            .find(|s| !stems.contains(s))
+            .unwrap_or(first);
+        stems.insert(stem.clone());
         let bins = reliability(&conf, &ok, ECE_BINS, BinEdges::Guo);
         plots::reliability_diagram(&bins, &format!("{label}: reliability ({what})"), &dir.join(&stem))?;
         drawn.push(plot(&stem, format!("reliability diagram of {label} ({what}, {ECE_BINS} bins)")));

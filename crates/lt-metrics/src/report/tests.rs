@@ -105,3 +105,42 @@ fn a_rows_per_class_accuracy_is_the_mean_over_seeds() {
     let partly = row(vec![seed(vec![None, Some(0.5)]), seed(vec![Some(1.0), Some(0.5)])]);
     assert_eq!(partly.mean_per_class()[0], Some(1.0));
 }
+
+/// Two row ids that make the same file name (foreign predictions may hold any id) get a
+/// reliability diagram each, both listed in report.md.
+#[test]
+fn ids_with_the_same_file_name_keep_a_plot_each() {
+    use lt_core::formats::predictions::Predictions;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    for (dir, row) in [("x", "a/b"), ("y", "a_b")] {
+        let file = runs.join(format!("seed-0/stage2/{dir}/predictions.safetensors"));
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        let meta = lt_core::formats::RunMeta {
+            row: row.into(),
+            label: row.into(),
+            backbone: "SWA".into(),
+            seed: Some(0),
+            ..Default::default()
+        };
+        let p = Predictions {
+            scores: vec![2.0, 0.0, 0.0, 1.0],
+            probabilities: false,
+            labels: vec![0, 1],
+            classes: 2,
+            class_counts: Some(vec![5, 1]),
+            class_names: None,
+            meta,
+        };
+        p.write(&file).unwrap();
+    }
+    let c = collect(&runs, as_recorded).unwrap();
+    let spec = ReportSpec { title: "t".into(), tables: Vec::new(), per_class_rows: Vec::new(), paper: None };
+    let out = tmp.path().join("report");
+    write(&out, &spec, &c).unwrap();
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    for stem in ["reliability-a_b", "reliability-a_b-2"] {
+        assert!(out.join(format!("plots/{stem}.png")).exists(), "{stem}\n{md}");
+        assert!(md.contains(&format!("`plots/{stem}.png` (`.svg`)")), "{stem}\n{md}");
+    }
+}
