@@ -89,10 +89,19 @@ const LOCK: &str = ".reproduce-lock";
 
 /// One reproduction at a time of a run root: an exclusive advisory lock on its
 /// `.reproduce-lock`, held until dropped and released by the kernel when the process dies however
-/// it dies. (Two at once would clear the stage directories the other's `lt` writes in.)
+/// it dies. (Two at once would clear the stage directories the other's `lt` writes in.) The
+/// file records its holder while held, and is emptied when the reproduction ends, so a finished
+/// run root names no process (as `lt`'s run locks).
 #[derive(Debug)]
 pub struct RootLock {
-    _file: File,
+    file: File,
+}
+
+impl Drop for RootLock {
+    fn drop(&mut self) {
+        // Emptied while still held; closing the file releases the lock.
+        let _ = self.file.set_len(0);
+    }
 }
 
 /// Locks `run_root` (created if needed) for this reproduction, or says who holds it.
@@ -111,7 +120,7 @@ pub fn lock_root(run_root: &Path) -> Result<RootLock> {
     file.set_len(0)
         .and_then(|_| file.write_all(holder.as_bytes()))
         .with_context(|| format!("writing {}", path.display()))?;
-    Ok(RootLock { _file: file })
+    Ok(RootLock { file })
 }
 
 #[cfg(test)]
@@ -154,6 +163,7 @@ mod tests {
             "{err}"
         );
         drop(first);
+        assert_eq!(std::fs::read_to_string(root.join(LOCK)).unwrap(), "", "a released lock names no holder");
         lock_root(&root).unwrap();
     }
 
