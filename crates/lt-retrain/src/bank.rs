@@ -151,9 +151,11 @@ impl FeatureBank {
     /// Adds a split: `z` `[S, N, D]` (any float dtype, any device, `D` at least 1, finite values)
     /// and `N` labels. The training split's labels must agree with the class counts.
     pub fn with_split(mut self, split: Split, z: Tensor, labels: Vec<u32>) -> Result<Self> {
-        let (s, n, d) = z.dims3()?;
         let c = self.counts.len();
         let bad = |what: String| RetrainError::Invalid(format!("feature bank, {split} split: {what}"));
+        let &[s, n, d] = z.dims() else {
+            return Err(bad(format!("z must be [S, N, D] (backbones, rows, dimension), got {:?}", z.dims())));
+        };
         if s != self.kinds.len() {
             return Err(bad(format!("{s} backbones, the bank has {}", self.kinds.len())));
         }
@@ -168,7 +170,9 @@ impl FeatureBank {
             return Err(bad(format!("dimension {d}, other splits have {}", self.dim)));
         }
         if let Some(y) = labels.iter().find(|&&y| y as usize >= c) {
-            return Err(bad(format!("label {y} outside 0..{c}")));
+            return Err(bad(format!(
+                "label {y} outside 0..{c} (the bank has {c} classes, one per class count)"
+            )));
         }
         if split == Split::Train {
             let mut k = vec![0usize; c];

@@ -95,23 +95,27 @@ pub fn retrain(source: &dyn FeatureSource, cfg: &RetrainConfig, device: &Device)
     let resident = resident::Resident::new(source, device);
     let source = if device.is_cpu() || source.resident_on(device) { source } else { &resident };
     let p = Problem::new(source, cfg.backbone, device)?;
+    let test_labels = source.labels(Split::Test)?;
+    if test_labels.is_empty() {
+        return Err(RetrainError::Invalid(format!(
+            "{}: the test split has no rows; stage 2 predicts it (give it rows)",
+            source.describe()
+        )));
+    }
+    let members = p.predicting_members(cfg)?;
     let fitted = methods::run(&p, cfg)?;
     // Once per run (a validation search fits every candidate on the same rows), for methods
     // that train.
     if !fitted.epoch_losses.is_empty() {
         problem::warn_if_few_steps(cfg, p.labels.len())?;
     }
-    let members = match cfg.srepr.members {
-        Some(m) => source.swag_indices().into_iter().take(m).collect(),
-        None => source.swag_indices(),
-    };
     let (test_scores, probabilities) = select::scores(&p, &fitted.head, cfg.predict, &members, Split::Test)?;
     Ok(Outcome {
         config: cfg.clone(),
         head: fitted.head,
         test_scores,
         probabilities,
-        test_labels: source.labels(Split::Test)?,
+        test_labels,
         facts: fitted.facts,
         epoch_losses: fitted.epoch_losses,
     })

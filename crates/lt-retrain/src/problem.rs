@@ -10,7 +10,7 @@ use lt_core::sampler::{Sampler, SamplerKind};
 use lt_core::Rng;
 
 use crate::bank::FeatureSource;
-use crate::config::{Backbone, RetrainConfig};
+use crate::config::{Backbone, Predict, RetrainConfig};
 use crate::error::{Result, RetrainError};
 
 /// The class-aware sampler of cRT and LWS.
@@ -66,6 +66,38 @@ impl<'a> Problem<'a> {
             log_prior: Tensor::from_vec(lp, classes, device)?,
             log_counts: Tensor::from_vec(lc, classes, device)?,
         })
+    }
+
+    /// The SWAG members (indices on the `S` axis) that `who` (SRepr, or ensemble predictions)
+    /// uses: every SWAG sample of the source, or the first `srepr.members`.
+    pub fn members(&self, cfg: &RetrainConfig, who: &str) -> Result<Vec<usize>> {
+        let mut m = self.source.swag_indices();
+        if m.is_empty() {
+            return Err(RetrainError::Invalid(format!(
+                "{}: {who} needs SWAG samples (extract with --samples M > 0)",
+                self.source.describe()
+            )));
+        }
+        if let Some(k) = cfg.srepr.members {
+            if k > m.len() {
+                return Err(RetrainError::Invalid(format!(
+                    "{who} asks for {k} members, the source has {} SWAG samples (fewer members, or extract more: \
+                     `lt extract --samples {k} --replace` with the run's other extraction settings)",
+                    m.len()
+                )));
+            }
+            m.truncate(k);
+        }
+        Ok(m)
+    }
+
+    /// The members a prediction averages: [`Problem::members`] for [`Predict::Ensemble`], none
+    /// for a single backbone's.
+    pub fn predicting_members(&self, cfg: &RetrainConfig) -> Result<Vec<usize>> {
+        match cfg.predict {
+            Predict::Ensemble => self.members(cfg, "ensemble predictions"),
+            Predict::Single => Ok(Vec::new()),
+        }
     }
 
     /// Training representations of backbone `sample` for rows `idx`.

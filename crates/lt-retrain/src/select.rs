@@ -97,7 +97,6 @@ struct Trial {
 pub(crate) fn choose<K: Serialize + Clone>(
     p: &Problem,
     cfg: &RetrainConfig,
-    members: &[usize],
     candidates: &[K],
     fallback: K,
     mut run: impl FnMut(&K) -> Result<Fitted>,
@@ -130,11 +129,12 @@ pub(crate) fn choose<K: Serialize + Clone>(
         )));
     }
     let criterion = cfg.select.criterion;
+    let members = p.predicting_members(cfg)?;
     let mut best: Option<(f64, Fitted, K)> = None;
     let mut trials = Vec::with_capacity(candidates.len());
     for k in candidates {
         let f = run(k)?;
-        let (s, probs) = scores(p, &f.head, cfg.predict, members, Split::Val)?;
+        let (s, probs) = scores(p, &f.head, cfg.predict, &members, Split::Val)?;
         let score = criterion_value(criterion, &s, probs, &labels, p.classes);
         if !score.is_finite() {
             return Err(RetrainError::Invalid(format!(

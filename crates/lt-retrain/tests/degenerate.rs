@@ -9,7 +9,7 @@ use lt_core::formats::features::{
     SampleKind::{Sgd, Swa, Swag},
     Split,
 };
-use lt_retrain::{retrain, Backbone, FeatureBank, MethodKind, RetrainConfig};
+use lt_retrain::{retrain, Backbone, FeatureBank, MethodKind, Predict, RetrainConfig};
 
 const TEST_ROWS: u32 = 12;
 
@@ -52,13 +52,53 @@ fn every_method_fits_finite_scores_on_small_and_uneven_data() {
             let out = retrain(&b, &config(m), &Device::Cpu).unwrap_or_else(|e| panic!("{case}, {m}: {e}"));
             assert_eq!(out.test_scores.len(), TEST_ROWS as usize * counts.len(), "{case}, {m}");
             assert!(out.test_scores.iter().all(|v| v.is_finite()), "{case}, {m}: non-finite scores");
-            let chooses =
-                matches!(m, MethodKind::La | MethodKind::LaPosthoc | MethodKind::TauNorm | MethodKind::Srepr);
-            if val.is_none() && chooses {
+            if val.is_none() && chooses(m) {
                 let facts = serde_json::to_string(&out.facts).unwrap();
                 assert!(facts.contains("no validation split"), "{case}, {m}: {facts}");
             }
         }
+    }
+}
+
+/// The methods that choose a knob on the validation split.
+fn chooses(m: MethodKind) -> bool {
+    matches!(m, MethodKind::La | MethodKind::LaPosthoc | MethodKind::TauNorm | MethodKind::Srepr)
+}
+
+/// Every method predicts as the SWAG ensemble (its head's softmax averaged over the members),
+/// also where it chooses a knob on the validation split, which then scores the ensemble (LA,
+/// post-hoc LA and tau-norm refused it there: "ensemble predictions need SWAG samples").
+#[test]
+fn every_method_predicts_as_the_swag_ensemble_with_its_knobs_chosen_on_validation() {
+    let counts = [30, 10, 5];
+    let b = bank(&counts, 4, Some(30)).unwrap();
+    for &m in MethodKind::ALL {
+        let cfg = RetrainConfig { predict: Predict::Ensemble, ..config(m) };
+        let out = retrain(&b, &cfg, &Device::Cpu).unwrap_or_else(|e| panic!("{m}: {e}"));
+        assert!(out.probabilities, "{m}");
+        for row in out.test_scores.chunks(counts.len()) {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5, "{m}: {row:?}");
+        }
+        let search = out.facts.get("selection").map(|s| s.to_string()).unwrap_or_default();
+        assert_eq!(chooses(m), search.contains("\"split\":\"val\""), "{m}: {search}");
+    }
+}
+
+/// An empty test split is refused before anything trains (stage 2 predicts it).
+#[test]
+fn an_empty_test_split_is_refused() {
+    let z = |n: usize| Tensor::randn(0f32, 1.0, (2, n, 3), &Device::Cpu).unwrap();
+    let b = FeatureBank::new(vec![Sgd, Swa], vec![3, 1])
+        .unwrap()
+        .with_split(Split::Train, z(4), vec![0, 0, 0, 1])
+        .unwrap()
+        .with_split(Split::Test, z(0), vec![])
+        .unwrap()
+        .with_stage1_head(Backbone::Swa, vec![0.0; 6], vec![0.0; 2])
+        .unwrap();
+    for &m in MethodKind::ALL {
+        let err = retrain(&b, &config(m), &Device::Cpu).unwrap_err().to_string();
+        assert!(err.contains("the test split has no rows"), "{m}: {err}");
     }
 }
 
@@ -75,13 +115,11 @@ fn no_training_rows_is_refused_by_every_method() {
 fn an_empty_validation_split_is_refused_where_a_knob_is_chosen() {
     let b = bank(&[30, 10, 5], 4, Some(0)).unwrap();
     for &m in MethodKind::ALL {
-        let chooses =
-            matches!(m, MethodKind::La | MethodKind::LaPosthoc | MethodKind::TauNorm | MethodKind::Srepr);
         match retrain(&b, &config(m), &Device::Cpu) {
-            Ok(_) => assert!(!chooses, "{m} chose its knobs on no validation rows"),
+            Ok(_) => assert!(!chooses(m), "{m} chose its knobs on no validation rows"),
             Err(e) => {
                 let err = e.to_string();
-                assert!(chooses && err.contains("validation split has no rows"), "{m}: {err}");
+                assert!(chooses(m) && err.contains("validation split has no rows"), "{m}: {err}");
             }
         }
     }
@@ -101,6 +139,15 @@ fn banks_that_describe_no_problem_are_refused_by_name() {
     let err = b.clone().with_stage1_head(Backbone::Swa, w, vec![0.0; 2]).unwrap_err().to_string();
     assert!(err.contains("swa head has NaN or infinite values"), "{err}");
     let other = Tensor::zeros((1, 2, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
-    let err = b.with_split(Split::Test, other, vec![0, 1]).unwrap_err().to_string();
+    let err = b.clone().with_split(Split::Test, other, vec![0, 1]).unwrap_err().to_string();
     assert!(err.contains("dimension 5, other splits have 3"), "{err}");
+    // A forgotten S axis, and labels beyond the class counts.
+    let flat = Tensor::zeros((2, 3), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let err = b.clone().with_split(Split::Test, flat, vec![0, 1]).unwrap_err().to_string();
+    assert!(
+        err.contains("test split: z must be [S, N, D] (backbones, rows, dimension), got [2, 3]"),
+        "{err}"
+    );
+    let err = b.with_split(Split::Test, z, vec![0, 2]).unwrap_err().to_string();
+    assert!(err.contains("label 2 outside 0..2 (the bank has 2 classes, one per class count)"), "{err}");
 }

@@ -44,7 +44,7 @@ pub(super) fn crt(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
 
 /// LA, loss form, with tau chosen on validation data unless fixed.
 pub(super) fn la(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
-    let (f, _) = choose(p, cfg, &[], &taus(cfg.tau, &cfg.select.tau_grid), DEFAULT_TAU, |k| {
+    let (f, _) = choose(p, cfg, &taus(cfg.tau, &cfg.select.tau_grid), DEFAULT_TAU, |k| {
         let tau = k.tau;
         fresh(p, cfg, SamplerKind::Instance, |l, y| losses::logit_adjusted(l, y, &p.log_prior, tau))
     })?;

@@ -10,7 +10,7 @@ use crate::select::choose;
 
 pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
     let (w0, b0) = p.stage1_head()?;
-    let (f, _) = choose(p, cfg, &[], &taus(cfg.tau, &cfg.select.tau_grid), DEFAULT_TAU, |k| {
+    let (f, _) = choose(p, cfg, &taus(cfg.tau, &cfg.select.tau_grid), DEFAULT_TAU, |k| {
         Ok(Fitted::new(Head::linear(w0.clone(), (&b0 - (&p.log_prior * k.tau)?)?)))
     })?;
     Ok(f)

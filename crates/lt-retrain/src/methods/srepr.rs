@@ -139,28 +139,6 @@ impl SreprLoss<'_> {
     }
 }
 
-/// The SWAG members to train on: every SWAG sample, or the first `members`.
-fn members(p: &Problem, cfg: &RetrainConfig) -> Result<Vec<usize>> {
-    let mut m = p.source.swag_indices();
-    if m.is_empty() {
-        return Err(RetrainError::Invalid(format!(
-            "{}: SRepr needs SWAG samples (extract with --samples M > 0)",
-            p.source.describe()
-        )));
-    }
-    if let Some(k) = cfg.srepr.members {
-        if k > m.len() {
-            return Err(RetrainError::Invalid(format!(
-                "SRepr asks for {k} members, the source has {} SWAG samples (fewer members, or extract more: \
-                 `lt extract --samples {k} --replace` with the run's other extraction settings)",
-                m.len()
-            )));
-        }
-        m.truncate(k);
-    }
-    Ok(m)
-}
-
 /// One fit with fixed knobs; `teacher` is the frozen teacher head, if any.
 fn fit_one(
     p: &Problem,
@@ -211,7 +189,7 @@ fn fit_one(
 
 /// SRepr with its open knobs chosen on validation data (see the module docs).
 pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
-    let members = members(p, cfg)?;
+    let members = p.members(cfg, "SRepr")?;
     let c = &cfg.srepr;
     let tau_candidates: Vec<Tau> =
         if c.balance == Balance::La { taus(cfg.tau, &cfg.select.tau_grid) } else { vec![DEFAULT_TAU] };
@@ -219,13 +197,13 @@ pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
     let plain =
         |t: &Tau| fit_one(p, cfg, &members, Knobs { lambda: 0.0, ..DEFAULT_KNOBS.with_tau(t.tau) }, None);
     let mut out = if c.lambda == Some(0.0) {
-        let mut f = choose(p, cfg, &members, &tau_candidates, DEFAULT_TAU, plain)?.0;
+        let mut f = choose(p, cfg, &tau_candidates, DEFAULT_TAU, plain)?.0;
         merge_knobs(&mut f.facts, facts::FIXED, &serde_json::json!({"lambda": 0.0}));
         f
     } else {
         let needs_b = tau_candidates.len() > 1 || c.teacher == Teacher::Frozen;
         let (b_fit, tau) = if needs_b {
-            let (f, t) = choose(p, cfg, &members, &tau_candidates, DEFAULT_TAU, plain)?;
+            let (f, t) = choose(p, cfg, &tau_candidates, DEFAULT_TAU, plain)?;
             (Some(f), t.tau)
         } else {
             (None, tau_candidates[0].tau)
@@ -253,7 +231,7 @@ pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
             temperature: one(&temps, DEFAULT_KNOBS.temperature),
         };
         let (mut f, _) =
-            choose(p, cfg, &members, &grid, fallback, |k| fit_one(p, cfg, &members, *k, teacher.as_ref()))?;
+            choose(p, cfg, &grid, fallback, |k| fit_one(p, cfg, &members, *k, teacher.as_ref()))?;
         for (name, values) in [("lambda", &lambdas), ("temperature", &temps)] {
             if values.len() == 1 {
                 merge_knobs(&mut f.facts, facts::FIXED, &serde_json::json!({ name: values[0] }));

@@ -17,7 +17,7 @@ pub(super) fn fit(p: &Problem, cfg: &RetrainConfig) -> Result<Fitted> {
     let (w0, _) = p.stage1_head()?;
     let norms = w0.sqr()?.sum(1)?.sqrt()?.clamp(1e-12, f64::MAX)?; // [C]
     let zero = Tensor::zeros(p.classes, DType::F32, &p.device)?;
-    let (f, _) = choose(p, cfg, &[], &taus(cfg.tau, &cfg.select.tau_norm_grid), DEFAULT_TAU_NORM, |k| {
+    let (f, _) = choose(p, cfg, &taus(cfg.tau, &cfg.select.tau_norm_grid), DEFAULT_TAU_NORM, |k| {
         let w = w0.broadcast_div(&norms.powf(k.tau)?.unsqueeze(1)?)?;
         Ok(Fitted::new(Head::linear(w, zero.clone())))
     })?;
