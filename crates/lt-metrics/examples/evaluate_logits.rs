@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     println!("{}", markdown(&spec, "A head-biased classifier on 100 test images.", &[row]));
     let (c, ok) = confidences(&s);
     let files = lt_metrics::plots::reliability_diagram(
-        &reliability(&c, &ok, 15, BinEdges::Guo),
+        &reliability(&c, &ok, 15, BinEdges::Guo)?,
         "example",
         &std::env::temp_dir().join("lt-metrics-example"),
     )?;

@@ -196,8 +196,10 @@ pub fn confidences(s: &Scores) -> (Vec<f64>, Vec<bool>) {
 }
 
 /// Bin index of a confidence. With [`BinEdges::LowerClosed`] a confidence of exactly 1 falls
-/// in an extra bin `[1, 1]` (index `bins`), as torchmetrics does.
+/// in an extra bin `[1, 1]` (index `bins`), as torchmetrics does. `bins` of 0 counts as 1 (the
+/// functions that take confidences from a caller refuse it: [`reliability`]).
 pub fn bin_of(conf: f64, bins: usize, edges: BinEdges) -> usize {
+    let bins = bins.max(1);
     match edges {
         BinEdges::Guo => ((conf * bins as f64).ceil() as isize - 1).clamp(0, bins as isize - 1) as usize,
         BinEdges::LowerClosed => ((conf * bins as f64).floor() as isize).clamp(0, bins as isize) as usize,
@@ -221,7 +223,26 @@ pub struct Bin {
 
 /// Reliability bins of confidences and correctness (one more, `[1, 1]`, with
 /// [`BinEdges::LowerClosed`]).
-pub fn reliability(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges) -> Vec<Bin> {
+///
+/// # Errors
+/// [`MetricsError::Invalid`] for no bins, confidences and correctness of unequal lengths, or a
+/// confidence outside `[0, 1]` (NaN included).
+pub fn reliability(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges) -> Result<Vec<Bin>> {
+    if bins == 0 {
+        return Err(MetricsError::Invalid("calibration bins: at least 1 is needed, got 0".into()));
+    }
+    if conf.len() != correct.len() {
+        return Err(MetricsError::Invalid(format!(
+            "calibration: {} confidences and {} correctness flags (one of each per sample)",
+            conf.len(),
+            correct.len()
+        )));
+    }
+    if let Some((i, c)) = conf.iter().enumerate().find(|(_, c)| !(0.0..=1.0).contains(*c)) {
+        return Err(MetricsError::Invalid(format!(
+            "calibration: confidence {c} of sample {i} is outside [0, 1]"
+        )));
+    }
     let slots = if edges == BinEdges::LowerClosed { bins + 1 } else { bins };
     let mut count = vec![0usize; slots];
     let mut acc = vec![0f64; slots];
@@ -234,7 +255,7 @@ pub fn reliability(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges)
             acc[b] += 1.0;
         }
     }
-    (0..slots)
+    Ok((0..slots)
         .map(|b| Bin {
             lo: (b as f64 / bins as f64).min(1.0),
             hi: ((b + 1) as f64 / bins as f64).min(1.0),
@@ -242,21 +263,27 @@ pub fn reliability(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges)
             accuracy: if count[b] > 0 { acc[b] / count[b] as f64 } else { 0.0 },
             confidence: if count[b] > 0 { cs[b] / count[b] as f64 } else { 0.0 },
         })
-        .collect()
+        .collect())
 }
 
 /// Expected calibration error `sum_m |B_m|/N |acc(B_m) - conf(B_m)|` (empty bins skipped).
-pub fn ece_from(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges) -> f64 {
+///
+/// # Errors
+/// As [`reliability`].
+pub fn ece_from(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges) -> Result<f64> {
     let n = conf.len() as f64;
-    reliability(conf, correct, bins, edges)
+    Ok(reliability(conf, correct, bins, edges)?
         .iter()
         .filter(|b| b.count > 0)
         .map(|b| b.count as f64 / n * (b.accuracy - b.confidence).abs())
-        .sum()
+        .sum())
 }
 
 /// ECE with `bins` equal-width bins over the max-softmax confidence.
-pub fn ece(s: &Scores, bins: usize, edges: BinEdges) -> f64 {
+///
+/// # Errors
+/// [`MetricsError::Invalid`] for no bins.
+pub fn ece(s: &Scores, bins: usize, edges: BinEdges) -> Result<f64> {
     let (c, ok) = confidences(s);
     ece_from(&c, &ok, bins, edges)
 }
@@ -294,7 +321,7 @@ pub fn evaluate(s: &Scores, groups: &[ShotGroup], bins: usize, edges: BinEdges) 
         medium,
         few,
         nll: nll(s),
-        ece: ece(s, bins, edges),
+        ece: ece(s, bins, edges)?,
         top5: (s.classes() > 10).then(|| top_k_accuracy(s, 5)),
         per_class,
         samples: s.len(),
@@ -308,16 +335,34 @@ mod tests {
     /// Edges, empty bins and the extra `[1, 1]` bin of the reliability diagram.
     #[test]
     fn reliability_bins_have_their_edges_and_empty_bins_read_zero() {
-        let bins = reliability(&[0.05, 0.35, 1.0], &[true, false, true], 4, BinEdges::LowerClosed);
+        let bins = reliability(&[0.05, 0.35, 1.0], &[true, false, true], 4, BinEdges::LowerClosed).unwrap();
         let edges: Vec<(f64, f64)> = bins.iter().map(|b| (b.lo, b.hi)).collect();
         assert_eq!(edges, [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0), (1.0, 1.0)]);
         let counts: Vec<usize> = bins.iter().map(|b| b.count).collect();
         assert_eq!(counts, [1, 1, 0, 0, 1]);
         assert_eq!((bins[2].accuracy, bins[2].confidence), (0.0, 0.0), "an empty bin reads 0, not NaN");
         assert_eq!((bins[1].accuracy, bins[1].confidence), (0.0, 0.35));
-        let guo = reliability(&[0.25, 1.0], &[true, true], 4, BinEdges::Guo);
+        let guo = reliability(&[0.25, 1.0], &[true, true], 4, BinEdges::Guo).unwrap();
         assert_eq!(guo.len(), 4);
         assert_eq!((guo[0].count, guo[3].count), (1, 1), "(lo, hi] bins: 0.25 in the first, 1 in the last");
+    }
+
+    /// No bins, unequal lengths and confidences outside `[0, 1]` are refused, by name; `evaluate`
+    /// refuses no bins (it panicked in `bin_of`'s clamp).
+    #[test]
+    fn calibration_refuses_what_describes_no_binning() {
+        let err = |r: Result<Vec<Bin>>| r.unwrap_err().to_string();
+        let edges = BinEdges::Guo;
+        assert!(err(reliability(&[0.5], &[true], 0, edges)).contains("at least 1 is needed, got 0"));
+        assert!(err(reliability(&[0.5], &[true, false], 4, edges))
+            .contains("1 confidences and 2 correctness flags"));
+        let nan = err(reliability(&[0.5, f64::NAN], &[true, true], 4, edges));
+        assert!(nan.contains("confidence NaN of sample 1 is outside [0, 1]"), "{nan}");
+        assert!(err(reliability(&[1.5], &[true], 4, edges)).contains("confidence 1.5 of sample 0"));
+        let s = Scores::logits(&[1.0, 0.0], &[0], 2).unwrap();
+        let e = evaluate(&s, &[ShotGroup::Many; 2], 0, edges).unwrap_err().to_string();
+        assert!(e.contains("calibration bins: at least 1 is needed, got 0"), "{e}");
+        assert_eq!(bin_of(0.5, 0, edges), 0);
     }
 
     /// Probabilities of exactly 0 are probabilities; the softmax is shifted by the row's maximum

@@ -13,7 +13,7 @@
 //! ```
 //! use lt_metrics::classification::{ece_from, BinEdges};
 //! // The reference sheet's test vector.
-//! let e = ece_from(&[0.95, 1.0], &[true, false], 15, BinEdges::Guo);
+//! let e = ece_from(&[0.95, 1.0], &[true, false], 15, BinEdges::Guo).unwrap();
 //! assert!((e - 0.475).abs() < 1e-12);
 //! ```
 

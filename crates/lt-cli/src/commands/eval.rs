@@ -82,7 +82,7 @@ pub fn run_eval(a: EvalArgs) -> Result<()> {
         lt_core::atomic::write_bytes_atomic(&json, serde_json::to_string_pretty(&body)?.as_bytes())?;
         let (c, ok) = confidences(&scores);
         plots::reliability_diagram(
-            &reliability(&c, &ok, bins, edges),
+            &reliability(&c, &ok, bins, edges)?,
             &format!("{name}: reliability ({} test images)", p.labels.len()),
             &out.join(format!("{stem}-reliability")),
         )?;

@@ -55,7 +55,7 @@ fn reliability_diagrams(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<
             .find(|s| !stems.contains(s))
             .unwrap_or(first);
         stems.insert(stem.clone());
-        let bins = reliability(&conf, &ok, ECE_BINS, BinEdges::Guo);
+        let bins = reliability(&conf, &ok, ECE_BINS, BinEdges::Guo)?;
         plots::reliability_diagram(&bins, &format!("{label}: reliability ({what})"), &dir.join(&stem))?;
         drawn.push(plot(&stem, format!("reliability diagram of {label} ({what}, {ECE_BINS} bins)")));
     }
