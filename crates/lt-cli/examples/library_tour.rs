@@ -76,7 +76,7 @@ fn swag(labels: &candle_core::Tensor) -> anyhow::Result<()> {
     let layout = ParamLayout::of(&varmap)?; // sorted names, BN statistics excluded
     let mut swag = Swag::new(layout.clone(), 20); // rank K = 20 (0: diagonal only)
     swag.collect(&layout.flatten(&varmap)?)?; // once per epoch in the SWA phase
-    let theta = swag.sample(0.5, &mut lt_core::Rng::new(seed));
+    let theta = swag.sample(0.5, &mut lt_core::Rng::new(seed))?;
     layout.write_into(&varmap, &theta)?;
     lt_swag::bn::recalibrate(&my_model, batches)?; // batches: lt_swag::Result<Tensor>s; implement lt_swag::bn::BatchNormModel
     swag.save(path, &[("arch", "...".into())])?;

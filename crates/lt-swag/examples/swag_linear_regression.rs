@@ -37,7 +37,7 @@ fn main() -> anyhow::Result<()> {
     println!("SWA mean of {} models: {:?}", swag.n_models(), swag.mean());
     println!("diagonal std: {:?}", swag.variance().iter().map(|v| v.sqrt()).collect::<Vec<_>>());
     for k in 0..3 {
-        println!("SWAG sample {k}: {:?}", swag.sample(0.5, &mut Rng::stream(1, &[k])));
+        println!("SWAG sample {k}: {:?}", swag.sample(0.5, &mut Rng::stream(1, &[k]))?);
     }
     Ok(())
 }

@@ -6,6 +6,10 @@ pub enum SwagError {
     /// Parameters do not match the statistics (another model, another architecture).
     #[error("{0}")]
     Mismatch(String),
+    /// A request that describes no statistics or sample: sampling before any model was
+    /// collected, a negative or non-finite scale, a parameter vector with NaN or infinite values.
+    #[error("{0}")]
+    Invalid(String),
     /// The model failed during batch-norm recalibration (its own error, kept as the source).
     #[error("the model failed during batch-norm recalibration")]
     Model(#[source] Box<dyn std::error::Error + Send + Sync>),

@@ -20,7 +20,7 @@
 //! let layout = ParamLayout::of(&vm).unwrap();
 //! let mut swag = Swag::new(layout.clone(), 20);
 //! swag.collect(&layout.flatten(&vm).unwrap()).unwrap();
-//! let theta = swag.sample(0.0, &mut lt_core::Rng::new(0));
+//! let theta = swag.sample(0.0, &mut lt_core::Rng::new(0)).unwrap();
 //! assert_eq!(theta, vec![1.0, 1.0, 1.0]);
 //! ```
 

@@ -81,13 +81,25 @@ impl Swag {
         self.deviations.iter().map(|d| d.as_slice())
     }
 
-    /// Adds one model (its flattened parameters); a vector of another length is refused.
+    /// Adds one model (its flattened parameters); a vector of another length, or with a NaN or
+    /// infinite value (named by its parameter), is refused and changes nothing.
     pub fn collect(&mut self, theta: &[f32]) -> Result<()> {
         if theta.len() != self.mean.len() {
             return Err(SwagError::Mismatch(format!(
                 "a parameter vector of {} values for statistics of {}",
                 theta.len(),
                 self.mean.len()
+            )));
+        }
+        if let Some(i) = theta.iter().position(|v| !v.is_finite()) {
+            let name =
+                self.layout.spans().into_iter().find(|(_, start, len)| (*start..start + len).contains(&i));
+            return Err(SwagError::Invalid(format!(
+                "model {} to collect has {} at value {i}{} (diverged training?)",
+                self.n_models + 1,
+                theta[i],
+                name.map(|(n, start, _)| format!(", parameter {n} element {}", i - start))
+                    .unwrap_or_default()
             )));
         }
         let n = self.n_models as f32;
@@ -119,9 +131,19 @@ impl Swag {
     /// Draws `theta = mean + sqrt(scale) * (sqrt(var) * z1 + D^T z2 / sqrt(K - 1))` with
     /// `z1 ~ N(0, I_P)` (drawn first, in parameter order) and `z2 ~ N(0, I_r)` over the `r`
     /// collected columns; `K` is the maximum rank. `scale = 0` returns the mean exactly.
-    pub fn sample(&self, scale: f64, rng: &mut Rng) -> Vec<f32> {
+    ///
+    /// # Errors
+    /// [`SwagError::Invalid`] before any model was collected (the statistics are all zero) and
+    /// for a negative or non-finite `scale`.
+    pub fn sample(&self, scale: f64, rng: &mut Rng) -> Result<Vec<f32>> {
+        if self.n_models == 0 {
+            return Err(SwagError::Invalid("no model collected yet: collect before sampling".into()));
+        }
+        if !(scale.is_finite() && scale >= 0.0) {
+            return Err(SwagError::Invalid(format!("sample scale {scale}: expected a finite value >= 0")));
+        }
         if scale == 0.0 {
-            return self.mean.clone();
+            return Ok(self.mean.clone());
         }
         let p = self.mean.len();
         let var = self.variance();
@@ -140,7 +162,7 @@ impl Swag {
             }
         }
         let s = scale.sqrt() as f32;
-        self.mean.iter().zip(&rand).map(|(&m, &r)| m + s * r).collect()
+        Ok(self.mean.iter().zip(&rand).map(|(&m, &r)| m + s * r).collect())
     }
 
     /// Writes the statistics as an `lt.swag` artifact: per parameter `mean.<name>`,

@@ -56,7 +56,26 @@ fn moments_and_deviations_by_hand() {
     diag.collect(&[2.0]).unwrap();
     assert_eq!(diag.rank(), 0);
     assert_eq!(diag.variance(), vec![1e-30]);
-    assert_eq!(diag.sample(0.0, &mut Rng::new(0)), vec![2.0]);
+    assert_eq!(diag.sample(0.0, &mut Rng::new(0)).unwrap(), vec![2.0]);
+}
+
+/// Sampling before any model, a negative or non-finite scale, and a model with a NaN are
+/// refused by name (they gave all-zero weights, NaN weights, and a NaN mean); a refused model
+/// changes nothing.
+#[test]
+fn sampling_and_collecting_refuse_what_describes_no_posterior() {
+    let layout = ParamLayout { names: vec!["a".into(), "b".into()], shapes: vec![vec![2], vec![3]] };
+    let mut s = Swag::new(layout, 4);
+    let err = s.sample(0.5, &mut Rng::new(0)).unwrap_err().to_string();
+    assert!(err.contains("no model collected yet"), "{err}");
+    s.collect(&[1.0; 5]).unwrap();
+    for scale in [-0.5, f64::NAN, f64::INFINITY] {
+        let err = s.sample(scale, &mut Rng::new(0)).unwrap_err().to_string();
+        assert!(err.contains(&format!("sample scale {scale}: expected a finite value >= 0")), "{err}");
+    }
+    let err = s.collect(&[1.0, 1.0, 1.0, f32::NAN, 1.0]).unwrap_err().to_string();
+    assert!(err.contains("model 2 to collect has NaN at value 3, parameter b element 1"), "{err}");
+    assert_eq!((s.n_models(), s.mean()), (1, &[1.0f32; 5][..]));
 }
 
 #[test]
@@ -87,7 +106,7 @@ fn sample_covariance_matches_the_implied_covariance() {
     let mut sum = [0f64; 3];
     let mut prod = [[0f64; 3]; 3];
     for _ in 0..n {
-        let x = s.sample(scale, &mut rng);
+        let x = s.sample(scale, &mut rng).unwrap();
         for i in 0..3 {
             sum[i] += x[i] as f64;
             for j in 0..3 {
@@ -105,7 +124,7 @@ fn sample_covariance_matches_the_implied_covariance() {
         }
     }
     // Same seed, same sample.
-    assert_eq!(s.sample(scale, &mut Rng::new(1)), s.sample(scale, &mut Rng::new(1)));
+    assert_eq!(s.sample(scale, &mut Rng::new(1)).unwrap(), s.sample(scale, &mut Rng::new(1)).unwrap());
 }
 
 /// One draw against the reference sheet's formula with the same random numbers (`z1` over the
@@ -122,7 +141,7 @@ fn a_draw_is_the_formula_on_the_same_random_numbers() {
             s.collect(&theta).unwrap();
         }
         let scale = 0.5f64;
-        let got = s.sample(scale, &mut Rng::new(9));
+        let got = s.sample(scale, &mut Rng::new(9)).unwrap();
         let mut rng = Rng::new(9);
         let (mut z1, mut z2) = (vec![0f32; 3], vec![0f32; s.rank()]);
         rng.fill_normal(&mut z1, 0.0, 1.0);
@@ -141,7 +160,7 @@ fn a_draw_is_the_formula_on_the_same_random_numbers() {
             );
         }
         assert_ne!(got, s.mean(), "a draw at scale 0.5 moves");
-        assert_eq!(s.sample(0.0, &mut Rng::new(9)), s.mean(), "scale 0 is the mean");
+        assert_eq!(s.sample(0.0, &mut Rng::new(9)).unwrap(), s.mean(), "scale 0 is the mean");
     }
 }
 

@@ -214,7 +214,7 @@ impl Extraction<'_> {
             (SampleKind::Swag, Some(m), Some(swag)) => {
                 let model = Model::from_artifact(&dir.swa(), self.device)?;
                 let theta =
-                    swag.sample(cfg.scale, &mut Rng::stream(cfg.seed, &[streams::SWAG_SAMPLE, m as u64]));
+                    swag.sample(cfg.scale, &mut Rng::stream(cfg.seed, &[streams::SWAG_SAMPLE, m as u64]))?;
                 swag.layout().write_into(model.store().varmap(), &theta)?;
                 let swa = Artifact::open(&dir.swa(), BACKBONE_FORMAT)?;
                 if swa.meta_opt(KEY_BN) == Some(BN_FROZEN) {
