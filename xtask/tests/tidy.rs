@@ -98,6 +98,27 @@ fn every_rust_file_opens_with_a_module_doc_and_stays_readable_in_size() {
     assert!(large.is_empty(), "files over 500 lines: {large:?}");
 }
 
+/// An error variant writes its cause into its message or returns it as its `source`, not both:
+/// `{:#}` and anyhow's "Caused by" would write it twice (`#[error(transparent)]` forwards both).
+/// Checked for a `#[from]` or `#[source]` tuple field under a message with `{0}`.
+#[test]
+fn no_error_writes_its_source_into_its_message_too() {
+    let mut files = Vec::new();
+    rust_files(&root().join("crates"), &mut files);
+    let mut twice = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let lines: Vec<&str> = text.lines().map(str::trim).collect();
+        for (i, pair) in lines.windows(2).enumerate() {
+            let message_has_it = pair[0].starts_with("#[error(\"") && pair[0].contains("{0}");
+            if message_has_it && (pair[1].contains("(#[from]") || pair[1].contains("(#[source]")) {
+                twice.push(format!("{}:{}", f.strip_prefix(root()).unwrap().display(), i + 1));
+            }
+        }
+    }
+    assert!(twice.is_empty(), "error variants with their source in the message too: {twice:?}");
+}
+
 /// Whether `line` (trimmed) opens a function: `fn` after any visibility (`pub`, `pub(crate)`,
 /// `pub(super)`) and qualifiers (`const`, `async`, `unsafe`, `extern "C"`).
 fn is_fn_head(line: &str) -> bool {

@@ -123,7 +123,7 @@ pub enum DataError {
     #[error(transparent)]
     Artifact(#[from] lt_core::ArtifactError),
     /// A candle error while building tensors.
-    #[error("candle: {0}")]
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

@@ -90,7 +90,7 @@ pub enum ModelError {
     #[error(transparent)]
     Artifact(#[from] lt_core::ArtifactError),
     /// A candle error.
-    #[error("candle: {0}")]
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

@@ -26,7 +26,7 @@ pub enum RetrainError {
     #[error(transparent)]
     Artifact(#[from] lt_core::ArtifactError),
     /// A candle error.
-    #[error("candle: {0}")]
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

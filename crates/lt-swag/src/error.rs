@@ -17,7 +17,7 @@ pub enum SwagError {
     #[error(transparent)]
     Artifact(#[from] lt_core::ArtifactError),
     /// A candle error.
-    #[error("candle: {0}")]
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

@@ -50,7 +50,7 @@ pub enum TrainError {
         source: std::io::Error,
     },
     /// A candle error.
-    #[error("candle: {0}")]
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 

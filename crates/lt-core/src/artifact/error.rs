@@ -126,7 +126,7 @@ pub enum ArtifactError {
         reason: String,
     },
     /// A candle error while converting a tensor.
-    #[error("candle: {0}")]
+    #[error(transparent)]
     Candle(#[from] candle_core::Error),
 }
 
