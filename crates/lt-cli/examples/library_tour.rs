@@ -111,7 +111,8 @@ fn stage2() -> anyhow::Result<()> {
         .with_split(Split::Val, z_val, y_val)? // knobs are chosen here
         .with_split(Split::Test, z_test, y_test)?;
     let out = retrain(&bank, &RetrainConfig::new(MethodKind::Srepr), &candle_core::Device::Cpu)?;
-    println!("{:?} chose {}", &out.test_scores[..10], out.facts["chosen"]);
+    let chosen = out.facts.get("chosen").map_or("none (no val split)".into(), |c| c.to_string());
+    println!("{:?} chose {chosen}", &out.test_scores[..10]);
     Ok(())
 }
 
@@ -119,6 +120,8 @@ fn stage2() -> anyhow::Result<()> {
 fn metrics() -> anyhow::Result<()> {
     use lt_metrics::{evaluate, BinEdges, Scores};
     let (classes, train_counts) = (3, vec![200usize, 50, 5]);
+    let dir = tempfile::tempdir()?;
+    let dir = dir.path();
     let labels: Vec<u32> = (0..30).map(|i| i % 3).collect();
     let logits: Vec<f32> =
         labels.iter().flat_map(|&y| [1.0, 0.5 * (y == 1) as u8 as f32, y as f32]).collect();
@@ -126,6 +129,9 @@ fn metrics() -> anyhow::Result<()> {
     // Row-major slices (from a tensor: `.flatten_all()?.to_vec1::<f32>()?`).
     let s = Scores::logits(&logits, &labels, classes)?; // or Scores::probs for ensembles
     let e = evaluate(&s, &lt_core::split::shot_groups(&train_counts), 15, BinEdges::Guo)?;
+    let (conf, correct) = lt_metrics::classification::confidences(&s);
+    let bins = lt_metrics::classification::reliability(&conf, &correct, 15, BinEdges::Guo)?;
+    lt_metrics::plots::reliability_diagram(&bins, "my model", &dir.join("reliability"))?; // .png and .svg
     println!("metrics: all {:.3}, NLL {:.3}, ECE {:.3}", e.accuracy, e.nll, e.ece);
     Ok(())
 }

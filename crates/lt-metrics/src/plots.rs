@@ -1,6 +1,9 @@
 //! Plots as PNG and SVG (pure Rust, plotters with an embedded DejaVu Sans font): reliability
 //! diagrams, per-class accuracy against class index with the training counts, and per-class
 //! dispersion against class index.
+//!
+//! Each plot function writes `<stem>.png` and `<stem>.svg` (the suffix appended to the stem's
+//! name, the folder created when missing), atomically, and returns the two paths.
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -63,7 +66,8 @@ fn both(
     };
     let (png, svg) = (with(".png"), with(".svg"));
     let tmp = lt_core::atomic::temp_sibling(&png);
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    // A folder that cannot be made is the plot's error, not its temporary's.
+    std::fs::create_dir_all(&tmp).map_err(io(&png))?;
     let name = |p: &Path| tmp.join(p.file_name().unwrap_or_default());
     let (png_tmp, svg_tmp) = (name(&png), name(&svg));
     let err = |p: &Path, e: Box<dyn std::error::Error>| MetricsError::Plot {

@@ -19,7 +19,10 @@ pub struct ParamLayout {
 }
 
 impl ParamLayout {
-    /// The floating-point parameters of `varmap`, except batch-norm running statistics.
+    /// The floating-point parameters of `varmap`, except batch-norm running statistics: names
+    /// ending in `running_mean`, `running_var` or `num_batches_tracked` (PyTorch's). A model that
+    /// keeps other buffers in its `VarMap` under other names filters them out with
+    /// [`ParamLayout::of_filtered`].
     pub fn of(varmap: &VarMap) -> Result<Self> {
         Ok(Self::of_filtered(varmap, |_| true))
     }

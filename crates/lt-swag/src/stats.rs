@@ -167,7 +167,8 @@ impl Swag {
 
     /// Writes the statistics as an `lt.swag` artifact: per parameter `mean.<name>`,
     /// `sq_mean.<name>` and `deviations.<name>` (`[rank, *shape]`), streamed from memory without
-    /// copies; `meta` adds metadata (architecture, fingerprint, ...).
+    /// copies; `meta` adds metadata (architecture, fingerprint, ...). The file is written
+    /// atomically, its folder created when missing.
     pub fn save(&self, path: &Path, meta: &[(&str, String)]) -> Result<()> {
         let mut w = ArtifactWriter::new(SWAG_FORMAT);
         for (k, v) in meta {
