@@ -15,6 +15,10 @@ pub struct Scores<'a> {
     are_probs: bool,
 }
 
+/// How far probabilities may stray from a distribution by rounding: a row's sum from 1, a
+/// confidence above 1 (an ensemble's mean of `f32` softmaxes can be 1.0000001).
+pub const PROB_TOLERANCE: f64 = 1e-3;
+
 impl<'a> Scores<'a> {
     fn new(values: &'a [f32], labels: &'a [u32], classes: usize, are_probs: bool) -> Result<Self> {
         if classes == 0 {
@@ -49,12 +53,13 @@ impl<'a> Scores<'a> {
         Self::new(values, labels, classes, false)
     }
 
-    /// Probabilities `N x C` (rows summing to one, e.g. an ensemble's averaged probabilities).
+    /// Probabilities `N x C` (rows summing to one within [`PROB_TOLERANCE`], none negative,
+    /// e.g. an ensemble's averaged probabilities).
     pub fn probs(values: &'a [f32], labels: &'a [u32], classes: usize) -> Result<Self> {
         let s = Self::new(values, labels, classes, true)?;
         for (i, row) in values.chunks_exact(classes).enumerate() {
             let sum: f64 = row.iter().map(|&p| p as f64).sum();
-            if row.iter().any(|&p| p < 0.0) || (sum - 1.0).abs() > 1e-3 {
+            if row.iter().any(|&p| p < 0.0) || (sum - 1.0).abs() > PROB_TOLERANCE {
                 return Err(MetricsError::Invalid(format!(
                     "probabilities of sample {i} sum to {sum}, not 1"
                 )));
@@ -226,7 +231,8 @@ pub struct Bin {
 ///
 /// # Errors
 /// [`MetricsError::Invalid`] for no bins, confidences and correctness of unequal lengths, or a
-/// confidence outside `[0, 1]` (NaN included).
+/// confidence outside `[0, 1]` by more than [`PROB_TOLERANCE`] (NaN included); one within it
+/// falls in the first or last bin.
 pub fn reliability(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges) -> Result<Vec<Bin>> {
     if bins == 0 {
         return Err(MetricsError::Invalid("calibration bins: at least 1 is needed, got 0".into()));
@@ -238,9 +244,10 @@ pub fn reliability(conf: &[f64], correct: &[bool], bins: usize, edges: BinEdges)
             correct.len()
         )));
     }
-    if let Some((i, c)) = conf.iter().enumerate().find(|(_, c)| !(0.0..=1.0).contains(*c)) {
+    let tolerated = -PROB_TOLERANCE..=1.0 + PROB_TOLERANCE;
+    if let Some((i, c)) = conf.iter().enumerate().find(|(_, c)| !tolerated.contains(*c)) {
         return Err(MetricsError::Invalid(format!(
-            "calibration: confidence {c} of sample {i} is outside [0, 1]"
+            "calibration: confidence {c} of sample {i} is outside [0, 1] by more than {PROB_TOLERANCE}"
         )));
     }
     let slots = if edges == BinEdges::LowerClosed { bins + 1 } else { bins };
@@ -359,6 +366,9 @@ mod tests {
         let nan = err(reliability(&[0.5, f64::NAN], &[true, true], 4, edges));
         assert!(nan.contains("confidence NaN of sample 1 is outside [0, 1]"), "{nan}");
         assert!(err(reliability(&[1.5], &[true], 4, edges)).contains("confidence 1.5 of sample 0"));
+        // Rounding past 1 (an ensemble's mean of f32 softmaxes) falls in the last bin.
+        let rounded = reliability(&[1.0000001, 0.9995], &[true, false], 4, edges).unwrap();
+        assert_eq!(rounded[3].count, 2);
         let s = Scores::logits(&[1.0, 0.0], &[0], 2).unwrap();
         let e = evaluate(&s, &[ShotGroup::Many; 2], 0, edges).unwrap_err().to_string();
         assert!(e.contains("calibration bins: at least 1 is needed, got 0"), "{e}");
