@@ -100,7 +100,8 @@ fn every_rust_file_opens_with_a_module_doc_and_stays_readable_in_size() {
 
 /// An error variant writes its cause into its message or returns it as its `source`, not both:
 /// `{:#}` and anyhow's "Caused by" would write it twice (`#[error(transparent)]` forwards both).
-/// Checked for a `#[from]` or `#[source]` tuple field under a message with `{0}`.
+/// Checked for a `#[from]` or `#[source]` tuple field under a message with `{0}`, and for a
+/// message that writes a field named `source` (thiserror's source by its name).
 #[test]
 fn no_error_writes_its_source_into_its_message_too() {
     let mut files = Vec::new();
@@ -110,8 +111,9 @@ fn no_error_writes_its_source_into_its_message_too() {
         let text = std::fs::read_to_string(f).unwrap();
         let lines: Vec<&str> = text.lines().map(str::trim).collect();
         for (i, pair) in lines.windows(2).enumerate() {
-            let message_has_it = pair[0].starts_with("#[error(\"") && pair[0].contains("{0}");
-            if message_has_it && (pair[1].contains("(#[from]") || pair[1].contains("(#[source]")) {
+            let message = pair[0].starts_with("#[error(\"");
+            let tuple_source = pair[1].contains("(#[from]") || pair[1].contains("(#[source]");
+            if message && (pair[0].contains("{source}") || pair[0].contains("{0}") && tuple_source) {
                 twice.push(format!("{}:{}", f.strip_prefix(root()).unwrap().display(), i + 1));
             }
         }

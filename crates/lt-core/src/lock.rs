@@ -52,12 +52,12 @@ pub enum LockError {
         holder: Option<Holder>,
     },
     /// A file operation failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file or directory.
         path: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -72,7 +72,7 @@ fn holder_words(h: &Option<Holder>) -> String {
 pub type Result<T, E = LockError> = std::result::Result<T, E>;
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> LockError + '_ {
-    move |source| LockError::Io { path: path.to_path_buf(), source }
+    move |error| LockError::Io { path: path.to_path_buf(), error }
 }
 
 /// An exclusive lock on a run directory; released on drop (and when the process dies).

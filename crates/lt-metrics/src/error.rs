@@ -10,12 +10,12 @@ pub enum MetricsError {
     #[error(transparent)]
     Artifact(#[from] lt_core::ArtifactError),
     /// Writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: std::path::PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// Drawing a plot failed.
     #[error("plot {path}: {detail}")]

@@ -56,7 +56,7 @@ fn both(
     register_font();
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| MetricsError::Io { path, source }
+        move |error| MetricsError::Io { path, error }
     };
     // Appended, not `with_extension`: a stem may hold a dot (`reliability-srepr-lambda0.3`).
     let with = |ext: &str| {

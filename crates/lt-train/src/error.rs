@@ -42,12 +42,12 @@ pub enum TrainError {
     #[error(transparent)]
     Lock(#[from] lt_core::lock::LockError),
     /// A file error.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A candle error.
     #[error(transparent)]
@@ -59,5 +59,5 @@ pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
 pub(crate) fn io_err(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> TrainError {
     let path = path.into();
-    move |source| TrainError::Io { path, source }
+    move |error| TrainError::Io { path, error }
 }

@@ -62,7 +62,7 @@ impl Artifact {
 
     /// Opens any safetensors file (for example weights from elsewhere) without a format check.
     pub fn open_any(path: &Path) -> Result<Self> {
-        let io_err = |source| ArtifactError::Io { path: path.to_path_buf(), source };
+        let io_err = |error| ArtifactError::Io { path: path.to_path_buf(), error };
         let file = File::open(path).map_err(io_err)?;
         if file.metadata().map_err(io_err)?.is_dir() {
             let reason = "it is a directory".to_string();

@@ -258,7 +258,7 @@ impl<'a> ArtifactWriter<'a> {
             return Err(problem.into_error(path));
         }
         let header = self.header();
-        let io_err = |source| ArtifactError::Io { path: path.to_path_buf(), source };
+        let io_err = |error| ArtifactError::Io { path: path.to_path_buf(), error };
         crate::atomic::write_atomic(path, move |w| {
             w.write_all(&(header.len() as u64).to_le_bytes())?;
             w.write_all(&header)?;

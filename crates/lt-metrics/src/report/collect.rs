@@ -75,7 +75,7 @@ impl Collected {
 }
 
 fn seeds_in(runs: &Path) -> Result<Vec<u64>> {
-    let io = |source| MetricsError::Io { path: runs.to_path_buf(), source };
+    let io = |error| MetricsError::Io { path: runs.to_path_buf(), error };
     let mut seeds = Vec::new();
     for e in std::fs::read_dir(runs).map_err(io)? {
         let e = e.map_err(io)?;

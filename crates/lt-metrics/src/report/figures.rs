@@ -132,7 +132,7 @@ fn per_class_plots(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<D
             let json = dir.join("dispersion.json");
             let text = serde_json::to_string_pretty(&d).map_err(|e| MetricsError::Invalid(e.to_string()))?;
             lt_core::atomic::write_bytes_atomic(&json, text.as_bytes())
-                .map_err(|source| MetricsError::Io { path: json.clone(), source })?;
+                .map_err(|error| MetricsError::Io { path: json.clone(), error })?;
             drawn.push((
                 "`plots/dispersion.json`".into(),
                 format!("the dispersion plots' values (seed {seed})"),

@@ -370,7 +370,7 @@ pub fn text_table(spec: &ReportSpec, rows: &[Row]) -> String {
 pub fn write(out: &Path, spec: &ReportSpec, c: &Collected) -> Result<PathBuf> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| MetricsError::Io { path, source }
+        move |error| MetricsError::Io { path, error }
     };
     // Everything is rendered into a staging directory first; only a complete report is moved
     // into place, report.md last (a failure leaves the previous report as it was).
@@ -408,7 +408,7 @@ fn remove_stale_plots(plots: &Path, files: &[PathBuf]) {
 fn render(dir: &Path, spec: &ReportSpec, c: &Collected) -> Result<Vec<PathBuf>> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
-        move |source| MetricsError::Io { path, source }
+        move |error| MetricsError::Io { path, error }
     };
     let plots = dir.join("plots");
     let drawn = figures::write_all(&plots, spec, c)?;
