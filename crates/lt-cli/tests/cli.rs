@@ -347,9 +347,11 @@ fn report_by_hand_lists_named_runs_and_says_when_it_cannot_draw_the_dispersion()
     let (ok, _, err) = la(&["--tau", "3"], &tmp.path().join("elsewhere/sgd-la"));
     let warning = "lt report lists the run as swa-la (sgd-la is the plan row sgd-la's directory)";
     assert!(ok && err.lines().any(|l| l.contains(" WARN ") && l.contains(warning)), "{err}");
-    // A name that looks like a flag is told what a name may be.
-    let (ok, _, err) = la(&["--name", "-x"], &tmp.path().join("elsewhere/x"));
-    assert!(!ok && err.contains("--name -x: a row name starts with a letter or digit"), "{err}");
+    // A name is checked as the flags are read; a flag in its place is not taken for the name.
+    let (ok, _, err) = la(&["--name", "X"], &tmp.path().join("elsewhere/x"));
+    assert!(!ok && err.contains("'X' for '--name <NAME>': a row name has lower-case ASCII letters"), "{err}");
+    let (ok, _, err) = la(&["--name"], &tmp.path().join("elsewhere/x"));
+    assert!(!ok && err.contains("a value is required for '--name <NAME>'"), "{err}");
     let report = |out: &str| lt(&["report", "--runs", runs.to_str().unwrap(), "--out", out]);
     let (ok, said, err) = report(tmp.path().join("with").to_str().unwrap());
     assert!(ok && !said.contains("no dispersion plots"), "{said}{err}");

@@ -74,15 +74,15 @@ impl<'a> Problem<'a> {
         let mut m = self.source.swag_indices();
         if m.is_empty() {
             return Err(RetrainError::Invalid(format!(
-                "{}: {who} needs SWAG samples (extract with --samples M > 0)",
+                "{}: no SWAG samples for {who} (extract with --samples M > 0)",
                 self.source.describe()
             )));
         }
         if let Some(k) = cfg.srepr.members {
             if k > m.len() {
                 return Err(RetrainError::Invalid(format!(
-                    "{who} asks for {k} members, the source has {} SWAG samples (fewer members, or extract more: \
-                     `lt extract --samples {k} --replace` with the run's other extraction settings)",
+                    "{who}: retrain.srepr.members = {k}, the source has {} SWAG samples (fewer members, or extract \
+                     more: `lt extract --samples {k} --replace` with the run's other extraction settings)",
                     m.len()
                 )));
             }

@@ -82,6 +82,15 @@ fn every_method_predicts_as_the_swag_ensemble_with_its_knobs_chosen_on_validatio
         let search = out.facts.get("selection").map(|s| s.to_string()).unwrap_or_default();
         assert_eq!(chooses(m), search.contains("\"split\":\"val\""), "{m}: {search}");
     }
+    // More members than the bank's 2 SWAG samples are refused, naming the setting (an ensemble
+    // of another method than SRepr took the first 2).
+    let mut cfg = RetrainConfig { predict: Predict::Ensemble, ..config(MethodKind::Crt) };
+    cfg.srepr.members = Some(5);
+    let err = retrain(&b, &cfg, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        err.contains("ensemble predictions: retrain.srepr.members = 5, the source has 2 SWAG samples"),
+        "{err}"
+    );
 }
 
 /// An empty test split is refused before anything trains (stage 2 predicts it).

@@ -27,8 +27,7 @@ pub struct RetrainArgs {
     /// e.g. `--row swa-srepr --lambda 0.3 --name srepr-lambda0.3` beside the validated
     /// `swa-srepr`. With `--row`, the row's settings are where the flags start, and they may
     /// change any of them. `lt report` lists the run among the other runs.
-    // A value that starts with `-` reaches `check_name`, which says what a name may be.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, value_parser = row_name)]
     name: Option<String>,
     /// Print the plan's rows (`id<TAB>label<TAB>settings as JSON`) and stop.
     #[arg(long)]
@@ -113,14 +112,16 @@ fn config<'a>(a: &'a RetrainArgs, matches: &ArgMatches) -> Result<(RetrainConfig
         }
     }
     let recorded = match (&a.name, row) {
-        (Some(name), _) => {
-            rows::check_name(name).map_err(|e| anyhow::anyhow!("--name {name}: {e}"))?;
-            Recorded::Named(name)
-        }
+        (Some(name), _) => Recorded::Named(name),
         (None, Some(r)) => Recorded::Row(r),
         (None, None) => Recorded::Inferred,
     };
     Ok((cfg, recorded))
+}
+
+/// `--name`'s value, checked as clap reads it ([`rows::check_name`]).
+fn row_name(name: &str) -> std::result::Result<String, String> {
+    rows::check_name(name).map(|()| name.to_string())
 }
 
 /// Says when `--out`'s directory is named as another row than the run records (`row`): `lt
