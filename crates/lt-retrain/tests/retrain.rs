@@ -446,7 +446,10 @@ fn bad_input_is_refused_clearly() {
     // Too many members.
     let mut c = cfg(MethodKind::Srepr);
     c.srepr.members = Some(9);
-    assert!(retrain(&fs, &c, &Device::Cpu).unwrap_err().to_string().contains("9 members"));
+    assert!(retrain(&fs, &c, &Device::Cpu)
+        .unwrap_err()
+        .to_string()
+        .contains("SRepr: retrain.srepr.members = 9"));
     // As many as there are is fine.
     c.srepr.members = Some(common::SWAG);
     assert_eq!(retrain(&fs, &c, &Device::Cpu).unwrap().facts["members"].as_u64(), Some(common::SWAG as u64));
