@@ -210,15 +210,17 @@ impl RetrainConfig {
     /// (`srepr.lambda`, `rho`, `select.tau_grid`): SRepr's settings only SRepr (`srepr.members`
     /// ensemble predictions too), `rho` only DisAlign, `tau` and the selection's grids and
     /// criterion the methods that choose them (SRepr's tau only with its LA balancing loss), the
-    /// optimiser's settings the methods that train (not `none`, `tau-norm`, `la-posthoc`); any
-    /// other setting every method. `lt retrain` refuses a flag given for a setting its method
-    /// does not read.
+    /// optimiser's settings the methods that train (not `none`, `tau-norm`, `la-posthoc`);
+    /// `method`, `backbone`, `seed` and `predict` every method. A setting the table does not
+    /// name is read by none (a test holds every setting to a method that reads it, so a new one
+    /// is added here). `lt retrain` refuses a flag given for a setting its method does not read.
     pub fn reads(&self, setting: &str) -> bool {
         use MethodKind as M;
         let m = self.method;
         // SRepr's tau adjusts its LA balancing loss only.
         let srepr_la = m == M::Srepr && self.srepr.balance == Balance::La;
         match setting {
+            "method" | "backbone" | "seed" | "predict" => true,
             "srepr.members" => m == M::Srepr || self.predict == Predict::Ensemble,
             s if s.starts_with("srepr.") => m == M::Srepr,
             "rho" => m == M::Disalign,
@@ -230,7 +232,7 @@ impl RetrainConfig {
             "epochs" | "min_steps" | "batch_size" | "lr" | "momentum" | "weight_decay" => {
                 !matches!(m, M::None | M::TauNorm | M::LaPosthoc)
             }
-            _ => true,
+            _ => false,
         }
     }
 
@@ -369,7 +371,17 @@ mod tests {
         for grid in ["select.lambda_grid", "select.convex_grid", "select.temperature_grid"] {
             assert!(srepr.reads(grid) && !la.reads(grid), "{grid}");
         }
-        // Every name the table knows is a setting (a misspelled one would never match).
+        // Every setting is read by some method (a new one is added to the table, not read by
+        // none), and every name the table knows is a setting (a misspelled one would never match).
+        let mut configs: Vec<RetrainConfig> =
+            MethodKind::ALL.iter().map(|&m| RetrainConfig::new(m)).collect();
+        configs.push(ensemble.clone());
+        let mut names = Vec::new();
+        setting_names(&srepr.settings().unwrap(), "", &mut names);
+        assert!(names.len() > 20 && names.contains(&"select.tau_grid".to_string()), "{names:?}");
+        for name in &names {
+            assert!(configs.iter().any(|c| c.reads(name)), "{name} is read by no method: add it to `reads`");
+        }
         let fields = srepr.settings().unwrap();
         for name in [
             "srepr.members",
@@ -389,6 +401,16 @@ mod tests {
             "weight_decay",
         ] {
             assert!(fields.pointer(&format!("/{}", name.replace('.', "/"))).is_some(), "{name}");
+        }
+    }
+
+    /// The settings' names in `v`, as a preset's `[retrain]` table writes them (`srepr.lambda`).
+    fn setting_names(v: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        for (k, v) in v.as_object().expect("settings are an object") {
+            match v {
+                serde_json::Value::Object(_) => setting_names(v, &format!("{prefix}{k}."), out),
+                _ => out.push(format!("{prefix}{k}")),
+            }
         }
     }
 

@@ -160,3 +160,30 @@ pub fn check_dir(dir: &Path, features: &Features, cfg: &RetrainConfig, recorded:
         if differ.is_empty() { "another fingerprint".to_string() } else { lt_core::diff::summary(&differ) }
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MethodKind;
+
+    /// The fingerprint of a stage-2 run is pinned: a new setting written into the recorded
+    /// configuration at its default would change every stored run's, and `lt retrain`,
+    /// `lt report` and `cargo xtask reproduce` would take them for other runs. Leave a new
+    /// setting out of the record at its default (`min_steps`'s `skip_serializing_if`).
+    #[test]
+    fn the_fingerprint_of_a_configuration_is_pinned() {
+        let pinned = |cfg: &RetrainConfig| fingerprint("features", cfg);
+        let default = RetrainConfig::default();
+        assert_eq!(
+            pinned(&default),
+            "8634a5fa95e22062095db2e43c83ee6a5423ddd20e6d19dc9cb9794644acdd65",
+            "the recorded configuration changed"
+        );
+        let la = RetrainConfig { min_steps: 50, tau: Some(1.25), ..RetrainConfig::new(MethodKind::La) };
+        assert_eq!(
+            pinned(&la),
+            "72c098e3f126a2a13b66b3dd741693d9c0a69a529e1b717303c73624130c102d",
+            "the recorded configuration changed"
+        );
+    }
+}
