@@ -414,6 +414,15 @@ mod tests {
         }
     }
 
+    /// The crate docs' method table has a row for every method.
+    #[test]
+    fn the_crate_docs_table_has_every_method() {
+        let docs = include_str!("lib.rs");
+        for m in MethodKind::ALL {
+            assert!(docs.contains(&format!("//! | `{m}` |")), "no row for {m} in lt-retrain's method table");
+        }
+    }
+
     #[test]
     fn validation_names_the_field() {
         let bad = |f: &dyn Fn(&mut RetrainConfig)| {
