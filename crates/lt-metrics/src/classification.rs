@@ -367,8 +367,8 @@ mod tests {
         assert!(nan.contains("confidence NaN of sample 1 is outside [0, 1]"), "{nan}");
         assert!(err(reliability(&[1.5], &[true], 4, edges)).contains("confidence 1.5 of sample 0"));
         // Rounding past 1 (an ensemble's mean of f32 softmaxes) falls in the last bin.
-        let rounded = reliability(&[1.0000001, 0.9995], &[true, false], 4, edges).unwrap();
-        assert_eq!(rounded[3].count, 2);
+        let rounded = reliability(&[1.0000001, 0.9995, 0.0], &[true, false, false], 4, edges).unwrap();
+        assert_eq!((rounded[0].count, rounded[3].count), (1, 2));
         let s = Scores::logits(&[1.0, 0.0], &[0], 2).unwrap();
         let e = evaluate(&s, &[ShotGroup::Many; 2], 0, edges).unwrap_err().to_string();
         assert!(e.contains("calibration bins: at least 1 is needed, got 0"), "{e}");

@@ -75,6 +75,8 @@ fn sampling_and_collecting_refuse_what_describes_no_posterior() {
     }
     let err = s.collect(&[1.0, 1.0, 1.0, f32::NAN, 1.0]).unwrap_err().to_string();
     assert!(err.contains("model 2 to collect has NaN at value 3, parameter b element 1"), "{err}");
+    let err = s.collect(&[1.0, f32::INFINITY, 1.0, 1.0, 1.0]).unwrap_err().to_string();
+    assert!(err.contains("has inf at value 1, parameter a element 1"), "{err}");
     assert_eq!((s.n_models(), s.mean()), (1, &[1.0f32; 5][..]));
 }
 
