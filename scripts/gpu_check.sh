@@ -126,6 +126,8 @@ VERDICT="$WORK/verdict.tsv"
 # The tree the binary was built from (cargo xtask cuda-build writes it).
 BUILD=$(head -n 1 "$ROOT/dist/cuda/BUILD" 2>/dev/null)
 BUILD=${BUILD:-unknown build (no dist/cuda/BUILD)}
+# A binary given as LT is not the one dist/cuda/BUILD describes.
+[ -n "${LT:-}" ] && BUILD="the binary LT=$LT (dist/cuda/BUILD, for lt.xz: $BUILD)"
 # Set by the selftest step when a fast path failed its checks: the pipeline then avoids it.
 PIPELINE_TRAIN_ARGS=""
 PIPELINE_SGD_TENSOR_OPS=""

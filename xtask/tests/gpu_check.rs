@@ -285,7 +285,8 @@ fn the_check_is_two_calls_and_each_compares_with_its_own_default_step() {
     // The summary ends with the "done when" block, headed by the binary's build, one line per
     // bar: PyTorch did not run here, so the ratios are unmeasured.
     let done = stdout.split("\nDone when (issue #11; ").nth(1).unwrap_or_else(|| panic!("{stdout}"));
-    assert!(done.starts_with("unknown build (no dist/cuda/BUILD)") || done.starts_with("commit "), "{done}");
+    // The stand-in binary is given as LT, so the build is said to be that binary's, not lt.xz's.
+    assert!(done.starts_with("the binary LT=") && done.contains(" (dist/cuda/BUILD, for lt.xz: "), "{done}");
     assert!(done.contains("\nUNMEASURED  resnet32 train b128 32x32: TF32 ratio >= 0.8"), "{done}");
     let golden = done.lines().find(|l| l.contains("golden checks")).unwrap_or_else(|| panic!("{done}"));
     assert!(
