@@ -84,6 +84,9 @@ pub struct Outcome {
     pub facts: serde_json::Map<String, serde_json::Value>,
     /// Mean training loss of each epoch.
     pub epoch_losses: Vec<f64>,
+    /// What the run warned about (also logged through `tracing`), e.g. too few steps for the
+    /// schedule; not recorded in the artifacts.
+    pub warnings: Vec<String>,
 }
 
 /// Runs one stage-2 method (see the crate docs) and predicts the test split.
@@ -106,9 +109,11 @@ pub fn retrain(source: &dyn FeatureSource, cfg: &RetrainConfig, device: &Device)
     let fitted = methods::run(&p, cfg)?;
     // Once per run (a validation search fits every candidate on the same rows), for methods
     // that train.
-    if !fitted.epoch_losses.is_empty() {
-        problem::warn_if_few_steps(cfg, p.labels.len())?;
-    }
+    let warnings = if fitted.epoch_losses.is_empty() {
+        Vec::new()
+    } else {
+        problem::few_steps(cfg, p.labels.len())?.into_iter().collect()
+    };
     let (test_scores, probabilities) = select::scores(&p, &fitted.head, cfg.predict, &members, Split::Test)?;
     Ok(Outcome {
         config: cfg.clone(),
@@ -118,5 +123,6 @@ pub fn retrain(source: &dyn FeatureSource, cfg: &RetrainConfig, device: &Device)
         test_labels,
         facts: fitted.facts,
         epoch_losses: fitted.epoch_losses,
+        warnings,
     })
 }

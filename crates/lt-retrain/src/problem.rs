@@ -180,17 +180,20 @@ fn schedule(cfg: &RetrainConfig, n: usize) -> Result<(usize, usize, usize, usize
     Ok((batch, steps, epochs, total))
 }
 
-/// Warns when a run that trains on `n` rows takes fewer than [`FEW_STEPS`] steps.
-pub(crate) fn warn_if_few_steps(cfg: &RetrainConfig, n: usize) -> Result<()> {
+/// Warns (through `tracing`, and returns the warning) when a run that trains on `n` rows takes
+/// fewer than [`FEW_STEPS`] steps.
+pub(crate) fn few_steps(cfg: &RetrainConfig, n: usize) -> Result<Option<String>> {
     let (batch, steps, epochs, total) = schedule(cfg, n)?;
-    if total < FEW_STEPS {
-        tracing::warn!(
-            "{}: only {total} steps ({epochs} epochs of {steps} on {n} rows, batch {batch}); a head may not \
-             fit in so few: raise retrain.min_steps (--min-steps) or retrain.epochs",
-            cfg.method
-        );
+    if total >= FEW_STEPS {
+        return Ok(None);
     }
-    Ok(())
+    let warning = format!(
+        "{}: only {total} steps ({epochs} epochs of {steps} on {n} rows, batch {batch}); a head may not fit in \
+         so few: raise retrain.min_steps (--min-steps) or retrain.epochs",
+        cfg.method
+    );
+    tracing::warn!("{warning}");
+    Ok(Some(warning))
 }
 
 /// The shared training loop: epochs of `floor(N / batch)` steps of SGD (momentum, weight decay)

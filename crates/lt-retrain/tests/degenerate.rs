@@ -53,6 +53,10 @@ fn every_method_fits_finite_scores_on_small_and_uneven_data() {
             assert_eq!(out.test_scores.len(), TEST_ROWS as usize * counts.len(), "{case}, {m}");
             // A method trains (has epoch losses) exactly when it reads the optimiser's settings.
             assert_eq!(config(m).reads("epochs"), !out.epoch_losses.is_empty(), "{case}, {m}");
+            // Two epochs of these few rows are too few steps for a head, and the outcome says so.
+            let warned =
+                out.warnings.iter().any(|w| w.contains("steps") && w.contains("raise retrain.min_steps"));
+            assert_eq!(warned, !out.epoch_losses.is_empty(), "{case}, {m}: {:?}", out.warnings);
             assert!(out.test_scores.iter().all(|v| v.is_finite()), "{case}, {m}: non-finite scores");
             if val.is_none() && chooses(m) {
                 let facts = serde_json::to_string(&out.facts).unwrap();
@@ -66,6 +70,15 @@ fn every_method_fits_finite_scores_on_small_and_uneven_data() {
 /// criterion (`RetrainConfig::reads`, the one place that says so).
 fn chooses(m: MethodKind) -> bool {
     RetrainConfig::new(m).reads("select.criterion")
+}
+
+/// Enough steps (`min_steps`) leave the outcome without a warning.
+#[test]
+fn enough_steps_are_not_warned_about() {
+    let b = bank(&[30, 10, 5], 4, Some(30)).unwrap();
+    let cfg = RetrainConfig { min_steps: 100, ..config(MethodKind::Crt) };
+    let out = retrain(&b, &cfg, &Device::Cpu).unwrap();
+    assert!(out.warnings.is_empty() && !out.epoch_losses.is_empty(), "{:?}", out.warnings);
 }
 
 /// Every method predicts as the SWAG ensemble (its head's softmax averaged over the members),
