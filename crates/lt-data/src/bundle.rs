@@ -9,10 +9,10 @@ use lt_core::Fingerprint;
 use crate::cifar::{self, CifarVariant};
 use crate::dataset::{Dataset, ImageSet, InMemoryDataset};
 use crate::error::{DataError, Result};
-use crate::files::{EvalTransform, ImageFileDataset, TrainTransform};
+use crate::files::{EvalTransform, ImageEntry, ImageFileDataset, TrainTransform};
 use crate::folder_data::eval_resize;
 use crate::idx::{self, IdxVariant};
-use crate::listfile::{parse_list, ListBenchmark};
+use crate::listfile::{check_lists, parse_list, ListBenchmark};
 use crate::longtail::{class_counts, exponential_profile, ldam_selection, ldam_selection_with_val};
 pub use crate::name::DatasetName;
 use crate::synthetic::{generate_splits, SyntheticConfig};
@@ -362,8 +362,16 @@ fn list_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
         ListBenchmark::INat2018 => (Normalize::inat(), None),
     };
     let size = opts.image_size;
+    let lists: Vec<(&str, Vec<ImageEntry>)> = [Some(tr), va, Some(te)]
+        .into_iter()
+        .flatten()
+        .map(|list| Ok((list, parse_list(&dir.join(list), classes)?)))
+        .collect::<Result<_>>()?;
+    check_lists(&dir, &lists.iter().map(|(n, e)| (*n, e.as_slice())).collect::<Vec<_>>())?;
+    let entries =
+        |list: &str| lists.iter().find(|(n, _)| *n == list).map(|(_, e)| e.clone()).unwrap_or_default();
     let make = |list: &str| -> Result<Arc<dyn Dataset>> {
-        let entries = parse_list(&dir.join(list), classes)?;
+        let entries = entries(list);
         Ok(Arc::new(ImageFileDataset::new(
             dir.clone(),
             entries,

@@ -20,7 +20,7 @@ use lt_core::fingerprint::Fingerprint;
 use crate::bundle::{DataBundle, DataOptions, DatasetName};
 use crate::dataset::{Dataset, ImageSet, Subset};
 use crate::error::{io_err, DataError, Result};
-use crate::files::{EvalTransform, ImageEntry, ImageFileDataset, TrainTransform};
+use crate::files::{EvalTransform, ImageFileDataset, TrainTransform};
 use crate::folder::{is_image_name, scan_folder, FolderSplits, EXTENSIONS};
 use crate::longtail::{class_counts, exponential_profile, ldam_selection_with_val_counts};
 use crate::transform::Normalize;
@@ -38,7 +38,7 @@ pub(crate) fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundl
     let f = scan_folder(root, opts.test_fraction, opts.seed)?;
     check_classes(root, &f)?;
     log_skipped(root, &f.classes);
-    preflight(f.train.iter().chain(&f.test))?;
+    preflight(&f.train.iter().chain(&f.test).map(|e| e.path.clone()).collect::<Vec<_>>())?;
     let files = files_fingerprint(root, &f)?;
     let classes = f.classes.len();
     let size = opts.image_size;
@@ -182,40 +182,48 @@ fn log_skipped(root: &Path, classes: &[String]) {
     }
 }
 
-/// Checks every image file before anything trains, naming the first that fails: its header
-/// must decode (format and size), and a PNG that does not end with its `IEND` chunk (a download
-/// or copy cut short) must decode in full, as the loader decodes it. Reading the header and a
-/// PNG's last bytes costs two small reads per file. A cut-short JPEG is not looked for: the
-/// decoder fills in its missing rows, and the loader reads it the same way.
-fn preflight<'a>(entries: impl Iterator<Item = &'a ImageEntry>) -> Result<()> {
+/// Checks every image file before anything trains, naming the first that fails (in order; the
+/// files are read on rayon's threads): its header must decode (format and size), and a PNG that
+/// does not end with its `IEND` chunk (a download or copy cut short) must decode in full, as the
+/// loader decodes it. Reading the header and a PNG's last bytes costs two small reads per file.
+/// A cut-short JPEG is not looked for: the decoder fills in its missing rows, and the loader
+/// reads it the same way.
+pub(crate) fn preflight(paths: &[PathBuf]) -> Result<()> {
+    use rayon::prelude::*;
     let started = Instant::now();
-    let (mut n, mut decoded) = (0usize, 0usize);
-    for e in entries {
-        let refuse = |detail: String| DataError::Image { path: e.path.clone(), detail };
-        let reader = image::ImageReader::open(&e.path)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|err| refuse(format!("not a readable PNG or JPEG image: {err}")))?;
-        let png = reader.format() == Some(image::ImageFormat::Png);
-        match reader.into_dimensions() {
-            Ok((w, h)) if w > 0 && h > 0 => n += 1,
-            Ok((w, h)) => return Err(refuse(format!("a {w}x{h} image has no pixels"))),
-            Err(err) => return Err(refuse(format!("not a readable PNG or JPEG image: {err}"))),
-        }
-        if png && !ends_with(&e.path, &PNG_END).map_err(|err| refuse(err.to_string()))? {
-            decoded += 1;
-            crate::files::decode_rgb(&e.path).map_err(|err| match err {
-                DataError::Image { detail, .. } => {
-                    refuse(format!("the file is cut short or corrupt: {detail}"))
-                }
-                other => other,
-            })?;
-        }
+    let checked: Vec<Result<bool>> = paths.par_iter().map(|p| check_image(p)).collect();
+    let mut decoded = 0usize;
+    for c in checked {
+        decoded += usize::from(c?);
     }
     tracing::info!(
-        "checked {n} image files in {:.1} s ({decoded} PNG files without their end decoded in full)",
+        "checked {} image files in {:.1} s ({decoded} PNG files without their end decoded in full)",
+        paths.len(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// One file of [`preflight`]; whether it was decoded in full.
+fn check_image(path: &Path) -> Result<bool> {
+    let refuse = |detail: String| DataError::Image { path: path.to_path_buf(), detail };
+    let reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|err| refuse(format!("not a readable PNG or JPEG image: {err}")))?;
+    let png = reader.format() == Some(image::ImageFormat::Png);
+    match reader.into_dimensions() {
+        Ok((w, h)) if w > 0 && h > 0 => {}
+        Ok((w, h)) => return Err(refuse(format!("a {w}x{h} image has no pixels"))),
+        Err(err) => return Err(refuse(format!("not a readable PNG or JPEG image: {err}"))),
+    }
+    if png && !ends_with(path, &PNG_END).map_err(|err| refuse(err.to_string()))? {
+        crate::files::decode_rgb(path).map_err(|err| match err {
+            DataError::Image { detail, .. } => refuse(format!("the file is cut short or corrupt: {detail}")),
+            other => other,
+        })?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// The last bytes of a complete PNG file: its `IEND` chunk (length 0, type, CRC).

@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 use crate::error::{io_err, DataError, Result};
 use crate::files::ImageEntry;
 
-/// Parses a list file: one `<relative path> <label>` per line, blank lines ignored.
-/// Every label must be `< classes`; a line without a label is an error naming the line.
+/// Parses a list file: one `<relative path> <label>` per line, blank lines ignored (a UTF-8
+/// byte-order mark at the start too). Every label must be `< classes`; a line without a label,
+/// or with another, is an error naming the line.
 pub fn parse_list(path: &Path, classes: usize) -> Result<Vec<ImageEntry>> {
     let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -27,7 +29,11 @@ pub fn parse_list(path: &Path, classes: usize) -> Result<Vec<ImageEntry>> {
             detail: format!("label {l:?} is not an integer"),
         })?;
         if label < 0 || label as usize >= classes {
-            return Err(DataError::Label { path: path.to_path_buf(), record: line_no, label, classes });
+            return Err(DataError::ListLine {
+                path: path.to_path_buf(),
+                line: line_no,
+                detail: format!("label {label} is outside 0..{classes}"),
+            });
         }
         out.push(ImageEntry { path: PathBuf::from(p.trim()), label: label as u32 });
     }
@@ -38,6 +44,60 @@ pub fn parse_list(path: &Path, classes: usize) -> Result<Vec<ImageEntry>> {
         });
     }
     Ok(out)
+}
+
+/// Checks a benchmark's lists against each other and against the images under `dir` before
+/// anything trains: an image listed in two lists is refused (a training or validation image in
+/// the test set, say), one listed twice in a list is warned about, and every listed image must
+/// be there and readable (the check an image folder's files get). A missing
+/// image is named with its list, and where its folder holds the images directly (ImageNet's
+/// validation archive unpacks flat), with how to sort them.
+pub fn check_lists(dir: &Path, lists: &[(&str, &[ImageEntry])]) -> Result<()> {
+    let mut seen: std::collections::HashMap<&Path, &str> = std::collections::HashMap::new();
+    for &(name, entries) in lists {
+        let mut twice = Vec::new();
+        for e in entries {
+            match seen.insert(&e.path, name) {
+                Some(other) if other == name => twice.push(&e.path),
+                Some(other) => {
+                    return Err(DataError::Invalid(format!(
+                    "{} is listed in {other} and in {name} (in {}): a split must not hold another's images",
+                    e.path.display(),
+                    dir.display()
+                )))
+                }
+                None => {}
+            }
+        }
+        if let Some(first) = twice.first() {
+            tracing::warn!(
+                "{name} lists {} image(s) more than once, e.g. {}: each counts as often as it is listed",
+                twice.len(),
+                first.display()
+            );
+        }
+    }
+    let paths: Vec<(&str, PathBuf)> = lists
+        .iter()
+        .flat_map(|&(name, entries)| entries.iter().map(move |e| (name, dir.join(&e.path))))
+        .collect();
+    use rayon::prelude::*;
+    if let Some((name, path)) = paths.par_iter().find_first(|(_, p)| !p.is_file()) {
+        let flat = path.parent().and_then(|class| Some(class.parent()?.join(path.file_name()?)));
+        let hint = match flat.filter(|f| f.is_file()) {
+            Some(f) => format!(
+                "; {} is there: sort the images into their class folders as the list names them (ImageNet's \
+                 validation archive unpacks flat; see docs/datasets.md)",
+                f.display()
+            ),
+            None => String::new(),
+        };
+        return Err(DataError::Image {
+            path: path.clone(),
+            detail: format!("listed in {name}, but there is no such file{hint}"),
+        });
+    }
+    crate::folder_data::preflight(&paths.into_iter().map(|(_, p)| p).collect::<Vec<_>>())
 }
 
 /// The list files of a large-scale long-tailed benchmark.

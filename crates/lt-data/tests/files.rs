@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use lt_data::listfile::parse_list;
 use lt_data::loader::{EpochBatches, LoaderConfig};
-use lt_data::{load_bundle, DataError, DataOptions, DatasetName};
+use lt_data::{load_bundle, DataOptions, DatasetName};
 
 fn write_jpeg(path: &Path, w: u32, h: u32, shade: u8) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -28,7 +28,8 @@ fn imagenet_lt_tree(root: &Path) {
     }
     std::fs::write(d.join("ImageNet_LT_train.txt"), train).unwrap();
     write_solid(&d.join("val/v0.JPEG"), 256, 300, [10, 120, 200]);
-    std::fs::write(d.join("ImageNet_LT_val.txt"), "val/v0.JPEG 999\n").unwrap();
+    write_jpeg(&d.join("train/n00000999/held_out.JPEG"), 64, 64, 7);
+    std::fs::write(d.join("ImageNet_LT_val.txt"), "train/n00000999/held_out.JPEG 999\n").unwrap();
     std::fs::write(d.join("ImageNet_LT_test.txt"), "val/v0.JPEG 2\n\n").unwrap();
 }
 
@@ -82,8 +83,47 @@ fn list_file_errors_name_the_line() {
     std::fs::write(&p, "a.jpg 1\nb.jpg x\n").unwrap();
     assert!(parse_list(&p, 10).unwrap_err().to_string().contains("not an integer"));
     std::fs::write(&p, "a.jpg 1\n\nb.jpg 10\n").unwrap();
-    let err = parse_list(&p, 10).unwrap_err();
-    assert!(matches!(err, DataError::Label { record: 3, label: 10, .. }), "{err}");
+    let err = parse_list(&p, 10).unwrap_err().to_string();
+    assert!(err.ends_with("l.txt:3: label 10 is outside 0..10"), "{err}");
+    // A byte-order mark (a list saved by a Windows editor) is not part of the first path.
+    std::fs::write(&p, "\u{feff}a.jpg 1\r\nb.jpg 2\r\n").unwrap();
+    let entries = parse_list(&p, 10).unwrap();
+    assert_eq!((entries[0].path.to_str(), entries[1].path.to_str()), (Some("a.jpg"), Some("b.jpg")));
+}
+
+/// Every listed image is checked before anything trains (a missing test image stopped a run
+/// after its stage 1): a missing one is named with its list, and a flat validation folder with
+/// how to sort it; an image that is not one, by its file; one in two lists is refused.
+#[test]
+fn list_images_are_checked_before_anything_trains() {
+    let load = |root: &Path| {
+        let opts = DataOptions { data_root: Some(root.to_path_buf()), image_size: 32, ..Default::default() };
+        load_bundle(DatasetName::ImagenetLt, &opts).map(|_| ()).unwrap_err().to_string()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    imagenet_lt_tree(tmp.path());
+    let d = tmp.path().join("imagenet-lt");
+    // The test list names val/<class>/<file>; the folder holds val/<file>.
+    std::fs::write(d.join("ImageNet_LT_test.txt"), "val/n00000002/v0.JPEG 2\n").unwrap();
+    let err = load(tmp.path());
+    assert!(
+        err.contains("val/n00000002/v0.JPEG: cannot decode image: listed in ImageNet_LT_test.txt, but there is no such file; ")
+            && err.contains("v0.JPEG is there: sort the images into their class folders"),
+        "{err}"
+    );
+    std::fs::write(d.join("ImageNet_LT_test.txt"), "val/v0.JPEG 2\n").unwrap();
+    std::fs::write(d.join("train/n00000002/img_2.JPEG"), b"not a jpeg").unwrap();
+    let err = load(tmp.path());
+    assert!(err.contains("img_2.JPEG: cannot decode image: not a readable PNG or JPEG image"), "{err}");
+    write_jpeg(&d.join("train/n00000002/img_2.JPEG"), 40, 40, 1);
+    std::fs::write(d.join("ImageNet_LT_test.txt"), "train/n00000001/img_1.JPEG 1\n").unwrap();
+    let err = load(tmp.path());
+    assert!(
+        err.contains(
+            "train/n00000001/img_1.JPEG is listed in ImageNet_LT_train.txt and in ImageNet_LT_test.txt"
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -91,11 +131,12 @@ fn missing_or_undecodable_images_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     imagenet_lt_tree(tmp.path());
     let d = tmp.path().join("imagenet-lt");
-    std::fs::remove_file(d.join("train/n00000001/img_1.JPEG")).unwrap();
-    std::fs::write(d.join("train/n00000002/img_2.JPEG"), b"not a jpeg").unwrap();
     let opts =
         DataOptions { data_root: Some(tmp.path().to_path_buf()), image_size: 32, ..Default::default() };
     let b = load_bundle(DatasetName::ImagenetLt, &opts).unwrap();
+    // Files that go missing or bad after the check, while the run reads them.
+    std::fs::remove_file(d.join("train/n00000001/img_1.JPEG")).unwrap();
+    std::fs::write(d.join("train/n00000002/img_2.JPEG"), b"not a jpeg").unwrap();
     let mut out = vec![0f32; 3 * 32 * 32];
     let msg = b.train.load_into(1, true, &mut lt_core::Rng::new(0), &mut out).unwrap_err().to_string();
     assert!(msg.contains("img_1.JPEG"), "{msg}");
