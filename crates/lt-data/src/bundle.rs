@@ -122,6 +122,21 @@ impl DataBundle {
             .collect()
     }
 
+    /// What to say about classes without a training image (their classifier rows only ever see
+    /// negatives), the first ten named; `None` when every class has one.
+    pub fn empty_classes_warning(&self) -> Option<String> {
+        let (empty, all) = (self.empty_classes(), self.num_classes());
+        let (shown, more) =
+            (empty.iter().take(10).cloned().collect::<Vec<_>>().join(", "), empty.len().saturating_sub(10));
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        (!empty.is_empty()).then(|| {
+            format!(
+                "{} of {all} classes have no training image ({shown}{more}): they can only be predicted by chance",
+                empty.len()
+            )
+        })
+    }
+
     /// The split artifact's content.
     pub fn split_info(&self) -> SplitInfo {
         SplitInfo {

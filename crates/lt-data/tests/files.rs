@@ -49,6 +49,14 @@ fn imagenet_lt_lists_decode_with_train_and_test_transforms() {
     assert_eq!(b.val.as_ref().unwrap().labels(), &[999]);
     assert_eq!(b.test.labels(), &[2]);
     assert_eq!(b.train.sample_shape(), [3, 64, 64]);
+    // 997 of the 1,000 classes have no training image here: the first ten are named.
+    let warning = b.empty_classes_warning().unwrap();
+    assert!(
+        warning.starts_with(
+            "997 of 1000 classes have no training image (3, 4, 5, 6, 7, 8, 9, 10, 11, 12 and 987 more)"
+        ),
+        "{warning}"
+    );
     // Training batches decode on the worker threads, deterministically.
     let cfg = LoaderConfig { batch_size: 4, workers: 2, prefetch: 1, train: true, seed: 3 };
     let run = || {

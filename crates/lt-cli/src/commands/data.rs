@@ -153,6 +153,9 @@ fn identity(dataset: &str, fingerprint: &str) -> serde_json::Value {
 
 fn describe(spec: &DataSpec, mirror: Option<String>, write_split: Option<PathBuf>) -> Result<()> {
     let bundle = load(spec, mirror)?;
+    if let Some(w) = bundle.empty_classes_warning() {
+        tracing::warn!("{w}");
+    }
     let name = bundle.name;
     let counts = bundle.class_counts();
     let groups = lt_data::longtail::shot_groups(&counts);

@@ -221,15 +221,10 @@ pub fn train(
     summarize(&ctx, started)
 }
 
-/// Warns about classes without a training image (their head rows only ever see negatives).
+/// Warns about classes without a training image ([`DataBundle::empty_classes_warning`]).
 fn warn_empty_classes(data: &DataBundle) {
-    let (empty, all) = (data.empty_classes(), data.num_classes());
-    if !empty.is_empty() {
-        let names = empty.join(", ");
-        tracing::warn!(
-            "{} of {all} classes have no training image ({names}): they can only be predicted by chance",
-            empty.len()
-        );
+    if let Some(w) = data.empty_classes_warning() {
+        tracing::warn!("{w}");
     }
 }
 
