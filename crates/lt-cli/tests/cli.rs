@@ -48,6 +48,32 @@ fn data_describe_prints_groups_and_writes_the_split() {
     assert!(!ok && err.contains("unknown data set \"cifar-lt\""), "{err}");
 }
 
+/// `lt retrain --list-rows` gives each row's settings on the preset's `[retrain]` table when one
+/// is given (it printed them on the defaults whatever the preset), else on the defaults.
+#[test]
+fn list_rows_reads_the_preset() {
+    let row = |args: &[&str]| {
+        let (ok, out, err) = lt(args);
+        assert!(ok, "{err}");
+        let line =
+            out.lines().find(|l| l.starts_with("swa-la\t")).unwrap_or_else(|| panic!("{out}")).to_string();
+        serde_json::from_str::<serde_json::Value>(line.split('\t').nth(2).unwrap()).unwrap()
+    };
+    let preset = row(&["retrain", "--list-rows", "--preset", "imagenet-lt"]);
+    assert_eq!((preset["epochs"].as_u64(), preset["batch_size"].as_u64()), (Some(10), Some(512)), "{preset}");
+    assert_eq!(
+        (preset["method"].as_str(), preset["backbone"].as_str()),
+        (Some("la"), Some("swa")),
+        "{preset}"
+    );
+    let defaults = row(&["retrain", "--list-rows"]);
+    assert_eq!(
+        (defaults["epochs"].as_u64(), defaults["batch_size"].as_u64()),
+        (Some(30), Some(128)),
+        "{defaults}"
+    );
+}
+
 /// `lt data fingerprint` (what `cargo xtask reproduce` keys stage 1 by) is the split artifact's
 /// fingerprint; with `--available-only`, data whose files are not there are `null`, without a
 /// download, where other errors stay errors.

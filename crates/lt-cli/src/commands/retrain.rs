@@ -29,7 +29,8 @@ pub struct RetrainArgs {
     /// change any of them. `lt report` lists the run among the other runs.
     #[arg(long, value_parser = row_name)]
     name: Option<String>,
-    /// Print the plan's rows (`id<TAB>label<TAB>settings as JSON`) and stop.
+    /// Print the plan's rows (`id<TAB>label<TAB>settings as JSON`: the row's settings on the
+    /// preset's `[retrain]` table when one is given, else on the defaults) and stop.
     #[arg(long)]
     list_rows: bool,
     #[command(flatten)]
@@ -140,13 +141,9 @@ fn warn_directory_name(out: &std::path::Path, row: &str) {
 /// Runs `lt retrain`.
 pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     if a.list_rows {
+        let base = a.preset.resolve()?.map(|p| p.retrain).unwrap_or_default();
         for r in rows::ROWS {
-            println!(
-                "{}\t{}\t{}",
-                r.id,
-                r.label,
-                serde_json::to_string(&r.config(&RetrainConfig::default()))?
-            );
+            println!("{}\t{}\t{}", r.id, r.label, serde_json::to_string(&r.config(&base))?);
         }
         return Ok(());
     }

@@ -170,6 +170,14 @@ pub fn train(
     let started = Instant::now();
     let dir = RunDir::new(dir);
     let init = cfg.init.as_deref().map(InitWeights::resolve).transpose()?;
+    if let (Some(w), lt_data::DatasetName::ImagenetLt) = (&init, data.name) {
+        tracing::warn!(
+            "ImageNet-LT from {}: weights trained on ImageNet-1k have seen every class's whole training set \
+             (the long tail is gone) and ImageNet-LT's test images are ImageNet's validation images; the paper's \
+             protocol trains from scratch (docs/datasets.md)",
+            w.identity()
+        );
+    }
     let fingerprint = run_fingerprint(cfg, data, init.as_ref());
     // Checked before anything is created, then again under the lock (another command may have
     // written meanwhile); the lock is held until training ends. Pretrained weights are loaded
