@@ -50,8 +50,8 @@ enum Command {
     Report(commands::eval::ReportArgs),
     /// The backbones' golden checks against PyTorch on a device (e.g. a GPU machine).
     Selftest(commands::selftest::SelftestArgs),
-    /// Measurements behind `cargo xtask bench` (JSON on stdout).
-    #[command(hide = true)]
+    /// Measurements behind `cargo xtask bench` (JSON on stdout): a backbone's step, the loader,
+    /// stage 2.
     Bench(commands::bench::BenchArgs),
 }
 

@@ -69,8 +69,8 @@ struct BackboneBench {
     /// Batch size.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     batch: u32,
-    /// Image side.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Image side (`--image-size` as in the other commands).
+    #[arg(long, visible_alias = "image-size", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     size: u32,
     /// What to time.
     #[arg(long, value_enum, default_value = "train")]
