@@ -92,7 +92,7 @@ pub fn check_lists(dir: &Path, lists: &[(&str, &[ImageEntry])]) -> Result<()> {
             ),
             None => String::new(),
         };
-        return Err(DataError::Image {
+        return Err(DataError::Format {
             path: path.clone(),
             detail: format!("listed in {name}, but there is no such file{hint}"),
         });
