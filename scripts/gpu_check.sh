@@ -51,7 +51,7 @@
 #      CPU has (LT_KERNELS), against PyTorch's CPU channels-last, all cores.
 # Within a call they run in that order: a budget cut takes the last ones. A call that runs any of
 # steps 2-4 ends with issue #11's "done when", one PASS/FAIL/UNMEASURED line per bar, headed by
-# the commit the binary was built from (dist/cuda/BUILD).
+# the commit the binary was built from (dist/cuda/BUILD), or the binary given as LT.
 # Environment: OUT (output folder), LT (a binary to use instead of unpacking dist/cuda/lt.xz),
 # GPU_CHECK_DEVICE (default cuda; `cpu` runs the same steps on the CPU, for a dry run),
 # CHECK_BUDGET (seconds for all steps, default 345), GPU_CHECK_STEPS (the steps of this call:

@@ -66,6 +66,12 @@ fn list_rows_reads_the_preset() {
         (Some("la"), Some("swa")),
         "{preset}"
     );
+    let flagged = row(&["retrain", "--list-rows", "--preset", "imagenet-lt", "--epochs", "3"]);
+    assert_eq!(
+        (flagged["epochs"].as_u64(), flagged["batch_size"].as_u64()),
+        (Some(3), Some(512)),
+        "{flagged}"
+    );
     let defaults = row(&["retrain", "--list-rows"]);
     assert_eq!(
         (defaults["epochs"].as_u64(), defaults["batch_size"].as_u64()),
@@ -137,6 +143,25 @@ fn data_fingerprint_is_the_splits_and_null_only_for_data_not_at_hand() {
     let (ok, _, err) =
         lt(&["data", "fingerprint", "--available-only", "--dataset", "synthetic", "--imbalance", "0.5"]);
     assert!(!ok && err.contains("imbalance"), "a bad setting is an error, not data not at hand: {err}");
+
+    // ImageNet-LT's lists without its images (a disk not mounted): the fingerprint reads the
+    // lists alone, where a command that reads the images says which one is missing first.
+    let lists = dir.path().join("lists/imagenet-lt");
+    std::fs::create_dir_all(&lists).unwrap();
+    for (list, line) in
+        [("train", "train/n0/a.JPEG 0"), ("val", "train/n0/b.JPEG 0"), ("test", "val/n0/c.JPEG 0")]
+    {
+        std::fs::write(lists.join(format!("ImageNet_LT_{list}.txt")), format!("{line}\n")).unwrap();
+    }
+    let root = dir.path().join("lists");
+    let args = ["--dataset", "imagenet-lt", "--data-root", root.to_str().unwrap()];
+    let (ok, out, err) = lt(&[&["data", "fingerprint", "--available-only"][..], &args].concat());
+    assert!(ok && out.contains("\"dataset\":\"imagenet-lt\""), "{out} {err}");
+    let (ok, _, err) = lt(&[&["data", "describe"][..], &args].concat());
+    assert!(
+        !ok && err.contains("a.JPEG: listed in ImageNet_LT_train.txt, but there is no such file"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -44,6 +44,10 @@ pub struct DataOptions {
     pub image_size: u32,
     /// Apply training augmentation.
     pub augment: bool,
+    /// Check every image file before anything trains (image folders and list data sets; the
+    /// default). `lt data fingerprint` and `lt bench loader` leave it off: the one reads no
+    /// image, the other times a sample and fails on a bad one anyway.
+    pub check_images: bool,
 }
 
 impl Default for DataOptions {
@@ -60,6 +64,7 @@ impl Default for DataOptions {
             test_fraction: 0.2,
             image_size: 224,
             augment: true,
+            check_images: true,
         }
     }
 }
@@ -377,28 +382,26 @@ fn list_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
         ListBenchmark::INat2018 => (Normalize::inat(), None),
     };
     let size = opts.image_size;
-    let lists: Vec<(&str, Vec<ImageEntry>)> = [Some(tr), va, Some(te)]
-        .into_iter()
-        .flatten()
-        .map(|list| Ok((list, parse_list(&dir.join(list), classes)?)))
-        .collect::<Result<_>>()?;
-    check_lists(&dir, &lists.iter().map(|(n, e)| (*n, e.as_slice())).collect::<Vec<_>>())?;
-    let entries =
-        |list: &str| lists.iter().find(|(n, _)| *n == list).map(|(_, e)| e.clone()).unwrap_or_default();
-    let make = |list: &str| -> Result<Arc<dyn Dataset>> {
-        let entries = entries(list);
-        Ok(Arc::new(ImageFileDataset::new(
+    let parse = |list: &str| parse_list(&dir.join(list), classes);
+    let (train, val, test) = (parse(tr)?, va.map(parse).transpose()?, parse(te)?);
+    let lists: Vec<(&str, &[ImageEntry])> =
+        [Some((tr, &train[..])), va.zip(val.as_deref()), Some((te, &test[..]))]
+            .into_iter()
+            .flatten()
+            .collect();
+    check_lists(&dir, &lists, opts.check_images)?;
+    let make = |entries: Vec<ImageEntry>| -> Arc<dyn Dataset> {
+        Arc::new(ImageFileDataset::new(
             dir.clone(),
             entries,
             classes,
             TrainTransform::standard(size, if opts.augment { jitter } else { None }),
             EvalTransform { resize: eval_resize(size), crop: size },
             norm.clone(),
-        )))
+        ))
     };
-    let train = make(tr)?;
-    let val = va.map(make).transpose()?;
-    let test = make(te)?;
+    drop(lists);
+    let (train, val, test) = (make(train), val.map(make), make(test));
     let n = train.len();
     Ok(DataBundle {
         name,

@@ -36,7 +36,7 @@ pub enum DataError {
     Label {
         /// The file.
         path: PathBuf,
-        /// Record (0-based) or line (1-based for list files) holding the label.
+        /// Record (0-based) holding the label.
         record: usize,
         /// The label found.
         label: i64,

@@ -38,7 +38,9 @@ pub(crate) fn folder_bundle(root: &Path, opts: &DataOptions) -> Result<DataBundl
     let f = scan_folder(root, opts.test_fraction, opts.seed)?;
     check_classes(root, &f)?;
     log_skipped(root, &f.classes);
-    preflight(&f.train.iter().chain(&f.test).map(|e| e.path.clone()).collect::<Vec<_>>())?;
+    if opts.check_images {
+        preflight(&f.train.iter().chain(&f.test).map(|e| e.path.clone()).collect::<Vec<_>>())?;
+    }
     let files = files_fingerprint(root, &f)?;
     let classes = f.classes.len();
     let size = opts.image_size;
@@ -191,11 +193,21 @@ fn log_skipped(root: &Path, classes: &[String]) {
 pub(crate) fn preflight(paths: &[PathBuf]) -> Result<()> {
     use rayon::prelude::*;
     let started = Instant::now();
-    let checked: Vec<Result<bool>> = paths.par_iter().map(|p| check_image(p)).collect();
-    let mut decoded = 0usize;
-    for c in checked {
-        decoded += usize::from(c?);
+    let decoded = std::sync::atomic::AtomicUsize::new(0);
+    let failed = paths
+        .par_iter()
+        .map(|p| {
+            let c = check_image(p);
+            if let Ok(true) = c {
+                decoded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            c
+        })
+        .find_first(Result::is_err);
+    if let Some(Err(e)) = failed {
+        return Err(e);
     }
+    let decoded = decoded.into_inner();
     tracing::info!(
         "checked {} image files in {:.1} s ({decoded} PNG files without their end decoded in full)",
         paths.len(),

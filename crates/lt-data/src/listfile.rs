@@ -46,19 +46,21 @@ pub fn parse_list(path: &Path, classes: usize) -> Result<Vec<ImageEntry>> {
     Ok(out)
 }
 
-/// Checks a benchmark's lists against each other and against the images under `dir` before
-/// anything trains: an image listed in two lists is refused (a training or validation image in
-/// the test set, say), one listed twice in a list is warned about, and every listed image must
-/// be there and readable (the check an image folder's files get). A missing
-/// image is named with its list, and where its folder holds the images directly (ImageNet's
-/// validation archive unpacks flat), with how to sort them.
-pub fn check_lists(dir: &Path, lists: &[(&str, &[ImageEntry])]) -> Result<()> {
+/// Checks a benchmark's lists against each other before anything trains: an image listed in
+/// two lists is refused (a training or validation image in the test set, say), one listed more
+/// than once in a list is warned about. With `images`, every listed image must also be under
+/// `dir` and readable (the check an image folder's files get): a missing one is named with its
+/// list, and where its folder holds the images directly (ImageNet's validation archive unpacks
+/// flat), with how to sort them.
+pub fn check_lists(dir: &Path, lists: &[(&str, &[ImageEntry])], images: bool) -> Result<()> {
     let mut seen: std::collections::HashMap<&Path, &str> = std::collections::HashMap::new();
     for &(name, entries) in lists {
-        let mut twice = Vec::new();
+        let mut repeated = std::collections::BTreeSet::new();
         for e in entries {
             match seen.insert(&e.path, name) {
-                Some(other) if other == name => twice.push(&e.path),
+                Some(other) if other == name => {
+                    repeated.insert(&e.path);
+                }
                 Some(other) => {
                     return Err(DataError::Invalid(format!(
                     "{} is listed in {other} and in {name} (in {}): a split must not hold another's images",
@@ -69,13 +71,16 @@ pub fn check_lists(dir: &Path, lists: &[(&str, &[ImageEntry])]) -> Result<()> {
                 None => {}
             }
         }
-        if let Some(first) = twice.first() {
+        if let Some(first) = repeated.first() {
             tracing::warn!(
                 "{name} lists {} image(s) more than once, e.g. {}: each counts as often as it is listed",
-                twice.len(),
+                repeated.len(),
                 first.display()
             );
         }
+    }
+    if !images {
+        return Ok(());
     }
     let paths: Vec<(&str, PathBuf)> = lists
         .iter()

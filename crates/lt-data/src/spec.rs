@@ -209,8 +209,14 @@ impl DataSpec {
     }
 
     /// Loads the data set (after [`DataSpec::validate`]; a test fraction given for a folder that
-    /// holds its own test set is refused).
+    /// holds its own test set is refused), every image file checked first.
     pub fn load(&self, mirror: Option<String>) -> Result<DataBundle> {
+        self.load_checking(mirror, true)
+    }
+
+    /// [`DataSpec::load`], the image files checked only with `check_images`
+    /// ([`DataOptions::check_images`]).
+    pub fn load_checking(&self, mirror: Option<String>, check_images: bool) -> Result<DataBundle> {
         self.validate()?;
         if let Some((f, root)) = self.test_fraction_beside_test_folder() {
             return Err(check::CheckError::new(
@@ -223,7 +229,7 @@ impl DataSpec {
             )
             .into());
         }
-        load_bundle(self.name()?, &self.options(mirror))
+        load_bundle(self.name()?, &DataOptions { check_images, ..self.options(mirror) })
     }
 }
 

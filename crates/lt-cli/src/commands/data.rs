@@ -54,9 +54,9 @@ impl PresetData {
 }
 
 /// Loads the data set a spec describes.
-pub fn load(spec: &DataSpec, mirror: Option<String>) -> Result<DataBundle> {
+pub fn load(spec: &DataSpec, mirror: Option<String>, check_images: bool) -> Result<DataBundle> {
     let name = spec.name()?;
-    spec.load(mirror).with_context(|| format!("loading data set {name}"))
+    spec.load_checking(mirror, check_images).with_context(|| format!("loading data set {name}"))
 }
 
 /// `lt data ...`
@@ -107,7 +107,8 @@ pub fn run(args: DataArgs) -> Result<()> {
                 None => {
                     let mut spec = source.data.resolve(source.preset_spec()?.as_ref());
                     spec.download &= !available_only;
-                    match load(&spec, source.data.mirror.clone()) {
+                    // The fingerprint reads the lists and file names, no image.
+                    match load(&spec, source.data.mirror.clone(), false) {
                         Ok(b) => identity(b.name.as_str(), &b.fingerprint()),
                         Err(e)
                             if available_only
@@ -152,7 +153,7 @@ fn identity(dataset: &str, fingerprint: &str) -> serde_json::Value {
 }
 
 fn describe(spec: &DataSpec, mirror: Option<String>, write_split: Option<PathBuf>) -> Result<()> {
-    let bundle = load(spec, mirror)?;
+    let bundle = load(spec, mirror, true)?;
     if let Some(w) = bundle.empty_classes_warning() {
         tracing::warn!("{w}");
     }

@@ -30,7 +30,7 @@ pub struct RetrainArgs {
     #[arg(long, value_parser = row_name)]
     name: Option<String>,
     /// Print the plan's rows (`id<TAB>label<TAB>settings as JSON`: the row's settings on the
-    /// preset's `[retrain]` table when one is given, else on the defaults) and stop.
+    /// defaults, the preset's `[retrain]` table and the flags given) and stop.
     #[arg(long)]
     list_rows: bool,
     #[command(flatten)]
@@ -141,7 +141,8 @@ fn warn_directory_name(out: &std::path::Path, row: &str) {
 /// Runs `lt retrain`.
 pub fn run(a: RetrainArgs, matches: &ArgMatches) -> Result<()> {
     if a.list_rows {
-        let base = a.preset.resolve()?.map(|p| p.retrain).unwrap_or_default();
+        let preset = a.preset.resolve()?.map(|p| p.retrain).unwrap_or_default();
+        let base = crate::overlay::overlay(&preset, &a.cfg, matches)?;
         for r in rows::ROWS {
             println!("{}\t{}\t{}", r.id, r.label, serde_json::to_string(&r.config(&base))?);
         }

@@ -88,7 +88,7 @@ pub fn run_train(a: TrainArgs, matches: &ArgMatches) -> Result<()> {
         }
     }
     let spec = a.data.resolve(preset.as_ref().map(|p| &p.data));
-    let data = load(&spec, a.data.mirror.clone())?;
+    let data = load(&spec, a.data.mirror.clone(), true)?;
     let device = a.device.open()?;
     crate::device::warn_precision(&device, cfg.precision);
     tracing::info!(
@@ -161,7 +161,7 @@ pub fn run_extract(a: ExtractArgs, matches: &ArgMatches) -> Result<()> {
     if let Some(root) = a.data_root {
         spec.data_root = Some(root);
     }
-    let data = load(&spec, None).with_context(|| match (moved, &spec.data_root) {
+    let data = load(&spec, None, true).with_context(|| match (moved, &spec.data_root) {
         (false, Some(root)) => format!(
             "reading the data {} was trained on from {}, where `lt train` found them (if they have moved, \
              give --data-root NEW)",

@@ -172,9 +172,9 @@ pub fn train(
     let init = cfg.init.as_deref().map(InitWeights::resolve).transpose()?;
     if let (Some(w), lt_data::DatasetName::ImagenetLt) = (&init, data.name) {
         tracing::warn!(
-            "ImageNet-LT from {}: weights trained on ImageNet-1k have seen every class's whole training set \
-             (the long tail is gone) and ImageNet-LT's test images are ImageNet's validation images; the paper's \
-             protocol trains from scratch (docs/datasets.md)",
+            "ImageNet-LT from {}: if these weights were trained on ImageNet-1k, they have seen every class's \
+             whole training set (the long tail is gone), and ImageNet-LT's test images are ImageNet's validation \
+             images; the paper's protocol trains from scratch (docs/datasets.md)",
             w.identity()
         );
     }
