@@ -163,10 +163,14 @@ fn describe(spec: &DataSpec, mirror: Option<String>, write_split: Option<PathBuf
     println!("dataset   {name}{}", bundle.imbalance.map(|r| format!(" (imbalance {r})")).unwrap_or_default());
     println!("source    {}", bundle.source);
     println!("classes   {}", bundle.num_classes());
+    // The long-tailed selection's share of the original training set, where there is one.
+    let of = match bundle.original_train_len {
+        n if n == bundle.train.len() => String::new(),
+        n => format!(" (of {n})"),
+    };
     println!(
-        "images    train {} (of {}), val {}, test {}",
+        "images    train {}{of}, val {}, test {}",
         bundle.train.len(),
-        bundle.original_train_len,
         bundle.val.as_ref().map(|v| v.len().to_string()).unwrap_or_else(|| "-".into()),
         bundle.test.len()
     );
