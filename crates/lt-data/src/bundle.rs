@@ -384,12 +384,8 @@ fn list_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
     let size = opts.image_size;
     let parse = |list: &str| parse_list(&dir.join(list), classes);
     let (train, val, test) = (parse(tr)?, va.map(parse).transpose()?, parse(te)?);
-    let lists: Vec<(&str, &[ImageEntry])> =
-        [Some((tr, &train[..])), va.zip(val.as_deref()), Some((te, &test[..]))]
-            .into_iter()
-            .flatten()
-            .collect();
-    check_lists(&dir, &lists, opts.check_images)?;
+    let lists = [Some((tr, &train[..])), va.zip(val.as_deref()), Some((te, &test[..]))];
+    check_lists(&dir, &lists.into_iter().flatten().collect::<Vec<_>>(), opts.check_images)?;
     let make = |entries: Vec<ImageEntry>| -> Arc<dyn Dataset> {
         Arc::new(ImageFileDataset::new(
             dir.clone(),
@@ -400,7 +396,6 @@ fn list_bundle(name: DatasetName, opts: &DataOptions) -> Result<DataBundle> {
             norm.clone(),
         ))
     };
-    drop(lists);
     let (train, val, test) = (make(train), val.map(make), make(test));
     let n = train.len();
     Ok(DataBundle {

@@ -82,27 +82,32 @@ pub fn check_lists(dir: &Path, lists: &[(&str, &[ImageEntry])], images: bool) ->
     if !images {
         return Ok(());
     }
-    let paths: Vec<(&str, PathBuf)> = lists
+    let paths: Vec<PathBuf> =
+        lists.iter().flat_map(|&(_, entries)| entries.iter().map(|e| dir.join(&e.path))).collect();
+    // One pass over the files: a file the check could not open because it is not there is said
+    // to be missing, with its list.
+    crate::folder_data::preflight(&paths).map_err(|e| match e {
+        DataError::Image { path, .. } if !path.is_file() => missing(dir, lists, path),
+        other => other,
+    })
+}
+
+/// The error for `path`, listed in one of `lists` (under `dir`) but not there.
+fn missing(dir: &Path, lists: &[(&str, &[ImageEntry])], path: PathBuf) -> DataError {
+    let name = lists
         .iter()
-        .flat_map(|&(name, entries)| entries.iter().map(move |e| (name, dir.join(&e.path))))
-        .collect();
-    use rayon::prelude::*;
-    if let Some((name, path)) = paths.par_iter().find_first(|(_, p)| !p.is_file()) {
-        let flat = path.parent().and_then(|class| Some(class.parent()?.join(path.file_name()?)));
-        let hint = match flat.filter(|f| f.is_file()) {
-            Some(f) => format!(
-                "; {} is there: sort the images into their class folders as the list names them (ImageNet's \
-                 validation archive unpacks flat; see docs/datasets.md)",
-                f.display()
-            ),
-            None => String::new(),
-        };
-        return Err(DataError::Format {
-            path: path.clone(),
-            detail: format!("listed in {name}, but there is no such file{hint}"),
-        });
-    }
-    crate::folder_data::preflight(&paths.into_iter().map(|(_, p)| p).collect::<Vec<_>>())
+        .find(|(_, entries)| entries.iter().any(|e| dir.join(&e.path) == path))
+        .map_or("a list", |(name, _)| name);
+    let flat = path.parent().and_then(|class| Some(class.parent()?.join(path.file_name()?)));
+    let hint = match flat.filter(|f| f.is_file()) {
+        Some(f) => format!(
+            "; {} is there: sort the images into their class folders as the list names them (ImageNet's \
+             validation archive unpacks flat; see docs/datasets.md)",
+            f.display()
+        ),
+        None => String::new(),
+    };
+    DataError::Format { path, detail: format!("listed in {name}, but there is no such file{hint}") }
 }
 
 /// The list files of a large-scale long-tailed benchmark.
