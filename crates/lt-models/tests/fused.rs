@@ -188,3 +188,31 @@ fn an_empty_batch_evaluates_to_empty_features_and_logits() {
     let (features, logits) = m.infer(&x).expect("an empty batch");
     assert_eq!((features.dims(), logits.dims()), (&[0, 256][..], &[0, 5][..]));
 }
+
+/// ResNet-50's first stage at 32x32 after the stem, batch 2: 2,048 pixels, where its expanding
+/// pointwise convolutions (64 -> 256, the third of each block and the first block's shortcut)
+/// take both gradients in one pass over the output gradient (`conv::fuses_gradients`). The
+/// smaller images of `fused_torchvision_resnets_match_autograd` never reach that path; training at
+/// 224x224 takes it. (Its `accumulate` mode, unused by these networks, is checked in the ops'
+/// tests.)
+#[test]
+fn fused_pointwise_gradients_match_autograd() {
+    let (dev, shape, classes) = (Device::Cpu, [2, 3, 128, 128], 4);
+    let a = Model::new(Arch::new("resnet50", classes, 3).unwrap(), 3, &dev).unwrap();
+    let mut b = Model::new(Arch::new("resnet50", classes, 3).unwrap(), 3, &dev).unwrap();
+    b.set_fused(false);
+    let x = randn(&shape, 2);
+    let y = Tensor::from_vec(vec![1u32, 3], 2, &dev).unwrap();
+    let ce = |logits: &Tensor| candle_nn::loss::cross_entropy(logits, &y);
+    lt_models::profile::set_enabled(true);
+    let sa = a.train_step(&x, ce).unwrap();
+    let fused_path = lt_models::profile::totals()
+        .iter()
+        .any(|(op, calls, _)| *op == "conv backward (weight + input, pointwise)" && *calls > 0);
+    lt_models::profile::set_enabled(false);
+    assert!(fused_path, "the step did not compute both pointwise gradients in one pass");
+    let logits_b = b.forward_t(&x, true).unwrap();
+    let gb = ce(&logits_b).unwrap().backward().unwrap();
+    assert!(max_rel(&sa.logits, &logits_b) < 1e-5, "logits differ");
+    same_grads("resnet50 at 128x128", &a, &sa.grads, &b, &gb, 2e-4);
+}
