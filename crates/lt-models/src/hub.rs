@@ -3,9 +3,11 @@
 //! The cache is the standard one (`HF_HUB_CACHE`, else `HF_HOME/hub`, else
 //! `~/.cache/huggingface/hub`), laid out as `models--<org>--<name>/refs/<revision>` (a commit id)
 //! and `models--<org>--<name>/snapshots/<commit>/<file>`. In offline mode (`HF_HUB_OFFLINE=1` or
-//! [`HubOptions::offline`]) only the cache is read and the network is never touched.
+//! [`HubOptions::offline`]) only the cache is read and the network is never touched. Online, files
+//! come from [`HubOptions::endpoint`], else `HF_ENDPOINT` (a mirror), else `https://huggingface.co`,
+//! and a downloaded large (LFS) file is checked against the SHA-256 the hub names it by.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use hf_hub::{Repo, RepoType};
 
@@ -20,6 +22,19 @@ pub struct HubOptions {
     pub offline: bool,
     /// Revision (branch, tag or commit; default `main`).
     pub revision: Option<String>,
+    /// The hub's address (default: `HF_ENDPOINT`, else [`DEFAULT_ENDPOINT`]).
+    pub endpoint: Option<String>,
+}
+
+/// The Hugging Face hub's address, where neither [`HubOptions::endpoint`] nor `HF_ENDPOINT` names
+/// another.
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// The hub address `opts` name: [`HubOptions::endpoint`], else `HF_ENDPOINT`, else
+/// [`DEFAULT_ENDPOINT`]; without a trailing `/`.
+pub fn endpoint(opts: &HubOptions) -> String {
+    let e = opts.endpoint.clone().or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()));
+    e.as_deref().unwrap_or(DEFAULT_ENDPOINT).trim_end_matches('/').to_string()
 }
 
 /// The standard cache directory: `HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`.
@@ -80,13 +95,42 @@ pub fn fetch(repo_id: &str, filename: &str, opts: &HubOptions) -> Result<PathBuf
             repo_folder(repo_id),
         )));
     }
+    let endpoint = endpoint(opts);
+    let what = format!("{repo_id}/{filename} (revision {revision}) from {endpoint}");
     let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
     let api = hf_hub::api::sync::ApiBuilder::new()
         .with_cache_dir(cache_dir)
+        .with_endpoint(endpoint)
         .with_progress(false)
         .build()
         .map_err(|e| ModelError::HubApi { what: "the hub client".into(), source: e })?;
-    api.repo(repo)
-        .get(filename)
-        .map_err(|e| ModelError::HubApi { what: format!("{repo_id}/{filename}"), source: e })
+    let path =
+        api.repo(repo).get(filename).map_err(|e| ModelError::HubApi { what: what.clone(), source: e })?;
+    verify_download(&path, &what)?;
+    Ok(path)
+}
+
+/// Checks a downloaded file against the hub's name for it. The snapshot entry links to
+/// `blobs/<etag>`, and a large (LFS) file's etag is the SHA-256 of its bytes: a file whose bytes
+/// do not hash to it (a proxy's error page, a corrupted transfer) is removed, link and blob, and
+/// refused, so that the next run downloads it again instead of finding it in the cache. A small
+/// file's etag is a git object id, not checked.
+fn verify_download(path: &Path, what: &str) -> Result<()> {
+    let Ok(target) = std::fs::read_link(path) else { return Ok(()) };
+    let Some(etag) = target.file_name().and_then(|n| n.to_str()) else { return Ok(()) };
+    if etag.len() != 64 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(());
+    }
+    let blob = path.parent().map(|p| p.join(&target)).unwrap_or_else(|| target.clone());
+    let got = lt_core::fingerprint::file_digest::<sha2::Sha256>(&blob)
+        .map_err(|e| ModelError::Hub(format!("{what}: reading the download {}: {e}", blob.display())))?;
+    if got.eq_ignore_ascii_case(etag) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(&blob);
+    Err(ModelError::Hub(format!(
+        "{what}: the downloaded bytes have SHA-256 {got}, the hub names the file {etag}; the download \
+         was removed from the cache (run again to download it afresh)"
+    )))
 }

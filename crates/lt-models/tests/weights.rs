@@ -287,7 +287,7 @@ fn hub_offline_cache_hits_and_misses() {
     let weights = dir.path().join("w.safetensors");
     write_plain(&weights, &all_tensors(&src));
     fake_cache(dir.path(), "timm/resnet18.tv_in1k", "model.safetensors", &std::fs::read(&weights).unwrap());
-    let opts = HubOptions { cache_dir: Some(dir.path().to_path_buf()), offline: true, revision: None };
+    let opts = HubOptions { cache_dir: Some(dir.path().to_path_buf()), offline: true, ..Default::default() };
     let p = fetch("timm/resnet18.tv_in1k", "model.safetensors", &opts).unwrap();
     let dst = model("resnet18", 1000, 4);
     dst.load_weights(&p).unwrap();

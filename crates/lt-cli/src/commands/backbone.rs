@@ -44,6 +44,7 @@ impl WeightSource {
                 cache_dir: self.hub_cache.clone(),
                 offline: self.offline,
                 revision: self.revision.clone(),
+                endpoint: None,
             };
             return Ok(Some(fetch(repo, &self.hub_file, &opts)?));
         }
