@@ -176,3 +176,40 @@ fn banks_that_describe_no_problem_are_refused_by_name() {
     let err = b.with_split(Split::Test, z, vec![0, 2]).unwrap_err().to_string();
     assert!(err.contains("label 2 outside 0..2 (the bank has 2 classes, one per class count)"), "{err}");
 }
+
+/// The rest of a bank's checks, each naming what is wrong: no backbone or no class, backbones or
+/// labels that do not match the tensor, training labels that disagree with the class counts,
+/// non-finite representations, a head of the wrong size, and requests for a backbone the bank
+/// does not have.
+#[test]
+fn a_bank_refuses_what_does_not_fit_it_by_name() {
+    use lt_retrain::bank::FeatureSource;
+    let zeros =
+        |dims: (usize, usize, usize)| Tensor::zeros(dims, candle_core::DType::F32, &Device::Cpu).unwrap();
+    let err = |r: lt_retrain::Result<FeatureBank>| r.unwrap_err().to_string();
+    assert!(err(FeatureBank::new(vec![], vec![1])).contains("at least one backbone and one class"));
+    assert!(err(FeatureBank::new(vec![Swa], vec![])).contains("at least one backbone and one class"));
+    let empty = FeatureBank::new(vec![Swa, Swag], vec![2, 1]).unwrap();
+    let e = err(empty.clone().with_split(Split::Train, zeros((3, 3, 2)), vec![0, 0, 1]));
+    assert!(e.contains("train split: 3 backbones, the bank has 2"), "{e}");
+    let e = err(empty.clone().with_split(Split::Train, zeros((2, 3, 2)), vec![0, 1]));
+    assert!(e.contains("train split: 3 rows and 2 labels"), "{e}");
+    let e = err(empty.clone().with_split(Split::Train, zeros((2, 3, 2)), vec![0, 1, 1]));
+    assert!(e.contains("labels count [1, 2], the class counts are [2, 1]"), "{e}");
+    let mut v = vec![0f32; 12];
+    v[7] = f32::INFINITY;
+    let inf = Tensor::from_vec(v, (2, 3, 2), &Device::Cpu).unwrap();
+    let e = err(empty.clone().with_split(Split::Train, inf, vec![0, 0, 1]));
+    assert!(e.contains("train split: NaN or infinite representations"), "{e}");
+    let b = empty.with_split(Split::Train, zeros((2, 3, 2)), vec![0, 0, 1]).unwrap();
+    let e = err(b.clone().with_stage1_head(Backbone::Swa, vec![0.0; 4], vec![0.0; 3]));
+    assert!(e.contains("a head needs 2 x 2 weights and 2 biases, got 4 and 3"), "{e}");
+    let e = b.rows(Split::Train, 2, &[0], &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("backbone 2 outside 0..2"), "{e}");
+    let e = b.rows(Split::Train, 1, &[3], &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("row 3 outside 0..3"), "{e}");
+    let e = b.index_of(Sgd).unwrap_err().to_string();
+    assert!(e.contains("no `sgd` backbone"), "{e}");
+    let e = b.labels(Split::Val).unwrap_err().to_string();
+    assert!(e.contains("no val split"), "{e}");
+}
