@@ -245,17 +245,27 @@ impl Swag {
         let mut mean = Vec::with_capacity(p);
         let mut sq_mean = Vec::with_capacity(p);
         let mut deviations: VecDeque<Vec<f32>> = (0..rank).map(|_| Vec::with_capacity(p)).collect();
+        // Every tensor finite: a NaN would reach every sampled backbone.
+        let finite = |tensor: String| -> Result<Vec<f32>> {
+            let tensor = key(&tensor);
+            let v = a.f32(&tensor)?;
+            match v.iter().position(|x| !x.is_finite()) {
+                None => Ok(v),
+                Some(i) => Err(SwagError::Mismatch(format!(
+                    "{}: `{tensor}` element {i} is {} (SWAG statistics are finite)",
+                    a.path().display(),
+                    v[i]
+                ))),
+            }
+        };
         for (name, shape) in layout.names.iter().zip(&layout.shapes) {
-            mean.extend(a.f32(&key(&format!("mean.{name}")))?);
-            sq_mean.extend(a.f32(&key(&format!("sq_mean.{name}")))?);
-            let d = a.f32(&key(&format!("deviations.{name}")))?;
+            mean.extend(finite(format!("mean.{name}"))?);
+            sq_mean.extend(finite(format!("sq_mean.{name}"))?);
+            let d = finite(format!("deviations.{name}"))?;
             let len = shape.iter().product::<usize>();
             for (k, col) in deviations.iter_mut().enumerate() {
                 col.extend_from_slice(&d[k * len..(k + 1) * len]);
             }
-        }
-        if mean.iter().chain(&sq_mean).any(|v| !v.is_finite()) {
-            return Err(SwagError::Mismatch(format!("{}: non-finite SWAG moments", a.path().display())));
         }
         Ok(Self { layout, n_models, max_rank, mean, sq_mean, deviations })
     }

@@ -231,3 +231,34 @@ fn recorded_sizes_are_checked_against_the_tensors_first() {
     let unpaired = write("unpaired.safetensors", r#"{"names":["w"],"shapes":[]}"#, "0");
     assert!(unpaired.contains("1 names for 0 shapes"), "{unpaired}");
 }
+
+/// A NaN or infinity in any of the moments' or deviations' tensors is refused on load, naming
+/// the file, the tensor and the element (a deviation's used to pass, and reached every sampled
+/// backbone).
+#[test]
+fn non_finite_statistics_are_refused_by_tensor() {
+    let l = ParamLayout { names: vec!["a".into(), "b.w".into()], shapes: vec![vec![2, 2], vec![3]] };
+    let mut s = Swag::new(l, 2);
+    for i in 0..3 {
+        s.collect(&(0..7).map(|j| (i * 7 + j) as f32).collect::<Vec<_>>()).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("swag.safetensors");
+    s.save(&p, &[]).unwrap();
+    let bytes = std::fs::read(&p).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    for (tensor, element, value) in
+        [("mean.a", 1, f32::NAN), ("sq_mean.b.w", 2, f32::INFINITY), ("deviations.b.w", 4, f32::NAN)]
+    {
+        let start = header[tensor]["data_offsets"][0].as_u64().unwrap() as usize;
+        let at = 8 + header_len + start + 4 * element;
+        let mut poisoned = bytes.clone();
+        poisoned[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        let q = dir.path().join(format!("{tensor}.safetensors"));
+        std::fs::write(&q, poisoned).unwrap();
+        let err = Swag::load(&q).unwrap_err().to_string();
+        let want = format!("`{tensor}` element {element} is {value}");
+        assert!(err.contains(&q.display().to_string()) && err.contains(&want), "{want}: {err}");
+    }
+}
