@@ -68,17 +68,24 @@ impl FromStr for SamplerKind {
             "sqrt" | "square-root" => SamplerKind::Power { q: 0.5 },
             _ => {
                 if let Some(q) = s.strip_prefix("power:") {
-                    let q: f64 =
-                        q.parse().map_err(|_| SamplerError(format!("bad sampler exponent in {s:?}")))?;
+                    let q = q.parse::<f64>().ok().filter(|q| q.is_finite()).ok_or_else(|| {
+                        SamplerError(format!("bad sampler exponent in {s:?}: expected a finite number"))
+                    })?;
                     SamplerKind::Power { q }
                 } else if let Some(t) = s.strip_prefix("progressive:") {
-                    let t: usize =
-                        t.parse().map_err(|_| SamplerError(format!("bad epoch count in {s:?}")))?;
+                    let t = t.parse::<usize>().ok().filter(|&t| t > 0).ok_or_else(|| {
+                        SamplerError(format!(
+                            "bad epoch count in {s:?}: expected a whole number of at least 1"
+                        ))
+                    })?;
                     SamplerKind::Progressive { total_epochs: t }
                 } else if let Some(k) = s.strip_prefix("class-balanced:") {
-                    let k: usize =
-                        k.parse().map_err(|_| SamplerError(format!("bad per-class count in {s:?}")))?;
-                    SamplerKind::ClassBalanced { per_class: k.max(1) }
+                    let k = k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
+                        SamplerError(format!(
+                            "bad per-class count in {s:?}: expected a whole number of at least 1"
+                        ))
+                    })?;
+                    SamplerKind::ClassBalanced { per_class: k }
                 } else {
                     return Err(SamplerError(format!(
                         "unknown sampler {s:?}; expected instance, class-balanced[:K], sqrt, power:Q or progressive:T"
@@ -361,7 +368,25 @@ mod tests {
         );
         assert!("bogus".parse::<SamplerKind>().is_err());
         assert_eq!("instance".parse::<SamplerKind>().unwrap(), SamplerKind::Instance);
-        let k = SamplerKind::Power { q: 0.25 };
-        assert_eq!(k.to_string().parse::<SamplerKind>().unwrap(), k);
+        // Every kind reads back from its name.
+        for k in [
+            SamplerKind::Power { q: 0.25 },
+            SamplerKind::ClassBalanced { per_class: 2 },
+            SamplerKind::Progressive { total_epochs: 7 },
+            SamplerKind::Instance,
+        ] {
+            assert_eq!(k.to_string().parse::<SamplerKind>().unwrap(), k);
+        }
+        // Counts of 0 and exponents that are no number are refused, not taken as something else.
+        for (bad, why) in [
+            ("class-balanced:0", "per-class count"),
+            ("class-balanced:x", "per-class count"),
+            ("progressive:0", "epoch count"),
+            ("power:nan", "exponent"),
+            ("power:inf", "exponent"),
+        ] {
+            let err = bad.parse::<SamplerKind>().unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains(bad), "{bad}: {err}");
+        }
     }
 }
