@@ -197,3 +197,46 @@ fn extraction_failure_leaves_no_directory() {
     assert!(!dest.exists());
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1, "only the archive remains");
 }
+
+/// A member named to climb out of the destination (`../`, as a hostile or broken archive may
+/// hold) is refused with its name: nothing is written outside, and no destination appears.
+#[test]
+fn extraction_refuses_a_member_outside_the_destination() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut builder =
+        tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    let data = b"not yours";
+    let mut header = tar::Header::new_gnu();
+    // The name written directly: `set_path` itself refuses `..`.
+    let name = b"cifar-10-batches-bin/../../escaped.bin";
+    header.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    header.set_size(data.len() as u64);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    builder.append(&header, &data[..]).unwrap();
+    let archive = tmp.path().join("hostile.tar.gz");
+    std::fs::write(&archive, builder.into_inner().unwrap().finish().unwrap()).unwrap();
+    let dest = tmp.path().join("deep").join("out");
+    std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+    let err = lt_data::download::extract_tar_gz_atomic(&archive, &dest, 1).unwrap_err().to_string();
+    assert!(err.contains("hostile.tar.gz") && err.contains("unsafe member path ../../escaped.bin"), "{err}");
+    assert!(!dest.exists());
+    let mut left: Vec<_> = walk(tmp.path());
+    left.sort();
+    assert_eq!(left, ["deep", "hostile.tar.gz"], "nothing written beside the archive");
+}
+
+/// The entries under `dir`, relative, directories included.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        out.push(p.strip_prefix(dir).unwrap().display().to_string());
+        if p.is_dir() {
+            out.extend(
+                walk(&p).into_iter().map(|s| format!("{}/{s}", p.file_name().unwrap().to_string_lossy())),
+            );
+        }
+    }
+    out
+}
