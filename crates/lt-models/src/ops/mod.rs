@@ -445,4 +445,6 @@ fn in_f32_if_refused<R>(
 }
 
 #[cfg(test)]
+mod miri_tests;
+#[cfg(test)]
 mod tests;

@@ -312,12 +312,15 @@ fn products(v: &[f32], (count, cin): (usize, usize), packed: &[f32], nb: usize, 
     let nr = 8 * nb;
     assert!(v.len() >= POSITIONS * count * cin && m.len() >= count * POSITIONS * nr, "Winograd scratch");
     assert!(packed.len() >= POSITIONS * cin * nr, "Winograd weights of a column block");
+    // Every row's output pointer from one base pointer: a pointer taken from `m[i..]` reborrows
+    // all of `m` and so (under Stacked Borrows) invalidates the rows' pointers taken before it.
+    let mp = m.as_mut_ptr();
     for p in 0..POSITIONS {
         for r0 in (0..count).step_by(MR_MAX) {
             let mr = (count - r0).min(MR_MAX);
             let src = std::array::from_fn(|j| v[((r0 + j.min(mr - 1)) * POSITIONS + p) * cin..].as_ptr());
             let taps = [Tap { src, w: p * cin }];
-            let out = std::array::from_fn(|j| m[((r0 + j.min(mr - 1)) * POSITIONS + p) * nr..].as_mut_ptr());
+            let out = std::array::from_fn(|j| mp.wrapping_add(((r0 + j.min(mr - 1)) * POSITIONS + p) * nr));
             let args = GatherArgs {
                 taps: &taps,
                 depth: cin,

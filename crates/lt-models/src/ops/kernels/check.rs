@@ -22,7 +22,13 @@ fn compare(what: &str, a: &[f32], b: &[f32]) -> Result<(), String> {
 }
 
 /// One gather block of `set` against the portable kernel.
-fn gather_agrees(set: &KernelSet, mr: usize, nb: usize, accumulate: bool, fused: bool) -> Result<(), String> {
+pub(crate) fn gather_agrees(
+    set: &KernelSet,
+    mr: usize,
+    nb: usize,
+    accumulate: bool,
+    fused: bool,
+) -> Result<(), String> {
     let (nr, depth, taps) = (nb * 8, 7, 3);
     let src = data(taps * MR_MAX * depth, 1);
     let packed = data(taps * depth * nr, 2);
@@ -46,13 +52,18 @@ fn gather_agrees(set: &KernelSet, mr: usize, nb: usize, accumulate: bool, fused:
     };
     let mut out_a = data(MR_MAX * nr, 3);
     let mut out_b = out_a.clone();
-    let mk = |o: &mut Vec<f32>| GatherArgs {
-        taps: &sources,
-        depth,
-        packed: packed.as_ptr(),
-        out: std::array::from_fn(|j| o[j * nr..].as_mut_ptr()),
-        accumulate,
-        epilogue,
+    // Every row's pointer from one base pointer (one from `o[j * nr..]` would reborrow the
+    // whole vector and, under Stacked Borrows, invalidate the rows taken before it).
+    let mk = |o: &mut Vec<f32>| {
+        let base = o.as_mut_ptr();
+        GatherArgs {
+            taps: &sources,
+            depth,
+            packed: packed.as_ptr(),
+            out: std::array::from_fn(|j| base.wrapping_add(j * nr)),
+            accumulate,
+            epilogue,
+        }
     };
     // SAFETY: sources, packed weights, bias, residual and outputs are vectors of the sizes the
     // block reads and writes; the set comes from `simd_sets` (its features were detected).
@@ -65,7 +76,7 @@ fn gather_agrees(set: &KernelSet, mr: usize, nb: usize, accumulate: bool, fused:
 }
 
 /// One outer-product block of `set` against the portable kernel.
-fn outer_agrees(set: &KernelSet, mr: usize, nb: usize) -> Result<(), String> {
+pub(crate) fn outer_agrees(set: &KernelSet, mr: usize, nb: usize) -> Result<(), String> {
     let count = 11;
     let x = data(count * 9 + 40, 4);
     let dy = data(count * 40 + 60, 5);
@@ -95,7 +106,7 @@ fn outer_agrees(set: &KernelSet, mr: usize, nb: usize) -> Result<(), String> {
 /// units over `c` channels, the window's edge pixels real or zero (`edges`), the middle kernel
 /// row absent or not, with or without accumulation and the epilogue; output rows a few floats
 /// apart.
-fn strip_agrees(
+pub(crate) fn strip_agrees(
     set: &KernelSet,
     (window_kind, mr, nb, c): (Window, usize, usize, usize),
     edges: bool,
@@ -146,7 +157,7 @@ fn strip_agrees(
 
 /// One weight-gradient strip block of `set` against the portable kernel: `mr` input channels of
 /// `nb` 8-column units over two row pairs of `width` pixels (strides wider than the block).
-fn grad_strip_agrees(set: &KernelSet, mr: usize, nb: usize, width: usize) -> Result<(), String> {
+pub(crate) fn grad_strip_agrees(set: &KernelSet, mr: usize, nb: usize, width: usize) -> Result<(), String> {
     let Some(kernel) = set.grad_strip.map(|k| k.run) else { return Ok(()) };
     let nr = 8 * nb;
     let (x_stride, dy_stride, acc_stride) = (mr + 3, nr + 8, nr + 4);

@@ -90,8 +90,10 @@ macro_rules! kernel_bodies {
                                 acc[j][k] = fma(v, g[k], acc[j][k]);
                             }
                         }
-                        x = x.add(a.x_stride);
-                        dy = dy.add(a.dy_stride);
+                        // Wrapping: after a run's last pixel these point past it, maybe past
+                        // the end of `x` or `dy` (`add` would be undefined behaviour there).
+                        x = x.wrapping_add(a.x_stride);
+                        dy = dy.wrapping_add(a.dy_stride);
                     }
                 }
                 for j in 0..MR {
@@ -248,7 +250,8 @@ macro_rules! grad_strip_body {
                         });
                         prev = cur;
                         cur = next;
-                        x = x.add(a.x_stride);
+                        // Wrapping: after a row's last pixel `x` points past it (see `outer`).
+                        x = x.wrapping_add(a.x_stride);
                     }
                 }
                 for kw in 0..3 {

@@ -146,3 +146,27 @@ fn a_model_evaluated_through_winograd_matches_the_per_op_path() {
         assert!(worst <= 1e-5 * scale, "{what}: worst difference {worst} against values up to {scale}");
     }
 }
+
+/// The products of one column block against direct sums, with a partial block of rows (7 tiles:
+/// 6 + 1): the gather kernel writes each row of `m` through its own pointer (Miri's Stacked
+/// Borrows checks that taking one row's pointer does not invalidate the others').
+#[test]
+fn the_products_of_a_partial_row_block_match_direct_sums() {
+    let (count, cin, nb) = (7, 8, 1);
+    let nr = 8 * nb;
+    let v = data(POSITIONS * count * cin, 70);
+    let packed = data(POSITIONS * cin * nr, 71);
+    let mut m = vec![f32::NAN; count * POSITIONS * nr];
+    products(&v, (count, cin), &packed, nb, &mut m);
+    for (j, p, l) in
+        (0..count).flat_map(|j| (0..POSITIONS).flat_map(move |p| (0..nr).map(move |l| (j, p, l))))
+    {
+        let want: f32 =
+            (0..cin).map(|c| v[(j * POSITIONS + p) * cin + c] * packed[(p * cin + c) * nr + l]).sum();
+        let got = m[(j * POSITIONS + p) * nr + l];
+        assert!(
+            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+            "tile {j} position {p} column {l}: {got} vs {want}"
+        );
+    }
+}
