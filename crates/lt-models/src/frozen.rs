@@ -78,6 +78,7 @@ impl Module for Frozen {
 mod tests {
     use candle_core::Device;
 
+    use super::*;
     use crate::golden::frozen::check_frozen;
     use crate::Precision;
 
@@ -90,5 +91,25 @@ mod tests {
             // The same kernels on the same values: bit for bit.
             assert_eq!(c.relative_error, 0.0, "{}", c.what);
         }
+    }
+
+    /// As a candle `Module`, a snapshot gives the logits of `infer`, and it describes the model
+    /// it was taken from.
+    #[test]
+    fn a_snapshot_is_a_module_of_its_models_logits() {
+        use candle_core::Module;
+        let arch = Arch::new("cifar-resnet8x8", 5, 3).unwrap();
+        let model = Model::new(arch, 7, &Device::Cpu).unwrap();
+        let frozen = model.freeze().unwrap();
+        assert_eq!((*frozen.arch(), frozen.feature_dim()), (arch, model.feature_dim()));
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 12, 12), &Device::Cpu).unwrap();
+        let logits = frozen.forward(&x).unwrap();
+        assert_eq!(logits.dims(), [2, 5]);
+        let (_, want) = frozen.infer(&x).unwrap();
+        let diff = (logits - want).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert_eq!(diff, 0.0);
+        // A wrong input is the model's error, through candle's.
+        let bad = Tensor::zeros((2, 5, 12, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(frozen.forward(&bad).is_err());
     }
 }
