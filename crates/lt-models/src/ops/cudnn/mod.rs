@@ -262,6 +262,9 @@ impl TensorDesc {
     }
 
     /// The `1 x C x 1 x 1` descriptor of spatial batch-norm parameters for activations `x`.
+    /// The parameters and statistics are `f32` buffers whatever `x` holds: a derived type other
+    /// than FLOAT (the documentation promises FLOAT for HALF input; bf16 is assumed to follow)
+    /// is refused, so that the op runs another way instead of misreading them.
     fn batch_norm_params(x: &TensorDesc) -> CResult<Self> {
         let d = Self::new()?;
         let mode = sys::cudnnBatchNormMode_t::CUDNN_BATCHNORM_SPATIAL;
@@ -269,6 +272,21 @@ impl TensorDesc {
         check("cudnnDeriveBNTensorDescriptor", unsafe {
             sys::cudnnDeriveBNTensorDescriptor(d.0, x.0, mode)
         })?;
+        // The type read as a plain integer (a value the bindings' enum lacks stays defined).
+        let mut ty = u32::MAX;
+        let mut dims = [0i32; 8];
+        let [n, c, h, w, ns, cs, hs, ws] = dims.each_mut();
+        // SAFETY: `d` is live and set; every out-pointer is to a local of the size cuDNN writes
+        // (`cudnnDataType_t` is a C enum, 32 bits).
+        check("cudnnGetTensor4dDescriptor", unsafe {
+            sys::cudnnGetTensor4dDescriptor(d.0, (&mut ty as *mut u32).cast(), n, c, h, w, ns, cs, hs, ws)
+        })?;
+        if ty != sys::cudnnDataType_t::CUDNN_DATA_FLOAT as u32 {
+            return Err(candle_core::Error::wrap(CudnnError {
+                call: "cudnnDeriveBNTensorDescriptor (parameters not FLOAT)",
+                status: sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED,
+            }));
+        }
         Ok(d)
     }
 }
@@ -360,7 +378,7 @@ impl Ctx {
     }
 
     /// The cached batch-norm parameter descriptor for activations of shape `s` and type `dt`
-    /// (cuDNN derives `f32` parameters for both types).
+    /// (`f32` parameters for both types: [`TensorDesc::batch_norm_params`] checks).
     fn bn_params(&mut self, s: Nhwc, dt: Dt) -> CResult<Rc<TensorDesc>> {
         if let Some(d) = self.bn_params.get(&(s, dt)) {
             return Ok(d.clone());
