@@ -143,13 +143,16 @@ fn preset_source(root: &Path, opts: &Options) -> PathBuf {
 pub fn load_preset(root: &Path, opts: &Options) -> Result<(String, String, toml::Value)> {
     let path = preset_source(root, opts);
     let text = std::fs::read_to_string(&path).with_context(|| {
-        let known: Vec<String> = std::fs::read_dir(root.join("presets"))
+        let mut known: Vec<String> = std::fs::read_dir(root.join("presets"))
             .map(|d| {
                 d.filter_map(|e| e.ok())
-                    .map(|e| e.path().file_stem().unwrap_or_default().to_string_lossy().into_owned())
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                    .map(|p| p.file_stem().unwrap_or_default().to_string_lossy().into_owned())
                     .collect()
             })
             .unwrap_or_default();
+        known.sort();
         format!("reading preset {} (known presets: {})", path.display(), known.join(", "))
     })?;
     let mut value: toml::Value =

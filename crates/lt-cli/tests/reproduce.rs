@@ -180,3 +180,22 @@ fn the_estimates_read_every_setting_they_need_from_lt_preset() {
         assert!(setup.workers.iter().all(|&w| w >= 1), "{name}: {setup:?}");
     }
 }
+
+/// A preset name that is no file in `presets/` is an error naming the file it looked for and
+/// the presets there, in order.
+#[test]
+fn an_unknown_preset_names_the_known_ones() {
+    let runs = tempfile::tempdir().unwrap();
+    let opts = xtask::reproduce::Options { preset: "cifar10-lt-typo".into(), ..options(runs.path(), None) };
+    let err = xtask::reproduce::load_preset(&xtask::workspace_root(), &opts).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("presets/cifar10-lt-typo.toml"), "{msg}");
+    let known = msg.split("known presets: ").nth(1).and_then(|r| r.split(')').next()).unwrap_or_default();
+    let names: Vec<&str> = known.split(", ").collect();
+    assert!(names.contains(&"tiny") && names.contains(&"synthetic"), "{msg}");
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "{msg}");
+    // Nothing was written.
+    assert_eq!(std::fs::read_dir(runs.path()).unwrap().count(), 0);
+}
