@@ -589,3 +589,43 @@ fn an_output_directory_refuses_another_runs_outputs() {
         "{err}"
     );
 }
+
+/// Every SRepr setting away from its default shows in the identifier, each differently.
+#[test]
+fn srepr_identifiers_name_each_setting_that_differs() {
+    use lt_retrain::{Balance, KdLogits, SreprConfig};
+    let base = RetrainConfig::new(MethodKind::Srepr);
+    let with = |f: &dyn Fn(&mut SreprConfig)| {
+        let mut c = base.clone();
+        f(&mut c.srepr);
+        c.id()
+    };
+    assert_eq!(base.id(), "swa-srepr");
+    assert_eq!(
+        with(&|s| {
+            s.lambda = Some(0.5);
+            s.temperature = Some(2.0);
+            s.members = Some(4);
+        }),
+        "swa-srepr-lambda0.5-t2-m4"
+    );
+    let d = SreprConfig::default();
+    let mut ids = vec![base.id(), with(&|s| s.lambda = Some(1.0)), with(&|s| s.temperature = Some(1.0))];
+    ids.push(with(&|s| s.members = Some(2)));
+    ids.push(with(&|s| s.student_balance = true));
+    ids.extend(Balance::ALL.iter().filter(|&&v| v != d.balance).map(|&v| with(&|s| s.balance = v)));
+    ids.extend(KlDirection::ALL.iter().filter(|&&v| v != d.kl).map(|&v| with(&|s| s.kl = v)));
+    ids.extend(Teacher::ALL.iter().filter(|&&v| v != d.teacher).map(|&v| with(&|s| s.teacher = v)));
+    ids.extend(Objective::ALL.iter().filter(|&&v| v != d.objective).map(|&v| with(&|s| s.objective = v)));
+    ids.extend(Weighting::ALL.iter().filter(|&&v| v != d.weighting).map(|&v| with(&|s| s.weighting = v)));
+    ids.extend(KdLogits::ALL.iter().filter(|&&v| v != d.kd_logits).map(|&v| with(&|s| s.kd_logits = v)));
+    let ensemble = RetrainConfig { predict: Predict::Ensemble, ..base.clone() };
+    ids.push(ensemble.id());
+    let distinct: std::collections::BTreeSet<_> = ids.iter().collect();
+    assert_eq!(distinct.len(), ids.len(), "two settings give one identifier: {ids:?}");
+    assert!(ids.iter().all(|i| i.starts_with("swa-srepr")), "{ids:?}");
+    // Another method's identifier shows no SRepr setting.
+    let la =
+        RetrainConfig { srepr: SreprConfig { lambda: Some(0.5), ..d }, ..RetrainConfig::new(MethodKind::La) };
+    assert_eq!(la.id(), "swa-la");
+}
