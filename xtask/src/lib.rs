@@ -39,6 +39,24 @@ pub fn lt_output<S: AsRef<OsStr>>(lt: &Path, args: &[S], show_messages: bool) ->
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Runs `lt ARGS`, its messages and output to the terminal. A run stopped by a signal (killed,
+/// out of memory) is an error that says the same command resumes it.
+pub fn lt_run(lt: &Path, args: &[String]) -> Result<()> {
+    let status = Command::new(lt).args(args).status().with_context(|| format!("running {}", lt.display()))?;
+    if status.code().is_none() {
+        // Every stage writes under final names only what it has finished.
+        bail!(
+            "`lt {}` was stopped ({status}); the same command again resumes where it stopped (finished \
+             stages, epochs and samples are kept)",
+            args.join(" ")
+        );
+    }
+    if !status.success() {
+        bail!("`lt {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
 /// [`lt_output`] read as JSON.
 pub fn lt_json<S: AsRef<OsStr>>(lt: &Path, args: &[S], show_messages: bool) -> Result<serde_json::Value> {
     let text = lt_output(lt, args, show_messages)?;
@@ -127,5 +145,24 @@ mod tests {
         for f in CUDA_FEATURES {
             assert!(features.lines().any(|l| l.starts_with(&format!("{f} = "))), "lt-cli has no feature {f}");
         }
+    }
+
+    /// A stage stopped by a signal says that running again resumes it; one that fails says so.
+    #[cfg(unix)]
+    #[test]
+    fn a_stopped_stage_says_the_same_command_resumes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+            p
+        };
+        let args = vec!["train".to_string(), "--resume".to_string()];
+        let killed = lt_run(&script("killed", "kill -9 $$"), &args).unwrap_err().to_string();
+        assert!(killed.contains("`lt train --resume` was stopped") && killed.contains("resumes"), "{killed}");
+        let failed = lt_run(&script("failed", "exit 3"), &args).unwrap_err().to_string();
+        assert!(failed.contains("`lt train --resume` failed") && !failed.contains("resumes"), "{failed}");
+        lt_run(&script("ok", "exit 0"), &args).unwrap();
     }
 }

@@ -13,7 +13,6 @@
 //! one stage-2 knob re-runs only stage 2.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -299,14 +298,6 @@ pub fn plan(
     Ok(stages)
 }
 
-fn run_lt(lt: &Path, args: &[String]) -> Result<()> {
-    let status = Command::new(lt).args(args).status().with_context(|| format!("running {}", lt.display()))?;
-    if !status.success() {
-        bail!("`lt {}` failed ({status})", args.join(" "));
-    }
-    Ok(())
-}
-
 /// Runs `f` on the resolved preset `resolved` written to a temporary file, removed after: for the
 /// `lt` commands that read a preset file before the run root holds it.
 fn with_preset_file<T>(resolved: &str, f: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
@@ -373,7 +364,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<Summary> {
     let stages = plan(&lt, &run_root, &preset_path, &preset, &opts.device, &rows, data.id())?;
     let (ran, skipped) = run_stages(&lt, &stages, &data, &preset_path)?;
     println!("report of {} seed(s):", seeds(&preset));
-    run_lt(&lt, &report_args(&name, &preset, &run_root, &report))?;
+    crate::lt_run(&lt, &report_args(&name, &preset, &run_root, &report))?;
     let seconds = started.elapsed().as_secs_f64();
     println!(
         "plots: {}\n{} stage(s) run, {} up to date, {:.0} s",
@@ -436,7 +427,7 @@ fn run_stage(lt: &Path, s: &Stage) -> Result<()> {
     }
     std::fs::create_dir_all(&s.dir)?;
     write_key(&pending_file(&s.dir), &s.key)?;
-    run_lt(lt, &args)?;
+    crate::lt_run(lt, &args)?;
     write_key(&key_file(&s.dir), &s.key)?;
     std::fs::remove_file(pending_file(&s.dir))?;
     Ok(())

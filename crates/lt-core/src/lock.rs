@@ -227,9 +227,28 @@ fn utc(unix_s: u64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
-/// Whether a process with this id exists (on Unix; elsewhere every process counts as alive, so
-/// nothing is removed).
+/// Whether a process with this id exists and has not ended: on Linux a zombie (a process that
+/// has ended, killed say, and that its parent has not yet reaped) counts as gone, since it writes
+/// nothing more. Elsewhere on Unix any process with the id counts; on other systems every
+/// process counts as alive, so nothing is removed.
 pub fn pid_alive(pid: u32) -> bool {
+    exists(pid) && !ended(pid)
+}
+
+/// Whether `/proc` says process `pid` has ended but is not yet reaped (state `Z` or `X`).
+fn ended(pid: u32) -> bool {
+    if !cfg!(target_os = "linux") {
+        return false;
+    }
+    // `pid (comm) S ...`: the state follows the last `)` (a command name may hold either).
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])))
+        .unwrap_or(false)
+}
+
+/// Whether a process with this id exists (on Unix; elsewhere: true).
+fn exists(pid: u32) -> bool {
     #[cfg(unix)]
     {
         // 0 and ids beyond `pid_t` would address process groups in kill(2): not a writer's pid.
@@ -379,6 +398,26 @@ mod tests {
 
     /// A pid that no process has: past Linux's pid_max limit (2^22).
     const DEAD_PID: u32 = 4_194_305;
+
+    /// A child that has exited but is not yet reaped is gone, as a writer (a killed `lt` whose
+    /// parent has not waited for it yet left its temporary behind when a resume came at once).
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_ended_process_not_yet_reaped_is_not_alive() {
+        let mut running = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(pid_alive(running.id()));
+        running.kill().unwrap();
+        running.wait().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let stat = format!("/proc/{}/stat", child.id());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !fs::read_to_string(&stat).unwrap().contains(") Z") {
+            assert!(std::time::Instant::now() < deadline, "the child did not end");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!pid_alive(child.id()), "a zombie counted as a live writer");
+        child.wait().unwrap();
+    }
 
     #[test]
     fn stale_partials_of_dead_writers_are_removed_and_live_ones_kept() {
