@@ -6,11 +6,8 @@
 //! block's width, stride 2, padding, 1x1 convolutions, Winograd tiles cut by the image's edge,
 //! weight gradients with a partial block of input channels. They run natively too (fast).
 
-use super::conv::tests::{close, data, reference};
-use super::conv::{
-    backward_input, backward_input_acc, backward_weight, forward, forward_fused, forward_with_moments,
-    weight_method, ConvShape, Fuse, WeightMethod,
-};
+use super::conv::tests::{all_passes, close, data, reference};
+use super::conv::{weight_method, ConvShape, Fuse, WeightMethod};
 use super::kernels::{self, check, Window, MR_MAX};
 use super::winograd;
 
@@ -105,43 +102,6 @@ fn shape(
     (n, h, w, cin, cout, k, stride, pad): (usize, usize, usize, usize, usize, usize, usize, usize),
 ) -> ConvShape {
     ConvShape { n, h, w, cin, cout, k, stride, pad }
-}
-
-/// Every public pass (forward, fused forward, forward with moments, input gradient written and
-/// accumulated, weight gradient) against direct loops.
-fn all_passes(s: &ConvShape, seed: u64) {
-    let (x, w, dy) =
-        (data(s.input_len(), seed), data(s.weight_len(), seed + 1), data(s.output_len(), seed + 2));
-    let (ro, rdx, rdw) = reference(&x, &w, &dy, s);
-    let mut out = vec![f32::NAN; s.output_len()];
-    forward(&x, &w, s, &mut out);
-    close(&out, &ro, &format!("forward {s:?}"));
-    let mut out = vec![f32::NAN; s.output_len()];
-    forward_with_moments(&x, &w, s, &mut out);
-    close(&out, &ro, &format!("forward with moments {s:?}"));
-    let (scale, bias, residual) =
-        (data(s.cout, seed + 3), data(s.cout, seed + 4), data(s.output_len(), seed + 5));
-    let fuse = Fuse { scale: Some(&scale), bias: Some(&bias), residual: Some(&residual), relu: true };
-    let mut fused = vec![f32::NAN; s.output_len()];
-    forward_fused(&x, &w, s, &fuse, &mut fused);
-    let want: Vec<f32> = ro
-        .iter()
-        .zip(&residual)
-        .enumerate()
-        .map(|(j, (o, r))| (o * scale[j % s.cout] + bias[j % s.cout] + r).max(0.0))
-        .collect();
-    close(&fused, &want, &format!("fused forward {s:?}"));
-    let mut dx = vec![f32::NAN; s.input_len()];
-    backward_input(&dy, &w, s, &mut dx);
-    close(&dx, &rdx, &format!("dx {s:?}"));
-    let base = data(s.input_len(), seed + 6);
-    let mut acc = base.clone();
-    backward_input_acc(&dy, &w, s, &mut acc);
-    let want: Vec<f32> = base.iter().zip(&rdx).map(|(a, b)| a + b).collect();
-    close(&acc, &want, &format!("dx accumulated {s:?}"));
-    let mut dw = vec![f32::NAN; s.weight_len()];
-    backward_weight(&x, &dy, s, &mut dw);
-    close(&dw, &rdw, &format!("dw {s:?}"));
 }
 
 /// 3x3 convolutions through the gather passes, the strip passes and the weight gradient's two

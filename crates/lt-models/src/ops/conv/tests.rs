@@ -253,6 +253,44 @@ fn an_empty_batch_gives_empty_outputs_and_zero_weight_gradients() {
     }
 }
 
+/// Every public pass (forward, fused forward, forward with moments, input gradient written and
+/// accumulated, weight gradient) against direct loops.
+pub(crate) fn all_passes(s: &ConvShape, seed: u64) {
+    let (x, w, dy) =
+        (data(s.input_len(), seed), data(s.weight_len(), seed + 1), data(s.output_len(), seed + 2));
+    let (ro, rdx, rdw) = reference(&x, &w, &dy, s);
+    let mut out = vec![f32::NAN; s.output_len()];
+    forward(&x, &w, s, &mut out);
+    close(&out, &ro, &format!("forward {s:?}"));
+    let mut out = vec![f32::NAN; s.output_len()];
+    forward_with_moments(&x, &w, s, &mut out);
+    close(&out, &ro, &format!("forward with moments {s:?}"));
+    let (scale, bias, residual) =
+        (data(s.cout, seed + 3), data(s.cout, seed + 4), data(s.output_len(), seed + 5));
+    let fuse = Fuse { scale: Some(&scale), bias: Some(&bias), residual: Some(&residual), relu: true };
+    let mut fused = vec![f32::NAN; s.output_len()];
+    forward_fused(&x, &w, s, &fuse, &mut fused);
+    let want: Vec<f32> = ro
+        .iter()
+        .zip(&residual)
+        .enumerate()
+        .map(|(j, (o, r))| (o * scale[j % s.cout] + bias[j % s.cout] + r).max(0.0))
+        .collect();
+    assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0), "the ReLU cuts some outputs, not all");
+    close(&fused, &want, &format!("fused forward {s:?}"));
+    let mut dx = vec![f32::NAN; s.input_len()];
+    backward_input(&dy, &w, s, &mut dx);
+    close(&dx, &rdx, &format!("dx {s:?}"));
+    let base = data(s.input_len(), seed + 6);
+    let mut acc = base.clone();
+    backward_input_acc(&dy, &w, s, &mut acc);
+    let want: Vec<f32> = base.iter().zip(&rdx).map(|(a, b)| a + b).collect();
+    close(&acc, &want, &format!("dx accumulated {s:?}"));
+    let mut dw = vec![f32::NAN; s.weight_len()];
+    backward_weight(&x, &dy, s, &mut dw);
+    close(&dw, &rdw, &format!("dw {s:?}"));
+}
+
 #[test]
 fn all_passes_match_direct_loops_on_odd_shapes() {
     let shapes = [
@@ -290,43 +328,14 @@ fn all_passes_match_direct_loops_on_odd_shapes() {
     let last = shapes.last().unwrap();
     assert!(winograd::pays(last) && winograd::input_gradient_pays(last));
     for (i, s) in shapes.iter().enumerate() {
-        let x = data(s.input_len(), 1 + i as u64);
-        let w = data(s.weight_len(), 10 + i as u64);
-        let dy = data(s.output_len(), 20 + i as u64);
-        let (ro, rdx, rdw) = reference(&x, &w, &dy, s);
-        let mut out = vec![f32::NAN; s.output_len()];
-        forward(&x, &w, s, &mut out);
-        close(&out, &ro, &format!("forward {s:?}"));
-        let mut dx = vec![f32::NAN; s.input_len()];
-        backward_input(&dy, &w, s, &mut dx);
-        close(&dx, &rdx, &format!("dx {s:?}"));
-        let base = data(s.input_len(), 30 + i as u64);
-        let mut acc = base.clone();
-        backward_input_acc(&dy, &w, s, &mut acc);
-        let want: Vec<f32> = base.iter().zip(&rdx).map(|(a, b)| a + b).collect();
-        close(&acc, &want, &format!("dx accumulated {s:?}"));
-        let mut dw = vec![f32::NAN; s.weight_len()];
-        backward_weight(&x, &dy, s, &mut dw);
-        close(&dw, &rdw, &format!("dw {s:?}"));
-        // The fused forward: weights scaled and a bias added per output channel, residual, ReLU.
-        let bias = data(s.cout, 40 + i as u64);
-        let residual = data(s.output_len(), 50 + i as u64);
+        all_passes(s, 10 * i as u64);
+        // Scaled weights alone (no epilogue).
+        let (x, w) = (data(s.input_len(), 1 + i as u64), data(s.weight_len(), 10 + i as u64));
+        let (ro, _, _) = reference(&x, &w, &data(s.output_len(), 2), s);
         let scale = data(s.cout, 60 + i as u64);
-        // Scaled weights alone (no epilogue) first.
         let mut scaled = vec![f32::NAN; s.output_len()];
         forward_fused(&x, &w, s, &Fuse { scale: Some(&scale), ..Fuse::default() }, &mut scaled);
         let want: Vec<f32> = ro.iter().enumerate().map(|(j, o)| o * scale[j % s.cout]).collect();
         close(&scaled, &want, &format!("forward with scaled weights {s:?}"));
-        let fuse = Fuse { scale: Some(&scale), bias: Some(&bias), residual: Some(&residual), relu: true };
-        let mut fused = vec![f32::NAN; s.output_len()];
-        forward_fused(&x, &w, s, &fuse, &mut fused);
-        let want: Vec<f32> = ro
-            .iter()
-            .zip(&residual)
-            .enumerate()
-            .map(|(j, (o, r))| (o * scale[j % s.cout] + bias[j % s.cout] + r).max(0.0))
-            .collect();
-        assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0));
-        close(&fused, &want, &format!("fused forward {s:?}"));
     }
 }
