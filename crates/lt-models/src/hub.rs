@@ -33,8 +33,14 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 /// The hub address `opts` name: [`HubOptions::endpoint`], else `HF_ENDPOINT`, else
 /// [`DEFAULT_ENDPOINT`]; without a trailing `/`.
 pub fn endpoint(opts: &HubOptions) -> String {
-    let e = opts.endpoint.clone().or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|e| !e.is_empty()));
-    e.as_deref().unwrap_or(DEFAULT_ENDPOINT).trim_end_matches('/').to_string()
+    endpoint_from(opts, std::env::var("HF_ENDPOINT").ok())
+}
+
+/// [`endpoint`] with `HF_ENDPOINT`'s value given (an empty address counts as none).
+fn endpoint_from(opts: &HubOptions, env: Option<String>) -> String {
+    let given = |e: &Option<String>| e.clone().filter(|e| !e.trim().is_empty());
+    let e = given(&opts.endpoint).or_else(|| given(&env));
+    e.as_deref().unwrap_or(DEFAULT_ENDPOINT).trim().trim_end_matches('/').to_string()
 }
 
 /// The standard cache directory: `HF_HUB_CACHE`, `HF_HOME/hub`, `~/.cache/huggingface/hub`.
@@ -97,31 +103,45 @@ pub fn fetch(repo_id: &str, filename: &str, opts: &HubOptions) -> Result<PathBuf
     }
     let endpoint = endpoint(opts);
     let what = format!("{repo_id}/{filename} (revision {revision}) from {endpoint}");
+    let repo_dir = cache_dir.join(repo_folder(repo_id));
     let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
-    let api = hf_hub::api::sync::ApiBuilder::new()
-        .with_cache_dir(cache_dir)
+    // The token: `HF_TOKEN`, else the `token` file beside the cache folder (as `huggingface-cli
+    // login` writes it). `ApiBuilder::new` would read the home folder's instead, and panic
+    // without a home folder.
+    let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty());
+    let mut builder = hf_hub::api::sync::ApiBuilder::from_cache(hf_hub::Cache::new(cache_dir));
+    if let Some(t) = token {
+        builder = builder.with_token(Some(t.trim().to_string()));
+    }
+    let api = builder
         .with_endpoint(endpoint)
         .with_progress(false)
         .build()
         .map_err(|e| ModelError::HubApi { what: "the hub client".into(), source: e })?;
     let path =
         api.repo(repo).get(filename).map_err(|e| ModelError::HubApi { what: what.clone(), source: e })?;
-    verify_download(&path, &what)?;
+    verify_download(&path, &repo_dir.join("blobs"), &what)?;
     Ok(path)
 }
 
 /// Checks a downloaded file against the hub's name for it. The snapshot entry links to
 /// `blobs/<etag>`, and a large (LFS) file's etag is the SHA-256 of its bytes: a file whose bytes
 /// do not hash to it (a proxy's error page, a corrupted transfer) is removed, link and blob, and
-/// refused, so that the next run downloads it again instead of finding it in the cache. A small
-/// file's etag is a git object id, not checked.
-fn verify_download(path: &Path, what: &str) -> Result<()> {
+/// refused, so that the next run downloads it again instead of finding it in the cache. Not
+/// checked: a small file (its etag is a git object id), an entry that is no link (where the hub
+/// client copies instead of linking), and a link out of the repository's `blobs` folder (made by
+/// hand; never removed).
+fn verify_download(path: &Path, blobs: &Path, what: &str) -> Result<()> {
     let Ok(target) = std::fs::read_link(path) else { return Ok(()) };
     let Some(etag) = target.file_name().and_then(|n| n.to_str()) else { return Ok(()) };
     if etag.len() != 64 || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(());
     }
     let blob = path.parent().map(|p| p.join(&target)).unwrap_or_else(|| target.clone());
+    let folder = |p: &Path| p.parent().and_then(|d| d.canonicalize().ok());
+    if folder(&blob).is_none() || folder(&blob) != blobs.canonicalize().ok() {
+        return Ok(());
+    }
     let got = lt_core::fingerprint::file_digest::<sha2::Sha256>(&blob)
         .map_err(|e| ModelError::Hub(format!("{what}: reading the download {}: {e}", blob.display())))?;
     if got.eq_ignore_ascii_case(etag) {
@@ -133,4 +153,23 @@ fn verify_download(path: &Path, what: &str) -> Result<()> {
         "{what}: the downloaded bytes have SHA-256 {got}, the hub names the file {etag}; the download \
          was removed from the cache (run again to download it afresh)"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_address_is_the_options_then_hf_endpoint_then_the_hub() {
+        let none = HubOptions::default();
+        let given = HubOptions { endpoint: Some("http://mirror.example/".into()), ..Default::default() };
+        let env = |e: &str| Some(e.to_string());
+        assert_eq!(endpoint_from(&none, None), DEFAULT_ENDPOINT);
+        assert_eq!(endpoint_from(&none, env("https://hf-mirror.example/ ")), "https://hf-mirror.example");
+        assert_eq!(endpoint_from(&given, env("https://hf-mirror.example")), "http://mirror.example");
+        // An empty address, given or in the environment, is none.
+        let empty = HubOptions { endpoint: Some(" ".into()), ..Default::default() };
+        assert_eq!(endpoint_from(&empty, env("")), DEFAULT_ENDPOINT);
+        assert_eq!(endpoint_from(&empty, env("https://hf-mirror.example")), "https://hf-mirror.example");
+    }
 }

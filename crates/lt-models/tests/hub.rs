@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lt_models::hub::{self, cached, fetch, HubOptions};
+use lt_models::hub::{cached, fetch, HubOptions};
 use sha2::Digest;
 
 const REPO: &str = "timm/resnet8.test";
@@ -24,8 +24,8 @@ struct Served {
     sent: Vec<u8>,
     /// Full downloads (from offset 0) cut after half the bytes, then served whole.
     cuts_left: AtomicUsize,
-    /// Every request: its path and `Range` header.
-    log: Mutex<Vec<(String, String)>>,
+    /// Every request: its path, `Range` header and `Authorization` header.
+    log: Mutex<Vec<(String, String, String)>>,
 }
 
 impl Served {
@@ -43,8 +43,8 @@ impl Served {
     }
 
     /// The response to a GET of `path` with `range` (`bytes=A-` or `bytes=A-B`).
-    fn reply(&self, path: &str, range: &str) -> Vec<u8> {
-        self.log.lock().unwrap().push((path.to_string(), range.to_string()));
+    fn reply(&self, path: &str, range: &str, auth: &str) -> Vec<u8> {
+        self.log.lock().unwrap().push((path.to_string(), range.to_string(), auth.to_string()));
         if path != format!("/{REPO}/resolve/main/{FILE}") {
             return b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec();
         }
@@ -90,12 +90,13 @@ fn serve(served: Arc<Served>) -> String {
             }
             let text = String::from_utf8_lossy(&req);
             let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
-            let range = text
-                .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("range")))
-                .map(|(_, v)| v.trim().to_string())
-                .unwrap_or_default();
-            let _ = s.write_all(&served.reply(&path, &range));
+            let header = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)))
+                    .map(|(_, v)| v.trim().to_string())
+                    .unwrap_or_default()
+            };
+            let _ = s.write_all(&served.reply(&path, &header("range"), &header("authorization")));
             let _ = s.flush();
             let _ = s.shutdown(std::net::Shutdown::Both);
         }
@@ -107,7 +108,26 @@ fn bytes(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
+/// Settings of this environment that would keep the tests' requests from the loopback server
+/// (offline mode, or a proxy the HTTP client takes from the environment), named.
+fn check_environment() {
+    for var in [
+        "HF_HUB_OFFLINE",
+        "HF_TOKEN",
+        "http_proxy",
+        "HTTP_PROXY",
+        "https_proxy",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "all_proxy",
+    ] {
+        let set = std::env::var(var).is_ok_and(|v| !v.is_empty() && v != "0");
+        assert!(!set, "{var} is set: these tests download from a loopback server; unset it to run them");
+    }
+}
+
 fn options(cache: &Path, endpoint: &str) -> HubOptions {
+    check_environment();
     HubOptions { cache_dir: Some(cache.to_path_buf()), endpoint: Some(endpoint.into()), ..Default::default() }
 }
 
@@ -138,19 +158,23 @@ fn a_download_lands_in_the_cache_as_the_hub_lays_it_out() {
     let served = Served::new(bytes(300_000));
     // A trailing slash on the address is dropped, as the hub's own clients do.
     let url = format!("{}/", serve(served.clone()));
-    let cache = tempfile::tempdir().unwrap();
-    let path = fetch(REPO, FILE, &options(cache.path(), &url)).unwrap();
+    // The token is the file beside the cache folder, as `huggingface-cli login` writes it.
+    let home = tempfile::tempdir().unwrap();
+    std::fs::write(home.path().join("token"), "hf_loopback\n").unwrap();
+    let cache = home.path().join("hub");
+    let path = fetch(REPO, FILE, &options(&cache, &url)).unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), served.body);
-    let repo = cache.path().join("models--timm--resnet8.test");
+    let repo = cache.join("models--timm--resnet8.test");
     assert_eq!(path, repo.join("snapshots").join(COMMIT).join(FILE));
     assert_eq!(std::fs::read_to_string(repo.join("refs/main")).unwrap().trim(), COMMIT);
     assert!(repo.join("blobs").join(served.etag()).is_file());
     // The first request asks for one byte (the file's identity and size), the second for all.
     let log = served.log.lock().unwrap().clone();
-    assert_eq!(log.iter().map(|(_, r)| r.as_str()).collect::<Vec<_>>(), ["bytes=0-0", "bytes=0-"]);
+    assert_eq!(log.iter().map(|(_, r, _)| r.as_str()).collect::<Vec<_>>(), ["bytes=0-0", "bytes=0-"]);
+    assert!(log.iter().all(|(_, _, auth)| auth == "Bearer hf_loopback"), "{log:?}");
     // Later calls, online or offline, read the cache and send nothing.
-    assert_eq!(fetch(REPO, FILE, &offline(cache.path())).unwrap(), path);
-    assert_eq!(fetch(REPO, FILE, &options(cache.path(), &url)).unwrap(), path);
+    assert_eq!(fetch(REPO, FILE, &offline(&cache)).unwrap(), path);
+    assert_eq!(fetch(REPO, FILE, &options(&cache, &url)).unwrap(), path);
     assert_eq!(served.log.lock().unwrap().len(), 2);
 }
 
@@ -199,15 +223,39 @@ fn a_file_the_hub_does_not_have_is_an_error_naming_it_and_the_address() {
     assert!(msg.contains("pytorch_model.bin") && msg.contains(&url), "{msg}");
 }
 
+/// A snapshot entry whose blob is gone (removed as corrupt through another snapshot that shared
+/// it) works again after the next download, which writes the blob its link names (blobs are
+/// named by their content).
 #[test]
-fn the_address_is_the_options_then_hf_endpoint_then_the_hub() {
-    let given = HubOptions { endpoint: Some("http://mirror.example/".into()), ..Default::default() };
-    assert_eq!(hub::endpoint(&given), "http://mirror.example");
-    // The only test of this binary that reads HF_ENDPOINT.
-    std::env::remove_var("HF_ENDPOINT");
-    assert_eq!(hub::endpoint(&HubOptions::default()), hub::DEFAULT_ENDPOINT);
-    std::env::set_var("HF_ENDPOINT", "https://hf-mirror.example");
-    assert_eq!(hub::endpoint(&HubOptions::default()), "https://hf-mirror.example");
-    assert_eq!(hub::endpoint(&given), "http://mirror.example");
-    std::env::remove_var("HF_ENDPOINT");
+fn a_link_to_a_removed_blob_is_downloaded_again() {
+    let served = Served::new(bytes(50_000));
+    let url = serve(served.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let path = fetch(REPO, FILE, &options(cache.path(), &url)).unwrap();
+    let blob = cache.path().join("models--timm--resnet8.test/blobs").join(served.etag());
+    std::fs::remove_file(&blob).unwrap();
+    assert!(path.symlink_metadata().is_ok() && !path.exists(), "a dangling link");
+    assert_eq!(fetch(REPO, FILE, &options(cache.path(), &url)).unwrap(), path);
+    assert_eq!(std::fs::read(&path).unwrap(), served.body);
+}
+
+/// A snapshot entry made by hand that links out of the cache is neither checked nor removed,
+/// whatever its target holds.
+#[cfg(unix)]
+#[test]
+fn a_link_out_of_the_cache_is_left_alone() {
+    let served = Served::new(bytes(20_000));
+    let url = serve(served.clone());
+    let cache = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let outside = elsewhere.path().join(served.etag());
+    std::fs::write(&outside, b"the user's own file").unwrap();
+    // No ref names the commit, so the cache lookup misses and the file is downloaded; the hub
+    // client then keeps the entry it finds at the commit's path.
+    let snapshot = cache.path().join("models--timm--resnet8.test/snapshots").join(COMMIT);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::os::unix::fs::symlink(&outside, snapshot.join(FILE)).unwrap();
+    let path = fetch(REPO, FILE, &options(cache.path(), &url)).unwrap();
+    assert_eq!(path, snapshot.join(FILE));
+    assert_eq!(std::fs::read(&outside).unwrap(), b"the user's own file");
 }

@@ -16,7 +16,8 @@ pub struct WeightSource {
     /// A safetensors file (torchvision/timm or transformers names, or an `lt` backbone artifact).
     #[arg(long, conflicts_with = "hub")]
     pub weights: Option<PathBuf>,
-    /// A Hugging Face hub model repository, e.g. `timm/resnet50.tv_in1k`.
+    /// A Hugging Face hub model repository, e.g. `timm/resnet50.tv_in1k` (from `HF_ENDPOINT`
+    /// where it names a mirror).
     #[arg(long)]
     pub hub: Option<String>,
     /// File in the hub repository.
