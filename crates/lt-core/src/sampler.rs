@@ -60,7 +60,7 @@ impl FromStr for SamplerKind {
     type Err = SamplerError;
     fn from_str(s: &str) -> Result<Self, SamplerError> {
         let s = s.trim().to_ascii_lowercase();
-        Ok(match s.as_str() {
+        let kind = match s.as_str() {
             "instance" | "ib" | "instance-balanced" => SamplerKind::Instance,
             "class" | "cb" | "class-balanced" | "class-aware" => {
                 SamplerKind::ClassBalanced { per_class: CLASS_AWARE_RUN }
@@ -68,23 +68,16 @@ impl FromStr for SamplerKind {
             "sqrt" | "square-root" => SamplerKind::Power { q: 0.5 },
             _ => {
                 if let Some(q) = s.strip_prefix("power:") {
-                    let q = q.parse::<f64>().ok().filter(|q| q.is_finite()).ok_or_else(|| {
-                        SamplerError(format!("bad sampler exponent in {s:?}: expected a finite number"))
-                    })?;
+                    let q: f64 =
+                        q.parse().map_err(|_| SamplerError(format!("bad sampler exponent in {s:?}")))?;
                     SamplerKind::Power { q }
                 } else if let Some(t) = s.strip_prefix("progressive:") {
-                    let t = t.parse::<usize>().ok().filter(|&t| t > 0).ok_or_else(|| {
-                        SamplerError(format!(
-                            "bad epoch count in {s:?}: expected a whole number of at least 1"
-                        ))
-                    })?;
+                    let t: usize =
+                        t.parse().map_err(|_| SamplerError(format!("bad epoch count in {s:?}")))?;
                     SamplerKind::Progressive { total_epochs: t }
                 } else if let Some(k) = s.strip_prefix("class-balanced:") {
-                    let k = k.parse::<usize>().ok().filter(|&k| k > 0).ok_or_else(|| {
-                        SamplerError(format!(
-                            "bad per-class count in {s:?}: expected a whole number of at least 1"
-                        ))
-                    })?;
+                    let k: usize =
+                        k.parse().map_err(|_| SamplerError(format!("bad per-class count in {s:?}")))?;
                     SamplerKind::ClassBalanced { per_class: k }
                 } else {
                     return Err(SamplerError(format!(
@@ -92,7 +85,29 @@ impl FromStr for SamplerKind {
                     )));
                 }
             }
-        })
+        };
+        kind.check().map_err(|e| SamplerError(format!("{s:?}: {}", e.0)))?;
+        Ok(kind)
+    }
+}
+
+impl SamplerKind {
+    /// Refuses settings that describe no sampler: a per-class or epoch count of 0, an exponent
+    /// that is no finite number ([`Sampler::new`] and the names' parser both ask).
+    pub fn check(&self) -> Result<(), SamplerError> {
+        let why = match *self {
+            SamplerKind::ClassBalanced { per_class: 0 } => {
+                "a class-balanced sampler needs a per-class count of at least 1".to_string()
+            }
+            SamplerKind::Power { q } if !q.is_finite() => {
+                format!("a power sampler needs a finite exponent, got {q}")
+            }
+            SamplerKind::Progressive { total_epochs: 0 } => {
+                "a progressive sampler needs an epoch count of at least 1".to_string()
+            }
+            _ => return Ok(()),
+        };
+        Err(SamplerError(why))
     }
 }
 
@@ -119,6 +134,7 @@ pub struct Sampler {
 impl Sampler {
     /// A sampler of `kind` over `labels` (`< classes`), seeded with `seed`.
     pub fn new(kind: SamplerKind, labels: &[u32], classes: usize, seed: u64) -> Result<Self, SamplerError> {
+        kind.check()?;
         if labels.is_empty() {
             return Err(SamplerError("cannot sample from an empty training set".into()));
         }
@@ -387,6 +403,15 @@ mod tests {
         ] {
             let err = bad.parse::<SamplerKind>().unwrap_err().to_string();
             assert!(err.contains(why) && err.contains(bad), "{bad}: {err}");
+        }
+        // The same rules hold for a kind built in code or read by serde: `Sampler::new` asks.
+        for kind in [
+            SamplerKind::ClassBalanced { per_class: 0 },
+            SamplerKind::Power { q: f64::NAN },
+            SamplerKind::Progressive { total_epochs: 0 },
+        ] {
+            let err = Sampler::new(kind.clone(), &[0, 1], 2, 0).err().map(|e| e.to_string());
+            assert!(err.as_deref().is_some_and(|e| e.contains("sampler needs")), "{kind:?}: {err:?}");
         }
     }
 }
