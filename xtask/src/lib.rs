@@ -39,15 +39,16 @@ pub fn lt_output<S: AsRef<OsStr>>(lt: &Path, args: &[S], show_messages: bool) ->
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs `lt ARGS`, its messages and output to the terminal. A run stopped by a signal (killed,
-/// out of memory) is an error that says the same command resumes it.
+/// Runs `lt ARGS` for a reproduction, its messages and output to the terminal. A run stopped by
+/// a signal (killed, out of memory) is an error that says running the reproduction again resumes
+/// it (the reproduction adds `--resume` where a stage has begun).
 pub fn lt_run(lt: &Path, args: &[String]) -> Result<()> {
     let status = Command::new(lt).args(args).status().with_context(|| format!("running {}", lt.display()))?;
     if status.code().is_none() {
         // Every stage writes under final names only what it has finished.
         bail!(
-            "`lt {}` was stopped ({status}); the same command again resumes where it stopped (finished \
-             stages, epochs and samples are kept)",
+            "`lt {}` was stopped ({status}); `cargo xtask reproduce` with the same options again \
+             resumes where it stopped (finished stages, epochs and samples are kept)",
             args.join(" ")
         );
     }
@@ -158,11 +159,12 @@ mod tests {
             std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
             p
         };
-        let args = vec!["train".to_string(), "--resume".to_string()];
+        let args = vec!["train".to_string(), "--out".to_string(), "d".to_string()];
         let killed = lt_run(&script("killed", "kill -9 $$"), &args).unwrap_err().to_string();
-        assert!(killed.contains("`lt train --resume` was stopped") && killed.contains("resumes"), "{killed}");
+        assert!(killed.contains("`lt train --out d` was stopped"), "{killed}");
+        assert!(killed.contains("`cargo xtask reproduce` with the same options again resumes"), "{killed}");
         let failed = lt_run(&script("failed", "exit 3"), &args).unwrap_err().to_string();
-        assert!(failed.contains("`lt train --resume` failed") && !failed.contains("resumes"), "{failed}");
+        assert!(failed.contains("`lt train --out d` failed") && !failed.contains("resumes"), "{failed}");
         lt_run(&script("ok", "exit 0"), &args).unwrap();
     }
 }
