@@ -292,8 +292,8 @@ impl RetrainConfig {
     }
 
     /// A short identifier, the row a run records without `--row`: backbone, method, SRepr's
-    /// settings that differ from their defaults, and `-ensemble` for ensemble predictions (other
-    /// settings, such as a fixed `tau`, do not show).
+    /// settings that are fixed or away from their defaults, and `-ensemble` for ensemble
+    /// predictions (other settings, such as a fixed `tau`, do not show).
     pub fn id(&self) -> String {
         let mut id = format!("{}-{}", self.backbone, self.method);
         if self.method == MethodKind::Srepr {

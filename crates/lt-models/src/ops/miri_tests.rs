@@ -1,10 +1,21 @@
-//! The unsafe CPU paths of the convolution ops on shapes small enough for Miri:
-//! `cargo +nightly miri test -p lt-models --lib -- ops::miri_tests` (the portable kernels), and
-//! with `RUSTFLAGS="-C target-feature=+avx2,+fma"` and `LT_KERNELS=avx2` forwarded
-//! (`MIRIFLAGS=-Zmiri-env-forward=LT_KERNELS`) for the AVX2 set. Each shape is chosen for an edge
-//! of a pass: blocks of fewer than `MR_MAX` rows, column counts that are not a multiple of a
-//! block's width, stride 2, padding, 1x1 convolutions, Winograd tiles cut by the image's edge,
-//! weight gradients with a partial block of input channels. They run natively too (fast).
+//! The unsafe CPU paths of the convolution ops on shapes small enough for Miri. Each shape is
+//! chosen for an edge of a pass: blocks of fewer than `MR_MAX` rows, column counts that are not a
+//! multiple of a block's width, stride 2, padding, 1x1 convolutions, Winograd tiles cut by the
+//! image's edge, weight gradients with a partial block of input channels. They run natively too
+//! (fast). Under Miri (the tests on rayon's pool need Tree Borrows, since crossbeam-epoch trips
+//! Stacked Borrows, and leak its global collector):
+//!
+//! ```sh
+//! export MIRIFLAGS="-Zmiri-tree-borrows -Zmiri-ignore-leaks"
+//! cargo +nightly miri test -p lt-models --lib -- ops::miri_tests                # the portable set
+//! export RUSTFLAGS="-C target-feature=+avx2,+fma,+avx512f" CARGO_TARGET_DIR=target/miri-simd
+//! cargo +nightly miri test -p lt-models --lib -- ops::miri_tests::kernel       # every set's blocks
+//! LT_KERNELS=avx2 MIRIFLAGS="$MIRIFLAGS -Zmiri-env-forward=LT_KERNELS" cargo +nightly miri test \
+//!   -p lt-models --lib -- ops::miri_tests::gather_and_strip ops::miri_tests::winograd  # AVX2 passes
+//! ```
+//!
+//! Miri cannot interpret the AVX-512 epilogue (`_mm512_max_ps`: its blocks run without it), and
+//! the `gemm` crate's 1x1 products panic in its dispatch under Miri with the SIMD flags.
 
 use super::conv::tests::{all_passes, close, data, reference};
 use super::conv::{weight_method, ConvShape, Fuse, WeightMethod};

@@ -282,6 +282,7 @@ impl TensorDesc {
             sys::cudnnGetTensor4dDescriptor(d.0, (&mut ty as *mut u32).cast(), n, c, h, w, ns, cs, hs, ws)
         })?;
         if ty != sys::cudnnDataType_t::CUDNN_DATA_FLOAT as u32 {
+            tracing::debug!("cuDNN derived batch-norm parameters of type {ty} (FLOAT is 0)");
             return Err(candle_core::Error::wrap(CudnnError {
                 call: "cudnnDeriveBNTensorDescriptor (parameters not FLOAT)",
                 status: sys::cudnnStatus_t::CUDNN_STATUS_NOT_SUPPORTED,
