@@ -263,8 +263,20 @@ pub(crate) fn all_passes(s: &ConvShape, seed: u64) {
     forward(&x, &w, s, &mut out);
     close(&out, &ro, &format!("forward {s:?}"));
     let mut out = vec![f32::NAN; s.output_len()];
-    forward_with_moments(&x, &w, s, &mut out);
+    let (mean, var) = forward_with_moments(&x, &w, s, &mut out).mean_var();
     close(&out, &ro, &format!("forward with moments {s:?}"));
+    // The moments are the output's per-channel mean and (biased) variance.
+    let pixels = (s.output_len() / s.cout) as f64;
+    for c in 0..s.cout {
+        let values = ro.iter().skip(c).step_by(s.cout).map(|&v| v as f64);
+        let m = values.clone().sum::<f64>() / pixels;
+        let v = values.map(|x| (x - m) * (x - m)).sum::<f64>() / pixels;
+        let scale = 1.0 + m.abs() + v;
+        assert!(
+            (mean[c] - m).abs() <= 1e-5 * scale && (var[c] - v).abs() <= 1e-4 * scale,
+            "moments {s:?} channel {c}"
+        );
+    }
     let (scale, bias, residual) =
         (data(s.cout, seed + 3), data(s.cout, seed + 4), data(s.output_len(), seed + 5));
     let fuse = Fuse { scale: Some(&scale), bias: Some(&bias), residual: Some(&residual), relu: true };
