@@ -138,8 +138,8 @@ fn verify_download(path: &Path, blobs: &Path, what: &str) -> Result<()> {
         return Ok(());
     }
     let blob = path.parent().map(|p| p.join(&target)).unwrap_or_else(|| target.clone());
-    let folder = |p: &Path| p.parent().and_then(|d| d.canonicalize().ok());
-    if folder(&blob).is_none() || folder(&blob) != blobs.canonicalize().ok() {
+    let folder = blob.parent().and_then(|d| d.canonicalize().ok());
+    if folder.is_none() || folder != blobs.canonicalize().ok() {
         return Ok(());
     }
     let got = lt_core::fingerprint::file_digest::<sha2::Sha256>(&blob)
