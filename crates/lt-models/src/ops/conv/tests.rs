@@ -253,8 +253,9 @@ fn an_empty_batch_gives_empty_outputs_and_zero_weight_gradients() {
     }
 }
 
-/// Every public pass (forward, fused forward, forward with moments, input gradient written and
-/// accumulated, weight gradient) against direct loops.
+/// Every public pass (forward, forward with moments, fused forward with scaled weights alone and
+/// with the whole epilogue, input gradient written and accumulated, weight gradient) against
+/// direct loops.
 pub(crate) fn all_passes(s: &ConvShape, seed: u64) {
     let (x, w, dy) =
         (data(s.input_len(), seed), data(s.weight_len(), seed + 1), data(s.output_len(), seed + 2));
@@ -279,6 +280,11 @@ pub(crate) fn all_passes(s: &ConvShape, seed: u64) {
     }
     let (scale, bias, residual) =
         (data(s.cout, seed + 3), data(s.cout, seed + 4), data(s.output_len(), seed + 5));
+    // Scaled weights alone (no epilogue), then the whole epilogue.
+    let mut scaled = vec![f32::NAN; s.output_len()];
+    forward_fused(&x, &w, s, &Fuse { scale: Some(&scale), ..Fuse::default() }, &mut scaled);
+    let want: Vec<f32> = ro.iter().enumerate().map(|(j, o)| o * scale[j % s.cout]).collect();
+    close(&scaled, &want, &format!("forward with scaled weights {s:?}"));
     let fuse = Fuse { scale: Some(&scale), bias: Some(&bias), residual: Some(&residual), relu: true };
     let mut fused = vec![f32::NAN; s.output_len()];
     forward_fused(&x, &w, s, &fuse, &mut fused);
@@ -341,13 +347,5 @@ fn all_passes_match_direct_loops_on_odd_shapes() {
     assert!(winograd::pays(last) && winograd::input_gradient_pays(last));
     for (i, s) in shapes.iter().enumerate() {
         all_passes(s, 10 * i as u64);
-        // Scaled weights alone (no epilogue).
-        let (x, w) = (data(s.input_len(), 1 + i as u64), data(s.weight_len(), 10 + i as u64));
-        let (ro, _, _) = reference(&x, &w, &data(s.output_len(), 2), s);
-        let scale = data(s.cout, 60 + i as u64);
-        let mut scaled = vec![f32::NAN; s.output_len()];
-        forward_fused(&x, &w, s, &Fuse { scale: Some(&scale), ..Fuse::default() }, &mut scaled);
-        let want: Vec<f32> = ro.iter().enumerate().map(|(j, o)| o * scale[j % s.cout]).collect();
-        close(&scaled, &want, &format!("forward with scaled weights {s:?}"));
     }
 }
